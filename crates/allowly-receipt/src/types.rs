@@ -1,0 +1,596 @@
+//! The documents of the receipt format (normative text: `docs/receipt-format.md`).
+//!
+//! A receipt *body* is hashed exactly as it was produced (its RFC 8785 canonical bytes), so the
+//! typed [`ReceiptBody`] is a *view* used to check and interpret a body; verification always hashes
+//! the JSON value it was given, never a re-serialisation of the view. Fields a v1 verifier does not
+//! know are therefore still covered by the signature.
+
+use std::fmt;
+
+use base64::Engine as _;
+use ed25519_dalek::VerifyingKey;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::merkle::{self, Hash};
+use crate::note::NoteVerifier;
+use crate::{jcs, Error, Result};
+
+/// The receipt body format version this crate produces and verifies.
+pub const FORMAT_VERSION: u64 = 1;
+
+/// Longest id (receipt, workspace, authorization, escalation) accepted.
+pub const MAX_ID_LEN: usize = 128;
+
+/// The checkpoint extension line that carries the signer's clock (`time <timestamp>`).
+pub const TIME_EXTENSION_PREFIX: &str = "time ";
+
+/// The transparency-log origin (and note key name) of a workspace: `allowly/<workspace_id>`.
+pub fn log_origin(workspace_id: &str) -> String {
+    format!("allowly/{workspace_id}")
+}
+
+/// Checks the id alphabet: 1..=128 of `[A-Za-z0-9_-]`. Ids end up in URLs, note origins and file
+/// names, so the alphabet is deliberately small.
+pub fn validate_id(field: &'static str, id: &str) -> Result<()> {
+    let ok = !id.is_empty()
+        && id.len() <= MAX_ID_LEN
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Field { field, msg: format!("{id:?} is not 1..={MAX_ID_LEN} of [A-Za-z0-9_-]") })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scalars with one canonical text form.
+
+/// A SHA-256 value, written as 64 lowercase hex digits (one spelling only, so equal hashes are
+/// equal strings and the canonical bytes of a body cannot vary).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct HexHash(pub Hash);
+
+impl HexHash {
+    /// Parses exactly 64 lowercase hex digits.
+    pub fn parse(s: &str) -> Result<Self> {
+        let lower = s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        let mut out = [0u8; 32];
+        if s.len() != 64 || !lower || hex::decode_to_slice(s, &mut out).is_err() {
+            return Err(Error::Field { field: "hash", msg: "expected 64 lowercase hex digits".into() });
+        }
+        Ok(Self(out))
+    }
+}
+
+impl fmt::Display for HexHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl fmt::Debug for HexHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "HexHash({self})")
+    }
+}
+
+impl Serialize for HexHash {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        let mut buf = [0u8; 64];
+        // Infallible: the buffer is exactly twice the input length.
+        let _ = hex::encode_to_slice(self.0, &mut buf);
+        s.serialize_str(std::str::from_utf8(&buf).unwrap_or_default())
+    }
+}
+
+impl<'de> Deserialize<'de> for HexHash {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        Self::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A UTC instant with millisecond precision, written `YYYY-MM-DDTHH:MM:SS.sssZ` (RFC 3339, one
+/// fixed width form so that equal instants are equal strings). Stored as milliseconds since the
+/// Unix epoch; years 1970..=9999.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Timestamp(u64);
+
+impl Timestamp {
+    /// 9999-12-31T23:59:59.999Z, the last instant the text form can express.
+    pub const MAX_MS: u64 = 253_402_300_799_999;
+
+    /// From milliseconds since the epoch; errors beyond year 9999.
+    pub fn from_unix_ms(ms: u64) -> Result<Self> {
+        if ms > Self::MAX_MS {
+            return Err(Error::Field { field: "time", msg: "after 9999-12-31".into() });
+        }
+        Ok(Self(ms))
+    }
+
+    /// Milliseconds since the Unix epoch.
+    pub fn unix_ms(self) -> u64 {
+        self.0
+    }
+
+    /// Parses the one accepted form, `YYYY-MM-DDTHH:MM:SS.sssZ`, checking every field's range.
+    pub fn parse(s: &str) -> Result<Self> {
+        let bad = || Error::Field { field: "time", msg: format!("{s:?} is not YYYY-MM-DDTHH:MM:SS.sssZ (UTC)") };
+        let b = s.as_bytes();
+        if b.len() != 24
+            || b[4] != b'-'
+            || b[7] != b'-'
+            || b[10] != b'T'
+            || b[13] != b':'
+            || b[16] != b':'
+            || b[19] != b'.'
+            || b[23] != b'Z'
+        {
+            return Err(bad());
+        }
+        let num = |r: std::ops::Range<usize>| -> Result<u64> {
+            b[r.clone()].iter().try_fold(0u64, |acc, &c| {
+                if c.is_ascii_digit() {
+                    Ok(acc * 10 + u64::from(c - b'0'))
+                } else {
+                    Err(bad())
+                }
+            })
+        };
+        let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+        let (h, mi, sec, ms) = (num(11..13)?, num(14..16)?, num(17..19)?, num(20..23)?);
+        if y < 1970 || !(1..=12).contains(&mo) || d < 1 || d > days_in_month(y, mo) || h > 23 || mi > 59 || sec > 59 {
+            return Err(bad());
+        }
+        let days = days_from_civil(y, mo, d);
+        Ok(Self((((days * 24 + h) * 60 + mi) * 60 + sec) * 1000 + ms))
+    }
+}
+
+fn is_leap(y: u64) -> bool {
+    (y % 4 == 0 && y % 100 != 0) || y % 400 == 0
+}
+
+fn days_in_month(y: u64, m: u64) -> u64 {
+    match m {
+        2 if is_leap(y) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+// Howard Hinnant's civil-date algorithms, restricted to years >= 1970 (no negative eras).
+fn days_from_civil(y: u64, m: u64, d: u64) -> u64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y / 400;
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+fn civil_from_days(z: u64) -> (u64, u64, u64) {
+    let z = z + 719_468;
+    let era = z / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + u64::from(m <= 2);
+    (y, m, d)
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = self.0 % 1000;
+        let secs = self.0 / 1000;
+        let (y, mo, d) = civil_from_days(secs / 86_400);
+        let rem = secs % 86_400;
+        write!(f, "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}.{ms:03}Z", rem / 3600, rem / 60 % 60, rem % 60)
+    }
+}
+
+impl fmt::Debug for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Timestamp({self})")
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        Self::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The receipt body.
+
+/// What happened. A closed set in format v1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum EventKind {
+    /// A user approved scopes: seq 0 of an authorization's trail; carries the full grant.
+    #[serde(rename = "authorization.created")]
+    AuthorizationCreated,
+    /// A `/v1/check` decision.
+    #[serde(rename = "check")]
+    Check,
+    /// A user's answer to a `confirm` decision.
+    #[serde(rename = "confirmation")]
+    Confirmation,
+    /// A check escalated to a third-party approver.
+    #[serde(rename = "escalation.created")]
+    EscalationCreated,
+    /// The approver's answer (or the escalation's expiry).
+    #[serde(rename = "escalation.resolved")]
+    EscalationResolved,
+    /// The authorization was revoked.
+    #[serde(rename = "revocation")]
+    Revocation,
+    /// The authorization's expiry was recorded (the first time it mattered).
+    #[serde(rename = "expiry")]
+    Expiry,
+    /// The workspace signing key was rotated (a workspace event: no authorization).
+    #[serde(rename = "key.rotated")]
+    KeyRotated,
+}
+
+impl EventKind {
+    /// Whether receipts of this kind belong to an authorization's trail.
+    pub fn is_authorization_event(self) -> bool {
+        !matches!(self, Self::KeyRotated)
+    }
+}
+
+/// The answer Allowly gave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Decision {
+    Allow,
+    Deny,
+    Confirm,
+    Escalate,
+}
+
+/// What the user approved, recorded in full in the `authorization.created` receipt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grant {
+    /// The app's identifier of the user who approved.
+    pub subject: String,
+    /// Scope names (or wildcard forms) granted.
+    pub scopes: Vec<String>,
+    /// Resource constraints; empty means any resource.
+    pub resources: Vec<String>,
+    /// When the authorization stops allowing anything; `null` for never.
+    pub expires_at: Option<Timestamp>,
+    /// SHA-256 of the JCS form of the app-supplied metadata, if any (metadata itself is not signed
+    /// in full so that receipts do not copy arbitrary customer data).
+    pub metadata_hash: Option<HexHash>,
+}
+
+/// Who answered a confirmation or escalation, and what they were shown.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Approval {
+    /// `approved` or `declined`, as given by the person.
+    pub outcome: ApprovalOutcome,
+    /// Identity of the person who answered, as the app reported it.
+    pub by: String,
+    /// SHA-256 of exactly what they were shown, if the app supplied it.
+    pub shown_hash: Option<HexHash>,
+}
+
+/// A person's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ApprovalOutcome {
+    Approved,
+    Declined,
+}
+
+/// A public key announced by a `key.rotated` receipt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RotatedKey {
+    /// The new key's C2SP key id (8 hex digits).
+    pub key_id: String,
+    /// The new verifier key string (`name+keyid+base64(0x01‖pk)`).
+    pub vkey: String,
+    /// The key id it replaces.
+    pub replaces: String,
+}
+
+/// The typed view of a receipt body (see the module docs for why it is only a view).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReceiptBody {
+    /// Format version; [`FORMAT_VERSION`].
+    pub v: u64,
+    /// Receipt id.
+    pub id: String,
+    pub workspace_id: String,
+    /// `null` only for workspace events (`key.rotated`).
+    pub authorization_id: Option<String>,
+    /// Position in the authorization's trail (0 = creation); `null` for workspace events.
+    pub seq: Option<u64>,
+    /// Leaf hash of the trail's previous receipt (seq − 1); `null` at seq 0 and for workspace events.
+    pub prev: Option<HexHash>,
+    /// Leaf index in the workspace transparency log.
+    pub log_index: u64,
+    pub kind: EventKind,
+    pub decision: Option<Decision>,
+    /// Stable reason code (e.g. `scope_not_granted`), `null` when there is nothing to explain.
+    pub reason: Option<String>,
+    /// Scopes asked for (checks) or concerned.
+    pub scopes: Vec<String>,
+    /// Resource asked for, if any.
+    pub resource: Option<String>,
+    /// When Allowly decided (its clock).
+    pub time: Timestamp,
+    /// SHA-256 of the JCS form of the authorization's state as it was used for this decision.
+    pub auth_state_hash: Option<HexHash>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant: Option<Grant>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<Approval>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub escalation_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context_hash: Option<HexHash>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<RotatedKey>,
+}
+
+impl ReceiptBody {
+    /// The body's RFC 8785 canonical bytes: what the leaf hash covers.
+    pub fn canonical_bytes(&self) -> Result<Vec<u8>> {
+        jcs::to_canonical_vec(self)
+    }
+
+    /// `SHA-256(0x00 ‖ JCS(body))`.
+    pub fn leaf_hash(&self) -> Result<Hash> {
+        Ok(merkle::leaf_hash(&self.canonical_bytes()?))
+    }
+
+    /// Checks the rules a JSON schema cannot: version, id alphabets, and that the trail fields
+    /// agree with the kind (seq 0 ⇔ creation ⇔ no prev; workspace events have no trail).
+    pub fn validate(&self) -> Result<()> {
+        let err = |field, msg: &str| Err(Error::Field { field, msg: msg.to_owned() });
+        if self.v != FORMAT_VERSION {
+            return err("v", "unsupported format version");
+        }
+        validate_id("id", &self.id)?;
+        validate_id("workspace_id", &self.workspace_id)?;
+        if self.log_index > jcs::MAX_SAFE_INTEGER {
+            return err("log_index", "beyond 2^53-1");
+        }
+        if self.kind.is_authorization_event() {
+            let Some(auth) = &self.authorization_id else { return err("authorization_id", "required for this kind") };
+            validate_id("authorization_id", auth)?;
+            match (self.seq, &self.prev) {
+                (Some(0), None) if self.kind == EventKind::AuthorizationCreated => {}
+                (Some(0), _) => return err("seq", "seq 0 is the authorization.created receipt and has no prev"),
+                (Some(s), Some(_)) if s > 0 && self.kind != EventKind::AuthorizationCreated => {}
+                (Some(_), None) => return err("prev", "required when seq > 0"),
+                (Some(_), Some(_)) => return err("seq", "authorization.created must have seq 0"),
+                (None, _) => return err("seq", "required for this kind"),
+            }
+            if self.kind == EventKind::AuthorizationCreated && self.grant.is_none() {
+                return err("grant", "required in authorization.created");
+            }
+        } else if self.authorization_id.is_some() || self.seq.is_some() || self.prev.is_some() {
+            return err("authorization_id", "workspace events belong to no trail");
+        }
+        if let Some(id) = &self.escalation_id {
+            validate_id("escalation_id", id)?;
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Envelopes.
+
+/// What `/v1/check` returns before signing: a commitment (receipt id, log index, leaf hash) that
+/// binds the answer to the receipt that is signed later.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PendingReceipt {
+    /// Always `pending`.
+    pub status: String,
+    pub receipt_id: String,
+    pub log_index: u64,
+    pub leaf_hash: HexHash,
+    /// The body exactly as it will be signed.
+    pub body: serde_json::Value,
+}
+
+/// A receipt that verifies alone: body, its log index, its inclusion proof and the signed
+/// checkpoint the proof leads to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignedReceipt {
+    /// Always `signed`.
+    pub status: String,
+    /// The body exactly as hashed (a JSON object).
+    pub body: serde_json::Value,
+    pub log_index: u64,
+    /// RFC 9162 inclusion proof of the leaf in the checkpoint's tree, bottom-up.
+    pub inclusion_proof: Vec<HexHash>,
+    /// The C2SP signed note of the checkpoint.
+    pub checkpoint: String,
+}
+
+/// Status strings of the two envelopes.
+pub const STATUS_PENDING: &str = "pending";
+pub const STATUS_SIGNED: &str = "signed";
+
+/// Either envelope, as read from a file or the API.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AnyReceipt {
+    Pending(PendingReceipt),
+    Signed(SignedReceipt),
+}
+
+impl AnyReceipt {
+    /// Parses a receipt document strictly (RFC 8785 rules, see [`jcs::parse_strict`]).
+    pub fn parse(bytes: &[u8]) -> Result<Self> {
+        Self::from_value(jcs::parse_strict(bytes)?)
+    }
+
+    /// Picks the envelope by its `status` field.
+    pub fn from_value(v: serde_json::Value) -> Result<Self> {
+        let field_err = |e: serde_json::Error| Error::Field { field: "receipt", msg: e.to_string() };
+        match v.get("status").and_then(|s| s.as_str()) {
+            Some(STATUS_SIGNED) => Ok(Self::Signed(serde_json::from_value(v).map_err(field_err)?)),
+            Some(STATUS_PENDING) => Ok(Self::Pending(serde_json::from_value(v).map_err(field_err)?)),
+            _ => Err(Error::Field { field: "status", msg: "expected \"signed\" or \"pending\"".into() }),
+        }
+    }
+
+    pub fn body(&self) -> &serde_json::Value {
+        match self {
+            Self::Pending(p) => &p.body,
+            Self::Signed(s) => &s.body,
+        }
+    }
+
+    pub fn log_index(&self) -> u64 {
+        match self {
+            Self::Pending(p) => p.log_index,
+            Self::Signed(s) => s.log_index,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Keys.
+
+/// Whether a key still signs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyStatus {
+    Active,
+    Retired,
+}
+
+/// One published public key of a workspace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublicKeyInfo {
+    /// C2SP key id, 8 lowercase hex digits.
+    pub key_id: String,
+    /// The note key name: the workspace's log origin.
+    pub name: String,
+    /// Always `ed25519`.
+    pub algorithm: String,
+    /// The 32-byte public key, standard base64.
+    pub public_key: String,
+    /// The same key as a C2SP verifier key string, for note tooling.
+    pub vkey: String,
+    /// First instant the key may sign (inclusive).
+    pub not_before: Timestamp,
+    /// Instant the key stopped signing (exclusive); `null` while active.
+    pub not_after: Option<Timestamp>,
+    pub status: KeyStatus,
+}
+
+/// All public keys a workspace has ever signed with: everything a verifier needs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeySet {
+    pub workspace_id: String,
+    /// The log origin checkpoints must carry.
+    pub origin: String,
+    pub keys: Vec<PublicKeyInfo>,
+}
+
+/// A key set whose entries have been checked against each other and decoded.
+#[derive(Debug, Clone)]
+pub struct TrustedKeys {
+    pub workspace_id: String,
+    pub origin: String,
+    /// Verifiers, one per key, in key-set order.
+    pub verifiers: Vec<NoteVerifier>,
+    /// Validity windows, parallel to `verifiers`.
+    pub windows: Vec<(Timestamp, Option<Timestamp>)>,
+}
+
+impl KeySet {
+    /// Parses a key set document strictly.
+    pub fn parse(bytes: &[u8]) -> Result<Self> {
+        serde_json::from_value(jcs::parse_strict(bytes)?)
+            .map_err(|e| Error::Field { field: "keys", msg: e.to_string() })
+    }
+
+    /// Checks every entry is self-consistent (public key, key id, vkey and name agree, origin is
+    /// the workspace's, windows are ordered) and returns the decoded verifiers.
+    pub fn trusted(&self) -> Result<TrustedKeys> {
+        validate_id("workspace_id", &self.workspace_id)?;
+        let kerr = |msg: &str| Err(Error::Field { field: "keys", msg: msg.to_owned() });
+        if self.origin != log_origin(&self.workspace_id) {
+            return kerr("origin is not allowly/<workspace_id>");
+        }
+        let mut verifiers = Vec::with_capacity(self.keys.len());
+        let mut windows = Vec::with_capacity(self.keys.len());
+        for k in &self.keys {
+            if k.algorithm != "ed25519" {
+                return kerr("only ed25519 keys are defined");
+            }
+            if k.name != self.origin {
+                return kerr("key name must equal the origin");
+            }
+            let raw = base64::engine::general_purpose::STANDARD
+                .decode(&k.public_key)
+                .map_err(|_| Error::Field { field: "public_key", msg: "not base64".into() })?;
+            let bytes: [u8; 32] = raw
+                .as_slice()
+                .try_into()
+                .map_err(|_| Error::Field { field: "public_key", msg: "not 32 bytes".into() })?;
+            let vk = VerifyingKey::from_bytes(&bytes)
+                .map_err(|_| Error::Field { field: "public_key", msg: "not an Ed25519 point".into() })?;
+            let verifier = NoteVerifier::new(&k.name, vk)?;
+            if hex::encode(verifier.key_id()) != k.key_id {
+                return kerr("key_id does not match the public key");
+            }
+            if NoteVerifier::parse_vkey(&k.vkey)? != verifier {
+                return kerr("vkey does not match the public key");
+            }
+            if matches!(k.not_after, Some(end) if end <= k.not_before) {
+                return kerr("not_after must be later than not_before");
+            }
+            if (k.status == KeyStatus::Active) != k.not_after.is_none() {
+                return kerr("exactly the keys without not_after are active");
+            }
+            verifiers.push(verifier);
+            windows.push((k.not_before, k.not_after));
+        }
+        Ok(TrustedKeys { workspace_id: self.workspace_id.clone(), origin: self.origin.clone(), verifiers, windows })
+    }
+}
+
+impl TrustedKeys {
+    /// Whether the key `v` (one of ours) was within its validity window at `t`.
+    pub fn valid_at(&self, v: &NoteVerifier, t: Timestamp) -> bool {
+        self.verifiers
+            .iter()
+            .zip(&self.windows)
+            .any(|(k, (from, to))| k == v && *from <= t && to.is_none_or(|to| t < to))
+    }
+}
+
+/// Reads the signer's clock from a checkpoint's extension lines (`time <timestamp>`).
+pub fn checkpoint_time(extensions: &[String]) -> Result<Timestamp> {
+    let mut found = extensions.iter().filter_map(|l| l.strip_prefix(TIME_EXTENSION_PREFIX));
+    match (found.next(), found.next()) {
+        (Some(t), None) => Timestamp::parse(t),
+        _ => Err(Error::Checkpoint("expected exactly one `time` extension line")),
+    }
+}

@@ -1,0 +1,567 @@
+//! Offline verification that returns findings, not a bool.
+//!
+//! Every problem is reported as a [`Finding`] with a stable code and a class: an *integrity
+//! failure* means something that was signed has been altered, forged or contradicted; a *coverage
+//! gap* means something is missing (a receipt, a leaf, a proof) but nothing present was altered.
+//! The algorithm is specified step by step in `docs/receipt-format.md` §7.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::Serialize;
+
+use crate::bundle::{Bundle, Scope};
+use crate::merkle::{self, Hash};
+use crate::note::{self, Checkpoint};
+use crate::types::{checkpoint_time, AnyReceipt, KeySet, ReceiptBody, TrustedKeys};
+use crate::{jcs, Error, Result};
+
+/// Whether a finding means "altered" or "missing".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Class {
+    /// Something present was altered, forged, or contradicts other signed evidence.
+    Integrity,
+    /// Something is missing; nothing present was shown to be altered.
+    Coverage,
+}
+
+macro_rules! codes {
+    ($($(#[$doc:meta])* $variant:ident = $text:literal, $class:ident;)*) => {
+        /// Stable finding codes (their text is part of the CLI's `--json` contract).
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum Code { $($(#[$doc])* $variant,)* }
+        impl Code {
+            /// The code as written in reports and test vectors.
+            pub fn as_str(self) -> &'static str { match self { $(Self::$variant => $text,)* } }
+            /// The class the code belongs to.
+            pub fn class(self) -> Class { match self { $(Self::$variant => Class::$class,)* } }
+            /// Every code, for documentation and tests.
+            pub const ALL: &'static [Code] = &[$(Self::$variant,)*];
+        }
+    };
+}
+
+codes! {
+    /// The body is not I-JSON (duplicate keys, unsafe integers, …) so it has no canonical form.
+    BodyNotCanonical = "body_not_canonical", Integrity;
+    /// The body lacks a field, has a wrong type, or breaks a format rule.
+    BodyInvalid = "body_invalid", Integrity;
+    /// The receipt names another workspace than the keys / bundle.
+    WorkspaceMismatch = "workspace_mismatch", Integrity;
+    /// The envelope's log index differs from the body's.
+    LogIndexMismatch = "log_index_mismatch", Integrity;
+    /// A pending envelope's leaf hash or receipt id does not match its body.
+    EnvelopeMismatch = "envelope_mismatch", Integrity;
+    /// The checkpoint is not a well-formed signed note / checkpoint.
+    CheckpointMalformed = "checkpoint_malformed", Integrity;
+    /// A workspace key's signature on the checkpoint does not verify.
+    CheckpointSignatureInvalid = "checkpoint_signature_invalid", Integrity;
+    /// The checkpoint carries no signature by any workspace key.
+    CheckpointUnknownKey = "checkpoint_unknown_key", Integrity;
+    /// The checkpoint is for another log.
+    CheckpointOriginMismatch = "checkpoint_origin_mismatch", Integrity;
+    /// The signing key was outside its validity window at the checkpoint's time.
+    KeyNotValidAtTime = "key_not_valid_at_time", Integrity;
+    /// The inclusion proof does not lead from the leaf to the checkpoint's root.
+    InclusionProofInvalid = "inclusion_proof_invalid", Integrity;
+    /// A bundle line cannot be read.
+    RecordMalformed = "record_malformed", Integrity;
+    /// The bundle's keys are not the pinned keys.
+    KeysMismatch = "keys_mismatch", Integrity;
+    /// Two different leaves claim one log index.
+    LogIndexConflict = "log_index_conflict", Integrity;
+    /// Two different receipts claim one place in a trail.
+    SeqConflict = "seq_conflict", Integrity;
+    /// A receipt's `prev` is not the leaf hash of the trail's previous receipt.
+    ChainBroken = "chain_broken", Integrity;
+    /// A later receipt of a trail sits earlier in the log.
+    TrailOrder = "trail_order", Integrity;
+    /// Two checkpoints of one size with different roots: the log forked.
+    CheckpointFork = "checkpoint_fork", Integrity;
+    /// A consistency proof between two checkpoints does not verify.
+    ConsistencyProofInvalid = "consistency_proof_invalid", Integrity;
+    /// The leaves in the bundle do not hash to a checkpoint's root.
+    CheckpointRootMismatch = "checkpoint_root_mismatch", Integrity;
+    /// A receipt outside the scope the bundle claims.
+    OutOfScope = "out_of_scope", Integrity;
+    /// A trail has a hole: a receipt between two present ones is missing.
+    ReceiptMissing = "receipt_missing", Coverage;
+    /// A log index inside the bundle's scope has no receipt.
+    LogLeafMissing = "log_leaf_missing", Coverage;
+    /// A receipt is still pending: not yet covered by a signed checkpoint.
+    NotSigned = "not_signed", Coverage;
+    /// Two checkpoints with no proof that the later one extends the earlier.
+    ConsistencyUnproven = "consistency_unproven", Coverage;
+    /// The bundle stops short of what its header or its newest checkpoint commits to.
+    Truncated = "truncated", Coverage;
+}
+
+/// One problem found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    pub code: Code,
+    pub class: Class,
+    /// What it is about, e.g. `receipt rcpt_1 (log index 4)` or `bundle line 7`.
+    pub subject: String,
+    /// Human explanation.
+    pub detail: String,
+}
+
+impl Finding {
+    fn new(code: Code, subject: impl Into<String>, detail: impl Into<String>) -> Self {
+        Self { code, class: code.class(), subject: subject.into(), detail: detail.into() }
+    }
+}
+
+/// The verdict of a whole report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Valid,
+    CoverageGap,
+    IntegrityFailure,
+}
+
+/// Everything a verification found, plus counts for the human summary.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Report {
+    pub receipts: usize,
+    pub signed: usize,
+    pub checkpoints: usize,
+    pub findings: Vec<Finding>,
+    /// Remarks that are not findings (e.g. "keys were taken from the bundle itself").
+    pub notes: Vec<String>,
+}
+
+impl Report {
+    /// Integrity failure beats coverage gap beats valid.
+    pub fn outcome(&self) -> Outcome {
+        match self.findings.iter().map(|f| f.class).min() {
+            Some(Class::Integrity) => Outcome::IntegrityFailure,
+            Some(Class::Coverage) => Outcome::CoverageGap,
+            None => Outcome::Valid,
+        }
+    }
+
+    fn push(&mut self, code: Code, subject: impl Into<String>, detail: impl Into<String>) {
+        self.findings.push(Finding::new(code, subject, detail));
+    }
+}
+
+/// A verified checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct OpenedCheckpoint {
+    size: u64,
+    root: Hash,
+}
+
+/// Opens a checkpoint note against the workspace keys: signature, origin, time, key window.
+fn open_checkpoint(
+    note_text: &str,
+    keys: &TrustedKeys,
+) -> std::result::Result<(OpenedCheckpoint, Checkpoint), (Code, String)> {
+    let malformed = |e: Error| (Code::CheckpointMalformed, e.to_string());
+    let signed = note::parse_signed_note(note_text).map_err(malformed)?;
+    let signers = signed.verify(&keys.verifiers).map_err(|e| match e {
+        Error::BadSignature { .. } => (Code::CheckpointSignatureInvalid, e.to_string()),
+        Error::NoKnownSignature => (Code::CheckpointUnknownKey, "no signature by a key of this workspace".to_owned()),
+        other => malformed(other),
+    })?;
+    let cp = Checkpoint::parse(&signed.text).map_err(malformed)?;
+    if cp.origin != keys.origin {
+        return Err((Code::CheckpointOriginMismatch, format!("origin {:?}, expected {:?}", cp.origin, keys.origin)));
+    }
+    let time = checkpoint_time(&cp.extensions).map_err(malformed)?;
+    if !signers.iter().any(|v| keys.valid_at(v, time)) {
+        return Err((Code::KeyNotValidAtTime, format!("no signing key was valid at {time}")));
+    }
+    Ok((OpenedCheckpoint { size: cp.size, root: cp.root }, cp))
+}
+
+/// What one receipt contributes to bundle-level checks.
+#[derive(Debug, Clone)]
+struct ReceiptFacts {
+    body: ReceiptBody,
+    leaf: Hash,
+    signed: bool,
+}
+
+/// Checks one receipt alone. Pushes findings into `report`; returns the facts when the body
+/// could be read (even if a signature check failed, so trail checks can still run).
+fn check_one(
+    r: &AnyReceipt,
+    keys: &TrustedKeys,
+    cps: &mut HashMap<String, std::result::Result<OpenedCheckpoint, (Code, String)>>,
+    seen_cps: &mut Vec<OpenedCheckpoint>,
+    report: &mut Report,
+) -> Option<ReceiptFacts> {
+    report.receipts += 1;
+    let raw = r.body();
+    let id_hint = raw.get("id").and_then(|v| v.as_str()).unwrap_or("?");
+    let subject = format!("receipt {id_hint} (log index {})", r.log_index());
+    let canonical = match jcs::canonicalize(raw) {
+        Ok(c) => c,
+        Err(e) => {
+            report.push(Code::BodyNotCanonical, subject, e.to_string());
+            return None;
+        }
+    };
+    let body: ReceiptBody = match serde_json::from_value(raw.clone()) {
+        Ok(b) => b,
+        Err(e) => {
+            report.push(Code::BodyInvalid, subject, e.to_string());
+            return None;
+        }
+    };
+    if let Err(e) = body.validate() {
+        report.push(Code::BodyInvalid, subject.clone(), e.to_string());
+    }
+    if body.workspace_id != keys.workspace_id {
+        report.push(
+            Code::WorkspaceMismatch,
+            subject.clone(),
+            format!("receipt of {}, keys of {}", body.workspace_id, keys.workspace_id),
+        );
+    }
+    if body.log_index != r.log_index() {
+        report.push(
+            Code::LogIndexMismatch,
+            subject.clone(),
+            format!("envelope says {}, body says {}", r.log_index(), body.log_index),
+        );
+    }
+    let leaf = merkle::leaf_hash(&canonical);
+    let signed = match r {
+        AnyReceipt::Pending(p) => {
+            if p.leaf_hash.0 != leaf || p.receipt_id != body.id {
+                report.push(Code::EnvelopeMismatch, subject.clone(), "leaf_hash or receipt_id does not match the body");
+            }
+            report.push(Code::NotSigned, subject, "pending: no signed checkpoint covers it yet");
+            false
+        }
+        AnyReceipt::Signed(s) => {
+            let opened =
+                cps.entry(s.checkpoint.clone()).or_insert_with(|| open_checkpoint(&s.checkpoint, keys).map(|(o, _)| o));
+            match opened {
+                Err((code, detail)) => report.push(*code, subject, detail.clone()),
+                Ok(cp) => {
+                    if !seen_cps.contains(cp) {
+                        seen_cps.push(*cp);
+                    }
+                    let proof: Vec<Hash> = s.inclusion_proof.iter().map(|h| h.0).collect();
+                    if let Err(e) = merkle::verify_inclusion(&leaf, s.log_index, cp.size, &proof, &cp.root) {
+                        report.push(Code::InclusionProofInvalid, subject, e.to_string());
+                    } else {
+                        report.signed += 1;
+                    }
+                }
+            }
+            true
+        }
+    };
+    Some(ReceiptFacts { body, leaf, signed })
+}
+
+/// Verifies a receipt document as read from a file or the API. A document that is JSON but
+/// breaks the canonical-JSON input rules (duplicate members, unsafe integers, …) can only have
+/// been altered, so it is the finding `body_not_canonical`; bytes that are not JSON at all are an
+/// error (unusable input).
+pub fn verify_receipt_bytes(bytes: &[u8], keys: &KeySet) -> Result<Report> {
+    let value = match jcs::parse_strict(bytes) {
+        Ok(v) => v,
+        Err(
+            e @ (Error::DuplicateKey { .. }
+            | Error::IntegerOutOfRange { .. }
+            | Error::NonFiniteNumber
+            | Error::TooDeep { .. }),
+        ) => {
+            keys.trusted()?;
+            let mut report = Report { receipts: 1, ..Report::default() };
+            report.push(Code::BodyNotCanonical, "receipt", e.to_string());
+            return Ok(report);
+        }
+        Err(e) => return Err(e),
+    };
+    verify_receipt(&AnyReceipt::from_value(value)?, keys)
+}
+
+/// Verifies one receipt (signed or pending) alone against a workspace's keys.
+pub fn verify_receipt(r: &AnyReceipt, keys: &KeySet) -> Result<Report> {
+    let trusted = keys.trusted()?;
+    let mut report = Report::default();
+    let mut seen = Vec::new();
+    check_one(r, &trusted, &mut HashMap::new(), &mut seen, &mut report);
+    report.checkpoints = seen.len();
+    Ok(report)
+}
+
+/// Verifies an evidence bundle as a whole.
+///
+/// `pinned` are keys the auditor obtained independently (e.g. from `GET /v1/workspaces/{id}/keys`
+/// at an earlier time); without them the bundle's own key set is used and the report says so.
+/// `extra_checkpoints` are signed checkpoints obtained independently: they let a verifier notice
+/// a bundle that was cut short together with its newest checkpoints.
+///
+/// Errors only when the input is not a bundle or no keys are available at all.
+pub fn verify_bundle(bytes: &[u8], pinned: Option<&KeySet>, extra_checkpoints: &[String]) -> Result<Report> {
+    let (bundle, bad_lines) = Bundle::parse(bytes)?;
+    let header = bundle.header.clone().ok_or(Error::Field { field: "bundle", msg: "no header".into() })?;
+    let mut report = Report::default();
+    for b in &bad_lines {
+        report.push(Code::RecordMalformed, format!("bundle line {}", b.line), b.error.to_string());
+    }
+
+    // Keys: pinned keys win; a bundle key set that is not a subset of them is an integrity failure.
+    let keys = match (pinned, bundle.keys.first()) {
+        (Some(p), _) => {
+            for k in &bundle.keys {
+                let unknown = k.workspace_id != p.workspace_id
+                    || k.keys
+                        .iter()
+                        .any(|e| !p.keys.iter().any(|q| q.key_id == e.key_id && q.public_key == e.public_key));
+                if unknown {
+                    report.push(
+                        Code::KeysMismatch,
+                        "bundle keys",
+                        "the bundle carries a key that is not among the pinned keys",
+                    );
+                }
+            }
+            p.clone()
+        }
+        (None, Some(k)) => {
+            if bundle.keys.iter().any(|o| o != k) {
+                report.push(Code::KeysMismatch, "bundle keys", "the bundle carries two different key sets");
+            }
+            report.notes.push(
+                "keys were taken from the bundle itself; pass --keys to pin the workspace's published keys".into(),
+            );
+            k.clone()
+        }
+        (None, None) => {
+            return Err(Error::Field { field: "keys", msg: "the bundle carries no keys and none were given".into() })
+        }
+    };
+    let trusted = keys.trusted()?;
+    if header.workspace_id != trusted.workspace_id {
+        report.push(
+            Code::WorkspaceMismatch,
+            "bundle header",
+            format!("bundle of {}, keys of {}", header.workspace_id, trusted.workspace_id),
+        );
+    }
+
+    // Checkpoints: every one the bundle (or the caller) names, plus those the receipts carry.
+    let mut cps: HashMap<String, std::result::Result<OpenedCheckpoint, (Code, String)>> = HashMap::new();
+    let mut seen: Vec<OpenedCheckpoint> = Vec::new();
+    for (i, text) in bundle.checkpoints.iter().chain(extra_checkpoints).enumerate() {
+        let opened = open_checkpoint(text, &trusted).map(|(o, _)| o);
+        match &opened {
+            Ok(o) if !seen.contains(o) => seen.push(*o),
+            Ok(_) => {}
+            Err((code, detail)) => report.push(*code, format!("checkpoint #{}", i + 1), detail.clone()),
+        }
+        cps.insert(text.clone(), opened);
+    }
+
+    let mut facts = Vec::with_capacity(bundle.receipts.len());
+    for r in &bundle.receipts {
+        if let Some(f) = check_one(r, &trusted, &mut cps, &mut seen, &mut report) {
+            facts.push(f);
+        }
+    }
+    report.checkpoints = seen.len();
+
+    let leaves = check_log(&facts, &mut report);
+    check_trails(&facts, &header.scope, &mut report);
+    check_scope(&header.scope, &leaves, &facts, &seen, &mut report);
+    check_checkpoints(&seen, &bundle.consistency, &leaves, &mut report);
+    Ok(report)
+}
+
+/// Log-level: one leaf per index. Returns index → leaf hash.
+fn check_log(facts: &[ReceiptFacts], report: &mut Report) -> BTreeMap<u64, Hash> {
+    let mut leaves = BTreeMap::new();
+    for f in facts {
+        if let Some(prev) = leaves.insert(f.body.log_index, f.leaf) {
+            if prev != f.leaf {
+                report.push(
+                    Code::LogIndexConflict,
+                    format!("log index {}", f.body.log_index),
+                    "two different receipts claim this log index",
+                );
+            }
+        }
+    }
+    leaves
+}
+
+/// Per-authorization trails: seq continuity, `prev` chain, log order.
+fn check_trails(facts: &[ReceiptFacts], scope: &Scope, report: &mut Report) {
+    let mut trails: BTreeMap<&str, BTreeMap<u64, &ReceiptFacts>> = BTreeMap::new();
+    for f in facts {
+        let (Some(auth), Some(seq)) = (f.body.authorization_id.as_deref(), f.body.seq) else { continue };
+        let trail = trails.entry(auth).or_default();
+        match trail.get(&seq) {
+            Some(other) if other.leaf != f.leaf => {
+                report.push(
+                    Code::SeqConflict,
+                    format!("authorization {auth} seq {seq}"),
+                    "two different receipts claim this place in the trail",
+                );
+            }
+            _ => {
+                trail.insert(seq, f);
+            }
+        }
+    }
+    for (auth, trail) in &trails {
+        let mut expected_next: Option<u64> = match scope {
+            Scope::Authorization { .. } => Some(0),
+            Scope::Log { from: 0, .. } => Some(0),
+            Scope::Log { .. } => None,
+        };
+        let mut prev: Option<&ReceiptFacts> = None;
+        for (&seq, f) in trail {
+            let subject = format!("authorization {auth} seq {seq}");
+            if let Some(want) = expected_next {
+                if seq > want {
+                    report.push(Code::ReceiptMissing, subject.clone(), format!("seq {want}..{} missing", seq - 1));
+                }
+            }
+            match prev {
+                Some(p) if p.body.seq.map(|s| s + 1) == Some(seq) => {
+                    if f.body.prev.map(|h| h.0) != Some(p.leaf) {
+                        report.push(Code::ChainBroken, subject.clone(), "prev is not the leaf hash of seq - 1");
+                    }
+                    if f.body.log_index <= p.body.log_index {
+                        report.push(Code::TrailOrder, subject, "log index not after the previous receipt's");
+                    }
+                }
+                _ => {}
+            }
+            prev = Some(f);
+            expected_next = Some(seq + 1);
+        }
+    }
+}
+
+/// The bundle's claimed scope against what it holds.
+fn check_scope(
+    scope: &Scope,
+    leaves: &BTreeMap<u64, Hash>,
+    facts: &[ReceiptFacts],
+    cps: &[OpenedCheckpoint],
+    report: &mut Report,
+) {
+    match scope {
+        Scope::Authorization { authorization_id, last_seq } => {
+            let mut max_seq = None;
+            for f in facts {
+                if f.body.authorization_id.as_deref() != Some(authorization_id) {
+                    report.push(
+                        Code::OutOfScope,
+                        format!("receipt {}", f.body.id),
+                        format!("not part of authorization {authorization_id}"),
+                    );
+                } else {
+                    max_seq = max_seq.max(f.body.seq);
+                }
+            }
+            match max_seq {
+                Some(m) if m >= *last_seq => {}
+                _ => report.push(
+                    Code::Truncated,
+                    format!("authorization {authorization_id}"),
+                    format!("header claims seq 0..={last_seq}, bundle ends at {max_seq:?}"),
+                ),
+            }
+        }
+        Scope::Log { from, to } => {
+            for f in facts {
+                if !(from..to).contains(&&f.body.log_index) {
+                    report.push(
+                        Code::OutOfScope,
+                        format!("receipt {}", f.body.id),
+                        format!("log index {} outside {from}..{to}", f.body.log_index),
+                    );
+                }
+            }
+            let missing = (*from..*to).filter(|i| !leaves.contains_key(i)).count();
+            if missing > 0 {
+                let first = (*from..*to).find(|i| !leaves.contains_key(i)).unwrap_or(*from);
+                report.push(
+                    Code::LogLeafMissing,
+                    format!("log {from}..{to}"),
+                    format!("{missing} leaves missing, first at index {first}"),
+                );
+            }
+            if let Some(max) = cps.iter().map(|c| c.size).max() {
+                if max > *to {
+                    report.push(
+                        Code::Truncated,
+                        format!("log {from}..{to}"),
+                        format!("a signed checkpoint commits to {max} leaves"),
+                    );
+                }
+            }
+        }
+    }
+    let unsigned = facts.iter().filter(|f| !f.signed).count();
+    if unsigned > 0 {
+        report.notes.push(format!("{unsigned} receipts are pending"));
+    }
+}
+
+/// Checkpoints must all be views of one append-only log.
+fn check_checkpoints(
+    cps: &[OpenedCheckpoint],
+    proofs: &[crate::bundle::Consistency],
+    leaves: &BTreeMap<u64, Hash>,
+    report: &mut Report,
+) {
+    let mut by_size: BTreeMap<u64, Hash> = BTreeMap::new();
+    for c in cps {
+        if let Some(r) = by_size.insert(c.size, c.root) {
+            if r != c.root {
+                report.push(
+                    Code::CheckpointFork,
+                    format!("checkpoint size {}", c.size),
+                    "two signed checkpoints of one size with different roots",
+                );
+            }
+        }
+    }
+    // Leaves 0..prefix are all present: roots of every checkpoint within it can be recomputed.
+    let prefix = leaves.keys().enumerate().take_while(|(i, k)| *i as u64 == **k).count() as u64;
+    let prefix_leaves: Vec<Hash> = leaves.values().take(prefix as usize).copied().collect();
+    let list = merkle::LeafList(prefix_leaves);
+    for c in cps.iter().filter(|c| c.size <= prefix) {
+        match merkle::root_from(&list, c.size) {
+            Ok(r) if r == c.root => {}
+            _ => report.push(
+                Code::CheckpointRootMismatch,
+                format!("checkpoint size {}", c.size),
+                "the bundle's leaves do not hash to this root",
+            ),
+        }
+    }
+    let sizes: Vec<(u64, Hash)> = by_size.into_iter().collect();
+    for pair in sizes.windows(2) {
+        let ((a, ra), (b, rb)) = (pair[0], pair[1]);
+        if b <= prefix {
+            continue; // both roots recomputed from leaves above
+        }
+        let subject = format!("checkpoints {a} → {b}");
+        match proofs.iter().find(|p| p.old_size == a && p.new_size == b) {
+            Some(p) => {
+                let proof: Vec<Hash> = p.proof.iter().map(|h| h.0).collect();
+                if let Err(e) = merkle::verify_consistency(a, b, &ra, &rb, &proof) {
+                    report.push(Code::ConsistencyProofInvalid, subject, e.to_string());
+                }
+            }
+            None => report.push(Code::ConsistencyUnproven, subject, "no consistency proof and not all leaves present"),
+        }
+    }
+}

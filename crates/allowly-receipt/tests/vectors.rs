@@ -1,0 +1,725 @@
+//! Generates the committed test vectors (valid and labelled invalid receipts, key sets and
+//! bundles) from a fixed seed, checks that this crate's verifier reports exactly each vector's
+//! labelled findings, and fails when the committed files differ from what the code generates.
+//!
+//! After a deliberate format change: `UPDATE_VECTORS=1 cargo test -p allowly-receipt --test vectors`
+//! and review the diff. The Python and Node verifiers (tests/crosslang) read the same files.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use allowly_receipt::bundle::{Bundle, Consistency, Header, Scope};
+use allowly_receipt::jcs;
+use allowly_receipt::merkle::{self, Frontier, Hash, LeafList};
+use allowly_receipt::note::{self, Checkpoint, NoteVerifier};
+use allowly_receipt::types::*;
+use allowly_receipt::verify::{self, Outcome, Report};
+use base64::Engine as _;
+use ed25519_dalek::SigningKey;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+const WS: &str = "ws_vectors";
+
+fn seed_key(label: &str) -> SigningKey {
+    let seed: [u8; 32] = Sha256::digest(format!("allowly test vectors: {label}")).into();
+    SigningKey::from_bytes(&seed)
+}
+
+fn ts(s: &str) -> Timestamp {
+    Timestamp::parse(s).expect("fixed timestamp")
+}
+
+fn sha(s: &str) -> HexHash {
+    HexHash(Sha256::digest(s).into())
+}
+
+fn key_info(key: &SigningKey, from: &str, to: Option<&str>) -> PublicKeyInfo {
+    let origin = log_origin(WS);
+    let v = NoteVerifier::new(&origin, key.verifying_key()).expect("valid name");
+    PublicKeyInfo {
+        key_id: hex::encode(v.key_id()),
+        name: origin,
+        algorithm: "ed25519".into(),
+        public_key: base64::engine::general_purpose::STANDARD.encode(key.verifying_key().as_bytes()),
+        vkey: v.to_vkey(),
+        not_before: ts(from),
+        not_after: to.map(ts),
+        status: if to.is_some() { KeyStatus::Retired } else { KeyStatus::Active },
+    }
+}
+
+fn checkpoint_note(origin: &str, size: u64, root: Hash, time: &str, key_name: &str, key: &SigningKey) -> String {
+    let cp =
+        Checkpoint { origin: origin.into(), size, root, extensions: vec![format!("{TIME_EXTENSION_PREFIX}{time}")] };
+    note::sign_note(&cp.to_text().expect("valid checkpoint"), key_name, key).expect("sign")
+}
+
+/// The fixed log every vector is cut from.
+struct Log {
+    key1: SigningKey,
+    key2: SigningKey,
+    keys: KeySet,
+    bodies: Vec<Value>,
+    leaves: Vec<Hash>,
+    /// (size, signed note) of each batch checkpoint, in order.
+    checkpoints: Vec<(u64, String)>,
+    /// Each leaf's proof against its own batch checkpoint, and that checkpoint.
+    batch_receipts: Vec<SignedReceipt>,
+}
+
+struct Trail {
+    auth: &'static str,
+    next_seq: u64,
+    prev: Option<HexHash>,
+}
+
+impl Trail {
+    fn new(auth: &'static str) -> Self {
+        Self { auth, next_seq: 0, prev: None }
+    }
+}
+
+#[allow(clippy::too_many_arguments)] // a test helper that reads like a table row
+fn body(
+    trail: Option<&mut Trail>,
+    log_index: u64,
+    kind: EventKind,
+    decision: Option<Decision>,
+    reason: Option<&str>,
+    scopes: &[&str],
+    resource: Option<&str>,
+    time: &str,
+) -> ReceiptBody {
+    let (authorization_id, seq, prev) = match &trail {
+        Some(t) => (Some(t.auth.to_string()), Some(t.next_seq), t.prev),
+        None => (None, None, None),
+    };
+    ReceiptBody {
+        v: FORMAT_VERSION,
+        id: format!("rcpt_{log_index:04}"),
+        workspace_id: WS.into(),
+        authorization_id,
+        seq,
+        prev,
+        log_index,
+        kind,
+        decision,
+        reason: reason.map(str::to_owned),
+        scopes: scopes.iter().map(|s| s.to_string()).collect(),
+        resource: resource.map(str::to_owned),
+        time: ts(time),
+        auth_state_hash: trail.as_ref().map(|t| sha(&format!("state of {} at {log_index}", t.auth))),
+        grant: None,
+        approval: None,
+        escalation_id: None,
+        context_hash: None,
+        key: None,
+    }
+}
+
+fn build_log() -> Log {
+    let key1 = seed_key("key 1");
+    let key2 = seed_key("key 2");
+    let rotation = "2026-01-01T00:01:00.000Z";
+    let keys = KeySet {
+        workspace_id: WS.into(),
+        origin: log_origin(WS),
+        keys: vec![key_info(&key1, "2026-01-01T00:00:00.000Z", Some(rotation)), key_info(&key2, rotation, None)],
+    };
+    let mut a1 = Trail::new("auth_01");
+    let mut a2 = Trail::new("auth_02");
+    let mut bodies: Vec<Value> = Vec::new();
+    let mut leaves = Vec::new();
+    let mut push = |trail: Option<&mut Trail>, b: ReceiptBody, extra: Option<(&str, Value)>| {
+        let mut v = serde_json::to_value(&b).expect("body to value");
+        if let Some((k, x)) = extra {
+            v.as_object_mut().expect("object").insert(k.into(), x);
+        }
+        let leaf = merkle::leaf_hash(&jcs::canonicalize(&v).expect("canonical"));
+        if let Some(t) = trail {
+            t.next_seq += 1;
+            t.prev = Some(HexHash(leaf));
+        }
+        bodies.push(v);
+        leaves.push(leaf);
+    };
+
+    // Batch 1 (leaves 0..3), key 1.
+    let mut b = body(
+        Some(&mut a1),
+        0,
+        EventKind::AuthorizationCreated,
+        None,
+        None,
+        &["files.read", "mail.*"],
+        None,
+        "2026-01-01T00:00:01.000Z",
+    );
+    b.grant = Some(Grant {
+        subject: "user_42".into(),
+        scopes: vec!["files.read".into(), "mail.*".into()],
+        resources: vec!["drive:file/*".into()],
+        expires_at: Some(ts("2027-01-01T00:00:00.000Z")),
+        metadata_hash: Some(sha("{\"app\":\"demo\"}")),
+    });
+    push(Some(&mut a1), b, None);
+    let b = body(
+        Some(&mut a1),
+        1,
+        EventKind::Check,
+        Some(Decision::Allow),
+        Some("granted"),
+        &["files.read"],
+        Some("drive:file/report.pdf"),
+        "2026-01-01T00:00:02.000Z",
+    );
+    push(Some(&mut a1), b, None);
+    // Non-ASCII, escapes and characters whose UTF-8 and UTF-16 orders differ, in values and in
+    // an extension member's keys: cross-language canonicalization must agree on all of them.
+    let mut b = body(
+        Some(&mut a1),
+        2,
+        EventKind::Check,
+        Some(Decision::Deny),
+        Some("resource_not_covered"),
+        &["files.read"],
+        Some("drive:file/Résumé \u{1F600} \"q\"\\\n\t\u{7f}\u{2028}\u{e000}"),
+        "2026-01-01T00:00:03.000Z",
+    );
+    b.context_hash = Some(sha("context"));
+    push(
+        Some(&mut a1),
+        b,
+        Some((
+            "x_ext",
+            json!({"\u{e000}": 1, "\u{1F600}": 2, "a": "\u{1}", "\u{80}": [true, false, null], "1": -9007199254740991i64}),
+        )),
+    );
+
+    // Batch 2 (leaves 3..5), key 1.
+    let mut b = body(
+        Some(&mut a2),
+        3,
+        EventKind::AuthorizationCreated,
+        None,
+        None,
+        &["payments.send"],
+        None,
+        "2026-01-01T00:00:20.000Z",
+    );
+    b.grant = Some(Grant {
+        subject: "ユーザー 7".into(),
+        scopes: vec!["payments.send".into()],
+        resources: vec![],
+        expires_at: None,
+        metadata_hash: None,
+    });
+    push(Some(&mut a2), b, None);
+    let b = body(
+        Some(&mut a2),
+        4,
+        EventKind::Check,
+        Some(Decision::Confirm),
+        Some("confirmation_required"),
+        &["payments.send"],
+        Some("acct:9"),
+        "2026-01-01T00:00:21.000Z",
+    );
+    push(Some(&mut a2), b, None);
+
+    // Batch 3 (leaves 5..8), key 2: the rotation itself, then two more receipts.
+    let mut b = body(None, 5, EventKind::KeyRotated, None, None, &[], None, rotation);
+    let v2 = NoteVerifier::new(&log_origin(WS), key2.verifying_key()).expect("name");
+    let v1 = NoteVerifier::new(&log_origin(WS), key1.verifying_key()).expect("name");
+    b.key =
+        Some(RotatedKey { key_id: hex::encode(v2.key_id()), vkey: v2.to_vkey(), replaces: hex::encode(v1.key_id()) });
+    push(None, b, None);
+    let b = body(
+        Some(&mut a1),
+        6,
+        EventKind::Revocation,
+        None,
+        Some("revoked_by_user"),
+        &[],
+        None,
+        "2026-01-01T00:01:05.000Z",
+    );
+    push(Some(&mut a1), b, None);
+    let mut b = body(
+        Some(&mut a2),
+        7,
+        EventKind::EscalationCreated,
+        Some(Decision::Escalate),
+        Some("escalation_required"),
+        &["payments.send"],
+        Some("acct:9"),
+        "2026-01-01T00:01:06.000Z",
+    );
+    b.escalation_id = Some("esc_01".into());
+    push(Some(&mut a2), b, None);
+
+    let batches: [(usize, usize, &SigningKey, &str); 3] = [
+        (0, 3, &key1, "2026-01-01T00:00:10.000Z"),
+        (3, 5, &key1, "2026-01-01T00:00:50.000Z"),
+        (5, 8, &key2, "2026-01-01T00:01:10.000Z"),
+    ];
+    let mut frontier = Frontier::new();
+    let mut checkpoints = Vec::new();
+    let mut batch_receipts = Vec::new();
+    for (from, to, key, time) in batches {
+        let appended = frontier.append(&leaves[from..to]).expect("append");
+        let note = checkpoint_note(&log_origin(WS), appended.new_size, appended.root, time, &log_origin(WS), key);
+        for (i, proof) in (from..to).zip(appended.proofs) {
+            batch_receipts.push(SignedReceipt {
+                status: STATUS_SIGNED.into(),
+                body: bodies[i].clone(),
+                log_index: i as u64,
+                inclusion_proof: proof.into_iter().map(HexHash).collect(),
+                checkpoint: note.clone(),
+            });
+        }
+        checkpoints.push((appended.new_size, note));
+    }
+    Log { key1, key2, keys, bodies, leaves, checkpoints, batch_receipts }
+}
+
+impl Log {
+    /// A receipt whose proof leads to the newest checkpoint (what an export carries).
+    fn latest_receipt(&self, i: usize) -> SignedReceipt {
+        let (size, note) = self.checkpoints.last().expect("checkpoint").clone();
+        let proof = merkle::inclusion_proof(&LeafList(self.leaves.clone()), i as u64, size).expect("proof");
+        SignedReceipt {
+            status: STATUS_SIGNED.into(),
+            body: self.bodies[i].clone(),
+            log_index: i as u64,
+            inclusion_proof: proof.into_iter().map(HexHash).collect(),
+            checkpoint: note,
+        }
+    }
+
+    fn header(&self, scope: Scope) -> Header {
+        Header { v: 1, workspace_id: WS.into(), scope, created_at: ts("2026-01-01T00:02:00.000Z") }
+    }
+
+    fn auth01_bundle(&self) -> Bundle {
+        Bundle {
+            header: Some(self.header(Scope::Authorization { authorization_id: "auth_01".into(), last_seq: 3 })),
+            keys: vec![self.keys.clone()],
+            checkpoints: vec![self.checkpoints[2].1.clone()],
+            consistency: vec![],
+            receipts: [0, 1, 2, 6].iter().map(|&i| self.latest_receipt(i).into()).collect(),
+        }
+    }
+
+    fn log_bundle(&self) -> Bundle {
+        Bundle {
+            header: Some(self.header(Scope::Log { from: 0, to: 8 })),
+            keys: vec![self.keys.clone()],
+            checkpoints: self.checkpoints.iter().map(|c| c.1.clone()).collect(),
+            consistency: vec![],
+            receipts: self.batch_receipts.iter().cloned().map(Into::into).collect(),
+        }
+    }
+
+    fn partial_log_bundle(&self) -> Bundle {
+        let proof = merkle::consistency_proof(&LeafList(self.leaves.clone()), 5, 8).expect("consistency");
+        Bundle {
+            header: Some(self.header(Scope::Log { from: 3, to: 8 })),
+            keys: vec![self.keys.clone()],
+            checkpoints: vec![self.checkpoints[1].1.clone(), self.checkpoints[2].1.clone()],
+            consistency: vec![Consistency {
+                old_size: 5,
+                new_size: 8,
+                proof: proof.into_iter().map(HexHash).collect(),
+            }],
+            receipts: self.batch_receipts[3..8].iter().cloned().map(Into::into).collect(),
+        }
+    }
+}
+
+/// One vector: a file, how to verify it, and what the verifier must say.
+struct Vector {
+    name: String,
+    kind: &'static str,
+    file: String,
+    contents: Vec<u8>,
+    keys: Option<&'static str>,
+    outcome: Outcome,
+    codes: Vec<&'static str>,
+}
+
+fn pretty(v: &impl serde::Serialize) -> Vec<u8> {
+    let mut out = serde_json::to_vec_pretty(v).expect("json");
+    out.push(b'\n');
+    out
+}
+
+fn receipt_vector(name: &str, doc: Vec<u8>, outcome: Outcome, codes: &[&'static str]) -> Vector {
+    let dir = if outcome == Outcome::Valid { "valid" } else { "invalid" };
+    Vector {
+        name: name.into(),
+        kind: "receipt",
+        file: format!("{dir}/{name}.json"),
+        contents: doc,
+        keys: Some("keys.json"),
+        outcome,
+        codes: codes.to_vec(),
+    }
+}
+
+fn bundle_vector(name: &str, b: &Bundle, outcome: Outcome, codes: &[&'static str]) -> Vector {
+    bundle_bytes_vector(name, b.to_jsonl().expect("jsonl"), outcome, codes)
+}
+
+fn bundle_bytes_vector(name: &str, bytes: Vec<u8>, outcome: Outcome, codes: &[&'static str]) -> Vector {
+    let dir = if outcome == Outcome::Valid { "valid" } else { "invalid" };
+    Vector {
+        name: name.into(),
+        kind: "bundle",
+        file: format!("{dir}/{name}.jsonl"),
+        contents: bytes,
+        keys: Some("keys.json"),
+        outcome,
+        codes: codes.to_vec(),
+    }
+}
+
+fn with_body(r: &SignedReceipt, f: impl FnOnce(&mut serde_json::Map<String, Value>)) -> SignedReceipt {
+    let mut r = r.clone();
+    f(r.body.as_object_mut().expect("object"));
+    r
+}
+
+#[allow(clippy::vec_init_then_push)] // one push per vector reads as a list of cases
+fn vectors() -> (Log, Vec<Vector>) {
+    use Outcome::{CoverageGap as Gap, IntegrityFailure as Bad, Valid};
+    let log = build_log();
+    let r = |i: usize| log.batch_receipts[i].clone();
+    let mut v = Vec::new();
+
+    // --- valid receipts
+    v.push(receipt_vector("receipt-authorization-created", pretty(&r(0)), Valid, &[]));
+    v.push(receipt_vector("receipt-check-allow", pretty(&r(1)), Valid, &[]));
+    v.push(receipt_vector("receipt-check-deny-unicode-extension", pretty(&r(2)), Valid, &[]));
+    v.push(receipt_vector("receipt-check-confirm-second-batch", pretty(&r(4)), Valid, &[]));
+    v.push(receipt_vector("receipt-key-rotated", pretty(&r(5)), Valid, &[]));
+    v.push(receipt_vector("receipt-revocation-after-rotation", pretty(&r(6)), Valid, &[]));
+    v.push(receipt_vector("receipt-escalation-latest-checkpoint", pretty(&log.latest_receipt(7)), Valid, &[]));
+    let leaf7 = log.leaves[7];
+    let pending = PendingReceipt {
+        status: STATUS_PENDING.into(),
+        receipt_id: "rcpt_0007".into(),
+        log_index: 7,
+        leaf_hash: HexHash(leaf7),
+        body: log.bodies[7].clone(),
+    };
+    v.push(receipt_vector("receipt-pending", pretty(&pending), Gap, &["not_signed"]));
+
+    // --- invalid receipts
+    v.push(receipt_vector(
+        "receipt-edited-decision",
+        pretty(&with_body(&r(1), |b| {
+            b.insert("decision".into(), json!("deny"));
+        })),
+        Bad,
+        &["inclusion_proof_invalid"],
+    ));
+    v.push(receipt_vector(
+        "receipt-edited-resource",
+        pretty(&with_body(&r(2), |b| {
+            b.insert("resource".into(), json!("drive:file/other.pdf"));
+        })),
+        Bad,
+        &["inclusion_proof_invalid"],
+    ));
+    v.push(receipt_vector(
+        "receipt-edited-extension-member",
+        pretty(&with_body(&r(2), |b| {
+            b.insert("x_ext".into(), json!({}));
+        })),
+        Bad,
+        &["inclusion_proof_invalid"],
+    ));
+    v.push(receipt_vector(
+        "receipt-other-workspace",
+        pretty(&with_body(&r(1), |b| {
+            b.insert("workspace_id".into(), json!("ws_other"));
+        })),
+        Bad,
+        &["workspace_mismatch", "inclusion_proof_invalid"],
+    ));
+    v.push(receipt_vector(
+        "receipt-seq-rule-broken",
+        pretty(&with_body(&r(1), |b| {
+            b.insert("seq".into(), json!(0));
+        })),
+        Bad,
+        &["body_invalid", "inclusion_proof_invalid"],
+    ));
+    v.push(receipt_vector(
+        "receipt-uppercase-hash",
+        pretty(&with_body(&r(1), |b| {
+            let prev = b["prev"].as_str().expect("prev").to_uppercase();
+            b.insert("prev".into(), json!(prev));
+        })),
+        Bad,
+        &["body_invalid"],
+    ));
+    let mut x = r(1);
+    x.log_index = 2;
+    v.push(receipt_vector(
+        "receipt-envelope-log-index",
+        pretty(&x),
+        Bad,
+        &["log_index_mismatch", "inclusion_proof_invalid"],
+    ));
+    let mut x = r(1);
+    x.inclusion_proof[0].0[0] ^= 1;
+    v.push(receipt_vector("receipt-proof-flipped-bit", pretty(&x), Bad, &["inclusion_proof_invalid"]));
+    let mut x = r(1);
+    x.inclusion_proof.pop();
+    v.push(receipt_vector("receipt-proof-truncated", pretty(&x), Bad, &["inclusion_proof_invalid"]));
+    let mut x = r(1);
+    let dup = String::from_utf8(pretty(&x)).expect("utf8").replacen(
+        "\"decision\": \"allow\",",
+        "\"decision\": \"allow\",\n    \"decision\": \"deny\",",
+        1,
+    );
+    v.push(receipt_vector("receipt-duplicate-member", dup.into_bytes(), Bad, &["body_not_canonical"]));
+    let big = String::from_utf8(pretty(&x)).expect("utf8").replacen(
+        "\"log_index\": 1,",
+        "\"log_index\": 9007199254740993,",
+        1,
+    );
+    v.push(receipt_vector("receipt-unsafe-integer", big.into_bytes(), Bad, &["body_not_canonical"]));
+    // Signature bytes altered: base64 of (key id ‖ signature); flip a character inside the signature part.
+    let sig_line = x.checkpoint.rfind(' ').expect("sig");
+    let mut bytes = x.checkpoint.clone().into_bytes();
+    let at = sig_line + 20;
+    bytes[at] = if bytes[at] == b'A' { b'B' } else { b'A' };
+    x.checkpoint = String::from_utf8(bytes).expect("utf8");
+    v.push(receipt_vector("receipt-checkpoint-signature-altered", pretty(&x), Bad, &["checkpoint_signature_invalid"]));
+    let mut x = r(1);
+    x.checkpoint = x.checkpoint.replacen("\n3\n", "\n4\n", 1);
+    v.push(receipt_vector("receipt-checkpoint-size-altered", pretty(&x), Bad, &["checkpoint_signature_invalid"]));
+    let mut x = r(1);
+    let (size, root) = (3, merkle::root_from(&LeafList(log.leaves[..3].to_vec()), 3).expect("root"));
+    let stranger = seed_key("stranger");
+    x.checkpoint = checkpoint_note(&log_origin(WS), size, root, "2026-01-01T00:00:10.000Z", &log_origin(WS), &stranger);
+    v.push(receipt_vector("receipt-checkpoint-unknown-key", pretty(&x), Bad, &["checkpoint_unknown_key"]));
+    let mut x = r(1);
+    x.checkpoint =
+        checkpoint_note("allowly/ws_other", size, root, "2026-01-01T00:00:10.000Z", &log_origin(WS), &log.key1);
+    v.push(receipt_vector("receipt-checkpoint-other-origin", pretty(&x), Bad, &["checkpoint_origin_mismatch"]));
+    let mut x = r(1);
+    x.checkpoint = checkpoint_note(&log_origin(WS), size, root, "2026-01-01T00:05:00.000Z", &log_origin(WS), &log.key1);
+    v.push(receipt_vector("receipt-checkpoint-retired-key", pretty(&x), Bad, &["key_not_valid_at_time"]));
+    let mut x = r(1);
+    let cp = Checkpoint { origin: log_origin(WS), size, root, extensions: vec![] };
+    x.checkpoint = note::sign_note(&cp.to_text().expect("text"), &log_origin(WS), &log.key1).expect("sign");
+    v.push(receipt_vector("receipt-checkpoint-no-time", pretty(&x), Bad, &["checkpoint_malformed"]));
+    let mut p = pending.clone();
+    p.leaf_hash = HexHash(log.leaves[6]);
+    v.push(receipt_vector("receipt-pending-wrong-leaf-hash", pretty(&p), Bad, &["envelope_mismatch", "not_signed"]));
+
+    // --- bundles
+    v.push(bundle_vector("bundle-authorization", &log.auth01_bundle(), Valid, &[]));
+    v.push(bundle_vector("bundle-log", &log.log_bundle(), Valid, &[]));
+    v.push(bundle_vector("bundle-log-partial-consistency", &log.partial_log_bundle(), Valid, &[]));
+    let mut b = log.auth01_bundle();
+    b.receipts.reverse();
+    v.push(bundle_vector("bundle-authorization-lines-reordered", &b, Valid, &[]));
+
+    let mut b = log.auth01_bundle();
+    b.receipts.remove(1);
+    v.push(bundle_vector("bundle-deleted-receipt", &b, Gap, &["receipt_missing"]));
+    let mut b = log.auth01_bundle();
+    b.receipts.pop();
+    v.push(bundle_vector("bundle-truncated-trail", &b, Gap, &["truncated"]));
+    let mut b = log.auth01_bundle();
+    b.receipts.push(log.latest_receipt(3).into());
+    v.push(bundle_vector("bundle-inserted-foreign-receipt", &b, Bad, &["out_of_scope"]));
+    let mut b = log.auth01_bundle();
+    let AnyReceipt::Signed(s) = &b.receipts[1] else { unreachable!() };
+    b.receipts[1] = with_body(s, |m| {
+        m.insert("decision".into(), json!("deny"));
+    })
+    .into();
+    v.push(bundle_vector("bundle-edited-receipt", &b, Bad, &["inclusion_proof_invalid", "chain_broken"]));
+    let mut b = log.auth01_bundle();
+    let AnyReceipt::Signed(s1) = b.receipts[1].clone() else { unreachable!() };
+    let AnyReceipt::Signed(s2) = b.receipts[2].clone() else { unreachable!() };
+    b.receipts[1] = with_body(&s1, |m| {
+        m.insert("seq".into(), json!(2));
+    })
+    .into();
+    b.receipts[2] = with_body(&s2, |m| {
+        m.insert("seq".into(), json!(1));
+    })
+    .into();
+    v.push(bundle_vector(
+        "bundle-reordered-trail",
+        &b,
+        Bad,
+        &["inclusion_proof_invalid", "chain_broken", "trail_order"],
+    ));
+    let mut b = log.auth01_bundle();
+    b.receipts.push(
+        with_body(&s1, |m| {
+            m.insert("resource".into(), json!("drive:file/forged.pdf"));
+        })
+        .into(),
+    );
+    v.push(bundle_vector(
+        "bundle-inserted-forged-receipt",
+        &b,
+        Bad,
+        &["inclusion_proof_invalid", "seq_conflict", "log_index_conflict"],
+    ));
+    // An attacker re-signs the whole trail with its own key and ships its own key set.
+    let mut b = log.auth01_bundle();
+    let evil = seed_key("attacker");
+    let mut evil_keys = log.keys.clone();
+    evil_keys.keys = vec![key_info(&evil, "2026-01-01T00:00:00.000Z", None)];
+    let evil_note = checkpoint_note(
+        &log_origin(WS),
+        8,
+        merkle::root_from(&LeafList(log.leaves.clone()), 8).expect("root"),
+        "2026-01-01T00:01:10.000Z",
+        &log_origin(WS),
+        &evil,
+    );
+    b.keys = vec![evil_keys];
+    b.checkpoints = vec![evil_note.clone()];
+    for r in &mut b.receipts {
+        if let AnyReceipt::Signed(s) = r {
+            s.checkpoint = evil_note.clone();
+        }
+    }
+    v.push(bundle_vector("bundle-attacker-keys", &b, Bad, &["keys_mismatch", "checkpoint_unknown_key"]));
+    let mut b = log.log_bundle();
+    b.receipts.pop();
+    v.push(bundle_vector("bundle-log-missing-leaf", &b, Gap, &["log_leaf_missing", "consistency_unproven"]));
+    let mut b = log.log_bundle();
+    b.receipts.pop();
+    b.header = Some(log.header(Scope::Log { from: 0, to: 7 }));
+    v.push(bundle_vector("bundle-log-cut-short", &b, Gap, &["truncated", "consistency_unproven"]));
+    let mut b = log.log_bundle();
+    b.checkpoints.push(checkpoint_note(
+        &log_origin(WS),
+        8,
+        log.leaves[0],
+        "2026-01-01T00:01:20.000Z",
+        &log_origin(WS),
+        &log.key2,
+    ));
+    v.push(bundle_vector("bundle-log-fork", &b, Bad, &["checkpoint_fork", "checkpoint_root_mismatch"]));
+    let mut b = log.partial_log_bundle();
+    b.consistency[0].proof[0].0[31] ^= 0x80;
+    v.push(bundle_vector("bundle-bad-consistency-proof", &b, Bad, &["consistency_proof_invalid"]));
+    let mut b = log.partial_log_bundle();
+    b.consistency.clear();
+    v.push(bundle_vector("bundle-no-consistency-proof", &b, Gap, &["consistency_unproven"]));
+    let mut bytes = log.auth01_bundle().to_jsonl().expect("jsonl");
+    bytes.extend_from_slice(b"{\"type\":\"receipt\",\"receipt\":\n");
+    v.push(bundle_bytes_vector("bundle-malformed-line", bytes, Bad, &["record_malformed"]));
+    let mut b = log.log_bundle();
+    b.keys.clear();
+    b.header = Some(Header { workspace_id: "ws_other".into(), ..log.header(Scope::Log { from: 0, to: 8 }) });
+    v.push(bundle_vector("bundle-other-workspace-header", &b, Bad, &["workspace_mismatch"]));
+    // Same trail signed with keys taken from the bundle itself (no pinning): valid, with a note.
+    let mut unpinned = bundle_vector("bundle-unpinned-keys", &log.auth01_bundle(), Valid, &[]);
+    unpinned.keys = None;
+    v.push(unpinned);
+    let _ = &log.key2;
+    (log, v)
+}
+
+fn vectors_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors")
+}
+
+fn outcome_str(o: Outcome) -> &'static str {
+    match o {
+        Outcome::Valid => "valid",
+        Outcome::CoverageGap => "coverage_gap",
+        Outcome::IntegrityFailure => "integrity_failure",
+    }
+}
+
+fn verify_vector(v: &Vector, keys: &KeySet) -> Report {
+    match v.kind {
+        "receipt" => verify::verify_receipt_bytes(&v.contents, keys).expect("verifiable receipt"),
+        _ => verify::verify_bundle(&v.contents, v.keys.map(|_| keys), &[]).expect("verifiable bundle"),
+    }
+}
+
+#[test]
+fn every_vector_yields_exactly_its_labelled_findings() {
+    let (log, vs) = vectors();
+    let mut failures = Vec::new();
+    for v in &vs {
+        let report = verify_vector(v, &log.keys);
+        let mut got: Vec<&str> = report.findings.iter().map(|f| f.code.as_str()).collect();
+        got.sort_unstable();
+        got.dedup();
+        let mut want = v.codes.clone();
+        want.sort_unstable();
+        if got != want || report.outcome() != v.outcome {
+            failures.push(format!(
+                "{}: want {:?} {want:?}, got {:?} {got:?}\n  {:#?}",
+                v.name,
+                v.outcome,
+                report.outcome(),
+                report.findings
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn committed_vectors_match_the_generator() {
+    let (log, vs) = vectors();
+    let dir = vectors_dir();
+    let mut files: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    files.insert("keys.json".into(), pretty(&log.keys));
+    let manifest: Vec<Value> = vs
+        .iter()
+        .map(|v| json!({"name": v.name, "kind": v.kind, "file": v.file, "keys": v.keys, "outcome": outcome_str(v.outcome), "codes": v.codes}))
+        .collect();
+    files.insert("manifest.json".into(), pretty(&json!({ "vectors": manifest })));
+    for v in &vs {
+        files.insert(v.file.clone(), v.contents.clone());
+    }
+    if std::env::var_os("UPDATE_VECTORS").is_some() {
+        let _ = std::fs::remove_dir_all(&dir);
+        for (name, bytes) in &files {
+            let path = dir.join(name);
+            std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+            std::fs::write(&path, bytes).expect("write vector");
+        }
+    }
+    let mut stale = Vec::new();
+    for (name, bytes) in &files {
+        match std::fs::read(dir.join(name)) {
+            Ok(on_disk) if &on_disk == bytes => {}
+            Ok(_) => stale.push(format!("{name} differs")),
+            Err(_) => stale.push(format!("{name} missing")),
+        }
+    }
+    assert!(
+        stale.is_empty(),
+        "committed vectors disagree with the generator (UPDATE_VECTORS=1 to regenerate, then review): {stale:?}"
+    );
+}
+
+#[test]
+fn every_finding_code_has_a_vector() {
+    let (_, vs) = vectors();
+    for code in verify::Code::ALL {
+        let s = code.as_str();
+        assert!(vs.iter().any(|v| v.codes.contains(&s)), "no vector for finding {s}");
+    }
+}

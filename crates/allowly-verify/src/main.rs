@@ -1,0 +1,145 @@
+//! `allowly-verify`: checks Allowly receipts and evidence bundles offline, with nothing but the
+//! workspace's public keys. Depends only on `allowly-receipt`.
+//!
+//! Exit status: 0 all valid · 1 integrity failure · 2 coverage gap (nothing altered) ·
+//! 64 bad usage or unreadable input.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use allowly_receipt::types::KeySet;
+use allowly_receipt::verify::{self, Class, Outcome, Report};
+use clap::{Parser, Subcommand};
+
+const EXIT_USAGE: u8 = 64;
+
+/// Verify Allowly receipts offline with only a workspace's public keys.
+#[derive(Debug, Parser)]
+#[command(
+    name = "allowly-verify",
+    version,
+    after_help = "Exit status: 0 valid, 1 integrity failure, 2 coverage gap, 64 bad usage or unreadable input."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Print the report as JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Verify one receipt (signed or pending) against the workspace's key set.
+    Receipt {
+        /// The receipt JSON (as returned by GET /v1/receipts/{id}).
+        file: PathBuf,
+        /// The key set JSON (as returned by GET /v1/workspaces/{id}/keys).
+        #[arg(long)]
+        keys: PathBuf,
+    },
+    /// Verify an evidence bundle (JSON Lines): every receipt, every trail, every checkpoint.
+    Bundle {
+        /// The bundle file (as returned by the export endpoint).
+        file: PathBuf,
+        /// Pin the workspace's published key set; without it the bundle's own keys are used.
+        #[arg(long)]
+        keys: Option<PathBuf>,
+        /// A signed checkpoint obtained independently (repeatable); detects a cut-short bundle.
+        #[arg(long = "checkpoint")]
+        checkpoints: Vec<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { ExitCode::from(EXIT_USAGE) } else { ExitCode::SUCCESS };
+        }
+    };
+    match run(&cli) {
+        Ok((what, report)) => {
+            if cli.json {
+                print_json(&what, &report);
+            } else {
+                print_human(&what, &report);
+            }
+            ExitCode::from(match report.outcome() {
+                Outcome::Valid => 0,
+                Outcome::IntegrityFailure => 1,
+                Outcome::CoverageGap => 2,
+            })
+        }
+        Err(msg) => {
+            eprintln!("allowly-verify: {msg}");
+            ExitCode::from(EXIT_USAGE)
+        }
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+}
+
+fn read_keys(path: &Path) -> Result<KeySet, String> {
+    KeySet::parse(&read(path)?).map_err(|e| format!("{}: not a key set: {e}", path.display()))
+}
+
+fn run(cli: &Cli) -> Result<(String, Report), String> {
+    match &cli.command {
+        Command::Receipt { file, keys } => {
+            let keys = read_keys(keys)?;
+            let report = verify::verify_receipt_bytes(&read(file)?, &keys)
+                .map_err(|e| format!("{}: not a verifiable receipt: {e}", file.display()))?;
+            Ok((format!("receipt {}", file.display()), report))
+        }
+        Command::Bundle { file, keys, checkpoints } => {
+            let pinned = keys.as_deref().map(read_keys).transpose()?;
+            let extra = checkpoints
+                .iter()
+                .map(|p| read(p).and_then(|b| String::from_utf8(b).map_err(|_| format!("{}: not UTF-8", p.display()))))
+                .collect::<Result<Vec<_>, _>>()?;
+            let report = verify::verify_bundle(&read(file)?, pinned.as_ref(), &extra)
+                .map_err(|e| format!("{}: not a verifiable bundle: {e}", file.display()))?;
+            Ok((format!("bundle {}", file.display()), report))
+        }
+    }
+}
+
+fn outcome_text(o: Outcome) -> &'static str {
+    match o {
+        Outcome::Valid => "VALID",
+        Outcome::CoverageGap => "COVERAGE GAP",
+        Outcome::IntegrityFailure => "INTEGRITY FAILURE",
+    }
+}
+
+fn print_human(what: &str, r: &Report) {
+    println!("{what}: {} receipts, {} signed and proven, {} checkpoints", r.receipts, r.signed, r.checkpoints);
+    for f in &r.findings {
+        let class = match f.class {
+            Class::Integrity => "integrity",
+            Class::Coverage => "coverage ",
+        };
+        println!("  {class}  {:<28} {}: {}", f.code.as_str(), f.subject, f.detail);
+    }
+    for n in &r.notes {
+        println!("  note: {n}");
+    }
+    println!("result: {}", outcome_text(r.outcome()));
+}
+
+fn print_json(what: &str, r: &Report) {
+    let doc = serde_json::json!({
+        "input": what,
+        "outcome": r.outcome(),
+        "receipts": r.receipts,
+        "signed": r.signed,
+        "checkpoints": r.checkpoints,
+        "findings": r.findings,
+        "notes": r.notes,
+    });
+    println!("{doc:#}");
+}

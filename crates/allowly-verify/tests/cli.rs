@@ -1,0 +1,110 @@
+//! Black-box tests of the `allowly-verify` binary: every committed test vector through the real
+//! executable, checking exit status and the `--json` finding codes, plus usage errors.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn vectors_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../allowly-receipt/tests/vectors")
+}
+
+fn run(args: &[&str]) -> Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_allowly-verify")).args(args).output().expect("start allowly-verify");
+    out
+}
+
+fn describe(args: &[&str], out: &Output) -> String {
+    format!(
+        "allowly-verify {}\nstatus: {:?}\nstdout:\n{}\nstderr:\n{}",
+        args.join(" "),
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn every_vector_gets_its_exit_status_and_codes() {
+    let dir = vectors_dir();
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).expect("manifest")).expect("json");
+    let vectors = manifest["vectors"].as_array().expect("vectors");
+    assert!(vectors.len() > 20, "expected the full vector set");
+    for v in vectors {
+        let file = dir.join(v["file"].as_str().expect("file"));
+        let file = file.to_str().expect("utf8 path").to_owned();
+        let keys = v["keys"].as_str().map(|k| dir.join(k).to_str().expect("utf8").to_owned());
+        let mut args = vec![v["kind"].as_str().expect("kind"), file.as_str(), "--json"];
+        if let Some(k) = &keys {
+            args.extend(["--keys", k.as_str()]);
+        }
+        let out = run(&args);
+        let want_status = match v["outcome"].as_str().expect("outcome") {
+            "valid" => 0,
+            "integrity_failure" => 1,
+            "coverage_gap" => 2,
+            other => panic!("unknown outcome {other}"),
+        };
+        assert_eq!(out.status.code(), Some(want_status), "{}", describe(&args, &out));
+        let report: Value =
+            serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", describe(&args, &out)));
+        let mut got: Vec<&str> = report["findings"]
+            .as_array()
+            .expect("findings")
+            .iter()
+            .map(|f| f["code"].as_str().expect("code"))
+            .collect();
+        got.sort_unstable();
+        got.dedup();
+        let mut want: Vec<&str> =
+            v["codes"].as_array().expect("codes").iter().map(|c| c.as_str().expect("code")).collect();
+        want.sort_unstable();
+        assert_eq!(got, want, "{}", describe(&args, &out));
+        assert_eq!(report["outcome"], v["outcome"], "{}", describe(&args, &out));
+    }
+}
+
+#[test]
+fn human_output_names_the_result() {
+    let dir = vectors_dir();
+    let keys = dir.join("keys.json");
+    let ok = dir.join("valid/bundle-authorization.jsonl");
+    let args = ["bundle", ok.to_str().expect("utf8"), "--keys", keys.to_str().expect("utf8")];
+    let out = run(&args);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("result: VALID"), "{}", describe(&args, &out));
+
+    let bad = dir.join("invalid/bundle-edited-receipt.jsonl");
+    let args = ["bundle", bad.to_str().expect("utf8"), "--keys", keys.to_str().expect("utf8")];
+    let out = run(&args);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("chain_broken") && text.contains("result: INTEGRITY FAILURE"), "{}", describe(&args, &out));
+}
+
+#[test]
+fn bad_usage_and_unreadable_input_exit_64() {
+    let dir = vectors_dir();
+    let keys = dir.join("keys.json");
+    let keys = keys.to_str().expect("utf8");
+    let receipt = dir.join("valid/receipt-check-allow.json");
+    let receipt = receipt.to_str().expect("utf8");
+    let not_json = dir.join("manifest.json");
+    let cases: Vec<Vec<&str>> = vec![
+        vec![],
+        vec!["frobnicate"],
+        vec!["receipt", receipt], // --keys is required
+        vec!["receipt", "/nonexistent/file", "--keys", keys],
+        vec!["receipt", receipt, "--keys", receipt], // not a key set
+        vec!["receipt", keys, "--keys", keys],       // not a receipt
+        vec!["bundle", receipt],                     // not a bundle
+        vec!["bundle", not_json.to_str().expect("utf8")],
+    ];
+    for args in cases {
+        let out = run(&args);
+        assert_eq!(out.status.code(), Some(64), "{}", describe(&args, &out));
+    }
+    let out = run(&["--help"]);
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("Exit status"));
+}

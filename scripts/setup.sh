@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Installs everything the build and the test suite need on a fresh machine (Debian + rustup
+# toolchain). Idempotent: a second run only checks. Needs root (or sudo) for missing apt packages.
+set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/env.sh"
+
+# System packages: a C toolchain for -sys crates, clang/libclang for rocksdb's bindgen, Python
+# and Node for the cross-language verifiers.
+need_apt=()
+command -v cc >/dev/null || need_apt+=(build-essential)
+command -v clang >/dev/null || need_apt+=(clang)
+dpkg -s libclang-dev >/dev/null 2>&1 || need_apt+=(libclang-dev)
+command -v python3 >/dev/null || need_apt+=(python3 python3-venv)
+command -v node >/dev/null || need_apt+=(nodejs)
+command -v npm >/dev/null || need_apt+=(npm)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "setup: installing ${need_apt[*]}"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}"
+fi
+command -v cargo >/dev/null || { echo "setup: cargo not found; install Rust with rustup first" >&2; exit 1; }
+
+mkdir -p "$ALLOWLY_CACHE"
+
+# Python verifier dependencies in a private venv (never the system site-packages).
+req="$ALLOWLY_ROOT/tests/crosslang/requirements.txt"
+if [ -f "$req" ]; then
+  stamp="$ALLOWLY_VENV/.requirements"
+  if [ ! -x "$ALLOWLY_VENV/bin/python" ] || ! cmp -s "$req" "$stamp"; then
+    python3 -m venv "$ALLOWLY_VENV"
+    "$ALLOWLY_VENV/bin/pip" install -q --disable-pip-version-check -r "$req"
+    cp "$req" "$stamp"
+  fi
+fi
+
+# Node verifier dependencies, exactly as locked.
+pkg="$ALLOWLY_ROOT/tests/crosslang"
+if [ -f "$pkg/package-lock.json" ]; then
+  if [ ! -d "$pkg/node_modules" ] || ! cmp -s "$pkg/package-lock.json" "$pkg/node_modules/.package-lock.json" 2>/dev/null; then
+    (cd "$pkg" && npm ci --silent --no-audit --no-fund)
+  fi
+fi
+echo "setup: ok (target dir $CARGO_TARGET_DIR)"
