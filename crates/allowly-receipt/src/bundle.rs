@@ -167,3 +167,71 @@ impl From<SignedReceipt> for AnyReceipt {
         Self::Signed(s)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use proptest::prelude::*;
+
+    fn header() -> Header {
+        Header {
+            v: BUNDLE_VERSION,
+            workspace_id: "ws_1".into(),
+            scope: Scope::Log { from: 0, to: 2 },
+            created_at: Timestamp::parse("2026-01-01T00:00:00.000Z").unwrap(),
+        }
+    }
+
+    #[test]
+    fn header_must_come_first_and_once() {
+        assert!(Bundle::parse(b"").is_err());
+        assert!(Bundle::parse(b"{\"type\":\"checkpoint\",\"checkpoint\":\"x\"}\n").is_err());
+        let b = Bundle { header: Some(header()), ..Bundle::default() };
+        let mut bytes = b.to_jsonl().unwrap();
+        bytes.extend_from_slice(&b.to_jsonl().unwrap());
+        let (_, bad) = Bundle::parse(&bytes).unwrap();
+        assert_eq!(bad.len(), 1);
+        assert_eq!(bad[0].line, 2);
+    }
+
+    #[test]
+    fn unknown_members_and_types_are_damage() {
+        let b = Bundle { header: Some(header()), ..Bundle::default() };
+        let mut bytes = b.to_jsonl().unwrap();
+        bytes.extend_from_slice(b"{\"type\":\"checkpoint\",\"checkpoint\":\"x\",\"extra\":1}\n{\"type\":\"nope\"}\n");
+        let (parsed, bad) = Bundle::parse(&bytes).unwrap();
+        assert!(parsed.checkpoints.is_empty());
+        assert_eq!(bad.iter().map(|b| b.line).collect::<Vec<_>>(), vec![2, 3]);
+    }
+
+    proptest! {
+        #[test]
+        fn round_trips(checkpoints in proptest::collection::vec("[a-z\\n]{1,20}", 0..4), from in 0u64..100, len in 0u64..100) {
+            let b = Bundle {
+                header: Some(Header { scope: Scope::Log { from, to: from + len }, ..header() }),
+                checkpoints,
+                consistency: vec![Consistency { old_size: from, new_size: from + len, proof: vec![HexHash([7; 32])] }],
+                ..Bundle::default()
+            };
+            let (back, bad) = Bundle::parse(&b.to_jsonl().unwrap()).unwrap();
+            prop_assert!(bad.is_empty());
+            prop_assert_eq!(back, b);
+        }
+
+        #[test]
+        fn parse_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = Bundle::parse(&bytes);
+        }
+
+        #[test]
+        fn parse_never_panics_on_damaged_bundles(cut in 0usize..2000, flip in 0usize..2000, bit in 0u8..8) {
+            let b = Bundle { header: Some(header()), checkpoints: vec!["a\nb\n".into()], ..Bundle::default() };
+            let mut bytes = b.to_jsonl().unwrap();
+            let n = bytes.len();
+            bytes[flip % n] ^= 1 << bit;
+            bytes.truncate(cut % (n + 1));
+            let _ = Bundle::parse(&bytes);
+        }
+    }
+}

@@ -594,3 +594,94 @@ pub fn checkpoint_time(extensions: &[String]) -> Result<Timestamp> {
         _ => Err(Error::Checkpoint("expected exactly one `time` extension line")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn timestamp_known_answers() {
+        assert_eq!(Timestamp::parse("1970-01-01T00:00:00.000Z").unwrap().unix_ms(), 0);
+        assert_eq!(Timestamp::parse("2000-02-29T12:34:56.789Z").unwrap().unix_ms(), 951_827_696_789);
+        assert_eq!(Timestamp::parse("9999-12-31T23:59:59.999Z").unwrap().unix_ms(), Timestamp::MAX_MS);
+        for bad in [
+            "2001-02-29T00:00:00.000Z", // not a leap year
+            "1900-03-01T00:00:00.000Z", // before 1970
+            "2026-13-01T00:00:00.000Z",
+            "2026-01-01T24:00:00.000Z",
+            "2026-01-01T00:60:00.000Z",
+            "2026-01-01T00:00:60.000Z", // no leap seconds
+            "2026-01-01T00:00:00Z",     // fraction required
+            "2026-01-01T00:00:00.000+00:00",
+            "2026-01-01t00:00:00.000Z",
+            "2026-01-01T00:00:00.0000Z",
+            "+026-01-01T00:00:00.000Z",
+            "",
+        ] {
+            assert!(Timestamp::parse(bad).is_err(), "{bad} accepted");
+        }
+        assert!(Timestamp::from_unix_ms(Timestamp::MAX_MS + 1).is_err());
+    }
+
+    #[test]
+    fn hex_hash_accepts_only_lowercase_64() {
+        let ok = "00".repeat(31) + "af";
+        assert!(HexHash::parse(&ok).is_ok());
+        assert!(HexHash::parse(&ok.to_uppercase()).is_err());
+        assert!(HexHash::parse(&ok[2..]).is_err());
+        assert!(HexHash::parse(&(ok.clone() + "00")).is_err());
+        assert!(HexHash::parse(&ok.replace("af", "ag")).is_err());
+    }
+
+    #[test]
+    fn id_alphabet() {
+        assert!(validate_id("id", "ws_AZaz09-_").is_ok());
+        for bad in ["", "a b", "a/b", "é", &"a".repeat(MAX_ID_LEN + 1)] {
+            assert!(validate_id("id", bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn checkpoint_time_needs_exactly_one_line() {
+        let t = "time 2026-01-01T00:00:00.000Z".to_owned();
+        assert!(checkpoint_time(std::slice::from_ref(&t)).is_ok());
+        assert!(checkpoint_time(&[]).is_err());
+        assert!(checkpoint_time(&[t.clone(), t]).is_err());
+        assert!(checkpoint_time(&["time yesterday".to_owned()]).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn timestamp_round_trips(ms in 0..=Timestamp::MAX_MS) {
+            let t = Timestamp::from_unix_ms(ms).unwrap();
+            let text = t.to_string();
+            prop_assert_eq!(text.len(), 24);
+            prop_assert_eq!(Timestamp::parse(&text).unwrap(), t);
+            // The fixed-width form orders like the instants it names.
+            let later = Timestamp::from_unix_ms(ms.saturating_add(1).min(Timestamp::MAX_MS)).unwrap();
+            prop_assert!(text <= later.to_string());
+        }
+
+        #[test]
+        fn timestamp_parse_never_panics(s in "\\PC{0,30}") {
+            let _ = Timestamp::parse(&s);
+        }
+
+        #[test]
+        fn timestamp_parse_accepts_only_its_own_output(s in "[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\\.[0-9]{3}Z") {
+            if let Ok(t) = Timestamp::parse(&s) {
+                prop_assert_eq!(t.to_string(), s);
+            }
+        }
+
+        #[test]
+        fn hex_hash_round_trips(bytes in any::<[u8; 32]>()) {
+            let h = HexHash(bytes);
+            prop_assert_eq!(HexHash::parse(&h.to_string()).unwrap(), h);
+            let json = serde_json::to_string(&h).unwrap();
+            prop_assert_eq!(serde_json::from_str::<HexHash>(&json).unwrap(), h);
+        }
+    }
+}

@@ -1,0 +1,1343 @@
+#!/usr/bin/env node
+// Independent verifier for Allowly receipts and evidence bundles (Node 20, ESM).
+//
+// Written from docs/receipt-format.md ONLY (the normative spec), without reading the
+// Rust implementation, to show that the spec is complete. Section numbers (§) below
+// refer to that document.
+//
+// Usage:
+//   node verify.mjs vectors MANIFEST
+//   node verify.mjs receipt FILE --keys KEYS
+//   node verify.mjs bundle FILE [--keys KEYS] [--checkpoint NOTE_FILE ...]
+//
+// Exit status: 0 valid, 1 integrity failure, 2 coverage gap, 64 unusable input / usage.
+//
+// Dependencies: npm `canonicalize` (RFC 8785) and node:crypto (SHA-256, Ed25519).
+
+import { createHash, createPublicKey, verify as cryptoVerify } from 'node:crypto';
+import { readFileSync, realpathSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import canonicalize from 'canonicalize';
+
+// ---------------------------------------------------------------------------
+// §8 Findings and outcomes
+// ---------------------------------------------------------------------------
+
+const INTEGRITY = 'integrity';
+const COVERAGE = 'coverage';
+
+const FINDING_CLASS = {
+  body_not_canonical: INTEGRITY,
+  body_invalid: INTEGRITY,
+  workspace_mismatch: INTEGRITY,
+  log_index_mismatch: INTEGRITY,
+  envelope_mismatch: INTEGRITY,
+  checkpoint_malformed: INTEGRITY,
+  checkpoint_signature_invalid: INTEGRITY,
+  checkpoint_unknown_key: INTEGRITY,
+  checkpoint_origin_mismatch: INTEGRITY,
+  key_not_valid_at_time: INTEGRITY,
+  inclusion_proof_invalid: INTEGRITY,
+  record_malformed: INTEGRITY,
+  keys_mismatch: INTEGRITY,
+  log_index_conflict: INTEGRITY,
+  seq_conflict: INTEGRITY,
+  chain_broken: INTEGRITY,
+  trail_order: INTEGRITY,
+  checkpoint_fork: INTEGRITY,
+  consistency_proof_invalid: INTEGRITY,
+  checkpoint_root_mismatch: INTEGRITY,
+  out_of_scope: INTEGRITY,
+  receipt_missing: COVERAGE,
+  log_leaf_missing: COVERAGE,
+  not_signed: COVERAGE,
+  consistency_unproven: COVERAGE,
+  truncated: COVERAGE,
+};
+
+const EXIT_VALID = 0;
+const EXIT_INTEGRITY = 1;
+const EXIT_COVERAGE = 2;
+const EXIT_UNUSABLE = 64;
+
+/** Unusable input (§6.2, §7.1 steps 1-2, §7.2 steps 1-2): the verifier stops, exit 64. */
+class Unusable extends Error {}
+
+class Report {
+  constructor() {
+    this.findings = []; // [code, detail]
+    this.notes = [];
+  }
+
+  add(code, detail) {
+    if (!(code in FINDING_CLASS)) throw new Error(`unknown finding ${code}`);
+    this.findings.push([code, detail]);
+  }
+
+  codes() {
+    return new Set(this.findings.map(([code]) => code));
+  }
+
+  outcome() {
+    const classes = new Set([...this.codes()].map((c) => FINDING_CLASS[c]));
+    if (classes.has(INTEGRITY)) return 'integrity_failure';
+    if (classes.has(COVERAGE)) return 'coverage_gap';
+    return 'valid';
+  }
+
+  exitCode() {
+    return { valid: EXIT_VALID, integrity_failure: EXIT_INTEGRITY, coverage_gap: EXIT_COVERAGE }[this.outcome()];
+  }
+}
+
+// ---------------------------------------------------------------------------
+// §2 Encodings
+// ---------------------------------------------------------------------------
+
+const MAX_SAFE_INT = 2 ** 53 - 1;
+const HASH_RE = /^[0-9a-f]{64}$/;
+const KEY_ID_RE = /^[0-9a-f]{8}$/;
+const ID_RE = /^[A-Za-z0-9_-]{1,128}$/;
+const TIME_RE = /^([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})\.[0-9]{3}Z$/;
+const B64_RE = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/;
+
+const isStr = (v) => typeof v === 'string';
+/** A JSON integer: our parser yields a JS number only for literals without fraction/exponent. */
+const isInt = (v) => typeof v === 'number';
+const isHash = (v) => isStr(v) && HASH_RE.test(v);
+const isKeyId = (v) => isStr(v) && KEY_ID_RE.test(v);
+const isId = (v) => isStr(v) && ID_RE.test(v);
+const isArr = (v) => Array.isArray(v);
+const isObj = (v) => v !== null && typeof v === 'object' && !Array.isArray(v)
+  && !(v instanceof FloatLit) && !(v instanceof BadNumber);
+const has = (obj, k) => Object.hasOwn(obj, k);
+const keysEqual = (obj, names) => {
+  const ks = Object.keys(obj);
+  return ks.length === names.length && names.every((n) => has(obj, n));
+};
+
+/**
+ * `YYYY-MM-DDTHH:MM:SS.sssZ`, a real UTC instant, years 1970-9999.
+ * The spec says RFC 3339; we also require a real calendar date and reject leap
+ * second 60 (equal instants are equal strings, so one spelling per instant).
+ */
+function isTime(v) {
+  if (!isStr(v)) return false;
+  const m = TIME_RE.exec(v);
+  if (!m) return false;
+  const [year, month, day, hour, minute, second] = m.slice(1).map(Number);
+  if (year < 1970 || year > 9999 || month < 1 || month > 12) return false;
+  const leap = year % 4 === 0 && (year % 100 !== 0 || year % 400 === 0);
+  const days = [31, leap ? 29 : 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31][month - 1];
+  return day >= 1 && day <= days && hour <= 23 && minute <= 59 && second <= 59;
+}
+
+/** Standard base64 with padding (RFC 4648 §4), canonical (unused bits zero); Buffer or null. */
+function b64decodeStrict(s) {
+  if (!isStr(s) || !B64_RE.test(s)) return null;
+  const raw = Buffer.from(s, 'base64');
+  return raw.toString('base64') === s ? raw : null;
+}
+
+const sha256 = (...parts) => {
+  const h = createHash('sha256');
+  for (const p of parts) h.update(p);
+  return h.digest();
+};
+
+// ---------------------------------------------------------------------------
+// §3 Strict (I-JSON) reading and canonical JSON
+// ---------------------------------------------------------------------------
+// JSON.parse silently keeps the last of duplicate members and rounds big integers, so
+// we parse ourselves. Like the Python verifier, the parser *records* the §3 violations
+// in the tree (duplicate names, BadNumber, lone surrogates) so the caller can tell
+// whether they lie inside a receipt body (body_not_canonical) or around it.
+
+const MAX_DEPTH = 128; // "nesting deeper than 128 levels is rejected"; the body is level 1
+
+/** Placeholder for a number literal §3 forbids (unsafe integer, overflow to ±inf). */
+class BadNumber {
+  constructor(text, why) {
+    this.text = text;
+    this.why = why;
+  }
+}
+
+/** A number written with a fraction or exponent: not a JSON integer for §4 type checks;
+ *  `canonicalize` serializes it through toJSON as the IEEE double it denotes. */
+class FloatLit {
+  constructor(value) {
+    this.value = value;
+  }
+
+  toJSON() {
+    return this.value;
+  }
+}
+
+class JsonSyntaxError extends Error {}
+
+/** Objects (null-prototype, so "__proto__" is an ordinary member) -> repeated names. */
+const DUPLICATES = new WeakMap();
+
+const NUMBER_RE = /-?(?:0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?/y;
+const ESCAPES = { '"': '"', '\\': '\\', '/': '/', b: '\b', f: '\f', n: '\n', r: '\r', t: '\t' };
+const UTF8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
+
+/** Parse JSON bytes (RFC 8259 grammar, UTF-8), recording §3 violations in the tree. */
+function parseJson(bytes) {
+  let text;
+  try {
+    text = UTF8.decode(bytes);
+  } catch {
+    throw new JsonSyntaxError('not UTF-8');
+  }
+  if (maxNesting(text) > 10000) throw new JsonSyntaxError('nesting far too deep to read');
+  let i = 0;
+  const fail = (why) => {
+    throw new JsonSyntaxError(`${why} at offset ${i}`);
+  };
+  const ws = () => {
+    while (i < text.length && ' \t\n\r'.includes(text[i])) i++;
+  };
+
+  function parseString() {
+    i++; // opening quote
+    let out = '';
+    for (;;) {
+      if (i >= text.length) fail('unterminated string');
+      const ch = text[i];
+      const code = text.charCodeAt(i);
+      if (ch === '"') {
+        i++;
+        return out;
+      }
+      if (code < 0x20) fail('control character in string');
+      if (ch !== '\\') {
+        out += ch;
+        i++;
+        continue;
+      }
+      const e = text[i + 1];
+      if (e === 'u') {
+        const hex = text.slice(i + 2, i + 6);
+        if (!/^[0-9A-Fa-f]{4}$/.test(hex)) fail('bad \\u escape');
+        out += String.fromCharCode(parseInt(hex, 16)); // lone surrogates survive; checked later
+        i += 6;
+      } else if (e !== undefined && has(ESCAPES, e)) {
+        out += ESCAPES[e];
+        i += 2;
+      } else {
+        fail('bad escape');
+      }
+    }
+  }
+
+  function parseNumber() {
+    NUMBER_RE.lastIndex = i;
+    const m = NUMBER_RE.exec(text);
+    if (!m) fail('bad number');
+    i += m[0].length;
+    if (m[1] === undefined && m[2] === undefined) {
+      const n = BigInt(m[0]);
+      return n >= -BigInt(MAX_SAFE_INT) && n <= BigInt(MAX_SAFE_INT)
+        ? Number(n) : new BadNumber(m[0], 'integer beyond ±(2^53-1)');
+    }
+    const f = Number(m[0]);
+    return Number.isFinite(f) ? new FloatLit(f) : new BadNumber(m[0], 'number overflows to infinity');
+  }
+
+  function parseValue() {
+    ws();
+    const ch = text[i];
+    if (ch === '{') {
+      i++;
+      const obj = Object.create(null);
+      const dups = [];
+      ws();
+      if (text[i] === '}') {
+        i++;
+      } else {
+        for (;;) {
+          ws();
+          if (text[i] !== '"') fail('expected a member name');
+          const key = parseString();
+          ws();
+          if (text[i] !== ':') fail("expected ':'");
+          i++;
+          const value = parseValue();
+          if (has(obj, key)) dups.push(key); // compared after unescaping
+          obj[key] = value;
+          ws();
+          if (text[i] === ',') {
+            i++;
+          } else if (text[i] === '}') {
+            i++;
+            break;
+          } else {
+            fail("expected ',' or '}'");
+          }
+        }
+      }
+      DUPLICATES.set(obj, dups);
+      return obj;
+    }
+    if (ch === '[') {
+      i++;
+      const arr = [];
+      ws();
+      if (text[i] === ']') {
+        i++;
+        return arr;
+      }
+      for (;;) {
+        arr.push(parseValue());
+        ws();
+        if (text[i] === ',') {
+          i++;
+        } else if (text[i] === ']') {
+          i++;
+          return arr;
+        } else {
+          fail("expected ',' or ']'");
+        }
+      }
+    }
+    if (ch === '"') return parseString();
+    if (ch === '-' || (ch >= '0' && ch <= '9')) return parseNumber();
+    for (const [word, value] of [['true', true], ['false', false], ['null', null]]) {
+      if (text.startsWith(word, i)) {
+        i += word.length;
+        return value;
+      }
+    }
+    return fail('unexpected character');
+  }
+
+  const value = parseValue();
+  ws();
+  if (i !== text.length) fail('extra data after the JSON value');
+  return value;
+}
+
+/** Bracket depth of JSON text, ignoring strings (a cheap guard before recursing). */
+function maxNesting(text) {
+  let depth = 0;
+  let best = 0;
+  let inString = false;
+  let escaped = false;
+  for (const ch of text) {
+    if (inString) {
+      if (escaped) escaped = false;
+      else if (ch === '\\') escaped = true;
+      else if (ch === '"') inString = false;
+    } else if (ch === '"') {
+      inString = true;
+    } else if (ch === '[' || ch === '{') {
+      depth++;
+      if (depth > best) best = depth;
+    } else if (ch === ']' || ch === '}') {
+      depth--;
+    }
+  }
+  return best;
+}
+
+const hasLoneSurrogate = (s) => !s.isWellFormed();
+
+/**
+ * The §3 input-rule violations inside `value` (`value` itself at nesting `depth`).
+ * Members of the top-level object named in `skip` are not descended into.
+ */
+function ijsonViolations(value, depth = 1, skip = []) {
+  const out = [];
+  if (value instanceof BadNumber) {
+    out.push(`${value.why}: ${value.text.slice(0, 40)}`);
+  } else if (isStr(value)) {
+    if (hasLoneSurrogate(value)) out.push('lone surrogate in a string');
+  } else if (isArr(value) || isObj(value)) {
+    if (depth > MAX_DEPTH) return [`nesting deeper than ${MAX_DEPTH} levels`];
+    if (isArr(value)) {
+      for (const v of value) out.push(...ijsonViolations(v, depth + 1));
+    } else {
+      for (const dup of DUPLICATES.get(value) ?? []) out.push(`duplicate member name ${JSON.stringify(dup)}`);
+      for (const k of Object.keys(value)) {
+        if (hasLoneSurrogate(k)) out.push('lone surrogate in a member name');
+        if (!skip.includes(k)) out.push(...ijsonViolations(value[k], depth + 1));
+      }
+    }
+  }
+  return out;
+}
+
+/** RFC 8785 (JCS) bytes of an already-validated value. */
+const canonicalJson = (value) => Buffer.from(canonicalize(value), 'utf8');
+
+// ---------------------------------------------------------------------------
+// §5.1-§5.3 Merkle tree (RFC 9162). Sizes and indexes are BigInt (u64 sizes).
+// ---------------------------------------------------------------------------
+
+const leafHash = (canonicalBody) => sha256(Buffer.from([0]), canonicalBody);
+const nodeHash = (left, right) => sha256(Buffer.from([1]), left, right);
+
+/** RFC 9162 §2.1.1 MTH over leaf hashes. */
+function merkleRoot(leaves) {
+  const n = leaves.length;
+  if (n === 0) return sha256(Buffer.alloc(0));
+  if (n === 1) return leaves[0];
+  let k = 1;
+  while (k * 2 < n) k *= 2; // largest power of two smaller than n
+  return nodeHash(merkleRoot(leaves.slice(0, k)), merkleRoot(leaves.slice(k)));
+}
+
+/** §5.2, RFC 9162 §2.1.3.2. index and size are BigInt. */
+function verifyInclusion(index, size, proof, leaf, root) {
+  if (index < 0n || index >= size) return false;
+  let fn = index;
+  let sn = size - 1n;
+  let x = leaf;
+  for (const c of proof) {
+    if (sn === 0n) return false;
+    if (fn % 2n === 1n || fn === sn) {
+      x = nodeHash(c, x);
+      while (fn !== 0n && fn % 2n === 0n) {
+        fn >>= 1n;
+        sn >>= 1n;
+      }
+    } else {
+      x = nodeHash(x, c);
+    }
+    fn >>= 1n;
+    sn >>= 1n;
+  }
+  return sn === 0n && x.equals(root);
+}
+
+/** §5.3, RFC 9162 §2.1.4.2, plus the spec's m = n and m = 0 cases. m, n are BigInt. */
+function verifyConsistency(m, n, proof, oldRoot, newRoot) {
+  if (m < 0n || m > n) return false;
+  if (m === n) return proof.length === 0 && oldRoot.equals(newRoot);
+  if (m === 0n) return proof.length === 0;
+  if (proof.length === 0) return false; // step 1
+  const path = [...proof];
+  if ((m & (m - 1n)) === 0n) path.unshift(oldRoot); // step 2: m is a power of two
+  let fn = m - 1n; // step 3
+  let sn = n - 1n;
+  while (fn & 1n) { // step 4
+    fn >>= 1n;
+    sn >>= 1n;
+  }
+  let fr = path[0]; // step 5
+  let sr = path[0];
+  for (const c of path.slice(1)) { // step 6
+    if (sn === 0n) return false;
+    if ((fn & 1n) || fn === sn) {
+      fr = nodeHash(c, fr);
+      sr = nodeHash(c, sr);
+      while (fn !== 0n && !(fn & 1n)) {
+        fn >>= 1n;
+        sn >>= 1n;
+      }
+    } else {
+      sr = nodeHash(sr, c);
+    }
+    fn >>= 1n;
+    sn >>= 1n;
+  }
+  return fr.equals(oldRoot) && sr.equals(newRoot) && sn === 0n; // step 7
+}
+
+// ---------------------------------------------------------------------------
+// Strict Ed25519 (§5.4): verify_strict / RFC 8032 §5.1.7 cofactorless
+// ---------------------------------------------------------------------------
+// node:crypto (OpenSSL) already checks the cofactorless equation by comparing the
+// encoding of [S]B - [k]A with R. What it does not promise, and we check here first:
+//   1. S < L (canonical scalar), RFC 8032 §5.1.7 step 1;
+//   2. A (public key) and R decode as curve points under RFC 8032 §5.1.3: y < p,
+//      x recoverable, and not (x = 0 with the sign bit set);
+//   3. neither A nor R has small order, i.e. [8]P is not the identity (this covers
+//      all 8 torsion points, whatever their encoding) -- as ed25519-dalek's
+//      verify_strict does.
+
+const ED_P = 2n ** 255n - 19n;
+const ED_L = 2n ** 252n + 27742317777372353535851937790883648493n;
+const mod = (a) => ((a % ED_P) + ED_P) % ED_P;
+function modPow(base, exp) {
+  let result = 1n;
+  let b = mod(base);
+  let e = exp;
+  while (e > 0n) {
+    if (e & 1n) result = (result * b) % ED_P;
+    b = (b * b) % ED_P;
+    e >>= 1n;
+  }
+  return result;
+}
+const ED_D = mod(-121665n * modPow(121666n, ED_P - 2n));
+const ED_SQRT_M1 = modPow(2n, (ED_P - 1n) / 4n);
+
+const leBytesToBigInt = (buf) => {
+  let n = 0n;
+  for (let k = buf.length - 1; k >= 0; k--) n = (n << 8n) | BigInt(buf[k]);
+  return n;
+};
+
+/** RFC 8032 §5.1.3 point decoding to extended coordinates, or null. */
+function edDecodePoint(b) {
+  if (b.length !== 32) return null;
+  let y = leBytesToBigInt(b);
+  const sign = y >> 255n;
+  y &= (1n << 255n) - 1n;
+  if (y >= ED_P) return null; // non-canonical y
+  const u = mod(y * y - 1n);
+  const v = mod(ED_D * y * y + 1n);
+  const x2 = mod(u * modPow(v, ED_P - 2n));
+  let x;
+  if (x2 === 0n) {
+    if (sign) return null; // x = 0 with sign bit 1
+    x = 0n;
+  } else {
+    x = modPow(x2, (ED_P + 3n) / 8n);
+    if (mod(x * x - x2) !== 0n) x = mod(x * ED_SQRT_M1);
+    if (mod(x * x - x2) !== 0n) return null; // not on the curve
+    if ((x & 1n) !== sign) x = ED_P - x;
+  }
+  return [x, y, 1n, mod(x * y)];
+}
+
+/** Edwards addition in extended coordinates (RFC 8032 §5.1.4); also doubles. */
+function edAdd([x1, y1, z1, t1], [x2, y2, z2, t2]) {
+  const a = mod((y1 - x1) * (y2 - x2));
+  const b = mod((y1 + x1) * (y2 + x2));
+  const c = mod(2n * t1 * t2 * ED_D);
+  const d = mod(2n * z1 * z2);
+  const e = b - a;
+  const f = d - c;
+  const g = d + c;
+  const h = b + a;
+  return [mod(e * f), mod(g * h), mod(f * g), mod(e * h)];
+}
+
+/** [8]P == identity (X = 0, Y = Z). */
+function edIsSmallOrder(point) {
+  let q = point;
+  for (let k = 0; k < 3; k++) q = edAdd(q, q);
+  const [x, y, z] = q;
+  return mod(x) === 0n && mod(y - z) === 0n;
+}
+
+function ed25519VerifyStrict(publicKey, message, signature) {
+  if (publicKey.length !== 32 || signature.length !== 64) return false;
+  if (leBytesToBigInt(signature.subarray(32)) >= ED_L) return false; // non-canonical S
+  const a = edDecodePoint(publicKey);
+  const r = edDecodePoint(signature.subarray(0, 32));
+  if (a === null || r === null || edIsSmallOrder(a) || edIsSmallOrder(r)) return false;
+  try {
+    const key = createPublicKey({
+      key: { kty: 'OKP', crv: 'Ed25519', x: Buffer.from(publicKey).toString('base64url') },
+      format: 'jwk',
+    });
+    return cryptoVerify(null, message, key, signature);
+  } catch {
+    return false;
+  }
+}
+
+// ---------------------------------------------------------------------------
+// §6.2 Workspace key set
+// ---------------------------------------------------------------------------
+
+/** C2SP signed-note key id: SHA-256(name ‖ 0x0A ‖ 0x01 ‖ public key)[:4]. */
+const computeKeyId = (name, publicKey) =>
+  sha256(Buffer.from(name, 'utf8'), Buffer.from([0x0a, 0x01]), publicKey).subarray(0, 4).toString('hex');
+
+/** not_before inclusive, not_after exclusive; §2 times compare as strings. */
+const keyValidAt = (key, t) => key.notBefore <= t && (key.notAfter === null || t < key.notAfter);
+
+/** Check every §6.2 rule; throw Unusable on the first broken one. */
+function loadKeyset(doc) {
+  const bad = ijsonViolations(doc);
+  if (bad.length) throw new Unusable(`key set: ${bad.join('; ')}`);
+  if (!isObj(doc)) throw new Unusable('key set: not a JSON object');
+  const ws = doc.workspace_id;
+  const { origin, keys } = doc;
+  if (!isId(ws)) throw new Unusable('key set: workspace_id is not an id');
+  if (origin !== `allowly/${ws}`) throw new Unusable('key set: origin is not allowly/<workspace_id>');
+  if (!isArr(keys)) throw new Unusable('key set: keys is not an array');
+  const out = keys.map((k, i) => {
+    const where = `key set: keys[${i}]`;
+    if (!isObj(k)) throw new Unusable(`${where} is not an object`);
+    if (k.name !== origin) throw new Unusable(`${where}: name is not the origin`);
+    if (k.algorithm !== 'ed25519') throw new Unusable(`${where}: algorithm is not ed25519`);
+    const pk = b64decodeStrict(k.public_key);
+    if (pk === null || pk.length !== 32) throw new Unusable(`${where}: public_key is not base64 of 32 bytes`);
+    if (!isKeyId(k.key_id) || k.key_id !== computeKeyId(origin, pk)) {
+      throw new Unusable(`${where}: key_id does not match name and public key`);
+    }
+    const vkey = `${origin}+${k.key_id}+${Buffer.concat([Buffer.from([1]), pk]).toString('base64')}`;
+    if (k.vkey !== vkey) throw new Unusable(`${where}: vkey is not <name>+<key_id>+<base64(0x01 ‖ key)>`);
+    const nb = k.not_before;
+    if (!isTime(nb)) throw new Unusable(`${where}: not_before is not a time`);
+    const na = has(k, 'not_after') ? k.not_after : undefined;
+    if (na === undefined || (na !== null && (!isTime(na) || !(na > nb)))) {
+      throw new Unusable(`${where}: not_after is missing, not a time, or not after not_before`);
+    }
+    if (!isStr(k.status) || (k.status === 'active') !== (na === null)) {
+      throw new Unusable(`${where}: status must be 'active' exactly when not_after is null`);
+    }
+    return { keyId: k.key_id, name: origin, publicKey: pk, notBefore: nb, notAfter: na };
+  });
+  return { workspaceId: ws, origin, keys: out, canonical: canonicalize(doc) };
+}
+
+function readKeysetFile(path) {
+  let doc;
+  try {
+    doc = parseJson(readFileSync(path));
+  } catch (e) {
+    throw new Unusable(`key set ${path}: ${e.message}`);
+  }
+  return loadKeyset(doc);
+}
+
+// ---------------------------------------------------------------------------
+// §5.4 Checkpoints (C2SP tlog-checkpoint + signed-note)
+// ---------------------------------------------------------------------------
+
+const EM_DASH_PREFIX = '\u2014 ';
+
+class CheckpointError extends Error {
+  constructor(code, detail) {
+    super(detail);
+    this.code = code;
+    this.detail = detail;
+  }
+}
+
+/**
+ * Split a signed note into {text, lines, signatures: [{name, blob}]}.
+ * Structural rules of §5.4 (C2SP signed-note); failures are checkpoint_malformed.
+ */
+function parseSignedNote(note) {
+  const bad = (why) => new CheckpointError('checkpoint_malformed', why);
+  if (!isStr(note) || hasLoneSurrogate(note)) throw bad('not a UTF-8 string');
+  if (/[^\P{Cc}\n]/u.test(note)) throw bad('control character other than \\n');
+  const split = note.lastIndexOf('\n\n');
+  if (split < 0) throw bad('no blank line before the signatures');
+  const text = note.slice(0, split + 1);
+  const sigBlock = note.slice(split + 2);
+  if (!sigBlock) throw bad('no signature line');
+  if (!sigBlock.endsWith('\n')) throw bad('signature lines must end with \\n');
+  const signatures = sigBlock.slice(0, -1).split('\n').map((line) => {
+    if (!line.startsWith(EM_DASH_PREFIX)) throw bad('signature line does not start with an em dash and a space');
+    const rest = line.slice(EM_DASH_PREFIX.length);
+    const sp = rest.indexOf(' ');
+    if (sp < 0) throw bad('bad key name in signature line');
+    const name = rest.slice(0, sp);
+    if (!name || name.includes('+') || /\p{Z}/u.test(name)) throw bad('bad key name in signature line');
+    const blob = b64decodeStrict(rest.slice(sp + 1));
+    if (blob === null || blob.length < 5) throw bad('signature is not base64 of a key id and a signature');
+    return { name, blob };
+  });
+  const lines = text.slice(0, -1).split('\n');
+  if (lines.length < 3) throw bad('checkpoint needs an origin, a size and a root line');
+  const [origin, sizeLine, rootLine, ...extensions] = lines;
+  if (!origin) throw bad('empty origin line');
+  if (!/^(?:0|[1-9][0-9]*)$/.test(sizeLine) || BigInt(sizeLine) >= 2n ** 64n) {
+    throw bad('tree size is not canonical decimal within u64');
+  }
+  const root = b64decodeStrict(rootLine);
+  if (root === null || root.length !== 32) throw bad('root is not canonical base64 of 32 bytes');
+  if (extensions.some((e) => !e)) throw bad('empty extension line (or more than one blank line)');
+  return { text, lines, signatures };
+}
+
+/** §7.1 step 8, in the order the spec lists the checks; throws CheckpointError. */
+function openCheckpoint(note, keyset) {
+  const { text, lines, signatures } = parseSignedNote(note);
+
+  // Signatures by keys of the set (same name and key id); all others are ignored.
+  const textBytes = Buffer.from(text, 'utf8');
+  const verified = [];
+  let failed = 0;
+  let known = 0;
+  for (const { name, blob } of signatures) {
+    for (const key of keyset.keys) {
+      if (key.name === name && key.keyId === blob.subarray(0, 4).toString('hex')) {
+        known++;
+        if (ed25519VerifyStrict(key.publicKey, textBytes, blob.subarray(4))) verified.push(key);
+        else failed++;
+      }
+    }
+  }
+  if (failed) throw new CheckpointError('checkpoint_signature_invalid', "a workspace key's signature does not verify");
+  if (!known) throw new CheckpointError('checkpoint_unknown_key', 'no signature by a key of the set');
+
+  if (lines[0] !== keyset.origin) {
+    throw new CheckpointError('checkpoint_origin_mismatch', `origin ${JSON.stringify(lines[0])} is not ${keyset.origin}`);
+  }
+
+  // Exactly one extension line, `time <time>`.
+  const extensions = lines.slice(3);
+  const times = extensions.filter((e) => e.startsWith('time '));
+  if (times.length !== 1 || extensions.length !== 1 || !isTime(times[0].slice(5))) {
+    throw new CheckpointError('checkpoint_malformed', "needs exactly one extension line 'time <time>'");
+  }
+  const t = times[0].slice(5);
+
+  const signers = verified.filter((k) => keyValidAt(k, t)).map((k) => k.keyId);
+  if (!signers.length) throw new CheckpointError('key_not_valid_at_time', `no verified signer was valid at ${t}`);
+  return { origin: lines[0], size: BigInt(lines[1]), root: b64decodeStrict(lines[2]), time: t, signers };
+}
+
+/** Each distinct checkpoint note is opened once (§7.2 step 4). */
+class CheckpointCache {
+  constructor(keyset) {
+    this.keyset = keyset;
+    this.results = new Map(); // note -> checkpoint | CheckpointError
+  }
+
+  open(note) {
+    if (!this.results.has(note)) {
+      try {
+        this.results.set(note, openCheckpoint(note, this.keyset));
+      } catch (e) {
+        if (!(e instanceof CheckpointError)) throw e;
+        this.results.set(note, e);
+      }
+    }
+    return this.results.get(note);
+  }
+
+  opened() {
+    return [...this.results.values()].filter((r) => !(r instanceof CheckpointError));
+  }
+}
+
+// ---------------------------------------------------------------------------
+// §4 Receipt body
+// ---------------------------------------------------------------------------
+
+const KINDS = new Set(['authorization.created', 'check', 'confirmation', 'escalation.created',
+  'escalation.resolved', 'revocation', 'expiry', 'key.rotated']);
+const DECISIONS = new Set(['allow', 'deny', 'confirm', 'escalate']);
+const FIRST_TABLE = ['v', 'id', 'workspace_id', 'authorization_id', 'seq', 'prev', 'log_index',
+  'kind', 'decision', 'reason', 'scopes', 'resource', 'time', 'auth_state_hash'];
+
+const isStrArray = (v) => isArr(v) && v.every(isStr);
+const nullOr = (pred) => (v) => v === null || pred(v);
+
+/** A verifier key <name>+<key id>+<base64(0x01 ‖ 32-byte key)> whose id matches. */
+function checkVkey(vkey, keyId) {
+  // The name has no '+' and the key id is hex, but base64 may contain '+'.
+  if (!isStr(vkey)) return false;
+  const first = vkey.indexOf('+');
+  const second = vkey.indexOf('+', first + 1);
+  if (first < 0 || second < 0) return false;
+  const [name, kid, b64] = [vkey.slice(0, first), vkey.slice(first + 1, second), vkey.slice(second + 1)];
+  const raw = b64decodeStrict(b64);
+  return Boolean(name) && kid === keyId && raw !== null && raw.length === 33 && raw[0] === 1
+    && computeKeyId(name, raw.subarray(1)) === kid;
+}
+
+/** Every §4 rule the body breaks (the finding body_invalid). */
+function bodyProblems(body) {
+  if (!isObj(body)) return ['body is not an object'];
+  const p = FIRST_TABLE.filter((m) => !has(body, m)).map((m) => `missing member ${m}`);
+  const g = (m) => (has(body, m) ? body[m] : undefined);
+  const present = (m) => has(body, m);
+  // A member absent from the body reads as undefined; "null" checks below treat it like
+  // Python's dict.get (None), so a missing member is reported once, above.
+  const isNull = (v) => v === null || v === undefined;
+  if (present('v') && !(isInt(g('v')) && g('v') === 1)) p.push('v is not 1');
+  for (const m of ['id', 'workspace_id']) if (present(m) && !isId(g(m))) p.push(`${m} is not an id`);
+  if (!isNull(g('authorization_id')) && !isId(g('authorization_id'))) p.push('authorization_id is not an id or null');
+  if (!isNull(g('seq')) && !(isInt(g('seq')) && g('seq') >= 0)) p.push('seq is not a non-negative integer or null');
+  if (!isNull(g('prev')) && !isHash(g('prev'))) p.push('prev is not a hash or null');
+  if (present('log_index') && !(isInt(g('log_index')) && g('log_index') >= 0 && g('log_index') <= MAX_SAFE_INT)) {
+    p.push('log_index is not an integer in 0..2^53-1');
+  }
+  const kind = g('kind');
+  if (present('kind') && !KINDS.has(kind)) p.push('unknown kind');
+  if (!isNull(g('decision')) && !DECISIONS.has(g('decision'))) p.push('decision is not allow/deny/confirm/escalate or null');
+  for (const m of ['reason', 'resource']) if (!isNull(g(m)) && !isStr(g(m))) p.push(`${m} is not a string or null`);
+  if (present('scopes') && !isStrArray(g('scopes'))) p.push('scopes is not an array of strings');
+  if (present('time') && !isTime(g('time'))) p.push('time is not a §2 time');
+  if (!isNull(g('auth_state_hash')) && !isHash(g('auth_state_hash'))) p.push('auth_state_hash is not a hash or null');
+
+  // Trail rules.
+  if (kind === 'key.rotated') {
+    if (['authorization_id', 'seq', 'prev'].some((m) => !isNull(g(m)))) {
+      p.push('key.rotated must have null authorization_id, seq and prev');
+    }
+  } else if (KINDS.has(kind)) {
+    if (isNull(g('authorization_id')) || isNull(g('seq'))) p.push('authorization_id and seq must be non-null');
+    const seq0 = g('seq') === 0;
+    const created = kind === 'authorization.created';
+    const noPrev = isNull(g('prev'));
+    if (!(seq0 === created && created === noPrev)) {
+      p.push('seq = 0 ⇔ kind = authorization.created ⇔ prev = null is broken');
+    }
+  }
+
+  // Second-table members, checked for the kinds that carry them.
+  if (kind === 'authorization.created') {
+    const gr = g('grant');
+    if (!(isObj(gr) && isStr(gr.subject) && isStrArray(gr.scopes) && isStrArray(gr.resources)
+      && has(gr, 'expires_at') && nullOr(isTime)(gr.expires_at)
+      && has(gr, 'metadata_hash') && nullOr(isHash)(gr.metadata_hash))) {
+      p.push('grant is missing or malformed');
+    }
+  }
+  if (kind === 'confirmation' || kind === 'escalation.resolved') {
+    const ap = g('approval');
+    if (!(isObj(ap) && (ap.outcome === 'approved' || ap.outcome === 'declined') && isStr(ap.by)
+      && has(ap, 'shown_hash') && nullOr(isHash)(ap.shown_hash))) {
+      p.push('approval is missing or malformed');
+    }
+  }
+  if ((kind === 'escalation.created' || kind === 'escalation.resolved') && !isId(g('escalation_id'))) {
+    p.push('escalation_id is missing or not an id');
+  }
+  if (kind === 'check' && present('context_hash') && !isHash(g('context_hash'))) p.push('context_hash is not a hash');
+  if (kind === 'key.rotated') {
+    const k = g('key');
+    if (!(isObj(k) && isKeyId(k.key_id) && isKeyId(k.replaces) && checkVkey(k.vkey, k.key_id))) {
+      p.push('key is missing or malformed');
+    }
+  }
+  return p;
+}
+
+/**
+ * Whether the members later steps need can be read (§7.1 step 4 "stop only if ...").
+ * "Below" is read as including the bundle steps that §7.2 runs on each receipt, so the
+ * members needed are workspace_id, id, log_index (steps 5-9) and authorization_id, seq,
+ * prev (§7.2 steps 5-7). `prev` is read as a hash (§2: uppercase MUST be rejected), so a
+ * `prev` that is not 64 lowercase hex digits cannot be read and verification stops with
+ * body_invalid alone: the vector receipt-uppercase-hash expects exactly that.
+ */
+function bodyReadable(body) {
+  if (!isObj(body)) return false;
+  const g = (m) => (has(body, m) ? body[m] : undefined);
+  const nullish = (v) => v === null || v === undefined;
+  return isStr(g('workspace_id')) && isStr(g('id')) && isInt(g('log_index')) && g('log_index') >= 0
+    && (nullish(g('authorization_id')) || isStr(g('authorization_id')))
+    && (nullish(g('seq')) || isInt(g('seq')))
+    && (nullish(g('prev')) || isHash(g('prev')));
+}
+
+// ---------------------------------------------------------------------------
+// §6.1 Envelopes and §7.1 verification of one receipt
+// ---------------------------------------------------------------------------
+
+const SIGNED_MEMBERS = ['status', 'body', 'log_index', 'inclusion_proof', 'checkpoint'];
+const PENDING_MEMBERS = ['status', 'receipt_id', 'log_index', 'leaf_hash', 'body'];
+
+/** §6.1 shape of a signed or pending receipt (ignoring what is inside `body`); problem or null. */
+function envelopeProblem(doc) {
+  if (!isObj(doc)) return 'receipt is not a JSON object';
+  const bad = ijsonViolations(doc, 1, ['body']);
+  if (bad.length) return bad.join('; ');
+  if (doc.status === 'signed') {
+    if (!keysEqual(doc, SIGNED_MEMBERS)) return `signed receipt must have exactly ${SIGNED_MEMBERS}`;
+    if (!(isArr(doc.inclusion_proof) && doc.inclusion_proof.every(isHash))) {
+      return 'inclusion_proof is not an array of hashes';
+    }
+    if (!isStr(doc.checkpoint)) return 'checkpoint is not a string';
+  } else if (doc.status === 'pending') {
+    if (!keysEqual(doc, PENDING_MEMBERS)) return `pending receipt must have exactly ${PENDING_MEMBERS}`;
+    if (!isId(doc.receipt_id)) return 'receipt_id is not an id';
+    if (!isHash(doc.leaf_hash)) return 'leaf_hash is not a hash';
+  } else {
+    return "status is neither 'signed' nor 'pending'";
+  }
+  if (!(isInt(doc.log_index) && doc.log_index >= 0)) return 'log_index is not a non-negative integer';
+  if (!isObj(doc.body)) return 'body is not an object';
+  return null;
+}
+
+/**
+ * §7.1 steps 3-9 on an envelope already checked by envelopeProblem.
+ * Returns the leaf (for the bundle checks) when the body could be read, else null.
+ */
+function verifyReceiptSteps(doc, keyset, cache, report, where = 'receipt') {
+  const { body } = doc;
+  // Step 3: the §3 input rules, then canonicalize.
+  const violations = ijsonViolations(body);
+  if (violations.length) {
+    report.add('body_not_canonical', `${where}: ${violations.join('; ')}`);
+    return null;
+  }
+  const canon = canonicalJson(body);
+
+  // Step 4: §4 rules.
+  const problems = bodyProblems(body);
+  if (problems.length) report.add('body_invalid', `${where}: ${problems.join('; ')}`);
+  if (!bodyReadable(body)) return null;
+
+  // Step 5.
+  if (body.workspace_id !== keyset.workspaceId) {
+    report.add('workspace_mismatch', `${where}: body workspace ${body.workspace_id} is not ${keyset.workspaceId}`);
+  }
+  if (body.log_index !== doc.log_index) {
+    report.add('log_index_mismatch', `${where}: envelope log_index ${doc.log_index} ≠ body ${body.log_index}`);
+  }
+
+  // Step 6.
+  const h = leafHash(canon);
+  const leaf = {
+    body,
+    hash: h,
+    logIndex: body.log_index,
+    authorizationId: body.authorization_id ?? null,
+    seq: body.seq ?? null,
+    prev: body.prev ?? null,
+    signed: doc.status === 'signed',
+  };
+
+  // Step 7: pending receipts.
+  if (doc.status === 'pending') {
+    if (doc.leaf_hash !== h.toString('hex') || doc.receipt_id !== body.id) {
+      report.add('envelope_mismatch', `${where}: leaf_hash or receipt_id does not match the body`);
+    }
+    report.add('not_signed', `${where}: pending receipt ${body.id} is not yet signed`);
+    return leaf;
+  }
+
+  // Step 8: the checkpoint.
+  const cp = cache.open(doc.checkpoint);
+  if (cp instanceof CheckpointError) {
+    report.add(cp.code, `${where}: checkpoint: ${cp.detail}`);
+    return leaf;
+  }
+
+  // Step 9: inclusion of h at log_index in the checkpoint's tree. The index is the
+  // envelope's `log_index` (the one the proof is presented for); when it differs from
+  // body.log_index this fails too, as the vector receipt-envelope-log-index expects.
+  const proof = doc.inclusion_proof.map((x) => Buffer.from(x, 'hex'));
+  if (!verifyInclusion(BigInt(doc.log_index), cp.size, proof, h, cp.root)) {
+    report.add('inclusion_proof_invalid', `${where}: leaf ${doc.log_index} not proven in tree of size ${cp.size}`);
+  }
+  return leaf;
+}
+
+/** §7.1 (step 1, the key set, is done by the caller). */
+function verifyReceipt(data, keyset) {
+  let doc;
+  try { // step 2
+    doc = parseJson(data);
+  } catch (e) {
+    throw new Unusable(`receipt: ${e.message}`);
+  }
+  const problem = envelopeProblem(doc);
+  if (problem) throw new Unusable(`receipt: ${problem}`);
+  const report = new Report();
+  verifyReceiptSteps(doc, keyset, new CheckpointCache(keyset), report);
+  return report;
+}
+
+// ---------------------------------------------------------------------------
+// §6.3 / §7.2 Evidence bundles
+// ---------------------------------------------------------------------------
+
+const MAX_LINE = 1 << 20; // 1 MiB
+
+/** Non-blank lines with their 1-based numbers (blank = empty or only spaces/tabs/CR). */
+function bundleLines(data) {
+  const out = [];
+  let start = 0;
+  let lineno = 1;
+  for (;;) {
+    const nl = data.indexOf(0x0a, start);
+    const line = data.subarray(start, nl < 0 ? data.length : nl);
+    if (line.some((b) => b !== 0x20 && b !== 0x09 && b !== 0x0d)) out.push([lineno, line]);
+    if (nl < 0) return out;
+    start = nl + 1;
+    lineno++;
+  }
+}
+
+/** §7.2 step 1: the header line, else Unusable. Returns {workspaceId, scope}. */
+function parseHeader(line) {
+  if (line.length > MAX_LINE) throw new Unusable('header line longer than 1 MiB');
+  let doc;
+  try {
+    doc = parseJson(line);
+  } catch (e) {
+    throw new Unusable(`header: ${e.message}`);
+  }
+  const bad = ijsonViolations(doc);
+  if (bad.length) throw new Unusable(`header: ${bad.join('; ')}`);
+  if (!(isObj(doc) && keysEqual(doc, ['type', 'header']) && doc.type === 'bundle' && isObj(doc.header))) {
+    throw new Unusable('line 1 is not {"type":"bundle","header":{...}}');
+  }
+  const h = doc.header;
+  if (!(isInt(h.v) && h.v === 1)) throw new Unusable('header v is not 1');
+  if (!isId(h.workspace_id) || !isTime(h.created_at)) throw new Unusable('header workspace_id or created_at is malformed');
+  const s = h.scope;
+  let scope;
+  if (isObj(s) && s.kind === 'authorization' && keysEqual(s, ['kind', 'authorization_id', 'last_seq'])
+    && isId(s.authorization_id) && isInt(s.last_seq) && s.last_seq >= 0) {
+    scope = { kind: 'authorization', authorizationId: s.authorization_id, lastSeq: s.last_seq };
+  } else if (isObj(s) && s.kind === 'log' && keysEqual(s, ['kind', 'from', 'to'])
+    && isInt(s.from) && isInt(s.to) && s.from >= 0 && s.from <= s.to) {
+    scope = { kind: 'log', start: s.from, end: s.to };
+  } else {
+    throw new Unusable('header scope is malformed');
+  }
+  return { workspaceId: h.workspace_id, scope };
+}
+
+/** §7.2 step 1: one non-header line; record_malformed if it cannot be read. */
+function readRecord(lineno, line, records, report) {
+  const where = `line ${lineno}`;
+  if (line.length > MAX_LINE) {
+    report.add('record_malformed', `${where}: longer than 1 MiB`);
+    return;
+  }
+  let doc;
+  try {
+    doc = parseJson(line);
+  } catch (e) {
+    report.add('record_malformed', `${where}: ${e.message}`);
+    return;
+  }
+  const rtype = isObj(doc) ? doc.type : undefined;
+  if (!['keys', 'checkpoint', 'consistency', 'receipt'].includes(rtype) || !keysEqual(doc, ['type', rtype])) {
+    report.add('record_malformed', `${where}: not a keys/checkpoint/consistency/receipt record`);
+    return;
+  }
+  const value = doc[rtype];
+  if (rtype === 'receipt') {
+    // I-JSON violations inside the body are body_not_canonical (§7.1 step 3), later.
+    const bad = ijsonViolations(doc, 1, ['receipt']);
+    const problem = bad.length ? bad.join('; ') : envelopeProblem(value);
+    if (problem) {
+      report.add('record_malformed', `${where}: ${problem}`);
+      return;
+    }
+    records.receipts.push([lineno, value]);
+    return;
+  }
+  const bad = ijsonViolations(doc);
+  if (bad.length) {
+    report.add('record_malformed', `${where}: ${bad.join('; ')}`);
+  } else if (rtype === 'keys') {
+    records.keysets.push(value);
+  } else if (rtype === 'checkpoint') {
+    if (isStr(value)) records.checkpoints.push(value);
+    else report.add('record_malformed', `${where}: checkpoint is not a string`);
+  } else if (isObj(value) && keysEqual(value, ['old_size', 'new_size', 'proof'])
+    && isInt(value.old_size) && value.old_size >= 0 && isInt(value.new_size) && value.new_size >= 0
+    && isArr(value.proof) && value.proof.every(isHash)) {
+    records.consistency.push({
+      m: BigInt(value.old_size), n: BigInt(value.new_size), proof: value.proof.map((x) => Buffer.from(x, 'hex')),
+    });
+  } else {
+    report.add('record_malformed', `${where}: consistency record is malformed`);
+  }
+}
+
+/** §7.2 step 2. */
+function chooseKeys(records, pinned, headerWs, report) {
+  const bundleSets = records.keysets.map(loadKeyset); // a broken key set: Unusable (§6.2)
+  let keyset;
+  if (pinned) {
+    const pinnedKeys = new Set(pinned.keys.map((k) => `${k.keyId}/${k.publicKey.toString('hex')}`));
+    for (const ks of bundleSets) {
+      for (const k of ks.keys) {
+        if (!pinnedKeys.has(`${k.keyId}/${k.publicKey.toString('hex')}`)) {
+          report.add('keys_mismatch', `bundle key ${k.keyId} is not a pinned key`);
+        }
+      }
+    }
+    keyset = pinned;
+  } else {
+    if (!bundleSets.length) throw new Unusable('no pinned keys and no key set in the bundle');
+    [keyset] = bundleSets;
+    if (bundleSets.slice(1).some((ks) => ks.canonical !== keyset.canonical)) {
+      report.add('keys_mismatch', 'the bundle carries two different key sets');
+    }
+    report.notes.push("keys were NOT pinned: the bundle's own key set was used, so only its "
+      + 'internal consistency is proven (§10)');
+  }
+  if (headerWs !== keyset.workspaceId) {
+    report.add('workspace_mismatch', `header workspace ${headerWs} is not the keys' ${keyset.workspaceId}`);
+  }
+  return keyset;
+}
+
+/** §7.2 step 5: one leaf per log index. Returns Map index -> leaf hash (first seen). */
+function checkLog(leaves, report) {
+  const byIndex = new Map();
+  for (const leaf of leaves) {
+    if (!byIndex.has(leaf.logIndex)) byIndex.set(leaf.logIndex, leaf.hash);
+    else if (!byIndex.get(leaf.logIndex).equals(leaf.hash)) {
+      report.add('log_index_conflict', `two different leaves at log index ${leaf.logIndex}`);
+    }
+  }
+  return byIndex;
+}
+
+/** §7.2 step 6. Returns Map authorization id -> highest seq present. */
+function checkTrails(leaves, scope, report) {
+  const trails = new Map(); // auth -> Map seq -> [leaf]
+  for (const leaf of leaves) {
+    if (leaf.authorizationId === null || leaf.seq === null) continue; // workspace event: no trail
+    if (!trails.has(leaf.authorizationId)) trails.set(leaf.authorizationId, new Map());
+    const bySeq = trails.get(leaf.authorizationId);
+    if (!bySeq.has(leaf.seq)) bySeq.set(leaf.seq, []);
+    const same = bySeq.get(leaf.seq);
+    if (same.every((other) => !other.hash.equals(leaf.hash))) same.push(leaf); // copies are one receipt
+  }
+  const mustStartAtZero = scope.kind === 'authorization' || scope.start === 0;
+  const ends = new Map();
+  for (const [auth, bySeq] of [...trails].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))) {
+    const seqs = [...bySeq.keys()].sort((a, b) => a - b);
+    ends.set(auth, seqs[seqs.length - 1]);
+    for (const s of seqs) {
+      if (bySeq.get(s).length > 1) report.add('seq_conflict', `${auth}: ${bySeq.get(s).length} different receipts at seq ${s}`);
+    }
+    if (mustStartAtZero && seqs[0] !== 0) report.add('receipt_missing', `${auth}: trail starts at seq ${seqs[0]}, not 0`);
+    for (let k = 0; k + 1 < seqs.length; k++) {
+      const [a, b] = [seqs[k], seqs[k + 1]];
+      if (b !== a + 1) {
+        report.add('receipt_missing', `${auth}: seqs ${a + 1}..${b - 1} are missing`);
+        continue;
+      }
+      for (const y of bySeq.get(b)) {
+        // With a seq_conflict at `a` there are several candidates; the link holds if
+        // `prev` names any of them (order-independent; see bundle-inserted-forged-receipt).
+        const linked = bySeq.get(a).filter((x) => y.prev === x.hash.toString('hex'));
+        if (!linked.length) report.add('chain_broken', `${auth}: prev of seq ${b} is not the leaf hash of seq ${a}`);
+        if ((linked.length ? linked : bySeq.get(a)).some((x) => y.logIndex <= x.logIndex)) {
+          report.add('trail_order', `${auth}: seq ${b} is not after seq ${a} in the log`);
+        }
+      }
+    }
+  }
+  return ends;
+}
+
+/** §7.2 step 7. */
+function checkScope(leaves, scope, trailEnds, byIndex, checkpoints, report) {
+  if (scope.kind === 'authorization') {
+    for (const leaf of leaves) {
+      if (leaf.authorizationId !== scope.authorizationId) {
+        report.add('out_of_scope', `log index ${leaf.logIndex} is not in authorization ${scope.authorizationId}`);
+      } else if (leaf.seq !== null && leaf.seq > scope.lastSeq) {
+        report.add('out_of_scope', `seq ${leaf.seq} is after last_seq ${scope.lastSeq}`);
+      }
+    }
+    const end = trailEnds.get(scope.authorizationId);
+    if (end === undefined || end < scope.lastSeq) {
+      report.add('truncated', `trail ends at seq ${end}, header promises ${scope.lastSeq}`);
+    }
+  } else {
+    for (const leaf of leaves) {
+      if (!(scope.start <= leaf.logIndex && leaf.logIndex < scope.end)) {
+        report.add('out_of_scope', `log index ${leaf.logIndex} is outside ${scope.start}..${scope.end}`);
+      }
+    }
+    let missing = 0;
+    let first = null;
+    for (let i = scope.start; i < scope.end; i++) {
+      if (!byIndex.has(i)) {
+        missing++;
+        if (first === null) first = i;
+      }
+    }
+    if (missing) report.add('log_leaf_missing', `${missing} log indexes in scope have no receipt, first ${first}`);
+    for (const cp of checkpoints) {
+      if (cp.size > BigInt(scope.end)) {
+        report.add('truncated', `a checkpoint commits to ${cp.size} leaves, the scope ends at ${scope.end}`);
+      }
+    }
+  }
+}
+
+/** §7.2 step 8. */
+function checkCheckpoints(checkpoints, byIndex, consistency, report) {
+  const roots = new Map(); // size (BigInt) -> [root]
+  for (const cp of checkpoints) {
+    if (!roots.has(cp.size)) roots.set(cp.size, []);
+    const same = roots.get(cp.size);
+    if (same.every((r) => !r.equals(cp.root))) same.push(cp.root);
+  }
+  for (const [size, rs] of roots) {
+    if (rs.length > 1) report.add('checkpoint_fork', `${rs.length} different roots for tree size ${size}`);
+  }
+
+  // P: leaves 0..P-1 are all present.
+  let p = 0;
+  while (byIndex.has(p)) p++;
+  const present = [];
+  for (let i = 0; i < p; i++) present.push(byIndex.get(i));
+  const sizes = [...roots.keys()].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
+  for (const size of sizes) {
+    if (size <= BigInt(p)) {
+      const expected = merkleRoot(present.slice(0, Number(size)));
+      if (roots.get(size).some((r) => !r.equals(expected))) {
+        report.add('checkpoint_root_mismatch', `the bundle's leaves do not give the root of size ${size}`);
+      }
+    }
+  }
+
+  // Every consistency record between two checkpoints of the bundle must verify.
+  for (const { m, n, proof } of consistency) {
+    if (roots.has(m) && roots.has(n)) {
+      const ok = roots.get(m).every((ro) => roots.get(n).every((rn) => verifyConsistency(m, n, proof, ro, rn)));
+      if (!ok) report.add('consistency_proof_invalid', `consistency proof ${m} -> ${n} fails`);
+    }
+  }
+  // Consecutive sizes above P need one.
+  for (let k = 0; k + 1 < sizes.length; k++) {
+    const [m, n] = [sizes[k], sizes[k + 1]];
+    if (n > BigInt(p) && !consistency.some((c) => c.m === m && c.n === n)) {
+      report.add('consistency_unproven', `no consistency proof ${m} -> ${n}`);
+    }
+  }
+}
+
+/** §7.2. */
+function verifyBundle(data, pinned, extraCheckpoints = []) {
+  const report = new Report();
+  const lines = bundleLines(data);
+  if (!lines.length) throw new Unusable('empty bundle');
+  const header = parseHeader(lines[0][1]); // step 1
+  const records = { keysets: [], checkpoints: [], consistency: [], receipts: [] };
+  for (const [lineno, line] of lines.slice(1)) readRecord(lineno, line, records, report);
+  const keyset = chooseKeys(records, pinned, header.workspaceId, report); // step 2
+
+  const cache = new CheckpointCache(keyset); // step 3
+  [...records.checkpoints, ...extraCheckpoints].forEach((note, i) => {
+    const cp = cache.open(note);
+    if (cp instanceof CheckpointError) report.add(cp.code, `checkpoint #${i + 1}: ${cp.detail}`);
+  });
+
+  const leaves = []; // step 4
+  for (const [lineno, doc] of records.receipts) {
+    const leaf = verifyReceiptSteps(doc, keyset, cache, report, `line ${lineno}`);
+    if (leaf) leaves.push(leaf);
+  }
+
+  const checkpoints = cache.opened();
+  const byIndex = checkLog(leaves, report); // step 5
+  const ends = checkTrails(leaves, header.scope, report); // step 6
+  checkScope(leaves, header.scope, ends, byIndex, checkpoints, report); // step 7
+  checkCheckpoints(checkpoints, byIndex, records.consistency, report); // step 8
+  return report;
+}
+
+// ---------------------------------------------------------------------------
+// Command line
+// ---------------------------------------------------------------------------
+
+function printReport(report) {
+  for (const note of report.notes) console.log(`note: ${note}`);
+  for (const [code, detail] of report.findings) console.log(`${code} [${FINDING_CLASS[code]}]: ${detail}`);
+  console.log(`outcome: ${report.outcome()}`);
+}
+
+/** Outcome and codes of one manifest vector; 'unusable' if the verifier stopped (exit 64). */
+function runVector(base, v) {
+  try {
+    const keyset = v.keys ? readKeysetFile(join(base, v.keys)) : null;
+    const data = readFileSync(join(base, v.file));
+    let report;
+    if (v.kind === 'receipt') {
+      if (!keyset) throw new Unusable('a receipt vector needs keys');
+      report = verifyReceipt(data, keyset);
+    } else {
+      report = verifyBundle(data, keyset);
+    }
+    return [report.outcome(), report.codes()];
+  } catch (e) {
+    if (e instanceof Unusable) return ['unusable', new Set()];
+    throw e;
+  }
+}
+
+function cmdVectors(manifestPath) {
+  const base = dirname(manifestPath);
+  const manifest = JSON.parse(readFileSync(manifestPath, 'utf8'));
+  let passed = 0;
+  let failed = 0;
+  const sorted = (set) => JSON.stringify([...set].sort());
+  for (const v of manifest.vectors) {
+    const [outcome, codes] = runVector(base, v);
+    const want = new Set(v.codes ?? []);
+    if (outcome === v.outcome && sorted(codes) === sorted(want)) {
+      passed++;
+      console.log(`ok   ${v.name}`);
+    } else {
+      failed++;
+      console.log(`FAIL ${v.name}: want ${v.outcome} ${sorted(want)} got ${outcome} ${sorted(codes)}`);
+    }
+  }
+  console.log(`${passed} passed, ${failed} failed`);
+  return failed === 0 && passed > 0 ? 0 : 1;
+}
+
+const USAGE = `usage: node verify.mjs vectors MANIFEST
+       node verify.mjs receipt FILE --keys KEYS
+       node verify.mjs bundle FILE [--keys KEYS] [--checkpoint NOTE_FILE ...]`;
+
+function main(argv) {
+  if (argv.length === 2 && argv[0] === 'vectors') return cmdVectors(argv[1]);
+  if (argv.length < 2 || !['receipt', 'bundle'].includes(argv[0])) {
+    console.error(USAGE);
+    return EXIT_UNUSABLE;
+  }
+  const [cmd, file, ...rest] = argv;
+  let keysPath = null;
+  const extra = [];
+  while (rest.length) {
+    if (rest[0] === '--keys' && rest.length > 1 && keysPath === null) keysPath = rest[1];
+    else if (rest[0] === '--checkpoint' && rest.length > 1 && cmd === 'bundle') extra.push(rest[1]);
+    else {
+      console.error(USAGE);
+      return EXIT_UNUSABLE;
+    }
+    rest.splice(0, 2);
+  }
+  let report;
+  try {
+    const keyset = keysPath ? readKeysetFile(keysPath) : null; // §7.1 step 1
+    const data = readFileSync(file);
+    if (cmd === 'receipt') {
+      if (!keyset) throw new Unusable('receipt needs --keys');
+      report = verifyReceipt(data, keyset);
+    } else {
+      const notes = extra.map((path) => {
+        try {
+          return UTF8.decode(readFileSync(path));
+        } catch (e) {
+          if (e.code) throw e; // file system error
+          return '\u0000'; // not UTF-8: will be checkpoint_malformed
+        }
+      });
+      report = verifyBundle(data, keyset, notes);
+    }
+  } catch (e) {
+    if (e instanceof Unusable || e.code) {
+      console.error(`unusable input: ${e.message}`);
+      return EXIT_UNUSABLE;
+    }
+    throw e;
+  }
+  printReport(report);
+  return report.exitCode();
+}
+
+// Run as a program (not when imported, e.g. by a test).
+if (process.argv[1] && import.meta.url === pathToFileURL(realpathSync(process.argv[1])).href) {
+  process.exitCode = main(process.argv.slice(2));
+}
+
+export {
+  parseJson, ijsonViolations, canonicalJson, verifyInclusion, verifyConsistency, merkleRoot,
+  ed25519VerifyStrict, openCheckpoint, loadKeyset, verifyReceipt, verifyBundle, Unusable,
+};
