@@ -308,6 +308,25 @@ pub struct RotatedKey {
     pub replaces: String,
 }
 
+/// Members every body carries (`null` where not applicable). Checked by name before the typed
+/// view is read, because the view would silently take a missing optional member as `null`.
+pub const REQUIRED_MEMBERS: &[&str] = &[
+    "v",
+    "id",
+    "workspace_id",
+    "authorization_id",
+    "seq",
+    "prev",
+    "log_index",
+    "kind",
+    "decision",
+    "reason",
+    "scopes",
+    "resource",
+    "time",
+    "auth_state_hash",
+];
+
 /// The typed view of a receipt body (see the module docs for why it is only a view).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReceiptBody {
@@ -349,6 +368,16 @@ pub struct ReceiptBody {
 }
 
 impl ReceiptBody {
+    /// Reads the typed view of a body exactly as received: every [`REQUIRED_MEMBERS`] present,
+    /// every known member of its documented type and encoding.
+    pub fn from_json(body: &serde_json::Value) -> Result<Self> {
+        let obj = body.as_object().ok_or(Error::Field { field: "body", msg: "not an object".into() })?;
+        if let Some(m) = REQUIRED_MEMBERS.iter().find(|m| !obj.contains_key(**m)) {
+            return Err(Error::Field { field: "body", msg: format!("member {m:?} is missing") });
+        }
+        Self::deserialize(body).map_err(|e| Error::Field { field: "body", msg: e.to_string() })
+    }
+
     /// The body's RFC 8785 canonical bytes: what the leaf hash covers.
     pub fn canonical_bytes(&self) -> Result<Vec<u8>> {
         jcs::to_canonical_vec(self)
@@ -586,12 +615,15 @@ impl TrustedKeys {
     }
 }
 
-/// Reads the signer's clock from a checkpoint's extension lines (`time <timestamp>`).
+/// Reads the signer's clock from a checkpoint's extension lines: format v1 checkpoints carry
+/// exactly one extension line, `time <timestamp>`, and nothing else.
 pub fn checkpoint_time(extensions: &[String]) -> Result<Timestamp> {
-    let mut found = extensions.iter().filter_map(|l| l.strip_prefix(TIME_EXTENSION_PREFIX));
-    match (found.next(), found.next()) {
-        (Some(t), None) => Timestamp::parse(t),
-        _ => Err(Error::Checkpoint("expected exactly one `time` extension line")),
+    match extensions {
+        [line] => match line.strip_prefix(TIME_EXTENSION_PREFIX) {
+            Some(t) => Timestamp::parse(t),
+            None => Err(Error::Checkpoint("the extension line is not `time <timestamp>`")),
+        },
+        _ => Err(Error::Checkpoint("expected exactly one extension line, `time <timestamp>`")),
     }
 }
 
@@ -650,6 +682,7 @@ mod tests {
         assert!(checkpoint_time(&[]).is_err());
         assert!(checkpoint_time(&[t.clone(), t]).is_err());
         assert!(checkpoint_time(&["time yesterday".to_owned()]).is_err());
+        assert!(checkpoint_time(&["time 2026-01-01T00:00:00.000Z".to_owned(), "other".to_owned()]).is_err());
     }
 
     proptest! {

@@ -207,7 +207,7 @@ fn check_one(
             return None;
         }
     };
-    let body: ReceiptBody = match serde_json::from_value(raw.clone()) {
+    let body = match ReceiptBody::from_json(raw) {
         Ok(b) => b,
         Err(e) => {
             report.push(Code::BodyInvalid, subject, e.to_string());
@@ -397,51 +397,48 @@ fn check_log(facts: &[ReceiptFacts], report: &mut Report) -> BTreeMap<u64, Hash>
     leaves
 }
 
-/// Per-authorization trails: seq continuity, `prev` chain, log order.
+/// Per-authorization trails: seq continuity, `prev` chain, log order. When several different
+/// receipts claim one seq (already a `seq_conflict`), a receipt at the next seq links if its
+/// `prev` is the leaf hash of any of them, so the verdict never depends on line order.
 fn check_trails(facts: &[ReceiptFacts], scope: &Scope, report: &mut Report) {
-    let mut trails: BTreeMap<&str, BTreeMap<u64, &ReceiptFacts>> = BTreeMap::new();
+    let mut trails: BTreeMap<&str, BTreeMap<u64, Vec<&ReceiptFacts>>> = BTreeMap::new();
     for f in facts {
         let (Some(auth), Some(seq)) = (f.body.authorization_id.as_deref(), f.body.seq) else { continue };
-        let trail = trails.entry(auth).or_default();
-        match trail.get(&seq) {
-            Some(other) if other.leaf != f.leaf => {
+        let at = trails.entry(auth).or_default().entry(seq).or_default();
+        if at.iter().all(|o| o.leaf != f.leaf) {
+            if !at.is_empty() {
                 report.push(
                     Code::SeqConflict,
                     format!("authorization {auth} seq {seq}"),
                     "two different receipts claim this place in the trail",
                 );
             }
-            _ => {
-                trail.insert(seq, f);
-            }
+            at.push(f);
         }
     }
+    let from_start = matches!(scope, Scope::Authorization { .. } | Scope::Log { from: 0, .. });
     for (auth, trail) in &trails {
-        let mut expected_next: Option<u64> = match scope {
-            Scope::Authorization { .. } => Some(0),
-            Scope::Log { from: 0, .. } => Some(0),
-            Scope::Log { .. } => None,
-        };
-        let mut prev: Option<&ReceiptFacts> = None;
-        for (&seq, f) in trail {
+        let mut expected_next: Option<u64> = from_start.then_some(0);
+        let mut prev: Option<(u64, &Vec<&ReceiptFacts>)> = None;
+        for (&seq, here) in trail {
             let subject = format!("authorization {auth} seq {seq}");
-            if let Some(want) = expected_next {
-                if seq > want {
-                    report.push(Code::ReceiptMissing, subject.clone(), format!("seq {want}..{} missing", seq - 1));
-                }
+            if let Some(want) = expected_next.filter(|w| seq > *w) {
+                report.push(Code::ReceiptMissing, subject.clone(), format!("seq {want}..{} missing", seq - 1));
             }
-            match prev {
-                Some(p) if p.body.seq.map(|s| s + 1) == Some(seq) => {
-                    if f.body.prev.map(|h| h.0) != Some(p.leaf) {
+            if let Some((_, before)) = prev.filter(|(s, _)| s + 1 == seq) {
+                for f in here {
+                    let linked: Vec<_> = before.iter().filter(|p| f.body.prev.map(|h| h.0) == Some(p.leaf)).collect();
+                    if linked.is_empty() {
                         report.push(Code::ChainBroken, subject.clone(), "prev is not the leaf hash of seq - 1");
                     }
-                    if f.body.log_index <= p.body.log_index {
-                        report.push(Code::TrailOrder, subject, "log index not after the previous receipt's");
+                    // Order is judged against the receipt it links to, or every candidate if none.
+                    let against: Vec<_> = if linked.is_empty() { before.iter().collect() } else { linked };
+                    if against.iter().any(|p| f.body.log_index <= p.body.log_index) {
+                        report.push(Code::TrailOrder, subject.clone(), "log index not after the previous receipt's");
                     }
                 }
-                _ => {}
             }
-            prev = Some(f);
+            prev = Some((seq, here));
             expected_next = Some(seq + 1);
         }
     }
@@ -459,11 +456,11 @@ fn check_scope(
         Scope::Authorization { authorization_id, last_seq } => {
             let mut max_seq = None;
             for f in facts {
-                if f.body.authorization_id.as_deref() != Some(authorization_id) {
+                if f.body.authorization_id.as_deref() != Some(authorization_id) || f.body.seq > Some(*last_seq) {
                     report.push(
                         Code::OutOfScope,
                         format!("receipt {}", f.body.id),
-                        format!("not part of authorization {authorization_id}"),
+                        format!("not part of the trail of {authorization_id} up to seq {last_seq}"),
                     );
                 } else {
                     max_seq = max_seq.max(f.body.seq);
@@ -547,21 +544,32 @@ fn check_checkpoints(
             ),
         }
     }
-    let sizes: Vec<(u64, Hash)> = by_size.into_iter().collect();
-    for pair in sizes.windows(2) {
-        let ((a, ra), (b, rb)) = (pair[0], pair[1]);
-        if b <= prefix {
-            continue; // both roots recomputed from leaves above
-        }
-        let subject = format!("checkpoints {a} → {b}");
-        match proofs.iter().find(|p| p.old_size == a && p.new_size == b) {
-            Some(p) => {
-                let proof: Vec<Hash> = p.proof.iter().map(|h| h.0).collect();
-                if let Err(e) = merkle::verify_consistency(a, b, &ra, &rb, &proof) {
-                    report.push(Code::ConsistencyProofInvalid, subject, e.to_string());
+    // Every consistency record between two opened checkpoints must verify, against each root a
+    // size has, so that a fork cannot hide behind its other root.
+    for p in proofs {
+        let proof: Vec<Hash> = p.proof.iter().map(|h| h.0).collect();
+        for a in cps.iter().filter(|c| c.size == p.old_size) {
+            for b in cps.iter().filter(|c| c.size == p.new_size) {
+                if let Err(e) = merkle::verify_consistency(a.size, b.size, &a.root, &b.root, &proof) {
+                    report.push(
+                        Code::ConsistencyProofInvalid,
+                        format!("checkpoints {} → {}", a.size, b.size),
+                        e.to_string(),
+                    );
                 }
             }
-            None => report.push(Code::ConsistencyUnproven, subject, "no consistency proof and not all leaves present"),
+        }
+    }
+    // Each step between consecutive sizes is proven by recomputed roots or by a record.
+    let sizes: Vec<u64> = by_size.into_keys().collect();
+    for pair in sizes.windows(2) {
+        let (a, b) = (pair[0], pair[1]);
+        if b > prefix && !proofs.iter().any(|p| p.old_size == a && p.new_size == b) {
+            report.push(
+                Code::ConsistencyUnproven,
+                format!("checkpoints {a} → {b}"),
+                "no consistency proof and not all leaves present",
+            );
         }
     }
 }

@@ -344,9 +344,13 @@ struct Vector {
     kind: &'static str,
     file: String,
     contents: Vec<u8>,
-    keys: Option<&'static str>,
-    outcome: Outcome,
+    /// The key set file to pin (relative to the manifest), if any.
+    keys: Option<String>,
+    /// `None`: the input is unusable (exit 64) and no report is made.
+    outcome: Option<Outcome>,
     codes: Vec<&'static str>,
+    /// Other files the vector needs (e.g. a damaged key set), written beside it.
+    extra: Vec<(String, Vec<u8>)>,
 }
 
 fn pretty(v: &impl serde::Serialize) -> Vec<u8> {
@@ -362,9 +366,10 @@ fn receipt_vector(name: &str, doc: Vec<u8>, outcome: Outcome, codes: &[&'static 
         kind: "receipt",
         file: format!("{dir}/{name}.json"),
         contents: doc,
-        keys: Some("keys.json"),
-        outcome,
+        keys: Some("keys.json".into()),
+        outcome: Some(outcome),
         codes: codes.to_vec(),
+        extra: vec![],
     }
 }
 
@@ -379,9 +384,30 @@ fn bundle_bytes_vector(name: &str, bytes: Vec<u8>, outcome: Outcome, codes: &[&'
         kind: "bundle",
         file: format!("{dir}/{name}.jsonl"),
         contents: bytes,
-        keys: Some("keys.json"),
-        outcome,
+        keys: Some("keys.json".into()),
+        outcome: Some(outcome),
         codes: codes.to_vec(),
+        extra: vec![],
+    }
+}
+
+/// A vector no verifier can judge: it must stop with "unusable input" (exit 64).
+fn unusable_vector(name: &str, kind: &'static str, contents: Vec<u8>, keys: Option<(&str, Vec<u8>)>) -> Vector {
+    let ext = if kind == "bundle" { "jsonl" } else { "json" };
+    let (keys, extra) = match keys {
+        Some((k, bytes)) if k != "keys.json" => (Some(k.to_owned()), vec![(k.to_owned(), bytes)]),
+        Some((k, _)) => (Some(k.to_owned()), vec![]),
+        None => (None, vec![]),
+    };
+    Vector {
+        name: name.into(),
+        kind,
+        file: format!("unusable/{name}.{ext}"),
+        contents,
+        keys,
+        outcome: None,
+        codes: vec![],
+        extra,
     }
 }
 
@@ -462,6 +488,22 @@ fn vectors() -> (Log, Vec<Vector>) {
         pretty(&with_body(&r(1), |b| {
             let prev = b["prev"].as_str().expect("prev").to_uppercase();
             b.insert("prev".into(), json!(prev));
+        })),
+        Bad,
+        &["body_invalid"],
+    ));
+    v.push(receipt_vector(
+        "receipt-missing-member",
+        pretty(&with_body(&r(1), |b| {
+            b.remove("reason");
+        })),
+        Bad,
+        &["body_invalid"],
+    ));
+    v.push(receipt_vector(
+        "receipt-kind-member-wrong-type",
+        pretty(&with_body(&r(1), |b| {
+            b.insert("approval".into(), json!("yes"));
         })),
         Bad,
         &["body_invalid"],
@@ -632,6 +674,70 @@ fn vectors() -> (Log, Vec<Vector>) {
     let mut unpinned = bundle_vector("bundle-unpinned-keys", &log.auth01_bundle(), Valid, &[]);
     unpinned.keys = None;
     v.push(unpinned);
+
+    // --- unusable input: every verifier must refuse to judge (exit 64)
+    let keys_json = || pretty(&log.keys);
+    let good = pretty(&r(1));
+    v.push(unusable_vector(
+        "receipt-not-json",
+        "receipt",
+        good[..good.len() / 2].to_vec(),
+        Some(("keys.json", keys_json())),
+    ));
+    let mut doc: Value = serde_json::to_value(r(1)).expect("value");
+    doc["status"] = json!("final");
+    v.push(unusable_vector("receipt-unknown-status", "receipt", pretty(&doc), Some(("keys.json", keys_json()))));
+    let mut doc: Value = serde_json::to_value(r(1)).expect("value");
+    doc["note"] = json!("an envelope has exactly its members");
+    v.push(unusable_vector(
+        "receipt-envelope-unknown-member",
+        "receipt",
+        pretty(&doc),
+        Some(("keys.json", keys_json())),
+    ));
+    let mut ks = log.keys.clone();
+    ks.keys[0].key_id = "00000000".into();
+    v.push(unusable_vector(
+        "keys-key-id-mismatch",
+        "receipt",
+        good.clone(),
+        Some(("unusable/keys-key-id-mismatch.json", pretty(&ks))),
+    ));
+    let mut ks = log.keys.clone();
+    ks.origin = "allowly/ws_other".into();
+    v.push(unusable_vector(
+        "keys-wrong-origin",
+        "receipt",
+        good.clone(),
+        Some(("unusable/keys-wrong-origin.json", pretty(&ks))),
+    ));
+    let mut ks = log.keys.clone();
+    ks.keys[1].status = KeyStatus::Retired;
+    v.push(unusable_vector(
+        "keys-status-window-disagree",
+        "receipt",
+        good.clone(),
+        Some(("unusable/keys-status-window-disagree.json", pretty(&ks))),
+    ));
+    let mut ks: Value = serde_json::to_value(&log.keys).expect("value");
+    ks["comment"] = json!("a key set has exactly its members");
+    v.push(unusable_vector(
+        "keys-unknown-member",
+        "receipt",
+        good,
+        Some(("unusable/keys-unknown-member.json", pretty(&ks))),
+    ));
+    let whole = log.auth01_bundle().to_jsonl().expect("jsonl");
+    let first_nl = whole.iter().position(|&b| b == b'\n').expect("lines");
+    v.push(unusable_vector(
+        "bundle-no-header",
+        "bundle",
+        whole[first_nl + 1..].to_vec(),
+        Some(("keys.json", keys_json())),
+    ));
+    let mut b = log.auth01_bundle();
+    b.keys.clear();
+    v.push(unusable_vector("bundle-no-keys-unpinned", "bundle", b.to_jsonl().expect("jsonl"), None));
     let _ = &log.key2;
     (log, v)
 }
@@ -640,18 +746,29 @@ fn vectors_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors")
 }
 
-fn outcome_str(o: Outcome) -> &'static str {
+fn outcome_str(o: Option<Outcome>) -> &'static str {
     match o {
-        Outcome::Valid => "valid",
-        Outcome::CoverageGap => "coverage_gap",
-        Outcome::IntegrityFailure => "integrity_failure",
+        Some(Outcome::Valid) => "valid",
+        Some(Outcome::CoverageGap) => "coverage_gap",
+        Some(Outcome::IntegrityFailure) => "integrity_failure",
+        None => "unusable",
     }
 }
 
-fn verify_vector(v: &Vector, keys: &KeySet) -> Report {
-    match v.kind {
-        "receipt" => verify::verify_receipt_bytes(&v.contents, keys).expect("verifiable receipt"),
-        _ => verify::verify_bundle(&v.contents, v.keys.map(|_| keys), &[]).expect("verifiable bundle"),
+/// Verifies a vector as the CLI would: `Err` is unusable input.
+fn verify_vector(v: &Vector, log: &Log) -> allowly_receipt::Result<Report> {
+    let keys = match v.keys.as_deref() {
+        None => None,
+        Some("keys.json") => Some(log.keys.clone()),
+        Some(other) => {
+            let bytes = &v.extra.iter().find(|(n, _)| n == other).expect("extra keys file").1;
+            Some(KeySet::parse(bytes)?)
+        }
+    };
+    match (v.kind, keys) {
+        ("receipt", Some(k)) => verify::verify_receipt_bytes(&v.contents, &k),
+        ("receipt", None) => panic!("a receipt vector needs keys"),
+        (_, k) => verify::verify_bundle(&v.contents, k.as_ref(), &[]),
     }
 }
 
@@ -660,13 +777,24 @@ fn every_vector_yields_exactly_its_labelled_findings() {
     let (log, vs) = vectors();
     let mut failures = Vec::new();
     for v in &vs {
-        let report = verify_vector(v, &log.keys);
+        let report = match (verify_vector(v, &log), v.outcome) {
+            (Err(_), None) => continue,
+            (Err(e), Some(_)) => {
+                failures.push(format!("{}: unusable: {e}", v.name));
+                continue;
+            }
+            (Ok(r), None) => {
+                failures.push(format!("{}: want unusable input, got {:?} {:?}", v.name, r.outcome(), r.findings));
+                continue;
+            }
+            (Ok(r), Some(_)) => r,
+        };
         let mut got: Vec<&str> = report.findings.iter().map(|f| f.code.as_str()).collect();
         got.sort_unstable();
         got.dedup();
         let mut want = v.codes.clone();
         want.sort_unstable();
-        if got != want || report.outcome() != v.outcome {
+        if got != want || Some(report.outcome()) != v.outcome {
             failures.push(format!(
                 "{}: want {:?} {want:?}, got {:?} {got:?}\n  {:#?}",
                 v.name,
@@ -692,6 +820,7 @@ fn committed_vectors_match_the_generator() {
     files.insert("manifest.json".into(), pretty(&json!({ "vectors": manifest })));
     for v in &vs {
         files.insert(v.file.clone(), v.contents.clone());
+        files.extend(v.extra.iter().cloned());
     }
     if std::env::var_os("UPDATE_VECTORS").is_some() {
         let _ = std::fs::remove_dir_all(&dir);

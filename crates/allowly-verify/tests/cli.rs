@@ -45,9 +45,14 @@ fn every_vector_gets_its_exit_status_and_codes() {
             "valid" => 0,
             "integrity_failure" => 1,
             "coverage_gap" => 2,
+            "unusable" => 64,
             other => panic!("unknown outcome {other}"),
         };
         assert_eq!(out.status.code(), Some(want_status), "{}", describe(&args, &out));
+        if want_status == 64 {
+            assert!(out.stdout.is_empty() && !out.stderr.is_empty(), "{}", describe(&args, &out));
+            continue;
+        }
         let report: Value =
             serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", describe(&args, &out)));
         let mut got: Vec<&str> = report["findings"]
