@@ -164,7 +164,15 @@ def sha256(data: bytes) -> bytes:
 # §3 Strict (I-JSON) reading and canonical JSON
 # ---------------------------------------------------------------------------
 
-MAX_DEPTH = 128  # "nesting deeper than 128 levels is rejected"; the body itself is level 1
+# "Nesting deeper than 128 levels, counted over the whole document (an envelope is level 1,
+# its body level 2), is rejected." Levels are counted from the top of the JSON text being
+# read: a receipt document (envelope 1, body 2), a key set file (1), or one bundle line
+# (record 1, envelope or key set 2, body 3).
+MAX_DEPTH = 128
+# Where a receipt body sits in the documents this verifier reads (see MAX_DEPTH).
+BODY_DEPTH_IN_RECEIPT, BODY_DEPTH_IN_BUNDLE = 2, 3
+# The smallest double that ECMAScript prints with an exponent (Number.prototype.toString).
+ES_EXPONENT_FROM = 1e21
 
 
 class JsonObject(dict):
@@ -201,7 +209,14 @@ def _parse_int(text: str):
 
 def _parse_float(text: str):
     f = float(text)
-    return BadNumber(text, "number overflows to infinity") if f in (float("inf"), float("-inf")) else f
+    if f in (float("inf"), float("-inf")):
+        return BadNumber(text, "number overflows to infinity")
+    # §3: a number whose canonical form would be an integer literal beyond ±(2^53-1) is
+    # rejected (e.g. 1e20 prints as 100000000000000000000). ECMAScript prints an integral
+    # double below 1e21 in plain decimal, and from 1e21 on with an exponent.
+    if f.is_integer() and MAX_SAFE_INT < abs(f) < ES_EXPONENT_FROM:
+        return BadNumber(text, "number whose canonical form is an integer beyond ±(2^53-1)")
+    return f
 
 
 def _parse_constant(text: str):
@@ -479,13 +494,24 @@ def compute_key_id(name: str, public_key: bytes) -> str:
     return sha256(name.encode("utf-8") + b"\n\x01" + public_key)[:4].hex()
 
 
-def load_keyset(doc) -> KeySet:
-    """Check every §6.2 rule; raise Unusable on the first broken one."""
-    if ijson_violations(doc):
-        raise Unusable("key set: " + "; ".join(ijson_violations(doc)))
+KEYSET_MEMBERS = {"workspace_id", "origin", "keys"}
+KEY_MEMBERS = {"key_id", "name", "algorithm", "public_key", "vkey", "not_before", "not_after", "status"}
+
+
+def load_keyset(doc, depth: int = 1) -> KeySet:
+    """Check every §6.2 rule; raise Unusable on the first broken one.
+
+    `depth` is the nesting level of the key set in the document it was read from (§3):
+    1 for a key set file, 2 inside a bundle `keys` record. A key set carried in a bundle
+    that breaks these rules is unusable input too, pinned keys or not (§6.2)."""
+    bad = ijson_violations(doc, depth)
+    if bad:
+        raise Unusable("key set: " + "; ".join(bad))
     if not isinstance(doc, dict):
         raise Unusable("key set: not a JSON object")
-    ws, origin, keys = doc.get("workspace_id"), doc.get("origin"), doc.get("keys")
+    if set(doc) != KEYSET_MEMBERS:  # §6.2: exactly the members shown
+        raise Unusable(f"key set: must have exactly the members {sorted(KEYSET_MEMBERS)}")
+    ws, origin, keys = doc["workspace_id"], doc["origin"], doc["keys"]
     if not is_id(ws):
         raise Unusable("key set: workspace_id is not an id")
     if origin != f"allowly/{ws}":
@@ -497,6 +523,8 @@ def load_keyset(doc) -> KeySet:
         where = f"key set: keys[{i}]"
         if not isinstance(k, dict):
             raise Unusable(f"{where} is not an object")
+        if set(k) != KEY_MEMBERS:  # §6.2: exactly the members shown
+            raise Unusable(f"{where}: must have exactly the members {sorted(KEY_MEMBERS)}")
         if k.get("name") != origin:
             raise Unusable(f"{where}: name is not the origin")
         if k.get("algorithm") != "ed25519":
@@ -514,10 +542,10 @@ def load_keyset(doc) -> KeySet:
         nb, na = k.get("not_before"), k.get("not_after")
         if not is_time(nb):
             raise Unusable(f"{where}: not_before is not a time")
-        if "not_after" not in k or (na is not None and (not is_time(na) or not na > nb)):
-            raise Unusable(f"{where}: not_after is missing, not a time, or not after not_before")
-        if (k.get("status") == "active") != (na is None) or not isinstance(k.get("status"), str):
-            raise Unusable(f"{where}: status must be 'active' exactly when not_after is null")
+        if na is not None and (not is_time(na) or not na > nb):
+            raise Unusable(f"{where}: not_after is not null, or not a time after not_before")
+        if k["status"] != ("active" if na is None else "retired"):  # a non-string never equals
+            raise Unusable(f"{where}: status must be 'active' when not_after is null, else 'retired'")
         out.append(Key(key_id, origin, pk, nb, na))
     return KeySet(ws, origin, out, canonical_json(doc))
 
@@ -553,7 +581,15 @@ class CheckpointError(Exception):
 
 
 def _is_control(ch: str) -> bool:
-    return unicodedata.category(ch) == "Cc"
+    """§5.4: the control characters are U+0000-U+001F only (as in C2SP and Go's note
+    package); U+007F and above, including the C1 controls, are allowed in a note."""
+    return ord(ch) < 0x20
+
+
+def _is_space(ch: str) -> bool:
+    """Go's unicode.IsSpace, which C2SP signed-note uses to reject key names with spaces:
+    \t \n \v \f \r, space, U+0085, U+00A0 and the separators (Zs, Zl, Zp)."""
+    return ch in "\t\n\v\f\r \x85\xa0" or unicodedata.category(ch) in ("Zs", "Zl", "Zp")
 
 
 def parse_signed_note(note) -> tuple[str, list[str], list[tuple[str, bytes]]]:
@@ -564,7 +600,7 @@ def parse_signed_note(note) -> tuple[str, list[str], list[tuple[str, bytes]]]:
     if not isinstance(note, str) or _has_lone_surrogate(note):
         raise bad("not a UTF-8 string")
     if any(_is_control(ch) and ch != "\n" for ch in note):
-        raise bad("control character other than \\n")
+        raise bad("control character (U+0000-U+001F) other than \\n")
     split = note.rfind("\n\n")
     if split < 0:
         raise bad("no blank line before the signatures")
@@ -578,7 +614,7 @@ def parse_signed_note(note) -> tuple[str, list[str], list[tuple[str, bytes]]]:
         if not line.startswith(EM_DASH_PREFIX):
             raise bad("signature line does not start with an em dash and a space")
         name, sep, b64 = line[len(EM_DASH_PREFIX):].partition(" ")
-        if not sep or not name or "+" in name or any(ch.isspace() for ch in name):
+        if not sep or not name or "+" in name or any(_is_space(ch) for ch in name):
             raise bad("bad key name in signature line")
         blob = b64decode_strict(b64)
         if blob is None or len(blob) < 5:
@@ -687,91 +723,122 @@ def _check_vkey(vkey, key_id) -> bool:
             and raw[0] == 1 and compute_key_id(name, raw[1:]) == kid)
 
 
-def body_problems(body) -> list[str]:
-    """Every §4 rule the body breaks (the finding body_invalid)."""
-    if not isinstance(body, dict):
-        return ["body is not an object"]
-    p: list[str] = [f"missing member {m}" for m in FIRST_TABLE if m not in body]
+def _is_nat(v) -> bool:
+    """A JSON integer that is a position or an index: 0 ≤ v (§2 bounds it by 2^53-1)."""
+    return is_int(v) and v >= 0
+
+
+def _is_str_or_null(v) -> bool:
+    return v is None or isinstance(v, str)
+
+
+def _member_type_problems(body: dict) -> list[str]:
+    """§7.1 step 4, first half: members of the first table that are missing, and members
+    named in §4 (first table, and second table whenever present, on any kind) whose JSON
+    type or encoding is wrong. Any of these: body_invalid, and verification stops.
+
+    Readings (spec §4 / §7.1 step 4):
+    - an `id` member is read as a JSON string; whether it matches the §2 id form is the
+      §4 rule "ids match §2", reported without stopping (see _body_rule_problems);
+    - `seq` and `log_index` are positions, so a negative integer is the wrong encoding;
+    - the sub-members listed for `grant`, `approval` and `key` are all required, with the
+      types listed; members they do not list are accepted (unknown members, §4);
+    - `key.vkey` is a §6.2 verifier key: <name>+<key id>+<base64(0x01 ‖ 32 bytes)>, its
+      key id the one computed from name and key, and equal to `key.key_id`."""
+    p = [f"missing member {m}" for m in FIRST_TABLE if m not in body]
     g = body.get
-    if "v" in body and not (is_int(g("v")) and g("v") == 1):
-        p.append("v is not 1")
-    for m in ("id", "workspace_id"):
-        if m in body and not is_id(g(m)):
-            p.append(f"{m} is not an id")
-    if g("authorization_id") is not None and not is_id(g("authorization_id")):
-        p.append("authorization_id is not an id or null")
-    if g("seq") is not None and not (is_int(g("seq")) and g("seq") >= 0):
-        p.append("seq is not a non-negative integer or null")
-    if g("prev") is not None and not is_hash(g("prev")):
-        p.append("prev is not a hash or null")
-    if "log_index" in body and not (is_int(g("log_index")) and 0 <= g("log_index") <= MAX_SAFE_INT):
-        p.append("log_index is not an integer in 0..2^53-1")
-    kind = g("kind")
-    if "kind" in body and not _one_of(kind, KINDS):
-        p.append("unknown kind")
-    if g("decision") is not None and not _one_of(g("decision"), DECISIONS):
-        p.append("decision is not allow/deny/confirm/escalate or null")
-    for m in ("reason", "resource"):
-        if g(m) is not None and not isinstance(g(m), str):
-            p.append(f"{m} is not a string or null")
-    if "scopes" in body and not _is_str_array(g("scopes")):
-        p.append("scopes is not an array of strings")
-    if "time" in body and not is_time(g("time")):
-        p.append("time is not a §2 time")
-    if g("auth_state_hash") is not None and not is_hash(g("auth_state_hash")):
-        p.append("auth_state_hash is not a hash or null")
-
-    # Trail rules.
-    if kind == "key.rotated":
-        if any(g(m) is not None for m in ("authorization_id", "seq", "prev")):
-            p.append("key.rotated must have null authorization_id, seq and prev")
-    elif _one_of(kind, KINDS):
-        if g("authorization_id") is None or g("seq") is None:
-            p.append("authorization_id and seq must be non-null")
-        seq0, created, no_prev = g("seq") == 0 and is_int(g("seq")), kind == "authorization.created", g("prev") is None
-        if not (seq0 == created == no_prev):
-            p.append("seq = 0 ⇔ kind = authorization.created ⇔ prev = null is broken")
-
-    # Second-table members, checked for the kinds that carry them.
-    if kind == "authorization.created":
-        gr = g("grant")
-        if not (isinstance(gr, dict) and isinstance(gr.get("subject"), str)
-                and _is_str_array(gr.get("scopes")) and _is_str_array(gr.get("resources"))
-                and "expires_at" in gr and (gr["expires_at"] is None or is_time(gr["expires_at"]))
-                and "metadata_hash" in gr and (gr["metadata_hash"] is None or is_hash(gr["metadata_hash"]))):
-            p.append("grant is missing or malformed")
-    if kind in ("confirmation", "escalation.resolved"):
-        ap = g("approval")
-        if not (isinstance(ap, dict) and ap.get("outcome") in ("approved", "declined")
-                and isinstance(ap.get("by"), str)
-                and "shown_hash" in ap and (ap["shown_hash"] is None or is_hash(ap["shown_hash"]))):
-            p.append("approval is missing or malformed")
-    if kind in ("escalation.created", "escalation.resolved") and not is_id(g("escalation_id")):
-        p.append("escalation_id is missing or not an id")
-    if kind == "check" and "context_hash" in body and not is_hash(g("context_hash")):
-        p.append("context_hash is not a hash")
-    if kind == "key.rotated":
-        k = g("key")
-        if not (isinstance(k, dict) and is_key_id(k.get("key_id")) and is_key_id(k.get("replaces"))
-                and _check_vkey(k.get("vkey"), k.get("key_id"))):
-            p.append("key is missing or malformed")
+    checks = [
+        ("v", is_int, "an integer"),
+        ("id", lambda v: isinstance(v, str), "a string"),
+        ("workspace_id", lambda v: isinstance(v, str), "a string"),
+        ("authorization_id", _is_str_or_null, "a string or null"),
+        ("seq", lambda v: v is None or _is_nat(v), "a non-negative integer or null"),
+        ("prev", lambda v: v is None or is_hash(v), "a hash or null"),
+        ("log_index", _is_nat, "a non-negative integer"),
+        ("kind", lambda v: _one_of(v, KINDS), "a known kind"),
+        ("decision", lambda v: v is None or _one_of(v, DECISIONS), "allow/deny/confirm/escalate or null"),
+        ("reason", _is_str_or_null, "a string or null"),
+        ("scopes", _is_str_array, "an array of strings"),
+        ("resource", _is_str_or_null, "a string or null"),
+        ("time", is_time, "a §2 time"),
+        ("auth_state_hash", lambda v: v is None or is_hash(v), "a hash or null"),
+        # Second table: typed whenever present, whatever the kind.
+        ("grant", _is_grant, "an object {subject, scopes, resources, expires_at, metadata_hash}"),
+        ("approval", _is_approval, "an object {outcome, by, shown_hash}"),
+        ("escalation_id", lambda v: isinstance(v, str), "a string"),
+        ("context_hash", is_hash, "a hash"),
+        ("key", _is_key_member, "an object {key_id, vkey, replaces}"),
+    ]
+    for member, ok, what in checks:
+        if member in body and not ok(g(member)):
+            p.append(f"{member} is not {what}")
     return p
 
 
-def body_readable(body) -> bool:
-    """Whether the members later steps need can be read (§7.1 step 4 'stop only if ...').
+def _is_grant(v) -> bool:
+    return (isinstance(v, dict) and isinstance(v.get("subject"), str)
+            and _is_str_array(v.get("scopes")) and _is_str_array(v.get("resources"))
+            and "expires_at" in v and (v["expires_at"] is None or is_time(v["expires_at"]))
+            and "metadata_hash" in v and (v["metadata_hash"] is None or is_hash(v["metadata_hash"])))
 
-    "Below" is read as including the bundle steps that §7.2 runs on each receipt, so the
-    members needed are workspace_id, id, log_index (steps 5-9) and authorization_id, seq,
-    prev (§7.2 steps 5-7). `prev` is read as a hash (§2: uppercase MUST be rejected), so a
-    `prev` that is not 64 lowercase hex digits cannot be read and verification stops with
-    body_invalid alone: the vector receipt-uppercase-hash expects exactly that."""
-    return (isinstance(body, dict) and isinstance(body.get("workspace_id"), str)
-            and isinstance(body.get("id"), str)
-            and is_int(body.get("log_index")) and body["log_index"] >= 0
-            and (body.get("authorization_id") is None or isinstance(body.get("authorization_id"), str))
-            and (body.get("seq") is None or is_int(body.get("seq")))
-            and (body.get("prev") is None or is_hash(body.get("prev"))))
+
+def _is_approval(v) -> bool:
+    return (isinstance(v, dict) and _one_of(v.get("outcome"), ("approved", "declined"))
+            and isinstance(v.get("by"), str)
+            and "shown_hash" in v and (v["shown_hash"] is None or is_hash(v["shown_hash"])))
+
+
+def _is_key_member(v) -> bool:
+    return (isinstance(v, dict) and is_key_id(v.get("key_id")) and is_key_id(v.get("replaces"))
+            and _check_vkey(v.get("vkey"), v.get("key_id")))
+
+
+def _body_rule_problems(body: dict) -> list[str]:
+    """§7.1 step 4, second half: the §4 rules, on a body whose members were read. Each
+    broken rule is body_invalid, and verification continues."""
+    p: list[str] = []
+    g = body.get
+    kind = body["kind"]
+    if body["v"] != 1:
+        p.append("v is not 1")
+    for m in ("id", "workspace_id", "authorization_id", "escalation_id"):
+        if g(m) is not None and not is_id(g(m)):
+            p.append(f"{m} is not a §2 id")
+    # log_index ≤ 2^53-1 holds already: §3 rejects larger integer literals.
+    if kind == "key.rotated":
+        if any(g(m) is not None for m in ("authorization_id", "seq", "prev")):
+            p.append("key.rotated must have null authorization_id, seq and prev")
+    else:
+        if g("authorization_id") is None or g("seq") is None:
+            p.append("authorization_id and seq must be non-null")
+        seq0, created, no_prev = g("seq") == 0, kind == "authorization.created", g("prev") is None
+        if not (seq0 == created == no_prev):
+            p.append("seq = 0 ⇔ kind = authorization.created ⇔ prev = null is broken")
+        if created and "grant" not in body:
+            p.append("authorization.created has no grant")
+    # Reading (§4 second table, "present in"): approval, escalation_id and key are
+    # expected on the kinds named for them; a body without one breaks a rule but can
+    # still be read. context_hash is optional. A second-table member on another kind is
+    # not a broken rule (only its type is checked): unknown-to-that-kind members are
+    # accepted like unknown members.
+    if kind in ("confirmation", "escalation.resolved") and "approval" not in body:
+        p.append(f"{kind} has no approval")
+    if kind in ("escalation.created", "escalation.resolved") and "escalation_id" not in body:
+        p.append(f"{kind} has no escalation_id")
+    if kind == "key.rotated" and "key" not in body:
+        p.append("key.rotated has no key")
+    return p
+
+
+def read_body(body) -> tuple[list[str], list[str]]:
+    """§7.1 step 4. Returns (fatal, rules): `fatal` non-empty means body_invalid and stop;
+    otherwise each entry of `rules` is a broken §4 rule (body_invalid, continue)."""
+    if not isinstance(body, dict):
+        return ["body is not an object"], []
+    fatal = _member_type_problems(body)
+    if fatal:
+        return fatal, []
+    return [], _body_rule_problems(body)
 
 
 # ---------------------------------------------------------------------------

@@ -1,0 +1,575 @@
+//! Async client: one multiplexed connection to the signer, shared by all
+//! callers.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), allowly_signer_proto::client::ClientError> {
+//! use allowly_signer_proto::client::{ClientError, ClientOptions, SignerClient};
+//! use allowly_signer_proto::ErrorCode;
+//!
+//! let signer = SignerClient::new("/run/allowly/signer.sock".into(), ClientOptions::default());
+//! match signer.append_batch("acme", 42, vec![[0u8; 32]]).await {
+//!     Ok(appended) => assert_eq!(appended.new_size, 43),
+//!     Err(ClientError::Remote(e)) if e.code == ErrorCode::SizeMismatch => {
+//!         // Someone else appended first: e.current_size is the log's size.
+//!     }
+//!     Err(other) => return Err(other),
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! # How it works
+//!
+//! * [`SignerClient`] is a cheap `Clone` (an `Arc`). It connects lazily on
+//!   the first call and keeps one Unix-socket connection for all callers.
+//! * Each call takes an in-flight permit, encodes its frame, registers a
+//!   `oneshot` sender under a fresh request id, and hands the frame to the
+//!   connection's writer task through a bounded channel. The reader task
+//!   decodes responses and routes each to the sender registered under its id;
+//!   responses may come back in any order.
+//! * Responses for ids nobody waits for (timed out, cancelled, duplicated)
+//!   are dropped.
+//! * When the connection breaks (EOF, I/O error, unaddressable frame), every
+//!   in-flight call fails with [`ClientError::Disconnected`] and the next
+//!   call reconnects.
+//!
+//! # Bounds (nothing queues without limit)
+//!
+//! * At most [`ClientOptions::max_in_flight`] calls are outstanding; one more
+//!   fails **immediately** with [`ClientError::Busy`] (it does not wait).
+//! * Each exchange (enqueue + wait for the answer) is bounded by
+//!   [`ClientOptions::request_timeout`]; on expiry the call fails with
+//!   [`ClientError::Timeout`] and its slot is removed.
+//! * Connecting is bounded by [`ClientOptions::connect_timeout`] and happens
+//!   once at a time; callers arriving meanwhile wait for that attempt. So a
+//!   call takes at most about `connect_timeout + request_timeout`.
+//! * After a failed connect, further connects are refused for a backoff
+//!   (doubling from [`ClientOptions::reconnect_backoff_min`] up to
+//!   [`ClientOptions::reconnect_backoff_max`]); calls in that window fail at
+//!   once with [`ClientError::Unavailable`] instead of hammering a dead
+//!   signer. A successful connect resets the backoff. Reconnecting after a
+//!   connection that *was* established and then broke is immediate.
+//!
+//! # Outcome of a timed-out or disconnected call
+//!
+//! `Timeout` and `Disconnected` do not say whether the signer acted on the
+//! request. For `AppendBatch` this is safe to retry with the same
+//! `expected_size`: the append is compare-and-swap, so a duplicate is
+//! answered with `SizeMismatch` and `current_size`, never applied twice.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex as StdMutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::io::{AsyncWriteExt, BufWriter};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::UnixStream;
+use tokio::sync::{mpsc, oneshot, Mutex, Semaphore};
+use tokio::time::{timeout, Instant};
+
+use crate::message::{ErrorReply, Hash, KeyInfo, Request, Response, SignedLeaf};
+use crate::{decode_response, encode_request, read_frame, ProtoError};
+
+/// Tuning of a [`SignerClient`].
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// Bound on one exchange: enqueueing the frame and waiting for the
+    /// answer (connecting is bounded separately).
+    pub request_timeout: Duration,
+    /// Bound on one connect attempt.
+    pub connect_timeout: Duration,
+    /// Maximum outstanding calls; more fail at once with
+    /// [`ClientError::Busy`]. Clamped to at least 1.
+    pub max_in_flight: usize,
+    /// Backoff after the first failed connect.
+    pub reconnect_backoff_min: Duration,
+    /// Cap on the backoff, which doubles with each consecutive failure.
+    pub reconnect_backoff_max: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        Self {
+            request_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(1),
+            max_in_flight: 1024,
+            reconnect_backoff_min: Duration::from_millis(50),
+            reconnect_backoff_max: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Why a call failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// Connecting failed or timed out (`source.kind() == TimedOut`).
+    #[error("cannot connect to signer at {}: {source}", path.display())]
+    Connect {
+        /// The socket path.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A recent connect failed; no new attempt before `retry_after`.
+    #[error("signer unavailable after a failed connect; retry in {retry_after:?}")]
+    Unavailable {
+        /// Time left in the backoff window.
+        retry_after: Duration,
+    },
+    /// The connection broke before the answer arrived. The request may or
+    /// may not have been executed.
+    #[error("connection to signer lost")]
+    Disconnected,
+    /// No answer within `request_timeout`. The request may or may not have
+    /// been executed.
+    #[error("no answer from signer within {0:?}")]
+    Timeout(Duration),
+    /// `max_in_flight` calls are already outstanding.
+    #[error("too many requests in flight")]
+    Busy,
+    /// The signer answered with an `Error` response.
+    #[error("signer error: {0}")]
+    Remote(ErrorReply),
+    /// The request violates a protocol limit; nothing was sent.
+    #[error("invalid request: {0}")]
+    InvalidRequest(ProtoError),
+    /// The answer to this call could not be decoded.
+    #[error("malformed response: {0}")]
+    BadResponse(ProtoError),
+    /// The answer decoded but does not fit the request.
+    #[error("unexpected response to {request}: {detail}")]
+    UnexpectedResponse {
+        /// The request's name.
+        request: &'static str,
+        /// What was wrong.
+        detail: String,
+    },
+}
+
+/// Answer to [`SignerClient::rotate_key`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RotateOutcome {
+    /// All keys after the rotation.
+    pub keys: Vec<KeyInfo>,
+    /// The logged `key.rotated` receipt.
+    pub rotation: SignedLeaf,
+}
+
+/// Answer to [`SignerClient::append_batch`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppendOutcome {
+    /// Log size before the batch.
+    pub old_size: u64,
+    /// Log size after the batch.
+    pub new_size: u64,
+    /// Signed note for `new_size`.
+    pub checkpoint: String,
+    /// One inclusion proof per leaf, in order. Not verified here.
+    pub proofs: Vec<Vec<Hash>>,
+}
+
+/// Answer to [`SignerClient::latest_checkpoint`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckpointInfo {
+    /// Current log size.
+    pub size: u64,
+    /// Signed note, if any.
+    pub checkpoint: Option<String>,
+}
+
+/// Client for the signer socket. Clone freely: clones share one connection.
+#[derive(Clone)]
+pub struct SignerClient {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    opts: ClientOptions,
+    in_flight: Semaphore,
+    max_in_flight: usize,
+    next_id: AtomicU64,
+    /// Async mutex: held across a connect so only one attempt runs at a time.
+    slot: Mutex<Slot>,
+}
+
+#[derive(Default)]
+struct Slot {
+    conn: Option<Arc<Conn>>,
+    consecutive_failures: u32,
+    retry_at: Option<Instant>,
+}
+
+/// Handle to one live connection.
+struct Conn {
+    /// Frames for the writer task. Bounded; each sender holds an in-flight
+    /// permit, so this queue is at most about `max_in_flight` deep.
+    frames: mpsc::Sender<Vec<u8>>,
+    waiters: Arc<Waiters>,
+}
+
+type Reply = Result<Response, ClientError>;
+
+/// Calls waiting for an answer on one connection, by request id.
+#[derive(Default)]
+struct Waiters {
+    state: StdMutex<WaitState>,
+}
+
+#[derive(Default)]
+struct WaitState {
+    by_id: HashMap<u64, oneshot::Sender<Reply>>,
+    /// Set once the connection is dead; no registration succeeds after it.
+    closed: bool,
+}
+
+impl Waiters {
+    /// The lock is never held across a panic point, so poisoning cannot
+    /// happen; recover the guard rather than unwrap anyway.
+    fn lock(&self) -> MutexGuard<'_, WaitState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn register(&self, id: u64, tx: oneshot::Sender<Reply>) -> Result<(), ClientError> {
+        let mut st = self.lock();
+        if st.closed {
+            return Err(ClientError::Disconnected);
+        }
+        st.by_id.insert(id, tx);
+        Ok(())
+    }
+
+    fn complete(&self, id: u64, reply: Reply) {
+        let tx = self.lock().by_id.remove(&id);
+        if let Some(tx) = tx {
+            // The caller may have just given up; nothing to do then.
+            let _ = tx.send(reply);
+        }
+    }
+
+    fn remove(&self, id: u64) {
+        self.lock().by_id.remove(&id);
+    }
+
+    fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
+
+    /// Marks the connection dead and fails every waiter. The flag and the
+    /// drain happen under one lock, so a concurrent `register` either sees
+    /// `closed` or is drained here: no call can be left waiting.
+    fn close(&self) {
+        let drained = {
+            let mut st = self.lock();
+            st.closed = true;
+            std::mem::take(&mut st.by_id)
+        };
+        for tx in drained.into_values() {
+            let _ = tx.send(Err(ClientError::Disconnected));
+        }
+    }
+}
+
+/// Removes a call's slot however the call ends (answer, timeout, or the
+/// caller's future being dropped), so the map cannot leak entries.
+struct SlotGuard<'a> {
+    waiters: &'a Waiters,
+    id: u64,
+}
+
+impl Drop for SlotGuard<'_> {
+    fn drop(&mut self) {
+        self.waiters.remove(self.id);
+    }
+}
+
+/// Fails all waiters when the connection task ends for any reason,
+/// including being dropped at runtime shutdown.
+struct CloseOnDrop(Arc<Waiters>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
+impl fmt::Debug for SignerClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SignerClient")
+            .field("path", &self.inner.path)
+            .field("opts", &self.inner.opts)
+            .field("in_flight", &self.in_flight())
+            .finish()
+    }
+}
+
+/// Frames written per flush at most, so one busy writer still flushes
+/// regularly.
+const WRITE_BATCH: usize = 64;
+/// A read buffer grown beyond this by a large frame is released afterwards.
+const READ_BUF_KEEP: usize = 1 << 20;
+
+impl SignerClient {
+    /// Creates a client for the socket at `path`. Does not connect: the first
+    /// call does.
+    pub fn new(path: PathBuf, opts: ClientOptions) -> Self {
+        let max_in_flight = opts.max_in_flight.clamp(1, Semaphore::MAX_PERMITS);
+        Self {
+            inner: Arc::new(Inner {
+                path,
+                in_flight: Semaphore::new(max_in_flight),
+                max_in_flight,
+                opts,
+                next_id: AtomicU64::new(1),
+                slot: Mutex::new(Slot::default()),
+            }),
+        }
+    }
+
+    /// Number of calls currently outstanding.
+    pub fn in_flight(&self) -> usize {
+        self.inner.max_in_flight.saturating_sub(self.inner.in_flight.available_permits())
+    }
+
+    /// Sends `req` and waits for its answer.
+    ///
+    /// Never returns `Ok(Response::Error(_))`: an error answer becomes
+    /// [`ClientError::Remote`]. The response kind is checked against the
+    /// request (e.g. `Ping` must get `Pong`), so `Ok` is always a matching
+    /// answer.
+    pub async fn call(&self, req: Request) -> Result<Response, ClientError> {
+        let _permit = self.inner.in_flight.try_acquire().map_err(|_| ClientError::Busy)?;
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut frame = Vec::new();
+        encode_request(id, &req, &mut frame).map_err(ClientError::InvalidRequest)?;
+
+        let conn = self.connection().await?;
+        let (tx, rx) = oneshot::channel();
+        conn.waiters.register(id, tx)?;
+        let _slot = SlotGuard { waiters: &conn.waiters, id };
+        let exchange = async {
+            conn.frames.send(frame).await.map_err(|_| ClientError::Disconnected)?;
+            // A dropped sender means the connection task is gone.
+            rx.await.unwrap_or(Err(ClientError::Disconnected))
+        };
+        let limit = self.inner.opts.request_timeout;
+        let resp = timeout(limit, exchange).await.map_err(|_| ClientError::Timeout(limit))??;
+        check_answer(&req, resp)
+    }
+
+    /// `Ping` → `Pong`.
+    pub async fn ping(&self) -> Result<(), ClientError> {
+        match self.call(Request::Ping).await? {
+            Response::Pong => Ok(()),
+            other => Err(unexpected("Ping", &other)),
+        }
+    }
+
+    /// Creates the workspace's first signing key; returns all its keys.
+    pub async fn create_key(&self, workspace_id: impl Into<String>) -> Result<Vec<KeyInfo>, ClientError> {
+        let req = Request::CreateKey { workspace_id: workspace_id.into() };
+        match self.call(req).await? {
+            Response::Keys { keys } => Ok(keys),
+            other => Err(unexpected("CreateKey", &other)),
+        }
+    }
+
+    /// Lists the workspace's keys.
+    pub async fn list_keys(&self, workspace_id: impl Into<String>) -> Result<Vec<KeyInfo>, ClientError> {
+        let req = Request::ListKeys { workspace_id: workspace_id.into() };
+        match self.call(req).await? {
+            Response::Keys { keys } => Ok(keys),
+            other => Err(unexpected("ListKeys", &other)),
+        }
+    }
+
+    /// Rotates the workspace's key.
+    pub async fn rotate_key(
+        &self,
+        workspace_id: impl Into<String>,
+        expected_size: u64,
+    ) -> Result<RotateOutcome, ClientError> {
+        let req = Request::RotateKey { workspace_id: workspace_id.into(), expected_size };
+        match self.call(req).await? {
+            Response::Rotated { keys, rotation } => Ok(RotateOutcome { keys, rotation }),
+            other => Err(unexpected("RotateKey", &other)),
+        }
+    }
+
+    /// Appends `leaves` at `expected_size..`.
+    ///
+    /// Checks that the answer is consistent with the request (`old_size ==
+    /// expected_size`, `new_size == old_size + leaves.len()`, one proof per
+    /// leaf); the proofs themselves are not verified here.
+    pub async fn append_batch(
+        &self,
+        workspace_id: impl Into<String>,
+        expected_size: u64,
+        leaves: Vec<Hash>,
+    ) -> Result<AppendOutcome, ClientError> {
+        let n = leaves.len();
+        let req = Request::AppendBatch { workspace_id: workspace_id.into(), expected_size, leaves };
+        match self.call(req).await? {
+            Response::Appended { old_size, new_size, checkpoint, proofs } => {
+                let consistent = old_size == expected_size
+                    && u64::try_from(n).ok().and_then(|n| old_size.checked_add(n)) == Some(new_size)
+                    && proofs.len() == n;
+                if !consistent {
+                    return Err(ClientError::UnexpectedResponse {
+                        request: "AppendBatch",
+                        detail: format!(
+                            "sent {n} leaves at {expected_size}, got old_size {old_size}, \
+                             new_size {new_size}, {} proofs",
+                            proofs.len()
+                        ),
+                    });
+                }
+                Ok(AppendOutcome { old_size, new_size, checkpoint, proofs })
+            }
+            other => Err(unexpected("AppendBatch", &other)),
+        }
+    }
+
+    /// Latest checkpoint of the workspace's log.
+    pub async fn latest_checkpoint(&self, workspace_id: impl Into<String>) -> Result<CheckpointInfo, ClientError> {
+        let req = Request::LatestCheckpoint { workspace_id: workspace_id.into() };
+        match self.call(req).await? {
+            Response::Checkpoint { size, checkpoint } => Ok(CheckpointInfo { size, checkpoint }),
+            other => Err(unexpected("LatestCheckpoint", &other)),
+        }
+    }
+
+    /// The signer's own metrics, Prometheus text format.
+    pub async fn metrics(&self) -> Result<String, ClientError> {
+        match self.call(Request::Metrics).await? {
+            Response::MetricsText { text } => Ok(text),
+            other => Err(unexpected("Metrics", &other)),
+        }
+    }
+
+    /// The live connection, connecting if there is none.
+    async fn connection(&self) -> Result<Arc<Conn>, ClientError> {
+        let mut slot = self.inner.slot.lock().await;
+        if let Some(conn) = &slot.conn {
+            if !conn.waiters.is_closed() {
+                return Ok(Arc::clone(conn));
+            }
+        }
+        slot.conn = None;
+        if let Some(at) = slot.retry_at {
+            let now = Instant::now();
+            if now < at {
+                return Err(ClientError::Unavailable { retry_after: at - now });
+            }
+        }
+        let opts = &self.inner.opts;
+        let attempt = timeout(opts.connect_timeout, UnixStream::connect(&self.inner.path)).await;
+        let err = match attempt {
+            Ok(Ok(stream)) => {
+                slot.consecutive_failures = 0;
+                slot.retry_at = None;
+                let conn = spawn_connection(stream, self.inner.max_in_flight);
+                slot.conn = Some(Arc::clone(&conn));
+                return Ok(conn);
+            }
+            Ok(Err(e)) => e,
+            Err(_) => std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("connect timed out after {:?}", opts.connect_timeout),
+            ),
+        };
+        slot.consecutive_failures = slot.consecutive_failures.saturating_add(1);
+        let doublings = slot.consecutive_failures.saturating_sub(1).min(20);
+        let backoff = opts.reconnect_backoff_min.saturating_mul(1 << doublings).min(opts.reconnect_backoff_max);
+        // checked: a huge configured backoff must not overflow `Instant`.
+        let now = Instant::now();
+        slot.retry_at = now.checked_add(backoff).or_else(|| now.checked_add(Duration::from_secs(86_400)));
+        Err(ClientError::Connect { path: self.inner.path.clone(), source: err })
+    }
+}
+
+fn unexpected(request: &'static str, got: &Response) -> ClientError {
+    ClientError::UnexpectedResponse { request, detail: format!("got {}", got.name()) }
+}
+
+/// Maps `Error` answers to [`ClientError::Remote`] and rejects answers of
+/// the wrong kind.
+fn check_answer(req: &Request, resp: Response) -> Result<Response, ClientError> {
+    let fits = matches!(
+        (req, &resp),
+        (Request::Ping, Response::Pong)
+            | (Request::CreateKey { .. } | Request::ListKeys { .. }, Response::Keys { .. })
+            | (Request::RotateKey { .. }, Response::Rotated { .. })
+            | (Request::AppendBatch { .. }, Response::Appended { .. })
+            | (Request::LatestCheckpoint { .. }, Response::Checkpoint { .. })
+            | (Request::Metrics, Response::MetricsText { .. })
+    );
+    match resp {
+        Response::Error(e) => Err(ClientError::Remote(e)),
+        resp if fits => Ok(resp),
+        resp => Err(unexpected(req.name(), &resp)),
+    }
+}
+
+fn spawn_connection(stream: UnixStream, queue: usize) -> Arc<Conn> {
+    let (rd, wr) = stream.into_split();
+    let (frames, rx) = mpsc::channel(queue);
+    let waiters = Arc::new(Waiters::default());
+    let closer = CloseOnDrop(Arc::clone(&waiters));
+    tokio::spawn(async move {
+        // Whichever half stops first ends the connection; dropping the other
+        // half's future closes the socket. The writer also stops once every
+        // `Conn` (hence every sender) is gone, i.e. the client was dropped.
+        tokio::select! {
+            () = reader_loop(rd, &closer.0) => {}
+            () = writer_loop(wr, rx) => {}
+        }
+        drop(closer);
+    });
+    Arc::new(Conn { frames, waiters })
+}
+
+async fn reader_loop(mut rd: OwnedReadHalf, waiters: &Waiters) {
+    let mut buf = Vec::new();
+    loop {
+        let frame = match read_frame(&mut rd, &mut buf).await {
+            Ok(Some(frame)) => frame,
+            Ok(None) | Err(_) => return,
+        };
+        match decode_response(frame) {
+            Ok((id, resp)) => waiters.complete(id, Ok(resp)),
+            // Framing is intact, so only this call's answer is lost.
+            Err(e) => match e.request_id() {
+                Some(id) => waiters.complete(id, Err(ClientError::BadResponse(e))),
+                // Nothing to route by: the signer is not speaking this
+                // protocol. Drop the connection.
+                None => return,
+            },
+        }
+        if buf.capacity() > READ_BUF_KEEP {
+            buf = Vec::new();
+        }
+    }
+}
+
+async fn writer_loop(wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Vec<u8>>) {
+    let mut w = BufWriter::new(wr);
+    while let Some(frame) = rx.recv().await {
+        if w.write_all(&frame).await.is_err() {
+            return;
+        }
+        // Coalesce whatever else is already queued into one flush.
+        for _ in 1..WRITE_BATCH {
+            let Ok(frame) = rx.try_recv() else { break };
+            if w.write_all(&frame).await.is_err() {
+                return;
+            }
+        }
+        if w.flush().await.is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,259 @@
+//! Error codes carried on the wire and the crate's protocol error type.
+
+use std::fmt;
+
+use crate::MAX_FRAME;
+
+/// Error code of an [`ErrorReply`](crate::ErrorReply), a `u16` on the wire.
+///
+/// Unknown values decode to [`ErrorCode::Unknown`] instead of failing, so a
+/// newer signer can add codes without breaking older clients.
+/// [`ErrorCode::from_u16`] is the only canonical constructor: `Unknown(n)`
+/// with a known `n` (e.g. `Unknown(1)`) encodes as `n` and decodes as the
+/// named variant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    /// 1: the frame could not be parsed (truncated, trailing bytes, bad UTF-8, bad tag, ...).
+    BadFrame,
+    /// 2: the header's version byte is not [`PROTOCOL_VERSION`](crate::PROTOCOL_VERSION).
+    UnsupportedVersion,
+    /// 3: the header's kind byte names no known request.
+    UnknownKind,
+    /// 4: the workspace has no signing key yet.
+    UnknownWorkspace,
+    /// 5: `CreateKey` for a workspace that already has a key.
+    WorkspaceExists,
+    /// 6: `AppendBatch.expected_size` differs from the log's size (fork, rollback
+    /// or stale caller); `current_size` is set.
+    SizeMismatch,
+    /// 7: more than [`MAX_BATCH_LEAVES`](crate::MAX_BATCH_LEAVES) leaves.
+    BatchTooLarge,
+    /// 8: the signer's bounded queue is full; retry later.
+    Busy,
+    /// 9: internal signer failure.
+    Internal,
+    /// 10: a well-formed but invalid argument (bad workspace id, empty batch).
+    InvalidArgument,
+    /// 11: the caller may not perform this operation.
+    PermissionDenied,
+    /// Any other value, kept verbatim.
+    Unknown(u16),
+}
+
+impl ErrorCode {
+    /// Decodes a wire value; never fails.
+    pub fn from_u16(v: u16) -> Self {
+        match v {
+            1 => Self::BadFrame,
+            2 => Self::UnsupportedVersion,
+            3 => Self::UnknownKind,
+            4 => Self::UnknownWorkspace,
+            5 => Self::WorkspaceExists,
+            6 => Self::SizeMismatch,
+            7 => Self::BatchTooLarge,
+            8 => Self::Busy,
+            9 => Self::Internal,
+            10 => Self::InvalidArgument,
+            11 => Self::PermissionDenied,
+            other => Self::Unknown(other),
+        }
+    }
+
+    /// The wire value.
+    pub fn as_u16(self) -> u16 {
+        match self {
+            Self::BadFrame => 1,
+            Self::UnsupportedVersion => 2,
+            Self::UnknownKind => 3,
+            Self::UnknownWorkspace => 4,
+            Self::WorkspaceExists => 5,
+            Self::SizeMismatch => 6,
+            Self::BatchTooLarge => 7,
+            Self::Busy => 8,
+            Self::Internal => 9,
+            Self::InvalidArgument => 10,
+            Self::PermissionDenied => 11,
+            Self::Unknown(v) => v,
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Unknown(v) => write!(f, "Unknown({v})"),
+            named => write!(f, "{named:?}({})", named.as_u16()),
+        }
+    }
+}
+
+/// Everything that can go wrong while encoding, decoding, reading or writing
+/// frames. The single error type of the protocol layer.
+///
+/// A signer that fails to decode a request answers with
+/// `ErrorReply { code: err.code(), message: err.to_string(), .. }` to
+/// `err.request_id()` when that is `Some`. When it is `None` the header was
+/// unreadable (or the stream itself failed) and no reply can be addressed;
+/// the signer should close the connection.
+///
+/// Encoding enforces the same constraints as decoding (with the same
+/// variants), so any message that encodes successfully decodes back to
+/// itself.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProtoError {
+    /// The underlying stream failed, or ended inside a frame
+    /// (`UnexpectedEof`).
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+    /// A length prefix (or a whole frame) outside `1..=MAX_FRAME`.
+    #[error("frame length {len} is outside 1..={MAX_FRAME}")]
+    FrameLength {
+        /// The offending length in bytes (excluding the 4-byte prefix).
+        len: u64,
+    },
+    /// The frame is shorter than the 10-byte header, so not even the request
+    /// id can be read.
+    #[error("frame of {len} bytes is shorter than the 10-byte header")]
+    ShortHeader {
+        /// The frame's length.
+        len: usize,
+    },
+    /// The version byte is not [`PROTOCOL_VERSION`](crate::PROTOCOL_VERSION).
+    #[error("request {request_id}: unsupported protocol version {version}")]
+    UnsupportedVersion {
+        /// Request id from the header.
+        request_id: u64,
+        /// The version byte received.
+        version: u8,
+    },
+    /// The kind byte names no message of the expected direction.
+    #[error("request {request_id}: unknown message kind {kind:#04x}")]
+    UnknownKind {
+        /// Request id from the header.
+        request_id: u64,
+        /// The kind byte received.
+        kind: u8,
+    },
+    /// The body ended before `field` was complete.
+    #[error("request {request_id}: frame truncated in `{field}`")]
+    Truncated {
+        /// Request id from the header.
+        request_id: u64,
+        /// The field being read.
+        field: &'static str,
+    },
+    /// Bytes remained after the body was fully decoded.
+    #[error("request {request_id}: {count} trailing bytes after the body")]
+    TrailingBytes {
+        /// Request id from the header.
+        request_id: u64,
+        /// How many bytes remained.
+        count: usize,
+    },
+    /// A string field is not valid UTF-8.
+    #[error("request {request_id}: `{field}` is not valid UTF-8")]
+    InvalidUtf8 {
+        /// Request id from the header.
+        request_id: u64,
+        /// The field.
+        field: &'static str,
+    },
+    /// A length or count exceeds that field's fixed maximum.
+    #[error("request {request_id}: `{field}` has length {len}, above the maximum {max}")]
+    TooLong {
+        /// Request id from the header.
+        request_id: u64,
+        /// The field.
+        field: &'static str,
+        /// The declared (or actual, when encoding) length.
+        len: u64,
+        /// The field's maximum.
+        max: u64,
+    },
+    /// A declared item count needs more bytes than remain in the frame.
+    /// Checked before allocating, so a forged count cannot make the decoder
+    /// reserve memory out of proportion to the bytes actually received.
+    #[error("request {request_id}: `{field}` declares {count} items but only {remaining} bytes remain")]
+    CountTooLarge {
+        /// Request id from the header.
+        request_id: u64,
+        /// The field.
+        field: &'static str,
+        /// The declared count.
+        count: u32,
+        /// Bytes left in the frame when the count was read.
+        remaining: usize,
+    },
+    /// An `opt` tag or `bool` byte other than 0 or 1.
+    #[error("request {request_id}: `{field}` has invalid tag {tag}")]
+    InvalidTag {
+        /// Request id from the header.
+        request_id: u64,
+        /// The field.
+        field: &'static str,
+        /// The byte received.
+        tag: u8,
+    },
+    /// A workspace id not matching `^[A-Za-z0-9_-]{1,128}$`.
+    #[error("request {request_id}: workspace id must match ^[A-Za-z0-9_-]{{1,128}}$")]
+    InvalidWorkspaceId {
+        /// Request id from the header.
+        request_id: u64,
+    },
+    /// `AppendBatch` with zero leaves.
+    #[error("request {request_id}: empty batch")]
+    EmptyBatch {
+        /// Request id from the header.
+        request_id: u64,
+    },
+    /// `AppendBatch` with more than [`MAX_BATCH_LEAVES`](crate::MAX_BATCH_LEAVES) leaves.
+    #[error("request {request_id}: batch of {count} leaves exceeds the maximum {max}")]
+    BatchTooLarge {
+        /// Request id from the header.
+        request_id: u64,
+        /// The declared number of leaves.
+        count: u64,
+        /// The maximum.
+        max: u64,
+    },
+}
+
+impl ProtoError {
+    /// The request id, when the header could be read.
+    pub fn request_id(&self) -> Option<u64> {
+        match self {
+            Self::Io(_) | Self::FrameLength { .. } | Self::ShortHeader { .. } => None,
+            Self::UnsupportedVersion { request_id, .. }
+            | Self::UnknownKind { request_id, .. }
+            | Self::Truncated { request_id, .. }
+            | Self::TrailingBytes { request_id, .. }
+            | Self::InvalidUtf8 { request_id, .. }
+            | Self::TooLong { request_id, .. }
+            | Self::CountTooLarge { request_id, .. }
+            | Self::InvalidTag { request_id, .. }
+            | Self::InvalidWorkspaceId { request_id }
+            | Self::EmptyBatch { request_id }
+            | Self::BatchTooLarge { request_id, .. } => Some(*request_id),
+        }
+    }
+
+    /// The [`ErrorCode`] a signer should answer this error with.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::Io(_)
+            | Self::FrameLength { .. }
+            | Self::ShortHeader { .. }
+            | Self::Truncated { .. }
+            | Self::TrailingBytes { .. }
+            | Self::InvalidUtf8 { .. }
+            | Self::TooLong { .. }
+            | Self::CountTooLarge { .. }
+            | Self::InvalidTag { .. } => ErrorCode::BadFrame,
+            Self::UnsupportedVersion { .. } => ErrorCode::UnsupportedVersion,
+            Self::UnknownKind { .. } => ErrorCode::UnknownKind,
+            Self::InvalidWorkspaceId { .. } | Self::EmptyBatch { .. } => ErrorCode::InvalidArgument,
+            Self::BatchTooLarge { .. } => ErrorCode::BatchTooLarge,
+        }
+    }
+}

@@ -1,0 +1,179 @@
+//! Wire protocol between the Allowly service and `allowly-signer`, the
+//! HSM-style key process reached over a Unix stream socket, plus an async
+//! multiplexing client ([`client::SignerClient`]).
+//!
+//! # Frame
+//!
+//! | offset | size | field | rule |
+//! |---|---|---|---|
+//! | 0 | 4 | `length` L | `u32` BE, length of everything after it; `1 ≤ L ≤` [`MAX_FRAME`] (16 MiB), checked before the body is read |
+//! | 4 | 1 | `version` | = [`PROTOCOL_VERSION`] (1) |
+//! | 5 | 1 | `kind` | message kind, tables below |
+//! | 6 | 8 | `request_id` | `u64` BE; echoed in the response, which is how answers are matched to requests |
+//! | 14 | L − 10 | body | per kind; no bytes may remain after it |
+//!
+//! The 10-byte header layout is frozen across versions, so a peer can read
+//! the request id even of a frame whose version it rejects, and address its
+//! `UnsupportedVersion` reply.
+//!
+//! # Primitives
+//!
+//! All integers are big-endian.
+//!
+//! | type | encoding | limits, checked when decoding (and when encoding) |
+//! |---|---|---|
+//! | `u8`/`u16`/`u64` | fixed width | — |
+//! | `bool` | `u8` | 0 or 1; other values rejected |
+//! | `hash` | 32 raw bytes | — |
+//! | `opt<T>` | `u8` tag 0 (absent) / 1 (then `T`) | other tags rejected |
+//! | `vec<T>` | `u32` count, then the items | count ≤ the field's max, and count × (smallest item size) ≤ bytes remaining — checked **before** allocating |
+//! | `bytes` | `vec<u8>` | ≤ [`MAX_FRAME`] |
+//! | `text` | `u32` byte length + UTF-8 | ≤ [`MAX_FRAME`]; UTF-8 validated |
+//! | `wsid` (workspace id) | `u32` byte length + bytes | ≤ [`MAX_ID_LEN`], then `^[A-Za-z0-9_-]{1,128}$` (else `InvalidArgument`) |
+//! | `proof` | `vec<hash>` | ≤ [`MAX_PROOF_HASHES`] |
+//!
+//! # Requests (service → signer)
+//!
+//! | kind | message | body |
+//! |---|---|---|
+//! | `0x01` | `Ping` | — |
+//! | `0x02` | `CreateKey` | `workspace_id: wsid` |
+//! | `0x03` | `ListKeys` | `workspace_id: wsid` |
+//! | `0x04` | `RotateKey` | `workspace_id: wsid`, `expected_size: u64` (the index the `key.rotated` leaf takes) |
+//! | `0x05` | `AppendBatch` | `workspace_id: wsid`, `expected_size: u64`, `leaves: vec<hash>` (1 ≤ count ≤ [`MAX_BATCH_LEAVES`]; 0 → `InvalidArgument`, more → `BatchTooLarge`) |
+//! | `0x06` | `LatestCheckpoint` | `workspace_id: wsid` |
+//! | `0x07` | `Metrics` | — |
+//!
+//! # Responses (signer → service)
+//!
+//! | kind | message | answers | body |
+//! |---|---|---|---|
+//! | `0x81` | `Pong` | `Ping` | — |
+//! | `0x82` | `Keys` | `CreateKey`, `ListKeys` | `keys: vec<KeyInfo>` |
+//! | `0x84` | `Rotated` | `RotateKey` | `keys: vec<KeyInfo>`, `rotation: SignedLeaf` |
+//! | `0x85` | `Appended` | `AppendBatch` | `old_size: u64`, `new_size: u64`, `checkpoint: text`, `proofs: vec<proof>` (count ≤ [`MAX_BATCH_LEAVES`]) |
+//! | `0x86` | `Checkpoint` | `LatestCheckpoint` | `size: u64`, `checkpoint: opt<text>` |
+//! | `0x87` | `MetricsText` | `Metrics` | `text: text` |
+//! | `0xFF` | `Error` | any | `code: u16`, `message: text`, `current_size: opt<u64>` |
+//!
+//! (`0x83` is unassigned: `ListKeys` shares `Keys` with `CreateKey`.)
+//!
+//! | struct | fields in wire order |
+//! |---|---|
+//! | `KeyInfo` | `key_id: [u8; 4]`, `public_key: [u8; 32]`, `not_before_ms: u64`, `not_after_ms: opt<u64>`, `active: bool` |
+//! | `SignedLeaf` | `body: bytes` (canonical JSON of the `key.rotated` receipt body), `log_index: u64`, `proof: proof`, `checkpoint: text` (signed note) |
+//!
+//! # Error codes
+//!
+//! | code | name | meaning |
+//! |---|---|---|
+//! | 1 | `BadFrame` | unparseable frame |
+//! | 2 | `UnsupportedVersion` | version byte ≠ 1 |
+//! | 3 | `UnknownKind` | unknown kind byte |
+//! | 4 | `UnknownWorkspace` | no key for that workspace |
+//! | 5 | `WorkspaceExists` | `CreateKey` on an existing workspace |
+//! | 6 | `SizeMismatch` | `expected_size` ≠ log size (fork, rollback or stale caller); `current_size` set |
+//! | 7 | `BatchTooLarge` | more than [`MAX_BATCH_LEAVES`] leaves |
+//! | 8 | `Busy` | signer's bounded queue full; retry |
+//! | 9 | `Internal` | signer failure |
+//! | 10 | `InvalidArgument` | bad workspace id, empty batch |
+//! | 11 | `PermissionDenied` | operation not allowed |
+//! | other | `Unknown(n)` | kept verbatim, never a decode failure |
+//!
+//! # Properties relied on by the tests
+//!
+//! * Decoding never panics and allocates at most in proportion to the frame.
+//! * The encoding is canonical: if `decode(f)` succeeds, re-encoding the
+//!   result gives back exactly `f`; and whatever encodes, decodes to itself.
+//! * Any proper prefix of a valid frame fails to decode.
+//!
+//! # Example: the signer's side of a connection
+//!
+//! A decode error that carries a request id is answered with an `Error`
+//! reply to that id; one without (unreadable header, bad length prefix,
+//! I/O failure) cannot be addressed, so the connection is closed.
+//!
+//! ```no_run
+//! use allowly_signer_proto::{
+//!     decode_request, encode_response, read_frame, write_frame, ErrorReply, ProtoError,
+//!     Request, Response,
+//! };
+//! use tokio::net::UnixStream;
+//!
+//! async fn serve(mut stream: UnixStream) -> Result<(), ProtoError> {
+//!     let (mut rd, mut wr) = stream.split();
+//!     let (mut buf, mut out) = (Vec::new(), Vec::new());
+//!     while let Some(frame) = read_frame(&mut rd, &mut buf).await? {
+//!         out.clear();
+//!         let (id, resp) = match decode_request(frame) {
+//!             Ok((id, Request::Ping)) => (id, Response::Pong),
+//!             Ok((id, _other)) => (id, Response::Pong), // real handlers here
+//!             Err(e) => match e.request_id() {
+//!                 Some(id) => (id, Response::Error(ErrorReply {
+//!                     code: e.code(),
+//!                     message: e.to_string(),
+//!                     current_size: None,
+//!                 })),
+//!                 None => return Err(e),
+//!             },
+//!         };
+//!         encode_response(id, &resp, &mut out)?;
+//!         write_frame(&mut wr, &out).await?;
+//!     }
+//!     Ok(()) // clean EOF
+//! }
+//! ```
+//!
+//! # Size budget
+//!
+//! [`MAX_BATCH_LEAVES`] is chosen so that the answer to the largest batch
+//! always fits in a frame: 4096 proofs of at most 64 hashes take
+//! 4096 × (4 + 64 × 32) = 8 404 992 bytes, leaving over 8 MiB of
+//! [`MAX_FRAME`] for the rest (checked at compile time).
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod client;
+mod codec;
+mod error;
+mod frame;
+mod message;
+
+pub use codec::{decode_request, decode_response, encode_request, encode_response};
+pub use error::{ErrorCode, ProtoError};
+pub use frame::{read_frame, write_frame};
+pub use message::{ErrorReply, Hash, KeyInfo, Request, Response, SignedLeaf};
+
+/// The only protocol version this crate speaks.
+pub const PROTOCOL_VERSION: u8 = 1;
+
+/// Largest frame (bytes after the length prefix): 16 MiB. Bounds the memory
+/// one frame can make either side allocate.
+pub const MAX_FRAME: usize = 16 * 1024 * 1024;
+
+/// Most leaves in one `AppendBatch`.
+///
+/// 4096 rather than the 65 536 first specified: the `Appended` answer
+/// carries one inclusion proof per leaf, and 65 536 proofs of even 16 hashes
+/// (the minimum once the tree holds 65 536 leaves) take 33.8 MB, more than
+/// [`MAX_FRAME`], so a maximal batch could never be answered.
+pub const MAX_BATCH_LEAVES: usize = 4096;
+
+/// Most hashes in one inclusion proof: an audit path in a tree of fewer than
+/// 2^64 leaves has at most 64 nodes.
+pub const MAX_PROOF_HASHES: usize = 64;
+
+/// Byte limit of `str` fields that hold ids or names.
+pub const MAX_ID_LEN: usize = 4096;
+
+/// Longest workspace id (`^[A-Za-z0-9_-]{1,128}$`).
+pub const MAX_WORKSPACE_ID_LEN: usize = 128;
+
+/// Worst case `Appended` without its checkpoint text: header, sizes,
+/// checkpoint length, proof count, and MAX_BATCH_LEAVES maximal proofs.
+const WORST_APPENDED_WITHOUT_CHECKPOINT: usize = 10 + 8 + 8 + 4 + 4 + MAX_BATCH_LEAVES * (4 + MAX_PROOF_HASHES * 32);
+
+// The answer to any valid AppendBatch must be encodable, with at least
+// 1 MiB left for the checkpoint note.
+const _: () = assert!(WORST_APPENDED_WITHOUT_CHECKPOINT + (1 << 20) <= MAX_FRAME);

@@ -1,0 +1,180 @@
+//! Message types. Field order in each struct is the order on the wire.
+
+use std::fmt;
+
+use crate::ErrorCode;
+
+/// A 32-byte hash (Merkle leaf or node), sent as 32 raw bytes.
+pub type Hash = [u8; 32];
+
+/// A request from the service to the signer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Request {
+    /// `0x01`: liveness check; answered by [`Response::Pong`].
+    Ping,
+    /// `0x02`: create the workspace's first signing key; answered by [`Response::Keys`].
+    CreateKey {
+        /// Validated against `^[A-Za-z0-9_-]{1,128}$`.
+        workspace_id: String,
+    },
+    /// `0x03`: list the workspace's keys; answered by [`Response::Keys`].
+    ListKeys {
+        /// Validated against `^[A-Za-z0-9_-]{1,128}$`.
+        workspace_id: String,
+    },
+    /// `0x04`: rotate the workspace's key; answered by [`Response::Rotated`].
+    RotateKey {
+        /// Validated against `^[A-Za-z0-9_-]{1,128}$`.
+        workspace_id: String,
+        /// The log's current size: the rotation is itself a leaf, appended at this index, so
+        /// the service (which sequences the log) reserves the index like any other receipt's.
+        expected_size: u64,
+    },
+    /// `0x05`: append leaf hashes at indices `expected_size..`; answered by
+    /// [`Response::Appended`].
+    AppendBatch {
+        /// Validated against `^[A-Za-z0-9_-]{1,128}$`.
+        workspace_id: String,
+        /// Must equal the log's current size, otherwise the signer answers
+        /// [`ErrorCode::SizeMismatch`]. This makes appends compare-and-swap:
+        /// a stale or forking caller cannot overwrite or skip indices.
+        expected_size: u64,
+        /// `1..=MAX_BATCH_LEAVES` leaf hashes.
+        leaves: Vec<Hash>,
+    },
+    /// `0x06`: latest checkpoint of the workspace's log; answered by
+    /// [`Response::Checkpoint`].
+    LatestCheckpoint {
+        /// Validated against `^[A-Za-z0-9_-]{1,128}$`.
+        workspace_id: String,
+    },
+    /// `0x07`: Prometheus text exposition of the signer's own metrics;
+    /// answered by [`Response::MetricsText`].
+    Metrics,
+}
+
+impl Request {
+    /// The message's name, for diagnostics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Ping => "Ping",
+            Self::CreateKey { .. } => "CreateKey",
+            Self::ListKeys { .. } => "ListKeys",
+            Self::RotateKey { .. } => "RotateKey",
+            Self::AppendBatch { .. } => "AppendBatch",
+            Self::LatestCheckpoint { .. } => "LatestCheckpoint",
+            Self::Metrics => "Metrics",
+        }
+    }
+}
+
+/// A response from the signer to the service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Response {
+    /// `0x81`: answer to `Ping`.
+    Pong,
+    /// `0x82`: answer to `CreateKey` and `ListKeys`.
+    Keys {
+        /// All of the workspace's keys.
+        keys: Vec<KeyInfo>,
+    },
+    /// `0x84`: answer to `RotateKey`.
+    Rotated {
+        /// All of the workspace's keys after the rotation.
+        keys: Vec<KeyInfo>,
+        /// The `key.rotated` receipt logged for this rotation.
+        rotation: SignedLeaf,
+    },
+    /// `0x85`: answer to `AppendBatch`.
+    Appended {
+        /// Log size before the batch (= the request's `expected_size`).
+        old_size: u64,
+        /// Log size after the batch (= `old_size + leaves.len()`).
+        new_size: u64,
+        /// Signed note for the tree of `new_size` leaves.
+        checkpoint: String,
+        /// One inclusion proof per appended leaf, in leaf order, each against
+        /// `checkpoint`; at most `MAX_PROOF_HASHES` hashes each.
+        proofs: Vec<Vec<Hash>>,
+    },
+    /// `0x86`: answer to `LatestCheckpoint`.
+    Checkpoint {
+        /// Current log size.
+        size: u64,
+        /// Signed note for that size; `None` when nothing was signed yet.
+        checkpoint: Option<String>,
+    },
+    /// `0x87`: answer to `Metrics`.
+    MetricsText {
+        /// Prometheus text exposition format.
+        text: String,
+    },
+    /// `0xFF`: the request failed; may answer any request.
+    Error(ErrorReply),
+}
+
+impl Response {
+    /// The message's name, for diagnostics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Pong => "Pong",
+            Self::Keys { .. } => "Keys",
+            Self::Rotated { .. } => "Rotated",
+            Self::Appended { .. } => "Appended",
+            Self::Checkpoint { .. } => "Checkpoint",
+            Self::MetricsText { .. } => "MetricsText",
+            Self::Error(_) => "Error",
+        }
+    }
+}
+
+/// One signing key of a workspace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyInfo {
+    /// Short key identifier (4 raw bytes).
+    pub key_id: [u8; 4],
+    /// Ed25519 public key (32 raw bytes).
+    pub public_key: [u8; 32],
+    /// Start of validity, Unix milliseconds.
+    pub not_before_ms: u64,
+    /// End of validity, Unix milliseconds; `None` while open-ended.
+    pub not_after_ms: Option<u64>,
+    /// Whether this key signs new checkpoints. Sent as one byte, 0 or 1
+    /// (any other value is rejected, keeping the encoding canonical).
+    pub active: bool,
+}
+
+/// A log entry together with the evidence that it is in the log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SignedLeaf {
+    /// Canonical JSON of the receipt body (bytes, not validated as UTF-8 by
+    /// this layer: the receipt verifier owns its syntax).
+    pub body: Vec<u8>,
+    /// Index of the leaf in the log.
+    pub log_index: u64,
+    /// Inclusion proof against `checkpoint`; at most `MAX_PROOF_HASHES` hashes.
+    pub proof: Vec<Hash>,
+    /// Signed note the proof is relative to.
+    pub checkpoint: String,
+}
+
+/// The body of [`Response::Error`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ErrorReply {
+    /// What went wrong.
+    pub code: ErrorCode,
+    /// Human-readable detail.
+    pub message: String,
+    /// The log's size; set with [`ErrorCode::SizeMismatch`].
+    pub current_size: Option<u64>,
+}
+
+impl fmt::Display for ErrorReply {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)?;
+        if let Some(size) = self.current_size {
+            write!(f, " (current size {size})")?;
+        }
+        Ok(())
+    }
+}

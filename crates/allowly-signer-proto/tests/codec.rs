@@ -1,0 +1,379 @@
+//! Round trips, known-answer vectors and rejection of malformed frames.
+// Tests may unwrap: a failure should abort the test loudly.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use allowly_signer_proto::{
+    decode_request, decode_response, encode_request, encode_response, ErrorCode, ErrorReply, ProtoError, Request,
+    Response, SignedLeaf, MAX_BATCH_LEAVES, MAX_FRAME, MAX_PROOF_HASHES,
+};
+use common::*;
+
+fn roundtrip_req(id: u64, req: Request) {
+    let frame = encode_req(id, &req);
+    let declared = u32::from_be_bytes(frame[..4].try_into().unwrap()) as usize;
+    assert_eq!(declared, frame.len() - 4, "length prefix");
+    assert_eq!(decode_request(body_of(&frame)).unwrap(), (id, req));
+}
+
+fn roundtrip_resp(id: u64, resp: Response) {
+    let frame = encode_resp(id, &resp);
+    let declared = u32::from_be_bytes(frame[..4].try_into().unwrap()) as usize;
+    assert_eq!(declared, frame.len() - 4, "length prefix");
+    assert_eq!(decode_response(body_of(&frame)).unwrap(), (id, resp));
+}
+
+#[test]
+fn roundtrip_ping() {
+    roundtrip_req(0, Request::Ping);
+    roundtrip_req(u64::MAX, Request::Ping);
+}
+
+#[test]
+fn roundtrip_create_key() {
+    roundtrip_req(7, Request::CreateKey { workspace_id: "acme_prod-1".into() });
+}
+
+#[test]
+fn roundtrip_list_keys() {
+    roundtrip_req(8, Request::ListKeys { workspace_id: "a".into() });
+}
+
+#[test]
+fn roundtrip_rotate_key() {
+    roundtrip_req(9, Request::RotateKey { workspace_id: "Z".repeat(128), expected_size: u64::MAX });
+}
+
+#[test]
+fn roundtrip_append_batch() {
+    roundtrip_req(10, Request::AppendBatch { workspace_id: "ws".into(), expected_size: 3, leaves: vec![[7; 32]] });
+    roundtrip_req(
+        11,
+        Request::AppendBatch {
+            workspace_id: "ws".into(),
+            expected_size: u64::MAX,
+            leaves: (0..MAX_BATCH_LEAVES).map(|i| [(i % 251) as u8; 32]).collect(),
+        },
+    );
+}
+
+#[test]
+fn roundtrip_latest_checkpoint() {
+    roundtrip_req(12, Request::LatestCheckpoint { workspace_id: "_-_".into() });
+}
+
+#[test]
+fn roundtrip_metrics() {
+    roundtrip_req(13, Request::Metrics);
+}
+
+#[test]
+fn roundtrip_pong() {
+    roundtrip_resp(1, Response::Pong);
+}
+
+#[test]
+fn roundtrip_keys() {
+    roundtrip_resp(2, Response::Keys { keys: vec![] });
+    roundtrip_resp(3, Response::Keys { keys: vec![key(0), key(1), key(2)] });
+}
+
+#[test]
+fn roundtrip_rotated() {
+    roundtrip_resp(4, Response::Rotated { keys: vec![key(1), key(0)], rotation: signed_leaf() });
+}
+
+#[test]
+fn roundtrip_appended() {
+    roundtrip_resp(
+        5,
+        Response::Appended {
+            old_size: 10,
+            new_size: 12,
+            checkpoint: "note".into(),
+            proofs: vec![vec![[4; 32], [5; 32]], vec![]],
+        },
+    );
+}
+
+#[test]
+fn roundtrip_checkpoint() {
+    roundtrip_resp(6, Response::Checkpoint { size: 0, checkpoint: None });
+    roundtrip_resp(7, Response::Checkpoint { size: 9, checkpoint: Some("n\u{1F600}".into()) });
+}
+
+#[test]
+fn roundtrip_metrics_text() {
+    roundtrip_resp(8, Response::MetricsText { text: "signer_up 1\n".into() });
+}
+
+#[test]
+fn roundtrip_error() {
+    for code in 0..=12u16 {
+        roundtrip_resp(
+            9,
+            Response::Error(ErrorReply {
+                code: ErrorCode::from_u16(code),
+                message: format!("code {code}"),
+                current_size: (code == 6).then_some(12),
+            }),
+        );
+    }
+}
+
+#[test]
+fn roundtrip_all_samples() {
+    for (i, r) in sample_requests().into_iter().enumerate() {
+        roundtrip_req(i as u64, r);
+    }
+    for (i, r) in sample_responses().into_iter().enumerate() {
+        roundtrip_resp(i as u64, r);
+    }
+}
+
+#[test]
+fn error_code_u16_mapping_is_total_and_canonical() {
+    for v in 0..=u16::MAX {
+        assert_eq!(ErrorCode::from_u16(v).as_u16(), v);
+    }
+    assert_eq!(ErrorCode::from_u16(6), ErrorCode::SizeMismatch);
+    assert_eq!(ErrorCode::from_u16(12), ErrorCode::Unknown(12));
+    assert_eq!(ErrorCode::from_u16(0), ErrorCode::Unknown(0));
+}
+
+// ---- known-answer vectors: pin the byte layout ----
+
+#[test]
+fn kat_ping() {
+    assert_eq!(encode_req(0x0102_0304_0506_0708, &Request::Ping), [0, 0, 0, 10, 1, 0x01, 1, 2, 3, 4, 5, 6, 7, 8]);
+}
+
+#[test]
+fn kat_append_batch() {
+    let frame =
+        encode_req(1, &Request::AppendBatch { workspace_id: "w".into(), expected_size: 5, leaves: vec![[0xAA; 32]] });
+    let mut expect = vec![0, 0, 0, 59, 1, 0x05, 0, 0, 0, 0, 0, 0, 0, 1];
+    expect.extend([0, 0, 0, 1, b'w']);
+    expect.extend([0, 0, 0, 0, 0, 0, 0, 5]);
+    expect.extend([0, 0, 0, 1]);
+    expect.extend([0xAA; 32]);
+    assert_eq!(frame, expect);
+}
+
+#[test]
+fn kat_error_and_checkpoint() {
+    let frame = encode_resp(
+        2,
+        &Response::Error(ErrorReply { code: ErrorCode::SizeMismatch, message: "x".into(), current_size: Some(3) }),
+    );
+    let mut expect = vec![0, 0, 0, 26, 1, 0xFF, 0, 0, 0, 0, 0, 0, 0, 2];
+    expect.extend([0, 6, 0, 0, 0, 1, b'x', 1, 0, 0, 0, 0, 0, 0, 0, 3]);
+    assert_eq!(frame, expect);
+
+    let frame = encode_resp(3, &Response::Checkpoint { size: 1, checkpoint: None });
+    let mut expect = vec![0, 0, 0, 19, 1, 0x86, 0, 0, 0, 0, 0, 0, 0, 3];
+    expect.extend([0, 0, 0, 0, 0, 0, 0, 1, 0]);
+    assert_eq!(frame, expect);
+}
+
+#[test]
+fn kat_key_info_layout() {
+    let frame = encode_resp(0, &Response::Keys { keys: vec![key(1)] });
+    let body = &frame[14..];
+    assert_eq!(&body[..4], &[0, 0, 0, 1]); // count
+    assert_eq!(&body[4..8], &[1, 1, 2, 3]); // key_id
+    assert_eq!(&body[8..40], &[1; 32]); // public_key
+    assert_eq!(&body[40..48], &1_700_000_000_001u64.to_be_bytes());
+    assert_eq!(body[48], 1); // not_after_ms present
+    assert_eq!(&body[49..57], &1_800_000_000_000u64.to_be_bytes());
+    assert_eq!(body[57], 0); // active = false
+    assert_eq!(body.len(), 58);
+}
+
+// ---- rejection of malformed frames ----
+
+fn header(kind: u8, id: u64) -> Vec<u8> {
+    let mut f = vec![1, kind];
+    f.extend(id.to_be_bytes());
+    f
+}
+
+fn with_str(mut f: Vec<u8>, s: &[u8]) -> Vec<u8> {
+    f.extend((s.len() as u32).to_be_bytes());
+    f.extend(s);
+    f
+}
+
+#[test]
+fn short_header_has_no_request_id() {
+    for len in 0..10 {
+        let e = decode_request(&[1u8; 10][..len]).unwrap_err();
+        assert!(matches!(e, ProtoError::ShortHeader { .. }), "{e}");
+        assert_eq!(e.request_id(), None);
+        assert_eq!(e.code(), ErrorCode::BadFrame);
+        assert!(decode_response(&[1u8; 10][..len]).is_err());
+    }
+}
+
+#[test]
+fn unsupported_version_keeps_request_id() {
+    let mut f = header(0x01, 77);
+    f[0] = 2;
+    let e = decode_request(&f).unwrap_err();
+    assert!(matches!(e, ProtoError::UnsupportedVersion { version: 2, .. }), "{e}");
+    assert_eq!(e.request_id(), Some(77));
+    assert_eq!(e.code(), ErrorCode::UnsupportedVersion);
+}
+
+#[test]
+fn unknown_kinds_are_rejected_by_direction() {
+    for kind in [0x00, 0x08, 0x81, 0xFF] {
+        let e = decode_request(&header(kind, 5)).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::UnknownKind, "{kind:#x}");
+        assert_eq!(e.request_id(), Some(5));
+    }
+    for kind in [0x01, 0x80, 0x83, 0x88] {
+        let e = decode_response(&header(kind, 5)).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::UnknownKind, "{kind:#x}");
+    }
+}
+
+#[test]
+fn trailing_bytes_are_rejected() {
+    let mut f = header(0x01, 3);
+    f.push(0);
+    let e = decode_request(&f).unwrap_err();
+    assert!(matches!(e, ProtoError::TrailingBytes { count: 1, request_id: 3 }), "{e}");
+    let mut f = body_of(&encode_resp(4, &Response::Keys { keys: vec![key(0)] })).to_vec();
+    f.push(0);
+    assert!(matches!(decode_response(&f), Err(ProtoError::TrailingBytes { .. })));
+}
+
+#[test]
+fn workspace_ids_are_validated() {
+    let bad: [&[u8]; 7] = [b"", b"a b", b"a/b", b"a.b", "é".as_bytes(), b"\xff", &[b'a'; 129]];
+    for ws in bad {
+        let e = decode_request(&with_str(header(0x03, 9), ws)).unwrap_err();
+        assert!(matches!(e, ProtoError::InvalidWorkspaceId { request_id: 9 }), "{ws:?}: {e}");
+        assert_eq!(e.code(), ErrorCode::InvalidArgument);
+        let mut out = vec![0xEE];
+        let req = Request::ListKeys { workspace_id: String::from_utf8_lossy(ws).into_owned() };
+        assert!(encode_request(9, &req, &mut out).is_err());
+        assert_eq!(out, [0xEE], "failed encode leaves the buffer untouched");
+    }
+    let e = decode_request(&with_str(header(0x03, 9), &[b'a'; 5000])).unwrap_err();
+    assert!(matches!(e, ProtoError::TooLong { field: "workspace_id", .. }), "{e}");
+}
+
+#[test]
+fn batch_limits() {
+    let batch = |n: u32| {
+        let mut f = with_str(header(0x05, 1), b"ws");
+        f.extend(0u64.to_be_bytes());
+        f.extend(n.to_be_bytes());
+        f.extend(std::iter::repeat_n(0u8, n as usize * 32));
+        f
+    };
+    let e = decode_request(&batch(0)).unwrap_err();
+    assert!(matches!(e, ProtoError::EmptyBatch { .. }));
+    assert_eq!(e.code(), ErrorCode::InvalidArgument);
+    let n = MAX_BATCH_LEAVES as u32;
+    assert!(decode_request(&batch(n)).is_ok());
+    let e = decode_request(&batch(n + 1)).unwrap_err();
+    assert!(matches!(e, ProtoError::BatchTooLarge { .. }), "{e}");
+    assert_eq!(e.code(), ErrorCode::BatchTooLarge);
+
+    for leaves in [vec![], vec![[0; 32]; MAX_BATCH_LEAVES + 1]] {
+        let mut out = Vec::new();
+        let req = Request::AppendBatch { workspace_id: "ws".into(), expected_size: 0, leaves };
+        assert!(encode_request(1, &req, &mut out).is_err());
+        assert!(out.is_empty());
+    }
+}
+
+#[test]
+fn invalid_utf8_text_is_rejected() {
+    let f = with_str(header(0x87, 2), b"ok\xC3\x28");
+    let e = decode_response(&f).unwrap_err();
+    assert!(matches!(e, ProtoError::InvalidUtf8 { field: "text", .. }), "{e}");
+}
+
+#[test]
+fn tags_must_be_zero_or_one() {
+    let mut f = header(0x86, 1);
+    f.extend(5u64.to_be_bytes());
+    f.push(2);
+    assert!(matches!(decode_response(&f), Err(ProtoError::InvalidTag { tag: 2, .. })));
+
+    let mut f = body_of(&encode_resp(1, &Response::Keys { keys: vec![key(0)] })).to_vec();
+    *f.last_mut().unwrap() = 2; // `active`
+    assert!(matches!(decode_response(&f), Err(ProtoError::InvalidTag { field: "keys[].active", .. })));
+}
+
+#[test]
+fn proof_length_is_bounded() {
+    let long = Response::Rotated {
+        keys: vec![],
+        rotation: SignedLeaf { proof: vec![[0; 32]; MAX_PROOF_HASHES + 1], ..signed_leaf() },
+    };
+    let mut out = Vec::new();
+    assert!(matches!(encode_response(1, &long, &mut out), Err(ProtoError::TooLong { .. })));
+    assert!(out.is_empty());
+    // Hand-built: proof count 65 with all 65 hashes present.
+    let mut f = header(0x85, 1);
+    f.extend([0u8; 16]);
+    f.extend(0u32.to_be_bytes());
+    f.extend(1u32.to_be_bytes());
+    f.extend(65u32.to_be_bytes());
+    f.extend([0u8; 65 * 32]);
+    assert!(matches!(decode_response(&f), Err(ProtoError::TooLong { field: "proofs[]", .. })));
+}
+
+#[test]
+fn largest_batch_answer_fits_in_a_frame() {
+    let resp = Response::Appended {
+        old_size: u64::MAX - 5000,
+        new_size: u64::MAX - 5000 + MAX_BATCH_LEAVES as u64,
+        checkpoint: "n".repeat(1 << 20),
+        proofs: vec![vec![[0x5A; 32]; MAX_PROOF_HASHES]; MAX_BATCH_LEAVES],
+    };
+    let frame = encode_resp(1, &resp);
+    assert!(frame.len() - 4 <= MAX_FRAME);
+    assert_eq!(decode_response(body_of(&frame)).unwrap(), (1, resp));
+}
+
+#[test]
+fn frame_size_limit_is_exact() {
+    // MetricsText body: 10 header + 4 length + text.
+    let fits = Response::MetricsText { text: "m".repeat(MAX_FRAME - 14) };
+    let frame = encode_resp(1, &fits);
+    assert_eq!(frame.len(), MAX_FRAME + 4);
+    assert_eq!(decode_response(body_of(&frame)).unwrap().1, fits);
+
+    let over = Response::MetricsText { text: "m".repeat(MAX_FRAME - 13) };
+    let mut out = b"keep".to_vec();
+    let e = encode_response(1, &over, &mut out).unwrap_err();
+    assert!(matches!(e, ProtoError::FrameLength { len } if len == MAX_FRAME as u64 + 1), "{e}");
+    assert_eq!(out, b"keep");
+    let mut big = header(0x87, 1);
+    big.resize(MAX_FRAME + 1, 0);
+    assert!(matches!(decode_response(&big), Err(ProtoError::FrameLength { .. })));
+}
+
+#[test]
+fn encode_appends_to_existing_buffer() {
+    let mut out = Vec::new();
+    encode_request(1, &Request::Ping, &mut out).unwrap();
+    encode_request(2, &Request::Metrics, &mut out).unwrap();
+    assert_eq!(out.len(), 28);
+    assert_eq!(decode_request(&out[4..14]).unwrap(), (1, Request::Ping));
+    assert_eq!(decode_request(&out[18..]).unwrap(), (2, Request::Metrics));
+}
+
+#[test]
+fn error_messages_name_the_problem() {
+    let e = decode_request(&with_str(header(0x03, 42), b"bad id")).unwrap_err();
+    let msg = e.to_string();
+    assert!(msg.contains("request 42") && msg.contains("workspace id"), "{msg}");
+}
