@@ -154,7 +154,16 @@ const sha256 = (...parts) => {
 // in the tree (duplicate names, BadNumber, lone surrogates) so the caller can tell
 // whether they lie inside a receipt body (body_not_canonical) or around it.
 
-const MAX_DEPTH = 128; // "nesting deeper than 128 levels is rejected"; the body is level 1
+// "Nesting deeper than 128 levels, counted over the whole document (an envelope is level 1,
+// its body level 2), is rejected." Levels are counted from the top of the JSON text being
+// read: a receipt document (envelope 1, body 2), a key set file (1), or one bundle line
+// (record 1, envelope or key set 2, body 3).
+const MAX_DEPTH = 128;
+// Where a receipt body sits in the documents this verifier reads (see MAX_DEPTH).
+const BODY_DEPTH_IN_RECEIPT = 2;
+const BODY_DEPTH_IN_BUNDLE = 3;
+// The smallest double that ECMAScript prints with an exponent (Number.prototype.toString).
+const ES_EXPONENT_FROM = 1e21;
 
 /** Placeholder for a number literal §3 forbids (unsafe integer, overflow to ±inf). */
 class BadNumber {
@@ -245,7 +254,14 @@ function parseJson(bytes) {
         ? Number(n) : new BadNumber(m[0], 'integer beyond ±(2^53-1)');
     }
     const f = Number(m[0]);
-    return Number.isFinite(f) ? new FloatLit(f) : new BadNumber(m[0], 'number overflows to infinity');
+    if (!Number.isFinite(f)) return new BadNumber(m[0], 'number overflows to infinity');
+    // §3: a number whose canonical form would be an integer literal beyond ±(2^53-1) is
+    // rejected (e.g. 1e20 prints as 100000000000000000000). ECMAScript prints an integral
+    // double below 1e21 in plain decimal, and from 1e21 on with an exponent.
+    if (Number.isInteger(f) && Math.abs(f) > MAX_SAFE_INT && Math.abs(f) < ES_EXPONENT_FROM) {
+      return new BadNumber(m[0], 'number whose canonical form is an integer beyond ±(2^53-1)');
+    }
+    return new FloatLit(f);
   }
 
   function parseValue() {
@@ -555,11 +571,20 @@ const computeKeyId = (name, publicKey) =>
 /** not_before inclusive, not_after exclusive; §2 times compare as strings. */
 const keyValidAt = (key, t) => key.notBefore <= t && (key.notAfter === null || t < key.notAfter);
 
-/** Check every §6.2 rule; throw Unusable on the first broken one. */
-function loadKeyset(doc) {
-  const bad = ijsonViolations(doc);
+const KEYSET_MEMBERS = ['workspace_id', 'origin', 'keys'];
+const KEY_MEMBERS = ['key_id', 'name', 'algorithm', 'public_key', 'vkey', 'not_before', 'not_after', 'status'];
+
+/**
+ * Check every §6.2 rule; throw Unusable on the first broken one.
+ * `depth` is the nesting level of the key set in the document it was read from (§3):
+ * 1 for a key set file, 2 inside a bundle `keys` record. A key set carried in a bundle
+ * that breaks these rules is unusable input too, pinned keys or not (§6.2).
+ */
+function loadKeyset(doc, depth = 1) {
+  const bad = ijsonViolations(doc, depth);
   if (bad.length) throw new Unusable(`key set: ${bad.join('; ')}`);
   if (!isObj(doc)) throw new Unusable('key set: not a JSON object');
+  if (!keysEqual(doc, KEYSET_MEMBERS)) throw new Unusable(`key set: must have exactly the members ${KEYSET_MEMBERS}`);
   const ws = doc.workspace_id;
   const { origin, keys } = doc;
   if (!isId(ws)) throw new Unusable('key set: workspace_id is not an id');
@@ -568,6 +593,7 @@ function loadKeyset(doc) {
   const out = keys.map((k, i) => {
     const where = `key set: keys[${i}]`;
     if (!isObj(k)) throw new Unusable(`${where} is not an object`);
+    if (!keysEqual(k, KEY_MEMBERS)) throw new Unusable(`${where}: must have exactly the members ${KEY_MEMBERS}`);
     if (k.name !== origin) throw new Unusable(`${where}: name is not the origin`);
     if (k.algorithm !== 'ed25519') throw new Unusable(`${where}: algorithm is not ed25519`);
     const pk = b64decodeStrict(k.public_key);
@@ -579,12 +605,12 @@ function loadKeyset(doc) {
     if (k.vkey !== vkey) throw new Unusable(`${where}: vkey is not <name>+<key_id>+<base64(0x01 ‖ key)>`);
     const nb = k.not_before;
     if (!isTime(nb)) throw new Unusable(`${where}: not_before is not a time`);
-    const na = has(k, 'not_after') ? k.not_after : undefined;
-    if (na === undefined || (na !== null && (!isTime(na) || !(na > nb)))) {
-      throw new Unusable(`${where}: not_after is missing, not a time, or not after not_before`);
+    const na = k.not_after;
+    if (na !== null && (!isTime(na) || !(na > nb))) {
+      throw new Unusable(`${where}: not_after is not null, or not a time after not_before`);
     }
-    if (!isStr(k.status) || (k.status === 'active') !== (na === null)) {
-      throw new Unusable(`${where}: status must be 'active' exactly when not_after is null`);
+    if (k.status !== (na === null ? 'active' : 'retired')) {
+      throw new Unusable(`${where}: status must be 'active' when not_after is null, else 'retired'`);
     }
     return { keyId: k.key_id, name: origin, publicKey: pk, notBefore: nb, notAfter: na };
   });
@@ -606,6 +632,8 @@ function readKeysetFile(path) {
 // ---------------------------------------------------------------------------
 
 const EM_DASH_PREFIX = '\u2014 ';
+/** Go's unicode.IsSpace: \t \n \v \f \r, space, U+0085, U+00A0 and the separators (Zs, Zl, Zp). */
+const GO_SPACE_RE = /[\t\n\v\f\r \u0085\u00a0\p{Z}]/u;
 
 class CheckpointError extends Error {
   constructor(code, detail) {
@@ -622,7 +650,9 @@ class CheckpointError extends Error {
 function parseSignedNote(note) {
   const bad = (why) => new CheckpointError('checkpoint_malformed', why);
   if (!isStr(note) || hasLoneSurrogate(note)) throw bad('not a UTF-8 string');
-  if (/[^\P{Cc}\n]/u.test(note)) throw bad('control character other than \\n');
+  // §5.4: the control characters are U+0000-U+001F only (as in C2SP and Go's note
+  // package); U+007F and above, including the C1 controls, are allowed in a note.
+  if (/[\u0000-\u0009\u000b-\u001f]/.test(note)) throw bad('control character (U+0000-U+001F) other than \\n');
   const split = note.lastIndexOf('\n\n');
   if (split < 0) throw bad('no blank line before the signatures');
   const text = note.slice(0, split + 1);
@@ -635,7 +665,8 @@ function parseSignedNote(note) {
     const sp = rest.indexOf(' ');
     if (sp < 0) throw bad('bad key name in signature line');
     const name = rest.slice(0, sp);
-    if (!name || name.includes('+') || /\p{Z}/u.test(name)) throw bad('bad key name in signature line');
+    // Go's unicode.IsSpace, which C2SP signed-note uses to reject key names with spaces.
+    if (!name || name.includes('+') || GO_SPACE_RE.test(name)) throw bad('bad key name in signature line');
     const blob = b64decodeStrict(rest.slice(sp + 1));
     if (blob === null || blob.length < 5) throw bad('signature is not base64 of a key id and a signature');
     return { name, blob };

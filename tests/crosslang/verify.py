@@ -849,11 +849,15 @@ SIGNED_MEMBERS = {"status", "body", "log_index", "inclusion_proof", "checkpoint"
 PENDING_MEMBERS = {"status", "receipt_id", "log_index", "leaf_hash", "body"}
 
 
-def envelope_problem(doc) -> str | None:
-    """§6.1 shape of a signed or pending receipt (ignoring what is inside `body`)."""
+def envelope_problem(doc, depth: int = 1) -> str | None:
+    """§6.1 shape of a signed or pending receipt (ignoring what is inside `body`).
+
+    Exactly the documented members, each of its type and encoding; any problem makes
+    the document unusable input (record_malformed for a bundle line). `depth` is the
+    envelope's nesting level (§3): 1 for a receipt document, 2 in a bundle line."""
     if not isinstance(doc, dict):
         return "receipt is not a JSON object"
-    bad = ijson_violations(doc, skip=frozenset({"body"}))
+    bad = ijson_violations(doc, depth, skip=frozenset({"body"}))
     if bad:
         return "; ".join(bad)
     status = doc.get("status")
@@ -893,24 +897,27 @@ class Leaf:
 
 
 def verify_receipt_steps(doc: dict, keys: KeySet, cache: CheckpointCache, report: Report,
-                         where: str = "receipt") -> Leaf | None:
+                         where: str = "receipt", body_depth: int = BODY_DEPTH_IN_RECEIPT) -> Leaf | None:
     """§7.1 steps 3-9 on an envelope already checked by envelope_problem.
 
-    Returns the leaf when the body could be read (for the bundle checks)."""
+    Returns the leaf when the body could be read (step 4 did not stop), for the bundle
+    checks (§7.2 step 6). `body_depth` is the body's nesting level (§3)."""
     body = doc["body"]
     # Step 3: the §3 input rules, then canonicalize.
-    violations = ijson_violations(body)
+    violations = ijson_violations(body, body_depth)
     if violations:
         report.add("body_not_canonical", f"{where}: {'; '.join(violations)}")
         return None
     canon = canonical_json(body)
 
-    # Step 4: §4 rules.
-    problems = body_problems(body)
-    if problems:
-        report.add("body_invalid", f"{where}: {'; '.join(problems)}")
-    if not body_readable(body):
+    # Step 4: read the members (a missing first-table member or a wrong type/encoding:
+    # body_invalid, stop), then the §4 rules (each broken one: body_invalid, continue).
+    fatal, rules = read_body(body)
+    if fatal:
+        report.add("body_invalid", f"{where}: {'; '.join(fatal)}")
         return None
+    if rules:
+        report.add("body_invalid", f"{where}: {'; '.join(rules)}")
 
     # Step 5.
     if body["workspace_id"] != keys.workspace_id:
@@ -920,8 +927,8 @@ def verify_receipt_steps(doc: dict, keys: KeySet, cache: CheckpointCache, report
 
     # Step 6.
     h = leaf_hash(canon)
-    leaf = Leaf(body, h, body["log_index"], body.get("authorization_id"), body.get("seq"),
-                body.get("prev"), doc["status"] == "signed")
+    leaf = Leaf(body, h, body["log_index"], body["authorization_id"], body["seq"],
+                body["prev"], doc["status"] == "signed")
 
     # Step 7: pending receipts.
     if doc["status"] == "pending":
@@ -936,9 +943,8 @@ def verify_receipt_steps(doc: dict, keys: KeySet, cache: CheckpointCache, report
         report.add(cp.code, f"{where}: checkpoint: {cp.detail}")
         return leaf
 
-    # Step 9: inclusion of h at log_index in the checkpoint's tree. The index is the
-    # envelope's `log_index` (the one the proof is presented for); when it differs from
-    # body.log_index this fails too, as the vector receipt-envelope-log-index expects.
+    # Step 9: inclusion of h at the envelope's `log_index` in the checkpoint's tree; when
+    # it differs from body.log_index this fails too (receipt-envelope-log-index).
     proof = [bytes.fromhex(x) for x in doc["inclusion_proof"]]
     if not verify_inclusion(doc["log_index"], cp.size, proof, h, cp.root):
         report.add("inclusion_proof_invalid", f"{where}: leaf {doc['log_index']} not proven in tree of size {cp.size}")
@@ -1035,19 +1041,28 @@ def read_record(lineno: int, line: bytes, records: Records, report: Report) -> N
         return
     value = doc[rtype]
     if rtype == "receipt":
-        # I-JSON violations inside the body are body_not_canonical (§7.1 step 3), later.
+        # I-JSON violations inside the body are body_not_canonical (§7.1 step 3), later;
+        # anything wrong with the envelope around it is record_malformed (§6.1).
         bad = ijson_violations(doc, skip=frozenset({"receipt"}))
-        problem = "; ".join(bad) if bad else envelope_problem(value)
+        problem = "; ".join(bad) if bad else envelope_problem(value, depth=2)
         if problem:
             report.add("record_malformed", f"{where}: {problem}")
             return
         records.receipts.append((lineno, value))
         return
+    if rtype == "keys":
+        # The record around the key set must read (else record_malformed); the key set
+        # itself, §3 input rules included, is checked by load_keyset in step 2, and a
+        # broken one is unusable input even with pinned keys (§6.2).
+        bad = ijson_violations(doc, skip=frozenset({"keys"}))
+        if bad:
+            report.add("record_malformed", f"{where}: {'; '.join(bad)}")
+        else:
+            records.keysets.append(value)
+        return
     bad = ijson_violations(doc)
     if bad:
         report.add("record_malformed", f"{where}: {'; '.join(bad)}")
-    elif rtype == "keys":
-        records.keysets.append(value)
     elif rtype == "checkpoint":
         if isinstance(value, str):
             records.checkpoints.append(value)
@@ -1066,7 +1081,8 @@ def read_record(lineno: int, line: bytes, records: Records, report: Report) -> N
 
 def choose_keys(records: Records, pinned: KeySet | None, header_ws: str, report: Report) -> KeySet:
     """§7.2 step 2."""
-    bundle_sets = [load_keyset(doc) for doc in records.keysets]  # a broken key set: Unusable (§6.2)
+    # A broken key set, pinned keys or not: Unusable (§6.2). Key sets sit at level 2 (§3).
+    bundle_sets = [load_keyset(doc, depth=2) for doc in records.keysets]
     if pinned is not None:
         pinned_keys = {(k.key_id, k.public_key) for k in pinned.keys}
         for ks in bundle_sets:
@@ -1209,7 +1225,8 @@ def verify_bundle(data: bytes, pinned: KeySet | None, extra_checkpoints: list[st
 
     leaves = []  # step 4
     for lineno, doc in records.receipts:
-        leaf = verify_receipt_steps(doc, keys, cache, report, where=f"line {lineno}")
+        leaf = verify_receipt_steps(doc, keys, cache, report, where=f"line {lineno}",
+                                    body_depth=BODY_DEPTH_IN_BUNDLE)
         if leaf is not None:
             leaves.append(leaf)
 
