@@ -772,91 +772,114 @@ function checkVkey(vkey, keyId) {
     && computeKeyId(name, raw.subarray(1)) === kid;
 }
 
-/** Every §4 rule the body breaks (the finding body_invalid). */
-function bodyProblems(body) {
-  if (!isObj(body)) return ['body is not an object'];
+/** A JSON integer that is a position or an index: 0 ≤ v (§2 bounds it by 2^53-1). */
+const isNat = (v) => isInt(v) && v >= 0;
+const isStrOrNull = nullOr(isStr);
+
+const isGrant = (v) => isObj(v) && isStr(v.subject) && isStrArray(v.scopes) && isStrArray(v.resources)
+  && has(v, 'expires_at') && nullOr(isTime)(v.expires_at)
+  && has(v, 'metadata_hash') && nullOr(isHash)(v.metadata_hash);
+const isApproval = (v) => isObj(v) && (v.outcome === 'approved' || v.outcome === 'declined') && isStr(v.by)
+  && has(v, 'shown_hash') && nullOr(isHash)(v.shown_hash);
+const isKeyMember = (v) => isObj(v) && isKeyId(v.key_id) && isKeyId(v.replaces) && checkVkey(v.vkey, v.key_id);
+
+/** [member, check, what]: the JSON type and encoding of every member named in §4. */
+const MEMBER_TYPES = [
+  ['v', isInt, 'an integer'],
+  ['id', isStr, 'a string'],
+  ['workspace_id', isStr, 'a string'],
+  ['authorization_id', isStrOrNull, 'a string or null'],
+  ['seq', nullOr(isNat), 'a non-negative integer or null'],
+  ['prev', nullOr(isHash), 'a hash or null'],
+  ['log_index', isNat, 'a non-negative integer'],
+  ['kind', (v) => isStr(v) && KINDS.has(v), 'a known kind'],
+  ['decision', nullOr((v) => isStr(v) && DECISIONS.has(v)), 'allow/deny/confirm/escalate or null'],
+  ['reason', isStrOrNull, 'a string or null'],
+  ['scopes', isStrArray, 'an array of strings'],
+  ['resource', isStrOrNull, 'a string or null'],
+  ['time', isTime, 'a §2 time'],
+  ['auth_state_hash', nullOr(isHash), 'a hash or null'],
+  // Second table: typed whenever present, whatever the kind.
+  ['grant', isGrant, 'an object {subject, scopes, resources, expires_at, metadata_hash}'],
+  ['approval', isApproval, 'an object {outcome, by, shown_hash}'],
+  ['escalation_id', isStr, 'a string'],
+  ['context_hash', isHash, 'a hash'],
+  ['key', isKeyMember, 'an object {key_id, vkey, replaces}'],
+];
+
+/**
+ * §7.1 step 4, first half: members of the first table that are missing, and members
+ * named in §4 (first table, and second table whenever present, on any kind) whose JSON
+ * type or encoding is wrong. Any of these: body_invalid, and verification stops.
+ *
+ * Readings (spec §4 / §7.1 step 4):
+ * - an `id` member is read as a JSON string; whether it matches the §2 id form is the
+ *   §4 rule "ids match §2", reported without stopping (see bodyRuleProblems);
+ * - `seq` and `log_index` are positions, so a negative integer is the wrong encoding;
+ * - the sub-members listed for `grant`, `approval` and `key` are all required, with the
+ *   types listed; members they do not list are accepted (unknown members, §4);
+ * - `key.vkey` is a §6.2 verifier key: <name>+<key id>+<base64(0x01 ‖ 32 bytes)>, its
+ *   key id the one computed from name and key, and equal to `key.key_id`.
+ */
+function memberTypeProblems(body) {
   const p = FIRST_TABLE.filter((m) => !has(body, m)).map((m) => `missing member ${m}`);
-  const g = (m) => (has(body, m) ? body[m] : undefined);
-  const present = (m) => has(body, m);
-  // A member absent from the body reads as undefined; "null" checks below treat it like
-  // Python's dict.get (None), so a missing member is reported once, above.
-  const isNull = (v) => v === null || v === undefined;
-  if (present('v') && !(isInt(g('v')) && g('v') === 1)) p.push('v is not 1');
-  for (const m of ['id', 'workspace_id']) if (present(m) && !isId(g(m))) p.push(`${m} is not an id`);
-  if (!isNull(g('authorization_id')) && !isId(g('authorization_id'))) p.push('authorization_id is not an id or null');
-  if (!isNull(g('seq')) && !(isInt(g('seq')) && g('seq') >= 0)) p.push('seq is not a non-negative integer or null');
-  if (!isNull(g('prev')) && !isHash(g('prev'))) p.push('prev is not a hash or null');
-  if (present('log_index') && !(isInt(g('log_index')) && g('log_index') >= 0 && g('log_index') <= MAX_SAFE_INT)) {
-    p.push('log_index is not an integer in 0..2^53-1');
-  }
-  const kind = g('kind');
-  if (present('kind') && !KINDS.has(kind)) p.push('unknown kind');
-  if (!isNull(g('decision')) && !DECISIONS.has(g('decision'))) p.push('decision is not allow/deny/confirm/escalate or null');
-  for (const m of ['reason', 'resource']) if (!isNull(g(m)) && !isStr(g(m))) p.push(`${m} is not a string or null`);
-  if (present('scopes') && !isStrArray(g('scopes'))) p.push('scopes is not an array of strings');
-  if (present('time') && !isTime(g('time'))) p.push('time is not a §2 time');
-  if (!isNull(g('auth_state_hash')) && !isHash(g('auth_state_hash'))) p.push('auth_state_hash is not a hash or null');
-
-  // Trail rules.
-  if (kind === 'key.rotated') {
-    if (['authorization_id', 'seq', 'prev'].some((m) => !isNull(g(m)))) {
-      p.push('key.rotated must have null authorization_id, seq and prev');
-    }
-  } else if (KINDS.has(kind)) {
-    if (isNull(g('authorization_id')) || isNull(g('seq'))) p.push('authorization_id and seq must be non-null');
-    const seq0 = g('seq') === 0;
-    const created = kind === 'authorization.created';
-    const noPrev = isNull(g('prev'));
-    if (!(seq0 === created && created === noPrev)) {
-      p.push('seq = 0 ⇔ kind = authorization.created ⇔ prev = null is broken');
-    }
-  }
-
-  // Second-table members, checked for the kinds that carry them.
-  if (kind === 'authorization.created') {
-    const gr = g('grant');
-    if (!(isObj(gr) && isStr(gr.subject) && isStrArray(gr.scopes) && isStrArray(gr.resources)
-      && has(gr, 'expires_at') && nullOr(isTime)(gr.expires_at)
-      && has(gr, 'metadata_hash') && nullOr(isHash)(gr.metadata_hash))) {
-      p.push('grant is missing or malformed');
-    }
-  }
-  if (kind === 'confirmation' || kind === 'escalation.resolved') {
-    const ap = g('approval');
-    if (!(isObj(ap) && (ap.outcome === 'approved' || ap.outcome === 'declined') && isStr(ap.by)
-      && has(ap, 'shown_hash') && nullOr(isHash)(ap.shown_hash))) {
-      p.push('approval is missing or malformed');
-    }
-  }
-  if ((kind === 'escalation.created' || kind === 'escalation.resolved') && !isId(g('escalation_id'))) {
-    p.push('escalation_id is missing or not an id');
-  }
-  if (kind === 'check' && present('context_hash') && !isHash(g('context_hash'))) p.push('context_hash is not a hash');
-  if (kind === 'key.rotated') {
-    const k = g('key');
-    if (!(isObj(k) && isKeyId(k.key_id) && isKeyId(k.replaces) && checkVkey(k.vkey, k.key_id))) {
-      p.push('key is missing or malformed');
-    }
+  for (const [member, ok, what] of MEMBER_TYPES) {
+    if (has(body, member) && !ok(body[member])) p.push(`${member} is not ${what}`);
   }
   return p;
 }
 
 /**
- * Whether the members later steps need can be read (§7.1 step 4 "stop only if ...").
- * "Below" is read as including the bundle steps that §7.2 runs on each receipt, so the
- * members needed are workspace_id, id, log_index (steps 5-9) and authorization_id, seq,
- * prev (§7.2 steps 5-7). `prev` is read as a hash (§2: uppercase MUST be rejected), so a
- * `prev` that is not 64 lowercase hex digits cannot be read and verification stops with
- * body_invalid alone: the vector receipt-uppercase-hash expects exactly that.
+ * §7.1 step 4, second half: the §4 rules, on a body whose members were read. Each
+ * broken rule is body_invalid, and verification continues.
  */
-function bodyReadable(body) {
-  if (!isObj(body)) return false;
-  const g = (m) => (has(body, m) ? body[m] : undefined);
-  const nullish = (v) => v === null || v === undefined;
-  return isStr(g('workspace_id')) && isStr(g('id')) && isInt(g('log_index')) && g('log_index') >= 0
-    && (nullish(g('authorization_id')) || isStr(g('authorization_id')))
-    && (nullish(g('seq')) || isInt(g('seq')))
-    && (nullish(g('prev')) || isHash(g('prev')));
+function bodyRuleProblems(body) {
+  const p = [];
+  const g = (m) => (has(body, m) ? body[m] : null); // only second-table members can be absent
+  const { kind } = body;
+  if (body.v !== 1) p.push('v is not 1');
+  for (const m of ['id', 'workspace_id', 'authorization_id', 'escalation_id']) {
+    if (g(m) !== null && !isId(g(m))) p.push(`${m} is not a §2 id`);
+  }
+  // log_index ≤ 2^53-1 holds already: §3 rejects larger integer literals.
+  if (kind === 'key.rotated') {
+    if (['authorization_id', 'seq', 'prev'].some((m) => g(m) !== null)) {
+      p.push('key.rotated must have null authorization_id, seq and prev');
+    }
+  } else {
+    if (g('authorization_id') === null || g('seq') === null) p.push('authorization_id and seq must be non-null');
+    const seq0 = g('seq') === 0;
+    const created = kind === 'authorization.created';
+    const noPrev = g('prev') === null;
+    if (!(seq0 === created && created === noPrev)) {
+      p.push('seq = 0 ⇔ kind = authorization.created ⇔ prev = null is broken');
+    }
+    if (created && !has(body, 'grant')) p.push('authorization.created has no grant');
+  }
+  // Reading (§4 second table, "present in"): approval, escalation_id and key are
+  // expected on the kinds named for them; a body without one breaks a rule but can
+  // still be read. context_hash is optional. A second-table member on another kind is
+  // not a broken rule (only its type is checked): unknown-to-that-kind members are
+  // accepted like unknown members.
+  if ((kind === 'confirmation' || kind === 'escalation.resolved') && !has(body, 'approval')) {
+    p.push(`${kind} has no approval`);
+  }
+  if ((kind === 'escalation.created' || kind === 'escalation.resolved') && !has(body, 'escalation_id')) {
+    p.push(`${kind} has no escalation_id`);
+  }
+  if (kind === 'key.rotated' && !has(body, 'key')) p.push('key.rotated has no key');
+  return p;
+}
+
+/**
+ * §7.1 step 4. Returns {fatal, rules}: `fatal` non-empty means body_invalid and stop;
+ * otherwise each entry of `rules` is a broken §4 rule (body_invalid, continue).
+ */
+function readBody(body) {
+  if (!isObj(body)) return { fatal: ['body is not an object'], rules: [] };
+  const fatal = memberTypeProblems(body);
+  if (fatal.length) return { fatal, rules: [] };
+  return { fatal: [], rules: bodyRuleProblems(body) };
 }
 
 // ---------------------------------------------------------------------------
@@ -866,10 +889,15 @@ function bodyReadable(body) {
 const SIGNED_MEMBERS = ['status', 'body', 'log_index', 'inclusion_proof', 'checkpoint'];
 const PENDING_MEMBERS = ['status', 'receipt_id', 'log_index', 'leaf_hash', 'body'];
 
-/** §6.1 shape of a signed or pending receipt (ignoring what is inside `body`); problem or null. */
-function envelopeProblem(doc) {
+/**
+ * §6.1 shape of a signed or pending receipt (ignoring what is inside `body`); problem or null.
+ * Exactly the documented members, each of its type and encoding; any problem makes the
+ * document unusable input (record_malformed for a bundle line). `depth` is the envelope's
+ * nesting level (§3): 1 for a receipt document, 2 in a bundle line.
+ */
+function envelopeProblem(doc, depth = 1) {
   if (!isObj(doc)) return 'receipt is not a JSON object';
-  const bad = ijsonViolations(doc, 1, ['body']);
+  const bad = ijsonViolations(doc, depth, ['body']);
   if (bad.length) return bad.join('; ');
   if (doc.status === 'signed') {
     if (!keysEqual(doc, SIGNED_MEMBERS)) return `signed receipt must have exactly ${SIGNED_MEMBERS}`;
@@ -891,22 +919,27 @@ function envelopeProblem(doc) {
 
 /**
  * §7.1 steps 3-9 on an envelope already checked by envelopeProblem.
- * Returns the leaf (for the bundle checks) when the body could be read, else null.
+ * Returns the leaf when the body could be read (step 4 did not stop), for the bundle
+ * checks (§7.2 step 6), else null. `bodyDepth` is the body's nesting level (§3).
  */
-function verifyReceiptSteps(doc, keyset, cache, report, where = 'receipt') {
+function verifyReceiptSteps(doc, keyset, cache, report, where = 'receipt', bodyDepth = BODY_DEPTH_IN_RECEIPT) {
   const { body } = doc;
   // Step 3: the §3 input rules, then canonicalize.
-  const violations = ijsonViolations(body);
+  const violations = ijsonViolations(body, bodyDepth);
   if (violations.length) {
     report.add('body_not_canonical', `${where}: ${violations.join('; ')}`);
     return null;
   }
   const canon = canonicalJson(body);
 
-  // Step 4: §4 rules.
-  const problems = bodyProblems(body);
-  if (problems.length) report.add('body_invalid', `${where}: ${problems.join('; ')}`);
-  if (!bodyReadable(body)) return null;
+  // Step 4: read the members (a missing first-table member or a wrong type/encoding:
+  // body_invalid, stop), then the §4 rules (each broken one: body_invalid, continue).
+  const { fatal, rules } = readBody(body);
+  if (fatal.length) {
+    report.add('body_invalid', `${where}: ${fatal.join('; ')}`);
+    return null;
+  }
+  if (rules.length) report.add('body_invalid', `${where}: ${rules.join('; ')}`);
 
   // Step 5.
   if (body.workspace_id !== keyset.workspaceId) {
@@ -922,9 +955,9 @@ function verifyReceiptSteps(doc, keyset, cache, report, where = 'receipt') {
     body,
     hash: h,
     logIndex: body.log_index,
-    authorizationId: body.authorization_id ?? null,
-    seq: body.seq ?? null,
-    prev: body.prev ?? null,
+    authorizationId: body.authorization_id,
+    seq: body.seq,
+    prev: body.prev,
     signed: doc.status === 'signed',
   };
 
@@ -944,9 +977,8 @@ function verifyReceiptSteps(doc, keyset, cache, report, where = 'receipt') {
     return leaf;
   }
 
-  // Step 9: inclusion of h at log_index in the checkpoint's tree. The index is the
-  // envelope's `log_index` (the one the proof is presented for); when it differs from
-  // body.log_index this fails too, as the vector receipt-envelope-log-index expects.
+  // Step 9: inclusion of h at the envelope's `log_index` in the checkpoint's tree; when
+  // it differs from body.log_index this fails too (receipt-envelope-log-index).
   const proof = doc.inclusion_proof.map((x) => Buffer.from(x, 'hex'));
   if (!verifyInclusion(BigInt(doc.log_index), cp.size, proof, h, cp.root)) {
     report.add('inclusion_proof_invalid', `${where}: leaf ${doc.log_index} not proven in tree of size ${cp.size}`);
@@ -1042,9 +1074,10 @@ function readRecord(lineno, line, records, report) {
   }
   const value = doc[rtype];
   if (rtype === 'receipt') {
-    // I-JSON violations inside the body are body_not_canonical (§7.1 step 3), later.
+    // I-JSON violations inside the body are body_not_canonical (§7.1 step 3), later;
+    // anything wrong with the envelope around it is record_malformed (§6.1).
     const bad = ijsonViolations(doc, 1, ['receipt']);
-    const problem = bad.length ? bad.join('; ') : envelopeProblem(value);
+    const problem = bad.length ? bad.join('; ') : envelopeProblem(value, 2);
     if (problem) {
       report.add('record_malformed', `${where}: ${problem}`);
       return;
@@ -1052,11 +1085,18 @@ function readRecord(lineno, line, records, report) {
     records.receipts.push([lineno, value]);
     return;
   }
+  if (rtype === 'keys') {
+    // The record around the key set must read (else record_malformed); the key set
+    // itself, §3 input rules included, is checked by loadKeyset in step 2, and a
+    // broken one is unusable input even with pinned keys (§6.2).
+    const bad = ijsonViolations(doc, 1, ['keys']);
+    if (bad.length) report.add('record_malformed', `${where}: ${bad.join('; ')}`);
+    else records.keysets.push(value);
+    return;
+  }
   const bad = ijsonViolations(doc);
   if (bad.length) {
     report.add('record_malformed', `${where}: ${bad.join('; ')}`);
-  } else if (rtype === 'keys') {
-    records.keysets.push(value);
   } else if (rtype === 'checkpoint') {
     if (isStr(value)) records.checkpoints.push(value);
     else report.add('record_malformed', `${where}: checkpoint is not a string`);
@@ -1073,7 +1113,8 @@ function readRecord(lineno, line, records, report) {
 
 /** §7.2 step 2. */
 function chooseKeys(records, pinned, headerWs, report) {
-  const bundleSets = records.keysets.map(loadKeyset); // a broken key set: Unusable (§6.2)
+  // A broken key set, pinned keys or not: Unusable (§6.2). Key sets sit at level 2 (§3).
+  const bundleSets = records.keysets.map((doc) => loadKeyset(doc, 2));
   let keyset;
   if (pinned) {
     const pinnedKeys = new Set(pinned.keys.map((k) => `${k.keyId}/${k.publicKey.toString('hex')}`));
@@ -1100,15 +1141,21 @@ function chooseKeys(records, pinned, headerWs, report) {
   return keyset;
 }
 
-/** §7.2 step 5: one leaf per log index. Returns Map index -> leaf hash (first seen). */
+/**
+ * §7.2 step 5: one leaf per log index. Returns Map index -> leaf hash; an index with
+ * conflicting leaves is left out (it has no trustworthy leaf), so line order never matters.
+ */
 function checkLog(leaves, report) {
   const byIndex = new Map();
+  const conflicted = new Set();
   for (const leaf of leaves) {
     if (!byIndex.has(leaf.logIndex)) byIndex.set(leaf.logIndex, leaf.hash);
     else if (!byIndex.get(leaf.logIndex).equals(leaf.hash)) {
       report.add('log_index_conflict', `two different leaves at log index ${leaf.logIndex}`);
+      conflicted.add(leaf.logIndex);
     }
   }
+  for (const i of conflicted) byIndex.delete(i);
   return byIndex;
 }
 
@@ -1250,7 +1297,7 @@ function verifyBundle(data, pinned, extraCheckpoints = []) {
 
   const leaves = []; // step 4
   for (const [lineno, doc] of records.receipts) {
-    const leaf = verifyReceiptSteps(doc, keyset, cache, report, `line ${lineno}`);
+    const leaf = verifyReceiptSteps(doc, keyset, cache, report, `line ${lineno}`, BODY_DEPTH_IN_BUNDLE);
     if (leaf) leaves.push(leaf);
   }
 

@@ -1104,12 +1104,17 @@ def choose_keys(records: Records, pinned: KeySet | None, header_ws: str, report:
 
 
 def check_log(leaves: list[Leaf], report: Report) -> dict[int, bytes]:
-    """§7.2 step 5: one leaf per log index. Returns index -> leaf hash (first seen)."""
+    """§7.2 step 5: one leaf per log index. Returns index -> leaf hash; an index with
+    conflicting leaves is left out (it has no trustworthy leaf), so line order never matters."""
     by_index: dict[int, bytes] = {}
+    conflicted: set[int] = set()
     for leaf in leaves:
         seen = by_index.setdefault(leaf.log_index, leaf.hash)
         if seen != leaf.hash:
             report.add("log_index_conflict", f"two different leaves at log index {leaf.log_index}")
+            conflicted.add(leaf.log_index)
+    for i in conflicted:
+        del by_index[i]
     return by_index
 
 

@@ -380,12 +380,15 @@ pub fn verify_bundle(bytes: &[u8], pinned: Option<&KeySet>, extra_checkpoints: &
     Ok(report)
 }
 
-/// Log-level: one leaf per index. Returns index → leaf hash.
+/// Log-level: one leaf per index. Returns index → leaf hash; an index with conflicting leaves is
+/// left out (it has no trustworthy leaf), so the verdict never depends on line order.
 fn check_log(facts: &[ReceiptFacts], report: &mut Report) -> BTreeMap<u64, Hash> {
     let mut leaves = BTreeMap::new();
+    let mut conflicted = Vec::new();
     for f in facts {
         if let Some(prev) = leaves.insert(f.body.log_index, f.leaf) {
             if prev != f.leaf {
+                conflicted.push(f.body.log_index);
                 report.push(
                     Code::LogIndexConflict,
                     format!("log index {}", f.body.log_index),
@@ -393,6 +396,9 @@ fn check_log(facts: &[ReceiptFacts], report: &mut Report) -> BTreeMap<u64, Hash>
                 );
             }
         }
+    }
+    for i in conflicted {
+        leaves.remove(&i);
     }
     leaves
 }

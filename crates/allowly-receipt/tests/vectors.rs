@@ -701,7 +701,7 @@ fn vectors() -> (Log, Vec<Vector>) {
         "keys-key-id-mismatch",
         "receipt",
         good.clone(),
-        Some(("unusable/keys-key-id-mismatch.json", pretty(&ks))),
+        Some(("unusable/keys-key-id-mismatch.keyset.json", pretty(&ks))),
     ));
     let mut ks = log.keys.clone();
     ks.origin = "allowly/ws_other".into();
@@ -709,7 +709,7 @@ fn vectors() -> (Log, Vec<Vector>) {
         "keys-wrong-origin",
         "receipt",
         good.clone(),
-        Some(("unusable/keys-wrong-origin.json", pretty(&ks))),
+        Some(("unusable/keys-wrong-origin.keyset.json", pretty(&ks))),
     ));
     let mut ks = log.keys.clone();
     ks.keys[1].status = KeyStatus::Retired;
@@ -717,7 +717,7 @@ fn vectors() -> (Log, Vec<Vector>) {
         "keys-status-window-disagree",
         "receipt",
         good.clone(),
-        Some(("unusable/keys-status-window-disagree.json", pretty(&ks))),
+        Some(("unusable/keys-status-window-disagree.keyset.json", pretty(&ks))),
     ));
     let mut ks: Value = serde_json::to_value(&log.keys).expect("value");
     ks["comment"] = json!("a key set has exactly its members");
@@ -725,7 +725,7 @@ fn vectors() -> (Log, Vec<Vector>) {
         "keys-unknown-member",
         "receipt",
         good,
-        Some(("unusable/keys-unknown-member.json", pretty(&ks))),
+        Some(("unusable/keys-unknown-member.keyset.json", pretty(&ks))),
     ));
     let whole = log.auth01_bundle().to_jsonl().expect("jsonl");
     let first_nl = whole.iter().position(|&b| b == b'\n').expect("lines");

@@ -1,0 +1,68 @@
+//! The signer's one error type. Mapped to a wire `ErrorCode` in exactly one place
+//! ([`SignerError::code`]); nothing else decides what a caller is told.
+
+use allowly_signer_proto::ErrorCode;
+
+/// Everything that can go wrong inside the signer.
+#[derive(Debug, thiserror::Error)]
+pub enum SignerError {
+    /// The workspace has no key (yet).
+    #[error("unknown workspace")]
+    UnknownWorkspace,
+    /// `CreateKey` for a workspace that has one.
+    #[error("workspace already has a key")]
+    WorkspaceExists,
+    /// A caller asked to append at a size that is not the log's: a fork, a rollback or a stale
+    /// caller. Refused, counted and written to the audit log.
+    #[error("log has {current} leaves, caller expected {expected}")]
+    SizeMismatch { expected: u64, current: u64 },
+    /// The workspace's queue is full.
+    #[error("workspace queue is full")]
+    Busy,
+    /// Something about the request is wrong (e.g. a bad workspace id).
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// The master key is unusable (missing, wrong permissions, wrong length).
+    #[error("master key: {0}")]
+    MasterKey(String),
+    /// A stored key or log state failed its integrity check: refuse rather than guess.
+    #[error("stored state is corrupt: {0}")]
+    Corrupt(String),
+    /// Filesystem failure.
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    /// Receipt-format failure (should not happen for data the signer built itself).
+    #[error("receipt format: {0}")]
+    Receipt(#[from] allowly_receipt::Error),
+    /// The workspace actor is gone (shutting down).
+    #[error("workspace actor unavailable")]
+    ActorGone,
+}
+
+impl SignerError {
+    /// The wire code a caller sees. Internal details stay in the signer's log.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::UnknownWorkspace => ErrorCode::UnknownWorkspace,
+            Self::WorkspaceExists => ErrorCode::WorkspaceExists,
+            Self::SizeMismatch { .. } => ErrorCode::SizeMismatch,
+            Self::Busy => ErrorCode::Busy,
+            Self::InvalidArgument(_) => ErrorCode::InvalidArgument,
+            Self::MasterKey(_) | Self::Corrupt(_) | Self::Io(_) | Self::Receipt(_) | Self::ActorGone => {
+                ErrorCode::Internal
+            }
+        }
+    }
+
+    /// The message a caller sees: specific for caller mistakes, generic for internal failures
+    /// (paths and OS errors are for the operator's log, not the network).
+    pub fn public_message(&self) -> String {
+        match self.code() {
+            ErrorCode::Internal => "internal signer error (see the signer's log)".to_owned(),
+            _ => self.to_string(),
+        }
+    }
+}
+
+/// Shorthand.
+pub type Result<T, E = SignerError> = std::result::Result<T, E>;

@@ -1,0 +1,403 @@
+//! Workspace keys at rest: generated here, sealed with XChaCha20-Poly1305 under the master key,
+//! one file per workspace, written atomically. The files hold public data and ciphertext only.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write as _;
+use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+
+use allowly_receipt::note::NoteVerifier;
+use allowly_receipt::types::log_origin;
+use allowly_signer_proto::KeyInfo;
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use serde::{Deserialize, Serialize};
+use zeroize::{Zeroize, Zeroizing};
+
+use crate::error::{Result, SignerError};
+use crate::hardening::{random_bytes, LockedSigningKey};
+
+/// Environment variable that may carry the master key (64 hex digits) instead of a file.
+pub const MASTER_KEY_ENV: &str = "ALLOWLY_SIGNER_MASTER_KEY";
+
+/// The key that seals every workspace key. Zeroized on drop.
+pub struct MasterKey(Zeroizing<[u8; 32]>);
+
+impl std::fmt::Debug for MasterKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MasterKey(..)")
+    }
+}
+
+fn parse_master_hex(text: &str) -> Result<MasterKey> {
+    let mut out = Zeroizing::new([0u8; 32]);
+    let t = text.trim();
+    if t.len() != 64 || hex::decode_to_slice(t, &mut out[..]).is_err() {
+        return Err(SignerError::MasterKey("expected 64 hex digits".into()));
+    }
+    Ok(MasterKey(out))
+}
+
+impl MasterKey {
+    /// Reads a master key file: it must be a regular file owned by this user with no group or
+    /// other permissions (mode 0600 or stricter).
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let meta = fs::metadata(path).map_err(|e| SignerError::MasterKey(format!("{}: {e}", path.display())))?;
+        if !meta.is_file() || meta.mode() & 0o077 != 0 {
+            return Err(SignerError::MasterKey(format!("{} must be a file of mode 0600", path.display())));
+        }
+        if meta.uid() != rustix::process::geteuid().as_raw() {
+            return Err(SignerError::MasterKey(format!("{} is not owned by this user", path.display())));
+        }
+        let mut text = fs::read_to_string(path)?;
+        let key = parse_master_hex(&text);
+        text.zeroize();
+        key
+    }
+
+    /// Reads the master key from [`MASTER_KEY_ENV`], if set.
+    pub fn from_env() -> Option<Result<Self>> {
+        let mut v = std::env::var(MASTER_KEY_ENV).ok()?;
+        let key = parse_master_hex(&v);
+        v.zeroize();
+        Some(key)
+    }
+
+    /// Creates a new random master key file (mode 0600); fails if it exists. For development
+    /// set-ups; production provisions the key from its secret store.
+    pub fn create_file(path: &Path) -> Result<Self> {
+        let key = Zeroizing::new(random_bytes::<32>()?);
+        let mut hex_text = Zeroizing::new(hex::encode(*key));
+        let mut f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+        f.write_all(hex_text.as_bytes())?;
+        f.write_all(b"\n")?;
+        f.sync_all()?;
+        hex_text.zeroize();
+        sync_dir(path.parent().unwrap_or(Path::new(".")))?;
+        Ok(Self(key))
+    }
+}
+
+/// One key as stored: public metadata in clear, the seed sealed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoredKey {
+    key_id: String,
+    public_key: String,
+    not_before_ms: u64,
+    not_after_ms: Option<u64>,
+    nonce: String,
+    sealed_seed: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyFile {
+    version: u32,
+    workspace_id: String,
+    keys: Vec<StoredKey>,
+}
+
+/// A workspace's keys in memory: every public key with its window, and the one active private key.
+#[derive(Debug)]
+pub struct WorkspaceKeys {
+    pub infos: Vec<KeyInfo>,
+    pub active: LockedSigningKey,
+}
+
+impl WorkspaceKeys {
+    /// The active key's C2SP key id.
+    pub fn active_key_id(&self) -> [u8; 4] {
+        self.infos.iter().find(|k| k.active).map(|k| k.key_id).unwrap_or_default()
+    }
+}
+
+/// The on-disk key store: `<dir>/keys/<workspace>.json`.
+#[derive(Debug)]
+pub struct KeyStore {
+    dir: PathBuf,
+    master: MasterKey,
+}
+
+/// AAD binds a sealed seed to its workspace and key id, so ciphertexts cannot be swapped
+/// between workspaces or keys.
+fn aad(ws: &str, key_id: &str) -> Vec<u8> {
+    format!("allowly-signer/key/v1\0{ws}\0{key_id}").into_bytes()
+}
+
+pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Writes `bytes` to `path` atomically and durably: temp file, fsync, rename, fsync directory.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    fs::rename(&tmp, path)?;
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+impl KeyStore {
+    /// Opens (creating if needed, mode 0700) the key directory.
+    pub fn open(dir: &Path, master: MasterKey) -> Result<Self> {
+        let dir = dir.join("keys");
+        fs::create_dir_all(&dir)?;
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?;
+        Ok(Self { dir, master })
+    }
+
+    fn path(&self, ws: &str) -> PathBuf {
+        self.dir.join(format!("{ws}.json"))
+    }
+
+    /// Whether the workspace has keys.
+    pub fn exists(&self, ws: &str) -> bool {
+        self.path(ws).exists()
+    }
+
+    fn seal(&self, ws: &str, key_id: &str, seed: &[u8; 32]) -> Result<(String, String)> {
+        let cipher = XChaCha20Poly1305::new((&*self.master.0).into());
+        let nonce = random_bytes::<24>()?;
+        let sealed = cipher
+            .encrypt(XNonce::from_slice(&nonce), Payload { msg: seed, aad: &aad(ws, key_id) })
+            .map_err(|_| SignerError::Corrupt("sealing failed".into()))?;
+        Ok((B64.encode(nonce), B64.encode(sealed)))
+    }
+
+    fn unseal(&self, ws: &str, k: &StoredKey) -> Result<LockedSigningKey> {
+        let corrupt = |what: &str| SignerError::Corrupt(format!("key {} of {ws}: {what}", k.key_id));
+        let nonce = B64.decode(&k.nonce).map_err(|_| corrupt("nonce"))?;
+        let sealed = B64.decode(&k.sealed_seed).map_err(|_| corrupt("sealed seed"))?;
+        if nonce.len() != 24 {
+            return Err(corrupt("nonce length"));
+        }
+        let cipher = XChaCha20Poly1305::new((&*self.master.0).into());
+        let plain = Zeroizing::new(
+            cipher
+                .decrypt(XNonce::from_slice(&nonce), Payload { msg: &sealed, aad: &aad(ws, &k.key_id) })
+                .map_err(|_| corrupt("does not open under this master key"))?,
+        );
+        let mut seed: [u8; 32] = plain.as_slice().try_into().map_err(|_| corrupt("seed length"))?;
+        let key = LockedSigningKey::from_seed(&mut seed);
+        if B64.encode(key.verifying_key().as_bytes()) != k.public_key {
+            return Err(corrupt("public key does not match the sealed seed"));
+        }
+        Ok(key)
+    }
+
+    fn new_key(&self, ws: &str, now_ms: u64) -> Result<(StoredKey, LockedSigningKey)> {
+        let mut seed = random_bytes::<32>()?;
+        let seed_copy = Zeroizing::new(seed);
+        let key = LockedSigningKey::from_seed(&mut seed);
+        let verifier = NoteVerifier::new(&log_origin(ws), key.verifying_key())?;
+        let key_id = hex::encode(verifier.key_id());
+        let (nonce, sealed_seed) = self.seal(ws, &key_id, &seed_copy)?;
+        let stored = StoredKey {
+            key_id,
+            public_key: B64.encode(key.verifying_key().as_bytes()),
+            not_before_ms: now_ms,
+            not_after_ms: None,
+            nonce,
+            sealed_seed,
+        };
+        Ok((stored, key))
+    }
+
+    fn write(&self, file: &KeyFile) -> Result<()> {
+        let bytes = serde_json::to_vec_pretty(file).map_err(|e| SignerError::Corrupt(e.to_string()))?;
+        write_atomic(&self.path(&file.workspace_id), &bytes)?;
+        Ok(())
+    }
+
+    fn read(&self, ws: &str) -> Result<Option<KeyFile>> {
+        let bytes = match fs::read(self.path(ws)) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let file: KeyFile =
+            serde_json::from_slice(&bytes).map_err(|e| SignerError::Corrupt(format!("key file of {ws}: {e}")))?;
+        if file.version != 1 || file.workspace_id != ws {
+            return Err(SignerError::Corrupt(format!("key file of {ws}: wrong version or workspace")));
+        }
+        Ok(Some(file))
+    }
+
+    fn to_memory(&self, ws: &str, file: &KeyFile) -> Result<WorkspaceKeys> {
+        let mut infos = Vec::with_capacity(file.keys.len());
+        let mut active = None;
+        for k in &file.keys {
+            let corrupt = || SignerError::Corrupt(format!("key {} of {ws}", k.key_id));
+            let mut key_id = [0u8; 4];
+            hex::decode_to_slice(&k.key_id, &mut key_id).map_err(|_| corrupt())?;
+            let public_key: [u8; 32] =
+                B64.decode(&k.public_key).ok().and_then(|v| v.try_into().ok()).ok_or_else(corrupt)?;
+            let is_active = k.not_after_ms.is_none();
+            if is_active {
+                if active.is_some() {
+                    return Err(SignerError::Corrupt(format!("{ws} has two active keys")));
+                }
+                active = Some(self.unseal(ws, k)?);
+            }
+            infos.push(KeyInfo {
+                key_id,
+                public_key,
+                not_before_ms: k.not_before_ms,
+                not_after_ms: k.not_after_ms,
+                active: is_active,
+            });
+        }
+        let active = active.ok_or_else(|| SignerError::Corrupt(format!("{ws} has no active key")))?;
+        Ok(WorkspaceKeys { infos, active })
+    }
+
+    /// Loads a workspace's keys (decrypting only the active one).
+    pub fn load(&self, ws: &str) -> Result<WorkspaceKeys> {
+        let file = self.read(ws)?.ok_or(SignerError::UnknownWorkspace)?;
+        self.to_memory(ws, &file)
+    }
+
+    /// Creates the workspace's first key. Fails with `WorkspaceExists` if it has one.
+    pub fn create(&self, ws: &str, now_ms: u64) -> Result<WorkspaceKeys> {
+        let (stored, _) = self.new_key(ws, now_ms)?;
+        let file = KeyFile { version: 1, workspace_id: ws.to_owned(), keys: vec![stored] };
+        let bytes = serde_json::to_vec_pretty(&file).map_err(|e| SignerError::Corrupt(e.to_string()))?;
+        // create_new: two concurrent creations cannot both succeed.
+        let tmp = self.dir.join(format!("{ws}.json.new"));
+        let _ = fs::remove_file(&tmp);
+        let mut f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+        f.write_all(&bytes)?;
+        f.sync_all()?;
+        match fs::hard_link(&tmp, self.path(ws)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let _ = fs::remove_file(&tmp);
+                return Err(SignerError::WorkspaceExists);
+            }
+            Err(e) => return Err(e.into()),
+        }
+        fs::remove_file(&tmp)?;
+        sync_dir(&self.dir)?;
+        self.load(ws)
+    }
+
+    /// Retires the active key at `now_ms` and makes a new one active from `now_ms`. The old
+    /// public key stays in the file with its end time. Durable before it returns.
+    pub fn rotate(&self, ws: &str, now_ms: u64) -> Result<WorkspaceKeys> {
+        let mut file = self.read(ws)?.ok_or(SignerError::UnknownWorkspace)?;
+        for k in file.keys.iter_mut().filter(|k| k.not_after_ms.is_none()) {
+            k.not_after_ms = Some(now_ms);
+        }
+        let (stored, _) = self.new_key(ws, now_ms)?;
+        file.keys.push(stored);
+        self.write(&file)?;
+        self.to_memory(ws, &file)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn store(dir: &Path) -> KeyStore {
+        KeyStore::open(dir, parse_master_hex(&"ab".repeat(32)).unwrap()).unwrap()
+    }
+
+    /// Every file under `dir`, recursively.
+    fn all_files(dir: &Path) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        for e in fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                out.extend(all_files(&p));
+            } else {
+                out.push(fs::read(&p).unwrap());
+            }
+        }
+        out
+    }
+
+    fn contains(hay: &[u8], needle: &[u8]) -> bool {
+        hay.windows(needle.len()).any(|w| w == needle)
+    }
+
+    #[test]
+    fn no_private_key_bytes_on_disk_in_any_encoding() {
+        let dir = tempfile::tempdir().unwrap();
+        let ks = store(dir.path());
+        let mut keys = vec![ks.create("ws_a", 1).unwrap()];
+        keys.push(ks.rotate("ws_a", 2).unwrap());
+        keys.push(ks.rotate("ws_a", 3).unwrap());
+        let files = all_files(dir.path());
+        assert!(!files.is_empty());
+        for k in &keys {
+            let seed = k.active.signing_key().to_bytes();
+            let pair = k.active.signing_key().to_keypair_bytes();
+            let needles: Vec<Vec<u8>> = vec![
+                seed.to_vec(),
+                pair.to_vec(),
+                hex::encode(seed).into_bytes(),
+                hex::encode_upper(seed).into_bytes(),
+                B64.encode(seed).into_bytes(),
+                base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(seed).into_bytes(),
+                B64.encode([&[1u8][..], &seed[..]].concat()).into_bytes(),
+            ];
+            for f in &files {
+                for n in &needles {
+                    assert!(!contains(f, n), "private key material found on disk");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn keys_survive_reload_and_rotation_keeps_old_public_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let ks = store(dir.path());
+        let first = ks.create("ws_a", 10).unwrap();
+        assert!(matches!(ks.create("ws_a", 11), Err(SignerError::WorkspaceExists)));
+        let rotated = ks.rotate("ws_a", 20).unwrap();
+        assert_eq!(rotated.infos.len(), 2);
+        assert_eq!(rotated.infos[0].public_key, first.active.verifying_key().to_bytes());
+        assert_eq!(rotated.infos[0].not_after_ms, Some(20));
+        assert!(!rotated.infos[0].active && rotated.infos[1].active);
+        let reloaded = store(dir.path()).load("ws_a").unwrap();
+        assert_eq!(reloaded.active.verifying_key(), rotated.active.verifying_key());
+        assert!(matches!(ks.load("ws_missing"), Err(SignerError::UnknownWorkspace)));
+    }
+
+    #[test]
+    fn wrong_master_key_or_swapped_ciphertext_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let ks = store(dir.path());
+        ks.create("ws_a", 1).unwrap();
+        ks.create("ws_b", 1).unwrap();
+        let other = KeyStore::open(dir.path(), parse_master_hex(&"cd".repeat(32)).unwrap()).unwrap();
+        assert!(matches!(other.load("ws_a"), Err(SignerError::Corrupt(_))));
+        // Move ws_b's sealed seed into ws_a's file: the AAD binds it to ws_b, so it must not open.
+        let mut a: KeyFile = serde_json::from_slice(&fs::read(ks.path("ws_a")).unwrap()).unwrap();
+        let b: KeyFile = serde_json::from_slice(&fs::read(ks.path("ws_b")).unwrap()).unwrap();
+        a.keys[0].sealed_seed = b.keys[0].sealed_seed.clone();
+        a.keys[0].nonce = b.keys[0].nonce.clone();
+        ks.write(&a).unwrap();
+        assert!(matches!(ks.load("ws_a"), Err(SignerError::Corrupt(_))));
+    }
+
+    #[test]
+    fn master_key_file_permissions_are_enforced() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("master.key");
+        MasterKey::create_file(&p).unwrap();
+        assert_eq!(fs::metadata(&p).unwrap().mode() & 0o777, 0o600);
+        assert!(MasterKey::from_file(&p).is_ok());
+        assert!(MasterKey::create_file(&p).is_err(), "never overwrites a master key");
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o640)).unwrap();
+        assert!(matches!(MasterKey::from_file(&p), Err(SignerError::MasterKey(_))));
+        assert!(parse_master_hex("abc").is_err());
+    }
+}

@@ -1,0 +1,167 @@
+//! `allowly-signer`: see the crate docs. `init` prepares a development data directory;
+//! `serve` runs the key process; `ping` checks a running signer (for health checks).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use allowly_signer::audit::AuditLog;
+use allowly_signer::hardening::{harden_process, is_non_dumpable};
+use allowly_signer::keystore::{KeyStore, MasterKey};
+use allowly_signer::metrics::Metrics;
+use allowly_signer::{server, Shared};
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "allowly-signer", version, about = "Allowly's isolated key process")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create a data directory (mode 0700) with a fresh master key file (mode 0600) for development.
+    Init {
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Run the signer.
+    Serve {
+        /// Data directory (keys, log states, audit log).
+        #[arg(long)]
+        dir: PathBuf,
+        /// Unix socket to listen on; its directory must be 0700 (or 0710 for a separate service user).
+        #[arg(long)]
+        socket: PathBuf,
+        /// Master key file (64 hex digits, mode 0600). Default: <dir>/master.key, unless
+        /// ALLOWLY_SIGNER_MASTER_KEY is set.
+        #[arg(long)]
+        master_key_file: Option<PathBuf>,
+        /// Uid allowed to connect (repeatable). The signer's own uid is always allowed.
+        #[arg(long = "allow-uid")]
+        allow_uids: Vec<u32>,
+        /// Refuse to run when key memory cannot be locked (mlock).
+        #[arg(long)]
+        require_mlock: bool,
+    },
+    /// Exit 0 if a signer answers on the socket.
+    Ping {
+        #[arg(long)]
+        socket: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    // Before anything else can hold a secret: no core dumps, no same-uid memory reads.
+    if let Err(e) = harden_process() {
+        eprintln!("allowly-signer: cannot harden the process: {e}");
+        return ExitCode::from(1);
+    }
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("ALLOWLY_SIGNER_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Init { dir } => init(&dir),
+        Command::Serve { dir, socket, master_key_file, allow_uids, require_mlock } => {
+            serve(dir, socket, master_key_file, allow_uids, require_mlock)
+        }
+        Command::Ping { socket } => ping(socket),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("allowly-signer: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+type AnyResult = Result<(), Box<dyn std::error::Error>>;
+
+fn init(dir: &Path) -> AnyResult {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    let key = dir.join("master.key");
+    if key.exists() {
+        println!("{} exists; keeping it", key.display());
+    } else {
+        MasterKey::create_file(&key)?;
+        println!("created {} (mode 0600)", key.display());
+    }
+    Ok(())
+}
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()
+}
+
+fn serve(
+    dir: PathBuf,
+    socket: PathBuf,
+    master_key_file: Option<PathBuf>,
+    mut allowed_uids: Vec<u32>,
+    require_mlock: bool,
+) -> AnyResult {
+    let master = match (master_key_file, MasterKey::from_env()) {
+        (Some(f), _) => MasterKey::from_file(&f)?,
+        (None, Some(env)) => env?,
+        (None, None) => MasterKey::from_file(&dir.join("master.key"))?,
+    };
+    // The env var has been read; do not leave it for children or /proc/self/environ.
+    std::env::remove_var(allowly_signer::keystore::MASTER_KEY_ENV);
+    if require_mlock {
+        probe_mlock()?;
+    }
+    allowed_uids.push(rustix::process::geteuid().as_raw());
+    let shared = Arc::new(Shared {
+        keystore: KeyStore::open(&dir, master)?,
+        audit: AuditLog::open(&dir)?,
+        metrics: Metrics::new(),
+        workspaces: Default::default(),
+        load_lock: Default::default(),
+        allowed_uids,
+        dir,
+    });
+    runtime()?.block_on(async move {
+        let listener = server::bind(&socket)?;
+        tracing::info!(socket = %socket.display(), non_dumpable = is_non_dumpable(), "allowly-signer ready");
+        let shutdown = async {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {},
+                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {},
+            }
+        };
+        server::serve(listener, shared, shutdown).await;
+        let _ = std::fs::remove_file(&socket);
+        tracing::info!("allowly-signer stopped");
+        Ok::<(), Box<dyn std::error::Error>>(())
+    })
+}
+
+/// Fails when this process cannot lock a page (RLIMIT_MEMLOCK too small).
+fn probe_mlock() -> AnyResult {
+    let mut seed = allowly_signer::hardening::random_bytes::<32>()?;
+    let probe = allowly_signer::hardening::LockedSigningKey::from_seed(&mut seed);
+    if !probe.is_locked() {
+        return Err("--require-mlock: key memory cannot be locked (raise RLIMIT_MEMLOCK / LimitMEMLOCK)".into());
+    }
+    Ok(())
+}
+
+fn ping(socket: PathBuf) -> AnyResult {
+    use allowly_signer_proto::client::{ClientOptions, SignerClient};
+    runtime()?.block_on(async move {
+        let c = SignerClient::new(socket, ClientOptions::default());
+        c.ping().await?;
+        println!("pong");
+        Ok(())
+    })
+}

@@ -1,0 +1,96 @@
+//! Every metric of the signer, in one place. Names follow `allowly_signer_<name>_{total,seconds}`;
+//! label values come from closed sets (never a workspace id). Exposed through the protocol's
+//! `Metrics` request, so the signer needs no listening port of its own.
+
+use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+
+/// The signer's metrics.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Requests by operation and outcome (`ok` or an error code name).
+    pub requests: IntCounterVec,
+    /// Connections refused because the peer uid is not allowed.
+    pub peer_rejected: IntCounter,
+    /// Frames that could not be decoded.
+    pub bad_frames: IntCounter,
+    /// Checkpoints signed (one Ed25519 signature each).
+    pub checkpoints_signed: IntCounter,
+    /// Leaves appended to logs.
+    pub leaves_signed: IntCounter,
+    /// Appends refused because they would fork or roll back a log.
+    pub fork_attempts: IntCounter,
+    /// Leaves per signature. Buckets: powers of 4 from 1 to 4096 (the protocol's batch limit;
+    /// coalesced groups can exceed it, hence the last bucket at 65536).
+    pub leaves_per_signature: Histogram,
+    /// Time to make one signed batch durable (state + audit fsync). Buckets 0.1 ms .. 1 s.
+    pub persist_seconds: Histogram,
+    /// Key material that could not be locked in memory.
+    pub mlock_failures: IntCounter,
+    /// Workspace actors currently loaded.
+    pub workspaces_loaded: IntGauge,
+}
+
+impl Metrics {
+    /// Registers every metric in a fresh registry.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).unwrap_or_else(|e| unreachable!("static metric {name}: {e}"));
+            let _ = registry.register(Box::new(c.clone()));
+            c
+        };
+        let requests = IntCounterVec::new(
+            Opts::new("allowly_signer_requests_total", "Requests by operation and outcome"),
+            &["op", "outcome"],
+        )
+        .unwrap_or_else(|e| unreachable!("static metric: {e}"));
+        let _ = registry.register(Box::new(requests.clone()));
+        let hist = |name: &str, help: &str, buckets: Vec<f64>| {
+            let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+                .unwrap_or_else(|e| unreachable!("static metric {name}: {e}"));
+            let _ = registry.register(Box::new(h.clone()));
+            h
+        };
+        let workspaces_loaded = IntGauge::new("allowly_signer_workspaces_loaded", "Workspace actors loaded")
+            .unwrap_or_else(|e| unreachable!("static metric: {e}"));
+        let _ = registry.register(Box::new(workspaces_loaded.clone()));
+        Self {
+            requests,
+            peer_rejected: counter("allowly_signer_peer_rejected_total", "Connections refused: peer uid not allowed"),
+            bad_frames: counter("allowly_signer_bad_frames_total", "Frames that could not be decoded"),
+            checkpoints_signed: counter("allowly_signer_checkpoints_signed_total", "Checkpoints signed"),
+            leaves_signed: counter("allowly_signer_leaves_signed_total", "Leaves appended to workspace logs"),
+            fork_attempts: counter(
+                "allowly_signer_fork_attempts_total",
+                "Appends refused because they would fork or roll back a log",
+            ),
+            leaves_per_signature: hist(
+                "allowly_signer_leaves_per_signature",
+                "Leaves covered by one signature",
+                vec![1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 65536.0],
+            ),
+            persist_seconds: hist(
+                "allowly_signer_persist_seconds",
+                "Time to make a signed batch durable",
+                vec![0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0],
+            ),
+            mlock_failures: counter("allowly_signer_mlock_failures_total", "Key material that could not be locked"),
+            workspaces_loaded,
+            registry,
+        }
+    }
+
+    /// Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
