@@ -157,6 +157,27 @@ impl Actor for WorkspaceActor {
     }
 }
 
+/// The signer's whole CPU work for one batch: extend the frontier by `leaves`, sign one
+/// checkpoint of the new tree, and return the note with every new leaf's inclusion proof.
+/// (Public so the benchmark measures exactly this code.)
+pub fn sign_batch(
+    f: &mut Frontier,
+    leaves: &[Hash],
+    origin: &str,
+    key: &ed25519_dalek::SigningKey,
+    time_ms: u64,
+) -> Result<(String, Vec<Vec<Hash>>)> {
+    let appended = f.append(leaves)?;
+    let text = Checkpoint {
+        origin: origin.to_owned(),
+        size: f.size(),
+        root: appended.root,
+        extensions: vec![format!("{TIME_EXTENSION_PREFIX}{}", ts(time_ms))],
+    }
+    .to_text()?;
+    Ok((note::sign_note(&text, origin, key)?, appended.proofs))
+}
+
 impl WsState {
     fn dequeued(&self) {
         self.queued.fetch_sub(1, Ordering::Relaxed);
@@ -181,17 +202,6 @@ impl WsState {
     fn next_time(&self, strictly_after: bool) -> u64 {
         let floor = self.durable.checkpoint_ms + u64::from(strictly_after);
         now_ms().max(floor)
-    }
-
-    fn sign_checkpoint(&self, f: &Frontier, time_ms: u64) -> Result<String> {
-        let text = Checkpoint {
-            origin: self.origin.clone(),
-            size: f.size(),
-            root: f.root(),
-            extensions: vec![format!("{TIME_EXTENSION_PREFIX}{}", ts(time_ms))],
-        }
-        .to_text()?;
-        Ok(note::sign_note(&text, &self.origin, self.keys.active.signing_key())?)
     }
 
     /// Makes `next` durable (state record, then audit line). On failure nothing changes in memory.
@@ -255,7 +265,8 @@ impl WsState {
         if accepted.is_empty() {
             return;
         }
-        match self.sign_group(&leaves, accepted.last().map(|(p, _)| p.peer_uid)) {
+        let time = self.next_time(false);
+        match self.sign_group(&leaves, time, Event::Checkpoint, accepted.last().map(|(p, _)| p.peer_uid)) {
             Ok((checkpoint, proofs)) => {
                 let mut start = 0usize;
                 for (p, end) in accepted {
@@ -280,12 +291,16 @@ impl WsState {
     }
 
     /// Appends `leaves`, signs one checkpoint, makes it durable. Returns the note and proofs.
-    fn sign_group(&mut self, leaves: &[Hash], peer: Option<u32>) -> Result<(String, Vec<Vec<Hash>>)> {
+    fn sign_group(
+        &mut self,
+        leaves: &[Hash],
+        time: u64,
+        event: Event,
+        peer: Option<u32>,
+    ) -> Result<(String, Vec<Vec<Hash>>)> {
         let prev = self.frontier.clone();
         let mut next = prev.clone();
-        let appended = next.append(leaves)?;
-        let time = self.next_time(false);
-        let checkpoint = self.sign_checkpoint(&next, time)?;
+        let (checkpoint, proofs) = sign_batch(&mut next, leaves, &self.origin, self.keys.active.signing_key(), time)?;
         let state = LogState {
             size: next.size(),
             peaks: next.peaks().iter().copied().map(HexHash).collect(),
@@ -295,12 +310,12 @@ impl WsState {
             prev_peaks: prev.peaks().iter().copied().map(HexHash).collect(),
             last_group: leaves.iter().copied().map(HexHash).collect(),
         };
-        self.commit(state, next, Event::Checkpoint, peer)?;
+        self.commit(state, next, event, peer)?;
         let m = &self.shared.metrics;
         m.checkpoints_signed.inc();
         m.leaves_signed.inc_by(leaves.len() as u64);
         m.leaves_per_signature.observe(leaves.len() as f64);
-        Ok((checkpoint, appended.proofs))
+        Ok((checkpoint, proofs))
     }
 
     /// Rotates the key and logs the rotation as a `key.rotated` leaf at `expected_size`, signed
@@ -342,23 +357,8 @@ impl WsState {
         };
         let bytes = body.canonical_bytes()?;
         let leaf = allowly_receipt::merkle::leaf_hash(&bytes);
-        let prev = self.frontier.clone();
-        let mut next = prev.clone();
-        let appended = next.append(&[leaf])?;
-        let checkpoint = self.sign_checkpoint(&next, time)?;
-        let state = LogState {
-            size: next.size(),
-            peaks: next.peaks().iter().copied().map(HexHash).collect(),
-            checkpoint: Some(checkpoint.clone()),
-            checkpoint_ms: time,
-            prev_size: prev.size(),
-            prev_peaks: prev.peaks().iter().copied().map(HexHash).collect(),
-            last_group: vec![HexHash(leaf)],
-        };
-        self.commit(state, next, Event::Rotation, Some(peer_uid))?;
-        self.shared.metrics.checkpoints_signed.inc();
-        self.shared.metrics.leaves_signed.inc();
-        let proof = appended.proofs.into_iter().next().unwrap_or_default();
+        let (checkpoint, proofs) = self.sign_group(&[leaf], time, Event::Rotation, Some(peer_uid))?;
+        let proof = proofs.into_iter().next().unwrap_or_default();
         Ok(Response::Rotated {
             keys: self.keys.infos.clone(),
             rotation: SignedLeaf { body: bytes, log_index: expected_size, proof, checkpoint },

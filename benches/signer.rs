@@ -1,0 +1,135 @@
+//! The signer's cost per receipt, beside baselines from the same run:
+//! - CPU: `sign_batch` (frontier append + every inclusion proof + one checkpoint signature) at
+//!   batch sizes 1, 16, 256 and 4096, reported per receipt against one raw Ed25519 signature.
+//!   The goal (DESIGN §7) is ≤ 5 % of a raw signature per receipt at batch 256.
+//! - Socket: one 16-leaf `AppendBatch` round trip to a real signer server (real socket, real
+//!   fsyncs of state and audit log) and one `Ping`, beside a bare Unix-socket ping-pong.
+
+use std::cell::Cell;
+use std::hint::black_box;
+use std::io::{Read as _, Write as _};
+use std::sync::Arc;
+
+use allowly_benches::{print_ratios, Ratio};
+use allowly_receipt::merkle::{self, Frontier, Hash};
+use allowly_signer::audit::AuditLog;
+use allowly_signer::keystore::{KeyStore, MasterKey};
+use allowly_signer::metrics::Metrics;
+use allowly_signer::workspace::sign_batch;
+use allowly_signer::{server, Shared};
+use allowly_signer_proto::client::{ClientOptions, SignerClient};
+use criterion::{BatchSize, Criterion};
+use ed25519_dalek::{Signer as _, SigningKey};
+use sha2::{Digest, Sha256};
+
+const ORIGIN: &str = "allowly/ws_bench";
+const SIZES: [usize; 4] = [1, 16, 256, 4096];
+
+fn cpu(c: &mut Criterion) {
+    let key = SigningKey::from_bytes(&Sha256::digest(b"signer bench").into());
+    let mut base = Frontier::new();
+    base.append(&(0..1_000_003u64).map(|i| merkle::leaf_hash(&i.to_le_bytes())).collect::<Vec<Hash>>()).expect("fill");
+    let mut g = c.benchmark_group("signer_cpu");
+    for n in SIZES {
+        let leaves: Vec<Hash> = (0..n as u64).map(|i| merkle::leaf_hash(&i.to_be_bytes())).collect();
+        g.bench_function(format!("sign_batch_{n}"), |b| {
+            b.iter_batched_ref(
+                || base.clone(),
+                |f| sign_batch(f, black_box(&leaves), ORIGIN, &key, 1_764_000_000_000).expect("sign"),
+                BatchSize::SmallInput,
+            )
+        });
+    }
+    let msg = format!("{ORIGIN}\n1000004\nLVq89R6mDHSQ/SYwo2fn3QcOFEAMwpSlw2mNc/dsjkI=\ntime 2026-11-30T09:00:00.000Z\n");
+    g.bench_function("baseline_ed25519_sign", |b| b.iter(|| key.sign(black_box(msg.as_bytes()))));
+    g.finish();
+}
+
+fn socket(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let master = MasterKey::create_file(&dir.path().join("master.key")).expect("master key");
+    let shared = Arc::new(Shared {
+        keystore: KeyStore::open(dir.path(), master).expect("keystore"),
+        audit: AuditLog::open(dir.path()).expect("audit"),
+        metrics: Metrics::new(),
+        workspaces: Default::default(),
+        load_lock: Default::default(),
+        allowed_uids: vec![rustix::process::geteuid().as_raw()],
+        dir: dir.path().to_owned(),
+    });
+    let sock = dir.path().join("run/signer.sock");
+    let listener = rt.block_on(async { server::bind(&sock) }).expect("bind");
+    rt.spawn(server::serve(listener, shared, std::future::pending()));
+    let client = SignerClient::new(sock.clone(), ClientOptions::default());
+    rt.block_on(client.create_key("ws_bench")).expect("create key");
+    let size = Cell::new(0u64);
+    let leaves: Vec<Hash> = (0..16u64).map(|i| merkle::leaf_hash(&i.to_be_bytes())).collect();
+
+    // Bare baseline: a 14-byte request and reply over a Unix socket pair, echoed by a thread.
+    let (mut a, mut b) = std::os::unix::net::UnixStream::pair().expect("pair");
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 14];
+        while b.read_exact(&mut buf).is_ok() {
+            if b.write_all(&buf).is_err() {
+                break;
+            }
+        }
+    });
+
+    let mut g = c.benchmark_group("signer_socket");
+    g.bench_function("append_16_round_trip", |bch| {
+        bch.iter(|| {
+            let out = rt.block_on(client.append_batch("ws_bench", size.get(), leaves.clone())).expect("append");
+            size.set(out.new_size);
+        })
+    });
+    g.bench_function("ping_round_trip", |bch| bch.iter(|| rt.block_on(client.ping()).expect("ping")));
+    g.bench_function("baseline_bare_unix_ping_pong", |bch| {
+        let mut buf = [0u8; 14];
+        bch.iter(|| {
+            a.write_all(&[1u8; 14]).expect("write");
+            a.read_exact(&mut buf).expect("read");
+        })
+    });
+    g.finish();
+}
+
+fn main() {
+    let mut c = Criterion::default().configure_from_args();
+    cpu(&mut c);
+    socket(&mut c);
+    c.final_summary();
+    let mut rows: Vec<Ratio> = SIZES
+        .iter()
+        .map(|&n| Ratio {
+            label: match n {
+                1 => "signer CPU per receipt, batch 1",
+                16 => "signer CPU per receipt, batch 16",
+                256 => "signer CPU per receipt, batch 256 (goal <= 0.05x)",
+                _ => "signer CPU per receipt, batch 4096",
+            },
+            measured: match n {
+                1 => "signer_cpu/sign_batch_1",
+                16 => "signer_cpu/sign_batch_16",
+                256 => "signer_cpu/sign_batch_256",
+                _ => "signer_cpu/sign_batch_4096",
+            },
+            per: n as f64,
+            baseline: "signer_cpu/baseline_ed25519_sign",
+        })
+        .collect();
+    rows.push(Ratio {
+        label: "AppendBatch(16) round trip incl. 2 fsyncs",
+        measured: "signer_socket/append_16_round_trip",
+        per: 1.0,
+        baseline: "signer_socket/baseline_bare_unix_ping_pong",
+    });
+    rows.push(Ratio {
+        label: "Ping round trip through the signer",
+        measured: "signer_socket/ping_round_trip",
+        per: 1.0,
+        baseline: "signer_socket/baseline_bare_unix_ping_pong",
+    });
+    print_ratios("signer", &rows);
+}
