@@ -148,10 +148,18 @@ async fn connection(stream: UnixStream, peer_uid: u32, shared: Arc<Shared>) {
             }
         };
         let Ok(permit) = slots.clone().acquire_owned().await else { break };
+        let op = req.name();
+        // Handed to its workspace actor here, in the read loop, so requests take effect in the
+        // order they arrived on this connection (pipelined appends at n, n+k, ... must not be
+        // reordered into SizeMismatch refusals); only the wait for the answer runs concurrently.
+        let dispatched = dispatch(&shared, req, peer_uid).await;
         let (shared, tx) = (shared.clone(), tx.clone());
         tokio::spawn(async move {
-            let op = req.name();
-            let resp = match handle(&shared, req, peer_uid).await {
+            let result = match dispatched {
+                Dispatched::Now(r) => r,
+                Dispatched::Actor(rx) => rx.await.unwrap_or(Err(SignerError::ActorGone)),
+            };
+            let resp = match result {
                 Ok(r) => r,
                 Err(e) => {
                     if e.code() == ErrorCode::Internal {
@@ -248,8 +256,13 @@ async fn create(shared: &Arc<Shared>, ws: &str, peer_uid: u32) -> Result<Respons
     Ok(Response::Keys { keys: infos })
 }
 
-/// Sends `msg` to the workspace actor, bounded by its queue limit, and waits for the answer.
-async fn ask(shared: &Arc<Shared>, ws: &str, make: impl FnOnce(crate::workspace::Reply) -> WsMsg) -> Result<Response> {
+/// Sends `msg` to the workspace actor, bounded by its queue limit; the answer comes on the
+/// returned receiver.
+async fn enqueue(
+    shared: &Arc<Shared>,
+    ws: &str,
+    make: impl FnOnce(crate::workspace::Reply) -> WsMsg,
+) -> Result<oneshot::Receiver<Result<Response>>> {
     let h = workspace(shared, ws).await?;
     if h.queued.fetch_add(1, Ordering::Relaxed) >= MAX_QUEUED {
         h.queued.fetch_sub(1, Ordering::Relaxed);
@@ -260,21 +273,33 @@ async fn ask(shared: &Arc<Shared>, ws: &str, make: impl FnOnce(crate::workspace:
         h.queued.fetch_sub(1, Ordering::Relaxed);
         return Err(SignerError::ActorGone);
     }
-    rx.await.map_err(|_| SignerError::ActorGone)?
+    Ok(rx)
 }
 
-async fn handle(shared: &Arc<Shared>, req: Request, peer_uid: u32) -> Result<Response> {
-    match req {
-        Request::Ping => Ok(Response::Pong),
-        Request::Metrics => Ok(Response::MetricsText { text: shared.metrics.render() }),
-        Request::CreateKey { workspace_id } => create(shared, &workspace_id, peer_uid).await,
-        Request::ListKeys { workspace_id } => ask(shared, &workspace_id, |reply| WsMsg::ListKeys { reply }).await,
-        Request::LatestCheckpoint { workspace_id } => ask(shared, &workspace_id, |reply| WsMsg::Latest { reply }).await,
+/// A request as dispatched: answered already, or queued at its workspace actor.
+enum Dispatched {
+    Now(Result<Response>),
+    Actor(oneshot::Receiver<Result<Response>>),
+}
+
+async fn dispatch(shared: &Arc<Shared>, req: Request, peer_uid: u32) -> Dispatched {
+    let queued = match req {
+        Request::Ping => return Dispatched::Now(Ok(Response::Pong)),
+        Request::Metrics => return Dispatched::Now(Ok(Response::MetricsText { text: shared.metrics.render() })),
+        Request::CreateKey { workspace_id } => return Dispatched::Now(create(shared, &workspace_id, peer_uid).await),
+        Request::ListKeys { workspace_id } => enqueue(shared, &workspace_id, |reply| WsMsg::ListKeys { reply }).await,
+        Request::LatestCheckpoint { workspace_id } => {
+            enqueue(shared, &workspace_id, |reply| WsMsg::Latest { reply }).await
+        }
         Request::RotateKey { workspace_id, expected_size } => {
-            ask(shared, &workspace_id, |reply| WsMsg::Rotate { expected_size, peer_uid, reply }).await
+            enqueue(shared, &workspace_id, |reply| WsMsg::Rotate { expected_size, peer_uid, reply }).await
         }
         Request::AppendBatch { workspace_id, expected_size, leaves } => {
-            ask(shared, &workspace_id, |reply| WsMsg::Append { expected_size, leaves, peer_uid, reply }).await
+            enqueue(shared, &workspace_id, |reply| WsMsg::Append { expected_size, leaves, peer_uid, reply }).await
         }
+    };
+    match queued {
+        Ok(rx) => Dispatched::Actor(rx),
+        Err(e) => Dispatched::Now(Err(e)),
     }
 }

@@ -184,12 +184,23 @@ impl WsState {
     }
 
     fn audit(&self, event: Event, peer_uid: Option<u32>, detail: Option<String>) -> std::io::Result<()> {
+        self.audit_at(self.durable.size, event, peer_uid, detail)
+    }
+
+    /// An audit line naming `size` as the log size it speaks of (a refusal inside a coalesced
+    /// group is checked against the group's running size, not the last durable one).
+    fn audit_at(&self, size: u64, event: Event, peer_uid: Option<u32>, detail: Option<String>) -> std::io::Result<()> {
         let e = Entry {
             time: ts(now_ms()),
             event,
             workspace_id: &self.ws,
-            size: self.durable.size,
-            root: self.durable.checkpoint.as_ref().map(|_| B64.encode(self.frontier.root())),
+            size,
+            root: self
+                .durable
+                .checkpoint
+                .as_ref()
+                .filter(|_| size == self.durable.size)
+                .map(|_| B64.encode(self.frontier.root())),
             key_id: Some(hex::encode(self.keys.active_key_id())),
             peer_uid,
             detail,
@@ -200,7 +211,14 @@ impl WsState {
     /// Checkpoint time: the wall clock, but never before the previous checkpoint (and strictly
     /// after it when a new key takes over, so windows never overlap).
     fn next_time(&self, strictly_after: bool) -> u64 {
-        let floor = self.durable.checkpoint_ms + u64::from(strictly_after);
+        let floor = if strictly_after {
+            // A new key's window must start after the old key's last checkpoint and after the
+            // old key's own start, so no window is empty and no two overlap.
+            let active_since = self.keys.infos.iter().filter(|k| k.active).map(|k| k.not_before_ms).max().unwrap_or(0);
+            self.durable.checkpoint_ms.max(active_since) + 1
+        } else {
+            self.durable.checkpoint_ms
+        };
         now_ms().max(floor)
     }
 
@@ -254,7 +272,8 @@ impl WsState {
             } else {
                 self.shared.metrics.fork_attempts.inc();
                 tracing::warn!(workspace = %self.ws, expected = p.expected_size, current = running, peer_uid = p.peer_uid, "refused an append that would fork or roll back the log");
-                let _ = self.audit(
+                let _ = self.audit_at(
+                    running,
                     Event::Refused,
                     Some(p.peer_uid),
                     Some(format!("expected_size {} but log has {running}", p.expected_size)),
@@ -323,7 +342,15 @@ impl WsState {
     fn rotate(&mut self, expected_size: u64, peer_uid: u32) -> Result<Response> {
         if expected_size != self.frontier.size() {
             self.shared.metrics.fork_attempts.inc();
-            return Err(SignerError::SizeMismatch { expected: expected_size, current: self.frontier.size() });
+            let current = self.frontier.size();
+            tracing::warn!(workspace = %self.ws, expected = expected_size, current, peer_uid, "refused a rotation that would fork or roll back the log");
+            // Audited like a refused append: it is the same fork/rollback attempt.
+            let _ = self.audit(
+                Event::Refused,
+                Some(peer_uid),
+                Some(format!("rotation: expected_size {expected_size} but log has {current}")),
+            );
+            return Err(SignerError::SizeMismatch { expected: expected_size, current });
         }
         let time = self.next_time(true);
         let old_id = hex::encode(self.keys.active_key_id());

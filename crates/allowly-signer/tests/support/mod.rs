@@ -3,7 +3,6 @@
 //! only (never by trusting the signer's own claims).
 #![allow(dead_code)]
 
-use std::io::Read as _;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -360,7 +359,12 @@ pub fn model_root(all: &[Hash], size: u64) -> Hash {
 pub fn check_appended(ws: &str, all: &[Hash], batch: &[Hash], out: &AppendOutcome, v: &[NoteVerifier]) -> Checkpoint {
     assert_eq!(out.new_size, out.old_size + batch.len() as u64, "sizes in the answer");
     let (cp, _) = open_checkpoint(ws, &out.checkpoint, v);
-    assert!(cp.size >= out.new_size, "checkpoint of size {} does not cover the batch ending at {}", cp.size, out.new_size);
+    assert!(
+        cp.size >= out.new_size,
+        "checkpoint of size {} does not cover the batch ending at {}",
+        cp.size,
+        out.new_size
+    );
     assert_eq!(cp.root, model_root(all, cp.size), "checkpoint root is not the root of the leaves we appended");
     assert_eq!(out.proofs.len(), batch.len(), "one proof per leaf");
     for (i, (leaf, proof)) in batch.iter().zip(&out.proofs).enumerate() {
@@ -394,9 +398,7 @@ pub fn raw_frame(version: u8, kind: u8, id: u64, body: &[u8]) -> Vec<u8> {
 }
 
 /// Reads and decodes one response frame, failing the test after [`DEADLINE`].
-pub async fn read_response(
-    stream: &mut tokio::net::UnixStream,
-) -> Option<(u64, allowly_signer_proto::Response)> {
+pub async fn read_response(stream: &mut tokio::net::UnixStream) -> Option<(u64, allowly_signer_proto::Response)> {
     let mut buf = Vec::new();
     let frame = tokio::time::timeout(DEADLINE, allowly_signer_proto::read_frame(stream, &mut buf))
         .await

@@ -1,0 +1,705 @@
+//! Black-box tests of the real `allowly-signer` binary over its real Unix socket.
+//!
+//! Every signature and proof is checked with `allowly-receipt` against leaves the test itself
+//! appended; nothing the signer says about itself is taken on trust. Each spawned signer is
+//! killed on drop, and a failing test prints the signer's stderr and audit log.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::collections::{HashMap, HashSet};
+use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+use std::path::Path;
+use std::process::Command;
+
+use allowly_receipt::merkle::{self, consistency_proof, verify_consistency, verify_inclusion, Hash, LeafList};
+use allowly_receipt::note::parse_signed_note;
+use allowly_receipt::types::{AnyReceipt, HexHash, SignedReceipt, STATUS_SIGNED};
+use allowly_receipt::verify::{verify_receipt, Outcome};
+use allowly_signer_proto::client::{AppendOutcome, ClientError, SignerClient};
+use allowly_signer_proto::{ErrorCode, ErrorReply, Request, Response, MAX_FRAME};
+use support::*;
+use tokio::io::AsyncWriteExt as _;
+use tokio::net::UnixStream;
+
+const NOBODY: &str = "65534";
+
+fn remote(r: Result<impl std::fmt::Debug, ClientError>, what: &str) -> ErrorReply {
+    match r {
+        Err(ClientError::Remote(e)) => e,
+        other => panic!("{what}: expected an error answer from the signer, got {other:?}"),
+    }
+}
+
+fn size_mismatch(r: Result<impl std::fmt::Debug, ClientError>, what: &str, current: u64) {
+    let e = remote(r, what);
+    assert_eq!(e.code, ErrorCode::SizeMismatch, "{what}: {e}");
+    assert_eq!(e.current_size, Some(current), "{what}: current_size must name the log's size: {e}");
+}
+
+async fn metrics(c: &SignerClient) -> String {
+    c.metrics().await.unwrap()
+}
+
+fn setpriv_nobody() -> Command {
+    let mut cmd = Command::new("setpriv");
+    cmd.args([format!("--reuid={NOBODY}"), format!("--regid={NOBODY}"), "--clear-groups".into()]);
+    cmd
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. Appends, checkpoints, proofs.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appended_checkpoints_and_proofs_verify_against_the_published_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, sock) = fresh(tmp.path());
+    let mut s = Signer::serve(&dir, &sock);
+    let c = s.ready().await;
+    let ws = "ws_basic";
+
+    let created = c.create_key(ws).await.unwrap();
+    assert_eq!(created.len(), 1);
+    assert!(created[0].active && created[0].not_after_ms.is_none());
+    assert_eq!(remote(c.create_key(ws).await, "second CreateKey").code, ErrorCode::WorkspaceExists);
+    let keys = c.list_keys(ws).await.unwrap();
+    assert_eq!(keys, created);
+    let v = vec![verifier(ws, &keys[0])];
+
+    let empty = c.latest_checkpoint(ws).await.unwrap();
+    assert_eq!((empty.size, empty.checkpoint), (0, None));
+
+    let mut all: Vec<Hash> = Vec::new();
+    let mut last = String::new();
+    let mut last_time = None;
+    for n in [1, 3, 17] {
+        let batch = leaves(ws, all.len(), n);
+        let out = c.append_batch(ws, all.len() as u64, batch.clone()).await.unwrap();
+        assert_eq!(out.old_size, all.len() as u64);
+        all.extend_from_slice(&batch);
+        let cp = check_appended(ws, &all, &batch, &out, &v);
+        assert_eq!(cp.size, all.len() as u64, "a lone batch's checkpoint is exactly its new size");
+        let (_, time) = open_checkpoint(ws, &out.checkpoint, &v);
+        assert!(last_time.is_none_or(|t| t <= time), "checkpoint time went backwards");
+        last_time = Some(time);
+        last = out.checkpoint;
+    }
+    let latest = c.latest_checkpoint(ws).await.unwrap();
+    assert_eq!(latest.size, 21);
+    assert_eq!(latest.checkpoint.as_deref(), Some(last.as_str()), "LatestCheckpoint is the last note answered");
+
+    // Control: another workspace's key does not verify this log's checkpoints.
+    let other = c.create_key("ws_basic_other").await.unwrap();
+    let foreign = allowly_receipt::note::NoteVerifier::new(
+        &allowly_receipt::types::log_origin(ws),
+        ed25519_dalek::VerifyingKey::from_bytes(&other[0].public_key).unwrap(),
+    )
+    .unwrap();
+    assert!(parse_signed_note(&last).unwrap().verify(&[foreign]).is_err(), "a foreign key verified the note");
+}
+
+/// Requests pipelined on one connection (written in one go, in order, before any answer is
+/// read) all succeed and share signatures.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_appends_on_one_connection_all_succeed_and_share_signatures() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, sock) = fresh(tmp.path());
+    let mut s = Signer::serve(&dir, &sock);
+    let c = s.ready().await;
+    let ws = "ws_pipeline";
+    let v = vec![verifier(ws, &c.create_key(ws).await.unwrap()[0])];
+    let signed_before = metric(&metrics(&c).await, "allowly_signer_checkpoints_signed_total");
+
+    const N: usize = 60;
+    let mut all: Vec<Hash> = Vec::new();
+    let mut sent: Vec<(u64, Vec<Hash>)> = Vec::new();
+    let mut wire = Vec::new();
+    for i in 0..N {
+        let batch = leaves(ws, all.len(), 1 + i % 3);
+        let expected_size = all.len() as u64;
+        wire.extend(frame(
+            i as u64 + 1,
+            &Request::AppendBatch { workspace_id: ws.into(), expected_size, leaves: batch.clone() },
+        ));
+        all.extend_from_slice(&batch);
+        sent.push((expected_size, batch));
+    }
+    let mut stream = UnixStream::connect(&sock).await.unwrap();
+    stream.write_all(&wire).await.unwrap();
+    let mut answers = HashMap::new();
+    for _ in 0..N {
+        let (id, resp) = read_response(&mut stream).await.expect("connection closed early");
+        assert!(answers.insert(id, resp).is_none(), "two answers to request {id}");
+    }
+
+    let mut distinct = HashSet::new();
+    let mut failures = Vec::new();
+    for (i, (expected_size, batch)) in sent.iter().enumerate() {
+        match answers.remove(&(i as u64 + 1)).expect("every request answered") {
+            Response::Appended { old_size, new_size, checkpoint, proofs } => {
+                let out = AppendOutcome { old_size, new_size, checkpoint, proofs };
+                assert_eq!(out.old_size, *expected_size);
+                check_appended(ws, &all, batch, &out, &v);
+                distinct.insert(out.checkpoint);
+            }
+            other => failures.push(format!("request {} (expected_size {expected_size}): {other:?}", i + 1)),
+        }
+    }
+    assert!(failures.is_empty(), "in-order pipelined appends were refused:\n{}", failures.join("\n"));
+    assert!(distinct.len() < N, "no coalescing: {N} batches got {} distinct checkpoints", distinct.len());
+    let signed = metric(&metrics(&c).await, "allowly_signer_checkpoints_signed_total") - signed_before;
+    assert_eq!(signed as usize, distinct.len(), "one signature per distinct checkpoint");
+    let latest = c.latest_checkpoint(ws).await.unwrap();
+    assert_eq!(latest.size, all.len() as u64);
+    assert!(distinct.contains(latest.checkpoint.as_deref().unwrap()));
+}
+
+/// Several connections race with compare-and-swap appends (retrying at `current_size` on
+/// `SizeMismatch`): every batch lands exactly once, contiguously, and every proof verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_connections_append_exactly_once_with_compare_and_swap() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, sock) = fresh(tmp.path());
+    let mut s = Signer::serve(&dir, &sock);
+    let c = s.ready().await;
+    let ws = "ws_race";
+    let v = vec![verifier(ws, &c.create_key(ws).await.unwrap()[0])];
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for t in 0..4usize {
+        let sock = sock.clone();
+        tasks.spawn(async move {
+            let c = client(&sock);
+            let mut done = Vec::new();
+            let mut guess = 0u64;
+            for b in 0..6usize {
+                let batch = leaves(&format!("{ws}/task{t}"), b * 10, 1 + (t + b) % 4);
+                let mut attempts = 0;
+                loop {
+                    attempts += 1;
+                    assert!(attempts < 1000, "task {t} batch {b}: no progress");
+                    match c.append_batch(ws, guess, batch.clone()).await {
+                        Ok(out) => {
+                            guess = out.new_size;
+                            done.push((batch, out));
+                            break;
+                        }
+                        Err(ClientError::Remote(e)) if e.code == ErrorCode::SizeMismatch => {
+                            guess = e.current_size.expect("SizeMismatch carries current_size");
+                        }
+                        Err(e) => panic!("task {t} batch {b}: {e}"),
+                    }
+                }
+            }
+            done
+        });
+    }
+    let mut done = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        done.extend(r.unwrap());
+    }
+    done.sort_by_key(|(_, out)| out.old_size);
+    let mut all: Vec<Hash> = Vec::new();
+    for (batch, out) in &done {
+        assert_eq!(out.old_size, all.len() as u64, "batches overlap or leave a gap");
+        all.extend_from_slice(batch);
+    }
+    for (batch, out) in &done {
+        check_appended(ws, &all, batch, out, &v);
+    }
+    assert_eq!(c.latest_checkpoint(ws).await.unwrap().size, all.len() as u64);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. Rotation.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_keeps_old_checkpoints_valid_and_logs_a_verifiable_key_rotated_receipt() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, sock) = fresh(tmp.path());
+    let mut s = Signer::serve(&dir, &sock);
+    let c = s.ready().await;
+    let ws = "ws_rotate";
+    let first = c.create_key(ws).await.unwrap();
+    let old_v = verifier(ws, &first[0]);
+
+    let mut all: Vec<Hash> = Vec::new();
+    let mut before = Vec::new();
+    for n in [2, 3] {
+        let batch = leaves(ws, all.len(), n);
+        let out = c.append_batch(ws, all.len() as u64, batch.clone()).await.unwrap();
+        all.extend_from_slice(&batch);
+        check_appended(ws, &all, &batch, &out, std::slice::from_ref(&old_v));
+        before.push(out.checkpoint);
+    }
+    let size = all.len() as u64;
+    let forks0 = metric(&metrics(&c).await, "allowly_signer_fork_attempts_total");
+    size_mismatch(c.rotate_key(ws, size - 1).await, "RotateKey at a stale size", size);
+    assert_eq!(metric(&metrics(&c).await, "allowly_signer_fork_attempts_total") - forks0, 1.0);
+    let uid = u64::from(rustix::process::geteuid().as_raw());
+    let refused = s.audit().into_iter().filter(|l| l["event"] == "refused" && l["workspace_id"] == ws).count();
+    assert_eq!(refused, 1, "a refused rotation (a fork attempt) must be audited like a refused append");
+    assert!(s.audit().iter().any(|l| l["event"] == "refused" && l["peer_uid"].as_u64() == Some(uid)));
+    let rot = c.rotate_key(ws, size).await.unwrap();
+
+    let keys = c.list_keys(ws).await.unwrap();
+    assert_eq!(keys, rot.keys);
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    let (old, new) = (&keys[0], &keys[1]);
+    assert_eq!(old.key_id, first[0].key_id);
+    assert!(!old.active && old.not_after_ms.is_some(), "old key retired: {old:?}");
+    assert!(new.active && new.not_after_ms.is_none(), "new key active: {new:?}");
+    assert_eq!(Some(new.not_before_ms), old.not_after_ms, "windows meet");
+    let new_v = verifier(ws, new);
+    let ks = key_set(ws, &keys);
+    let trusted = ks.trusted().unwrap();
+
+    // The key.rotated leaf, at the old size.
+    assert_eq!(rot.rotation.log_index, size);
+    let body: serde_json::Value = serde_json::from_slice(&rot.rotation.body).unwrap();
+    assert_eq!(body["kind"], "key.rotated");
+    assert_eq!(body["log_index"], size);
+    assert_eq!(body["workspace_id"], ws);
+    assert_eq!(body["key"]["key_id"], hex::encode(new.key_id));
+    assert_eq!(body["key"]["replaces"], hex::encode(old.key_id));
+    assert_eq!(body["key"]["vkey"], new_v.to_vkey());
+    let leaf = merkle::leaf_hash(&rot.rotation.body);
+    all.push(leaf);
+    let cp = signed_by_key_valid_at_its_time(ws, &rot.rotation.checkpoint, &trusted);
+    assert_eq!(cp.size, all.len() as u64);
+    assert_eq!(cp.root, model_root(&all, cp.size));
+    verify_inclusion(&leaf, size, cp.size, &rot.rotation.proof, &cp.root).unwrap();
+    assert!(parse_signed_note(&rot.rotation.checkpoint).unwrap().verify(std::slice::from_ref(&old_v)).is_err());
+
+    let receipt = AnyReceipt::Signed(SignedReceipt {
+        status: STATUS_SIGNED.into(),
+        body,
+        log_index: rot.rotation.log_index,
+        inclusion_proof: rot.rotation.proof.iter().copied().map(HexHash).collect(),
+        checkpoint: rot.rotation.checkpoint.clone(),
+    });
+    let report = verify_receipt(&receipt, &ks).unwrap();
+    assert_eq!(report.outcome(), Outcome::Valid, "{report:?}");
+    assert_eq!(report.signed, 1);
+    // Control: with only the old key published, the rotation receipt does not verify.
+    let report = verify_receipt(&receipt, &key_set(ws, &keys[..1])).unwrap();
+    assert_ne!(report.outcome(), Outcome::Valid, "verified without the new key: {report:?}");
+
+    // Checkpoints signed before the rotation still verify: the old key was valid at their time.
+    for note in &before {
+        signed_by_key_valid_at_its_time(ws, note, &trusted);
+        assert!(parse_signed_note(note).unwrap().verify(std::slice::from_ref(&new_v)).is_err());
+    }
+
+    // After the rotation the new key signs; the old key was no longer valid at that time.
+    let batch = leaves(ws, all.len(), 4);
+    let out = c.append_batch(ws, all.len() as u64, batch.clone()).await.unwrap();
+    all.extend_from_slice(&batch);
+    check_appended(ws, &all, &batch, &out, std::slice::from_ref(&new_v));
+    signed_by_key_valid_at_its_time(ws, &out.checkpoint, &trusted);
+    let (_, t) = open_checkpoint(ws, &out.checkpoint, &trusted.verifiers);
+    assert!(!trusted.valid_at(&old_v, t), "old key still valid at a post-rotation checkpoint");
+    assert!(parse_signed_note(&out.checkpoint).unwrap().verify(std::slice::from_ref(&old_v)).is_err());
+
+    let audit = s.audit();
+    assert!(audit.iter().any(|l| l["event"] == "rotation" && l["workspace_id"] == ws), "no rotation audit line");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. Crash and restart.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_and_restart_continue_exactly_from_the_last_answered_checkpoint() {
+    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
+    eprintln!("crash test seed: {seed}");
+    let mut rng = Rng(seed);
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, sock) = fresh(tmp.path());
+    let ws = "ws_crash";
+    let mut all: Vec<Hash> = Vec::new();
+    let mut last: Option<String> = None;
+    // A batch whose answer was lost in the crash: the signer may or may not have applied it.
+    let mut unanswered: Option<(u64, Vec<Hash>)> = None;
+
+    for round in 0..5 {
+        let mut s = Signer::serve(&dir, &sock);
+        let c = s.ready().await;
+        if round == 0 {
+            c.create_key(ws).await.unwrap();
+        }
+        let v: Vec<_> = c.list_keys(ws).await.unwrap().iter().map(|k| verifier(ws, k)).collect();
+        let latest = c.latest_checkpoint(ws).await.unwrap();
+
+        if let Some((at, batch)) = unanswered.take() {
+            // Either outcome is fine, but only one of the two, and the retry must succeed:
+            // applied → replayed with the same checkpoint; not applied → appended now.
+            let applied = latest.size == at + batch.len() as u64;
+            assert!(applied || latest.size == at, "after a crash mid-append the log has {} leaves", latest.size);
+            let out = c.append_batch(ws, at, batch.clone()).await.unwrap();
+            all.extend_from_slice(&batch);
+            check_appended(ws, &all, &batch, &out, &v);
+            if applied {
+                assert_eq!(Some(&out.checkpoint), latest.checkpoint.as_ref(), "retry of an applied batch re-signed");
+            }
+            last = Some(out.checkpoint);
+        } else {
+            assert_eq!(latest.size, all.len() as u64, "round {round}: size after restart");
+            assert_eq!(latest.checkpoint, last, "round {round}: checkpoint after restart");
+        }
+
+        let old_size = all.len() as u64;
+        let old_root = last.as_ref().map(|n| open_checkpoint(ws, n, &v).0.root);
+        for _ in 0..rng.range(1, 4) {
+            let batch = leaves(ws, all.len(), rng.range(1, 25) as usize);
+            let out = c.append_batch(ws, all.len() as u64, batch.clone()).await.unwrap();
+            all.extend_from_slice(&batch);
+            check_appended(ws, &all, &batch, &out, &v);
+            last = Some(out.checkpoint);
+        }
+        let (new_cp, _) = open_checkpoint(ws, last.as_deref().unwrap(), &v);
+        if let Some(old_root) = old_root {
+            let proof = consistency_proof(&LeafList(all.clone()), old_size, new_cp.size).unwrap();
+            verify_consistency(old_size, new_cp.size, &old_root, &new_cp.root, &proof)
+                .unwrap_or_else(|e| panic!("round {round}: {old_size} -> {} not consistent: {e}", new_cp.size));
+        }
+        let stale = rng.range(0, all.len() as u64 - 1);
+        size_mismatch(
+            c.append_batch(ws, stale, leaves("stale", all.len(), 2)).await,
+            "append at a stale size after restart",
+            all.len() as u64,
+        );
+
+        if round == 3 {
+            // Crash with an append in flight.
+            let batch = leaves(ws, all.len(), rng.range(1, 9) as usize);
+            let mut raw = UnixStream::connect(&sock).await.unwrap();
+            let req = Request::AppendBatch { workspace_id: ws.into(), expected_size: all.len() as u64, leaves: batch };
+            raw.write_all(&frame(1, &req)).await.unwrap();
+            let Request::AppendBatch { expected_size, leaves, .. } = req else { unreachable!() };
+            unanswered = Some((expected_size, leaves));
+        }
+        s.kill9();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. Forks, rollbacks, and the replay of a lost answer.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forks_and_rollbacks_are_refused_counted_and_audited_and_a_lost_answer_is_replayed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, sock) = fresh(tmp.path());
+    let mut s = Signer::serve(&dir, &sock);
+    let c = s.ready().await;
+    let ws = "ws_fork";
+    let v = vec![verifier(ws, &c.create_key(ws).await.unwrap()[0])];
+    let a = leaves(ws, 0, 4);
+    let out_a = c.append_batch(ws, 0, a.clone()).await.unwrap();
+    let b = leaves(ws, 4, 6);
+    let out_b = c.append_batch(ws, 4, b.clone()).await.unwrap();
+    let all: Vec<Hash> = [a.clone(), b.clone()].concat();
+    check_appended(ws, &all, &b, &out_b, &v);
+    let size = all.len() as u64;
+
+    let m0 = metrics(&c).await;
+    let forks0 = metric(&m0, "allowly_signer_fork_attempts_total");
+    let signed0 = metric(&m0, "allowly_signer_checkpoints_signed_total");
+
+    size_mismatch(c.append_batch(ws, size - 1, leaves("fork", 0, 1)).await, "rollback by one", size);
+    size_mismatch(c.append_batch(ws, size + 5, leaves("fork", 1, 1)).await, "skip ahead", size);
+    // Same place as the last batch but different leaves: a fork, not a retry.
+    let mut forged = b.clone();
+    forged[2] = merkle::leaf_hash(b"forged");
+    size_mismatch(c.append_batch(ws, 4, forged).await, "fork of the last batch", size);
+    // A batch older than the last signed group is not replayed either.
+    size_mismatch(c.append_batch(ws, 0, a.clone()).await, "retry of an older batch", size);
+
+    let m1 = metrics(&c).await;
+    assert_eq!(metric(&m1, "allowly_signer_fork_attempts_total") - forks0, 4.0, "every refusal counted");
+    let uid = u64::from(rustix::process::geteuid().as_raw());
+    let audit = s.audit();
+    let refused: Vec<_> = audit.iter().filter(|l| l["event"] == "refused" && l["workspace_id"] == ws).collect();
+    assert_eq!(refused.len(), 4, "one audit line per refusal: {refused:?}");
+    for l in &refused {
+        assert_eq!(l["peer_uid"].as_u64(), Some(uid), "refusal audited with the peer uid: {l}");
+        assert_eq!(l["size"].as_u64(), Some(size), "{l}");
+    }
+    for expected in [size - 1, size + 5] {
+        let needle = format!("expected_size {expected} ");
+        assert!(
+            refused.iter().any(|l| l["detail"].as_str().is_some_and(|d| d.contains(&needle))),
+            "no refusal names expected_size {expected}: {refused:?}"
+        );
+    }
+
+    // The exact last batch again (its answer was "lost"): same checkpoint, valid proofs, no new
+    // signature, log unchanged.
+    let replay = c.append_batch(ws, 4, b.clone()).await.unwrap();
+    assert_eq!(replay.checkpoint, out_b.checkpoint, "a retry of the last batch must get the same checkpoint");
+    assert_eq!(replay.proofs, out_b.proofs);
+    check_appended(ws, &all, &b, &replay, &v);
+    let m2 = metrics(&c).await;
+    assert_eq!(metric(&m2, "allowly_signer_checkpoints_signed_total"), signed0, "the replay signed something");
+    assert_eq!(metric(&m2, "allowly_signer_fork_attempts_total") - forks0, 4.0, "the replay counted as a fork");
+    let latest = c.latest_checkpoint(ws).await.unwrap();
+    assert_eq!((latest.size, latest.checkpoint.as_deref()), (size, Some(out_b.checkpoint.as_str())));
+    assert_ne!(out_a.checkpoint, out_b.checkpoint);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. Peer check.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_configured_uids_reach_the_signer() {
+    let tmp = traversable_tempdir();
+    let bin = copy_bin_to(tmp.path());
+    let dir = tmp.path().join("data");
+    init_dir(&dir);
+    let run = tmp.path().join("run");
+    std::fs::create_dir(&run).unwrap();
+    std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o711)).unwrap();
+    let sock = run.join("signer.sock");
+    let open_socket = |sock: &Path| std::fs::set_permissions(sock, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let ping_as_nobody = |sock: &Path| {
+        let mut cmd = setpriv_nobody();
+        cmd.arg(&bin).arg("ping").arg("--socket").arg(sock);
+        run_with_deadline(&mut cmd)
+    };
+
+    let mut s = Signer::serve(&dir, &sock);
+    let c = s.ready().await;
+    open_socket(&sock);
+    let rejected0 = metric(&metrics(&c).await, "allowly_signer_peer_rejected_total");
+    let (status, out, err) = ping_as_nobody(&sock);
+    assert!(!status.success(), "uid {NOBODY} got an answer: {out} {err}");
+    assert!(!err.contains("Permission denied"), "the attempt must reach connect(), not fail on file modes: {err}");
+    let rejected = metric(&metrics(&c).await, "allowly_signer_peer_rejected_total");
+    assert!(rejected >= 1.0 && rejected > rejected0, "rejection not counted: {rejected}");
+
+    // Control: root (the signer's own uid) is answered.
+    let (status, out, err) = run_with_deadline(Command::new(&bin).arg("ping").arg("--socket").arg(&sock));
+    assert!(status.success() && out.contains("pong"), "root ping failed: {out} {err}");
+    drop(c);
+    s.kill9();
+
+    // Control: the same unprivileged ping succeeds once its uid is configured, so the refusal
+    // above is the peer check and not the test set-up.
+    let mut cmd = Command::new(signer_bin());
+    cmd.arg("serve").arg("--dir").arg(&dir).arg("--socket").arg(&sock).args(["--allow-uid", NOBODY]);
+    let mut s = Signer::spawn(cmd, &dir, &sock);
+    let _c = s.ready().await;
+    open_socket(&sock);
+    let (status, out, err) = ping_as_nobody(&sock);
+    assert!(status.success() && out.contains("pong"), "allowed uid {NOBODY} not answered: {out} {err}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. Memory not readable by the signer's own uid.
+
+/// Kills and reaps a plain child on drop.
+struct ChildGuard(std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn proc_field(pid: u32, file: &str, prefix: &str) -> String {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/{file}")).unwrap();
+    text.lines().find(|l| l.starts_with(prefix)).unwrap_or_else(|| panic!("no {prefix} in /proc/{pid}/{file}")).into()
+}
+
+/// Opens `/proc/<pid>/mem` for reading as uid 65534. Returns (opened, stderr).
+fn open_mem_as_nobody(pid: u32) -> (bool, String) {
+    let mut cmd = setpriv_nobody();
+    cmd.args(["/bin/sh", "-c", &format!("exec 3</proc/{pid}/mem && echo opened")]);
+    let (status, out, err) = run_with_deadline(&mut cmd);
+    (status.success() && out.contains("opened"), err)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signer_memory_is_not_readable_by_its_own_uid() {
+    let tmp = traversable_tempdir();
+    let bin = copy_bin_to(tmp.path());
+    let dir = tmp.path().join("data");
+    let run = tmp.path().join("run");
+    for d in [&dir, &run] {
+        std::fs::create_dir(d).unwrap();
+        std::os::unix::fs::chown(d, Some(65534), Some(65534)).unwrap();
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
+    let mut init = setpriv_nobody();
+    init.arg(&bin).arg("init").arg("--dir").arg(&dir);
+    let (status, _, err) = run_with_deadline(&mut init);
+    assert!(status.success(), "init as {NOBODY}: {err}");
+    assert_eq!(std::fs::metadata(dir.join("master.key")).unwrap().uid(), 65534);
+
+    let sock = run.join("signer.sock");
+    let mut cmd = setpriv_nobody();
+    cmd.arg(&bin).arg("serve").arg("--dir").arg(&dir).arg("--socket").arg(&sock).args(["--allow-uid", "0"]);
+    let mut s = Signer::spawn(cmd, &dir, &sock);
+    let c = s.ready().await;
+    // Key material in memory.
+    c.create_key("ws_mem").await.unwrap();
+    c.append_batch("ws_mem", 0, leaves("mem", 0, 3)).await.unwrap();
+    let pid = s.pid();
+    assert_eq!(proc_field(pid, "status", "Uid:").split_whitespace().nth(1), Some(NOBODY), "signer runs as nobody");
+    let core = proc_field(pid, "limits", "Max core file size");
+    assert_eq!(core.split_whitespace().skip(4).take(2).collect::<Vec<_>>(), ["0", "0"], "core limit: {core}");
+
+    let (opened, err) = open_mem_as_nobody(pid);
+    assert!(!opened, "uid {NOBODY} opened the signer's /proc/{pid}/mem");
+    assert!(err.contains("Permission denied"), "expected EACCES, got: {err}");
+
+    // Control: the same reader opens the memory of an ordinary (dumpable) process of its uid.
+    let mut sleeper = setpriv_nobody();
+    sleeper.args(["sleep", "30"]).stdin(std::process::Stdio::null());
+    let ctl = ChildGuard(sleeper.spawn().unwrap());
+    let cpid = ctl.0.id();
+    eventually("the control process to exec sleep", String::new, || async {
+        (std::fs::read_to_string(format!("/proc/{cpid}/comm")).ok()? == "sleep\n").then_some(())
+    })
+    .await;
+    assert_eq!(proc_field(cpid, "status", "Uid:").split_whitespace().nth(1), Some(NOBODY));
+    let (opened, err) = open_mem_as_nobody(cpid);
+    assert!(opened, "control: uid {NOBODY} cannot open /proc/{cpid}/mem of its own dumpable process: {err}");
+    assert!(s.try_wait().is_none(), "signer died");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7. Malformed input.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_frames_get_errors_or_a_closed_connection_and_the_signer_stays_up() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, sock) = fresh(tmp.path());
+    let mut s = Signer::serve(&dir, &sock);
+    let c = s.ready().await;
+    let bad0 = metric(&metrics(&c).await, "allowly_signer_bad_frames_total");
+
+    let mut st = UnixStream::connect(&sock).await.unwrap();
+    let append = |id, ws: &str| {
+        frame(id, &Request::AppendBatch { workspace_id: ws.into(), expected_size: 0, leaves: vec![[7; 32]] })
+    };
+    let truncated = {
+        let full = append(103, "ws_x");
+        let body = &full[4..full.len() - 5];
+        let mut f = (body.len() as u32).to_be_bytes().to_vec();
+        f.extend_from_slice(body);
+        f
+    };
+    let empty_batch = {
+        let mut body = 4u32.to_be_bytes().to_vec();
+        body.extend_from_slice(b"ws_x");
+        body.extend_from_slice(&0u64.to_be_bytes());
+        body.extend_from_slice(&0u32.to_be_bytes());
+        raw_frame(1, 0x05, 105, &body)
+    };
+    let cases: Vec<(Vec<u8>, u64, ErrorCode)> = vec![
+        (raw_frame(2, 0x01, 101, &[]), 101, ErrorCode::UnsupportedVersion),
+        (raw_frame(1, 0x42, 102, &[]), 102, ErrorCode::UnknownKind),
+        (truncated, 103, ErrorCode::BadFrame),
+        (append(104, "ws_nobody_created"), 104, ErrorCode::UnknownWorkspace),
+        (empty_batch, 105, ErrorCode::InvalidArgument),
+    ];
+    for (bytes, id, code) in &cases {
+        st.write_all(bytes).await.unwrap();
+        match read_response(&mut st).await.expect("connection closed after an addressable error") {
+            (got, Response::Error(e)) => {
+                assert_eq!(got, *id, "answer addressed to the request id");
+                assert_eq!(e.code, *code, "request {id}: {e}");
+            }
+            other => panic!("request {id}: expected Error({code}), got {other:?}"),
+        }
+    }
+    // The connection survives addressable errors.
+    st.write_all(&frame(106, &Request::Ping)).await.unwrap();
+    assert_eq!(read_response(&mut st).await.unwrap(), (106, Response::Pong));
+
+    // Unaddressable input closes that connection (without our closing our side first).
+    let oversize = ((MAX_FRAME + 1) as u32).to_be_bytes().to_vec();
+    for bytes in [oversize, vec![0, 0, 0, 0], vec![0, 0, 0, 3, 1, 2, 3]] {
+        let mut st = UnixStream::connect(&sock).await.unwrap();
+        st.write_all(&bytes).await.unwrap();
+        assert_eq!(wait_closed(&mut st).await, 0, "no answer to {bytes:?}, just a close");
+    }
+    // Random garbage (then end of input, since random bytes may announce a long frame).
+    for seed in 1..=8u64 {
+        let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let garbage: Vec<u8> = (0..rng.range(1, 4096)).map(|_| rng.next() as u8).collect();
+        let mut st = UnixStream::connect(&sock).await.unwrap();
+        // The signer may close before reading everything: a failed write is fine.
+        let _ = st.write_all(&garbage).await;
+        let _ = st.shutdown().await;
+        wait_closed(&mut st).await;
+    }
+
+    assert!(s.try_wait().is_none(), "the signer exited on malformed input\n{}", s.diagnostics());
+    let fresh_client = client(&sock);
+    fresh_client.ping().await.unwrap();
+    let v = vec![verifier("ws_after", &fresh_client.create_key("ws_after").await.unwrap()[0])];
+    let batch = leaves("ws_after", 0, 3);
+    let out = fresh_client.append_batch("ws_after", 0, batch.clone()).await.unwrap();
+    check_appended("ws_after", &batch, &batch, &out, &v);
+    let bad = metric(&metrics(&c).await, "allowly_signer_bad_frames_total") - bad0;
+    assert!(bad >= 7.0, "bad frames not counted: {bad}");
+    assert!(s.try_wait().is_none());
+}
+
+// ---------------------------------------------------------------------------------------------
+// 8. Start-up refusals.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workspace_whose_log_state_vanished_is_refused_not_restarted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, sock) = fresh(tmp.path());
+    let ws = "ws_lost_state";
+    let mut s = Signer::serve(&dir, &sock);
+    let c = s.ready().await;
+    c.create_key(ws).await.unwrap();
+    let out = c.append_batch(ws, 0, leaves(ws, 0, 5)).await.unwrap();
+    s.kill9();
+    drop(c);
+
+    std::fs::remove_file(dir.join("logs").join(format!("{ws}.state"))).unwrap();
+    let mut s = Signer::serve(&dir, &sock);
+    let c = s.ready().await;
+    for (at, what) in [(0, "append at 0 (a restarted log)"), (out.new_size, "append at the old size")] {
+        let e = remote(c.append_batch(ws, at, leaves(ws, 100, 1)).await, what);
+        assert_eq!(e.code, ErrorCode::Internal, "{what}: {e}");
+    }
+    assert_eq!(remote(c.latest_checkpoint(ws).await, "LatestCheckpoint").code, ErrorCode::Internal);
+    assert_eq!(remote(c.rotate_key(ws, 0).await, "RotateKey").code, ErrorCode::Internal);
+    assert!(!dir.join("logs").join(format!("{ws}.state")).exists(), "the signer recreated the log state");
+    eventually(
+        "the refusal in the signer's log",
+        || s.diagnostics(),
+        || async { s.stderr().contains("refusing to restart the log").then_some(()) },
+    )
+    .await;
+    // Other workspaces are unaffected.
+    c.create_key("ws_fine").await.unwrap();
+    c.append_batch("ws_fine", 0, leaves("ws_fine", 0, 1)).await.unwrap();
+}
+
+#[test]
+fn a_master_key_readable_by_others_stops_serve() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, sock) = fresh(tmp.path());
+    let key = dir.join("master.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut s = Signer::serve(&dir, &sock);
+    let status = s.wait_exit();
+    assert!(!status.success(), "serve ran with a 0644 master key\n{}", s.diagnostics());
+    let err = s.stderr();
+    assert!(err.contains("master key") && err.contains("0600"), "unhelpful message: {err}");
+    assert!(!sock.exists(), "the socket was bound anyway");
+
+    // Control: the same directory serves once the mode is fixed.
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let mut s = Signer::serve(&dir, &sock);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async { s.ready().await.ping().await.unwrap() });
+}
