@@ -40,7 +40,8 @@ fn cpu(c: &mut Criterion) {
             )
         });
     }
-    let msg = format!("{ORIGIN}\n1000004\nLVq89R6mDHSQ/SYwo2fn3QcOFEAMwpSlw2mNc/dsjkI=\ntime 2026-11-30T09:00:00.000Z\n");
+    let msg =
+        format!("{ORIGIN}\n1000004\nLVq89R6mDHSQ/SYwo2fn3QcOFEAMwpSlw2mNc/dsjkI=\ntime 2026-11-30T09:00:00.000Z\n");
     g.bench_function("baseline_ed25519_sign", |b| b.iter(|| key.sign(black_box(msg.as_bytes()))));
     g.finish();
 }
