@@ -1,0 +1,146 @@
+//! Corrupt stored bytes become `StoreError::Corrupt` from every getter, on both engines, never a
+//! panic. (Unit tests: writing raw bytes needs crate internals.)
+
+use allowly_receipt::merkle::NodeSource;
+
+use crate::keys::{self, Space};
+use crate::{
+    ApiKeyRecord, Durability, MemStore, Op, ReceiptRecord, RocksOptions, RocksStore, Store, StoreError, StoredNodes,
+    WriteBatch,
+};
+
+trait Raw: Store {
+    fn raw(&self, space: Space, key: &[u8], value: &[u8]);
+}
+
+impl Raw for MemStore {
+    fn raw(&self, space: Space, key: &[u8], value: &[u8]) {
+        self.put_raw(space, key, value);
+    }
+}
+
+impl Raw for RocksStore {
+    fn raw(&self, space: Space, key: &[u8], value: &[u8]) {
+        self.put_raw(space, key, value).expect("raw put");
+    }
+}
+
+fn receipt(ws: &str, id: &str, index: u64) -> ReceiptRecord {
+    ReceiptRecord {
+        id: id.into(),
+        workspace_id: ws.into(),
+        authorization_id: Some("auth".into()),
+        seq: Some(index),
+        log_index: index,
+        body: br#"{"id":"r"}"#.to_vec(),
+        leaf: [7; 32],
+        signed_in: None,
+    }
+}
+
+#[track_caller]
+fn assert_corrupt<T: std::fmt::Debug>(r: Result<T, StoreError>) {
+    match r {
+        Err(StoreError::Corrupt { .. }) => {}
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+}
+
+fn every_getter_reports_corruption<S: Raw>(s: &S) {
+    s.raw(Space::Workspaces, b"w", b"{not json");
+    assert_corrupt(s.workspace("w"));
+    s.raw(Space::Workspaces, b"v", br#"{"id":"other","name":"","created_at_ms":0,"scope_rules":{},"fail_open":false}"#);
+    assert_corrupt(s.workspace("v"));
+
+    s.raw(Space::LogMeta, b"w", b"[]");
+    assert_corrupt(s.log_meta("w"));
+
+    let hash = [9u8; 32];
+    let other = ApiKeyRecord {
+        id: "k".into(),
+        workspace_id: None,
+        key_hash: [8; 32],
+        roles: vec![],
+        created_at_ms: 0,
+        revoked_at_ms: None,
+    };
+    s.raw(Space::ApiKeys, &hash, &serde_json::to_vec(&other).expect("encode"));
+    assert_corrupt(s.api_key_by_hash(&hash));
+    s.raw(Space::ApiKeys, &[1; 32], br#"{"id":"k","workspace_id":null,"key_hash":"zz"}"#);
+    assert_corrupt(s.api_key_by_hash(&[1; 32]));
+
+    s.raw(Space::Authorizations, &keys::ws_id("w", "a"), b"\xff\xfe");
+    assert_corrupt(s.authorization("w", "a"));
+
+    // A receipt filed under workspace "w" that says it belongs to "x": never served as w's.
+    let foreign = receipt("x", "r1", 0);
+    s.raw(Space::Receipts, &keys::ws_id("w", "r1"), &serde_json::to_vec(&foreign).expect("encode"));
+    assert_corrupt(s.receipt("w", "r1"));
+
+    // Index entries pointing at nothing, at bad ids, or with keys of the wrong length.
+    s.raw(Space::Leaves, &keys::ws_u64("w", 300), b"missing");
+    assert_corrupt(s.receipt_at("w", 300));
+    assert_corrupt(s.receipts_in_range("w", 0, 1000, 10));
+    s.raw(Space::Pending, &keys::ws_u64("w", 300), b"bad/id");
+    assert_corrupt(s.pending("w", 10));
+    s.raw(Space::Trail, &[keys::trail_start("w", "auth"), vec![1, 2]].concat(), b"r1");
+    assert_corrupt(s.trail("w", "auth", None, 10));
+    s.raw(Space::Pending, b"not/a/ws\x00\x00\x00\x00\x00\x00\x00\x00\x01", b"r");
+    assert_corrupt(s.workspaces_with_pending());
+
+    // A MarkSigned over a corrupt index writes nothing and says why.
+    assert_corrupt(s.write(
+        WriteBatch::from(vec![Op::MarkSigned {
+            workspace_id: "w".into(),
+            from_index: 300,
+            to_index: 301,
+            checkpoint_size: 301,
+        }]),
+        Durability::Sync,
+    ));
+
+    s.raw(Space::Nodes, &keys::node("w", 0, 5), &[0; 31]);
+    assert_corrupt(s.node("w", 0, 5));
+    let nodes = StoredNodes::new(s, "w");
+    assert!(matches!(nodes.node(0, 5), Err(allowly_receipt::Error::MissingNode { level: 0, index: 5 })));
+    assert!(matches!(nodes.take_error(), Some(StoreError::Corrupt { .. })));
+    assert!(nodes.take_error().is_none());
+
+    s.raw(Space::Checkpoints, &keys::ws_u64("w", 7), b"\xc3\x28");
+    assert_corrupt(s.checkpoint("w", 7));
+    assert_corrupt(s.latest_checkpoint("w"));
+    assert_corrupt(s.checkpoint_at_or_after("w", 1));
+    s.raw(Space::Checkpoints, &[keys::ws_start("c"), vec![1]].concat(), b"note");
+    assert_corrupt(s.latest_checkpoint("c"));
+}
+
+/// Every truncation and a bit flip at every position of a valid receipt: Ok or Err, no panic.
+fn mangled_receipts_never_panic<S: Raw>(s: &S) {
+    let r = receipt("w", "r2", 1);
+    s.write(WriteBatch::from(vec![Op::PutReceipt(r.clone())]), Durability::Sync).expect("write");
+    let good = serde_json::to_vec(&r).expect("encode");
+    let key = keys::ws_id("w", "r2");
+    for i in 0..good.len() {
+        s.raw(Space::Receipts, &key, &good[..i]);
+        assert_corrupt(s.receipt("w", "r2"));
+        let mut flipped = good.clone();
+        flipped[i] ^= 0x80;
+        s.raw(Space::Receipts, &key, &flipped);
+        let _ = s.receipt("w", "r2");
+        let _ = s.pending("w", 10);
+        let _ = s.trail("w", "auth", None, 10);
+    }
+}
+
+#[test]
+fn mem_corruption_is_reported() {
+    every_getter_reports_corruption(&MemStore::new());
+    mangled_receipts_never_panic(&MemStore::new());
+}
+
+#[test]
+fn rocks_corruption_is_reported() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    every_getter_reports_corruption(&RocksStore::open(&dir.path().join("a"), RocksOptions::default()).expect("open"));
+    mangled_receipts_never_panic(&RocksStore::open(&dir.path().join("b"), RocksOptions::default()).expect("open"));
+}

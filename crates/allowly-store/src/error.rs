@@ -1,0 +1,41 @@
+//! The crate's one error type. No engine type appears in it: an engine's error is carried as
+//! text, so a networked implementation can report through the same enum.
+
+/// Everything a [`Store`](crate::Store) call can fail with.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// An id is not 1..=128 of `[A-Za-z0-9_-]`. Checked on every write *and* read, because the
+    /// key layout relies on ids never containing the 0x00 separator (tenant isolation).
+    /// `id` is truncated to 128 characters.
+    #[error("invalid {field}: {id:?} is not 1..=128 of [A-Za-z0-9_-]")]
+    InvalidId { field: &'static str, id: String },
+    /// A write op that is not coherent on its own (a `MarkSigned` range that is backwards or
+    /// beyond its checkpoint, a receipt with `seq` but no authorization, a body that is not
+    /// UTF-8 JSON text). Nothing of the batch was written.
+    #[error("invalid op: {0}")]
+    InvalidOp(String),
+    /// A write op refers to stored data that does not exist (e.g. `MarkSigned` over a log index
+    /// with no receipt). Nothing of the batch was written.
+    #[error("{what} not found: {key}")]
+    NotFound { what: &'static str, key: String },
+    /// Stored bytes that do not decode, or that contradict their key (a receipt filed under
+    /// another workspace, an index entry pointing at nothing), or corruption the engine detected
+    /// itself. Never papered over: the caller decides (usually: refuse and alert).
+    #[error("corrupt data in {space} at {key}: {reason}")]
+    Corrupt { space: &'static str, key: String, reason: String },
+    /// The storage engine failed (IO error, shutdown, busy); the message is the engine's own.
+    /// A write that fails this way is *unacknowledged*, not known to be absent: e.g. a failed
+    /// fsync may leave the batch applied but not durable. It is never applied in part.
+    #[error("storage engine: {0}")]
+    Engine(String),
+}
+
+impl StoreError {
+    pub(crate) fn corrupt(space: &'static str, key: &[u8], reason: impl std::fmt::Display) -> Self {
+        Self::Corrupt { space, key: crate::keys::display_key(key), reason: reason.to_string() }
+    }
+}
+
+/// Shorthand used throughout the crate.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;

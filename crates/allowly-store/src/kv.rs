@@ -1,0 +1,181 @@
+//! The ordered key-value model both engines share, and the one place where write ops become key
+//! mutations. Because [`stage`] and the getters in [`crate::query`] are written once over
+//! [`KvRead`], `MemStore` and `RocksStore` cannot drift apart: they differ only in how bytes are
+//! kept. (A SQL engine would implement [`Store`](crate::Store) directly; TiKV fits this model.)
+
+use std::collections::BTreeMap;
+
+use crate::codec::{self, encode};
+use crate::error::{Result, StoreError};
+use crate::keys::{self, check_id, Space};
+use crate::types::{Durability, Op, ReceiptRecord, WriteBatch};
+
+/// A key and its value.
+pub(crate) type Pair = (Vec<u8>, Vec<u8>);
+
+/// Point and range reads over the key spaces.
+pub(crate) trait KvRead {
+    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>>;
+    /// Up to `limit` pairs with `lower <= key < upper` (`None` = no upper bound), ascending, or
+    /// descending from the top of the range when `reverse`.
+    fn scan(&self, space: Space, lower: &[u8], upper: Option<&[u8]>, limit: usize, reverse: bool) -> Result<Vec<Pair>>;
+}
+
+/// An engine: latest-state reads (for single-key getters), consistent multi-key reads, and
+/// atomic batch writes.
+pub(crate) trait KvEngine: KvRead + Send + Sync + 'static {
+    /// Runs `f` over one consistent view (no write lands half-way through it).
+    fn read<T>(&self, f: impl FnOnce(&dyn KvRead) -> Result<T>) -> Result<T>;
+    /// Stages `batch` with [`stage`] and applies its mutations atomically.
+    fn write(&self, batch: WriteBatch, durability: Durability) -> Result<()>;
+}
+
+/// The mutations of one batch, per key space: `Some` = put, `None` = delete. Later ops
+/// overwrite earlier ones on the same key, as in a write batch applied in order.
+#[derive(Debug, Default)]
+pub(crate) struct Mutations(pub(crate) [BTreeMap<Vec<u8>, Option<Vec<u8>>>; Space::ALL.len()]);
+
+impl Mutations {
+    /// Every mutation, grouped by key space.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (Space, &[u8], Option<&[u8]>)> {
+        Space::ALL
+            .iter()
+            .flat_map(move |&space| self.0[space.idx()].iter().map(move |(k, v)| (space, k.as_slice(), v.as_deref())))
+    }
+}
+
+/// Reads through a batch's own earlier mutations (read-your-writes inside a batch).
+struct Stager<'a> {
+    base: &'a dyn KvRead,
+    muts: Mutations,
+}
+
+impl Stager<'_> {
+    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        match self.muts.0[space.idx()].get(key) {
+            Some(staged) => Ok(staged.clone()),
+            None => self.base.get(space, key),
+        }
+    }
+
+    fn put(&mut self, space: Space, key: Vec<u8>, value: Vec<u8>) {
+        self.muts.0[space.idx()].insert(key, Some(value));
+    }
+
+    fn delete(&mut self, space: Space, key: Vec<u8>) {
+        self.muts.0[space.idx()].insert(key, None);
+    }
+}
+
+/// Turns a batch into mutations, reading current state from `base` where an op needs it
+/// (`MarkSigned`). Any error means nothing of the batch may be written.
+///
+/// Read-modify-write ops are not isolated from *concurrent* batches touching the same receipts:
+/// each workspace has one owner that sequences its writes (the design's per-workspace actor).
+pub(crate) fn stage(base: &dyn KvRead, batch: WriteBatch) -> Result<Mutations> {
+    let mut st = Stager { base, muts: Mutations::default() };
+    for op in batch.ops {
+        match op {
+            Op::PutWorkspace(r) => {
+                check_id("workspace_id", &r.id)?;
+                st.put(Space::Workspaces, keys::workspace(&r.id), encode(&r)?);
+            }
+            Op::PutApiKey(r) => {
+                check_id("api_key_id", &r.id)?;
+                if let Some(ws) = &r.workspace_id {
+                    check_id("workspace_id", ws)?;
+                }
+                st.put(Space::ApiKeys, r.key_hash.to_vec(), encode(&r)?);
+            }
+            Op::PutAuthorization(r) => {
+                check_id("workspace_id", &r.workspace_id)?;
+                check_id("authorization_id", &r.id)?;
+                st.put(Space::Authorizations, keys::ws_id(&r.workspace_id, &r.id), encode(&r)?);
+            }
+            Op::PutReceipt(r) => put_receipt(&mut st, r)?,
+            Op::MarkSigned { workspace_id, from_index, to_index, checkpoint_size } => {
+                mark_signed(&mut st, &workspace_id, from_index, to_index, checkpoint_size)?
+            }
+            Op::PutNodes { workspace_id: ws, nodes } => {
+                check_id("workspace_id", &ws)?;
+                for (level, index, hash) in nodes {
+                    st.put(Space::Nodes, keys::node(&ws, level, index), hash.to_vec());
+                }
+            }
+            Op::PutCheckpoint { workspace_id: ws, size, note } => {
+                check_id("workspace_id", &ws)?;
+                st.put(Space::Checkpoints, keys::ws_u64(&ws, size), note.into_bytes());
+            }
+            Op::PutLogMeta { workspace_id: ws, meta } => {
+                check_id("workspace_id", &ws)?;
+                st.put(Space::LogMeta, keys::workspace(&ws), encode(&meta)?);
+            }
+        }
+    }
+    Ok(st.muts)
+}
+
+fn mark_signed(st: &mut Stager<'_>, ws: &str, from: u64, to: u64, checkpoint_size: u64) -> Result<()> {
+    check_id("workspace_id", ws)?;
+    if from > to || to > checkpoint_size {
+        return Err(StoreError::InvalidOp(format!(
+            "MarkSigned [{from}, {to}) is not inside a checkpoint of size {checkpoint_size}"
+        )));
+    }
+    for index in from..to {
+        let leaf_key = keys::ws_u64(ws, index);
+        let Some(id) = st.get(Space::Leaves, &leaf_key)? else {
+            return Err(StoreError::NotFound { what: "receipt at log index", key: format!("{ws}/{index}") });
+        };
+        let id = codec::id(Space::Leaves, &leaf_key, &id)?;
+        let key = keys::ws_id(ws, &id);
+        let bytes = st.get(Space::Receipts, &key)?;
+        let missing = || StoreError::corrupt(Space::Leaves.name(), &leaf_key, "points at a missing receipt");
+        let mut r = crate::query::check_receipt(Space::Receipts, &key, bytes, ws, &id)?.ok_or_else(missing)?;
+        if r.log_index != index {
+            return Err(StoreError::corrupt(Space::Leaves.name(), &leaf_key, "receipt has another log index"));
+        }
+        // The whole record is rewritten: `signed_in` lives in it (one read gives a receipt and
+        // its status), at the price of writing each body twice.
+        r.signed_in = Some(checkpoint_size);
+        st.put(Space::Receipts, key, encode(&r)?);
+        st.delete(Space::Pending, keys::ws_u64(ws, index));
+    }
+    Ok(())
+}
+
+fn put_receipt(st: &mut Stager<'_>, r: ReceiptRecord) -> Result<()> {
+    let ws = &r.workspace_id;
+    check_id("workspace_id", ws)?;
+    check_id("receipt_id", &r.id)?;
+    match (&r.authorization_id, r.seq) {
+        (Some(auth), Some(seq)) => {
+            check_id("authorization_id", auth)?;
+            st.put(Space::Trail, keys::trail(ws, auth, seq), r.id.clone().into_bytes());
+        }
+        (None, None) => {}
+        // A receipt that names an authorization but no seq (or the reverse) would silently be
+        // missing from its trail, where a gap is reported as tampering.
+        _ => {
+            return Err(StoreError::InvalidOp(format!(
+                "receipt {}: authorization_id and seq must be set together",
+                r.id
+            )))
+        }
+    }
+    if r.signed_in.is_some_and(|size| size <= r.log_index) {
+        return Err(StoreError::InvalidOp(format!(
+            "receipt {}: a checkpoint of size <= its log index cannot cover it",
+            r.id
+        )));
+    }
+    let index_key = keys::ws_u64(ws, r.log_index);
+    st.put(Space::Leaves, index_key.clone(), r.id.clone().into_bytes());
+    if r.signed_in.is_none() {
+        st.put(Space::Pending, index_key, r.id.clone().into_bytes());
+    } else {
+        st.delete(Space::Pending, index_key);
+    }
+    st.put(Space::Receipts, keys::ws_id(ws, &r.id), encode(&r)?);
+    Ok(())
+}

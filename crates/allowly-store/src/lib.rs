@@ -1,0 +1,61 @@
+//! Allowly's storage: the [`Store`] trait, its records and write ops, and two implementations —
+//! [`RocksStore`] (embedded RocksDB, the durable one) and [`MemStore`] (in memory, for tests of
+//! other crates).
+//!
+//! **This is the only crate that names RocksDB.** Nothing public mentions an engine type, so the
+//! same trait can later be implemented over a networked engine (a PostgreSQL-compatible
+//! distributed SQL database, TiKV): writes are batch-shaped ([`WriteBatch`], atomic), durability
+//! is explicit per write ([`Durability`]), and every per-workspace key starts with the workspace
+//! id, so one workspace's data is a contiguous key range that can move between nodes with its
+//! owner.
+//!
+//! # Key spaces
+//!
+//! One RocksDB column family per kind. `‖` is concatenation; integers are big-endian so that byte
+//! order is numeric order; ids are 1..=128 of `[A-Za-z0-9_-]` (checked on every call), so the
+//! 0x00 separator cannot occur inside an id and workspace `a`'s keys never interleave with
+//! `a_b`'s.
+//!
+//! | space            | key                                          | value                              |
+//! |------------------|----------------------------------------------|------------------------------------|
+//! | `workspaces`     | `ws`                                         | [`WorkspaceRecord`] (JSON)         |
+//! | `api_keys`       | `key_hash` (32 bytes)                        | [`ApiKeyRecord`] (JSON)            |
+//! | `authorizations` | `ws ‖ 0x00 ‖ id`                             | [`AuthorizationRecord`] (JSON)     |
+//! | `receipts`       | `ws ‖ 0x00 ‖ receipt id`                     | [`ReceiptRecord`] (JSON)           |
+//! | `trail`          | `ws ‖ 0x00 ‖ auth id ‖ 0x00 ‖ seq u64`       | receipt id                         |
+//! | `leaves`         | `ws ‖ 0x00 ‖ log index u64`                  | receipt id                         |
+//! | `nodes`          | `ws ‖ 0x00 ‖ level u8 ‖ index u64`           | 32-byte complete-subtree hash      |
+//! | `checkpoints`    | `ws ‖ 0x00 ‖ tree size u64`                  | signed note text                   |
+//! | `pending`        | `ws ‖ 0x00 ‖ log index u64`                  | receipt id (awaiting a signature)  |
+//! | `log_meta`       | `ws`                                         | [`LogMeta`] (JSON)                 |
+//!
+//! `trail`, `leaves` and `pending` are indexes into `receipts`, written in the same batch as the
+//! receipt, so an index entry never points at nothing; a reader that finds one that does reports
+//! [`StoreError::Corrupt`]. Stored bytes are never trusted: a value that does not decode, or a
+//! record that names another workspace or id than its key, is `Corrupt`, never a panic and never
+//! another tenant's data.
+//!
+//! Key spaces and the JSON field names are an on-disk format: rename nothing; add fields with
+//! `#[serde(default)]`.
+
+mod codec;
+mod error;
+mod keys;
+mod kv;
+mod mem;
+mod query;
+mod rocks;
+mod store;
+mod types;
+
+pub use error::{Result, StoreError};
+pub use mem::MemStore;
+pub use rocks::{RocksOptions, RocksStore};
+pub use store::{Store, StoredNodes};
+pub use types::{
+    ApiKeyRecord, AuthorizationRecord, Durability, LogMeta, Op, ReceiptRecord, Role, ScopeRule, WorkspaceRecord,
+    WriteBatch,
+};
+
+#[cfg(test)]
+mod corrupt_tests;

@@ -1,0 +1,102 @@
+//! [`MemStore`]: the store in memory, for unit tests of other crates.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::ops::Bound;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use crate::error::Result;
+use crate::keys::Space;
+use crate::kv::{self, KvEngine, KvRead, Pair};
+use crate::types::{Durability, WriteBatch};
+
+type Tables = [BTreeMap<Vec<u8>, Vec<u8>>; Space::ALL.len()];
+
+/// Ordered maps behind one mutex. **Not durable**: everything is lost with the process, and
+/// [`Durability`] is ignored. It shares the key encoding, the op staging and the getters with
+/// `RocksStore`, and passes the same conformance suite, so a test against it tests the real
+/// logic. Do not use it in production.
+#[derive(Default)]
+pub struct MemStore {
+    tables: Mutex<Tables>,
+}
+
+impl MemStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Tables> {
+        // A panic never leaves the tables half-written (mutations are staged first, then applied
+        // without any fallible step), so a poisoned lock still guards consistent data.
+        self.tables.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Writes raw bytes (for corruption tests).
+    #[cfg(test)]
+    pub(crate) fn put_raw(&self, space: Space, key: &[u8], value: &[u8]) {
+        self.lock()[space.idx()].insert(key.to_vec(), value.to_vec());
+    }
+}
+
+impl fmt::Debug for MemStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let tables = self.lock();
+        let mut d = f.debug_struct("MemStore");
+        for space in Space::ALL {
+            d.field(space.name(), &tables[space.idx()].len());
+        }
+        d.finish()
+    }
+}
+
+struct View<'a>(&'a Tables);
+
+impl KvRead for View<'_> {
+    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self.0[space.idx()].get(key).cloned())
+    }
+
+    fn scan(&self, space: Space, lower: &[u8], upper: Option<&[u8]>, limit: usize, reverse: bool) -> Result<Vec<Pair>> {
+        // BTreeMap::range panics on an empty or inverted range; RocksDB just returns nothing.
+        if upper.is_some_and(|u| u <= lower) {
+            return Ok(Vec::new());
+        }
+        let range = self.0[space.idx()]
+            .range::<[u8], _>((Bound::Included(lower), upper.map_or(Bound::Unbounded, Bound::Excluded)));
+        let pair = |(k, v): (&Vec<u8>, &Vec<u8>)| (k.clone(), v.clone());
+        Ok(if reverse { range.rev().take(limit).map(pair).collect() } else { range.take(limit).map(pair).collect() })
+    }
+}
+
+impl KvRead for MemStore {
+    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        View(&self.lock()).get(space, key)
+    }
+
+    fn scan(&self, space: Space, lower: &[u8], upper: Option<&[u8]>, limit: usize, reverse: bool) -> Result<Vec<Pair>> {
+        View(&self.lock()).scan(space, lower, upper, limit, reverse)
+    }
+}
+
+impl KvEngine for MemStore {
+    fn read<T>(&self, f: impl FnOnce(&dyn KvRead) -> Result<T>) -> Result<T> {
+        f(&View(&self.lock()))
+    }
+
+    fn write(&self, batch: WriteBatch, _durability: Durability) -> Result<()> {
+        let mut tables = self.lock();
+        let muts = kv::stage(&View(&tables), batch)?;
+        for (space, key, value) in muts.iter() {
+            let table = &mut tables[space.idx()];
+            match value {
+                Some(v) => table.insert(key.to_vec(), v.to_vec()),
+                None => table.remove(key),
+            };
+        }
+        Ok(())
+    }
+}
+
+crate::query::impl_store_for_engine!(MemStore);

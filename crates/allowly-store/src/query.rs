@@ -1,0 +1,292 @@
+//! The getters of [`Store`](crate::Store), written once over [`KvEngine`]. Every record read is
+//! checked against the key it was found under (workspace, id, index, seq): a mismatch is
+//! [`StoreError::Corrupt`], never another tenant's data.
+
+use crate::codec::{self, decode};
+use crate::error::{Result, StoreError};
+use crate::keys::{self, check_id, Space};
+use crate::kv::{KvEngine, KvRead};
+use crate::types::{ApiKeyRecord, AuthorizationRecord, LogMeta, ReceiptRecord, WorkspaceRecord};
+
+fn corrupt(space: Space, key: &[u8], reason: &str) -> StoreError {
+    StoreError::corrupt(space.name(), key, reason)
+}
+
+/// Decodes a receipt found under `key` and checks it is the one the key names.
+pub(crate) fn check_receipt(
+    space: Space,
+    key: &[u8],
+    bytes: Option<Vec<u8>>,
+    ws: &str,
+    id: &str,
+) -> Result<Option<ReceiptRecord>> {
+    let Some(bytes) = bytes else { return Ok(None) };
+    let r: ReceiptRecord = decode(space, key, &bytes)?;
+    if r.workspace_id != ws || r.id != id {
+        return Err(corrupt(space, key, "receipt is filed under another workspace or id"));
+    }
+    Ok(Some(r))
+}
+
+/// The receipt an index entry (`leaves`, `pending`, `trail`) points at; it must exist.
+fn indexed_receipt(view: &dyn KvRead, space: Space, key: &[u8], value: &[u8], ws: &str) -> Result<ReceiptRecord> {
+    let id = codec::id(space, key, value)?;
+    let rkey = keys::ws_id(ws, &id);
+    check_receipt(Space::Receipts, &rkey, view.get(Space::Receipts, &rkey)?, ws, &id)?
+        .ok_or_else(|| corrupt(space, key, "points at a missing receipt"))
+}
+
+/// Receipts of index entries keyed `prefix ‖ u64 BE`, checking each receipt's log index.
+fn receipts_by_index(
+    view: &dyn KvRead,
+    space: Space,
+    ws: &str,
+    pairs: Vec<(Vec<u8>, Vec<u8>)>,
+) -> Result<Vec<ReceiptRecord>> {
+    let prefix_len = ws.len() + 1;
+    pairs
+        .into_iter()
+        .map(|(k, v)| {
+            let index = keys::u64_suffix(&k, prefix_len).ok_or_else(|| corrupt(space, &k, "bad key length"))?;
+            let r = indexed_receipt(view, space, &k, &v, ws)?;
+            if r.log_index != index {
+                return Err(corrupt(space, &k, "receipt has another log index"));
+            }
+            Ok(r)
+        })
+        .collect()
+}
+
+pub(crate) fn workspace(e: &impl KvEngine, id: &str) -> Result<Option<WorkspaceRecord>> {
+    check_id("workspace_id", id)?;
+    let key = keys::workspace(id);
+    let Some(bytes) = e.get(Space::Workspaces, &key)? else { return Ok(None) };
+    let r: WorkspaceRecord = decode(Space::Workspaces, &key, &bytes)?;
+    if r.id != id {
+        return Err(corrupt(Space::Workspaces, &key, "record has another id"));
+    }
+    Ok(Some(r))
+}
+
+pub(crate) fn api_key_by_hash(e: &impl KvEngine, hash: &[u8; 32]) -> Result<Option<ApiKeyRecord>> {
+    let Some(bytes) = e.get(Space::ApiKeys, hash)? else { return Ok(None) };
+    let r: ApiKeyRecord = decode(Space::ApiKeys, hash, &bytes)?;
+    if &r.key_hash != hash {
+        return Err(corrupt(Space::ApiKeys, hash, "record has another key hash"));
+    }
+    Ok(Some(r))
+}
+
+pub(crate) fn authorization(e: &impl KvEngine, ws: &str, id: &str) -> Result<Option<AuthorizationRecord>> {
+    check_id("workspace_id", ws)?;
+    check_id("authorization_id", id)?;
+    let key = keys::ws_id(ws, id);
+    let Some(bytes) = e.get(Space::Authorizations, &key)? else { return Ok(None) };
+    let r: AuthorizationRecord = decode(Space::Authorizations, &key, &bytes)?;
+    if r.workspace_id != ws || r.id != id {
+        return Err(corrupt(Space::Authorizations, &key, "record is filed under another workspace or id"));
+    }
+    Ok(Some(r))
+}
+
+pub(crate) fn receipt(e: &impl KvEngine, ws: &str, id: &str) -> Result<Option<ReceiptRecord>> {
+    check_id("workspace_id", ws)?;
+    check_id("receipt_id", id)?;
+    let key = keys::ws_id(ws, id);
+    check_receipt(Space::Receipts, &key, e.get(Space::Receipts, &key)?, ws, id)
+}
+
+pub(crate) fn receipt_at(e: &impl KvEngine, ws: &str, index: u64) -> Result<Option<ReceiptRecord>> {
+    check_id("workspace_id", ws)?;
+    let key = keys::ws_u64(ws, index);
+    e.read(|view| {
+        let Some(value) = view.get(Space::Leaves, &key)? else { return Ok(None) };
+        Ok(receipts_by_index(view, Space::Leaves, ws, vec![(key.clone(), value)])?.pop())
+    })
+}
+
+pub(crate) fn trail(
+    e: &impl KvEngine,
+    ws: &str,
+    auth: &str,
+    after_seq: Option<u64>,
+    limit: usize,
+) -> Result<Vec<ReceiptRecord>> {
+    check_id("workspace_id", ws)?;
+    check_id("authorization_id", auth)?;
+    let first = match after_seq {
+        None => 0,
+        Some(seq) => match seq.checked_add(1) {
+            Some(next) => next,
+            None => return Ok(Vec::new()),
+        },
+    };
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
+    let prefix_len = keys::trail_start(ws, auth).len();
+    e.read(|view| {
+        let pairs =
+            view.scan(Space::Trail, &keys::trail(ws, auth, first), Some(&keys::trail_end(ws, auth)), limit, false)?;
+        pairs
+            .into_iter()
+            .map(|(k, v)| {
+                let seq =
+                    keys::u64_suffix(&k, prefix_len).ok_or_else(|| corrupt(Space::Trail, &k, "bad key length"))?;
+                let r = indexed_receipt(view, Space::Trail, &k, &v, ws)?;
+                if r.seq != Some(seq) || r.authorization_id.as_deref() != Some(auth) {
+                    return Err(corrupt(Space::Trail, &k, "receipt has another authorization or seq"));
+                }
+                Ok(r)
+            })
+            .collect()
+    })
+}
+
+pub(crate) fn receipts_in_range(
+    e: &impl KvEngine,
+    ws: &str,
+    from: u64,
+    to: u64,
+    limit: usize,
+) -> Result<Vec<ReceiptRecord>> {
+    check_id("workspace_id", ws)?;
+    if from >= to || limit == 0 {
+        return Ok(Vec::new());
+    }
+    e.read(|view| {
+        let pairs = view.scan(Space::Leaves, &keys::ws_u64(ws, from), Some(&keys::ws_u64(ws, to)), limit, false)?;
+        receipts_by_index(view, Space::Leaves, ws, pairs)
+    })
+}
+
+pub(crate) fn node(e: &impl KvEngine, ws: &str, level: u8, index: u64) -> Result<Option<[u8; 32]>> {
+    check_id("workspace_id", ws)?;
+    let key = keys::node(ws, level, index);
+    e.get(Space::Nodes, &key)?.map(|v| codec::hash(Space::Nodes, &key, &v)).transpose()
+}
+
+fn note(key: &[u8], bytes: Vec<u8>) -> Result<String> {
+    String::from_utf8(bytes).map_err(|_| corrupt(Space::Checkpoints, key, "note is not UTF-8"))
+}
+
+/// The first (or last) checkpoint in `[lower, ws_end)`, with its size.
+fn first_checkpoint(e: &impl KvEngine, ws: &str, lower: &[u8], reverse: bool) -> Result<Option<(u64, String)>> {
+    let pairs = e.scan(Space::Checkpoints, lower, Some(&keys::ws_end(ws)), 1, reverse)?;
+    let Some((k, v)) = pairs.into_iter().next() else { return Ok(None) };
+    let size = keys::u64_suffix(&k, ws.len() + 1).ok_or_else(|| corrupt(Space::Checkpoints, &k, "bad key length"))?;
+    Ok(Some((size, note(&k, v)?)))
+}
+
+pub(crate) fn checkpoint(e: &impl KvEngine, ws: &str, size: u64) -> Result<Option<String>> {
+    check_id("workspace_id", ws)?;
+    let key = keys::ws_u64(ws, size);
+    e.get(Space::Checkpoints, &key)?.map(|v| note(&key, v)).transpose()
+}
+
+pub(crate) fn latest_checkpoint(e: &impl KvEngine, ws: &str) -> Result<Option<(u64, String)>> {
+    check_id("workspace_id", ws)?;
+    first_checkpoint(e, ws, &keys::ws_start(ws), true)
+}
+
+pub(crate) fn checkpoint_at_or_after(e: &impl KvEngine, ws: &str, size: u64) -> Result<Option<(u64, String)>> {
+    check_id("workspace_id", ws)?;
+    first_checkpoint(e, ws, &keys::ws_u64(ws, size), false)
+}
+
+pub(crate) fn pending(e: &impl KvEngine, ws: &str, limit: usize) -> Result<Vec<ReceiptRecord>> {
+    check_id("workspace_id", ws)?;
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
+    e.read(|view| {
+        let pairs = view.scan(Space::Pending, &keys::ws_start(ws), Some(&keys::ws_end(ws)), limit, false)?;
+        receipts_by_index(view, Space::Pending, ws, pairs)
+    })
+}
+
+/// A skip scan: one seek per workspace that has pending entries, not one step per entry.
+pub(crate) fn workspaces_with_pending(e: &impl KvEngine) -> Result<Vec<String>> {
+    e.read(|view| {
+        let mut out = Vec::new();
+        let mut cursor = Vec::new();
+        while let Some((k, _)) = view.scan(Space::Pending, &cursor, None, 1, false)?.into_iter().next() {
+            let ws = keys::key_workspace(Space::Pending, &k)?;
+            cursor = keys::ws_end(&ws);
+            out.push(ws);
+        }
+        Ok(out)
+    })
+}
+
+pub(crate) fn log_meta(e: &impl KvEngine, ws: &str) -> Result<Option<LogMeta>> {
+    check_id("workspace_id", ws)?;
+    let key = keys::workspace(ws);
+    e.get(Space::LogMeta, &key)?.map(|v| decode(Space::LogMeta, &key, &v)).transpose()
+}
+
+/// Implements [`Store`](crate::Store) for a [`KvEngine`] by delegating to this module.
+macro_rules! impl_store_for_engine {
+    ($engine:ty) => {
+        impl $crate::Store for $engine {
+            fn write(&self, batch: $crate::WriteBatch, durability: $crate::Durability) -> $crate::Result<()> {
+                $crate::kv::KvEngine::write(self, batch, durability)
+            }
+            fn workspace(&self, id: &str) -> $crate::Result<Option<$crate::WorkspaceRecord>> {
+                $crate::query::workspace(self, id)
+            }
+            fn api_key_by_hash(&self, hash: &[u8; 32]) -> $crate::Result<Option<$crate::ApiKeyRecord>> {
+                $crate::query::api_key_by_hash(self, hash)
+            }
+            fn authorization(&self, ws: &str, id: &str) -> $crate::Result<Option<$crate::AuthorizationRecord>> {
+                $crate::query::authorization(self, ws, id)
+            }
+            fn receipt(&self, ws: &str, id: &str) -> $crate::Result<Option<$crate::ReceiptRecord>> {
+                $crate::query::receipt(self, ws, id)
+            }
+            fn receipt_at(&self, ws: &str, index: u64) -> $crate::Result<Option<$crate::ReceiptRecord>> {
+                $crate::query::receipt_at(self, ws, index)
+            }
+            fn trail(
+                &self,
+                ws: &str,
+                auth: &str,
+                after_seq: Option<u64>,
+                limit: usize,
+            ) -> $crate::Result<Vec<$crate::ReceiptRecord>> {
+                $crate::query::trail(self, ws, auth, after_seq, limit)
+            }
+            fn receipts_in_range(
+                &self,
+                ws: &str,
+                from: u64,
+                to: u64,
+                limit: usize,
+            ) -> $crate::Result<Vec<$crate::ReceiptRecord>> {
+                $crate::query::receipts_in_range(self, ws, from, to, limit)
+            }
+            fn node(&self, ws: &str, level: u8, index: u64) -> $crate::Result<Option<[u8; 32]>> {
+                $crate::query::node(self, ws, level, index)
+            }
+            fn checkpoint(&self, ws: &str, size: u64) -> $crate::Result<Option<String>> {
+                $crate::query::checkpoint(self, ws, size)
+            }
+            fn latest_checkpoint(&self, ws: &str) -> $crate::Result<Option<(u64, String)>> {
+                $crate::query::latest_checkpoint(self, ws)
+            }
+            fn checkpoint_at_or_after(&self, ws: &str, size: u64) -> $crate::Result<Option<(u64, String)>> {
+                $crate::query::checkpoint_at_or_after(self, ws, size)
+            }
+            fn pending(&self, ws: &str, limit: usize) -> $crate::Result<Vec<$crate::ReceiptRecord>> {
+                $crate::query::pending(self, ws, limit)
+            }
+            fn workspaces_with_pending(&self) -> $crate::Result<Vec<String>> {
+                $crate::query::workspaces_with_pending(self)
+            }
+            fn log_meta(&self, ws: &str) -> $crate::Result<Option<$crate::LogMeta>> {
+                $crate::query::log_meta(self, ws)
+            }
+        }
+    };
+}
+pub(crate) use impl_store_for_engine;

@@ -1,0 +1,105 @@
+//! The storage contract. Nothing here names an engine: it is meant to be implemented over
+//! RocksDB today and a networked engine (distributed SQL, TiKV) later.
+
+use std::cell::RefCell;
+use std::fmt;
+
+use allowly_receipt::merkle::{Hash, NodeSource};
+
+use crate::error::{Result, StoreError};
+use crate::types::{
+    ApiKeyRecord, AuthorizationRecord, Durability, LogMeta, ReceiptRecord, WorkspaceRecord, WriteBatch,
+};
+
+/// Where Allowly keeps everything. Implementations behave identically (one conformance suite
+/// runs against all of them); they differ only in what survives a crash.
+///
+/// Every id argument is validated (`1..=128` of `[A-Za-z0-9_-]`, else
+/// [`StoreError::InvalidId`]); every record returned was checked against the key it was filed
+/// under, so a call for workspace `a` can only ever return workspace `a`'s data.
+pub trait Store: Send + Sync + 'static {
+    /// Applies `batch` atomically, in op order. `Ok` means every op is visible to later reads
+    /// and, with [`Durability::Sync`], survives a crash. A validation error (`InvalidId`,
+    /// `InvalidOp`, `NotFound`, `Corrupt`) means nothing was written; an `Engine` error means
+    /// "not acknowledged" (see [`StoreError::Engine`]). A batch is never applied in part.
+    fn write(&self, batch: WriteBatch, durability: Durability) -> Result<()>;
+    /// A workspace by id.
+    fn workspace(&self, id: &str) -> Result<Option<WorkspaceRecord>>;
+    /// An API key by the hash of its secret (the caller compares nothing itself: the lookup is the
+    /// comparison, and the hash is what a timing side channel could reveal, not the secret).
+    fn api_key_by_hash(&self, hash: &[u8; 32]) -> Result<Option<ApiKeyRecord>>;
+    /// An authorization of workspace `ws`.
+    fn authorization(&self, ws: &str, id: &str) -> Result<Option<AuthorizationRecord>>;
+    /// A receipt of workspace `ws` by id.
+    fn receipt(&self, ws: &str, id: &str) -> Result<Option<ReceiptRecord>>;
+    /// The receipt at leaf `index` of workspace `ws`'s log.
+    fn receipt_at(&self, ws: &str, index: u64) -> Result<Option<ReceiptRecord>>;
+    /// Up to `limit` receipts of an authorization's trail with `seq > after_seq` (all when
+    /// `None`), in `seq` order: pass the last `seq` seen to get the next page.
+    fn trail(&self, ws: &str, auth: &str, after_seq: Option<u64>, limit: usize) -> Result<Vec<ReceiptRecord>>;
+    /// Up to `limit` receipts at log indices `[from, to)`, in log order.
+    fn receipts_in_range(&self, ws: &str, from: u64, to: u64, limit: usize) -> Result<Vec<ReceiptRecord>>;
+    /// A Merkle complete-subtree hash (`level` 0 = leaves).
+    fn node(&self, ws: &str, level: u8, index: u64) -> Result<Option<[u8; 32]>>;
+    /// The signed checkpoint note of tree size `size`.
+    fn checkpoint(&self, ws: &str, size: u64) -> Result<Option<String>>;
+    /// The stored checkpoint with the largest size.
+    fn latest_checkpoint(&self, ws: &str) -> Result<Option<(u64, String)>>;
+    /// The stored checkpoint with the smallest size `>= size`: the first signature that covers
+    /// leaf `size - 1`.
+    fn checkpoint_at_or_after(&self, ws: &str, size: u64) -> Result<Option<(u64, String)>>;
+    /// Up to `limit` receipts awaiting a signature, lowest log index first.
+    fn pending(&self, ws: &str, limit: usize) -> Result<Vec<ReceiptRecord>>;
+    /// Every workspace with at least one pending receipt (what a restart must finish signing).
+    fn workspaces_with_pending(&self) -> Result<Vec<String>>;
+    /// A workspace's log position.
+    fn log_meta(&self, ws: &str) -> Result<Option<LogMeta>>;
+}
+
+/// Serves Merkle proofs from the nodes a [`Store`] holds for one workspace
+/// (`allowly_receipt::merkle::inclusion_proof(&StoredNodes::new(&store, ws), ..)`).
+///
+/// [`NodeSource`] can only say "missing", so a *store* failure is also reported as
+/// [`allowly_receipt::Error::MissingNode`]; it is logged and kept, and the caller must check
+/// [`StoredNodes::take_error`] after a failed proof to tell "not there" (a coverage problem)
+/// from "could not read" (an outage) — they deserve different answers.
+pub struct StoredNodes<'a, S: Store + ?Sized> {
+    store: &'a S,
+    ws: &'a str,
+    error: RefCell<Option<StoreError>>,
+}
+
+impl<'a, S: Store + ?Sized> StoredNodes<'a, S> {
+    /// Nodes of workspace `ws` in `store`.
+    pub fn new(store: &'a S, ws: &'a str) -> Self {
+        Self { store, ws, error: RefCell::new(None) }
+    }
+
+    /// The first store error met since the last call, if any.
+    pub fn take_error(&self) -> Option<StoreError> {
+        self.error.borrow_mut().take()
+    }
+}
+
+impl<S: Store + ?Sized> fmt::Debug for StoredNodes<'_, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoredNodes").field("ws", &self.ws).field("error", &self.error).finish_non_exhaustive()
+    }
+}
+
+impl<S: Store + ?Sized> NodeSource for StoredNodes<'_, S> {
+    fn node(&self, level: u8, index: u64) -> allowly_receipt::Result<Hash> {
+        match self.store.node(self.ws, level, index) {
+            Ok(Some(hash)) => Ok(hash),
+            Ok(None) => Err(allowly_receipt::Error::MissingNode { level, index }),
+            Err(e) => {
+                tracing::warn!(workspace = self.ws, level, index, error = %e, "cannot read Merkle node");
+                let mut first = self.error.borrow_mut();
+                if first.is_none() {
+                    *first = Some(e);
+                }
+                Err(allowly_receipt::Error::MissingNode { level, index })
+            }
+        }
+    }
+}

@@ -1,0 +1,177 @@
+//! The records the store keeps and the write ops that change them.
+//!
+//! The serde form of each record **is** its stored form (JSON). A field added later must be
+//! `#[serde(default)]` so that older records still decode; 32-byte hashes are lowercase hex and
+//! a receipt body is stored as JSON text, so a stored value stays readable in a debugger.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{body_text, hex32};
+
+/// A tenant. Every other record lives under a workspace id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkspaceRecord {
+    pub id: String,
+    pub name: String,
+    pub created_at_ms: u64,
+    /// Scopes whose checks need a confirmation or an escalation instead of a plain allow.
+    pub scope_rules: BTreeMap<String, ScopeRule>,
+    /// Whether checks may be allowed unsigned while the signer is down (recorded when used).
+    pub fail_open: bool,
+}
+
+/// What a check on a scope must go through before it is allowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ScopeRule {
+    Confirm,
+    Escalate,
+}
+
+/// What an API key may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Check,
+    Read,
+    Admin,
+}
+
+/// An API key, stored only as the hash of its secret (looked up by that hash).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiKeyRecord {
+    pub id: String,
+    /// `None` = an instance-admin key, not tied to a workspace.
+    pub workspace_id: Option<String>,
+    #[serde(with = "hex32")]
+    pub key_hash: [u8; 32],
+    pub roles: Vec<Role>,
+    pub created_at_ms: u64,
+    pub revoked_at_ms: Option<u64>,
+}
+
+/// A user's grant of scopes to an agent, with the head of its receipt trail.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthorizationRecord {
+    pub id: String,
+    pub workspace_id: String,
+    pub subject: String,
+    pub scopes: Vec<String>,
+    pub resources: Vec<String>,
+    pub expires_at_ms: Option<u64>,
+    pub metadata: serde_json::Value,
+    pub created_at_ms: u64,
+    pub revoked_at_ms: Option<u64>,
+    /// Whether the expiry receipt has been written (so it is written once).
+    pub expiry_recorded: bool,
+    /// The `seq` the next receipt of this authorization's trail gets.
+    pub next_seq: u64,
+    /// Leaf hash of the trail's last receipt: the next receipt's `prev`.
+    #[serde(with = "hex32")]
+    pub last_leaf: [u8; 32],
+}
+
+/// One receipt: its canonical body and where it sits in the trail and the log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReceiptRecord {
+    pub id: String,
+    pub workspace_id: String,
+    /// Set (with `seq`) for receipts in an authorization's trail; both `None` otherwise.
+    pub authorization_id: Option<String>,
+    pub seq: Option<u64>,
+    /// Leaf index in the workspace's transparency log.
+    pub log_index: u64,
+    /// RFC 8785 canonical JSON, exactly as hashed (so it is UTF-8 text and stored as such).
+    #[serde(with = "body_text")]
+    pub body: Vec<u8>,
+    #[serde(with = "hex32")]
+    pub leaf: [u8; 32],
+    /// Tree size of the checkpoint whose signature covers this receipt; `None` = pending.
+    pub signed_in: Option<u64>,
+}
+
+/// Per-workspace log position.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogMeta {
+    /// Next log index to assign.
+    pub next_index: u64,
+    /// Leaves covered by the newest stored checkpoint.
+    pub signed_size: u64,
+}
+
+/// One write. Ops of a [`WriteBatch`] apply in order (a later op sees an earlier one's effect)
+/// and atomically.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    PutWorkspace(WorkspaceRecord),
+    PutApiKey(ApiKeyRecord),
+    PutAuthorization(AuthorizationRecord),
+    /// Writes the receipt and its index entries: `leaves` (always), `trail` (when it has an
+    /// authorization and a `seq`), and `pending` when `signed_in` is `None` (a put with
+    /// `signed_in` set removes the pending entry). Re-putting a receipt is idempotent; giving an
+    /// existing id another log index or seq is the caller's bug and is not detected (detecting
+    /// it would cost a read per receipt on the hot path; the workspace owner assigns both).
+    PutReceipt(ReceiptRecord),
+    /// The checkpoint of size `checkpoint_size` covers leaves `[from_index, to_index)`: set
+    /// `signed_in` on their receipts and delete their pending entries. Needs
+    /// `from_index <= to_index <= checkpoint_size` and a receipt at every index of the range.
+    MarkSigned {
+        workspace_id: String,
+        from_index: u64,
+        to_index: u64,
+        checkpoint_size: u64,
+    },
+    /// Merkle complete-subtree hashes `(level, index, hash)`.
+    PutNodes {
+        workspace_id: String,
+        nodes: Vec<(u8, u64, [u8; 32])>,
+    },
+    /// A signed checkpoint note of tree size `size`.
+    PutCheckpoint {
+        workspace_id: String,
+        size: u64,
+        note: String,
+    },
+    PutLogMeta {
+        workspace_id: String,
+        meta: LogMeta,
+    },
+}
+
+/// Ops applied all-or-nothing: either every op is visible afterwards or none is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WriteBatch {
+    pub ops: Vec<Op>,
+}
+
+impl WriteBatch {
+    /// An empty batch.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Appends an op (builder style).
+    pub fn push(&mut self, op: Op) -> &mut Self {
+        self.ops.push(op);
+        self
+    }
+}
+
+impl From<Vec<Op>> for WriteBatch {
+    fn from(ops: Vec<Op>) -> Self {
+        Self { ops }
+    }
+}
+
+/// What must be true when [`Store::write`](crate::Store::write) returns `Ok`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Durability {
+    /// The batch survives a crash of the process *and* of the machine: the log is fsynced
+    /// before returning. Required before a decision is acknowledged.
+    Sync,
+    /// The batch is in the engine's log but not fsynced: it survives a process crash, not a
+    /// power loss or kernel crash. For data that can be recomputed (e.g. Merkle nodes).
+    Buffered,
+}

@@ -1,0 +1,88 @@
+//! Record builders and engine fixtures shared by the integration tests.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::collections::BTreeMap;
+
+use allowly_store::{
+    ApiKeyRecord, AuthorizationRecord, Durability, MemStore, Op, ReceiptRecord, RocksOptions, RocksStore, Role,
+    ScopeRule, Store, WorkspaceRecord, WriteBatch,
+};
+use tempfile::TempDir;
+
+/// A store and the directory it lives in (dropped after the store).
+pub struct Fixture<S> {
+    pub store: S,
+    pub dir: Option<TempDir>,
+}
+
+pub fn mem() -> Fixture<MemStore> {
+    Fixture { store: MemStore::new(), dir: None }
+}
+
+pub fn rocks() -> Fixture<RocksStore> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = RocksStore::open(dir.path(), RocksOptions::default()).expect("open RocksStore");
+    Fixture { store, dir: Some(dir) }
+}
+
+pub fn workspace(id: &str) -> WorkspaceRecord {
+    WorkspaceRecord {
+        id: id.into(),
+        name: format!("workspace {id}"),
+        created_at_ms: 1_700_000_000_000,
+        scope_rules: BTreeMap::from([
+            ("mail.send".to_string(), ScopeRule::Confirm),
+            ("pay".into(), ScopeRule::Escalate),
+        ]),
+        fail_open: false,
+    }
+}
+
+pub fn api_key(id: &str, ws: Option<&str>, hash: [u8; 32]) -> ApiKeyRecord {
+    ApiKeyRecord {
+        id: id.into(),
+        workspace_id: ws.map(Into::into),
+        key_hash: hash,
+        roles: vec![Role::Check, Role::Read],
+        created_at_ms: 5,
+        revoked_at_ms: None,
+    }
+}
+
+pub fn authorization(ws: &str, id: &str) -> AuthorizationRecord {
+    AuthorizationRecord {
+        id: id.into(),
+        workspace_id: ws.into(),
+        subject: format!("user-of-{ws}"),
+        scopes: vec!["mail.read".into(), "mail.send".into()],
+        resources: vec!["inbox/*".into()],
+        expires_at_ms: Some(1_800_000_000_000),
+        metadata: serde_json::json!({"ws": ws, "n": [1, 2.5, "x"], "ü": null}),
+        created_at_ms: 1,
+        revoked_at_ms: None,
+        expiry_recorded: false,
+        next_seq: 3,
+        last_leaf: [0xab; 32],
+    }
+}
+
+/// A pending receipt; the body and leaf name the workspace and index so a mix-up shows.
+pub fn receipt(ws: &str, id: &str, index: u64, trail: Option<(&str, u64)>) -> ReceiptRecord {
+    let mut leaf = [0u8; 32];
+    leaf[..8].copy_from_slice(&index.to_be_bytes());
+    leaf[8..8 + ws.len().min(24)].copy_from_slice(&ws.as_bytes()[..ws.len().min(24)]);
+    ReceiptRecord {
+        id: id.into(),
+        workspace_id: ws.into(),
+        authorization_id: trail.map(|(a, _)| a.into()),
+        seq: trail.map(|(_, s)| s),
+        log_index: index,
+        body: format!(r#"{{"id":"{id}","note":"\"ünïcode\" \\ \n","ws":"{ws}"}}"#).into_bytes(),
+        leaf,
+        signed_in: None,
+    }
+}
+
+pub fn write<S: Store + ?Sized>(s: &S, ops: Vec<Op>) {
+    s.write(WriteBatch::from(ops), Durability::Sync).expect("write");
+}

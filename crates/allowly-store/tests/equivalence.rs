@@ -1,0 +1,105 @@
+//! Property test: random op sequences applied to `MemStore` and `RocksStore` give the same
+//! write results (including which batches fail, and why) and the same answer from every getter.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+mod common;
+
+use allowly_store::{Durability, LogMeta, MemStore, Op, Store, WriteBatch};
+use proptest::prelude::*;
+
+/// Prefix-sharing workspaces, plus one invalid id (every batch holding it must fail alike).
+const WS: [&str; 4] = ["a", "a_b", "b", "a\0b"];
+const RECEIPTS: [&str; 4] = ["r0", "r1", "r1_x", "r2"];
+const AUTHS: [&str; 2] = ["x", "x_y"];
+const INDICES: [u64; 6] = [0, 1, 255, 256, 257, 65_536];
+const SIZES: [u64; 5] = [1, 256, 257, 300, 65_537];
+
+fn pick<T: Clone + std::fmt::Debug + 'static>(items: &'static [T]) -> impl Strategy<Value = T> + Clone {
+    proptest::sample::select(items)
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let ws = pick(&WS);
+    prop_oneof![
+        3 => (ws.clone(), pick(&RECEIPTS), pick(&INDICES), proptest::option::of((pick(&AUTHS), 0u64..3)), 0u8..4).prop_map(
+            |(ws, id, index, trail, signed)| {
+                let mut r = common::receipt(ws, id, index, trail.map(|(a, s)| (a, s + 254)));
+                // 0, 1: pending; 2: signed by a covering checkpoint; 3: by one that cannot cover it.
+                r.signed_in = match signed { 2 => Some(index + 1), 3 => Some(index), _ => None };
+                Op::PutReceipt(r)
+            }
+        ),
+        2 => (ws.clone(), pick(&INDICES), 0u64..3, pick(&SIZES)).prop_map(|(ws, from, len, size)| Op::MarkSigned {
+            workspace_id: ws.into(), from_index: from, to_index: from + len, checkpoint_size: size
+        }),
+        1 => (ws.clone(), proptest::collection::vec((0u8..3, pick(&INDICES), any::<u8>()), 0..4)).prop_map(|(ws, nodes)| {
+            Op::PutNodes { workspace_id: ws.into(), nodes: nodes.into_iter().map(|(l, i, b)| (l, i, [b; 32])).collect() }
+        }),
+        1 => (ws.clone(), pick(&SIZES), any::<u8>()).prop_map(|(ws, size, n)| Op::PutCheckpoint {
+            workspace_id: ws.into(), size, note: format!("{ws} {size} {n}")
+        }),
+        1 => (ws.clone(), any::<u64>(), any::<u64>()).prop_map(|(ws, next_index, signed_size)| Op::PutLogMeta {
+            workspace_id: ws.into(), meta: LogMeta { next_index, signed_size }
+        }),
+        1 => ws.clone().prop_map(|ws| Op::PutWorkspace(common::workspace(ws))),
+        1 => (ws.clone(), pick(&AUTHS)).prop_map(|(ws, a)| Op::PutAuthorization(common::authorization(ws, a))),
+        1 => (proptest::option::of(ws), 0u8..3).prop_map(|(ws, h)| Op::PutApiKey(common::api_key("k", ws, [h; 32]))),
+    ]
+}
+
+/// Every getter over the whole universe of ids, rendered (results and errors alike).
+fn observe<S: Store>(s: &S) -> Vec<String> {
+    let mut out = vec![format!("{:?}", s.workspaces_with_pending())];
+    for h in 0..3 {
+        out.push(format!("{:?}", s.api_key_by_hash(&[h; 32])));
+    }
+    for ws in WS {
+        out.push(format!("{:?}", s.workspace(ws)));
+        out.push(format!("{:?}", s.log_meta(ws)));
+        out.push(format!("{:?}", s.latest_checkpoint(ws)));
+        out.push(format!("{:?}", s.pending(ws, 100)));
+        out.push(format!("{:?}", s.pending(ws, 2)));
+        out.push(format!("{:?}", s.receipts_in_range(ws, 0, u64::MAX, 100)));
+        out.push(format!("{:?}", s.receipts_in_range(ws, 255, 257, 1)));
+        for a in AUTHS {
+            out.push(format!("{:?}", s.authorization(ws, a)));
+            out.push(format!("{:?}", s.trail(ws, a, None, 100)));
+            out.push(format!("{:?}", s.trail(ws, a, Some(254), 1)));
+        }
+        for id in RECEIPTS {
+            out.push(format!("{:?}", s.receipt(ws, id)));
+        }
+        for i in INDICES {
+            out.push(format!("{:?}", s.receipt_at(ws, i)));
+            for level in 0..3 {
+                out.push(format!("{:?}", s.node(ws, level, i)));
+            }
+        }
+        for size in [0, 2, 256, 258, 300, 65_537, u64::MAX] {
+            out.push(format!("{:?}", s.checkpoint(ws, size)));
+            out.push(format!("{:?}", s.checkpoint_at_or_after(ws, size)));
+        }
+    }
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn mem_and_rocks_agree(batches in proptest::collection::vec(proptest::collection::vec(op(), 1..5), 1..10)) {
+        let mem = MemStore::new();
+        let rocks = common::rocks();
+        for batch in batches {
+            let durability = if batch.len() % 2 == 0 { Durability::Sync } else { Durability::Buffered };
+            let a = mem.write(WriteBatch::from(batch.clone()), durability);
+            let b = rocks.store.write(WriteBatch::from(batch.clone()), durability);
+            prop_assert_eq!(&a, &b, "batch {:?}", batch);
+        }
+        let (a, b) = (observe(&mem), observe(&rocks.store));
+        for (x, y) in a.iter().zip(&b) {
+            prop_assert_eq!(x, y);
+        }
+        prop_assert_eq!(a.len(), b.len());
+    }
+}
