@@ -1,0 +1,41 @@
+//! Engine tuning. Defaults suit one service on a small machine; every field is documented with
+//! what it bounds.
+
+use std::time::Duration;
+
+/// Engine tuning.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Most requests waiting for one workspace actor; more get `Overloaded` (HTTP 429).
+    pub mailbox_capacity: usize,
+    /// An actor with no message for this long stops; its workspace reloads on the next request.
+    pub idle_timeout: Duration,
+    /// Most receipts sent to the signer in one batch.
+    pub sign_batch_max: usize,
+    /// Longest a committed receipt waits for more to join its signing batch.
+    pub sign_batch_delay: Duration,
+    /// The signer counts as down when it has not answered for this long (checks then fail
+    /// closed with 503).
+    pub signer_timeout: Duration,
+    /// How long a `confirm` nonce stays valid.
+    pub confirmation_ttl: Duration,
+    /// How long an escalation stays open.
+    pub escalation_ttl: Duration,
+    /// Bound on draining at shutdown.
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            mailbox_capacity: 4096,
+            idle_timeout: Duration::from_secs(300),
+            sign_batch_max: 1024,
+            sign_batch_delay: Duration::from_millis(2),
+            signer_timeout: Duration::from_secs(2),
+            confirmation_ttl: Duration::from_secs(300),
+            escalation_ttl: Duration::from_secs(24 * 3600),
+            shutdown_timeout: Duration::from_secs(10),
+        }
+    }
+}

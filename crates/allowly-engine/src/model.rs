@@ -1,0 +1,248 @@
+//! Request and answer types of the engine's API. Their serde forms are the JSON the HTTP API
+//! speaks (the server adds no fields of its own), so renaming a field here is an API change.
+//! Request types reject unknown fields: a misspelt optional field must not be silently ignored.
+
+use std::collections::BTreeMap;
+
+use allowly_receipt::types::{Decision, HexHash, PendingReceipt, SignedReceipt, Timestamp};
+use allowly_store::{Role, ScopeRule};
+use serde::{Deserialize, Serialize};
+
+/// `POST /v1/workspaces`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewWorkspace {
+    /// Display name, 1..=200 characters.
+    pub name: String,
+    /// Scope patterns that need a confirmation or an escalation (see `decide`).
+    #[serde(default)]
+    pub scope_rules: BTreeMap<String, ScopeRule>,
+}
+
+/// `PUT /v1/workspaces/{id}/scope-rules`: replaces the whole rule set.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScopeRules {
+    pub scope_rules: BTreeMap<String, ScopeRule>,
+}
+
+/// A workspace as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkspaceView {
+    pub id: String,
+    pub name: String,
+    pub created_at: Timestamp,
+    pub scope_rules: BTreeMap<String, ScopeRule>,
+}
+
+/// `POST /v1/workspaces/{id}/api-keys`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewApiKey {
+    /// Non-empty set of `check`, `read`, `admin`.
+    pub roles: Vec<Role>,
+}
+
+/// An API key as the API shows it (never the secret, never the hash).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiKeyView {
+    pub id: String,
+    /// `None` for the instance admin key.
+    pub workspace_id: Option<String>,
+    pub roles: Vec<Role>,
+    pub created_at: Timestamp,
+    pub revoked_at: Option<Timestamp>,
+}
+
+/// Answer to creating an API key: the only time the secret is shown.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreatedApiKey {
+    #[serde(flatten)]
+    pub key: ApiKeyView,
+    /// `alw_<64 hex>`; stored only as its SHA-256.
+    pub secret: String,
+}
+
+/// Who is calling: the authenticated API key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub key_id: String,
+    /// `None` = instance admin (may act on every workspace, admin endpoints only).
+    pub workspace_id: Option<String>,
+    pub roles: Vec<Role>,
+}
+
+impl Principal {
+    /// Whether the key holds `role` (admin implies every role).
+    pub fn has(&self, role: Role) -> bool {
+        self.roles.contains(&role) || self.roles.contains(&Role::Admin)
+    }
+}
+
+/// `POST /v1/authorizations`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewAuthorization {
+    /// The app's identifier of the user who approved (1..=256 characters).
+    pub subject: String,
+    /// 1..=64 scope names or patterns (`*`, `a.b.*`).
+    pub scopes: Vec<String>,
+    /// Resource constraints (exact, or `prefix*`); empty = any resource.
+    #[serde(default)]
+    pub resources: Vec<String>,
+    /// When the authorization stops allowing anything; must be in the future.
+    #[serde(default)]
+    pub expires_at: Option<Timestamp>,
+    /// App data kept with the authorization (≤ 16 KiB as JSON); receipts carry only its hash.
+    #[serde(default)]
+    pub metadata: Option<serde_json::Value>,
+}
+
+/// Lifecycle state of an authorization, as of the time it was read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthorizationStatus {
+    Active,
+    Revoked,
+    Expired,
+}
+
+/// An authorization as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuthorizationView {
+    pub id: String,
+    pub workspace_id: String,
+    pub subject: String,
+    pub scopes: Vec<String>,
+    pub resources: Vec<String>,
+    pub expires_at: Option<Timestamp>,
+    pub metadata: Option<serde_json::Value>,
+    pub created_at: Timestamp,
+    pub revoked_at: Option<Timestamp>,
+    pub status: AuthorizationStatus,
+    /// Number of receipts in its trail so far (the next receipt's `seq`).
+    pub trail_length: u64,
+}
+
+/// Answer to creating or revoking an authorization: its new state and the receipt recording it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuthorizationChange {
+    pub authorization: AuthorizationView,
+    pub receipt: PendingReceipt,
+}
+
+/// `POST /v1/check`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckRequest {
+    pub authorization_id: String,
+    /// 1..=64 scope names (no patterns).
+    pub scopes: Vec<String>,
+    /// The resource acted on, if any (1..=1024 characters).
+    #[serde(default)]
+    pub resource: Option<String>,
+    /// What the agent is about to do (≤ 16 KiB as JSON); receipts carry only its hash.
+    #[serde(default)]
+    pub context: Option<serde_json::Value>,
+}
+
+/// Answer to `POST /v1/check`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckOutcome {
+    pub decision: Decision,
+    /// Stable reason code (`granted`, `unknown_authorization`, `revoked`, `expired`,
+    /// `scope_not_granted`, `resource_not_covered`, `confirmation_required`,
+    /// `escalation_required`).
+    pub reason: String,
+    /// The durable, not yet signed receipt of this decision. `None` only for
+    /// `unknown_authorization` (there is no trail to chain it into).
+    pub receipt: Option<PendingReceipt>,
+    /// Set when `decision` is `confirm`.
+    pub confirmation: Option<ConfirmationInfo>,
+    /// Set when `decision` is `escalate`.
+    pub escalation: Option<EscalationInfo>,
+}
+
+/// What the user must be shown and answer for a `confirm` decision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfirmationInfo {
+    /// Single-use nonce (`cn_…`).
+    pub nonce: String,
+    pub expires_at: Timestamp,
+    pub scopes: Vec<String>,
+    pub resource: Option<String>,
+}
+
+/// The escalation an `escalate` decision opened.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EscalationInfo {
+    /// Escalation id (`esc_…`), also in the receipt body.
+    pub id: String,
+    pub expires_at: Timestamp,
+}
+
+/// A receipt in whichever state it is in.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ReceiptView {
+    Signed(SignedReceipt),
+    Pending(PendingReceipt),
+}
+
+/// One page of a list. Pass `next_cursor` as `starting_after` to get the next page.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Page<T> {
+    pub data: Vec<T>,
+    pub has_more: bool,
+    pub next_cursor: Option<String>,
+}
+
+/// The newest signed checkpoint of a workspace log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointView {
+    pub workspace_id: String,
+    pub size: u64,
+    /// The C2SP signed note.
+    pub checkpoint: String,
+}
+
+/// An RFC 9162 inclusion proof of one leaf in the tree of `tree_size` leaves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InclusionProofView {
+    pub log_index: u64,
+    pub tree_size: u64,
+    pub leaf_hash: HexHash,
+    pub proof: Vec<HexHash>,
+    /// The signed checkpoint of `tree_size`.
+    pub checkpoint: String,
+}
+
+/// An RFC 9162 consistency proof between two tree sizes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsistencyProofView {
+    pub old_size: u64,
+    pub new_size: u64,
+    pub proof: Vec<HexHash>,
+    /// The signed checkpoints of both sizes.
+    pub old_checkpoint: String,
+    pub new_checkpoint: String,
+}
+
+/// What an evidence bundle covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExportScope {
+    /// The whole trail of one authorization.
+    Authorization(String),
+    /// Log leaves `[from, to)`.
+    Log { from: u64, to: u64 },
+}
+
+/// Readiness as `/readyz` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Readiness {
+    pub ready: bool,
+    /// Whether the last exchange with the signer succeeded recently.
+    pub signer: bool,
+    /// Human-readable reason when not ready.
+    pub detail: Option<String>,
+}
