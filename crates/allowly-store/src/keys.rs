@@ -25,10 +25,11 @@ pub(crate) enum Space {
     Checkpoints,
     Pending,
     LogMeta,
+    ApiKeyIds,
 }
 
 impl Space {
-    pub(crate) const ALL: [Space; 10] = [
+    pub(crate) const ALL: [Space; 11] = [
         Space::Workspaces,
         Space::ApiKeys,
         Space::Authorizations,
@@ -39,6 +40,7 @@ impl Space {
         Space::Checkpoints,
         Space::Pending,
         Space::LogMeta,
+        Space::ApiKeyIds,
     ];
 
     /// Stable name: the column family's name on disk. Never rename one.
@@ -54,6 +56,7 @@ impl Space {
             Space::Checkpoints => "checkpoints",
             Space::Pending => "pending",
             Space::LogMeta => "log_meta",
+            Space::ApiKeyIds => "api_key_ids",
         }
     }
 
@@ -91,6 +94,17 @@ pub(crate) fn ws_end(ws: &str) -> Vec<u8> {
     let mut k = with_capacity(0, ws);
     k.extend_from_slice(ws.as_bytes());
     k.push(END);
+    k
+}
+
+/// `api_key_ids`: `ws ‖ 0x00 ‖ key id`, with an empty `ws` for instance keys (a workspace id is
+/// never empty, so the two cannot collide).
+pub(crate) fn api_key_id(ws: Option<&str>, id: &str) -> Vec<u8> {
+    let ws = ws.unwrap_or("");
+    let mut k = with_capacity(id.len(), ws);
+    k.extend_from_slice(ws.as_bytes());
+    k.push(SEP);
+    k.extend_from_slice(id.as_bytes());
     k
 }
 

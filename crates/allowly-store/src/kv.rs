@@ -85,6 +85,7 @@ pub(crate) fn stage(base: &dyn KvRead, batch: WriteBatch) -> Result<Mutations> {
                 if let Some(ws) = &r.workspace_id {
                     check_id("workspace_id", ws)?;
                 }
+                st.put(Space::ApiKeyIds, keys::api_key_id(r.workspace_id.as_deref(), &r.id), r.key_hash.to_vec());
                 st.put(Space::ApiKeys, r.key_hash.to_vec(), encode(&r)?);
             }
             Op::PutAuthorization(r) => {

@@ -77,6 +77,22 @@ pub(crate) fn api_key_by_hash(e: &impl KvEngine, hash: &[u8; 32]) -> Result<Opti
     Ok(Some(r))
 }
 
+pub(crate) fn api_key_by_id(e: &impl KvEngine, ws: Option<&str>, id: &str) -> Result<Option<ApiKeyRecord>> {
+    if let Some(ws) = ws {
+        check_id("workspace_id", ws)?;
+    }
+    check_id("api_key_id", id)?;
+    let key = keys::api_key_id(ws, id);
+    let Some(hash) = e.get(Space::ApiKeyIds, &key)? else { return Ok(None) };
+    let hash: [u8; 32] = hash.try_into().map_err(|_| corrupt(Space::ApiKeyIds, &key, "not a 32-byte hash"))?;
+    let missing = || corrupt(Space::ApiKeyIds, &key, "points at a missing API key");
+    let r = api_key_by_hash(e, &hash)?.ok_or_else(missing)?;
+    if r.id != id || r.workspace_id.as_deref() != ws {
+        return Err(corrupt(Space::ApiKeyIds, &key, "points at another key"));
+    }
+    Ok(Some(r))
+}
+
 pub(crate) fn authorization(e: &impl KvEngine, ws: &str, id: &str) -> Result<Option<AuthorizationRecord>> {
     check_id("workspace_id", ws)?;
     check_id("authorization_id", id)?;
@@ -237,6 +253,9 @@ macro_rules! impl_store_for_engine {
             }
             fn api_key_by_hash(&self, hash: &[u8; 32]) -> $crate::Result<Option<$crate::ApiKeyRecord>> {
                 $crate::query::api_key_by_hash(self, hash)
+            }
+            fn api_key_by_id(&self, ws: Option<&str>, id: &str) -> $crate::Result<Option<$crate::ApiKeyRecord>> {
+                $crate::query::api_key_by_id(self, ws, id)
             }
             fn authorization(&self, ws: &str, id: &str) -> $crate::Result<Option<$crate::AuthorizationRecord>> {
                 $crate::query::authorization(self, ws, id)

@@ -28,6 +28,9 @@ pub trait Store: Send + Sync + 'static {
     /// An API key by the hash of its secret (the caller compares nothing itself: the lookup is the
     /// comparison, and the hash is what a timing side channel could reveal, not the secret).
     fn api_key_by_hash(&self, hash: &[u8; 32]) -> Result<Option<ApiKeyRecord>>;
+    /// An API key by id: of workspace `ws`, or an instance key when `ws` is `None`. Another
+    /// workspace's key is `None`, exactly like a missing one.
+    fn api_key_by_id(&self, ws: Option<&str>, id: &str) -> Result<Option<ApiKeyRecord>>;
     /// An authorization of workspace `ws`.
     fn authorization(&self, ws: &str, id: &str) -> Result<Option<AuthorizationRecord>>;
     /// A receipt of workspace `ws` by id.

@@ -20,6 +20,23 @@ pub struct WorkspaceRecord {
     pub scope_rules: BTreeMap<String, ScopeRule>,
     /// Whether checks may be allowed unsigned while the signer is down (recorded when used).
     pub fail_open: bool,
+    /// The public half of every key the signer holds for this workspace, as it last reported
+    /// them: published without asking the signer (so verifiers get keys while it is down).
+    #[serde(default)]
+    pub signing_keys: Vec<PublicKeyRecord>,
+}
+
+/// A workspace signing key's public half and validity window (the private half never leaves
+/// the signer).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublicKeyRecord {
+    /// C2SP key id, 8 lowercase hex digits.
+    pub key_id: String,
+    #[serde(with = "hex32")]
+    pub public_key: [u8; 32],
+    pub not_before_ms: u64,
+    pub not_after_ms: Option<u64>,
+    pub active: bool,
 }
 
 /// What a check on a scope must go through before it is allowed.
@@ -92,13 +109,12 @@ pub struct ReceiptRecord {
     pub signed_in: Option<u64>,
 }
 
-/// Per-workspace log position.
+/// Per-workspace log position, owned by the workspace's sequencer (the signed size is the
+/// newest stored checkpoint's, see [`Store::latest_checkpoint`](crate::Store::latest_checkpoint)).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogMeta {
     /// Next log index to assign.
     pub next_index: u64,
-    /// Leaves covered by the newest stored checkpoint.
-    pub signed_size: u64,
 }
 
 /// One write. Ops of a [`WriteBatch`] apply in order (a later op sees an earlier one's effect)

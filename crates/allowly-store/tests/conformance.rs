@@ -30,6 +30,12 @@ fn workspaces_and_api_keys<S: Store>(s: &S) {
     assert_eq!(s.api_key_by_hash(&[1; 32]).unwrap(), Some(admin));
     assert_eq!(s.api_key_by_hash(&[2; 32]).unwrap(), Some(scoped.clone()));
     assert_eq!(s.api_key_by_hash(&[3; 32]).unwrap(), None);
+    // By id: only under the owner it was created for.
+    assert_eq!(s.api_key_by_id(None, "admin").unwrap().map(|k| k.key_hash), Some([1; 32]));
+    assert_eq!(s.api_key_by_id(Some("w"), "k1").unwrap().map(|k| k.key_hash), Some([2; 32]));
+    assert_eq!(s.api_key_by_id(None, "k1").unwrap(), None);
+    assert_eq!(s.api_key_by_id(Some("w2"), "k1").unwrap(), None);
+    assert_eq!(s.api_key_by_id(Some("w"), "admin").unwrap(), None);
     scoped.revoked_at_ms = Some(99);
     write(s, vec![Op::PutApiKey(scoped.clone())]);
     assert_eq!(s.api_key_by_hash(&[2; 32]).unwrap(), Some(scoped));
@@ -211,7 +217,7 @@ fn nodes_checkpoints_and_log_meta<S: Store>(s: &S) {
     assert_eq!(s.checkpoint_at_or_after("w", u64::MAX).unwrap(), None);
 
     assert_eq!(s.log_meta("w").unwrap(), None);
-    let meta = LogMeta { next_index: 301, signed_size: 300 };
+    let meta = LogMeta { next_index: 301 };
     write(s, vec![Op::PutLogMeta { workspace_id: "w".into(), meta }]);
     assert_eq!(s.log_meta("w").unwrap(), Some(meta));
     write(s, vec![Op::PutLogMeta { workspace_id: "w".into(), meta: LogMeta { next_index: 302, ..meta } }]);
@@ -227,7 +233,7 @@ fn tenant_isolation<S: Store>(s: &S) {
             Op::PutWorkspace(workspace(ws)),
             Op::PutAuthorization(authorization(ws, "auth")),
             Op::PutNodes { workspace_id: ws.to_string(), nodes: vec![(0, 256, [n as u8; 32])] },
-            Op::PutLogMeta { workspace_id: ws.to_string(), meta: LogMeta { next_index: n, signed_size: 0 } },
+            Op::PutLogMeta { workspace_id: ws.to_string(), meta: LogMeta { next_index: n } },
         ];
         // "a" has the fewest receipts and the smallest checkpoints: a leak from a longer id
         // sorting after it would show up as extra results.

@@ -38,8 +38,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (ws.clone(), pick(&SIZES), any::<u8>()).prop_map(|(ws, size, n)| Op::PutCheckpoint {
             workspace_id: ws.into(), size, note: format!("{ws} {size} {n}")
         }),
-        1 => (ws.clone(), any::<u64>(), any::<u64>()).prop_map(|(ws, next_index, signed_size)| Op::PutLogMeta {
-            workspace_id: ws.into(), meta: LogMeta { next_index, signed_size }
+        1 => (ws.clone(), any::<u64>()).prop_map(|(ws, next_index)| Op::PutLogMeta {
+            workspace_id: ws.into(), meta: LogMeta { next_index }
         }),
         1 => ws.clone().prop_map(|ws| Op::PutWorkspace(common::workspace(ws))),
         1 => (ws.clone(), pick(&AUTHS)).prop_map(|(ws, a)| Op::PutAuthorization(common::authorization(ws, a))),

@@ -35,6 +35,7 @@ pub fn workspace(id: &str) -> WorkspaceRecord {
             ("pay".into(), ScopeRule::Escalate),
         ]),
         fail_open: false,
+        signing_keys: Vec::new(),
     }
 }
 
