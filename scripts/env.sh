@@ -5,3 +5,13 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ALLOWLY_CACHE/target}"
 export ALLOWLY_VENV="${ALLOWLY_VENV:-$ALLOWLY_CACHE/venv}"
 ALLOWLY_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export ALLOWLY_ROOT
+
+# RocksDB's C++ is compiled once per machine and kept as a static library under the cache
+# (scripts/setup.sh builds it). librocksdb-sys links it instead of recompiling: without this,
+# every distinct cargo configuration (check vs build, -p vs --workspace, release) recompiled
+# the ~340 C++ files again (15-35 min each on 2 cores).
+ALLOWLY_ROCKSDB_VERSION="$(grep -A1 '^name = "librocksdb-sys"$' "$ALLOWLY_ROOT/Cargo.lock" | sed -n 's/^version = "\(.*\)"$/\1/p')"
+export ALLOWLY_ROCKSDB_LIB="$ALLOWLY_CACHE/rocksdb-$ALLOWLY_ROCKSDB_VERSION"
+if [ -f "$ALLOWLY_ROCKSDB_LIB/librocksdb.a" ]; then
+  export ROCKSDB_LIB_DIR="$ALLOWLY_ROCKSDB_LIB" ROCKSDB_STATIC=1
+fi

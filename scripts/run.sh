@@ -4,6 +4,7 @@
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 "$ALLOWLY_ROOT/scripts/setup.sh"
+. "$ALLOWLY_ROOT/scripts/env.sh"  # again: setup may just have built the cached RocksDB library
 cd "$ALLOWLY_ROOT"
 cargo build --release --locked -p allowly-verify
 bin="$CARGO_TARGET_DIR/release/allowly-verify"

@@ -1,38 +1,63 @@
 //! [`Engine`]: the engine's public face. Every method is what one API endpoint needs; the
 //! server maps requests onto them and errors back to HTTP, and does nothing else.
+//!
+//! Writes that must be sequenced (anything that adds a receipt, and scope rules, which
+//! decisions read) go through the workspace's actor. Reads go straight to the store: the actor
+//! acknowledges nothing before it is durable, so the store always holds every acknowledged
+//! change.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
+use allowly_receipt::bundle::{self, Bundle, Header};
+use allowly_receipt::merkle;
+use allowly_receipt::types::{AnyReceipt, HexHash, KeySet};
 use allowly_signer_proto::client::SignerClient;
-use allowly_store::Store;
+use allowly_store::{ApiKeyRecord, Durability, Op, ReceiptRecord, Role, Store, StoreError, StoredNodes, WriteBatch};
+use ractor::{Actor, MessagingErr};
+use subtle::ConstantTimeEq;
+use tokio::sync::oneshot;
 
+use crate::actor::{Reply, WorkspaceActor, WsArgs, WsHandle, WsMsg};
 use crate::config::EngineConfig;
 use crate::error::{EngineError, Result};
+use crate::ids::{is_secret_shaped, new_id, new_secret, secret_hash};
+use crate::metrics::Metrics;
 use crate::model::*;
+use crate::pipeline::Pipelines;
+use crate::receipts::{key_records, key_set, pending_envelope, signed_envelope};
+use crate::shared::{now_ms, ts, Health, Shared};
+use crate::{validate, views};
+
+/// Most receipts one export returns (larger trails or ranges are exported in parts).
+pub const MAX_EXPORT_RECEIPTS: u64 = 100_000;
+
+/// How often the signer is probed when nothing else talks to it.
+const PROBE_INTERVAL: Duration = Duration::from_millis(500);
 
 /// The engine. Cheap to clone (clones share everything).
 #[derive(Clone)]
 pub struct Engine {
-    inner: Arc<Inner>,
-}
-
-struct Inner {
-    #[allow(dead_code)]
-    store: Arc<dyn Store>,
-    #[allow(dead_code)]
-    signer: SignerClient,
-    #[allow(dead_code)]
-    cfg: EngineConfig,
+    shared: Arc<Shared>,
 }
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Engine").finish_non_exhaustive()
+        f.debug_struct("Engine").field("actors", &self.shared.actors.len()).finish_non_exhaustive()
     }
 }
 
-fn wip() -> EngineError {
-    EngineError::Internal("not yet wired".into())
+/// Store ids from the network: a malformed id cannot name anything, so it is "not found".
+fn not_found_if_invalid(what: &'static str) -> impl Fn(StoreError) -> EngineError {
+    move |e| match e {
+        StoreError::InvalidId { .. } => EngineError::NotFound { what },
+        other => EngineError::Store(other),
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| EngineError::Internal(format!("blocking task: {e}")))?
 }
 
 impl Engine {
@@ -40,137 +65,530 @@ impl Engine {
     /// signing pipeline and the signer health probe, and schedules signing of every receipt a
     /// previous run left pending. Must be called inside a tokio runtime.
     pub async fn start(store: Arc<dyn Store>, signer: SignerClient, cfg: EngineConfig) -> Result<Self> {
-        Ok(Self { inner: Arc::new(Inner { store, signer, cfg }) })
+        let shared = Arc::new(Shared {
+            store,
+            signer,
+            cfg,
+            metrics: Metrics::new(),
+            health: Health::default(),
+            actors: Default::default(),
+            locks: Default::default(),
+            pipelines: Pipelines::default(),
+            shutting_down: Default::default(),
+        });
+        let engine = Self { shared: shared.clone() };
+        engine.probe().await;
+        tokio::spawn(probe_loop(Arc::downgrade(&shared)));
+        // Receipts a previous run committed but did not get signed.
+        let s = shared.clone();
+        let pending = blocking(move || {
+            let mut out = Vec::new();
+            for ws in s.store.workspaces_with_pending()? {
+                let next = s.store.log_meta(&ws)?.unwrap_or_default().next_index;
+                out.push((ws, next));
+            }
+            Ok(out)
+        })
+        .await?;
+        for (ws, next) in pending {
+            tracing::info!(workspace = %ws, "signing receipts left pending by a previous run");
+            shared.pipelines.notify(&shared, &ws, next);
+        }
+        Ok(engine)
+    }
+
+    async fn probe(&self) {
+        let s = &self.shared;
+        match tokio::time::timeout(s.cfg.signer_timeout, s.signer.ping()).await {
+            Ok(Ok(())) => s.health.set_up(&s.metrics),
+            Ok(Err(e)) => s.health.set_down(&s.metrics, &e.to_string()),
+            Err(_) => s.health.set_down(&s.metrics, "signer did not answer a ping in time"),
+        }
     }
 
     /// Stops taking work, finishes every decision in flight, signs what is pending (bounded by
     /// `EngineConfig::shutdown_timeout`), and stops the actors.
-    pub async fn shutdown(&self) {}
+    pub async fn shutdown(&self) {
+        let s = &self.shared;
+        s.shutting_down.store(true, Ordering::Release);
+        let deadline = tokio::time::Instant::now() + s.cfg.shutdown_timeout;
+        let actors: Vec<WsHandle> = s.actors.iter().map(|e| e.value().clone()).collect();
+        for h in actors {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let _ = h.actor.drain_and_wait(Some(left)).await;
+        }
+        // Let the pipelines sign what was committed.
+        loop {
+            let store = s.store.clone();
+            let pending = blocking(move || Ok(store.workspaces_with_pending()?)).await;
+            match pending {
+                Ok(p) if p.is_empty() => break,
+                Ok(_) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                other => {
+                    tracing::warn!(
+                        ?other,
+                        "shutting down with receipts still unsigned (they are signed at the next start)"
+                    );
+                    break;
+                }
+            }
+        }
+    }
 
-    /// Readiness (`/readyz`): store usable and signer answering.
+    /// Readiness (`/readyz`): accepting work and the signer answering.
     pub fn readiness(&self) -> Readiness {
-        Readiness { ready: false, signer: false, detail: Some("not yet wired".into()) }
+        let s = &self.shared;
+        let signer = s.health.is_up();
+        let stopping = s.shutting_down.load(Ordering::Acquire);
+        let detail = if stopping {
+            Some("shutting down".to_owned())
+        } else if !signer {
+            Some(format!("signer unavailable: {}", s.health.detail().unwrap_or_default()))
+        } else {
+            None
+        };
+        Readiness { ready: signer && !stopping, signer, detail }
     }
 
     /// Prometheus text exposition of the engine's metrics followed by the signer's own
     /// (re-exported; the signer has no port of its own). Signer metrics are omitted when the
     /// signer does not answer.
     pub async fn metrics_text(&self) -> String {
-        String::new()
+        let s = &self.shared;
+        let mut text = s.metrics.text();
+        if let Ok(Ok(signer)) = tokio::time::timeout(s.cfg.signer_timeout, s.signer.metrics()).await {
+            text.push_str(&signer);
+        }
+        text
+    }
+
+    /// The engine's metrics registry (for benches and tests that read counters directly).
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
     }
 
     // ---- API keys -------------------------------------------------------------------------
 
     /// The caller behind a secret, or `None` when the secret is unknown, malformed or revoked.
     /// Looked up by SHA-256 of the secret (the secret itself is never stored).
-    pub fn authenticate(&self, _secret: &str) -> Result<Option<Principal>> {
-        Err(wip())
+    pub fn authenticate(&self, secret: &str) -> Result<Option<Principal>> {
+        if !is_secret_shaped(secret) {
+            return Ok(None);
+        }
+        let hash = secret_hash(secret);
+        let Some(k) = self.shared.store.api_key_by_hash(&hash)? else { return Ok(None) };
+        // The lookup already matched; compare again in constant time so no code path depends
+        // on where two hashes first differ.
+        if !bool::from(k.key_hash.ct_eq(&hash)) || k.revoked_at_ms.is_some() {
+            return Ok(None);
+        }
+        Ok(Some(Principal { key_id: k.id, workspace_id: k.workspace_id, roles: k.roles }))
+    }
+
+    async fn put_api_key(&self, ws: Option<&str>, roles: Vec<Role>) -> Result<CreatedApiKey> {
+        let secret = new_secret()?;
+        let record = ApiKeyRecord {
+            id: new_id("ak_")?,
+            workspace_id: ws.map(str::to_owned),
+            key_hash: secret_hash(&secret),
+            roles,
+            created_at_ms: now_ms(),
+            revoked_at_ms: None,
+        };
+        let key = views::api_key(&record)?;
+        self.write(vec![Op::PutApiKey(record)]).await?;
+        Ok(CreatedApiKey { key, secret })
+    }
+
+    async fn write(&self, ops: Vec<Op>) -> Result<()> {
+        let store = self.shared.store.clone();
+        blocking(move || Ok(store.write(WriteBatch::from(ops), Durability::Sync)?)).await
     }
 
     /// Creates the instance admin key (no workspace, role `admin`). The server calls this once
     /// at first start and writes the secret to a 0600 file.
     pub async fn create_admin_key(&self) -> Result<CreatedApiKey> {
-        Err(wip())
+        self.put_api_key(None, vec![Role::Admin]).await
     }
 
     /// Creates an API key for workspace `ws`.
-    pub async fn create_api_key(&self, _ws: &str, _req: NewApiKey) -> Result<CreatedApiKey> {
-        Err(wip())
+    pub async fn create_api_key(&self, ws: &str, req: NewApiKey) -> Result<CreatedApiKey> {
+        let roles = validate::roles(req.roles)?;
+        self.workspace_record(ws)?;
+        self.put_api_key(Some(ws), roles).await
     }
 
     /// Revokes API key `key_id` of workspace `ws` (NotFound if it is another workspace's).
     /// Revoking a revoked key is a Conflict.
-    pub async fn revoke_api_key(&self, _ws: &str, _key_id: &str) -> Result<ApiKeyView> {
-        Err(wip())
+    pub async fn revoke_api_key(&self, ws: &str, key_id: &str) -> Result<ApiKeyView> {
+        let found = self.shared.store.api_key_by_id(Some(ws), key_id).map_err(not_found_if_invalid("API key"))?;
+        let Some(mut k) = found else { return Err(EngineError::NotFound { what: "API key" }) };
+        if k.revoked_at_ms.is_some() {
+            return Err(EngineError::Conflict("API key is already revoked".into()));
+        }
+        k.revoked_at_ms = Some(now_ms());
+        let view = views::api_key(&k)?;
+        self.write(vec![Op::PutApiKey(k)]).await?;
+        Ok(view)
     }
 
     // ---- Workspaces -----------------------------------------------------------------------
 
     /// Creates a workspace and its signing key (in the signer).
-    pub async fn create_workspace(&self, _req: NewWorkspace) -> Result<WorkspaceView> {
-        Err(wip())
+    pub async fn create_workspace(&self, req: NewWorkspace) -> Result<WorkspaceView> {
+        validate::name(&req.name)?;
+        validate::scope_rules(&req.scope_rules)?;
+        let s = &self.shared;
+        let id = new_id("ws_")?;
+        let keys = match tokio::time::timeout(s.cfg.signer_timeout, s.signer.create_key(id.clone())).await {
+            Err(_) => return Err(EngineError::SignerUnavailable("signer did not answer in time".into())),
+            Ok(r) => r.map_err(EngineError::from_signer)?,
+        };
+        let record = allowly_store::WorkspaceRecord {
+            id,
+            name: req.name,
+            created_at_ms: now_ms(),
+            scope_rules: req.scope_rules,
+            fail_open: false,
+            signing_keys: key_records(&keys),
+        };
+        let view = views::workspace(&record)?;
+        self.write(vec![Op::PutWorkspace(record)]).await?;
+        Ok(view)
+    }
+
+    fn workspace_record(&self, ws: &str) -> Result<allowly_store::WorkspaceRecord> {
+        self.shared
+            .store
+            .workspace(ws)
+            .map_err(not_found_if_invalid("workspace"))?
+            .ok_or(EngineError::NotFound { what: "workspace" })
     }
 
     /// A workspace.
-    pub fn workspace(&self, _ws: &str) -> Result<WorkspaceView> {
-        Err(wip())
+    pub fn workspace(&self, ws: &str) -> Result<WorkspaceView> {
+        views::workspace(&self.workspace_record(ws)?)
     }
 
     /// Replaces a workspace's scope rules.
-    pub async fn set_scope_rules(&self, _ws: &str, _req: ScopeRules) -> Result<WorkspaceView> {
-        Err(wip())
+    pub async fn set_scope_rules(&self, ws: &str, req: ScopeRules) -> Result<WorkspaceView> {
+        validate::scope_rules(&req.scope_rules)?;
+        self.ask(ws, |reply| WsMsg::SetScopeRules { rules: req.scope_rules, reply }).await
     }
 
     /// The workspace's public keys (every key it ever signed with, with validity windows).
     /// Public: needs no authentication. NotFound for an unknown workspace.
-    pub fn keys(&self, _ws: &str) -> Result<allowly_receipt::types::KeySet> {
-        Err(wip())
+    pub fn keys(&self, ws: &str) -> Result<KeySet> {
+        key_set(ws, &self.workspace_record(ws)?.signing_keys)
     }
 
     // ---- Authorizations and checks --------------------------------------------------------
 
+    /// Sends a request to the workspace's actor and waits for its answer. Starts the actor if
+    /// none runs; a full mailbox is `Overloaded`.
+    async fn ask<T>(&self, ws: &str, make: impl FnOnce(Reply<T>) -> WsMsg) -> Result<T> {
+        let (tx, rx) = oneshot::channel();
+        let mut msg = make(tx);
+        let mut attempts = 0;
+        loop {
+            let h = self.actor_for(ws).await?;
+            if h.queued.fetch_add(1, Ordering::AcqRel) >= self.shared.cfg.mailbox_capacity {
+                h.queued.fetch_sub(1, Ordering::AcqRel);
+                self.shared.metrics.overloaded.inc();
+                return Err(EngineError::Overloaded);
+            }
+            match h.actor.send_message(msg) {
+                Ok(()) => break,
+                Err(MessagingErr::SendErr(m)) if attempts < 3 => {
+                    // The actor stopped (passivated) between lookup and send: start a new one.
+                    h.queued.fetch_sub(1, Ordering::AcqRel);
+                    self.shared.actors.remove_if(ws, |_, cur| cur.actor.get_id() == h.actor.get_id());
+                    attempts += 1;
+                    msg = m;
+                }
+                Err(_) => {
+                    h.queued.fetch_sub(1, Ordering::AcqRel);
+                    return Err(EngineError::Internal("workspace actor unreachable".into()));
+                }
+            }
+        }
+        rx.await.map_err(|_| EngineError::Internal("workspace actor stopped before answering".into()))?
+    }
+
+    async fn actor_for(&self, ws: &str) -> Result<WsHandle> {
+        let s = &self.shared;
+        if let Some(h) = s.actors.get(ws) {
+            return Ok(h.clone());
+        }
+        if s.shutting_down.load(Ordering::Acquire) {
+            return Err(EngineError::ShuttingDown);
+        }
+        let locks = s.locks.entry(ws.to_owned()).or_default().clone();
+        let _spawning = locks.spawn.lock().await;
+        if let Some(h) = s.actors.get(ws) {
+            return Ok(h.clone());
+        }
+        // Waits until a passivated predecessor has finished and let go of the workspace.
+        let life = locks.life.clone().lock_owned().await;
+        let record = self.workspace_record(ws)?;
+        let next_index = s.store.log_meta(ws)?.unwrap_or_default().next_index;
+        let queued = Arc::new(AtomicUsize::new(0));
+        let args = WsArgs { shared: s.clone(), ws: record, next_index, queued: queued.clone(), life };
+        let (actor, _join) = Actor::spawn(None, WorkspaceActor, args)
+            .await
+            .map_err(|e| EngineError::Internal(format!("starting workspace actor: {e}")))?;
+        let h = WsHandle { actor, queued };
+        s.actors.insert(ws.to_owned(), h.clone());
+        Ok(h)
+    }
+
+    fn fail_closed(&self) -> Result<()> {
+        let s = &self.shared;
+        if s.shutting_down.load(Ordering::Acquire) {
+            return Err(EngineError::ShuttingDown);
+        }
+        if !s.health.is_up() {
+            s.metrics.failed_closed.inc();
+            return Err(EngineError::SignerUnavailable(s.health.detail().unwrap_or_else(|| "signer down".into())));
+        }
+        Ok(())
+    }
+
     /// Records a user's grant; answers once its `authorization.created` receipt is durable.
-    pub async fn create_authorization(&self, _ws: &str, _req: NewAuthorization) -> Result<AuthorizationChange> {
-        Err(wip())
+    pub async fn create_authorization(&self, ws: &str, req: NewAuthorization) -> Result<AuthorizationChange> {
+        validate::new_authorization(&req, now_ms())?;
+        self.fail_closed()?;
+        self.ask(ws, |reply| WsMsg::CreateAuthorization { req, reply }).await
     }
 
     /// An authorization.
-    pub fn authorization(&self, _ws: &str, _id: &str) -> Result<AuthorizationView> {
-        Err(wip())
+    pub fn authorization(&self, ws: &str, id: &str) -> Result<AuthorizationView> {
+        let a = self.authorization_record(ws, id)?;
+        views::authorization(&a, now_ms())
+    }
+
+    fn authorization_record(&self, ws: &str, id: &str) -> Result<allowly_store::AuthorizationRecord> {
+        self.shared
+            .store
+            .authorization(ws, id)
+            .map_err(not_found_if_invalid("authorization"))?
+            .ok_or(EngineError::NotFound { what: "authorization" })
     }
 
     /// Revokes an authorization; answers once its revocation receipt is durable. Revoking a
     /// revoked authorization is a Conflict.
-    pub async fn revoke_authorization(&self, _ws: &str, _id: &str) -> Result<AuthorizationChange> {
-        Err(wip())
+    pub async fn revoke_authorization(&self, ws: &str, id: &str) -> Result<AuthorizationChange> {
+        // Checked here so a malformed or foreign id never reaches (or starts) an actor.
+        self.authorization_record(ws, id)?;
+        self.fail_closed()?;
+        let id = id.to_owned();
+        self.ask(ws, |reply| WsMsg::Revoke { id, reply }).await
     }
 
     /// Decides a check; answers once its receipt is durable. Fails closed with
     /// `SignerUnavailable` while the signer does not answer.
-    pub async fn check(&self, _ws: &str, _req: CheckRequest) -> Result<CheckOutcome> {
-        Err(wip())
+    pub async fn check(&self, ws: &str, req: CheckRequest) -> Result<CheckOutcome> {
+        validate::check(&req)?;
+        self.fail_closed()?;
+        self.ask(ws, |reply| WsMsg::Check { req, reply }).await
     }
 
     // ---- Receipts and the log -------------------------------------------------------------
 
+    /// The newest stored checkpoint, if any.
+    fn latest(&self, ws: &str) -> Result<Option<(u64, String)>> {
+        self.shared.store.latest_checkpoint(ws).map_err(not_found_if_invalid("workspace"))
+    }
+
+    fn proof(&self, ws: &str, index: u64, size: u64) -> Result<Vec<merkle::Hash>> {
+        let nodes = StoredNodes::new(&*self.shared.store, ws);
+        merkle::inclusion_proof(&nodes, index, size).map_err(|e| match nodes.take_error() {
+            Some(se) => EngineError::Store(se),
+            None => EngineError::Internal(format!("inclusion proof of {index} in {size}: {e}")),
+        })
+    }
+
+    /// A stored receipt's envelope: signed against `latest` when it is covered by it.
+    fn view(&self, r: &ReceiptRecord, latest: Option<&(u64, String)>) -> Result<ReceiptView> {
+        match (r.signed_in, latest) {
+            (Some(_), Some((size, note))) if r.log_index < *size => Ok(ReceiptView::Signed(signed_envelope(
+                r,
+                self.proof(&r.workspace_id, r.log_index, *size)?,
+                note.clone(),
+            )?)),
+            _ => Ok(ReceiptView::Pending(pending_envelope(r)?)),
+        }
+    }
+
     /// A receipt: signed (with a proof against the newest checkpoint) or still pending.
-    pub fn receipt(&self, _ws: &str, _id: &str) -> Result<ReceiptView> {
-        Err(wip())
+    pub fn receipt(&self, ws: &str, id: &str) -> Result<ReceiptView> {
+        let r = self
+            .shared
+            .store
+            .receipt(ws, id)
+            .map_err(not_found_if_invalid("receipt"))?
+            .ok_or(EngineError::NotFound { what: "receipt" })?;
+        let latest = if r.signed_in.is_some() { self.latest(ws)? } else { None };
+        self.view(&r, latest.as_ref())
     }
 
     /// An authorization's trail in `seq` order. `starting_after` is a cursor from a previous
     /// page; `limit` is clamped to 1..=1000.
     pub fn trail(
         &self,
-        _ws: &str,
-        _authorization_id: &str,
-        _starting_after: Option<&str>,
-        _limit: usize,
+        ws: &str,
+        authorization_id: &str,
+        starting_after: Option<&str>,
+        limit: usize,
     ) -> Result<Page<ReceiptView>> {
-        Err(wip())
+        self.authorization_record(ws, authorization_id)?;
+        let after = starting_after
+            .map(|c| {
+                c.parse::<u64>().map_err(|_| EngineError::invalid("starting_after", "not a cursor from this list"))
+            })
+            .transpose()?;
+        let limit = limit.clamp(1, 1000);
+        let latest = self.latest(ws)?;
+        let mut recs = self.shared.store.trail(ws, authorization_id, after, limit + 1)?;
+        let has_more = recs.len() > limit;
+        recs.truncate(limit);
+        let next_cursor = if has_more { recs.last().and_then(|r| r.seq).map(|s| s.to_string()) } else { None };
+        let data = recs.iter().map(|r| self.view(r, latest.as_ref())).collect::<Result<Vec<_>>>()?;
+        Ok(Page { data, has_more, next_cursor })
     }
 
     /// The newest signed checkpoint (NotFound while nothing is signed).
-    pub fn latest_checkpoint(&self, _ws: &str) -> Result<CheckpointView> {
-        Err(wip())
+    pub fn latest_checkpoint(&self, ws: &str) -> Result<CheckpointView> {
+        self.workspace_record(ws)?;
+        let (size, checkpoint) = self.latest(ws)?.ok_or(EngineError::NotFound { what: "checkpoint" })?;
+        Ok(CheckpointView { workspace_id: ws.to_owned(), size, checkpoint })
+    }
+
+    fn checkpoint_of(&self, ws: &str, size: Option<u64>) -> Result<(u64, String)> {
+        self.workspace_record(ws)?;
+        match size {
+            None => self.latest(ws)?.ok_or(EngineError::NotFound { what: "checkpoint" }),
+            Some(n) => {
+                let note = self.shared.store.checkpoint(ws, n)?.ok_or(EngineError::NotFound { what: "checkpoint" })?;
+                Ok((n, note))
+            }
+        }
     }
 
     /// Inclusion proof of leaf `log_index` in the tree of `tree_size` leaves (default: the
     /// newest checkpoint); `tree_size` must be the size of a stored checkpoint.
-    pub fn inclusion_proof(&self, _ws: &str, _log_index: u64, _tree_size: Option<u64>) -> Result<InclusionProofView> {
-        Err(wip())
+    pub fn inclusion_proof(&self, ws: &str, log_index: u64, tree_size: Option<u64>) -> Result<InclusionProofView> {
+        let (size, checkpoint) = self.checkpoint_of(ws, tree_size)?;
+        if log_index >= size {
+            return Err(EngineError::invalid("log_index", format!("must be below the tree size {size}")));
+        }
+        let r = self.shared.store.receipt_at(ws, log_index)?.ok_or(EngineError::NotFound { what: "leaf" })?;
+        let proof = self.proof(ws, log_index, size)?;
+        Ok(InclusionProofView {
+            log_index,
+            tree_size: size,
+            leaf_hash: HexHash(r.leaf),
+            proof: proof.into_iter().map(HexHash).collect(),
+            checkpoint,
+        })
     }
 
     /// Consistency proof from `old_size` to `new_size` (default: the newest checkpoint); both
     /// must be sizes of stored checkpoints.
-    pub fn consistency_proof(&self, _ws: &str, _old_size: u64, _new_size: Option<u64>) -> Result<ConsistencyProofView> {
-        Err(wip())
+    pub fn consistency_proof(&self, ws: &str, old_size: u64, new_size: Option<u64>) -> Result<ConsistencyProofView> {
+        let (new, new_checkpoint) = self.checkpoint_of(ws, new_size)?;
+        if old_size == 0 || old_size > new {
+            return Err(EngineError::invalid("old_size", format!("must be in 1..={new}")));
+        }
+        let (_, old_checkpoint) = self.checkpoint_of(ws, Some(old_size))?;
+        let nodes = StoredNodes::new(&*self.shared.store, ws);
+        let proof = merkle::consistency_proof(&nodes, old_size, new).map_err(|e| match nodes.take_error() {
+            Some(se) => EngineError::Store(se),
+            None => EngineError::Internal(format!("consistency proof {old_size}..{new}: {e}")),
+        })?;
+        Ok(ConsistencyProofView {
+            old_size,
+            new_size: new,
+            proof: proof.into_iter().map(HexHash).collect(),
+            old_checkpoint,
+            new_checkpoint,
+        })
     }
 
     /// An evidence bundle (JSON Lines, `allowly-verify bundle` format): the workspace's keys,
     /// the newest checkpoint, and every receipt in scope with a proof against it (receipts not
     /// yet signed are included as pending).
-    pub fn export(&self, _ws: &str, _scope: ExportScope) -> Result<Vec<u8>> {
-        Err(wip())
+    pub fn export(&self, ws: &str, scope: ExportScope) -> Result<Vec<u8>> {
+        let record = self.workspace_record(ws)?;
+        let latest = self.latest(ws)?;
+        let store = &self.shared.store;
+        let (scope, recs) = match scope {
+            ExportScope::Authorization(id) => {
+                let a = self.authorization_record(ws, &id)?;
+                if a.next_seq > MAX_EXPORT_RECEIPTS {
+                    return Err(EngineError::invalid(
+                        "authorization_id",
+                        "trail too long for one export; export log ranges",
+                    ));
+                }
+                let recs = store.trail(ws, &id, None, a.next_seq as usize)?;
+                let last_seq = recs.last().and_then(|r| r.seq).unwrap_or(0);
+                (bundle::Scope::Authorization { authorization_id: id, last_seq }, recs)
+            }
+            ExportScope::Log { from, to } => {
+                let next = store.log_meta(ws)?.unwrap_or_default().next_index;
+                if from >= to || to > next {
+                    return Err(EngineError::invalid("to", format!("need from < to <= {next} (the log size)")));
+                }
+                if to - from > MAX_EXPORT_RECEIPTS {
+                    return Err(EngineError::invalid(
+                        "to",
+                        format!("at most {MAX_EXPORT_RECEIPTS} receipts per export"),
+                    ));
+                }
+                (bundle::Scope::Log { from, to }, store.receipts_in_range(ws, from, to, (to - from) as usize)?)
+            }
+        };
+        let receipts = recs
+            .iter()
+            .map(|r| {
+                Ok(match self.view(r, latest.as_ref())? {
+                    ReceiptView::Signed(s) => AnyReceipt::Signed(s),
+                    ReceiptView::Pending(p) => AnyReceipt::Pending(p),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let b = Bundle {
+            header: Some(Header {
+                v: bundle::BUNDLE_VERSION,
+                workspace_id: ws.to_owned(),
+                scope,
+                created_at: ts(now_ms())?,
+            }),
+            keys: vec![key_set(ws, &record.signing_keys)?],
+            checkpoints: latest.map(|(_, note)| vec![note]).unwrap_or_default(),
+            consistency: Vec::new(),
+            receipts,
+        };
+        b.to_jsonl().map_err(|e| EngineError::Internal(format!("bundle: {e}")))
+    }
+}
+
+/// Pings the signer now and then so `/readyz` and fail-closed follow it even when idle. Ends
+/// with the engine.
+async fn probe_loop(shared: std::sync::Weak<Shared>) {
+    let mut tick = tokio::time::interval(PROBE_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(s) = shared.upgrade() else { return };
+        let r = tokio::time::timeout(s.cfg.signer_timeout, s.signer.ping()).await;
+        match r {
+            Ok(Ok(())) => s.health.set_up(&s.metrics),
+            Ok(Err(e)) => s.health.set_down(&s.metrics, &e.to_string()),
+            Err(_) => s.health.set_down(&s.metrics, "signer did not answer a ping in time"),
+        }
     }
 }

@@ -1,12 +1,25 @@
 //! Allowly's engine: workspaces, authorizations, decisions, one actor per workspace, and the
 //! signing pipeline. [`Engine`] is the whole API; the server maps HTTP onto it.
+//!
+//! Shape: requests that add a receipt go to the workspace's actor (`actor`), which decides
+//! (`decide`), sequences, and group-commits; after each commit the workspace's signing task
+//! (`pipeline`) sends the new leaves to the signer and stores checkpoints, Merkle nodes and
+//! proofs. Reads go straight to the store.
 
+mod actor;
 pub mod config;
 pub mod decide;
 mod engine;
 pub mod error;
+pub mod ids;
+pub mod metrics;
 pub mod model;
+mod pipeline;
+pub mod receipts;
+mod shared;
+pub mod validate;
+mod views;
 
 pub use config::EngineConfig;
-pub use engine::Engine;
+pub use engine::{Engine, MAX_EXPORT_RECEIPTS};
 pub use error::{EngineError, Result};

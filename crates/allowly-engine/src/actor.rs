@@ -1,0 +1,515 @@
+//! One ractor actor per workspace: it owns the workspace's authorization cache and its
+//! sequencing (receipt id, log index, per-authorization `seq` and `prev`), decides, and
+//! group-commits.
+//!
+//! Group commit: a request is decided and *staged* (its write ops and its answer kept aside);
+//! the first staged request schedules a `Flush` behind everything already in the mailbox, so
+//! one synced write covers every request that arrived meanwhile. The answers leave only after
+//! that write returns. The actor keeps no other copy of the truth: if a write fails, every
+//! request in it gets an error and the actor reloads its state from the store.
+//!
+//! Passivation: an actor idle for `idle_timeout` removes itself from the registry and drains.
+//! A per-workspace lock held for the actor's whole life makes its successor wait until it is
+//! gone, so there is never more than one sequencer per workspace log.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use allowly_receipt::types::{
+    Decision, EventKind, Grant as ReceiptGrant, HexHash, ReceiptBody, Timestamp, FORMAT_VERSION,
+};
+use allowly_store::{AuthorizationRecord, Durability, Op, ReceiptRecord, ScopeRule, WorkspaceRecord, WriteBatch};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::sync::{oneshot, OwnedMutexGuard};
+
+use crate::decide::{self, Reason, Rule, Verdict};
+use crate::error::{EngineError, Result};
+use crate::ids::new_id;
+use crate::model::{
+    AuthorizationChange, CheckOutcome, CheckRequest, ConfirmationInfo, EscalationInfo, NewAuthorization, WorkspaceView,
+};
+use crate::receipts::{auth_state_hash, json_hash, pending_envelope, seal};
+use crate::shared::{now_ms, ts, Shared};
+use crate::views;
+
+/// Where an answer goes.
+pub(crate) type Reply<T> = oneshot::Sender<Result<T>>;
+
+/// Requests a workspace actor handles (validated by the engine before they are sent).
+pub(crate) enum WsMsg {
+    CreateAuthorization {
+        req: NewAuthorization,
+        reply: Reply<AuthorizationChange>,
+    },
+    Revoke {
+        id: String,
+        reply: Reply<AuthorizationChange>,
+    },
+    Check {
+        req: CheckRequest,
+        reply: Reply<CheckOutcome>,
+    },
+    SetScopeRules {
+        rules: BTreeMap<String, ScopeRule>,
+        reply: Reply<WorkspaceView>,
+    },
+    /// Commit everything staged (sent by the actor to itself).
+    Flush,
+    /// Stop if idle (sent by the actor to itself).
+    IdleCheck,
+}
+
+/// A running actor as the registry holds it.
+#[derive(Clone)]
+pub(crate) struct WsHandle {
+    pub actor: ActorRef<WsMsg>,
+    /// Requests sent and not yet taken up: the mailbox bound.
+    pub queued: Arc<AtomicUsize>,
+}
+
+/// A staged request's completion: called with the commit's outcome.
+type Done = Box<dyn FnOnce(Result<()>) + Send>;
+
+pub(crate) struct WsArgs {
+    pub shared: Arc<Shared>,
+    pub ws: WorkspaceRecord,
+    pub next_index: u64,
+    pub queued: Arc<AtomicUsize>,
+    pub life: OwnedMutexGuard<()>,
+}
+
+pub(crate) struct WsState {
+    shared: Arc<Shared>,
+    ws: WorkspaceRecord,
+    rules: BTreeMap<String, Rule>,
+    /// Authorizations as of the last staged request (ahead of the store until the commit).
+    auths: HashMap<String, AuthorizationRecord>,
+    next_index: u64,
+    ops: Vec<Op>,
+    done: Vec<Done>,
+    flush_scheduled: bool,
+    last_active: Instant,
+    queued: Arc<AtomicUsize>,
+    _life: OwnedMutexGuard<()>,
+}
+
+/// Most authorizations one actor caches; past this the cache is emptied (they reload on use).
+const MAX_CACHED_AUTHORIZATIONS: usize = 65_536;
+
+pub(crate) struct WorkspaceActor;
+
+fn rules_of(ws: &WorkspaceRecord) -> BTreeMap<String, Rule> {
+    ws.scope_rules
+        .iter()
+        .map(|(k, v)| {
+            let rule = match v {
+                ScopeRule::Confirm => Rule::Confirm,
+                ScopeRule::Escalate => Rule::Escalate,
+            };
+            (k.clone(), rule)
+        })
+        .collect()
+}
+
+impl Actor for WorkspaceActor {
+    type Msg = WsMsg;
+    type State = WsState;
+    type Arguments = WsArgs;
+
+    async fn pre_start(&self, myself: ActorRef<WsMsg>, a: WsArgs) -> Result<WsState, ActorProcessingErr> {
+        a.shared.metrics.actors_live.inc();
+        a.shared.metrics.actor_starts.inc();
+        myself.send_after(a.shared.cfg.idle_timeout, || WsMsg::IdleCheck);
+        Ok(WsState {
+            rules: rules_of(&a.ws),
+            shared: a.shared,
+            ws: a.ws,
+            auths: HashMap::new(),
+            next_index: a.next_index,
+            ops: Vec::new(),
+            done: Vec::new(),
+            flush_scheduled: false,
+            last_active: Instant::now(),
+            queued: a.queued,
+            _life: a.life,
+        })
+    }
+
+    async fn post_stop(&self, myself: ActorRef<WsMsg>, s: &mut WsState) -> Result<(), ActorProcessingErr> {
+        // Nothing staged may be lost silently (a drain can leave a Flush undeliverable).
+        s.flush().await;
+        s.shared.actors.remove_if(&s.ws.id, |_, h| h.actor.get_id() == myself.get_id());
+        s.shared.metrics.actors_live.dec();
+        Ok(())
+    }
+
+    async fn handle(&self, myself: ActorRef<WsMsg>, msg: WsMsg, s: &mut WsState) -> Result<(), ActorProcessingErr> {
+        match msg {
+            WsMsg::Flush => {
+                s.flush_scheduled = false;
+                s.flush().await;
+                return Ok(());
+            }
+            WsMsg::IdleCheck => {
+                let idle = s.last_active.elapsed() >= s.shared.cfg.idle_timeout;
+                if idle && s.done.is_empty() && s.queued.load(Ordering::Acquire) == 0 {
+                    // Unregister first so new requests start a successor (which waits for our
+                    // life lock), then process whatever is already queued and stop.
+                    s.shared.actors.remove_if(&s.ws.id, |_, h| h.actor.get_id() == myself.get_id());
+                    myself.drain()?;
+                } else {
+                    myself.send_after(s.shared.cfg.idle_timeout, || WsMsg::IdleCheck);
+                }
+                return Ok(());
+            }
+            _ => {}
+        }
+        s.queued.fetch_sub(1, Ordering::AcqRel);
+        s.last_active = Instant::now();
+        match msg {
+            WsMsg::CreateAuthorization { req, reply } => {
+                let r = s.create_authorization(req);
+                s.stage_or_fail(r, reply);
+            }
+            WsMsg::Revoke { id, reply } => {
+                let r = s.revoke(&id);
+                s.stage_or_fail(r, reply);
+            }
+            WsMsg::Check { req, reply } => {
+                let r = s.check(req);
+                s.stage_or_fail(r, reply);
+            }
+            WsMsg::SetScopeRules { rules, reply } => {
+                let mut ws = s.ws.clone();
+                ws.scope_rules = rules;
+                let view = views::workspace(&ws);
+                s.ws = ws.clone();
+                s.rules = rules_of(&ws);
+                s.stage_or_fail(view.map(|v| (vec![Op::PutWorkspace(ws)], v)), reply);
+            }
+            WsMsg::Flush | WsMsg::IdleCheck => {}
+        }
+        if !s.done.is_empty() && !s.flush_scheduled {
+            s.flush_scheduled = true;
+            // Lands behind every message already queued: they all share this commit. During a
+            // drain self-messages are refused: commit now instead.
+            if myself.send_message(WsMsg::Flush).is_err() {
+                s.flush_scheduled = false;
+                s.flush().await;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A receipt being built for one authorization: the trail fields come from the authorization.
+struct Event<'a> {
+    kind: EventKind,
+    decision: Option<Decision>,
+    reason: Option<&'a str>,
+    scopes: Vec<String>,
+    resource: Option<String>,
+    time: Timestamp,
+}
+
+impl WsState {
+    /// Stages `ops` with an answer that is sent once they are durable; an error is answered now.
+    fn stage_or_fail<T: Send + 'static>(&mut self, r: Result<(Vec<Op>, T)>, reply: Reply<T>) {
+        match r {
+            // Nothing to write (e.g. an unknown authorization): answer at once.
+            Ok((ops, answer)) if ops.is_empty() => {
+                let _ = reply.send(Ok(answer));
+            }
+            Ok((ops, answer)) => {
+                self.ops.extend(ops);
+                self.done.push(Box::new(move |res: Result<()>| {
+                    let _ = reply.send(res.map(|()| answer));
+                }));
+            }
+            Err(e) => {
+                let _ = reply.send(Err(e));
+            }
+        }
+    }
+
+    /// Commits everything staged with one synced write, then answers.
+    async fn flush(&mut self) {
+        if self.done.is_empty() {
+            return;
+        }
+        let done = std::mem::take(&mut self.done);
+        let mut ops = std::mem::take(&mut self.ops);
+        ops.push(Op::PutLogMeta {
+            workspace_id: self.ws.id.clone(),
+            meta: allowly_store::LogMeta { next_index: self.next_index },
+        });
+        let store = self.shared.store.clone();
+        let m = &self.shared.metrics;
+        m.commit_batch.observe(done.len() as f64);
+        let t = Instant::now();
+        let res = tokio::task::spawn_blocking(move || store.write(WriteBatch { ops }, Durability::Sync)).await;
+        m.commit_seconds.observe(t.elapsed().as_secs_f64());
+        let res = match res {
+            Ok(r) => r.map_err(EngineError::Store),
+            Err(e) => Err(EngineError::Internal(format!("commit task: {e}"))),
+        };
+        match res {
+            Ok(()) => {
+                for d in done {
+                    d(Ok(()));
+                }
+                self.shared.pipelines.notify(&self.shared, &self.ws.id, self.next_index);
+            }
+            Err(e) => {
+                m.commit_failures.inc();
+                tracing::error!(workspace = %self.ws.id, error = %e, "group commit failed; reloading workspace state");
+                let msg = e.to_string();
+                for d in done {
+                    d(Err(EngineError::Store(allowly_store::StoreError::Engine(msg.clone()))));
+                }
+                self.reload();
+            }
+        }
+    }
+
+    /// Forgets everything not known to be durable. If even the reload fails, the next request
+    /// fails too and reloads again (the state stays "unknown", never guessed).
+    fn reload(&mut self) {
+        self.auths.clear();
+        match (self.shared.store.workspace(&self.ws.id), self.shared.store.log_meta(&self.ws.id)) {
+            (Ok(Some(ws)), Ok(meta)) => {
+                self.rules = rules_of(&ws);
+                self.ws = ws;
+                self.next_index = meta.unwrap_or_default().next_index;
+            }
+            (a, b) => {
+                tracing::error!(workspace = %self.ws.id, ?a, ?b, "cannot reload workspace state");
+                self.next_index = u64::MAX;
+            }
+        }
+    }
+
+    fn authorization(&mut self, id: &str) -> Result<Option<AuthorizationRecord>> {
+        if self.next_index == u64::MAX {
+            self.reload();
+            if self.next_index == u64::MAX {
+                return Err(EngineError::Internal("workspace state could not be reloaded".into()));
+            }
+        }
+        if let Some(a) = self.auths.get(id) {
+            return Ok(Some(a.clone()));
+        }
+        let a = self.shared.store.authorization(&self.ws.id, id)?;
+        if let Some(a) = &a {
+            if self.auths.len() >= MAX_CACHED_AUTHORIZATIONS {
+                self.auths.clear();
+            }
+            self.auths.insert(id.to_owned(), a.clone());
+        }
+        Ok(a)
+    }
+
+    /// Builds the next receipt of `a`'s trail at the next log index, advancing `a` and `index`
+    /// (the caller's copies: they become the actor's state only if everything succeeds).
+    fn receipt(
+        &self,
+        a: &mut AuthorizationRecord,
+        index: &mut u64,
+        ev: Event<'_>,
+        fill: impl FnOnce(&mut ReceiptBody),
+    ) -> Result<ReceiptRecord> {
+        let seq = a.next_seq;
+        let mut body = ReceiptBody {
+            v: FORMAT_VERSION,
+            id: new_id("rc_")?,
+            workspace_id: self.ws.id.clone(),
+            authorization_id: Some(a.id.clone()),
+            seq: Some(seq),
+            prev: (seq > 0).then_some(HexHash(a.last_leaf)),
+            log_index: *index,
+            kind: ev.kind,
+            decision: ev.decision,
+            reason: ev.reason.map(str::to_owned),
+            scopes: ev.scopes,
+            resource: ev.resource,
+            time: ev.time,
+            auth_state_hash: Some(auth_state_hash(a)?),
+            grant: None,
+            approval: None,
+            escalation_id: None,
+            context_hash: None,
+            key: None,
+        };
+        fill(&mut body);
+        let rec = seal(&body)?;
+        *index += 1;
+        a.next_seq += 1;
+        a.last_leaf = rec.leaf;
+        Ok(rec)
+    }
+
+    /// Makes `a` and `index` the actor's state and returns the ops that persist them.
+    fn advance(&mut self, a: AuthorizationRecord, index: u64, receipts: Vec<ReceiptRecord>) -> Vec<Op> {
+        self.next_index = index;
+        let mut ops: Vec<Op> = receipts.into_iter().map(Op::PutReceipt).collect();
+        ops.push(Op::PutAuthorization(a.clone()));
+        self.auths.insert(a.id.clone(), a);
+        ops
+    }
+
+    fn create_authorization(&mut self, req: NewAuthorization) -> Result<(Vec<Op>, AuthorizationChange)> {
+        let now = now_ms();
+        let metadata_hash = req.metadata.as_ref().map(json_hash).transpose()?;
+        let mut a = AuthorizationRecord {
+            id: new_id("au_")?,
+            workspace_id: self.ws.id.clone(),
+            subject: req.subject,
+            scopes: req.scopes,
+            resources: req.resources,
+            expires_at_ms: req.expires_at.map(Timestamp::unix_ms),
+            metadata: req.metadata.unwrap_or(serde_json::Value::Null),
+            created_at_ms: now,
+            revoked_at_ms: None,
+            expiry_recorded: false,
+            next_seq: 0,
+            last_leaf: [0; 32],
+        };
+        let grant = ReceiptGrant {
+            subject: a.subject.clone(),
+            scopes: a.scopes.clone(),
+            resources: a.resources.clone(),
+            expires_at: req.expires_at,
+            metadata_hash,
+        };
+        let mut index = self.next_index;
+        let ev = Event {
+            kind: EventKind::AuthorizationCreated,
+            decision: None,
+            reason: None,
+            scopes: a.scopes.clone(),
+            resource: None,
+            time: ts(now)?,
+        };
+        let rec = self.receipt(&mut a, &mut index, ev, |b| b.grant = Some(grant))?;
+        let answer =
+            AuthorizationChange { authorization: views::authorization(&a, now)?, receipt: pending_envelope(&rec)? };
+        Ok((self.advance(a, index, vec![rec]), answer))
+    }
+
+    fn revoke(&mut self, id: &str) -> Result<(Vec<Op>, AuthorizationChange)> {
+        let now = now_ms();
+        let Some(mut a) = self.authorization(id)? else { return Err(EngineError::NotFound { what: "authorization" }) };
+        if a.revoked_at_ms.is_some() {
+            return Err(EngineError::Conflict("authorization is already revoked".into()));
+        }
+        a.revoked_at_ms = Some(now);
+        let mut index = self.next_index;
+        let ev = Event {
+            kind: EventKind::Revocation,
+            decision: None,
+            reason: Some("revoked"),
+            scopes: a.scopes.clone(),
+            resource: None,
+            time: ts(now)?,
+        };
+        let rec = self.receipt(&mut a, &mut index, ev, |_| {})?;
+        let answer =
+            AuthorizationChange { authorization: views::authorization(&a, now)?, receipt: pending_envelope(&rec)? };
+        Ok((self.advance(a, index, vec![rec]), answer))
+    }
+
+    fn check(&mut self, req: CheckRequest) -> Result<(Vec<Op>, CheckOutcome)> {
+        let now = now_ms();
+        let Some(mut a) = self.authorization(&req.authorization_id)? else {
+            // No trail to chain a receipt into: answered, counted, not logged.
+            let reason = Reason::UnknownAuthorization.as_str();
+            self.shared.metrics.decisions.with_label_values(&["deny", reason]).inc();
+            let outcome = CheckOutcome {
+                decision: Decision::Deny,
+                reason: reason.into(),
+                receipt: None,
+                confirmation: None,
+                escalation: None,
+            };
+            return Ok((Vec::new(), outcome));
+        };
+        let grant = decide::Grant {
+            scopes: &a.scopes,
+            resources: &a.resources,
+            expires_at_ms: a.expires_at_ms,
+            revoked: a.revoked_at_ms.is_some(),
+        };
+        let ask = decide::Ask { scopes: &req.scopes, resource: req.resource.as_deref(), now_ms: now };
+        let (verdict, reason) = decide::decide(grant, ask, &self.rules);
+        let time = ts(now)?;
+        let mut index = self.next_index;
+        let mut receipts = Vec::with_capacity(2);
+        if reason == Reason::Expired && !a.expiry_recorded {
+            // The first time expiry matters it is recorded in the trail, then the check.
+            let ev = Event {
+                kind: EventKind::Expiry,
+                decision: None,
+                reason: Some("expired"),
+                scopes: a.scopes.clone(),
+                resource: None,
+                time,
+            };
+            receipts.push(self.receipt(&mut a, &mut index, ev, |_| {})?);
+            a.expiry_recorded = true;
+        }
+        let decision = match verdict {
+            Verdict::Allow => Decision::Allow,
+            Verdict::Deny => Decision::Deny,
+            Verdict::Confirm => Decision::Confirm,
+            Verdict::Escalate => Decision::Escalate,
+        };
+        let context_hash = req.context.as_ref().map(json_hash).transpose()?;
+        let escalation = match verdict {
+            Verdict::Escalate => Some(EscalationInfo {
+                id: new_id("esc_")?,
+                expires_at: ts(now.saturating_add(self.shared.cfg.escalation_ttl.as_millis() as u64))?,
+            }),
+            _ => None,
+        };
+        let confirmation = match verdict {
+            Verdict::Confirm => Some(ConfirmationInfo {
+                nonce: new_id("cn_")?,
+                expires_at: ts(now.saturating_add(self.shared.cfg.confirmation_ttl.as_millis() as u64))?,
+                scopes: req.scopes.clone(),
+                resource: req.resource.clone(),
+            }),
+            _ => None,
+        };
+        let ev = Event {
+            kind: EventKind::Check,
+            decision: Some(decision),
+            reason: Some(reason.as_str()),
+            scopes: req.scopes,
+            resource: req.resource,
+            time,
+        };
+        let escalation_id = escalation.as_ref().map(|e| e.id.clone());
+        let rec = self.receipt(&mut a, &mut index, ev, |b| {
+            b.context_hash = context_hash;
+            b.escalation_id = escalation_id;
+        })?;
+        let label = match decision {
+            Decision::Allow => "allow",
+            Decision::Deny => "deny",
+            Decision::Confirm => "confirm",
+            Decision::Escalate => "escalate",
+        };
+        self.shared.metrics.decisions.with_label_values(&[label, reason.as_str()]).inc();
+        let outcome = CheckOutcome {
+            decision,
+            reason: reason.as_str().into(),
+            receipt: Some(pending_envelope(&rec)?),
+            confirmation,
+            escalation,
+        };
+        receipts.push(rec);
+        Ok((self.advance(a, index, receipts), outcome))
+    }
+}

@@ -1,0 +1,145 @@
+//! Every metric of the engine, in one registry per [`Engine`](crate::Engine). Names follow
+//! `allowly_engine_<name>_{total,seconds}`; label values come from closed sets (never a
+//! workspace or authorization id).
+
+use prometheus::{
+    exponential_buckets, Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+/// The engine's metrics.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Decisions by `decision` (allow, deny, confirm, escalate) and `reason` (the reason codes).
+    pub decisions: IntCounterVec,
+    /// Requests refused because a workspace mailbox was full.
+    pub overloaded: IntCounter,
+    /// Requests refused because the signer was down (fail closed).
+    pub failed_closed: IntCounter,
+    /// Receipts (and other records) per group commit. Buckets 1..4096 by powers of 2.
+    pub commit_batch: Histogram,
+    /// Time of one synced group commit. Buckets 50 µs .. ~1.6 s by powers of 2.
+    pub commit_seconds: Histogram,
+    /// Group commits that failed (every request in them got an error; the actor reloaded).
+    pub commit_failures: IntCounter,
+    /// Workspace actors running now.
+    pub actors_live: IntGauge,
+    /// Workspace actors started (first use or reload after passivation).
+    pub actor_starts: IntCounter,
+    /// Receipts per signing batch. Buckets 1..4096 by powers of 2.
+    pub sign_batch: Histogram,
+    /// Time from the oldest unsigned receipt being committed to its signature being stored.
+    /// Buckets 1 ms .. ~33 s by powers of 2.
+    pub signing_lag_seconds: Histogram,
+    /// Receipts whose signature is stored.
+    pub receipts_signed: IntCounter,
+    /// Failed exchanges with the signer, by `kind` (unavailable, error).
+    pub signer_errors: IntCounterVec,
+    /// 1 while the signer answers, 0 while checks fail closed.
+    pub signer_up: IntGauge,
+    /// Signer logs that disagree with the stored one (fork or rollback): signing stops for the
+    /// workspace. Alert on any increase.
+    pub log_divergence: IntCounter,
+}
+
+fn pow2(start: f64, n: usize) -> Vec<f64> {
+    exponential_buckets(start, 2.0, n).unwrap_or_default()
+}
+
+impl Metrics {
+    /// A fresh registry with every metric registered.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let m = Self {
+            decisions: IntCounterVec::new(
+                Opts::new("allowly_engine_decisions_total", "Decisions by outcome and reason"),
+                &["decision", "reason"],
+            )
+            .expect("static metric definition"),
+            overloaded: IntCounter::new("allowly_engine_overloaded_total", "Requests refused: workspace queue full")
+                .expect("static metric definition"),
+            failed_closed: IntCounter::new(
+                "allowly_engine_failed_closed_total",
+                "Requests refused because the signer is unavailable",
+            )
+            .expect("static metric definition"),
+            commit_batch: Histogram::with_opts(
+                HistogramOpts::new("allowly_engine_commit_batch_size", "Requests per group commit")
+                    .buckets(pow2(1.0, 13)),
+            )
+            .expect("static metric definition"),
+            commit_seconds: Histogram::with_opts(
+                HistogramOpts::new("allowly_engine_commit_seconds", "Duration of one synced group commit")
+                    .buckets(pow2(0.000_05, 16)),
+            )
+            .expect("static metric definition"),
+            commit_failures: IntCounter::new("allowly_engine_commit_failures_total", "Failed group commits")
+                .expect("static metric definition"),
+            actors_live: IntGauge::new("allowly_engine_actors_live", "Workspace actors running")
+                .expect("static metric definition"),
+            actor_starts: IntCounter::new("allowly_engine_actor_starts_total", "Workspace actors started")
+                .expect("static metric definition"),
+            sign_batch: Histogram::with_opts(
+                HistogramOpts::new("allowly_engine_sign_batch_size", "Receipts per signing batch")
+                    .buckets(pow2(1.0, 13)),
+            )
+            .expect("static metric definition"),
+            signing_lag_seconds: Histogram::with_opts(
+                HistogramOpts::new("allowly_engine_signing_lag_seconds", "Commit-to-signature delay")
+                    .buckets(pow2(0.001, 16)),
+            )
+            .expect("static metric definition"),
+            receipts_signed: IntCounter::new("allowly_engine_receipts_signed_total", "Receipts signed")
+                .expect("static metric definition"),
+            signer_errors: IntCounterVec::new(
+                Opts::new("allowly_engine_signer_errors_total", "Failed signer exchanges"),
+                &["kind"],
+            )
+            .expect("static metric definition"),
+            signer_up: IntGauge::new("allowly_engine_signer_up", "1 while the signer answers")
+                .expect("static metric definition"),
+            log_divergence: IntCounter::new(
+                "allowly_engine_log_divergence_total",
+                "Signer log disagrees with the stored log (signing stopped for a workspace)",
+            )
+            .expect("static metric definition"),
+            registry,
+        };
+        let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
+            Box::new(m.decisions.clone()),
+            Box::new(m.overloaded.clone()),
+            Box::new(m.failed_closed.clone()),
+            Box::new(m.commit_batch.clone()),
+            Box::new(m.commit_seconds.clone()),
+            Box::new(m.commit_failures.clone()),
+            Box::new(m.actors_live.clone()),
+            Box::new(m.actor_starts.clone()),
+            Box::new(m.sign_batch.clone()),
+            Box::new(m.signing_lag_seconds.clone()),
+            Box::new(m.receipts_signed.clone()),
+            Box::new(m.signer_errors.clone()),
+            Box::new(m.signer_up.clone()),
+            Box::new(m.log_divergence.clone()),
+        ];
+        for c in collectors {
+            m.registry.register(c).expect("metric names are unique");
+        }
+        m
+    }
+
+    /// Prometheus text exposition of every engine metric.
+    pub fn text(&self) -> String {
+        let mut out = Vec::new();
+        if TextEncoder::new().encode(&self.registry.gather(), &mut out).is_err() {
+            return String::new();
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

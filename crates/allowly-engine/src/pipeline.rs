@@ -1,0 +1,348 @@
+//! The signing pipeline: one task per workspace with unsigned receipts. It sends the committed,
+//! unsigned leaves to the signer in batches (as many as are ready, up to `sign_batch_max`,
+//! waiting at most `sign_batch_delay` for more), checks the signed checkpoint against its own
+//! Merkle frontier, and stores checkpoint, Merkle nodes and "signed" marks in one write.
+//!
+//! Recovery is by construction: the task reads what to sign from the store's pending index,
+//! never from memory, so receipts left pending by a crash are signed when their workspace's
+//! task starts (at engine start for every workspace with pending receipts). If the signer has
+//! more leaves than the store knows as signed (an answer lost to a crash or timeout), its
+//! `SizeMismatch` is resolved by fetching its latest checkpoint and checking that its root is
+//! the root of the *stored* leaves; any other disagreement is a divergence: signing stops for
+//! the workspace, it is logged and counted, and nothing is overwritten.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use allowly_receipt::merkle::{Frontier, Hash};
+use allowly_receipt::note::{self, NoteVerifier};
+use allowly_receipt::types::log_origin;
+use allowly_signer_proto::client::ClientError;
+use allowly_signer_proto::ErrorCode;
+use allowly_store::{Durability, Op, StoredNodes, WriteBatch};
+use dashmap::DashMap;
+use tokio::sync::watch;
+
+use crate::error::{EngineError, Result};
+use crate::receipts::{key_records, verifier};
+use crate::shared::Shared;
+
+/// Running pipeline tasks by workspace; each gets the workspace's committed log size.
+#[derive(Debug, Default)]
+pub(crate) struct Pipelines {
+    map: DashMap<String, Slot>,
+    next_id: AtomicU64,
+}
+
+#[derive(Debug)]
+struct Slot {
+    /// Tells a retiring task whether the registry entry is still its own.
+    id: u64,
+    tx: watch::Sender<u64>,
+}
+
+impl Pipelines {
+    /// Tells workspace `ws`'s task that leaves below `committed` are durable, starting the
+    /// task if none runs.
+    pub fn notify(&self, shared: &Arc<Shared>, ws: &str, committed: u64) {
+        if let Some(slot) = self.map.get(ws) {
+            if !slot.tx.is_closed() {
+                slot.tx.send_if_modified(|v| raise(v, committed));
+                return;
+            }
+        }
+        match self.map.entry(ws.to_owned()) {
+            dashmap::Entry::Occupied(e) if !e.get().tx.is_closed() => {
+                e.get().tx.send_if_modified(|v| raise(v, committed));
+            }
+            entry => {
+                let (tx, rx) = watch::channel(committed);
+                let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+                entry.insert(Slot { id, tx });
+                tokio::spawn(run(shared.clone(), ws.to_owned(), id, rx));
+            }
+        }
+    }
+}
+
+fn raise(v: &mut u64, to: u64) -> bool {
+    if to > *v {
+        *v = to;
+        true
+    } else {
+        false
+    }
+}
+
+/// Why a signing round did not complete.
+enum Stop {
+    /// Try again after a backoff (signer down, store error).
+    Retry(EngineError),
+    /// The logs disagree: stop signing this workspace.
+    Diverged(String),
+}
+
+impl From<EngineError> for Stop {
+    fn from(e: EngineError) -> Self {
+        Stop::Retry(e)
+    }
+}
+
+impl From<allowly_store::StoreError> for Stop {
+    fn from(e: allowly_store::StoreError) -> Self {
+        Stop::Retry(EngineError::Store(e))
+    }
+}
+
+struct Signing {
+    ws: String,
+    origin: String,
+    /// Frontier of the tree the newest stored checkpoint signs.
+    frontier: Frontier,
+    verifiers: Vec<NoteVerifier>,
+    /// When the oldest receipt now waiting was first seen unsigned.
+    waiting_since: Option<Instant>,
+}
+
+async fn run(shared: Arc<Shared>, ws: String, id: u64, mut rx: watch::Receiver<u64>) {
+    let mut backoff = Duration::from_millis(20);
+    let mut st = loop {
+        match Signing::load(&shared, &ws) {
+            Ok(st) => break st,
+            Err(e) => {
+                tracing::error!(workspace = %ws, error = %e, "cannot load signing state; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+    };
+    backoff = Duration::from_millis(20);
+    loop {
+        let committed = *rx.borrow_and_update();
+        if st.frontier.size() >= committed {
+            st.waiting_since = None;
+            if shared.shutting_down.load(Ordering::Acquire) {
+                break;
+            }
+            match tokio::time::timeout(shared.cfg.idle_timeout, rx.changed()).await {
+                Ok(Ok(())) => continue,
+                // The registry dropped us (engine gone).
+                Ok(Err(_)) => return,
+                Err(_) => {
+                    retire(&shared, &ws, id, &rx, st.frontier.size());
+                    return;
+                }
+            }
+        }
+        st.waiting_since.get_or_insert_with(Instant::now);
+        let ready = committed - st.frontier.size();
+        if (ready as usize) < shared.cfg.sign_batch_max && !shared.cfg.sign_batch_delay.is_zero() {
+            // Let a few more commits join this signature (bounded; not on any answer's path).
+            let _ = tokio::time::timeout(shared.cfg.sign_batch_delay, rx.changed()).await;
+        }
+        match st.round(&shared).await {
+            Ok(()) => backoff = Duration::from_millis(20),
+            Err(Stop::Retry(e)) => {
+                if !matches!(e, EngineError::SignerUnavailable(_)) {
+                    tracing::warn!(workspace = %ws, error = %e, "signing round failed; retrying");
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+            Err(Stop::Diverged(why)) => {
+                shared.metrics.log_divergence.inc();
+                tracing::error!(workspace = %ws, reason = %why, "signer log diverges from the stored log; signing stopped for this workspace");
+                // Stay registered (so no new task starts) and never sign again in this process.
+                let _ = rx.changed().await;
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+}
+
+/// Removes an idle task from the registry; if work arrived meanwhile a successor is started.
+/// Removal takes the map's write lock, so every notifier that found this
+/// task has finished sending before the last look at the committed size.
+fn retire(shared: &Arc<Shared>, ws: &str, id: u64, rx: &watch::Receiver<u64>, signed: u64) {
+    shared.pipelines.map.remove_if(ws, |_, slot| slot.id == id);
+    let committed = *rx.borrow();
+    if committed > signed {
+        // A successor takes over (it reloads from the store); this one ends.
+        shared.pipelines.notify(shared, ws, committed);
+    }
+}
+
+impl Signing {
+    fn load(shared: &Shared, ws: &str) -> Result<Self> {
+        let store = &*shared.store;
+        let signed = store.latest_checkpoint(ws)?.map(|(size, _)| size).unwrap_or(0);
+        let nodes = StoredNodes::new(store, ws);
+        let frontier = Frontier::from_source(&nodes, signed).map_err(|e| match nodes.take_error() {
+            Some(se) => EngineError::Store(se),
+            None => EngineError::Internal(format!("Merkle nodes of {ws} up to {signed}: {e}")),
+        })?;
+        let record = store.workspace(ws)?.ok_or(EngineError::NotFound { what: "workspace" })?;
+        let verifiers = record.signing_keys.iter().map(|k| verifier(ws, k)).collect::<Result<Vec<_>>>()?;
+        Ok(Self { ws: ws.to_owned(), origin: log_origin(ws), frontier, verifiers, waiting_since: None })
+    }
+
+    /// One exchange with the signer: the next batch of pending receipts, or a reconciliation.
+    async fn round(&mut self, shared: &Shared) -> Result<(), Stop> {
+        let from = self.frontier.size();
+        let pending = shared.store.pending(&self.ws, shared.cfg.sign_batch_max.clamp(1, 4096))?;
+        let leaves = contiguous_leaves(&self.ws, from, pending.iter().map(|r| (r.log_index, r.leaf)))?;
+        if leaves.is_empty() {
+            return Ok(());
+        }
+        let call = shared.signer.append_batch(self.ws.clone(), from, leaves.clone());
+        match tokio::time::timeout(shared.cfg.signer_timeout, call).await {
+            Err(_) => Err(self.outage(shared, "signer did not answer in time")),
+            Ok(Ok(out)) => {
+                shared.health.set_up(&shared.metrics);
+                self.store_signed(shared, &leaves, out.new_size, out.checkpoint).await
+            }
+            Ok(Err(ClientError::Remote(reply))) if reply.code == ErrorCode::SizeMismatch => {
+                shared.health.set_up(&shared.metrics);
+                self.reconcile(shared, reply.current_size).await
+            }
+            Ok(Err(e)) => {
+                let e = EngineError::from_signer(e);
+                if let EngineError::SignerUnavailable(why) = &e {
+                    return Err(self.outage(shared, why));
+                }
+                shared.metrics.signer_errors.with_label_values(&["error"]).inc();
+                Err(Stop::Retry(e))
+            }
+        }
+    }
+
+    fn outage(&self, shared: &Shared, why: &str) -> Stop {
+        shared.metrics.signer_errors.with_label_values(&["unavailable"]).inc();
+        shared.health.set_down(&shared.metrics, why);
+        Stop::Retry(EngineError::SignerUnavailable(why.to_owned()))
+    }
+
+    /// The signer has a different size than the newest stored checkpoint. Larger: an answer
+    /// was lost; adopt its checkpoint only if it signs exactly the stored leaves. Smaller: the
+    /// signer lost state — never paper over that.
+    async fn reconcile(&mut self, shared: &Shared, current: Option<u64>) -> Result<(), Stop> {
+        let ours = self.frontier.size();
+        let latest =
+            match tokio::time::timeout(shared.cfg.signer_timeout, shared.signer.latest_checkpoint(&self.ws)).await {
+                Err(_) => return Err(self.outage(shared, "signer did not answer in time")),
+                Ok(Err(e)) => return Err(Stop::Retry(EngineError::from_signer(e))),
+                Ok(Ok(c)) => c,
+            };
+        let Some(note) = latest.checkpoint else {
+            return Err(Stop::Diverged(format!("signer has no checkpoint but refused an append at {ours}")));
+        };
+        if latest.size < ours || current.is_some_and(|c| c < ours) {
+            return Err(Stop::Diverged(format!("signer log has {} leaves, {ours} are stored as signed", latest.size)));
+        }
+        let meta = shared.store.log_meta(&self.ws)?.unwrap_or_default();
+        if latest.size > meta.next_index {
+            return Err(Stop::Diverged(format!(
+                "signer log has {} leaves, only {} are stored",
+                latest.size, meta.next_index
+            )));
+        }
+        tracing::info!(workspace = %self.ws, stored = ours, signer = latest.size, "adopting the signer's checkpoint after a lost answer");
+        let mut leaves = Vec::new();
+        let mut at = ours;
+        while at < latest.size {
+            let recs = shared.store.receipts_in_range(&self.ws, at, latest.size, 4096)?;
+            let chunk = contiguous_leaves(&self.ws, at, recs.iter().map(|r| (r.log_index, r.leaf)))?;
+            if chunk.is_empty() {
+                return Err(Stop::Diverged(format!("stored leaf {at} is missing")));
+            }
+            at += chunk.len() as u64;
+            leaves.extend(chunk);
+        }
+        self.store_signed(shared, &leaves, latest.size, note).await
+    }
+
+    /// Checks `checkpoint` against our own frontier extended by `leaves`, then stores it with
+    /// the new Merkle nodes and marks the receipts signed — one write.
+    async fn store_signed(
+        &mut self,
+        shared: &Shared,
+        leaves: &[Hash],
+        new_size: u64,
+        checkpoint: String,
+    ) -> Result<(), Stop> {
+        let from = self.frontier.size();
+        let mut next = self.frontier.clone();
+        let appended = next.append(leaves).map_err(|e| Stop::Retry(EngineError::Internal(e.to_string())))?;
+        let cp = match self.open(&checkpoint) {
+            Ok(cp) => cp,
+            Err(_) => {
+                // Perhaps a key we have not seen yet (a rotation): refresh once, then insist.
+                self.refresh_keys(shared).await?;
+                self.open(&checkpoint).map_err(|e| Stop::Diverged(format!("checkpoint does not verify: {e}")))?
+            }
+        };
+        if cp.size != new_size || cp.size != next.size() || cp.root != appended.root {
+            return Err(Stop::Diverged(format!(
+                "signer checkpoint (size {}) does not sign the stored leaves {from}..{}",
+                cp.size,
+                next.size()
+            )));
+        }
+        let ws = self.ws.clone();
+        let batch = WriteBatch::from(vec![
+            Op::PutNodes { workspace_id: ws.clone(), nodes: appended.new_nodes },
+            Op::PutCheckpoint { workspace_id: ws.clone(), size: cp.size, note: checkpoint },
+            Op::MarkSigned { workspace_id: ws, from_index: from, to_index: cp.size, checkpoint_size: cp.size },
+        ]);
+        let store = shared.store.clone();
+        // Synced: a signature the store has lost would be recovered from the signer, but a
+        // reader must never see "signed" vanish after a restart.
+        tokio::task::spawn_blocking(move || store.write(batch, Durability::Sync))
+            .await
+            .map_err(|e| Stop::Retry(EngineError::Internal(format!("store task: {e}"))))?
+            .map_err(|e| Stop::Retry(EngineError::Store(e)))?;
+        self.frontier = next;
+        let m = &shared.metrics;
+        m.sign_batch.observe(leaves.len() as f64);
+        m.receipts_signed.inc_by(leaves.len() as u64);
+        if let Some(t) = self.waiting_since.take() {
+            m.signing_lag_seconds.observe(t.elapsed().as_secs_f64());
+        }
+        Ok(())
+    }
+
+    fn open(&self, checkpoint: &str) -> allowly_receipt::Result<note::Checkpoint> {
+        note::open_checkpoint(checkpoint, &self.origin, &self.verifiers).map(|(cp, _)| cp)
+    }
+
+    async fn refresh_keys(&mut self, shared: &Shared) -> Result<(), Stop> {
+        let keys = match tokio::time::timeout(shared.cfg.signer_timeout, shared.signer.list_keys(&self.ws)).await {
+            Err(_) => return Err(self.outage(shared, "signer did not answer in time")),
+            Ok(Err(e)) => return Err(Stop::Retry(EngineError::from_signer(e))),
+            Ok(Ok(k)) => key_records(&k),
+        };
+        self.verifiers = keys.iter().map(|k| verifier(&self.ws, k)).collect::<Result<Vec<_>>>()?;
+        let Some(mut record) = shared.store.workspace(&self.ws)? else { return Ok(()) };
+        if record.signing_keys != keys {
+            record.signing_keys = keys;
+            shared.store.write(WriteBatch::from(vec![Op::PutWorkspace(record)]), Durability::Sync)?;
+        }
+        Ok(())
+    }
+}
+
+/// The leaf hashes of `items` if they are exactly the indices `from, from+1, …` (the pending
+/// index must start where the signed log ends; anything else is a corrupt store).
+fn contiguous_leaves(ws: &str, from: u64, items: impl Iterator<Item = (u64, Hash)>) -> Result<Vec<Hash>, Stop> {
+    let mut out = Vec::new();
+    for (i, (index, leaf)) in items.enumerate() {
+        if index != from + i as u64 {
+            return Err(Stop::Diverged(format!(
+                "{ws}: unsigned receipts are not contiguous from {from} (found index {index} at position {i})"
+            )));
+        }
+        out.push(leaf);
+    }
+    Ok(out)
+}

@@ -1,0 +1,85 @@
+//! What every part of the engine shares: the store, the signer client, configuration, metrics,
+//! the signer's health, and the registries of workspace actors and signing pipelines.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use allowly_receipt::types::Timestamp;
+use allowly_signer_proto::client::SignerClient;
+use allowly_store::Store;
+use dashmap::DashMap;
+
+use crate::actor::WsHandle;
+use crate::config::EngineConfig;
+use crate::error::{EngineError, Result};
+use crate::metrics::Metrics;
+use crate::pipeline::Pipelines;
+
+/// Per-workspace locks. `spawn` serialises starting an actor (held briefly); `life` is held by a
+/// running actor for its whole life, so a new actor for the workspace can only start once the
+/// previous one is gone — two sequencers for one log would fork it.
+#[derive(Debug, Default)]
+pub(crate) struct WsLocks {
+    pub spawn: tokio::sync::Mutex<()>,
+    pub life: Arc<tokio::sync::Mutex<()>>,
+}
+
+pub(crate) struct Shared {
+    pub store: Arc<dyn Store>,
+    pub signer: SignerClient,
+    pub cfg: EngineConfig,
+    pub metrics: Metrics,
+    pub health: Health,
+    pub actors: DashMap<String, WsHandle>,
+    pub locks: DashMap<String, Arc<WsLocks>>,
+    pub pipelines: Pipelines,
+    pub shutting_down: AtomicBool,
+}
+
+/// Whether the signer answers. Updated by the probe and by every signing exchange.
+#[derive(Debug, Default)]
+pub(crate) struct Health {
+    up: AtomicBool,
+    detail: Mutex<Option<String>>,
+}
+
+impl Health {
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Acquire)
+    }
+
+    pub fn set_up(&self, m: &Metrics) {
+        if !self.up.swap(true, Ordering::AcqRel) {
+            tracing::info!("signer is answering");
+            if let Ok(mut d) = self.detail.lock() {
+                *d = None;
+            }
+        }
+        m.signer_up.set(1);
+    }
+
+    pub fn set_down(&self, m: &Metrics, why: &str) {
+        if self.up.swap(false, Ordering::AcqRel) {
+            tracing::warn!(reason = why, "signer unavailable: checks fail closed");
+        }
+        if let Ok(mut d) = self.detail.lock() {
+            *d = Some(why.to_owned());
+        }
+        m.signer_up.set(0);
+    }
+
+    pub fn detail(&self) -> Option<String> {
+        self.detail.lock().ok().and_then(|d| d.clone())
+    }
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before 1970).
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// A stored millisecond time as a receipt timestamp.
+pub(crate) fn ts(ms: u64) -> Result<Timestamp> {
+    Timestamp::from_unix_ms(ms).map_err(|e| EngineError::Internal(format!("time {ms}: {e}")))
+}

@@ -1,0 +1,442 @@
+//! The engine against the real RocksDB store and the real signer code serving on a real Unix
+//! socket (in this process: the black-box tests in crates/allowly-server run it as its own
+//! process). Waiting is done by polling a condition with a deadline, never by sleeping.
+#![allow(clippy::unwrap_used)]
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use allowly_engine::model::*;
+use allowly_engine::{Engine, EngineConfig, EngineError};
+use allowly_receipt::merkle;
+use allowly_receipt::types::{AnyReceipt, Decision, ReceiptBody, Timestamp};
+use allowly_receipt::verify::{verify_bundle, verify_receipt, Outcome};
+use allowly_signer_proto::client::{ClientOptions, SignerClient};
+use allowly_store::{RocksOptions, RocksStore, ScopeRule, Store};
+use tempfile::TempDir;
+
+/// The signer on a runtime of its own, so that stopping it (dropping the runtime) ends every
+/// connection at once, as a dying process would.
+struct Signer {
+    rt: tokio::runtime::Runtime,
+}
+
+fn signer_dir(root: &TempDir) -> PathBuf {
+    root.path().join("signer")
+}
+
+fn socket(root: &TempDir) -> PathBuf {
+    root.path().join("run").join("signer.sock")
+}
+
+fn start_signer(root: &TempDir) -> Signer {
+    use allowly_signer::{audit::AuditLog, keystore, metrics::Metrics, server, Shared};
+    let dir = signer_dir(root);
+    std::fs::create_dir_all(&dir).unwrap();
+    let key_file = dir.join("master.key");
+    let master = if key_file.exists() {
+        keystore::MasterKey::from_file(&key_file).unwrap()
+    } else {
+        keystore::MasterKey::create_file(&key_file).unwrap()
+    };
+    let shared = Arc::new(Shared {
+        keystore: keystore::KeyStore::open(&dir, master).unwrap(),
+        audit: AuditLog::open(&dir).unwrap(),
+        metrics: Metrics::new(),
+        workspaces: Default::default(),
+        load_lock: Default::default(),
+        allowed_uids: vec![rustix::process::geteuid().as_raw()],
+        dir,
+    });
+    let sock = socket(root);
+    std::fs::create_dir_all(sock.parent().unwrap()).unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(sock.parent().unwrap(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let listener = {
+        let _in_rt = rt.enter();
+        server::bind(&sock).unwrap()
+    };
+    rt.spawn(server::serve(listener, shared, std::future::pending::<()>()));
+    Signer { rt }
+}
+
+impl Signer {
+    fn stop(self) {
+        self.rt.shutdown_background();
+    }
+}
+
+fn client(root: &TempDir) -> SignerClient {
+    let opts = ClientOptions {
+        request_timeout: Duration::from_secs(2),
+        reconnect_backoff_min: Duration::from_millis(10),
+        reconnect_backoff_max: Duration::from_millis(100),
+        ..ClientOptions::default()
+    };
+    SignerClient::new(socket(root), opts)
+}
+
+fn open_store(root: &TempDir) -> Arc<RocksStore> {
+    Arc::new(RocksStore::open(&root.path().join("db"), RocksOptions::default()).unwrap())
+}
+
+fn config() -> EngineConfig {
+    EngineConfig { signer_timeout: Duration::from_millis(500), ..EngineConfig::default() }
+}
+
+/// Polls `cond` until it holds or 30 s pass (then fails with `what`).
+async fn eventually<F, Fut>(what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut wait = Duration::from_millis(1);
+    while !cond().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_millis(50));
+    }
+}
+
+fn rules() -> std::collections::BTreeMap<String, ScopeRule> {
+    [("mail.send".to_string(), ScopeRule::Confirm), ("pay.*".to_string(), ScopeRule::Escalate)].into()
+}
+
+async fn workspace(e: &Engine) -> String {
+    e.create_workspace(NewWorkspace { name: "acme".into(), scope_rules: rules() }).await.unwrap().id
+}
+
+fn grant(expires_at: Option<Timestamp>) -> NewAuthorization {
+    NewAuthorization {
+        subject: "user-42".into(),
+        scopes: vec!["files.read".into(), "mail.*".into(), "pay.*".into()],
+        resources: vec!["doc:*".into()],
+        expires_at,
+        metadata: Some(serde_json::json!({"app": "demo"})),
+    }
+}
+
+fn ask(auth: &str, scope: &str, resource: Option<&str>) -> CheckRequest {
+    CheckRequest {
+        authorization_id: auth.into(),
+        scopes: vec![scope.into()],
+        resource: resource.map(Into::into),
+        context: Some(serde_json::json!({"tool": "x"})),
+    }
+}
+
+fn body(r: &AnyReceipt) -> ReceiptBody {
+    ReceiptBody::from_json(r.body()).unwrap()
+}
+
+async fn all_signed(e: &Engine, ws: &str, auth: &str) -> bool {
+    let page = e.trail(ws, auth, None, 1000).unwrap();
+    page.data.iter().all(|r| matches!(r, ReceiptView::Signed(_)))
+}
+
+fn any(v: ReceiptView) -> AnyReceipt {
+    match v {
+        ReceiptView::Signed(s) => AnyReceipt::Signed(s),
+        ReceiptView::Pending(p) => AnyReceipt::Pending(p),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_decision_is_a_chained_signed_receipt_that_verifies_offline() {
+    let root = TempDir::new().unwrap();
+    let signer = start_signer(&root);
+    let e = Engine::start(open_store(&root), client(&root), config()).await.unwrap();
+    let ws = workspace(&e).await;
+
+    let created = e.create_authorization(&ws, grant(None)).await.unwrap();
+    let auth = created.authorization.id.clone();
+    assert_eq!(created.receipt.body["kind"], "authorization.created");
+    assert_eq!(created.receipt.body["seq"], 0);
+
+    let cases = [
+        ("files.read", Some("doc:1"), Decision::Allow, "granted"),
+        ("admin.delete", Some("doc:1"), Decision::Deny, "scope_not_granted"),
+        ("files.read", Some("other:1"), Decision::Deny, "resource_not_covered"),
+        ("files.read", None, Decision::Deny, "resource_not_covered"),
+        ("mail.send", Some("doc:2"), Decision::Confirm, "confirmation_required"),
+        ("pay.wire", Some("doc:3"), Decision::Escalate, "escalation_required"),
+    ];
+    for (expected_seq, (scope, resource, decision, reason)) in (1..).zip(cases) {
+        let out = e.check(&ws, ask(&auth, scope, resource)).await.unwrap();
+        assert_eq!((out.decision, out.reason.as_str()), (decision, reason), "{scope} {resource:?}");
+        let r = out.receipt.expect("every known authorization's check has a receipt");
+        assert_eq!(r.body["seq"], expected_seq);
+        assert_eq!(r.body["decision"], serde_json::to_value(decision).unwrap());
+        assert_eq!(out.confirmation.is_some(), decision == Decision::Confirm);
+        assert_eq!(out.escalation.is_some(), decision == Decision::Escalate);
+        if let Some(esc) = out.escalation {
+            assert_eq!(r.body["escalation_id"], esc.id.as_str());
+        }
+    }
+    let unknown = e.check(&ws, ask("au_0000", "files.read", Some("doc:1"))).await.unwrap();
+    assert_eq!(
+        (unknown.decision, unknown.reason.as_str(), unknown.receipt),
+        (Decision::Deny, "unknown_authorization", None)
+    );
+
+    let revoked = e.revoke_authorization(&ws, &auth).await.unwrap();
+    assert_eq!(revoked.authorization.status, AuthorizationStatus::Revoked);
+    assert!(matches!(e.revoke_authorization(&ws, &auth).await, Err(EngineError::Conflict(_))));
+    let after = e.check(&ws, ask(&auth, "files.read", Some("doc:1"))).await.unwrap();
+    assert_eq!((after.decision, after.reason.as_str()), (Decision::Deny, "revoked"));
+
+    // Expiry: recorded in the trail the first time it matters, once.
+    let soon = Timestamp::from_unix_ms(now_ms() + 300).unwrap();
+    let short = e.create_authorization(&ws, grant(Some(soon))).await.unwrap().authorization.id;
+    eventually("the authorization expires", || async {
+        e.authorization(&ws, &short).unwrap().status == AuthorizationStatus::Expired
+    })
+    .await;
+    for _ in 0..2 {
+        let out = e.check(&ws, ask(&short, "files.read", Some("doc:1"))).await.unwrap();
+        assert_eq!((out.decision, out.reason.as_str()), (Decision::Deny, "expired"));
+    }
+    let kinds: Vec<String> = e
+        .trail(&ws, &short, None, 100)
+        .unwrap()
+        .data
+        .into_iter()
+        .map(|r| body(&any(r)).kind)
+        .map(|k| serde_json::to_value(k).unwrap().as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(kinds, ["authorization.created", "expiry", "check", "check"]);
+
+    eventually("every receipt is signed", || async {
+        all_signed(&e, &ws, &auth).await && all_signed(&e, &ws, &short).await
+    })
+    .await;
+
+    // The trail: seq 0.., each prev = the previous leaf hash, paginated without loss.
+    let mut seen = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = e.trail(&ws, &auth, cursor.as_deref(), 3).unwrap();
+        seen.extend(page.data.into_iter().map(any));
+        if !page.has_more {
+            break;
+        }
+        cursor = page.next_cursor;
+    }
+    assert_eq!(seen.len(), 9, "created + 6 checks + revocation + check after revocation");
+    let keys = e.keys(&ws).unwrap();
+    for (i, r) in seen.iter().enumerate() {
+        let b = body(r);
+        assert_eq!(b.seq, Some(i as u64));
+        if i > 0 {
+            let prev_leaf = body(&seen[i - 1]).leaf_hash().unwrap();
+            assert_eq!(b.prev.map(|h| h.0), Some(prev_leaf));
+        }
+        let report = verify_receipt(r, &keys).unwrap();
+        assert_eq!(report.outcome(), Outcome::Valid, "{:?}", report.findings);
+    }
+    // A receipt fetched by id is the same signed receipt.
+    let first_id = body(&seen[0]).id;
+    assert!(matches!(e.receipt(&ws, &first_id).unwrap(), ReceiptView::Signed(_)));
+
+    // The exported bundle verifies with the published keys only.
+    let bundle = e.export(&ws, ExportScope::Authorization(auth.clone())).unwrap();
+    let report = verify_bundle(&bundle, Some(&keys), &[]).unwrap();
+    assert_eq!(report.outcome(), Outcome::Valid, "{:?}", report.findings);
+    let size = e.latest_checkpoint(&ws).unwrap().size;
+    let log = e.export(&ws, ExportScope::Log { from: 0, to: size }).unwrap();
+    assert_eq!(verify_bundle(&log, Some(&keys), &[]).unwrap().outcome(), Outcome::Valid);
+
+    // Proof endpoints agree with RFC 9162 verification.
+    let cp = e.latest_checkpoint(&ws).unwrap();
+    let root_of = |note: &str| {
+        let signed = allowly_receipt::note::parse_signed_note(note).unwrap();
+        allowly_receipt::note::Checkpoint::parse(&signed.text).unwrap().root
+    };
+    let p = e.inclusion_proof(&ws, 3, None).unwrap();
+    let proof: Vec<_> = p.proof.iter().map(|h| h.0).collect();
+    merkle::verify_inclusion(&p.leaf_hash.0, 3, cp.size, &proof, &root_of(&cp.checkpoint)).unwrap();
+    // Every stored checkpoint is consistent with the newest.
+    let mut checked = 0;
+    for old in 1..cp.size {
+        let Ok(c) = e.consistency_proof(&ws, old, None) else { continue };
+        let proof: Vec<_> = c.proof.iter().map(|h| h.0).collect();
+        merkle::verify_consistency(old, cp.size, &root_of(&c.old_checkpoint), &root_of(&cp.checkpoint), &proof)
+            .unwrap();
+        checked += 1;
+    }
+    assert!(checked > 0 || cp.size == 1);
+    e.shutdown().await;
+    signer.stop();
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_checks_share_commits_and_get_one_contiguous_log() {
+    let root = TempDir::new().unwrap();
+    let signer = start_signer(&root);
+    let e = Engine::start(open_store(&root), client(&root), config()).await.unwrap();
+    let ws = workspace(&e).await;
+    let auth = e.create_authorization(&ws, grant(None)).await.unwrap().authorization.id;
+    let tasks: Vec<_> = (0..64)
+        .map(|i| {
+            let (e, ws, auth) = (e.clone(), ws.clone(), auth.clone());
+            tokio::spawn(async move { e.check(&ws, ask(&auth, "files.read", Some(&format!("doc:{i}")))).await })
+        })
+        .collect();
+    let mut indices = Vec::new();
+    for t in tasks {
+        let out = t.await.unwrap().unwrap();
+        indices.push(out.receipt.unwrap().log_index);
+    }
+    indices.sort_unstable();
+    assert_eq!(indices, (1..=64).collect::<Vec<u64>>(), "log index 0 is the grant; checks follow without gaps");
+    let m = e.metrics();
+    // The grant and the 64 checks went through the actor; concurrent ones shared commits.
+    assert_eq!(m.commit_batch.get_sample_sum() as u64, 65);
+    assert!(m.commit_batch.get_sample_count() < 65, "no two concurrent checks shared a commit");
+    eventually("all signed", || async { all_signed(&e, &ws, &auth).await }).await;
+    let trail = e.trail(&ws, &auth, None, 1000).unwrap();
+    assert_eq!(trail.data.len(), 65);
+    e.shutdown().await;
+    signer.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signer_down_fails_closed_and_writes_nothing_then_recovers() {
+    let root = TempDir::new().unwrap();
+    let signer = start_signer(&root);
+    let e = Engine::start(open_store(&root), client(&root), config()).await.unwrap();
+    let ws = workspace(&e).await;
+    let auth = e.create_authorization(&ws, grant(None)).await.unwrap().authorization.id;
+    assert!(e.readiness().ready);
+    signer.stop();
+    eventually("readiness notices the signer is gone", || async { !e.readiness().ready }).await;
+    let before = e.authorization(&ws, &auth).unwrap().trail_length;
+    for _ in 0..5 {
+        let r = e.check(&ws, ask(&auth, "files.read", Some("doc:1"))).await;
+        assert!(matches!(r, Err(EngineError::SignerUnavailable(_))), "{r:?}");
+    }
+    assert_eq!(e.authorization(&ws, &auth).unwrap().trail_length, before, "a refused check leaves no receipt");
+    let signer = start_signer(&root);
+    eventually("ready again", || async { e.readiness().ready }).await;
+    let out = e.check(&ws, ask(&auth, "files.read", Some("doc:1"))).await.unwrap();
+    assert_eq!(out.decision, Decision::Allow);
+    eventually("signed after recovery", || async { all_signed(&e, &ws, &auth).await }).await;
+    e.shutdown().await;
+    signer.stop();
+}
+
+#[test]
+fn receipts_left_pending_by_a_dead_engine_are_signed_by_the_next() {
+    let root = TempDir::new().unwrap();
+    let store = open_store(&root);
+    let signer = start_signer(&root);
+    // Engine 1: the signing delay is long, so receipts are committed and answered but not signed
+    // when its runtime (every task of it) is dropped — a crash as far as the engine knows.
+    let rt1 = tokio::runtime::Runtime::new().unwrap();
+    let slow = EngineConfig { sign_batch_delay: Duration::from_secs(3600), sign_batch_max: 4096, ..config() };
+    let (ws, auth, ids) = rt1.block_on(async {
+        let e = Engine::start(store.clone() as Arc<dyn Store>, client(&root), slow).await.unwrap();
+        let ws = workspace(&e).await;
+        let auth = e.create_authorization(&ws, grant(None)).await.unwrap().authorization.id;
+        let mut ids = Vec::new();
+        for _ in 0..10 {
+            ids.push(e.check(&ws, ask(&auth, "files.read", Some("doc:1"))).await.unwrap().receipt.unwrap().receipt_id);
+        }
+        (ws, auth, ids)
+    });
+    drop(rt1);
+    assert!(!store.pending(&ws, 100).unwrap().is_empty(), "the crash left receipts pending");
+    let rt2 = tokio::runtime::Runtime::new().unwrap();
+    rt2.block_on(async {
+        let e = Engine::start(store.clone() as Arc<dyn Store>, client(&root), config()).await.unwrap();
+        eventually("pending receipts signed after restart", || async { all_signed(&e, &ws, &auth).await }).await;
+        for id in &ids {
+            assert!(matches!(e.receipt(&ws, id).unwrap(), ReceiptView::Signed(_)));
+        }
+        // The chain continues where it stopped.
+        let next = e.check(&ws, ask(&auth, "files.read", Some("doc:1"))).await.unwrap().receipt.unwrap();
+        assert_eq!(next.body["seq"], 11, "seq 0 is the grant, 1..=10 the checks before the crash");
+        e.shutdown().await;
+    });
+    signer.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_actors_stop_and_reload_without_breaking_the_chain() {
+    let root = TempDir::new().unwrap();
+    let signer = start_signer(&root);
+    let cfg = EngineConfig { idle_timeout: Duration::from_millis(50), ..config() };
+    let e = Engine::start(open_store(&root), client(&root), cfg).await.unwrap();
+    let ws = workspace(&e).await;
+    let auth = e.create_authorization(&ws, grant(None)).await.unwrap().authorization.id;
+    for round in 0..3u64 {
+        eventually("the idle actor stops", || async { e.metrics().actors_live.get() == 0 }).await;
+        let r = e.check(&ws, ask(&auth, "files.read", Some("doc:1"))).await.unwrap().receipt.unwrap();
+        assert_eq!(r.body["seq"], round + 1);
+    }
+    assert!(e.metrics().actor_starts.get() >= 4);
+    eventually("all signed", || async { all_signed(&e, &ws, &auth).await }).await;
+    let keys = e.keys(&ws).unwrap();
+    let bundle = e.export(&ws, ExportScope::Authorization(auth)).unwrap();
+    assert_eq!(verify_bundle(&bundle, Some(&keys), &[]).unwrap().outcome(), Outcome::Valid);
+    e.shutdown().await;
+    signer.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_workspace_sees_nothing() {
+    let root = TempDir::new().unwrap();
+    let signer = start_signer(&root);
+    let e = Engine::start(open_store(&root), client(&root), config()).await.unwrap();
+    let a = workspace(&e).await;
+    let b = workspace(&e).await;
+    let created = e.create_authorization(&a, grant(None)).await.unwrap();
+    let auth = created.authorization.id;
+    let receipt = created.receipt.receipt_id;
+    let nf = |r: Result<_, EngineError>| matches!(r, Err(EngineError::NotFound { .. }));
+    assert!(nf(e.authorization(&b, &auth).map(|_| ())));
+    assert!(nf(e.receipt(&b, &receipt).map(|_| ())));
+    assert!(nf(e.trail(&b, &auth, None, 10).map(|_| ())));
+    assert!(nf(e.revoke_authorization(&b, &auth).await.map(|_| ())));
+    assert!(nf(e.export(&b, ExportScope::Authorization(auth.clone())).map(|_| ())));
+    let key = e.create_api_key(&a, NewApiKey { roles: vec![allowly_store::Role::Read] }).await.unwrap();
+    assert!(nf(e.revoke_api_key(&b, &key.key.id).await.map(|_| ())));
+    // A check in b naming a's authorization is an unknown authorization, with no receipt.
+    let out = e.check(&b, ask(&auth, "files.read", Some("doc:1"))).await.unwrap();
+    assert_eq!((out.decision, out.reason.as_str(), out.receipt), (Decision::Deny, "unknown_authorization", None));
+    assert_eq!(e.authorization(&a, &auth).unwrap().trail_length, 1);
+    e.shutdown().await;
+    signer.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_authenticate_until_revoked() {
+    let root = TempDir::new().unwrap();
+    let signer = start_signer(&root);
+    let e = Engine::start(open_store(&root), client(&root), config()).await.unwrap();
+    let ws = workspace(&e).await;
+    let admin = e.create_admin_key().await.unwrap();
+    assert_eq!(e.authenticate(&admin.secret).unwrap().unwrap().workspace_id, None);
+    let k = e.create_api_key(&ws, NewApiKey { roles: vec![allowly_store::Role::Check] }).await.unwrap();
+    let p = e.authenticate(&k.secret).unwrap().unwrap();
+    assert_eq!(p.workspace_id.as_deref(), Some(ws.as_str()));
+    assert!(p.has(allowly_store::Role::Check) && !p.has(allowly_store::Role::Read));
+    let mut wrong = k.secret.clone();
+    wrong.pop();
+    wrong.push(if k.secret.ends_with('0') { '1' } else { '0' });
+    assert_eq!(e.authenticate(&wrong).unwrap(), None);
+    assert_eq!(e.authenticate("garbage").unwrap(), None);
+    e.revoke_api_key(&ws, &k.key.id).await.unwrap();
+    assert_eq!(e.authenticate(&k.secret).unwrap(), None);
+    assert!(matches!(e.revoke_api_key(&ws, &k.key.id).await, Err(EngineError::Conflict(_))));
+    e.shutdown().await;
+    signer.stop();
+}
