@@ -8,13 +8,9 @@
 use std::cell::Cell;
 use std::hint::black_box;
 use std::io::{Read as _, Write as _};
-use std::sync::Arc;
 
 use allowly_benches::{print_ratios, Ratio};
 use allowly_receipt::merkle::{self, Frontier, Hash};
-use allowly_signer::audit::AuditLog;
-use allowly_signer::keystore::{KeyStore, MasterKey};
-use allowly_signer::metrics::Metrics;
 use allowly_signer::workspace::sign_batch;
 use allowly_signer::{server, Shared};
 use allowly_signer_proto::client::{ClientOptions, SignerClient};
@@ -49,16 +45,7 @@ fn cpu(c: &mut Criterion) {
 fn socket(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("tempdir");
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
-    let master = MasterKey::create_file(&dir.path().join("master.key")).expect("master key");
-    let shared = Arc::new(Shared {
-        keystore: KeyStore::open(dir.path(), master).expect("keystore"),
-        audit: AuditLog::open(dir.path()).expect("audit"),
-        metrics: Metrics::new(),
-        workspaces: Default::default(),
-        load_lock: Default::default(),
-        allowed_uids: vec![rustix::process::geteuid().as_raw()],
-        dir: dir.path().to_owned(),
-    });
+    let shared = Shared::open_local(dir.path()).expect("signer state");
     let sock = dir.path().join("run/signer.sock");
     let listener = rt.block_on(async { server::bind(&sock) }).expect("bind");
     rt.spawn(server::serve(listener, shared, std::future::pending()));

@@ -32,24 +32,8 @@ fn socket(root: &TempDir) -> PathBuf {
 }
 
 fn start_signer(root: &TempDir) -> Signer {
-    use allowly_signer::{audit::AuditLog, keystore, metrics::Metrics, server, Shared};
-    let dir = signer_dir(root);
-    std::fs::create_dir_all(&dir).unwrap();
-    let key_file = dir.join("master.key");
-    let master = if key_file.exists() {
-        keystore::MasterKey::from_file(&key_file).unwrap()
-    } else {
-        keystore::MasterKey::create_file(&key_file).unwrap()
-    };
-    let shared = Arc::new(Shared {
-        keystore: keystore::KeyStore::open(&dir, master).unwrap(),
-        audit: AuditLog::open(&dir).unwrap(),
-        metrics: Metrics::new(),
-        workspaces: Default::default(),
-        load_lock: Default::default(),
-        allowed_uids: vec![rustix::process::geteuid().as_raw()],
-        dir,
-    });
+    use allowly_signer::{server, Shared};
+    let shared = Shared::open_local(&signer_dir(root)).unwrap();
     let sock = socket(root);
     std::fs::create_dir_all(sock.parent().unwrap()).unwrap();
     use std::os::unix::fs::PermissionsExt as _;

@@ -80,3 +80,28 @@ pub struct Shared {
     /// Uids allowed to connect.
     pub allowed_uids: Vec<u32>,
 }
+
+impl Shared {
+    /// The state of a signer over `dir` with the master key in `dir/master.key` (created, mode
+    /// 0600, if missing), accepting only this process's uid: what `allowly-signer serve` sets
+    /// up, minus process hardening. For benches and in-process tests of the signer's clients;
+    /// serve it with [`server::bind`] and [`server::serve`].
+    pub fn open_local(dir: &std::path::Path) -> Result<Arc<Self>, Box<dyn std::error::Error + Send + Sync>> {
+        std::fs::create_dir_all(dir)?;
+        let key_file = dir.join("master.key");
+        let master = if key_file.exists() {
+            keystore::MasterKey::from_file(&key_file)?
+        } else {
+            keystore::MasterKey::create_file(&key_file)?
+        };
+        Ok(Arc::new(Shared {
+            keystore: KeyStore::open(dir, master)?,
+            audit: AuditLog::open(dir)?,
+            metrics: Metrics::new(),
+            workspaces: Default::default(),
+            load_lock: Default::default(),
+            allowed_uids: vec![rustix::process::geteuid().as_raw()],
+            dir: dir.to_owned(),
+        }))
+    }
+}
