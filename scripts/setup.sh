@@ -8,6 +8,7 @@ set -euo pipefail
 # and Node for the cross-language verifiers.
 need_apt=()
 command -v cc >/dev/null || need_apt+=(build-essential)
+command -v curl >/dev/null || need_apt+=(curl)
 command -v clang >/dev/null || need_apt+=(clang)
 dpkg -s libclang-dev >/dev/null 2>&1 || need_apt+=(libclang-dev)
 command -v python3 >/dev/null || need_apt+=(python3 python3-venv)

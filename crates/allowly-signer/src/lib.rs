@@ -8,7 +8,8 @@
 //! append that would fork or roll a log back.
 //!
 //! Layout of the data directory: `keys/<ws>.json` (sealed keys), `logs/<ws>.state` (durable log
-//! state), `audit.log` (one line per signature), optionally `master.key` (dev set-ups).
+//! state), `audit.log` (one line per signature), `lock` (flock held by the one signer serving
+//! the directory), optionally `master.key` (dev set-ups).
 //!
 //! # Cost per receipt
 //!

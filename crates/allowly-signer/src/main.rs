@@ -44,6 +44,10 @@ enum Command {
         /// Refuse to run when key memory cannot be locked (mlock).
         #[arg(long)]
         require_mlock: bool,
+        /// Run as the child of process PID: exit (SIGKILL) when the parent dies, and refuse to
+        /// start if PID is already gone. Set by `allowly serve` for its embedded signer.
+        #[arg(long, value_name = "PID", value_parser = clap::value_parser!(i32).range(1..))]
+        parent_pid: Option<i32>,
     },
     /// Exit 0 if a signer answers on the socket.
     Ping {
@@ -69,8 +73,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Init { dir } => init(&dir),
-        Command::Serve { dir, socket, master_key_file, allow_uids, require_mlock } => {
-            serve(dir, socket, master_key_file, allow_uids, require_mlock)
+        Command::Serve { dir, socket, master_key_file, allow_uids, require_mlock, parent_pid } => {
+            serve(dir, socket, master_key_file, allow_uids, require_mlock, parent_pid)
         }
         Command::Ping { socket } => ping(socket),
     };
@@ -109,7 +113,14 @@ fn serve(
     master_key_file: Option<PathBuf>,
     mut allowed_uids: Vec<u32>,
     require_mlock: bool,
+    parent_pid: Option<i32>,
 ) -> AnyResult {
+    if let Some(pid) = parent_pid {
+        die_with_parent(pid)?;
+    }
+    // Held (open) until the process exits; taken before the socket is bound, since binding
+    // replaces a socket file that another signer may be serving on.
+    let _lock = lock_dir(&dir)?;
     let master = match (master_key_file, MasterKey::from_env()) {
         (Some(f), _) => MasterKey::from_file(&f)?,
         (None, Some(env)) => env?,
@@ -145,6 +156,43 @@ fn serve(
         tracing::info!("allowly-signer stopped");
         Ok::<(), Box<dyn std::error::Error>>(())
     })
+}
+
+/// Asks the kernel for SIGKILL when the parent dies, then checks that the parent is still
+/// `expected`: if it died before the request, we were re-parented and no signal would come.
+fn die_with_parent(expected: i32) -> AnyResult {
+    use rustix::process::{getppid, set_parent_process_death_signal, Pid, Signal};
+    set_parent_process_death_signal(Some(Signal::KILL))?;
+    let actual = Pid::as_raw(getppid());
+    if actual != expected {
+        return Err(format!("--parent-pid {expected}: that process is gone (parent is now {actual}); exiting").into());
+    }
+    Ok(())
+}
+
+/// An exclusive lock on `<dir>/lock` for as long as the returned file stays open: two signers
+/// serving one state directory would each extend their own copy of a log and fork it.
+fn lock_dir(dir: &Path) -> Result<std::fs::File, Box<dyn std::error::Error>> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let path = dir.join("lock");
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(file),
+        Err(rustix::io::Errno::WOULDBLOCK) => Err(format!(
+            "another allowly-signer is serving {} (it holds {}); refusing to start a second one on the same state",
+            dir.display(),
+            path.display()
+        )
+        .into()),
+        Err(e) => Err(format!("cannot lock {}: {e}", path.display()).into()),
+    }
 }
 
 /// Fails when this process cannot lock a page (RLIMIT_MEMLOCK too small).

@@ -703,3 +703,81 @@ fn a_master_key_readable_by_others_stops_serve() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async { s.ready().await.ping().await.unwrap() });
 }
+
+// ---------------------------------------------------------------------------------------------
+// 9. One signer per state directory; an embedded signer dies with its parent.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signer_on_the_same_directory_is_refused_and_the_first_keeps_its_socket() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, sock) = fresh(tmp.path());
+    let mut first = Signer::serve(&dir, &sock);
+    let c = first.ready().await;
+    c.create_key("ws_lock").await.unwrap();
+
+    // Same directory and same socket: binding would have replaced the first signer's socket.
+    let mut second = Signer::serve(&dir, &sock);
+    let status = second.wait_exit();
+    assert!(!status.success(), "a second signer served the same directory\n{}", second.diagnostics());
+    let err = second.stderr();
+    assert!(err.contains("another allowly-signer") && err.contains("lock"), "unhelpful message: {err}");
+
+    // The first one is still the one answering, on a fresh connection through the socket path.
+    assert!(first.try_wait().is_none(), "the first signer died\n{}", first.diagnostics());
+    let fresh_client = client(&sock);
+    fresh_client.ping().await.unwrap();
+    assert_eq!(fresh_client.list_keys("ws_lock").await.unwrap().len(), 1);
+
+    // Control: once the holder is gone (even by kill -9), the lock is free again.
+    first.kill9();
+    let mut third = Signer::serve(&dir, &sock);
+    third.ready().await.ping().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_with_parent_pid_dies_with_its_parent_and_refuses_a_parent_that_is_gone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, sock) = fresh(tmp.path());
+
+    // A parent shell that starts the signer in the background, prints its pid, and waits.
+    let mut parent = Command::new("sh")
+        .arg("-c")
+        .arg(r#""$0" serve --dir "$1" --socket "$2" --parent-pid $$ & echo $!; wait"#)
+        .arg(signer_bin())
+        .arg(&dir)
+        .arg(&sock)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(parent.stdout.take().unwrap()), &mut line).unwrap();
+    let pid: u32 = line.trim().parse().unwrap_or_else(|e| panic!("signer pid {line:?}: {e}"));
+    let alive = move || {
+        // Gone, or a zombie nobody reaps (the signer was re-parented): both are dead.
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| s.rsplit(')').next().and_then(|r| r.split_whitespace().next()).map(|st| st != "Z"))
+            .unwrap_or(false)
+    };
+    let c = client(&sock);
+    eventually("the signer under the shell to answer", String::new, || async { c.ping().await.ok() }).await;
+    assert!(alive(), "control: the signer runs while its parent does");
+
+    parent.kill().unwrap();
+    parent.wait().unwrap();
+    eventually("the signer to die with its parent", String::new, || async { (!alive()).then_some(()) }).await;
+
+    // A parent pid that is not our parent (it died before the signer could ask): refuse.
+    let (status, _, err) = run_with_deadline(
+        Command::new(signer_bin())
+            .arg("serve")
+            .arg("--dir")
+            .arg(&dir)
+            .arg("--socket")
+            .arg(&sock)
+            .args(["--parent-pid", "1"]),
+    );
+    assert!(!status.success(), "served with a parent pid that is not its parent");
+    assert!(err.contains("--parent-pid 1"), "unhelpful message: {err}");
+}

@@ -1,0 +1,154 @@
+//! Who may call what. The API key (`Authorization: Bearer <secret>`) is resolved by the engine
+//! to a [`Principal`]; [`authorize`] then decides, for the route's [`Access`], which workspace
+//! the request acts on, or refuses it.
+//!
+//! - A workspace key acts on its own workspace only. Naming another workspace in the path is a
+//!   404, exactly like a workspace that does not exist, so keys cannot probe for other tenants.
+//! - Roles: `check` may call `POST /v1/check`; `read` the GET endpoints; `admin` everything in
+//!   its workspace (admin implies every role).
+//! - The instance admin key (no workspace) may only create workspaces and manage a workspace's
+//!   settings and API keys; it cannot read receipts or make decisions.
+
+use allowly_engine::model::Principal;
+use allowly_store::Role;
+use http::header::AUTHORIZATION;
+use http::HeaderMap;
+
+use crate::problem::Problem;
+
+/// Secrets are `alw_` + 64 hex digits; anything much longer is not worth hashing.
+const MAX_SECRET_LEN: usize = 256;
+
+/// What a route requires of its caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone, no key.
+    Public,
+    /// The instance admin key only (creating workspaces).
+    InstanceAdmin,
+    /// The instance admin key, or a key of the workspace in the path holding the role.
+    InstanceAdminOr(Role),
+    /// A key of the caller's own workspace holding the role.
+    Workspace(Role),
+}
+
+/// The bearer secret of a request, or why there is none.
+pub fn bearer(headers: &HeaderMap) -> Result<&str, Problem> {
+    let value = headers
+        .get(AUTHORIZATION)
+        .ok_or_else(|| Problem::unauthenticated("an API key is required (Authorization: Bearer <key>)"))?;
+    let malformed = || Problem::unauthenticated("the Authorization header must be `Bearer <key>`");
+    let value = value.to_str().map_err(|_| malformed())?;
+    let (scheme, secret) = value.split_once(' ').ok_or_else(malformed)?;
+    let secret = secret.trim();
+    if !scheme.eq_ignore_ascii_case("bearer") || secret.is_empty() || secret.len() > MAX_SECRET_LEN {
+        return Err(malformed());
+    }
+    Ok(secret)
+}
+
+/// The workspace a request acts on, given the caller, the route's access rule and the workspace
+/// named in the path (if any). `None` means "no workspace" (only for creating one).
+pub fn authorize(p: &Principal, access: Access, path_ws: Option<&str>) -> Result<Option<String>, Problem> {
+    let instance_admin = p.workspace_id.is_none();
+    match access {
+        Access::Public => Ok(path_ws.map(str::to_owned)),
+        Access::InstanceAdmin => {
+            if instance_admin && p.has(Role::Admin) {
+                Ok(None)
+            } else {
+                Err(Problem::forbidden("only the instance admin key may do this"))
+            }
+        }
+        Access::InstanceAdminOr(_) if instance_admin => {
+            if p.has(Role::Admin) {
+                Ok(path_ws.map(str::to_owned))
+            } else {
+                Err(Problem::forbidden("this key may not do this"))
+            }
+        }
+        Access::Workspace(_) if instance_admin => {
+            Err(Problem::forbidden("the instance admin key only manages workspaces and their API keys"))
+        }
+        Access::InstanceAdminOr(role) | Access::Workspace(role) => {
+            let own = p.workspace_id.as_deref().unwrap_or_default();
+            if path_ws.is_some_and(|ws| ws != own) {
+                return Err(Problem::not_found());
+            }
+            if !p.has(role) {
+                return Err(Problem::forbidden(format!("this API key lacks the `{}` role", role_name(role))));
+            }
+            Ok(Some(own.to_owned()))
+        }
+    }
+}
+
+fn role_name(r: Role) -> &'static str {
+    match r {
+        Role::Check => "check",
+        Role::Read => "read",
+        Role::Admin => "admin",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn key(ws: Option<&str>, roles: &[Role]) -> Principal {
+        Principal { key_id: "k".into(), workspace_id: ws.map(Into::into), roles: roles.to_vec() }
+    }
+
+    fn check(p: &Principal, access: Access, path_ws: Option<&str>, expect: Result<Option<&str>, &str>) {
+        let got = authorize(p, access, path_ws);
+        let got = got.as_ref().map(|w| w.as_deref()).map_err(|e| e.code());
+        assert_eq!(got, expect, "{p:?} {access:?} {path_ws:?}");
+    }
+
+    #[test]
+    fn the_access_table() {
+        let admin = key(None, &[Role::Admin]);
+        let ws_admin = key(Some("ws_a"), &[Role::Admin]);
+        let reader = key(Some("ws_a"), &[Role::Read]);
+        let checker = key(Some("ws_a"), &[Role::Check]);
+
+        check(&admin, Access::InstanceAdmin, None, Ok(None));
+        check(&ws_admin, Access::InstanceAdmin, None, Err("forbidden"));
+        check(&admin, Access::InstanceAdminOr(Role::Admin), Some("ws_b"), Ok(Some("ws_b")));
+        check(&admin, Access::Workspace(Role::Read), None, Err("forbidden"));
+        check(&admin, Access::Workspace(Role::Read), Some("ws_b"), Err("forbidden"));
+
+        check(&ws_admin, Access::InstanceAdminOr(Role::Admin), Some("ws_a"), Ok(Some("ws_a")));
+        check(&ws_admin, Access::InstanceAdminOr(Role::Admin), Some("ws_b"), Err("not_found"));
+        check(&ws_admin, Access::Workspace(Role::Check), None, Ok(Some("ws_a")));
+        check(&ws_admin, Access::Workspace(Role::Read), Some("ws_a"), Ok(Some("ws_a")));
+
+        check(&reader, Access::Workspace(Role::Read), None, Ok(Some("ws_a")));
+        check(&reader, Access::Workspace(Role::Check), None, Err("forbidden"));
+        check(&reader, Access::Workspace(Role::Admin), None, Err("forbidden"));
+        // Another workspace is a 404 even when the role is missing too.
+        check(&checker, Access::Workspace(Role::Read), Some("ws_b"), Err("not_found"));
+        check(&checker, Access::Workspace(Role::Read), Some("ws_a"), Err("forbidden"));
+        check(&checker, Access::Workspace(Role::Check), None, Ok(Some("ws_a")));
+    }
+
+    #[test]
+    fn bearer_parsing() {
+        let mut h = HeaderMap::new();
+        assert_eq!(bearer(&h).unwrap_err().code(), "unauthenticated");
+        for (v, ok) in [
+            ("Bearer alw_x", Some("alw_x")),
+            ("bearer  alw_x ", Some("alw_x")),
+            ("Basic abc", None),
+            ("Bearer", None),
+            ("Bearer ", None),
+            ("alw_x", None),
+        ] {
+            h.insert(AUTHORIZATION, v.parse().unwrap());
+            assert_eq!(bearer(&h).ok(), ok, "{v:?}");
+        }
+        h.insert(AUTHORIZATION, format!("Bearer {}", "a".repeat(300)).parse().unwrap());
+        assert!(bearer(&h).is_err());
+    }
+}

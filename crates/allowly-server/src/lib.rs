@@ -1,0 +1,52 @@
+//! `allowly-server`: Allowly's HTTP front end and the `allowly` binary.
+//!
+//! It parses and authenticates requests, maps each endpoint onto one [`allowly_engine::Engine`]
+//! call, and maps the answer (or the error) back to HTTP. It holds no business logic and no key
+//! material; it is the only crate that knows HTTP.
+//!
+//! # Running
+//!
+//! `allowly serve` starts everything on an empty machine: a RocksDB store in
+//! `<data-dir>/db`, a signer child process (state in `<data-dir>/signer`, socket
+//! `<data-dir>/run/signer.sock`), and the API on `--listen`. On first start it writes the
+//! instance admin key to `<data-dir>/admin-token` (mode 0600, never overwritten). With
+//! `--signer-socket` it uses a signer running as its own service instead.
+//!
+//! | flag | environment | TOML key | default |
+//! |---|---|---|---|
+//! | `--config FILE` | `ALLOWLY_CONFIG` | — | none |
+//! | `--data-dir DIR` | `ALLOWLY_DATA_DIR` | `data_dir` | `./allowly-data` |
+//! | `--listen IP:PORT` | `ALLOWLY_LISTEN` | `listen` | `127.0.0.1:8080` |
+//! | `--signer-socket PATH` | `ALLOWLY_SIGNER_SOCKET` | `signer_socket` | none (embedded signer) |
+//! | `--signer-bin PATH` | `ALLOWLY_SIGNER_BIN` | `signer_bin` | next to `allowly`, else on `PATH` |
+//! | `--body-limit BYTES` | `ALLOWLY_BODY_LIMIT` | `body_limit` | 65536 |
+//!
+//! Precedence: flag > environment > file > default. Logging: `ALLOWLY_LOG` (env-filter syntax,
+//! default `info`), to stderr. The first line on stdout is `listening on http://ADDR` (useful
+//! with `--listen 127.0.0.1:0`). SIGTERM or SIGINT: stop accepting, drain requests in flight
+//! (bounded), stop the engine, stop the signer child, exit 0.
+//!
+//! # API conventions
+//!
+//! Errors are RFC 9457 problem documents with a stable `code` ([`problem`] has the table); every
+//! response carries a `Request-Id` (the client's if it is 1..=128 of `[A-Za-z0-9._-]`, else a
+//! generated one); bodies must be `application/json` within the body limit; request types reject
+//! unknown fields; another workspace's objects are 404. The routes and who may call them are in
+//! [`routes`] and [`auth`].
+//!
+//! # Modules
+//!
+//! [`config`] (flags, env, file), [`serve`] (start-up and shutdown order), [`signer_child`]
+//! (the embedded signer and its supervisor), [`http`] (accept loop, request ids, graceful
+//! drain), [`routes`] (routing table and handlers), [`extract`] (strict request reading),
+//! [`auth`] (bearer keys and the access table), [`problem`] (errors → HTTP, once), [`metrics`].
+
+pub mod auth;
+pub mod config;
+pub mod extract;
+pub mod http;
+pub mod metrics;
+pub mod problem;
+pub mod routes;
+pub mod serve;
+pub mod signer_child;

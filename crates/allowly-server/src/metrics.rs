@@ -1,0 +1,73 @@
+//! Every metric of the HTTP front end, in one registry. Label values come from closed sets: the
+//! route is the template name ([`Route::name`]), never a path or an id; the status is the
+//! numeric code, of which the server only ever sends a fixed handful.
+
+use std::time::Duration;
+
+use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+
+use crate::routes::Route;
+
+/// The front end's metrics.
+#[derive(Debug, Clone)]
+pub struct HttpMetrics {
+    registry: Registry,
+    /// Requests answered, by route template and status code.
+    requests: IntCounterVec,
+    /// Time from request head to response, by route template.
+    duration: HistogramVec,
+    /// Requests being handled now.
+    pub in_flight: IntGauge,
+}
+
+impl Default for HttpMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl HttpMetrics {
+    /// Registers every metric in a fresh registry.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new("allowly_http_requests_total", "HTTP requests answered, by route template and status"),
+            &["route", "status"],
+        )
+        .unwrap_or_else(|e| unreachable!("static metric: {e}"));
+        // Buckets 100 µs .. 10 s: a durable check is ~1 ms; exports and fail-closed signer
+        // timeouts reach seconds.
+        let duration = HistogramVec::new(
+            HistogramOpts::new("allowly_http_request_duration_seconds", "Time to answer an HTTP request").buckets(
+                vec![0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0],
+            ),
+            &["route"],
+        )
+        .unwrap_or_else(|e| unreachable!("static metric: {e}"));
+        let in_flight = IntGauge::new("allowly_http_in_flight_requests", "HTTP requests being handled")
+            .unwrap_or_else(|e| unreachable!("static metric: {e}"));
+        for m in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(duration.clone()),
+            Box::new(in_flight.clone()),
+        ] {
+            let _ = registry.register(m);
+        }
+        Self { registry, requests, duration, in_flight }
+    }
+
+    /// Records one answered request.
+    pub fn observe(&self, route: Route, status: http::StatusCode, elapsed: Duration) {
+        self.requests.with_label_values(&[route.name(), status.as_str()]).inc();
+        self.duration.with_label_values(&[route.name()]).observe(elapsed.as_secs_f64());
+    }
+
+    /// Prometheus text exposition (format 0.0.4).
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::warn!("encoding metrics: {e}");
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+}

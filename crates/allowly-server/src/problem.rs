@@ -1,0 +1,245 @@
+//! The one place errors become HTTP: RFC 9457 `application/problem+json` bodies with a stable
+//! `code` and the request id, and the mapping of [`EngineError`] to a status.
+//!
+//! | code | status | when |
+//! |---|---|---|
+//! | `not_found` | 404 | no such route or object (another workspace's object included) |
+//! | `method_not_allowed` | 405 | known path, other method (`Allow` lists the methods) |
+//! | `unauthenticated` | 401 | missing, unknown or revoked API key (`WWW-Authenticate: Bearer`) |
+//! | `forbidden` | 403 | the key lacks the role the endpoint needs |
+//! | `unsupported_media_type` | 415 | a body that is not `application/json` |
+//! | `body_too_large` | 413 | a body over the configured limit |
+//! | `malformed_json` | 400 | the body is not JSON |
+//! | `unknown_field` | 400 | the body has a field the endpoint does not know |
+//! | `invalid_request` | 400 | a field or query parameter has the wrong type, is missing, or is out of range |
+//! | `conflict` | 409 | the object's state forbids the change |
+//! | `overloaded` | 429 | the workspace's queue is full (`Retry-After`) |
+//! | `signer_unavailable` | 503 | the signer does not answer: decisions fail closed (`Retry-After`) |
+//! | `shutting_down` | 503 | the server is stopping (`Retry-After`) |
+//! | `storage_error`, `signer_error`, `internal_error` | 500 | a fault; details are logged with the request id, never sent |
+
+use allowly_engine::EngineError;
+use bytes::Bytes;
+use http::header::{HeaderValue, ALLOW, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::{Response, StatusCode};
+use http_body_util::Full;
+use serde::Serialize;
+
+/// Prefix of every problem `type` (a URN: stable, and not a URL that would have to resolve).
+pub const TYPE_PREFIX: &str = "urn:allowly:problem:";
+
+/// An error answer, before the request id is attached.
+#[derive(Debug)]
+pub struct Problem {
+    status: StatusCode,
+    code: &'static str,
+    detail: String,
+    retry_after: Option<u32>,
+    allow: Option<String>,
+    /// Logged (with the request id) when the response is built; never sent.
+    internal: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    #[serde(rename = "type")]
+    type_: String,
+    title: &'static str,
+    status: u16,
+    detail: &'a str,
+    code: &'static str,
+    request_id: &'a str,
+}
+
+impl Problem {
+    fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
+        Self { status, code, detail: detail.into(), retry_after: None, allow: None, internal: None }
+    }
+
+    pub fn not_found() -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", "no such resource")
+    }
+
+    pub fn method_not_allowed(allow: String) -> Self {
+        let detail = format!("this resource supports {allow}");
+        Self { allow: Some(allow), ..Self::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", detail) }
+    }
+
+    pub fn unauthenticated(detail: &str) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthenticated", detail)
+    }
+
+    pub fn forbidden(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", detail)
+    }
+
+    pub fn unsupported_media_type() -> Self {
+        Self::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", "the body must be application/json")
+    }
+
+    pub fn body_too_large(limit: usize) -> Self {
+        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", format!("the body exceeds {limit} bytes"))
+    }
+
+    pub fn malformed_json(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "malformed_json", detail)
+    }
+
+    pub fn unknown_field(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "unknown_field", detail)
+    }
+
+    pub fn invalid(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request", detail)
+    }
+
+    /// A fault of ours: a generic detail is sent, `what` is logged.
+    pub fn internal(what: impl Into<String>) -> Self {
+        Self {
+            internal: Some(what.into()),
+            ..Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "internal error; see the server log")
+        }
+    }
+
+    /// THE mapping of engine errors to HTTP.
+    pub fn from_engine(e: &EngineError) -> Self {
+        let code = e.code();
+        match e {
+            EngineError::NotFound { .. } => Self::new(StatusCode::NOT_FOUND, code, e.to_string()),
+            EngineError::Invalid { .. } => Self::new(StatusCode::BAD_REQUEST, code, e.to_string()),
+            EngineError::Conflict(_) => Self::new(StatusCode::CONFLICT, code, e.to_string()),
+            EngineError::Overloaded => {
+                Self { retry_after: Some(1), ..Self::new(StatusCode::TOO_MANY_REQUESTS, code, e.to_string()) }
+            }
+            // The cause names socket paths and timeouts: logged, not sent.
+            EngineError::SignerUnavailable(_) => Self {
+                retry_after: Some(1),
+                internal: Some(e.to_string()),
+                ..Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    code,
+                    "the signer is unavailable; nothing was decided or changed",
+                )
+            },
+            EngineError::ShuttingDown => {
+                Self { retry_after: Some(1), ..Self::new(StatusCode::SERVICE_UNAVAILABLE, code, e.to_string()) }
+            }
+            // Store, Signer, Internal, and any variant added later.
+            _ => Self {
+                internal: Some(e.to_string()),
+                ..Self::new(StatusCode::INTERNAL_SERVER_ERROR, code, "internal error; see the server log")
+            },
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    pub fn code(&self) -> &'static str {
+        self.code
+    }
+
+    /// The response; logs the internal detail of a fault under `request_id`.
+    pub fn into_response(self, request_id: &str) -> Response<Full<Bytes>> {
+        if let Some(internal) = &self.internal {
+            if self.status.is_server_error() && self.status != StatusCode::SERVICE_UNAVAILABLE {
+                tracing::error!(request_id, code = self.code, "{internal}");
+            } else {
+                tracing::warn!(request_id, code = self.code, "{internal}");
+            }
+        }
+        let body = Body {
+            type_: format!("{TYPE_PREFIX}{}", self.code),
+            title: title(self.code),
+            status: self.status.as_u16(),
+            detail: &self.detail,
+            code: self.code,
+            request_id,
+        };
+        // Serializing this struct of strings cannot fail; fall back to an empty object anyway.
+        let bytes = serde_json::to_vec(&body).unwrap_or_else(|_| b"{}".to_vec());
+        let mut resp = Response::new(Full::new(Bytes::from(bytes)));
+        *resp.status_mut() = self.status;
+        let h = resp.headers_mut();
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        if let Some(secs) = self.retry_after {
+            h.insert(RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if let Some(allow) = self.allow.and_then(|a| HeaderValue::from_str(&a).ok()) {
+            h.insert(ALLOW, allow);
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            h.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        resp
+    }
+}
+
+fn title(code: &str) -> &'static str {
+    match code {
+        "not_found" => "Not found",
+        "method_not_allowed" => "Method not allowed",
+        "unauthenticated" => "Unauthenticated",
+        "forbidden" => "Forbidden",
+        "unsupported_media_type" => "Unsupported media type",
+        "body_too_large" => "Body too large",
+        "malformed_json" => "Malformed JSON",
+        "unknown_field" => "Unknown field",
+        "invalid_request" => "Invalid request",
+        "conflict" => "Conflict",
+        "overloaded" => "Overloaded",
+        "signer_unavailable" => "Signer unavailable",
+        "shutting_down" => "Shutting down",
+        _ => "Internal error",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use http_body_util::BodyExt as _;
+
+    fn check(e: EngineError, status: u16, code: &str, leaks: Option<&str>) {
+        let resp = Problem::from_engine(&e).into_response("rid-1");
+        assert_eq!(resp.status().as_u16(), status, "{e:?}");
+        let h = resp.headers().clone();
+        assert_eq!(h[CONTENT_TYPE], "application/problem+json");
+        let body = futures_lite_block(resp.into_body());
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["code"], code);
+        assert_eq!(v["status"], status);
+        assert_eq!(v["request_id"], "rid-1");
+        assert_eq!(v["type"], format!("{TYPE_PREFIX}{code}"));
+        if let Some(secret) = leaks {
+            assert!(!v["detail"].as_str().unwrap().contains(secret), "detail leaks {secret}: {v}");
+        }
+        if matches!(status, 429 | 503) {
+            assert_eq!(h[RETRY_AFTER], "1", "{code}");
+        }
+    }
+
+    fn futures_lite_block(body: Full<Bytes>) -> Bytes {
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        rt.block_on(async { body.collect().await.unwrap().to_bytes() })
+    }
+
+    #[test]
+    fn engine_errors_map_to_their_status_and_code_without_leaking_internals() {
+        check(EngineError::NotFound { what: "authorization" }, 404, "not_found", None);
+        check(EngineError::Invalid { field: "scopes", message: "empty".into() }, 400, "invalid_request", None);
+        check(EngineError::Conflict("already revoked".into()), 409, "conflict", None);
+        check(EngineError::Overloaded, 429, "overloaded", None);
+        check(EngineError::SignerUnavailable("/secret/path.sock".into()), 503, "signer_unavailable", Some("/secret"));
+        check(EngineError::ShuttingDown, 503, "shutting_down", None);
+        check(EngineError::Signer("key sk_123".into()), 500, "signer_error", Some("sk_123"));
+        check(EngineError::Internal("invariant x".into()), 500, "internal_error", Some("invariant x"));
+    }
+
+    #[test]
+    fn invalid_names_the_field() {
+        let p = Problem::from_engine(&EngineError::Invalid { field: "expires_at", message: "in the past".into() });
+        assert!(p.detail.contains("expires_at"), "{}", p.detail);
+    }
+}

@@ -1,0 +1,434 @@
+//! The routing table and the handlers: each maps one endpoint onto one [`Engine`] call and back.
+//! No business logic lives here.
+//!
+//! | method | path | access | engine call |
+//! |---|---|---|---|
+//! | GET | `/healthz`, `/readyz`, `/metrics` | public | `readiness`, `metrics_text` |
+//! | POST | `/v1/workspaces` | instance admin | `create_workspace` → 201 |
+//! | GET | `/v1/workspaces/{ws}` | instance admin or read | `workspace` |
+//! | PUT | `/v1/workspaces/{ws}/scope-rules` | instance admin or admin | `set_scope_rules` |
+//! | POST | `/v1/workspaces/{ws}/api-keys` | instance admin or admin | `create_api_key` → 201 |
+//! | POST | `/v1/workspaces/{ws}/api-keys/{key_id}/revoke` | instance admin or admin | `revoke_api_key` |
+//! | GET | `/v1/workspaces/{ws}/keys` | public | `keys` |
+//! | GET | `/v1/workspaces/{ws}/log/checkpoint` | read | `latest_checkpoint` |
+//! | GET | `/v1/workspaces/{ws}/log/inclusion?log_index=N[&tree_size=M]` | read | `inclusion_proof` |
+//! | GET | `/v1/workspaces/{ws}/log/consistency?old_size=N[&new_size=M]` | read | `consistency_proof` |
+//! | GET | `/v1/workspaces/{ws}/log/export?from=N&to=M` | read | `export` (ndjson) |
+//! | POST | `/v1/authorizations` | admin | `create_authorization` → 201 |
+//! | GET | `/v1/authorizations/{id}` | read | `authorization` |
+//! | POST | `/v1/authorizations/{id}/revoke` | admin | `revoke_authorization` |
+//! | GET | `/v1/authorizations/{id}/export` | read | `export` (ndjson) |
+//! | POST | `/v1/check` | check | `check` |
+//! | GET | `/v1/receipts?authorization_id=…[&limit=…][&starting_after=…]` | read | `trail` |
+//! | GET | `/v1/receipts/{id}` | read | `receipt` |
+//!
+//! Endpoints without `{ws}` act on the API key's workspace. Path ids outside
+//! `[A-Za-z0-9_-]{1,128}` match nothing (404).
+
+use allowly_engine::model::{CheckRequest, ExportScope, NewApiKey, NewAuthorization, NewWorkspace, ScopeRules};
+use allowly_engine::{Engine, EngineError};
+use allowly_store::Role;
+use bytes::Bytes;
+use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, LOCATION};
+use http::request::Parts;
+use http::{Method, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use serde::Serialize;
+
+use crate::auth::{self, Access};
+use crate::extract::{self, valid_path_id, Query};
+use crate::http::App;
+use crate::problem::Problem;
+
+/// Every endpoint, by template. The name is the `route` label of the HTTP metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    Healthz,
+    Readyz,
+    Metrics,
+    WorkspaceCreate,
+    WorkspaceGet,
+    ScopeRulesPut,
+    ApiKeyCreate,
+    ApiKeyRevoke,
+    Keys,
+    LogCheckpoint,
+    LogInclusion,
+    LogConsistency,
+    LogExport,
+    AuthorizationCreate,
+    AuthorizationGet,
+    AuthorizationRevoke,
+    AuthorizationExport,
+    Check,
+    ReceiptGet,
+    ReceiptList,
+    /// No route matched (404) or the method did not (405).
+    Unmatched,
+}
+
+impl Route {
+    /// The metric label: a closed set.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Healthz => "healthz",
+            Self::Readyz => "readyz",
+            Self::Metrics => "metrics",
+            Self::WorkspaceCreate => "workspace_create",
+            Self::WorkspaceGet => "workspace_get",
+            Self::ScopeRulesPut => "scope_rules_put",
+            Self::ApiKeyCreate => "api_key_create",
+            Self::ApiKeyRevoke => "api_key_revoke",
+            Self::Keys => "keys",
+            Self::LogCheckpoint => "log_checkpoint",
+            Self::LogInclusion => "log_inclusion",
+            Self::LogConsistency => "log_consistency",
+            Self::LogExport => "log_export",
+            Self::AuthorizationCreate => "authorization_create",
+            Self::AuthorizationGet => "authorization_get",
+            Self::AuthorizationRevoke => "authorization_revoke",
+            Self::AuthorizationExport => "authorization_export",
+            Self::Check => "check",
+            Self::ReceiptGet => "receipt_get",
+            Self::ReceiptList => "receipt_list",
+            Self::Unmatched => "unmatched",
+        }
+    }
+
+    /// Who may call it.
+    pub fn access(self) -> Access {
+        match self {
+            Self::Healthz | Self::Readyz | Self::Metrics | Self::Keys | Self::Unmatched => Access::Public,
+            Self::WorkspaceCreate => Access::InstanceAdmin,
+            Self::WorkspaceGet => Access::InstanceAdminOr(Role::Read),
+            Self::ScopeRulesPut | Self::ApiKeyCreate | Self::ApiKeyRevoke => Access::InstanceAdminOr(Role::Admin),
+            Self::LogCheckpoint
+            | Self::LogInclusion
+            | Self::LogConsistency
+            | Self::LogExport
+            | Self::AuthorizationGet
+            | Self::AuthorizationExport
+            | Self::ReceiptGet
+            | Self::ReceiptList => Access::Workspace(Role::Read),
+            Self::AuthorizationCreate | Self::AuthorizationRevoke => Access::Workspace(Role::Admin),
+            Self::Check => Access::Workspace(Role::Check),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum M {
+    Get,
+    Post,
+    Put,
+}
+
+impl M {
+    fn of(m: &Method) -> Option<Self> {
+        if m == Method::GET {
+            Some(Self::Get)
+        } else if m == Method::POST {
+            Some(Self::Post)
+        } else if m == Method::PUT {
+            Some(Self::Put)
+        } else {
+            None
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Get => "GET",
+            Self::Post => "POST",
+            Self::Put => "PUT",
+        }
+    }
+}
+
+/// A matched request: its route and the ids in its path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Target<'a> {
+    pub route: Route,
+    /// `{ws}`.
+    pub ws: Option<&'a str>,
+    /// `{key_id}`, or the authorization or receipt `{id}`.
+    pub id: Option<&'a str>,
+}
+
+/// Outcome of routing.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Matched<'a> {
+    Found(Target<'a>),
+    /// The path exists; these are its methods (the `Allow` header).
+    MethodNotAllowed(String),
+    NotFound,
+}
+
+/// The routing table: path shape → the methods it answers.
+pub fn match_route<'a>(method: &Method, path: &'a str) -> Matched<'a> {
+    use M::*;
+    let Some(rest) = path.strip_prefix('/') else { return Matched::NotFound };
+    let segs: Vec<&str> = rest.split('/').collect();
+    let (methods, ws, id): (&[(M, Route)], _, _) = match segs.as_slice() {
+        ["healthz"] => (&[(Get, Route::Healthz)], None, None),
+        ["readyz"] => (&[(Get, Route::Readyz)], None, None),
+        ["metrics"] => (&[(Get, Route::Metrics)], None, None),
+        ["v1", "workspaces"] => (&[(Post, Route::WorkspaceCreate)], None, None),
+        ["v1", "workspaces", ws] => (&[(Get, Route::WorkspaceGet)], Some(*ws), None),
+        ["v1", "workspaces", ws, "scope-rules"] => (&[(Put, Route::ScopeRulesPut)], Some(*ws), None),
+        ["v1", "workspaces", ws, "api-keys"] => (&[(Post, Route::ApiKeyCreate)], Some(*ws), None),
+        ["v1", "workspaces", ws, "api-keys", key, "revoke"] => (&[(Post, Route::ApiKeyRevoke)], Some(*ws), Some(*key)),
+        ["v1", "workspaces", ws, "keys"] => (&[(Get, Route::Keys)], Some(*ws), None),
+        ["v1", "workspaces", ws, "log", "checkpoint"] => (&[(Get, Route::LogCheckpoint)], Some(*ws), None),
+        ["v1", "workspaces", ws, "log", "inclusion"] => (&[(Get, Route::LogInclusion)], Some(*ws), None),
+        ["v1", "workspaces", ws, "log", "consistency"] => (&[(Get, Route::LogConsistency)], Some(*ws), None),
+        ["v1", "workspaces", ws, "log", "export"] => (&[(Get, Route::LogExport)], Some(*ws), None),
+        ["v1", "authorizations"] => (&[(Post, Route::AuthorizationCreate)], None, None),
+        ["v1", "authorizations", id] => (&[(Get, Route::AuthorizationGet)], None, Some(*id)),
+        ["v1", "authorizations", id, "revoke"] => (&[(Post, Route::AuthorizationRevoke)], None, Some(*id)),
+        ["v1", "authorizations", id, "export"] => (&[(Get, Route::AuthorizationExport)], None, Some(*id)),
+        ["v1", "check"] => (&[(Post, Route::Check)], None, None),
+        ["v1", "receipts"] => (&[(Get, Route::ReceiptList)], None, None),
+        ["v1", "receipts", id] => (&[(Get, Route::ReceiptGet)], None, Some(*id)),
+        _ => return Matched::NotFound,
+    };
+    if ws.is_some_and(|s| !valid_path_id(s)) || id.is_some_and(|s| !valid_path_id(s)) {
+        return Matched::NotFound;
+    }
+    match M::of(method).and_then(|m| methods.iter().find(|(mm, _)| *mm == m)) {
+        Some(&(_, route)) => Matched::Found(Target { route, ws, id }),
+        None => Matched::MethodNotAllowed(methods.iter().map(|(m, _)| m.name()).collect::<Vec<_>>().join(", ")),
+    }
+}
+
+impl From<EngineError> for Problem {
+    fn from(e: EngineError) -> Self {
+        Problem::from_engine(&e)
+    }
+}
+
+type Resp = Response<Full<Bytes>>;
+
+/// Routes and answers one request; returns the route (for metrics) and the response.
+pub async fn dispatch(app: &App, req: hyper::Request<Incoming>, request_id: &str) -> (Route, Resp) {
+    let (parts, body) = req.into_parts();
+    let target = match match_route(&parts.method, parts.uri.path()) {
+        Matched::Found(t) => t,
+        Matched::MethodNotAllowed(allow) => {
+            return (Route::Unmatched, Problem::method_not_allowed(allow).into_response(request_id))
+        }
+        Matched::NotFound => return (Route::Unmatched, Problem::not_found().into_response(request_id)),
+    };
+    let resp = match handle(app, target, &parts, body).await {
+        Ok(r) => r,
+        Err(p) => p.into_response(request_id),
+    };
+    (target.route, resp)
+}
+
+async fn handle(app: &App, t: Target<'_>, parts: &Parts, body: Incoming) -> Result<Resp, Problem> {
+    let engine = &app.engine;
+    let access = t.route.access();
+    let ws = if access == Access::Public {
+        t.ws.map(str::to_owned)
+    } else {
+        let secret = auth::bearer(&parts.headers)?;
+        let principal =
+            engine.authenticate(secret)?.ok_or_else(|| Problem::unauthenticated("unknown or revoked API key"))?;
+        auth::authorize(&principal, access, t.ws)?
+    };
+    let ws = || ws.as_deref().ok_or_else(|| Problem::internal(format!("route {} has no workspace", t.route.name())));
+    let id = || t.id.ok_or_else(|| Problem::internal(format!("route {} has no id", t.route.name())));
+    let (h, limit) = (&parts.headers, app.body_limit);
+    let query = |known: &[&str]| Query::parse(parts.uri.query(), known);
+
+    match t.route {
+        Route::Healthz => json(StatusCode::OK, &serde_json::json!({ "status": "ok" })),
+        Route::Readyz => {
+            let r = engine.readiness();
+            json(if r.ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, &r)
+        }
+        Route::Metrics => {
+            let mut text = app.metrics.render();
+            text.push_str(&engine.metrics_text().await);
+            Ok(with_type(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", text.into_bytes()))
+        }
+        Route::WorkspaceCreate => {
+            let req: NewWorkspace = extract::json_body(h, body, limit).await?;
+            let created = engine.create_workspace(req).await?;
+            let mut r = json(StatusCode::CREATED, &created)?;
+            location(&mut r, &format!("/v1/workspaces/{}", created.id));
+            Ok(r)
+        }
+        Route::WorkspaceGet => json(StatusCode::OK, &engine.workspace(ws()?)?),
+        Route::ScopeRulesPut => {
+            let req: ScopeRules = extract::json_body(h, body, limit).await?;
+            json(StatusCode::OK, &engine.set_scope_rules(ws()?, req).await?)
+        }
+        Route::ApiKeyCreate => {
+            let req: NewApiKey = extract::json_body(h, body, limit).await?;
+            let mut r = json(StatusCode::CREATED, &engine.create_api_key(ws()?, req).await?)?;
+            // The only response that carries a secret: never cached.
+            r.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            Ok(r)
+        }
+        Route::ApiKeyRevoke => {
+            extract::empty_body(h, body, limit).await?;
+            json(StatusCode::OK, &engine.revoke_api_key(ws()?, id()?).await?)
+        }
+        Route::Keys => json(StatusCode::OK, &engine.keys(ws()?)?),
+        Route::LogCheckpoint => {
+            query(&[])?;
+            json(StatusCode::OK, &engine.latest_checkpoint(ws()?)?)
+        }
+        Route::LogInclusion => {
+            let q = query(&["log_index", "tree_size"])?;
+            json(StatusCode::OK, &engine.inclusion_proof(ws()?, q.required_u64("log_index")?, q.u64("tree_size")?)?)
+        }
+        Route::LogConsistency => {
+            let q = query(&["old_size", "new_size"])?;
+            json(StatusCode::OK, &engine.consistency_proof(ws()?, q.required_u64("old_size")?, q.u64("new_size")?)?)
+        }
+        Route::LogExport => {
+            let q = query(&["from", "to"])?;
+            let scope = ExportScope::Log { from: q.required_u64("from")?, to: q.required_u64("to")? };
+            export(engine, ws()?, scope).await
+        }
+        Route::AuthorizationCreate => {
+            let req: NewAuthorization = extract::json_body(h, body, limit).await?;
+            let change = engine.create_authorization(ws()?, req).await?;
+            let mut r = json(StatusCode::CREATED, &change)?;
+            location(&mut r, &format!("/v1/authorizations/{}", change.authorization.id));
+            Ok(r)
+        }
+        Route::AuthorizationGet => json(StatusCode::OK, &engine.authorization(ws()?, id()?)?),
+        Route::AuthorizationRevoke => {
+            extract::empty_body(h, body, limit).await?;
+            json(StatusCode::OK, &engine.revoke_authorization(ws()?, id()?).await?)
+        }
+        Route::AuthorizationExport => export(engine, ws()?, ExportScope::Authorization(id()?.to_owned())).await,
+        Route::Check => {
+            let req: CheckRequest = extract::json_body(h, body, limit).await?;
+            json(StatusCode::OK, &engine.check(ws()?, req).await?)
+        }
+        Route::ReceiptGet => json(StatusCode::OK, &engine.receipt(ws()?, id()?)?),
+        Route::ReceiptList => {
+            let q = query(&["authorization_id", "limit", "starting_after"])?;
+            let limit = q.u64("limit")?.unwrap_or(100);
+            if !(1..=1000).contains(&limit) {
+                return Err(Problem::invalid("query parameter `limit` must be within 1..=1000"));
+            }
+            let page =
+                engine.trail(ws()?, q.required_str("authorization_id")?, q.str("starting_after"), limit as usize)?;
+            json(StatusCode::OK, &page)
+        }
+        Route::Unmatched => Err(Problem::not_found()),
+    }
+}
+
+/// An evidence bundle as JSON Lines. Built off the async workers: it reads a whole trail or log
+/// range from the store.
+async fn export(engine: &Engine, ws: &str, scope: ExportScope) -> Result<Resp, Problem> {
+    let (engine, ws) = (engine.clone(), ws.to_owned());
+    let bytes = tokio::task::spawn_blocking(move || engine.export(&ws, scope))
+        .await
+        .map_err(|e| Problem::internal(format!("export task: {e}")))??;
+    Ok(with_type(StatusCode::OK, "application/x-ndjson", bytes))
+}
+
+fn json(status: StatusCode, value: &impl Serialize) -> Result<Resp, Problem> {
+    let bytes = serde_json::to_vec(value).map_err(|e| Problem::internal(format!("serializing the answer: {e}")))?;
+    Ok(with_type(status, "application/json", bytes))
+}
+
+fn with_type(status: StatusCode, content_type: &'static str, body: Vec<u8>) -> Resp {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+fn location(r: &mut Resp, path: &str) {
+    if let Ok(v) = HeaderValue::from_str(path) {
+        r.headers_mut().insert(LOCATION, v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(method: Method, path: &str, expect: Matched<'_>) {
+        assert_eq!(match_route(&method, path), expect, "{method} {path}");
+    }
+
+    fn found(route: Route, ws: Option<&'static str>, id: Option<&'static str>) -> Matched<'static> {
+        Matched::Found(Target { route, ws, id })
+    }
+
+    #[test]
+    fn the_table() {
+        check(Method::GET, "/healthz", found(Route::Healthz, None, None));
+        check(Method::POST, "/v1/workspaces", found(Route::WorkspaceCreate, None, None));
+        check(Method::GET, "/v1/workspaces/ws_1", found(Route::WorkspaceGet, Some("ws_1"), None));
+        check(
+            Method::POST,
+            "/v1/workspaces/ws_1/api-keys/key_2/revoke",
+            found(Route::ApiKeyRevoke, Some("ws_1"), Some("key_2")),
+        );
+        check(Method::GET, "/v1/workspaces/ws_1/log/export", found(Route::LogExport, Some("ws_1"), None));
+        check(Method::GET, "/v1/authorizations/az_1/export", found(Route::AuthorizationExport, None, Some("az_1")));
+        check(Method::POST, "/v1/check", found(Route::Check, None, None));
+        check(Method::GET, "/v1/receipts", found(Route::ReceiptList, None, None));
+        check(Method::GET, "/v1/receipts/rc_1", found(Route::ReceiptGet, None, Some("rc_1")));
+    }
+
+    #[test]
+    fn misses() {
+        check(Method::GET, "/v1/check", Matched::MethodNotAllowed("POST".into()));
+        check(Method::DELETE, "/v1/workspaces/ws_1", Matched::MethodNotAllowed("GET".into()));
+        check(Method::GET, "/v1/check/", Matched::NotFound);
+        check(Method::GET, "/v1//check", Matched::NotFound);
+        check(Method::GET, "/", Matched::NotFound);
+        check(Method::GET, "", Matched::NotFound);
+        check(Method::GET, "/v1/receipts/a.b", Matched::NotFound);
+        check(Method::GET, "/v1/receipts/a%2Fb", Matched::NotFound);
+        check(Method::GET, &format!("/v1/receipts/{}", "r".repeat(129)), Matched::NotFound);
+        let long = "r".repeat(128);
+        let target = Target { route: Route::ReceiptGet, ws: None, id: Some(long.as_str()) };
+        check(Method::GET, &format!("/v1/receipts/{long}"), Matched::Found(target));
+        // An invalid id is a 404 even with the wrong method.
+        check(Method::DELETE, "/v1/workspaces/a.b", Matched::NotFound);
+    }
+
+    #[test]
+    fn route_names_are_unique() {
+        use Route::*;
+        let all = [
+            Healthz,
+            Readyz,
+            Metrics,
+            WorkspaceCreate,
+            WorkspaceGet,
+            ScopeRulesPut,
+            ApiKeyCreate,
+            ApiKeyRevoke,
+            Keys,
+            LogCheckpoint,
+            LogInclusion,
+            LogConsistency,
+            LogExport,
+            AuthorizationCreate,
+            AuthorizationGet,
+            AuthorizationRevoke,
+            AuthorizationExport,
+            Check,
+            ReceiptGet,
+            ReceiptList,
+            Unmatched,
+        ];
+        let names: std::collections::HashSet<_> = all.iter().map(|r| r.name()).collect();
+        assert_eq!(names.len(), all.len());
+    }
+}

@@ -1,0 +1,177 @@
+//! `allowly serve` from start to exit: data directory, store, signer, engine, admin token,
+//! HTTP, and the shutdown order (stop accepting → drain requests → engine → signer).
+
+use std::io::Write as _;
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use allowly_engine::{Engine, EngineConfig};
+use allowly_signer_proto::client::{ClientOptions, SignerClient};
+use allowly_store::{RocksOptions, RocksStore};
+use tokio::net::TcpListener;
+
+use crate::config::{ServerConfig, SignerMode};
+use crate::http::App;
+use crate::signer_child::{self, EmbeddedSigner, SignerChildError};
+
+/// Bound on draining the requests in flight at shutdown.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Name of the instance admin key file in the data directory.
+pub const ADMIN_TOKEN_FILE: &str = "admin-token";
+
+/// Why `allowly serve` stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("{what}: {source}")]
+    Io { what: String, source: std::io::Error },
+    #[error("opening the store at {path}: {source}")]
+    Store { path: String, source: allowly_store::StoreError },
+    #[error("starting the embedded signer: {0}")]
+    Signer(#[from] SignerChildError),
+    #[error("{what}: {source}")]
+    Engine { what: &'static str, source: allowly_engine::EngineError },
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServeError {
+    let what = what.into();
+    move |source| ServeError::Io { what, source }
+}
+
+/// Creates `dir` (and parents) with mode 0700 if missing; an existing directory is made 0700.
+pub fn create_private_dir(dir: &Path) -> Result<(), SignerChildError> {
+    let err = |source| SignerChildError::Io { what: format!("creating {}", dir.display()), source };
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(err)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(err)
+}
+
+/// Runs the service until SIGTERM or SIGINT.
+pub async fn run(cfg: ServerConfig) -> Result<(), ServeError> {
+    // Installed first, so a signal during start-up still shuts down in order.
+    let shutdown = shutdown_signal().map_err(io("installing signal handlers"))?;
+
+    create_private_dir(&cfg.data_dir)?;
+    let data_dir = std::fs::canonicalize(&cfg.data_dir).map_err(io(format!("resolving {}", cfg.data_dir.display())))?;
+
+    // Bind before anything is started, so a port in use fails fast with nothing to undo.
+    let listener = TcpListener::bind(cfg.listen).await.map_err(io(format!("listening on {}", cfg.listen)))?;
+    let addr = listener.local_addr().map_err(io("local address"))?;
+
+    let db = data_dir.join("db");
+    let store = RocksStore::open(&db, RocksOptions::default())
+        .map_err(|source| ServeError::Store { path: db.display().to_string(), source })?;
+
+    let (signer_child, socket) = match &cfg.signer {
+        SignerMode::Embedded { bin } => {
+            let bin = signer_child::find_binary(bin.clone())?;
+            let child = EmbeddedSigner::start(bin, &data_dir).await?;
+            let socket = child.socket().to_owned();
+            (Some(child), socket)
+        }
+        SignerMode::External { socket } => (None, socket.clone()),
+    };
+    let signer = SignerClient::new(socket.clone(), ClientOptions::default());
+    if signer_child.is_none() {
+        // Not fatal: readiness reports it, and checks fail closed until the signer answers.
+        if let Err(e) = signer.ping().await {
+            tracing::warn!(socket = %socket.display(), "the signer does not answer yet: {e}");
+        }
+    }
+
+    let result = serve_with_engine(&cfg, &data_dir, listener, addr, store, signer, shutdown).await;
+    if let Some(child) = signer_child {
+        child.stop().await;
+    }
+    result
+}
+
+async fn serve_with_engine(
+    cfg: &ServerConfig,
+    data_dir: &Path,
+    listener: TcpListener,
+    addr: std::net::SocketAddr,
+    store: RocksStore,
+    signer: SignerClient,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), ServeError> {
+    let engine = Engine::start(Arc::new(store), signer, EngineConfig::default())
+        .await
+        .map_err(|source| ServeError::Engine { what: "starting the engine", source })?;
+    let token = match ensure_admin_token(&engine, data_dir).await {
+        Ok(t) => t,
+        Err(e) => {
+            engine.shutdown().await;
+            return Err(e);
+        }
+    };
+
+    // Machine-readable first line on stdout (tests and scripts parse it); the rest to stderr.
+    println!("listening on http://{addr}");
+    let _ = std::io::stdout().flush();
+    eprintln!(
+        "allowly: listening on http://{addr}\n\
+         allowly: instance admin key in {token} (mode 0600)\n\
+         allowly: create a workspace:\n  \
+         curl -sS -X POST http://{addr}/v1/workspaces -H \"Authorization: Bearer $(cat {token})\" \\\n    \
+         -H 'Content-Type: application/json' -d '{{\"name\": \"my app\"}}'",
+        token = token.display()
+    );
+    tracing::info!(%addr, data_dir = %data_dir.display(), "allowly serving");
+
+    let app = Arc::new(App {
+        engine: engine.clone(),
+        metrics: crate::metrics::HttpMetrics::new(),
+        body_limit: cfg.body_limit,
+        request_ids: Default::default(),
+    });
+    crate::http::serve(listener, app, shutdown, DRAIN_TIMEOUT).await;
+    tracing::info!("stopping the engine");
+    engine.shutdown().await;
+    Ok(())
+}
+
+/// Resolves on the first SIGTERM or SIGINT.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        tracing::info!("{name}: shutting down");
+    })
+}
+
+/// The instance admin key file: created on first start, never overwritten. The secret is written
+/// to a temporary file (0600, fsynced) and hard-linked into place, which fails rather than
+/// replace an existing file; a crash leaves either no token file or a whole one.
+async fn ensure_admin_token(engine: &Engine, data_dir: &Path) -> Result<PathBuf, ServeError> {
+    let path = data_dir.join(ADMIN_TOKEN_FILE);
+    if path.exists() {
+        return Ok(path);
+    }
+    let key = engine
+        .create_admin_key()
+        .await
+        .map_err(|source| ServeError::Engine { what: "creating the instance admin key", source })?;
+    let tmp = data_dir.join(format!("{ADMIN_TOKEN_FILE}.tmp"));
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io(format!("creating {}", tmp.display())))?;
+    f.write_all(format!("{}\n", key.secret).as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(io(format!("writing {}", tmp.display())))?;
+    drop(f);
+    std::fs::hard_link(&tmp, &path).map_err(io(format!("creating {}", path.display())))?;
+    let _ = std::fs::remove_file(&tmp);
+    std::fs::File::open(data_dir).and_then(|d| d.sync_all()).map_err(io(format!("syncing {}", data_dir.display())))?;
+    tracing::info!(key_id = %key.key.id, path = %path.display(), "instance admin key created");
+    Ok(path)
+}

@@ -1,0 +1,384 @@
+//! Harness for the black-box tests: runs the real `allowly` binary (with the real signer next to
+//! it) on a free port in a temp dir, talks raw HTTP/1.1 to it over TCP, polls instead of
+//! sleeping, and prints the server's output when a test fails.
+#![allow(dead_code)]
+
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Everything in these tests waits at most this long.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+/// Poll interval of [`eventually`].
+pub const POLL: Duration = Duration::from_millis(20);
+
+/// The binary under test.
+pub fn allowly_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_allowly")
+}
+
+/// The signer binary the server finds next to itself.
+pub fn signer_bin() -> PathBuf {
+    let bin = Path::new(allowly_bin()).with_file_name("allowly-signer");
+    assert!(
+        bin.is_file(),
+        "{} is missing: run `cargo build -p allowly-signer` (cargo test --workspace builds it)",
+        bin.display()
+    );
+    bin
+}
+
+/// Polls `f` every [`POLL`] until it returns `Some`, failing with `what` and `diag()` after
+/// [`DEADLINE`].
+pub fn eventually<T>(what: &str, diag: impl Fn() -> String, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}\n{}", diag());
+        std::thread::sleep(POLL);
+    }
+}
+
+/// A running `allowly serve`. SIGKILLed and reaped on drop; its output is printed if the test
+/// is failing.
+pub struct Server {
+    child: Option<Child>,
+    pub data_dir: PathBuf,
+    pub addr: SocketAddr,
+    stdout: Arc<Mutex<String>>,
+    stderr: Arc<Mutex<String>>,
+}
+
+fn drain(
+    pipe: impl std::io::Read + Send + 'static,
+    into: Arc<Mutex<String>>,
+    first_line: Option<mpsc::Sender<String>>,
+) {
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(pipe);
+        let mut first_line = first_line;
+        let mut line = String::new();
+        loop {
+            line.clear();
+            match reader.read_line(&mut line) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    into.lock().expect("lock").push_str(&line);
+                    if let Some(tx) = first_line.take() {
+                        let _ = tx.send(line.clone());
+                    }
+                }
+            }
+        }
+    });
+}
+
+impl Server {
+    /// `allowly serve --data-dir <dir> --listen 127.0.0.1:0`, waiting for its first stdout line.
+    pub fn start(data_dir: &Path) -> Self {
+        Self::start_with(data_dir, &[])
+    }
+
+    pub fn start_with(data_dir: &Path, extra: &[&str]) -> Self {
+        signer_bin();
+        let mut cmd = Command::new(allowly_bin());
+        cmd.arg("serve").arg("--data-dir").arg(data_dir).args(["--listen", "127.0.0.1:0"]).args(extra);
+        for var in [
+            "ALLOWLY_DATA_DIR",
+            "ALLOWLY_LISTEN",
+            "ALLOWLY_SIGNER_SOCKET",
+            "ALLOWLY_SIGNER_BIN",
+            "ALLOWLY_CONFIG",
+            "ALLOWLY_BODY_LIMIT",
+            "ALLOWLY_SIGNER_MASTER_KEY",
+        ] {
+            cmd.env_remove(var);
+        }
+        cmd.env("ALLOWLY_LOG", "info").stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
+        let (stdout, stderr) = (Arc::new(Mutex::new(String::new())), Arc::new(Mutex::new(String::new())));
+        let (tx, rx) = mpsc::channel();
+        drain(child.stdout.take().expect("stdout"), stdout.clone(), Some(tx));
+        drain(child.stderr.take().expect("stderr"), stderr.clone(), None);
+        let line = match rx.recv_timeout(DEADLINE) {
+            Ok(l) => l,
+            Err(_) => {
+                let _ = child.kill();
+                let status = child.wait().ok();
+                panic!(
+                    "allowly printed no `listening on` line within {DEADLINE:?} (status {status:?})\n--- stderr ---\n{}",
+                    stderr.lock().expect("lock")
+                );
+            }
+        };
+        let addr = line
+            .trim()
+            .strip_prefix("listening on http://")
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected first stdout line {line:?}"));
+        Self { child: Some(child), data_dir: data_dir.to_owned(), addr, stdout, stderr }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("child").id()
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().expect("lock").clone()
+    }
+
+    pub fn stdout(&self) -> String {
+        self.stdout.lock().expect("lock").clone()
+    }
+
+    pub fn diagnostics(&self) -> String {
+        format!("--- allowly stdout ---\n{}\n--- allowly stderr ---\n{}", self.stdout(), self.stderr())
+    }
+
+    /// The instance admin key.
+    pub fn admin_token(&self) -> String {
+        let path = self.data_dir.join("admin-token");
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).trim().to_owned()
+    }
+
+    pub fn client(&self) -> Client {
+        Client { addr: self.addr }
+    }
+
+    /// The pid of the live signer child (polled until there is one).
+    pub fn signer_pid(&self) -> u32 {
+        let me = self.pid();
+        eventually("a signer child", || self.diagnostics(), || children_named(me, "allowly-signer").first().copied())
+    }
+
+    /// Sends `sig` to the server.
+    pub fn signal(&self, sig: rustix::process::Signal) {
+        let pid = rustix::process::Pid::from_raw(self.pid() as i32).expect("pid");
+        rustix::process::kill_process(pid, sig).expect("kill");
+    }
+
+    /// Waits for the server to exit by itself, failing after [`DEADLINE`].
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        let child = self.child.as_mut().expect("child");
+        let start = Instant::now();
+        loop {
+            if let Some(s) = child.try_wait().expect("try_wait") {
+                return s;
+            }
+            assert!(start.elapsed() < DEADLINE, "allowly did not exit within {DEADLINE:?}\n{}", self.diagnostics());
+            std::thread::sleep(POLL);
+        }
+    }
+
+    /// `kill -9` and reap.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub fn stop(&mut self) {
+        self.signal(rustix::process::Signal::TERM);
+        let status = self.wait_exit();
+        assert!(status.success(), "allowly exited with {status} on SIGTERM\n{}", self.diagnostics());
+        self.child = None;
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let panicking = std::thread::panicking();
+        self.kill9();
+        if panicking {
+            eprintln!("{}", self.diagnostics());
+        }
+    }
+}
+
+/// Live (not zombie) children of `parent` whose command name is `name`.
+pub fn children_named(parent: u32, name: &str) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| proc_stat(*pid).is_some_and(|(comm, state, ppid)| comm == name && state != "Z" && ppid == parent))
+        .collect()
+}
+
+/// Whether `pid` is a live process (a zombie nobody reaps counts as dead).
+pub fn alive(pid: u32) -> bool {
+    proc_stat(pid).is_some_and(|(_, state, _)| state != "Z")
+}
+
+/// `(comm, state, ppid)` from `/proc/<pid>/stat`.
+fn proc_stat(pid: u32) -> Option<(String, String, u32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let comm = stat.get(open + 1..close)?.to_owned();
+    let mut rest = stat.get(close + 1..)?.split_whitespace();
+    let state = rest.next()?.to_owned();
+    let ppid = rest.next()?.parse().ok()?;
+    Some((comm, state, ppid))
+}
+
+/// File mode bits of `path`.
+pub fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).permissions().mode() & 0o777
+}
+
+// ---------------------------------------------------------------------------------------------
+// A small HTTP/1.1 client: one connection per request, so every test sees exactly what the
+// server sent, including on requests a library client would refuse to send.
+
+/// An answer.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("body is not JSON ({e}): {self}"))
+    }
+
+    /// Checks that this is a problem document with `code` and `status`, carrying the request id
+    /// of the `Request-Id` header; returns the document.
+    pub fn problem(&self, status: u16, code: &str) -> serde_json::Value {
+        assert_eq!(self.status, status, "status: {self}");
+        assert_eq!(self.header("content-type"), Some("application/problem+json"), "{self}");
+        let p = self.json();
+        assert_eq!(p["code"], code, "{self}");
+        assert_eq!(p["status"], status, "{self}");
+        assert_eq!(p["type"], format!("urn:allowly:problem:{code}"), "{self}");
+        assert!(p["title"].as_str().is_some_and(|t| !t.is_empty()), "{self}");
+        assert!(p["detail"].is_string(), "{self}");
+        let rid = self.header("request-id").unwrap_or_else(|| panic!("no Request-Id header: {self}"));
+        assert_eq!(p["request_id"], rid, "{self}");
+        p
+    }
+}
+
+impl std::fmt::Display for Resp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "HTTP {} {:?} {}", self.status, self.headers, self.text())
+    }
+}
+
+/// A client of one server.
+#[derive(Debug, Clone, Copy)]
+pub struct Client {
+    pub addr: SocketAddr,
+}
+
+impl Client {
+    /// A request with an optional bearer key and an optional JSON body.
+    pub fn call(&self, method: &str, path: &str, key: Option<&str>, json: Option<&serde_json::Value>) -> Resp {
+        let mut headers = Vec::new();
+        if let Some(k) = key {
+            headers.push(("Authorization".to_owned(), format!("Bearer {k}")));
+        }
+        let body = json.map(|j| j.to_string().into_bytes());
+        if body.is_some() {
+            headers.push(("Content-Type".to_owned(), "application/json".to_owned()));
+        }
+        self.request(method, path, &headers, body.as_deref())
+    }
+
+    pub fn get(&self, path: &str, key: Option<&str>) -> Resp {
+        self.call("GET", path, key, None)
+    }
+
+    pub fn post(&self, path: &str, key: &str, json: serde_json::Value) -> Resp {
+        self.call("POST", path, Some(key), Some(&json))
+    }
+
+    /// A request with a `Content-Length` body.
+    pub fn request(&self, method: &str, path: &str, headers: &[(String, String)], body: Option<&[u8]>) -> Resp {
+        let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n", self.addr);
+        for (k, v) in headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        if let Some(b) = body {
+            head.push_str(&format!("Content-Length: {}\r\n", b.len()));
+        }
+        head.push_str("\r\n");
+        let mut bytes = head.into_bytes();
+        bytes.extend_from_slice(body.unwrap_or_default());
+        self.raw(&bytes)
+    }
+
+    /// Sends `bytes` as they are and reads the answer until the server closes.
+    pub fn raw(&self, bytes: &[u8]) -> Resp {
+        let mut s = TcpStream::connect(self.addr).unwrap_or_else(|e| panic!("connect {}: {e}", self.addr));
+        s.set_read_timeout(Some(DEADLINE)).expect("timeout");
+        // The server may answer and close before reading everything (e.g. a 413): keep going.
+        let _ = s.write_all(bytes);
+        let mut out = Vec::new();
+        let mut buf = [0u8; 16384];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+                Err(e) if out.is_empty() => panic!("reading from {}: {e}", self.addr),
+                Err(_) => break,
+            }
+        }
+        parse_response(&out)
+    }
+}
+
+fn parse_response(raw: &[u8]) -> Resp {
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no response head in {:?}", String::from_utf8_lossy(raw)));
+    let head = std::str::from_utf8(&raw[..split]).expect("head is UTF-8");
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().expect("status line");
+    let status = status_line.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("status code");
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let mut body = raw[split + 4..].to_vec();
+    if headers.iter().any(|(k, v)| k == "transfer-encoding" && v.contains("chunked")) {
+        body = dechunk(&body);
+    } else if let Some(len) =
+        headers.iter().find(|(k, _)| k == "content-length").and_then(|(_, v)| v.parse::<usize>().ok())
+    {
+        assert_eq!(body.len(), len, "body shorter or longer than its Content-Length");
+    }
+    Resp { status, headers, body }
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let eol = b.windows(2).position(|w| w == b"\r\n").expect("chunk size line");
+        let size = usize::from_str_radix(std::str::from_utf8(&b[..eol]).expect("utf8").trim(), 16).expect("size");
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&b[eol + 2..eol + 2 + size]);
+        b = &b[eol + 2 + size + 2..];
+    }
+}
