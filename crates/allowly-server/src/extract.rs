@@ -161,7 +161,16 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
     serde_json::from_slice(bytes).map_err(|e| {
         use serde_json::error::Category;
         match e.classify() {
-            Category::Syntax | Category::Eof | Category::Io => Problem::malformed_json(e.to_string()),
+            // serde_json reports some type errors (a number where an enum is expected) as
+            // syntax errors: the body is malformed only if it is not JSON at all. (`Value`, not
+            // `IgnoredAny`: only decoding strings catches lone surrogates. Error path only; the
+            // body is already within the size limit.)
+            Category::Syntax | Category::Eof | Category::Io
+                if serde_json::from_slice::<serde_json::Value>(bytes).is_err() =>
+            {
+                Problem::malformed_json(e.to_string())
+            }
+            Category::Syntax | Category::Eof | Category::Io => Problem::invalid(e.to_string()),
             // serde's wording for `deny_unknown_fields`: "unknown field `x`, expected ...".
             Category::Data if e.to_string().starts_with("unknown field") => Problem::unknown_field(e.to_string()),
             Category::Data => Problem::invalid(e.to_string()),
