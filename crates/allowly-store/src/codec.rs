@@ -17,6 +17,15 @@ pub(crate) fn decode<T: DeserializeOwned>(space: Space, key: &[u8], bytes: &[u8]
     serde_json::from_slice(bytes).map_err(|e| StoreError::corrupt(space.name(), key, e))
 }
 
+/// A document as stored: wrapped with the workspace and id it was filed under, so a read can
+/// check the key it was found at (the document itself is opaque to the store).
+#[derive(serde::Serialize, serde::Deserialize)]
+pub(crate) struct StoredDoc {
+    pub workspace_id: String,
+    pub id: String,
+    pub doc: serde_json::Value,
+}
+
 /// A stored 32-byte hash.
 pub(crate) fn hash(space: Space, key: &[u8], bytes: &[u8]) -> Result<[u8; 32]> {
     bytes.try_into().map_err(|_| StoreError::corrupt(space.name(), key, format!("{} bytes, not 32", bytes.len())))

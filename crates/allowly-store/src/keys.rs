@@ -26,10 +26,16 @@ pub(crate) enum Space {
     Pending,
     LogMeta,
     ApiKeyIds,
+    Confirmations,
+    Escalations,
+    Idempotency,
+    Webhooks,
+    Deliveries,
+    Outbox,
 }
 
 impl Space {
-    pub(crate) const ALL: [Space; 11] = [
+    pub(crate) const ALL: [Space; 17] = [
         Space::Workspaces,
         Space::ApiKeys,
         Space::Authorizations,
@@ -41,6 +47,12 @@ impl Space {
         Space::Pending,
         Space::LogMeta,
         Space::ApiKeyIds,
+        Space::Confirmations,
+        Space::Escalations,
+        Space::Idempotency,
+        Space::Webhooks,
+        Space::Deliveries,
+        Space::Outbox,
     ];
 
     /// Stable name: the column family's name on disk. Never rename one.
@@ -57,6 +69,25 @@ impl Space {
             Space::Pending => "pending",
             Space::LogMeta => "log_meta",
             Space::ApiKeyIds => "api_key_ids",
+            Space::Confirmations => "confirmations",
+            Space::Escalations => "escalations",
+            Space::Idempotency => "idempotency",
+            Space::Webhooks => "webhooks",
+            Space::Deliveries => "deliveries",
+            Space::Outbox => "outbox",
+        }
+    }
+
+    /// The key space of a document kind.
+    pub(crate) fn of_doc(kind: crate::types::DocKind) -> Space {
+        use crate::types::DocKind;
+        match kind {
+            DocKind::Confirmation => Space::Confirmations,
+            DocKind::Escalation => Space::Escalations,
+            DocKind::Idempotency => Space::Idempotency,
+            DocKind::Webhook => Space::Webhooks,
+            DocKind::Delivery => Space::Deliveries,
+            DocKind::Outbox => Space::Outbox,
         }
     }
 

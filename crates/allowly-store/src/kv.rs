@@ -111,6 +111,18 @@ pub(crate) fn stage(base: &dyn KvRead, batch: WriteBatch) -> Result<Mutations> {
                 check_id("workspace_id", &ws)?;
                 st.put(Space::LogMeta, keys::workspace(&ws), encode(&meta)?);
             }
+            Op::PutDoc { kind, workspace_id: ws, id, doc } => {
+                check_id("workspace_id", &ws)?;
+                check_id("doc_id", &id)?;
+                let key = keys::ws_id(&ws, &id);
+                let stored = codec::StoredDoc { workspace_id: ws, id, doc };
+                st.put(Space::of_doc(kind), key, encode(&stored)?);
+            }
+            Op::DeleteDoc { kind, workspace_id: ws, id } => {
+                check_id("workspace_id", &ws)?;
+                check_id("doc_id", &id)?;
+                st.delete(Space::of_doc(kind), keys::ws_id(&ws, &id));
+            }
         }
     }
     Ok(st.muts)

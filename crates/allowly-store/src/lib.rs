@@ -29,6 +29,7 @@
 //! | `pending`        | `ws ‖ 0x00 ‖ log index u64`                  | receipt id (awaiting a signature)  |
 //! | `log_meta`       | `ws`                                         | [`LogMeta`] (JSON)                 |
 //! | `api_key_ids`    | `ws ‖ 0x00 ‖ key id` (`ws` empty: instance)  | `key_hash` (index into `api_keys`) |
+//! | `confirmations`, `escalations`, `idempotency`, `webhooks`, `deliveries`, `outbox` | `ws ‖ 0x00 ‖ id` | a [`DocKind`] document (JSON, wrapped with its ws and id) |
 //!
 //! `trail`, `leaves` and `pending` are indexes into `receipts`, written in the same batch as the
 //! receipt, so an index entry never points at nothing; a reader that finds one that does reports
@@ -54,8 +55,8 @@ pub use mem::MemStore;
 pub use rocks::{RocksOptions, RocksStore};
 pub use store::{Store, StoredNodes};
 pub use types::{
-    ApiKeyRecord, AuthorizationRecord, Durability, LogMeta, Op, PublicKeyRecord, ReceiptRecord, Role, ScopeRule,
-    WorkspaceRecord, WriteBatch,
+    ApiKeyRecord, AuthorizationRecord, DocKind, Durability, LogMeta, Op, PublicKeyRecord, ReceiptRecord, Role,
+    ScopeRule, WorkspaceRecord, WriteBatch,
 };
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use crate::codec::{self, decode};
 use crate::error::{Result, StoreError};
 use crate::keys::{self, check_id, Space};
 use crate::kv::{KvEngine, KvRead};
-use crate::types::{ApiKeyRecord, AuthorizationRecord, LogMeta, ReceiptRecord, WorkspaceRecord};
+use crate::types::{ApiKeyRecord, AuthorizationRecord, DocKind, LogMeta, ReceiptRecord, WorkspaceRecord};
 
 fn corrupt(space: Space, key: &[u8], reason: &str) -> StoreError {
     StoreError::corrupt(space.name(), key, reason)
@@ -241,6 +241,72 @@ pub(crate) fn log_meta(e: &impl KvEngine, ws: &str) -> Result<Option<LogMeta>> {
     e.get(Space::LogMeta, &key)?.map(|v| decode(Space::LogMeta, &key, &v)).transpose()
 }
 
+fn check_doc(space: Space, key: &[u8], bytes: &[u8], ws: Option<&str>, id: Option<&str>) -> Result<codec::StoredDoc> {
+    let d: codec::StoredDoc = decode(space, key, bytes)?;
+    if ws.is_some_and(|w| w != d.workspace_id)
+        || id.is_some_and(|i| i != d.id)
+        || keys::ws_id(&d.workspace_id, &d.id) != key
+    {
+        return Err(corrupt(space, key, "document is filed under another workspace or id"));
+    }
+    Ok(d)
+}
+
+pub(crate) fn doc(e: &impl KvEngine, kind: DocKind, ws: &str, id: &str) -> Result<Option<serde_json::Value>> {
+    check_id("workspace_id", ws)?;
+    check_id("doc_id", id)?;
+    let space = Space::of_doc(kind);
+    let key = keys::ws_id(ws, id);
+    let Some(bytes) = e.get(space, &key)? else { return Ok(None) };
+    Ok(Some(check_doc(space, &key, &bytes, Some(ws), Some(id))?.doc))
+}
+
+pub(crate) fn docs(
+    e: &impl KvEngine,
+    kind: DocKind,
+    ws: &str,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<Vec<(String, serde_json::Value)>> {
+    check_id("workspace_id", ws)?;
+    if let Some(a) = after {
+        check_id("doc_id", a)?;
+    }
+    let space = Space::of_doc(kind);
+    let lower = match after {
+        // The smallest key after `ws ‖ 0x00 ‖ a`: ids have no 0x00, so appending one is next.
+        Some(a) => {
+            let mut k = keys::ws_id(ws, a);
+            k.push(0);
+            k
+        }
+        None => keys::ws_start(ws),
+    };
+    let pairs = e.read(|view| view.scan(space, &lower, Some(&keys::ws_end(ws)), limit, false))?;
+    pairs.iter().map(|(k, v)| check_doc(space, k, v, Some(ws), None).map(|d| (d.id, d.doc))).collect()
+}
+
+pub(crate) fn all_docs(
+    e: &impl KvEngine,
+    kind: DocKind,
+    after: Option<(&str, &str)>,
+    limit: usize,
+) -> Result<Vec<(String, String, serde_json::Value)>> {
+    let space = Space::of_doc(kind);
+    let lower = match after {
+        Some((ws, id)) => {
+            check_id("workspace_id", ws)?;
+            check_id("doc_id", id)?;
+            let mut k = keys::ws_id(ws, id);
+            k.push(0);
+            k
+        }
+        None => Vec::new(),
+    };
+    let pairs = e.read(|view| view.scan(space, &lower, None, limit, false))?;
+    pairs.iter().map(|(k, v)| check_doc(space, k, v, None, None).map(|d| (d.workspace_id, d.id, d.doc))).collect()
+}
+
 /// Implements [`Store`](crate::Store) for a [`KvEngine`] by delegating to this module.
 macro_rules! impl_store_for_engine {
     ($engine:ty) => {
@@ -304,6 +370,26 @@ macro_rules! impl_store_for_engine {
             }
             fn log_meta(&self, ws: &str) -> $crate::Result<Option<$crate::LogMeta>> {
                 $crate::query::log_meta(self, ws)
+            }
+            fn doc(&self, kind: $crate::DocKind, ws: &str, id: &str) -> $crate::Result<Option<serde_json::Value>> {
+                $crate::query::doc(self, kind, ws, id)
+            }
+            fn docs(
+                &self,
+                kind: $crate::DocKind,
+                ws: &str,
+                after: Option<&str>,
+                limit: usize,
+            ) -> $crate::Result<Vec<(String, serde_json::Value)>> {
+                $crate::query::docs(self, kind, ws, after, limit)
+            }
+            fn all_docs(
+                &self,
+                kind: $crate::DocKind,
+                after: Option<(&str, &str)>,
+                limit: usize,
+            ) -> $crate::Result<Vec<(String, String, serde_json::Value)>> {
+                $crate::query::all_docs(self, kind, after, limit)
             }
         }
     };

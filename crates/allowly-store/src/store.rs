@@ -8,7 +8,7 @@ use allowly_receipt::merkle::{Hash, NodeSource};
 
 use crate::error::{Result, StoreError};
 use crate::types::{
-    ApiKeyRecord, AuthorizationRecord, Durability, LogMeta, ReceiptRecord, WorkspaceRecord, WriteBatch,
+    ApiKeyRecord, AuthorizationRecord, DocKind, Durability, LogMeta, ReceiptRecord, WorkspaceRecord, WriteBatch,
 };
 
 /// Where Allowly keeps everything. Implementations behave identically (one conformance suite
@@ -57,6 +57,24 @@ pub trait Store: Send + Sync + 'static {
     fn workspaces_with_pending(&self) -> Result<Vec<String>>;
     /// A workspace's log position.
     fn log_meta(&self, ws: &str) -> Result<Option<LogMeta>>;
+    /// A document of workspace `ws`.
+    fn doc(&self, kind: DocKind, ws: &str, id: &str) -> Result<Option<serde_json::Value>>;
+    /// Up to `limit` documents of `ws` with id > `after` (all when `None`), in id order.
+    fn docs(
+        &self,
+        kind: DocKind,
+        ws: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, serde_json::Value)>>;
+    /// Up to `limit` documents of every workspace after `(ws, id)`, in (workspace, id) order:
+    /// for background work that spans workspaces (the webhook outbox).
+    fn all_docs(
+        &self,
+        kind: DocKind,
+        after: Option<(&str, &str)>,
+        limit: usize,
+    ) -> Result<Vec<(String, String, serde_json::Value)>>;
 }
 
 /// Serves Merkle proofs from the nodes a [`Store`] holds for one workspace

@@ -154,6 +154,38 @@ pub enum Op {
         workspace_id: String,
         meta: LogMeta,
     },
+    /// A document of `kind` (replaces one with the same id).
+    PutDoc {
+        kind: DocKind,
+        workspace_id: String,
+        id: String,
+        doc: serde_json::Value,
+    },
+    /// Removes a document (no error if absent).
+    DeleteDoc {
+        kind: DocKind,
+        workspace_id: String,
+        id: String,
+    },
+}
+
+/// Kinds of small per-workspace documents the engine keeps beside the log, each in a key space
+/// of its own, keyed by workspace and id. The store treats a document as opaque JSON; the
+/// engine owns its shape (and its on-disk compatibility: add fields with defaults).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DocKind {
+    /// A pending or answered `confirm` decision, by nonce.
+    Confirmation,
+    /// An escalation to an approver, by escalation id.
+    Escalation,
+    /// The stored answer to an `Idempotency-Key`, by key (hashed by the engine).
+    Idempotency,
+    /// A webhook endpoint of a workspace.
+    Webhook,
+    /// The state of one webhook delivery (kept for the API).
+    Delivery,
+    /// Deliveries not yet finished (deleted when delivered or given up), scanned by the sender.
+    Outbox,
 }
 
 /// Ops applied all-or-nothing: either every op is visible afterwards or none is.

@@ -5,7 +5,7 @@
 mod common;
 
 use allowly_receipt::merkle::{self, Frontier, LeafList, NodeSource};
-use allowly_store::{Durability, LogMeta, Op, ReceiptRecord, Store, StoreError, StoredNodes, WriteBatch};
+use allowly_store::{DocKind, Durability, LogMeta, Op, ReceiptRecord, Store, StoreError, StoredNodes, WriteBatch};
 use common::*;
 
 /// Indices straddling byte boundaries: a little-endian key would sort 256 before 255.
@@ -220,7 +220,7 @@ fn nodes_checkpoints_and_log_meta<S: Store>(s: &S) {
     let meta = LogMeta { next_index: 301 };
     write(s, vec![Op::PutLogMeta { workspace_id: "w".into(), meta }]);
     assert_eq!(s.log_meta("w").unwrap(), Some(meta));
-    write(s, vec![Op::PutLogMeta { workspace_id: "w".into(), meta: LogMeta { next_index: 302, ..meta } }]);
+    write(s, vec![Op::PutLogMeta { workspace_id: "w".into(), meta: LogMeta { next_index: 302 } }]);
     assert_eq!(s.log_meta("w").unwrap().unwrap().next_index, 302);
 }
 
@@ -353,6 +353,47 @@ fn concurrent_writers<S: Store>(s: &S) {
     assert_eq!(s.pending("w", 1000).unwrap().len(), 200);
 }
 
+fn documents<S: Store>(s: &S) {
+    let put = |ws: &str, id: &str, n: u64| Op::PutDoc {
+        kind: DocKind::Escalation,
+        workspace_id: ws.into(),
+        id: id.into(),
+        doc: serde_json::json!({ "n": n }),
+    };
+    // Prefix-sharing workspaces and ids, and another kind under the same ids.
+    write(s, vec![put("w", "b", 1), put("w", "a", 2), put("w_x", "a", 3), put("w", "a_", 4)]);
+    write(
+        s,
+        vec![Op::PutDoc {
+            kind: DocKind::Confirmation,
+            workspace_id: "w".into(),
+            id: "a".into(),
+            doc: serde_json::json!("other kind"),
+        }],
+    );
+    assert_eq!(s.doc(DocKind::Escalation, "w", "a").unwrap(), Some(serde_json::json!({"n": 2})));
+    assert_eq!(s.doc(DocKind::Confirmation, "w", "a").unwrap(), Some(serde_json::json!("other kind")));
+    assert_eq!(s.doc(DocKind::Escalation, "w", "c").unwrap(), None);
+    assert_eq!(s.doc(DocKind::Escalation, "w_x", "b").unwrap(), None, "another workspace's id space");
+    let ids = |after, limit| -> Vec<String> {
+        s.docs(DocKind::Escalation, "w", after, limit).unwrap().into_iter().map(|(id, _)| id).collect()
+    };
+    assert_eq!(ids(None, 10), ["a", "a_", "b"]);
+    assert_eq!(ids(Some("a"), 1), ["a_"]);
+    assert_eq!(ids(Some("a_"), 10), ["b"]);
+    assert_eq!(ids(Some("b"), 10), Vec::<String>::new());
+    let all: Vec<(String, String)> =
+        s.all_docs(DocKind::Escalation, None, 10).unwrap().into_iter().map(|(w, id, _)| (w, id)).collect();
+    let pairs = |v: &[(&str, &str)]| v.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect::<Vec<_>>();
+    assert_eq!(all, pairs(&[("w", "a"), ("w", "a_"), ("w", "b"), ("w_x", "a")]));
+    let rest: Vec<_> = s.all_docs(DocKind::Escalation, Some(("w", "b")), 10).unwrap();
+    assert_eq!(rest.len(), 1);
+    write(s, vec![Op::DeleteDoc { kind: DocKind::Escalation, workspace_id: "w".into(), id: "a".into() }]);
+    assert_eq!(s.doc(DocKind::Escalation, "w", "a").unwrap(), None);
+    assert_eq!(ids(None, 10), ["a_", "b"]);
+    assert!(matches!(s.doc(DocKind::Escalation, "w", "a/b"), Err(StoreError::InvalidId { .. })));
+}
+
 macro_rules! conformance {
     ($engine:ident, $make:path; $($case:ident),* $(,)?) => {
         mod $engine {
@@ -380,6 +421,7 @@ macro_rules! suite {
             invalid_ids_write_nothing,
             empty_batch_and_buffered_writes,
             concurrent_writers,
+            documents,
         );)*
     };
 }
