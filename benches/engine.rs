@@ -49,7 +49,7 @@ fn main() {
             expires_at: None,
             metadata: None,
         };
-        let auth = engine.create_authorization(&ws, grant).await.expect("authorization").authorization.id;
+        let auth = engine.create_authorization(&ws, grant, None).await.expect("authorization").authorization.id;
         (ws, auth)
     });
     let req = CheckRequest {
@@ -73,7 +73,7 @@ fn main() {
                         let calls: Vec<_> = (0..n)
                             .map(|_| {
                                 let (e, ws, req) = (engine.clone(), ws.clone(), req.clone());
-                                tokio::spawn(async move { e.check(&ws, req).await })
+                                tokio::spawn(async move { e.check(&ws, req, None).await })
                             })
                             .collect();
                         for c in calls {
@@ -163,7 +163,7 @@ fn passivation(rt: &tokio::runtime::Runtime, dir: &tempfile::TempDir, sock: &std
                     expires_at: None,
                     metadata: None,
                 };
-                engine.create_authorization(&ws, grant).await.expect("authorization");
+                engine.create_authorization(&ws, grant, None).await.expect("authorization");
             }
         }
         let busy = rss_bytes();

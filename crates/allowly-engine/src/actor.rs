@@ -20,15 +20,20 @@ use std::time::Instant;
 use allowly_receipt::types::{
     Decision, EventKind, Grant as ReceiptGrant, HexHash, ReceiptBody, Timestamp, FORMAT_VERSION,
 };
-use allowly_store::{AuthorizationRecord, Durability, Op, ReceiptRecord, ScopeRule, WorkspaceRecord, WriteBatch};
+use allowly_store::{
+    AuthorizationRecord, DocKind, Durability, Op, ReceiptRecord, ScopeRule, WorkspaceRecord, WriteBatch,
+};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, OwnedMutexGuard};
 
 use crate::decide::{self, Reason, Rule, Verdict};
 use crate::error::{EngineError, Result};
 use crate::ids::new_id;
 use crate::model::{
-    AuthorizationChange, CheckOutcome, CheckRequest, ConfirmationInfo, EscalationInfo, NewAuthorization, WorkspaceView,
+    AuthorizationChange, CheckOutcome, CheckRequest, ConfirmationAnswer, ConfirmationInfo, EscalationAnswer,
+    EscalationInfo, EscalationView, NewAuthorization, Resolution, WorkspaceView,
 };
 use crate::receipts::{auth_state_hash, json_hash, pending_envelope, seal};
 use crate::shared::{now_ms, ts, Shared};
@@ -41,15 +46,35 @@ pub(crate) type Reply<T> = oneshot::Sender<Result<T>>;
 pub(crate) enum WsMsg {
     CreateAuthorization {
         req: NewAuthorization,
+        idem: Option<Idem>,
         reply: Reply<AuthorizationChange>,
     },
     Revoke {
         id: String,
+        idem: Option<Idem>,
         reply: Reply<AuthorizationChange>,
     },
     Check {
         req: CheckRequest,
+        idem: Option<Idem>,
         reply: Reply<CheckOutcome>,
+    },
+    Confirm {
+        nonce: String,
+        answer: ConfirmationAnswer,
+        idem: Option<Idem>,
+        reply: Reply<Resolution>,
+    },
+    Resolve {
+        id: String,
+        answer: EscalationAnswer,
+        idem: Option<Idem>,
+        reply: Reply<Resolution>,
+    },
+    /// Resolve a pending escalation past its expiry to deny (on first read after it).
+    ExpireEscalation {
+        id: String,
+        reply: Reply<EscalationView>,
     },
     SetScopeRules {
         rules: BTreeMap<String, ScopeRule>,
@@ -59,6 +84,21 @@ pub(crate) enum WsMsg {
     Flush,
     /// Stop if idle (sent by the actor to itself).
     IdleCheck,
+}
+
+/// An `Idempotency-Key`, as the actor files it: `doc_id` derives from the key, `request_hash`
+/// from the route and the parsed request (same key + same request → the same answer).
+pub(crate) struct Idem {
+    pub doc_id: String,
+    pub request_hash: [u8; 32],
+}
+
+/// The stored answer to an `Idempotency-Key`.
+#[derive(Serialize, Deserialize)]
+struct IdemDoc {
+    request_hash: HexHash,
+    created_at_ms: u64,
+    answer: serde_json::Value,
 }
 
 /// A running actor as the registry holds it.
@@ -89,6 +129,8 @@ pub(crate) struct WsState {
     next_index: u64,
     ops: Vec<Op>,
     done: Vec<Done>,
+    /// Documents written by staged ops (ahead of the store until the commit).
+    overlay: HashMap<(DocKind, String), serde_json::Value>,
     flush_scheduled: bool,
     last_active: Instant,
     queued: Arc<AtomicUsize>,
@@ -99,6 +141,9 @@ pub(crate) struct WsState {
 const MAX_CACHED_AUTHORIZATIONS: usize = 65_536;
 
 pub(crate) struct WorkspaceActor;
+
+mod hitl;
+pub(crate) use hitl::EscalationDoc;
 
 fn rules_of(ws: &WorkspaceRecord) -> BTreeMap<String, Rule> {
     ws.scope_rules
@@ -130,6 +175,7 @@ impl Actor for WorkspaceActor {
             next_index: a.next_index,
             ops: Vec::new(),
             done: Vec::new(),
+            overlay: HashMap::new(),
             flush_scheduled: false,
             last_active: Instant::now(),
             queued: a.queued,
@@ -169,17 +215,24 @@ impl Actor for WorkspaceActor {
         s.queued.fetch_sub(1, Ordering::AcqRel);
         s.last_active = Instant::now();
         match msg {
-            WsMsg::CreateAuthorization { req, reply } => {
-                let r = s.create_authorization(req);
-                s.stage_or_fail(r, reply);
+            WsMsg::CreateAuthorization { req, idem, reply } => {
+                s.idempotent(idem, reply, |s| s.create_authorization(req).map(|(ops, a)| (ops, Ok(a))));
             }
-            WsMsg::Revoke { id, reply } => {
-                let r = s.revoke(&id);
-                s.stage_or_fail(r, reply);
+            WsMsg::Revoke { id, idem, reply } => {
+                s.idempotent(idem, reply, |s| s.revoke(&id).map(|(ops, a)| (ops, Ok(a))));
             }
-            WsMsg::Check { req, reply } => {
-                let r = s.check(req);
-                s.stage_or_fail(r, reply);
+            WsMsg::Check { req, idem, reply } => {
+                s.idempotent(idem, reply, |s| s.check(req).map(|(ops, a)| (ops, Ok(a))));
+            }
+            WsMsg::Confirm { nonce, answer, idem, reply } => {
+                s.idempotent(idem, reply, |s| s.confirm(&nonce, answer));
+            }
+            WsMsg::Resolve { id, answer, idem, reply } => {
+                s.idempotent(idem, reply, |s| s.resolve(&id, Some(answer)));
+            }
+            WsMsg::ExpireEscalation { id, reply } => {
+                let r = s.expire_escalation(&id);
+                s.stage(r, reply);
             }
             WsMsg::SetScopeRules { rules, reply } => {
                 let mut ws = s.ws.clone();
@@ -187,7 +240,7 @@ impl Actor for WorkspaceActor {
                 let view = views::workspace(&ws);
                 s.ws = ws.clone();
                 s.rules = rules_of(&ws);
-                s.stage_or_fail(view.map(|v| (vec![Op::PutWorkspace(ws)], v)), reply);
+                s.stage(view.map(|v| (vec![Op::PutWorkspace(ws)], Ok(v))), reply);
             }
             WsMsg::Flush | WsMsg::IdleCheck => {}
         }
@@ -215,23 +268,98 @@ struct Event<'a> {
 }
 
 impl WsState {
-    /// Stages `ops` with an answer that is sent once they are durable; an error is answered now.
-    fn stage_or_fail<T: Send + 'static>(&mut self, r: Result<(Vec<Op>, T)>, reply: Reply<T>) {
+    /// Stages `ops` with an answer that is sent once they are durable (the answer may itself be
+    /// an error that must leave a receipt, e.g. a used nonce). An outer error is answered now:
+    /// nothing was staged.
+    fn stage<T: Send + 'static>(&mut self, r: Result<(Vec<Op>, Result<T>)>, reply: Reply<T>) {
         match r {
             // Nothing to write (e.g. an unknown authorization): answer at once.
             Ok((ops, answer)) if ops.is_empty() => {
-                let _ = reply.send(Ok(answer));
+                let _ = reply.send(answer);
             }
             Ok((ops, answer)) => {
                 self.ops.extend(ops);
                 self.done.push(Box::new(move |res: Result<()>| {
-                    let _ = reply.send(res.map(|()| answer));
+                    let _ = reply.send(res.and(answer));
                 }));
             }
             Err(e) => {
                 let _ = reply.send(Err(e));
             }
         }
+    }
+
+    /// Runs `f` at most once per `Idempotency-Key`: a repeat with the same request gets the
+    /// first answer again (after the first's commit, if that is still staged), a repeat with
+    /// another request gets `IdempotencyMismatch`. The key's record is written in the same
+    /// batch as the effects, so a crash cannot separate them. Only successful answers are
+    /// recorded (a failed request may be retried with the same key).
+    fn idempotent<T>(
+        &mut self,
+        idem: Option<Idem>,
+        reply: Reply<T>,
+        f: impl FnOnce(&mut Self) -> Result<(Vec<Op>, Result<T>)>,
+    ) where
+        T: Serialize + DeserializeOwned + Send + 'static,
+    {
+        let Some(idem) = idem else {
+            let r = f(self);
+            return self.stage(r, reply);
+        };
+        let ttl_ms = self.shared.cfg.idempotency_ttl.as_millis() as u64;
+        let now = now_ms();
+        match self.doc::<IdemDoc>(DocKind::Idempotency, &idem.doc_id) {
+            Err(e) => return self.stage(Err(e), reply),
+            Ok(Some((doc, staged))) if now < doc.created_at_ms.saturating_add(ttl_ms) => {
+                if doc.request_hash.0 != idem.request_hash {
+                    return self.stage(Err(EngineError::IdempotencyMismatch), reply);
+                }
+                let answer = serde_json::from_value::<T>(doc.answer)
+                    .map_err(|e| EngineError::Internal(format!("stored idempotent answer: {e}")));
+                if staged {
+                    // The first request's commit is still pending: answer with it, after it.
+                    self.done.push(Box::new(move |res: Result<()>| {
+                        let _ = reply.send(res.and(answer));
+                    }));
+                } else {
+                    let _ = reply.send(answer);
+                }
+                return;
+            }
+            Ok(_) => {}
+        }
+        let r = f(self).and_then(|(mut ops, answer)| {
+            if let Ok(a) = &answer {
+                let doc = IdemDoc {
+                    request_hash: HexHash(idem.request_hash),
+                    created_at_ms: now,
+                    answer: serde_json::to_value(a).map_err(|e| EngineError::Internal(e.to_string()))?,
+                };
+                self.put_doc(&mut ops, DocKind::Idempotency, &idem.doc_id, &doc)?;
+            }
+            Ok((ops, answer))
+        });
+        self.stage(r, reply);
+    }
+
+    /// A document: staged (`true`) or stored (`false`).
+    fn doc<D: DeserializeOwned>(&self, kind: DocKind, id: &str) -> Result<Option<(D, bool)>> {
+        let (v, staged) = match self.overlay.get(&(kind, id.to_owned())) {
+            Some(v) => (v.clone(), true),
+            None => match self.shared.store.doc(kind, &self.ws.id, id)? {
+                Some(v) => (v, false),
+                None => return Ok(None),
+            },
+        };
+        let d = serde_json::from_value(v).map_err(|e| EngineError::Internal(format!("stored {kind:?} {id}: {e}")))?;
+        Ok(Some((d, staged)))
+    }
+
+    fn put_doc<D: Serialize>(&mut self, ops: &mut Vec<Op>, kind: DocKind, id: &str, d: &D) -> Result<()> {
+        let v = serde_json::to_value(d).map_err(|e| EngineError::Internal(e.to_string()))?;
+        self.overlay.insert((kind, id.to_owned()), v.clone());
+        ops.push(Op::PutDoc { kind, workspace_id: self.ws.id.clone(), id: id.to_owned(), doc: v });
+        Ok(())
     }
 
     /// Commits everything staged with one synced write, then answers.
@@ -257,6 +385,8 @@ impl WsState {
         };
         match res {
             Ok(()) => {
+                // The store has every staged document now.
+                self.overlay.clear();
                 for d in done {
                     d(Ok(()));
                 }
@@ -278,6 +408,7 @@ impl WsState {
     /// fails too and reloads again (the state stays "unknown", never guessed).
     fn reload(&mut self) {
         self.auths.clear();
+        self.overlay.clear();
         match (self.shared.store.workspace(&self.ws.id), self.shared.store.log_meta(&self.ws.id)) {
             (Ok(Some(ws)), Ok(meta)) => {
                 self.rules = rules_of(&ws);
@@ -491,10 +622,20 @@ impl WsState {
             time,
         };
         let escalation_id = escalation.as_ref().map(|e| e.id.clone());
+        let (scopes, resource) = (ev.scopes.clone(), ev.resource.clone());
         let rec = self.receipt(&mut a, &mut index, ev, |b| {
             b.context_hash = context_hash;
             b.escalation_id = escalation_id;
         })?;
+        let mut docs = Vec::new();
+        if let Some(c) = &confirmation {
+            let doc = hitl::ConfirmationDoc::new(&a.id, &rec.id, scopes.clone(), resource.clone(), now, c.expires_at);
+            self.put_doc(&mut docs, DocKind::Confirmation, &c.nonce, &doc)?;
+        }
+        if let Some(e) = &escalation {
+            let doc = hitl::EscalationDoc::new(&a.id, &rec.id, scopes, resource, now, e.expires_at);
+            self.put_doc(&mut docs, DocKind::Escalation, &e.id, &doc)?;
+        }
         let label = match decision {
             Decision::Allow => "allow",
             Decision::Deny => "deny",
@@ -510,6 +651,8 @@ impl WsState {
             escalation,
         };
         receipts.push(rec);
-        Ok((self.advance(a, index, receipts), outcome))
+        let mut ops = self.advance(a, index, receipts);
+        ops.extend(docs);
+        Ok((ops, outcome))
     }
 }

@@ -23,6 +23,9 @@ pub struct EngineConfig {
     pub escalation_ttl: Duration,
     /// Bound on draining at shutdown.
     pub shutdown_timeout: Duration,
+    /// How long an `Idempotency-Key` answers repeats with its first answer (after that the key
+    /// is free again).
+    pub idempotency_ttl: Duration,
 }
 
 impl Default for EngineConfig {
@@ -36,6 +39,7 @@ impl Default for EngineConfig {
             confirmation_ttl: Duration::from_secs(300),
             escalation_ttl: Duration::from_secs(24 * 3600),
             shutdown_timeout: Duration::from_secs(10),
+            idempotency_ttl: Duration::from_secs(24 * 3600),
         }
     }
 }

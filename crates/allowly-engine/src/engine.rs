@@ -14,12 +14,15 @@ use allowly_receipt::bundle::{self, Bundle, Header};
 use allowly_receipt::merkle;
 use allowly_receipt::types::{AnyReceipt, HexHash, KeySet};
 use allowly_signer_proto::client::SignerClient;
-use allowly_store::{ApiKeyRecord, Durability, Op, ReceiptRecord, Role, Store, StoreError, StoredNodes, WriteBatch};
+use allowly_store::{
+    ApiKeyRecord, DocKind, Durability, Op, ReceiptRecord, Role, Store, StoreError, StoredNodes, WriteBatch,
+};
 use ractor::{Actor, MessagingErr};
+use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tokio::sync::oneshot;
 
-use crate::actor::{Reply, WorkspaceActor, WsArgs, WsHandle, WsMsg};
+use crate::actor::{Idem, Reply, WorkspaceActor, WsArgs, WsHandle, WsMsg};
 use crate::config::EngineConfig;
 use crate::error::{EngineError, Result};
 use crate::ids::{is_secret_shaped, new_id, new_secret, secret_hash};
@@ -357,10 +360,17 @@ impl Engine {
     }
 
     /// Records a user's grant; answers once its `authorization.created` receipt is durable.
-    pub async fn create_authorization(&self, ws: &str, req: NewAuthorization) -> Result<AuthorizationChange> {
+    /// With an `Idempotency-Key` (`idem`), a repeat answers the first answer again.
+    pub async fn create_authorization(
+        &self,
+        ws: &str,
+        req: NewAuthorization,
+        idem: Option<&str>,
+    ) -> Result<AuthorizationChange> {
         validate::new_authorization(&req, now_ms())?;
+        let idem = idempotency(idem, "authorization_create", &req)?;
         self.fail_closed()?;
-        self.ask(ws, |reply| WsMsg::CreateAuthorization { req, reply }).await
+        self.ask(ws, |reply| WsMsg::CreateAuthorization { req, idem, reply }).await
     }
 
     /// An authorization.
@@ -379,20 +389,98 @@ impl Engine {
 
     /// Revokes an authorization; answers once its revocation receipt is durable. Revoking a
     /// revoked authorization is a Conflict.
-    pub async fn revoke_authorization(&self, ws: &str, id: &str) -> Result<AuthorizationChange> {
+    pub async fn revoke_authorization(&self, ws: &str, id: &str, idem: Option<&str>) -> Result<AuthorizationChange> {
         // Checked here so a malformed or foreign id never reaches (or starts) an actor.
         self.authorization_record(ws, id)?;
+        let idem = idempotency(idem, "authorization_revoke", &id)?;
         self.fail_closed()?;
         let id = id.to_owned();
-        self.ask(ws, |reply| WsMsg::Revoke { id, reply }).await
+        self.ask(ws, |reply| WsMsg::Revoke { id, idem, reply }).await
     }
 
     /// Decides a check; answers once its receipt is durable. Fails closed with
     /// `SignerUnavailable` while the signer does not answer.
-    pub async fn check(&self, ws: &str, req: CheckRequest) -> Result<CheckOutcome> {
+    pub async fn check(&self, ws: &str, req: CheckRequest, idem: Option<&str>) -> Result<CheckOutcome> {
         validate::check(&req)?;
+        let idem = idempotency(idem, "check", &req)?;
         self.fail_closed()?;
-        self.ask(ws, |reply| WsMsg::Check { req, reply }).await
+        self.ask(ws, |reply| WsMsg::Check { req, idem, reply }).await
+    }
+
+    /// The user's answer to a `confirm` decision: the final decision and its receipt, once
+    /// durable. A nonce is answered once: a used or expired one is `Refused`
+    /// (`confirmation_used`, `confirmation_expired`) with a receipt of the attempt; an unknown
+    /// one (or another workspace's) is `Refused` (`confirmation_not_found`) without one.
+    pub async fn confirm(
+        &self,
+        ws: &str,
+        nonce: &str,
+        answer: ConfirmationAnswer,
+        idem: Option<&str>,
+    ) -> Result<Resolution> {
+        validate::confirmation_answer(&answer)?;
+        if allowly_receipt::types::validate_id("nonce", nonce).is_err() {
+            return Err(EngineError::Refused {
+                code: "confirmation_not_found",
+                message: "no such confirmation nonce".into(),
+                receipt: None,
+            });
+        }
+        self.workspace_record(ws)?;
+        let idem = idempotency(idem, "confirmation", &(nonce, &answer))?;
+        self.fail_closed()?;
+        let nonce = nonce.to_owned();
+        self.ask(ws, |reply| WsMsg::Confirm { nonce, answer, idem, reply }).await
+    }
+
+    /// An escalation. One past its expiry is resolved to deny first (with its receipt).
+    pub async fn escalation(&self, ws: &str, id: &str) -> Result<EscalationView> {
+        let not_found = || EngineError::Refused {
+            code: "escalation_not_found",
+            message: "no such escalation".into(),
+            receipt: None,
+        };
+        let doc = self.shared.store.doc(DocKind::Escalation, ws, id).map_err(|e| match e {
+            StoreError::InvalidId { .. } => not_found(),
+            other => EngineError::Store(other),
+        })?;
+        let doc: crate::actor::EscalationDoc = match doc {
+            Some(v) => {
+                serde_json::from_value(v).map_err(|e| EngineError::Internal(format!("stored escalation: {e}")))?
+            }
+            None => return Err(not_found()),
+        };
+        if !doc.is_overdue(now_ms()) {
+            return doc.view(id);
+        }
+        self.fail_closed()?;
+        let id = id.to_owned();
+        self.ask(ws, |reply| WsMsg::ExpireEscalation { id, reply }).await
+    }
+
+    /// The approver's answer: resolves a pending escalation once (a second answer is
+    /// `Refused` `escalation_already_resolved` and changes nothing; an overdue one is resolved
+    /// to deny and `Refused` `escalation_expired` with that receipt).
+    pub async fn resolve_escalation(
+        &self,
+        ws: &str,
+        id: &str,
+        answer: EscalationAnswer,
+        idem: Option<&str>,
+    ) -> Result<Resolution> {
+        validate::escalation_answer(&answer)?;
+        if allowly_receipt::types::validate_id("escalation_id", id).is_err() {
+            return Err(EngineError::Refused {
+                code: "escalation_not_found",
+                message: "no such escalation".into(),
+                receipt: None,
+            });
+        }
+        self.workspace_record(ws)?;
+        let idem = idempotency(idem, "escalation_resolve", &(id, &answer))?;
+        self.fail_closed()?;
+        let id = id.to_owned();
+        self.ask(ws, |reply| WsMsg::Resolve { id, answer, idem, reply }).await
     }
 
     // ---- Receipts and the log -------------------------------------------------------------
@@ -574,6 +662,31 @@ impl Engine {
         };
         b.to_jsonl().map_err(|e| EngineError::Internal(format!("bundle: {e}")))
     }
+}
+
+/// Most bytes of an `Idempotency-Key` header value.
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
+
+/// Files an `Idempotency-Key` for the actor: the key's record id is a hash of the key (any
+/// printable text fits the id alphabet that way), and the request hash covers the route and
+/// the parsed request, so "the same body" means the same request, whatever its whitespace.
+fn idempotency<R: serde::Serialize + ?Sized>(key: Option<&str>, route: &str, req: &R) -> Result<Option<Idem>> {
+    let Some(key) = key else { return Ok(None) };
+    if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_LEN || !key.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
+        return Err(EngineError::invalid(
+            "Idempotency-Key",
+            format!("must be 1..={MAX_IDEMPOTENCY_KEY_LEN} printable ASCII characters without spaces"),
+        ));
+    }
+    let body = serde_json::to_vec(req).map_err(|e| EngineError::Internal(e.to_string()))?;
+    let mut h = Sha256::new();
+    h.update(route.as_bytes());
+    h.update([0]);
+    h.update(&body);
+    Ok(Some(Idem {
+        doc_id: format!("ik_{}", hex::encode(Sha256::digest(key.as_bytes()))),
+        request_hash: h.finalize().into(),
+    }))
 }
 
 /// Pings the signer now and then so `/readyz` and fail-closed follow it even when idle. Ends

@@ -19,6 +19,14 @@ pub enum EngineError {
     /// nothing was changed.
     #[error("conflict: {0}")]
     Conflict(String),
+    /// A confirmation or escalation step that cannot happen (unknown, already used or resolved,
+    /// expired). `code` is the stable problem code; `receipt` is set when the attempt was
+    /// recorded in the authorization's trail (used or expired: the trail must show it).
+    #[error("{message}")]
+    Refused { code: &'static str, message: String, receipt: Option<Box<allowly_receipt::types::PendingReceipt>> },
+    /// An `Idempotency-Key` was used before with a different request. Nothing was changed.
+    #[error("this Idempotency-Key was used with a different request")]
+    IdempotencyMismatch,
     /// The workspace's bounded queue is full; retry after a short delay. Nothing was changed.
     #[error("workspace is overloaded; retry later")]
     Overloaded,
@@ -47,6 +55,8 @@ impl EngineError {
             Self::NotFound { .. } => "not_found",
             Self::Invalid { .. } => "invalid_request",
             Self::Conflict(_) => "conflict",
+            Self::Refused { code, .. } => code,
+            Self::IdempotencyMismatch => "idempotency_key_reused",
             Self::Overloaded => "overloaded",
             Self::SignerUnavailable(_) => "signer_unavailable",
             Self::ShuttingDown => "shutting_down",

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use allowly_receipt::types::{Decision, HexHash, PendingReceipt, SignedReceipt, Timestamp};
+use allowly_receipt::types::{ApprovalOutcome, Decision, HexHash, PendingReceipt, SignedReceipt, Timestamp};
 use allowly_store::{Role, ScopeRule};
 use serde::{Deserialize, Serialize};
 
@@ -245,4 +245,84 @@ pub struct Readiness {
     pub signer: bool,
     /// Human-readable reason when not ready.
     pub detail: Option<String>,
+}
+
+/// `POST /v1/confirmations/{nonce}`: the user's answer to a `confirm` decision.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfirmationAnswer {
+    /// `approved` or `declined`.
+    pub outcome: ApprovalOutcome,
+    /// Who answered, as the app knows them (1..=256 characters).
+    pub by: String,
+    /// Exactly what the user was shown (≤ 16 KiB); only its SHA-256 is kept, in the receipt.
+    #[serde(default)]
+    pub shown: Option<String>,
+    /// Or the SHA-256 of it, computed by the app (64 hex digits). At most one of the two.
+    #[serde(default)]
+    pub shown_hash: Option<HexHash>,
+}
+
+/// The final decision of a confirmation or an escalation, and its receipt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Resolution {
+    /// `allow` or `deny`.
+    pub decision: Decision,
+    /// `confirmed`, `declined`, `approved`, `denied`, `revoked` or `expired` (the authorization
+    /// was revoked or expired while waiting).
+    pub reason: String,
+    pub receipt: PendingReceipt,
+    /// The escalation after this step (escalations only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub escalation: Option<EscalationView>,
+}
+
+/// `POST /v1/escalations/{id}/resolve`: the approver's answer.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EscalationAnswer {
+    /// `approved` or `denied`.
+    pub outcome: EscalationOutcome,
+    /// Who decided (1..=256 characters).
+    pub approver: String,
+    /// Free text (≤ 4 KiB); only its SHA-256 goes into the receipt.
+    #[serde(default)]
+    pub note: Option<String>,
+}
+
+/// An approver's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EscalationOutcome {
+    Approved,
+    Denied,
+}
+
+/// Where an escalation stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EscalationStatus {
+    Pending,
+    Approved,
+    Denied,
+    /// Expired before anyone answered (resolved to deny, with a receipt).
+    Expired,
+}
+
+/// An escalation as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EscalationView {
+    pub id: String,
+    pub authorization_id: String,
+    pub status: EscalationStatus,
+    pub scopes: Vec<String>,
+    pub resource: Option<String>,
+    pub created_at: Timestamp,
+    pub expires_at: Timestamp,
+    /// Receipt of the check that escalated.
+    pub check_receipt_id: String,
+    pub resolved_at: Option<Timestamp>,
+    pub approver: Option<String>,
+    /// Receipt of the resolution (or of the expiry).
+    pub resolution_receipt_id: Option<String>,
 }

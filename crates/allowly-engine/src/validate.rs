@@ -7,7 +7,7 @@ use allowly_store::{Role, ScopeRule};
 
 use crate::decide::validate_scope;
 use crate::error::{EngineError, Result};
-use crate::model::{CheckRequest, NewAuthorization};
+use crate::model::{CheckRequest, ConfirmationAnswer, EscalationAnswer, NewAuthorization};
 
 /// Most scopes in one grant or check.
 pub const MAX_SCOPES: usize = 64;
@@ -118,6 +118,27 @@ pub fn check(req: &CheckRequest) -> Result<()> {
     }
     if let Some(c) = &req.context {
         json_size("context", c)?;
+    }
+    Ok(())
+}
+
+pub fn confirmation_answer(a: &ConfirmationAnswer) -> Result<()> {
+    text("by", &a.by, MAX_SUBJECT_LEN)?;
+    if let Some(shown) = &a.shown {
+        if shown.len() > MAX_JSON_BYTES {
+            return Err(bad("shown", format!("must be at most {MAX_JSON_BYTES} bytes")));
+        }
+        if a.shown_hash.is_some() {
+            return Err(bad("shown_hash", "give `shown` or `shown_hash`, not both"));
+        }
+    }
+    Ok(())
+}
+
+pub fn escalation_answer(a: &EscalationAnswer) -> Result<()> {
+    text("approver", &a.approver, MAX_SUBJECT_LEN)?;
+    if a.note.as_ref().is_some_and(|n| n.len() > 4096) {
+        return Err(bad("note", "must be at most 4096 bytes"));
     }
     Ok(())
 }

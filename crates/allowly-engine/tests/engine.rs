@@ -3,131 +3,19 @@
 //! process). Waiting is done by polling a condition with a deadline, never by sleeping.
 #![allow(clippy::unwrap_used)]
 
-use std::future::Future;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use allowly_engine::model::*;
 use allowly_engine::{Engine, EngineConfig, EngineError};
 use allowly_receipt::merkle;
-use allowly_receipt::types::{AnyReceipt, Decision, ReceiptBody, Timestamp};
+use allowly_receipt::types::{Decision, Timestamp};
 use allowly_receipt::verify::{verify_bundle, verify_receipt, Outcome};
-use allowly_signer_proto::client::{ClientOptions, SignerClient};
-use allowly_store::{RocksOptions, RocksStore, ScopeRule, Store};
+use allowly_store::Store;
 use tempfile::TempDir;
 
-/// The signer on a runtime of its own, so that stopping it (dropping the runtime) ends every
-/// connection at once, as a dying process would.
-struct Signer {
-    rt: tokio::runtime::Runtime,
-}
-
-fn signer_dir(root: &TempDir) -> PathBuf {
-    root.path().join("signer")
-}
-
-fn socket(root: &TempDir) -> PathBuf {
-    root.path().join("run").join("signer.sock")
-}
-
-fn start_signer(root: &TempDir) -> Signer {
-    use allowly_signer::{server, Shared};
-    let shared = Shared::open_local(&signer_dir(root)).unwrap();
-    let sock = socket(root);
-    std::fs::create_dir_all(sock.parent().unwrap()).unwrap();
-    use std::os::unix::fs::PermissionsExt as _;
-    std::fs::set_permissions(sock.parent().unwrap(), std::fs::Permissions::from_mode(0o700)).unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-    let listener = {
-        let _in_rt = rt.enter();
-        server::bind(&sock).unwrap()
-    };
-    rt.spawn(server::serve(listener, shared, std::future::pending::<()>()));
-    Signer { rt }
-}
-
-impl Signer {
-    fn stop(self) {
-        self.rt.shutdown_background();
-    }
-}
-
-fn client(root: &TempDir) -> SignerClient {
-    let opts = ClientOptions {
-        request_timeout: Duration::from_secs(2),
-        reconnect_backoff_min: Duration::from_millis(10),
-        reconnect_backoff_max: Duration::from_millis(100),
-        ..ClientOptions::default()
-    };
-    SignerClient::new(socket(root), opts)
-}
-
-fn open_store(root: &TempDir) -> Arc<RocksStore> {
-    Arc::new(RocksStore::open(&root.path().join("db"), RocksOptions::default()).unwrap())
-}
-
-fn config() -> EngineConfig {
-    EngineConfig { signer_timeout: Duration::from_millis(500), ..EngineConfig::default() }
-}
-
-/// Polls `cond` until it holds or 30 s pass (then fails with `what`).
-async fn eventually<F, Fut>(what: &str, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let mut wait = Duration::from_millis(1);
-    while !cond().await {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(wait).await;
-        wait = (wait * 2).min(Duration::from_millis(50));
-    }
-}
-
-fn rules() -> std::collections::BTreeMap<String, ScopeRule> {
-    [("mail.send".to_string(), ScopeRule::Confirm), ("pay.*".to_string(), ScopeRule::Escalate)].into()
-}
-
-async fn workspace(e: &Engine) -> String {
-    e.create_workspace(NewWorkspace { name: "acme".into(), scope_rules: rules() }).await.unwrap().id
-}
-
-fn grant(expires_at: Option<Timestamp>) -> NewAuthorization {
-    NewAuthorization {
-        subject: "user-42".into(),
-        scopes: vec!["files.read".into(), "mail.*".into(), "pay.*".into()],
-        resources: vec!["doc:*".into()],
-        expires_at,
-        metadata: Some(serde_json::json!({"app": "demo"})),
-    }
-}
-
-fn ask(auth: &str, scope: &str, resource: Option<&str>) -> CheckRequest {
-    CheckRequest {
-        authorization_id: auth.into(),
-        scopes: vec![scope.into()],
-        resource: resource.map(Into::into),
-        context: Some(serde_json::json!({"tool": "x"})),
-    }
-}
-
-fn body(r: &AnyReceipt) -> ReceiptBody {
-    ReceiptBody::from_json(r.body()).unwrap()
-}
-
-async fn all_signed(e: &Engine, ws: &str, auth: &str) -> bool {
-    let page = e.trail(ws, auth, None, 1000).unwrap();
-    page.data.iter().all(|r| matches!(r, ReceiptView::Signed(_)))
-}
-
-fn any(v: ReceiptView) -> AnyReceipt {
-    match v {
-        ReceiptView::Signed(s) => AnyReceipt::Signed(s),
-        ReceiptView::Pending(p) => AnyReceipt::Pending(p),
-    }
-}
+mod support;
+use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_decision_is_a_chained_signed_receipt_that_verifies_offline() {
@@ -136,7 +24,7 @@ async fn every_decision_is_a_chained_signed_receipt_that_verifies_offline() {
     let e = Engine::start(open_store(&root), client(&root), config()).await.unwrap();
     let ws = workspace(&e).await;
 
-    let created = e.create_authorization(&ws, grant(None)).await.unwrap();
+    let created = e.create_authorization(&ws, grant(None), None).await.unwrap();
     let auth = created.authorization.id.clone();
     assert_eq!(created.receipt.body["kind"], "authorization.created");
     assert_eq!(created.receipt.body["seq"], 0);
@@ -150,7 +38,7 @@ async fn every_decision_is_a_chained_signed_receipt_that_verifies_offline() {
         ("pay.wire", Some("doc:3"), Decision::Escalate, "escalation_required"),
     ];
     for (expected_seq, (scope, resource, decision, reason)) in (1..).zip(cases) {
-        let out = e.check(&ws, ask(&auth, scope, resource)).await.unwrap();
+        let out = e.check(&ws, ask(&auth, scope, resource), None).await.unwrap();
         assert_eq!((out.decision, out.reason.as_str()), (decision, reason), "{scope} {resource:?}");
         let r = out.receipt.expect("every known authorization's check has a receipt");
         assert_eq!(r.body["seq"], expected_seq);
@@ -161,27 +49,27 @@ async fn every_decision_is_a_chained_signed_receipt_that_verifies_offline() {
             assert_eq!(r.body["escalation_id"], esc.id.as_str());
         }
     }
-    let unknown = e.check(&ws, ask("au_0000", "files.read", Some("doc:1"))).await.unwrap();
+    let unknown = e.check(&ws, ask("au_0000", "files.read", Some("doc:1")), None).await.unwrap();
     assert_eq!(
         (unknown.decision, unknown.reason.as_str(), unknown.receipt),
         (Decision::Deny, "unknown_authorization", None)
     );
 
-    let revoked = e.revoke_authorization(&ws, &auth).await.unwrap();
+    let revoked = e.revoke_authorization(&ws, &auth, None).await.unwrap();
     assert_eq!(revoked.authorization.status, AuthorizationStatus::Revoked);
-    assert!(matches!(e.revoke_authorization(&ws, &auth).await, Err(EngineError::Conflict(_))));
-    let after = e.check(&ws, ask(&auth, "files.read", Some("doc:1"))).await.unwrap();
+    assert!(matches!(e.revoke_authorization(&ws, &auth, None).await, Err(EngineError::Conflict(_))));
+    let after = e.check(&ws, ask(&auth, "files.read", Some("doc:1")), None).await.unwrap();
     assert_eq!((after.decision, after.reason.as_str()), (Decision::Deny, "revoked"));
 
     // Expiry: recorded in the trail the first time it matters, once.
     let soon = Timestamp::from_unix_ms(now_ms() + 300).unwrap();
-    let short = e.create_authorization(&ws, grant(Some(soon))).await.unwrap().authorization.id;
+    let short = e.create_authorization(&ws, grant(Some(soon)), None).await.unwrap().authorization.id;
     eventually("the authorization expires", || async {
         e.authorization(&ws, &short).unwrap().status == AuthorizationStatus::Expired
     })
     .await;
     for _ in 0..2 {
-        let out = e.check(&ws, ask(&short, "files.read", Some("doc:1"))).await.unwrap();
+        let out = e.check(&ws, ask(&short, "files.read", Some("doc:1")), None).await.unwrap();
         assert_eq!((out.decision, out.reason.as_str()), (Decision::Deny, "expired"));
     }
     let kinds: Vec<String> = e
@@ -257,21 +145,17 @@ async fn every_decision_is_a_chained_signed_receipt_that_verifies_offline() {
     signer.stop();
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_checks_share_commits_and_get_one_contiguous_log() {
     let root = TempDir::new().unwrap();
     let signer = start_signer(&root);
     let e = Engine::start(open_store(&root), client(&root), config()).await.unwrap();
     let ws = workspace(&e).await;
-    let auth = e.create_authorization(&ws, grant(None)).await.unwrap().authorization.id;
+    let auth = e.create_authorization(&ws, grant(None), None).await.unwrap().authorization.id;
     let tasks: Vec<_> = (0..64)
         .map(|i| {
             let (e, ws, auth) = (e.clone(), ws.clone(), auth.clone());
-            tokio::spawn(async move { e.check(&ws, ask(&auth, "files.read", Some(&format!("doc:{i}")))).await })
+            tokio::spawn(async move { e.check(&ws, ask(&auth, "files.read", Some(&format!("doc:{i}"))), None).await })
         })
         .collect();
     let mut indices = Vec::new();
@@ -298,19 +182,19 @@ async fn signer_down_fails_closed_and_writes_nothing_then_recovers() {
     let signer = start_signer(&root);
     let e = Engine::start(open_store(&root), client(&root), config()).await.unwrap();
     let ws = workspace(&e).await;
-    let auth = e.create_authorization(&ws, grant(None)).await.unwrap().authorization.id;
+    let auth = e.create_authorization(&ws, grant(None), None).await.unwrap().authorization.id;
     assert!(e.readiness().ready);
     signer.stop();
     eventually("readiness notices the signer is gone", || async { !e.readiness().ready }).await;
     let before = e.authorization(&ws, &auth).unwrap().trail_length;
     for _ in 0..5 {
-        let r = e.check(&ws, ask(&auth, "files.read", Some("doc:1"))).await;
+        let r = e.check(&ws, ask(&auth, "files.read", Some("doc:1")), None).await;
         assert!(matches!(r, Err(EngineError::SignerUnavailable(_))), "{r:?}");
     }
     assert_eq!(e.authorization(&ws, &auth).unwrap().trail_length, before, "a refused check leaves no receipt");
     let signer = start_signer(&root);
     eventually("ready again", || async { e.readiness().ready }).await;
-    let out = e.check(&ws, ask(&auth, "files.read", Some("doc:1"))).await.unwrap();
+    let out = e.check(&ws, ask(&auth, "files.read", Some("doc:1")), None).await.unwrap();
     assert_eq!(out.decision, Decision::Allow);
     eventually("signed after recovery", || async { all_signed(&e, &ws, &auth).await }).await;
     e.shutdown().await;
@@ -329,10 +213,12 @@ fn receipts_left_pending_by_a_dead_engine_are_signed_by_the_next() {
     let (ws, auth, ids) = rt1.block_on(async {
         let e = Engine::start(store.clone() as Arc<dyn Store>, client(&root), slow).await.unwrap();
         let ws = workspace(&e).await;
-        let auth = e.create_authorization(&ws, grant(None)).await.unwrap().authorization.id;
+        let auth = e.create_authorization(&ws, grant(None), None).await.unwrap().authorization.id;
         let mut ids = Vec::new();
         for _ in 0..10 {
-            ids.push(e.check(&ws, ask(&auth, "files.read", Some("doc:1"))).await.unwrap().receipt.unwrap().receipt_id);
+            ids.push(
+                e.check(&ws, ask(&auth, "files.read", Some("doc:1")), None).await.unwrap().receipt.unwrap().receipt_id,
+            );
         }
         (ws, auth, ids)
     });
@@ -346,7 +232,7 @@ fn receipts_left_pending_by_a_dead_engine_are_signed_by_the_next() {
             assert!(matches!(e.receipt(&ws, id).unwrap(), ReceiptView::Signed(_)));
         }
         // The chain continues where it stopped.
-        let next = e.check(&ws, ask(&auth, "files.read", Some("doc:1"))).await.unwrap().receipt.unwrap();
+        let next = e.check(&ws, ask(&auth, "files.read", Some("doc:1")), None).await.unwrap().receipt.unwrap();
         assert_eq!(next.body["seq"], 11, "seq 0 is the grant, 1..=10 the checks before the crash");
         e.shutdown().await;
     });
@@ -360,10 +246,10 @@ async fn idle_actors_stop_and_reload_without_breaking_the_chain() {
     let cfg = EngineConfig { idle_timeout: Duration::from_millis(50), ..config() };
     let e = Engine::start(open_store(&root), client(&root), cfg).await.unwrap();
     let ws = workspace(&e).await;
-    let auth = e.create_authorization(&ws, grant(None)).await.unwrap().authorization.id;
+    let auth = e.create_authorization(&ws, grant(None), None).await.unwrap().authorization.id;
     for round in 0..3u64 {
         eventually("the idle actor stops", || async { e.metrics().actors_live.get() == 0 }).await;
-        let r = e.check(&ws, ask(&auth, "files.read", Some("doc:1"))).await.unwrap().receipt.unwrap();
+        let r = e.check(&ws, ask(&auth, "files.read", Some("doc:1")), None).await.unwrap().receipt.unwrap();
         assert_eq!(r.body["seq"], round + 1);
     }
     assert!(e.metrics().actor_starts.get() >= 4);
@@ -382,19 +268,19 @@ async fn another_workspace_sees_nothing() {
     let e = Engine::start(open_store(&root), client(&root), config()).await.unwrap();
     let a = workspace(&e).await;
     let b = workspace(&e).await;
-    let created = e.create_authorization(&a, grant(None)).await.unwrap();
+    let created = e.create_authorization(&a, grant(None), None).await.unwrap();
     let auth = created.authorization.id;
     let receipt = created.receipt.receipt_id;
     let nf = |r: Result<_, EngineError>| matches!(r, Err(EngineError::NotFound { .. }));
     assert!(nf(e.authorization(&b, &auth).map(|_| ())));
     assert!(nf(e.receipt(&b, &receipt).map(|_| ())));
     assert!(nf(e.trail(&b, &auth, None, 10).map(|_| ())));
-    assert!(nf(e.revoke_authorization(&b, &auth).await.map(|_| ())));
+    assert!(nf(e.revoke_authorization(&b, &auth, None).await.map(|_| ())));
     assert!(nf(e.export(&b, ExportScope::Authorization(auth.clone())).map(|_| ())));
     let key = e.create_api_key(&a, NewApiKey { roles: vec![allowly_store::Role::Read] }).await.unwrap();
     assert!(nf(e.revoke_api_key(&b, &key.key.id).await.map(|_| ())));
     // A check in b naming a's authorization is an unknown authorization, with no receipt.
-    let out = e.check(&b, ask(&auth, "files.read", Some("doc:1"))).await.unwrap();
+    let out = e.check(&b, ask(&auth, "files.read", Some("doc:1")), None).await.unwrap();
     assert_eq!((out.decision, out.reason.as_str(), out.receipt), (Decision::Deny, "unknown_authorization", None));
     assert_eq!(e.authorization(&a, &auth).unwrap().trail_length, 1);
     e.shutdown().await;

@@ -228,6 +228,16 @@ fn truncate(s: &str) -> String {
     s.chars().take(64).collect()
 }
 
+/// The `Idempotency-Key` header, if any (the engine checks its length and characters).
+pub fn idempotency_key(h: &http::HeaderMap) -> Result<Option<&str>, Problem> {
+    let mut values = h.get_all("idempotency-key").iter();
+    let Some(v) = values.next() else { return Ok(None) };
+    if values.next().is_some() {
+        return Err(Problem::invalid("Idempotency-Key given twice"));
+    }
+    v.to_str().map(Some).map_err(|_| Problem::invalid("Idempotency-Key must be printable ASCII"))
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

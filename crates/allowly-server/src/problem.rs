@@ -13,6 +13,11 @@
 //! | `unknown_field` | 400 | the body has a field the endpoint does not know |
 //! | `invalid_request` | 400 | a field or query parameter has the wrong type, is missing, or is out of range |
 //! | `conflict` | 409 | the object's state forbids the change |
+//! | `confirmation_not_found`, `escalation_not_found` | 404 | unknown nonce or escalation (or another workspace's) |
+//! | `confirmation_used`, `escalation_already_resolved` | 409 | answered once already (a used nonce's attempt gets a `receipt`) |
+//! | `confirmation_expired`, `escalation_expired` | 410 | too late; recorded as deny (`receipt` member) |
+//! | `idempotency_key_reused` | 422 | the `Idempotency-Key` was used with a different request |
+//! | `idempotency_not_supported` | 400 | an `Idempotency-Key` on an admin POST (not yet supported there) |
 //! | `overloaded` | 429 | the workspace's queue is full (`Retry-After`) |
 //! | `signer_unavailable` | 503 | the signer does not answer: decisions fail closed (`Retry-After`) |
 //! | `shutting_down` | 503 | the server is stopping (`Retry-After`) |
@@ -38,6 +43,8 @@ pub struct Problem {
     allow: Option<String>,
     /// Logged (with the request id) when the response is built; never sent.
     internal: Option<String>,
+    /// Extension member `receipt`: the receipt a refused step left in the trail.
+    receipt: Option<Box<serde_json::Value>>,
 }
 
 #[derive(Serialize)]
@@ -49,11 +56,13 @@ struct Body<'a> {
     detail: &'a str,
     code: &'static str,
     request_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    receipt: Option<&'a serde_json::Value>,
 }
 
 impl Problem {
     fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
-        Self { status, code, detail: detail.into(), retry_after: None, allow: None, internal: None }
+        Self { status, code, detail: detail.into(), retry_after: None, allow: None, internal: None, receipt: None }
     }
 
     pub fn not_found() -> Self {
@@ -93,6 +102,14 @@ impl Problem {
         Self::new(StatusCode::BAD_REQUEST, "invalid_request", detail)
     }
 
+    pub fn idempotency_not_supported() -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "idempotency_not_supported",
+            "Idempotency-Key is not supported on this endpoint yet; send the request without it",
+        )
+    }
+
     /// A fault of ours: a generic detail is sent, `what` is logged.
     pub fn internal(what: impl Into<String>) -> Self {
         Self {
@@ -108,6 +125,18 @@ impl Problem {
             EngineError::NotFound { .. } => Self::new(StatusCode::NOT_FOUND, code, e.to_string()),
             EngineError::Invalid { .. } => Self::new(StatusCode::BAD_REQUEST, code, e.to_string()),
             EngineError::Conflict(_) => Self::new(StatusCode::CONFLICT, code, e.to_string()),
+            EngineError::Refused { receipt, .. } => {
+                let status = if code.ends_with("_not_found") {
+                    StatusCode::NOT_FOUND
+                } else if code.ends_with("_expired") {
+                    StatusCode::GONE
+                } else {
+                    StatusCode::CONFLICT
+                };
+                let receipt = receipt.as_ref().and_then(|r| serde_json::to_value(r).ok()).map(Box::new);
+                Self { receipt, ..Self::new(status, code, e.to_string()) }
+            }
+            EngineError::IdempotencyMismatch => Self::new(StatusCode::UNPROCESSABLE_ENTITY, code, e.to_string()),
             EngineError::Overloaded => {
                 Self { retry_after: Some(1), ..Self::new(StatusCode::TOO_MANY_REQUESTS, code, e.to_string()) }
             }
@@ -156,6 +185,7 @@ impl Problem {
             detail: &self.detail,
             code: self.code,
             request_id,
+            receipt: self.receipt.as_deref(),
         };
         // Serializing this struct of strings cannot fail; fall back to an empty object anyway.
         let bytes = serde_json::to_vec(&body).unwrap_or_else(|_| b"{}".to_vec());
@@ -191,6 +221,12 @@ fn title(code: &str) -> &'static str {
         "overloaded" => "Overloaded",
         "signer_unavailable" => "Signer unavailable",
         "shutting_down" => "Shutting down",
+        "confirmation_not_found" | "escalation_not_found" => "Not found",
+        "confirmation_used" => "Confirmation already used",
+        "escalation_already_resolved" => "Escalation already resolved",
+        "confirmation_expired" | "escalation_expired" => "Expired",
+        "idempotency_key_reused" => "Idempotency key reused",
+        "idempotency_not_supported" => "Idempotency key not supported here",
         _ => "Internal error",
     }
 }

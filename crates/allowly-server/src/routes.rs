@@ -21,11 +21,23 @@
 //! | POST | `/v1/check` | check | `check` |
 //! | GET | `/v1/receipts?authorization_id=…[&limit=…][&starting_after=…]` | read | `trail` |
 //! | GET | `/v1/receipts/{id}` | read | `receipt` |
+//! | POST | `/v1/confirmations/{nonce}` | admin | `confirm` |
+//! | GET | `/v1/escalations/{id}` | read | `escalation` |
+//! | POST | `/v1/escalations/{id}/resolve` | admin | `resolve_escalation` |
+//!
+//! `Idempotency-Key` is honoured on the POSTs that record receipts (authorizations, revoke,
+//! check, confirmations, escalation resolve): a repeat with the same request gets the first
+//! answer (24 h); with another request, 422. On the admin POSTs it is refused (400) rather
+//! than silently ignored. Answering a confirmation or an escalation needs `admin` — the app's
+//! backend — never `check`: an agent must not approve its own actions.
 //!
 //! Endpoints without `{ws}` act on the API key's workspace. Path ids outside
 //! `[A-Za-z0-9_-]{1,128}` match nothing (404).
 
-use allowly_engine::model::{CheckRequest, ExportScope, NewApiKey, NewAuthorization, NewWorkspace, ScopeRules};
+use allowly_engine::model::{
+    CheckRequest, ConfirmationAnswer, EscalationAnswer, ExportScope, NewApiKey, NewAuthorization, NewWorkspace,
+    ScopeRules,
+};
 use allowly_engine::{Engine, EngineError};
 use allowly_store::Role;
 use bytes::Bytes;
@@ -64,6 +76,9 @@ pub enum Route {
     Check,
     ReceiptGet,
     ReceiptList,
+    ConfirmationAnswer,
+    EscalationGet,
+    EscalationResolve,
     /// No route matched (404) or the method did not (405).
     Unmatched,
 }
@@ -92,6 +107,9 @@ impl Route {
             Self::Check => "check",
             Self::ReceiptGet => "receipt_get",
             Self::ReceiptList => "receipt_list",
+            Self::ConfirmationAnswer => "confirmation_answer",
+            Self::EscalationGet => "escalation_get",
+            Self::EscalationResolve => "escalation_resolve",
             Self::Unmatched => "unmatched",
         }
     }
@@ -110,8 +128,12 @@ impl Route {
             | Self::AuthorizationGet
             | Self::AuthorizationExport
             | Self::ReceiptGet
-            | Self::ReceiptList => Access::Workspace(Role::Read),
-            Self::AuthorizationCreate | Self::AuthorizationRevoke => Access::Workspace(Role::Admin),
+            | Self::ReceiptList
+            | Self::EscalationGet => Access::Workspace(Role::Read),
+            Self::AuthorizationCreate
+            | Self::AuthorizationRevoke
+            | Self::ConfirmationAnswer
+            | Self::EscalationResolve => Access::Workspace(Role::Admin),
             Self::Check => Access::Workspace(Role::Check),
         }
     }
@@ -191,6 +213,9 @@ pub fn match_route<'a>(method: &Method, path: &'a str) -> Matched<'a> {
         ["v1", "check"] => (&[(Post, Route::Check)], None, None),
         ["v1", "receipts"] => (&[(Get, Route::ReceiptList)], None, None),
         ["v1", "receipts", id] => (&[(Get, Route::ReceiptGet)], None, Some(*id)),
+        ["v1", "confirmations", nonce] => (&[(Post, Route::ConfirmationAnswer)], None, Some(*nonce)),
+        ["v1", "escalations", id] => (&[(Get, Route::EscalationGet)], None, Some(*id)),
+        ["v1", "escalations", id, "resolve"] => (&[(Post, Route::EscalationResolve)], None, Some(*id)),
         _ => return Matched::NotFound,
     };
     if ws.is_some_and(|s| !valid_path_id(s)) || id.is_some_and(|s| !valid_path_id(s)) {
@@ -242,6 +267,10 @@ async fn handle(app: &App, t: Target<'_>, parts: &Parts, body: Incoming) -> Resu
     let id = || t.id.ok_or_else(|| Problem::internal(format!("route {} has no id", t.route.name())));
     let (h, limit) = (&parts.headers, app.body_limit);
     let query = |known: &[&str]| Query::parse(parts.uri.query(), known);
+    let idem = extract::idempotency_key(h)?;
+    if idem.is_some() && matches!(t.route, Route::WorkspaceCreate | Route::ApiKeyCreate | Route::ApiKeyRevoke) {
+        return Err(Problem::idempotency_not_supported());
+    }
 
     match t.route {
         Route::Healthz => json(StatusCode::OK, &serde_json::json!({ "status": "ok" })),
@@ -297,7 +326,7 @@ async fn handle(app: &App, t: Target<'_>, parts: &Parts, body: Incoming) -> Resu
         }
         Route::AuthorizationCreate => {
             let req: NewAuthorization = extract::json_body(h, body, limit).await?;
-            let change = engine.create_authorization(ws()?, req).await?;
+            let change = engine.create_authorization(ws()?, req, idem).await?;
             let mut r = json(StatusCode::CREATED, &change)?;
             location(&mut r, &format!("/v1/authorizations/{}", change.authorization.id));
             Ok(r)
@@ -305,12 +334,21 @@ async fn handle(app: &App, t: Target<'_>, parts: &Parts, body: Incoming) -> Resu
         Route::AuthorizationGet => json(StatusCode::OK, &engine.authorization(ws()?, id()?)?),
         Route::AuthorizationRevoke => {
             extract::empty_body(h, body, limit).await?;
-            json(StatusCode::OK, &engine.revoke_authorization(ws()?, id()?).await?)
+            json(StatusCode::OK, &engine.revoke_authorization(ws()?, id()?, idem).await?)
         }
         Route::AuthorizationExport => export(engine, ws()?, ExportScope::Authorization(id()?.to_owned())).await,
         Route::Check => {
             let req: CheckRequest = extract::json_body(h, body, limit).await?;
-            json(StatusCode::OK, &engine.check(ws()?, req).await?)
+            json(StatusCode::OK, &engine.check(ws()?, req, idem).await?)
+        }
+        Route::ConfirmationAnswer => {
+            let req: ConfirmationAnswer = extract::json_body(h, body, limit).await?;
+            json(StatusCode::OK, &engine.confirm(ws()?, id()?, req, idem).await?)
+        }
+        Route::EscalationGet => json(StatusCode::OK, &engine.escalation(ws()?, id()?).await?),
+        Route::EscalationResolve => {
+            let req: EscalationAnswer = extract::json_body(h, body, limit).await?;
+            json(StatusCode::OK, &engine.resolve_escalation(ws()?, id()?, req, idem).await?)
         }
         Route::ReceiptGet => json(StatusCode::OK, &engine.receipt(ws()?, id()?)?),
         Route::ReceiptList => {
@@ -426,6 +464,9 @@ mod tests {
             Check,
             ReceiptGet,
             ReceiptList,
+            ConfirmationAnswer,
+            EscalationGet,
+            EscalationResolve,
             Unmatched,
         ];
         let names: std::collections::HashSet<_> = all.iter().map(|r| r.name()).collect();

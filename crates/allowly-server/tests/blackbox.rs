@@ -240,7 +240,9 @@ fn the_admin_token_is_private_and_survives_restarts() {
     assert_eq!(mode(&data.join("run")), 0o700);
     let token = s.admin_token();
     assert!(token.starts_with("alw_"), "{token}");
-    assert!(s.stderr().contains(&path.display().to_string()), "the token path is not announced");
+    // stderr is read by another thread: the announcement may lag the `listening on` line.
+    let announced = path.display().to_string();
+    eventually("the token path to be announced", || s.diagnostics(), || s.stderr().contains(&announced).then_some(()));
     s.stop();
     assert!(
         !s.stderr().contains(&token) && !s.stdout().contains(&token),

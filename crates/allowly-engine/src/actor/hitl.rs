@@ -1,0 +1,358 @@
+//! Human in the loop: answering a `confirm` decision and resolving an escalation. Both run in
+//! the workspace actor, so two answers to one nonce or escalation are sequenced: the first
+//! changes the document's state in the same commit as its receipt, the second sees that state
+//! (from the overlay while the first is still staged) and is refused.
+//!
+//! Every step that the trail must show leaves a receipt in the authorization's trail: the
+//! answer (allow/deny with who answered and the hash of what they were shown), a refused
+//! attempt on a used or expired nonce, and an escalation's expiry. An unknown nonce or
+//! escalation (or another workspace's) has no trail to write into and leaves nothing.
+
+use allowly_receipt::types::{Approval, ApprovalOutcome, Decision, EventKind, HexHash, Timestamp};
+use allowly_store::{DocKind, Op};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::{Event, WsState};
+use crate::error::{EngineError, Result};
+use crate::model::{
+    ConfirmationAnswer, EscalationAnswer, EscalationOutcome, EscalationStatus, EscalationView, Resolution,
+};
+use crate::receipts::pending_envelope;
+use crate::shared::{now_ms, ts};
+
+/// Where a confirmation nonce stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(super) enum ConfirmationState {
+    Pending,
+    Used,
+    Expired,
+}
+
+/// A `confirm` decision waiting for (or given) the user's answer, filed by nonce.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct ConfirmationDoc {
+    authorization_id: String,
+    check_receipt_id: String,
+    scopes: Vec<String>,
+    resource: Option<String>,
+    created_at_ms: u64,
+    expires_at_ms: u64,
+    state: ConfirmationState,
+    answer_receipt_id: Option<String>,
+}
+
+impl ConfirmationDoc {
+    pub(super) fn new(
+        auth: &str,
+        receipt: &str,
+        scopes: Vec<String>,
+        resource: Option<String>,
+        now: u64,
+        expires_at: Timestamp,
+    ) -> Self {
+        Self {
+            authorization_id: auth.to_owned(),
+            check_receipt_id: receipt.to_owned(),
+            scopes,
+            resource,
+            created_at_ms: now,
+            expires_at_ms: expires_at.unix_ms(),
+            state: ConfirmationState::Pending,
+            answer_receipt_id: None,
+        }
+    }
+}
+
+/// An escalation to an approver, filed by escalation id.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct EscalationDoc {
+    authorization_id: String,
+    check_receipt_id: String,
+    scopes: Vec<String>,
+    resource: Option<String>,
+    created_at_ms: u64,
+    expires_at_ms: u64,
+    status: EscalationStatus,
+    resolved_at_ms: Option<u64>,
+    approver: Option<String>,
+    resolution_receipt_id: Option<String>,
+}
+
+impl EscalationDoc {
+    pub(super) fn new(
+        auth: &str,
+        receipt: &str,
+        scopes: Vec<String>,
+        resource: Option<String>,
+        now: u64,
+        expires_at: Timestamp,
+    ) -> Self {
+        Self {
+            authorization_id: auth.to_owned(),
+            check_receipt_id: receipt.to_owned(),
+            scopes,
+            resource,
+            created_at_ms: now,
+            expires_at_ms: expires_at.unix_ms(),
+            status: EscalationStatus::Pending,
+            resolved_at_ms: None,
+            approver: None,
+            resolution_receipt_id: None,
+        }
+    }
+
+    /// The API view (an escalation past its expiry still shows `pending` until its expiry is
+    /// recorded; the engine records it on first read).
+    pub(crate) fn view(&self, id: &str) -> Result<EscalationView> {
+        Ok(EscalationView {
+            id: id.to_owned(),
+            authorization_id: self.authorization_id.clone(),
+            status: self.status,
+            scopes: self.scopes.clone(),
+            resource: self.resource.clone(),
+            created_at: ts(self.created_at_ms)?,
+            expires_at: ts(self.expires_at_ms)?,
+            check_receipt_id: self.check_receipt_id.clone(),
+            resolved_at: self.resolved_at_ms.map(ts).transpose()?,
+            approver: self.approver.clone(),
+            resolution_receipt_id: self.resolution_receipt_id.clone(),
+        })
+    }
+
+    pub(crate) fn is_overdue(&self, now: u64) -> bool {
+        self.status == EscalationStatus::Pending && now >= self.expires_at_ms
+    }
+}
+
+fn sha256_text(s: &str) -> HexHash {
+    HexHash(Sha256::digest(s.as_bytes()).into())
+}
+
+fn refused<T>(code: &'static str, message: &str) -> Result<(Vec<Op>, Result<T>)> {
+    Err(EngineError::Refused { code, message: message.to_owned(), receipt: None })
+}
+
+/// What a step records: the event, the decision and the approval.
+struct Step {
+    kind: EventKind,
+    decision: Decision,
+    reason: &'static str,
+    approval: Option<Approval>,
+    escalation_id: Option<String>,
+}
+
+impl WsState {
+    /// Appends one receipt of `step` to `auth_id`'s trail (recording the authorization's expiry
+    /// first if this is the first time it matters) and returns the ops and the receipt.
+    fn record(
+        &mut self,
+        auth_id: &str,
+        scopes: &[String],
+        resource: &Option<String>,
+        step: Step,
+        now: u64,
+    ) -> Result<(Vec<Op>, allowly_store::ReceiptRecord)> {
+        let Some(mut a) = self.authorization(auth_id)? else {
+            return Err(EngineError::Internal(format!("authorization {auth_id} of a pending step is missing")));
+        };
+        let time = ts(now)?;
+        let mut index = self.next_index;
+        let mut receipts = Vec::with_capacity(2);
+        let expired = a.expires_at_ms.is_some_and(|t| now >= t) && a.revoked_at_ms.is_none();
+        if expired && !a.expiry_recorded {
+            let ev = Event {
+                kind: EventKind::Expiry,
+                decision: None,
+                reason: Some("expired"),
+                scopes: a.scopes.clone(),
+                resource: None,
+                time,
+            };
+            receipts.push(self.receipt(&mut a, &mut index, ev, |_| {})?);
+            a.expiry_recorded = true;
+        }
+        let ev = Event {
+            kind: step.kind,
+            decision: Some(step.decision),
+            reason: Some(step.reason),
+            scopes: scopes.to_vec(),
+            resource: resource.clone(),
+            time,
+        };
+        let rec = self.receipt(&mut a, &mut index, ev, |b| {
+            b.approval = step.approval;
+            b.escalation_id = step.escalation_id;
+        })?;
+        receipts.push(rec.clone());
+        Ok((self.advance(a, index, receipts), rec))
+    }
+
+    /// The decision an approval turns into, given the authorization as it is now: a revoked or
+    /// expired authorization turns any answer into a deny.
+    fn final_decision(
+        &mut self,
+        auth_id: &str,
+        approved: bool,
+        yes: &'static str,
+        no: &'static str,
+        now: u64,
+    ) -> Result<(Decision, &'static str)> {
+        let a = self.authorization(auth_id)?;
+        Ok(match a {
+            Some(a) if a.revoked_at_ms.is_some() => (Decision::Deny, "revoked"),
+            Some(a) if a.expires_at_ms.is_some_and(|t| now >= t) => (Decision::Deny, "expired"),
+            Some(_) if approved => (Decision::Allow, yes),
+            Some(_) => (Decision::Deny, no),
+            None => return Err(EngineError::Internal(format!("authorization {auth_id} is missing"))),
+        })
+    }
+
+    pub(super) fn confirm(&mut self, nonce: &str, answer: ConfirmationAnswer) -> Result<(Vec<Op>, Result<Resolution>)> {
+        let now = now_ms();
+        let Some((mut doc, _)) = self.doc::<ConfirmationDoc>(DocKind::Confirmation, nonce)? else {
+            return refused("confirmation_not_found", "no such confirmation nonce");
+        };
+        let shown_hash = match (&answer.shown, answer.shown_hash) {
+            (Some(text), _) => Some(sha256_text(text)),
+            (None, h) => h,
+        };
+        let outcome = answer.outcome;
+        let approval = Some(Approval { outcome, by: answer.by, shown_hash });
+        let (scopes, resource, auth) = (doc.scopes.clone(), doc.resource.clone(), doc.authorization_id.clone());
+        let attempt = |reason| Step {
+            kind: EventKind::Confirmation,
+            decision: Decision::Deny,
+            reason,
+            approval: approval.clone(),
+            escalation_id: None,
+        };
+        let overdue = doc.state == ConfirmationState::Pending && now >= doc.expires_at_ms;
+        if doc.state == ConfirmationState::Used || doc.state == ConfirmationState::Expired || overdue {
+            // The trail shows the refused attempt.
+            let (code, reason, message) = if doc.state == ConfirmationState::Used {
+                ("confirmation_used", "confirmation_used", "this confirmation was already answered")
+            } else {
+                ("confirmation_expired", "confirmation_expired", "this confirmation has expired")
+            };
+            let (mut ops, rec) = self.record(&auth, &scopes, &resource, attempt(reason), now)?;
+            if overdue {
+                doc.state = ConfirmationState::Expired;
+                self.put_doc(&mut ops, DocKind::Confirmation, nonce, &doc)?;
+            }
+            let receipt = Some(Box::new(pending_envelope(&rec)?));
+            return Ok((ops, Err(EngineError::Refused { code, message: message.into(), receipt })));
+        }
+        let approved = outcome == ApprovalOutcome::Approved;
+        let (decision, reason) = self.final_decision(&auth, approved, "confirmed", "declined", now)?;
+        let step = Step { kind: EventKind::Confirmation, decision, reason, approval, escalation_id: None };
+        let (mut ops, rec) = self.record(&auth, &scopes, &resource, step, now)?;
+        doc.state = ConfirmationState::Used;
+        doc.answer_receipt_id = Some(rec.id.clone());
+        self.put_doc(&mut ops, DocKind::Confirmation, nonce, &doc)?;
+        Ok((
+            ops,
+            Ok(Resolution { decision, reason: reason.into(), receipt: pending_envelope(&rec)?, escalation: None }),
+        ))
+    }
+
+    /// Resolves an escalation with the approver's answer, or (`None`) as expired.
+    pub(super) fn resolve(
+        &mut self,
+        id: &str,
+        answer: Option<EscalationAnswer>,
+    ) -> Result<(Vec<Op>, Result<Resolution>)> {
+        let now = now_ms();
+        let Some((mut doc, _)) = self.doc::<EscalationDoc>(DocKind::Escalation, id)? else {
+            return refused("escalation_not_found", "no such escalation");
+        };
+        if doc.status != EscalationStatus::Pending {
+            return refused("escalation_already_resolved", "this escalation was already resolved");
+        }
+        let (scopes, resource, auth) = (doc.scopes.clone(), doc.resource.clone(), doc.authorization_id.clone());
+        if now >= doc.expires_at_ms || answer.is_none() {
+            if now < doc.expires_at_ms {
+                return Err(EngineError::Internal("escalation expired before its time".into()));
+            }
+            let step = Step {
+                kind: EventKind::EscalationResolved,
+                decision: Decision::Deny,
+                reason: "escalation_expired",
+                approval: None,
+                escalation_id: Some(id.to_owned()),
+            };
+            let (mut ops, rec) = self.record(&auth, &scopes, &resource, step, now)?;
+            doc.status = EscalationStatus::Expired;
+            doc.resolved_at_ms = Some(now);
+            doc.resolution_receipt_id = Some(rec.id.clone());
+            self.put_doc(&mut ops, DocKind::Escalation, id, &doc)?;
+            let receipt = Some(Box::new(pending_envelope(&rec)?));
+            if answer.is_none() {
+                let view = doc.view(id)?;
+                return Ok((
+                    ops,
+                    Ok(Resolution {
+                        decision: Decision::Deny,
+                        reason: "escalation_expired".into(),
+                        receipt: pending_envelope(&rec)?,
+                        escalation: Some(view),
+                    }),
+                ));
+            }
+            return Ok((
+                ops,
+                Err(EngineError::Refused {
+                    code: "escalation_expired",
+                    message: "this escalation expired before it was resolved (recorded as deny)".into(),
+                    receipt,
+                }),
+            ));
+        }
+        let Some(answer) = answer else {
+            return Err(EngineError::Internal("unreachable: answer checked above".into()));
+        };
+        let approved = answer.outcome == EscalationOutcome::Approved;
+        let (decision, reason) = self.final_decision(&auth, approved, "approved", "denied", now)?;
+        let approval = Approval {
+            outcome: if approved { ApprovalOutcome::Approved } else { ApprovalOutcome::Declined },
+            by: answer.approver.clone(),
+            shown_hash: answer.note.as_deref().map(sha256_text),
+        };
+        let step = Step {
+            kind: EventKind::EscalationResolved,
+            decision,
+            reason,
+            approval: Some(approval),
+            escalation_id: Some(id.to_owned()),
+        };
+        let (mut ops, rec) = self.record(&auth, &scopes, &resource, step, now)?;
+        doc.status = if decision == Decision::Allow { EscalationStatus::Approved } else { EscalationStatus::Denied };
+        doc.resolved_at_ms = Some(now);
+        doc.approver = Some(answer.approver);
+        doc.resolution_receipt_id = Some(rec.id.clone());
+        self.put_doc(&mut ops, DocKind::Escalation, id, &doc)?;
+        let view = doc.view(id)?;
+        Ok((
+            ops,
+            Ok(Resolution {
+                decision,
+                reason: reason.into(),
+                receipt: pending_envelope(&rec)?,
+                escalation: Some(view),
+            }),
+        ))
+    }
+
+    /// Records the expiry of an overdue escalation (no-op answer if it is not overdue).
+    pub(super) fn expire_escalation(&mut self, id: &str) -> Result<(Vec<Op>, Result<EscalationView>)> {
+        let Some((doc, _)) = self.doc::<EscalationDoc>(DocKind::Escalation, id)? else {
+            return refused("escalation_not_found", "no such escalation");
+        };
+        if !doc.is_overdue(now_ms()) {
+            return Ok((Vec::new(), doc.view(id)));
+        }
+        let (ops, r) = self.resolve(id, None)?;
+        Ok((ops, r.and_then(|res| res.escalation.ok_or_else(|| EngineError::Internal("no escalation view".into())))))
+    }
+}

@@ -1,0 +1,282 @@
+//! Confirmations, escalations and `Idempotency-Key`, against the real store and signer code:
+//! each step leaves a receipt in one continuous trail, a nonce or an escalation resolves once
+//! even under concurrent answers, and a key yields exactly one receipt.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use allowly_engine::model::*;
+use allowly_engine::{Engine, EngineConfig, EngineError};
+use allowly_receipt::types::{ApprovalOutcome, Decision, EventKind};
+use allowly_receipt::verify::{verify_bundle, Outcome};
+use tempfile::TempDir;
+
+mod support;
+use support::*;
+
+async fn start(root: &TempDir, cfg: EngineConfig) -> (Signer, Engine, String, String) {
+    let signer = start_signer(root);
+    let e = Engine::start(open_store(root), client(root), cfg).await.unwrap();
+    let ws = workspace(&e).await;
+    let auth = e.create_authorization(&ws, grant(None), None).await.unwrap().authorization.id;
+    (signer, e, ws, auth)
+}
+
+fn kinds(e: &Engine, ws: &str, auth: &str) -> Vec<(EventKind, Option<Decision>, Option<String>)> {
+    e.trail(ws, auth, None, 1000)
+        .unwrap()
+        .data
+        .into_iter()
+        .map(|r| {
+            let b = body(&any(r));
+            (b.kind, b.decision, b.reason)
+        })
+        .collect()
+}
+
+fn answer(outcome: ApprovalOutcome) -> ConfirmationAnswer {
+    ConfirmationAnswer {
+        outcome,
+        by: "user-42".into(),
+        shown: Some("Send the Q3 report to bob@x".into()),
+        shown_hash: None,
+    }
+}
+
+fn refused(r: Result<Resolution, EngineError>) -> (&'static str, Option<String>) {
+    match r {
+        Err(EngineError::Refused { code, receipt, .. }) => (code, receipt.map(|r| r.receipt_id)),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+async fn verify_trail(e: &Engine, ws: &str, auth: &str) {
+    eventually("the trail is signed", || async { all_signed(e, ws, auth).await }).await;
+    let keys = e.keys(ws).unwrap();
+    let bundle = e.export(ws, ExportScope::Authorization(auth.to_owned())).unwrap();
+    let report = verify_bundle(&bundle, Some(&keys), &[]).unwrap();
+    assert_eq!(report.outcome(), Outcome::Valid, "{:?}", report.findings);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_confirmation_is_answered_once_and_every_attempt_is_in_the_trail() {
+    let root = TempDir::new().unwrap();
+    let (signer, e, ws, auth) = start(&root, config()).await;
+    let out = e.check(&ws, ask(&auth, "mail.send", Some("doc:1")), None).await.unwrap();
+    assert_eq!(out.decision, Decision::Confirm);
+    let nonce = out.confirmation.unwrap().nonce;
+
+    let r = e.confirm(&ws, &nonce, answer(ApprovalOutcome::Approved), None).await.unwrap();
+    assert_eq!((r.decision, r.reason.as_str()), (Decision::Allow, "confirmed"));
+    let b = &r.receipt.body;
+    assert_eq!(b["kind"], "confirmation");
+    assert_eq!(b["approval"]["by"], "user-42");
+    assert_eq!(b["approval"]["outcome"], "approved");
+    assert_eq!(b["approval"]["shown_hash"].as_str().unwrap().len(), 64);
+
+    // Used: refused with its own code, and the attempt is recorded.
+    let (code, receipt) = refused(e.confirm(&ws, &nonce, answer(ApprovalOutcome::Approved), None).await);
+    assert_eq!(code, "confirmation_used");
+    assert!(receipt.is_some());
+    // Unknown, and another workspace's: refused, nothing recorded.
+    let other = workspace(&e).await;
+    assert_eq!(
+        refused(e.confirm(&other, &nonce, answer(ApprovalOutcome::Approved), None).await),
+        ("confirmation_not_found", None)
+    );
+    assert_eq!(
+        refused(e.confirm(&ws, "cn_nope", answer(ApprovalOutcome::Approved), None).await),
+        ("confirmation_not_found", None)
+    );
+
+    let trail = kinds(&e, &ws, &auth);
+    let tail: Vec<_> = trail.iter().skip(1).map(|(k, d, r)| (*k, *d, r.as_deref())).collect();
+    assert_eq!(
+        tail,
+        [
+            (EventKind::Check, Some(Decision::Confirm), Some("confirmation_required")),
+            (EventKind::Confirmation, Some(Decision::Allow), Some("confirmed")),
+            (EventKind::Confirmation, Some(Decision::Deny), Some("confirmation_used")),
+        ]
+    );
+    verify_trail(&e, &ws, &auth).await;
+    e.shutdown().await;
+    signer.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_answers_to_one_nonce_have_exactly_one_winner() {
+    let root = TempDir::new().unwrap();
+    let (signer, e, ws, auth) = start(&root, config()).await;
+    for round in 0..5 {
+        let nonce =
+            e.check(&ws, ask(&auth, "mail.send", Some("doc:1")), None).await.unwrap().confirmation.unwrap().nonce;
+        let tasks: Vec<_> = (0..8)
+            .map(|i| {
+                let (e, ws, nonce) = (e.clone(), ws.clone(), nonce.clone());
+                let outcome = if i % 2 == 0 { ApprovalOutcome::Approved } else { ApprovalOutcome::Declined };
+                tokio::spawn(async move { e.confirm(&ws, &nonce, answer(outcome), None).await })
+            })
+            .collect();
+        let mut winners = 0;
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(_) => winners += 1,
+                Err(EngineError::Refused { code: "confirmation_used", receipt: Some(_), .. }) => {}
+                other => panic!("round {round}: {other:?}"),
+            }
+        }
+        assert_eq!(winners, 1, "round {round}");
+    }
+    verify_trail(&e, &ws, &auth).await;
+    e.shutdown().await;
+    signer.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_nonce_is_refused_with_a_receipt_and_revocation_turns_answers_into_denies() {
+    let root = TempDir::new().unwrap();
+    let cfg = EngineConfig { confirmation_ttl: Duration::from_millis(200), ..config() };
+    let (signer, e, ws, auth) = start(&root, cfg).await;
+    let c = e.check(&ws, ask(&auth, "mail.send", Some("doc:1")), None).await.unwrap().confirmation.unwrap();
+    eventually("the nonce expires", || async { now_ms() >= c.expires_at.unix_ms() }).await;
+    let (code, receipt) = refused(e.confirm(&ws, &c.nonce, answer(ApprovalOutcome::Approved), None).await);
+    assert_eq!(code, "confirmation_expired");
+    assert!(receipt.is_some());
+
+    // Pending confirmation and escalation, then a revocation: the later answers are denies.
+    let cfg_nonce =
+        e.check(&ws, ask(&auth, "mail.send", Some("doc:1")), None).await.unwrap().confirmation.unwrap().nonce;
+    let esc = e.check(&ws, ask(&auth, "pay.wire", Some("doc:1")), None).await.unwrap().escalation.unwrap().id;
+    e.revoke_authorization(&ws, &auth, None).await.unwrap();
+    let r = e.confirm(&ws, &cfg_nonce, answer(ApprovalOutcome::Approved), None).await.unwrap();
+    assert_eq!((r.decision, r.reason.as_str()), (Decision::Deny, "revoked"));
+    let approve = EscalationAnswer { outcome: EscalationOutcome::Approved, approver: "boss".into(), note: None };
+    let r = e.resolve_escalation(&ws, &esc, approve, None).await.unwrap();
+    assert_eq!((r.decision, r.reason.as_str()), (Decision::Deny, "revoked"));
+    assert_eq!(r.escalation.unwrap().status, EscalationStatus::Denied);
+    verify_trail(&e, &ws, &auth).await;
+    e.shutdown().await;
+    signer.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_escalation_resolves_once_and_an_overdue_one_resolves_to_deny() {
+    let root = TempDir::new().unwrap();
+    let cfg = EngineConfig { escalation_ttl: Duration::from_millis(300), ..config() };
+    let (signer, e, ws, auth) = start(&root, cfg).await;
+    let esc = e.check(&ws, ask(&auth, "pay.wire", Some("doc:1")), None).await.unwrap().escalation.unwrap().id;
+    let view = e.escalation(&ws, &esc).await.unwrap();
+    assert_eq!((view.status, view.authorization_id.as_str()), (EscalationStatus::Pending, auth.as_str()));
+    let approve = || EscalationAnswer {
+        outcome: EscalationOutcome::Approved,
+        approver: "boss".into(),
+        note: Some("ok for Q3".into()),
+    };
+    // Concurrent resolutions: one wins, the others are 409s that change nothing.
+    let tasks: Vec<_> = (0..6)
+        .map(|_| {
+            let (e, ws, esc, a) = (e.clone(), ws.clone(), esc.clone(), approve());
+            tokio::spawn(async move { e.resolve_escalation(&ws, &esc, a, None).await })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(r) => winners.push(r),
+            Err(EngineError::Refused { code: "escalation_already_resolved", receipt: None, .. }) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(winners.len(), 1);
+    let r = &winners[0];
+    assert_eq!((r.decision, r.reason.as_str()), (Decision::Allow, "approved"));
+    assert_eq!(r.receipt.body["kind"], "escalation.resolved");
+    assert_eq!(r.receipt.body["escalation_id"], esc.as_str());
+    assert_eq!(r.receipt.body["approval"]["by"], "boss");
+    let view = e.escalation(&ws, &esc).await.unwrap();
+    assert_eq!(view.status, EscalationStatus::Approved);
+    assert_eq!(view.resolution_receipt_id.as_deref(), Some(r.receipt.receipt_id.as_str()));
+
+    // Overdue: the first read records the expiry as a deny; resolving it later is refused.
+    let late = e.check(&ws, ask(&auth, "pay.wire", Some("doc:2")), None).await.unwrap().escalation.unwrap();
+    eventually("the escalation expires", || async { now_ms() >= late.expires_at.unix_ms() }).await;
+    let view = e.escalation(&ws, &late.id).await.unwrap();
+    assert_eq!(view.status, EscalationStatus::Expired);
+    assert!(view.resolution_receipt_id.is_some());
+    assert_eq!(
+        refused(e.resolve_escalation(&ws, &late.id, approve(), None).await),
+        ("escalation_already_resolved", None)
+    );
+    // Another workspace cannot see or resolve it.
+    let other = workspace(&e).await;
+    assert!(matches!(e.escalation(&other, &esc).await, Err(EngineError::Refused { code: "escalation_not_found", .. })));
+    assert_eq!(refused(e.resolve_escalation(&other, &esc, approve(), None).await), ("escalation_not_found", None));
+
+    let trail = kinds(&e, &ws, &auth);
+    let expired: Vec<_> = trail
+        .iter()
+        .filter(|(k, _, r)| *k == EventKind::EscalationResolved && r.as_deref() == Some("escalation_expired"))
+        .collect();
+    assert_eq!(expired.len(), 1, "{trail:?}");
+    verify_trail(&e, &ws, &auth).await;
+    e.shutdown().await;
+    signer.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_key_yields_one_receipt_even_for_concurrent_duplicates() {
+    let root = TempDir::new().unwrap();
+    let (signer, e, ws, auth) = start(&root, config()).await;
+    let before = e.authorization(&ws, &auth).unwrap().trail_length;
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let (e, ws, auth) = (e.clone(), ws.clone(), auth.clone());
+            tokio::spawn(async move { e.check(&ws, ask(&auth, "files.read", Some("doc:1")), Some("key-1")).await })
+        })
+        .collect();
+    let mut ids = Vec::new();
+    for t in tasks {
+        ids.push(t.await.unwrap().unwrap().receipt.unwrap().receipt_id);
+    }
+    ids.dedup();
+    assert_eq!(ids.len(), 1, "every duplicate got the first answer");
+    assert_eq!(e.authorization(&ws, &auth).unwrap().trail_length, before + 1, "exactly one receipt");
+    // Same key, another request: refused, nothing written.
+    let r = e.check(&ws, ask(&auth, "files.read", Some("doc:2")), Some("key-1")).await;
+    assert!(matches!(r, Err(EngineError::IdempotencyMismatch)), "{r:?}");
+    // A key names one request, whatever the route: another route with it is refused too.
+    let r = e.create_authorization(&ws, grant(None), Some("key-1")).await;
+    assert!(matches!(r, Err(EngineError::IdempotencyMismatch)), "{r:?}");
+    // Keys are per workspace: the same key in another workspace is another key.
+    let other = workspace(&e).await;
+    let a2 = e.create_authorization(&other, grant(None), None).await.unwrap().authorization.id;
+    e.check(&other, ask(&a2, "files.read", Some("doc:1")), Some("key-1")).await.unwrap();
+    assert_eq!(e.authorization(&ws, &auth).unwrap().trail_length, before + 1);
+    e.shutdown().await;
+    signer.stop();
+}
+
+#[test]
+fn an_idempotency_key_answers_the_same_after_a_restart() {
+    let root = TempDir::new().unwrap();
+    let store = open_store(&root);
+    let signer = start_signer(&root);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (ws, first) = rt.block_on(async {
+        let e = Engine::start(store.clone(), client(&root), config()).await.unwrap();
+        let ws = workspace(&e).await;
+        let first = e.create_authorization(&ws, grant(None), Some("grant-1")).await.unwrap();
+        e.shutdown().await;
+        (ws, first)
+    });
+    drop(rt);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let e = Engine::start(store.clone(), client(&root), config()).await.unwrap();
+        let again = e.create_authorization(&ws, grant(None), Some("grant-1")).await.unwrap();
+        assert_eq!(again, first);
+        e.shutdown().await;
+    });
+    signer.stop();
+}
