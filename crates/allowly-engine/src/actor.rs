@@ -8,6 +8,10 @@
 //! that write returns. The actor keeps no other copy of the truth: if a write fails, every
 //! request in it gets an error and the actor reloads its state from the store.
 //!
+//! Webhook events (`escalation.requested`, `escalation.resolved`, `authorization.revoked`) are
+//! staged with the receipt they report, and endpoint changes go through the actor too
+//! (`actor/webhooks.rs`); the delivery worker is woken after a commit that enqueued deliveries.
+//!
 //! Passivation: an actor idle for `idle_timeout` removes itself from the registry and drains.
 //! A per-workspace lock held for the actor's whole life makes its successor wait until it is
 //! gone, so there is never more than one sequencer per workspace log.
@@ -23,6 +27,8 @@ use allowly_receipt::types::{
 use allowly_store::{
     AuthorizationRecord, DocKind, Durability, Op, ReceiptRecord, ScopeRule, WorkspaceRecord, WriteBatch,
 };
+use allowly_webhooks::model::{DisabledReason, Endpoint, EventType};
+use allowly_webhooks::{CreatedWebhook, NewWebhook, WebhookView};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -80,6 +86,16 @@ pub(crate) enum WsMsg {
         rules: BTreeMap<String, ScopeRule>,
         reply: Reply<WorkspaceView>,
     },
+    CreateWebhook {
+        req: NewWebhook,
+        reply: Reply<CreatedWebhook>,
+    },
+    SetWebhookDisabled {
+        id: String,
+        disabled: bool,
+        reason: DisabledReason,
+        reply: Reply<WebhookView>,
+    },
     /// Commit everything staged (sent by the actor to itself).
     Flush,
     /// Stop if idle (sent by the actor to itself).
@@ -131,6 +147,11 @@ pub(crate) struct WsState {
     done: Vec<Done>,
     /// Documents written by staged ops (ahead of the store until the commit).
     overlay: HashMap<(DocKind, String), serde_json::Value>,
+    /// The webhook endpoints after the staged changes, while some are staged (`None`: as
+    /// committed, see `Shared::endpoints`).
+    endpoints: Option<Vec<Endpoint>>,
+    /// Whether the staged ops enqueue webhook deliveries (the worker is woken after the commit).
+    wake_webhooks: bool,
     flush_scheduled: bool,
     last_active: Instant,
     queued: Arc<AtomicUsize>,
@@ -143,6 +164,7 @@ const MAX_CACHED_AUTHORIZATIONS: usize = 65_536;
 pub(crate) struct WorkspaceActor;
 
 mod hitl;
+mod webhooks;
 pub(crate) use hitl::EscalationDoc;
 
 fn rules_of(ws: &WorkspaceRecord) -> BTreeMap<String, Rule> {
@@ -176,6 +198,8 @@ impl Actor for WorkspaceActor {
             ops: Vec::new(),
             done: Vec::new(),
             overlay: HashMap::new(),
+            endpoints: None,
+            wake_webhooks: false,
             flush_scheduled: false,
             last_active: Instant::now(),
             queued: a.queued,
@@ -241,6 +265,14 @@ impl Actor for WorkspaceActor {
                 s.ws = ws.clone();
                 s.rules = rules_of(&ws);
                 s.stage(view.map(|v| (vec![Op::PutWorkspace(ws)], Ok(v))), reply);
+            }
+            WsMsg::CreateWebhook { req, reply } => {
+                let r = s.create_webhook(req);
+                s.stage(r, reply);
+            }
+            WsMsg::SetWebhookDisabled { id, disabled, reason, reply } => {
+                let r = s.set_webhook_disabled(&id, disabled, reason);
+                s.stage(r, reply);
             }
             WsMsg::Flush | WsMsg::IdleCheck => {}
         }
@@ -387,6 +419,12 @@ impl WsState {
             Ok(()) => {
                 // The store has every staged document now.
                 self.overlay.clear();
+                if let Some(list) = self.endpoints.take() {
+                    self.shared.endpoints.publish(&self.ws.id, list);
+                }
+                if std::mem::take(&mut self.wake_webhooks) {
+                    self.shared.webhook_wake.notify_one();
+                }
                 for d in done {
                     d(Ok(()));
                 }
@@ -409,6 +447,8 @@ impl WsState {
     fn reload(&mut self) {
         self.auths.clear();
         self.overlay.clear();
+        self.endpoints = None;
+        self.wake_webhooks = false;
         match (self.shared.store.workspace(&self.ws.id), self.shared.store.log_meta(&self.ws.id)) {
             (Ok(Some(ws)), Ok(meta)) => {
                 self.rules = rules_of(&ws);
@@ -535,6 +575,8 @@ impl WsState {
         if a.revoked_at_ms.is_some() {
             return Err(EngineError::Conflict("authorization is already revoked".into()));
         }
+        // Read before anything changes, so a store error leaves the actor's state as it was.
+        let endpoints = self.endpoint_list()?;
         a.revoked_at_ms = Some(now);
         let mut index = self.next_index;
         let ev = Event {
@@ -548,7 +590,16 @@ impl WsState {
         let rec = self.receipt(&mut a, &mut index, ev, |_| {})?;
         let answer =
             AuthorizationChange { authorization: views::authorization(&a, now)?, receipt: pending_envelope(&rec)? };
-        Ok((self.advance(a, index, vec![rec]), answer))
+        let data = serde_json::json!({
+            "workspace_id": self.ws.id,
+            "authorization_id": a.id,
+            "reason": "revoked",
+            "receipt": answer.receipt,
+        });
+        let events = self.event_ops(&endpoints, EventType::AuthorizationRevoked, now, data)?;
+        let mut ops = self.advance(a, index, vec![rec]);
+        ops.extend(events);
+        Ok((ops, answer))
     }
 
     fn check(&mut self, req: CheckRequest) -> Result<(Vec<Op>, CheckOutcome)> {
@@ -574,6 +625,8 @@ impl WsState {
         };
         let ask = decide::Ask { scopes: &req.scopes, resource: req.resource.as_deref(), now_ms: now };
         let (verdict, reason) = decide::decide(grant, ask, &self.rules);
+        // Read before anything changes, so a store error leaves the actor's state as it was.
+        let endpoints = if verdict == Verdict::Escalate { self.endpoint_list()? } else { Vec::new() };
         let time = ts(now)?;
         let mut index = self.next_index;
         let mut receipts = Vec::with_capacity(2);
@@ -633,6 +686,18 @@ impl WsState {
             self.put_doc(&mut docs, DocKind::Confirmation, &c.nonce, &doc)?;
         }
         if let Some(e) = &escalation {
+            let data = serde_json::json!({
+                "workspace_id": self.ws.id,
+                "authorization_id": a.id,
+                "escalation_id": e.id,
+                "decision": decision,
+                "reason": reason.as_str(),
+                "scopes": scopes,
+                "resource": resource,
+                "expires_at": e.expires_at,
+                "receipt": pending_envelope(&rec)?,
+            });
+            docs.extend(self.event_ops(&endpoints, EventType::EscalationRequested, now, data)?);
             let doc = hitl::EscalationDoc::new(&a.id, &rec.id, scopes, resource, now, e.expires_at);
             self.put_doc(&mut docs, DocKind::Escalation, &e.id, &doc)?;
         }

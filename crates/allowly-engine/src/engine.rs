@@ -4,7 +4,7 @@
 //! Writes that must be sequenced (anything that adds a receipt, and scope rules, which
 //! decisions read) go through the workspace's actor. Reads go straight to the store: the actor
 //! acknowledges nothing before it is durable, so the store always holds every acknowledged
-//! change.
+//! change. The webhook endpoint and delivery methods are in `webhooks.rs` (same type).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -78,6 +78,8 @@ impl Engine {
             locks: Default::default(),
             pipelines: Pipelines::default(),
             shutting_down: Default::default(),
+            endpoints: Default::default(),
+            webhook_wake: Default::default(),
         });
         let engine = Self { shared: shared.clone() };
         engine.probe().await;
@@ -98,6 +100,10 @@ impl Engine {
             shared.pipelines.notify(&shared, &ws, next);
         }
         Ok(engine)
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
     }
 
     async fn probe(&self) {
@@ -262,7 +268,7 @@ impl Engine {
         Ok(view)
     }
 
-    fn workspace_record(&self, ws: &str) -> Result<allowly_store::WorkspaceRecord> {
+    pub(crate) fn workspace_record(&self, ws: &str) -> Result<allowly_store::WorkspaceRecord> {
         self.shared
             .store
             .workspace(ws)
@@ -291,7 +297,7 @@ impl Engine {
 
     /// Sends a request to the workspace's actor and waits for its answer. Starts the actor if
     /// none runs; a full mailbox is `Overloaded`.
-    async fn ask<T>(&self, ws: &str, make: impl FnOnce(Reply<T>) -> WsMsg) -> Result<T> {
+    pub(crate) async fn ask<T>(&self, ws: &str, make: impl FnOnce(Reply<T>) -> WsMsg) -> Result<T> {
         let (tx, rx) = oneshot::channel();
         let mut msg = make(tx);
         let mut attempts = 0;

@@ -4,7 +4,8 @@
 //! Shape: requests that add a receipt go to the workspace's actor (`actor`), which decides
 //! (`decide`), sequences, and group-commits; after each commit the workspace's signing task
 //! (`pipeline`) sends the new leaves to the signer and stores checkpoints, Merkle nodes and
-//! proofs. Reads go straight to the store.
+//! proofs. Reads go straight to the store. Events for webhooks (`webhooks`) are enqueued in the
+//! same writes as the receipts and signatures that cause them; `allowly-webhooks` delivers them.
 
 mod actor;
 pub mod config;
@@ -19,6 +20,7 @@ pub mod receipts;
 mod shared;
 pub mod validate;
 mod views;
+mod webhooks;
 
 pub use config::EngineConfig;
 pub use engine::{Engine, MAX_EXPORT_RECEIPTS};

@@ -8,6 +8,13 @@ use allowly_receipt::types::{ApprovalOutcome, Decision, HexHash, PendingReceipt,
 use allowly_store::{Role, ScopeRule};
 use serde::{Deserialize, Serialize};
 
+/// Webhook endpoints and deliveries (`/v1/webhooks`, `/v1/deliveries`): defined beside the
+/// documents they view, in `allowly-webhooks`.
+pub use allowly_webhooks::model::{
+    AttemptView, CreatedWebhook, DeliveryStatus, DeliveryView, DisabledReason, EventType, FailureReason, NewWebhook,
+    WebhookView,
+};
+
 /// `POST /v1/workspaces`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]

@@ -1,7 +1,9 @@
 //! The signing pipeline: one task per workspace with unsigned receipts. It sends the committed,
 //! unsigned leaves to the signer in batches (as many as are ready, up to `sign_batch_max`,
 //! waiting at most `sign_batch_delay` for more), checks the signed checkpoint against its own
-//! Merkle frontier, and stores checkpoint, Merkle nodes and "signed" marks in one write.
+//! Merkle frontier, and stores checkpoint, Merkle nodes and "signed" marks in one write — with
+//! the `receipt.signed` webhook event, when an endpoint subscribes, so the event exists iff the
+//! signature does.
 //!
 //! Recovery is by construction: the task reads what to sign from the store's pending index,
 //! never from memory, so receipts left pending by a crash are signed when their workspace's
@@ -290,11 +292,16 @@ impl Signing {
             )));
         }
         let ws = self.ws.clone();
-        let batch = WriteBatch::from(vec![
+        // The `receipt.signed` event goes into the same write as the signature it announces.
+        let events = signed_event(shared, &ws, from, cp.size, &checkpoint)?;
+        let wake = !events.is_empty();
+        let mut ops = vec![
             Op::PutNodes { workspace_id: ws.clone(), nodes: appended.new_nodes },
             Op::PutCheckpoint { workspace_id: ws.clone(), size: cp.size, note: checkpoint },
             Op::MarkSigned { workspace_id: ws, from_index: from, to_index: cp.size, checkpoint_size: cp.size },
-        ]);
+        ];
+        ops.extend(events);
+        let batch = WriteBatch::from(ops);
         let store = shared.store.clone();
         // Not synced: this is derived data. It survives a process crash (the WAL is in the OS),
         // the next synced commit carries it to disk, and if a power loss drops it the receipts
@@ -305,6 +312,9 @@ impl Signing {
             .await
             .map_err(|e| Stop::Retry(EngineError::Internal(format!("store task: {e}"))))?
             .map_err(|e| Stop::Retry(EngineError::Store(e)))?;
+        if wake {
+            shared.webhook_wake.notify_one();
+        }
         self.frontier = next;
         let m = &shared.metrics;
         m.sign_batch.observe(leaves.len() as f64);
@@ -333,6 +343,28 @@ impl Signing {
         }
         Ok(())
     }
+}
+
+/// The ops enqueueing a `receipt.signed` event (leaves `[from, size)` are now signed by
+/// `checkpoint`) for every endpoint of `ws` that wants it. Its id is derived from `ws` and
+/// `size`, so a signature stored again after a lost write is announced with the same
+/// `webhook-id`.
+fn signed_event(shared: &Shared, ws: &str, from: u64, size: u64, checkpoint: &str) -> Result<Vec<Op>, Stop> {
+    use allowly_webhooks::model::{enqueue, signed_event_id, Event, EventType};
+    let endpoints = shared.endpoints.get(&*shared.store, ws)?;
+    if !endpoints.iter().any(|e| e.wants(EventType::ReceiptSigned)) {
+        return Ok(Vec::new());
+    }
+    let now = crate::shared::now_ms();
+    let data = serde_json::json!({
+        "workspace_id": ws,
+        "from_log_index": from,
+        "tree_size": size,
+        "checkpoint": checkpoint,
+    });
+    let event =
+        Event::new(signed_event_id(ws, size), EventType::ReceiptSigned, now, data).map_err(EngineError::from)?;
+    Ok(enqueue(ws, &endpoints, &event, now).map_err(EngineError::from)?)
 }
 
 /// The leaf hashes of `items` if they are exactly the indices `from, from+1, …` (the pending

@@ -35,6 +35,10 @@ pub(crate) struct Shared {
     pub locks: DashMap<String, Arc<WsLocks>>,
     pub pipelines: Pipelines,
     pub shutting_down: AtomicBool,
+    /// Each workspace's webhook endpoints as last committed.
+    pub endpoints: crate::webhooks::Endpoints,
+    /// Notified after every commit that enqueued webhook deliveries (the worker waits on it).
+    pub webhook_wake: Arc<tokio::sync::Notify>,
 }
 
 /// Whether the signer answers. Updated by the probe and by every signing exchange.

@@ -3,6 +3,9 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use allowly_webhooks::WebhookConfig;
 
 use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
@@ -19,8 +22,14 @@ pub const BODY_LIMIT_RANGE: std::ops::RangeInclusive<usize> = 1024..=16 * 1024 *
 
 const AFTER_HELP: &str = "\
 Every option can also be set by its environment variable or in the TOML file given by --config
-(keys: data_dir, listen, signer_socket, signer_bin, body_limit). Precedence: flag > environment
-> file > default. Relative paths are relative to the working directory.
+(keys: data_dir, listen, signer_socket, signer_bin, body_limit, webhook_base_backoff_ms,
+webhook_max_backoff_ms, webhook_give_up_after_ms, webhook_attempt_timeout_ms). Precedence: flag >
+environment > file > default. Relative paths are relative to the working directory.
+
+Webhooks (Standard Webhooks) are retried with exponential backoff and jitter: after the n-th
+failed attempt the next waits between half and all of min(base * 2^(n-1), max); a delivery is
+given up when its next attempt would come later than give-up-after since the event. The defaults
+(5 s, 1 h, 24 h, 10 s per attempt) give about 40 attempts over a day.
 
 Without --signer-socket, allowly runs its own signer: it creates <data-dir>/signer (master key,
 on first run), starts `allowly-signer serve` on <data-dir>/run/signer.sock as a child process
@@ -68,6 +77,18 @@ pub struct ServeArgs {
     /// Largest accepted request body in bytes (1024..=16777216) [default: 65536].
     #[arg(long, env = "ALLOWLY_BODY_LIMIT", value_name = "BYTES")]
     pub body_limit: Option<usize>,
+    /// Webhook retry: wait cap after the first failed attempt, doubling per failure [default: 5000].
+    #[arg(long, env = "ALLOWLY_WEBHOOK_BASE_BACKOFF_MS", value_name = "MS")]
+    pub webhook_base_backoff_ms: Option<u64>,
+    /// Webhook retry: longest wait between two attempts [default: 3600000 (1 h)].
+    #[arg(long, env = "ALLOWLY_WEBHOOK_MAX_BACKOFF_MS", value_name = "MS")]
+    pub webhook_max_backoff_ms: Option<u64>,
+    /// Webhook retry: no attempt later than this after the event; then `failed` [default: 86400000 (24 h)].
+    #[arg(long, env = "ALLOWLY_WEBHOOK_GIVE_UP_AFTER_MS", value_name = "MS")]
+    pub webhook_give_up_after_ms: Option<u64>,
+    /// Webhook delivery: bound on one attempt (connect, send, answer) [default: 10000].
+    #[arg(long, env = "ALLOWLY_WEBHOOK_ATTEMPT_TIMEOUT_MS", value_name = "MS")]
+    pub webhook_attempt_timeout_ms: Option<u64>,
 }
 
 /// The TOML file: the same settings as the flags, all optional.
@@ -79,6 +100,10 @@ pub struct FileConfig {
     pub signer_socket: Option<PathBuf>,
     pub signer_bin: Option<PathBuf>,
     pub body_limit: Option<usize>,
+    pub webhook_base_backoff_ms: Option<u64>,
+    pub webhook_max_backoff_ms: Option<u64>,
+    pub webhook_give_up_after_ms: Option<u64>,
+    pub webhook_attempt_timeout_ms: Option<u64>,
 }
 
 /// Where the signer comes from.
@@ -97,6 +122,7 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     pub signer: SignerMode,
     pub body_limit: usize,
+    pub webhooks: WebhookConfig,
 }
 
 /// A configuration that cannot be used.
@@ -108,6 +134,8 @@ pub enum ConfigError {
     Parse { path: PathBuf, source: Box<toml::de::Error> },
     #[error("body_limit {0} is outside {min}..={max}", min = BODY_LIMIT_RANGE.start(), max = BODY_LIMIT_RANGE.end())]
     BodyLimit(usize),
+    #[error("webhook settings: {0}")]
+    Webhooks(String),
 }
 
 impl ServeArgs {
@@ -126,13 +154,40 @@ impl ServeArgs {
             Some(socket) => SignerMode::External { socket },
             None => SignerMode::Embedded { bin: self.signer_bin.or(file.signer_bin) },
         };
+        let d = WebhookConfig::default();
+        let ms = |flag: Option<u64>, file: Option<u64>, default: Duration| {
+            flag.or(file).map(Duration::from_millis).unwrap_or(default)
+        };
+        let webhooks = WebhookConfig {
+            base_backoff: ms(self.webhook_base_backoff_ms, file.webhook_base_backoff_ms, d.base_backoff),
+            max_backoff: ms(self.webhook_max_backoff_ms, file.webhook_max_backoff_ms, d.max_backoff),
+            give_up_after: ms(self.webhook_give_up_after_ms, file.webhook_give_up_after_ms, d.give_up_after),
+            attempt_timeout: ms(self.webhook_attempt_timeout_ms, file.webhook_attempt_timeout_ms, d.attempt_timeout),
+            ..d
+        };
+        check_webhooks(&webhooks)?;
         Ok(ServerConfig {
             data_dir: self.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
             listen,
             signer,
             body_limit,
+            webhooks,
         })
     }
+}
+
+fn check_webhooks(w: &WebhookConfig) -> Result<(), ConfigError> {
+    let bad = |m: &str| Err(ConfigError::Webhooks(m.to_owned()));
+    if w.base_backoff.is_zero() || w.give_up_after.is_zero() {
+        return bad("backoff and give-up times must be positive");
+    }
+    if w.max_backoff < w.base_backoff {
+        return bad("the max backoff must be at least the base backoff");
+    }
+    if w.attempt_timeout.is_zero() || w.attempt_timeout > Duration::from_secs(300) {
+        return bad("the attempt timeout must be within 1 ms..=300 s");
+    }
+    Ok(())
 }
 
 fn default_listen() -> SocketAddr {
@@ -162,6 +217,27 @@ mod tests {
         assert_eq!(cfg.listen.to_string(), DEFAULT_LISTEN);
         assert_eq!(cfg.signer, SignerMode::Embedded { bin: None });
         assert_eq!(cfg.body_limit, DEFAULT_BODY_LIMIT);
+        assert_eq!(cfg.webhooks, WebhookConfig::default());
+    }
+
+    #[test]
+    fn webhook_settings_resolve_and_are_checked() {
+        let f = file("webhook_base_backoff_ms = 50\nwebhook_max_backoff_ms = 400\n");
+        let args = ServeArgs {
+            config: Some(f.path().to_owned()),
+            webhook_max_backoff_ms: Some(200),
+            webhook_attempt_timeout_ms: Some(300),
+            ..ServeArgs::default()
+        };
+        let w = args.resolve().unwrap().webhooks;
+        assert_eq!(w.base_backoff, Duration::from_millis(50));
+        assert_eq!(w.max_backoff, Duration::from_millis(200));
+        assert_eq!(w.attempt_timeout, Duration::from_millis(300));
+        assert_eq!(w.give_up_after, WebhookConfig::default().give_up_after);
+        let e = ServeArgs { webhook_base_backoff_ms: Some(10_000_000), ..ServeArgs::default() }.resolve().unwrap_err();
+        assert!(matches!(e, ConfigError::Webhooks(_)), "{e}");
+        let e = ServeArgs { webhook_attempt_timeout_ms: Some(0), ..ServeArgs::default() }.resolve().unwrap_err();
+        assert!(matches!(e, ConfigError::Webhooks(_)), "{e}");
     }
 
     #[test]
@@ -200,6 +276,10 @@ mod tests {
             ("signer_bin", "ALLOWLY_SIGNER_BIN"),
             ("config", "ALLOWLY_CONFIG"),
             ("body_limit", "ALLOWLY_BODY_LIMIT"),
+            ("webhook_base_backoff_ms", "ALLOWLY_WEBHOOK_BASE_BACKOFF_MS"),
+            ("webhook_max_backoff_ms", "ALLOWLY_WEBHOOK_MAX_BACKOFF_MS"),
+            ("webhook_give_up_after_ms", "ALLOWLY_WEBHOOK_GIVE_UP_AFTER_MS"),
+            ("webhook_attempt_timeout_ms", "ALLOWLY_WEBHOOK_ATTEMPT_TIMEOUT_MS"),
         ] {
             let a = serve.get_arguments().find(|a| a.get_id() == arg).unwrap();
             assert_eq!(a.get_env().and_then(|e| e.to_str()), Some(env), "{arg}");

@@ -35,6 +35,8 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct App {
     pub engine: Engine,
     pub metrics: HttpMetrics,
+    /// The webhook worker's metrics (rendered on `/metrics`).
+    pub webhook_metrics: allowly_webhooks::Metrics,
     pub body_limit: usize,
     pub request_ids: RequestIds,
 }

@@ -2,7 +2,8 @@
 //!
 //! It parses and authenticates requests, maps each endpoint onto one [`allowly_engine::Engine`]
 //! call, and maps the answer (or the error) back to HTTP. It holds no business logic and no key
-//! material; it is the only crate that knows HTTP.
+//! material. With `allowly-webhooks` (which sends the outgoing webhooks and whose worker
+//! [`serve`] starts and stops) it is the only crate that speaks HTTP.
 //!
 //! # Running
 //!
@@ -20,11 +21,16 @@
 //! | `--signer-socket PATH` | `ALLOWLY_SIGNER_SOCKET` | `signer_socket` | none (embedded signer) |
 //! | `--signer-bin PATH` | `ALLOWLY_SIGNER_BIN` | `signer_bin` | next to `allowly`, else on `PATH` |
 //! | `--body-limit BYTES` | `ALLOWLY_BODY_LIMIT` | `body_limit` | 65536 |
+//! | `--webhook-base-backoff-ms MS` | `ALLOWLY_WEBHOOK_BASE_BACKOFF_MS` | `webhook_base_backoff_ms` | 5000 |
+//! | `--webhook-max-backoff-ms MS` | `ALLOWLY_WEBHOOK_MAX_BACKOFF_MS` | `webhook_max_backoff_ms` | 3600000 |
+//! | `--webhook-give-up-after-ms MS` | `ALLOWLY_WEBHOOK_GIVE_UP_AFTER_MS` | `webhook_give_up_after_ms` | 86400000 |
+//! | `--webhook-attempt-timeout-ms MS` | `ALLOWLY_WEBHOOK_ATTEMPT_TIMEOUT_MS` | `webhook_attempt_timeout_ms` | 10000 |
 //!
 //! Precedence: flag > environment > file > default. Logging: `ALLOWLY_LOG` (env-filter syntax,
 //! default `info`), to stderr. The first line on stdout is `listening on http://ADDR` (useful
 //! with `--listen 127.0.0.1:0`). SIGTERM or SIGINT: stop accepting, drain requests in flight
-//! (bounded), stop the engine, stop the signer child, exit 0.
+//! (bounded), stop the engine, stop the webhook worker (attempts in flight finish, bounded), stop
+//! the signer child, exit 0.
 //!
 //! # API conventions
 //!

@@ -24,19 +24,26 @@
 //! | POST | `/v1/confirmations/{nonce}` | admin | `confirm` |
 //! | GET | `/v1/escalations/{id}` | read | `escalation` |
 //! | POST | `/v1/escalations/{id}/resolve` | admin | `resolve_escalation` |
+//! | POST | `/v1/webhooks` | admin | `create_webhook` → 201 (the only answer with the secret) |
+//! | GET | `/v1/webhooks` | read | `webhooks` |
+//! | GET | `/v1/webhooks/{id}` | read | `webhook` |
+//! | POST | `/v1/webhooks/{id}/disable` | admin | `disable_webhook` |
+//! | POST | `/v1/webhooks/{id}/enable` | admin | `enable_webhook` |
+//! | GET | `/v1/webhooks/{id}/deliveries[?limit=…][&starting_after=…]` | read | `deliveries` (newest first) |
+//! | GET | `/v1/deliveries/{id}` | read | `delivery` |
 //!
 //! `Idempotency-Key` is honoured on the POSTs that record receipts (authorizations, revoke,
 //! check, confirmations, escalation resolve): a repeat with the same request gets the first
-//! answer (24 h); with another request, 422. On the admin POSTs it is refused (400) rather
-//! than silently ignored. Answering a confirmation or an escalation needs `admin` — the app's
+//! answer (24 h); with another request, 422. On the admin POSTs (workspaces, API keys,
+//! webhooks) it is refused (400) rather than silently ignored. Answering a confirmation or an escalation needs `admin` — the app's
 //! backend — never `check`: an agent must not approve its own actions.
 //!
 //! Endpoints without `{ws}` act on the API key's workspace. Path ids outside
 //! `[A-Za-z0-9_-]{1,128}` match nothing (404).
 
 use allowly_engine::model::{
-    CheckRequest, ConfirmationAnswer, EscalationAnswer, ExportScope, NewApiKey, NewAuthorization, NewWorkspace,
-    ScopeRules,
+    CheckRequest, ConfirmationAnswer, EscalationAnswer, ExportScope, NewApiKey, NewAuthorization, NewWebhook,
+    NewWorkspace, ScopeRules,
 };
 use allowly_engine::{Engine, EngineError};
 use allowly_store::Role;
@@ -79,6 +86,13 @@ pub enum Route {
     ConfirmationAnswer,
     EscalationGet,
     EscalationResolve,
+    WebhookCreate,
+    WebhookList,
+    WebhookGet,
+    WebhookDisable,
+    WebhookEnable,
+    DeliveryList,
+    DeliveryGet,
     /// No route matched (404) or the method did not (405).
     Unmatched,
 }
@@ -110,6 +124,13 @@ impl Route {
             Self::ConfirmationAnswer => "confirmation_answer",
             Self::EscalationGet => "escalation_get",
             Self::EscalationResolve => "escalation_resolve",
+            Self::WebhookCreate => "webhook_create",
+            Self::WebhookList => "webhook_list",
+            Self::WebhookGet => "webhook_get",
+            Self::WebhookDisable => "webhook_disable",
+            Self::WebhookEnable => "webhook_enable",
+            Self::DeliveryList => "delivery_list",
+            Self::DeliveryGet => "delivery_get",
             Self::Unmatched => "unmatched",
         }
     }
@@ -129,11 +150,18 @@ impl Route {
             | Self::AuthorizationExport
             | Self::ReceiptGet
             | Self::ReceiptList
-            | Self::EscalationGet => Access::Workspace(Role::Read),
+            | Self::EscalationGet
+            | Self::WebhookList
+            | Self::WebhookGet
+            | Self::DeliveryList
+            | Self::DeliveryGet => Access::Workspace(Role::Read),
             Self::AuthorizationCreate
             | Self::AuthorizationRevoke
             | Self::ConfirmationAnswer
-            | Self::EscalationResolve => Access::Workspace(Role::Admin),
+            | Self::EscalationResolve
+            | Self::WebhookCreate
+            | Self::WebhookDisable
+            | Self::WebhookEnable => Access::Workspace(Role::Admin),
             Self::Check => Access::Workspace(Role::Check),
         }
     }
@@ -216,6 +244,12 @@ pub fn match_route<'a>(method: &Method, path: &'a str) -> Matched<'a> {
         ["v1", "confirmations", nonce] => (&[(Post, Route::ConfirmationAnswer)], None, Some(*nonce)),
         ["v1", "escalations", id] => (&[(Get, Route::EscalationGet)], None, Some(*id)),
         ["v1", "escalations", id, "resolve"] => (&[(Post, Route::EscalationResolve)], None, Some(*id)),
+        ["v1", "webhooks"] => (&[(Post, Route::WebhookCreate), (Get, Route::WebhookList)], None, None),
+        ["v1", "webhooks", id] => (&[(Get, Route::WebhookGet)], None, Some(*id)),
+        ["v1", "webhooks", id, "disable"] => (&[(Post, Route::WebhookDisable)], None, Some(*id)),
+        ["v1", "webhooks", id, "enable"] => (&[(Post, Route::WebhookEnable)], None, Some(*id)),
+        ["v1", "webhooks", id, "deliveries"] => (&[(Get, Route::DeliveryList)], None, Some(*id)),
+        ["v1", "deliveries", id] => (&[(Get, Route::DeliveryGet)], None, Some(*id)),
         _ => return Matched::NotFound,
     };
     if ws.is_some_and(|s| !valid_path_id(s)) || id.is_some_and(|s| !valid_path_id(s)) {
@@ -268,7 +302,17 @@ async fn handle(app: &App, t: Target<'_>, parts: &Parts, body: Incoming) -> Resu
     let (h, limit) = (&parts.headers, app.body_limit);
     let query = |known: &[&str]| Query::parse(parts.uri.query(), known);
     let idem = extract::idempotency_key(h)?;
-    if idem.is_some() && matches!(t.route, Route::WorkspaceCreate | Route::ApiKeyCreate | Route::ApiKeyRevoke) {
+    if idem.is_some()
+        && matches!(
+            t.route,
+            Route::WorkspaceCreate
+                | Route::ApiKeyCreate
+                | Route::ApiKeyRevoke
+                | Route::WebhookCreate
+                | Route::WebhookDisable
+                | Route::WebhookEnable
+        )
+    {
         return Err(Problem::idempotency_not_supported());
     }
 
@@ -280,6 +324,7 @@ async fn handle(app: &App, t: Target<'_>, parts: &Parts, body: Incoming) -> Resu
         }
         Route::Metrics => {
             let mut text = app.metrics.render();
+            text.push_str(&app.webhook_metrics.text());
             text.push_str(&engine.metrics_text().await);
             Ok(with_type(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", text.into_bytes()))
         }
@@ -350,19 +395,52 @@ async fn handle(app: &App, t: Target<'_>, parts: &Parts, body: Incoming) -> Resu
             let req: EscalationAnswer = extract::json_body(h, body, limit).await?;
             json(StatusCode::OK, &engine.resolve_escalation(ws()?, id()?, req, idem).await?)
         }
+        Route::WebhookCreate => {
+            let req: NewWebhook = extract::json_body(h, body, limit).await?;
+            let created = engine.create_webhook(ws()?, req).await?;
+            let mut r = json(StatusCode::CREATED, &created)?;
+            location(&mut r, &format!("/v1/webhooks/{}", created.webhook.id));
+            // Carries the signing secret: never cached.
+            r.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            Ok(r)
+        }
+        Route::WebhookList => {
+            query(&[])?;
+            json(StatusCode::OK, &engine.webhooks(ws()?)?)
+        }
+        Route::WebhookGet => json(StatusCode::OK, &engine.webhook(ws()?, id()?)?),
+        Route::WebhookDisable => {
+            extract::empty_body(h, body, limit).await?;
+            json(StatusCode::OK, &engine.disable_webhook(ws()?, id()?).await?)
+        }
+        Route::WebhookEnable => {
+            extract::empty_body(h, body, limit).await?;
+            json(StatusCode::OK, &engine.enable_webhook(ws()?, id()?).await?)
+        }
+        Route::DeliveryList => {
+            let q = query(&["limit", "starting_after"])?;
+            let limit = page_limit(q.u64("limit")?)?;
+            json(StatusCode::OK, &engine.deliveries(ws()?, id()?, q.str("starting_after"), limit)?)
+        }
+        Route::DeliveryGet => json(StatusCode::OK, &engine.delivery(ws()?, id()?)?),
         Route::ReceiptGet => json(StatusCode::OK, &engine.receipt(ws()?, id()?)?),
         Route::ReceiptList => {
             let q = query(&["authorization_id", "limit", "starting_after"])?;
-            let limit = q.u64("limit")?.unwrap_or(100);
-            if !(1..=1000).contains(&limit) {
-                return Err(Problem::invalid("query parameter `limit` must be within 1..=1000"));
-            }
-            let page =
-                engine.trail(ws()?, q.required_str("authorization_id")?, q.str("starting_after"), limit as usize)?;
+            let limit = page_limit(q.u64("limit")?)?;
+            let page = engine.trail(ws()?, q.required_str("authorization_id")?, q.str("starting_after"), limit)?;
             json(StatusCode::OK, &page)
         }
         Route::Unmatched => Err(Problem::not_found()),
     }
+}
+
+/// A list's `limit` (default 100, 1..=1000).
+fn page_limit(limit: Option<u64>) -> Result<usize, Problem> {
+    let limit = limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(Problem::invalid("query parameter `limit` must be within 1..=1000"));
+    }
+    Ok(limit as usize)
 }
 
 /// An evidence bundle as JSON Lines. Built off the async workers: it reads a whole trail or log
@@ -420,6 +498,14 @@ mod tests {
         check(Method::POST, "/v1/check", found(Route::Check, None, None));
         check(Method::GET, "/v1/receipts", found(Route::ReceiptList, None, None));
         check(Method::GET, "/v1/receipts/rc_1", found(Route::ReceiptGet, None, Some("rc_1")));
+        check(Method::POST, "/v1/webhooks", found(Route::WebhookCreate, None, None));
+        check(Method::GET, "/v1/webhooks", found(Route::WebhookList, None, None));
+        check(Method::GET, "/v1/webhooks/wh_1", found(Route::WebhookGet, None, Some("wh_1")));
+        check(Method::POST, "/v1/webhooks/wh_1/disable", found(Route::WebhookDisable, None, Some("wh_1")));
+        check(Method::POST, "/v1/webhooks/wh_1/enable", found(Route::WebhookEnable, None, Some("wh_1")));
+        check(Method::GET, "/v1/webhooks/wh_1/deliveries", found(Route::DeliveryList, None, Some("wh_1")));
+        check(Method::GET, "/v1/deliveries/dl_1", found(Route::DeliveryGet, None, Some("dl_1")));
+        check(Method::DELETE, "/v1/webhooks", Matched::MethodNotAllowed("POST, GET".into()));
     }
 
     #[test]
@@ -467,6 +553,13 @@ mod tests {
             ConfirmationAnswer,
             EscalationGet,
             EscalationResolve,
+            WebhookCreate,
+            WebhookList,
+            WebhookGet,
+            WebhookDisable,
+            WebhookEnable,
+            DeliveryList,
+            DeliveryGet,
             Unmatched,
         ];
         let names: std::collections::HashSet<_> = all.iter().map(|r| r.name()).collect();

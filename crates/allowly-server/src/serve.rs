@@ -1,5 +1,8 @@
-//! `allowly serve` from start to exit: data directory, store, signer, engine, admin token,
-//! HTTP, and the shutdown order (stop accepting → drain requests → engine → signer).
+//! `allowly serve` from start to exit: data directory, store, signer, engine, webhook worker,
+//! admin token, HTTP, and the shutdown order (stop accepting → drain requests → engine → webhook
+//! worker → signer). The engine stops before the worker so that what it still signs is
+//! enqueued; the worker lets attempts in flight finish (bounded) and leaves everything else in
+//! the outbox for the next start.
 
 use std::io::Write as _;
 use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
@@ -9,7 +12,7 @@ use std::time::Duration;
 
 use allowly_engine::{Engine, EngineConfig};
 use allowly_signer_proto::client::{ClientOptions, SignerClient};
-use allowly_store::{RocksOptions, RocksStore};
+use allowly_store::{RocksOptions, RocksStore, Store};
 use tokio::net::TcpListener;
 
 use crate::config::{ServerConfig, SignerMode};
@@ -32,6 +35,8 @@ pub enum ServeError {
     Signer(#[from] SignerChildError),
     #[error("{what}: {source}")]
     Engine { what: &'static str, source: allowly_engine::EngineError },
+    #[error("starting the webhook worker: {0}")]
+    Webhooks(String),
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServeError {
@@ -95,13 +100,30 @@ async fn serve_with_engine(
     signer: SignerClient,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), ServeError> {
-    let engine = Engine::start(Arc::new(store), signer, EngineConfig::default())
+    let store: Arc<dyn Store> = Arc::new(store);
+    let engine = Engine::start(store.clone(), signer, EngineConfig::default())
         .await
         .map_err(|source| ServeError::Engine { what: "starting the engine", source })?;
+    let webhook_metrics = allowly_webhooks::Metrics::new();
+    // Starts by scanning the whole outbox: deliveries a previous run left are taken up again.
+    let worker = match allowly_webhooks::Worker::start(
+        store,
+        Arc::new(engine.clone()),
+        engine.webhook_signal(),
+        cfg.webhooks.clone(),
+        webhook_metrics.clone(),
+    ) {
+        Ok(w) => w,
+        Err(e) => {
+            engine.shutdown().await;
+            return Err(ServeError::Webhooks(e));
+        }
+    };
     let token = match ensure_admin_token(&engine, data_dir).await {
         Ok(t) => t,
         Err(e) => {
             engine.shutdown().await;
+            worker.stop().await;
             return Err(e);
         }
     };
@@ -122,12 +144,15 @@ async fn serve_with_engine(
     let app = Arc::new(App {
         engine: engine.clone(),
         metrics: crate::metrics::HttpMetrics::new(),
+        webhook_metrics,
         body_limit: cfg.body_limit,
         request_ids: Default::default(),
     });
     crate::http::serve(listener, app, shutdown, DRAIN_TIMEOUT).await;
     tracing::info!("stopping the engine");
     engine.shutdown().await;
+    tracing::info!("stopping the webhook worker");
+    worker.stop().await;
     Ok(())
 }
 

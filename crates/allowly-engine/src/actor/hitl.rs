@@ -270,6 +270,8 @@ impl WsState {
         if doc.status != EscalationStatus::Pending {
             return refused("escalation_already_resolved", "this escalation was already resolved");
         }
+        // Read before anything changes, so a store error leaves the actor's state as it was.
+        let endpoints = self.endpoint_list()?;
         let (scopes, resource, auth) = (doc.scopes.clone(), doc.resource.clone(), doc.authorization_id.clone());
         if now >= doc.expires_at_ms || answer.is_none() {
             if now < doc.expires_at_ms {
@@ -287,6 +289,7 @@ impl WsState {
             doc.resolved_at_ms = Some(now);
             doc.resolution_receipt_id = Some(rec.id.clone());
             self.put_doc(&mut ops, DocKind::Escalation, id, &doc)?;
+            ops.extend(self.resolved_event(&endpoints, id, &doc, Decision::Deny, "escalation_expired", &rec, now)?);
             let receipt = Some(Box::new(pending_envelope(&rec)?));
             if answer.is_none() {
                 let view = doc.view(id)?;
@@ -332,6 +335,7 @@ impl WsState {
         doc.approver = Some(answer.approver);
         doc.resolution_receipt_id = Some(rec.id.clone());
         self.put_doc(&mut ops, DocKind::Escalation, id, &doc)?;
+        ops.extend(self.resolved_event(&endpoints, id, &doc, decision, reason, &rec, now)?);
         let view = doc.view(id)?;
         Ok((
             ops,
@@ -342,6 +346,31 @@ impl WsState {
                 escalation: Some(view),
             }),
         ))
+    }
+
+    /// The `escalation.resolved` event of `doc` (resolved by `rec`), for whoever wants it.
+    #[allow(clippy::too_many_arguments)]
+    fn resolved_event(
+        &mut self,
+        endpoints: &[allowly_webhooks::Endpoint],
+        id: &str,
+        doc: &EscalationDoc,
+        decision: Decision,
+        reason: &str,
+        rec: &allowly_store::ReceiptRecord,
+        now: u64,
+    ) -> Result<Vec<Op>> {
+        let data = serde_json::json!({
+            "workspace_id": self.ws.id,
+            "authorization_id": doc.authorization_id,
+            "escalation_id": id,
+            "status": doc.status,
+            "decision": decision,
+            "reason": reason,
+            "approver": doc.approver,
+            "receipt": pending_envelope(rec)?,
+        });
+        self.event_ops(endpoints, allowly_webhooks::EventType::EscalationResolved, now, data)
     }
 
     /// Records the expiry of an overdue escalation (no-op answer if it is not overdue).

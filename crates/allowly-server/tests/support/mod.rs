@@ -98,6 +98,10 @@ impl Server {
             "ALLOWLY_CONFIG",
             "ALLOWLY_BODY_LIMIT",
             "ALLOWLY_SIGNER_MASTER_KEY",
+            "ALLOWLY_WEBHOOK_BASE_BACKOFF_MS",
+            "ALLOWLY_WEBHOOK_MAX_BACKOFF_MS",
+            "ALLOWLY_WEBHOOK_GIVE_UP_AFTER_MS",
+            "ALLOWLY_WEBHOOK_ATTEMPT_TIMEOUT_MS",
         ] {
             cmd.env_remove(var);
         }

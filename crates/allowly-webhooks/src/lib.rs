@@ -1,0 +1,40 @@
+//! Allowly's outgoing webhooks, following the Standard Webhooks conventions (spec 1.0.0).
+//!
+//! - [`signature`]: `webhook-id`, `webhook-timestamp`, `webhook-signature: v1,<HMAC-SHA256>` with
+//!   a per-endpoint `whsec_` secret (never the workspace's receipt key).
+//! - [`model`]: the stored documents (endpoint, delivery, outbox entry), the API views, the
+//!   event payload `{"type", "timestamp", "data"}`, and [`model::enqueue`], which the engine
+//!   calls to add an event's deliveries *to the same write* as the receipt that caused it — so
+//!   an event exists if and only if its receipt does.
+//! - [`worker`]: the delivery worker (outbox scan, attempts, results) and [`schedule`], its
+//!   retry schedule (exponential backoff with jitter over a day, then `failed`).
+//! - [`client`]: one attempt over HTTP/1.1, `http://` or `https://` (rustls, Mozilla roots).
+//! - [`metrics`] (`allowly_webhook_*`), [`error`].
+//!
+//! Events: `escalation.requested`, `escalation.resolved`, `authorization.revoked` (written by
+//! the workspace actor with their receipt) and `receipt.signed` (written by the signing pipeline
+//! with the signature it stores).
+//!
+//! **Not filtered:** an endpoint URL may name any host the server can reach, private networks
+//! included (the spec's SSRF warning). Deployments that accept endpoints from untrusted users
+//! must restrict the service's egress (a firewall or an egress proxy).
+//!
+//! With `allowly-server`, this is the only crate that speaks HTTP; the engine decides what to
+//! send and never sends it.
+
+pub mod client;
+pub mod error;
+pub mod metrics;
+pub mod model;
+pub mod schedule;
+pub mod signature;
+pub mod worker;
+
+pub use error::{Result, WebhookError};
+pub use metrics::Metrics;
+pub use model::{
+    CreatedWebhook, DeliveryStatus, DeliveryView, Endpoint, Event, EventType, NewWebhook, WebhookDoc, WebhookView,
+};
+pub use schedule::WebhookConfig;
+pub use signature::Secret;
+pub use worker::{Control, Worker};
