@@ -521,6 +521,31 @@ impl WsState {
         Ok(rec)
     }
 
+    /// The first time an authorization's expiry matters, records it in the trail (before the
+    /// receipt of whatever it mattered to); later times record nothing.
+    fn record_expiry(
+        &self,
+        a: &mut AuthorizationRecord,
+        index: &mut u64,
+        time: Timestamp,
+        receipts: &mut Vec<ReceiptRecord>,
+    ) -> Result<()> {
+        if a.expiry_recorded {
+            return Ok(());
+        }
+        let ev = Event {
+            kind: EventKind::Expiry,
+            decision: None,
+            reason: Some("expired"),
+            scopes: a.scopes.clone(),
+            resource: None,
+            time,
+        };
+        receipts.push(self.receipt(a, index, ev, |_| {})?);
+        a.expiry_recorded = true;
+        Ok(())
+    }
+
     /// Makes `a` and `index` the actor's state and returns the ops that persist them.
     fn advance(&mut self, a: AuthorizationRecord, index: u64, receipts: Vec<ReceiptRecord>) -> Vec<Op> {
         self.next_index = index;
@@ -630,18 +655,8 @@ impl WsState {
         let time = ts(now)?;
         let mut index = self.next_index;
         let mut receipts = Vec::with_capacity(2);
-        if reason == Reason::Expired && !a.expiry_recorded {
-            // The first time expiry matters it is recorded in the trail, then the check.
-            let ev = Event {
-                kind: EventKind::Expiry,
-                decision: None,
-                reason: Some("expired"),
-                scopes: a.scopes.clone(),
-                resource: None,
-                time,
-            };
-            receipts.push(self.receipt(&mut a, &mut index, ev, |_| {})?);
-            a.expiry_recorded = true;
+        if reason == Reason::Expired {
+            self.record_expiry(&mut a, &mut index, time, &mut receipts)?;
         }
         let decision = match verdict {
             Verdict::Allow => Decision::Allow,

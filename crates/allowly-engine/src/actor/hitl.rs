@@ -161,17 +161,8 @@ impl WsState {
         let mut index = self.next_index;
         let mut receipts = Vec::with_capacity(2);
         let expired = a.expires_at_ms.is_some_and(|t| now >= t) && a.revoked_at_ms.is_none();
-        if expired && !a.expiry_recorded {
-            let ev = Event {
-                kind: EventKind::Expiry,
-                decision: None,
-                reason: Some("expired"),
-                scopes: a.scopes.clone(),
-                resource: None,
-                time,
-            };
-            receipts.push(self.receipt(&mut a, &mut index, ev, |_| {})?);
-            a.expiry_recorded = true;
+        if expired {
+            self.record_expiry(&mut a, &mut index, time, &mut receipts)?;
         }
         let ev = Event {
             kind: step.kind,
