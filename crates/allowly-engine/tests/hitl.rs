@@ -280,3 +280,60 @@ fn an_idempotency_key_answers_the_same_after_a_restart() {
     });
     signer.stop();
 }
+
+/// Random sequences of checks with and without keys, some keys reused with another request:
+/// the trail grows by exactly one receipt per first successful use of a key and per keyless
+/// call, a repeat returns the first answer, a reuse with another request is refused.
+#[test]
+fn idempotency_keys_yield_exactly_one_receipt_per_key_property() {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestRunner};
+
+    let root = TempDir::new().unwrap();
+    let signer = start_signer(&root);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (e, ws) = rt.block_on(async {
+        let e = Engine::start(open_store(&root), client(&root), config()).await.unwrap();
+        let ws = workspace(&e).await;
+        (e, ws)
+    });
+    // (key: None or one of 3, which of 2 resources)
+    let op = (proptest::option::of(0u8..3), 0u8..2);
+    let mut runner = TestRunner::new(Config { cases: 24, ..Config::default() });
+    let case = std::sync::atomic::AtomicU64::new(0);
+    runner
+        .run(&proptest::collection::vec(op, 1..12), |ops| {
+            let n = case.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            rt.block_on(async {
+                let auth = e.create_authorization(&ws, grant(None), None).await.unwrap().authorization.id;
+                let start = e.authorization(&ws, &auth).unwrap().trail_length;
+                let mut first: std::collections::HashMap<u8, (u8, String)> = Default::default();
+                let mut expected_new = 0u64;
+                for (key, res) in ops {
+                    let key_text = key.map(|k| format!("case{n}-key{k}"));
+                    let r =
+                        e.check(&ws, ask(&auth, "files.read", Some(&format!("doc:{res}"))), key_text.as_deref()).await;
+                    match (key, first.get(&key.unwrap_or(u8::MAX))) {
+                        (None, _) => {
+                            r.unwrap();
+                            expected_new += 1;
+                        }
+                        (Some(k), None) => {
+                            let id = r.unwrap().receipt.unwrap().receipt_id;
+                            first.insert(k, (res, id));
+                            expected_new += 1;
+                        }
+                        (Some(_), Some((first_res, first_id))) if *first_res == res => {
+                            prop_assert_eq!(&r.unwrap().receipt.unwrap().receipt_id, first_id);
+                        }
+                        (Some(_), Some(_)) => prop_assert!(matches!(r, Err(EngineError::IdempotencyMismatch))),
+                    }
+                }
+                prop_assert_eq!(e.authorization(&ws, &auth).unwrap().trail_length, start + expected_new);
+                Ok(())
+            })
+        })
+        .unwrap();
+    rt.block_on(e.shutdown());
+    signer.stop();
+}
