@@ -557,6 +557,7 @@ impl WsState {
 
     fn create_authorization(&mut self, req: NewAuthorization) -> Result<(Vec<Op>, AuthorizationChange)> {
         let now = now_ms();
+        crate::validate::expires_in_future(&req, now)?;
         let metadata_hash = req.metadata.as_ref().map(json_hash).transpose()?;
         let mut a = AuthorizationRecord {
             id: new_id("au_")?,

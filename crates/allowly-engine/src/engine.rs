@@ -373,7 +373,7 @@ impl Engine {
         req: NewAuthorization,
         idem: Option<&str>,
     ) -> Result<AuthorizationChange> {
-        validate::new_authorization(&req, now_ms())?;
+        validate::new_authorization(&req)?;
         let idem = idempotency(idem, "authorization_create", &req)?;
         self.fail_closed()?;
         self.ask(ws, |reply| WsMsg::CreateAuthorization { req, idem, reply }).await

@@ -22,7 +22,7 @@ pub const BODY_LIMIT_RANGE: std::ops::RangeInclusive<usize> = 1024..=16 * 1024 *
 
 const AFTER_HELP: &str = "\
 Every option can also be set by its environment variable or in the TOML file given by --config
-(keys: data_dir, listen, signer_socket, signer_bin, body_limit, webhook_base_backoff_ms,
+(keys: data_dir, listen, signer_socket, signer_bin, body_limit, confirmation_ttl_ms, escalation_ttl_ms, webhook_base_backoff_ms,
 webhook_max_backoff_ms, webhook_give_up_after_ms, webhook_attempt_timeout_ms). Precedence: flag >
 environment > file > default. Relative paths are relative to the working directory.
 
@@ -89,6 +89,12 @@ pub struct ServeArgs {
     /// Webhook delivery: bound on one attempt (connect, send, answer) [default: 10000].
     #[arg(long, env = "ALLOWLY_WEBHOOK_ATTEMPT_TIMEOUT_MS", value_name = "MS")]
     pub webhook_attempt_timeout_ms: Option<u64>,
+    /// How long a `confirm` nonce can be answered [default: 300000 (5 min)].
+    #[arg(long, env = "ALLOWLY_CONFIRMATION_TTL_MS", value_name = "MS")]
+    pub confirmation_ttl_ms: Option<u64>,
+    /// How long an escalation stays open before it resolves to deny [default: 86400000 (24 h)].
+    #[arg(long, env = "ALLOWLY_ESCALATION_TTL_MS", value_name = "MS")]
+    pub escalation_ttl_ms: Option<u64>,
 }
 
 /// The TOML file: the same settings as the flags, all optional.
@@ -104,6 +110,8 @@ pub struct FileConfig {
     pub webhook_max_backoff_ms: Option<u64>,
     pub webhook_give_up_after_ms: Option<u64>,
     pub webhook_attempt_timeout_ms: Option<u64>,
+    pub confirmation_ttl_ms: Option<u64>,
+    pub escalation_ttl_ms: Option<u64>,
 }
 
 /// Where the signer comes from.
@@ -123,6 +131,8 @@ pub struct ServerConfig {
     pub signer: SignerMode,
     pub body_limit: usize,
     pub webhooks: WebhookConfig,
+    pub confirmation_ttl: Duration,
+    pub escalation_ttl: Duration,
 }
 
 /// A configuration that cannot be used.
@@ -136,6 +146,8 @@ pub enum ConfigError {
     BodyLimit(usize),
     #[error("webhook settings: {0}")]
     Webhooks(String),
+    #[error("{0} must be within 1 s..=30 days")]
+    Ttl(&'static str),
 }
 
 impl ServeArgs {
@@ -166,12 +178,22 @@ impl ServeArgs {
             ..d
         };
         check_webhooks(&webhooks)?;
+        let e = allowly_engine::EngineConfig::default();
+        let confirmation_ttl = ms(self.confirmation_ttl_ms, file.confirmation_ttl_ms, e.confirmation_ttl);
+        let escalation_ttl = ms(self.escalation_ttl_ms, file.escalation_ttl_ms, e.escalation_ttl);
+        for (name, ttl) in [("confirmation_ttl_ms", confirmation_ttl), ("escalation_ttl_ms", escalation_ttl)] {
+            if !(Duration::from_secs(1)..=Duration::from_secs(30 * 24 * 3600)).contains(&ttl) {
+                return Err(ConfigError::Ttl(name));
+            }
+        }
         Ok(ServerConfig {
             data_dir: self.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
             listen,
             signer,
             body_limit,
             webhooks,
+            confirmation_ttl,
+            escalation_ttl,
         })
     }
 }
@@ -280,6 +302,8 @@ mod tests {
             ("webhook_max_backoff_ms", "ALLOWLY_WEBHOOK_MAX_BACKOFF_MS"),
             ("webhook_give_up_after_ms", "ALLOWLY_WEBHOOK_GIVE_UP_AFTER_MS"),
             ("webhook_attempt_timeout_ms", "ALLOWLY_WEBHOOK_ATTEMPT_TIMEOUT_MS"),
+            ("confirmation_ttl_ms", "ALLOWLY_CONFIRMATION_TTL_MS"),
+            ("escalation_ttl_ms", "ALLOWLY_ESCALATION_TTL_MS"),
         ] {
             let a = serve.get_arguments().find(|a| a.get_id() == arg).unwrap();
             assert_eq!(a.get_env().and_then(|e| e.to_str()), Some(env), "{arg}");

@@ -101,9 +101,17 @@ async fn serve_with_engine(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), ServeError> {
     let store: Arc<dyn Store> = Arc::new(store);
-    let engine = Engine::start(store.clone(), signer, EngineConfig::default())
-        .await
-        .map_err(|source| ServeError::Engine { what: "starting the engine", source })?;
+    let engine = Engine::start(
+        store.clone(),
+        signer,
+        EngineConfig {
+            confirmation_ttl: cfg.confirmation_ttl,
+            escalation_ttl: cfg.escalation_ttl,
+            ..EngineConfig::default()
+        },
+    )
+    .await
+    .map_err(|source| ServeError::Engine { what: "starting the engine", source })?;
     let webhook_metrics = allowly_webhooks::Metrics::new();
     // Starts by scanning the whole outbox: deliveries a previous run left are taken up again.
     let worker = match allowly_webhooks::Worker::start(
