@@ -365,6 +365,19 @@ impl Engine {
         Ok(())
     }
 
+    /// Like [`Self::fail_closed`], but a request with an `Idempotency-Key` is let through to its
+    /// actor, which answers a repeat from the stored answer even while the signer is down and
+    /// fails closed only for a first use (`WsState::idempotent`).
+    fn fail_closed_unless_keyed(&self, keyed: bool) -> Result<()> {
+        if keyed {
+            if self.shared.shutting_down.load(Ordering::Acquire) {
+                return Err(EngineError::ShuttingDown);
+            }
+            return Ok(());
+        }
+        self.fail_closed()
+    }
+
     /// Records a user's grant; answers once its `authorization.created` receipt is durable.
     /// With an `Idempotency-Key` (`idem`), a repeat answers the first answer again.
     pub async fn create_authorization(
@@ -375,7 +388,7 @@ impl Engine {
     ) -> Result<AuthorizationChange> {
         validate::new_authorization(&req)?;
         let idem = idempotency(idem, "authorization_create", &req)?;
-        self.fail_closed()?;
+        self.fail_closed_unless_keyed(idem.is_some())?;
         self.ask(ws, |reply| WsMsg::CreateAuthorization { req, idem, reply }).await
     }
 
@@ -399,7 +412,7 @@ impl Engine {
         // Checked here so a malformed or foreign id never reaches (or starts) an actor.
         self.authorization_record(ws, id)?;
         let idem = idempotency(idem, "authorization_revoke", &id)?;
-        self.fail_closed()?;
+        self.fail_closed_unless_keyed(idem.is_some())?;
         let id = id.to_owned();
         self.ask(ws, |reply| WsMsg::Revoke { id, idem, reply }).await
     }
@@ -409,7 +422,7 @@ impl Engine {
     pub async fn check(&self, ws: &str, req: CheckRequest, idem: Option<&str>) -> Result<CheckOutcome> {
         validate::check(&req)?;
         let idem = idempotency(idem, "check", &req)?;
-        self.fail_closed()?;
+        self.fail_closed_unless_keyed(idem.is_some())?;
         self.ask(ws, |reply| WsMsg::Check { req, idem, reply }).await
     }
 
@@ -434,7 +447,7 @@ impl Engine {
         }
         self.workspace_record(ws)?;
         let idem = idempotency(idem, "confirmation", &(nonce, &answer))?;
-        self.fail_closed()?;
+        self.fail_closed_unless_keyed(idem.is_some())?;
         let nonce = nonce.to_owned();
         self.ask(ws, |reply| WsMsg::Confirm { nonce, answer, idem, reply }).await
     }
@@ -484,7 +497,7 @@ impl Engine {
         }
         self.workspace_record(ws)?;
         let idem = idempotency(idem, "escalation_resolve", &(id, &answer))?;
-        self.fail_closed()?;
+        self.fail_closed_unless_keyed(idem.is_some())?;
         let id = id.to_owned();
         self.ask(ws, |reply| WsMsg::Resolve { id, answer, idem, reply }).await
     }

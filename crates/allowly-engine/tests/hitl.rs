@@ -337,3 +337,26 @@ fn idempotency_keys_yield_exactly_one_receipt_per_key_property() {
     rt.block_on(e.shutdown());
     signer.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyed_repeat_is_answered_while_the_signer_is_down_and_a_first_use_fails_closed() {
+    let root = TempDir::new().unwrap();
+    let (signer, e, ws, auth) = start(&root, config()).await;
+    let first = e.check(&ws, ask(&auth, "files.read", Some("doc:1")), Some("k-down")).await.unwrap();
+    signer.stop();
+    eventually("the engine notices the signer is gone", || async { !e.readiness().ready }).await;
+    let before = e.authorization(&ws, &auth).unwrap().trail_length;
+    let again = e.check(&ws, ask(&auth, "files.read", Some("doc:1")), Some("k-down")).await.unwrap();
+    assert_eq!(again, first, "a repeat gets the stored answer, signer or not");
+    for key in [Some("k-new"), None] {
+        let r = e.check(&ws, ask(&auth, "files.read", Some("doc:1")), key).await;
+        assert!(matches!(r, Err(EngineError::SignerUnavailable(_))), "{key:?}: {r:?}");
+    }
+    assert_eq!(e.authorization(&ws, &auth).unwrap().trail_length, before, "nothing was written");
+    // A key refused while the signer was down is still unused.
+    let signer = start_signer(&root);
+    eventually("ready again", || async { e.readiness().ready }).await;
+    e.check(&ws, ask(&auth, "files.read", Some("doc:1")), Some("k-new")).await.unwrap();
+    e.shutdown().await;
+    signer.stop();
+}
