@@ -361,10 +361,8 @@ impl WsState {
             Ok(_) => {}
         }
         // A first use fails closed while the signer is down (a repeat was answered above).
-        if !self.shared.health.is_up() {
-            self.shared.metrics.failed_closed.inc();
-            let why = self.shared.health.detail().unwrap_or_else(|| "signer down".into());
-            return self.stage(Err(EngineError::SignerUnavailable(why)), reply);
+        if let Err(e) = self.shared.health.require_up(&self.shared.metrics) {
+            return self.stage(Err(e), reply);
         }
         let r = f(self).and_then(|(mut ops, answer)| {
             if let Ok(a) = &answer {

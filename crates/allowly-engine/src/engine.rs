@@ -82,7 +82,7 @@ impl Engine {
             webhook_wake: Default::default(),
         });
         let engine = Self { shared: shared.clone() };
-        engine.probe().await;
+        shared.probe_signer().await;
         tokio::spawn(probe_loop(Arc::downgrade(&shared)));
         // Receipts a previous run committed but did not get signed.
         let s = shared.clone();
@@ -104,15 +104,6 @@ impl Engine {
 
     pub(crate) fn shared(&self) -> &Arc<Shared> {
         &self.shared
-    }
-
-    async fn probe(&self) {
-        let s = &self.shared;
-        match tokio::time::timeout(s.cfg.signer_timeout, s.signer.ping()).await {
-            Ok(Ok(())) => s.health.set_up(&s.metrics),
-            Ok(Err(e)) => s.health.set_down(&s.metrics, &e.to_string()),
-            Err(_) => s.health.set_down(&s.metrics, "signer did not answer a ping in time"),
-        }
     }
 
     /// Stops taking work, finishes every decision in flight, signs what is pending (bounded by
@@ -354,28 +345,22 @@ impl Engine {
     }
 
     fn fail_closed(&self) -> Result<()> {
+        self.fail_closed_unless_keyed(false)
+    }
+
+    /// Refuses new work while shutting down, and fails closed while the signer is down — except
+    /// for a request with an `Idempotency-Key`, which goes on to its actor: a repeat is answered
+    /// from the stored answer, signer or not, and only a first use fails closed there
+    /// (`WsState::idempotent`).
+    fn fail_closed_unless_keyed(&self, keyed: bool) -> Result<()> {
         let s = &self.shared;
         if s.shutting_down.load(Ordering::Acquire) {
             return Err(EngineError::ShuttingDown);
         }
-        if !s.health.is_up() {
-            s.metrics.failed_closed.inc();
-            return Err(EngineError::SignerUnavailable(s.health.detail().unwrap_or_else(|| "signer down".into())));
-        }
-        Ok(())
-    }
-
-    /// Like [`Self::fail_closed`], but a request with an `Idempotency-Key` is let through to its
-    /// actor, which answers a repeat from the stored answer even while the signer is down and
-    /// fails closed only for a first use (`WsState::idempotent`).
-    fn fail_closed_unless_keyed(&self, keyed: bool) -> Result<()> {
         if keyed {
-            if self.shared.shutting_down.load(Ordering::Acquire) {
-                return Err(EngineError::ShuttingDown);
-            }
             return Ok(());
         }
-        self.fail_closed()
+        s.health.require_up(&s.metrics)
     }
 
     /// Records a user's grant; answers once its `authorization.created` receipt is durable.
@@ -439,11 +424,7 @@ impl Engine {
     ) -> Result<Resolution> {
         validate::confirmation_answer(&answer)?;
         if allowly_receipt::types::validate_id("nonce", nonce).is_err() {
-            return Err(EngineError::Refused {
-                code: "confirmation_not_found",
-                message: "no such confirmation nonce".into(),
-                receipt: None,
-            });
+            return Err(EngineError::refused("confirmation_not_found", "no such confirmation nonce"));
         }
         self.workspace_record(ws)?;
         let idem = idempotency(idem, "confirmation", &(nonce, &answer))?;
@@ -454,11 +435,7 @@ impl Engine {
 
     /// An escalation. One past its expiry is resolved to deny first (with its receipt).
     pub async fn escalation(&self, ws: &str, id: &str) -> Result<EscalationView> {
-        let not_found = || EngineError::Refused {
-            code: "escalation_not_found",
-            message: "no such escalation".into(),
-            receipt: None,
-        };
+        let not_found = || EngineError::refused("escalation_not_found", "no such escalation");
         let doc = self.shared.store.doc(DocKind::Escalation, ws, id).map_err(|e| match e {
             StoreError::InvalidId { .. } => not_found(),
             other => EngineError::Store(other),
@@ -489,11 +466,7 @@ impl Engine {
     ) -> Result<Resolution> {
         validate::escalation_answer(&answer)?;
         if allowly_receipt::types::validate_id("escalation_id", id).is_err() {
-            return Err(EngineError::Refused {
-                code: "escalation_not_found",
-                message: "no such escalation".into(),
-                receipt: None,
-            });
+            return Err(EngineError::refused("escalation_not_found", "no such escalation"));
         }
         self.workspace_record(ws)?;
         let idem = idempotency(idem, "escalation_resolve", &(id, &answer))?;
@@ -716,11 +689,6 @@ async fn probe_loop(shared: std::sync::Weak<Shared>) {
     loop {
         tick.tick().await;
         let Some(s) = shared.upgrade() else { return };
-        let r = tokio::time::timeout(s.cfg.signer_timeout, s.signer.ping()).await;
-        match r {
-            Ok(Ok(())) => s.health.set_up(&s.metrics),
-            Ok(Err(e)) => s.health.set_down(&s.metrics, &e.to_string()),
-            Err(_) => s.health.set_down(&s.metrics, "signer did not answer a ping in time"),
-        }
+        s.probe_signer().await;
     }
 }

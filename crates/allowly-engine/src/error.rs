@@ -66,6 +66,11 @@ impl EngineError {
         }
     }
 
+    /// A refused step that left nothing in the trail.
+    pub(crate) fn refused(code: &'static str, message: &str) -> Self {
+        Self::Refused { code, message: message.to_owned(), receipt: None }
+    }
+
     pub(crate) fn invalid(field: &'static str, message: impl Into<String>) -> Self {
         Self::Invalid { field, message: message.into() }
     }

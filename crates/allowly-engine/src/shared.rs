@@ -76,6 +76,26 @@ impl Health {
     pub fn detail(&self) -> Option<String> {
         self.detail.lock().ok().and_then(|d| d.clone())
     }
+
+    /// Fails closed while the signer is down (counted): nothing may be decided or written.
+    pub fn require_up(&self, m: &Metrics) -> Result<()> {
+        if self.is_up() {
+            return Ok(());
+        }
+        m.failed_closed.inc();
+        Err(EngineError::SignerUnavailable(self.detail().unwrap_or_else(|| "signer down".into())))
+    }
+}
+
+impl Shared {
+    /// One bounded ping; the health follows its outcome (the probe loop and start-up).
+    pub async fn probe_signer(&self) {
+        match tokio::time::timeout(self.cfg.signer_timeout, self.signer.ping()).await {
+            Ok(Ok(())) => self.health.set_up(&self.metrics),
+            Ok(Err(e)) => self.health.set_down(&self.metrics, &e.to_string()),
+            Err(_) => self.health.set_down(&self.metrics, "signer did not answer a ping in time"),
+        }
+    }
 }
 
 /// Milliseconds since the Unix epoch (0 if the clock is before 1970).

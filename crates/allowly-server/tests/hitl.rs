@@ -22,13 +22,8 @@ use support::*;
 
 fn start(data_dir: &Path) -> Server {
     let s = Server::start(data_dir);
-    wait_ready(&s);
+    s.wait_ready();
     s
-}
-
-fn wait_ready(s: &Server) {
-    let c = s.client();
-    eventually("/readyz to answer 200", || s.diagnostics(), || (c.get("/readyz", None).status == 200).then_some(()));
 }
 
 /// One workspace and its keys (one per role).
@@ -704,7 +699,7 @@ fn expired_nonces_and_escalations_are_recorded_as_denies() {
     let tmp = tempfile::tempdir().unwrap();
     let s =
         Server::start_with(&tmp.path().join("data"), &["--confirmation-ttl-ms", "1000", "--escalation-ttl-ms", "1000"]);
-    wait_ready(&s);
+    s.wait_ready();
     let c = s.client();
     let ws = workspace(&s, "expiry", json!({ "mail.send": "confirm", "payments.*": "escalate" }));
     let (az, _) = grant(&s, &ws, json!({ "subject": "u", "scopes": ["mail.*", "payments.*"] }));

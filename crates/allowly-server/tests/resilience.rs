@@ -90,11 +90,6 @@ fn tenant(s: &Server, name: &str, scopes: &[&str]) -> Tenant {
     Tenant { ws, admin, reader, reader_id, checker, az }
 }
 
-fn wait_ready(s: &Server) {
-    let c = s.client();
-    eventually("/readyz to answer 200", || s.diagnostics(), || (c.get("/readyz", None).status == 200).then_some(()));
-}
-
 /// A receipt a client was given in a 200 answer.
 #[derive(Debug, Clone)]
 struct Acked {
@@ -492,7 +487,7 @@ fn kill9_of_the_server_loses_no_acknowledged_receipt() {
     let _reaper = Reaper(tmp.path().to_owned());
     let data = tmp.path().join("data");
     let mut s = Server::start(&data);
-    wait_ready(&s);
+    s.wait_ready();
     let t = tenant(&s, "crash", &["files.*"]);
     let mut all: Vec<Acked> = Vec::new();
     let mut seen_checkpoints = Vec::new();
@@ -523,7 +518,7 @@ fn kill9_of_the_server_loses_no_acknowledged_receipt() {
         }
 
         s = Server::start(&data);
-        wait_ready(&s);
+        s.wait_ready();
         assert_all_exist(&s, &t.reader, &acked);
         eprintln!("round {round}: killed after {} acknowledged checks (target {target})", acked.len());
         all.extend(acked);
@@ -544,7 +539,7 @@ fn kill9_of_the_signer_fails_closed_and_loses_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let _reaper = Reaper(tmp.path().to_owned());
     let s = Server::start(&tmp.path().join("data"));
-    wait_ready(&s);
+    s.wait_ready();
     let t = tenant(&s, "signer-crash", &["files.*"]);
     let mut seen_checkpoints = Vec::new();
 
@@ -565,7 +560,7 @@ fn kill9_of_the_signer_fails_closed_and_loses_nothing() {
             || s.diagnostics(),
             || children_named(s.pid(), "allowly-signer").into_iter().find(|p| *p != old),
         );
-        wait_ready(&s);
+        s.wait_ready();
         // Decisions continue after recovery.
         ok_before = load.ok.load(Ordering::Acquire) + 5;
         load.wait_ok(ok_before, &s);
@@ -598,7 +593,7 @@ fn a_stopped_signer_fails_closed_and_recovers() {
     let tmp = tempfile::tempdir().unwrap();
     let _reaper = Reaper(tmp.path().to_owned());
     let s = Server::start(&tmp.path().join("data"));
-    wait_ready(&s);
+    s.wait_ready();
     let t = tenant(&s, "stopped", &["files.*"]);
     let c = s.client();
     let check = || c.post("/v1/check", &t.checker, json!({ "authorization_id": t.az, "scopes": ["files.read"] }));
@@ -663,7 +658,7 @@ fn a_stopped_signer_fails_closed_and_recovers() {
 
     // SIGCONT: readiness returns, checks succeed and everything gets signed.
     drop(guard);
-    wait_ready(&s);
+    s.wait_ready();
     let back = eventually(
         "checks to be answered 200 again",
         || s.diagnostics(),
@@ -687,7 +682,7 @@ fn another_tenants_objects_are_404_everywhere_and_stay_unchanged() {
     let tmp = tempfile::tempdir().unwrap();
     let _reaper = Reaper(tmp.path().to_owned());
     let s = Server::start(&tmp.path().join("data"));
-    wait_ready(&s);
+    s.wait_ready();
     let c = s.client();
     let a = tenant(&s, "A", &["mail.*"]);
     let b = tenant(&s, "B", &["mail.*"]);
@@ -881,7 +876,7 @@ fn bad_input_on_every_endpoint_is_a_4xx_problem_and_changes_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let _reaper = Reaper(tmp.path().to_owned());
     let s = Server::start(&tmp.path().join("data"));
-    wait_ready(&s);
+    s.wait_ready();
     let c = s.client();
     let root = s.admin_token();
     let t = tenant(&s, "bad-input", &["mail.*"]);
@@ -1246,7 +1241,7 @@ fn random_bodies_to_check_and_grant_never_get_a_5xx() {
     let tmp = tempfile::tempdir().unwrap();
     let _reaper = Reaper(tmp.path().to_owned());
     let s = Server::start(&tmp.path().join("data"));
-    wait_ready(&s);
+    s.wait_ready();
     let c = s.client();
     let t = tenant(&s, "fuzz", &["*"]);
     let started = Instant::now();

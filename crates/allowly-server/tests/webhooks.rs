@@ -119,13 +119,8 @@ fn created(r: &Resp, what: &str) -> Value {
 /// A server with the short schedule, ready (signer answering).
 fn start(dir: &Path) -> Server {
     let s = Server::start_with(&dir.join("data"), FAST);
-    wait_ready(&s);
+    s.wait_ready();
     s
-}
-
-fn wait_ready(s: &Server) {
-    let c = s.client();
-    eventually("/readyz to answer 200", || s.diagnostics(), || (c.get("/readyz", None).status == 200).then_some(()));
 }
 
 /// A workspace where `payments.*` escalates, with an admin and a read key.
@@ -389,7 +384,7 @@ fn pending_deliveries_survive_kill_9_of_the_server() {
     s.kill9();
 
     let s = Server::start_with(&tmp.path().join("data"), FAST);
-    wait_ready(&s);
+    s.wait_ready();
     let rx = Receiver::start(tmp.path(), "durable", &secret, port, &[]);
     let after = all_delivered(&s, &t, &hook, 4, &rx);
     let got = verified_once(&rx);

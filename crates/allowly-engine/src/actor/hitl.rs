@@ -131,7 +131,7 @@ fn sha256_text(s: &str) -> HexHash {
 }
 
 fn refused<T>(code: &'static str, message: &str) -> Result<(Vec<Op>, Result<T>)> {
-    Err(EngineError::Refused { code, message: message.to_owned(), receipt: None })
+    Err(EngineError::refused(code, message))
 }
 
 /// What a step records: the event, the decision and the approval.

@@ -168,6 +168,16 @@ impl Server {
         rustix::process::kill_process(pid, sig).expect("kill");
     }
 
+    /// Polls `/readyz` until it answers 200 (signer answering, engine accepting work).
+    pub fn wait_ready(&self) {
+        let c = self.client();
+        eventually(
+            "/readyz to answer 200",
+            || self.diagnostics(),
+            || (c.get("/readyz", None).status == 200).then_some(()),
+        );
+    }
+
     /// Waits for the server to exit by itself, failing after [`DEADLINE`].
     pub fn wait_exit(&mut self) -> ExitStatus {
         let child = self.child.as_mut().expect("child");
