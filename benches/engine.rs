@@ -40,7 +40,8 @@ fn main() {
         Engine::start(store.clone(), client, EngineConfig::default()).await.expect("engine")
     });
     let (ws, auth) = rt.block_on(async {
-        let ws = engine.create_workspace(NewWorkspace { name: "bench".into(), scope_rules: Default::default() }).await;
+        let ws =
+            engine.create_workspace(NewWorkspace { name: "bench".into(), scope_rules: Default::default() }, None).await;
         let ws = ws.expect("workspace").id;
         let grant = NewAuthorization {
             subject: "user".into(),
@@ -153,7 +154,7 @@ fn passivation(rt: &tokio::runtime::Runtime, dir: &tempfile::TempDir, sock: &std
         let before = rss_bytes();
         let t = Instant::now();
         for i in 0..WORKSPACES {
-            let ws = engine.create_workspace(NewWorkspace { name: format!("w{i}"), scope_rules: Default::default() });
+            let ws = engine.create_workspace(NewWorkspace { name: format!("w{i}"), scope_rules: Default::default() }, None);
             let ws = ws.await.expect("workspace").id;
             for _ in 0..AUTHS_PER_WORKSPACE {
                 let grant = NewAuthorization {

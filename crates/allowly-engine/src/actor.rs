@@ -25,7 +25,8 @@ use allowly_receipt::types::{
     Decision, EventKind, Grant as ReceiptGrant, HexHash, ReceiptBody, Timestamp, FORMAT_VERSION,
 };
 use allowly_store::{
-    AuthorizationRecord, DocKind, Durability, Op, ReceiptRecord, ScopeRule, WorkspaceRecord, WriteBatch,
+    ApiKeyRecord, AuthorizationRecord, DocKind, Durability, Op, ReceiptRecord, Role, ScopeRule, WorkspaceRecord,
+    WriteBatch,
 };
 use allowly_webhooks::model::{DisabledReason, Endpoint, EventType};
 use allowly_webhooks::{CreatedWebhook, NewWebhook, WebhookView};
@@ -38,8 +39,8 @@ use crate::decide::{self, Reason, Rule, Verdict};
 use crate::error::{EngineError, Result};
 use crate::ids::new_id;
 use crate::model::{
-    AuthorizationChange, CheckOutcome, CheckRequest, ConfirmationAnswer, ConfirmationInfo, EscalationAnswer,
-    EscalationInfo, EscalationView, NewAuthorization, Resolution, WorkspaceView,
+    ApiKeyView, AuthorizationChange, CheckOutcome, CheckRequest, ConfirmationAnswer, ConfirmationInfo,
+    EscalationAnswer, EscalationInfo, EscalationView, NewAuthorization, Resolution, WorkspaceView,
 };
 use crate::receipts::{auth_state_hash, json_hash, pending_envelope, seal};
 use crate::shared::{now_ms, ts, Shared};
@@ -88,13 +89,34 @@ pub(crate) enum WsMsg {
     },
     CreateWebhook {
         req: NewWebhook,
+        idem: Option<Idem>,
         reply: Reply<CreatedWebhook>,
     },
     SetWebhookDisabled {
         id: String,
         disabled: bool,
         reason: DisabledReason,
+        idem: Option<Idem>,
         reply: Reply<WebhookView>,
+    },
+    /// The engine made the secret; the actor files its hash (and, keyed, the sealed secret
+    /// for repeats: see `engine::seal_secret`).
+    CreateApiKey {
+        roles: Vec<Role>,
+        key_hash: [u8; 32],
+        sealed_secret: Option<String>,
+        idem: Option<Idem>,
+        reply: Reply<StagedApiKey>,
+    },
+    RevokeApiKey {
+        id: String,
+        idem: Option<Idem>,
+        reply: Reply<ApiKeyView>,
+    },
+    /// Delete these `Idempotency-Key` records if they are still past their lifetime.
+    SweepIdempotency {
+        ids: Vec<String>,
+        reply: Reply<usize>,
     },
     /// Commit everything staged (sent by the actor to itself).
     Flush,
@@ -111,10 +133,32 @@ pub(crate) struct Idem {
 
 /// The stored answer to an `Idempotency-Key`.
 #[derive(Serialize, Deserialize)]
-struct IdemDoc {
-    request_hash: HexHash,
-    created_at_ms: u64,
-    answer: serde_json::Value,
+pub(crate) struct IdemDoc {
+    pub request_hash: HexHash,
+    pub created_at_ms: u64,
+    pub answer: serde_json::Value,
+}
+
+impl IdemDoc {
+    /// Whether the record still answers repeats at `now` (after that the key is free again).
+    pub fn is_live(&self, now: u64, ttl_ms: u64) -> bool {
+        now < self.created_at_ms.saturating_add(ttl_ms)
+    }
+}
+
+/// A new API key as the actor answers it: the secret is the engine's (a repeat gets it back
+/// from `sealed_secret`, never from the store in clear).
+#[derive(Serialize, Deserialize)]
+pub(crate) struct StagedApiKey {
+    pub key: ApiKeyView,
+    pub sealed_secret: Option<String>,
+}
+
+/// Whether a request records a receipt (and so must fail closed while the signer is down).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Signs {
+    Yes,
+    No,
 }
 
 /// A running actor as the registry holds it.
@@ -147,6 +191,8 @@ pub(crate) struct WsState {
     done: Vec<Done>,
     /// Documents written by staged ops (ahead of the store until the commit).
     overlay: HashMap<(DocKind, String), serde_json::Value>,
+    /// API keys written by staged ops, by id (ahead of the store until the commit).
+    staged_keys: HashMap<String, ApiKeyRecord>,
     /// The webhook endpoints after the staged changes, while some are staged (`None`: as
     /// committed, see `Shared::endpoints`).
     endpoints: Option<Vec<Endpoint>>,
@@ -163,6 +209,7 @@ const MAX_CACHED_AUTHORIZATIONS: usize = 65_536;
 
 pub(crate) struct WorkspaceActor;
 
+mod admin;
 mod hitl;
 mod webhooks;
 pub(crate) use hitl::EscalationDoc;
@@ -198,6 +245,7 @@ impl Actor for WorkspaceActor {
             ops: Vec::new(),
             done: Vec::new(),
             overlay: HashMap::new(),
+            staged_keys: HashMap::new(),
             endpoints: None,
             wake_webhooks: false,
             flush_scheduled: false,
@@ -240,19 +288,19 @@ impl Actor for WorkspaceActor {
         s.last_active = Instant::now();
         match msg {
             WsMsg::CreateAuthorization { req, idem, reply } => {
-                s.idempotent(idem, reply, |s| s.create_authorization(req).map(|(ops, a)| (ops, Ok(a))));
+                s.idempotent(idem, Signs::Yes, reply, |s| s.create_authorization(req).map(|(ops, a)| (ops, Ok(a))));
             }
             WsMsg::Revoke { id, idem, reply } => {
-                s.idempotent(idem, reply, |s| s.revoke(&id).map(|(ops, a)| (ops, Ok(a))));
+                s.idempotent(idem, Signs::Yes, reply, |s| s.revoke(&id).map(|(ops, a)| (ops, Ok(a))));
             }
             WsMsg::Check { req, idem, reply } => {
-                s.idempotent(idem, reply, |s| s.check(req).map(|(ops, a)| (ops, Ok(a))));
+                s.idempotent(idem, Signs::Yes, reply, |s| s.check(req).map(|(ops, a)| (ops, Ok(a))));
             }
             WsMsg::Confirm { nonce, answer, idem, reply } => {
-                s.idempotent(idem, reply, |s| s.confirm(&nonce, answer));
+                s.idempotent(idem, Signs::Yes, reply, |s| s.confirm(&nonce, answer));
             }
             WsMsg::Resolve { id, answer, idem, reply } => {
-                s.idempotent(idem, reply, |s| s.resolve(&id, Some(answer)));
+                s.idempotent(idem, Signs::Yes, reply, |s| s.resolve(&id, Some(answer)));
             }
             WsMsg::ExpireEscalation { id, reply } => {
                 let r = s.expire_escalation(&id);
@@ -266,12 +314,20 @@ impl Actor for WorkspaceActor {
                 s.rules = rules_of(&ws);
                 s.stage(view.map(|v| (vec![Op::PutWorkspace(ws)], Ok(v))), reply);
             }
-            WsMsg::CreateWebhook { req, reply } => {
-                let r = s.create_webhook(req);
-                s.stage(r, reply);
+            WsMsg::CreateWebhook { req, idem, reply } => {
+                s.idempotent(idem, Signs::No, reply, |s| s.create_webhook(req));
             }
-            WsMsg::SetWebhookDisabled { id, disabled, reason, reply } => {
-                let r = s.set_webhook_disabled(&id, disabled, reason);
+            WsMsg::SetWebhookDisabled { id, disabled, reason, idem, reply } => {
+                s.idempotent(idem, Signs::No, reply, |s| s.set_webhook_disabled(&id, disabled, reason));
+            }
+            WsMsg::CreateApiKey { roles, key_hash, sealed_secret, idem, reply } => {
+                s.idempotent(idem, Signs::No, reply, |s| s.create_api_key(roles, key_hash, sealed_secret));
+            }
+            WsMsg::RevokeApiKey { id, idem, reply } => {
+                s.idempotent(idem, Signs::No, reply, |s| s.revoke_api_key(&id));
+            }
+            WsMsg::SweepIdempotency { ids, reply } => {
+                let r = s.sweep_idempotency(ids);
                 s.stage(r, reply);
             }
             WsMsg::Flush | WsMsg::IdleCheck => {}
@@ -329,6 +385,7 @@ impl WsState {
     fn idempotent<T>(
         &mut self,
         idem: Option<Idem>,
+        signs: Signs,
         reply: Reply<T>,
         f: impl FnOnce(&mut Self) -> Result<(Vec<Op>, Result<T>)>,
     ) where
@@ -342,7 +399,7 @@ impl WsState {
         let now = now_ms();
         match self.doc::<IdemDoc>(DocKind::Idempotency, &idem.doc_id) {
             Err(e) => return self.stage(Err(e), reply),
-            Ok(Some((doc, staged))) if now < doc.created_at_ms.saturating_add(ttl_ms) => {
+            Ok(Some((doc, staged))) if doc.is_live(now, ttl_ms) => {
                 if doc.request_hash.0 != idem.request_hash {
                     return self.stage(Err(EngineError::IdempotencyMismatch), reply);
                 }
@@ -360,9 +417,12 @@ impl WsState {
             }
             Ok(_) => {}
         }
-        // A first use fails closed while the signer is down (a repeat was answered above).
-        if let Err(e) = self.shared.health.require_up(&self.shared.metrics) {
-            return self.stage(Err(e), reply);
+        // A first use that records a receipt fails closed while the signer is down (a repeat
+        // was answered above).
+        if signs == Signs::Yes {
+            if let Err(e) = self.shared.health.require_up(&self.shared.metrics) {
+                return self.stage(Err(e), reply);
+            }
         }
         let r = f(self).and_then(|(mut ops, answer)| {
             if let Ok(a) = &answer {
@@ -423,6 +483,7 @@ impl WsState {
             Ok(()) => {
                 // The store has every staged document now.
                 self.overlay.clear();
+                self.staged_keys.clear();
                 if let Some(list) = self.endpoints.take() {
                     self.shared.endpoints.publish(&self.ws.id, list);
                 }
@@ -451,6 +512,7 @@ impl WsState {
     fn reload(&mut self) {
         self.auths.clear();
         self.overlay.clear();
+        self.staged_keys.clear();
         self.endpoints = None;
         self.wake_webhooks = false;
         match (self.shared.store.workspace(&self.ws.id), self.shared.store.log_meta(&self.ws.id)) {

@@ -26,6 +26,8 @@ pub struct EngineConfig {
     /// How long an `Idempotency-Key` answers repeats with its first answer (after that the key
     /// is free again).
     pub idempotency_ttl: Duration,
+    /// How often records of expired `Idempotency-Key`s are deleted.
+    pub idempotency_sweep_interval: Duration,
 }
 
 impl Default for EngineConfig {
@@ -40,6 +42,7 @@ impl Default for EngineConfig {
             escalation_ttl: Duration::from_secs(24 * 3600),
             shutdown_timeout: Duration::from_secs(10),
             idempotency_ttl: Duration::from_secs(24 * 3600),
+            idempotency_sweep_interval: Duration::from_secs(3600),
         }
     }
 }

@@ -22,10 +22,10 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tokio::sync::oneshot;
 
-use crate::actor::{Idem, Reply, WorkspaceActor, WsArgs, WsHandle, WsMsg};
+use crate::actor::{Idem, IdemDoc, Reply, WorkspaceActor, WsArgs, WsHandle, WsMsg};
 use crate::config::EngineConfig;
 use crate::error::{EngineError, Result};
-use crate::ids::{is_secret_shaped, new_id, new_secret, secret_hash};
+use crate::ids::{is_secret_shaped, new_id, new_secret, open_secret, seal_secret, secret_hash};
 use crate::metrics::Metrics;
 use crate::model::*;
 use crate::pipeline::Pipelines;
@@ -80,10 +80,12 @@ impl Engine {
             shutting_down: Default::default(),
             endpoints: Default::default(),
             webhook_wake: Default::default(),
+            instance_idem: Default::default(),
         });
         let engine = Self { shared: shared.clone() };
         shared.probe_signer().await;
         tokio::spawn(probe_loop(Arc::downgrade(&shared)));
+        tokio::spawn(sweep_loop(Arc::downgrade(&shared)));
         // Receipts a previous run committed but did not get signed.
         let s = shared.clone();
         let pending = blocking(move || {
@@ -187,21 +189,6 @@ impl Engine {
         Ok(Some(Principal { key_id: k.id, workspace_id: k.workspace_id, roles: k.roles }))
     }
 
-    async fn put_api_key(&self, ws: Option<&str>, roles: Vec<Role>) -> Result<CreatedApiKey> {
-        let secret = new_secret()?;
-        let record = ApiKeyRecord {
-            id: new_id("ak_")?,
-            workspace_id: ws.map(str::to_owned),
-            key_hash: secret_hash(&secret),
-            roles,
-            created_at_ms: now_ms(),
-            revoked_at_ms: None,
-        };
-        let key = views::api_key(&record)?;
-        self.write(vec![Op::PutApiKey(record)]).await?;
-        Ok(CreatedApiKey { key, secret })
-    }
-
     async fn write(&self, ops: Vec<Op>) -> Result<()> {
         let store = self.shared.store.clone();
         blocking(move || Ok(store.write(WriteBatch::from(ops), Durability::Sync)?)).await
@@ -210,36 +197,169 @@ impl Engine {
     /// Creates the instance admin key (no workspace, role `admin`). The server calls this once
     /// at first start and writes the secret to a 0600 file.
     pub async fn create_admin_key(&self) -> Result<CreatedApiKey> {
-        self.put_api_key(None, vec![Role::Admin]).await
+        let secret = new_secret()?;
+        let record = ApiKeyRecord {
+            id: new_id("ak_")?,
+            workspace_id: None,
+            key_hash: secret_hash(&secret),
+            roles: vec![Role::Admin],
+            created_at_ms: now_ms(),
+            revoked_at_ms: None,
+        };
+        let key = views::api_key(&record)?;
+        self.write(vec![Op::PutApiKey(record)]).await?;
+        Ok(CreatedApiKey { key, secret })
     }
 
-    /// Creates an API key for workspace `ws`.
-    pub async fn create_api_key(&self, ws: &str, req: NewApiKey) -> Result<CreatedApiKey> {
-        let roles = validate::roles(req.roles)?;
+    /// Creates an API key for workspace `ws` on behalf of `caller` (whose bearer secret is
+    /// `caller_secret`). With an `Idempotency-Key`, a repeat by the same caller gets the same
+    /// answer, secret included: the record keeps the secret sealed under a key derived from
+    /// the caller's secret (`ids::seal_secret`), so the database alone cannot reveal it.
+    pub async fn create_api_key(
+        &self,
+        ws: &str,
+        req: NewApiKey,
+        idem: Option<&str>,
+        caller: &Principal,
+        caller_secret: &str,
+    ) -> Result<CreatedApiKey> {
+        let roles = validate::roles(req.roles.clone())?;
         self.workspace_record(ws)?;
-        self.put_api_key(Some(ws), roles).await
+        // Another caller with the same key is another request (its secret cannot open this
+        // one's record).
+        let idem = idempotency(idem, "api_key_create", &(&caller.key_id, &req))?;
+        let fresh = new_secret()?;
+        let sealed_secret = match &idem {
+            Some(i) => Some(seal_secret(&fresh, caller_secret, &i.doc_id)?),
+            None => None,
+        };
+        let record_id = idem.as_ref().map(|i| i.doc_id.clone());
+        let key_hash = secret_hash(&fresh);
+        let staged = self.ask(ws, |reply| WsMsg::CreateApiKey { roles, key_hash, sealed_secret, idem, reply }).await?;
+        let secret = match (staged.sealed_secret, record_id) {
+            (Some(sealed), Some(id)) => open_secret(&sealed, caller_secret, &id)?,
+            _ => fresh,
+        };
+        Ok(CreatedApiKey { key: staged.key, secret })
     }
 
     /// Revokes API key `key_id` of workspace `ws` (NotFound if it is another workspace's).
     /// Revoking a revoked key is a Conflict.
-    pub async fn revoke_api_key(&self, ws: &str, key_id: &str) -> Result<ApiKeyView> {
+    pub async fn revoke_api_key(&self, ws: &str, key_id: &str, idem: Option<&str>) -> Result<ApiKeyView> {
+        // Checked here so a malformed or foreign id never reaches (or starts) an actor.
         let found = self.shared.store.api_key_by_id(Some(ws), key_id).map_err(not_found_if_invalid("API key"))?;
-        let Some(mut k) = found else { return Err(EngineError::NotFound { what: "API key" }) };
-        if k.revoked_at_ms.is_some() {
-            return Err(EngineError::Conflict("API key is already revoked".into()));
+        if found.is_none() {
+            return Err(EngineError::NotFound { what: "API key" });
         }
-        k.revoked_at_ms = Some(now_ms());
-        let view = views::api_key(&k)?;
-        self.write(vec![Op::PutApiKey(k)]).await?;
-        Ok(view)
+        let idem = idempotency(idem, "api_key_revoke", &key_id)?;
+        let id = key_id.to_owned();
+        self.ask(ws, |reply| WsMsg::RevokeApiKey { id, idem, reply }).await
+    }
+
+    /// Deletes the records of `Idempotency-Key`s past their lifetime; answers how many. Runs
+    /// every `idempotency_sweep_interval`. A workspace's records are deleted by its actor (which
+    /// checks again, since a key may have been used anew since), the instance's under the lock
+    /// keyed workspace creation holds.
+    pub async fn sweep_idempotency(&self) -> Result<usize> {
+        const PAGE: usize = 1000;
+        let s = &self.shared;
+        let ttl_ms = s.cfg.idempotency_ttl.as_millis() as u64;
+        let mut after: Option<(String, String)> = None;
+        let mut deleted = 0;
+        loop {
+            let (store, from) = (s.store.clone(), after.clone());
+            let page = blocking(move || {
+                let from = from.as_ref().map(|(w, i)| (w.as_str(), i.as_str()));
+                Ok(store.all_docs(DocKind::Idempotency, from, PAGE)?)
+            })
+            .await?;
+            let now = now_ms();
+            let mut expired: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+            for (ws, id, v) in &page {
+                let live = serde_json::from_value::<IdemDoc>(v.clone()).map(|d| d.is_live(now, ttl_ms));
+                // A record that does not parse answers nobody: it goes too.
+                if !matches!(live, Ok(true)) {
+                    expired.entry(ws.clone()).or_default().push(id.clone());
+                }
+            }
+            for (ws, ids) in expired {
+                deleted += if ws == INSTANCE_SCOPE {
+                    // Looked at again under the lock: the key may have been used anew since.
+                    let _one_at_a_time = s.instance_idem.lock().await;
+                    let store = s.store.clone();
+                    let ops = blocking(move || {
+                        let mut ops = Vec::new();
+                        for id in ids {
+                            let v = store.doc(DocKind::Idempotency, INSTANCE_SCOPE, &id)?;
+                            let live = v.and_then(|v| serde_json::from_value::<IdemDoc>(v).ok());
+                            if !live.is_some_and(|d| d.is_live(now_ms(), ttl_ms)) {
+                                let workspace_id = INSTANCE_SCOPE.to_owned();
+                                ops.push(Op::DeleteDoc { kind: DocKind::Idempotency, workspace_id, id });
+                            }
+                        }
+                        Ok(ops)
+                    })
+                    .await?;
+                    let n = ops.len();
+                    self.write(ops).await?;
+                    n
+                } else {
+                    self.ask(&ws, |reply| WsMsg::SweepIdempotency { ids, reply }).await?
+                };
+            }
+            if page.len() < PAGE {
+                s.metrics.idempotency_swept.inc_by(deleted as u64);
+                return Ok(deleted);
+            }
+            after = page.last().map(|(w, i, _)| (w.clone(), i.clone()));
+        }
     }
 
     // ---- Workspaces -----------------------------------------------------------------------
 
-    /// Creates a workspace and its signing key (in the signer).
-    pub async fn create_workspace(&self, req: NewWorkspace) -> Result<WorkspaceView> {
+    /// Creates a workspace and its signing key (in the signer). With an `Idempotency-Key`, a
+    /// repeat gets the first answer (keyed creations are serialised; the key's record is
+    /// written with the workspace, under the instance's own record space).
+    pub async fn create_workspace(&self, req: NewWorkspace, idem: Option<&str>) -> Result<WorkspaceView> {
         validate::name(&req.name)?;
         validate::scope_rules(&req.scope_rules)?;
+        let Some(idem) = idempotency(idem, "workspace_create", &req)? else {
+            let (ops, view) = self.new_workspace(req).await?;
+            self.write(ops).await?;
+            return Ok(view);
+        };
+        let s = &self.shared;
+        let _one_at_a_time = s.instance_idem.lock().await;
+        let ttl_ms = s.cfg.idempotency_ttl.as_millis() as u64;
+        let now = now_ms();
+        let store = s.store.clone();
+        let doc_id = idem.doc_id.clone();
+        let stored = blocking(move || Ok(store.doc(DocKind::Idempotency, INSTANCE_SCOPE, &doc_id)?)).await?;
+        if let Some(v) = stored {
+            let doc: IdemDoc = serde_json::from_value(v)
+                .map_err(|e| EngineError::Internal(format!("stored idempotent answer: {e}")))?;
+            if doc.is_live(now, ttl_ms) {
+                if doc.request_hash.0 != idem.request_hash {
+                    return Err(EngineError::IdempotencyMismatch);
+                }
+                return serde_json::from_value(doc.answer)
+                    .map_err(|e| EngineError::Internal(format!("stored idempotent answer: {e}")));
+            }
+        }
+        let (mut ops, view) = self.new_workspace(req).await?;
+        let doc = IdemDoc {
+            request_hash: HexHash(idem.request_hash),
+            created_at_ms: now,
+            answer: serde_json::to_value(&view).map_err(|e| EngineError::Internal(e.to_string()))?,
+        };
+        let doc = serde_json::to_value(&doc).map_err(|e| EngineError::Internal(e.to_string()))?;
+        ops.push(Op::PutDoc { kind: DocKind::Idempotency, workspace_id: INSTANCE_SCOPE.into(), id: idem.doc_id, doc });
+        self.write(ops).await?;
+        Ok(view)
+    }
+
+    /// A new workspace's record (its key made in the signer), not yet written.
+    async fn new_workspace(&self, req: NewWorkspace) -> Result<(Vec<Op>, WorkspaceView)> {
         let s = &self.shared;
         let id = new_id("ws_")?;
         let keys = match tokio::time::timeout(s.cfg.signer_timeout, s.signer.create_key(id.clone())).await {
@@ -255,8 +375,7 @@ impl Engine {
             signing_keys: key_records(&keys),
         };
         let view = views::workspace(&record)?;
-        self.write(vec![Op::PutWorkspace(record)]).await?;
-        Ok(view)
+        Ok((vec![Op::PutWorkspace(record)], view))
     }
 
     pub(crate) fn workspace_record(&self, ws: &str) -> Result<allowly_store::WorkspaceRecord> {
@@ -656,13 +775,21 @@ impl Engine {
     }
 }
 
+/// Where keyed requests that belong to no workspace (workspace creation) file their
+/// `Idempotency-Key` records: a document scope no workspace id can take (those are `ws_…`).
+pub(crate) const INSTANCE_SCOPE: &str = "_instance";
+
 /// Most bytes of an `Idempotency-Key` header value.
 pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
 
 /// Files an `Idempotency-Key` for the actor: the key's record id is a hash of the key (any
 /// printable text fits the id alphabet that way), and the request hash covers the route and
 /// the parsed request, so "the same body" means the same request, whatever its whitespace.
-fn idempotency<R: serde::Serialize + ?Sized>(key: Option<&str>, route: &str, req: &R) -> Result<Option<Idem>> {
+pub(crate) fn idempotency<R: serde::Serialize + ?Sized>(
+    key: Option<&str>,
+    route: &str,
+    req: &R,
+) -> Result<Option<Idem>> {
     let Some(key) = key else { return Ok(None) };
     if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_LEN || !key.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
         return Err(EngineError::invalid(
@@ -679,6 +806,24 @@ fn idempotency<R: serde::Serialize + ?Sized>(key: Option<&str>, route: &str, req
         doc_id: format!("ik_{}", hex::encode(Sha256::digest(key.as_bytes()))),
         request_hash: h.finalize().into(),
     }))
+}
+
+/// Deletes expired `Idempotency-Key` records now and then. Ends with the engine.
+async fn sweep_loop(shared: std::sync::Weak<Shared>) {
+    let Some(every) = shared.upgrade().map(|s| s.cfg.idempotency_sweep_interval) else { return };
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let Some(shared) = shared.upgrade() else { return };
+        if shared.shutting_down.load(Ordering::Acquire) {
+            return;
+        }
+        if let Err(e) = (Engine { shared }).sweep_idempotency().await {
+            tracing::warn!(error = %e, "sweeping expired Idempotency-Key records failed (retried next time)");
+        }
+    }
 }
 
 /// Pings the signer now and then so `/readyz` and fail-closed follow it even when idle. Ends

@@ -2,7 +2,11 @@
 //! is inside the receipt format's id alphabet (`[A-Za-z0-9_-]{1,128}`), unguessable (another
 //! tenant cannot probe for objects), and carries no ordering or timing information.
 
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
 
 use crate::error::{EngineError, Result};
 
@@ -38,6 +42,44 @@ pub fn is_secret_shaped(s: &str) -> bool {
         && s[SECRET_PREFIX.len()..].bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
+/// The key that seals a new API key's secret in its `Idempotency-Key` record: derived from the
+/// *caller's* secret, which the store holds only as a hash. So the record lets the caller who
+/// created the key read its secret again on a repeat (same bearer, same key), and nobody who
+/// only has the database.
+fn seal_key(caller_secret: &str, record_id: &str) -> Result<Zeroizing<[u8; 32]>> {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(caller_secret.as_bytes())
+        .map_err(|e| EngineError::Internal(format!("seal key: {e}")))?;
+    mac.update(b"allowly/idempotent-secret/v1\0");
+    mac.update(record_id.as_bytes());
+    Ok(Zeroizing::new(mac.finalize().into_bytes().into()))
+}
+
+/// Seals `secret` for the `Idempotency-Key` record `record_id` (XChaCha20-Poly1305, the record
+/// id as associated data): hex of nonce ‖ ciphertext.
+pub fn seal_secret(secret: &str, caller_secret: &str, record_id: &str) -> Result<String> {
+    let key = seal_key(caller_secret, record_id)?;
+    let nonce = random::<24>()?;
+    let ct = XChaCha20Poly1305::new(key.as_ref().into())
+        .encrypt(XNonce::from_slice(&nonce), Payload { msg: secret.as_bytes(), aad: record_id.as_bytes() })
+        .map_err(|_| EngineError::Internal("sealing a secret failed".into()))?;
+    Ok(hex::encode([nonce.as_slice(), &ct].concat()))
+}
+
+/// Opens what [`seal_secret`] sealed (with the same caller secret and record id).
+pub fn open_secret(sealed: &str, caller_secret: &str, record_id: &str) -> Result<String> {
+    let bad = || EngineError::Internal("the stored secret of this Idempotency-Key cannot be opened".into());
+    let bytes = hex::decode(sealed).map_err(|_| bad())?;
+    if bytes.len() < 24 {
+        return Err(bad());
+    }
+    let (nonce, ct) = bytes.split_at(24);
+    let key = seal_key(caller_secret, record_id)?;
+    let pt = XChaCha20Poly1305::new(key.as_ref().into())
+        .decrypt(XNonce::from_slice(nonce), Payload { msg: ct, aad: record_id.as_bytes() })
+        .map_err(|_| bad())?;
+    String::from_utf8(pt).map_err(|_| bad())
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -55,5 +97,19 @@ mod tests {
         assert!(!is_secret_shaped(&s.to_uppercase()));
         assert!(!is_secret_shaped(&format!("{s}0")));
         assert!(!is_secret_shaped("alw_é"));
+    }
+
+    #[test]
+    fn a_sealed_secret_opens_only_with_the_same_caller_and_record() {
+        let (secret, caller) = (new_secret().unwrap(), new_secret().unwrap());
+        let sealed = seal_secret(&secret, &caller, "ik_1").unwrap();
+        assert!(!sealed.contains(&secret[4..]));
+        assert_eq!(open_secret(&sealed, &caller, "ik_1").unwrap(), secret);
+        assert!(open_secret(&sealed, &new_secret().unwrap(), "ik_1").is_err());
+        assert!(open_secret(&sealed, &caller, "ik_2").is_err());
+        let mut flipped = hex::decode(&sealed).unwrap();
+        flipped[30] ^= 1;
+        assert!(open_secret(&hex::encode(flipped), &caller, "ik_1").is_err());
+        assert!(open_secret("zz", &caller, "ik_1").is_err());
     }
 }

@@ -15,6 +15,7 @@ pub struct Metrics {
     pub decisions: IntCounterVec,
     /// Requests refused because a workspace mailbox was full.
     pub overloaded: IntCounter,
+    pub idempotency_swept: IntCounter,
     /// Requests refused because the signer was down (fail closed).
     pub failed_closed: IntCounter,
     /// Receipts (and other records) per group commit. Buckets 1..4096 by powers of 2.
@@ -59,6 +60,11 @@ impl Metrics {
             .expect("static metric definition"),
             overloaded: IntCounter::new("allowly_engine_overloaded_total", "Requests refused: workspace queue full")
                 .expect("static metric definition"),
+            idempotency_swept: IntCounter::new(
+                "allowly_engine_idempotency_records_swept_total",
+                "Records of expired Idempotency-Keys deleted",
+            )
+            .expect("static metric definition"),
             failed_closed: IntCounter::new(
                 "allowly_engine_failed_closed_total",
                 "Requests refused because the signer is unavailable",
@@ -109,6 +115,7 @@ impl Metrics {
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(m.decisions.clone()),
             Box::new(m.overloaded.clone()),
+            Box::new(m.idempotency_swept.clone()),
             Box::new(m.failed_closed.clone()),
             Box::new(m.commit_batch.clone()),
             Box::new(m.commit_seconds.clone()),

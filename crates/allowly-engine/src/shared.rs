@@ -39,6 +39,8 @@ pub(crate) struct Shared {
     pub endpoints: crate::webhooks::Endpoints,
     /// Notified after every commit that enqueued webhook deliveries (the worker waits on it).
     pub webhook_wake: Arc<tokio::sync::Notify>,
+    /// Serialises keyed workspace creations (the only keyed request outside an actor).
+    pub instance_idem: tokio::sync::Mutex<()>,
 }
 
 /// Whether the signer answers. Updated by the probe and by every signing exchange.

@@ -26,7 +26,7 @@ use allowly_webhooks::model::{
 use allowly_webhooks::{DeliveryView, WebhookError, WebhookView};
 use dashmap::DashMap;
 
-use crate::engine::Engine;
+use crate::engine::{idempotency, Engine};
 use crate::error::{EngineError, Result};
 use crate::model::Page;
 
@@ -101,11 +101,13 @@ impl Engine {
         &self,
         ws: &str,
         req: allowly_webhooks::NewWebhook,
+        idem: Option<&str>,
     ) -> Result<allowly_webhooks::CreatedWebhook> {
         allowly_webhooks::model::validate_url(&req.url).map_err(|m| EngineError::invalid("url", m))?;
         allowly_webhooks::model::validate_events(&req.events).map_err(|m| EngineError::invalid("events", m))?;
         self.workspace_record(ws)?;
-        self.ask(ws, |reply| crate::actor::WsMsg::CreateWebhook { req, reply }).await
+        let idem = idempotency(idem, "webhook_create", &req)?;
+        self.ask(ws, |reply| crate::actor::WsMsg::CreateWebhook { req, idem, reply }).await
     }
 
     /// Every endpoint of the workspace (one page: there are at most 16).
@@ -122,13 +124,13 @@ impl Engine {
 
     /// Stops new deliveries to an endpoint; deliveries still pending fail when they come due.
     /// Disabling a disabled endpoint changes nothing.
-    pub async fn disable_webhook(&self, ws: &str, id: &str) -> Result<WebhookView> {
-        self.set_webhook_disabled(ws, id, true, DisabledReason::Api).await
+    pub async fn disable_webhook(&self, ws: &str, id: &str, idem: Option<&str>) -> Result<WebhookView> {
+        self.set_webhook_disabled(ws, id, true, DisabledReason::Api, idem).await
     }
 
     /// Delivers to an endpoint again (new events, and pending deliveries that have not failed).
-    pub async fn enable_webhook(&self, ws: &str, id: &str) -> Result<WebhookView> {
-        self.set_webhook_disabled(ws, id, false, DisabledReason::Api).await
+    pub async fn enable_webhook(&self, ws: &str, id: &str, idem: Option<&str>) -> Result<WebhookView> {
+        self.set_webhook_disabled(ws, id, false, DisabledReason::Api, idem).await
     }
 
     pub(crate) async fn set_webhook_disabled(
@@ -137,11 +139,14 @@ impl Engine {
         id: &str,
         disabled: bool,
         reason: DisabledReason,
+        idem: Option<&str>,
     ) -> Result<WebhookView> {
         // Checked here so a malformed or foreign id never reaches (or starts) an actor.
         self.webhook_doc(ws, id)?;
+        let route = if disabled { "webhook_disable" } else { "webhook_enable" };
+        let idem = idempotency(idem, route, &id)?;
         let id = id.to_owned();
-        self.ask(ws, |reply| crate::actor::WsMsg::SetWebhookDisabled { id, disabled, reason, reply }).await
+        self.ask(ws, |reply| crate::actor::WsMsg::SetWebhookDisabled { id, disabled, reason, idem, reply }).await
     }
 
     /// An endpoint's deliveries, newest first. `starting_after` is a cursor from a previous
@@ -207,7 +212,7 @@ impl allowly_webhooks::Control for Engine {
         let (engine, ws, id) = (self.clone(), ws.to_owned(), webhook_id.to_owned());
         Box::pin(async move {
             engine
-                .set_webhook_disabled(&ws, &id, true, DisabledReason::Gone)
+                .set_webhook_disabled(&ws, &id, true, DisabledReason::Gone, None)
                 .await
                 .map(|_| ())
                 .map_err(|e| e.to_string())

@@ -277,8 +277,8 @@ async fn another_workspace_sees_nothing() {
     assert!(nf(e.trail(&b, &auth, None, 10).map(|_| ())));
     assert!(nf(e.revoke_authorization(&b, &auth, None).await.map(|_| ())));
     assert!(nf(e.export(&b, ExportScope::Authorization(auth.clone())).map(|_| ())));
-    let key = e.create_api_key(&a, NewApiKey { roles: vec![allowly_store::Role::Read] }).await.unwrap();
-    assert!(nf(e.revoke_api_key(&b, &key.key.id).await.map(|_| ())));
+    let key = api_key(&e, &a, vec![allowly_store::Role::Read]).await;
+    assert!(nf(e.revoke_api_key(&b, &key.key.id, None).await.map(|_| ())));
     // A check in b naming a's authorization is an unknown authorization, with no receipt.
     let out = e.check(&b, ask(&auth, "files.read", Some("doc:1")), None).await.unwrap();
     assert_eq!((out.decision, out.reason.as_str(), out.receipt), (Decision::Deny, "unknown_authorization", None));
@@ -295,7 +295,7 @@ async fn api_keys_authenticate_until_revoked() {
     let ws = workspace(&e).await;
     let admin = e.create_admin_key().await.unwrap();
     assert_eq!(e.authenticate(&admin.secret).unwrap().unwrap().workspace_id, None);
-    let k = e.create_api_key(&ws, NewApiKey { roles: vec![allowly_store::Role::Check] }).await.unwrap();
+    let k = api_key(&e, &ws, vec![allowly_store::Role::Check]).await;
     let p = e.authenticate(&k.secret).unwrap().unwrap();
     assert_eq!(p.workspace_id.as_deref(), Some(ws.as_str()));
     assert!(p.has(allowly_store::Role::Check) && !p.has(allowly_store::Role::Read));
@@ -304,9 +304,9 @@ async fn api_keys_authenticate_until_revoked() {
     wrong.push(if k.secret.ends_with('0') { '1' } else { '0' });
     assert_eq!(e.authenticate(&wrong).unwrap(), None);
     assert_eq!(e.authenticate("garbage").unwrap(), None);
-    e.revoke_api_key(&ws, &k.key.id).await.unwrap();
+    e.revoke_api_key(&ws, &k.key.id, None).await.unwrap();
     assert_eq!(e.authenticate(&k.secret).unwrap(), None);
-    assert!(matches!(e.revoke_api_key(&ws, &k.key.id).await, Err(EngineError::Conflict(_))));
+    assert!(matches!(e.revoke_api_key(&ws, &k.key.id, None).await, Err(EngineError::Conflict(_))));
     e.shutdown().await;
     signer.stop();
 }

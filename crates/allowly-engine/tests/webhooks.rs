@@ -51,11 +51,11 @@ async fn events_are_enqueued_with_their_receipts_for_subscribers_only() {
     let cfg = EngineConfig { escalation_ttl: Duration::from_millis(300), ..config() };
     let e = Engine::start(store.clone(), client(&root), cfg).await.unwrap();
     let ws = workspace(&e).await;
-    let a = e.create_webhook(&ws, hook("http://127.0.0.1:9/a", &ACTOR_EVENTS)).await.unwrap();
-    let signed = e.create_webhook(&ws, hook("https://example.com/s", &[EventType::ReceiptSigned])).await.unwrap();
-    let off = e.create_webhook(&ws, hook("http://127.0.0.1:9/off", &ACTOR_EVENTS)).await.unwrap();
+    let a = e.create_webhook(&ws, hook("http://127.0.0.1:9/a", &ACTOR_EVENTS), None).await.unwrap();
+    let signed = e.create_webhook(&ws, hook("https://example.com/s", &[EventType::ReceiptSigned]), None).await.unwrap();
+    let off = e.create_webhook(&ws, hook("http://127.0.0.1:9/off", &ACTOR_EVENTS), None).await.unwrap();
     assert!(a.secret.starts_with("whsec_") && a.secret != signed.secret);
-    assert!(e.disable_webhook(&ws, &off.webhook.id).await.unwrap().disabled);
+    assert!(e.disable_webhook(&ws, &off.webhook.id, None).await.unwrap().disabled);
     let listed: Vec<_> = e.webhooks(&ws).unwrap().data.into_iter().map(|w| w.id).collect();
     assert_eq!(listed.len(), 3);
 
@@ -131,7 +131,7 @@ async fn events_are_enqueued_with_their_receipts_for_subscribers_only() {
     assert!(matches!(e.webhook(&other, &a.webhook.id), Err(EngineError::NotFound { .. })));
     assert!(matches!(e.deliveries(&other, &a.webhook.id, None, 10), Err(EngineError::NotFound { .. })));
     assert!(matches!(e.delivery(&other, &ds[0].id), Err(EngineError::NotFound { .. })));
-    assert!(matches!(e.disable_webhook(&other, &a.webhook.id).await, Err(EngineError::NotFound { .. })));
+    assert!(matches!(e.disable_webhook(&other, &a.webhook.id, None).await, Err(EngineError::NotFound { .. })));
     e.shutdown().await;
     signer.stop();
 }
@@ -148,16 +148,19 @@ async fn endpoints_are_validated_bounded_and_survive_a_restart() {
         ("http://x/", vec![]),
         ("http://x/", vec![EventType::ReceiptSigned, EventType::ReceiptSigned]),
     ] {
-        assert!(matches!(e.create_webhook(&ws, hook(url, &events)).await, Err(EngineError::Invalid { .. })), "{url}");
+        assert!(
+            matches!(e.create_webhook(&ws, hook(url, &events), None).await, Err(EngineError::Invalid { .. })),
+            "{url}"
+        );
     }
     let mut ids = Vec::new();
     for i in 0..16 {
         let url = format!("http://127.0.0.1:9/{i}");
-        ids.push(e.create_webhook(&ws, hook(&url, &[EventType::AuthorizationRevoked])).await.unwrap().webhook.id);
+        ids.push(e.create_webhook(&ws, hook(&url, &[EventType::AuthorizationRevoked]), None).await.unwrap().webhook.id);
     }
-    let r = e.create_webhook(&ws, hook("http://127.0.0.1:9/17", &[EventType::AuthorizationRevoked])).await;
+    let r = e.create_webhook(&ws, hook("http://127.0.0.1:9/17", &[EventType::AuthorizationRevoked]), None).await;
     assert!(matches!(r, Err(EngineError::Conflict(_))), "{r:?}");
-    e.disable_webhook(&ws, &ids[0]).await.unwrap();
+    e.disable_webhook(&ws, &ids[0], None).await.unwrap();
     e.shutdown().await;
     drop(e);
 
@@ -182,12 +185,12 @@ async fn the_worker_gives_up_on_time_and_fails_deliveries_of_disabled_endpoints(
     let e = Engine::start(store.clone(), client(&root), config()).await.unwrap();
     let ws = workspace(&e).await;
     // Nothing listens on port 9 of the loopback (discard is not run): connection refused.
-    let dead = e.create_webhook(&ws, hook("http://127.0.0.1:9/dead", &ACTOR_EVENTS)).await.unwrap().webhook.id;
-    let off = e.create_webhook(&ws, hook("http://127.0.0.1:9/off", &ACTOR_EVENTS)).await.unwrap().webhook.id;
+    let dead = e.create_webhook(&ws, hook("http://127.0.0.1:9/dead", &ACTOR_EVENTS), None).await.unwrap().webhook.id;
+    let off = e.create_webhook(&ws, hook("http://127.0.0.1:9/off", &ACTOR_EVENTS), None).await.unwrap().webhook.id;
     let auth = e.create_authorization(&ws, grant(None), None).await.unwrap().authorization.id;
     e.revoke_authorization(&ws, &auth, None).await.unwrap();
     // Disabled after its delivery was enqueued, before any attempt.
-    e.disable_webhook(&ws, &off).await.unwrap();
+    e.disable_webhook(&ws, &off, None).await.unwrap();
 
     let cfg = WebhookConfig {
         base_backoff: Duration::from_millis(20),

@@ -17,7 +17,6 @@
 //! | `confirmation_used`, `escalation_already_resolved` | 409 | answered once already (a used nonce's attempt gets a `receipt`) |
 //! | `confirmation_expired`, `escalation_expired` | 410 | too late; recorded as deny (`receipt` member) |
 //! | `idempotency_key_reused` | 422 | the `Idempotency-Key` was used with a different request |
-//! | `idempotency_not_supported` | 400 | an `Idempotency-Key` on an admin POST (not yet supported there) |
 //! | `overloaded` | 429 | the workspace's queue is full (`Retry-After`) |
 //! | `signer_unavailable` | 503 | the signer does not answer: decisions fail closed (`Retry-After`) |
 //! | `shutting_down` | 503 | the server is stopping (`Retry-After`) |
@@ -100,14 +99,6 @@ impl Problem {
 
     pub fn invalid(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "invalid_request", detail)
-    }
-
-    pub fn idempotency_not_supported() -> Self {
-        Self::new(
-            StatusCode::BAD_REQUEST,
-            "idempotency_not_supported",
-            "Idempotency-Key is not supported on this endpoint yet; send the request without it",
-        )
     }
 
     /// A fault of ours: a generic detail is sent, `what` is logged.
@@ -226,7 +217,6 @@ fn title(code: &str) -> &'static str {
         "escalation_already_resolved" => "Escalation already resolved",
         "confirmation_expired" | "escalation_expired" => "Expired",
         "idempotency_key_reused" => "Idempotency key reused",
-        "idempotency_not_supported" => "Idempotency key not supported here",
         _ => "Internal error",
     }
 }

@@ -32,10 +32,8 @@
 //! | GET | `/v1/webhooks/{id}/deliveries[?limit=…][&starting_after=…]` | read | `deliveries` (newest first) |
 //! | GET | `/v1/deliveries/{id}` | read | `delivery` |
 //!
-//! `Idempotency-Key` is honoured on the POSTs that record receipts (authorizations, revoke,
-//! check, confirmations, escalation resolve): a repeat with the same request gets the first
-//! answer (24 h); with another request, 422. On the admin POSTs (workspaces, API keys,
-//! webhooks) it is refused (400) rather than silently ignored. Answering a confirmation or an escalation needs `admin` — the app's
+//! `Idempotency-Key` is honoured on every POST: a repeat with the same request gets the first
+//! answer (24 h), with another request 422 (see `Engine` for how each is filed). Answering a confirmation or an escalation needs `admin` — the app's
 //! backend — never `check`: an agent must not approve its own actions.
 //!
 //! Endpoints without `{ws}` act on the API key's workspace. Path ids outside
@@ -289,32 +287,23 @@ pub async fn dispatch(app: &App, req: hyper::Request<Incoming>, request_id: &str
 async fn handle(app: &App, t: Target<'_>, parts: &Parts, body: Incoming) -> Result<Resp, Problem> {
     let engine = &app.engine;
     let access = t.route.access();
+    let mut caller = None;
     let ws = if access == Access::Public {
         t.ws.map(str::to_owned)
     } else {
         let secret = auth::bearer(&parts.headers)?;
         let principal =
             engine.authenticate(secret)?.ok_or_else(|| Problem::unauthenticated("unknown or revoked API key"))?;
-        auth::authorize(&principal, access, t.ws)?
+        let ws = auth::authorize(&principal, access, t.ws)?;
+        caller = Some((principal, secret));
+        ws
     };
+    let caller = || caller.as_ref().ok_or_else(|| Problem::internal(format!("route {} is public", t.route.name())));
     let ws = || ws.as_deref().ok_or_else(|| Problem::internal(format!("route {} has no workspace", t.route.name())));
     let id = || t.id.ok_or_else(|| Problem::internal(format!("route {} has no id", t.route.name())));
     let (h, limit) = (&parts.headers, app.body_limit);
     let query = |known: &[&str]| Query::parse(parts.uri.query(), known);
     let idem = extract::idempotency_key(h)?;
-    if idem.is_some()
-        && matches!(
-            t.route,
-            Route::WorkspaceCreate
-                | Route::ApiKeyCreate
-                | Route::ApiKeyRevoke
-                | Route::WebhookCreate
-                | Route::WebhookDisable
-                | Route::WebhookEnable
-        )
-    {
-        return Err(Problem::idempotency_not_supported());
-    }
 
     match t.route {
         Route::Healthz => json(StatusCode::OK, &serde_json::json!({ "status": "ok" })),
@@ -330,7 +319,7 @@ async fn handle(app: &App, t: Target<'_>, parts: &Parts, body: Incoming) -> Resu
         }
         Route::WorkspaceCreate => {
             let req: NewWorkspace = extract::json_body(h, body, limit).await?;
-            let created = engine.create_workspace(req).await?;
+            let created = engine.create_workspace(req, idem).await?;
             let mut r = json(StatusCode::CREATED, &created)?;
             location(&mut r, &format!("/v1/workspaces/{}", created.id));
             Ok(r)
@@ -342,14 +331,17 @@ async fn handle(app: &App, t: Target<'_>, parts: &Parts, body: Incoming) -> Resu
         }
         Route::ApiKeyCreate => {
             let req: NewApiKey = extract::json_body(h, body, limit).await?;
-            let mut r = json(StatusCode::CREATED, &engine.create_api_key(ws()?, req).await?)?;
+            let mut r = json(StatusCode::CREATED, &{
+                let (principal, secret) = caller()?;
+                engine.create_api_key(ws()?, req, idem, principal, secret).await?
+            })?;
             // The only response that carries a secret: never cached.
             r.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
             Ok(r)
         }
         Route::ApiKeyRevoke => {
             extract::empty_body(h, body, limit).await?;
-            json(StatusCode::OK, &engine.revoke_api_key(ws()?, id()?).await?)
+            json(StatusCode::OK, &engine.revoke_api_key(ws()?, id()?, idem).await?)
         }
         Route::Keys => json(StatusCode::OK, &engine.keys(ws()?)?),
         Route::LogCheckpoint => {
@@ -397,7 +389,7 @@ async fn handle(app: &App, t: Target<'_>, parts: &Parts, body: Incoming) -> Resu
         }
         Route::WebhookCreate => {
             let req: NewWebhook = extract::json_body(h, body, limit).await?;
-            let created = engine.create_webhook(ws()?, req).await?;
+            let created = engine.create_webhook(ws()?, req, idem).await?;
             let mut r = json(StatusCode::CREATED, &created)?;
             location(&mut r, &format!("/v1/webhooks/{}", created.webhook.id));
             // Carries the signing secret: never cached.
@@ -411,11 +403,11 @@ async fn handle(app: &App, t: Target<'_>, parts: &Parts, body: Incoming) -> Resu
         Route::WebhookGet => json(StatusCode::OK, &engine.webhook(ws()?, id()?)?),
         Route::WebhookDisable => {
             extract::empty_body(h, body, limit).await?;
-            json(StatusCode::OK, &engine.disable_webhook(ws()?, id()?).await?)
+            json(StatusCode::OK, &engine.disable_webhook(ws()?, id()?, idem).await?)
         }
         Route::WebhookEnable => {
             extract::empty_body(h, body, limit).await?;
-            json(StatusCode::OK, &engine.enable_webhook(ws()?, id()?).await?)
+            json(StatusCode::OK, &engine.enable_webhook(ws()?, id()?, idem).await?)
         }
         Route::DeliveryList => {
             let q = query(&["limit", "starting_after"])?;

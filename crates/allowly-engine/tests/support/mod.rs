@@ -88,8 +88,15 @@ pub fn rules() -> std::collections::BTreeMap<String, ScopeRule> {
     [("mail.send".to_string(), ScopeRule::Confirm), ("pay.*".to_string(), ScopeRule::Escalate)].into()
 }
 
+/// A new API key of `ws`, created by a fresh instance admin key.
+pub async fn api_key(e: &Engine, ws: &str, roles: Vec<allowly_store::Role>) -> allowly_engine::model::CreatedApiKey {
+    let admin = e.create_admin_key().await.unwrap();
+    let caller = e.authenticate(&admin.secret).unwrap().unwrap();
+    e.create_api_key(ws, allowly_engine::model::NewApiKey { roles }, None, &caller, &admin.secret).await.unwrap()
+}
+
 pub async fn workspace(e: &Engine) -> String {
-    e.create_workspace(NewWorkspace { name: "acme".into(), scope_rules: rules() }).await.unwrap().id
+    e.create_workspace(NewWorkspace { name: "acme".into(), scope_rules: rules() }, None).await.unwrap().id
 }
 
 pub fn grant(expires_at: Option<Timestamp>) -> NewAuthorization {
