@@ -105,6 +105,42 @@ pub(crate) fn authorization(e: &impl KvEngine, ws: &str, id: &str) -> Result<Opt
     Ok(Some(r))
 }
 
+/// The smallest key after `ws ‖ 0x00 ‖ after` (ids have no 0x00, so appending one is next),
+/// or the workspace's first key.
+fn ws_lower_bound(ws: &str, after: Option<&str>) -> Result<Vec<u8>> {
+    Ok(match after {
+        Some(a) => {
+            check_id("after", a)?;
+            let mut k = keys::ws_id(ws, a);
+            k.push(0);
+            k
+        }
+        None => keys::ws_start(ws),
+    })
+}
+
+pub(crate) fn authorizations(
+    e: &impl KvEngine,
+    ws: &str,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<Vec<AuthorizationRecord>> {
+    check_id("workspace_id", ws)?;
+    let lower = ws_lower_bound(ws, after)?;
+    let space = Space::Authorizations;
+    let pairs = e.read(|view| view.scan(space, &lower, Some(&keys::ws_end(ws)), limit, false))?;
+    pairs
+        .into_iter()
+        .map(|(k, v)| {
+            let r: AuthorizationRecord = decode(space, &k, &v)?;
+            if r.workspace_id != ws || k != keys::ws_id(ws, &r.id) {
+                return Err(corrupt(space, &k, "record is filed under another workspace or id"));
+            }
+            Ok(r)
+        })
+        .collect()
+}
+
 pub(crate) fn receipt(e: &impl KvEngine, ws: &str, id: &str) -> Result<Option<ReceiptRecord>> {
     check_id("workspace_id", ws)?;
     check_id("receipt_id", id)?;
@@ -273,15 +309,7 @@ pub(crate) fn docs(
         check_id("doc_id", a)?;
     }
     let space = Space::of_doc(kind);
-    let lower = match after {
-        // The smallest key after `ws ‖ 0x00 ‖ a`: ids have no 0x00, so appending one is next.
-        Some(a) => {
-            let mut k = keys::ws_id(ws, a);
-            k.push(0);
-            k
-        }
-        None => keys::ws_start(ws),
-    };
+    let lower = ws_lower_bound(ws, after)?;
     let pairs = e.read(|view| view.scan(space, &lower, Some(&keys::ws_end(ws)), limit, false))?;
     pairs.iter().map(|(k, v)| check_doc(space, k, v, Some(ws), None).map(|d| (d.id, d.doc))).collect()
 }
@@ -322,6 +350,14 @@ macro_rules! impl_store_for_engine {
             }
             fn api_key_by_id(&self, ws: Option<&str>, id: &str) -> $crate::Result<Option<$crate::ApiKeyRecord>> {
                 $crate::query::api_key_by_id(self, ws, id)
+            }
+            fn authorizations(
+                &self,
+                ws: &str,
+                after: Option<&str>,
+                limit: usize,
+            ) -> $crate::Result<Vec<$crate::AuthorizationRecord>> {
+                $crate::query::authorizations(self, ws, after, limit)
             }
             fn authorization(&self, ws: &str, id: &str) -> $crate::Result<Option<$crate::AuthorizationRecord>> {
                 $crate::query::authorization(self, ws, id)

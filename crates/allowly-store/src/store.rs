@@ -33,6 +33,8 @@ pub trait Store: Send + Sync + 'static {
     fn api_key_by_id(&self, ws: Option<&str>, id: &str) -> Result<Option<ApiKeyRecord>>;
     /// An authorization of workspace `ws`.
     fn authorization(&self, ws: &str, id: &str) -> Result<Option<AuthorizationRecord>>;
+    /// Up to `limit` authorizations of `ws` with id > `after` (all when `None`), in id order.
+    fn authorizations(&self, ws: &str, after: Option<&str>, limit: usize) -> Result<Vec<AuthorizationRecord>>;
     /// A receipt of workspace `ws` by id.
     fn receipt(&self, ws: &str, id: &str) -> Result<Option<ReceiptRecord>>;
     /// The receipt at leaf `index` of workspace `ws`'s log.

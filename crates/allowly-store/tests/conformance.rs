@@ -47,6 +47,20 @@ fn authorizations<S: Store>(s: &S) {
     assert_eq!(s.authorization("w", "auth-1").unwrap(), Some(a));
     assert_eq!(s.authorization("w", "auth-2").unwrap(), None);
     assert_eq!(s.authorization("x", "auth-1").unwrap(), None);
+    // Listing: id order, pages after a cursor, nothing of a workspace whose id extends this one.
+    write(
+        s,
+        vec![Op::PutAuthorization(authorization("w", "auth-0")), Op::PutAuthorization(authorization("w", "auth-2"))],
+    );
+    write(s, vec![Op::PutAuthorization(authorization("w_", "auth-1")), Op::PutAuthorization(authorization("v", "a"))]);
+    let ids = |after, limit| s.authorizations("w", after, limit).unwrap().into_iter().map(|a| a.id).collect::<Vec<_>>();
+    assert_eq!(ids(None, 10), ["auth-0", "auth-1", "auth-2"]);
+    assert_eq!(ids(None, 2), ["auth-0", "auth-1"]);
+    assert_eq!(ids(Some("auth-1"), 2), ["auth-2"]);
+    assert_eq!(ids(Some("auth-0a"), 10), ["auth-1", "auth-2"]);
+    assert!(ids(Some("auth-2"), 10).is_empty());
+    assert!(s.authorizations("nobody", None, 10).unwrap().is_empty());
+    assert!(s.authorizations("w", Some("bad id"), 10).is_err());
 }
 
 fn receipts_by_id_index_and_range<S: Store>(s: &S) {

@@ -61,6 +61,8 @@ fn observe<S: Store>(s: &S) -> Vec<String> {
         out.push(format!("{:?}", s.pending(ws, 2)));
         out.push(format!("{:?}", s.receipts_in_range(ws, 0, u64::MAX, 100)));
         out.push(format!("{:?}", s.receipts_in_range(ws, 255, 257, 1)));
+        out.push(format!("{:?}", s.authorizations(ws, None, 100)));
+        out.push(format!("{:?}", s.authorizations(ws, Some(AUTHS[0]), 1)));
         for a in AUTHS {
             out.push(format!("{:?}", s.authorization(ws, a)));
             out.push(format!("{:?}", s.trail(ws, a, None, 100)));
