@@ -3,9 +3,13 @@
 
 It verifies every request with the reference `standardwebhooks` package (the same call any
 receiver would make: ``Webhook(secret).verify(body, headers)``) and appends one JSON line per
-request to ``--log``: ``{"n", "verified", "error", "webhook_id", "timestamp", "response",
-"payload"}``. ``response`` is the status it answered, or ``"hang"`` for a request it held past
-the sender's timeout.
+request to ``--log``: ``{"n", "verified", "verified_by", "error", "webhook_id", "timestamp",
+"response", "payload"}``. ``response`` is the status it answered, or ``"hang"`` for a request it
+held past the sender's timeout.
+
+``--secret`` may be given more than once (a secret rotation): ``verified_by`` lists, per secret
+in the order given, whether the request verifies with it alone, and ``verified`` is true if any
+does.
 
 Behaviour, by request number (0-based): with ``--gone`` every request gets 410; otherwise the
 first ``--fail`` requests get 500, the next ``--hang`` are held for ``--hang-secs`` seconds
@@ -27,7 +31,7 @@ from standardwebhooks import Webhook
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--secret", required=True, help="the endpoint's whsec_ secret")
+    ap.add_argument("--secret", required=True, action="append", help="the endpoint's whsec_ secret (repeatable)")
     ap.add_argument("--log", required=True, help="JSON-lines file to append to")
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--fail", type=int, default=0, help="answer 500 to this many requests first")
@@ -36,7 +40,7 @@ def main() -> None:
     ap.add_argument("--gone", action="store_true", help="answer 410 to everything")
     args = ap.parse_args()
 
-    wh = Webhook(args.secret)
+    hooks = [Webhook(s) for s in args.secret]
     lock = threading.Lock()
     state = {"n": 0}
 
@@ -56,17 +60,23 @@ def main() -> None:
             record = {
                 "n": n,
                 "verified": False,
+                "verified_by": [],
                 "error": None,
                 "webhook_id": headers.get("webhook-id"),
                 "timestamp": headers.get("webhook-timestamp"),
                 "response": None,
                 "payload": None,
             }
-            try:
-                record["payload"] = wh.verify(body, headers)
-                record["verified"] = True
-            except Exception as e:  # any failure to verify is a test failure, recorded as such
-                record["error"] = f"{type(e).__name__}: {e}"
+            for wh in hooks:
+                try:
+                    record["payload"] = wh.verify(body, headers)
+                    record["verified_by"].append(True)
+                except Exception as e:  # any failure to verify is a test failure, recorded as such
+                    record["verified_by"].append(False)
+                    record["error"] = record["error"] or f"{type(e).__name__}: {e}"
+            record["verified"] = any(record["verified_by"])
+            if record["verified"]:
+                record["error"] = None
             if not record["verified"]:
                 status = 401
             elif args.gone:

@@ -99,6 +99,31 @@ pub(crate) enum WsMsg {
         idem: Option<Idem>,
         reply: Reply<WebhookView>,
     },
+    /// Delete an endpoint and cancel a first page of its unfinished deliveries; answers where
+    /// to continue cancelling (`CancelDeliveries`), if anything is left to look at.
+    DeleteWebhook {
+        id: String,
+        reply: Reply<Option<String>>,
+    },
+    /// Cancel the next page of a deleted endpoint's unfinished deliveries (outbox ids after
+    /// `after`); answers where to continue, if anywhere.
+    CancelDeliveries {
+        webhook_id: String,
+        after: String,
+        reply: Reply<Option<String>>,
+    },
+    RotateWebhookSecret {
+        id: String,
+        grace_ms: u64,
+        idem: Option<Idem>,
+        reply: Reply<CreatedWebhook>,
+    },
+    /// Send a finished delivery's event again, as a new delivery.
+    RetryDelivery {
+        id: String,
+        idem: Option<Idem>,
+        reply: Reply<allowly_webhooks::DeliveryView>,
+    },
     /// The engine made the secret; the actor files its hash (and, keyed, the sealed secret
     /// for repeats: see `engine::seal_secret`).
     CreateApiKey {
@@ -212,7 +237,7 @@ pub(crate) struct WorkspaceActor;
 mod admin;
 mod hitl;
 mod webhooks;
-pub(crate) use hitl::EscalationDoc;
+pub(crate) use hitl::{ConfirmationDoc, DueEntry, EscalationDoc, DUE_SCOPE};
 
 fn rules_of(ws: &WorkspaceRecord) -> BTreeMap<String, Rule> {
     ws.scope_rules
@@ -319,6 +344,20 @@ impl Actor for WorkspaceActor {
             }
             WsMsg::SetWebhookDisabled { id, disabled, reason, idem, reply } => {
                 s.idempotent(idem, Signs::No, reply, |s| s.set_webhook_disabled(&id, disabled, reason));
+            }
+            WsMsg::DeleteWebhook { id, reply } => {
+                let r = s.delete_webhook(&id);
+                s.stage(r, reply);
+            }
+            WsMsg::CancelDeliveries { webhook_id, after, reply } => {
+                let r = s.cancel_deliveries(&webhook_id, Some(&after)).map(|(ops, next)| (ops, Ok(next)));
+                s.stage(r, reply);
+            }
+            WsMsg::RotateWebhookSecret { id, grace_ms, idem, reply } => {
+                s.idempotent(idem, Signs::No, reply, |s| s.rotate_webhook_secret(&id, grace_ms));
+            }
+            WsMsg::RetryDelivery { id, idem, reply } => {
+                s.idempotent(idem, Signs::No, reply, |s| s.retry_delivery(&id));
             }
             WsMsg::CreateApiKey { roles, key_hash, sealed_secret, idem, reply } => {
                 s.idempotent(idem, Signs::No, reply, |s| s.create_api_key(roles, key_hash, sealed_secret));
@@ -438,9 +477,11 @@ impl WsState {
         self.stage(r, reply);
     }
 
-    /// A document: staged (`true`) or stored (`false`).
+    /// A document: staged (`true`) or stored (`false`). A staged deletion is `null` in the
+    /// overlay.
     fn doc<D: DeserializeOwned>(&self, kind: DocKind, id: &str) -> Result<Option<(D, bool)>> {
         let (v, staged) = match self.overlay.get(&(kind, id.to_owned())) {
+            Some(serde_json::Value::Null) => return Ok(None),
             Some(v) => (v.clone(), true),
             None => match self.shared.store.doc(kind, &self.ws.id, id)? {
                 Some(v) => (v, false),
@@ -779,9 +820,22 @@ impl WsState {
                 "expires_at": e.expires_at,
                 "receipt": pending_envelope(&rec)?,
             });
-            docs.extend(self.event_ops(&endpoints, EventType::EscalationRequested, now, data)?);
-            let doc = hitl::EscalationDoc::new(&a.id, &rec.id, scopes, resource, now, e.expires_at);
+            let (events, routed_to) =
+                self.escalation_event_ops(&endpoints, EventType::EscalationRequested, &scopes, now, data)?;
+            docs.extend(events);
+            let mut doc = hitl::EscalationDoc::new(&a.id, &rec.id, scopes, resource, now, e.expires_at);
+            doc.routed_to = routed_to;
             self.put_doc(&mut docs, DocKind::Escalation, &e.id, &doc)?;
+            // Indexed by due time, so it expires (receipt, `escalation.resolved`) on time even
+            // if nobody looks at it.
+            let due = doc.due(&self.ws.id, &e.id);
+            let entry = serde_json::to_value(&due).map_err(|e| EngineError::Internal(e.to_string()))?;
+            docs.push(Op::PutDoc {
+                kind: DocKind::EscalationDue,
+                workspace_id: hitl::DUE_SCOPE.into(),
+                id: due.id(),
+                doc: entry,
+            });
         }
         let label = match decision {
             Decision::Allow => "allow",

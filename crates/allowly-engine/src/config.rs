@@ -28,6 +28,13 @@ pub struct EngineConfig {
     pub idempotency_ttl: Duration,
     /// How often records of expired `Idempotency-Key`s are deleted.
     pub idempotency_sweep_interval: Duration,
+    /// How often escalations past their expiry are resolved to deny (so the receipt and the
+    /// `escalation.resolved` event come within this of the expiry, read or not).
+    pub escalation_sweep_interval: Duration,
+    /// Which webhook URLs registration accepts: public addresses only by default (an IP-literal
+    /// host in a private or otherwise non-public range is refused; see
+    /// `allowly_webhooks::destination`).
+    pub webhook_destinations: allowly_webhooks::Policy,
 }
 
 impl Default for EngineConfig {
@@ -43,6 +50,8 @@ impl Default for EngineConfig {
             shutdown_timeout: Duration::from_secs(10),
             idempotency_ttl: Duration::from_secs(24 * 3600),
             idempotency_sweep_interval: Duration::from_secs(3600),
+            escalation_sweep_interval: Duration::from_secs(1),
+            webhook_destinations: allowly_webhooks::Policy::PublicOnly,
         }
     }
 }

@@ -33,6 +33,9 @@ use crate::receipts::{key_records, key_set, pending_envelope, signed_envelope};
 use crate::shared::{now_ms, ts, Health, Shared};
 use crate::{validate, views};
 
+/// Most records one list page looks at (see [`Engine::authorizations`]).
+pub const MAX_LIST_SCAN: usize = 10_000;
+
 /// Most receipts one export returns (larger trails or ranges are exported in parts).
 pub const MAX_EXPORT_RECEIPTS: u64 = 100_000;
 
@@ -85,7 +88,14 @@ impl Engine {
         let engine = Self { shared: shared.clone() };
         shared.probe_signer().await;
         tokio::spawn(probe_loop(Arc::downgrade(&shared)));
-        tokio::spawn(sweep_loop(Arc::downgrade(&shared)));
+        let every = shared.cfg.idempotency_sweep_interval;
+        tokio::spawn(periodic(Arc::downgrade(&shared), every, "expired Idempotency-Key records", |e| async move {
+            e.sweep_idempotency().await
+        }));
+        let every = shared.cfg.escalation_sweep_interval;
+        tokio::spawn(periodic(Arc::downgrade(&shared), every, "overdue escalations", |e| async move {
+            e.expire_due_escalations().await
+        }));
         // Receipts a previous run committed but did not get signed.
         let s = shared.clone();
         let pending = blocking(move || {
@@ -304,7 +314,14 @@ impl Engine {
                     self.write(ops).await?;
                     n
                 } else {
-                    self.ask(&ws, |reply| WsMsg::SweepIdempotency { ids, reply }).await?
+                    // One workspace that cannot answer must not hold up the others.
+                    match self.ask(&ws, |reply| WsMsg::SweepIdempotency { ids, reply }).await {
+                        Ok(n) => n,
+                        Err(e) => {
+                            tracing::warn!(workspace = %ws, error = %e, "sweeping Idempotency-Key records failed");
+                            0
+                        }
+                    }
                 };
             }
             if page.len() < PAGE {
@@ -312,6 +329,63 @@ impl Engine {
                 return Ok(deleted);
             }
             after = page.last().map(|(w, i, _)| (w.clone(), i.clone()));
+        }
+    }
+
+    /// Resolves every escalation past its expiry to deny (receipt, `escalation.resolved`
+    /// event), in due order; answers how many. Runs every `escalation_sweep_interval`, so an
+    /// escalation expires on time even if nobody reads it. Skipped while the signer is down
+    /// (an expiry records a receipt); it catches up afterwards.
+    pub async fn expire_due_escalations(&self) -> Result<usize> {
+        const PAGE: usize = 256;
+        let s = &self.shared;
+        if s.health.require_up(&s.metrics).is_err() {
+            return Ok(0);
+        }
+        let mut expired = 0;
+        let mut after: Option<String> = None;
+        loop {
+            let (store, from) = (s.store.clone(), after.clone());
+            let page = blocking(move || {
+                Ok(store.docs(DocKind::EscalationDue, crate::actor::DUE_SCOPE, from.as_deref(), PAGE)?)
+            })
+            .await?;
+            let now = now_ms();
+            for (id, v) in &page {
+                after = Some(id.clone());
+                let entry: Option<crate::actor::DueEntry> = serde_json::from_value(v.clone()).ok();
+                let Some(entry) = entry.filter(|e| e.id() == *id) else {
+                    tracing::warn!(id, "dropping a malformed escalation due entry");
+                    self.write(vec![Op::DeleteDoc {
+                        kind: DocKind::EscalationDue,
+                        workspace_id: crate::actor::DUE_SCOPE.into(),
+                        id: id.clone(),
+                    }])
+                    .await?;
+                    continue;
+                };
+                if entry.expires_at_ms > now {
+                    return Ok(expired);
+                }
+                let esc = entry.escalation_id.clone();
+                match self.ask(&entry.workspace_id, |reply| WsMsg::ExpireEscalation { id: esc, reply }).await {
+                    Ok(v) if v.status == EscalationStatus::Expired => expired += 1,
+                    // Resolved meanwhile (its entry went with the resolution) or gone: the
+                    // entry is stale.
+                    Ok(_) | Err(EngineError::Refused { .. }) | Err(EngineError::NotFound { .. }) => {
+                        self.write(vec![entry.delete_op()]).await?;
+                    }
+                    // Retried next time; one workspace that cannot answer must not hold up
+                    // the escalations due after it.
+                    Err(e) => {
+                        tracing::warn!(workspace = %entry.workspace_id, escalation = %entry.escalation_id,
+                            error = %e, "expiring an overdue escalation failed");
+                    }
+                }
+            }
+            if page.len() < PAGE {
+                return Ok(expired);
+            }
         }
     }
 
@@ -502,6 +576,55 @@ impl Engine {
         views::authorization(&a, now_ms())
     }
 
+    /// The workspace's authorizations in id order, filtered. A page scans at most
+    /// `MAX_LIST_SCAN` records: with a selective filter it may hold fewer than `limit` items
+    /// and still have `has_more` (follow `next_cursor`).
+    pub fn authorizations(
+        &self,
+        ws: &str,
+        filter: &AuthorizationFilter,
+        starting_after: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<AuthorizationView>> {
+        self.workspace_record(ws)?;
+        let limit = limit.clamp(1, 1000);
+        let bad_cursor = || EngineError::invalid("starting_after", "not a cursor from this list");
+        if starting_after.is_some_and(|c| allowly_receipt::types::validate_id("cursor", c).is_err()) {
+            return Err(bad_cursor());
+        }
+        let now = now_ms();
+        let mut after = starting_after.map(str::to_owned);
+        let (mut data, mut scanned) = (Vec::new(), 0usize);
+        loop {
+            let chunk = (limit + 1).max(256);
+            let recs = self.shared.store.authorizations(ws, after.as_deref(), chunk)?;
+            let end = recs.len() < chunk;
+            for r in recs {
+                scanned += 1;
+                after = Some(r.id.clone());
+                if filter.subject.as_ref().is_some_and(|s| *s != r.subject) {
+                    continue;
+                }
+                let v = views::authorization(&r, now)?;
+                if filter.status.is_some_and(|s| s != v.status) {
+                    continue;
+                }
+                data.push(v);
+                if data.len() > limit {
+                    data.truncate(limit);
+                    let next_cursor = data.last().map(|v| v.id.clone());
+                    return Ok(Page { data, has_more: true, next_cursor });
+                }
+            }
+            if end {
+                return Ok(Page { data, has_more: false, next_cursor: None });
+            }
+            if scanned >= MAX_LIST_SCAN {
+                return Ok(Page { data, has_more: true, next_cursor: after });
+            }
+        }
+    }
+
     fn authorization_record(&self, ws: &str, id: &str) -> Result<allowly_store::AuthorizationRecord> {
         self.shared
             .store
@@ -552,19 +675,36 @@ impl Engine {
         self.ask(ws, |reply| WsMsg::Confirm { nonce, answer, idem, reply }).await
     }
 
-    /// An escalation. One past its expiry is resolved to deny first (with its receipt).
-    pub async fn escalation(&self, ws: &str, id: &str) -> Result<EscalationView> {
-        let not_found = || EngineError::refused("escalation_not_found", "no such escalation");
-        let doc = self.shared.store.doc(DocKind::Escalation, ws, id).map_err(|e| match e {
-            StoreError::InvalidId { .. } => not_found(),
+    /// A confirmation or escalation document; a malformed, unknown or foreign id is
+    /// `Refused` with `code` (nothing is written).
+    fn hitl_doc<D: serde::de::DeserializeOwned>(
+        &self,
+        kind: DocKind,
+        ws: &str,
+        id: &str,
+        code: &'static str,
+        message: &'static str,
+    ) -> Result<D> {
+        let doc = self.shared.store.doc(kind, ws, id).map_err(|e| match e {
+            StoreError::InvalidId { .. } => EngineError::refused(code, message),
             other => EngineError::Store(other),
         })?;
-        let doc: crate::actor::EscalationDoc = match doc {
-            Some(v) => {
-                serde_json::from_value(v).map_err(|e| EngineError::Internal(format!("stored escalation: {e}")))?
-            }
-            None => return Err(not_found()),
-        };
+        let v = doc.ok_or_else(|| EngineError::refused(code, message))?;
+        serde_json::from_value(v).map_err(|e| EngineError::Internal(format!("stored {kind:?} {id}: {e}")))
+    }
+
+    /// A confirmation's state (an unknown nonce, or another workspace's, is
+    /// `confirmation_not_found`).
+    pub fn confirmation(&self, ws: &str, nonce: &str) -> Result<ConfirmationView> {
+        let doc: crate::actor::ConfirmationDoc =
+            self.hitl_doc(DocKind::Confirmation, ws, nonce, "confirmation_not_found", "no such confirmation nonce")?;
+        doc.view(nonce, now_ms())
+    }
+
+    /// An escalation. One past its expiry is resolved to deny first (with its receipt).
+    pub async fn escalation(&self, ws: &str, id: &str) -> Result<EscalationView> {
+        let doc: crate::actor::EscalationDoc =
+            self.hitl_doc(DocKind::Escalation, ws, id, "escalation_not_found", "no such escalation")?;
         if !doc.is_overdue(now_ms()) {
             return doc.view(id);
         }
@@ -808,9 +948,13 @@ pub(crate) fn idempotency<R: serde::Serialize + ?Sized>(
     }))
 }
 
-/// Deletes expired `Idempotency-Key` records now and then. Ends with the engine.
-async fn sweep_loop(shared: std::sync::Weak<Shared>) {
-    let Some(every) = shared.upgrade().map(|s| s.cfg.idempotency_sweep_interval) else { return };
+/// Runs `work` every `every` (the first time one interval after the start). Ends with the
+/// engine or at shutdown; a failure is logged and retried next time.
+async fn periodic<F, Fut>(shared: std::sync::Weak<Shared>, every: Duration, what: &'static str, work: F)
+where
+    F: Fn(Engine) -> Fut,
+    Fut: std::future::Future<Output = Result<usize>>,
+{
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
@@ -820,8 +964,8 @@ async fn sweep_loop(shared: std::sync::Weak<Shared>) {
         if shared.shutting_down.load(Ordering::Acquire) {
             return;
         }
-        if let Err(e) = (Engine { shared }).sweep_idempotency().await {
-            tracing::warn!(error = %e, "sweeping expired Idempotency-Key records failed (retried next time)");
+        if let Err(e) = work(Engine { shared }).await {
+            tracing::warn!(error = %e, "housekeeping ({what}) failed; retried next time");
         }
     }
 }

@@ -20,8 +20,10 @@ pub enum EngineError {
     #[error("conflict: {0}")]
     Conflict(String),
     /// A confirmation or escalation step that cannot happen (unknown, already used or resolved,
-    /// expired). `code` is the stable problem code; `receipt` is set when the attempt was
-    /// recorded in the authorization's trail (used or expired: the trail must show it).
+    /// expired), or a webhook delivery retry that cannot (`delivery_in_progress`,
+    /// `webhook_disabled`, `webhook_not_found`). `code` is the stable problem code (`*_not_found`
+    /// → 404, `*_expired` → 410, else 409); `receipt` is set when the attempt was recorded in the
+    /// authorization's trail (used or expired: the trail must show it).
     #[error("{message}")]
     Refused { code: &'static str, message: String, receipt: Option<Box<allowly_receipt::types::PendingReceipt>> },
     /// An `Idempotency-Key` was used before with a different request. Nothing was changed.

@@ -131,6 +131,15 @@ pub struct AuthorizationView {
     pub trail_length: u64,
 }
 
+/// Which authorizations `GET /v1/authorizations` lists.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuthorizationFilter {
+    /// Only this subject's.
+    pub subject: Option<String>,
+    /// Only those in this state (as of now).
+    pub status: Option<AuthorizationStatus>,
+}
+
 /// Answer to creating or revoking an authorization: its new state and the receipt recording it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuthorizationChange {
@@ -178,6 +187,37 @@ pub struct ConfirmationInfo {
     pub expires_at: Timestamp,
     pub scopes: Vec<String>,
     pub resource: Option<String>,
+}
+
+/// Where a confirmation stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConfirmationStatus {
+    Pending,
+    /// Answered once (the answer's decision and receipt are shown).
+    Answered,
+    /// Past its expiry without an answer.
+    Expired,
+}
+
+/// A confirmation as the API shows it (`GET /v1/confirmations/{nonce}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfirmationView {
+    pub nonce: String,
+    pub authorization_id: String,
+    pub status: ConfirmationStatus,
+    pub scopes: Vec<String>,
+    pub resource: Option<String>,
+    pub created_at: Timestamp,
+    pub expires_at: Timestamp,
+    /// Receipt of the check that asked for the confirmation.
+    pub check_receipt_id: String,
+    /// The final decision of the answer (a revoked or expired authorization turns an approval
+    /// into a deny).
+    pub decision: Option<Decision>,
+    pub reason: Option<String>,
+    pub answered_at: Option<Timestamp>,
+    pub answer_receipt_id: Option<String>,
 }
 
 /// The escalation an `escalate` decision opened.
@@ -332,4 +372,7 @@ pub struct EscalationView {
     pub approver: Option<String>,
     /// Receipt of the resolution (or of the expiry).
     pub resolution_receipt_id: Option<String>,
+    /// Ids of the webhook endpoints its `escalation.requested` event was sent to (those
+    /// subscribed whose `scopes` filter matches; see `POST /v1/webhooks`).
+    pub routed_to: Vec<String>,
 }

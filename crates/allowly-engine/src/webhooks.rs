@@ -2,10 +2,16 @@
 //! the endpoint API. Sending is `allowly-webhooks`' worker's job; the engine only makes events
 //! durable.
 //!
-//! - Endpoint writes (create, disable, enable, and "disable: 410 Gone" from the worker through
-//!   [`allowly_webhooks::Control`]) go through the workspace actor, so they are sequenced with
-//!   each other and with the events they affect: an event staged after a staged endpoint change
-//!   in the same group commit already sees it.
+//! - Endpoint writes (create, disable, enable, rotate the secret, delete, and "disable: 410
+//!   Gone" from the worker through [`allowly_webhooks::Control`]) and manual retries go through
+//!   the workspace actor, so they are sequenced with each other and with the events they affect:
+//!   an event staged after a staged endpoint change in the same group commit already sees it.
+//! - Registration refuses URLs whose host is a non-public IP literal unless
+//!   `EngineConfig::webhook_destinations` allows private networks (the worker checks resolved
+//!   addresses at each delivery).
+//! - Escalation events are routed by scope: an endpoint with a `scopes` filter gets
+//!   `escalation.*` events only when one of the escalation's scopes matches one of its patterns
+//!   ([`routed`]); the escalation records whom its request went to (`routed_to`).
 //! - Events are enqueued (a delivery + an outbox entry per subscribed, enabled endpoint) in the
 //!   same write as the receipt that causes them — the actor's group commit for
 //!   `escalation.requested`, `escalation.resolved` and `authorization.revoked`, the pipeline's
@@ -21,11 +27,13 @@ use std::sync::Arc;
 
 use allowly_store::{DocKind, Store, StoreError};
 use allowly_webhooks::model::{
-    decode, delivery_prefix, DeliveryDoc, DisabledReason, Endpoint, WebhookDoc, MAX_WEBHOOKS_PER_WORKSPACE,
+    decode, delivery_prefix, DeliveryDoc, DisabledReason, Endpoint, EventType, WebhookDoc, MAX_ROTATION_GRACE_MS,
+    MAX_SCOPE_FILTER, MAX_WEBHOOKS_PER_WORKSPACE,
 };
-use allowly_webhooks::{DeliveryView, WebhookError, WebhookView};
+use allowly_webhooks::{CreatedWebhook, DeliveryView, RotateSecret, WebhookError, WebhookView};
 use dashmap::DashMap;
 
+use crate::decide::{scope_matches, validate_scope};
 use crate::engine::{idempotency, Engine};
 use crate::error::{EngineError, Result};
 use crate::model::Page;
@@ -80,6 +88,45 @@ fn docs(store: &dyn Store, ws: &str) -> Result<Vec<(String, WebhookDoc)>> {
         .collect()
 }
 
+/// The endpoints an event of `ty` about `scopes` goes to: those that want `ty` and, for
+/// escalation events, whose `scopes` filter (if any) matches one of `scopes`.
+pub(crate) fn routed(endpoints: &[Endpoint], ty: EventType, scopes: &[String]) -> Vec<Endpoint> {
+    let escalation = matches!(ty, EventType::EscalationRequested | EventType::EscalationResolved);
+    endpoints
+        .iter()
+        .filter(|e| e.wants(ty))
+        .filter(|e| match (&e.scopes, escalation) {
+            (Some(patterns), true) => patterns.iter().any(|p| scopes.iter().any(|s| scope_matches(p, s))),
+            _ => true,
+        })
+        .cloned()
+        .collect()
+}
+
+/// An endpoint's `scopes` filter: 1..=64 valid scope patterns (as in scope rules), no repeats.
+fn validate_scope_filter(scopes: &Option<Vec<String>>) -> Result<()> {
+    let Some(list) = scopes else { return Ok(()) };
+    if list.is_empty() || list.len() > MAX_SCOPE_FILTER {
+        return Err(EngineError::invalid(
+            "scopes",
+            format!("must hold 1..={MAX_SCOPE_FILTER} patterns (omit it to receive every escalation)"),
+        ));
+    }
+    if let Some(bad) = list.iter().find(|p| !validate_scope(p, true)) {
+        return Err(EngineError::invalid(
+            "scopes",
+            format!("{bad:?} is not a valid scope or pattern (`*`, `a.b.*`): dot-separated [a-z0-9_:-] segments"),
+        ));
+    }
+    let mut seen = list.clone();
+    seen.sort();
+    seen.dedup();
+    if seen.len() != list.len() {
+        return Err(EngineError::invalid("scopes", "must not repeat a pattern"));
+    }
+    Ok(())
+}
+
 fn not_found(what: &'static str) -> impl Fn(StoreError) -> EngineError {
     move |e| match e {
         StoreError::InvalidId { .. } => EngineError::NotFound { what },
@@ -105,6 +152,9 @@ impl Engine {
     ) -> Result<allowly_webhooks::CreatedWebhook> {
         allowly_webhooks::model::validate_url(&req.url).map_err(|m| EngineError::invalid("url", m))?;
         allowly_webhooks::model::validate_events(&req.events).map_err(|m| EngineError::invalid("events", m))?;
+        allowly_webhooks::destination::check_url(&req.url, self.shared().cfg.webhook_destinations)
+            .map_err(|m| EngineError::invalid("url", m))?;
+        validate_scope_filter(&req.scopes)?;
         self.workspace_record(ws)?;
         let idem = idempotency(idem, "webhook_create", &req)?;
         self.ask(ws, |reply| crate::actor::WsMsg::CreateWebhook { req, idem, reply }).await
@@ -147,6 +197,53 @@ impl Engine {
         let idem = idempotency(idem, route, &id)?;
         let id = id.to_owned();
         self.ask(ws, |reply| crate::actor::WsMsg::SetWebhookDisabled { id, disabled, reason, idem, reply }).await
+    }
+
+    /// Deletes an endpoint: it gets no new events, and its unfinished deliveries are cancelled
+    /// (kept, `cancelled`, readable by id until the retention sweep). Deleting it again is
+    /// `NotFound`. The cancellation runs in bounded steps through the actor; if this call is
+    /// cut short, the worker cancels what is left when it comes due.
+    pub async fn delete_webhook(&self, ws: &str, id: &str) -> Result<()> {
+        self.webhook_doc(ws, id)?;
+        let owned = id.to_owned();
+        let mut next = self.ask(ws, |reply| crate::actor::WsMsg::DeleteWebhook { id: owned, reply }).await?;
+        while let Some(after) = next {
+            let webhook_id = id.to_owned();
+            next = self.ask(ws, |reply| crate::actor::WsMsg::CancelDeliveries { webhook_id, after, reply }).await?;
+        }
+        Ok(())
+    }
+
+    /// A new signing secret, shown once. The old one keeps signing for `grace_period_ms`
+    /// (default and most 24 h; 0 = retire it now): deliveries carry both signatures meanwhile.
+    pub async fn rotate_webhook_secret(
+        &self,
+        ws: &str,
+        id: &str,
+        req: RotateSecret,
+        idem: Option<&str>,
+    ) -> Result<CreatedWebhook> {
+        let grace_ms = req.grace_period_ms.unwrap_or(MAX_ROTATION_GRACE_MS);
+        if grace_ms > MAX_ROTATION_GRACE_MS {
+            return Err(EngineError::invalid(
+                "grace_period_ms",
+                format!("must be within 0..={MAX_ROTATION_GRACE_MS} (24 h)"),
+            ));
+        }
+        self.webhook_doc(ws, id)?;
+        let idem = idempotency(idem, "webhook_rotate_secret", &(id, &req))?;
+        let id = id.to_owned();
+        self.ask(ws, |reply| crate::actor::WsMsg::RotateWebhookSecret { id, grace_ms, idem, reply }).await
+    }
+
+    /// Sends a finished delivery's event again as a new delivery (same `webhook-id`, `retry_of`
+    /// naming this one). Refused while it is pending (`delivery_in_progress`), or when its
+    /// endpoint is disabled (`webhook_disabled`) or deleted (`webhook_not_found`).
+    pub async fn retry_delivery(&self, ws: &str, id: &str, idem: Option<&str>) -> Result<DeliveryView> {
+        self.delivery(ws, id)?;
+        let idem = idempotency(idem, "delivery_retry", &id)?;
+        let id = id.to_owned();
+        self.ask(ws, |reply| crate::actor::WsMsg::RetryDelivery { id, idem, reply }).await
     }
 
     /// An endpoint's deliveries, newest first. `starting_after` is a cursor from a previous

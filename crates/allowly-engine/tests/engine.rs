@@ -310,3 +310,50 @@ async fn api_keys_authenticate_until_revoked() {
     e.shutdown().await;
     signer.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorizations_are_listed_by_page_with_filters_and_only_the_workspaces_own() {
+    let root = TempDir::new().unwrap();
+    let signer = start_signer(&root);
+    let e = Engine::start(open_store(&root), client(&root), config()).await.unwrap();
+    let (ws, other) = (workspace(&e).await, workspace(&e).await);
+    let mut ids = Vec::new();
+    for i in 0..7 {
+        let mut g = grant(None);
+        g.subject = if i % 2 == 0 { "alice".into() } else { "bob".into() };
+        ids.push(e.create_authorization(&ws, g, None).await.unwrap().authorization.id);
+    }
+    e.create_authorization(&other, grant(None), None).await.unwrap();
+    e.revoke_authorization(&ws, &ids[0], None).await.unwrap();
+    ids.sort();
+
+    // Every page in id order, cursors chain, nothing of the other workspace.
+    let all = AuthorizationFilter::default();
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let page = e.authorizations(&ws, &all, cursor.as_deref(), 3).unwrap();
+        assert!(page.data.len() <= 3);
+        seen.extend(page.data.iter().map(|a| a.id.clone()));
+        if !page.has_more {
+            assert_eq!(page.next_cursor, None);
+            break;
+        }
+        cursor = page.next_cursor;
+    }
+    assert_eq!(seen, ids);
+
+    let only = |subject: Option<&str>, status| AuthorizationFilter { subject: subject.map(Into::into), status };
+    let alice = e.authorizations(&ws, &only(Some("alice"), None), None, 100).unwrap();
+    assert_eq!(alice.data.len(), 4);
+    assert!(alice.data.iter().all(|a| a.subject == "alice" && a.workspace_id == ws));
+    let revoked = e.authorizations(&ws, &only(None, Some(AuthorizationStatus::Revoked)), None, 100).unwrap();
+    assert_eq!(revoked.data.len(), 1);
+    let bob_revoked = e.authorizations(&ws, &only(Some("bob"), Some(AuthorizationStatus::Revoked)), None, 100);
+    assert!(bob_revoked.unwrap().data.is_empty());
+    assert!(e.authorizations(&ws, &only(Some("carol"), None), None, 100).unwrap().data.is_empty());
+    assert!(matches!(e.authorizations(&ws, &all, Some("not a cursor"), 10), Err(EngineError::Invalid { .. })));
+    assert!(matches!(e.authorizations("ws_nope", &all, None, 10), Err(EngineError::NotFound { .. })));
+    e.shutdown().await;
+    signer.stop();
+}

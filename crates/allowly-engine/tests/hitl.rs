@@ -65,9 +65,19 @@ async fn a_confirmation_is_answered_once_and_every_attempt_is_in_the_trail() {
     let out = e.check(&ws, ask(&auth, "mail.send", Some("doc:1")), None).await.unwrap();
     assert_eq!(out.decision, Decision::Confirm);
     let nonce = out.confirmation.unwrap().nonce;
+    let pending = e.confirmation(&ws, &nonce).unwrap();
+    assert_eq!(
+        (pending.status, pending.decision, &pending.authorization_id),
+        (ConfirmationStatus::Pending, None, &auth)
+    );
+    assert_eq!(Some(&pending.check_receipt_id), out.receipt.as_ref().map(|r| &r.receipt_id));
 
     let r = e.confirm(&ws, &nonce, answer(ApprovalOutcome::Approved), None).await.unwrap();
     assert_eq!((r.decision, r.reason.as_str()), (Decision::Allow, "confirmed"));
+    let answered = e.confirmation(&ws, &nonce).unwrap();
+    assert_eq!(answered.status, ConfirmationStatus::Answered);
+    assert_eq!((answered.decision, answered.reason.as_deref()), (Some(Decision::Allow), Some("confirmed")));
+    assert_eq!(answered.answer_receipt_id.as_deref(), Some(r.receipt.receipt_id.as_str()));
     let b = &r.receipt.body;
     assert_eq!(b["kind"], "confirmation");
     assert_eq!(b["approval"]["by"], "user-42");
@@ -88,6 +98,14 @@ async fn a_confirmation_is_answered_once_and_every_attempt_is_in_the_trail() {
         refused(e.confirm(&ws, "cn_nope", answer(ApprovalOutcome::Approved), None).await),
         ("confirmation_not_found", None)
     );
+    for (w, n) in [(&other, nonce.as_str()), (&ws, "cn_nope"), (&ws, "bad nonce")] {
+        match e.confirmation(w, n) {
+            Err(EngineError::Refused { code: "confirmation_not_found", receipt: None, .. }) => {}
+            other => panic!("{w} {n}: {other:?}"),
+        }
+    }
+    // A refused attempt does not change the answer shown.
+    assert_eq!(e.confirmation(&ws, &nonce).unwrap(), answered);
 
     let trail = kinds(&e, &ws, &auth);
     let tail: Vec<_> = trail.iter().skip(1).map(|(k, d, r)| (*k, *d, r.as_deref())).collect();
@@ -134,16 +152,27 @@ async fn concurrent_answers_to_one_nonce_have_exactly_one_winner() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_expired_nonce_is_refused_with_a_receipt_and_revocation_turns_answers_into_denies() {
+async fn an_expired_nonce_is_refused_with_a_receipt() {
     let root = TempDir::new().unwrap();
     let cfg = EngineConfig { confirmation_ttl: Duration::from_millis(200), ..config() };
     let (signer, e, ws, auth) = start(&root, cfg).await;
     let c = e.check(&ws, ask(&auth, "mail.send", Some("doc:1")), None).await.unwrap().confirmation.unwrap();
+    assert_eq!(e.confirmation(&ws, &c.nonce).unwrap().status, ConfirmationStatus::Pending);
     eventually("the nonce expires", || async { now_ms() >= c.expires_at.unix_ms() }).await;
+    assert_eq!(e.confirmation(&ws, &c.nonce).unwrap().status, ConfirmationStatus::Expired);
     let (code, receipt) = refused(e.confirm(&ws, &c.nonce, answer(ApprovalOutcome::Approved), None).await);
     assert_eq!(code, "confirmation_expired");
     assert!(receipt.is_some());
+    verify_trail(&e, &ws, &auth).await;
+    e.shutdown().await;
+    signer.stop();
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_turns_later_answers_into_denies() {
+    // Default lifetimes: nothing here may expire however slow the machine is.
+    let root = TempDir::new().unwrap();
+    let (signer, e, ws, auth) = start(&root, config()).await;
     // Pending confirmation and escalation, then a revocation: the later answers are denies.
     let cfg_nonce =
         e.check(&ws, ask(&auth, "mail.send", Some("doc:1")), None).await.unwrap().confirmation.unwrap().nonce;
@@ -151,6 +180,9 @@ async fn an_expired_nonce_is_refused_with_a_receipt_and_revocation_turns_answers
     e.revoke_authorization(&ws, &auth, None).await.unwrap();
     let r = e.confirm(&ws, &cfg_nonce, answer(ApprovalOutcome::Approved), None).await.unwrap();
     assert_eq!((r.decision, r.reason.as_str()), (Decision::Deny, "revoked"));
+    let shown = e.confirmation(&ws, &cfg_nonce).unwrap();
+    assert_eq!((shown.status, shown.decision), (ConfirmationStatus::Answered, Some(Decision::Deny)));
+    assert_eq!(shown.reason.as_deref(), Some("revoked"));
     let approve = EscalationAnswer { outcome: EscalationOutcome::Approved, approver: "boss".into(), note: None };
     let r = e.resolve_escalation(&ws, &esc, approve, None).await.unwrap();
     assert_eq!((r.decision, r.reason.as_str()), (Decision::Deny, "revoked"));
@@ -163,7 +195,8 @@ async fn an_expired_nonce_is_refused_with_a_receipt_and_revocation_turns_answers
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_escalation_resolves_once_and_an_overdue_one_resolves_to_deny() {
     let root = TempDir::new().unwrap();
-    let cfg = EngineConfig { escalation_ttl: Duration::from_millis(300), ..config() };
+    // Long enough for the in-time answers on a loaded machine, short enough to wait out.
+    let cfg = EngineConfig { escalation_ttl: Duration::from_millis(2000), ..config() };
     let (signer, e, ws, auth) = start(&root, cfg).await;
     let esc = e.check(&ws, ask(&auth, "pay.wire", Some("doc:1")), None).await.unwrap().escalation.unwrap().id;
     let view = e.escalation(&ws, &esc).await.unwrap();
@@ -357,6 +390,53 @@ async fn a_keyed_repeat_is_answered_while_the_signer_is_down_and_a_first_use_fai
     let signer = start_signer(&root);
     eventually("ready again", || async { e.readiness().ready }).await;
     e.check(&ws, ask(&auth, "files.read", Some("doc:1")), Some("k-new")).await.unwrap();
+    e.shutdown().await;
+    signer.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_escalation_nobody_reads_expires_on_time_and_a_resolved_one_leaves_the_due_index() {
+    let root = TempDir::new().unwrap();
+    let cfg = EngineConfig {
+        // Long enough for the in-time answer on a loaded machine, short enough to wait out.
+        escalation_ttl: Duration::from_millis(1500),
+        escalation_sweep_interval: Duration::from_millis(20),
+        ..config()
+    };
+    let store = open_store(&root);
+    let signer = start_signer(&root);
+    let e = Engine::start(store.clone(), client(&root), cfg).await.unwrap();
+    let ws = workspace(&e).await;
+    let auth = e.create_authorization(&ws, grant(None), None).await.unwrap().authorization.id;
+    let due = |s: &allowly_store::RocksStore| s.docs(allowly_store::DocKind::EscalationDue, "_due", None, 100).unwrap();
+    use allowly_store::Store as _;
+
+    // Resolved in time: its due entry goes with the resolution (same commit).
+    let esc = e.check(&ws, ask(&auth, "pay.wire", Some("doc:1")), None).await.unwrap().escalation.unwrap();
+    assert_eq!(due(&store).len(), 1);
+    let answer = EscalationAnswer { outcome: EscalationOutcome::Approved, approver: "boss".into(), note: None };
+    e.resolve_escalation(&ws, &esc.id, answer, None).await.unwrap();
+    assert!(due(&store).is_empty());
+
+    // Unread: the sweep resolves it to deny, with its receipt, shortly after its expiry. The
+    // trail is read only (a read of the escalation itself would record the expiry too).
+    let late = e.check(&ws, ask(&auth, "pay.wire", Some("doc:2")), None).await.unwrap().escalation.unwrap();
+    let expired_in_trail = || {
+        kinds(&e, &ws, &auth)
+            .iter()
+            .filter(|(k, _, r)| *k == EventKind::EscalationResolved && r.as_deref() == Some("escalation_expired"))
+            .count()
+    };
+    assert_eq!(expired_in_trail(), 0);
+    eventually("the sweep records the expiry", || async { expired_in_trail() == 1 }).await;
+    assert!(now_ms() >= late.expires_at.unix_ms(), "expired before its time");
+    assert!(due(&store).is_empty());
+    let view = e.escalation(&ws, &late.id).await.unwrap();
+    assert_eq!(view.status, EscalationStatus::Expired);
+    // Nothing is left to do, and doing it again records nothing.
+    assert_eq!(e.expire_due_escalations().await.unwrap(), 0);
+    assert_eq!(expired_in_trail(), 1);
+    verify_trail(&e, &ws, &auth).await;
     e.shutdown().await;
     signer.stop();
 }

@@ -23,13 +23,20 @@ pub const BODY_LIMIT_RANGE: std::ops::RangeInclusive<usize> = 1024..=16 * 1024 *
 const AFTER_HELP: &str = "\
 Every option can also be set by its environment variable or in the TOML file given by --config
 (keys: data_dir, listen, signer_socket, signer_bin, body_limit, confirmation_ttl_ms, escalation_ttl_ms, webhook_base_backoff_ms,
-webhook_max_backoff_ms, webhook_give_up_after_ms, webhook_attempt_timeout_ms). Precedence: flag >
-environment > file > default. Relative paths are relative to the working directory.
+webhook_max_backoff_ms, webhook_give_up_after_ms, webhook_attempt_timeout_ms, webhook_retention_ms,
+webhook_allow_private_networks). Precedence: flag > environment > file > default. Relative paths
+are relative to the working directory.
 
 Webhooks (Standard Webhooks) are retried with exponential backoff and jitter: after the n-th
 failed attempt the next waits between half and all of min(base * 2^(n-1), max); a delivery is
 given up when its next attempt would come later than give-up-after since the event. The defaults
-(5 s, 1 h, 24 h, 10 s per attempt) give about 40 attempts over a day.
+(5 s, 1 h, 24 h, 10 s per attempt) give about 40 attempts over a day. Finished deliveries are
+deleted after the retention period (default 30 days).
+
+Webhooks go to public addresses only: a URL whose host is a loopback, private (RFC 1918), CGNAT,
+link-local (incl. 169.254.169.254), unique-local, multicast or otherwise non-public IP is refused
+at registration, and a host name is resolved at each delivery and connected to only at an address
+that is public. --webhook-allow-private-networks lifts this (receivers on a private network).
 
 Without --signer-socket, allowly runs its own signer: it creates <data-dir>/signer (master key,
 on first run), starts `allowly-signer serve` on <data-dir>/run/signer.sock as a child process
@@ -89,6 +96,19 @@ pub struct ServeArgs {
     /// Webhook delivery: bound on one attempt (connect, send, answer) [default: 10000].
     #[arg(long, env = "ALLOWLY_WEBHOOK_ATTEMPT_TIMEOUT_MS", value_name = "MS")]
     pub webhook_attempt_timeout_ms: Option<u64>,
+    /// Webhooks: delete finished deliveries this long after they finished [default: 2592000000 (30 days)].
+    #[arg(long, env = "ALLOWLY_WEBHOOK_RETENTION_MS", value_name = "MS")]
+    pub webhook_retention_ms: Option<u64>,
+    /// Webhooks: allow destinations on loopback, private and other non-public addresses [default: false].
+    #[arg(
+        long,
+        env = "ALLOWLY_WEBHOOK_ALLOW_PRIVATE_NETWORKS",
+        value_name = "BOOL",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true"
+    )]
+    pub webhook_allow_private_networks: Option<bool>,
     /// How long a `confirm` nonce can be answered [default: 300000 (5 min)].
     #[arg(long, env = "ALLOWLY_CONFIRMATION_TTL_MS", value_name = "MS")]
     pub confirmation_ttl_ms: Option<u64>,
@@ -110,6 +130,8 @@ pub struct FileConfig {
     pub webhook_max_backoff_ms: Option<u64>,
     pub webhook_give_up_after_ms: Option<u64>,
     pub webhook_attempt_timeout_ms: Option<u64>,
+    pub webhook_retention_ms: Option<u64>,
+    pub webhook_allow_private_networks: Option<bool>,
     pub confirmation_ttl_ms: Option<u64>,
     pub escalation_ttl_ms: Option<u64>,
 }
@@ -175,6 +197,10 @@ impl ServeArgs {
             max_backoff: ms(self.webhook_max_backoff_ms, file.webhook_max_backoff_ms, d.max_backoff),
             give_up_after: ms(self.webhook_give_up_after_ms, file.webhook_give_up_after_ms, d.give_up_after),
             attempt_timeout: ms(self.webhook_attempt_timeout_ms, file.webhook_attempt_timeout_ms, d.attempt_timeout),
+            retention: ms(self.webhook_retention_ms, file.webhook_retention_ms, d.retention),
+            destinations: allowly_webhooks::Policy::from_allow_private(
+                self.webhook_allow_private_networks.or(file.webhook_allow_private_networks).unwrap_or(false),
+            ),
             ..d
         };
         check_webhooks(&webhooks)?;
@@ -208,6 +234,9 @@ fn check_webhooks(w: &WebhookConfig) -> Result<(), ConfigError> {
     }
     if w.attempt_timeout.is_zero() || w.attempt_timeout > Duration::from_secs(300) {
         return bad("the attempt timeout must be within 1 ms..=300 s");
+    }
+    if w.retention.is_zero() {
+        return bad("the retention must be positive");
     }
     Ok(())
 }
@@ -260,6 +289,34 @@ mod tests {
         assert!(matches!(e, ConfigError::Webhooks(_)), "{e}");
         let e = ServeArgs { webhook_attempt_timeout_ms: Some(0), ..ServeArgs::default() }.resolve().unwrap_err();
         assert!(matches!(e, ConfigError::Webhooks(_)), "{e}");
+        let e = ServeArgs { webhook_retention_ms: Some(0), ..ServeArgs::default() }.resolve().unwrap_err();
+        assert!(matches!(e, ConfigError::Webhooks(_)), "{e}");
+    }
+
+    #[test]
+    fn private_networks_are_refused_unless_allowed_and_retention_resolves() {
+        use allowly_webhooks::Policy;
+        let d = ServeArgs::default().resolve().unwrap().webhooks;
+        assert_eq!((d.destinations, d.retention), (Policy::PublicOnly, Duration::from_secs(30 * 24 * 3600)));
+        let f = file("webhook_allow_private_networks = true\nwebhook_retention_ms = 60000\n");
+        let from_file = ServeArgs { config: Some(f.path().to_owned()), ..ServeArgs::default() };
+        let w = from_file.resolve().unwrap().webhooks;
+        assert_eq!((w.destinations, w.retention), (Policy::AllowPrivate, Duration::from_millis(60_000)));
+        let flag_wins = ServeArgs {
+            config: Some(f.path().to_owned()),
+            webhook_allow_private_networks: Some(false),
+            ..ServeArgs::default()
+        };
+        assert_eq!(flag_wins.resolve().unwrap().webhooks.destinations, Policy::PublicOnly);
+        // The bare flag means true; `=false` is accepted too.
+        for (argv, want) in [
+            (&["allowly", "serve", "--webhook-allow-private-networks"][..], Some(true)),
+            (&["allowly", "serve", "--webhook-allow-private-networks=false"][..], Some(false)),
+            (&["allowly", "serve"][..], None),
+        ] {
+            let Command::Serve(a) = <Cli as clap::Parser>::try_parse_from(argv).unwrap().command;
+            assert_eq!(a.webhook_allow_private_networks, want, "{argv:?}");
+        }
     }
 
     #[test]
@@ -302,6 +359,8 @@ mod tests {
             ("webhook_max_backoff_ms", "ALLOWLY_WEBHOOK_MAX_BACKOFF_MS"),
             ("webhook_give_up_after_ms", "ALLOWLY_WEBHOOK_GIVE_UP_AFTER_MS"),
             ("webhook_attempt_timeout_ms", "ALLOWLY_WEBHOOK_ATTEMPT_TIMEOUT_MS"),
+            ("webhook_retention_ms", "ALLOWLY_WEBHOOK_RETENTION_MS"),
+            ("webhook_allow_private_networks", "ALLOWLY_WEBHOOK_ALLOW_PRIVATE_NETWORKS"),
             ("confirmation_ttl_ms", "ALLOWLY_CONFIRMATION_TTL_MS"),
             ("escalation_ttl_ms", "ALLOWLY_ESCALATION_TTL_MS"),
         ] {

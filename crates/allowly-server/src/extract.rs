@@ -122,29 +122,40 @@ pub async fn json_body<T: DeserializeOwned>(
     body: hyper::body::Incoming,
     limit: usize,
 ) -> Result<T, Problem> {
+    parse_json(&json_bytes(headers, body, limit).await?)
+}
+
+/// The bytes of a body that must be `application/json` (within `limit`).
+async fn json_bytes(headers: &HeaderMap, body: hyper::body::Incoming, limit: usize) -> Result<Bytes, Problem> {
     if !is_json(headers) {
         return Err(Problem::unsupported_media_type());
     }
-    let bytes = read_body(headers, body, limit).await?;
-    parse_json(&bytes)
+    read_body(headers, body, limit).await
 }
 
 /// The body of a POST that takes no input: empty, or a JSON object with no fields (`{}`).
 pub async fn empty_body(headers: &HeaderMap, body: hyper::body::Incoming, limit: usize) -> Result<(), Problem> {
-    if !has_body(headers, &body) {
-        return Ok(());
-    }
-    if !is_json(headers) {
-        return Err(Problem::unsupported_media_type());
-    }
-    let bytes = read_body(headers, body, limit).await?;
-    if bytes.is_empty() {
-        return Ok(());
-    }
-    parse_json::<NoFields>(&bytes).map(|_| ())
+    optional_json_body::<NoFields>(headers, body, limit).await.map(|_| ())
 }
 
-#[derive(serde::Deserialize)]
+/// The body of a POST whose input is optional: empty means `T::default()`, else as
+/// [`json_body`].
+pub async fn optional_json_body<T: DeserializeOwned + Default>(
+    headers: &HeaderMap,
+    body: hyper::body::Incoming,
+    limit: usize,
+) -> Result<T, Problem> {
+    if !has_body(headers, &body) {
+        return Ok(T::default());
+    }
+    let bytes = json_bytes(headers, body, limit).await?;
+    if bytes.is_empty() {
+        return Ok(T::default());
+    }
+    parse_json(&bytes)
+}
+
+#[derive(serde::Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct NoFields {}
 

@@ -11,9 +11,12 @@
 //! | `body_too_large` | 413 | a body over the configured limit |
 //! | `malformed_json` | 400 | the body is not JSON |
 //! | `unknown_field` | 400 | the body has a field the endpoint does not know |
-//! | `invalid_request` | 400 | a field or query parameter has the wrong type, is missing, or is out of range |
+//! | `invalid_request` | 400 | a field or query parameter has the wrong type, is missing, or is out of range (incl. a webhook URL whose host is a non-public IP literal: the detail starts with `destination_not_allowed`) |
 //! | `conflict` | 409 | the object's state forbids the change |
 //! | `confirmation_not_found`, `escalation_not_found` | 404 | unknown nonce or escalation (or another workspace's) |
+//! | `webhook_not_found` | 404 | retrying a delivery whose webhook endpoint was deleted |
+//! | `webhook_disabled` | 409 | retrying a delivery whose webhook endpoint is disabled |
+//! | `delivery_in_progress` | 409 | retrying a delivery that is still pending |
 //! | `confirmation_used`, `escalation_already_resolved` | 409 | answered once already (a used nonce's attempt gets a `receipt`) |
 //! | `confirmation_expired`, `escalation_expired` | 410 | too late; recorded as deny (`receipt` member) |
 //! | `idempotency_key_reused` | 422 | the `Idempotency-Key` was used with a different request |
@@ -212,7 +215,9 @@ fn title(code: &str) -> &'static str {
         "overloaded" => "Overloaded",
         "signer_unavailable" => "Signer unavailable",
         "shutting_down" => "Shutting down",
-        "confirmation_not_found" | "escalation_not_found" => "Not found",
+        "confirmation_not_found" | "escalation_not_found" | "webhook_not_found" => "Not found",
+        "webhook_disabled" => "Webhook disabled",
+        "delivery_in_progress" => "Delivery in progress",
         "confirmation_used" => "Confirmation already used",
         "escalation_already_resolved" => "Escalation already resolved",
         "confirmation_expired" | "escalation_expired" => "Expired",
@@ -261,6 +266,10 @@ mod tests {
         check(EngineError::ShuttingDown, 503, "shutting_down", None);
         check(EngineError::Signer("key sk_123".into()), 500, "signer_error", Some("sk_123"));
         check(EngineError::Internal("invariant x".into()), 500, "internal_error", Some("invariant x"));
+        let refused = |code| EngineError::Refused { code, message: "m".into(), receipt: None };
+        check(refused("webhook_not_found"), 404, "webhook_not_found", None);
+        check(refused("webhook_disabled"), 409, "webhook_disabled", None);
+        check(refused("delivery_in_progress"), 409, "delivery_in_progress", None);
     }
 
     #[test]

@@ -15,12 +15,14 @@
 //! | GET | `/v1/workspaces/{ws}/log/consistency?old_size=N[&new_size=M]` | read | `consistency_proof` |
 //! | GET | `/v1/workspaces/{ws}/log/export?from=N&to=M` | read | `export` (ndjson) |
 //! | POST | `/v1/authorizations` | admin | `create_authorization` → 201 |
+//! | GET | `/v1/authorizations[?subject=…][&status=active\|revoked\|expired][&limit=…][&starting_after=…]` | read | `authorizations` (id order) |
 //! | GET | `/v1/authorizations/{id}` | read | `authorization` |
 //! | POST | `/v1/authorizations/{id}/revoke` | admin | `revoke_authorization` |
 //! | GET | `/v1/authorizations/{id}/export` | read | `export` (ndjson) |
 //! | POST | `/v1/check` | check | `check` |
 //! | GET | `/v1/receipts?authorization_id=…[&limit=…][&starting_after=…]` | read | `trail` |
 //! | GET | `/v1/receipts/{id}` | read | `receipt` |
+//! | GET | `/v1/confirmations/{nonce}` | read | `confirmation` |
 //! | POST | `/v1/confirmations/{nonce}` | admin | `confirm` |
 //! | GET | `/v1/escalations/{id}` | read | `escalation` |
 //! | POST | `/v1/escalations/{id}/resolve` | admin | `resolve_escalation` |
@@ -29,8 +31,11 @@
 //! | GET | `/v1/webhooks/{id}` | read | `webhook` |
 //! | POST | `/v1/webhooks/{id}/disable` | admin | `disable_webhook` |
 //! | POST | `/v1/webhooks/{id}/enable` | admin | `enable_webhook` |
+//! | POST | `/v1/webhooks/{id}/rotate-secret` | admin | `rotate_webhook_secret` (new secret shown once; optional body `{"grace_period_ms"}`) |
+//! | DELETE | `/v1/webhooks/{id}` | admin | `delete_webhook` → 204 (unfinished deliveries become `cancelled`) |
 //! | GET | `/v1/webhooks/{id}/deliveries[?limit=…][&starting_after=…]` | read | `deliveries` (newest first) |
 //! | GET | `/v1/deliveries/{id}` | read | `delivery` |
+//! | POST | `/v1/deliveries/{id}/retry` | admin | `retry_delivery` → 201 (a new delivery of the same event) |
 //!
 //! `Idempotency-Key` is honoured on every POST: a repeat with the same request gets the first
 //! answer (24 h), with another request 422 (see `Engine` for how each is filed). Answering a confirmation or an escalation needs `admin` — the app's
@@ -40,8 +45,8 @@
 //! `[A-Za-z0-9_-]{1,128}` match nothing (404).
 
 use allowly_engine::model::{
-    CheckRequest, ConfirmationAnswer, EscalationAnswer, ExportScope, NewApiKey, NewAuthorization, NewWebhook,
-    NewWorkspace, ScopeRules,
+    AuthorizationFilter, AuthorizationStatus, CheckRequest, ConfirmationAnswer, EscalationAnswer, ExportScope,
+    NewApiKey, NewAuthorization, NewWebhook, NewWorkspace, ScopeRules,
 };
 use allowly_engine::{Engine, EngineError};
 use allowly_store::Role;
@@ -75,6 +80,7 @@ pub enum Route {
     LogConsistency,
     LogExport,
     AuthorizationCreate,
+    AuthorizationList,
     AuthorizationGet,
     AuthorizationRevoke,
     AuthorizationExport,
@@ -82,6 +88,7 @@ pub enum Route {
     ReceiptGet,
     ReceiptList,
     ConfirmationAnswer,
+    ConfirmationGet,
     EscalationGet,
     EscalationResolve,
     WebhookCreate,
@@ -89,8 +96,11 @@ pub enum Route {
     WebhookGet,
     WebhookDisable,
     WebhookEnable,
+    WebhookRotateSecret,
+    WebhookDelete,
     DeliveryList,
     DeliveryGet,
+    DeliveryRetry,
     /// No route matched (404) or the method did not (405).
     Unmatched,
 }
@@ -113,6 +123,7 @@ impl Route {
             Self::LogConsistency => "log_consistency",
             Self::LogExport => "log_export",
             Self::AuthorizationCreate => "authorization_create",
+            Self::AuthorizationList => "authorization_list",
             Self::AuthorizationGet => "authorization_get",
             Self::AuthorizationRevoke => "authorization_revoke",
             Self::AuthorizationExport => "authorization_export",
@@ -120,6 +131,7 @@ impl Route {
             Self::ReceiptGet => "receipt_get",
             Self::ReceiptList => "receipt_list",
             Self::ConfirmationAnswer => "confirmation_answer",
+            Self::ConfirmationGet => "confirmation_get",
             Self::EscalationGet => "escalation_get",
             Self::EscalationResolve => "escalation_resolve",
             Self::WebhookCreate => "webhook_create",
@@ -127,8 +139,11 @@ impl Route {
             Self::WebhookGet => "webhook_get",
             Self::WebhookDisable => "webhook_disable",
             Self::WebhookEnable => "webhook_enable",
+            Self::WebhookRotateSecret => "webhook_rotate_secret",
+            Self::WebhookDelete => "webhook_delete",
             Self::DeliveryList => "delivery_list",
             Self::DeliveryGet => "delivery_get",
+            Self::DeliveryRetry => "delivery_retry",
             Self::Unmatched => "unmatched",
         }
     }
@@ -145,10 +160,12 @@ impl Route {
             | Self::LogConsistency
             | Self::LogExport
             | Self::AuthorizationGet
+            | Self::AuthorizationList
             | Self::AuthorizationExport
             | Self::ReceiptGet
             | Self::ReceiptList
             | Self::EscalationGet
+            | Self::ConfirmationGet
             | Self::WebhookList
             | Self::WebhookGet
             | Self::DeliveryList
@@ -159,7 +176,10 @@ impl Route {
             | Self::EscalationResolve
             | Self::WebhookCreate
             | Self::WebhookDisable
-            | Self::WebhookEnable => Access::Workspace(Role::Admin),
+            | Self::WebhookEnable
+            | Self::WebhookRotateSecret
+            | Self::WebhookDelete
+            | Self::DeliveryRetry => Access::Workspace(Role::Admin),
             Self::Check => Access::Workspace(Role::Check),
         }
     }
@@ -170,6 +190,7 @@ enum M {
     Get,
     Post,
     Put,
+    Delete,
 }
 
 impl M {
@@ -180,6 +201,8 @@ impl M {
             Some(Self::Post)
         } else if m == Method::PUT {
             Some(Self::Put)
+        } else if m == Method::DELETE {
+            Some(Self::Delete)
         } else {
             None
         }
@@ -190,6 +213,7 @@ impl M {
             Self::Get => "GET",
             Self::Post => "POST",
             Self::Put => "PUT",
+            Self::Delete => "DELETE",
         }
     }
 }
@@ -232,22 +256,28 @@ pub fn match_route<'a>(method: &Method, path: &'a str) -> Matched<'a> {
         ["v1", "workspaces", ws, "log", "inclusion"] => (&[(Get, Route::LogInclusion)], Some(*ws), None),
         ["v1", "workspaces", ws, "log", "consistency"] => (&[(Get, Route::LogConsistency)], Some(*ws), None),
         ["v1", "workspaces", ws, "log", "export"] => (&[(Get, Route::LogExport)], Some(*ws), None),
-        ["v1", "authorizations"] => (&[(Post, Route::AuthorizationCreate)], None, None),
+        ["v1", "authorizations"] => {
+            (&[(Post, Route::AuthorizationCreate), (Get, Route::AuthorizationList)], None, None)
+        }
         ["v1", "authorizations", id] => (&[(Get, Route::AuthorizationGet)], None, Some(*id)),
         ["v1", "authorizations", id, "revoke"] => (&[(Post, Route::AuthorizationRevoke)], None, Some(*id)),
         ["v1", "authorizations", id, "export"] => (&[(Get, Route::AuthorizationExport)], None, Some(*id)),
         ["v1", "check"] => (&[(Post, Route::Check)], None, None),
         ["v1", "receipts"] => (&[(Get, Route::ReceiptList)], None, None),
         ["v1", "receipts", id] => (&[(Get, Route::ReceiptGet)], None, Some(*id)),
-        ["v1", "confirmations", nonce] => (&[(Post, Route::ConfirmationAnswer)], None, Some(*nonce)),
+        ["v1", "confirmations", nonce] => {
+            (&[(Post, Route::ConfirmationAnswer), (Get, Route::ConfirmationGet)], None, Some(*nonce))
+        }
         ["v1", "escalations", id] => (&[(Get, Route::EscalationGet)], None, Some(*id)),
         ["v1", "escalations", id, "resolve"] => (&[(Post, Route::EscalationResolve)], None, Some(*id)),
         ["v1", "webhooks"] => (&[(Post, Route::WebhookCreate), (Get, Route::WebhookList)], None, None),
-        ["v1", "webhooks", id] => (&[(Get, Route::WebhookGet)], None, Some(*id)),
+        ["v1", "webhooks", id] => (&[(Get, Route::WebhookGet), (Delete, Route::WebhookDelete)], None, Some(*id)),
         ["v1", "webhooks", id, "disable"] => (&[(Post, Route::WebhookDisable)], None, Some(*id)),
         ["v1", "webhooks", id, "enable"] => (&[(Post, Route::WebhookEnable)], None, Some(*id)),
+        ["v1", "webhooks", id, "rotate-secret"] => (&[(Post, Route::WebhookRotateSecret)], None, Some(*id)),
         ["v1", "webhooks", id, "deliveries"] => (&[(Get, Route::DeliveryList)], None, Some(*id)),
         ["v1", "deliveries", id] => (&[(Get, Route::DeliveryGet)], None, Some(*id)),
+        ["v1", "deliveries", id, "retry"] => (&[(Post, Route::DeliveryRetry)], None, Some(*id)),
         _ => return Matched::NotFound,
     };
     if ws.is_some_and(|s| !valid_path_id(s)) || id.is_some_and(|s| !valid_path_id(s)) {
@@ -369,6 +399,19 @@ async fn handle(app: &App, t: Target<'_>, parts: &Parts, body: Incoming) -> Resu
             Ok(r)
         }
         Route::AuthorizationGet => json(StatusCode::OK, &engine.authorization(ws()?, id()?)?),
+        Route::AuthorizationList => {
+            let q = query(&["subject", "status", "limit", "starting_after"])?;
+            let status = match q.str("status") {
+                None => None,
+                Some("active") => Some(AuthorizationStatus::Active),
+                Some("revoked") => Some(AuthorizationStatus::Revoked),
+                Some("expired") => Some(AuthorizationStatus::Expired),
+                Some(_) => return Err(Problem::invalid("query parameter `status` must be active, revoked or expired")),
+            };
+            let filter = AuthorizationFilter { subject: q.str("subject").map(str::to_owned), status };
+            let limit = page_limit(q.u64("limit")?)?;
+            json(StatusCode::OK, &engine.authorizations(ws()?, &filter, q.str("starting_after"), limit)?)
+        }
         Route::AuthorizationRevoke => {
             extract::empty_body(h, body, limit).await?;
             json(StatusCode::OK, &engine.revoke_authorization(ws()?, id()?, idem).await?)
@@ -382,6 +425,7 @@ async fn handle(app: &App, t: Target<'_>, parts: &Parts, body: Incoming) -> Resu
             let req: ConfirmationAnswer = extract::json_body(h, body, limit).await?;
             json(StatusCode::OK, &engine.confirm(ws()?, id()?, req, idem).await?)
         }
+        Route::ConfirmationGet => json(StatusCode::OK, &engine.confirmation(ws()?, id()?)?),
         Route::EscalationGet => json(StatusCode::OK, &engine.escalation(ws()?, id()?).await?),
         Route::EscalationResolve => {
             let req: EscalationAnswer = extract::json_body(h, body, limit).await?;
@@ -409,12 +453,33 @@ async fn handle(app: &App, t: Target<'_>, parts: &Parts, body: Incoming) -> Resu
             extract::empty_body(h, body, limit).await?;
             json(StatusCode::OK, &engine.enable_webhook(ws()?, id()?, idem).await?)
         }
+        Route::WebhookRotateSecret => {
+            let req: allowly_webhooks::RotateSecret = extract::optional_json_body(h, body, limit).await?;
+            let mut r = json(StatusCode::OK, &engine.rotate_webhook_secret(ws()?, id()?, req, idem).await?)?;
+            // Carries the new signing secret: never cached.
+            r.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            Ok(r)
+        }
+        Route::WebhookDelete => {
+            extract::empty_body(h, body, limit).await?;
+            engine.delete_webhook(ws()?, id()?).await?;
+            let mut r = Response::new(Full::new(Bytes::new()));
+            *r.status_mut() = StatusCode::NO_CONTENT;
+            Ok(r)
+        }
         Route::DeliveryList => {
             let q = query(&["limit", "starting_after"])?;
             let limit = page_limit(q.u64("limit")?)?;
             json(StatusCode::OK, &engine.deliveries(ws()?, id()?, q.str("starting_after"), limit)?)
         }
         Route::DeliveryGet => json(StatusCode::OK, &engine.delivery(ws()?, id()?)?),
+        Route::DeliveryRetry => {
+            extract::empty_body(h, body, limit).await?;
+            let retried = engine.retry_delivery(ws()?, id()?, idem).await?;
+            let mut r = json(StatusCode::CREATED, &retried)?;
+            location(&mut r, &format!("/v1/deliveries/{}", retried.id));
+            Ok(r)
+        }
         Route::ReceiptGet => json(StatusCode::OK, &engine.receipt(ws()?, id()?)?),
         Route::ReceiptList => {
             let q = query(&["authorization_id", "limit", "starting_after"])?;
@@ -488,6 +553,8 @@ mod tests {
         check(Method::GET, "/v1/workspaces/ws_1/log/export", found(Route::LogExport, Some("ws_1"), None));
         check(Method::GET, "/v1/authorizations/az_1/export", found(Route::AuthorizationExport, None, Some("az_1")));
         check(Method::POST, "/v1/check", found(Route::Check, None, None));
+        check(Method::GET, "/v1/authorizations", found(Route::AuthorizationList, None, None));
+        check(Method::GET, "/v1/confirmations/cn_1", found(Route::ConfirmationGet, None, Some("cn_1")));
         check(Method::GET, "/v1/receipts", found(Route::ReceiptList, None, None));
         check(Method::GET, "/v1/receipts/rc_1", found(Route::ReceiptGet, None, Some("rc_1")));
         check(Method::POST, "/v1/webhooks", found(Route::WebhookCreate, None, None));
@@ -498,6 +565,12 @@ mod tests {
         check(Method::GET, "/v1/webhooks/wh_1/deliveries", found(Route::DeliveryList, None, Some("wh_1")));
         check(Method::GET, "/v1/deliveries/dl_1", found(Route::DeliveryGet, None, Some("dl_1")));
         check(Method::DELETE, "/v1/webhooks", Matched::MethodNotAllowed("POST, GET".into()));
+        check(Method::DELETE, "/v1/webhooks/wh_1", found(Route::WebhookDelete, None, Some("wh_1")));
+        check(Method::PUT, "/v1/webhooks/wh_1", Matched::MethodNotAllowed("GET, DELETE".into()));
+        check(Method::POST, "/v1/webhooks/wh_1/rotate-secret", found(Route::WebhookRotateSecret, None, Some("wh_1")));
+        check(Method::GET, "/v1/webhooks/wh_1/rotate-secret", Matched::MethodNotAllowed("POST".into()));
+        check(Method::POST, "/v1/deliveries/dl_1/retry", found(Route::DeliveryRetry, None, Some("dl_1")));
+        check(Method::DELETE, "/v1/deliveries/dl_1", Matched::MethodNotAllowed("GET".into()));
     }
 
     #[test]
@@ -536,6 +609,7 @@ mod tests {
             LogConsistency,
             LogExport,
             AuthorizationCreate,
+            AuthorizationList,
             AuthorizationGet,
             AuthorizationRevoke,
             AuthorizationExport,
@@ -543,6 +617,7 @@ mod tests {
             ReceiptGet,
             ReceiptList,
             ConfirmationAnswer,
+            ConfirmationGet,
             EscalationGet,
             EscalationResolve,
             WebhookCreate,
@@ -550,8 +625,11 @@ mod tests {
             WebhookGet,
             WebhookDisable,
             WebhookEnable,
+            WebhookRotateSecret,
+            WebhookDelete,
             DeliveryList,
             DeliveryGet,
+            DeliveryRetry,
             Unmatched,
         ];
         let names: std::collections::HashSet<_> = all.iter().map(|r| r.name()).collect();

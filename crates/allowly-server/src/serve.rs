@@ -107,6 +107,7 @@ async fn serve_with_engine(
         EngineConfig {
             confirmation_ttl: cfg.confirmation_ttl,
             escalation_ttl: cfg.escalation_ttl,
+            webhook_destinations: cfg.webhooks.destinations,
             ..EngineConfig::default()
         },
     )

@@ -156,7 +156,8 @@ fn unknown_paths_are_404_and_wrong_methods_405_with_allow() {
         ("DELETE", "/v1/workspaces/ws_1", "GET"),
         ("POST", "/healthz", "GET"),
         ("PATCH", "/v1/workspaces/ws_1/scope-rules", "PUT"),
-        ("GET", "/v1/authorizations", "POST"),
+        ("DELETE", "/v1/authorizations", "POST, GET"),
+        ("PUT", "/v1/confirmations/cn_1", "POST, GET"),
     ] {
         let r = c.call(method, path, None, None);
         r.problem(405, "method_not_allowed");

@@ -706,13 +706,19 @@ fn expired_nonces_and_escalations_are_recorded_as_denies() {
     let esc = str_of(&escalate["escalation"], "id").to_owned();
     let due = ms_of(&escalate["escalation"]["expires_at"]).max(ms_of(&confirm["confirmation"]["expires_at"]));
     eventually("both lifetimes to pass", String::new, || (now_ms() > due).then_some(()));
+    // Nobody reads the escalation: the server's sweep records its expiry (a deny) on its own.
+    let t = trail_length(&s, &ws, &az);
+    eventually("the escalation's expiry to be recorded unread", String::new, || {
+        (trail_length(&s, &ws, &az) == t + 1).then_some(())
+    });
+    assert_eq!(t, 3, "grant, confirm, escalate");
 
     // A late answer: 410 with the receipt of the refused attempt.
     let answer = json!({ "outcome": "approved", "by": "user-1" });
     let late = c.post(&format!("/v1/confirmations/{nonce}"), &ws.admin, answer.clone());
     let p = late.problem(410, "confirmation_expired");
     let attempt = rid(&p);
-    // The first read of the overdue escalation records its expiry as a deny.
+    // The escalation shows the recorded expiry.
     let view = c.get(&format!("/v1/escalations/{esc}"), Some(&ws.reader));
     assert_eq!(view.status, 200, "{view}");
     let view = view.json();
@@ -733,9 +739,178 @@ fn expired_nonces_and_escalations_are_recorded_as_denies() {
     assert_eq!(
         last,
         [
-            (attempt, "confirmation".to_owned(), "confirmation_expired".to_owned()),
             (resolution, "escalation.resolved".to_owned(), "escalation_expired".to_owned()),
+            (attempt, "confirmation".to_owned(), "confirmation_expired".to_owned()),
         ]
     );
     export_and_verify(&s, &ws, &az, tmp.path());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Idempotency-Key on the administrative POSTs; listing authorizations; a confirmation's state.
+
+/// Every byte under `dir` (RocksDB's WAL and tables included).
+fn bytes_under(dir: &Path) -> Vec<u8> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let p = entry.unwrap().path();
+        if p.is_dir() {
+            out.extend(bytes_under(&p));
+        } else if let Ok(b) = std::fs::read(&p) {
+            out.extend(b);
+        }
+    }
+    out
+}
+
+#[test]
+fn admin_posts_honour_idempotency_keys_and_a_repeated_key_creation_returns_its_secret_which_is_never_stored() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data_dir = tmp.path().join("data");
+    let mut s = start(&data_dir);
+    let c = s.client();
+    let root = s.admin_token();
+
+    // Workspaces: a repeat gets the first answer; another body with the key is a 422.
+    let body = json!({ "name": "idem-admin", "scope_rules": { "mail.send": "confirm" } });
+    let first_ws = post_with(&c, "/v1/workspaces", &root, &idem("ws-1"), Some(&body));
+    assert_eq!(first_ws.status, 201, "{first_ws}");
+    let again = post_with(&c, "/v1/workspaces", &root, &idem("ws-1"), Some(&body));
+    assert_eq!((again.status, again.text()), (201, first_ws.text()));
+    post_with(&c, "/v1/workspaces", &root, &idem("ws-1"), Some(&json!({ "name": "other" })))
+        .problem(422, "idempotency_key_reused");
+    let ws_id = str_of(&first_ws.json(), "id").to_owned();
+
+    // API keys: 8 concurrent duplicates → one key; the repeat carries the same secret, and it works.
+    let keys_path = format!("/v1/workspaces/{ws_id}/api-keys");
+    let barrier = Arc::new(Barrier::new(8));
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            let (barrier, root, path) = (barrier.clone(), root.clone(), keys_path.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                post_with(&c, &path, &root, &idem("key-1"), Some(&json!({ "roles": ["admin"] })))
+            })
+        })
+        .collect();
+    let answers: Vec<Resp> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let first_key = answers[0].text();
+    for r in &answers {
+        assert_eq!((r.status, r.text()), (201, first_key.clone()), "concurrent duplicates differ");
+        assert_eq!(r.header("cache-control"), Some("no-store"));
+    }
+    let key = answers[0].json();
+    let admin = str_of(&key, "secret").to_owned();
+    assert_eq!(c.get(&format!("/v1/workspaces/{ws_id}"), Some(&admin)).status, 200);
+    post_with(&c, &keys_path, &root, &idem("key-1"), Some(&json!({ "roles": ["read"] })))
+        .problem(422, "idempotency_key_reused");
+    // The workspace's own admin key using the same Idempotency-Key is another caller: 422, not
+    // the root's answer.
+    post_with(&c, &keys_path, &admin, &idem("key-1"), Some(&json!({ "roles": ["admin"] })))
+        .problem(422, "idempotency_key_reused");
+
+    // Revoking a key and webhook endpoints: repeats get the first answer.
+    let reader = created(&post_with(&c, &keys_path, &admin, &[], Some(&json!({ "roles": ["read"] }))), "key");
+    let revoke = format!("{keys_path}/{}/revoke", str_of(&reader, "id"));
+    let revoked = post_with(&c, &revoke, &admin, &idem("rev-1"), None);
+    assert_eq!(revoked.status, 200, "{revoked}");
+    let again = post_with(&c, &revoke, &admin, &idem("rev-1"), None);
+    assert_eq!((again.status, again.text()), (200, revoked.text()));
+    c.call("POST", &revoke, Some(&admin), None).problem(409, "conflict");
+    let hook_body = json!({ "url": "https://example.com/hook", "events": ["escalation.requested"] });
+    let hook = post_with(&c, "/v1/webhooks", &admin, &idem("hook-1"), Some(&hook_body));
+    assert_eq!(hook.status, 201, "{hook}");
+    let again = post_with(&c, "/v1/webhooks", &admin, &idem("hook-1"), Some(&hook_body));
+    assert_eq!((again.status, again.text()), (201, hook.text()));
+    let hooks = c.get("/v1/webhooks", Some(&admin)).json();
+    assert_eq!(hooks["data"].as_array().unwrap().len(), 1, "a repeat made a second endpoint: {hooks}");
+
+    // No secret made here is in the data directory in clear (API keys are stored hashed; the
+    // repeat's copy is sealed under the caller's secret).
+    let stored = bytes_under(&data_dir);
+    for secret in [&admin, str_of(&reader, "secret")] {
+        let hex = &secret[4..];
+        assert!(
+            !stored.windows(hex.len()).any(|w| w == hex.as_bytes()),
+            "an API key secret is stored in clear under {}",
+            data_dir.display()
+        );
+    }
+
+    // After kill -9 and a restart, every repeat still gets its first answer.
+    s.kill9();
+    let s = start(&data_dir);
+    let c = s.client();
+    let again = post_with(&c, "/v1/workspaces", &root, &idem("ws-1"), Some(&body));
+    assert_eq!((again.status, again.text()), (201, first_ws.text()));
+    let again = post_with(&c, &keys_path, &root, &idem("key-1"), Some(&json!({ "roles": ["admin"] })));
+    assert_eq!((again.status, again.text()), (201, first_key));
+    let again = post_with(&c, &revoke, &admin, &idem("rev-1"), None);
+    assert_eq!((again.status, again.text()), (200, revoked.text()));
+}
+
+#[test]
+fn authorizations_are_listed_and_a_confirmations_state_can_be_read_only_by_its_workspace() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = start(&tmp.path().join("data"));
+    let c = s.client();
+    let a = workspace(&s, "list-a", json!({ "mail.send": "confirm" }));
+    let b = workspace(&s, "list-b", json!({}));
+    let mut ids: Vec<String> = (0..5)
+        .map(|i| grant(&s, &a, json!({ "subject": format!("user-{}", i % 2), "scopes": ["mail.*"] })).0)
+        .collect();
+    grant(&s, &b, json!({ "subject": "user-0", "scopes": ["mail.*"] }));
+    let r = c.call("POST", &format!("/v1/authorizations/{}/revoke", ids[1]), Some(&a.admin), None);
+    assert_eq!(r.status, 200, "{r}");
+    ids.sort();
+
+    // Pages of 2 chain to every authorization of A, in id order.
+    let mut seen = Vec::new();
+    let mut path = "/v1/authorizations?limit=2".to_owned();
+    loop {
+        let r = c.get(&path, Some(&a.reader));
+        assert_eq!(r.status, 200, "{r}");
+        let page = r.json();
+        seen.extend(page["data"].as_array().unwrap().iter().map(|v| str_of(v, "id").to_owned()));
+        match page["next_cursor"].as_str() {
+            Some(cur) => path = format!("/v1/authorizations?limit=2&starting_after={cur}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ids);
+    let count = |q: &str, key: &str| {
+        c.get(&format!("/v1/authorizations?{q}"), Some(key)).json()["data"].as_array().unwrap().len()
+    };
+    assert_eq!(count("subject=user-0", &a.reader), 3);
+    assert_eq!(count("status=revoked", &a.reader), 1);
+    assert_eq!(count("subject=user-1&status=active", &a.reader), 1);
+    assert_eq!(count("", &b.reader), 1, "B sees only its own");
+    c.get("/v1/authorizations?status=gone", Some(&a.reader)).problem(400, "invalid_request");
+    c.get("/v1/authorizations?limit=0", Some(&a.reader)).problem(400, "invalid_request");
+    c.get("/v1/authorizations?starting_after=a.b", Some(&a.reader)).problem(400, "invalid_request");
+    c.get("/v1/authorizations?colour=red", Some(&a.reader)).problem(400, "invalid_request");
+    c.get("/v1/authorizations", Some(&a.checker)).problem(403, "forbidden");
+
+    // A confirmation's state: pending, then answered with its decision and receipt.
+    let az = &ids[0];
+    let out = check(&s, &a, az, "mail.send");
+    let nonce = str_of(&out["confirmation"], "nonce").to_owned();
+    let path = format!("/v1/confirmations/{nonce}");
+    let pending = c.get(&path, Some(&a.reader)).json();
+    assert_eq!(
+        (pending["status"].as_str(), pending["authorization_id"].as_str()),
+        (Some("pending"), Some(az.as_str()))
+    );
+    assert_eq!(pending["check_receipt_id"], out["receipt"]["receipt_id"]);
+    let answer = json!({ "outcome": "declined", "by": "user-0" });
+    let r = c.post(&path, &a.admin, answer);
+    assert_eq!(r.status, 200, "{r}");
+    let shown = c.get(&path, Some(&a.reader)).json();
+    assert_eq!((shown["status"].as_str(), shown["decision"].as_str()), (Some("answered"), Some("deny")), "{shown}");
+    assert_eq!(shown["answer_receipt_id"], r.json()["receipt"]["receipt_id"]);
+    // Another workspace's nonce answers like one that exists nowhere.
+    c.get(&path, Some(&b.reader)).problem(404, "confirmation_not_found");
+    c.get("/v1/confirmations/cn_00000000000000000000000000000000", Some(&a.reader))
+        .problem(404, "confirmation_not_found");
+    c.get(&path, Some(&a.checker)).problem(403, "forbidden");
 }

@@ -1066,6 +1066,11 @@ fn bad_input_on_every_endpoint_is_a_4xx_problem_and_changes_nothing() {
         cases.push(get(format!("/v1/authorizations/{bad}/export"), &t.reader));
         cases.push(post(format!("/v1/authorizations/{bad}/revoke"), &t.admin));
         cases.push(get(format!("/v1/receipts/{bad}"), &t.reader));
+        // An id the router cannot match is a plain 404; a well-formed unknown one is the
+        // confirmation's own code.
+        let well_formed = bad.len() <= 128 && bad.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-".contains(&b));
+        let no_nonce = if well_formed { Is(404, "confirmation_not_found") } else { missing };
+        cases.push(("GET", format!("/v1/confirmations/{bad}"), t.reader.clone(), Body::None, no_nonce));
         cases.push(get(format!("/v1/workspaces/{bad}"), &t.reader));
         if *bad != other.ws {
             // Public keys are public: only a workspace that does not exist is a 404.
@@ -1145,6 +1150,24 @@ fn bad_input_on_every_endpoint_is_a_4xx_problem_and_changes_nothing() {
         ]
         .into_iter()
         .map(|(q, e)| (format!("/v1/receipts?{q}"), e)),
+    )
+    .chain(
+        [
+            ("limit=0", invalid),
+            ("limit=x", invalid),
+            ("limit=1001", invalid),
+            (&format!("limit={huge}"), invalid),
+            ("status=", invalid),
+            ("status=ACTIVE", invalid),
+            ("status=active&status=revoked", invalid),
+            ("starting_after=a.b", invalid),
+            ("starting_after=%00", invalid),
+            (&format!("starting_after={long_bad}"), invalid),
+            ("subject=a&subject=b", invalid),
+            ("bogus=1", invalid),
+        ]
+        .into_iter()
+        .map(|(q, e)| (format!("/v1/authorizations?{q}"), e)),
     )
     .collect();
     for (path, expect) in queries {

@@ -2,7 +2,9 @@
 //! HTTP receiver started by the test — `tests/crosslang/webhook_receiver.py`, which verifies
 //! every request with the reference `standardwebhooks` package and logs it — including one that
 //! fails, hangs and recovers, one that is down across a `kill -9` of the server, and one that
-//! answers 410. A failing test prints the server's output and the receiver's log.
+//! answers 410; endpoint deletion, secret rotation (the receiver verifies with the old and the
+//! new secret), manual retries, scope routing of escalations, and the refusal of non-public
+//! destinations by default. A failing test prints the server's output and the receiver's log.
 #![allow(clippy::unwrap_used)]
 
 mod support;
@@ -15,9 +17,17 @@ use std::process::{Child, Command, Stdio};
 use serde_json::{json, Value};
 use support::*;
 
-/// A retry schedule short enough for tests: 50 ms doubling to 200 ms, 1 s per attempt.
-const FAST: &[&str] =
-    &["--webhook-base-backoff-ms", "50", "--webhook-max-backoff-ms", "200", "--webhook-attempt-timeout-ms", "1000"];
+/// A retry schedule short enough for tests: 50 ms doubling to 200 ms, 1 s per attempt; and the
+/// receivers run on the loopback, which only this switch allows.
+const FAST: &[&str] = &[
+    "--webhook-base-backoff-ms",
+    "50",
+    "--webhook-max-backoff-ms",
+    "200",
+    "--webhook-attempt-timeout-ms",
+    "1000",
+    "--webhook-allow-private-networks",
+];
 
 const ALL_BUT_SIGNED: [&str; 3] = ["escalation.requested", "escalation.resolved", "authorization.revoked"];
 
@@ -34,7 +44,7 @@ fn python() -> PathBuf {
 }
 
 fn receiver_script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/crosslang/webhook_receiver.py")
+    manifest_dir().join("../../tests/crosslang/webhook_receiver.py")
 }
 
 /// A free loopback port (for a receiver that must not be listening yet, or must come back on
@@ -52,10 +62,18 @@ struct Receiver {
 impl Receiver {
     /// Starts it on `port` with `secret` and the behaviour flags `extra` (`--fail N`, ...).
     fn start(dir: &Path, name: &str, secret: &str, port: u16, extra: &[&str]) -> Self {
+        Self::start_with_secrets(dir, name, &[secret], port, extra)
+    }
+
+    /// Starts it verifying with each of `secrets` (its log's `verified_by`, in this order).
+    fn start_with_secrets(dir: &Path, name: &str, secrets: &[&str], port: u16, extra: &[&str]) -> Self {
         let log = dir.join(format!("{name}.jsonl"));
         let mut cmd = Command::new(python());
-        cmd.arg(receiver_script())
-            .args(["--secret", secret, "--log"])
+        cmd.arg(receiver_script());
+        for s in secrets {
+            cmd.args(["--secret", s]);
+        }
+        cmd.arg("--log")
             .arg(&log)
             .args(["--port", &port.to_string()])
             .args(extra)
@@ -512,4 +530,303 @@ fn webhook_requests_are_validated_authorized_and_isolated() {
     // The worker's metrics are on /metrics.
     let m = c.get("/metrics", None).text();
     assert!(m.lines().any(|l| l == r#"allowly_webhook_attempts_total{result="delivered"} 1"#), "{m}");
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+/// A POST with a JSON body and an `Idempotency-Key`.
+fn keyed_post(c: &Client, path: &str, key: &str, idem: &str, body: &Value) -> Resp {
+    let headers = [
+        ("Authorization".to_owned(), format!("Bearer {key}")),
+        ("Content-Type".to_owned(), "application/json".to_owned()),
+        ("Idempotency-Key".to_owned(), idem.to_owned()),
+    ];
+    c.request("POST", path, &headers, Some(body.to_string().as_bytes()))
+}
+
+/// Waits until `webhook`'s only delivery has failed at least once and is still pending.
+fn failing(s: &Server, t: &Tenant, webhook: &str) -> Value {
+    eventually(
+        "a delivery that failed at least once",
+        || format!("{}\ndeliveries: {:#}", s.diagnostics(), json!(deliveries(s, t, webhook))),
+        || {
+            let d = deliveries(s, t, webhook);
+            (d.len() == 1 && d[0]["status"] == "pending" && d[0]["attempts"].as_u64() >= Some(1)).then(|| d[0].clone())
+        },
+    )
+}
+
+/// `DELETE /v1/webhooks/{id}`: 204, its pending delivery becomes `cancelled` (still readable),
+/// it gets nothing more — not even at its old address once a receiver listens there — and a
+/// second delete, or another workspace's, is a 404.
+#[test]
+fn deleting_an_endpoint_cancels_its_pending_deliveries_and_nothing_more_is_sent() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = start(tmp.path());
+    let (t, other) = (tenant(&s, "del"), tenant(&s, "other"));
+    let c = s.client();
+    let (port, witness_port) = (free_port(), free_port());
+    let (hook, secret) = webhook(&s, &t, port, &["authorization.revoked"]);
+    let (witness, witness_secret) = webhook(&s, &t, witness_port, &["authorization.revoked"]);
+    // Nobody listens yet: the delivery keeps failing and stays pending.
+    let az = grant(&s, &t);
+    revoke(&s, &t, &az);
+    let pending = failing(&s, &t, &hook);
+    let path = format!("/v1/webhooks/{hook}");
+
+    let r = c.call("PUT", &path, Some(&t.admin), None);
+    r.problem(405, "method_not_allowed");
+    assert_eq!(r.header("allow"), Some("GET, DELETE"), "{r}");
+    c.call("DELETE", &path, Some(&t.reader), None).problem(403, "forbidden");
+    c.call("DELETE", &path, Some(&other.admin), None).problem(404, "not_found");
+    let r = c.call("DELETE", &path, Some(&t.admin), None);
+    assert_eq!((r.status, r.body.len()), (204, 0), "{r}");
+    c.call("DELETE", &path, Some(&t.admin), None).problem(404, "not_found");
+    c.get(&path, Some(&t.reader)).problem(404, "not_found");
+    c.get(&format!("{path}/deliveries"), Some(&t.reader)).problem(404, "not_found");
+    let list = c.get("/v1/webhooks", Some(&t.reader)).json();
+    assert_eq!(list["data"].as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(list["data"][0]["id"], witness.as_str());
+
+    let by_id = format!("/v1/deliveries/{}", pending["id"].as_str().unwrap());
+    let d = c.get(&by_id, Some(&t.reader)).json();
+    assert_eq!((d["status"].as_str(), &d["next_attempt_at"]), (Some("cancelled"), &Value::Null), "{d:#}");
+    assert!(d["cancelled_at"].is_string() && d["attempts"].as_u64() >= Some(1), "history stays: {d:#}");
+
+    // A receiver at the old address and a new event: only the other endpoint gets anything.
+    let rx = Receiver::start(tmp.path(), "deleted", &secret, port, &[]);
+    let wrx = Receiver::start(tmp.path(), "witness", &witness_secret, witness_port, &[]);
+    let az = grant(&s, &t);
+    revoke(&s, &t, &az);
+    all_delivered(&s, &t, &witness, 2, &wrx);
+    assert!(rx.records().is_empty(), "the deleted endpoint got a request\n{}", rx.dump());
+    assert_eq!(c.get(&by_id, Some(&t.reader)).json()["status"], "cancelled");
+}
+
+/// Without `--webhook-allow-private-networks`: IP literals in non-public ranges are refused at
+/// registration, and a name that resolves to the loopback fails every attempt with
+/// `destination_not_allowed` — retried like any failure — while the receiver listening there
+/// gets nothing.
+#[test]
+fn non_public_destinations_are_refused_by_default() {
+    let tmp = tempfile::tempdir().unwrap();
+    let without_switch: Vec<&str> = FAST.iter().copied().filter(|a| *a != "--webhook-allow-private-networks").collect();
+    let s = Server::start_with(&tmp.path().join("data"), &without_switch);
+    s.wait_ready();
+    let t = tenant(&s, "ssrf");
+    let c = s.client();
+    let port = free_port();
+    for url in [
+        format!("http://127.0.0.1:{port}/hook"),
+        format!("http://[::1]:{port}/hook"),
+        format!("http://[::ffff:127.0.0.1]:{port}/hook"),
+        "http://169.254.169.254/latest/meta-data".to_owned(),
+        "http://10.1.2.3/hook".to_owned(),
+        "http://192.168.0.10/hook".to_owned(),
+        "http://100.64.0.1/hook".to_owned(),
+        "http://[fd00::1]/hook".to_owned(),
+        "http://[fe80::1]/hook".to_owned(),
+    ] {
+        let p = c.post("/v1/webhooks", &t.admin, json!({ "url": url, "events": ["authorization.revoked"] }));
+        let p = p.problem(400, "invalid_request");
+        assert!(p["detail"].as_str().unwrap().contains("destination_not_allowed"), "{url}: {p}");
+    }
+    assert_eq!(c.get("/v1/webhooks", Some(&t.reader)).json()["data"], json!([]));
+
+    let body = json!({ "url": format!("http://localhost:{port}/hook"), "events": ["authorization.revoked"] });
+    let v = created(&c.post("/v1/webhooks", &t.admin, body), "webhook by name");
+    let (hook, secret) = (v["id"].as_str().unwrap().to_owned(), v["secret"].as_str().unwrap().to_owned());
+    let rx = Receiver::start(tmp.path(), "ssrf", &secret, port, &[]);
+    let az = grant(&s, &t);
+    revoke(&s, &t, &az);
+    let d = eventually(
+        "two refused attempts",
+        || format!("{}\ndeliveries: {:#}", s.diagnostics(), json!(deliveries(&s, &t, &hook))),
+        || {
+            let d = deliveries(&s, &t, &hook);
+            (d.len() == 1 && d[0]["attempts"].as_u64() >= Some(2)).then(|| d[0].clone())
+        },
+    );
+    assert_eq!(d["status"], "pending", "retried like any failure: {d:#}");
+    for a in d["attempt_log"].as_array().unwrap() {
+        let error = a["error"].as_str().unwrap_or_default();
+        assert!(error.starts_with("destination_not_allowed") && error.contains("localhost"), "{d:#}");
+        assert_eq!(a["status_code"], Value::Null, "{d:#}");
+    }
+    assert!(rx.records().is_empty(), "nothing may reach the loopback\n{}", rx.dump());
+    let m = c.get("/metrics", None).text();
+    assert!(
+        m.lines().any(|l| l.starts_with(r#"allowly_webhook_attempts_total{result="destination_not_allowed"}"#)),
+        "{m}"
+    );
+}
+
+/// `POST /v1/webhooks/{id}/rotate-secret`: the new secret is shown once; during the grace
+/// period every delivery verifies (with the reference `standardwebhooks` package) with the old
+/// secret and with the new one, after it only with the new one.
+#[test]
+fn a_rotated_secret_verifies_with_either_secret_during_the_grace_period_and_only_the_new_one_after() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = start(tmp.path());
+    let (t, other) = (tenant(&s, "rotate"), tenant(&s, "other"));
+    let c = s.client();
+    let port = free_port();
+    let (hook, first) = webhook(&s, &t, port, &["authorization.revoked"]);
+    let path = format!("/v1/webhooks/{hook}/rotate-secret");
+    c.call("POST", &path, Some(&t.reader), None).problem(403, "forbidden");
+    c.call("POST", &path, Some(&other.admin), None).problem(404, "not_found");
+    c.post(&path, &t.admin, json!({ "grace_period_ms": 86_400_001 })).problem(400, "invalid_request");
+    c.post(&path, &t.admin, json!({ "grace": 1 })).problem(400, "unknown_field");
+
+    // No body: the default grace period (24 h).
+    let r = c.call("POST", &path, Some(&t.admin), None);
+    assert_eq!((r.status, r.header("cache-control")), (200, Some("no-store")), "{r}");
+    let second = r.json()["secret"].as_str().unwrap().to_owned();
+    assert!(second.starts_with("whsec_") && second != first, "{r}");
+    assert!(r.json()["previous_secret_expires_at"].is_string(), "{r}");
+
+    // Again with a 10 s grace period (room for a loaded machine to start the receiver and
+    // deliver): `second` is now the previous secret, `first` is retired.
+    const GRACE_MS: u64 = 10_000;
+    let grace = json!({ "grace_period_ms": GRACE_MS });
+    let before = now_ms();
+    let r = keyed_post(&c, &path, &t.admin, "rotate-3", &grace);
+    let rotated_by = now_ms();
+    assert_eq!(r.status, 200, "{r}");
+    let third = r.json()["secret"].as_str().unwrap().to_owned();
+    assert_eq!(keyed_post(&c, &path, &t.admin, "rotate-3", &grace).json()["secret"], third.as_str(), "a repeat");
+    keyed_post(&c, &path, &t.admin, "rotate-3", &json!({ "grace_period_ms": 1 }))
+        .problem(422, "idempotency_key_reused");
+    let view = c.get(&format!("/v1/webhooks/{hook}"), Some(&t.reader)).json();
+    assert!(view["previous_secret_expires_at"].is_string() && view.get("secret").is_none(), "{view}");
+
+    let rx = Receiver::start_with_secrets(tmp.path(), "rotate", &[&first, &second, &third], port, &[]);
+    let az = grant(&s, &t);
+    revoke(&s, &t, &az);
+    all_delivered(&s, &t, &hook, 1, &rx);
+    let during = rx.records();
+    assert!(
+        during[0]["timestamp"].as_str().unwrap().parse::<u64>().unwrap() * 1000 < before + GRACE_MS,
+        "the first delivery must fall in the grace period\n{}",
+        rx.dump()
+    );
+    assert_eq!(during[0]["verified_by"], json!([false, true, true]), "old and new verify\n{}", rx.dump());
+
+    // Past the grace period (polling the clock, not sleeping a guess).
+    eventually("the grace period to end", || rx.dump(), || (now_ms() > rotated_by + GRACE_MS + 1000).then_some(()));
+    let az = grant(&s, &t);
+    revoke(&s, &t, &az);
+    all_delivered(&s, &t, &hook, 2, &rx);
+    let after = rx.records();
+    assert_eq!(after.len(), 2, "{}", rx.dump());
+    assert_eq!(after[1]["verified_by"], json!([false, false, true]), "only the new one\n{}", rx.dump());
+}
+
+/// `POST /v1/deliveries/{id}/retry`: a delivered event is sent again as a new delivery under
+/// the same `webhook-id`, listed with the endpoint; a pending delivery, a disabled endpoint and
+/// a deleted one are refused with their own codes.
+#[test]
+fn a_finished_delivery_can_be_sent_again_under_the_same_webhook_id() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = start(tmp.path());
+    let (t, other) = (tenant(&s, "retry"), tenant(&s, "other"));
+    let c = s.client();
+    let (port, dead_port) = (free_port(), free_port());
+    let (hook, secret) = webhook(&s, &t, port, &["authorization.revoked"]);
+    let (dead, _) = webhook(&s, &t, dead_port, &["authorization.revoked"]);
+    let rx = Receiver::start(tmp.path(), "retry", &secret, port, &[]);
+    let az = grant(&s, &t);
+    revoke(&s, &t, &az);
+    let first = all_delivered(&s, &t, &hook, 1, &rx).remove(0);
+    let path = format!("/v1/deliveries/{}/retry", first["id"].as_str().unwrap());
+    c.call("POST", &path, Some(&t.reader), None).problem(403, "forbidden");
+    c.call("POST", &path, Some(&other.admin), None).problem(404, "not_found");
+
+    let r = keyed_post(&c, &path, &t.admin, "retry-1", &json!({}));
+    let again = created(&r, "retry");
+    let id = again["id"].as_str().unwrap().to_owned();
+    assert_eq!(r.header("location"), Some(format!("/v1/deliveries/{id}").as_str()), "{r}");
+    assert_eq!((&again["event_id"], &again["retry_of"]), (&first["event_id"], &first["id"]), "{again:#}");
+    let repeat = keyed_post(&c, &path, &t.admin, "retry-1", &json!({}));
+    assert_eq!(created(&repeat, "repeat")["id"], id.as_str());
+
+    let ds = all_delivered(&s, &t, &hook, 2, &rx);
+    assert_eq!(ds[0]["id"], id.as_str(), "newest first");
+    let records = rx.records();
+    assert_eq!(records.len(), 2, "{}", rx.dump());
+    assert!(records.iter().all(|r| r["verified"] == true && r["webhook_id"] == first["event_id"]), "{}", rx.dump());
+    assert_eq!(records[0]["payload"], records[1]["payload"]);
+
+    // Refusals: still pending (nobody listens on dead_port), endpoint disabled, endpoint deleted.
+    let pending = failing(&s, &t, &dead);
+    let dead_path = format!("/v1/deliveries/{}/retry", pending["id"].as_str().unwrap());
+    c.call("POST", &dead_path, Some(&t.admin), None).problem(409, "delivery_in_progress");
+    let r = c.call("POST", &format!("/v1/webhooks/{dead}/disable"), Some(&t.admin), None);
+    assert_eq!(r.status, 200, "{r}");
+    eventually(
+        "the delivery to fail as its endpoint is disabled",
+        || s.diagnostics(),
+        || (deliveries(&s, &t, &dead)[0]["status"] == "failed").then_some(()),
+    );
+    c.call("POST", &dead_path, Some(&t.admin), None).problem(409, "webhook_disabled");
+    assert_eq!(c.call("DELETE", &format!("/v1/webhooks/{dead}"), Some(&t.admin), None).status, 204);
+    c.call("POST", &dead_path, Some(&t.admin), None).problem(404, "webhook_not_found");
+}
+
+/// Escalation events go only to the endpoints whose `scopes` filter matches the escalation's
+/// scopes, and the escalation shows where its request went (`routed_to`).
+#[test]
+fn escalations_reach_only_the_endpoints_whose_scopes_match() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = start(tmp.path());
+    let t = tenant(&s, "route");
+    let c = s.client();
+    let events = ["escalation.requested", "escalation.resolved"];
+    for bad in [json!([]), json!(["Payments.Send"]), json!(["payments.*", "payments.*"]), json!("payments.*")] {
+        let body = json!({ "url": "https://example.com/x", "events": events, "scopes": bad });
+        c.post("/v1/webhooks", &t.admin, body).problem(400, "invalid_request");
+    }
+    let scoped = |port: u16, scopes: Value| {
+        let url = format!("http://127.0.0.1:{port}/hook");
+        let v = created(
+            &c.post("/v1/webhooks", &t.admin, json!({ "url": url, "events": events, "scopes": scopes })),
+            "hook",
+        );
+        assert_eq!(v["scopes"], scopes, "{v}");
+        (v["id"].as_str().unwrap().to_owned(), v["secret"].as_str().unwrap().to_owned())
+    };
+    let (send_port, refund_port) = (free_port(), free_port());
+    let (send, send_secret) = scoped(send_port, json!(["payments.send"]));
+    let (refund, refund_secret) = scoped(refund_port, json!(["payments.refund.*"]));
+    let send_rx = Receiver::start(tmp.path(), "send", &send_secret, send_port, &[]);
+    let refund_rx = Receiver::start(tmp.path(), "refund", &refund_secret, refund_port, &[]);
+
+    let az = grant(&s, &t);
+    let escalate = |scope: &str| {
+        let r = c.post("/v1/check", &t.admin, json!({ "authorization_id": az, "scopes": [scope] })).json();
+        assert_eq!(r["decision"], "escalate", "{r}");
+        r["escalation"]["id"].as_str().unwrap().to_owned()
+    };
+    let esc = escalate("payments.send");
+    let view = c.get(&format!("/v1/escalations/{esc}"), Some(&t.reader)).json();
+    assert_eq!(view["routed_to"], json!([send]), "{view}");
+    let answer = json!({ "outcome": "denied", "approver": "boss" });
+    assert_eq!(c.post(&format!("/v1/escalations/{esc}/resolve"), &t.admin, answer).status, 200);
+    let got = all_delivered(&s, &t, &send, 2, &send_rx);
+    assert!(got.iter().all(|d| d["payload"]["data"]["escalation_id"] == esc.as_str()), "{:#}", json!(got));
+
+    let esc = escalate("payments.refund.full");
+    let view = c.get(&format!("/v1/escalations/{esc}"), Some(&t.reader)).json();
+    assert_eq!(view["routed_to"], json!([refund]), "{view}");
+    all_delivered(&s, &t, &refund, 1, &refund_rx);
+    assert_eq!(deliveries(&s, &t, &send).len(), 2, "the send approver never hears of the refund");
+    assert_eq!(send_rx.records().len(), 2, "{}", send_rx.dump());
+}
+
+/// This package's directory, read when the test runs (cargo sets it): the value compiled in
+/// can name another checkout that shared the target directory and built this binary.
+fn manifest_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(|| env!("CARGO_MANIFEST_DIR").into(), Into::into)
 }

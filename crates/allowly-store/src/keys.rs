@@ -32,10 +32,11 @@ pub(crate) enum Space {
     Webhooks,
     Deliveries,
     Outbox,
+    EscalationDue,
 }
 
 impl Space {
-    pub(crate) const ALL: [Space; 17] = [
+    pub(crate) const ALL: [Space; 18] = [
         Space::Workspaces,
         Space::ApiKeys,
         Space::Authorizations,
@@ -53,6 +54,7 @@ impl Space {
         Space::Webhooks,
         Space::Deliveries,
         Space::Outbox,
+        Space::EscalationDue,
     ];
 
     /// Stable name: the column family's name on disk. Never rename one.
@@ -75,6 +77,7 @@ impl Space {
             Space::Webhooks => "webhooks",
             Space::Deliveries => "deliveries",
             Space::Outbox => "outbox",
+            Space::EscalationDue => "escalation_due",
         }
     }
 
@@ -88,6 +91,7 @@ impl Space {
             DocKind::Webhook => Space::Webhooks,
             DocKind::Delivery => Space::Deliveries,
             DocKind::Outbox => Space::Outbox,
+            DocKind::EscalationDue => Space::EscalationDue,
         }
     }
 

@@ -186,6 +186,9 @@ pub enum DocKind {
     Delivery,
     /// Deliveries not yet finished (deleted when delivered or given up), scanned by the sender.
     Outbox,
+    /// Pending escalations by due time (id `<expiry ms, 16 hex>-<workspace>-<escalation>`), all
+    /// under one scope, so the engine finds the overdue ones without scanning every workspace.
+    EscalationDue,
 }
 
 /// Ops applied all-or-nothing: either every op is visible afterwards or none is.

@@ -15,14 +15,24 @@
 //! the workspace actor with their receipt) and `receipt.signed` (written by the signing pipeline
 //! with the signature it stores).
 //!
-//! **Not filtered:** an endpoint URL may name any host the server can reach, private networks
-//! included (the spec's SSRF warning). Deployments that accept endpoints from untrusted users
-//! must restrict the service's egress (a firewall or an egress proxy).
+//! - [`destination`]: which addresses deliveries may go to. By default only public unicast
+//!   addresses (the spec's SSRF warning): IP-literal URLs in loopback, private, CGNAT,
+//!   link-local, unique-local, multicast and similar ranges are refused at registration, and
+//!   every resolved address is checked at delivery (the connection goes only to an address that
+//!   passed). `--webhook-allow-private-networks` lifts this for receivers on private networks.
+//!
+//! Endpoint life cycle: created (secret shown once), disabled/enabled, secret rotated (the old
+//! secret keeps signing for a grace period, so receivers can switch without losing requests),
+//! deleted (its unfinished deliveries are `cancelled`). Escalation events can be routed by scope
+//! (an endpoint's `scopes` filter). A finished delivery can be sent again as a new delivery of
+//! the same event (same `webhook-id`); finished deliveries are deleted after a retention period
+//! ([`worker::sweep_finished`]).
 //!
 //! With `allowly-server`, this is the only crate that speaks HTTP; the engine decides what to
 //! send and never sends it.
 
 pub mod client;
+pub mod destination;
 pub mod error;
 pub mod metrics;
 pub mod model;
@@ -30,10 +40,12 @@ pub mod schedule;
 pub mod signature;
 pub mod worker;
 
+pub use destination::Policy;
 pub use error::{Result, WebhookError};
 pub use metrics::Metrics;
 pub use model::{
-    CreatedWebhook, DeliveryStatus, DeliveryView, Endpoint, Event, EventType, NewWebhook, WebhookDoc, WebhookView,
+    CreatedWebhook, DeliveryStatus, DeliveryView, Endpoint, Event, EventType, NewWebhook, RotateSecret, WebhookDoc,
+    WebhookView,
 };
 pub use schedule::WebhookConfig;
 pub use signature::Secret;

@@ -3,7 +3,8 @@
 //! workspace, endpoint or URL).
 
 use prometheus::{
-    exponential_buckets, Encoder, Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    exponential_buckets, Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
 };
 
 /// The worker's metrics.
@@ -11,7 +12,8 @@ use prometheus::{
 pub struct Metrics {
     registry: Registry,
     /// Attempts by `result`: `delivered` (2xx), `gone` (410), `http_error` (any other status),
-    /// `timeout`, `connect_error` (connection refused or reset, DNS, TLS).
+    /// `timeout`, `connect_error` (connection refused or reset, DNS, TLS),
+    /// `destination_not_allowed` (no public address to send to: nothing was sent).
     pub attempts: IntCounterVec,
     /// Time of one attempt. Buckets 5 ms .. ~41 s by powers of 2.
     pub attempt_seconds: Histogram,
@@ -19,8 +21,11 @@ pub struct Metrics {
     pub failed: IntCounterVec,
     /// Attempts in flight now.
     pub in_flight: IntGauge,
-    /// Scans of the outbox that hit a store error (the worker retries at the next poll).
+    /// Store errors met by the worker, by `step`: `scan` (reading the outbox), `attempt` (an
+    /// attempt's bookkeeping), `sweep` (the retention sweep). Each is retried later.
     pub scan_errors: IntCounterVec,
+    /// Finished deliveries deleted after the retention period.
+    pub swept: IntCounter,
 }
 
 impl Default for Metrics {
@@ -56,6 +61,11 @@ impl Metrics {
                 &["step"],
             )
             .expect("static metric definition"),
+            swept: IntCounter::new(
+                "allowly_webhook_deliveries_swept_total",
+                "Finished webhook deliveries deleted after the retention period",
+            )
+            .expect("static metric definition"),
             registry,
         };
         for c in [
@@ -64,6 +74,7 @@ impl Metrics {
             Box::new(m.failed.clone()),
             Box::new(m.in_flight.clone()),
             Box::new(m.scan_errors.clone()),
+            Box::new(m.swept.clone()),
         ] {
             m.registry.register(c).expect("metric names are unique");
         }

@@ -7,8 +7,8 @@
 //!
 //! | kind | id | document |
 //! |---|---|---|
-//! | `Webhook` | `wh_<32 hex>` | [`WebhookDoc`]: URL, events, secret, disabled |
-//! | `Delivery` | `dl_<webhook id>_<16 hex: u64::MAX − created ms><8 hex random>` | [`DeliveryDoc`]: payload, status, attempt log |
+//! | `Webhook` | `wh_<32 hex>` | [`WebhookDoc`]: URL, events, scope filter, secret (and the previous one during a rotation's grace period), disabled |
+//! | `Delivery` | `dl_<webhook id>_<16 hex: u64::MAX − created ms><8 hex random>` | [`DeliveryDoc`]: payload, status (`pending` → `delivered` / `failed` / `cancelled`), attempt log, `retry_of` |
 //! | `Outbox` | `<16 hex due ms>-<delivery id>` | [`OutboxDoc`]: a delivery that is due at `due_at_ms` |
 //!
 //! Delivery ids start with their endpoint's id and then sort newest first, so one endpoint's
@@ -19,7 +19,11 @@
 //! (delete + put in one write).
 //!
 //! The secret is stored as it is shown (`whsec_…`), like a private key file: the sender must
-//! have it to sign. It is shown once, at creation, and never in a view.
+//! have it to sign. It is shown once, at creation or rotation, and never in a view.
+//!
+//! A deleted endpoint's document is gone; its deliveries stay (readable by id) until the
+//! retention sweep deletes finished ones. A manual retry is a new delivery of the same event
+//! (same `event_id`, i.e. `webhook-id`), so receivers deduplicate it like any redelivery.
 
 use allowly_receipt::types::Timestamp;
 use allowly_store::{DocKind, Op};
@@ -27,6 +31,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Result, WebhookError};
+use crate::signature::Secret;
 
 /// Most endpoints one workspace may have.
 pub const MAX_WEBHOOKS_PER_WORKSPACE: usize = 16;
@@ -34,6 +39,10 @@ pub const MAX_WEBHOOKS_PER_WORKSPACE: usize = 16;
 pub const MAX_URL_LEN: usize = 2048;
 /// Attempts kept in a delivery's log (the count keeps counting).
 pub const MAX_ATTEMPT_LOG: usize = 50;
+/// Most scope patterns in an endpoint's `scopes` filter.
+pub const MAX_SCOPE_FILTER: usize = 64;
+/// Longest (and default) time the previous secret keeps signing after a rotation.
+pub const MAX_ROTATION_GRACE_MS: u64 = 24 * 3600 * 1000;
 
 /// What happened, as a Standard Webhooks event `type`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -92,6 +101,15 @@ pub struct WebhookDoc {
     pub disabled_reason: Option<DisabledReason>,
     #[serde(default)]
     pub disabled_at_ms: Option<u64>,
+    /// Escalation events go here only if one of the escalation's scopes matches one of these
+    /// patterns (`None`: every escalation).
+    #[serde(default)]
+    pub scopes: Option<Vec<String>>,
+    /// The secret before the last rotation: it signs too until `previous_secret_expires_at_ms`.
+    #[serde(default)]
+    pub previous_secret: Option<String>,
+    #[serde(default)]
+    pub previous_secret_expires_at_ms: Option<u64>,
 }
 
 impl WebhookDoc {
@@ -101,16 +119,43 @@ impl WebhookDoc {
             id: id.to_owned(),
             url: self.url.clone(),
             events: self.events.clone(),
+            scopes: self.scopes.clone(),
             disabled: self.disabled,
             disabled_reason: self.disabled_reason,
             disabled_at: self.disabled_at_ms.map(ts).transpose()?,
+            previous_secret_expires_at: self.previous_secret_expires_at_ms.map(ts).transpose()?,
             created_at: ts(self.created_at_ms)?,
         })
     }
 
     /// What the event producers need to know (no URL, no secret).
     pub fn endpoint(&self, id: &str) -> Endpoint {
-        Endpoint { id: id.to_owned(), events: self.events.clone(), disabled: self.disabled }
+        Endpoint {
+            id: id.to_owned(),
+            events: self.events.clone(),
+            disabled: self.disabled,
+            scopes: self.scopes.clone(),
+        }
+    }
+
+    /// The secrets an attempt at `now_ms` is signed with: the current one, then the previous
+    /// one while its grace period lasts.
+    pub fn signing_secrets(&self, now_ms: u64) -> Result<Vec<Secret>> {
+        let mut out = vec![Secret::parse(&self.secret)?];
+        if let (Some(prev), Some(until)) = (&self.previous_secret, self.previous_secret_expires_at_ms) {
+            if now_ms < until {
+                out.push(Secret::parse(prev)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Replaces the secret with `new`; the current one keeps signing for `grace_ms` (0: not at
+    /// all). A previous secret still in its grace period is dropped: at most two sign.
+    pub fn rotate(&mut self, new: String, now_ms: u64, grace_ms: u64) {
+        let old = std::mem::replace(&mut self.secret, new);
+        (self.previous_secret, self.previous_secret_expires_at_ms) =
+            if grace_ms == 0 { (None, None) } else { (Some(old), Some(now_ms.saturating_add(grace_ms))) };
     }
 }
 
@@ -120,6 +165,9 @@ pub struct Endpoint {
     pub id: String,
     pub events: Vec<EventType>,
     pub disabled: bool,
+    /// Scope patterns that route escalation events (`None`: all of them). Matched by the engine,
+    /// with the scope-rule syntax.
+    pub scopes: Option<Vec<String>>,
 }
 
 impl Endpoint {
@@ -137,6 +185,21 @@ pub struct NewWebhook {
     pub url: String,
     /// Non-empty set of event types to deliver.
     pub events: Vec<EventType>,
+    /// Optional: route `escalation.*` events here only when one of the escalation's scopes
+    /// matches one of these patterns (scope-rule syntax: `*`, `a.b.*`, exact). 1..=64 patterns;
+    /// omit it for every escalation. Other event types are not filtered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scopes: Option<Vec<String>>,
+}
+
+/// `POST /v1/webhooks/{id}/rotate-secret` (the body is optional).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RotateSecret {
+    /// How long the old secret keeps signing, in ms: 0..=86400000, default 86400000 (24 h);
+    /// 0 retires it at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grace_period_ms: Option<u64>,
 }
 
 /// An endpoint as the API shows it (never the secret).
@@ -145,14 +208,18 @@ pub struct WebhookView {
     pub id: String,
     pub url: String,
     pub events: Vec<EventType>,
+    /// The escalation routing filter, if any.
+    pub scopes: Option<Vec<String>>,
     /// A disabled endpoint gets no new deliveries; pending ones fail when they come due.
     pub disabled: bool,
     pub disabled_reason: Option<DisabledReason>,
     pub disabled_at: Option<Timestamp>,
+    /// After a rotation: until then deliveries are signed with the previous secret too.
+    pub previous_secret_expires_at: Option<Timestamp>,
     pub created_at: Timestamp,
 }
 
-/// Answer to creating an endpoint: the only time the secret is shown.
+/// Answer to creating an endpoint or rotating its secret: the only times a secret is shown.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CreatedWebhook {
     #[serde(flatten)]
@@ -171,6 +238,8 @@ pub enum DeliveryStatus {
     Delivered,
     /// Given up: see `failure`.
     Failed,
+    /// Its endpoint was deleted before it was delivered.
+    Cancelled,
 }
 
 /// Why a delivery failed for good.
@@ -223,6 +292,11 @@ pub struct DeliveryDoc {
     /// The most recent attempts, oldest first (at most [`MAX_ATTEMPT_LOG`]).
     #[serde(default)]
     pub log: Vec<AttemptRecord>,
+    #[serde(default)]
+    pub cancelled_at_ms: Option<u64>,
+    /// The delivery this one re-sends (a manual retry).
+    #[serde(default)]
+    pub retry_of: Option<String>,
 }
 
 impl DeliveryDoc {
@@ -244,6 +318,8 @@ impl DeliveryDoc {
             delivered_at: self.delivered_at_ms.map(ts).transpose()?,
             failed_at: self.failed_at_ms.map(ts).transpose()?,
             failure: self.failure,
+            cancelled_at: self.cancelled_at_ms.map(ts).transpose()?,
+            retry_of: self.retry_of.clone(),
             attempt_log: self
                 .log
                 .iter()
@@ -262,6 +338,45 @@ impl DeliveryDoc {
                 message: format!("payload: {e}"),
             })?,
         })
+    }
+
+    /// A new pending delivery of `event_id` to `webhook_id`, due at `now_ms` under `outbox`.
+    pub fn pending(webhook_id: &str, event_id: &str, ty: EventType, payload: &str, now_ms: u64, outbox: &str) -> Self {
+        Self {
+            webhook_id: webhook_id.to_owned(),
+            event_id: event_id.to_owned(),
+            event_type: ty,
+            payload: payload.to_owned(),
+            status: DeliveryStatus::Pending,
+            created_at_ms: now_ms,
+            attempts: 0,
+            next_attempt_at_ms: Some(now_ms),
+            outbox_id: Some(outbox.to_owned()),
+            delivered_at_ms: None,
+            failed_at_ms: None,
+            failure: None,
+            log: Vec::new(),
+            cancelled_at_ms: None,
+            retry_of: None,
+        }
+    }
+
+    /// When it reached its final state (`None` while pending).
+    pub fn finished_at_ms(&self) -> Option<u64> {
+        match self.status {
+            DeliveryStatus::Pending => None,
+            DeliveryStatus::Delivered => Some(self.delivered_at_ms.unwrap_or(self.created_at_ms)),
+            DeliveryStatus::Failed => Some(self.failed_at_ms.unwrap_or(self.created_at_ms)),
+            DeliveryStatus::Cancelled => Some(self.cancelled_at_ms.unwrap_or(self.created_at_ms)),
+        }
+    }
+
+    /// Marks it cancelled (its endpoint is gone); the caller deletes its outbox entry.
+    pub fn cancel(&mut self, now_ms: u64) {
+        self.status = DeliveryStatus::Cancelled;
+        self.cancelled_at_ms = Some(now_ms);
+        self.next_attempt_at_ms = None;
+        self.outbox_id = None;
     }
 
     /// Records an attempt (keeping the log bounded).
@@ -292,6 +407,9 @@ pub struct DeliveryView {
     pub delivered_at: Option<Timestamp>,
     pub failed_at: Option<Timestamp>,
     pub failure: Option<FailureReason>,
+    pub cancelled_at: Option<Timestamp>,
+    /// The delivery this one re-sends (`POST /v1/deliveries/{id}/retry`), if any.
+    pub retry_of: Option<String>,
     /// The most recent attempts (at most 50), oldest first.
     pub attempt_log: Vec<AttemptView>,
     /// The event as sent.
@@ -379,28 +497,22 @@ impl Event {
 pub fn enqueue(ws: &str, endpoints: &[Endpoint], event: &Event, now_ms: u64) -> Result<Vec<Op>> {
     let mut ops = Vec::new();
     for e in endpoints.iter().filter(|e| e.wants(event.ty)) {
-        let id = new_delivery_id(&e.id, now_ms)?;
-        let outbox = outbox_id(now_ms, &id);
-        let d = DeliveryDoc {
-            webhook_id: e.id.clone(),
-            event_id: event.id.clone(),
-            event_type: event.ty,
-            payload: event.payload.clone(),
-            status: DeliveryStatus::Pending,
-            created_at_ms: now_ms,
-            attempts: 0,
-            next_attempt_at_ms: Some(now_ms),
-            outbox_id: Some(outbox.clone()),
-            delivered_at_ms: None,
-            failed_at_ms: None,
-            failure: None,
-            log: Vec::new(),
-        };
-        let o = OutboxDoc { delivery_id: id.clone(), due_at_ms: now_ms };
-        ops.push(put(DocKind::Delivery, ws, &id, &d)?);
-        ops.push(put(DocKind::Outbox, ws, &outbox, &o)?);
+        let d = DeliveryDoc::pending(&e.id, &event.id, event.ty, &event.payload, now_ms, "");
+        ops.extend(schedule_new(ws, d, now_ms)?.1);
     }
     Ok(ops)
+}
+
+/// The ops that file `d` (a new pending delivery) under a fresh id, with its outbox entry due
+/// at `now_ms`; returns the id too.
+pub fn schedule_new(ws: &str, mut d: DeliveryDoc, now_ms: u64) -> Result<(String, Vec<Op>)> {
+    let id = new_delivery_id(&d.webhook_id, now_ms)?;
+    let outbox = outbox_id(now_ms, &id);
+    d.outbox_id = Some(outbox.clone());
+    d.next_attempt_at_ms = Some(now_ms);
+    let o = OutboxDoc { delivery_id: id.clone(), due_at_ms: now_ms };
+    let ops = vec![put(DocKind::Delivery, ws, &id, &d)?, put(DocKind::Outbox, ws, &outbox, &o)?];
+    Ok((id, ops))
 }
 
 /// A `PutDoc` op of `doc`.
@@ -494,9 +606,14 @@ mod tests {
             r#"{"type":"authorization.revoked","timestamp":"1970-01-01T00:00:00.005Z","data":{"a":1}}"#
         );
         let eps = [
-            Endpoint { id: "wh_a".into(), events: vec![EventType::AuthorizationRevoked], disabled: false },
-            Endpoint { id: "wh_b".into(), events: vec![EventType::AuthorizationRevoked], disabled: true },
-            Endpoint { id: "wh_c".into(), events: vec![EventType::ReceiptSigned], disabled: false },
+            Endpoint {
+                id: "wh_a".into(),
+                events: vec![EventType::AuthorizationRevoked],
+                disabled: false,
+                scopes: None,
+            },
+            Endpoint { id: "wh_b".into(), events: vec![EventType::AuthorizationRevoked], disabled: true, scopes: None },
+            Endpoint { id: "wh_c".into(), events: vec![EventType::ReceiptSigned], disabled: false, scopes: None },
         ];
         let ops = enqueue("ws_1", &eps, &ev, 5).unwrap();
         assert_eq!(ops.len(), 2);
@@ -529,7 +646,8 @@ mod tests {
     #[test]
     fn the_attempt_log_is_bounded_and_the_count_is_not() {
         let ev = Event::new("evt_1".into(), EventType::ReceiptSigned, 1, serde_json::json!({})).unwrap();
-        let ep = [Endpoint { id: "wh_a".into(), events: vec![EventType::ReceiptSigned], disabled: false }];
+        let ep =
+            [Endpoint { id: "wh_a".into(), events: vec![EventType::ReceiptSigned], disabled: false, scopes: None }];
         let ops = enqueue("ws", &ep, &ev, 1).unwrap();
         let Op::PutDoc { id, doc, .. } = &ops[0] else { panic!() };
         let mut d: DeliveryDoc = decode("delivery", id, doc.clone()).unwrap();

@@ -14,6 +14,8 @@
 
 use std::time::Duration;
 
+use crate::destination::Policy;
+
 /// Delivery worker settings. Defaults are production values; tests shorten them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WebhookConfig {
@@ -34,6 +36,13 @@ pub struct WebhookConfig {
     pub per_workspace: usize,
     /// Longest the worker sleeps between two scans of the outbox when nothing wakes it.
     pub poll_interval: Duration,
+    /// Where deliveries may go (public addresses only by default: see `destination`).
+    pub destinations: Policy,
+    /// Finished (delivered, failed, cancelled) deliveries are deleted this long after they
+    /// finished.
+    pub retention: Duration,
+    /// How often the worker looks for deliveries past `retention`.
+    pub retention_sweep_interval: Duration,
 }
 
 impl Default for WebhookConfig {
@@ -47,6 +56,9 @@ impl Default for WebhookConfig {
             concurrency: 32,
             per_workspace: 8,
             poll_interval: Duration::from_secs(5),
+            destinations: Policy::PublicOnly,
+            retention: Duration::from_secs(30 * 24 * 3600),
+            retention_sweep_interval: Duration::from_secs(3600),
         }
     }
 }

@@ -8,6 +8,10 @@
 //! accepts that whole range, padded or not, like the reference libraries). A webhook secret is
 //! not the workspace's receipt key and has nothing to do with it: it only authenticates
 //! deliveries to one endpoint.
+//!
+//! Rotation: while the previous secret is still in its grace period an attempt carries one
+//! signature per secret, space-delimited, newest first (`v1,<new> v1,<old>`), as the spec allows;
+//! receivers accept the request if any signature verifies with the secret they hold.
 
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
 use base64::Engine as _;
@@ -81,12 +85,15 @@ impl Secret {
 
     /// The three Standard Webhooks headers of one attempt.
     pub fn headers(&self, msg_id: &str, timestamp: u64, payload: &[u8]) -> [(&'static str, String); 3] {
-        [
-            (HEADER_ID, msg_id.to_owned()),
-            (HEADER_TIMESTAMP, timestamp.to_string()),
-            (HEADER_SIGNATURE, self.sign(msg_id, timestamp, payload)),
-        ]
+        headers(std::slice::from_ref(self), msg_id, timestamp, payload)
     }
+}
+
+/// The three Standard Webhooks headers of one attempt signed with every secret in `secrets`
+/// (newest first): `webhook-signature` lists one `v1,` signature per secret, space-delimited.
+pub fn headers(secrets: &[Secret], msg_id: &str, timestamp: u64, payload: &[u8]) -> [(&'static str, String); 3] {
+    let sigs: Vec<String> = secrets.iter().map(|s| s.sign(msg_id, timestamp, payload)).collect();
+    [(HEADER_ID, msg_id.to_owned()), (HEADER_TIMESTAMP, timestamp.to_string()), (HEADER_SIGNATURE, sigs.join(" "))]
 }
 
 #[cold]
@@ -139,5 +146,13 @@ mod tests {
         assert_eq!(h[1], ("webhook-timestamp", "42".to_owned()));
         assert_eq!(h[2], ("webhook-signature", s.sign("msg_1", 42, b"{}")));
         assert_ne!(s.sign("msg_1", 43, b"{}"), h[2].1, "the timestamp is signed");
+    }
+
+    #[test]
+    fn a_rotation_signs_with_both_secrets_newest_first() {
+        let (new, old) = (Secret::generate().unwrap(), Secret::generate().unwrap());
+        let h = headers(&[new.clone(), old.clone()], "msg_1", 42, b"{}");
+        assert_eq!(h[2].1, format!("{} {}", new.sign("msg_1", 42, b"{}"), old.sign("msg_1", 42, b"{}")));
+        assert_eq!(h[..2], new.headers("msg_1", 42, b"{}")[..2]);
     }
 }

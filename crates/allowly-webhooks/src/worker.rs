@@ -19,8 +19,13 @@
 //! Results: 2xx → `delivered`; 410 → the endpoint is disabled (through [`Control`], so the
 //! change is sequenced with the workspace's other endpoint changes) and the delivery `failed`
 //! (`gone`); anything else → the next attempt per the schedule (`schedule`), or `failed`
-//! (`gave_up`) when it runs out. A delivery whose endpoint is disabled or gone when it comes due
-//! fails (`endpoint_disabled`) without an attempt.
+//! (`gave_up`) when it runs out. A delivery whose endpoint is disabled when it comes due fails
+//! (`endpoint_disabled`) without an attempt; one whose endpoint was deleted is `cancelled` (the
+//! deletion cancels what it finds; this catches what it could not, e.g. an attempt in flight
+//! that was rescheduled after it).
+//!
+//! Retention: every `retention_sweep_interval` the worker deletes finished deliveries older
+//! than `retention` ([`sweep_finished`], which tests call directly).
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -40,7 +45,6 @@ use crate::model::{
     decode, outbox_id, put, AttemptRecord, DeliveryDoc, DeliveryStatus, FailureReason, OutboxDoc, WebhookDoc,
 };
 use crate::schedule::{random_u64, WebhookConfig};
-use crate::signature::Secret;
 
 /// What the worker asks of the rest of the service.
 pub trait Control: Send + Sync + 'static {
@@ -96,7 +100,7 @@ impl Worker {
         cfg: WebhookConfig,
         metrics: Metrics,
     ) -> std::result::Result<Self, String> {
-        let sender = Sender::new(cfg.attempt_timeout)?;
+        let sender = Sender::new(cfg.attempt_timeout, cfg.destinations)?;
         let ctx = Arc::new(Ctx { store, control, cfg, metrics, sender });
         let (stop, stop_rx) = watch::channel(false);
         let task = tokio::spawn(run(ctx, wake, stop_rx));
@@ -120,15 +124,32 @@ async fn run(ctx: Arc<Ctx>, wake: Arc<Notify>, mut stop: watch::Receiver<bool>) 
     // What each running attempt works on (by task id, so even a panicking one is forgotten).
     let mut in_flight: HashMap<tokio::task::Id, Key> = HashMap::new();
     let poll = ctx.cfg.poll_interval;
+    let mut next_sweep = Instant::now() + ctx.cfg.retention_sweep_interval;
     loop {
         if *stop.borrow() {
             break;
+        }
+        if Instant::now() >= next_sweep {
+            next_sweep = Instant::now() + ctx.cfg.retention_sweep_interval;
+            let c = ctx.clone();
+            let swept =
+                tokio::task::spawn_blocking(move || sweep_finished(&*c.store, c.cfg.retention, now_ms(), &c.metrics))
+                    .await;
+            match swept {
+                Ok(Ok(n)) if n > 0 => tracing::info!(deleted = n, "deleted webhook deliveries past their retention"),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    ctx.metrics.scan_errors.with_label_values(&["sweep"]).inc();
+                    tracing::warn!(error = %e, "sweeping old webhook deliveries failed; retried next time");
+                }
+                Err(e) => tracing::error!(error = %e, "webhook retention sweep task failed"),
+            }
         }
         while let Some(done) = tasks.try_join_next_with_id() {
             finished(done, &mut in_flight);
         }
         let free = ctx.cfg.concurrency.max(1).saturating_sub(tasks.len());
-        let mut wait = poll;
+        let mut wait = poll.min(next_sweep.saturating_duration_since(Instant::now()));
         if free > 0 {
             let snapshot: HashSet<Key> = in_flight.values().cloned().collect();
             let c = ctx.clone();
@@ -178,6 +199,42 @@ fn finished(
         }
     };
     in_flight.remove(&id);
+}
+
+/// Most deliveries deleted in one write of a retention sweep.
+const SWEEP_BATCH: usize = 256;
+
+/// Deletes every finished delivery (delivered, failed, cancelled) that finished at least
+/// `retention` before `now_ms`, in writes of at most 256; returns how many. Pending
+/// deliveries are never touched. Reads the deliveries of every workspace page by page, so it
+/// holds at most one page in memory. Documents that do not decode are kept (and logged).
+pub fn sweep_finished(store: &dyn Store, retention: Duration, now_ms: u64, metrics: &Metrics) -> Result<usize> {
+    let cutoff = now_ms.saturating_sub(retention.as_millis().min(u128::from(u64::MAX)) as u64);
+    let mut cursor: Option<(String, String)> = None;
+    let mut deleted = 0;
+    loop {
+        let page = store.all_docs(DocKind::Delivery, cursor.as_ref().map(|(w, i)| (w.as_str(), i.as_str())), PAGE)?;
+        let last_page = page.len() < PAGE;
+        let mut ops = Vec::new();
+        for (ws, id, doc) in page {
+            match decode::<DeliveryDoc>("delivery", &id, doc) {
+                Ok(d) if d.finished_at_ms().is_some_and(|t| t <= cutoff) => {
+                    ops.push(Op::DeleteDoc { kind: DocKind::Delivery, workspace_id: ws.clone(), id: id.clone() });
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(workspace = %ws, error = %e, "keeping a delivery that does not decode"),
+            }
+            cursor = Some((ws, id));
+        }
+        for chunk in ops.chunks(SWEEP_BATCH) {
+            store.write(WriteBatch::from(chunk.to_vec()), Durability::Buffered)?;
+            deleted += chunk.len();
+            metrics.swept.inc_by(chunk.len() as u64);
+        }
+        if last_page {
+            return Ok(deleted);
+        }
+    }
 }
 
 /// Reads due outbox entries: at most `free`, and at most `cfg.per_workspace` in flight per
@@ -300,11 +357,18 @@ async fn attempt_once(ctx: &Ctx, due: &Due) -> Result<()> {
     };
     let hook = match hook {
         Some(h) if !h.disabled => h,
-        _ => return fail(ctx, due, d, FailureReason::EndpointDisabled, now_ms()).await,
+        Some(_) => return fail(ctx, due, d, FailureReason::EndpointDisabled, now_ms()).await,
+        None => {
+            tracing::info!(workspace = %due.ws, delivery = %due.delivery_id, "webhook endpoint deleted: delivery cancelled");
+            d.cancel(now_ms());
+            let ops =
+                vec![put(DocKind::Delivery, &due.ws, &due.delivery_id, &d)?, delete_outbox(&due.ws, &due.outbox_id)];
+            return write(ctx, ops).await;
+        }
     };
-    let secret = Secret::parse(&hook.secret)?;
     let started = now_ms();
-    let headers = secret.headers(&d.event_id, started / 1000, d.payload.as_bytes());
+    let secrets = hook.signing_secrets(started)?;
+    let headers = crate::signature::headers(&secrets, &d.event_id, started / 1000, d.payload.as_bytes());
     ctx.metrics.in_flight.inc();
     let t = Instant::now();
     let outcome = ctx.sender.post(&hook.url, &headers, Bytes::from(d.payload.clone())).await;

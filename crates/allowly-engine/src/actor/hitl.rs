@@ -16,7 +16,8 @@ use sha2::{Digest, Sha256};
 use super::{Event, WsState};
 use crate::error::{EngineError, Result};
 use crate::model::{
-    ConfirmationAnswer, EscalationAnswer, EscalationOutcome, EscalationStatus, EscalationView, Resolution,
+    ConfirmationAnswer, ConfirmationStatus, ConfirmationView, EscalationAnswer, EscalationOutcome, EscalationStatus,
+    EscalationView, Resolution,
 };
 use crate::receipts::pending_envelope;
 use crate::shared::{now_ms, ts};
@@ -32,7 +33,7 @@ pub(super) enum ConfirmationState {
 
 /// A `confirm` decision waiting for (or given) the user's answer, filed by nonce.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub(super) struct ConfirmationDoc {
+pub(crate) struct ConfirmationDoc {
     authorization_id: String,
     check_receipt_id: String,
     scopes: Vec<String>,
@@ -41,6 +42,14 @@ pub(super) struct ConfirmationDoc {
     expires_at_ms: u64,
     state: ConfirmationState,
     answer_receipt_id: Option<String>,
+    /// The answer's final decision, reason and time (absent in documents written before
+    /// they were kept).
+    #[serde(default)]
+    decision: Option<Decision>,
+    #[serde(default)]
+    reason: Option<String>,
+    #[serde(default)]
+    answered_at_ms: Option<u64>,
 }
 
 impl ConfirmationDoc {
@@ -61,7 +70,35 @@ impl ConfirmationDoc {
             expires_at_ms: expires_at.unix_ms(),
             state: ConfirmationState::Pending,
             answer_receipt_id: None,
+            decision: None,
+            reason: None,
+            answered_at_ms: None,
         }
+    }
+
+    /// The API view as of `now` (a pending nonce past its expiry shows `expired`; its expiry is
+    /// recorded in the trail only when someone tries to answer it).
+    pub(crate) fn view(&self, nonce: &str, now: u64) -> Result<ConfirmationView> {
+        let status = match self.state {
+            ConfirmationState::Used => ConfirmationStatus::Answered,
+            ConfirmationState::Expired => ConfirmationStatus::Expired,
+            ConfirmationState::Pending if now >= self.expires_at_ms => ConfirmationStatus::Expired,
+            ConfirmationState::Pending => ConfirmationStatus::Pending,
+        };
+        Ok(ConfirmationView {
+            nonce: nonce.to_owned(),
+            authorization_id: self.authorization_id.clone(),
+            status,
+            scopes: self.scopes.clone(),
+            resource: self.resource.clone(),
+            created_at: ts(self.created_at_ms)?,
+            expires_at: ts(self.expires_at_ms)?,
+            check_receipt_id: self.check_receipt_id.clone(),
+            decision: self.decision,
+            reason: self.reason.clone(),
+            answered_at: self.answered_at_ms.map(ts).transpose()?,
+            answer_receipt_id: self.answer_receipt_id.clone(),
+        })
     }
 }
 
@@ -78,6 +115,9 @@ pub(crate) struct EscalationDoc {
     resolved_at_ms: Option<u64>,
     approver: Option<String>,
     resolution_receipt_id: Option<String>,
+    /// The webhook endpoints its `escalation.requested` event was enqueued for (scope routing).
+    #[serde(default)]
+    pub(super) routed_to: Vec<String>,
 }
 
 impl EscalationDoc {
@@ -100,6 +140,7 @@ impl EscalationDoc {
             resolved_at_ms: None,
             approver: None,
             resolution_receipt_id: None,
+            routed_to: Vec::new(),
         }
     }
 
@@ -118,11 +159,39 @@ impl EscalationDoc {
             resolved_at: self.resolved_at_ms.map(ts).transpose()?,
             approver: self.approver.clone(),
             resolution_receipt_id: self.resolution_receipt_id.clone(),
+            routed_to: self.routed_to.clone(),
         })
+    }
+
+    /// The entry that makes the sweep expire it on time.
+    pub(crate) fn due(&self, ws: &str, id: &str) -> DueEntry {
+        DueEntry { workspace_id: ws.to_owned(), escalation_id: id.to_owned(), expires_at_ms: self.expires_at_ms }
     }
 
     pub(crate) fn is_overdue(&self, now: u64) -> bool {
         self.status == EscalationStatus::Pending && now >= self.expires_at_ms
+    }
+}
+
+/// Where the due index of pending escalations lives (`DocKind::EscalationDue`): one scope for
+/// all workspaces, so the sweep reads overdue escalations in due order.
+pub(crate) const DUE_SCOPE: &str = "_due";
+
+/// An escalation's entry in the due index (zero-padded hex sorts by time).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct DueEntry {
+    pub workspace_id: String,
+    pub escalation_id: String,
+    pub expires_at_ms: u64,
+}
+
+impl DueEntry {
+    pub(crate) fn id(&self) -> String {
+        format!("{:016x}-{}-{}", self.expires_at_ms, self.workspace_id, self.escalation_id)
+    }
+
+    pub(crate) fn delete_op(&self) -> Op {
+        Op::DeleteDoc { kind: DocKind::EscalationDue, workspace_id: DUE_SCOPE.into(), id: self.id() }
     }
 }
 
@@ -241,6 +310,7 @@ impl WsState {
         let (mut ops, rec) = self.record(&auth, &scopes, &resource, step, now)?;
         doc.state = ConfirmationState::Used;
         doc.answer_receipt_id = Some(rec.id.clone());
+        (doc.decision, doc.reason, doc.answered_at_ms) = (Some(decision), Some(reason.to_owned()), Some(now));
         self.put_doc(&mut ops, DocKind::Confirmation, nonce, &doc)?;
         Ok((
             ops,
@@ -280,6 +350,7 @@ impl WsState {
             doc.resolved_at_ms = Some(now);
             doc.resolution_receipt_id = Some(rec.id.clone());
             self.put_doc(&mut ops, DocKind::Escalation, id, &doc)?;
+            ops.push(doc.due(&self.ws.id, id).delete_op());
             ops.extend(self.resolved_event(&endpoints, id, &doc, Decision::Deny, "escalation_expired", &rec, now)?);
             let receipt = Some(Box::new(pending_envelope(&rec)?));
             if answer.is_none() {
@@ -326,6 +397,7 @@ impl WsState {
         doc.approver = Some(answer.approver);
         doc.resolution_receipt_id = Some(rec.id.clone());
         self.put_doc(&mut ops, DocKind::Escalation, id, &doc)?;
+        ops.push(doc.due(&self.ws.id, id).delete_op());
         ops.extend(self.resolved_event(&endpoints, id, &doc, decision, reason, &rec, now)?);
         let view = doc.view(id)?;
         Ok((
@@ -361,7 +433,8 @@ impl WsState {
             "approver": doc.approver,
             "receipt": pending_envelope(rec)?,
         });
-        self.event_ops(endpoints, allowly_webhooks::EventType::EscalationResolved, now, data)
+        let ty = allowly_webhooks::EventType::EscalationResolved;
+        Ok(self.escalation_event_ops(endpoints, ty, &doc.scopes, now, data)?.0)
     }
 
     /// Records the expiry of an overdue escalation (no-op answer if it is not overdue).

@@ -1,15 +1,27 @@
 //! Webhook endpoints and events in the workspace actor. Endpoint changes are staged like any
 //! other write (the actor's list runs ahead of the store until the commit, then replaces the
 //! shared cache); events are staged with the receipt that causes them.
+//!
+//! Deleting an endpoint stages the deletion (a `null` in the overlay) with the cancellation of
+//! a first page of its unfinished deliveries; the engine asks for the following pages
+//! (`CancelDeliveries`), so no commit grows with the outbox. A delivery this misses (staged in
+//! the same commit, or rescheduled by an attempt in flight) is cancelled by the worker when it
+//! comes due and finds no endpoint.
 
 use allowly_store::{DocKind, Op};
-use allowly_webhooks::model::{enqueue, DisabledReason, Endpoint, Event, EventType, MAX_WEBHOOKS_PER_WORKSPACE};
-use allowly_webhooks::{CreatedWebhook, NewWebhook, Secret, WebhookDoc, WebhookView};
+use allowly_webhooks::model::{
+    decode, delivery_prefix, enqueue, schedule_new, DeliveryDoc, DisabledReason, Endpoint, Event, EventType, OutboxDoc,
+    MAX_WEBHOOKS_PER_WORKSPACE,
+};
+use allowly_webhooks::{CreatedWebhook, DeliveryStatus, DeliveryView, NewWebhook, Secret, WebhookDoc, WebhookView};
 
 use super::WsState;
 use crate::error::{EngineError, Result};
 use crate::ids::new_id;
 use crate::shared::now_ms;
+
+/// Outbox entries one cancellation step looks at (one commit).
+const CANCEL_PAGE: usize = 256;
 
 impl WsState {
     /// The endpoints as of the staged state.
@@ -38,6 +50,21 @@ impl WsState {
         Ok(ops)
     }
 
+    /// [`Self::event_ops`] for an escalation event about `scopes`, routed by the endpoints'
+    /// scope filters (`crate::webhooks::routed`); also returns the endpoint ids it goes to.
+    pub(super) fn escalation_event_ops(
+        &mut self,
+        endpoints: &[Endpoint],
+        ty: EventType,
+        scopes: &[String],
+        now: u64,
+        data: serde_json::Value,
+    ) -> Result<(Vec<Op>, Vec<String>)> {
+        let targets = crate::webhooks::routed(endpoints, ty, scopes);
+        let ids = targets.iter().map(|e| e.id.clone()).collect();
+        Ok((self.event_ops(&targets, ty, now, data)?, ids))
+    }
+
     pub(super) fn create_webhook(&mut self, req: NewWebhook) -> Result<(Vec<Op>, Result<CreatedWebhook>)> {
         let mut list = self.endpoint_list()?;
         if list.len() >= MAX_WEBHOOKS_PER_WORKSPACE {
@@ -55,6 +82,9 @@ impl WsState {
             disabled: false,
             disabled_reason: None,
             disabled_at_ms: None,
+            scopes: req.scopes,
+            previous_secret: None,
+            previous_secret_expires_at_ms: None,
         };
         let answer = CreatedWebhook { webhook: doc.view(&id)?, secret };
         let mut ops = Vec::new();
@@ -90,5 +120,103 @@ impl WsState {
         }
         self.endpoints = Some(list);
         Ok((ops, Ok(view)))
+    }
+}
+
+impl WsState {
+    /// Deletes an endpoint (no new events from this commit on) and cancels the unfinished
+    /// deliveries found in the first page of the outbox; answers where to continue.
+    pub(super) fn delete_webhook(&mut self, id: &str) -> Result<(Vec<Op>, Result<Option<String>>)> {
+        if self.doc::<WebhookDoc>(DocKind::Webhook, id)?.is_none() {
+            return Err(EngineError::NotFound { what: "webhook" });
+        }
+        // Everything that can fail first, so an error leaves the actor's state as it was.
+        let mut list = self.endpoint_list()?;
+        let (mut ops, next) = self.cancel_deliveries(id, None)?;
+        list.retain(|e| e.id != id);
+        ops.insert(0, Op::DeleteDoc { kind: DocKind::Webhook, workspace_id: self.ws.id.clone(), id: id.to_owned() });
+        self.overlay.insert((DocKind::Webhook, id.to_owned()), serde_json::Value::Null);
+        self.endpoints = Some(list);
+        Ok((ops, Ok(next)))
+    }
+
+    /// Cancels `webhook_id`'s pending deliveries among the next [`CANCEL_PAGE`] outbox entries
+    /// after `after`: each is marked `cancelled` and its entry removed. Returns the ops and the
+    /// last entry looked at, if there may be more.
+    pub(super) fn cancel_deliveries(&self, webhook_id: &str, after: Option<&str>) -> Result<(Vec<Op>, Option<String>)> {
+        let ws = self.ws.id.as_str();
+        let store = &self.shared.store;
+        let prefix = delivery_prefix(webhook_id);
+        let page = store.docs(DocKind::Outbox, ws, after, CANCEL_PAGE)?;
+        let next = if page.len() == CANCEL_PAGE { page.last().map(|(id, _)| id.clone()) } else { None };
+        let now = now_ms();
+        let mut ops = Vec::new();
+        for (outbox_id, v) in page {
+            let Ok(entry) = decode::<OutboxDoc>("outbox entry", &outbox_id, v) else { continue };
+            if !entry.delivery_id.starts_with(&prefix) {
+                continue;
+            }
+            if let Some(v) = store.doc(DocKind::Delivery, ws, &entry.delivery_id)? {
+                let mut d: DeliveryDoc = decode("delivery", &entry.delivery_id, v)?;
+                if d.webhook_id != webhook_id {
+                    continue;
+                }
+                if d.status == DeliveryStatus::Pending && d.outbox_id.as_deref() == Some(outbox_id.as_str()) {
+                    d.cancel(now);
+                    ops.push(allowly_webhooks::model::put(DocKind::Delivery, ws, &entry.delivery_id, &d)?);
+                }
+            }
+            ops.push(Op::DeleteDoc { kind: DocKind::Outbox, workspace_id: ws.to_owned(), id: outbox_id });
+        }
+        Ok((ops, next))
+    }
+
+    /// A new secret; the current one keeps signing for `grace_ms`.
+    pub(super) fn rotate_webhook_secret(
+        &mut self,
+        id: &str,
+        grace_ms: u64,
+    ) -> Result<(Vec<Op>, Result<CreatedWebhook>)> {
+        let Some((mut doc, _)) = self.doc::<WebhookDoc>(DocKind::Webhook, id)? else {
+            return Err(EngineError::NotFound { what: "webhook" });
+        };
+        let secret = Secret::generate()?.to_text();
+        doc.rotate(secret.clone(), now_ms(), grace_ms);
+        let answer = CreatedWebhook { webhook: doc.view(id)?, secret };
+        let mut ops = Vec::new();
+        self.put_doc(&mut ops, DocKind::Webhook, id, &doc)?;
+        Ok((ops, Ok(answer)))
+    }
+
+    /// A new pending delivery of a finished delivery's event (same event id and payload) to the
+    /// same endpoint, which must exist and be enabled.
+    pub(super) fn retry_delivery(&mut self, id: &str) -> Result<(Vec<Op>, Result<DeliveryView>)> {
+        let Some((d, _)) = self.doc::<DeliveryDoc>(DocKind::Delivery, id)? else {
+            return Err(EngineError::NotFound { what: "delivery" });
+        };
+        if d.status == DeliveryStatus::Pending {
+            return Err(EngineError::refused(
+                "delivery_in_progress",
+                "this delivery is still pending; it can be sent again once it is delivered, failed or cancelled",
+            ));
+        }
+        match self.doc::<WebhookDoc>(DocKind::Webhook, &d.webhook_id)? {
+            None => {
+                return Err(EngineError::refused("webhook_not_found", "the delivery's webhook endpoint was deleted"))
+            }
+            Some((h, _)) if h.disabled => {
+                return Err(EngineError::refused(
+                    "webhook_disabled",
+                    "the delivery's webhook endpoint is disabled; enable it first",
+                ))
+            }
+            Some(_) => {}
+        }
+        let now = now_ms();
+        let mut new = DeliveryDoc::pending(&d.webhook_id, &d.event_id, d.event_type, &d.payload, now, "");
+        new.retry_of = Some(id.to_owned());
+        let (new_id, ops) = schedule_new(&self.ws.id, new.clone(), now)?;
+        self.wake_webhooks = true;
+        Ok((ops, Ok(new.view(&new_id)?)))
     }
 }

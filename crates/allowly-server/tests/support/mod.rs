@@ -102,6 +102,8 @@ impl Server {
             "ALLOWLY_WEBHOOK_MAX_BACKOFF_MS",
             "ALLOWLY_WEBHOOK_GIVE_UP_AFTER_MS",
             "ALLOWLY_WEBHOOK_ATTEMPT_TIMEOUT_MS",
+            "ALLOWLY_WEBHOOK_RETENTION_MS",
+            "ALLOWLY_WEBHOOK_ALLOW_PRIVATE_NETWORKS",
         ] {
             cmd.env_remove(var);
         }
