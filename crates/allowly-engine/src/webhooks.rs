@@ -153,7 +153,7 @@ impl Engine {
         allowly_webhooks::model::validate_url(&req.url).map_err(|m| EngineError::invalid("url", m))?;
         allowly_webhooks::model::validate_events(&req.events).map_err(|m| EngineError::invalid("events", m))?;
         allowly_webhooks::destination::check_url(&req.url, self.shared().cfg.webhook_destinations)
-            .map_err(|m| EngineError::invalid("url", m))?;
+            .map_err(|message| EngineError::Refused { code: allowly_webhooks::NOT_ALLOWED, message, receipt: None })?;
         validate_scope_filter(&req.scopes)?;
         self.workspace_record(ws)?;
         let idem = idempotency(idem, "webhook_create", &req)?;

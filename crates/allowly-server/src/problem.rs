@@ -11,7 +11,8 @@
 //! | `body_too_large` | 413 | a body over the configured limit |
 //! | `malformed_json` | 400 | the body is not JSON |
 //! | `unknown_field` | 400 | the body has a field the endpoint does not know |
-//! | `invalid_request` | 400 | a field or query parameter has the wrong type, is missing, or is out of range (incl. a webhook URL whose host is a non-public IP literal: the detail starts with `destination_not_allowed`) |
+//! | `invalid_request` | 400 | a field or query parameter has the wrong type, is missing, or is out of range |
+//! | `destination_not_allowed` | 400 | a webhook URL whose host is a non-public IP literal (loopback, private, link-local, …) while the server does not allow private networks |
 //! | `conflict` | 409 | the object's state forbids the change |
 //! | `confirmation_not_found`, `escalation_not_found` | 404 | unknown nonce or escalation (or another workspace's) |
 //! | `webhook_not_found` | 404 | retrying a delivery whose webhook endpoint was deleted |
@@ -122,6 +123,8 @@ impl Problem {
             EngineError::Refused { receipt, .. } => {
                 let status = if code.ends_with("_not_found") {
                     StatusCode::NOT_FOUND
+                } else if code.ends_with("_not_allowed") {
+                    StatusCode::BAD_REQUEST
                 } else if code.ends_with("_expired") {
                     StatusCode::GONE
                 } else {
@@ -216,6 +219,7 @@ fn title(code: &str) -> &'static str {
         "signer_unavailable" => "Signer unavailable",
         "shutting_down" => "Shutting down",
         "confirmation_not_found" | "escalation_not_found" | "webhook_not_found" => "Not found",
+        "destination_not_allowed" => "Destination not allowed",
         "webhook_disabled" => "Webhook disabled",
         "delivery_in_progress" => "Delivery in progress",
         "confirmation_used" => "Confirmation already used",
@@ -270,6 +274,7 @@ mod tests {
         check(refused("webhook_not_found"), 404, "webhook_not_found", None);
         check(refused("webhook_disabled"), 409, "webhook_disabled", None);
         check(refused("delivery_in_progress"), 409, "delivery_in_progress", None);
+        check(refused("destination_not_allowed"), 400, "destination_not_allowed", None);
     }
 
     #[test]

@@ -40,7 +40,7 @@ pub mod schedule;
 pub mod signature;
 pub mod worker;
 
-pub use destination::Policy;
+pub use destination::{Policy, NOT_ALLOWED};
 pub use error::{Result, WebhookError};
 pub use metrics::Metrics;
 pub use model::{

@@ -424,6 +424,14 @@ async fn attempt_once(ctx: &Ctx, due: &Due) -> Result<()> {
 
 /// Schedules the next attempt, or gives up.
 async fn reschedule(ctx: &Ctx, due: &Due, mut d: DeliveryDoc, now: u64, retry_after: Option<Duration>) -> Result<()> {
+    // The endpoint may have been deleted while this attempt was in flight (the deletion
+    // cancelled the delivery as it found it then): keep it cancelled rather than bring it back.
+    if ctx.store.doc(DocKind::Webhook, &due.ws, &d.webhook_id)?.is_none() {
+        tracing::info!(workspace = %due.ws, delivery = %due.delivery_id, "webhook endpoint deleted during an attempt: delivery cancelled");
+        d.cancel(now);
+        let ops = vec![put(DocKind::Delivery, &due.ws, &due.delivery_id, &d)?, delete_outbox(&due.ws, &due.outbox_id)];
+        return write(ctx, ops).await;
+    }
     let Some(at) = ctx.cfg.next_attempt(d.attempts, d.created_at_ms, now, random_u64(), retry_after) else {
         return fail(ctx, due, d, FailureReason::GaveUp, now).await;
     };
