@@ -29,7 +29,11 @@
 //! | `pending`        | `ws ‖ 0x00 ‖ log index u64`                  | receipt id (awaiting a signature)  |
 //! | `log_meta`       | `ws`                                         | [`LogMeta`] (JSON)                 |
 //! | `api_key_ids`    | `ws ‖ 0x00 ‖ key id` (`ws` empty: instance)  | `key_hash` (index into `api_keys`) |
-//! | `confirmations`, `escalations`, `idempotency`, `webhooks`, `deliveries`, `outbox` | `ws ‖ 0x00 ‖ id` | a [`DocKind`] document (JSON, wrapped with its ws and id) |
+//! | `confirmations`, `escalations`, `idempotency`, `webhooks`, `deliveries`, `outbox`, `escalation_due` | `ws ‖ 0x00 ‖ id` | a [`DocKind`] document (JSON, wrapped with its ws and id) |
+//!
+//! The engine also files documents under two scopes that are not workspaces (workspace ids are
+//! `ws_…`): `_instance` (`idempotency` records of workspace creation) and `_due` (the
+//! `escalation_due` index of every workspace).
 //!
 //! `trail`, `leaves` and `pending` are indexes into `receipts`, written in the same batch as the
 //! receipt, so an index entry never points at nothing; a reader that finds one that does reports
