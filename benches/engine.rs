@@ -43,13 +43,7 @@ fn main() {
         let ws =
             engine.create_workspace(NewWorkspace { name: "bench".into(), scope_rules: Default::default() }, None).await;
         let ws = ws.expect("workspace").id;
-        let grant = NewAuthorization {
-            subject: "user".into(),
-            scopes: vec!["files.*".into()],
-            resources: vec![],
-            expires_at: None,
-            metadata: None,
-        };
+        let grant = grant();
         let auth = engine.create_authorization(&ws, grant, None).await.expect("authorization").authorization.id;
         (ws, auth)
     });
@@ -157,13 +151,7 @@ fn passivation(rt: &tokio::runtime::Runtime, dir: &tempfile::TempDir, sock: &std
             let ws = engine.create_workspace(NewWorkspace { name: format!("w{i}"), scope_rules: Default::default() }, None);
             let ws = ws.await.expect("workspace").id;
             for _ in 0..AUTHS_PER_WORKSPACE {
-                let grant = NewAuthorization {
-                    subject: "user".into(),
-                    scopes: vec!["files.*".into()],
-                    resources: vec![],
-                    expires_at: None,
-                    metadata: None,
-                };
+                let grant = grant();
                 engine.create_authorization(&ws, grant, None).await.expect("authorization");
             }
         }
@@ -187,4 +175,15 @@ fn passivation(rt: &tokio::runtime::Runtime, dir: &tempfile::TempDir, sock: &std
 
 fn mib(b: u64) -> f64 {
     b as f64 / (1024.0 * 1024.0)
+}
+
+/// A grant of `files.*` to one user (what every benched check is asked against).
+fn grant() -> NewAuthorization {
+    NewAuthorization {
+        subject: "user".into(),
+        scopes: vec!["files.*".into()],
+        resources: vec![],
+        expires_at: None,
+        metadata: None,
+    }
 }

@@ -165,9 +165,23 @@ pub(crate) struct IdemDoc {
 }
 
 impl IdemDoc {
+    /// The record of `answer`, the first answer to `idem`, made at `now`.
+    pub fn new<T: Serialize>(idem: &Idem, now: u64, answer: &T) -> Result<Self> {
+        let answer = serde_json::to_value(answer).map_err(|e| EngineError::Internal(e.to_string()))?;
+        Ok(Self { request_hash: HexHash(idem.request_hash), created_at_ms: now, answer })
+    }
+
     /// Whether the record still answers repeats at `now` (after that the key is free again).
     pub fn is_live(&self, now: u64, ttl_ms: u64) -> bool {
         now < self.created_at_ms.saturating_add(ttl_ms)
+    }
+
+    /// The stored answer for a repeat of the same request; `IdempotencyMismatch` for another.
+    pub fn replay<T: DeserializeOwned>(self, idem: &Idem) -> Result<T> {
+        if self.request_hash.0 != idem.request_hash {
+            return Err(EngineError::IdempotencyMismatch);
+        }
+        serde_json::from_value(self.answer).map_err(|e| EngineError::Internal(format!("stored idempotent answer: {e}")))
     }
 }
 
@@ -434,16 +448,14 @@ impl WsState {
             let r = f(self);
             return self.stage(r, reply);
         };
-        let ttl_ms = self.shared.cfg.idempotency_ttl.as_millis() as u64;
         let now = now_ms();
         match self.doc::<IdemDoc>(DocKind::Idempotency, &idem.doc_id) {
             Err(e) => return self.stage(Err(e), reply),
-            Ok(Some((doc, staged))) if doc.is_live(now, ttl_ms) => {
-                if doc.request_hash.0 != idem.request_hash {
+            Ok(Some((doc, staged))) if doc.is_live(now, self.shared.cfg.idempotency_ttl_ms()) => {
+                let answer = doc.replay::<T>(&idem);
+                if let Err(EngineError::IdempotencyMismatch) = answer {
                     return self.stage(Err(EngineError::IdempotencyMismatch), reply);
                 }
-                let answer = serde_json::from_value::<T>(doc.answer)
-                    .map_err(|e| EngineError::Internal(format!("stored idempotent answer: {e}")));
                 if staged {
                     // The first request's commit is still pending: answer with it, after it.
                     self.done.push(Box::new(move |res: Result<()>| {
@@ -465,12 +477,7 @@ impl WsState {
         }
         let r = f(self).and_then(|(mut ops, answer)| {
             if let Ok(a) = &answer {
-                let doc = IdemDoc {
-                    request_hash: HexHash(idem.request_hash),
-                    created_at_ms: now,
-                    answer: serde_json::to_value(a).map_err(|e| EngineError::Internal(e.to_string()))?,
-                };
-                self.put_doc(&mut ops, DocKind::Idempotency, &idem.doc_id, &doc)?;
+                self.put_doc(&mut ops, DocKind::Idempotency, &idem.doc_id, &IdemDoc::new(&idem, now, a)?)?;
             }
             Ok((ops, answer))
         });
@@ -805,7 +812,8 @@ impl WsState {
         })?;
         let mut docs = Vec::new();
         if let Some(c) = &confirmation {
-            let doc = hitl::ConfirmationDoc::new(&a.id, &rec.id, scopes.clone(), resource.clone(), now, c.expires_at);
+            let opened = hitl::Opened::new(&a.id, &rec.id, scopes.clone(), resource.clone(), now, c.expires_at);
+            let doc = hitl::ConfirmationDoc::new(opened);
             self.put_doc(&mut docs, DocKind::Confirmation, &c.nonce, &doc)?;
         }
         if let Some(e) = &escalation {
@@ -823,7 +831,8 @@ impl WsState {
             let (events, routed_to) =
                 self.escalation_event_ops(&endpoints, EventType::EscalationRequested, &scopes, now, data)?;
             docs.extend(events);
-            let mut doc = hitl::EscalationDoc::new(&a.id, &rec.id, scopes, resource, now, e.expires_at);
+            let mut doc =
+                hitl::EscalationDoc::new(hitl::Opened::new(&a.id, &rec.id, scopes, resource, now, e.expires_at));
             doc.routed_to = routed_to;
             self.put_doc(&mut docs, DocKind::Escalation, &e.id, &doc)?;
             // Indexed by due time, so it expires (receipt, `escalation.resolved`) on time even

@@ -37,6 +37,13 @@ pub struct EngineConfig {
     pub webhook_destinations: allowly_webhooks::Policy,
 }
 
+impl EngineConfig {
+    /// `idempotency_ttl` in milliseconds (records carry millisecond times).
+    pub fn idempotency_ttl_ms(&self) -> u64 {
+        self.idempotency_ttl.as_millis() as u64
+    }
+}
+
 impl Default for EngineConfig {
     fn default() -> Self {
         Self {

@@ -55,7 +55,7 @@ impl std::fmt::Debug for Engine {
 }
 
 /// Store ids from the network: a malformed id cannot name anything, so it is "not found".
-fn not_found_if_invalid(what: &'static str) -> impl Fn(StoreError) -> EngineError {
+pub(crate) fn not_found_if_invalid(what: &'static str) -> impl Fn(StoreError) -> EngineError {
     move |e| match e {
         StoreError::InvalidId { .. } => EngineError::NotFound { what },
         other => EngineError::Store(other),
@@ -273,7 +273,7 @@ impl Engine {
     pub async fn sweep_idempotency(&self) -> Result<usize> {
         const PAGE: usize = 1000;
         let s = &self.shared;
-        let ttl_ms = s.cfg.idempotency_ttl.as_millis() as u64;
+        let ttl_ms = s.cfg.idempotency_ttl_ms();
         let mut after: Option<(String, String)> = None;
         let mut deleted = 0;
         loop {
@@ -404,7 +404,6 @@ impl Engine {
         };
         let s = &self.shared;
         let _one_at_a_time = s.instance_idem.lock().await;
-        let ttl_ms = s.cfg.idempotency_ttl.as_millis() as u64;
         let now = now_ms();
         let store = s.store.clone();
         let doc_id = idem.doc_id.clone();
@@ -412,21 +411,13 @@ impl Engine {
         if let Some(v) = stored {
             let doc: IdemDoc = serde_json::from_value(v)
                 .map_err(|e| EngineError::Internal(format!("stored idempotent answer: {e}")))?;
-            if doc.is_live(now, ttl_ms) {
-                if doc.request_hash.0 != idem.request_hash {
-                    return Err(EngineError::IdempotencyMismatch);
-                }
-                return serde_json::from_value(doc.answer)
-                    .map_err(|e| EngineError::Internal(format!("stored idempotent answer: {e}")));
+            if doc.is_live(now, s.cfg.idempotency_ttl_ms()) {
+                return doc.replay(&idem);
             }
         }
         let (mut ops, view) = self.new_workspace(req).await?;
-        let doc = IdemDoc {
-            request_hash: HexHash(idem.request_hash),
-            created_at_ms: now,
-            answer: serde_json::to_value(&view).map_err(|e| EngineError::Internal(e.to_string()))?,
-        };
-        let doc = serde_json::to_value(&doc).map_err(|e| EngineError::Internal(e.to_string()))?;
+        let doc =
+            serde_json::to_value(IdemDoc::new(&idem, now, &view)?).map_err(|e| EngineError::Internal(e.to_string()))?;
         ops.push(Op::PutDoc { kind: DocKind::Idempotency, workspace_id: INSTANCE_SCOPE.into(), id: idem.doc_id, doc });
         self.write(ops).await?;
         Ok(view)

@@ -25,7 +25,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use allowly_store::{DocKind, Store, StoreError};
+use allowly_store::{DocKind, Store};
 use allowly_webhooks::model::{
     decode, delivery_prefix, DeliveryDoc, DisabledReason, Endpoint, EventType, WebhookDoc, MAX_ROTATION_GRACE_MS,
     MAX_SCOPE_FILTER, MAX_WEBHOOKS_PER_WORKSPACE,
@@ -34,7 +34,7 @@ use allowly_webhooks::{CreatedWebhook, DeliveryView, RotateSecret, WebhookError,
 use dashmap::DashMap;
 
 use crate::decide::{scope_matches, validate_scope};
-use crate::engine::{idempotency, Engine};
+use crate::engine::{idempotency, not_found_if_invalid, Engine};
 use crate::error::{EngineError, Result};
 use crate::model::Page;
 
@@ -127,17 +127,10 @@ fn validate_scope_filter(scopes: &Option<Vec<String>>) -> Result<()> {
     Ok(())
 }
 
-fn not_found(what: &'static str) -> impl Fn(StoreError) -> EngineError {
-    move |e| match e {
-        StoreError::InvalidId { .. } => EngineError::NotFound { what },
-        other => EngineError::Store(other),
-    }
-}
-
 impl Engine {
     pub(crate) fn webhook_doc(&self, ws: &str, id: &str) -> Result<WebhookDoc> {
         let store = &self.shared().store;
-        let v = store.doc(DocKind::Webhook, ws, id).map_err(not_found("webhook"))?;
+        let v = store.doc(DocKind::Webhook, ws, id).map_err(not_found_if_invalid("webhook"))?;
         let v = v.ok_or(EngineError::NotFound { what: "webhook" })?;
         Ok(decode("webhook", id, v)?)
     }
@@ -288,7 +281,7 @@ impl Engine {
 
     /// One delivery, with its attempts.
     pub fn delivery(&self, ws: &str, id: &str) -> Result<DeliveryView> {
-        let v = self.shared().store.doc(DocKind::Delivery, ws, id).map_err(not_found("delivery"))?;
+        let v = self.shared().store.doc(DocKind::Delivery, ws, id).map_err(not_found_if_invalid("delivery"))?;
         let v = v.ok_or(EngineError::NotFound { what: "delivery" })?;
         let d: DeliveryDoc = decode("delivery", id, v)?;
         Ok(d.view(id)?)

@@ -8,7 +8,7 @@
 mod support;
 
 use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Barrier};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -35,18 +35,13 @@ struct Ws {
     checker: String,
 }
 
-fn created(r: &Resp, what: &str) -> Value {
-    assert_eq!(r.status, 201, "{what}: {r}");
-    r.json()
-}
-
 fn workspace(s: &Server, name: &str, rules: Value) -> Ws {
     let c = s.client();
     let root = s.admin_token();
-    let v = created(&c.post("/v1/workspaces", &root, json!({ "name": name, "scope_rules": rules })), "workspace");
+    let v = c.post("/v1/workspaces", &root, json!({ "name": name, "scope_rules": rules })).created("workspace");
     let id = v["id"].as_str().unwrap().to_owned();
     let key = |roles: &[&str]| {
-        let v = created(&c.post(&format!("/v1/workspaces/{id}/api-keys"), &root, json!({ "roles": roles })), "key");
+        let v = c.post(&format!("/v1/workspaces/{id}/api-keys"), &root, json!({ "roles": roles })).created("key");
         v["secret"].as_str().unwrap().to_owned()
     };
     let (admin, reader, checker) = (key(&["admin"]), key(&["read"]), key(&["check"]));
@@ -55,7 +50,7 @@ fn workspace(s: &Server, name: &str, rules: Value) -> Ws {
 
 /// An authorization; returns its id and the creation answer.
 fn grant(s: &Server, ws: &Ws, body: Value) -> (String, Value) {
-    let v = created(&s.client().post("/v1/authorizations", &ws.admin, body), "authorization");
+    let v = s.client().post("/v1/authorizations", &ws.admin, body).created("authorization");
     (v["authorization"]["id"].as_str().unwrap().to_owned(), v)
 }
 
@@ -147,27 +142,6 @@ fn assert_trail(data: &[Value], expected: &[Step]) {
     }
 }
 
-/// The `allowly-verify` binary built next to `allowly`.
-fn verifier_bin() -> PathBuf {
-    let bin = Path::new(allowly_bin()).with_file_name("allowly-verify");
-    assert!(bin.is_file(), "{} is missing: run `cargo build -p allowly-verify`", bin.display());
-    bin
-}
-
-/// Runs `allowly-verify bundle FILE --keys KEYS`: exit code and a description of the run.
-fn run_verifier(bundle: &Path, keys: &Path) -> (Option<i32>, String) {
-    let mut cmd = Command::new(verifier_bin());
-    cmd.arg("bundle").arg(bundle).arg("--keys").arg(keys);
-    let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
-    let shown = format!(
-        "{cmd:?} exited with {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code(), shown)
-}
-
 /// Exports the trail of `az` and the workspace's keys into `dir`; the real verifier accepts the
 /// trail (exit 0) and refuses it with one receipt left out (so exit 0 means something). Returns
 /// the receipt ids of the export, in order.
@@ -183,7 +157,7 @@ fn export_and_verify(s: &Server, ws: &Ws, az: &str, dir: &Path) -> Vec<String> {
         p
     };
     let (bundle, keys) = (write("trail.jsonl", &export.body), write("keys.json", &keys.body));
-    let (code, shown) = run_verifier(&bundle, &keys);
+    let (code, shown) = run_verifier(&bundle, &keys, &[]);
     assert_eq!(code, Some(0), "{shown}");
 
     let text = export.text();
@@ -199,7 +173,7 @@ fn export_and_verify(s: &Server, ws: &Ws, az: &str, dir: &Path) -> Vec<String> {
     }
     let dropped = receipt_lines[receipt_lines.len() / 2];
     let cut: String = text.lines().enumerate().filter(|(i, _)| *i != dropped).map(|(_, l)| format!("{l}\n")).collect();
-    let (code, shown) = run_verifier(&write("trail-without-one.jsonl", cut.as_bytes()), &keys);
+    let (code, shown) = run_verifier(&write("trail-without-one.jsonl", cut.as_bytes()), &keys, &[]);
     assert!(matches!(code, Some(1 | 2)), "a trail with a receipt removed was not refused: {shown}");
     ids
 }
@@ -810,7 +784,7 @@ fn admin_posts_honour_idempotency_keys_and_a_repeated_key_creation_returns_its_s
         .problem(422, "idempotency_key_reused");
 
     // Revoking a key and webhook endpoints: repeats get the first answer.
-    let reader = created(&post_with(&c, &keys_path, &admin, &[], Some(&json!({ "roles": ["read"] }))), "key");
+    let reader = post_with(&c, &keys_path, &admin, &[], Some(&json!({ "roles": ["read"] }))).created("key");
     let revoke = format!("{keys_path}/{}/revoke", str_of(&reader, "id"));
     let revoked = post_with(&c, &revoke, &admin, &idem("rev-1"), None);
     assert_eq!(revoked.status, 200, "{revoked}");

@@ -13,7 +13,6 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -65,27 +64,22 @@ struct Tenant {
     az: String,
 }
 
-fn created(r: &Resp, what: &str) -> Value {
-    assert_eq!(r.status, 201, "{what}: {r}");
-    r.json()
-}
-
 /// A workspace (as the instance admin), its keys, and an authorization for `scopes`.
 fn tenant(s: &Server, name: &str, scopes: &[&str]) -> Tenant {
     let c = s.client();
     let root = s.admin_token();
-    let ws = created(&c.post("/v1/workspaces", &root, json!({ "name": name })), "workspace")["id"]
+    let ws = c.post("/v1/workspaces", &root, json!({ "name": name })).created("workspace")["id"]
         .as_str()
         .unwrap()
         .to_owned();
     let key = |roles: &[&str]| {
-        let v = created(&c.post(&format!("/v1/workspaces/{ws}/api-keys"), &root, json!({ "roles": roles })), "key");
+        let v = c.post(&format!("/v1/workspaces/{ws}/api-keys"), &root, json!({ "roles": roles })).created("key");
         (v["id"].as_str().unwrap().to_owned(), v["secret"].as_str().unwrap().to_owned())
     };
     let (_, admin) = key(&["admin"]);
     let (reader_id, reader) = key(&["read"]);
     let (_, checker) = key(&["check"]);
-    let v = created(&c.post("/v1/authorizations", &admin, json!({ "subject": "user-1", "scopes": scopes })), "grant");
+    let v = c.post("/v1/authorizations", &admin, json!({ "subject": "user-1", "scopes": scopes })).created("grant");
     let az = v["authorization"]["id"].as_str().unwrap().to_owned();
     Tenant { ws, admin, reader, reader_id, checker, az }
 }
@@ -208,31 +202,6 @@ fn assert_distinct(acked: &[Acked]) {
             panic!("receipts {other} and {} were both given log index {}", a.id, a.log_index);
         }
     }
-}
-
-/// The `allowly-verify` binary built next to `allowly`.
-fn verifier_bin() -> PathBuf {
-    let bin = Path::new(allowly_bin()).with_file_name("allowly-verify");
-    assert!(bin.is_file(), "{} is missing: run `cargo build -p allowly-verify`", bin.display());
-    bin
-}
-
-/// Runs `allowly-verify bundle FILE --keys KEYS [--checkpoint CP]...`; returns its exit code
-/// and a description of the run.
-fn run_verifier(bundle: &Path, keys: &Path, checkpoints: &[PathBuf]) -> (Option<i32>, String) {
-    let mut cmd = Command::new(verifier_bin());
-    cmd.arg("bundle").arg(bundle).arg("--keys").arg(keys);
-    for cp in checkpoints {
-        cmd.arg("--checkpoint").arg(cp);
-    }
-    let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
-    let shown = format!(
-        "{cmd:?} exited with {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code(), shown)
 }
 
 /// The verifier accepts the bundle (exit status 0).

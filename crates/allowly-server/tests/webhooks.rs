@@ -129,11 +129,6 @@ struct Tenant {
     reader: String,
 }
 
-fn created(r: &Resp, what: &str) -> Value {
-    assert_eq!(r.status, 201, "{what}: {r}");
-    r.json()
-}
-
 /// A server with the short schedule, ready (signer answering).
 fn start(dir: &Path) -> Server {
     let s = Server::start_with(&dir.join("data"), FAST);
@@ -146,9 +141,9 @@ fn tenant(s: &Server, name: &str) -> Tenant {
     let c = s.client();
     let root = s.admin_token();
     let body = json!({ "name": name, "scope_rules": { "payments.*": "escalate" } });
-    let ws = created(&c.post("/v1/workspaces", &root, body), "workspace")["id"].as_str().unwrap().to_owned();
+    let ws = c.post("/v1/workspaces", &root, body).created("workspace")["id"].as_str().unwrap().to_owned();
     let key = |roles: &[&str]| {
-        let v = created(&c.post(&format!("/v1/workspaces/{ws}/api-keys"), &root, json!({ "roles": roles })), "key");
+        let v = c.post(&format!("/v1/workspaces/{ws}/api-keys"), &root, json!({ "roles": roles })).created("key");
         v["secret"].as_str().unwrap().to_owned()
     };
     Tenant { admin: key(&["admin"]), reader: key(&["read"]), ws }
@@ -157,7 +152,7 @@ fn tenant(s: &Server, name: &str) -> Tenant {
 /// An authorization for `payments.*` and `mail.read`; returns its id.
 fn grant(s: &Server, t: &Tenant) -> String {
     let body = json!({ "subject": "user-1", "scopes": ["payments.*", "mail.read"] });
-    created(&s.client().post("/v1/authorizations", &t.admin, body), "grant")["authorization"]["id"]
+    s.client().post("/v1/authorizations", &t.admin, body).created("grant")["authorization"]["id"]
         .as_str()
         .unwrap()
         .to_owned()
@@ -170,7 +165,7 @@ fn webhook(s: &Server, t: &Tenant, port: u16, events: &[&str]) -> (String, Strin
         &t.admin,
         json!({ "url": format!("http://127.0.0.1:{port}/hook"), "events": events }),
     );
-    let v = created(&r, "webhook");
+    let v = r.created("webhook");
     let id = v["id"].as_str().unwrap().to_owned();
     assert_eq!(r.header("location"), Some(format!("/v1/webhooks/{id}").as_str()), "{r}");
     assert_eq!(r.header("cache-control"), Some("no-store"), "{r}");
@@ -642,7 +637,7 @@ fn non_public_destinations_are_refused_by_default() {
     assert_eq!(c.get("/v1/webhooks", Some(&t.reader)).json()["data"], json!([]));
 
     let body = json!({ "url": format!("http://localhost:{port}/hook"), "events": ["authorization.revoked"] });
-    let v = created(&c.post("/v1/webhooks", &t.admin, body), "webhook by name");
+    let v = c.post("/v1/webhooks", &t.admin, body).created("webhook by name");
     let (hook, secret) = (v["id"].as_str().unwrap().to_owned(), v["secret"].as_str().unwrap().to_owned());
     let rx = Receiver::start(tmp.path(), "ssrf", &secret, port, &[]);
     let az = grant(&s, &t);
@@ -751,12 +746,12 @@ fn a_finished_delivery_can_be_sent_again_under_the_same_webhook_id() {
     c.call("POST", &path, Some(&other.admin), None).problem(404, "not_found");
 
     let r = keyed_post(&c, &path, &t.admin, "retry-1", &json!({}));
-    let again = created(&r, "retry");
+    let again = r.created("retry");
     let id = again["id"].as_str().unwrap().to_owned();
     assert_eq!(r.header("location"), Some(format!("/v1/deliveries/{id}").as_str()), "{r}");
     assert_eq!((&again["event_id"], &again["retry_of"]), (&first["event_id"], &first["id"]), "{again:#}");
     let repeat = keyed_post(&c, &path, &t.admin, "retry-1", &json!({}));
-    assert_eq!(created(&repeat, "repeat")["id"], id.as_str());
+    assert_eq!(repeat.created("repeat")["id"], id.as_str());
 
     let ds = all_delivered(&s, &t, &hook, 2, &rx);
     assert_eq!(ds[0]["id"], id.as_str(), "newest first");
@@ -796,10 +791,8 @@ fn escalations_reach_only_the_endpoints_whose_scopes_match() {
     }
     let scoped = |port: u16, scopes: Value| {
         let url = format!("http://127.0.0.1:{port}/hook");
-        let v = created(
-            &c.post("/v1/webhooks", &t.admin, json!({ "url": url, "events": events, "scopes": scopes })),
-            "hook",
-        );
+        let v =
+            c.post("/v1/webhooks", &t.admin, json!({ "url": url, "events": events, "scopes": scopes })).created("hook");
         assert_eq!(v["scopes"], scopes, "{v}");
         (v["id"].as_str().unwrap().to_owned(), v["secret"].as_str().unwrap().to_owned())
     };

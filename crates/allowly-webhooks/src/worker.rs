@@ -322,6 +322,14 @@ fn delete_outbox(ws: &str, id: &str) -> Op {
     Op::DeleteDoc { kind: DocKind::Outbox, workspace_id: ws.to_owned(), id: id.to_owned() }
 }
 
+/// Marks `d` cancelled (its endpoint was deleted) and removes its outbox entry.
+async fn cancel(ctx: &Ctx, due: &Due, mut d: DeliveryDoc, now: u64) -> Result<()> {
+    tracing::info!(workspace = %due.ws, delivery = %due.delivery_id, "webhook endpoint deleted: delivery cancelled");
+    d.cancel(now);
+    write(ctx, vec![put(DocKind::Delivery, &due.ws, &due.delivery_id, &d)?, delete_outbox(&due.ws, &due.outbox_id)])
+        .await
+}
+
 /// Marks `d` failed for good and removes its outbox entry.
 async fn fail(ctx: &Ctx, due: &Due, mut d: DeliveryDoc, reason: FailureReason, now: u64) -> Result<()> {
     d.status = DeliveryStatus::Failed;
@@ -358,13 +366,7 @@ async fn attempt_once(ctx: &Ctx, due: &Due) -> Result<()> {
     let hook = match hook {
         Some(h) if !h.disabled => h,
         Some(_) => return fail(ctx, due, d, FailureReason::EndpointDisabled, now_ms()).await,
-        None => {
-            tracing::info!(workspace = %due.ws, delivery = %due.delivery_id, "webhook endpoint deleted: delivery cancelled");
-            d.cancel(now_ms());
-            let ops =
-                vec![put(DocKind::Delivery, &due.ws, &due.delivery_id, &d)?, delete_outbox(&due.ws, &due.outbox_id)];
-            return write(ctx, ops).await;
-        }
+        None => return cancel(ctx, due, d, now_ms()).await,
     };
     let started = now_ms();
     let secrets = hook.signing_secrets(started)?;
@@ -427,10 +429,7 @@ async fn reschedule(ctx: &Ctx, due: &Due, mut d: DeliveryDoc, now: u64, retry_af
     // The endpoint may have been deleted while this attempt was in flight (the deletion
     // cancelled the delivery as it found it then): keep it cancelled rather than bring it back.
     if ctx.store.doc(DocKind::Webhook, &due.ws, &d.webhook_id)?.is_none() {
-        tracing::info!(workspace = %due.ws, delivery = %due.delivery_id, "webhook endpoint deleted during an attempt: delivery cancelled");
-        d.cancel(now);
-        let ops = vec![put(DocKind::Delivery, &due.ws, &due.delivery_id, &d)?, delete_outbox(&due.ws, &due.outbox_id)];
-        return write(ctx, ops).await;
+        return cancel(ctx, due, d, now).await;
     }
     let Some(at) = ctx.cfg.next_attempt(d.attempts, d.created_at_ms, now, random_u64(), retry_after) else {
         return fail(ctx, due, d, FailureReason::GaveUp, now).await;

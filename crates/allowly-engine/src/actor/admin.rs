@@ -66,7 +66,7 @@ impl WsState {
     /// Deletes those of `ids` that are still past their lifetime (one may have been filed
     /// again since the sweeper looked). Answers how many it deleted.
     pub(super) fn sweep_idempotency(&mut self, ids: Vec<String>) -> Result<(Vec<Op>, Result<usize>)> {
-        let (now, ttl_ms) = (now_ms(), self.shared.cfg.idempotency_ttl.as_millis() as u64);
+        let (now, ttl_ms) = (now_ms(), self.shared.cfg.idempotency_ttl_ms());
         let mut ops = Vec::new();
         for id in ids {
             match self.doc::<IdemDoc>(DocKind::Idempotency, &id)? {

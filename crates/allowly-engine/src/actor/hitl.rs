@@ -31,15 +31,48 @@ pub(super) enum ConfirmationState {
     Expired,
 }
 
-/// A `confirm` decision waiting for (or given) the user's answer, filed by nonce.
+/// What a `confirm` or `escalate` decision opened: the request waiting for a human, and until
+/// when. Flattened into both documents (their stored JSON has these fields at the top level).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) struct ConfirmationDoc {
+pub(crate) struct Opened {
     authorization_id: String,
     check_receipt_id: String,
     scopes: Vec<String>,
     resource: Option<String>,
     created_at_ms: u64,
     expires_at_ms: u64,
+}
+
+impl Opened {
+    pub(super) fn new(
+        auth: &str,
+        receipt: &str,
+        scopes: Vec<String>,
+        resource: Option<String>,
+        now: u64,
+        expires_at: Timestamp,
+    ) -> Self {
+        Self {
+            authorization_id: auth.to_owned(),
+            check_receipt_id: receipt.to_owned(),
+            scopes,
+            resource,
+            created_at_ms: now,
+            expires_at_ms: expires_at.unix_ms(),
+        }
+    }
+
+    /// Scopes, resource and authorization, as the receipt of an answer needs them.
+    fn subject(&self) -> (Vec<String>, Option<String>, String) {
+        (self.scopes.clone(), self.resource.clone(), self.authorization_id.clone())
+    }
+}
+
+/// A `confirm` decision waiting for (or given) the user's answer, filed by nonce.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct ConfirmationDoc {
+    #[serde(flatten)]
+    opened: Opened,
     state: ConfirmationState,
     answer_receipt_id: Option<String>,
     /// The answer's final decision, reason and time (absent in documents written before
@@ -53,21 +86,9 @@ pub(crate) struct ConfirmationDoc {
 }
 
 impl ConfirmationDoc {
-    pub(super) fn new(
-        auth: &str,
-        receipt: &str,
-        scopes: Vec<String>,
-        resource: Option<String>,
-        now: u64,
-        expires_at: Timestamp,
-    ) -> Self {
+    pub(super) fn new(opened: Opened) -> Self {
         Self {
-            authorization_id: auth.to_owned(),
-            check_receipt_id: receipt.to_owned(),
-            scopes,
-            resource,
-            created_at_ms: now,
-            expires_at_ms: expires_at.unix_ms(),
+            opened,
             state: ConfirmationState::Pending,
             answer_receipt_id: None,
             decision: None,
@@ -79,21 +100,22 @@ impl ConfirmationDoc {
     /// The API view as of `now` (a pending nonce past its expiry shows `expired`; its expiry is
     /// recorded in the trail only when someone tries to answer it).
     pub(crate) fn view(&self, nonce: &str, now: u64) -> Result<ConfirmationView> {
+        let o = &self.opened;
         let status = match self.state {
             ConfirmationState::Used => ConfirmationStatus::Answered,
             ConfirmationState::Expired => ConfirmationStatus::Expired,
-            ConfirmationState::Pending if now >= self.expires_at_ms => ConfirmationStatus::Expired,
+            ConfirmationState::Pending if now >= o.expires_at_ms => ConfirmationStatus::Expired,
             ConfirmationState::Pending => ConfirmationStatus::Pending,
         };
         Ok(ConfirmationView {
             nonce: nonce.to_owned(),
-            authorization_id: self.authorization_id.clone(),
+            authorization_id: o.authorization_id.clone(),
             status,
-            scopes: self.scopes.clone(),
-            resource: self.resource.clone(),
-            created_at: ts(self.created_at_ms)?,
-            expires_at: ts(self.expires_at_ms)?,
-            check_receipt_id: self.check_receipt_id.clone(),
+            scopes: o.scopes.clone(),
+            resource: o.resource.clone(),
+            created_at: ts(o.created_at_ms)?,
+            expires_at: ts(o.expires_at_ms)?,
+            check_receipt_id: o.check_receipt_id.clone(),
             decision: self.decision,
             reason: self.reason.clone(),
             answered_at: self.answered_at_ms.map(ts).transpose()?,
@@ -105,12 +127,8 @@ impl ConfirmationDoc {
 /// An escalation to an approver, filed by escalation id.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct EscalationDoc {
-    authorization_id: String,
-    check_receipt_id: String,
-    scopes: Vec<String>,
-    resource: Option<String>,
-    created_at_ms: u64,
-    expires_at_ms: u64,
+    #[serde(flatten)]
+    opened: Opened,
     status: EscalationStatus,
     resolved_at_ms: Option<u64>,
     approver: Option<String>,
@@ -121,21 +139,9 @@ pub(crate) struct EscalationDoc {
 }
 
 impl EscalationDoc {
-    pub(super) fn new(
-        auth: &str,
-        receipt: &str,
-        scopes: Vec<String>,
-        resource: Option<String>,
-        now: u64,
-        expires_at: Timestamp,
-    ) -> Self {
+    pub(super) fn new(opened: Opened) -> Self {
         Self {
-            authorization_id: auth.to_owned(),
-            check_receipt_id: receipt.to_owned(),
-            scopes,
-            resource,
-            created_at_ms: now,
-            expires_at_ms: expires_at.unix_ms(),
+            opened,
             status: EscalationStatus::Pending,
             resolved_at_ms: None,
             approver: None,
@@ -147,15 +153,16 @@ impl EscalationDoc {
     /// The API view (an escalation past its expiry still shows `pending` until its expiry is
     /// recorded; the engine records it on first read).
     pub(crate) fn view(&self, id: &str) -> Result<EscalationView> {
+        let o = &self.opened;
         Ok(EscalationView {
             id: id.to_owned(),
-            authorization_id: self.authorization_id.clone(),
+            authorization_id: o.authorization_id.clone(),
             status: self.status,
-            scopes: self.scopes.clone(),
-            resource: self.resource.clone(),
-            created_at: ts(self.created_at_ms)?,
-            expires_at: ts(self.expires_at_ms)?,
-            check_receipt_id: self.check_receipt_id.clone(),
+            scopes: o.scopes.clone(),
+            resource: o.resource.clone(),
+            created_at: ts(o.created_at_ms)?,
+            expires_at: ts(o.expires_at_ms)?,
+            check_receipt_id: o.check_receipt_id.clone(),
             resolved_at: self.resolved_at_ms.map(ts).transpose()?,
             approver: self.approver.clone(),
             resolution_receipt_id: self.resolution_receipt_id.clone(),
@@ -165,11 +172,11 @@ impl EscalationDoc {
 
     /// The entry that makes the sweep expire it on time.
     pub(crate) fn due(&self, ws: &str, id: &str) -> DueEntry {
-        DueEntry { workspace_id: ws.to_owned(), escalation_id: id.to_owned(), expires_at_ms: self.expires_at_ms }
+        DueEntry { workspace_id: ws.to_owned(), escalation_id: id.to_owned(), expires_at_ms: self.opened.expires_at_ms }
     }
 
     pub(crate) fn is_overdue(&self, now: u64) -> bool {
-        self.status == EscalationStatus::Pending && now >= self.expires_at_ms
+        self.status == EscalationStatus::Pending && now >= self.opened.expires_at_ms
     }
 }
 
@@ -280,7 +287,7 @@ impl WsState {
         };
         let outcome = answer.outcome;
         let approval = Some(Approval { outcome, by: answer.by, shown_hash });
-        let (scopes, resource, auth) = (doc.scopes.clone(), doc.resource.clone(), doc.authorization_id.clone());
+        let (scopes, resource, auth) = doc.opened.subject();
         let attempt = |reason| Step {
             kind: EventKind::Confirmation,
             decision: Decision::Deny,
@@ -288,7 +295,7 @@ impl WsState {
             approval: approval.clone(),
             escalation_id: None,
         };
-        let overdue = doc.state == ConfirmationState::Pending && now >= doc.expires_at_ms;
+        let overdue = doc.state == ConfirmationState::Pending && now >= doc.opened.expires_at_ms;
         if doc.state == ConfirmationState::Used || doc.state == ConfirmationState::Expired || overdue {
             // The trail shows the refused attempt.
             let (code, reason, message) = if doc.state == ConfirmationState::Used {
@@ -333,9 +340,9 @@ impl WsState {
         }
         // Read before anything changes, so a store error leaves the actor's state as it was.
         let endpoints = self.endpoint_list()?;
-        let (scopes, resource, auth) = (doc.scopes.clone(), doc.resource.clone(), doc.authorization_id.clone());
-        if now >= doc.expires_at_ms || answer.is_none() {
-            if now < doc.expires_at_ms {
+        let (scopes, resource, auth) = doc.opened.subject();
+        if now >= doc.opened.expires_at_ms || answer.is_none() {
+            if now < doc.opened.expires_at_ms {
                 return Err(EngineError::Internal("escalation expired before its time".into()));
             }
             let step = Step {
@@ -425,7 +432,7 @@ impl WsState {
     ) -> Result<Vec<Op>> {
         let data = serde_json::json!({
             "workspace_id": self.ws.id,
-            "authorization_id": doc.authorization_id,
+            "authorization_id": doc.opened.authorization_id,
             "escalation_id": id,
             "status": doc.status,
             "decision": decision,
@@ -434,7 +441,7 @@ impl WsState {
             "receipt": pending_envelope(rec)?,
         });
         let ty = allowly_webhooks::EventType::EscalationResolved;
-        Ok(self.escalation_event_ops(endpoints, ty, &doc.scopes, now, data)?.0)
+        Ok(self.escalation_event_ops(endpoints, ty, &doc.opened.scopes, now, data)?.0)
     }
 
     /// Records the expiry of an overdue escalation (no-op answer if it is not overdue).

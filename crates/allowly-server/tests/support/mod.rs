@@ -12,6 +12,31 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// The `allowly-verify` binary built next to `allowly`.
+pub fn verifier_bin() -> PathBuf {
+    let bin = Path::new(allowly_bin()).with_file_name("allowly-verify");
+    assert!(bin.is_file(), "{} is missing: run `cargo build -p allowly-verify`", bin.display());
+    bin
+}
+
+/// Runs `allowly-verify bundle FILE --keys KEYS [--checkpoint CP]...`; returns its exit code
+/// and a description of the run.
+pub fn run_verifier(bundle: &Path, keys: &Path, checkpoints: &[PathBuf]) -> (Option<i32>, String) {
+    let mut cmd = Command::new(verifier_bin());
+    cmd.arg("bundle").arg(bundle).arg("--keys").arg(keys);
+    for cp in checkpoints {
+        cmd.arg("--checkpoint").arg(cp);
+    }
+    let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    let shown = format!(
+        "{cmd:?} exited with {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), shown)
+}
+
 /// Everything in these tests waits at most this long.
 pub const DEADLINE: Duration = Duration::from_secs(20);
 /// Poll interval of [`eventually`].
@@ -274,6 +299,12 @@ impl Resp {
 
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("body is not JSON ({e}): {self}"))
+    }
+
+    /// Checks that this is a 201 (`what` names it in the failure); returns the JSON body.
+    pub fn created(&self, what: &str) -> serde_json::Value {
+        assert_eq!(self.status, 201, "{what}: {self}");
+        self.json()
     }
 
     /// Checks that this is a problem document with `code` and `status`, carrying the request id
