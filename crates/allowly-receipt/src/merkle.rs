@@ -482,6 +482,14 @@ impl Frontier {
         Ok(out)
     }
 
+    /// Like [`Frontier::append`] but without the per-leaf proofs (`proofs` is empty): the root
+    /// and the new nodes only, for callers that store nodes and serve proofs from them later.
+    pub fn append_nodes(&mut self, leaves: &[Hash]) -> Result<Appended> {
+        let mut out = Appended::default();
+        let result = self.append_inner(leaves, &mut out, false);
+        result.map(|()| out)
+    }
+
     /// Appends `leaves` (leaf hashes) and writes into `out` the new root, each new leaf's
     /// inclusion proof and every node that became complete, reusing `out`'s allocations
     /// (including the inner proof vectors) so that a signer loop allocates little.
@@ -494,14 +502,14 @@ impl Frontier {
     /// invariant failed (`Error::MissingNode`; not expected). On error `self` is unchanged
     /// and `out` is cleared.
     pub fn append_into(&mut self, leaves: &[Hash], out: &mut Appended) -> Result<()> {
-        let result = self.append_inner(leaves, out);
+        let result = self.append_inner(leaves, out, true);
         if result.is_err() {
             out.clear();
         }
         result
     }
 
-    fn append_inner(&mut self, leaves: &[Hash], out: &mut Appended) -> Result<()> {
+    fn append_inner(&mut self, leaves: &[Hash], out: &mut Appended, with_proofs: bool) -> Result<()> {
         let old = self.size;
         let added = u64::try_from(leaves.len()).map_err(|_| Error::TreeSize("batch too large"))?;
         let new = old.checked_add(added).ok_or(Error::TreeSize("tree size would exceed 2^64 - 1"))?;
@@ -572,32 +580,35 @@ impl Frontier {
         //    left sibling of a path containing a new leaf), then folds[j + 1] unless P_j is the
         //    last peak, then P_j-1, ..., P_0.
         let proofs = &mut out.proofs;
-        proofs.truncate(leaves.len()); // keep the remaining inner vectors for reuse
-        proofs.resize_with(leaves.len(), Vec::new);
-        let mut slots = proofs.iter_mut();
-        let mut peak_start = 0u64;
-        for (j, (level, _)) in Decomposition::peaks(new).enumerate() {
-            let peak_end = peak_start + (1u64 << level); // <= new
-            if peak_end > old {
-                let left_peaks = peaks.get(..j).unwrap_or(&[]);
-                let right_fold = folds.get(j + 1);
-                for x in peak_start.max(old)..peak_end {
-                    let proof = slots.next().ok_or(Error::MissingNode { level: 0, index: x })?;
-                    proof.clear();
-                    proof.reserve(usize::from(level) + 1 + j);
-                    for l in 0..level {
-                        let sib = (x >> l) ^ 1;
-                        let h = levels
-                            .get(nodes, l, sib)
-                            .or_else(|| self.old_peak(l, sib))
-                            .ok_or(Error::MissingNode { level: l, index: sib })?;
-                        proof.push(*h);
+        let wanted = if with_proofs { leaves.len() } else { 0 };
+        proofs.truncate(wanted); // keep the remaining inner vectors for reuse
+        proofs.resize_with(wanted, Vec::new);
+        if with_proofs {
+            let mut slots = proofs.iter_mut();
+            let mut peak_start = 0u64;
+            for (j, (level, _)) in Decomposition::peaks(new).enumerate() {
+                let peak_end = peak_start + (1u64 << level); // <= new
+                if peak_end > old {
+                    let left_peaks = peaks.get(..j).unwrap_or(&[]);
+                    let right_fold = folds.get(j + 1);
+                    for x in peak_start.max(old)..peak_end {
+                        let proof = slots.next().ok_or(Error::MissingNode { level: 0, index: x })?;
+                        proof.clear();
+                        proof.reserve(usize::from(level) + 1 + j);
+                        for l in 0..level {
+                            let sib = (x >> l) ^ 1;
+                            let h = levels
+                                .get(nodes, l, sib)
+                                .or_else(|| self.old_peak(l, sib))
+                                .ok_or(Error::MissingNode { level: l, index: sib })?;
+                            proof.push(*h);
+                        }
+                        proof.extend(right_fold);
+                        proof.extend(left_peaks.iter().rev());
                     }
-                    proof.extend(right_fold);
-                    proof.extend(left_peaks.iter().rev());
                 }
+                peak_start = peak_end;
             }
-            peak_start = peak_end;
         }
 
         self.size = new;

@@ -813,6 +813,7 @@ proptest! {
         let d = make_leaves(seed, n);
         let mut frontier = Frontier::new();
         let mut reused_frontier = Frontier::new();
+        let mut nodes_frontier = Frontier::new();
         let mut reused = Appended::default();
         let mut store = MapStore::default();
         let mut sizes = vec![0usize];
@@ -838,6 +839,13 @@ proptest! {
             // The allocation-reusing variant gives the same answer.
             reused_frontier.append_into(&d[at..at + take], &mut reused).unwrap();
             prop_assert_eq!(&reused, &a);
+            // Without proofs: the same root, nodes and resulting frontier, no proofs.
+            let mut lean = nodes_frontier.clone();
+            let n_only = lean.append_nodes(&d[at..at + take]).unwrap();
+            prop_assert_eq!((n_only.root, &n_only.new_nodes, n_only.new_size), (a.root, &a.new_nodes, a.new_size));
+            prop_assert!(n_only.proofs.is_empty());
+            nodes_frontier = lean;
+            prop_assert_eq!(nodes_frontier.peaks(), frontier.peaks());
             prop_assert_eq!(&reused_frontier, &frontier);
             // Frontier state equals what a store holding the reported nodes reconstructs.
             store.0.extend(a.new_nodes.iter().map(|&(l, i, h)| ((l, i), h)));
