@@ -35,10 +35,15 @@
 //! # Bounds (nothing queues without limit)
 //!
 //! * At most [`ClientOptions::max_in_flight`] calls are outstanding; one more
-//!   fails **immediately** with [`ClientError::Busy`] (it does not wait).
-//! * Each exchange (enqueue + wait for the answer) is bounded by
-//!   [`ClientOptions::request_timeout`]; on expiry the call fails with
-//!   [`ClientError::Timeout`] and its slot is removed.
+//!   **waits** for a slot (back pressure, not failure: a full pipe to a
+//!   healthy signer is load, not an outage). Each wait is counted in
+//!   [`SignerClient::waits_total`], so callers can export it as a metric.
+//! * Each call (waiting for a slot + enqueue + waiting for the answer) is
+//!   bounded by [`ClientOptions::request_timeout`], measured from the start
+//!   of the call; on expiry the call fails with [`ClientError::Timeout`] and
+//!   its slot is removed.
+//! * [`ClientError::Busy`] means the signer itself answered `Busy` (a
+//!   workspace's queue in the signer is full), never a local limit.
 //! * Connecting is bounded by [`ClientOptions::connect_timeout`] and happens
 //!   once at a time; callers arriving meanwhile wait for that attempt. So a
 //!   call takes at most about `connect_timeout + request_timeout`.
@@ -67,21 +72,21 @@ use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot, Mutex, Semaphore};
-use tokio::time::{timeout, Instant};
+use tokio::time::{timeout, timeout_at, Instant};
 
 use crate::message::{ErrorReply, Hash, KeyInfo, Request, Response, SignedLeaf};
-use crate::{decode_response, encode_request, read_frame, ProtoError};
+use crate::{decode_response, encode_request, read_frame, ErrorCode, ProtoError};
 
 /// Tuning of a [`SignerClient`].
 #[derive(Clone, Debug)]
 pub struct ClientOptions {
-    /// Bound on one exchange: enqueueing the frame and waiting for the
-    /// answer (connecting is bounded separately).
+    /// Bound on one call: waiting for an in-flight slot, enqueueing the frame
+    /// and waiting for the answer (connecting is bounded separately).
     pub request_timeout: Duration,
     /// Bound on one connect attempt.
     pub connect_timeout: Duration,
-    /// Maximum outstanding calls; more fail at once with
-    /// [`ClientError::Busy`]. Clamped to at least 1.
+    /// Maximum outstanding calls; more wait for a slot (within
+    /// `request_timeout`). Clamped to at least 1.
     pub max_in_flight: usize,
     /// Backoff after the first failed connect.
     pub reconnect_backoff_min: Duration,
@@ -123,12 +128,14 @@ pub enum ClientError {
     /// may not have been executed.
     #[error("connection to signer lost")]
     Disconnected,
-    /// No answer within `request_timeout`. The request may or may not have
-    /// been executed.
+    /// No answer within `request_timeout` (including the wait for an
+    /// in-flight slot). The request may or may not have been executed.
     #[error("no answer from signer within {0:?}")]
     Timeout(Duration),
-    /// `max_in_flight` calls are already outstanding.
-    #[error("too many requests in flight")]
+    /// The signer answered [`ErrorCode::Busy`](crate::ErrorCode::Busy): its
+    /// bounded queue for the workspace is full. Nothing was executed; retry
+    /// later. (A full client is not an error: calls wait for a slot.)
+    #[error("signer is busy")]
     Busy,
     /// The signer answered with an `Error` response.
     #[error("signer error: {0}")]
@@ -167,7 +174,9 @@ pub struct AppendOutcome {
     pub new_size: u64,
     /// Signed note for `new_size`.
     pub checkpoint: String,
-    /// One inclusion proof per leaf, in order. Not verified here.
+    /// From [`SignerClient::append_batch_with_proofs`]: one inclusion proof
+    /// per leaf, in order (not verified here). From
+    /// [`SignerClient::append_batch`]: empty.
     pub proofs: Vec<Vec<Hash>>,
 }
 
@@ -191,6 +200,8 @@ struct Inner {
     opts: ClientOptions,
     in_flight: Semaphore,
     max_in_flight: usize,
+    /// Calls that found every in-flight slot taken and had to wait.
+    waits: AtomicU64,
     next_id: AtomicU64,
     /// Async mutex: held across a connect so only one attempt runs at a time.
     slot: Mutex<Slot>,
@@ -322,6 +333,7 @@ impl SignerClient {
                 path,
                 in_flight: Semaphore::new(max_in_flight),
                 max_in_flight,
+                waits: AtomicU64::new(0),
                 opts,
                 next_id: AtomicU64::new(1),
                 slot: Mutex::new(Slot::default()),
@@ -334,17 +346,45 @@ impl SignerClient {
         self.inner.max_in_flight.saturating_sub(self.inner.in_flight.available_permits())
     }
 
+    /// Calls so far that found all [`ClientOptions::max_in_flight`] slots
+    /// taken and waited for one. A cheap counter (one atomic load) meant to
+    /// be exported as a metric: a steadily rising value means the signer
+    /// pipe is the bottleneck.
+    pub fn waits_total(&self) -> u64 {
+        self.inner.waits.load(Ordering::Relaxed)
+    }
+
     /// Sends `req` and waits for its answer.
     ///
     /// Never returns `Ok(Response::Error(_))`: an error answer becomes
-    /// [`ClientError::Remote`]. The response kind is checked against the
-    /// request (e.g. `Ping` must get `Pong`), so `Ok` is always a matching
-    /// answer.
+    /// [`ClientError::Remote`] (or [`ClientError::Busy`] for
+    /// [`ErrorCode::Busy`](crate::ErrorCode::Busy)). The response kind is
+    /// checked against the request (e.g. `Ping` must get `Pong`), so `Ok` is
+    /// always a matching answer.
     pub async fn call(&self, req: Request) -> Result<Response, ClientError> {
-        let _permit = self.inner.in_flight.try_acquire().map_err(|_| ClientError::Busy)?;
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let mut frame = Vec::new();
+        // Before waiting for anything: a request the signer would refuse
+        // fails at once, and never takes a slot.
         encode_request(id, &req, &mut frame).map_err(ClientError::InvalidRequest)?;
+        let limit = self.inner.opts.request_timeout;
+        // One deadline for the whole call, so waiting for a slot cannot
+        // stretch a call past `request_timeout`. `None`: too far away to
+        // represent, i.e. no limit.
+        let deadline = Instant::now().checked_add(limit);
+        let _permit = match self.inner.in_flight.try_acquire() {
+            Ok(p) => p,
+            Err(_) => {
+                self.inner.waits.fetch_add(1, Ordering::Relaxed);
+                let acquire = self.inner.in_flight.acquire();
+                let permit = match deadline {
+                    Some(d) => timeout_at(d, acquire).await.map_err(|_| ClientError::Timeout(limit))?,
+                    None => acquire.await,
+                };
+                // The semaphore is never closed; map rather than unwrap.
+                permit.map_err(|_| ClientError::Disconnected)?
+            }
+        };
 
         let conn = self.connection().await?;
         let (tx, rx) = oneshot::channel();
@@ -355,8 +395,12 @@ impl SignerClient {
             // A dropped sender means the connection task is gone.
             rx.await.unwrap_or(Err(ClientError::Disconnected))
         };
-        let limit = self.inner.opts.request_timeout;
-        let resp = timeout(limit, exchange).await.map_err(|_| ClientError::Timeout(limit))??;
+        // Connecting is bounded on its own (connect_timeout) and does not eat
+        // into the exchange's share of the deadline.
+        let resp = match deadline {
+            Some(d) => timeout_at(d, exchange).await.map_err(|_| ClientError::Timeout(limit))??,
+            None => exchange.await?,
+        };
         check_answer(&req, resp)
     }
 
@@ -399,24 +443,47 @@ impl SignerClient {
         }
     }
 
-    /// Appends `leaves` at `expected_size..`.
+    /// Appends `leaves` at `expected_size..` and returns the signed
+    /// checkpoint, without inclusion proofs (`AppendOutcome::proofs` is
+    /// empty).
     ///
     /// Checks that the answer is consistent with the request (`old_size ==
-    /// expected_size`, `new_size == old_size + leaves.len()`, one proof per
-    /// leaf); the proofs themselves are not verified here.
+    /// expected_size`, `new_size == old_size + leaves.len()`, no proofs).
     pub async fn append_batch(
         &self,
         workspace_id: impl Into<String>,
         expected_size: u64,
         leaves: Vec<Hash>,
     ) -> Result<AppendOutcome, ClientError> {
+        self.append(workspace_id.into(), expected_size, leaves, false).await
+    }
+
+    /// [`Self::append_batch`], with one inclusion proof per leaf in the
+    /// answer (checked to be present; the proofs themselves are not verified
+    /// here).
+    pub async fn append_batch_with_proofs(
+        &self,
+        workspace_id: impl Into<String>,
+        expected_size: u64,
+        leaves: Vec<Hash>,
+    ) -> Result<AppendOutcome, ClientError> {
+        self.append(workspace_id.into(), expected_size, leaves, true).await
+    }
+
+    async fn append(
+        &self,
+        workspace_id: String,
+        expected_size: u64,
+        leaves: Vec<Hash>,
+        want_proofs: bool,
+    ) -> Result<AppendOutcome, ClientError> {
         let n = leaves.len();
-        let req = Request::AppendBatch { workspace_id: workspace_id.into(), expected_size, leaves };
+        let req = Request::AppendBatch { workspace_id, expected_size, leaves, want_proofs };
         match self.call(req).await? {
             Response::Appended { old_size, new_size, checkpoint, proofs } => {
                 let consistent = old_size == expected_size
                     && u64::try_from(n).ok().and_then(|n| old_size.checked_add(n)) == Some(new_size)
-                    && proofs.len() == n;
+                    && proofs.len() == if want_proofs { n } else { 0 };
                 if !consistent {
                     return Err(ClientError::UnexpectedResponse {
                         request: "AppendBatch",
@@ -508,6 +575,7 @@ fn check_answer(req: &Request, resp: Response) -> Result<Response, ClientError> 
             | (Request::Metrics, Response::MetricsText { .. })
     );
     match resp {
+        Response::Error(e) if e.code == ErrorCode::Busy => Err(ClientError::Busy),
         Response::Error(e) => Err(ClientError::Remote(e)),
         resp if fits => Ok(resp),
         resp => Err(unexpected(req.name(), &resp)),

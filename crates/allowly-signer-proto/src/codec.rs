@@ -66,13 +66,14 @@ pub fn encode_request(id: u64, req: &Request, out: &mut Vec<u8>) -> Result<(), P
             e.u64(*expected_size);
             Ok(())
         }
-        Request::AppendBatch { workspace_id, expected_size, leaves } => {
+        Request::AppendBatch { workspace_id, expected_size, leaves, want_proofs } => {
             e.workspace_id(workspace_id)?;
             e.u64(*expected_size);
             e.batch_count(leaves.len())?;
             for leaf in leaves {
                 e.bytes(leaf);
             }
+            e.u8(u8::from(*want_proofs));
             Ok(())
         }
     })
@@ -165,7 +166,8 @@ pub fn decode_request(frame: &[u8]) -> Result<(u64, Request), ProtoError> {
             }
             let n = d.check_room("leaves", count, HASH_LEN)?;
             let leaves = d.items(n, |d| d.array::<32>("leaves[]"))?;
-            Request::AppendBatch { workspace_id, expected_size, leaves }
+            let want_proofs = d.tag("want_proofs")?;
+            Request::AppendBatch { workspace_id, expected_size, leaves, want_proofs }
         }
         kind::LATEST_CHECKPOINT => Request::LatestCheckpoint { workspace_id: d.workspace_id()? },
         kind::METRICS => Request::Metrics,

@@ -7,7 +7,7 @@
 //! | offset | size | field | rule |
 //! |---|---|---|---|
 //! | 0 | 4 | `length` L | `u32` BE, length of everything after it; `1 ≤ L ≤` [`MAX_FRAME`] (16 MiB), checked before the body is read |
-//! | 4 | 1 | `version` | = [`PROTOCOL_VERSION`] (1) |
+//! | 4 | 1 | `version` | = [`PROTOCOL_VERSION`] (2) |
 //! | 5 | 1 | `kind` | message kind, tables below |
 //! | 6 | 8 | `request_id` | `u64` BE; echoed in the response, which is how answers are matched to requests |
 //! | 14 | L − 10 | body | per kind; no bytes may remain after it |
@@ -40,7 +40,7 @@
 //! | `0x02` | `CreateKey` | `workspace_id: wsid` |
 //! | `0x03` | `ListKeys` | `workspace_id: wsid` |
 //! | `0x04` | `RotateKey` | `workspace_id: wsid`, `expected_size: u64` (the index the `key.rotated` leaf takes) |
-//! | `0x05` | `AppendBatch` | `workspace_id: wsid`, `expected_size: u64`, `leaves: vec<hash>` (1 ≤ count ≤ [`MAX_BATCH_LEAVES`]; 0 → `InvalidArgument`, more → `BatchTooLarge`) |
+//! | `0x05` | `AppendBatch` | `workspace_id: wsid`, `expected_size: u64`, `leaves: vec<hash>` (1 ≤ count ≤ [`MAX_BATCH_LEAVES`]; 0 → `InvalidArgument`, more → `BatchTooLarge`), `want_proofs: bool` |
 //! | `0x06` | `LatestCheckpoint` | `workspace_id: wsid` |
 //! | `0x07` | `Metrics` | — |
 //!
@@ -51,12 +51,22 @@
 //! | `0x81` | `Pong` | `Ping` | — |
 //! | `0x82` | `Keys` | `CreateKey`, `ListKeys` | `keys: vec<KeyInfo>` |
 //! | `0x84` | `Rotated` | `RotateKey` | `keys: vec<KeyInfo>`, `rotation: SignedLeaf` |
-//! | `0x85` | `Appended` | `AppendBatch` | `old_size: u64`, `new_size: u64`, `checkpoint: text`, `proofs: vec<proof>` (count ≤ [`MAX_BATCH_LEAVES`]) |
+//! | `0x85` | `Appended` | `AppendBatch` | `old_size: u64`, `new_size: u64`, `checkpoint: text`, `proofs: vec<proof>` (count ≤ [`MAX_BATCH_LEAVES`]; one per leaf if `want_proofs`, else 0) |
 //! | `0x86` | `Checkpoint` | `LatestCheckpoint` | `size: u64`, `checkpoint: opt<text>` |
 //! | `0x87` | `MetricsText` | `Metrics` | `text: text` |
 //! | `0xFF` | `Error` | any | `code: u16`, `message: text`, `current_size: opt<u64>` |
 //!
 //! (`0x83` is unassigned: `ListKeys` shares `Keys` with `CreateKey`.)
+//!
+//! # Versions
+//!
+//! * 2: `AppendBatch` ends with `want_proofs: bool`, and `Appended.proofs`
+//!   is empty unless it was set (the service serves proofs from its own
+//!   store and discarded the signer's). Nothing else changed.
+//! * 1: first version; every `Appended` carried one proof per leaf.
+//!
+//! The service and the signer ship together, so a peer speaks exactly one
+//! version and refuses the other with `UnsupportedVersion`.
 //!
 //! | struct | fields in wire order |
 //! |---|---|
@@ -68,7 +78,7 @@
 //! | code | name | meaning |
 //! |---|---|---|
 //! | 1 | `BadFrame` | unparseable frame |
-//! | 2 | `UnsupportedVersion` | version byte ≠ 1 |
+//! | 2 | `UnsupportedVersion` | version byte ≠ 2 |
 //! | 3 | `UnknownKind` | unknown kind byte |
 //! | 4 | `UnknownWorkspace` | no key for that workspace |
 //! | 5 | `WorkspaceExists` | `CreateKey` on an existing workspace |
@@ -127,9 +137,11 @@
 //! # Size budget
 //!
 //! [`MAX_BATCH_LEAVES`] is chosen so that the answer to the largest batch
-//! always fits in a frame: 4096 proofs of at most 64 hashes take
-//! 4096 × (4 + 64 × 32) = 8 404 992 bytes, leaving over 8 MiB of
-//! [`MAX_FRAME`] for the rest (checked at compile time).
+//! always fits in a frame even when it asks for proofs (`want_proofs`):
+//! 4096 proofs of at most 64 hashes take 4096 × (4 + 64 × 32) = 8 404 992
+//! bytes, leaving over 8 MiB of [`MAX_FRAME`] for the rest (checked at
+//! compile time). Without proofs an `Appended` is the header, two sizes and
+//! the checkpoint note: a few hundred bytes whatever the batch size.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -146,7 +158,7 @@ pub use frame::{read_frame, write_frame};
 pub use message::{ErrorReply, Hash, KeyInfo, Request, Response, SignedLeaf};
 
 /// The only protocol version this crate speaks.
-pub const PROTOCOL_VERSION: u8 = 1;
+pub const PROTOCOL_VERSION: u8 = 2;
 
 /// Largest frame (bytes after the length prefix): 16 MiB. Bounds the memory
 /// one frame can make either side allocate.
@@ -154,8 +166,8 @@ pub const MAX_FRAME: usize = 16 * 1024 * 1024;
 
 /// Most leaves in one `AppendBatch`.
 ///
-/// 4096 rather than the 65 536 first specified: the `Appended` answer
-/// carries one inclusion proof per leaf, and 65 536 proofs of even 16 hashes
+/// 4096 rather than the 65 536 first specified: an `Appended` answer that
+/// was asked for proofs carries one per leaf, and 65 536 proofs of even 16 hashes
 /// (the minimum once the tree holds 65 536 leaves) take 33.8 MB, more than
 /// [`MAX_FRAME`], so a maximal batch could never be answered.
 pub const MAX_BATCH_LEAVES: usize = 4096;

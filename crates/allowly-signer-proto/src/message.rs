@@ -41,6 +41,11 @@ pub enum Request {
         expected_size: u64,
         /// `1..=MAX_BATCH_LEAVES` leaf hashes.
         leaves: Vec<Hash>,
+        /// Whether the answer should carry one inclusion proof per leaf. The
+        /// service stores the Merkle nodes itself and serves proofs from them,
+        /// so it normally asks for none: building, encoding and sending a
+        /// proof per leaf is most of an answer's size.
+        want_proofs: bool,
     },
     /// `0x06`: latest checkpoint of the workspace's log; answered by
     /// [`Response::Checkpoint`].
@@ -93,8 +98,9 @@ pub enum Response {
         new_size: u64,
         /// Signed note for the tree of `new_size` leaves.
         checkpoint: String,
-        /// One inclusion proof per appended leaf, in leaf order, each against
-        /// `checkpoint`; at most `MAX_PROOF_HASHES` hashes each.
+        /// With `want_proofs`: one inclusion proof per appended leaf, in leaf
+        /// order, each against `checkpoint`, at most `MAX_PROOF_HASHES` hashes
+        /// each. Without: empty.
         proofs: Vec<Vec<Hash>>,
     },
     /// `0x86`: answer to `LatestCheckpoint`.

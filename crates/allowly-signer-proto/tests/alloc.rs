@@ -55,7 +55,7 @@ fn allocated_by<T>(f: impl FnOnce() -> T) -> (T, usize) {
 }
 
 fn header(kind: u8) -> Vec<u8> {
-    let mut f = vec![1, kind];
+    let mut f = vec![allowly_signer_proto::PROTOCOL_VERSION, kind];
     f.extend(7u64.to_be_bytes());
     f
 }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use allowly_signer_proto::client::{ClientError, ClientOptions, SignerClient};
 use allowly_signer_proto::{
-    decode_request, encode_response, read_frame, ErrorCode, ErrorReply, KeyInfo, Request, Response,
+    decode_request, encode_response, read_frame, ErrorCode, ErrorReply, KeyInfo, Request, Response, PROTOCOL_VERSION,
 };
 use common::*;
 use tokio::io::AsyncWriteExt;
@@ -271,8 +271,17 @@ async fn connects_once_the_signer_appears() {
     call.await.unwrap().unwrap();
 }
 
+/// Waits (yielding, never sleeping) until `cond` holds; panics after 10 s.
+async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < Duration::from_secs(10), "timed out waiting for {what}");
+        tokio::task::yield_now().await;
+    }
+}
+
 #[tokio::test]
-async fn busy_when_max_in_flight_are_outstanding() {
+async fn a_call_beyond_max_in_flight_waits_for_a_slot_and_is_counted() {
     let mut signer = FakeSigner::start();
     let client = signer.client(ClientOptions { max_in_flight: 2, ..opts() });
     let calls: Vec<_> = (0..2)
@@ -283,22 +292,110 @@ async fn busy_when_max_in_flight_are_outstanding() {
         .collect();
     let a = signer.next().await;
     let b = signer.next().await;
-    let started = Instant::now();
-    assert!(matches!(client.ping().await, Err(ClientError::Busy)));
-    assert!(started.elapsed() < Duration::from_secs(1), "Busy must not wait");
+    assert_eq!(client.waits_total(), 0);
 
+    // A third call finds both slots taken: it waits (it is not refused) and is counted.
+    let third = tokio::spawn({
+        let c = client.clone();
+        async move { c.ping().await }
+    });
+    until("the third call to wait", || client.waits_total() == 1).await;
+    assert!(!third.is_finished(), "the third call must wait for a slot, not fail");
+    assert_eq!(client.in_flight(), 2);
+
+    // Freeing one slot lets it through.
     a.conn.reply(a.id, Response::Pong);
+    let c = signer.next().await;
+    assert!(matches!(c.req, Request::Ping));
+    c.conn.reply(c.id, Response::Pong);
     b.conn.reply(b.id, Response::Pong);
     for call in calls {
         call.await.unwrap().unwrap();
     }
-    let call = tokio::spawn({
+    third.await.unwrap().unwrap();
+    assert_eq!(client.in_flight(), 0);
+    assert_eq!(client.waits_total(), 1);
+}
+
+#[tokio::test]
+async fn waiting_for_a_slot_is_bounded_by_the_request_timeout() {
+    let mut signer = FakeSigner::start();
+    let limit = Duration::from_millis(200);
+    let client = signer.client(ClientOptions { max_in_flight: 1, request_timeout: limit, ..opts() });
+    let first = tokio::spawn({
         let c = client.clone();
         async move { c.ping().await }
     });
+    let r = signer.next().await; // never answered in time
+    let started = Instant::now();
+    let err = client.ping().await.unwrap_err();
+    assert!(matches!(err, ClientError::Timeout(d) if d == limit), "{err}");
+    assert!(started.elapsed() >= limit, "gave up after {:?}", started.elapsed());
+    assert_eq!(client.waits_total(), 1);
+    assert!(matches!(first.await.unwrap(), Err(ClientError::Timeout(_))));
+    r.conn.reply(r.id, Response::Pong); // late: dropped
+    assert_eq!(client.in_flight(), 0);
+}
+
+/// Many more concurrent appends than `max_in_flight`, against a signer that answers only once
+/// every slot is taken (so the pipe is saturated the whole time): all succeed, none is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_concurrent_calls_than_slots_all_succeed_against_a_slow_signer() {
+    const SLOTS: usize = 4;
+    const CALLS: usize = 64;
+    let mut signer = FakeSigner::start();
+    let client = signer.client(ClientOptions { max_in_flight: SLOTS, ..opts() });
+    let calls: Vec<_> = (0..CALLS)
+        .map(|i| {
+            let c = client.clone();
+            tokio::spawn(async move { c.append_batch(format!("ws-{i}"), i as u64, vec![[i as u8; 32]]).await })
+        })
+        .collect();
+    let mut answered = 0;
+    while answered < CALLS {
+        // Slow signer: collect a full window of requests before answering any of them.
+        let mut window = Vec::new();
+        for _ in 0..SLOTS {
+            window.push(signer.next().await);
+        }
+        assert_eq!(client.in_flight(), SLOTS, "never more than max_in_flight outstanding");
+        for r in window {
+            let Request::AppendBatch { expected_size, leaves, want_proofs, .. } = r.req else { panic!("{:?}", r.req) };
+            assert!(!want_proofs, "append_batch asks for no proofs");
+            let new_size = expected_size + leaves.len() as u64;
+            let resp = Response::Appended {
+                old_size: expected_size,
+                new_size,
+                checkpoint: format!("cp{new_size}"),
+                proofs: vec![],
+            };
+            r.conn.reply(r.id, resp);
+            answered += 1;
+        }
+    }
+    for (i, call) in calls.into_iter().enumerate() {
+        let out = call.await.unwrap().unwrap_or_else(|e| panic!("call {i}: {e}"));
+        assert_eq!(out.new_size, i as u64 + 1);
+        assert_eq!(out.checkpoint, format!("cp{}", i + 1));
+    }
+    let waits = client.waits_total();
+    assert!(waits >= 1 && waits <= (CALLS - SLOTS) as u64, "waits_total {waits}");
+    assert_eq!(client.in_flight(), 0);
+}
+
+#[tokio::test]
+async fn a_busy_answer_from_the_signer_is_busy() {
+    let mut signer = FakeSigner::start();
+    let client = signer.client(opts());
+    let call = tokio::spawn({
+        let c = client.clone();
+        async move { c.append_batch("ws", 0, vec![[1; 32]]).await }
+    });
     let r = signer.next().await;
-    r.conn.reply(r.id, Response::Pong);
-    call.await.unwrap().unwrap();
+    let reply = ErrorReply { code: ErrorCode::Busy, message: "queue full".into(), current_size: None };
+    r.conn.reply(r.id, Response::Error(reply));
+    let err = call.await.unwrap().unwrap_err();
+    assert!(matches!(err, ClientError::Busy), "{err}");
 }
 
 #[tokio::test]
@@ -332,18 +429,27 @@ async fn answers_that_do_not_fit_the_request_are_rejected() {
     let err = call.await.unwrap().unwrap_err();
     assert!(matches!(err, ClientError::UnexpectedResponse { request: "ListKeys", .. }), "{err}");
 
-    // Appended with sizes that do not match what was sent.
-    let call = tokio::spawn({
-        let c = client.clone();
-        async move { c.append_batch("ws", 5, vec![[1; 32], [2; 32]]).await }
-    });
-    let r = signer.next().await;
-    r.conn.reply(
-        r.id,
-        Response::Appended { old_size: 5, new_size: 8, checkpoint: "n".into(), proofs: vec![vec![], vec![]] },
-    );
-    let err = call.await.unwrap().unwrap_err();
-    assert!(matches!(err, ClientError::UnexpectedResponse { request: "AppendBatch", .. }), "{err}");
+    // Appended with sizes that do not match what was sent, or with proofs that are missing
+    // (asked for) or present (not asked for).
+    for (want_proofs, new_size, proofs) in
+        [(false, 8, vec![]), (true, 7, vec![vec![]]), (false, 7, vec![vec![], vec![]])]
+    {
+        let call = tokio::spawn({
+            let c = client.clone();
+            async move {
+                let leaves = vec![[1; 32], [2; 32]];
+                if want_proofs {
+                    c.append_batch_with_proofs("ws", 5, leaves).await
+                } else {
+                    c.append_batch("ws", 5, leaves).await
+                }
+            }
+        });
+        let r = signer.next().await;
+        r.conn.reply(r.id, Response::Appended { old_size: 5, new_size, checkpoint: "n".into(), proofs });
+        let err = call.await.unwrap().unwrap_err();
+        assert!(matches!(err, ClientError::UnexpectedResponse { request: "AppendBatch", .. }), "{err}");
+    }
 }
 
 #[tokio::test]
@@ -356,7 +462,7 @@ async fn malformed_answer_fails_only_its_call() {
     });
     let r = signer.next().await;
     // Pong with a trailing byte: framing intact, body invalid.
-    let mut frame = vec![0, 0, 0, 11, 1, 0x81];
+    let mut frame = vec![0, 0, 0, 11, PROTOCOL_VERSION, 0x81];
     frame.extend(r.id.to_be_bytes());
     frame.push(0);
     r.conn.raw(frame);
@@ -377,7 +483,9 @@ async fn malformed_answer_fails_only_its_call() {
 async fn unaddressable_or_oversize_frames_drop_the_connection() {
     let mut signer = FakeSigner::start();
     let client = signer.client(opts());
-    for (n, garbage) in [vec![0, 0, 0, 3, 1, 0x81, 0], vec![0xFF, 0xFF, 0xFF, 0xFF]].into_iter().enumerate() {
+    for (n, garbage) in
+        [vec![0, 0, 0, 3, PROTOCOL_VERSION, 0x81, 0], vec![0xFF, 0xFF, 0xFF, 0xFF]].into_iter().enumerate()
+    {
         let call = tokio::spawn({
             let c = client.clone();
             async move { c.ping().await }
@@ -432,23 +540,25 @@ async fn convenience_methods_return_typed_answers() {
         let r = c.rotate_key("acme", 0).await.unwrap();
         assert_eq!((r.keys, r.rotation), (vec![key(1), key(0)], rot));
         let a = c.append_batch("acme", 7, vec![[1; 32], [2; 32]]).await.unwrap();
-        assert_eq!((a.old_size, a.new_size, a.proofs.len()), (7, 9, 2));
+        assert_eq!((a.old_size, a.new_size, a.proofs.len()), (7, 9, 0));
         assert_eq!(a.checkpoint, "cp9");
+        let a = c.append_batch_with_proofs("acme", 9, vec![[1; 32], [2; 32]]).await.unwrap();
+        assert_eq!((a.old_size, a.new_size, a.proofs), (9, 11, vec![vec![[3; 32]]; 2]));
         let cp = c.latest_checkpoint("acme").await.unwrap();
         assert_eq!((cp.size, cp.checkpoint), (9, Some("cp9".to_string())));
         assert_eq!(c.metrics().await.unwrap(), "signer_up 1\n");
     });
-    for _ in 0..6 {
+    for _ in 0..7 {
         let r = signer.next().await;
         let resp = match r.req {
             Request::Ping => Response::Pong,
             Request::CreateKey { .. } => Response::Keys { keys: vec![key(0)] },
             Request::RotateKey { .. } => Response::Rotated { keys: vec![key(1), key(0)], rotation: rotation.clone() },
-            Request::AppendBatch { expected_size, ref leaves, .. } => Response::Appended {
+            Request::AppendBatch { expected_size, ref leaves, want_proofs, .. } => Response::Appended {
                 old_size: expected_size,
                 new_size: expected_size + leaves.len() as u64,
                 checkpoint: "cp9".into(),
-                proofs: vec![vec![[3; 32]]; leaves.len()],
+                proofs: if want_proofs { vec![vec![[3; 32]]; leaves.len()] } else { vec![] },
             },
             Request::LatestCheckpoint { .. } => Response::Checkpoint { size: 9, checkpoint: Some("cp9".into()) },
             Request::Metrics => Response::MetricsText { text: "signer_up 1\n".into() },
@@ -500,7 +610,15 @@ async fn extreme_options_do_not_panic() {
         async move { c.ping().await }
     });
     let r = signer.next().await;
-    assert!(matches!(client.ping().await, Err(ClientError::Busy)));
+    // The one slot is taken: a second call waits for it rather than failing.
+    let second = tokio::spawn({
+        let c = client.clone();
+        async move { c.ping().await }
+    });
+    until("the second call to wait", || client.waits_total() == 1).await;
     r.conn.reply(r.id, Response::Pong);
     call.await.unwrap().unwrap();
+    let r = signer.next().await;
+    r.conn.reply(r.id, Response::Pong);
+    second.await.unwrap().unwrap();
 }

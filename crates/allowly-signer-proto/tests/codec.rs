@@ -6,7 +6,7 @@ mod common;
 
 use allowly_signer_proto::{
     decode_request, decode_response, encode_request, encode_response, ErrorCode, ErrorReply, ProtoError, Request,
-    Response, SignedLeaf, MAX_BATCH_LEAVES, MAX_FRAME, MAX_PROOF_HASHES,
+    Response, SignedLeaf, MAX_BATCH_LEAVES, MAX_FRAME, MAX_PROOF_HASHES, PROTOCOL_VERSION,
 };
 use common::*;
 
@@ -47,13 +47,21 @@ fn roundtrip_rotate_key() {
 
 #[test]
 fn roundtrip_append_batch() {
-    roundtrip_req(10, Request::AppendBatch { workspace_id: "ws".into(), expected_size: 3, leaves: vec![[7; 32]] });
+    roundtrip_req(
+        10,
+        Request::AppendBatch { workspace_id: "ws".into(), expected_size: 3, leaves: vec![[7; 32]], want_proofs: false },
+    );
+    roundtrip_req(
+        12,
+        Request::AppendBatch { workspace_id: "ws".into(), expected_size: 3, leaves: vec![[7; 32]], want_proofs: true },
+    );
     roundtrip_req(
         11,
         Request::AppendBatch {
             workspace_id: "ws".into(),
             expected_size: u64::MAX,
             leaves: (0..MAX_BATCH_LEAVES).map(|i| [(i % 251) as u8; 32]).collect(),
+            want_proofs: true,
         },
     );
 }
@@ -146,19 +154,43 @@ fn error_code_u16_mapping_is_total_and_canonical() {
 
 #[test]
 fn kat_ping() {
-    assert_eq!(encode_req(0x0102_0304_0506_0708, &Request::Ping), [0, 0, 0, 10, 1, 0x01, 1, 2, 3, 4, 5, 6, 7, 8]);
+    assert_eq!(encode_req(0x0102_0304_0506_0708, &Request::Ping), [0, 0, 0, 10, 2, 0x01, 1, 2, 3, 4, 5, 6, 7, 8]);
 }
 
 #[test]
 fn kat_append_batch() {
-    let frame =
-        encode_req(1, &Request::AppendBatch { workspace_id: "w".into(), expected_size: 5, leaves: vec![[0xAA; 32]] });
-    let mut expect = vec![0, 0, 0, 59, 1, 0x05, 0, 0, 0, 0, 0, 0, 0, 1];
-    expect.extend([0, 0, 0, 1, b'w']);
-    expect.extend([0, 0, 0, 0, 0, 0, 0, 5]);
-    expect.extend([0, 0, 0, 1]);
-    expect.extend([0xAA; 32]);
-    assert_eq!(frame, expect);
+    for want_proofs in [false, true] {
+        let req =
+            Request::AppendBatch { workspace_id: "w".into(), expected_size: 5, leaves: vec![[0xAA; 32]], want_proofs };
+        let frame = encode_req(1, &req);
+        let mut expect = vec![0, 0, 0, 60, 2, 0x05, 0, 0, 0, 0, 0, 0, 0, 1];
+        expect.extend([0, 0, 0, 1, b'w']);
+        expect.extend([0, 0, 0, 0, 0, 0, 0, 5]);
+        expect.extend([0, 0, 0, 1]);
+        expect.extend([0xAA; 32]);
+        expect.push(u8::from(want_proofs)); // v2: one bool after the leaves
+        assert_eq!(frame, expect);
+    }
+}
+
+#[test]
+fn want_proofs_is_a_strict_bool_and_required() {
+    let req = Request::AppendBatch {
+        workspace_id: "w".into(),
+        expected_size: 5,
+        leaves: vec![[0xAA; 32]],
+        want_proofs: true,
+    };
+    let frame = encode_req(9, &req);
+    let body = &frame[4..];
+    // The flag is the last byte: without it the frame is truncated (a v1 body is not accepted).
+    let e = decode_request(&body[..body.len() - 1]).unwrap_err();
+    assert!(matches!(e, ProtoError::Truncated { field: "want_proofs", .. }), "{e}");
+    let mut bad = body.to_vec();
+    *bad.last_mut().unwrap() = 2;
+    let e = decode_request(&bad).unwrap_err();
+    assert!(matches!(e, ProtoError::InvalidTag { field: "want_proofs", tag: 2, .. }), "{e}");
+    assert_eq!(e.request_id(), Some(9));
 }
 
 #[test]
@@ -167,12 +199,12 @@ fn kat_error_and_checkpoint() {
         2,
         &Response::Error(ErrorReply { code: ErrorCode::SizeMismatch, message: "x".into(), current_size: Some(3) }),
     );
-    let mut expect = vec![0, 0, 0, 26, 1, 0xFF, 0, 0, 0, 0, 0, 0, 0, 2];
+    let mut expect = vec![0, 0, 0, 26, 2, 0xFF, 0, 0, 0, 0, 0, 0, 0, 2];
     expect.extend([0, 6, 0, 0, 0, 1, b'x', 1, 0, 0, 0, 0, 0, 0, 0, 3]);
     assert_eq!(frame, expect);
 
     let frame = encode_resp(3, &Response::Checkpoint { size: 1, checkpoint: None });
-    let mut expect = vec![0, 0, 0, 19, 1, 0x86, 0, 0, 0, 0, 0, 0, 0, 3];
+    let mut expect = vec![0, 0, 0, 19, 2, 0x86, 0, 0, 0, 0, 0, 0, 0, 3];
     expect.extend([0, 0, 0, 0, 0, 0, 0, 1, 0]);
     assert_eq!(frame, expect);
 }
@@ -194,7 +226,7 @@ fn kat_key_info_layout() {
 // ---- rejection of malformed frames ----
 
 fn header(kind: u8, id: u64) -> Vec<u8> {
-    let mut f = vec![1, kind];
+    let mut f = vec![PROTOCOL_VERSION, kind];
     f.extend(id.to_be_bytes());
     f
 }
@@ -218,12 +250,17 @@ fn short_header_has_no_request_id() {
 
 #[test]
 fn unsupported_version_keeps_request_id() {
-    let mut f = header(0x01, 77);
-    f[0] = 2;
-    let e = decode_request(&f).unwrap_err();
-    assert!(matches!(e, ProtoError::UnsupportedVersion { version: 2, .. }), "{e}");
-    assert_eq!(e.request_id(), Some(77));
-    assert_eq!(e.code(), ErrorCode::UnsupportedVersion);
+    assert_eq!(PROTOCOL_VERSION, 2);
+    // 1: a peer from before want_proofs; 3: a newer one.
+    for version in [1u8, 3] {
+        let mut f = header(0x01, 77);
+        f[0] = version;
+        let e = decode_request(&f).unwrap_err();
+        assert!(matches!(e, ProtoError::UnsupportedVersion { version: v, .. } if v == version), "{e}");
+        assert_eq!(e.request_id(), Some(77));
+        assert_eq!(e.code(), ErrorCode::UnsupportedVersion);
+        assert!(matches!(decode_response(&f), Err(ProtoError::UnsupportedVersion { .. })));
+    }
 }
 
 #[test]
@@ -273,6 +310,7 @@ fn batch_limits() {
         f.extend(0u64.to_be_bytes());
         f.extend(n.to_be_bytes());
         f.extend(std::iter::repeat_n(0u8, n as usize * 32));
+        f.push(0); // want_proofs
         f
     };
     let e = decode_request(&batch(0)).unwrap_err();
@@ -286,7 +324,7 @@ fn batch_limits() {
 
     for leaves in [vec![], vec![[0; 32]; MAX_BATCH_LEAVES + 1]] {
         let mut out = Vec::new();
-        let req = Request::AppendBatch { workspace_id: "ws".into(), expected_size: 0, leaves };
+        let req = Request::AppendBatch { workspace_id: "ws".into(), expected_size: 0, leaves, want_proofs: false };
         assert!(encode_request(1, &req, &mut out).is_err());
         assert!(out.is_empty());
     }

@@ -32,9 +32,14 @@ fn arb_request() -> impl Strategy<Value = Request> {
         ws().prop_map(|workspace_id| Request::ListKeys { workspace_id }),
         (ws(), any::<u64>())
             .prop_map(|(workspace_id, expected_size)| Request::RotateKey { workspace_id, expected_size }),
-        (ws(), any::<u64>(), vec(hash(), 1..12)).prop_map(|(workspace_id, expected_size, leaves)| {
-            Request::AppendBatch { workspace_id, expected_size, leaves }
-        }),
+        (ws(), any::<u64>(), vec(hash(), 1..12), any::<bool>()).prop_map(
+            |(workspace_id, expected_size, leaves, want_proofs)| Request::AppendBatch {
+                workspace_id,
+                expected_size,
+                leaves,
+                want_proofs
+            }
+        ),
         ws().prop_map(|workspace_id| Request::LatestCheckpoint { workspace_id }),
         Just(Request::Metrics),
     ]

@@ -114,6 +114,20 @@ impl WorkspaceKeys {
     }
 }
 
+/// A workspace's first key, generated and sealed but not stored yet (public data and
+/// ciphertext only, like the file it becomes).
+#[derive(Debug)]
+pub struct NewKeys {
+    file: KeyFile,
+}
+
+impl NewKeys {
+    /// The new key's C2SP key id, hex.
+    pub fn key_id(&self) -> &str {
+        self.file.keys.first().map(|k| k.key_id.as_str()).unwrap_or_default()
+    }
+}
+
 /// The on-disk key store: `<dir>/keys/<workspace>.json`.
 #[derive(Debug)]
 pub struct KeyStore {
@@ -263,8 +277,23 @@ impl KeyStore {
 
     /// Creates the workspace's first key. Fails with `WorkspaceExists` if it has one.
     pub fn create(&self, ws: &str, now_ms: u64) -> Result<WorkspaceKeys> {
+        let new = self.prepare(ws, now_ms)?;
+        self.commit_new(new)
+    }
+
+    /// Generates (and seals) a workspace's first key without storing it, so its key id can go
+    /// into the journal's `created` record before the key file exists: a key file without a
+    /// log record would refuse to load forever.
+    pub fn prepare(&self, ws: &str, now_ms: u64) -> Result<NewKeys> {
         let (stored, _) = self.new_key(ws, now_ms)?;
-        let file = KeyFile { version: 1, workspace_id: ws.to_owned(), keys: vec![stored] };
+        Ok(NewKeys { file: KeyFile { version: 1, workspace_id: ws.to_owned(), keys: vec![stored] } })
+    }
+
+    /// Stores keys from [`Self::prepare`] and loads them. Fails with `WorkspaceExists` if the
+    /// workspace has keys.
+    pub fn commit_new(&self, new: NewKeys) -> Result<WorkspaceKeys> {
+        let NewKeys { file } = new;
+        let ws = file.workspace_id.as_str();
         let bytes = serde_json::to_vec_pretty(&file).map_err(|e| SignerError::Corrupt(e.to_string()))?;
         // create_new: two concurrent creations cannot both succeed.
         let tmp = self.dir.join(format!("{ws}.json.new"));

@@ -7,27 +7,37 @@
 //! sign anything but a checkpoint of a workspace log that it extends itself, and it refuses any
 //! append that would fork or roll a log back.
 //!
-//! Layout of the data directory: `keys/<ws>.json` (sealed keys), `logs/<ws>.state` (durable log
-//! state), `audit.log` (one line per signature), `lock` (flock held by the one signer serving
-//! the directory), optionally `master.key` (dev set-ups).
+//! Layout of the data directory: `keys/<ws>.json` (sealed keys), `journal` (every workspace's
+//! durable log state, one append-only checksummed file, see [`journal`]), `audit.log` (one line
+//! per signature), `lock` (flock held by the one signer serving the directory), optionally
+//! `master.key` (dev set-ups). A `logs/` directory of per-workspace `.state` files from before
+//! the journal is not read.
 //!
 //! # Cost per receipt
 //!
 //! `cargo bench -p allowly-benches --bench signer` measures [`workspace::sign_batch`] (the whole
-//! CPU path of one batch: frontier append, every inclusion proof, one checkpoint signature)
+//! CPU path of one batch: frontier append, inclusion proofs if asked, one checkpoint signature)
 //! beside one raw Ed25519 signature in the same run. On the 2-core development machine
-//! (2026-11-30), per receipt:
+//! (2026-12-05, `--measurement-time 3`), per receipt / one raw signature:
 //!
-//! | batch | per receipt / one raw signature |
-//! |---|---|
-//! | 1 | 1.26× |
-//! | 16 | 0.078× |
-//! | 256 | 0.013× (goal ≤ 0.05×) |
-//! | 4096 | 0.014× |
+//! | batch | no proofs (protocol v2, what the service asks) | with proofs |
+//! |---|---|---|
+//! | 1 | 1.10× | 1.08× |
+//! | 16 | 0.074× | 0.085× |
+//! | 256 | 0.011× (goal ≤ 0.05×) | 0.017× |
+//! | 4096 | 0.008× | 0.014× |
 //!
-//! A 16-leaf `AppendBatch` round trip over the socket costs ≈ 300× a bare socket ping-pong,
-//! almost all of it the two fsyncs (log state, audit log) that make the signature durable before
-//! it is released; concurrent callers share them because their batches are coalesced.
+//! Without proofs the signer extends the frontier without building any ([`workspace::extend`]).
+//!
+//! Durability costs two fsyncs (journal, audit log) per *group* of the journal writer, shared by
+//! every workspace whose records are queued at that moment; before the journal it was two per
+//! signed batch, serialized. A lone 16-leaf `AppendBatch` round trip still waits for both
+//! (4.9 ms, ≈ 1500× a bare socket ping-pong, on that machine's disk). `cargo run --release -p
+//! allowly-signer --example fsyncs -- W B L` measures fsyncs per batch from the signer's own
+//! metrics (`allowly_signer_fsyncs_total`, `allowly_signer_journal_records_per_fsync`): with
+//! 1000 workspaces appending 16-leaf batches at once, 0.01-0.11 fsyncs per batch and ≈ 17 000
+//! batches/s, against 2 per batch and ≈ 1 700 batches/s with per-workspace state files
+//! (2026-12-05, same machine, the two builds run back to back).
 //!
 //! # Security model (what is promised, and where it is tested)
 //!
@@ -36,12 +46,14 @@
 //!   file for the key bytes in several encodings).
 //! - Memory is not readable by the same uid (non-dumpable) and not dumped (RLIMIT_CORE = 0,
 //!   MADV_DONTDUMP); keys are locked in RAM. See [`hardening`] for what this cannot promise.
-//! - A log never forks or rolls back (state fsynced before the answer; refusals counted in
-//!   `allowly_signer_fork_attempts_total` and written to the audit log).
+//! - A log never forks or rolls back (its journal record and audit line fsynced before the
+//!   answer; a failed write is cut back out of the journal, never followed by a good record;
+//!   refusals counted in `allowly_signer_fork_attempts_total` and written to the audit log).
 
 pub mod audit;
 pub mod error;
 pub mod hardening;
+pub mod journal;
 pub mod keystore;
 pub mod metrics;
 pub mod server;
@@ -55,7 +67,7 @@ use std::sync::Arc;
 use dashmap::DashMap;
 use ractor::ActorRef;
 
-use crate::audit::AuditLog;
+use crate::journal::{Journal, JournalOptions};
 use crate::keystore::KeyStore;
 use crate::metrics::Metrics;
 use crate::workspace::WsMsg;
@@ -67,17 +79,44 @@ pub struct WsHandle {
     pub queued: Arc<AtomicUsize>,
 }
 
+/// Locks that serialise loading and creating one workspace, sharded by workspace id: a load
+/// waits for the journal (its record, then its `resumed` line), and with one global lock a
+/// restart would load thousands of workspaces one journal round trip at a time. Loads of
+/// workspaces in different shards proceed together and share the journal's fsyncs.
+#[derive(Debug)]
+pub struct LoadLocks([tokio::sync::Mutex<()>; LOAD_SHARDS]);
+
+const LOAD_SHARDS: usize = 64;
+
+impl Default for LoadLocks {
+    fn default() -> Self {
+        Self(std::array::from_fn(|_| tokio::sync::Mutex::new(())))
+    }
+}
+
+impl LoadLocks {
+    /// The lock of `ws`'s shard.
+    pub async fn lock(&self, ws: &str) -> tokio::sync::MutexGuard<'_, ()> {
+        use std::hash::{Hash as _, Hasher as _};
+        let mut h = std::hash::DefaultHasher::new();
+        ws.hash(&mut h);
+        // Reduced modulo the shard count, so the index is always in range.
+        self.0[(h.finish() % LOAD_SHARDS as u64) as usize].lock().await
+    }
+}
+
 /// State shared by the listener, the connections and the workspace actors.
 #[derive(Debug)]
 pub struct Shared {
     pub dir: PathBuf,
     pub keystore: KeyStore,
-    pub audit: AuditLog,
+    /// Every workspace's durable log state and the audit log, behind one writer thread.
+    pub journal: Journal,
     pub metrics: Metrics,
     /// Workspace id → actor. Lock-free reads on the hot path.
     pub workspaces: DashMap<String, WsHandle>,
-    /// Serialises loading/creating workspaces so an actor is spawned once.
-    pub load_lock: tokio::sync::Mutex<()>,
+    /// Serialises loading/creating a workspace so its actor is spawned once.
+    pub load_lock: LoadLocks,
     /// Uids allowed to connect.
     pub allowed_uids: Vec<u32>,
 }
@@ -95,10 +134,11 @@ impl Shared {
         } else {
             keystore::MasterKey::create_file(&key_file)?
         };
+        let metrics = Metrics::new();
         Ok(Arc::new(Shared {
             keystore: KeyStore::open(dir, master)?,
-            audit: AuditLog::open(dir)?,
-            metrics: Metrics::new(),
+            journal: Journal::open(dir, JournalOptions::default(), metrics.clone())?,
+            metrics,
             workspaces: Default::default(),
             load_lock: Default::default(),
             allowed_uids: vec![rustix::process::geteuid().as_raw()],

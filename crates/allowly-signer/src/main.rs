@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use allowly_signer::audit::AuditLog;
 use allowly_signer::hardening::{harden_process, is_non_dumpable};
+use allowly_signer::journal::{Journal, JournalOptions};
 use allowly_signer::keystore::{KeyStore, MasterKey};
 use allowly_signer::metrics::Metrics;
 use allowly_signer::{server, Shared};
@@ -28,7 +28,7 @@ enum Command {
     },
     /// Run the signer.
     Serve {
-        /// Data directory (keys, log states, audit log).
+        /// Data directory (keys, journal of log states, audit log).
         #[arg(long)]
         dir: PathBuf,
         /// Unix socket to listen on; its directory must be 0700 (or 0710 for a separate service user).
@@ -132,10 +132,12 @@ fn serve(
         probe_mlock()?;
     }
     allowed_uids.push(rustix::process::geteuid().as_raw());
+    let metrics = Metrics::new();
     let shared = Arc::new(Shared {
         keystore: KeyStore::open(&dir, master)?,
-        audit: AuditLog::open(&dir)?,
-        metrics: Metrics::new(),
+        // Recovers the journal (cutting a torn tail, refusing a corrupt record) before serving.
+        journal: Journal::open(&dir, JournalOptions::default(), metrics.clone())?,
+        metrics,
         workspaces: Default::default(),
         load_lock: Default::default(),
         allowed_uids,

@@ -23,8 +23,22 @@ pub struct Metrics {
     /// Leaves per signature. Buckets: powers of 4 from 1 to 4096 (the protocol's batch limit;
     /// coalesced groups can exceed it, hence the last bucket at 65536).
     pub leaves_per_signature: Histogram,
-    /// Time to make one signed batch durable (state + audit fsync). Buckets 0.1 ms .. 1 s.
+    /// Time from handing a signed group to the journal writer until its record and audit line
+    /// are durable (queueing behind the writer's current group included). Buckets 0.1 ms .. 1 s.
     pub persist_seconds: Histogram,
+    /// Journal records made durable by one journal fdatasync: how many signed groups (of any
+    /// workspaces) share an fsync. Buckets: powers of 4 from 1 to 4096, then 16384 (the
+    /// writer takes at most 8192 submissions into one group).
+    pub journal_records_per_fsync: Histogram,
+    /// fdatasync calls by file (`journal`, `audit`): divided by `checkpoints_signed`, the
+    /// fsyncs paid per signature.
+    pub fsyncs: IntCounterVec,
+    /// Journal groups (or compactions) that failed; their submitters got errors.
+    pub journal_failures: IntCounter,
+    /// Journal compactions completed.
+    pub journal_compactions: IntCounter,
+    /// Current size of the journal file in bytes.
+    pub journal_bytes: IntGauge,
     /// Key material that could not be locked in memory.
     pub mlock_failures: IntCounter,
     /// Workspace actors currently loaded.
@@ -52,9 +66,14 @@ impl Metrics {
             let _ = registry.register(Box::new(h.clone()));
             h
         };
-        let workspaces_loaded = IntGauge::new("allowly_signer_workspaces_loaded", "Workspace actors loaded")
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).unwrap_or_else(|e| unreachable!("static metric {name}: {e}"));
+            let _ = registry.register(Box::new(g.clone()));
+            g
+        };
+        let fsyncs = IntCounterVec::new(Opts::new("allowly_signer_fsyncs_total", "fdatasync calls by file"), &["file"])
             .unwrap_or_else(|e| unreachable!("static metric: {e}"));
-        let _ = registry.register(Box::new(workspaces_loaded.clone()));
+        let _ = registry.register(Box::new(fsyncs.clone()));
         Self {
             requests,
             peer_rejected: counter("allowly_signer_peer_rejected_total", "Connections refused: peer uid not allowed"),
@@ -72,11 +91,23 @@ impl Metrics {
             ),
             persist_seconds: hist(
                 "allowly_signer_persist_seconds",
-                "Time to make a signed batch durable",
+                "Time to make a signed group durable (journal and audit fsync, queueing included)",
                 vec![0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0],
             ),
+            journal_records_per_fsync: hist(
+                "allowly_signer_journal_records_per_fsync",
+                "Journal records made durable by one fdatasync",
+                vec![1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0],
+            ),
+            fsyncs,
+            journal_failures: counter(
+                "allowly_signer_journal_failures_total",
+                "Journal writes or compactions that failed (their submitters got errors)",
+            ),
+            journal_compactions: counter("allowly_signer_journal_compactions_total", "Journal compactions completed"),
+            journal_bytes: gauge("allowly_signer_journal_bytes", "Size of the journal file"),
             mlock_failures: counter("allowly_signer_mlock_failures_total", "Key material that could not be locked"),
-            workspaces_loaded,
+            workspaces_loaded: gauge("allowly_signer_workspaces_loaded", "Workspace actors loaded"),
             registry,
         }
     }

@@ -16,7 +16,9 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::audit::{Entry, Event};
 use crate::error::{Result, SignerError};
-use crate::state::StateFile;
+use crate::journal::Record;
+use crate::keystore::WorkspaceKeys;
+use crate::state::LogState;
 use crate::workspace::{now_ms, WorkspaceActor, WsArgs, WsMsg, MAX_QUEUED};
 use crate::{Shared, WsHandle};
 
@@ -193,35 +195,48 @@ async fn send(tx: &mpsc::Sender<Vec<u8>>, id: u64, resp: &Response) {
     let _ = tx.send(out).await;
 }
 
+/// Runs `f` on the blocking pool (key files are read, written and fsynced there, never on a
+/// tokio worker).
+async fn blocking<T: Send + 'static>(
+    shared: &Arc<Shared>,
+    f: impl FnOnce(&Shared) -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let shared = shared.clone();
+    tokio::task::spawn_blocking(move || f(&shared))
+        .await
+        .map_err(|e| SignerError::Io(std::io::Error::other(format!("blocking task: {e}"))))?
+}
+
 /// Finds (loading if needed) the workspace's actor.
 async fn workspace(shared: &Arc<Shared>, ws: &str) -> Result<WsHandle> {
     if let Some(h) = shared.workspaces.get(ws) {
         return Ok(h.clone());
     }
-    let _guard = shared.load_lock.lock().await;
+    let _guard = shared.load_lock.lock(ws).await;
     if let Some(h) = shared.workspaces.get(ws) {
         return Ok(h.clone());
     }
-    let (keys, file, durable) = tokio::task::block_in_place(|| -> Result<_> {
-        let keys = shared.keystore.load(ws)?;
-        let (file, durable) = StateFile::open(&shared.dir, ws)?;
-        Ok((keys, file, durable))
+    let name = ws.to_owned();
+    let keys = blocking(shared, move |s| s.keystore.load(&name)).await?;
+    // Keys without a log record: starting again from size 0 would fork the log.
+    let durable = shared.journal.load(ws).await?.ok_or_else(|| {
+        SignerError::Corrupt(format!("log state of {ws} is missing from the journal; refusing to restart the log"))
     })?;
     if !keys.active.is_locked() {
         shared.metrics.mlock_failures.inc();
     }
-    spawn(shared, ws, keys, file, durable).await
+    spawn(shared, ws, keys, durable, true).await
 }
 
 async fn spawn(
     shared: &Arc<Shared>,
     ws: &str,
-    keys: crate::keystore::WorkspaceKeys,
-    file: StateFile,
-    durable: crate::state::LogState,
+    keys: WorkspaceKeys,
+    durable: LogState,
+    resumed: bool,
 ) -> Result<WsHandle> {
     let queued = Arc::new(AtomicUsize::new(0));
-    let args = WsArgs { ws: ws.to_owned(), keys, file, durable, shared: shared.clone(), queued: queued.clone() };
+    let args = WsArgs { ws: ws.to_owned(), keys, durable, shared: shared.clone(), queued: queued.clone(), resumed };
     let (actor, _join) = Actor::spawn(None, WorkspaceActor, args)
         .await
         .map_err(|e| SignerError::Io(std::io::Error::other(format!("spawning workspace actor: {e}"))))?;
@@ -231,28 +246,33 @@ async fn spawn(
 }
 
 async fn create(shared: &Arc<Shared>, ws: &str, peer_uid: u32) -> Result<Response> {
-    let _guard = shared.load_lock.lock().await;
-    let (keys, file) = tokio::task::block_in_place(|| -> Result<_> {
-        if shared.keystore.exists(ws) {
+    let _guard = shared.load_lock.lock(ws).await;
+    let name = ws.to_owned();
+    let new = blocking(shared, move |s| {
+        if s.keystore.exists(&name) {
             return Err(SignerError::WorkspaceExists);
         }
-        // The empty log's state goes first: keys without a log state refuse to load.
-        let file = StateFile::create(&shared.dir, ws)?;
-        let keys = shared.keystore.create(ws, now_ms())?;
-        shared.audit.record(&Entry {
-            time: allowly_receipt::types::Timestamp::from_unix_ms(now_ms())?,
-            event: Event::Created,
-            workspace_id: ws,
-            size: 0,
-            root: None,
-            key_id: Some(hex::encode(keys.active_key_id())),
-            peer_uid: Some(peer_uid),
-            detail: None,
-        })?;
-        Ok((keys, file))
-    })?;
+        s.keystore.prepare(&name, now_ms())
+    })
+    .await?;
+    // The empty log's record goes first (durable, with its `created` audit line): keys without
+    // a log record refuse to load. The journal refuses it if it holds a non-empty log for `ws`.
+    let entry = Entry {
+        time: allowly_receipt::types::Timestamp::from_unix_ms(now_ms())?,
+        event: Event::Created,
+        workspace_id: ws,
+        size: 0,
+        root: None,
+        key_id: Some(new.key_id().to_owned()),
+        peer_uid: Some(peer_uid),
+        detail: None,
+    };
+    let record = Record::create(ws, &entry)?;
+    let line = entry.line()?;
+    shared.journal.write(Some(record), line).await?;
+    let keys = blocking(shared, move |s| s.keystore.commit_new(new)).await?;
     let infos = keys.infos.clone();
-    spawn(shared, ws, keys, file, crate::state::LogState::empty()).await?;
+    spawn(shared, ws, keys, LogState::empty(), false).await?;
     Ok(Response::Keys { keys: infos })
 }
 
@@ -294,8 +314,15 @@ async fn dispatch(shared: &Arc<Shared>, req: Request, peer_uid: u32) -> Dispatch
         Request::RotateKey { workspace_id, expected_size } => {
             enqueue(shared, &workspace_id, |reply| WsMsg::Rotate { expected_size, peer_uid, reply }).await
         }
-        Request::AppendBatch { workspace_id, expected_size, leaves } => {
-            enqueue(shared, &workspace_id, |reply| WsMsg::Append { expected_size, leaves, peer_uid, reply }).await
+        Request::AppendBatch { workspace_id, expected_size, leaves, want_proofs } => {
+            enqueue(shared, &workspace_id, |reply| WsMsg::Append {
+                expected_size,
+                leaves,
+                want_proofs,
+                peer_uid,
+                reply,
+            })
+            .await
         }
     };
     match queued {

@@ -1,12 +1,18 @@
 //! One ractor actor per workspace owns that workspace's private key and log state. Appends from
 //! many callers are coalesced: an append only queues and schedules a `Flush` behind everything
 //! already in the mailbox, so one signature covers every batch that arrived meanwhile.
+//!
+//! A signed group is released only once its journal record and audit line are durable. The
+//! actor *awaits* that (the journal writer thread does the IO; no tokio worker blocks), and
+//! handles no other message meanwhile: a workspace has at most one group in flight, its records
+//! reach the journal in order, and the appends that arrive during the wait form its next group.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use allowly_receipt::merkle::{Frontier, Hash};
+use allowly_receipt::merkle::{node_hash, Frontier, Hash};
 use allowly_receipt::note::{self, Checkpoint, NoteVerifier};
 use allowly_receipt::types::{
     log_origin, EventKind, HexHash, ReceiptBody, RotatedKey, Timestamp, FORMAT_VERSION, TIME_EXTENSION_PREFIX,
@@ -19,12 +25,17 @@ use tokio::sync::oneshot;
 
 use crate::audit::{Entry, Event};
 use crate::error::{Result, SignerError};
+use crate::journal::Record;
 use crate::keystore::WorkspaceKeys;
-use crate::state::{LogState, StateFile};
+use crate::state::LogState;
 use crate::Shared;
 
 /// Most requests that may wait in one workspace's mailbox; more are answered `Busy`.
 pub const MAX_QUEUED: usize = 16_384;
+
+/// Most leaves one coalesced group signs (what is left waits for the next group). Bounds the
+/// size of one journal record, which carries the group's leaves for the replay of a lost answer.
+pub const MAX_GROUP_LEAVES: usize = 65_536;
 
 /// Where an answer goes.
 pub type Reply = oneshot::Sender<Result<Response>>;
@@ -35,6 +46,7 @@ pub enum WsMsg {
     Append {
         expected_size: u64,
         leaves: Vec<Hash>,
+        want_proofs: bool,
         peer_uid: u32,
         reply: Reply,
     },
@@ -57,6 +69,7 @@ pub enum WsMsg {
 struct PendingAppend {
     expected_size: u64,
     leaves: Vec<Hash>,
+    want_proofs: bool,
     peer_uid: u32,
     reply: Reply,
 }
@@ -69,8 +82,7 @@ pub struct WsState {
     keys: WorkspaceKeys,
     durable: LogState,
     frontier: Frontier,
-    file: StateFile,
-    pending: Vec<PendingAppend>,
+    pending: VecDeque<PendingAppend>,
     flush_scheduled: bool,
     shared: Arc<Shared>,
     queued: Arc<AtomicUsize>,
@@ -81,10 +93,11 @@ pub struct WsState {
 pub struct WsArgs {
     pub ws: String,
     pub keys: WorkspaceKeys,
-    pub file: StateFile,
     pub durable: LogState,
     pub shared: Arc<Shared>,
     pub queued: Arc<AtomicUsize>,
+    /// Loaded from the journal (not just created): write a `resumed` audit line first.
+    pub resumed: bool,
 }
 
 /// The actor type.
@@ -112,21 +125,25 @@ impl Actor for WorkspaceActor {
             keys: a.keys,
             frontier,
             durable: a.durable,
-            file: a.file,
-            pending: Vec::new(),
+            pending: VecDeque::new(),
             flush_scheduled: false,
             shared: a.shared,
             queued: a.queued,
         };
-        s.audit(Event::Resumed, None, None)?;
+        if a.resumed {
+            // Durable before the actor answers anything: it covers a crash between the journal's
+            // fsync and the audit log's (see `audit`).
+            let line = s.audit_line(s.durable.size, Event::Resumed, None, None)?;
+            s.shared.journal.write(None, line).await?;
+        }
         s.shared.metrics.workspaces_loaded.inc();
         Ok(s)
     }
 
     async fn handle(&self, myself: ActorRef<WsMsg>, msg: WsMsg, s: &mut WsState) -> Result<(), ActorProcessingErr> {
         match msg {
-            WsMsg::Append { expected_size, leaves, peer_uid, reply } => {
-                s.pending.push(PendingAppend { expected_size, leaves, peer_uid, reply });
+            WsMsg::Append { expected_size, leaves, want_proofs, peer_uid, reply } => {
+                s.pending.push_back(PendingAppend { expected_size, leaves, want_proofs, peer_uid, reply });
                 if !s.flush_scheduled {
                     s.flush_scheduled = true;
                     // Lands behind every message already queued: they all join this signature.
@@ -135,13 +152,13 @@ impl Actor for WorkspaceActor {
             }
             WsMsg::Flush => {
                 s.flush_scheduled = false;
-                s.flush();
+                s.flush().await;
             }
             WsMsg::Rotate { expected_size, peer_uid, reply } => {
                 s.dequeued();
                 // Appends queued before the rotation are signed by the old key first.
-                s.flush();
-                let _ = reply.send(s.rotate(expected_size, peer_uid));
+                s.flush().await;
+                let _ = reply.send(s.rotate(expected_size, peer_uid).await);
             }
             WsMsg::ListKeys { reply } => {
                 s.dequeued();
@@ -157,25 +174,57 @@ impl Actor for WorkspaceActor {
     }
 }
 
+/// Appends `leaves` to `f` without building any inclusion proof: each new complete node is
+/// hashed once, as in [`Frontier::append`], but no proof vectors or node lists are allocated.
+/// What an `AppendBatch` without `want_proofs` (the service's normal call) costs.
+pub fn extend(f: &mut Frontier, leaves: &[Hash]) -> Result<()> {
+    let mut size = f.size();
+    size.checked_add(leaves.len() as u64)
+        .ok_or_else(|| SignerError::InvalidArgument("the log would exceed 2^64 - 1 leaves".into()))?;
+    let mut peaks = f.peaks().to_vec();
+    for leaf in leaves {
+        // Peaks are stored largest first, so the smallest (rightmost) subtrees are at the end:
+        // each trailing one bit of the size merges one of them into the new leaf's subtree.
+        let mut h = *leaf;
+        let mut n = size;
+        while n & 1 == 1 {
+            let left = peaks.pop().ok_or_else(|| SignerError::Corrupt("frontier has too few peaks".into()))?;
+            h = node_hash(&left, &h);
+            n >>= 1;
+        }
+        peaks.push(h);
+        size += 1;
+    }
+    *f = Frontier::from_parts(size, peaks)?;
+    Ok(())
+}
+
 /// The signer's whole CPU work for one batch: extend the frontier by `leaves`, sign one
-/// checkpoint of the new tree, and return the note with every new leaf's inclusion proof.
-/// (Public so the benchmark measures exactly this code.)
+/// checkpoint of the new tree, and return the note, with every new leaf's inclusion proof if
+/// `want_proofs` (else no proofs). (Public so the benchmark measures exactly this code.)
 pub fn sign_batch(
     f: &mut Frontier,
     leaves: &[Hash],
     origin: &str,
     key: &ed25519_dalek::SigningKey,
     time_ms: u64,
+    want_proofs: bool,
 ) -> Result<(String, Vec<Vec<Hash>>)> {
-    let appended = f.append(leaves)?;
+    let (root, proofs) = if want_proofs {
+        let appended = f.append(leaves)?;
+        (appended.root, appended.proofs)
+    } else {
+        extend(f, leaves)?;
+        (f.root(), Vec::new())
+    };
     let text = Checkpoint {
         origin: origin.to_owned(),
         size: f.size(),
-        root: appended.root,
+        root,
         extensions: vec![format!("{TIME_EXTENSION_PREFIX}{}", ts(time_ms))],
     }
     .to_text()?;
-    Ok((note::sign_note(&text, origin, key)?, appended.proofs))
+    Ok((note::sign_note(&text, origin, key)?, proofs))
 }
 
 impl WsState {
@@ -183,14 +232,10 @@ impl WsState {
         self.queued.fetch_sub(1, Ordering::Relaxed);
     }
 
-    fn audit(&self, event: Event, peer_uid: Option<u32>, detail: Option<String>) -> std::io::Result<()> {
-        self.audit_at(self.durable.size, event, peer_uid, detail)
-    }
-
     /// An audit line naming `size` as the log size it speaks of (a refusal inside a coalesced
     /// group is checked against the group's running size, not the last durable one).
-    fn audit_at(&self, size: u64, event: Event, peer_uid: Option<u32>, detail: Option<String>) -> std::io::Result<()> {
-        let e = Entry {
+    fn audit_line(&self, size: u64, event: Event, peer_uid: Option<u32>, detail: Option<String>) -> Result<Vec<u8>> {
+        Entry {
             time: ts(now_ms()),
             event,
             workspace_id: &self.ws,
@@ -204,8 +249,19 @@ impl WsState {
             key_id: Some(hex::encode(self.keys.active_key_id())),
             peer_uid,
             detail,
-        };
-        tokio::task::block_in_place(|| self.shared.audit.record(&e))
+        }
+        .line()
+    }
+
+    /// Writes refusal lines (durable before the refusals are answered, like every audit line);
+    /// a failure is logged, the refusals stand.
+    async fn audit_refusals(&self, lines: Vec<u8>) {
+        if lines.is_empty() {
+            return;
+        }
+        if let Err(e) = self.shared.journal.write(None, lines).await {
+            tracing::error!(workspace = %self.ws, error = %e, "could not write refusal audit lines");
+        }
     }
 
     /// Checkpoint time: the wall clock, but never before the previous checkpoint (and strictly
@@ -222,19 +278,8 @@ impl WsState {
         now_ms().max(floor)
     }
 
-    /// Makes `next` durable (state record, then audit line). On failure nothing changes in memory.
-    fn commit(&mut self, next: LogState, frontier: Frontier, event: Event, peer: Option<u32>) -> Result<()> {
-        let started = Instant::now();
-        tokio::task::block_in_place(|| self.file.append(&next))?;
-        self.durable = next;
-        self.frontier = frontier;
-        self.audit(event, peer, None)?;
-        self.shared.metrics.persist_seconds.observe(started.elapsed().as_secs_f64());
-        Ok(())
-    }
-
     /// A lost answer retried verbatim: the same leaves at the same place in the last signed
-    /// group get the same checkpoint and proofs again, with no new signature.
+    /// group get the same checkpoint again (and their proofs, if asked), with no new signature.
     fn replay(&self, p: &PendingAppend) -> Option<Response> {
         let prev = self.durable.prev_frontier().ok()?;
         let group = self.durable.group();
@@ -243,83 +288,119 @@ impl WsState {
         if group.get(offset..end)? != p.leaves.as_slice() || prev.size() + group.len() as u64 != self.durable.size {
             return None;
         }
-        let mut f = prev;
-        let appended = f.append(&group).ok()?;
+        let proofs = if p.want_proofs {
+            let mut f = prev;
+            let appended = f.append(&group).ok()?;
+            appended.proofs.get(offset..end)?.to_vec()
+        } else {
+            Vec::new()
+        };
         Some(Response::Appended {
             old_size: p.expected_size,
             new_size: p.expected_size + p.leaves.len() as u64,
             checkpoint: self.durable.checkpoint.clone()?,
-            proofs: appended.proofs.get(offset..end)?.to_vec(),
+            proofs,
         })
     }
 
-    fn flush(&mut self) {
-        let batch = std::mem::take(&mut self.pending);
-        if batch.is_empty() {
-            return;
+    /// Signs everything pending, in groups of at most [`MAX_GROUP_LEAVES`] leaves.
+    async fn flush(&mut self) {
+        while !self.pending.is_empty() {
+            let mut group = Vec::new();
+            let mut leaves = 0usize;
+            while let Some(p) = self.pending.front() {
+                if !group.is_empty() && leaves + p.leaves.len() > MAX_GROUP_LEAVES {
+                    break;
+                }
+                leaves += p.leaves.len();
+                if let Some(p) = self.pending.pop_front() {
+                    group.push(p);
+                }
+            }
+            self.queued.fetch_sub(group.len(), Ordering::Relaxed);
+            self.sign_pending(group).await;
         }
-        self.queued.fetch_sub(batch.len(), Ordering::Relaxed);
+    }
+
+    async fn sign_pending(&mut self, group: Vec<PendingAppend>) {
         let mut running = self.frontier.size();
-        let mut accepted: Vec<(PendingAppend, u64)> = Vec::with_capacity(batch.len());
+        let mut accepted: Vec<PendingAppend> = Vec::with_capacity(group.len());
         let mut leaves: Vec<Hash> = Vec::new();
-        for p in batch {
+        let mut refused: Vec<(PendingAppend, u64)> = Vec::new();
+        let mut refusal_lines = Vec::new();
+        for p in group {
             if p.expected_size == running {
                 running += p.leaves.len() as u64;
                 leaves.extend_from_slice(&p.leaves);
-                accepted.push((p, leaves.len() as u64));
+                accepted.push(p);
             } else if let Some(resp) = self.replay(&p) {
                 let _ = p.reply.send(Ok(resp));
             } else {
                 self.shared.metrics.fork_attempts.inc();
                 tracing::warn!(workspace = %self.ws, expected = p.expected_size, current = running, peer_uid = p.peer_uid, "refused an append that would fork or roll back the log");
-                let _ = self.audit_at(
-                    running,
-                    Event::Refused,
-                    Some(p.peer_uid),
-                    Some(format!("expected_size {} but log has {running}", p.expected_size)),
-                );
-                let _ = p.reply.send(Err(SignerError::SizeMismatch { expected: p.expected_size, current: running }));
+                let detail = format!("expected_size {} but log has {running}", p.expected_size);
+                match self.audit_line(running, Event::Refused, Some(p.peer_uid), Some(detail)) {
+                    Ok(line) => refusal_lines.extend_from_slice(&line),
+                    Err(e) => tracing::error!(workspace = %self.ws, error = %e, "refusal audit line"),
+                }
+                refused.push((p, running));
             }
         }
         if accepted.is_empty() {
-            return;
+            self.audit_refusals(refusal_lines).await;
+        } else {
+            let time = self.next_time(false);
+            let want_proofs = accepted.iter().any(|p| p.want_proofs);
+            let peer = accepted.last().map(|p| p.peer_uid);
+            // The refusal lines ride along with the group's record: one wait, one fsync.
+            match self.sign_group(&leaves, time, Event::Checkpoint, peer, want_proofs, refusal_lines).await {
+                Ok((checkpoint, proofs)) => {
+                    let mut start = 0usize;
+                    for p in accepted {
+                        let end = start + p.leaves.len();
+                        let proofs = match p.want_proofs {
+                            true => proofs.get(start..end).map(<[_]>::to_vec).unwrap_or_default(),
+                            false => Vec::new(),
+                        };
+                        start = end;
+                        let resp = Response::Appended {
+                            old_size: p.expected_size,
+                            new_size: p.expected_size + p.leaves.len() as u64,
+                            checkpoint: checkpoint.clone(),
+                            proofs,
+                        };
+                        let _ = p.reply.send(Ok(resp));
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(workspace = %self.ws, error = %e, "signing a batch failed; nothing was released");
+                    for p in accepted {
+                        let _ = p.reply.send(Err(SignerError::Io(std::io::Error::other("signing failed"))));
+                    }
+                }
+            }
         }
-        let time = self.next_time(false);
-        match self.sign_group(&leaves, time, Event::Checkpoint, accepted.last().map(|(p, _)| p.peer_uid)) {
-            Ok((checkpoint, proofs)) => {
-                let mut start = 0usize;
-                for (p, end) in accepted {
-                    let end = end as usize;
-                    let resp = Response::Appended {
-                        old_size: p.expected_size,
-                        new_size: p.expected_size + p.leaves.len() as u64,
-                        checkpoint: checkpoint.clone(),
-                        proofs: proofs[start..end].to_vec(),
-                    };
-                    start = end;
-                    let _ = p.reply.send(Ok(resp));
-                }
-            }
-            Err(e) => {
-                tracing::error!(workspace = %self.ws, error = %e, "signing a batch failed; nothing was released");
-                for (p, _) in accepted {
-                    let _ = p.reply.send(Err(SignerError::Io(std::io::Error::other("signing failed"))));
-                }
-            }
+        for (p, current) in refused {
+            let _ = p.reply.send(Err(SignerError::SizeMismatch { expected: p.expected_size, current }));
         }
     }
 
-    /// Appends `leaves`, signs one checkpoint, makes it durable. Returns the note and proofs.
-    fn sign_group(
+    /// Appends `leaves`, signs one checkpoint, and makes the new state durable (journal record
+    /// and audit line, plus `extra_audit` lines) before returning the note and proofs. On
+    /// failure nothing changes in memory and the signature is dropped unseen.
+    async fn sign_group(
         &mut self,
         leaves: &[Hash],
         time: u64,
         event: Event,
         peer: Option<u32>,
+        want_proofs: bool,
+        mut extra_audit: Vec<u8>,
     ) -> Result<(String, Vec<Vec<Hash>>)> {
         let prev = self.frontier.clone();
         let mut next = prev.clone();
-        let (checkpoint, proofs) = sign_batch(&mut next, leaves, &self.origin, self.keys.active.signing_key(), time)?;
+        let (checkpoint, proofs) =
+            sign_batch(&mut next, leaves, &self.origin, self.keys.active.signing_key(), time, want_proofs)?;
         let state = LogState {
             size: next.size(),
             peaks: next.peaks().iter().copied().map(HexHash).collect(),
@@ -329,8 +410,24 @@ impl WsState {
             prev_peaks: prev.peaks().iter().copied().map(HexHash).collect(),
             last_group: leaves.iter().copied().map(HexHash).collect(),
         };
-        self.commit(state, next, event, peer)?;
+        let entry = Entry {
+            time: ts(now_ms()),
+            event,
+            workspace_id: &self.ws,
+            size: next.size(),
+            root: Some(B64.encode(next.root())),
+            key_id: Some(hex::encode(self.keys.active_key_id())),
+            peer_uid: peer,
+            detail: None,
+        };
+        let record = Record::new(&self.ws, &state, &entry)?;
+        extra_audit.extend_from_slice(&entry.line()?);
+        let started = Instant::now();
+        self.shared.journal.write(Some(record), extra_audit).await?;
+        self.durable = state;
+        self.frontier = next;
         let m = &self.shared.metrics;
+        m.persist_seconds.observe(started.elapsed().as_secs_f64());
         m.checkpoints_signed.inc();
         m.leaves_signed.inc_by(leaves.len() as u64);
         m.leaves_per_signature.observe(leaves.len() as f64);
@@ -339,23 +436,24 @@ impl WsState {
 
     /// Rotates the key and logs the rotation as a `key.rotated` leaf at `expected_size`, signed
     /// by the new key. The new key is durable in the key store before it signs anything.
-    fn rotate(&mut self, expected_size: u64, peer_uid: u32) -> Result<Response> {
+    async fn rotate(&mut self, expected_size: u64, peer_uid: u32) -> Result<Response> {
         if expected_size != self.frontier.size() {
             self.shared.metrics.fork_attempts.inc();
             let current = self.frontier.size();
             tracing::warn!(workspace = %self.ws, expected = expected_size, current, peer_uid, "refused a rotation that would fork or roll back the log");
             // Audited like a refused append: it is the same fork/rollback attempt.
-            let _ = self.audit(
-                Event::Refused,
-                Some(peer_uid),
-                Some(format!("rotation: expected_size {expected_size} but log has {current}")),
-            );
+            let detail = format!("rotation: expected_size {expected_size} but log has {current}");
+            let line = self.audit_line(current, Event::Refused, Some(peer_uid), Some(detail))?;
+            self.audit_refusals(line).await;
             return Err(SignerError::SizeMismatch { expected: expected_size, current });
         }
         let time = self.next_time(true);
         let old_id = hex::encode(self.keys.active_key_id());
-        let keys = tokio::task::block_in_place(|| self.shared.keystore.rotate(&self.ws, time))?;
-        self.keys = keys;
+        let (shared, ws) = (self.shared.clone(), self.ws.clone());
+        // The key file write (and its fsyncs) runs on the blocking pool, not on a tokio worker.
+        self.keys = tokio::task::spawn_blocking(move || shared.keystore.rotate(&ws, time))
+            .await
+            .map_err(|e| SignerError::Io(std::io::Error::other(format!("key rotation task: {e}"))))??;
         let verifier = NoteVerifier::new(&self.origin, self.keys.active.verifying_key())?;
         let body = ReceiptBody {
             v: FORMAT_VERSION,
@@ -384,11 +482,54 @@ impl WsState {
         };
         let bytes = body.canonical_bytes()?;
         let leaf = allowly_receipt::merkle::leaf_hash(&bytes);
-        let (checkpoint, proofs) = self.sign_group(&[leaf], time, Event::Rotation, Some(peer_uid))?;
+        let (checkpoint, proofs) =
+            self.sign_group(&[leaf], time, Event::Rotation, Some(peer_uid), true, Vec::new()).await?;
         let proof = proofs.into_iter().next().unwrap_or_default();
         Ok(Response::Rotated {
             keys: self.keys.infos.clone(),
             rotation: SignedLeaf { body: bytes, log_index: expected_size, proof, checkpoint },
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use allowly_receipt::merkle::leaf_hash;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The proof-less append reaches exactly the frontier (size, peaks, root) of the one
+        /// that builds proofs, from any starting size, in any number of steps.
+        #[test]
+        fn extend_matches_frontier_append(start in 0usize..300, steps in proptest::collection::vec(1usize..70, 1..5)) {
+            let mut a = Frontier::new();
+            let first: Vec<Hash> = (0..start).map(|i| leaf_hash(&i.to_be_bytes())).collect();
+            a.append(&first).unwrap();
+            let mut b = a.clone();
+            let mut i = start;
+            for n in steps {
+                let batch: Vec<Hash> = (i..i + n).map(|i| leaf_hash(&i.to_be_bytes())).collect();
+                i += n;
+                a.append(&batch).unwrap();
+                extend(&mut b, &batch).unwrap();
+                prop_assert_eq!(a.size(), b.size());
+                prop_assert_eq!(a.peaks(), b.peaks());
+                prop_assert_eq!(a.root(), b.root());
+            }
+        }
+    }
+
+    #[test]
+    fn sign_batch_with_and_without_proofs_signs_the_same_tree() {
+        let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+        let leaves: Vec<Hash> = (0..37u64).map(|i| leaf_hash(&i.to_be_bytes())).collect();
+        let (mut a, mut b) = (Frontier::new(), Frontier::new());
+        let (note_a, proofs_a) = sign_batch(&mut a, &leaves, "o", &key, 5, true).unwrap();
+        let (note_b, proofs_b) = sign_batch(&mut b, &leaves, "o", &key, 5, false).unwrap();
+        assert_eq!(note_a, note_b, "Ed25519 is deterministic: same tree, same note");
+        assert_eq!(proofs_a.len(), 37);
+        assert!(proofs_b.is_empty());
     }
 }

@@ -17,7 +17,7 @@ use allowly_receipt::note::parse_signed_note;
 use allowly_receipt::types::{AnyReceipt, HexHash, SignedReceipt, STATUS_SIGNED};
 use allowly_receipt::verify::{verify_receipt, Outcome};
 use allowly_signer_proto::client::{AppendOutcome, ClientError, SignerClient};
-use allowly_signer_proto::{ErrorCode, ErrorReply, Request, Response, MAX_FRAME};
+use allowly_signer_proto::{ErrorCode, ErrorReply, Request, Response, MAX_FRAME, PROTOCOL_VERSION};
 use support::*;
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::UnixStream;
@@ -74,7 +74,7 @@ async fn appended_checkpoints_and_proofs_verify_against_the_published_key() {
     let mut last_time = None;
     for n in [1, 3, 17] {
         let batch = leaves(ws, all.len(), n);
-        let out = c.append_batch(ws, all.len() as u64, batch.clone()).await.unwrap();
+        let out = c.append_batch_with_proofs(ws, all.len() as u64, batch.clone()).await.unwrap();
         assert_eq!(out.old_size, all.len() as u64);
         all.extend_from_slice(&batch);
         let cp = check_appended(ws, &all, &batch, &out, &v);
@@ -119,7 +119,13 @@ async fn pipelined_appends_on_one_connection_all_succeed_and_share_signatures() 
         let expected_size = all.len() as u64;
         wire.extend(frame(
             i as u64 + 1,
-            &Request::AppendBatch { workspace_id: ws.into(), expected_size, leaves: batch.clone() },
+            // Half ask for proofs: a coalesced group serves both kinds.
+            &Request::AppendBatch {
+                workspace_id: ws.into(),
+                expected_size,
+                leaves: batch.clone(),
+                want_proofs: i % 2 == 0,
+            },
         ));
         all.extend_from_slice(&batch);
         sent.push((expected_size, batch));
@@ -139,7 +145,11 @@ async fn pipelined_appends_on_one_connection_all_succeed_and_share_signatures() 
             Response::Appended { old_size, new_size, checkpoint, proofs } => {
                 let out = AppendOutcome { old_size, new_size, checkpoint, proofs };
                 assert_eq!(out.old_size, *expected_size);
-                check_appended(ws, &all, batch, &out, &v);
+                if i % 2 == 0 {
+                    check_appended(ws, &all, batch, &out, &v);
+                } else {
+                    check_appended_without_proofs(ws, &all, batch, &out, &v);
+                }
                 distinct.insert(out.checkpoint);
             }
             other => failures.push(format!("request {} (expected_size {expected_size}): {other:?}", i + 1)),
@@ -178,7 +188,7 @@ async fn racing_connections_append_exactly_once_with_compare_and_swap() {
                 loop {
                     attempts += 1;
                     assert!(attempts < 1000, "task {t} batch {b}: no progress");
-                    match c.append_batch(ws, guess, batch.clone()).await {
+                    match c.append_batch_with_proofs(ws, guess, batch.clone()).await {
                         Ok(out) => {
                             guess = out.new_size;
                             done.push((batch, out));
@@ -227,7 +237,7 @@ async fn rotation_keeps_old_checkpoints_valid_and_logs_a_verifiable_key_rotated_
     let mut before = Vec::new();
     for n in [2, 3] {
         let batch = leaves(ws, all.len(), n);
-        let out = c.append_batch(ws, all.len() as u64, batch.clone()).await.unwrap();
+        let out = c.append_batch_with_proofs(ws, all.len() as u64, batch.clone()).await.unwrap();
         all.extend_from_slice(&batch);
         check_appended(ws, &all, &batch, &out, std::slice::from_ref(&old_v));
         before.push(out.checkpoint);
@@ -293,7 +303,7 @@ async fn rotation_keeps_old_checkpoints_valid_and_logs_a_verifiable_key_rotated_
 
     // After the rotation the new key signs; the old key was no longer valid at that time.
     let batch = leaves(ws, all.len(), 4);
-    let out = c.append_batch(ws, all.len() as u64, batch.clone()).await.unwrap();
+    let out = c.append_batch_with_proofs(ws, all.len() as u64, batch.clone()).await.unwrap();
     all.extend_from_slice(&batch);
     check_appended(ws, &all, &batch, &out, std::slice::from_ref(&new_v));
     signed_by_key_valid_at_its_time(ws, &out.checkpoint, &trusted);
@@ -335,7 +345,7 @@ async fn kill9_and_restart_continue_exactly_from_the_last_answered_checkpoint() 
             // applied → replayed with the same checkpoint; not applied → appended now.
             let applied = latest.size == at + batch.len() as u64;
             assert!(applied || latest.size == at, "after a crash mid-append the log has {} leaves", latest.size);
-            let out = c.append_batch(ws, at, batch.clone()).await.unwrap();
+            let out = c.append_batch_with_proofs(ws, at, batch.clone()).await.unwrap();
             all.extend_from_slice(&batch);
             check_appended(ws, &all, &batch, &out, &v);
             if applied {
@@ -351,7 +361,7 @@ async fn kill9_and_restart_continue_exactly_from_the_last_answered_checkpoint() 
         let old_root = last.as_ref().map(|n| open_checkpoint(ws, n, &v).0.root);
         for _ in 0..rng.range(1, 4) {
             let batch = leaves(ws, all.len(), rng.range(1, 25) as usize);
-            let out = c.append_batch(ws, all.len() as u64, batch.clone()).await.unwrap();
+            let out = c.append_batch_with_proofs(ws, all.len() as u64, batch.clone()).await.unwrap();
             all.extend_from_slice(&batch);
             check_appended(ws, &all, &batch, &out, &v);
             last = Some(out.checkpoint);
@@ -373,7 +383,12 @@ async fn kill9_and_restart_continue_exactly_from_the_last_answered_checkpoint() 
             // Crash with an append in flight.
             let batch = leaves(ws, all.len(), rng.range(1, 9) as usize);
             let mut raw = UnixStream::connect(&sock).await.unwrap();
-            let req = Request::AppendBatch { workspace_id: ws.into(), expected_size: all.len() as u64, leaves: batch };
+            let req = Request::AppendBatch {
+                workspace_id: ws.into(),
+                expected_size: all.len() as u64,
+                leaves: batch,
+                want_proofs: false,
+            };
             raw.write_all(&frame(1, &req)).await.unwrap();
             let Request::AppendBatch { expected_size, leaves, .. } = req else { unreachable!() };
             unanswered = Some((expected_size, leaves));
@@ -396,7 +411,7 @@ async fn forks_and_rollbacks_are_refused_counted_and_audited_and_a_lost_answer_i
     let a = leaves(ws, 0, 4);
     let out_a = c.append_batch(ws, 0, a.clone()).await.unwrap();
     let b = leaves(ws, 4, 6);
-    let out_b = c.append_batch(ws, 4, b.clone()).await.unwrap();
+    let out_b = c.append_batch_with_proofs(ws, 4, b.clone()).await.unwrap();
     let all: Vec<Hash> = [a.clone(), b.clone()].concat();
     check_appended(ws, &all, &b, &out_b, &v);
     let size = all.len() as u64;
@@ -434,10 +449,14 @@ async fn forks_and_rollbacks_are_refused_counted_and_audited_and_a_lost_answer_i
 
     // The exact last batch again (its answer was "lost"): same checkpoint, valid proofs, no new
     // signature, log unchanged.
-    let replay = c.append_batch(ws, 4, b.clone()).await.unwrap();
+    let replay = c.append_batch_with_proofs(ws, 4, b.clone()).await.unwrap();
     assert_eq!(replay.checkpoint, out_b.checkpoint, "a retry of the last batch must get the same checkpoint");
     assert_eq!(replay.proofs, out_b.proofs);
     check_appended(ws, &all, &b, &replay, &v);
+    // Replayed again without proofs (what the service asks): same checkpoint, no proofs.
+    let bare = c.append_batch(ws, 4, b.clone()).await.unwrap();
+    assert_eq!(bare.checkpoint, out_b.checkpoint);
+    check_appended_without_proofs(ws, &all, &b, &bare, &v);
     let m2 = metrics(&c).await;
     assert_eq!(metric(&m2, "allowly_signer_checkpoints_signed_total"), signed0, "the replay signed something");
     assert_eq!(metric(&m2, "allowly_signer_fork_attempts_total") - forks0, 4.0, "the replay counted as a fork");
@@ -581,7 +600,15 @@ async fn malformed_frames_get_errors_or_a_closed_connection_and_the_signer_stays
 
     let mut st = UnixStream::connect(&sock).await.unwrap();
     let append = |id, ws: &str| {
-        frame(id, &Request::AppendBatch { workspace_id: ws.into(), expected_size: 0, leaves: vec![[7; 32]] })
+        frame(
+            id,
+            &Request::AppendBatch {
+                workspace_id: ws.into(),
+                expected_size: 0,
+                leaves: vec![[7; 32]],
+                want_proofs: false,
+            },
+        )
     };
     let truncated = {
         let full = append(103, "ws_x");
@@ -595,11 +622,12 @@ async fn malformed_frames_get_errors_or_a_closed_connection_and_the_signer_stays
         body.extend_from_slice(b"ws_x");
         body.extend_from_slice(&0u64.to_be_bytes());
         body.extend_from_slice(&0u32.to_be_bytes());
-        raw_frame(1, 0x05, 105, &body)
+        raw_frame(PROTOCOL_VERSION, 0x05, 105, &body)
     };
     let cases: Vec<(Vec<u8>, u64, ErrorCode)> = vec![
-        (raw_frame(2, 0x01, 101, &[]), 101, ErrorCode::UnsupportedVersion),
-        (raw_frame(1, 0x42, 102, &[]), 102, ErrorCode::UnknownKind),
+        // Version 1 (before want_proofs) is refused like any other.
+        (raw_frame(1, 0x01, 101, &[]), 101, ErrorCode::UnsupportedVersion),
+        (raw_frame(PROTOCOL_VERSION, 0x42, 102, &[]), 102, ErrorCode::UnknownKind),
         (truncated, 103, ErrorCode::BadFrame),
         (append(104, "ws_nobody_created"), 104, ErrorCode::UnknownWorkspace),
         (empty_batch, 105, ErrorCode::InvalidArgument),
@@ -641,7 +669,7 @@ async fn malformed_frames_get_errors_or_a_closed_connection_and_the_signer_stays
     fresh_client.ping().await.unwrap();
     let v = vec![verifier("ws_after", &fresh_client.create_key("ws_after").await.unwrap()[0])];
     let batch = leaves("ws_after", 0, 3);
-    let out = fresh_client.append_batch("ws_after", 0, batch.clone()).await.unwrap();
+    let out = fresh_client.append_batch_with_proofs("ws_after", 0, batch.clone()).await.unwrap();
     check_appended("ws_after", &batch, &batch, &out, &v);
     let bad = metric(&metrics(&c).await, "allowly_signer_bad_frames_total") - bad0;
     assert!(bad >= 7.0, "bad frames not counted: {bad}");
@@ -663,7 +691,7 @@ async fn a_workspace_whose_log_state_vanished_is_refused_not_restarted() {
     s.kill9();
     drop(c);
 
-    std::fs::remove_file(dir.join("logs").join(format!("{ws}.state"))).unwrap();
+    std::fs::remove_file(dir.join("journal")).unwrap();
     let mut s = Signer::serve(&dir, &sock);
     let c = s.ready().await;
     for (at, what) in [(0, "append at 0 (a restarted log)"), (out.new_size, "append at the old size")] {
@@ -672,7 +700,10 @@ async fn a_workspace_whose_log_state_vanished_is_refused_not_restarted() {
     }
     assert_eq!(remote(c.latest_checkpoint(ws).await, "LatestCheckpoint").code, ErrorCode::Internal);
     assert_eq!(remote(c.rotate_key(ws, 0).await, "RotateKey").code, ErrorCode::Internal);
-    assert!(!dir.join("logs").join(format!("{ws}.state")).exists(), "the signer recreated the log state");
+    assert_eq!(remote(c.create_key(ws).await, "CreateKey").code, ErrorCode::WorkspaceExists);
+    let journal = std::fs::read(dir.join("journal")).unwrap();
+    let needle = format!("\"ws\":\"{ws}\"");
+    assert!(!journal.windows(needle.len()).any(|w| w == needle.as_bytes()), "the signer recreated the log state");
     eventually(
         "the refusal in the signer's log",
         || s.diagnostics(),
@@ -682,6 +713,211 @@ async fn a_workspace_whose_log_state_vanished_is_refused_not_restarted() {
     // Other workspaces are unaffected.
     c.create_key("ws_fine").await.unwrap();
     c.append_batch("ws_fine", 0, leaves("ws_fine", 0, 1)).await.unwrap();
+
+    // The other way round: the journal keeps a log whose keys vanished. Creating the workspace
+    // again would restart that log at 0 (a fork); it is refused.
+    std::fs::remove_file(dir.join("keys").join("ws_fine.json")).unwrap();
+    s.kill9();
+    drop(c);
+    let mut s = Signer::serve(&dir, &sock);
+    let c = s.ready().await;
+    assert_eq!(remote(c.create_key("ws_fine").await, "CreateKey over a kept log").code, ErrorCode::Internal);
+    assert!(!dir.join("keys").join("ws_fine.json").exists(), "keys created over an existing log");
+    // A workspace whose creation wrote its (empty) record but not its keys can be created again.
+    c.create_key("ws_new").await.unwrap();
+    std::fs::remove_file(dir.join("keys").join("ws_new.json")).unwrap();
+    s.kill9();
+    drop(c);
+    let mut s = Signer::serve(&dir, &sock);
+    let c = s.ready().await;
+    c.create_key("ws_new").await.unwrap();
+    c.append_batch("ws_new", 0, leaves("ws_new", 0, 2)).await.unwrap();
+}
+
+/// Appends without proofs (the service's call): the checkpoint covers exactly our leaves, the
+/// answer carries no proofs, and it is the same tree as with proofs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_without_proofs_sign_the_same_log_and_send_no_proofs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, sock) = fresh(tmp.path());
+    let mut s = Signer::serve(&dir, &sock);
+    let c = s.ready().await;
+    let ws = "ws_noproofs";
+    let v = vec![verifier(ws, &c.create_key(ws).await.unwrap()[0])];
+    let mut all: Vec<Hash> = Vec::new();
+    for (i, n) in [1usize, 2, 7, 64, 1, 300].into_iter().enumerate() {
+        let batch = leaves(ws, all.len(), n);
+        let at = all.len() as u64;
+        all.extend_from_slice(&batch);
+        if i % 2 == 0 {
+            let out = c.append_batch(ws, at, batch.clone()).await.unwrap();
+            check_appended_without_proofs(ws, &all, &batch, &out, &v);
+        } else {
+            let out = c.append_batch_with_proofs(ws, at, batch.clone()).await.unwrap();
+            check_appended(ws, &all, &batch, &out, &v);
+        }
+    }
+    assert_eq!(c.latest_checkpoint(ws).await.unwrap().size, all.len() as u64);
+}
+
+/// Audit lines: one per created workspace, per signed checkpoint and per load, all whole JSON;
+/// the journal costs at most two fsyncs per signed group, shared across workspaces.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_workspaces_appending_at_once_are_all_signed_and_audited() {
+    const WORKSPACES: usize = 40;
+    const ROUNDS: usize = 5;
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, sock) = fresh(tmp.path());
+    let mut s = Signer::serve(&dir, &sock);
+    let c = s.ready().await;
+    for w in 0..WORKSPACES {
+        c.create_key(format!("ws_many_{w}")).await.unwrap();
+    }
+    let m0 = metrics(&c).await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for w in 0..WORKSPACES {
+        let c = c.clone();
+        tasks.spawn(async move {
+            let ws = format!("ws_many_{w}");
+            let mut size = 0u64;
+            for r in 0..ROUNDS {
+                let out = c.append_batch(ws.clone(), size, leaves(&ws, r, 1)).await.unwrap();
+                size = out.new_size;
+            }
+            (ws, size)
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        let (ws, size) = r.unwrap();
+        assert_eq!(c.latest_checkpoint(ws).await.unwrap().size, ROUNDS as u64);
+        assert_eq!(size, ROUNDS as u64);
+    }
+    let m1 = metrics(&c).await;
+    let signed =
+        metric(&m1, "allowly_signer_checkpoints_signed_total") - metric(&m0, "allowly_signer_checkpoints_signed_total");
+    assert_eq!(signed as usize, WORKSPACES * ROUNDS, "one checkpoint per sequential batch");
+    let fsyncs = metric(&m1, "allowly_signer_fsyncs_total{file=\"journal\"}")
+        - metric(&m0, "allowly_signer_fsyncs_total{file=\"journal\"}");
+    assert!(fsyncs >= 1.0 && fsyncs <= signed, "journal fsyncs {fsyncs} for {signed} signatures");
+    let checkpoints = s.audit().into_iter().filter(|l| l["event"] == "checkpoint").count();
+    assert_eq!(checkpoints, WORKSPACES * ROUNDS, "one audit line per signed checkpoint");
+
+    // After a restart every workspace continues where it was, with a `resumed` line.
+    s.kill9();
+    drop(c);
+    let mut s = Signer::serve(&dir, &sock);
+    let c = s.ready().await;
+    for w in 0..WORKSPACES {
+        let ws = format!("ws_many_{w}");
+        c.append_batch(ws.clone(), ROUNDS as u64, leaves(&ws, ROUNDS, 1)).await.unwrap();
+    }
+    let resumed = s.audit().into_iter().filter(|l| l["event"] == "resumed").count();
+    assert_eq!(resumed, WORKSPACES);
+}
+
+/// Unmounts (lazily) the tmpfs a test mounted, whatever happens to the test.
+struct Mount(std::path::PathBuf);
+
+impl Mount {
+    /// A tmpfs of `size` at `at` (we run as root; CI too).
+    fn tmpfs(at: &Path, size: &str) -> Self {
+        std::fs::create_dir_all(at).unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
+            .arg(at)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "mount tmpfs: {}", String::from_utf8_lossy(&out.stderr));
+        Self(at.to_owned())
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Fills the filesystem of `dir` with a file until a write fails with ENOSPC.
+fn fill(dir: &Path) -> std::path::PathBuf {
+    use std::io::Write as _;
+    let path = dir.join("filler");
+    let mut f = std::fs::File::create(&path).unwrap();
+    let chunk = vec![0x55u8; 4096];
+    loop {
+        match f.write(&chunk) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error()) => break,
+            Err(e) => panic!("filling the disk: {e}"),
+        }
+    }
+    path
+}
+
+/// A real full disk (a small tmpfs): appends fail (nothing signed leaves), the journal is not
+/// torn, appends work again once there is space, and a restart continues from exactly the last
+/// acknowledged checkpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_fails_appends_cleanly_and_they_resume_when_space_returns() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mnt = tmp.path().join("small");
+    let _mount = Mount::tmpfs(&mnt, "4m");
+    let (dir, sock) = fresh(&mnt);
+    let mut s = Signer::serve(&dir, &sock);
+    let c = s.ready().await;
+    let ws = "ws_full";
+    let v = vec![verifier(ws, &c.create_key(ws).await.unwrap()[0])];
+    let mut all: Vec<Hash> = Vec::new();
+    let mut last = None;
+    for _ in 0..3 {
+        let batch = leaves(ws, all.len(), 8);
+        let out = c.append_batch(ws, all.len() as u64, batch.clone()).await.unwrap();
+        all.extend_from_slice(&batch);
+        check_appended_without_proofs(ws, &all, &batch, &out, &v);
+        last = Some(out.checkpoint);
+    }
+
+    let filler = fill(&mnt);
+    // The journal's last page may have room for a few more records; then writes must fail.
+    let mut refused = None;
+    for _ in 0..10_000 {
+        let batch = leaves(ws, all.len(), 64);
+        match c.append_batch(ws, all.len() as u64, batch.clone()).await {
+            Ok(out) => {
+                all.extend_from_slice(&batch);
+                check_appended_without_proofs(ws, &all, &batch, &out, &v);
+                last = Some(out.checkpoint);
+            }
+            Err(e) => {
+                refused = Some(e);
+                break;
+            }
+        }
+    }
+    let e = remote(refused.map_or(Ok(()), Err), "append on a full disk");
+    assert_eq!(e.code, ErrorCode::Internal, "{e}");
+    // Nothing of the failed group was kept: the log is where the last answer left it.
+    let latest = c.latest_checkpoint(ws).await.unwrap();
+    assert_eq!((latest.size, latest.checkpoint.as_ref()), (all.len() as u64, last.as_ref()));
+    assert!(metric(&metrics(&c).await, "allowly_signer_journal_failures_total") >= 1.0);
+
+    std::fs::remove_file(&filler).unwrap();
+    let batch = leaves(ws, all.len(), 5);
+    let out = c.append_batch(ws, all.len() as u64, batch.clone()).await.unwrap();
+    all.extend_from_slice(&batch);
+    check_appended_without_proofs(ws, &all, &batch, &out, &v);
+    last = Some(out.checkpoint);
+
+    s.kill9();
+    drop(c);
+    let mut s = Signer::serve(&dir, &sock);
+    let c = s.ready().await;
+    let latest = c.latest_checkpoint(ws).await.unwrap();
+    assert_eq!((latest.size, latest.checkpoint.as_ref()), (all.len() as u64, last.as_ref()), "after restart");
+    assert!(!s.stderr().contains("torn"), "the journal was torn:\n{}", s.diagnostics());
+    let batch = leaves(ws, all.len(), 1);
+    c.append_batch(ws, all.len() as u64, batch).await.unwrap();
 }
 
 #[test]

@@ -20,11 +20,17 @@ pub fn sample_requests() -> Vec<Request> {
         Request::CreateKey { workspace_id: "acme_prod-1".into() },
         Request::ListKeys { workspace_id: "a".into() },
         Request::RotateKey { workspace_id: "Z".repeat(128), expected_size: 7 },
-        Request::AppendBatch { workspace_id: "ws".into(), expected_size: 0, leaves: vec![[0xAB; 32]] },
+        Request::AppendBatch {
+            workspace_id: "ws".into(),
+            expected_size: 0,
+            leaves: vec![[0xAB; 32]],
+            want_proofs: false,
+        },
         Request::AppendBatch {
             workspace_id: "ws-2".into(),
             expected_size: u64::MAX,
             leaves: (0..=255u8).map(|i| [i; 32]).collect(),
+            want_proofs: true,
         },
         Request::LatestCheckpoint { workspace_id: "_-_".into() },
         Request::Metrics,
@@ -62,6 +68,8 @@ pub fn sample_responses() -> Vec<Response> {
             checkpoint: "note".into(),
             proofs: vec![vec![[4; 32], [5; 32]], vec![]],
         },
+        // v2: the answer to an AppendBatch that asked for no proofs.
+        Response::Appended { old_size: 0, new_size: 4096, checkpoint: "note".into(), proofs: vec![] },
         Response::Checkpoint { size: 0, checkpoint: None },
         Response::Checkpoint { size: 12, checkpoint: Some("note\u{0}with nul and \u{1F600}".into()) },
         Response::MetricsText { text: "# TYPE signer_up gauge\nsigner_up 1\n".into() },

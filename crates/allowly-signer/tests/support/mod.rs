@@ -353,10 +353,38 @@ pub fn model_root(all: &[Hash], size: u64) -> Hash {
     root_from(&LeafList(all[..n].to_vec()), size).expect("root")
 }
 
-/// Checks one `Appended` answer for `batch` (placed at `out.old_size`) against the leaves the
-/// test appended (`all` must already hold every leaf the checkpoint covers): signature, origin,
-/// root recomputed from our own leaves, one inclusion proof per leaf. Returns the checkpoint.
+/// Checks one `Appended` answer (from `append_batch_with_proofs`) for `batch` (placed at
+/// `out.old_size`) against the leaves the test appended (`all` must already hold every leaf the
+/// checkpoint covers): signature, origin, root recomputed from our own leaves, one inclusion
+/// proof per leaf. Returns the checkpoint.
 pub fn check_appended(ws: &str, all: &[Hash], batch: &[Hash], out: &AppendOutcome, v: &[NoteVerifier]) -> Checkpoint {
+    let cp = check_covered(ws, all, batch, out, v);
+    assert_eq!(out.proofs.len(), batch.len(), "one proof per leaf");
+    for (i, (leaf, proof)) in batch.iter().zip(&out.proofs).enumerate() {
+        let index = out.old_size + i as u64;
+        assert_eq!(&all[index as usize], leaf, "the test's own bookkeeping");
+        verify_inclusion(leaf, index, cp.size, proof, &cp.root)
+            .unwrap_or_else(|e| panic!("inclusion proof of leaf {index} in tree {} fails: {e}", cp.size));
+    }
+    cp
+}
+
+/// [`check_appended`] for an answer to `append_batch` (no proofs asked): everything but the
+/// proofs, and there must be none.
+pub fn check_appended_without_proofs(
+    ws: &str,
+    all: &[Hash],
+    batch: &[Hash],
+    out: &AppendOutcome,
+    v: &[NoteVerifier],
+) -> Checkpoint {
+    let cp = check_covered(ws, all, batch, out, v);
+    assert!(out.proofs.is_empty(), "proofs sent although none were asked for");
+    cp
+}
+
+/// Sizes, signature, origin, and a root recomputed from our own leaves.
+fn check_covered(ws: &str, all: &[Hash], batch: &[Hash], out: &AppendOutcome, v: &[NoteVerifier]) -> Checkpoint {
     assert_eq!(out.new_size, out.old_size + batch.len() as u64, "sizes in the answer");
     let (cp, _) = open_checkpoint(ws, &out.checkpoint, v);
     assert!(
@@ -366,13 +394,6 @@ pub fn check_appended(ws: &str, all: &[Hash], batch: &[Hash], out: &AppendOutcom
         out.new_size
     );
     assert_eq!(cp.root, model_root(all, cp.size), "checkpoint root is not the root of the leaves we appended");
-    assert_eq!(out.proofs.len(), batch.len(), "one proof per leaf");
-    for (i, (leaf, proof)) in batch.iter().zip(&out.proofs).enumerate() {
-        let index = out.old_size + i as u64;
-        assert_eq!(&all[index as usize], leaf, "the test's own bookkeeping");
-        verify_inclusion(leaf, index, cp.size, proof, &cp.root)
-            .unwrap_or_else(|e| panic!("inclusion proof of leaf {index} in tree {} fails: {e}", cp.size));
-    }
     cp
 }
 
