@@ -25,8 +25,7 @@ use allowly_receipt::types::{
     Decision, EventKind, Grant as ReceiptGrant, HexHash, ReceiptBody, Timestamp, FORMAT_VERSION,
 };
 use allowly_store::{
-    ApiKeyRecord, AuthorizationRecord, DocKind, Durability, Op, ReceiptRecord, Role, ScopeRule, WorkspaceRecord,
-    WriteBatch,
+    ApiKeyRecord, AuthorizationRecord, DocKind, Op, ReceiptRecord, Role, ScopeRule, WorkspaceRecord, WriteBatch,
 };
 use allowly_webhooks::model::{DisabledReason, Endpoint, EventType};
 use allowly_webhooks::{CreatedWebhook, NewWebhook, WebhookView};
@@ -145,6 +144,13 @@ pub(crate) enum WsMsg {
     },
     /// Commit everything staged (sent by the actor to itself).
     Flush,
+    /// Group `group`, decided in state generation `epoch`, is durable (`ok`) or failed (sent by
+    /// the committer after the group's answers went out).
+    Committed {
+        epoch: u64,
+        group: u64,
+        ok: bool,
+    },
     /// Stop if idle (sent by the actor to itself).
     IdleCheck,
 }
@@ -223,18 +229,33 @@ pub(crate) struct WsState {
     shared: Arc<Shared>,
     ws: WorkspaceRecord,
     rules: BTreeMap<String, Rule>,
+    myself: ActorRef<WsMsg>,
     /// Authorizations as of the last staged request (ahead of the store until the commit).
     auths: HashMap<String, AuthorizationRecord>,
+    /// `auth_state_hash` per authorization with the `revoked_at_ms` it was computed for: the
+    /// only input of the hash that changes during an authorization's life (a canonical JSON
+    /// serialisation and two SHA-256s per check otherwise).
+    state_hashes: std::cell::RefCell<HashMap<String, (Option<u64>, HexHash)>>,
     next_index: u64,
     ops: Vec<Op>,
     done: Vec<Done>,
-    /// Documents written by staged ops (ahead of the store until the commit).
-    overlay: HashMap<(DocKind, String), serde_json::Value>,
-    /// API keys written by staged ops, by id (ahead of the store until the commit).
-    staged_keys: HashMap<String, ApiKeyRecord>,
-    /// The webhook endpoints after the staged changes, while some are staged (`None`: as
-    /// committed, see `Shared::endpoints`).
+    /// The state generation: a new one after every reload (see `commit.rs`).
+    epoch: u64,
+    /// The number of the group being staged; groups before it are with the committer or done.
+    group: u64,
+    /// Completes when the last submitted group has been answered (awaited before stopping, so
+    /// a successor reads everything this actor acknowledged).
+    last_commit: Option<oneshot::Receiver<()>>,
+    /// Documents written by staged or in-flight groups (ahead of the store until their commit),
+    /// with the group that wrote them.
+    overlay: HashMap<(DocKind, String), (serde_json::Value, u64)>,
+    /// API keys written by staged or in-flight groups, by id, with the group that wrote them.
+    staged_keys: HashMap<String, (ApiKeyRecord, u64)>,
+    /// The webhook endpoints as this actor last changed them (`None`: as committed, see
+    /// `Shared::endpoints`). The actor is their only writer, so its own list stays right.
     endpoints: Option<Vec<Endpoint>>,
+    /// Whether the staged group changes the endpoints (published once it is durable).
+    endpoints_changed: bool,
     /// Whether the staged ops enqueue webhook deliveries (the worker is woken after the commit).
     wake_webhooks: bool,
     flush_scheduled: bool,
@@ -279,13 +300,19 @@ impl Actor for WorkspaceActor {
             rules: rules_of(&a.ws),
             shared: a.shared,
             ws: a.ws,
+            myself,
             auths: HashMap::new(),
+            state_hashes: Default::default(),
             next_index: a.next_index,
             ops: Vec::new(),
             done: Vec::new(),
+            epoch: crate::commit::new_epoch(),
+            group: 0,
+            last_commit: None,
             overlay: HashMap::new(),
             staged_keys: HashMap::new(),
             endpoints: None,
+            endpoints_changed: false,
             wake_webhooks: false,
             flush_scheduled: false,
             last_active: Instant::now(),
@@ -295,8 +322,12 @@ impl Actor for WorkspaceActor {
     }
 
     async fn post_stop(&self, myself: ActorRef<WsMsg>, s: &mut WsState) -> Result<(), ActorProcessingErr> {
-        // Nothing staged may be lost silently (a drain can leave a Flush undeliverable).
+        // Nothing staged may be lost silently (a drain can leave a Flush undeliverable), and a
+        // successor must find every acknowledged write in the store.
         s.flush().await;
+        if let Some(last) = s.last_commit.take() {
+            let _ = last.await;
+        }
         s.shared.actors.remove_if(&s.ws.id, |_, h| h.actor.get_id() == myself.get_id());
         s.shared.metrics.actors_live.dec();
         Ok(())
@@ -307,6 +338,27 @@ impl Actor for WorkspaceActor {
             WsMsg::Flush => {
                 s.flush_scheduled = false;
                 s.flush().await;
+                return Ok(());
+            }
+            WsMsg::Committed { epoch, group, ok } => {
+                if epoch == s.epoch {
+                    if ok {
+                        // The store has what these groups wrote now.
+                        s.overlay.retain(|_, (_, g)| *g > group);
+                        s.staged_keys.retain(|_, (_, g)| *g > group);
+                    } else {
+                        // What is staged now was decided on top of the failed group: it fails
+                        // too, before anything is decided on the reloaded state.
+                        tracing::warn!(workspace = %s.ws.id, "a commit failed; reloading workspace state");
+                        s.ops.clear();
+                        for d in std::mem::take(&mut s.done) {
+                            d(Err(EngineError::Store(allowly_store::StoreError::Engine(
+                                "an earlier commit of this workspace failed; retry".into(),
+                            ))));
+                        }
+                        s.reload();
+                    }
+                }
                 return Ok(());
             }
             WsMsg::IdleCheck => {
@@ -383,7 +435,7 @@ impl Actor for WorkspaceActor {
                 let r = s.sweep_idempotency(ids);
                 s.stage(r, reply);
             }
-            WsMsg::Flush | WsMsg::IdleCheck => {}
+            WsMsg::Flush | WsMsg::IdleCheck | WsMsg::Committed { .. } => {}
         }
         if !s.done.is_empty() && !s.flush_scheduled {
             s.flush_scheduled = true;
@@ -488,8 +540,8 @@ impl WsState {
     /// overlay.
     fn doc<D: DeserializeOwned>(&self, kind: DocKind, id: &str) -> Result<Option<(D, bool)>> {
         let (v, staged) = match self.overlay.get(&(kind, id.to_owned())) {
-            Some(serde_json::Value::Null) => return Ok(None),
-            Some(v) => (v.clone(), true),
+            Some((serde_json::Value::Null, _)) => return Ok(None),
+            Some((v, _)) => (v.clone(), true),
             None => match self.shared.store.doc(kind, &self.ws.id, id)? {
                 Some(v) => (v, false),
                 None => return Ok(None),
@@ -501,12 +553,14 @@ impl WsState {
 
     fn put_doc<D: Serialize>(&mut self, ops: &mut Vec<Op>, kind: DocKind, id: &str, d: &D) -> Result<()> {
         let v = serde_json::to_value(d).map_err(|e| EngineError::Internal(e.to_string()))?;
-        self.overlay.insert((kind, id.to_owned()), v.clone());
+        self.overlay.insert((kind, id.to_owned()), (v.clone(), self.group));
         ops.push(Op::PutDoc { kind, workspace_id: self.ws.id.clone(), id: id.to_owned(), doc: v });
         Ok(())
     }
 
-    /// Commits everything staged with one synced write, then answers.
+    /// Hands everything staged to the committer as one group and goes on: the group's answers
+    /// leave once its synced write returned (see `commit.rs`), while this actor decides the
+    /// next group. Waits only if the committer's queue is full.
     async fn flush(&mut self) {
         if self.done.is_empty() {
             return;
@@ -517,51 +571,54 @@ impl WsState {
             workspace_id: self.ws.id.clone(),
             meta: allowly_store::LogMeta { next_index: self.next_index },
         });
-        let store = self.shared.store.clone();
-        let m = &self.shared.metrics;
-        m.commit_batch.observe(done.len() as f64);
-        let t = Instant::now();
-        let res = tokio::task::spawn_blocking(move || store.write(WriteBatch { ops }, Durability::Sync)).await;
-        m.commit_seconds.observe(t.elapsed().as_secs_f64());
-        let res = match res {
-            Ok(r) => r.map_err(EngineError::Store),
-            Err(e) => Err(EngineError::Internal(format!("commit task: {e}"))),
-        };
-        match res {
-            Ok(()) => {
-                // The store has every staged document now.
-                self.overlay.clear();
-                self.staged_keys.clear();
-                if let Some(list) = self.endpoints.take() {
-                    self.shared.endpoints.publish(&self.ws.id, list);
+        let (group, epoch, next_index) = (self.group, self.epoch, self.next_index);
+        self.group += 1;
+        let publish = if std::mem::take(&mut self.endpoints_changed) { self.endpoints.clone() } else { None };
+        let wake = std::mem::take(&mut self.wake_webhooks);
+        let (shared, ws, me) = (self.shared.clone(), self.ws.id.clone(), self.myself.clone());
+        let (finished, last) = oneshot::channel();
+        self.last_commit = Some(last);
+        let requests = done.len();
+        // Runs on the committer thread, in commit order.
+        let completion: crate::commit::Completion = Box::new(move |res: Result<()>| {
+            let failure = res.err().map(|e| e.to_string());
+            if failure.is_none() {
+                if let Some(list) = publish {
+                    shared.endpoints.publish(&ws, list);
                 }
-                if std::mem::take(&mut self.wake_webhooks) {
-                    self.shared.webhook_wake.notify_one();
+                if wake {
+                    shared.webhook_wake.notify_one();
                 }
-                for d in done {
-                    d(Ok(()));
-                }
-                self.shared.pipelines.notify(&self.shared, &self.ws.id, self.next_index);
             }
-            Err(e) => {
-                m.commit_failures.inc();
-                tracing::error!(workspace = %self.ws.id, error = %e, "group commit failed; reloading workspace state");
-                let msg = e.to_string();
-                for d in done {
-                    d(Err(EngineError::Store(allowly_store::StoreError::Engine(msg.clone()))));
-                }
-                self.reload();
+            for d in done {
+                d(match &failure {
+                    None => Ok(()),
+                    Some(msg) => Err(EngineError::Store(allowly_store::StoreError::Engine(msg.clone()))),
+                });
             }
-        }
+            if failure.is_none() {
+                shared.pipelines.notify(&shared, &ws, next_index);
+            }
+            // Refused only while the actor drains; it then waits for `finished` instead.
+            let _ = me.send_message(WsMsg::Committed { epoch, group, ok: failure.is_none() });
+            let _ = finished.send(());
+        });
+        let batch = WriteBatch { ops };
+        let sub = crate::commit::Submission { ws: self.ws.id.clone(), epoch, batch, requests, done: completion };
+        self.shared.committer.submit(sub).await;
     }
 
     /// Forgets everything not known to be durable. If even the reload fails, the next request
     /// fails too and reloads again (the state stays "unknown", never guessed).
     fn reload(&mut self) {
+        // Groups already handed over on top of the failed one are refused by the committer
+        // (their epoch failed); everything from here on is decided on the reloaded state.
+        self.epoch = crate::commit::new_epoch();
         self.auths.clear();
         self.overlay.clear();
         self.staged_keys.clear();
         self.endpoints = None;
+        self.endpoints_changed = false;
         self.wake_webhooks = false;
         match (self.shared.store.workspace(&self.ws.id), self.shared.store.log_meta(&self.ws.id)) {
             (Ok(Some(ws)), Ok(meta)) => {
@@ -590,10 +647,27 @@ impl WsState {
         if let Some(a) = &a {
             if self.auths.len() >= MAX_CACHED_AUTHORIZATIONS {
                 self.auths.clear();
+                self.state_hashes.get_mut().clear();
             }
             self.auths.insert(id.to_owned(), a.clone());
         }
         Ok(a)
+    }
+
+    /// `auth_state_hash(a)`, computed once per authorization and revocation state.
+    fn state_hash(&self, a: &AuthorizationRecord) -> Result<HexHash> {
+        let mut cache = self.state_hashes.borrow_mut();
+        if let Some((revoked, h)) = cache.get(&a.id) {
+            if *revoked == a.revoked_at_ms {
+                return Ok(*h);
+            }
+        }
+        let h = auth_state_hash(a)?;
+        if cache.len() >= MAX_CACHED_AUTHORIZATIONS {
+            cache.clear();
+        }
+        cache.insert(a.id.clone(), (a.revoked_at_ms, h));
+        Ok(h)
     }
 
     /// Builds the next receipt of `a`'s trail at the next log index, advancing `a` and `index`
@@ -620,7 +694,7 @@ impl WsState {
             scopes: ev.scopes,
             resource: ev.resource,
             time: ev.time,
-            auth_state_hash: Some(auth_state_hash(a)?),
+            auth_state_hash: Some(self.state_hash(a)?),
             grant: None,
             approval: None,
             escalation_id: None,

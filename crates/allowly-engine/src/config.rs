@@ -12,7 +12,8 @@ pub struct EngineConfig {
     pub idle_timeout: Duration,
     /// Most receipts sent to the signer in one batch.
     pub sign_batch_max: usize,
-    /// Longest a committed receipt waits for more to join its signing batch.
+    /// How long a workspace's signing batch collects commits before it is sent (unless it
+    /// fills first): the signing lag it adds, traded for fewer signatures and signer fsyncs.
     pub sign_batch_delay: Duration,
     /// The signer counts as down when it has not answered for this long (checks then fail
     /// closed with 503).
@@ -50,7 +51,7 @@ impl Default for EngineConfig {
             mailbox_capacity: 4096,
             idle_timeout: Duration::from_secs(300),
             sign_batch_max: 1024,
-            sign_batch_delay: Duration::from_millis(2),
+            sign_batch_delay: Duration::from_millis(10),
             signer_timeout: Duration::from_secs(2),
             confirmation_ttl: Duration::from_secs(300),
             escalation_ttl: Duration::from_secs(24 * 3600),

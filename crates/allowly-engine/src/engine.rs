@@ -71,11 +71,16 @@ impl Engine {
     /// signing pipeline and the signer health probe, and schedules signing of every receipt a
     /// previous run left pending. Must be called inside a tokio runtime.
     pub async fn start(store: Arc<dyn Store>, signer: SignerClient, cfg: EngineConfig) -> Result<Self> {
+        let metrics = Metrics::new();
+        let committer =
+            crate::commit::Committer::start(store.clone(), metrics.clone(), tokio::runtime::Handle::current())
+                .map_err(|e| EngineError::Internal(format!("cannot start the committer thread: {e}")))?;
         let shared = Arc::new(Shared {
             store,
+            committer,
             signer,
             cfg,
-            metrics: Metrics::new(),
+            metrics,
             health: Health::default(),
             actors: Default::default(),
             locks: Default::default(),
@@ -84,6 +89,7 @@ impl Engine {
             endpoints: Default::default(),
             webhook_wake: Default::default(),
             instance_idem: Default::default(),
+            api_keys: Default::default(),
         });
         let engine = Self { shared: shared.clone() };
         shared.probe_signer().await;
@@ -100,7 +106,7 @@ impl Engine {
         let s = shared.clone();
         let pending = blocking(move || {
             let mut out = Vec::new();
-            for ws in s.store.workspaces_with_pending()? {
+            for ws in s.store.workspaces_with_unsigned()? {
                 let next = s.store.log_meta(&ws)?.unwrap_or_default().next_index;
                 out.push((ws, next));
             }
@@ -132,7 +138,7 @@ impl Engine {
         // Let the pipelines sign what was committed.
         loop {
             let store = s.store.clone();
-            let pending = blocking(move || Ok(store.workspaces_with_pending()?)).await;
+            let pending = blocking(move || Ok(store.workspaces_with_unsigned()?)).await;
             match pending {
                 Ok(p) if p.is_empty() => break,
                 Ok(_) if tokio::time::Instant::now() < deadline => {
@@ -169,6 +175,12 @@ impl Engine {
     /// signer does not answer.
     pub async fn metrics_text(&self) -> String {
         let s = &self.shared;
+        // The client counts its waits itself (it knows nothing of Prometheus): catch up.
+        let waits = s.signer.waits_total();
+        let seen = s.metrics.signer_waits.get();
+        if waits > seen {
+            s.metrics.signer_waits.inc_by(waits - seen);
+        }
         let mut text = s.metrics.text();
         if let Ok(Ok(signer)) = tokio::time::timeout(s.cfg.signer_timeout, s.signer.metrics()).await {
             text.push_str(&signer);
@@ -190,13 +202,20 @@ impl Engine {
             return Ok(None);
         }
         let hash = secret_hash(secret);
+        let cache = &self.shared.api_keys;
+        if let Some(p) = cache.get(&hash) {
+            return Ok(Some(p));
+        }
+        let generation = cache.generation();
         let Some(k) = self.shared.store.api_key_by_hash(&hash)? else { return Ok(None) };
         // The lookup already matched; compare again in constant time so no code path depends
         // on where two hashes first differ.
         if !bool::from(k.key_hash.ct_eq(&hash)) || k.revoked_at_ms.is_some() {
             return Ok(None);
         }
-        Ok(Some(Principal { key_id: k.id, workspace_id: k.workspace_id, roles: k.roles }))
+        let p = Principal { key_id: k.id, workspace_id: k.workspace_id, roles: k.roles };
+        cache.insert(hash, p.clone(), generation);
+        Ok(Some(p))
     }
 
     async fn write(&self, ops: Vec<Op>) -> Result<()> {
@@ -258,12 +277,14 @@ impl Engine {
     pub async fn revoke_api_key(&self, ws: &str, key_id: &str, idem: Option<&str>) -> Result<ApiKeyView> {
         // Checked here so a malformed or foreign id never reaches (or starts) an actor.
         let found = self.shared.store.api_key_by_id(Some(ws), key_id).map_err(not_found_if_invalid("API key"))?;
-        if found.is_none() {
-            return Err(EngineError::NotFound { what: "API key" });
-        }
+        let Some(found) = found else { return Err(EngineError::NotFound { what: "API key" }) };
         let idem = idempotency(idem, "api_key_revoke", &key_id)?;
         let id = key_id.to_owned();
-        self.ask(ws, |reply| WsMsg::RevokeApiKey { id, idem, reply }).await
+        let answer = self.ask(ws, |reply| WsMsg::RevokeApiKey { id, idem, reply }).await;
+        // Whatever the answer (a repeat, a conflict), the key is revoked or about to be: it
+        // leaves the cache before anyone hears so.
+        self.shared.api_keys.revoked(&found.key_hash);
+        answer
     }
 
     /// Deletes the records of `Idempotency-Key`s past their lifetime; answers how many. Runs
@@ -742,8 +763,9 @@ impl Engine {
 
     /// A stored receipt's envelope: signed against `latest` when it is covered by it.
     fn view(&self, r: &ReceiptRecord, latest: Option<&(u64, String)>) -> Result<ReceiptView> {
-        match (r.signed_in, latest) {
-            (Some(_), Some((size, note))) if r.log_index < *size => Ok(ReceiptView::Signed(signed_envelope(
+        // Signed iff the newest checkpoint covers its leaf (nothing in the receipt records it).
+        match latest {
+            Some((size, note)) if r.log_index < *size => Ok(ReceiptView::Signed(signed_envelope(
                 r,
                 self.proof(&r.workspace_id, r.log_index, *size)?,
                 note.clone(),
@@ -760,7 +782,7 @@ impl Engine {
             .receipt(ws, id)
             .map_err(not_found_if_invalid("receipt"))?
             .ok_or(EngineError::NotFound { what: "receipt" })?;
-        let latest = if r.signed_in.is_some() { self.latest(ws)? } else { None };
+        let latest = self.latest(ws)?;
         self.view(&r, latest.as_ref())
     }
 

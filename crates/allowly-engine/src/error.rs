@@ -77,15 +77,16 @@ impl EngineError {
         Self::Invalid { field, message: message.into() }
     }
 
-    /// Classifies a signer client error: outages (connect, timeout, disconnect, busy) versus
-    /// answers that are errors.
+    /// Classifies a signer client error: outages (no connection, no answer in time) versus
+    /// answers that are errors. A busy signer is *not* an outage: it answers, so the caller
+    /// backs off and retries, and checks keep being decided (a busy signer never fails the
+    /// instance closed).
     pub(crate) fn from_signer(e: ClientError) -> Self {
         match e {
             ClientError::Connect { .. }
             | ClientError::Unavailable { .. }
             | ClientError::Disconnected
-            | ClientError::Timeout(_)
-            | ClientError::Busy => Self::SignerUnavailable(e.to_string()),
+            | ClientError::Timeout(_) => Self::SignerUnavailable(e.to_string()),
             other => Self::Signer(other.to_string()),
         }
     }

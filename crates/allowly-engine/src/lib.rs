@@ -8,6 +8,7 @@
 //! same writes as the receipts and signatures that cause them; `allowly-webhooks` delivers them.
 
 mod actor;
+mod commit;
 pub mod config;
 pub mod decide;
 mod engine;

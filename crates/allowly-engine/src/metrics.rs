@@ -20,6 +20,10 @@ pub struct Metrics {
     pub failed_closed: IntCounter,
     /// Receipts (and other records) per group commit. Buckets 1..4096 by powers of 2.
     pub commit_batch: Histogram,
+    /// Actor groups (one workspace each) per synced write.
+    pub commit_groups: Histogram,
+    /// Signer calls that waited for an in-flight slot (back pressure, not an outage).
+    pub signer_waits: IntCounter,
     /// Time of one synced group commit. Buckets 50 µs .. ~1.6 s by powers of 2.
     pub commit_seconds: Histogram,
     /// Group commits that failed (every request in them got an error; the actor reloaded).
@@ -71,8 +75,18 @@ impl Metrics {
             )
             .expect("static metric definition"),
             commit_batch: Histogram::with_opts(
-                HistogramOpts::new("allowly_engine_commit_batch_size", "Requests per group commit")
+                HistogramOpts::new("allowly_engine_commit_batch_size", "Requests per synced write")
                     .buckets(pow2(1.0, 13)),
+            )
+            .expect("static metric definition"),
+            commit_groups: Histogram::with_opts(
+                HistogramOpts::new("allowly_engine_commit_groups", "Workspace groups per synced write (one fsync)")
+                    .buckets(pow2(1.0, 11)),
+            )
+            .expect("static metric definition"),
+            signer_waits: IntCounter::new(
+                "allowly_engine_signer_waits_total",
+                "Signer calls that waited for an in-flight slot (back pressure)",
             )
             .expect("static metric definition"),
             commit_seconds: Histogram::with_opts(
@@ -118,6 +132,8 @@ impl Metrics {
             Box::new(m.idempotency_swept.clone()),
             Box::new(m.failed_closed.clone()),
             Box::new(m.commit_batch.clone()),
+            Box::new(m.commit_groups.clone()),
+            Box::new(m.signer_waits.clone()),
             Box::new(m.commit_seconds.clone()),
             Box::new(m.commit_failures.clone()),
             Box::new(m.actors_live.clone()),

@@ -5,9 +5,11 @@
 //! the `receipt.signed` webhook event, when an endpoint subscribes, so the event exists iff the
 //! signature does.
 //!
-//! Recovery is by construction: the task reads what to sign from the store's pending index,
-//! never from memory, so receipts left pending by a crash are signed when their workspace's
-//! task starts (at engine start for every workspace with pending receipts). If the signer has
+//! What to sign is the range `[signed size, committed size)` of the store's `leaves` index
+//! (leaf hashes only, no body decoded; a seek whose cost does not grow with the log's history).
+//! Recovery is by construction: the task reads what to sign from the store, never from memory,
+//! so receipts left unsigned by a crash are signed when their workspace's task starts (at
+//! engine start for every workspace whose log extends past its newest checkpoint). If the signer has
 //! more leaves than the store knows as signed (an answer lost to a crash or timeout), its
 //! `SizeMismatch` is resolved by fetching its latest checkpoint and checking that its root is
 //! the root of the *stored* leaves; any other disagreement is a divergence: signing stops for
@@ -137,13 +139,20 @@ async fn run(shared: Arc<Shared>, ws: String, id: u64, mut rx: watch::Receiver<u
                 }
             }
         }
-        st.waiting_since.get_or_insert_with(Instant::now);
-        let ready = committed - st.frontier.size();
-        if (ready as usize) < shared.cfg.sign_batch_max && !shared.cfg.sign_batch_delay.is_zero() {
-            // Let a few more commits join this signature (bounded; not on any answer's path).
-            let _ = tokio::time::timeout(shared.cfg.sign_batch_delay, rx.changed()).await;
+        let since = *st.waiting_since.get_or_insert_with(Instant::now);
+        // Let the commits of the next `sign_batch_delay` join this signature, unless the batch
+        // fills first: a signature and the signer's fsyncs cost the same for one leaf as for a
+        // thousand. Not on any answer's path (answers leave at commit); bounds the signing lag.
+        let deadline = tokio::time::Instant::from_std(since + shared.cfg.sign_batch_delay);
+        let mut committed = committed;
+        while ((committed - st.frontier.size()) as usize) < shared.cfg.sign_batch_max {
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => committed = *rx.borrow_and_update(),
+                // The deadline passed, or the registry dropped us (the next loop sees that).
+                _ => break,
+            }
         }
-        match st.round(&shared).await {
+        match st.round(&shared, committed).await {
             Ok(()) => backoff = Duration::from_millis(20),
             Err(Stop::Retry(e)) => {
                 if !matches!(e, EngineError::SignerUnavailable(_)) {
@@ -189,11 +198,13 @@ impl Signing {
         Ok(Self { ws: ws.to_owned(), origin: log_origin(ws), frontier, verifiers, waiting_since: None })
     }
 
-    /// One exchange with the signer: the next batch of pending receipts, or a reconciliation.
-    async fn round(&mut self, shared: &Shared) -> Result<(), Stop> {
+    /// One exchange with the signer: the next batch of committed, unsigned leaves, or a
+    /// reconciliation.
+    async fn round(&mut self, shared: &Shared, committed: u64) -> Result<(), Stop> {
         let from = self.frontier.size();
-        let pending = shared.store.pending(&self.ws, shared.cfg.sign_batch_max.clamp(1, 4096))?;
-        let leaves = contiguous_leaves(&self.ws, from, pending.iter().map(|r| (r.log_index, r.leaf)))?;
+        let max = shared.cfg.sign_batch_max.clamp(1, allowly_signer_proto::MAX_BATCH_LEAVES);
+        let found = read_leaves(shared, &self.ws, from, committed, max).await?;
+        let leaves = contiguous_leaves(&self.ws, from, found.into_iter())?;
         if leaves.is_empty() {
             return Ok(());
         }
@@ -253,8 +264,8 @@ impl Signing {
         let mut leaves = Vec::new();
         let mut at = ours;
         while at < latest.size {
-            let recs = shared.store.receipts_in_range(&self.ws, at, latest.size, 4096)?;
-            let chunk = contiguous_leaves(&self.ws, at, recs.iter().map(|r| (r.log_index, r.leaf)))?;
+            let found = read_leaves(shared, &self.ws, at, latest.size, allowly_signer_proto::MAX_BATCH_LEAVES).await?;
+            let chunk = contiguous_leaves(&self.ws, at, found.into_iter())?;
             if chunk.is_empty() {
                 return Err(Stop::Diverged(format!("stored leaf {at} is missing")));
             }
@@ -265,7 +276,8 @@ impl Signing {
     }
 
     /// Checks `checkpoint` against our own frontier extended by `leaves`, then stores it with
-    /// the new Merkle nodes and marks the receipts signed — one write.
+    /// the new Merkle nodes — one write. Storing the checkpoint is what makes the receipts
+    /// below its size signed: no receipt is rewritten.
     async fn store_signed(
         &mut self,
         shared: &Shared,
@@ -275,7 +287,7 @@ impl Signing {
     ) -> Result<(), Stop> {
         let from = self.frontier.size();
         let mut next = self.frontier.clone();
-        let appended = next.append(leaves).map_err(|e| Stop::Retry(EngineError::Internal(e.to_string())))?;
+        let appended = next.append_nodes(leaves).map_err(|e| Stop::Retry(EngineError::Internal(e.to_string())))?;
         let cp = match self.open(&checkpoint) {
             Ok(cp) => cp,
             Err(_) => {
@@ -297,8 +309,7 @@ impl Signing {
         let wake = !events.is_empty();
         let mut ops = vec![
             Op::PutNodes { workspace_id: ws.clone(), nodes: appended.new_nodes },
-            Op::PutCheckpoint { workspace_id: ws.clone(), size: cp.size, note: checkpoint },
-            Op::MarkSigned { workspace_id: ws, from_index: from, to_index: cp.size, checkpoint_size: cp.size },
+            Op::PutCheckpoint { workspace_id: ws, size: cp.size, note: checkpoint },
         ];
         ops.extend(events);
         let batch = WriteBatch::from(ops);
@@ -367,8 +378,17 @@ fn signed_event(shared: &Shared, ws: &str, from: u64, size: u64, checkpoint: &st
     Ok(enqueue(ws, &endpoints, &event, now).map_err(EngineError::from)?)
 }
 
-/// The leaf hashes of `items` if they are exactly the indices `from, from+1, …` (the pending
-/// index must start where the signed log ends; anything else is a corrupt store).
+/// Up to `max` stored `(index, leaf)` pairs in `[from, to)`, read off the async workers.
+async fn read_leaves(shared: &Shared, ws: &str, from: u64, to: u64, max: usize) -> Result<Vec<(u64, Hash)>, Stop> {
+    let (store, ws) = (shared.store.clone(), ws.to_owned());
+    tokio::task::spawn_blocking(move || store.leaf_hashes(&ws, from, to, max))
+        .await
+        .map_err(|e| Stop::Retry(EngineError::Internal(format!("store task: {e}"))))?
+        .map_err(|e| Stop::Retry(EngineError::Store(e)))
+}
+
+/// The leaf hashes of `items` if they are exactly the indices `from, from+1, …` (committed
+/// leaves have no gaps; anything else is a corrupt store).
 fn contiguous_leaves(ws: &str, from: u64, items: impl Iterator<Item = (u64, Hash)>) -> Result<Vec<Hash>, Stop> {
     let mut out = Vec::new();
     for (i, (index, leaf)) in items.enumerate() {

@@ -73,7 +73,6 @@ pub fn seal(body: &ReceiptBody) -> Result<ReceiptRecord> {
         log_index: body.log_index,
         leaf: merkle::leaf_hash(&bytes),
         body: bytes,
-        signed_in: None,
     })
 }
 

@@ -27,6 +27,8 @@ pub(crate) struct WsLocks {
 
 pub(crate) struct Shared {
     pub store: Arc<dyn Store>,
+    /// Makes actor groups durable, many workspaces per synced write.
+    pub committer: crate::commit::Committer,
     pub signer: SignerClient,
     pub cfg: EngineConfig,
     pub metrics: Metrics,
@@ -41,6 +43,51 @@ pub(crate) struct Shared {
     pub webhook_wake: Arc<tokio::sync::Notify>,
     /// Serialises keyed workspace creations (the only keyed request outside an actor).
     pub instance_idem: tokio::sync::Mutex<()>,
+    /// Valid API keys seen recently, by secret hash (see `Engine::authenticate`).
+    pub api_keys: ApiKeyCache,
+}
+
+/// API keys that authenticated recently, so a request does not read the store (on an async
+/// worker) to learn who is calling. Only valid keys are cached; a revocation removes its key
+/// before the revoke is answered, and a lookup that raced with a revocation does not keep what
+/// it read (`revocations` changed meanwhile), so a revoked key never authenticates again once
+/// its revocation was acknowledged.
+#[derive(Debug, Default)]
+pub(crate) struct ApiKeyCache {
+    keys: DashMap<[u8; 32], crate::model::Principal>,
+    revocations: std::sync::atomic::AtomicU64,
+}
+
+/// Most cached keys; past this the cache starts over (keys are read again on use).
+const MAX_CACHED_KEYS: usize = 100_000;
+
+impl ApiKeyCache {
+    pub fn get(&self, hash: &[u8; 32]) -> Option<crate::model::Principal> {
+        self.keys.get(hash).map(|p| p.clone())
+    }
+
+    /// The revocation count to pass to [`ApiKeyCache::insert`] (read it before the store).
+    pub fn generation(&self) -> u64 {
+        self.revocations.load(Ordering::Acquire)
+    }
+
+    /// Caches `p`, read from the store after `generation` was taken, unless a revocation
+    /// happened since (it may be this key's).
+    pub fn insert(&self, hash: [u8; 32], p: crate::model::Principal, generation: u64) {
+        if self.keys.len() >= MAX_CACHED_KEYS {
+            self.keys.clear();
+        }
+        self.keys.insert(hash, p);
+        if self.revocations.load(Ordering::Acquire) != generation {
+            self.keys.remove(&hash);
+        }
+    }
+
+    /// Forgets `hash` once its revocation is durable (before the revocation is answered).
+    pub fn revoked(&self, hash: &[u8; 32]) {
+        self.revocations.fetch_add(1, Ordering::AcqRel);
+        self.keys.remove(hash);
+    }
 }
 
 /// Whether the signer answers. Updated by the probe and by every signing exchange.

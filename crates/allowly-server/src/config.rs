@@ -12,6 +12,8 @@ use serde::Deserialize;
 
 /// Default data directory (relative to the working directory).
 pub const DEFAULT_DATA_DIR: &str = "./allowly-data";
+/// Default bound on requests in flight to the signer.
+pub const DEFAULT_SIGNER_IN_FLIGHT: usize = 1024;
 /// Default listening address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// Default limit on a request body, in bytes.
@@ -22,7 +24,7 @@ pub const BODY_LIMIT_RANGE: std::ops::RangeInclusive<usize> = 1024..=16 * 1024 *
 
 const AFTER_HELP: &str = "\
 Every option can also be set by its environment variable or in the TOML file given by --config
-(keys: data_dir, listen, signer_socket, signer_bin, body_limit, confirmation_ttl_ms, escalation_ttl_ms, webhook_base_backoff_ms,
+(keys: data_dir, listen, signer_socket, signer_bin, signer_max_in_flight, body_limit, confirmation_ttl_ms, escalation_ttl_ms, webhook_base_backoff_ms,
 webhook_max_backoff_ms, webhook_give_up_after_ms, webhook_attempt_timeout_ms, webhook_retention_ms,
 webhook_allow_private_networks). Precedence: flag > environment > file > default. Relative paths
 are relative to the working directory.
@@ -115,6 +117,10 @@ pub struct ServeArgs {
     /// How long an escalation stays open before it resolves to deny [default: 86400000 (24 h)].
     #[arg(long, env = "ALLOWLY_ESCALATION_TTL_MS", value_name = "MS")]
     pub escalation_ttl_ms: Option<u64>,
+    /// Most requests in flight to the signer at once; more wait their turn (back pressure,
+    /// never "signer down") [default: 1024].
+    #[arg(long, env = "ALLOWLY_SIGNER_MAX_IN_FLIGHT", value_name = "N")]
+    pub signer_max_in_flight: Option<usize>,
 }
 
 /// The TOML file: the same settings as the flags, all optional.
@@ -134,6 +140,7 @@ pub struct FileConfig {
     pub webhook_allow_private_networks: Option<bool>,
     pub confirmation_ttl_ms: Option<u64>,
     pub escalation_ttl_ms: Option<u64>,
+    pub signer_max_in_flight: Option<usize>,
 }
 
 /// Where the signer comes from.
@@ -155,6 +162,7 @@ pub struct ServerConfig {
     pub webhooks: WebhookConfig,
     pub confirmation_ttl: Duration,
     pub escalation_ttl: Duration,
+    pub signer_max_in_flight: usize,
 }
 
 /// A configuration that cannot be used.
@@ -170,6 +178,8 @@ pub enum ConfigError {
     Webhooks(String),
     #[error("{0} must be within 1 s..=30 days")]
     Ttl(&'static str),
+    #[error("signer_max_in_flight must be within 1..=65536")]
+    SignerInFlight,
 }
 
 impl ServeArgs {
@@ -212,7 +222,13 @@ impl ServeArgs {
                 return Err(ConfigError::Ttl(name));
             }
         }
+        let signer_max_in_flight =
+            self.signer_max_in_flight.or(file.signer_max_in_flight).unwrap_or(DEFAULT_SIGNER_IN_FLIGHT);
+        if !(1..=65_536).contains(&signer_max_in_flight) {
+            return Err(ConfigError::SignerInFlight);
+        }
         Ok(ServerConfig {
+            signer_max_in_flight,
             data_dir: self.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
             listen,
             signer,

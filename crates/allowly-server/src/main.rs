@@ -5,6 +5,10 @@ use std::process::ExitCode;
 use allowly_server::config::{Cli, Command};
 use clap::Parser as _;
 
+/// See the workspace Cargo.toml for why this allocator.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()

@@ -76,7 +76,8 @@ pub async fn run(cfg: ServerConfig) -> Result<(), ServeError> {
         }
         SignerMode::External { socket } => (None, socket.clone()),
     };
-    let signer = SignerClient::new(socket.clone(), ClientOptions::default());
+    let opts = ClientOptions { max_in_flight: cfg.signer_max_in_flight, ..ClientOptions::default() };
+    let signer = SignerClient::new(socket.clone(), opts);
     if signer_child.is_none() {
         // Not fatal: readiness reports it, and checks fail closed until the signer answers.
         if let Err(e) = signer.ping().await {

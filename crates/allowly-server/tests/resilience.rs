@@ -1283,3 +1283,61 @@ fn random_bodies_to_check_and_grant_never_get_a_5xx() {
     assert_eq!(c.get("/readyz", None).status, 200);
     eprintln!("fuzzing took {:?}; {} requests were accepted", started.elapsed(), accepted.load(Ordering::Relaxed));
 }
+
+// ---------------------------------------------------------------------------------------------
+// A busy signer is back pressure, not an outage.
+
+/// Many workspaces signing at once, with the signer client allowed only one request in flight:
+/// every workspace's pipeline has to wait for the others. Waiting is back pressure; it must never
+/// be mistaken for "signer down" (which fails every check closed with 503). Every answer is a
+/// success (or a 429 with `Retry-After`), nothing fails closed, and everything gets signed.
+#[test]
+fn a_busy_signer_is_back_pressure_not_an_outage() {
+    const TENANTS: usize = 24;
+    const THREADS: usize = 24;
+    const PER_THREAD: usize = 25;
+    let tmp = tempfile::tempdir().unwrap();
+    let _reaper = Reaper(tmp.path().to_owned());
+    let mut s = Server::start_with(&tmp.path().join("data"), &["--signer-max-in-flight", "1"]);
+    s.wait_ready();
+    let tenants: Vec<Tenant> = (0..TENANTS).map(|i| tenant(&s, &format!("busy{i}"), &["files.*"])).collect();
+    let outcomes = Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for t in 0..THREADS {
+            let (tenants, outcomes, addr) = (&tenants, &outcomes, s.addr);
+            scope.spawn(move || {
+                let c = Client { addr };
+                for i in 0..PER_THREAD {
+                    // Spread over every workspace; grants and checks both sign.
+                    let w = &tenants[(t * PER_THREAD + i) % TENANTS];
+                    let r = if i % 5 == 0 {
+                        c.post("/v1/authorizations", &w.admin, json!({ "subject": "u", "scopes": ["files.read"] }))
+                    } else {
+                        c.post("/v1/check", &w.checker, json!({ "authorization_id": w.az, "scopes": ["files.read"] }))
+                    };
+                    outcomes.lock().unwrap().push((w.reader.clone(), r));
+                }
+            });
+        }
+    });
+    let outcomes = outcomes.into_inner().unwrap();
+    let mut by_reader: HashMap<String, Vec<Acked>> = HashMap::new();
+    for (reader, r) in &outcomes {
+        match r.status {
+            200 | 201 => by_reader.entry(reader.clone()).or_default().extend(Acked::of(&r.json())),
+            429 => assert!(r.header("retry-after").is_some(), "429 without Retry-After: {r}"),
+            _ => panic!("a busy signer made a request fail: {r}\n{}", s.diagnostics()),
+        }
+    }
+    assert!(by_reader.values().map(Vec::len).sum::<usize>() > THREADS * PER_THREAD / 2, "most requests succeed");
+    for (reader, acked) in &by_reader {
+        wait_all_signed(&s, reader, acked);
+    }
+    let metrics = s.client().get("/metrics", None).text();
+    let failed_closed = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("allowly_engine_failed_closed_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok());
+    assert_eq!(failed_closed, Some(0.0), "nothing failed closed:\n{metrics}");
+    s.stop();
+}

@@ -54,17 +54,82 @@ pub(crate) mod hex32 {
     }
 }
 
-/// A receipt body (canonical JSON, hence UTF-8) as a JSON string: its bytes round-trip exactly,
-/// at a fraction of the size of an array of numbers. A non-UTF-8 body fails to encode.
-pub(crate) mod body_text {
-    use serde::{ser, Deserialize, Deserializer, Serializer};
+/// The JSON header of a stored receipt: every field but the body.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ReceiptHeader<'a> {
+    #[serde(borrow)]
+    id: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    workspace_id: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    authorization_id: Option<std::borrow::Cow<'a, str>>,
+    seq: Option<u64>,
+    log_index: u64,
+    #[serde(with = "hex32")]
+    leaf: [u8; 32],
+}
 
-    pub(crate) fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
-        let text = std::str::from_utf8(v).map_err(|_| ser::Error::custom("receipt body is not UTF-8"))?;
-        s.serialize_str(text)
+/// A receipt as stored: its JSON header, `\n`, then the body's bytes as they are (the header's
+/// JSON never contains a raw newline, so the first one ends it). The body must be UTF-8 (it is
+/// canonical JSON); anything else is refused before it is written.
+pub(crate) fn encode_receipt(r: &crate::types::ReceiptRecord) -> Result<Vec<u8>> {
+    if std::str::from_utf8(&r.body).is_err() {
+        return Err(StoreError::InvalidOp(format!("receipt {}: body is not UTF-8", r.id)));
     }
+    let header = ReceiptHeader {
+        id: r.id.as_str().into(),
+        workspace_id: r.workspace_id.as_str().into(),
+        authorization_id: r.authorization_id.as_deref().map(Into::into),
+        seq: r.seq,
+        log_index: r.log_index,
+        leaf: r.leaf,
+    };
+    let mut out = Vec::with_capacity(160 + r.body.len());
+    serde_json::to_writer(&mut out, &header)
+        .map_err(|e| StoreError::InvalidOp(format!("cannot encode record: {e}")))?;
+    out.push(b'\n');
+    out.extend_from_slice(&r.body);
+    Ok(out)
+}
 
-    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-        Ok(String::deserialize(d)?.into_bytes())
+/// Decodes [`encode_receipt`]'s bytes; anything else is corrupt.
+pub(crate) fn decode_receipt(space: Space, key: &[u8], bytes: &[u8]) -> Result<crate::types::ReceiptRecord> {
+    let corrupt = |why: &str| StoreError::corrupt(space.name(), key, why);
+    let nl = bytes.iter().position(|&b| b == b'\n').ok_or_else(|| corrupt("receipt record has no header"))?;
+    let (head, body) = (&bytes[..nl], &bytes[nl + 1..]);
+    let h: ReceiptHeader<'_> = serde_json::from_slice(head).map_err(|e| StoreError::corrupt(space.name(), key, e))?;
+    if std::str::from_utf8(body).is_err() {
+        return Err(corrupt("receipt body is not UTF-8"));
     }
+    // The body is raw bytes, so a damaged one would still "decode": its leaf hash is what
+    // proves it is the body that was written (and the one the log commits to).
+    if allowly_receipt::merkle::leaf_hash(body) != h.leaf {
+        return Err(corrupt("receipt body does not match its leaf hash"));
+    }
+    Ok(crate::types::ReceiptRecord {
+        id: h.id.into_owned(),
+        workspace_id: h.workspace_id.into_owned(),
+        authorization_id: h.authorization_id.map(std::borrow::Cow::into_owned),
+        seq: h.seq,
+        log_index: h.log_index,
+        body: body.to_vec(),
+        leaf: h.leaf,
+    })
+}
+
+/// A `leaves` entry: the leaf hash, then the receipt id.
+pub(crate) fn encode_leaf(leaf: &[u8; 32], id: &str) -> Vec<u8> {
+    let mut v = Vec::with_capacity(32 + id.len());
+    v.extend_from_slice(leaf);
+    v.extend_from_slice(id.as_bytes());
+    v
+}
+
+/// Decodes a `leaves` entry into its leaf hash and (checked) receipt id.
+pub(crate) fn decode_leaf(space: Space, key: &[u8], bytes: &[u8]) -> Result<([u8; 32], String)> {
+    if bytes.len() <= 32 {
+        return Err(StoreError::corrupt(space.name(), key, "leaf entry is too short"));
+    }
+    let (leaf, id) = bytes.split_at(32);
+    Ok((hash(space, key, leaf)?, self::id(space, key, id)?))
 }

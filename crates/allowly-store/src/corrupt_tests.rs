@@ -33,8 +33,7 @@ fn receipt(ws: &str, id: &str, index: u64) -> ReceiptRecord {
         seq: Some(index),
         log_index: index,
         body: br#"{"id":"r"}"#.to_vec(),
-        leaf: [7; 32],
-        signed_in: None,
+        leaf: allowly_receipt::merkle::leaf_hash(br#"{"id":"r"}"#),
     }
 }
 
@@ -74,30 +73,30 @@ fn every_getter_reports_corruption<S: Raw>(s: &S) {
 
     // A receipt filed under workspace "w" that says it belongs to "x": never served as w's.
     let foreign = receipt("x", "r1", 0);
-    s.raw(Space::Receipts, &keys::ws_id("w", "r1"), &serde_json::to_vec(&foreign).expect("encode"));
+    s.raw(Space::Receipts, &keys::ws_id("w", "r1"), &crate::codec::encode_receipt(&foreign).expect("encode"));
     assert_corrupt(s.receipt("w", "r1"));
+    // A body that is not the one its leaf hash names (bit rot, a hand edit).
+    let mut edited = crate::codec::encode_receipt(&receipt("w", "r3", 3)).expect("encode");
+    if let Some(last) = edited.last_mut() {
+        *last = b']';
+    }
+    s.raw(Space::Receipts, &keys::ws_id("w", "r3"), &edited);
+    assert_corrupt(s.receipt("w", "r3"));
 
     // Index entries pointing at nothing, at bad ids, or with keys of the wrong length.
-    s.raw(Space::Leaves, &keys::ws_u64("w", 300), b"missing");
+    s.raw(Space::Leaves, &keys::ws_u64("w", 300), &crate::codec::encode_leaf(&[7; 32], "missing"));
     assert_corrupt(s.receipt_at("w", 300));
     assert_corrupt(s.receipts_in_range("w", 0, 1000, 10));
-    s.raw(Space::Pending, &keys::ws_u64("w", 300), b"bad/id");
-    assert_corrupt(s.pending("w", 10));
+    s.raw(Space::Leaves, &keys::ws_u64("w", 301), b"short");
+    assert_corrupt(s.leaf_hashes("w", 301, 302, 10));
+    s.raw(Space::Leaves, &keys::ws_u64("w", 302), &[[7; 32].as_slice(), b"bad/id"].concat());
+    assert_corrupt(s.leaf_hashes("w", 302, 303, 10));
+    s.raw(Space::Leaves, &[keys::ws_start("w"), vec![1, 2]].concat(), &crate::codec::encode_leaf(&[7; 32], "r1"));
+    assert_corrupt(s.leaf_hashes("w", 0, u64::MAX, 10));
     s.raw(Space::Trail, &[keys::trail_start("w", "auth"), vec![1, 2]].concat(), b"r1");
     assert_corrupt(s.trail("w", "auth", None, 10));
-    s.raw(Space::Pending, b"not/a/ws\x00\x00\x00\x00\x00\x00\x00\x00\x01", b"r");
-    assert_corrupt(s.workspaces_with_pending());
-
-    // A MarkSigned over a corrupt index writes nothing and says why.
-    assert_corrupt(s.write(
-        WriteBatch::from(vec![Op::MarkSigned {
-            workspace_id: "w".into(),
-            from_index: 300,
-            to_index: 301,
-            checkpoint_size: 301,
-        }]),
-        Durability::Sync,
-    ));
+    s.raw(Space::LogMeta, b"not/a/ws", br#"{"next_index":1}"#);
+    assert_corrupt(s.workspaces_with_unsigned());
 
     s.raw(Space::Nodes, &keys::node("w", 0, 5), &[0; 31]);
     assert_corrupt(s.node("w", 0, 5));
@@ -118,7 +117,7 @@ fn every_getter_reports_corruption<S: Raw>(s: &S) {
 fn mangled_receipts_never_panic<S: Raw>(s: &S) {
     let r = receipt("w", "r2", 1);
     s.write(WriteBatch::from(vec![Op::PutReceipt(r.clone())]), Durability::Sync).expect("write");
-    let good = serde_json::to_vec(&r).expect("encode");
+    let good = crate::codec::encode_receipt(&r).expect("encode");
     let key = keys::ws_id("w", "r2");
     for i in 0..good.len() {
         s.raw(Space::Receipts, &key, &good[..i]);
@@ -127,7 +126,7 @@ fn mangled_receipts_never_panic<S: Raw>(s: &S) {
         flipped[i] ^= 0x80;
         s.raw(Space::Receipts, &key, &flipped);
         let _ = s.receipt("w", "r2");
-        let _ = s.pending("w", 10);
+        let _ = s.leaf_hashes("w", 0, 10, 10);
         let _ = s.trail("w", "auth", None, 10);
     }
 }

@@ -10,13 +10,11 @@ pub enum StoreError {
     /// `id` is truncated to 128 characters.
     #[error("invalid {field}: {id:?} is not 1..=128 of [A-Za-z0-9_-]")]
     InvalidId { field: &'static str, id: String },
-    /// A write op that is not coherent on its own (a `MarkSigned` range that is backwards or
-    /// beyond its checkpoint, a receipt with `seq` but no authorization, a body that is not
-    /// UTF-8 JSON text). Nothing of the batch was written.
+    /// A write op that is not coherent on its own (a receipt with `seq` but no authorization,
+    /// a body that is not UTF-8 text). Nothing of the batch was written.
     #[error("invalid op: {0}")]
     InvalidOp(String),
-    /// A write op refers to stored data that does not exist (e.g. `MarkSigned` over a log index
-    /// with no receipt). Nothing of the batch was written.
+    /// A write op refers to stored data that does not exist. Nothing of the batch was written.
     #[error("{what} not found: {key}")]
     NotFound { what: &'static str, key: String },
     /// Stored bytes that do not decode, or that contradict their key (a receipt filed under

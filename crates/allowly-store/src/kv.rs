@@ -26,8 +26,42 @@ pub(crate) trait KvRead {
 pub(crate) trait KvEngine: KvRead + Send + Sync + 'static {
     /// Runs `f` over one consistent view (no write lands half-way through it).
     fn read<T>(&self, f: impl FnOnce(&dyn KvRead) -> Result<T>) -> Result<T>;
+    /// Applies staged mutations atomically.
+    fn apply(&self, muts: Mutations, durability: Durability) -> Result<()>;
+
     /// Stages `batch` with [`stage`] and applies its mutations atomically.
-    fn write(&self, batch: WriteBatch, durability: Durability) -> Result<()>;
+    fn write(&self, batch: WriteBatch, durability: Durability) -> Result<()> {
+        self.apply(stage(batch)?, durability)
+    }
+
+    /// [`Store::write_groups`](crate::Store::write_groups) over [`stage`].
+    fn write_groups(&self, groups: Vec<(String, WriteBatch)>, durability: Durability) -> Result<Vec<Result<()>>> {
+        let mut all = Mutations::default();
+        let mut failed: Vec<String> = Vec::new();
+        let mut out = Vec::with_capacity(groups.len());
+        for (chain, batch) in groups {
+            if failed.contains(&chain) {
+                out.push(Err(StoreError::InvalidOp(format!(
+                    "an earlier group of {chain} in this write did not validate"
+                ))));
+                continue;
+            }
+            match stage(batch) {
+                Ok(muts) => {
+                    all.merge(muts);
+                    out.push(Ok(()));
+                }
+                Err(e) => {
+                    failed.push(chain);
+                    out.push(Err(e));
+                }
+            }
+        }
+        if out.iter().any(Result::is_ok) {
+            self.apply(all, durability)?;
+        }
+        Ok(out)
+    }
 }
 
 /// The mutations of one batch, per key space: `Some` = put, `None` = delete. Later ops
@@ -36,6 +70,17 @@ pub(crate) trait KvEngine: KvRead + Send + Sync + 'static {
 pub(crate) struct Mutations(pub(crate) [BTreeMap<Vec<u8>, Option<Vec<u8>>>; Space::ALL.len()]);
 
 impl Mutations {
+    /// Adds `later`'s mutations, which win over this one's on the same key (as if applied after).
+    fn merge(&mut self, later: Mutations) {
+        for (mine, theirs) in self.0.iter_mut().zip(later.0) {
+            if mine.is_empty() {
+                *mine = theirs;
+            } else {
+                mine.extend(theirs);
+            }
+        }
+    }
+
     /// Every mutation, grouped by key space.
     pub(crate) fn iter(&self) -> impl Iterator<Item = (Space, &[u8], Option<&[u8]>)> {
         Space::ALL
@@ -44,20 +89,12 @@ impl Mutations {
     }
 }
 
-/// Reads through a batch's own earlier mutations (read-your-writes inside a batch).
-struct Stager<'a> {
-    base: &'a dyn KvRead,
+/// A batch being turned into mutations.
+struct Stager {
     muts: Mutations,
 }
 
-impl Stager<'_> {
-    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        match self.muts.0[space.idx()].get(key) {
-            Some(staged) => Ok(staged.clone()),
-            None => self.base.get(space, key),
-        }
-    }
-
+impl Stager {
     fn put(&mut self, space: Space, key: Vec<u8>, value: Vec<u8>) {
         self.muts.0[space.idx()].insert(key, Some(value));
     }
@@ -67,13 +104,10 @@ impl Stager<'_> {
     }
 }
 
-/// Turns a batch into mutations, reading current state from `base` where an op needs it
-/// (`MarkSigned`). Any error means nothing of the batch may be written.
-///
-/// Read-modify-write ops are not isolated from *concurrent* batches touching the same receipts:
-/// each workspace has one owner that sequences its writes (the design's per-workspace actor).
-pub(crate) fn stage(base: &dyn KvRead, batch: WriteBatch) -> Result<Mutations> {
-    let mut st = Stager { base, muts: Mutations::default() };
+/// Turns a batch into mutations. Any error means nothing of the batch may be written. No op
+/// reads stored state, so staging needs no snapshot and concurrent writers never conflict.
+pub(crate) fn stage(batch: WriteBatch) -> Result<Mutations> {
+    let mut st = Stager { muts: Mutations::default() };
     for op in batch.ops {
         match op {
             Op::PutWorkspace(r) => {
@@ -94,9 +128,6 @@ pub(crate) fn stage(base: &dyn KvRead, batch: WriteBatch) -> Result<Mutations> {
                 st.put(Space::Authorizations, keys::ws_id(&r.workspace_id, &r.id), encode(&r)?);
             }
             Op::PutReceipt(r) => put_receipt(&mut st, r)?,
-            Op::MarkSigned { workspace_id, from_index, to_index, checkpoint_size } => {
-                mark_signed(&mut st, &workspace_id, from_index, to_index, checkpoint_size)?
-            }
             Op::PutNodes { workspace_id: ws, nodes } => {
                 check_id("workspace_id", &ws)?;
                 for (level, index, hash) in nodes {
@@ -128,36 +159,7 @@ pub(crate) fn stage(base: &dyn KvRead, batch: WriteBatch) -> Result<Mutations> {
     Ok(st.muts)
 }
 
-fn mark_signed(st: &mut Stager<'_>, ws: &str, from: u64, to: u64, checkpoint_size: u64) -> Result<()> {
-    check_id("workspace_id", ws)?;
-    if from > to || to > checkpoint_size {
-        return Err(StoreError::InvalidOp(format!(
-            "MarkSigned [{from}, {to}) is not inside a checkpoint of size {checkpoint_size}"
-        )));
-    }
-    for index in from..to {
-        let leaf_key = keys::ws_u64(ws, index);
-        let Some(id) = st.get(Space::Leaves, &leaf_key)? else {
-            return Err(StoreError::NotFound { what: "receipt at log index", key: format!("{ws}/{index}") });
-        };
-        let id = codec::id(Space::Leaves, &leaf_key, &id)?;
-        let key = keys::ws_id(ws, &id);
-        let bytes = st.get(Space::Receipts, &key)?;
-        let missing = || StoreError::corrupt(Space::Leaves.name(), &leaf_key, "points at a missing receipt");
-        let mut r = crate::query::check_receipt(Space::Receipts, &key, bytes, ws, &id)?.ok_or_else(missing)?;
-        if r.log_index != index {
-            return Err(StoreError::corrupt(Space::Leaves.name(), &leaf_key, "receipt has another log index"));
-        }
-        // The whole record is rewritten: `signed_in` lives in it (one read gives a receipt and
-        // its status), at the price of writing each body twice.
-        r.signed_in = Some(checkpoint_size);
-        st.put(Space::Receipts, key, encode(&r)?);
-        st.delete(Space::Pending, keys::ws_u64(ws, index));
-    }
-    Ok(())
-}
-
-fn put_receipt(st: &mut Stager<'_>, r: ReceiptRecord) -> Result<()> {
+fn put_receipt(st: &mut Stager, r: ReceiptRecord) -> Result<()> {
     let ws = &r.workspace_id;
     check_id("workspace_id", ws)?;
     check_id("receipt_id", &r.id)?;
@@ -176,19 +178,7 @@ fn put_receipt(st: &mut Stager<'_>, r: ReceiptRecord) -> Result<()> {
             )))
         }
     }
-    if r.signed_in.is_some_and(|size| size <= r.log_index) {
-        return Err(StoreError::InvalidOp(format!(
-            "receipt {}: a checkpoint of size <= its log index cannot cover it",
-            r.id
-        )));
-    }
-    let index_key = keys::ws_u64(ws, r.log_index);
-    st.put(Space::Leaves, index_key.clone(), r.id.clone().into_bytes());
-    if r.signed_in.is_none() {
-        st.put(Space::Pending, index_key, r.id.clone().into_bytes());
-    } else {
-        st.delete(Space::Pending, index_key);
-    }
-    st.put(Space::Receipts, keys::ws_id(ws, &r.id), encode(&r)?);
+    st.put(Space::Leaves, keys::ws_u64(ws, r.log_index), codec::encode_leaf(&r.leaf, &r.id));
+    st.put(Space::Receipts, keys::ws_id(ws, &r.id), codec::encode_receipt(&r)?);
     Ok(())
 }

@@ -21,12 +21,11 @@
 //! | `workspaces`     | `ws`                                         | [`WorkspaceRecord`] (JSON)         |
 //! | `api_keys`       | `key_hash` (32 bytes)                        | [`ApiKeyRecord`] (JSON)            |
 //! | `authorizations` | `ws ‖ 0x00 ‖ id`                             | [`AuthorizationRecord`] (JSON)     |
-//! | `receipts`       | `ws ‖ 0x00 ‖ receipt id`                     | [`ReceiptRecord`] (JSON)           |
+//! | `receipts`       | `ws ‖ 0x00 ‖ receipt id`                     | [`ReceiptRecord`]: JSON header ‖ `\n` ‖ body bytes |
 //! | `trail`          | `ws ‖ 0x00 ‖ auth id ‖ 0x00 ‖ seq u64`       | receipt id                         |
-//! | `leaves`         | `ws ‖ 0x00 ‖ log index u64`                  | receipt id                         |
+//! | `leaves`         | `ws ‖ 0x00 ‖ log index u64`                  | leaf hash (32 bytes) ‖ receipt id  |
 //! | `nodes`          | `ws ‖ 0x00 ‖ level u8 ‖ index u64`           | 32-byte complete-subtree hash      |
 //! | `checkpoints`    | `ws ‖ 0x00 ‖ tree size u64`                  | signed note text                   |
-//! | `pending`        | `ws ‖ 0x00 ‖ log index u64`                  | receipt id (awaiting a signature)  |
 //! | `log_meta`       | `ws`                                         | [`LogMeta`] (JSON)                 |
 //! | `api_key_ids`    | `ws ‖ 0x00 ‖ key id` (`ws` empty: instance)  | `key_hash` (index into `api_keys`) |
 //! | `confirmations`, `escalations`, `idempotency`, `webhooks`, `deliveries`, `outbox`, `escalation_due` | `ws ‖ 0x00 ‖ id` | a [`DocKind`] document (JSON, wrapped with its ws and id) |
@@ -35,7 +34,12 @@
 //! `ws_…`): `_instance` (`idempotency` records of workspace creation) and `_due` (the
 //! `escalation_due` index of every workspace).
 //!
-//! `trail`, `leaves` and `pending` are indexes into `receipts`, written in the same batch as the
+//! A receipt is signed once a checkpoint of a size above its log index is stored: nothing is
+//! rewritten when a batch is signed, and the unsigned receipts of a workspace are the `leaves`
+//! range `[newest checkpoint size, log_meta.next_index)` — a seek, not a queue scanned from its
+//! head over the tombstones of everything already signed.
+//!
+//! `trail` and `leaves` are indexes into `receipts`, written in the same batch as the
 //! receipt, so an index entry never points at nothing; a reader that finds one that does reports
 //! [`StoreError::Corrupt`]. Stored bytes are never trusted: a value that does not decode, or a
 //! record that names another workspace or id than its key, is `Corrupt`, never a panic and never

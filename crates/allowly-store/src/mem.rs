@@ -8,7 +8,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use crate::error::Result;
 use crate::keys::Space;
 use crate::kv::{self, KvEngine, KvRead, Pair};
-use crate::types::{Durability, WriteBatch};
+use crate::types::Durability;
 
 type Tables = [BTreeMap<Vec<u8>, Vec<u8>>; Space::ALL.len()];
 
@@ -85,9 +85,8 @@ impl KvEngine for MemStore {
         f(&View(&self.lock()))
     }
 
-    fn write(&self, batch: WriteBatch, _durability: Durability) -> Result<()> {
+    fn apply(&self, muts: kv::Mutations, _durability: Durability) -> Result<()> {
         let mut tables = self.lock();
-        let muts = kv::stage(&View(&tables), batch)?;
         for (space, key, value) in muts.iter() {
             let table = &mut tables[space.idx()];
             match value {

@@ -21,36 +21,36 @@ pub(crate) fn check_receipt(
     id: &str,
 ) -> Result<Option<ReceiptRecord>> {
     let Some(bytes) = bytes else { return Ok(None) };
-    let r: ReceiptRecord = decode(space, key, &bytes)?;
+    let r = codec::decode_receipt(space, key, &bytes)?;
     if r.workspace_id != ws || r.id != id {
         return Err(corrupt(space, key, "receipt is filed under another workspace or id"));
     }
     Ok(Some(r))
 }
 
-/// The receipt an index entry (`leaves`, `pending`, `trail`) points at; it must exist.
-fn indexed_receipt(view: &dyn KvRead, space: Space, key: &[u8], value: &[u8], ws: &str) -> Result<ReceiptRecord> {
-    let id = codec::id(space, key, value)?;
-    let rkey = keys::ws_id(ws, &id);
-    check_receipt(Space::Receipts, &rkey, view.get(Space::Receipts, &rkey)?, ws, &id)?
+/// The receipt `id` that an index entry at `key` (`leaves`, `trail`) points at; it must exist.
+fn indexed_receipt(view: &dyn KvRead, space: Space, key: &[u8], id: &str, ws: &str) -> Result<ReceiptRecord> {
+    let rkey = keys::ws_id(ws, id);
+    check_receipt(Space::Receipts, &rkey, view.get(Space::Receipts, &rkey)?, ws, id)?
         .ok_or_else(|| corrupt(space, key, "points at a missing receipt"))
 }
 
-/// Receipts of index entries keyed `prefix ‖ u64 BE`, checking each receipt's log index.
-fn receipts_by_index(
-    view: &dyn KvRead,
-    space: Space,
-    ws: &str,
-    pairs: Vec<(Vec<u8>, Vec<u8>)>,
-) -> Result<Vec<ReceiptRecord>> {
-    let prefix_len = ws.len() + 1;
+/// A `leaves` entry: its log index (from the key), leaf hash and receipt id.
+fn leaf_entry(ws: &str, key: &[u8], value: &[u8]) -> Result<(u64, [u8; 32], String)> {
+    let index = keys::u64_suffix(key, ws.len() + 1).ok_or_else(|| corrupt(Space::Leaves, key, "bad key length"))?;
+    let (leaf, id) = codec::decode_leaf(Space::Leaves, key, value)?;
+    Ok((index, leaf, id))
+}
+
+/// Receipts of `leaves` entries, checking each receipt's log index and leaf hash.
+fn receipts_by_index(view: &dyn KvRead, ws: &str, pairs: Vec<(Vec<u8>, Vec<u8>)>) -> Result<Vec<ReceiptRecord>> {
     pairs
         .into_iter()
         .map(|(k, v)| {
-            let index = keys::u64_suffix(&k, prefix_len).ok_or_else(|| corrupt(space, &k, "bad key length"))?;
-            let r = indexed_receipt(view, space, &k, &v, ws)?;
-            if r.log_index != index {
-                return Err(corrupt(space, &k, "receipt has another log index"));
+            let (index, leaf, id) = leaf_entry(ws, &k, &v)?;
+            let r = indexed_receipt(view, Space::Leaves, &k, &id, ws)?;
+            if r.log_index != index || r.leaf != leaf {
+                return Err(corrupt(Space::Leaves, &k, "receipt has another log index or leaf hash"));
             }
             Ok(r)
         })
@@ -153,7 +153,7 @@ pub(crate) fn receipt_at(e: &impl KvEngine, ws: &str, index: u64) -> Result<Opti
     let key = keys::ws_u64(ws, index);
     e.read(|view| {
         let Some(value) = view.get(Space::Leaves, &key)? else { return Ok(None) };
-        Ok(receipts_by_index(view, Space::Leaves, ws, vec![(key.clone(), value)])?.pop())
+        Ok(receipts_by_index(view, ws, vec![(key.clone(), value)])?.pop())
     })
 }
 
@@ -185,7 +185,8 @@ pub(crate) fn trail(
             .map(|(k, v)| {
                 let seq =
                     keys::u64_suffix(&k, prefix_len).ok_or_else(|| corrupt(Space::Trail, &k, "bad key length"))?;
-                let r = indexed_receipt(view, Space::Trail, &k, &v, ws)?;
+                let id = codec::id(Space::Trail, &k, &v)?;
+                let r = indexed_receipt(view, Space::Trail, &k, &id, ws)?;
                 if r.seq != Some(seq) || r.authorization_id.as_deref() != Some(auth) {
                     return Err(corrupt(Space::Trail, &k, "receipt has another authorization or seq"));
                 }
@@ -208,8 +209,23 @@ pub(crate) fn receipts_in_range(
     }
     e.read(|view| {
         let pairs = view.scan(Space::Leaves, &keys::ws_u64(ws, from), Some(&keys::ws_u64(ws, to)), limit, false)?;
-        receipts_by_index(view, Space::Leaves, ws, pairs)
+        receipts_by_index(view, ws, pairs)
     })
+}
+
+pub(crate) fn leaf_hashes(
+    e: &impl KvEngine,
+    ws: &str,
+    from: u64,
+    to: u64,
+    limit: usize,
+) -> Result<Vec<(u64, [u8; 32])>> {
+    check_id("workspace_id", ws)?;
+    if from >= to || limit == 0 {
+        return Ok(Vec::new());
+    }
+    let pairs = e.scan(Space::Leaves, &keys::ws_u64(ws, from), Some(&keys::ws_u64(ws, to)), limit, false)?;
+    pairs.iter().map(|(k, v)| leaf_entry(ws, k, v).map(|(index, leaf, _)| (index, leaf))).collect()
 }
 
 pub(crate) fn node(e: &impl KvEngine, ws: &str, level: u8, index: u64) -> Result<Option<[u8; 32]>> {
@@ -246,26 +262,35 @@ pub(crate) fn checkpoint_at_or_after(e: &impl KvEngine, ws: &str, size: u64) -> 
     first_checkpoint(e, ws, &keys::ws_u64(ws, size), false)
 }
 
-pub(crate) fn pending(e: &impl KvEngine, ws: &str, limit: usize) -> Result<Vec<ReceiptRecord>> {
-    check_id("workspace_id", ws)?;
-    if limit == 0 {
-        return Ok(Vec::new());
-    }
-    e.read(|view| {
-        let pairs = view.scan(Space::Pending, &keys::ws_start(ws), Some(&keys::ws_end(ws)), limit, false)?;
-        receipts_by_index(view, Space::Pending, ws, pairs)
-    })
-}
-
-/// A skip scan: one seek per workspace that has pending entries, not one step per entry.
-pub(crate) fn workspaces_with_pending(e: &impl KvEngine) -> Result<Vec<String>> {
+/// Every workspace whose log has leaves beyond its newest stored checkpoint: one pass over
+/// `log_meta` (one entry per workspace) and one reverse seek per workspace, never a scan of
+/// receipts.
+pub(crate) fn workspaces_with_unsigned(e: &impl KvEngine) -> Result<Vec<String>> {
     e.read(|view| {
         let mut out = Vec::new();
         let mut cursor = Vec::new();
-        while let Some((k, _)) = view.scan(Space::Pending, &cursor, None, 1, false)?.into_iter().next() {
-            let ws = keys::key_workspace(Space::Pending, &k)?;
-            cursor = keys::ws_end(&ws);
-            out.push(ws);
+        loop {
+            let page = view.scan(Space::LogMeta, &cursor, None, 1024, false)?;
+            let Some((last, _)) = page.last() else { break };
+            cursor = last.clone();
+            cursor.push(0);
+            for (k, v) in &page {
+                let ws = std::str::from_utf8(k)
+                    .ok()
+                    .filter(|ws| check_id("workspace_id", ws).is_ok())
+                    .ok_or_else(|| corrupt(Space::LogMeta, k, "key is not a workspace id"))?;
+                let meta: LogMeta = decode(Space::LogMeta, k, v)?;
+                let signed =
+                    match view.scan(Space::Checkpoints, &keys::ws_start(ws), Some(&keys::ws_end(ws)), 1, true)?.first()
+                    {
+                        Some((ck, _)) => keys::u64_suffix(ck, ws.len() + 1)
+                            .ok_or_else(|| corrupt(Space::Checkpoints, ck, "bad key length"))?,
+                        None => 0,
+                    };
+                if meta.next_index > signed {
+                    out.push(ws.to_owned());
+                }
+            }
         }
         Ok(out)
     })
@@ -342,6 +367,13 @@ macro_rules! impl_store_for_engine {
             fn write(&self, batch: $crate::WriteBatch, durability: $crate::Durability) -> $crate::Result<()> {
                 $crate::kv::KvEngine::write(self, batch, durability)
             }
+            fn write_groups(
+                &self,
+                groups: Vec<(String, $crate::WriteBatch)>,
+                durability: $crate::Durability,
+            ) -> $crate::Result<Vec<$crate::Result<()>>> {
+                $crate::kv::KvEngine::write_groups(self, groups, durability)
+            }
             fn workspace(&self, id: &str) -> $crate::Result<Option<$crate::WorkspaceRecord>> {
                 $crate::query::workspace(self, id)
             }
@@ -398,11 +430,11 @@ macro_rules! impl_store_for_engine {
             fn checkpoint_at_or_after(&self, ws: &str, size: u64) -> $crate::Result<Option<(u64, String)>> {
                 $crate::query::checkpoint_at_or_after(self, ws, size)
             }
-            fn pending(&self, ws: &str, limit: usize) -> $crate::Result<Vec<$crate::ReceiptRecord>> {
-                $crate::query::pending(self, ws, limit)
+            fn leaf_hashes(&self, ws: &str, from: u64, to: u64, limit: usize) -> $crate::Result<Vec<(u64, [u8; 32])>> {
+                $crate::query::leaf_hashes(self, ws, from, to, limit)
             }
-            fn workspaces_with_pending(&self) -> $crate::Result<Vec<String>> {
-                $crate::query::workspaces_with_pending(self)
+            fn workspaces_with_unsigned(&self) -> $crate::Result<Vec<String>> {
+                $crate::query::workspaces_with_unsigned(self)
             }
             fn log_meta(&self, ws: &str) -> $crate::Result<Option<$crate::LogMeta>> {
                 $crate::query::log_meta(self, ws)

@@ -23,6 +23,13 @@ pub trait Store: Send + Sync + 'static {
     /// `InvalidOp`, `NotFound`, `Corrupt`) means nothing was written; an `Engine` error means
     /// "not acknowledged" (see [`StoreError::Engine`]). A batch is never applied in part.
     fn write(&self, batch: WriteBatch, durability: Durability) -> Result<()>;
+    /// Applies many groups with ONE write (one fsync with [`Durability::Sync`]): each group is
+    /// validated on its own, and one that does not validate is left out with its error — as is
+    /// every later group of the same `chain` (a chain's later groups were built on its earlier
+    /// ones, e.g. one workspace's consecutive commits). The groups that validated are applied
+    /// atomically together, in order. The outer `Err` is an engine failure: none of the groups
+    /// is acknowledged, as with [`Store::write`].
+    fn write_groups(&self, groups: Vec<(String, WriteBatch)>, durability: Durability) -> Result<Vec<Result<()>>>;
     /// A workspace by id.
     fn workspace(&self, id: &str) -> Result<Option<WorkspaceRecord>>;
     /// An API key by the hash of its secret (the caller compares nothing itself: the lookup is the
@@ -53,10 +60,14 @@ pub trait Store: Send + Sync + 'static {
     /// The stored checkpoint with the smallest size `>= size`: the first signature that covers
     /// leaf `size - 1`.
     fn checkpoint_at_or_after(&self, ws: &str, size: u64) -> Result<Option<(u64, String)>>;
-    /// Up to `limit` receipts awaiting a signature, lowest log index first.
-    fn pending(&self, ws: &str, limit: usize) -> Result<Vec<ReceiptRecord>>;
-    /// Every workspace with at least one pending receipt (what a restart must finish signing).
-    fn workspaces_with_pending(&self) -> Result<Vec<String>>;
+    /// Up to `limit` `(log index, leaf hash)` pairs at indices `[from, to)`, in log order, read
+    /// from the `leaves` index alone (no receipt is decoded): what the signing pipeline sends.
+    /// The unsigned leaves are the range `[newest checkpoint's size, log_meta.next_index)`, so
+    /// reading them costs the same whatever the log's history.
+    fn leaf_hashes(&self, ws: &str, from: u64, to: u64, limit: usize) -> Result<Vec<(u64, [u8; 32])>>;
+    /// Every workspace whose log has leaves beyond its newest stored checkpoint (what a restart
+    /// must finish signing).
+    fn workspaces_with_unsigned(&self) -> Result<Vec<String>>;
     /// A workspace's log position.
     fn log_meta(&self, ws: &str) -> Result<Option<LogMeta>>;
     /// A document of workspace `ws`.

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::codec::{body_text, hex32};
+use crate::codec::hex32;
 
 /// A tenant. Every other record lives under a workspace id.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -91,7 +91,12 @@ pub struct AuthorizationRecord {
 }
 
 /// One receipt: its canonical body and where it sits in the trail and the log.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Whether it is signed is not stored here: a receipt at log index `i` is signed once a stored
+/// checkpoint has a size `> i` (see [`Store::latest_checkpoint`](crate::Store::latest_checkpoint)),
+/// so signing never rewrites receipts. Stored as a small JSON header, a newline, then the body's
+/// bytes verbatim (the body is written once, never escaped or re-encoded).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReceiptRecord {
     pub id: String,
     pub workspace_id: String,
@@ -100,13 +105,10 @@ pub struct ReceiptRecord {
     pub seq: Option<u64>,
     /// Leaf index in the workspace's transparency log.
     pub log_index: u64,
-    /// RFC 8785 canonical JSON, exactly as hashed (so it is UTF-8 text and stored as such).
-    #[serde(with = "body_text")]
+    /// RFC 8785 canonical JSON, exactly as hashed (so it is UTF-8 text; a body that is not is
+    /// refused with `InvalidOp`).
     pub body: Vec<u8>,
-    #[serde(with = "hex32")]
     pub leaf: [u8; 32],
-    /// Tree size of the checkpoint whose signature covers this receipt; `None` = pending.
-    pub signed_in: Option<u64>,
 }
 
 /// Per-workspace log position, owned by the workspace's sequencer (the signed size is the
@@ -124,21 +126,12 @@ pub enum Op {
     PutWorkspace(WorkspaceRecord),
     PutApiKey(ApiKeyRecord),
     PutAuthorization(AuthorizationRecord),
-    /// Writes the receipt and its index entries: `leaves` (always), `trail` (when it has an
-    /// authorization and a `seq`), and `pending` when `signed_in` is `None` (a put with
-    /// `signed_in` set removes the pending entry). Re-putting a receipt is idempotent; giving an
-    /// existing id another log index or seq is the caller's bug and is not detected (detecting
-    /// it would cost a read per receipt on the hot path; the workspace owner assigns both).
+    /// Writes the receipt and its index entries: `leaves` (always: leaf hash and receipt id,
+    /// so the signing pipeline reads hashes without decoding bodies) and `trail` (when it has
+    /// an authorization and a `seq`). Re-putting a receipt is idempotent; giving an existing id
+    /// another log index or seq is the caller's bug and is not detected (detecting it would
+    /// cost a read per receipt on the hot path; the workspace owner assigns both).
     PutReceipt(ReceiptRecord),
-    /// The checkpoint of size `checkpoint_size` covers leaves `[from_index, to_index)`: set
-    /// `signed_in` on their receipts and delete their pending entries. Needs
-    /// `from_index <= to_index <= checkpoint_size` and a receipt at every index of the range.
-    MarkSigned {
-        workspace_id: String,
-        from_index: u64,
-        to_index: u64,
-        checkpoint_size: u64,
-    },
     /// Merkle complete-subtree hashes `(level, index, hash)`.
     PutNodes {
         workspace_id: String,

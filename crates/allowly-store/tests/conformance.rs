@@ -131,53 +131,68 @@ fn trail_pagination<S: Store>(s: &S) {
     assert!(s.trail("w", "nobody", None, 10).unwrap().is_empty());
 }
 
-fn pending_and_mark_signed<S: Store>(s: &S) {
-    assert!(s.workspaces_with_pending().unwrap().is_empty());
-    let ops = (0..300u64).rev().map(|i| Op::PutReceipt(receipt("w", &format!("p{i}"), i, None))).collect();
-    write(s, ops);
-    assert_eq!(s.workspaces_with_pending().unwrap(), ["w"]);
-    let first: Vec<u64> = s.pending("w", 260).unwrap().iter().map(|r| r.log_index).collect();
-    assert_eq!(first, (0..260).collect::<Vec<_>>(), "lowest index first");
-    assert!(s.pending("w", 0).unwrap().is_empty());
+fn unsigned_leaves<S: Store>(s: &S) {
+    assert!(s.workspaces_with_unsigned().unwrap().is_empty());
+    let recs: Vec<ReceiptRecord> = (0..300u64).map(|i| receipt("w", &format!("p{i}"), i, None)).collect();
+    write(s, recs.iter().rev().cloned().map(Op::PutReceipt).collect());
+    // The log's size is what log_meta says (the sequencer writes both in one batch).
+    assert!(s.workspaces_with_unsigned().unwrap().is_empty(), "no log_meta: no log");
+    write(s, vec![Op::PutLogMeta { workspace_id: "w".into(), meta: LogMeta { next_index: 300 } }]);
+    assert_eq!(s.workspaces_with_unsigned().unwrap(), ["w"]);
 
-    let mark = |from, to, size| Op::MarkSigned {
-        workspace_id: "w".into(),
-        from_index: from,
-        to_index: to,
-        checkpoint_size: size,
-    };
-    write(s, vec![mark(0, 256, 256)]);
-    assert_eq!(s.receipt_at("w", 255).unwrap().unwrap().signed_in, Some(256));
-    assert_eq!(s.receipt("w", "p256").unwrap().unwrap().signed_in, None);
-    assert_eq!(s.pending("w", 1).unwrap()[0].log_index, 256, "signed entries left pending");
-    assert_eq!(s.pending("w", 1000).unwrap().len(), 44);
+    let pairs = |rs: &[ReceiptRecord]| rs.iter().map(|r| (r.log_index, r.leaf)).collect::<Vec<_>>();
+    assert_eq!(s.leaf_hashes("w", 0, 300, 260).unwrap(), pairs(&recs[..260]), "log order, limit");
+    assert_eq!(s.leaf_hashes("w", 256, 300, 1000).unwrap(), pairs(&recs[256..]));
+    assert_eq!(s.leaf_hashes("w", 256, u64::MAX, 1000).unwrap(), pairs(&recs[256..]));
+    assert!(s.leaf_hashes("w", 0, 300, 0).unwrap().is_empty(), "limit 0");
+    assert!(s.leaf_hashes("w", 300, 300, 10).unwrap().is_empty(), "empty range");
+    assert!(s.leaf_hashes("w", 10, 5, 10).unwrap().is_empty(), "inverted range");
 
-    // Invalid ranges and missing receipts fail the whole batch, even after a valid op.
-    for bad in [mark(260, 259, 300), mark(256, 300, 299)] {
-        assert!(matches!(s.write(WriteBatch::from(vec![bad]), Durability::Sync), Err(StoreError::InvalidOp(_))));
+    // Signed = covered by a stored checkpoint: nothing else changes.
+    write(s, vec![Op::PutCheckpoint { workspace_id: "w".into(), size: 256, note: "n256".into() }]);
+    assert_eq!(s.workspaces_with_unsigned().unwrap(), ["w"]);
+    write(s, vec![Op::PutCheckpoint { workspace_id: "w".into(), size: 300, note: "n300".into() }]);
+    assert!(s.workspaces_with_unsigned().unwrap().is_empty());
+    assert_eq!(s.receipt_at("w", 299).unwrap().as_ref(), recs.last(), "receipts are not rewritten");
+
+    // Body bytes come back exactly as written: newlines, escapes, non-ASCII.
+    let body = "{\"a\":\"x\\ny\"}\n{\"\u{e9}\":\"\\u0000\"}".as_bytes().to_vec();
+    let r = with_body(receipt("w", "raw", 300, None), body);
+    write(s, vec![Op::PutReceipt(r.clone())]);
+    assert_eq!(s.receipt("w", "raw").unwrap(), Some(r));
+}
+
+/// Many groups, one write: each validates alone; a bad one drops itself and its chain's later
+/// groups; the rest land together.
+fn write_groups<S: Store>(s: &S) {
+    let group = |r: ReceiptRecord| WriteBatch::from(vec![Op::PutReceipt(r)]);
+    let mut bad = receipt("w", "g1", 11, None);
+    bad.body = vec![0xff];
+    let groups = vec![
+        ("a".to_owned(), group(receipt("w", "g0", 10, None))),
+        ("b".to_owned(), group(bad)),
+        ("b".to_owned(), group(receipt("w", "g2", 12, None))),
+        ("c".to_owned(), group(receipt("w", "g3", 13, None))),
+        ("a".to_owned(), group(receipt("w", "g4", 14, None))),
+    ];
+    let res = s.write_groups(groups, Durability::Sync).unwrap();
+    assert!(res[0].is_ok() && res[3].is_ok() && res[4].is_ok(), "{res:?}");
+    assert!(matches!(res[1], Err(StoreError::InvalidOp(_))), "{res:?}");
+    assert!(matches!(res[2], Err(StoreError::InvalidOp(_))), "a later group of a failed chain: {res:?}");
+    for (id, there) in [("g0", true), ("g1", false), ("g2", false), ("g3", true), ("g4", true)] {
+        assert_eq!(s.receipt("w", id).unwrap().is_some(), there, "{id}");
     }
-    let err = s.write(WriteBatch::from(vec![mark(256, 280, 300), mark(290, 301, 301)]), Durability::Sync);
-    assert!(matches!(err, Err(StoreError::NotFound { .. })), "{err:?}");
-    assert_eq!(s.pending("w", 1000).unwrap().len(), 44, "nothing of the failed batch was written");
-    assert_eq!(s.receipt_at("w", 256).unwrap().unwrap().signed_in, None);
-
-    write(s, vec![mark(256, 300, 300), mark(5, 5, 300)]);
-    assert!(s.pending("w", 1000).unwrap().is_empty());
-    assert!(s.workspaces_with_pending().unwrap().is_empty());
-
-    // Put + MarkSigned in one batch: the later op sees the earlier one.
-    write(s, vec![Op::PutReceipt(receipt("w", "p300", 300, None)), mark(300, 301, 301)]);
-    assert_eq!(s.receipt_at("w", 300).unwrap().unwrap().signed_in, Some(301));
-    assert!(s.pending("w", 10).unwrap().is_empty());
-
-    // A receipt put already signed is never pending; re-put as pending, it is again.
-    let mut r = receipt("w", "p301", 301, None);
-    r.signed_in = Some(400);
-    write(s, vec![Op::PutReceipt(r.clone())]);
-    assert!(s.pending("w", 10).unwrap().is_empty());
-    r.signed_in = None;
-    write(s, vec![Op::PutReceipt(r.clone())]);
-    assert_eq!(s.pending("w", 10).unwrap(), [r]);
+    // A later group wins on the same key, as if applied after.
+    let again = with_body(receipt("w", "g0", 10, None), b"{\"second\":true}".to_vec());
+    let res = s
+        .write_groups(
+            vec![("a".into(), group(receipt("w", "g0", 10, None))), ("a".into(), group(again.clone()))],
+            Durability::Sync,
+        )
+        .unwrap();
+    assert!(res.iter().all(Result::is_ok));
+    assert_eq!(s.receipt("w", "g0").unwrap(), Some(again));
+    assert!(s.write_groups(Vec::new(), Durability::Sync).unwrap().is_empty());
 }
 
 fn nodes_checkpoints_and_log_meta<S: Store>(s: &S) {
@@ -265,7 +280,7 @@ fn tenant_isolation<S: Store>(s: &S) {
         };
         assert_eq!(own(s.receipts_in_range(ws, 0, u64::MAX, 100).unwrap()), n + 1);
         assert_eq!(own(s.trail(ws, "auth", None, 100).unwrap()), n + 1);
-        assert_eq!(own(s.pending(ws, 100).unwrap()), n + 1);
+        assert_eq!(s.leaf_hashes(ws, 0, u64::MAX, 100).unwrap().len() as u64, n + 1);
         assert_eq!(s.receipt_at(ws, 256 + n + 1).unwrap(), None);
         assert_eq!(s.latest_checkpoint(ws).unwrap(), Some((256 + n, format!("{ws} {n}"))));
         assert_eq!(s.checkpoint_at_or_after(ws, 256 + n + 1).unwrap(), None);
@@ -275,7 +290,10 @@ fn tenant_isolation<S: Store>(s: &S) {
         assert_eq!(s.receipt(ws, "r0").unwrap().unwrap().workspace_id, *ws);
     }
     assert_eq!(s.receipt("a", "r1").unwrap(), None, "a_b's r1 is not a's");
-    assert_eq!(s.workspaces_with_pending().unwrap(), ["a", "a-", "a_b", "ab", "b"], "byte order, each once");
+    for ws in tenants {
+        write(s, vec![Op::PutLogMeta { workspace_id: ws.to_string(), meta: LogMeta { next_index: 1000 } }]);
+    }
+    assert_eq!(s.workspaces_with_unsigned().unwrap(), ["a", "a-", "a_b", "ab", "b"], "byte order, each once");
 }
 
 fn invalid_ids_write_nothing<S: Store>(s: &S) {
@@ -290,7 +308,6 @@ fn invalid_ids_write_nothing<S: Store>(s: &S) {
         Op::PutAuthorization(authorization("w\0a", "auth")),
         Op::PutReceipt(receipt("w", "r.1", 256, None)),
         Op::PutReceipt(receipt("w", "r1", 256, Some(("a b", 0)))),
-        Op::MarkSigned { workspace_id: "w ".into(), from_index: 0, to_index: 0, checkpoint_size: 0 },
         Op::PutNodes { workspace_id: "".into(), nodes: vec![] },
         Op::PutCheckpoint { workspace_id: "w\n".into(), size: 1, note: "n".into() },
         Op::PutLogMeta { workspace_id: long.clone(), meta: LogMeta::default() },
@@ -308,18 +325,16 @@ fn invalid_ids_write_nothing<S: Store>(s: &S) {
     // Incoherent receipts are refused as well.
     let mut half_trail = receipt("w", "ok", 256, None);
     half_trail.seq = Some(1);
-    let mut not_covered = receipt("w", "ok", 256, None);
-    not_covered.signed_in = Some(256);
     let mut not_text = receipt("w", "ok", 256, None);
     not_text.body = vec![0xff, 0xfe];
-    for bad in [half_trail, not_covered, not_text] {
+    for bad in [half_trail, not_text] {
         let batch = vec![Op::PutWorkspace(workspace("w")), Op::PutReceipt(bad)];
         assert!(matches!(s.write(WriteBatch::from(batch), Durability::Sync), Err(StoreError::InvalidOp(_))));
     }
     assert_eq!(s.workspace("w").unwrap(), None, "no op of a failed batch was written");
     assert_eq!(s.receipt("w", "ok").unwrap(), None);
     assert_eq!(s.latest_checkpoint("w").unwrap(), None);
-    assert!(s.workspaces_with_pending().unwrap().is_empty());
+    assert!(s.workspaces_with_unsigned().unwrap().is_empty());
 
     // Reads validate ids too: an id with a separator must not reach a key.
     let invalid = |r: Result<(), StoreError>| assert!(matches!(r, Err(StoreError::InvalidId { .. })), "{r:?}");
@@ -333,7 +348,7 @@ fn invalid_ids_write_nothing<S: Store>(s: &S) {
     invalid(s.checkpoint("w\0", 0).map(drop));
     invalid(s.latest_checkpoint("w\0").map(drop));
     invalid(s.checkpoint_at_or_after("w\0", 0).map(drop));
-    invalid(s.pending("w\0", 1).map(drop));
+    invalid(s.leaf_hashes("w\0", 0, 1, 1).map(drop));
     invalid(s.log_meta(&long).map(drop));
 }
 
@@ -364,7 +379,7 @@ fn concurrent_writers<S: Store>(s: &S) {
     for t in 0..4u64 {
         assert_eq!(s.trail("w", &format!("t{t}"), None, 100).unwrap().len(), 50);
     }
-    assert_eq!(s.pending("w", 1000).unwrap().len(), 200);
+    assert_eq!(s.receipts_in_range("w", 0, u64::MAX, 1000).unwrap().len(), 200);
 }
 
 fn documents<S: Store>(s: &S) {
@@ -429,7 +444,8 @@ macro_rules! suite {
             authorizations,
             receipts_by_id_index_and_range,
             trail_pagination,
-            pending_and_mark_signed,
+            unsigned_leaves,
+            write_groups,
             nodes_checkpoints_and_log_meta,
             tenant_isolation,
             invalid_ids_write_nothing,

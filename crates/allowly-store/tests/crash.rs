@@ -137,9 +137,10 @@ fn acknowledged_batches_survive_sigkill() {
         let meta = store.log_meta(WS).unwrap().unwrap();
         let batches = meta.next_index / RECEIPTS_PER_BATCH;
         assert!(batches == max_acked + 1 || (batches == max_acked + 2 && in_flight == full), "log meta {meta:?}");
-        let pending = store.pending(WS, usize::MAX).unwrap();
-        assert_eq!(pending.len() as u64, meta.next_index, "every stored receipt is pending, in order");
-        assert!(pending.iter().enumerate().all(|(i, r)| r.log_index == i as u64));
+        let leaves = store.leaf_hashes(WS, 0, meta.next_index, usize::MAX).unwrap();
+        assert_eq!(leaves.len() as u64, meta.next_index, "every stored receipt has its leaf, in order");
+        assert!(leaves.iter().enumerate().all(|(i, (index, _))| *index == i as u64));
+        assert_eq!(store.workspaces_with_unsigned().unwrap(), [WS], "nothing was signed: all of it is unsigned");
     }
     assert_eq!(acked.first(), Some(&0));
     assert!(acked.windows(2).all(|w| w[1] > w[0]));

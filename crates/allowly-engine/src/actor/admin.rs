@@ -15,7 +15,7 @@ use crate::views;
 impl WsState {
     /// The API key `id` of this workspace as of the staged state.
     fn api_key(&self, id: &str) -> Result<Option<ApiKeyRecord>> {
-        if let Some(k) = self.staged_keys.get(id) {
+        if let Some((k, _)) = self.staged_keys.get(id) {
             return Ok(Some(k.clone()));
         }
         match self.shared.store.api_key_by_id(Some(&self.ws.id), id) {
@@ -26,7 +26,7 @@ impl WsState {
     }
 
     fn stage_key(&mut self, ops: &mut Vec<Op>, k: ApiKeyRecord) {
-        self.staged_keys.insert(k.id.clone(), k.clone());
+        self.staged_keys.insert(k.id.clone(), (k.clone(), self.group));
         ops.push(Op::PutApiKey(k));
     }
 

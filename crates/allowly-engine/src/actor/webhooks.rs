@@ -91,6 +91,7 @@ impl WsState {
         self.put_doc(&mut ops, DocKind::Webhook, &id, &doc)?;
         list.push(doc.endpoint(&id));
         self.endpoints = Some(list);
+        self.endpoints_changed = true;
         Ok((ops, Ok(answer)))
     }
 
@@ -119,6 +120,7 @@ impl WsState {
             None => list.push(doc.endpoint(id)),
         }
         self.endpoints = Some(list);
+        self.endpoints_changed = true;
         Ok((ops, Ok(view)))
     }
 }
@@ -135,8 +137,9 @@ impl WsState {
         let (mut ops, next) = self.cancel_deliveries(id, None)?;
         list.retain(|e| e.id != id);
         ops.insert(0, Op::DeleteDoc { kind: DocKind::Webhook, workspace_id: self.ws.id.clone(), id: id.to_owned() });
-        self.overlay.insert((DocKind::Webhook, id.to_owned()), serde_json::Value::Null);
+        self.overlay.insert((DocKind::Webhook, id.to_owned()), (serde_json::Value::Null, self.group));
         self.endpoints = Some(list);
+        self.endpoints_changed = true;
         Ok((ops, Ok(next)))
     }
 

@@ -67,21 +67,29 @@ pub fn authorization(ws: &str, id: &str) -> AuthorizationRecord {
     }
 }
 
-/// A pending receipt; the body and leaf name the workspace and index so a mix-up shows.
+/// A receipt; the body names the workspace and id so a mix-up shows, and the leaf is the
+/// body's leaf hash (the store checks it on every read).
 pub fn receipt(ws: &str, id: &str, index: u64, trail: Option<(&str, u64)>) -> ReceiptRecord {
-    let mut leaf = [0u8; 32];
-    leaf[..8].copy_from_slice(&index.to_be_bytes());
-    leaf[8..8 + ws.len().min(24)].copy_from_slice(&ws.as_bytes()[..ws.len().min(24)]);
-    ReceiptRecord {
-        id: id.into(),
-        workspace_id: ws.into(),
-        authorization_id: trail.map(|(a, _)| a.into()),
-        seq: trail.map(|(_, s)| s),
-        log_index: index,
-        body: format!(r#"{{"id":"{id}","note":"\"ünïcode\" \\ \n","ws":"{ws}"}}"#).into_bytes(),
-        leaf,
-        signed_in: None,
-    }
+    let body = format!(r#"{{"id":"{id}","note":"\"ünïcode\" \\ \n","ws":"{ws}"}}"#).into_bytes();
+    with_body(
+        ReceiptRecord {
+            id: id.into(),
+            workspace_id: ws.into(),
+            authorization_id: trail.map(|(a, _)| a.into()),
+            seq: trail.map(|(_, s)| s),
+            log_index: index,
+            body: Vec::new(),
+            leaf: [0; 32],
+        },
+        body,
+    )
+}
+
+/// `r` with another body (and that body's leaf hash).
+pub fn with_body(mut r: ReceiptRecord, body: Vec<u8>) -> ReceiptRecord {
+    r.leaf = allowly_receipt::merkle::leaf_hash(&body);
+    r.body = body;
+    r
 }
 
 pub fn write<S: Store + ?Sized>(s: &S, ops: Vec<Op>) {

@@ -1,0 +1,163 @@
+//! The committer: one thread that makes the staged batches of every workspace actor durable,
+//! merging all that are waiting into one synced store write.
+//!
+//! Why one thread for the whole instance: an fsync costs the same for one receipt as for a
+//! thousand, so it must be shared by every request that is waiting for one, whichever workspace
+//! it belongs to. With one committer per actor, load spread over thousands of workspaces paid
+//! nearly one fsync per request. Why pipelined: an actor hands its group over and goes on
+//! deciding the next one while this thread writes; each answer still leaves only after the
+//! write holding its own receipt returned `Ok` (the completion runs here, after the write).
+//!
+//! Order: submissions are taken in FIFO order and a merged write is applied in order, so a
+//! workspace's group `k + 1` (decided on top of group `k`) is never durable before `k`. If a
+//! write fails, every group in it fails, and so does every later group of the same workspaces
+//! that was decided on top of a failed one: those carry the same `epoch` (the actor takes a new
+//! epoch when it reloads its state after learning of the failure), and an epoch that failed is
+//! refused here without being written.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use allowly_store::{Durability, Store, StoreError, WriteBatch};
+use tokio::sync::mpsc;
+
+use crate::error::{EngineError, Result};
+use crate::metrics::Metrics;
+
+/// Most actor groups merged into one write (bounds the write's size and its latency).
+const MAX_MERGED: usize = 1024;
+/// Submissions that may wait for the committer; actors wait (back pressure) beyond it.
+const QUEUE: usize = 4096;
+
+/// What runs once a group's write is known to be durable (`Ok`) or failed (`Err`).
+pub(crate) type Completion = Box<dyn FnOnce(Result<()>) + Send>;
+
+/// One actor group waiting to be made durable.
+pub(crate) struct Submission {
+    pub ws: String,
+    /// The actor's state generation the group was decided on (see the module docs).
+    pub epoch: u64,
+    pub batch: WriteBatch,
+    pub requests: usize,
+    pub done: Completion,
+}
+
+/// The committer's handle: submit groups. Dropping it closes the queue and waits for the
+/// thread to finish what was queued and let go of the store (so a store is never closed by a
+/// thread that outlives its engine, e.g. while the process exits).
+#[derive(Debug)]
+pub(crate) struct Committer {
+    tx: Option<mpsc::Sender<Submission>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Committer {
+    fn drop(&mut self) {
+        self.tx = None;
+        if let Some(t) = self.thread.take() {
+            // The last reference to the engine can be dropped by a completion running on the
+            // committer thread itself: it cannot wait for itself (it returns right after).
+            if t.thread().id() != std::thread::current().id() {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+/// Epochs are unique across actors and restarts of an actor, so a successor never inherits a
+/// failed predecessor's refusal.
+static NEXT_EPOCH: AtomicU64 = AtomicU64::new(1);
+
+/// A fresh epoch for an actor that (re)loads its state from the store.
+pub(crate) fn new_epoch() -> u64 {
+    NEXT_EPOCH.fetch_add(1, Ordering::Relaxed)
+}
+
+impl Committer {
+    /// Starts the committer thread over `store`. Completions run on it inside `rt`'s context
+    /// (they may start tasks).
+    pub fn start(store: Arc<dyn Store>, metrics: Metrics, rt: tokio::runtime::Handle) -> std::io::Result<Self> {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let thread = std::thread::Builder::new().name("allowly-commit".into()).spawn(move || {
+            let _rt = rt.enter();
+            run(&*store, &metrics, rx);
+        })?;
+        Ok(Self { tx: Some(tx), thread: Some(thread) })
+    }
+
+    /// Queues a group; waits only while the queue is full. Fails (running `done` with the
+    /// error) only when the committer is gone.
+    pub async fn submit(&self, s: Submission) {
+        let Some(tx) = &self.tx else {
+            return (s.done)(Err(EngineError::Internal("the committer has stopped".into())));
+        };
+        if let Err(mpsc::error::SendError(s)) = tx.send(s).await {
+            (s.done)(Err(EngineError::Internal("the committer has stopped".into())));
+        }
+    }
+}
+
+fn run(store: &dyn Store, m: &Metrics, mut rx: mpsc::Receiver<Submission>) {
+    // Workspaces whose last write failed, with the epoch that failed.
+    let mut failed: HashMap<String, u64> = HashMap::new();
+    let mut subs: Vec<Submission> = Vec::new();
+    while let Some(first) = rx.blocking_recv() {
+        subs.push(first);
+        while subs.len() < MAX_MERGED {
+            match rx.try_recv() {
+                Ok(s) => subs.push(s),
+                Err(_) => break,
+            }
+        }
+        let mut live = Vec::with_capacity(subs.len());
+        for s in subs.drain(..) {
+            match failed.get(&s.ws) {
+                Some(&bad) if s.epoch <= bad => (s.done)(Err(EngineError::Store(StoreError::Engine(
+                    "an earlier commit of this workspace failed; retry".into(),
+                )))),
+                Some(_) => {
+                    failed.remove(&s.ws);
+                    live.push(s);
+                }
+                None => live.push(s),
+            }
+        }
+        if live.is_empty() {
+            continue;
+        }
+        let requests: usize = live.iter().map(|s| s.requests).sum();
+        m.commit_groups.observe(live.len() as f64);
+        m.commit_batch.observe(requests as f64);
+        let mut groups = Vec::with_capacity(live.len());
+        let mut dones = Vec::with_capacity(live.len());
+        for s in live {
+            groups.push((s.ws.clone(), s.batch));
+            dones.push((s.ws, s.epoch, s.done));
+        }
+        let t = Instant::now();
+        let res = store.write_groups(groups, Durability::Sync);
+        m.commit_seconds.observe(t.elapsed().as_secs_f64());
+        match res {
+            Ok(results) => {
+                for ((ws, epoch, done), r) in dones.into_iter().zip(results) {
+                    if let Err(e) = &r {
+                        m.commit_failures.inc();
+                        tracing::error!(workspace = %ws, error = %e, "a group did not validate; its requests fail and the workspace reloads");
+                        failed.insert(ws, epoch);
+                    }
+                    done(r.map_err(EngineError::Store));
+                }
+            }
+            Err(e) => {
+                m.commit_failures.inc();
+                tracing::error!(error = %e, groups = dones.len(), "synced commit failed; its requests fail and their workspaces reload");
+                for (ws, epoch, done) in dones {
+                    failed.insert(ws, epoch);
+                    done(Err(EngineError::Store(e.clone())));
+                }
+            }
+        }
+    }
+}
