@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 use allowly_benches::{print_ratios, Ratio};
 use allowly_engine::model::{CheckRequest, NewAuthorization, NewWorkspace};
 use allowly_engine::{Engine, EngineConfig};
-use allowly_signer::{server, Shared};
 use allowly_signer_proto::client::{ClientOptions, SignerClient};
 use allowly_store::{Durability, LogMeta, Op, RocksOptions, RocksStore, Store, WriteBatch};
 use criterion::Criterion;
@@ -27,18 +26,7 @@ fn main() {
     let mut c = Criterion::default().configure_from_args();
     let dir = tempfile::tempdir().expect("tempdir");
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
-    let sock = dir.path().join("run/signer.sock");
-    let listener = {
-        let _in_rt = rt.enter();
-        server::bind(&sock).expect("bind")
-    };
-    let signer_state = Shared::open_local(&dir.path().join("signer")).expect("signer state");
-    rt.spawn(server::serve(listener, signer_state, std::future::pending()));
-    let store = Arc::new(RocksStore::open(&dir.path().join("db"), RocksOptions::default()).expect("store"));
-    let engine = rt.block_on(async {
-        let client = SignerClient::new(sock.clone(), ClientOptions::default());
-        Engine::start(store.clone(), client, EngineConfig::default()).await.expect("engine")
-    });
+    let (engine, store, sock) = allowly_benches::local_engine(&rt, dir.path(), EngineConfig::default());
     let (ws, auth) = rt.block_on(async {
         let ws =
             engine.create_workspace(NewWorkspace { name: "bench".into(), scope_rules: Default::default() }, None).await;

@@ -42,3 +42,29 @@ pub fn print_ratios(title: &str, rows: &[Ratio]) {
         println!("{:<48} {:>11.1} ns {:>11.1} ns {:>8.3}x   ({} vs {})", r.label, m, b, m / b, r.measured, r.baseline);
     }
 }
+
+/// An engine over a fresh RocksDB in `dir/db`, talking to the real signer code serving on a real
+/// Unix socket (`dir/run/signer.sock`) in this process: what the engine benches measure.
+/// Returns the engine, its store and the socket (for a second engine on the same signer).
+pub fn local_engine(
+    rt: &tokio::runtime::Runtime,
+    dir: &std::path::Path,
+    cfg: allowly_engine::EngineConfig,
+) -> (allowly_engine::Engine, std::sync::Arc<allowly_store::RocksStore>, PathBuf) {
+    use allowly_signer_proto::client::{ClientOptions, SignerClient};
+    let sock = dir.join("run/signer.sock");
+    let listener = {
+        let _in_rt = rt.enter();
+        allowly_signer::server::bind(&sock).expect("bind")
+    };
+    let signer_state = allowly_signer::Shared::open_local(&dir.join("signer")).expect("signer state");
+    rt.spawn(allowly_signer::server::serve(listener, signer_state, std::future::pending()));
+    let store = std::sync::Arc::new(
+        allowly_store::RocksStore::open(&dir.join("db"), allowly_store::RocksOptions::default()).expect("store"),
+    );
+    let engine = rt.block_on(async {
+        let client = SignerClient::new(sock.clone(), ClientOptions::default());
+        allowly_engine::Engine::start(store.clone(), client, cfg).await.expect("engine")
+    });
+    (engine, store, sock)
+}
