@@ -1018,15 +1018,23 @@ async fn scale_mode(ctx: &mut Ctx, admin: &str, server_pid: Option<u32>) -> Resu
     )
     .await?;
     let rss1 = rss(server_pid);
+    let retried = |i: usize| ctx.api.retried[i].load(std::sync::atomic::Ordering::Relaxed);
+    // The server's own count of requests refused because the signer was (taken for) down.
+    let failed_closed = scrape(&ctx.api).await.and_then(|s| s.sum("allowly_engine_failed_closed_total"));
     println!(
-        "created {} workspaces in {ws_s:.0} s, {made} authorizations in {auth_s:.0} s ({:.0}/s); RSS {rss1}",
+        "created {} workspaces in {ws_s:.0} s, {made} authorizations in {auth_s:.0} s ({:.0}/s); RSS {rss1}; \
+         retried 429: {}, 503: {}; server failed_closed_total: {failed_closed:?}",
         prepared.len(),
-        made as f64 / auth_s.max(1e-3)
+        made as f64 / auth_s.max(1e-3),
+        retried(0),
+        retried(1),
     );
     let mut out = json!({
         "workspaces": prepared.len(), "authorizations": made,
         "workspaces_seconds": round(ws_s), "authorizations_seconds": round(auth_s),
         "rss_kib_before_setup": rss0, "rss_kib_after_setup": rss1,
+        "setup_retried": {"http_429": retried(0), "http_503": retried(1)},
+        "failed_closed_total_after_setup": failed_closed,
     });
     let all = check_target(ctx, &prepared, server_pid);
     let few = check_target(ctx, &prepared[..prepared.len().min(8)], server_pid);

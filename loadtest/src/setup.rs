@@ -17,6 +17,9 @@ use crate::http::{build_request, Conn};
 pub struct Api {
     pub addr: SocketAddr,
     pub host: String,
+    /// Answers 429 and 503 that `call` retried (shared by clones): a set-up that retries must
+    /// still be able to say how often it had to.
+    pub retried: std::sync::Arc<[std::sync::atomic::AtomicU64; 2]>,
 }
 
 /// One workspace prepared for checks.
@@ -49,7 +52,7 @@ impl Api {
             .map_err(|e| format!("{host}: {e}"))?
             .next()
             .ok_or_else(|| format!("{host}: no address"))?;
-        Ok(Self { addr, host })
+        Ok(Self { addr, host, retried: Default::default() })
     }
 
     /// One request; answers other than 2xx are errors with their body. `429` and `503` (queue
@@ -81,6 +84,7 @@ impl Api {
                 return Ok(body);
             }
             if matches!(status, 429 | 503) && Instant::now() < deadline {
+                self.retried[usize::from(status == 503)].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_millis(500));
                 continue;
