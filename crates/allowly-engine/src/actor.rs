@@ -230,8 +230,12 @@ pub(crate) struct WsState {
     ws: WorkspaceRecord,
     rules: BTreeMap<String, Rule>,
     myself: ActorRef<WsMsg>,
-    /// Authorizations as of the last staged request (ahead of the store until the commit).
-    auths: HashMap<String, AuthorizationRecord>,
+    /// Authorizations as of the last staged request (ahead of the store until the commit),
+    /// each with the group that last changed it (`None`: as read from the store).
+    auths: HashMap<String, (AuthorizationRecord, Option<u64>)>,
+    /// The newest group of this epoch known durable: entries changed at or before it may be
+    /// evicted (the store has them); newer ones may not (a reread would be stale).
+    durable_group: Option<u64>,
     /// `auth_state_hash` per authorization with the `revoked_at_ms` it was computed for: the
     /// only input of the hash that changes during an authorization's life (a canonical JSON
     /// serialisation and two SHA-256s per check otherwise).
@@ -302,6 +306,7 @@ impl Actor for WorkspaceActor {
             ws: a.ws,
             myself,
             auths: HashMap::new(),
+            durable_group: None,
             state_hashes: Default::default(),
             next_index: a.next_index,
             ops: Vec::new(),
@@ -328,6 +333,7 @@ impl Actor for WorkspaceActor {
         if let Some(last) = s.last_commit.take() {
             let _ = last.await;
         }
+        s.forget_authorizations(true);
         s.shared.actors.remove_if(&s.ws.id, |_, h| h.actor.get_id() == myself.get_id());
         s.shared.metrics.actors_live.dec();
         Ok(())
@@ -346,6 +352,7 @@ impl Actor for WorkspaceActor {
                         // The store has what these groups wrote now.
                         s.overlay.retain(|_, (_, g)| *g > group);
                         s.staged_keys.retain(|_, (_, g)| *g > group);
+                        s.durable_group = Some(group);
                     } else {
                         // What is staged now was decided on top of the failed group: it fails
                         // too, before anything is decided on the reloaded state.
@@ -614,7 +621,8 @@ impl WsState {
         // Groups already handed over on top of the failed one are refused by the committer
         // (their epoch failed); everything from here on is decided on the reloaded state.
         self.epoch = crate::commit::new_epoch();
-        self.auths.clear();
+        self.forget_authorizations(true);
+        self.durable_group = None;
         self.overlay.clear();
         self.staged_keys.clear();
         self.endpoints = None;
@@ -640,18 +648,47 @@ impl WsState {
                 return Err(EngineError::Internal("workspace state could not be reloaded".into()));
             }
         }
-        if let Some(a) = self.auths.get(id) {
+        if let Some((a, _)) = self.auths.get(id) {
             return Ok(Some(a.clone()));
         }
         let a = self.shared.store.authorization(&self.ws.id, id)?;
         if let Some(a) = &a {
-            if self.auths.len() >= MAX_CACHED_AUTHORIZATIONS {
-                self.auths.clear();
-                self.state_hashes.get_mut().clear();
-            }
-            self.auths.insert(id.to_owned(), a.clone());
+            self.cache_authorization(a.clone(), None);
         }
         Ok(a)
+    }
+
+    /// Caches `a` (changed by group `changed_in`, or as read from the store), first making room
+    /// when this actor or the whole engine is over its budget.
+    fn cache_authorization(&mut self, a: AuthorizationRecord, changed_in: Option<u64>) {
+        if !self.auths.contains_key(&a.id) {
+            let total = self.shared.cached_authorizations.load(Ordering::Relaxed);
+            if self.auths.len() >= MAX_CACHED_AUTHORIZATIONS || total >= self.shared.cfg.max_cached_authorizations {
+                self.forget_authorizations(false);
+            }
+            self.shared.cached_authorizations.fetch_add(1, Ordering::Relaxed);
+        }
+        self.auths.insert(a.id.clone(), (a, changed_in));
+    }
+
+    /// Drops cached authorizations: all of them (`all`, when the store is the truth again), or
+    /// only those the store already has — never one a staged or in-flight group changed, which
+    /// a reread would get stale (a reused `seq`, a wrong `prev`: a forked trail).
+    fn forget_authorizations(&mut self, all: bool) {
+        let before = self.auths.len();
+        if all {
+            self.auths.clear();
+        } else {
+            let durable = self.durable_group;
+            self.auths.retain(|_, (_, changed)| match (changed, durable) {
+                (None, _) => false,
+                (Some(g), Some(d)) => *g > d,
+                (Some(_), None) => true,
+            });
+        }
+        self.shared.cached_authorizations.fetch_sub(before - self.auths.len(), Ordering::Relaxed);
+        let kept = &self.auths;
+        self.state_hashes.get_mut().retain(|id, _| kept.contains_key(id));
     }
 
     /// `auth_state_hash(a)`, computed once per authorization and revocation state.
@@ -739,7 +776,8 @@ impl WsState {
         self.next_index = index;
         let mut ops: Vec<Op> = receipts.into_iter().map(Op::PutReceipt).collect();
         ops.push(Op::PutAuthorization(a.clone()));
-        self.auths.insert(a.id.clone(), a);
+        let group = self.group;
+        self.cache_authorization(a, Some(group));
         ops
     }
 

@@ -15,6 +15,9 @@ pub struct EngineConfig {
     /// How long a workspace's signing batch collects commits before it is sent (unless it
     /// fills first): the signing lag it adds, traded for fewer signatures and signer fsyncs.
     pub sign_batch_delay: Duration,
+    /// Most authorizations cached by all workspace actors together (beyond it an actor drops
+    /// its cached entries that are durable, and rereads them from the store when used).
+    pub max_cached_authorizations: usize,
     /// The signer counts as down when it has not answered for this long (checks then fail
     /// closed with 503).
     pub signer_timeout: Duration,
@@ -52,6 +55,7 @@ impl Default for EngineConfig {
             idle_timeout: Duration::from_secs(300),
             sign_batch_max: 1024,
             sign_batch_delay: Duration::from_millis(10),
+            max_cached_authorizations: 200_000,
             signer_timeout: Duration::from_secs(2),
             confirmation_ttl: Duration::from_secs(300),
             escalation_ttl: Duration::from_secs(24 * 3600),

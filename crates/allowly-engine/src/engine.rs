@@ -90,6 +90,7 @@ impl Engine {
             webhook_wake: Default::default(),
             instance_idem: Default::default(),
             api_keys: Default::default(),
+            cached_authorizations: Default::default(),
         });
         let engine = Self { shared: shared.clone() };
         shared.probe_signer().await;
@@ -181,11 +182,17 @@ impl Engine {
         if waits > seen {
             s.metrics.signer_waits.inc_by(waits - seen);
         }
+        s.metrics.cached_authorizations.set(self.cached_authorizations() as i64);
         let mut text = s.metrics.text();
         if let Ok(Ok(signer)) = tokio::time::timeout(s.cfg.signer_timeout, s.signer.metrics()).await {
             text.push_str(&signer);
         }
         text
+    }
+
+    /// Authorizations cached by all workspace actors right now.
+    pub fn cached_authorizations(&self) -> usize {
+        self.shared.cached_authorizations.load(Ordering::Relaxed)
     }
 
     /// The engine's metrics registry (for benches and tests that read counters directly).

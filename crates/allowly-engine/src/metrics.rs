@@ -24,6 +24,8 @@ pub struct Metrics {
     pub commit_groups: Histogram,
     /// Signer calls that waited for an in-flight slot (back pressure, not an outage).
     pub signer_waits: IntCounter,
+    /// Authorizations cached by all workspace actors (set when scraped).
+    pub cached_authorizations: IntGauge,
     /// Time of one synced group commit. Buckets 50 µs .. ~1.6 s by powers of 2.
     pub commit_seconds: Histogram,
     /// Group commits that failed (every request in them got an error; the actor reloaded).
@@ -89,6 +91,11 @@ impl Metrics {
                 "Signer calls that waited for an in-flight slot (back pressure)",
             )
             .expect("static metric definition"),
+            cached_authorizations: IntGauge::new(
+                "allowly_engine_cached_authorizations",
+                "Authorizations cached by all workspace actors (bounded by max_cached_authorizations)",
+            )
+            .expect("static metric definition"),
             commit_seconds: Histogram::with_opts(
                 HistogramOpts::new("allowly_engine_commit_seconds", "Duration of one synced group commit")
                     .buckets(pow2(0.000_05, 16)),
@@ -134,6 +141,7 @@ impl Metrics {
             Box::new(m.commit_batch.clone()),
             Box::new(m.commit_groups.clone()),
             Box::new(m.signer_waits.clone()),
+            Box::new(m.cached_authorizations.clone()),
             Box::new(m.commit_seconds.clone()),
             Box::new(m.commit_failures.clone()),
             Box::new(m.actors_live.clone()),

@@ -45,6 +45,9 @@ pub(crate) struct Shared {
     pub instance_idem: tokio::sync::Mutex<()>,
     /// Valid API keys seen recently, by secret hash (see `Engine::authenticate`).
     pub api_keys: ApiKeyCache,
+    /// Authorizations cached by all workspace actors together (bounded by
+    /// `EngineConfig::max_cached_authorizations`).
+    pub cached_authorizations: std::sync::atomic::AtomicUsize,
 }
 
 /// API keys that authenticated recently, so a request does not read the store (on an async

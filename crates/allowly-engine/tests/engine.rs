@@ -176,6 +176,46 @@ async fn concurrent_checks_share_commits_and_get_one_contiguous_log() {
     signer.stop();
 }
 
+/// A cache budget of one authorization, with checks on several authorizations in flight at
+/// once: entries are evicted all the time, but never one that a staged or in-flight commit
+/// changed (a reread from the store would be stale: a reused `seq`, a wrong `prev`). Every trail
+/// stays one contiguous, verifiable chain, and the budget is given back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tiny_authorization_cache_never_forks_a_trail() {
+    let root = TempDir::new().unwrap();
+    let signer = start_signer(&root);
+    let cfg = EngineConfig { max_cached_authorizations: 1, ..config() };
+    let e = Engine::start(open_store(&root), client(&root), cfg).await.unwrap();
+    let ws = workspace(&e).await;
+    let mut auths = Vec::new();
+    for _ in 0..4 {
+        auths.push(e.create_authorization(&ws, grant(None), None).await.unwrap().authorization.id);
+    }
+    for _round in 0..4 {
+        let tasks: Vec<_> = (0..64)
+            .map(|i| {
+                let (e, ws, auth) = (e.clone(), ws.clone(), auths[i % auths.len()].clone());
+                tokio::spawn(async move { e.check(&ws, ask(&auth, "files.read", Some("doc:1")), None).await })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+    }
+    let keys = e.keys(&ws).unwrap();
+    for auth in &auths {
+        eventually("all signed", || async { all_signed(&e, &ws, auth).await }).await;
+        let trail = e.trail(&ws, auth, None, 1000).unwrap();
+        assert_eq!(trail.data.len(), 1 + 4 * 16, "the grant and its 64 checks");
+        let bundle = e.export(&ws, ExportScope::Authorization(auth.clone())).unwrap();
+        let report = verify_bundle(&bundle, Some(&keys), &[]).unwrap();
+        assert_eq!(report.outcome(), Outcome::Valid, "{:?}", report.findings);
+    }
+    e.shutdown().await;
+    assert_eq!(e.cached_authorizations(), 0, "stopped actors give their budget back");
+    signer.stop();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signer_down_fails_closed_and_writes_nothing_then_recovers() {
     let root = TempDir::new().unwrap();

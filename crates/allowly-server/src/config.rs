@@ -24,7 +24,7 @@ pub const BODY_LIMIT_RANGE: std::ops::RangeInclusive<usize> = 1024..=16 * 1024 *
 
 const AFTER_HELP: &str = "\
 Every option can also be set by its environment variable or in the TOML file given by --config
-(keys: data_dir, listen, signer_socket, signer_bin, signer_max_in_flight, body_limit, confirmation_ttl_ms, escalation_ttl_ms, webhook_base_backoff_ms,
+(keys: data_dir, listen, signer_socket, signer_bin, signer_max_in_flight, max_cached_authorizations, body_limit, confirmation_ttl_ms, escalation_ttl_ms, webhook_base_backoff_ms,
 webhook_max_backoff_ms, webhook_give_up_after_ms, webhook_attempt_timeout_ms, webhook_retention_ms,
 webhook_allow_private_networks). Precedence: flag > environment > file > default. Relative paths
 are relative to the working directory.
@@ -121,6 +121,10 @@ pub struct ServeArgs {
     /// never "signer down") [default: 1024].
     #[arg(long, env = "ALLOWLY_SIGNER_MAX_IN_FLIGHT", value_name = "N")]
     pub signer_max_in_flight: Option<usize>,
+    /// Most authorizations kept in memory by all workspaces together; beyond it they are read
+    /// from the database when used (memory vs. latency: ~0.6 KiB each) [default: 200000].
+    #[arg(long, env = "ALLOWLY_MAX_CACHED_AUTHORIZATIONS", value_name = "N")]
+    pub max_cached_authorizations: Option<usize>,
 }
 
 /// The TOML file: the same settings as the flags, all optional.
@@ -141,6 +145,7 @@ pub struct FileConfig {
     pub confirmation_ttl_ms: Option<u64>,
     pub escalation_ttl_ms: Option<u64>,
     pub signer_max_in_flight: Option<usize>,
+    pub max_cached_authorizations: Option<usize>,
 }
 
 /// Where the signer comes from.
@@ -163,6 +168,7 @@ pub struct ServerConfig {
     pub confirmation_ttl: Duration,
     pub escalation_ttl: Duration,
     pub signer_max_in_flight: usize,
+    pub max_cached_authorizations: usize,
 }
 
 /// A configuration that cannot be used.
@@ -227,8 +233,11 @@ impl ServeArgs {
         if !(1..=65_536).contains(&signer_max_in_flight) {
             return Err(ConfigError::SignerInFlight);
         }
+        let max_cached_authorizations =
+            self.max_cached_authorizations.or(file.max_cached_authorizations).unwrap_or(e.max_cached_authorizations);
         Ok(ServerConfig {
             signer_max_in_flight,
+            max_cached_authorizations,
             data_dir: self.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
             listen,
             signer,

@@ -108,6 +108,7 @@ async fn serve_with_engine(
         EngineConfig {
             confirmation_ttl: cfg.confirmation_ttl,
             escalation_ttl: cfg.escalation_ttl,
+            max_cached_authorizations: cfg.max_cached_authorizations,
             webhook_destinations: cfg.webhooks.destinations,
             ..EngineConfig::default()
         },
