@@ -359,9 +359,7 @@ impl Actor for WorkspaceActor {
                         tracing::warn!(workspace = %s.ws.id, "a commit failed; reloading workspace state");
                         s.ops.clear();
                         for d in std::mem::take(&mut s.done) {
-                            d(Err(EngineError::Store(allowly_store::StoreError::Engine(
-                                "an earlier commit of this workspace failed; retry".into(),
-                            ))));
+                            d(Err(crate::commit::after_failed_commit()));
                         }
                         s.reload();
                     }

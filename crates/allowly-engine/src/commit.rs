@@ -70,6 +70,11 @@ impl Drop for Committer {
 /// failed predecessor's refusal.
 static NEXT_EPOCH: AtomicU64 = AtomicU64::new(1);
 
+/// The error of a request decided on top of a group whose commit failed (it is never written).
+pub(crate) fn after_failed_commit() -> EngineError {
+    EngineError::Store(StoreError::Engine("an earlier commit of this workspace failed; retry".into()))
+}
+
 /// A fresh epoch for an actor that (re)loads its state from the store.
 pub(crate) fn new_epoch() -> u64 {
     NEXT_EPOCH.fetch_add(1, Ordering::Relaxed)
@@ -114,9 +119,7 @@ fn run(store: &dyn Store, m: &Metrics, mut rx: mpsc::Receiver<Submission>) {
         let mut live = Vec::with_capacity(subs.len());
         for s in subs.drain(..) {
             match failed.get(&s.ws) {
-                Some(&bad) if s.epoch <= bad => (s.done)(Err(EngineError::Store(StoreError::Engine(
-                    "an earlier commit of this workspace failed; retry".into(),
-                )))),
+                Some(&bad) if s.epoch <= bad => (s.done)(Err(after_failed_commit())),
                 Some(_) => {
                     failed.remove(&s.ws);
                     live.push(s);

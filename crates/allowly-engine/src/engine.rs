@@ -30,7 +30,7 @@ use crate::metrics::Metrics;
 use crate::model::*;
 use crate::pipeline::Pipelines;
 use crate::receipts::{key_records, key_set, pending_envelope, signed_envelope};
-use crate::shared::{now_ms, ts, Health, Shared};
+use crate::shared::{blocking, now_ms, ts, Health, Shared};
 use crate::{validate, views};
 
 /// Most records one list page looks at (see [`Engine::authorizations`]).
@@ -60,10 +60,6 @@ pub(crate) fn not_found_if_invalid(what: &'static str) -> impl Fn(StoreError) ->
         StoreError::InvalidId { .. } => EngineError::NotFound { what },
         other => EngineError::Store(other),
     }
-}
-
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| EngineError::Internal(format!("blocking task: {e}")))?
 }
 
 impl Engine {

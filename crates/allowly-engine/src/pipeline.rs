@@ -30,7 +30,7 @@ use tokio::sync::watch;
 
 use crate::error::{EngineError, Result};
 use crate::receipts::{key_records, verifier};
-use crate::shared::Shared;
+use crate::shared::{blocking, Shared};
 
 /// Running pipeline tasks by workspace; each gets the workspace's committed log size.
 #[derive(Debug, Default)]
@@ -319,10 +319,7 @@ impl Signing {
         // are pending again and get the same checkpoint back (the signer answers an exact retry
         // of its last group with it, or `reconcile` adopts its newer one). Saves an fsync per
         // signing batch on the path every check's disk shares.
-        tokio::task::spawn_blocking(move || store.write(batch, Durability::Buffered))
-            .await
-            .map_err(|e| Stop::Retry(EngineError::Internal(format!("store task: {e}"))))?
-            .map_err(|e| Stop::Retry(EngineError::Store(e)))?;
+        blocking(move || Ok(store.write(batch, Durability::Buffered)?)).await?;
         if wake {
             shared.webhook_wake.notify_one();
         }
@@ -381,10 +378,7 @@ fn signed_event(shared: &Shared, ws: &str, from: u64, size: u64, checkpoint: &st
 /// Up to `max` stored `(index, leaf)` pairs in `[from, to)`, read off the async workers.
 async fn read_leaves(shared: &Shared, ws: &str, from: u64, to: u64, max: usize) -> Result<Vec<(u64, Hash)>, Stop> {
     let (store, ws) = (shared.store.clone(), ws.to_owned());
-    tokio::task::spawn_blocking(move || store.leaf_hashes(&ws, from, to, max))
-        .await
-        .map_err(|e| Stop::Retry(EngineError::Internal(format!("store task: {e}"))))?
-        .map_err(|e| Stop::Retry(EngineError::Store(e)))
+    Ok(blocking(move || Ok(store.leaf_hashes(&ws, from, to, max)?)).await?)
 }
 
 /// The leaf hashes of `items` if they are exactly the indices `from, from+1, …` (committed

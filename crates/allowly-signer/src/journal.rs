@@ -550,22 +550,14 @@ impl Writer {
     /// files are cut back to where this group began.
     fn persist(&mut self, journal: &[u8], audit: &[u8], records: usize) -> io::Result<()> {
         if !journal.is_empty() {
-            let r = write_all_at(&mut *self.journal, journal, self.jlen).and_then(|()| {
-                self.metrics.fsyncs.with_label_values(&["journal"]).inc();
-                self.journal.sync_data()
-            });
-            if let Err(e) = r {
+            if let Err(e) = self.append_synced(Role::Journal, journal) {
                 self.roll_back(Role::Journal);
                 return Err(e);
             }
             self.metrics.journal_records_per_fsync.observe(records as f64);
         }
         if !audit.is_empty() {
-            let r = write_all_at(&mut *self.audit, audit, self.alen).and_then(|()| {
-                self.metrics.fsyncs.with_label_values(&["audit"]).inc();
-                self.audit.sync_data()
-            });
-            if let Err(e) = r {
+            if let Err(e) = self.append_synced(Role::Audit, audit) {
                 self.roll_back(Role::Audit);
                 if !journal.is_empty() {
                     // Durable already, but its audit lines are not: undo it, so that no
@@ -579,6 +571,17 @@ impl Writer {
         self.alen += audit.len() as u64;
         self.metrics.journal_bytes.set(i64::try_from(self.jlen).unwrap_or(i64::MAX));
         Ok(())
+    }
+
+    /// Writes `bytes` at the file's durable length and fdatasyncs it (counted).
+    fn append_synced(&mut self, role: Role, bytes: &[u8]) -> io::Result<()> {
+        let (file, len, label) = match role {
+            Role::Journal => (&mut self.journal, self.jlen, "journal"),
+            Role::Audit => (&mut self.audit, self.alen, "audit"),
+        };
+        write_all_at(&mut **file, bytes, len)?;
+        self.metrics.fsyncs.with_label_values(&[label]).inc();
+        file.sync_data()
     }
 
     /// Truncates a file back to its durable length; poisons the journal if that fails.

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use allowly_receipt::merkle::{node_hash, Frontier, Hash};
+use allowly_receipt::merkle::{Frontier, Hash};
 use allowly_receipt::note::{self, Checkpoint, NoteVerifier};
 use allowly_receipt::types::{
     log_origin, EventKind, HexHash, ReceiptBody, RotatedKey, Timestamp, FORMAT_VERSION, TIME_EXTENSION_PREFIX,
@@ -174,31 +174,6 @@ impl Actor for WorkspaceActor {
     }
 }
 
-/// Appends `leaves` to `f` without building any inclusion proof: each new complete node is
-/// hashed once, as in [`Frontier::append`], but no proof vectors or node lists are allocated.
-/// What an `AppendBatch` without `want_proofs` (the service's normal call) costs.
-pub fn extend(f: &mut Frontier, leaves: &[Hash]) -> Result<()> {
-    let mut size = f.size();
-    size.checked_add(leaves.len() as u64)
-        .ok_or_else(|| SignerError::InvalidArgument("the log would exceed 2^64 - 1 leaves".into()))?;
-    let mut peaks = f.peaks().to_vec();
-    for leaf in leaves {
-        // Peaks are stored largest first, so the smallest (rightmost) subtrees are at the end:
-        // each trailing one bit of the size merges one of them into the new leaf's subtree.
-        let mut h = *leaf;
-        let mut n = size;
-        while n & 1 == 1 {
-            let left = peaks.pop().ok_or_else(|| SignerError::Corrupt("frontier has too few peaks".into()))?;
-            h = node_hash(&left, &h);
-            n >>= 1;
-        }
-        peaks.push(h);
-        size += 1;
-    }
-    *f = Frontier::from_parts(size, peaks)?;
-    Ok(())
-}
-
 /// The signer's whole CPU work for one batch: extend the frontier by `leaves`, sign one
 /// checkpoint of the new tree, and return the note, with every new leaf's inclusion proof if
 /// `want_proofs` (else no proofs). (Public so the benchmark measures exactly this code.)
@@ -210,13 +185,9 @@ pub fn sign_batch(
     time_ms: u64,
     want_proofs: bool,
 ) -> Result<(String, Vec<Vec<Hash>>)> {
-    let (root, proofs) = if want_proofs {
-        let appended = f.append(leaves)?;
-        (appended.root, appended.proofs)
-    } else {
-        extend(f, leaves)?;
-        (f.root(), Vec::new())
-    };
+    // Without proofs the frontier builds none (`append_nodes`); the tree and root are the same.
+    let appended = if want_proofs { f.append(leaves)? } else { f.append_nodes(leaves)? };
+    let (root, proofs) = (appended.root, appended.proofs);
     let text = Checkpoint {
         origin: origin.to_owned(),
         size: f.size(),
@@ -497,29 +468,6 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use allowly_receipt::merkle::leaf_hash;
-    use proptest::prelude::*;
-
-    proptest! {
-        /// The proof-less append reaches exactly the frontier (size, peaks, root) of the one
-        /// that builds proofs, from any starting size, in any number of steps.
-        #[test]
-        fn extend_matches_frontier_append(start in 0usize..300, steps in proptest::collection::vec(1usize..70, 1..5)) {
-            let mut a = Frontier::new();
-            let first: Vec<Hash> = (0..start).map(|i| leaf_hash(&i.to_be_bytes())).collect();
-            a.append(&first).unwrap();
-            let mut b = a.clone();
-            let mut i = start;
-            for n in steps {
-                let batch: Vec<Hash> = (i..i + n).map(|i| leaf_hash(&i.to_be_bytes())).collect();
-                i += n;
-                a.append(&batch).unwrap();
-                extend(&mut b, &batch).unwrap();
-                prop_assert_eq!(a.size(), b.size());
-                prop_assert_eq!(a.peaks(), b.peaks());
-                prop_assert_eq!(a.root(), b.root());
-            }
-        }
-    }
 
     #[test]
     fn sign_batch_with_and_without_proofs_signs_the_same_tree() {

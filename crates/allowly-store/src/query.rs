@@ -239,7 +239,7 @@ fn note(key: &[u8], bytes: Vec<u8>) -> Result<String> {
 }
 
 /// The first (or last) checkpoint in `[lower, ws_end)`, with its size.
-fn first_checkpoint(e: &impl KvEngine, ws: &str, lower: &[u8], reverse: bool) -> Result<Option<(u64, String)>> {
+fn first_checkpoint(e: &dyn KvRead, ws: &str, lower: &[u8], reverse: bool) -> Result<Option<(u64, String)>> {
     let pairs = e.scan(Space::Checkpoints, lower, Some(&keys::ws_end(ws)), 1, reverse)?;
     let Some((k, v)) = pairs.into_iter().next() else { return Ok(None) };
     let size = keys::u64_suffix(&k, ws.len() + 1).ok_or_else(|| corrupt(Space::Checkpoints, &k, "bad key length"))?;
@@ -280,13 +280,7 @@ pub(crate) fn workspaces_with_unsigned(e: &impl KvEngine) -> Result<Vec<String>>
                     .filter(|ws| check_id("workspace_id", ws).is_ok())
                     .ok_or_else(|| corrupt(Space::LogMeta, k, "key is not a workspace id"))?;
                 let meta: LogMeta = decode(Space::LogMeta, k, v)?;
-                let signed =
-                    match view.scan(Space::Checkpoints, &keys::ws_start(ws), Some(&keys::ws_end(ws)), 1, true)?.first()
-                    {
-                        Some((ck, _)) => keys::u64_suffix(ck, ws.len() + 1)
-                            .ok_or_else(|| corrupt(Space::Checkpoints, ck, "bad key length"))?,
-                        None => 0,
-                    };
+                let signed = first_checkpoint(view, ws, &keys::ws_start(ws), true)?.map_or(0, |(size, _)| size);
                 if meta.next_index > signed {
                     out.push(ws.to_owned());
                 }
