@@ -773,7 +773,13 @@ impl WsState {
     fn advance(&mut self, a: AuthorizationRecord, index: u64, receipts: Vec<ReceiptRecord>) -> Vec<Op> {
         self.next_index = index;
         let mut ops: Vec<Op> = receipts.into_iter().map(Op::PutReceipt).collect();
-        ops.push(Op::PutAuthorization(a.clone()));
+        // The trail head (`next_seq`, `last_leaf`) is stored by the receipts' trail entries, so
+        // the record is written only when something else changed (created, revoked, expiry
+        // recorded): a plain check writes no authorization record.
+        let unchanged = self.auths.get(&a.id).is_some_and(|(cached, _)| cached.same_stored(&a));
+        if !unchanged {
+            ops.push(Op::PutAuthorization(a.clone()));
+        }
         let group = self.group;
         self.cache_authorization(a, Some(group));
         ops

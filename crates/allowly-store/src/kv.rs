@@ -166,7 +166,8 @@ fn put_receipt(st: &mut Stager, r: ReceiptRecord) -> Result<()> {
     match (&r.authorization_id, r.seq) {
         (Some(auth), Some(seq)) => {
             check_id("authorization_id", auth)?;
-            st.put(Space::Trail, keys::trail(ws, auth, seq), r.id.clone().into_bytes());
+            // `leaf ‖ id`: the trail's last entry is the authorization's trail head (next seq, prev).
+            st.put(Space::Trail, keys::trail(ws, auth, seq), codec::encode_leaf(&r.leaf, &r.id));
         }
         (None, None) => {}
         // A receipt that names an authorization but no seq (or the reverse) would silently be

@@ -20,9 +20,9 @@
 //! |------------------|----------------------------------------------|------------------------------------|
 //! | `workspaces`     | `ws`                                         | [`WorkspaceRecord`] (JSON)         |
 //! | `api_keys`       | `key_hash` (32 bytes)                        | [`ApiKeyRecord`] (JSON)            |
-//! | `authorizations` | `ws ‖ 0x00 ‖ id`                             | [`AuthorizationRecord`] (JSON)     |
+//! | `authorizations` | `ws ‖ 0x00 ‖ id`                             | [`AuthorizationRecord`] (JSON, without its trail head) |
 //! | `receipts`       | `ws ‖ 0x00 ‖ receipt id`                     | [`ReceiptRecord`]: JSON header ‖ `\n` ‖ body bytes |
-//! | `trail`          | `ws ‖ 0x00 ‖ auth id ‖ 0x00 ‖ seq u64`       | receipt id                         |
+//! | `trail`          | `ws ‖ 0x00 ‖ auth id ‖ 0x00 ‖ seq u64`       | leaf hash (32 bytes) ‖ receipt id  |
 //! | `leaves`         | `ws ‖ 0x00 ‖ log index u64`                  | leaf hash (32 bytes) ‖ receipt id  |
 //! | `nodes`          | `ws ‖ 0x00 ‖ level u8 ‖ index u64`           | 32-byte complete-subtree hash      |
 //! | `checkpoints`    | `ws ‖ 0x00 ‖ tree size u64`                  | signed note text                   |
@@ -38,6 +38,10 @@
 //! rewritten when a batch is signed, and the unsigned receipts of a workspace are the `leaves`
 //! range `[newest checkpoint size, log_meta.next_index)` — a seek, not a queue scanned from its
 //! head over the tombstones of everything already signed.
+//!
+//! An authorization's trail head (the next `seq` and the previous receipt's leaf hash) is not
+//! in its record: a read takes it from the last `trail` entry. A check extends the trail and
+//! so writes no authorization record at all.
 //!
 //! `trail` and `leaves` are indexes into `receipts`, written in the same batch as the
 //! receipt, so an index entry never points at nothing; a reader that finds one that does reports

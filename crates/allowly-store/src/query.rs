@@ -97,12 +97,31 @@ pub(crate) fn authorization(e: &impl KvEngine, ws: &str, id: &str) -> Result<Opt
     check_id("workspace_id", ws)?;
     check_id("authorization_id", id)?;
     let key = keys::ws_id(ws, id);
-    let Some(bytes) = e.get(Space::Authorizations, &key)? else { return Ok(None) };
-    let r: AuthorizationRecord = decode(Space::Authorizations, &key, &bytes)?;
-    if r.workspace_id != ws || r.id != id {
-        return Err(corrupt(Space::Authorizations, &key, "record is filed under another workspace or id"));
-    }
-    Ok(Some(r))
+    e.read(|view| {
+        let Some(bytes) = view.get(Space::Authorizations, &key)? else { return Ok(None) };
+        let mut r: AuthorizationRecord = decode(Space::Authorizations, &key, &bytes)?;
+        if r.workspace_id != ws || r.id != id {
+            return Err(corrupt(Space::Authorizations, &key, "record is filed under another workspace or id"));
+        }
+        with_trail_head(view, &mut r)?;
+        Ok(Some(r))
+    })
+}
+
+/// Sets `r.next_seq` and `r.last_leaf` from the last entry of its trail (`0` and zeros for an
+/// empty trail): one reverse seek bounded to that trail.
+fn with_trail_head(view: &dyn KvRead, r: &mut AuthorizationRecord) -> Result<()> {
+    let start = keys::trail_start(&r.workspace_id, &r.id);
+    let last = view.scan(Space::Trail, &start, Some(&keys::trail_end(&r.workspace_id, &r.id)), 1, true)?;
+    (r.next_seq, r.last_leaf) = match last.first() {
+        None => (0, [0; 32]),
+        Some((k, v)) => {
+            let seq = keys::u64_suffix(k, start.len()).ok_or_else(|| corrupt(Space::Trail, k, "bad key length"))?;
+            let next = seq.checked_add(1).ok_or_else(|| corrupt(Space::Trail, k, "seq overflows"))?;
+            (next, codec::decode_leaf(Space::Trail, k, v)?.0)
+        }
+    };
+    Ok(())
 }
 
 /// The smallest key after `ws ‖ 0x00 ‖ after` (ids have no 0x00, so appending one is next),
@@ -128,17 +147,20 @@ pub(crate) fn authorizations(
     check_id("workspace_id", ws)?;
     let lower = ws_lower_bound(ws, after)?;
     let space = Space::Authorizations;
-    let pairs = e.read(|view| view.scan(space, &lower, Some(&keys::ws_end(ws)), limit, false))?;
-    pairs
-        .into_iter()
-        .map(|(k, v)| {
-            let r: AuthorizationRecord = decode(space, &k, &v)?;
-            if r.workspace_id != ws || k != keys::ws_id(ws, &r.id) {
-                return Err(corrupt(space, &k, "record is filed under another workspace or id"));
-            }
-            Ok(r)
-        })
-        .collect()
+    e.read(|view| {
+        let pairs = view.scan(space, &lower, Some(&keys::ws_end(ws)), limit, false)?;
+        pairs
+            .into_iter()
+            .map(|(k, v)| {
+                let mut r: AuthorizationRecord = decode(space, &k, &v)?;
+                if r.workspace_id != ws || k != keys::ws_id(ws, &r.id) {
+                    return Err(corrupt(space, &k, "record is filed under another workspace or id"));
+                }
+                with_trail_head(view, &mut r)?;
+                Ok(r)
+            })
+            .collect()
+    })
 }
 
 pub(crate) fn receipt(e: &impl KvEngine, ws: &str, id: &str) -> Result<Option<ReceiptRecord>> {
@@ -185,10 +207,10 @@ pub(crate) fn trail(
             .map(|(k, v)| {
                 let seq =
                     keys::u64_suffix(&k, prefix_len).ok_or_else(|| corrupt(Space::Trail, &k, "bad key length"))?;
-                let id = codec::id(Space::Trail, &k, &v)?;
+                let (leaf, id) = codec::decode_leaf(Space::Trail, &k, &v)?;
                 let r = indexed_receipt(view, Space::Trail, &k, &id, ws)?;
-                if r.seq != Some(seq) || r.authorization_id.as_deref() != Some(auth) {
-                    return Err(corrupt(Space::Trail, &k, "receipt has another authorization or seq"));
+                if r.seq != Some(seq) || r.authorization_id.as_deref() != Some(auth) || r.leaf != leaf {
+                    return Err(corrupt(Space::Trail, &k, "receipt has another authorization, seq or leaf"));
                 }
                 Ok(r)
             })

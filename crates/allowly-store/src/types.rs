@@ -84,10 +84,48 @@ pub struct AuthorizationRecord {
     /// Whether the expiry receipt has been written (so it is written once).
     pub expiry_recorded: bool,
     /// The `seq` the next receipt of this authorization's trail gets.
+    ///
+    /// Not stored in the record: a read derives it (with `last_leaf`) from the trail's last
+    /// entry, which is written in the same batch as the receipt. So a check, which only extends
+    /// the trail, never rewrites the authorization record, and the head can never disagree
+    /// with the trail.
+    #[serde(skip)]
     pub next_seq: u64,
-    /// Leaf hash of the trail's last receipt: the next receipt's `prev`.
-    #[serde(with = "hex32")]
+    /// Leaf hash of the trail's last receipt: the next receipt's `prev` (derived, like `next_seq`).
+    #[serde(skip)]
     pub last_leaf: [u8; 32],
+}
+
+impl AuthorizationRecord {
+    /// Whether `self` and `other` store the same record, i.e. are equal apart from the trail
+    /// head (which the trail itself stores). Writing a record is needed only when this is false.
+    pub fn same_stored(&self, other: &Self) -> bool {
+        // Destructured, not `..`: a new stored field must be added here or this fails to compile.
+        let Self {
+            id,
+            workspace_id,
+            subject,
+            scopes,
+            resources,
+            expires_at_ms,
+            metadata,
+            created_at_ms,
+            revoked_at_ms,
+            expiry_recorded,
+            next_seq: _,
+            last_leaf: _,
+        } = self;
+        *id == other.id
+            && *workspace_id == other.workspace_id
+            && *subject == other.subject
+            && *scopes == other.scopes
+            && *resources == other.resources
+            && *expires_at_ms == other.expires_at_ms
+            && *metadata == other.metadata
+            && *created_at_ms == other.created_at_ms
+            && *revoked_at_ms == other.revoked_at_ms
+            && *expiry_recorded == other.expiry_recorded
+    }
 }
 
 /// One receipt: its canonical body and where it sits in the trail and the log.

@@ -423,6 +423,35 @@ fn documents<S: Store>(s: &S) {
     assert!(matches!(s.doc(DocKind::Escalation, "w", "a/b"), Err(StoreError::InvalidId { .. })));
 }
 
+fn trail_head_is_derived_from_the_trail<S: Store>(s: &S) {
+    // The record is written once; receipts alone move the head, and prefix-sharing
+    // authorizations ("au", "auth_x") never lend theirs.
+    let (a, au, ax) = (authorization("w", "auth"), authorization("w", "au"), authorization("w", "auth_x"));
+    write(s, vec![Op::PutAuthorization(a), Op::PutAuthorization(au), Op::PutAuthorization(ax)]);
+    let head = |id: &str| {
+        let r = s.authorization("w", id).unwrap().unwrap();
+        assert_eq!(s.authorizations("w", None, 10).unwrap().into_iter().find(|x| x.id == id).as_ref(), Some(&r));
+        (r.next_seq, r.last_leaf)
+    };
+    assert_eq!(head("auth"), (0, [0; 32]), "an empty trail");
+    let mut last = [0; 32];
+    for q in 0..3u64 {
+        let r = receipt("w", &format!("h{q}"), 10 + q, Some(("auth", q)));
+        last = r.leaf;
+        write(s, vec![Op::PutReceipt(r)]);
+        assert_eq!(head("auth"), (q + 1, last));
+    }
+    write(s, vec![Op::PutReceipt(receipt("w", "x0", 20, Some(("auth_x", 0))))]);
+    assert_eq!(head("auth"), (3, last));
+    assert_eq!(head("au"), (0, [0; 32]));
+    assert_eq!(head("auth_x").0, 1);
+    // A stored record's own head fields are never what a read returns.
+    let mut stale = authorization("w", "auth");
+    (stale.next_seq, stale.last_leaf) = (99, [9; 32]);
+    write(s, vec![Op::PutAuthorization(stale)]);
+    assert_eq!(head("auth"), (3, last));
+}
+
 macro_rules! conformance {
     ($engine:ident, $make:path; $($case:ident),* $(,)?) => {
         mod $engine {
@@ -444,6 +473,7 @@ macro_rules! suite {
             authorizations,
             receipts_by_id_index_and_range,
             trail_pagination,
+            trail_head_is_derived_from_the_trail,
             unsigned_leaves,
             write_groups,
             nodes_checkpoints_and_log_meta,

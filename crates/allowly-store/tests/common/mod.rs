@@ -62,8 +62,9 @@ pub fn authorization(ws: &str, id: &str) -> AuthorizationRecord {
         created_at_ms: 1,
         revoked_at_ms: None,
         expiry_recorded: false,
-        next_seq: 3,
-        last_leaf: [0xab; 32],
+        // The trail head is derived from the trail on read: a fresh record has an empty one.
+        next_seq: 0,
+        last_leaf: [0; 32],
     }
 }
 
