@@ -17,9 +17,9 @@
 //! gone, so there is never more than one sequencer per workspace log.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use allowly_receipt::types::{
     Decision, EventKind, Grant as ReceiptGrant, HexHash, ReceiptBody, Timestamp, FORMAT_VERSION,
@@ -153,6 +153,10 @@ pub(crate) enum WsMsg {
     },
     /// Stop if idle (sent by the actor to itself).
     IdleCheck,
+    /// Stop if idle for `min_idle` (sent under memory pressure).
+    Passivate {
+        min_idle: Duration,
+    },
 }
 
 /// An `Idempotency-Key`, as the actor files it: `doc_id` derives from the key, `request_hash`
@@ -212,6 +216,8 @@ pub(crate) struct WsHandle {
     pub actor: ActorRef<WsMsg>,
     /// Requests sent and not yet taken up: the mailbox bound.
     pub queued: Arc<AtomicUsize>,
+    /// When a request was last sent (ms, `now_ms`): picks whom memory pressure stops first.
+    pub last_used: Arc<AtomicU64>,
 }
 
 /// A staged request's completion: called with the commit's outcome.
@@ -367,15 +373,14 @@ impl Actor for WorkspaceActor {
                 return Ok(());
             }
             WsMsg::IdleCheck => {
-                let idle = s.last_active.elapsed() >= s.shared.cfg.idle_timeout;
-                if idle && s.done.is_empty() && s.queued.load(Ordering::Acquire) == 0 {
-                    // Unregister first so new requests start a successor (which waits for our
-                    // life lock), then process whatever is already queued and stop.
-                    s.shared.actors.remove_if(&s.ws.id, |_, h| h.actor.get_id() == myself.get_id());
-                    myself.drain()?;
-                } else {
-                    myself.send_after(s.shared.cfg.idle_timeout, || WsMsg::IdleCheck);
+                if s.passivate_if_idle(&myself, s.shared.cfg.idle_timeout, "idle")? {
+                    return Ok(());
                 }
+                myself.send_after(s.shared.cfg.idle_timeout, || WsMsg::IdleCheck);
+                return Ok(());
+            }
+            WsMsg::Passivate { min_idle } => {
+                s.passivate_if_idle(&myself, min_idle, "memory")?;
                 return Ok(());
             }
             _ => {}
@@ -440,7 +445,7 @@ impl Actor for WorkspaceActor {
                 let r = s.sweep_idempotency(ids);
                 s.stage(r, reply);
             }
-            WsMsg::Flush | WsMsg::IdleCheck | WsMsg::Committed { .. } => {}
+            WsMsg::Flush | WsMsg::IdleCheck | WsMsg::Passivate { .. } | WsMsg::Committed { .. } => {}
         }
         if !s.done.is_empty() && !s.flush_scheduled {
             s.flush_scheduled = true;
@@ -466,6 +471,26 @@ struct Event<'a> {
 }
 
 impl WsState {
+    /// Stops this actor if it has had no request for `min_idle` and has nothing staged or
+    /// queued; returns whether it is stopping. It unregisters first, so a new request starts a
+    /// successor (which waits for this actor's life lock), then processes whatever is already
+    /// queued and stops.
+    fn passivate_if_idle(
+        &self,
+        myself: &ActorRef<WsMsg>,
+        min_idle: Duration,
+        cause: &str,
+    ) -> Result<bool, ActorProcessingErr> {
+        let idle = self.last_active.elapsed() >= min_idle;
+        if !(idle && self.done.is_empty() && self.queued.load(Ordering::Acquire) == 0) {
+            return Ok(false);
+        }
+        self.shared.actors.remove_if(&self.ws.id, |_, h| h.actor.get_id() == myself.get_id());
+        self.shared.metrics.passivations.with_label_values(&[cause]).inc();
+        myself.drain()?;
+        Ok(true)
+    }
+
     /// Stages `ops` with an answer that is sent once they are durable (the answer may itself be
     /// an error that must leave a receipt, e.g. a used nonce). An outer error is answered now:
     /// nothing was staged.

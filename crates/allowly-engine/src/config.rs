@@ -10,6 +10,13 @@ pub struct EngineConfig {
     pub mailbox_capacity: usize,
     /// An actor with no message for this long stops; its workspace reloads on the next request.
     pub idle_timeout: Duration,
+    /// Resident memory (bytes) above which actors idle for `pressure_min_idle` are stopped
+    /// early, least recently used first, until it is below again (0: never). Bounds what many
+    /// idle workspaces hold (their cached authorizations) without waiting for `idle_timeout`.
+    pub memory_high_water: u64,
+    /// How long an actor must have been idle to be stopped under memory pressure: busy
+    /// workspaces are never cycled.
+    pub pressure_min_idle: Duration,
     /// Most receipts sent to the signer in one batch.
     pub sign_batch_max: usize,
     /// How long a workspace's signing batch collects commits before it is sent (unless it
@@ -53,6 +60,8 @@ impl Default for EngineConfig {
         Self {
             mailbox_capacity: 4096,
             idle_timeout: Duration::from_secs(300),
+            memory_high_water: 1 << 30,
+            pressure_min_idle: Duration::from_secs(10),
             sign_batch_max: 1024,
             sign_batch_delay: Duration::from_millis(10),
             max_cached_authorizations: 200_000,

@@ -6,7 +6,7 @@
 //! acknowledges nothing before it is durable, so the store always holds every acknowledged
 //! change. The webhook endpoint and delivery methods are in `webhooks.rs` (same type).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,7 +17,7 @@ use allowly_signer_proto::client::SignerClient;
 use allowly_store::{
     ApiKeyRecord, DocKind, Durability, Op, ReceiptRecord, Role, Store, StoreError, StoredNodes, WriteBatch,
 };
-use ractor::{Actor, MessagingErr};
+use ractor::{Actor, ActorRef, MessagingErr};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tokio::sync::oneshot;
@@ -41,6 +41,8 @@ pub const MAX_EXPORT_RECEIPTS: u64 = 100_000;
 
 /// How often the signer is probed when nothing else talks to it.
 const PROBE_INTERVAL: Duration = Duration::from_millis(500);
+/// How often memory pressure is looked at (and unused workspace locks forgotten).
+const PRESSURE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The engine. Cheap to clone (clones share everything).
 #[derive(Clone)]
@@ -91,6 +93,7 @@ impl Engine {
         let engine = Self { shared: shared.clone() };
         shared.probe_signer().await;
         tokio::spawn(probe_loop(Arc::downgrade(&shared)));
+        tokio::spawn(pressure_loop(Arc::downgrade(&shared)));
         let every = shared.cfg.idempotency_sweep_interval;
         tokio::spawn(periodic(Arc::downgrade(&shared), every, "expired Idempotency-Key records", |e| async move {
             e.sweep_idempotency().await
@@ -502,6 +505,7 @@ impl Engine {
         let mut attempts = 0;
         loop {
             let h = self.actor_for(ws).await?;
+            h.last_used.store(crate::shared::now_ms(), Ordering::Relaxed);
             if h.queued.fetch_add(1, Ordering::AcqRel) >= self.shared.cfg.mailbox_capacity {
                 h.queued.fetch_sub(1, Ordering::AcqRel);
                 self.shared.metrics.overloaded.inc();
@@ -547,7 +551,7 @@ impl Engine {
         let (actor, _join) = Actor::spawn(None, WorkspaceActor, args)
             .await
             .map_err(|e| EngineError::Internal(format!("starting workspace actor: {e}")))?;
-        let h = WsHandle { actor, queued };
+        let h = WsHandle { actor, queued, last_used: Arc::new(AtomicU64::new(crate::shared::now_ms())) };
         s.actors.insert(ws.to_owned(), h.clone());
         Ok(h)
     }
@@ -982,6 +986,44 @@ where
         }
         if let Err(e) = work(Engine { shared }).await {
             tracing::warn!(error = %e, "housekeeping ({what}) failed; retried next time");
+        }
+    }
+}
+
+/// Once a second: forgets the locks of workspaces nobody uses any more (so the lock table
+/// follows the live workspaces, not every workspace ever seen), and while resident memory is
+/// above `memory_high_water`, stops the least recently used quarter of the actors idle for
+/// `pressure_min_idle` (their cached authorizations go with them). Ends with the engine.
+async fn pressure_loop(shared: std::sync::Weak<Shared>) {
+    let mut tick = tokio::time::interval(PRESSURE_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(s) = shared.upgrade() else { return };
+        if s.shutting_down.load(Ordering::Acquire) {
+            return;
+        }
+        // A lock entry is in use while anyone holds it: `actor_for` (it clones the entry under
+        // the map's shard lock, which `retain` holds too) or a running or stopping actor (its
+        // life guard). Removing it then could let two sequencers run for one workspace.
+        s.locks.retain(|_, l| Arc::strong_count(l) > 1 || Arc::strong_count(&l.life) > 1);
+        let high = s.cfg.memory_high_water;
+        if high == 0 || crate::shared::resident_bytes().is_none_or(|rss| rss <= high) {
+            continue;
+        }
+        let min_idle = s.cfg.pressure_min_idle;
+        let idle_since = crate::shared::now_ms().saturating_sub(min_idle.as_millis() as u64);
+        let mut idle: Vec<(u64, ActorRef<WsMsg>)> = s
+            .actors
+            .iter()
+            .map(|e| (e.last_used.load(Ordering::Relaxed), e.actor.clone()))
+            .filter(|(used, _)| *used <= idle_since)
+            .collect();
+        idle.sort_unstable_by_key(|(used, _)| *used);
+        let n = idle.len().div_ceil(4);
+        for (_, actor) in idle.into_iter().take(n) {
+            // The actor checks its own idleness again: a request may have arrived meanwhile.
+            let _ = actor.send_message(WsMsg::Passivate { min_idle });
         }
     }
 }

@@ -34,6 +34,7 @@ pub struct Metrics {
     pub actors_live: IntGauge,
     /// Workspace actors started (first use or reload after passivation).
     pub actor_starts: IntCounter,
+    pub passivations: IntCounterVec,
     /// Receipts per signing batch. Buckets 1..4096 by powers of 2.
     pub sign_batch: Histogram,
     /// Time from the oldest unsigned receipt being committed to its signature being stored.
@@ -107,6 +108,12 @@ impl Metrics {
                 .expect("static metric definition"),
             actor_starts: IntCounter::new("allowly_engine_actor_starts_total", "Workspace actors started")
                 .expect("static metric definition"),
+            // cause: idle (idle_timeout passed) | memory (stopped early above memory_high_water)
+            passivations: IntCounterVec::new(
+                Opts::new("allowly_engine_passivations_total", "Workspace actors stopped, by cause"),
+                &["cause"],
+            )
+            .expect("static metric definition"),
             sign_batch: Histogram::with_opts(
                 HistogramOpts::new("allowly_engine_sign_batch_size", "Receipts per signing batch")
                     .buckets(pow2(1.0, 13)),
@@ -146,6 +153,7 @@ impl Metrics {
             Box::new(m.commit_failures.clone()),
             Box::new(m.actors_live.clone()),
             Box::new(m.actor_starts.clone()),
+            Box::new(m.passivations.clone()),
             Box::new(m.sign_batch.clone()),
             Box::new(m.signing_lag_seconds.clone()),
             Box::new(m.receipts_signed.clone()),
@@ -155,6 +163,11 @@ impl Metrics {
         ];
         for c in collectors {
             m.registry.register(c).expect("metric names are unique");
+        }
+        // Every cause is exported from the start (a series that appears only at its first
+        // event makes rate() and absent() alerts lie).
+        for cause in ["idle", "memory"] {
+            m.passivations.with_label_values(&[cause]);
         }
         m
     }

@@ -216,6 +216,58 @@ async fn a_tiny_authorization_cache_never_forks_a_trail() {
     signer.stop();
 }
 
+/// Above the memory high-water mark, idle actors are stopped early (their cached
+/// authorizations go with them) while a busy one keeps running; a stopped workspace starts
+/// again on its next request with its trail intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_pressure_stops_idle_actors_and_their_trails_continue() {
+    let root = TempDir::new().unwrap();
+    let signer = start_signer(&root);
+    // Any process is above 1 byte: the engine is under pressure for the whole test.
+    let cfg = EngineConfig { memory_high_water: 1, pressure_min_idle: Duration::from_secs(1), ..config() };
+    let e = Engine::start(open_store(&root), client(&root), cfg).await.unwrap();
+    let mut grants = Vec::new();
+    for _ in 0..8 {
+        let ws = workspace(&e).await;
+        let auth = e.create_authorization(&ws, grant(None), None).await.unwrap().authorization.id;
+        e.check(&ws, ask(&auth, "files.read", Some("doc:1")), None).await.unwrap();
+        grants.push((ws, auth));
+    }
+    let stopped = |e: &Engine| e.metrics().passivations.with_label_values(&["memory"]).get();
+    assert_eq!(stopped(&e), 0);
+    // One workspace stays busy (a request every ~20 ms, far under the 1 s idle bound) until
+    // the assertions are done, while the other seven go idle and are stopped.
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let busy = {
+        let (e, done) = (e.clone(), done.clone());
+        let (ws, auth) = grants[0].clone();
+        tokio::spawn(async move {
+            let mut n = 0;
+            while !done.load(std::sync::atomic::Ordering::Acquire) {
+                e.check(&ws, ask(&auth, "files.read", Some("doc:1")), None).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                n += 1;
+            }
+            n
+        })
+    };
+    eventually("the seven idle actors stopped", || async { stopped(&e) >= 7 }).await;
+    assert_eq!(e.metrics().actors_live.get(), 1, "only the busy workspace's actor runs");
+    assert_eq!(stopped(&e), 7, "the busy actor was never stopped");
+    done.store(true, std::sync::atomic::Ordering::Release);
+    assert!(busy.await.unwrap() > 0);
+    let keys_of = |ws: &str| e.keys(ws).unwrap();
+    for (ws, auth) in &grants {
+        e.check(ws, ask(auth, "files.read", Some("doc:2")), None).await.unwrap();
+        eventually("all signed", || async { all_signed(&e, ws, auth).await }).await;
+        let bundle = e.export(ws, ExportScope::Authorization(auth.clone())).unwrap();
+        let report = verify_bundle(&bundle, Some(&keys_of(ws)), &[]).unwrap();
+        assert_eq!(report.outcome(), Outcome::Valid, "{:?}", report.findings);
+    }
+    e.shutdown().await;
+    signer.stop();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signer_down_fails_closed_and_writes_nothing_then_recovers() {
     let root = TempDir::new().unwrap();

@@ -24,7 +24,7 @@ pub const BODY_LIMIT_RANGE: std::ops::RangeInclusive<usize> = 1024..=16 * 1024 *
 
 const AFTER_HELP: &str = "\
 Every option can also be set by its environment variable or in the TOML file given by --config
-(keys: data_dir, listen, signer_socket, signer_bin, signer_max_in_flight, max_cached_authorizations, body_limit, confirmation_ttl_ms, escalation_ttl_ms, webhook_base_backoff_ms,
+(keys: data_dir, listen, signer_socket, signer_bin, signer_max_in_flight, max_cached_authorizations, idle_timeout_ms, memory_high_water_mib, body_limit, confirmation_ttl_ms, escalation_ttl_ms, webhook_base_backoff_ms,
 webhook_max_backoff_ms, webhook_give_up_after_ms, webhook_attempt_timeout_ms, webhook_retention_ms,
 webhook_allow_private_networks). Precedence: flag > environment > file > default. Relative paths
 are relative to the working directory.
@@ -125,6 +125,14 @@ pub struct ServeArgs {
     /// from the database when used (memory vs. latency: ~0.6 KiB each) [default: 200000].
     #[arg(long, env = "ALLOWLY_MAX_CACHED_AUTHORIZATIONS", value_name = "N")]
     pub max_cached_authorizations: Option<usize>,
+    /// A workspace with no request for this long is unloaded from memory (its next request
+    /// loads it again) [default: 300000 (5 min)].
+    #[arg(long, env = "ALLOWLY_IDLE_TIMEOUT_MS", value_name = "MS")]
+    pub idle_timeout_ms: Option<u64>,
+    /// Resident memory (MiB) above which workspaces idle for 10 s are unloaded early, least
+    /// recently used first; 0 turns it off [default: 1024].
+    #[arg(long, env = "ALLOWLY_MEMORY_HIGH_WATER_MIB", value_name = "MIB")]
+    pub memory_high_water_mib: Option<u64>,
 }
 
 /// The TOML file: the same settings as the flags, all optional.
@@ -146,6 +154,8 @@ pub struct FileConfig {
     pub escalation_ttl_ms: Option<u64>,
     pub signer_max_in_flight: Option<usize>,
     pub max_cached_authorizations: Option<usize>,
+    pub idle_timeout_ms: Option<u64>,
+    pub memory_high_water_mib: Option<u64>,
 }
 
 /// Where the signer comes from.
@@ -169,6 +179,9 @@ pub struct ServerConfig {
     pub escalation_ttl: Duration,
     pub signer_max_in_flight: usize,
     pub max_cached_authorizations: usize,
+    pub idle_timeout: Duration,
+    /// Bytes; 0: off.
+    pub memory_high_water: u64,
 }
 
 /// A configuration that cannot be used.
@@ -184,6 +197,8 @@ pub enum ConfigError {
     Webhooks(String),
     #[error("{0} must be within 1 s..=30 days")]
     Ttl(&'static str),
+    #[error("{name} must be within {range}")]
+    OutOfRange { name: &'static str, range: &'static str },
     #[error("signer_max_in_flight must be within 1..=65536")]
     SignerInFlight,
 }
@@ -235,9 +250,21 @@ impl ServeArgs {
         }
         let max_cached_authorizations =
             self.max_cached_authorizations.or(file.max_cached_authorizations).unwrap_or(e.max_cached_authorizations);
+        let idle_timeout = ms(self.idle_timeout_ms, file.idle_timeout_ms, e.idle_timeout);
+        if !(Duration::from_secs(1)..=Duration::from_secs(24 * 3600)).contains(&idle_timeout) {
+            return Err(ConfigError::OutOfRange { name: "idle_timeout_ms", range: "1 s..=24 h" });
+        }
+        let memory_high_water = match self.memory_high_water_mib.or(file.memory_high_water_mib) {
+            Some(mib) => mib
+                .checked_mul(1 << 20)
+                .ok_or(ConfigError::OutOfRange { name: "memory_high_water_mib", range: "0..2^44" })?,
+            None => e.memory_high_water,
+        };
         Ok(ServerConfig {
             signer_max_in_flight,
             max_cached_authorizations,
+            idle_timeout,
+            memory_high_water,
             data_dir: self.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
             listen,
             signer,
@@ -342,6 +369,24 @@ mod tests {
             let Command::Serve(a) = <Cli as clap::Parser>::try_parse_from(argv).unwrap().command;
             assert_eq!(a.webhook_allow_private_networks, want, "{argv:?}");
         }
+    }
+
+    #[test]
+    fn memory_settings_resolve_and_are_checked() {
+        let d = ServeArgs::default().resolve().unwrap();
+        assert_eq!((d.idle_timeout, d.memory_high_water), (Duration::from_secs(300), 1 << 30));
+        let f = file("idle_timeout_ms = 20000\nmemory_high_water_mib = 512\n");
+        let from_file = ServeArgs { config: Some(f.path().to_owned()), ..ServeArgs::default() };
+        let c = from_file.resolve().unwrap();
+        assert_eq!((c.idle_timeout, c.memory_high_water), (Duration::from_secs(20), 512 << 20));
+        let off = ServeArgs { memory_high_water_mib: Some(0), ..ServeArgs::default() };
+        assert_eq!(off.resolve().unwrap().memory_high_water, 0);
+        for bad in [999, 24 * 3600 * 1000 + 1] {
+            let args = ServeArgs { idle_timeout_ms: Some(bad), ..ServeArgs::default() };
+            assert!(matches!(args.resolve(), Err(ConfigError::OutOfRange { name: "idle_timeout_ms", .. })));
+        }
+        let huge = ServeArgs { memory_high_water_mib: Some(u64::MAX), ..ServeArgs::default() };
+        assert!(matches!(huge.resolve(), Err(ConfigError::OutOfRange { name: "memory_high_water_mib", .. })));
     }
 
     #[test]

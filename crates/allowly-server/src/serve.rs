@@ -109,6 +109,8 @@ async fn serve_with_engine(
             confirmation_ttl: cfg.confirmation_ttl,
             escalation_ttl: cfg.escalation_ttl,
             max_cached_authorizations: cfg.max_cached_authorizations,
+            idle_timeout: cfg.idle_timeout,
+            memory_high_water: cfg.memory_high_water,
             webhook_destinations: cfg.webhooks.destinations,
             ..EngineConfig::default()
         },

@@ -24,11 +24,19 @@ pub struct RocksOptions {
     /// When the write-ahead logs exceed this, the key spaces still holding the oldest log are
     /// flushed. Without it a rarely written space (`workspaces`) would pin every old log file.
     pub max_total_wal_bytes: u64,
+    /// Memtables of all key spaces together; above it the largest is flushed early. Without
+    /// it each of the ~15 key spaces could hold up to two 16 MiB memtables.
+    pub memtable_budget_bytes: usize,
 }
 
 impl Default for RocksOptions {
     fn default() -> Self {
-        Self { block_cache_bytes: 64 << 20, max_background_jobs: 2, max_total_wal_bytes: 256 << 20 }
+        Self {
+            block_cache_bytes: 64 << 20,
+            max_background_jobs: 2,
+            max_total_wal_bytes: 256 << 20,
+            memtable_budget_bytes: 128 << 20,
+        }
     }
 }
 
@@ -103,6 +111,7 @@ impl RocksStore {
         db_opts.set_manual_wal_flush(false);
         db_opts.set_max_background_jobs(opts.max_background_jobs);
         db_opts.set_max_total_wal_size(opts.max_total_wal_bytes);
+        db_opts.set_db_write_buffer_size(opts.memtable_budget_bytes);
         db_opts.set_keep_log_file_num(4);
 
         let cfs = Space::ALL.iter().map(|&s| ColumnFamilyDescriptor::new(s.name(), space_options(s, &cf_opts)));
