@@ -41,26 +41,44 @@ stop() {
 }
 trap stop EXIT INT TERM
 
-# Port 0: the kernel picks a free one; the first stdout line says which.
-RUST_LOG="${RUST_LOG:-warn}" "$bin/allowly" serve --data-dir "$data" --listen 127.0.0.1:0 --signer-bin "$bin/allowly-signer" \
-  >"$log" 2>&1 &
-server=$!
-url=""
-for _ in $(seq 1 300); do
-  url="$(sed -n 's/^listening on \(http:\/\/[0-9.:]*\)$/\1/p' "$log" | head -n1)"
-  [ -n "$url" ] && break
-  kill -0 "$server" 2>/dev/null || { echo "allowly serve exited:" >&2; cat "$log" >&2; exit 1; }
-  sleep 0.1
-done
-[ -n "$url" ] || { echo "allowly serve did not start within 30 s:" >&2; cat "$log" >&2; exit 1; }
-for _ in $(seq 1 100); do
-  curl -fsS "$url/readyz" >/dev/null 2>&1 && break
-  sleep 0.1
-done
+# Port 0: the kernel picks a free one; the first stdout line says which. Sets $server and $url.
+start_server() {
+  : >"$log"
+  RUST_LOG="${RUST_LOG:-warn}" "$bin/allowly" serve --data-dir "$data" --listen 127.0.0.1:0 --signer-bin "$bin/allowly-signer" \
+    >>"$log" 2>&1 &
+  server=$!
+  url=""
+  for _ in $(seq 1 3000); do
+    url="$(sed -n 's/^listening on \(http:\/\/[0-9.:]*\)$/\1/p' "$log" | head -n1)"
+    [ -n "$url" ] && break
+    kill -0 "$server" 2>/dev/null || { echo "allowly serve exited:" >&2; cat "$log" >&2; exit 1; }
+    sleep 0.01
+  done
+  [ -n "$url" ] || { echo "allowly serve did not start within 30 s:" >&2; cat "$log" >&2; exit 1; }
+  for _ in $(seq 1 1000); do
+    curl -fsS "$url/readyz" >/dev/null 2>&1 && break
+    sleep 0.01
+  done
+}
+stop_server() {
+  kill -TERM "$server" 2>/dev/null || true
+  for _ in $(seq 1 300); do kill -0 "$server" 2>/dev/null || break; sleep 0.1; done
+}
+start_server
 echo "allowly serve (pid $server) at $url, data in $data; load average: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 "$bin/allowly-loadtest" --url "$url" --data-dir "$data" --server-pid "$server" \
   --out "$out/report.json" --chart "$out/report.svg" "$@"
 echo "server log: $(grep -c . "$log" || true) lines; warnings and errors among them:"
 grep -m 20 -iE 'warn|error' "$log" || true
+if [[ " $* " == *" --scale "* ]]; then
+  # Restart on the scale data directory: time from exec to a ready /readyz, and memory then.
+  stop_server
+  t0=$(date +%s%N)
+  start_server
+  t1=$(date +%s%N)
+  rss=$(awk '/^VmRSS/{print $2}' "/proc/$server/status")
+  printf '{"ready_seconds": %s, "server_rss_kib": %s, "data_dir_bytes": %s}\n' \
+    "$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", (b - a) / 1e9 }')" "$rss" "$(du -sb "$data" | cut -f1)" | tee "$out/restart.json"
+fi
 rm -f "$log"

@@ -133,6 +133,11 @@ struct Cli {
     /// The scale set-up stops creating after this many minutes (what exists is measured).
     #[arg(long, default_value = "30")]
     scale_setup_minutes: u64,
+    /// After the scale checks, wait up to this long for every workspace to be unloaded
+    /// (`allowly_engine_actors_live` 0: start the server with a short `--idle-timeout-ms`) and
+    /// report the memory left.
+    #[arg(long, default_value = "120")]
+    scale_idle_seconds: u64,
     /// The JSON report.
     #[arg(long, default_value = "report.json")]
     out: PathBuf,
@@ -1048,6 +1053,18 @@ async fn scale_mode(ctx: &mut Ctx, admin: &str, server_pid: Option<u32>) -> Resu
             "http_503": s503, "http_429": s429, "errors": row.errors, "rss_kib_after": rss(server_pid),
         });
     }
+    // Memory once the load is gone and idle workspaces are unloaded (polls the server's gauge:
+    // this is a measurement, not a synchronization).
+    let idle_from = Instant::now();
+    let live = || async { scrape(&ctx.api).await.and_then(|s| s.sum("allowly_engine_actors_live")) };
+    let mut actors = live().await;
+    while actors.is_some_and(|n| n > 0.0) && idle_from.elapsed() < Duration::from_secs(ctx.cli.scale_idle_seconds) {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        actors = live().await;
+    }
+    out["idle"] = json!({
+        "seconds_waited": round(idle_from.elapsed().as_secs_f64()), "actors_live": actors, "rss_kib": rss(server_pid),
+    });
     println!("scale: {out}");
     Ok(out)
 }

@@ -43,6 +43,8 @@ pub const MAX_EXPORT_RECEIPTS: u64 = 100_000;
 const PROBE_INTERVAL: Duration = Duration::from_millis(500);
 /// How often memory pressure is looked at (and unused workspace locks forgotten).
 const PRESSURE_INTERVAL: Duration = Duration::from_secs(1);
+/// Most actors stopped per `PRESSURE_INTERVAL` under memory pressure.
+const MAX_PRESSURE_STOPS: usize = 1024;
 
 /// The engine. Cheap to clone (clones share everything).
 #[derive(Clone)]
@@ -1020,7 +1022,9 @@ async fn pressure_loop(shared: std::sync::Weak<Shared>) {
             .filter(|(used, _)| *used <= idle_since)
             .collect();
         idle.sort_unstable_by_key(|(used, _)| *used);
-        let n = idle.len().div_ceil(4);
+        // A quarter per second (memory falls only as stopped actors let go), and never a burst
+        // of restarts for the store to absorb.
+        let n = idle.len().div_ceil(4).min(MAX_PRESSURE_STOPS);
         for (_, actor) in idle.into_iter().take(n) {
             // The actor checks its own idleness again: a request may have arrived meanwhile.
             let _ = actor.send_message(WsMsg::Passivate { min_idle });

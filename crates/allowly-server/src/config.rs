@@ -129,7 +129,7 @@ pub struct ServeArgs {
     /// loads it again) [default: 300000 (5 min)].
     #[arg(long, env = "ALLOWLY_IDLE_TIMEOUT_MS", value_name = "MS")]
     pub idle_timeout_ms: Option<u64>,
-    /// Resident memory (MiB) above which workspaces idle for 10 s are unloaded early, least
+    /// Resident memory (MiB) above which workspaces idle for 60 s are unloaded early, least
     /// recently used first; 0 turns it off [default: 1024].
     #[arg(long, env = "ALLOWLY_MEMORY_HIGH_WATER_MIB", value_name = "MIB")]
     pub memory_high_water_mib: Option<u64>,
