@@ -528,7 +528,7 @@ impl WsState {
         // A first use that records a receipt fails closed while the signer is down (a repeat
         // was answered above).
         if signs == Signs::Yes {
-            if let Err(e) = self.shared.health.require_up(&self.shared.metrics) {
+            if let Err(e) = self.shared.require_healthy() {
                 return self.stage(Err(e), reply);
             }
         }
