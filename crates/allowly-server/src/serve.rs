@@ -110,6 +110,10 @@ async fn serve_with_engine(
             escalation_ttl: cfg.escalation_ttl,
             max_cached_authorizations: cfg.max_cached_authorizations,
             webhook_destinations: cfg.webhooks.destinations,
+            signer_timeout: cfg.signer_timeout,
+            data_volume: Some(data_dir.join("db")),
+            min_free_disk: cfg.min_free_disk,
+            max_unsigned_age: cfg.max_unsigned_age,
             ..EngineConfig::default()
         },
     )
