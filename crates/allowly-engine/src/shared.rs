@@ -155,6 +155,11 @@ impl Shared {
         }
     }
 
+    /// Whether [`Shared::require_healthy`] would pass (for housekeeping: not counted).
+    pub fn is_healthy(&self) -> bool {
+        self.health.is_up() && self.faults.first().is_none()
+    }
+
     /// One bounded ping; the health follows its outcome (the probe loop and start-up).
     pub async fn probe_signer(&self) {
         match tokio::time::timeout(self.cfg.signer_timeout, self.signer.ping()).await {
