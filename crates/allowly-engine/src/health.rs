@@ -262,7 +262,8 @@ pub(crate) async fn check(s: &Arc<Shared>) {
     // store writes again (RocksDB refuses every write after a failed WAL write until it is
     // reopened), so only a write that succeeds clears it.
     let mut still_failing = None;
-    if s.faults.write_failed.load(Ordering::Acquire) {
+    let probing = s.faults.write_failed.load(Ordering::Acquire);
+    if probing {
         let store = s.store.clone();
         match blocking(move || Ok(store.write(probe_batch(), Durability::Sync)?)).await {
             Ok(()) => s.faults.write_failed.store(false, Ordering::Release),
@@ -280,8 +281,15 @@ pub(crate) async fn check(s: &Arc<Shared>) {
         Some((_, why)) => (None, Some(why)),
         None => (None, None),
     };
-    s.faults.set(Fault::StorageFull, full.or(write_full), m);
-    s.faults.set(Fault::StorageFailed, write_failed, m);
+    if !probing && s.faults.write_failed.load(Ordering::Acquire) {
+        // A write failed since we looked: its fault stands until next round's probe.
+        if let Some(why) = full {
+            s.faults.raise(Fault::StorageFull, why, m);
+        }
+    } else {
+        s.faults.set(Fault::StorageFull, full.or(write_full), m);
+        s.faults.set(Fault::StorageFailed, write_failed, m);
+    }
     // The signing backlog, across every workspace with unsigned receipts.
     let backlog = s.pipelines.backlog();
     let oldest = backlog.oldest.map(|t| t.elapsed());
