@@ -1411,6 +1411,20 @@ fn not_ready_because(c: &Client, code: &str) -> Value {
     v
 }
 
+/// One check of `files.read` on `t`'s authorization.
+fn check_once(c: &Client, t: &Tenant) -> Resp {
+    c.post("/v1/check", &t.checker, json!({ "authorization_id": t.az, "scopes": ["files.read"] }))
+}
+
+/// `n` checks that must each be answered 200; their receipts are added to `acked`.
+fn checks_acknowledged(c: &Client, t: &Tenant, n: usize, acked: &mut Vec<Acked>) {
+    for _ in 0..n {
+        let r = check_once(c, t);
+        assert_eq!(r.status, 200, "{r}");
+        acked.push(Acked::of(&r.json()).unwrap());
+    }
+}
+
 /// Checks until one is refused; each 200 before it is kept in `acked`. The refusal must be a
 /// 503 `code` problem with `Retry-After`; returns when it came (test clock).
 fn checks_until_refused(s: &Server, t: &Tenant, code: &str, acked: &mut Vec<Acked>) -> Instant {
@@ -1419,7 +1433,7 @@ fn checks_until_refused(s: &Server, t: &Tenant, code: &str, acked: &mut Vec<Acke
         &format!("checks to fail closed with 503 {code}"),
         || s.diagnostics(),
         || {
-            let r = c.post("/v1/check", &t.checker, json!({ "authorization_id": t.az, "scopes": ["files.read"] }));
+            let r = check_once(&c, t);
             let now = Instant::now();
             if r.status == 200 {
                 acked.push(Acked::of(&r.json()).unwrap_or_else(|| panic!("a 200 without a receipt: {r}")));
@@ -1453,7 +1467,7 @@ fn serves_again(s: &Server, t: &Tenant, acked: &mut Vec<Acked>) {
         "checks to be answered 200 again",
         || s.diagnostics(),
         || {
-            let r = c.post("/v1/check", &t.checker, json!({ "authorization_id": t.az, "scopes": ["files.read"] }));
+            let r = check_once(&c, t);
             (r.status == 200).then(|| r.json())
         },
     );
@@ -1477,17 +1491,13 @@ fn a_data_volume_below_its_free_space_floor_fails_closed_and_recovers_by_itself(
     let t = tenant(&s, "floor", &["files.*"]);
     let c = s.client();
     let mut acked = Vec::new();
-    for _ in 0..20 {
-        let r = c.post("/v1/check", &t.checker, json!({ "authorization_id": t.az, "scopes": ["files.read"] }));
-        assert_eq!(r.status, 200, "{r}");
-        acked.push(Acked::of(&r.json()).unwrap());
-    }
+    checks_acknowledged(&c, &t, 20, &mut acked);
     assert_eq!(metric(&c, "allowly_engine_data_volume_min_free_bytes"), Some(FLOOR as f64));
     assert_eq!(metric(&c, r#"allowly_engine_fault{cause="storage_full"}"#), Some(0.0));
 
     // Just above the floor: still serving. Then one more step crosses it.
     let filler = fill_until(&vol, FLOOR + (8 << 20));
-    let r = c.post("/v1/check", &t.checker, json!({ "authorization_id": t.az, "scopes": ["files.read"] }));
+    let r = check_once(&c, &t);
     assert_eq!(r.status, 200, "above the floor: {r}");
     acked.push(Acked::of(&r.json()).unwrap());
     fill_until(&vol, FLOOR - (32 << 20));
@@ -1527,11 +1537,7 @@ fn a_signer_that_cannot_write_its_journal_fails_closed_and_recovers_by_itself() 
     let t = tenant(&s, "journal", &["files.*"]);
     let c = s.client();
     let mut acked = Vec::new();
-    for _ in 0..5 {
-        let r = c.post("/v1/check", &t.checker, json!({ "authorization_id": t.az, "scopes": ["files.read"] }));
-        assert_eq!(r.status, 200, "{r}");
-        acked.push(Acked::of(&r.json()).unwrap());
-    }
+    checks_acknowledged(&c, &t, 5, &mut acked);
     wait_all_signed(&s, &t.reader, &acked);
 
     let filler = fill_until(&signer_dir, u64::MAX);
@@ -1612,11 +1618,7 @@ fn checks_fail_closed_within_the_configured_signer_timeout() {
     let t = tenant(&s, "window", &["files.*"]);
     let c = s.client();
     let mut acked = Vec::new();
-    for _ in 0..10 {
-        let r = c.post("/v1/check", &t.checker, json!({ "authorization_id": t.az, "scopes": ["files.read"] }));
-        assert_eq!(r.status, 200, "{r}");
-        acked.push(Acked::of(&r.json()).unwrap());
-    }
+    checks_acknowledged(&c, &t, 10, &mut acked);
     let signer = s.signer_pid();
     signal_pid(signer, Signal::STOP).unwrap();
     let guard = Continue(signer);
