@@ -1639,3 +1639,40 @@ fn checks_fail_closed_within_the_configured_signer_timeout() {
     serves_again(&s, &t, &mut acked);
     wait_all_signed(&s, &t.reader, &acked);
 }
+
+/// With the floor off (`--min-free-disk 0`), RocksDB's own directory on a tmpfs that fills up
+/// completely: the store write that hits ENOSPC fails closed at once (503 `storage_full`, never
+/// a 500, `/readyz` names it), nothing acknowledged is lost, and after space returns and a
+/// restart (RocksDB refuses every write after a failed WAL write until it is reopened: README,
+/// "Failing closed") every acknowledged receipt is there, signed, and the log verifies.
+#[test]
+fn a_store_write_that_hits_a_full_volume_fails_closed_at_once_and_loses_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let _reaper = Reaper(tmp.path().to_owned());
+    let data = tmp.path().join("data");
+    let db = data.join("db");
+    let _mount = Mount::tmpfs(&db, "64m");
+    let mut s = Server::start_with(&data, &["--min-free-disk", "0"]);
+    s.wait_ready();
+    let t = tenant(&s, "enospc", &["files.*"]);
+    let c = s.client();
+    let mut acked = Vec::new();
+    checks_acknowledged(&c, &t, 5, &mut acked);
+
+    let filler = fill_until(&db, u64::MAX);
+    // A few more may still fit in the WAL's last page; then a synced write fails.
+    checks_until_refused(&s, &t, "storage_full", &mut acked);
+    let ready = not_ready_because(&c, "storage_full");
+    assert!(ready["detail"].as_str().unwrap().contains("store write"), "{ready}");
+    writes_refused_with(&s, &t, "storage_full");
+    assert_all_exist(&s, &t.reader, &acked);
+
+    std::fs::remove_file(&filler).unwrap();
+    s.kill9();
+    let s = Server::start_with(&data, &["--min-free-disk", "0"]);
+    s.wait_ready();
+    assert_distinct(&acked);
+    assert_all_exist(&s, &t.reader, &acked);
+    wait_all_signed(&s, &t.reader, &acked);
+    export_and_verify(&s, &t, "files.read", &acked, &[], tmp.path());
+}
