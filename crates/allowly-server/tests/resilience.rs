@@ -327,10 +327,10 @@ struct Load {
 }
 
 impl Load {
-    /// `threads` clients of `addr`; `signer_gaps` accepts 503 `signer_unavailable` answers
-    /// (counted), anything but 200 is unexpected otherwise. Requests whose answer did not arrive
-    /// whole (the server died) are ignored.
-    fn start(addr: SocketAddr, t: &Tenant, threads: usize, signer_gaps: bool) -> Self {
+    /// `threads` clients of `addr`; 503 answers with one of the `gaps` codes (e.g.
+    /// `signer_unavailable`) are accepted and counted, anything but 200 is unexpected otherwise.
+    /// Requests whose answer did not arrive whole (the server died) are ignored.
+    fn start(addr: SocketAddr, t: &Tenant, threads: usize, gaps: &'static [&'static str]) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let ok = Arc::new(AtomicUsize::new(0));
         let acked = Arc::new(Mutex::new(Vec::new()));
@@ -360,7 +360,7 @@ impl Load {
                                 }
                                 _ => unexpected.lock().unwrap().push(format!("200 without a receipt: {r}")),
                             }
-                        } else if signer_gaps && problem_mismatch(&r, 503, "signer_unavailable").is_none() {
+                        } else if gaps.iter().any(|code| problem_mismatch(&r, 503, code).is_none()) {
                             unavailable.fetch_add(1, Ordering::AcqRel);
                         } else {
                             unexpected.lock().unwrap().push(r.to_string());
@@ -391,7 +391,7 @@ impl Load {
     }
 
     /// Stops the clients; returns what they were acknowledged, what was unexpected, and the
-    /// counts of 503 `signer_unavailable` answers and of requests without a whole answer.
+    /// counts of accepted 503 answers and of requests without a whole answer.
     fn finish(self) -> (Vec<Acked>, Vec<String>, usize, usize) {
         self.stop.store(true, Ordering::Release);
         for t in self.threads {
@@ -464,7 +464,7 @@ fn kill9_of_the_server_loses_no_acknowledged_receipt() {
 
     for round in 0..3 {
         let signer = s.signer_pid();
-        let load = Load::start(s.addr, &t, 4, false);
+        let load = Load::start(s.addr, &t, 4, &[]);
         let target = rng.range(10, 150) as usize;
         load.wait_ok(target / 2, &s);
         // A checkpoint signed before the crash: the log after it must extend it.
@@ -513,7 +513,7 @@ fn kill9_of_the_signer_fails_closed_and_loses_nothing() {
     let mut seen_checkpoints = Vec::new();
 
     // The clients run through all rounds: the server never goes away.
-    let load = Load::start(s.addr, &t, 4, true);
+    let load = Load::start(s.addr, &t, 4, &["signer_unavailable"]);
     let mut ok_before = 0;
     for round in 0..3 {
         ok_before += rng.range(10, 80) as usize;
@@ -1521,10 +1521,11 @@ fn a_data_volume_below_its_free_space_floor_fails_closed_and_recovers_by_itself(
     export_and_verify(&s, &t, "files.read", &acked, &[], tmp.path());
 }
 
-/// The embedded signer's state directory on its own small tmpfs, filled: its journal writes
-/// fail, checks turn into 503 `signer_storage_failed` and `/readyz` names it; freeing the space
-/// brings both back, and every acknowledged receipt (also those acknowledged while the signer
-/// could not write) is signed and verifies, also after a restart.
+/// The embedded signer's state directory on its own small tmpfs, filled under concurrent
+/// checks: its journal writes fail, checks turn into 503 `signer_storage_failed` and `/readyz`
+/// names it; freeing the space brings both back while the clients keep going, and every
+/// acknowledged receipt (also those acknowledged while the signer could not write) is signed,
+/// and the log verifies after a restart.
 #[test]
 fn a_signer_that_cannot_write_its_journal_fails_closed_and_recovers_by_itself() {
     let tmp = tempfile::tempdir().unwrap();
@@ -1536,21 +1537,30 @@ fn a_signer_that_cannot_write_its_journal_fails_closed_and_recovers_by_itself() 
     s.wait_ready();
     let t = tenant(&s, "journal", &["files.*"]);
     let c = s.client();
-    let mut acked = Vec::new();
-    checks_acknowledged(&c, &t, 5, &mut acked);
-    wait_all_signed(&s, &t.reader, &acked);
+    let load = Load::start(s.addr, &t, 3, &["signer_storage_failed"]);
+    load.wait_ok(20, &s);
 
     let filler = fill_until(&signer_dir, u64::MAX);
     // Checks are durable without the signer, so the first ones are acknowledged (pending);
     // their signing fails, and after a few failures in a row the engine fails closed.
-    checks_until_refused(&s, &t, "signer_storage_failed", &mut acked);
+    eventually(
+        "checks to fail closed with signer_storage_failed",
+        || s.diagnostics(),
+        || (load.unavailable.load(Ordering::Acquire) > 0).then_some(()),
+    );
     not_ready_because(&c, "signer_storage_failed");
     assert_eq!(metric(&c, r#"allowly_engine_fault{cause="signer_storage_failed"}"#), Some(1.0));
     assert!(metric(&c, r#"allowly_engine_signer_errors_total{kind="storage"}"#).unwrap_or(0.0) >= 3.0);
     writes_refused_with(&s, &t, "signer_storage_failed");
-    assert_all_exist(&s, &t.reader, &acked);
 
     std::fs::remove_file(&filler).unwrap();
+    let ok = load.ok.load(Ordering::Acquire);
+    load.wait_ok(ok + 20, &s);
+    s.wait_ready();
+    let (mut acked, unexpected, refused, lost) = load.finish();
+    assert!(unexpected.is_empty(), "answers other than 200 or 503 signer_storage_failed: {unexpected:#?}");
+    assert_eq!(lost, 0, "the server dropped connections without answering");
+    eprintln!("{} checks acknowledged, {refused} refused with 503 signer_storage_failed", acked.len());
     serves_again(&s, &t, &mut acked);
     assert_distinct(&acked);
     wait_all_signed(&s, &t.reader, &acked);
