@@ -53,7 +53,9 @@ pending receipts: the fail-closed window), while the data volume has less free s
 --min-free-disk (storage_full; default 256 MiB or 1 % of the volume, whichever is larger), after a
 store write fails on the device (storage_full or storage_failed, until a probe write succeeds),
 while the signer cannot write its journal (signer_storage_failed), and while the oldest unsigned
-receipt is older than --max-unsigned-age-ms (signing_backlog). Each clears by itself.
+receipt is older than --max-unsigned-age-ms (signing_backlog). Each clears by itself when its
+cause does, except that RocksDB refuses writes after a failed write-ahead-log write until the
+service restarts (the floor is there so that never happens).
 
 On first start the instance admin key is written to <data-dir>/admin-token (mode 0600). Logging:
 ALLOWLY_LOG (tracing env-filter syntax, default `info`). The first line on stdout is
@@ -187,9 +189,26 @@ pub struct FileConfig {
     pub signer_max_in_flight: Option<usize>,
     pub max_cached_authorizations: Option<usize>,
     pub signer_timeout_ms: Option<u64>,
-    /// A size as `--min-free-disk` takes it (`"512MiB"`).
-    pub min_free_disk: Option<String>,
+    /// Bytes, or a size as `--min-free-disk` takes it (`"512MiB"`).
+    pub min_free_disk: Option<SizeSetting>,
     pub max_unsigned_age_ms: Option<u64>,
+}
+
+/// A byte size in the TOML file: an integer, or text with a unit (see [`parse_size`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum SizeSetting {
+    Bytes(u64),
+    Text(String),
+}
+
+impl SizeSetting {
+    fn bytes(&self) -> Result<u64, String> {
+        match self {
+            Self::Bytes(n) => Ok(*n),
+            Self::Text(t) => parse_size(t),
+        }
+    }
 }
 
 /// Where the signer comes from.
@@ -299,7 +318,7 @@ impl ServeArgs {
         }
         let min_free_disk = match self.min_free_disk {
             Some(n) => Some(n),
-            None => file.min_free_disk.as_deref().map(parse_size).transpose().map_err(ConfigError::Size)?,
+            None => file.min_free_disk.as_ref().map(SizeSetting::bytes).transpose().map_err(ConfigError::Size)?,
         };
         Ok(ServerConfig {
             signer_timeout,
@@ -386,6 +405,9 @@ mod tests {
         assert_eq!(flags.resolve().unwrap().min_free_disk, Some(7));
         assert!(ServeArgs { signer_timeout_ms: Some(50), ..ServeArgs::default() }.resolve().is_err());
         assert!(ServeArgs { max_unsigned_age_ms: Some(10), ..ServeArgs::default() }.resolve().is_err());
+        let bytes = file("min_free_disk = 1048576\n");
+        let cfg = ServeArgs { config: Some(bytes.path().to_owned()), ..ServeArgs::default() }.resolve().unwrap();
+        assert_eq!(cfg.min_free_disk, Some(1 << 20));
         let bad = file("min_free_disk = \"lots\"\n");
         assert!(ServeArgs { config: Some(bad.path().to_owned()), ..ServeArgs::default() }.resolve().is_err());
     }
