@@ -505,3 +505,35 @@ fn contiguous_leaves(ws: &str, from: u64, items: impl Iterator<Item = (u64, Hash
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_oldest_unsigned_leaf_is_dated_by_the_first_mark_above_the_signed_size() {
+        let p = Progress::default();
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        assert_eq!(p.oldest(), None);
+        p.committed(3, at(0));
+        p.committed(5, at(10)); // within MARK_EVERY: raises the mark, dated t0
+        p.committed(9, at(100));
+        p.committed(12, at(200));
+        assert_eq!(p.oldest(), Some(at(0)), "nothing signed (or loaded) yet");
+        p.signed(5);
+        assert_eq!(p.oldest(), Some(at(100)), "leaf 5 was committed by the mark (9, 100 ms)");
+        p.signed(10);
+        assert_eq!(p.oldest(), Some(at(200)));
+        // A stalled workspace: no new signature, so the same mark keeps dating the backlog.
+        assert_eq!(p.oldest(), Some(at(200)));
+        p.signed(12);
+        assert_eq!(p.oldest(), None);
+        // Bounded: past MAX_MARKS the last mark is raised instead.
+        for i in 0..(MAX_MARKS as u64 + 10) {
+            p.committed(13 + i, at(300 + 100 * i));
+        }
+        assert_eq!(p.marks.lock().map(|m| m.len()).unwrap_or_default(), MAX_MARKS);
+        assert_eq!(p.oldest(), Some(at(300)));
+    }
+}
