@@ -553,7 +553,7 @@ impl WsState {
         // A first use that records a receipt fails closed while the signer is down (a repeat
         // was answered above).
         if signs == Signs::Yes {
-            if let Err(e) = self.shared.health.require_up(&self.shared.metrics) {
+            if let Err(e) = self.shared.require_healthy() {
                 return self.stage(Err(e), reply);
             }
         }
@@ -611,7 +611,12 @@ impl WsState {
         let requests = done.len();
         // Runs on the committer thread, in commit order.
         let completion: crate::commit::Completion = Box::new(move |res: Result<()>| {
-            let failure = res.err().map(|e| e.to_string());
+            // Every request of the group gets the store's own error (its kind tells a full or
+            // failing device from other failures).
+            let failure = res.err().map(|e| match e {
+                EngineError::Store(se) => se,
+                other => allowly_store::StoreError::Engine(other.to_string()),
+            });
             if failure.is_none() {
                 if let Some(list) = publish {
                     shared.endpoints.publish(&ws, list);
@@ -623,7 +628,7 @@ impl WsState {
             for d in done {
                 d(match &failure {
                     None => Ok(()),
-                    Some(msg) => Err(EngineError::Store(allowly_store::StoreError::Engine(msg.clone()))),
+                    Some(e) => Err(EngineError::Store(e.clone())),
                 });
             }
             if failure.is_none() {

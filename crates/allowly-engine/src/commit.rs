@@ -24,6 +24,7 @@ use allowly_store::{Durability, Store, StoreError, WriteBatch};
 use tokio::sync::mpsc;
 
 use crate::error::{EngineError, Result};
+use crate::health::Faults;
 use crate::metrics::Metrics;
 
 /// Most actor groups merged into one write (bounds the write's size and its latency).
@@ -83,11 +84,18 @@ pub(crate) fn new_epoch() -> u64 {
 impl Committer {
     /// Starts the committer thread over `store`. Completions run on it inside `rt`'s context
     /// (they may start tasks).
-    pub fn start(store: Arc<dyn Store>, metrics: Metrics, rt: tokio::runtime::Handle) -> std::io::Result<Self> {
+    /// A write that fails because the device is full or failing raises its fault in `faults`
+    /// at once, before its requests are answered.
+    pub fn start(
+        store: Arc<dyn Store>,
+        metrics: Metrics,
+        faults: Arc<Faults>,
+        rt: tokio::runtime::Handle,
+    ) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel(QUEUE);
         let thread = std::thread::Builder::new().name("allowly-commit".into()).spawn(move || {
             let _rt = rt.enter();
-            run(&*store, &metrics, rx);
+            run(&*store, &metrics, &faults, rx);
         })?;
         Ok(Self { tx: Some(tx), thread: Some(thread) })
     }
@@ -104,7 +112,7 @@ impl Committer {
     }
 }
 
-fn run(store: &dyn Store, m: &Metrics, mut rx: mpsc::Receiver<Submission>) {
+fn run(store: &dyn Store, m: &Metrics, faults: &Faults, mut rx: mpsc::Receiver<Submission>) {
     // Workspaces whose last write failed, with the epoch that failed.
     let mut failed: HashMap<String, u64> = HashMap::new();
     let mut subs: Vec<Submission> = Vec::new();
@@ -155,6 +163,7 @@ fn run(store: &dyn Store, m: &Metrics, mut rx: mpsc::Receiver<Submission>) {
             }
             Err(e) => {
                 m.commit_failures.inc();
+                faults.store_write_failed(&e, m);
                 tracing::error!(error = %e, groups = dones.len(), "synced commit failed; its requests fail and their workspaces reload");
                 for (ws, epoch, done) in dones {
                     failed.insert(ws, epoch);

@@ -26,8 +26,21 @@ pub struct EngineConfig {
     /// its cached entries that are durable, and rereads them from the store when used).
     pub max_cached_authorizations: usize,
     /// The signer counts as down when it has not answered for this long (checks then fail
-    /// closed with 503).
+    /// closed with 503). This is the fail-closed window: after the signer stops answering,
+    /// checks are still acknowledged (durable, pending receipt) for up to this long.
     pub signer_timeout: Duration,
+    /// The directory whose file system's free space is watched (the store's); `None` watches
+    /// nothing (in-memory stores, tests).
+    pub data_volume: Option<std::path::PathBuf>,
+    /// Free-space floor of `data_volume` in bytes: below it receipt-producing calls fail closed
+    /// (`storage_full`). `None`: 256 MiB or 1 % of the volume, whichever is larger.
+    pub min_free_disk: Option<u64>,
+    /// Receipt-producing calls fail closed (`signing_backlog`) while the oldest committed,
+    /// unsigned receipt of any workspace is older than this.
+    pub max_unsigned_age: Duration,
+    /// How often free space and the signing backlog are looked at (and a failed store is
+    /// probed).
+    pub health_interval: Duration,
     /// How long a `confirm` nonce stays valid.
     pub confirmation_ttl: Duration,
     /// How long an escalation stays open.
@@ -69,6 +82,10 @@ impl Default for EngineConfig {
             sign_batch_delay: Duration::from_millis(10),
             max_cached_authorizations: 200_000,
             signer_timeout: Duration::from_secs(2),
+            data_volume: None,
+            min_free_disk: None,
+            max_unsigned_age: Duration::from_secs(60),
+            health_interval: Duration::from_millis(250),
             confirmation_ttl: Duration::from_secs(300),
             escalation_ttl: Duration::from_secs(24 * 3600),
             shutdown_timeout: Duration::from_secs(10),

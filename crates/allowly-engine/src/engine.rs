@@ -72,9 +72,14 @@ impl Engine {
     /// previous run left pending. Must be called inside a tokio runtime.
     pub async fn start(store: Arc<dyn Store>, signer: SignerClient, cfg: EngineConfig) -> Result<Self> {
         let metrics = Metrics::new();
-        let committer =
-            crate::commit::Committer::start(store.clone(), metrics.clone(), tokio::runtime::Handle::current())
-                .map_err(|e| EngineError::Internal(format!("cannot start the committer thread: {e}")))?;
+        let faults = Arc::new(crate::health::Faults::default());
+        let committer = crate::commit::Committer::start(
+            store.clone(),
+            metrics.clone(),
+            faults.clone(),
+            tokio::runtime::Handle::current(),
+        )
+        .map_err(|e| EngineError::Internal(format!("cannot start the committer thread: {e}")))?;
         let shared = Arc::new(Shared {
             store,
             committer,
@@ -82,6 +87,7 @@ impl Engine {
             cfg,
             metrics,
             health: Health::default(),
+            faults,
             actors: Default::default(),
             locks: Default::default(),
             pipelines: Pipelines::default(),
@@ -96,6 +102,8 @@ impl Engine {
         shared.probe_signer().await;
         tokio::spawn(probe_loop(Arc::downgrade(&shared)));
         tokio::spawn(pressure_loop(Arc::downgrade(&shared)));
+        crate::health::check(&shared).await;
+        tokio::spawn(crate::health::health_loop(Arc::downgrade(&shared)));
         let every = shared.cfg.idempotency_sweep_interval;
         tokio::spawn(periodic(Arc::downgrade(&shared), every, "expired Idempotency-Key records", |e| async move {
             e.sweep_idempotency().await
@@ -157,19 +165,21 @@ impl Engine {
         }
     }
 
-    /// Readiness (`/readyz`): accepting work and the signer answering.
+    /// Readiness (`/readyz`): accepting work, the signer answering, and no fault active. Each
+    /// reason not to be ready is one entry of the list, so a new reason is one more push.
     pub fn readiness(&self) -> Readiness {
         let s = &self.shared;
         let signer = s.health.is_up();
-        let stopping = s.shutting_down.load(Ordering::Acquire);
-        let detail = if stopping {
-            Some("shutting down".to_owned())
-        } else if !signer {
-            Some(format!("signer unavailable: {}", s.health.detail().unwrap_or_default()))
-        } else {
-            None
-        };
-        Readiness { ready: signer && !stopping, signer, detail }
+        let cause = |code: &str, detail: String| NotReady { code: code.to_owned(), detail };
+        let mut causes = Vec::new();
+        if s.shutting_down.load(Ordering::Acquire) {
+            causes.push(cause("shutting_down", "the server is stopping".to_owned()));
+        }
+        if !signer {
+            causes.push(cause("signer_unavailable", s.health.detail().unwrap_or_else(|| "signer down".to_owned())));
+        }
+        causes.extend(s.faults.active().into_iter().map(|(f, detail)| cause(f.code(), detail)));
+        Readiness::from_causes(signer, causes)
     }
 
     /// Prometheus text exposition of the engine's metrics followed by the signer's own
@@ -368,7 +378,7 @@ impl Engine {
     pub async fn expire_due_escalations(&self) -> Result<usize> {
         const PAGE: usize = 256;
         let s = &self.shared;
-        if s.health.require_up(&s.metrics).is_err() {
+        if !s.is_healthy() {
             return Ok(0);
         }
         let mut expired = 0;
@@ -574,7 +584,7 @@ impl Engine {
         if keyed {
             return Ok(());
         }
-        s.health.require_up(&s.metrics)
+        s.require_healthy()
     }
 
     /// Records a user's grant; answers once its `authorization.created` receipt is durable.

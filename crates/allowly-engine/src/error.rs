@@ -2,7 +2,10 @@
 //! HTTP (status, problem `code`) in one place without looking inside messages.
 
 use allowly_signer_proto::client::ClientError;
+use allowly_signer_proto::ErrorCode;
 use allowly_store::StoreError;
+
+use crate::health::Fault;
 
 /// Everything an engine call can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +39,11 @@ pub enum EngineError {
     /// Nothing was changed.
     #[error("signer unavailable: {0}")]
     SignerUnavailable(String),
+    /// A fault below the process (a full or failing data volume, a signer that cannot write
+    /// its journal, signing too far behind) fails the engine closed. Nothing was changed;
+    /// retry once it clears (it clears by itself when its cause does). `detail` is for the log.
+    #[error("{}: {detail}", fault.code())]
+    Unavailable { fault: Fault, detail: String },
     /// The engine is shutting down and takes no new work.
     #[error("engine is shutting down")]
     ShuttingDown,
@@ -62,9 +70,20 @@ impl EngineError {
             Self::Overloaded => "overloaded",
             Self::SignerUnavailable(_) => "signer_unavailable",
             Self::ShuttingDown => "shutting_down",
-            Self::Store(_) => "storage_error",
+            Self::Unavailable { fault, .. } => fault.code(),
+            Self::Store(e) => Fault::of_store_error(e).map_or("storage_error", Fault::code),
             Self::Signer(_) => "signer_error",
             Self::Internal(_) => "internal_error",
+        }
+    }
+
+    /// The fault this error stands for: an [`EngineError::Unavailable`], or a store write that
+    /// failed because the device is full or failing (the health task raises the fault too).
+    pub fn fault(&self) -> Option<Fault> {
+        match self {
+            Self::Unavailable { fault, .. } => Some(*fault),
+            Self::Store(e) => Fault::of_store_error(e),
+            _ => None,
         }
     }
 
@@ -80,13 +99,17 @@ impl EngineError {
     /// Classifies a signer client error: outages (no connection, no answer in time) versus
     /// answers that are errors. A busy signer is *not* an outage: it answers, so the caller
     /// backs off and retries, and checks keep being decided (a busy signer never fails the
-    /// instance closed).
+    /// instance closed). A signer that answers that it cannot make its journal durable
+    /// (`StorageFailed`) is [`Fault::SignerStorageFailed`]: nothing was signed, retry later.
     pub(crate) fn from_signer(e: ClientError) -> Self {
         match e {
             ClientError::Connect { .. }
             | ClientError::Unavailable { .. }
             | ClientError::Disconnected
             | ClientError::Timeout(_) => Self::SignerUnavailable(e.to_string()),
+            ClientError::Remote(ref reply) if reply.code == ErrorCode::StorageFailed => {
+                Self::Unavailable { fault: Fault::SignerStorageFailed, detail: e.to_string() }
+            }
             other => Self::Signer(other.to_string()),
         }
     }
@@ -94,3 +117,39 @@ impl EngineError {
 
 /// Shorthand used throughout the crate.
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use allowly_signer_proto::ErrorReply;
+
+    fn remote(code: ErrorCode) -> ClientError {
+        ClientError::Remote(ErrorReply { code, message: "m".into(), current_size: None })
+    }
+
+    #[test]
+    fn signer_errors_are_classified_by_kind_not_text() {
+        let check = |e: ClientError, code: &str, fault: Option<Fault>| {
+            let e = EngineError::from_signer(e);
+            assert_eq!((e.code(), e.fault()), (code, fault), "{e:?}");
+        };
+        check(remote(ErrorCode::StorageFailed), "signer_storage_failed", Some(Fault::SignerStorageFailed));
+        check(remote(ErrorCode::Internal), "signer_error", None);
+        check(ClientError::Disconnected, "signer_unavailable", None);
+        check(ClientError::Timeout(std::time::Duration::from_secs(2)), "signer_unavailable", None);
+        check(ClientError::Busy, "signer_error", None);
+    }
+
+    #[test]
+    fn device_failures_of_the_store_are_faults() {
+        let check = |e: StoreError, code: &str, fault: Option<Fault>| {
+            let e = EngineError::Store(e);
+            assert_eq!((e.code(), e.fault()), (code, fault), "{e:?}");
+        };
+        check(StoreError::NoSpace("ENOSPC".into()), "storage_full", Some(Fault::StorageFull));
+        check(StoreError::Io("EIO".into()), "storage_failed", Some(Fault::StorageFailed));
+        check(StoreError::Engine("busy".into()), "storage_error", None);
+        let e = EngineError::Unavailable { fault: Fault::SigningBacklog, detail: "d".into() };
+        assert_eq!((e.code(), e.fault()), ("signing_backlog", Some(Fault::SigningBacklog)));
+    }
+}

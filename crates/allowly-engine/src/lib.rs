@@ -13,6 +13,7 @@ pub mod config;
 pub mod decide;
 mod engine;
 pub mod error;
+pub mod health;
 pub mod ids;
 pub mod metrics;
 pub mod model;

@@ -3,8 +3,8 @@
 //! workspace or authorization id).
 
 use prometheus::{
-    exponential_buckets, Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    exponential_buckets, Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 /// The engine's metrics.
@@ -42,13 +42,27 @@ pub struct Metrics {
     pub signing_lag_seconds: Histogram,
     /// Receipts whose signature is stored.
     pub receipts_signed: IntCounter,
-    /// Failed exchanges with the signer, by `kind` (unavailable, error).
+    /// Failed exchanges with the signer, by `kind` (unavailable, storage, error).
     pub signer_errors: IntCounterVec,
     /// 1 while the signer answers, 0 while checks fail closed.
     pub signer_up: IntGauge,
     /// Signer logs that disagree with the stored one (fork or rollback): signing stops for the
     /// workspace. Alert on any increase.
     pub log_divergence: IntCounter,
+    /// 1 while a fault fails the engine closed, by `cause` (the closed set of
+    /// [`Fault`](crate::health::Fault) codes); 0 otherwise.
+    pub faults: IntGaugeVec,
+    /// Requests refused because of a fault, by `cause` (same label set as `faults`).
+    pub fault_refusals: IntCounterVec,
+    /// Free bytes of the data volume (for an unprivileged writer), as last read.
+    pub data_volume_free_bytes: IntGauge,
+    /// The free-space floor in bytes (`--min-free-disk`, or its default for this volume).
+    pub data_volume_min_free_bytes: IntGauge,
+    /// Committed receipts not yet signed, over every workspace with a signing task.
+    pub unsigned_receipts: IntGauge,
+    /// Age of the oldest committed, unsigned receipt of any workspace (0 when none). Grows while
+    /// a workspace's signing is stalled, whatever the others do.
+    pub oldest_unsigned_age_seconds: Gauge,
 }
 
 fn pow2(start: f64, n: usize) -> Vec<f64> {
@@ -138,8 +152,42 @@ impl Metrics {
                 "Signer log disagrees with the stored log (signing stopped for a workspace)",
             )
             .expect("static metric definition"),
+            faults: IntGaugeVec::new(
+                Opts::new("allowly_engine_fault", "1 while the engine fails closed for this cause"),
+                &["cause"],
+            )
+            .expect("static metric definition"),
+            fault_refusals: IntCounterVec::new(
+                Opts::new("allowly_engine_fault_refusals_total", "Requests refused (503) because of a fault"),
+                &["cause"],
+            )
+            .expect("static metric definition"),
+            data_volume_free_bytes: IntGauge::new(
+                "allowly_engine_data_volume_free_bytes",
+                "Free bytes of the data volume (statvfs, unprivileged)",
+            )
+            .expect("static metric definition"),
+            data_volume_min_free_bytes: IntGauge::new(
+                "allowly_engine_data_volume_min_free_bytes",
+                "Free-space floor of the data volume; below it receipt-producing calls fail closed",
+            )
+            .expect("static metric definition"),
+            unsigned_receipts: IntGauge::new(
+                "allowly_engine_unsigned_receipts",
+                "Committed receipts not yet signed (every workspace)",
+            )
+            .expect("static metric definition"),
+            oldest_unsigned_age_seconds: Gauge::new(
+                "allowly_engine_oldest_unsigned_age_seconds",
+                "Age of the oldest committed, unsigned receipt of any workspace (0 when none)",
+            )
+            .expect("static metric definition"),
             registry,
         };
+        for fault in crate::health::Fault::ALL {
+            m.faults.with_label_values(&[fault.code()]).set(0);
+            m.fault_refusals.with_label_values(&[fault.code()]);
+        }
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(m.decisions.clone()),
             Box::new(m.overloaded.clone()),
@@ -160,6 +208,12 @@ impl Metrics {
             Box::new(m.signer_errors.clone()),
             Box::new(m.signer_up.clone()),
             Box::new(m.log_divergence.clone()),
+            Box::new(m.faults.clone()),
+            Box::new(m.fault_refusals.clone()),
+            Box::new(m.data_volume_free_bytes.clone()),
+            Box::new(m.data_volume_min_free_bytes.clone()),
+            Box::new(m.unsigned_receipts.clone()),
+            Box::new(m.oldest_unsigned_age_seconds.clone()),
         ];
         for c in collectors {
             m.registry.register(c).expect("metric names are unique");

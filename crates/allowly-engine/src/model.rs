@@ -284,14 +284,37 @@ pub enum ExportScope {
     Log { from: u64, to: u64 },
 }
 
-/// Readiness as `/readyz` reports it.
+/// Readiness as `/readyz` reports it: ready iff `causes` is empty.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Readiness {
     pub ready: bool,
     /// Whether the last exchange with the signer succeeded recently.
     pub signer: bool,
-    /// Human-readable reason when not ready.
+    /// Human-readable reasons when not ready (every cause's detail, `; `-separated).
     pub detail: Option<String>,
+    /// Every reason not to send work here, in a fixed order; each `code` is the problem code
+    /// the refused calls answer with.
+    #[serde(default)]
+    pub causes: Vec<NotReady>,
+}
+
+/// One reason `/readyz` is false.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotReady {
+    /// Stable code: `shutting_down`, `signer_unavailable`, or a fault's code
+    /// (`storage_full`, `storage_failed`, `signer_storage_failed`, `signing_backlog`).
+    pub code: String,
+    /// What is wrong, for the operator.
+    pub detail: String,
+}
+
+impl Readiness {
+    /// Readiness from its causes (none: ready).
+    pub fn from_causes(signer: bool, causes: Vec<NotReady>) -> Self {
+        let detail = (!causes.is_empty())
+            .then(|| causes.iter().map(|c| format!("{}: {}", c.code, c.detail)).collect::<Vec<_>>().join("; "));
+        Self { ready: causes.is_empty(), signer, detail, causes }
+    }
 }
 
 /// `POST /v1/confirmations/{nonce}`: the user's answer to a `confirm` decision.

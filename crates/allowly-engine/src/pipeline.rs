@@ -15,8 +15,9 @@
 //! the root of the *stored* leaves; any other disagreement is a divergence: signing stops for
 //! the workspace, it is logged and counted, and nothing is overwritten.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use allowly_receipt::merkle::{Frontier, Hash};
@@ -29,6 +30,7 @@ use dashmap::DashMap;
 use tokio::sync::watch;
 
 use crate::error::{EngineError, Result};
+use crate::health::Fault;
 use crate::receipts::{key_records, verifier};
 use crate::shared::{blocking, Shared};
 
@@ -44,6 +46,24 @@ struct Slot {
     /// Tells a retiring task whether the registry entry is still its own.
     id: u64,
     tx: watch::Sender<u64>,
+    progress: Arc<Progress>,
+}
+
+impl Slot {
+    fn raise(&self, committed: u64) {
+        if self.tx.send_if_modified(|v| raise(v, committed)) {
+            self.progress.committed(committed, Instant::now());
+        }
+    }
+}
+
+/// The signing backlog over every workspace with a signing task (see [`Pipelines::backlog`]).
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Backlog {
+    /// Committed receipts not yet signed.
+    pub unsigned: u64,
+    /// When the oldest of them was committed (at the latest).
+    pub oldest: Option<Instant>,
 }
 
 impl Pipelines {
@@ -52,21 +72,94 @@ impl Pipelines {
     pub fn notify(&self, shared: &Arc<Shared>, ws: &str, committed: u64) {
         if let Some(slot) = self.map.get(ws) {
             if !slot.tx.is_closed() {
-                slot.tx.send_if_modified(|v| raise(v, committed));
+                slot.raise(committed);
                 return;
             }
         }
         match self.map.entry(ws.to_owned()) {
-            dashmap::Entry::Occupied(e) if !e.get().tx.is_closed() => {
-                e.get().tx.send_if_modified(|v| raise(v, committed));
-            }
+            dashmap::Entry::Occupied(e) if !e.get().tx.is_closed() => e.get().raise(committed),
             entry => {
                 let (tx, rx) = watch::channel(committed);
                 let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-                entry.insert(Slot { id, tx });
-                tokio::spawn(run(shared.clone(), ws.to_owned(), id, rx));
+                let progress = Arc::new(Progress::default());
+                progress.committed(committed, Instant::now());
+                entry.insert(Slot { id, tx, progress: progress.clone() });
+                tokio::spawn(run(shared.clone(), ws.to_owned(), id, rx, progress));
             }
         }
+    }
+
+    /// How many committed receipts wait for a signature, and since when the oldest does. A
+    /// workspace whose signing is stalled (signer down, a divergence) keeps its task and its
+    /// marks, so its age keeps growing.
+    pub fn backlog(&self) -> Backlog {
+        let mut b = Backlog::default();
+        for slot in self.map.iter() {
+            let committed = *slot.tx.borrow();
+            let signed = slot.progress.signed.load(Ordering::Acquire);
+            if signed != NOT_LOADED {
+                b.unsigned += committed.saturating_sub(signed);
+            }
+            if let Some(t) = slot.progress.oldest() {
+                b.oldest = Some(b.oldest.map_or(t, |o| o.min(t)));
+            }
+        }
+        b
+    }
+}
+
+/// `Progress::signed` before the task has read the signed size from the store.
+const NOT_LOADED: u64 = u64::MAX;
+/// Commits within this of the last mark raise it instead of adding one (the age is then
+/// overstated by at most this much).
+const MARK_EVERY: Duration = Duration::from_millis(50);
+/// Most marks kept per workspace (over three minutes of commits at one per `MARK_EVERY`); past
+/// it the last mark is raised, so a stall only overstates the age of the newest receipts.
+const MAX_MARKS: usize = 4096;
+
+/// A workspace's signing progress, for the backlog gauges: its signed size and marks
+/// `(size, when)` — every leaf below `size` was committed by `when`.
+#[derive(Debug)]
+struct Progress {
+    signed: AtomicU64,
+    marks: Mutex<VecDeque<(u64, Instant)>>,
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Self { signed: AtomicU64::new(NOT_LOADED), marks: Mutex::default() }
+    }
+}
+
+impl Progress {
+    /// Leaves below `size` are committed (as of `now`).
+    fn committed(&self, size: u64, now: Instant) {
+        let Ok(mut marks) = self.marks.lock() else { return };
+        let full = marks.len() >= MAX_MARKS;
+        match marks.back_mut() {
+            Some(last) if size <= last.0 => {}
+            Some(last) if full || now.saturating_duration_since(last.1) < MARK_EVERY => last.0 = size,
+            _ => marks.push_back((size, now)),
+        }
+    }
+
+    /// Leaves below `size` are signed.
+    fn signed(&self, size: u64) {
+        self.signed.store(size, Ordering::Release);
+        if let Ok(mut marks) = self.marks.lock() {
+            while marks.front().is_some_and(|&(s, _)| s <= size) {
+                marks.pop_front();
+            }
+        }
+    }
+
+    /// When the oldest unsigned leaf was committed, at the latest.
+    fn oldest(&self) -> Option<Instant> {
+        let signed = match self.signed.load(Ordering::Acquire) {
+            NOT_LOADED => 0,
+            s => s,
+        };
+        self.marks.lock().ok()?.iter().find(|&&(s, _)| s > signed).map(|&(_, t)| t)
     }
 }
 
@@ -109,11 +202,14 @@ struct Signing {
     waiting_since: Option<Instant>,
 }
 
-async fn run(shared: Arc<Shared>, ws: String, id: u64, mut rx: watch::Receiver<u64>) {
+async fn run(shared: Arc<Shared>, ws: String, id: u64, mut rx: watch::Receiver<u64>, progress: Arc<Progress>) {
     let mut backoff = Duration::from_millis(20);
     let mut st = loop {
         match Signing::load(&shared, &ws) {
-            Ok(st) => break st,
+            Ok(st) => {
+                progress.signed(st.frontier.size());
+                break st;
+            }
             Err(e) => {
                 tracing::error!(workspace = %ws, error = %e, "cannot load signing state; retrying");
                 tokio::time::sleep(backoff).await;
@@ -153,7 +249,10 @@ async fn run(shared: Arc<Shared>, ws: String, id: u64, mut rx: watch::Receiver<u
             }
         }
         match st.round(&shared, committed).await {
-            Ok(()) => backoff = Duration::from_millis(20),
+            Ok(()) => {
+                progress.signed(st.frontier.size());
+                backoff = Duration::from_millis(20);
+            }
             Err(Stop::Retry(e)) => {
                 if !matches!(e, EngineError::SignerUnavailable(_)) {
                     tracing::warn!(workspace = %ws, error = %e, "signing round failed; retrying");
@@ -213,6 +312,7 @@ impl Signing {
             Err(_) => Err(self.outage(shared, "signer did not answer in time")),
             Ok(Ok(out)) => {
                 shared.health.set_up(&shared.metrics);
+                shared.faults.signer_stored(&shared.metrics);
                 self.store_signed(shared, &leaves, out.new_size, out.checkpoint).await
             }
             Ok(Err(ClientError::Remote(reply))) if reply.code == ErrorCode::SizeMismatch => {
@@ -223,6 +323,11 @@ impl Signing {
                 let e = EngineError::from_signer(e);
                 if let EngineError::SignerUnavailable(why) = &e {
                     return Err(self.outage(shared, why));
+                }
+                if e.fault() == Some(Fault::SignerStorageFailed) {
+                    shared.metrics.signer_errors.with_label_values(&["storage"]).inc();
+                    shared.faults.signer_storage_failed(&e.to_string(), &shared.metrics);
+                    return Err(Stop::Retry(e));
                 }
                 shared.metrics.signer_errors.with_label_values(&["error"]).inc();
                 Err(Stop::Retry(e))
@@ -319,7 +424,12 @@ impl Signing {
         // are pending again and get the same checkpoint back (the signer answers an exact retry
         // of its last group with it, or `reconcile` adopts its newer one). Saves an fsync per
         // signing batch on the path every check's disk shares.
-        blocking(move || Ok(store.write(batch, Durability::Buffered)?)).await?;
+        if let Err(e) = blocking(move || Ok(store.write(batch, Durability::Buffered)?)).await {
+            if let EngineError::Store(se) = &e {
+                shared.faults.store_write_failed(se, &shared.metrics);
+            }
+            return Err(Stop::Retry(e));
+        }
         if wake {
             shared.webhook_wake.notify_one();
         }
@@ -394,4 +504,36 @@ fn contiguous_leaves(ws: &str, from: u64, items: impl Iterator<Item = (u64, Hash
         out.push(leaf);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_oldest_unsigned_leaf_is_dated_by_the_first_mark_above_the_signed_size() {
+        let p = Progress::default();
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        assert_eq!(p.oldest(), None);
+        p.committed(3, at(0));
+        p.committed(5, at(10)); // within MARK_EVERY: raises the mark, dated t0
+        p.committed(9, at(100));
+        p.committed(12, at(200));
+        assert_eq!(p.oldest(), Some(at(0)), "nothing signed (or loaded) yet");
+        p.signed(5);
+        assert_eq!(p.oldest(), Some(at(100)), "leaf 5 was committed by the mark (9, 100 ms)");
+        p.signed(10);
+        assert_eq!(p.oldest(), Some(at(200)));
+        // A stalled workspace: no new signature, so the same mark keeps dating the backlog.
+        assert_eq!(p.oldest(), Some(at(200)));
+        p.signed(12);
+        assert_eq!(p.oldest(), None);
+        // Bounded: past MAX_MARKS the last mark is raised instead.
+        for i in 0..(MAX_MARKS as u64 + 10) {
+            p.committed(13 + i, at(300 + 100 * i));
+        }
+        assert_eq!(p.marks.lock().map(|m| m.len()).unwrap_or_default(), MAX_MARKS);
+        assert_eq!(p.oldest(), Some(at(300)));
+    }
 }

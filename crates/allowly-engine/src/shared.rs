@@ -33,6 +33,8 @@ pub(crate) struct Shared {
     pub cfg: EngineConfig,
     pub metrics: Metrics,
     pub health: Health,
+    /// Faults below the process that fail the engine closed (see `health.rs`).
+    pub faults: Arc<crate::health::Faults>,
     pub actors: DashMap<String, WsHandle>,
     pub locks: DashMap<String, Arc<WsLocks>>,
     pub pipelines: Pipelines,
@@ -140,6 +142,24 @@ impl Health {
 }
 
 impl Shared {
+    /// Fails closed (counted) while the signer is down or a fault is active: nothing may be
+    /// decided or written. The healthy path is two atomic loads.
+    pub fn require_healthy(&self) -> Result<()> {
+        self.health.require_up(&self.metrics)?;
+        match self.faults.first() {
+            None => Ok(()),
+            Some((fault, detail)) => {
+                self.metrics.fault_refusals.with_label_values(&[fault.code()]).inc();
+                Err(EngineError::Unavailable { fault, detail })
+            }
+        }
+    }
+
+    /// Whether [`Shared::require_healthy`] would pass (for housekeeping: not counted).
+    pub fn is_healthy(&self) -> bool {
+        self.health.is_up() && self.faults.first().is_none()
+    }
+
     /// One bounded ping; the health follows its outcome (the probe loop and start-up).
     pub async fn probe_signer(&self) {
         match tokio::time::timeout(self.cfg.signer_timeout, self.signer.ping()).await {

@@ -453,3 +453,170 @@ async fn authorizations_are_listed_by_page_with_filters_and_only_the_workspaces_
     e.shutdown().await;
     signer.stop();
 }
+
+/// The real store, except that while `full` is set every write fails as on a full device (as
+/// RocksDB does after a failed WAL write: every later write fails too, whatever the space).
+struct FullDevice {
+    inner: Arc<allowly_store::RocksStore>,
+    full: std::sync::atomic::AtomicBool,
+}
+
+impl FullDevice {
+    fn refuse(&self) -> allowly_store::Result<()> {
+        match self.full.load(std::sync::atomic::Ordering::Acquire) {
+            true => Err(allowly_store::StoreError::NoSpace("IO error: No space left on device".into())),
+            false => Ok(()),
+        }
+    }
+}
+
+impl Store for FullDevice {
+    fn write(&self, batch: allowly_store::WriteBatch, d: allowly_store::Durability) -> allowly_store::Result<()> {
+        self.refuse()?;
+        self.inner.write(batch, d)
+    }
+    fn write_groups(
+        &self,
+        groups: Vec<(String, allowly_store::WriteBatch)>,
+        d: allowly_store::Durability,
+    ) -> allowly_store::Result<Vec<allowly_store::Result<()>>> {
+        self.refuse()?;
+        self.inner.write_groups(groups, d)
+    }
+    fn workspace(&self, id: &str) -> allowly_store::Result<Option<allowly_store::WorkspaceRecord>> {
+        self.inner.workspace(id)
+    }
+    fn api_key_by_hash(&self, hash: &[u8; 32]) -> allowly_store::Result<Option<allowly_store::ApiKeyRecord>> {
+        self.inner.api_key_by_hash(hash)
+    }
+    fn api_key_by_id(&self, ws: Option<&str>, id: &str) -> allowly_store::Result<Option<allowly_store::ApiKeyRecord>> {
+        self.inner.api_key_by_id(ws, id)
+    }
+    fn authorization(&self, ws: &str, id: &str) -> allowly_store::Result<Option<allowly_store::AuthorizationRecord>> {
+        self.inner.authorization(ws, id)
+    }
+    fn authorizations(
+        &self,
+        ws: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> allowly_store::Result<Vec<allowly_store::AuthorizationRecord>> {
+        self.inner.authorizations(ws, after, limit)
+    }
+    fn receipt(&self, ws: &str, id: &str) -> allowly_store::Result<Option<allowly_store::ReceiptRecord>> {
+        self.inner.receipt(ws, id)
+    }
+    fn receipt_at(&self, ws: &str, index: u64) -> allowly_store::Result<Option<allowly_store::ReceiptRecord>> {
+        self.inner.receipt_at(ws, index)
+    }
+    fn trail(
+        &self,
+        ws: &str,
+        auth: &str,
+        after_seq: Option<u64>,
+        limit: usize,
+    ) -> allowly_store::Result<Vec<allowly_store::ReceiptRecord>> {
+        self.inner.trail(ws, auth, after_seq, limit)
+    }
+    fn receipts_in_range(
+        &self,
+        ws: &str,
+        from: u64,
+        to: u64,
+        limit: usize,
+    ) -> allowly_store::Result<Vec<allowly_store::ReceiptRecord>> {
+        self.inner.receipts_in_range(ws, from, to, limit)
+    }
+    fn node(&self, ws: &str, level: u8, index: u64) -> allowly_store::Result<Option<[u8; 32]>> {
+        self.inner.node(ws, level, index)
+    }
+    fn checkpoint(&self, ws: &str, size: u64) -> allowly_store::Result<Option<String>> {
+        self.inner.checkpoint(ws, size)
+    }
+    fn latest_checkpoint(&self, ws: &str) -> allowly_store::Result<Option<(u64, String)>> {
+        self.inner.latest_checkpoint(ws)
+    }
+    fn checkpoint_at_or_after(&self, ws: &str, size: u64) -> allowly_store::Result<Option<(u64, String)>> {
+        self.inner.checkpoint_at_or_after(ws, size)
+    }
+    fn leaf_hashes(&self, ws: &str, from: u64, to: u64, limit: usize) -> allowly_store::Result<Vec<(u64, [u8; 32])>> {
+        self.inner.leaf_hashes(ws, from, to, limit)
+    }
+    fn workspaces_with_unsigned(&self) -> allowly_store::Result<Vec<String>> {
+        self.inner.workspaces_with_unsigned()
+    }
+    fn log_meta(&self, ws: &str) -> allowly_store::Result<Option<allowly_store::LogMeta>> {
+        self.inner.log_meta(ws)
+    }
+    fn doc(
+        &self,
+        kind: allowly_store::DocKind,
+        ws: &str,
+        id: &str,
+    ) -> allowly_store::Result<Option<serde_json::Value>> {
+        self.inner.doc(kind, ws, id)
+    }
+    fn docs(
+        &self,
+        kind: allowly_store::DocKind,
+        ws: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> allowly_store::Result<Vec<(String, serde_json::Value)>> {
+        self.inner.docs(kind, ws, after, limit)
+    }
+    fn all_docs(
+        &self,
+        kind: allowly_store::DocKind,
+        after: Option<(&str, &str)>,
+        limit: usize,
+    ) -> allowly_store::Result<Vec<(String, String, serde_json::Value)>> {
+        self.inner.all_docs(kind, after, limit)
+    }
+}
+
+/// A write the device refuses fails the engine closed at once (`storage_full`, before the
+/// health task's next look), readiness names it, nothing is written meanwhile, and once the
+/// device takes writes again the health task's probe write clears it by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_the_device_refuses_fails_closed_until_a_probe_write_succeeds() {
+    use allowly_engine::health::Fault;
+    use std::sync::atomic::Ordering;
+    let root = TempDir::new().unwrap();
+    let signer = start_signer(&root);
+    let store = Arc::new(FullDevice { inner: open_store(&root), full: false.into() });
+    let cfg = EngineConfig { health_interval: Duration::from_millis(20), ..config() };
+    let e = Engine::start(store.clone(), client(&root), cfg).await.unwrap();
+    let ws = workspace(&e).await;
+    let auth = e.create_authorization(&ws, grant(None), None).await.unwrap().authorization.id;
+    e.check(&ws, ask(&auth, "files.read", Some("doc:1")), None).await.unwrap();
+    eventually("signed", || async { all_signed(&e, &ws, &auth).await }).await;
+    let before = e.authorization(&ws, &auth).unwrap().trail_length;
+
+    store.full.store(true, Ordering::Release);
+    let first = e.check(&ws, ask(&auth, "files.read", Some("doc:1")), None).await;
+    let first = first.err().unwrap_or_else(|| panic!("a check was acknowledged on a full device"));
+    assert_eq!((first.code(), first.fault()), ("storage_full", Some(Fault::StorageFull)), "{first:?}");
+    // Raised by the failed commit itself: the next call is refused before it reaches an actor.
+    let next = e.check(&ws, ask(&auth, "files.read", Some("doc:1")), None).await;
+    assert!(matches!(next, Err(EngineError::Unavailable { fault: Fault::StorageFull, .. })), "{next:?}");
+    let revoke = e.revoke_authorization(&ws, &auth, None).await;
+    assert!(matches!(revoke, Err(EngineError::Unavailable { fault: Fault::StorageFull, .. })), "{revoke:?}");
+    let r = e.readiness();
+    assert!(!r.ready && r.signer, "{r:?}");
+    assert_eq!(r.causes.iter().map(|c| c.code.as_str()).collect::<Vec<_>>(), ["storage_full"], "{r:?}");
+    assert!(e.metrics().text().contains(r#"allowly_engine_fault{cause="storage_full"} 1"#));
+    // The probe keeps failing while the device does: still closed after several rounds.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!e.readiness().ready, "cleared while every write still fails");
+    assert_eq!(e.authorization(&ws, &auth).unwrap().trail_length, before, "a refused call left a receipt");
+
+    store.full.store(false, Ordering::Release);
+    eventually("the probe write clears the fault", || async { e.readiness().ready }).await;
+    let out = e.check(&ws, ask(&auth, "files.read", Some("doc:1")), None).await.unwrap();
+    assert_eq!(out.decision, Decision::Allow);
+    assert_eq!(e.authorization(&ws, &auth).unwrap().trail_length, before + 1, "the trail has no gap");
+    eventually("signed after recovery", || async { all_signed(&e, &ws, &auth).await }).await;
+    e.shutdown().await;
+    signer.stop();
+}

@@ -24,7 +24,9 @@ pub const BODY_LIMIT_RANGE: std::ops::RangeInclusive<usize> = 1024..=16 * 1024 *
 
 const AFTER_HELP: &str = "\
 Every option can also be set by its environment variable or in the TOML file given by --config
-(keys: data_dir, listen, signer_socket, signer_bin, signer_max_in_flight, max_cached_authorizations, idle_timeout_ms, memory_high_water_mib, body_limit, confirmation_ttl_ms, escalation_ttl_ms, webhook_base_backoff_ms,
+(keys: data_dir, listen, signer_socket, signer_bin, signer_max_in_flight, signer_timeout_ms, min_free_disk,
+max_unsigned_age_ms, max_cached_authorizations, idle_timeout_ms, memory_high_water_mib, body_limit, confirmation_ttl_ms,
+escalation_ttl_ms, webhook_base_backoff_ms,
 webhook_max_backoff_ms, webhook_give_up_after_ms, webhook_attempt_timeout_ms, webhook_retention_ms,
 webhook_allow_private_networks). Precedence: flag > environment > file > default. Relative paths
 are relative to the working directory.
@@ -44,6 +46,17 @@ Without --signer-socket, allowly runs its own signer: it creates <data-dir>/sign
 on first run), starts `allowly-signer serve` on <data-dir>/run/signer.sock as a child process
 that dies with it, and restarts it if it exits. With --signer-socket it connects to a signer
 running as its own service (see ops/systemd/allowly-signer.service).
+
+Failing closed: receipt-producing calls (checks, grants, revocations, answers to confirmations
+and escalations) answer 503 and /readyz is false while the signer does not answer within
+--signer-timeout-ms (signer_unavailable; until then checks are still acknowledged with durable,
+pending receipts: the fail-closed window), while the data volume has less free space than
+--min-free-disk (storage_full; default 256 MiB or 1 % of the volume, whichever is larger), after a
+store write fails on the device (storage_full or storage_failed, until a probe write succeeds),
+while the signer cannot write its journal (signer_storage_failed), and while the oldest unsigned
+receipt is older than --max-unsigned-age-ms (signing_backlog). Each clears by itself when its
+cause does, except that RocksDB refuses writes after a failed write-ahead-log write until the
+service restarts (the floor is there so that never happens).
 
 On first start the instance admin key is written to <data-dir>/admin-token (mode 0600). Logging:
 ALLOWLY_LOG (tracing env-filter syntax, default `info`). The first line on stdout is
@@ -133,6 +146,36 @@ pub struct ServeArgs {
     /// recently used first; 0 turns it off [default: 1024].
     #[arg(long, env = "ALLOWLY_MEMORY_HIGH_WATER_MIB", value_name = "MIB")]
     pub memory_high_water_mib: Option<u64>,
+    /// The signer counts as down after this long without an answer; checks then fail closed
+    /// (the fail-closed window, 100..=10000) [default: 2000].
+    #[arg(long, env = "ALLOWLY_SIGNER_TIMEOUT_MS", value_name = "MS")]
+    pub signer_timeout_ms: Option<u64>,
+    /// Free-space floor of the data volume, in bytes or with a unit (512MiB, 2GiB); below it
+    /// receipt-producing calls fail closed [default: 256MiB or 1 % of the volume, whichever is larger].
+    #[arg(long, env = "ALLOWLY_MIN_FREE_DISK", value_name = "SIZE", value_parser = parse_size)]
+    pub min_free_disk: Option<u64>,
+    /// Receipt-producing calls fail closed while the oldest unsigned receipt is older than this
+    /// (1000..=86400000) [default: 60000].
+    #[arg(long, env = "ALLOWLY_MAX_UNSIGNED_AGE_MS", value_name = "MS")]
+    pub max_unsigned_age_ms: Option<u64>,
+}
+
+/// A byte size: digits, optionally followed by `B`, `KiB`, `MiB`, `GiB`, `TiB` (or `K`, `M`,
+/// `G`, `T`; all binary).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: u64 = digits.parse().map_err(|_| format!("{text:?} is not a size (e.g. 512MiB)"))?;
+    let shift = match unit.trim() {
+        "" | "B" => 0,
+        "K" | "KiB" => 10,
+        "M" | "MiB" => 20,
+        "G" | "GiB" => 30,
+        "T" | "TiB" => 40,
+        other => return Err(format!("unknown size unit {other:?} (B, KiB, MiB, GiB, TiB)")),
+    };
+    n.checked_mul(1 << shift).ok_or_else(|| format!("{text:?} is too large"))
 }
 
 /// The TOML file: the same settings as the flags, all optional.
@@ -156,6 +199,27 @@ pub struct FileConfig {
     pub max_cached_authorizations: Option<usize>,
     pub idle_timeout_ms: Option<u64>,
     pub memory_high_water_mib: Option<u64>,
+    pub signer_timeout_ms: Option<u64>,
+    /// Bytes, or a size as `--min-free-disk` takes it (`"512MiB"`).
+    pub min_free_disk: Option<SizeSetting>,
+    pub max_unsigned_age_ms: Option<u64>,
+}
+
+/// A byte size in the TOML file: an integer, or text with a unit (see [`parse_size`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum SizeSetting {
+    Bytes(u64),
+    Text(String),
+}
+
+impl SizeSetting {
+    fn bytes(&self) -> Result<u64, String> {
+        match self {
+            Self::Bytes(n) => Ok(*n),
+            Self::Text(t) => parse_size(t),
+        }
+    }
 }
 
 /// Where the signer comes from.
@@ -182,6 +246,11 @@ pub struct ServerConfig {
     pub idle_timeout: Duration,
     /// Bytes; 0: off.
     pub memory_high_water: u64,
+    /// The fail-closed window (see `EngineConfig::signer_timeout`).
+    pub signer_timeout: Duration,
+    /// `None`: the engine's default (256 MiB or 1 % of the volume).
+    pub min_free_disk: Option<u64>,
+    pub max_unsigned_age: Duration,
 }
 
 /// A configuration that cannot be used.
@@ -197,10 +266,12 @@ pub enum ConfigError {
     Webhooks(String),
     #[error("{0} must be within 1 s..=30 days")]
     Ttl(&'static str),
-    #[error("{name} must be within {range}")]
-    OutOfRange { name: &'static str, range: &'static str },
     #[error("signer_max_in_flight must be within 1..=65536")]
     SignerInFlight,
+    #[error("{0} is outside {1}")]
+    OutOfRange(&'static str, &'static str),
+    #[error("min_free_disk: {0}")]
+    Size(String),
 }
 
 impl ServeArgs {
@@ -252,15 +323,29 @@ impl ServeArgs {
             self.max_cached_authorizations.or(file.max_cached_authorizations).unwrap_or(e.max_cached_authorizations);
         let idle_timeout = ms(self.idle_timeout_ms, file.idle_timeout_ms, e.idle_timeout);
         if !(Duration::from_secs(1)..=Duration::from_secs(24 * 3600)).contains(&idle_timeout) {
-            return Err(ConfigError::OutOfRange { name: "idle_timeout_ms", range: "1 s..=24 h" });
+            return Err(ConfigError::OutOfRange("idle_timeout_ms", "1000..=86400000"));
         }
         let memory_high_water = match self.memory_high_water_mib.or(file.memory_high_water_mib) {
-            Some(mib) => mib
-                .checked_mul(1 << 20)
-                .ok_or(ConfigError::OutOfRange { name: "memory_high_water_mib", range: "0..2^44" })?,
+            Some(mib) => mib.checked_mul(1 << 20).ok_or(ConfigError::OutOfRange("memory_high_water_mib", "0..2^44"))?,
             None => e.memory_high_water,
         };
+        let signer_timeout = ms(self.signer_timeout_ms, file.signer_timeout_ms, e.signer_timeout);
+        // At most the signer client's own bound on a call (10 s), which would otherwise cut it.
+        if !(Duration::from_millis(100)..=Duration::from_secs(10)).contains(&signer_timeout) {
+            return Err(ConfigError::OutOfRange("signer_timeout_ms", "100..=10000"));
+        }
+        let max_unsigned_age = ms(self.max_unsigned_age_ms, file.max_unsigned_age_ms, e.max_unsigned_age);
+        if !(Duration::from_secs(1)..=Duration::from_secs(24 * 3600)).contains(&max_unsigned_age) {
+            return Err(ConfigError::OutOfRange("max_unsigned_age_ms", "1000..=86400000"));
+        }
+        let min_free_disk = match self.min_free_disk {
+            Some(n) => Some(n),
+            None => file.min_free_disk.as_ref().map(SizeSetting::bytes).transpose().map_err(ConfigError::Size)?,
+        };
         Ok(ServerConfig {
+            signer_timeout,
+            max_unsigned_age,
+            min_free_disk,
             signer_max_in_flight,
             max_cached_authorizations,
             idle_timeout,
@@ -321,6 +406,34 @@ mod tests {
         assert_eq!(cfg.signer, SignerMode::Embedded { bin: None });
         assert_eq!(cfg.body_limit, DEFAULT_BODY_LIMIT);
         assert_eq!(cfg.webhooks, WebhookConfig::default());
+        assert_eq!(cfg.signer_timeout, Duration::from_secs(2));
+        assert_eq!(cfg.max_unsigned_age, Duration::from_secs(60));
+        assert_eq!(cfg.min_free_disk, None);
+    }
+
+    #[test]
+    fn fail_closed_settings_resolve_and_are_checked() {
+        for (text, bytes) in [("0", 0), ("4096", 4096), ("512MiB", 512 << 20), ("2G", 2 << 30), ("1 KiB", 1024)] {
+            assert_eq!(parse_size(text), Ok(bytes), "{text}");
+        }
+        for bad in ["", "MiB", "1.5GiB", "12 parsecs", "-1", "99999999999TiB"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
+        let f = file("signer_timeout_ms = 500\nmin_free_disk = \"1GiB\"\nmax_unsigned_age_ms = 5000\n");
+        let cfg = ServeArgs { config: Some(f.path().to_owned()), ..ServeArgs::default() }.resolve().unwrap();
+        assert_eq!(
+            (cfg.signer_timeout, cfg.min_free_disk, cfg.max_unsigned_age),
+            (Duration::from_millis(500), Some(1 << 30), Duration::from_secs(5))
+        );
+        let flags = ServeArgs { config: Some(f.path().to_owned()), min_free_disk: Some(7), ..ServeArgs::default() };
+        assert_eq!(flags.resolve().unwrap().min_free_disk, Some(7));
+        assert!(ServeArgs { signer_timeout_ms: Some(50), ..ServeArgs::default() }.resolve().is_err());
+        assert!(ServeArgs { max_unsigned_age_ms: Some(10), ..ServeArgs::default() }.resolve().is_err());
+        let bytes = file("min_free_disk = 1048576\n");
+        let cfg = ServeArgs { config: Some(bytes.path().to_owned()), ..ServeArgs::default() }.resolve().unwrap();
+        assert_eq!(cfg.min_free_disk, Some(1 << 20));
+        let bad = file("min_free_disk = \"lots\"\n");
+        assert!(ServeArgs { config: Some(bad.path().to_owned()), ..ServeArgs::default() }.resolve().is_err());
     }
 
     #[test]
@@ -383,10 +496,10 @@ mod tests {
         assert_eq!(off.resolve().unwrap().memory_high_water, 0);
         for bad in [999, 24 * 3600 * 1000 + 1] {
             let args = ServeArgs { idle_timeout_ms: Some(bad), ..ServeArgs::default() };
-            assert!(matches!(args.resolve(), Err(ConfigError::OutOfRange { name: "idle_timeout_ms", .. })));
+            assert!(matches!(args.resolve(), Err(ConfigError::OutOfRange("idle_timeout_ms", _))));
         }
         let huge = ServeArgs { memory_high_water_mib: Some(u64::MAX), ..ServeArgs::default() };
-        assert!(matches!(huge.resolve(), Err(ConfigError::OutOfRange { name: "memory_high_water_mib", .. })));
+        assert!(matches!(huge.resolve(), Err(ConfigError::OutOfRange("memory_high_water_mib", _))));
     }
 
     #[test]

@@ -24,6 +24,10 @@
 //! | `overloaded` | 429 | the workspace's queue is full (`Retry-After`) |
 //! | `signer_unavailable` | 503 | the signer does not answer: decisions fail closed (`Retry-After`) |
 //! | `shutting_down` | 503 | the server is stopping (`Retry-After`) |
+//! | `storage_full` | 503 | the data volume is below `--min-free-disk`, or a store write found the device full: receipt-producing calls fail closed (`Retry-After`) |
+//! | `storage_failed` | 503 | a store write failed with a device error; until a probe write succeeds, receipt-producing calls fail closed (`Retry-After`) |
+//! | `signer_storage_failed` | 503 | the signer answered several times in a row that it cannot write its journal (`Retry-After`) |
+//! | `signing_backlog` | 503 | the oldest unsigned receipt is older than `--max-unsigned-age-ms` (`Retry-After`) |
 //! | `storage_error`, `signer_error`, `internal_error` | 500 | a fault; details are logged with the request id, never sent |
 
 use allowly_engine::EngineError;
@@ -150,6 +154,16 @@ impl Problem {
             EngineError::ShuttingDown => {
                 Self { retry_after: Some(1), ..Self::new(StatusCode::SERVICE_UNAVAILABLE, code, e.to_string()) }
             }
+            // A fault below the process (also a store write that hit it first): the cause is
+            // in the code; sizes and paths are logged and shown by /readyz, not sent here.
+            _ if e.fault().is_some() => {
+                let public = e.fault().map_or("unavailable", |f| f.public_message());
+                Self {
+                    retry_after: Some(1),
+                    internal: Some(e.to_string()),
+                    ..Self::new(StatusCode::SERVICE_UNAVAILABLE, code, public)
+                }
+            }
             // Store, Signer, Internal, and any variant added later.
             _ => Self {
                 internal: Some(e.to_string()),
@@ -218,6 +232,10 @@ fn title(code: &str) -> &'static str {
         "overloaded" => "Overloaded",
         "signer_unavailable" => "Signer unavailable",
         "shutting_down" => "Shutting down",
+        "storage_full" => "Storage full",
+        "storage_failed" => "Storage failed",
+        "signer_storage_failed" => "Signer storage failed",
+        "signing_backlog" => "Signing backlog",
         "confirmation_not_found" | "escalation_not_found" | "webhook_not_found" => "Not found",
         "destination_not_allowed" => "Destination not allowed",
         "webhook_disabled" => "Webhook disabled",
@@ -234,6 +252,8 @@ fn title(code: &str) -> &'static str {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use allowly_engine::health::Fault;
+    use allowly_store::StoreError;
     use http_body_util::BodyExt as _;
 
     fn check(e: EngineError, status: u16, code: &str, leaks: Option<&str>) {
@@ -268,6 +288,18 @@ mod tests {
         check(EngineError::Overloaded, 429, "overloaded", None);
         check(EngineError::SignerUnavailable("/secret/path.sock".into()), 503, "signer_unavailable", Some("/secret"));
         check(EngineError::ShuttingDown, 503, "shutting_down", None);
+        for fault in Fault::ALL {
+            let e = EngineError::Unavailable { fault, detail: "/data/db has 3 MiB free".into() };
+            check(e, 503, fault.code(), Some("/data"));
+        }
+        check(
+            EngineError::Store(StoreError::NoSpace("/data/db/000004.log".into())),
+            503,
+            "storage_full",
+            Some("/data"),
+        );
+        check(EngineError::Store(StoreError::Io("/data/db: EIO".into())), 503, "storage_failed", Some("/data"));
+        check(EngineError::Store(StoreError::Engine("/data busy".into())), 500, "storage_error", Some("/data"));
         check(EngineError::Signer("key sk_123".into()), 500, "signer_error", Some("sk_123"));
         check(EngineError::Internal("invariant x".into()), 500, "internal_error", Some("invariant x"));
         let refused = |code| EngineError::Refused { code, message: "m".into(), receipt: None };

@@ -112,6 +112,10 @@ async fn serve_with_engine(
             idle_timeout: cfg.idle_timeout,
             memory_high_water: cfg.memory_high_water,
             webhook_destinations: cfg.webhooks.destinations,
+            signer_timeout: cfg.signer_timeout,
+            data_volume: Some(data_dir.join("db")),
+            min_free_disk: cfg.min_free_disk,
+            max_unsigned_age: cfg.max_unsigned_age,
             ..EngineConfig::default()
         },
     )

@@ -327,10 +327,10 @@ struct Load {
 }
 
 impl Load {
-    /// `threads` clients of `addr`; `signer_gaps` accepts 503 `signer_unavailable` answers
-    /// (counted), anything but 200 is unexpected otherwise. Requests whose answer did not arrive
-    /// whole (the server died) are ignored.
-    fn start(addr: SocketAddr, t: &Tenant, threads: usize, signer_gaps: bool) -> Self {
+    /// `threads` clients of `addr`; 503 answers with one of the `gaps` codes (e.g.
+    /// `signer_unavailable`) are accepted and counted, anything but 200 is unexpected otherwise.
+    /// Requests whose answer did not arrive whole (the server died) are ignored.
+    fn start(addr: SocketAddr, t: &Tenant, threads: usize, gaps: &'static [&'static str]) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let ok = Arc::new(AtomicUsize::new(0));
         let acked = Arc::new(Mutex::new(Vec::new()));
@@ -360,7 +360,7 @@ impl Load {
                                 }
                                 _ => unexpected.lock().unwrap().push(format!("200 without a receipt: {r}")),
                             }
-                        } else if signer_gaps && problem_mismatch(&r, 503, "signer_unavailable").is_none() {
+                        } else if gaps.iter().any(|code| problem_mismatch(&r, 503, code).is_none()) {
                             unavailable.fetch_add(1, Ordering::AcqRel);
                         } else {
                             unexpected.lock().unwrap().push(r.to_string());
@@ -391,7 +391,7 @@ impl Load {
     }
 
     /// Stops the clients; returns what they were acknowledged, what was unexpected, and the
-    /// counts of 503 `signer_unavailable` answers and of requests without a whole answer.
+    /// counts of accepted 503 answers and of requests without a whole answer.
     fn finish(self) -> (Vec<Acked>, Vec<String>, usize, usize) {
         self.stop.store(true, Ordering::Release);
         for t in self.threads {
@@ -464,7 +464,7 @@ fn kill9_of_the_server_loses_no_acknowledged_receipt() {
 
     for round in 0..3 {
         let signer = s.signer_pid();
-        let load = Load::start(s.addr, &t, 4, false);
+        let load = Load::start(s.addr, &t, 4, &[]);
         let target = rng.range(10, 150) as usize;
         load.wait_ok(target / 2, &s);
         // A checkpoint signed before the crash: the log after it must extend it.
@@ -513,7 +513,7 @@ fn kill9_of_the_signer_fails_closed_and_loses_nothing() {
     let mut seen_checkpoints = Vec::new();
 
     // The clients run through all rounds: the server never goes away.
-    let load = Load::start(s.addr, &t, 4, true);
+    let load = Load::start(s.addr, &t, 4, &["signer_unavailable"]);
     let mut ok_before = 0;
     for round in 0..3 {
         ok_before += rng.range(10, 80) as usize;
@@ -1340,4 +1340,349 @@ fn a_busy_signer_is_back_pressure_not_an_outage() {
         .and_then(|v| v.trim().parse::<f64>().ok());
     assert_eq!(failed_closed, Some(0.0), "nothing failed closed:\n{metrics}");
     s.stop();
+}
+
+// ---------------------------------------------------------------------------------------------
+// 8. Faults below the process (issue 11): a data volume below its free-space floor, a signer
+// that cannot write its journal, a signing backlog past its bound, and the fail-closed window.
+// Each makes receipt-producing calls answer 503 with its own code and `/readyz` name it, and
+// each clears by itself; nothing acknowledged is lost.
+
+/// Unmounts (lazily) a tmpfs the test mounted, whatever happens to the test.
+struct Mount(PathBuf);
+
+impl Mount {
+    /// A tmpfs of `size` at `at` (the tests run as root; CI too).
+    fn tmpfs(at: &Path, size: &str) -> Self {
+        std::fs::create_dir_all(at).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
+            .arg(at)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "mount tmpfs: {}", String::from_utf8_lossy(&out.stderr));
+        Self(at.to_owned())
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Free bytes of the file system holding `dir` (as an unprivileged writer sees them).
+fn free_bytes(dir: &Path) -> u64 {
+    let s = rustix::fs::statvfs(dir).unwrap();
+    s.f_bavail * s.f_frsize
+}
+
+/// Appends to `dir/filler` until the file system has less than `below` bytes free, or until a
+/// write fails with ENOSPC (`below = u64::MAX`: fill it completely).
+fn fill_until(dir: &Path, below: u64) -> PathBuf {
+    let path = dir.join("filler");
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).unwrap();
+    let chunk = vec![0x55u8; 1 << 16];
+    while free_bytes(dir) >= below || below == u64::MAX {
+        match f.write(&chunk) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error()) => break,
+            Err(e) => panic!("filling {}: {e}", dir.display()),
+        }
+    }
+    path
+}
+
+/// The value of the sample `name` (with its labels, as exposed) in `/metrics`.
+fn metric(c: &Client, name: &str) -> Option<f64> {
+    let text = c.get("/metrics", None).text();
+    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// `/readyz` is 503 and lists `code` among its causes; returns the answer.
+fn not_ready_because(c: &Client, code: &str) -> Value {
+    let r = c.get("/readyz", None);
+    assert_eq!(r.status, 503, "/readyz: {r}");
+    let v = r.json();
+    assert_eq!(v["ready"], false, "{v}");
+    let causes = v["causes"].as_array().unwrap_or_else(|| panic!("no causes: {v}"));
+    assert!(causes.iter().any(|c| c["code"] == code), "/readyz does not name {code}: {v}");
+    v
+}
+
+/// One check of `files.read` on `t`'s authorization.
+fn check_once(c: &Client, t: &Tenant) -> Resp {
+    c.post("/v1/check", &t.checker, json!({ "authorization_id": t.az, "scopes": ["files.read"] }))
+}
+
+/// `n` checks that must each be answered 200; their receipts are added to `acked`.
+fn checks_acknowledged(c: &Client, t: &Tenant, n: usize, acked: &mut Vec<Acked>) {
+    for _ in 0..n {
+        let r = check_once(c, t);
+        assert_eq!(r.status, 200, "{r}");
+        acked.push(Acked::of(&r.json()).unwrap());
+    }
+}
+
+/// Checks until one is refused; each 200 before it is kept in `acked`. The refusal must be a
+/// 503 `code` problem with `Retry-After`; returns when it came (test clock).
+fn checks_until_refused(s: &Server, t: &Tenant, code: &str, acked: &mut Vec<Acked>) -> Instant {
+    let c = s.client();
+    eventually(
+        &format!("checks to fail closed with 503 {code}"),
+        || s.diagnostics(),
+        || {
+            let r = check_once(&c, t);
+            let now = Instant::now();
+            if r.status == 200 {
+                acked.push(Acked::of(&r.json()).unwrap_or_else(|| panic!("a 200 without a receipt: {r}")));
+                return None;
+            }
+            if let Some(why) = problem_mismatch(&r, 503, code) {
+                panic!("expected {code}: {why}");
+            }
+            assert_eq!(r.header("retry-after"), Some("1"), "{r}");
+            Some(now)
+        },
+    )
+}
+
+/// Grants and revocations are refused with `code` too, and change nothing.
+fn writes_refused_with(s: &Server, t: &Tenant, code: &str) {
+    let c = s.client();
+    let grant = c.post("/v1/authorizations", &t.admin, json!({ "subject": "u2", "scopes": ["x"] }));
+    assert!(problem_mismatch(&grant, 503, code).is_none(), "grant: {grant}");
+    let revoke = c.call("POST", &format!("/v1/authorizations/{}/revoke", t.az), Some(&t.admin), None);
+    assert!(problem_mismatch(&revoke, 503, code).is_none(), "revoke: {revoke}");
+    let az = c.get(&format!("/v1/authorizations/{}", t.az), Some(&t.reader)).json();
+    assert_eq!(az["status"], "active", "a refused revoke revoked: {az}");
+}
+
+/// Checks are answered 200 again (and `/readyz` is 200) once the cause is gone; the answer's
+/// receipt is added to `acked`.
+fn serves_again(s: &Server, t: &Tenant, acked: &mut Vec<Acked>) {
+    let c = s.client();
+    let back = eventually(
+        "checks to be answered 200 again",
+        || s.diagnostics(),
+        || {
+            let r = check_once(&c, t);
+            (r.status == 200).then(|| r.json())
+        },
+    );
+    acked.push(Acked::of(&back).unwrap());
+    s.wait_ready();
+}
+
+/// The data volume (RocksDB's directory) on a small tmpfs, filled below `--min-free-disk`:
+/// within a second checks, grants and revocations answer 503 `storage_full` and `/readyz` names
+/// the cause; freeing the space brings both back by themselves, and every receipt acknowledged
+/// before, during and after is stored and signed, and the log verifies.
+#[test]
+fn a_data_volume_below_its_free_space_floor_fails_closed_and_recovers_by_itself() {
+    const FLOOR: u64 = 96 << 20;
+    let tmp = tempfile::tempdir().unwrap();
+    let _reaper = Reaper(tmp.path().to_owned());
+    let vol = tmp.path().join("vol");
+    let _mount = Mount::tmpfs(&vol, "256m");
+    let s = Server::start_with(&vol.join("data"), &["--min-free-disk", "96MiB"]);
+    s.wait_ready();
+    let t = tenant(&s, "floor", &["files.*"]);
+    let c = s.client();
+    let mut acked = Vec::new();
+    checks_acknowledged(&c, &t, 20, &mut acked);
+    assert_eq!(metric(&c, "allowly_engine_data_volume_min_free_bytes"), Some(FLOOR as f64));
+    assert_eq!(metric(&c, r#"allowly_engine_fault{cause="storage_full"}"#), Some(0.0));
+
+    // Just above the floor: still serving. Then one more step crosses it.
+    let filler = fill_until(&vol, FLOOR + (8 << 20));
+    let r = check_once(&c, &t);
+    assert_eq!(r.status, 200, "above the floor: {r}");
+    acked.push(Acked::of(&r.json()).unwrap());
+    fill_until(&vol, FLOOR - (32 << 20));
+    let crossed = Instant::now();
+    let refused = checks_until_refused(&s, &t, "storage_full", &mut acked);
+    let took = refused - crossed;
+    eprintln!("storage_full {took:?} after the volume went below the floor");
+    assert!(took < Duration::from_secs(1), "took {took:?} to fail closed");
+    let ready = not_ready_because(&c, "storage_full");
+    assert!(ready["detail"].as_str().unwrap().contains("floor"), "{ready}");
+    assert_eq!(metric(&c, r#"allowly_engine_fault{cause="storage_full"}"#), Some(1.0));
+    writes_refused_with(&s, &t, "storage_full");
+    // Reads still work, and what was acknowledged gets signed meanwhile.
+    assert_all_exist(&s, &t.reader, &acked);
+
+    std::fs::remove_file(&filler).unwrap();
+    serves_again(&s, &t, &mut acked);
+    assert_eq!(metric(&c, r#"allowly_engine_fault{cause="storage_full"}"#), Some(0.0));
+    assert_distinct(&acked);
+    wait_all_signed(&s, &t.reader, &acked);
+    export_and_verify(&s, &t, "files.read", &acked, &[], tmp.path());
+}
+
+/// The embedded signer's state directory on its own small tmpfs, filled under concurrent
+/// checks: its journal writes fail, checks turn into 503 `signer_storage_failed` and `/readyz`
+/// names it; freeing the space brings both back while the clients keep going, and every
+/// acknowledged receipt (also those acknowledged while the signer could not write) is signed,
+/// and the log verifies after a restart.
+#[test]
+fn a_signer_that_cannot_write_its_journal_fails_closed_and_recovers_by_itself() {
+    let tmp = tempfile::tempdir().unwrap();
+    let _reaper = Reaper(tmp.path().to_owned());
+    let data = tmp.path().join("data");
+    let signer_dir = data.join("signer");
+    let _mount = Mount::tmpfs(&signer_dir, "4m");
+    let mut s = Server::start(&data);
+    s.wait_ready();
+    let t = tenant(&s, "journal", &["files.*"]);
+    let c = s.client();
+    let load = Load::start(s.addr, &t, 3, &["signer_storage_failed"]);
+    load.wait_ok(20, &s);
+
+    let filler = fill_until(&signer_dir, u64::MAX);
+    // Checks are durable without the signer, so the first ones are acknowledged (pending);
+    // their signing fails, and after a few failures in a row the engine fails closed.
+    eventually(
+        "checks to fail closed with signer_storage_failed",
+        || s.diagnostics(),
+        || (load.unavailable.load(Ordering::Acquire) > 0).then_some(()),
+    );
+    not_ready_because(&c, "signer_storage_failed");
+    assert_eq!(metric(&c, r#"allowly_engine_fault{cause="signer_storage_failed"}"#), Some(1.0));
+    assert!(metric(&c, r#"allowly_engine_signer_errors_total{kind="storage"}"#).unwrap_or(0.0) >= 3.0);
+    writes_refused_with(&s, &t, "signer_storage_failed");
+
+    std::fs::remove_file(&filler).unwrap();
+    let ok = load.ok.load(Ordering::Acquire);
+    load.wait_ok(ok + 20, &s);
+    s.wait_ready();
+    let (mut acked, unexpected, refused, lost) = load.finish();
+    assert!(unexpected.is_empty(), "answers other than 200 or 503 signer_storage_failed: {unexpected:#?}");
+    assert_eq!(lost, 0, "the server dropped connections without answering");
+    eprintln!("{} checks acknowledged, {refused} refused with 503 signer_storage_failed", acked.len());
+    serves_again(&s, &t, &mut acked);
+    assert_distinct(&acked);
+    wait_all_signed(&s, &t.reader, &acked);
+    assert_eq!(metric(&c, r#"allowly_engine_fault{cause="signer_storage_failed"}"#), Some(0.0));
+
+    // The signer's state survived the episode: a restart continues the same log.
+    s.stop();
+    let s = Server::start(&data);
+    s.wait_ready();
+    export_and_verify(&s, &t, "files.read", &acked, &[], tmp.path());
+}
+
+/// A frozen signer with a long signer timeout: checks are acknowledged (pending) until the
+/// oldest unsigned receipt is older than `--max-unsigned-age-ms`, then 503 `signing_backlog`;
+/// the backlog gauges show it; SIGCONT clears it and everything gets signed.
+#[test]
+fn a_signing_backlog_older_than_its_bound_fails_closed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let _reaper = Reaper(tmp.path().to_owned());
+    let args = ["--max-unsigned-age-ms", "1000", "--signer-timeout-ms", "10000"];
+    let s = Server::start_with(&tmp.path().join("data"), &args);
+    s.wait_ready();
+    let t = tenant(&s, "backlog", &["files.*"]);
+    let c = s.client();
+    assert_eq!(metric(&c, "allowly_engine_unsigned_receipts"), Some(0.0));
+    let signer = s.signer_pid();
+    signal_pid(signer, Signal::STOP).unwrap();
+    let guard = Continue(signer);
+    let frozen = Instant::now();
+
+    let mut acked = Vec::new();
+    let refused = checks_until_refused(&s, &t, "signing_backlog", &mut acked);
+    let took = refused - frozen;
+    eprintln!("signing_backlog {took:?} after the signer froze, {} checks acknowledged meanwhile", acked.len());
+    assert!(took >= Duration::from_secs(1), "refused after {took:?}, before the bound");
+    assert!(!acked.is_empty(), "nothing was acknowledged before the bound");
+    not_ready_because(&c, "signing_backlog");
+    assert!(metric(&c, "allowly_engine_unsigned_receipts").unwrap() >= acked.len() as f64);
+    assert!(metric(&c, "allowly_engine_oldest_unsigned_age_seconds").unwrap() >= 1.0);
+    assert_all_exist(&s, &t.reader, &acked);
+
+    drop(guard);
+    serves_again(&s, &t, &mut acked);
+    wait_all_signed(&s, &t.reader, &acked);
+    eventually(
+        "the backlog gauges to drop",
+        || s.diagnostics(),
+        || (metric(&c, "allowly_engine_unsigned_receipts") == Some(0.0)).then_some(()),
+    );
+    assert_eq!(metric(&c, "allowly_engine_oldest_unsigned_age_seconds"), Some(0.0));
+}
+
+/// The fail-closed window: after the signer freezes, checks are still acknowledged (durable,
+/// pending receipts) until the signer call times out (`--signer-timeout-ms`), then 503
+/// `signer_unavailable`. Measured with the test's clock: the window is the configured timeout
+/// plus at most the probe interval (0.5 s) and some slack, and every receipt acknowledged in
+/// it gets signed after SIGCONT.
+#[test]
+fn checks_fail_closed_within_the_configured_signer_timeout() {
+    const TIMEOUT: Duration = Duration::from_millis(1000);
+    let tmp = tempfile::tempdir().unwrap();
+    let _reaper = Reaper(tmp.path().to_owned());
+    let s = Server::start_with(&tmp.path().join("data"), &["--signer-timeout-ms", "1000"]);
+    s.wait_ready();
+    let t = tenant(&s, "window", &["files.*"]);
+    let c = s.client();
+    let mut acked = Vec::new();
+    checks_acknowledged(&c, &t, 10, &mut acked);
+    let signer = s.signer_pid();
+    signal_pid(signer, Signal::STOP).unwrap();
+    let guard = Continue(signer);
+    let frozen = Instant::now();
+    let before = acked.len();
+    let refused = checks_until_refused(&s, &t, "signer_unavailable", &mut acked);
+    let window = refused - frozen;
+    eprintln!(
+        "fail-closed window {window:?} with --signer-timeout-ms 1000: {} checks acknowledged (pending) in it by one sequential client",
+        acked.len() - before
+    );
+    assert!(window >= TIMEOUT / 2, "failed closed after {window:?}: the window is not the configured timeout");
+    assert!(window <= TIMEOUT + Duration::from_millis(1000), "took {window:?} to fail closed");
+    assert!(acked.len() > before, "nothing was acknowledged in the window");
+    not_ready_because(&c, "signer_unavailable");
+    assert_all_exist(&s, &t.reader, &acked);
+    drop(guard);
+    serves_again(&s, &t, &mut acked);
+    wait_all_signed(&s, &t.reader, &acked);
+}
+
+/// With the floor off (`--min-free-disk 0`), RocksDB's own directory on a tmpfs that fills up
+/// completely: the store write that hits ENOSPC fails closed at once (503 `storage_full`, never
+/// a 500, `/readyz` names it), nothing acknowledged is lost, and after space returns and a
+/// restart (RocksDB refuses every write after a failed WAL write until it is reopened: README,
+/// "Failing closed") every acknowledged receipt is there, signed, and the log verifies.
+#[test]
+fn a_store_write_that_hits_a_full_volume_fails_closed_at_once_and_loses_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let _reaper = Reaper(tmp.path().to_owned());
+    let data = tmp.path().join("data");
+    let db = data.join("db");
+    let _mount = Mount::tmpfs(&db, "64m");
+    let mut s = Server::start_with(&data, &["--min-free-disk", "0"]);
+    s.wait_ready();
+    let t = tenant(&s, "enospc", &["files.*"]);
+    let c = s.client();
+    let mut acked = Vec::new();
+    checks_acknowledged(&c, &t, 5, &mut acked);
+
+    let filler = fill_until(&db, u64::MAX);
+    // A few more may still fit in the WAL's last page; then a synced write fails.
+    checks_until_refused(&s, &t, "storage_full", &mut acked);
+    let ready = not_ready_because(&c, "storage_full");
+    assert!(ready["detail"].as_str().unwrap().contains("store write"), "{ready}");
+    writes_refused_with(&s, &t, "storage_full");
+    assert_all_exist(&s, &t.reader, &acked);
+
+    std::fs::remove_file(&filler).unwrap();
+    s.kill9();
+    let s = Server::start_with(&data, &["--min-free-disk", "0"]);
+    s.wait_ready();
+    assert_distinct(&acked);
+    assert_all_exist(&s, &t.reader, &acked);
+    wait_all_signed(&s, &t.reader, &acked);
+    export_and_verify(&s, &t, "files.read", &acked, &[], tmp.path());
 }

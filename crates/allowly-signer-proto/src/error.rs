@@ -36,6 +36,10 @@ pub enum ErrorCode {
     InvalidArgument,
     /// 11: the caller may not perform this operation.
     PermissionDenied,
+    /// 12: the signer could not make the new log state durable (its journal or audit log
+    /// failed to write or sync: disk full, device error). Nothing was signed out; the request
+    /// may be retried once the signer's storage works again.
+    StorageFailed,
     /// Any other value, kept verbatim.
     Unknown(u16),
 }
@@ -55,6 +59,7 @@ impl ErrorCode {
             9 => Self::Internal,
             10 => Self::InvalidArgument,
             11 => Self::PermissionDenied,
+            12 => Self::StorageFailed,
             other => Self::Unknown(other),
         }
     }
@@ -73,6 +78,7 @@ impl ErrorCode {
             Self::Internal => 9,
             Self::InvalidArgument => 10,
             Self::PermissionDenied => 11,
+            Self::StorageFailed => 12,
             Self::Unknown(v) => v,
         }
     }

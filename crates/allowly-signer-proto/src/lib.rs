@@ -88,6 +88,7 @@
 //! | 9 | `Internal` | signer failure |
 //! | 10 | `InvalidArgument` | bad workspace id, empty batch |
 //! | 11 | `PermissionDenied` | operation not allowed |
+//! | 12 | `StorageFailed` | the signer's journal or audit log failed to write or sync (disk full, device error); nothing signed out, retry later |
 //! | other | `Unknown(n)` | kept verbatim, never a decode failure |
 //!
 //! # Properties relied on by the tests

@@ -146,7 +146,8 @@ fn error_code_u16_mapping_is_total_and_canonical() {
         assert_eq!(ErrorCode::from_u16(v).as_u16(), v);
     }
     assert_eq!(ErrorCode::from_u16(6), ErrorCode::SizeMismatch);
-    assert_eq!(ErrorCode::from_u16(12), ErrorCode::Unknown(12));
+    assert_eq!(ErrorCode::from_u16(12), ErrorCode::StorageFailed);
+    assert_eq!(ErrorCode::from_u16(13), ErrorCode::Unknown(13));
     assert_eq!(ErrorCode::from_u16(0), ErrorCode::Unknown(0));
 }
 

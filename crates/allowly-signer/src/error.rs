@@ -31,6 +31,11 @@ pub enum SignerError {
     /// Filesystem failure.
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
+    /// The journal or the audit log could not be written or synced (disk full, device error):
+    /// the new log state is not durable, so nothing of the request was signed out. Told to the
+    /// caller as `StorageFailed`, so the service can fail closed and say why.
+    #[error("storage: {0}")]
+    Storage(std::io::Error),
     /// Receipt-format failure (should not happen for data the signer built itself).
     #[error("receipt format: {0}")]
     Receipt(#[from] allowly_receipt::Error),
@@ -48,6 +53,7 @@ impl SignerError {
             Self::SizeMismatch { .. } => ErrorCode::SizeMismatch,
             Self::Busy => ErrorCode::Busy,
             Self::InvalidArgument(_) => ErrorCode::InvalidArgument,
+            Self::Storage(_) => ErrorCode::StorageFailed,
             Self::MasterKey(_) | Self::Corrupt(_) | Self::Io(_) | Self::Receipt(_) | Self::ActorGone => {
                 ErrorCode::Internal
             }
@@ -59,6 +65,7 @@ impl SignerError {
     pub fn public_message(&self) -> String {
         match self.code() {
             ErrorCode::Internal => "internal signer error (see the signer's log)".to_owned(),
+            ErrorCode::StorageFailed => "the signer's journal could not be written (see the signer's log)".to_owned(),
             _ => self.to_string(),
         }
     }

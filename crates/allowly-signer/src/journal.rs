@@ -467,7 +467,7 @@ impl Writer {
     }
 
     fn poisoned_error(why: &str) -> SignerError {
-        SignerError::Io(io::Error::other(format!("journal unusable until restart: {why}")))
+        SignerError::Storage(io::Error::other(format!("journal unusable until restart: {why}")))
     }
 
     fn group(&mut self, group: &mut Vec<Submission>) {
@@ -529,8 +529,10 @@ impl Writer {
                     self.metrics.journal_failures.inc();
                     tracing::error!(error = %e, submitters = waiting.len(), poisoned = self.poisoned.is_some(), "journal write failed; the group is refused and nothing of it was signed out");
                     for done in waiting {
-                        let _ = done
-                            .send(Err(SignerError::Io(io::Error::new(e.kind(), format!("journal write failed: {e}")))));
+                        let _ = done.send(Err(SignerError::Storage(io::Error::new(
+                            e.kind(),
+                            format!("journal write failed: {e}"),
+                        ))));
                     }
                 }
             }
@@ -814,7 +816,7 @@ mod tests {
         plan.lock().unwrap().torn = Some((Role::Journal, 10));
         let (ra, rb, rc) = tokio::join!(commit(&j, "a", 3), commit(&j, "b", 2), commit(&j, "c", 1));
         for r in [ra, rb, rc] {
-            assert!(matches!(&r, Err(SignerError::Io(e)) if e.kind() == io::ErrorKind::StorageFull), "{r:?}");
+            assert!(matches!(&r, Err(SignerError::Storage(e)) if e.kind() == io::ErrorKind::StorageFull), "{r:?}");
         }
         assert_eq!(len(dir.path().join(JOURNAL_FILE)), jlen, "the torn bytes were cut");
         assert_eq!(len(dir.path().join(AUDIT_FILE)), alen, "no audit line for a failed group");

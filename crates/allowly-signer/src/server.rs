@@ -104,6 +104,7 @@ fn outcome_label(r: &Response) -> &'static str {
             ErrorCode::Busy => "busy",
             ErrorCode::InvalidArgument => "invalid_argument",
             ErrorCode::PermissionDenied => "permission_denied",
+            ErrorCode::StorageFailed => "storage_failed",
             ErrorCode::Internal | ErrorCode::Unknown(_) => "internal",
         },
         _ => "ok",

@@ -345,8 +345,16 @@ impl WsState {
                 }
                 Err(e) => {
                     tracing::error!(workspace = %self.ws, error = %e, "signing a batch failed; nothing was released");
+                    // Each submitter is told the class of the failure (storage or not), so the
+                    // service can tell a failing disk from a bug.
+                    let storage = matches!(e, SignerError::Storage(_));
                     for p in accepted {
-                        let _ = p.reply.send(Err(SignerError::Io(std::io::Error::other("signing failed"))));
+                        let cause = std::io::Error::other("signing failed");
+                        let _ = p.reply.send(Err(if storage {
+                            SignerError::Storage(cause)
+                        } else {
+                            SignerError::Io(cause)
+                        }));
                     }
                 }
             }

@@ -896,7 +896,7 @@ async fn a_full_disk_fails_appends_cleanly_and_they_resume_when_space_returns() 
         }
     }
     let e = remote(refused.map_or(Ok(()), Err), "append on a full disk");
-    assert_eq!(e.code, ErrorCode::Internal, "{e}");
+    assert_eq!(e.code, ErrorCode::StorageFailed, "{e}");
     // Nothing of the failed group was kept: the log is where the last answer left it.
     let latest = c.latest_checkpoint(ws).await.unwrap();
     assert_eq!((latest.size, latest.checkpoint.as_ref()), (all.len() as u64, last.as_ref()));

@@ -27,6 +27,15 @@ pub enum StoreError {
     /// fsync may leave the batch applied but not durable. It is never applied in part.
     #[error("storage engine: {0}")]
     Engine(String),
+    /// The device is full (ENOSPC). Unacknowledged like [`StoreError::Engine`]; an embedded
+    /// engine may refuse every later write until it is reopened (RocksDB does after a failed
+    /// WAL write).
+    #[error("storage device full: {0}")]
+    NoSpace(String),
+    /// The device failed a read, write or sync (EIO and the like). Unacknowledged like
+    /// [`StoreError::Engine`]; an embedded engine may refuse every later write until reopened.
+    #[error("storage device error: {0}")]
+    Io(String),
 }
 
 impl StoreError {

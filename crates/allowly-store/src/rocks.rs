@@ -59,10 +59,22 @@ impl fmt::Debug for RocksStore {
 }
 
 fn engine_err(space: Space, e: rocksdb::Error) -> StoreError {
-    if e.kind() == ErrorKind::Corruption {
-        StoreError::Corrupt { space: space.name(), key: String::new(), reason: e.into_string() }
-    } else {
-        StoreError::Engine(e.into_string())
+    match e.kind() {
+        ErrorKind::Corruption => {
+            StoreError::Corrupt { space: space.name(), key: String::new(), reason: e.into_string() }
+        }
+        kind => device_err(kind, e.into_string()),
+    }
+}
+
+/// A RocksDB error that is not corruption. The Rust binding exposes the status code but not
+/// its subcode, so a full device is told apart from other IO errors by the subcode's fixed
+/// text (`Status::NoSpace()` renders as "IO error: No space left on device: …").
+fn device_err(kind: ErrorKind, message: String) -> StoreError {
+    match kind {
+        ErrorKind::IOError if message.contains("No space left on device") => StoreError::NoSpace(message),
+        ErrorKind::IOError => StoreError::Io(message),
+        _ => StoreError::Engine(message),
     }
 }
 
@@ -229,8 +241,30 @@ impl KvEngine for RocksStore {
         }
         let mut wo = WriteOptions::default();
         wo.set_sync(durability == Durability::Sync);
-        self.db.write_opt(wb, &wo).map_err(|e| StoreError::Engine(e.into_string()))
+        self.db.write_opt(wb, &wo).map_err(|e| device_err(e.kind(), e.into_string()))
     }
 }
 
 crate::query::impl_store_for_engine!(RocksStore);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_errors_are_classified_by_status_and_subcode() {
+        let check = |kind, msg: &str, expect: StoreError| assert_eq!(device_err(kind, msg.to_owned()), expect, "{msg}");
+        // The texts RocksDB produced in a full-volume run (WAL append on a full tmpfs).
+        let full =
+            "IO error: No space left on device: While appending to file: /d/db/000004.log: No space left on device";
+        check(ErrorKind::IOError, full, StoreError::NoSpace(full.into()));
+        let eio = "IO error: While fsync: a file descriptor: Input/output error";
+        check(ErrorKind::IOError, eio, StoreError::Io(eio.into()));
+        check(ErrorKind::Busy, "Resource busy: ", StoreError::Engine("Resource busy: ".into()));
+        check(
+            ErrorKind::ShutdownInProgress,
+            "Shutdown in progress: ",
+            StoreError::Engine("Shutdown in progress: ".into()),
+        );
+    }
+}

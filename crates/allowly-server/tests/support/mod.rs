@@ -129,6 +129,9 @@ impl Server {
             "ALLOWLY_WEBHOOK_ATTEMPT_TIMEOUT_MS",
             "ALLOWLY_WEBHOOK_RETENTION_MS",
             "ALLOWLY_WEBHOOK_ALLOW_PRIVATE_NETWORKS",
+            "ALLOWLY_SIGNER_TIMEOUT_MS",
+            "ALLOWLY_MIN_FREE_DISK",
+            "ALLOWLY_MAX_UNSIGNED_AGE_MS",
         ] {
             cmd.env_remove(var);
         }
