@@ -36,6 +36,12 @@ pub enum EngineError {
     /// Nothing was changed.
     #[error("signer unavailable: {0}")]
     SignerUnavailable(String),
+    /// The workspace's stored receipt log and the signer's log disagree (a fork, a rollback, or
+    /// receipts the signer refuses): the workspace refuses every call that would record a
+    /// receipt until an operator resyncs it (`Engine::resync_log`). Reads still work; other
+    /// workspaces are not affected. Nothing was changed.
+    #[error("this workspace's receipt log disagrees with the signer's; new receipts are refused until it is resynced")]
+    WorkspaceLogDiverged,
     /// The engine is shutting down and takes no new work.
     #[error("engine is shutting down")]
     ShuttingDown,
@@ -61,6 +67,7 @@ impl EngineError {
             Self::IdempotencyMismatch => "idempotency_key_reused",
             Self::Overloaded => "overloaded",
             Self::SignerUnavailable(_) => "signer_unavailable",
+            Self::WorkspaceLogDiverged => "workspace_log_diverged",
             Self::ShuttingDown => "shutting_down",
             Self::Store(_) => "storage_error",
             Self::Signer(_) => "signer_error",

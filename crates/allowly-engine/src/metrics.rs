@@ -48,6 +48,11 @@ pub struct Metrics {
     /// Signer logs that disagree with the stored one (fork or rollback): signing stops for the
     /// workspace. Alert on any increase.
     pub log_divergence: IntCounter,
+    /// Workspaces whose stored log and the signer's log disagree right now: each refuses new
+    /// receipts (`workspace_log_diverged`) until resynced. Alert when above 0.
+    pub workspaces_diverged: IntGauge,
+    /// Requests refused because their workspace's log diverged from the signer's.
+    pub diverged_refusals: IntCounter,
 }
 
 fn pow2(start: f64, n: usize) -> Vec<f64> {
@@ -131,6 +136,16 @@ impl Metrics {
                 "Signer log disagrees with the stored log (signing stopped for a workspace)",
             )
             .expect("static metric definition"),
+            workspaces_diverged: IntGauge::new(
+                "allowly_engine_workspaces_diverged",
+                "Workspaces whose log disagrees with the signer's (refusing new receipts until resynced)",
+            )
+            .expect("static metric definition"),
+            diverged_refusals: IntCounter::new(
+                "allowly_engine_diverged_refusals_total",
+                "Requests refused because their workspace's log disagrees with the signer's",
+            )
+            .expect("static metric definition"),
             registry,
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
@@ -152,6 +167,8 @@ impl Metrics {
             Box::new(m.signer_errors.clone()),
             Box::new(m.signer_up.clone()),
             Box::new(m.log_divergence.clone()),
+            Box::new(m.workspaces_diverged.clone()),
+            Box::new(m.diverged_refusals.clone()),
         ];
         for c in collectors {
             m.registry.register(c).expect("metric names are unique");

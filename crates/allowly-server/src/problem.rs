@@ -24,6 +24,7 @@
 //! | `overloaded` | 429 | the workspace's queue is full (`Retry-After`) |
 //! | `signer_unavailable` | 503 | the signer does not answer: decisions fail closed (`Retry-After`) |
 //! | `shutting_down` | 503 | the server is stopping (`Retry-After`) |
+//! | `workspace_log_diverged` | 503 | this workspace's receipt log disagrees with the signer's (fork, rollback, or receipts the signer refuses): it records nothing new until an operator resyncs it (`POST /v1/workspaces/{ws}/log/resync`); other workspaces are unaffected. No `Retry-After`: it does not pass by itself |
 //! | `storage_error`, `signer_error`, `internal_error` | 500 | a fault; details are logged with the request id, never sent |
 
 use allowly_engine::EngineError;
@@ -150,6 +151,7 @@ impl Problem {
             EngineError::ShuttingDown => {
                 Self { retry_after: Some(1), ..Self::new(StatusCode::SERVICE_UNAVAILABLE, code, e.to_string()) }
             }
+            EngineError::WorkspaceLogDiverged => Self::new(StatusCode::SERVICE_UNAVAILABLE, code, e.to_string()),
             // Store, Signer, Internal, and any variant added later.
             _ => Self {
                 internal: Some(e.to_string()),
@@ -250,7 +252,9 @@ mod tests {
         if let Some(secret) = leaks {
             assert!(!v["detail"].as_str().unwrap().contains(secret), "detail leaks {secret}: {v}");
         }
-        if matches!(status, 429 | 503) {
+        if code == "workspace_log_diverged" {
+            assert!(h.get(RETRY_AFTER).is_none(), "a divergence does not pass by itself");
+        } else if matches!(status, 429 | 503) {
             assert_eq!(h[RETRY_AFTER], "1", "{code}");
         }
     }
@@ -268,6 +272,7 @@ mod tests {
         check(EngineError::Overloaded, 429, "overloaded", None);
         check(EngineError::SignerUnavailable("/secret/path.sock".into()), 503, "signer_unavailable", Some("/secret"));
         check(EngineError::ShuttingDown, 503, "shutting_down", None);
+        check(EngineError::WorkspaceLogDiverged, 503, "workspace_log_diverged", None);
         check(EngineError::Signer("key sk_123".into()), 500, "signer_error", Some("sk_123"));
         check(EngineError::Internal("invariant x".into()), 500, "internal_error", Some("invariant x"));
         let refused = |code| EngineError::Refused { code, message: "m".into(), receipt: None };

@@ -36,6 +36,10 @@ pub enum ErrorCode {
     InvalidArgument,
     /// 11: the caller may not perform this operation.
     PermissionDenied,
+    /// 12 (version 3): an `AppendBatch` body is not a well-formed receipt body of that
+    /// workspace at its index with a time that does not go backwards; the whole batch is
+    /// refused and nothing is signed. Never retried by a correct caller: its log is wrong.
+    ReceiptRefused,
     /// Any other value, kept verbatim.
     Unknown(u16),
 }
@@ -55,6 +59,7 @@ impl ErrorCode {
             9 => Self::Internal,
             10 => Self::InvalidArgument,
             11 => Self::PermissionDenied,
+            12 => Self::ReceiptRefused,
             other => Self::Unknown(other),
         }
     }
@@ -73,6 +78,7 @@ impl ErrorCode {
             Self::Internal => 9,
             Self::InvalidArgument => 10,
             Self::PermissionDenied => 11,
+            Self::ReceiptRefused => 12,
             Self::Unknown(v) => v,
         }
     }
@@ -217,6 +223,23 @@ pub enum ProtoError {
         /// The maximum.
         max: u64,
     },
+    /// `AppendBatch` whose bodies together exceed
+    /// [`MAX_BATCH_BODY_BYTES`](crate::MAX_BATCH_BODY_BYTES).
+    #[error("request {request_id}: batch bodies of {bytes} bytes exceed the maximum {max}")]
+    BatchBytesTooLarge {
+        /// Request id from the header.
+        request_id: u64,
+        /// Bytes counted so far (decoding stops at the first body past the limit).
+        bytes: u64,
+        /// The maximum.
+        max: u64,
+    },
+    /// `AppendBatch` with a zero-length body.
+    #[error("request {request_id}: empty receipt body")]
+    EmptyBody {
+        /// Request id from the header.
+        request_id: u64,
+    },
 }
 
 impl ProtoError {
@@ -234,6 +257,8 @@ impl ProtoError {
             | Self::InvalidTag { request_id, .. }
             | Self::InvalidWorkspaceId { request_id }
             | Self::EmptyBatch { request_id }
+            | Self::EmptyBody { request_id }
+            | Self::BatchBytesTooLarge { request_id, .. }
             | Self::BatchTooLarge { request_id, .. } => Some(*request_id),
         }
     }
@@ -252,8 +277,10 @@ impl ProtoError {
             | Self::InvalidTag { .. } => ErrorCode::BadFrame,
             Self::UnsupportedVersion { .. } => ErrorCode::UnsupportedVersion,
             Self::UnknownKind { .. } => ErrorCode::UnknownKind,
-            Self::InvalidWorkspaceId { .. } | Self::EmptyBatch { .. } => ErrorCode::InvalidArgument,
-            Self::BatchTooLarge { .. } => ErrorCode::BatchTooLarge,
+            Self::InvalidWorkspaceId { .. } | Self::EmptyBatch { .. } | Self::EmptyBody { .. } => {
+                ErrorCode::InvalidArgument
+            }
+            Self::BatchTooLarge { .. } | Self::BatchBytesTooLarge { .. } => ErrorCode::BatchTooLarge,
         }
     }
 }
