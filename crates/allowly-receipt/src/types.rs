@@ -566,7 +566,10 @@ impl<'a> ReceiptBodyView<'a> {
     /// Reads and checks a body (see the type's docs for exactly what is checked).
     pub fn parse(bytes: &'a [u8]) -> Result<Self> {
         let field = |e: &dyn fmt::Display| Error::Field { field: "body", msg: e.to_string() };
-        let f: ViewFields<'a> = serde_json::from_slice(bytes).map_err(|e| field(&e))?;
+        // One UTF-8 check of the whole body (ASCII fast path) instead of one per string, which
+        // is what parsing from bytes would do: about a sixth of the parse.
+        let text = std::str::from_utf8(bytes).map_err(|e| field(&e))?;
+        let f: ViewFields<'a> = serde_json::from_str(text).map_err(|e| field(&e))?;
         let hash = |h: Option<&str>| h.map(HexHash::parse).transpose();
         hash(f.prev)?;
         hash(f.auth_state_hash)?;
