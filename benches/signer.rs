@@ -3,6 +3,9 @@
 //!   service asks since protocol v2; and with every inclusion proof) at batch sizes 1, 16, 256
 //!   and 4096, reported per receipt against one raw Ed25519 signature. The goal (DESIGN §7) is
 //!   ≤ 5 % of a raw signature per receipt at batch 256.
+//! - CPU since protocol v3: `check_and_sign` = `check::check_batch` (read every receipt body
+//!   the service sent, check it, hash it) followed by `sign_batch`, on ~0.5 KiB sample bodies:
+//!   the whole per-receipt cost of an append; `check_batch_*` alone shows what checking adds.
 //! - Socket: one 16-leaf `AppendBatch` round trip to a real signer server (real socket, real
 //!   fsyncs of the journal and the audit log) and one `Ping`, beside a bare Unix-socket
 //!   ping-pong.
@@ -13,6 +16,7 @@ use std::io::{Read as _, Write as _};
 
 use allowly_benches::{print_ratios, Ratio};
 use allowly_receipt::merkle::{self, Frontier, Hash};
+use allowly_signer::check::{check_batch, sample_body};
 use allowly_signer::workspace::sign_batch;
 use allowly_signer::{server, Shared};
 use allowly_signer_proto::client::{ClientOptions, SignerClient};
@@ -21,6 +25,9 @@ use ed25519_dalek::{Signer as _, SigningKey};
 use sha2::{Digest, Sha256};
 
 const ORIGIN: &str = "allowly/ws_bench";
+const WS: &str = "ws_bench";
+/// The bodies' times and the clock the check compares them with.
+const T0: u64 = 1_767_225_600_000;
 const SIZES: [usize; 4] = [1, 16, 256, 4096];
 
 fn cpu(c: &mut Criterion) {
@@ -40,6 +47,24 @@ fn cpu(c: &mut Criterion) {
             });
         }
     }
+    let at = base.size();
+    for n in SIZES {
+        let bodies: Vec<Vec<u8>> =
+            (0..n as u64).map(|i| sample_body(WS, "bench", at + i, T0 + i).expect("body")).collect();
+        g.bench_function(format!("check_batch_{n}"), |b| {
+            b.iter(|| check_batch(WS, at, black_box(&bodies), T0 + 1_000).expect("check"))
+        });
+        g.bench_function(format!("check_and_sign_{n}"), |b| {
+            b.iter_batched_ref(
+                || base.clone(),
+                |f| {
+                    let c = check_batch(WS, at, black_box(&bodies), T0 + 1_000).expect("check");
+                    sign_batch(f, &c.leaves, ORIGIN, &key, 1_764_000_000_000, false).expect("sign")
+                },
+                BatchSize::SmallInput,
+            )
+        });
+    }
     let msg =
         format!("{ORIGIN}\n1000004\nLVq89R6mDHSQ/SYwo2fn3QcOFEAMwpSlw2mNc/dsjkI=\ntime 2026-11-30T09:00:00.000Z\n");
     g.bench_function("baseline_ed25519_sign", |b| b.iter(|| key.sign(black_box(msg.as_bytes()))));
@@ -56,7 +81,6 @@ fn socket(c: &mut Criterion) {
     let client = SignerClient::new(sock.clone(), ClientOptions::default());
     rt.block_on(client.create_key("ws_bench")).expect("create key");
     let size = Cell::new(0u64);
-    let leaves: Vec<Hash> = (0..16u64).map(|i| merkle::leaf_hash(&i.to_be_bytes())).collect();
 
     // Bare baseline: a 14-byte request and reply over a Unix socket pair, echoed by a thread.
     let (mut a, mut b) = std::os::unix::net::UnixStream::pair().expect("pair");
@@ -72,7 +96,9 @@ fn socket(c: &mut Criterion) {
     let mut g = c.benchmark_group("signer_socket");
     g.bench_function("append_16_round_trip", |bch| {
         bch.iter(|| {
-            let out = rt.block_on(client.append_batch("ws_bench", size.get(), leaves.clone())).expect("append");
+            let at = size.get();
+            let bodies = (at..at + 16).map(|i| sample_body(WS, "bench", i, T0 + i).expect("body")).collect();
+            let out = rt.block_on(client.append_batch(WS, at, bodies)).expect("append");
             size.set(out.new_size);
         })
     });
@@ -123,6 +149,22 @@ fn main() {
             16 => "signer_cpu/sign_batch_16",
             256 => "signer_cpu/sign_batch_256",
             _ => "signer_cpu/sign_batch_4096",
+        },
+        per: n as f64,
+        baseline: "signer_cpu/baseline_ed25519_sign",
+    }));
+    rows.extend(SIZES.iter().map(|&n| Ratio {
+        label: match n {
+            1 => "signer CPU per receipt incl. body check, batch 1",
+            16 => "signer CPU per receipt incl. body check, batch 16",
+            256 => "signer CPU per receipt incl. body check, batch 256 (goal <= 0.05x)",
+            _ => "signer CPU per receipt incl. body check, batch 4096",
+        },
+        measured: match n {
+            1 => "signer_cpu/check_and_sign_1",
+            16 => "signer_cpu/check_and_sign_16",
+            256 => "signer_cpu/check_and_sign_256",
+            _ => "signer_cpu/check_and_sign_4096",
         },
         per: n as f64,
         baseline: "signer_cpu/baseline_ed25519_sign",

@@ -247,6 +247,10 @@ pub(crate) struct WsState {
     /// serialisation and two SHA-256s per check otherwise).
     state_hashes: std::cell::RefCell<HashMap<String, (Option<u64>, HexHash)>>,
     next_index: u64,
+    /// Unix ms of the newest receipt time this actor gave out (or found in the store): receipt
+    /// times never go backwards along the log, even if the wall clock steps back, because the
+    /// signer refuses a receipt older than the previous one (see [`Self::receipt_now`]).
+    last_receipt_ms: u64,
     ops: Vec<Op>,
     done: Vec<Done>,
     /// The state generation: a new one after every reload (see `commit.rs`).
@@ -284,6 +288,20 @@ mod hitl;
 mod webhooks;
 pub(crate) use hitl::{ConfirmationDoc, DueEntry, EscalationDoc, DUE_SCOPE};
 
+/// The `time` of the newest stored receipt of `ws` (0 for an empty log, or if it cannot be
+/// read: the clock is then the only floor, as before the first receipt).
+fn last_receipt_ms(shared: &Shared, ws: &str, next_index: u64) -> u64 {
+    let Some(last) = next_index.checked_sub(1) else { return 0 };
+    match shared.store.receipt_at(ws, last) {
+        Ok(Some(r)) => allowly_receipt::types::ReceiptBodyView::parse(&r.body).map_or(0, |b| b.time.unix_ms()),
+        Ok(None) => 0,
+        Err(e) => {
+            tracing::warn!(workspace = %ws, error = %e, "cannot read the newest receipt's time");
+            0
+        }
+    }
+}
+
 fn rules_of(ws: &WorkspaceRecord) -> BTreeMap<String, Rule> {
     ws.scope_rules
         .iter()
@@ -306,6 +324,7 @@ impl Actor for WorkspaceActor {
         a.shared.metrics.actors_live.inc();
         a.shared.metrics.actor_starts.inc();
         myself.send_after(a.shared.cfg.idle_timeout, || WsMsg::IdleCheck);
+        let last_receipt_ms = last_receipt_ms(&a.shared, &a.ws.id, a.next_index);
         Ok(WsState {
             rules: rules_of(&a.ws),
             shared: a.shared,
@@ -314,6 +333,7 @@ impl Actor for WorkspaceActor {
             auths: HashMap::new(),
             durable_group: None,
             state_hashes: Default::default(),
+            last_receipt_ms,
             next_index: a.next_index,
             ops: Vec::new(),
             done: Vec::new(),
@@ -404,7 +424,7 @@ impl Actor for WorkspaceActor {
                 s.idempotent(idem, Signs::Yes, reply, |s| s.resolve(&id, Some(answer)));
             }
             WsMsg::ExpireEscalation { id, reply } => {
-                let r = s.expire_escalation(&id);
+                let r = s.not_diverged().and_then(|()| s.expire_escalation(&id));
                 s.stage(r, reply);
             }
             WsMsg::SetScopeRules { rules, reply } => {
@@ -527,7 +547,11 @@ impl WsState {
         T: Serialize + DeserializeOwned + Send + 'static,
     {
         let Some(idem) = idem else {
-            let r = f(self);
+            // Every receipt-producing message passes here: a diverged workspace records none.
+            let r = match signs {
+                Signs::Yes => self.not_diverged().and_then(|()| f(self)),
+                Signs::No => f(self),
+            };
             return self.stage(r, reply);
         };
         let now = now_ms();
@@ -553,7 +577,7 @@ impl WsState {
         // A first use that records a receipt fails closed while the signer is down (a repeat
         // was answered above).
         if signs == Signs::Yes {
-            if let Err(e) = self.shared.require_healthy() {
+            if let Err(e) = self.shared.require_healthy().and_then(|()| self.not_diverged()) {
                 return self.stage(Err(e), reply);
             }
         }
@@ -641,6 +665,18 @@ impl WsState {
         let batch = WriteBatch { ops };
         let sub = crate::commit::Submission { ws: self.ws.id.clone(), epoch, batch, requests, done: completion };
         self.shared.committer.submit(sub).await;
+    }
+
+    /// Refuses to record a receipt in a workspace whose log disagrees with the signer's.
+    fn not_diverged(&self) -> Result<()> {
+        self.shared.diverged.require_not(&self.ws.id, &self.shared.metrics)
+    }
+
+    /// The time of a receipt decided now: the wall clock, but never before the previous
+    /// receipt's (a clock stepped back holds receipt times until it catches up).
+    fn receipt_now(&mut self) -> u64 {
+        self.last_receipt_ms = now_ms().max(self.last_receipt_ms);
+        self.last_receipt_ms
     }
 
     /// Forgets everything not known to be durable. If even the reload fails, the next request
@@ -816,7 +852,7 @@ impl WsState {
     }
 
     fn create_authorization(&mut self, req: NewAuthorization) -> Result<(Vec<Op>, AuthorizationChange)> {
-        let now = now_ms();
+        let now = self.receipt_now();
         crate::validate::expires_in_future(&req, now)?;
         let metadata_hash = req.metadata.as_ref().map(json_hash).transpose()?;
         let mut a = AuthorizationRecord {
@@ -856,7 +892,7 @@ impl WsState {
     }
 
     fn revoke(&mut self, id: &str) -> Result<(Vec<Op>, AuthorizationChange)> {
-        let now = now_ms();
+        let now = self.receipt_now();
         let Some(mut a) = self.authorization(id)? else { return Err(EngineError::NotFound { what: "authorization" }) };
         if a.revoked_at_ms.is_some() {
             return Err(EngineError::Conflict("authorization is already revoked".into()));
@@ -889,7 +925,7 @@ impl WsState {
     }
 
     fn check(&mut self, req: CheckRequest) -> Result<(Vec<Op>, CheckOutcome)> {
-        let now = now_ms();
+        let now = self.receipt_now();
         let Some(mut a) = self.authorization(&req.authorization_id)? else {
             // No trail to chain a receipt into: answered, counted, not logged.
             let reason = Reason::UnknownAuthorization.as_str();

@@ -88,6 +88,7 @@ impl Engine {
             metrics,
             health: Health::default(),
             faults,
+            diverged: Default::default(),
             actors: Default::default(),
             locks: Default::default(),
             pipelines: Pipelines::default(),
@@ -145,19 +146,28 @@ impl Engine {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             let _ = h.actor.drain_and_wait(Some(left)).await;
         }
-        // Let the pipelines sign what was committed.
+        // Let the pipelines sign what was committed — except in workspaces whose log diverged
+        // from the signer's: nothing of theirs is signed before a resync, so waiting is useless.
         loop {
             let store = s.store.clone();
             let pending = blocking(move || Ok(store.workspaces_with_unsigned()?)).await;
             match pending {
-                Ok(p) if p.is_empty() => break,
+                Ok(p) if p.iter().all(|ws| s.diverged.contains(ws)) => {
+                    if !p.is_empty() {
+                        tracing::warn!(
+                            workspaces = p.len(),
+                            "shutting down with unsigned receipts in workspaces whose log diverged from the signer's: they are signed only after a resync (POST /v1/workspaces/{{ws}}/log/resync)"
+                        );
+                    }
+                    break;
+                }
                 Ok(_) if tokio::time::Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
                 other => {
                     tracing::warn!(
                         ?other,
-                        "shutting down with receipts still unsigned (they are signed at the next start)"
+                        "shutting down with receipts still unsigned: they are signed after the next start, once the signer answers and its log agrees with the stored one"
                     );
                     break;
                 }
@@ -179,7 +189,30 @@ impl Engine {
             causes.push(cause("signer_unavailable", s.health.detail().unwrap_or_else(|| "signer down".to_owned())));
         }
         causes.extend(s.faults.active().into_iter().map(|(f, detail)| cause(f.code(), detail)));
-        Readiness::from_causes(signer, causes)
+        let mut r = Readiness::from_causes(signer, causes);
+        r.diverged_workspaces = s
+            .diverged
+            .list()
+            .into_iter()
+            .map(|(workspace_id, _reason, since_ms)| DivergedWorkspace { workspace_id, since_ms })
+            .collect();
+        // One bad tenant does not take the instance out of a load balancer: the others work.
+        // It shows here, in the gauge and in the logs, and its requests get 503s.
+        if r.detail.is_none() && !r.diverged_workspaces.is_empty() {
+            let n = r.diverged_workspaces.len();
+            r.detail = Some(format!("{n} workspace(s) refuse new receipts: log diverged from the signer's"));
+        }
+        r
+    }
+
+    /// The recovery path of a workspace whose log diverged from the signer's (503
+    /// `workspace_log_diverged`): checks both logs again and, where one is a prefix of the other
+    /// (the signer ahead and signing exactly the stored leaves; or behind, after a restore from
+    /// an old backup, and then re-fed the stored receipts), clears the mark and resumes
+    /// signing. `Conflict` while they fork. See `docs/threat-model.md` ("When a workspace's log diverges: recovery").
+    pub async fn resync_log(&self, ws: &str) -> Result<Resynced> {
+        self.workspace(ws)?;
+        crate::pipeline::resync(&self.shared, ws).await
     }
 
     /// Prometheus text exposition of the engine's metrics followed by the signer's own
@@ -406,6 +439,9 @@ impl Engine {
                 if entry.expires_at_ms > now {
                     return Ok(expired);
                 }
+                if s.diverged.contains(&entry.workspace_id) {
+                    continue; // it records no receipt until resynced; expired then
+                }
                 let esc = entry.escalation_id.clone();
                 match self.ask(&entry.workspace_id, |reply| WsMsg::ExpireEscalation { id: esc, reply }).await {
                     Ok(v) if v.status == EscalationStatus::Expired => expired += 1,
@@ -568,15 +604,15 @@ impl Engine {
         Ok(h)
     }
 
-    fn fail_closed(&self) -> Result<()> {
-        self.fail_closed_unless_keyed(false)
+    fn fail_closed(&self, ws: &str) -> Result<()> {
+        self.fail_closed_unless_keyed(ws, false)
     }
 
-    /// Refuses new work while shutting down, and fails closed while the signer is down — except
-    /// for a request with an `Idempotency-Key`, which goes on to its actor: a repeat is answered
-    /// from the stored answer, signer or not, and only a first use fails closed there
-    /// (`WsState::idempotent`).
-    fn fail_closed_unless_keyed(&self, keyed: bool) -> Result<()> {
+    /// Refuses new work while shutting down, and fails closed while the signer is down or the
+    /// workspace's log has diverged from the signer's — except for a request with an
+    /// `Idempotency-Key`, which goes on to its actor: a repeat is answered from the stored
+    /// answer, signer or not, and only a first use fails closed there (`WsState::idempotent`).
+    fn fail_closed_unless_keyed(&self, ws: &str, keyed: bool) -> Result<()> {
         let s = &self.shared;
         if s.shutting_down.load(Ordering::Acquire) {
             return Err(EngineError::ShuttingDown);
@@ -584,7 +620,8 @@ impl Engine {
         if keyed {
             return Ok(());
         }
-        s.require_healthy()
+        s.require_healthy()?;
+        s.diverged.require_not(ws, &s.metrics)
     }
 
     /// Records a user's grant; answers once its `authorization.created` receipt is durable.
@@ -597,7 +634,7 @@ impl Engine {
     ) -> Result<AuthorizationChange> {
         validate::new_authorization(&req)?;
         let idem = idempotency(idem, "authorization_create", &req)?;
-        self.fail_closed_unless_keyed(idem.is_some())?;
+        self.fail_closed_unless_keyed(ws, idem.is_some())?;
         self.ask(ws, |reply| WsMsg::CreateAuthorization { req, idem, reply }).await
     }
 
@@ -670,7 +707,7 @@ impl Engine {
         // Checked here so a malformed or foreign id never reaches (or starts) an actor.
         self.authorization_record(ws, id)?;
         let idem = idempotency(idem, "authorization_revoke", &id)?;
-        self.fail_closed_unless_keyed(idem.is_some())?;
+        self.fail_closed_unless_keyed(ws, idem.is_some())?;
         let id = id.to_owned();
         self.ask(ws, |reply| WsMsg::Revoke { id, idem, reply }).await
     }
@@ -680,7 +717,7 @@ impl Engine {
     pub async fn check(&self, ws: &str, req: CheckRequest, idem: Option<&str>) -> Result<CheckOutcome> {
         validate::check(&req)?;
         let idem = idempotency(idem, "check", &req)?;
-        self.fail_closed_unless_keyed(idem.is_some())?;
+        self.fail_closed_unless_keyed(ws, idem.is_some())?;
         self.ask(ws, |reply| WsMsg::Check { req, idem, reply }).await
     }
 
@@ -701,7 +738,7 @@ impl Engine {
         }
         self.workspace_record(ws)?;
         let idem = idempotency(idem, "confirmation", &(nonce, &answer))?;
-        self.fail_closed_unless_keyed(idem.is_some())?;
+        self.fail_closed_unless_keyed(ws, idem.is_some())?;
         let nonce = nonce.to_owned();
         self.ask(ws, |reply| WsMsg::Confirm { nonce, answer, idem, reply }).await
     }
@@ -739,7 +776,7 @@ impl Engine {
         if !doc.is_overdue(now_ms()) {
             return doc.view(id);
         }
-        self.fail_closed()?;
+        self.fail_closed(ws)?;
         let id = id.to_owned();
         self.ask(ws, |reply| WsMsg::ExpireEscalation { id, reply }).await
     }
@@ -760,7 +797,7 @@ impl Engine {
         }
         self.workspace_record(ws)?;
         let idem = idempotency(idem, "escalation_resolve", &(id, &answer))?;
-        self.fail_closed_unless_keyed(idem.is_some())?;
+        self.fail_closed_unless_keyed(ws, idem.is_some())?;
         let id = id.to_owned();
         self.ask(ws, |reply| WsMsg::Resolve { id, answer, idem, reply }).await
     }

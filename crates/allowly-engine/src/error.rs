@@ -44,6 +44,12 @@ pub enum EngineError {
     /// retry once it clears (it clears by itself when its cause does). `detail` is for the log.
     #[error("{}: {detail}", fault.code())]
     Unavailable { fault: Fault, detail: String },
+    /// The workspace's stored receipt log and the signer's log disagree (a fork, a rollback, or
+    /// receipts the signer refuses): the workspace refuses every call that would record a
+    /// receipt until an operator resyncs it (`Engine::resync_log`). Reads still work; other
+    /// workspaces are not affected. Nothing was changed.
+    #[error("this workspace's receipt log disagrees with the signer's; new receipts are refused until it is resynced")]
+    WorkspaceLogDiverged,
     /// The engine is shutting down and takes no new work.
     #[error("engine is shutting down")]
     ShuttingDown,
@@ -69,6 +75,7 @@ impl EngineError {
             Self::IdempotencyMismatch => "idempotency_key_reused",
             Self::Overloaded => "overloaded",
             Self::SignerUnavailable(_) => "signer_unavailable",
+            Self::WorkspaceLogDiverged => "workspace_log_diverged",
             Self::ShuttingDown => "shutting_down",
             Self::Unavailable { fault, .. } => fault.code(),
             Self::Store(e) => Fault::of_store_error(e).map_or("storage_error", Fault::code),

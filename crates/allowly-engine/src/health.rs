@@ -291,7 +291,7 @@ pub(crate) async fn check(s: &Arc<Shared>) {
         s.faults.set(Fault::StorageFailed, write_failed, m);
     }
     // The signing backlog, across every workspace with unsigned receipts.
-    let backlog = s.pipelines.backlog();
+    let backlog = s.pipelines.backlog(|ws| s.diverged.contains(ws));
     let oldest = backlog.oldest.map(|t| t.elapsed());
     m.unsigned_receipts.set(i64::try_from(backlog.unsigned).unwrap_or(i64::MAX));
     m.oldest_unsigned_age_seconds.set(oldest.map_or(0.0, |d| d.as_secs_f64()));

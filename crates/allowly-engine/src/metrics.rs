@@ -63,6 +63,11 @@ pub struct Metrics {
     /// Age of the oldest committed, unsigned receipt of any workspace (0 when none). Grows while
     /// a workspace's signing is stalled, whatever the others do.
     pub oldest_unsigned_age_seconds: Gauge,
+    /// Workspaces whose stored log and the signer's log disagree right now: each refuses new
+    /// receipts (`workspace_log_diverged`) until resynced. Alert when above 0.
+    pub workspaces_diverged: IntGauge,
+    /// Requests refused because their workspace's log diverged from the signer's.
+    pub diverged_refusals: IntCounter,
 }
 
 fn pow2(start: f64, n: usize) -> Vec<f64> {
@@ -182,6 +187,16 @@ impl Metrics {
                 "Age of the oldest committed, unsigned receipt of any workspace (0 when none)",
             )
             .expect("static metric definition"),
+            workspaces_diverged: IntGauge::new(
+                "allowly_engine_workspaces_diverged",
+                "Workspaces whose log disagrees with the signer's (refusing new receipts until resynced)",
+            )
+            .expect("static metric definition"),
+            diverged_refusals: IntCounter::new(
+                "allowly_engine_diverged_refusals_total",
+                "Requests refused because their workspace's log disagrees with the signer's",
+            )
+            .expect("static metric definition"),
             registry,
         };
         for fault in crate::health::Fault::ALL {
@@ -214,6 +229,8 @@ impl Metrics {
             Box::new(m.data_volume_min_free_bytes.clone()),
             Box::new(m.unsigned_receipts.clone()),
             Box::new(m.oldest_unsigned_age_seconds.clone()),
+            Box::new(m.workspaces_diverged.clone()),
+            Box::new(m.diverged_refusals.clone()),
         ];
         for c in collectors {
             m.registry.register(c).expect("metric names are unique");

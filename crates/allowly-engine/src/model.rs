@@ -290,12 +290,17 @@ pub struct Readiness {
     pub ready: bool,
     /// Whether the last exchange with the signer succeeded recently.
     pub signer: bool,
-    /// Human-readable reasons when not ready (every cause's detail, `; `-separated).
+    /// Human-readable reasons when not ready (every cause's detail, `; `-separated), or, while
+    /// ready, why some workspaces are not.
     pub detail: Option<String>,
     /// Every reason not to send work here, in a fixed order; each `code` is the problem code
     /// the refused calls answer with.
     #[serde(default)]
     pub causes: Vec<NotReady>,
+    /// Workspaces whose log diverged from the signer's: each refuses new receipts (503
+    /// `workspace_log_diverged`) until resynced. They do not make the instance unready.
+    #[serde(default)]
+    pub diverged_workspaces: Vec<DivergedWorkspace>,
 }
 
 /// One reason `/readyz` is false.
@@ -309,12 +314,21 @@ pub struct NotReady {
 }
 
 impl Readiness {
-    /// Readiness from its causes (none: ready).
+    /// Readiness from its causes (none: ready), with no diverged workspaces yet.
     pub fn from_causes(signer: bool, causes: Vec<NotReady>) -> Self {
         let detail = (!causes.is_empty())
             .then(|| causes.iter().map(|c| format!("{}: {}", c.code, c.detail)).collect::<Vec<_>>().join("; "));
-        Self { ready: causes.is_empty(), signer, detail, causes }
+        Self { ready: causes.is_empty(), signer, detail, causes, diverged_workspaces: Vec::new() }
     }
+}
+
+/// One workspace in [`Readiness::diverged_workspaces`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DivergedWorkspace {
+    pub workspace_id: String,
+    /// Unix ms when it was found (what disagreed is in the engine's log, not on this public
+    /// endpoint).
+    pub since_ms: u64,
 }
 
 /// `POST /v1/confirmations/{nonce}`: the user's answer to a `confirm` decision.
@@ -398,4 +412,15 @@ pub struct EscalationView {
     /// Ids of the webhook endpoints its `escalation.requested` event was sent to (those
     /// subscribed whose `scopes` filter matches; see `POST /v1/webhooks`).
     pub routed_to: Vec<String>,
+}
+
+/// `POST /v1/workspaces/{ws}/log/resync`: what the resync found (see `Engine::resync_log`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resynced {
+    /// Whether the workspace was marked diverged (a resync of a healthy one changes nothing).
+    pub was_diverged: bool,
+    /// The stored signed size after the resync (the signer's, if it was ahead and adopted).
+    pub signed_size: u64,
+    /// The stored log's size (committed receipts); those above `signed_size` are signed next.
+    pub stored_size: u64,
 }

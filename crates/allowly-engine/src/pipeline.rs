@@ -5,22 +5,28 @@
 //! the `receipt.signed` webhook event, when an endpoint subscribes, so the event exists iff the
 //! signature does.
 //!
-//! What to sign is the range `[signed size, committed size)` of the store's `leaves` index
-//! (leaf hashes only, no body decoded; a seek whose cost does not grow with the log's history).
+//! What to sign is the range `[signed size, committed size)` of the store's `leaves` index (a
+//! seek whose cost does not grow with the log's history). The signer is sent the receipt
+//! *bodies* (`Store::receipts_in_range`, each body checked against its stored leaf hash), not
+//! leaf hashes: it hashes them itself and refuses anything that is not the next receipts of the
+//! workspace, so it never signs bytes the service merely named.
 //! Recovery is by construction: the task reads what to sign from the store, never from memory,
 //! so receipts left unsigned by a crash are signed when their workspace's task starts (at
 //! engine start for every workspace whose log extends past its newest checkpoint). If the signer has
 //! more leaves than the store knows as signed (an answer lost to a crash or timeout), its
 //! `SizeMismatch` is resolved by fetching its latest checkpoint and checking that its root is
-//! the root of the *stored* leaves; any other disagreement is a divergence: signing stops for
-//! the workspace, it is logged and counted, and nothing is overwritten.
+//! the root of the *stored* leaves; any other disagreement (and a signer that refuses the
+//! stored receipts, `ReceiptRefused`) is a divergence: signing stops for the workspace, it is
+//! logged, counted and marked (`Shared::diverged`: the workspace refuses new receipts with
+//! `workspace_log_diverged` until [`resync`] finds the logs agree again), and nothing is
+//! overwritten.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use allowly_receipt::merkle::{Frontier, Hash};
+use allowly_receipt::merkle::{self, Frontier, Hash};
 use allowly_receipt::note::{self, NoteVerifier};
 use allowly_receipt::types::log_origin;
 use allowly_signer_proto::client::ClientError;
@@ -31,6 +37,7 @@ use tokio::sync::watch;
 
 use crate::error::{EngineError, Result};
 use crate::health::Fault;
+use crate::model::Resynced;
 use crate::receipts::{key_records, verifier};
 use crate::shared::{blocking, Shared};
 
@@ -90,17 +97,20 @@ impl Pipelines {
     }
 
     /// How many committed receipts wait for a signature, and since when the oldest does. A
-    /// workspace whose signing is stalled (signer down, a divergence) keeps its task and its
-    /// marks, so its age keeps growing.
-    pub fn backlog(&self) -> Backlog {
+    /// workspace whose signing is stalled (signer down) keeps its task and its marks, so its age
+    /// keeps growing. A diverged workspace (`is_diverged`) counts in `unsigned` but not in
+    /// `oldest`: it is already fenced and shown on its own, and its age must not fail every
+    /// other workspace closed with `signing_backlog`.
+    pub fn backlog(&self, is_diverged: impl Fn(&str) -> bool) -> Backlog {
         let mut b = Backlog::default();
         for slot in self.map.iter() {
+            let diverged = is_diverged(slot.key());
             let committed = *slot.tx.borrow();
             let signed = slot.progress.signed.load(Ordering::Acquire);
             if signed != NOT_LOADED {
                 b.unsigned += committed.saturating_sub(signed);
             }
-            if let Some(t) = slot.progress.oldest() {
+            if let Some(t) = slot.progress.oldest().filter(|_| !diverged) {
                 b.oldest = Some(b.oldest.map_or(t, |o| o.min(t)));
             }
         }
@@ -261,14 +271,70 @@ async fn run(shared: Arc<Shared>, ws: String, id: u64, mut rx: watch::Receiver<u
                 backoff = (backoff * 2).min(Duration::from_secs(1));
             }
             Err(Stop::Diverged(why)) => {
-                shared.metrics.log_divergence.inc();
-                tracing::error!(workspace = %ws, reason = %why, "signer log diverges from the stored log; signing stopped for this workspace");
-                // Stay registered (so no new task starts) and never sign again in this process.
-                let _ = rx.changed().await;
-                std::future::pending::<()>().await;
+                shared.diverged.mark(&ws, &why, &shared.metrics);
+                // Stay registered (so no new task starts) and sign nothing more, until `resync`
+                // removes this task's slot (its sender drops) or the engine goes away.
+                while rx.changed().await.is_ok() {}
+                return;
             }
         }
     }
+}
+
+/// The recovery path of a diverged workspace: re-syncs the two logs where one is a prefix of
+/// the other, and refuses where they fork.
+///
+/// * The signer is **ahead** (an answer lost, then something else failed): its checkpoint is
+///   adopted if it signs exactly the stored leaves of its size (as after a lost answer).
+/// * The signer is **behind** (its state was restored from an old backup, or lost): if its
+///   newest checkpoint signs exactly the stored leaves of its size, the stored receipts from
+///   there to the stored signed size are appended to it again (bodies, checked by the signer
+///   like any append), and every checkpoint it returns must have the root of the stored tree of
+///   that size — the same roots it signed before, so nothing forks.
+/// * Same size: the roots must be equal.
+///
+/// If the logs agree after that, the mark is cleared, the parked signing task is replaced by a
+/// fresh one that reloads from the store, and the workspace takes requests again. If they fork
+/// (a root that is not the stored leaves' root), it stays diverged and the error says why
+/// (`Conflict`): a forked log cannot be repaired in place. A signer outage is
+/// `SignerUnavailable`.
+pub(crate) async fn resync(shared: &Arc<Shared>, ws: &str) -> Result<Resynced> {
+    let stored_size = shared.store.log_meta(ws)?.unwrap_or_default().next_index;
+    if !shared.diverged.contains(ws) {
+        let signed_size = shared.store.latest_checkpoint(ws)?.map_or(0, |(size, _)| size);
+        return Ok(Resynced { was_diverged: false, signed_size, stored_size });
+    }
+    let mut st = Signing::load(shared, ws)?;
+    let latest = match tokio::time::timeout(shared.cfg.signer_timeout, shared.signer.latest_checkpoint(ws)).await {
+        Err(_) => return Err(EngineError::SignerUnavailable("signer did not answer in time".into())),
+        Ok(Err(e)) => return Err(EngineError::from_signer(e)),
+        Ok(Ok(c)) => c,
+    };
+    let ours = st.frontier.size();
+    let checked = match latest.checkpoint {
+        None if latest.size == 0 && ours == 0 => Ok(()),
+        Some(note) if latest.size == ours => match st.open_refreshed(shared, &note).await {
+            Ok(cp) if cp.size == ours && cp.root == st.frontier.root() => Ok(()),
+            Ok(_) => Err(Stop::Diverged(format!("the signer's checkpoint of size {ours} has another root"))),
+            Err(e) => Err(e),
+        },
+        checkpoint if latest.size < ours => st.refeed(shared, latest.size, checkpoint).await,
+        _ => st.reconcile(shared, Some(latest.size)).await,
+    };
+    match checked {
+        Ok(()) => {}
+        Err(Stop::Retry(e)) => return Err(e),
+        Err(Stop::Diverged(why)) => return Err(EngineError::Conflict(format!("the logs still disagree: {why}"))),
+    }
+    let signed_size = st.frontier.size();
+    shared.diverged.clear(ws, &shared.metrics);
+    // Dropping the parked task's slot ends it; a fresh task reloads from the store.
+    shared.pipelines.map.remove(ws);
+    if stored_size > signed_size {
+        shared.pipelines.notify(shared, ws, stored_size);
+    }
+    tracing::info!(workspace = %ws, signed_size, stored_size, "workspace log resynced with the signer's; it takes requests again");
+    Ok(Resynced { was_diverged: true, signed_size, stored_size })
 }
 
 /// Removes an idle task from the registry; if work arrived meanwhile a successor is started.
@@ -302,12 +368,11 @@ impl Signing {
     async fn round(&mut self, shared: &Shared, committed: u64) -> Result<(), Stop> {
         let from = self.frontier.size();
         let max = shared.cfg.sign_batch_max.clamp(1, allowly_signer_proto::MAX_BATCH_LEAVES);
-        let found = read_leaves(shared, &self.ws, from, committed, max).await?;
-        let leaves = contiguous_leaves(&self.ws, from, found.into_iter())?;
+        let (leaves, bodies) = read_bodies(shared, &self.ws, from, committed, max).await?;
         if leaves.is_empty() {
             return Ok(());
         }
-        let call = shared.signer.append_batch(self.ws.clone(), from, leaves.clone());
+        let call = shared.signer.append_batch(self.ws.clone(), from, bodies);
         match tokio::time::timeout(shared.cfg.signer_timeout, call).await {
             Err(_) => Err(self.outage(shared, "signer did not answer in time")),
             Ok(Ok(out)) => {
@@ -318,6 +383,10 @@ impl Signing {
             Ok(Err(ClientError::Remote(reply))) if reply.code == ErrorCode::SizeMismatch => {
                 shared.health.set_up(&shared.metrics);
                 self.reconcile(shared, reply.current_size).await
+            }
+            Ok(Err(ClientError::Remote(reply))) if reply.code == ErrorCode::ReceiptRefused => {
+                shared.health.set_up(&shared.metrics);
+                Err(Stop::Diverged(format!("the signer refuses the stored receipts: {}", reply.message)))
             }
             Ok(Err(e)) => {
                 let e = EngineError::from_signer(e);
@@ -393,14 +462,8 @@ impl Signing {
         let from = self.frontier.size();
         let mut next = self.frontier.clone();
         let appended = next.append_nodes(leaves).map_err(|e| Stop::Retry(EngineError::Internal(e.to_string())))?;
-        let cp = match self.open(&checkpoint) {
-            Ok(cp) => cp,
-            Err(_) => {
-                // Perhaps a key we have not seen yet (a rotation): refresh once, then insist.
-                self.refresh_keys(shared).await?;
-                self.open(&checkpoint).map_err(|e| Stop::Diverged(format!("checkpoint does not verify: {e}")))?
-            }
-        };
+        // Perhaps signed by a key we have not seen yet (a rotation): refreshed once, then insist.
+        let cp = self.open_refreshed(shared, &checkpoint).await?;
         if cp.size != new_size || cp.size != next.size() || cp.root != appended.root {
             return Err(Stop::Diverged(format!(
                 "signer checkpoint (size {}) does not sign the stored leaves {from}..{}",
@@ -443,6 +506,68 @@ impl Signing {
         Ok(())
     }
 
+    /// Brings a signer that is behind (`from` < our signed size) forward again by appending the
+    /// stored receipts `[from, signed size)`, after checking that its checkpoint at `from` has
+    /// the stored tree's root; every answer must have the stored tree's root of its size too.
+    async fn refeed(&mut self, shared: &Shared, from: u64, checkpoint: Option<String>) -> Result<(), Stop> {
+        let ours = self.frontier.size();
+        let ws = self.ws.clone();
+        let stored_root = |size: u64| {
+            let nodes = StoredNodes::new(&*shared.store, &ws);
+            merkle::root_from(&nodes, size).map_err(|e| match nodes.take_error() {
+                Some(se) => Stop::Retry(EngineError::Store(se)),
+                None => Stop::Retry(EngineError::Internal(format!("stored tree of {ws} at {size}: {e}"))),
+            })
+        };
+        match checkpoint {
+            None if from == 0 => {}
+            None => return Err(Stop::Diverged(format!("signer has {from} leaves but no checkpoint"))),
+            Some(note) => {
+                let cp = self.open_refreshed(shared, &note).await?;
+                if cp.size != from || cp.root != stored_root(from)? {
+                    return Err(Stop::Diverged(format!(
+                        "the signer's checkpoint of size {from} does not sign the stored leaves"
+                    )));
+                }
+            }
+        }
+        tracing::warn!(workspace = %self.ws, signer = from, stored = ours, "the signer is behind the stored log: appending the stored receipts to it again");
+        let mut at = from;
+        while at < ours {
+            let (_, bodies) = read_bodies(shared, &self.ws, at, ours, allowly_signer_proto::MAX_BATCH_LEAVES).await?;
+            if bodies.is_empty() {
+                return Err(Stop::Diverged(format!("stored receipt {at} is missing")));
+            }
+            let call = shared.signer.append_batch(self.ws.clone(), at, bodies);
+            let out = match tokio::time::timeout(shared.cfg.signer_timeout, call).await {
+                Err(_) => return Err(self.outage(shared, "signer did not answer in time")),
+                Ok(Err(ClientError::Remote(reply))) => {
+                    return Err(Stop::Diverged(format!("the signer refused the stored receipts from {at}: {reply}")))
+                }
+                Ok(Err(e)) => return Err(Stop::Retry(EngineError::from_signer(e))),
+                Ok(Ok(out)) => out,
+            };
+            let cp = self.open_refreshed(shared, &out.checkpoint).await?;
+            if cp.size != out.new_size || cp.root != stored_root(cp.size)? {
+                return Err(Stop::Diverged(format!(
+                    "the signer's new checkpoint of size {} does not sign the stored leaves",
+                    cp.size
+                )));
+            }
+            at = out.new_size;
+        }
+        Ok(())
+    }
+
+    /// Opens `checkpoint` with the known keys, refreshing them once if that fails (a rotation).
+    async fn open_refreshed(&mut self, shared: &Shared, checkpoint: &str) -> Result<note::Checkpoint, Stop> {
+        if let Ok(cp) = self.open(checkpoint) {
+            return Ok(cp);
+        }
+        self.refresh_keys(shared).await?;
+        self.open(checkpoint).map_err(|e| Stop::Diverged(format!("checkpoint does not verify: {e}")))
+    }
+
     fn open(&self, checkpoint: &str) -> allowly_receipt::Result<note::Checkpoint> {
         note::open_checkpoint(checkpoint, &self.origin, &self.verifiers).map(|(cp, _)| cp)
     }
@@ -483,6 +608,33 @@ fn signed_event(shared: &Shared, ws: &str, from: u64, size: u64, checkpoint: &st
     let event =
         Event::new(signed_event_id(ws, size), EventType::ReceiptSigned, now, data).map_err(EngineError::from)?;
     Ok(enqueue(ws, &endpoints, &event, now).map_err(EngineError::from)?)
+}
+
+/// The committed receipts from `from` on (at most `max`, below `to`, and at most
+/// `MAX_BATCH_BODY_BYTES` of bodies together): their leaf hashes and bodies, read off the async
+/// workers. Their indices must be exactly `from, from+1, …`.
+async fn read_bodies(
+    shared: &Shared,
+    ws: &str,
+    from: u64,
+    to: u64,
+    max: usize,
+) -> Result<(Vec<Hash>, Vec<Vec<u8>>), Stop> {
+    let (store, owned) = (shared.store.clone(), ws.to_owned());
+    let records = blocking(move || Ok(store.receipts_in_range(&owned, from, to, max)?)).await?;
+    let mut bytes = 0usize;
+    let mut leaves = Vec::with_capacity(records.len());
+    let mut bodies = Vec::with_capacity(records.len());
+    for r in records {
+        bytes += r.body.len();
+        if bytes > allowly_signer_proto::MAX_BATCH_BODY_BYTES && !bodies.is_empty() {
+            break; // the rest goes in the next batch
+        }
+        leaves.push((r.log_index, r.leaf));
+        bodies.push(r.body);
+    }
+    let leaves = contiguous_leaves(ws, from, leaves.into_iter())?;
+    Ok((leaves, bodies))
 }
 
 /// Up to `max` stored `(index, leaf)` pairs in `[from, to)`, read off the async workers.
@@ -535,5 +687,25 @@ mod tests {
         }
         assert_eq!(p.marks.lock().map(|m| m.len()).unwrap_or_default(), MAX_MARKS);
         assert_eq!(p.oldest(), Some(at(300)));
+    }
+
+    /// A diverged workspace is fenced on its own: its stalled backlog is counted but does not
+    /// date the instance's oldest unsigned receipt (which would fail every workspace closed).
+    #[test]
+    fn a_diverged_workspace_does_not_date_the_instance_backlog() {
+        let p = Pipelines::default();
+        let t0 = Instant::now();
+        for (ws, committed, when) in [("ws_old", 7, t0), ("ws_new", 3, t0 + Duration::from_secs(5))] {
+            let progress = Arc::new(Progress::default());
+            progress.committed(committed, when);
+            progress.signed(0);
+            let (tx, _rx) = watch::channel(committed);
+            p.map.insert(ws.into(), Slot { id: 0, tx, progress });
+        }
+        let all = p.backlog(|_| false);
+        assert_eq!((all.unsigned, all.oldest), (10, Some(t0)));
+        let fenced = p.backlog(|ws| ws == "ws_old");
+        assert_eq!((fenced.unsigned, fenced.oldest), (10, Some(t0 + Duration::from_secs(5))));
+        assert_eq!(p.backlog(|_| true).oldest, None);
     }
 }

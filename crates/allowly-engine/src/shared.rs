@@ -35,6 +35,8 @@ pub(crate) struct Shared {
     pub health: Health,
     /// Faults below the process that fail the engine closed (see `health.rs`).
     pub faults: Arc<crate::health::Faults>,
+    /// Workspaces whose log disagrees with the signer's (see `pipeline`).
+    pub diverged: Diverged,
     pub actors: DashMap<String, WsHandle>,
     pub locks: DashMap<String, Arc<WsLocks>>,
     pub pipelines: Pipelines,
@@ -138,6 +140,52 @@ impl Health {
         }
         m.failed_closed.inc();
         Err(EngineError::SignerUnavailable(self.detail().unwrap_or_else(|| "signer down".into())))
+    }
+}
+
+/// Workspaces whose stored log and the signer's log disagree, with why and since when. Kept in
+/// memory: after a restart the first signing round (which runs at start for every workspace
+/// with unsigned receipts, and a diverged one always has some) finds the divergence again.
+#[derive(Debug, Default)]
+pub(crate) struct Diverged {
+    map: DashMap<String, (String, u64)>,
+}
+
+impl Diverged {
+    /// Marks `ws` diverged (logged, counted, the gauge set).
+    pub fn mark(&self, ws: &str, why: &str, m: &Metrics) {
+        if self.map.insert(ws.to_owned(), (why.to_owned(), now_ms())).is_none() {
+            m.log_divergence.inc();
+            tracing::error!(workspace = %ws, reason = %why, "signer log diverges from the stored log: the workspace refuses new receipts (503 workspace_log_diverged) until resynced");
+        }
+        m.workspaces_diverged.set(i64::try_from(self.map.len()).unwrap_or(i64::MAX));
+    }
+
+    /// Clears `ws` (after a successful resync); whether it was marked.
+    pub fn clear(&self, ws: &str, m: &Metrics) -> bool {
+        let was = self.map.remove(ws).is_some();
+        m.workspaces_diverged.set(i64::try_from(self.map.len()).unwrap_or(i64::MAX));
+        was
+    }
+
+    pub fn contains(&self, ws: &str) -> bool {
+        self.map.contains_key(ws)
+    }
+
+    /// Fails closed for a diverged workspace (counted).
+    pub fn require_not(&self, ws: &str, m: &Metrics) -> Result<()> {
+        if self.contains(ws) {
+            m.diverged_refusals.inc();
+            return Err(EngineError::WorkspaceLogDiverged);
+        }
+        Ok(())
+    }
+
+    /// `(workspace, reason, since ms)` of every diverged workspace, by workspace id.
+    pub fn list(&self) -> Vec<(String, String, u64)> {
+        let mut v: Vec<_> = self.map.iter().map(|e| (e.key().clone(), e.value().0.clone(), e.value().1)).collect();
+        v.sort();
+        v
     }
 }
 

@@ -55,7 +55,7 @@ pub fn authorize(p: &Principal, access: Access, path_ws: Option<&str>) -> Result
         Access::Public => Ok(path_ws.map(str::to_owned)),
         Access::InstanceAdmin => {
             if instance_admin && p.has(Role::Admin) {
-                Ok(None)
+                Ok(path_ws.map(str::to_owned))
             } else {
                 Err(Problem::forbidden("only the instance admin key may do this"))
             }

@@ -28,6 +28,7 @@
 //! | `storage_failed` | 503 | a store write failed with a device error; until a probe write succeeds, receipt-producing calls fail closed (`Retry-After`) |
 //! | `signer_storage_failed` | 503 | the signer answered several times in a row that it cannot write its journal (`Retry-After`) |
 //! | `signing_backlog` | 503 | the oldest unsigned receipt is older than `--max-unsigned-age-ms` (`Retry-After`) |
+//! | `workspace_log_diverged` | 503 | this workspace's receipt log disagrees with the signer's (fork, rollback, or receipts the signer refuses): it records nothing new until an operator resyncs it (`POST /v1/workspaces/{ws}/log/resync`); other workspaces are unaffected. No `Retry-After`: it does not pass by itself |
 //! | `storage_error`, `signer_error`, `internal_error` | 500 | a fault; details are logged with the request id, never sent |
 
 use allowly_engine::EngineError;
@@ -154,6 +155,7 @@ impl Problem {
             EngineError::ShuttingDown => {
                 Self { retry_after: Some(1), ..Self::new(StatusCode::SERVICE_UNAVAILABLE, code, e.to_string()) }
             }
+            EngineError::WorkspaceLogDiverged => Self::new(StatusCode::SERVICE_UNAVAILABLE, code, e.to_string()),
             // A fault below the process (also a store write that hit it first): the cause is
             // in the code; sizes and paths are logged and shown by /readyz, not sent here.
             _ if e.fault().is_some() => {
@@ -270,7 +272,9 @@ mod tests {
         if let Some(secret) = leaks {
             assert!(!v["detail"].as_str().unwrap().contains(secret), "detail leaks {secret}: {v}");
         }
-        if matches!(status, 429 | 503) {
+        if code == "workspace_log_diverged" {
+            assert!(h.get(RETRY_AFTER).is_none(), "a divergence does not pass by itself");
+        } else if matches!(status, 429 | 503) {
             assert_eq!(h[RETRY_AFTER], "1", "{code}");
         }
     }
@@ -300,6 +304,7 @@ mod tests {
         );
         check(EngineError::Store(StoreError::Io("/data/db: EIO".into())), 503, "storage_failed", Some("/data"));
         check(EngineError::Store(StoreError::Engine("/data busy".into())), 500, "storage_error", Some("/data"));
+        check(EngineError::WorkspaceLogDiverged, 503, "workspace_log_diverged", None);
         check(EngineError::Signer("key sk_123".into()), 500, "signer_error", Some("sk_123"));
         check(EngineError::Internal("invariant x".into()), 500, "internal_error", Some("invariant x"));
         let refused = |code| EngineError::Refused { code, message: "m".into(), receipt: None };

@@ -14,6 +14,7 @@
 //! | GET | `/v1/workspaces/{ws}/log/inclusion?log_index=N[&tree_size=M]` | read | `inclusion_proof` |
 //! | GET | `/v1/workspaces/{ws}/log/consistency?old_size=N[&new_size=M]` | read | `consistency_proof` |
 //! | GET | `/v1/workspaces/{ws}/log/export?from=N&to=M` | read | `export` (ndjson) |
+//! | POST | `/v1/workspaces/{ws}/log/resync` | instance admin | `resync_log` (recovery of a `workspace_log_diverged` workspace; 409 while the logs still disagree) |
 //! | POST | `/v1/authorizations` | admin | `create_authorization` → 201 |
 //! | GET | `/v1/authorizations[?subject=…][&status=active\|revoked\|expired][&limit=…][&starting_after=…]` | read | `authorizations` (id order) |
 //! | GET | `/v1/authorizations/{id}` | read | `authorization` |
@@ -79,6 +80,7 @@ pub enum Route {
     LogInclusion,
     LogConsistency,
     LogExport,
+    LogResync,
     AuthorizationCreate,
     AuthorizationList,
     AuthorizationGet,
@@ -122,6 +124,7 @@ impl Route {
             Self::LogInclusion => "log_inclusion",
             Self::LogConsistency => "log_consistency",
             Self::LogExport => "log_export",
+            Self::LogResync => "log_resync",
             Self::AuthorizationCreate => "authorization_create",
             Self::AuthorizationList => "authorization_list",
             Self::AuthorizationGet => "authorization_get",
@@ -152,7 +155,7 @@ impl Route {
     pub fn access(self) -> Access {
         match self {
             Self::Healthz | Self::Readyz | Self::Metrics | Self::Keys | Self::Unmatched => Access::Public,
-            Self::WorkspaceCreate => Access::InstanceAdmin,
+            Self::WorkspaceCreate | Self::LogResync => Access::InstanceAdmin,
             Self::WorkspaceGet => Access::InstanceAdminOr(Role::Read),
             Self::ScopeRulesPut | Self::ApiKeyCreate | Self::ApiKeyRevoke => Access::InstanceAdminOr(Role::Admin),
             Self::LogCheckpoint
@@ -256,6 +259,7 @@ pub fn match_route<'a>(method: &Method, path: &'a str) -> Matched<'a> {
         ["v1", "workspaces", ws, "log", "inclusion"] => (&[(Get, Route::LogInclusion)], Some(*ws), None),
         ["v1", "workspaces", ws, "log", "consistency"] => (&[(Get, Route::LogConsistency)], Some(*ws), None),
         ["v1", "workspaces", ws, "log", "export"] => (&[(Get, Route::LogExport)], Some(*ws), None),
+        ["v1", "workspaces", ws, "log", "resync"] => (&[(Post, Route::LogResync)], Some(*ws), None),
         ["v1", "authorizations"] => {
             (&[(Post, Route::AuthorizationCreate), (Get, Route::AuthorizationList)], None, None)
         }
@@ -390,6 +394,10 @@ async fn handle(app: &App, t: Target<'_>, parts: &Parts, body: Incoming) -> Resu
             let q = query(&["from", "to"])?;
             let scope = ExportScope::Log { from: q.required_u64("from")?, to: q.required_u64("to")? };
             export(engine, ws()?, scope).await
+        }
+        Route::LogResync => {
+            extract::empty_body(h, body, limit).await?;
+            json(StatusCode::OK, &engine.resync_log(ws()?).await?)
         }
         Route::AuthorizationCreate => {
             let req: NewAuthorization = extract::json_body(h, body, limit).await?;
@@ -551,6 +559,7 @@ mod tests {
             found(Route::ApiKeyRevoke, Some("ws_1"), Some("key_2")),
         );
         check(Method::GET, "/v1/workspaces/ws_1/log/export", found(Route::LogExport, Some("ws_1"), None));
+        check(Method::POST, "/v1/workspaces/ws_1/log/resync", found(Route::LogResync, Some("ws_1"), None));
         check(Method::GET, "/v1/authorizations/az_1/export", found(Route::AuthorizationExport, None, Some("az_1")));
         check(Method::POST, "/v1/check", found(Route::Check, None, None));
         check(Method::GET, "/v1/authorizations", found(Route::AuthorizationList, None, None));
@@ -608,6 +617,7 @@ mod tests {
             LogInclusion,
             LogConsistency,
             LogExport,
+            LogResync,
             AuthorizationCreate,
             AuthorizationList,
             AuthorizationGet,

@@ -644,6 +644,230 @@ fn a_stopped_signer_fails_closed_and_recovers() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// 3b. A workspace whose log diverged from the signer's fails closed alone.
+
+/// A fresh server (embedded signer) with two tenants. Fields drop in order: the server, then
+/// any signer left, then the directory.
+struct TwoTenants {
+    s: Server,
+    a: Tenant,
+    b: Tenant,
+    data: PathBuf,
+    _reaper: Reaper,
+    _tmp: tempfile::TempDir,
+}
+
+fn two_tenants(a: &str, b: &str) -> TwoTenants {
+    let tmp = tempfile::tempdir().unwrap();
+    let reaper = Reaper(tmp.path().to_owned());
+    let data = tmp.path().join("data");
+    let s = Server::start(&data);
+    s.wait_ready();
+    let (a, b) = (tenant(&s, a, &["files.*"]), tenant(&s, b, &["files.*"]));
+    TwoTenants { s, a, b, data, _reaper: reaper, _tmp: tmp }
+}
+
+/// A check of `t` that must be answered 200; its pending receipt.
+fn check_ok(s: &Server, t: &Tenant) -> Acked {
+    let r = s.client().post("/v1/check", &t.checker, json!({ "authorization_id": t.az, "scopes": ["files.read"] }));
+    assert_eq!(r.status, 200, "{r}\n{}", s.diagnostics());
+    Acked::of(&r.json()).unwrap()
+}
+
+/// One request on the signer's socket, as any process the signer allows (this test runs as the
+/// server's uid, as a compromised front end would): encodes, writes, reads one answer.
+fn signer_call(socket: &Path, req: &allowly_signer_proto::Request) -> allowly_signer_proto::Response {
+    let mut frame = Vec::new();
+    allowly_signer_proto::encode_request(7, req, &mut frame).unwrap();
+    let mut st = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    st.set_read_timeout(Some(DEADLINE)).unwrap();
+    st.write_all(&frame).unwrap();
+    let mut len = [0u8; 4];
+    st.read_exact(&mut len).unwrap();
+    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+    st.read_exact(&mut body).unwrap();
+    allowly_signer_proto::decode_response(&body).unwrap().1
+}
+
+/// Polls `/readyz` until it lists `ws` among the diverged workspaces (or until it no longer
+/// does, with `listed` false); returns the body.
+fn wait_diverged(s: &Server, ws: &str, listed: bool) -> Value {
+    let c = s.client();
+    eventually(
+        &format!("/readyz to list {ws} as diverged: {listed}"),
+        || format!("{}\n{}", c.get("/readyz", None), s.diagnostics()),
+        || {
+            let r = c.get("/readyz", None);
+            let v = r.json();
+            if r.status != 200 {
+                // Only a signer outage (the signer was just restarted) may make it unready, never
+                // a diverged workspace.
+                assert_eq!(v["signer"], false, "one diverged workspace made the instance unready: {r}");
+                return None;
+            }
+            let found = v["diverged_workspaces"].as_array().unwrap().iter().any(|d| d["workspace_id"] == ws);
+            (found == listed).then_some(v)
+        },
+    )
+}
+
+fn metric_value(c: &Client, name: &str) -> f64 {
+    let text = c.get("/metrics", None).text();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
+        .unwrap_or_else(|| panic!("{name} missing from /metrics"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Every call of `t` that would record a receipt is refused with 503 `workspace_log_diverged`
+/// (no `Retry-After`: it does not pass by itself), and nothing is recorded.
+fn assert_fenced(s: &Server, t: &Tenant) {
+    let c = s.client();
+    let trail = || c.get(&format!("/v1/receipts?authorization_id={}&limit=1000", t.az), Some(&t.reader)).json();
+    let before = trail();
+    let r = c.post("/v1/check", &t.checker, json!({ "authorization_id": t.az, "scopes": ["files.read"] }));
+    assert!(problem_mismatch(&r, 503, "workspace_log_diverged").is_none(), "check: {r}");
+    assert_eq!(r.header("retry-after"), None, "{r}");
+    let grant = c.post("/v1/authorizations", &t.admin, json!({ "subject": "u2", "scopes": ["x"] }));
+    assert!(problem_mismatch(&grant, 503, "workspace_log_diverged").is_none(), "grant: {grant}");
+    let revoke = c.call("POST", &format!("/v1/authorizations/{}/revoke", t.az), Some(&t.admin), None);
+    assert!(problem_mismatch(&revoke, 503, "workspace_log_diverged").is_none(), "revoke: {revoke}");
+    assert_eq!(trail(), before, "a refused call recorded something");
+    // Reads still work.
+    assert_eq!(c.get(&format!("/v1/authorizations/{}", t.az), Some(&t.reader)).status, 200);
+}
+
+/// The signer restarted from an old backup of its state (a rollback): the workspace that had
+/// moved on since diverges, refuses new receipts with 503 `workspace_log_diverged` alone
+/// (another workspace keeps working, `/readyz` stays 200 and lists it, the gauge shows it), and
+/// the resync route brings the signer forward again from the stored receipts, after which
+/// everything acknowledged is signed.
+#[test]
+fn a_rolled_back_signer_fences_only_its_workspace_until_the_resync_repairs_it() {
+    let t = two_tenants("rolled", "bystander");
+    let (s, data, a, b) = (&t.s, &t.data, &t.a, &t.b);
+    let c = s.client();
+    let check = |t: &Tenant| check_ok(s, t);
+    let mut acked_a = vec![check(a)];
+    let acked_b = vec![check(b)];
+    wait_all_signed(s, &a.reader, &acked_a);
+    wait_all_signed(s, &b.reader, &acked_b);
+
+    // Back up the signer's state, let A move on, then restart the signer from the backup.
+    let journal = data.join("signer/journal");
+    let backup = std::fs::read(&journal).unwrap();
+    for _ in 0..3 {
+        acked_a.push(check(a));
+    }
+    wait_all_signed(s, &a.reader, &acked_a);
+    let old = s.signer_pid();
+    signal_pid(old, Signal::STOP).unwrap();
+    std::fs::write(data.join("signer/journal.old"), &backup).unwrap();
+    std::fs::rename(data.join("signer/journal.old"), &journal).unwrap();
+    signal_pid(old, Signal::KILL).unwrap();
+    eventually("a new signer child", || s.diagnostics(), || (s.signer_pid() != old).then_some(()));
+    s.wait_ready();
+    let root = s.admin_token();
+    let diverged0 = metric_value(&c, "allowly_engine_log_divergence_total");
+
+    // A's next check is durable and answered (once the engine has reconnected to the new
+    // signer: until then it fails closed), but the signer is behind: A diverges.
+    let answered = eventually(
+        "a check of A to be answered after the signer restart",
+        || s.diagnostics(),
+        || {
+            let r = c.post("/v1/check", &a.checker, json!({ "authorization_id": a.az, "scopes": ["files.read"] }));
+            if r.status == 200 {
+                return Acked::of(&r.json());
+            }
+            assert!(problem_mismatch(&r, 503, "signer_unavailable").is_none(), "{r}");
+            None
+        },
+    );
+    acked_a.push(answered);
+    let ready = wait_diverged(s, &a.ws, true);
+    assert!(ready["detail"].as_str().unwrap().contains("diverged"), "{ready}");
+    assert_eq!(ready["ready"], true, "{ready}");
+    assert_eq!(metric_value(&c, "allowly_engine_workspaces_diverged"), 1.0);
+    assert_eq!(metric_value(&c, "allowly_engine_log_divergence_total") - diverged0, 1.0);
+    assert!(s.stderr().contains("refuses new receipts"), "no log line:\n{}", s.stderr());
+    assert_fenced(s, a);
+    // The bystander is untouched: answered and signed.
+    let more_b = vec![check(b)];
+    wait_all_signed(s, &b.reader, &more_b);
+
+    // Only the instance admin may resync.
+    let denied = c.call("POST", &format!("/v1/workspaces/{}/log/resync", a.ws), Some(&a.admin), None);
+    assert_eq!(denied.status, 403, "{denied}");
+    let r = c.call("POST", &format!("/v1/workspaces/{}/log/resync", a.ws), Some(&root), None);
+    assert_eq!(r.status, 200, "{r}\n{}", s.diagnostics());
+    let v = r.json();
+    let stored = acked_a.last().unwrap().log_index + 1;
+    assert_eq!((v["was_diverged"].clone(), v["stored_size"].clone()), (json!(true), json!(stored)), "{v}");
+    assert_eq!(v["signed_size"], stored - 1, "{v}");
+    wait_diverged(s, &a.ws, false);
+    assert_eq!(metric_value(&c, "allowly_engine_workspaces_diverged"), 0.0);
+    acked_a.push(check(a));
+    wait_all_signed(s, &a.reader, &acked_a);
+    // A second resync of a healthy workspace changes nothing.
+    let r = c.call("POST", &format!("/v1/workspaces/{}/log/resync", a.ws), Some(&root), None);
+    assert_eq!((r.status, r.json()["was_diverged"].clone()), (200, json!(false)), "{r}");
+}
+
+/// A client on the signer's socket appends a well-formed lie (an `allow` for a resource never
+/// asked) at a workspace's next index: the signer cannot tell, signs it and records its leaf in
+/// the audit log. The service's own receipt for that index can then never be signed: the
+/// workspace diverges and stays fenced, and the resync refuses (a fork is not repaired in
+/// place) — while the forged leaf stands in the signer's audit log for an auditor to find.
+#[test]
+fn a_forged_append_fences_the_workspace_and_the_resync_refuses_the_fork() {
+    let t = two_tenants("forged", "other");
+    let (s, data, a, b) = (&t.s, &t.data, &t.a, &t.b);
+    let c = s.client();
+    let check = |t: &Tenant| check_ok(s, t);
+    let first = check(a);
+    wait_all_signed(s, &a.reader, std::slice::from_ref(&first));
+
+    let next = first.log_index + 1;
+    let mut lie = first.body.clone();
+    lie["log_index"] = json!(next);
+    lie["id"] = json!("rcpt_forged");
+    lie["resource"] = json!("drive:file/payroll.xlsx");
+    lie["seq"] = json!(first.body["seq"].as_u64().unwrap() + 1);
+    let lie = allowly_receipt::jcs::canonicalize(&lie).unwrap();
+    let forged_leaf = hex_of(&allowly_receipt::merkle::leaf_hash(&lie));
+    let req = allowly_signer_proto::Request::AppendBatch {
+        workspace_id: a.ws.clone(),
+        expected_size: next,
+        bodies: vec![lie],
+        want_proofs: false,
+    };
+    let answer = signer_call(&data.join("run/signer.sock"), &req);
+    assert!(matches!(answer, allowly_signer_proto::Response::Appended { .. }), "{answer:?}");
+
+    let after = check(a); // durable and answered before anyone knows
+    assert_eq!(after.log_index, next);
+    wait_diverged(s, &a.ws, true);
+    assert_fenced(s, a);
+    wait_all_signed(s, &b.reader, &[check(b)]);
+    let root = s.admin_token();
+    let r = c.call("POST", &format!("/v1/workspaces/{}/log/resync", a.ws), Some(&root), None);
+    assert!(problem_mismatch(&r, 409, "conflict").is_none(), "{r}");
+    assert_fenced(s, a);
+    let audit = std::fs::read_to_string(data.join("signer/audit.log")).unwrap();
+    assert!(
+        audit.lines().any(|l| l.contains("\"checkpoint\"") && l.contains(&a.ws) && l.contains(&forged_leaf)),
+        "the forged leaf is not in the signer's audit log:\n{audit}"
+    );
+}
+
+fn hex_of(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+// ---------------------------------------------------------------------------------------------
 // 4. Tenant isolation across every endpoint.
 
 #[test]

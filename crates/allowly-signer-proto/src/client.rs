@@ -2,15 +2,18 @@
 //! callers.
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), allowly_signer_proto::client::ClientError> {
+//! # async fn demo(receipt_body_at_42: Vec<u8>) -> Result<(), allowly_signer_proto::client::ClientError> {
 //! use allowly_signer_proto::client::{ClientError, ClientOptions, SignerClient};
 //! use allowly_signer_proto::ErrorCode;
 //!
 //! let signer = SignerClient::new("/run/allowly/signer.sock".into(), ClientOptions::default());
-//! match signer.append_batch("acme", 42, vec![[0u8; 32]]).await {
+//! match signer.append_batch("acme", 42, vec![receipt_body_at_42]).await {
 //!     Ok(appended) => assert_eq!(appended.new_size, 43),
 //!     Err(ClientError::Remote(e)) if e.code == ErrorCode::SizeMismatch => {
 //!         // Someone else appended first: e.current_size is the log's size.
+//!     }
+//!     Err(ClientError::Remote(e)) if e.code == ErrorCode::ReceiptRefused => {
+//!         // The body is not receipt 42 of workspace acme: nothing was signed.
 //!     }
 //!     Err(other) => return Err(other),
 //! }
@@ -443,19 +446,21 @@ impl SignerClient {
         }
     }
 
-    /// Appends `leaves` at `expected_size..` and returns the signed
-    /// checkpoint, without inclusion proofs (`AppendOutcome::proofs` is
-    /// empty).
+    /// Appends the receipt `bodies` (canonical JSON) at `expected_size..`
+    /// and returns the signed checkpoint, without inclusion proofs
+    /// (`AppendOutcome::proofs` is empty). The signer hashes the bodies
+    /// itself and refuses the batch (`ReceiptRefused`) unless each is a
+    /// receipt of that workspace at its index.
     ///
     /// Checks that the answer is consistent with the request (`old_size ==
-    /// expected_size`, `new_size == old_size + leaves.len()`, no proofs).
+    /// expected_size`, `new_size == old_size + bodies.len()`, no proofs).
     pub async fn append_batch(
         &self,
         workspace_id: impl Into<String>,
         expected_size: u64,
-        leaves: Vec<Hash>,
+        bodies: Vec<Vec<u8>>,
     ) -> Result<AppendOutcome, ClientError> {
-        self.append(workspace_id.into(), expected_size, leaves, false).await
+        self.append(workspace_id.into(), expected_size, bodies, false).await
     }
 
     /// [`Self::append_batch`], with one inclusion proof per leaf in the
@@ -465,20 +470,20 @@ impl SignerClient {
         &self,
         workspace_id: impl Into<String>,
         expected_size: u64,
-        leaves: Vec<Hash>,
+        bodies: Vec<Vec<u8>>,
     ) -> Result<AppendOutcome, ClientError> {
-        self.append(workspace_id.into(), expected_size, leaves, true).await
+        self.append(workspace_id.into(), expected_size, bodies, true).await
     }
 
     async fn append(
         &self,
         workspace_id: String,
         expected_size: u64,
-        leaves: Vec<Hash>,
+        bodies: Vec<Vec<u8>>,
         want_proofs: bool,
     ) -> Result<AppendOutcome, ClientError> {
-        let n = leaves.len();
-        let req = Request::AppendBatch { workspace_id, expected_size, leaves, want_proofs };
+        let n = bodies.len();
+        let req = Request::AppendBatch { workspace_id, expected_size, bodies, want_proofs };
         match self.call(req).await? {
             Response::Appended { old_size, new_size, checkpoint, proofs } => {
                 let consistent = old_size == expected_size

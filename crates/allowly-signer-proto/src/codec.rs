@@ -8,8 +8,8 @@
 
 use crate::message::{ErrorReply, Hash, KeyInfo, Request, Response, SignedLeaf};
 use crate::{
-    ErrorCode, ProtoError, MAX_BATCH_LEAVES, MAX_FRAME, MAX_ID_LEN, MAX_PROOF_HASHES, MAX_WORKSPACE_ID_LEN,
-    PROTOCOL_VERSION,
+    ErrorCode, ProtoError, MAX_BATCH_BODY_BYTES, MAX_BATCH_LEAVES, MAX_BODY_LEN, MAX_FRAME, MAX_ID_LEN,
+    MAX_PROOF_HASHES, MAX_WORKSPACE_ID_LEN, PROTOCOL_VERSION,
 };
 
 /// `version: u8`, `kind: u8`, `request_id: u64`.
@@ -39,6 +39,8 @@ const KEY_INFO_MIN_LEN: usize = 46;
 /// Smallest encoding of one proof in `Appended.proofs`: its u32 count.
 const PROOF_MIN_LEN: usize = 4;
 const HASH_LEN: usize = 32;
+/// Smallest encoding of one `AppendBatch` body: its u32 length and one byte.
+const BODY_MIN_LEN: usize = 5;
 
 /// Appends one complete request frame (length prefix included) to `out`.
 ///
@@ -66,12 +68,24 @@ pub fn encode_request(id: u64, req: &Request, out: &mut Vec<u8>) -> Result<(), P
             e.u64(*expected_size);
             Ok(())
         }
-        Request::AppendBatch { workspace_id, expected_size, leaves, want_proofs } => {
+        Request::AppendBatch { workspace_id, expected_size, bodies, want_proofs } => {
             e.workspace_id(workspace_id)?;
             e.u64(*expected_size);
-            e.batch_count(leaves.len())?;
-            for leaf in leaves {
-                e.bytes(leaf);
+            e.batch_count(bodies.len())?;
+            let total: usize = bodies.iter().map(Vec::len).sum();
+            if total > MAX_BATCH_BODY_BYTES {
+                return Err(ProtoError::BatchBytesTooLarge {
+                    request_id: e.id,
+                    bytes: total as u64,
+                    max: MAX_BATCH_BODY_BYTES as u64,
+                });
+            }
+            for body in bodies {
+                if body.is_empty() {
+                    return Err(ProtoError::EmptyBody { request_id: e.id });
+                }
+                e.count("bodies[]", body.len(), MAX_BODY_LEN)?;
+                e.bytes(body);
             }
             e.u8(u8::from(*want_proofs));
             Ok(())
@@ -164,10 +178,26 @@ pub fn decode_request(frame: &[u8]) -> Result<(u64, Request), ProtoError> {
                     max: MAX_BATCH_LEAVES as u64,
                 });
             }
-            let n = d.check_room("leaves", count, HASH_LEN)?;
-            let leaves = d.items(n, |d| d.array::<32>("leaves[]"))?;
+            // Each body is at least its 4-byte length and 1 byte.
+            let n = d.check_room("bodies", count, BODY_MIN_LEN)?;
+            let mut total = 0usize;
+            let bodies = d.items(n, |d| {
+                let len = d.count("bodies[]", 1, MAX_BODY_LEN)?;
+                if len == 0 {
+                    return Err(ProtoError::EmptyBody { request_id: d.id });
+                }
+                total += len;
+                if total > MAX_BATCH_BODY_BYTES {
+                    return Err(ProtoError::BatchBytesTooLarge {
+                        request_id: d.id,
+                        bytes: total as u64,
+                        max: MAX_BATCH_BODY_BYTES as u64,
+                    });
+                }
+                Ok(d.take(len, "bodies[]")?.to_vec())
+            })?;
             let want_proofs = d.tag("want_proofs")?;
-            Request::AppendBatch { workspace_id, expected_size, leaves, want_proofs }
+            Request::AppendBatch { workspace_id, expected_size, bodies, want_proofs }
         }
         kind::LATEST_CHECKPOINT => Request::LatestCheckpoint { workspace_id: d.workspace_id()? },
         kind::METRICS => Request::Metrics,
@@ -318,7 +348,7 @@ impl Enc<'_> {
                 max: MAX_BATCH_LEAVES as u64,
             });
         }
-        self.count("leaves", n, MAX_BATCH_LEAVES)
+        self.count("bodies", n, MAX_BATCH_LEAVES)
     }
     fn text(&mut self, field: &'static str, s: &str) -> Result<(), ProtoError> {
         self.count(field, s.len(), MAX_FRAME)?;

@@ -40,6 +40,10 @@ pub enum ErrorCode {
     /// failed to write or sync: disk full, device error). Nothing was signed out; the request
     /// may be retried once the signer's storage works again.
     StorageFailed,
+    /// 13 (version 3): an `AppendBatch` body is not a well-formed receipt body of that
+    /// workspace at its index with a time that does not go backwards; the whole batch is
+    /// refused and nothing is signed. Never retried by a correct caller: its log is wrong.
+    ReceiptRefused,
     /// Any other value, kept verbatim.
     Unknown(u16),
 }
@@ -60,6 +64,7 @@ impl ErrorCode {
             10 => Self::InvalidArgument,
             11 => Self::PermissionDenied,
             12 => Self::StorageFailed,
+            13 => Self::ReceiptRefused,
             other => Self::Unknown(other),
         }
     }
@@ -79,6 +84,7 @@ impl ErrorCode {
             Self::InvalidArgument => 10,
             Self::PermissionDenied => 11,
             Self::StorageFailed => 12,
+            Self::ReceiptRefused => 13,
             Self::Unknown(v) => v,
         }
     }
@@ -223,6 +229,23 @@ pub enum ProtoError {
         /// The maximum.
         max: u64,
     },
+    /// `AppendBatch` whose bodies together exceed
+    /// [`MAX_BATCH_BODY_BYTES`](crate::MAX_BATCH_BODY_BYTES).
+    #[error("request {request_id}: batch bodies of {bytes} bytes exceed the maximum {max}")]
+    BatchBytesTooLarge {
+        /// Request id from the header.
+        request_id: u64,
+        /// Bytes counted so far (decoding stops at the first body past the limit).
+        bytes: u64,
+        /// The maximum.
+        max: u64,
+    },
+    /// `AppendBatch` with a zero-length body.
+    #[error("request {request_id}: empty receipt body")]
+    EmptyBody {
+        /// Request id from the header.
+        request_id: u64,
+    },
 }
 
 impl ProtoError {
@@ -240,6 +263,8 @@ impl ProtoError {
             | Self::InvalidTag { request_id, .. }
             | Self::InvalidWorkspaceId { request_id }
             | Self::EmptyBatch { request_id }
+            | Self::EmptyBody { request_id }
+            | Self::BatchBytesTooLarge { request_id, .. }
             | Self::BatchTooLarge { request_id, .. } => Some(*request_id),
         }
     }
@@ -258,8 +283,10 @@ impl ProtoError {
             | Self::InvalidTag { .. } => ErrorCode::BadFrame,
             Self::UnsupportedVersion { .. } => ErrorCode::UnsupportedVersion,
             Self::UnknownKind { .. } => ErrorCode::UnknownKind,
-            Self::InvalidWorkspaceId { .. } | Self::EmptyBatch { .. } => ErrorCode::InvalidArgument,
-            Self::BatchTooLarge { .. } => ErrorCode::BatchTooLarge,
+            Self::InvalidWorkspaceId { .. } | Self::EmptyBatch { .. } | Self::EmptyBody { .. } => {
+                ErrorCode::InvalidArgument
+            }
+            Self::BatchTooLarge { .. } | Self::BatchBytesTooLarge { .. } => ErrorCode::BatchTooLarge,
         }
     }
 }

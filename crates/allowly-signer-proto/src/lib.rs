@@ -7,7 +7,7 @@
 //! | offset | size | field | rule |
 //! |---|---|---|---|
 //! | 0 | 4 | `length` L | `u32` BE, length of everything after it; `1 ≤ L ≤` [`MAX_FRAME`] (16 MiB), checked before the body is read |
-//! | 4 | 1 | `version` | = [`PROTOCOL_VERSION`] (2) |
+//! | 4 | 1 | `version` | = [`PROTOCOL_VERSION`] (3) |
 //! | 5 | 1 | `kind` | message kind, tables below |
 //! | 6 | 8 | `request_id` | `u64` BE; echoed in the response, which is how answers are matched to requests |
 //! | 14 | L − 10 | body | per kind; no bytes may remain after it |
@@ -31,6 +31,7 @@
 //! | `text` | `u32` byte length + UTF-8 | ≤ [`MAX_FRAME`]; UTF-8 validated |
 //! | `wsid` (workspace id) | `u32` byte length + bytes | ≤ [`MAX_ID_LEN`], then `^[A-Za-z0-9_-]{1,128}$` (else `InvalidArgument`) |
 //! | `proof` | `vec<hash>` | ≤ [`MAX_PROOF_HASHES`] |
+//! | `body` | `u32` byte length + bytes (a canonical receipt body, RFC 8785 JSON) | `1 ≤` length `≤` [`MAX_BODY_LEN`] (0 → `InvalidArgument`); the bodies of one batch together ≤ [`MAX_BATCH_BODY_BYTES`] (more → `BatchTooLarge`) |
 //!
 //! # Requests (service → signer)
 //!
@@ -40,7 +41,7 @@
 //! | `0x02` | `CreateKey` | `workspace_id: wsid` |
 //! | `0x03` | `ListKeys` | `workspace_id: wsid` |
 //! | `0x04` | `RotateKey` | `workspace_id: wsid`, `expected_size: u64` (the index the `key.rotated` leaf takes) |
-//! | `0x05` | `AppendBatch` | `workspace_id: wsid`, `expected_size: u64`, `leaves: vec<hash>` (1 ≤ count ≤ [`MAX_BATCH_LEAVES`]; 0 → `InvalidArgument`, more → `BatchTooLarge`), `want_proofs: bool` |
+//! | `0x05` | `AppendBatch` | `workspace_id: wsid`, `expected_size: u64`, `bodies: vec<body>` (1 ≤ count ≤ [`MAX_BATCH_LEAVES`]; 0 → `InvalidArgument`, more → `BatchTooLarge`), `want_proofs: bool` |
 //! | `0x06` | `LatestCheckpoint` | `workspace_id: wsid` |
 //! | `0x07` | `Metrics` | — |
 //!
@@ -60,6 +61,8 @@
 //!
 //! # Versions
 //!
+//! * 3: `AppendBatch` carries the receipt bodies (`bodies: vec<body>`) instead of
+//!   leaf hashes, and error code 12 `ReceiptRefused` exists. Nothing else changed.
 //! * 2: `AppendBatch` ends with `want_proofs: bool`, and `Appended.proofs`
 //!   is empty unless it was set (the service serves proofs from its own
 //!   store and discarded the signer's). Nothing else changed.
@@ -78,7 +81,7 @@
 //! | code | name | meaning |
 //! |---|---|---|
 //! | 1 | `BadFrame` | unparseable frame |
-//! | 2 | `UnsupportedVersion` | version byte ≠ 2 |
+//! | 2 | `UnsupportedVersion` | version byte ≠ 3 |
 //! | 3 | `UnknownKind` | unknown kind byte |
 //! | 4 | `UnknownWorkspace` | no key for that workspace |
 //! | 5 | `WorkspaceExists` | `CreateKey` on an existing workspace |
@@ -89,7 +92,25 @@
 //! | 10 | `InvalidArgument` | bad workspace id, empty batch |
 //! | 11 | `PermissionDenied` | operation not allowed |
 //! | 12 | `StorageFailed` | the signer's journal or audit log failed to write or sync (disk full, device error); nothing signed out, retry later |
+//! | 13 | `ReceiptRefused` | (v3) an `AppendBatch` body is not a receipt the signer may sign (below); the whole batch is refused, nothing is signed, an audit line records it |
 //! | other | `Unknown(n)` | kept verbatim, never a decode failure |
+//!
+//! # What the signer checks in an `AppendBatch` (version 3)
+//!
+//! The signer computes every leaf hash itself, `SHA-256(0x00 ‖ body)` (RFC 9162), so it only
+//! ever signs a tree of receipt bodies it has read. It answers `ReceiptRefused` unless every
+//! body of the batch
+//!
+//! * is a receipt body with the types, encodings and rules of `docs/receipt-format.md` §4
+//!   (`allowly_receipt::types::ReceiptBodyView`; canonical form is not re-checked: a verifier
+//!   hashes the canonical form of what it is given, so a leaf over non-canonical bytes can
+//!   never be proven for any body);
+//! * names the request's `workspace_id`;
+//! * has `log_index` = `expected_size` + its position in the batch;
+//! * is not a `key.rotated` receipt (those are the signer's own, made by `RotateKey`);
+//! * has a `time` not earlier than the previous appended body's in that workspace's log (the
+//!   signer keeps that time in its journal across restarts) and not more than
+//!   10 minutes ahead of the signer's clock.
 //!
 //! # Properties relied on by the tests
 //!
@@ -159,7 +180,7 @@ pub use frame::{read_frame, write_frame};
 pub use message::{ErrorReply, Hash, KeyInfo, Request, Response, SignedLeaf};
 
 /// The only protocol version this crate speaks.
-pub const PROTOCOL_VERSION: u8 = 2;
+pub const PROTOCOL_VERSION: u8 = 3;
 
 /// Largest frame (bytes after the length prefix): 16 MiB. Bounds the memory
 /// one frame can make either side allocate.
@@ -172,6 +193,18 @@ pub const MAX_FRAME: usize = 16 * 1024 * 1024;
 /// (the minimum once the tree holds 65 536 leaves) take 33.8 MB, more than
 /// [`MAX_FRAME`], so a maximal batch could never be answered.
 pub const MAX_BATCH_LEAVES: usize = 4096;
+
+/// Longest receipt body in an `AppendBatch`: 64 KiB. The engine's bodies are about 0.5 KiB;
+/// its request limits (64 scopes, 1 KiB resources, hashes instead of metadata) keep even a
+/// maximal `authorization.created` body far below this.
+pub const MAX_BODY_LEN: usize = 64 * 1024;
+
+/// Most body bytes in one `AppendBatch`: 8 MiB, half of [`MAX_FRAME`] (checked at compile
+/// time to leave room for the framing of [`MAX_BATCH_LEAVES`] bodies). A full batch of
+/// [`MAX_BATCH_LEAVES`] typical 0.5 KiB bodies is 2 MiB; a sender splits a batch at whichever
+/// limit it reaches first. The signer keeps only the 32-byte leaf hashes once a batch is
+/// checked, so its coalesced groups (up to 65 536 leaves) cost 2 MiB of hashes, not bodies.
+pub const MAX_BATCH_BODY_BYTES: usize = 8 * 1024 * 1024;
 
 /// Most hashes in one inclusion proof: an audit path in a tree of fewer than
 /// 2^64 leaves has at most 64 nodes.
@@ -186,6 +219,9 @@ pub const MAX_WORKSPACE_ID_LEN: usize = 128;
 /// Worst case `Appended` without its checkpoint text: header, sizes,
 /// checkpoint length, proof count, and MAX_BATCH_LEAVES maximal proofs.
 const WORST_APPENDED_WITHOUT_CHECKPOINT: usize = 10 + 8 + 8 + 4 + 4 + MAX_BATCH_LEAVES * (4 + MAX_PROOF_HASHES * 32);
+
+// The largest AppendBatch must fit in a frame, with room for its header and workspace id.
+const _: () = assert!(10 + 4 + MAX_ID_LEN + 8 + 4 + MAX_BATCH_LEAVES * 4 + MAX_BATCH_BODY_BYTES < MAX_FRAME);
 
 // The answer to any valid AppendBatch must be encodable, with at least
 // 1 MiB left for the checkpoint note.

@@ -30,8 +30,10 @@ pub enum Request {
         /// the service (which sequences the log) reserves the index like any other receipt's.
         expected_size: u64,
     },
-    /// `0x05`: append leaf hashes at indices `expected_size..`; answered by
-    /// [`Response::Appended`].
+    /// `0x05`: append receipts at indices `expected_size..`; answered by
+    /// [`Response::Appended`]. The signer hashes each body itself (RFC 9162 leaf hash) and
+    /// refuses the whole batch ([`ErrorCode::ReceiptRefused`]) unless every body is a
+    /// well-formed receipt body of `workspace_id` whose `log_index` is its position.
     AppendBatch {
         /// Validated against `^[A-Za-z0-9_-]{1,128}$`.
         workspace_id: String,
@@ -39,8 +41,9 @@ pub enum Request {
         /// [`ErrorCode::SizeMismatch`]. This makes appends compare-and-swap:
         /// a stale or forking caller cannot overwrite or skip indices.
         expected_size: u64,
-        /// `1..=MAX_BATCH_LEAVES` leaf hashes.
-        leaves: Vec<Hash>,
+        /// `1..=MAX_BATCH_LEAVES` canonical receipt bodies (RFC 8785 JSON), each
+        /// `1..=MAX_BODY_LEN` bytes, together at most `MAX_BATCH_BODY_BYTES`.
+        bodies: Vec<Vec<u8>>,
         /// Whether the answer should carry one inclusion proof per leaf. The
         /// service stores the Merkle nodes itself and serves proofs from them,
         /// so it normally asks for none: building, encoding and sending a

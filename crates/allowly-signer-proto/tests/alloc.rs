@@ -117,7 +117,7 @@ fn forged_leaf_counts_fail_before_allocating() {
         f.extend(0u64.to_be_bytes());
         f.extend(count.to_be_bytes());
         f.extend([0u8; 31]);
-        let e = assert_cheap_failure("leaves", &f, false);
+        let e = assert_cheap_failure("bodies", &f, false);
         assert!(matches!(e, ProtoError::BatchTooLarge { .. } | ProtoError::CountTooLarge { .. }), "{e}");
     }
 }

@@ -348,7 +348,7 @@ async fn more_concurrent_calls_than_slots_all_succeed_against_a_slow_signer() {
     let calls: Vec<_> = (0..CALLS)
         .map(|i| {
             let c = client.clone();
-            tokio::spawn(async move { c.append_batch(format!("ws-{i}"), i as u64, vec![[i as u8; 32]]).await })
+            tokio::spawn(async move { c.append_batch(format!("ws-{i}"), i as u64, vec![vec![i as u8; 32]]).await })
         })
         .collect();
     let mut answered = 0;
@@ -360,9 +360,9 @@ async fn more_concurrent_calls_than_slots_all_succeed_against_a_slow_signer() {
         }
         assert_eq!(client.in_flight(), SLOTS, "never more than max_in_flight outstanding");
         for r in window {
-            let Request::AppendBatch { expected_size, leaves, want_proofs, .. } = r.req else { panic!("{:?}", r.req) };
+            let Request::AppendBatch { expected_size, bodies, want_proofs, .. } = r.req else { panic!("{:?}", r.req) };
             assert!(!want_proofs, "append_batch asks for no proofs");
-            let new_size = expected_size + leaves.len() as u64;
+            let new_size = expected_size + bodies.len() as u64;
             let resp = Response::Appended {
                 old_size: expected_size,
                 new_size,
@@ -389,7 +389,7 @@ async fn a_busy_answer_from_the_signer_is_busy() {
     let client = signer.client(opts());
     let call = tokio::spawn({
         let c = client.clone();
-        async move { c.append_batch("ws", 0, vec![[1; 32]]).await }
+        async move { c.append_batch("ws", 0, vec![vec![1; 32]]).await }
     });
     let r = signer.next().await;
     let reply = ErrorReply { code: ErrorCode::Busy, message: "queue full".into(), current_size: None };
@@ -404,7 +404,7 @@ async fn error_answers_become_remote_errors() {
     let client = signer.client(opts());
     let call = tokio::spawn({
         let c = client.clone();
-        async move { c.append_batch("ws", 10, vec![[1; 32]]).await }
+        async move { c.append_batch("ws", 10, vec![vec![1; 32]]).await }
     });
     let r = signer.next().await;
     let reply = ErrorReply { code: ErrorCode::SizeMismatch, message: "log has 12".into(), current_size: Some(12) };
@@ -437,7 +437,7 @@ async fn answers_that_do_not_fit_the_request_are_rejected() {
         let call = tokio::spawn({
             let c = client.clone();
             async move {
-                let leaves = vec![[1; 32], [2; 32]];
+                let leaves = vec![b"{}".to_vec(), b"[]".to_vec()];
                 if want_proofs {
                     c.append_batch_with_proofs("ws", 5, leaves).await
                 } else {
@@ -539,10 +539,10 @@ async fn convenience_methods_return_typed_answers() {
         assert_eq!(c.create_key("acme").await.unwrap(), vec![key(0)]);
         let r = c.rotate_key("acme", 0).await.unwrap();
         assert_eq!((r.keys, r.rotation), (vec![key(1), key(0)], rot));
-        let a = c.append_batch("acme", 7, vec![[1; 32], [2; 32]]).await.unwrap();
+        let a = c.append_batch("acme", 7, vec![vec![1; 32], vec![2; 32]]).await.unwrap();
         assert_eq!((a.old_size, a.new_size, a.proofs.len()), (7, 9, 0));
         assert_eq!(a.checkpoint, "cp9");
-        let a = c.append_batch_with_proofs("acme", 9, vec![[1; 32], [2; 32]]).await.unwrap();
+        let a = c.append_batch_with_proofs("acme", 9, vec![vec![1; 32], vec![2; 32]]).await.unwrap();
         assert_eq!((a.old_size, a.new_size, a.proofs), (9, 11, vec![vec![[3; 32]]; 2]));
         let cp = c.latest_checkpoint("acme").await.unwrap();
         assert_eq!((cp.size, cp.checkpoint), (9, Some("cp9".to_string())));
@@ -554,11 +554,11 @@ async fn convenience_methods_return_typed_answers() {
             Request::Ping => Response::Pong,
             Request::CreateKey { .. } => Response::Keys { keys: vec![key(0)] },
             Request::RotateKey { .. } => Response::Rotated { keys: vec![key(1), key(0)], rotation: rotation.clone() },
-            Request::AppendBatch { expected_size, ref leaves, want_proofs, .. } => Response::Appended {
+            Request::AppendBatch { expected_size, ref bodies, want_proofs, .. } => Response::Appended {
                 old_size: expected_size,
-                new_size: expected_size + leaves.len() as u64,
+                new_size: expected_size + bodies.len() as u64,
                 checkpoint: "cp9".into(),
-                proofs: if want_proofs { vec![vec![[3; 32]]; leaves.len()] } else { vec![] },
+                proofs: if want_proofs { vec![vec![[3; 32]]; bodies.len()] } else { vec![] },
             },
             Request::LatestCheckpoint { .. } => Response::Checkpoint { size: 9, checkpoint: Some("cp9".into()) },
             Request::Metrics => Response::MetricsText { text: "signer_up 1\n".into() },

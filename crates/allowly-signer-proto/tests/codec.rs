@@ -6,7 +6,8 @@ mod common;
 
 use allowly_signer_proto::{
     decode_request, decode_response, encode_request, encode_response, ErrorCode, ErrorReply, ProtoError, Request,
-    Response, SignedLeaf, MAX_BATCH_LEAVES, MAX_FRAME, MAX_PROOF_HASHES, PROTOCOL_VERSION,
+    Response, SignedLeaf, MAX_BATCH_BODY_BYTES, MAX_BATCH_LEAVES, MAX_BODY_LEN, MAX_FRAME, MAX_PROOF_HASHES,
+    PROTOCOL_VERSION,
 };
 use common::*;
 
@@ -49,18 +50,28 @@ fn roundtrip_rotate_key() {
 fn roundtrip_append_batch() {
     roundtrip_req(
         10,
-        Request::AppendBatch { workspace_id: "ws".into(), expected_size: 3, leaves: vec![[7; 32]], want_proofs: false },
+        Request::AppendBatch {
+            workspace_id: "ws".into(),
+            expected_size: 3,
+            bodies: vec![vec![7; 9]],
+            want_proofs: false,
+        },
     );
     roundtrip_req(
         12,
-        Request::AppendBatch { workspace_id: "ws".into(), expected_size: 3, leaves: vec![[7; 32]], want_proofs: true },
+        Request::AppendBatch {
+            workspace_id: "ws".into(),
+            expected_size: 3,
+            bodies: vec![vec![7; 9]],
+            want_proofs: true,
+        },
     );
     roundtrip_req(
         11,
         Request::AppendBatch {
             workspace_id: "ws".into(),
             expected_size: u64::MAX,
-            leaves: (0..MAX_BATCH_LEAVES).map(|i| [(i % 251) as u8; 32]).collect(),
+            bodies: (0..MAX_BATCH_LEAVES).map(|i| vec![(i % 251) as u8; 512]).collect(),
             want_proofs: true,
         },
     );
@@ -147,7 +158,8 @@ fn error_code_u16_mapping_is_total_and_canonical() {
     }
     assert_eq!(ErrorCode::from_u16(6), ErrorCode::SizeMismatch);
     assert_eq!(ErrorCode::from_u16(12), ErrorCode::StorageFailed);
-    assert_eq!(ErrorCode::from_u16(13), ErrorCode::Unknown(13));
+    assert_eq!(ErrorCode::from_u16(13), ErrorCode::ReceiptRefused);
+    assert_eq!(ErrorCode::from_u16(14), ErrorCode::Unknown(14));
     assert_eq!(ErrorCode::from_u16(0), ErrorCode::Unknown(0));
 }
 
@@ -155,20 +167,24 @@ fn error_code_u16_mapping_is_total_and_canonical() {
 
 #[test]
 fn kat_ping() {
-    assert_eq!(encode_req(0x0102_0304_0506_0708, &Request::Ping), [0, 0, 0, 10, 2, 0x01, 1, 2, 3, 4, 5, 6, 7, 8]);
+    assert_eq!(encode_req(0x0102_0304_0506_0708, &Request::Ping), [0, 0, 0, 10, 3, 0x01, 1, 2, 3, 4, 5, 6, 7, 8]);
 }
 
 #[test]
 fn kat_append_batch() {
     for want_proofs in [false, true] {
-        let req =
-            Request::AppendBatch { workspace_id: "w".into(), expected_size: 5, leaves: vec![[0xAA; 32]], want_proofs };
+        let req = Request::AppendBatch {
+            workspace_id: "w".into(),
+            expected_size: 5,
+            bodies: vec![b"{}".to_vec()],
+            want_proofs,
+        };
         let frame = encode_req(1, &req);
-        let mut expect = vec![0, 0, 0, 60, 2, 0x05, 0, 0, 0, 0, 0, 0, 0, 1];
+        let mut expect = vec![0, 0, 0, 34, 3, 0x05, 0, 0, 0, 0, 0, 0, 0, 1];
         expect.extend([0, 0, 0, 1, b'w']);
         expect.extend([0, 0, 0, 0, 0, 0, 0, 5]);
-        expect.extend([0, 0, 0, 1]);
-        expect.extend([0xAA; 32]);
+        expect.extend([0, 0, 0, 1]); // v3: bodies, each with its length
+        expect.extend([0, 0, 0, 2, b'{', b'}']);
         expect.push(u8::from(want_proofs)); // v2: one bool after the leaves
         assert_eq!(frame, expect);
     }
@@ -179,7 +195,7 @@ fn want_proofs_is_a_strict_bool_and_required() {
     let req = Request::AppendBatch {
         workspace_id: "w".into(),
         expected_size: 5,
-        leaves: vec![[0xAA; 32]],
+        bodies: vec![vec![0xAA; 32]],
         want_proofs: true,
     };
     let frame = encode_req(9, &req);
@@ -200,12 +216,12 @@ fn kat_error_and_checkpoint() {
         2,
         &Response::Error(ErrorReply { code: ErrorCode::SizeMismatch, message: "x".into(), current_size: Some(3) }),
     );
-    let mut expect = vec![0, 0, 0, 26, 2, 0xFF, 0, 0, 0, 0, 0, 0, 0, 2];
+    let mut expect = vec![0, 0, 0, 26, 3, 0xFF, 0, 0, 0, 0, 0, 0, 0, 2];
     expect.extend([0, 6, 0, 0, 0, 1, b'x', 1, 0, 0, 0, 0, 0, 0, 0, 3]);
     assert_eq!(frame, expect);
 
     let frame = encode_resp(3, &Response::Checkpoint { size: 1, checkpoint: None });
-    let mut expect = vec![0, 0, 0, 19, 2, 0x86, 0, 0, 0, 0, 0, 0, 0, 3];
+    let mut expect = vec![0, 0, 0, 19, 3, 0x86, 0, 0, 0, 0, 0, 0, 0, 3];
     expect.extend([0, 0, 0, 0, 0, 0, 0, 1, 0]);
     assert_eq!(frame, expect);
 }
@@ -251,9 +267,9 @@ fn short_header_has_no_request_id() {
 
 #[test]
 fn unsupported_version_keeps_request_id() {
-    assert_eq!(PROTOCOL_VERSION, 2);
-    // 1: a peer from before want_proofs; 3: a newer one.
-    for version in [1u8, 3] {
+    assert_eq!(PROTOCOL_VERSION, 3);
+    // 1: a peer from before want_proofs; 2: one that sends leaf hashes; 4: a newer one.
+    for version in [1u8, 2, 4] {
         let mut f = header(0x01, 77);
         f[0] = version;
         let e = decode_request(&f).unwrap_err();
@@ -306,14 +322,19 @@ fn workspace_ids_are_validated() {
 
 #[test]
 fn batch_limits() {
-    let batch = |n: u32| {
+    // `n` bodies of `len` bytes each.
+    let sized = |n: u32, len: u32| {
         let mut f = with_str(header(0x05, 1), b"ws");
         f.extend(0u64.to_be_bytes());
         f.extend(n.to_be_bytes());
-        f.extend(std::iter::repeat_n(0u8, n as usize * 32));
+        for _ in 0..n {
+            f.extend(len.to_be_bytes());
+            f.extend(std::iter::repeat_n(b'x', len as usize));
+        }
         f.push(0); // want_proofs
         f
     };
+    let batch = |n: u32| sized(n, 32);
     let e = decode_request(&batch(0)).unwrap_err();
     assert!(matches!(e, ProtoError::EmptyBatch { .. }));
     assert_eq!(e.code(), ErrorCode::InvalidArgument);
@@ -323,9 +344,25 @@ fn batch_limits() {
     assert!(matches!(e, ProtoError::BatchTooLarge { .. }), "{e}");
     assert_eq!(e.code(), ErrorCode::BatchTooLarge);
 
-    for leaves in [vec![], vec![[0; 32]; MAX_BATCH_LEAVES + 1]] {
+    // Body sizes: 1..=MAX_BODY_LEN each, MAX_BATCH_BODY_BYTES together (a BatchTooLarge, not a bad frame).
+    let e = decode_request(&sized(1, 0)).unwrap_err();
+    assert!(matches!(e, ProtoError::EmptyBody { .. }), "{e}");
+    assert_eq!(e.code(), ErrorCode::InvalidArgument);
+    assert!(decode_request(&sized(1, MAX_BODY_LEN as u32)).is_ok());
+    let e = decode_request(&sized(1, MAX_BODY_LEN as u32 + 1)).unwrap_err();
+    assert!(matches!(e, ProtoError::TooLong { field: "bodies[]", .. }), "{e}");
+    let per = (MAX_BATCH_BODY_BYTES / MAX_BODY_LEN) as u32;
+    assert!(decode_request(&sized(per, MAX_BODY_LEN as u32)).is_ok(), "exactly the byte limit");
+    let e = decode_request(&sized(per + 1, MAX_BODY_LEN as u32)).unwrap_err();
+    assert!(matches!(e, ProtoError::BatchBytesTooLarge { .. }), "{e}");
+    assert_eq!(e.code(), ErrorCode::BatchTooLarge);
+    let too_many_bytes = vec![vec![0; MAX_BODY_LEN]; MAX_BATCH_BODY_BYTES / MAX_BODY_LEN + 1];
+
+    for bodies in
+        [vec![], vec![vec![0; 1]; MAX_BATCH_LEAVES + 1], vec![vec![]], vec![vec![0; MAX_BODY_LEN + 1]], too_many_bytes]
+    {
         let mut out = Vec::new();
-        let req = Request::AppendBatch { workspace_id: "ws".into(), expected_size: 0, leaves, want_proofs: false };
+        let req = Request::AppendBatch { workspace_id: "ws".into(), expected_size: 0, bodies, want_proofs: false };
         assert!(encode_request(1, &req, &mut out).is_err());
         assert!(out.is_empty());
     }

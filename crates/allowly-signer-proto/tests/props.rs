@@ -32,11 +32,11 @@ fn arb_request() -> impl Strategy<Value = Request> {
         ws().prop_map(|workspace_id| Request::ListKeys { workspace_id }),
         (ws(), any::<u64>())
             .prop_map(|(workspace_id, expected_size)| Request::RotateKey { workspace_id, expected_size }),
-        (ws(), any::<u64>(), vec(hash(), 1..12), any::<bool>()).prop_map(
-            |(workspace_id, expected_size, leaves, want_proofs)| Request::AppendBatch {
+        (ws(), any::<u64>(), vec(vec(any::<u8>(), 1..40), 1..12), any::<bool>()).prop_map(
+            |(workspace_id, expected_size, bodies, want_proofs)| Request::AppendBatch {
                 workspace_id,
                 expected_size,
-                leaves,
+                bodies,
                 want_proofs
             }
         ),

@@ -14,7 +14,6 @@ use std::time::Instant;
 
 use allowly_signer::{server, Shared};
 use allowly_signer_proto::client::{ClientOptions, SignerClient};
-use sha2::{Digest, Sha256};
 
 fn metric(text: &str, name: &str) -> f64 {
     text.lines()
@@ -49,8 +48,14 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             tasks.spawn(async move {
                 let mut size = 0u64;
                 for b in 0..batches {
-                    let batch: Vec<[u8; 32]> =
-                        (0..leaves).map(|i| Sha256::digest(format!("{ws}/{b}/{i}")).into()).collect();
+                    const T0: u64 = 1_767_225_600_000;
+                    let batch: Vec<Vec<u8>> = (size..size + leaves as u64)
+                        .map(|i| allowly_signer::check::sample_body(&ws, &b.to_string(), i, T0 + i))
+                        .collect::<Result<_, _>>()
+                        .map_err(|e| allowly_signer_proto::client::ClientError::UnexpectedResponse {
+                            request: "sample body",
+                            detail: e.to_string(),
+                        })?;
                     size = c.append_batch(ws.as_str(), size, batch).await?.new_size;
                 }
                 Ok::<_, allowly_signer_proto::client::ClientError>(size)

@@ -21,9 +21,33 @@
 //!
 //! A crash in the middle of an audit write leaves a partial last line; it is cut when the
 //! signer starts again (before anything is appended after it), so every line stays whole JSON.
+//!
+//! # What a line records
+//!
+//! Every line names the workspace, the log size it speaks of, the checkpoint root (when there
+//! is one), the active key id and the peer uid that asked. A `checkpoint` or `rotation` line
+//! also lists the group's **leaf hashes** (`leaves`, in log order, indices
+//! `size - leaves.len() .. size`). Not a hash over them: the checkpoint root already commits to
+//! the count and every leaf, but an auditor holding a suspicious receipt needs to find *which*
+//! group appended its leaf, when and at whose request, and to diff the signer's leaves against
+//! the service's store; a digest would only say that a group differs, not where. The cost is
+//! 64 bytes of hex per receipt (about an eighth of a receipt body), written by the journal
+//! thread, not by the signing path.
+//!
+//! # The hash chain
+//!
+//! Each line starts with `"prev"`: the SHA-256 (hex) of the previous line's bytes (newline
+//! excluded), 64 zeros on the first line. The journal writer adds it, in file order, so a
+//! deleted, inserted, reordered or edited line breaks the chain at the next line
+//! ([`verify_chain`], `allowly-signer audit verify`). The chain alone cannot show that lines
+//! were cut from the *end*: record the head (the last line's hash, printed by the verifier)
+//! and pass it later with `--head`; the verifier then requires a line with that hash. A log
+//! written before the chain existed has no `prev` and does not verify: keep it aside and let
+//! the signer start a new file.
 
-use allowly_receipt::types::Timestamp;
-use serde::Serialize;
+use allowly_receipt::merkle::Hash;
+use allowly_receipt::types::{HexHash, Timestamp};
+use serde::{Serialize, Serializer};
 
 use crate::error::{Result, SignerError};
 
@@ -35,7 +59,13 @@ pub enum Event {
     Checkpoint,
     Rotation,
     Resumed,
+    /// An append or rotation refused as a fork, rollback or skipped index.
     Refused,
+    /// An append refused because a body is not a receipt the signer may sign.
+    ReceiptRefused,
+    /// An append at signed indices whose leaves agree with the log (a lost answer retried),
+    /// answered with the current size.
+    Stale,
 }
 
 /// One line.
@@ -51,6 +81,20 @@ pub struct Entry<'a> {
     /// Uid of the peer that asked (from SO_PEERCRED); `None` for the signer's own actions.
     pub peer_uid: Option<u32>,
     pub detail: Option<String>,
+    /// `checkpoint` and `rotation` lines: the leaf hashes the group appended, in log order
+    /// (indices `size - leaves.len() .. size`), as 64 lowercase hex digits each.
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "hex_leaves")]
+    pub leaves: Option<&'a [Hash]>,
+}
+
+fn hex_leaves<S: Serializer>(leaves: &Option<&[Hash]>, s: S) -> std::result::Result<S::Ok, S::Error> {
+    use serde::ser::SerializeSeq as _;
+    let leaves = leaves.unwrap_or_default();
+    let mut seq = s.serialize_seq(Some(leaves.len()))?;
+    for leaf in leaves {
+        seq.serialize_element(&HexHash(*leaf))?;
+    }
+    seq.end()
 }
 
 impl Entry<'_> {
@@ -59,5 +103,183 @@ impl Entry<'_> {
         let mut line = serde_json::to_vec(self).map_err(|e| SignerError::Corrupt(format!("audit line: {e}")))?;
         line.push(b'\n');
         Ok(line)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The hash chain.
+
+/// `prev` of the first line of an audit log.
+pub const GENESIS: [u8; 32] = [0; 32];
+
+/// The hash a line is chained by: SHA-256 of its bytes, newline excluded.
+pub fn line_hash(line: &[u8]) -> [u8; 32] {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(line.strip_suffix(b"\n").unwrap_or(line)).into()
+}
+
+/// Appends `lines` (whole JSON-object lines, each ending in `\n`, as [`Entry::line`] makes
+/// them) to `out`, each with `"prev":"<hex of the previous line's hash>"` as its first member,
+/// and advances `head` to the hash of the last one. Only the journal writer calls this, in
+/// file order, so the chain follows the file.
+pub fn chain_lines(head: &mut [u8; 32], lines: &[u8], out: &mut Vec<u8>) {
+    for line in lines.split_inclusive(|&b| b == b'\n') {
+        let start = out.len();
+        let inner = line.strip_prefix(b"{").unwrap_or(line);
+        out.extend_from_slice(b"{\"prev\":\"");
+        out.extend_from_slice(hex::encode(*head).as_bytes());
+        out.push(b'"');
+        if !inner.starts_with(b"}") {
+            out.push(b',');
+        }
+        out.extend_from_slice(inner);
+        *head = line_hash(&out[start..]);
+    }
+}
+
+/// What [`verify_chain`] found in an intact log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainSummary {
+    pub lines: u64,
+    /// Hash of the last line ([`GENESIS`] for an empty log): record it to detect a later
+    /// truncation (`--head`).
+    pub head: [u8; 32],
+    /// The line whose hash is the expected head, when one was given.
+    pub head_line: Option<u64>,
+}
+
+/// Why an audit log does not verify: the first problem met, with its 1-based line number.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChainError {
+    #[error("line {line} is not a JSON object with a \"prev\" member of 64 lowercase hex digits: written before the audit chain existed, or edited")]
+    Unreadable { line: u64 },
+    #[error("line 1 does not start the chain (its prev is not {genesis}): lines before it were deleted", genesis = hex::encode(GENESIS))]
+    BadStart,
+    #[error("line {line}'s prev is not the hash of line {prev_line}: a line was deleted, inserted or reordered there, or line {prev_line} was edited")]
+    Broken { line: u64, prev_line: u64 },
+    #[error("the last line ({line}) has no newline: a torn write (the signer cuts it at start) or an edit")]
+    Torn { line: u64 },
+    #[error("no line has the recorded head hash {head}: lines were removed from the end, or the log was rewritten")]
+    HeadMissing { head: String },
+}
+
+/// Checks an audit log's hash chain; with `expected_head`, also that a line with that hash
+/// exists (so the log was not cut back or rewritten since the head was recorded).
+pub fn verify_chain(text: &[u8], expected_head: Option<[u8; 32]>) -> std::result::Result<ChainSummary, ChainError> {
+    #[derive(serde::Deserialize)]
+    struct Prev<'a> {
+        prev: &'a str,
+    }
+    let mut head = GENESIS;
+    let mut lines = 0u64;
+    let mut head_line = None;
+    for line in text.split_inclusive(|&b| b == b'\n') {
+        lines += 1;
+        if !line.ends_with(b"\n") {
+            return Err(ChainError::Torn { line: lines });
+        }
+        let prev = serde_json::from_slice::<Prev<'_>>(line)
+            .ok()
+            .and_then(|p| HexHash::parse(p.prev).ok())
+            .ok_or(ChainError::Unreadable { line: lines })?;
+        if prev.0 != head {
+            return Err(if lines == 1 {
+                ChainError::BadStart
+            } else {
+                ChainError::Broken { line: lines, prev_line: lines - 1 }
+            });
+        }
+        head = line_hash(line);
+        if expected_head == Some(head) {
+            head_line = Some(lines);
+        }
+    }
+    match expected_head {
+        Some(GENESIS) => head_line = Some(0),
+        Some(h) if head_line.is_none() => return Err(ChainError::HeadMissing { head: hex::encode(h) }),
+        _ => {}
+    }
+    Ok(ChainSummary { lines, head, head_line })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn chained(lines: &[String]) -> (Vec<u8>, [u8; 32]) {
+        let mut head = GENESIS;
+        let mut out = Vec::new();
+        for l in lines {
+            chain_lines(&mut head, format!("{l}\n").as_bytes(), &mut out);
+        }
+        (out, head)
+    }
+
+    fn entries() -> impl Strategy<Value = Vec<String>> {
+        prop::collection::vec(
+            ("[a-z]{1,8}", 0u64..1000).prop_map(|(w, n)| format!(r#"{{"ws":"{w}","size":{n}}}"#)),
+            1..12,
+        )
+    }
+
+    #[test]
+    fn an_empty_object_and_several_lines_at_once_chain_too() {
+        let mut head = GENESIS;
+        let mut out = Vec::new();
+        chain_lines(&mut head, b"{}\n{\"a\":1}\n", &mut out);
+        let text = String::from_utf8(out.clone()).unwrap();
+        assert!(text.starts_with(&format!("{{\"prev\":\"{}\"}}\n{{\"prev\":\"", hex::encode(GENESIS))), "{text}");
+        assert_eq!(verify_chain(&out, Some(head)).unwrap().head_line, Some(2));
+        assert_eq!(verify_chain(b"", None).unwrap().lines, 0);
+    }
+
+    proptest! {
+        #[test]
+        fn verify_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..400)) {
+            let _ = verify_chain(&bytes, None);
+        }
+
+        /// A chained log verifies, every line is valid JSON, and the head is its last line's.
+        #[test]
+        fn chained_lines_verify(lines in entries()) {
+            let (text, head) = chained(&lines);
+            for l in text.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+                prop_assert!(serde_json::from_slice::<serde_json::Value>(l).is_ok());
+            }
+            let s = verify_chain(&text, Some(head)).unwrap();
+            prop_assert_eq!((s.lines, s.head, s.head_line), (lines.len() as u64, head, Some(lines.len() as u64)));
+        }
+
+        /// Any change of one byte is detected given the head (without it, only the last line's
+        /// own bytes escape the chain).
+        #[test]
+        fn any_changed_byte_is_detected(lines in entries(), at in any::<prop::sample::Index>(), x in 1u8..=255) {
+            let (mut text, head) = chained(&lines);
+            let i = at.index(text.len());
+            text[i] ^= x;
+            prop_assert!(verify_chain(&text, Some(head)).is_err());
+            let last_line_start = text[..text.len() - 1].iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
+            if i < last_line_start {
+                prop_assert!(verify_chain(&text, None).is_err());
+            }
+        }
+
+        /// Deleting, duplicating or swapping lines is detected.
+        #[test]
+        fn line_edits_are_detected(lines in entries(), at in any::<prop::sample::Index>(), op in 0..3u8) {
+            let (text, head) = chained(&lines);
+            let mut split: Vec<&[u8]> = text.split_inclusive(|&b| b == b'\n').collect();
+            let i = at.index(split.len());
+            match op {
+                0 => { split.remove(i); }
+                1 => { let l = split[i]; split.insert(i, l); }
+                _ if split.len() > 1 => { let j = (i + 1) % split.len(); split.swap(i, j); }
+                _ => { split.clear(); }
+            }
+            prop_assert!(verify_chain(&split.concat(), Some(head)).is_err());
+        }
     }
 }

@@ -16,6 +16,10 @@ pub enum SignerError {
     /// caller. Refused, counted and written to the audit log.
     #[error("log has {current} leaves, caller expected {expected}")]
     SizeMismatch { expected: u64, current: u64 },
+    /// An appended body is not a receipt the signer may sign (see [`crate::check`]): the whole
+    /// batch is refused, counted and written to the audit log.
+    #[error("receipt refused at log index {index}: {reason}")]
+    ReceiptRefused { index: u64, reason: String },
     /// The workspace's queue is full.
     #[error("workspace queue is full")]
     Busy,
@@ -51,6 +55,7 @@ impl SignerError {
             Self::UnknownWorkspace => ErrorCode::UnknownWorkspace,
             Self::WorkspaceExists => ErrorCode::WorkspaceExists,
             Self::SizeMismatch { .. } => ErrorCode::SizeMismatch,
+            Self::ReceiptRefused { .. } => ErrorCode::ReceiptRefused,
             Self::Busy => ErrorCode::Busy,
             Self::InvalidArgument(_) => ErrorCode::InvalidArgument,
             Self::Storage(_) => ErrorCode::StorageFailed,

@@ -60,7 +60,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::audit::Entry;
+use crate::audit::{chain_lines, line_hash, Entry, GENESIS};
 use crate::error::{Result, SignerError};
 use crate::keystore::sync_dir;
 use crate::metrics::Metrics;
@@ -85,8 +85,10 @@ const QUEUE: usize = 16_384;
 /// Most submissions, and about the most bytes, the writer takes into one group.
 const MAX_GROUP_SUBMISSIONS: usize = 8_192;
 const MAX_GROUP_BYTES: usize = 64 << 20;
-/// Bytes of the partial last audit line looked at when cutting it at open.
-const AUDIT_TAIL_SCAN: u64 = 1 << 20;
+/// Bytes at the end of the audit log looked at when opening it (to cut a partial last line and
+/// hash the last whole one, which the chain continues from). A line lists a group's leaf hashes,
+/// so the longest (65 536 leaves) is about 4.4 MB.
+const AUDIT_TAIL_SCAN: u64 = 8 << 20;
 
 /// Tuning of the journal.
 #[derive(Debug, Clone)]
@@ -297,6 +299,8 @@ struct Writer {
     jlen: u64,
     audit: Box<dyn Storage>,
     alen: u64,
+    /// Hash of the audit log's last durable line ([`GENESIS`] when empty): the next line's `prev`.
+    audit_head: [u8; 32],
     index: HashMap<String, Slot>,
     /// Bytes of the records in `index`.
     live: u64,
@@ -341,29 +345,43 @@ fn scan(file: impl io::Read, file_len: u64) -> Result<(HashMap<String, Slot>, u6
 }
 
 /// Opens the audit log and cuts a partial last line left by a crash, so that what is appended
-/// next starts a line of its own. Returns the file and its length.
-fn open_audit(path: &Path) -> Result<(File, u64)> {
+/// next starts a line of its own. Returns the file, its length and the hash of its last line
+/// (the chain's head, [`GENESIS`] when empty).
+fn open_audit(path: &Path) -> Result<(File, u64, [u8; 32])> {
     let file = open_rw(path)?;
     let len = file.metadata()?.len();
     if len == 0 {
-        return Ok((file, 0));
+        return Ok((file, 0, GENESIS));
     }
     let from = len.saturating_sub(AUDIT_TAIL_SCAN);
     let mut tail = vec![0u8; (len - from) as usize];
     file.read_exact_at(&mut tail, from)?;
-    if tail.last() == Some(&b'\n') {
-        return Ok((file, len));
-    }
-    let keep = match tail.iter().rposition(|&b| b == b'\n') {
-        Some(i) => from + i as u64 + 1,
-        None if from == 0 => 0,
-        // A "line" of a megabyte: not something this signer wrote; leave it for a human.
-        None => return Ok((file, len)),
+    let too_long = || {
+        SignerError::Corrupt(format!(
+            "the last line of {} is longer than {AUDIT_TAIL_SCAN} bytes: not written by this signer",
+            path.display()
+        ))
     };
-    tracing::warn!(cut = len - keep, "discarding a partial last line of the audit log");
-    file.set_len(keep)?;
-    file.sync_all()?;
-    Ok((file, keep))
+    let keep = match tail.iter().rposition(|&b| b == b'\n') {
+        Some(i) => i + 1,
+        None if from == 0 => 0,
+        None => return Err(too_long()),
+    };
+    if keep < tail.len() {
+        tracing::warn!(cut = tail.len() - keep, "discarding a partial last line of the audit log");
+        file.set_len(from + keep as u64)?;
+        file.sync_all()?;
+    }
+    let whole = &tail[..keep];
+    let head = match whole.strip_suffix(b"\n") {
+        None => GENESIS,
+        Some(body) => match body.iter().rposition(|&b| b == b'\n') {
+            Some(i) => line_hash(&whole[i + 1..]),
+            None if from == 0 => line_hash(whole),
+            None => return Err(too_long()),
+        },
+    };
+    Ok((file, from + keep as u64, head))
 }
 
 /// Writes all of `buf` at `offset`. A write that makes no progress is an error: it would loop.
@@ -426,7 +444,7 @@ impl Writer {
             file.set_len(valid)?;
             file.sync_all()?;
         }
-        let (audit, alen) = open_audit(&dir.join(AUDIT_FILE))?;
+        let (audit, alen, audit_head) = open_audit(&dir.join(AUDIT_FILE))?;
         let reader = File::open(&path)?;
         metrics.journal_bytes.set(i64::try_from(valid).unwrap_or(i64::MAX));
         Ok(Self {
@@ -438,6 +456,7 @@ impl Writer {
             reader,
             jlen: valid,
             alen,
+            audit_head,
             index,
             live,
             opts,
@@ -473,6 +492,8 @@ impl Writer {
     fn group(&mut self, group: &mut Vec<Submission>) {
         let mut journal = Vec::new();
         let mut audit = Vec::new();
+        // The chain's head as of the lines of this group; kept only if the group is durable.
+        let mut head = self.audit_head;
         // Index updates, applied only once the group is durable.
         let mut staged: Vec<(String, Slot)> = Vec::new();
         let mut waiting = Vec::new();
@@ -509,12 +530,13 @@ impl Writer {
                 journal.extend_from_slice(&r.bytes);
                 staged.push((r.ws, slot));
             }
-            audit.extend_from_slice(&lines);
+            chain_lines(&mut head, &lines, &mut audit);
             waiting.push(done);
         }
         if !waiting.is_empty() {
             match self.persist(&journal, &audit, staged.len()) {
                 Ok(()) => {
+                    self.audit_head = head;
                     for (ws, slot) in staged {
                         if let Some(old) = self.index.insert(ws, slot) {
                             self.live -= old.len;
@@ -708,6 +730,7 @@ mod tests {
             key_id: None,
             peer_uid: None,
             detail: None,
+            leaves: None,
         }
     }
 
@@ -838,6 +861,9 @@ mod tests {
         assert_eq!(audited[..3], want[..], "acknowledged groups audited in order");
         assert_eq!(audited.len(), 5);
         commit(&j, "a", 3).await.unwrap();
+        drop(j);
+        let chain = crate::audit::verify_chain(&fs::read(dir.path().join(AUDIT_FILE)).unwrap(), None);
+        assert_eq!(chain.map(|c| c.lines), Ok(6), "the chain skips the failed group's lines and spans the restart");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -862,6 +888,8 @@ mod tests {
         commit(&j, "a", 2).await.unwrap();
         drop(j);
         assert_eq!(open(dir.path()).load("a").await.unwrap().map(|s| s.size), Some(2));
+        let chain = crate::audit::verify_chain(&fs::read(dir.path().join(AUDIT_FILE)).unwrap(), None);
+        assert_eq!(chain.map(|c| c.lines), Ok(2), "rolled-back lines left the chain intact");
     }
 
     /// When a failed write cannot even be truncated away, the journal refuses everything until

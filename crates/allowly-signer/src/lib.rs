@@ -51,6 +51,7 @@
 //!   refusals counted in `allowly_signer_fork_attempts_total` and written to the audit log).
 
 pub mod audit;
+pub mod check;
 pub mod error;
 pub mod hardening;
 pub mod journal;

@@ -54,6 +54,26 @@ enum Command {
         #[arg(long)]
         socket: PathBuf,
     },
+    /// Work with the signer's audit log (`<dir>/audit.log`).
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Check the audit log's hash chain: exit 0 if intact (printing its line count and head),
+    /// 1 with the first broken line if a line was deleted, inserted, reordered or edited, 2 if
+    /// the file cannot be read. Needs no key and no running signer.
+    Verify {
+        /// The audit log.
+        file: PathBuf,
+        /// A head printed by an earlier run (64 hex digits): the log must still contain the
+        /// line it names, which detects lines cut from the end since then.
+        #[arg(long)]
+        head: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -77,6 +97,7 @@ fn main() -> ExitCode {
             serve(dir, socket, master_key_file, allow_uids, require_mlock, parent_pid)
         }
         Command::Ping { socket } => ping(socket),
+        Command::Audit { command: AuditCommand::Verify { file, head } } => return audit_verify(&file, head.as_deref()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -88,6 +109,36 @@ fn main() -> ExitCode {
 }
 
 type AnyResult = Result<(), Box<dyn std::error::Error>>;
+
+fn audit_verify(file: &Path, head: Option<&str>) -> ExitCode {
+    let head = match head.map(allowly_receipt::types::HexHash::parse).transpose() {
+        Ok(h) => h.map(|h| h.0),
+        Err(_) => {
+            eprintln!("allowly-signer: --head must be 64 lowercase hex digits");
+            return ExitCode::from(2);
+        }
+    };
+    let text = match std::fs::read(file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("allowly-signer: cannot read {}: {e}", file.display());
+            return ExitCode::from(2);
+        }
+    };
+    match allowly_signer::audit::verify_chain(&text, head) {
+        Ok(s) => {
+            println!("audit log intact: {} lines, head {}", s.lines, hex::encode(s.head));
+            if let Some(line) = s.head_line {
+                println!("the recorded head is line {line}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            println!("audit log TAMPERED: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
 
 fn init(dir: &Path) -> AnyResult {
     use std::os::unix::fs::PermissionsExt as _;

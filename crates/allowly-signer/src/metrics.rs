@@ -18,8 +18,16 @@ pub struct Metrics {
     pub checkpoints_signed: IntCounter,
     /// Leaves appended to logs.
     pub leaves_signed: IntCounter,
-    /// Appends refused because they would fork or roll back a log.
+    /// Appends (and rotations) refused because they conflict with the signed log: a different
+    /// leaf at a signed index, a skipped index, or a size the signer cannot check. Warns.
     pub fork_attempts: IntCounter,
+    /// Appends at an already signed index whose leaves agree with what was signed: a lost
+    /// answer retried, by `answer` (`checkpoint`: answered again with the same checkpoint;
+    /// `size_mismatch`: told the current size, the caller catches up). Benign; no warning.
+    pub append_replays: IntCounterVec,
+    /// Batches refused because a body is not a receipt the signer may sign, by `reason` (a
+    /// closed set: `malformed`, `workspace`, `log_index`, `kind`, `time_backwards`, `time_future`).
+    pub receipts_refused: IntCounterVec,
     /// Leaves per signature. Buckets: powers of 4 from 1 to 4096 (the protocol's batch limit;
     /// coalesced groups can exceed it, hence the last bucket at 65536).
     pub leaves_per_signature: Histogram,
@@ -54,12 +62,14 @@ impl Metrics {
             let _ = registry.register(Box::new(c.clone()));
             c
         };
-        let requests = IntCounterVec::new(
-            Opts::new("allowly_signer_requests_total", "Requests by operation and outcome"),
-            &["op", "outcome"],
-        )
-        .unwrap_or_else(|e| unreachable!("static metric: {e}"));
-        let _ = registry.register(Box::new(requests.clone()));
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels)
+                .unwrap_or_else(|e| unreachable!("static metric {name}: {e}"));
+            let _ = registry.register(Box::new(c.clone()));
+            c
+        };
+        let requests =
+            counter_vec("allowly_signer_requests_total", "Requests by operation and outcome", &["op", "outcome"]);
         let hist = |name: &str, help: &str, buckets: Vec<f64>| {
             let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
                 .unwrap_or_else(|e| unreachable!("static metric {name}: {e}"));
@@ -71,10 +81,18 @@ impl Metrics {
             let _ = registry.register(Box::new(g.clone()));
             g
         };
-        let fsyncs = IntCounterVec::new(Opts::new("allowly_signer_fsyncs_total", "fdatasync calls by file"), &["file"])
-            .unwrap_or_else(|e| unreachable!("static metric: {e}"));
-        let _ = registry.register(Box::new(fsyncs.clone()));
+        let fsyncs = counter_vec("allowly_signer_fsyncs_total", "fdatasync calls by file", &["file"]);
         Self {
+            append_replays: counter_vec(
+                "allowly_signer_append_replays_total",
+                "Appends at signed indices whose leaves agree with the signed log (lost answers retried), by answer",
+                &["answer"],
+            ),
+            receipts_refused: counter_vec(
+                "allowly_signer_receipts_refused_total",
+                "Append batches refused because a body is not a receipt the signer may sign, by reason",
+                &["reason"],
+            ),
             requests,
             peer_rejected: counter("allowly_signer_peer_rejected_total", "Connections refused: peer uid not allowed"),
             bad_frames: counter("allowly_signer_bad_frames_total", "Frames that could not be decoded"),
@@ -82,7 +100,7 @@ impl Metrics {
             leaves_signed: counter("allowly_signer_leaves_signed_total", "Leaves appended to workspace logs"),
             fork_attempts: counter(
                 "allowly_signer_fork_attempts_total",
-                "Appends refused because they would fork or roll back a log",
+                "Appends or rotations refused because they conflict with the signed log (fork, rollback, skipped index)",
             ),
             leaves_per_signature: hist(
                 "allowly_signer_leaves_per_signature",

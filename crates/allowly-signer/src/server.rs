@@ -105,6 +105,7 @@ fn outcome_label(r: &Response) -> &'static str {
             ErrorCode::InvalidArgument => "invalid_argument",
             ErrorCode::PermissionDenied => "permission_denied",
             ErrorCode::StorageFailed => "storage_failed",
+            ErrorCode::ReceiptRefused => "receipt_refused",
             ErrorCode::Internal | ErrorCode::Unknown(_) => "internal",
         },
         _ => "ok",
@@ -267,6 +268,7 @@ async fn create(shared: &Arc<Shared>, ws: &str, peer_uid: u32) -> Result<Respons
         key_id: Some(new.key_id().to_owned()),
         peer_uid: Some(peer_uid),
         detail: None,
+        leaves: None,
     };
     let record = Record::create(ws, &entry)?;
     let line = entry.line()?;
@@ -315,10 +317,10 @@ async fn dispatch(shared: &Arc<Shared>, req: Request, peer_uid: u32) -> Dispatch
         Request::RotateKey { workspace_id, expected_size } => {
             enqueue(shared, &workspace_id, |reply| WsMsg::Rotate { expected_size, peer_uid, reply }).await
         }
-        Request::AppendBatch { workspace_id, expected_size, leaves, want_proofs } => {
+        Request::AppendBatch { workspace_id, expected_size, bodies, want_proofs } => {
             enqueue(shared, &workspace_id, |reply| WsMsg::Append {
                 expected_size,
-                leaves,
+                bodies,
                 want_proofs,
                 peer_uid,
                 reply,

@@ -23,6 +23,11 @@ pub struct LogState {
     pub prev_size: u64,
     pub prev_peaks: Vec<HexHash>,
     pub last_group: Vec<HexHash>,
+    /// Unix ms of the `time` of the last receipt appended to the log (not the signer's own
+    /// `key.rotated` leaves): the next appended receipt may not be earlier. 0 in journals
+    /// written before it existed (then the first append after the upgrade sets it).
+    #[serde(default)]
+    pub last_leaf_ms: u64,
 }
 
 impl LogState {
@@ -36,6 +41,7 @@ impl LogState {
             prev_size: 0,
             prev_peaks: vec![],
             last_group: vec![],
+            last_leaf_ms: 0,
         }
     }
 

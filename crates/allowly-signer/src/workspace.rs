@@ -24,6 +24,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::oneshot;
 
 use crate::audit::{Entry, Event};
+use crate::check::{check_batch, Reason, Refusal};
 use crate::error::{Result, SignerError};
 use crate::journal::Record;
 use crate::keystore::WorkspaceKeys;
@@ -45,7 +46,8 @@ pub type Reply = oneshot::Sender<Result<Response>>;
 pub enum WsMsg {
     Append {
         expected_size: u64,
-        leaves: Vec<Hash>,
+        /// Receipt bodies, checked and hashed by the actor (`check`).
+        bodies: Vec<Vec<u8>>,
         want_proofs: bool,
         peer_uid: u32,
         reply: Reply,
@@ -69,6 +71,9 @@ pub enum WsMsg {
 struct PendingAppend {
     expected_size: u64,
     leaves: Vec<Hash>,
+    /// Unix ms of the first and last body's `time`.
+    first_ms: u64,
+    last_ms: u64,
     want_proofs: bool,
     peer_uid: u32,
     reply: Reply,
@@ -142,8 +147,29 @@ impl Actor for WorkspaceActor {
 
     async fn handle(&self, myself: ActorRef<WsMsg>, msg: WsMsg, s: &mut WsState) -> Result<(), ActorProcessingErr> {
         match msg {
-            WsMsg::Append { expected_size, leaves, want_proofs, peer_uid, reply } => {
-                s.pending.push_back(PendingAppend { expected_size, leaves, want_proofs, peer_uid, reply });
+            WsMsg::Append { expected_size, bodies, want_proofs, peer_uid, reply } => {
+                // The stateless checks and the hashing run here, once per batch, so a group
+                // keeps only leaf hashes; the time floor is checked against the running log in
+                // `sign_pending`.
+                let checked = match check_batch(&s.ws, expected_size, &bodies, now_ms()) {
+                    Ok(c) => c,
+                    Err(refusal) => {
+                        s.dequeued();
+                        let e = s.refuse_receipts(refusal, peer_uid).await;
+                        let _ = reply.send(Err(e));
+                        return Ok(());
+                    }
+                };
+                drop(bodies);
+                s.pending.push_back(PendingAppend {
+                    expected_size,
+                    leaves: checked.leaves,
+                    first_ms: checked.first_ms,
+                    last_ms: checked.last_ms,
+                    want_proofs,
+                    peer_uid,
+                    reply,
+                });
                 if !s.flush_scheduled {
                     s.flush_scheduled = true;
                     // Lands behind every message already queued: they all join this signature.
@@ -220,8 +246,41 @@ impl WsState {
             key_id: Some(hex::encode(self.keys.active_key_id())),
             peer_uid,
             detail,
+            leaves: None,
         }
         .line()
+    }
+
+    /// Counts, logs and audits a refused batch (durable before the refusal is answered), and
+    /// returns the error to answer with.
+    async fn refuse_receipts(&self, r: Refusal, peer_uid: u32) -> SignerError {
+        self.shared.metrics.receipts_refused.with_label_values(&[r.reason.label()]).inc();
+        tracing::warn!(workspace = %self.ws, index = r.index, reason = r.reason.label(), detail = %r.detail, peer_uid, "refused to sign a batch: a body is not a receipt of this log");
+        let detail = format!("log_index {}: {} ({})", r.index, r.detail, r.reason.label());
+        match self.audit_line(self.frontier.size(), Event::ReceiptRefused, Some(peer_uid), Some(detail)) {
+            Ok(line) => self.audit_refusals(line).await,
+            Err(e) => tracing::error!(workspace = %self.ws, error = %e, "refusal audit line"),
+        }
+        r.into()
+    }
+
+    /// Whether `p` (an append at an index the log already has) agrees with the leaves the signer
+    /// remembers: its last signed group, then `pending` (this group's accepted leaves, which
+    /// follow it). Leaves of `p` past those are new ones; they do not make it disagree.
+    fn agrees(&self, p: &PendingAppend, pending: &[Hash]) -> bool {
+        let group = &self.durable.last_group;
+        let start = self.durable.prev_size;
+        if start + group.len() as u64 != self.durable.size {
+            return false;
+        }
+        let Some(offset) = p.expected_size.checked_sub(start).and_then(|o| usize::try_from(o).ok()) else {
+            return false;
+        };
+        if offset >= group.len() + pending.len() {
+            return false;
+        }
+        let remembered = group.iter().map(|h| &h.0).chain(pending.iter()).skip(offset);
+        p.leaves.iter().zip(remembered).all(|(a, b)| a == b)
     }
 
     /// Writes refusal lines (durable before the refusals are answered, like every audit line);
@@ -295,27 +354,55 @@ impl WsState {
 
     async fn sign_pending(&mut self, group: Vec<PendingAppend>) {
         let mut running = self.frontier.size();
+        let mut running_ms = self.durable.last_leaf_ms;
         let mut accepted: Vec<PendingAppend> = Vec::with_capacity(group.len());
         let mut leaves: Vec<Hash> = Vec::new();
-        let mut refused: Vec<(PendingAppend, u64)> = Vec::new();
+        let mut refused: Vec<(PendingAppend, SignerError)> = Vec::new();
         let mut refusal_lines = Vec::new();
+        let m = &self.shared.metrics;
         for p in group {
-            if p.expected_size == running {
-                running += p.leaves.len() as u64;
-                leaves.extend_from_slice(&p.leaves);
-                accepted.push(p);
+            let (event, detail, error) = if p.expected_size == running {
+                if p.first_ms >= running_ms {
+                    running += p.leaves.len() as u64;
+                    running_ms = p.last_ms;
+                    leaves.extend_from_slice(&p.leaves);
+                    accepted.push(p);
+                    continue;
+                }
+                let reason = Reason::TimeBackwards;
+                m.receipts_refused.with_label_values(&[reason.label()]).inc();
+                tracing::warn!(workspace = %self.ws, index = running, peer_uid = p.peer_uid, "refused to sign a batch whose first receipt is older than the log's last");
+                let r = Refusal {
+                    index: running,
+                    reason,
+                    detail: format!("time {} is before the previous leaf's {}", ts(p.first_ms), ts(running_ms)),
+                };
+                let detail = format!("log_index {}: {} ({})", r.index, r.detail, reason.label());
+                (Event::ReceiptRefused, detail, r.into())
             } else if let Some(resp) = self.replay(&p) {
+                // A lost answer retried verbatim: the same checkpoint again, nothing new signed.
+                m.append_replays.with_label_values(&["checkpoint"]).inc();
                 let _ = p.reply.send(Ok(resp));
+                continue;
+            } else if p.expected_size < running && self.agrees(&p, &leaves) {
+                // Behind, but in agreement with what was signed (a lost answer retried with more
+                // leaves, or queued behind the group it repeats): tell the caller the size.
+                m.append_replays.with_label_values(&["size_mismatch"]).inc();
+                tracing::info!(workspace = %self.ws, expected = p.expected_size, current = running, peer_uid = p.peer_uid, "an append repeats signed leaves (a lost answer retried); answered with the current size");
+                let detail =
+                    format!("expected_size {} but log has {running}; its leaves agree with the log", p.expected_size);
+                (Event::Stale, detail, SignerError::SizeMismatch { expected: p.expected_size, current: running })
             } else {
-                self.shared.metrics.fork_attempts.inc();
+                m.fork_attempts.inc();
                 tracing::warn!(workspace = %self.ws, expected = p.expected_size, current = running, peer_uid = p.peer_uid, "refused an append that would fork or roll back the log");
                 let detail = format!("expected_size {} but log has {running}", p.expected_size);
-                match self.audit_line(running, Event::Refused, Some(p.peer_uid), Some(detail)) {
-                    Ok(line) => refusal_lines.extend_from_slice(&line),
-                    Err(e) => tracing::error!(workspace = %self.ws, error = %e, "refusal audit line"),
-                }
-                refused.push((p, running));
+                (Event::Refused, detail, SignerError::SizeMismatch { expected: p.expected_size, current: running })
+            };
+            match self.audit_line(running, event, Some(p.peer_uid), Some(detail)) {
+                Ok(line) => refusal_lines.extend_from_slice(&line),
+                Err(e) => tracing::error!(workspace = %self.ws, error = %e, "refusal audit line"),
             }
+            refused.push((p, error));
         }
         if accepted.is_empty() {
             self.audit_refusals(refusal_lines).await;
@@ -324,7 +411,8 @@ impl WsState {
             let want_proofs = accepted.iter().any(|p| p.want_proofs);
             let peer = accepted.last().map(|p| p.peer_uid);
             // The refusal lines ride along with the group's record: one wait, one fsync.
-            match self.sign_group(&leaves, time, Event::Checkpoint, peer, want_proofs, refusal_lines).await {
+            match self.sign_group(&leaves, running_ms, time, Event::Checkpoint, peer, want_proofs, refusal_lines).await
+            {
                 Ok((checkpoint, proofs)) => {
                     let mut start = 0usize;
                     for p in accepted {
@@ -359,17 +447,20 @@ impl WsState {
                 }
             }
         }
-        for (p, current) in refused {
-            let _ = p.reply.send(Err(SignerError::SizeMismatch { expected: p.expected_size, current }));
+        for (p, error) in refused {
+            let _ = p.reply.send(Err(error));
         }
     }
 
     /// Appends `leaves`, signs one checkpoint, and makes the new state durable (journal record
     /// and audit line, plus `extra_audit` lines) before returning the note and proofs. On
-    /// failure nothing changes in memory and the signature is dropped unseen.
+    /// failure nothing changes in memory and the signature is dropped unseen. `last_leaf_ms` is
+    /// the time of the last appended receipt after this group (the floor for the next one).
+    #[allow(clippy::too_many_arguments)]
     async fn sign_group(
         &mut self,
         leaves: &[Hash],
+        last_leaf_ms: u64,
         time: u64,
         event: Event,
         peer: Option<u32>,
@@ -388,6 +479,7 @@ impl WsState {
             prev_size: prev.size(),
             prev_peaks: prev.peaks().iter().copied().map(HexHash).collect(),
             last_group: leaves.iter().copied().map(HexHash).collect(),
+            last_leaf_ms,
         };
         let entry = Entry {
             time: ts(now_ms()),
@@ -398,8 +490,10 @@ impl WsState {
             key_id: Some(hex::encode(self.keys.active_key_id())),
             peer_uid: peer,
             detail: None,
+            leaves: Some(leaves),
         };
-        let record = Record::new(&self.ws, &state, &entry)?;
+        // The journal's copy of the entry leaves the leaf hashes out: the state has them.
+        let record = Record::new(&self.ws, &state, &Entry { leaves: None, ..entry.clone() })?;
         extra_audit.extend_from_slice(&entry.line()?);
         let started = Instant::now();
         self.shared.journal.write(Some(record), extra_audit).await?;
@@ -462,7 +556,10 @@ impl WsState {
         let bytes = body.canonical_bytes()?;
         let leaf = allowly_receipt::merkle::leaf_hash(&bytes);
         let (checkpoint, proofs) =
-            self.sign_group(&[leaf], time, Event::Rotation, Some(peer_uid), true, Vec::new()).await?;
+            // The signer's own leaf: its time (the signer's clock) is not the floor for the
+            // appended receipts, which carry the service's clock.
+            self.sign_group(&[leaf], self.durable.last_leaf_ms, time, Event::Rotation, Some(peer_uid), true, Vec::new())
+                .await?;
         let proof = proofs.into_iter().next().unwrap_or_default();
         Ok(Response::Rotated {
             keys: self.keys.infos.clone(),

@@ -73,10 +73,10 @@ async fn appended_checkpoints_and_proofs_verify_against_the_published_key() {
     let mut last = String::new();
     let mut last_time = None;
     for n in [1, 3, 17] {
-        let batch = leaves(ws, all.len(), n);
+        let batch = bodies(ws, all.len(), n);
         let out = c.append_batch_with_proofs(ws, all.len() as u64, batch.clone()).await.unwrap();
         assert_eq!(out.old_size, all.len() as u64);
-        all.extend_from_slice(&batch);
+        all.extend(hashes(&batch));
         let cp = check_appended(ws, &all, &batch, &out, &v);
         assert_eq!(cp.size, all.len() as u64, "a lone batch's checkpoint is exactly its new size");
         let (_, time) = open_checkpoint(ws, &out.checkpoint, &v);
@@ -112,10 +112,10 @@ async fn pipelined_appends_on_one_connection_all_succeed_and_share_signatures() 
 
     const N: usize = 60;
     let mut all: Vec<Hash> = Vec::new();
-    let mut sent: Vec<(u64, Vec<Hash>)> = Vec::new();
+    let mut sent: Vec<(u64, Vec<Vec<u8>>)> = Vec::new();
     let mut wire = Vec::new();
     for i in 0..N {
-        let batch = leaves(ws, all.len(), 1 + i % 3);
+        let batch = bodies(ws, all.len(), 1 + i % 3);
         let expected_size = all.len() as u64;
         wire.extend(frame(
             i as u64 + 1,
@@ -123,11 +123,11 @@ async fn pipelined_appends_on_one_connection_all_succeed_and_share_signatures() 
             &Request::AppendBatch {
                 workspace_id: ws.into(),
                 expected_size,
-                leaves: batch.clone(),
+                bodies: batch.clone(),
                 want_proofs: i % 2 == 0,
             },
         ));
-        all.extend_from_slice(&batch);
+        all.extend(hashes(&batch));
         sent.push((expected_size, batch));
     }
     let mut stream = UnixStream::connect(&sock).await.unwrap();
@@ -183,11 +183,12 @@ async fn racing_connections_append_exactly_once_with_compare_and_swap() {
             let mut done = Vec::new();
             let mut guess = 0u64;
             for b in 0..6usize {
-                let batch = leaves(&format!("{ws}/task{t}"), b * 10, 1 + (t + b) % 4);
                 let mut attempts = 0;
                 loop {
                     attempts += 1;
                     assert!(attempts < 1000, "task {t} batch {b}: no progress");
+                    // Bodies name their log index, so a batch is rebuilt for each guess.
+                    let batch = tagged(ws, &format!("task{t}/{b}"), guess as usize, 1 + (t + b) % 4);
                     match c.append_batch_with_proofs(ws, guess, batch.clone()).await {
                         Ok(out) => {
                             guess = out.new_size;
@@ -212,7 +213,7 @@ async fn racing_connections_append_exactly_once_with_compare_and_swap() {
     let mut all: Vec<Hash> = Vec::new();
     for (batch, out) in &done {
         assert_eq!(out.old_size, all.len() as u64, "batches overlap or leave a gap");
-        all.extend_from_slice(batch);
+        all.extend(hashes(batch));
     }
     for (batch, out) in &done {
         check_appended(ws, &all, batch, out, &v);
@@ -236,9 +237,9 @@ async fn rotation_keeps_old_checkpoints_valid_and_logs_a_verifiable_key_rotated_
     let mut all: Vec<Hash> = Vec::new();
     let mut before = Vec::new();
     for n in [2, 3] {
-        let batch = leaves(ws, all.len(), n);
+        let batch = bodies(ws, all.len(), n);
         let out = c.append_batch_with_proofs(ws, all.len() as u64, batch.clone()).await.unwrap();
-        all.extend_from_slice(&batch);
+        all.extend(hashes(&batch));
         check_appended(ws, &all, &batch, &out, std::slice::from_ref(&old_v));
         before.push(out.checkpoint);
     }
@@ -302,9 +303,9 @@ async fn rotation_keeps_old_checkpoints_valid_and_logs_a_verifiable_key_rotated_
     }
 
     // After the rotation the new key signs; the old key was no longer valid at that time.
-    let batch = leaves(ws, all.len(), 4);
+    let batch = bodies(ws, all.len(), 4);
     let out = c.append_batch_with_proofs(ws, all.len() as u64, batch.clone()).await.unwrap();
-    all.extend_from_slice(&batch);
+    all.extend(hashes(&batch));
     check_appended(ws, &all, &batch, &out, std::slice::from_ref(&new_v));
     signed_by_key_valid_at_its_time(ws, &out.checkpoint, &trusted);
     let (_, t) = open_checkpoint(ws, &out.checkpoint, &trusted.verifiers);
@@ -329,7 +330,7 @@ async fn kill9_and_restart_continue_exactly_from_the_last_answered_checkpoint() 
     let mut all: Vec<Hash> = Vec::new();
     let mut last: Option<String> = None;
     // A batch whose answer was lost in the crash: the signer may or may not have applied it.
-    let mut unanswered: Option<(u64, Vec<Hash>)> = None;
+    let mut unanswered: Option<(u64, Vec<Vec<u8>>)> = None;
 
     for round in 0..5 {
         let mut s = Signer::serve(&dir, &sock);
@@ -346,7 +347,7 @@ async fn kill9_and_restart_continue_exactly_from_the_last_answered_checkpoint() 
             let applied = latest.size == at + batch.len() as u64;
             assert!(applied || latest.size == at, "after a crash mid-append the log has {} leaves", latest.size);
             let out = c.append_batch_with_proofs(ws, at, batch.clone()).await.unwrap();
-            all.extend_from_slice(&batch);
+            all.extend(hashes(&batch));
             check_appended(ws, &all, &batch, &out, &v);
             if applied {
                 assert_eq!(Some(&out.checkpoint), latest.checkpoint.as_ref(), "retry of an applied batch re-signed");
@@ -360,9 +361,9 @@ async fn kill9_and_restart_continue_exactly_from_the_last_answered_checkpoint() 
         let old_size = all.len() as u64;
         let old_root = last.as_ref().map(|n| open_checkpoint(ws, n, &v).0.root);
         for _ in 0..rng.range(1, 4) {
-            let batch = leaves(ws, all.len(), rng.range(1, 25) as usize);
+            let batch = bodies(ws, all.len(), rng.range(1, 25) as usize);
             let out = c.append_batch_with_proofs(ws, all.len() as u64, batch.clone()).await.unwrap();
-            all.extend_from_slice(&batch);
+            all.extend(hashes(&batch));
             check_appended(ws, &all, &batch, &out, &v);
             last = Some(out.checkpoint);
         }
@@ -374,24 +375,24 @@ async fn kill9_and_restart_continue_exactly_from_the_last_answered_checkpoint() 
         }
         let stale = rng.range(0, all.len() as u64 - 1);
         size_mismatch(
-            c.append_batch(ws, stale, leaves("stale", all.len(), 2)).await,
+            c.append_batch(ws, stale, tagged(ws, "stale", stale as usize, 2)).await,
             "append at a stale size after restart",
             all.len() as u64,
         );
 
         if round == 3 {
             // Crash with an append in flight.
-            let batch = leaves(ws, all.len(), rng.range(1, 9) as usize);
+            let batch = bodies(ws, all.len(), rng.range(1, 9) as usize);
             let mut raw = UnixStream::connect(&sock).await.unwrap();
             let req = Request::AppendBatch {
                 workspace_id: ws.into(),
                 expected_size: all.len() as u64,
-                leaves: batch,
+                bodies: batch,
                 want_proofs: false,
             };
             raw.write_all(&frame(1, &req)).await.unwrap();
-            let Request::AppendBatch { expected_size, leaves, .. } = req else { unreachable!() };
-            unanswered = Some((expected_size, leaves));
+            let Request::AppendBatch { expected_size, bodies, .. } = req else { unreachable!() };
+            unanswered = Some((expected_size, bodies));
         }
         s.kill9();
     }
@@ -408,11 +409,11 @@ async fn forks_and_rollbacks_are_refused_counted_and_audited_and_a_lost_answer_i
     let c = s.ready().await;
     let ws = "ws_fork";
     let v = vec![verifier(ws, &c.create_key(ws).await.unwrap()[0])];
-    let a = leaves(ws, 0, 4);
+    let a = bodies(ws, 0, 4);
     let out_a = c.append_batch(ws, 0, a.clone()).await.unwrap();
-    let b = leaves(ws, 4, 6);
+    let b = bodies(ws, 4, 6);
     let out_b = c.append_batch_with_proofs(ws, 4, b.clone()).await.unwrap();
-    let all: Vec<Hash> = [a.clone(), b.clone()].concat();
+    let all: Vec<Hash> = hashes(&[a.clone(), b.clone()].concat());
     check_appended(ws, &all, &b, &out_b, &v);
     let size = all.len() as u64;
 
@@ -420,11 +421,15 @@ async fn forks_and_rollbacks_are_refused_counted_and_audited_and_a_lost_answer_i
     let forks0 = metric(&m0, "allowly_signer_fork_attempts_total");
     let signed0 = metric(&m0, "allowly_signer_checkpoints_signed_total");
 
-    size_mismatch(c.append_batch(ws, size - 1, leaves("fork", 0, 1)).await, "rollback by one", size);
-    size_mismatch(c.append_batch(ws, size + 5, leaves("fork", 1, 1)).await, "skip ahead", size);
+    size_mismatch(
+        c.append_batch(ws, size - 1, tagged(ws, "fork", size as usize - 1, 1)).await,
+        "rollback by one",
+        size,
+    );
+    size_mismatch(c.append_batch(ws, size + 5, tagged(ws, "fork", size as usize + 5, 1)).await, "skip ahead", size);
     // Same place as the last batch but different leaves: a fork, not a retry.
     let mut forged = b.clone();
-    forged[2] = merkle::leaf_hash(b"forged");
+    forged[2] = body_at(ws, "forged", 6, T0 + 6);
     size_mismatch(c.append_batch(ws, 4, forged).await, "fork of the last batch", size);
     // A batch older than the last signed group is not replayed either.
     size_mismatch(c.append_batch(ws, 0, a.clone()).await, "retry of an older batch", size);
@@ -457,12 +462,262 @@ async fn forks_and_rollbacks_are_refused_counted_and_audited_and_a_lost_answer_i
     let bare = c.append_batch(ws, 4, b.clone()).await.unwrap();
     assert_eq!(bare.checkpoint, out_b.checkpoint);
     check_appended_without_proofs(ws, &all, &b, &bare, &v);
+    // Behind but agreeing (the last batch again with one new receipt after it, as a service
+    // retrying a lost answer with what it committed meanwhile): told the size, not a fork.
+    let mut more = b.clone();
+    more.extend(bodies(ws, 10, 1));
+    size_mismatch(c.append_batch(ws, 4, more).await, "retry with more leaves", size);
     let m2 = metrics(&c).await;
     assert_eq!(metric(&m2, "allowly_signer_checkpoints_signed_total"), signed0, "the replay signed something");
-    assert_eq!(metric(&m2, "allowly_signer_fork_attempts_total") - forks0, 4.0, "the replay counted as a fork");
+    assert_eq!(metric(&m2, "allowly_signer_fork_attempts_total") - forks0, 4.0, "a replay counted as a fork");
+    let replays =
+        |m: &str, answer: &str| metric0(m, &format!("allowly_signer_append_replays_total{{answer=\"{answer}\"}}"));
+    assert_eq!(replays(&m2, "checkpoint") - replays(&m0, "checkpoint"), 2.0, "exact replays counted");
+    assert_eq!(replays(&m2, "size_mismatch") - replays(&m0, "size_mismatch"), 1.0, "the stale retry counted");
+    let stale: Vec<_> = s.audit().into_iter().filter(|l| l["event"] == "stale" && l["workspace_id"] == ws).collect();
+    assert_eq!(stale.len(), 1, "the stale retry is audited as such: {stale:?}");
+    assert_eq!(s.audit().iter().filter(|l| l["event"] == "refused").count(), 4, "and not as a refusal");
     let latest = c.latest_checkpoint(ws).await.unwrap();
     assert_eq!((latest.size, latest.checkpoint.as_deref()), (size, Some(out_b.checkpoint.as_str())));
     assert_ne!(out_a.checkpoint, out_b.checkpoint);
+}
+
+/// The forged-leaf scenario: a client on the signer's socket (what a compromised front end is)
+/// tries to get a checkpoint over something that is not the next receipt of that workspace's
+/// log. Every attempt is refused as a whole batch, nothing is signed, each refusal is counted
+/// by reason and audited with the peer uid, and the honest log goes on afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_signer_refuses_anything_but_the_next_receipts_of_that_workspace() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, sock) = fresh(tmp.path());
+    let mut s = Signer::serve(&dir, &sock);
+    let c = s.ready().await;
+    let ws = "ws_forge";
+    let v = vec![verifier(ws, &c.create_key(ws).await.unwrap()[0])];
+    c.create_key("ws_other").await.unwrap();
+    let good = bodies(ws, 0, 3);
+    let mut all = hashes(&good);
+    let out = c.append_batch(ws, 0, good.clone()).await.unwrap();
+    check_appended_without_proofs(ws, &all, &good, &out, &v);
+    let m0 = metrics(&c).await;
+
+    // A key.rotated receipt is the signer's own: a caller may not append one.
+    let mut rotated: serde_json::Value = serde_json::from_slice(&body_at(ws, "", 3, T0 + 3)).unwrap();
+    for member in ["authorization_id", "seq", "prev", "decision", "reason", "resource", "context_hash"] {
+        rotated[member] = serde_json::Value::Null;
+    }
+    rotated["kind"] = "key.rotated".into();
+    rotated["key"] = serde_json::json!({"key_id": "00000000", "vkey": "x", "replaces": "11111111"});
+    let rotated = allowly_receipt::jcs::canonicalize(&rotated).unwrap();
+    let mut no_time: serde_json::Value = serde_json::from_slice(&body_at(ws, "", 3, T0 + 3)).unwrap();
+    no_time.as_object_mut().unwrap().remove("time");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+
+    let cases: Vec<(&str, Vec<Vec<u8>>, &str)> = vec![
+        ("a bare leaf hash", vec![merkle::leaf_hash(b"forged").to_vec()], "malformed"),
+        ("JSON that is not a receipt", vec![br#"{"decision":"allow"}"#.to_vec()], "malformed"),
+        ("a body without its time", vec![allowly_receipt::jcs::canonicalize(&no_time).unwrap()], "malformed"),
+        ("a receipt of another workspace", vec![body_at("ws_other", "", 3, T0 + 3)], "workspace"),
+        ("a receipt claiming another index", vec![body_at(ws, "", 7, T0 + 7)], "log_index"),
+        ("a good body then a wrong index", vec![body_at(ws, "", 3, T0 + 3), body_at(ws, "", 3, T0 + 3)], "log_index"),
+        ("a key.rotated receipt", vec![rotated], "kind"),
+        (
+            "time going backwards in a batch",
+            vec![body_at(ws, "", 3, T0 + 9), body_at(ws, "", 4, T0 + 8)],
+            "time_backwards",
+        ),
+        ("time before the log's last leaf", vec![body_at(ws, "", 3, T0 + 1)], "time_backwards"),
+        ("time an hour ahead of the signer", vec![body_at(ws, "", 3, now + 3_600_000)], "time_future"),
+    ];
+    let uid = u64::from(rustix::process::geteuid().as_raw());
+    for (what, batch, _) in &cases {
+        let e = remote(c.append_batch(ws, 3, batch.clone()).await, what);
+        assert_eq!(e.code, ErrorCode::ReceiptRefused, "{what}: {e}");
+        assert!(
+            e.message.contains("log_index 3") || e.message.contains("log index 3") || e.message.contains("index 4"),
+            "{what}: the refusal names the index: {e}"
+        );
+    }
+    let m1 = metrics(&c).await;
+    assert_eq!(
+        metric(&m1, "allowly_signer_checkpoints_signed_total"),
+        metric(&m0, "allowly_signer_checkpoints_signed_total"),
+        "something was signed"
+    );
+    assert_eq!(metric(&m1, "allowly_signer_fork_attempts_total"), metric(&m0, "allowly_signer_fork_attempts_total"));
+    for reason in ["malformed", "workspace", "log_index", "kind", "time_backwards", "time_future"] {
+        let name = format!("allowly_signer_receipts_refused_total{{reason=\"{reason}\"}}");
+        let want = cases.iter().filter(|(_, _, r)| *r == reason).count() as f64;
+        assert_eq!(metric0(&m1, &name) - metric0(&m0, &name), want, "refusals counted by reason {reason}");
+    }
+    let latest = c.latest_checkpoint(ws).await.unwrap();
+    assert_eq!((latest.size, latest.checkpoint.as_deref()), (3, Some(out.checkpoint.as_str())), "the log moved");
+    let refused: Vec<_> =
+        s.audit().into_iter().filter(|l| l["event"] == "receipt_refused" && l["workspace_id"] == ws).collect();
+    assert_eq!(refused.len(), cases.len(), "one audit line per refused batch: {refused:?}");
+    assert!(refused.iter().all(|l| l["peer_uid"].as_u64() == Some(uid) && l["size"] == 3), "{refused:?}");
+
+    // The honest next receipts are still signed, over exactly the leaves the test computed.
+    let next = bodies(ws, 3, 2);
+    let out = c.append_batch(ws, 3, next.clone()).await.unwrap();
+    all.extend(hashes(&next));
+    check_appended_without_proofs(ws, &all, &next, &out, &v);
+    // The audit line of a signed group lists its leaf hashes.
+    let audit = s.audit();
+    let line = audit.iter().rev().find(|l| l["event"] == "checkpoint" && l["workspace_id"] == ws).unwrap();
+    let listed: Vec<String> =
+        line["leaves"].as_array().unwrap().iter().map(|h| h.as_str().unwrap().to_owned()).collect();
+    assert_eq!(listed, all[3..].iter().map(hex::encode).collect::<Vec<_>>(), "{line}");
+}
+
+/// The time floor survives a restart: it is in the signer's journal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_time_floor_survives_a_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, sock) = fresh(tmp.path());
+    let ws = "ws_floor";
+    {
+        let mut s = Signer::serve(&dir, &sock);
+        let c = s.ready().await;
+        c.create_key(ws).await.unwrap();
+        c.append_batch(ws, 0, vec![body_at(ws, "", 0, T0 + 1000)]).await.unwrap();
+        s.kill9();
+    }
+    let mut s = Signer::serve(&dir, &sock);
+    let c = s.ready().await;
+    let e = remote(c.append_batch(ws, 1, vec![body_at(ws, "", 1, T0 + 999)]).await, "backwards after restart");
+    assert_eq!(e.code, ErrorCode::ReceiptRefused, "{e}");
+    c.append_batch(ws, 1, vec![body_at(ws, "", 1, T0 + 1000)]).await.unwrap();
+}
+
+/// A benign recovery is not a fork attempt: the signer is stopped (SIGSTOP) while the service,
+/// whose answer is late, sends the same append again and then again with what it committed
+/// meanwhile; resumed, the signer signs once and answers the repeats as replays, with no fork
+/// counted and no `refused` audit line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_signer_answers_repeated_appends_as_replays_not_forks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, sock) = fresh(tmp.path());
+    let mut s = Signer::serve(&dir, &sock);
+    let c = s.ready().await;
+    let ws = "ws_pause";
+    c.create_key(ws).await.unwrap();
+    c.append_batch(ws, 0, bodies(ws, 0, 2)).await.unwrap();
+    let m0 = metrics(&c).await;
+
+    let first = bodies(ws, 2, 3);
+    let mut more = first.clone();
+    more.extend(bodies(ws, 5, 2));
+    let mut wire = Vec::new();
+    for (id, batch) in [(1, &first), (2, &first), (3, &more)] {
+        let req = Request::AppendBatch {
+            workspace_id: ws.into(),
+            expected_size: 2,
+            bodies: batch.clone(),
+            want_proofs: false,
+        };
+        wire.extend(frame(id, &req));
+    }
+    let pid = rustix::process::Pid::from_raw(s.pid() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::STOP).unwrap();
+    let mut st = UnixStream::connect(&sock).await.unwrap();
+    st.write_all(&wire).await.unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::CONT).unwrap();
+    let mut answers = HashMap::new();
+    for _ in 0..3 {
+        let (id, resp) = read_response(&mut st).await.expect("answered");
+        answers.insert(id, resp);
+    }
+    let Some(Response::Appended { new_size: 5, .. }) = answers.get(&1) else { panic!("{answers:?}") };
+    for id in [2, 3] {
+        match &answers[&id] {
+            Response::Appended { new_size: 5, .. } => {}
+            Response::Error(e) if e.code == ErrorCode::SizeMismatch && e.current_size == Some(5) => {}
+            other => panic!("request {id}: {other:?}"),
+        }
+    }
+    let m1 = metrics(&c).await;
+    assert_eq!(metric(&m1, "allowly_signer_fork_attempts_total"), metric(&m0, "allowly_signer_fork_attempts_total"));
+    let replays = |m: &str| {
+        ["checkpoint", "size_mismatch"]
+            .iter()
+            .map(|a| metric0(m, &format!("allowly_signer_append_replays_total{{answer=\"{a}\"}}")))
+            .sum::<f64>()
+    };
+    assert_eq!(replays(&m1) - replays(&m0), 2.0, "both repeats counted as replays");
+    assert_eq!(
+        metric(&m1, "allowly_signer_checkpoints_signed_total") - metric(&m0, "allowly_signer_checkpoints_signed_total"),
+        1.0
+    );
+    assert!(!s.audit().iter().any(|l| l["event"] == "refused"), "a replay audited as a refusal");
+    assert!(!s.stderr().contains("fork"), "a replay logged as a fork:\n{}", s.stderr());
+    // The caller catches up at the size it was told.
+    c.append_batch(ws, 5, bodies(ws, 5, 2)).await.unwrap();
+}
+
+/// `allowly-signer audit verify` on the real audit log of a real signer: intact passes (and
+/// prints its head); each kind of tampering fails with a message naming the line, exit 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_verify_passes_an_intact_log_and_names_each_kind_of_tampering() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, sock) = fresh(tmp.path());
+    let mut s = Signer::serve(&dir, &sock);
+    let c = s.ready().await;
+    let ws = "ws_audit";
+    c.create_key(ws).await.unwrap();
+    for at in 0..4 {
+        c.append_batch(ws, at, bodies(ws, at as usize, 1)).await.unwrap();
+    }
+    let _ = c.append_batch(ws, 0, bodies(ws, 0, 1)).await; // a refusal line too
+    let text = s.audit_text();
+    let lines: Vec<&str> = text.split_inclusive('\n').collect();
+    assert!(lines.len() >= 6, "{text}");
+
+    let verify = |name: &str, content: &str, head: Option<&str>| {
+        let path = tmp.path().join(name);
+        std::fs::write(&path, content).unwrap();
+        let mut cmd = Command::new(signer_bin());
+        cmd.args(["audit", "verify"]).arg(&path);
+        if let Some(h) = head {
+            cmd.args(["--head", h]);
+        }
+        let (status, out, err) = run_with_deadline(&mut cmd);
+        (status.code(), format!("{out}{err}"))
+    };
+    let (code, out) = verify("intact", &text, None);
+    assert_eq!(code, Some(0), "{out}");
+    let head = out.split("head ").nth(1).unwrap().trim().to_owned();
+    assert_eq!(head.len(), 64, "{out}");
+    let (code, out) = verify("intact_head", &text, Some(&head));
+    assert_eq!(code, Some(0), "{out}");
+
+    let without = |i: usize| lines.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, l)| *l).collect::<String>();
+    let mut swapped = lines.clone();
+    swapped.swap(1, 2);
+    let mut duplicated = lines.clone();
+    duplicated.insert(2, lines[1]);
+    let edited = text.replacen("\"size\":1", "\"size\":9", 1);
+    assert_ne!(edited, text);
+    let last = lines.len();
+    let torn = format!("last line ({}) has no newline", last + 1);
+    let cases: Vec<(&str, String, Option<&str>, &str)> = vec![
+        ("deleted_line", without(2), None, "line 3's prev is not the hash of line 2"),
+        ("deleted_first", without(0), None, "line 1 does not start the chain"),
+        ("reordered", swapped.concat(), None, "line 2's prev is not the hash of line 1"),
+        ("inserted", duplicated.concat(), None, "line 3's prev is not the hash of line 2"),
+        ("edited", edited, None, "prev is not the hash of line"),
+        ("garbage", format!("{}not json\n{}", lines[0], lines[1..].concat()), None, "line 2 is not a JSON object"),
+        ("torn", format!("{}{{\"prev\"", text), None, &torn),
+        ("cut_tail", without(last - 1), Some(&head), "no line has the recorded head hash"),
+    ];
+    for (name, content, h, needle) in cases {
+        let (code, out) = verify(name, &content, h);
+        assert_eq!(code, Some(1), "{name}: {out}");
+        assert!(out.contains("TAMPERED") && out.contains(needle), "{name}: expected {needle:?} in:\n{out}");
+    }
+    let (status, _, err) =
+        run_with_deadline(Command::new(signer_bin()).args(["audit", "verify", "/nonexistent/audit.log"]));
+    assert_eq!(status.code(), Some(2), "{err}");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -562,7 +817,7 @@ async fn signer_memory_is_not_readable_by_its_own_uid() {
     let c = s.ready().await;
     // Key material in memory.
     c.create_key("ws_mem").await.unwrap();
-    c.append_batch("ws_mem", 0, leaves("mem", 0, 3)).await.unwrap();
+    c.append_batch("ws_mem", 0, bodies("ws_mem", 0, 3)).await.unwrap();
     let pid = s.pid();
     assert_eq!(proc_field(pid, "status", "Uid:").split_whitespace().nth(1), Some(NOBODY), "signer runs as nobody");
     let core = proc_field(pid, "limits", "Max core file size");
@@ -605,7 +860,7 @@ async fn malformed_frames_get_errors_or_a_closed_connection_and_the_signer_stays
             &Request::AppendBatch {
                 workspace_id: ws.into(),
                 expected_size: 0,
-                leaves: vec![[7; 32]],
+                bodies: vec![body_at(ws, "", 0, T0)],
                 want_proofs: false,
             },
         )
@@ -625,8 +880,9 @@ async fn malformed_frames_get_errors_or_a_closed_connection_and_the_signer_stays
         raw_frame(PROTOCOL_VERSION, 0x05, 105, &body)
     };
     let cases: Vec<(Vec<u8>, u64, ErrorCode)> = vec![
-        // Version 1 (before want_proofs) is refused like any other.
+        // Version 1 (before want_proofs) and 2 (leaf hashes, not bodies) are refused like any other.
         (raw_frame(1, 0x01, 101, &[]), 101, ErrorCode::UnsupportedVersion),
+        (raw_frame(2, 0x01, 106, &[]), 106, ErrorCode::UnsupportedVersion),
         (raw_frame(PROTOCOL_VERSION, 0x42, 102, &[]), 102, ErrorCode::UnknownKind),
         (truncated, 103, ErrorCode::BadFrame),
         (append(104, "ws_nobody_created"), 104, ErrorCode::UnknownWorkspace),
@@ -668,9 +924,9 @@ async fn malformed_frames_get_errors_or_a_closed_connection_and_the_signer_stays
     let fresh_client = client(&sock);
     fresh_client.ping().await.unwrap();
     let v = vec![verifier("ws_after", &fresh_client.create_key("ws_after").await.unwrap()[0])];
-    let batch = leaves("ws_after", 0, 3);
+    let batch = bodies("ws_after", 0, 3);
     let out = fresh_client.append_batch_with_proofs("ws_after", 0, batch.clone()).await.unwrap();
-    check_appended("ws_after", &batch, &batch, &out, &v);
+    check_appended("ws_after", &hashes(&batch), &batch, &out, &v);
     let bad = metric(&metrics(&c).await, "allowly_signer_bad_frames_total") - bad0;
     assert!(bad >= 7.0, "bad frames not counted: {bad}");
     assert!(s.try_wait().is_none());
@@ -687,7 +943,7 @@ async fn a_workspace_whose_log_state_vanished_is_refused_not_restarted() {
     let mut s = Signer::serve(&dir, &sock);
     let c = s.ready().await;
     c.create_key(ws).await.unwrap();
-    let out = c.append_batch(ws, 0, leaves(ws, 0, 5)).await.unwrap();
+    let out = c.append_batch(ws, 0, bodies(ws, 0, 5)).await.unwrap();
     s.kill9();
     drop(c);
 
@@ -695,7 +951,7 @@ async fn a_workspace_whose_log_state_vanished_is_refused_not_restarted() {
     let mut s = Signer::serve(&dir, &sock);
     let c = s.ready().await;
     for (at, what) in [(0, "append at 0 (a restarted log)"), (out.new_size, "append at the old size")] {
-        let e = remote(c.append_batch(ws, at, leaves(ws, 100, 1)).await, what);
+        let e = remote(c.append_batch(ws, at, bodies(ws, 100, 1)).await, what);
         assert_eq!(e.code, ErrorCode::Internal, "{what}: {e}");
     }
     assert_eq!(remote(c.latest_checkpoint(ws).await, "LatestCheckpoint").code, ErrorCode::Internal);
@@ -712,7 +968,7 @@ async fn a_workspace_whose_log_state_vanished_is_refused_not_restarted() {
     .await;
     // Other workspaces are unaffected.
     c.create_key("ws_fine").await.unwrap();
-    c.append_batch("ws_fine", 0, leaves("ws_fine", 0, 1)).await.unwrap();
+    c.append_batch("ws_fine", 0, bodies("ws_fine", 0, 1)).await.unwrap();
 
     // The other way round: the journal keeps a log whose keys vanished. Creating the workspace
     // again would restart that log at 0 (a fork); it is refused.
@@ -731,7 +987,7 @@ async fn a_workspace_whose_log_state_vanished_is_refused_not_restarted() {
     let mut s = Signer::serve(&dir, &sock);
     let c = s.ready().await;
     c.create_key("ws_new").await.unwrap();
-    c.append_batch("ws_new", 0, leaves("ws_new", 0, 2)).await.unwrap();
+    c.append_batch("ws_new", 0, bodies("ws_new", 0, 2)).await.unwrap();
 }
 
 /// Appends without proofs (the service's call): the checkpoint covers exactly our leaves, the
@@ -746,9 +1002,9 @@ async fn appends_without_proofs_sign_the_same_log_and_send_no_proofs() {
     let v = vec![verifier(ws, &c.create_key(ws).await.unwrap()[0])];
     let mut all: Vec<Hash> = Vec::new();
     for (i, n) in [1usize, 2, 7, 64, 1, 300].into_iter().enumerate() {
-        let batch = leaves(ws, all.len(), n);
+        let batch = bodies(ws, all.len(), n);
         let at = all.len() as u64;
-        all.extend_from_slice(&batch);
+        all.extend(hashes(&batch));
         if i % 2 == 0 {
             let out = c.append_batch(ws, at, batch.clone()).await.unwrap();
             check_appended_without_proofs(ws, &all, &batch, &out, &v);
@@ -781,7 +1037,7 @@ async fn many_workspaces_appending_at_once_are_all_signed_and_audited() {
             let ws = format!("ws_many_{w}");
             let mut size = 0u64;
             for r in 0..ROUNDS {
-                let out = c.append_batch(ws.clone(), size, leaves(&ws, r, 1)).await.unwrap();
+                let out = c.append_batch(ws.clone(), size, bodies(&ws, r, 1)).await.unwrap();
                 size = out.new_size;
             }
             (ws, size)
@@ -809,7 +1065,7 @@ async fn many_workspaces_appending_at_once_are_all_signed_and_audited() {
     let c = s.ready().await;
     for w in 0..WORKSPACES {
         let ws = format!("ws_many_{w}");
-        c.append_batch(ws.clone(), ROUNDS as u64, leaves(&ws, ROUNDS, 1)).await.unwrap();
+        c.append_batch(ws.clone(), ROUNDS as u64, bodies(&ws, ROUNDS, 1)).await.unwrap();
     }
     let resumed = s.audit().into_iter().filter(|l| l["event"] == "resumed").count();
     assert_eq!(resumed, WORKSPACES);
@@ -871,9 +1127,9 @@ async fn a_full_disk_fails_appends_cleanly_and_they_resume_when_space_returns() 
     let mut all: Vec<Hash> = Vec::new();
     let mut last = None;
     for _ in 0..3 {
-        let batch = leaves(ws, all.len(), 8);
+        let batch = bodies(ws, all.len(), 8);
         let out = c.append_batch(ws, all.len() as u64, batch.clone()).await.unwrap();
-        all.extend_from_slice(&batch);
+        all.extend(hashes(&batch));
         check_appended_without_proofs(ws, &all, &batch, &out, &v);
         last = Some(out.checkpoint);
     }
@@ -882,10 +1138,10 @@ async fn a_full_disk_fails_appends_cleanly_and_they_resume_when_space_returns() 
     // The journal's last page may have room for a few more records; then writes must fail.
     let mut refused = None;
     for _ in 0..10_000 {
-        let batch = leaves(ws, all.len(), 64);
+        let batch = bodies(ws, all.len(), 64);
         match c.append_batch(ws, all.len() as u64, batch.clone()).await {
             Ok(out) => {
-                all.extend_from_slice(&batch);
+                all.extend(hashes(&batch));
                 check_appended_without_proofs(ws, &all, &batch, &out, &v);
                 last = Some(out.checkpoint);
             }
@@ -903,9 +1159,9 @@ async fn a_full_disk_fails_appends_cleanly_and_they_resume_when_space_returns() 
     assert!(metric(&metrics(&c).await, "allowly_signer_journal_failures_total") >= 1.0);
 
     std::fs::remove_file(&filler).unwrap();
-    let batch = leaves(ws, all.len(), 5);
+    let batch = bodies(ws, all.len(), 5);
     let out = c.append_batch(ws, all.len() as u64, batch.clone()).await.unwrap();
-    all.extend_from_slice(&batch);
+    all.extend(hashes(&batch));
     check_appended_without_proofs(ws, &all, &batch, &out, &v);
     last = Some(out.checkpoint);
 
@@ -916,7 +1172,7 @@ async fn a_full_disk_fails_appends_cleanly_and_they_resume_when_space_returns() 
     let latest = c.latest_checkpoint(ws).await.unwrap();
     assert_eq!((latest.size, latest.checkpoint.as_ref()), (all.len() as u64, last.as_ref()), "after restart");
     assert!(!s.stderr().contains("torn"), "the journal was torn:\n{}", s.diagnostics());
-    let batch = leaves(ws, all.len(), 1);
+    let batch = bodies(ws, all.len(), 1);
     c.append_batch(ws, all.len() as u64, batch).await.unwrap();
 }
 

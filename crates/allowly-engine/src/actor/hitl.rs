@@ -277,7 +277,7 @@ impl WsState {
     }
 
     pub(super) fn confirm(&mut self, nonce: &str, answer: ConfirmationAnswer) -> Result<(Vec<Op>, Result<Resolution>)> {
-        let now = now_ms();
+        let now = self.receipt_now();
         let Some((mut doc, _)) = self.doc::<ConfirmationDoc>(DocKind::Confirmation, nonce)? else {
             return refused("confirmation_not_found", "no such confirmation nonce");
         };
@@ -331,7 +331,7 @@ impl WsState {
         id: &str,
         answer: Option<EscalationAnswer>,
     ) -> Result<(Vec<Op>, Result<Resolution>)> {
-        let now = now_ms();
+        let now = self.receipt_now();
         let Some((mut doc, _)) = self.doc::<EscalationDoc>(DocKind::Escalation, id)? else {
             return refused("escalation_not_found", "no such escalation");
         };

@@ -23,13 +23,13 @@ pub fn sample_requests() -> Vec<Request> {
         Request::AppendBatch {
             workspace_id: "ws".into(),
             expected_size: 0,
-            leaves: vec![[0xAB; 32]],
+            bodies: vec![b"{}".to_vec()],
             want_proofs: false,
         },
         Request::AppendBatch {
             workspace_id: "ws-2".into(),
             expected_size: u64::MAX,
-            leaves: (0..=255u8).map(|i| [i; 32]).collect(),
+            bodies: (0..=255u8).map(|i| vec![i; usize::from(i) + 1]).collect(),
             want_proofs: true,
         },
         Request::LatestCheckpoint { workspace_id: "_-_".into() },

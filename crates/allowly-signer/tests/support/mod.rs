@@ -259,6 +259,14 @@ where
     }
 }
 
+/// The value of a metric (name with labels, e.g. `x_total{a="b"}`), 0 when it was never
+/// touched (a labelled counter has no line until its first increment).
+pub fn metric0(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
+        .map_or(0.0, |v| v.trim().parse().unwrap_or_else(|e| panic!("metric {name}: {e}")))
+}
+
 /// The value of an unlabelled metric in Prometheus text.
 pub fn metric(text: &str, name: &str) -> f64 {
     text.lines()
@@ -269,9 +277,29 @@ pub fn metric(text: &str, name: &str) -> f64 {
         .unwrap_or_else(|e| panic!("metric {name}: {e}"))
 }
 
-/// Distinct, reproducible leaf hashes.
-pub fn leaves(tag: &str, from: usize, n: usize) -> Vec<Hash> {
-    (from..from + n).map(|i| merkle::leaf_hash(format!("{tag}/{i}").as_bytes())).collect()
+/// 2026-01-01T00:00:00Z: the time of the sample receipt at index 0 (index i is `T0 + i` ms, so
+/// times never go backwards along a log).
+pub const T0: u64 = 1_767_225_600_000;
+
+/// Distinct, reproducible, well-formed receipt bodies of workspace `ws` at log indices
+/// `from..from + n` (what the signer accepts).
+pub fn bodies(ws: &str, from: usize, n: usize) -> Vec<Vec<u8>> {
+    tagged(ws, "", from, n)
+}
+
+/// [`bodies`] whose leaves differ from those of another `tag` at the same indices.
+pub fn tagged(ws: &str, tag: &str, from: usize, n: usize) -> Vec<Vec<u8>> {
+    (from..from + n).map(|i| body_at(ws, tag, i as u64, T0 + i as u64)).collect()
+}
+
+/// One sample receipt body of `ws` at `index` decided at `time_ms`.
+pub fn body_at(ws: &str, tag: &str, index: u64, time_ms: u64) -> Vec<u8> {
+    allowly_signer::check::sample_body(ws, tag, index, time_ms).expect("sample body")
+}
+
+/// The RFC 9162 leaf hashes of `bodies`.
+pub fn hashes(bodies: &[Vec<u8>]) -> Vec<Hash> {
+    bodies.iter().map(|b| merkle::leaf_hash(b)).collect()
 }
 
 /// Small deterministic PRNG (xorshift64*), seeded per test; the seed is printed on failure.
@@ -357,8 +385,15 @@ pub fn model_root(all: &[Hash], size: u64) -> Hash {
 /// `out.old_size`) against the leaves the test appended (`all` must already hold every leaf the
 /// checkpoint covers): signature, origin, root recomputed from our own leaves, one inclusion
 /// proof per leaf. Returns the checkpoint.
-pub fn check_appended(ws: &str, all: &[Hash], batch: &[Hash], out: &AppendOutcome, v: &[NoteVerifier]) -> Checkpoint {
+pub fn check_appended(
+    ws: &str,
+    all: &[Hash],
+    batch: &[Vec<u8>],
+    out: &AppendOutcome,
+    v: &[NoteVerifier],
+) -> Checkpoint {
     let cp = check_covered(ws, all, batch, out, v);
+    let batch = hashes(batch);
     assert_eq!(out.proofs.len(), batch.len(), "one proof per leaf");
     for (i, (leaf, proof)) in batch.iter().zip(&out.proofs).enumerate() {
         let index = out.old_size + i as u64;
@@ -374,7 +409,7 @@ pub fn check_appended(ws: &str, all: &[Hash], batch: &[Hash], out: &AppendOutcom
 pub fn check_appended_without_proofs(
     ws: &str,
     all: &[Hash],
-    batch: &[Hash],
+    batch: &[Vec<u8>],
     out: &AppendOutcome,
     v: &[NoteVerifier],
 ) -> Checkpoint {
@@ -384,7 +419,7 @@ pub fn check_appended_without_proofs(
 }
 
 /// Sizes, signature, origin, and a root recomputed from our own leaves.
-fn check_covered(ws: &str, all: &[Hash], batch: &[Hash], out: &AppendOutcome, v: &[NoteVerifier]) -> Checkpoint {
+fn check_covered(ws: &str, all: &[Hash], batch: &[Vec<u8>], out: &AppendOutcome, v: &[NoteVerifier]) -> Checkpoint {
     assert_eq!(out.new_size, out.old_size + batch.len() as u64, "sizes in the answer");
     let (cp, _) = open_checkpoint(ws, &out.checkpoint, v);
     assert!(
