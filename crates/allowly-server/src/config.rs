@@ -24,7 +24,7 @@ pub const BODY_LIMIT_RANGE: std::ops::RangeInclusive<usize> = 1024..=16 * 1024 *
 
 const AFTER_HELP: &str = "\
 Every option can also be set by its environment variable or in the TOML file given by --config
-(keys: data_dir, listen, signer_socket, signer_bin, signer_max_in_flight, max_cached_authorizations, body_limit, confirmation_ttl_ms, escalation_ttl_ms, webhook_base_backoff_ms,
+(keys: data_dir, listen, signer_socket, signer_bin, signer_max_in_flight, max_cached_authorizations, body_limit, confirmation_ttl_ms, escalation_ttl_ms, user, signer_user, webhook_base_backoff_ms,
 webhook_max_backoff_ms, webhook_give_up_after_ms, webhook_attempt_timeout_ms, webhook_retention_ms,
 webhook_allow_private_networks). Precedence: flag > environment > file > default. Relative paths
 are relative to the working directory.
@@ -45,6 +45,14 @@ on first run), starts `allowly-signer serve` on <data-dir>/run/signer.sock as a 
 that dies with it, and restarts it if it exits. With --signer-socket it connects to a signer
 running as its own service (see ops/systemd/allowly-signer.service).
 
+Key isolation: started as root with the embedded signer, allowly creates (if missing) two system
+users, --user (default allowly) and --signer-user (default allowly-signer), gives the signer's
+directory to the signer's user alone (0700/0600) and the rest of the data directory to the
+front end's, runs the signer as its user and drops itself to its user once the listener is
+bound: the front end cannot read the keys, the master key or the signer's memory. Started as
+another user it runs both under that uid, for development only: keys are NOT isolated (a WARN
+line at start, allowly_server_key_isolation{mode=same_uid} 1, and /readyz says so).
+
 On first start the instance admin key is written to <data-dir>/admin-token (mode 0600). Logging:
 ALLOWLY_LOG (tracing env-filter syntax, default `info`). The first line on stdout is
 `listening on http://ADDR`.";
@@ -63,6 +71,9 @@ pub enum Command {
     /// Run the HTTP API (and, unless --signer-socket is given, the signer as a child process).
     #[command(after_help = AFTER_HELP)]
     Serve(ServeArgs),
+    /// Internal: the root process that starts the isolated signer (see `isolation`).
+    #[command(name = "signer-keeper", hide = true)]
+    SignerKeeper(crate::signer_child::KeeperArgs),
 }
 
 /// `allowly serve` options as given (unresolved).
@@ -125,6 +136,12 @@ pub struct ServeArgs {
     /// from the database when used (memory vs. latency: ~0.6 KiB each) [default: 200000].
     #[arg(long, env = "ALLOWLY_MAX_CACHED_AUTHORIZATIONS", value_name = "N")]
     pub max_cached_authorizations: Option<usize>,
+    /// Started as root: the user the HTTP front end drops to (created if missing) [default: allowly].
+    #[arg(long, env = "ALLOWLY_USER", value_name = "NAME")]
+    pub user: Option<String>,
+    /// Started as root: the user the embedded signer runs as (created if missing) [default: allowly-signer].
+    #[arg(long, env = "ALLOWLY_SIGNER_USER", value_name = "NAME")]
+    pub signer_user: Option<String>,
 }
 
 /// The TOML file: the same settings as the flags, all optional.
@@ -146,6 +163,8 @@ pub struct FileConfig {
     pub escalation_ttl_ms: Option<u64>,
     pub signer_max_in_flight: Option<usize>,
     pub max_cached_authorizations: Option<usize>,
+    pub user: Option<String>,
+    pub signer_user: Option<String>,
 }
 
 /// Where the signer comes from.
@@ -169,6 +188,8 @@ pub struct ServerConfig {
     pub escalation_ttl: Duration,
     pub signer_max_in_flight: usize,
     pub max_cached_authorizations: usize,
+    /// The two users of an instance started as root.
+    pub users: crate::isolation::Users,
 }
 
 /// A configuration that cannot be used.
@@ -235,7 +256,13 @@ impl ServeArgs {
         }
         let max_cached_authorizations =
             self.max_cached_authorizations.or(file.max_cached_authorizations).unwrap_or(e.max_cached_authorizations);
+        let d = crate::isolation::Users::default();
+        let users = crate::isolation::Users {
+            user: self.user.or(file.user).unwrap_or(d.user),
+            signer_user: self.signer_user.or(file.signer_user).unwrap_or(d.signer_user),
+        };
         Ok(ServerConfig {
+            users,
             signer_max_in_flight,
             max_cached_authorizations,
             data_dir: self.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
@@ -388,6 +415,8 @@ mod tests {
             ("webhook_allow_private_networks", "ALLOWLY_WEBHOOK_ALLOW_PRIVATE_NETWORKS"),
             ("confirmation_ttl_ms", "ALLOWLY_CONFIRMATION_TTL_MS"),
             ("escalation_ttl_ms", "ALLOWLY_ESCALATION_TTL_MS"),
+            ("user", "ALLOWLY_USER"),
+            ("signer_user", "ALLOWLY_SIGNER_USER"),
         ] {
             let a = serve.get_arguments().find(|a| a.get_id() == arg).unwrap();
             assert_eq!(a.get_env().and_then(|e| e.to_str()), Some(env), "{arg}");
