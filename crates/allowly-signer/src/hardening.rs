@@ -74,12 +74,6 @@ fn lock_region(ptr: *const u8, len: usize) -> bool {
     locked
 }
 
-/// Undoes [`lock_region`] (after the bytes were overwritten).
-fn unlock_region(ptr: *const u8, len: usize) {
-    // SAFETY: the same live allocation that `lock_region` locked.
-    let _ = unsafe { rustix::mm::munlock(ptr as *mut c_void, len) };
-}
-
 /// `N` secret bytes in their own heap allocation, locked in RAM, excluded from core dumps, and
 /// zeroed on drop. Created zeroed and locked *before* any secret is written into it, so the
 /// secret never exists in unlocked memory of ours (no intermediate `String`/`Vec`).
@@ -127,12 +121,13 @@ impl<const N: usize> std::ops::DerefMut for LockedBytes<N> {
     }
 }
 
+/// Secrets are zeroed on drop but their pages are never unlocked: locks do not nest, so
+/// `munlock` of one secret's page would silently unlock every other secret sharing that page
+/// (the allocator packs small allocations). The pages stay locked until the allocator returns
+/// them to the system.
 impl<const N: usize> Drop for LockedBytes<N> {
     fn drop(&mut self) {
         self.buf.zeroize();
-        if self.locked {
-            unlock_region(self.buf.as_ptr(), N);
-        }
     }
 }
 
@@ -239,12 +234,9 @@ impl LockedSigningKey {
 
 impl Drop for LockedSigningKey {
     fn drop(&mut self) {
-        // Overwrite in place (the old value's Drop zeroizes its secret) before unlocking, so the
-        // pages never become swappable while they still hold the key.
+        // Overwrite in place (the old value's Drop zeroizes its secret).
+        // Not unlocked afterwards: see `LockedBytes`'s `Drop`.
         *self.key = SigningKey::from_bytes(&[0u8; 32]);
-        if self.locked {
-            unlock_region((&*self.key as *const SigningKey).cast::<u8>(), std::mem::size_of::<SigningKey>());
-        }
     }
 }
 

@@ -101,6 +101,21 @@ impl MasterKey {
     pub fn is_locked(&self) -> bool {
         self.0.is_locked()
     }
+
+    /// Runs `f` with an AEAD keyed by the master key. The cipher holds a copy of the key (zeroed
+    /// when it drops); building it in a frame of its own and overwriting that stack space
+    /// afterwards ([`scrub_stack`](crate::hardening::scrub_stack)) also clears the temporaries
+    /// the compiler made on the way, so no copy outlives the call.
+    fn with_cipher<R>(&self, f: impl FnOnce(&XChaCha20Poly1305) -> R) -> R {
+        #[inline(never)]
+        fn keyed<R>(key: &[u8; 32], f: impl FnOnce(&XChaCha20Poly1305) -> R) -> R {
+            let cipher = XChaCha20Poly1305::new(key.into());
+            f(&cipher)
+        }
+        let out = keyed(&self.0, f);
+        crate::hardening::scrub_stack();
+        out
+    }
 }
 
 /// What to do when key memory cannot be locked (`mlock` fails, e.g. `RLIMIT_MEMLOCK` used up):
@@ -246,14 +261,12 @@ impl KeyStore {
     }
 
     fn seal(&self, ws: &str, key_id: &str, seed: &[u8; 32]) -> Result<(String, String)> {
-        let cipher = XChaCha20Poly1305::new((&*self.master.0).into());
         let nonce = random_bytes::<24>()?;
-        let sealed = cipher
-            .encrypt(XNonce::from_slice(&nonce), Payload { msg: seed, aad: &aad(ws, key_id) })
-            .map_err(|_| SignerError::Corrupt("sealing failed".into()));
-        drop(cipher);
-        crate::hardening::scrub_stack();
-        Ok((B64.encode(nonce), B64.encode(sealed?)))
+        let sealed = self
+            .master
+            .with_cipher(|c| c.encrypt(XNonce::from_slice(&nonce), Payload { msg: seed, aad: &aad(ws, key_id) }))
+            .map_err(|_| SignerError::Corrupt("sealing failed".into()))?;
+        Ok((B64.encode(nonce), B64.encode(sealed)))
     }
 
     fn unseal(&self, ws: &str, k: &StoredKey, when: &'static str) -> Result<LockedSigningKey> {
@@ -263,13 +276,13 @@ impl KeyStore {
         if nonce.len() != 24 {
             return Err(corrupt("nonce length"));
         }
-        let cipher = XChaCha20Poly1305::new((&*self.master.0).into());
-        let plain = cipher
-            .decrypt(XNonce::from_slice(&nonce), Payload { msg: &sealed, aad: &aad(ws, &k.key_id) })
-            .map(Zeroizing::new);
-        drop(cipher);
-        crate::hardening::scrub_stack();
-        let plain = plain.map_err(|_| corrupt("does not open under this master key"))?;
+        let plain = self
+            .master
+            .with_cipher(|c| {
+                c.decrypt(XNonce::from_slice(&nonce), Payload { msg: &sealed, aad: &aad(ws, &k.key_id) })
+                    .map(Zeroizing::new)
+            })
+            .map_err(|_| corrupt("does not open under this master key"))?;
         let mut seed: [u8; 32] = plain.as_slice().try_into().map_err(|_| corrupt("seed length"))?;
         let key = LockedSigningKey::from_seed(&mut seed);
         self.mlock.check(key.is_locked(), when, Some(ws))?;
