@@ -366,7 +366,9 @@ mod tests {
             (&["allowly", "serve", "--webhook-allow-private-networks=false"][..], Some(false)),
             (&["allowly", "serve"][..], None),
         ] {
-            let Command::Serve(a) = <Cli as clap::Parser>::try_parse_from(argv).unwrap().command;
+            let Command::Serve(a) = <Cli as clap::Parser>::try_parse_from(argv).unwrap().command else {
+                unreachable!("a serve command line")
+            };
             assert_eq!(a.webhook_allow_private_networks, want, "{argv:?}");
         }
     }

@@ -14,7 +14,8 @@
 //!    `run/` (the socket's directory) `allowly-signer:allowly 0710`;
 //! 3. it binds the HTTP listener and starts a *keeper*: the same binary (`allowly signer-keeper`,
 //!    hidden) kept as root, whose only input is its stdin pipe. The keeper starts, restarts (with
-//!    backoff) and stops the signer, each time dropping to `allowly-signer` (primary group
+//!    backoff) and stops the signer, each time dropping to `allowly-signer` (`RLIMIT_MEMLOCK`
+//!    raised to 64 MiB, primary group
 //!    `allowly`, no supplementary groups, capability bounding set emptied, `setresuid`, which
 //!    clears every capability, `PR_SET_NO_NEW_PRIVS`, umask 0007) in the forked child before
 //!    `exec`; the signer makes itself non-dumpable first thing. The signer accepts only its own
@@ -269,6 +270,9 @@ pub fn drop_privileges(a: Account) -> Result<(), IsolationError> {
     Ok(())
 }
 
+/// `RLIMIT_MEMLOCK` given to the isolated signer (the systemd unit's `LimitMEMLOCK=64M`).
+pub const SIGNER_MEMLOCK: u64 = 64 << 20;
+
 /// What the forked signer child does before `exec` (see the module docs). Runs between `fork`
 /// and `exec`, so it uses raw system calls only (rustix), no allocation, no locks.
 pub fn child_drop(uid: u32, gid: u32) -> io::Result<()> {
@@ -277,6 +281,17 @@ pub fn child_drop(uid: u32, gid: u32) -> io::Result<()> {
     for cap in CapabilitySet::all().iter() {
         // EINVAL for capabilities this kernel does not know: nothing to drop.
         let _ = rustix::thread::remove_capability_from_bounding_set(cap);
+    }
+    // Unprivileged, the signer's mlock is bounded by RLIMIT_MEMLOCK (often 8 MiB: about 2,000
+    // workspace keys); raised while we may, as the systemd unit's LimitMEMLOCK does.
+    let lim = rustix::process::getrlimit(rustix::process::Resource::Memlock);
+    if lim.current.is_some_and(|c| c < SIGNER_MEMLOCK) {
+        let want = Some(SIGNER_MEMLOCK);
+        let maximum = if lim.maximum.is_some_and(|m| m < SIGNER_MEMLOCK) { want } else { lim.maximum };
+        let _ = rustix::process::setrlimit(
+            rustix::process::Resource::Memlock,
+            rustix::process::Rlimit { current: want, maximum },
+        );
     }
     let (uid, gid) = (Uid::from_raw(uid), Gid::from_raw(gid));
     rustix::thread::set_thread_groups(&[])?;

@@ -415,9 +415,11 @@ fn signers_under(dir: &Path) -> Vec<u32> {
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| {
             let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            // Isolated (started as root), the signer works relative to its directory: `--dir .`.
+            let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap_or_default();
             alive(*pid)
                 && cmdline.split(|b| *b == 0).next().is_some_and(|exe| exe.ends_with(b"/allowly-signer"))
-                && cmdline.windows(marker.len()).any(|w| w == marker)
+                && (cmdline.windows(marker.len()).any(|w| w == marker) || cwd.starts_with(dir))
         })
         .collect()
 }
@@ -527,7 +529,7 @@ fn kill9_of_the_signer_fails_closed_and_loses_nothing() {
         let new = eventually(
             "the server to start a new signer",
             || s.diagnostics(),
-            || children_named(s.pid(), "allowly-signer").into_iter().find(|p| *p != old),
+            || descendants_named(s.pid(), "allowly-signer").into_iter().find(|p| *p != old),
         );
         s.wait_ready();
         // Decisions continue after recovery.
