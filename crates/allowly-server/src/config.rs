@@ -67,6 +67,7 @@ pub struct Cli {
 
 /// Subcommands.
 #[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once per process; boxing would buy nothing
 pub enum Command {
     /// Run the HTTP API (and, unless --signer-socket is given, the signer as a child process).
     #[command(after_help = AFTER_HELP)]

@@ -186,10 +186,12 @@ pub fn accounts(users: &Users) -> Result<Accounts, IsolationError> {
     Ok(Accounts { front, signer: Account { uid: signer_user.uid, gid: front.gid } })
 }
 
-/// Sets owner and mode of `path` (not following symlinks for the owner).
+/// Sets owner and mode of `path`. Never follows a symlink: a link is chowned itself and its
+/// mode left alone (root must not be led to chmod what a link points at).
 fn own(path: &Path, a: Account, mode: Option<u32>) -> Result<(), IsolationError> {
     std::os::unix::fs::lchown(path, Some(a.uid), Some(a.gid)).map_err(io_err(format!("chown {}", path.display())))?;
-    if let Some(mode) = mode {
+    let is_link = std::fs::symlink_metadata(path).map(|m| m.file_type().is_symlink()).unwrap_or(true);
+    if let (Some(mode), false) = (mode, is_link) {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
             .map_err(io_err(format!("chmod {}", path.display())))?;
     }
@@ -214,12 +216,21 @@ fn own_tree(dir: &Path, a: Account, private: bool) -> Result<(), IsolationError>
     Ok(())
 }
 
-fn mkdir(dir: &Path) -> Result<(), IsolationError> {
+/// Creates `dir` if missing; an existing one must be a real directory (not a symlink a previous
+/// occupant of the front end's uid could have planted to steer root's chown elsewhere).
+/// Returns its owner's uid.
+fn mkdir(dir: &Path) -> Result<u32, IsolationError> {
     match std::fs::create_dir(dir) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(io_err(format!("creating {}", dir.display()))(e)),
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(io_err(format!("creating {}", dir.display()))(e)),
     }
+    let meta = std::fs::symlink_metadata(dir).map_err(io_err(format!("reading {}", dir.display())))?;
+    if !meta.is_dir() {
+        let e = io::Error::other("not a directory (a symlink?); refusing to take it over");
+        return Err(io_err(dir.display().to_string())(e));
+    }
+    Ok(meta.uid())
 }
 
 /// Gives every part of the data directory to the user that needs it (see the module docs).
@@ -228,8 +239,11 @@ fn mkdir(dir: &Path) -> Result<(), IsolationError> {
 pub fn take_over(data_dir: &Path, acc: &Accounts) -> Result<(), IsolationError> {
     own(data_dir, acc.front, Some(0o710))?;
     let db = data_dir.join("db");
-    mkdir(&db)?;
-    own_tree(&db, acc.front, false)?;
+    // The front end writes in db/ as itself: once it owns db/, nothing below needs root (and
+    // root does not walk a tree its previous occupant could still be changing).
+    if mkdir(&db)? != acc.front.uid {
+        own_tree(&db, acc.front, false)?;
+    }
     own(&db, acc.front, Some(0o700))?;
     for f in [crate::serve::ADMIN_TOKEN_FILE, "admin-token.tmp"] {
         let p = data_dir.join(f);

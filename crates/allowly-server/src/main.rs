@@ -44,5 +44,8 @@ fn run(cfg: allowly_server::config::ServerConfig) -> Result<(), String> {
 
 fn keep(args: allowly_server::signer_child::KeeperArgs) -> Result<(), String> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
-    runtime.block_on(allowly_server::signer_child::keep(args)).map_err(|e| e.to_string())
+    let result = runtime.block_on(allowly_server::signer_child::keep(args)).map_err(|e| e.to_string());
+    // Stopped by SIGTERM, the stdin reader may still block in a pool thread: do not wait for it.
+    runtime.shutdown_background();
+    result
 }

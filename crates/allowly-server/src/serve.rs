@@ -132,6 +132,12 @@ pub async fn run(cfg: ServerConfig, prepared: Prepared) -> Result<(), ServeError
     };
     let addr = listener.local_addr().map_err(io("local address"))?;
 
+    // Before the signer: a data directory in use by another instance fails here, on RocksDB's
+    // lock, with nothing started (an isolated signer's keeper stops when `keeper` drops).
+    let db = data_dir.join("db");
+    let store = RocksStore::open(&db, RocksOptions::default())
+        .map_err(|source| ServeError::Store { path: shown_dir.join("db").display().to_string(), source })?;
+
     let (signer_child, socket) = match (&cfg.signer, keeper) {
         (SignerMode::Embedded { .. }, Some(keeper)) => {
             let child = EmbeddedSigner::from_keeper(keeper, data_dir.join("run").join("signer.sock")).await?;
@@ -145,17 +151,6 @@ pub async fn run(cfg: ServerConfig, prepared: Prepared) -> Result<(), ServeError
             (Some(child), socket)
         }
         (SignerMode::External { socket }, _) => (None, socket.clone()),
-    };
-
-    let db = data_dir.join("db");
-    let store = match RocksStore::open(&db, RocksOptions::default()) {
-        Ok(s) => s,
-        Err(source) => {
-            if let Some(child) = signer_child {
-                child.stop().await;
-            }
-            return Err(ServeError::Store { path: shown_dir.join("db").display().to_string(), source });
-        }
     };
 
     let opts = ClientOptions { max_in_flight: cfg.signer_max_in_flight, ..ClientOptions::default() };

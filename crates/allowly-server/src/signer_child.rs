@@ -9,6 +9,11 @@
 //!   restarts it with exponential backoff whenever it exits. The engine's client reconnects by
 //!   itself, and checks fail closed (503) in between.
 //! - Stopping sends SIGTERM and waits (bounded), then SIGKILL.
+//! - Isolated (`allowly serve` started as root, see [`crate::isolation`]): the same start,
+//!   supervision and stop run in a root [`Keeper`] process (`allowly signer-keeper`), which
+//!   launches the signer as the signer's user, relative to its state directory
+//!   (`--dir . --socket ../run/signer.sock --allow-uid <front end>`); the front end, once
+//!   unprivileged, only waits for the ping and, to stop, closes the keeper's stdin.
 
 #![allow(unsafe_code)] // `pre_exec` of the isolated launch; the one unsafe block is justified there.
 
