@@ -11,7 +11,10 @@
 //! `<data-dir>/db`, a signer child process (state in `<data-dir>/signer`, socket
 //! `<data-dir>/run/signer.sock`), and the API on `--listen`. On first start it writes the
 //! instance admin key to `<data-dir>/admin-token` (mode 0600, never overwritten). With
-//! `--signer-socket` it uses a signer running as its own service instead.
+//! `--signer-socket` it uses a signer running as its own service instead. Started as root it
+//! runs the signer as `--signer-user` and itself as `--user` (created if missing), so the front
+//! end cannot read key material; started as anyone else it warns that keys are not isolated
+//! (see [`isolation`]).
 //!
 //! | flag | environment | TOML key | default |
 //! |---|---|---|---|
