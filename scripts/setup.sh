@@ -14,6 +14,10 @@ dpkg -s libclang-dev >/dev/null 2>&1 || need_apt+=(libclang-dev)
 command -v python3 >/dev/null || need_apt+=(python3 python3-venv)
 command -v node >/dev/null || need_apt+=(nodejs)
 command -v npm >/dev/null || need_apt+=(npm)
+# `allowly serve` started as root creates its two system users with useradd; the isolation
+# tests act as other uids with setpriv and set RLIMIT_MEMLOCK with prlimit (util-linux).
+command -v useradd >/dev/null || need_apt+=(passwd)
+command -v setpriv >/dev/null || need_apt+=(util-linux)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

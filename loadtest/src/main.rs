@@ -199,7 +199,7 @@ fn cpu_now(w: Watched) -> Cpu {
     let main = w.main.and_then(procfs::stat).map(|s| s.cpu_ticks);
     let (signer, signer_pids) = match (w.signer, w.main) {
         (true, Some(pid)) => {
-            let kids = procfs::children_named(pid, "allowly-signer");
+            let kids = procfs::signers_of(pid);
             let t: Option<u64> = kids.iter().map(|&k| procfs::stat(k).map(|s| s.cpu_ticks)).sum();
             (t, kids.len())
         }
@@ -556,7 +556,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         Some(p) => println!(
             "server pid {p} ({}), allowly-signer children {:?}, {} clock ticks/s",
             procfs::stat(p).map_or("?".into(), |s| s.comm),
-            procfs::children_named(p, "allowly-signer"),
+            procfs::signers_of(p),
             ctx.tck
         ),
         None => println!("server pid not found: CPU and memory of the server will not be reported (give --server-pid)"),
@@ -999,8 +999,7 @@ async fn sustained_mode(
 
 fn rss(server_pid: Option<u32>) -> Value {
     let Some(p) = server_pid else { return Value::Null };
-    let signer: Vec<Option<u64>> =
-        procfs::children_named(p, "allowly-signer").into_iter().map(procfs::rss_kib).collect();
+    let signer: Vec<Option<u64>> = procfs::signers_of(p).into_iter().map(procfs::rss_kib).collect();
     json!({"server": procfs::rss_kib(p), "signer": signer})
 }
 

@@ -70,6 +70,16 @@ pub fn children_named(parent: u32, name: &str) -> Vec<u32> {
     v
 }
 
+/// The signer processes of an `allowly serve` with pid `server`: its children, or, started as
+/// root (key isolation), the children of its keeper (a child named `allowly`).
+pub fn signers_of(server: u32) -> Vec<u32> {
+    let mut v = children_named(server, "allowly-signer");
+    for keeper in children_named(server, "allowly") {
+        v.extend(children_named(keeper, "allowly-signer"));
+    }
+    v
+}
+
 /// Inodes of sockets listening on `port` (IPv4 and IPv6 tables; state 0A is LISTEN).
 pub fn parse_listen_inodes(table: &str, port: u16) -> Vec<u64> {
     table

@@ -26,7 +26,7 @@ const AFTER_HELP: &str = "\
 Every option can also be set by its environment variable or in the TOML file given by --config
 (keys: data_dir, listen, signer_socket, signer_bin, signer_max_in_flight, signer_timeout_ms, min_free_disk,
 max_unsigned_age_ms, max_cached_authorizations, idle_timeout_ms, memory_high_water_mib, body_limit, confirmation_ttl_ms,
-escalation_ttl_ms, webhook_base_backoff_ms,
+escalation_ttl_ms, user, signer_user, webhook_base_backoff_ms,
 webhook_max_backoff_ms, webhook_give_up_after_ms, webhook_attempt_timeout_ms, webhook_retention_ms,
 webhook_allow_private_networks). Precedence: flag > environment > file > default. Relative paths
 are relative to the working directory.
@@ -58,6 +58,14 @@ receipt is older than --max-unsigned-age-ms (signing_backlog). Each clears by it
 cause does, except that RocksDB refuses writes after a failed write-ahead-log write until the
 service restarts (the floor is there so that never happens).
 
+Key isolation: started as root with the embedded signer, allowly creates (if missing) two system
+users, --user (default allowly) and --signer-user (default allowly-signer), gives the signer's
+directory to the signer's user alone (0700/0600) and the rest of the data directory to the
+front end's, runs the signer as its user and drops itself to its user once the listener is
+bound: the front end cannot read the keys, the master key or the signer's memory. Started as
+another user it runs both under that uid, for development only: keys are NOT isolated (a WARN
+line at start, allowly_server_key_isolation{mode=same_uid} 1, and /readyz says so).
+
 On first start the instance admin key is written to <data-dir>/admin-token (mode 0600). Logging:
 ALLOWLY_LOG (tracing env-filter syntax, default `info`). The first line on stdout is
 `listening on http://ADDR`.";
@@ -72,10 +80,14 @@ pub struct Cli {
 
 /// Subcommands.
 #[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once per process; boxing would buy nothing
 pub enum Command {
     /// Run the HTTP API (and, unless --signer-socket is given, the signer as a child process).
     #[command(after_help = AFTER_HELP)]
     Serve(ServeArgs),
+    /// Internal: the root process that starts the isolated signer (see `isolation`).
+    #[command(name = "signer-keeper", hide = true)]
+    SignerKeeper(crate::signer_child::KeeperArgs),
 }
 
 /// `allowly serve` options as given (unresolved).
@@ -158,6 +170,12 @@ pub struct ServeArgs {
     /// (1000..=86400000) [default: 60000].
     #[arg(long, env = "ALLOWLY_MAX_UNSIGNED_AGE_MS", value_name = "MS")]
     pub max_unsigned_age_ms: Option<u64>,
+    /// Started as root: the user the HTTP front end drops to (created if missing) [default: allowly].
+    #[arg(long, env = "ALLOWLY_USER", value_name = "NAME")]
+    pub user: Option<String>,
+    /// Started as root: the user the embedded signer runs as (created if missing) [default: allowly-signer].
+    #[arg(long, env = "ALLOWLY_SIGNER_USER", value_name = "NAME")]
+    pub signer_user: Option<String>,
 }
 
 /// A byte size: digits, optionally followed by `B`, `KiB`, `MiB`, `GiB`, `TiB` (or `K`, `M`,
@@ -203,6 +221,8 @@ pub struct FileConfig {
     /// Bytes, or a size as `--min-free-disk` takes it (`"512MiB"`).
     pub min_free_disk: Option<SizeSetting>,
     pub max_unsigned_age_ms: Option<u64>,
+    pub user: Option<String>,
+    pub signer_user: Option<String>,
 }
 
 /// A byte size in the TOML file: an integer, or text with a unit (see [`parse_size`]).
@@ -251,6 +271,8 @@ pub struct ServerConfig {
     /// `None`: the engine's default (256 MiB or 1 % of the volume).
     pub min_free_disk: Option<u64>,
     pub max_unsigned_age: Duration,
+    /// The two users of an instance started as root.
+    pub users: crate::isolation::Users,
 }
 
 /// A configuration that cannot be used.
@@ -342,7 +364,13 @@ impl ServeArgs {
             Some(n) => Some(n),
             None => file.min_free_disk.as_ref().map(SizeSetting::bytes).transpose().map_err(ConfigError::Size)?,
         };
+        let d = crate::isolation::Users::default();
+        let users = crate::isolation::Users {
+            user: self.user.or(file.user).unwrap_or(d.user),
+            signer_user: self.signer_user.or(file.signer_user).unwrap_or(d.signer_user),
+        };
         Ok(ServerConfig {
+            users,
             signer_timeout,
             max_unsigned_age,
             min_free_disk,
@@ -479,7 +507,9 @@ mod tests {
             (&["allowly", "serve", "--webhook-allow-private-networks=false"][..], Some(false)),
             (&["allowly", "serve"][..], None),
         ] {
-            let Command::Serve(a) = <Cli as clap::Parser>::try_parse_from(argv).unwrap().command;
+            let Command::Serve(a) = <Cli as clap::Parser>::try_parse_from(argv).unwrap().command else {
+                unreachable!("a serve command line")
+            };
             assert_eq!(a.webhook_allow_private_networks, want, "{argv:?}");
         }
     }
@@ -546,6 +576,8 @@ mod tests {
             ("webhook_allow_private_networks", "ALLOWLY_WEBHOOK_ALLOW_PRIVATE_NETWORKS"),
             ("confirmation_ttl_ms", "ALLOWLY_CONFIRMATION_TTL_MS"),
             ("escalation_ttl_ms", "ALLOWLY_ESCALATION_TTL_MS"),
+            ("user", "ALLOWLY_USER"),
+            ("signer_user", "ALLOWLY_SIGNER_USER"),
         ] {
             let a = serve.get_arguments().find(|a| a.get_id() == arg).unwrap();
             assert_eq!(a.get_env().and_then(|e| e.to_str()), Some(env), "{arg}");

@@ -39,6 +39,8 @@ pub struct App {
     pub webhook_metrics: allowly_webhooks::Metrics,
     pub body_limit: usize,
     pub request_ids: RequestIds,
+    /// What this instance promises about its keys (`/readyz`, metric).
+    pub key_isolation: crate::isolation::KeyIsolation,
 }
 
 impl App {

@@ -11,7 +11,10 @@
 //! `<data-dir>/db`, a signer child process (state in `<data-dir>/signer`, socket
 //! `<data-dir>/run/signer.sock`), and the API on `--listen`. On first start it writes the
 //! instance admin key to `<data-dir>/admin-token` (mode 0600, never overwritten). With
-//! `--signer-socket` it uses a signer running as its own service instead.
+//! `--signer-socket` it uses a signer running as its own service instead. Started as root it
+//! runs the signer as `--signer-user` and itself as `--user` (created if missing), so the front
+//! end cannot read key material; started as anyone else it warns that keys are not isolated
+//! (see [`isolation`]).
 //!
 //! | flag | environment | TOML key | default |
 //! |---|---|---|---|
@@ -20,6 +23,8 @@
 //! | `--listen IP:PORT` | `ALLOWLY_LISTEN` | `listen` | `127.0.0.1:8080` |
 //! | `--signer-socket PATH` | `ALLOWLY_SIGNER_SOCKET` | `signer_socket` | none (embedded signer) |
 //! | `--signer-bin PATH` | `ALLOWLY_SIGNER_BIN` | `signer_bin` | next to `allowly`, else on `PATH` |
+//! | `--user NAME` | `ALLOWLY_USER` | `user` | `allowly` (used only when started as root) |
+//! | `--signer-user NAME` | `ALLOWLY_SIGNER_USER` | `signer_user` | `allowly-signer` (idem) |
 //! | `--body-limit BYTES` | `ALLOWLY_BODY_LIMIT` | `body_limit` | 65536 |
 //! | `--webhook-base-backoff-ms MS` | `ALLOWLY_WEBHOOK_BASE_BACKOFF_MS` | `webhook_base_backoff_ms` | 5000 |
 //! | `--webhook-max-backoff-ms MS` | `ALLOWLY_WEBHOOK_MAX_BACKOFF_MS` | `webhook_max_backoff_ms` | 3600000 |
@@ -42,8 +47,9 @@
 //!
 //! # Modules
 //!
-//! [`config`] (flags, env, file), [`serve`] (start-up and shutdown order), [`signer_child`]
-//! (the embedded signer and its supervisor), [`http`] (accept loop, request ids, graceful
+//! [`config`] (flags, env, file), [`serve`] (start-up and shutdown order), [`isolation`]
+//! (what happens when started as root: two users, privilege drop), [`signer_child`]
+//! (the embedded signer, its supervisor and its root keeper), [`http`] (accept loop, request ids, graceful
 //! drain), [`routes`] (routing table and handlers), [`extract`] (strict request reading),
 //! [`auth`] (bearer keys and the access table), [`problem`] (errors → HTTP, once), [`metrics`].
 
@@ -51,6 +57,7 @@ pub mod auth;
 pub mod config;
 pub mod extract;
 pub mod http;
+pub mod isolation;
 pub mod metrics;
 pub mod problem;
 pub mod routes;

@@ -24,6 +24,7 @@ fn main() -> ExitCode {
             Ok(cfg) => run(cfg),
             Err(e) => Err(e.to_string()),
         },
+        Command::SignerKeeper(args) => keep(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -35,6 +36,16 @@ fn main() -> ExitCode {
 }
 
 fn run(cfg: allowly_server::config::ServerConfig) -> Result<(), String> {
+    // Before the runtime exists: as root, this drops privileges, which needs a single thread.
+    let prepared = allowly_server::serve::prepare(&cfg).map_err(|e| e.to_string())?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
-    runtime.block_on(allowly_server::serve::run(cfg)).map_err(|e| e.to_string())
+    runtime.block_on(allowly_server::serve::run(cfg, prepared)).map_err(|e| e.to_string())
+}
+
+fn keep(args: allowly_server::signer_child::KeeperArgs) -> Result<(), String> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+    let result = runtime.block_on(allowly_server::signer_child::keep(args)).map_err(|e| e.to_string());
+    // Stopped by SIGTERM, the stdin reader may still block in a pool thread: do not wait for it.
+    runtime.shutdown_background();
+    result
 }

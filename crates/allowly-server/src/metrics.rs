@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 
 use crate::routes::Route;
 
@@ -18,6 +20,9 @@ pub struct HttpMetrics {
     duration: HistogramVec,
     /// Requests being handled now.
     pub in_flight: IntGauge,
+    /// 1 for the instance's key isolation mode, 0 for the others (closed label `mode`:
+    /// `separate_users`, `same_uid` — keys not isolated from the server — or `external`).
+    key_isolation: IntGaugeVec,
 }
 
 impl Default for HttpMetrics {
@@ -46,14 +51,30 @@ impl HttpMetrics {
         .unwrap_or_else(|e| unreachable!("static metric: {e}"));
         let in_flight = IntGauge::new("allowly_http_in_flight_requests", "HTTP requests being handled")
             .unwrap_or_else(|e| unreachable!("static metric: {e}"));
+        let key_isolation = IntGaugeVec::new(
+            Opts::new(
+                "allowly_server_key_isolation",
+                "1 for how the signing keys are isolated from this process (mode same_uid: not at all)",
+            ),
+            &["mode"],
+        )
+        .unwrap_or_else(|e| unreachable!("static metric: {e}"));
         for m in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(duration.clone()),
             Box::new(in_flight.clone()),
+            Box::new(key_isolation.clone()),
         ] {
             let _ = registry.register(m);
         }
-        Self { registry, requests, duration, in_flight }
+        Self { registry, requests, duration, in_flight, key_isolation }
+    }
+
+    /// Sets `allowly_server_key_isolation`: 1 for `mode`, 0 for every other mode.
+    pub fn set_key_isolation(&self, mode: crate::isolation::KeyIsolation) {
+        for m in crate::isolation::KeyIsolation::ALL {
+            self.key_isolation.with_label_values(&[m.label()]).set(i64::from(m == mode));
+        }
     }
 
     /// Records one answered request.

@@ -64,6 +64,15 @@ use crate::extract::{self, valid_path_id, Query};
 use crate::http::App;
 use crate::problem::Problem;
 
+/// `/readyz`: the engine's readiness, plus what the instance promises about its keys
+/// (`separate_users`, `same_uid`: not isolated, development only, or `external`).
+#[derive(serde::Serialize)]
+struct Readyz {
+    #[serde(flatten)]
+    readiness: allowly_engine::model::Readiness,
+    key_isolation: &'static str,
+}
+
 /// Every endpoint, by template. The name is the `route` label of the HTTP metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route {
@@ -343,7 +352,9 @@ async fn handle(app: &App, t: Target<'_>, parts: &Parts, body: Incoming) -> Resu
         Route::Healthz => json(StatusCode::OK, &serde_json::json!({ "status": "ok" })),
         Route::Readyz => {
             let r = engine.readiness();
-            json(if r.ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, &r)
+            let status = if r.ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+            // Informational: never changes readiness (a development instance is still ready).
+            json(status, &Readyz { readiness: r, key_isolation: app.key_isolation.label() })
         }
         Route::Metrics => {
             let mut text = app.metrics.render();

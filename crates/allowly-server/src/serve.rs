@@ -17,6 +17,7 @@ use tokio::net::TcpListener;
 
 use crate::config::{ServerConfig, SignerMode};
 use crate::http::App;
+use crate::isolation::KeyIsolation;
 use crate::signer_child::{self, EmbeddedSigner, SignerChildError};
 
 /// Bound on draining the requests in flight at shutdown.
@@ -37,6 +38,8 @@ pub enum ServeError {
     Engine { what: &'static str, source: allowly_engine::EngineError },
     #[error("starting the webhook worker: {0}")]
     Webhooks(String),
+    #[error("isolating the signer's keys (started as root): {0}")]
+    Isolation(#[from] crate::isolation::IsolationError),
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServeError {
@@ -51,31 +54,105 @@ pub fn create_private_dir(dir: &Path) -> Result<(), SignerChildError> {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(err)
 }
 
-/// Runs the service until SIGTERM or SIGINT.
-pub async fn run(cfg: ServerConfig) -> Result<(), ServeError> {
-    // Installed first, so a signal during start-up still shuts down in order.
-    let shutdown = shutdown_signal().map_err(io("installing signal handlers"))?;
+/// What [`prepare`] did before the runtime started.
+#[derive(Debug)]
+pub struct Prepared {
+    /// What this instance promises about its keys.
+    pub isolation: KeyIsolation,
+    /// The data directory, absolute (for messages).
+    pub data_dir: PathBuf,
+    /// The path files are opened under: `data_dir`, or `.` once the process works inside it
+    /// (isolated: its parents need not be searchable by the front end's user).
+    pub open_dir: PathBuf,
+    /// Isolated: the listener bound as root, and the keeper of the signer.
+    isolated: Option<(std::net::TcpListener, signer_child::Keeper)>,
+}
 
+/// The start-up steps that must run before the runtime has threads: the data directory, and,
+/// started as root with the embedded signer, everything of [`crate::isolation`] up to and
+/// including the privilege drop.
+pub fn prepare(cfg: &ServerConfig) -> Result<Prepared, ServeError> {
     create_private_dir(&cfg.data_dir)?;
     let data_dir = std::fs::canonicalize(&cfg.data_dir).map_err(io(format!("resolving {}", cfg.data_dir.display())))?;
+    let root = rustix::process::geteuid().is_root();
+    let bin = match &cfg.signer {
+        SignerMode::External { .. } => {
+            let isolation = KeyIsolation::External;
+            return Ok(Prepared { isolation, open_dir: data_dir.clone(), data_dir, isolated: None });
+        }
+        SignerMode::Embedded { .. } if !root => {
+            let isolation = KeyIsolation::SameUid;
+            return Ok(Prepared { isolation, open_dir: data_dir.clone(), data_dir, isolated: None });
+        }
+        SignerMode::Embedded { bin } => bin,
+    };
+    let acc = crate::isolation::accounts(&cfg.users)?;
+    crate::isolation::take_over(&data_dir, &acc)?;
+    // Bound as root (a port below 1024 works), before anything is started.
+    let listener = std::net::TcpListener::bind(cfg.listen).map_err(io(format!("listening on {}", cfg.listen)))?;
+    listener.set_nonblocking(true).map_err(io("listener"))?;
+    let bin = signer_child::find_binary(bin.clone())?;
+    let bin = std::fs::canonicalize(&bin).map_err(io(format!("resolving {}", bin.display())))?;
+    let keeper = signer_child::Keeper::start(&bin, &data_dir, &acc)?;
+    std::env::set_current_dir(&data_dir).map_err(io(format!("entering {}", data_dir.display())))?;
+    crate::isolation::drop_privileges(acc.front)?;
+    tracing::info!(
+        user = %cfg.users.user,
+        uid = acc.front.uid,
+        signer_user = %cfg.users.signer_user,
+        signer_uid = acc.signer.uid,
+        "keys isolated: the signer runs as its own user; this process dropped root"
+    );
+    Ok(Prepared {
+        isolation: KeyIsolation::SeparateUsers,
+        data_dir,
+        open_dir: PathBuf::from("."),
+        isolated: Some((listener, keeper)),
+    })
+}
 
-    // Bind before anything is started, so a port in use fails fast with nothing to undo.
-    let listener = TcpListener::bind(cfg.listen).await.map_err(io(format!("listening on {}", cfg.listen)))?;
+/// Runs the service until SIGTERM or SIGINT.
+pub async fn run(cfg: ServerConfig, prepared: Prepared) -> Result<(), ServeError> {
+    // Installed first, so a signal during start-up still shuts down in order.
+    let shutdown = shutdown_signal().map_err(io("installing signal handlers"))?;
+    let Prepared { isolation, data_dir: shown_dir, open_dir: data_dir, isolated } = prepared;
+    if isolation == KeyIsolation::SameUid {
+        tracing::warn!(
+            uid = rustix::process::geteuid().as_raw(),
+            "keys are NOT isolated from the server: the signer runs under this process's uid, so a \
+             file-read bug here reads every signing key; development only (start as root to run \
+             front end and signer as two users, or use a separate signer service, see ops/)"
+        );
+    }
+
+    let (listener, keeper) = match isolated {
+        Some((l, k)) => (TcpListener::from_std(l).map_err(io(format!("listening on {}", cfg.listen)))?, Some(k)),
+        // Bind before anything is started, so a port in use fails fast with nothing to undo.
+        None => (TcpListener::bind(cfg.listen).await.map_err(io(format!("listening on {}", cfg.listen)))?, None),
+    };
     let addr = listener.local_addr().map_err(io("local address"))?;
 
+    // Before the signer: a data directory in use by another instance fails here, on RocksDB's
+    // lock, with nothing started (an isolated signer's keeper stops when `keeper` drops).
     let db = data_dir.join("db");
     let store = RocksStore::open(&db, RocksOptions::default())
-        .map_err(|source| ServeError::Store { path: db.display().to_string(), source })?;
+        .map_err(|source| ServeError::Store { path: shown_dir.join("db").display().to_string(), source })?;
 
-    let (signer_child, socket) = match &cfg.signer {
-        SignerMode::Embedded { bin } => {
+    let (signer_child, socket) = match (&cfg.signer, keeper) {
+        (SignerMode::Embedded { .. }, Some(keeper)) => {
+            let child = EmbeddedSigner::from_keeper(keeper, data_dir.join("run").join("signer.sock")).await?;
+            let socket = child.socket().to_owned();
+            (Some(child), socket)
+        }
+        (SignerMode::Embedded { bin }, None) => {
             let bin = signer_child::find_binary(bin.clone())?;
             let child = EmbeddedSigner::start(bin, &data_dir).await?;
             let socket = child.socket().to_owned();
             (Some(child), socket)
         }
-        SignerMode::External { socket } => (None, socket.clone()),
+        (SignerMode::External { socket }, _) => (None, socket.clone()),
     };
+
     let opts = ClientOptions { max_in_flight: cfg.signer_max_in_flight, ..ClientOptions::default() };
     let signer = SignerClient::new(socket.clone(), opts);
     if signer_child.is_none() {
@@ -85,16 +162,19 @@ pub async fn run(cfg: ServerConfig) -> Result<(), ServeError> {
         }
     }
 
-    let result = serve_with_engine(&cfg, &data_dir, listener, addr, store, signer, shutdown).await;
+    let dirs = (data_dir.as_path(), shown_dir.as_path());
+    let result = serve_with_engine(&cfg, dirs, isolation, listener, addr, store, signer, shutdown).await;
     if let Some(child) = signer_child {
         child.stop().await;
     }
     result
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn serve_with_engine(
     cfg: &ServerConfig,
-    data_dir: &Path,
+    (data_dir, shown_dir): (&Path, &Path),
+    isolation: KeyIsolation,
     listener: TcpListener,
     addr: std::net::SocketAddr,
     store: RocksStore,
@@ -154,13 +234,16 @@ async fn serve_with_engine(
          allowly: create a workspace:\n  \
          curl -sS -X POST http://{addr}/v1/workspaces -H \"Authorization: Bearer $(cat {token})\" \\\n    \
          -H 'Content-Type: application/json' -d '{{\"name\": \"my app\"}}'",
-        token = token.display()
+        token = shown_dir.join(token.file_name().unwrap_or_default()).display()
     );
-    tracing::info!(%addr, data_dir = %data_dir.display(), "allowly serving");
+    tracing::info!(%addr, data_dir = %shown_dir.display(), key_isolation = isolation.label(), "allowly serving");
 
+    let metrics = crate::metrics::HttpMetrics::new();
+    metrics.set_key_isolation(isolation);
     let app = Arc::new(App {
+        key_isolation: isolation,
         engine: engine.clone(),
-        metrics: crate::metrics::HttpMetrics::new(),
+        metrics,
         webhook_metrics,
         body_limit: cfg.body_limit,
         request_ids: Default::default(),

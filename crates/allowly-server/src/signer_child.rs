@@ -9,9 +9,18 @@
 //!   restarts it with exponential backoff whenever it exits. The engine's client reconnects by
 //!   itself, and checks fail closed (503) in between.
 //! - Stopping sends SIGTERM and waits (bounded), then SIGKILL.
+//! - Isolated (`allowly serve` started as root, see [`crate::isolation`]): the same start,
+//!   supervision and stop run in a root [`Keeper`] process (`allowly signer-keeper`), which
+//!   launches the signer as the signer's user, relative to its state directory
+//!   (`--dir . --socket ../run/signer.sock --allow-uid <front end>`); the front end, once
+//!   unprivileged, only waits for the ping and, to stop, closes the keeper's stdin.
 
+#![allow(unsafe_code)] // `pre_exec` of the isolated launch; the one unsafe block is justified there.
+
+use std::os::fd::AsRawFd as _;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use allowly_signer_proto::client::{ClientOptions, SignerClient};
@@ -81,12 +90,54 @@ pub fn find_binary(explicit: Option<PathBuf>) -> Result<PathBuf, SignerChildErro
     })
 }
 
-/// A running, supervised signer child.
+/// A running, supervised signer: supervised by this process, or (isolated) by a keeper process.
 #[derive(Debug)]
 pub struct EmbeddedSigner {
     socket: PathBuf,
-    stop: watch::Sender<bool>,
-    task: JoinHandle<()>,
+    supervisor: Supervisor,
+}
+
+#[derive(Debug)]
+enum Supervisor {
+    /// A task of this process restarts the child (same uid, no isolation).
+    Task { stop: watch::Sender<bool>, task: JoinHandle<()> },
+    /// The root keeper process does ([`crate::isolation`]); closing its stdin stops it.
+    Keeper(Keeper),
+}
+
+/// How the signer is started: where, and (isolated) as whom.
+#[derive(Debug, Clone)]
+struct Launch {
+    bin: PathBuf,
+    /// The signer's state directory and socket, as the signer is told them.
+    dir: PathBuf,
+    socket: PathBuf,
+    isolated: Option<Isolated>,
+}
+
+/// An isolated launch: the binary is opened by root and executed through `/proc/self/fd/N`
+/// (the signer's user need not be able to reach it), in `cwd` (entered as root, so its parents
+/// need not be searchable), after [`crate::isolation::child_drop`].
+#[derive(Debug, Clone)]
+struct Isolated {
+    exe: Arc<std::fs::File>,
+    cwd: PathBuf,
+    uid: u32,
+    gid: u32,
+    allow_uid: u32,
+}
+
+impl Launch {
+    fn command(&self) -> Command {
+        let Some(iso) = &self.isolated else { return Command::new(&self.bin) };
+        let mut cmd = Command::new(format!("/proc/self/fd/{}", iso.exe.as_raw_fd()));
+        cmd.arg0(&self.bin).current_dir(&iso.cwd);
+        let (uid, gid) = (iso.uid, iso.gid);
+        // SAFETY: the closure runs in the forked child before exec and only makes raw system
+        // calls (no allocation, no locks): async-signal-safe.
+        unsafe { cmd.pre_exec(move || crate::isolation::child_drop(uid, gid)) };
+        cmd
+    }
 }
 
 /// Starts signer children, always from one thread of its own that lives until the supervisor
@@ -98,7 +149,7 @@ struct Spawner {
 }
 
 impl Spawner {
-    fn new(bin: PathBuf, dir: PathBuf, socket: PathBuf) -> Result<Self, SignerChildError> {
+    fn new(launch: Launch) -> Result<Self, SignerChildError> {
         let (requests, rx) = std::sync::mpsc::channel::<oneshot::Sender<Result<Child, SignerChildError>>>();
         let runtime = tokio::runtime::Handle::current();
         std::thread::Builder::new()
@@ -107,7 +158,7 @@ impl Spawner {
                 // tokio's child reaping needs the runtime's context.
                 let _rt = runtime.enter();
                 for reply in rx {
-                    let _ = reply.send(spawn(&bin, &dir, &socket));
+                    let _ = reply.send(spawn(&launch));
                 }
             })
             .map_err(io("starting the signer spawner thread"))?;
@@ -125,14 +176,14 @@ impl Spawner {
     }
 }
 
-fn spawn(bin: &Path, dir: &Path, socket: &Path) -> Result<Child, SignerChildError> {
-    let mut cmd = Command::new(bin);
-    cmd.arg("serve")
-        .arg("--dir")
-        .arg(dir)
-        .arg("--socket")
-        .arg(socket)
-        .arg("--parent-pid")
+fn spawn(launch: &Launch) -> Result<Child, SignerChildError> {
+    let (bin, socket) = (&launch.bin, &launch.socket);
+    let mut cmd = launch.command();
+    cmd.arg("serve").arg("--dir").arg(&launch.dir).arg("--socket").arg(socket);
+    if let Some(iso) = &launch.isolated {
+        cmd.arg("--allow-uid").arg(iso.allow_uid.to_string());
+    }
+    cmd.arg("--parent-pid")
         .arg(std::process::id().to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -145,45 +196,71 @@ fn spawn(bin: &Path, dir: &Path, socket: &Path) -> Result<Child, SignerChildErro
     Ok(child)
 }
 
+/// `allowly-signer init` (first run: creates the master key), as the signer will run.
+async fn init_if_needed(launch: &Launch, state_dir: &Path) -> Result<(), SignerChildError> {
+    if state_dir.join("master.key").exists() {
+        return Ok(());
+    }
+    let bin = &launch.bin;
+    let out = launch
+        .command()
+        .arg("init")
+        .arg("--dir")
+        .arg(&launch.dir)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .map_err(io(format!("running {} init", bin.display())))?;
+    if !out.status.success() {
+        return Err(SignerChildError::Init {
+            bin: bin.display().to_string(),
+            status: out.status,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        });
+    }
+    tracing::info!(dir = %state_dir.display(), "signer state directory created");
+    Ok(())
+}
+
+/// Starts the supervisor task of `child`.
+fn supervised(child: Child, spawner: Spawner) -> Supervisor {
+    let (stop, stop_rx) = watch::channel(false);
+    let task = tokio::spawn(supervise(child, spawner, stop_rx));
+    Supervisor::Task { stop, task }
+}
+
 impl EmbeddedSigner {
     /// Prepares `<data>/signer` (first run: `allowly-signer init`) and `<data>/run` (0700),
-    /// starts the signer and waits until it answers.
+    /// starts the signer under this process's uid and waits until it answers.
     pub async fn start(bin: PathBuf, data_dir: &Path) -> Result<Self, SignerChildError> {
         let dir = data_dir.join("signer");
-        if !dir.join("master.key").exists() {
-            let out = Command::new(&bin)
-                .arg("init")
-                .arg("--dir")
-                .arg(&dir)
-                .stdin(Stdio::null())
-                .output()
-                .await
-                .map_err(io(format!("running {} init", bin.display())))?;
-            if !out.status.success() {
-                return Err(SignerChildError::Init {
-                    bin: bin.display().to_string(),
-                    status: out.status,
-                    stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-                });
-            }
-            tracing::info!(dir = %dir.display(), "signer state directory created");
-        }
         let run = data_dir.join("run");
-        crate::serve::create_private_dir(&run)?;
         let socket = run.join("signer.sock");
         if socket.as_os_str().len() > MAX_SOCKET_PATH {
             return Err(SignerChildError::SocketPath(socket.display().to_string()));
         }
+        let launch = Launch { bin, dir: dir.clone(), socket: socket.clone(), isolated: None };
+        init_if_needed(&launch, &dir).await?;
+        crate::serve::create_private_dir(&run)?;
 
-        let spawner = Spawner::new(bin, dir, socket.clone())?;
+        let spawner = Spawner::new(launch)?;
         let mut child = spawner.spawn().await?;
-        if let Err(e) = wait_ready(&mut child, &socket).await {
+        if let Err(e) = wait_ready(|| child.try_wait(), &socket).await {
             terminate(child).await;
             return Err(e);
         }
-        let (stop, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(supervise(child, spawner, stop_rx));
-        Ok(Self { socket, stop, task })
+        Ok(Self { socket, supervisor: supervised(child, spawner) })
+    }
+
+    /// Takes over a started [`Keeper`] (isolated mode; called after this process dropped to
+    /// the front end's user, whose uid the signer allows): waits until the signer answers on
+    /// `socket` (relative to the data directory, the working directory by then).
+    pub async fn from_keeper(mut keeper: Keeper, socket: PathBuf) -> Result<Self, SignerChildError> {
+        if let Err(e) = wait_ready(|| keeper.child.try_wait(), &socket).await {
+            keeper.stop().await;
+            return Err(e);
+        }
+        Ok(Self { socket, supervisor: Supervisor::Keeper(keeper) })
     }
 
     /// The socket the signer serves on.
@@ -193,12 +270,145 @@ impl EmbeddedSigner {
 
     /// Stops supervising and terminates the child (SIGTERM, then SIGKILL after [`STOP_TIMEOUT`]).
     pub async fn stop(self) {
-        let _ = self.stop.send(true);
-        let _ = self.task.await;
+        match self.supervisor {
+            Supervisor::Task { stop, task } => {
+                let _ = stop.send(true);
+                let _ = task.await;
+            }
+            Supervisor::Keeper(keeper) => keeper.stop().await,
+        }
     }
 }
 
-async fn wait_ready(child: &mut Child, socket: &Path) -> Result<(), SignerChildError> {
+/// The root keeper of an isolated signer, seen from the front end: a child process whose stdin
+/// is the only channel (EOF = stop the signer and exit). The front end, once unprivileged,
+/// cannot signal it; it can only close the pipe and wait.
+#[derive(Debug)]
+pub struct Keeper {
+    child: std::process::Child,
+    stdin: Option<std::process::ChildStdin>,
+}
+
+/// Name of the hidden subcommand the keeper runs.
+pub const KEEPER_COMMAND: &str = "signer-keeper";
+
+impl Keeper {
+    /// Starts `<this binary> signer-keeper` (as root, before privileges are dropped).
+    pub fn start(
+        signer_bin: &Path,
+        data_dir: &Path,
+        acc: &crate::isolation::Accounts,
+    ) -> Result<Self, SignerChildError> {
+        use std::os::unix::process::CommandExt as _;
+        let exe = std::env::current_exe().map_err(io("finding this executable"))?;
+        let mut cmd = std::process::Command::new(&exe);
+        cmd.arg(KEEPER_COMMAND)
+            .arg("--signer-bin")
+            .arg(signer_bin)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--uid", &acc.signer.uid.to_string(), "--gid", &acc.signer.gid.to_string()])
+            .args(["--allow-uid", &acc.front.uid.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            // Its own group: a terminal's Ctrl-C must reach only the front end (which drains,
+            // then closes the pipe), not stop the signer under requests still in flight.
+            .process_group(0);
+        let mut child = cmd.spawn().map_err(io(format!("starting {} {KEEPER_COMMAND}", exe.display())))?;
+        let stdin = child.stdin.take();
+        tracing::info!(pid = child.id(), "signer keeper started");
+        Ok(Self { child, stdin })
+    }
+
+    /// Closes the pipe and waits (bounded) for the keeper to stop the signer and exit.
+    pub async fn stop(mut self) {
+        drop(self.stdin.take());
+        let start = Instant::now();
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => {
+                    tracing::info!("signer keeper stopped ({status})");
+                    return;
+                }
+                Ok(None) if start.elapsed() < STOP_TIMEOUT + Duration::from_secs(5) => {
+                    tokio::time::sleep(POLL).await;
+                }
+                Ok(None) => {
+                    tracing::warn!("the signer keeper did not exit in time; leaving it (it stops at our exit)");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!("waiting for the signer keeper: {e}");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Arguments of the hidden `allowly signer-keeper` subcommand (set by [`Keeper::start`]).
+#[derive(Debug, Clone, clap::Args)]
+pub struct KeeperArgs {
+    #[arg(long)]
+    pub signer_bin: PathBuf,
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    #[arg(long)]
+    pub uid: u32,
+    #[arg(long)]
+    pub gid: u32,
+    #[arg(long)]
+    pub allow_uid: u32,
+}
+
+/// The keeper's whole life: starts the signer as the signer's user, restarts it whenever it
+/// exits, and stops it when stdin reaches EOF (the front end closed it, or died) or on SIGTERM.
+/// SIGINT is ignored (see [`Keeper::start`]).
+pub async fn keep(args: KeeperArgs) -> Result<(), SignerChildError> {
+    use tokio::io::AsyncReadExt as _;
+    use tokio::signal::unix::{signal, SignalKind};
+    let exe = std::fs::File::open(&args.signer_bin).map_err(io(format!("opening {}", args.signer_bin.display())))?;
+    let state_dir = args.data_dir.join("signer");
+    let launch = Launch {
+        bin: args.signer_bin.clone(),
+        dir: PathBuf::from("."),
+        socket: PathBuf::from("../run/signer.sock"),
+        isolated: Some(Isolated {
+            exe: Arc::new(exe),
+            cwd: state_dir.clone(),
+            uid: args.uid,
+            gid: args.gid,
+            allow_uid: args.allow_uid,
+        }),
+    };
+    let mut term = signal(SignalKind::terminate()).map_err(io("installing signal handlers"))?;
+    let _int = signal(SignalKind::interrupt()).map_err(io("installing signal handlers"))?;
+    init_if_needed(&launch, &state_dir).await?;
+    let spawner = Spawner::new(launch)?;
+    let child = spawner.spawn().await?;
+    let supervisor = supervised(child, spawner);
+    let mut stdin = tokio::io::stdin();
+    let mut buf = [0u8; 64];
+    loop {
+        tokio::select! {
+            r = stdin.read(&mut buf) => match r {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            },
+            _ = term.recv() => break,
+        }
+    }
+    EmbeddedSigner { socket: PathBuf::new(), supervisor }.stop().await;
+    Ok(())
+}
+
+/// Polls the signer with pings until it answers; `exited` tells whether the process that should
+/// serve (the child, or the keeper) is gone.
+async fn wait_ready(
+    mut exited: impl FnMut() -> std::io::Result<Option<ExitStatus>>,
+    socket: &Path,
+) -> Result<(), SignerChildError> {
     // Its own client: the engine's backs off for up to seconds after a failed connect.
     let probe = SignerClient::new(
         socket.to_owned(),
@@ -211,7 +421,7 @@ async fn wait_ready(child: &mut Child, socket: &Path) -> Result<(), SignerChildE
     );
     let start = Instant::now();
     loop {
-        if let Some(status) = child.try_wait().map_err(io("waiting for the signer"))? {
+        if let Some(status) = exited().map_err(io("waiting for the signer"))? {
             return Err(SignerChildError::ExitedEarly(status));
         }
         match probe.ping().await {

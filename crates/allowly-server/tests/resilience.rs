@@ -415,9 +415,11 @@ fn signers_under(dir: &Path) -> Vec<u32> {
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| {
             let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            // Isolated (started as root), the signer works relative to its directory: `--dir .`.
+            let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap_or_default();
             alive(*pid)
                 && cmdline.split(|b| *b == 0).next().is_some_and(|exe| exe.ends_with(b"/allowly-signer"))
-                && cmdline.windows(marker.len()).any(|w| w == marker)
+                && (cmdline.windows(marker.len()).any(|w| w == marker) || cwd.starts_with(dir))
         })
         .collect()
 }
@@ -527,7 +529,7 @@ fn kill9_of_the_signer_fails_closed_and_loses_nothing() {
         let new = eventually(
             "the server to start a new signer",
             || s.diagnostics(),
-            || children_named(s.pid(), "allowly-signer").into_iter().find(|p| *p != old),
+            || descendants_named(s.pid(), "allowly-signer").into_iter().find(|p| *p != old),
         );
         s.wait_ready();
         // Decisions continue after recovery.
@@ -674,9 +676,38 @@ fn check_ok(s: &Server, t: &Tenant) -> Acked {
     Acked::of(&r.json()).unwrap()
 }
 
-/// One request on the signer's socket, as any process the signer allows (this test runs as the
-/// server's uid, as a compromised front end would): encodes, writes, reads one answer.
-fn signer_call(socket: &Path, req: &allowly_signer_proto::Request) -> allowly_signer_proto::Response {
+/// One request on the signer's socket, made with the front end's credentials (the server
+/// process's uid and gid, as a compromised front end would have them — also when the test runs
+/// as root and the server dropped to its own user): encodes, writes, reads one answer.
+fn signer_call(s: &Server, socket: &Path, req: &allowly_signer_proto::Request) -> allowly_signer_proto::Response {
+    let id = |field: &str| -> u32 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", s.pid())).unwrap();
+        let line = status.lines().find(|l| l.starts_with(field)).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    };
+    let (uid, gid) = (id("Uid:"), id("Gid:"));
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                // Per thread (the raw syscalls, not libc's process-wide wrappers): only this
+                // thread takes the front end's identity; it ends with the call.
+                use rustix::process::{Gid, Uid};
+                use rustix::thread::{set_thread_groups, set_thread_res_gid, set_thread_res_uid};
+                let (u, g) = (Uid::from_raw(uid), Gid::from_raw(gid));
+                if !rustix::process::getuid().is_root() || u.is_root() {
+                    return signer_exchange(socket, req);
+                }
+                set_thread_groups(&[]).unwrap();
+                set_thread_res_gid(g, g, g).unwrap();
+                set_thread_res_uid(u, u, u).unwrap();
+                signer_exchange(socket, req)
+            })
+            .join()
+            .unwrap()
+    })
+}
+
+fn signer_exchange(socket: &Path, req: &allowly_signer_proto::Request) -> allowly_signer_proto::Response {
     let mut frame = Vec::new();
     allowly_signer_proto::encode_request(7, req, &mut frame).unwrap();
     let mut st = std::os::unix::net::UnixStream::connect(socket).unwrap();
@@ -765,6 +796,11 @@ fn a_rolled_back_signer_fences_only_its_workspace_until_the_resync_repairs_it() 
     let old = s.signer_pid();
     signal_pid(old, Signal::STOP).unwrap();
     std::fs::write(data.join("signer/journal.old"), &backup).unwrap();
+    // Restored as the signer's files are (its own user when the server isolates it).
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(&journal).unwrap();
+    std::os::unix::fs::chown(data.join("signer/journal.old"), Some(meta.uid()), Some(meta.gid())).unwrap();
+    std::fs::set_permissions(data.join("signer/journal.old"), meta.permissions()).unwrap();
     std::fs::rename(data.join("signer/journal.old"), &journal).unwrap();
     signal_pid(old, Signal::KILL).unwrap();
     eventually("a new signer child", || s.diagnostics(), || (s.signer_pid() != old).then_some(()));
@@ -844,7 +880,7 @@ fn a_forged_append_fences_the_workspace_and_the_resync_refuses_the_fork() {
         bodies: vec![lie],
         want_proofs: false,
     };
-    let answer = signer_call(&data.join("run/signer.sock"), &req);
+    let answer = signer_call(s, &data.join("run/signer.sock"), &req);
     assert!(matches!(answer, allowly_signer_proto::Response::Appended { .. }), "{answer:?}");
 
     let after = check(a); // durable and answered before anyone knows

@@ -43,6 +43,10 @@ pub enum SignerError {
     /// Receipt-format failure (should not happen for data the signer built itself).
     #[error("receipt format: {0}")]
     Receipt(#[from] allowly_receipt::Error),
+    /// Key memory could not be locked (`mlock`) and `--require-mlock` is set; names what it was
+    /// (`master key`, or a workspace key's `create`, `rotate` or `load`).
+    #[error("key memory could not be locked ({0}) and --require-mlock is set")]
+    MemoryLock(&'static str),
     /// The workspace actor is gone (shutting down).
     #[error("workspace actor unavailable")]
     ActorGone,
@@ -59,9 +63,12 @@ impl SignerError {
             Self::Busy => ErrorCode::Busy,
             Self::InvalidArgument(_) => ErrorCode::InvalidArgument,
             Self::Storage(_) => ErrorCode::StorageFailed,
-            Self::MasterKey(_) | Self::Corrupt(_) | Self::Io(_) | Self::Receipt(_) | Self::ActorGone => {
-                ErrorCode::Internal
-            }
+            Self::MasterKey(_)
+            | Self::MemoryLock(_)
+            | Self::Corrupt(_)
+            | Self::Io(_)
+            | Self::Receipt(_)
+            | Self::ActorGone => ErrorCode::Internal,
         }
     }
 

@@ -14,16 +14,17 @@ use base64::Engine as _;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use serde::{Deserialize, Serialize};
-use zeroize::{Zeroize, Zeroizing};
+use zeroize::Zeroizing;
 
 use crate::error::{Result, SignerError};
-use crate::hardening::{random_bytes, LockedSigningKey};
+use crate::hardening::{random_bytes, take_env_var, LockedBytes, LockedSigningKey};
 
 /// Environment variable that may carry the master key (64 hex digits) instead of a file.
 pub const MASTER_KEY_ENV: &str = "ALLOWLY_SIGNER_MASTER_KEY";
 
-/// The key that seals every workspace key. Zeroized on drop.
-pub struct MasterKey(Zeroizing<[u8; 32]>);
+/// The key that seals every workspace key: 32 bytes in locked, dump-excluded memory, zeroed on
+/// drop. It is written there directly from the file or the environment (no other copy is made).
+pub struct MasterKey(LockedBytes<32>);
 
 impl std::fmt::Debug for MasterKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -31,19 +32,23 @@ impl std::fmt::Debug for MasterKey {
     }
 }
 
-fn parse_master_hex(text: &str) -> Result<MasterKey> {
-    let mut out = Zeroizing::new([0u8; 32]);
-    let t = text.trim();
-    if t.len() != 64 || hex::decode_to_slice(t, &mut out[..]).is_err() {
+/// Longest master key text accepted: 64 hex digits plus surrounding whitespace.
+const MASTER_TEXT_MAX: usize = 128;
+
+fn parse_master_hex(text: &[u8]) -> Result<MasterKey> {
+    let mut key = LockedBytes::<32>::new();
+    let t = text.trim_ascii();
+    if t.len() != 64 || hex::decode_to_slice(t, &mut key[..]).is_err() {
         return Err(SignerError::MasterKey("expected 64 hex digits".into()));
     }
-    Ok(MasterKey(out))
+    Ok(MasterKey(key))
 }
 
 impl MasterKey {
     /// Reads a master key file: it must be a regular file owned by this user with no group or
-    /// other permissions (mode 0600 or stricter).
+    /// other permissions (mode 0600 or stricter). The text is read into locked memory.
     pub fn from_file(path: &Path) -> Result<Self> {
+        use std::io::Read as _;
         let meta = fs::metadata(path).map_err(|e| SignerError::MasterKey(format!("{}: {e}", path.display())))?;
         if !meta.is_file() || meta.mode() & 0o077 != 0 {
             return Err(SignerError::MasterKey(format!("{} must be a file of mode 0600", path.display())));
@@ -51,32 +56,106 @@ impl MasterKey {
         if meta.uid() != rustix::process::geteuid().as_raw() {
             return Err(SignerError::MasterKey(format!("{} is not owned by this user", path.display())));
         }
-        let mut text = fs::read_to_string(path)?;
-        let key = parse_master_hex(&text);
-        text.zeroize();
+        let mut text = LockedBytes::<{ MASTER_TEXT_MAX + 1 }>::new();
+        let mut f = File::open(path)?;
+        let mut n = 0;
+        loop {
+            match f.read(&mut text[n..])? {
+                0 => break,
+                k => n += k,
+            }
+            if n == text.len() {
+                return Err(SignerError::MasterKey(format!("{}: expected 64 hex digits", path.display())));
+            }
+        }
+        let key = parse_master_hex(&text[..n]);
+        crate::hardening::scrub_stack();
         key
     }
 
-    /// Reads the master key from [`MASTER_KEY_ENV`], if set.
+    /// Reads the master key from [`MASTER_KEY_ENV`], if set, and scrubs it from the process
+    /// environment (the array and the bytes themselves; see [`take_env_var`]). Call while the
+    /// process has one thread.
     pub fn from_env() -> Option<Result<Self>> {
-        let mut v = std::env::var(MASTER_KEY_ENV).ok()?;
-        let key = parse_master_hex(&v);
-        v.zeroize();
-        Some(key)
+        let key = take_env_var(MASTER_KEY_ENV, parse_master_hex);
+        crate::hardening::scrub_stack();
+        key
     }
 
     /// Creates a new random master key file (mode 0600); fails if it exists. For development
     /// set-ups; production provisions the key from its secret store.
     pub fn create_file(path: &Path) -> Result<Self> {
-        let key = Zeroizing::new(random_bytes::<32>()?);
-        let mut hex_text = Zeroizing::new(hex::encode(*key));
+        let mut key = LockedBytes::<32>::new();
+        getrandom::getrandom(&mut key[..]).map_err(|e| std::io::Error::other(e.to_string()))?;
+        let mut text = LockedBytes::<65>::new();
+        hex::encode_to_slice(&key[..], &mut text[..64]).map_err(|e| SignerError::MasterKey(e.to_string()))?;
+        text[64] = b'\n';
         let mut f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
-        f.write_all(hex_text.as_bytes())?;
-        f.write_all(b"\n")?;
+        f.write_all(&text[..])?;
         f.sync_all()?;
-        hex_text.zeroize();
         sync_dir(path.parent().unwrap_or(Path::new(".")))?;
         Ok(Self(key))
+    }
+
+    /// Whether the key's memory is locked in RAM.
+    pub fn is_locked(&self) -> bool {
+        self.0.is_locked()
+    }
+
+    /// Runs `f` with an AEAD keyed by the master key. The cipher holds a copy of the key (zeroed
+    /// when it drops); building it in a frame of its own and overwriting that stack space
+    /// afterwards ([`scrub_stack`](crate::hardening::scrub_stack)) also clears the temporaries
+    /// the compiler made on the way, so no copy outlives the call.
+    fn with_cipher<R>(&self, f: impl FnOnce(&XChaCha20Poly1305) -> R) -> R {
+        #[inline(never)]
+        fn keyed<R>(key: &[u8; 32], f: impl FnOnce(&XChaCha20Poly1305) -> R) -> R {
+            let cipher = XChaCha20Poly1305::new(key.into());
+            f(&cipher)
+        }
+        let out = keyed(&self.0, f);
+        crate::hardening::scrub_stack();
+        out
+    }
+}
+
+/// What to do when key memory cannot be locked (`mlock` fails, e.g. `RLIMIT_MEMLOCK` used up):
+/// every failure is counted and logged where it happens; with `required` the operation fails.
+#[derive(Debug, Clone)]
+pub struct MlockPolicy {
+    /// `allowly_signer_mlock_failures_total`.
+    pub failures: prometheus::IntCounter,
+    /// `--require-mlock`: refuse instead of going on with unlocked key memory.
+    pub required: bool,
+}
+
+impl Default for MlockPolicy {
+    /// A counter of its own (registered nowhere); not required.
+    fn default() -> Self {
+        let failures = prometheus::IntCounter::new("allowly_signer_mlock_failures_total", "unregistered")
+            .unwrap_or_else(|e| unreachable!("static metric: {e}"));
+        Self { failures, required: false }
+    }
+}
+
+impl MlockPolicy {
+    /// Counts and logs an unlocked secret (`what`: master key, or a workspace key at creation,
+    /// rotation or load); an error if locking is required.
+    pub fn check(&self, locked: bool, what: &'static str, ws: Option<&str>) -> Result<()> {
+        if locked {
+            return Ok(());
+        }
+        self.failures.inc();
+        tracing::warn!(
+            what,
+            workspace = ws.unwrap_or("-"),
+            required = self.required,
+            "key memory could not be locked (mlock failed: RLIMIT_MEMLOCK too small or used up); \
+             the key could be swapped to disk"
+        );
+        if self.required {
+            return Err(SignerError::MemoryLock(what));
+        }
+        Ok(())
     }
 }
 
@@ -133,6 +212,7 @@ impl NewKeys {
 pub struct KeyStore {
     dir: PathBuf,
     master: MasterKey,
+    mlock: MlockPolicy,
 }
 
 /// AAD binds a sealed seed to its workspace and key id, so ciphertexts cannot be swapped
@@ -161,7 +241,14 @@ impl KeyStore {
         let dir = dir.join("keys");
         fs::create_dir_all(&dir)?;
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?;
-        Ok(Self { dir, master })
+        Ok(Self { dir, master, mlock: MlockPolicy::default() })
+    }
+
+    /// Counts unlocked key memory in `policy.failures` and, if `policy.required`, refuses to hold
+    /// a key it cannot lock (creation, rotation and load then fail).
+    pub fn with_mlock_policy(mut self, policy: MlockPolicy) -> Self {
+        self.mlock = policy;
+        self
     }
 
     fn path(&self, ws: &str) -> PathBuf {
@@ -174,39 +261,43 @@ impl KeyStore {
     }
 
     fn seal(&self, ws: &str, key_id: &str, seed: &[u8; 32]) -> Result<(String, String)> {
-        let cipher = XChaCha20Poly1305::new((&*self.master.0).into());
         let nonce = random_bytes::<24>()?;
-        let sealed = cipher
-            .encrypt(XNonce::from_slice(&nonce), Payload { msg: seed, aad: &aad(ws, key_id) })
+        let sealed = self
+            .master
+            .with_cipher(|c| c.encrypt(XNonce::from_slice(&nonce), Payload { msg: seed, aad: &aad(ws, key_id) }))
             .map_err(|_| SignerError::Corrupt("sealing failed".into()))?;
         Ok((B64.encode(nonce), B64.encode(sealed)))
     }
 
-    fn unseal(&self, ws: &str, k: &StoredKey) -> Result<LockedSigningKey> {
+    fn unseal(&self, ws: &str, k: &StoredKey, when: &'static str) -> Result<LockedSigningKey> {
         let corrupt = |what: &str| SignerError::Corrupt(format!("key {} of {ws}: {what}", k.key_id));
         let nonce = B64.decode(&k.nonce).map_err(|_| corrupt("nonce"))?;
         let sealed = B64.decode(&k.sealed_seed).map_err(|_| corrupt("sealed seed"))?;
         if nonce.len() != 24 {
             return Err(corrupt("nonce length"));
         }
-        let cipher = XChaCha20Poly1305::new((&*self.master.0).into());
-        let plain = Zeroizing::new(
-            cipher
-                .decrypt(XNonce::from_slice(&nonce), Payload { msg: &sealed, aad: &aad(ws, &k.key_id) })
-                .map_err(|_| corrupt("does not open under this master key"))?,
-        );
+        let plain = self
+            .master
+            .with_cipher(|c| {
+                c.decrypt(XNonce::from_slice(&nonce), Payload { msg: &sealed, aad: &aad(ws, &k.key_id) })
+                    .map(Zeroizing::new)
+            })
+            .map_err(|_| corrupt("does not open under this master key"))?;
         let mut seed: [u8; 32] = plain.as_slice().try_into().map_err(|_| corrupt("seed length"))?;
         let key = LockedSigningKey::from_seed(&mut seed);
+        self.mlock.check(key.is_locked(), when, Some(ws))?;
         if B64.encode(key.verifying_key().as_bytes()) != k.public_key {
             return Err(corrupt("public key does not match the sealed seed"));
         }
         Ok(key)
     }
 
-    fn new_key(&self, ws: &str, now_ms: u64) -> Result<(StoredKey, LockedSigningKey)> {
+    fn new_key(&self, ws: &str, now_ms: u64, when: &'static str) -> Result<(StoredKey, LockedSigningKey)> {
         let mut seed = random_bytes::<32>()?;
         let seed_copy = Zeroizing::new(seed);
         let key = LockedSigningKey::from_seed(&mut seed);
+        // Refused before anything is written: no key file or log record for a key we cannot lock.
+        self.mlock.check(key.is_locked(), when, Some(ws))?;
         let verifier = NoteVerifier::new(&log_origin(ws), key.verifying_key())?;
         let key_id = hex::encode(verifier.key_id());
         let (nonce, sealed_seed) = self.seal(ws, &key_id, &seed_copy)?;
@@ -241,7 +332,7 @@ impl KeyStore {
         Ok(Some(file))
     }
 
-    fn to_memory(&self, ws: &str, file: &KeyFile) -> Result<WorkspaceKeys> {
+    fn to_memory(&self, ws: &str, file: &KeyFile, when: &'static str) -> Result<WorkspaceKeys> {
         let mut infos = Vec::with_capacity(file.keys.len());
         let mut active = None;
         for k in &file.keys {
@@ -255,7 +346,7 @@ impl KeyStore {
                 if active.is_some() {
                     return Err(SignerError::Corrupt(format!("{ws} has two active keys")));
                 }
-                active = Some(self.unseal(ws, k)?);
+                active = Some(self.unseal(ws, k, when)?);
             }
             infos.push(KeyInfo {
                 key_id,
@@ -272,7 +363,7 @@ impl KeyStore {
     /// Loads a workspace's keys (decrypting only the active one).
     pub fn load(&self, ws: &str) -> Result<WorkspaceKeys> {
         let file = self.read(ws)?.ok_or(SignerError::UnknownWorkspace)?;
-        self.to_memory(ws, &file)
+        self.to_memory(ws, &file, "load")
     }
 
     /// Creates the workspace's first key. Fails with `WorkspaceExists` if it has one.
@@ -285,7 +376,7 @@ impl KeyStore {
     /// into the journal's `created` record before the key file exists: a key file without a
     /// log record would refuse to load forever.
     pub fn prepare(&self, ws: &str, now_ms: u64) -> Result<NewKeys> {
-        let (stored, _) = self.new_key(ws, now_ms)?;
+        let (stored, _) = self.new_key(ws, now_ms, "create")?;
         Ok(NewKeys { file: KeyFile { version: 1, workspace_id: ws.to_owned(), keys: vec![stored] } })
     }
 
@@ -311,7 +402,8 @@ impl KeyStore {
         }
         fs::remove_file(&tmp)?;
         sync_dir(&self.dir)?;
-        self.load(ws)
+        let file = self.read(ws)?.ok_or(SignerError::UnknownWorkspace)?;
+        self.to_memory(ws, &file, "create")
     }
 
     /// Retires the active key at `now_ms` and makes a new one active from `now_ms`. The old
@@ -321,10 +413,10 @@ impl KeyStore {
         for k in file.keys.iter_mut().filter(|k| k.not_after_ms.is_none()) {
             k.not_after_ms = Some(now_ms);
         }
-        let (stored, _) = self.new_key(ws, now_ms)?;
+        let (stored, _) = self.new_key(ws, now_ms, "rotate")?;
         file.keys.push(stored);
         self.write(&file)?;
-        self.to_memory(ws, &file)
+        self.to_memory(ws, &file, "rotate")
     }
 }
 
@@ -334,7 +426,7 @@ mod tests {
     use super::*;
 
     fn store(dir: &Path) -> KeyStore {
-        KeyStore::open(dir, parse_master_hex(&"ab".repeat(32)).unwrap()).unwrap()
+        KeyStore::open(dir, parse_master_hex("ab".repeat(32).as_bytes()).unwrap()).unwrap()
     }
 
     /// Every file under `dir`, recursively.
@@ -406,7 +498,7 @@ mod tests {
         let ks = store(dir.path());
         ks.create("ws_a", 1).unwrap();
         ks.create("ws_b", 1).unwrap();
-        let other = KeyStore::open(dir.path(), parse_master_hex(&"cd".repeat(32)).unwrap()).unwrap();
+        let other = KeyStore::open(dir.path(), parse_master_hex("cd".repeat(32).as_bytes()).unwrap()).unwrap();
         assert!(matches!(other.load("ws_a"), Err(SignerError::Corrupt(_))));
         // Move ws_b's sealed seed into ws_a's file: the AAD binds it to ws_b, so it must not open.
         let mut a: KeyFile = serde_json::from_slice(&fs::read(ks.path("ws_a")).unwrap()).unwrap();
@@ -427,6 +519,13 @@ mod tests {
         assert!(MasterKey::create_file(&p).is_err(), "never overwrites a master key");
         fs::set_permissions(&p, fs::Permissions::from_mode(0o640)).unwrap();
         assert!(matches!(MasterKey::from_file(&p), Err(SignerError::MasterKey(_))));
-        assert!(parse_master_hex("abc").is_err());
+        assert!(parse_master_hex(b"abc").is_err());
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(MasterKey::from_file(&p).unwrap().is_locked());
+        fs::write(&p, "ab".repeat(100)).unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(matches!(MasterKey::from_file(&p), Err(SignerError::MasterKey(_))), "overlong file");
+        fs::write(&p, format!("  {}\n", "0a".repeat(32))).unwrap();
+        assert_eq!(*MasterKey::from_file(&p).unwrap().0, [0x0a; 32], "surrounding whitespace is trimmed");
     }
 }

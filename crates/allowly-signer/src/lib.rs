@@ -136,8 +136,9 @@ impl Shared {
             keystore::MasterKey::create_file(&key_file)?
         };
         let metrics = Metrics::new();
+        let mlock = keystore::MlockPolicy { failures: metrics.mlock_failures.clone(), required: false };
         Ok(Arc::new(Shared {
-            keystore: KeyStore::open(dir, master)?,
+            keystore: KeyStore::open(dir, master)?.with_mlock_policy(mlock),
             journal: Journal::open(dir, JournalOptions::default(), metrics.clone())?,
             metrics,
             workspaces: Default::default(),

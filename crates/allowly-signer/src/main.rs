@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use allowly_signer::hardening::{harden_process, is_non_dumpable};
 use allowly_signer::journal::{Journal, JournalOptions};
-use allowly_signer::keystore::{KeyStore, MasterKey};
+use allowly_signer::keystore::{KeyStore, MasterKey, MlockPolicy};
 use allowly_signer::metrics::Metrics;
 use allowly_signer::{server, Shared};
 use clap::{Parser, Subcommand};
@@ -77,6 +77,9 @@ enum AuditCommand {
 }
 
 fn main() -> ExitCode {
+    // Started through /proc/self/fd/N (an isolated embedded signer), the kernel names the process
+    // "N": give it its name back, for ps and for anyone looking for it.
+    let _ = rustix::thread::set_name(c"allowly-signer");
     // Before anything else can hold a secret: no core dumps, no same-uid memory reads.
     if let Err(e) = harden_process() {
         eprintln!("allowly-signer: cannot harden the process: {e}");
@@ -172,20 +175,24 @@ fn serve(
     // Held (open) until the process exits; taken before the socket is bound, since binding
     // replaces a socket file that another signer may be serving on.
     let _lock = lock_dir(&dir)?;
-    let master = match (master_key_file, MasterKey::from_env()) {
+    // Still one thread here (the runtime starts below): the environment can be edited safely.
+    // The variable is always taken out and overwritten, even when a key file takes precedence,
+    // so it is never left for children or /proc/<pid>/environ.
+    let from_env = MasterKey::from_env();
+    let master = match (master_key_file, from_env) {
         (Some(f), _) => MasterKey::from_file(&f)?,
         (None, Some(env)) => env?,
         (None, None) => MasterKey::from_file(&dir.join("master.key"))?,
     };
-    // The env var has been read; do not leave it for children or /proc/self/environ.
-    std::env::remove_var(allowly_signer::keystore::MASTER_KEY_ENV);
+    let metrics = Metrics::new();
+    let mlock = MlockPolicy { failures: metrics.mlock_failures.clone(), required: require_mlock };
+    mlock.check(master.is_locked(), "master key", None)?;
     if require_mlock {
         probe_mlock()?;
     }
     allowed_uids.push(rustix::process::geteuid().as_raw());
-    let metrics = Metrics::new();
     let shared = Arc::new(Shared {
-        keystore: KeyStore::open(&dir, master)?,
+        keystore: KeyStore::open(&dir, master)?.with_mlock_policy(mlock),
         // Recovers the journal (cutting a torn tail, refusing a corrupt record) before serving.
         journal: Journal::open(&dir, JournalOptions::default(), metrics.clone())?,
         metrics,

@@ -224,9 +224,6 @@ async fn workspace(shared: &Arc<Shared>, ws: &str) -> Result<WsHandle> {
     let durable = shared.journal.load(ws).await?.ok_or_else(|| {
         SignerError::Corrupt(format!("log state of {ws} is missing from the journal; refusing to restart the log"))
     })?;
-    if !keys.active.is_locked() {
-        shared.metrics.mlock_failures.inc();
-    }
     spawn(shared, ws, keys, durable, true).await
 }
 

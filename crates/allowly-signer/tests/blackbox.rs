@@ -5,6 +5,7 @@
 //! killed on drop, and a failing test prints the signer's stderr and audit log.
 #![allow(clippy::unwrap_used)]
 
+mod hygiene;
 mod support;
 
 use std::collections::{HashMap, HashSet};

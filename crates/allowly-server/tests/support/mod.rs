@@ -115,6 +115,12 @@ impl Server {
         signer_bin();
         let mut cmd = Command::new(allowly_bin());
         cmd.arg("serve").arg("--data-dir").arg(data_dir).args(["--listen", "127.0.0.1:0"]).args(extra);
+        Self::start_command(cmd, data_dir)
+    }
+
+    /// Starts `cmd`, which must end up running `allowly serve --data-dir <data_dir>` (e.g. under
+    /// `setpriv`), with the same environment clean-up and first-line wait as [`Self::start`].
+    pub fn start_command(mut cmd: Command, data_dir: &Path) -> Self {
         for var in [
             "ALLOWLY_DATA_DIR",
             "ALLOWLY_LISTEN",
@@ -132,6 +138,8 @@ impl Server {
             "ALLOWLY_SIGNER_TIMEOUT_MS",
             "ALLOWLY_MIN_FREE_DISK",
             "ALLOWLY_MAX_UNSIGNED_AGE_MS",
+            "ALLOWLY_USER",
+            "ALLOWLY_SIGNER_USER",
         ] {
             cmd.env_remove(var);
         }
@@ -186,10 +194,11 @@ impl Server {
         Client { addr: self.addr }
     }
 
-    /// The pid of the live signer child (polled until there is one).
+    /// The pid of the live signer (polled until there is one): the server's child, or, started
+    /// as root, the child of its keeper.
     pub fn signer_pid(&self) -> u32 {
         let me = self.pid();
-        eventually("a signer child", || self.diagnostics(), || children_named(me, "allowly-signer").first().copied())
+        eventually("a signer", || self.diagnostics(), || descendants_named(me, "allowly-signer").first().copied())
     }
 
     /// Sends `sig` to the server.
@@ -255,6 +264,16 @@ pub fn children_named(parent: u32, name: &str) -> Vec<u32> {
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| proc_stat(*pid).is_some_and(|(comm, state, ppid)| comm == name && state != "Z" && ppid == parent))
         .collect()
+}
+
+/// Live children and grandchildren of `root` named `name` (a signer started by the server
+/// itself, or, started as root, by its keeper).
+pub fn descendants_named(root: u32, name: &str) -> Vec<u32> {
+    let mut out = children_named(root, name);
+    for keeper in children_named(root, "allowly") {
+        out.extend(children_named(keeper, name));
+    }
+    out
 }
 
 /// Whether `pid` is a live process (a zombie nobody reaps counts as dead).
