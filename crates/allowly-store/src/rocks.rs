@@ -4,8 +4,8 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use rocksdb::{
-    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, DBRecoveryMode, Direction,
-    ErrorKind, IteratorMode, Options, ReadOptions, WriteOptions, DB,
+    BlockBasedIndexType, BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType,
+    DBRecoveryMode, Direction, ErrorKind, IteratorMode, Options, ReadOptions, WriteOptions, DB,
 };
 
 use crate::error::{Result, StoreError};
@@ -89,6 +89,15 @@ impl RocksStore {
         table.set_bloom_filter(10.0, false);
         table.set_cache_index_and_filter_blocks(true);
         table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+        // Partitioned index and filters: a point read loads one 4 KiB index partition, not the
+        // whole index block of a large file. With one index block per file, a read that missed
+        // the block cache read and LZ4-decompressed an index of up to megabytes: 34% of the
+        // server's CPU (index) + 6% (filter) in the 10,000-workspace profile, ~1.5 ms per
+        // authorization cache miss. Only the small top-level index stays pinned.
+        table.set_index_type(BlockBasedIndexType::TwoLevelIndexSearch);
+        table.set_partition_filters(true);
+        table.set_metadata_block_size(4096);
+        table.set_pin_top_level_index_and_filter(true);
 
         let mut cf_opts = Options::default();
         cf_opts.set_block_based_table_factory(&table);
