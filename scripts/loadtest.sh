@@ -30,11 +30,14 @@ mkdir -p "$out"
 data="$(mktemp -d "${TMPDIR:-/tmp}/allowly-loadtest.XXXXXX")"
 log="$data.log"
 server=""
+# Our own server, by its pid: SIGTERM is its graceful shutdown (it stops its signer); up to 30 s.
+stop_server() {
+  kill -TERM "$server" 2>/dev/null || true
+  for _ in $(seq 1 300); do kill -0 "$server" 2>/dev/null || break; sleep 0.1; done
+}
 stop() {
-  # Our own server, by its pid: SIGTERM is its graceful shutdown (it stops its signer child).
   if [ -n "$server" ] && kill -0 "$server" 2>/dev/null; then
-    kill -TERM "$server" 2>/dev/null || true
-    for _ in $(seq 1 100); do kill -0 "$server" 2>/dev/null || break; sleep 0.1; done
+    stop_server
     kill -KILL "$server" 2>/dev/null || true
   fi
   rm -rf "$data" "$log"
@@ -59,10 +62,6 @@ start_server() {
     curl -fsS "$url/readyz" >/dev/null 2>&1 && break
     sleep 0.01
   done
-}
-stop_server() {
-  kill -TERM "$server" 2>/dev/null || true
-  for _ in $(seq 1 300); do kill -0 "$server" 2>/dev/null || break; sleep 0.1; done
 }
 start_server
 echo "allowly serve (pid $server) at $url, data in $data; load average: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -19,7 +19,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use allowly_receipt::types::{
     Decision, EventKind, Grant as ReceiptGrant, HexHash, ReceiptBody, Timestamp, FORMAT_VERSION,
@@ -228,6 +228,8 @@ pub(crate) struct WsArgs {
     pub ws: WorkspaceRecord,
     pub next_index: u64,
     pub queued: Arc<AtomicUsize>,
+    /// The handle's `last_used`: when the last request was sent (the actor's idleness).
+    pub last_used: Arc<AtomicU64>,
     pub life: OwnedMutexGuard<()>,
 }
 
@@ -273,7 +275,8 @@ pub(crate) struct WsState {
     /// Whether the staged ops enqueue webhook deliveries (the worker is woken after the commit).
     wake_webhooks: bool,
     flush_scheduled: bool,
-    last_active: Instant,
+    /// When the last request was sent to this actor (ms, `now_ms`; set by `Engine::ask`).
+    last_used: Arc<AtomicU64>,
     queued: Arc<AtomicUsize>,
     _life: OwnedMutexGuard<()>,
 }
@@ -346,7 +349,7 @@ impl Actor for WorkspaceActor {
             endpoints_changed: false,
             wake_webhooks: false,
             flush_scheduled: false,
-            last_active: Instant::now(),
+            last_used: a.last_used,
             queued: a.queued,
             _life: a.life,
         })
@@ -406,7 +409,6 @@ impl Actor for WorkspaceActor {
             _ => {}
         }
         s.queued.fetch_sub(1, Ordering::AcqRel);
-        s.last_active = Instant::now();
         match msg {
             WsMsg::CreateAuthorization { req, idem, reply } => {
                 s.idempotent(idem, Signs::Yes, reply, |s| s.create_authorization(req).map(|(ops, a)| (ops, Ok(a))));
@@ -501,7 +503,8 @@ impl WsState {
         min_idle: Duration,
         cause: &str,
     ) -> Result<bool, ActorProcessingErr> {
-        let idle = self.last_active.elapsed() >= min_idle;
+        let since = now_ms().saturating_sub(self.last_used.load(Ordering::Relaxed));
+        let idle = u128::from(since) >= min_idle.as_millis();
         if !(idle && self.done.is_empty() && self.queued.load(Ordering::Acquire) == 0) {
             return Ok(false);
         }

@@ -595,11 +595,19 @@ impl Engine {
         let record = self.workspace_record(ws)?;
         let next_index = s.store.log_meta(ws)?.unwrap_or_default().next_index;
         let queued = Arc::new(AtomicUsize::new(0));
-        let args = WsArgs { shared: s.clone(), ws: record, next_index, queued: queued.clone(), life };
+        let last_used = Arc::new(AtomicU64::new(crate::shared::now_ms()));
+        let args = WsArgs {
+            shared: s.clone(),
+            ws: record,
+            next_index,
+            queued: queued.clone(),
+            last_used: last_used.clone(),
+            life,
+        };
         let (actor, _join) = Actor::spawn(None, WorkspaceActor, args)
             .await
             .map_err(|e| EngineError::Internal(format!("starting workspace actor: {e}")))?;
-        let h = WsHandle { actor, queued, last_used: Arc::new(AtomicU64::new(crate::shared::now_ms())) };
+        let h = WsHandle { actor, queued, last_used };
         s.actors.insert(ws.to_owned(), h.clone());
         Ok(h)
     }
