@@ -636,6 +636,15 @@ impl WsState {
         let (finished, last) = oneshot::channel();
         self.last_commit = Some(last);
         let requests = done.len();
+        // Handed to the signing task once durable, so it need not read them back (a copy of
+        // each body: the store consumes the ops).
+        let receipts: Vec<crate::pipeline::Committed> = ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::PutReceipt(r) => Some((r.log_index, r.leaf, r.body.clone())),
+                _ => None,
+            })
+            .collect();
         // Runs on the committer thread, in commit order.
         let completion: crate::commit::Completion = Box::new(move |res: Result<()>| {
             // Every request of the group gets the store's own error (its kind tells a full or
@@ -659,7 +668,7 @@ impl WsState {
                 });
             }
             if failure.is_none() {
-                shared.pipelines.notify(&shared, &ws, next_index);
+                shared.pipelines.committed(&shared, &ws, next_index, receipts);
             }
             // Refused only while the actor drains; it then waits for `finished` instead.
             let _ = me.send_message(WsMsg::Committed { epoch, group, ok: failure.is_none() });

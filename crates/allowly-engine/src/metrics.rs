@@ -37,6 +37,9 @@ pub struct Metrics {
     pub passivations: IntCounterVec,
     /// Receipts per signing batch. Buckets 1..4096 by powers of 2.
     pub sign_batch: Histogram,
+    /// Signing batches by where their bodies came from: `memory` (handed over by the commit)
+    /// or `store` (read back: after a restart, a failed round or a full buffer).
+    pub sign_batch_source: IntCounterVec,
     /// Time from the oldest unsigned receipt being committed to its signature being stored.
     /// Buckets 1 ms .. ~33 s by powers of 2.
     pub signing_lag_seconds: Histogram,
@@ -133,6 +136,11 @@ impl Metrics {
                 &["cause"],
             )
             .expect("static metric definition"),
+            sign_batch_source: IntCounterVec::new(
+                Opts::new("allowly_engine_sign_batches_total", "Signing batches by where their bodies were read from"),
+                &["source"],
+            )
+            .expect("static metric definition"),
             sign_batch: Histogram::with_opts(
                 HistogramOpts::new("allowly_engine_sign_batch_size", "Receipts per signing batch")
                     .buckets(pow2(1.0, 13)),
@@ -218,6 +226,7 @@ impl Metrics {
             Box::new(m.actor_starts.clone()),
             Box::new(m.passivations.clone()),
             Box::new(m.sign_batch.clone()),
+            Box::new(m.sign_batch_source.clone()),
             Box::new(m.signing_lag_seconds.clone()),
             Box::new(m.receipts_signed.clone()),
             Box::new(m.signer_errors.clone()),
@@ -239,6 +248,9 @@ impl Metrics {
         // event makes rate() and absent() alerts lie).
         for cause in ["idle", "memory"] {
             m.passivations.with_label_values(&[cause]);
+        }
+        for source in ["memory", "store"] {
+            m.sign_batch_source.with_label_values(&[source]);
         }
         m
     }

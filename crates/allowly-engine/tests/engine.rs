@@ -172,6 +172,14 @@ async fn concurrent_checks_share_commits_and_get_one_contiguous_log() {
     eventually("all signed", || async { all_signed(&e, &ws, &auth).await }).await;
     let trail = e.trail(&ws, &auth, None, 1000).unwrap();
     assert_eq!(trail.data.len(), 65);
+    // The commits handed their receipts to the signing task: it did not read them back.
+    let from = |source: &str| m.sign_batch_source.with_label_values(&[source]).get();
+    assert!(from("memory") >= 1, "no batch was taken from memory");
+    assert_eq!(
+        from("memory") + from("store"),
+        m.sign_batch.get_sample_count(),
+        "every signed batch counted once by its source"
+    );
     e.shutdown().await;
     signer.stop();
 }
