@@ -25,146 +25,25 @@ use allowly_receipt::types::{
     Decision, EventKind, Grant as ReceiptGrant, HexHash, ReceiptBody, Timestamp, FORMAT_VERSION,
 };
 use allowly_store::{
-    ApiKeyRecord, AuthorizationRecord, DocKind, Op, ReceiptRecord, Role, ScopeRule, WorkspaceRecord, WriteBatch,
+    ApiKeyRecord, AuthorizationRecord, DocKind, Op, ReceiptRecord, ScopeRule, WorkspaceRecord, WriteBatch,
 };
-use allowly_webhooks::model::{DisabledReason, Endpoint, EventType};
-use allowly_webhooks::{CreatedWebhook, NewWebhook, WebhookView};
+use allowly_webhooks::model::{Endpoint, EventType};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, OwnedMutexGuard};
 
+use crate::clock::{now_ms, ts};
 use crate::decide::{self, Reason, Rule, Verdict};
 use crate::error::{EngineError, Result};
 use crate::ids::new_id;
+use crate::mailbox::{Idem, Reply, StagedApiKey, WsMsg};
 use crate::model::{
-    ApiKeyView, AuthorizationChange, CheckOutcome, CheckRequest, ConfirmationAnswer, ConfirmationInfo,
-    EscalationAnswer, EscalationInfo, EscalationView, NewAuthorization, Resolution, WorkspaceView,
+    AuthorizationChange, CheckOutcome, CheckRequest, ConfirmationInfo, EscalationInfo, NewAuthorization,
 };
 use crate::receipts::{auth_state_hash, json_hash, pending_envelope, seal};
-use crate::shared::{now_ms, ts, Shared};
+use crate::shared::Shared;
 use crate::views;
-
-/// Where an answer goes.
-pub(crate) type Reply<T> = oneshot::Sender<Result<T>>;
-
-/// Requests a workspace actor handles (validated by the engine before they are sent).
-pub(crate) enum WsMsg {
-    CreateAuthorization {
-        req: NewAuthorization,
-        idem: Option<Idem>,
-        reply: Reply<AuthorizationChange>,
-    },
-    Revoke {
-        id: String,
-        idem: Option<Idem>,
-        reply: Reply<AuthorizationChange>,
-    },
-    Check {
-        req: CheckRequest,
-        idem: Option<Idem>,
-        reply: Reply<CheckOutcome>,
-    },
-    Confirm {
-        nonce: String,
-        answer: ConfirmationAnswer,
-        idem: Option<Idem>,
-        reply: Reply<Resolution>,
-    },
-    Resolve {
-        id: String,
-        answer: EscalationAnswer,
-        idem: Option<Idem>,
-        reply: Reply<Resolution>,
-    },
-    /// Resolve a pending escalation past its expiry to deny (on first read after it).
-    ExpireEscalation {
-        id: String,
-        reply: Reply<EscalationView>,
-    },
-    SetScopeRules {
-        rules: BTreeMap<String, ScopeRule>,
-        reply: Reply<WorkspaceView>,
-    },
-    CreateWebhook {
-        req: NewWebhook,
-        idem: Option<Idem>,
-        reply: Reply<CreatedWebhook>,
-    },
-    SetWebhookDisabled {
-        id: String,
-        disabled: bool,
-        reason: DisabledReason,
-        idem: Option<Idem>,
-        reply: Reply<WebhookView>,
-    },
-    /// Delete an endpoint and cancel a first page of its unfinished deliveries; answers where
-    /// to continue cancelling (`CancelDeliveries`), if anything is left to look at.
-    DeleteWebhook {
-        id: String,
-        reply: Reply<Option<String>>,
-    },
-    /// Cancel the next page of a deleted endpoint's unfinished deliveries (outbox ids after
-    /// `after`); answers where to continue, if anywhere.
-    CancelDeliveries {
-        webhook_id: String,
-        after: String,
-        reply: Reply<Option<String>>,
-    },
-    RotateWebhookSecret {
-        id: String,
-        grace_ms: u64,
-        idem: Option<Idem>,
-        reply: Reply<CreatedWebhook>,
-    },
-    /// Send a finished delivery's event again, as a new delivery.
-    RetryDelivery {
-        id: String,
-        idem: Option<Idem>,
-        reply: Reply<allowly_webhooks::DeliveryView>,
-    },
-    /// The engine made the secret; the actor files its hash (and, keyed, the sealed secret
-    /// for repeats: see `engine::seal_secret`).
-    CreateApiKey {
-        roles: Vec<Role>,
-        key_hash: [u8; 32],
-        sealed_secret: Option<String>,
-        idem: Option<Idem>,
-        reply: Reply<StagedApiKey>,
-    },
-    RevokeApiKey {
-        id: String,
-        idem: Option<Idem>,
-        reply: Reply<ApiKeyView>,
-    },
-    /// Delete these `Idempotency-Key` records if they are still past their lifetime.
-    SweepIdempotency {
-        ids: Vec<String>,
-        reply: Reply<usize>,
-    },
-    /// Commit everything staged (sent by the actor to itself).
-    Flush,
-    /// Group `group`, decided in state generation `epoch`, is durable (`ok`) or failed (sent by
-    /// the committer after the group's answers went out).
-    Committed {
-        epoch: u64,
-        group: u64,
-        ok: bool,
-    },
-    /// Stop if idle (sent by the actor to itself).
-    IdleCheck,
-    /// Stop if idle for `min_idle` (sent under memory pressure).
-    Passivate {
-        min_idle: Duration,
-    },
-}
-
-/// An `Idempotency-Key`, as the actor files it: `doc_id` derives from the key, `request_hash`
-/// from the route and the parsed request (same key + same request → the same answer).
-pub(crate) struct Idem {
-    pub doc_id: String,
-    pub request_hash: [u8; 32],
-}
 
 /// The stored answer to an `Idempotency-Key`.
 #[derive(Serialize, Deserialize)]
@@ -195,29 +74,11 @@ impl IdemDoc {
     }
 }
 
-/// A new API key as the actor answers it: the secret is the engine's (a repeat gets it back
-/// from `sealed_secret`, never from the store in clear).
-#[derive(Serialize, Deserialize)]
-pub(crate) struct StagedApiKey {
-    pub key: ApiKeyView,
-    pub sealed_secret: Option<String>,
-}
-
 /// Whether a request records a receipt (and so must fail closed while the signer is down).
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Signs {
     Yes,
     No,
-}
-
-/// A running actor as the registry holds it.
-#[derive(Clone)]
-pub(crate) struct WsHandle {
-    pub actor: ActorRef<WsMsg>,
-    /// Requests sent and not yet taken up: the mailbox bound.
-    pub queued: Arc<AtomicUsize>,
-    /// When a request was last sent (ms, `now_ms`): picks whom memory pressure stops first.
-    pub last_used: Arc<AtomicU64>,
 }
 
 /// A staged request's completion: called with the commit's outcome.
@@ -668,7 +529,7 @@ impl WsState {
                 });
             }
             if failure.is_none() {
-                shared.pipelines.committed(&shared, &ws, next_index, receipts);
+                shared.pipelines.committed(&shared.services, &ws, next_index, receipts);
             }
             // Refused only while the actor drains; it then waits for `finished` instead.
             let _ = me.send_message(WsMsg::Committed { epoch, group, ok: failure.is_none() });

@@ -22,15 +22,18 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tokio::sync::oneshot;
 
-use crate::actor::{Idem, IdemDoc, Reply, WorkspaceActor, WsArgs, WsHandle, WsMsg};
+use crate::actor::{IdemDoc, WorkspaceActor, WsArgs};
+use crate::clock::{now_ms, ts};
 use crate::config::EngineConfig;
 use crate::error::{EngineError, Result};
+use crate::health::Health;
 use crate::ids::{is_secret_shaped, new_id, new_secret, open_secret, seal_secret, secret_hash};
+use crate::mailbox::{Idem, Reply, WsHandle, WsMsg};
 use crate::metrics::Metrics;
 use crate::model::*;
-use crate::pipeline::Pipelines;
 use crate::receipts::{key_records, key_set, pending_envelope, signed_envelope};
-use crate::shared::{blocking, now_ms, ts, Health, Shared};
+use crate::services::{blocking, Services};
+use crate::shared::Shared;
 use crate::{validate, views};
 
 /// Most records one list page looks at (see [`Engine::authorizations`]).
@@ -80,31 +83,34 @@ impl Engine {
             tokio::runtime::Handle::current(),
         )
         .map_err(|e| EngineError::Internal(format!("cannot start the committer thread: {e}")))?;
-        let shared = Arc::new(Shared {
+        let services = Arc::new(Services {
             store,
-            committer,
             signer,
             cfg,
             metrics,
             health: Health::default(),
             faults,
             diverged: Default::default(),
-            actors: Default::default(),
-            locks: Default::default(),
-            pipelines: Pipelines::default(),
             shutting_down: Default::default(),
             endpoints: Default::default(),
             webhook_wake: Default::default(),
-            instance_idem: Default::default(),
             api_keys: Default::default(),
             cached_authorizations: Default::default(),
+        });
+        let shared = Arc::new(Shared {
+            services,
+            committer,
+            pipelines: Default::default(),
+            actors: Default::default(),
+            locks: Default::default(),
+            instance_idem: Default::default(),
         });
         let engine = Self { shared: shared.clone() };
         shared.probe_signer().await;
         tokio::spawn(probe_loop(Arc::downgrade(&shared)));
         tokio::spawn(pressure_loop(Arc::downgrade(&shared)));
-        crate::health::check(&shared).await;
-        tokio::spawn(crate::health::health_loop(Arc::downgrade(&shared)));
+        crate::monitor::check(&shared).await;
+        tokio::spawn(crate::monitor::health_loop(Arc::downgrade(&shared)));
         let every = shared.cfg.idempotency_sweep_interval;
         tokio::spawn(periodic(Arc::downgrade(&shared), every, "expired Idempotency-Key records", |e| async move {
             e.sweep_idempotency().await
@@ -126,7 +132,7 @@ impl Engine {
         .await?;
         for (ws, next) in pending {
             tracing::info!(workspace = %ws, "signing receipts left pending by a previous run");
-            shared.pipelines.notify(&shared, &ws, next);
+            shared.pipelines.notify(&shared.services, &ws, next);
         }
         Ok(engine)
     }
@@ -212,7 +218,7 @@ impl Engine {
     /// signing. `Conflict` while they fork. See `docs/threat-model.md` ("When a workspace's log diverges: recovery").
     pub async fn resync_log(&self, ws: &str) -> Result<Resynced> {
         self.workspace(ws)?;
-        crate::pipeline::resync(&self.shared, ws).await
+        crate::pipeline::resync(&self.shared.services, &self.shared.pipelines, ws).await
     }
 
     /// Prometheus text exposition of the engine's metrics followed by the signer's own
@@ -553,7 +559,7 @@ impl Engine {
         let mut attempts = 0;
         loop {
             let h = self.actor_for(ws).await?;
-            h.last_used.store(crate::shared::now_ms(), Ordering::Relaxed);
+            h.last_used.store(crate::clock::now_ms(), Ordering::Relaxed);
             if h.queued.fetch_add(1, Ordering::AcqRel) >= self.shared.cfg.mailbox_capacity {
                 h.queued.fetch_sub(1, Ordering::AcqRel);
                 self.shared.metrics.overloaded.inc();
@@ -595,7 +601,7 @@ impl Engine {
         let record = self.workspace_record(ws)?;
         let next_index = s.store.log_meta(ws)?.unwrap_or_default().next_index;
         let queued = Arc::new(AtomicUsize::new(0));
-        let last_used = Arc::new(AtomicU64::new(crate::shared::now_ms()));
+        let last_used = Arc::new(AtomicU64::new(crate::clock::now_ms()));
         let args = WsArgs {
             shared: s.clone(),
             ws: record,
@@ -992,10 +998,6 @@ impl Engine {
     }
 }
 
-/// Where keyed requests that belong to no workspace (workspace creation) file their
-/// `Idempotency-Key` records: a document scope no workspace id can take (those are `ws_…`).
-pub(crate) const INSTANCE_SCOPE: &str = "_instance";
-
 /// Most bytes of an `Idempotency-Key` header value.
 pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
 
@@ -1065,11 +1067,11 @@ async fn pressure_loop(shared: std::sync::Weak<Shared>) {
         // life guard). Removing it then could let two sequencers run for one workspace.
         s.locks.retain(|_, l| Arc::strong_count(l) > 1 || Arc::strong_count(&l.life) > 1);
         let high = s.cfg.memory_high_water;
-        if high == 0 || crate::shared::resident_bytes().is_none_or(|rss| rss <= high) {
+        if high == 0 || crate::clock::resident_bytes().is_none_or(|rss| rss <= high) {
             continue;
         }
         let min_idle = s.cfg.pressure_min_idle;
-        let idle_since = crate::shared::now_ms().saturating_sub(min_idle.as_millis() as u64);
+        let idle_since = crate::clock::now_ms().saturating_sub(min_idle.as_millis() as u64);
         let mut idle: Vec<(u64, ActorRef<WsMsg>)> = s
             .actors
             .iter()

@@ -5,7 +5,7 @@ use allowly_signer_proto::client::ClientError;
 use allowly_signer_proto::ErrorCode;
 use allowly_store::StoreError;
 
-use crate::health::Fault;
+use crate::fault::Fault;
 
 /// Everything an engine call can fail with.
 #[derive(Debug, thiserror::Error)]

@@ -5,74 +5,22 @@
 //! and its gauge is 1. Each clears by itself once its cause does.
 //!
 //! The request path reads one atomic word ([`Faults::first`] when it is non-zero); the causes
-//! are raised and cleared off the request path — by the health task (`health_loop`, every
+//! are raised and cleared off the request path — by the health task (`monitor::health_loop`, every
 //! `EngineConfig::health_interval`: free space, the signing backlog, a probe write while a store
 //! write failure is outstanding), by the committer (a failed synced write), and by the signing
 //! pipeline (the signer's answers).
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::Mutex;
 use std::time::Duration;
 
-use allowly_store::{DocKind, Durability, Op, StoreError, WriteBatch};
+use allowly_store::StoreError;
+use dashmap::DashMap;
 
+use crate::clock::now_ms;
+use crate::error::{EngineError, Result};
+pub use crate::fault::Fault;
 use crate::metrics::Metrics;
-use crate::shared::{blocking, Shared};
-
-/// A reason to fail closed that is not the signer being unreachable. The set is closed: each
-/// code is a problem code and a metric label value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum Fault {
-    /// The data volume is below `--min-free-disk`, or a store write failed because the device
-    /// is full.
-    StorageFull,
-    /// A store write failed with a device error (EIO and the like).
-    StorageFailed,
-    /// The signer answered, repeatedly, that it cannot make its journal durable.
-    SignerStorageFailed,
-    /// The oldest unsigned receipt is older than `--max-unsigned-age-ms`.
-    SigningBacklog,
-}
-
-impl Fault {
-    /// Every fault, in the order `/readyz` lists them.
-    pub const ALL: [Fault; 4] =
-        [Fault::StorageFull, Fault::StorageFailed, Fault::SignerStorageFailed, Fault::SigningBacklog];
-
-    /// The stable code: problem `code`, `/readyz` cause and metric label.
-    pub fn code(self) -> &'static str {
-        match self {
-            Self::StorageFull => "storage_full",
-            Self::StorageFailed => "storage_failed",
-            Self::SignerStorageFailed => "signer_storage_failed",
-            Self::SigningBacklog => "signing_backlog",
-        }
-    }
-
-    /// What a client is told (no paths, no sizes: those are in the log and `/readyz`).
-    pub fn public_message(self) -> &'static str {
-        match self {
-            Self::StorageFull => "the data volume is (nearly) full; nothing was decided or changed",
-            Self::StorageFailed => "the data volume failed a write; nothing was decided or changed",
-            Self::SignerStorageFailed => "the signer cannot write its journal; nothing was decided or changed",
-            Self::SigningBacklog => "signing is too far behind; nothing was decided or changed",
-        }
-    }
-
-    /// The fault a failed store write stands for, if it is one (a full or failing device).
-    pub fn of_store_error(e: &StoreError) -> Option<Fault> {
-        match e {
-            StoreError::NoSpace(_) => Some(Self::StorageFull),
-            StoreError::Io(_) => Some(Self::StorageFailed),
-            _ => None,
-        }
-    }
-
-    fn bit(self) -> u32 {
-        1 << (self as u32)
-    }
-}
 
 /// The active faults: a bit mask for the request path, the detail of each for `/readyz` and
 /// the log.
@@ -82,7 +30,7 @@ pub(crate) struct Faults {
     details: Mutex<[Option<String>; Fault::ALL.len()]>,
     /// A store write failed with a device fault: the health task probes with a small synced
     /// write until one succeeds (free space alone does not prove the store writes again).
-    write_failed: AtomicBool,
+    pub(crate) write_failed: AtomicBool,
     /// Signer answers in a row that said its journal failed (reset by any successful append).
     signer_failures: AtomicU32,
 }
@@ -218,84 +166,96 @@ pub(crate) fn backlog_too_old(oldest: Option<Duration>, unsigned: u64, bound: Du
     })
 }
 
-/// A store write that changes nothing (the delete of a document no id can name: instance
-/// scope, an id outside the `ik_` form) but goes through the write-ahead log and its fsync.
-fn probe_batch() -> WriteBatch {
-    WriteBatch::from(vec![Op::DeleteDoc {
-        kind: DocKind::Idempotency,
-        workspace_id: crate::engine::INSTANCE_SCOPE.to_owned(),
-        id: "health-probe".to_owned(),
-    }])
+/// Whether the signer answers. Updated by the probe and by every signing exchange.
+#[derive(Debug, Default)]
+pub(crate) struct Health {
+    up: AtomicBool,
+    detail: Mutex<Option<String>>,
 }
 
-/// Every `health_interval`: the data volume's free space against the floor, the signing
-/// backlog against its bound (and their gauges), and a probe write while a store write
-/// failure is outstanding. Ends with the engine.
-pub(crate) async fn health_loop(shared: Weak<Shared>) {
-    let Some(every) = shared.upgrade().map(|s| s.cfg.health_interval) else { return };
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let Some(s) = shared.upgrade() else { return };
-        check(&s).await;
+impl Health {
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Acquire)
+    }
+
+    pub fn set_up(&self, m: &Metrics) {
+        if !self.up.swap(true, Ordering::AcqRel) {
+            tracing::info!("signer is answering");
+            if let Ok(mut d) = self.detail.lock() {
+                *d = None;
+            }
+        }
+        m.signer_up.set(1);
+    }
+
+    pub fn set_down(&self, m: &Metrics, why: &str) {
+        if self.up.swap(false, Ordering::AcqRel) {
+            tracing::warn!(reason = why, "signer unavailable: checks fail closed");
+        }
+        if let Ok(mut d) = self.detail.lock() {
+            *d = Some(why.to_owned());
+        }
+        m.signer_up.set(0);
+    }
+
+    pub fn detail(&self) -> Option<String> {
+        self.detail.lock().ok().and_then(|d| d.clone())
+    }
+
+    /// Fails closed while the signer is down (counted): nothing may be decided or written.
+    pub fn require_up(&self, m: &Metrics) -> Result<()> {
+        if self.is_up() {
+            return Ok(());
+        }
+        m.failed_closed.inc();
+        Err(EngineError::SignerUnavailable(self.detail().unwrap_or_else(|| "signer down".into())))
     }
 }
 
-/// One round of [`health_loop`].
-pub(crate) async fn check(s: &Arc<Shared>) {
-    let m = &s.metrics;
-    // Free space: a statvfs, off the async workers (a hung network volume must not stall them).
-    let mut full = None;
-    if let Some(path) = s.cfg.data_volume.clone() {
-        match blocking(move || VolumeSpace::of(&path).map_err(|e| crate::EngineError::Internal(e.to_string()))).await {
-            Ok(space) => {
-                let floor = s.cfg.min_free_disk.unwrap_or_else(|| default_min_free(space.total_bytes));
-                m.data_volume_free_bytes.set(i64::try_from(space.free_bytes).unwrap_or(i64::MAX));
-                m.data_volume_min_free_bytes.set(i64::try_from(floor).unwrap_or(i64::MAX));
-                full = below_floor(space, floor);
-            }
-            Err(e) => tracing::warn!(error = %e, "cannot read the data volume's free space"),
+/// Workspaces whose stored log and the signer's log disagree, with why and since when. Kept in
+/// memory: after a restart the first signing round (which runs at start for every workspace
+/// with unsigned receipts, and a diverged one always has some) finds the divergence again.
+#[derive(Debug, Default)]
+pub(crate) struct Diverged {
+    map: DashMap<String, (String, u64)>,
+}
+
+impl Diverged {
+    /// Marks `ws` diverged (logged, counted, the gauge set).
+    pub fn mark(&self, ws: &str, why: &str, m: &Metrics) {
+        if self.map.insert(ws.to_owned(), (why.to_owned(), now_ms())).is_none() {
+            m.log_divergence.inc();
+            tracing::error!(workspace = %ws, reason = %why, "signer log diverges from the stored log: the workspace refuses new receipts (503 workspace_log_diverged) until resynced");
         }
+        m.workspaces_diverged.set(i64::try_from(self.map.len()).unwrap_or(i64::MAX));
     }
-    // A store write failed on a full or failing device: free space alone does not prove the
-    // store writes again (RocksDB refuses every write after a failed WAL write until it is
-    // reopened), so only a write that succeeds clears it.
-    let mut still_failing = None;
-    let probing = s.faults.write_failed.load(Ordering::Acquire);
-    if probing {
-        let store = s.store.clone();
-        match blocking(move || Ok(store.write(probe_batch(), Durability::Sync)?)).await {
-            Ok(()) => s.faults.write_failed.store(false, Ordering::Release),
-            Err(e) => {
-                let fault = match &e {
-                    crate::EngineError::Store(se) => Fault::of_store_error(se),
-                    _ => None,
-                };
-                still_failing = Some((fault.unwrap_or(Fault::StorageFailed), format!("store writes still fail: {e}")));
-            }
+
+    /// Clears `ws` (after a successful resync); whether it was marked.
+    pub fn clear(&self, ws: &str, m: &Metrics) -> bool {
+        let was = self.map.remove(ws).is_some();
+        m.workspaces_diverged.set(i64::try_from(self.map.len()).unwrap_or(i64::MAX));
+        was
+    }
+
+    pub fn contains(&self, ws: &str) -> bool {
+        self.map.contains_key(ws)
+    }
+
+    /// Fails closed for a diverged workspace (counted).
+    pub fn require_not(&self, ws: &str, m: &Metrics) -> Result<()> {
+        if self.contains(ws) {
+            m.diverged_refusals.inc();
+            return Err(EngineError::WorkspaceLogDiverged);
         }
+        Ok(())
     }
-    let (write_full, write_failed) = match still_failing {
-        Some((Fault::StorageFull, why)) => (Some(why), None),
-        Some((_, why)) => (None, Some(why)),
-        None => (None, None),
-    };
-    if !probing && s.faults.write_failed.load(Ordering::Acquire) {
-        // A write failed since we looked: its fault stands until next round's probe.
-        if let Some(why) = full {
-            s.faults.raise(Fault::StorageFull, why, m);
-        }
-    } else {
-        s.faults.set(Fault::StorageFull, full.or(write_full), m);
-        s.faults.set(Fault::StorageFailed, write_failed, m);
+
+    /// `(workspace, reason, since ms)` of every diverged workspace, by workspace id.
+    pub fn list(&self) -> Vec<(String, String, u64)> {
+        let mut v: Vec<_> = self.map.iter().map(|e| (e.key().clone(), e.value().0.clone(), e.value().1)).collect();
+        v.sort();
+        v
     }
-    // The signing backlog, across every workspace with unsigned receipts.
-    let backlog = s.pipelines.backlog(|ws| s.diverged.contains(ws));
-    let oldest = backlog.oldest.map(|t| t.elapsed());
-    m.unsigned_receipts.set(i64::try_from(backlog.unsigned).unwrap_or(i64::MAX));
-    m.oldest_unsigned_age_seconds.set(oldest.map_or(0.0, |d| d.as_secs_f64()));
-    s.faults.set(Fault::SigningBacklog, backlog_too_old(oldest, backlog.unsigned, s.cfg.max_unsigned_age), m);
 }
 
 #[cfg(test)]

@@ -8,17 +8,23 @@
 //! same writes as the receipts and signatures that cause them; `allowly-webhooks` delivers them.
 
 mod actor;
+mod clock;
 mod commit;
 pub mod config;
 pub mod decide;
+mod endpoints;
 mod engine;
 pub mod error;
+pub mod fault;
 pub mod health;
 pub mod ids;
+mod mailbox;
 pub mod metrics;
 pub mod model;
+mod monitor;
 mod pipeline;
 pub mod receipts;
+mod services;
 mod shared;
 pub mod validate;
 mod views;

@@ -53,7 +53,7 @@ pub struct Metrics {
     /// workspace. Alert on any increase.
     pub log_divergence: IntCounter,
     /// 1 while a fault fails the engine closed, by `cause` (the closed set of
-    /// [`Fault`](crate::health::Fault) codes); 0 otherwise.
+    /// [`Fault`](crate::fault::Fault) codes); 0 otherwise.
     pub faults: IntGaugeVec,
     /// Requests refused because of a fault, by `cause` (same label set as `faults`).
     pub fault_refusals: IntCounterVec,
@@ -207,7 +207,7 @@ impl Metrics {
             .expect("static metric definition"),
             registry,
         };
-        for fault in crate::health::Fault::ALL {
+        for fault in crate::fault::Fault::ALL {
             m.faults.with_label_values(&[fault.code()]).set(0);
             m.fault_refusals.with_label_values(&[fault.code()]);
         }

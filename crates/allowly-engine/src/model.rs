@@ -424,3 +424,7 @@ pub struct Resynced {
     /// The stored log's size (committed receipts); those above `signed_size` are signed next.
     pub stored_size: u64,
 }
+
+/// Where keyed requests that belong to no workspace (workspace creation) file their
+/// `Idempotency-Key` records: a document scope no workspace id can take (those are `ws_…`).
+pub(crate) const INSTANCE_SCOPE: &str = "_instance";

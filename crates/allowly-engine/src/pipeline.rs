@@ -21,7 +21,7 @@
 //! `SizeMismatch` is resolved by fetching its latest checkpoint and checking that its root is
 //! the root of the *stored* leaves; any other disagreement (and a signer that refuses the
 //! stored receipts, `ReceiptRefused`) is a divergence: signing stops for the workspace, it is
-//! logged, counted and marked (`Shared::diverged`: the workspace refuses new receipts with
+//! logged, counted and marked (`Services::diverged`: the workspace refuses new receipts with
 //! `workspace_log_diverged` until [`resync`] finds the logs agree again), and nothing is
 //! overwritten.
 
@@ -43,7 +43,7 @@ use crate::error::{EngineError, Result};
 use crate::health::Fault;
 use crate::model::Resynced;
 use crate::receipts::{key_records, verifier};
-use crate::shared::{blocking, Shared};
+use crate::services::{blocking, Services};
 
 /// Running pipeline tasks by workspace; each gets the workspace's committed log size.
 #[derive(Debug, Default)]
@@ -178,14 +178,14 @@ pub(crate) struct Backlog {
 impl Pipelines {
     /// Tells workspace `ws`'s task that leaves below `committed` are durable, starting the
     /// task if none runs.
-    pub fn notify(&self, shared: &Arc<Shared>, ws: &str, committed: u64) {
+    pub fn notify(self: &Arc<Self>, shared: &Arc<Services>, ws: &str, committed: u64) {
         self.committed(shared, ws, committed, Vec::new());
     }
 
     /// [`Pipelines::notify`] from a commit completion: `receipts` are the receipts that commit
     /// made durable (ascending, ending below `committed`), kept for the task to send without
     /// reading them back.
-    pub fn committed(&self, shared: &Arc<Shared>, ws: &str, committed: u64, receipts: Vec<Committed>) {
+    pub fn committed(self: &Arc<Self>, shared: &Arc<Services>, ws: &str, committed: u64, receipts: Vec<Committed>) {
         if let Some(slot) = self.map.get(ws) {
             if !slot.tx.is_closed() {
                 slot.fresh.lock().map(|mut f| f.push(receipts)).ok();
@@ -207,7 +207,7 @@ impl Pipelines {
                 fresh.push(receipts);
                 let fresh = Arc::new(Mutex::new(fresh));
                 entry.insert(Slot { id, tx, progress: progress.clone(), fresh: fresh.clone() });
-                tokio::spawn(run(shared.clone(), ws.to_owned(), id, rx, progress, fresh));
+                tokio::spawn(run(shared.clone(), self.clone(), ws.to_owned(), id, rx, progress, fresh));
             }
         }
     }
@@ -331,7 +331,8 @@ struct Signing {
 }
 
 async fn run(
-    shared: Arc<Shared>,
+    shared: Arc<Services>,
+    pipes: Arc<Pipelines>,
     ws: String,
     id: u64,
     mut rx: watch::Receiver<u64>,
@@ -365,7 +366,7 @@ async fn run(
                 // The registry dropped us (engine gone).
                 Ok(Err(_)) => return,
                 Err(_) => {
-                    retire(&shared, &ws, id, &rx, st.frontier.size());
+                    retire(&shared, &pipes, &ws, id, &rx, st.frontier.size());
                     return;
                 }
             }
@@ -423,7 +424,7 @@ async fn run(
 /// (a root that is not the stored leaves' root), it stays diverged and the error says why
 /// (`Conflict`): a forked log cannot be repaired in place. A signer outage is
 /// `SignerUnavailable`.
-pub(crate) async fn resync(shared: &Arc<Shared>, ws: &str) -> Result<Resynced> {
+pub(crate) async fn resync(shared: &Arc<Services>, pipes: &Arc<Pipelines>, ws: &str) -> Result<Resynced> {
     let stored_size = shared.store.log_meta(ws)?.unwrap_or_default().next_index;
     if !shared.diverged.contains(ws) {
         let signed_size = shared.store.latest_checkpoint(ws)?.map_or(0, |(size, _)| size);
@@ -454,9 +455,9 @@ pub(crate) async fn resync(shared: &Arc<Shared>, ws: &str) -> Result<Resynced> {
     let signed_size = st.frontier.size();
     shared.diverged.clear(ws, &shared.metrics);
     // Dropping the parked task's slot ends it; a fresh task reloads from the store.
-    shared.pipelines.map.remove(ws);
+    pipes.map.remove(ws);
     if stored_size > signed_size {
-        shared.pipelines.notify(shared, ws, stored_size);
+        pipes.notify(shared, ws, stored_size);
     }
     tracing::info!(workspace = %ws, signed_size, stored_size, "workspace log resynced with the signer's; it takes requests again");
     Ok(Resynced { was_diverged: true, signed_size, stored_size })
@@ -465,17 +466,17 @@ pub(crate) async fn resync(shared: &Arc<Shared>, ws: &str) -> Result<Resynced> {
 /// Removes an idle task from the registry; if work arrived meanwhile a successor is started.
 /// Removal takes the map's write lock, so every notifier that found this
 /// task has finished sending before the last look at the committed size.
-fn retire(shared: &Arc<Shared>, ws: &str, id: u64, rx: &watch::Receiver<u64>, signed: u64) {
-    shared.pipelines.map.remove_if(ws, |_, slot| slot.id == id);
+fn retire(shared: &Arc<Services>, pipes: &Arc<Pipelines>, ws: &str, id: u64, rx: &watch::Receiver<u64>, signed: u64) {
+    pipes.map.remove_if(ws, |_, slot| slot.id == id);
     let committed = *rx.borrow();
     if committed > signed {
         // A successor takes over (it reloads from the store); this one ends.
-        shared.pipelines.notify(shared, ws, committed);
+        pipes.notify(shared, ws, committed);
     }
 }
 
 impl Signing {
-    fn load(shared: &Shared, ws: &str, fresh: Arc<Mutex<Fresh>>) -> Result<Self> {
+    fn load(shared: &Services, ws: &str, fresh: Arc<Mutex<Fresh>>) -> Result<Self> {
         let store = &*shared.store;
         let signed = store.latest_checkpoint(ws)?.map(|(size, _)| size).unwrap_or(0);
         let nodes = StoredNodes::new(store, ws);
@@ -490,7 +491,7 @@ impl Signing {
 
     /// One exchange with the signer: the next batch of committed, unsigned leaves, or a
     /// reconciliation.
-    async fn round(&mut self, shared: &Shared, committed: u64) -> Result<(), Stop> {
+    async fn round(&mut self, shared: &Services, committed: u64) -> Result<(), Stop> {
         let from = self.frontier.size();
         let max = shared.cfg.sign_batch_max.clamp(1, allowly_signer_proto::MAX_BATCH_LEAVES);
         let held = self.fresh.lock().ok().and_then(|mut f| f.take(from, committed, max, MAX_BATCH_BODY_BYTES));
@@ -535,7 +536,7 @@ impl Signing {
         }
     }
 
-    fn outage(&self, shared: &Shared, why: &str) -> Stop {
+    fn outage(&self, shared: &Services, why: &str) -> Stop {
         shared.metrics.signer_errors.with_label_values(&["unavailable"]).inc();
         shared.health.set_down(&shared.metrics, why);
         Stop::Retry(EngineError::SignerUnavailable(why.to_owned()))
@@ -544,7 +545,7 @@ impl Signing {
     /// The signer has a different size than the newest stored checkpoint. Larger: an answer
     /// was lost; adopt its checkpoint only if it signs exactly the stored leaves. Smaller: the
     /// signer lost state — never paper over that.
-    async fn reconcile(&mut self, shared: &Shared, current: Option<u64>) -> Result<(), Stop> {
+    async fn reconcile(&mut self, shared: &Services, current: Option<u64>) -> Result<(), Stop> {
         let ours = self.frontier.size();
         let latest =
             match tokio::time::timeout(shared.cfg.signer_timeout, shared.signer.latest_checkpoint(&self.ws)).await {
@@ -585,7 +586,7 @@ impl Signing {
     /// below its size signed: no receipt is rewritten.
     async fn store_signed(
         &mut self,
-        shared: &Shared,
+        shared: &Services,
         leaves: &[Hash],
         new_size: u64,
         checkpoint: String,
@@ -640,7 +641,7 @@ impl Signing {
     /// Brings a signer that is behind (`from` < our signed size) forward again by appending the
     /// stored receipts `[from, signed size)`, after checking that its checkpoint at `from` has
     /// the stored tree's root; every answer must have the stored tree's root of its size too.
-    async fn refeed(&mut self, shared: &Shared, from: u64, checkpoint: Option<String>) -> Result<(), Stop> {
+    async fn refeed(&mut self, shared: &Services, from: u64, checkpoint: Option<String>) -> Result<(), Stop> {
         let ours = self.frontier.size();
         let ws = self.ws.clone();
         let stored_root = |size: u64| {
@@ -691,7 +692,7 @@ impl Signing {
     }
 
     /// Opens `checkpoint` with the known keys, refreshing them once if that fails (a rotation).
-    async fn open_refreshed(&mut self, shared: &Shared, checkpoint: &str) -> Result<note::Checkpoint, Stop> {
+    async fn open_refreshed(&mut self, shared: &Services, checkpoint: &str) -> Result<note::Checkpoint, Stop> {
         if let Ok(cp) = self.open(checkpoint) {
             return Ok(cp);
         }
@@ -703,7 +704,7 @@ impl Signing {
         note::open_checkpoint(checkpoint, &self.origin, &self.verifiers).map(|(cp, _)| cp)
     }
 
-    async fn refresh_keys(&mut self, shared: &Shared) -> Result<(), Stop> {
+    async fn refresh_keys(&mut self, shared: &Services) -> Result<(), Stop> {
         let keys = match tokio::time::timeout(shared.cfg.signer_timeout, shared.signer.list_keys(&self.ws)).await {
             Err(_) => return Err(self.outage(shared, "signer did not answer in time")),
             Ok(Err(e)) => return Err(Stop::Retry(EngineError::from_signer(e))),
@@ -723,13 +724,13 @@ impl Signing {
 /// `checkpoint`) for every endpoint of `ws` that wants it. Its id is derived from `ws` and
 /// `size`, so a signature stored again after a lost write is announced with the same
 /// `webhook-id`.
-fn signed_event(shared: &Shared, ws: &str, from: u64, size: u64, checkpoint: &str) -> Result<Vec<Op>, Stop> {
+fn signed_event(shared: &Services, ws: &str, from: u64, size: u64, checkpoint: &str) -> Result<Vec<Op>, Stop> {
     use allowly_webhooks::model::{enqueue, signed_event_id, Event, EventType};
     let endpoints = shared.endpoints.get(&*shared.store, ws)?;
     if !endpoints.iter().any(|e| e.wants(EventType::ReceiptSigned)) {
         return Ok(Vec::new());
     }
-    let now = crate::shared::now_ms();
+    let now = crate::clock::now_ms();
     let data = serde_json::json!({
         "workspace_id": ws,
         "from_log_index": from,
@@ -745,7 +746,7 @@ fn signed_event(shared: &Shared, ws: &str, from: u64, size: u64, checkpoint: &st
 /// `MAX_BATCH_BODY_BYTES` of bodies together): their leaf hashes and bodies, read off the async
 /// workers. Their indices must be exactly `from, from+1, …`.
 async fn read_bodies(
-    shared: &Shared,
+    shared: &Services,
     ws: &str,
     from: u64,
     to: u64,
@@ -769,7 +770,7 @@ async fn read_bodies(
 }
 
 /// Up to `max` stored `(index, leaf)` pairs in `[from, to)`, read off the async workers.
-async fn read_leaves(shared: &Shared, ws: &str, from: u64, to: u64, max: usize) -> Result<Vec<(u64, Hash)>, Stop> {
+async fn read_leaves(shared: &Services, ws: &str, from: u64, to: u64, max: usize) -> Result<Vec<(u64, Hash)>, Stop> {
     let (store, ws) = (shared.store.clone(), ws.to_owned());
     Ok(blocking(move || Ok(store.leaf_hashes(&ws, from, to, max)?)).await?)
 }

@@ -2,9 +2,9 @@
 
 use allowly_store::{ApiKeyRecord, AuthorizationRecord, WorkspaceRecord};
 
+use crate::clock::ts;
 use crate::error::Result;
 use crate::model::{ApiKeyView, AuthorizationStatus, AuthorizationView, WorkspaceView};
-use crate::shared::ts;
 
 pub(crate) fn workspace(w: &WorkspaceRecord) -> Result<WorkspaceView> {
     Ok(WorkspaceView {

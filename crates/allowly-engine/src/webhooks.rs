@@ -25,83 +25,17 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use allowly_store::{DocKind, Store};
+use allowly_store::DocKind;
 use allowly_webhooks::model::{
-    decode, delivery_prefix, DeliveryDoc, DisabledReason, Endpoint, EventType, WebhookDoc, MAX_ROTATION_GRACE_MS,
-    MAX_SCOPE_FILTER, MAX_WEBHOOKS_PER_WORKSPACE,
+    decode, delivery_prefix, DeliveryDoc, DisabledReason, WebhookDoc, MAX_ROTATION_GRACE_MS, MAX_SCOPE_FILTER,
 };
-use allowly_webhooks::{CreatedWebhook, DeliveryView, RotateSecret, WebhookError, WebhookView};
-use dashmap::DashMap;
+use allowly_webhooks::{CreatedWebhook, DeliveryView, RotateSecret, WebhookView};
 
-use crate::decide::{scope_matches, validate_scope};
+use crate::decide::validate_scope;
+use crate::endpoints::docs;
 use crate::engine::{idempotency, not_found_if_invalid, Engine};
 use crate::error::{EngineError, Result};
 use crate::model::Page;
-
-impl From<WebhookError> for EngineError {
-    fn from(e: WebhookError) -> Self {
-        match e {
-            WebhookError::Store(s) => EngineError::Store(s),
-            other => EngineError::Internal(other.to_string()),
-        }
-    }
-}
-
-/// Each workspace's endpoints as last committed, loaded from the store on first use.
-#[derive(Debug, Default)]
-pub(crate) struct Endpoints {
-    map: DashMap<String, Arc<[Endpoint]>>,
-}
-
-impl Endpoints {
-    /// Workspace `ws`'s endpoints. A load happens under the map's entry lock, so it cannot
-    /// overwrite a newer list [`Endpoints::publish`]ed meanwhile.
-    pub fn get(&self, store: &dyn Store, ws: &str) -> Result<Arc<[Endpoint]>> {
-        if let Some(e) = self.map.get(ws) {
-            return Ok(e.clone());
-        }
-        match self.map.entry(ws.to_owned()) {
-            dashmap::Entry::Occupied(e) => Ok(e.get().clone()),
-            dashmap::Entry::Vacant(v) => {
-                let list: Arc<[Endpoint]> = load(store, ws)?.into();
-                Ok(v.insert(list).clone())
-            }
-        }
-    }
-
-    /// Replaces `ws`'s list after a committed change.
-    pub fn publish(&self, ws: &str, list: Vec<Endpoint>) {
-        self.map.insert(ws.to_owned(), list.into());
-    }
-}
-
-/// Every endpoint of `ws` from the store.
-pub(crate) fn load(store: &dyn Store, ws: &str) -> Result<Vec<Endpoint>> {
-    docs(store, ws)?.into_iter().map(|(id, d)| Ok(d.endpoint(&id))).collect()
-}
-
-fn docs(store: &dyn Store, ws: &str) -> Result<Vec<(String, WebhookDoc)>> {
-    store
-        .docs(DocKind::Webhook, ws, None, MAX_WEBHOOKS_PER_WORKSPACE + 1)?
-        .into_iter()
-        .map(|(id, v)| Ok((id.clone(), decode("webhook", &id, v)?)))
-        .collect()
-}
-
-/// The endpoints an event of `ty` about `scopes` goes to: those that want `ty` and, for
-/// escalation events, whose `scopes` filter (if any) matches one of `scopes`.
-pub(crate) fn routed(endpoints: &[Endpoint], ty: EventType, scopes: &[String]) -> Vec<Endpoint> {
-    let escalation = matches!(ty, EventType::EscalationRequested | EventType::EscalationResolved);
-    endpoints
-        .iter()
-        .filter(|e| e.wants(ty))
-        .filter(|e| match (&e.scopes, escalation) {
-            (Some(patterns), true) => patterns.iter().any(|p| scopes.iter().any(|s| scope_matches(p, s))),
-            _ => true,
-        })
-        .cloned()
-        .collect()
-}
 
 /// An endpoint's `scopes` filter: 1..=64 valid scope patterns (as in scope rules), no repeats.
 fn validate_scope_filter(scopes: &Option<Vec<String>>) -> Result<()> {
@@ -150,7 +84,7 @@ impl Engine {
         validate_scope_filter(&req.scopes)?;
         self.workspace_record(ws)?;
         let idem = idempotency(idem, "webhook_create", &req)?;
-        self.ask(ws, |reply| crate::actor::WsMsg::CreateWebhook { req, idem, reply }).await
+        self.ask(ws, |reply| crate::mailbox::WsMsg::CreateWebhook { req, idem, reply }).await
     }
 
     /// Every endpoint of the workspace (one page: there are at most 16).
@@ -189,7 +123,7 @@ impl Engine {
         let route = if disabled { "webhook_disable" } else { "webhook_enable" };
         let idem = idempotency(idem, route, &id)?;
         let id = id.to_owned();
-        self.ask(ws, |reply| crate::actor::WsMsg::SetWebhookDisabled { id, disabled, reason, idem, reply }).await
+        self.ask(ws, |reply| crate::mailbox::WsMsg::SetWebhookDisabled { id, disabled, reason, idem, reply }).await
     }
 
     /// Deletes an endpoint: it gets no new events, and its unfinished deliveries are cancelled
@@ -199,10 +133,10 @@ impl Engine {
     pub async fn delete_webhook(&self, ws: &str, id: &str) -> Result<()> {
         self.webhook_doc(ws, id)?;
         let owned = id.to_owned();
-        let mut next = self.ask(ws, |reply| crate::actor::WsMsg::DeleteWebhook { id: owned, reply }).await?;
+        let mut next = self.ask(ws, |reply| crate::mailbox::WsMsg::DeleteWebhook { id: owned, reply }).await?;
         while let Some(after) = next {
             let webhook_id = id.to_owned();
-            next = self.ask(ws, |reply| crate::actor::WsMsg::CancelDeliveries { webhook_id, after, reply }).await?;
+            next = self.ask(ws, |reply| crate::mailbox::WsMsg::CancelDeliveries { webhook_id, after, reply }).await?;
         }
         Ok(())
     }
@@ -226,7 +160,7 @@ impl Engine {
         self.webhook_doc(ws, id)?;
         let idem = idempotency(idem, "webhook_rotate_secret", &(id, &req))?;
         let id = id.to_owned();
-        self.ask(ws, |reply| crate::actor::WsMsg::RotateWebhookSecret { id, grace_ms, idem, reply }).await
+        self.ask(ws, |reply| crate::mailbox::WsMsg::RotateWebhookSecret { id, grace_ms, idem, reply }).await
     }
 
     /// Sends a finished delivery's event again as a new delivery (same `webhook-id`, `retry_of`
@@ -236,7 +170,7 @@ impl Engine {
         self.delivery(ws, id)?;
         let idem = idempotency(idem, "delivery_retry", &id)?;
         let id = id.to_owned();
-        self.ask(ws, |reply| crate::actor::WsMsg::RetryDelivery { id, idem, reply }).await
+        self.ask(ws, |reply| crate::mailbox::WsMsg::RetryDelivery { id, idem, reply }).await
     }
 
     /// An endpoint's deliveries, newest first. `starting_after` is a cursor from a previous

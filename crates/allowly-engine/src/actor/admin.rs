@@ -6,10 +6,10 @@
 use allowly_store::{ApiKeyRecord, DocKind, Op, Role};
 
 use super::{IdemDoc, StagedApiKey, WsState};
+use crate::clock::now_ms;
 use crate::error::{EngineError, Result};
 use crate::ids::new_id;
 use crate::model::ApiKeyView;
-use crate::shared::now_ms;
 use crate::views;
 
 impl WsState {

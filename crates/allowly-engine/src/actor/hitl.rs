@@ -14,13 +14,13 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::{Event, WsState};
+use crate::clock::{now_ms, ts};
 use crate::error::{EngineError, Result};
 use crate::model::{
     ConfirmationAnswer, ConfirmationStatus, ConfirmationView, EscalationAnswer, EscalationOutcome, EscalationStatus,
     EscalationView, Resolution,
 };
 use crate::receipts::pending_envelope;
-use crate::shared::{now_ms, ts};
 
 /// Where a confirmation nonce stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

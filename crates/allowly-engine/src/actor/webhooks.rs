@@ -16,9 +16,9 @@ use allowly_webhooks::model::{
 use allowly_webhooks::{CreatedWebhook, DeliveryStatus, DeliveryView, NewWebhook, Secret, WebhookDoc, WebhookView};
 
 use super::WsState;
+use crate::clock::now_ms;
 use crate::error::{EngineError, Result};
 use crate::ids::new_id;
-use crate::shared::now_ms;
 
 /// Outbox entries one cancellation step looks at (one commit).
 const CANCEL_PAGE: usize = 256;
@@ -51,7 +51,7 @@ impl WsState {
     }
 
     /// [`Self::event_ops`] for an escalation event about `scopes`, routed by the endpoints'
-    /// scope filters (`crate::webhooks::routed`); also returns the endpoint ids it goes to.
+    /// scope filters (`crate::endpoints::routed`); also returns the endpoint ids it goes to.
     pub(super) fn escalation_event_ops(
         &mut self,
         endpoints: &[Endpoint],
@@ -60,7 +60,7 @@ impl WsState {
         now: u64,
         data: serde_json::Value,
     ) -> Result<(Vec<Op>, Vec<String>)> {
-        let targets = crate::webhooks::routed(endpoints, ty, scopes);
+        let targets = crate::endpoints::routed(endpoints, ty, scopes);
         let ids = targets.iter().map(|e| e.id.clone()).collect();
         Ok((self.event_ops(&targets, ty, now, data)?, ids))
     }

@@ -1,0 +1,26 @@
+//! Wall-clock time as the engine stores and signs it, and this process's memory: one helper
+//! each, so every part reads them the same way.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use allowly_receipt::types::Timestamp;
+
+use crate::error::{EngineError, Result};
+
+/// Milliseconds since the Unix epoch (0 if the clock is before 1970).
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// A stored millisecond time as a receipt timestamp.
+pub(crate) fn ts(ms: u64) -> Result<Timestamp> {
+    Timestamp::from_unix_ms(ms).map_err(|e| EngineError::Internal(format!("time {ms}: {e}")))
+}
+
+/// This process's resident memory in bytes (`VmRSS` of `/proc/self/status`), if readable.
+pub(crate) fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.trim_start_matches("VmRSS:").trim().trim_end_matches("kB").trim().parse().ok()?;
+    kib.checked_mul(1024)
+}

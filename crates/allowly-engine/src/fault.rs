@@ -1,0 +1,60 @@
+//! The reasons below the process to fail closed, as a closed set of stable codes (problem
+//! `code`, `/readyz` cause, metric label). A leaf: errors, metrics and the health state all
+//! name these, so they stand below all three.
+
+use allowly_store::StoreError;
+
+/// A reason to fail closed that is not the signer being unreachable. The set is closed: each
+/// code is a problem code and a metric label value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Fault {
+    /// The data volume is below `--min-free-disk`, or a store write failed because the device
+    /// is full.
+    StorageFull,
+    /// A store write failed with a device error (EIO and the like).
+    StorageFailed,
+    /// The signer answered, repeatedly, that it cannot make its journal durable.
+    SignerStorageFailed,
+    /// The oldest unsigned receipt is older than `--max-unsigned-age-ms`.
+    SigningBacklog,
+}
+
+impl Fault {
+    /// Every fault, in the order `/readyz` lists them.
+    pub const ALL: [Fault; 4] =
+        [Fault::StorageFull, Fault::StorageFailed, Fault::SignerStorageFailed, Fault::SigningBacklog];
+
+    /// The stable code: problem `code`, `/readyz` cause and metric label.
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::StorageFull => "storage_full",
+            Self::StorageFailed => "storage_failed",
+            Self::SignerStorageFailed => "signer_storage_failed",
+            Self::SigningBacklog => "signing_backlog",
+        }
+    }
+
+    /// What a client is told (no paths, no sizes: those are in the log and `/readyz`).
+    pub fn public_message(self) -> &'static str {
+        match self {
+            Self::StorageFull => "the data volume is (nearly) full; nothing was decided or changed",
+            Self::StorageFailed => "the data volume failed a write; nothing was decided or changed",
+            Self::SignerStorageFailed => "the signer cannot write its journal; nothing was decided or changed",
+            Self::SigningBacklog => "signing is too far behind; nothing was decided or changed",
+        }
+    }
+
+    /// The fault a failed store write stands for, if it is one (a full or failing device).
+    pub fn of_store_error(e: &StoreError) -> Option<Fault> {
+        match e {
+            StoreError::NoSpace(_) => Some(Self::StorageFull),
+            StoreError::Io(_) => Some(Self::StorageFailed),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn bit(self) -> u32 {
+        1 << (self as u32)
+    }
+}

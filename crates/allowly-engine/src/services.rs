@@ -1,0 +1,117 @@
+//! What the engine's services share: the store, the signer client, configuration, metrics,
+//! the health state, caches, and the fail-closed gate every receipt-producing call passes. It
+//! holds only things defined below it (state, caches, clients), never a registry of actors or
+//! pipelines: those take a `Core`, so the dependency graph stays a DAG.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use allowly_signer_proto::client::SignerClient;
+use allowly_store::Store;
+use dashmap::DashMap;
+
+use crate::config::EngineConfig;
+use crate::endpoints::Endpoints;
+use crate::error::{EngineError, Result};
+use crate::health::{Diverged, Faults, Health};
+use crate::metrics::Metrics;
+
+pub(crate) struct Services {
+    pub store: Arc<dyn Store>,
+    pub signer: SignerClient,
+    pub cfg: EngineConfig,
+    pub metrics: Metrics,
+    /// Whether the signer answers.
+    pub health: Health,
+    /// Faults below the process that fail the engine closed (see `health.rs`).
+    pub faults: Arc<Faults>,
+    /// Workspaces whose log disagrees with the signer's (see `pipeline`).
+    pub diverged: Diverged,
+    pub shutting_down: AtomicBool,
+    /// Each workspace's webhook endpoints as last committed.
+    pub endpoints: Endpoints,
+    /// Notified after every commit that enqueued webhook deliveries (the worker waits on it).
+    pub webhook_wake: Arc<tokio::sync::Notify>,
+    /// Valid API keys seen recently, by secret hash (see `Engine::authenticate`).
+    pub api_keys: ApiKeyCache,
+    /// Authorizations cached by all workspace actors together (bounded by
+    /// `EngineConfig::max_cached_authorizations`).
+    pub cached_authorizations: AtomicUsize,
+}
+
+impl Services {
+    /// Fails closed (counted) while the signer is down or a fault is active: nothing may be
+    /// decided or written. The healthy path is two atomic loads.
+    pub fn require_healthy(&self) -> Result<()> {
+        self.health.require_up(&self.metrics)?;
+        match self.faults.first() {
+            None => Ok(()),
+            Some((fault, detail)) => {
+                self.metrics.fault_refusals.with_label_values(&[fault.code()]).inc();
+                Err(EngineError::Unavailable { fault, detail })
+            }
+        }
+    }
+
+    /// Whether [`Shared::require_healthy`] would pass (for housekeeping: not counted).
+    pub fn is_healthy(&self) -> bool {
+        self.health.is_up() && self.faults.first().is_none()
+    }
+
+    /// One bounded ping; the health follows its outcome (the probe loop and start-up).
+    pub async fn probe_signer(&self) {
+        match tokio::time::timeout(self.cfg.signer_timeout, self.signer.ping()).await {
+            Ok(Ok(())) => self.health.set_up(&self.metrics),
+            Ok(Err(e)) => self.health.set_down(&self.metrics, &e.to_string()),
+            Err(_) => self.health.set_down(&self.metrics, "signer did not answer a ping in time"),
+        }
+    }
+}
+
+/// API keys that authenticated recently, so a request does not read the store (on an async
+/// worker) to learn who is calling. Only valid keys are cached; a revocation removes its key
+/// before the revoke is answered, and a lookup that raced with a revocation does not keep what
+/// it read (`revocations` changed meanwhile), so a revoked key never authenticates again once
+/// its revocation was acknowledged.
+#[derive(Debug, Default)]
+pub(crate) struct ApiKeyCache {
+    keys: DashMap<[u8; 32], crate::model::Principal>,
+    revocations: std::sync::atomic::AtomicU64,
+}
+
+/// Most cached keys; past this the cache starts over (keys are read again on use).
+const MAX_CACHED_KEYS: usize = 100_000;
+
+impl ApiKeyCache {
+    pub fn get(&self, hash: &[u8; 32]) -> Option<crate::model::Principal> {
+        self.keys.get(hash).map(|p| p.clone())
+    }
+
+    /// The revocation count to pass to [`ApiKeyCache::insert`] (read it before the store).
+    pub fn generation(&self) -> u64 {
+        self.revocations.load(Ordering::Acquire)
+    }
+
+    /// Caches `p`, read from the store after `generation` was taken, unless a revocation
+    /// happened since (it may be this key's).
+    pub fn insert(&self, hash: [u8; 32], p: crate::model::Principal, generation: u64) {
+        if self.keys.len() >= MAX_CACHED_KEYS {
+            self.keys.clear();
+        }
+        self.keys.insert(hash, p);
+        if self.revocations.load(Ordering::Acquire) != generation {
+            self.keys.remove(&hash);
+        }
+    }
+
+    /// Forgets `hash` once its revocation is durable (before the revocation is answered).
+    pub fn revoked(&self, hash: &[u8; 32]) {
+        self.revocations.fetch_add(1, Ordering::AcqRel);
+        self.keys.remove(hash);
+    }
+}
+
+/// Runs a store call (or other blocking work) off the async workers.
+pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| EngineError::Internal(format!("blocking task: {e}")))?
+}
