@@ -6,7 +6,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use allowly_engine::Engine;
 use bytes::Bytes;
 use http::header::HeaderValue;
 use http::Response;
@@ -19,8 +18,8 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use crate::extract::{valid_request_id, RequestIds};
-use crate::metrics::HttpMetrics;
+pub use crate::app::App;
+use crate::extract::valid_request_id;
 use crate::routes;
 
 /// The request and response header carrying the request id.
@@ -29,19 +28,6 @@ pub const REQUEST_ID: &str = "request-id";
 pub const MAX_CONNECTIONS: usize = 4096;
 /// A client must send a request's head within this (slow-loris bound).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// What every request handler shares.
-#[derive(Debug)]
-pub struct App {
-    pub engine: Engine,
-    pub metrics: HttpMetrics,
-    /// The webhook worker's metrics (rendered on `/metrics`).
-    pub webhook_metrics: allowly_webhooks::Metrics,
-    pub body_limit: usize,
-    pub request_ids: RequestIds,
-    /// What this instance promises about its keys (`/readyz`, metric).
-    pub key_isolation: crate::isolation::KeyIsolation,
-}
 
 impl App {
     /// Answers one request. Never fails: every error is already a problem response.
@@ -60,7 +46,7 @@ impl App {
         if let Ok(v) = HeaderValue::from_str(&request_id) {
             resp.headers_mut().insert(REQUEST_ID, v);
         }
-        self.metrics.observe(route, resp.status(), start.elapsed());
+        self.metrics.observe(route.name(), resp.status(), start.elapsed());
         resp
     }
 }

@@ -238,23 +238,23 @@ fn mkdir(dir: &Path) -> Result<u32, IsolationError> {
 /// existed, or by a non-root development run) are taken over in place.
 pub fn take_over(data_dir: &Path, acc: &Accounts) -> Result<(), IsolationError> {
     own(data_dir, acc.front, Some(0o710))?;
-    let db = data_dir.join("db");
+    let db = data_dir.join(crate::layout::DB_DIR);
     // The front end writes in db/ as itself: once it owns db/, nothing below needs root (and
     // root does not walk a tree its previous occupant could still be changing).
     if mkdir(&db)? != acc.front.uid {
         own_tree(&db, acc.front, false)?;
     }
     own(&db, acc.front, Some(0o700))?;
-    for f in [crate::serve::ADMIN_TOKEN_FILE, "admin-token.tmp"] {
+    for f in [crate::layout::ADMIN_TOKEN_FILE, "admin-token.tmp"] {
         let p = data_dir.join(f);
         if std::fs::symlink_metadata(&p).is_ok() {
             own(&p, acc.front, Some(0o600))?;
         }
     }
-    let signer = data_dir.join("signer");
+    let signer = data_dir.join(crate::layout::SIGNER_DIR);
     mkdir(&signer)?;
     own_tree(&signer, acc.signer, true)?;
-    let run = data_dir.join("run");
+    let run = data_dir.join(crate::layout::RUN_DIR);
     mkdir(&run)?;
     own_tree(&run, acc.signer, false)?;
     own(&run, acc.signer, Some(0o710))?;

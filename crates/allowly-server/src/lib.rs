@@ -53,11 +53,13 @@
 //! drain), [`routes`] (routing table and handlers), [`extract`] (strict request reading),
 //! [`auth`] (bearer keys and the access table), [`problem`] (errors → HTTP, once), [`metrics`].
 
+pub mod app;
 pub mod auth;
 pub mod config;
 pub mod extract;
 pub mod http;
 pub mod isolation;
+pub mod layout;
 pub mod metrics;
 pub mod problem;
 pub mod routes;

@@ -1,5 +1,5 @@
 //! Every metric of the HTTP front end, in one registry. Label values come from closed sets: the
-//! route is the template name ([`Route::name`]), never a path or an id; the status is the
+//! route is the template name (`routes::Route::name`), never a path or an id; the status is the
 //! numeric code, of which the server only ever sends a fixed handful.
 
 use std::time::Duration;
@@ -7,8 +7,6 @@ use std::time::Duration;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
-
-use crate::routes::Route;
 
 /// The front end's metrics.
 #[derive(Debug, Clone)]
@@ -78,9 +76,10 @@ impl HttpMetrics {
     }
 
     /// Records one answered request.
-    pub fn observe(&self, route: Route, status: http::StatusCode, elapsed: Duration) {
-        self.requests.with_label_values(&[route.name(), status.as_str()]).inc();
-        self.duration.with_label_values(&[route.name()]).observe(elapsed.as_secs_f64());
+    /// `route` is a route's template name (a closed set: `routes::Route::name`).
+    pub fn observe(&self, route: &'static str, status: http::StatusCode, elapsed: Duration) {
+        self.requests.with_label_values(&[route, status.as_str()]).inc();
+        self.duration.with_label_values(&[route]).observe(elapsed.as_secs_f64());
     }
 
     /// Prometheus text exposition (format 0.0.4).

@@ -59,9 +59,9 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use serde::Serialize;
 
+use crate::app::App;
 use crate::auth::{self, Access};
 use crate::extract::{self, valid_path_id, Query};
-use crate::http::App;
 use crate::problem::Problem;
 
 /// `/readyz`: the engine's readiness, plus what the instance promises about its keys

@@ -5,7 +5,7 @@
 //! the outbox for the next start.
 
 use std::io::Write as _;
-use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,12 +18,11 @@ use tokio::net::TcpListener;
 use crate::config::{ServerConfig, SignerMode};
 use crate::http::App;
 use crate::isolation::KeyIsolation;
-use crate::signer_child::{self, EmbeddedSigner, SignerChildError};
+use crate::layout::{ADMIN_TOKEN_FILE, DB_DIR, RUN_DIR, SIGNER_SOCKET};
+use crate::signer_child::{self, create_private_dir, EmbeddedSigner, SignerChildError};
 
 /// Bound on draining the requests in flight at shutdown.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
-/// Name of the instance admin key file in the data directory.
-pub const ADMIN_TOKEN_FILE: &str = "admin-token";
 
 /// Why `allowly serve` stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -45,13 +44,6 @@ pub enum ServeError {
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServeError {
     let what = what.into();
     move |source| ServeError::Io { what, source }
-}
-
-/// Creates `dir` (and parents) with mode 0700 if missing; an existing directory is made 0700.
-pub fn create_private_dir(dir: &Path) -> Result<(), SignerChildError> {
-    let err = |source| SignerChildError::Io { what: format!("creating {}", dir.display()), source };
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(err)?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(err)
 }
 
 /// What [`prepare`] did before the runtime started.
@@ -134,13 +126,13 @@ pub async fn run(cfg: ServerConfig, prepared: Prepared) -> Result<(), ServeError
 
     // Before the signer: a data directory in use by another instance fails here, on RocksDB's
     // lock, with nothing started (an isolated signer's keeper stops when `keeper` drops).
-    let db = data_dir.join("db");
+    let db = data_dir.join(DB_DIR);
     let store = RocksStore::open(&db, RocksOptions::default())
-        .map_err(|source| ServeError::Store { path: shown_dir.join("db").display().to_string(), source })?;
+        .map_err(|source| ServeError::Store { path: shown_dir.join(DB_DIR).display().to_string(), source })?;
 
     let (signer_child, socket) = match (&cfg.signer, keeper) {
         (SignerMode::Embedded { .. }, Some(keeper)) => {
-            let child = EmbeddedSigner::from_keeper(keeper, data_dir.join("run").join("signer.sock")).await?;
+            let child = EmbeddedSigner::from_keeper(keeper, data_dir.join(RUN_DIR).join(SIGNER_SOCKET)).await?;
             let socket = child.socket().to_owned();
             (Some(child), socket)
         }
@@ -193,7 +185,7 @@ async fn serve_with_engine(
             memory_high_water: cfg.memory_high_water,
             webhook_destinations: cfg.webhooks.destinations,
             signer_timeout: cfg.signer_timeout,
-            data_volume: Some(data_dir.join("db")),
+            data_volume: Some(data_dir.join(DB_DIR)),
             min_free_disk: cfg.min_free_disk,
             max_unsigned_age: cfg.max_unsigned_age,
             ..EngineConfig::default()

@@ -233,15 +233,15 @@ impl EmbeddedSigner {
     /// Prepares `<data>/signer` (first run: `allowly-signer init`) and `<data>/run` (0700),
     /// starts the signer under this process's uid and waits until it answers.
     pub async fn start(bin: PathBuf, data_dir: &Path) -> Result<Self, SignerChildError> {
-        let dir = data_dir.join("signer");
-        let run = data_dir.join("run");
-        let socket = run.join("signer.sock");
+        let dir = data_dir.join(crate::layout::SIGNER_DIR);
+        let run = data_dir.join(crate::layout::RUN_DIR);
+        let socket = run.join(crate::layout::SIGNER_SOCKET);
         if socket.as_os_str().len() > MAX_SOCKET_PATH {
             return Err(SignerChildError::SocketPath(socket.display().to_string()));
         }
         let launch = Launch { bin, dir: dir.clone(), socket: socket.clone(), isolated: None };
         init_if_needed(&launch, &dir).await?;
-        crate::serve::create_private_dir(&run)?;
+        create_private_dir(&run)?;
 
         let spawner = Spawner::new(launch)?;
         let mut child = spawner.spawn().await?;
@@ -369,7 +369,7 @@ pub async fn keep(args: KeeperArgs) -> Result<(), SignerChildError> {
     use tokio::io::AsyncReadExt as _;
     use tokio::signal::unix::{signal, SignalKind};
     let exe = std::fs::File::open(&args.signer_bin).map_err(io(format!("opening {}", args.signer_bin.display())))?;
-    let state_dir = args.data_dir.join("signer");
+    let state_dir = args.data_dir.join(crate::layout::SIGNER_DIR);
     let launch = Launch {
         bin: args.signer_bin.clone(),
         dir: PathBuf::from("."),
@@ -481,4 +481,12 @@ async fn terminate(mut child: Child) {
             let _ = child.kill().await;
         }
     }
+}
+
+/// Creates `dir` (and parents) with mode 0700 if missing; an existing directory is made 0700.
+pub fn create_private_dir(dir: &Path) -> Result<(), SignerChildError> {
+    let err = |source| SignerChildError::Io { what: format!("creating {}", dir.display()), source };
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(err)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(err)
 }

@@ -38,22 +38,6 @@ pub(crate) fn id(space: Space, key: &[u8], bytes: &[u8]) -> Result<String> {
     Ok(s.to_owned())
 }
 
-/// `[u8; 32]` as 64 lowercase hex digits (a JSON array of numbers would be three times larger).
-pub(crate) mod hex32 {
-    use serde::{de, Deserialize, Deserializer, Serializer};
-
-    pub(crate) fn serialize<S: Serializer>(v: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&hex::encode(v))
-    }
-
-    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
-        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        let mut out = [0u8; 32];
-        hex::decode_to_slice(s.as_bytes(), &mut out).map_err(de::Error::custom)?;
-        Ok(out)
-    }
-}
-
 /// The JSON header of a stored receipt: every field but the body.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct ReceiptHeader<'a> {
@@ -65,7 +49,7 @@ struct ReceiptHeader<'a> {
     authorization_id: Option<std::borrow::Cow<'a, str>>,
     seq: Option<u64>,
     log_index: u64,
-    #[serde(with = "hex32")]
+    #[serde(with = "crate::types::hex32")]
     leaf: [u8; 32],
 }
 

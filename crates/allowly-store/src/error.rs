@@ -40,9 +40,14 @@ pub enum StoreError {
 
 impl StoreError {
     pub(crate) fn corrupt(space: &'static str, key: &[u8], reason: impl std::fmt::Display) -> Self {
-        Self::Corrupt { space, key: crate::keys::display_key(key), reason: reason.to_string() }
+        Self::Corrupt { space, key: display_key(key), reason: reason.to_string() }
     }
 }
 
 /// Shorthand used throughout the crate.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// A key rendered for error messages (ids are printable ASCII; integers show as `\xNN`).
+pub(crate) fn display_key(key: &[u8]) -> String {
+    key.escape_ascii().to_string()
+}

@@ -104,11 +104,6 @@ pub(crate) fn check_id(field: &'static str, id: &str) -> Result<()> {
         .map_err(|_| StoreError::InvalidId { field, id: id.chars().take(128).collect() })
 }
 
-/// A key rendered for error messages (ids are printable ASCII; integers show as `\xNN`).
-pub(crate) fn display_key(key: &[u8]) -> String {
-    key.escape_ascii().to_string()
-}
-
 fn with_capacity(extra: usize, ws: &str) -> Vec<u8> {
     Vec::with_capacity(ws.len() + 1 + extra)
 }
@@ -229,7 +224,7 @@ mod tests {
             prop_assume!(a != b);
             let (start, end) = (ws_start(&a), ws_end(&a));
             for k in [ws_u64(&b, n), ws_id(&b, &other), trail(&b, &other, n), node(&b, 0, n), ws_start(&b)] {
-                prop_assert!(!(start <= k && k < end), "{:?} of {b:?} lies in {a:?}'s range", display_key(&k));
+                prop_assert!(!(start <= k && k < end), "{:?} of {b:?} lies in {a:?}'s range", crate::error::display_key(&k));
             }
             for k in [ws_u64(&a, n), ws_id(&a, &other), trail(&a, &other, n), node(&a, 7, n)] {
                 prop_assert!(start <= k && k < end);

@@ -8,8 +8,6 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::codec::hex32;
-
 /// A tenant. Every other record lives under a workspace id.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkspaceRecord {
@@ -256,4 +254,20 @@ pub enum Durability {
     /// The batch is in the engine's log but not fsynced: it survives a process crash, not a
     /// power loss or kernel crash. For data that can be recomputed (e.g. Merkle nodes).
     Buffered,
+}
+
+/// `[u8; 32]` as 64 lowercase hex digits (a JSON array of numbers would be three times larger).
+pub(crate) mod hex32 {
+    use serde::{de, Deserialize, Deserializer, Serializer};
+
+    pub(crate) fn serialize<S: Serializer>(v: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(v))
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(s.as_bytes(), &mut out).map_err(de::Error::custom)?;
+        Ok(out)
+    }
 }

@@ -1,0 +1,21 @@
+//! What every request handler shares. Its own leaf, so the request loop (`http`) and the
+//! handlers (`routes`) both name it without naming each other both ways.
+
+use allowly_engine::Engine;
+
+use crate::extract::RequestIds;
+use crate::isolation::KeyIsolation;
+use crate::metrics::HttpMetrics;
+
+/// What every request handler shares.
+#[derive(Debug)]
+pub struct App {
+    pub engine: Engine,
+    pub metrics: HttpMetrics,
+    /// The webhook worker's metrics (rendered on `/metrics`).
+    pub webhook_metrics: allowly_webhooks::Metrics,
+    pub body_limit: usize,
+    pub request_ids: RequestIds,
+    /// What this instance promises about its keys (`/readyz`, metric).
+    pub key_isolation: KeyIsolation,
+}
