@@ -25,7 +25,7 @@ use tokio::sync::oneshot;
 use crate::actor::{IdemDoc, WorkspaceActor, WsArgs};
 use crate::clock::{now_ms, ts};
 use crate::config::EngineConfig;
-use crate::error::{EngineError, Result};
+use crate::error::{EngineError, Refusal, Result};
 use crate::health::Health;
 use crate::ids::{is_secret_shaped, new_id, new_secret, open_secret, seal_secret, secret_hash};
 use crate::mailbox::{Idem, Reply, WsHandle, WsMsg};
@@ -748,7 +748,11 @@ impl Engine {
     ) -> Result<Resolution> {
         validate::confirmation_answer(&answer)?;
         if allowly_receipt::types::validate_id("nonce", nonce).is_err() {
-            return Err(EngineError::refused("confirmation_not_found", "no such confirmation nonce"));
+            return Err(EngineError::refused(
+                Refusal::NotFound,
+                "confirmation_not_found",
+                "no such confirmation nonce",
+            ));
         }
         self.workspace_record(ws)?;
         let idem = idempotency(idem, "confirmation", &(nonce, &answer))?;
@@ -768,10 +772,10 @@ impl Engine {
         message: &'static str,
     ) -> Result<D> {
         let doc = self.shared.store.doc(kind, ws, id).map_err(|e| match e {
-            StoreError::InvalidId { .. } => EngineError::refused(code, message),
+            StoreError::InvalidId { .. } => EngineError::refused(Refusal::NotFound, code, message),
             other => EngineError::Store(other),
         })?;
-        let v = doc.ok_or_else(|| EngineError::refused(code, message))?;
+        let v = doc.ok_or_else(|| EngineError::refused(Refusal::NotFound, code, message))?;
         serde_json::from_value(v).map_err(|e| EngineError::Internal(format!("stored {kind:?} {id}: {e}")))
     }
 
@@ -807,7 +811,7 @@ impl Engine {
     ) -> Result<Resolution> {
         validate::escalation_answer(&answer)?;
         if allowly_receipt::types::validate_id("escalation_id", id).is_err() {
-            return Err(EngineError::refused("escalation_not_found", "no such escalation"));
+            return Err(EngineError::refused(Refusal::NotFound, "escalation_not_found", "no such escalation"));
         }
         self.workspace_record(ws)?;
         let idem = idempotency(idem, "escalation_resolve", &(id, &answer))?;

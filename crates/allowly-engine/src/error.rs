@@ -8,6 +8,20 @@ use allowly_store::StoreError;
 use crate::fault::Fault;
 
 /// Everything an engine call can fail with.
+/// What sort of refusal an [`EngineError::Refused`] is; the edge maps each to one HTTP status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The thing the step names does not exist for this caller (404).
+    NotFound,
+    /// The request names something it may not (a webhook destination outside policy: 400).
+    NotAllowed,
+    /// Its time is over (410).
+    Expired,
+    /// The thing is in a state where the step cannot happen (already used or resolved, still
+    /// pending, disabled: 409).
+    Conflict,
+}
+
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum EngineError {
@@ -24,11 +38,17 @@ pub enum EngineError {
     Conflict(String),
     /// A confirmation or escalation step that cannot happen (unknown, already used or resolved,
     /// expired), or a webhook delivery retry that cannot (`delivery_in_progress`,
-    /// `webhook_disabled`, `webhook_not_found`). `code` is the stable problem code (`*_not_found`
-    /// → 404, `*_expired` → 410, else 409); `receipt` is set when the attempt was recorded in the
+    /// `webhook_disabled`, `webhook_not_found`). `code` is the stable problem code, `kind` what
+    /// sort of refusal it is (and so its HTTP status, chosen at the edge from the kind, never
+    /// from the code's spelling); `receipt` is set when the attempt was recorded in the
     /// authorization's trail (used or expired: the trail must show it).
     #[error("{message}")]
-    Refused { code: &'static str, message: String, receipt: Option<Box<allowly_receipt::types::PendingReceipt>> },
+    Refused {
+        kind: Refusal,
+        code: &'static str,
+        message: String,
+        receipt: Option<Box<allowly_receipt::types::PendingReceipt>>,
+    },
     /// An `Idempotency-Key` was used before with a different request. Nothing was changed.
     #[error("this Idempotency-Key was used with a different request")]
     IdempotencyMismatch,
@@ -95,8 +115,8 @@ impl EngineError {
     }
 
     /// A refused step that left nothing in the trail.
-    pub(crate) fn refused(code: &'static str, message: &str) -> Self {
-        Self::Refused { code, message: message.to_owned(), receipt: None }
+    pub(crate) fn refused(kind: Refusal, code: &'static str, message: &str) -> Self {
+        Self::Refused { kind, code, message: message.to_owned(), receipt: None }
     }
 
     pub(crate) fn invalid(field: &'static str, message: impl Into<String>) -> Self {

@@ -79,8 +79,14 @@ impl Engine {
     ) -> Result<allowly_webhooks::CreatedWebhook> {
         allowly_webhooks::model::validate_url(&req.url).map_err(|m| EngineError::invalid("url", m))?;
         allowly_webhooks::model::validate_events(&req.events).map_err(|m| EngineError::invalid("events", m))?;
-        allowly_webhooks::destination::check_url(&req.url, self.shared().cfg.webhook_destinations)
-            .map_err(|message| EngineError::Refused { code: allowly_webhooks::NOT_ALLOWED, message, receipt: None })?;
+        allowly_webhooks::destination::check_url(&req.url, self.shared().cfg.webhook_destinations).map_err(
+            |message| EngineError::Refused {
+                kind: crate::error::Refusal::NotAllowed,
+                code: allowly_webhooks::NOT_ALLOWED,
+                message,
+                receipt: None,
+            },
+        )?;
         validate_scope_filter(&req.scopes)?;
         self.workspace_record(ws)?;
         let idem = idempotency(idem, "webhook_create", &req)?;

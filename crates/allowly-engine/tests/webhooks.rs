@@ -270,7 +270,7 @@ async fn non_public_destinations_are_refused_unless_allowed() {
         "http://[fd00::1]/",
     ] {
         match e.create_webhook(&ws, hook(url, &[EventType::ReceiptSigned]), None).await {
-            Err(EngineError::Refused { code: "destination_not_allowed", message, receipt: None }) => {
+            Err(EngineError::Refused { code: "destination_not_allowed", message, receipt: None, .. }) => {
                 assert!(message.starts_with("destination_not_allowed"), "{url}: {message}")
             }
             other => panic!("{url}: {other:?}"),

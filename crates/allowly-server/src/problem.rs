@@ -31,6 +31,7 @@
 //! | `workspace_log_diverged` | 503 | this workspace's receipt log disagrees with the signer's (fork, rollback, or receipts the signer refuses): it records nothing new until an operator resyncs it (`POST /v1/workspaces/{ws}/log/resync`); other workspaces are unaffected. No `Retry-After`: it does not pass by itself |
 //! | `storage_error`, `signer_error`, `internal_error` | 500 | a fault; details are logged with the request id, never sent |
 
+use allowly_engine::error::Refusal;
 use allowly_engine::EngineError;
 use bytes::Bytes;
 use http::header::{HeaderValue, ALLOW, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
@@ -125,15 +126,12 @@ impl Problem {
             EngineError::NotFound { .. } => Self::new(StatusCode::NOT_FOUND, code, e.to_string()),
             EngineError::Invalid { .. } => Self::new(StatusCode::BAD_REQUEST, code, e.to_string()),
             EngineError::Conflict(_) => Self::new(StatusCode::CONFLICT, code, e.to_string()),
-            EngineError::Refused { receipt, .. } => {
-                let status = if code.ends_with("_not_found") {
-                    StatusCode::NOT_FOUND
-                } else if code.ends_with("_not_allowed") {
-                    StatusCode::BAD_REQUEST
-                } else if code.ends_with("_expired") {
-                    StatusCode::GONE
-                } else {
-                    StatusCode::CONFLICT
+            EngineError::Refused { kind, receipt, .. } => {
+                let status = match kind {
+                    Refusal::NotFound => StatusCode::NOT_FOUND,
+                    Refusal::NotAllowed => StatusCode::BAD_REQUEST,
+                    Refusal::Expired => StatusCode::GONE,
+                    Refusal::Conflict => StatusCode::CONFLICT,
                 };
                 let receipt = receipt.as_ref().and_then(|r| serde_json::to_value(r).ok()).map(Box::new);
                 Self { receipt, ..Self::new(status, code, e.to_string()) }
@@ -307,11 +305,12 @@ mod tests {
         check(EngineError::WorkspaceLogDiverged, 503, "workspace_log_diverged", None);
         check(EngineError::Signer("key sk_123".into()), 500, "signer_error", Some("sk_123"));
         check(EngineError::Internal("invariant x".into()), 500, "internal_error", Some("invariant x"));
-        let refused = |code| EngineError::Refused { code, message: "m".into(), receipt: None };
-        check(refused("webhook_not_found"), 404, "webhook_not_found", None);
-        check(refused("webhook_disabled"), 409, "webhook_disabled", None);
-        check(refused("delivery_in_progress"), 409, "delivery_in_progress", None);
-        check(refused("destination_not_allowed"), 400, "destination_not_allowed", None);
+        let refused = |kind, code| EngineError::Refused { kind, code, message: "m".into(), receipt: None };
+        check(refused(Refusal::NotFound, "webhook_not_found"), 404, "webhook_not_found", None);
+        check(refused(Refusal::Conflict, "webhook_disabled"), 409, "webhook_disabled", None);
+        check(refused(Refusal::Conflict, "delivery_in_progress"), 409, "delivery_in_progress", None);
+        check(refused(Refusal::NotAllowed, "destination_not_allowed"), 400, "destination_not_allowed", None);
+        check(refused(Refusal::Expired, "escalation_expired"), 410, "escalation_expired", None);
     }
 
     #[test]

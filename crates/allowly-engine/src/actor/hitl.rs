@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 
 use super::{Event, WsState};
 use crate::clock::{now_ms, ts};
-use crate::error::{EngineError, Result};
+use crate::error::{EngineError, Refusal, Result};
 use crate::model::{
     ConfirmationAnswer, ConfirmationStatus, ConfirmationView, EscalationAnswer, EscalationOutcome, EscalationStatus,
     EscalationView, Resolution,
@@ -206,8 +206,8 @@ fn sha256_text(s: &str) -> HexHash {
     HexHash(Sha256::digest(s.as_bytes()).into())
 }
 
-fn refused<T>(code: &'static str, message: &str) -> Result<(Vec<Op>, Result<T>)> {
-    Err(EngineError::refused(code, message))
+fn refused<T>(kind: Refusal, code: &'static str, message: &str) -> Result<(Vec<Op>, Result<T>)> {
+    Err(EngineError::refused(kind, code, message))
 }
 
 /// What a step records: the event, the decision and the approval.
@@ -279,7 +279,7 @@ impl WsState {
     pub(super) fn confirm(&mut self, nonce: &str, answer: ConfirmationAnswer) -> Result<(Vec<Op>, Result<Resolution>)> {
         let now = self.receipt_now();
         let Some((mut doc, _)) = self.doc::<ConfirmationDoc>(DocKind::Confirmation, nonce)? else {
-            return refused("confirmation_not_found", "no such confirmation nonce");
+            return refused(Refusal::NotFound, "confirmation_not_found", "no such confirmation nonce");
         };
         let shown_hash = match (&answer.shown, answer.shown_hash) {
             (Some(text), _) => Some(sha256_text(text)),
@@ -298,18 +298,19 @@ impl WsState {
         let overdue = doc.state == ConfirmationState::Pending && now >= doc.opened.expires_at_ms;
         if doc.state == ConfirmationState::Used || doc.state == ConfirmationState::Expired || overdue {
             // The trail shows the refused attempt.
-            let (code, reason, message) = if doc.state == ConfirmationState::Used {
-                ("confirmation_used", "confirmation_used", "this confirmation was already answered")
+            let (kind, code, message) = if doc.state == ConfirmationState::Used {
+                (Refusal::Conflict, "confirmation_used", "this confirmation was already answered")
             } else {
-                ("confirmation_expired", "confirmation_expired", "this confirmation has expired")
+                (Refusal::Expired, "confirmation_expired", "this confirmation has expired")
             };
+            let reason = code;
             let (mut ops, rec) = self.record(&auth, &scopes, &resource, attempt(reason), now)?;
             if overdue {
                 doc.state = ConfirmationState::Expired;
                 self.put_doc(&mut ops, DocKind::Confirmation, nonce, &doc)?;
             }
             let receipt = Some(Box::new(pending_envelope(&rec)?));
-            return Ok((ops, Err(EngineError::Refused { code, message: message.into(), receipt })));
+            return Ok((ops, Err(EngineError::Refused { kind, code, message: message.into(), receipt })));
         }
         let approved = outcome == ApprovalOutcome::Approved;
         let (decision, reason) = self.final_decision(&auth, approved, "confirmed", "declined", now)?;
@@ -333,10 +334,10 @@ impl WsState {
     ) -> Result<(Vec<Op>, Result<Resolution>)> {
         let now = self.receipt_now();
         let Some((mut doc, _)) = self.doc::<EscalationDoc>(DocKind::Escalation, id)? else {
-            return refused("escalation_not_found", "no such escalation");
+            return refused(Refusal::NotFound, "escalation_not_found", "no such escalation");
         };
         if doc.status != EscalationStatus::Pending {
-            return refused("escalation_already_resolved", "this escalation was already resolved");
+            return refused(Refusal::Conflict, "escalation_already_resolved", "this escalation was already resolved");
         }
         // Read before anything changes, so a store error leaves the actor's state as it was.
         let endpoints = self.endpoint_list()?;
@@ -375,6 +376,7 @@ impl WsState {
             return Ok((
                 ops,
                 Err(EngineError::Refused {
+                    kind: Refusal::Expired,
                     code: "escalation_expired",
                     message: "this escalation expired before it was resolved (recorded as deny)".into(),
                     receipt,
@@ -447,7 +449,7 @@ impl WsState {
     /// Records the expiry of an overdue escalation (no-op answer if it is not overdue).
     pub(super) fn expire_escalation(&mut self, id: &str) -> Result<(Vec<Op>, Result<EscalationView>)> {
         let Some((doc, _)) = self.doc::<EscalationDoc>(DocKind::Escalation, id)? else {
-            return refused("escalation_not_found", "no such escalation");
+            return refused(Refusal::NotFound, "escalation_not_found", "no such escalation");
         };
         if !doc.is_overdue(now_ms()) {
             return Ok((Vec::new(), doc.view(id)));

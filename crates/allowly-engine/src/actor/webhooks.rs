@@ -17,7 +17,7 @@ use allowly_webhooks::{CreatedWebhook, DeliveryStatus, DeliveryView, NewWebhook,
 
 use super::WsState;
 use crate::clock::now_ms;
-use crate::error::{EngineError, Result};
+use crate::error::{EngineError, Refusal, Result};
 use crate::ids::new_id;
 
 /// Outbox entries one cancellation step looks at (one commit).
@@ -199,16 +199,22 @@ impl WsState {
         };
         if d.status == DeliveryStatus::Pending {
             return Err(EngineError::refused(
+                Refusal::Conflict,
                 "delivery_in_progress",
                 "this delivery is still pending; it can be sent again once it is delivered, failed or cancelled",
             ));
         }
         match self.doc::<WebhookDoc>(DocKind::Webhook, &d.webhook_id)? {
             None => {
-                return Err(EngineError::refused("webhook_not_found", "the delivery's webhook endpoint was deleted"))
+                return Err(EngineError::refused(
+                    Refusal::NotFound,
+                    "webhook_not_found",
+                    "the delivery's webhook endpoint was deleted",
+                ))
             }
             Some((h, _)) if h.disabled => {
                 return Err(EngineError::refused(
+                    Refusal::Conflict,
                     "webhook_disabled",
                     "the delivery's webhook endpoint is disabled; enable it first",
                 ))
