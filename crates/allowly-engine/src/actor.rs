@@ -656,7 +656,7 @@ impl WsState {
         let seq = a.next_seq;
         let mut body = ReceiptBody {
             v: FORMAT_VERSION,
-            id: new_id("rc_")?,
+            id: crate::ids::receipt_id(*index)?,
             workspace_id: self.ws.id.clone(),
             authorization_id: Some(a.id.clone()),
             seq: Some(seq),

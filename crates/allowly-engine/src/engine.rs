@@ -850,12 +850,16 @@ impl Engine {
 
     /// A receipt: signed (with a proof against the newest checkpoint) or still pending.
     pub fn receipt(&self, ws: &str, id: &str) -> Result<ReceiptView> {
+        // The id names the log index (the store's key); the stored receipt must have this id.
+        let not_found = EngineError::NotFound { what: "receipt" };
+        let Some(index) = crate::ids::receipt_index(id) else { return Err(not_found) };
         let r = self
             .shared
             .store
-            .receipt(ws, id)
+            .receipt_at(ws, index)
             .map_err(not_found_if_invalid("receipt"))?
-            .ok_or(EngineError::NotFound { what: "receipt" })?;
+            .filter(|r| r.id == id)
+            .ok_or(not_found)?;
         let latest = self.latest(ws)?;
         self.view(&r, latest.as_ref())
     }

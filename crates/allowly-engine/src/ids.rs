@@ -1,6 +1,8 @@
 //! Identifiers and API key secrets. Every id is a type prefix and 128 random bits in hex, which
 //! is inside the receipt format's id alphabet (`[A-Za-z0-9_-]{1,128}`), unguessable (another
-//! tenant cannot probe for objects), and carries no ordering or timing information.
+//! tenant cannot probe for objects), and carries no ordering or timing information — except a
+//! receipt id, which starts with its log index (16 hex digits, see [`receipt_id`]): the store
+//! keys receipts by index alone, and the index is in the receipt's body anyway.
 
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
@@ -22,6 +24,22 @@ fn random<const N: usize>() -> Result<[u8; N]> {
 /// `prefix` + 32 hex digits of fresh randomness (e.g. `rc_…`).
 pub fn new_id(prefix: &str) -> Result<String> {
     Ok(format!("{prefix}{}", hex::encode(random::<16>()?)))
+}
+
+/// The id of the receipt at log index `index`: `rc_` + the index as 16 hex digits + 32 hex
+/// digits of fresh randomness (so it is still unguessable).
+pub fn receipt_id(index: u64) -> Result<String> {
+    Ok(format!("rc_{index:016x}{}", hex::encode(random::<16>()?)))
+}
+
+/// The log index a receipt id names (`None`: not an id [`receipt_id`] makes). The caller still
+/// compares the stored receipt's id with the one asked for.
+pub fn receipt_index(id: &str) -> Option<u64> {
+    let rest = id.strip_prefix("rc_")?;
+    if rest.len() != 16 + 32 || !rest.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        return None;
+    }
+    u64::from_str_radix(rest.get(..16)?, 16).ok()
 }
 
 /// A new API key secret: `alw_` + 64 hex digits (256 random bits).
@@ -84,6 +102,29 @@ pub fn open_secret(sealed: &str, caller_secret: &str, record_id: &str) -> Result
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn a_receipt_id_names_its_log_index_and_nothing_else_does() {
+        for index in [0, 1, 255, u64::MAX] {
+            let id = receipt_id(index).unwrap();
+            assert_eq!(id.len(), 51);
+            assert!(allowly_receipt::types::validate_id("id", &id).is_ok());
+            assert_eq!(receipt_index(&id), Some(index), "{id}");
+            assert_ne!(receipt_id(index).unwrap(), id, "random part");
+        }
+        let id = receipt_id(7).unwrap();
+        for bad in [
+            "rc_".to_owned(),
+            "rc_0000000000000007".to_owned(),
+            id.replace("rc_", "ak_"),
+            id.to_uppercase().replace("RC_", "rc_"),
+            format!("{id}0"),
+            id[..50].to_owned(),
+            "rc_+000000000000007".to_owned() + &"0".repeat(32),
+        ] {
+            assert_eq!(receipt_index(&bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn ids_and_secrets_have_their_documented_shape() {

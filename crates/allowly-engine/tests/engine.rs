@@ -511,9 +511,6 @@ impl Store for FullDevice {
     ) -> allowly_store::Result<Vec<allowly_store::AuthorizationRecord>> {
         self.inner.authorizations(ws, after, limit)
     }
-    fn receipt(&self, ws: &str, id: &str) -> allowly_store::Result<Option<allowly_store::ReceiptRecord>> {
-        self.inner.receipt(ws, id)
-    }
     fn receipt_at(&self, ws: &str, index: u64) -> allowly_store::Result<Option<allowly_store::ReceiptRecord>> {
         self.inner.receipt_at(ws, index)
     }

@@ -31,13 +31,6 @@ pub(crate) fn hash(space: Space, key: &[u8], bytes: &[u8]) -> Result<[u8; 32]> {
     bytes.try_into().map_err(|_| StoreError::corrupt(space.name(), key, format!("{} bytes, not 32", bytes.len())))
 }
 
-/// A stored id (an index entry's target), checked against the id alphabet.
-pub(crate) fn id(space: Space, key: &[u8], bytes: &[u8]) -> Result<String> {
-    let s = std::str::from_utf8(bytes).map_err(|_| StoreError::corrupt(space.name(), key, "id is not UTF-8"))?;
-    crate::keys::check_id("id", s).map_err(|_| StoreError::corrupt(space.name(), key, "invalid id"))?;
-    Ok(s.to_owned())
-}
-
 /// The JSON header of a stored receipt: every field but the body.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct ReceiptHeader<'a> {
@@ -101,19 +94,20 @@ pub(crate) fn decode_receipt(space: Space, key: &[u8], bytes: &[u8]) -> Result<c
     })
 }
 
-/// A `leaves` entry: the leaf hash, then the receipt id.
-pub(crate) fn encode_leaf(leaf: &[u8; 32], id: &str) -> Vec<u8> {
-    let mut v = Vec::with_capacity(32 + id.len());
+/// A `trail` entry: the leaf hash, then the receipt's log index (u64 BE), its key in `receipts`.
+pub(crate) fn encode_leaf(leaf: &[u8; 32], log_index: u64) -> Vec<u8> {
+    let mut v = Vec::with_capacity(32 + 8);
     v.extend_from_slice(leaf);
-    v.extend_from_slice(id.as_bytes());
+    v.extend_from_slice(&log_index.to_be_bytes());
     v
 }
 
-/// Decodes a `leaves` entry into its leaf hash and (checked) receipt id.
-pub(crate) fn decode_leaf(space: Space, key: &[u8], bytes: &[u8]) -> Result<([u8; 32], String)> {
-    if bytes.len() <= 32 {
-        return Err(StoreError::corrupt(space.name(), key, "leaf entry is too short"));
+/// Decodes a `trail` entry into its leaf hash and the receipt's log index.
+pub(crate) fn decode_leaf(space: Space, key: &[u8], bytes: &[u8]) -> Result<([u8; 32], u64)> {
+    if bytes.len() != 32 + 8 {
+        return Err(StoreError::corrupt(space.name(), key, "trail entry is not 40 bytes"));
     }
-    let (leaf, id) = bytes.split_at(32);
-    Ok((hash(space, key, leaf)?, self::id(space, key, id)?))
+    let (leaf, index) = bytes.split_at(32);
+    let index = u64::from_be_bytes(index.try_into().map_err(|_| StoreError::corrupt(space.name(), key, "bad index"))?);
+    Ok((hash(space, key, leaf)?, index))
 }

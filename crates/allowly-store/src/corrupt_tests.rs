@@ -73,28 +73,32 @@ fn every_getter_reports_corruption<S: Raw>(s: &S) {
 
     // A receipt filed under workspace "w" that says it belongs to "x": never served as w's.
     let foreign = receipt("x", "r1", 0);
-    s.raw(Space::Receipts, &keys::ws_id("w", "r1"), &crate::codec::encode_receipt(&foreign).expect("encode"));
-    assert_corrupt(s.receipt("w", "r1"));
+    s.raw(Space::Receipts, &keys::ws_u64("w", 0), &crate::codec::encode_receipt(&foreign).expect("encode"));
+    assert_corrupt(s.receipt_at("w", 0));
+    // One filed under another log index than its own (a wrong leaf in the log).
+    let moved = receipt("w", "r5", 5);
+    s.raw(Space::Receipts, &keys::ws_u64("w", 6), &crate::codec::encode_receipt(&moved).expect("encode"));
+    assert_corrupt(s.receipt_at("w", 6));
     // A body that is not the one its leaf hash names (bit rot, a hand edit).
     let mut edited = crate::codec::encode_receipt(&receipt("w", "r3", 3)).expect("encode");
     if let Some(last) = edited.last_mut() {
         *last = b']';
     }
-    s.raw(Space::Receipts, &keys::ws_id("w", "r3"), &edited);
-    assert_corrupt(s.receipt("w", "r3"));
-
-    // Index entries pointing at nothing, at bad ids, or with keys of the wrong length.
-    s.raw(Space::Leaves, &keys::ws_u64("w", 300), &crate::codec::encode_leaf(&[7; 32], "missing"));
-    assert_corrupt(s.receipt_at("w", 300));
+    s.raw(Space::Receipts, &keys::ws_u64("w", 3), &edited);
+    assert_corrupt(s.receipt_at("w", 3));
     assert_corrupt(s.receipts_in_range("w", 0, 1000, 10));
-    s.raw(Space::Leaves, &keys::ws_u64("w", 301), b"short");
-    assert_corrupt(s.leaf_hashes("w", 301, 302, 10));
-    s.raw(Space::Leaves, &keys::ws_u64("w", 302), &[[7; 32].as_slice(), b"bad/id"].concat());
-    assert_corrupt(s.leaf_hashes("w", 302, 303, 10));
-    s.raw(Space::Leaves, &[keys::ws_start("w"), vec![1, 2]].concat(), &crate::codec::encode_leaf(&[7; 32], "r1"));
-    assert_corrupt(s.leaf_hashes("w", 0, u64::MAX, 10));
-    s.raw(Space::Trail, &[keys::trail_start("w", "auth"), vec![1, 2]].concat(), b"r1");
+    assert_corrupt(s.leaf_hashes("w", 3, 4, 10));
+
+    // Trail entries pointing at nothing or of the wrong length, keys of the wrong length.
+    s.raw(Space::Trail, &keys::trail("w", "auth", 0), &crate::codec::encode_leaf(&[7; 32], 300));
     assert_corrupt(s.trail("w", "auth", None, 10));
+    s.raw(Space::Trail, &keys::trail("w", "auth2", 0), b"short");
+    assert_corrupt(s.trail("w", "auth2", None, 10));
+    s.raw(Space::Receipts, &[keys::ws_start("v"), vec![1, 2]].concat(), b"r1");
+    assert_corrupt(s.receipts_in_range("v", 0, u64::MAX, 10));
+    assert_corrupt(s.leaf_hashes("v", 0, u64::MAX, 10));
+    s.raw(Space::Trail, &[keys::trail_start("w", "auth3"), vec![1, 2]].concat(), b"r1");
+    assert_corrupt(s.trail("w", "auth3", None, 10));
     s.raw(Space::LogMeta, b"not/a/ws", br#"{"next_index":1}"#);
     assert_corrupt(s.workspaces_with_unsigned());
 
@@ -118,14 +122,14 @@ fn mangled_receipts_never_panic<S: Raw>(s: &S) {
     let r = receipt("w", "r2", 1);
     s.write(WriteBatch::from(vec![Op::PutReceipt(r.clone())]), Durability::Sync).expect("write");
     let good = crate::codec::encode_receipt(&r).expect("encode");
-    let key = keys::ws_id("w", "r2");
+    let key = keys::ws_u64("w", 1);
     for i in 0..good.len() {
         s.raw(Space::Receipts, &key, &good[..i]);
-        assert_corrupt(s.receipt("w", "r2"));
+        assert_corrupt(s.receipt_at("w", 1));
         let mut flipped = good.clone();
         flipped[i] ^= 0x80;
         s.raw(Space::Receipts, &key, &flipped);
-        let _ = s.receipt("w", "r2");
+        let _ = s.receipt_at("w", 1);
         let _ = s.leaf_hashes("w", 0, 10, 10);
         let _ = s.trail("w", "auth", None, 10);
     }

@@ -20,7 +20,6 @@ pub(crate) enum Space {
     Authorizations,
     Receipts,
     Trail,
-    Leaves,
     Nodes,
     Checkpoints,
     LogMeta,
@@ -35,13 +34,12 @@ pub(crate) enum Space {
 }
 
 impl Space {
-    pub(crate) const ALL: [Space; 17] = [
+    pub(crate) const ALL: [Space; 16] = [
         Space::Workspaces,
         Space::ApiKeys,
         Space::Authorizations,
         Space::Receipts,
         Space::Trail,
-        Space::Leaves,
         Space::Nodes,
         Space::Checkpoints,
         Space::LogMeta,
@@ -63,7 +61,6 @@ impl Space {
             Space::Authorizations => "authorizations",
             Space::Receipts => "receipts",
             Space::Trail => "trail",
-            Space::Leaves => "leaves",
             Space::Nodes => "nodes",
             Space::Checkpoints => "checkpoints",
             Space::LogMeta => "log_meta",

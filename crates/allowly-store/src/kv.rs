@@ -166,8 +166,9 @@ fn put_receipt(st: &mut Stager, r: ReceiptRecord) -> Result<()> {
     match (&r.authorization_id, r.seq) {
         (Some(auth), Some(seq)) => {
             check_id("authorization_id", auth)?;
-            // `leaf ‖ id`: the trail's last entry is the authorization's trail head (next seq, prev).
-            st.put(Space::Trail, keys::trail(ws, auth, seq), codec::encode_leaf(&r.leaf, &r.id));
+            // `leaf ‖ log index`: the trail's last entry is the authorization's trail head (next
+            // seq, prev), and the index is the receipt's key.
+            st.put(Space::Trail, keys::trail(ws, auth, seq), codec::encode_leaf(&r.leaf, r.log_index));
         }
         (None, None) => {}
         // A receipt that names an authorization but no seq (or the reverse) would silently be
@@ -179,7 +180,8 @@ fn put_receipt(st: &mut Stager, r: ReceiptRecord) -> Result<()> {
             )))
         }
     }
-    st.put(Space::Leaves, keys::ws_u64(ws, r.log_index), codec::encode_leaf(&r.leaf, &r.id));
-    st.put(Space::Receipts, keys::ws_id(ws, &r.id), codec::encode_receipt(&r)?);
+    // Keyed by log index: a workspace's receipts are one range in log order, so the unsigned
+    // ones are a seek and a scan, and a receipt needs no second index.
+    st.put(Space::Receipts, keys::ws_u64(ws, r.log_index), codec::encode_receipt(&r)?);
     Ok(())
 }

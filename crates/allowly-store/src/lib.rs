@@ -21,9 +21,8 @@
 //! | `workspaces`     | `ws`                                         | [`WorkspaceRecord`] (JSON)         |
 //! | `api_keys`       | `key_hash` (32 bytes)                        | [`ApiKeyRecord`] (JSON)            |
 //! | `authorizations` | `ws ‖ 0x00 ‖ id`                             | [`AuthorizationRecord`] (JSON, without its trail head) |
-//! | `receipts`       | `ws ‖ 0x00 ‖ receipt id`                     | [`ReceiptRecord`]: JSON header ‖ `\n` ‖ body bytes |
-//! | `trail`          | `ws ‖ 0x00 ‖ auth id ‖ 0x00 ‖ seq u64`       | leaf hash (32 bytes) ‖ receipt id  |
-//! | `leaves`         | `ws ‖ 0x00 ‖ log index u64`                  | leaf hash (32 bytes) ‖ receipt id  |
+//! | `receipts`       | `ws ‖ 0x00 ‖ log index u64`                  | [`ReceiptRecord`]: JSON header ‖ `\n` ‖ body bytes |
+//! | `trail`          | `ws ‖ 0x00 ‖ auth id ‖ 0x00 ‖ seq u64`       | leaf hash (32 bytes) ‖ log index u64 |
 //! | `nodes`          | `ws ‖ 0x00 ‖ level u8 ‖ index u64`           | 32-byte complete-subtree hash      |
 //! | `checkpoints`    | `ws ‖ 0x00 ‖ tree size u64`                  | signed note text                   |
 //! | `log_meta`       | `ws`                                         | [`LogMeta`] (JSON)                 |
@@ -35,7 +34,7 @@
 //! `escalation_due` index of every workspace).
 //!
 //! A receipt is signed once a checkpoint of a size above its log index is stored: nothing is
-//! rewritten when a batch is signed, and the unsigned receipts of a workspace are the `leaves`
+//! rewritten when a batch is signed, and the unsigned receipts of a workspace are the `receipts`
 //! range `[newest checkpoint size, log_meta.next_index)` — a seek, not a queue scanned from its
 //! head over the tombstones of everything already signed.
 //!
@@ -43,7 +42,9 @@
 //! in its record: a read takes it from the last `trail` entry. A check extends the trail and
 //! so writes no authorization record at all.
 //!
-//! `trail` and `leaves` are indexes into `receipts`, written in the same batch as the
+//! Receipts are keyed by log index, so a workspace's receipts are one range in log order and no
+//! second index is written per receipt (the engine's receipt ids carry the index, see
+//! `allowly_engine::ids`). `trail` is an index into `receipts`, written in the same batch as the
 //! receipt, so an index entry never points at nothing; a reader that finds one that does reports
 //! [`StoreError::Corrupt`]. Stored bytes are never trusted: a value that does not decode, or a
 //! record that names another workspace or id than its key, is `Corrupt`, never a panic and never

@@ -13,46 +13,23 @@ fn corrupt(space: Space, key: &[u8], reason: &str) -> StoreError {
 }
 
 /// Decodes a receipt found under `key` and checks it is the one the key names.
-pub(crate) fn check_receipt(
-    space: Space,
-    key: &[u8],
-    bytes: Option<Vec<u8>>,
-    ws: &str,
-    id: &str,
-) -> Result<Option<ReceiptRecord>> {
-    let Some(bytes) = bytes else { return Ok(None) };
-    let r = codec::decode_receipt(space, key, &bytes)?;
-    if r.workspace_id != ws || r.id != id {
-        return Err(corrupt(space, key, "receipt is filed under another workspace or id"));
+/// A stored receipt, checked against its key: its workspace and log index must be the key's.
+pub(crate) fn check_receipt(key: &[u8], bytes: &[u8], ws: &str, index: u64) -> Result<ReceiptRecord> {
+    let r = codec::decode_receipt(Space::Receipts, key, bytes)?;
+    if r.workspace_id != ws || r.log_index != index {
+        return Err(corrupt(Space::Receipts, key, "receipt is filed under another workspace or log index"));
     }
-    Ok(Some(r))
+    Ok(r)
 }
 
-/// The receipt `id` that an index entry at `key` (`leaves`, `trail`) points at; it must exist.
-fn indexed_receipt(view: &dyn KvRead, space: Space, key: &[u8], id: &str, ws: &str) -> Result<ReceiptRecord> {
-    let rkey = keys::ws_id(ws, id);
-    check_receipt(Space::Receipts, &rkey, view.get(Space::Receipts, &rkey)?, ws, id)?
-        .ok_or_else(|| corrupt(space, key, "points at a missing receipt"))
-}
-
-/// A `leaves` entry: its log index (from the key), leaf hash and receipt id.
-fn leaf_entry(ws: &str, key: &[u8], value: &[u8]) -> Result<(u64, [u8; 32], String)> {
-    let index = keys::u64_suffix(key, ws.len() + 1).ok_or_else(|| corrupt(Space::Leaves, key, "bad key length"))?;
-    let (leaf, id) = codec::decode_leaf(Space::Leaves, key, value)?;
-    Ok((index, leaf, id))
-}
-
-/// Receipts of `leaves` entries, checking each receipt's log index and leaf hash.
-fn receipts_by_index(view: &dyn KvRead, ws: &str, pairs: Vec<(Vec<u8>, Vec<u8>)>) -> Result<Vec<ReceiptRecord>> {
+/// The receipts of `receipts` pairs of workspace `ws` (each checked against its key).
+fn receipts_of(ws: &str, pairs: Vec<(Vec<u8>, Vec<u8>)>) -> Result<Vec<ReceiptRecord>> {
     pairs
         .into_iter()
         .map(|(k, v)| {
-            let (index, leaf, id) = leaf_entry(ws, &k, &v)?;
-            let r = indexed_receipt(view, Space::Leaves, &k, &id, ws)?;
-            if r.log_index != index || r.leaf != leaf {
-                return Err(corrupt(Space::Leaves, &k, "receipt has another log index or leaf hash"));
-            }
-            Ok(r)
+            let index =
+                keys::u64_suffix(&k, ws.len() + 1).ok_or_else(|| corrupt(Space::Receipts, &k, "bad key length"))?;
+            check_receipt(&k, &v, ws, index)
         })
         .collect()
 }
@@ -163,20 +140,10 @@ pub(crate) fn authorizations(
     })
 }
 
-pub(crate) fn receipt(e: &impl KvEngine, ws: &str, id: &str) -> Result<Option<ReceiptRecord>> {
-    check_id("workspace_id", ws)?;
-    check_id("receipt_id", id)?;
-    let key = keys::ws_id(ws, id);
-    check_receipt(Space::Receipts, &key, e.get(Space::Receipts, &key)?, ws, id)
-}
-
 pub(crate) fn receipt_at(e: &impl KvEngine, ws: &str, index: u64) -> Result<Option<ReceiptRecord>> {
     check_id("workspace_id", ws)?;
     let key = keys::ws_u64(ws, index);
-    e.read(|view| {
-        let Some(value) = view.get(Space::Leaves, &key)? else { return Ok(None) };
-        Ok(receipts_by_index(view, ws, vec![(key.clone(), value)])?.pop())
-    })
+    e.get(Space::Receipts, &key)?.map(|v| check_receipt(&key, &v, ws, index)).transpose()
 }
 
 pub(crate) fn trail(
@@ -207,8 +174,12 @@ pub(crate) fn trail(
             .map(|(k, v)| {
                 let seq =
                     keys::u64_suffix(&k, prefix_len).ok_or_else(|| corrupt(Space::Trail, &k, "bad key length"))?;
-                let (leaf, id) = codec::decode_leaf(Space::Trail, &k, &v)?;
-                let r = indexed_receipt(view, Space::Trail, &k, &id, ws)?;
+                let (leaf, index) = codec::decode_leaf(Space::Trail, &k, &v)?;
+                let rkey = keys::ws_u64(ws, index);
+                let bytes = view
+                    .get(Space::Receipts, &rkey)?
+                    .ok_or_else(|| corrupt(Space::Trail, &k, "points at a missing receipt"))?;
+                let r = check_receipt(&rkey, &bytes, ws, index)?;
                 if r.seq != Some(seq) || r.authorization_id.as_deref() != Some(auth) || r.leaf != leaf {
                     return Err(corrupt(Space::Trail, &k, "receipt has another authorization, seq or leaf"));
                 }
@@ -229,10 +200,8 @@ pub(crate) fn receipts_in_range(
     if from >= to || limit == 0 {
         return Ok(Vec::new());
     }
-    e.read(|view| {
-        let pairs = view.scan(Space::Leaves, &keys::ws_u64(ws, from), Some(&keys::ws_u64(ws, to)), limit, false)?;
-        receipts_by_index(view, ws, pairs)
-    })
+    let pairs = e.scan(Space::Receipts, &keys::ws_u64(ws, from), Some(&keys::ws_u64(ws, to)), limit, false)?;
+    receipts_of(ws, pairs)
 }
 
 pub(crate) fn leaf_hashes(
@@ -246,8 +215,10 @@ pub(crate) fn leaf_hashes(
     if from >= to || limit == 0 {
         return Ok(Vec::new());
     }
-    let pairs = e.scan(Space::Leaves, &keys::ws_u64(ws, from), Some(&keys::ws_u64(ws, to)), limit, false)?;
-    pairs.iter().map(|(k, v)| leaf_entry(ws, k, v).map(|(index, leaf, _)| (index, leaf))).collect()
+    // Decodes whole receipts (with BlobDB, reads their blobs): only reconciliation after a lost
+    // answer uses this; signing is sent bodies, which it gets from `receipts_in_range`.
+    let pairs = e.scan(Space::Receipts, &keys::ws_u64(ws, from), Some(&keys::ws_u64(ws, to)), limit, false)?;
+    Ok(receipts_of(ws, pairs)?.into_iter().map(|r| (r.log_index, r.leaf)).collect())
 }
 
 pub(crate) fn node(e: &impl KvEngine, ws: &str, level: u8, index: u64) -> Result<Option<[u8; 32]>> {
@@ -409,9 +380,6 @@ macro_rules! impl_store_for_engine {
             }
             fn authorization(&self, ws: &str, id: &str) -> $crate::Result<Option<$crate::AuthorizationRecord>> {
                 $crate::query::authorization(self, ws, id)
-            }
-            fn receipt(&self, ws: &str, id: &str) -> $crate::Result<Option<$crate::ReceiptRecord>> {
-                $crate::query::receipt(self, ws, id)
             }
             fn receipt_at(&self, ws: &str, index: u64) -> $crate::Result<Option<$crate::ReceiptRecord>> {
                 $crate::query::receipt_at(self, ws, index)

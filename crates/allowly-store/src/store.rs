@@ -42,9 +42,9 @@ pub trait Store: Send + Sync + 'static {
     fn authorization(&self, ws: &str, id: &str) -> Result<Option<AuthorizationRecord>>;
     /// Up to `limit` authorizations of `ws` with id > `after` (all when `None`), in id order.
     fn authorizations(&self, ws: &str, after: Option<&str>, limit: usize) -> Result<Vec<AuthorizationRecord>>;
-    /// A receipt of workspace `ws` by id.
-    fn receipt(&self, ws: &str, id: &str) -> Result<Option<ReceiptRecord>>;
-    /// The receipt at leaf `index` of workspace `ws`'s log.
+    /// The receipt at leaf `index` of workspace `ws`'s log. Receipts are keyed by log index
+    /// only: a caller that knows a receipt by id knows its index from the id (the engine puts
+    /// it there) and checks the id of what it reads.
     fn receipt_at(&self, ws: &str, index: u64) -> Result<Option<ReceiptRecord>>;
     /// Up to `limit` receipts of an authorization's trail with `seq > after_seq` (all when
     /// `None`), in `seq` order: pass the last `seq` seen to get the next page.
@@ -60,10 +60,10 @@ pub trait Store: Send + Sync + 'static {
     /// The stored checkpoint with the smallest size `>= size`: the first signature that covers
     /// leaf `size - 1`.
     fn checkpoint_at_or_after(&self, ws: &str, size: u64) -> Result<Option<(u64, String)>>;
-    /// Up to `limit` `(log index, leaf hash)` pairs at indices `[from, to)`, in log order, read
-    /// from the `leaves` index alone (no receipt is decoded): what the signing pipeline sends.
-    /// The unsigned leaves are the range `[newest checkpoint's size, log_meta.next_index)`, so
-    /// reading them costs the same whatever the log's history.
+    /// Up to `limit` `(log index, leaf hash)` pairs at indices `[from, to)`, in log order (what
+    /// reconciling with the signer compares). The unsigned leaves are the range `[newest
+    /// checkpoint's size, log_meta.next_index)`, so reading them costs the same whatever the
+    /// log's history.
     fn leaf_hashes(&self, ws: &str, from: u64, to: u64, limit: usize) -> Result<Vec<(u64, [u8; 32])>>;
     /// Every workspace whose log has leaves beyond its newest stored checkpoint (what a restart
     /// must finish signing).

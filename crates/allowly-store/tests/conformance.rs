@@ -70,11 +70,10 @@ fn receipts_by_id_index_and_range<S: Store>(s: &S) {
     }
     for &i in &INDICES {
         let r = receipt("w", &format!("r{i}"), i, None);
-        assert_eq!(s.receipt("w", &r.id).unwrap().as_ref(), Some(&r));
         assert_eq!(s.receipt_at("w", i).unwrap(), Some(r), "receipt_at({i})");
     }
     assert_eq!(s.receipt_at("w", 2).unwrap(), None);
-    assert_eq!(s.receipt("w", "nope").unwrap(), None);
+    assert_eq!(s.receipt_at("w2", 0).unwrap(), None, "another workspace's index");
 
     let all: Vec<String> = INDICES.iter().map(|i| format!("r{i}")).collect();
     assert_eq!(ids(&s.receipts_in_range("w", 0, u64::MAX, 100).unwrap()), all, "log order");
@@ -89,7 +88,7 @@ fn receipts_by_id_index_and_range<S: Store>(s: &S) {
     assert!(s.receipts_in_range("w", 300, 2, 100).unwrap().is_empty(), "inverted range");
     assert!(s.receipts_in_range("w", 0, u64::MAX, 0).unwrap().is_empty(), "limit 0");
     // The body comes back byte for byte (escapes, non-ASCII).
-    assert_eq!(s.receipt("w", "r256").unwrap().unwrap().body, receipt("w", "r256", 256, None).body);
+    assert_eq!(s.receipt_at("w", 256).unwrap().unwrap().body, receipt("w", "r256", 256, None).body);
 }
 
 fn trail_pagination<S: Store>(s: &S) {
@@ -159,7 +158,7 @@ fn unsigned_leaves<S: Store>(s: &S) {
     let body = "{\"a\":\"x\\ny\"}\n{\"\u{e9}\":\"\\u0000\"}".as_bytes().to_vec();
     let r = with_body(receipt("w", "raw", 300, None), body);
     write(s, vec![Op::PutReceipt(r.clone())]);
-    assert_eq!(s.receipt("w", "raw").unwrap(), Some(r));
+    assert_eq!(s.receipt_at("w", 300).unwrap(), Some(r));
 }
 
 /// Many groups, one write: each validates alone; a bad one drops itself and its chain's later
@@ -179,8 +178,8 @@ fn write_groups<S: Store>(s: &S) {
     assert!(res[0].is_ok() && res[3].is_ok() && res[4].is_ok(), "{res:?}");
     assert!(matches!(res[1], Err(StoreError::InvalidOp(_))), "{res:?}");
     assert!(matches!(res[2], Err(StoreError::InvalidOp(_))), "a later group of a failed chain: {res:?}");
-    for (id, there) in [("g0", true), ("g1", false), ("g2", false), ("g3", true), ("g4", true)] {
-        assert_eq!(s.receipt("w", id).unwrap().is_some(), there, "{id}");
+    for (index, there) in [(10, true), (11, false), (12, false), (13, true), (14, true)] {
+        assert_eq!(s.receipt_at("w", index).unwrap().is_some(), there, "{index}");
     }
     // A later group wins on the same key, as if applied after.
     let again = with_body(receipt("w", "g0", 10, None), b"{\"second\":true}".to_vec());
@@ -191,7 +190,7 @@ fn write_groups<S: Store>(s: &S) {
         )
         .unwrap();
     assert!(res.iter().all(Result::is_ok));
-    assert_eq!(s.receipt("w", "g0").unwrap(), Some(again));
+    assert_eq!(s.receipt_at("w", 10).unwrap(), Some(again));
     assert!(s.write_groups(Vec::new(), Durability::Sync).unwrap().is_empty());
 }
 
@@ -287,9 +286,9 @@ fn tenant_isolation<S: Store>(s: &S) {
         assert_eq!(s.node(ws, 0, 256).unwrap(), Some([n as u8; 32]));
         assert_eq!(s.log_meta(ws).unwrap().unwrap().next_index, n);
         assert_eq!(s.authorization(ws, "auth").unwrap().unwrap().workspace_id, *ws);
-        assert_eq!(s.receipt(ws, "r0").unwrap().unwrap().workspace_id, *ws);
+        assert_eq!(s.receipt_at(ws, 256).unwrap().unwrap().workspace_id, *ws);
     }
-    assert_eq!(s.receipt("a", "r1").unwrap(), None, "a_b's r1 is not a's");
+    assert_eq!(s.receipt_at("a", 257).unwrap(), None, "a_b's leaf 257 is not a's");
     for ws in tenants {
         write(s, vec![Op::PutLogMeta { workspace_id: ws.to_string(), meta: LogMeta { next_index: 1000 } }]);
     }
@@ -332,7 +331,7 @@ fn invalid_ids_write_nothing<S: Store>(s: &S) {
         assert!(matches!(s.write(WriteBatch::from(batch), Durability::Sync), Err(StoreError::InvalidOp(_))));
     }
     assert_eq!(s.workspace("w").unwrap(), None, "no op of a failed batch was written");
-    assert_eq!(s.receipt("w", "ok").unwrap(), None);
+    assert_eq!(s.receipt_at("w", 256).unwrap(), None);
     assert_eq!(s.latest_checkpoint("w").unwrap(), None);
     assert!(s.workspaces_with_unsigned().unwrap().is_empty());
 
@@ -340,7 +339,7 @@ fn invalid_ids_write_nothing<S: Store>(s: &S) {
     let invalid = |r: Result<(), StoreError>| assert!(matches!(r, Err(StoreError::InvalidId { .. })), "{r:?}");
     invalid(s.workspace("a\0").map(drop));
     invalid(s.authorization("w", "").map(drop));
-    invalid(s.receipt("w\0x", "r").map(drop));
+    invalid(s.receipt_at("w\0x", 0).map(drop));
     invalid(s.receipt_at("", 0).map(drop));
     invalid(s.trail("w", "a\0", None, 1).map(drop));
     invalid(s.receipts_in_range("w!", 0, 1, 1).map(drop));

@@ -67,9 +67,6 @@ fn observe<S: Store>(s: &S) -> Vec<String> {
             out.push(format!("{:?}", s.trail(ws, a, None, 100)));
             out.push(format!("{:?}", s.trail(ws, a, Some(254), 1)));
         }
-        for id in RECEIPTS {
-            out.push(format!("{:?}", s.receipt(ws, id)));
-        }
         for i in INDICES {
             out.push(format!("{:?}", s.receipt_at(ws, i)));
             for level in 0..3 {
