@@ -122,8 +122,14 @@ impl<S: Store + ?Sized> fmt::Debug for StoredNodes<'_, S> {
 }
 
 impl<S: Store + ?Sized> NodeSource for StoredNodes<'_, S> {
+    /// A level-0 node is a leaf hash: a writer may leave it out of `nodes` (the engine does: it
+    /// is already in the receipt at that index), and it is then read from the receipt.
     fn node(&self, level: u8, index: u64) -> allowly_receipt::Result<Hash> {
-        match self.store.node(self.ws, level, index) {
+        let found = match self.store.node(self.ws, level, index) {
+            Ok(None) if level == 0 => self.store.receipt_at(self.ws, index).map(|r| r.map(|r| r.leaf)),
+            other => other,
+        };
+        match found {
             Ok(Some(hash)) => Ok(hash),
             Ok(None) => Err(allowly_receipt::Error::MissingNode { level, index }),
             Err(e) => {

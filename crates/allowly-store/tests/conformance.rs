@@ -253,6 +253,37 @@ fn nodes_checkpoints_and_log_meta<S: Store>(s: &S) {
 }
 
 /// Fills workspaces whose ids share prefixes with the same ids, indices and sizes.
+/// Level-0 nodes left out by the writer (the engine does: they are the receipts' leaf hashes)
+/// are read from the receipts: proofs and roots are those of the leaf list.
+fn leaf_nodes_come_from_receipts<S: Store>(s: &S) {
+    let recs: Vec<ReceiptRecord> = (0..100u64).map(|i| receipt("w", &format!("l{i}"), i, None)).collect();
+    let leaves: Vec<[u8; 32]> = recs.iter().map(|r| r.leaf).collect();
+    write(s, recs.into_iter().map(Op::PutReceipt).collect());
+    let mut frontier = Frontier::new();
+    for chunk in leaves.chunks(33) {
+        let appended = frontier.append(chunk).unwrap();
+        let nodes = appended.new_nodes.into_iter().filter(|&(level, _, _)| level > 0).collect();
+        write(s, vec![Op::PutNodes { workspace_id: "w".into(), nodes }]);
+    }
+    assert_eq!(s.node("w", 0, 5).unwrap(), None, "not stored as a node");
+    let (stored, list) = (StoredNodes::new(s, "w"), LeafList(leaves));
+    for size in [1u64, 33, 64, 99, 100] {
+        assert_eq!(merkle::root_from(&stored, size).unwrap(), merkle::root_from(&list, size).unwrap());
+        for index in [0, size / 2, size - 1] {
+            assert_eq!(
+                merkle::inclusion_proof(&stored, index, size).unwrap(),
+                merkle::inclusion_proof(&list, index, size).unwrap()
+            );
+        }
+    }
+    assert_eq!(
+        merkle::consistency_proof(&stored, 33, 100).unwrap(),
+        merkle::consistency_proof(&list, 33, 100).unwrap()
+    );
+    assert!(matches!(stored.node(0, 100), Err(allowly_receipt::Error::MissingNode { level: 0, index: 100 })));
+    assert!(stored.take_error().is_none());
+}
+
 fn tenant_isolation<S: Store>(s: &S) {
     let tenants = ["a", "a_b", "a-", "ab", "b"];
     for (n, ws) in tenants.iter().enumerate() {
@@ -476,6 +507,7 @@ macro_rules! suite {
             unsigned_leaves,
             write_groups,
             nodes_checkpoints_and_log_meta,
+            leaf_nodes_come_from_receipts,
             tenant_isolation,
             invalid_ids_write_nothing,
             empty_batch_and_buffered_writes,
