@@ -8,7 +8,7 @@
 //! | kind | id | document |
 //! |---|---|---|
 //! | `Webhook` | `wh_<32 hex>` | [`WebhookDoc`]: URL, events, scope filter, secret (and the previous one during a rotation's grace period), disabled |
-//! | `Delivery` | `dl_<webhook id>_<16 hex: u64::MAX − created ms><8 hex random>` | [`DeliveryDoc`]: payload, status (`pending` → `delivered` / `failed` / `cancelled`), attempt log, `retry_of` |
+//! | `Delivery` | `dl_<webhook id>_<16 hex: u64::MAX − created ms><8 hex: u32::MAX − per-process count><8 hex random>` | [`DeliveryDoc`]: payload, status (`pending` → `delivered` / `failed` / `cancelled`), attempt log, `retry_of` |
 //! | `Outbox` | `<16 hex due ms>-<delivery id>` | [`OutboxDoc`]: a delivery that is due at `due_at_ms` |
 //!
 //! Delivery ids start with their endpoint's id and then sort newest first, so one endpoint's
@@ -442,11 +442,15 @@ pub fn delivery_prefix(webhook_id: &str) -> String {
     format!("dl_{webhook_id}_")
 }
 
-/// A new delivery id for `webhook_id`, created at `now_ms` (sorts newest first).
+/// A new delivery id for `webhook_id`, created at `now_ms` (sorts newest first, also among the
+/// ids this process makes in one millisecond: a per-process counter, counted down, follows the
+/// time; then 32 random bits keep ids of two processes apart).
 pub fn new_delivery_id(webhook_id: &str, now_ms: u64) -> Result<String> {
+    static MADE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let made = MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut r = [0u8; 4];
     getrandom::getrandom(&mut r).map_err(|e| WebhookError::Random(e.to_string()))?;
-    Ok(format!("{}{:016x}{}", delivery_prefix(webhook_id), u64::MAX - now_ms, hex::encode(r)))
+    Ok(format!("{}{:016x}{:08x}{}", delivery_prefix(webhook_id), u64::MAX - now_ms, u32::MAX - made, hex::encode(r)))
 }
 
 /// A new random id with `prefix` (`wh_`, `evt_`): 128 random bits in hex.
@@ -587,6 +591,8 @@ mod tests {
         let older = new_delivery_id(&wh, 1_000).unwrap();
         let newer = new_delivery_id(&wh, 2_000).unwrap();
         assert!(newer < older, "newest first");
+        let same_ms: Vec<String> = (0..100).map(|_| new_delivery_id(&wh, 3_000).unwrap()).collect();
+        assert!(same_ms.windows(2).all(|w| w[1] < w[0]), "newest first within one millisecond too");
         assert!(older.starts_with(&delivery_prefix(&wh)) && delivery_prefix(&wh) < newer);
         assert!(outbox_id(5, &older) < outbox_id(6, &newer));
         assert!(outbox_id(0xff, &older) < outbox_id(0x100, &older), "fixed width: numeric order");

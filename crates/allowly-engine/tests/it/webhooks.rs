@@ -5,7 +5,6 @@
 //! routed by scope, secrets rotate, finished deliveries can be sent again and are swept after
 //! their retention; non-public destinations are refused by default. Delivery over HTTP is
 //! tested black-box in `allowly-server/tests/webhooks.rs`.
-#![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -18,8 +17,7 @@ use allowly_webhooks::model::{schedule_new, signed_event_id, DeliveryDoc, Webhoo
 use allowly_webhooks::{Policy, RotateSecret, WebhookConfig, Worker};
 use tempfile::TempDir;
 
-mod support;
-use support::*;
+use crate::support::*;
 
 fn hook(url: &str, events: &[EventType]) -> NewWebhook {
     NewWebhook { url: url.into(), events: events.to_vec(), scopes: None }

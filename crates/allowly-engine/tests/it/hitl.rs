@@ -1,7 +1,6 @@
 //! Confirmations, escalations and `Idempotency-Key`, against the real store and signer code:
 //! each step leaves a receipt in one continuous trail, a nonce or an escalation resolves once
 //! even under concurrent answers, and a key yields exactly one receipt.
-#![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
 
@@ -11,8 +10,7 @@ use allowly_receipt::types::{ApprovalOutcome, Decision, EventKind};
 use allowly_receipt::verify::{verify_bundle, Outcome};
 use tempfile::TempDir;
 
-mod support;
-use support::*;
+use crate::support::*;
 
 async fn start(root: &TempDir, cfg: EngineConfig) -> (Signer, Engine, String, String) {
     let signer = start_signer(root);

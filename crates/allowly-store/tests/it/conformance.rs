@@ -1,12 +1,9 @@
 //! One conformance suite, run against every engine: `MemStore` and `RocksStore` must behave
 //! identically. Indices >= 256 throughout catch little-endian key mistakes.
-#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
-mod common;
-
+use crate::common::*;
 use allowly_receipt::merkle::{self, Frontier, LeafList, NodeSource};
 use allowly_store::{DocKind, Durability, LogMeta, Op, ReceiptRecord, Store, StoreError, StoredNodes, WriteBatch};
-use common::*;
 
 /// Indices straddling byte boundaries: a little-endian key would sort 256 before 255.
 const INDICES: [u64; 8] = [0, 1, 255, 256, 257, 65_535, 65_536, 1 << 40];
@@ -522,10 +519,11 @@ suite!(mem => crate::common::mem, rocks => crate::common::rocks);
 /// The engine can be chosen at run time: `Store` is object safe, and proofs work through it.
 #[test]
 fn store_works_as_a_trait_object() {
-    let stores: Vec<(Box<dyn Store>, Option<tempfile::TempDir>)> = vec![(Box::new(common::mem().store), None), {
-        let f = common::rocks();
-        (Box::new(f.store), f.dir)
-    }];
+    let stores: Vec<(Box<dyn Store>, Option<tempfile::TempDir>)> =
+        vec![(Box::new(crate::common::mem().store), None), {
+            let f = crate::common::rocks();
+            (Box::new(f.store), f.dir)
+        }];
     for (s, _dir) in &stores {
         let leaves = vec![[1u8; 32], [2; 32], [3; 32]];
         let appended = Frontier::new().append(&leaves).unwrap();

@@ -1,8 +1,5 @@
 //! Property test: random op sequences applied to `MemStore` and `RocksStore` give the same
 //! write results (including which batches fail, and why) and the same answer from every getter.
-#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
-
-mod common;
 
 use allowly_store::{Durability, LogMeta, MemStore, Op, Store, WriteBatch};
 use proptest::prelude::*;
@@ -23,7 +20,7 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         3 => (ws.clone(), pick(&RECEIPTS), pick(&INDICES), proptest::option::of((pick(&AUTHS), 0u64..3)), any::<bool>()).prop_map(
             |(ws, id, index, trail, text)| {
-                let mut r = common::receipt(ws, id, index, trail.map(|(a, s)| (a, s + 254)));
+                let mut r = crate::common::receipt(ws, id, index, trail.map(|(a, s)| (a, s + 254)));
                 // Now and then a body that is not UTF-8: refused the same way by both.
                 if !text {
                     r.body.push(0xff);
@@ -40,9 +37,9 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (ws.clone(), any::<u64>()).prop_map(|(ws, next_index)| Op::PutLogMeta {
             workspace_id: ws.into(), meta: LogMeta { next_index }
         }),
-        1 => ws.clone().prop_map(|ws| Op::PutWorkspace(common::workspace(ws))),
-        1 => (ws.clone(), pick(&AUTHS)).prop_map(|(ws, a)| Op::PutAuthorization(common::authorization(ws, a))),
-        1 => (proptest::option::of(ws), 0u8..3).prop_map(|(ws, h)| Op::PutApiKey(common::api_key("k", ws, [h; 32]))),
+        1 => ws.clone().prop_map(|ws| Op::PutWorkspace(crate::common::workspace(ws))),
+        1 => (ws.clone(), pick(&AUTHS)).prop_map(|(ws, a)| Op::PutAuthorization(crate::common::authorization(ws, a))),
+        1 => (proptest::option::of(ws), 0u8..3).prop_map(|(ws, h)| Op::PutApiKey(crate::common::api_key("k", ws, [h; 32]))),
     ]
 }
 
@@ -87,7 +84,7 @@ proptest! {
     #[test]
     fn mem_and_rocks_agree(batches in proptest::collection::vec(proptest::collection::vec(op(), 1..5), 1..10)) {
         let mem = MemStore::new();
-        let rocks = common::rocks();
+        let rocks = crate::common::rocks();
         for batch in batches {
             let durability = if batch.len() % 2 == 0 { Durability::Sync } else { Durability::Buffered };
             let a = mem.write(WriteBatch::from(batch.clone()), durability);

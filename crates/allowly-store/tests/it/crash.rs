@@ -6,9 +6,6 @@
 //! SIGKILL tests the process-crash half of the promise (the WAL reached the kernel before the
 //! acknowledgement). Surviving power loss additionally relies on the fsync that `Sync` adds,
 //! which no test on a live kernel can observe.
-#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
-
-mod common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::ExitStatusExt;
@@ -20,7 +17,7 @@ use std::time::Duration;
 use allowly_store::{Durability, LogMeta, Op, RocksOptions, RocksStore, Store, WriteBatch};
 
 const CHILD_ENV: &str = "ALLOWLY_STORE_CRASH_CHILD";
-const TEST_NAME: &str = "acknowledged_batches_survive_sigkill";
+const TEST_NAME: &str = "crash::acknowledged_batches_survive_sigkill";
 const WS: &str = "crash";
 /// What the child prints before the number of a batch whose synced write returned.
 const ACK: &str = "acknowledged batch ";
@@ -35,7 +32,7 @@ fn batch(n: u64) -> Vec<Op> {
     let mut ops: Vec<Op> = (0..RECEIPTS_PER_BATCH)
         .map(|k| {
             let index = n * RECEIPTS_PER_BATCH + k;
-            Op::PutReceipt(common::receipt(WS, &format!("b{n}-{k}"), index, Some(("auth", index))))
+            Op::PutReceipt(crate::common::receipt(WS, &format!("b{n}-{k}"), index, Some(("auth", index))))
         })
         .collect();
     ops.push(Op::PutNodes { workspace_id: WS.into(), nodes: vec![(1, n, [(n % 251) as u8; 32])] });
@@ -48,7 +45,7 @@ fn parts_present(s: &RocksStore, n: u64) -> usize {
     let mut present = 0;
     for k in 0..RECEIPTS_PER_BATCH {
         let index = n * RECEIPTS_PER_BATCH + k;
-        let expected = common::receipt(WS, &format!("b{n}-{k}"), index, Some(("auth", index)));
+        let expected = crate::common::receipt(WS, &format!("b{n}-{k}"), index, Some(("auth", index)));
         if let Some(r) = s.receipt_at(WS, index).unwrap() {
             assert_eq!(r, expected);
             assert_eq!(s.trail(WS, "auth", index.checked_sub(1), 1).unwrap(), [expected]);

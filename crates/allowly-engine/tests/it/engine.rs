@@ -1,7 +1,6 @@
 //! The engine against the real RocksDB store and the real signer code serving on a real Unix
 //! socket (in this process: the black-box tests in crates/allowly-server run it as its own
 //! process). Waiting is done by polling a condition with a deadline, never by sleeping.
-#![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,8 +13,7 @@ use allowly_receipt::verify::{verify_bundle, verify_receipt, Outcome};
 use allowly_store::Store;
 use tempfile::TempDir;
 
-mod support;
-use support::*;
+use crate::support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_decision_is_a_chained_signed_receipt_that_verifies_offline() {

@@ -1,18 +1,15 @@
 //! `Idempotency-Key` on the administrative writes (workspaces, API keys, webhook endpoints) and
 //! the sweep of expired key records, against real RocksDB and the real signer code.
-#![allow(clippy::unwrap_used)]
-
-mod support;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::*;
 use allowly_engine::model::{NewApiKey, NewWorkspace};
 use allowly_engine::{Engine, EngineConfig, EngineError};
 use allowly_store::{DocKind, RocksStore, Role, Store};
 use allowly_webhooks::model::EventType;
 use allowly_webhooks::NewWebhook;
-use support::*;
 use tempfile::TempDir;
 
 fn new_ws(name: &str) -> NewWorkspace {
