@@ -297,6 +297,41 @@ impl Engine {
         Ok(CreatedApiKey { key, secret })
     }
 
+    /// Replaces the instance admin key `caller` authenticated with: a new instance admin key is
+    /// created and the caller's is revoked, in one synced write, and the old one leaves the
+    /// cache before this returns — so it is refused from the next request on. One rotation at a
+    /// time (a second one with the same old key finds it revoked: `NotFound`). There is no
+    /// revoke without a replacement: the instance would be left without an administrator.
+    pub async fn rotate_admin_key(&self, caller: &Principal) -> Result<CreatedApiKey> {
+        let s = &self.shared;
+        let _one_at_a_time = s.instance_idem.lock().await;
+        let (store, id) = (s.store.clone(), caller.key_id.clone());
+        let old = blocking(move || Ok(store.api_key_by_id(None, &id)?)).await?;
+        let Some(mut old) = old.filter(|k| k.revoked_at_ms.is_none() && k.roles.contains(&Role::Admin)) else {
+            return Err(EngineError::NotFound { what: "instance admin key" });
+        };
+        let secret = new_secret()?;
+        let now = now_ms();
+        let record = ApiKeyRecord {
+            id: new_id("ak_")?,
+            workspace_id: None,
+            key_hash: secret_hash(&secret),
+            roles: vec![Role::Admin],
+            created_at_ms: now,
+            revoked_at_ms: None,
+        };
+        let key = views::api_key(&record)?;
+        let old_hash = old.key_hash;
+        old.revoked_at_ms = Some(now);
+        let written = self.write(vec![Op::PutApiKey(record), Op::PutApiKey(old)]).await;
+        // Whatever the outcome (a write may have landed before its error), the old key leaves
+        // the cache: at worst it is read from the store again.
+        s.api_keys.revoked(&old_hash);
+        written?;
+        tracing::info!(old = %caller.key_id, new = %key.id, "instance admin key rotated");
+        Ok(CreatedApiKey { key, secret })
+    }
+
     /// Creates an API key for workspace `ws` on behalf of `caller` (whose bearer secret is
     /// `caller_secret`). With an `Idempotency-Key`, a repeat by the same caller gets the same
     /// answer, secret included: the record keeps the secret sealed under a key derived from

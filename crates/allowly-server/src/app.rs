@@ -18,4 +18,6 @@ pub struct App {
     pub request_ids: RequestIds,
     /// What this instance promises about its keys (`/readyz`, metric).
     pub key_isolation: KeyIsolation,
+    /// The instance admin key file, rewritten when the key is rotated.
+    pub admin_token: std::path::PathBuf,
 }

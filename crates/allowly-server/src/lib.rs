@@ -53,6 +53,7 @@
 //! drain), [`routes`] (routing table and handlers), [`extract`] (strict request reading),
 //! [`auth`] (bearer keys and the access table), [`problem`] (errors → HTTP, once), [`metrics`].
 
+pub mod admin_token;
 pub mod app;
 pub mod auth;
 pub mod config;

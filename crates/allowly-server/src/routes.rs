@@ -79,6 +79,7 @@ pub enum Route {
     Healthz,
     Readyz,
     Metrics,
+    AdminKeyRotate,
     WorkspaceCreate,
     WorkspaceGet,
     ScopeRulesPut,
@@ -123,6 +124,7 @@ impl Route {
             Self::Healthz => "healthz",
             Self::Readyz => "readyz",
             Self::Metrics => "metrics",
+            Self::AdminKeyRotate => "admin_key_rotate",
             Self::WorkspaceCreate => "workspace_create",
             Self::WorkspaceGet => "workspace_get",
             Self::ScopeRulesPut => "scope_rules_put",
@@ -164,7 +166,7 @@ impl Route {
     pub fn access(self) -> Access {
         match self {
             Self::Healthz | Self::Readyz | Self::Metrics | Self::Keys | Self::Unmatched => Access::Public,
-            Self::WorkspaceCreate | Self::LogResync => Access::InstanceAdmin,
+            Self::AdminKeyRotate | Self::WorkspaceCreate | Self::LogResync => Access::InstanceAdmin,
             Self::WorkspaceGet => Access::InstanceAdminOr(Role::Read),
             Self::ScopeRulesPut | Self::ApiKeyCreate | Self::ApiKeyRevoke => Access::InstanceAdminOr(Role::Admin),
             Self::LogCheckpoint
@@ -258,6 +260,7 @@ pub fn match_route<'a>(method: &Method, path: &'a str) -> Matched<'a> {
         ["healthz"] => (&[(Get, Route::Healthz)], None, None),
         ["readyz"] => (&[(Get, Route::Readyz)], None, None),
         ["metrics"] => (&[(Get, Route::Metrics)], None, None),
+        ["v1", "admin-key", "rotate"] => (&[(Post, Route::AdminKeyRotate)], None, None),
         ["v1", "workspaces"] => (&[(Post, Route::WorkspaceCreate)], None, None),
         ["v1", "workspaces", ws] => (&[(Get, Route::WorkspaceGet)], Some(*ws), None),
         ["v1", "workspaces", ws, "scope-rules"] => (&[(Put, Route::ScopeRulesPut)], Some(*ws), None),
@@ -361,6 +364,18 @@ async fn handle(app: &App, t: Target<'_>, parts: &Parts, body: Incoming) -> Resu
             text.push_str(&app.webhook_metrics.text());
             text.push_str(&engine.metrics_text().await);
             Ok(with_type(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", text.into_bytes()))
+        }
+        Route::AdminKeyRotate => {
+            extract::empty_body(h, body, limit).await?;
+            let created = engine.rotate_admin_key(&caller()?.0).await?;
+            // The old key is already refused. The file follows; if it cannot be written the new
+            // secret is still in this answer (and the error in the log).
+            if let Err(e) = crate::admin_token::replace(&app.admin_token, &created.secret) {
+                tracing::error!(path = %app.admin_token.display(), error = %e, "the rotated instance admin key could not be written to its file: it is only in the answer to this request");
+            }
+            let mut r = json(StatusCode::OK, &created)?;
+            r.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            Ok(r)
         }
         Route::WorkspaceCreate => {
             let req: NewWorkspace = extract::json_body(h, body, limit).await?;
@@ -563,6 +578,7 @@ mod tests {
     fn the_table() {
         check(Method::GET, "/healthz", found(Route::Healthz, None, None));
         check(Method::POST, "/v1/workspaces", found(Route::WorkspaceCreate, None, None));
+        check(Method::POST, "/v1/admin-key/rotate", found(Route::AdminKeyRotate, None, None));
         check(Method::GET, "/v1/workspaces/ws_1", found(Route::WorkspaceGet, Some("ws_1"), None));
         check(
             Method::POST,
@@ -618,6 +634,7 @@ mod tests {
             Healthz,
             Readyz,
             Metrics,
+            AdminKeyRotate,
             WorkspaceCreate,
             WorkspaceGet,
             ScopeRulesPut,

@@ -5,7 +5,6 @@
 //! the outbox for the next start.
 
 use std::io::Write as _;
-use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -239,6 +238,7 @@ async fn serve_with_engine(
         webhook_metrics,
         body_limit: cfg.body_limit,
         request_ids: Default::default(),
+        admin_token: token.clone(),
     });
     crate::http::serve(listener, app, shutdown, DRAIN_TIMEOUT).await;
     tracing::info!("stopping the engine");
@@ -262,9 +262,8 @@ fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     })
 }
 
-/// The instance admin key file: created on first start, never overwritten. The secret is written
-/// to a temporary file (0600, fsynced) and hard-linked into place, which fails rather than
-/// replace an existing file; a crash leaves either no token file or a whole one.
+/// The instance admin key file: created on first start (see `admin_token`), never overwritten
+/// at start.
 async fn ensure_admin_token(engine: &Engine, data_dir: &Path) -> Result<PathBuf, ServeError> {
     let path = data_dir.join(ADMIN_TOKEN_FILE);
     if path.exists() {
@@ -274,21 +273,7 @@ async fn ensure_admin_token(engine: &Engine, data_dir: &Path) -> Result<PathBuf,
         .create_admin_key()
         .await
         .map_err(|source| ServeError::Engine { what: "creating the instance admin key", source })?;
-    let tmp = data_dir.join(format!("{ADMIN_TOKEN_FILE}.tmp"));
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io(format!("creating {}", tmp.display())))?;
-    f.write_all(format!("{}\n", key.secret).as_bytes())
-        .and_then(|()| f.sync_all())
-        .map_err(io(format!("writing {}", tmp.display())))?;
-    drop(f);
-    std::fs::hard_link(&tmp, &path).map_err(io(format!("creating {}", path.display())))?;
-    let _ = std::fs::remove_file(&tmp);
-    std::fs::File::open(data_dir).and_then(|d| d.sync_all()).map_err(io(format!("syncing {}", data_dir.display())))?;
+    crate::admin_token::create(&path, &key.secret).map_err(io(format!("creating {}", path.display())))?;
     tracing::info!(key_id = %key.key.id, path = %path.display(), "instance admin key created");
     Ok(path)
 }

@@ -259,6 +259,42 @@ fn the_admin_token_is_private_and_survives_restarts() {
     s.client().get("/v1/workspaces/ws_x", Some(&token)).problem(404, "not_found");
 }
 
+/// Rotating the instance admin key: the old key is refused from the next request on, the new
+/// one works, `admin-token` holds it (whole, 0600), and so does a restart. Only the instance
+/// admin may rotate, and a revoked key cannot rotate again.
+#[test]
+fn the_instance_admin_key_rotates_and_the_old_one_is_refused_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let mut s = Server::start(&data);
+    let (c, old) = (s.client(), s.admin_token());
+    let ws = workspace(&s, "rotating");
+    let ws_admin = api_key(&s, &old, &ws, &["admin"]);
+    c.call("POST", "/v1/admin-key/rotate", Some(&ws_admin), None).problem(403, "forbidden");
+
+    let r = c.call("POST", "/v1/admin-key/rotate", Some(&old), None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    let new = r.json()["secret"].as_str().unwrap().to_owned();
+    assert!(new.starts_with("alw_") && new != old);
+    assert_eq!(s.admin_token(), new, "the file holds the new key");
+    assert_eq!(mode(&data.join("admin-token")), 0o600);
+    assert!(!data.join("admin-token.tmp").exists());
+
+    c.get(&format!("/v1/workspaces/{ws}"), Some(&old)).problem(401, "unauthenticated");
+    c.call("POST", "/v1/admin-key/rotate", Some(&old), None).problem(401, "unauthenticated");
+    assert_eq!(c.get(&format!("/v1/workspaces/{ws}"), Some(&new)).status, 200);
+    assert_eq!(c.get(&format!("/v1/workspaces/{ws}"), Some(&ws_admin)).status, 200, "other keys are untouched");
+    s.stop();
+    assert!(!s.stderr().contains(&new), "the secret was logged\n{}", s.diagnostics());
+
+    let s = Server::start(&data);
+    let c = s.client();
+    assert_eq!(s.admin_token(), new);
+    assert_eq!(c.get(&format!("/v1/workspaces/{ws}"), Some(&new)).status, 200);
+    c.get(&format!("/v1/workspaces/{ws}"), Some(&old)).problem(401, "unauthenticated");
+}
+
 #[test]
 fn sigterm_exits_0_and_takes_the_signer_with_it() {
     let (_tmp, mut s) = start();
