@@ -17,6 +17,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tracing::Instrument as _;
 
 pub use crate::app::App;
 use crate::extract::valid_request_id;
@@ -41,12 +42,26 @@ impl App {
             .filter(|v| valid_request_id(v))
             .and_then(|v| std::str::from_utf8(v).ok())
             .map_or_else(|| self.request_ids.next(), str::to_owned);
-        let (route, mut resp) = routes::dispatch(self, req, &request_id).await;
+        let method = req.method().clone();
+        // Every line logged while this request is served names it (see `allowly_logs`).
+        let span = tracing::info_span!("request", request_id = %request_id);
+        let (route, mut resp) = routes::dispatch(self, req, &request_id).instrument(span).await;
         // Valid by construction (checked, or generated from [A-Za-z0-9_]).
         if let Ok(v) = HeaderValue::from_str(&request_id) {
             resp.headers_mut().insert(REQUEST_ID, v);
         }
-        self.metrics.observe(route.name(), resp.status(), start.elapsed());
+        let elapsed = start.elapsed();
+        self.metrics.observe(route.name(), resp.status(), elapsed);
+        // The route template, never the path (it holds ids); no header, no body.
+        tracing::info!(
+            target: allowly_logs::ACCESS,
+            method = method.as_str(),
+            route = route.name(),
+            status = resp.status().as_u16(),
+            duration_us = elapsed.as_micros() as u64,
+            request_id = %request_id,
+            "answered"
+        );
         resp
     }
 }

@@ -11,14 +11,13 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("ALLOWLY_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    match allowly_logs::LogFormat::from_env() {
+        Ok(format) => allowly_logs::init(format, "ALLOWLY_LOG", allowly_logs::DEFAULT_FILTER),
+        Err(e) => {
+            eprintln!("allowly: error: {e}");
+            return ExitCode::from(2);
+        }
+    }
     let result = match cli.command {
         Command::Serve(args) => match args.resolve() {
             Ok(cfg) => run(cfg),

@@ -577,3 +577,68 @@ fn scope_rules_and_workspace_reads() {
     let r = c.post("/v1/check", &admin, json!({"authorization_id": az, "scopes": ["mail.send"]}));
     assert_eq!(r.json()["decision"], "confirm", "{r}");
 }
+
+/// The logs, as an SRE reads them: with `ALLOWLY_LOG_FORMAT=json` every line the service writes
+/// is one JSON object; the access log (asked for) has a line per answered request naming the
+/// client's `Request-Id`, route template and status; and even at `trace` no API key, admin
+/// token, webhook secret or master key reaches them.
+#[test]
+fn logs_are_json_name_the_request_and_never_a_secret() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let mut cmd = std::process::Command::new(allowly_bin());
+    cmd.arg("serve").arg("--data-dir").arg(&data).args(["--listen", "127.0.0.1:0", "--webhook-allow-private-networks"]);
+    cmd.env("ALLOWLY_LOG", "trace,allowly::access=info").env("ALLOWLY_LOG_FORMAT", "json");
+    let mut s = Server::start_command(cmd, &data);
+    let c = s.client();
+    let admin = s.admin_token();
+    let ws = workspace(&s, "logged");
+    let key = api_key(&s, &admin, &ws, &["admin", "check"]);
+    let hook = c.post(
+        "/v1/webhooks",
+        &key,
+        serde_json::json!({ "url": "http://127.0.0.1:9/hook", "events": ["receipt.signed"] }),
+    );
+    let hook_secret = hook.created("webhook")["secret"].as_str().unwrap().to_owned();
+    let (az, _) = authorization(&s, &key, &["files.read"]);
+    let traced = "trace-me-42";
+    let headers = [
+        ("authorization".to_owned(), format!("Bearer {key}")),
+        ("content-type".to_owned(), "application/json".to_owned()),
+        ("request-id".to_owned(), traced.to_owned()),
+    ];
+    let body = serde_json::json!({ "authorization_id": az, "scopes": ["files.read"] }).to_string();
+    let r = c.request("POST", "/v1/check", &headers, Some(body.as_bytes()));
+    assert_eq!((r.status, r.header("request-id")), (200, Some(traced)), "{}", r.text());
+    c.get(&format!("/v1/workspaces/{ws}"), Some("alw_0000")).problem(401, "unauthenticated");
+    // Wait for the access line of the check (stderr is read by another thread).
+    eventually(
+        "the check's access log line",
+        || s.diagnostics(),
+        || s.stderr().lines().any(|l| l.contains(traced) && l.contains("allowly::access")).then_some(()),
+    );
+    s.stop();
+
+    let master = std::fs::read(data.join("signer/master.key")).map(|b| String::from_utf8_lossy(&b).trim().to_owned());
+    let log = s.stderr();
+    for secret in [Some(admin.as_str()), Some(key.as_str()), Some(hook_secret.as_str()), master.as_deref().ok()]
+        .into_iter()
+        .flatten()
+    {
+        assert!(secret.len() >= 16 && !log.contains(secret), "a secret reached the logs: {}...", &secret[..8]);
+    }
+    let mut access = None;
+    for line in log.lines().filter(|l| !l.starts_with("allowly: ") && !l.starts_with("  ")) {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(v["ts"].as_str().is_some_and(|t| t.ends_with('Z')) && v["level"].is_string(), "{line}");
+        if v["target"] == "allowly::access" && v["request_id"] == traced {
+            access = Some(v);
+        }
+    }
+    let access = access.unwrap_or_else(|| panic!("no access line for {traced}\n{log}"));
+    assert_eq!(
+        (&access["route"], &access["status"], &access["method"]),
+        (&serde_json::json!("check"), &serde_json::json!(200), &serde_json::json!("POST"))
+    );
+    assert!(access["duration_us"].as_u64().is_some(), "{access}");
+}

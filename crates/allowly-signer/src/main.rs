@@ -85,14 +85,13 @@ fn main() -> ExitCode {
         eprintln!("allowly-signer: cannot harden the process: {e}");
         return ExitCode::from(1);
     }
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("ALLOWLY_SIGNER_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    match allowly_logs::LogFormat::from_env() {
+        Ok(format) => allowly_logs::init(format, "ALLOWLY_SIGNER_LOG", "info"),
+        Err(e) => {
+            eprintln!("allowly-signer: error: {e}");
+            return ExitCode::from(2);
+        }
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Init { dir } => init(&dir),

@@ -143,7 +143,11 @@ impl Server {
         ] {
             cmd.env_remove(var);
         }
-        cmd.env("ALLOWLY_LOG", "info").stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        // The caller may ask for other logging (a test of the logs does).
+        if !cmd.get_envs().any(|(k, _)| k == "ALLOWLY_LOG") {
+            cmd.env("ALLOWLY_LOG", "info");
+        }
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
         let (stdout, stderr) = (Arc::new(Mutex::new(String::new())), Arc::new(Mutex::new(String::new())));
         let (tx, rx) = mpsc::channel();
