@@ -49,12 +49,19 @@ pub fn module_path() -> PathBuf {
 /// The SoftHSM2 with one initialised token per label in `labels` (the first call decides; every
 /// later call must ask for a subset).
 pub fn softhsm(labels: &[&str]) -> &'static SoftHsm {
+    softhsm_owned_by(labels, None)
+}
+
+/// [`softhsm`] whose token files belong to `owner` (a signer running as its own user must read
+/// and write them); the directory is under /tmp and traversable (mode 0711), because such a
+/// signer cannot enter root's home, where cargo's target directory is.
+pub fn softhsm_owned_by(labels: &[&str], owner: Option<u32>) -> &'static SoftHsm {
     let hsm = HSM.get_or_init(|| {
-        let root = tempfile::Builder::new()
-            .prefix("softhsm-")
-            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-            .expect("softhsm temp dir")
-            .keep();
+        remove_dead_fixtures();
+        let root = std::env::temp_dir().join(format!("{PREFIX}{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).expect("softhsm dir");
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o711)).expect("chmod softhsm dir");
         let tokens = root.join("tokens");
         std::fs::create_dir_all(&tokens).expect("tokens dir");
         let conf = root.join("softhsm2.conf");
@@ -76,12 +83,40 @@ pub fn softhsm(labels: &[&str]) -> &'static SoftHsm {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
+        if let Some(uid) = owner {
+            chown_tree(&tokens, uid);
+        }
         SoftHsm { root, module: module_path(), labels: labels.iter().map(|l| (*l).to_owned()).collect() }
     });
     for l in labels {
         assert!(hsm.labels.iter().any(|h| h == l), "token {l} was not set up first (set up: {:?})", hsm.labels);
     }
     hsm
+}
+
+/// Names the fixture directory, with the pid of the test process that made it.
+const PREFIX: &str = "allowly-softhsm-";
+
+/// Removes fixture directories of test processes that are gone (statics are never dropped, so
+/// a fixture cannot remove its own).
+fn remove_dead_fixtures() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let pid = name.to_str().and_then(|n| n.strip_prefix(PREFIX)).and_then(|p| p.parse::<u32>().ok());
+        if pid.is_some_and(|p| !Path::new(&format!("/proc/{p}")).exists()) {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+fn chown_tree(path: &Path, uid: u32) {
+    std::os::unix::fs::lchown(path, Some(uid), None).unwrap_or_else(|e| panic!("chown {}: {e}", path.display()));
+    if path.is_dir() {
+        for e in std::fs::read_dir(path).expect("read dir") {
+            chown_tree(&e.expect("entry").path(), uid);
+        }
+    }
 }
 
 impl SoftHsm {
