@@ -41,7 +41,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let threads = rest.get(1).map(|s| s.parse()).transpose()?.unwrap_or(4usize);
     let span = Duration::from_secs(seconds);
 
-    let cfg = TokenConfig { module: module.into(), token_label: label.clone(), pin: Pin::from_file(std::path::Path::new(pin_file))? };
+    let cfg = TokenConfig {
+        module: module.into(),
+        token_label: label.clone(),
+        pin: Pin::from_file(std::path::Path::new(pin_file))?,
+    };
     let backend = TokenBackend::open(cfg, &MlockPolicy::default())?;
     let generated = backend.generate("ws_token_bench", "create")?;
     let KeyRef::Token { object_id } = &generated.stored else { return Err("not a token key".into()) };
