@@ -271,7 +271,11 @@ async fn create(shared: &Arc<Shared>, ws: &str, peer_uid: u32) -> Result<Respons
     let line = entry.line()?;
     if let Err(e) = shared.journal.write(Some(record), line).await {
         // Not recorded, never to be used: a token deletes the key pair it made.
-        let _ = blocking(shared, move |s| Ok(s.keystore.discard(new))).await;
+        let _ = blocking(shared, move |s| {
+            s.keystore.discard(new);
+            Ok(())
+        })
+        .await;
         return Err(e);
     }
     let keys = blocking(shared, move |s| s.keystore.commit_new(new)).await?;
