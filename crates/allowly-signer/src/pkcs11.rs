@@ -433,11 +433,20 @@ fn find_slot(ctx: &Pkcs11, label: &str, module: &Path) -> Result<Slot> {
     let mut seen = Vec::new();
     let mut found = Vec::new();
     for slot in slots {
-        let info = ctx.get_token_info(slot).map_err(token_err("reading token info"))?;
-        if info.label() == label {
-            found.push(slot);
+        // Another token of the module may be unreadable for a moment (SoftHSM2 answers
+        // CKR_GENERAL_ERROR while another process rewrites that token's files): asked again at
+        // once, and if it stays so, it is not ours to fail on; it is named if ours is missing.
+        let info =
+            (0..3).map(|_| ctx.get_token_info(slot)).find(Result::is_ok).unwrap_or_else(|| ctx.get_token_info(slot));
+        match info {
+            Ok(info) => {
+                if info.label() == label {
+                    found.push(slot);
+                }
+                seen.push(format!("{:?}", info.label()));
+            }
+            Err(e) => seen.push(format!("(slot {slot}: {})", describe(&e))),
         }
-        seen.push(format!("{:?}", info.label()));
     }
     match found.as_slice() {
         [slot] => Ok(*slot),

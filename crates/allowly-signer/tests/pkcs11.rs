@@ -73,7 +73,8 @@ fn user_session(label: &str) -> Session {
         .get_slots_with_token()
         .unwrap()
         .into_iter()
-        .find(|s| ctx.get_token_info(*s).unwrap().label() == label)
+        // Another token may be unreadable while a signer rewrites its files: not ours.
+        .find(|s| ctx.get_token_info(*s).is_ok_and(|i| i.label() == label))
         .unwrap_or_else(|| panic!("no token {label}"));
     let s = ctx.open_rw_session(slot).unwrap();
     match s.login(UserType::User, Some(&AuthPin::from(USER_PIN))) {
