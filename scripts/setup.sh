@@ -18,6 +18,8 @@ command -v npm >/dev/null || need_apt+=(npm)
 # tests act as other uids with setpriv and set RLIMIT_MEMLOCK with prlimit (util-linux).
 command -v useradd >/dev/null || need_apt+=(passwd)
 command -v setpriv >/dev/null || need_apt+=(util-linux)
+# The PKCS#11 key backend is tested against a real SoftHSM2 token (module + softhsm2-util).
+command -v softhsm2-util >/dev/null || need_apt+=(softhsm2)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

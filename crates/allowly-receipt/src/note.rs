@@ -172,9 +172,20 @@ pub fn sign_note(text: &str, name: &str, key: &SigningKey) -> Result<String> {
     validate_key_name(name)?;
     let id = key_id(name, &key.verifying_key());
     let sig = key.sign(text.as_bytes());
+    note_with_signature(text, name, id, &sig.to_bytes())
+}
+
+/// The signed note of `text` with a signature made elsewhere (a hardware token signs the
+/// text's bytes; this only assembles the note): `text` + "\n" + "— <name> <base64(keyid||sig)>\n".
+///
+/// Checks the text and name as [`sign_note`] does, not the signature: a caller that did not
+/// make the signature itself must verify it (the signer does, before releasing a checkpoint).
+pub fn note_with_signature(text: &str, name: &str, key_id: [u8; 4], sig: &[u8; ED25519_SIG_LEN]) -> Result<String> {
+    validate_note_text(text)?;
+    validate_key_name(name)?;
     let mut blob = Vec::with_capacity(4 + ED25519_SIG_LEN);
-    blob.extend_from_slice(&id);
-    blob.extend_from_slice(&sig.to_bytes());
+    blob.extend_from_slice(&key_id);
+    blob.extend_from_slice(sig);
     let out = format!("{text}\n{SIG_PREFIX}{name} {}\n", B64.encode(blob));
     if out.len() > MAX_NOTE_SIZE {
         return Err(Error::Note("signed note would exceed the size limit"));

@@ -24,7 +24,8 @@ pub const BODY_LIMIT_RANGE: std::ops::RangeInclusive<usize> = 1024..=16 * 1024 *
 
 const AFTER_HELP: &str = "\
 Every option can also be set by its environment variable or in the TOML file given by --config
-(keys: data_dir, listen, signer_socket, signer_bin, signer_max_in_flight, signer_timeout_ms, min_free_disk,
+(keys: data_dir, listen, signer_socket, signer_bin, signer_keystore, pkcs11_module, pkcs11_token_label,
+pkcs11_pin_file, signer_max_in_flight, signer_timeout_ms, min_free_disk,
 max_unsigned_age_ms, max_cached_authorizations, idle_timeout_ms, memory_high_water_mib, body_limit, confirmation_ttl_ms,
 escalation_ttl_ms, user, signer_user, webhook_base_backoff_ms,
 webhook_max_backoff_ms, webhook_give_up_after_ms, webhook_attempt_timeout_ms, webhook_retention_ms,
@@ -46,6 +47,14 @@ Without --signer-socket, allowly runs its own signer: it creates <data-dir>/sign
 on first run), starts `allowly-signer serve` on <data-dir>/run/signer.sock as a child process
 that dies with it, and restarts it if it exits. With --signer-socket it connects to a signer
 running as its own service (see ops/systemd/allowly-signer.service).
+
+Keys on a PKCS#11 token (an HSM): --signer-keystore pkcs11 with --pkcs11-module (the token's
+PKCS#11 library), --pkcs11-token-label and --pkcs11-pin-file (the user PIN, mode 0600, owned by
+the signer's user) makes the embedded signer generate every workspace key inside the token as a
+non-extractable Ed25519 key and have the token sign every checkpoint; no master key is made. A
+module, token or PIN that does not work stops the signer, and with it the start of allowly; a
+signer restarted while its token is unusable keeps checks failing closed (503) until it is back.
+An external signer (--signer-socket) is configured on its own command line instead.
 
 Failing closed: receipt-producing calls (checks, grants, revocations, answers to confirmations
 and escalations) answer 503 and /readyz is false while the signer does not answer within
@@ -108,6 +117,20 @@ pub struct ServeArgs {
     /// The allowly-signer binary for the embedded signer [default: next to this binary, else on PATH].
     #[arg(long, env = "ALLOWLY_SIGNER_BIN", value_name = "PATH")]
     pub signer_bin: Option<PathBuf>,
+    /// Where the embedded signer keeps workspace keys: sealed files under its master key, or a
+    /// PKCS#11 token (an HSM) that makes and uses them [default: file].
+    #[arg(long, env = "ALLOWLY_SIGNER_KEYSTORE", value_enum, value_name = "KIND")]
+    pub signer_keystore: Option<KeystoreKind>,
+    /// --signer-keystore pkcs11: the token's PKCS#11 module (a shared library).
+    #[arg(long, env = "ALLOWLY_PKCS11_MODULE", value_name = "PATH")]
+    pub pkcs11_module: Option<PathBuf>,
+    /// --signer-keystore pkcs11: the label of the token.
+    #[arg(long, env = "ALLOWLY_PKCS11_TOKEN_LABEL", value_name = "LABEL")]
+    pub pkcs11_token_label: Option<String>,
+    /// --signer-keystore pkcs11: file with the token's user PIN (mode 0600, owned by the user
+    /// the signer runs as). Read by the signer only; this process never opens it.
+    #[arg(long, env = "ALLOWLY_PKCS11_PIN_FILE", value_name = "FILE")]
+    pub pkcs11_pin_file: Option<PathBuf>,
     /// Largest accepted request body in bytes (1024..=16777216) [default: 65536].
     #[arg(long, env = "ALLOWLY_BODY_LIMIT", value_name = "BYTES")]
     pub body_limit: Option<usize>,
@@ -204,6 +227,10 @@ pub struct FileConfig {
     pub listen: Option<SocketAddr>,
     pub signer_socket: Option<PathBuf>,
     pub signer_bin: Option<PathBuf>,
+    pub signer_keystore: Option<KeystoreKind>,
+    pub pkcs11_module: Option<PathBuf>,
+    pub pkcs11_token_label: Option<String>,
+    pub pkcs11_pin_file: Option<PathBuf>,
     pub body_limit: Option<usize>,
     pub webhook_base_backoff_ms: Option<u64>,
     pub webhook_max_backoff_ms: Option<u64>,
@@ -242,11 +269,32 @@ impl SizeSetting {
     }
 }
 
+/// Which key store the embedded signer uses (`--signer-keystore`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum KeystoreKind {
+    /// Sealed files under the signer's master key.
+    #[default]
+    File,
+    /// A PKCS#11 token (an HSM).
+    Pkcs11,
+}
+
+/// The embedded signer's key store, resolved.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum SignerKeystore {
+    #[default]
+    File,
+    /// Paths absolute: the signer may run in another working directory (isolated mode).
+    Pkcs11 { module: PathBuf, token_label: String, pin_file: PathBuf },
+}
+
 /// Where the signer comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SignerMode {
-    /// Start `allowly-signer` as a child process (`bin` if given, else looked up).
-    Embedded { bin: Option<PathBuf> },
+    /// Start `allowly-signer` as a child process (`bin` if given, else looked up), keeping its
+    /// keys in `keystore`.
+    Embedded { bin: Option<PathBuf>, keystore: SignerKeystore },
     /// Connect to a signer serving on this socket.
     External { socket: PathBuf },
 }
@@ -292,6 +340,8 @@ pub enum ConfigError {
     SignerInFlight,
     #[error("{0} is outside {1}")]
     OutOfRange(&'static str, &'static str),
+    #[error("signer key store: {0}")]
+    Keystore(String),
     #[error("min_free_disk: {0}")]
     Size(String),
 }
@@ -308,9 +358,20 @@ impl ServeArgs {
             return Err(ConfigError::BodyLimit(body_limit));
         }
         let listen = self.listen.or(file.listen).unwrap_or_else(default_listen);
+        let keystore = resolve_keystore(
+            self.signer_keystore.or(file.signer_keystore).unwrap_or_default(),
+            self.pkcs11_module.or(file.pkcs11_module),
+            self.pkcs11_token_label.or(file.pkcs11_token_label),
+            self.pkcs11_pin_file.or(file.pkcs11_pin_file),
+        )?;
         let signer = match self.signer_socket.or(file.signer_socket) {
+            Some(_) if keystore != SignerKeystore::File => {
+                return Err(ConfigError::Keystore(
+                    "a signer of its own (signer_socket) is configured on its own command line, not here".into(),
+                ));
+            }
             Some(socket) => SignerMode::External { socket },
-            None => SignerMode::Embedded { bin: self.signer_bin.or(file.signer_bin) },
+            None => SignerMode::Embedded { bin: self.signer_bin.or(file.signer_bin), keystore },
         };
         let d = WebhookConfig::default();
         let ms = |flag: Option<u64>, file: Option<u64>, default: Duration| {
@@ -389,6 +450,29 @@ impl ServeArgs {
     }
 }
 
+fn resolve_keystore(
+    kind: KeystoreKind,
+    module: Option<PathBuf>,
+    token_label: Option<String>,
+    pin_file: Option<PathBuf>,
+) -> Result<SignerKeystore, ConfigError> {
+    match (kind, module, token_label, pin_file) {
+        (KeystoreKind::File, None, None, None) => Ok(SignerKeystore::File),
+        (KeystoreKind::File, ..) => {
+            Err(ConfigError::Keystore("pkcs11_* settings need signer_keystore = pkcs11".into()))
+        }
+        (KeystoreKind::Pkcs11, Some(module), Some(token_label), Some(pin_file)) => {
+            let abs = |p: PathBuf| {
+                std::path::absolute(&p).map_err(|e| ConfigError::Keystore(format!("{}: {e}", p.display())))
+            };
+            Ok(SignerKeystore::Pkcs11 { module: abs(module)?, token_label, pin_file: abs(pin_file)? })
+        }
+        (KeystoreKind::Pkcs11, ..) => Err(ConfigError::Keystore(
+            "signer_keystore = pkcs11 needs pkcs11_module, pkcs11_token_label and pkcs11_pin_file".into(),
+        )),
+    }
+}
+
 fn check_webhooks(w: &WebhookConfig) -> Result<(), ConfigError> {
     let bad = |m: &str| Err(ConfigError::Webhooks(m.to_owned()));
     if w.base_backoff.is_zero() || w.give_up_after.is_zero() {
@@ -431,7 +515,7 @@ mod tests {
         let cfg = ServeArgs::default().resolve().unwrap();
         assert_eq!(cfg.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
         assert_eq!(cfg.listen.to_string(), DEFAULT_LISTEN);
-        assert_eq!(cfg.signer, SignerMode::Embedded { bin: None });
+        assert_eq!(cfg.signer, SignerMode::Embedded { bin: None, keystore: SignerKeystore::File });
         assert_eq!(cfg.body_limit, DEFAULT_BODY_LIMIT);
         assert_eq!(cfg.webhooks, WebhookConfig::default());
         assert_eq!(cfg.signer_timeout, Duration::from_secs(2));
@@ -548,6 +632,35 @@ mod tests {
     }
 
     #[test]
+    fn a_pkcs11_keystore_resolves_complete_and_absolute_or_not_at_all() {
+        let f = file("signer_keystore = \"pkcs11\"\npkcs11_module = \"/usr/lib/m.so\"\npkcs11_token_label = \"t\"\n");
+        let args = ServeArgs {
+            config: Some(f.path().to_owned()),
+            pkcs11_pin_file: Some("pin".into()),
+            ..ServeArgs::default()
+        };
+        let SignerMode::Embedded { keystore, .. } = args.resolve().unwrap().signer else { panic!("embedded") };
+        let pin_file = std::env::current_dir().unwrap().join("pin");
+        assert_eq!(
+            keystore,
+            SignerKeystore::Pkcs11 { module: "/usr/lib/m.so".into(), token_label: "t".into(), pin_file }
+        );
+        let half = ServeArgs { signer_keystore: Some(KeystoreKind::Pkcs11), ..ServeArgs::default() };
+        assert!(matches!(half.resolve(), Err(ConfigError::Keystore(_))));
+        let stray = ServeArgs { pkcs11_token_label: Some("t".into()), ..ServeArgs::default() };
+        assert!(matches!(stray.resolve(), Err(ConfigError::Keystore(_))));
+        let external = ServeArgs {
+            config: Some(f.path().to_owned()),
+            pkcs11_pin_file: Some("pin".into()),
+            signer_socket: Some("/run/s.sock".into()),
+            ..ServeArgs::default()
+        };
+        assert!(matches!(external.resolve(), Err(ConfigError::Keystore(_))));
+        let bad = file("signer_keystore = \"hsm\"\n");
+        assert!(ServeArgs { config: Some(bad.path().to_owned()), ..ServeArgs::default() }.resolve().is_err());
+    }
+
+    #[test]
     fn unknown_keys_and_bad_limits_are_errors() {
         let f = file("data_dri = \"/x\"\n");
         let e = ServeArgs { config: Some(f.path().to_owned()), ..ServeArgs::default() }.resolve().unwrap_err();
@@ -566,6 +679,10 @@ mod tests {
             ("listen", "ALLOWLY_LISTEN"),
             ("signer_socket", "ALLOWLY_SIGNER_SOCKET"),
             ("signer_bin", "ALLOWLY_SIGNER_BIN"),
+            ("signer_keystore", "ALLOWLY_SIGNER_KEYSTORE"),
+            ("pkcs11_module", "ALLOWLY_PKCS11_MODULE"),
+            ("pkcs11_token_label", "ALLOWLY_PKCS11_TOKEN_LABEL"),
+            ("pkcs11_pin_file", "ALLOWLY_PKCS11_PIN_FILE"),
             ("config", "ALLOWLY_CONFIG"),
             ("body_limit", "ALLOWLY_BODY_LIMIT"),
             ("webhook_base_backoff_ms", "ALLOWLY_WEBHOOK_BASE_BACKOFF_MS"),

@@ -66,7 +66,7 @@ pub fn prepare(cfg: &ServerConfig) -> Result<Prepared, ServeError> {
     create_private_dir(&cfg.data_dir)?;
     let data_dir = std::fs::canonicalize(&cfg.data_dir).map_err(io(format!("resolving {}", cfg.data_dir.display())))?;
     let root = rustix::process::geteuid().is_root();
-    let bin = match &cfg.signer {
+    let (bin, keystore) = match &cfg.signer {
         SignerMode::External { .. } => {
             let isolation = KeyIsolation::External;
             return Ok(Prepared { isolation, open_dir: data_dir.clone(), data_dir, isolated: None });
@@ -75,7 +75,7 @@ pub fn prepare(cfg: &ServerConfig) -> Result<Prepared, ServeError> {
             let isolation = KeyIsolation::SameUid;
             return Ok(Prepared { isolation, open_dir: data_dir.clone(), data_dir, isolated: None });
         }
-        SignerMode::Embedded { bin } => bin,
+        SignerMode::Embedded { bin, keystore } => (bin, keystore),
     };
     let acc = crate::isolation::accounts(&cfg.users)?;
     crate::isolation::take_over(&data_dir, &acc)?;
@@ -84,7 +84,7 @@ pub fn prepare(cfg: &ServerConfig) -> Result<Prepared, ServeError> {
     listener.set_nonblocking(true).map_err(io("listener"))?;
     let bin = signer_child::find_binary(bin.clone())?;
     let bin = std::fs::canonicalize(&bin).map_err(io(format!("resolving {}", bin.display())))?;
-    let keeper = signer_child::Keeper::start(&bin, &data_dir, &acc)?;
+    let keeper = signer_child::Keeper::start(&bin, &data_dir, &acc, keystore)?;
     std::env::set_current_dir(&data_dir).map_err(io(format!("entering {}", data_dir.display())))?;
     crate::isolation::drop_privileges(acc.front)?;
     tracing::info!(
@@ -135,9 +135,9 @@ pub async fn run(cfg: ServerConfig, prepared: Prepared) -> Result<(), ServeError
             let socket = child.socket().to_owned();
             (Some(child), socket)
         }
-        (SignerMode::Embedded { bin }, None) => {
+        (SignerMode::Embedded { bin, keystore }, None) => {
             let bin = signer_child::find_binary(bin.clone())?;
-            let child = EmbeddedSigner::start(bin, &data_dir).await?;
+            let child = EmbeddedSigner::start(bin, &data_dir, keystore.clone()).await?;
             let socket = child.socket().to_owned();
             (Some(child), socket)
         }

@@ -24,6 +24,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use allowly_signer_proto::client::{ClientOptions, SignerClient};
+
+use crate::config::SignerKeystore;
 use tokio::process::{Child, Command};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
@@ -112,7 +114,27 @@ struct Launch {
     /// The signer's state directory and socket, as the signer is told them.
     dir: PathBuf,
     socket: PathBuf,
+    keystore: SignerKeystore,
     isolated: Option<Isolated>,
+}
+
+impl SignerKeystore {
+    /// The `allowly-signer serve` (and `init`) options that select this key store.
+    fn signer_args(&self) -> Vec<std::ffi::OsString> {
+        match self {
+            Self::File => Vec::new(),
+            Self::Pkcs11 { module, token_label, pin_file } => vec![
+                "--keystore".into(),
+                "pkcs11".into(),
+                "--pkcs11-module".into(),
+                module.into(),
+                "--pkcs11-token-label".into(),
+                token_label.into(),
+                "--pkcs11-pin-file".into(),
+                pin_file.into(),
+            ],
+        }
+    }
 }
 
 /// An isolated launch: the binary is opened by root and executed through `/proc/self/fd/N`
@@ -179,7 +201,7 @@ impl Spawner {
 fn spawn(launch: &Launch) -> Result<Child, SignerChildError> {
     let (bin, socket) = (&launch.bin, &launch.socket);
     let mut cmd = launch.command();
-    cmd.arg("serve").arg("--dir").arg(&launch.dir).arg("--socket").arg(socket);
+    cmd.arg("serve").arg("--dir").arg(&launch.dir).arg("--socket").arg(socket).args(launch.keystore.signer_args());
     if let Some(iso) = &launch.isolated {
         cmd.arg("--allow-uid").arg(iso.allow_uid.to_string());
     }
@@ -196,17 +218,27 @@ fn spawn(launch: &Launch) -> Result<Child, SignerChildError> {
     Ok(child)
 }
 
-/// `allowly-signer init` (first run: creates the master key), as the signer will run.
+/// `allowly-signer init` (first run: creates the directory, and the master key unless the keys
+/// are on a PKCS#11 token), as the signer will run.
 async fn init_if_needed(launch: &Launch, state_dir: &Path) -> Result<(), SignerChildError> {
-    if state_dir.join("master.key").exists() {
+    let done = match launch.keystore {
+        SignerKeystore::File => state_dir.join("master.key").exists(),
+        SignerKeystore::Pkcs11 { .. } => state_dir.is_dir(),
+    };
+    if done {
         return Ok(());
     }
     let bin = &launch.bin;
+    let keystore = match launch.keystore {
+        SignerKeystore::File => "file",
+        SignerKeystore::Pkcs11 { .. } => "pkcs11",
+    };
     let out = launch
         .command()
         .arg("init")
         .arg("--dir")
         .arg(&launch.dir)
+        .args(["--keystore", keystore])
         .stdin(Stdio::null())
         .output()
         .await
@@ -232,14 +264,14 @@ fn supervised(child: Child, spawner: Spawner) -> Supervisor {
 impl EmbeddedSigner {
     /// Prepares `<data>/signer` (first run: `allowly-signer init`) and `<data>/run` (0700),
     /// starts the signer under this process's uid and waits until it answers.
-    pub async fn start(bin: PathBuf, data_dir: &Path) -> Result<Self, SignerChildError> {
+    pub async fn start(bin: PathBuf, data_dir: &Path, keystore: SignerKeystore) -> Result<Self, SignerChildError> {
         let dir = data_dir.join(crate::layout::SIGNER_DIR);
         let run = data_dir.join(crate::layout::RUN_DIR);
         let socket = run.join(crate::layout::SIGNER_SOCKET);
         if socket.as_os_str().len() > MAX_SOCKET_PATH {
             return Err(SignerChildError::SocketPath(socket.display().to_string()));
         }
-        let launch = Launch { bin, dir: dir.clone(), socket: socket.clone(), isolated: None };
+        let launch = Launch { bin, dir: dir.clone(), socket: socket.clone(), keystore, isolated: None };
         init_if_needed(&launch, &dir).await?;
         create_private_dir(&run)?;
 
@@ -298,6 +330,7 @@ impl Keeper {
         signer_bin: &Path,
         data_dir: &Path,
         acc: &crate::isolation::Accounts,
+        keystore: &SignerKeystore,
     ) -> Result<Self, SignerChildError> {
         use std::os::unix::process::CommandExt as _;
         let exe = std::env::current_exe().map_err(io("finding this executable"))?;
@@ -308,8 +341,12 @@ impl Keeper {
             .arg("--data-dir")
             .arg(data_dir)
             .args(["--uid", &acc.signer.uid.to_string(), "--gid", &acc.signer.gid.to_string()])
-            .args(["--allow-uid", &acc.front.uid.to_string()])
-            .stdin(Stdio::piped())
+            .args(["--allow-uid", &acc.front.uid.to_string()]);
+        if let SignerKeystore::Pkcs11 { module, token_label, pin_file } = keystore {
+            cmd.arg("--pkcs11-module").arg(module).arg("--pkcs11-token-label").arg(token_label);
+            cmd.arg("--pkcs11-pin-file").arg(pin_file);
+        }
+        cmd.stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             // Its own group: a terminal's Ctrl-C must reach only the front end (which drains,
@@ -360,6 +397,13 @@ pub struct KeeperArgs {
     pub gid: u32,
     #[arg(long)]
     pub allow_uid: u32,
+    /// The embedded signer's PKCS#11 key store (all three, or none: the sealed-file one).
+    #[arg(long, requires_all = ["pkcs11_token_label", "pkcs11_pin_file"])]
+    pub pkcs11_module: Option<PathBuf>,
+    #[arg(long, requires = "pkcs11_module")]
+    pub pkcs11_token_label: Option<String>,
+    #[arg(long, requires = "pkcs11_module")]
+    pub pkcs11_pin_file: Option<PathBuf>,
 }
 
 /// The keeper's whole life: starts the signer as the signer's user, restarts it whenever it
@@ -370,10 +414,15 @@ pub async fn keep(args: KeeperArgs) -> Result<(), SignerChildError> {
     use tokio::signal::unix::{signal, SignalKind};
     let exe = std::fs::File::open(&args.signer_bin).map_err(io(format!("opening {}", args.signer_bin.display())))?;
     let state_dir = args.data_dir.join(crate::layout::SIGNER_DIR);
+    let keystore = match (args.pkcs11_module, args.pkcs11_token_label, args.pkcs11_pin_file) {
+        (Some(module), Some(token_label), Some(pin_file)) => SignerKeystore::Pkcs11 { module, token_label, pin_file },
+        _ => SignerKeystore::File,
+    };
     let launch = Launch {
         bin: args.signer_bin.clone(),
         dir: PathBuf::from("."),
         socket: PathBuf::from("../run/signer.sock"),
+        keystore,
         isolated: Some(Isolated {
             exe: Arc::new(exe),
             cwd: state_dir.clone(),
@@ -385,8 +434,11 @@ pub async fn keep(args: KeeperArgs) -> Result<(), SignerChildError> {
     let mut term = signal(SignalKind::terminate()).map_err(io("installing signal handlers"))?;
     let _int = signal(SignalKind::interrupt()).map_err(io("installing signal handlers"))?;
     init_if_needed(&launch, &state_dir).await?;
+    let socket = args.data_dir.join(crate::layout::RUN_DIR).join(crate::layout::SIGNER_SOCKET);
+    let before = socket_inode(&socket);
     let spawner = Spawner::new(launch)?;
-    let child = spawner.spawn().await?;
+    let mut child = spawner.spawn().await?;
+    first_start(&mut child, &socket, before).await?;
     let supervisor = supervised(child, spawner);
     let mut stdin = tokio::io::stdin();
     let mut buf = [0u8; 64];
@@ -400,6 +452,38 @@ pub async fn keep(args: KeeperArgs) -> Result<(), SignerChildError> {
         }
     }
     EmbeddedSigner { socket: PathBuf::new(), supervisor }.stop().await;
+    Ok(())
+}
+
+/// Identifies the socket file: a new bind makes a new file, whose inode number may be the
+/// old one's again but whose change time is not.
+fn socket_inode(socket: &Path) -> Option<(u64, i64, i64)> {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::symlink_metadata(socket).ok().map(|m| (m.ino(), m.ctime(), m.ctime_nsec()))
+}
+
+/// The keeper's wait for its first signer: a signer that cannot start at all (a PKCS#11 token
+/// that refuses its PIN, a module that is not there, a corrupt state directory) makes this
+/// start fail — the keeper exits with the error and the front end with it — instead of being
+/// restarted forever behind a front end that waits in vain. Started means the signer bound a
+/// new socket (the keeper, root, is not on the signer's allow-list, so it cannot ping it); it
+/// binds only after its keys and journal are open. Restarts after that are supervised as usual.
+async fn first_start(
+    child: &mut Child,
+    socket: &Path,
+    before: Option<(u64, i64, i64)>,
+) -> Result<(), SignerChildError> {
+    let start = Instant::now();
+    while start.elapsed() < READY_TIMEOUT {
+        if let Some(status) = child.try_wait().map_err(io("waiting for the signer"))? {
+            return Err(SignerChildError::ExitedEarly(status));
+        }
+        if socket_inode(socket).is_some_and(|id| Some(id) != before) {
+            return Ok(());
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    // Not bound yet, not dead either: the front end's own wait decides.
     Ok(())
 }
 

@@ -29,6 +29,19 @@ pub enum SignerError {
     /// The master key is unusable (missing, wrong permissions, wrong length).
     #[error("master key: {0}")]
     MasterKey(String),
+    /// The PKCS#11 PIN is unusable (missing, wrong permissions of its file, empty, too long).
+    /// Never carries the PIN itself.
+    #[error("PKCS#11 PIN: {0}")]
+    Pin(String),
+    /// The PKCS#11 module or token failed or refused an operation (`op`: what the signer was
+    /// doing, `detail`: the module's return value or why the token is unfit). Nothing was
+    /// signed; at start the signer refuses to run.
+    #[error("PKCS#11 token: {op}: {detail}")]
+    Token { op: &'static str, detail: String },
+    /// A workspace key was made by the other key backend (a sealed file key on a PKCS#11
+    /// signer, or the reverse): refused rather than guessed around.
+    #[error("key {key_id} of {workspace} is kept by the {stored} key backend, but this signer uses {serving}")]
+    WrongKeyBackend { workspace: String, key_id: String, stored: &'static str, serving: &'static str },
     /// A stored key or log state failed its integrity check: refuse rather than guess.
     #[error("stored state is corrupt: {0}")]
     Corrupt(String),
@@ -64,6 +77,9 @@ impl SignerError {
             Self::InvalidArgument(_) => ErrorCode::InvalidArgument,
             Self::Storage(_) => ErrorCode::StorageFailed,
             Self::MasterKey(_)
+            | Self::Pin(_)
+            | Self::Token { .. }
+            | Self::WrongKeyBackend { .. }
             | Self::MemoryLock(_)
             | Self::Corrupt(_)
             | Self::Io(_)
@@ -76,6 +92,10 @@ impl SignerError {
     /// (paths and OS errors are for the operator's log, not the network).
     pub fn public_message(&self) -> String {
         match self.code() {
+            // Said apart from other internal errors: the service's readiness shows it.
+            ErrorCode::Internal if matches!(self, Self::Token { .. }) => {
+                "the signer's PKCS#11 token is unavailable (see the signer's log)".to_owned()
+            }
             ErrorCode::Internal => "internal signer error (see the signer's log)".to_owned(),
             ErrorCode::StorageFailed => "the signer's journal could not be written (see the signer's log)".to_owned(),
             _ => self.to_string(),

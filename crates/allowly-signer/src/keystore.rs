@@ -1,23 +1,130 @@
-//! Workspace keys at rest: generated here, sealed with XChaCha20-Poly1305 under the master key,
-//! one file per workspace, written atomically. The files hold public data and ciphertext only.
+//! Workspace keys: where their private halves are made, kept and used ([`KeyBackend`]), and
+//! their public record (`<dir>/keys/<ws>.json`: key ids, public keys, validity windows, and
+//! where each private half is), written atomically.
+//!
+//! Two backends: [`FileBackend`] (the default) generates keys here and seals them with
+//! XChaCha20-Poly1305 under the master key into the key file; the PKCS#11 backend
+//! ([`crate::pkcs11`]) has a token generate them as non-extractable keys and sign with them, and
+//! the key file records only which token object each key is. Either way the files hold public
+//! data, ciphertext or object ids only.
 
+use std::any::Any;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write as _;
 use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 
-use allowly_receipt::note::NoteVerifier;
+use allowly_receipt::note::{self, NoteVerifier};
 use allowly_receipt::types::log_origin;
 use allowly_signer_proto::KeyInfo;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use ed25519_dalek::VerifyingKey;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use crate::error::{Result, SignerError};
 use crate::hardening::{random_bytes, take_env_var, LockedBytes, LockedSigningKey};
+
+/// A workspace's private key as the signer uses it: it can say its public key and sign, and
+/// offers no way to read the private half (which may not even be in this process).
+pub trait WorkspaceKey: Any + Send + Sync + std::fmt::Debug {
+    /// The Ed25519 public key, as published.
+    fn public_key(&self) -> VerifyingKey;
+    /// An Ed25519 signature of `msg` (the signer passes only checkpoint note text).
+    fn sign(&self, msg: &[u8]) -> Result<[u8; 64]>;
+}
+
+impl WorkspaceKey for LockedSigningKey {
+    fn public_key(&self) -> VerifyingKey {
+        self.verifying_key()
+    }
+    fn sign(&self, msg: &[u8]) -> Result<[u8; 64]> {
+        Ok(LockedSigningKey::sign(self, msg).to_bytes())
+    }
+}
+
+/// A plain in-memory key: for benchmarks and tests of the signing path (never used by the
+/// signer's own backends, which lock their keys or keep them on a token).
+impl WorkspaceKey for ed25519_dalek::SigningKey {
+    fn public_key(&self) -> VerifyingKey {
+        self.verifying_key()
+    }
+    fn sign(&self, msg: &[u8]) -> Result<[u8; 64]> {
+        Ok(ed25519_dalek::Signer::sign(self, msg).to_bytes())
+    }
+}
+
+/// Where a key's private half is, as its key file records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyRef {
+    /// The seed, sealed under the master key (base64 nonce and ciphertext): [`FileBackend`].
+    Sealed { nonce: String, sealed_seed: String },
+    /// A key pair on a PKCS#11 token, by its `CKA_ID` (hex): [`crate::pkcs11::TokenBackend`].
+    Token { object_id: String },
+}
+
+impl KeyRef {
+    /// The backend kind that can open it (as [`KeyBackend::kind`] says).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Sealed { .. } => "file",
+            Self::Token { .. } => "pkcs11",
+        }
+    }
+}
+
+/// A key pair a backend just generated: the key to sign with, its C2SP key id (hex), and what
+/// the key file is to record about its private half.
+#[derive(Debug)]
+pub struct Generated {
+    pub key: Box<dyn WorkspaceKey>,
+    pub key_id: String,
+    pub stored: KeyRef,
+}
+
+/// Where workspace keys are generated, kept and used. The [`KeyStore`] keeps the public record
+/// (key files, windows, rotation) and asks its backend for the private halves.
+pub trait KeyBackend: Send + Sync + std::fmt::Debug {
+    /// `"file"` or `"pkcs11"`: for logs and for refusing a key the other backend made.
+    fn kind(&self) -> &'static str;
+    /// Generates a key pair for `ws` (`when`: `create` or `rotate`, for logs). The private half
+    /// never leaves the backend in the clear.
+    fn generate(&self, ws: &str, when: &'static str) -> Result<Generated>;
+    /// Opens the key `key_id` of `ws` recorded as `stored`, whose public key must be `public`.
+    fn open(
+        &self,
+        ws: &str,
+        key_id: &str,
+        public: &[u8; 32],
+        stored: &KeyRef,
+        when: &'static str,
+    ) -> Result<Box<dyn WorkspaceKey>>;
+    /// Destroys a generated key that was never recorded (its creation or rotation failed
+    /// afterwards). Best effort: a failure is logged, never fatal.
+    fn discard(&self, ws: &str, stored: &KeyRef);
+    /// Whether keys can be used now (`Ping` answers with this): an error while a token is gone.
+    fn check(&self) -> Result<()>;
+}
+
+/// Signs `text` as a C2SP note of key name `name` with `key` (wherever it is): what
+/// `allowly_receipt::note::sign_note` does for an in-memory key.
+pub fn sign_note(text: &str, name: &str, key: &dyn WorkspaceKey) -> Result<String> {
+    // Checked before the key is used: nothing invalid is ever signed.
+    note::validate_note_text(text)?;
+    note::validate_key_name(name)?;
+    let id = note::key_id(name, &key.public_key());
+    let sig = key.sign(text.as_bytes())?;
+    Ok(note::note_with_signature(text, name, id, &sig)?)
+}
+
+/// The C2SP key id (hex) of `key` as a key of `ws`'s log; refuses keys a verifier would refuse
+/// (small order, non-canonical).
+pub(crate) fn key_id_hex(ws: &str, key: VerifyingKey) -> Result<String> {
+    Ok(hex::encode(NoteVerifier::new(&log_origin(ws), key)?.key_id()))
+}
 
 /// Environment variable that may carry the master key (64 hex digits) instead of a file.
 pub const MASTER_KEY_ENV: &str = "ALLOWLY_SIGNER_MASTER_KEY";
@@ -159,7 +266,8 @@ impl MlockPolicy {
     }
 }
 
-/// One key as stored: public metadata in clear, the seed sealed.
+/// One key as stored: public metadata in clear, and where its private half is: the seed sealed
+/// (`nonce`, `sealed_seed`) or a token object (`token_object`, its `CKA_ID` in hex).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct StoredKey {
@@ -167,8 +275,43 @@ struct StoredKey {
     public_key: String,
     not_before_ms: u64,
     not_after_ms: Option<u64>,
-    nonce: String,
-    sealed_seed: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    nonce: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sealed_seed: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    token_object: Option<String>,
+}
+
+impl StoredKey {
+    fn new(key_id: String, public_key: &VerifyingKey, now_ms: u64, stored: KeyRef) -> Self {
+        let mut k = Self {
+            key_id,
+            public_key: B64.encode(public_key.as_bytes()),
+            not_before_ms: now_ms,
+            not_after_ms: None,
+            nonce: None,
+            sealed_seed: None,
+            token_object: None,
+        };
+        match stored {
+            KeyRef::Sealed { nonce, sealed_seed } => (k.nonce, k.sealed_seed) = (Some(nonce), Some(sealed_seed)),
+            KeyRef::Token { object_id } => k.token_object = Some(object_id),
+        }
+        k
+    }
+
+    /// Where the private half is: exactly one of the two forms, complete.
+    fn key_ref(&self, ws: &str) -> Result<KeyRef> {
+        match (&self.nonce, &self.sealed_seed, &self.token_object) {
+            (Some(n), Some(s), None) => Ok(KeyRef::Sealed { nonce: n.clone(), sealed_seed: s.clone() }),
+            (None, None, Some(o)) => Ok(KeyRef::Token { object_id: o.clone() }),
+            _ => Err(SignerError::Corrupt(format!(
+                "key {} of {ws}: no (or more than one) private key reference",
+                self.key_id
+            ))),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -179,11 +322,11 @@ struct KeyFile {
     keys: Vec<StoredKey>,
 }
 
-/// A workspace's keys in memory: every public key with its window, and the one active private key.
+/// A workspace's keys in memory: every public key with its window, and the one active key.
 #[derive(Debug)]
 pub struct WorkspaceKeys {
     pub infos: Vec<KeyInfo>,
-    pub active: LockedSigningKey,
+    pub active: Box<dyn WorkspaceKey>,
 }
 
 impl WorkspaceKeys {
@@ -193,8 +336,9 @@ impl WorkspaceKeys {
     }
 }
 
-/// A workspace's first key, generated and sealed but not stored yet (public data and
-/// ciphertext only, like the file it becomes).
+/// A workspace's first key, generated but not recorded yet (public data and ciphertext or a
+/// token object id, like the file it becomes). Give it to [`KeyStore::commit_new`], or to
+/// [`KeyStore::discard`] if the creation fails before that.
 #[derive(Debug)]
 pub struct NewKeys {
     file: KeyFile,
@@ -207,12 +351,12 @@ impl NewKeys {
     }
 }
 
-/// The on-disk key store: `<dir>/keys/<workspace>.json`.
+/// The key store: public records in `<dir>/keys/<workspace>.json`, private halves in its
+/// [`KeyBackend`].
 #[derive(Debug)]
 pub struct KeyStore {
     dir: PathBuf,
-    master: MasterKey,
-    mlock: MlockPolicy,
+    backend: Box<dyn KeyBackend>,
 }
 
 /// AAD binds a sealed seed to its workspace and key id, so ciphertexts cannot be swapped
@@ -236,19 +380,23 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 impl KeyStore {
-    /// Opens (creating if needed, mode 0700) the key directory.
-    pub fn open(dir: &Path, master: MasterKey) -> Result<Self> {
+    /// Opens (creating if needed, mode 0700) the key directory, with `backend` for the private
+    /// halves.
+    pub fn open(dir: &Path, backend: Box<dyn KeyBackend>) -> Result<Self> {
         let dir = dir.join("keys");
         fs::create_dir_all(&dir)?;
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?;
-        Ok(Self { dir, master, mlock: MlockPolicy::default() })
+        Ok(Self { dir, backend })
     }
 
-    /// Counts unlocked key memory in `policy.failures` and, if `policy.required`, refuses to hold
-    /// a key it cannot lock (creation, rotation and load then fail).
-    pub fn with_mlock_policy(mut self, policy: MlockPolicy) -> Self {
-        self.mlock = policy;
-        self
+    /// The backend's kind (`file`, `pkcs11`).
+    pub fn kind(&self) -> &'static str {
+        self.backend.kind()
+    }
+
+    /// Whether keys can be used now (see [`KeyBackend::check`]).
+    pub fn check(&self) -> Result<()> {
+        self.backend.check()
     }
 
     fn path(&self, ws: &str) -> PathBuf {
@@ -260,56 +408,17 @@ impl KeyStore {
         self.path(ws).exists()
     }
 
-    fn seal(&self, ws: &str, key_id: &str, seed: &[u8; 32]) -> Result<(String, String)> {
-        let nonce = random_bytes::<24>()?;
-        let sealed = self
-            .master
-            .with_cipher(|c| c.encrypt(XNonce::from_slice(&nonce), Payload { msg: seed, aad: &aad(ws, key_id) }))
-            .map_err(|_| SignerError::Corrupt("sealing failed".into()))?;
-        Ok((B64.encode(nonce), B64.encode(sealed)))
+    fn new_key(&self, ws: &str, now_ms: u64, when: &'static str) -> Result<StoredKey> {
+        let g = self.backend.generate(ws, when)?;
+        Ok(StoredKey::new(g.key_id, &g.key.public_key(), now_ms, g.stored))
     }
 
-    fn unseal(&self, ws: &str, k: &StoredKey, when: &'static str) -> Result<LockedSigningKey> {
-        let corrupt = |what: &str| SignerError::Corrupt(format!("key {} of {ws}: {what}", k.key_id));
-        let nonce = B64.decode(&k.nonce).map_err(|_| corrupt("nonce"))?;
-        let sealed = B64.decode(&k.sealed_seed).map_err(|_| corrupt("sealed seed"))?;
-        if nonce.len() != 24 {
-            return Err(corrupt("nonce length"));
+    /// Destroys what `k` refers to in the backend (a key that is not, and will not be, recorded).
+    fn discard_key(&self, ws: &str, k: &StoredKey) {
+        match k.key_ref(ws) {
+            Ok(r) => self.backend.discard(ws, &r),
+            Err(e) => tracing::warn!(workspace = ws, error = %e, "cannot discard an unrecorded key"),
         }
-        let plain = self
-            .master
-            .with_cipher(|c| {
-                c.decrypt(XNonce::from_slice(&nonce), Payload { msg: &sealed, aad: &aad(ws, &k.key_id) })
-                    .map(Zeroizing::new)
-            })
-            .map_err(|_| corrupt("does not open under this master key"))?;
-        let mut seed: [u8; 32] = plain.as_slice().try_into().map_err(|_| corrupt("seed length"))?;
-        let key = LockedSigningKey::from_seed(&mut seed);
-        self.mlock.check(key.is_locked(), when, Some(ws))?;
-        if B64.encode(key.verifying_key().as_bytes()) != k.public_key {
-            return Err(corrupt("public key does not match the sealed seed"));
-        }
-        Ok(key)
-    }
-
-    fn new_key(&self, ws: &str, now_ms: u64, when: &'static str) -> Result<(StoredKey, LockedSigningKey)> {
-        let mut seed = random_bytes::<32>()?;
-        let seed_copy = Zeroizing::new(seed);
-        let key = LockedSigningKey::from_seed(&mut seed);
-        // Refused before anything is written: no key file or log record for a key we cannot lock.
-        self.mlock.check(key.is_locked(), when, Some(ws))?;
-        let verifier = NoteVerifier::new(&log_origin(ws), key.verifying_key())?;
-        let key_id = hex::encode(verifier.key_id());
-        let (nonce, sealed_seed) = self.seal(ws, &key_id, &seed_copy)?;
-        let stored = StoredKey {
-            key_id,
-            public_key: B64.encode(key.verifying_key().as_bytes()),
-            not_before_ms: now_ms,
-            not_after_ms: None,
-            nonce,
-            sealed_seed,
-        };
-        Ok((stored, key))
     }
 
     fn write(&self, file: &KeyFile) -> Result<()> {
@@ -346,7 +455,8 @@ impl KeyStore {
                 if active.is_some() {
                     return Err(SignerError::Corrupt(format!("{ws} has two active keys")));
                 }
-                active = Some(self.unseal(ws, k, when)?);
+                // Only the active key is opened: retired keys never sign again.
+                active = Some(self.backend.open(ws, &k.key_id, &public_key, &k.key_ref(ws)?, when)?);
             }
             infos.push(KeyInfo {
                 key_id,
@@ -360,7 +470,7 @@ impl KeyStore {
         Ok(WorkspaceKeys { infos, active })
     }
 
-    /// Loads a workspace's keys (decrypting only the active one).
+    /// Loads a workspace's keys (opening only the active one).
     pub fn load(&self, ws: &str) -> Result<WorkspaceKeys> {
         let file = self.read(ws)?.ok_or(SignerError::UnknownWorkspace)?;
         self.to_memory(ws, &file, "load")
@@ -372,20 +482,41 @@ impl KeyStore {
         self.commit_new(new)
     }
 
-    /// Generates (and seals) a workspace's first key without storing it, so its key id can go
-    /// into the journal's `created` record before the key file exists: a key file without a
-    /// log record would refuse to load forever.
+    /// Generates a workspace's first key without recording it, so its key id can go into the
+    /// journal's `created` record before the key file exists: a key file without a log record
+    /// would refuse to load forever.
     pub fn prepare(&self, ws: &str, now_ms: u64) -> Result<NewKeys> {
-        let (stored, _) = self.new_key(ws, now_ms, "create")?;
+        let stored = self.new_key(ws, now_ms, "create")?;
         Ok(NewKeys { file: KeyFile { version: 1, workspace_id: ws.to_owned(), keys: vec![stored] } })
+    }
+
+    /// Gives up keys from [`Self::prepare`] that will not be committed (a token deletes the
+    /// key pair it made; sealed keys simply vanish).
+    pub fn discard(&self, new: NewKeys) {
+        for k in &new.file.keys {
+            self.discard_key(&new.file.workspace_id, k);
+        }
     }
 
     /// Stores keys from [`Self::prepare`] and loads them. Fails with `WorkspaceExists` if the
     /// workspace has keys.
     pub fn commit_new(&self, new: NewKeys) -> Result<WorkspaceKeys> {
-        let NewKeys { file } = new;
+        match self.write_new(&new.file) {
+            Ok(()) => {}
+            Err(e) => {
+                self.discard(new);
+                return Err(e);
+            }
+        }
+        let ws = new.file.workspace_id.as_str();
+        let file = self.read(ws)?.ok_or(SignerError::UnknownWorkspace)?;
+        self.to_memory(ws, &file, "create")
+    }
+
+    /// Writes a new workspace's key file; `WorkspaceExists` if it has one.
+    fn write_new(&self, file: &KeyFile) -> Result<()> {
         let ws = file.workspace_id.as_str();
-        let bytes = serde_json::to_vec_pretty(&file).map_err(|e| SignerError::Corrupt(e.to_string()))?;
+        let bytes = serde_json::to_vec_pretty(file).map_err(|e| SignerError::Corrupt(e.to_string()))?;
         // create_new: two concurrent creations cannot both succeed.
         let tmp = self.dir.join(format!("{ws}.json.new"));
         let _ = fs::remove_file(&tmp);
@@ -402,8 +533,7 @@ impl KeyStore {
         }
         fs::remove_file(&tmp)?;
         sync_dir(&self.dir)?;
-        let file = self.read(ws)?.ok_or(SignerError::UnknownWorkspace)?;
-        self.to_memory(ws, &file, "create")
+        Ok(())
     }
 
     /// Retires the active key at `now_ms` and makes a new one active from `now_ms`. The old
@@ -413,10 +543,106 @@ impl KeyStore {
         for k in file.keys.iter_mut().filter(|k| k.not_after_ms.is_none()) {
             k.not_after_ms = Some(now_ms);
         }
-        let (stored, _) = self.new_key(ws, now_ms, "rotate")?;
-        file.keys.push(stored);
-        self.write(&file)?;
+        let stored = self.new_key(ws, now_ms, "rotate")?;
+        file.keys.push(stored.clone());
+        if let Err(e) = self.write(&file) {
+            self.discard_key(ws, &stored);
+            return Err(e);
+        }
         self.to_memory(ws, &file, "rotate")
+    }
+}
+
+/// The default backend: keys generated in this process, held locked in memory, and sealed at
+/// rest with XChaCha20-Poly1305 under the master key (AAD = workspace + key id).
+#[derive(Debug)]
+pub struct FileBackend {
+    master: MasterKey,
+    mlock: MlockPolicy,
+}
+
+impl FileBackend {
+    pub fn new(master: MasterKey) -> Self {
+        Self { master, mlock: MlockPolicy::default() }
+    }
+
+    /// Counts unlocked key memory in `policy.failures` and, if `policy.required`, refuses to hold
+    /// a key it cannot lock (creation, rotation and load then fail).
+    pub fn with_mlock_policy(mut self, policy: MlockPolicy) -> Self {
+        self.mlock = policy;
+        self
+    }
+
+    fn seal(&self, ws: &str, key_id: &str, seed: &[u8; 32]) -> Result<KeyRef> {
+        let nonce = random_bytes::<24>()?;
+        let sealed = self
+            .master
+            .with_cipher(|c| c.encrypt(XNonce::from_slice(&nonce), Payload { msg: seed, aad: &aad(ws, key_id) }))
+            .map_err(|_| SignerError::Corrupt("sealing failed".into()))?;
+        Ok(KeyRef::Sealed { nonce: B64.encode(nonce), sealed_seed: B64.encode(sealed) })
+    }
+}
+
+impl KeyBackend for FileBackend {
+    fn kind(&self) -> &'static str {
+        "file"
+    }
+
+    fn generate(&self, ws: &str, when: &'static str) -> Result<Generated> {
+        let mut seed = random_bytes::<32>()?;
+        let seed_copy = Zeroizing::new(seed);
+        let key = LockedSigningKey::from_seed(&mut seed);
+        // Refused before anything is written: no key file or log record for a key we cannot lock.
+        self.mlock.check(key.is_locked(), when, Some(ws))?;
+        let key_id = key_id_hex(ws, key.verifying_key())?;
+        let stored = self.seal(ws, &key_id, &seed_copy)?;
+        Ok(Generated { key: Box::new(key), key_id, stored })
+    }
+
+    fn open(
+        &self,
+        ws: &str,
+        key_id: &str,
+        public: &[u8; 32],
+        stored: &KeyRef,
+        when: &'static str,
+    ) -> Result<Box<dyn WorkspaceKey>> {
+        let KeyRef::Sealed { nonce, sealed_seed } = stored else {
+            return Err(SignerError::WrongKeyBackend {
+                workspace: ws.to_owned(),
+                key_id: key_id.to_owned(),
+                stored: stored.kind(),
+                serving: self.kind(),
+            });
+        };
+        let corrupt = |what: &str| SignerError::Corrupt(format!("key {key_id} of {ws}: {what}"));
+        let nonce = B64.decode(nonce).map_err(|_| corrupt("nonce"))?;
+        let sealed = B64.decode(sealed_seed).map_err(|_| corrupt("sealed seed"))?;
+        if nonce.len() != 24 {
+            return Err(corrupt("nonce length"));
+        }
+        let plain = self
+            .master
+            .with_cipher(|c| {
+                c.decrypt(XNonce::from_slice(&nonce), Payload { msg: &sealed, aad: &aad(ws, key_id) })
+                    .map(Zeroizing::new)
+            })
+            .map_err(|_| corrupt("does not open under this master key"))?;
+        let mut seed: [u8; 32] = plain.as_slice().try_into().map_err(|_| corrupt("seed length"))?;
+        let key = LockedSigningKey::from_seed(&mut seed);
+        self.mlock.check(key.is_locked(), when, Some(ws))?;
+        if key.verifying_key().as_bytes() != public {
+            return Err(corrupt("public key does not match the sealed seed"));
+        }
+        Ok(Box::new(key))
+    }
+
+    fn discard(&self, _ws: &str, _stored: &KeyRef) {
+        // Nothing to do: a sealed seed exists only in the key file, which was not written.
+    }
+
+    fn check(&self) -> Result<()> {
+        Ok(())
     }
 }
 
@@ -426,7 +652,18 @@ mod tests {
     use super::*;
 
     fn store(dir: &Path) -> KeyStore {
-        KeyStore::open(dir, parse_master_hex("ab".repeat(32).as_bytes()).unwrap()).unwrap()
+        store_with(dir, "ab")
+    }
+
+    fn store_with(dir: &Path, master_byte: &str) -> KeyStore {
+        let master = parse_master_hex(master_byte.repeat(32).as_bytes()).unwrap();
+        KeyStore::open(dir, Box::new(FileBackend::new(master))).unwrap()
+    }
+
+    /// The file backend's key behind a loaded key (its private bytes, for the scans below).
+    fn locked(k: &WorkspaceKeys) -> &LockedSigningKey {
+        let any: &dyn Any = &*k.active;
+        any.downcast_ref::<LockedSigningKey>().unwrap()
     }
 
     /// Every file under `dir`, recursively.
@@ -457,8 +694,8 @@ mod tests {
         let files = all_files(dir.path());
         assert!(!files.is_empty());
         for k in &keys {
-            let seed = k.active.signing_key().to_bytes();
-            let pair = k.active.signing_key().to_keypair_bytes();
+            let seed = locked(k).signing_key().to_bytes();
+            let pair = locked(k).signing_key().to_keypair_bytes();
             let needles: Vec<Vec<u8>> = vec![
                 seed.to_vec(),
                 pair.to_vec(),
@@ -484,11 +721,11 @@ mod tests {
         assert!(matches!(ks.create("ws_a", 11), Err(SignerError::WorkspaceExists)));
         let rotated = ks.rotate("ws_a", 20).unwrap();
         assert_eq!(rotated.infos.len(), 2);
-        assert_eq!(rotated.infos[0].public_key, first.active.verifying_key().to_bytes());
+        assert_eq!(rotated.infos[0].public_key, first.active.public_key().to_bytes());
         assert_eq!(rotated.infos[0].not_after_ms, Some(20));
         assert!(!rotated.infos[0].active && rotated.infos[1].active);
         let reloaded = store(dir.path()).load("ws_a").unwrap();
-        assert_eq!(reloaded.active.verifying_key(), rotated.active.verifying_key());
+        assert_eq!(reloaded.active.public_key(), rotated.active.public_key());
         assert!(matches!(ks.load("ws_missing"), Err(SignerError::UnknownWorkspace)));
     }
 
@@ -498,7 +735,7 @@ mod tests {
         let ks = store(dir.path());
         ks.create("ws_a", 1).unwrap();
         ks.create("ws_b", 1).unwrap();
-        let other = KeyStore::open(dir.path(), parse_master_hex("cd".repeat(32).as_bytes()).unwrap()).unwrap();
+        let other = store_with(dir.path(), "cd");
         assert!(matches!(other.load("ws_a"), Err(SignerError::Corrupt(_))));
         // Move ws_b's sealed seed into ws_a's file: the AAD binds it to ws_b, so it must not open.
         let mut a: KeyFile = serde_json::from_slice(&fs::read(ks.path("ws_a")).unwrap()).unwrap();
@@ -506,6 +743,27 @@ mod tests {
         a.keys[0].sealed_seed = b.keys[0].sealed_seed.clone();
         a.keys[0].nonce = b.keys[0].nonce.clone();
         ks.write(&a).unwrap();
+        assert!(matches!(ks.load("ws_a"), Err(SignerError::Corrupt(_))));
+    }
+
+    #[test]
+    fn a_key_of_the_other_backend_or_with_an_unclear_reference_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let ks = store(dir.path());
+        ks.create("ws_a", 1).unwrap();
+        let mut file: KeyFile = serde_json::from_slice(&fs::read(ks.path("ws_a")).unwrap()).unwrap();
+        // Both references: neither is trusted.
+        file.keys[0].token_object = Some("00".repeat(16));
+        ks.write(&file).unwrap();
+        assert!(matches!(ks.load("ws_a"), Err(SignerError::Corrupt(_))));
+        // Only a token object: a key the PKCS#11 backend made, which this one cannot open.
+        (file.keys[0].nonce, file.keys[0].sealed_seed) = (None, None);
+        ks.write(&file).unwrap();
+        let e = ks.load("ws_a").unwrap_err();
+        assert!(matches!(e, SignerError::WrongKeyBackend { stored: "pkcs11", serving: "file", .. }), "{e}");
+        // Neither.
+        file.keys[0].token_object = None;
+        ks.write(&file).unwrap();
         assert!(matches!(ks.load("ws_a"), Err(SignerError::Corrupt(_))));
     }
 

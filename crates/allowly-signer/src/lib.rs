@@ -57,6 +57,7 @@ pub mod hardening;
 pub mod journal;
 pub mod keystore;
 pub mod metrics;
+pub mod pkcs11;
 pub mod server;
 pub mod state;
 pub mod workspace;
@@ -138,7 +139,7 @@ impl Shared {
         let metrics = Metrics::new();
         let mlock = keystore::MlockPolicy { failures: metrics.mlock_failures.clone(), required: false };
         Ok(Arc::new(Shared {
-            keystore: KeyStore::open(dir, master)?.with_mlock_policy(mlock),
+            keystore: KeyStore::open(dir, Box::new(keystore::FileBackend::new(master).with_mlock_policy(mlock)))?,
             journal: Journal::open(dir, JournalOptions::default(), metrics.clone())?,
             metrics,
             workspaces: Default::default(),

@@ -7,8 +7,9 @@ use std::sync::Arc;
 
 use allowly_signer::hardening::{harden_process, is_non_dumpable};
 use allowly_signer::journal::{Journal, JournalOptions};
-use allowly_signer::keystore::{KeyStore, MasterKey, MlockPolicy};
+use allowly_signer::keystore::{FileBackend, KeyBackend, KeyStore, MasterKey, MlockPolicy};
 use allowly_signer::metrics::Metrics;
+use allowly_signer::pkcs11::{Pin, TokenBackend, TokenConfig, PIN_ENV};
 use allowly_signer::{server, Shared};
 use clap::{Parser, Subcommand};
 
@@ -22,9 +23,12 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Create a data directory (mode 0700) with a fresh master key file (mode 0600) for development.
+    /// With --keystore pkcs11 only the directory is made: the keys live on the token.
     Init {
         #[arg(long)]
         dir: PathBuf,
+        #[arg(long, value_enum, default_value_t = Keystore::File)]
+        keystore: Keystore,
     },
     /// Run the signer.
     Serve {
@@ -48,6 +52,8 @@ enum Command {
         /// start if PID is already gone. Set by `allowly serve` for its embedded signer.
         #[arg(long, value_name = "PID", value_parser = clap::value_parser!(i32).range(1..))]
         parent_pid: Option<i32>,
+        #[command(flatten)]
+        keys: KeyArgs,
     },
     /// Exit 0 if a signer answers on the socket.
     Ping {
@@ -59,6 +65,33 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+}
+
+/// Where workspace keys are generated, kept and used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Keystore {
+    /// Generated here, sealed under the master key in `<dir>/keys`, locked in memory.
+    File,
+    /// Generated and used inside a PKCS#11 token (an HSM) as non-extractable keys.
+    Pkcs11,
+}
+
+#[derive(Debug, clap::Args)]
+struct KeyArgs {
+    /// Where workspace keys are generated and kept.
+    #[arg(long, value_enum, default_value_t = Keystore::File)]
+    keystore: Keystore,
+    /// --keystore pkcs11: the token's PKCS#11 module (a shared library, e.g.
+    /// /usr/lib/softhsm/libsofthsm2.so).
+    #[arg(long, value_name = "PATH")]
+    pkcs11_module: Option<PathBuf>,
+    /// --keystore pkcs11: the label of the token to use (exactly one token must have it).
+    #[arg(long, value_name = "LABEL")]
+    pkcs11_token_label: Option<String>,
+    /// --keystore pkcs11: file with the token's user PIN (mode 0600). Default: the
+    /// ALLOWLY_SIGNER_PKCS11_PIN environment variable (removed once read).
+    #[arg(long, value_name = "FILE")]
+    pkcs11_pin_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -94,9 +127,9 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Init { dir } => init(&dir),
-        Command::Serve { dir, socket, master_key_file, allow_uids, require_mlock, parent_pid } => {
-            serve(dir, socket, master_key_file, allow_uids, require_mlock, parent_pid)
+        Command::Init { dir, keystore } => init(&dir, keystore),
+        Command::Serve { dir, socket, master_key_file, allow_uids, require_mlock, parent_pid, keys } => {
+            serve(dir, socket, master_key_file, allow_uids, require_mlock, parent_pid, keys)
         }
         Command::Ping { socket } => ping(socket),
         Command::Audit { command: AuditCommand::Verify { file, head } } => return audit_verify(&file, head.as_deref()),
@@ -142,10 +175,14 @@ fn audit_verify(file: &Path, head: Option<&str>) -> ExitCode {
     }
 }
 
-fn init(dir: &Path) -> AnyResult {
+fn init(dir: &Path, keystore: Keystore) -> AnyResult {
     use std::os::unix::fs::PermissionsExt as _;
     std::fs::create_dir_all(dir)?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    if keystore == Keystore::Pkcs11 {
+        println!("{} ready (mode 0700); keys will be generated on the PKCS#11 token", dir.display());
+        return Ok(());
+    }
     let key = dir.join("master.key");
     if key.exists() {
         println!("{} exists; keeping it", key.display());
@@ -167,6 +204,7 @@ fn serve(
     mut allowed_uids: Vec<u32>,
     require_mlock: bool,
     parent_pid: Option<i32>,
+    keys: KeyArgs,
 ) -> AnyResult {
     if let Some(pid) = parent_pid {
         die_with_parent(pid)?;
@@ -175,23 +213,48 @@ fn serve(
     // replaces a socket file that another signer may be serving on.
     let _lock = lock_dir(&dir)?;
     // Still one thread here (the runtime starts below): the environment can be edited safely.
-    // The variable is always taken out and overwritten, even when a key file takes precedence,
-    // so it is never left for children or /proc/<pid>/environ.
+    // Both secret variables are always taken out and overwritten, even when a file takes
+    // precedence or the other key store is used, so they are never left for children or
+    // /proc/<pid>/environ.
     let from_env = MasterKey::from_env();
-    let master = match (master_key_file, from_env) {
-        (Some(f), _) => MasterKey::from_file(&f)?,
-        (None, Some(env)) => env?,
-        (None, None) => MasterKey::from_file(&dir.join("master.key"))?,
-    };
+    let pin_from_env = Pin::from_env();
     let metrics = Metrics::new();
     let mlock = MlockPolicy { failures: metrics.mlock_failures.clone(), required: require_mlock };
-    mlock.check(master.is_locked(), "master key", None)?;
+    let backend: Box<dyn KeyBackend> = match keys.keystore {
+        Keystore::File => {
+            if keys.pkcs11_module.is_some() || keys.pkcs11_token_label.is_some() || keys.pkcs11_pin_file.is_some() {
+                return Err("--pkcs11-* options need --keystore pkcs11".into());
+            }
+            let master = match (master_key_file, from_env) {
+                (Some(f), _) => MasterKey::from_file(&f)?,
+                (None, Some(env)) => env?,
+                (None, None) => MasterKey::from_file(&dir.join("master.key"))?,
+            };
+            mlock.check(master.is_locked(), "master key", None)?;
+            Box::new(FileBackend::new(master).with_mlock_policy(mlock))
+        }
+        Keystore::Pkcs11 => {
+            if master_key_file.is_some() {
+                return Err("--master-key-file is for --keystore file; a PKCS#11 signer has no master key".into());
+            }
+            let (Some(module), Some(token_label)) = (keys.pkcs11_module, keys.pkcs11_token_label) else {
+                return Err("--keystore pkcs11 needs --pkcs11-module and --pkcs11-token-label".into());
+            };
+            let pin = match (keys.pkcs11_pin_file, pin_from_env) {
+                (Some(f), _) => Pin::from_file(&f)?,
+                (None, Some(env)) => env?,
+                (None, None) => return Err(format!("--keystore pkcs11 needs --pkcs11-pin-file or {PIN_ENV}").into()),
+            };
+            // Fails closed: a module, token or PIN that does not work stops the signer here.
+            Box::new(TokenBackend::open(TokenConfig { module, token_label, pin }, &mlock)?)
+        }
+    };
     if require_mlock {
         probe_mlock()?;
     }
     allowed_uids.push(rustix::process::geteuid().as_raw());
     let shared = Arc::new(Shared {
-        keystore: KeyStore::open(&dir, master)?.with_mlock_policy(mlock),
+        keystore: KeyStore::open(&dir, backend)?,
         // Recovers the journal (cutting a torn tail, refusing a corrupt record) before serving.
         journal: Journal::open(&dir, JournalOptions::default(), metrics.clone())?,
         metrics,
@@ -202,7 +265,8 @@ fn serve(
     });
     runtime()?.block_on(async move {
         let listener = server::bind(&socket)?;
-        tracing::info!(socket = %socket.display(), non_dumpable = is_non_dumpable(), "allowly-signer ready");
+        let keystore = shared.keystore.kind();
+        tracing::info!(socket = %socket.display(), non_dumpable = is_non_dumpable(), keystore, "allowly-signer ready");
         let shutdown = async {
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
             tokio::select! {

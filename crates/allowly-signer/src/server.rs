@@ -269,7 +269,15 @@ async fn create(shared: &Arc<Shared>, ws: &str, peer_uid: u32) -> Result<Respons
     };
     let record = Record::create(ws, &entry)?;
     let line = entry.line()?;
-    shared.journal.write(Some(record), line).await?;
+    if let Err(e) = shared.journal.write(Some(record), line).await {
+        // Not recorded, never to be used: a token deletes the key pair it made.
+        let _ = blocking(shared, move |s| {
+            s.keystore.discard(new);
+            Ok(())
+        })
+        .await;
+        return Err(e);
+    }
     let keys = blocking(shared, move |s| s.keystore.commit_new(new)).await?;
     let infos = keys.infos.clone();
     spawn(shared, ws, keys, LogState::empty(), false).await?;
@@ -304,7 +312,11 @@ enum Dispatched {
 
 async fn dispatch(shared: &Arc<Shared>, req: Request, peer_uid: u32) -> Dispatched {
     let queued = match req {
-        Request::Ping => return Dispatched::Now(Ok(Response::Pong)),
+        // Pong only while keys can be used: a signer whose token is gone answers an error, so
+        // the service's probe fails it closed (503) instead of queueing receipts it cannot sign.
+        Request::Ping => {
+            return Dispatched::Now(blocking(shared, |s| s.keystore.check()).await.map(|()| Response::Pong))
+        }
         Request::Metrics => return Dispatched::Now(Ok(Response::MetricsText { text: shared.metrics.render() })),
         Request::CreateKey { workspace_id } => return Dispatched::Now(create(shared, &workspace_id, peer_uid).await),
         Request::ListKeys { workspace_id } => enqueue(shared, &workspace_id, |reply| WsMsg::ListKeys { reply }).await,

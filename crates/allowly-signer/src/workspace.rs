@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use allowly_receipt::merkle::{Frontier, Hash};
-use allowly_receipt::note::{self, Checkpoint, NoteVerifier};
+use allowly_receipt::note::{Checkpoint, NoteVerifier};
 use allowly_receipt::types::{
     log_origin, EventKind, HexHash, ReceiptBody, RotatedKey, Timestamp, FORMAT_VERSION, TIME_EXTENSION_PREFIX,
 };
@@ -27,7 +27,7 @@ use crate::audit::{Entry, Event};
 use crate::check::{check_batch, Reason, Refusal};
 use crate::error::{Result, SignerError};
 use crate::journal::Record;
-use crate::keystore::WorkspaceKeys;
+use crate::keystore::{WorkspaceKey, WorkspaceKeys};
 use crate::state::LogState;
 use crate::Shared;
 
@@ -207,7 +207,7 @@ pub fn sign_batch(
     f: &mut Frontier,
     leaves: &[Hash],
     origin: &str,
-    key: &ed25519_dalek::SigningKey,
+    key: &dyn WorkspaceKey,
     time_ms: u64,
     want_proofs: bool,
 ) -> Result<(String, Vec<Vec<Hash>>)> {
@@ -221,7 +221,7 @@ pub fn sign_batch(
         extensions: vec![format!("{TIME_EXTENSION_PREFIX}{}", ts(time_ms))],
     }
     .to_text()?;
-    Ok((note::sign_note(&text, origin, key)?, proofs))
+    Ok((crate::keystore::sign_note(&text, origin, key)?, proofs))
 }
 
 impl WsState {
@@ -469,8 +469,7 @@ impl WsState {
     ) -> Result<(String, Vec<Vec<Hash>>)> {
         let prev = self.frontier.clone();
         let mut next = prev.clone();
-        let (checkpoint, proofs) =
-            sign_batch(&mut next, leaves, &self.origin, self.keys.active.signing_key(), time, want_proofs)?;
+        let (checkpoint, proofs) = sign_batch(&mut next, leaves, &self.origin, &*self.keys.active, time, want_proofs)?;
         let state = LogState {
             size: next.size(),
             peaks: next.peaks().iter().copied().map(HexHash).collect(),
@@ -527,7 +526,7 @@ impl WsState {
         self.keys = tokio::task::spawn_blocking(move || shared.keystore.rotate(&ws, time))
             .await
             .map_err(|e| SignerError::Io(std::io::Error::other(format!("key rotation task: {e}"))))??;
-        let verifier = NoteVerifier::new(&self.origin, self.keys.active.verifying_key())?;
+        let verifier = NoteVerifier::new(&self.origin, self.keys.active.public_key())?;
         let body = ReceiptBody {
             v: FORMAT_VERSION,
             id: format!("rcpt_keyrot_{expected_size}"),
