@@ -10,6 +10,9 @@ use allowly_webhooks::WebhookConfig;
 use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
 
+/// Resolved here, launched by `signer_child`, where it is defined.
+pub use crate::signer_child::SignerKeystore;
+
 /// Default data directory (relative to the working directory).
 pub const DEFAULT_DATA_DIR: &str = "./allowly-data";
 /// Default bound on requests in flight to the signer.
@@ -278,15 +281,6 @@ pub enum KeystoreKind {
     File,
     /// A PKCS#11 token (an HSM).
     Pkcs11,
-}
-
-/// The embedded signer's key store, resolved.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub enum SignerKeystore {
-    #[default]
-    File,
-    /// Paths absolute: the signer may run in another working directory (isolated mode).
-    Pkcs11 { module: PathBuf, token_label: String, pin_file: PathBuf },
 }
 
 /// Where the signer comes from.

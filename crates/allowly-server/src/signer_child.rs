@@ -25,10 +25,18 @@ use std::time::{Duration, Instant};
 
 use allowly_signer_proto::client::{ClientOptions, SignerClient};
 
-use crate::config::SignerKeystore;
 use tokio::process::{Child, Command};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
+
+/// The embedded signer's key store, resolved.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum SignerKeystore {
+    #[default]
+    File,
+    /// Paths absolute: the signer may run in another working directory (isolated mode).
+    Pkcs11 { module: PathBuf, token_label: String, pin_file: PathBuf },
+}
 
 /// File name of the signer binary.
 pub const SIGNER_BIN: &str = "allowly-signer";
