@@ -119,6 +119,9 @@ impl Finding {
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     Valid,
+    /// No finding, but the keys came from the bundle itself (§7.2 step 2): whoever made the
+    /// bundle could have made its keys, so this is not `Valid` (§10).
+    ValidUnpinned,
     CoverageGap,
     IntegrityFailure,
 }
@@ -132,14 +135,19 @@ pub struct Report {
     pub findings: Vec<Finding>,
     /// Remarks that are not findings (e.g. "keys were taken from the bundle itself").
     pub notes: Vec<String>,
+    /// The keys used were the bundle's own, not pinned by the caller: a report without findings
+    /// is then [`Outcome::ValidUnpinned`], never [`Outcome::Valid`].
+    pub unpinned: bool,
 }
 
 impl Report {
-    /// Integrity failure beats coverage gap beats valid.
+    /// Integrity failure beats coverage gap beats valid; valid without pinned keys is
+    /// valid (unpinned).
     pub fn outcome(&self) -> Outcome {
         match self.findings.iter().map(|f| f.class).min() {
             Some(Class::Integrity) => Outcome::IntegrityFailure,
             Some(Class::Coverage) => Outcome::CoverageGap,
+            None if self.unpinned => Outcome::ValidUnpinned,
             None => Outcome::Valid,
         }
     }
@@ -312,6 +320,11 @@ pub fn verify_bundle(bytes: &[u8], pinned: Option<&KeySet>, extra_checkpoints: &
         report.push(Code::RecordMalformed, format!("bundle line {}", b.line), b.error.to_string());
     }
 
+    // Every key set the bundle carries must be well formed (§6.2), pinned keys or not: a broken
+    // one is unusable input, not a finding, so that the same file gets the same answer either way.
+    for k in &bundle.keys {
+        k.trusted()?;
+    }
     // Keys: pinned keys win; a bundle key set that is not a subset of them is an integrity failure.
     let keys = match (pinned, bundle.keys.first()) {
         (Some(p), _) => {
@@ -334,6 +347,7 @@ pub fn verify_bundle(bytes: &[u8], pinned: Option<&KeySet>, extra_checkpoints: &
             if bundle.keys.iter().any(|o| o != k) {
                 report.push(Code::KeysMismatch, "bundle keys", "the bundle carries two different key sets");
             }
+            report.unpinned = true;
             report.notes.push(
                 "keys were taken from the bundle itself; pass --keys to pin the workspace's published keys".into(),
             );
