@@ -551,6 +551,10 @@ fn vectors() -> (Log, Vec<Vector>) {
         1,
     );
     v.push(receipt_vector("receipt-duplicate-member", dup.into_bytes(), Bad, &["body_not_canonical"]));
+    // §3: a lone surrogate in a body is body_not_canonical, in a single receipt and in a bundle
+    // alike (issue 13: it was unusable input alone and record_malformed in a bundle).
+    let lone = String::from_utf8(pretty(&x)).expect("utf8").replacen("drive:file/report.pdf", "drive:file/\\ud800x", 1);
+    v.push(receipt_vector("receipt-body-lone-surrogate", lone.into_bytes(), Bad, &["body_not_canonical"]));
     let big = String::from_utf8(pretty(&x)).expect("utf8").replacen(
         "\"log_index\": 1,",
         "\"log_index\": 9007199254740993,",
@@ -748,6 +752,19 @@ fn vectors() -> (Log, Vec<Vector>) {
         s.log_index = 5;
     }
     v.push(bundle_vector("bundle-envelope-log-index", &b, Bad, &["log_index_mismatch", "inclusion_proof_invalid"]));
+    // The lone surrogate in a bundle: the receipt is reported and cannot be used, so its trail
+    // has a hole.
+    let bytes = String::from_utf8(log.auth01_bundle().to_jsonl().expect("jsonl")).expect("utf8").replacen(
+        "drive:file/report.pdf",
+        "drive:file/\\ud800x",
+        1,
+    );
+    v.push(bundle_bytes_vector(
+        "bundle-body-lone-surrogate",
+        bytes.into_bytes(),
+        Bad,
+        &["body_not_canonical", "receipt_missing"],
+    ));
     // Same trail checked with keys taken from the bundle itself (no pinning): never plain valid,
     // since whoever made the bundle could have made its keys (§10).
     let mut unpinned = bundle_vector("bundle-unpinned-keys", &log.auth01_bundle(), Outcome::ValidUnpinned, &[]);
@@ -880,6 +897,19 @@ fn vectors() -> (Log, Vec<Vector>) {
     let mut bytes = "\u{feff}".as_bytes().to_vec();
     bytes.extend(log.auth01_bundle().to_jsonl().expect("jsonl"));
     v.push(unusable_vector("bundle-byte-order-mark", "bundle", bytes, Some(("keys.json", keys_json()))));
+    // §3 / §7.1 step 3: an envelope that breaks the I-JSON rules is unusable input, like any
+    // other broken envelope (§6.1); a body that does is body_not_canonical (below).
+    let dup_env = String::from_utf8(pretty(&r(1))).expect("utf8").replacen(
+        "\n  \"status\": \"signed\",",
+        "\n  \"status\": \"signed\",\n  \"status\": \"signed\",",
+        1,
+    );
+    v.push(unusable_vector(
+        "receipt-envelope-duplicate-member",
+        "receipt",
+        dup_env.into_bytes(),
+        Some(("keys.json", keys_json())),
+    ));
     let _ = &log.key2;
     (log, v)
 }
