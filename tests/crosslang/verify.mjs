@@ -606,6 +606,12 @@ function loadKeyset(doc, depth = 1) {
     if (k.algorithm !== 'ed25519') throw new Unusable(`${where}: algorithm is not ed25519`);
     const pk = b64decodeStrict(k.public_key);
     if (pk === null || pk.length !== 32) throw new Unusable(`${where}: public_key is not base64 of 32 bytes`);
+    // §6.2: a canonical encoding of a point that is not of small order (a small-order key
+    // would fail every strict verification: it is a broken key set, not a bad signature).
+    const point = edDecodePoint(pk);
+    if (point === null || edIsSmallOrder(point)) {
+      throw new Unusable(`${where}: public_key is not a canonical Ed25519 point of large order`);
+    }
     if (!isKeyId(k.key_id) || k.key_id !== computeKeyId(origin, pk)) {
       throw new Unusable(`${where}: key_id does not match name and public key`);
     }

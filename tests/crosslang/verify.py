@@ -534,6 +534,11 @@ def load_keyset(doc, depth: int = 1) -> KeySet:
         pk = b64decode_strict(k.get("public_key"))
         if pk is None or len(pk) != 32:
             raise Unusable(f"{where}: public_key is not base64 of 32 bytes")
+        # §6.2: a canonical encoding of a point that is not of small order (a small-order key
+        # would fail every strict verification: it is a broken key set, not a bad signature).
+        point = ed_decode_point(pk)
+        if point is None or ed_is_small_order(point):
+            raise Unusable(f"{where}: public_key is not a canonical Ed25519 point of large order")
         key_id = k.get("key_id")
         if not is_key_id(key_id) or key_id != compute_key_id(origin, pk):
             raise Unusable(f"{where}: key_id does not match name and public key")

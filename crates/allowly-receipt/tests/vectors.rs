@@ -752,6 +752,11 @@ fn vectors() -> (Log, Vec<Vector>) {
         s.log_index = 5;
     }
     v.push(bundle_vector("bundle-envelope-log-index", &b, Bad, &["log_index_mismatch", "inclusion_proof_invalid"]));
+    // §7.3: trail checks apply to out-of-scope receipts too: auth_02's seq 1 alone is both
+    // out_of_scope and a trail without its seq 0.
+    let mut b = log.auth01_bundle();
+    b.receipts.push(log.latest_receipt(4).into());
+    v.push(bundle_vector("bundle-foreign-receipt-trail-checked", &b, Bad, &["out_of_scope", "receipt_missing"]));
     // The lone surrogate in a bundle: the receipt is reported and cannot be used, so its trail
     // has a hole.
     let bytes = String::from_utf8(log.auth01_bundle().to_jsonl().expect("jsonl")).expect("utf8").replacen(
@@ -880,6 +885,40 @@ fn vectors() -> (Log, Vec<Vector>) {
         pretty(&r(1)),
         Some(("unusable/keys-duplicate-key-id.keyset.json", pretty(&ks))),
     ));
+    // §6.2: a public key must be a canonical point of large order; a small-order key (here the
+    // identity) or bytes that are no point make the key set unusable, whatever signed what.
+    let raw_key = |pk: [u8; 32]| {
+        let origin = log_origin(WS);
+        let mut h = Sha256::new();
+        h.update(origin.as_bytes());
+        h.update([0x0a, 0x01]);
+        h.update(pk);
+        let key_id = hex::encode(&h.finalize()[..4]);
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let vkey = format!("{origin}+{key_id}+{}", b64.encode([&[1u8][..], &pk[..]].concat()));
+        PublicKeyInfo {
+            key_id,
+            public_key: b64.encode(pk),
+            vkey,
+            ..key_info(&log.key2, "2026-01-02T00:00:00.000Z", None)
+        }
+    };
+    let mut identity = [0u8; 32];
+    identity[0] = 1;
+    // y = 2 is not the y of any curve point (x² would be a non-square), checked below.
+    let mut not_a_point = [0u8; 32];
+    not_a_point[0] = 2;
+    assert!(ed25519_dalek::VerifyingKey::from_bytes(&not_a_point).is_err(), "y = 2 must not decode");
+    for (name, pk) in [("keys-small-order-public-key", identity), ("keys-public-key-not-a-point", not_a_point)] {
+        let mut ks = log.keys.clone();
+        ks.keys.push(raw_key(pk));
+        v.push(unusable_vector(
+            name,
+            "receipt",
+            pretty(&r(1)),
+            Some((&format!("unusable/{name}.keyset.json"), pretty(&ks))),
+        ));
+    }
     // §4: a negative integer where the spec wants a count is the wrong encoding in the body
     // (body_invalid, stop) and an unusable envelope.
     let neg_env =
