@@ -59,6 +59,7 @@ const FINDING_CLASS = {
 const EXIT_VALID = 0;
 const EXIT_INTEGRITY = 1;
 const EXIT_COVERAGE = 2;
+const EXIT_VALID_UNPINNED = 3;
 const EXIT_UNUSABLE = 64;
 
 /** Unusable input (§6.2, §7.1 steps 1-2, §7.2 steps 1-2): the verifier stops, exit 64. */
@@ -68,6 +69,8 @@ class Report {
   constructor() {
     this.findings = []; // [code, detail]
     this.notes = [];
+    // §7.2 step 2: the bundle's own keys were used (none pinned); "valid" becomes "valid_unpinned".
+    this.unpinned = false;
   }
 
   add(code, detail) {
@@ -83,11 +86,16 @@ class Report {
     const classes = new Set([...this.codes()].map((c) => FINDING_CLASS[c]));
     if (classes.has(INTEGRITY)) return 'integrity_failure';
     if (classes.has(COVERAGE)) return 'coverage_gap';
-    return 'valid';
+    return this.unpinned ? 'valid_unpinned' : 'valid';
   }
 
   exitCode() {
-    return { valid: EXIT_VALID, integrity_failure: EXIT_INTEGRITY, coverage_gap: EXIT_COVERAGE }[this.outcome()];
+    return {
+      valid: EXIT_VALID,
+      integrity_failure: EXIT_INTEGRITY,
+      coverage_gap: EXIT_COVERAGE,
+      valid_unpinned: EXIT_VALID_UNPINNED,
+    }[this.outcome()];
   }
 }
 
@@ -598,6 +606,12 @@ function loadKeyset(doc, depth = 1) {
     if (k.algorithm !== 'ed25519') throw new Unusable(`${where}: algorithm is not ed25519`);
     const pk = b64decodeStrict(k.public_key);
     if (pk === null || pk.length !== 32) throw new Unusable(`${where}: public_key is not base64 of 32 bytes`);
+    // §6.2: a canonical encoding of a point that is not of small order (a small-order key
+    // would fail every strict verification: it is a broken key set, not a bad signature).
+    const point = edDecodePoint(pk);
+    if (point === null || edIsSmallOrder(point)) {
+      throw new Unusable(`${where}: public_key is not a canonical Ed25519 point of large order`);
+    }
     if (!isKeyId(k.key_id) || k.key_id !== computeKeyId(origin, pk)) {
       throw new Unusable(`${where}: key_id does not match name and public key`);
     }
@@ -614,6 +628,10 @@ function loadKeyset(doc, depth = 1) {
     }
     return { keyId: k.key_id, name: origin, publicKey: pk, notBefore: nb, notAfter: na };
   });
+  // §6.2: at least one key, and one entry per key id (a second entry for the same key could
+  // widen its validity window).
+  if (!out.length) throw new Unusable('key set: keys is empty');
+  if (new Set(out.map((k) => k.keyId)).size !== out.length) throw new Unusable('key set: a key_id appears twice');
   return { workspaceId: ws, origin, keys: out, canonical: canonicalize(doc) };
 }
 
@@ -671,7 +689,16 @@ function parseSignedNote(note) {
     if (blob === null || blob.length < 5) throw bad('signature is not base64 of a key id and a signature');
     return { name, blob };
   });
-  const lines = text.slice(0, -1).split('\n');
+  return { text, lines: text.slice(0, -1).split('\n'), signatures };
+}
+
+/**
+ * §5.4 checkpoint text syntax. §7.1 step 8 runs it only after the signatures were checked
+ * (C2SP: the text is not interpreted before it is verified), so a malformed text signed by an
+ * unknown key is checkpoint_unknown_key.
+ */
+function checkCheckpointLines(lines) {
+  const bad = (why) => new CheckpointError('checkpoint_malformed', why);
   if (lines.length < 3) throw bad('checkpoint needs an origin, a size and a root line');
   const [origin, sizeLine, rootLine, ...extensions] = lines;
   if (!origin) throw bad('empty origin line');
@@ -681,7 +708,6 @@ function parseSignedNote(note) {
   const root = b64decodeStrict(rootLine);
   if (root === null || root.length !== 32) throw bad('root is not canonical base64 of 32 bytes');
   if (extensions.some((e) => !e)) throw bad('empty extension line (or more than one blank line)');
-  return { text, lines, signatures };
 }
 
 /** §7.1 step 8, in the order the spec lists the checks; throws CheckpointError. */
@@ -705,6 +731,7 @@ function openCheckpoint(note, keyset) {
   if (failed) throw new CheckpointError('checkpoint_signature_invalid', "a workspace key's signature does not verify");
   if (!known) throw new CheckpointError('checkpoint_unknown_key', 'no signature by a key of the set');
 
+  checkCheckpointLines(lines);
   if (lines[0] !== keyset.origin) {
     throw new CheckpointError('checkpoint_origin_mismatch', `origin ${JSON.stringify(lines[0])} is not ${keyset.origin}`);
   }
@@ -1132,6 +1159,7 @@ function chooseKeys(records, pinned, headerWs, report) {
     if (bundleSets.slice(1).some((ks) => ks.canonical !== keyset.canonical)) {
       report.add('keys_mismatch', 'the bundle carries two different key sets');
     }
+    report.unpinned = true;
     report.notes.push("keys were NOT pinned: the bundle's own key set was used, so only its "
       + 'internal consistency is proven (§10)');
   }

@@ -66,7 +66,7 @@ FINDING_CLASS = {
     "truncated": COVERAGE,
 }
 
-EXIT_VALID, EXIT_INTEGRITY, EXIT_COVERAGE, EXIT_UNUSABLE = 0, 1, 2, 64
+EXIT_VALID, EXIT_INTEGRITY, EXIT_COVERAGE, EXIT_VALID_UNPINNED, EXIT_UNUSABLE = 0, 1, 2, 3, 64
 
 
 class Unusable(Exception):
@@ -77,6 +77,8 @@ class Unusable(Exception):
 class Report:
     findings: list[tuple[str, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # §7.2 step 2: the bundle's own keys were used (none pinned); "valid" becomes "valid_unpinned".
+    unpinned: bool = False
 
     def add(self, code: str, detail: str) -> None:
         assert code in FINDING_CLASS, code
@@ -91,11 +93,11 @@ class Report:
             return "integrity_failure"
         if COVERAGE in classes:
             return "coverage_gap"
-        return "valid"
+        return "valid_unpinned" if self.unpinned else "valid"
 
     def exit_code(self) -> int:
         return {"valid": EXIT_VALID, "integrity_failure": EXIT_INTEGRITY,
-                "coverage_gap": EXIT_COVERAGE}[self.outcome()]
+                "coverage_gap": EXIT_COVERAGE, "valid_unpinned": EXIT_VALID_UNPINNED}[self.outcome()]
 
 
 # ---------------------------------------------------------------------------
@@ -532,6 +534,11 @@ def load_keyset(doc, depth: int = 1) -> KeySet:
         pk = b64decode_strict(k.get("public_key"))
         if pk is None or len(pk) != 32:
             raise Unusable(f"{where}: public_key is not base64 of 32 bytes")
+        # §6.2: a canonical encoding of a point that is not of small order (a small-order key
+        # would fail every strict verification: it is a broken key set, not a bad signature).
+        point = ed_decode_point(pk)
+        if point is None or ed_is_small_order(point):
+            raise Unusable(f"{where}: public_key is not a canonical Ed25519 point of large order")
         key_id = k.get("key_id")
         if not is_key_id(key_id) or key_id != compute_key_id(origin, pk):
             raise Unusable(f"{where}: key_id does not match name and public key")
@@ -547,6 +554,12 @@ def load_keyset(doc, depth: int = 1) -> KeySet:
         if k["status"] != ("active" if na is None else "retired"):  # a non-string never equals
             raise Unusable(f"{where}: status must be 'active' when not_after is null, else 'retired'")
         out.append(Key(key_id, origin, pk, nb, na))
+    # §6.2: at least one key, and one entry per key id (a second entry for the same key could
+    # widen its validity window).
+    if not out:
+        raise Unusable("key set: keys is empty")
+    if len({k.key_id for k in out}) != len(out):
+        raise Unusable("key set: a key_id appears twice")
     return KeySet(ws, origin, out, canonical_json(doc))
 
 
@@ -620,7 +633,14 @@ def parse_signed_note(note) -> tuple[str, list[str], list[tuple[str, bytes]]]:
         if blob is None or len(blob) < 5:
             raise bad("signature is not base64 of a key id and a signature")
         signatures.append((name, blob))
-    lines = text[:-1].split("\n")
+    return text, text[:-1].split("\n"), signatures
+
+
+def check_checkpoint_lines(lines: list[str]) -> None:
+    """§5.4 checkpoint text syntax. §7.1 step 8 runs it only after the signatures were checked
+    (C2SP: the text is not interpreted before it is verified), so a malformed text signed by an
+    unknown key is checkpoint_unknown_key."""
+    bad = lambda why: CheckpointError("checkpoint_malformed", why)  # noqa: E731
     if len(lines) < 3:
         raise bad("checkpoint needs an origin, a size and a root line")
     origin, size_line, root_line, extensions = lines[0], lines[1], lines[2], lines[3:]
@@ -633,7 +653,6 @@ def parse_signed_note(note) -> tuple[str, list[str], list[tuple[str, bytes]]]:
         raise bad("root is not canonical base64 of 32 bytes")
     if any(not ext for ext in extensions):
         raise bad("empty extension line (or more than one blank line)")
-    return text, lines, signatures
 
 
 def open_checkpoint(note, keys: KeySet) -> Checkpoint:
@@ -657,6 +676,7 @@ def open_checkpoint(note, keys: KeySet) -> Checkpoint:
     if not known:
         raise CheckpointError("checkpoint_unknown_key", "no signature by a key of the set")
 
+    check_checkpoint_lines(lines)
     if lines[0] != keys.origin:
         raise CheckpointError("checkpoint_origin_mismatch", f"origin {lines[0]!r} is not {keys.origin!r}")
 
@@ -1096,6 +1116,7 @@ def choose_keys(records: Records, pinned: KeySet | None, header_ws: str, report:
         keys = bundle_sets[0]
         if any(ks.canonical != keys.canonical for ks in bundle_sets[1:]):
             report.add("keys_mismatch", "the bundle carries two different key sets")
+        report.unpinned = True
         report.notes.append("keys were NOT pinned: the bundle's own key set was used, so only its "
                             "internal consistency is proven (§10)")
     if header_ws != keys.workspace_id:

@@ -72,6 +72,9 @@ pub struct Bundle {
 pub struct BadLine {
     pub line: usize,
     pub error: Error,
+    /// The line is a well-formed receipt record whose *body* breaks the §3 input rules
+    /// (`body_not_canonical`, not `record_malformed`: the envelope around it could be read).
+    pub body_not_canonical: bool,
 }
 
 impl Bundle {
@@ -111,7 +114,7 @@ impl Bundle {
     pub fn parse(bytes: &[u8]) -> Result<(Self, Vec<BadLine>)> {
         let mut lines = bytes.split(|&b| b == b'\n').enumerate().filter(|(_, l)| !l.trim_ascii().is_empty());
         let header = match lines.next() {
-            Some((_, first)) => match parse_line(first)? {
+            Some((_, first)) => match parse_line(first, &mut None)? {
                 Record::Bundle { header } if header.v == BUNDLE_VERSION => header,
                 Record::Bundle { .. } => {
                     return Err(Error::Field { field: "bundle", msg: "unsupported version".into() })
@@ -123,9 +126,15 @@ impl Bundle {
         let mut b = Self { header: Some(header), ..Self::default() };
         let mut bad = Vec::new();
         for (i, raw) in lines {
-            let rec = parse_line(raw).and_then(|rec| match rec {
+            let mut body_error = None;
+            let rec = parse_line(raw, &mut body_error).and_then(|rec| match rec {
                 Record::Receipt { receipt } => AnyReceipt::from_value(receipt).map(|r| {
-                    b.receipts.push(r);
+                    // A body that breaks §3 has no trustworthy canonical form: the receipt is
+                    // reported, not verified (the values standing in for the violations are not
+                    // the signed ones).
+                    if body_error.is_none() {
+                        b.receipts.push(r);
+                    }
                 }),
                 Record::Keys { keys } => {
                     b.keys.push(keys);
@@ -141,19 +150,33 @@ impl Bundle {
                 }
                 Record::Bundle { .. } => Err(Error::Field { field: "bundle", msg: "second header".into() }),
             });
-            if let Err(error) = rec {
-                bad.push(BadLine { line: i + 1, error });
+            match (rec, body_error) {
+                (Err(error), _) => bad.push(BadLine { line: i + 1, error, body_not_canonical: false }),
+                (Ok(()), Some(error)) => bad.push(BadLine { line: i + 1, error, body_not_canonical: true }),
+                (Ok(()), None) => {}
             }
         }
         Ok((b, bad))
     }
 }
 
-fn parse_line(raw: &[u8]) -> Result<Record> {
+/// Reads one line. An I-JSON violation inside a receipt record's `body` is not a failure of the
+/// line: it is put in `body_error` (§3, §7.1 step 3: `body_not_canonical`, as for a single
+/// receipt); anywhere else it makes the line unreadable.
+fn parse_line(raw: &[u8], body_error: &mut Option<Error>) -> Result<Record> {
     if raw.len() > MAX_LINE_BYTES {
         return Err(Error::Field { field: "bundle", msg: format!("line longer than {MAX_LINE_BYTES} bytes") });
     }
-    serde_json::from_value(jcs::parse_strict(raw)?).map_err(|e| Error::Field { field: "bundle", msg: e.to_string() })
+    let (value, violations) = jcs::parse_lenient(raw)?;
+    let is_receipt = value.get("type").and_then(serde_json::Value::as_str) == Some("receipt");
+    for v in violations {
+        if is_receipt && v.is_under(&["receipt", "body"]) {
+            body_error.get_or_insert(v.error);
+        } else {
+            return Err(v.error);
+        }
+    }
+    serde_json::from_value(value).map_err(|e| Error::Field { field: "bundle", msg: e.to_string() })
 }
 
 impl From<PendingReceipt> for AnyReceipt {

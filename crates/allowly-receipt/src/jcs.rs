@@ -48,8 +48,42 @@ pub const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
 /// * a number with fraction or exponent is read as the correctly rounded `f64`; overflow to
 ///   infinity → [`Error::NonFiniteNumber`] (underflow to zero is accepted, as in ECMAScript).
 pub fn parse_strict(input: &[u8]) -> Result<Value> {
+    parse(input, None)
+}
+
+/// An I-JSON rule (duplicate member, lone surrogate, unsafe integer, non-finite number, nesting
+/// deeper than [`MAX_DEPTH`]) broken inside a text that is otherwise JSON, found by
+/// [`parse_lenient`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    /// Where: the member names from the root down to the violation (`None` for an array
+    /// element), so a caller can tell a receipt body from the envelope around it.
+    pub path: Vec<Option<String>>,
+    /// The error [`parse_strict`] would have returned.
+    pub error: Error,
+}
+
+impl Violation {
+    /// Whether the violation lies inside the member reached by `names` from the root.
+    pub fn is_under(&self, names: &[&str]) -> bool {
+        self.path.len() >= names.len() && self.path.iter().zip(names).all(|(p, n)| p.as_deref() == Some(*n))
+    }
+}
+
+/// Like [`parse_strict`], but a text that is JSON (RFC 8259 grammar, UTF-8) and breaks only
+/// I-JSON rules is returned with the list of violations instead of failing, so that a verifier
+/// can tell a receipt body that breaks §3 (`body_not_canonical`) from an unreadable envelope.
+/// Values standing in for a violation (U+FFFD for a lone surrogate, `null` for a number or a
+/// too-deep value, the last of duplicate members) MUST NOT be hashed or trusted.
+pub fn parse_lenient(input: &[u8]) -> Result<(Value, Vec<Violation>)> {
+    let mut found = Vec::new();
+    let value = parse(input, Some(&mut found))?;
+    Ok((value, found))
+}
+
+fn parse(input: &[u8], violations: Option<&mut Vec<Violation>>) -> Result<Value> {
     let src = std::str::from_utf8(input).map_err(|e| Error::Json { offset: e.valid_up_to(), msg: "invalid UTF-8" })?;
-    let mut parser = Parser { src, bytes: input, pos: 0, depth: 0 };
+    let mut parser = Parser { src, bytes: input, pos: 0, depth: 0, violations, path: Vec::new() };
     parser.skip_ws();
     let value = parser.parse_value()?;
     parser.skip_ws();
@@ -67,6 +101,10 @@ struct Parser<'a> {
     bytes: &'a [u8],
     pos: usize,
     depth: usize,
+    /// `Some` in lenient mode: I-JSON violations are collected here instead of failing.
+    violations: Option<&'a mut Vec<Violation>>,
+    /// Member names (or `None` for array elements) from the root to the current value.
+    path: Vec<Option<String>>,
 }
 
 impl<'a> Parser<'a> {
@@ -104,7 +142,54 @@ impl<'a> Parser<'a> {
         Ok(())
     }
 
+    /// An I-JSON violation: an error in strict mode, recorded in lenient mode.
+    fn violate(&mut self, error: Error) -> Result<()> {
+        match self.violations.as_deref_mut() {
+            Some(found) => {
+                found.push(Violation { path: self.path.clone(), error });
+                Ok(())
+            }
+            None => Err(error),
+        }
+    }
+
+    /// Lenient mode only: steps over a nested value too deep to build, without recursion
+    /// (strings are skipped with their escapes; the brackets inside are not checked).
+    fn skip_nested(&mut self) -> Result<()> {
+        let mut depth = 0usize;
+        while let Some(b) = self.peek() {
+            self.pos += 1;
+            match b {
+                b'{' | b'[' => depth += 1,
+                b'}' | b']' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        return Ok(());
+                    }
+                }
+                b'"' => loop {
+                    match self.peek() {
+                        None => return Err(self.err("unterminated string")),
+                        Some(b'\\') => self.pos += 2,
+                        Some(b'"') => {
+                            self.pos += 1;
+                            break;
+                        }
+                        Some(_) => self.pos += 1,
+                    }
+                },
+                _ => {}
+            }
+        }
+        Err(self.err("unexpected end of input"))
+    }
+
     fn parse_value(&mut self) -> Result<Value> {
+        if self.violations.is_some() && self.depth >= MAX_DEPTH && matches!(self.peek(), Some(b'{' | b'[')) {
+            self.violate(Error::TooDeep { max: MAX_DEPTH })?;
+            self.skip_nested()?;
+            return Ok(Value::Null);
+        }
         match self.peek() {
             None => Err(self.err("unexpected end of input")),
             Some(b'{') => self.parse_object(),
@@ -140,14 +225,16 @@ impl<'a> Parser<'a> {
                 }
                 let key = self.parse_string()?;
                 if map.contains_key(&key) {
-                    return Err(Error::DuplicateKey { key });
+                    self.violate(Error::DuplicateKey { key: key.clone() })?;
                 }
                 self.skip_ws();
                 if !self.eat(b':') {
                     return Err(self.err("expected ':' after an object key"));
                 }
                 self.skip_ws();
+                self.path.push(Some(key.clone()));
                 let value = self.parse_value()?;
+                self.path.pop();
                 map.insert(key, value);
                 self.skip_ws();
                 if self.eat(b'}') {
@@ -170,7 +257,10 @@ impl<'a> Parser<'a> {
         self.skip_ws();
         if !self.eat(b']') {
             loop {
-                items.push(self.parse_value()?);
+                self.path.push(None);
+                let item = self.parse_value()?;
+                self.path.pop();
+                items.push(item);
                 self.skip_ws();
                 if self.eat(b']') {
                     break;
@@ -229,24 +319,33 @@ impl<'a> Parser<'a> {
     }
 
     /// `\uXXXX`, combining a high/low surrogate pair. A lone surrogate is an error: it has no
-    /// UTF-8 form, and replacing it (U+FFFD) would let distinct texts share one meaning.
+    /// UTF-8 form, and replacing it (U+FFFD) would let distinct texts share one meaning. (In
+    /// lenient mode it is a recorded violation and U+FFFD stands in for it.)
     fn parse_unicode_escape(&mut self) -> Result<char> {
         let at = self.pos;
         let first = self.hex4(at + 2)?;
         self.pos = at + 6;
         let code = match first {
             0xD800..=0xDBFF => {
-                if self.bytes.get(self.pos..self.pos + 2) != Some(b"\\u".as_slice()) {
-                    return Err(Error::Json { offset: at, msg: "unpaired high surrogate" });
+                let second = match self.bytes.get(self.pos..self.pos + 2) {
+                    Some(b"\\u") => Some(self.hex4(self.pos + 2)?),
+                    _ => None,
+                };
+                match second {
+                    Some(second @ 0xDC00..=0xDFFF) => {
+                        self.pos += 6;
+                        0x10000 + ((first - 0xD800) << 10) + (second - 0xDC00)
+                    }
+                    _ => {
+                        self.violate(Error::Json { offset: at, msg: "unpaired high surrogate" })?;
+                        0xFFFD
+                    }
                 }
-                let second = self.hex4(self.pos + 2)?;
-                if !(0xDC00..=0xDFFF).contains(&second) {
-                    return Err(Error::Json { offset: at, msg: "unpaired high surrogate" });
-                }
-                self.pos += 6;
-                0x10000 + ((first - 0xD800) << 10) + (second - 0xDC00)
             }
-            0xDC00..=0xDFFF => return Err(Error::Json { offset: at, msg: "unpaired low surrogate" }),
+            0xDC00..=0xDFFF => {
+                self.violate(Error::Json { offset: at, msg: "unpaired low surrogate" })?;
+                0xFFFD
+            }
             c => c,
         };
         char::from_u32(code).ok_or(Error::Json { offset: at, msg: "invalid \\u escape" })
@@ -301,7 +400,13 @@ impl<'a> Parser<'a> {
         }
         let literal = self.slice(start, self.pos)?;
         if !is_float {
-            let (negative, magnitude) = safe_integer(literal)?;
+            let (negative, magnitude) = match safe_integer(literal) {
+                Ok(x) => x,
+                Err(e) => {
+                    self.violate(e)?;
+                    return Ok(Value::Null);
+                }
+            };
             return Ok(Value::Number(if negative {
                 // magnitude <= 2^53-1, so the conversion cannot fail; -0 becomes 0.
                 let m = i64::try_from(magnitude).map_err(|_| out_of_range(literal))?;
@@ -313,7 +418,13 @@ impl<'a> Parser<'a> {
         // The grammar above is a subset of what `f64::from_str` accepts, and its result is
         // correctly rounded, as RFC 8785 requires of the receiving side.
         let x: f64 = literal.parse().map_err(|_| Error::Json { offset: start, msg: "invalid number" })?;
-        Number::from_f64(x).map(Value::Number).ok_or(Error::NonFiniteNumber)
+        match Number::from_f64(x) {
+            Some(n) => Ok(Value::Number(n)),
+            None => {
+                self.violate(Error::NonFiniteNumber)?;
+                Ok(Value::Null)
+            }
+        }
     }
 
     /// Skips `[0-9]*`; returns whether at least one digit was consumed.
@@ -1442,6 +1553,27 @@ mod tests {
         }
         big.push_str("\"k5\":0}");
         assert_eq!(parse_strict(big.as_bytes()), dup("k5"));
+    }
+
+    #[test]
+    fn lenient_parse_locates_ijson_violations_and_strict_still_fails() {
+        let text = br#"{"a":[1,{"b":"\ud800","b":9007199254740993}],"c":1e999}"#;
+        assert!(parse_strict(text).is_err());
+        let (_, found) = parse_lenient(text).unwrap();
+        let at: Vec<_> = found.iter().map(|v| (v.path.clone(), v.error.clone())).collect();
+        let path = |p: &[Option<&str>]| p.iter().map(|s| s.map(str::to_owned)).collect::<Vec<_>>();
+        assert_eq!(at.len(), 4, "{at:?}");
+        assert_eq!(at[0].0, path(&[Some("a"), None, Some("b")]));
+        assert_eq!(at[1], (path(&[Some("a"), None]), Error::DuplicateKey { key: "b".into() }));
+        assert_eq!(at[2].0, path(&[Some("a"), None, Some("b")]));
+        assert_eq!(at[3], (path(&[Some("c")]), Error::NonFiniteNumber));
+        assert!(found[0].is_under(&["a"]) && !found[3].is_under(&["a"]));
+        // Too deep is skipped, not recursed into; grammar errors still fail.
+        let deep = format!("{{\"x\":{}{}}}", "[".repeat(MAX_DEPTH + 5), "]".repeat(MAX_DEPTH + 5));
+        let (v, found) = parse_lenient(deep.as_bytes()).unwrap();
+        assert_eq!(found.len(), 1);
+        assert!(v["x"].is_array());
+        assert!(parse_lenient(br#"{"a":}"#).is_err());
     }
 
     #[test]

@@ -649,6 +649,11 @@ impl AnyReceipt {
     /// Picks the envelope by its `status` field.
     pub fn from_value(v: serde_json::Value) -> Result<Self> {
         let field_err = |e: serde_json::Error| Error::Field { field: "receipt", msg: e.to_string() };
+        // §6.1: `body` is an object; anything else makes the envelope unusable (exit 64, or
+        // `record_malformed` in a bundle), not a body finding.
+        if !v.get("body").is_some_and(serde_json::Value::is_object) {
+            return Err(Error::Field { field: "body", msg: "not a JSON object".into() });
+        }
         match v.get("status").and_then(|s| s.as_str()) {
             Some(STATUS_SIGNED) => Ok(Self::Signed(serde_json::from_value(v).map_err(field_err)?)),
             Some(STATUS_PENDING) => Ok(Self::Pending(serde_json::from_value(v).map_err(field_err)?)),
@@ -770,8 +775,17 @@ impl KeySet {
             if (k.status == KeyStatus::Active) != k.not_after.is_none() {
                 return kerr("exactly the keys without not_after are active");
             }
+            // One entry per key: a second entry for the same key id could widen its window.
+            if verifiers.contains(&verifier) || self.keys.iter().filter(|o| o.key_id == k.key_id).count() > 1 {
+                return kerr("a key_id appears twice");
+            }
             verifiers.push(verifier);
             windows.push((k.not_before, k.not_after));
+        }
+        // A key set that can verify nothing is a broken key set, not a reason to report every
+        // checkpoint as signed by an unknown key.
+        if verifiers.is_empty() {
+            return kerr("keys is empty");
         }
         Ok(TrustedKeys { workspace_id: self.workspace_id.clone(), origin: self.origin.clone(), verifiers, windows })
     }

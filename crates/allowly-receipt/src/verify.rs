@@ -119,6 +119,9 @@ impl Finding {
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     Valid,
+    /// No finding, but the keys came from the bundle itself (§7.2 step 2): whoever made the
+    /// bundle could have made its keys, so this is not `Valid` (§10).
+    ValidUnpinned,
     CoverageGap,
     IntegrityFailure,
 }
@@ -132,14 +135,19 @@ pub struct Report {
     pub findings: Vec<Finding>,
     /// Remarks that are not findings (e.g. "keys were taken from the bundle itself").
     pub notes: Vec<String>,
+    /// The keys used were the bundle's own, not pinned by the caller: a report without findings
+    /// is then [`Outcome::ValidUnpinned`], never [`Outcome::Valid`].
+    pub unpinned: bool,
 }
 
 impl Report {
-    /// Integrity failure beats coverage gap beats valid.
+    /// Integrity failure beats coverage gap beats valid; valid without pinned keys is
+    /// valid (unpinned).
     pub fn outcome(&self) -> Outcome {
         match self.findings.iter().map(|f| f.class).min() {
             Some(Class::Integrity) => Outcome::IntegrityFailure,
             Some(Class::Coverage) => Outcome::CoverageGap,
+            None if self.unpinned => Outcome::ValidUnpinned,
             None => Outcome::Valid,
         }
     }
@@ -263,27 +271,31 @@ fn check_one(
     Some(ReceiptFacts { body, leaf, signed })
 }
 
-/// Verifies a receipt document as read from a file or the API. A document that is JSON but
-/// breaks the canonical-JSON input rules (duplicate members, unsafe integers, …) can only have
-/// been altered, so it is the finding `body_not_canonical`; bytes that are not JSON at all are an
-/// error (unusable input).
+/// Verifies a receipt document as read from a file or the API. A body that is JSON but breaks
+/// the canonical-JSON input rules (duplicate members, lone surrogates, unsafe integers, …) can
+/// only have been altered, so it is the finding `body_not_canonical` (§3, §7.1 step 3); the same
+/// breach in the envelope around it, or bytes that are not JSON at all, are an error (unusable
+/// input, §6.1).
 pub fn verify_receipt_bytes(bytes: &[u8], keys: &KeySet) -> Result<Report> {
-    let value = match jcs::parse_strict(bytes) {
-        Ok(v) => v,
-        Err(
-            e @ (Error::DuplicateKey { .. }
-            | Error::IntegerOutOfRange { .. }
-            | Error::NonFiniteNumber
-            | Error::TooDeep { .. }),
-        ) => {
+    let (value, violations) = jcs::parse_lenient(bytes)?;
+    let (in_body, around): (Vec<_>, Vec<_>) = violations.into_iter().partition(|v| v.is_under(&["body"]));
+    if let Some(v) = around.into_iter().next() {
+        return Err(v.error);
+    }
+    let receipt = AnyReceipt::from_value(value)?;
+    match in_body.into_iter().next() {
+        Some(v) => {
             keys.trusted()?;
             let mut report = Report { receipts: 1, ..Report::default() };
-            report.push(Code::BodyNotCanonical, "receipt", e.to_string());
-            return Ok(report);
+            report.push(
+                Code::BodyNotCanonical,
+                format!("receipt (log index {})", receipt.log_index()),
+                v.error.to_string(),
+            );
+            Ok(report)
         }
-        Err(e) => return Err(e),
-    };
-    verify_receipt(&AnyReceipt::from_value(value)?, keys)
+        None => verify_receipt(&receipt, keys),
+    }
 }
 
 /// Verifies one receipt (signed or pending) alone against a workspace's keys.
@@ -309,9 +321,19 @@ pub fn verify_bundle(bytes: &[u8], pinned: Option<&KeySet>, extra_checkpoints: &
     let header = bundle.header.clone().ok_or(Error::Field { field: "bundle", msg: "no header".into() })?;
     let mut report = Report::default();
     for b in &bad_lines {
-        report.push(Code::RecordMalformed, format!("bundle line {}", b.line), b.error.to_string());
+        if b.body_not_canonical {
+            report.receipts += 1;
+            report.push(Code::BodyNotCanonical, format!("bundle line {}", b.line), b.error.to_string());
+        } else {
+            report.push(Code::RecordMalformed, format!("bundle line {}", b.line), b.error.to_string());
+        }
     }
 
+    // Every key set the bundle carries must be well formed (§6.2), pinned keys or not: a broken
+    // one is unusable input, not a finding, so that the same file gets the same answer either way.
+    for k in &bundle.keys {
+        k.trusted()?;
+    }
     // Keys: pinned keys win; a bundle key set that is not a subset of them is an integrity failure.
     let keys = match (pinned, bundle.keys.first()) {
         (Some(p), _) => {
@@ -334,6 +356,7 @@ pub fn verify_bundle(bytes: &[u8], pinned: Option<&KeySet>, extra_checkpoints: &
             if bundle.keys.iter().any(|o| o != k) {
                 report.push(Code::KeysMismatch, "bundle keys", "the bundle carries two different key sets");
             }
+            report.unpinned = true;
             report.notes.push(
                 "keys were taken from the bundle itself; pass --keys to pin the workspace's published keys".into(),
             );

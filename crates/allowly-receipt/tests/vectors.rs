@@ -360,7 +360,7 @@ fn pretty(v: &impl serde::Serialize) -> Vec<u8> {
 }
 
 fn receipt_vector(name: &str, doc: Vec<u8>, outcome: Outcome, codes: &[&'static str]) -> Vector {
-    let dir = if outcome == Outcome::Valid { "valid" } else { "invalid" };
+    let dir = if matches!(outcome, Outcome::Valid | Outcome::ValidUnpinned) { "valid" } else { "invalid" };
     Vector {
         name: name.into(),
         kind: "receipt",
@@ -378,7 +378,7 @@ fn bundle_vector(name: &str, b: &Bundle, outcome: Outcome, codes: &[&'static str
 }
 
 fn bundle_bytes_vector(name: &str, bytes: Vec<u8>, outcome: Outcome, codes: &[&'static str]) -> Vector {
-    let dir = if outcome == Outcome::Valid { "valid" } else { "invalid" };
+    let dir = if matches!(outcome, Outcome::Valid | Outcome::ValidUnpinned) { "valid" } else { "invalid" };
     Vector {
         name: name.into(),
         kind: "bundle",
@@ -508,6 +508,28 @@ fn vectors() -> (Log, Vec<Vector>) {
         Bad,
         &["body_invalid"],
     ));
+    // §2: a time is a real calendar instant; no leap second (one spelling per instant).
+    for (name, time) in [
+        ("receipt-time-leap-second", "2026-06-30T23:59:60.000Z"),
+        ("receipt-time-february-30", "2026-02-30T00:00:00.000Z"),
+    ] {
+        v.push(receipt_vector(
+            name,
+            pretty(&with_body(&r(1), |b| {
+                b.insert("time".into(), json!(time));
+            })),
+            Bad,
+            &["body_invalid"],
+        ));
+    }
+    v.push(receipt_vector(
+        "receipt-negative-seq",
+        pretty(&with_body(&r(1), |b| {
+            b.insert("seq".into(), json!(-1));
+        })),
+        Bad,
+        &["body_invalid"],
+    ));
     let mut x = r(1);
     x.log_index = 2;
     v.push(receipt_vector(
@@ -529,6 +551,10 @@ fn vectors() -> (Log, Vec<Vector>) {
         1,
     );
     v.push(receipt_vector("receipt-duplicate-member", dup.into_bytes(), Bad, &["body_not_canonical"]));
+    // §3: a lone surrogate in a body is body_not_canonical, in a single receipt and in a bundle
+    // alike (issue 13: it was unusable input alone and record_malformed in a bundle).
+    let lone = String::from_utf8(pretty(&x)).expect("utf8").replacen("drive:file/report.pdf", "drive:file/\\ud800x", 1);
+    v.push(receipt_vector("receipt-body-lone-surrogate", lone.into_bytes(), Bad, &["body_not_canonical"]));
     let big = String::from_utf8(pretty(&x)).expect("utf8").replacen(
         "\"log_index\": 1,",
         "\"log_index\": 9007199254740993,",
@@ -561,6 +587,39 @@ fn vectors() -> (Log, Vec<Vector>) {
     let cp = Checkpoint { origin: log_origin(WS), size, root, extensions: vec![] };
     x.checkpoint = note::sign_note(&cp.to_text().expect("text"), &log_origin(WS), &log.key1).expect("sign");
     v.push(receipt_vector("receipt-checkpoint-no-time", pretty(&x), Bad, &["checkpoint_malformed"]));
+    // §7.1 step 8 fixes the order of the checkpoint checks: signatures before the checkpoint
+    // text is read (C2SP), so a text with a non-canonical size is malformed when a workspace key
+    // signed it and an unknown key when only a stranger did (the verifiers used to disagree).
+    let bad_size = format!(
+        "{}\n0{size}\n{}\ntime 2026-01-01T00:00:10.000Z\n",
+        log_origin(WS),
+        base64::engine::general_purpose::STANDARD.encode(root)
+    );
+    let mut x = r(1);
+    x.checkpoint = note::sign_note(&bad_size, &log_origin(WS), &log.key1).expect("sign");
+    v.push(receipt_vector("receipt-checkpoint-noncanonical-size", pretty(&x), Bad, &["checkpoint_malformed"]));
+    x.checkpoint = note::sign_note(&bad_size, &log_origin(WS), &stranger).expect("sign");
+    v.push(receipt_vector(
+        "receipt-checkpoint-noncanonical-size-unknown-key",
+        pretty(&x),
+        Bad,
+        &["checkpoint_unknown_key"],
+    ));
+    // An extra extension line on another log's checkpoint: origin is checked before the
+    // extension lines, so it is checkpoint_origin_mismatch, not checkpoint_malformed.
+    let cp = Checkpoint {
+        origin: "allowly/ws_other".into(),
+        size,
+        root,
+        extensions: vec!["time 2026-01-01T00:00:10.000Z".into(), "extra unsigned-looking line".into()],
+    };
+    x.checkpoint = note::sign_note(&cp.to_text().expect("text"), &log_origin(WS), &log.key1).expect("sign");
+    v.push(receipt_vector(
+        "receipt-checkpoint-other-origin-extra-extension",
+        pretty(&x),
+        Bad,
+        &["checkpoint_origin_mismatch"],
+    ));
     let mut p = pending.clone();
     p.leaf_hash = HexHash(log.leaves[6]);
     v.push(receipt_vector("receipt-pending-wrong-leaf-hash", pretty(&p), Bad, &["envelope_mismatch", "not_signed"]));
@@ -632,7 +691,7 @@ fn vectors() -> (Log, Vec<Vector>) {
         &log_origin(WS),
         &evil,
     );
-    b.keys = vec![evil_keys];
+    b.keys = vec![evil_keys.clone()];
     b.checkpoints = vec![evil_note.clone()];
     for r in &mut b.receipts {
         if let AnyReceipt::Signed(s) = r {
@@ -670,8 +729,50 @@ fn vectors() -> (Log, Vec<Vector>) {
     b.keys.clear();
     b.header = Some(Header { workspace_id: "ws_other".into(), ..log.header(Scope::Log { from: 0, to: 8 }) });
     v.push(bundle_vector("bundle-other-workspace-header", &b, Bad, &["workspace_mismatch"]));
-    // Same trail signed with keys taken from the bundle itself (no pinning): valid, with a note.
-    let mut unpinned = bundle_vector("bundle-unpinned-keys", &log.auth01_bundle(), Valid, &[]);
+    // §7.2: blank lines are ignored anywhere, also before the header.
+    let mut bytes = b"\n \t\r\n".to_vec();
+    bytes.extend(log.auth01_bundle().to_jsonl().expect("jsonl"));
+    v.push(bundle_bytes_vector("bundle-blank-lines-before-header", bytes, Valid, &[]));
+    // §7.2 step 8: a consistency record from a larger to a smaller size cannot verify.
+    let mut b = log.partial_log_bundle();
+    let backwards = Consistency { old_size: 8, new_size: 5, proof: b.consistency[0].proof.clone() };
+    b.consistency.push(backwards);
+    v.push(bundle_vector("bundle-consistency-old-larger", &b, Bad, &["consistency_proof_invalid"]));
+    // §7.2 step 2: two key sets and none pinned: the first one in the file is used (here the real
+    // one, so the checkpoints open) and the second is keys_mismatch.
+    let mut b = log.auth01_bundle();
+    b.keys.push(evil_keys.clone());
+    let mut two = bundle_vector("bundle-two-key-sets-unpinned", &b, Bad, &["keys_mismatch"]);
+    two.keys = None;
+    v.push(two);
+    // §7.2 steps 5-7 use the body's log_index (it is signed); only the inclusion proof uses the
+    // envelope's. Were the envelope's used, seq 1 at index 5 would also be trail_order.
+    let mut b = log.auth01_bundle();
+    if let AnyReceipt::Signed(s) = &mut b.receipts[1] {
+        s.log_index = 5;
+    }
+    v.push(bundle_vector("bundle-envelope-log-index", &b, Bad, &["log_index_mismatch", "inclusion_proof_invalid"]));
+    // §7.3: trail checks apply to out-of-scope receipts too: auth_02's seq 1 alone is both
+    // out_of_scope and a trail without its seq 0.
+    let mut b = log.auth01_bundle();
+    b.receipts.push(log.latest_receipt(4).into());
+    v.push(bundle_vector("bundle-foreign-receipt-trail-checked", &b, Bad, &["out_of_scope", "receipt_missing"]));
+    // The lone surrogate in a bundle: the receipt is reported and cannot be used, so its trail
+    // has a hole.
+    let bytes = String::from_utf8(log.auth01_bundle().to_jsonl().expect("jsonl")).expect("utf8").replacen(
+        "drive:file/report.pdf",
+        "drive:file/\\ud800x",
+        1,
+    );
+    v.push(bundle_bytes_vector(
+        "bundle-body-lone-surrogate",
+        bytes.into_bytes(),
+        Bad,
+        &["body_not_canonical", "receipt_missing"],
+    ));
+    // Same trail checked with keys taken from the bundle itself (no pinning): never plain valid,
+    // since whoever made the bundle could have made its keys (§10).
+    let mut unpinned = bundle_vector("bundle-unpinned-keys", &log.auth01_bundle(), Outcome::ValidUnpinned, &[]);
     unpinned.keys = None;
     v.push(unpinned);
 
@@ -738,6 +839,116 @@ fn vectors() -> (Log, Vec<Vector>) {
     let mut b = log.auth01_bundle();
     b.keys.clear();
     v.push(unusable_vector("bundle-no-keys-unpinned", "bundle", b.to_jsonl().expect("jsonl"), None));
+    // §6.2: a key set inside a bundle must be well formed whether or not keys are pinned (issue 13:
+    // with --keys it used to be skipped, and a wrong key id became keys_mismatch, exit 1).
+    let mut b = log.auth01_bundle();
+    b.keys[0].keys[1].status = KeyStatus::Retired;
+    let retired_open = b.to_jsonl().expect("jsonl");
+    v.push(unusable_vector(
+        "bundle-keys-retired-without-end-pinned",
+        "bundle",
+        retired_open.clone(),
+        Some(("keys.json", keys_json())),
+    ));
+    v.push(unusable_vector("bundle-keys-retired-without-end-unpinned", "bundle", retired_open, None));
+    let mut b = log.auth01_bundle();
+    b.keys[0].keys[0].key_id = "00000000".into();
+    v.push(unusable_vector(
+        "bundle-keys-wrong-key-id-pinned",
+        "bundle",
+        b.to_jsonl().expect("jsonl"),
+        Some(("keys.json", keys_json())),
+    ));
+    // §6.1: an envelope whose body is not an object is unusable input (issue 13: it was body_invalid).
+    let mut x = r(1);
+    x.body = json!([log.bodies[1].clone()]);
+    v.push(unusable_vector("receipt-body-array", "receipt", pretty(&x), Some(("keys.json", keys_json()))));
+    let mut b = log.auth01_bundle();
+    b.receipts.push(x.into());
+    v.push(bundle_vector("bundle-receipt-body-array", &b, Bad, &["record_malformed"]));
+    // §6.2: an empty key list and a key listed twice are broken key sets.
+    let mut ks = log.keys.clone();
+    ks.keys.clear();
+    v.push(unusable_vector(
+        "keys-empty",
+        "receipt",
+        pretty(&r(1)),
+        Some(("unusable/keys-empty.keyset.json", pretty(&ks))),
+    ));
+    let mut ks = log.keys.clone();
+    let mut wider = ks.keys[0].clone();
+    wider.not_after = Some(ts("2026-01-01T00:10:00.000Z"));
+    ks.keys.push(wider);
+    v.push(unusable_vector(
+        "keys-duplicate-key-id",
+        "receipt",
+        pretty(&r(1)),
+        Some(("unusable/keys-duplicate-key-id.keyset.json", pretty(&ks))),
+    ));
+    // §6.2: a public key must be a canonical point of large order; a small-order key (here the
+    // identity) or bytes that are no point make the key set unusable, whatever signed what.
+    let raw_key = |pk: [u8; 32]| {
+        let origin = log_origin(WS);
+        let mut h = Sha256::new();
+        h.update(origin.as_bytes());
+        h.update([0x0a, 0x01]);
+        h.update(pk);
+        let key_id = hex::encode(&h.finalize()[..4]);
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let vkey = format!("{origin}+{key_id}+{}", b64.encode([&[1u8][..], &pk[..]].concat()));
+        PublicKeyInfo {
+            key_id,
+            public_key: b64.encode(pk),
+            vkey,
+            ..key_info(&log.key2, "2026-01-02T00:00:00.000Z", None)
+        }
+    };
+    let mut identity = [0u8; 32];
+    identity[0] = 1;
+    // y = 2 is not the y of any curve point (x² would be a non-square), checked below.
+    let mut not_a_point = [0u8; 32];
+    not_a_point[0] = 2;
+    assert!(ed25519_dalek::VerifyingKey::from_bytes(&not_a_point).is_err(), "y = 2 must not decode");
+    for (name, pk) in [("keys-small-order-public-key", identity), ("keys-public-key-not-a-point", not_a_point)] {
+        let mut ks = log.keys.clone();
+        ks.keys.push(raw_key(pk));
+        v.push(unusable_vector(
+            name,
+            "receipt",
+            pretty(&r(1)),
+            Some((&format!("unusable/{name}.keyset.json"), pretty(&ks))),
+        ));
+    }
+    // §4: a negative integer where the spec wants a count is the wrong encoding in the body
+    // (body_invalid, stop) and an unusable envelope.
+    let neg_env =
+        String::from_utf8(pretty(&r(1))).expect("utf8").replacen("\n  \"log_index\": 1,", "\n  \"log_index\": -1,", 1);
+    v.push(unusable_vector(
+        "receipt-envelope-negative-log-index",
+        "receipt",
+        neg_env.into_bytes(),
+        Some(("keys.json", keys_json())),
+    ));
+    // §3: a byte-order mark is not JSON whitespace: the document (or the header line) is unusable.
+    let mut bytes = "\u{feff}".as_bytes().to_vec();
+    bytes.extend(pretty(&r(1)));
+    v.push(unusable_vector("receipt-byte-order-mark", "receipt", bytes, Some(("keys.json", keys_json()))));
+    let mut bytes = "\u{feff}".as_bytes().to_vec();
+    bytes.extend(log.auth01_bundle().to_jsonl().expect("jsonl"));
+    v.push(unusable_vector("bundle-byte-order-mark", "bundle", bytes, Some(("keys.json", keys_json()))));
+    // §3 / §7.1 step 3: an envelope that breaks the I-JSON rules is unusable input, like any
+    // other broken envelope (§6.1); a body that does is body_not_canonical (below).
+    let dup_env = String::from_utf8(pretty(&r(1))).expect("utf8").replacen(
+        "\n  \"status\": \"signed\",",
+        "\n  \"status\": \"signed\",\n  \"status\": \"signed\",",
+        1,
+    );
+    v.push(unusable_vector(
+        "receipt-envelope-duplicate-member",
+        "receipt",
+        dup_env.into_bytes(),
+        Some(("keys.json", keys_json())),
+    ));
     let _ = &log.key2;
     (log, v)
 }
@@ -749,6 +960,7 @@ fn vectors_dir() -> PathBuf {
 fn outcome_str(o: Option<Outcome>) -> &'static str {
     match o {
         Some(Outcome::Valid) => "valid",
+        Some(Outcome::ValidUnpinned) => "valid_unpinned",
         Some(Outcome::CoverageGap) => "coverage_gap",
         Some(Outcome::IntegrityFailure) => "integrity_failure",
         None => "unusable",

@@ -2,7 +2,7 @@
 //! workspace's public keys. Depends only on `allowly-receipt`.
 //!
 //! Exit status: 0 all valid · 1 integrity failure · 2 coverage gap (nothing altered) ·
-//! 64 bad usage or unreadable input.
+//! 3 valid but unpinned (a bundle checked against its own keys) · 64 bad usage or unreadable input.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -12,13 +12,18 @@ use allowly_receipt::verify::{self, Class, Outcome, Report};
 use clap::{Parser, Subcommand};
 
 const EXIT_USAGE: u8 = 64;
+/// `VALID (UNPINNED)` (docs/receipt-format.md §8): distinct from 0 so that a script testing
+/// for success is not fooled by a bundle that vouches for itself.
+const EXIT_VALID_UNPINNED: u8 = 3;
 
 /// Verify Allowly receipts offline with only a workspace's public keys.
 #[derive(Debug, Parser)]
 #[command(
     name = "allowly-verify",
     version,
-    after_help = "Exit status: 0 valid, 1 integrity failure, 2 coverage gap, 64 bad usage or unreadable input."
+    after_help = "Exit status: 0 valid, 1 integrity failure, 2 coverage gap, 3 valid (unpinned): a bundle \
+                  verified without --keys, against the key set it carries itself, which proves only its \
+                  internal consistency; 64 bad usage or unreadable input."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -42,10 +47,15 @@ enum Command {
     Bundle {
         /// The bundle file (as returned by the export endpoint).
         file: PathBuf,
-        /// Pin the workspace's published key set; without it the bundle's own keys are used.
+        /// Pin the workspace's published key set; without it the bundle's own keys are used and
+        /// the best verdict is VALID (UNPINNED), exit 3.
         #[arg(long)]
         keys: Option<PathBuf>,
-        /// A signed checkpoint obtained independently (repeatable); detects a cut-short bundle.
+        /// A signed checkpoint obtained independently (repeatable). For a log export it detects a
+        /// bundle cut short (leaves below the checkpoint's size must be present) and any fork.
+        /// For an authorization export it proves only that the bundle's checkpoints belong to
+        /// the same log (no fork); it cannot show that the trail has no later receipts: verify a
+        /// log export up to the checkpoint's size for that (docs/receipt-format.md §10).
         #[arg(long = "checkpoint")]
         checkpoints: Vec<PathBuf>,
     },
@@ -68,6 +78,7 @@ fn main() -> ExitCode {
             }
             ExitCode::from(match report.outcome() {
                 Outcome::Valid => 0,
+                Outcome::ValidUnpinned => EXIT_VALID_UNPINNED,
                 Outcome::IntegrityFailure => 1,
                 Outcome::CoverageGap => 2,
             })
@@ -111,6 +122,7 @@ fn run(cli: &Cli) -> Result<(String, Report), String> {
 fn outcome_text(o: Outcome) -> &'static str {
     match o {
         Outcome::Valid => "VALID",
+        Outcome::ValidUnpinned => "VALID (UNPINNED)",
         Outcome::CoverageGap => "COVERAGE GAP",
         Outcome::IntegrityFailure => "INTEGRITY FAILURE",
     }
@@ -135,6 +147,7 @@ fn print_json(what: &str, r: &Report) {
     let doc = serde_json::json!({
         "input": what,
         "outcome": r.outcome(),
+        "pinned": !r.unpinned,
         "receipts": r.receipts,
         "signed": r.signed,
         "checkpoints": r.checkpoints,

@@ -45,6 +45,7 @@ fn every_vector_gets_its_exit_status_and_codes() {
             "valid" => 0,
             "integrity_failure" => 1,
             "coverage_gap" => 2,
+            "valid_unpinned" => 3,
             "unusable" => 64,
             other => panic!("unknown outcome {other}"),
         };
@@ -86,6 +87,18 @@ fn human_output_names_the_result() {
     let out = run(&args);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("chain_broken") && text.contains("result: INTEGRITY FAILURE"), "{}", describe(&args, &out));
+
+    // Without --keys the bundle vouches for itself: an auditor skimming the output must not read
+    // a bare "VALID", and a script must not see exit 0.
+    let args = ["bundle", ok.to_str().expect("utf8")];
+    let out = run(&args);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.code() == Some(3) && text.contains("result: VALID (UNPINNED)"), "{}", describe(&args, &out));
+    let args = ["bundle", ok.to_str().expect("utf8"), "--json"];
+    let out = run(&args);
+    let report: Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", describe(&args, &out)));
+    assert!(report["outcome"] == "valid_unpinned" && report["pinned"] == false, "{}", describe(&args, &out));
 }
 
 #[test]
@@ -111,7 +124,8 @@ fn bad_usage_and_unreadable_input_exit_64() {
         assert_eq!(out.status.code(), Some(64), "{}", describe(&args, &out));
     }
     let out = run(&["--help"]);
-    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("Exit status"));
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && help.contains("Exit status") && help.contains("3 valid (unpinned)"), "{help}");
 }
 
 /// This package's directory, read when the test runs (cargo sets it): the value compiled in
