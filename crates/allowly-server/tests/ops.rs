@@ -1,7 +1,8 @@
 //! The monitoring kit in `ops/` against the real service: the real `/metrics` scrape passes
 //! `promtool check metrics`, the alert rules pass `promtool check rules` and their unit tests
-//! (`promtool test rules`), and every PromQL expression in `ops/` names only metrics the running
-//! service exports (a renamed metric would otherwise leave an alert silently dead).
+//! (`promtool test rules`), and every PromQL expression in `ops/` (alert rules and the Grafana
+//! dashboard) names only metrics the running service exports (a renamed metric would otherwise
+//! leave an alert or a panel silently empty).
 //!
 //! promtool comes from Debian's `prometheus` package; `scripts/setup.sh` puts it in the cache's
 //! `bin/` (on PATH through `scripts/env.sh`).
@@ -178,11 +179,40 @@ fn every_expression_in_ops_names_only_metrics_the_service_exports() {
             }
         }
     }
+    // The dashboard: every `expr` of every panel target.
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(ops("grafana/dashboards/allowly.json")).unwrap()).unwrap();
+    let mut panel_exprs = Vec::new();
+    collect_exprs(&dashboard, &mut panel_exprs);
+    assert!(panel_exprs.len() >= 30, "parsed too few expressions from the dashboard: {panel_exprs:?}");
+    for expr in &panel_exprs {
+        for name in metric_names(expr) {
+            if !(exported.contains(&name) || recorded.contains(&name)) {
+                unknown.push(format!("{name} (in dashboard `{expr}`)"));
+            }
+        }
+    }
     assert!(
         unknown.is_empty(),
         "names the service does not export:\n{}\n--- exported ---\n{exported:#?}",
         unknown.join("\n")
     );
+}
+
+/// Every string under an `expr` key, anywhere in a Grafana dashboard.
+fn collect_exprs(v: &serde_json::Value, out: &mut Vec<String>) {
+    match v {
+        serde_json::Value::Object(map) => {
+            for (k, v) in map {
+                match (k.as_str(), v) {
+                    ("expr", serde_json::Value::String(e)) => out.push(e.clone()),
+                    _ => collect_exprs(v, out),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|v| collect_exprs(v, out)),
+        _ => {}
+    }
 }
 
 /// The `expr:` of every rule: inline, or a `|` block (the lines indented deeper than `expr:`).
