@@ -105,6 +105,7 @@ fn the_real_metrics_scrape_passes_promtool_check_metrics() {
         "allowly_engine_decisions_total{",
         "allowly_signer_fork_attempts_total",
         "allowly_build_info{version=\"",
+        "allowly_http_requests_total{route=\"check\",status=\"503\"} 0",
         "process_resident_memory_bytes ",
         "allowly_webhook_attempts_total{result=\"timeout\"} 0",
         "allowly_webhook_store_errors_total{step=\"scan\"} 0",
