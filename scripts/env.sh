@@ -3,6 +3,8 @@
 export ALLOWLY_CACHE="${ALLOWLY_CACHE:-$HOME/.cache/allowly}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ALLOWLY_CACHE/target}"
 export ALLOWLY_VENV="${ALLOWLY_VENV:-$ALLOWLY_CACHE/venv}"
+# Tools setup.sh unpacks without installing them system-wide (promtool).
+case ":$PATH:" in *":$ALLOWLY_CACHE/bin:"*) ;; *) export PATH="$ALLOWLY_CACHE/bin:$PATH" ;; esac
 ALLOWLY_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export ALLOWLY_ROOT
 

@@ -45,6 +45,22 @@ if [ ! -f "$ALLOWLY_ROCKSDB_LIB/librocksdb.a" ]; then
   export ROCKSDB_LIB_DIR="$ALLOWLY_ROCKSDB_LIB" ROCKSDB_STATIC=1
 fi
 
+# promtool, from Debian's `prometheus` package: the suite lints the real /metrics page and runs
+# the alert rules' unit tests with it (crates/allowly-server/tests/ops.rs). Only the binary is
+# unpacked into the cache (on PATH through env.sh): installing the package would also start a
+# Prometheus server as a system service.
+if ! command -v promtool >/dev/null; then
+  echo "setup: unpacking promtool from Debian's prometheus package into $ALLOWLY_CACHE/bin"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  tmp="$(mktemp -d)"
+  # apt-get download needs the package lists: refresh them only if the first try fails.
+  (cd "$tmp" && { apt-get download -qq prometheus 2>/dev/null || { $SUDO apt-get update -qq && apt-get download -qq prometheus; }; } \
+    && dpkg-deb -x prometheus_*.deb root)
+  mkdir -p "$ALLOWLY_CACHE/bin"
+  install -m 0755 "$tmp/root/usr/bin/promtool" "$ALLOWLY_CACHE/bin/promtool"
+  rm -rf "$tmp"
+fi
+
 # Python verifier dependencies in a private venv (never the system site-packages).
 req="$ALLOWLY_ROOT/tests/crosslang/requirements.txt"
 if [ -f "$req" ]; then

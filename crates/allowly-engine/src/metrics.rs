@@ -252,6 +252,11 @@ impl Metrics {
         for source in ["memory", "store"] {
             m.sign_batch_source.with_label_values(&[source]);
         }
+        // The kinds pipeline.rs counts (a closed set): absent until the first signer error,
+        // the series made the dashboard's error panel and any rate() over it look broken.
+        for kind in ["unavailable", "storage", "error"] {
+            m.signer_errors.with_label_values(&[kind]);
+        }
         m
     }
 

@@ -38,6 +38,12 @@ impl HttpMetrics {
             &["route", "status"],
         )
         .unwrap_or_else(|e| unreachable!("static metric: {e}"));
+        // The check route's server errors exist at zero from the start: the availability SLO's
+        // error ratio (ops/prometheus/rules.yml) is otherwise empty until the first 5xx, and
+        // rate() misses that first error (a series that appears at 1 has no increase).
+        for status in [http::StatusCode::INTERNAL_SERVER_ERROR, http::StatusCode::SERVICE_UNAVAILABLE] {
+            requests.with_label_values(&[crate::routes::Route::Check.name(), status.as_str()]);
+        }
         // Buckets 100 µs .. 10 s: a durable check is ~1 ms; exports and fail-closed signer
         // timeouts reach seconds.
         let duration = HistogramVec::new(
@@ -57,11 +63,23 @@ impl HttpMetrics {
             &["mode"],
         )
         .unwrap_or_else(|e| unreachable!("static metric: {e}"));
+        // Always 1: joins any series to the release that produced it (`* on (instance)
+        // group_left (version) allowly_build_info`), and shows rollouts on a dashboard.
+        let build_info =
+            IntGaugeVec::new(Opts::new("allowly_build_info", "1, labelled with this build's version"), &["version"])
+                .unwrap_or_else(|e| unreachable!("static metric: {e}"));
+        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        // The standard process_* series of this process (the front end and engine; the signer is
+        // another process): CPU seconds, resident and virtual memory, open and max fds, start
+        // time. Read from /proc at each scrape.
+        let process = prometheus::process_collector::ProcessCollector::for_self();
         for m in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(duration.clone()),
             Box::new(in_flight.clone()),
             Box::new(key_isolation.clone()),
+            Box::new(build_info),
+            Box::new(process),
         ] {
             let _ = registry.register(m);
         }

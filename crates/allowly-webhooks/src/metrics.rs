@@ -78,6 +78,20 @@ impl Metrics {
         ] {
             m.registry.register(c).expect("metric names are unique");
         }
+        // Every label value of the closed sets above is exported from the start, at zero: a
+        // series that appears only at its first event makes rate() and increase() miss that
+        // event, and alerts and dashboards that name it look broken until then.
+        use crate::client::FailKind;
+        let results = [FailKind::Http, FailKind::Timeout, FailKind::Connect, FailKind::NotAllowed].map(FailKind::label);
+        for result in ["delivered", "gone"].into_iter().chain(results) {
+            m.attempts.with_label_values(&[result]);
+        }
+        for reason in ["gone", "endpoint_disabled", "gave_up"] {
+            m.failed.with_label_values(&[reason]);
+        }
+        for step in ["scan", "attempt", "sweep"] {
+            m.scan_errors.with_label_values(&[step]);
+        }
         m
     }
 
