@@ -477,6 +477,47 @@ fn check(s: &Server, t: &Tenant, h: &History, fresh: &[Acked], dir: &Path) -> Ve
     v
 }
 
+/// The signer's audit log (read as root, beside the running signer: only whole lines count)
+/// names every checkpoint a client saw, with its root: "every checkpoint that can be released
+/// appears in audit.log" (ARCHITECTURE), across power cuts.
+fn audit_covers(data: &Path, t: &Tenant, h: &History) -> Vec<String> {
+    let path = data.join("signer").join("audit.log");
+    let text = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) => return vec![format!("audit: reading {}: {e}", path.display())],
+    };
+    let whole = match text.iter().rposition(|b| *b == b'\n') {
+        Some(i) => &text[..=i],
+        None => &text[..0],
+    };
+    let mut logged = HashSet::new();
+    let mut events = Vec::new();
+    for line in whole.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        let Ok(l) = serde_json::from_slice::<Value>(line) else {
+            return vec![format!("audit: a line of {} is not JSON: {}", path.display(), String::from_utf8_lossy(line))];
+        };
+        events.push(format!("{}@{}", l["event"].as_str().unwrap_or("?"), l["size"]));
+        if l["workspace_id"] == t.ws.as_str() {
+            if let (Some(size), Some(root)) = (l["size"].as_u64(), l["root"].as_str()) {
+                logged.insert((size, root.to_owned()));
+            }
+        }
+    }
+    let mut v = Vec::new();
+    for (size, note) in &h.checkpoints {
+        // A C2SP checkpoint: origin, size, base64 root, then the signatures.
+        let root = note.lines().nth(2).unwrap_or_default().to_owned();
+        if !logged.contains(&(*size, root.clone())) {
+            v.push(format!(
+                "audit: checkpoint {size} {root} seen by a client is not in {} (its lines: {})",
+                path.display(),
+                events.join(" ")
+            ));
+        }
+    }
+    v
+}
+
 /// Boots a machine, creates the tenant, then `crashes` rounds of load → power cut → restart →
 /// check. Returns the history and every violation found.
 fn campaign(
@@ -503,7 +544,10 @@ fn campaign(
         violations.extend(seen.unexpected.iter().map(|u| format!("round {r}: unexpected answer before the cut: {u}")));
         h.add(&seen);
         m.reboot();
-        let found = check(m.server(), &t, &h, &seen.acked, tmp);
+        let mut found = check(m.server(), &t, &h, &seen.acked, tmp);
+        if found.is_empty() {
+            found.extend(audit_covers(&m.data, &t, &h));
+        }
         eprintln!(
             "{test} round {r}: cut after {} acknowledged (target {target}, +{pause:?}), {} checkpoints seen; the cut \
              dropped {} unsynced pages in {} files and entries of {} directories; {} acknowledged in all, {} violations",
