@@ -241,11 +241,24 @@ impl Node {
 /// Which files' fsyncs are ignored (a disk that lies): for negative controls only.
 pub type Lie = Box<dyn Fn(&OsStr) -> bool + Send>;
 
+/// Where an armed crash strikes: right after a write to a matching file is applied (the
+/// write succeeded into the page cache, its fsync never comes), or right after a matching
+/// file's fsync made it durable (before the process can act on it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Point {
+    Write,
+    Sync,
+}
+
 /// What a crash threw away (counted on the live image just before it was dropped).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CrashReport {
     /// Files with written but unsynced pages.
     pub files_with_unsynced_data: usize,
+    /// Their names (the last name each was given), sorted.
+    pub unsynced_files: Vec<OsString>,
+    /// Names of the directories whose unsynced entries were lost, sorted.
+    pub unsynced_dirs: Vec<OsString>,
     /// Those pages (each up to [`PAGE`] bytes).
     pub unsynced_pages: usize,
     /// Directories whose entries differ from their durable ones.
@@ -278,6 +291,10 @@ pub struct Disk {
     next_ino: u64,
     epoch: u64,
     lie: Option<Lie>,
+    /// A crash waiting for its moment: where, which files, how many matches to let pass first.
+    armed: Option<(Point, Lie, u32)>,
+    /// Every crash so far: when, and what it threw away.
+    crashes: Vec<(std::time::Instant, CrashReport)>,
 }
 
 impl std::fmt::Debug for Disk {
@@ -310,7 +327,15 @@ impl Disk {
             meta_dirty: false,
         };
         let image = Image { nodes: HashMap::from([(ROOT, root)]) };
-        Self { live: image.clone(), durable: image, next_ino: ROOT + 1, epoch: 0, lie: None }
+        Self {
+            live: image.clone(),
+            durable: image,
+            next_ino: ROOT + 1,
+            epoch: 0,
+            lie: None,
+            armed: None,
+            crashes: Vec::new(),
+        }
     }
 
     pub fn epoch(&self) -> u64 {
@@ -321,6 +346,32 @@ impl Disk {
     /// anything durable.
     pub fn set_lie(&mut self, lie: Option<Lie>) {
         self.lie = lie;
+    }
+
+    /// Arms a crash at the `skip + 1`-th [`Point`] of a file whose name matches `name` (replacing
+    /// any armed before).
+    pub fn arm(&mut self, at: Point, name: Lie, skip: u32) {
+        self.armed = Some((at, name, skip));
+    }
+
+    /// Every crash so far, oldest first: when it happened and what it threw away.
+    pub fn crashes(&self) -> &[(std::time::Instant, CrashReport)] {
+        &self.crashes
+    }
+
+    /// Crashes now if an armed crash waits for this point of `ino`.
+    fn strike(&mut self, at: Point, ino: u64) {
+        let Some((point, name, skip)) = &mut self.armed else { return };
+        let Some(node) = self.live.nodes.get(&ino) else { return };
+        if *point != at || !name(&node.name) {
+            return;
+        }
+        if *skip > 0 {
+            *skip -= 1;
+            return;
+        }
+        self.armed = None;
+        self.crash();
     }
 
     pub fn node(&self, ino: u64) -> Result<&Node, Errno> {
@@ -519,6 +570,7 @@ impl Disk {
         let node = self.live.node_mut(ino)?;
         node.data_mut()?.write(offset, bytes);
         node.touch();
+        self.strike(Point::Write, ino);
         Ok(bytes.len())
     }
 
@@ -604,6 +656,7 @@ impl Disk {
             let stub = Node { meta: node.meta, body, nlink: 0, opens: 0, name: node.name.clone(), meta_dirty: false };
             self.durable.nodes.insert(child, stub);
         }
+        self.strike(Point::Sync, ino);
         Ok(())
     }
 
@@ -618,16 +671,20 @@ impl Disk {
                 Body::File(d) if d.unsynced_pages() > 0 || d.shrunk_to.is_some() => {
                     report.files_with_unsynced_data += 1;
                     report.unsynced_pages += d.unsynced_pages();
+                    report.unsynced_files.push(node.name.clone());
                 }
                 Body::Dir(l) => {
                     let same = matches!(self.durable.nodes.get(ino), Some(Node { body: Body::Dir(d), .. }) if d == l);
                     if !same {
                         report.dirs_with_unsynced_entries += 1;
+                        report.unsynced_dirs.push(node.name.clone());
                     }
                 }
                 _ => {}
             }
         }
+        report.unsynced_files.sort();
+        report.unsynced_dirs.sort();
         let mut reachable = BTreeSet::from([ROOT]);
         let mut links: HashMap<u64, u32> = HashMap::new();
         let mut todo = vec![ROOT];
@@ -651,6 +708,8 @@ impl Disk {
         // the durable image by nothing: cannot happen), so every reachable name resolves.
         self.live = self.durable.clone();
         self.epoch += 1;
+        self.armed = None;
+        self.crashes.push((std::time::Instant::now(), report.clone()));
         report
     }
 
@@ -692,6 +751,7 @@ mod tests {
         assert_eq!(content(&d, ROOT, "a"), None, "the name was never synced");
         assert_eq!(r.files_with_unsynced_data, 1);
         assert_eq!(r.dirs_with_unsynced_entries, 1);
+        assert_eq!((r.unsynced_files, r.unsynced_dirs), (vec!["a".into()], vec!["/".into()]));
         assert!(!d.has_unsynced());
     }
 
@@ -841,6 +901,32 @@ mod tests {
         d.crash();
         assert_eq!(content(&d, ROOT, "000001.log"), Some(Vec::new()));
         assert_eq!(content(&d, ROOT, "MANIFEST"), Some(b"data".to_vec()));
+    }
+
+    #[test]
+    fn an_armed_crash_strikes_at_its_point_and_not_before() {
+        let mut d = Disk::new();
+        let wal = file(&mut d, ROOT, "wal");
+        let other = file(&mut d, ROOT, "other");
+        d.fsync(ROOT).unwrap();
+        d.arm(Point::Write, Box::new(|n| n == "wal"), 1);
+        d.write(other, 0, b"x").unwrap();
+        d.write(wal, 0, b"first").unwrap();
+        d.fsync(wal).unwrap();
+        assert_eq!(d.epoch(), 0, "the first matching write was to be let pass");
+        d.write(wal, 5, b"second").unwrap();
+        assert_eq!(d.epoch(), 1, "the second matching write crashes");
+        assert_eq!(content(&d, ROOT, "wal"), Some(b"first".to_vec()));
+        assert_eq!(d.crashes().len(), 1);
+
+        // At a sync point: what the sync made durable stays.
+        let wal = d.lookup(ROOT, OsStr::new("wal")).unwrap();
+        d.arm(Point::Sync, Box::new(|n| n == "wal"), 0);
+        d.write(wal, 5, b"third").unwrap();
+        assert_eq!(d.epoch(), 1);
+        d.fsync(wal).unwrap();
+        assert_eq!(d.epoch(), 2);
+        assert_eq!(content(&d, ROOT, "wal"), Some(b"firstthird".to_vec()));
     }
 
     #[test]

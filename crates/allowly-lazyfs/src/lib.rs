@@ -61,8 +61,9 @@ use std::ffi::OsStr;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-pub use image::CrashReport;
+pub use image::{CrashReport, Point};
 use image::Disk;
 
 /// One simulated disk. Cheap to clone: clones share the disk.
@@ -107,6 +108,18 @@ impl LazyFs {
         self.disk().crash()
     }
 
+    /// Arms a crash for a moment that a timer would rarely hit: the `skip + 1`-th write to (or
+    /// fsync of) a file whose name matches `name`, from now on. The crash then happens inside
+    /// that request, atomically, exactly as [`Self::crash`]; [`Self::crashes`] shows when.
+    pub fn crash_at(&self, at: Point, name: fn(&OsStr) -> bool, skip: u32) {
+        self.disk().arm(at, Box::new(name), skip);
+    }
+
+    /// Every crash so far, oldest first: when it happened, and what it threw away.
+    pub fn crashes(&self) -> Vec<(std::time::Instant, CrashReport)> {
+        self.disk().crashes().to_vec()
+    }
+
     /// Whether a crash now would lose anything.
     pub fn has_unsynced(&self) -> bool {
         self.disk().has_unsynced()
@@ -132,13 +145,32 @@ impl Mount {
         &self.at
     }
 
-    /// Unmounts and waits for the request loop to end. Fails (and leaves a lazy unmount behind)
-    /// if a process still has something open on it.
+    /// Unmounts and waits for the request loop to end. A file closed just before may still
+    /// hold the mount busy for a moment (FUSE answers its `RELEASE` asynchronously), so an
+    /// `EBUSY` is retried until [`UNMOUNT_WAIT`]; after that the mount is detached lazily and
+    /// the error returned (a process still has something open on it).
     pub fn unmount(mut self) -> io::Result<()> {
         let Some(session) = self.session.take() else { return Ok(()) };
-        session.umount_and_join().inspect_err(|_| lazy_unmount(&self.at))
+        let deadline = Instant::now() + UNMOUNT_WAIT;
+        loop {
+            match nix::mount::umount(&self.at) {
+                Ok(()) => break,
+                Err(nix::errno::Errno::EBUSY) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => {
+                    lazy_unmount(&self.at);
+                    return Err(io::Error::other(format!("unmounting {}: {e}", self.at.display())));
+                }
+            }
+        }
+        // The kernel ends the session once unmounted: the request loop returns.
+        session.join()
     }
 }
+
+/// How long [`Mount::unmount`] retries a busy mount.
+pub const UNMOUNT_WAIT: Duration = Duration::from_secs(10);
 
 impl Drop for Mount {
     fn drop(&mut self) {

@@ -42,7 +42,12 @@ impl Rig {
         let err = fs::read_dir(&self.at).and_then(|mut d| d.next().transpose()).err();
         let err = err.or_else(|| File::create(self.at.join("after-crash")).err());
         assert!(err.is_some(), "the crashed mount still answers");
-        self.mount.take().unwrap().unmount().unwrap();
+        if let Err(e) = self.mount.take().unwrap().unmount() {
+            // Busy: show what this process still has open (a file the test forgot to close).
+            let fds: Vec<_> =
+                fs::read_dir("/proc/self/fd").unwrap().filter_map(|e| fs::read_link(e.ok()?.path()).ok()).collect();
+            panic!("{e}; open here: {fds:?}");
+        }
         self.mount = Some(self.fs.mount(&self.at).unwrap());
         report
     }
@@ -123,6 +128,7 @@ fn names_need_their_directory_fsynced() {
     let mut f = File::create(rig.path("d/kept")).unwrap();
     f.write_all(b"y").unwrap();
     f.sync_all().unwrap();
+    drop(f);
     sync_dir(&rig.path("d"));
     sync_dir(&rig.at);
     rig.crash();

@@ -39,7 +39,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use allowly_lazyfs::{CrashReport, LazyFs, Mount};
+use std::ffi::OsStr;
+
+use allowly_lazyfs::{CrashReport, LazyFs, Mount, Point};
 use rustix::process::{kill_process, Pid, Signal};
 use serde_json::{json, Value};
 use support::*;
@@ -112,7 +114,6 @@ struct Machine {
     fs: LazyFs,
     // Field order is drop order: the server (and its children) before the mount.
     server: Option<Server>,
-    children: Vec<u32>,
     mount: Option<Mount>,
     at: PathBuf,
     data: PathBuf,
@@ -126,7 +127,7 @@ impl Machine {
         let fs = LazyFs::new();
         let mount = fs.mount(&at).unwrap_or_else(|e| panic!("mounting allowly-lazyfs (root and /dev/fuse needed): {e}"));
         let mut m =
-            Self { fs, server: None, children: Vec::new(), mount: Some(mount), data: at.join("data"), at, reports: Vec::new() };
+            Self { fs, server: None, mount: Some(mount), data: at.join("data"), at, reports: Vec::new() };
         m.start();
         m
     }
@@ -141,24 +142,54 @@ impl Machine {
         self.server.as_ref().expect("a running server")
     }
 
-    /// The power cut, then SIGKILL of the front end, the keeper and the signer. The processes
-    /// are listed before the cut (the signer must not be missed if it is reparented).
-    fn crash(&mut self) -> CrashReport {
+    /// The power cut — now, or armed for a moment in the middle of a commit — then SIGKILL of
+    /// the front end, the keeper and the signer. Returns when the cut happened.
+    fn crash(&mut self, cut: Cut) -> Instant {
         let front = self.server().pid();
-        self.children = descendants(front);
-        let report = self.fs.crash();
-        for pid in self.children.iter().copied().chain([front]) {
-            let _ = kill_process(Pid::from_raw(pid as i32).expect("pid"), Signal::KILL);
+        let before = self.fs.crashes().len();
+        match cut {
+            Cut::Now => {
+                self.fs.crash();
+            }
+            Cut::At(point, files, skip) => {
+                self.fs.crash_at(point, files.matcher(), skip);
+                let fs = &self.fs;
+                let start = Instant::now();
+                // Checks keep the WAL and the journal busy, so the moment comes; if it does not,
+                // cut anyway (and say so) rather than hang.
+                while fs.crashes().len() == before {
+                    if start.elapsed() > SIGNING_DEADLINE {
+                        eprintln!("the armed cut {point:?} did not come within {SIGNING_DEADLINE:?}: cutting now");
+                        fs.crash();
+                        break;
+                    }
+                    std::thread::yield_now();
+                }
+            }
         }
-        self.server.take().expect("server").kill9();
-        let children = self.children.clone();
+        // The tree may change after the cut (a keeper restarting a signer that died of EIO):
+        // kill until no process of the machine is left.
+        let known = Mutex::new(vec![front]);
         eventually(
             "every process of the crashed machine to be gone",
-            || format!("still alive: {:?}", children.iter().filter(|p| alive(**p)).collect::<Vec<_>>()),
-            || (!children.iter().any(|p| alive(*p))).then_some(()),
+            || format!("still alive: {:?}", known.lock().unwrap().iter().filter(|p| alive(**p)).collect::<Vec<_>>()),
+            || {
+                let mut known = known.lock().unwrap();
+                for pid in descendants(front) {
+                    if !known.contains(&pid) {
+                        known.push(pid);
+                    }
+                }
+                for pid in known.iter() {
+                    let _ = kill_process(Pid::from_raw(*pid as i32).expect("pid"), Signal::KILL);
+                }
+                (!known.iter().any(|p| alive(*p))).then_some(())
+            },
         );
+        self.server.take().expect("server").kill9();
+        let (at, report) = self.fs.crashes().pop().expect("the cut happened");
         self.reports.push(report);
-        report
+        at
     }
 
     /// A fresh mount of what survived, and the server started on it.
@@ -178,6 +209,72 @@ impl Drop for Machine {
             for pid in descendants(s.pid()) {
                 let _ = kill_process(Pid::from_raw(pid as i32).expect("pid"), Signal::KILL);
             }
+        }
+    }
+}
+
+/// When the power goes.
+#[derive(Debug, Clone, Copy)]
+enum Cut {
+    /// At a random moment (after the round's target of acknowledged checks and a random pause).
+    Now,
+    /// Right after the `n + 1`-th write to, or fsync of, one of `Files`: in the middle of a
+    /// commit, which a timer rarely hits.
+    At(Point, Files, u32),
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Files {
+    /// RocksDB's write-ahead logs.
+    Wal,
+    /// The signer's journal and audit log.
+    Signer,
+    Either,
+}
+
+/// RocksDB's write-ahead logs, `NNNNNN.log` (not its info `LOG`, not the signer's `audit.log`).
+fn rocksdb_wal(name: &OsStr) -> bool {
+    let name = name.to_string_lossy();
+    name.strip_suffix(".log").is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+fn signer_log(name: &OsStr) -> bool {
+    name == "journal" || name == "audit.log"
+}
+
+impl Files {
+    fn matcher(self) -> fn(&OsStr) -> bool {
+        match self {
+            Files::Wal => rocksdb_wal,
+            Files::Signer => signer_log,
+            Files::Either => |n| rocksdb_wal(n) || signer_log(n),
+        }
+    }
+}
+
+impl std::fmt::Display for Cut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let what = |files: &Files| match files {
+            Files::Wal => "RocksDB's WAL",
+            Files::Signer => "the signer's journal or audit log",
+            Files::Either => "the WAL or the signer's journal or audit log",
+        };
+        match self {
+            Cut::Now => write!(f, "at a random moment"),
+            Cut::At(Point::Write, files, skip) => write!(f, "after write #{} to {}", skip + 1, what(files)),
+            Cut::At(Point::Sync, files, skip) => write!(f, "after fsync #{} of {}", skip + 1, what(files)),
+        }
+    }
+}
+
+impl Cut {
+    fn random(rng: &mut Rng) -> Self {
+        let skip = rng.range(0, 4) as u32;
+        match rng.range(0, 4) {
+            0 => Cut::Now,
+            1 => Cut::At(Point::Write, Files::Wal, skip),
+            2 => Cut::At(Point::Write, Files::Signer, skip),
+            _ => Cut::At(Point::Sync, Files::Either, skip),
         }
     }
 }
@@ -258,15 +355,15 @@ struct Seen {
 /// `clients` threads checking as fast as they can, plus one reading the newest checkpoint,
 /// until the power cut (`crash` returns the machine's report); the cut comes once `target`
 /// checks were acknowledged, after a random pause.
-fn round(m: &mut Machine, t: &Tenant, clients: usize, target: usize, pause: Duration) -> Seen {
+fn round(m: &mut Machine, t: &Tenant, clients: usize, target: usize, pause: Duration, cut: Cut) -> Seen {
     let addr = m.server().addr;
     let stop = Arc::new(AtomicBool::new(false));
-    let cut = Arc::new(AtomicBool::new(false));
+    let refused: Arc<Mutex<Vec<(Instant, String)>>> = Arc::default();
     let ok = Arc::new(AtomicUsize::new(0));
     let seen = Arc::new(Mutex::new(Seen::default()));
     let mut threads = Vec::new();
     for i in 0..clients {
-        let (stop, cut, ok, seen, t) = (stop.clone(), cut.clone(), ok.clone(), seen.clone(), t.clone());
+        let (stop, refused, ok, seen, t) = (stop.clone(), refused.clone(), ok.clone(), seen.clone(), t.clone());
         threads.push(std::thread::spawn(move || {
             let mut n = 0u64;
             while !stop.load(Ordering::Acquire) {
@@ -278,9 +375,8 @@ fn round(m: &mut Machine, t: &Tenant, clients: usize, target: usize, pause: Dura
                     continue;
                 };
                 if r.status != 200 {
-                    if !cut.load(Ordering::Acquire) {
-                        seen.lock().unwrap().unexpected.push(r.to_string());
-                    }
+                    // Judged after the cut: only a refusal received before it is unexpected.
+                    refused.lock().unwrap().push((Instant::now(), r.to_string()));
                     continue;
                 }
                 let v: Value = match serde_json::from_slice(&r.body) {
@@ -326,13 +422,14 @@ fn round(m: &mut Machine, t: &Tenant, clients: usize, target: usize, pause: Dura
     }
     // A random moment after the target, not a synchronisation.
     std::thread::sleep(pause);
-    cut.store(true, Ordering::Release);
-    m.crash();
+    let at = m.crash(cut);
     stop.store(true, Ordering::Release);
     for th in threads {
         th.join().expect("a client thread panicked");
     }
     let mut seen = std::mem::take(&mut *seen.lock().unwrap());
+    let refused = std::mem::take(&mut *refused.lock().unwrap());
+    seen.unexpected.extend(refused.into_iter().filter(|(when, _)| *when < at).map(|(_, r)| r));
     if seen.acked.len() < target {
         seen.unexpected.push(format!("only {} checks acknowledged in {SIGNING_DEADLINE:?}", seen.acked.len()));
     }
@@ -524,7 +621,7 @@ fn campaign(
     test: &str,
     tmp: &Path,
     crashes: usize,
-    lie: Option<fn(&std::ffi::OsStr) -> bool>,
+    lie: Option<fn(&OsStr) -> bool>,
 ) -> (Machine, History, Vec<String>) {
     let mut rng = Rng::seeded(test);
     let clients = env_usize("ALLOWLY_POWERLOSS_CLIENTS", 4);
@@ -539,8 +636,9 @@ fn campaign(
     for r in 0..crashes {
         let target = rng.range(1, max_acks) as usize;
         let pause = Duration::from_millis(rng.range(0, 30));
-        let seen = round(&mut m, &t, clients, target, pause);
-        let report = *m.reports.last().unwrap();
+        let cut = Cut::random(&mut rng);
+        let seen = round(&mut m, &t, clients, target, pause, cut);
+        let report = m.reports.last().unwrap().clone();
         violations.extend(seen.unexpected.iter().map(|u| format!("round {r}: unexpected answer before the cut: {u}")));
         h.add(&seen);
         m.reboot();
@@ -549,13 +647,13 @@ fn campaign(
             found.extend(audit_covers(&m.data, &t, &h));
         }
         eprintln!(
-            "{test} round {r}: cut after {} acknowledged (target {target}, +{pause:?}), {} checkpoints seen; the cut \
-             dropped {} unsynced pages in {} files and entries of {} directories; {} acknowledged in all, {} violations",
+            "{test} round {r}: cut {cut} ({} acknowledged, target {target} +{pause:?}, {} checkpoints seen); it \
+             dropped {} unsynced pages of {:?} and the new entries of {:?}; {} acknowledged in all, {} violations",
             seen.acked.len(),
             seen.checkpoints.len(),
             report.unsynced_pages,
-            report.files_with_unsynced_data,
-            report.dirs_with_unsynced_entries,
+            report.unsynced_files,
+            report.unsynced_dirs,
             h.acked.len(),
             found.len()
         );
@@ -585,9 +683,11 @@ fn power_loss_under_load_loses_nothing_acknowledged() {
     let (mut m, h, violations) = campaign("power_loss", tmp.path(), crashes, None);
     assert!(violations.is_empty(), "{} violations:\n{}\n{}", violations.len(), violations.join("\n"), m.server().diagnostics());
     assert!(h.acked.len() >= crashes, "too little load to mean anything: {} acknowledged", h.acked.len());
-    // Every cut dropped something: otherwise the crashes tested nothing.
-    let dropped = m.reports.iter().filter(|r| r.unsynced_pages + r.dirs_with_unsynced_entries > 0).count();
-    assert!(dropped > 0, "no crash dropped anything unsynced: {:?}", m.reports);
+    // Some cut dropped unsynced writes of a file that matters (not RocksDB's info `LOG`, which
+    // is never synced): otherwise the crashes only ever hit quiet moments and tested little.
+    let mattered = m.reports.iter().filter(|r| r.unsynced_files.iter().any(|f| f != "LOG")).count();
+    eprintln!("{mattered} of {} cuts dropped unsynced writes of a file other than RocksDB's LOG", m.reports.len());
+    assert!(mattered > 0, "no cut caught an unsynced write in flight: {:#?}", m.reports);
 
     let mut s = m.server.take().unwrap();
     s.stop();
@@ -607,11 +707,6 @@ fn power_loss_under_load_loses_nothing_acknowledged() {
 /// if it did not, a pass of the test above would mean nothing.
 #[test]
 fn the_checker_reports_receipts_a_lying_disk_lost() {
-    fn rocksdb_wal(name: &std::ffi::OsStr) -> bool {
-        // RocksDB's write-ahead logs are `NNNNNN.log` (not `LOG`, not the signer's `audit.log`).
-        let name = name.to_string_lossy();
-        name.strip_suffix(".log").is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
-    }
     let tmp = tempfile::tempdir().unwrap();
     let (_m, h, violations) = campaign("lying_disk", tmp.path(), 1, Some(rocksdb_wal));
     assert!(!h.acked.is_empty(), "nothing was acknowledged, so nothing could be lost");
