@@ -14,13 +14,13 @@
 //!
 //! It is an integration test rather than a separate binary so that it runs in `.ci/run` with the
 //! rest, shares the black-box harness (`support/`), and needs no second build. The short form
-//! (3 crashes) is the default; the long form is the same test with more crashes:
+//! (8 crashes, a few seconds) is the default; the long form is the same test with more:
 //!
 //! ```sh
 //! ALLOWLY_POWERLOSS_CRASHES=40 cargo test -p allowly-server --test powerloss -- --nocapture
 //! ```
 //!
-//! Knobs: `ALLOWLY_POWERLOSS_CRASHES` (default 3), `ALLOWLY_POWERLOSS_CLIENTS` (default 4),
+//! Knobs: `ALLOWLY_POWERLOSS_CRASHES` (default 8), `ALLOWLY_POWERLOSS_CLIENTS` (default 4),
 //! `ALLOWLY_POWERLOSS_MAX_ACKS` (most acknowledged checks before a crash, default 150),
 //! `ALLOWLY_TEST_SEED` (replays the random crash points of a printed seed).
 //!
@@ -342,10 +342,20 @@ fn exchange(addr: SocketAddr, method: &str, path: &str, key: &str, body: &[u8]) 
     (body.len() == len).then_some(Resp { status, headers, body })
 }
 
+/// A workspace created during a round: its id once `201`, its public keys as first read, and
+/// a read key's secret once that was `201` too.
+#[derive(Debug, Clone, Default)]
+struct Made {
+    ws: String,
+    keys: Option<Value>,
+    reader: Option<String>,
+}
+
 /// What the clients of one round saw.
 #[derive(Debug, Default)]
 struct Seen {
     acked: Vec<Acked>,
+    made: Vec<Made>,
     /// Checkpoint notes read by a client, oldest first, distinct.
     checkpoints: Vec<(u64, String)>,
     /// Answers other than 200 before the power cut.
@@ -399,6 +409,40 @@ fn round(m: &mut Machine, t: &Tenant, clients: usize, target: usize, pause: Dura
         }));
     }
     {
+        // Workspaces (each a key created, sealed and journaled by the signer) and API keys keep
+        // being created beside the checks, so cuts also land in the middle of those.
+        let (stop, refused, seen, root) = (stop.clone(), refused.clone(), seen.clone(), m.server().admin_token());
+        threads.push(std::thread::spawn(move || {
+            let post = |path: &str, body: Value| exchange(addr, "POST", path, &root, body.to_string().as_bytes());
+            while !stop.load(Ordering::Acquire) {
+                let Some(r) = post("/v1/workspaces", json!({ "name": "made" })) else { continue };
+                let ws = match (r.status, serde_json::from_slice::<Value>(&r.body)) {
+                    (201, Ok(v)) if v["id"].is_string() => v["id"].as_str().unwrap_or_default().to_owned(),
+                    _ => {
+                        refused.lock().unwrap().push((Instant::now(), r.to_string()));
+                        continue;
+                    }
+                };
+                let at = {
+                    let mut s = seen.lock().unwrap();
+                    s.made.push(Made { ws: ws.clone(), ..Made::default() });
+                    s.made.len() - 1
+                };
+                let keys = exchange(addr, "GET", &format!("/v1/workspaces/{ws}/keys"), "", b"");
+                if let Some(k) = keys.filter(|k| k.status == 200) {
+                    seen.lock().unwrap().made[at].keys = serde_json::from_slice(&k.body).ok();
+                }
+                let Some(r) = post(&format!("/v1/workspaces/{ws}/api-keys"), json!({ "roles": ["read"] })) else {
+                    continue;
+                };
+                match (r.status, serde_json::from_slice::<Value>(&r.body)) {
+                    (201, Ok(v)) => seen.lock().unwrap().made[at].reader = v["secret"].as_str().map(str::to_owned),
+                    _ => refused.lock().unwrap().push((Instant::now(), r.to_string())),
+                }
+            }
+        }));
+    }
+    {
         let (stop, seen, t) = (stop.clone(), seen.clone(), t.clone());
         threads.push(std::thread::spawn(move || {
             let path = format!("/v1/workspaces/{}/log/checkpoint", t.ws);
@@ -445,11 +489,13 @@ fn round(m: &mut Machine, t: &Tenant, clients: usize, target: usize, pause: Dura
 struct History {
     acked: Vec<Acked>,
     checkpoints: Vec<(u64, String)>,
+    made: Vec<Made>,
 }
 
 impl History {
     fn add(&mut self, seen: &Seen) {
         self.acked.extend(seen.acked.iter().cloned());
+        self.made.extend(seen.made.iter().cloned());
         let n = seen.checkpoints.len();
         for (i, cp) in seen.checkpoints.iter().enumerate() {
             if i == 0 || i + CHECKPOINTS_PER_ROUND > n {
@@ -574,6 +620,32 @@ fn check(s: &Server, t: &Tenant, h: &History, fresh: &[Acked], dir: &Path) -> Ve
     v
 }
 
+/// Every workspace created with a `201` still exists with the public keys first read, and
+/// every read key answered `201` still authenticates.
+fn made_survive(s: &Server, h: &History) -> Vec<String> {
+    let c = s.client();
+    let mut v = Vec::new();
+    for m in &h.made {
+        let keys = c.get(&format!("/v1/workspaces/{}/keys", m.ws), None);
+        if keys.status != 200 {
+            v.push(format!("lost: workspace {} was created (201), its keys read back {keys}", m.ws));
+            continue;
+        }
+        if let Some(k) = &m.keys {
+            if keys.json() != *k {
+                v.push(format!("changed: workspace {}'s public keys were {k}, now {}", m.ws, keys.text()));
+            }
+        }
+        if let Some(secret) = &m.reader {
+            let r = c.get(&format!("/v1/workspaces/{}/log/checkpoint", m.ws), Some(secret));
+            if r.status == 401 || r.status == 403 {
+                v.push(format!("lost: a read key of workspace {} was created (201), now {r}", m.ws));
+            }
+        }
+    }
+    v
+}
+
 /// The signer's audit log (read as root, beside the running signer: only whole lines count)
 /// names every checkpoint a client saw, with its root: "every checkpoint that can be released
 /// appears in audit.log" (ARCHITECTURE), across power cuts.
@@ -636,7 +708,9 @@ fn campaign(
     for r in 0..crashes {
         let target = rng.range(1, max_acks) as usize;
         let pause = Duration::from_millis(rng.range(0, 30));
-        let cut = Cut::random(&mut rng);
+        // The first cut always lands right after a WAL write, so every run loses an unsynced
+        // write in flight at least once; the others are drawn.
+        let cut = if r == 0 { Cut::At(Point::Write, Files::Wal, 0) } else { Cut::random(&mut rng) };
         let seen = round(&mut m, &t, clients, target, pause, cut);
         let report = m.reports.last().unwrap().clone();
         violations.extend(seen.unexpected.iter().map(|u| format!("round {r}: unexpected answer before the cut: {u}")));
@@ -644,12 +718,14 @@ fn campaign(
         m.reboot();
         let mut found = check(m.server(), &t, &h, &seen.acked, tmp);
         if found.is_empty() {
+            found.extend(made_survive(m.server(), &h));
             found.extend(audit_covers(&m.data, &t, &h));
         }
         eprintln!(
-            "{test} round {r}: cut {cut} ({} acknowledged, target {target} +{pause:?}, {} checkpoints seen); it \
+            "{test} round {r}: cut {cut} ({} acknowledged, {} workspaces created, target {target} +{pause:?}, {} checkpoints seen); it \
              dropped {} unsynced pages of {:?} and the new entries of {:?}; {} acknowledged in all, {} violations",
             seen.acked.len(),
+            seen.made.len(),
             seen.checkpoints.len(),
             report.unsynced_pages,
             report.unsynced_files,
@@ -679,7 +755,7 @@ fn campaign(
 #[test]
 fn power_loss_under_load_loses_nothing_acknowledged() {
     let tmp = tempfile::tempdir().unwrap();
-    let crashes = env_usize("ALLOWLY_POWERLOSS_CRASHES", 3);
+    let crashes = env_usize("ALLOWLY_POWERLOSS_CRASHES", 8);
     let (mut m, h, violations) = campaign("power_loss", tmp.path(), crashes, None);
     assert!(violations.is_empty(), "{} violations:\n{}\n{}", violations.len(), violations.join("\n"), m.server().diagnostics());
     assert!(h.acked.len() >= crashes, "too little load to mean anything: {} acknowledged", h.acked.len());
