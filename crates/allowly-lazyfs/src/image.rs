@@ -165,7 +165,10 @@ pub enum Body {
     Dir(BTreeMap<OsString, u64>),
     Symlink(OsString),
     /// FIFOs, sockets and device nodes: nothing but their kind and device number.
-    Special { kind: Kind, rdev: u32 },
+    Special {
+        kind: Kind,
+        rdev: u32,
+    },
 }
 
 #[derive(Clone, Debug)]

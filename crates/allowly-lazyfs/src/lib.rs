@@ -63,8 +63,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-pub use image::{CrashReport, Point};
 use image::Disk;
+pub use image::{CrashReport, Point};
 
 /// One simulated disk. Cheap to clone: clones share the disk.
 #[derive(Clone, Debug, Default)]

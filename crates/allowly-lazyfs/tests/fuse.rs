@@ -25,9 +25,9 @@ impl Rig {
         let at = tmp.path().join("mnt");
         fs::create_dir(&at).unwrap();
         let fs = LazyFs::new();
-        let mount = fs.mount(&at).unwrap_or_else(|e| {
-            panic!("mounting the FUSE layer at {} (needs root and /dev/fuse): {e}", at.display())
-        });
+        let mount = fs
+            .mount(&at)
+            .unwrap_or_else(|e| panic!("mounting the FUSE layer at {} (needs root and /dev/fuse): {e}", at.display()));
         Self { fs, mount: Some(mount), at, _tmp: tmp }
     }
 

@@ -125,9 +125,9 @@ impl Machine {
         let at = tmp.join("mnt");
         std::fs::create_dir(&at).unwrap();
         let fs = LazyFs::new();
-        let mount = fs.mount(&at).unwrap_or_else(|e| panic!("mounting allowly-lazyfs (root and /dev/fuse needed): {e}"));
-        let mut m =
-            Self { fs, server: None, mount: Some(mount), data: at.join("data"), at, reports: Vec::new() };
+        let mount =
+            fs.mount(&at).unwrap_or_else(|e| panic!("mounting allowly-lazyfs (root and /dev/fuse needed): {e}"));
+        let mut m = Self { fs, server: None, mount: Some(mount), data: at.join("data"), at, reports: Vec::new() };
         m.start();
         m
     }
@@ -541,18 +541,15 @@ fn check(s: &Server, t: &Tenant, h: &History, fresh: &[Acked], dir: &Path) -> Ve
             v.push(format!("receipts {other} and {} were both acknowledged at log index {}", a.id, a.log_index));
         }
     }
-    let need = h
-        .acked
-        .iter()
-        .map(|a| a.log_index + 1)
-        .chain(h.checkpoints.iter().map(|(size, _)| *size))
-        .max()
-        .unwrap_or(0);
+    let need =
+        h.acked.iter().map(|a| a.log_index + 1).chain(h.checkpoints.iter().map(|(size, _)| *size)).max().unwrap_or(0);
     let cp_path = format!("/v1/workspaces/{}/log/checkpoint", t.ws);
     let start = Instant::now();
     let (size, note) = loop {
         let r = get(s, &cp_path, &t.reader);
-        let cp = (r.status == 200).then(|| r.json()).and_then(|j| Some((j["size"].as_u64()?, j["checkpoint"].as_str()?.to_owned())));
+        let cp = (r.status == 200)
+            .then(|| r.json())
+            .and_then(|j| Some((j["size"].as_u64()?, j["checkpoint"].as_str()?.to_owned())));
         match cp {
             Some((size, note)) if size >= need => break (size, note),
             _ if start.elapsed() > SIGNING_DEADLINE => {
@@ -590,7 +587,9 @@ fn check(s: &Server, t: &Tenant, h: &History, fresh: &[Acked], dir: &Path) -> Ve
     }
     for a in &h.acked {
         match in_log.get(&a.id) {
-            None => v.push(format!("lost: acknowledged receipt {} (log index {}) is not in the log", a.id, a.log_index)),
+            None => {
+                v.push(format!("lost: acknowledged receipt {} (log index {}) is not in the log", a.id, a.log_index))
+            }
             Some((i, body, _)) if (*i, body) != (a.log_index, &a.body) => v.push(format!(
                 "changed: acknowledged receipt {} was at {} with {}, the log has it at {i} with {body}",
                 a.id, a.log_index, a.body
@@ -757,7 +756,13 @@ fn power_loss_under_load_loses_nothing_acknowledged() {
     let tmp = tempfile::tempdir().unwrap();
     let crashes = env_usize("ALLOWLY_POWERLOSS_CRASHES", 8);
     let (mut m, h, violations) = campaign("power_loss", tmp.path(), crashes, None);
-    assert!(violations.is_empty(), "{} violations:\n{}\n{}", violations.len(), violations.join("\n"), m.server().diagnostics());
+    assert!(
+        violations.is_empty(),
+        "{} violations:\n{}\n{}",
+        violations.len(),
+        violations.join("\n"),
+        m.server().diagnostics()
+    );
     assert!(h.acked.len() >= crashes, "too little load to mean anything: {} acknowledged", h.acked.len());
     // Some cut dropped unsynced writes of a file that matters (not RocksDB's info `LOG`, which
     // is never synced): otherwise the crashes only ever hit quiet moments and tested little.
