@@ -116,7 +116,7 @@ impl LazyFs {
     }
 
     /// Every crash so far, oldest first: when it happened, and what it threw away.
-    pub fn crashes(&self) -> Vec<(std::time::Instant, CrashReport)> {
+    pub fn crashes(&self) -> Vec<(Instant, CrashReport)> {
         self.disk().crashes().to_vec()
     }
 

@@ -113,6 +113,17 @@ fn descendants(root: u32) -> Vec<u32> {
     out
 }
 
+/// Every process working inside `dir` (the isolated front end and signer `chdir` into the data
+/// directory): catches one the tree walk missed, e.g. a signer reparented after its keeper died.
+fn working_under(dir: &Path) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd.starts_with(dir)))
+        .filter(|pid| alive(*pid))
+        .collect()
+}
+
 struct Machine {
     fs: LazyFs,
     // Field order is drop order: the server (and its children) before the mount.
@@ -178,7 +189,7 @@ impl Machine {
             || format!("still alive: {:?}", known.lock().unwrap().iter().filter(|p| alive(**p)).collect::<Vec<_>>()),
             || {
                 let mut known = known.lock().unwrap();
-                for pid in descendants(front) {
+                for pid in descendants(front).into_iter().chain(working_under(&self.at)) {
                     if !known.contains(&pid) {
                         known.push(pid);
                     }
@@ -208,10 +219,9 @@ impl Machine {
 impl Drop for Machine {
     fn drop(&mut self) {
         // The server's own drop kills only the front end; its signer must not outlive the mount.
-        if let Some(s) = &self.server {
-            for pid in descendants(s.pid()) {
-                let _ = kill_process(Pid::from_raw(pid as i32).expect("pid"), Signal::KILL);
-            }
+        let tree = self.server.as_ref().map(|s| descendants(s.pid())).unwrap_or_default();
+        for pid in tree.into_iter().chain(working_under(&self.at)) {
+            let _ = kill_process(Pid::from_raw(pid as i32).expect("pid"), Signal::KILL);
         }
     }
 }
