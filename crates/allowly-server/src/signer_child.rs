@@ -505,7 +505,17 @@ pub fn create_private_dir(dir: &Path) -> Result<(), SignerChildError> {
     for d in std::iter::once(dir).chain(created) {
         let parent = d.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         let sync_err = |source| SignerChildError::Io { what: format!("syncing {}", parent.display()), source };
-        std::fs::File::open(parent).and_then(|f| f.sync_all()).map_err(sync_err)?;
+        match std::fs::File::open(parent) {
+            Ok(f) => f.sync_all().map_err(sync_err)?,
+            // A parent this user may search but not list (e.g. 0711) cannot be opened to be
+            // fsynced. Whoever provisioned it can; say so rather than refuse to start.
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => tracing::warn!(
+                dir = %parent.display(),
+                "cannot open the directory holding {} to fsync it: its name may not survive a power cut",
+                d.display()
+            ),
+            Err(e) => return Err(sync_err(e)),
+        }
     }
     Ok(())
 }
