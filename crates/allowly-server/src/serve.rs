@@ -143,6 +143,12 @@ pub async fn run(cfg: ServerConfig, prepared: Prepared) -> Result<(), ServeError
         }
         (SignerMode::External { socket }, _) => (None, socket.clone()),
     };
+    // `db/` and `signer/` are names in the data directory: RocksDB and the signer sync what is
+    // inside them, not their own names. Make those durable before anything is acknowledged in
+    // them (a power cut could otherwise take a directory recreated by this start whole).
+    std::fs::File::open(&data_dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(format!("syncing {}", shown_dir.display())))?;
 
     let opts = ClientOptions { max_in_flight: cfg.signer_max_in_flight, ..ClientOptions::default() };
     let signer = SignerClient::new(socket.clone(), opts);

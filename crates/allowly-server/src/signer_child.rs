@@ -576,9 +576,38 @@ async fn terminate(mut child: Child) {
 }
 
 /// Creates `dir` (and parents) with mode 0700 if missing; an existing directory is made 0700.
+/// Then fsyncs the directory holding its name, and those of every parent it created: a new
+/// directory's name is durable only once its parent is synced (POSIX; ext4's ordered journal
+/// happens to commit it with the next fsync of anything, other file systems need not), and
+/// without it a power cut after the first start could take the whole data directory, with
+/// every receipt acknowledged in it (found by the power-loss tier, `tests/powerloss.rs`). The
+/// parent is synced at every start, not only when created: a process crash between creating
+/// and syncing leaves a directory that exists but is not durable.
 pub fn create_private_dir(dir: &Path) -> Result<(), SignerChildError> {
     let err = |source| SignerChildError::Io { what: format!("creating {}", dir.display()), source };
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let mut created = Vec::new();
+    let mut missing = dir.parent();
+    while let Some(p) = missing.filter(|p| !p.as_os_str().is_empty() && !p.exists()) {
+        created.push(p);
+        missing = p.parent();
+    }
     std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(err)?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(err)
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(err)?;
+    for d in std::iter::once(dir).chain(created) {
+        let parent = d.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let sync_err = |source| SignerChildError::Io { what: format!("syncing {}", parent.display()), source };
+        match std::fs::File::open(parent) {
+            Ok(f) => f.sync_all().map_err(sync_err)?,
+            // A parent this user may search but not list (e.g. 0711) cannot be opened to be
+            // fsynced. Whoever provisioned it can; say so rather than refuse to start.
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => tracing::warn!(
+                dir = %parent.display(),
+                "cannot open the directory holding {} to fsync it: its name may not survive a power cut",
+                d.display()
+            ),
+            Err(e) => return Err(sync_err(e)),
+        }
+    }
+    Ok(())
 }

@@ -444,7 +444,15 @@ impl Writer {
             file.set_len(valid)?;
             file.sync_all()?;
         }
-        let (audit, alen, audit_head) = open_audit(&dir.join(AUDIT_FILE))?;
+        let audit_path = dir.join(AUDIT_FILE);
+        let audit_existed = audit_path.exists();
+        let (audit, alen, audit_head) = open_audit(&audit_path)?;
+        if !audit_existed {
+            // A new file's name is durable only once its directory is synced: without this a
+            // power cut could take `audit.log` whole, with the lines of checkpoints already
+            // released (the power-loss tier, allowly-server's tests/powerloss.rs, found it).
+            sync_dir(dir)?;
+        }
         let reader = File::open(&path)?;
         metrics.journal_bytes.set(i64::try_from(valid).unwrap_or(i64::MAX));
         Ok(Self {
