@@ -38,12 +38,6 @@ impl HttpMetrics {
             &["route", "status"],
         )
         .unwrap_or_else(|e| unreachable!("static metric: {e}"));
-        // The check route's server errors exist at zero from the start: the availability SLO's
-        // error ratio (ops/prometheus/rules.yml) is otherwise empty until the first 5xx, and
-        // rate() misses that first error (a series that appears at 1 has no increase).
-        for status in [http::StatusCode::INTERNAL_SERVER_ERROR, http::StatusCode::SERVICE_UNAVAILABLE] {
-            requests.with_label_values(&[crate::routes::Route::Check.name(), status.as_str()]);
-        }
         // Buckets 100 µs .. 10 s: a durable check is ~1 ms; exports and fail-closed signer
         // timeouts reach seconds.
         let duration = HistogramVec::new(
@@ -94,6 +88,16 @@ impl HttpMetrics {
     }
 
     /// Records one answered request.
+    /// Creates `route`'s server-error series at zero (the caller names the route: this module
+    /// knows labels, not routes). The availability SLO's error ratio (ops/prometheus/rules.yml)
+    /// is otherwise empty until the first 5xx, and rate() misses that first error (a series that
+    /// appears at 1 has no increase).
+    pub fn zero_server_errors(&self, route: &'static str) {
+        for status in [http::StatusCode::INTERNAL_SERVER_ERROR, http::StatusCode::SERVICE_UNAVAILABLE] {
+            self.requests.with_label_values(&[route, status.as_str()]);
+        }
+    }
+
     /// `route` is a route's template name (a closed set: `routes::Route::name`).
     pub fn observe(&self, route: &'static str, status: http::StatusCode, elapsed: Duration) {
         self.requests.with_label_values(&[route, status.as_str()]).inc();

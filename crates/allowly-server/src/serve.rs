@@ -236,6 +236,7 @@ async fn serve_with_engine(
     tracing::info!(%addr, data_dir = %shown_dir.display(), key_isolation = isolation.label(), "allowly serving");
 
     let metrics = crate::metrics::HttpMetrics::new();
+    metrics.zero_server_errors(crate::routes::Route::Check.name());
     metrics.set_key_isolation(isolation);
     let app = Arc::new(App {
         key_isolation: isolation,
