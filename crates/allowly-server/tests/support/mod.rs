@@ -415,6 +415,9 @@ impl Client {
             match s.read(&mut buf) {
                 Ok(0) => break,
                 Ok(n) => out.extend_from_slice(&buf[..n]),
+                // A signal (a child exiting, a test stopping the signer) is not the server's
+                // answer: read again.
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) if out.is_empty() => panic!("reading from {}: {e}", self.addr),
                 Err(_) => break,
             }
