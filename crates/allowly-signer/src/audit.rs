@@ -6,21 +6,23 @@
 //! # Durability (what survives a crash)
 //!
 //! The journal writer handles a whole group of submissions (from any number of workspaces) at
-//! once: it writes every journal record of the group and fdatasyncs the journal, then appends
-//! every audit line of the group and fdatasyncs `audit.log`, and only then completes the
-//! submitters. So a signature leaves the process only once both its journal record and its
-//! audit line are durable, at a cost of two fsyncs per *group*, not per batch.
+//! once: it chains the group's audit lines and writes them, as one *audit record*, into the
+//! journal beside the group's state records, fdatasyncs the journal once, appends the same lines
+//! to `audit.log` (not fsynced), and only then completes the submitters. So a signature leaves
+//! the process only once its journal record and its audit line are durable — both in the
+//! journal —, at a cost of one fsync per *group*, not per batch, and every line is in
+//! `audit.log` (at least in the page cache) before the answer.
 //!
-//! If either write or fsync fails, the writer truncates both files back to where the group
-//! began and fails the whole group: no checkpoint is released without its line. A crash
-//! between the journal's fsync and the audit log's can leave a durable checkpoint (never
-//! released) without its line; every workspace load therefore writes a `resumed` line naming
-//! the checkpoint it continues from, so no checkpoint that can ever be released is missing from
-//! the log. Each journal record also carries its event's audit fields, so the journal itself is
-//! a second, checksummed copy of every durable event until compaction drops superseded records.
-//!
-//! A crash in the middle of an audit write leaves a partial last line; it is cut when the
-//! signer starts again (before anything is appended after it), so every line stays whole JSON.
+//! `audit.log` is therefore a copy that can lag the journal after a crash: lines missing (a
+//! crash between the journal's fsync and the audit write, or a machine crash that lost the
+//! unsynced pages), a partial or garbled last part. Opening the journal repairs it from the
+//! journal's audit records (rewriting what differs, cutting what no surviving journal record
+//! vouches for) and fdatasyncs it before the signer serves anything; the journal keeps its
+//! audit records until an fsync of `audit.log` has succeeded after them (before a compaction).
+//! If a write fails, the writer truncates both files back to where the group began and fails
+//! the whole group: no checkpoint is released without its line. Every workspace load also
+//! writes a `resumed` line naming the checkpoint it continues from (a record of the restart;
+//! before the audit records it also covered a crash between two fsyncs).
 //!
 //! # What a line records
 //!
@@ -31,7 +33,7 @@
 //! the count and every leaf, but an auditor holding a suspicious receipt needs to find *which*
 //! group appended its leaf, when and at whose request, and to diff the signer's leaves against
 //! the service's store; a digest would only say that a group differs, not where. The cost is
-//! 64 bytes of hex per receipt (about an eighth of a receipt body), written by the journal
+//! 64 bytes of hex per receipt (about an eighth of a receipt body), chained by the journal
 //! thread, not by the signing path.
 //!
 //! # The hash chain
