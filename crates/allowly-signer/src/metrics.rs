@@ -28,6 +28,11 @@ pub struct Metrics {
     /// Batches refused because a body is not a receipt the signer may sign, by `reason` (a
     /// closed set: `malformed`, `workspace`, `log_index`, `kind`, `time_backwards`, `time_future`).
     pub receipts_refused: IntCounterVec,
+    /// Appended bodies that the one-pass canonical reader left to the general parser (not in
+    /// RFC 8785 canonical form, or a form it does not read) and that were accepted: the
+    /// service sends canonical bodies, so this should stay at 0 (refused bodies are counted in
+    /// `receipts_refused`).
+    pub body_slow_reads: IntCounter,
     /// Leaves per signature. Buckets: powers of 4 from 1 to 4096 (the protocol's batch limit;
     /// coalesced groups can exceed it, hence the last bucket at 65536).
     pub leaves_per_signature: Histogram,
@@ -110,6 +115,10 @@ impl Metrics {
             bad_frames: counter("allowly_signer_bad_frames_total", "Frames that could not be decoded"),
             checkpoints_signed: counter("allowly_signer_checkpoints_signed_total", "Checkpoints signed"),
             leaves_signed: counter("allowly_signer_leaves_signed_total", "Leaves appended to workspace logs"),
+            body_slow_reads: counter(
+                "allowly_signer_body_slow_reads_total",
+                "Accepted receipt bodies not read by the one-pass canonical reader (not in canonical form)",
+            ),
             fork_attempts: counter(
                 "allowly_signer_fork_attempts_total",
                 "Appends or rotations refused because they conflict with the signed log (fork, rollback, skipped index)",

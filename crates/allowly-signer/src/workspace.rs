@@ -162,6 +162,9 @@ impl Actor for WorkspaceActor {
                     }
                 };
                 drop(bodies);
+                if checked.slow_reads > 0 {
+                    s.shared.metrics.body_slow_reads.inc_by(checked.slow_reads as u64);
+                }
                 s.pending.push_back(PendingAppend {
                     expected_size,
                     leaves: checked.leaves,
