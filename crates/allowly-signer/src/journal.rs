@@ -86,11 +86,13 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
+#[cfg(test)]
+use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::audit::{chain_lines, line_hash, GENESIS};
+use crate::audit::{chain_lines, line_hash, write_hex_array, GENESIS};
 use crate::error::{Result, SignerError};
 use crate::keystore::sync_dir;
 use crate::metrics::Metrics;
@@ -170,6 +172,9 @@ impl Storage for File {
 /// Turns an opened file into the writer's [`Storage`] (the identity, outside tests).
 pub(crate) type Wrap = Box<dyn Fn(Role, File) -> Box<dyn Storage> + Send>;
 
+/// A state record's payload, as serde would write it ([`encode_record`] writes the same bytes,
+/// faster; the test compares them).
+#[cfg(test)]
 #[derive(Serialize)]
 struct RecordRef<'a> {
     ws: &'a str,
@@ -203,14 +208,16 @@ impl Record {
     /// The record of `state`, the workspace's new state. (Its audit lines are submitted beside
     /// it, [`Journal::write`], and written into the group's audit record.)
     pub fn new(ws: &str, state: &LogState) -> Result<Self> {
-        let payload = serde_json::to_vec(&RecordRef { ws, state })
-            .map_err(|e| SignerError::Corrupt(format!("journal record: {e}")))?;
+        let hashes = state.peaks.len() + state.prev_peaks.len() + state.last_group.len();
+        let mut bytes = Vec::with_capacity(HEADER_LEN + 512 + hashes * 67);
+        bytes.resize(HEADER_LEN, 0);
+        encode_record(ws, state, &mut bytes).map_err(|e| SignerError::Corrupt(format!("journal record: {e}")))?;
+        let payload = &bytes[HEADER_LEN..];
         let len = u32::try_from(payload.len())
             .map_err(|_| SignerError::InvalidArgument("journal record larger than 4 GiB".into()))?;
-        let mut bytes = Vec::with_capacity(HEADER_LEN + payload.len());
-        bytes.extend_from_slice(&len.to_be_bytes());
-        bytes.extend_from_slice(&Sha256::digest(&payload));
-        bytes.extend_from_slice(&payload);
+        let digest = Sha256::digest(payload);
+        bytes[..4].copy_from_slice(&len.to_be_bytes());
+        bytes[4..HEADER_LEN].copy_from_slice(&digest);
         Ok(Self { ws: ws.to_owned(), size: state.size, bytes, create: false })
     }
 
@@ -220,6 +227,39 @@ impl Record {
     pub fn create(ws: &str) -> Result<Self> {
         Ok(Self { create: true, ..Self::new(ws, &LogState::empty())? })
     }
+}
+
+/// Appends a state record's payload: the JSON serde_json writes for [`RecordRef`], with the
+/// hash lists (a group's leaves, the peaks: most of the record) written by
+/// [`write_hex_array`], which skips serde_json's check of every hex digit for escapes.
+fn encode_record(ws: &str, state: &LogState, out: &mut Vec<u8>) -> serde_json::Result<()> {
+    // Destructured, so that a new `LogState` member cannot be forgotten here.
+    let LogState { size, peaks, checkpoint, checkpoint_ms, prev_size, prev_peaks, last_group, last_leaf_ms } = state;
+    let member = |out: &mut Vec<u8>, name: &str| {
+        out.extend_from_slice(b",\"");
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b"\":");
+    };
+    out.extend_from_slice(b"{\"ws\":");
+    serde_json::to_writer(&mut *out, ws)?;
+    out.extend_from_slice(b",\"state\":{\"size\":");
+    serde_json::to_writer(&mut *out, size)?;
+    member(out, "peaks");
+    write_hex_array(out, peaks.iter().map(|h| &h.0));
+    member(out, "checkpoint");
+    serde_json::to_writer(&mut *out, checkpoint)?;
+    member(out, "checkpoint_ms");
+    serde_json::to_writer(&mut *out, checkpoint_ms)?;
+    member(out, "prev_size");
+    serde_json::to_writer(&mut *out, prev_size)?;
+    member(out, "prev_peaks");
+    write_hex_array(out, prev_peaks.iter().map(|h| &h.0));
+    member(out, "last_group");
+    write_hex_array(out, last_group.iter().map(|h| &h.0));
+    member(out, "last_leaf_ms");
+    serde_json::to_writer(&mut *out, last_leaf_ms)?;
+    out.extend_from_slice(b"}}");
+    Ok(())
 }
 
 /// Appends the audit record of `lines` (chained lines that go to `audit.log` at `offset`).
@@ -1414,6 +1454,38 @@ mod tests {
     }
 
     proptest! {
+        /// The hand-written record is what serde_json writes, and reads back as the state.
+        #[test]
+        fn records_are_what_serde_json_writes(
+            ws in "[a-z_]{1,8}|.{1,4}",
+            n in (0usize..4, 0usize..4, 0usize..6),
+            size in any::<u64>(),
+            checkpoint in prop::option::of(".{0,12}"),
+            times in any::<(u64, u64, u64)>(),
+            seed in any::<u8>(),
+        ) {
+            let hashes = |k: usize, salt: u8| (0..k).map(|i| allowly_receipt::types::HexHash([seed ^ salt ^ i as u8; 32])).collect::<Vec<_>>();
+            let state = LogState {
+                size,
+                peaks: hashes(n.0, 1),
+                checkpoint,
+                checkpoint_ms: times.0,
+                prev_size: times.1,
+                prev_peaks: hashes(n.1, 2),
+                last_group: hashes(n.2, 3),
+                last_leaf_ms: times.2,
+            };
+            let mut ours = Vec::new();
+            encode_record(&ws, &state, &mut ours).unwrap();
+            let serde = serde_json::to_vec(&RecordRef { ws: &ws, state: &state }).unwrap();
+            prop_assert_eq!(String::from_utf8(ours).unwrap(), String::from_utf8(serde).unwrap());
+            let bytes = Record::new(&ws, &state).unwrap().bytes;
+            match decode(&bytes) {
+                Ok(Decoded::State(rec)) => prop_assert_eq!((rec.ws, rec.state), (ws, state)),
+                _ => prop_assert!(false, "does not decode as a state record"),
+            }
+        }
+
         #[test]
         fn scan_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
             let _ = scan(&bytes[..], bytes.len() as u64);
