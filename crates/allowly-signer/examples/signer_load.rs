@@ -11,7 +11,7 @@
 //!
 //! Prints receipts, elapsed time, the signer's fsyncs and checkpoints (from its metrics) and,
 //! with `--pid P`, the CPU the process `P` spent in the window (user + system, from
-//! `/proc/P/stat`) per receipt.
+//! `/proc/P/stat`) per receipt and its threads' context switches per batch.
 //!
 //! Instructions per receipt, repeatable on a busy machine: run the signer under callgrind twice,
 //! with two values of `N`, and divide the difference of the totals by the difference of receipts
@@ -94,6 +94,25 @@ fn cpu_seconds(pid: u32) -> Result<f64, Box<dyn std::error::Error + Send + Sync>
     Ok(ticks / hz)
 }
 
+/// Context switches (voluntary + involuntary) of process `pid`'s live threads so far: each is a
+/// thread blocking (or being preempted) and woken again, which costs the kernel (and, in a VM,
+/// often an exit) on top of the user-space work.
+fn context_switches(pid: u32) -> Result<u64, Box<dyn std::error::Error + Send + Sync>> {
+    let mut total = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let status = std::fs::read_to_string(task?.path().join("status")).unwrap_or_default();
+        for line in status.lines() {
+            if let Some(v) = line
+                .strip_prefix("voluntary_ctxt_switches:")
+                .or_else(|| line.strip_prefix("nonvoluntary_ctxt_switches:"))
+            {
+                total += v.trim().parse::<u64>()?;
+            }
+        }
+    }
+    Ok(total)
+}
+
 fn metric(text: &str, name: &str) -> f64 {
     text.lines()
         .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
@@ -143,6 +162,7 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         }
         let before = client.metrics().await?;
         let cpu0 = a.pid.map(cpu_seconds).transpose()?;
+        let switches0 = a.pid.map(context_switches).transpose()?;
         let started = Instant::now();
         let period = (a.rate > 0.0).then(|| Duration::from_secs_f64(a.workspaces as f64 * a.batch as f64 / a.rate));
         let mut tasks = tokio::task::JoinSet::new();
@@ -171,6 +191,7 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         }
         let elapsed = started.elapsed();
         let cpu1 = a.pid.map(cpu_seconds).transpose()?;
+        let switches1 = a.pid.map(context_switches).transpose()?;
         let after = client.metrics().await?;
         let d = |name: &str| metric(&after, name) - metric(&before, name);
         let receipts = (a.workspaces * a.batches) as f64 * a.batch as f64;
@@ -182,8 +203,14 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             d("allowly_signer_fsyncs_total{file=\"journal\"}"),
             d("allowly_signer_fsyncs_total{file=\"audit\"}"),
         );
-        if let (Some(c0), Some(c1)) = (cpu0, cpu1) {
-            println!("signer CPU {:.3} s, {:.2} us per receipt", c1 - c0, (c1 - c0) * 1e6 / receipts);
+        if let (Some(c0), Some(c1), Some(s0), Some(s1)) = (cpu0, cpu1, switches0, switches1) {
+            println!(
+                "signer CPU {:.3} s, {:.2} us per receipt; {} context switches, {:.2} per batch",
+                c1 - c0,
+                (c1 - c0) * 1e6 / receipts,
+                s1.saturating_sub(s0),
+                s1.saturating_sub(s0) as f64 / (a.workspaces * a.batches) as f64
+            );
         }
         Ok(())
     })
