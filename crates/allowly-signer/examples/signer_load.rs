@@ -83,15 +83,17 @@ fn args() -> Result<Args, String> {
     Ok(a)
 }
 
-/// User + system CPU of process `pid` so far (clock ticks → seconds).
-fn cpu_seconds(pid: u32) -> Result<f64, Box<dyn std::error::Error + Send + Sync>> {
+/// User and system CPU of process `pid` so far (clock ticks → seconds).
+fn cpu_seconds(pid: u32) -> Result<(f64, f64), Box<dyn std::error::Error + Send + Sync>> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // Fields after the command name (which may contain spaces) start after the last ')'.
     let rest = stat.rsplit_once(')').ok_or("unreadable /proc stat")?.1;
     let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = f.get(11).ok_or("short stat")?.parse::<f64>()? + f.get(12).ok_or("short stat")?.parse::<f64>()?;
     let hz = rustix::param::clock_ticks_per_second() as f64;
-    Ok(ticks / hz)
+    let field = |i: usize| -> Result<f64, Box<dyn std::error::Error + Send + Sync>> {
+        Ok(f.get(i).ok_or("short stat")?.parse::<f64>()? / hz)
+    };
+    Ok((field(11)?, field(12)?))
 }
 
 /// Context switches (voluntary + involuntary) of process `pid`'s live threads so far: each is a
@@ -204,10 +206,13 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             d("allowly_signer_fsyncs_total{file=\"audit\"}"),
         );
         if let (Some(c0), Some(c1), Some(s0), Some(s1)) = (cpu0, cpu1, switches0, switches1) {
+            let (user, system) = (c1.0 - c0.0, c1.1 - c0.1);
             println!(
-                "signer CPU {:.3} s, {:.2} us per receipt; {} context switches, {:.2} per batch",
-                c1 - c0,
-                (c1 - c0) * 1e6 / receipts,
+                "signer CPU {:.3} s, {:.2} us per receipt ({:.2} user, {:.2} system); {} context switches, {:.2} per batch",
+                user + system,
+                (user + system) * 1e6 / receipts,
+                user * 1e6 / receipts,
+                system * 1e6 / receipts,
                 s1.saturating_sub(s0),
                 s1.saturating_sub(s0) as f64 / (a.workspaces * a.batches) as f64
             );
