@@ -173,11 +173,14 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             tasks.spawn(async move {
                 // Workspaces start spread over one period, as independent pipelines would.
                 let offset = period.map(|p| p.mul_f64(w as f64 / a.workspaces as f64));
+                let mut latencies = Vec::with_capacity(batches.len());
                 for (b, (at, bodies)) in batches.into_iter().enumerate() {
                     if let (Some(p), Some(o)) = (period, offset) {
                         tokio::time::sleep_until((started + o + p * b as u32).into()).await;
                     }
+                    let sent = Instant::now();
                     let out = c.append_batch(ws.as_str(), at, bodies).await?;
+                    latencies.push(sent.elapsed());
                     if out.new_size != at + a.batch {
                         return Err(ClientError::UnexpectedResponse {
                             request: "append",
@@ -185,12 +188,15 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
                         });
                     }
                 }
-                Ok::<_, ClientError>(())
+                Ok::<_, ClientError>(latencies)
             });
         }
+        let mut latencies = Vec::new();
         while let Some(r) = tasks.join_next().await {
-            r??;
+            latencies.extend(r??);
         }
+        latencies.sort_unstable();
+        let pct = |p: f64| latencies.get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)));
         let elapsed = started.elapsed();
         let cpu1 = a.pid.map(cpu_seconds).transpose()?;
         let switches1 = a.pid.map(context_switches).transpose()?;
@@ -205,6 +211,9 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             d("allowly_signer_fsyncs_total{file=\"journal\"}"),
             d("allowly_signer_fsyncs_total{file=\"audit\"}"),
         );
+        if let (Some(p50), Some(p99)) = (pct(0.5), pct(0.99)) {
+            println!("append round trip p50 {:.2} ms, p99 {:.2} ms", p50.as_secs_f64() * 1e3, p99.as_secs_f64() * 1e3);
+        }
         if let (Some(c0), Some(c1), Some(s0), Some(s1)) = (cpu0, cpu1, switches0, switches1) {
             let (user, system) = (c1.0 - c0.0, c1.1 - c0.1);
             println!(

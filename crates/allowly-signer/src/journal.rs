@@ -19,6 +19,18 @@
 //! and records of one workspace reach the file in order; batches arriving meanwhile coalesce
 //! into its next group.
 //!
+//! # Commit delay
+//!
+//! With [`JournalOptions::commit_delay`] set, a group may wait that long after its first
+//! submission for the next record of each *other* workspace that wrote one in the last 50
+//! delays (100 ms at 2 ms), so that they share one fsync instead of paying one each. The service's signing pipeline
+//! sends each workspace's batches one at a time, at intervals (its `sign_batch_delay`), so at
+//! the check knee most groups would otherwise hold one batch each, and an fdatasync costs far
+//! more CPU than signing a batch's receipts. A workspace appending alone never waits; a group
+//! waits at most the delay and stops as soon as every such workspace is in it; with more than
+//! 256 recently active workspaces it does not wait (groups fill up by themselves). The cost is
+//! latency: up to the delay per signed group. Off (zero) by default.
+//!
 //! # Format
 //!
 //! Records back to back, no file header: `u32` BE payload length ‖ SHA-256(payload) ‖ payload.
@@ -126,16 +138,27 @@ const MAX_GROUP_BYTES: usize = 64 << 20;
 /// so the longest (65 536 leaves) is about 4.4 MB.
 const AUDIT_TAIL_SCAN: u64 = 8 << 20;
 
+/// How many commit delays after its last record a workspace counts as appending (see
+/// [`JournalOptions::commit_delay`]): 100 ms at 2 ms, ten times the service's signing interval.
+const ACTIVE_DELAYS: u32 = 50;
+/// Most recently active workspaces tracked for the commit delay; with more, groups fill up by
+/// themselves and nothing is waited for.
+const MAX_ACTIVE_TRACKED: usize = 256;
+
 /// Tuning of the journal.
 #[derive(Debug, Clone)]
 pub struct JournalOptions {
     /// Compact once the file is larger than this (and more than twice its live records).
     pub compact_bytes: u64,
+    /// How long a group may wait, after its first submission, for the next record of every
+    /// *other* workspace that wrote one in the last 50 delays and is not in the group yet, so
+    /// that they share one fsync (see *Commit delay* in the module docs). Zero: never wait.
+    pub commit_delay: std::time::Duration,
 }
 
 impl Default for JournalOptions {
     fn default() -> Self {
-        Self { compact_bytes: 64 << 20 }
+        Self { compact_bytes: 64 << 20, commit_delay: std::time::Duration::ZERO }
     }
 }
 
@@ -407,6 +430,69 @@ impl Drop for Journal {
     }
 }
 
+/// The workspaces that wrote a record lately, for the commit delay.
+#[derive(Default)]
+struct Active {
+    /// Hash of the workspace id → when its last record joined a group.
+    last: HashMap<u64, std::time::Instant>,
+}
+
+fn ws_key(ws: &str) -> u64 {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut h = std::hash::DefaultHasher::new();
+    ws.hash(&mut h);
+    h.finish()
+}
+
+impl Active {
+    /// Receives more submissions into `group` until every workspace active in the last
+    /// `window` has a record in it, or `deadline`. A workspace has at most one record in flight
+    /// (its actor awaits it), so one whose record is in the group will send nothing more, and a
+    /// workspace appending alone never waits.
+    fn linger(
+        &mut self,
+        timer: &tokio::runtime::Runtime,
+        rx: &mut mpsc::Receiver<Submission>,
+        group: &mut Vec<Submission>,
+        bytes: &mut usize,
+        deadline: std::time::Instant,
+        window: std::time::Duration,
+    ) {
+        // Loads alone have nothing to make durable: they are answered at once.
+        if !group.iter().any(|s| matches!(s, Submission::Write { .. })) {
+            return;
+        }
+        let now = std::time::Instant::now();
+        self.last.retain(|_, at| now.duration_since(*at) < window);
+        let mut expected: Vec<u64> = match self.last.len() <= MAX_ACTIVE_TRACKED {
+            true => self.last.keys().copied().collect(),
+            false => Vec::new(),
+        };
+        let mut arrived = |s: &Submission, expected: &mut Vec<u64>| {
+            if let Submission::Write { record: Some(r), .. } = s {
+                let key = ws_key(&r.ws);
+                self.last.insert(key, now);
+                expected.retain(|k| *k != key);
+            }
+        };
+        for s in group.iter() {
+            arrived(s, &mut expected);
+        }
+        while !expected.is_empty() && group.len() < MAX_GROUP_SUBMISSIONS && *bytes < MAX_GROUP_BYTES {
+            // The timeout is made inside the runtime: its timer must exist when it is created.
+            match timer.block_on(async { tokio::time::timeout_at(deadline.into(), rx.recv()).await }) {
+                Ok(Some(s)) => {
+                    arrived(&s, &mut expected);
+                    *bytes += s.bytes();
+                    group.push(s);
+                }
+                // Closed (shutting down) or the delay is over.
+                Ok(None) | Err(_) => break,
+            }
+        }
+    }
+}
+
 /// The writer thread's state. Nothing else touches the files.
 struct Writer {
     /// The flock on [`LOCK_FILE`]; released when the thread ends.
@@ -670,8 +756,22 @@ impl Writer {
     }
 
     fn run(mut self, mut rx: mpsc::Receiver<Submission>) {
+        // A clock for the commit delay's timed waits on the channel (a thread of our own, not a
+        // tokio worker, so a runtime of its own, with the timer only).
+        let timer = match self.opts.commit_delay.is_zero() {
+            true => None,
+            false => match tokio::runtime::Builder::new_current_thread().enable_time().build() {
+                Ok(rt) => Some(rt),
+                Err(e) => {
+                    tracing::error!(error = %e, "no timer for the journal's commit delay; committing without it");
+                    None
+                }
+            },
+        };
+        let mut active = Active::default();
         let mut group = Vec::new();
         while let Some(first) = rx.blocking_recv() {
+            let started = std::time::Instant::now();
             let mut bytes = first.bytes();
             group.push(first);
             // Everything queued meanwhile joins this group: that is the whole point.
@@ -683,6 +783,10 @@ impl Writer {
                     }
                     Err(_) => break,
                 }
+            }
+            if let Some(timer) = &timer {
+                let delay = self.opts.commit_delay;
+                active.linger(timer, &mut rx, &mut group, &mut bytes, started + delay, delay * ACTIVE_DELAYS);
             }
             self.group(&mut group);
         }
@@ -940,6 +1044,7 @@ impl Writer {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use std::sync::{Arc, Mutex};
+    use std::time::Duration;
 
     use allowly_receipt::types::Timestamp;
     use proptest::prelude::*;
@@ -1230,7 +1335,7 @@ mod tests {
     async fn compaction_syncs_the_audit_log_first_and_lost_durable_lines_refuse_the_start() {
         let dir = tempfile::tempdir().unwrap();
         let metrics = Metrics::new();
-        let opts = JournalOptions { compact_bytes: 4 << 10 };
+        let opts = JournalOptions { compact_bytes: 4 << 10, ..JournalOptions::default() };
         let j = Journal::open(dir.path(), opts.clone(), metrics.clone()).unwrap();
         let mut size = 0;
         while metrics.journal_compactions.get() == 0 {
@@ -1270,7 +1375,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let plan = Arc::new(Mutex::new(Plan::default()));
         let metrics = Metrics::new();
-        let opts = JournalOptions { compact_bytes: 4 << 10 };
+        let opts = JournalOptions { compact_bytes: 4 << 10, ..JournalOptions::default() };
         let wrap_plan = plan.clone();
         let wrap: Wrap =
             Box::new(move |role, file| Box::new(Faulty { file, role, plan: wrap_plan.clone(), mid_write: false }));
@@ -1388,6 +1493,47 @@ mod tests {
         assert_eq!(fs::read(&audit).unwrap(), whole);
     }
 
+    fn with_delay(delay: std::time::Duration) -> JournalOptions {
+        JournalOptions { commit_delay: delay, ..JournalOptions::default() }
+    }
+
+    /// A long commit delay never holds a workspace that appends alone (no other workspace to
+    /// wait for), and writing it one record at a time works as without the delay.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn with_a_commit_delay_a_workspace_appending_alone_never_waits() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path(), with_delay(Duration::from_secs(600)), Metrics::new()).unwrap();
+        for size in 1..=5 {
+            let c = tokio::time::timeout(Duration::from_secs(60), commit(&j, "a", size)).await;
+            c.expect("a lone workspace waited for nobody").unwrap();
+        }
+        assert_eq!(j.load("a").await.unwrap().map(|s| s.size), Some(5));
+    }
+
+    /// With a commit delay, a group waits for the next record of a workspace that appended
+    /// lately, and the two share one fsync.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn with_a_commit_delay_recently_active_workspaces_share_one_fsync() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Metrics::new();
+        let j = Arc::new(Journal::open(dir.path(), with_delay(Duration::from_secs(600)), metrics.clone()).unwrap());
+        commit(&j, "a", 1).await.unwrap();
+        let fsyncs = || metrics.fsyncs.with_label_values(&["journal"]).get();
+        let before = fsyncs();
+        let waiting = tokio::spawn({
+            let j = j.clone();
+            async move { commit(&j, "b", 1).await }
+        });
+        let mut waiting = std::pin::pin!(waiting);
+        // `a` appended lately, so `b`'s group waits for `a`'s next record (up to ten minutes):
+        // `b` is not answered without it.
+        assert!(tokio::time::timeout(Duration::from_millis(300), &mut waiting).await.is_err(), "b did not wait");
+        tokio::time::timeout(Duration::from_secs(60), commit(&j, "a", 2)).await.expect("a's record was held").unwrap();
+        waiting.await.unwrap().unwrap();
+        assert_eq!(fsyncs() - before, 1, "b and a shared one fsync");
+        assert_eq!(sizes(&j, &["a", "b"]).await, [Some(2), Some(1)]);
+    }
+
     /// A second journal on the same directory opens only once the first writer has stopped.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn one_writer_per_journal() {
@@ -1422,7 +1568,7 @@ mod tests {
     async fn compaction_keeps_every_workspace_and_bounds_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let metrics = Metrics::new();
-        let opts = JournalOptions { compact_bytes: 16 << 10 };
+        let opts = JournalOptions { compact_bytes: 16 << 10, ..JournalOptions::default() };
         let j = Arc::new(Journal::open(dir.path(), opts.clone(), metrics.clone()).unwrap());
         let names: Vec<String> = (0..60).map(|i| format!("ws{i}")).collect();
         let mut tasks = tokio::task::JoinSet::new();

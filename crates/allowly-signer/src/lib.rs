@@ -31,8 +31,10 @@
 //!
 //! Durability costs one fsync (the journal, which also holds the audit lines; `audit.log` is
 //! written unsynced and repaired from the journal at start) per *group* of the journal writer,
-//! shared by every workspace whose records are queued at that moment; before the journal it
-//! was two per signed batch, serialized, then two per group (journal, then `audit.log`). A lone
+//! shared by every workspace whose records are queued at that moment (and, with the journal's
+//! commit delay, by the other workspaces' next records if they come within the delay); before
+//! the journal it was two per signed batch, serialized, then two per group (journal, then
+//! `audit.log`). A lone
 //! 16-leaf `AppendBatch` round trip waits for that one fsync (with two it took 4.9 ms, ≈ 1500×
 //! a bare socket ping-pong, on that machine's disk). `cargo run --release -p allowly-signer
 //! --example fsyncs -- W B L` measures fsyncs per batch from the signer's own metrics
