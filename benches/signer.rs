@@ -6,9 +6,11 @@
 //! - CPU since protocol v3: `check_and_sign` = `check::check_batch` (read every receipt body
 //!   the service sent, check it, hash it) followed by `sign_batch`, on ~0.5 KiB sample bodies:
 //!   the whole per-receipt cost of an append; `check_batch_*` alone shows what checking adds.
-//! - Socket: one 16-leaf `AppendBatch` round trip to a real signer server (real socket, real
-//!   fsyncs of the journal and the audit log) and one `Ping`, beside a bare Unix-socket
-//!   ping-pong.
+//! - CPU per body: `ReceiptBodyView::parse_canonical` (the one-pass reader of canonical bodies
+//!   the signer uses), `ReceiptBodyView::parse` (the general parser, used before and still the
+//!   fallback), the leaf hash, and reader + hash, each against one raw Ed25519 signature.
+//! - Socket: one 16-leaf `AppendBatch` round trip to a real signer server (real socket, the
+//!   real journal fsync) and one `Ping`, beside a bare Unix-socket ping-pong.
 
 use std::cell::Cell;
 use std::hint::black_box;
@@ -16,6 +18,7 @@ use std::io::{Read as _, Write as _};
 
 use allowly_benches::{print_ratios, Ratio};
 use allowly_receipt::merkle::{self, Frontier, Hash};
+use allowly_receipt::types::ReceiptBodyView;
 use allowly_signer::check::{check_batch, sample_body};
 use allowly_signer::workspace::sign_batch;
 use allowly_signer::{server, Shared};
@@ -65,6 +68,21 @@ fn cpu(c: &mut Criterion) {
             )
         });
     }
+    // One body as the service sends it (canonical): the one-pass reader the signer uses, the
+    // general parser it falls back to (the reader before it), the leaf hash, and the two
+    // together (the signer's whole per-body check), beside the signature below.
+    let body = sample_body(WS, "bench", at, T0).expect("body");
+    g.bench_function("body_parse_canonical", |b| {
+        b.iter(|| ReceiptBodyView::parse_canonical(black_box(&body)).expect("canonical"))
+    });
+    g.bench_function("body_parse_general", |b| b.iter(|| ReceiptBodyView::parse(black_box(&body)).expect("parse")));
+    g.bench_function("body_leaf_hash", |b| b.iter(|| merkle::leaf_hash(black_box(&body))));
+    g.bench_function("body_read_and_hash", |b| {
+        b.iter(|| {
+            let view = ReceiptBodyView::parse_canonical(black_box(&body)).expect("canonical");
+            (view.log_index, merkle::leaf_hash(black_box(&body)))
+        })
+    });
     let msg =
         format!("{ORIGIN}\n1000004\nLVq89R6mDHSQ/SYwo2fn3QcOFEAMwpSlw2mNc/dsjkI=\ntime 2026-11-30T09:00:00.000Z\n");
     g.bench_function("baseline_ed25519_sign", |b| b.iter(|| key.sign(black_box(msg.as_bytes()))));
@@ -169,8 +187,16 @@ fn main() {
         per: n as f64,
         baseline: "signer_cpu/baseline_ed25519_sign",
     }));
+    for (label, measured) in [
+        ("one body read in one pass (parse_canonical)", "signer_cpu/body_parse_canonical"),
+        ("one body read by the general parser", "signer_cpu/body_parse_general"),
+        ("one body's leaf hash (SHA-256)", "signer_cpu/body_leaf_hash"),
+        ("one body read and hashed (the signer's check)", "signer_cpu/body_read_and_hash"),
+    ] {
+        rows.push(Ratio { label, measured, per: 1.0, baseline: "signer_cpu/baseline_ed25519_sign" });
+    }
     rows.push(Ratio {
-        label: "AppendBatch(16) round trip incl. journal + audit fsync",
+        label: "AppendBatch(16) round trip incl. the journal fsync",
         measured: "signer_socket/append_16_round_trip",
         per: 1.0,
         baseline: "signer_socket/baseline_bare_unix_ping_pong",

@@ -457,6 +457,8 @@ impl Rules<'_> {
     }
 }
 
+mod canonical;
+
 /// A borrowed, allocation-light reading of a receipt body's bytes, for a process that must
 /// check many bodies fast (the signer checks every body it is asked to append).
 ///
@@ -563,6 +565,18 @@ impl<'de> Deserialize<'de> for TextList {
 }
 
 impl<'a> ReceiptBodyView<'a> {
+    /// Reads a body in RFC 8785 canonical form, in one pass and without allocating: `Some` only
+    /// when the bytes are the canonical form of a body that [`Self::parse`] accepts, with the
+    /// same view; `None` for anything else — not canonical, not a receipt body, or a canonical
+    /// form this reader leaves to `parse` (numbers with a fraction or exponent, keys with
+    /// escapes or non-ASCII characters, unknown members nested very deep). Then ask `parse`,
+    /// which decides and says why: `parse_canonical(b).map_or_else(|| parse(b), Ok)` accepts and
+    /// refuses exactly what `parse` does, and canonical bodies (what a service sends: the bytes
+    /// the leaf hash covers) take the fast path. Module `canonical` has the details.
+    pub fn parse_canonical(bytes: &'a [u8]) -> Option<Self> {
+        canonical::parse_canonical(bytes)
+    }
+
     /// Reads and checks a body (see the type's docs for exactly what is checked).
     pub fn parse(bytes: &'a [u8]) -> Result<Self> {
         let field = |e: &dyn fmt::Display| Error::Field { field: "body", msg: e.to_string() };

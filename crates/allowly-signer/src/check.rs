@@ -9,8 +9,12 @@
 //! Stateless: the one check that needs the log (a batch's first time is not before the log's
 //! last appended time) is the workspace actor's, which knows the log's running state.
 //!
-//! Cost: one borrowed `serde_json` pass over the body (no allocation for ids, hashes, times or
-//! strings; only the rare `grant`/`approval` objects are built) and one SHA-256 of it.
+//! Cost: one pass of `ReceiptBodyView::parse_canonical` over the body (RFC 8785 canonical
+//! bytes, which is what the service sends: no allocation, no intermediate value, each member
+//! checked as it is met) and one SHA-256 of it. A body that reader leaves alone (not canonical,
+//! or not a receipt body) is read again by `ReceiptBodyView::parse`, which decides and says why,
+//! so what is accepted and refused is exactly what `parse` accepts and refuses; those bodies
+//! are counted (`Checked::slow_reads`).
 
 use allowly_receipt::merkle::{leaf_hash, Hash};
 use allowly_receipt::types::{EventKind, ReceiptBodyView};
@@ -76,16 +80,24 @@ pub struct Checked {
     pub first_ms: u64,
     /// Unix ms of the last body's `time` (≥ `first_ms`).
     pub last_ms: u64,
+    /// Bodies the one-pass canonical reader left to the general parser.
+    pub slow_reads: usize,
 }
 
 /// Checks `bodies` appended to workspace `ws` at `expected_size..` (see the module docs).
 pub fn check_batch(ws: &str, expected_size: u64, bodies: &[Vec<u8>], now_ms: u64) -> Result<Checked, Refusal> {
     let mut leaves = Vec::with_capacity(bodies.len());
-    let (mut first_ms, mut last_ms) = (0, 0);
+    let (mut first_ms, mut last_ms, mut slow_reads) = (0, 0, 0);
     for (i, body) in bodies.iter().enumerate() {
         let index = expected_size.saturating_add(i as u64);
         let refuse = |reason, detail: String| Refusal { index, reason, detail };
-        let view = ReceiptBodyView::parse(body).map_err(|e| refuse(Reason::Malformed, e.to_string()))?;
+        let view = match ReceiptBodyView::parse_canonical(body) {
+            Some(view) => view,
+            None => {
+                slow_reads += 1;
+                ReceiptBodyView::parse(body).map_err(|e| refuse(Reason::Malformed, e.to_string()))?
+            }
+        };
         if view.workspace_id != ws {
             return Err(refuse(Reason::Workspace, format!("a receipt of workspace {:?}", view.workspace_id)));
         }
@@ -108,7 +120,7 @@ pub fn check_batch(ws: &str, expected_size: u64, bodies: &[Vec<u8>], now_ms: u64
         last_ms = ms;
         leaves.push(leaf_hash(body));
     }
-    Ok(Checked { leaves, first_ms, last_ms })
+    Ok(Checked { leaves, first_ms, last_ms, slow_reads })
 }
 
 /// A well-formed `check` receipt body (canonical bytes) of workspace `ws` at log `index`,
@@ -139,4 +151,39 @@ pub fn sample_body(ws: &str, tag: &str, index: u64, time_ms: u64) -> allowly_rec
         key: None,
     }
     .canonical_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    const T0: u64 = 1_767_225_600_000;
+
+    /// A body in another JSON form than the canonical one is still what `parse` accepts: read
+    /// by the general parser (counted), and hashed as given, like a canonical one.
+    #[test]
+    fn a_non_canonical_body_takes_the_general_parser_and_is_hashed_as_given() {
+        let canonical = sample_body("ws", "t", 5, T0).unwrap();
+        let value: serde_json::Value = serde_json::from_slice(&sample_body("ws", "t", 6, T0).unwrap()).unwrap();
+        let pretty = serde_json::to_vec_pretty(&value).unwrap();
+        let c = check_batch("ws", 5, &[canonical.clone(), pretty.clone()], T0).unwrap();
+        assert_eq!(c.slow_reads, 1);
+        assert_eq!(c.leaves, [leaf_hash(&canonical), leaf_hash(&pretty)]);
+        assert_eq!(check_batch("ws", 5, &[canonical], T0).unwrap().slow_reads, 0);
+    }
+
+    #[test]
+    fn refusals_name_the_first_offending_index_and_reason() {
+        let body = |i| sample_body("ws", "t", i, T0 + i).unwrap();
+        let check = |bodies: &[Vec<u8>]| check_batch("ws", 5, bodies, T0).map_err(|r| (r.index, r.reason));
+        assert_eq!(check(&[body(5), body(7)]), Err((6, Reason::LogIndex)));
+        assert_eq!(check(&[body(5), b"{\"v\":1}".to_vec()]), Err((6, Reason::Malformed)));
+        let other = sample_body("ws_other", "t", 5, T0).unwrap();
+        assert_eq!(check(&[other]), Err((5, Reason::Workspace)));
+        let future = sample_body("ws", "t", 5, T0 + MAX_FUTURE_SKEW_MS + 1).unwrap();
+        assert_eq!(check(&[future]), Err((5, Reason::TimeFuture)));
+        let (early, late) = (sample_body("ws", "t", 5, T0).unwrap(), sample_body("ws", "t", 6, T0 - 1).unwrap());
+        assert_eq!(check(&[early, late]), Err((6, Reason::TimeBackwards)));
+    }
 }

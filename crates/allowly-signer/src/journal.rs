@@ -1,53 +1,95 @@
-//! The signer's one durable log of workspace states: `<dir>/journal`, shared by every workspace,
-//! written by one dedicated thread that group-commits whatever the workspace actors queued.
+//! The signer's one durable log of workspace states and audit lines: `<dir>/journal`, shared by
+//! every workspace, written by one dedicated thread that group-commits whatever the workspace
+//! actors queued.
 //!
-//! # Why one journal
+//! # Why one journal, and one fsync
 //!
-//! A durable signature needs its state on disk first. With one file per workspace, load spread
-//! over thousands of workspaces paid one fsync per signed batch (plus one for the audit line).
-//! Here every actor hands its record to the writer thread over a bounded channel and awaits a
-//! completion; the thread takes everything queued, writes it with one `write`, fdatasyncs once,
-//! appends the group's audit lines to `audit.log` and fdatasyncs that once, then completes every
-//! submitter. Two fsyncs per group, however many workspaces and batches the group holds
-//! (`allowly_signer_journal_records_per_fsync`). The actor awaits its own completion before it
-//! signs its next group, so a workspace has at most one record in flight and records of one
-//! workspace reach the file in order; batches arriving meanwhile coalesce into its next group.
+//! A durable signature needs its state on disk first, and its audit line recoverable. With one
+//! file per workspace, load spread over thousands of workspaces paid one fsync per signed batch
+//! (plus one for the audit line). Here every actor hands its record and audit lines to the
+//! writer thread over a bounded channel and awaits a completion; the thread takes everything
+//! queued, chains the group's audit lines (`audit::chain_lines`), writes the group's state
+//! records *and one audit record holding those chained lines* to the journal with one `write`,
+//! fdatasyncs the journal once, then appends the same lines to `audit.log` **without** an
+//! fsync, and completes every submitter. One fsync per group, however many workspaces, batches
+//! and audit lines it holds (`allowly_signer_journal_records_per_fsync`): the journal is the
+//! only file whose durability a signature waits for, and `audit.log` is a copy of the journal's
+//! audit records that is repaired from them at start (see *Recovery*). The actor awaits its own
+//! completion before it signs its next group, so a workspace has at most one record in flight
+//! and records of one workspace reach the file in order; batches arriving meanwhile coalesce
+//! into its next group.
+//!
+//! # Commit delay
+//!
+//! With [`JournalOptions::commit_delay`] set, a group may wait that long after its first
+//! submission for the next record of each *other* workspace that wrote one in the last 50
+//! delays (100 ms at 2 ms), so that they share one fsync instead of paying one each. The service's signing pipeline
+//! sends each workspace's batches one at a time, at intervals (its `sign_batch_delay`), so at
+//! the check knee most groups would otherwise hold one batch each, and an fdatasync costs far
+//! more CPU than signing a batch's receipts. A workspace appending alone never waits; a group
+//! waits at most the delay and stops as soon as every such workspace is in it; with more than
+//! 256 recently active workspaces it does not wait (groups fill up by themselves). The cost is
+//! latency: up to the delay per signed group. Off (zero) by default.
 //!
 //! # Format
 //!
-//! Records back to back, no file header: `u32` BE payload length ‖ SHA-256(payload) ‖ payload,
-//! the payload being JSON `{"ws": id, "state": LogState, "audit": audit entry}`. The last
-//! record of a workspace is its state.
+//! Records back to back, no file header: `u32` BE payload length ‖ SHA-256(payload) ‖ payload.
+//! Two kinds, told apart by the payload's first byte:
+//! - a *state record*, JSON `{"ws": id, "state": LogState}` (first byte `{`; records written
+//!   before the audit records existed also carry an `"audit"` member, ignored). The last state
+//!   record of a workspace is its state.
+//! - an *audit record*, `a` ‖ `u64` BE offset in `audit.log` ‖ the group's audit lines exactly
+//!   as they are in `audit.log` at that offset (chained, newline-terminated). Each audit record
+//!   starts where the previous one ended; one written by a compaction has no lines and only says
+//!   where `audit.log` was durable when the older records were dropped.
 //!
 //! # Recovery
 //!
 //! On open the whole file is scanned. A record whose header or payload runs past the end of the
 //! file is a torn write and is cut off (with everything after it, which can only be more of the
-//! same torn write). A complete record whose checksum or JSON is wrong is corruption: the signer
-//! refuses to start rather than guess (as with the per-workspace files before). A workspace
-//! whose keys exist but that has no record is refused at load ("refusing to restart the log").
+//! same torn write). A complete record whose checksum or JSON is wrong, or an audit record that
+//! does not start where the previous one ended, is corruption: the signer refuses to start
+//! rather than guess (as with the per-workspace files before). A workspace whose keys exist but
+//! that has no record is refused at load ("refusing to restart the log").
+//!
+//! Then `audit.log` is made to match the journal's audit records: every byte they cover is
+//! compared with the file and rewritten where it differs or is missing (a crash between the
+//! journal's fsync and the audit write, or an OS crash that lost unsynced audit pages), bytes
+//! after the last one are cut (lines of a group whose journal record did not survive: never
+//! released), and `audit.log` is fdatasynced before anything is served. A file shorter than
+//! where the journal's audit records begin has lost lines that were durable: the signer refuses
+//! to start. A journal without audit records (written before they existed) leaves `audit.log`
+//! as it is, minus a partial last line.
 //!
 //! # Failed writes never tear the file
 //!
 //! The writer appends at an explicit offset, the durable length. If `write` or `fdatasync`
 //! fails (ENOSPC, EIO), it truncates the file back to the durable length and fdatasyncs; every
 //! submitter of the group gets an error and its actor keeps its previous state, so nothing
-//! signed leaves. If the audit write fails, the journal is truncated back too (a checkpoint is
-//! never released without its audit line). If even the truncation fails, the journal is
-//! *poisoned*: every later submission fails until restart, so no good record can ever follow a
-//! partial one, and the restart cuts the torn tail (its length runs past the end of the file).
-//! Records of the failed group that did reach the disk whole then become the state: signatures
-//! that were never released, which the service reconciles like any lost answer.
+//! signed leaves. If the `audit.log` write fails, both files are cut back too (a checkpoint is
+//! never released while its audit line could not be written). If even a truncation fails, the
+//! journal is *poisoned*: every later submission fails until restart, so no good record can
+//! ever follow a partial one, and the restart cuts the torn tail (its length runs past the end
+//! of the file) and rewrites `audit.log` from the journal. Records of the failed group that did
+//! reach the disk whole then become the state, with their audit lines: signatures that were
+//! never released, which the service reconciles like any lost answer.
+//!
+//! Because `audit.log` is not fsynced per group, a write-back error on it would surface only at
+//! its next fsync, and after a failed fsync Linux may have dropped the unwritten pages
+//! ("fsyncgate"): so the journal keeps every audit record until an fsync of `audit.log` has
+//! succeeded after it, and a failed one poisons the journal (restart rewrites the file from the
+//! journal, then fsyncs it before serving).
 //!
 //! # Compaction
 //!
 //! Once the file exceeds [`JournalOptions::compact_bytes`] and holds more than twice the bytes
-//! of the live records (one per workspace), the writer copies the live records, checksums
-//! verified, into `journal.compact`, fsyncs it, renames it over `journal`, fsyncs the directory
-//! and appends to the new file. Until the rename the old file is complete; after it the new one
-//! is; every workspace's last record is in both. A failure before the rename leaves the old file
-//! in use; a failure after it (directory fsync, reopening) poisons the journal, since appending
-//! to the unlinked old file would lose acknowledged records.
+//! of the live state records (one per workspace), the writer fdatasyncs `audit.log` (so the
+//! audit records may go), copies the live records, checksums verified, into `journal.compact`
+//! after an empty audit record marking `audit.log`'s durable length, fsyncs it, renames it over
+//! `journal`, fsyncs the directory and appends to the new file. Until the rename the old file
+//! is complete; after it the new one is; every workspace's last record is in both. A failure
+//! before the rename leaves the old file in use; a failure after it (directory fsync, reopening)
+//! poisons the journal, since appending to the unlinked old file would lose acknowledged records.
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -56,11 +98,13 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
+#[cfg(test)]
+use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::audit::{chain_lines, line_hash, Entry, GENESIS};
+use crate::audit::{chain_lines, line_hash, write_hex_array, GENESIS};
 use crate::error::{Result, SignerError};
 use crate::keystore::sync_dir;
 use crate::metrics::Metrics;
@@ -80,6 +124,10 @@ const LOCK_FILE: &str = "journal.lock";
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 /// `u32` length + SHA-256.
 const HEADER_LEN: usize = 36;
+/// First byte of an audit record's payload (a state record's payload is JSON: `{`).
+const AUDIT_TAG: u8 = b'a';
+/// An audit record's tag and `audit.log` offset, before its lines.
+const AUDIT_PREFIX: usize = 9;
 /// Submissions waiting for the writer; a full queue makes actors wait (back pressure).
 const QUEUE: usize = 16_384;
 /// Most submissions, and about the most bytes, the writer takes into one group.
@@ -90,16 +138,27 @@ const MAX_GROUP_BYTES: usize = 64 << 20;
 /// so the longest (65 536 leaves) is about 4.4 MB.
 const AUDIT_TAIL_SCAN: u64 = 8 << 20;
 
+/// How many commit delays after its last record a workspace counts as appending (see
+/// [`JournalOptions::commit_delay`]): 100 ms at 2 ms, ten times the service's signing interval.
+const ACTIVE_DELAYS: u32 = 50;
+/// Most recently active workspaces tracked for the commit delay; with more, groups fill up by
+/// themselves and nothing is waited for.
+const MAX_ACTIVE_TRACKED: usize = 256;
+
 /// Tuning of the journal.
 #[derive(Debug, Clone)]
 pub struct JournalOptions {
     /// Compact once the file is larger than this (and more than twice its live records).
     pub compact_bytes: u64,
+    /// How long a group may wait, after its first submission, for the next record of every
+    /// *other* workspace that wrote one in the last 50 delays and is not in the group yet, so
+    /// that they share one fsync (see *Commit delay* in the module docs). Zero: never wait.
+    pub commit_delay: std::time::Duration,
 }
 
 impl Default for JournalOptions {
     fn default() -> Self {
-        Self { compact_bytes: 64 << 20 }
+        Self { compact_bytes: 64 << 20, commit_delay: std::time::Duration::ZERO }
     }
 }
 
@@ -136,11 +195,13 @@ impl Storage for File {
 /// Turns an opened file into the writer's [`Storage`] (the identity, outside tests).
 pub(crate) type Wrap = Box<dyn Fn(Role, File) -> Box<dyn Storage> + Send>;
 
+/// A state record's payload, as serde would write it ([`encode_record`] writes the same bytes,
+/// faster; the test compares them).
+#[cfg(test)]
 #[derive(Serialize)]
 struct RecordRef<'a> {
     ws: &'a str,
     state: &'a LogState,
-    audit: &'a Entry<'a>,
 }
 
 #[derive(Deserialize)]
@@ -148,13 +209,15 @@ struct RecordRef<'a> {
 struct RecordOwned {
     ws: String,
     state: LogState,
-    // Kept in the file for auditors; the signer itself needs only the state.
+    // Records written before audit records existed carried their event's audit fields here
+    // (the audit records now hold the whole lines); read and ignored.
+    #[serde(default)]
     #[allow(dead_code)]
-    audit: serde::de::IgnoredAny,
+    audit: Option<serde::de::IgnoredAny>,
 }
 
-/// One encoded journal record, ready to submit. Encoded by the submitting actor, so the JSON
-/// work is spread over the runtime's workers and the writer thread only copies bytes.
+/// One encoded state record, ready to submit. Encoded by the submitting actor, so the JSON work
+/// is spread over the runtime's workers and the writer thread only copies bytes.
 #[derive(Debug)]
 pub struct Record {
     ws: String,
@@ -165,29 +228,91 @@ pub struct Record {
 }
 
 impl Record {
-    /// The record of `state` (the workspace's new state) and the audit fields of its event.
-    pub fn new(ws: &str, state: &LogState, audit: &Entry<'_>) -> Result<Self> {
-        let payload = serde_json::to_vec(&RecordRef { ws, state, audit })
-            .map_err(|e| SignerError::Corrupt(format!("journal record: {e}")))?;
+    /// The record of `state`, the workspace's new state. (Its audit lines are submitted beside
+    /// it, [`Journal::write`], and written into the group's audit record.)
+    pub fn new(ws: &str, state: &LogState) -> Result<Self> {
+        let hashes = state.peaks.len() + state.prev_peaks.len() + state.last_group.len();
+        let mut bytes = Vec::with_capacity(HEADER_LEN + 512 + hashes * 67);
+        bytes.resize(HEADER_LEN, 0);
+        encode_record(ws, state, &mut bytes).map_err(|e| SignerError::Corrupt(format!("journal record: {e}")))?;
+        let payload = &bytes[HEADER_LEN..];
         let len = u32::try_from(payload.len())
             .map_err(|_| SignerError::InvalidArgument("journal record larger than 4 GiB".into()))?;
-        let mut bytes = Vec::with_capacity(HEADER_LEN + payload.len());
-        bytes.extend_from_slice(&len.to_be_bytes());
-        bytes.extend_from_slice(&Sha256::digest(&payload));
-        bytes.extend_from_slice(&payload);
+        let digest = Sha256::digest(payload);
+        bytes[..4].copy_from_slice(&len.to_be_bytes());
+        bytes[4..HEADER_LEN].copy_from_slice(&digest);
         Ok(Self { ws: ws.to_owned(), size: state.size, bytes, create: false })
     }
 
     /// The empty-log record of a workspace being created. The writer refuses it when the journal
     /// already has a non-empty log for `ws` (keys lost but log kept: recreating would fork it); an
     /// empty one (a creation that failed after its record) may be written again.
-    pub fn create(ws: &str, audit: &Entry<'_>) -> Result<Self> {
-        Ok(Self { create: true, ..Self::new(ws, &LogState::empty(), audit)? })
+    pub fn create(ws: &str) -> Result<Self> {
+        Ok(Self { create: true, ..Self::new(ws, &LogState::empty())? })
     }
 }
 
+/// Appends a state record's payload: the JSON serde_json writes for [`RecordRef`], with the
+/// hash lists (a group's leaves, the peaks: most of the record) written by
+/// [`write_hex_array`], which skips serde_json's check of every hex digit for escapes.
+fn encode_record(ws: &str, state: &LogState, out: &mut Vec<u8>) -> serde_json::Result<()> {
+    // Destructured, so that a new `LogState` member cannot be forgotten here.
+    let LogState { size, peaks, checkpoint, checkpoint_ms, prev_size, prev_peaks, last_group, last_leaf_ms } = state;
+    let member = |out: &mut Vec<u8>, name: &str| {
+        out.extend_from_slice(b",\"");
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b"\":");
+    };
+    out.extend_from_slice(b"{\"ws\":");
+    serde_json::to_writer(&mut *out, ws)?;
+    out.extend_from_slice(b",\"state\":{\"size\":");
+    serde_json::to_writer(&mut *out, size)?;
+    member(out, "peaks");
+    write_hex_array(out, peaks.iter().map(|h| &h.0));
+    member(out, "checkpoint");
+    serde_json::to_writer(&mut *out, checkpoint)?;
+    member(out, "checkpoint_ms");
+    serde_json::to_writer(&mut *out, checkpoint_ms)?;
+    member(out, "prev_size");
+    serde_json::to_writer(&mut *out, prev_size)?;
+    member(out, "prev_peaks");
+    write_hex_array(out, prev_peaks.iter().map(|h| &h.0));
+    member(out, "last_group");
+    write_hex_array(out, last_group.iter().map(|h| &h.0));
+    member(out, "last_leaf_ms");
+    serde_json::to_writer(&mut *out, last_leaf_ms)?;
+    out.extend_from_slice(b"}}");
+    Ok(())
+}
+
+/// Appends the audit record of `lines` (chained lines that go to `audit.log` at `offset`).
+fn encode_audit_record(offset: u64, lines: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
+    let len = u32::try_from(AUDIT_PREFIX + lines.len())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "audit lines of one group larger than 4 GiB"))?;
+    let start = out.len();
+    out.reserve(HEADER_LEN + AUDIT_PREFIX + lines.len());
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(&[0; 32]);
+    out.push(AUDIT_TAG);
+    out.extend_from_slice(&offset.to_be_bytes());
+    out.extend_from_slice(lines);
+    let digest = Sha256::digest(&out[start + HEADER_LEN..]);
+    out[start + 4..start + HEADER_LEN].copy_from_slice(&digest);
+    Ok(())
+}
+
+/// One decoded record.
+enum Decoded<'a> {
+    State(RecordOwned),
+    /// Audit lines and the `audit.log` offset they belong at.
+    Audit {
+        offset: u64,
+        lines: &'a [u8],
+    },
+}
+
 /// Parses one whole record (header included).
-fn decode(bytes: &[u8]) -> std::result::Result<RecordOwned, String> {
+fn decode(bytes: &[u8]) -> std::result::Result<Decoded<'_>, String> {
     let (header, payload) = bytes.split_at_checked(HEADER_LEN).ok_or("record shorter than its header")?;
     let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
     if payload.len() != len {
@@ -196,7 +321,15 @@ fn decode(bytes: &[u8]) -> std::result::Result<RecordOwned, String> {
     if Sha256::digest(payload).as_slice() != &header[4..] {
         return Err("record fails its checksum".into());
     }
-    serde_json::from_slice(payload).map_err(|e| format!("record: {e}"))
+    if payload.first() != Some(&AUDIT_TAG) {
+        return serde_json::from_slice(payload).map(Decoded::State).map_err(|e| format!("record: {e}"));
+    }
+    let (offset, lines) = payload.split_at_checked(AUDIT_PREFIX).ok_or("audit record shorter than its offset")?;
+    let offset = u64::from_be_bytes(offset[1..].try_into().map_err(|_| "audit record offset")?);
+    if !lines.is_empty() && !lines.ends_with(b"\n") {
+        return Err("audit record does not end with a whole line".into());
+    }
+    Ok(Decoded::Audit { offset, lines })
 }
 
 /// Where a workspace's last record is in the current file.
@@ -207,6 +340,16 @@ struct Slot {
     len: u64,
     /// Its log size (for the creation check).
     size: u64,
+}
+
+/// Where one audit record's lines are, in the journal and in `audit.log`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct AuditSpan {
+    /// Offset of the lines (after the record's header and prefix) in the journal.
+    journal_at: u64,
+    /// Offset in `audit.log`.
+    audit_at: u64,
+    len: u64,
 }
 
 enum Submission {
@@ -241,8 +384,8 @@ fn writer_gone() -> SignerError {
 }
 
 impl Journal {
-    /// Opens (creating if needed) `dir/journal` and `dir/audit.log`, recovers the journal (see
-    /// the module docs) and starts the writer thread.
+    /// Opens (creating if needed) `dir/journal` and `dir/audit.log`, recovers both (see the
+    /// module docs) and starts the writer thread.
     pub fn open(dir: &Path, opts: JournalOptions, metrics: Metrics) -> Result<Self> {
         Self::open_with(dir, opts, metrics, Box::new(|_, f| Box::new(f)))
     }
@@ -259,9 +402,10 @@ impl Journal {
         tx.send(s).await.map_err(|_| writer_gone())
     }
 
-    /// Makes `record` (if any) and the audit `lines` durable, together with whatever else the
-    /// writer's current group holds. Returns once both are fsynced, or with an error after which
-    /// neither is in the files.
+    /// Makes `record` (if any) and the audit `lines` (whole lines as `audit::Entry::line` makes
+    /// them) durable in the journal, together with whatever else the writer's current group
+    /// holds, and appends the lines to `audit.log`. Returns once the journal is fsynced and the
+    /// lines written, or with an error after which neither is in the files.
     pub async fn write(&self, record: Option<Record>, lines: Vec<u8>) -> Result<()> {
         let (done, rx) = oneshot::channel();
         self.submit(Submission::Write { record, audit: lines, done }).await?;
@@ -286,6 +430,69 @@ impl Drop for Journal {
     }
 }
 
+/// The workspaces that wrote a record lately, for the commit delay.
+#[derive(Default)]
+struct Active {
+    /// Hash of the workspace id → when its last record joined a group.
+    last: HashMap<u64, std::time::Instant>,
+}
+
+fn ws_key(ws: &str) -> u64 {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut h = std::hash::DefaultHasher::new();
+    ws.hash(&mut h);
+    h.finish()
+}
+
+impl Active {
+    /// Receives more submissions into `group` until every workspace active in the last
+    /// `window` has a record in it, or `deadline`. A workspace has at most one record in flight
+    /// (its actor awaits it), so one whose record is in the group will send nothing more, and a
+    /// workspace appending alone never waits.
+    fn linger(
+        &mut self,
+        timer: &tokio::runtime::Runtime,
+        rx: &mut mpsc::Receiver<Submission>,
+        group: &mut Vec<Submission>,
+        bytes: &mut usize,
+        deadline: std::time::Instant,
+        window: std::time::Duration,
+    ) {
+        // Loads alone have nothing to make durable: they are answered at once.
+        if !group.iter().any(|s| matches!(s, Submission::Write { .. })) {
+            return;
+        }
+        let now = std::time::Instant::now();
+        self.last.retain(|_, at| now.duration_since(*at) < window);
+        let mut expected: Vec<u64> = match self.last.len() <= MAX_ACTIVE_TRACKED {
+            true => self.last.keys().copied().collect(),
+            false => Vec::new(),
+        };
+        let mut arrived = |s: &Submission, expected: &mut Vec<u64>| {
+            if let Submission::Write { record: Some(r), .. } = s {
+                let key = ws_key(&r.ws);
+                self.last.insert(key, now);
+                expected.retain(|k| *k != key);
+            }
+        };
+        for s in group.iter() {
+            arrived(s, &mut expected);
+        }
+        while !expected.is_empty() && group.len() < MAX_GROUP_SUBMISSIONS && *bytes < MAX_GROUP_BYTES {
+            // The timeout is made inside the runtime: its timer must exist when it is created.
+            match timer.block_on(async { tokio::time::timeout_at(deadline.into(), rx.recv()).await }) {
+                Ok(Some(s)) => {
+                    arrived(&s, &mut expected);
+                    *bytes += s.bytes();
+                    group.push(s);
+                }
+                // Closed (shutting down) or the delay is over.
+                Ok(None) | Err(_) => break,
+            }
+        }
+    }
+}
+
 /// The writer thread's state. Nothing else touches the files.
 struct Writer {
     /// The flock on [`LOCK_FILE`]; released when the thread ends.
@@ -298,8 +505,10 @@ struct Writer {
     /// Durable length of the journal: every byte before it is whole, fsynced records.
     jlen: u64,
     audit: Box<dyn Storage>,
+    /// Length of `audit.log`: every byte before it is whole lines, each durable in the journal's
+    /// audit records or (before the oldest of them) by an fsync of `audit.log`.
     alen: u64,
-    /// Hash of the audit log's last durable line ([`GENESIS`] when empty): the next line's `prev`.
+    /// Hash of the audit log's last line ([`GENESIS`] when empty): the next line's `prev`.
     audit_head: [u8; 32],
     index: HashMap<String, Slot>,
     /// Bytes of the records in `index`.
@@ -315,15 +524,26 @@ fn open_rw(path: &Path) -> io::Result<File> {
     OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600).open(path)
 }
 
-/// Scans the journal: the index of last records, their total bytes, and the length of the
-/// valid prefix (shorter than the file if its tail is torn).
-fn scan(file: impl io::Read, file_len: u64) -> Result<(HashMap<String, Slot>, u64, u64)> {
+/// What a scan of the journal found.
+struct Scanned {
+    /// Each workspace's last state record.
+    index: HashMap<String, Slot>,
+    /// Bytes of the records in `index`.
+    live: u64,
+    /// Length of the valid prefix (shorter than the file if its tail is torn).
+    valid: u64,
+    /// Every audit record, in file order (so in `audit.log` order, each starting where the
+    /// previous one ended).
+    audit: Vec<AuditSpan>,
+}
+
+/// Scans the journal (see *Recovery* in the module docs).
+fn scan(file: impl io::Read, file_len: u64) -> Result<Scanned> {
     let mut r = BufReader::with_capacity(1 << 20, file);
-    let mut index: HashMap<String, Slot> = HashMap::new();
-    let mut live = 0u64;
-    let mut at = 0u64;
+    let mut s = Scanned { index: HashMap::new(), live: 0, valid: 0, audit: Vec::new() };
     let mut record = Vec::new();
-    while file_len - at >= HEADER_LEN as u64 {
+    while file_len - s.valid >= HEADER_LEN as u64 {
+        let at = s.valid;
         record.resize(HEADER_LEN, 0);
         r.read_exact(&mut record)?;
         let len = u64::from(u32::from_be_bytes([record[0], record[1], record[2], record[3]]));
@@ -333,29 +553,94 @@ fn scan(file: impl io::Read, file_len: u64) -> Result<(HashMap<String, Slot>, u6
         let whole = HEADER_LEN + len as usize;
         record.resize(whole, 0);
         r.read_exact(&mut record[HEADER_LEN..])?;
-        let rec = decode(&record).map_err(|e| SignerError::Corrupt(format!("journal byte {at}: {e}")))?;
-        let slot = Slot { offset: at, len: whole as u64, size: rec.state.size };
-        if let Some(old) = index.insert(rec.ws, slot) {
-            live -= old.len;
+        let corrupt = |e: &str| SignerError::Corrupt(format!("journal byte {at}: {e}"));
+        match decode(&record).map_err(|e| corrupt(&e))? {
+            Decoded::State(rec) => {
+                let slot = Slot { offset: at, len: whole as u64, size: rec.state.size };
+                if let Some(old) = s.index.insert(rec.ws, slot) {
+                    s.live -= old.len;
+                }
+                s.live += slot.len;
+            }
+            Decoded::Audit { offset, lines } => {
+                if let Some(prev) = s.audit.last() {
+                    if offset != prev.audit_at + prev.len {
+                        return Err(corrupt(&format!(
+                            "audit record for audit.log byte {offset}, but the previous one ended at byte {}",
+                            prev.audit_at + prev.len
+                        )));
+                    }
+                }
+                let journal_at = at + (HEADER_LEN + AUDIT_PREFIX) as u64;
+                s.audit.push(AuditSpan { journal_at, audit_at: offset, len: lines.len() as u64 });
+            }
         }
-        live += slot.len;
-        at += slot.len;
+        s.valid += whole as u64;
     }
-    Ok((index, live, at))
+    Ok(s)
 }
 
-/// Opens the audit log and cuts a partial last line left by a crash, so that what is appended
-/// next starts a line of its own. Returns the file, its length and the hash of its last line
-/// (the chain's head, [`GENESIS`] when empty).
-fn open_audit(path: &Path) -> Result<(File, u64, [u8; 32])> {
-    let file = open_rw(path)?;
-    let len = file.metadata()?.len();
+/// Makes `audit.log` hold exactly the lines of the journal's audit records `spans` where they
+/// say (rewriting what differs or is missing, cutting what follows the last one) and fsyncs it.
+/// `reader` reads `audit.log`, `journal` the journal. Nothing to do without audit records (a
+/// journal from before they existed): the file is then taken as it is.
+fn repair_audit(
+    path: &Path,
+    reader: &File,
+    storage: &mut dyn Storage,
+    journal: &File,
+    spans: &[AuditSpan],
+    metrics: &Metrics,
+) -> Result<()> {
+    let (Some(first), Some(last)) = (spans.first(), spans.last()) else { return Ok(()) };
+    let file_len = reader.metadata()?.len();
+    if file_len < first.audit_at {
+        return Err(SignerError::Corrupt(format!(
+            "{} has {file_len} bytes, but the journal holds its lines only from byte {} on: lines that were durable \
+             are gone (restore the file; the signer will not start a new audit log over the journal's)",
+            path.display(),
+            first.audit_at
+        )));
+    }
+    let (mut want, mut have) = (Vec::new(), Vec::new());
+    let mut rewritten = 0u64;
+    for s in spans {
+        want.resize(s.len as usize, 0);
+        journal.read_exact_at(&mut want, s.journal_at)?;
+        let present = file_len.saturating_sub(s.audit_at).min(s.len) as usize;
+        have.resize(present, 0);
+        reader.read_exact_at(&mut have, s.audit_at)?;
+        if present < want.len() || have[..] != want[..present] {
+            write_all_at(storage, &want, s.audit_at)?;
+            rewritten += s.len;
+        }
+    }
+    let end = last.audit_at + last.len;
+    if rewritten > 0 {
+        tracing::warn!(bytes = rewritten, "rewrote audit lines missing from audit.log from the journal");
+    }
+    if file_len > end {
+        tracing::warn!(cut = file_len - end, "discarding audit lines whose journal records did not survive");
+        storage.set_len(end)?;
+    }
+    // Durable before anything is served: the journal may drop these records at its next
+    // compaction, and a write-back error must stop the start, not be found later.
+    metrics.fsyncs.with_label_values(&["audit"]).inc();
+    storage.sync_data()?;
+    Ok(())
+}
+
+/// The length of `audit.log` and the hash of its last line (the chain's head, [`GENESIS`] when
+/// empty), after cutting a partial last line left by a crash, so that what is appended next
+/// starts a line of its own.
+fn audit_tail(path: &Path, reader: &File, storage: &mut dyn Storage) -> Result<(u64, [u8; 32])> {
+    let len = reader.metadata()?.len();
     if len == 0 {
-        return Ok((file, 0, GENESIS));
+        return Ok((0, GENESIS));
     }
     let from = len.saturating_sub(AUDIT_TAIL_SCAN);
     let mut tail = vec![0u8; (len - from) as usize];
-    file.read_exact_at(&mut tail, from)?;
+    reader.read_exact_at(&mut tail, from)?;
     let too_long = || {
         SignerError::Corrupt(format!(
             "the last line of {} is longer than {AUDIT_TAIL_SCAN} bytes: not written by this signer",
@@ -369,8 +654,8 @@ fn open_audit(path: &Path) -> Result<(File, u64, [u8; 32])> {
     };
     if keep < tail.len() {
         tracing::warn!(cut = tail.len() - keep, "discarding a partial last line of the audit log");
-        file.set_len(from + keep as u64)?;
-        file.sync_all()?;
+        storage.set_len(from + keep as u64)?;
+        storage.sync_data()?;
     }
     let whole = &tail[..keep];
     let head = match whole.strip_suffix(b"\n") {
@@ -381,7 +666,7 @@ fn open_audit(path: &Path) -> Result<(File, u64, [u8; 32])> {
             None => return Err(too_long()),
         },
     };
-    Ok((file, from + keep as u64, head))
+    Ok((from + keep as u64, head))
 }
 
 /// Writes all of `buf` at `offset`. A write that makes no progress is an error: it would loop.
@@ -438,35 +723,38 @@ impl Writer {
             sync_dir(dir)?;
         }
         let file_len = file.metadata()?.len();
-        let (index, live, valid) = scan(&file, file_len)?;
-        if valid < file_len {
-            tracing::warn!(cut = file_len - valid, at = valid, "discarding a torn journal tail");
-            file.set_len(valid)?;
+        let scanned = scan(&file, file_len)?;
+        if scanned.valid < file_len {
+            tracing::warn!(cut = file_len - scanned.valid, at = scanned.valid, "discarding a torn journal tail");
+            file.set_len(scanned.valid)?;
             file.sync_all()?;
         }
         let audit_path = dir.join(AUDIT_FILE);
         let audit_existed = audit_path.exists();
-        let (audit, alen, audit_head) = open_audit(&audit_path)?;
+        let mut audit = wrap(Role::Audit, open_rw(&audit_path)?);
         if !audit_existed {
             // A new file's name is durable only once its directory is synced: without this a
             // power cut could take `audit.log` whole, with the lines of checkpoints already
             // released (the power-loss tier, allowly-server's tests/powerloss.rs, found it).
             sync_dir(dir)?;
         }
+        let audit_reader = File::open(&audit_path)?;
+        repair_audit(&audit_path, &audit_reader, &mut *audit, &file, &scanned.audit, &metrics)?;
+        let (alen, audit_head) = audit_tail(&audit_path, &audit_reader, &mut *audit)?;
         let reader = File::open(&path)?;
-        metrics.journal_bytes.set(i64::try_from(valid).unwrap_or(i64::MAX));
+        metrics.journal_bytes.set(i64::try_from(scanned.valid).unwrap_or(i64::MAX));
         Ok(Self {
             _lock: lock,
             dir: dir.to_owned(),
             journal: wrap(Role::Journal, file),
-            audit: wrap(Role::Audit, audit),
+            audit,
             path,
             reader,
-            jlen: valid,
+            jlen: scanned.valid,
             alen,
             audit_head,
-            index,
-            live,
+            index: scanned.index,
+            live: scanned.live,
             opts,
             poisoned: None,
             metrics,
@@ -475,8 +763,22 @@ impl Writer {
     }
 
     fn run(mut self, mut rx: mpsc::Receiver<Submission>) {
+        // A clock for the commit delay's timed waits on the channel (a thread of our own, not a
+        // tokio worker, so a runtime of its own, with the timer only).
+        let timer = match self.opts.commit_delay.is_zero() {
+            true => None,
+            false => match tokio::runtime::Builder::new_current_thread().enable_time().build() {
+                Ok(rt) => Some(rt),
+                Err(e) => {
+                    tracing::error!(error = %e, "no timer for the journal's commit delay; committing without it");
+                    None
+                }
+            },
+        };
+        let mut active = Active::default();
         let mut group = Vec::new();
         while let Some(first) = rx.blocking_recv() {
+            let started = std::time::Instant::now();
             let mut bytes = first.bytes();
             group.push(first);
             // Everything queued meanwhile joins this group: that is the whole point.
@@ -489,7 +791,18 @@ impl Writer {
                     Err(_) => break,
                 }
             }
+            if let Some(timer) = &timer {
+                let delay = self.opts.commit_delay;
+                active.linger(timer, &mut rx, &mut group, &mut bytes, started + delay, delay * ACTIVE_DELAYS);
+            }
             self.group(&mut group);
+        }
+        // A clean stop leaves `audit.log` durable, for whoever copies it before the next start
+        // (which would repair it from the journal anyway).
+        if self.poisoned.is_none() {
+            if let Err(e) = self.sync_audit() {
+                tracing::error!(error = %e, "fdatasync of the audit log at shutdown failed; the next start rewrites it from the journal");
+            }
         }
     }
 
@@ -542,7 +855,13 @@ impl Writer {
             waiting.push(done);
         }
         if !waiting.is_empty() {
-            match self.persist(&journal, &audit, staged.len()) {
+            // The group's audit lines go into the journal too, after its state records, in the
+            // same write: the one fsync makes both durable.
+            let encoded = match audit.is_empty() {
+                true => Ok(()),
+                false => encode_audit_record(self.alen, &audit, &mut journal),
+            };
+            match encoded.and_then(|()| self.persist(&journal, &audit, staged.len())) {
                 Ok(()) => {
                     self.audit_head = head;
                     for (ws, slot) in staged {
@@ -578,26 +897,24 @@ impl Writer {
         }
     }
 
-    /// Journal records, then audit lines, each written and fdatasynced; on any failure both
-    /// files are cut back to where this group began.
+    /// The group's journal bytes (state records and audit record) written and fdatasynced, then
+    /// its audit lines written to `audit.log` (not synced: the journal holds them); on any
+    /// failure both files are cut back to where this group began.
     fn persist(&mut self, journal: &[u8], audit: &[u8], records: usize) -> io::Result<()> {
-        if !journal.is_empty() {
-            if let Err(e) = self.append_synced(Role::Journal, journal) {
-                self.roll_back(Role::Journal);
-                return Err(e);
-            }
-            self.metrics.journal_records_per_fsync.observe(records as f64);
+        if journal.is_empty() {
+            return Ok(());
         }
-        if !audit.is_empty() {
-            if let Err(e) = self.append_synced(Role::Audit, audit) {
-                self.roll_back(Role::Audit);
-                if !journal.is_empty() {
-                    // Durable already, but its audit lines are not: undo it, so that no
-                    // checkpoint is released (or recovered) without its line.
-                    self.roll_back(Role::Journal);
-                }
-                return Err(e);
-            }
+        if let Err(e) = self.append_synced(journal) {
+            self.roll_back(Role::Journal);
+            return Err(e);
+        }
+        self.metrics.journal_records_per_fsync.observe(records as f64);
+        if let Err(e) = write_all_at(&mut *self.audit, audit, self.alen) {
+            self.roll_back(Role::Audit);
+            // Durable already, but its audit lines could not be written: undo it, so that no
+            // checkpoint is released while its line is missing from the file.
+            self.roll_back(Role::Journal);
+            return Err(e);
         }
         self.jlen += journal.len() as u64;
         self.alen += audit.len() as u64;
@@ -605,15 +922,25 @@ impl Writer {
         Ok(())
     }
 
-    /// Writes `bytes` at the file's durable length and fdatasyncs it (counted).
-    fn append_synced(&mut self, role: Role, bytes: &[u8]) -> io::Result<()> {
-        let (file, len, label) = match role {
-            Role::Journal => (&mut self.journal, self.jlen, "journal"),
-            Role::Audit => (&mut self.audit, self.alen, "audit"),
-        };
-        write_all_at(&mut **file, bytes, len)?;
-        self.metrics.fsyncs.with_label_values(&[label]).inc();
-        file.sync_data()
+    /// Writes `bytes` at the journal's durable length and fdatasyncs it (counted).
+    fn append_synced(&mut self, bytes: &[u8]) -> io::Result<()> {
+        write_all_at(&mut *self.journal, bytes, self.jlen)?;
+        self.metrics.fsyncs.with_label_values(&["journal"]).inc();
+        self.journal.sync_data()
+    }
+
+    /// fdatasyncs `audit.log` (counted); a failure poisons the journal, since after a failed
+    /// fsync the kernel may have dropped lines that only the journal still holds, and a later
+    /// fsync would not say so (see the module docs).
+    fn sync_audit(&mut self) -> io::Result<()> {
+        self.metrics.fsyncs.with_label_values(&["audit"]).inc();
+        if let Err(e) = self.audit.sync_data() {
+            let why = format!("fdatasync of the audit log failed ({e}); a restart rewrites its lines from the journal");
+            tracing::error!("{why}");
+            self.poisoned = Some(why);
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// Truncates a file back to its durable length; poisons the journal if that fails.
@@ -633,15 +960,19 @@ impl Writer {
         let Some(slot) = self.index.get(ws) else { return Ok(None) };
         let mut bytes = vec![0u8; slot.len as usize];
         self.reader.read_exact_at(&mut bytes, slot.offset)?;
-        let rec = decode(&bytes).map_err(|e| SignerError::Corrupt(format!("journal byte {}: {e}", slot.offset)))?;
-        if rec.ws != ws {
-            return Err(SignerError::Corrupt(format!("journal byte {} holds {}, not {ws}", slot.offset, rec.ws)));
+        let corrupt = |e: String| SignerError::Corrupt(format!("journal byte {}: {e}", slot.offset));
+        match decode(&bytes).map_err(corrupt)? {
+            Decoded::State(rec) if rec.ws == ws => Ok(Some(rec.state)),
+            Decoded::State(rec) => Err(corrupt(format!("holds {}, not {ws}", rec.ws))),
+            Decoded::Audit { .. } => Err(corrupt(format!("holds audit lines, not the state of {ws}"))),
         }
-        Ok(Some(rec.state))
     }
 
     /// Rewrites the journal with only the last record of each workspace (see the module docs).
     fn compact(&mut self) -> io::Result<()> {
+        // The old file's audit records are about to go: their lines must be durable in
+        // `audit.log` first.
+        self.sync_audit()?;
         let tmp = self.dir.join(COMPACT_FILE);
         let built = self.write_snapshot(&tmp);
         let (index, len) = match built {
@@ -668,7 +999,6 @@ impl Writer {
                 self.reader = reader;
                 self.index = index;
                 self.jlen = len;
-                self.live = len;
                 self.metrics.journal_compactions.inc();
                 self.metrics.journal_bytes.set(i64::try_from(len).unwrap_or(i64::MAX));
                 tracing::info!(bytes = len, workspaces = self.index.len(), "journal compacted");
@@ -681,21 +1011,25 @@ impl Writer {
         }
     }
 
-    /// Copies every live record (checksum verified) into `tmp` and fsyncs it.
+    /// Writes an empty audit record at `audit.log`'s (just fsynced) length, then every live
+    /// record (checksum verified), into `tmp`, and fsyncs it.
     fn write_snapshot(&self, tmp: &Path) -> io::Result<(HashMap<String, Slot>, u64)> {
         let file = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(tmp)?;
         let mut w = BufWriter::with_capacity(1 << 20, file);
+        let mut mark = Vec::new();
+        encode_audit_record(self.alen, &[], &mut mark)?;
+        w.write_all(&mark)?;
         let mut order: Vec<(&String, &Slot)> = self.index.iter().collect();
         order.sort_unstable_by_key(|(_, s)| s.offset); // sequential reads
         let mut index = HashMap::with_capacity(order.len());
-        let mut at = 0u64;
+        let mut at = mark.len() as u64;
         let mut bytes = Vec::new();
         for (ws, slot) in order {
             bytes.resize(slot.len as usize, 0);
             self.reader.read_exact_at(&mut bytes, slot.offset)?;
             // Never copy a record that does not verify: the copy would launder it.
             match decode(&bytes) {
-                Ok(rec) if rec.ws == *ws => {}
+                Ok(Decoded::State(rec)) if rec.ws == *ws => {}
                 Ok(_) | Err(_) => {
                     return Err(io::Error::new(
                         io::ErrorKind::InvalidData,
@@ -717,12 +1051,13 @@ impl Writer {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use std::sync::{Arc, Mutex};
+    use std::time::Duration;
 
     use allowly_receipt::types::Timestamp;
     use proptest::prelude::*;
 
     use super::*;
-    use crate::audit::Event;
+    use crate::audit::{verify_chain, Entry, Event};
 
     fn state(size: u64) -> LogState {
         LogState { size, checkpoint: Some(format!("cp {size}")), checkpoint_ms: size, ..LogState::empty() }
@@ -743,12 +1078,12 @@ mod tests {
     }
 
     fn record(ws: &str, size: u64) -> Vec<u8> {
-        Record::new(ws, &state(size), &entry(ws, size)).unwrap().bytes
+        Record::new(ws, &state(size)).unwrap().bytes
     }
 
     async fn commit(j: &Journal, ws: &str, size: u64) -> Result<()> {
         let e = entry(ws, size);
-        j.write(Some(Record::new(ws, &state(size), &e).unwrap()), e.line().unwrap()).await
+        j.write(Some(Record::new(ws, &state(size)).unwrap()), e.line().unwrap()).await
     }
 
     fn open(dir: &Path) -> Journal {
@@ -881,10 +1216,12 @@ mod tests {
         let j = open_faulty(dir.path(), &plan, Metrics::new());
         commit(&j, "a", 1).await.unwrap();
         let (jlen, alen) = (len(dir.path().join(JOURNAL_FILE)), len(dir.path().join(AUDIT_FILE)));
+        // (`audit.log` is not fsynced per group: a failing fsync of it is
+        // `a_failed_audit_fsync_poisons_and_the_restart_rewrites_the_lines`.)
         for fault in [
             Plan { sync_fails: Some(Role::Journal), ..Plan::default() },
-            Plan { sync_fails: Some(Role::Audit), ..Plan::default() },
             Plan { torn: Some((Role::Audit, 7)), ..Plan::default() },
+            Plan { torn: Some((Role::Journal, 7)), ..Plan::default() },
         ] {
             *plan.lock().unwrap() = fault;
             assert!(commit(&j, "a", 2).await.is_err());
@@ -926,6 +1263,206 @@ mod tests {
         commit(&j, "b", 2).await.unwrap();
     }
 
+    /// Three groups from two workspaces, a refusal line with no record among them; returns the
+    /// audit log as written.
+    async fn three_groups(dir: &Path) -> Vec<u8> {
+        let j = open(dir);
+        commit(&j, "a", 1).await.unwrap();
+        let refusal = Entry { event: Event::Refused, detail: Some("fork".into()), ..entry("b", 0) };
+        j.write(None, refusal.line().unwrap()).await.unwrap();
+        let (ra, rb) = tokio::join!(commit(&j, "a", 2), commit(&j, "b", 1));
+        ra.unwrap();
+        rb.unwrap();
+        drop(j);
+        fs::read(dir.join(AUDIT_FILE)).unwrap()
+    }
+
+    /// Whatever a crash (of the process or of the machine) left of `audit.log` after the journal
+    /// was fsynced — lines missing, a partial line, zeros or garbage where unsynced pages were,
+    /// lines of a group whose journal records did not survive, no file at all — opening the
+    /// journal makes it exactly the acknowledged lines again, fsynced, chain intact, and the
+    /// next group continues the chain.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_audit_log_behind_or_damaged_after_a_crash_is_repaired_from_the_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = three_groups(dir.path()).await;
+        let path = dir.path().join(AUDIT_FILE);
+        let last_line = good[..good.len() - 1].iter().rposition(|&b| b == b'\n').unwrap() + 1;
+        let damaged: Vec<(&str, Vec<u8>)> = vec![
+            ("last line missing", good[..last_line].to_vec()),
+            ("partial last line", good[..last_line + 9].to_vec()),
+            ("empty", Vec::new()),
+            ("zeros in place of the tail", [&good[..40], &vec![0u8; good.len() - 40][..]].concat()),
+            ("garbage in a middle line", {
+                let mut g = good.clone();
+                g[last_line - 20] ^= 0x5a;
+                g
+            }),
+            ("lines of a group that did not survive", [&good[..], b"{\"prev\":\"00\",\"event\":\"lost\"}\n"].concat()),
+        ];
+        for (what, bytes) in damaged {
+            fs::write(&path, &bytes).unwrap();
+            let metrics = Metrics::new();
+            let j = Journal::open(dir.path(), JournalOptions::default(), metrics.clone()).unwrap();
+            assert_eq!(fs::read(&path).unwrap(), good, "{what}: repaired at open");
+            assert_eq!(metrics.fsyncs.with_label_values(&["audit"]).get(), 1, "{what}: fsynced at open");
+            drop(j);
+        }
+        fs::remove_file(&path).unwrap();
+        let j = open(dir.path());
+        assert_eq!(fs::read(&path).unwrap(), good, "a deleted audit log is written again");
+        commit(&j, "b", 2).await.unwrap();
+        drop(j);
+        let text = fs::read(&path).unwrap();
+        assert!(text.starts_with(&good));
+        assert_eq!(verify_chain(&text, None).map(|c| c.lines), Ok(5), "the chain continues over the repair");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+        /// A crash at any byte of the audit write (what reached the disk of the unsynced lines
+        /// is any prefix, then anything) is repaired at open.
+        #[test]
+        fn any_audit_tail_is_repaired(cut in any::<prop::sample::Index>(), junk in prop::collection::vec(any::<u8>(), 0..80)) {
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).build().unwrap();
+            let dir = tempfile::tempdir().unwrap();
+            let good = rt.block_on(three_groups(dir.path()));
+            let path = dir.path().join(AUDIT_FILE);
+            fs::write(&path, [&good[..cut.index(good.len() + 1)], &junk[..]].concat()).unwrap();
+            drop(open(dir.path()));
+            prop_assert_eq!(fs::read(&path).unwrap(), good);
+        }
+    }
+
+    /// After a compaction the journal no longer holds the old lines (`audit.log` was fsynced
+    /// first): losing them from the file is refused at open, not papered over; damage after
+    /// the compaction point is still repaired.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn compaction_syncs_the_audit_log_first_and_lost_durable_lines_refuse_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Metrics::new();
+        let opts = JournalOptions { compact_bytes: 4 << 10, ..JournalOptions::default() };
+        let j = Journal::open(dir.path(), opts.clone(), metrics.clone()).unwrap();
+        let mut size = 0;
+        while metrics.journal_compactions.get() == 0 {
+            size += 1;
+            commit(&j, "a", size).await.unwrap();
+        }
+        assert!(metrics.fsyncs.with_label_values(&["audit"]).get() >= 1, "audit.log fsynced before compacting");
+        commit(&j, "a", size + 1).await.unwrap();
+        drop(j);
+        let path = dir.path().join(AUDIT_FILE);
+        let good = fs::read(&path).unwrap();
+        assert_eq!(verify_chain(&good, None).map(|c| c.lines), Ok(size + 1));
+        // Where the compacted journal's audit records begin (its first record says).
+        let journal = File::open(dir.path().join(JOURNAL_FILE)).unwrap();
+        let compacted_at = scan(&journal, len(dir.path().join(JOURNAL_FILE))).unwrap().audit[0].audit_at;
+        assert!(compacted_at > 0 && compacted_at < good.len() as u64);
+
+        fs::write(&path, &good[..compacted_at as usize + 5]).unwrap();
+        drop(Journal::open(dir.path(), opts.clone(), Metrics::new()).unwrap());
+        assert_eq!(fs::read(&path).unwrap(), good, "a line after the compaction is repaired");
+
+        fs::write(&path, &good[..compacted_at as usize - 1]).unwrap();
+        let e = Journal::open(dir.path(), opts.clone(), Metrics::new()).unwrap_err();
+        assert!(matches!(&e, SignerError::Corrupt(m) if m.contains("lines that were durable are gone")), "{e}");
+        fs::write(&path, &good).unwrap();
+        assert_eq!(
+            Journal::open(dir.path(), opts, Metrics::new()).unwrap().load("a").await.unwrap(),
+            Some(state(size + 1))
+        );
+    }
+
+    /// A failed fsync of `audit.log` (before a compaction, the only time a running journal syncs
+    /// it) may have lost lines only the journal holds: the journal refuses writes until restart
+    /// and keeps its audit records; the restart rewrites the lines and the chain verifies.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_audit_fsync_poisons_and_the_restart_rewrites_the_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let plan = Arc::new(Mutex::new(Plan::default()));
+        let metrics = Metrics::new();
+        let opts = JournalOptions { compact_bytes: 4 << 10, ..JournalOptions::default() };
+        let wrap_plan = plan.clone();
+        let wrap: Wrap =
+            Box::new(move |role, file| Box::new(Faulty { file, role, plan: wrap_plan.clone(), mid_write: false }));
+        let j = Journal::open_with(dir.path(), opts.clone(), metrics.clone(), wrap).unwrap();
+        plan.lock().unwrap().sync_fails = Some(Role::Audit);
+        let mut size = 0;
+        let e = loop {
+            size += 1;
+            if let Err(e) = commit(&j, "a", size).await {
+                break e;
+            }
+        };
+        assert!(e.to_string().contains("unusable until restart"), "{e}");
+        assert_eq!(metrics.journal_compactions.get(), 0, "no compaction without a durable audit log");
+        drop(j);
+        let path = dir.path().join(AUDIT_FILE);
+        let acknowledged = fs::read(&path).unwrap();
+        // What the failed fsync may have cost: the file as it was before the last few groups.
+        fs::write(&path, &acknowledged[..acknowledged.len() / 2]).unwrap();
+        let j = Journal::open(dir.path(), opts, Metrics::new()).unwrap();
+        assert_eq!(j.load("a").await.unwrap().map(|s| s.size), Some(size - 1));
+        drop(j);
+        assert_eq!(fs::read(&path).unwrap(), acknowledged);
+        assert_eq!(verify_chain(&acknowledged, None).map(|c| c.lines), Ok(size - 1));
+    }
+
+    /// An `audit.log` write that fails and cannot be cut back poisons the journal; if the
+    /// group's journal records are durable they are its state after the restart, and their
+    /// audit lines are in `audit.log` (never a state without its lines).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_group_kept_by_a_poisoned_journal_gets_its_audit_lines_at_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let plan = Arc::new(Mutex::new(Plan::default()));
+        let j = open_faulty(dir.path(), &plan, Metrics::new());
+        commit(&j, "a", 1).await.unwrap();
+        *plan.lock().unwrap() = Plan { torn: Some((Role::Audit, 30)), truncate_fails: true, ..Plan::default() };
+        assert!(commit(&j, "a", 2).await.is_err());
+        *plan.lock().unwrap() = Plan::default();
+        assert!(commit(&j, "a", 3).await.unwrap_err().to_string().contains("unusable until restart"));
+        drop(j);
+        let j = open(dir.path());
+        assert_eq!(j.load("a").await.unwrap().map(|s| s.size), Some(2), "the durable record is the state");
+        drop(j);
+        let text = fs::read(dir.path().join(AUDIT_FILE)).unwrap();
+        assert_eq!(verify_chain(&text, None).map(|c| c.lines), Ok(2));
+        let sizes: Vec<_> = audit_lines(dir.path()).iter().map(|l| l["size"].clone()).collect();
+        assert_eq!(sizes, [serde_json::json!(1), serde_json::json!(2)], "and its audit line with it");
+    }
+
+    /// A journal written before audit records existed (state records carrying an `audit`
+    /// member, no audit records) opens with its `audit.log` as it was (minus a partial last
+    /// line); the audit records written from then on start where that file ends.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_journal_from_before_audit_records_opens_and_continues_its_audit_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let payload = serde_json::json!({"ws": "a", "state": state(7), "audit": entry("a", 7)}).to_string();
+        let mut old = (payload.len() as u32).to_be_bytes().to_vec();
+        old.extend_from_slice(&Sha256::digest(payload.as_bytes()));
+        old.extend_from_slice(payload.as_bytes());
+        fs::write(dir.path().join(JOURNAL_FILE), &old).unwrap();
+        let mut head = GENESIS;
+        let mut lines = Vec::new();
+        chain_lines(&mut head, &entry("a", 7).line().unwrap(), &mut lines);
+        fs::write(dir.path().join(AUDIT_FILE), [&lines[..], b"{\"prev\":\"0"].concat()).unwrap();
+
+        let j = open(dir.path());
+        assert_eq!(j.load("a").await.unwrap(), Some(state(7)));
+        commit(&j, "a", 8).await.unwrap();
+        drop(j);
+        let text = fs::read(dir.path().join(AUDIT_FILE)).unwrap();
+        assert!(text.starts_with(&lines), "the old lines are kept, the partial one cut");
+        assert_eq!(verify_chain(&text, None).map(|c| c.lines), Ok(2));
+        let journal = File::open(dir.path().join(JOURNAL_FILE)).unwrap();
+        let spans = scan(&journal, len(dir.path().join(JOURNAL_FILE))).unwrap().audit;
+        assert_eq!(spans.iter().map(|s| s.audit_at).collect::<Vec<_>>(), [lines.len() as u64]);
+        fs::write(dir.path().join(AUDIT_FILE), &lines).unwrap();
+        drop(open(dir.path()));
+        assert_eq!(fs::read(dir.path().join(AUDIT_FILE)).unwrap(), text, "and repaired from there");
+    }
+
     #[tokio::test]
     async fn last_record_wins_a_torn_tail_is_cut_and_a_corrupt_record_refused() {
         let dir = tempfile::tempdir().unwrap();
@@ -963,6 +1500,47 @@ mod tests {
         assert_eq!(fs::read(&audit).unwrap(), whole);
     }
 
+    fn with_delay(delay: std::time::Duration) -> JournalOptions {
+        JournalOptions { commit_delay: delay, ..JournalOptions::default() }
+    }
+
+    /// A long commit delay never holds a workspace that appends alone (no other workspace to
+    /// wait for), and writing it one record at a time works as without the delay.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn with_a_commit_delay_a_workspace_appending_alone_never_waits() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path(), with_delay(Duration::from_secs(600)), Metrics::new()).unwrap();
+        for size in 1..=5 {
+            let c = tokio::time::timeout(Duration::from_secs(60), commit(&j, "a", size)).await;
+            c.expect("a lone workspace waited for nobody").unwrap();
+        }
+        assert_eq!(j.load("a").await.unwrap().map(|s| s.size), Some(5));
+    }
+
+    /// With a commit delay, a group waits for the next record of a workspace that appended
+    /// lately, and the two share one fsync.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn with_a_commit_delay_recently_active_workspaces_share_one_fsync() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Metrics::new();
+        let j = Arc::new(Journal::open(dir.path(), with_delay(Duration::from_secs(600)), metrics.clone()).unwrap());
+        commit(&j, "a", 1).await.unwrap();
+        let fsyncs = || metrics.fsyncs.with_label_values(&["journal"]).get();
+        let before = fsyncs();
+        let waiting = tokio::spawn({
+            let j = j.clone();
+            async move { commit(&j, "b", 1).await }
+        });
+        let mut waiting = std::pin::pin!(waiting);
+        // `a` appended lately, so `b`'s group waits for `a`'s next record (up to ten minutes):
+        // `b` is not answered without it.
+        assert!(tokio::time::timeout(Duration::from_millis(300), &mut waiting).await.is_err(), "b did not wait");
+        tokio::time::timeout(Duration::from_secs(60), commit(&j, "a", 2)).await.expect("a's record was held").unwrap();
+        waiting.await.unwrap().unwrap();
+        assert_eq!(fsyncs() - before, 1, "b and a shared one fsync");
+        assert_eq!(sizes(&j, &["a", "b"]).await, [Some(2), Some(1)]);
+    }
+
     /// A second journal on the same directory opens only once the first writer has stopped.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn one_writer_per_journal() {
@@ -984,7 +1562,7 @@ mod tests {
     async fn create_is_refused_over_a_non_empty_log_but_not_over_an_empty_one() {
         let dir = tempfile::tempdir().unwrap();
         let j = open(dir.path());
-        let created = |ws: &'static str| Record::create(ws, &entry(ws, 0)).unwrap();
+        let created = |ws: &'static str| Record::create(ws).unwrap();
         j.write(Some(created("a")), Vec::new()).await.unwrap();
         j.write(Some(created("a")), Vec::new()).await.unwrap(); // a creation that failed after its record
         commit(&j, "a", 4).await.unwrap();
@@ -997,7 +1575,7 @@ mod tests {
     async fn compaction_keeps_every_workspace_and_bounds_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let metrics = Metrics::new();
-        let opts = JournalOptions { compact_bytes: 16 << 10 };
+        let opts = JournalOptions { compact_bytes: 16 << 10, ..JournalOptions::default() };
         let j = Arc::new(Journal::open(dir.path(), opts.clone(), metrics.clone()).unwrap());
         let names: Vec<String> = (0..60).map(|i| format!("ws{i}")).collect();
         let mut tasks = tokio::task::JoinSet::new();
@@ -1014,8 +1592,11 @@ mod tests {
         }
         assert!(metrics.journal_compactions.get() >= 1, "never compacted");
         let live: u64 = names.iter().map(|ws| record(ws, 40).len() as u64).sum();
+        // The most one group adds after the size was checked: a record and a chained audit line
+        // (`"prev":"<64 hex>",` longer than the entry's) per workspace, in one audit record.
+        let group = live + names.iter().map(|ws| entry(ws, 40).line().unwrap().len() as u64 + 73).sum::<u64>() + 45;
         let file = len(dir.path().join(JOURNAL_FILE));
-        assert!(file <= (2 * live).max(opts.compact_bytes) + live, "journal of {file} bytes for {live} live bytes");
+        assert!(file <= (2 * live).max(opts.compact_bytes) + group, "journal of {file} bytes for {live} live bytes");
         let j = Arc::into_inner(j).unwrap();
         drop(j);
         let j = open(dir.path());
@@ -1026,6 +1607,38 @@ mod tests {
     }
 
     proptest! {
+        /// The hand-written record is what serde_json writes, and reads back as the state.
+        #[test]
+        fn records_are_what_serde_json_writes(
+            ws in "[a-z_]{1,8}|.{1,4}",
+            n in (0usize..4, 0usize..4, 0usize..6),
+            size in any::<u64>(),
+            checkpoint in prop::option::of(".{0,12}"),
+            times in any::<(u64, u64, u64)>(),
+            seed in any::<u8>(),
+        ) {
+            let hashes = |k: usize, salt: u8| (0..k).map(|i| allowly_receipt::types::HexHash([seed ^ salt ^ i as u8; 32])).collect::<Vec<_>>();
+            let state = LogState {
+                size,
+                peaks: hashes(n.0, 1),
+                checkpoint,
+                checkpoint_ms: times.0,
+                prev_size: times.1,
+                prev_peaks: hashes(n.1, 2),
+                last_group: hashes(n.2, 3),
+                last_leaf_ms: times.2,
+            };
+            let mut ours = Vec::new();
+            encode_record(&ws, &state, &mut ours).unwrap();
+            let serde = serde_json::to_vec(&RecordRef { ws: &ws, state: &state }).unwrap();
+            prop_assert_eq!(String::from_utf8(ours).unwrap(), String::from_utf8(serde).unwrap());
+            let bytes = Record::new(&ws, &state).unwrap().bytes;
+            match decode(&bytes) {
+                Ok(Decoded::State(rec)) => prop_assert_eq!((rec.ws, rec.state), (ws, state)),
+                _ => prop_assert!(false, "does not decode as a state record"),
+            }
+        }
+
         #[test]
         fn scan_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
             let _ = scan(&bytes[..], bytes.len() as u64);
@@ -1041,10 +1654,10 @@ mod tests {
                 ends.push(bytes.len() as u64);
             }
             let c = cut.index(bytes.len() + 1);
-            let (index, _, valid) = scan(&bytes[..c], c as u64).unwrap();
+            let s = scan(&bytes[..c], c as u64).unwrap();
             let whole = ends.iter().rposition(|&e| e <= c as u64).unwrap();
-            prop_assert_eq!(valid, ends[whole]);
-            prop_assert_eq!(index.len(), whole.min(2));
+            prop_assert_eq!(s.valid, ends[whole]);
+            prop_assert_eq!(s.index.len(), whole.min(2));
         }
     }
 }

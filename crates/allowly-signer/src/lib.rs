@@ -29,15 +29,19 @@
 //!
 //! Without proofs the signer extends the frontier without building any ([`workspace::extend`]).
 //!
-//! Durability costs two fsyncs (journal, audit log) per *group* of the journal writer, shared by
-//! every workspace whose records are queued at that moment; before the journal it was two per
-//! signed batch, serialized. A lone 16-leaf `AppendBatch` round trip still waits for both
-//! (4.9 ms, ≈ 1500× a bare socket ping-pong, on that machine's disk). `cargo run --release -p
-//! allowly-signer --example fsyncs -- W B L` measures fsyncs per batch from the signer's own
-//! metrics (`allowly_signer_fsyncs_total`, `allowly_signer_journal_records_per_fsync`): with
-//! 1000 workspaces appending 16-leaf batches at once, 0.01-0.11 fsyncs per batch and ≈ 17 000
-//! batches/s, against 2 per batch and ≈ 1 700 batches/s with per-workspace state files
-//! (2026-12-05, same machine, the two builds run back to back).
+//! Durability costs one fsync (the journal, which also holds the audit lines; `audit.log` is
+//! written unsynced and repaired from the journal at start) per *group* of the journal writer,
+//! shared by every workspace whose records are queued at that moment (and, with the journal's
+//! commit delay, by the other workspaces' next records if they come within the delay); before
+//! the journal it was two per signed batch, serialized, then two per group (journal, then
+//! `audit.log`). A lone
+//! 16-leaf `AppendBatch` round trip waits for that one fsync (with two it took 4.9 ms, ≈ 1500×
+//! a bare socket ping-pong, on that machine's disk). `cargo run --release -p allowly-signer
+//! --example fsyncs -- W B L` measures fsyncs per batch from the signer's own metrics
+//! (`allowly_signer_fsyncs_total`, `allowly_signer_journal_records_per_fsync`): with 1000
+//! workspaces appending 16-leaf batches at once, 0.01-0.11 fsyncs per batch and ≈ 17 000
+//! batches/s with two fsyncs per group, against 2 per batch and ≈ 1 700 batches/s with
+//! per-workspace state files (2026-12-05, same machine, the two builds run back to back).
 //!
 //! # Security model (what is promised, and where it is tested)
 //!
@@ -46,8 +50,8 @@
 //!   file for the key bytes in several encodings).
 //! - Memory is not readable by the same uid (non-dumpable) and not dumped (RLIMIT_CORE = 0,
 //!   MADV_DONTDUMP); keys are locked in RAM. See [`hardening`] for what this cannot promise.
-//! - A log never forks or rolls back (its journal record and audit line fsynced before the
-//!   answer; a failed write is cut back out of the journal, never followed by a good record;
+//! - A log never forks or rolls back (its journal record and audit line fsynced, in the journal,
+//!   before the answer; a failed write is cut back out of the journal, never followed by a good record;
 //!   refusals counted in `allowly_signer_fork_attempts_total` and written to the audit log).
 
 pub mod audit;

@@ -28,18 +28,26 @@ pub struct Metrics {
     /// Batches refused because a body is not a receipt the signer may sign, by `reason` (a
     /// closed set: `malformed`, `workspace`, `log_index`, `kind`, `time_backwards`, `time_future`).
     pub receipts_refused: IntCounterVec,
+    /// Appended bodies that the one-pass canonical reader left to the general parser (not in
+    /// RFC 8785 canonical form, or a form it does not read) and that were accepted: the
+    /// service sends canonical bodies, so this should stay at 0 (refused bodies are counted in
+    /// `receipts_refused`).
+    pub body_slow_reads: IntCounter,
     /// Leaves per signature. Buckets: powers of 4 from 1 to 4096 (the protocol's batch limit;
     /// coalesced groups can exceed it, hence the last bucket at 65536).
     pub leaves_per_signature: Histogram,
     /// Time from handing a signed group to the journal writer until its record and audit line
-    /// are durable (queueing behind the writer's current group included). Buckets 0.1 ms .. 1 s.
+    /// are durable in the journal and the line is written to `audit.log` (queueing behind the
+    /// writer's current group included). Buckets 0.1 ms .. 1 s.
     pub persist_seconds: Histogram,
     /// Journal records made durable by one journal fdatasync: how many signed groups (of any
     /// workspaces) share an fsync. Buckets: powers of 4 from 1 to 4096, then 16384 (the
     /// writer takes at most 8192 submissions into one group).
     pub journal_records_per_fsync: Histogram,
-    /// fdatasync calls by file (`journal`, `audit`): divided by `checkpoints_signed`, the
-    /// fsyncs paid per signature.
+    /// fdatasync calls by file: `journal` once per group the writer commits (divided by
+    /// `checkpoints_signed`, the fsyncs paid per signature); `audit` only when `audit.log` is
+    /// made durable on its own — at start after its repair from the journal, before each
+    /// journal compaction and at a clean stop —, never per group (the journal holds the lines).
     pub fsyncs: IntCounterVec,
     /// Journal groups (or compactions) that failed; their submitters got errors.
     pub journal_failures: IntCounter,
@@ -81,7 +89,16 @@ impl Metrics {
             let _ = registry.register(Box::new(g.clone()));
             g
         };
-        let fsyncs = counter_vec("allowly_signer_fsyncs_total", "fdatasync calls by file", &["file"]);
+        let fsyncs = counter_vec(
+            "allowly_signer_fsyncs_total",
+            "fdatasync calls by file (journal: one per group; audit: at start, before a compaction, at stop)",
+            &["file"],
+        );
+        // Both files shown from the start (at 0): `audit` moves rarely, and a missing series reads
+        // as "not exported" rather than "none".
+        for file in ["journal", "audit"] {
+            fsyncs.with_label_values(&[file]);
+        }
         Self {
             append_replays: counter_vec(
                 "allowly_signer_append_replays_total",
@@ -98,6 +115,10 @@ impl Metrics {
             bad_frames: counter("allowly_signer_bad_frames_total", "Frames that could not be decoded"),
             checkpoints_signed: counter("allowly_signer_checkpoints_signed_total", "Checkpoints signed"),
             leaves_signed: counter("allowly_signer_leaves_signed_total", "Leaves appended to workspace logs"),
+            body_slow_reads: counter(
+                "allowly_signer_body_slow_reads_total",
+                "Accepted receipt bodies not read by the one-pass canonical reader (not in canonical form)",
+            ),
             fork_attempts: counter(
                 "allowly_signer_fork_attempts_total",
                 "Appends or rotations refused because they conflict with the signed log (fork, rollback, skipped index)",
@@ -109,7 +130,7 @@ impl Metrics {
             ),
             persist_seconds: hist(
                 "allowly_signer_persist_seconds",
-                "Time to make a signed group durable (journal and audit fsync, queueing included)",
+                "Time to make a signed group durable (one journal fsync, audit line written, queueing included)",
                 vec![0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0],
             ),
             journal_records_per_fsync: hist(

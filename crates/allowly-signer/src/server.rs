@@ -267,7 +267,7 @@ async fn create(shared: &Arc<Shared>, ws: &str, peer_uid: u32) -> Result<Respons
         detail: None,
         leaves: None,
     };
-    let record = Record::create(ws, &entry)?;
+    let record = Record::create(ws)?;
     let line = entry.line()?;
     if let Err(e) = shared.journal.write(Some(record), line).await {
         // Not recorded, never to be used: a token deletes the key pair it made.

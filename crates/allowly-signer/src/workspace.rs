@@ -2,7 +2,8 @@
 //! many callers are coalesced: an append only queues and schedules a `Flush` behind everything
 //! already in the mailbox, so one signature covers every batch that arrived meanwhile.
 //!
-//! A signed group is released only once its journal record and audit line are durable. The
+//! A signed group is released only once its journal record and audit line are durable (both
+//! in the journal, the line also written to `audit.log`). The
 //! actor *awaits* that (the journal writer thread does the IO; no tokio worker blocks), and
 //! handles no other message meanwhile: a workspace has at most one group in flight, its records
 //! reach the journal in order, and the appends that arrive during the wait form its next group.
@@ -136,8 +137,8 @@ impl Actor for WorkspaceActor {
             queued: a.queued,
         };
         if a.resumed {
-            // Durable before the actor answers anything: it covers a crash between the journal's
-            // fsync and the audit log's (see `audit`).
+            // Durable before the actor answers anything: the audit log says from which checkpoint
+            // each load (a restart, typically) went on.
             let line = s.audit_line(s.durable.size, Event::Resumed, None, None)?;
             s.shared.journal.write(None, line).await?;
         }
@@ -161,6 +162,9 @@ impl Actor for WorkspaceActor {
                     }
                 };
                 drop(bodies);
+                if checked.slow_reads > 0 {
+                    s.shared.metrics.body_slow_reads.inc_by(checked.slow_reads as u64);
+                }
                 s.pending.push_back(PendingAppend {
                     expected_size,
                     leaves: checked.leaves,
@@ -453,7 +457,8 @@ impl WsState {
     }
 
     /// Appends `leaves`, signs one checkpoint, and makes the new state durable (journal record
-    /// and audit line, plus `extra_audit` lines) before returning the note and proofs. On
+    /// and audit line, plus `extra_audit` lines, in one journal fsync) before returning the
+    /// note and proofs. On
     /// failure nothing changes in memory and the signature is dropped unseen. `last_leaf_ms` is
     /// the time of the last appended receipt after this group (the floor for the next one).
     #[allow(clippy::too_many_arguments)]
@@ -491,8 +496,7 @@ impl WsState {
             detail: None,
             leaves: Some(leaves),
         };
-        // The journal's copy of the entry leaves the leaf hashes out: the state has them.
-        let record = Record::new(&self.ws, &state, &Entry { leaves: None, ..entry.clone() })?;
+        let record = Record::new(&self.ws, &state)?;
         extra_audit.extend_from_slice(&entry.line()?);
         let started = Instant::now();
         self.shared.journal.write(Some(record), extra_audit).await?;

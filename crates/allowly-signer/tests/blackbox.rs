@@ -1018,7 +1018,8 @@ async fn appends_without_proofs_sign_the_same_log_and_send_no_proofs() {
 }
 
 /// Audit lines: one per created workspace, per signed checkpoint and per load, all whole JSON;
-/// the journal costs at most two fsyncs per signed group, shared across workspaces.
+/// the journal costs at most one fsync per signed group, shared across workspaces, and
+/// `audit.log` none (the journal holds its lines).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_workspaces_appending_at_once_are_all_signed_and_audited() {
     const WORKSPACES: usize = 40;
@@ -1056,6 +1057,9 @@ async fn many_workspaces_appending_at_once_are_all_signed_and_audited() {
     let fsyncs = metric(&m1, "allowly_signer_fsyncs_total{file=\"journal\"}")
         - metric(&m0, "allowly_signer_fsyncs_total{file=\"journal\"}");
     assert!(fsyncs >= 1.0 && fsyncs <= signed, "journal fsyncs {fsyncs} for {signed} signatures");
+    let audit_fsyncs = metric(&m1, "allowly_signer_fsyncs_total{file=\"audit\"}")
+        - metric(&m0, "allowly_signer_fsyncs_total{file=\"audit\"}");
+    assert_eq!(audit_fsyncs, 0.0, "audit.log fsynced per group");
     let checkpoints = s.audit().into_iter().filter(|l| l["event"] == "checkpoint").count();
     assert_eq!(checkpoints, WORKSPACES * ROUNDS, "one audit line per signed checkpoint");
 

@@ -164,6 +164,18 @@ fn warnings(s: &Signer, what: &str) -> usize {
         .count()
 }
 
+/// Waits until the signer's stderr has a lock warning for `what`: the signer writes it before
+/// it answers, but the harness reads its stderr pipe on a thread of its own, which may not have
+/// read the line yet.
+async fn warned(s: &Signer, what: &str) {
+    eventually(
+        &format!("a key-memory warning for {what:?}"),
+        || s.diagnostics(),
+        || async { (warnings(s, what) >= 1).then_some(()) },
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_mlock_failure_is_counted_and_logged_where_it_happens_and_require_mlock_refuses() {
     require_root("it runs the signer as uid 65534 under RLIMIT_MEMLOCK (root ignores the limit)");
@@ -185,15 +197,16 @@ async fn every_mlock_failure_is_counted_and_logged_where_it_happens_and_require_
     let count = |text: String| metric(&text, "allowly_signer_mlock_failures_total");
     let at_start = count(c.metrics().await.unwrap());
     assert!(at_start >= 1.0, "the master key's failure is not counted");
+    warned(&s, "master key").await;
     assert_eq!(warnings(&s, "master key"), 1, "{}", s.diagnostics());
     c.create_key("ws_a").await.unwrap();
     let created = count(c.metrics().await.unwrap());
     assert!(created > at_start, "creation's failure is not counted ({at_start} → {created})");
-    assert!(warnings(&s, "create") >= 1, "{}", s.diagnostics());
+    warned(&s, "create").await;
     c.rotate_key("ws_a", 0).await.unwrap();
     let rotated = count(c.metrics().await.unwrap());
     assert!(rotated > created, "rotation's failure is not counted ({created} → {rotated})");
-    assert!(warnings(&s, "rotate") >= 1, "{}", s.diagnostics());
+    warned(&s, "rotate").await;
     s.kill9();
     let mut s = Signer::spawn(serve_as_nobody_with_memlock(&bin, &dir, &sock, 0, &[]), &dir, &sock);
     let c = s.ready().await;
@@ -201,7 +214,7 @@ async fn every_mlock_failure_is_counted_and_logged_where_it_happens_and_require_
     c.list_keys("ws_a").await.unwrap();
     let loaded = count(c.metrics().await.unwrap());
     assert!(loaded > before, "a load's failure is not counted ({before} → {loaded})");
-    assert!(warnings(&s, "load") >= 1, "{}", s.diagnostics());
+    warned(&s, "load").await;
     s.kill9();
 
     // A limit that is used up while serving: with --require-mlock, creation fails (an error
@@ -226,6 +239,6 @@ async fn every_mlock_failure_is_counted_and_logged_where_it_happens_and_require_
         other => panic!("creation {i}: expected an error answer, got {other:?}"),
     }
     assert!(count(c.metrics().await.unwrap()) >= 1.0);
-    assert!(warnings(&s, "create") >= 1, "{}", s.diagnostics());
+    warned(&s, "create").await;
     assert!(s.try_wait().is_none(), "the signer died instead of refusing one request");
 }
