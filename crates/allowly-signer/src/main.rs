@@ -239,6 +239,8 @@ struct Tuning {
     worker_threads: usize,
 }
 
+// One argument per flag (group) of `serve`; its only caller is `main`'s match on the command.
+#[allow(clippy::too_many_arguments)]
 fn serve(
     dir: PathBuf,
     socket: PathBuf,
