@@ -112,6 +112,12 @@ struct Cli {
     /// Sustained mode: 80 % of the check knee for this many minutes.
     #[arg(long, num_args = 0..=1, default_missing_value = "10", value_name = "MINUTES")]
     sustained: Option<u64>,
+    /// Timeline mode: offer this many checks/s for `--seconds` and print the p99 and max of every
+    /// `--timeline-ms` slice (by due instant), to find periodic stalls that a whole-step p99 hides.
+    #[arg(long, value_name = "RATE")]
+    timeline: Option<f64>,
+    #[arg(long, default_value = "100")]
+    timeline_ms: u64,
     /// Use this check knee instead of searching for it (sustained mode).
     #[arg(long)]
     check_knee: Option<f64>,
@@ -584,6 +590,9 @@ async fn run(cli: Cli) -> Result<(), String> {
         let admin = admin.map_err(|e| format!("{}: {e}", token_file.display()))?;
         report["scale"] = scale_mode(&mut ctx, &admin, server_pid).await?;
         panels.push(scale_panel(&report["scale"]));
+    } else if let Some(rate) = ctx.cli.timeline {
+        let admin = admin.map_err(|e| format!("{}: {e}", token_file.display()))?;
+        report["timeline"] = timeline_mode(&mut ctx, &admin, server_pid, rate).await?;
     } else if let Some(minutes) = ctx.cli.sustained {
         let admin = admin.map_err(|e| format!("{}: {e}", token_file.display()))?;
         let (v, p) = sustained_mode(&mut ctx, &admin, server_pid, minutes).await?;
@@ -877,6 +886,23 @@ fn signing_json(before: Option<&prom::Scrape>, after: Option<&prom::Scrape>, row
 }
 
 /// Finds the check knee (or takes `--check-knee`), then offers 80 % of it for `minutes`.
+/// One check step at `rate`, reported per `--timeline-ms` slice: when latency spikes and how
+/// often (a flush, a compaction, a signer round), which a whole-step p99 cannot say.
+async fn timeline_mode(ctx: &mut Ctx, admin: &str, server_pid: Option<u32>, rate: f64) -> Result<Value, String> {
+    let prepared = setup::small(&ctx.api, admin, ctx.cli.workspaces).await?;
+    let t = check_target(ctx, &prepared, server_pid);
+    print_header();
+    let slice = Duration::from_millis(ctx.cli.timeline_ms.max(1));
+    let row = ctx.step(&t, "timeline", rate, ctx.cli.seconds, Some(slice)).await;
+    let mut slices = Vec::new();
+    for (i, (tp, p99)) in row.buckets.iter().enumerate() {
+        let at_ms = i as u64 * ctx.cli.timeline_ms;
+        println!("  {at_ms:>7} ms {tp:>8.0}/s p99 {p99:>8.2} ms");
+        slices.push(json!({ "at_ms": at_ms, "throughput_per_s": round(*tp), "p99_ms": p99 }));
+    }
+    Ok(json!({ "rate_per_s": rate, "slice_ms": ctx.cli.timeline_ms, "slices": slices }))
+}
+
 async fn sustained_mode(
     ctx: &mut Ctx,
     admin: &str,

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use allowly_receipt::bundle::{self, Bundle, Header};
 use allowly_receipt::merkle;
-use allowly_receipt::types::{AnyReceipt, HexHash, KeySet};
+use allowly_receipt::types::{HexHash, KeySet};
 use allowly_signer_proto::client::SignerClient;
 use allowly_store::{
     ApiKeyRecord, DocKind, Durability, Op, ReceiptRecord, Role, Store, StoreError, StoredNodes, WriteBatch,
@@ -1018,12 +1018,7 @@ impl Engine {
         };
         let receipts = recs
             .iter()
-            .map(|r| {
-                Ok(match self.view(r, latest.as_ref())? {
-                    ReceiptView::Signed(s) => AnyReceipt::Signed(s),
-                    ReceiptView::Pending(p) => AnyReceipt::Pending(p),
-                })
-            })
+            .map(|r| self.view(r, latest.as_ref())?.into_any().map_err(|e| EngineError::Internal(e.to_string())))
             .collect::<Result<Vec<_>>>()?;
         let b = Bundle {
             header: Some(Header {

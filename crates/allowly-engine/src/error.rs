@@ -47,7 +47,7 @@ pub enum EngineError {
         kind: Refusal,
         code: &'static str,
         message: String,
-        receipt: Option<Box<allowly_receipt::types::PendingReceipt>>,
+        receipt: Option<Box<allowly_receipt::types::PendingReceipt<allowly_receipt::types::RawBody>>>,
     },
     /// An `Idempotency-Key` was used before with a different request. Nothing was changed.
     #[error("this Idempotency-Key was used with a different request")]

@@ -4,7 +4,9 @@
 
 use std::collections::BTreeMap;
 
-use allowly_receipt::types::{ApprovalOutcome, Decision, HexHash, PendingReceipt, SignedReceipt, Timestamp};
+use allowly_receipt::types::{
+    AnyReceipt, ApprovalOutcome, Decision, HexHash, PendingReceipt, RawBody, SignedReceipt, Timestamp,
+};
 use allowly_store::{Role, ScopeRule};
 use serde::{Deserialize, Serialize};
 
@@ -144,7 +146,7 @@ pub struct AuthorizationFilter {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuthorizationChange {
     pub authorization: AuthorizationView,
-    pub receipt: PendingReceipt,
+    pub receipt: PendingReceipt<RawBody>,
 }
 
 /// `POST /v1/check`.
@@ -172,7 +174,7 @@ pub struct CheckOutcome {
     pub reason: String,
     /// The durable, not yet signed receipt of this decision. `None` only for
     /// `unknown_authorization` (there is no trail to chain it into).
-    pub receipt: Option<PendingReceipt>,
+    pub receipt: Option<PendingReceipt<RawBody>>,
     /// Set when `decision` is `confirm`.
     pub confirmation: Option<ConfirmationInfo>,
     /// Set when `decision` is `escalate`.
@@ -232,8 +234,18 @@ pub struct EscalationInfo {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum ReceiptView {
-    Signed(SignedReceipt),
-    Pending(PendingReceipt),
+    Signed(SignedReceipt<RawBody>),
+    Pending(PendingReceipt<RawBody>),
+}
+
+impl ReceiptView {
+    /// The receipt as bundles and the verifiers hold it (body parsed).
+    pub fn into_any(self) -> serde_json::Result<AnyReceipt> {
+        Ok(match self {
+            Self::Signed(s) => AnyReceipt::Signed(s.parsed()?),
+            Self::Pending(p) => AnyReceipt::Pending(p.parsed()?),
+        })
+    }
 }
 
 /// One page of a list. Pass `next_cursor` as `starting_after` to get the next page.
@@ -355,7 +367,7 @@ pub struct Resolution {
     /// `confirmed`, `declined`, `approved`, `denied`, `revoked` or `expired` (the authorization
     /// was revoked or expired while waiting).
     pub reason: String,
-    pub receipt: PendingReceipt,
+    pub receipt: PendingReceipt<RawBody>,
     /// The escalation after this step (escalations only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub escalation: Option<EscalationView>,

@@ -7,8 +7,8 @@ use allowly_receipt::jcs;
 use allowly_receipt::merkle::{self, Hash};
 use allowly_receipt::note::NoteVerifier;
 use allowly_receipt::types::{
-    log_origin, HexHash, KeySet, KeyStatus, PendingReceipt, PublicKeyInfo, ReceiptBody, SignedReceipt, Timestamp,
-    STATUS_PENDING, STATUS_SIGNED,
+    log_origin, HexHash, KeySet, KeyStatus, PendingReceipt, PublicKeyInfo, RawBody, ReceiptBody, SignedReceipt,
+    Timestamp, STATUS_PENDING, STATUS_SIGNED,
 };
 use allowly_store::{AuthorizationRecord, PublicKeyRecord, ReceiptRecord};
 use base64::engine::general_purpose::STANDARD as B64;
@@ -76,26 +76,27 @@ pub fn seal(body: &ReceiptBody) -> Result<ReceiptRecord> {
     })
 }
 
-fn body_value(r: &ReceiptRecord) -> Result<serde_json::Value> {
-    serde_json::from_slice(&r.body).map_err(|e| EngineError::Internal(format!("stored body of {}: {e}", r.id)))
+/// The stored body as the answer carries it: its bytes, not a parse-and-reprint.
+fn raw_body(r: &ReceiptRecord) -> Result<RawBody> {
+    RawBody::from_json(&r.body).map_err(|e| EngineError::Internal(format!("stored body of {}: {e}", r.id)))
 }
 
 /// The pending envelope of a stored receipt.
-pub fn pending_envelope(r: &ReceiptRecord) -> Result<PendingReceipt> {
+pub fn pending_envelope(r: &ReceiptRecord) -> Result<PendingReceipt<RawBody>> {
     Ok(PendingReceipt {
         status: STATUS_PENDING.into(),
         receipt_id: r.id.clone(),
         log_index: r.log_index,
         leaf_hash: HexHash(r.leaf),
-        body: body_value(r)?,
+        body: raw_body(r)?,
     })
 }
 
 /// The signed envelope of a stored receipt, given its proof against `checkpoint`.
-pub fn signed_envelope(r: &ReceiptRecord, proof: Vec<Hash>, checkpoint: String) -> Result<SignedReceipt> {
+pub fn signed_envelope(r: &ReceiptRecord, proof: Vec<Hash>, checkpoint: String) -> Result<SignedReceipt<RawBody>> {
     Ok(SignedReceipt {
         status: STATUS_SIGNED.into(),
-        body: body_value(r)?,
+        body: raw_body(r)?,
         log_index: r.log_index,
         inclusion_proof: proof.into_iter().map(HexHash).collect(),
         checkpoint,

@@ -76,7 +76,7 @@ async fn a_confirmation_is_answered_once_and_every_attempt_is_in_the_trail() {
     assert_eq!(answered.status, ConfirmationStatus::Answered);
     assert_eq!((answered.decision, answered.reason.as_deref()), (Some(Decision::Allow), Some("confirmed")));
     assert_eq!(answered.answer_receipt_id.as_deref(), Some(r.receipt.receipt_id.as_str()));
-    let b = &r.receipt.body;
+    let b = &r.receipt.body.to_value().unwrap();
     assert_eq!(b["kind"], "confirmation");
     assert_eq!(b["approval"]["by"], "user-42");
     assert_eq!(b["approval"]["outcome"], "approved");
@@ -222,9 +222,9 @@ async fn an_escalation_resolves_once_and_an_overdue_one_resolves_to_deny() {
     assert_eq!(winners.len(), 1);
     let r = &winners[0];
     assert_eq!((r.decision, r.reason.as_str()), (Decision::Allow, "approved"));
-    assert_eq!(r.receipt.body["kind"], "escalation.resolved");
-    assert_eq!(r.receipt.body["escalation_id"], esc.as_str());
-    assert_eq!(r.receipt.body["approval"]["by"], "boss");
+    assert_eq!(r.receipt.body.to_value().unwrap()["kind"], "escalation.resolved");
+    assert_eq!(r.receipt.body.to_value().unwrap()["escalation_id"], esc.as_str());
+    assert_eq!(r.receipt.body.to_value().unwrap()["approval"]["by"], "boss");
     let view = e.escalation(&ws, &esc).await.unwrap();
     assert_eq!(view.status, EscalationStatus::Approved);
     assert_eq!(view.resolution_receipt_id.as_deref(), Some(r.receipt.receipt_id.as_str()));

@@ -128,10 +128,7 @@ pub async fn all_signed(e: &Engine, ws: &str, auth: &str) -> bool {
 }
 
 pub fn any(v: ReceiptView) -> AnyReceipt {
-    match v {
-        ReceiptView::Signed(s) => AnyReceipt::Signed(s),
-        ReceiptView::Pending(p) => AnyReceipt::Pending(p),
-    }
+    v.into_any().unwrap()
 }
 
 pub fn now_ms() -> u64 {
