@@ -6,7 +6,7 @@
 //! of a [`pool`] of pages that hold secrets only, locked in RAM (`mlock`, never swapped) and
 //! excluded from core dumps (`MADV_DONTDUMP`); a slot is overwritten with zeros when its secret
 //! is dropped, and a page is unlocked and unmapped when its last secret goes (an idle workspace
-//! unloaded, see `server`).
+//! unloaded, see `registry`).
 //!
 //! What it cannot promise (honestly): `ed25519-dalek` derives the expanded secret scalar on the
 //! stack for each signature and zeroizes it afterwards, but stack pages are not locked, so a
