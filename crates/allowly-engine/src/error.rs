@@ -52,7 +52,9 @@ pub enum EngineError {
     /// An `Idempotency-Key` was used before with a different request. Nothing was changed.
     #[error("this Idempotency-Key was used with a different request")]
     IdempotencyMismatch,
-    /// The workspace's bounded queue is full; retry after a short delay. Nothing was changed.
+    /// The workspace's bounded queue is full — the engine's, or the signer's for this workspace
+    /// (it answered `Busy`) —; retry after a short delay. Nothing was changed. Back pressure:
+    /// never a sign that the signer is down, so it never fails anything closed.
     #[error("workspace is overloaded; retry later")]
     Overloaded,
     /// The signer cannot be reached (or does not answer in time): decisions fail closed.
@@ -124,9 +126,10 @@ impl EngineError {
     }
 
     /// Classifies a signer client error: outages (no connection, no answer in time) versus
-    /// answers that are errors. A busy signer is *not* an outage: it answers, so the caller
-    /// backs off and retries, and checks keep being decided (a busy signer never fails the
-    /// instance closed). A signer that answers that it cannot make its journal durable
+    /// answers that are errors. A busy signer (`Busy`: its queue for the workspace is over its
+    /// cap) is *not* an outage but back pressure, [`EngineError::Overloaded`]: it answers, so
+    /// the caller backs off and retries, and checks keep being decided (a busy signer never
+    /// fails the instance closed). A signer that answers that it cannot make its journal durable
     /// (`StorageFailed`) is [`Fault::SignerStorageFailed`]: nothing was signed, retry later.
     pub(crate) fn from_signer(e: ClientError) -> Self {
         match e {
@@ -134,6 +137,7 @@ impl EngineError {
             | ClientError::Unavailable { .. }
             | ClientError::Disconnected
             | ClientError::Timeout(_) => Self::SignerUnavailable(e.to_string()),
+            ClientError::Busy => Self::Overloaded,
             ClientError::Remote(ref reply) if reply.code == ErrorCode::StorageFailed => {
                 Self::Unavailable { fault: Fault::SignerStorageFailed, detail: e.to_string() }
             }
@@ -164,7 +168,7 @@ mod tests {
         check(remote(ErrorCode::Internal), "signer_error", None);
         check(ClientError::Disconnected, "signer_unavailable", None);
         check(ClientError::Timeout(std::time::Duration::from_secs(2)), "signer_unavailable", None);
-        check(ClientError::Busy, "signer_error", None);
+        check(ClientError::Busy, "overloaded", None);
     }
 
     #[test]

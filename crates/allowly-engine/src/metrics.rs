@@ -47,6 +47,10 @@ pub struct Metrics {
     pub receipts_signed: IntCounter,
     /// Failed exchanges with the signer, by `kind` (unavailable, storage, error).
     pub signer_errors: IntCounterVec,
+    /// Signer answers `Busy` (its queue for a workspace over its cap): back pressure, the
+    /// signing round waits and is retried. Not an error and never an outage (`signer_up`
+    /// stays 1).
+    pub signer_busy: IntCounter,
     /// 1 while the signer answers, 0 while checks fail closed.
     pub signer_up: IntGauge,
     /// Signer logs that disagree with the stored one (fork or rollback): signing stops for the
@@ -158,6 +162,11 @@ impl Metrics {
                 &["kind"],
             )
             .expect("static metric definition"),
+            signer_busy: IntCounter::new(
+                "allowly_engine_signer_busy_total",
+                "Signer answers Busy (back pressure: the signing round waits and is retried)",
+            )
+            .expect("static metric definition"),
             signer_up: IntGauge::new("allowly_engine_signer_up", "1 while the signer answers")
                 .expect("static metric definition"),
             log_divergence: IntCounter::new(
@@ -230,6 +239,7 @@ impl Metrics {
             Box::new(m.signing_lag_seconds.clone()),
             Box::new(m.receipts_signed.clone()),
             Box::new(m.signer_errors.clone()),
+            Box::new(m.signer_busy.clone()),
             Box::new(m.signer_up.clone()),
             Box::new(m.log_divergence.clone()),
             Box::new(m.faults.clone()),

@@ -24,6 +24,11 @@
 //! logged, counted and marked (`Services::diverged`: the workspace refuses new receipts with
 //! `workspace_log_diverged` until [`resync`] finds the logs agree again), and nothing is
 //! overwritten.
+//!
+//! A signer that answers `Busy` (its queue for the workspace is over its cap) is back pressure:
+//! the round waits (the task's backoff) and is tried again, counted in
+//! `allowly_engine_signer_busy_total`. It is never taken for an outage (`signer_up` stays 1,
+//! nothing fails closed) nor for a divergence; only a signer that does not answer is down.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -234,6 +239,11 @@ impl Pipelines {
     }
 }
 
+/// Longest pause after the signer answered `Busy` before the workspace's round is tried again:
+/// far under the 1 s of an outage's backoff, since a busy signer drains its queue in
+/// milliseconds and every pause adds to the signing lag.
+const BUSY_PAUSE_MAX: Duration = Duration::from_millis(100);
+
 /// `Progress::signed` before the task has read the signed size from the store.
 const NOT_LOADED: u64 = u64::MAX;
 /// Commits within this of the last mark raise it instead of adding one (the age is then
@@ -390,10 +400,19 @@ async fn run(
                 backoff = Duration::from_millis(20);
             }
             Err(Stop::Retry(e)) => {
-                if !matches!(e, EngineError::SignerUnavailable(_)) {
-                    tracing::warn!(workspace = %ws, error = %e, "signing round failed; retrying");
+                let mut pause = backoff;
+                match e {
+                    // Said once, by the health task.
+                    EngineError::SignerUnavailable(_) => {}
+                    // Back pressure, not a failure: the signer answers, so it is asked again
+                    // soon (the backoff still grows, so a long busy spell costs few requests).
+                    EngineError::Overloaded => {
+                        tracing::debug!(workspace = %ws, "the signer is busy with this workspace; waiting");
+                        pause = pause.min(BUSY_PAUSE_MAX);
+                    }
+                    e => tracing::warn!(workspace = %ws, error = %e, "signing round failed; retrying"),
                 }
-                tokio::time::sleep(backoff).await;
+                tokio::time::sleep(pause).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
             }
             Err(Stop::Diverged(why)) => {
@@ -520,6 +539,11 @@ impl Signing {
                 shared.health.set_up(&shared.metrics);
                 Err(Stop::Diverged(format!("the signer refuses the stored receipts: {}", reply.message)))
             }
+            Ok(Err(e @ ClientError::Busy)) => {
+                // It answered: up, and asking this workspace to wait.
+                shared.health.set_up(&shared.metrics);
+                Err(signer_failed(shared, e))
+            }
             Ok(Err(e)) => {
                 let e = EngineError::from_signer(e);
                 if let EngineError::SignerUnavailable(why) = &e {
@@ -550,7 +574,7 @@ impl Signing {
         let latest =
             match tokio::time::timeout(shared.cfg.signer_timeout, shared.signer.latest_checkpoint(&self.ws)).await {
                 Err(_) => return Err(self.outage(shared, "signer did not answer in time")),
-                Ok(Err(e)) => return Err(Stop::Retry(EngineError::from_signer(e))),
+                Ok(Err(e)) => return Err(signer_failed(shared, e)),
                 Ok(Ok(c)) => c,
             };
         let Some(note) = latest.checkpoint else {
@@ -681,7 +705,8 @@ impl Signing {
                 Ok(Err(ClientError::Remote(reply))) => {
                     return Err(Stop::Diverged(format!("the signer refused the stored receipts from {at}: {reply}")))
                 }
-                Ok(Err(e)) => return Err(Stop::Retry(EngineError::from_signer(e))),
+                // `Busy` (back pressure) included: tried again, never a divergence.
+                Ok(Err(e)) => return Err(signer_failed(shared, e)),
                 Ok(Ok(out)) => out,
             };
             let cp = self.open_refreshed(shared, &out.checkpoint).await?;
@@ -712,7 +737,7 @@ impl Signing {
     async fn refresh_keys(&mut self, shared: &Services) -> Result<(), Stop> {
         let keys = match tokio::time::timeout(shared.cfg.signer_timeout, shared.signer.list_keys(&self.ws)).await {
             Err(_) => return Err(self.outage(shared, "signer did not answer in time")),
-            Ok(Err(e)) => return Err(Stop::Retry(EngineError::from_signer(e))),
+            Ok(Err(e)) => return Err(signer_failed(shared, e)),
             Ok(Ok(k)) => key_records(&k),
         };
         self.verifiers = keys.iter().map(|k| verifier(&self.ws, k)).collect::<Result<Vec<_>>>()?;
@@ -723,6 +748,15 @@ impl Signing {
         }
         Ok(())
     }
+}
+
+/// A signer call that failed, to be tried again: `Busy` (back pressure) is counted as such and
+/// becomes [`EngineError::Overloaded`]; see [`EngineError::from_signer`] for the rest.
+fn signer_failed(shared: &Services, e: ClientError) -> Stop {
+    if matches!(e, ClientError::Busy) {
+        shared.metrics.signer_busy.inc();
+    }
+    Stop::Retry(EngineError::from_signer(e))
 }
 
 /// The ops enqueueing a `receipt.signed` event (leaves `[from, size)` are now signed by

@@ -46,7 +46,11 @@
 //!   of the call; on expiry the call fails with [`ClientError::Timeout`] and
 //!   its slot is removed.
 //! * [`ClientError::Busy`] means the signer itself answered `Busy` (a
-//!   workspace's queue in the signer is full), never a local limit.
+//!   workspace's queue in the signer is over its cap), never a local limit.
+//!   It is back pressure, not an outage: the signer answered, nothing was
+//!   done, and the call may be retried after a pause. A signer that holds
+//!   all the request bytes it may stops reading the socket instead; calls
+//!   then wait (within `request_timeout`) like calls waiting for a slot.
 //! * Connecting is bounded by [`ClientOptions::connect_timeout`] and happens
 //!   once at a time; callers arriving meanwhile wait for that attempt. So a
 //!   call takes at most about `connect_timeout + request_timeout`.
@@ -136,8 +140,9 @@ pub enum ClientError {
     #[error("no answer from signer within {0:?}")]
     Timeout(Duration),
     /// The signer answered [`ErrorCode::Busy`](crate::ErrorCode::Busy): its
-    /// bounded queue for the workspace is full. Nothing was executed; retry
-    /// later. (A full client is not an error: calls wait for a slot.)
+    /// queue for the workspace is over its cap. Nothing was executed; retry
+    /// later. Back pressure from a signer that answers, never a sign that it
+    /// is down. (A full client is not an error: calls wait for a slot.)
     #[error("signer is busy")]
     Busy,
     /// The signer answered with an `Error` response.

@@ -28,7 +28,8 @@ pub enum ErrorCode {
     SizeMismatch,
     /// 7: more than [`MAX_BATCH_LEAVES`](crate::MAX_BATCH_LEAVES) leaves.
     BatchTooLarge,
-    /// 8: the signer's bounded queue is full; retry later.
+    /// 8: the workspace's queue in the signer is over its cap (requests or bytes); nothing
+    /// was done. Back pressure, not an outage: retry after a pause.
     Busy,
     /// 9: internal signer failure.
     Internal,

@@ -26,6 +26,17 @@ pub async fn read_frame<'b, R: AsyncRead + Unpin + ?Sized>(
     r: &mut R,
     buf: &'b mut Vec<u8>,
 ) -> Result<Option<&'b [u8]>, ProtoError> {
+    match read_frame_len(r).await? {
+        Some(len) => read_frame_body(r, len, buf).await.map(Some),
+        None => Ok(None),
+    }
+}
+
+/// The first half of [`read_frame`]: reads a frame's length prefix and checks it (`1 ≤ len ≤`
+/// [`MAX_FRAME`], else [`ProtoError::FrameLength`]); `Ok(None)` on a clean EOF. Lets a server
+/// reserve memory for the frame (or wait until it can) before reading its body with
+/// [`read_frame_body`].
+pub async fn read_frame_len<R: AsyncRead + Unpin + ?Sized>(r: &mut R) -> Result<Option<usize>, ProtoError> {
     let mut prefix = [0u8; 4];
     let mut filled = 0;
     while filled < prefix.len() {
@@ -40,16 +51,29 @@ pub async fn read_frame<'b, R: AsyncRead + Unpin + ?Sized>(
         filled += n;
     }
     let len = u32::from_be_bytes(prefix);
-    let len_usize = usize::try_from(len).unwrap_or(usize::MAX);
-    if len == 0 || len_usize > MAX_FRAME {
-        return Err(ProtoError::FrameLength { len: u64::from(len) });
+    match usize::try_from(len) {
+        Ok(l) if (1..=MAX_FRAME).contains(&l) => Ok(Some(l)),
+        _ => Err(ProtoError::FrameLength { len: u64::from(len) }),
+    }
+}
+
+/// The second half of [`read_frame`]: reads the `len` bytes of a frame's body (`len` as
+/// [`read_frame_len`] returned it) into `buf` (cleared first) and returns them. `buf` grows
+/// only as bytes arrive.
+pub async fn read_frame_body<'b, R: AsyncRead + Unpin + ?Sized>(
+    r: &mut R,
+    len: usize,
+    buf: &'b mut Vec<u8>,
+) -> Result<&'b [u8], ProtoError> {
+    if !(1..=MAX_FRAME).contains(&len) {
+        return Err(ProtoError::FrameLength { len: len as u64 });
     }
     buf.clear();
-    let got = (&mut *r).take(u64::from(len)).read_to_end(buf).await?;
-    if got != len_usize {
+    let got = (&mut *r).take(len as u64).read_to_end(buf).await?;
+    if got != len {
         return Err(eof("connection closed inside a frame body"));
     }
-    Ok(Some(buf.as_slice()))
+    Ok(buf.as_slice())
 }
 
 /// Writes one complete frame as produced by

@@ -87,13 +87,33 @@
 //! | 5 | `WorkspaceExists` | `CreateKey` on an existing workspace |
 //! | 6 | `SizeMismatch` | `expected_size` ≠ log size (fork, rollback or stale caller); `current_size` set |
 //! | 7 | `BatchTooLarge` | more than [`MAX_BATCH_LEAVES`] leaves |
-//! | 8 | `Busy` | signer's bounded queue full; retry |
+//! | 8 | `Busy` | the workspace's queue in the signer is over its cap (requests or bytes, see *Limits*); nothing was done; retry after a pause |
 //! | 9 | `Internal` | signer failure |
 //! | 10 | `InvalidArgument` | bad workspace id, empty batch |
 //! | 11 | `PermissionDenied` | operation not allowed |
 //! | 12 | `StorageFailed` | the signer's journal or audit log failed to write or sync (disk full, device error); nothing signed out, retry later |
 //! | 13 | `ReceiptRefused` | (v3) an `AppendBatch` body is not a receipt the signer may sign (below); the whole batch is refused, nothing is signed, an audit line records it |
 //! | other | `Unknown(n)` | kept verbatim, never a decode failure |
+//!
+//! # Limits (back pressure and `Busy`)
+//!
+//! The signer bounds what it holds for callers; none of this changed the wire format or the
+//! version (`Busy` is code 8 since version 1, and a client that knows only it already treats it
+//! as "retry later", never as an outage):
+//!
+//! * **Bytes of requests in flight** (all connections together, `--max-queued-bytes`): a
+//!   frame is read only once the signer can hold it; at the cap it stops reading its sockets
+//!   until answers are written (back pressure: the caller's writes wait, within its timeout).
+//! * **A workspace's queue**: a request for a workspace that has 16 384 requests waiting, or
+//!   an `AppendBatch` for one that holds `--max-workspace-queued-bytes` of appends not yet
+//!   signed, is answered `Busy` at once, so one busy workspace cannot stall the connection it
+//!   shares with every other. A caller that pipelines appends of one
+//!   workspace and gets `Busy` for the one at `n` gets `SizeMismatch` (`current_size`) for the
+//!   ones it pipelined behind it; it resends from `n`. Those are not counted as fork attempts.
+//! * **Leaves per signature** (`--max-group-leaves`): appends queued for one workspace are
+//!   signed together, at most that many leaves per checkpoint; the rest wait for the next one.
+//!   One `AppendBatch` is never split: a larger one is signed alone.
+//! * **Connections** (`--max-connections`): one more is closed at once, before any frame.
 //!
 //! # What the signer checks in an `AppendBatch` (version 3)
 //!
@@ -176,7 +196,7 @@ mod message;
 
 pub use codec::{decode_request, decode_response, encode_request, encode_response};
 pub use error::{ErrorCode, ProtoError};
-pub use frame::{read_frame, write_frame};
+pub use frame::{read_frame, read_frame_body, read_frame_len, write_frame};
 pub use message::{ErrorReply, Hash, KeyInfo, Request, Response, SignedLeaf};
 
 /// The only protocol version this crate speaks.

@@ -20,9 +20,10 @@ pub enum SignerError {
     /// batch is refused, counted and written to the audit log.
     #[error("receipt refused at log index {index}: {reason}")]
     ReceiptRefused { index: u64, reason: String },
-    /// The workspace's queue is full.
-    #[error("workspace queue is full")]
-    Busy,
+    /// The workspace's queue is at a cap (`limit`: `workspace_requests` or `workspace_bytes`);
+    /// nothing was done. Back pressure: the caller retries after a pause.
+    #[error("the workspace's queue in the signer is at its cap ({limit}); nothing was done, retry later")]
+    Busy { limit: &'static str },
     /// Something about the request is wrong (e.g. a bad workspace id).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
@@ -73,7 +74,7 @@ impl SignerError {
             Self::WorkspaceExists => ErrorCode::WorkspaceExists,
             Self::SizeMismatch { .. } => ErrorCode::SizeMismatch,
             Self::ReceiptRefused { .. } => ErrorCode::ReceiptRefused,
-            Self::Busy => ErrorCode::Busy,
+            Self::Busy { .. } => ErrorCode::Busy,
             Self::InvalidArgument(_) => ErrorCode::InvalidArgument,
             Self::Storage(_) => ErrorCode::StorageFailed,
             Self::MasterKey(_)

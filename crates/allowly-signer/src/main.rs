@@ -10,7 +10,7 @@ use allowly_signer::journal::{Journal, JournalOptions};
 use allowly_signer::keystore::{FileBackend, KeyBackend, KeyStore, MasterKey, MlockPolicy};
 use allowly_signer::metrics::Metrics;
 use allowly_signer::pkcs11::{Pin, TokenBackend, TokenConfig, PIN_ENV};
-use allowly_signer::{server, Shared};
+use allowly_signer::{server, Limits, Shared};
 use clap::{Parser, Subcommand};
 
 /// See the workspace Cargo.toml for why this allocator. Here: a signed receipt costs a few
@@ -73,6 +73,8 @@ enum Command {
         parent_pid: Option<i32>,
         #[command(flatten)]
         keys: KeyArgs,
+        #[command(flatten)]
+        limits: LimitArgs,
     },
     /// Exit 0 if a signer answers on the socket.
     Ping {
@@ -111,6 +113,74 @@ struct KeyArgs {
     /// ALLOWLY_SIGNER_PKCS11_PIN environment variable (removed once read).
     #[arg(long, value_name = "FILE")]
     pkcs11_pin_file: Option<PathBuf>,
+}
+
+/// What the signer holds for its callers at most (see `allowly_signer::Limits` and the
+/// `server` and `registry` modules for what each bound covers).
+#[derive(Debug, clap::Args)]
+#[command(next_help_heading = "Limits")]
+struct LimitArgs {
+    /// Most leaves one checkpoint signature covers. Appends queued for one workspace are signed
+    /// together up to this many leaves; the rest wait for its next signature (back pressure,
+    /// no error). One append larger than this is signed alone, never split. Bounds one signed
+    /// group's memory, journal record and audit line (each lists every leaf).
+    #[arg(long, env = "ALLOWLY_SIGNER_MAX_GROUP_LEAVES", value_name = "LEAVES",
+          default_value_t = Limits::DEFAULT_MAX_GROUP_LEAVES as u32,
+          value_parser = clap::value_parser!(u32).range(1..=Limits::MAX_GROUP_LEAVES as i64))]
+    max_group_leaves: u32,
+    /// Bytes of appends one workspace may have waiting to be signed. An append that finds its
+    /// workspace at this is answered Busy at once (the service retries it after a pause and
+    /// never takes the signer for down); other workspaces are not held up.
+    #[arg(long, env = "ALLOWLY_SIGNER_MAX_WORKSPACE_QUEUED_BYTES", value_name = "BYTES",
+          default_value_t = Limits::default().max_workspace_queued_bytes as u64,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    max_workspace_queued_bytes: u64,
+    /// Bytes of requests, over all connections, read and not yet answered. At this the signer
+    /// stops reading its socket until answers go out (back pressure: callers' requests wait,
+    /// within their timeout). Bounds the signer's memory for requests. At least 16 MiB (the
+    /// largest frame).
+    #[arg(long, env = "ALLOWLY_SIGNER_MAX_QUEUED_BYTES", value_name = "BYTES",
+          default_value_t = Limits::default().max_queued_bytes as u64,
+          value_parser = clap::value_parser!(u64).range(allowly_signer_proto::MAX_FRAME as u64..))]
+    max_queued_bytes: u64,
+    /// Connections served at once. One more is closed as soon as it is accepted, counted in
+    /// allowly_signer_connections_refused_total and logged (at most once per 10 s).
+    #[arg(long, env = "ALLOWLY_SIGNER_MAX_CONNECTIONS", value_name = "N",
+          default_value_t = Limits::default().max_connections as u32,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: u32,
+    /// Unload a workspace after this many seconds without a request: its keys are wiped and
+    /// their memory unlocked, its state stays in the journal, and its next request loads it
+    /// again (the log goes on exactly as if it had stayed loaded). Fractions allowed; 0: never.
+    #[arg(long, env = "ALLOWLY_SIGNER_IDLE_UNLOAD_SECS", value_name = "SECS", default_value = "300",
+          value_parser = parse_idle_unload)]
+    idle_unload_secs: IdleUnload,
+}
+
+/// `--idle-unload-secs`: `None` for 0 (never unload).
+#[derive(Debug, Clone, Copy)]
+struct IdleUnload(Option<std::time::Duration>);
+
+fn parse_idle_unload(s: &str) -> Result<IdleUnload, String> {
+    let secs: f64 = s.trim().parse().map_err(|e| format!("{e}"))?;
+    if !secs.is_finite() || secs < 0.0 {
+        return Err("expected a number of seconds, 0 or more".into());
+    }
+    let d = std::time::Duration::try_from_secs_f64(secs).map_err(|e| e.to_string())?;
+    Ok(IdleUnload((!d.is_zero()).then_some(d)))
+}
+
+impl LimitArgs {
+    fn limits(&self) -> Limits {
+        let bytes = |b: u64| usize::try_from(b).unwrap_or(usize::MAX);
+        Limits {
+            max_group_leaves: self.max_group_leaves as usize,
+            max_workspace_queued_bytes: bytes(self.max_workspace_queued_bytes),
+            max_queued_bytes: bytes(self.max_queued_bytes),
+            max_connections: self.max_connections as usize,
+            idle_unload: self.idle_unload_secs.0,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -157,6 +227,7 @@ fn main() -> ExitCode {
             journal_commit_delay_us,
             worker_threads,
             keys,
+            limits,
         } => {
             let tuning = Tuning {
                 journal: JournalOptions {
@@ -164,6 +235,7 @@ fn main() -> ExitCode {
                     ..JournalOptions::default()
                 },
                 worker_threads: usize::from(worker_threads),
+                limits: limits.limits(),
             };
             serve(dir, socket, master_key_file, allow_uids, require_mlock, parent_pid, keys, tuning)
         }
@@ -233,10 +305,11 @@ fn runtime(worker_threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread().worker_threads(worker_threads).enable_all().build()
 }
 
-/// `serve`'s performance settings.
+/// `serve`'s performance settings and limits.
 struct Tuning {
     journal: JournalOptions,
     worker_threads: usize,
+    limits: Limits,
 }
 
 // One argument per flag (group) of `serve`; its only caller is `main`'s match on the command.
@@ -298,16 +371,19 @@ fn serve(
         probe_mlock()?;
     }
     allowed_uids.push(rustix::process::geteuid().as_raw());
-    let shared = Arc::new(Shared {
-        keystore: KeyStore::open(&dir, backend)?,
-        // Recovers the journal (cutting a torn tail, refusing a corrupt record) before serving.
-        journal: Journal::open(&dir, tuning.journal, metrics.clone())?,
-        metrics,
-        workspaces: Default::default(),
-        load_lock: Default::default(),
-        allowed_uids,
-        dir,
-    });
+    let keystore = KeyStore::open(&dir, backend)?;
+    // Recovers the journal (cutting a torn tail, refusing a corrupt record) before serving.
+    let journal = Journal::open(&dir, tuning.journal, metrics.clone())?;
+    let limits = tuning.limits;
+    tracing::info!(
+        max_group_leaves = limits.max_group_leaves,
+        max_workspace_queued_bytes = limits.max_workspace_queued_bytes,
+        max_queued_bytes = limits.max_queued_bytes,
+        max_connections = limits.max_connections,
+        idle_unload_secs = limits.idle_unload.map_or(0.0, |d| d.as_secs_f64()),
+        "limits"
+    );
+    let shared = Arc::new(Shared::new(dir, keystore, journal, metrics, allowed_uids, limits));
     runtime(tuning.worker_threads)?.block_on(async move {
         let listener = server::bind(&socket)?;
         let keystore = shared.keystore.kind();

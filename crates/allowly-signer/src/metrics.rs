@@ -59,6 +59,27 @@ pub struct Metrics {
     pub mlock_failures: IntCounter,
     /// Workspace actors currently loaded.
     pub workspaces_loaded: IntGauge,
+    /// Workspaces unloaded after `--idle-unload-secs` without a request (loaded again by the
+    /// next one).
+    pub workspace_unloads: IntCounter,
+    /// Requests answered `Busy` because their workspace's queue was at a cap, by `limit`
+    /// (`workspace_requests`: 16 384 requests; `workspace_bytes`:
+    /// `--max-workspace-queued-bytes`). Back pressure on one workspace; the caller retries.
+    pub busy: IntCounterVec,
+    /// Connections closed at once because `--max-connections` were open.
+    pub connections_refused: IntCounter,
+    /// Connections being served.
+    pub connections_open: IntGauge,
+    /// Frames whose reading waited for request bytes to be freed (`--max-queued-bytes` held):
+    /// back pressure on the connection.
+    pub backpressure_waits: IntCounter,
+    /// Bytes of requests read and not yet answered (at most `--max-queued-bytes`).
+    pub queued_bytes: IntGauge,
+    /// Bytes of the pages that hold keys and other secrets (`hardening::pool`), and of those
+    /// the bytes locked in RAM: they follow the workspaces loaded (16 keys a page), and drop
+    /// when idle ones are unloaded. Read when the metrics are rendered.
+    pub secret_bytes: IntGauge,
+    pub secret_locked_bytes: IntGauge,
 }
 
 impl Metrics {
@@ -99,7 +120,35 @@ impl Metrics {
         for file in ["journal", "audit"] {
             fsyncs.with_label_values(&[file]);
         }
+        let busy = counter_vec(
+            "allowly_signer_busy_total",
+            "Requests answered Busy because their workspace's queue was at a cap, by limit",
+            &["limit"],
+        );
+        for limit in ["workspace_requests", "workspace_bytes"] {
+            busy.with_label_values(&[limit]);
+        }
         Self {
+            busy,
+            workspace_unloads: counter(
+                "allowly_signer_workspace_unloads_total",
+                "Idle workspaces unloaded (keys wiped, their memory unlocked)",
+            ),
+            connections_refused: counter(
+                "allowly_signer_connections_refused_total",
+                "Connections closed at once: --max-connections were open",
+            ),
+            connections_open: gauge("allowly_signer_connections_open", "Connections being served"),
+            backpressure_waits: counter(
+                "allowly_signer_backpressure_waits_total",
+                "Frames whose reading waited for request bytes to be freed (--max-queued-bytes held)",
+            ),
+            queued_bytes: gauge("allowly_signer_queued_bytes", "Bytes of requests read and not yet answered"),
+            secret_bytes: gauge("allowly_signer_secret_bytes", "Bytes of the pages that hold keys and other secrets"),
+            secret_locked_bytes: gauge(
+                "allowly_signer_secret_locked_bytes",
+                "Bytes of the pages that hold keys and other secrets that are locked in RAM",
+            ),
             append_replays: counter_vec(
                 "allowly_signer_append_replays_total",
                 "Appends at signed indices whose leaves agree with the signed log (lost answers retried), by answer",
@@ -153,6 +202,9 @@ impl Metrics {
 
     /// Prometheus text exposition.
     pub fn render(&self) -> String {
+        let pool = crate::hardening::pool::usage();
+        self.secret_bytes.set(i64::try_from(pool.mapped_bytes).unwrap_or(i64::MAX));
+        self.secret_locked_bytes.set(i64::try_from(pool.locked_bytes).unwrap_or(i64::MAX));
         let mut out = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         String::from_utf8(out).unwrap_or_default()

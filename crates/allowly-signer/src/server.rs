@@ -1,26 +1,47 @@
-//! The Unix-socket front of the signer: peer check, framing, dispatch to workspace actors.
+//! The Unix-socket front of the signer: peer check, connection cap, framing within the
+//! signer's byte budget, dispatch to workspace actors (`registry`).
+//!
+//! # What a connection may cost, and what happens at each bound
+//!
+//! * **Connections** (`Limits::max_connections`): each costs a task, a read buffer and up to
+//!   8192 requests in flight. One more is closed as soon as it is accepted, before it is read:
+//!   counted in `allowly_signer_connections_refused_total`, and logged at most once per
+//!   [`REFUSAL_LOG_EVERY`] (with how many since the last line), so a client looping on connect
+//!   cannot flood the log. Refusing beats queueing: a connection waiting in the listen backlog
+//!   looks to its client like a signer that does not answer.
+//! * **Request bytes** (`Limits::max_queued_bytes`, over all connections): the read loop reads a
+//!   frame's length, then waits until the budget has that many bytes before it reads the body;
+//!   they are given back once the request's answer is written. Waiting (back pressure) rather
+//!   than refusing keeps the stream in order and loses nothing: the caller's writes block in
+//!   the socket and its calls wait, within their timeout, as they would for a slot of their
+//!   own. Every byte a request holds is counted, wherever it is — the frame buffer, a
+//!   workspace's mailbox (bodies until they are hashed), its pending leaves, the answer
+//!   waiting to be written — so this, not the number of connections or workspaces, bounds the
+//!   signer's memory for requests. Waits are counted in
+//!   `allowly_signer_backpressure_waits_total`; the bytes held are `allowly_signer_queued_bytes`.
+//! * **One workspace's queue** (`registry::enqueue`): over its cap, `Busy` at once — never a
+//!   wait, which would stall every other workspace sharing this connection.
+//! * **Answers not read**: a peer that takes more than [`WRITE_TIMEOUT`] to read one answer is
+//!   disconnected, so it cannot keep the budget forever.
 
 use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _, PermissionsExt as _};
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use allowly_signer_proto::{
-    decode_request, encode_response, read_frame, write_frame, ErrorCode, ErrorReply, Request, Response,
+    decode_request, encode_response, read_frame_body, read_frame_len, write_frame, ErrorCode, ErrorReply, Request,
+    Response,
 };
-use ractor::Actor;
+use prometheus::IntGauge;
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 
-use crate::audit::{Entry, Event};
 use crate::error::{Result, SignerError};
-use crate::journal::Record;
-use crate::keystore::WorkspaceKeys;
-use crate::state::LogState;
-use crate::workspace::{now_ms, WorkspaceActor, WsArgs, WsMsg, MAX_QUEUED};
-use crate::{Shared, WsHandle};
+use crate::registry::{blocking, create, enqueue, Queued};
+use crate::workspace::WsMsg;
+use crate::Shared;
 
 /// A connection that sends nothing for this long is closed.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
@@ -28,6 +49,13 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 const MAX_IN_FLIGHT_PER_CONN: usize = 8192;
 /// Answers waiting to be written on one connection.
 const WRITE_QUEUE: usize = 1024;
+/// A peer that takes longer than this to take one answer is disconnected (see the module docs).
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+/// A read buffer grown past this by a large frame is given back once the frame is decoded: a
+/// connection that once sent a 16 MiB frame would otherwise keep 16 MiB for good.
+const READ_BUF_KEEP: usize = 1 << 20;
+/// At most one warning per this long about refused connections.
+pub const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// Prepares the socket path: the directory must exist or be created with mode 0700, and must not
 /// be writable by group or others; a stale socket file is removed.
@@ -54,12 +82,16 @@ pub fn bind(socket: &Path) -> std::io::Result<UnixListener> {
     UnixListener::bind(socket)
 }
 
-/// Accepts connections until `shutdown` resolves.
+/// Accepts connections until `shutdown` resolves, within `Limits::max_connections`, and
+/// unloads idle workspaces meanwhile (`registry::sweep`) if `Limits::idle_unload` is set.
 pub async fn serve(listener: UnixListener, shared: Arc<Shared>, shutdown: impl std::future::Future<Output = ()>) {
     tokio::pin!(shutdown);
+    let slots = Arc::new(Semaphore::new(shared.limits.max_connections));
+    let sweeper = shared.limits.idle_unload.map(|idle| tokio::spawn(crate::registry::sweep(shared.clone(), idle)));
+    let mut refusals = Throttled::new(REFUSAL_LOG_EVERY);
     loop {
         tokio::select! {
-            () = &mut shutdown => return,
+            () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
                     let uid = match stream.peer_cred() {
@@ -72,7 +104,25 @@ pub async fn serve(listener: UnixListener, shared: Arc<Shared>, shutdown: impl s
                         drop(stream);
                         continue;
                     }
-                    tokio::spawn(connection(stream, uid, shared.clone()));
+                    let Ok(slot) = slots.clone().try_acquire_owned() else {
+                        shared.metrics.connections_refused.inc();
+                        if let Some(refused) = refusals.hit() {
+                            tracing::warn!(
+                                peer_uid = uid,
+                                max_connections = shared.limits.max_connections,
+                                refused_since_last_line = refused,
+                                "refused a connection: the signer serves --max-connections already"
+                            );
+                        }
+                        drop(stream);
+                        continue;
+                    };
+                    let open = Open::new(slot, shared.metrics.connections_open.clone());
+                    let shared = shared.clone();
+                    tokio::spawn(async move {
+                        connection(stream, uid, shared).await;
+                        drop(open);
+                    });
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
@@ -81,6 +131,82 @@ pub async fn serve(listener: UnixListener, shared: Arc<Shared>, shutdown: impl s
             }
         }
     }
+    if let Some(s) = sweeper {
+        s.abort();
+    }
+}
+
+/// One served connection: its slot of `max_connections`, and its count in the open gauge.
+struct Open {
+    _slot: OwnedSemaphorePermit,
+    gauge: IntGauge,
+}
+
+impl Open {
+    fn new(slot: OwnedSemaphorePermit, gauge: IntGauge) -> Self {
+        gauge.inc();
+        Self { _slot: slot, gauge }
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}
+
+/// Says yes at most once per `every`, with how many times it was asked since the last yes.
+#[derive(Debug)]
+struct Throttled {
+    every: Duration,
+    last: Option<Instant>,
+    since: u64,
+}
+
+impl Throttled {
+    fn new(every: Duration) -> Self {
+        Self { every, last: None, since: 0 }
+    }
+
+    fn hit(&mut self) -> Option<u64> {
+        self.since += 1;
+        if self.last.is_some_and(|t| t.elapsed() < self.every) {
+            return None;
+        }
+        self.last = Some(Instant::now());
+        Some(std::mem::take(&mut self.since))
+    }
+}
+
+/// Bytes of the request budget held by one request; given back when dropped.
+struct Charge {
+    _permit: OwnedSemaphorePermit,
+    bytes: i64,
+    gauge: IntGauge,
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        self.gauge.sub(self.bytes);
+    }
+}
+
+/// Takes `len` bytes (one frame's) of the request budget, waiting until they are free (see the
+/// module docs). `None` only if the budget is gone (never: it is not closed).
+async fn charge(shared: &Shared, len: usize) -> Option<Charge> {
+    // A frame is at most MAX_FRAME (16 MiB) bytes, and the budget at least that.
+    let n = u32::try_from(len).ok()?;
+    let permit = match shared.budget.clone().try_acquire_many_owned(n) {
+        Ok(p) => p,
+        Err(TryAcquireError::NoPermits) => {
+            shared.metrics.backpressure_waits.inc();
+            shared.budget.clone().acquire_many_owned(n).await.ok()?
+        }
+        Err(TryAcquireError::Closed) => return None,
+    };
+    let bytes = i64::from(n);
+    shared.metrics.queued_bytes.add(bytes);
+    Some(Charge { _permit: permit, bytes, gauge: shared.metrics.queued_bytes.clone() })
 }
 
 fn error_response(e: &SignerError) -> Response {
@@ -114,20 +240,26 @@ fn outcome_label(r: &Response) -> &'static str {
 
 async fn connection(stream: UnixStream, peer_uid: u32, shared: Arc<Shared>) {
     let (mut rd, mut wr) = stream.into_split();
-    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
+    let (tx, mut rx) = mpsc::channel::<(Vec<u8>, Charge)>(WRITE_QUEUE);
     let writer = tokio::spawn(async move {
-        while let Some(frame) = rx.recv().await {
-            if write_frame(&mut wr, &frame).await.is_err() {
-                break;
+        while let Some((frame, charge)) = rx.recv().await {
+            match tokio::time::timeout(WRITE_TIMEOUT, write_frame(&mut wr, &frame)).await {
+                Ok(Ok(())) => drop(charge),
+                Ok(Err(_)) => break,
+                Err(_) => {
+                    tracing::warn!(peer_uid, "closing a connection whose peer does not read its answers");
+                    break;
+                }
             }
         }
+        // Dropping `rx` gives back the budget of every answer still queued.
         let _ = wr.shutdown().await;
     });
     let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT_PER_CONN));
     let mut buf = Vec::new();
-    loop {
-        let frame = match tokio::time::timeout(IDLE_TIMEOUT, read_frame(&mut rd, &mut buf)).await {
-            Ok(Ok(Some(f))) => f,
+    while !tx.is_closed() {
+        let len = match tokio::time::timeout(IDLE_TIMEOUT, read_frame_len(&mut rd)).await {
+            Ok(Ok(Some(len))) => len,
             Ok(Ok(None)) | Err(_) => break,
             Ok(Err(e)) => {
                 // Unreadable length prefix or oversize frame: the stream cannot be resynchronised.
@@ -136,7 +268,17 @@ async fn connection(stream: UnixStream, peer_uid: u32, shared: Arc<Shared>) {
                 break;
             }
         };
-        let (id, req) = match decode_request(frame) {
+        // Before the body is read: what waits here is a 4-byte prefix, not the frame.
+        let Some(charge) = charge(&shared, len).await else { break };
+        let frame = match tokio::time::timeout(IDLE_TIMEOUT, read_frame_body(&mut rd, len, &mut buf)).await {
+            Ok(Ok(f)) => f,
+            Ok(Err(_)) | Err(_) => break,
+        };
+        let decoded = decode_request(frame);
+        if buf.capacity() > READ_BUF_KEEP {
+            buf = Vec::new();
+        }
+        let (id, req) = match decoded {
             Ok(x) => x,
             Err(e) => {
                 shared.metrics.bad_frames.inc();
@@ -144,7 +286,7 @@ async fn connection(stream: UnixStream, peer_uid: u32, shared: Arc<Shared>) {
                     Some(id) => {
                         let resp =
                             Response::Error(ErrorReply { code: e.code(), message: e.to_string(), current_size: None });
-                        send(&tx, id, &resp).await;
+                        send(&tx, id, &resp, charge).await;
                         continue;
                     }
                     None => break,
@@ -173,7 +315,7 @@ async fn connection(stream: UnixStream, peer_uid: u32, shared: Arc<Shared>) {
                 }
             };
             shared.metrics.requests.with_label_values(&[op, outcome_label(&resp)]).inc();
-            send(&tx, id, &resp).await;
+            send(&tx, id, &resp, charge).await;
             drop(permit);
         });
     }
@@ -181,7 +323,8 @@ async fn connection(stream: UnixStream, peer_uid: u32, shared: Arc<Shared>) {
     let _ = writer.await;
 }
 
-async fn send(tx: &mpsc::Sender<Vec<u8>>, id: u64, resp: &Response) {
+/// Queues `resp` for the writer, with the budget its request holds until it is written.
+async fn send(tx: &mpsc::Sender<(Vec<u8>, Charge)>, id: u64, resp: &Response, charge: Charge) {
     let mut out = Vec::new();
     if encode_response(id, resp, &mut out).is_err() {
         out.clear();
@@ -194,114 +337,7 @@ async fn send(tx: &mpsc::Sender<Vec<u8>>, id: u64, resp: &Response) {
             return;
         }
     }
-    let _ = tx.send(out).await;
-}
-
-/// Runs `f` on the blocking pool (key files are read, written and fsynced there, never on a
-/// tokio worker).
-async fn blocking<T: Send + 'static>(
-    shared: &Arc<Shared>,
-    f: impl FnOnce(&Shared) -> Result<T> + Send + 'static,
-) -> Result<T> {
-    let shared = shared.clone();
-    tokio::task::spawn_blocking(move || f(&shared))
-        .await
-        .map_err(|e| SignerError::Io(std::io::Error::other(format!("blocking task: {e}"))))?
-}
-
-/// Finds (loading if needed) the workspace's actor.
-async fn workspace(shared: &Arc<Shared>, ws: &str) -> Result<WsHandle> {
-    if let Some(h) = shared.workspaces.get(ws) {
-        return Ok(h.clone());
-    }
-    let _guard = shared.load_lock.lock(ws).await;
-    if let Some(h) = shared.workspaces.get(ws) {
-        return Ok(h.clone());
-    }
-    let name = ws.to_owned();
-    let keys = blocking(shared, move |s| s.keystore.load(&name)).await?;
-    // Keys without a log record: starting again from size 0 would fork the log.
-    let durable = shared.journal.load(ws).await?.ok_or_else(|| {
-        SignerError::Corrupt(format!("log state of {ws} is missing from the journal; refusing to restart the log"))
-    })?;
-    spawn(shared, ws, keys, durable, true).await
-}
-
-async fn spawn(
-    shared: &Arc<Shared>,
-    ws: &str,
-    keys: WorkspaceKeys,
-    durable: LogState,
-    resumed: bool,
-) -> Result<WsHandle> {
-    let queued = Arc::new(AtomicUsize::new(0));
-    let args = WsArgs { ws: ws.to_owned(), keys, durable, shared: shared.clone(), queued: queued.clone(), resumed };
-    let (actor, _join) = Actor::spawn(None, WorkspaceActor, args)
-        .await
-        .map_err(|e| SignerError::Io(std::io::Error::other(format!("spawning workspace actor: {e}"))))?;
-    let h = WsHandle { actor, queued };
-    shared.workspaces.insert(ws.to_owned(), h.clone());
-    Ok(h)
-}
-
-async fn create(shared: &Arc<Shared>, ws: &str, peer_uid: u32) -> Result<Response> {
-    let _guard = shared.load_lock.lock(ws).await;
-    let name = ws.to_owned();
-    let new = blocking(shared, move |s| {
-        if s.keystore.exists(&name) {
-            return Err(SignerError::WorkspaceExists);
-        }
-        s.keystore.prepare(&name, now_ms())
-    })
-    .await?;
-    // The empty log's record goes first (durable, with its `created` audit line): keys without
-    // a log record refuse to load. The journal refuses it if it holds a non-empty log for `ws`.
-    let entry = Entry {
-        time: allowly_receipt::types::Timestamp::from_unix_ms(now_ms())?,
-        event: Event::Created,
-        workspace_id: ws,
-        size: 0,
-        root: None,
-        key_id: Some(new.key_id().to_owned()),
-        peer_uid: Some(peer_uid),
-        detail: None,
-        leaves: None,
-    };
-    let record = Record::create(ws)?;
-    let line = entry.line()?;
-    if let Err(e) = shared.journal.write(Some(record), line).await {
-        // Not recorded, never to be used: a token deletes the key pair it made.
-        let _ = blocking(shared, move |s| {
-            s.keystore.discard(new);
-            Ok(())
-        })
-        .await;
-        return Err(e);
-    }
-    let keys = blocking(shared, move |s| s.keystore.commit_new(new)).await?;
-    let infos = keys.infos.clone();
-    spawn(shared, ws, keys, LogState::empty(), false).await?;
-    Ok(Response::Keys { keys: infos })
-}
-
-/// Sends `msg` to the workspace actor, bounded by its queue limit; the answer comes on the
-/// returned receiver.
-async fn enqueue(
-    shared: &Arc<Shared>,
-    ws: &str,
-    make: impl FnOnce(crate::workspace::Reply) -> WsMsg,
-) -> Result<oneshot::Receiver<Result<Response>>> {
-    let h = workspace(shared, ws).await?;
-    if h.queued.fetch_add(1, Ordering::Relaxed) >= MAX_QUEUED {
-        h.queued.fetch_sub(1, Ordering::Relaxed);
-        return Err(SignerError::Busy);
-    }
-    let (tx, rx) = oneshot::channel();
-    if h.actor.send_message(make(tx)).is_err() {
-        h.queued.fetch_sub(1, Ordering::Relaxed);
-        return Err(SignerError::ActorGone);
-    }
-    Ok(rx)
+    let _ = tx.send((out, charge)).await;
 }
 
 /// A request as dispatched: answered already, or queued at its workspace actor.
@@ -319,22 +355,23 @@ async fn dispatch(shared: &Arc<Shared>, req: Request, peer_uid: u32) -> Dispatch
         }
         Request::Metrics => return Dispatched::Now(Ok(Response::MetricsText { text: shared.metrics.render() })),
         Request::CreateKey { workspace_id } => return Dispatched::Now(create(shared, &workspace_id, peer_uid).await),
-        Request::ListKeys { workspace_id } => enqueue(shared, &workspace_id, |reply| WsMsg::ListKeys { reply }).await,
+        Request::ListKeys { workspace_id } => {
+            let make = |reply| WsMsg::ListKeys { reply };
+            enqueue(shared, &workspace_id, Queued { bytes: 0, append_at: None, make }).await
+        }
         Request::LatestCheckpoint { workspace_id } => {
-            enqueue(shared, &workspace_id, |reply| WsMsg::Latest { reply }).await
+            let make = |reply| WsMsg::Latest { reply };
+            enqueue(shared, &workspace_id, Queued { bytes: 0, append_at: None, make }).await
         }
         Request::RotateKey { workspace_id, expected_size } => {
-            enqueue(shared, &workspace_id, |reply| WsMsg::Rotate { expected_size, peer_uid, reply }).await
+            let make = |reply| WsMsg::Rotate { expected_size, peer_uid, reply };
+            enqueue(shared, &workspace_id, Queued { bytes: 0, append_at: None, make }).await
         }
         Request::AppendBatch { workspace_id, expected_size, bodies, want_proofs } => {
-            enqueue(shared, &workspace_id, |reply| WsMsg::Append {
-                expected_size,
-                bodies,
-                want_proofs,
-                peer_uid,
-                reply,
-            })
-            .await
+            // What the bodies cost while they wait: their bytes and their `Vec`s.
+            let bytes = bodies.iter().map(|b| b.len() + std::mem::size_of::<Vec<u8>>()).sum();
+            let make = |reply| WsMsg::Append { expected_size, bodies, bytes, want_proofs, peer_uid, reply };
+            enqueue(shared, &workspace_id, Queued { bytes, append_at: Some(expected_size), make }).await
         }
     };
     match queued {

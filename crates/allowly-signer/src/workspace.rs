@@ -7,11 +7,16 @@
 //! actor *awaits* that (the journal writer thread does the IO; no tokio worker blocks), and
 //! handles no other message meanwhile: a workspace has at most one group in flight, its records
 //! reach the journal in order, and the appends that arrive during the wait form its next group.
+//!
+//! What waits for an actor is bounded ([`Queue`]): requests and bytes of appends admitted and
+//! not yet answered (an append until its group is durable), and leaves per group
+//! (`Limits::max_group_leaves`). The same count decides when an idle workspace may be unloaded
+//! (`registry`): only while it is 0, i.e. while the actor has nothing to do.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use allowly_receipt::merkle::{Frontier, Hash};
 use allowly_receipt::note::{Checkpoint, NoteVerifier};
@@ -35,9 +40,123 @@ use crate::Shared;
 /// Most requests that may wait in one workspace's mailbox; more are answered `Busy`.
 pub const MAX_QUEUED: usize = 16_384;
 
-/// Most leaves one coalesced group signs (what is left waits for the next group). Bounds the
-/// size of one journal record, which carries the group's leaves for the replay of a lost answer.
-pub const MAX_GROUP_LEAVES: usize = 65_536;
+/// The top bit of [`Queue`]'s request count: the workspace is being unloaded, its actor takes
+/// nothing more (requests go to the next actor, loaded once this one is gone).
+const CLOSED: usize = 1 << (usize::BITS - 1);
+
+/// What waits for one workspace's actor, shared by its handle (the connections admit requests
+/// into it) and the actor (which takes them off): requests and bytes of appends not yet taken,
+/// when a request last came, and a mark that closes it for good when the workspace is unloaded.
+#[derive(Debug)]
+pub struct Queue {
+    /// Requests admitted and not yet taken (an append is taken once its group is durable or
+    /// failed, just before it is answered; any other request once handled), plus [`CLOSED`]
+    /// once closed. So it reads 0 only while the actor has nothing to do.
+    requests: AtomicUsize,
+    /// Bytes of the appends among them (bodies as received: what the mailbox holds until the
+    /// actor hashes them, and an upper bound of the 32-byte leaves it keeps after, until they
+    /// are signed).
+    bytes: AtomicUsize,
+    /// When a request was last admitted, in ms of [`clock_ms`].
+    last_used_ms: AtomicU64,
+    /// The lowest `expected_size` of an append answered `Busy` since the log last grew past it
+    /// (`u64::MAX`: none): appends a caller pipelined behind it skip its index, and are told the
+    /// size without being taken for fork attempts.
+    busy_floor: AtomicU64,
+}
+
+/// What [`Queue::admit`] decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    Admitted,
+    /// Over a cap (named, a closed set for the `allowly_signer_busy_total` label): answer `Busy`.
+    Busy(&'static str),
+    /// The workspace is being unloaded: wait for that, then go to its next actor.
+    Closed,
+}
+
+/// Milliseconds on a monotonic clock that starts with the process.
+fn clock_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+impl Default for Queue {
+    fn default() -> Self {
+        Self {
+            requests: AtomicUsize::new(0),
+            bytes: AtomicUsize::new(0),
+            last_used_ms: AtomicU64::new(clock_ms()),
+            busy_floor: AtomicU64::new(u64::MAX),
+        }
+    }
+}
+
+impl Queue {
+    /// Admits one request carrying `bytes` of appended bodies (0 for other requests), unless
+    /// the queue is closed or at a cap: [`MAX_QUEUED`] requests, or `max_bytes` of appends.
+    /// The byte cap is checked before adding, so one append always fits in an empty queue.
+    pub fn admit(&self, bytes: usize, max_bytes: usize) -> Admission {
+        // SeqCst with `close_if_empty`: either this increment is seen there (no close), or
+        // the close is seen here (go to the next actor). Never both missed.
+        let prev = self.requests.fetch_add(1, Ordering::SeqCst);
+        if prev & CLOSED != 0 {
+            self.requests.fetch_sub(1, Ordering::SeqCst);
+            return Admission::Closed;
+        }
+        if prev >= MAX_QUEUED {
+            self.requests.fetch_sub(1, Ordering::SeqCst);
+            return Admission::Busy("workspace_requests");
+        }
+        if bytes > 0 && self.bytes.fetch_add(bytes, Ordering::SeqCst) >= max_bytes {
+            self.bytes.fetch_sub(bytes, Ordering::SeqCst);
+            self.requests.fetch_sub(1, Ordering::SeqCst);
+            return Admission::Busy("workspace_bytes");
+        }
+        self.last_used_ms.store(clock_ms(), Ordering::Relaxed);
+        Admission::Admitted
+    }
+
+    /// The actor took `requests` requests, with `bytes` of appends among them, off the queue.
+    pub fn taken(&self, requests: usize, bytes: usize) {
+        self.requests.fetch_sub(requests, Ordering::SeqCst);
+        self.bytes.fetch_sub(bytes, Ordering::SeqCst);
+    }
+
+    /// Closes the queue if nothing is in it (nothing admitted is waiting or unsigned): from
+    /// then on every [`Queue::admit`] says `Closed`. Whether it closed it.
+    pub fn close_if_empty(&self) -> bool {
+        self.requests.compare_exchange(0, CLOSED, Ordering::SeqCst, Ordering::SeqCst).is_ok()
+    }
+
+    /// Whether nothing is queued (and the queue is open).
+    pub fn is_empty(&self) -> bool {
+        self.requests.load(Ordering::SeqCst) == 0
+    }
+
+    /// How long since a request was last admitted.
+    pub fn idle_for(&self) -> Duration {
+        Duration::from_millis(clock_ms().saturating_sub(self.last_used_ms.load(Ordering::Relaxed)))
+    }
+
+    /// An append at `expected_size` was answered `Busy`.
+    pub fn refused_busy(&self, expected_size: u64) {
+        self.busy_floor.fetch_min(expected_size, Ordering::Relaxed);
+    }
+
+    /// Whether an append at `expected_size`, past the log's `size`, skips the index of an append
+    /// answered `Busy` (so it was pipelined behind that one, not aimed at a gap).
+    fn skips_a_busy_append(&self, size: u64, expected_size: u64) -> bool {
+        let floor = self.busy_floor.load(Ordering::Relaxed);
+        size <= floor && floor < expected_size
+    }
+
+    /// The log grew to `size`: an append answered `Busy` below it was sent again (or never will
+    /// be); forget it.
+    fn grew_to(&self, size: u64) {
+        let _ = self.busy_floor.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |f| (f < size).then_some(u64::MAX));
+    }
+}
 
 /// Where an answer goes.
 pub type Reply = oneshot::Sender<Result<Response>>;
@@ -49,6 +168,8 @@ pub enum WsMsg {
         expected_size: u64,
         /// Receipt bodies, checked and hashed by the actor (`check`).
         bodies: Vec<Vec<u8>>,
+        /// What [`Queue::admit`] counted for them (given back with [`Queue::taken`]).
+        bytes: usize,
         want_proofs: bool,
         peer_uid: u32,
         reply: Reply,
@@ -71,6 +192,8 @@ pub enum WsMsg {
 #[derive(Debug)]
 struct PendingAppend {
     expected_size: u64,
+    /// Its bytes in the [`Queue`].
+    bytes: usize,
     leaves: Vec<Hash>,
     /// Unix ms of the first and last body's `time`.
     first_ms: u64,
@@ -91,7 +214,7 @@ pub struct WsState {
     pending: VecDeque<PendingAppend>,
     flush_scheduled: bool,
     shared: Arc<Shared>,
-    queued: Arc<AtomicUsize>,
+    queue: Arc<Queue>,
 }
 
 /// Start-up arguments: what the registry loaded from disk.
@@ -101,7 +224,7 @@ pub struct WsArgs {
     pub keys: WorkspaceKeys,
     pub durable: LogState,
     pub shared: Arc<Shared>,
-    pub queued: Arc<AtomicUsize>,
+    pub queue: Arc<Queue>,
     /// Loaded from the journal (not just created): write a `resumed` audit line first.
     pub resumed: bool,
 }
@@ -134,7 +257,7 @@ impl Actor for WorkspaceActor {
             pending: VecDeque::new(),
             flush_scheduled: false,
             shared: a.shared,
-            queued: a.queued,
+            queue: a.queue,
         };
         if a.resumed {
             // Durable before the actor answers anything: the audit log says from which checkpoint
@@ -146,17 +269,25 @@ impl Actor for WorkspaceActor {
         Ok(s)
     }
 
+    /// Stopped (unloaded, or the signer stopping): the state, keys included, is dropped right
+    /// after (a file key's slot wiped, its page unlocked once no other key shares it; a token
+    /// key's cached object handle forgotten).
+    async fn post_stop(&self, _myself: ActorRef<WsMsg>, s: &mut WsState) -> Result<(), ActorProcessingErr> {
+        s.shared.metrics.workspaces_loaded.dec();
+        Ok(())
+    }
+
     async fn handle(&self, myself: ActorRef<WsMsg>, msg: WsMsg, s: &mut WsState) -> Result<(), ActorProcessingErr> {
         match msg {
-            WsMsg::Append { expected_size, bodies, want_proofs, peer_uid, reply } => {
+            WsMsg::Append { expected_size, bodies, bytes, want_proofs, peer_uid, reply } => {
                 // The stateless checks and the hashing run here, once per batch, so a group
                 // keeps only leaf hashes; the time floor is checked against the running log in
                 // `sign_pending`.
                 let checked = match check_batch(&s.ws, expected_size, &bodies, now_ms()) {
                     Ok(c) => c,
                     Err(refusal) => {
-                        s.dequeued();
                         let e = s.refuse_receipts(refusal, peer_uid).await;
+                        s.queue.taken(1, bytes);
                         let _ = reply.send(Err(e));
                         return Ok(());
                     }
@@ -167,6 +298,7 @@ impl Actor for WorkspaceActor {
                 }
                 s.pending.push_back(PendingAppend {
                     expected_size,
+                    bytes,
                     leaves: checked.leaves,
                     first_ms: checked.first_ms,
                     last_ms: checked.last_ms,
@@ -185,10 +317,11 @@ impl Actor for WorkspaceActor {
                 s.flush().await;
             }
             WsMsg::Rotate { expected_size, peer_uid, reply } => {
-                s.dequeued();
                 // Appends queued before the rotation are signed by the old key first.
                 s.flush().await;
-                let _ = reply.send(s.rotate(expected_size, peer_uid).await);
+                let rotated = s.rotate(expected_size, peer_uid).await;
+                s.dequeued();
+                let _ = reply.send(rotated);
             }
             WsMsg::ListKeys { reply } => {
                 s.dequeued();
@@ -230,7 +363,7 @@ pub fn sign_batch(
 
 impl WsState {
     fn dequeued(&self) {
-        self.queued.fetch_sub(1, Ordering::Relaxed);
+        self.queue.taken(1, 0);
     }
 
     /// An audit line naming `size` as the log size it speaks of (a refusal inside a coalesced
@@ -337,13 +470,17 @@ impl WsState {
         })
     }
 
-    /// Signs everything pending, in groups of at most [`MAX_GROUP_LEAVES`] leaves.
+    /// Signs everything pending, in groups of at most `Limits::max_group_leaves` leaves (one
+    /// append larger than that alone: an append is never split, its answer is one checkpoint).
+    /// The cap bounds what one group costs — its leaves, its journal record and audit line
+    /// (each lists every leaf), its proofs — however many appends a caller pipelined.
     async fn flush(&mut self) {
+        let max = self.shared.limits.max_group_leaves;
         while !self.pending.is_empty() {
             let mut group = Vec::new();
             let mut leaves = 0usize;
             while let Some(p) = self.pending.front() {
-                if !group.is_empty() && leaves + p.leaves.len() > MAX_GROUP_LEAVES {
+                if !group.is_empty() && leaves + p.leaves.len() > max {
                     break;
                 }
                 leaves += p.leaves.len();
@@ -351,12 +488,18 @@ impl WsState {
                     group.push(p);
                 }
             }
-            self.queued.fetch_sub(group.len(), Ordering::Relaxed);
             self.sign_pending(group).await;
         }
     }
 
+    /// Signs `group` (one signature for the appends that extend the log, refusals for the
+    /// others), then takes it off the [`Queue`] and answers. Off the queue only once its record
+    /// is durable (or failed): so the group's leaves count against the workspace's byte cap
+    /// while they are signed, and a queue that reads empty has no group in flight, which is
+    /// what `registry::unload_if_idle` closes it on.
     async fn sign_pending(&mut self, group: Vec<PendingAppend>) {
+        let taken = (group.len(), group.iter().map(|p| p.bytes).sum::<usize>());
+        let mut answers: Vec<(Reply, Result<Response>)> = Vec::with_capacity(group.len());
         let mut running = self.frontier.size();
         let mut running_ms = self.durable.last_leaf_ms;
         let mut accepted: Vec<PendingAppend> = Vec::with_capacity(group.len());
@@ -386,8 +529,17 @@ impl WsState {
             } else if let Some(resp) = self.replay(&p) {
                 // A lost answer retried verbatim: the same checkpoint again, nothing new signed.
                 m.append_replays.with_label_values(&["checkpoint"]).inc();
-                let _ = p.reply.send(Ok(resp));
+                answers.push((p.reply, Ok(resp)));
                 continue;
+            } else if p.expected_size > running && self.queue.skips_a_busy_append(running, p.expected_size) {
+                // Pipelined behind an append that was answered `Busy`: the caller resends from
+                // there. A consequence of back pressure, not a fork attempt.
+                tracing::info!(workspace = %self.ws, expected = p.expected_size, current = running, peer_uid = p.peer_uid, "an append follows one that was answered Busy; answered with the current size");
+                let detail = format!(
+                    "expected_size {} but log has {running}; an append before it was answered Busy",
+                    p.expected_size
+                );
+                (Event::Stale, detail, SignerError::SizeMismatch { expected: p.expected_size, current: running })
             } else if p.expected_size < running && self.agrees(&p, &leaves) {
                 // Behind, but in agreement with what was signed (a lost answer retried with more
                 // leaves, or queued behind the group it repeats): tell the caller the size.
@@ -432,7 +584,7 @@ impl WsState {
                             checkpoint: checkpoint.clone(),
                             proofs,
                         };
-                        let _ = p.reply.send(Ok(resp));
+                        answers.push((p.reply, Ok(resp)));
                     }
                 }
                 Err(e) => {
@@ -442,17 +594,16 @@ impl WsState {
                     let storage = matches!(e, SignerError::Storage(_));
                     for p in accepted {
                         let cause = std::io::Error::other("signing failed");
-                        let _ = p.reply.send(Err(if storage {
-                            SignerError::Storage(cause)
-                        } else {
-                            SignerError::Io(cause)
-                        }));
+                        let e = if storage { SignerError::Storage(cause) } else { SignerError::Io(cause) };
+                        answers.push((p.reply, Err(e)));
                     }
                 }
             }
         }
-        for (p, error) in refused {
-            let _ = p.reply.send(Err(error));
+        answers.extend(refused.into_iter().map(|(p, e)| (p.reply, Err(e))));
+        self.queue.taken(taken.0, taken.1);
+        for (reply, answer) in answers {
+            let _ = reply.send(answer);
         }
     }
 
@@ -502,6 +653,7 @@ impl WsState {
         self.shared.journal.write(Some(record), extra_audit).await?;
         self.durable = state;
         self.frontier = next;
+        self.queue.grew_to(self.frontier.size());
         let m = &self.shared.metrics;
         m.persist_seconds.observe(started.elapsed().as_secs_f64());
         m.checkpoints_signed.inc();

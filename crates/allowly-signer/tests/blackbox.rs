@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod hygiene;
+mod limits;
 mod support;
 
 use std::collections::{HashMap, HashSet};

@@ -26,7 +26,7 @@ use softhsm::{softhsm, SoftHsm, USER_PIN};
 use support::*;
 
 /// Every token this test binary uses, one per test (tests run in parallel).
-const TOKENS: &[&str] = &["sign", "rotate", "refuse", "env", "loss"];
+const TOKENS: &[&str] = &["sign", "rotate", "refuse", "env", "loss", "idle"];
 
 fn hsm() -> &'static SoftHsm {
     softhsm(TOKENS)
@@ -47,8 +47,14 @@ fn fresh_pkcs11(root: &Path) -> (PathBuf, PathBuf) {
 
 /// `serve` on `label` with the PIN in `pin_file`.
 fn serve_on(label: &str, dir: &Path, sock: &Path, pin_file: &Path) -> Signer {
+    serve_on_with(label, dir, sock, pin_file, &[])
+}
+
+/// [`serve_on`] with more `serve` arguments.
+fn serve_on_with(label: &str, dir: &Path, sock: &Path, pin_file: &Path, extra: &[&str]) -> Signer {
     let mut cmd = Command::new(signer_bin());
     cmd.arg("serve").arg("--dir").arg(dir).arg("--socket").arg(sock).args(hsm().signer_args(label, pin_file));
+    cmd.args(extra);
     cmd.env_remove(allowly_signer::pkcs11::PIN_ENV);
     Signer::spawn(cmd, dir, sock)
 }
@@ -184,6 +190,42 @@ async fn keys_are_made_on_the_token_unreadable_and_sign_checkpoints_that_verify(
     check_on_token("sign", &ids[0], ws, keys[0].key_id, &keys[0].public_key);
     let metrics = c.metrics().await.unwrap();
     assert_eq!(metric(&metrics, "allowly_signer_checkpoints_signed_total"), 3.0, "{metrics}");
+}
+
+/// An idle workspace on a token is unloaded like a sealed-file one (its key object's cached
+/// handle forgotten), and its next append finds the key on the token again and signs on from
+/// the same checkpoint: consistent with the one before, under the same published key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_workspace_on_a_token_is_unloaded_and_its_next_append_signs_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, sock) = fresh_pkcs11(tmp.path());
+    let pin = hsm().pin_file(tmp.path(), "pin", USER_PIN);
+    let ws = "ws_hsm_idle";
+    let mut s = serve_on_with("idle", &dir, &sock, &pin, &["--idle-unload-secs", "0.2"]);
+    let c = s.ready().await;
+    let keys = c.create_key(ws).await.unwrap();
+    let v = vec![verifier(ws, &keys[0])];
+    let mut all: Vec<Hash> = Vec::new();
+    let batch = bodies(ws, 0, 5);
+    let before = c.append_batch(ws, 0, batch.clone()).await.unwrap();
+    all.extend(hashes(&batch));
+    check_appended_without_proofs(ws, &all, &batch, &before, &v);
+
+    all_unloaded(&s, &c, 1.0).await;
+    let batch = bodies(ws, all.len(), 3);
+    let after = c.append_batch(ws, all.len() as u64, batch.clone()).await.unwrap();
+    all.extend(hashes(&batch));
+    check_appended_without_proofs(ws, &all, &batch, &after, &v);
+    let (old, _) = open_checkpoint(ws, &before.checkpoint, &v);
+    let (new, _) = open_checkpoint(ws, &after.checkpoint, &v);
+    let proof = merkle::consistency_proof(&merkle::LeafList(all.clone()), old.size, new.size).unwrap();
+    merkle::verify_consistency(old.size, new.size, &old.root, &new.root, &proof).unwrap();
+    assert_eq!(c.list_keys(ws).await.unwrap(), keys, "the same key, found on the token again");
+    let ids = token_objects(&dir, ws);
+    check_on_token("idle", &ids[0], ws, keys[0].key_id, &keys[0].public_key);
+    let (status, out, err) =
+        run_with_deadline(Command::new(signer_bin()).args(["audit", "verify"]).arg(dir.join("audit.log")));
+    assert_eq!(status.code(), Some(0), "{out}{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -623,3 +623,109 @@ async fn a_write_the_device_refuses_fails_closed_until_a_probe_write_succeeds() 
     e.shutdown().await;
     signer.stop();
 }
+
+/// A proxy between the engine and the real signer that answers the first `busy` appends
+/// `Busy` itself (what a signer says when a workspace's queue is over its cap) and passes
+/// everything else through.
+async fn busy_proxy(listen: std::path::PathBuf, signer: std::path::PathBuf, busy: Arc<std::sync::atomic::AtomicUsize>) {
+    use allowly_signer_proto::{decode_request, encode_response, read_frame, ErrorCode, ErrorReply, Request, Response};
+    use std::sync::atomic::Ordering;
+    use tokio::io::AsyncWriteExt as _;
+    let listener = tokio::net::UnixListener::bind(&listen).unwrap();
+    loop {
+        let (down, _) = listener.accept().await.unwrap();
+        let up = tokio::net::UnixStream::connect(&signer).await.unwrap();
+        let busy = busy.clone();
+        tokio::spawn(async move {
+            let (mut down_rd, down_wr) = down.into_split();
+            let (mut up_rd, mut up_wr) = up.into_split();
+            let down_wr = Arc::new(tokio::sync::Mutex::new(down_wr));
+            let answers = {
+                let down_wr = down_wr.clone();
+                async move {
+                    let mut buf = Vec::new();
+                    while let Ok(Some(frame)) = read_frame(&mut up_rd, &mut buf).await {
+                        let mut w = down_wr.lock().await;
+                        let prefix = (frame.len() as u32).to_be_bytes();
+                        if w.write_all(&prefix).await.is_err() || w.write_all(frame).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            };
+            let requests = async move {
+                let mut buf = Vec::new();
+                while let Ok(Some(frame)) = read_frame(&mut down_rd, &mut buf).await {
+                    let is_append = matches!(decode_request(frame), Ok((_, Request::AppendBatch { .. })));
+                    let refuse = is_append
+                        && busy.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
+                    if refuse {
+                        let (id, _) = decode_request(frame).unwrap();
+                        let reply =
+                            ErrorReply { code: ErrorCode::Busy, message: "queue full".into(), current_size: None };
+                        let mut out = Vec::new();
+                        encode_response(id, &Response::Error(reply), &mut out).unwrap();
+                        if down_wr.lock().await.write_all(&out).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                    let prefix = (frame.len() as u32).to_be_bytes();
+                    if up_wr.write_all(&prefix).await.is_err() || up_wr.write_all(frame).await.is_err() {
+                        return;
+                    }
+                }
+            };
+            tokio::select! { () = answers => {}, () = requests => {} }
+        });
+    }
+}
+
+/// A signer that answers `Busy` is back pressure, not an outage (issue 17): while it refuses the
+/// pipeline's appends, checks keep being decided, the engine stays ready and the signer up, no
+/// signer error is counted; the refused rounds are counted as waits and retried, and every
+/// receipt is signed once the signer takes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_signer_is_back_pressure_and_never_fails_checks_closed() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let root = TempDir::new().unwrap();
+    let signer = start_signer(&root);
+    let proxied = root.path().join("run").join("proxy.sock");
+    const BUSY: usize = 12;
+    let busy = Arc::new(AtomicUsize::new(usize::MAX));
+    tokio::spawn(busy_proxy(proxied.clone(), socket(&root), busy.clone()));
+    let opts = allowly_signer_proto::client::ClientOptions {
+        request_timeout: Duration::from_secs(2),
+        reconnect_backoff_min: Duration::from_millis(10),
+        reconnect_backoff_max: Duration::from_millis(100),
+        ..Default::default()
+    };
+    let c = allowly_signer_proto::client::SignerClient::new(proxied, opts);
+    eventually("the proxy answers", || async { c.ping().await.is_ok() }).await;
+    let e = Engine::start(open_store(&root), c, config()).await.unwrap();
+    let ws = workspace(&e).await;
+    let auth = e.create_authorization(&ws, grant(None), None).await.unwrap().authorization.id;
+    // From here on the proxy answers `Busy` to every append: the creation receipt stays pending.
+    eventually("the first append answered Busy", || async { e.metrics().signer_busy.get() >= 1 }).await;
+    for i in 0..20 {
+        let out = e.check(&ws, ask(&auth, "files.read", Some("doc:1")), None).await;
+        assert!(out.is_ok(), "check {i} while the signer is busy: {out:?}");
+        assert!(e.readiness().ready, "not ready while the signer is merely busy");
+    }
+    assert!(!all_signed(&e, &ws, &auth).await, "signed although every append was refused");
+    // Then it takes the next `BUSY` refusals more, and then everything.
+    busy.store(BUSY, Ordering::SeqCst);
+    eventually("every receipt signed after the busy spell", || async { all_signed(&e, &ws, &auth).await }).await;
+    let m = e.metrics();
+    assert!(m.signer_busy.get() > BUSY as u64, "busy answers counted as waits: {}", m.signer_busy.get());
+    assert_eq!(m.signer_up.get(), 1);
+    for kind in ["unavailable", "storage", "error"] {
+        assert_eq!(
+            m.signer_errors.with_label_values(&[kind]).get(),
+            0,
+            "a Busy answer counted as signer_errors{{{kind}}}"
+        );
+    }
+    e.shutdown().await;
+    signer.stop();
+}

@@ -121,6 +121,13 @@ impl Signer {
         Self::spawn(cmd, dir, socket)
     }
 
+    /// [`Signer::serve`] with more `serve` arguments (`--max-connections 2`, ...).
+    pub fn serve_with(dir: &Path, socket: &Path, args: &[&str]) -> Self {
+        let mut cmd = Command::new(signer_bin());
+        cmd.arg("serve").arg("--dir").arg(dir).arg("--socket").arg(socket).args(args);
+        Self::spawn(cmd, dir, socket)
+    }
+
     /// Starts `cmd` (which must end up running `serve` on `socket` with data in `dir`).
     pub fn spawn(mut cmd: Command, dir: &Path, socket: &Path) -> Self {
         cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).env("ALLOWLY_SIGNER_LOG", "debug");
@@ -260,6 +267,25 @@ where
         assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}\n{}", diag());
         tokio::time::sleep(POLL).await;
     }
+}
+
+/// Polls the signer's metrics until no workspace is loaded and at least `unloads` unloads
+/// were counted (`--idle-unload-secs`); returns the metrics text.
+pub async fn all_unloaded(s: &Signer, c: &SignerClient, unloads: f64) -> String {
+    eventually(
+        &format!("every workspace unloaded ({unloads} unloads)"),
+        || s.diagnostics(),
+        || {
+            let c = c.clone();
+            async move {
+                let m = c.metrics().await.ok()?;
+                let done = metric(&m, "allowly_signer_workspaces_loaded") == 0.0
+                    && metric(&m, "allowly_signer_workspace_unloads_total") >= unloads;
+                done.then_some(m)
+            }
+        },
+    )
+    .await
 }
 
 /// The value of a metric (name with labels, e.g. `x_total{a="b"}`), 0 when it was never

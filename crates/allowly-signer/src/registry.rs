@@ -1,0 +1,300 @@
+//! The loaded workspaces: finding (loading) a workspace's actor, creating a workspace, queueing
+//! a request for its actor within the workspace's caps, and unloading workspaces that went idle.
+//!
+//! # Unloading, and why it cannot fork or roll a log back
+//!
+//! A workspace whose [`Queue`] has taken no request for `Limits::idle_unload` is unloaded by
+//! [`sweep`]: its actor stops and its state is dropped — a file key's slot wiped and, once no
+//! other key shares its page, unlocked and unmapped (`hardening::pool`); a token key's cached
+//! object handle forgotten. Nothing is written: the journal already holds the state (every
+//! group is durable before it is answered). The next request loads it again from the journal,
+//! as after a restart (with a `resumed` audit line).
+//!
+//! A queue counts a request until it is answered (an append until its group is durable), so it
+//! is empty only while its actor has nothing to do. Under the workspace's load lock,
+//! [`unload_if_idle`] closes the queue only if it is empty (one compare-and-swap from 0),
+//! removes the handle from the map, and lets the actor finish every message already in its
+//! mailbox before it stops; the lock is released only once the actor is gone. A request racing it either got into the queue first (then the queue was not
+//! empty, and nothing is unloaded) or finds it closed, waits for the load lock — so for the old
+//! actor's last journal write — and loads a new actor from the journal. So at most one actor per
+//! workspace ever runs, and each load starts from the last durable state: the log goes on
+//! exactly as if it had never been unloaded.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use allowly_signer_proto::Response;
+use ractor::Actor;
+use tokio::sync::oneshot;
+
+use crate::audit::{Entry, Event};
+use crate::error::{Result, SignerError};
+use crate::journal::Record;
+use crate::keystore::WorkspaceKeys;
+use crate::state::LogState;
+use crate::workspace::{now_ms, Admission, Queue, Reply, WorkspaceActor, WsArgs, WsMsg};
+use crate::{Shared, WsHandle};
+
+/// Runs `f` on the blocking pool (key files are read, written and fsynced there, never on a
+/// tokio worker).
+pub(crate) async fn blocking<T: Send + 'static>(
+    shared: &Arc<Shared>,
+    f: impl FnOnce(&Shared) -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let shared = shared.clone();
+    tokio::task::spawn_blocking(move || f(&shared))
+        .await
+        .map_err(|e| SignerError::Io(std::io::Error::other(format!("blocking task: {e}"))))?
+}
+
+/// Finds (loading if needed) the workspace's actor.
+async fn workspace(shared: &Arc<Shared>, ws: &str) -> Result<WsHandle> {
+    if let Some(h) = shared.workspaces.get(ws) {
+        return Ok(h.clone());
+    }
+    let _guard = shared.load_lock.lock(ws).await;
+    if let Some(h) = shared.workspaces.get(ws) {
+        return Ok(h.clone());
+    }
+    let name = ws.to_owned();
+    let keys = blocking(shared, move |s| s.keystore.load(&name)).await?;
+    // Keys without a log record: starting again from size 0 would fork the log.
+    let durable = shared.journal.load(ws).await?.ok_or_else(|| {
+        SignerError::Corrupt(format!("log state of {ws} is missing from the journal; refusing to restart the log"))
+    })?;
+    spawn(shared, ws, keys, durable, true).await
+}
+
+async fn spawn(
+    shared: &Arc<Shared>,
+    ws: &str,
+    keys: WorkspaceKeys,
+    durable: LogState,
+    resumed: bool,
+) -> Result<WsHandle> {
+    let queue = Arc::new(Queue::default());
+    let args = WsArgs { ws: ws.to_owned(), keys, durable, shared: shared.clone(), queue: queue.clone(), resumed };
+    let (actor, _join) = Actor::spawn(None, WorkspaceActor, args)
+        .await
+        .map_err(|e| SignerError::Io(std::io::Error::other(format!("spawning workspace actor: {e}"))))?;
+    let h = WsHandle { actor, queue };
+    shared.workspaces.insert(ws.to_owned(), h.clone());
+    Ok(h)
+}
+
+/// `CreateKey`: the workspace's first key and its empty log, both durable, then its actor.
+pub(crate) async fn create(shared: &Arc<Shared>, ws: &str, peer_uid: u32) -> Result<Response> {
+    let _guard = shared.load_lock.lock(ws).await;
+    let name = ws.to_owned();
+    let new = blocking(shared, move |s| {
+        if s.keystore.exists(&name) {
+            return Err(SignerError::WorkspaceExists);
+        }
+        s.keystore.prepare(&name, now_ms())
+    })
+    .await?;
+    // The empty log's record goes first (durable, with its `created` audit line): keys without
+    // a log record refuse to load. The journal refuses it if it holds a non-empty log for `ws`.
+    let entry = Entry {
+        time: allowly_receipt::types::Timestamp::from_unix_ms(now_ms())?,
+        event: Event::Created,
+        workspace_id: ws,
+        size: 0,
+        root: None,
+        key_id: Some(new.key_id().to_owned()),
+        peer_uid: Some(peer_uid),
+        detail: None,
+        leaves: None,
+    };
+    let record = Record::create(ws)?;
+    let line = entry.line()?;
+    if let Err(e) = shared.journal.write(Some(record), line).await {
+        // Not recorded, never to be used: a token deletes the key pair it made.
+        let _ = blocking(shared, move |s| {
+            s.keystore.discard(new);
+            Ok(())
+        })
+        .await;
+        return Err(e);
+    }
+    let keys = blocking(shared, move |s| s.keystore.commit_new(new)).await?;
+    let infos = keys.infos.clone();
+    spawn(shared, ws, keys, LogState::empty(), false).await?;
+    Ok(Response::Keys { keys: infos })
+}
+
+/// A request for a workspace actor: what [`enqueue`] needs to know about it.
+pub(crate) struct Queued<F> {
+    /// Bytes of appended bodies it carries (0 for other requests).
+    pub bytes: usize,
+    /// An append's `expected_size` (to tell its followers apart from forks if it gets `Busy`).
+    pub append_at: Option<u64>,
+    pub make: F,
+}
+
+/// Sends a request to the workspace's actor (loading it if needed), within the workspace's
+/// caps; the answer comes on the returned receiver.
+///
+/// Over a cap the answer is `Busy`, at once, rather than a wait: the service multiplexes every
+/// workspace over one connection, which the read loop serves in order, so waiting here would
+/// stall every other workspace behind one that is over its cap. `Busy` is back pressure for
+/// that workspace alone (the service retries it after a pause, never taking the signer for
+/// down). Memory over all workspaces is bounded by the read loop's byte budget instead, which
+/// does wait (`server`).
+pub(crate) async fn enqueue<F: FnOnce(Reply) -> WsMsg>(
+    shared: &Arc<Shared>,
+    ws: &str,
+    req: Queued<F>,
+) -> Result<oneshot::Receiver<Result<Response>>> {
+    let h = loop {
+        let h = workspace(shared, ws).await?;
+        match h.queue.admit(req.bytes, shared.limits.max_workspace_queued_bytes) {
+            Admission::Admitted => break h,
+            Admission::Busy(limit) => {
+                shared.metrics.busy.with_label_values(&[limit]).inc();
+                if let Some(at) = req.append_at {
+                    h.queue.refused_busy(at);
+                }
+                return Err(SignerError::Busy { limit });
+            }
+            // Being unloaded: the unloader holds the load lock until the old actor is gone and
+            // its handle out of the map. Wait for that, then load the workspace again.
+            Admission::Closed => drop(shared.load_lock.lock(ws).await),
+        }
+    };
+    let (tx, rx) = oneshot::channel();
+    if h.actor.send_message((req.make)(tx)).is_err() {
+        h.queue.taken(1, req.bytes);
+        return Err(SignerError::ActorGone);
+    }
+    Ok(rx)
+}
+
+/// Unloads `ws` if its queue is empty and has taken no request for `idle` (see the module
+/// docs). Whether it did.
+pub async fn unload_if_idle(shared: &Arc<Shared>, ws: &str, idle: Duration) -> bool {
+    let _guard = shared.load_lock.lock(ws).await;
+    let Some(h) = shared.workspaces.get(ws).map(|h| h.clone()) else { return false };
+    if h.queue.idle_for() < idle || !h.queue.close_if_empty() {
+        return false;
+    }
+    shared.workspaces.remove_if(ws, |_, cur| cur.actor.get_id() == h.actor.get_id());
+    // Whatever reached the mailbox before the close (a flush it sent itself) is handled first;
+    // the actor then stops and its state is dropped. No timeout: releasing the lock while it
+    // may still write the journal would let a new actor load a state about to be outdated.
+    if let Err(e) = h.actor.drain_and_wait(None).await {
+        // Already stopped (the signer is shutting down): nothing left to wait for.
+        tracing::debug!(workspace = ws, error = %e, "unloading a workspace whose actor had stopped");
+    }
+    shared.metrics.workspace_unloads.inc();
+    tracing::debug!(workspace = ws, idle_ms = idle.as_millis() as u64, "unloaded an idle workspace");
+    true
+}
+
+/// Unloads every workspace idle for `idle`, every `idle / 2` (at least every 30 s, at most
+/// every 10 ms), until dropped.
+pub async fn sweep(shared: Arc<Shared>, idle: Duration) {
+    let mut tick = tokio::time::interval((idle / 2).clamp(Duration::from_millis(10), Duration::from_secs(30)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let idle_ones: Vec<String> = shared
+            .workspaces
+            .iter()
+            .filter(|e| e.queue.is_empty() && e.queue.idle_for() >= idle)
+            .map(|e| e.key().clone())
+            .collect();
+        for ws in idle_ones {
+            // In a task of its own, so that stopping the sweeper (at shutdown) never leaves an
+            // unload half done: a closed queue whose handle is still in the map.
+            let shared = shared.clone();
+            let _ = tokio::spawn(async move { unload_if_idle(&shared, &ws, idle).await }).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    use allowly_signer_proto::client::{ClientOptions, SignerClient};
+
+    use super::*;
+    use crate::Limits;
+
+    /// Unloads forced as fast as they can go (no idle bound at all: whenever a queue is empty)
+    /// while appends run on several workspaces: every append lands at exactly the size its
+    /// caller expects (an unload that lost an append, forked or rolled back a log would answer
+    /// `SizeMismatch`), no workspace ever has two actors, and each journal holds the last size.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn forced_unloads_racing_appends_lose_nothing_and_never_load_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = Shared::open_local_with(dir.path(), Limits { idle_unload: None, ..Limits::default() }).unwrap();
+        let sock = dir.path().join("run/signer.sock");
+        let listener = crate::server::bind(&sock).unwrap();
+        tokio::spawn(crate::server::serve(listener, shared.clone(), std::future::pending()));
+        let c = SignerClient::new(sock.clone(), ClientOptions::default());
+        const WS: usize = 3;
+        let names: Vec<String> = (0..WS).map(|i| format!("ws_{i}")).collect();
+        for ws in &names {
+            c.create_key(ws.as_str()).await.unwrap();
+        }
+        let (stop, unloads, most) =
+            (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let unloader = {
+            let (shared, names, stop, unloads, most) =
+                (shared.clone(), names.clone(), stop.clone(), unloads.clone(), most.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    for ws in &names {
+                        if unload_if_idle(&shared, ws, Duration::ZERO).await {
+                            unloads.fetch_add(1, Ordering::Relaxed);
+                        }
+                        most.fetch_max(shared.metrics.workspaces_loaded.get() as u64, Ordering::Relaxed);
+                    }
+                    tokio::task::yield_now().await;
+                }
+            })
+        };
+        let mut tasks = tokio::task::JoinSet::new();
+        for ws in names.clone() {
+            let c = c.clone();
+            tasks.spawn(async move {
+                let mut size = 0u64;
+                for round in 0..40u64 {
+                    let n = 1 + round % 3;
+                    let bodies = (size..size + n)
+                        .map(|i| crate::check::sample_body(&ws, "", i, 1_767_225_600_000 + i).unwrap())
+                        .collect();
+                    let out = c.append_batch(ws.as_str(), size, bodies).await;
+                    let out = out.unwrap_or_else(|e| panic!("{ws} round {round} at {size}: {e}"));
+                    assert_eq!(out.new_size, size + n);
+                    size = out.new_size;
+                }
+                (ws, size)
+            });
+        }
+        let mut done = Vec::new();
+        while let Some(r) = tasks.join_next().await {
+            done.push(r.unwrap());
+        }
+        stop.store(true, Ordering::Relaxed);
+        unloader.await.unwrap();
+        assert!(
+            unloads.load(Ordering::Relaxed) >= 20,
+            "only {} unloads raced the appends",
+            unloads.load(Ordering::Relaxed)
+        );
+        assert!(
+            most.load(Ordering::Relaxed) <= WS as u64,
+            "{} actors for {WS} workspaces",
+            most.load(Ordering::Relaxed)
+        );
+        for (ws, size) in done {
+            assert_eq!(c.latest_checkpoint(ws.as_str()).await.unwrap().size, size, "{ws}");
+            assert_eq!(shared.journal.load(&ws).await.unwrap().map(|s| s.size), Some(size), "{ws}");
+        }
+        assert_eq!(shared.metrics.fork_attempts.get(), 0);
+    }
+}
