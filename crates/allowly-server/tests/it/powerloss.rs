@@ -12,13 +12,14 @@
 //!   checkpoint it released), and `allowly-verify` finds the whole log VALID and consistent with
 //!   each of those checkpoints (no fork, no rollback).
 //!
-//! It is an integration test rather than a separate binary so that it runs in `.ci/run` with the
-//! rest, shares the black-box harness (`support/`), and needs no second build. The short form
+//! It is an integration test (a module of the server's test binary) rather than a separate
+//! program so that it runs in `.ci/run` with the rest, shares the black-box harness (`support/`),
+//! and needs no second build. The short form
 //! (8 crashes, a few seconds) is the default; the long form is the same test with more:
 //!
 //! ```sh
 //! ALLOWLY_POWERLOSS_CRASHES=200 ALLOWLY_POWERLOSS_FULL_CHECK_EVERY=20 \
-//!   cargo test -p allowly-server --test powerloss power_loss -- --nocapture
+//!   cargo test -p allowly-server --test it powerloss::power_loss -- --nocapture
 //! ```
 //!
 //! Knobs: `ALLOWLY_POWERLOSS_CRASHES` (default 8), `ALLOWLY_POWERLOSS_CLIENTS` (default 4),
@@ -30,9 +31,6 @@
 //! The tier can fail, and two tests show it: `allowly-lazyfs`'s own tests (unsynced data is
 //! really gone after a crash), and the negative control here, where the disk lies about
 //! RocksDB's WAL fsyncs and the checker must report acknowledged receipts lost.
-#![allow(clippy::unwrap_used)]
-
-mod support;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{Read as _, Write as _};
@@ -44,10 +42,10 @@ use std::time::{Duration, Instant};
 
 use std::ffi::OsStr;
 
+use crate::support::*;
 use allowly_lazyfs::{CrashReport, LazyFs, Mount, Point};
 use rustix::process::{kill_process, Pid, Signal};
 use serde_json::{json, Value};
-use support::*;
 
 /// How long acknowledged receipts may take to be signed after a restart, and the load to reach
 /// its crash point: generous, because the debug build through FUSE on a shared 2-core machine

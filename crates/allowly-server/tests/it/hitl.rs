@@ -3,9 +3,6 @@
 //! escalations and a revocation that the real `allowly-verify` accepts offline; what can be
 //! observed of expiry; and idempotent POSTs, also across `kill -9`. Each test can fail if a
 //! promise of the README ("Human in the loop", "Idempotency-Key") breaks.
-#![allow(clippy::unwrap_used)]
-
-mod support;
 
 use std::io::Write as _;
 use std::path::Path;
@@ -13,9 +10,9 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Barrier};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::support::*;
 use allowly_receipt::types::Timestamp;
 use serde_json::{json, Value};
-use support::*;
 
 // ---------------------------------------------------------------------------------------------
 // Helpers.

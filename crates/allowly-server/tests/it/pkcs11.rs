@@ -3,20 +3,17 @@
 //! `allowly-verify`, across a restart; and a token that refuses (wrong PIN, missing label or
 //! module) fails the service closed — it does not start, or, once running, its checks answer
 //! 503 until the token works again, and nothing unsigned is ever left behind.
-#![allow(clippy::unwrap_used)]
-
-mod support;
 // The signer's SoftHSM2 fixture (a token directory of this process's own).
-#[path = "../../allowly-signer/tests/support/softhsm.rs"]
+#[path = "../../../allowly-signer/tests/support/softhsm.rs"]
 mod softhsm;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
+use crate::support::*;
 use serde_json::{json, Value};
 use softhsm::{softhsm_owned_by, SoftHsm, USER_PIN};
-use support::*;
 
 const TOKENS: &[&str] = &["srv-sign", "srv-refuse"];
 

@@ -5,9 +5,6 @@
 //!
 //! Random choices (when to kill) come from a seeded generator; the seed is printed, and
 //! `ALLOWLY_TEST_SEED=<n>` replays a run.
-#![allow(clippy::unwrap_used)]
-
-mod support;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{Read as _, Write as _};
@@ -17,11 +14,11 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use proptest::prelude::*;
 use proptest::test_runner::{Config as PropConfig, TestCaseError, TestRunner};
 use rustix::process::{kill_process, Pid, Signal};
 use serde_json::{json, Value};
-use support::*;
 
 // ---------------------------------------------------------------------------------------------
 // Shared helpers.
