@@ -70,21 +70,6 @@ fn start(data: &Path, label: &str, pin_file: &Path) -> Server {
     Server::start_with(data, &args)
 }
 
-/// A workspace with an authorization for `files.*`: (workspace, checker key, reader key, authorization).
-fn tenant(s: &Server) -> (String, String, String, String) {
-    let c = s.client();
-    let ws = c.post("/v1/workspaces", &s.admin_token(), json!({ "name": "hsm" })).created("workspace");
-    let ws = ws["id"].as_str().unwrap().to_owned();
-    let key = |roles: &[&str]| {
-        let r = c.post(&format!("/v1/workspaces/{ws}/api-keys"), &s.admin_token(), json!({ "roles": roles }));
-        r.created("api key")["secret"].as_str().unwrap().to_owned()
-    };
-    let (admin, checker, reader) = (key(&["admin"]), key(&["check"]), key(&["read"]));
-    let az = c.post("/v1/authorizations", &admin, json!({ "subject": "user-1", "scopes": ["files.*"] }));
-    let az = az.created("authorization")["authorization"]["id"].as_str().unwrap().to_owned();
-    (ws, checker, reader, az)
-}
-
 fn check(s: &Server, checker: &str, az: &str) -> Resp {
     s.client().post("/v1/check", checker, json!({ "authorization_id": az, "scopes": ["files.read"] }))
 }
@@ -127,7 +112,7 @@ fn receipts_signed_by_token_keys_pass_allowly_verify_across_a_restart() {
     let data = tmp.path().join("data");
     let pin = pin_file(tmp.path(), "pin", USER_PIN);
     let mut s = start(&data, "srv-sign", &pin);
-    let (ws, checker, reader, az) = tenant(&s);
+    let Tenant { ws, checker, reader, az, .. } = tenant(&s, "hsm", &["files.*"]);
     for _ in 0..5 {
         let r = check(&s, &checker, &az);
         assert_eq!((r.status, r.json()["decision"].as_str()), (200, Some("allow")), "{r}");
@@ -193,7 +178,7 @@ fn a_token_that_refuses_fails_the_service_closed_and_it_recovers_when_the_token_
     // A running service whose signer restarts into a token that refuses its PIN.
     let data = tmp.path().join("data");
     let s = start(&data, "srv-refuse", &pin);
-    let (ws, checker, reader, az) = tenant(&s);
+    let Tenant { ws, checker, reader, az, .. } = tenant(&s, "hsm", &["files.*"]);
     assert_eq!(check(&s, &checker, &az).status, 200);
     write_pin(&pin, "0000-wrong");
     let signer = s.signer_pid();

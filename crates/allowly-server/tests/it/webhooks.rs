@@ -524,10 +524,6 @@ fn webhook_requests_are_validated_authorized_and_isolated() {
     assert!(m.lines().any(|l| l == r#"allowly_webhook_attempts_total{result="delivered"} 1"#), "{m}");
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
-}
-
 /// A POST with a JSON body and an `Idempotency-Key`.
 fn keyed_post(c: &Client, path: &str, key: &str, idem: &str, body: &Value) -> Resp {
     let headers = [
