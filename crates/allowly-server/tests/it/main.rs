@@ -6,7 +6,9 @@
 //! process at its first use: harmless here, because every reader of the environment in this
 //! process goes through `std::env`/`std::process` (which lock it; the SoftHSM2 module itself is
 //! only ever loaded by a signer child), and a child that inherits the variable reads it only if it
-//! loads SoftHSM2, which only `pkcs11`'s servers do.
+//! loads SoftHSM2, which only `pkcs11`'s servers do. Tests that start `allowly serve` as root
+//! create the same system users concurrently; the server and `pkcs11` retry a locked
+//! `/etc/passwd`.
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 mod blackbox;

@@ -32,13 +32,19 @@ fn signer_uid() -> Option<u32> {
         let out = Command::new("id").args(["-u", "allowly-signer"]).output().ok()?;
         out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().parse().ok())?
     };
-    if lookup().is_none() {
-        let _ = Command::new("useradd")
-            .args(["--system", "--no-create-home", "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin"])
-            .args(["--user-group", "--comment", "Allowly (created by allowly serve)", "allowly-signer"])
-            .status();
-    }
-    Some(lookup().expect("the allowly-signer user"))
+    // useradd exits 9 if the user was created meanwhile and 10 if /etc/passwd is locked by
+    // another useradd: an `allowly serve` started as root by another test of this binary creates
+    // the same user. Either way: look again.
+    Some(eventually("the allowly-signer user", String::new, || {
+        lookup().or_else(|| {
+            let _ = Command::new("useradd")
+                .args(["--system", "--no-create-home", "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin"])
+                .args(["--user-group", "--comment", "Allowly (created by allowly serve)", "allowly-signer"])
+                .stderr(Stdio::null())
+                .status();
+            lookup()
+        })
+    }))
 }
 
 /// A temp dir the signer's user can traverse (to its PIN file).
