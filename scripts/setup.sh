@@ -46,7 +46,7 @@ if [ ! -f "$ALLOWLY_ROCKSDB_LIB/librocksdb.a" ]; then
 fi
 
 # promtool, from Debian's `prometheus` package: the suite lints the real /metrics page and runs
-# the alert rules' unit tests with it (crates/allowly-server/tests/ops.rs). Only the binary is
+# the alert rules' unit tests with it (crates/allowly-server/tests/it/ops.rs). Only the binary is
 # unpacked into the cache (on PATH through env.sh): installing the package would also start a
 # Prometheus server as a system service.
 if ! command -v promtool >/dev/null; then

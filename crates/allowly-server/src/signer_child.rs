@@ -580,7 +580,7 @@ async fn terminate(mut child: Child) {
 /// directory's name is durable only once its parent is synced (POSIX; ext4's ordered journal
 /// happens to commit it with the next fsync of anything, other file systems need not), and
 /// without it a power cut after the first start could take the whole data directory, with
-/// every receipt acknowledged in it (found by the power-loss tier, `tests/powerloss.rs`). The
+/// every receipt acknowledged in it (found by the power-loss tier, `tests/it/powerloss.rs`). The
 /// parent is synced at every start, not only when created: a process crash between creating
 /// and syncing leaves a directory that exists but is not durable.
 pub fn create_private_dir(dir: &Path) -> Result<(), SignerChildError> {

@@ -5,6 +5,11 @@
 //! code in the crate and it exists only in this test; the library itself is
 //! `#![forbid(unsafe_code)]`. Counting is per thread, so tests running in
 //! parallel do not disturb each other.
+//!
+//! It stays a test binary of its own rather than a module of `tests/it` (the
+//! crate's other integration tests, one binary): a `#[global_allocator]` is
+//! the allocator of the whole process, so there every other test would run on
+//! this instrumented allocator too.
 #![allow(unsafe_code)]
 // Tests may unwrap: a failure should abort the test loudly.
 #![allow(clippy::unwrap_used)]

@@ -735,7 +735,7 @@ impl Writer {
         if !audit_existed {
             // A new file's name is durable only once its directory is synced: without this a
             // power cut could take `audit.log` whole, with the lines of checkpoints already
-            // released (the power-loss tier, allowly-server's tests/powerloss.rs, found it).
+            // released (the power-loss tier, allowly-server's tests/it/powerloss.rs, found it).
             sync_dir(dir)?;
         }
         let audit_reader = File::open(&audit_path)?;

@@ -4,7 +4,7 @@
 //! endpoint disabled) show in the API; deletion cancels unfinished deliveries, escalations are
 //! routed by scope, secrets rotate, finished deliveries can be sent again and are swept after
 //! their retention; non-public destinations are refused by default. Delivery over HTTP is
-//! tested black-box in `allowly-server/tests/webhooks.rs`.
+//! tested black-box in `allowly-server/tests/it/webhooks.rs`.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;

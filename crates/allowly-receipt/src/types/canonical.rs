@@ -6,7 +6,7 @@
 //! view `parse` would return; for anything else — not canonical, not a receipt body, or a
 //! canonical form it does not bother with (below) — it answers `None` and gives no reason, and
 //! the caller asks `parse`, which decides and says why. So a reader using both accepts and
-//! refuses exactly what `parse` does (`tests/body_view.rs` checks this on generated and mutated
+//! refuses exactly what `parse` does (`tests/it/body_view.rs` checks this on generated and mutated
 //! bodies), while the bodies a service actually sends — canonical, since they are what the
 //! leaf hash covers — take this path.
 //!

@@ -2,14 +2,14 @@
 //! (a receipt or a checkpoint) is never reported valid, deleting any receipt line is never
 //! reported valid, and no damage ever panics the verifier.
 
-#![allow(clippy::unwrap_used)]
-
 use allowly_receipt::types::KeySet;
 use allowly_receipt::verify::{verify_bundle, Outcome};
 use proptest::prelude::*;
 
+use crate::vectors_dir;
+
 fn vector(name: &str) -> Vec<u8> {
-    std::fs::read(manifest_dir().join("tests/vectors").join(name)).unwrap()
+    std::fs::read(vectors_dir().join(name)).unwrap()
 }
 
 fn keys() -> KeySet {
@@ -89,10 +89,4 @@ proptest! {
         let _ = verify_bundle(&b, Some(&keys()), &[]);
         let _ = verify_bundle(&b, None, &[]);
     }
-}
-
-/// This package's directory, read when the test runs (cargo sets it): the value compiled in
-/// can name another checkout that shared the target directory and built this binary.
-fn manifest_dir() -> std::path::PathBuf {
-    std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(|| env!("CARGO_MANIFEST_DIR").into(), Into::into)
 }

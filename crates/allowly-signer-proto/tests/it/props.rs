@@ -1,15 +1,12 @@
 //! Property tests: round trips, canonical encoding, and that decoding never
 //! panics on arbitrary, truncated or mutated input.
 // Tests may unwrap: a failure should abort the test loudly.
-#![allow(clippy::unwrap_used)]
 
-mod common;
-
+use crate::common::*;
 use allowly_signer_proto::{
     decode_request, decode_response, encode_request, encode_response, read_frame, ErrorCode, ErrorReply, KeyInfo,
     ProtoError, Request, Response, SignedLeaf, MAX_FRAME,
 };
-use common::*;
 use proptest::prelude::*;
 use proptest::{array, collection::vec, option};
 

@@ -1,6 +1,5 @@
 //! Property tests for `allowly_receipt::jcs`, using only the public API and independent
 //! oracles (serde_json for parsing/serializing, `encode_utf16().collect::<Vec<u16>>()` for order).
-#![allow(clippy::unwrap_used)]
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;

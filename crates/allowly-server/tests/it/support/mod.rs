@@ -12,6 +12,8 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use serde_json::json;
+
 /// The `allowly-verify` binary built next to `allowly`.
 pub fn verifier_bin() -> PathBuf {
     let bin = Path::new(allowly_bin()).with_file_name("allowly-verify");
@@ -301,6 +303,71 @@ fn proc_stat(pid: u32) -> Option<(String, String, u32)> {
     Some((comm, state, ppid))
 }
 
+/// Milliseconds since the Unix epoch, by the system clock.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock after 1970").as_millis() as u64
+}
+
+/// splitmix64, seeded from `ALLOWLY_TEST_SEED` or the clock (printed, so a failing schedule
+/// replays).
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn seeded(test: &str) -> Self {
+        let seed = std::env::var("ALLOWLY_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            (now.as_nanos() as u64) ^ u64::from(std::process::id()).rotate_left(32)
+        });
+        eprintln!("{test}: seed {seed} (replay with ALLOWLY_TEST_SEED={seed})");
+        Self(seed)
+    }
+
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `lo..hi`.
+    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next() % (hi - lo)
+    }
+}
+
+/// One workspace with an admin, a read and a check key and one authorization, all created over
+/// HTTP (each acknowledged, so each must survive a crash too).
+#[derive(Debug, Clone)]
+pub struct Tenant {
+    pub ws: String,
+    pub admin: String,
+    pub reader: String,
+    pub reader_id: String,
+    pub checker: String,
+    pub az: String,
+}
+
+/// A workspace named `name` (as the instance admin), its keys, and an authorization for `scopes`.
+pub fn tenant(s: &Server, name: &str, scopes: &[&str]) -> Tenant {
+    let c = s.client();
+    let root = s.admin_token();
+    let ws = c.post("/v1/workspaces", &root, json!({ "name": name })).created("workspace")["id"]
+        .as_str()
+        .expect("workspace id")
+        .to_owned();
+    let key = |roles: &[&str]| {
+        let v = c.post(&format!("/v1/workspaces/{ws}/api-keys"), &root, json!({ "roles": roles })).created("key");
+        (v["id"].as_str().expect("key id").to_owned(), v["secret"].as_str().expect("key secret").to_owned())
+    };
+    let (_, admin) = key(&["admin"]);
+    let (reader_id, reader) = key(&["read"]);
+    let (_, checker) = key(&["check"]);
+    let v = c.post("/v1/authorizations", &admin, json!({ "subject": "user-1", "scopes": scopes })).created("grant");
+    let az = v["authorization"]["id"].as_str().expect("authorization id").to_owned();
+    Tenant { ws, admin, reader, reader_id, checker, az }
+}
+
 /// File mode bits of `path`.
 pub fn mode(path: &Path) -> u32 {
     std::fs::metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).permissions().mode() & 0o777
@@ -409,37 +476,70 @@ impl Client {
         s.set_read_timeout(Some(DEADLINE)).expect("timeout");
         // The server may answer and close before reading everything (e.g. a 413): keep going.
         let _ = s.write_all(bytes);
-        let mut out = Vec::new();
-        let mut buf = [0u8; 16384];
-        loop {
-            match s.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => out.extend_from_slice(&buf[..n]),
-                // A signal (a child exiting, a test stopping the signer) is not the server's
-                // answer: read again.
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) if out.is_empty() => panic!("reading from {}: {e}", self.addr),
-                Err(_) => break,
-            }
+        let (out, error) = read_until_closed(&mut s);
+        if let (Some(e), true) = (error, out.is_empty()) {
+            panic!("reading from {}: {e}", self.addr);
         }
         parse_response(&out)
     }
 }
 
-fn parse_response(raw: &[u8]) -> Resp {
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .unwrap_or_else(|| panic!("no response head in {:?}", String::from_utf8_lossy(raw)));
-    let head = std::str::from_utf8(&raw[..split]).expect("head is UTF-8");
+/// Reads until the server closes the connection. An error (the server died, or went silent for
+/// the read timeout) ends it with what arrived so far, and is returned with it. A signal (a
+/// child exiting, a test stopping the signer) is not the server's answer: it reads again.
+fn read_until_closed(s: &mut TcpStream) -> (Vec<u8>, Option<std::io::Error>) {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 16384];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return (out, None),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return (out, Some(e)),
+        }
+    }
+}
+
+/// A request that tolerates the server dying under it (`kill -9`, a power cut): `None` unless
+/// a complete answer (its whole `Content-Length` body) arrived.
+pub fn try_request(addr: SocketAddr, method: &str, path: &str, key: &str, body: &[u8]) -> Option<Resp> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(DEADLINE)).ok()?;
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAuthorization: Bearer {key}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).ok()?;
+    s.write_all(body).ok()?;
+    // The server dying mid-answer ends the read: what arrived so far decides.
+    let (raw, _) = read_until_closed(&mut s);
+    let (status, headers, rest) = split_response(&raw)?;
+    let len: usize = headers.iter().find(|(k, _)| k == "content-length")?.1.parse().ok()?;
+    (rest.len() == len).then(|| Resp { status, headers, body: rest.to_vec() })
+}
+
+/// Header names (in lower case) and values.
+type Headers = Vec<(String, String)>;
+
+/// An answer's status, headers and the bytes after its head; `None` without a whole head and a
+/// status code.
+fn split_response(raw: &[u8]) -> Option<(u16, Headers, &[u8])> {
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = std::str::from_utf8(&raw[..split]).ok()?;
     let mut lines = head.split("\r\n");
-    let status_line = lines.next().expect("status line");
-    let status = status_line.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("status code");
-    let headers: Vec<(String, String)> = lines
+    let status = lines.next()?.split(' ').nth(1)?.parse().ok()?;
+    let headers = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
         .collect();
-    let mut body = raw[split + 4..].to_vec();
+    Some((status, headers, &raw[split + 4..]))
+}
+
+fn parse_response(raw: &[u8]) -> Resp {
+    let (status, headers, rest) = split_response(raw)
+        .unwrap_or_else(|| panic!("no response head with a status code in {:?}", String::from_utf8_lossy(raw)));
+    let mut body = rest.to_vec();
     if headers.iter().any(|(k, v)| k == "transfer-encoding" && v.contains("chunked")) {
         body = dechunk(&body);
     } else if let Some(len) =

@@ -3,7 +3,6 @@
 //! straight from RFC 6962 §2.1's recursive definitions, and property tests against it.
 
 // A failed unwrap is a failed test; production code (src/) has none.
-#![allow(clippy::unwrap_used)]
 
 use std::collections::{BTreeMap, HashMap};
 

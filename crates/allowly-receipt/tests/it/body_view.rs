@@ -8,7 +8,6 @@
 //! `parse_canonical` then `parse` accepts and refuses exactly what `parse` does; and it does
 //! answer for every canonical body `parse` accepts outside the forms it leaves to `parse` —
 //! on the vectors, on generated bodies (random members, unknown members) and on mutated bytes.
-#![allow(clippy::unwrap_used)]
 
 use allowly_receipt::jcs::{canonicalize, parse_strict};
 use allowly_receipt::types::{
@@ -17,6 +16,8 @@ use allowly_receipt::types::{
 };
 use proptest::prelude::*;
 use serde_json::{json, Value};
+
+use crate::vectors_dir;
 
 /// Whether `parse_canonical` promises to read `v` (in canonical form): no number with a
 /// fraction or exponent, object keys ASCII with nothing to escape, unknown members not nested
@@ -54,7 +55,7 @@ fn check_fast_against_parse(bytes: &[u8]) -> Result<Option<ReceiptBodyView<'_>>,
 }
 
 fn vector_bodies() -> Vec<Value> {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors");
+    let dir = vectors_dir();
     let mut out = Vec::new();
     for sub in ["valid", "invalid"] {
         for entry in std::fs::read_dir(dir.join(sub)).unwrap() {

@@ -12,13 +12,14 @@
 //!   checkpoint it released), and `allowly-verify` finds the whole log VALID and consistent with
 //!   each of those checkpoints (no fork, no rollback).
 //!
-//! It is an integration test rather than a separate binary so that it runs in `.ci/run` with the
-//! rest, shares the black-box harness (`support/`), and needs no second build. The short form
+//! It is an integration test (a module of the server's test binary) rather than a separate
+//! program so that it runs in `.ci/run` with the rest, shares the black-box harness (`support/`),
+//! and needs no second build. The short form
 //! (8 crashes, a few seconds) is the default; the long form is the same test with more:
 //!
 //! ```sh
 //! ALLOWLY_POWERLOSS_CRASHES=200 ALLOWLY_POWERLOSS_FULL_CHECK_EVERY=20 \
-//!   cargo test -p allowly-server --test powerloss power_loss -- --nocapture
+//!   cargo test -p allowly-server --test it powerloss::power_loss -- --nocapture
 //! ```
 //!
 //! Knobs: `ALLOWLY_POWERLOSS_CRASHES` (default 8), `ALLOWLY_POWERLOSS_CLIENTS` (default 4),
@@ -30,13 +31,8 @@
 //! The tier can fail, and two tests show it: `allowly-lazyfs`'s own tests (unsynced data is
 //! really gone after a crash), and the negative control here, where the disk lies about
 //! RocksDB's WAL fsyncs and the checker must report acknowledged receipts lost.
-#![allow(clippy::unwrap_used)]
-
-mod support;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -44,10 +40,10 @@ use std::time::{Duration, Instant};
 
 use std::ffi::OsStr;
 
+use crate::support::*;
 use allowly_lazyfs::{CrashReport, LazyFs, Mount, Point};
 use rustix::process::{kill_process, Pid, Signal};
 use serde_json::{json, Value};
-use support::*;
 
 /// How long acknowledged receipts may take to be signed after a restart, and the load to reach
 /// its crash point: generous, because the debug build through FUSE on a shared 2-core machine
@@ -59,33 +55,6 @@ const CHECKPOINTS_PER_ROUND: usize = 6;
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-/// splitmix64, seeded from `ALLOWLY_TEST_SEED` or the clock (printed, so a run replays).
-struct Rng(u64);
-
-impl Rng {
-    fn seeded(test: &str) -> Self {
-        let seed = std::env::var("ALLOWLY_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-            (now.as_nanos() as u64) ^ u64::from(std::process::id()).rotate_left(32)
-        });
-        eprintln!("{test}: seed {seed} (replay with ALLOWLY_TEST_SEED={seed})");
-        Self(seed)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `lo..hi`.
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo)
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -295,64 +264,12 @@ impl Cut {
 // ---------------------------------------------------------------------------------------------
 // The workload.
 
-#[derive(Debug, Clone)]
-struct Tenant {
-    ws: String,
-    reader: String,
-    checker: String,
-    az: String,
-}
-
-/// A workspace, its keys and an authorization, all created over HTTP (each acknowledged, so
-/// each must survive every crash too: the checks below use them).
-fn tenant(s: &Server) -> Tenant {
-    let c = s.client();
-    let root = s.admin_token();
-    let ws = c.post("/v1/workspaces", &root, json!({ "name": "power" })).created("workspace")["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let key = |roles: &[&str]| {
-        let v = c.post(&format!("/v1/workspaces/{ws}/api-keys"), &root, json!({ "roles": roles })).created("key");
-        v["secret"].as_str().unwrap().to_owned()
-    };
-    let (admin, reader, checker) = (key(&["admin"]), key(&["read"]), key(&["check"]));
-    let v = c.post("/v1/authorizations", &admin, json!({ "subject": "u", "scopes": ["files.*"] })).created("grant");
-    Tenant { ws, reader, checker, az: v["authorization"]["id"].as_str().unwrap().to_owned() }
-}
-
 /// A receipt a client was answered 200 for.
 #[derive(Debug, Clone)]
 struct Acked {
     id: String,
     log_index: u64,
     body: Value,
-}
-
-/// A request that tolerates the server dying under it: `None` unless a whole answer arrived.
-fn exchange(addr: SocketAddr, method: &str, path: &str, key: &str, body: &[u8]) -> Option<Resp> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(DEADLINE)).ok()?;
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAuthorization: Bearer {key}\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    s.write_all(head.as_bytes()).ok()?;
-    s.write_all(body).ok()?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).ok()?;
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
-    let head = std::str::from_utf8(&raw[..split]).ok()?;
-    let mut lines = head.split("\r\n");
-    let status = lines.next()?.split(' ').nth(1)?.parse().ok()?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    let len: usize = headers.iter().find(|(k, _)| k == "content-length")?.1.parse().ok()?;
-    let body = raw[split + 4..].to_vec();
-    (body.len() == len).then_some(Resp { status, headers, body })
 }
 
 /// A workspace created during a round: its id once `201`, its public keys as first read, and
@@ -394,7 +311,7 @@ fn round(m: &mut Machine, t: &Tenant, clients: usize, target: usize, pause: Dura
                 // Allowed and denied checks both leave receipts.
                 let scope = if i % 4 == 3 { "mail.send" } else { "files.read" };
                 let body = json!({ "authorization_id": t.az, "scopes": [scope], "resource": format!("c{i}-{n}") });
-                let Some(r) = exchange(addr, "POST", "/v1/check", &t.checker, body.to_string().as_bytes()) else {
+                let Some(r) = try_request(addr, "POST", "/v1/check", &t.checker, body.to_string().as_bytes()) else {
                     continue;
                 };
                 if r.status != 200 {
@@ -426,7 +343,7 @@ fn round(m: &mut Machine, t: &Tenant, clients: usize, target: usize, pause: Dura
         // being created beside the checks, so cuts also land in the middle of those.
         let (stop, refused, seen, root) = (stop.clone(), refused.clone(), seen.clone(), m.server().admin_token());
         threads.push(std::thread::spawn(move || {
-            let post = |path: &str, body: Value| exchange(addr, "POST", path, &root, body.to_string().as_bytes());
+            let post = |path: &str, body: Value| try_request(addr, "POST", path, &root, body.to_string().as_bytes());
             while !stop.load(Ordering::Acquire) {
                 let Some(r) = post("/v1/workspaces", json!({ "name": "made" })) else { continue };
                 let ws = match (r.status, serde_json::from_slice::<Value>(&r.body)) {
@@ -441,7 +358,7 @@ fn round(m: &mut Machine, t: &Tenant, clients: usize, target: usize, pause: Dura
                     s.made.push(Made { ws: ws.clone(), ..Made::default() });
                     s.made.len() - 1
                 };
-                let keys = exchange(addr, "GET", &format!("/v1/workspaces/{ws}/keys"), "", b"");
+                let keys = try_request(addr, "GET", &format!("/v1/workspaces/{ws}/keys"), "", b"");
                 if let Some(k) = keys.filter(|k| k.status == 200) {
                     seen.lock().unwrap().made[at].keys = serde_json::from_slice(&k.body).ok();
                 }
@@ -460,7 +377,7 @@ fn round(m: &mut Machine, t: &Tenant, clients: usize, target: usize, pause: Dura
         threads.push(std::thread::spawn(move || {
             let path = format!("/v1/workspaces/{}/log/checkpoint", t.ws);
             while !stop.load(Ordering::Acquire) {
-                let Some(r) = exchange(addr, "GET", &path, &t.reader, b"") else { continue };
+                let Some(r) = try_request(addr, "GET", &path, &t.reader, b"") else { continue };
                 let Ok(v) = serde_json::from_slice::<Value>(&r.body) else { continue };
                 if let (200, Some(size), Some(note)) = (r.status, v["size"].as_u64(), v["checkpoint"].as_str()) {
                     let mut s = seen.lock().unwrap();
@@ -716,7 +633,7 @@ fn campaign(
     let max_acks = env_usize("ALLOWLY_POWERLOSS_MAX_ACKS", 150).max(2) as u64;
     let every = env_usize("ALLOWLY_POWERLOSS_FULL_CHECK_EVERY", 1).max(1);
     let mut m = Machine::boot(tmp);
-    let t = tenant(m.server());
+    let t = tenant(m.server(), "power", &["files.*"]);
     // The tenant itself must survive the first crash: sync points of the setup are honest.
     m.fs.lie_about_fsync_of(lie);
     let mut h = History::default();

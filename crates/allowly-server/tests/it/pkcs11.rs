@@ -3,20 +3,17 @@
 //! `allowly-verify`, across a restart; and a token that refuses (wrong PIN, missing label or
 //! module) fails the service closed — it does not start, or, once running, its checks answer
 //! 503 until the token works again, and nothing unsigned is ever left behind.
-#![allow(clippy::unwrap_used)]
-
-mod support;
 // The signer's SoftHSM2 fixture (a token directory of this process's own).
-#[path = "../../allowly-signer/tests/support/softhsm.rs"]
+#[path = "../../../allowly-signer/tests/support/softhsm.rs"]
 mod softhsm;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
+use crate::support::*;
 use serde_json::{json, Value};
 use softhsm::{softhsm_owned_by, SoftHsm, USER_PIN};
-use support::*;
 
 const TOKENS: &[&str] = &["srv-sign", "srv-refuse"];
 
@@ -35,13 +32,19 @@ fn signer_uid() -> Option<u32> {
         let out = Command::new("id").args(["-u", "allowly-signer"]).output().ok()?;
         out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().parse().ok())?
     };
-    if lookup().is_none() {
-        let _ = Command::new("useradd")
-            .args(["--system", "--no-create-home", "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin"])
-            .args(["--user-group", "--comment", "Allowly (created by allowly serve)", "allowly-signer"])
-            .status();
-    }
-    Some(lookup().expect("the allowly-signer user"))
+    // useradd exits 9 if the user was created meanwhile and 10 if /etc/passwd is locked by
+    // another useradd: an `allowly serve` started as root by another test of this binary creates
+    // the same user. Either way: look again.
+    Some(eventually("the allowly-signer user", String::new, || {
+        lookup().or_else(|| {
+            let _ = Command::new("useradd")
+                .args(["--system", "--no-create-home", "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin"])
+                .args(["--user-group", "--comment", "Allowly (created by allowly serve)", "allowly-signer"])
+                .stderr(Stdio::null())
+                .status();
+            lookup()
+        })
+    }))
 }
 
 /// A temp dir the signer's user can traverse (to its PIN file).
@@ -71,21 +74,6 @@ fn start(data: &Path, label: &str, pin_file: &Path) -> Server {
     let args = keystore_args(label, pin_file);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     Server::start_with(data, &args)
-}
-
-/// A workspace with an authorization for `files.*`: (workspace, checker key, reader key, authorization).
-fn tenant(s: &Server) -> (String, String, String, String) {
-    let c = s.client();
-    let ws = c.post("/v1/workspaces", &s.admin_token(), json!({ "name": "hsm" })).created("workspace");
-    let ws = ws["id"].as_str().unwrap().to_owned();
-    let key = |roles: &[&str]| {
-        let r = c.post(&format!("/v1/workspaces/{ws}/api-keys"), &s.admin_token(), json!({ "roles": roles }));
-        r.created("api key")["secret"].as_str().unwrap().to_owned()
-    };
-    let (admin, checker, reader) = (key(&["admin"]), key(&["check"]), key(&["read"]));
-    let az = c.post("/v1/authorizations", &admin, json!({ "subject": "user-1", "scopes": ["files.*"] }));
-    let az = az.created("authorization")["authorization"]["id"].as_str().unwrap().to_owned();
-    (ws, checker, reader, az)
 }
 
 fn check(s: &Server, checker: &str, az: &str) -> Resp {
@@ -130,7 +118,7 @@ fn receipts_signed_by_token_keys_pass_allowly_verify_across_a_restart() {
     let data = tmp.path().join("data");
     let pin = pin_file(tmp.path(), "pin", USER_PIN);
     let mut s = start(&data, "srv-sign", &pin);
-    let (ws, checker, reader, az) = tenant(&s);
+    let Tenant { ws, checker, reader, az, .. } = tenant(&s, "hsm", &["files.*"]);
     for _ in 0..5 {
         let r = check(&s, &checker, &az);
         assert_eq!((r.status, r.json()["decision"].as_str()), (200, Some("allow")), "{r}");
@@ -196,7 +184,7 @@ fn a_token_that_refuses_fails_the_service_closed_and_it_recovers_when_the_token_
     // A running service whose signer restarts into a token that refuses its PIN.
     let data = tmp.path().join("data");
     let s = start(&data, "srv-refuse", &pin);
-    let (ws, checker, reader, az) = tenant(&s);
+    let Tenant { ws, checker, reader, az, .. } = tenant(&s, "hsm", &["files.*"]);
     assert_eq!(check(&s, &checker, &az).status, 200);
     write_pin(&pin, "0000-wrong");
     let signer = s.signer_pid();

@@ -5,17 +5,14 @@
 //! answers 410; endpoint deletion, secret rotation (the receiver verifies with the old and the
 //! new secret), manual retries, scope routing of escalations, and the refusal of non-public
 //! destinations by default. A failing test prints the server's output and the receiver's log.
-#![allow(clippy::unwrap_used)]
-
-mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
+use crate::support::*;
 use serde_json::{json, Value};
-use support::*;
 
 /// A retry schedule short enough for tests: 50 ms doubling to 200 ms, 1 s per attempt; and the
 /// receivers run on the loopback, which only this switch allows.
@@ -525,10 +522,6 @@ fn webhook_requests_are_validated_authorized_and_isolated() {
     // The worker's metrics are on /metrics.
     let m = c.get("/metrics", None).text();
     assert!(m.lines().any(|l| l == r#"allowly_webhook_attempts_total{result="delivered"} 1"#), "{m}");
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
 }
 
 /// A POST with a JSON body and an `Idempotency-Key`.

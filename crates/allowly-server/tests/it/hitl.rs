@@ -3,19 +3,15 @@
 //! escalations and a revocation that the real `allowly-verify` accepts offline; what can be
 //! observed of expiry; and idempotent POSTs, also across `kill -9`. Each test can fail if a
 //! promise of the README ("Human in the loop", "Idempotency-Key") breaks.
-#![allow(clippy::unwrap_used)]
-
-mod support;
 
 use std::io::Write as _;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Barrier};
-use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::support::*;
 use allowly_receipt::types::Timestamp;
 use serde_json::{json, Value};
-use support::*;
 
 // ---------------------------------------------------------------------------------------------
 // Helpers.
@@ -68,10 +64,6 @@ fn rid(v: &Value) -> String {
 
 fn str_of<'a>(v: &'a Value, field: &str) -> &'a str {
     v[field].as_str().unwrap_or_else(|| panic!("no string {field} in {v}"))
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
 }
 
 fn ms_of(v: &Value) -> u64 {

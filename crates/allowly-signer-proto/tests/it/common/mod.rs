@@ -1,4 +1,4 @@
-//! Fixtures shared by the test binaries.
+//! Fixtures shared by the test modules.
 #![allow(dead_code)]
 
 use allowly_signer_proto::{ErrorCode, ErrorReply, KeyInfo, Request, Response, SignedLeaf, MAX_PROOF_HASHES};

@@ -5,19 +5,16 @@
 //! in any order, late, never, with garbage, or by dropping the connection.
 //! Events are sequenced with channels, never with sleeps.
 // Tests may unwrap: a failure should abort the test loudly.
-#![allow(clippy::unwrap_used)]
-
-mod common;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::common::*;
 use allowly_signer_proto::client::{ClientError, ClientOptions, SignerClient};
 use allowly_signer_proto::{
     decode_request, encode_response, read_frame, ErrorCode, ErrorReply, KeyInfo, Request, Response, PROTOCOL_VERSION,
 };
-use common::*;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, Notify};

@@ -5,20 +5,17 @@
 //!
 //! These tests need root (CI runs as root): without it they fail, saying so, rather than pass
 //! without having checked anything.
-#![allow(clippy::unwrap_used)]
-
-mod support;
 
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::support::*;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use chacha20poly1305::aead::{Aead as _, KeyInit as _, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use serde_json::{json, Value};
-use support::*;
 
 const NOBODY: u32 = 65534;
 

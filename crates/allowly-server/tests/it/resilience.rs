@@ -5,84 +5,25 @@
 //!
 //! Random choices (when to kill) come from a seeded generator; the seed is printed, and
 //! `ALLOWLY_TEST_SEED=<n>` replays a run.
-#![allow(clippy::unwrap_used)]
-
-mod support;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::support::*;
+// Not proptest's `Rng` (the prelude's glob import has one too).
+use crate::support::Rng;
 use proptest::prelude::*;
 use proptest::test_runner::{Config as PropConfig, TestCaseError, TestRunner};
 use rustix::process::{kill_process, Pid, Signal};
 use serde_json::{json, Value};
-use support::*;
 
 // ---------------------------------------------------------------------------------------------
 // Shared helpers.
-
-/// splitmix64: a tiny seeded generator, so a failing schedule can be replayed.
-struct Rng(u64);
-
-impl Rng {
-    fn seeded(test: &str) -> Self {
-        let seed = std::env::var("ALLOWLY_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-            (now.as_nanos() as u64) ^ u64::from(std::process::id()).rotate_left(32)
-        });
-        eprintln!("{test}: seed {seed} (replay with ALLOWLY_TEST_SEED={seed})");
-        Self(seed)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `lo..hi`.
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo)
-    }
-}
-
-/// One workspace with an admin, a read and a check key and one authorization.
-#[derive(Debug, Clone)]
-struct Tenant {
-    ws: String,
-    admin: String,
-    reader: String,
-    reader_id: String,
-    checker: String,
-    az: String,
-}
-
-/// A workspace (as the instance admin), its keys, and an authorization for `scopes`.
-fn tenant(s: &Server, name: &str, scopes: &[&str]) -> Tenant {
-    let c = s.client();
-    let root = s.admin_token();
-    let ws = c.post("/v1/workspaces", &root, json!({ "name": name })).created("workspace")["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let key = |roles: &[&str]| {
-        let v = c.post(&format!("/v1/workspaces/{ws}/api-keys"), &root, json!({ "roles": roles })).created("key");
-        (v["id"].as_str().unwrap().to_owned(), v["secret"].as_str().unwrap().to_owned())
-    };
-    let (_, admin) = key(&["admin"]);
-    let (reader_id, reader) = key(&["read"]);
-    let (_, checker) = key(&["check"]);
-    let v = c.post("/v1/authorizations", &admin, json!({ "subject": "user-1", "scopes": scopes })).created("grant");
-    let az = v["authorization"]["id"].as_str().unwrap().to_owned();
-    Tenant { ws, admin, reader, reader_id, checker, az }
-}
 
 /// A receipt a client was given in a 200 answer.
 #[derive(Debug, Clone)]
@@ -282,38 +223,6 @@ fn checkpoint_note(c: &Client, t: &Tenant) -> Option<String> {
     (r.status == 200).then(|| r.json()["checkpoint"].as_str().unwrap().to_owned())
 }
 
-/// A request that tolerates the server dying under it: `None` unless a complete answer arrived.
-fn try_post(addr: SocketAddr, path: &str, key: &str, body: &[u8]) -> Option<Resp> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(DEADLINE)).ok()?;
-    let head = format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAuthorization: Bearer {key}\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    s.write_all(head.as_bytes()).ok()?;
-    s.write_all(body).ok()?;
-    let mut raw = Vec::new();
-    let mut buf = [0u8; 16384];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => raw.extend_from_slice(&buf[..n]),
-        }
-    }
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
-    let head = std::str::from_utf8(&raw[..split]).ok()?;
-    let mut lines = head.split("\r\n");
-    let status = lines.next()?.split(' ').nth(1)?.parse().ok()?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    let len: usize = headers.iter().find(|(k, _)| k == "content-length")?.1.parse().ok()?;
-    let body = raw[split + 4..].to_vec();
-    (body.len() == len).then_some(Resp { status, headers, body })
-}
-
 /// Concurrent check clients: each loops `POST /v1/check` until told to stop.
 struct Load {
     stop: Arc<AtomicBool>,
@@ -347,7 +256,7 @@ impl Load {
                 let (body, key) = (body.to_string().into_bytes(), t.checker.clone());
                 std::thread::spawn(move || {
                     while !stop.load(Ordering::Acquire) {
-                        let Some(r) = try_post(addr, "/v1/check", &key, &body) else {
+                        let Some(r) = try_request(addr, "POST", "/v1/check", &key, &body) else {
                             lost.fetch_add(1, Ordering::AcqRel);
                             continue;
                         };

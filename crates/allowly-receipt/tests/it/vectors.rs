@@ -2,11 +2,10 @@
 //! bundles) from a fixed seed, checks that this crate's verifier reports exactly each vector's
 //! labelled findings, and fails when the committed files differ from what the code generates.
 //!
-//! After a deliberate format change: `UPDATE_VECTORS=1 cargo test -p allowly-receipt --test vectors`
+//! After a deliberate format change: `UPDATE_VECTORS=1 cargo test -p allowly-receipt --test it vectors::`
 //! and review the diff. The Python and Node verifiers (tests/crosslang) read the same files.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 use allowly_receipt::bundle::{Bundle, Consistency, Header, Scope};
 use allowly_receipt::jcs;
@@ -18,6 +17,8 @@ use base64::Engine as _;
 use ed25519_dalek::SigningKey;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
+
+use crate::vectors_dir;
 
 const WS: &str = "ws_vectors";
 
@@ -953,10 +954,6 @@ fn vectors() -> (Log, Vec<Vector>) {
     (log, v)
 }
 
-fn vectors_dir() -> PathBuf {
-    manifest_dir().join("tests/vectors")
-}
-
 fn outcome_str(o: Option<Outcome>) -> &'static str {
     match o {
         Some(Outcome::Valid) => "valid",
@@ -1063,10 +1060,4 @@ fn every_finding_code_has_a_vector() {
         let s = code.as_str();
         assert!(vs.iter().any(|v| v.codes.contains(&s)), "no vector for finding {s}");
     }
-}
-
-/// This package's directory, read when the test runs (cargo sets it): the value compiled in
-/// can name another checkout that shared the target directory and built this binary.
-fn manifest_dir() -> std::path::PathBuf {
-    std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(|| env!("CARGO_MANIFEST_DIR").into(), Into::into)
 }

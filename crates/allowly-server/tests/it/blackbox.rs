@@ -1,14 +1,11 @@
 //! Black-box tests of the real `allowly` binary: real signer child, real RocksDB in a temp dir,
 //! raw HTTP over TCP. A failing test prints the server's stdout and stderr.
-#![allow(clippy::unwrap_used)]
 
-mod support;
-
+use crate::support::*;
 use allowly_receipt::types::KeySet;
 use allowly_receipt::verify::{verify_bundle, Outcome};
 use rustix::process::Signal;
 use serde_json::{json, Value};
-use support::*;
 
 fn start() -> (tempfile::TempDir, Server) {
     let tmp = tempfile::tempdir().unwrap();

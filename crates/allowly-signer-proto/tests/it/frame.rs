@@ -1,13 +1,10 @@
 //! `read_frame` / `write_frame` over in-memory streams.
 // Tests may unwrap: a failure should abort the test loudly.
-#![allow(clippy::unwrap_used)]
 
-mod common;
-
+use crate::common::*;
 use allowly_signer_proto::{
     decode_request, decode_response, read_frame, write_frame, ProtoError, Request, Response, MAX_FRAME,
 };
-use common::*;
 use tokio::io::AsyncWriteExt;
 
 fn is_eof(e: &ProtoError) -> bool {

@@ -1,15 +1,12 @@
 //! Round trips, known-answer vectors and rejection of malformed frames.
 // Tests may unwrap: a failure should abort the test loudly.
-#![allow(clippy::unwrap_used)]
 
-mod common;
-
+use crate::common::*;
 use allowly_signer_proto::{
     decode_request, decode_response, encode_request, encode_response, ErrorCode, ErrorReply, ProtoError, Request,
     Response, SignedLeaf, MAX_BATCH_BODY_BYTES, MAX_BATCH_LEAVES, MAX_BODY_LEN, MAX_FRAME, MAX_PROOF_HASHES,
     PROTOCOL_VERSION,
 };
-use common::*;
 
 fn roundtrip_req(id: u64, req: Request) {
     let frame = encode_req(id, &req);

@@ -6,17 +6,14 @@
 //!
 //! promtool comes from Debian's `prometheus` package; `scripts/setup.sh` puts it in the cache's
 //! `bin/` (on PATH through `scripts/env.sh`).
-#![allow(clippy::unwrap_used)]
-
-mod support;
 
 use std::collections::BTreeSet;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+use crate::support::*;
 use serde_json::json;
-use support::*;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
