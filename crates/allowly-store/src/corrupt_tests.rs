@@ -3,27 +3,23 @@
 
 use allowly_receipt::merkle::NodeSource;
 
-use crate::keys::{self, Space};
+use crate::keys;
+use crate::kv::{KvEngine, Mutations, Space};
 use crate::{
     ApiKeyRecord, Durability, MemStore, Op, ReceiptRecord, RocksOptions, RocksStore, Store, StoreError, StoredNodes,
     WriteBatch,
 };
 
-trait Raw: Store {
-    fn raw(&self, space: Space, key: &[u8], value: &[u8]);
-}
-
-impl Raw for MemStore {
+/// Writes bytes no op would produce, through the engine's own write path.
+trait Raw: KvEngine {
     fn raw(&self, space: Space, key: &[u8], value: &[u8]) {
-        self.put_raw(space, key, value);
+        let mut muts = Mutations::default();
+        muts.put(space, key.to_vec(), value.to_vec());
+        self.apply(muts, Durability::Sync).expect("raw put");
     }
 }
 
-impl Raw for RocksStore {
-    fn raw(&self, space: Space, key: &[u8], value: &[u8]) {
-        self.put_raw(space, key, value).expect("raw put");
-    }
-}
+impl<E: KvEngine> Raw for E {}
 
 fn receipt(ws: &str, id: &str, index: u64) -> ReceiptRecord {
     ReceiptRecord {

@@ -56,7 +56,7 @@
 mod codec;
 mod error;
 mod keys;
-mod kv;
+pub mod kv;
 mod mem;
 mod query;
 mod rocks;

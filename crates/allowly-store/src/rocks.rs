@@ -9,8 +9,7 @@ use rocksdb::{
 };
 
 use crate::error::{Result, StoreError};
-use crate::keys::Space;
-use crate::kv::{self, KvEngine, KvRead, Pair};
+use crate::kv::{self, KvEngine, KvRead, Pair, Space};
 use crate::types::Durability;
 
 /// Tuning for [`RocksStore::open`]. The defaults suit one service on a small machine.
@@ -154,12 +153,6 @@ impl RocksStore {
             .cf_handle(space.name())
             .ok_or_else(|| StoreError::Engine(format!("column family {} is not open", space.name())))
     }
-
-    /// Writes raw bytes (for corruption tests).
-    #[cfg(test)]
-    pub(crate) fn put_raw(&self, space: Space, key: &[u8], value: &[u8]) -> Result<()> {
-        self.db.put_cf(self.cf(space)?, key, value).map_err(|e| engine_err(space, e))
-    }
 }
 
 /// The options of one key space: `base`, plus key-value separation for receipts.
@@ -253,8 +246,6 @@ impl KvEngine for RocksStore {
         self.db.write_opt(wb, &wo).map_err(|e| device_err(e.kind(), e.into_string()))
     }
 }
-
-crate::query::impl_store_for_engine!(RocksStore);
 
 #[cfg(test)]
 mod tests {
