@@ -72,5 +72,5 @@ pub use types::{
     ScopeRule, WorkspaceRecord, WriteBatch,
 };
 
-#[cfg(test)]
-mod corrupt_tests;
+#[cfg(feature = "conformance")]
+pub mod conformance;
