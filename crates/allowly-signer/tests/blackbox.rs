@@ -428,7 +428,8 @@ async fn audit_lines_lost_in_a_crash_are_back_after_the_restart_and_the_chain_ve
     let c = s.ready().await;
     assert_eq!(s.audit_text(), acknowledged, "audit.log repaired before serving\n{}", s.diagnostics());
     c.append_batch(ws, 3, bodies(ws, 3, 1)).await.unwrap();
-    let (status, out, err) = run_with_deadline(Command::new(signer_bin()).args(["audit", "verify"]).arg(dir.join("audit.log")));
+    let (status, out, err) =
+        run_with_deadline(Command::new(signer_bin()).args(["audit", "verify"]).arg(dir.join("audit.log")));
     assert_eq!(status.code(), Some(0), "{out}{err}");
     let events: Vec<_> = s.audit().iter().map(|l| l["event"].as_str().unwrap_or_default().to_owned()).collect();
     assert_eq!(events, ["created", "checkpoint", "checkpoint", "checkpoint", "resumed", "checkpoint"]);
