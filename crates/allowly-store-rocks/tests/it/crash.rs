@@ -15,7 +15,8 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use allowly_store::conformance::records::receipt;
-use allowly_store::{Durability, LogMeta, Op, RocksOptions, RocksStore, Store, WriteBatch};
+use allowly_store::{Durability, LogMeta, Op, Store, WriteBatch};
+use allowly_store_rocks::{RocksOptions, RocksStore};
 
 const CHILD_ENV: &str = "ALLOWLY_STORE_CRASH_CHILD";
 const TEST_NAME: &str = "crash::acknowledged_batches_survive_sigkill";
