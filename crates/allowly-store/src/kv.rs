@@ -2,13 +2,13 @@
 //! `allowly-store-rocks`, TiKV later), and the one place where write ops become key mutations.
 //!
 //! An engine implements [`KvRead`] and [`KvEngine`] — keep bytes, read ranges, apply a set of
-//! mutations atomically — and is then a [`Store`](crate::Store): the staging of ops ([`stage`])
+//! mutations atomically — and is then a [`Store`](crate::Store): the staging of ops (`stage`)
 //! and every getter (`crate::query`) are written once, here, over these two traits. So
 //! `MemStore` and `RocksStore` cannot drift apart (they differ only in how bytes are kept), and
 //! an engine crate never sees a record, a key encoding or a tenant check. (A SQL engine would
 //! implement [`Store`](crate::Store) directly instead.)
 //!
-//! Nothing outside this crate can build [`Mutations`]: an engine writes what [`stage`] produced
+//! Only this crate can put anything into [`Mutations`]: an engine writes what `stage` produced
 //! from validated ops, never bytes a caller chose.
 
 use std::collections::BTreeMap;

@@ -328,7 +328,7 @@ fn all_docs(
     pairs.iter().map(|(k, v)| check_doc(space, k, v, None, None).map(|d| (d.workspace_id, d.id, d.doc))).collect()
 }
 
-/// Every [`KvEngine`] is a [`Store`]: writes are staged by [`kv::stage`], reads are this
+/// Every [`KvEngine`] is a [`Store`]: writes are staged by `kv::stage`, reads are this
 /// module's getters, so no engine decides for itself what a record or a key means.
 impl<E: KvEngine> Store for E {
     fn write(&self, batch: WriteBatch, durability: Durability) -> Result<()> {
