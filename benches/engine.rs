@@ -17,7 +17,8 @@ use allowly_benches::{print_ratios, Ratio};
 use allowly_engine::model::{CheckRequest, NewAuthorization, NewWorkspace};
 use allowly_engine::{Engine, EngineConfig};
 use allowly_signer_proto::client::{ClientOptions, SignerClient};
-use allowly_store::{Durability, LogMeta, Op, RocksOptions, RocksStore, Store, WriteBatch};
+use allowly_store::{Durability, LogMeta, Op, Store, WriteBatch};
+use allowly_store_rocks::{RocksOptions, RocksStore};
 use criterion::Criterion;
 
 const CONCURRENCY: [usize; 3] = [1, 16, 64];

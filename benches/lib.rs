@@ -50,7 +50,7 @@ pub fn local_engine(
     rt: &tokio::runtime::Runtime,
     dir: &std::path::Path,
     cfg: allowly_engine::EngineConfig,
-) -> (allowly_engine::Engine, std::sync::Arc<allowly_store::RocksStore>, PathBuf) {
+) -> (allowly_engine::Engine, std::sync::Arc<allowly_store_rocks::RocksStore>, PathBuf) {
     use allowly_signer_proto::client::{ClientOptions, SignerClient};
     let sock = dir.join("run/signer.sock");
     let listener = {
@@ -60,7 +60,8 @@ pub fn local_engine(
     let signer_state = allowly_signer::Shared::open_local(&dir.join("signer")).expect("signer state");
     rt.spawn(allowly_signer::server::serve(listener, signer_state, std::future::pending()));
     let store = std::sync::Arc::new(
-        allowly_store::RocksStore::open(&dir.join("db"), allowly_store::RocksOptions::default()).expect("store"),
+        allowly_store_rocks::RocksStore::open(&dir.join("db"), allowly_store_rocks::RocksOptions::default())
+            .expect("store"),
     );
     let engine = rt.block_on(async {
         let client = SignerClient::new(sock.clone(), ClientOptions::default());

@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use allowly_engine::{Engine, EngineConfig};
 use allowly_signer_proto::client::{ClientOptions, SignerClient};
-use allowly_store::{RocksOptions, RocksStore, Store};
+use allowly_store::Store;
+use allowly_store_rocks::{RocksOptions, RocksStore};
 use tokio::net::TcpListener;
 
 use crate::config::{ServerConfig, SignerMode};

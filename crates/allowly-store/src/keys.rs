@@ -12,9 +12,12 @@ pub(crate) const SEP: u8 = 0x00;
 /// The byte after [`SEP`]: `id ‖ END` is the exclusive end of everything under `id ‖ SEP`.
 const END: u8 = 0x01;
 
-/// One key space (a RocksDB column family, a table elsewhere).
+/// One key space (a RocksDB column family, a table elsewhere). Public for the engines that
+/// implement [`KvEngine`](crate::kv::KvEngine): each keeps one ordered map per space, and
+/// [`Space::name`] is the name it is kept under on disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub(crate) enum Space {
+#[non_exhaustive]
+pub enum Space {
     Workspaces,
     ApiKeys,
     Authorizations,
@@ -34,7 +37,8 @@ pub(crate) enum Space {
 }
 
 impl Space {
-    pub(crate) const ALL: [Space; 16] = [
+    /// Every key space, in a fixed order (an engine opens them all).
+    pub const ALL: [Space; 16] = [
         Space::Workspaces,
         Space::ApiKeys,
         Space::Authorizations,
@@ -54,7 +58,7 @@ impl Space {
     ];
 
     /// Stable name: the column family's name on disk. Never rename one.
-    pub(crate) fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             Space::Workspaces => "workspaces",
             Space::ApiKeys => "api_keys",

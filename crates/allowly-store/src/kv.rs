@@ -1,75 +1,99 @@
-//! The ordered key-value model both engines share, and the one place where write ops become key
-//! mutations. Because [`stage`] and the getters in [`crate::query`] are written once over
-//! [`KvRead`], `MemStore` and `RocksStore` cannot drift apart: they differ only in how bytes are
-//! kept. (A SQL engine would implement [`Store`](crate::Store) directly; TiKV fits this model.)
+//! The ordered key-value model an embedded or distributed engine implements (RocksDB in
+//! `allowly-store-rocks`, TiKV later), and the one place where write ops become key mutations.
+//!
+//! An engine implements [`KvRead`] and [`KvEngine`] — keep bytes, read ranges, apply a set of
+//! mutations atomically — and is then a [`Store`](crate::Store): the staging of ops (`stage`)
+//! and every getter (`crate::query`) are written once, here, over these two traits. So
+//! `MemStore` and `RocksStore` cannot drift apart (they differ only in how bytes are kept), and
+//! an engine crate never sees a record, a key encoding or a tenant check. (A SQL engine would
+//! implement [`Store`](crate::Store) directly instead.)
+//!
+//! Only this crate can put anything into [`Mutations`]: an engine writes what `stage` produced
+//! from validated ops, never bytes a caller chose.
 
 use std::collections::BTreeMap;
 
 use crate::codec::{self, encode};
 use crate::error::{Result, StoreError};
-use crate::keys::{self, check_id, Space};
+pub use crate::keys::Space;
+use crate::keys::{self, check_id};
 use crate::types::{Durability, Op, ReceiptRecord, WriteBatch};
 
 /// A key and its value.
-pub(crate) type Pair = (Vec<u8>, Vec<u8>);
+pub type Pair = (Vec<u8>, Vec<u8>);
 
-/// Point and range reads over the key spaces.
-pub(crate) trait KvRead {
+/// Point and range reads over the key spaces. Keys compare as bytes (lexicographically).
+pub trait KvRead {
+    /// The value at `key`, if any.
     fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>>;
     /// Up to `limit` pairs with `lower <= key < upper` (`None` = no upper bound), ascending, or
-    /// descending from the top of the range when `reverse`.
+    /// descending from the top of the range when `reverse`. An empty or inverted range, or a
+    /// `limit` of 0, is an empty answer, not an error.
     fn scan(&self, space: Space, lower: &[u8], upper: Option<&[u8]>, limit: usize, reverse: bool) -> Result<Vec<Pair>>;
 }
 
 /// An engine: latest-state reads (for single-key getters), consistent multi-key reads, and
-/// atomic batch writes.
-pub(crate) trait KvEngine: KvRead + Send + Sync + 'static {
+/// atomic batch writes. Every [`KvEngine`] is a [`Store`](crate::Store).
+pub trait KvEngine: KvRead + Send + Sync + 'static {
     /// Runs `f` over one consistent view (no write lands half-way through it).
     fn read<T>(&self, f: impl FnOnce(&dyn KvRead) -> Result<T>) -> Result<T>;
-    /// Applies staged mutations atomically.
+    /// Applies `muts` atomically: after `Ok`, all of them are visible (and with
+    /// [`Durability::Sync`] survive a machine crash); after a crash, all or none of them. An
+    /// `Err` means "not acknowledged" (see [`StoreError::Engine`]), never "applied in part".
     fn apply(&self, muts: Mutations, durability: Durability) -> Result<()>;
+}
 
-    /// Stages `batch` with [`stage`] and applies its mutations atomically.
-    fn write(&self, batch: WriteBatch, durability: Durability) -> Result<()> {
-        self.apply(stage(batch)?, durability)
-    }
+/// [`Store::write`](crate::Store::write) over [`stage`].
+pub(crate) fn write(e: &impl KvEngine, batch: WriteBatch, durability: Durability) -> Result<()> {
+    e.apply(stage(batch)?, durability)
+}
 
-    /// [`Store::write_groups`](crate::Store::write_groups) over [`stage`].
-    fn write_groups(&self, groups: Vec<(String, WriteBatch)>, durability: Durability) -> Result<Vec<Result<()>>> {
-        let mut all = Mutations::default();
-        let mut failed: Vec<String> = Vec::new();
-        let mut out = Vec::with_capacity(groups.len());
-        for (chain, batch) in groups {
-            if failed.contains(&chain) {
-                out.push(Err(StoreError::InvalidOp(format!(
-                    "an earlier group of {chain} in this write did not validate"
-                ))));
-                continue;
+/// [`Store::write_groups`](crate::Store::write_groups) over [`stage`].
+pub(crate) fn write_groups(
+    e: &impl KvEngine,
+    groups: Vec<(String, WriteBatch)>,
+    durability: Durability,
+) -> Result<Vec<Result<()>>> {
+    let mut all = Mutations::default();
+    let mut failed: Vec<String> = Vec::new();
+    let mut out = Vec::with_capacity(groups.len());
+    for (chain, batch) in groups {
+        if failed.contains(&chain) {
+            out.push(Err(StoreError::InvalidOp(format!("an earlier group of {chain} in this write did not validate"))));
+            continue;
+        }
+        match stage(batch) {
+            Ok(muts) => {
+                all.merge(muts);
+                out.push(Ok(()));
             }
-            match stage(batch) {
-                Ok(muts) => {
-                    all.merge(muts);
-                    out.push(Ok(()));
-                }
-                Err(e) => {
-                    failed.push(chain);
-                    out.push(Err(e));
-                }
+            Err(e) => {
+                failed.push(chain);
+                out.push(Err(e));
             }
         }
-        if out.iter().any(Result::is_ok) {
-            self.apply(all, durability)?;
-        }
-        Ok(out)
     }
+    if out.iter().any(Result::is_ok) {
+        e.apply(all, durability)?;
+    }
+    Ok(out)
 }
 
 /// The mutations of one batch, per key space: `Some` = put, `None` = delete. Later ops
 /// overwrite earlier ones on the same key, as in a write batch applied in order.
 #[derive(Debug, Default)]
-pub(crate) struct Mutations(pub(crate) [BTreeMap<Vec<u8>, Option<Vec<u8>>>; Space::ALL.len()]);
+pub struct Mutations([BTreeMap<Vec<u8>, Option<Vec<u8>>>; Space::ALL.len()]);
 
 impl Mutations {
+    /// Puts `value` at `key` (crate-only: engines apply mutations, they never make them).
+    pub(crate) fn put(&mut self, space: Space, key: Vec<u8>, value: Vec<u8>) {
+        self.0[space.idx()].insert(key, Some(value));
+    }
+
+    fn delete(&mut self, space: Space, key: Vec<u8>) {
+        self.0[space.idx()].insert(key, None);
+    }
+
     /// Adds `later`'s mutations, which win over this one's on the same key (as if applied after).
     fn merge(&mut self, later: Mutations) {
         for (mine, theirs) in self.0.iter_mut().zip(later.0) {
@@ -81,33 +105,19 @@ impl Mutations {
         }
     }
 
-    /// Every mutation, grouped by key space.
-    pub(crate) fn iter(&self) -> impl Iterator<Item = (Space, &[u8], Option<&[u8]>)> {
+    /// Every mutation, grouped by key space, in key order within a space: `Some` = put,
+    /// `None` = delete.
+    pub fn iter(&self) -> impl Iterator<Item = (Space, &[u8], Option<&[u8]>)> {
         Space::ALL
             .iter()
             .flat_map(move |&space| self.0[space.idx()].iter().map(move |(k, v)| (space, k.as_slice(), v.as_deref())))
     }
 }
 
-/// A batch being turned into mutations.
-struct Stager {
-    muts: Mutations,
-}
-
-impl Stager {
-    fn put(&mut self, space: Space, key: Vec<u8>, value: Vec<u8>) {
-        self.muts.0[space.idx()].insert(key, Some(value));
-    }
-
-    fn delete(&mut self, space: Space, key: Vec<u8>) {
-        self.muts.0[space.idx()].insert(key, None);
-    }
-}
-
 /// Turns a batch into mutations. Any error means nothing of the batch may be written. No op
 /// reads stored state, so staging needs no snapshot and concurrent writers never conflict.
 pub(crate) fn stage(batch: WriteBatch) -> Result<Mutations> {
-    let mut st = Stager { muts: Mutations::default() };
+    let mut st = Mutations::default();
     for op in batch.ops {
         match op {
             Op::PutWorkspace(r) => {
@@ -156,10 +166,10 @@ pub(crate) fn stage(batch: WriteBatch) -> Result<Mutations> {
             }
         }
     }
-    Ok(st.muts)
+    Ok(st)
 }
 
-fn put_receipt(st: &mut Stager, r: ReceiptRecord) -> Result<()> {
+fn put_receipt(st: &mut Mutations, r: ReceiptRecord) -> Result<()> {
     let ws = &r.workspace_id;
     check_id("workspace_id", ws)?;
     check_id("receipt_id", &r.id)?;

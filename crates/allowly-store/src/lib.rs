@@ -1,20 +1,24 @@
-//! Allowly's storage: the [`Store`] trait, its records and write ops, and two implementations —
-//! [`RocksStore`] (embedded RocksDB, the durable one) and [`MemStore`] (in memory, for tests of
-//! other crates).
+//! Allowly's storage: the [`Store`] trait, its records and write ops, the key encodings and
+//! getters every ordered key-value engine shares ([`kv`]), and [`MemStore`] (in memory, for
+//! tests of other crates). The durable store, `RocksStore`, is in `allowly-store-rocks`.
 //!
-//! **This is the only crate that names RocksDB.** Nothing public mentions an engine type, so the
-//! same trait can later be implemented over a networked engine (a PostgreSQL-compatible
-//! distributed SQL database, TiKV): writes are batch-shaped ([`WriteBatch`], atomic), durability
-//! is explicit per write ([`Durability`]), and every per-workspace key starts with the workspace
-//! id, so one workspace's data is a contiguous key range that can move between nodes with its
-//! owner.
+//! **This crate must not depend on a storage engine, not even transitively** (TiKV's
+//! `engine_traits` rule): `allowly-engine` and `allowly-webhooks` depend on it alone, and a
+//! test of `allowly-engine` fails if RocksDB ever enters their dependency graph, so "only the
+//! store names RocksDB" is the dependency graph's to enforce, not review's. Nothing public
+//! mentions an engine type, so the same trait can later be implemented over a networked engine
+//! (a PostgreSQL-compatible distributed SQL database, TiKV): writes are batch-shaped
+//! ([`WriteBatch`], atomic), durability is explicit per write ([`Durability`]), and every
+//! per-workspace key starts with the workspace id, so one workspace's data is a contiguous key
+//! range that can move between nodes with its owner. Every implementation runs the same
+//! conformance suite (`conformance`, behind the feature of that name).
 //!
 //! # Key spaces
 //!
-//! One RocksDB column family per kind. `‖` is concatenation; integers are big-endian so that byte
-//! order is numeric order; ids are 1..=128 of `[A-Za-z0-9_-]` (checked on every call), so the
-//! 0x00 separator cannot occur inside an id and workspace `a`'s keys never interleave with
-//! `a_b`'s.
+//! One key space per kind ([`kv::Space`]; a RocksDB column family of the same name in
+//! `allowly-store-rocks`). `‖` is concatenation; integers are big-endian so that byte order is
+//! numeric order; ids are 1..=128 of `[A-Za-z0-9_-]` (checked on every call), so the 0x00
+//! separator cannot occur inside an id and workspace `a`'s keys never interleave with `a_b`'s.
 //!
 //! | space            | key                                          | value                              |
 //! |------------------|----------------------------------------------|------------------------------------|
@@ -56,21 +60,19 @@
 mod codec;
 mod error;
 mod keys;
-mod kv;
+pub mod kv;
 mod mem;
 mod query;
-mod rocks;
 mod store;
 mod types;
 
 pub use error::{Result, StoreError};
 pub use mem::MemStore;
-pub use rocks::{RocksOptions, RocksStore};
 pub use store::{Store, StoredNodes};
 pub use types::{
     ApiKeyRecord, AuthorizationRecord, DocKind, Durability, LogMeta, Op, PublicKeyRecord, ReceiptRecord, Role,
     ScopeRule, WorkspaceRecord, WriteBatch,
 };
 
-#[cfg(test)]
-mod corrupt_tests;
+#[cfg(feature = "conformance")]
+pub mod conformance;

@@ -6,8 +6,7 @@ use std::ops::Bound;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use crate::error::Result;
-use crate::keys::Space;
-use crate::kv::{self, KvEngine, KvRead, Pair};
+use crate::kv::{self, KvEngine, KvRead, Pair, Space};
 use crate::types::Durability;
 
 type Tables = [BTreeMap<Vec<u8>, Vec<u8>>; Space::ALL.len()];
@@ -31,12 +30,6 @@ impl MemStore {
         // A panic never leaves the tables half-written (mutations are staged first, then applied
         // without any fallible step), so a poisoned lock still guards consistent data.
         self.tables.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Writes raw bytes (for corruption tests).
-    #[cfg(test)]
-    pub(crate) fn put_raw(&self, space: Space, key: &[u8], value: &[u8]) {
-        self.lock()[space.idx()].insert(key.to_vec(), value.to_vec());
     }
 }
 
@@ -97,5 +90,3 @@ impl KvEngine for MemStore {
         Ok(())
     }
 }
-
-crate::query::impl_store_for_engine!(MemStore);

@@ -1,12 +1,16 @@
-//! The getters of [`Store`](crate::Store), written once over [`KvEngine`]. Every record read is
+//! The getters of [`Store`], written once over [`KvEngine`], and the impl that makes every
+//! `KvEngine` a `Store`. Every record read is
 //! checked against the key it was found under (workspace, id, index, seq): a mismatch is
 //! [`StoreError::Corrupt`], never another tenant's data.
 
 use crate::codec::{self, decode};
 use crate::error::{Result, StoreError};
 use crate::keys::{self, check_id, Space};
-use crate::kv::{KvEngine, KvRead};
-use crate::types::{ApiKeyRecord, AuthorizationRecord, DocKind, LogMeta, ReceiptRecord, WorkspaceRecord};
+use crate::kv::{self, KvEngine, KvRead};
+use crate::store::Store;
+use crate::types::{
+    ApiKeyRecord, AuthorizationRecord, DocKind, Durability, LogMeta, ReceiptRecord, WorkspaceRecord, WriteBatch,
+};
 
 fn corrupt(space: Space, key: &[u8], reason: &str) -> StoreError {
     StoreError::corrupt(space.name(), key, reason)
@@ -14,7 +18,7 @@ fn corrupt(space: Space, key: &[u8], reason: &str) -> StoreError {
 
 /// Decodes a receipt found under `key` and checks it is the one the key names.
 /// A stored receipt, checked against its key: its workspace and log index must be the key's.
-pub(crate) fn check_receipt(key: &[u8], bytes: &[u8], ws: &str, index: u64) -> Result<ReceiptRecord> {
+fn check_receipt(key: &[u8], bytes: &[u8], ws: &str, index: u64) -> Result<ReceiptRecord> {
     let r = codec::decode_receipt(Space::Receipts, key, bytes)?;
     if r.workspace_id != ws || r.log_index != index {
         return Err(corrupt(Space::Receipts, key, "receipt is filed under another workspace or log index"));
@@ -34,7 +38,7 @@ fn receipts_of(ws: &str, pairs: Vec<(Vec<u8>, Vec<u8>)>) -> Result<Vec<ReceiptRe
         .collect()
 }
 
-pub(crate) fn workspace(e: &impl KvEngine, id: &str) -> Result<Option<WorkspaceRecord>> {
+fn workspace(e: &impl KvEngine, id: &str) -> Result<Option<WorkspaceRecord>> {
     check_id("workspace_id", id)?;
     let key = keys::workspace(id);
     let Some(bytes) = e.get(Space::Workspaces, &key)? else { return Ok(None) };
@@ -45,7 +49,7 @@ pub(crate) fn workspace(e: &impl KvEngine, id: &str) -> Result<Option<WorkspaceR
     Ok(Some(r))
 }
 
-pub(crate) fn api_key_by_hash(e: &impl KvEngine, hash: &[u8; 32]) -> Result<Option<ApiKeyRecord>> {
+fn api_key_by_hash(e: &impl KvEngine, hash: &[u8; 32]) -> Result<Option<ApiKeyRecord>> {
     let Some(bytes) = e.get(Space::ApiKeys, hash)? else { return Ok(None) };
     let r: ApiKeyRecord = decode(Space::ApiKeys, hash, &bytes)?;
     if &r.key_hash != hash {
@@ -54,7 +58,7 @@ pub(crate) fn api_key_by_hash(e: &impl KvEngine, hash: &[u8; 32]) -> Result<Opti
     Ok(Some(r))
 }
 
-pub(crate) fn api_key_by_id(e: &impl KvEngine, ws: Option<&str>, id: &str) -> Result<Option<ApiKeyRecord>> {
+fn api_key_by_id(e: &impl KvEngine, ws: Option<&str>, id: &str) -> Result<Option<ApiKeyRecord>> {
     if let Some(ws) = ws {
         check_id("workspace_id", ws)?;
     }
@@ -70,7 +74,7 @@ pub(crate) fn api_key_by_id(e: &impl KvEngine, ws: Option<&str>, id: &str) -> Re
     Ok(Some(r))
 }
 
-pub(crate) fn authorization(e: &impl KvEngine, ws: &str, id: &str) -> Result<Option<AuthorizationRecord>> {
+fn authorization(e: &impl KvEngine, ws: &str, id: &str) -> Result<Option<AuthorizationRecord>> {
     check_id("workspace_id", ws)?;
     check_id("authorization_id", id)?;
     let key = keys::ws_id(ws, id);
@@ -115,12 +119,7 @@ fn ws_lower_bound(ws: &str, after: Option<&str>) -> Result<Vec<u8>> {
     })
 }
 
-pub(crate) fn authorizations(
-    e: &impl KvEngine,
-    ws: &str,
-    after: Option<&str>,
-    limit: usize,
-) -> Result<Vec<AuthorizationRecord>> {
+fn authorizations(e: &impl KvEngine, ws: &str, after: Option<&str>, limit: usize) -> Result<Vec<AuthorizationRecord>> {
     check_id("workspace_id", ws)?;
     let lower = ws_lower_bound(ws, after)?;
     let space = Space::Authorizations;
@@ -140,19 +139,13 @@ pub(crate) fn authorizations(
     })
 }
 
-pub(crate) fn receipt_at(e: &impl KvEngine, ws: &str, index: u64) -> Result<Option<ReceiptRecord>> {
+fn receipt_at(e: &impl KvEngine, ws: &str, index: u64) -> Result<Option<ReceiptRecord>> {
     check_id("workspace_id", ws)?;
     let key = keys::ws_u64(ws, index);
     e.get(Space::Receipts, &key)?.map(|v| check_receipt(&key, &v, ws, index)).transpose()
 }
 
-pub(crate) fn trail(
-    e: &impl KvEngine,
-    ws: &str,
-    auth: &str,
-    after_seq: Option<u64>,
-    limit: usize,
-) -> Result<Vec<ReceiptRecord>> {
+fn trail(e: &impl KvEngine, ws: &str, auth: &str, after_seq: Option<u64>, limit: usize) -> Result<Vec<ReceiptRecord>> {
     check_id("workspace_id", ws)?;
     check_id("authorization_id", auth)?;
     let first = match after_seq {
@@ -189,13 +182,7 @@ pub(crate) fn trail(
     })
 }
 
-pub(crate) fn receipts_in_range(
-    e: &impl KvEngine,
-    ws: &str,
-    from: u64,
-    to: u64,
-    limit: usize,
-) -> Result<Vec<ReceiptRecord>> {
+fn receipts_in_range(e: &impl KvEngine, ws: &str, from: u64, to: u64, limit: usize) -> Result<Vec<ReceiptRecord>> {
     check_id("workspace_id", ws)?;
     if from >= to || limit == 0 {
         return Ok(Vec::new());
@@ -204,13 +191,7 @@ pub(crate) fn receipts_in_range(
     receipts_of(ws, pairs)
 }
 
-pub(crate) fn leaf_hashes(
-    e: &impl KvEngine,
-    ws: &str,
-    from: u64,
-    to: u64,
-    limit: usize,
-) -> Result<Vec<(u64, [u8; 32])>> {
+fn leaf_hashes(e: &impl KvEngine, ws: &str, from: u64, to: u64, limit: usize) -> Result<Vec<(u64, [u8; 32])>> {
     check_id("workspace_id", ws)?;
     if from >= to || limit == 0 {
         return Ok(Vec::new());
@@ -221,7 +202,7 @@ pub(crate) fn leaf_hashes(
     Ok(receipts_of(ws, pairs)?.into_iter().map(|r| (r.log_index, r.leaf)).collect())
 }
 
-pub(crate) fn node(e: &impl KvEngine, ws: &str, level: u8, index: u64) -> Result<Option<[u8; 32]>> {
+fn node(e: &impl KvEngine, ws: &str, level: u8, index: u64) -> Result<Option<[u8; 32]>> {
     check_id("workspace_id", ws)?;
     let key = keys::node(ws, level, index);
     e.get(Space::Nodes, &key)?.map(|v| codec::hash(Space::Nodes, &key, &v)).transpose()
@@ -239,18 +220,18 @@ fn first_checkpoint(e: &dyn KvRead, ws: &str, lower: &[u8], reverse: bool) -> Re
     Ok(Some((size, note(&k, v)?)))
 }
 
-pub(crate) fn checkpoint(e: &impl KvEngine, ws: &str, size: u64) -> Result<Option<String>> {
+fn checkpoint(e: &impl KvEngine, ws: &str, size: u64) -> Result<Option<String>> {
     check_id("workspace_id", ws)?;
     let key = keys::ws_u64(ws, size);
     e.get(Space::Checkpoints, &key)?.map(|v| note(&key, v)).transpose()
 }
 
-pub(crate) fn latest_checkpoint(e: &impl KvEngine, ws: &str) -> Result<Option<(u64, String)>> {
+fn latest_checkpoint(e: &impl KvEngine, ws: &str) -> Result<Option<(u64, String)>> {
     check_id("workspace_id", ws)?;
     first_checkpoint(e, ws, &keys::ws_start(ws), true)
 }
 
-pub(crate) fn checkpoint_at_or_after(e: &impl KvEngine, ws: &str, size: u64) -> Result<Option<(u64, String)>> {
+fn checkpoint_at_or_after(e: &impl KvEngine, ws: &str, size: u64) -> Result<Option<(u64, String)>> {
     check_id("workspace_id", ws)?;
     first_checkpoint(e, ws, &keys::ws_u64(ws, size), false)
 }
@@ -258,7 +239,7 @@ pub(crate) fn checkpoint_at_or_after(e: &impl KvEngine, ws: &str, size: u64) -> 
 /// Every workspace whose log has leaves beyond its newest stored checkpoint: one pass over
 /// `log_meta` (one entry per workspace) and one reverse seek per workspace, never a scan of
 /// receipts.
-pub(crate) fn workspaces_with_unsigned(e: &impl KvEngine) -> Result<Vec<String>> {
+fn workspaces_with_unsigned(e: &impl KvEngine) -> Result<Vec<String>> {
     e.read(|view| {
         let mut out = Vec::new();
         let mut cursor = Vec::new();
@@ -283,7 +264,7 @@ pub(crate) fn workspaces_with_unsigned(e: &impl KvEngine) -> Result<Vec<String>>
     })
 }
 
-pub(crate) fn log_meta(e: &impl KvEngine, ws: &str) -> Result<Option<LogMeta>> {
+fn log_meta(e: &impl KvEngine, ws: &str) -> Result<Option<LogMeta>> {
     check_id("workspace_id", ws)?;
     let key = keys::workspace(ws);
     e.get(Space::LogMeta, &key)?.map(|v| decode(Space::LogMeta, &key, &v)).transpose()
@@ -300,7 +281,7 @@ fn check_doc(space: Space, key: &[u8], bytes: &[u8], ws: Option<&str>, id: Optio
     Ok(d)
 }
 
-pub(crate) fn doc(e: &impl KvEngine, kind: DocKind, ws: &str, id: &str) -> Result<Option<serde_json::Value>> {
+fn doc(e: &impl KvEngine, kind: DocKind, ws: &str, id: &str) -> Result<Option<serde_json::Value>> {
     check_id("workspace_id", ws)?;
     check_id("doc_id", id)?;
     let space = Space::of_doc(kind);
@@ -309,7 +290,7 @@ pub(crate) fn doc(e: &impl KvEngine, kind: DocKind, ws: &str, id: &str) -> Resul
     Ok(Some(check_doc(space, &key, &bytes, Some(ws), Some(id))?.doc))
 }
 
-pub(crate) fn docs(
+fn docs(
     e: &impl KvEngine,
     kind: DocKind,
     ws: &str,
@@ -326,7 +307,7 @@ pub(crate) fn docs(
     pairs.iter().map(|(k, v)| check_doc(space, k, v, Some(ws), None).map(|d| (d.id, d.doc))).collect()
 }
 
-pub(crate) fn all_docs(
+fn all_docs(
     e: &impl KvEngine,
     kind: DocKind,
     after: Option<(&str, &str)>,
@@ -347,103 +328,78 @@ pub(crate) fn all_docs(
     pairs.iter().map(|(k, v)| check_doc(space, k, v, None, None).map(|d| (d.workspace_id, d.id, d.doc))).collect()
 }
 
-/// Implements [`Store`](crate::Store) for a [`KvEngine`] by delegating to this module.
-macro_rules! impl_store_for_engine {
-    ($engine:ty) => {
-        impl $crate::Store for $engine {
-            fn write(&self, batch: $crate::WriteBatch, durability: $crate::Durability) -> $crate::Result<()> {
-                $crate::kv::KvEngine::write(self, batch, durability)
-            }
-            fn write_groups(
-                &self,
-                groups: Vec<(String, $crate::WriteBatch)>,
-                durability: $crate::Durability,
-            ) -> $crate::Result<Vec<$crate::Result<()>>> {
-                $crate::kv::KvEngine::write_groups(self, groups, durability)
-            }
-            fn workspace(&self, id: &str) -> $crate::Result<Option<$crate::WorkspaceRecord>> {
-                $crate::query::workspace(self, id)
-            }
-            fn api_key_by_hash(&self, hash: &[u8; 32]) -> $crate::Result<Option<$crate::ApiKeyRecord>> {
-                $crate::query::api_key_by_hash(self, hash)
-            }
-            fn api_key_by_id(&self, ws: Option<&str>, id: &str) -> $crate::Result<Option<$crate::ApiKeyRecord>> {
-                $crate::query::api_key_by_id(self, ws, id)
-            }
-            fn authorizations(
-                &self,
-                ws: &str,
-                after: Option<&str>,
-                limit: usize,
-            ) -> $crate::Result<Vec<$crate::AuthorizationRecord>> {
-                $crate::query::authorizations(self, ws, after, limit)
-            }
-            fn authorization(&self, ws: &str, id: &str) -> $crate::Result<Option<$crate::AuthorizationRecord>> {
-                $crate::query::authorization(self, ws, id)
-            }
-            fn receipt_at(&self, ws: &str, index: u64) -> $crate::Result<Option<$crate::ReceiptRecord>> {
-                $crate::query::receipt_at(self, ws, index)
-            }
-            fn trail(
-                &self,
-                ws: &str,
-                auth: &str,
-                after_seq: Option<u64>,
-                limit: usize,
-            ) -> $crate::Result<Vec<$crate::ReceiptRecord>> {
-                $crate::query::trail(self, ws, auth, after_seq, limit)
-            }
-            fn receipts_in_range(
-                &self,
-                ws: &str,
-                from: u64,
-                to: u64,
-                limit: usize,
-            ) -> $crate::Result<Vec<$crate::ReceiptRecord>> {
-                $crate::query::receipts_in_range(self, ws, from, to, limit)
-            }
-            fn node(&self, ws: &str, level: u8, index: u64) -> $crate::Result<Option<[u8; 32]>> {
-                $crate::query::node(self, ws, level, index)
-            }
-            fn checkpoint(&self, ws: &str, size: u64) -> $crate::Result<Option<String>> {
-                $crate::query::checkpoint(self, ws, size)
-            }
-            fn latest_checkpoint(&self, ws: &str) -> $crate::Result<Option<(u64, String)>> {
-                $crate::query::latest_checkpoint(self, ws)
-            }
-            fn checkpoint_at_or_after(&self, ws: &str, size: u64) -> $crate::Result<Option<(u64, String)>> {
-                $crate::query::checkpoint_at_or_after(self, ws, size)
-            }
-            fn leaf_hashes(&self, ws: &str, from: u64, to: u64, limit: usize) -> $crate::Result<Vec<(u64, [u8; 32])>> {
-                $crate::query::leaf_hashes(self, ws, from, to, limit)
-            }
-            fn workspaces_with_unsigned(&self) -> $crate::Result<Vec<String>> {
-                $crate::query::workspaces_with_unsigned(self)
-            }
-            fn log_meta(&self, ws: &str) -> $crate::Result<Option<$crate::LogMeta>> {
-                $crate::query::log_meta(self, ws)
-            }
-            fn doc(&self, kind: $crate::DocKind, ws: &str, id: &str) -> $crate::Result<Option<serde_json::Value>> {
-                $crate::query::doc(self, kind, ws, id)
-            }
-            fn docs(
-                &self,
-                kind: $crate::DocKind,
-                ws: &str,
-                after: Option<&str>,
-                limit: usize,
-            ) -> $crate::Result<Vec<(String, serde_json::Value)>> {
-                $crate::query::docs(self, kind, ws, after, limit)
-            }
-            fn all_docs(
-                &self,
-                kind: $crate::DocKind,
-                after: Option<(&str, &str)>,
-                limit: usize,
-            ) -> $crate::Result<Vec<(String, String, serde_json::Value)>> {
-                $crate::query::all_docs(self, kind, after, limit)
-            }
-        }
-    };
+/// Every [`KvEngine`] is a [`Store`]: writes are staged by `kv::stage`, reads are this
+/// module's getters, so no engine decides for itself what a record or a key means.
+impl<E: KvEngine> Store for E {
+    fn write(&self, batch: WriteBatch, durability: Durability) -> Result<()> {
+        kv::write(self, batch, durability)
+    }
+    fn write_groups(&self, groups: Vec<(String, WriteBatch)>, durability: Durability) -> Result<Vec<Result<()>>> {
+        kv::write_groups(self, groups, durability)
+    }
+    fn workspace(&self, id: &str) -> Result<Option<WorkspaceRecord>> {
+        workspace(self, id)
+    }
+    fn api_key_by_hash(&self, hash: &[u8; 32]) -> Result<Option<ApiKeyRecord>> {
+        api_key_by_hash(self, hash)
+    }
+    fn api_key_by_id(&self, ws: Option<&str>, id: &str) -> Result<Option<ApiKeyRecord>> {
+        api_key_by_id(self, ws, id)
+    }
+    fn authorization(&self, ws: &str, id: &str) -> Result<Option<AuthorizationRecord>> {
+        authorization(self, ws, id)
+    }
+    fn authorizations(&self, ws: &str, after: Option<&str>, limit: usize) -> Result<Vec<AuthorizationRecord>> {
+        authorizations(self, ws, after, limit)
+    }
+    fn receipt_at(&self, ws: &str, index: u64) -> Result<Option<ReceiptRecord>> {
+        receipt_at(self, ws, index)
+    }
+    fn trail(&self, ws: &str, auth: &str, after_seq: Option<u64>, limit: usize) -> Result<Vec<ReceiptRecord>> {
+        trail(self, ws, auth, after_seq, limit)
+    }
+    fn receipts_in_range(&self, ws: &str, from: u64, to: u64, limit: usize) -> Result<Vec<ReceiptRecord>> {
+        receipts_in_range(self, ws, from, to, limit)
+    }
+    fn node(&self, ws: &str, level: u8, index: u64) -> Result<Option<[u8; 32]>> {
+        node(self, ws, level, index)
+    }
+    fn checkpoint(&self, ws: &str, size: u64) -> Result<Option<String>> {
+        checkpoint(self, ws, size)
+    }
+    fn latest_checkpoint(&self, ws: &str) -> Result<Option<(u64, String)>> {
+        latest_checkpoint(self, ws)
+    }
+    fn checkpoint_at_or_after(&self, ws: &str, size: u64) -> Result<Option<(u64, String)>> {
+        checkpoint_at_or_after(self, ws, size)
+    }
+    fn leaf_hashes(&self, ws: &str, from: u64, to: u64, limit: usize) -> Result<Vec<(u64, [u8; 32])>> {
+        leaf_hashes(self, ws, from, to, limit)
+    }
+    fn workspaces_with_unsigned(&self) -> Result<Vec<String>> {
+        workspaces_with_unsigned(self)
+    }
+    fn log_meta(&self, ws: &str) -> Result<Option<LogMeta>> {
+        log_meta(self, ws)
+    }
+    fn doc(&self, kind: DocKind, ws: &str, id: &str) -> Result<Option<serde_json::Value>> {
+        doc(self, kind, ws, id)
+    }
+    fn docs(
+        &self,
+        kind: DocKind,
+        ws: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, serde_json::Value)>> {
+        docs(self, kind, ws, after, limit)
+    }
+    fn all_docs(
+        &self,
+        kind: DocKind,
+        after: Option<(&str, &str)>,
+        limit: usize,
+    ) -> Result<Vec<(String, String, serde_json::Value)>> {
+        all_docs(self, kind, after, limit)
+    }
 }
-pub(crate) use impl_store_for_engine;

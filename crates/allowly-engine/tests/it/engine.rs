@@ -463,7 +463,7 @@ async fn authorizations_are_listed_by_page_with_filters_and_only_the_workspaces_
 /// The real store, except that while `full` is set every write fails as on a full device (as
 /// RocksDB does after a failed WAL write: every later write fails too, whatever the space).
 struct FullDevice {
-    inner: Arc<allowly_store::RocksStore>,
+    inner: Arc<allowly_store_rocks::RocksStore>,
     full: std::sync::atomic::AtomicBool,
 }
 

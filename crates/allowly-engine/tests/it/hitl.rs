@@ -406,7 +406,8 @@ async fn an_escalation_nobody_reads_expires_on_time_and_a_resolved_one_leaves_th
     let e = Engine::start(store.clone(), client(&root), cfg).await.unwrap();
     let ws = workspace(&e).await;
     let auth = e.create_authorization(&ws, grant(None), None).await.unwrap().authorization.id;
-    let due = |s: &allowly_store::RocksStore| s.docs(allowly_store::DocKind::EscalationDue, "_due", None, 100).unwrap();
+    let due =
+        |s: &allowly_store_rocks::RocksStore| s.docs(allowly_store::DocKind::EscalationDue, "_due", None, 100).unwrap();
     use allowly_store::Store as _;
 
     // Resolved in time: its due entry goes with the resolution (same commit).

@@ -41,14 +41,14 @@ fn fast_worker() -> WebhookConfig {
     }
 }
 
-fn start_worker(e: &Engine, store: &Arc<allowly_store::RocksStore>, cfg: WebhookConfig) -> Worker {
+fn start_worker(e: &Engine, store: &Arc<allowly_store_rocks::RocksStore>, cfg: WebhookConfig) -> Worker {
     let store_dyn: Arc<dyn Store> = store.clone();
     Worker::start(store_dyn, Arc::new(e.clone()), e.webhook_signal(), cfg, allowly_webhooks::Metrics::new()).unwrap()
 }
 
 /// A fresh store and signer, an engine with `cfg` over them, and a workspace (whose scope rules
 /// escalate `pay.*`). The `TempDir` must outlive the rest.
-async fn setup(cfg: EngineConfig) -> (TempDir, Signer, Arc<allowly_store::RocksStore>, Engine, String) {
+async fn setup(cfg: EngineConfig) -> (TempDir, Signer, Arc<allowly_store_rocks::RocksStore>, Engine, String) {
     let root = TempDir::new().unwrap();
     let signer = start_signer(&root);
     let store = open_store(&root);
@@ -288,7 +288,7 @@ async fn non_public_destinations_are_refused_unless_allowed() {
 
 /// Files `n` pending deliveries of one event to `webhook` straight into the store (as a commit
 /// would), so a deletion has more than one page of outbox to cancel.
-fn file_pending(store: &Arc<allowly_store::RocksStore>, ws: &str, webhook: &str, n: usize) -> Vec<String> {
+fn file_pending(store: &Arc<allowly_store_rocks::RocksStore>, ws: &str, webhook: &str, n: usize) -> Vec<String> {
     let now = now_ms();
     let mut ids = Vec::new();
     let mut ops = Vec::new();

@@ -1,7 +1,6 @@
-//! The store's integration tests, one binary (each extra test binary links RocksDB again).
-#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+//! The store's integration tests, one binary: the conformance suite on `MemStore`, with the
+//! cases that corrupt stored bytes (`allowly-store-rocks` runs the same suite on `RocksStore`).
 
-mod common;
-mod conformance;
-mod crash;
-mod equivalence;
+mod conformance {
+    allowly_store::conformance_tests!(kv_engine: allowly_store::conformance::mem);
+}

@@ -12,7 +12,8 @@ use allowly_engine::model::*;
 use allowly_engine::{Engine, EngineConfig};
 use allowly_receipt::types::{AnyReceipt, ReceiptBody, Timestamp};
 use allowly_signer_proto::client::{ClientOptions, SignerClient};
-use allowly_store::{RocksOptions, RocksStore, ScopeRule};
+use allowly_store::ScopeRule;
+use allowly_store_rocks::{RocksOptions, RocksStore};
 use tempfile::TempDir;
 
 /// The signer on a runtime of its own, so that stopping it (dropping the runtime) ends every

@@ -1,9 +1,10 @@
-//! One conformance suite, run against every engine: `MemStore` and `RocksStore` must behave
-//! identically. Indices >= 256 throughout catch little-endian key mistakes.
+//! The cases every [`Store`] must pass, each on a fresh, empty store. Indices >= 256 throughout
+//! catch little-endian key mistakes.
 
-use crate::common::*;
 use allowly_receipt::merkle::{self, Frontier, LeafList, NodeSource};
-use allowly_store::{DocKind, Durability, LogMeta, Op, ReceiptRecord, Store, StoreError, StoredNodes, WriteBatch};
+
+use super::records::*;
+use crate::{DocKind, Durability, LogMeta, Op, ReceiptRecord, Store, StoreError, StoredNodes, WriteBatch};
 
 /// Indices straddling byte boundaries: a little-endian key would sort 256 before 255.
 const INDICES: [u64; 8] = [0, 1, 255, 256, 257, 65_535, 65_536, 1 << 40];
@@ -12,7 +13,8 @@ fn ids(rs: &[ReceiptRecord]) -> Vec<&str> {
     rs.iter().map(|r| r.id.as_str()).collect()
 }
 
-fn workspaces_and_api_keys<S: Store>(s: &S) {
+/// Workspaces and API keys: puts overwrite; a key is found by hash, and by id only under its owner.
+pub fn workspaces_and_api_keys<S: Store>(s: &S) {
     assert_eq!(s.workspace("w").unwrap(), None);
     let mut w = workspace("w");
     write(s, vec![Op::PutWorkspace(w.clone())]);
@@ -38,7 +40,8 @@ fn workspaces_and_api_keys<S: Store>(s: &S) {
     assert_eq!(s.api_key_by_hash(&[2; 32]).unwrap(), Some(scoped));
 }
 
-fn authorizations<S: Store>(s: &S) {
+/// Authorizations: point reads and id-ordered pages, never another workspace's.
+pub fn authorizations<S: Store>(s: &S) {
     let a = authorization("w", "auth-1");
     write(s, vec![Op::PutAuthorization(a.clone())]);
     assert_eq!(s.authorization("w", "auth-1").unwrap(), Some(a));
@@ -60,7 +63,8 @@ fn authorizations<S: Store>(s: &S) {
     assert!(s.authorizations("w", Some("bad id"), 10).is_err());
 }
 
-fn receipts_by_id_index_and_range<S: Store>(s: &S) {
+/// Receipts by log index and by range, in log order, bodies byte for byte.
+pub fn receipts_by_id_index_and_range<S: Store>(s: &S) {
     // Written out of order and across batches.
     for &i in INDICES.iter().rev() {
         write(s, vec![Op::PutReceipt(receipt("w", &format!("r{i}"), i, None))]);
@@ -88,7 +92,8 @@ fn receipts_by_id_index_and_range<S: Store>(s: &S) {
     assert_eq!(s.receipt_at("w", 256).unwrap().unwrap().body, receipt("w", "r256", 256, None).body);
 }
 
-fn trail_pagination<S: Store>(s: &S) {
+/// An authorization's trail, page by page in `seq` order, apart from prefix-sharing ones.
+pub fn trail_pagination<S: Store>(s: &S) {
     // 600 receipts of one trail (seq 0..600, log index 1000+seq), one batch per 50, written in
     // reverse; plus prefix-sharing authorizations "au" and "auth_x", and a receipt with none.
     for chunk in (0..600u64).collect::<Vec<_>>().chunks(50).rev() {
@@ -127,7 +132,8 @@ fn trail_pagination<S: Store>(s: &S) {
     assert!(s.trail("w", "nobody", None, 10).unwrap().is_empty());
 }
 
-fn unsigned_leaves<S: Store>(s: &S) {
+/// Leaf hashes and the workspaces with unsigned leaves: signed = covered by a checkpoint.
+pub fn unsigned_leaves<S: Store>(s: &S) {
     assert!(s.workspaces_with_unsigned().unwrap().is_empty());
     let recs: Vec<ReceiptRecord> = (0..300u64).map(|i| receipt("w", &format!("p{i}"), i, None)).collect();
     write(s, recs.iter().rev().cloned().map(Op::PutReceipt).collect());
@@ -160,7 +166,7 @@ fn unsigned_leaves<S: Store>(s: &S) {
 
 /// Many groups, one write: each validates alone; a bad one drops itself and its chain's later
 /// groups; the rest land together.
-fn write_groups<S: Store>(s: &S) {
+pub fn write_groups<S: Store>(s: &S) {
     let group = |r: ReceiptRecord| WriteBatch::from(vec![Op::PutReceipt(r)]);
     let mut bad = receipt("w", "g1", 11, None);
     bad.body = vec![0xff];
@@ -191,7 +197,27 @@ fn write_groups<S: Store>(s: &S) {
     assert!(s.write_groups(Vec::new(), Durability::Sync).unwrap().is_empty());
 }
 
-fn nodes_checkpoints_and_log_meta<S: Store>(s: &S) {
+/// Roots and inclusion proofs (first, middle and last leaf) at each of `sizes`, and the
+/// consistency proof between `old` and `new`, are the same from `stored` as from `list`.
+#[track_caller]
+fn assert_same_proofs(stored: &impl NodeSource, list: &LeafList, sizes: &[u64], (old, new): (u64, u64)) {
+    for &size in sizes {
+        assert_eq!(merkle::root_from(stored, size).unwrap(), merkle::root_from(list, size).unwrap());
+        for index in [0, size / 2, size - 1] {
+            assert_eq!(
+                merkle::inclusion_proof(stored, index, size).unwrap(),
+                merkle::inclusion_proof(list, index, size).unwrap()
+            );
+        }
+    }
+    assert_eq!(
+        merkle::consistency_proof(stored, old, new).unwrap(),
+        merkle::consistency_proof(list, old, new).unwrap()
+    );
+}
+
+/// Merkle nodes (proofs from the store match the leaf list), checkpoints and log positions.
+pub fn nodes_checkpoints_and_log_meta<S: Store>(s: &S) {
     // Nodes as the signer's frontier produces them; proofs from the store match the leaf list.
     let leaves: Vec<[u8; 32]> = (0..300u32).map(|i| merkle::leaf_hash(&i.to_be_bytes())).collect();
     let mut frontier = Frontier::new();
@@ -201,19 +227,7 @@ fn nodes_checkpoints_and_log_meta<S: Store>(s: &S) {
     }
     let list = LeafList(leaves.clone());
     let stored = StoredNodes::new(s, "w");
-    for size in [1u64, 255, 256, 257, 300] {
-        assert_eq!(merkle::root_from(&stored, size).unwrap(), merkle::root_from(&list, size).unwrap());
-        for index in [0, size / 2, size - 1] {
-            assert_eq!(
-                merkle::inclusion_proof(&stored, index, size).unwrap(),
-                merkle::inclusion_proof(&list, index, size).unwrap()
-            );
-        }
-    }
-    assert_eq!(
-        merkle::consistency_proof(&stored, 256, 300).unwrap(),
-        merkle::consistency_proof(&list, 256, 300).unwrap()
-    );
+    assert_same_proofs(&stored, &list, &[1, 255, 256, 257, 300], (256, 300));
     assert_eq!(s.node("w", 0, 299).unwrap(), Some(leaves[299]));
     assert_eq!(s.node("w", 0, 300).unwrap(), None);
     assert_eq!(s.node("w", 8, 0).unwrap(), Some(merkle::root_from(&list, 256).unwrap()));
@@ -249,10 +263,9 @@ fn nodes_checkpoints_and_log_meta<S: Store>(s: &S) {
     assert_eq!(s.log_meta("w").unwrap().unwrap().next_index, 302);
 }
 
-/// Fills workspaces whose ids share prefixes with the same ids, indices and sizes.
 /// Level-0 nodes left out by the writer (the engine does: they are the receipts' leaf hashes)
 /// are read from the receipts: proofs and roots are those of the leaf list.
-fn leaf_nodes_come_from_receipts<S: Store>(s: &S) {
+pub fn leaf_nodes_come_from_receipts<S: Store>(s: &S) {
     let recs: Vec<ReceiptRecord> = (0..100u64).map(|i| receipt("w", &format!("l{i}"), i, None)).collect();
     let leaves: Vec<[u8; 32]> = recs.iter().map(|r| r.leaf).collect();
     write(s, recs.into_iter().map(Op::PutReceipt).collect());
@@ -264,24 +277,14 @@ fn leaf_nodes_come_from_receipts<S: Store>(s: &S) {
     }
     assert_eq!(s.node("w", 0, 5).unwrap(), None, "not stored as a node");
     let (stored, list) = (StoredNodes::new(s, "w"), LeafList(leaves));
-    for size in [1u64, 33, 64, 99, 100] {
-        assert_eq!(merkle::root_from(&stored, size).unwrap(), merkle::root_from(&list, size).unwrap());
-        for index in [0, size / 2, size - 1] {
-            assert_eq!(
-                merkle::inclusion_proof(&stored, index, size).unwrap(),
-                merkle::inclusion_proof(&list, index, size).unwrap()
-            );
-        }
-    }
-    assert_eq!(
-        merkle::consistency_proof(&stored, 33, 100).unwrap(),
-        merkle::consistency_proof(&list, 33, 100).unwrap()
-    );
+    assert_same_proofs(&stored, &list, &[1, 33, 64, 99, 100], (33, 100));
     assert!(matches!(stored.node(0, 100), Err(allowly_receipt::Error::MissingNode { level: 0, index: 100 })));
     assert!(stored.take_error().is_none());
 }
 
-fn tenant_isolation<S: Store>(s: &S) {
+/// Fills workspaces whose ids share prefixes with the same ids, indices and sizes: none sees
+/// another's data.
+pub fn tenant_isolation<S: Store>(s: &S) {
     let tenants = ["a", "a_b", "a-", "ab", "b"];
     for (n, ws) in tenants.iter().enumerate() {
         let n = n as u64;
@@ -323,7 +326,8 @@ fn tenant_isolation<S: Store>(s: &S) {
     assert_eq!(s.workspaces_with_unsigned().unwrap(), ["a", "a-", "a_b", "ab", "b"], "byte order, each once");
 }
 
-fn invalid_ids_write_nothing<S: Store>(s: &S) {
+/// Invalid ids and incoherent receipts fail the whole batch, on writes and reads alike.
+pub fn invalid_ids_write_nothing<S: Store>(s: &S) {
     let long = "x".repeat(129);
     let bad_ops = vec![
         Op::PutWorkspace(workspace("bad id")),
@@ -379,7 +383,8 @@ fn invalid_ids_write_nothing<S: Store>(s: &S) {
     invalid(s.log_meta(&long).map(drop));
 }
 
-fn empty_batch_and_buffered_writes<S: Store>(s: &S) {
+/// An empty batch is fine; a buffered write is visible at once.
+pub fn empty_batch_and_buffered_writes<S: Store>(s: &S) {
     s.write(WriteBatch::new(), Durability::Sync).unwrap();
     let mut batch = WriteBatch::new();
     batch.push(Op::PutWorkspace(workspace("w"))).push(Op::PutReceipt(receipt("w", "r", 256, None)));
@@ -389,7 +394,7 @@ fn empty_batch_and_buffered_writes<S: Store>(s: &S) {
 }
 
 /// Many threads writing synced batches at once (RocksDB groups them into shared fsyncs).
-fn concurrent_writers<S: Store>(s: &S) {
+pub fn concurrent_writers<S: Store>(s: &S) {
     std::thread::scope(|scope| {
         for t in 0..4u64 {
             scope.spawn(move || {
@@ -409,7 +414,8 @@ fn concurrent_writers<S: Store>(s: &S) {
     assert_eq!(s.receipts_in_range("w", 0, u64::MAX, 1000).unwrap().len(), 200);
 }
 
-fn documents<S: Store>(s: &S) {
+/// Documents: per kind, per workspace, in id order; deleted ones are gone.
+pub fn documents<S: Store>(s: &S) {
     let put = |ws: &str, id: &str, n: u64| Op::PutDoc {
         kind: DocKind::Escalation,
         workspace_id: ws.into(),
@@ -450,7 +456,8 @@ fn documents<S: Store>(s: &S) {
     assert!(matches!(s.doc(DocKind::Escalation, "w", "a/b"), Err(StoreError::InvalidId { .. })));
 }
 
-fn trail_head_is_derived_from_the_trail<S: Store>(s: &S) {
+/// An authorization's trail head comes from its trail, never from its stored record.
+pub fn trail_head_is_derived_from_the_trail<S: Store>(s: &S) {
     // The record is written once; receipts alone move the head, and prefix-sharing
     // authorizations ("au", "auth_x") never lend theirs.
     let (a, au, ax) = (authorization("w", "auth"), authorization("w", "au"), authorization("w", "auth_x"));
@@ -479,56 +486,13 @@ fn trail_head_is_derived_from_the_trail<S: Store>(s: &S) {
     assert_eq!(head("auth"), (3, last));
 }
 
-macro_rules! conformance {
-    ($engine:ident, $make:path; $($case:ident),* $(,)?) => {
-        mod $engine {
-            $(
-                #[test]
-                fn $case() {
-                    let fixture = $make();
-                    super::$case(&fixture.store);
-                }
-            )*
-        }
-    };
-}
-
-macro_rules! suite {
-    ($($engine:ident => $make:path),*) => {
-        $(conformance!($engine, $make;
-            workspaces_and_api_keys,
-            authorizations,
-            receipts_by_id_index_and_range,
-            trail_pagination,
-            trail_head_is_derived_from_the_trail,
-            unsigned_leaves,
-            write_groups,
-            nodes_checkpoints_and_log_meta,
-            leaf_nodes_come_from_receipts,
-            tenant_isolation,
-            invalid_ids_write_nothing,
-            empty_batch_and_buffered_writes,
-            concurrent_writers,
-            documents,
-        );)*
-    };
-}
-
-suite!(mem => crate::common::mem, rocks => crate::common::rocks);
-
-/// The engine can be chosen at run time: `Store` is object safe, and proofs work through it.
-#[test]
-fn store_works_as_a_trait_object() {
-    let stores: Vec<(Box<dyn Store>, Option<tempfile::TempDir>)> =
-        vec![(Box::new(crate::common::mem().store), None), {
-            let f = crate::common::rocks();
-            (Box::new(f.store), f.dir)
-        }];
-    for (s, _dir) in &stores {
-        let leaves = vec![[1u8; 32], [2; 32], [3; 32]];
-        let appended = Frontier::new().append(&leaves).unwrap();
-        write(s.as_ref(), vec![Op::PutNodes { workspace_id: "w".into(), nodes: appended.new_nodes }]);
-        let nodes = StoredNodes::new(s.as_ref(), "w");
-        assert_eq!(merkle::root_from(&nodes, 3).unwrap(), appended.root);
-    }
+/// The store works as a trait object (`Store` is object safe, so the engine can be chosen at
+/// run time), and proofs work through it.
+pub fn works_as_a_trait_object<S: Store>(s: &S) {
+    let s: &dyn Store = s;
+    let leaves = vec![[1u8; 32], [2; 32], [3; 32]];
+    let appended = Frontier::new().append(&leaves).unwrap();
+    write(s, vec![Op::PutNodes { workspace_id: "w".into(), nodes: appended.new_nodes }]);
+    let nodes = StoredNodes::new(s, "w");
+    assert_eq!(merkle::root_from(&nodes, 3).unwrap(), appended.root);
 }

@@ -14,7 +14,9 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use allowly_store::{Durability, LogMeta, Op, RocksOptions, RocksStore, Store, WriteBatch};
+use allowly_store::conformance::records::receipt;
+use allowly_store::{Durability, LogMeta, Op, Store, WriteBatch};
+use allowly_store_rocks::{RocksOptions, RocksStore};
 
 const CHILD_ENV: &str = "ALLOWLY_STORE_CRASH_CHILD";
 const TEST_NAME: &str = "crash::acknowledged_batches_survive_sigkill";
@@ -32,7 +34,7 @@ fn batch(n: u64) -> Vec<Op> {
     let mut ops: Vec<Op> = (0..RECEIPTS_PER_BATCH)
         .map(|k| {
             let index = n * RECEIPTS_PER_BATCH + k;
-            Op::PutReceipt(crate::common::receipt(WS, &format!("b{n}-{k}"), index, Some(("auth", index))))
+            Op::PutReceipt(receipt(WS, &format!("b{n}-{k}"), index, Some(("auth", index))))
         })
         .collect();
     ops.push(Op::PutNodes { workspace_id: WS.into(), nodes: vec![(1, n, [(n % 251) as u8; 32])] });
@@ -45,7 +47,7 @@ fn parts_present(s: &RocksStore, n: u64) -> usize {
     let mut present = 0;
     for k in 0..RECEIPTS_PER_BATCH {
         let index = n * RECEIPTS_PER_BATCH + k;
-        let expected = crate::common::receipt(WS, &format!("b{n}-{k}"), index, Some(("auth", index)));
+        let expected = receipt(WS, &format!("b{n}-{k}"), index, Some(("auth", index)));
         if let Some(r) = s.receipt_at(WS, index).unwrap() {
             assert_eq!(r, expected);
             assert_eq!(s.trail(WS, "auth", index.checked_sub(1), 1).unwrap(), [expected]);

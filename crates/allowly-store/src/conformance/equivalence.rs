@@ -1,8 +1,12 @@
-//! Property test: random op sequences applied to `MemStore` and `RocksStore` give the same
+//! Property test: random op sequences applied to `MemStore` and another store give the same
 //! write results (including which batches fail, and why) and the same answer from every getter.
 
-use allowly_store::{Durability, LogMeta, MemStore, Op, Store, WriteBatch};
 use proptest::prelude::*;
+use proptest::test_runner::{Config, TestRunner};
+
+use super::records;
+use super::Fixture;
+use crate::{Durability, LogMeta, MemStore, Op, Store, WriteBatch};
 
 /// Prefix-sharing workspaces, plus one invalid id (every batch holding it must fail alike).
 const WS: [&str; 4] = ["a", "a_b", "b", "a\0b"];
@@ -20,7 +24,7 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         3 => (ws.clone(), pick(&RECEIPTS), pick(&INDICES), proptest::option::of((pick(&AUTHS), 0u64..3)), any::<bool>()).prop_map(
             |(ws, id, index, trail, text)| {
-                let mut r = crate::common::receipt(ws, id, index, trail.map(|(a, s)| (a, s + 254)));
+                let mut r = records::receipt(ws, id, index, trail.map(|(a, s)| (a, s + 254)));
                 // Now and then a body that is not UTF-8: refused the same way by both.
                 if !text {
                     r.body.push(0xff);
@@ -37,9 +41,9 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (ws.clone(), any::<u64>()).prop_map(|(ws, next_index)| Op::PutLogMeta {
             workspace_id: ws.into(), meta: LogMeta { next_index }
         }),
-        1 => ws.clone().prop_map(|ws| Op::PutWorkspace(crate::common::workspace(ws))),
-        1 => (ws.clone(), pick(&AUTHS)).prop_map(|(ws, a)| Op::PutAuthorization(crate::common::authorization(ws, a))),
-        1 => (proptest::option::of(ws), 0u8..3).prop_map(|(ws, h)| Op::PutApiKey(crate::common::api_key("k", ws, [h; 32]))),
+        1 => ws.clone().prop_map(|ws| Op::PutWorkspace(records::workspace(ws))),
+        1 => (ws.clone(), pick(&AUTHS)).prop_map(|(ws, a)| Op::PutAuthorization(records::authorization(ws, a))),
+        1 => (proptest::option::of(ws), 0u8..3).prop_map(|(ws, h)| Op::PutApiKey(records::api_key("k", ws, [h; 32]))),
     ]
 }
 
@@ -78,23 +82,29 @@ fn observe<S: Store>(s: &S) -> Vec<String> {
     out
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
-
-    #[test]
-    fn mem_and_rocks_agree(batches in proptest::collection::vec(proptest::collection::vec(op(), 1..5), 1..10)) {
+/// Runs 48 random sequences of batches (prefix-sharing ids, indices across byte boundaries,
+/// invalid ids and bodies) on `MemStore` and on a fresh store from `fresh`, and panics with
+/// the smallest sequence on which they disagree.
+pub fn agrees_with_mem_store<S: Store, K>(fresh: impl Fn() -> Fixture<S, K>) {
+    let config = Config { cases: 48, failure_persistence: None, ..Config::default() };
+    let batches = proptest::collection::vec(proptest::collection::vec(op(), 1..5), 1..10);
+    let result = TestRunner::new(config).run(&batches, |batches| {
         let mem = MemStore::new();
-        let rocks = crate::common::rocks();
+        let other = fresh();
         for batch in batches {
             let durability = if batch.len() % 2 == 0 { Durability::Sync } else { Durability::Buffered };
             let a = mem.write(WriteBatch::from(batch.clone()), durability);
-            let b = rocks.store.write(WriteBatch::from(batch.clone()), durability);
+            let b = other.store.write(WriteBatch::from(batch.clone()), durability);
             prop_assert_eq!(&a, &b, "batch {:?}", batch);
         }
-        let (a, b) = (observe(&mem), observe(&rocks.store));
+        let (a, b) = (observe(&mem), observe(&other.store));
         for (x, y) in a.iter().zip(&b) {
             prop_assert_eq!(x, y);
         }
         prop_assert_eq!(a.len(), b.len());
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("the store disagrees with MemStore: {e}");
     }
 }

@@ -1,30 +1,13 @@
-//! Record builders and engine fixtures shared by the integration tests.
-#![allow(dead_code)] // each test binary uses a different subset
+//! Record builders shared by the cases (and by implementations' own tests).
 
 use std::collections::BTreeMap;
 
-use allowly_store::{
-    ApiKeyRecord, AuthorizationRecord, Durability, MemStore, Op, ReceiptRecord, RocksOptions, RocksStore, Role,
-    ScopeRule, Store, WorkspaceRecord, WriteBatch,
+use crate::{
+    ApiKeyRecord, AuthorizationRecord, Durability, Op, ReceiptRecord, Role, ScopeRule, Store, WorkspaceRecord,
+    WriteBatch,
 };
-use tempfile::TempDir;
 
-/// A store and the directory it lives in (dropped after the store).
-pub struct Fixture<S> {
-    pub store: S,
-    pub dir: Option<TempDir>,
-}
-
-pub fn mem() -> Fixture<MemStore> {
-    Fixture { store: MemStore::new(), dir: None }
-}
-
-pub fn rocks() -> Fixture<RocksStore> {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = RocksStore::open(dir.path(), RocksOptions::default()).expect("open RocksStore");
-    Fixture { store, dir: Some(dir) }
-}
-
+/// A workspace with two scope rules.
 pub fn workspace(id: &str) -> WorkspaceRecord {
     WorkspaceRecord {
         id: id.into(),
@@ -39,6 +22,7 @@ pub fn workspace(id: &str) -> WorkspaceRecord {
     }
 }
 
+/// A `check` + `read` key of workspace `ws` (an instance key when `None`).
 pub fn api_key(id: &str, ws: Option<&str>, hash: [u8; 32]) -> ApiKeyRecord {
     ApiKeyRecord {
         id: id.into(),
@@ -50,6 +34,7 @@ pub fn api_key(id: &str, ws: Option<&str>, hash: [u8; 32]) -> ApiKeyRecord {
     }
 }
 
+/// An authorization with non-ASCII metadata and an empty trail.
 pub fn authorization(ws: &str, id: &str) -> AuthorizationRecord {
     AuthorizationRecord {
         id: id.into(),
@@ -93,6 +78,7 @@ pub fn with_body(mut r: ReceiptRecord, body: Vec<u8>) -> ReceiptRecord {
     r
 }
 
+/// Writes `ops` as one synced batch, which must succeed.
 pub fn write<S: Store + ?Sized>(s: &S, ops: Vec<Op>) {
     s.write(WriteBatch::from(ops), Durability::Sync).expect("write");
 }

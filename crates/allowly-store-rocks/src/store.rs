@@ -1,0 +1,128 @@
+//! [`RocksStore`]: the store on an embedded RocksDB, one column family per key space.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use allowly_store::kv::{KvEngine, KvRead, Mutations, Pair, Space};
+use allowly_store::{Durability, Result, StoreError};
+use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, ReadOptions, WriteOptions, DB};
+
+use crate::error::{device_err, engine_err};
+use crate::options::{space_options, RocksOptions};
+
+/// The durable store: an embedded RocksDB. It is an [`allowly_store::Store`] through
+/// [`KvEngine`].
+///
+/// A [`WriteBatch`](allowly_store::WriteBatch) becomes one RocksDB write batch, so it is atomic
+/// across key spaces (one WAL record). With [`Durability::Sync`] the WAL is fsynced before
+/// `write` returns. Call `write` from as many threads as you like: RocksDB's write group
+/// commit lets concurrent synced writers share one fsync, so throughput grows with concurrency
+/// instead of being one fsync per batch.
+pub struct RocksStore {
+    db: DB,
+    path: PathBuf,
+}
+
+impl fmt::Debug for RocksStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RocksStore").field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+impl RocksStore {
+    /// Opens (or creates) the store at `path`. A database holding column families this version
+    /// does not know is refused by RocksDB rather than opened partially.
+    pub fn open(path: &Path, opts: RocksOptions) -> Result<Self> {
+        let (db_opts, cf_opts) = opts.db_and_cf_options();
+        let cfs = Space::ALL.iter().map(|&s| ColumnFamilyDescriptor::new(s.name(), space_options(s, &cf_opts)));
+        let db = DB::open_cf_descriptors(&db_opts, path, cfs).map_err(|e| engine_err(Space::Workspaces, e))?;
+        let store = Self { db, path: path.to_path_buf() };
+        for space in Space::ALL {
+            store.cf(space)?;
+        }
+        Ok(store)
+    }
+
+    /// The directory the database lives in.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn cf(&self, space: Space) -> Result<&ColumnFamily> {
+        self.db
+            .cf_handle(space.name())
+            .ok_or_else(|| StoreError::Engine(format!("column family {} is not open", space.name())))
+    }
+}
+
+/// Reads of a [`RocksStore`], at a snapshot or at the latest state.
+struct View<'a> {
+    store: &'a RocksStore,
+    snapshot: Option<rocksdb::Snapshot<'a>>,
+}
+
+impl View<'_> {
+    fn read_opts(&self) -> ReadOptions {
+        let mut ro = ReadOptions::default();
+        if let Some(s) = &self.snapshot {
+            ro.set_snapshot(s);
+        }
+        ro
+    }
+}
+
+impl KvRead for View<'_> {
+    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let v = self.store.db.get_pinned_cf_opt(self.store.cf(space)?, key, &self.read_opts());
+        Ok(v.map_err(|e| engine_err(space, e))?.map(|v| v.to_vec()))
+    }
+
+    fn scan(&self, space: Space, lower: &[u8], upper: Option<&[u8]>, limit: usize, reverse: bool) -> Result<Vec<Pair>> {
+        if limit == 0 || upper.is_some_and(|u| u <= lower) {
+            return Ok(Vec::new());
+        }
+        let mut ro = self.read_opts();
+        ro.set_iterate_lower_bound(lower);
+        if let Some(upper) = upper {
+            ro.set_iterate_upper_bound(upper);
+        }
+        // With both bounds set, Start/End position at the first/last key inside them.
+        let mode = if reverse { IteratorMode::End } else { IteratorMode::From(lower, Direction::Forward) };
+        let mut out = Vec::new();
+        for item in self.store.db.iterator_cf_opt(self.store.cf(space)?, ro, mode).take(limit) {
+            let (k, v) = item.map_err(|e| engine_err(space, e))?;
+            out.push((k.into_vec(), v.into_vec()));
+        }
+        Ok(out)
+    }
+}
+
+impl KvRead for RocksStore {
+    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        View { store: self, snapshot: None }.get(space, key)
+    }
+
+    fn scan(&self, space: Space, lower: &[u8], upper: Option<&[u8]>, limit: usize, reverse: bool) -> Result<Vec<Pair>> {
+        View { store: self, snapshot: None }.scan(space, lower, upper, limit, reverse)
+    }
+}
+
+impl KvEngine for RocksStore {
+    fn read<T>(&self, f: impl FnOnce(&dyn KvRead) -> Result<T>) -> Result<T> {
+        f(&View { store: self, snapshot: Some(self.db.snapshot()) })
+    }
+
+    fn apply(&self, muts: Mutations, durability: Durability) -> Result<()> {
+        let mut wb = rocksdb::WriteBatch::default();
+        for (space, key, value) in muts.iter() {
+            let cf = self.cf(space)?;
+            match value {
+                Some(v) => wb.put_cf(cf, key, v),
+                None => wb.delete_cf(cf, key),
+            }
+        }
+        let mut wo = WriteOptions::default();
+        wo.set_sync(durability == Durability::Sync);
+        self.db.write_opt(wb, &wo).map_err(|e| device_err(e.kind(), e.into_string()))
+    }
+}
