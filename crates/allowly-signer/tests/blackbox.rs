@@ -8,6 +8,9 @@
 mod hygiene;
 mod limits;
 mod support;
+#[path = "support/tmpfs.rs"]
+mod tmpfs;
+use tmpfs::Mount;
 
 use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
@@ -1111,29 +1114,6 @@ async fn many_workspaces_appending_at_once_are_all_signed_and_audited() {
     }
     let resumed = s.audit().into_iter().filter(|l| l["event"] == "resumed").count();
     assert_eq!(resumed, WORKSPACES);
-}
-
-/// Unmounts (lazily) the tmpfs a test mounted, whatever happens to the test.
-struct Mount(std::path::PathBuf);
-
-impl Mount {
-    /// A tmpfs of `size` at `at` (we run as root; CI too).
-    fn tmpfs(at: &Path, size: &str) -> Self {
-        std::fs::create_dir_all(at).unwrap();
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
-            .arg(at)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "mount tmpfs: {}", String::from_utf8_lossy(&out.stderr));
-        Self(at.to_owned())
-    }
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
 }
 
 /// Fills the filesystem of `dir` with a file until a write fails with ENOSPC.

@@ -17,10 +17,13 @@ use std::time::{Duration, Instant};
 use crate::support::*;
 // Not proptest's `Rng` (the prelude's glob import has one too).
 use crate::support::Rng;
+#[path = "../../../allowly-signer/tests/support/tmpfs.rs"]
+mod tmpfs;
 use proptest::prelude::*;
 use proptest::test_runner::{Config as PropConfig, TestCaseError, TestRunner};
 use rustix::process::{kill_process, Pid, Signal};
 use serde_json::{json, Value};
+use tmpfs::Mount;
 
 // ---------------------------------------------------------------------------------------------
 // Shared helpers.
@@ -1516,29 +1519,6 @@ fn a_busy_signer_is_back_pressure_not_an_outage() {
 // that cannot write its journal, a signing backlog past its bound, and the fail-closed window.
 // Each makes receipt-producing calls answer 503 with its own code and `/readyz` name it, and
 // each clears by itself; nothing acknowledged is lost.
-
-/// Unmounts (lazily) a tmpfs the test mounted, whatever happens to the test.
-struct Mount(PathBuf);
-
-impl Mount {
-    /// A tmpfs of `size` at `at` (the tests run as root; CI too).
-    fn tmpfs(at: &Path, size: &str) -> Self {
-        std::fs::create_dir_all(at).unwrap();
-        let out = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
-            .arg(at)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "mount tmpfs: {}", String::from_utf8_lossy(&out.stderr));
-        Self(at.to_owned())
-    }
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
 
 /// Free bytes of the file system holding `dir` (as an unprivileged writer sees them).
 fn free_bytes(dir: &Path) -> u64 {
