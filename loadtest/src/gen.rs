@@ -17,7 +17,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
@@ -121,7 +121,11 @@ pub fn quantile_ms(h: &Histogram<u64>, q: f64) -> f64 {
 fn histogram(sigfig: u8) -> Histogram<u64> {
     // Bounds are constants that hdrhistogram accepts; a failure here is a programming error.
     #[allow(clippy::expect_used)]
-    Histogram::new_with_bounds(1, MAX_US, sigfig).expect("valid histogram bounds")
+    let mut h = Histogram::new_with_bounds(1, MAX_US, sigfig).expect("valid histogram bounds");
+    // The counts are calloc'd, i.e. not yet backed by memory; writing them now takes the page
+    // faults here, before a step's clock starts, instead of inside the first requests' latency.
+    h.reset();
+    h
 }
 
 fn record(h: &mut Histogram<u64>, d: Duration) {
@@ -139,6 +143,11 @@ struct Shared {
     next: AtomicU64,
     stop: AtomicBool,
     cfg: StepConfig,
+    /// Per-interval latency (timeline and sustained modes), shared by the connections: one
+    /// set per connection was 256 × intervals histograms (~1 GB for a 15 s timeline), which
+    /// the generator allocated and paged in at the start of the step, i.e. inside the first
+    /// requests' latency (the "start-of-step stall" of earlier reports).
+    buckets: Vec<Mutex<Histogram<u64>>>,
 }
 
 struct Local {
@@ -151,7 +160,23 @@ struct Local {
     busy: Duration,
     latency: Histogram<u64>,
     send_lag: Histogram<u64>,
-    buckets: Vec<Histogram<u64>>,
+}
+
+impl Local {
+    /// Built before the clock starts (see [`histogram`]).
+    fn new(start: Instant) -> Self {
+        Self {
+            sent: 0,
+            ok: 0,
+            errors: Errors::default(),
+            statuses: BTreeMap::new(),
+            backlogged: false,
+            last_done: start,
+            busy: Duration::ZERO,
+            latency: histogram(3),
+            send_lag: histogram(2),
+        }
+    }
 }
 
 /// Opens `n` connections (before the clock starts, so connection set-up is not measured).
@@ -167,6 +192,12 @@ pub async fn connect_all(addr: SocketAddr, n: usize) -> Vec<Option<Conn>> {
 pub async fn run_step(addr: SocketAddr, requests: Arc<Vec<Vec<u8>>>, cfg: StepConfig) -> StepResult {
     let conns = connect_all(addr, cfg.connections.max(1)).await;
     let total = (cfg.rate * cfg.duration.as_secs_f64()).round().max(1.0) as u64;
+    let n_buckets = cfg.bucket.map_or(0, |b| (cfg.duration.as_secs_f64() / b.as_secs_f64().max(1e-3)).ceil() as usize);
+    let buckets = (0..n_buckets).map(|_| Mutex::new(histogram(2))).collect();
+    // Everything a connection task records into is allocated and paged in before the clock.
+    let placeholder = Instant::now();
+    let locals: Vec<Local> = conns.iter().map(|_| Local::new(placeholder)).collect();
+    let connections = cfg.connections.max(1);
     let shared = Arc::new(Shared {
         addr,
         requests,
@@ -177,15 +208,13 @@ pub async fn run_step(addr: SocketAddr, requests: Arc<Vec<Vec<u8>>>, cfg: StepCo
         next: AtomicU64::new(0),
         stop: AtomicBool::new(false),
         cfg,
+        buckets,
     });
     let mut tasks = tokio::task::JoinSet::new();
-    for c in conns {
-        tasks.spawn(connection(shared.clone(), c));
+    for (c, mut l) in conns.into_iter().zip(locals) {
+        l.last_done = shared.start;
+        tasks.spawn(connection(shared.clone(), c, l));
     }
-    let n_buckets = shared
-        .cfg
-        .bucket
-        .map_or(0, |b| (shared.cfg.duration.as_secs_f64() / b.as_secs_f64().max(1e-3)).ceil() as usize);
     let mut r = StepResult {
         offered: shared.cfg.rate,
         due: total,
@@ -197,9 +226,9 @@ pub async fn run_step(addr: SocketAddr, requests: Arc<Vec<Vec<u8>>>, cfg: StepCo
         elapsed: Duration::ZERO,
         latency: histogram(3),
         send_lag: histogram(2),
-        buckets: (0..n_buckets).map(|_| histogram(2)).collect(),
+        buckets: Vec::new(),
         busy: Duration::ZERO,
-        connections: shared.cfg.connections.max(1),
+        connections,
     };
     let mut last = shared.start;
     while let Some(joined) = tasks.join_next().await {
@@ -219,29 +248,13 @@ pub async fn run_step(addr: SocketAddr, requests: Arc<Vec<Vec<u8>>>, cfg: StepCo
         // Same bounds on both sides: cannot fail.
         let _ = r.latency.add(&l.latency);
         let _ = r.send_lag.add(&l.send_lag);
-        for (a, b) in r.buckets.iter_mut().zip(&l.buckets) {
-            let _ = a.add(b);
-        }
     }
     r.elapsed = last.saturating_duration_since(shared.start);
+    r.buckets = shared.buckets.iter().map(|h| h.lock().map_or_else(|p| p.into_inner().clone(), |h| h.clone())).collect();
     r
 }
 
-async fn connection(s: Arc<Shared>, mut conn: Option<Conn>) -> Local {
-    let n_buckets =
-        s.cfg.bucket.map_or(0, |b| (s.cfg.duration.as_secs_f64() / b.as_secs_f64().max(1e-3)).ceil() as usize);
-    let mut l = Local {
-        sent: 0,
-        ok: 0,
-        errors: Errors::default(),
-        statuses: BTreeMap::new(),
-        backlogged: false,
-        last_done: s.start,
-        busy: Duration::ZERO,
-        latency: histogram(3),
-        send_lag: histogram(2),
-        buckets: (0..n_buckets).map(|_| histogram(2)).collect(),
-    };
+async fn connection(s: Arc<Shared>, mut conn: Option<Conn>, mut l: Local) -> Local {
     while !s.stop.load(Ordering::Relaxed) {
         let i = s.next.fetch_add(1, Ordering::Relaxed);
         if i >= s.total {
@@ -294,8 +307,9 @@ async fn connection(s: Arc<Shared>, mut conn: Option<Conn>) -> Local {
                     record(&mut l.latency, latency);
                     if let Some(b) = s.cfg.bucket {
                         let k = (due.saturating_duration_since(s.start).as_secs_f64() / b.as_secs_f64()) as usize;
-                        if let Some(h) = l.buckets.get_mut(k) {
-                            record(h, latency);
+                        // A poisoned lock only means another task panicked mid-record.
+                        if let Some(h) = s.buckets.get(k) {
+                            record(&mut h.lock().unwrap_or_else(|p| p.into_inner()), latency);
                         }
                     }
                 } else {
