@@ -250,7 +250,8 @@ pub async fn run_step(addr: SocketAddr, requests: Arc<Vec<Vec<u8>>>, cfg: StepCo
         let _ = r.send_lag.add(&l.send_lag);
     }
     r.elapsed = last.saturating_duration_since(shared.start);
-    r.buckets = shared.buckets.iter().map(|h| h.lock().map_or_else(|p| p.into_inner().clone(), |h| h.clone())).collect();
+    r.buckets =
+        shared.buckets.iter().map(|h| h.lock().map_or_else(|p| p.into_inner().clone(), |h| h.clone())).collect();
     r
 }
 
