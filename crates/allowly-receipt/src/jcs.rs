@@ -500,7 +500,7 @@ fn cmp_utf16(a: &str, b: &str) -> Ordering {
 /// RFC 8785 §3.2.2.2 (ECMAScript `JSON.stringify`): escape only `"`, `\` and U+0000..U+001F,
 /// with the short forms where they exist and lowercase `\u00xx` otherwise; everything else,
 /// including U+007F and U+2028/9, is written as UTF-8.
-fn write_str(s: &str, out: &mut Vec<u8>) {
+pub(crate) fn write_str(s: &str, out: &mut Vec<u8>) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     out.push(b'"');
     let mut rest = s.as_bytes();
@@ -541,7 +541,7 @@ fn write_u64(mut n: u64, out: &mut Vec<u8>) {
 }
 
 /// Writes an integer given as sign and magnitude (so i64::MIN and u128 need no special cases).
-fn write_int(negative: bool, magnitude: u128, out: &mut Vec<u8>) -> Result<()> {
+pub(crate) fn write_int(negative: bool, magnitude: u128, out: &mut Vec<u8>) -> Result<()> {
     match u64::try_from(magnitude) {
         Ok(m) if m <= MAX_SAFE_INTEGER => {
             if negative && m != 0 {

@@ -184,13 +184,20 @@ fn civil_from_days(z: u64) -> (u64, u64, u64) {
     (y, m, d)
 }
 
-impl fmt::Display for Timestamp {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let ms = self.0 % 1000;
+impl Timestamp {
+    /// Year, month, day, hour, minute, second, millisecond (UTC).
+    fn parts(self) -> (u64, u64, u64, u64, u64, u64, u64) {
         let secs = self.0 / 1000;
         let (y, mo, d) = civil_from_days(secs / 86_400);
         let rem = secs % 86_400;
-        write!(f, "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}.{ms:03}Z", rem / 3600, rem / 60 % 60, rem % 60)
+        (y, mo, d, rem / 3600, rem / 60 % 60, rem % 60, self.0 % 1000)
+    }
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (y, mo, d, h, mi, s, ms) = self.parts();
+        write!(f, "{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{ms:03}Z")
     }
 }
 
@@ -380,7 +387,7 @@ impl ReceiptBody {
 
     /// The body's RFC 8785 canonical bytes: what the leaf hash covers.
     pub fn canonical_bytes(&self) -> Result<Vec<u8>> {
-        jcs::to_canonical_vec(self)
+        write::canonical_body(self)
     }
 
     /// `SHA-256(0x00 ‖ JCS(body))`.
@@ -458,6 +465,7 @@ impl Rules<'_> {
 }
 
 mod canonical;
+mod write;
 
 /// A borrowed, allocation-light reading of a receipt body's bytes, for a process that must
 /// check many bodies fast (the signer checks every body it is asked to append).

@@ -189,6 +189,22 @@ proptest! {
         }
     }
 
+    /// `ReceiptBody::canonical_bytes` (written member by member) is the generic RFC 8785
+    /// serializer's output, and fails exactly when it fails (an integer above 2^53 - 1).
+    #[test]
+    fn the_hand_written_body_writer_is_the_generic_serializer(body in body()) {
+        let generic = allowly_receipt::jcs::to_canonical_vec(&body);
+        let value = canonicalize(&serde_json::to_value(&body).unwrap());
+        match (body.canonical_bytes(), generic) {
+            (Ok(fast), Ok(slow)) => {
+                prop_assert_eq!(&fast, &slow, "{}", String::from_utf8_lossy(&slow));
+                prop_assert_eq!(&fast, &value.unwrap());
+            }
+            (Err(_), Err(_)) => prop_assert!(value.is_err()),
+            (fast, slow) => prop_assert!(false, "hand-written {:?} vs generic {:?}", fast.map(String::from_utf8), slow.map(String::from_utf8)),
+        }
+    }
+
     /// Canonical bodies with bytes flipped, inserted, deleted or repeated: whatever
     /// `parse_canonical` accepts, `parse` accepts the same way, and it is canonical.
     #[test]
