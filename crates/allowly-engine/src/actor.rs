@@ -536,7 +536,8 @@ impl WsState {
             let _ = finished.send(());
         });
         let batch = WriteBatch { ops };
-        let sub = crate::commit::Submission { ws: self.ws.id.clone(), epoch, batch, requests, done: completion };
+        let sub =
+            crate::commit::Submission { ws: self.ws.id.clone(), epoch: Some(epoch), batch, requests, done: completion };
         self.shared.committer.submit(sub).await;
     }
 

@@ -35,11 +35,14 @@ const QUEUE: usize = 4096;
 /// What runs once a group's write is known to be durable (`Ok`) or failed (`Err`).
 pub(crate) type Completion = Box<dyn FnOnce(Result<()>) + Send>;
 
-/// One actor group waiting to be made durable.
+/// One group waiting to be made durable: an actor's flush, or a signing round's checkpoint.
 pub(crate) struct Submission {
     pub ws: String,
-    /// The actor's state generation the group was decided on (see the module docs).
-    pub epoch: u64,
+    /// The actor's state generation the group was decided on (see the module docs); `None`
+    /// for a signing round's write (derived data, not sequenced by the actor: it is neither
+    /// refused after an actor's failed commit nor marks the workspace failed; the signing task
+    /// retries it on its own).
+    pub epoch: Option<u64>,
     pub batch: WriteBatch,
     pub requests: usize,
     pub done: Completion,
@@ -100,6 +103,18 @@ impl Committer {
         Ok(Self { tx: Some(tx), thread: Some(thread) })
     }
 
+    /// Queues `batch` as a group of its own and waits until it is durable (or failed): for
+    /// writes that are not an actor's, which then share the next synced write instead of
+    /// paying a store write of their own.
+    pub async fn write(&self, ws: &str, batch: WriteBatch) -> Result<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let done: Completion = Box::new(move |r| {
+            let _ = tx.send(r);
+        });
+        self.submit(Submission { ws: ws.to_owned(), epoch: None, batch, requests: 0, done }).await;
+        rx.await.map_err(|_| EngineError::Internal("the committer dropped a write".into()))?
+    }
+
     /// Queues a group; waits only while the queue is full. Fails (running `done` with the
     /// error) only when the committer is gone.
     pub async fn submit(&self, s: Submission) {
@@ -126,8 +141,12 @@ fn run(store: &dyn Store, m: &Metrics, faults: &Faults, mut rx: mpsc::Receiver<S
         }
         let mut live = Vec::with_capacity(subs.len());
         for s in subs.drain(..) {
+            let Some(epoch) = s.epoch else {
+                live.push(s);
+                continue;
+            };
             match failed.get(&s.ws) {
-                Some(&bad) if s.epoch <= bad => (s.done)(Err(after_failed_commit())),
+                Some(&bad) if epoch <= bad => (s.done)(Err(after_failed_commit())),
                 Some(_) => {
                     failed.remove(&s.ws);
                     live.push(s);
@@ -156,7 +175,9 @@ fn run(store: &dyn Store, m: &Metrics, faults: &Faults, mut rx: mpsc::Receiver<S
                     if let Err(e) = &r {
                         m.commit_failures.inc();
                         tracing::error!(workspace = %ws, error = %e, "a group did not validate; its requests fail and the workspace reloads");
-                        failed.insert(ws, epoch);
+                        if let Some(epoch) = epoch {
+                            failed.insert(ws, epoch);
+                        }
                     }
                     done(r.map_err(EngineError::Store));
                 }
@@ -166,7 +187,9 @@ fn run(store: &dyn Store, m: &Metrics, faults: &Faults, mut rx: mpsc::Receiver<S
                 faults.store_write_failed(&e, m);
                 tracing::error!(error = %e, groups = dones.len(), "synced commit failed; its requests fail and their workspaces reload");
                 for (ws, epoch, done) in dones {
-                    failed.insert(ws, epoch);
+                    if let Some(epoch) = epoch {
+                        failed.insert(ws, epoch);
+                    }
                     done(Err(EngineError::Store(e.clone())));
                 }
             }

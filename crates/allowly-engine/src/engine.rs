@@ -85,6 +85,7 @@ impl Engine {
         .map_err(|e| EngineError::Internal(format!("cannot start the committer thread: {e}")))?;
         let services = Arc::new(Services {
             store,
+            committer,
             signer,
             cfg,
             metrics,
@@ -99,7 +100,6 @@ impl Engine {
         });
         let shared = Arc::new(Shared {
             services,
-            committer,
             pipelines: Default::default(),
             actors: Default::default(),
             locks: Default::default(),

@@ -18,6 +18,8 @@ use crate::metrics::Metrics;
 
 pub(crate) struct Services {
     pub store: Arc<dyn Store>,
+    /// Makes actor groups and signing rounds durable, many workspaces per synced write.
+    pub committer: crate::commit::Committer,
     pub signer: SignerClient,
     pub cfg: EngineConfig,
     pub metrics: Metrics,

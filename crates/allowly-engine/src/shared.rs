@@ -7,7 +7,6 @@ use std::sync::Arc;
 
 use dashmap::DashMap;
 
-use crate::commit::Committer;
 use crate::mailbox::WsHandle;
 use crate::pipeline::Pipelines;
 use crate::services::Services;
@@ -23,8 +22,6 @@ pub(crate) struct WsLocks {
 
 pub(crate) struct Shared {
     pub services: Arc<Services>,
-    /// Makes actor groups durable, many workspaces per synced write.
-    pub committer: Committer,
     pub pipelines: Arc<Pipelines>,
     pub actors: DashMap<String, WsHandle>,
     pub locks: DashMap<String, Arc<WsLocks>>,
