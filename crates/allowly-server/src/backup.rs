@@ -27,7 +27,7 @@
 //! # Restore
 //!
 //! Offline, into a data directory that is not in use: the backup's `db/` and `signer/` are
-//! copied, checked as a pair, and compared with whatever newer evidence the operator has —
+//! copied (the backup is only read), checked as a pair on the copy, and compared with whatever newer evidence the operator has —
 //! checkpoints handed out (`--checkpoint FILE`), a newer signer state (`--signer-state DIR`, or
 //! the `signer/` of the data directory being replaced). A backup older than any of them is
 //! refused (it would fork those logs) with what to do; `--force` only allows a non-empty target.
@@ -36,7 +36,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{Read as _, Write as _};
-use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -80,6 +80,9 @@ pub enum BackupError {
     /// The command line or the directories given are not usable.
     #[error("{0}")]
     Usage(String),
+    /// The backup could not be made private to its owner.
+    #[error("{0}")]
+    Private(#[from] crate::isolation::IsolationError),
     /// The backup does not pass its checks (its pair disagrees, or it is older than what was
     /// handed out); the text says what to do.
     #[error("{0}")]
@@ -292,11 +295,12 @@ pub fn backup(args: BackupArgs) -> Result<(), BackupError> {
         m.master_key_included = true;
         write_manifest(&path, &m)?;
     }
-    make_private(&dest)?;
     let signer_bin = crate::signer_child::find_binary(args.signer_bin.clone())
         .map_err(|e| BackupError::Usage(format!("finding allowly-signer: {e}")))?;
     let heads = signer_heads(&signer_bin, &dest.join(SIGNER_DIR))?;
     let checked = check_pair(&dest.join(DB_DIR), &heads)?;
+    // After the check, which opens the database copy and so adds files to it.
+    make_private(&dest)?;
     println!(
         "backup {} written to {}: {} workspaces, store >= signer checked for each{}",
         staged.name,
@@ -348,16 +352,33 @@ pub fn restore(args: RestoreArgs) -> Result<(), BackupError> {
             }
         }
     }
-    let heads = signer_heads(&signer_bin, &b_signer)?;
-    // Checked on the backup itself, before the target changes.
-    let checked = check_pair(&b_db, &heads)?;
-    check_not_older(&b_db, &newer, &manifest)?;
-
     std::fs::DirBuilder::new()
         .mode(0o700)
         .recursive(true)
         .create(target)
         .map_err(io(format!("creating {}", target.display())))?;
+    // Copied first and checked on the copy (opening a database writes to it: the backup itself
+    // is only read); a refused restore removes the copy and leaves the target as it was.
+    let tmp = target.join(format!("restore-{}.tmp", now_ms()));
+    let checked = (|| {
+        std::fs::DirBuilder::new().mode(0o700).create(&tmp).map_err(io(format!("creating {}", tmp.display())))?;
+        copy_tree(&b_db, &tmp.join(DB_DIR))?;
+        copy_tree(&b_signer, &tmp.join(SIGNER_DIR))?;
+        let heads = signer_heads(&signer_bin, &tmp.join(SIGNER_DIR))?;
+        let checked = check_pair(&tmp.join(DB_DIR), &heads)?;
+        check_not_older(&tmp.join(DB_DIR), &newer, &manifest)?;
+        Ok(checked)
+    })();
+    let checked = match checked {
+        Ok(n) => n,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            if !occupied {
+                let _ = std::fs::remove_dir(target);
+            }
+            return Err(e);
+        }
+    };
     let mut master_key = args.master_key_file.clone();
     if occupied {
         let aside = target.join(format!("pre-restore-{}", now_ms()));
@@ -374,8 +395,11 @@ pub fn restore(args: RestoreArgs) -> Result<(), BackupError> {
         }
         println!("moved the old db/ and signer/ to {}", aside.display());
     }
-    copy_tree(&b_db, &target.join(DB_DIR))?;
-    copy_tree(&b_signer, &target.join(SIGNER_DIR))?;
+    for name in [DB_DIR, SIGNER_DIR] {
+        let (from, to) = (tmp.join(name), target.join(name));
+        std::fs::rename(&from, &to).map_err(io(format!("moving {} to {}", from.display(), to.display())))?;
+    }
+    std::fs::remove_dir(&tmp).map_err(io(format!("removing {}", tmp.display())))?;
     let restored_key = target.join(SIGNER_DIR).join(MASTER_KEY_FILE);
     if let Some(key) = master_key {
         if !restored_key.exists() {
@@ -391,8 +415,9 @@ pub fn restore(args: RestoreArgs) -> Result<(), BackupError> {
     );
     if !restored_key.exists() {
         println!(
-            "the master key is not in {}: put it there (mode 0600), or give it to the signer with \
-             ALLOWLY_SIGNER_MASTER_KEY or --master-key-file (not needed with --signer-keystore pkcs11)",
+            "the master key is not in {}: put it there (mode 0600) before starting, unless the signer gets it \
+             otherwise (ALLOWLY_SIGNER_MASTER_KEY, or --master-key-file for a signer run on its own) or uses \
+             --keystore pkcs11",
             target.join(SIGNER_DIR).display()
         );
     }
@@ -618,23 +643,15 @@ fn sync_dir(dir: &Path) -> Result<(), BackupError> {
     std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io(format!("syncing {}", dir.display())))
 }
 
-/// The whole backup to the caller's uid and gid, directories 0700, files 0600: whoever holds
-/// a backup holds the sealed keys (and, with `--include-master-key`, the key to them).
+/// The whole backup to the caller's uid and gid, directories 0700, files without group or
+/// other permissions: whoever holds a backup holds the sealed keys (and, with
+/// `--include-master-key`, the key to them).
 fn make_private(dir: &Path) -> Result<(), BackupError> {
-    let (uid, gid) = (rustix::process::geteuid().as_raw(), rustix::process::getegid().as_raw());
-    let meta = std::fs::symlink_metadata(dir).map_err(io(format!("reading {}", dir.display())))?;
-    std::os::unix::fs::lchown(dir, Some(uid), Some(gid)).map_err(io(format!("chown {}", dir.display())))?;
-    if meta.is_dir() {
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-            .map_err(io(format!("chmod {}", dir.display())))?;
-        for entry in std::fs::read_dir(dir).map_err(io(format!("listing {}", dir.display())))? {
-            make_private(&entry.map_err(io(format!("listing {}", dir.display())))?.path())?;
-        }
-    } else if meta.is_file() {
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o600))
-            .map_err(io(format!("chmod {}", dir.display())))?;
-    }
-    Ok(())
+    let me = crate::isolation::Account {
+        uid: rustix::process::geteuid().as_raw(),
+        gid: rustix::process::getegid().as_raw(),
+    };
+    Ok(crate::isolation::own_tree(dir, me, true)?)
 }
 
 /// A bodyless `POST` over plain HTTP/1.1 with the admin key; the answer's body if it is 2xx.
