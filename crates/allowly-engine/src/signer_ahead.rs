@@ -109,7 +109,7 @@ async fn compare(s: &Arc<Services>, pipes: &Arc<Pipelines>) -> Result<HashSet<St
     }
     let mut catching_up = HashSet::new();
     for (ws, size, signed) in lagging {
-        tracing::info!(workspace = %ws, signer = size, signed, "the signer's log is behind the stored checkpoints (a restored backup): re-feeding it the stored receipts");
+        tracing::warn!(workspace = %ws, signer = size, signed, "the signer's log is behind the stored checkpoints (a restored backup): re-feeding it the stored receipts");
         let why =
             format!("the signer's log ({size} leaves) is behind the stored checkpoints ({signed}); catching it up");
         s.diverged.mark(&ws, Divergence::CatchingUp, &why, &s.metrics);
