@@ -1106,6 +1106,9 @@ impl Writer {
         if let Some(why) = &self.poisoned {
             return Err(Self::poisoned_error(why));
         }
+        if dest.join(JOURNAL_FILE).exists() {
+            return Err(SignerError::InvalidArgument(format!("{} holds a journal already", dest.display())));
+        }
         let (_, journal_bytes) = self.write_snapshot(&dest.join(JOURNAL_FILE))?;
         let mut lines = vec![0u8; usize::try_from(self.alen).map_err(io::Error::other)?];
         File::open(self.dir.join(AUDIT_FILE))?.read_exact_at(&mut lines, 0)?;
@@ -1674,6 +1677,37 @@ mod tests {
         drop(first);
         let second = second.join().unwrap();
         assert_eq!(second.load("a").await.unwrap().map(|s| s.size), Some(2));
+    }
+
+    /// A snapshot (for backups) opens as exactly the state that was durable when it was taken,
+    /// with the audit lines those states vouch for; later groups are not in it.
+    #[tokio::test]
+    async fn a_snapshot_opens_as_the_durable_state_and_its_audit_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = open(dir.path());
+        for (ws, size) in [("a", 1), ("b", 2), ("a", 3)] {
+            commit(&j, ws, size).await.unwrap();
+        }
+        let dest = dir.path().join("snap");
+        fs::create_dir(&dest).unwrap();
+        let info = j.snapshot(&dest).await.unwrap();
+        assert_eq!(info.workspaces, 2);
+        assert_eq!(info.audit_bytes, len(dir.path().join(AUDIT_FILE)));
+        commit(&j, "a", 4).await.unwrap();
+        assert!(j.snapshot(&dest).await.is_err(), "an existing snapshot is never overwritten");
+        assert_eq!(j.sizes(None, 1).await.unwrap(), (vec![("a".to_owned(), 4)], true));
+        assert_eq!(j.sizes(Some("a".into()), 5).await.unwrap(), (vec![("b".to_owned(), 2)], false));
+
+        let read = read_states(&dest).unwrap();
+        assert_eq!(read.iter().map(|(ws, st)| (ws.as_str(), st.size)).collect::<Vec<_>>(), [("a", 3), ("b", 2)]);
+        let copy = open(&dest);
+        assert_eq!(sizes(&copy, &["a", "b"]).await, [Some(3), Some(2)]);
+        let chain = crate::audit::verify_chain(&fs::read(dest.join(AUDIT_FILE)).unwrap(), None).unwrap();
+        assert_eq!(chain.lines, 3);
+        // And it goes on from there like any journal.
+        commit(&copy, "b", 5).await.unwrap();
+        drop(copy);
+        assert_eq!(audit_lines(&dest).len(), 4);
     }
 
     #[tokio::test]
