@@ -28,7 +28,7 @@
 //! A signer size between the two is the ordinary lost answer, which the signing pipeline
 //! reconciles as before.
 //!
-//! If the signer does not answer within the signer timeout at start, the comparison is retried
+//! If the signer does not list its sizes within the signer timeout at start, the comparison is retried
 //! every second in the background until it is done once; meanwhile checks fail closed anyway
 //! (`signer_unavailable`), so a receipt can be made before the check only within one retry
 //! interval after the signer comes up.
@@ -51,17 +51,10 @@ const RETRY: Duration = Duration::from_secs(1);
 /// Compares now, or keeps retrying in the background (see the module docs). Returns the
 /// workspaces whose signer is being caught up (their signing task is the resync's to start).
 pub(crate) async fn check_at_start(s: &Arc<Services>, pipes: &Arc<Pipelines>) -> HashSet<String> {
-    match tokio::time::timeout(s.cfg.signer_timeout, compare(s, pipes)).await {
-        Ok(Ok(lagging)) => lagging,
-        Ok(Err(e)) => {
+    match compare(s, pipes).await {
+        Ok(lagging) => lagging,
+        Err(e) => {
             tracing::warn!(error = %e, "cannot compare the signer's log sizes with the store yet; retrying in the background");
-            tokio::spawn(retry(Arc::downgrade(s), Arc::downgrade(pipes)));
-            HashSet::new()
-        }
-        Err(_) => {
-            tracing::warn!(
-                "the signer did not list its log sizes in time; comparing them with the store in the background"
-            );
             tokio::spawn(retry(Arc::downgrade(s), Arc::downgrade(pipes)));
             HashSet::new()
         }
@@ -72,21 +65,24 @@ async fn retry(s: Weak<Services>, pipes: Weak<Pipelines>) {
     loop {
         tokio::time::sleep(RETRY).await;
         let (Some(s), Some(pipes)) = (s.upgrade(), pipes.upgrade()) else { return };
-        if let Ok(Ok(_)) = tokio::time::timeout(s.cfg.signer_timeout, compare(&s, &pipes)).await {
+        if compare(&s, &pipes).await.is_ok() {
             return;
         }
     }
 }
 
+/// Only the signer's answer is bounded by the signer timeout; the store's reads (two point
+/// reads per workspace) take what they take.
 async fn compare(s: &Arc<Services>, pipes: &Arc<Pipelines>) -> Result<HashSet<String>> {
-    let sizes = match s.signer.log_sizes().await {
-        Ok(sizes) => sizes,
+    let sizes = match tokio::time::timeout(s.cfg.signer_timeout, s.signer.log_sizes()).await {
+        Err(_) => return Err(EngineError::SignerUnavailable("the signer did not list its log sizes in time".into())),
+        Ok(Ok(sizes)) => sizes,
         // A signer that predates the request: nothing to compare with, and nothing to retry.
-        Err(ClientError::Remote(r)) if r.code == ErrorCode::UnknownKind => {
+        Ok(Err(ClientError::Remote(r))) if r.code == ErrorCode::UnknownKind => {
             tracing::warn!("the signer cannot list its log sizes (an older version): a store older than its state is found only when signing");
             return Ok(HashSet::new());
         }
-        Err(e) => return Err(EngineError::from_signer(e)),
+        Ok(Err(e)) => return Err(EngineError::from_signer(e)),
     };
     let store = s.store.clone();
     let (ahead, lagging) = blocking(move || {
