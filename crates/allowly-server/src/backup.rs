@@ -31,7 +31,9 @@
 //! checkpoints handed out (`--checkpoint FILE`), a newer signer state (`--signer-state DIR`, or
 //! the `signer/` of the data directory being replaced). A backup older than any of them is
 //! refused (it would fork those logs) with what to do; `--force` only allows a non-empty target.
-//! Started as root, `allowly serve` gives every file to the right user at its next start
+//! Run as root over an existing data directory, the restored `db/` and `signer/` go to the
+//! owners of the ones they replace; into a new one they stay root's, and `allowly serve`
+//! started as root gives every file to the right user at its next start
 //! (`isolation::take_over`).
 
 use std::collections::BTreeMap;
@@ -208,6 +210,16 @@ fn write_manifest(path: &Path, m: &Manifest) -> Result<(), BackupError> {
     f.write_all(&text).and_then(|()| f.sync_all()).map_err(io(format!("writing {}", path.display())))
 }
 
+/// `b<digits>-<hex>`, as [`Backups::take`] names them: nothing that could leave a directory.
+fn is_backup_name(name: &str) -> bool {
+    let Some((ms, hex)) = name.strip_prefix('b').and_then(|n| n.split_once('-')) else { return false };
+    !ms.is_empty()
+        && ms.bytes().all(|b| b.is_ascii_digit())
+        && !hex.is_empty()
+        && hex.bytes().all(|b| b.is_ascii_hexdigit())
+        && name.len() <= 64
+}
+
 fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
@@ -279,8 +291,20 @@ pub fn backup(args: BackupArgs) -> Result<(), BackupError> {
     let staged: Staged = serde_json::from_slice(&answer)
         .map_err(|e| BackupError::Server(format!("unexpected answer to the backup request: {e}")))?;
     let signer_dir = args.signer_dir.clone().unwrap_or_else(|| args.data_dir.join(SIGNER_DIR));
-    let from_db = args.data_dir.join(&staged.staging);
-    let from_signer = signer_dir.join(&staged.signer_snapshot);
+    // This command may run as root, the server's answer comes from a less trusted process: only
+    // the name is taken from it, checked, and the paths are built here; neither may be a link.
+    if !is_backup_name(&staged.name) {
+        return Err(BackupError::Server(format!("the server named its backup {:?}", staged.name)));
+    }
+    let from_db = args.data_dir.join(BACKUPS_DIR).join(&staged.name);
+    let from_signer = signer_dir.join(SIGNER_SNAPSHOTS_DIR).join(&staged.name);
+    for dir in [&from_db, &from_db.join(DB_DIR), &from_signer] {
+        let real =
+            std::fs::symlink_metadata(dir).map(|m| m.is_dir()).map_err(io(format!("reading {}", dir.display())))?;
+        if !real {
+            return Err(BackupError::Server(format!("{} is not a directory (a link?)", dir.display())));
+        }
+    }
     // Copied, never moved: the checkpoint's files are hard links to the live database's, and
     // the backup's own files get this user's ownership and modes below (changing a shared
     // inode would change the live file too).
@@ -380,6 +404,15 @@ pub fn restore(args: RestoreArgs) -> Result<(), BackupError> {
         }
     };
     let mut master_key = args.master_key_file.clone();
+    // Whose the replaced db/ and signer/ were: the restored ones go to the same users.
+    let owners: Vec<Option<crate::isolation::Account>> = [DB_DIR, SIGNER_DIR]
+        .iter()
+        .map(|name| {
+            use std::os::unix::fs::MetadataExt as _;
+            let m = std::fs::symlink_metadata(target.join(name)).ok()?;
+            Some(crate::isolation::Account { uid: m.uid(), gid: m.gid() })
+        })
+        .collect();
     if occupied {
         let aside = target.join(format!("pre-restore-{}", now_ms()));
         std::fs::DirBuilder::new().mode(0o700).create(&aside).map_err(io(format!("creating {}", aside.display())))?;
@@ -406,6 +439,18 @@ pub fn restore(args: RestoreArgs) -> Result<(), BackupError> {
             copy_file(&key, &restored_key)?;
         }
     }
+    if rustix::process::geteuid().is_root() {
+        for (name, owner) in [DB_DIR, SIGNER_DIR].into_iter().zip(owners) {
+            match owner {
+                Some(a) => crate::isolation::own_tree(&target.join(name), a, name == SIGNER_DIR)?,
+                None => println!(
+                    "{name}/ is root's: `allowly serve` started as root gives it to its user at start; otherwise \
+                     chown it to the user that runs {}",
+                    if name == DB_DIR { "the server" } else { "the signer" }
+                ),
+            }
+        }
+    }
     sync_dir(target)?;
     println!(
         "restored backup {} ({} workspaces, store >= signer checked for each) into {}",
@@ -421,7 +466,7 @@ pub fn restore(args: RestoreArgs) -> Result<(), BackupError> {
             target.join(SIGNER_DIR).display()
         );
     }
-    println!("start the server as before; as root it gives every file to its user at start");
+    println!("start the server as before");
     Ok(())
 }
 
@@ -690,6 +735,14 @@ fn post(url: &str, path: &str, token: &str) -> Result<Vec<u8>, BackupError> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn only_names_the_server_makes_are_taken_from_its_answer() {
+        assert!(is_backup_name("b1796527058167-439080c0"));
+        for bad in ["", "b", "b1-", "b-00", "../../etc", "b1-00/..", "b1-0g", "x1-00", "b1-00\0"] {
+            assert!(!is_backup_name(bad), "{bad:?}");
+        }
+    }
 
     #[test]
     fn a_checkpoint_file_names_its_workspace_by_the_log_origin() {
