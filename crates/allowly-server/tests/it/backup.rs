@@ -285,6 +285,32 @@ fn a_backup_older_than_the_signer_state_or_a_checkpoint_is_refused_and_never_ser
     assert_eq!(ready.json()["diverged_workspaces"][0]["workspace_id"], t.ws.as_str(), "{ready}");
     let r = s.client().post("/v1/check", &t.checker, json!({ "authorization_id": t.az, "scopes": ["files.read"] }));
     r.problem(503, "workspace_log_behind_signer");
+    let mut s = s;
+    s.stop();
+
+    // The way out: the newest backup over it (--force). The old db/ and signer/ are kept aside,
+    // the restored ones belong to the same users, the master key stays, and it serves again.
+    use std::os::unix::fs::MetadataExt as _;
+    let owners =
+        |d: &Path| (std::fs::metadata(d.join("db")).unwrap().uid(), std::fs::metadata(d.join("signer")).unwrap().uid());
+    let before = owners(&data);
+    assert!(restore(&new, &data, &["--force".as_ref()]).status.success());
+    assert_eq!(owners(&data), before);
+    let aside: Vec<_> = std::fs::read_dir(&data)
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.unwrap().file_name().into_string().unwrap();
+            name.starts_with("pre-restore-").then_some(name)
+        })
+        .collect();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    assert!(data.join(&aside[0]).join("db").is_dir() && data.join(&aside[0]).join("signer/journal").is_file());
+    let mut s = Server::start(&data);
+    s.wait_ready();
+    let a = eventually("a check after restoring the newest backup", || s.diagnostics(), || check(&s, &t));
+    assert!(a.log_index > last, "{} after {last}", a.log_index);
+    eventually("it signed", || s.diagnostics(), || latest_checkpoint(&s, &t).filter(|cp| cp.0 > a.log_index));
+    s.stop();
 }
 
 fn copy_tree(from: &Path, to: &Path) {
