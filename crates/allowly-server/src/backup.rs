@@ -362,6 +362,9 @@ pub fn restore(args: RestoreArgs) -> Result<(), BackupError> {
             target.display()
         )));
     }
+    if occupied {
+        refuse_if_in_use(target)?;
+    }
     let mut signer_states: Vec<PathBuf> = args.signer_state.iter().cloned().collect();
     let existing_signer = target.join(SIGNER_DIR);
     if occupied && existing_signer.join("journal").is_file() {
@@ -467,6 +470,27 @@ pub fn restore(args: RestoreArgs) -> Result<(), BackupError> {
         );
     }
     println!("start the server as before");
+    Ok(())
+}
+
+/// Refuses a data directory whose database or signer journal is open (a server running on it):
+/// RocksDB's lock (a POSIX record lock on `db/LOCK`) and the journal writer's (`flock` on
+/// `signer/journal.lock`) are tried without opening either, and let go at once.
+fn refuse_if_in_use(target: &Path) -> Result<(), BackupError> {
+    use rustix::fs::FlockOperation::NonBlockingLockExclusive;
+    let in_use = |what: &str, e: rustix::io::Errno| {
+        BackupError::Usage(format!(
+            "{} is in use ({what} is locked: {e}): stop the server (and its signer) before restoring",
+            target.display()
+        ))
+    };
+    let open = |p: PathBuf| std::fs::OpenOptions::new().read(true).write(true).open(p);
+    if let Ok(f) = open(target.join(DB_DIR).join("LOCK")) {
+        rustix::fs::fcntl_lock(&f, NonBlockingLockExclusive).map_err(|e| in_use("its database", e))?;
+    }
+    if let Ok(f) = open(target.join(SIGNER_DIR).join("journal.lock")) {
+        rustix::fs::flock(&f, NonBlockingLockExclusive).map_err(|e| in_use("the signer's journal", e))?;
+    }
     Ok(())
 }
 

@@ -237,6 +237,9 @@ fn a_backup_older_than_the_signer_state_or_a_checkpoint_is_refused_and_never_ser
     std::fs::write(&cp, json!({ "size": size, "checkpoint": note }).to_string()).unwrap();
     let new = tmp.path().join("new");
     assert!(backup(&s, &new, &[]).status.success());
+    // Not under a running server.
+    let out = restore(&new, &data, &["--force".as_ref()]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("is in use"));
     s.stop();
 
     // The newer store with the older signer state is a consistent pair (store >= signer): it
