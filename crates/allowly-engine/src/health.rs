@@ -309,6 +309,31 @@ impl Diverged {
 mod tests {
     use super::*;
 
+    /// Each kind refuses with its own code; a store behind its signer is never downgraded to a
+    /// fork by the signing round that meets the same gap; a catch-up is not counted as a
+    /// divergence (it would page someone after every restore).
+    #[test]
+    fn divergence_kinds_keep_their_code_and_only_real_ones_count() {
+        let (d, m) = (Diverged::default(), Metrics::new());
+        d.mark("a", Divergence::StoreBehindSigner, "signer 7, store 5", &m);
+        d.mark("a", Divergence::Forked, "signer log has 7 leaves, only 5 are stored", &m);
+        d.mark("b", Divergence::CatchingUp, "signer 3, signed 9", &m);
+        d.mark("c", Divergence::Forked, "another root", &m);
+        assert_eq!(m.log_divergence.get(), 2, "a and c");
+        assert_eq!(m.workspaces_diverged.get(), 3);
+        let code = |ws| d.require_not(ws, &m).expect_err("refused").code();
+        assert_eq!(
+            [code("a"), code("b"), code("c")],
+            ["workspace_log_behind_signer", "workspace_log_catching_up", "workspace_log_diverged"]
+        );
+        assert!(d.require_not("d", &m).is_ok());
+        assert!(d.clear("b", &m));
+        assert_eq!(
+            d.list().iter().map(|e| (e.0.as_str(), e.1)).collect::<Vec<_>>(),
+            [("a", Divergence::StoreBehindSigner), ("c", Divergence::Forked)]
+        );
+    }
+
     #[test]
     fn store_errors_become_faults_only_for_the_device() {
         assert_eq!(Fault::of_store_error(&StoreError::NoSpace("x".into())), Some(Fault::StorageFull));
