@@ -26,7 +26,7 @@ use crate::actor::{IdemDoc, WorkspaceActor, WsArgs};
 use crate::clock::{now_ms, ts};
 use crate::config::EngineConfig;
 use crate::error::{EngineError, Refusal, Result};
-use crate::health::Health;
+use crate::health::{Divergence, Health};
 use crate::ids::{is_secret_shaped, new_id, new_secret, open_secret, seal_secret, secret_hash};
 use crate::mailbox::{Idem, Reply, WsHandle, WsMsg};
 use crate::metrics::Metrics;
@@ -119,6 +119,8 @@ impl Engine {
         tokio::spawn(periodic(Arc::downgrade(&shared), every, "overdue escalations", |e| async move {
             e.expire_due_escalations().await
         }));
+        // Before anything is signed or decided: a store older than the signer's state.
+        let catching_up = crate::signer_ahead::check_at_start(&shared.services, &shared.pipelines).await;
         // Receipts a previous run committed but did not get signed.
         let s = shared.clone();
         let pending = blocking(move || {
@@ -130,7 +132,7 @@ impl Engine {
             Ok(out)
         })
         .await?;
-        for (ws, next) in pending {
+        for (ws, next) in pending.into_iter().filter(|(ws, _)| !catching_up.contains(ws)) {
             tracing::info!(workspace = %ws, "signing receipts left pending by a previous run");
             shared.pipelines.notify(&shared.services, &ws, next);
         }
@@ -195,12 +197,28 @@ impl Engine {
             causes.push(cause("signer_unavailable", s.health.detail().unwrap_or_else(|| "signer down".to_owned())));
         }
         causes.extend(s.faults.active().into_iter().map(|(f, detail)| cause(f.code(), detail)));
+        let diverged = s.diverged.list();
+        let behind = diverged.iter().filter(|d| d.1 == Divergence::StoreBehindSigner).count();
+        if behind > 0 {
+            // Receipts that were handed out are missing: not one tenant's trouble but the whole
+            // store's (a restore older than the signer's state), so the instance is not ready.
+            causes.push(cause(
+                Divergence::StoreBehindSigner.code(),
+                format!(
+                    "{behind} workspace(s) whose signer signed more receipts than this store holds: the store is older \
+                     than the signer's state (restored from an old backup?); restore a newer backup (docs/operations.md, \
+                     Backup and restore)"
+                ),
+            ));
+        }
         let mut r = Readiness::from_causes(signer, causes);
-        r.diverged_workspaces = s
-            .diverged
-            .list()
+        r.diverged_workspaces = diverged
             .into_iter()
-            .map(|(workspace_id, _reason, since_ms)| DivergedWorkspace { workspace_id, since_ms })
+            .map(|(workspace_id, kind, _reason, since_ms)| DivergedWorkspace {
+                workspace_id,
+                code: kind.code().to_owned(),
+                since_ms,
+            })
             .collect();
         // One bad tenant does not take the instance out of a load balancer: the others work.
         // It shows here, in the gauge and in the logs, and its requests get 503s.

@@ -72,6 +72,16 @@ pub enum EngineError {
     /// workspaces are not affected. Nothing was changed.
     #[error("this workspace's receipt log disagrees with the signer's; new receipts are refused until it is resynced")]
     WorkspaceLogDiverged,
+    /// The signer has signed more of this workspace's log than the store holds: receipts that
+    /// were handed out are missing (a store restored from a backup older than the signer's
+    /// state). Nothing new is recorded; the store must be restored from a newer backup. Found
+    /// at start-up (`/readyz` not ready).
+    #[error("this workspace's signer has signed receipts this store does not hold (restored from an older backup?); new receipts are refused")]
+    WorkspaceLogBehindSigner,
+    /// The signer's log of this workspace is being caught up with the stored one after a
+    /// restore (found at start); new receipts wait until it is. Passes by itself.
+    #[error("this workspace's signer is being caught up with the stored log (after a restore); retry shortly")]
+    WorkspaceLogCatchingUp,
     /// The engine is shutting down and takes no new work.
     #[error("engine is shutting down")]
     ShuttingDown,
@@ -98,6 +108,8 @@ impl EngineError {
             Self::Overloaded => "overloaded",
             Self::SignerUnavailable(_) => "signer_unavailable",
             Self::WorkspaceLogDiverged => "workspace_log_diverged",
+            Self::WorkspaceLogBehindSigner => "workspace_log_behind_signer",
+            Self::WorkspaceLogCatchingUp => "workspace_log_catching_up",
             Self::ShuttingDown => "shutting_down",
             Self::Unavailable { fault, .. } => fault.code(),
             Self::Store(e) => Fault::of_store_error(e).map_or("storage_error", Fault::code),

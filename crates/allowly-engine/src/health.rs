@@ -212,20 +212,64 @@ impl Health {
     }
 }
 
-/// Workspaces whose stored log and the signer's log disagree, with why and since when. Kept in
-/// memory: after a restart the first signing round (which runs at start for every workspace
-/// with unsigned receipts, and a diverged one always has some) finds the divergence again.
+/// How a workspace's stored log and the signer's disagree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Divergence {
+    /// A fork or a rollback found while signing (or a signer refusing the stored receipts):
+    /// `workspace_log_diverged`; the instance stays ready, the workspace is listed.
+    Forked,
+    /// Found at start: the signer has signed more leaves than the store holds at all, so
+    /// receipts that were handed out are missing from this store (a restore older than the
+    /// signer's state): `workspace_log_behind_signer`, and the instance is not ready.
+    StoreBehindSigner,
+    /// Found at start: the signer's log is behind the stored checkpoints (a restored backup),
+    /// and it is being re-fed the stored receipts: `workspace_log_catching_up`, passes by
+    /// itself (`Retry-After`); neither counted as a divergence nor making the instance unready.
+    CatchingUp,
+}
+
+impl Divergence {
+    /// The problem code of the refusals, and the `/readyz` cause.
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::Forked => "workspace_log_diverged",
+            Self::StoreBehindSigner => "workspace_log_behind_signer",
+            Self::CatchingUp => "workspace_log_catching_up",
+        }
+    }
+}
+
+/// Workspaces whose stored log and the signer's log disagree, with how, why and since when.
+/// Kept in memory: after a restart the first signing round (which runs at start for every
+/// workspace with unsigned receipts, and a diverged one always has some) finds a fork again,
+/// and the start-up comparison of log sizes (`signer_ahead`) a store behind the signer.
 #[derive(Debug, Default)]
 pub(crate) struct Diverged {
-    map: DashMap<String, (String, u64)>,
+    map: DashMap<String, (Divergence, String, u64)>,
 }
 
 impl Diverged {
-    /// Marks `ws` diverged (logged, counted, the gauge set).
-    pub fn mark(&self, ws: &str, why: &str, m: &Metrics) {
-        if self.map.insert(ws.to_owned(), (why.to_owned(), now_ms())).is_none() {
+    /// Marks `ws` diverged (logged, counted, the gauge set). A workspace already marked
+    /// `StoreBehindSigner` keeps that mark (the signing round that follows sees the same gap as
+    /// a fork).
+    pub fn mark(&self, ws: &str, kind: Divergence, why: &str, m: &Metrics) {
+        let mut new = false;
+        self.map
+            .entry(ws.to_owned())
+            .and_modify(|v| {
+                if v.0 != Divergence::StoreBehindSigner {
+                    *v = (kind, why.to_owned(), v.2);
+                }
+            })
+            .or_insert_with(|| {
+                new = true;
+                (kind, why.to_owned(), now_ms())
+            });
+        if new && kind == Divergence::CatchingUp {
+            tracing::info!(workspace = %ws, reason = %why, "the workspace refuses new receipts until the signer has caught up");
+        } else if new {
             m.log_divergence.inc();
-            tracing::error!(workspace = %ws, reason = %why, "signer log diverges from the stored log: the workspace refuses new receipts (503 workspace_log_diverged) until resynced");
+            tracing::error!(workspace = %ws, reason = %why, code = kind.code(), "signer log diverges from the stored log: the workspace refuses new receipts until resynced");
         }
         m.workspaces_diverged.set(i64::try_from(self.map.len()).unwrap_or(i64::MAX));
     }
@@ -241,19 +285,22 @@ impl Diverged {
         self.map.contains_key(ws)
     }
 
-    /// Fails closed for a diverged workspace (counted).
+    /// Fails closed for a diverged workspace (counted), with the code of its kind.
     pub fn require_not(&self, ws: &str, m: &Metrics) -> Result<()> {
-        if self.contains(ws) {
-            m.diverged_refusals.inc();
-            return Err(EngineError::WorkspaceLogDiverged);
-        }
-        Ok(())
+        let Some(kind) = self.map.get(ws).map(|v| v.0) else { return Ok(()) };
+        m.diverged_refusals.inc();
+        Err(match kind {
+            Divergence::Forked => EngineError::WorkspaceLogDiverged,
+            Divergence::StoreBehindSigner => EngineError::WorkspaceLogBehindSigner,
+            Divergence::CatchingUp => EngineError::WorkspaceLogCatchingUp,
+        })
     }
 
-    /// `(workspace, reason, since ms)` of every diverged workspace, by workspace id.
-    pub fn list(&self) -> Vec<(String, String, u64)> {
-        let mut v: Vec<_> = self.map.iter().map(|e| (e.key().clone(), e.value().0.clone(), e.value().1)).collect();
-        v.sort();
+    /// `(workspace, kind, reason, since ms)` of every diverged workspace, by workspace id.
+    pub fn list(&self) -> Vec<(String, Divergence, String, u64)> {
+        let mut v: Vec<_> =
+            self.map.iter().map(|e| (e.key().clone(), e.value().0, e.value().1.clone(), e.value().2)).collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
         v
     }
 }
@@ -261,6 +308,31 @@ impl Diverged {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each kind refuses with its own code; a store behind its signer is never downgraded to a
+    /// fork by the signing round that meets the same gap; a catch-up is not counted as a
+    /// divergence (it would page someone after every restore).
+    #[test]
+    fn divergence_kinds_keep_their_code_and_only_real_ones_count() {
+        let (d, m) = (Diverged::default(), Metrics::new());
+        d.mark("a", Divergence::StoreBehindSigner, "signer 7, store 5", &m);
+        d.mark("a", Divergence::Forked, "signer log has 7 leaves, only 5 are stored", &m);
+        d.mark("b", Divergence::CatchingUp, "signer 3, signed 9", &m);
+        d.mark("c", Divergence::Forked, "another root", &m);
+        assert_eq!(m.log_divergence.get(), 2, "a and c");
+        assert_eq!(m.workspaces_diverged.get(), 3);
+        let code = |ws| d.require_not(ws, &m).expect_err("refused").code();
+        assert_eq!(
+            [code("a"), code("b"), code("c")],
+            ["workspace_log_behind_signer", "workspace_log_catching_up", "workspace_log_diverged"]
+        );
+        assert!(d.require_not("d", &m).is_ok());
+        assert!(d.clear("b", &m));
+        assert_eq!(
+            d.list().iter().map(|e| (e.0.as_str(), e.1)).collect::<Vec<_>>(),
+            [("a", Divergence::StoreBehindSigner), ("c", Divergence::Forked)]
+        );
+    }
 
     #[test]
     fn store_errors_become_faults_only_for_the_device() {

@@ -26,6 +26,7 @@ mod pipeline;
 pub mod receipts;
 mod services;
 mod shared;
+mod signer_ahead;
 pub mod validate;
 mod views;
 mod webhooks;

@@ -309,8 +309,10 @@ pub struct Readiness {
     /// the refused calls answer with.
     #[serde(default)]
     pub causes: Vec<NotReady>,
-    /// Workspaces whose log diverged from the signer's: each refuses new receipts (503
-    /// `workspace_log_diverged`) until resynced. They do not make the instance unready.
+    /// Workspaces whose log diverged from the signer's: each refuses new receipts (503 with its
+    /// `code`) until resynced. A fork (`workspace_log_diverged`) does not make the instance
+    /// unready; a store behind its signer (`workspace_log_behind_signer`, receipts that were
+    /// handed out are missing) does, with a cause of that code.
     #[serde(default)]
     pub diverged_workspaces: Vec<DivergedWorkspace>,
 }
@@ -318,8 +320,9 @@ pub struct Readiness {
 /// One reason `/readyz` is false.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NotReady {
-    /// Stable code: `shutting_down`, `signer_unavailable`, or a fault's code
-    /// (`storage_full`, `storage_failed`, `signer_storage_failed`, `signing_backlog`).
+    /// Stable code: `shutting_down`, `signer_unavailable`, a fault's code
+    /// (`storage_full`, `storage_failed`, `signer_storage_failed`, `signing_backlog`), or
+    /// `workspace_log_behind_signer`.
     pub code: String,
     /// What is wrong, for the operator.
     pub detail: String,
@@ -338,6 +341,8 @@ impl Readiness {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DivergedWorkspace {
     pub workspace_id: String,
+    /// `workspace_log_diverged` or `workspace_log_behind_signer`: what its refusals answer.
+    pub code: String,
     /// Unix ms when it was found (what disagreed is in the engine's log, not on this public
     /// endpoint).
     pub since_ms: u64,

@@ -45,7 +45,7 @@ use dashmap::DashMap;
 use tokio::sync::watch;
 
 use crate::error::{EngineError, Result};
-use crate::health::Fault;
+use crate::health::{Divergence, Fault};
 use crate::model::Resynced;
 use crate::receipts::{key_records, verifier};
 use crate::services::{blocking, Services};
@@ -416,7 +416,7 @@ async fn run(
                 backoff = (backoff * 2).min(Duration::from_secs(1));
             }
             Err(Stop::Diverged(why)) => {
-                shared.diverged.mark(&ws, &why, &shared.metrics);
+                shared.diverged.mark(&ws, Divergence::Forked, &why, &shared.metrics);
                 // Stay registered (so no new task starts) and sign nothing more, until `resync`
                 // removes this task's slot (its sender drops) or the engine goes away.
                 while rx.changed().await.is_ok() {}

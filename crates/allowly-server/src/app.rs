@@ -20,4 +20,6 @@ pub struct App {
     pub key_isolation: KeyIsolation,
     /// The instance admin key file, rewritten when the key is rotated.
     pub admin_token: std::path::PathBuf,
+    /// `POST /v1/admin/backup`.
+    pub backups: crate::backup::Backups,
 }

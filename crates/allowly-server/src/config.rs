@@ -97,6 +97,12 @@ pub enum Command {
     /// Run the HTTP API (and, unless --signer-socket is given, the signer as a child process).
     #[command(after_help = AFTER_HELP)]
     Serve(ServeArgs),
+    /// Take a consistent online backup of a running instance into DIR (signer state first, then
+    /// a RocksDB checkpoint; without the master key unless --include-master-key).
+    Backup(crate::backup::BackupArgs),
+    /// Restore a backup into a data directory (offline); refuses a backup older than
+    /// checkpoints or signer state given, or found in the directory it replaces.
+    Restore(crate::backup::RestoreArgs),
     /// Internal: the root process that starts the isolated signer (see `isolation`).
     #[command(name = "signer-keeper", hide = true)]
     SignerKeeper(crate::signer_child::KeeperArgs),

@@ -199,8 +199,9 @@ fn own(path: &Path, a: Account, mode: Option<u32>) -> Result<(), IsolationError>
 }
 
 /// Chowns `dir` and everything below it to `a` (symlinks are chowned, never followed). With
-/// `private`, directories become 0700 and files lose every group and other permission.
-fn own_tree(dir: &Path, a: Account, private: bool) -> Result<(), IsolationError> {
+/// `private`, directories become 0700 and files lose every group and other permission. (Also
+/// how `allowly backup` makes a backup its caller's alone.)
+pub(crate) fn own_tree(dir: &Path, a: Account, private: bool) -> Result<(), IsolationError> {
     let meta = std::fs::symlink_metadata(dir).map_err(io_err(format!("reading {}", dir.display())))?;
     if meta.is_dir() {
         own(dir, a, private.then_some(0o700))?;

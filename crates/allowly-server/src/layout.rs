@@ -7,6 +7,9 @@ pub const ADMIN_TOKEN_FILE: &str = "admin-token";
 pub const DB_DIR: &str = "db";
 /// The embedded signer's directory (master key, sealed keys, journal, audit log).
 pub const SIGNER_DIR: &str = "signer";
+/// Backups staged by `POST /v1/admin/backup` (the RocksDB checkpoint and its manifest), each
+/// in `backups/<name>/` until `allowly backup` moves it out.
+pub const BACKUPS_DIR: &str = "backups";
 /// Sockets.
 pub const RUN_DIR: &str = "run";
 /// The embedded signer's socket, in [`RUN_DIR`].

@@ -47,7 +47,7 @@
 //!
 //! # Modules
 //!
-//! [`config`] (flags, env, file), [`serve`] (start-up and shutdown order), [`isolation`]
+//! [`config`] (flags, env, file), [`backup`] (`POST /v1/admin/backup`, `allowly backup`, `allowly restore`), [`serve`] (start-up and shutdown order), [`isolation`]
 //! (what happens when started as root: two users, privilege drop), [`signer_child`]
 //! (the embedded signer, its supervisor and its root keeper), [`http`] (accept loop, request ids, graceful
 //! drain), [`routes`] (routing table and handlers), [`extract`] (strict request reading),
@@ -56,6 +56,7 @@
 pub mod admin_token;
 pub mod app;
 pub mod auth;
+pub mod backup;
 pub mod config;
 pub mod extract;
 pub mod http;

@@ -24,6 +24,8 @@ fn main() -> ExitCode {
             Err(e) => Err(e.to_string()),
         },
         Command::SignerKeeper(args) => keep(args),
+        Command::Backup(args) => allowly_server::backup::backup(args).map_err(|e| e.to_string()),
+        Command::Restore(args) => allowly_server::backup::restore(args).map_err(|e| e.to_string()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -29,6 +29,9 @@
 //! | `signer_storage_failed` | 503 | the signer answered several times in a row that it cannot write its journal (`Retry-After`) |
 //! | `signing_backlog` | 503 | the oldest unsigned receipt is older than `--max-unsigned-age-ms` (`Retry-After`) |
 //! | `workspace_log_diverged` | 503 | this workspace's receipt log disagrees with the signer's (fork, rollback, or receipts the signer refuses): it records nothing new until an operator resyncs it (`POST /v1/workspaces/{ws}/log/resync`); other workspaces are unaffected. No `Retry-After`: it does not pass by itself |
+//! | `workspace_log_behind_signer` | 503 | found at start: the signer has signed more of this workspace's log than the store holds — receipts that were handed out are missing (a store restored from a backup older than the signer's state). Nothing new is recorded and `/readyz` is not ready; restore a newer backup (`docs/operations.md`, *Backup and restore*). No `Retry-After` |
+//! | `workspace_log_catching_up` | 503 | found at start: the signer's log is behind the stored checkpoints (a restored backup) and is being re-fed the stored receipts; passes by itself (`Retry-After`) |
+//! | `backup_failed` | 500 | `POST /v1/admin/backup`: the snapshot could not be made (details logged); nothing of it is left |
 //! | `storage_error`, `signer_error`, `internal_error` | 500 | a fault; details are logged with the request id, never sent |
 
 use allowly_engine::error::Refusal;
@@ -119,6 +122,19 @@ impl Problem {
         }
     }
 
+    /// A backup that could not be made: a fault of ours, logged, never detailed to the caller
+    /// (it names paths).
+    pub fn from_backup(e: &crate::backup::BackupError) -> Self {
+        Self {
+            internal: Some(e.to_string()),
+            ..Self::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "backup_failed",
+                "the backup could not be made; see the server log",
+            )
+        }
+    }
+
     /// THE mapping of engine errors to HTTP.
     pub fn from_engine(e: &EngineError) -> Self {
         let code = e.code();
@@ -150,10 +166,15 @@ impl Problem {
                     "the signer is unavailable; nothing was decided or changed",
                 )
             },
+            EngineError::WorkspaceLogCatchingUp => {
+                Self { retry_after: Some(1), ..Self::new(StatusCode::SERVICE_UNAVAILABLE, code, e.to_string()) }
+            }
             EngineError::ShuttingDown => {
                 Self { retry_after: Some(1), ..Self::new(StatusCode::SERVICE_UNAVAILABLE, code, e.to_string()) }
             }
-            EngineError::WorkspaceLogDiverged => Self::new(StatusCode::SERVICE_UNAVAILABLE, code, e.to_string()),
+            EngineError::WorkspaceLogDiverged | EngineError::WorkspaceLogBehindSigner => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, code, e.to_string())
+            }
             // A fault below the process (also a store write that hit it first): the cause is
             // in the code; sizes and paths are logged and shown by /readyz, not sent here.
             _ if e.fault().is_some() => {
@@ -270,7 +291,7 @@ mod tests {
         if let Some(secret) = leaks {
             assert!(!v["detail"].as_str().unwrap().contains(secret), "detail leaks {secret}: {v}");
         }
-        if code == "workspace_log_diverged" {
+        if code == "workspace_log_diverged" || code == "workspace_log_behind_signer" {
             assert!(h.get(RETRY_AFTER).is_none(), "a divergence does not pass by itself");
         } else if matches!(status, 429 | 503) {
             assert_eq!(h[RETRY_AFTER], "1", "{code}");
@@ -303,6 +324,8 @@ mod tests {
         check(EngineError::Store(StoreError::Io("/data/db: EIO".into())), 503, "storage_failed", Some("/data"));
         check(EngineError::Store(StoreError::Engine("/data busy".into())), 500, "storage_error", Some("/data"));
         check(EngineError::WorkspaceLogDiverged, 503, "workspace_log_diverged", None);
+        check(EngineError::WorkspaceLogBehindSigner, 503, "workspace_log_behind_signer", None);
+        check(EngineError::WorkspaceLogCatchingUp, 503, "workspace_log_catching_up", None);
         check(EngineError::Signer("key sk_123".into()), 500, "signer_error", Some("sk_123"));
         check(EngineError::Internal("invariant x".into()), 500, "internal_error", Some("invariant x"));
         let refused = |kind, code| EngineError::Refused { kind, code, message: "m".into(), receipt: None };

@@ -14,6 +14,7 @@
 //! | GET | `/v1/workspaces/{ws}/log/inclusion?log_index=N[&tree_size=M]` | read | `inclusion_proof` |
 //! | GET | `/v1/workspaces/{ws}/log/consistency?old_size=N[&new_size=M]` | read | `consistency_proof` |
 //! | GET | `/v1/workspaces/{ws}/log/export?from=N&to=M` | read | `export` (ndjson) |
+//! | POST | `/v1/admin/backup` | instance admin | `backup::Backups::take` (201: the staged backup, for `allowly backup`) |
 //! | POST | `/v1/workspaces/{ws}/log/resync` | instance admin | `resync_log` (recovery of a `workspace_log_diverged` workspace; 409 while the logs still disagree) |
 //! | POST | `/v1/authorizations` | admin | `create_authorization` → 201 |
 //! | GET | `/v1/authorizations[?subject=…][&status=active\|revoked\|expired][&limit=…][&starting_after=…]` | read | `authorizations` (id order) |
@@ -80,6 +81,7 @@ pub enum Route {
     Readyz,
     Metrics,
     AdminKeyRotate,
+    AdminBackup,
     WorkspaceCreate,
     WorkspaceGet,
     ScopeRulesPut,
@@ -125,6 +127,7 @@ impl Route {
             Self::Readyz => "readyz",
             Self::Metrics => "metrics",
             Self::AdminKeyRotate => "admin_key_rotate",
+            Self::AdminBackup => "admin_backup",
             Self::WorkspaceCreate => "workspace_create",
             Self::WorkspaceGet => "workspace_get",
             Self::ScopeRulesPut => "scope_rules_put",
@@ -166,7 +169,7 @@ impl Route {
     pub fn access(self) -> Access {
         match self {
             Self::Healthz | Self::Readyz | Self::Metrics | Self::Keys | Self::Unmatched => Access::Public,
-            Self::AdminKeyRotate | Self::WorkspaceCreate | Self::LogResync => Access::InstanceAdmin,
+            Self::AdminKeyRotate | Self::AdminBackup | Self::WorkspaceCreate | Self::LogResync => Access::InstanceAdmin,
             Self::WorkspaceGet => Access::InstanceAdminOr(Role::Read),
             Self::ScopeRulesPut | Self::ApiKeyCreate | Self::ApiKeyRevoke => Access::InstanceAdminOr(Role::Admin),
             Self::LogCheckpoint
@@ -261,6 +264,7 @@ pub fn match_route<'a>(method: &Method, path: &'a str) -> Matched<'a> {
         ["readyz"] => (&[(Get, Route::Readyz)], None, None),
         ["metrics"] => (&[(Get, Route::Metrics)], None, None),
         ["v1", "admin-key", "rotate"] => (&[(Post, Route::AdminKeyRotate)], None, None),
+        ["v1", "admin", "backup"] => (&[(Post, Route::AdminBackup)], None, None),
         ["v1", "workspaces"] => (&[(Post, Route::WorkspaceCreate)], None, None),
         ["v1", "workspaces", ws] => (&[(Get, Route::WorkspaceGet)], Some(*ws), None),
         ["v1", "workspaces", ws, "scope-rules"] => (&[(Put, Route::ScopeRulesPut)], Some(*ws), None),
@@ -376,6 +380,10 @@ async fn handle(app: &App, t: Target<'_>, parts: &Parts, body: Incoming) -> Resu
             let mut r = json(StatusCode::OK, &created)?;
             r.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
             Ok(r)
+        }
+        Route::AdminBackup => {
+            extract::empty_body(h, body, limit).await?;
+            json(StatusCode::CREATED, &app.backups.take().await.map_err(|e| Problem::from_backup(&e))?)
         }
         Route::WorkspaceCreate => {
             let req: NewWorkspace = extract::json_body(h, body, limit).await?;
@@ -635,6 +643,7 @@ mod tests {
             Readyz,
             Metrics,
             AdminKeyRotate,
+            AdminBackup,
             WorkspaceCreate,
             WorkspaceGet,
             ScopeRulesPut,

@@ -153,6 +153,7 @@ pub async fn run(cfg: ServerConfig, prepared: Prepared) -> Result<(), ServeError
 
     let opts = ClientOptions { max_in_flight: cfg.signer_max_in_flight, ..ClientOptions::default() };
     let signer = SignerClient::new(socket.clone(), opts);
+    let signer_socket = socket.clone();
     if signer_child.is_none() {
         // Not fatal: readiness reports it, and checks fail closed until the signer answers.
         if let Err(e) = signer.ping().await {
@@ -161,7 +162,8 @@ pub async fn run(cfg: ServerConfig, prepared: Prepared) -> Result<(), ServeError
     }
 
     let dirs = (data_dir.as_path(), shown_dir.as_path());
-    let result = serve_with_engine(&cfg, dirs, isolation, listener, addr, store, signer, shutdown).await;
+    let result =
+        serve_with_engine(&cfg, dirs, isolation, listener, addr, store, (signer, signer_socket), shutdown).await;
     if let Some(child) = signer_child {
         child.stop().await;
     }
@@ -176,10 +178,12 @@ async fn serve_with_engine(
     listener: TcpListener,
     addr: std::net::SocketAddr,
     store: RocksStore,
-    signer: SignerClient,
+    (signer, signer_socket): (SignerClient, PathBuf),
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), ServeError> {
-    let store: Arc<dyn Store> = Arc::new(store);
+    let rocks = Arc::new(store);
+    let backups = crate::backup::Backups::new(rocks.clone(), signer_socket, data_dir.to_owned());
+    let store: Arc<dyn Store> = rocks;
     let engine = Engine::start(
         store.clone(),
         signer,
@@ -247,6 +251,7 @@ async fn serve_with_engine(
         body_limit: cfg.body_limit,
         request_ids: Default::default(),
         admin_token: token.clone(),
+        backups,
     });
     crate::http::serve(listener, app, shutdown, DRAIN_TIMEOUT).await;
     tracing::info!("stopping the engine");

@@ -527,6 +527,36 @@ impl SignerClient {
         }
     }
 
+    /// `Snapshot`: the signer writes a consistent copy of its state (never the master key) into
+    /// `snapshots/<name>/` of its own directory. `(workspaces, journal bytes, audit bytes)`.
+    pub async fn snapshot(&self, name: impl Into<String>) -> Result<(u64, u64, u64), ClientError> {
+        match self.call(Request::Snapshot { name: name.into() }).await? {
+            Response::Snapshotted { workspaces, journal_bytes, audit_bytes } => {
+                Ok((workspaces, journal_bytes, audit_bytes))
+            }
+            other => Err(unexpected("Snapshot", &other)),
+        }
+    }
+
+    /// `LogSizes`, every page: the durable log size of every workspace the signer knows.
+    pub async fn log_sizes(&self) -> Result<Vec<(String, u64)>, ClientError> {
+        let mut all = Vec::new();
+        let mut after = None;
+        loop {
+            match self.call(Request::LogSizes { after: after.take() }).await? {
+                Response::LogSizes { sizes, more } => {
+                    let last = sizes.last().map(|(ws, _)| ws.clone());
+                    all.extend(sizes);
+                    match (more, last) {
+                        (true, Some(last)) => after = Some(last),
+                        _ => return Ok(all),
+                    }
+                }
+                other => return Err(unexpected("LogSizes", &other)),
+            }
+        }
+    }
+
     /// The live connection, connecting if there is none.
     async fn connection(&self) -> Result<Arc<Conn>, ClientError> {
         let mut slot = self.inner.slot.lock().await;
@@ -583,6 +613,8 @@ fn check_answer(req: &Request, resp: Response) -> Result<Response, ClientError> 
             | (Request::AppendBatch { .. }, Response::Appended { .. })
             | (Request::LatestCheckpoint { .. }, Response::Checkpoint { .. })
             | (Request::Metrics, Response::MetricsText { .. })
+            | (Request::Snapshot { .. }, Response::Snapshotted { .. })
+            | (Request::LogSizes { .. }, Response::LogSizes { .. })
     );
     match resp {
         Response::Error(e) if e.code == ErrorCode::Busy => Err(ClientError::Busy),

@@ -8,7 +8,7 @@
 
 use crate::message::{ErrorReply, Hash, KeyInfo, Request, Response, SignedLeaf};
 use crate::{
-    ErrorCode, ProtoError, MAX_BATCH_BODY_BYTES, MAX_BATCH_LEAVES, MAX_BODY_LEN, MAX_FRAME, MAX_ID_LEN,
+    ErrorCode, ProtoError, MAX_BATCH_BODY_BYTES, MAX_BATCH_LEAVES, MAX_BODY_LEN, MAX_FRAME, MAX_ID_LEN, MAX_LOG_SIZES,
     MAX_PROOF_HASHES, MAX_WORKSPACE_ID_LEN, PROTOCOL_VERSION,
 };
 
@@ -23,6 +23,8 @@ mod kind {
     pub const APPEND_BATCH: u8 = 0x05;
     pub const LATEST_CHECKPOINT: u8 = 0x06;
     pub const METRICS: u8 = 0x07;
+    pub const SNAPSHOT: u8 = 0x10;
+    pub const LOG_SIZES: u8 = 0x11;
 
     pub const PONG: u8 = 0x81;
     pub const KEYS: u8 = 0x82;
@@ -30,6 +32,8 @@ mod kind {
     pub const APPENDED: u8 = 0x85;
     pub const CHECKPOINT: u8 = 0x86;
     pub const METRICS_TEXT: u8 = 0x87;
+    pub const SNAPSHOTTED: u8 = 0x90;
+    pub const LOG_SIZES_ANSWER: u8 = 0x91;
     pub const ERROR: u8 = 0xFF;
 }
 
@@ -39,6 +43,8 @@ const KEY_INFO_MIN_LEN: usize = 46;
 /// Smallest encoding of one proof in `Appended.proofs`: its u32 count.
 const PROOF_MIN_LEN: usize = 4;
 const HASH_LEN: usize = 32;
+/// Smallest encoding of one `LogSizes` entry: a 1-byte workspace id with its length, and a size.
+const LOG_SIZE_MIN_LEN: usize = 4 + 1 + 8;
 /// Smallest encoding of one `AppendBatch` body: its u32 length and one byte.
 const BODY_MIN_LEN: usize = 5;
 
@@ -57,9 +63,20 @@ pub fn encode_request(id: u64, req: &Request, out: &mut Vec<u8>) -> Result<(), P
         Request::AppendBatch { .. } => kind::APPEND_BATCH,
         Request::LatestCheckpoint { .. } => kind::LATEST_CHECKPOINT,
         Request::Metrics => kind::METRICS,
+        Request::Snapshot { .. } => kind::SNAPSHOT,
+        Request::LogSizes { .. } => kind::LOG_SIZES,
     };
     encode_frame(id, kind, out, |e| match req {
         Request::Ping | Request::Metrics => Ok(()),
+        Request::Snapshot { name } => e.workspace_id(name),
+        Request::LogSizes { after: None } => {
+            e.u8(0);
+            Ok(())
+        }
+        Request::LogSizes { after: Some(after) } => {
+            e.u8(1);
+            e.workspace_id(after)
+        }
         Request::CreateKey { workspace_id }
         | Request::ListKeys { workspace_id }
         | Request::LatestCheckpoint { workspace_id } => e.workspace_id(workspace_id),
@@ -106,6 +123,8 @@ pub fn encode_response(id: u64, resp: &Response, out: &mut Vec<u8>) -> Result<()
         Response::Appended { .. } => kind::APPENDED,
         Response::Checkpoint { .. } => kind::CHECKPOINT,
         Response::MetricsText { .. } => kind::METRICS_TEXT,
+        Response::Snapshotted { .. } => kind::SNAPSHOTTED,
+        Response::LogSizes { .. } => kind::LOG_SIZES_ANSWER,
         Response::Error(_) => kind::ERROR,
     };
     encode_frame(id, kind, out, |e| match resp {
@@ -141,6 +160,21 @@ pub fn encode_response(id: u64, resp: &Response, out: &mut Vec<u8>) -> Result<()
             Ok(())
         }
         Response::MetricsText { text } => e.text("text", text),
+        Response::Snapshotted { workspaces, journal_bytes, audit_bytes } => {
+            e.u64(*workspaces);
+            e.u64(*journal_bytes);
+            e.u64(*audit_bytes);
+            Ok(())
+        }
+        Response::LogSizes { sizes, more } => {
+            e.count("sizes", sizes.len(), MAX_LOG_SIZES)?;
+            for (ws, size) in sizes {
+                e.workspace_id(ws)?;
+                e.u64(*size);
+            }
+            e.u8(u8::from(*more));
+            Ok(())
+        }
         Response::Error(ErrorReply { code, message, current_size }) => {
             e.u16(code.as_u16());
             e.text("message", message)?;
@@ -201,6 +235,8 @@ pub fn decode_request(frame: &[u8]) -> Result<(u64, Request), ProtoError> {
         }
         kind::LATEST_CHECKPOINT => Request::LatestCheckpoint { workspace_id: d.workspace_id()? },
         kind::METRICS => Request::Metrics,
+        kind::SNAPSHOT => Request::Snapshot { name: d.workspace_id()? },
+        kind::LOG_SIZES => Request::LogSizes { after: if d.tag("after")? { Some(d.workspace_id()?) } else { None } },
         other => return Err(ProtoError::UnknownKind { request_id: d.id, kind: other }),
     };
     d.finish()?;
@@ -243,6 +279,16 @@ pub fn decode_response(frame: &[u8]) -> Result<(u64, Response), ProtoError> {
             Response::Checkpoint { size, checkpoint }
         }
         kind::METRICS_TEXT => Response::MetricsText { text: d.text("text")? },
+        kind::SNAPSHOTTED => Response::Snapshotted {
+            workspaces: d.u64("workspaces")?,
+            journal_bytes: d.u64("journal_bytes")?,
+            audit_bytes: d.u64("audit_bytes")?,
+        },
+        kind::LOG_SIZES_ANSWER => {
+            let n = d.count("sizes", LOG_SIZE_MIN_LEN, MAX_LOG_SIZES)?;
+            let sizes = d.items(n, |d| Ok((d.workspace_id()?, d.u64("sizes[].size")?)))?;
+            Response::LogSizes { sizes, more: d.tag("more")? }
+        }
         kind::ERROR => {
             let code = ErrorCode::from_u16(d.u16("code")?);
             let message = d.text("message")?;

@@ -44,6 +44,8 @@
 //! | `0x05` | `AppendBatch` | `workspace_id: wsid`, `expected_size: u64`, `bodies: vec<body>` (1 ≤ count ≤ [`MAX_BATCH_LEAVES`]; 0 → `InvalidArgument`, more → `BatchTooLarge`), `want_proofs: bool` |
 //! | `0x06` | `LatestCheckpoint` | `workspace_id: wsid` |
 //! | `0x07` | `Metrics` | — |
+//! | `0x10` | `Snapshot` | `name: wsid` (the syntax of a workspace id: a directory name under the signer's `snapshots/`) |
+//! | `0x11` | `LogSizes` | `after: opt<wsid>` |
 //!
 //! # Responses (signer → service)
 //!
@@ -55,9 +57,13 @@
 //! | `0x85` | `Appended` | `AppendBatch` | `old_size: u64`, `new_size: u64`, `checkpoint: text`, `proofs: vec<proof>` (count ≤ [`MAX_BATCH_LEAVES`]; one per leaf if `want_proofs`, else 0) |
 //! | `0x86` | `Checkpoint` | `LatestCheckpoint` | `size: u64`, `checkpoint: opt<text>` |
 //! | `0x87` | `MetricsText` | `Metrics` | `text: text` |
+//! | `0x90` | `Snapshotted` | `Snapshot` | `workspaces: u64`, `journal_bytes: u64`, `audit_bytes: u64` |
+//! | `0x91` | `LogSizes` | `LogSizes` | `sizes: vec<(wsid, u64)>` (count ≤ [`MAX_LOG_SIZES`], in workspace id order), `more: bool` |
 //! | `0xFF` | `Error` | any | `code: u16`, `message: text`, `current_size: opt<u64>` |
 //!
-//! (`0x83` is unassigned: `ListKeys` shares `Keys` with `CreateKey`.)
+//! (`0x83` is unassigned: `ListKeys` shares `Keys` with `CreateKey`.) `Snapshot` and
+//! `LogSizes` (backup and restore, issue 14) were added without a version change: a signer
+//! that does not know them answers `UnknownKind`, and nothing else changed.
 //!
 //! # Versions
 //!
@@ -229,6 +235,9 @@ pub const MAX_BATCH_BODY_BYTES: usize = 8 * 1024 * 1024;
 /// Most hashes in one inclusion proof: an audit path in a tree of fewer than
 /// 2^64 leaves has at most 64 nodes.
 pub const MAX_PROOF_HASHES: usize = 64;
+
+/// Most entries in one `LogSizes` answer (4096 × at most 140 bytes: well under a frame).
+pub const MAX_LOG_SIZES: usize = 4096;
 
 /// Byte limit of `str` fields that hold ids or names.
 pub const MAX_ID_LEN: usize = 4096;

@@ -59,6 +59,21 @@ pub enum Request {
     /// `0x07`: Prometheus text exposition of the signer's own metrics;
     /// answered by [`Response::MetricsText`].
     Metrics,
+    /// `0x10`: write a consistent copy of the signer's state (journal, audit log, public key
+    /// records and sealed keys — never the master key) into `snapshots/<name>/` of its own
+    /// directory, for a backup; answered by [`Response::Snapshotted`].
+    Snapshot {
+        /// The snapshot's directory name, validated like a workspace id
+        /// (`^[A-Za-z0-9_-]{1,128}$`), so it cannot name a path outside `snapshots/`.
+        name: String,
+    },
+    /// `0x11`: the durable log size of every workspace the signer knows, in workspace id order,
+    /// from after `after` on, at most [`crate::MAX_LOG_SIZES`] per answer; answered by
+    /// [`Response::LogSizes`]. Read from the journal's index: no workspace is loaded.
+    LogSizes {
+        /// The last workspace id of the previous page (`None`: from the start).
+        after: Option<String>,
+    },
 }
 
 impl Request {
@@ -72,6 +87,8 @@ impl Request {
             Self::AppendBatch { .. } => "AppendBatch",
             Self::LatestCheckpoint { .. } => "LatestCheckpoint",
             Self::Metrics => "Metrics",
+            Self::Snapshot { .. } => "Snapshot",
+            Self::LogSizes { .. } => "LogSizes",
         }
     }
 }
@@ -118,6 +135,22 @@ pub enum Response {
         /// Prometheus text exposition format.
         text: String,
     },
+    /// `0x90`: answer to `Snapshot`: the snapshot is complete and durable.
+    Snapshotted {
+        /// Workspaces whose log state it holds.
+        workspaces: u64,
+        /// Bytes of its journal.
+        journal_bytes: u64,
+        /// Bytes of its audit log.
+        audit_bytes: u64,
+    },
+    /// `0x91`: answer to `LogSizes`.
+    LogSizes {
+        /// `(workspace id, durable log size)`, in workspace id order.
+        sizes: Vec<(String, u64)>,
+        /// Whether more follow (ask again with `after` = the last id).
+        more: bool,
+    },
     /// `0xFF`: the request failed; may answer any request.
     Error(ErrorReply),
 }
@@ -132,6 +165,8 @@ impl Response {
             Self::Appended { .. } => "Appended",
             Self::Checkpoint { .. } => "Checkpoint",
             Self::MetricsText { .. } => "MetricsText",
+            Self::Snapshotted { .. } => "Snapshotted",
+            Self::LogSizes { .. } => "LogSizes",
             Self::Error(_) => "Error",
         }
     }

@@ -353,15 +353,44 @@ struct AuditSpan {
 }
 
 enum Submission {
-    Write { record: Option<Record>, audit: Vec<u8>, done: oneshot::Sender<Result<()>> },
-    Load { ws: String, reply: oneshot::Sender<Result<Option<LogState>>> },
+    Write {
+        record: Option<Record>,
+        audit: Vec<u8>,
+        done: oneshot::Sender<Result<()>>,
+    },
+    Load {
+        ws: String,
+        reply: oneshot::Sender<Result<Option<LogState>>>,
+    },
+    /// A consistent copy of both files into a directory ([`Journal::snapshot`]).
+    Snapshot {
+        dest: PathBuf,
+        reply: oneshot::Sender<Result<SnapshotInfo>>,
+    },
+    /// A page of every workspace's durable size ([`Journal::sizes`]).
+    Sizes {
+        after: Option<String>,
+        limit: usize,
+        reply: oneshot::Sender<(Vec<(String, u64)>, bool)>,
+    },
+}
+
+/// What [`Journal::snapshot`] wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotInfo {
+    /// Workspaces whose last state record it holds.
+    pub workspaces: u64,
+    /// Bytes of the journal copy.
+    pub journal_bytes: u64,
+    /// Bytes of the `audit.log` copy.
+    pub audit_bytes: u64,
 }
 
 impl Submission {
     fn bytes(&self) -> usize {
         match self {
             Self::Write { record, audit, .. } => record.as_ref().map_or(0, |r| r.bytes.len()) + audit.len(),
-            Self::Load { .. } => 0,
+            Self::Load { .. } | Self::Snapshot { .. } | Self::Sizes { .. } => 0,
         }
     }
 }
@@ -418,6 +447,50 @@ impl Journal {
         self.submit(Submission::Load { ws: ws.to_owned(), reply }).await?;
         rx.await.unwrap_or_else(|_| Err(writer_gone()))
     }
+}
+
+impl Journal {
+    /// Writes a consistent copy of the journal and `audit.log` into `dest` (an existing, empty
+    /// directory): between two groups of the writer, the journal compacted to each workspace's
+    /// last state record after an empty audit record at `audit.log`'s length, and `audit.log`
+    /// up to that length; both fsynced. Opened together (`Journal::open`), they give exactly
+    /// the states and audit lines that were durable at that moment. Refused while the journal
+    /// is poisoned.
+    pub async fn snapshot(&self, dest: &Path) -> Result<SnapshotInfo> {
+        let (reply, rx) = oneshot::channel();
+        self.submit(Submission::Snapshot { dest: dest.to_owned(), reply }).await?;
+        rx.await.unwrap_or_else(|_| Err(writer_gone()))
+    }
+
+    /// Up to `limit` workspaces after `after`, in id order, each with its durable log size, and
+    /// whether more follow.
+    pub async fn sizes(&self, after: Option<String>, limit: usize) -> Result<(Vec<(String, u64)>, bool)> {
+        let (reply, rx) = oneshot::channel();
+        self.submit(Submission::Sizes { after, limit, reply }).await?;
+        rx.await.map_err(|_| writer_gone())
+    }
+}
+
+/// Every workspace's last durable state in the journal of `dir`, read without taking the
+/// writer's lock and without changing anything (a torn tail is ignored, as `open` would cut
+/// it): for tools that compare a signer's state with a backup (`allowly-signer heads`).
+pub fn read_states(dir: &Path) -> Result<std::collections::BTreeMap<String, LogState>> {
+    let file = File::open(dir.join(JOURNAL_FILE))?;
+    let len = file.metadata()?.len();
+    let scanned = scan(&file, len)?;
+    let mut out = std::collections::BTreeMap::new();
+    let mut bytes = Vec::new();
+    for (ws, slot) in scanned.index {
+        bytes.resize(slot.len as usize, 0);
+        file.read_exact_at(&mut bytes, slot.offset)?;
+        match decode(&bytes) {
+            Ok(Decoded::State(rec)) if rec.ws == ws => {
+                out.insert(ws, rec.state);
+            }
+            _ => return Err(SignerError::Corrupt(format!("journal byte {}: not the state of {ws}", slot.offset))),
+        }
+    }
+    Ok(out)
 }
 
 impl Drop for Journal {
@@ -819,10 +892,15 @@ impl Writer {
         let mut staged: Vec<(String, Slot)> = Vec::new();
         let mut waiting = Vec::new();
         let mut loads = Vec::new();
+        let mut reads = Vec::new();
         for s in group.drain(..) {
             let (record, lines, done) = match s {
                 Submission::Load { ws, reply } => {
                     loads.push((ws, reply));
+                    continue;
+                }
+                s @ (Submission::Snapshot { .. } | Submission::Sizes { .. }) => {
+                    reads.push(s);
                     continue;
                 }
                 Submission::Write { record, audit, done } => (record, audit, done),
@@ -888,6 +966,18 @@ impl Writer {
         }
         for (ws, reply) in loads {
             let _ = reply.send(self.load(&ws));
+        }
+        // After the group's writes: a snapshot holds everything made durable before it.
+        for s in reads {
+            match s {
+                Submission::Snapshot { dest, reply } => {
+                    let _ = reply.send(self.snapshot(&dest));
+                }
+                Submission::Sizes { after, limit, reply } => {
+                    let _ = reply.send(self.sizes(after.as_deref(), limit));
+                }
+                Submission::Write { .. } | Submission::Load { .. } => {}
+            }
         }
         if self.poisoned.is_none() && self.jlen > self.opts.compact_bytes && self.jlen > self.live.saturating_mul(2) {
             if let Err(e) = self.compact() {
@@ -1009,6 +1099,37 @@ impl Writer {
                 Err(e)
             }
         }
+    }
+
+    /// See [`Journal::snapshot`].
+    fn snapshot(&self, dest: &Path) -> Result<SnapshotInfo> {
+        if let Some(why) = &self.poisoned {
+            return Err(Self::poisoned_error(why));
+        }
+        if dest.join(JOURNAL_FILE).exists() {
+            return Err(SignerError::InvalidArgument(format!("{} holds a journal already", dest.display())));
+        }
+        let (_, journal_bytes) = self.write_snapshot(&dest.join(JOURNAL_FILE))?;
+        let mut lines = vec![0u8; usize::try_from(self.alen).map_err(io::Error::other)?];
+        File::open(self.dir.join(AUDIT_FILE))?.read_exact_at(&mut lines, 0)?;
+        let mut copy = OpenOptions::new().write(true).create_new(true).mode(0o600).open(dest.join(AUDIT_FILE))?;
+        copy.write_all(&lines)?;
+        copy.sync_all()?;
+        sync_dir(dest)?;
+        Ok(SnapshotInfo { workspaces: self.index.len() as u64, journal_bytes, audit_bytes: self.alen })
+    }
+
+    /// See [`Journal::sizes`].
+    fn sizes(&self, after: Option<&str>, limit: usize) -> (Vec<(String, u64)>, bool) {
+        let mut ids: Vec<(&String, u64)> = self
+            .index
+            .iter()
+            .filter(|(ws, _)| after.is_none_or(|a| ws.as_str() > a))
+            .map(|(ws, s)| (ws, s.size))
+            .collect();
+        ids.sort_unstable();
+        let more = ids.len() > limit;
+        (ids.into_iter().take(limit).map(|(ws, size)| (ws.clone(), size)).collect(), more)
     }
 
     /// Writes an empty audit record at `audit.log`'s (just fsynced) length, then every live
@@ -1556,6 +1677,37 @@ mod tests {
         drop(first);
         let second = second.join().unwrap();
         assert_eq!(second.load("a").await.unwrap().map(|s| s.size), Some(2));
+    }
+
+    /// A snapshot (for backups) opens as exactly the state that was durable when it was taken,
+    /// with the audit lines those states vouch for; later groups are not in it.
+    #[tokio::test]
+    async fn a_snapshot_opens_as_the_durable_state_and_its_audit_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = open(dir.path());
+        for (ws, size) in [("a", 1), ("b", 2), ("a", 3)] {
+            commit(&j, ws, size).await.unwrap();
+        }
+        let dest = dir.path().join("snap");
+        fs::create_dir(&dest).unwrap();
+        let info = j.snapshot(&dest).await.unwrap();
+        assert_eq!(info.workspaces, 2);
+        assert_eq!(info.audit_bytes, len(dir.path().join(AUDIT_FILE)));
+        commit(&j, "a", 4).await.unwrap();
+        assert!(j.snapshot(&dest).await.is_err(), "an existing snapshot is never overwritten");
+        assert_eq!(j.sizes(None, 1).await.unwrap(), (vec![("a".to_owned(), 4)], true));
+        assert_eq!(j.sizes(Some("a".into()), 5).await.unwrap(), (vec![("b".to_owned(), 2)], false));
+
+        let read = read_states(&dest).unwrap();
+        assert_eq!(read.iter().map(|(ws, st)| (ws.as_str(), st.size)).collect::<Vec<_>>(), [("a", 3), ("b", 2)]);
+        let copy = open(&dest);
+        assert_eq!(sizes(&copy, &["a", "b"]).await, [Some(3), Some(2)]);
+        let chain = crate::audit::verify_chain(&fs::read(dest.join(AUDIT_FILE)).unwrap(), None).unwrap();
+        assert_eq!(chain.lines, 3);
+        // And it goes on from there like any journal.
+        commit(&copy, "b", 5).await.unwrap();
+        drop(copy);
+        assert_eq!(audit_lines(&dest).len(), 4);
     }
 
     #[tokio::test]

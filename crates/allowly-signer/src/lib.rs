@@ -68,6 +68,7 @@ pub mod metrics;
 pub mod pkcs11;
 pub mod registry;
 pub mod server;
+pub mod snapshot;
 pub mod state;
 pub mod workspace;
 
@@ -113,6 +114,16 @@ impl LoadLocks {
         ws.hash(&mut h);
         // Reduced modulo the shard count, so the index is always in range.
         self.0[(h.finish() % LOAD_SHARDS as u64) as usize].lock().await
+    }
+
+    /// Every shard's lock, in shard order (the one order, so two callers cannot deadlock): no
+    /// workspace is loaded, created or unloaded while they are held (`snapshot`).
+    pub async fn lock_all(&self) -> Vec<tokio::sync::MutexGuard<'_, ()>> {
+        let mut all = Vec::with_capacity(LOAD_SHARDS);
+        for m in &self.0 {
+            all.push(m.lock().await);
+        }
+        all
     }
 }
 

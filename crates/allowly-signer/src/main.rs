@@ -81,6 +81,13 @@ enum Command {
         #[arg(long)]
         socket: PathBuf,
     },
+    /// Print every workspace's durable log head in a signer directory (its journal), one JSON
+    /// object per line: `{"workspace_id", "size", "checkpoint"}`. Reads only; works on a
+    /// stopped signer's directory or a backup's (`allowly restore` compares them).
+    Heads {
+        #[arg(long)]
+        dir: PathBuf,
+    },
     /// Work with the signer's audit log (`<dir>/audit.log`).
     Audit {
         #[command(subcommand)]
@@ -240,6 +247,7 @@ fn main() -> ExitCode {
             serve(dir, socket, master_key_file, allow_uids, require_mlock, parent_pid, keys, tuning)
         }
         Command::Ping { socket } => ping(socket),
+        Command::Heads { dir } => heads(&dir),
         Command::Audit { command: AuditCommand::Verify { file, head } } => return audit_verify(&file, head.as_deref()),
     };
     match result {
@@ -281,6 +289,17 @@ fn audit_verify(file: &Path, head: Option<&str>) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+fn heads(dir: &Path) -> AnyResult {
+    use std::io::Write as _;
+    let states = allowly_signer::journal::read_states(dir)?;
+    let mut out = std::io::stdout().lock();
+    for (ws, state) in states {
+        let line = serde_json::json!({ "workspace_id": ws, "size": state.size, "checkpoint": state.checkpoint });
+        writeln!(out, "{line}")?;
+    }
+    Ok(())
 }
 
 fn init(dir: &Path, keystore: Keystore) -> AnyResult {

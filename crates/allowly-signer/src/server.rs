@@ -355,6 +355,14 @@ async fn dispatch(shared: &Arc<Shared>, req: Request, peer_uid: u32) -> Dispatch
         }
         Request::Metrics => return Dispatched::Now(Ok(Response::MetricsText { text: shared.metrics.render() })),
         Request::CreateKey { workspace_id } => return Dispatched::Now(create(shared, &workspace_id, peer_uid).await),
+        // In a task of its own: copying the state must not hold up this connection's other requests.
+        Request::Snapshot { name } => {
+            let (tx, rx) = oneshot::channel();
+            let shared = shared.clone();
+            tokio::spawn(async move { tx.send(crate::snapshot::snapshot(&shared, &name).await) });
+            return Dispatched::Actor(rx);
+        }
+        Request::LogSizes { after } => return Dispatched::Now(crate::snapshot::log_sizes(shared, after).await),
         Request::ListKeys { workspace_id } => {
             let make = |reply| WsMsg::ListKeys { reply };
             enqueue(shared, &workspace_id, Queued { bytes: 0, append_at: None, make }).await

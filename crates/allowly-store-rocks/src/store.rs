@@ -48,6 +48,16 @@ impl RocksStore {
         &self.path
     }
 
+    /// Writes a consistent, openable copy of the whole database into `dest` (which must not
+    /// exist; its parent must), while writes go on: RocksDB's checkpoint (memtables flushed,
+    /// then the files hard-linked when `dest` is on the same file system, copied otherwise, with
+    /// the WAL's synced part). It holds every write acknowledged before the call; open it with
+    /// [`RocksStore::open`]. For `allowly backup`.
+    pub fn backup_to(&self, dest: &Path) -> Result<()> {
+        let err = |e: rocksdb::Error| engine_err(Space::Workspaces, e);
+        rocksdb::checkpoint::Checkpoint::new(&self.db).map_err(err)?.create_checkpoint(dest).map_err(err)
+    }
+
     fn cf(&self, space: Space) -> Result<&ColumnFamily> {
         self.db
             .cf_handle(space.name())

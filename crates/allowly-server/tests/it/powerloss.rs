@@ -111,14 +111,29 @@ impl Machine {
         let mount =
             fs.mount(&at).unwrap_or_else(|e| panic!("mounting allowly-lazyfs (root and /dev/fuse needed): {e}"));
         let mut m = Self { fs, server: None, mount: Some(mount), data: at.join("data"), at, reports: Vec::new() };
-        m.start();
+        assert_eq!(m.start(), None, "a fresh data directory");
         m
     }
 
-    fn start(&mut self) {
+    /// Starts the server and waits until it is ready — or until it says at start that its
+    /// store lost receipts the signer had signed (`workspace_log_behind_signer`, which only a
+    /// disk that lies about fsyncs can cause here): that is returned, for the checker to report.
+    fn start(&mut self) -> Option<String> {
         let s = Server::start(&self.data);
-        s.wait_ready();
+        let behind = eventually(
+            "/readyz to answer 200 (or name a store behind its signer)",
+            || s.diagnostics(),
+            || {
+                let r = s.client().get("/readyz", None);
+                match r.status {
+                    200 => Some(None),
+                    _ if r.text().contains("workspace_log_behind_signer") => Some(Some(r.text())),
+                    _ => None,
+                }
+            },
+        );
         self.server = Some(s);
+        behind
     }
 
     fn server(&self) -> &Server {
@@ -176,12 +191,13 @@ impl Machine {
     }
 
     /// A fresh mount of what survived, and the server started on it.
-    fn reboot(&mut self) {
+    /// Mounts what survived the cut and starts the server on it (see [`Machine::start`]).
+    fn reboot(&mut self) -> Option<String> {
         if let Some(m) = self.mount.take() {
             m.unmount().unwrap_or_else(|e| panic!("unmounting the crashed file system: {e}"));
         }
         self.mount = Some(self.fs.mount(&self.at).unwrap());
-        self.start();
+        self.start()
     }
 }
 
@@ -649,7 +665,12 @@ fn campaign(
         let report = m.reports.last().unwrap().clone();
         violations.extend(seen.unexpected.iter().map(|u| format!("round {r}: unexpected answer before the cut: {u}")));
         h.add(&seen);
-        m.reboot();
+        if let Some(readyz) = m.reboot() {
+            violations.push(format!(
+                "round {r}: lost: the restarted server found receipts its signer signed missing from the store: {readyz}"
+            ));
+            break;
+        }
         // The whole history is checked after every `every`-th round and after the last; the
         // rounds between check what they added (the long form's history grows large).
         let full = (r + 1) % every == 0 || r + 1 == crashes;

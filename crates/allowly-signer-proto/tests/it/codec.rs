@@ -85,6 +85,22 @@ fn roundtrip_metrics() {
 }
 
 #[test]
+fn roundtrip_backup_requests() {
+    roundtrip_req(14, Request::Snapshot { name: "backup-20261206T031500Z".into() });
+    roundtrip_req(15, Request::LogSizes { after: None });
+    roundtrip_req(16, Request::LogSizes { after: Some("ws_a".into()) });
+    roundtrip_resp(17, Response::Snapshotted { workspaces: 3, journal_bytes: 4096, audit_bytes: 123 });
+    roundtrip_resp(18, Response::LogSizes { sizes: vec![("ws_a".into(), 7), ("ws_b".into(), 0)], more: true });
+}
+
+#[test]
+fn a_snapshot_name_that_could_leave_its_directory_does_not_encode() {
+    let mut out = Vec::new();
+    assert!(encode_request(1, &Request::Snapshot { name: "../../etc".into() }, &mut out).is_err());
+    assert!(out.is_empty());
+}
+
+#[test]
 fn roundtrip_pong() {
     roundtrip_resp(1, Response::Pong);
 }

@@ -39,6 +39,8 @@ fn arb_request() -> impl Strategy<Value = Request> {
         ),
         ws().prop_map(|workspace_id| Request::LatestCheckpoint { workspace_id }),
         Just(Request::Metrics),
+        ws().prop_map(|name| Request::Snapshot { name }),
+        option::of(ws()).prop_map(|after| Request::LogSizes { after }),
     ]
 }
 
@@ -78,6 +80,10 @@ fn arb_response() -> impl Strategy<Value = Response> {
         ),
         (any::<u64>(), option::of(text())).prop_map(|(size, checkpoint)| Response::Checkpoint { size, checkpoint }),
         text().prop_map(|text| Response::MetricsText { text }),
+        (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(workspaces, journal_bytes, audit_bytes)| {
+            Response::Snapshotted { workspaces, journal_bytes, audit_bytes }
+        }),
+        (vec((ws(), any::<u64>()), 0..6), any::<bool>()).prop_map(|(sizes, more)| Response::LogSizes { sizes, more }),
         (error_code(), text(), option::of(any::<u64>()))
             .prop_map(|(code, message, current_size)| Response::Error(ErrorReply { code, message, current_size })),
     ]

@@ -143,3 +143,40 @@ fn acknowledged_batches_survive_sigkill() {
     assert_eq!(acked.first(), Some(&0));
     assert!(acked.windows(2).all(|w| w[1] > w[0]));
 }
+
+/// `backup_to` while another thread writes: the copy opens, holds every batch acknowledged
+/// before the call, and each batch in it whole or not at all.
+#[test]
+fn an_online_backup_holds_every_acknowledged_batch_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = std::sync::Arc::new(RocksStore::open(&dir.path().join("db"), RocksOptions::default()).unwrap());
+    let acked = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (store, acked, stop) = (store.clone(), acked.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && n < CHILD_MAX_BATCHES {
+                store.write(WriteBatch::from(batch(n)), Durability::Sync).unwrap();
+                n += 1;
+                acked.store(n, std::sync::atomic::Ordering::SeqCst);
+            }
+        })
+    };
+    while acked.load(std::sync::atomic::Ordering::SeqCst) < 20 {
+        std::thread::yield_now();
+    }
+    let before = acked.load(std::sync::atomic::Ordering::SeqCst);
+    store.backup_to(&dir.path().join("copy")).unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
+    let copy = RocksStore::open(&dir.path().join("copy"), RocksOptions::default()).unwrap();
+    let held = copy.log_meta(WS).unwrap().map_or(0, |m| m.next_index / RECEIPTS_PER_BATCH);
+    assert!(held >= before, "the copy holds {held} batches, {before} were acknowledged before it");
+    for n in 0..held + 2 {
+        let parts = parts_present(&copy, n);
+        let whole = if n < held { RECEIPTS_PER_BATCH as usize + 1 } else { parts };
+        assert_eq!(parts, whole, "batch {n} is torn in the copy");
+        assert!(n < held || parts == 0, "batch {n} is in the copy past its log position");
+    }
+}
