@@ -153,6 +153,12 @@ pub struct ReceiptRecord {
 pub struct LogMeta {
     /// Next log index to assign.
     pub next_index: u64,
+    /// A key rotation asked of the signer at this index (= `next_index`) whose `key.rotated`
+    /// leaf is not stored yet: until it is, the index is the rotation's and no receipt may take
+    /// it (the signer may already hold the leaf). Written (synced) before the signer is asked;
+    /// cleared in the write that stores the leaf, or once the signer has refused the rotation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation_at: Option<u64>,
 }
 
 /// One write. Ops of a [`WriteBatch`] apply in order (a later op sees an earlier one's effect)
