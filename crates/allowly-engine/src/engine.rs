@@ -15,7 +15,7 @@ use allowly_receipt::merkle;
 use allowly_receipt::types::{HexHash, KeySet};
 use allowly_signer_proto::client::SignerClient;
 use allowly_store::{
-    ApiKeyRecord, DocKind, Durability, Op, ReceiptRecord, Role, Store, StoreError, StoredNodes, WriteBatch,
+    DocKind, Durability, Op, ReceiptRecord, Store, StoreError, StoredNodes, WriteBatch,
 };
 use ractor::{Actor, ActorRef, MessagingErr};
 use sha2::{Digest, Sha256};
@@ -293,61 +293,9 @@ impl Engine {
         Ok(Some(p))
     }
 
-    async fn write(&self, ops: Vec<Op>) -> Result<()> {
+    pub(crate) async fn write(&self, ops: Vec<Op>) -> Result<()> {
         let store = self.shared.store.clone();
         blocking(move || Ok(store.write(WriteBatch::from(ops), Durability::Sync)?)).await
-    }
-
-    /// Creates the instance admin key (no workspace, role `admin`). The server calls this once
-    /// at first start and writes the secret to a 0600 file.
-    pub async fn create_admin_key(&self) -> Result<CreatedApiKey> {
-        let secret = new_secret()?;
-        let record = ApiKeyRecord {
-            id: new_id("ak_")?,
-            workspace_id: None,
-            key_hash: secret_hash(&secret),
-            roles: vec![Role::Admin],
-            created_at_ms: now_ms(),
-            revoked_at_ms: None,
-        };
-        let key = views::api_key(&record)?;
-        self.write(vec![Op::PutApiKey(record)]).await?;
-        Ok(CreatedApiKey { key, secret })
-    }
-
-    /// Replaces the instance admin key `caller` authenticated with: a new instance admin key is
-    /// created and the caller's is revoked, in one synced write, and the old one leaves the
-    /// cache before this returns — so it is refused from the next request on. One rotation at a
-    /// time (a second one with the same old key finds it revoked: `NotFound`). There is no
-    /// revoke without a replacement: the instance would be left without an administrator.
-    pub async fn rotate_admin_key(&self, caller: &Principal) -> Result<CreatedApiKey> {
-        let s = &self.shared;
-        let _one_at_a_time = s.instance_idem.lock().await;
-        let (store, id) = (s.store.clone(), caller.key_id.clone());
-        let old = blocking(move || Ok(store.api_key_by_id(None, &id)?)).await?;
-        let Some(mut old) = old.filter(|k| k.revoked_at_ms.is_none() && k.roles.contains(&Role::Admin)) else {
-            return Err(EngineError::NotFound { what: "instance admin key" });
-        };
-        let secret = new_secret()?;
-        let now = now_ms();
-        let record = ApiKeyRecord {
-            id: new_id("ak_")?,
-            workspace_id: None,
-            key_hash: secret_hash(&secret),
-            roles: vec![Role::Admin],
-            created_at_ms: now,
-            revoked_at_ms: None,
-        };
-        let key = views::api_key(&record)?;
-        let old_hash = old.key_hash;
-        old.revoked_at_ms = Some(now);
-        let written = self.write(vec![Op::PutApiKey(record), Op::PutApiKey(old)]).await;
-        // Whatever the outcome (a write may have landed before its error), the old key leaves
-        // the cache: at worst it is read from the store again.
-        s.api_keys.revoked(&old_hash);
-        written?;
-        tracing::info!(old = %caller.key_id, new = %key.id, "instance admin key rotated");
-        Ok(CreatedApiKey { key, secret })
     }
 
     /// Creates an API key for workspace `ws` on behalf of `caller` (whose bearer secret is
@@ -602,6 +550,17 @@ impl Engine {
         key_set(ws, &self.workspace_record(ws)?.signing_keys)
     }
 
+    /// Rotates workspace `ws`'s signing key: the signer makes a new key and logs the rotation
+    /// as a `key.rotated` receipt at the log's next index, signed by the new key; the old key
+    /// stays published, retired, with its `not_after`. Sequenced by the workspace's actor (see
+    /// `actor/rotation.rs`). With an `Idempotency-Key`, a repeat gets the first answer.
+    pub async fn rotate_workspace_key(&self, ws: &str, idem: Option<&str>) -> Result<KeyRotation> {
+        self.workspace_record(ws)?;
+        let idem = idempotency(idem, "workspace_key_rotate", &())?;
+        self.fail_closed_unless_keyed(ws, idem.is_some())?;
+        self.ask(ws, |reply| WsMsg::RotateKey { idem, reply }).await
+    }
+
     // ---- Authorizations and checks --------------------------------------------------------
 
     /// Sends a request to the workspace's actor and waits for its answer. Starts the actor if
@@ -652,13 +611,14 @@ impl Engine {
         // Waits until a passivated predecessor has finished and let go of the workspace.
         let life = locks.life.clone().lock_owned().await;
         let record = self.workspace_record(ws)?;
-        let next_index = s.store.log_meta(ws)?.unwrap_or_default().next_index;
+        let meta = s.store.log_meta(ws)?.unwrap_or_default();
         let queued = Arc::new(AtomicUsize::new(0));
         let last_used = Arc::new(AtomicU64::new(crate::clock::now_ms()));
         let args = WsArgs {
             shared: s.clone(),
             ws: record,
-            next_index,
+            next_index: meta.next_index,
+            rotation_at: meta.rotation_at,
             queued: queued.clone(),
             last_used: last_used.clone(),
             life,
