@@ -14,9 +14,7 @@ use allowly_receipt::bundle::{self, Bundle, Header};
 use allowly_receipt::merkle;
 use allowly_receipt::types::{HexHash, KeySet};
 use allowly_signer_proto::client::SignerClient;
-use allowly_store::{
-    DocKind, Durability, Op, ReceiptRecord, Store, StoreError, StoredNodes, WriteBatch,
-};
+use allowly_store::{DocKind, Durability, Op, ReceiptRecord, Store, StoreError, StoredNodes, WriteBatch};
 use ractor::{Actor, ActorRef, MessagingErr};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;

@@ -114,19 +114,16 @@ fn reset(data_dir: &Path) -> Result<String, ServeError> {
     if !db.is_dir() {
         return Err(invalid(format!("{} is not a data directory (no {DB_DIR}/)", data_dir.display())));
     }
-    let store = allowly_store_rocks::RocksStore::open(&db, allowly_store_rocks::RocksOptions::default()).map_err(
-        |source| ServeError::Store { path: format!("{} (is the server still running?)", db.display()), source },
-    )?;
+    let store =
+        allowly_store_rocks::RocksStore::open(&db, allowly_store_rocks::RocksOptions::default()).map_err(|source| {
+            ServeError::Store { path: format!("{} (is the server still running?)", db.display()), source }
+        })?;
     let (created, revoked) = allowly_engine::reset_instance_admin_keys(&store)
         .map_err(|source| ServeError::Engine { what: "resetting the instance admin keys", source })?;
     let path = data_dir.join(ADMIN_TOKEN_FILE);
     crate::admin_token::replace(&path, &created.secret)
         .map_err(|source| ServeError::Io { what: format!("writing {}", path.display()), source })?;
-    Ok(format!(
-        "revoked {revoked} instance admin key(s); the new one, {}, is in {}",
-        created.key.id,
-        path.display()
-    ))
+    Ok(format!("revoked {revoked} instance admin key(s); the new one, {}, is in {}", created.key.id, path.display()))
 }
 
 fn invalid(what: String) -> ServeError {

@@ -743,7 +743,8 @@ fn rotation_body(ws: &str, log_index: u64, keys: &[allowly_signer_proto::KeyInfo
     let public = ed25519_dalek::VerifyingKey::from_bytes(&new.public_key)
         .map_err(|e| SignerError::Corrupt(format!("public key of {ws}: {e}")))?;
     let verifier = NoteVerifier::new(&origin, public)?;
-    let tag: [u8; 32] = Sha256::new().chain_update(b"allowly/key.rotated\0").chain_update(new.public_key).finalize().into();
+    let tag: [u8; 32] =
+        Sha256::new().chain_update(b"allowly/key.rotated\0").chain_update(new.public_key).finalize().into();
     let body = ReceiptBody {
         v: FORMAT_VERSION,
         id: format!("rc_{log_index:016x}{}", hex::encode(&tag[..16])),

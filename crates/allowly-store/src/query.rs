@@ -82,7 +82,8 @@ fn instance_api_keys(e: &impl KvEngine, limit: usize) -> Result<Vec<ApiKeyRecord
     let ids = e.read(|view| view.scan(space, &[keys::SEP], Some(&[keys::SEP + 1]), limit, false))?;
     let mut out = Vec::with_capacity(ids.len());
     for (k, _) in ids {
-        let id = k.get(1..).and_then(|id| std::str::from_utf8(id).ok()).ok_or_else(|| corrupt(space, &k, "not an id"))?;
+        let id =
+            k.get(1..).and_then(|id| std::str::from_utf8(id).ok()).ok_or_else(|| corrupt(space, &k, "not an id"))?;
         let r = api_key_by_id(e, None, id)?.ok_or_else(|| corrupt(space, &k, "vanished while read"))?;
         out.push(r);
     }

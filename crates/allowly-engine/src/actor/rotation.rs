@@ -58,11 +58,7 @@ impl WsState {
     }
 
     /// The rotation at `at` (= `next_index`, every receipt below it durable).
-    async fn rotate_at(
-        &mut self,
-        at: u64,
-        extra: impl FnOnce(&KeyRotation) -> Result<Vec<Op>>,
-    ) -> Result<KeyRotation> {
+    async fn rotate_at(&mut self, at: u64, extra: impl FnOnce(&KeyRotation) -> Result<Vec<Op>>) -> Result<KeyRotation> {
         if at != self.next_index {
             return Err(EngineError::Internal(format!("rotation at {at} but the next index is {}", self.next_index)));
         }

@@ -158,7 +158,14 @@ fn verify_with_cli(bundle: &Path, keys: &Path, checkpoints: &[PathBuf]) {
 /// whole log, the authorization's trail and the keys saved to `dir` and checked by the real
 /// verifier, with every checkpoint seen during the test as an independently obtained one (so a
 /// fork or a rollback against any of them fails verification).
-pub(crate) fn export_and_verify(s: &Server, t: &Tenant, scope: &str, acked: &[Acked], seen_checkpoints: &[String], dir: &Path) {
+pub(crate) fn export_and_verify(
+    s: &Server,
+    t: &Tenant,
+    scope: &str,
+    acked: &[Acked],
+    seen_checkpoints: &[String],
+    dir: &Path,
+) {
     let c = s.client();
     let last = c.post("/v1/check", &t.checker, json!({ "authorization_id": t.az, "scopes": [scope] }));
     assert_eq!(last.status, 200, "{last}\n{}", s.diagnostics());

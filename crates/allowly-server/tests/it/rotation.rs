@@ -132,7 +132,8 @@ fn a_workspace_key_rotates_under_concurrent_checks_and_the_whole_log_verifies() 
     let c = s.client();
     assert_eq!(c.get(&format!("/v1/workspaces/{}/keys", t.ws), None).json(), keys_before_restart);
     assert_eq!(active_key(&c, &t.ws), third_key, "the newest key is still the active one");
-    let after = c.post("/v1/check", &t.checker, serde_json::json!({ "authorization_id": t.az, "scopes": ["files.read"] }));
+    let after =
+        c.post("/v1/check", &t.checker, serde_json::json!({ "authorization_id": t.az, "scopes": ["files.read"] }));
     assert_eq!(after.status, 200, "{after}");
     let after = Acked::of(&after.json()).unwrap();
     let signed = wait_all_signed(&s, &t.reader, std::slice::from_ref(&after));
@@ -154,7 +155,8 @@ fn a_rotation_whose_answer_was_lost_is_finished_later_without_a_fork() {
     let mut s = Server::start_with(&data, &["--signer-timeout-ms", "1000"]);
     let t = tenant(&s, "lost-answer", &["files.read"]);
     let c = s.client();
-    let check = || c.post("/v1/check", &t.checker, serde_json::json!({ "authorization_id": t.az, "scopes": ["files.read"] }));
+    let check =
+        || c.post("/v1/check", &t.checker, serde_json::json!({ "authorization_id": t.az, "scopes": ["files.read"] }));
     let mut acked = Vec::new();
     for _ in 0..5 {
         let r = check();
@@ -175,7 +177,10 @@ fn a_rotation_whose_answer_was_lost_is_finished_later_without_a_fork() {
         || {
             let r = check();
             match r.status {
-                200 => Some(acked.push(Acked::of(&r.json()).unwrap())),
+                200 => {
+                    acked.push(Acked::of(&r.json()).unwrap());
+                    Some(())
+                }
                 503 => None,
                 _ => panic!("unexpected: {r}"),
             }
@@ -224,14 +229,8 @@ fn the_workspace_key_rotate_command_rotates_through_the_server() {
 fn operator(s: &Server, data: &Path, args: &[&str]) -> (bool, String) {
     let url = format!("http://{}", s.client().addr);
     let token = data.join("admin-token");
-    let out = Command::new(allowly_bin())
-        .args(args)
-        .arg("--url")
-        .arg(&url)
-        .arg("--token-file")
-        .arg(&token)
-        .output()
-        .unwrap();
+    let out =
+        Command::new(allowly_bin()).args(args).arg("--url").arg(&url).arg("--token-file").arg(&token).output().unwrap();
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     (out.status.success(), text)
 }
@@ -268,7 +267,7 @@ fn instance_admin_keys_are_revoked_rotated_and_reset_offline_the_old_ones_refuse
     assert_eq!(get(&second).status, 200);
     revoke(&second, &first_id).problem(409, "conflict");
     let second_id = admin_key_ids(&s, &second, false)[0].clone();
-    assert_eq!(admin_key_ids(&s, &second, true), [first_id.clone()], "listed, revoked");
+    assert_eq!(admin_key_ids(&s, &second, true), std::slice::from_ref(&first_id), "listed, revoked");
     revoke(&second, &first_id.replace("ak_", "ak_0")).problem(404, "not_found");
     revoke(&second, &second_id).problem(409, "conflict");
     let t = tenant(&s, "scoped", &["files.read"]);

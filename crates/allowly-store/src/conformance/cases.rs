@@ -334,7 +334,13 @@ pub fn tenant_isolation<S: Store>(s: &S) {
     }
     assert_eq!(s.receipt_at("a", 257).unwrap(), None, "a_b's leaf 257 is not a's");
     for ws in tenants {
-        write(s, vec![Op::PutLogMeta { workspace_id: ws.to_string(), meta: LogMeta { next_index: 1000, rotation_at: None } }]);
+        write(
+            s,
+            vec![Op::PutLogMeta {
+                workspace_id: ws.to_string(),
+                meta: LogMeta { next_index: 1000, rotation_at: None },
+            }],
+        );
     }
     assert_eq!(s.workspaces_with_unsigned().unwrap(), ["a", "a-", "a_b", "ab", "b"], "byte order, each once");
 }
