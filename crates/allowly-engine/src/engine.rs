@@ -124,15 +124,22 @@ impl Engine {
         let pending = blocking(move || {
             let mut out = Vec::new();
             for ws in s.store.workspaces_with_unsigned()? {
-                let next = s.store.log_meta(&ws)?.unwrap_or_default().next_index;
-                out.push((ws, next));
+                let meta = s.store.log_meta(&ws)?.unwrap_or_default();
+                out.push((ws, meta));
             }
             Ok(out)
         })
         .await?;
-        for (ws, next) in pending.into_iter().filter(|(ws, _)| !catching_up.contains(ws)) {
+        for (ws, meta) in pending.into_iter().filter(|(ws, _)| !catching_up.contains(ws)) {
             tracing::info!(workspace = %ws, "signing receipts left pending by a previous run");
-            shared.pipelines.notify(&shared.services, &ws, next);
+            shared.pipelines.notify(&shared.services, &ws, meta.next_index);
+            if meta.rotation_at.is_some() {
+                // Its actor finishes the key rotation a crash interrupted as it starts.
+                tracing::info!(workspace = %ws, "finishing a key rotation left unfinished by a previous run");
+                if let Err(e) = engine.actor_for(&ws).await {
+                    tracing::warn!(workspace = %ws, error = %e, "cannot start the workspace to finish its key rotation");
+                }
+            }
         }
         Ok(engine)
     }

@@ -120,10 +120,34 @@ fn reset(data_dir: &Path) -> Result<String, ServeError> {
         })?;
     let (created, revoked) = allowly_engine::reset_instance_admin_keys(&store)
         .map_err(|source| ServeError::Engine { what: "resetting the instance admin keys", source })?;
+    drop(store);
     let path = data_dir.join(ADMIN_TOKEN_FILE);
     crate::admin_token::replace(&path, &created.secret)
         .map_err(|source| ServeError::Io { what: format!("writing {}", path.display()), source })?;
+    give_back(&db, &path).map_err(|source| ServeError::Io { what: format!("chown of {}", db.display()), source })?;
     Ok(format!("revoked {revoked} instance admin key(s); the new one, {}, is in {}", created.key.id, path.display()))
+}
+
+/// Run as root on a data directory whose `db/` belongs to another user (the server's, when it
+/// isolates itself): what this command created in `db/`, and the token file, go to that user,
+/// or the server could not open them at its next start.
+fn give_back(db: &Path, token: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt as _;
+    if !rustix::process::geteuid().is_root() {
+        return Ok(());
+    }
+    let owner = std::fs::metadata(db)?;
+    let (uid, gid) = (owner.uid(), owner.gid());
+    if uid == 0 {
+        return Ok(());
+    }
+    for entry in std::fs::read_dir(db)? {
+        let path = entry?.path();
+        if std::fs::symlink_metadata(&path)?.uid() != uid {
+            std::os::unix::fs::lchown(&path, Some(uid), Some(gid))?;
+        }
+    }
+    std::os::unix::fs::chown(token, Some(uid), Some(gid))
 }
 
 fn invalid(what: String) -> ServeError {

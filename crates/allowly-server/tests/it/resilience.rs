@@ -327,7 +327,7 @@ pub(crate) fn signal_pid(pid: u32, sig: Signal) -> rustix::io::Result<()> {
 }
 
 /// Live `allowly-signer` processes serving state under `dir` (started by this test's servers).
-fn signers_under(dir: &Path) -> Vec<u32> {
+pub(crate) fn signers_under(dir: &Path) -> Vec<u32> {
     let marker = dir.as_os_str().as_encoded_bytes();
     let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
     entries
@@ -345,7 +345,7 @@ fn signers_under(dir: &Path) -> Vec<u32> {
 
 /// On drop, SIGKILLs every signer still serving state under its directory, so a test never
 /// leaves one behind (the server's drop kills only the server; its signer should die with it).
-struct Reaper(PathBuf);
+pub(crate) struct Reaper(pub PathBuf);
 
 impl Drop for Reaper {
     fn drop(&mut self) {
@@ -470,7 +470,7 @@ fn kill9_of_the_signer_fails_closed_and_loses_nothing() {
 // 3. A stopped (SIGSTOP) signer: fail closed, write nothing, recover on SIGCONT.
 
 /// Sends SIGCONT on drop, so a failing test never leaves a stopped process behind.
-struct Continue(u32);
+pub(crate) struct Continue(pub u32);
 
 impl Drop for Continue {
     fn drop(&mut self) {

@@ -14,7 +14,9 @@ use allowly_receipt::verify::{verify_receipt_bytes, Outcome};
 use rustix::process::Signal;
 use serde_json::Value;
 
-use crate::resilience::{checkpoint_note, export_and_verify, signal_pid, wait_all_signed, Acked, Load};
+use crate::resilience::{
+    checkpoint_note, export_and_verify, signal_pid, signers_under, wait_all_signed, Acked, Continue, Load, Reaper,
+};
 use crate::support::*;
 
 /// `POST /v1/workspaces/{ws}/keys/rotate` as `key`, with an `Idempotency-Key` if given.
@@ -151,6 +153,7 @@ fn a_workspace_key_rotates_under_concurrent_checks_and_the_whole_log_verifies() 
 #[test]
 fn a_rotation_whose_answer_was_lost_is_finished_later_without_a_fork() {
     let tmp = tempfile::tempdir().unwrap();
+    let _reaper = Reaper(tmp.path().to_owned());
     let data = tmp.path().join("data");
     let mut s = Server::start_with(&data, &["--signer-timeout-ms", "1000"]);
     let t = tenant(&s, "lost-answer", &["files.read"]);
@@ -165,10 +168,11 @@ fn a_rotation_whose_answer_was_lost_is_finished_later_without_a_fork() {
     }
     wait_all_signed(&s, &t.reader, &acked);
     let signer = s.signer_pid();
+    let resume = Continue(signer);
     signal_pid(signer, Signal::STOP).unwrap();
     let r = rotate(&c, &t.ws, &t.admin, None);
-    assert_eq!(r.status, 503, "{r}");
-    signal_pid(signer, Signal::CONT).unwrap();
+    r.problem(503, "signer_unavailable");
+    drop(resume);
     // The signer rotated meanwhile, unknown to the server: the reserved index is not given away.
     let reserved = acked.last().unwrap().log_index + 1;
     eventually(
@@ -313,4 +317,57 @@ fn admin_key_ids(s: &Server, secret: &str, revoked: bool) -> Vec<String> {
         .filter(|k| k["revoked_at"].is_null() != revoked)
         .map(|k| k["id"].as_str().unwrap().to_owned())
         .collect()
+}
+
+/// A rotation interrupted by a crash: the signer stopped with the request unread, the server
+/// answers 503 (the index is reserved in the store by then), and `kill -9` takes the server and
+/// its signer down. The next start finishes the rotation by itself, before any request, and the
+/// log verifies whole: the reserved index holds the rotation, the next check the one after.
+#[test]
+fn a_rotation_interrupted_by_a_crash_is_finished_at_the_next_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let _reaper = Reaper(tmp.path().to_owned());
+    let data = tmp.path().join("data");
+    let mut s = Server::start_with(&data, &["--signer-timeout-ms", "1000"]);
+    let t = tenant(&s, "crash", &["files.read"]);
+    let c = s.client();
+    let check = |c: &Client| {
+        c.post("/v1/check", &t.checker, serde_json::json!({ "authorization_id": t.az, "scopes": ["files.read"] }))
+    };
+    let first = check(&c);
+    assert_eq!(first.status, 200, "{first}");
+    let mut acked = vec![Acked::of(&first.json()).unwrap()];
+    wait_all_signed(&s, &t.reader, &acked);
+    let signer = s.signer_pid();
+    let _resume = Continue(signer);
+    signal_pid(signer, Signal::STOP).unwrap();
+    rotate(&c, &t.ws, &t.admin, None).problem(503, "signer_unavailable");
+    s.kill9();
+    eventually(
+        "the signer to die with the server",
+        || s.diagnostics(),
+        || signers_under(tmp.path()).is_empty().then_some(()),
+    );
+
+    let s = Server::start_with(&data, &["--signer-timeout-ms", "1000"]);
+    let c = s.client();
+    let keys = eventually(
+        "the rotation to be finished at start",
+        || s.diagnostics(),
+        || {
+            let keys = c.get(&format!("/v1/workspaces/{}/keys", t.ws), None).json();
+            (keys["keys"].as_array().unwrap().len() == 2).then_some(keys)
+        },
+    );
+    assert_eq!(keys["keys"][1]["status"], "active", "{keys}");
+    assert!(s.stderr().contains("finishing a key rotation left unfinished"), "{}", s.diagnostics());
+    let reserved = acked[0].log_index + 1;
+    let r = c.get(&format!("/v1/workspaces/{}/log/inclusion?log_index={reserved}", t.ws), Some(&t.reader));
+    assert_eq!(r.status, 200, "{r}");
+    let next = check(&c);
+    assert_eq!(next.status, 200, "{next}");
+    acked.push(Acked::of(&next.json()).unwrap());
+    assert_eq!(acked[1].log_index, reserved + 1);
+    wait_all_signed(&s, &t.reader, &acked);
+    export_and_verify(&s, &t, "files.read", &acked, &[], tmp.path());
 }
