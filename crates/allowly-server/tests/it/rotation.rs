@@ -19,6 +19,16 @@ use crate::resilience::{
 };
 use crate::support::*;
 
+/// A server whose signer calls time out after 1 s (so a stopped signer is noticed quickly), in
+/// a temp dir whose signers are killed when the test ends.
+fn start_with_a_short_signer_timeout() -> (tempfile::TempDir, Reaper, std::path::PathBuf, Server) {
+    let tmp = tempfile::tempdir().unwrap();
+    let reaper = Reaper(tmp.path().to_owned());
+    let data = tmp.path().join("data");
+    let s = Server::start_with(&data, &["--signer-timeout-ms", "1000"]);
+    (tmp, reaper, data, s)
+}
+
 /// `POST /v1/workspaces/{ws}/keys/rotate` as `key`, with an `Idempotency-Key` if given.
 fn rotate(c: &Client, ws: &str, key: &str, idem: Option<&str>) -> Resp {
     let mut headers = vec![("Authorization".to_owned(), format!("Bearer {key}"))];
@@ -152,10 +162,7 @@ fn a_workspace_key_rotates_under_concurrent_checks_and_the_whole_log_verifies() 
 /// with exactly one `key.rotated` receipt.
 #[test]
 fn a_rotation_whose_answer_was_lost_is_finished_later_without_a_fork() {
-    let tmp = tempfile::tempdir().unwrap();
-    let _reaper = Reaper(tmp.path().to_owned());
-    let data = tmp.path().join("data");
-    let mut s = Server::start_with(&data, &["--signer-timeout-ms", "1000"]);
+    let (tmp, _reaper, data, mut s) = start_with_a_short_signer_timeout();
     let t = tenant(&s, "lost-answer", &["files.read"]);
     let c = s.client();
     let check =
@@ -325,10 +332,7 @@ fn admin_key_ids(s: &Server, secret: &str, revoked: bool) -> Vec<String> {
 /// log verifies whole: the reserved index holds the rotation, the next check the one after.
 #[test]
 fn a_rotation_interrupted_by_a_crash_is_finished_at_the_next_start() {
-    let tmp = tempfile::tempdir().unwrap();
-    let _reaper = Reaper(tmp.path().to_owned());
-    let data = tmp.path().join("data");
-    let mut s = Server::start_with(&data, &["--signer-timeout-ms", "1000"]);
+    let (tmp, _reaper, data, mut s) = start_with_a_short_signer_timeout();
     let t = tenant(&s, "crash", &["files.read"]);
     let c = s.client();
     let check = |c: &Client| {
