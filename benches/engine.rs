@@ -79,7 +79,7 @@ fn main() {
             i += 1;
             let op = Op::PutLogMeta {
                 workspace_id: format!("base{}", i % 8),
-                meta: LogMeta { next_index: i, rotation_at: None },
+                meta: LogMeta { next_index: i, ..LogMeta::default() },
             };
             let ws = Op::PutWorkspace(allowly_store::WorkspaceRecord {
                 id: "baseline".into(),

@@ -88,8 +88,10 @@ pub(crate) struct WsArgs {
     pub shared: Arc<Shared>,
     pub ws: WorkspaceRecord,
     pub next_index: u64,
-    /// A key rotation reserved at this index and not finished (`LogMeta::rotation_at`).
+    /// A key rotation reserved at this index and not finished (`LogMeta::rotation_at`), and
+    /// the `Idempotency-Key` record its answer goes to.
     pub rotation_at: Option<u64>,
+    pub rotation_idem: Option<allowly_store::IdempotencyRef>,
     pub queued: Arc<AtomicUsize>,
     /// The handle's `last_used`: when the last request was sent (the actor's idleness).
     pub last_used: Arc<AtomicU64>,
@@ -115,6 +117,8 @@ pub(crate) struct WsState {
     /// A key rotation whose `key.rotated` leaf takes this index (= `next_index`) and is not
     /// stored yet: no receipt is recorded until it is (see `actor/rotation.rs`).
     rotation_at: Option<u64>,
+    /// The `Idempotency-Key` record the reserved rotation's answer is to be filed under.
+    rotation_idem: Option<allowly_store::IdempotencyRef>,
     /// Unix ms of the newest receipt time this actor gave out (or found in the store): receipt
     /// times never go backwards along the log, even if the wall clock steps back, because the
     /// signer refuses a receipt older than the previous one (see [`Self::receipt_now`]).
@@ -211,6 +215,7 @@ impl Actor for WorkspaceActor {
             last_receipt_ms,
             next_index: a.next_index,
             rotation_at: a.rotation_at,
+            rotation_idem: a.rotation_idem,
             ops: Vec::new(),
             done: Vec::new(),
             epoch: crate::commit::new_epoch(),
@@ -514,7 +519,11 @@ impl WsState {
         let mut ops = std::mem::take(&mut self.ops);
         ops.push(Op::PutLogMeta {
             workspace_id: self.ws.id.clone(),
-            meta: allowly_store::LogMeta { next_index: self.next_index, rotation_at: self.rotation_at },
+            meta: allowly_store::LogMeta {
+                next_index: self.next_index,
+                rotation_at: self.rotation_at,
+                rotation_idempotency: self.rotation_idem.clone(),
+            },
         });
         let (group, epoch, next_index) = (self.group, self.epoch, self.next_index);
         self.group += 1;
@@ -607,6 +616,7 @@ impl WsState {
                 let meta = meta.unwrap_or_default();
                 self.next_index = meta.next_index;
                 self.rotation_at = meta.rotation_at;
+                self.rotation_idem = meta.rotation_idempotency;
             }
             (a, b) => {
                 tracing::error!(workspace = %self.ws.id, ?a, ?b, "cannot reload workspace state");

@@ -624,6 +624,7 @@ impl Engine {
             ws: record,
             next_index: meta.next_index,
             rotation_at: meta.rotation_at,
+            rotation_idem: meta.rotation_idempotency,
             queued: queued.clone(),
             last_used: last_used.clone(),
             life,

@@ -5,7 +5,8 @@
 //! `next_index` = N once every group it staged is durable); this module then:
 //!
 //! 1. waits until the pipeline has signed the log up to N (the signer is at N too);
-//! 2. records the reservation durably (`LogMeta::rotation_at = N`, synced) — from here on a
+//! 2. records the reservation durably (`LogMeta::rotation_at = N`, with the caller's
+//!    `Idempotency-Key` record id if any; synced) — from here on a
 //!    crash leaves the index reserved, and whoever starts the workspace next finishes the
 //!    rotation before any receipt can take N;
 //! 3. takes the workspace's signing task off the registry (it is idle: nothing is committed
@@ -33,7 +34,7 @@ use allowly_receipt::note::{self, NoteVerifier};
 use allowly_receipt::types::{EventKind, ReceiptBody};
 use allowly_signer_proto::client::ClientError;
 use allowly_signer_proto::ErrorCode;
-use allowly_store::{Durability, LogMeta, Op, PublicKeyRecord, ReceiptRecord, WriteBatch};
+use allowly_store::{Durability, IdempotencyRef, LogMeta, Op, PublicKeyRecord, ReceiptRecord, WriteBatch};
 
 use super::{signed_ops, Fresh, Pipelines, Signing, Stop};
 use crate::error::{EngineError, Result};
@@ -65,16 +66,19 @@ impl RotationFailed {
 /// Rotates workspace `ws`'s key with the `key.rotated` leaf at index `at` (see the module
 /// docs). The caller (the workspace's actor) has made every receipt below `at` durable and
 /// assigns nothing meanwhile. `extra` gives the ops to write with the rotation (from its
-/// answer). Also finishes a rotation a crash interrupted (the reservation is found in the store).
+/// answer); `idem` is the `Idempotency-Key` record they file, kept in the reservation so that
+/// whoever finishes the rotation files it. Also finishes a rotation a crash interrupted (the
+/// reservation is found in the store).
 pub(crate) async fn rotate(
     shared: &Arc<Services>,
     pipes: &Arc<Pipelines>,
     ws: &str,
     at: u64,
+    idem: Option<IdempotencyRef>,
     extra: impl FnOnce(&KeyRotation) -> Result<Vec<Op>>,
 ) -> std::result::Result<KeyRotation, RotationFailed> {
     pipes.signed_up_to(shared, ws, at).await.map_err(RotationFailed::settled)?;
-    let reserve = LogMeta { next_index: at, rotation_at: Some(at) };
+    let reserve = LogMeta { next_index: at, rotation_at: Some(at), rotation_idempotency: idem };
     write(shared, vec![Op::PutLogMeta { workspace_id: ws.to_owned(), meta: reserve }])
         .await
         .map_err(RotationFailed::settled)?;
@@ -136,7 +140,7 @@ pub(crate) async fn rotate(
     let mut ops = vec![Op::PutReceipt(record)];
     ops.extend(nodes);
     ops.push(Op::PutWorkspace(ws_record));
-    let done = LogMeta { next_index: at + 1, rotation_at: None };
+    let done = LogMeta { next_index: at + 1, ..LogMeta::default() };
     ops.push(Op::PutLogMeta { workspace_id: ws.to_owned(), meta: done });
     ops.extend(extra(&answer).map_err(unsettled)?);
     // If this fails the reservation stays: the next attempt asks again and gets the same answer.
@@ -151,7 +155,7 @@ pub(crate) async fn rotate(
 
 /// Clears the reservation of `at` (the signer refused the rotation: the index is free).
 async fn release(shared: &Services, ws: &str, at: u64) -> Result<()> {
-    let meta = LogMeta { next_index: at, rotation_at: None };
+    let meta = LogMeta { next_index: at, ..LogMeta::default() };
     write(shared, vec![Op::PutLogMeta { workspace_id: ws.to_owned(), meta }]).await
 }
 

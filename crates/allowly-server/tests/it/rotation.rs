@@ -158,7 +158,7 @@ fn a_workspace_key_rotates_under_concurrent_checks_and_the_whole_log_verifies() 
 /// socket, so the server times out not knowing whether it rotated (503). The index stays
 /// reserved — checks are refused, none takes it — until the signer answers again; then the
 /// next request finishes the rotation (the signer answers the repeat with the rotation it made),
-/// and after a `kill -9` of the server in the middle of it all the log still verifies whole
+/// the client's repeat with its `Idempotency-Key` gets that rotation, and after a `kill -9` of the server in the middle of it all the log still verifies whole
 /// with exactly one `key.rotated` receipt.
 #[test]
 fn a_rotation_whose_answer_was_lost_is_finished_later_without_a_fork() {
@@ -177,7 +177,7 @@ fn a_rotation_whose_answer_was_lost_is_finished_later_without_a_fork() {
     let signer = s.signer_pid();
     let resume = Continue(signer);
     signal_pid(signer, Signal::STOP).unwrap();
-    let r = rotate(&c, &t.ws, &t.admin, None);
+    let r = rotate(&c, &t.ws, &t.admin, Some("lost-1"));
     r.problem(503, "signer_unavailable");
     drop(resume);
     // The signer rotated meanwhile, unknown to the server: the reserved index is not given away.
@@ -206,6 +206,11 @@ fn a_rotation_whose_answer_was_lost_is_finished_later_without_a_fork() {
         s.diagnostics()
     );
     assert!(s.stderr().contains("an interrupted key rotation is finished"), "{}", s.diagnostics());
+    // The client that got the 503 repeats its request: it gets the rotation that was made, not a
+    // second one.
+    let again = rotate(&c, &t.ws, &t.admin, Some("lost-1"));
+    assert_eq!(again.status, 200, "{again}");
+    assert_eq!(check_rotation(&again.json(), 1)["log_index"], reserved, "the rotation at the reserved index");
     let rotation = c.get(&format!("/v1/workspaces/{}/log/inclusion?log_index={reserved}", t.ws), Some(&t.reader));
     assert_eq!(rotation.status, 200, "{rotation}");
     s.kill9();
