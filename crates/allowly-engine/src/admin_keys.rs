@@ -7,7 +7,7 @@
 use allowly_store::{ApiKeyRecord, Op, Role, Store, WriteBatch};
 
 use crate::clock::now_ms;
-use crate::engine::{not_found_if_invalid, Engine};
+use crate::engine::{idempotency, instance_idem_op, not_found_if_invalid, Engine};
 use crate::error::{EngineError, Result};
 use crate::ids::{new_id, new_secret, secret_hash};
 use crate::model::{ApiKeyView, CreatedApiKey, Page, Principal};
@@ -102,9 +102,17 @@ impl Engine {
     /// once from then on. `Conflict` if it is already revoked, or if it is the last one that is
     /// not: the instance would be left without an administrator (rotate it instead, or reset
     /// offline). `NotFound` for an id that is not an instance admin key.
-    pub async fn revoke_admin_key(&self, caller: &Principal, key_id: &str) -> Result<ApiKeyView> {
+    /// With an `Idempotency-Key`, a repeat gets the first answer (filed with the revocation).
+    pub async fn revoke_admin_key(&self, caller: &Principal, key_id: &str, idem: Option<&str>) -> Result<ApiKeyView> {
         let s = self.shared();
+        let idem = idempotency(idem, "admin_key_revoke", &key_id)?;
         let _one_at_a_time = s.instance_idem.lock().await;
+        if let Some(first) = match &idem {
+            Some(i) => self.instance_replay(i).await?,
+            None => None,
+        } {
+            return Ok(first);
+        }
         let store = s.store.clone();
         let keys = blocking(move || Ok(store.instance_api_keys(MAX_INSTANCE_KEYS)?)).await?;
         let found = s.store.api_key_by_id(None, key_id).map_err(not_found_if_invalid("instance admin key"))?;
@@ -122,7 +130,11 @@ impl Engine {
         k.revoked_at_ms = Some(now_ms());
         let hash = k.key_hash;
         let view = views::api_key(&k)?;
-        let written = self.write(vec![Op::PutApiKey(k)]).await;
+        let mut ops = vec![Op::PutApiKey(k)];
+        if let Some(i) = idem {
+            ops.push(instance_idem_op(i, &view)?);
+        }
+        let written = self.write(ops).await;
         s.api_keys.revoked(&hash);
         written?;
         tracing::info!(by = %caller.key_id, revoked = %key_id, "instance admin key revoked");

@@ -489,25 +489,30 @@ impl Engine {
             self.write(ops).await?;
             return Ok(view);
         };
+        let _one_at_a_time = self.shared.instance_idem.lock().await;
+        if let Some(first) = self.instance_replay(&idem).await? {
+            return Ok(first);
+        }
+        let (mut ops, view) = self.new_workspace(req).await?;
+        ops.push(instance_idem_op(idem, &view)?);
+        self.write(ops).await?;
+        Ok(view)
+    }
+
+    /// The first answer filed under `idem` in the instance's own scope, if it is still live
+    /// (`IdempotencyMismatch` if it answers another request). Call under `instance_idem`.
+    pub(crate) async fn instance_replay<T: serde::de::DeserializeOwned>(&self, idem: &Idem) -> Result<Option<T>> {
         let s = &self.shared;
-        let _one_at_a_time = s.instance_idem.lock().await;
-        let now = now_ms();
         let store = s.store.clone();
         let doc_id = idem.doc_id.clone();
         let stored = blocking(move || Ok(store.doc(DocKind::Idempotency, INSTANCE_SCOPE, &doc_id)?)).await?;
-        if let Some(v) = stored {
-            let doc: IdemDoc = serde_json::from_value(v)
-                .map_err(|e| EngineError::Internal(format!("stored idempotent answer: {e}")))?;
-            if doc.is_live(now, s.cfg.idempotency_ttl_ms()) {
-                return doc.replay(&idem);
-            }
+        let Some(v) = stored else { return Ok(None) };
+        let doc: IdemDoc =
+            serde_json::from_value(v).map_err(|e| EngineError::Internal(format!("stored idempotent answer: {e}")))?;
+        if !doc.is_live(now_ms(), s.cfg.idempotency_ttl_ms()) {
+            return Ok(None);
         }
-        let (mut ops, view) = self.new_workspace(req).await?;
-        let doc =
-            serde_json::to_value(IdemDoc::new(&idem, now, &view)?).map_err(|e| EngineError::Internal(e.to_string()))?;
-        ops.push(Op::PutDoc { kind: DocKind::Idempotency, workspace_id: INSTANCE_SCOPE.into(), id: idem.doc_id, doc });
-        self.write(ops).await?;
-        Ok(view)
+        doc.replay(idem).map(Some)
     }
 
     /// A new workspace's record (its key made in the signer), not yet written.
@@ -1026,6 +1031,14 @@ pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
 /// Files an `Idempotency-Key` for the actor: the key's record id is a hash of the key (any
 /// printable text fits the id alphabet that way), and the request hash covers the route and
 /// the parsed request, so "the same body" means the same request, whatever its whitespace.
+/// The op that files `answer` under `idem` in the instance's own scope (written with the
+/// change it answers).
+pub(crate) fn instance_idem_op<T: serde::Serialize>(idem: Idem, answer: &T) -> Result<Op> {
+    let doc = serde_json::to_value(IdemDoc::new(&idem, now_ms(), answer)?)
+        .map_err(|e| EngineError::Internal(e.to_string()))?;
+    Ok(Op::PutDoc { kind: DocKind::Idempotency, workspace_id: INSTANCE_SCOPE.into(), id: idem.doc_id, doc })
+}
+
 pub(crate) fn idempotency<R: serde::Serialize + ?Sized>(
     key: Option<&str>,
     route: &str,

@@ -408,7 +408,7 @@ async fn handle(app: &App, t: Target<'_>, parts: &Parts, body: Incoming) -> Resu
         Route::AdminKeyList => json(StatusCode::OK, &engine.admin_keys().await?),
         Route::AdminKeyRevoke => {
             extract::empty_body(h, body, limit).await?;
-            json(StatusCode::OK, &engine.revoke_admin_key(&caller()?.0, id()?).await?)
+            json(StatusCode::OK, &engine.revoke_admin_key(&caller()?.0, id()?, idem).await?)
         }
         Route::WorkspaceCreate => {
             let req: NewWorkspace = extract::json_body(h, body, limit).await?;

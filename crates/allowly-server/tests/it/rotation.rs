@@ -277,8 +277,16 @@ fn instance_admin_keys_are_revoked_rotated_and_reset_offline_the_old_ones_refuse
     assert_eq!((get(&first).status, get(&second).status), (200, 200), "two instance admin keys");
 
     let revoke = |by: &str, id: &str| c.call("POST", &format!("/v1/admin-keys/{id}/revoke"), Some(by), None);
-    let r = revoke(&second, &first_id);
+    let keyed = |id: &str| {
+        let headers = [
+            ("Authorization".to_owned(), format!("Bearer {second}")),
+            ("Idempotency-Key".to_owned(), "revoke-1".to_owned()),
+        ];
+        c.request("POST", &format!("/v1/admin-keys/{id}/revoke"), &headers, None)
+    };
+    let r = keyed(&first_id);
     assert_eq!((r.status, &r.json()["id"]), (200, &Value::from(first_id.as_str())), "{r}");
+    assert_eq!(keyed(&first_id).json(), r.json(), "a keyed repeat gets the first answer");
     get(&first).problem(401, "unauthenticated");
     assert_eq!(get(&second).status, 200);
     revoke(&second, &first_id).problem(409, "conflict");
