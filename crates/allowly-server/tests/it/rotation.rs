@@ -235,6 +235,14 @@ fn the_workspace_key_rotate_command_rotates_through_the_server() {
     let answer: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
     check_rotation(&answer, 1);
     assert_eq!(s.client().get(&format!("/v1/workspaces/{}/keys", t.ws), None).json(), answer["keys"]);
+    // Bad input is a problem document, and changes nothing.
+    let root = s.admin_token();
+    let path = format!("/v1/workspaces/{}/keys/rotate", t.ws);
+    s.client()
+        .call("POST", &path, Some(&root), Some(&serde_json::json!({ "key": "mine" })))
+        .problem(400, "unknown_field");
+    s.client().call("POST", &path, Some(&t.checker), None).problem(403, "forbidden");
+    assert_eq!(s.client().get(&format!("/v1/workspaces/{}/keys", t.ws), None).json(), answer["keys"]);
     // The server's refusal is the command's: an unknown workspace is a 404.
     let (ok, out) = operator(&s, &data, &["workspace-key", "rotate", "--workspace", "ws_nope"]);
     assert!(!ok && out.contains("404"), "{out}");
