@@ -29,6 +29,11 @@ fn start_with_a_short_signer_timeout() -> (tempfile::TempDir, Reaper, std::path:
     (tmp, reaper, data, s)
 }
 
+/// One check of `t`'s authorization (allowed).
+fn check(c: &Client, t: &Tenant) -> Resp {
+    c.post("/v1/check", &t.checker, serde_json::json!({ "authorization_id": t.az, "scopes": ["files.read"] }))
+}
+
 /// `POST /v1/workspaces/{ws}/keys/rotate` as `key`, with an `Idempotency-Key` if given.
 fn rotate(c: &Client, ws: &str, key: &str, idem: Option<&str>) -> Resp {
     let mut headers = vec![("Authorization".to_owned(), format!("Bearer {key}"))];
@@ -119,9 +124,13 @@ fn a_workspace_key_rotates_under_concurrent_checks_and_the_whole_log_verifies() 
     assert_eq!(r.status, 200, "{r}\n{}", s.diagnostics());
     let second = check_rotation(&r.json(), 2);
     seen.push(second["checkpoint"].as_str().unwrap().to_owned());
+    // One check known to come after the second rotation (the clients' may all have come before).
+    let after = check(&c, &t);
+    assert_eq!(after.status, 200, "{after}");
     load.wait_ok(500, &s);
-    let (acked, unexpected, _, lost) = load.finish();
+    let (mut acked, unexpected, _, lost) = load.finish();
     assert!(unexpected.is_empty() && lost == 0, "unexpected answers: {unexpected:?}, lost: {lost}");
+    acked.push(Acked::of(&after.json()).unwrap());
 
     // No receipt took a rotation's index; checkpoints from before each rotation are the old
     // key's (`allowly-verify` checks every one against its key's window below), the newest the
@@ -144,8 +153,7 @@ fn a_workspace_key_rotates_under_concurrent_checks_and_the_whole_log_verifies() 
     let c = s.client();
     assert_eq!(c.get(&format!("/v1/workspaces/{}/keys", t.ws), None).json(), keys_before_restart);
     assert_eq!(active_key(&c, &t.ws), third_key, "the newest key is still the active one");
-    let after =
-        c.post("/v1/check", &t.checker, serde_json::json!({ "authorization_id": t.az, "scopes": ["files.read"] }));
+    let after = check(&c, &t);
     assert_eq!(after.status, 200, "{after}");
     let after = Acked::of(&after.json()).unwrap();
     let signed = wait_all_signed(&s, &t.reader, std::slice::from_ref(&after));
@@ -165,8 +173,7 @@ fn a_rotation_whose_answer_was_lost_is_finished_later_without_a_fork() {
     let (tmp, _reaper, data, mut s) = start_with_a_short_signer_timeout();
     let t = tenant(&s, "lost-answer", &["files.read"]);
     let c = s.client();
-    let check =
-        || c.post("/v1/check", &t.checker, serde_json::json!({ "authorization_id": t.az, "scopes": ["files.read"] }));
+    let check = || check(&c, &t);
     let mut acked = Vec::new();
     for _ in 0..5 {
         let r = check();
@@ -356,9 +363,7 @@ fn a_rotation_interrupted_by_a_crash_is_finished_at_the_next_start() {
     let (tmp, _reaper, data, mut s) = start_with_a_short_signer_timeout();
     let t = tenant(&s, "crash", &["files.read"]);
     let c = s.client();
-    let check = |c: &Client| {
-        c.post("/v1/check", &t.checker, serde_json::json!({ "authorization_id": t.az, "scopes": ["files.read"] }))
-    };
+    let check = |c: &Client| check(c, &t);
     let first = check(&c);
     assert_eq!(first.status, 200, "{first}");
     let mut acked = vec![Acked::of(&first.json()).unwrap()];
