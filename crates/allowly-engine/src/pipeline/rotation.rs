@@ -86,7 +86,7 @@ pub(crate) async fn rotate(
     // task that loads from the store, past the rotation.
     pipes.map.remove(ws);
     let unsettled = |e| RotationFailed::unsettled(e);
-    let mut st = Signing::load(shared, ws, Arc::new(Mutex::new(Fresh::new(0, Arc::default())))).map_err(unsettled)?;
+    let st = Signing::load(shared, ws, Arc::new(Mutex::new(Fresh::new(0, Arc::default())))).map_err(unsettled)?;
     if st.frontier.size() != at {
         let e = EngineError::Internal(format!("{ws}: signed size {} at a rotation at {at}", st.frontier.size()));
         return Err(RotationFailed::unsettled(e));
@@ -112,7 +112,7 @@ pub(crate) async fn rotate(
         }
         Ok(Err(e)) => return Err(unsettled(EngineError::from_signer(e))),
     };
-    let checked = check(ws, at, &mut st, &out.rotation.body, &out.rotation.checkpoint, &out.keys);
+    let checked = check(ws, at, &st, &out.rotation.body, &out.rotation.checkpoint, &out.keys);
     let (record, appended, keys) = match checked {
         Ok(c) => c,
         Err(why) => {
@@ -169,7 +169,7 @@ async fn write(shared: &Services, ops: Vec<Op>) -> Result<()> {
 fn check(
     ws: &str,
     at: u64,
-    st: &mut Signing,
+    st: &Signing,
     body: &[u8],
     checkpoint: &str,
     keys: &[allowly_signer_proto::KeyInfo],
@@ -214,8 +214,6 @@ fn check(
         leaf,
         body: body.to_vec(),
     };
-    st.frontier = next;
-    st.verifiers = verifiers;
     Ok((record, appended, records))
 }
 
