@@ -38,6 +38,7 @@ use allowly_store::{Durability, IdempotencyRef, LogMeta, Op, PublicKeyRecord, Re
 
 use super::{signed_ops, Fresh, Pipelines, Signing, Stop};
 use crate::error::{EngineError, Result};
+use crate::health::Divergence;
 use crate::model::KeyRotation;
 use crate::receipts::{key_records, key_set, signed_envelope, verifier};
 use crate::services::{blocking, Services};
@@ -99,7 +100,7 @@ pub(crate) async fn rotate(
             let why = format!("the signer refused a key rotation at {at}: {reply}");
             if reply.code == ErrorCode::SizeMismatch {
                 // We stand at `at`, signed; a signer elsewhere has another log.
-                shared.diverged.mark(ws, &why, &shared.metrics);
+                shared.diverged.mark(ws, Divergence::Forked, &why, &shared.metrics);
             }
             release(shared, ws, at).await.map_err(unsettled)?;
             let e = EngineError::from_signer(ClientError::Remote(reply));
@@ -117,7 +118,7 @@ pub(crate) async fn rotate(
         Ok(c) => c,
         Err(why) => {
             // The signer has a leaf at `at` we cannot accept: the logs disagree from here.
-            shared.diverged.mark(ws, &why, &shared.metrics);
+            shared.diverged.mark(ws, Divergence::Forked, &why, &shared.metrics);
             return Err(unsettled(EngineError::Conflict(format!("the signer's key rotation does not check: {why}"))));
         }
     };

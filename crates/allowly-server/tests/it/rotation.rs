@@ -355,9 +355,12 @@ fn admin_key_ids(s: &Server, secret: &str, revoked: bool) -> Vec<String> {
 }
 
 /// A rotation interrupted by a crash: the signer stopped with the request unread, the server
-/// answers 503 (the index is reserved in the store by then), and `kill -9` takes the server and
-/// its signer down. The next start finishes the rotation by itself, before any request, and the
-/// log verifies whole: the reserved index holds the rotation, the next check the one after.
+/// answers 503 (the index is reserved in the store by then); the signer goes on and rotates,
+/// its answer lost; then `kill -9` takes the server and its signer down before anything else
+/// happens. At the next start the signer's log is one leaf ahead of the store — the rotation's,
+/// which the start-up comparison must not take for a store older than the signer — and the
+/// rotation is finished by itself, before any request; the log verifies whole: the reserved
+/// index holds the rotation, the next check the one after.
 #[test]
 fn a_rotation_interrupted_by_a_crash_is_finished_at_the_next_start() {
     let (tmp, _reaper, data, mut s) = start_with_a_short_signer_timeout();
@@ -372,6 +375,16 @@ fn a_rotation_interrupted_by_a_crash_is_finished_at_the_next_start() {
     let _resume = Continue(signer);
     signal_pid(signer, Signal::STOP).unwrap();
     rotate(&c, &t.ws, &t.admin, None).problem(503, "signer_unavailable");
+    signal_pid(signer, Signal::CONT).unwrap();
+    let key_file = data.join("signer").join("keys").join(format!("{}.json", t.ws));
+    eventually(
+        "the signer to rotate, unknown to the server",
+        || s.diagnostics(),
+        || {
+            let keys: Value = serde_json::from_slice(&std::fs::read(&key_file).ok()?).ok()?;
+            (keys["keys"].as_array()?.len() == 2).then_some(())
+        },
+    );
     s.kill9();
     eventually(
         "the signer to die with the server",
@@ -391,6 +404,8 @@ fn a_rotation_interrupted_by_a_crash_is_finished_at_the_next_start() {
     );
     assert_eq!(keys["keys"][1]["status"], "active", "{keys}");
     assert!(s.stderr().contains("finishing a key rotation left unfinished"), "{}", s.diagnostics());
+    assert_eq!(c.get("/readyz", None).status, 200, "not flagged as a store older than the signer");
+    assert_eq!(keys["keys"].as_array().unwrap().len(), 2, "the signer's rotation, not a second one: {keys}");
     let reserved = acked[0].log_index + 1;
     let r = c.get(&format!("/v1/workspaces/{}/log/inclusion?log_index={reserved}", t.ws), Some(&t.reader));
     assert_eq!(r.status, 200, "{r}");
