@@ -77,7 +77,10 @@ fn main() {
     g.bench_function("baseline_synced_write", |b| {
         b.iter(|| {
             i += 1;
-            let op = Op::PutLogMeta { workspace_id: format!("base{}", i % 8), meta: LogMeta { next_index: i } };
+            let op = Op::PutLogMeta {
+                workspace_id: format!("base{}", i % 8),
+                meta: LogMeta { next_index: i, ..LogMeta::default() },
+            };
             let ws = Op::PutWorkspace(allowly_store::WorkspaceRecord {
                 id: "baseline".into(),
                 name: pad.clone(),

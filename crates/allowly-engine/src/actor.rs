@@ -88,6 +88,10 @@ pub(crate) struct WsArgs {
     pub shared: Arc<Shared>,
     pub ws: WorkspaceRecord,
     pub next_index: u64,
+    /// A key rotation reserved at this index and not finished (`LogMeta::rotation_at`), and
+    /// the `Idempotency-Key` record its answer goes to.
+    pub rotation_at: Option<u64>,
+    pub rotation_idem: Option<allowly_store::IdempotencyRef>,
     pub queued: Arc<AtomicUsize>,
     /// The handle's `last_used`: when the last request was sent (the actor's idleness).
     pub last_used: Arc<AtomicU64>,
@@ -110,6 +114,11 @@ pub(crate) struct WsState {
     /// serialisation and two SHA-256s per check otherwise).
     state_hashes: std::cell::RefCell<HashMap<String, (Option<u64>, HexHash)>>,
     next_index: u64,
+    /// A key rotation whose `key.rotated` leaf takes this index (= `next_index`) and is not
+    /// stored yet: no receipt is recorded until it is (see `actor/rotation.rs`).
+    rotation_at: Option<u64>,
+    /// The `Idempotency-Key` record the reserved rotation's answer is to be filed under.
+    rotation_idem: Option<allowly_store::IdempotencyRef>,
     /// Unix ms of the newest receipt time this actor gave out (or found in the store): receipt
     /// times never go backwards along the log, even if the wall clock steps back, because the
     /// signer refuses a receipt older than the previous one (see [`Self::receipt_now`]).
@@ -121,8 +130,8 @@ pub(crate) struct WsState {
     /// The number of the group being staged; groups before it are with the committer or done.
     group: u64,
     /// Completes when the last submitted group has been answered (awaited before stopping, so
-    /// a successor reads everything this actor acknowledged).
-    last_commit: Option<oneshot::Receiver<()>>,
+    /// a successor reads everything this actor acknowledged), with whether it is durable.
+    last_commit: Option<oneshot::Receiver<bool>>,
     /// Documents written by staged or in-flight groups (ahead of the store until their commit),
     /// with the group that wrote them.
     overlay: HashMap<(DocKind, String), (serde_json::Value, u64)>,
@@ -149,6 +158,7 @@ pub(crate) struct WorkspaceActor;
 
 mod admin;
 mod hitl;
+mod rotation;
 mod webhooks;
 pub(crate) use hitl::{ConfirmationDoc, DueEntry, EscalationDoc, DUE_SCOPE};
 
@@ -189,6 +199,11 @@ impl Actor for WorkspaceActor {
         a.shared.metrics.actor_starts.inc();
         myself.send_after(a.shared.cfg.idle_timeout, || WsMsg::IdleCheck);
         let last_receipt_ms = last_receipt_ms(&a.shared, &a.ws.id, a.next_index);
+        if a.rotation_at.is_some() {
+            // A rotation a crash (or a signer that did not answer) left unfinished: finished
+            // before anything else is recorded.
+            myself.send_message(WsMsg::ResumeRotation)?;
+        }
         Ok(WsState {
             rules: rules_of(&a.ws),
             shared: a.shared,
@@ -199,6 +214,8 @@ impl Actor for WorkspaceActor {
             state_hashes: Default::default(),
             last_receipt_ms,
             next_index: a.next_index,
+            rotation_at: a.rotation_at,
+            rotation_idem: a.rotation_idem,
             ops: Vec::new(),
             done: Vec::new(),
             epoch: crate::commit::new_epoch(),
@@ -267,10 +284,21 @@ impl Actor for WorkspaceActor {
                 s.passivate_if_idle(&myself, min_idle, "memory")?;
                 return Ok(());
             }
+            WsMsg::ResumeRotation => {
+                s.resume_rotation().await;
+                return Ok(());
+            }
             _ => {}
         }
         s.queued.fetch_sub(1, Ordering::AcqRel);
+        if s.rotation_at.is_some() && s.shared.health.is_up() {
+            s.resume_rotation().await;
+        }
         match msg {
+            WsMsg::RotateKey { idem, reply } => {
+                let r = s.rotate_key(idem).await;
+                let _ = reply.send(r);
+            }
             WsMsg::CreateAuthorization { req, idem, reply } => {
                 s.idempotent(idem, Signs::Yes, reply, |s| s.create_authorization(req).map(|(ops, a)| (ops, Ok(a))));
             }
@@ -328,7 +356,11 @@ impl Actor for WorkspaceActor {
                 let r = s.sweep_idempotency(ids);
                 s.stage(r, reply);
             }
-            WsMsg::Flush | WsMsg::IdleCheck | WsMsg::Passivate { .. } | WsMsg::Committed { .. } => {}
+            WsMsg::Flush
+            | WsMsg::IdleCheck
+            | WsMsg::Passivate { .. }
+            | WsMsg::Committed { .. }
+            | WsMsg::ResumeRotation => {}
         }
         if !s.done.is_empty() && !s.flush_scheduled {
             s.flush_scheduled = true;
@@ -487,7 +519,11 @@ impl WsState {
         let mut ops = std::mem::take(&mut self.ops);
         ops.push(Op::PutLogMeta {
             workspace_id: self.ws.id.clone(),
-            meta: allowly_store::LogMeta { next_index: self.next_index },
+            meta: allowly_store::LogMeta {
+                next_index: self.next_index,
+                rotation_at: self.rotation_at,
+                rotation_idempotency: self.rotation_idem.clone(),
+            },
         });
         let (group, epoch, next_index) = (self.group, self.epoch, self.next_index);
         self.group += 1;
@@ -533,7 +569,7 @@ impl WsState {
             }
             // Refused only while the actor drains; it then waits for `finished` instead.
             let _ = me.send_message(WsMsg::Committed { epoch, group, ok: failure.is_none() });
-            let _ = finished.send(());
+            let _ = finished.send(failure.is_none());
         });
         let batch = WriteBatch { ops };
         let sub =
@@ -541,9 +577,16 @@ impl WsState {
         self.shared.committer.submit(sub).await;
     }
 
-    /// Refuses to record a receipt in a workspace whose log disagrees with the signer's.
+    /// Refuses to record a receipt in a workspace whose log disagrees with the signer's, or
+    /// whose next index is reserved for a key rotation not finished yet.
     fn not_diverged(&self) -> Result<()> {
-        self.shared.diverged.require_not(&self.ws.id, &self.shared.metrics)
+        self.shared.diverged.require_not(&self.ws.id, &self.shared.metrics)?;
+        match self.rotation_at {
+            None => Ok(()),
+            Some(at) => Err(EngineError::SignerUnavailable(format!(
+                "a key rotation at log index {at} is not finished; it is retried when the signer answers"
+            ))),
+        }
     }
 
     /// The time of a receipt decided now: the wall clock, but never before the previous
@@ -570,7 +613,10 @@ impl WsState {
             (Ok(Some(ws)), Ok(meta)) => {
                 self.rules = rules_of(&ws);
                 self.ws = ws;
-                self.next_index = meta.unwrap_or_default().next_index;
+                let meta = meta.unwrap_or_default();
+                self.next_index = meta.next_index;
+                self.rotation_at = meta.rotation_at;
+                self.rotation_idem = meta.rotation_idempotency;
             }
             (a, b) => {
                 tracing::error!(workspace = %self.ws.id, ?a, ?b, "cannot reload workspace state");

@@ -14,9 +14,7 @@ use allowly_receipt::bundle::{self, Bundle, Header};
 use allowly_receipt::merkle;
 use allowly_receipt::types::{HexHash, KeySet};
 use allowly_signer_proto::client::SignerClient;
-use allowly_store::{
-    ApiKeyRecord, DocKind, Durability, Op, ReceiptRecord, Role, Store, StoreError, StoredNodes, WriteBatch,
-};
+use allowly_store::{DocKind, Durability, Op, ReceiptRecord, Store, StoreError, StoredNodes, WriteBatch};
 use ractor::{Actor, ActorRef, MessagingErr};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -126,15 +124,22 @@ impl Engine {
         let pending = blocking(move || {
             let mut out = Vec::new();
             for ws in s.store.workspaces_with_unsigned()? {
-                let next = s.store.log_meta(&ws)?.unwrap_or_default().next_index;
-                out.push((ws, next));
+                let meta = s.store.log_meta(&ws)?.unwrap_or_default();
+                out.push((ws, meta));
             }
             Ok(out)
         })
         .await?;
-        for (ws, next) in pending.into_iter().filter(|(ws, _)| !catching_up.contains(ws)) {
+        for (ws, meta) in pending.into_iter().filter(|(ws, _)| !catching_up.contains(ws)) {
             tracing::info!(workspace = %ws, "signing receipts left pending by a previous run");
-            shared.pipelines.notify(&shared.services, &ws, next);
+            shared.pipelines.notify(&shared.services, &ws, meta.next_index);
+            if meta.rotation_at.is_some() {
+                // Its actor finishes the key rotation a crash interrupted as it starts.
+                tracing::info!(workspace = %ws, "finishing a key rotation left unfinished by a previous run");
+                if let Err(e) = engine.actor_for(&ws).await {
+                    tracing::warn!(workspace = %ws, error = %e, "cannot start the workspace to finish its key rotation");
+                }
+            }
         }
         Ok(engine)
     }
@@ -293,61 +298,9 @@ impl Engine {
         Ok(Some(p))
     }
 
-    async fn write(&self, ops: Vec<Op>) -> Result<()> {
+    pub(crate) async fn write(&self, ops: Vec<Op>) -> Result<()> {
         let store = self.shared.store.clone();
         blocking(move || Ok(store.write(WriteBatch::from(ops), Durability::Sync)?)).await
-    }
-
-    /// Creates the instance admin key (no workspace, role `admin`). The server calls this once
-    /// at first start and writes the secret to a 0600 file.
-    pub async fn create_admin_key(&self) -> Result<CreatedApiKey> {
-        let secret = new_secret()?;
-        let record = ApiKeyRecord {
-            id: new_id("ak_")?,
-            workspace_id: None,
-            key_hash: secret_hash(&secret),
-            roles: vec![Role::Admin],
-            created_at_ms: now_ms(),
-            revoked_at_ms: None,
-        };
-        let key = views::api_key(&record)?;
-        self.write(vec![Op::PutApiKey(record)]).await?;
-        Ok(CreatedApiKey { key, secret })
-    }
-
-    /// Replaces the instance admin key `caller` authenticated with: a new instance admin key is
-    /// created and the caller's is revoked, in one synced write, and the old one leaves the
-    /// cache before this returns — so it is refused from the next request on. One rotation at a
-    /// time (a second one with the same old key finds it revoked: `NotFound`). There is no
-    /// revoke without a replacement: the instance would be left without an administrator.
-    pub async fn rotate_admin_key(&self, caller: &Principal) -> Result<CreatedApiKey> {
-        let s = &self.shared;
-        let _one_at_a_time = s.instance_idem.lock().await;
-        let (store, id) = (s.store.clone(), caller.key_id.clone());
-        let old = blocking(move || Ok(store.api_key_by_id(None, &id)?)).await?;
-        let Some(mut old) = old.filter(|k| k.revoked_at_ms.is_none() && k.roles.contains(&Role::Admin)) else {
-            return Err(EngineError::NotFound { what: "instance admin key" });
-        };
-        let secret = new_secret()?;
-        let now = now_ms();
-        let record = ApiKeyRecord {
-            id: new_id("ak_")?,
-            workspace_id: None,
-            key_hash: secret_hash(&secret),
-            roles: vec![Role::Admin],
-            created_at_ms: now,
-            revoked_at_ms: None,
-        };
-        let key = views::api_key(&record)?;
-        let old_hash = old.key_hash;
-        old.revoked_at_ms = Some(now);
-        let written = self.write(vec![Op::PutApiKey(record), Op::PutApiKey(old)]).await;
-        // Whatever the outcome (a write may have landed before its error), the old key leaves
-        // the cache: at worst it is read from the store again.
-        s.api_keys.revoked(&old_hash);
-        written?;
-        tracing::info!(old = %caller.key_id, new = %key.id, "instance admin key rotated");
-        Ok(CreatedApiKey { key, secret })
     }
 
     /// Creates an API key for workspace `ws` on behalf of `caller` (whose bearer secret is
@@ -536,25 +489,30 @@ impl Engine {
             self.write(ops).await?;
             return Ok(view);
         };
+        let _one_at_a_time = self.shared.instance_idem.lock().await;
+        if let Some(first) = self.instance_replay(&idem).await? {
+            return Ok(first);
+        }
+        let (mut ops, view) = self.new_workspace(req).await?;
+        ops.push(instance_idem_op(idem, &view)?);
+        self.write(ops).await?;
+        Ok(view)
+    }
+
+    /// The first answer filed under `idem` in the instance's own scope, if it is still live
+    /// (`IdempotencyMismatch` if it answers another request). Call under `instance_idem`.
+    pub(crate) async fn instance_replay<T: serde::de::DeserializeOwned>(&self, idem: &Idem) -> Result<Option<T>> {
         let s = &self.shared;
-        let _one_at_a_time = s.instance_idem.lock().await;
-        let now = now_ms();
         let store = s.store.clone();
         let doc_id = idem.doc_id.clone();
         let stored = blocking(move || Ok(store.doc(DocKind::Idempotency, INSTANCE_SCOPE, &doc_id)?)).await?;
-        if let Some(v) = stored {
-            let doc: IdemDoc = serde_json::from_value(v)
-                .map_err(|e| EngineError::Internal(format!("stored idempotent answer: {e}")))?;
-            if doc.is_live(now, s.cfg.idempotency_ttl_ms()) {
-                return doc.replay(&idem);
-            }
+        let Some(v) = stored else { return Ok(None) };
+        let doc: IdemDoc =
+            serde_json::from_value(v).map_err(|e| EngineError::Internal(format!("stored idempotent answer: {e}")))?;
+        if !doc.is_live(now_ms(), s.cfg.idempotency_ttl_ms()) {
+            return Ok(None);
         }
-        let (mut ops, view) = self.new_workspace(req).await?;
-        let doc =
-            serde_json::to_value(IdemDoc::new(&idem, now, &view)?).map_err(|e| EngineError::Internal(e.to_string()))?;
-        ops.push(Op::PutDoc { kind: DocKind::Idempotency, workspace_id: INSTANCE_SCOPE.into(), id: idem.doc_id, doc });
-        self.write(ops).await?;
-        Ok(view)
+        doc.replay(idem).map(Some)
     }
 
     /// A new workspace's record (its key made in the signer), not yet written.
@@ -600,6 +558,17 @@ impl Engine {
     /// Public: needs no authentication. NotFound for an unknown workspace.
     pub fn keys(&self, ws: &str) -> Result<KeySet> {
         key_set(ws, &self.workspace_record(ws)?.signing_keys)
+    }
+
+    /// Rotates workspace `ws`'s signing key: the signer makes a new key and logs the rotation
+    /// as a `key.rotated` receipt at the log's next index, signed by the new key; the old key
+    /// stays published, retired, with its `not_after`. Sequenced by the workspace's actor (see
+    /// `actor/rotation.rs`). With an `Idempotency-Key`, a repeat gets the first answer.
+    pub async fn rotate_workspace_key(&self, ws: &str, idem: Option<&str>) -> Result<KeyRotation> {
+        self.workspace_record(ws)?;
+        let idem = idempotency(idem, "workspace_key_rotate", &())?;
+        self.fail_closed_unless_keyed(ws, idem.is_some())?;
+        self.ask(ws, |reply| WsMsg::RotateKey { idem, reply }).await
     }
 
     // ---- Authorizations and checks --------------------------------------------------------
@@ -652,13 +621,15 @@ impl Engine {
         // Waits until a passivated predecessor has finished and let go of the workspace.
         let life = locks.life.clone().lock_owned().await;
         let record = self.workspace_record(ws)?;
-        let next_index = s.store.log_meta(ws)?.unwrap_or_default().next_index;
+        let meta = s.store.log_meta(ws)?.unwrap_or_default();
         let queued = Arc::new(AtomicUsize::new(0));
         let last_used = Arc::new(AtomicU64::new(crate::clock::now_ms()));
         let args = WsArgs {
             shared: s.clone(),
             ws: record,
-            next_index,
+            next_index: meta.next_index,
+            rotation_at: meta.rotation_at,
+            rotation_idem: meta.rotation_idempotency,
             queued: queued.clone(),
             last_used: last_used.clone(),
             life,
@@ -1060,6 +1031,14 @@ pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
 /// Files an `Idempotency-Key` for the actor: the key's record id is a hash of the key (any
 /// printable text fits the id alphabet that way), and the request hash covers the route and
 /// the parsed request, so "the same body" means the same request, whatever its whitespace.
+/// The op that files `answer` under `idem` in the instance's own scope (written with the
+/// change it answers).
+pub(crate) fn instance_idem_op<T: serde::Serialize>(idem: Idem, answer: &T) -> Result<Op> {
+    let doc = serde_json::to_value(IdemDoc::new(&idem, now_ms(), answer)?)
+        .map_err(|e| EngineError::Internal(e.to_string()))?;
+    Ok(Op::PutDoc { kind: DocKind::Idempotency, workspace_id: INSTANCE_SCOPE.into(), id: idem.doc_id, doc })
+}
+
 pub(crate) fn idempotency<R: serde::Serialize + ?Sized>(
     key: Option<&str>,
     route: &str,

@@ -8,6 +8,7 @@
 //! same writes as the receipts and signatures that cause them; `allowly-webhooks` delivers them.
 
 mod actor;
+mod admin_keys;
 mod clock;
 mod commit;
 pub mod config;
@@ -31,6 +32,7 @@ pub mod validate;
 mod views;
 mod webhooks;
 
+pub use admin_keys::reset_instance_admin_keys;
 pub use config::EngineConfig;
 pub use engine::{Engine, MAX_EXPORT_RECEIPTS};
 pub use error::{EngineError, Result};

@@ -16,7 +16,7 @@ use tokio::sync::oneshot;
 use crate::error::Result;
 use crate::model::{
     ApiKeyView, AuthorizationChange, CheckOutcome, CheckRequest, ConfirmationAnswer, EscalationAnswer, EscalationView,
-    NewAuthorization, Resolution, WorkspaceView,
+    KeyRotation, NewAuthorization, Resolution, WorkspaceView,
 };
 
 /// Where an answer goes.
@@ -111,6 +111,13 @@ pub(crate) enum WsMsg {
         idem: Option<Idem>,
         reply: Reply<ApiKeyView>,
     },
+    /// Rotate the workspace's signing key: the `key.rotated` leaf takes the next log index.
+    RotateKey {
+        idem: Option<Idem>,
+        reply: Reply<KeyRotation>,
+    },
+    /// Finish a key rotation left unfinished (sent by the actor to itself at start).
+    ResumeRotation,
     /// Delete these `Idempotency-Key` records if they are still past their lifetime.
     SweepIdempotency {
         ids: Vec<String>,

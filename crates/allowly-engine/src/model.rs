@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use allowly_receipt::types::{
-    AnyReceipt, ApprovalOutcome, Decision, HexHash, PendingReceipt, RawBody, SignedReceipt, Timestamp,
+    AnyReceipt, ApprovalOutcome, Decision, HexHash, KeySet, PendingReceipt, RawBody, SignedReceipt, Timestamp,
 };
 use allowly_store::{Role, ScopeRule};
 use serde::{Deserialize, Serialize};
@@ -440,6 +440,14 @@ pub struct Resynced {
     pub signed_size: u64,
     /// The stored log's size (committed receipts); those above `signed_size` are signed next.
     pub stored_size: u64,
+}
+
+/// `POST /v1/workspaces/{ws}/keys/rotate`: the workspace's keys after the rotation (every key,
+/// the old one retired with its `not_after`) and the signed `key.rotated` receipt that logs it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KeyRotation {
+    pub keys: KeySet,
+    pub receipt: SignedReceipt<RawBody>,
 }
 
 /// Where keyed requests that belong to no workspace (workspace creation) file their

@@ -50,6 +50,9 @@ use crate::model::Resynced;
 use crate::receipts::{key_records, verifier};
 use crate::services::{blocking, Services};
 
+mod rotation;
+pub(crate) use rotation::rotate;
+
 /// Running pipeline tasks by workspace; each gets the workspace's committed log size.
 #[derive(Debug, Default)]
 pub(crate) struct Pipelines {
@@ -259,11 +262,13 @@ const MAX_MARKS: usize = 4096;
 struct Progress {
     signed: AtomicU64,
     marks: Mutex<VecDeque<(u64, Instant)>>,
+    /// Woken whenever `signed` moves (a key rotation waits for the log to be signed up to it).
+    moved: tokio::sync::Notify,
 }
 
 impl Default for Progress {
     fn default() -> Self {
-        Self { signed: AtomicU64::new(NOT_LOADED), marks: Mutex::default() }
+        Self { signed: AtomicU64::new(NOT_LOADED), marks: Mutex::default(), moved: tokio::sync::Notify::new() }
     }
 }
 
@@ -282,6 +287,7 @@ impl Progress {
     /// Leaves below `size` are signed.
     fn signed(&self, size: u64) {
         self.signed.store(size, Ordering::Release);
+        self.moved.notify_waiters();
         if let Ok(mut marks) = self.marks.lock() {
             while marks.front().is_some_and(|&(s, _)| s <= size) {
                 marks.pop_front();
@@ -627,20 +633,7 @@ impl Signing {
                 next.size()
             )));
         }
-        let ws = self.ws.clone();
-        // The `receipt.signed` event goes into the same write as the signature it announces.
-        let events = signed_event(shared, &ws, from, cp.size, &checkpoint)?;
-        let wake = !events.is_empty();
-        let mut ops = vec![
-            // Level 0 is the leaf hashes, already stored in the receipts (`StoredNodes` reads
-            // them there): about half of the nodes, one key per receipt less.
-            Op::PutNodes {
-                workspace_id: ws.clone(),
-                nodes: appended.new_nodes.into_iter().filter(|&(level, _, _)| level > 0).collect(),
-            },
-            Op::PutCheckpoint { workspace_id: ws, size: cp.size, note: checkpoint },
-        ];
-        ops.extend(events);
+        let (ops, wake) = signed_ops(shared, &self.ws, appended, from, checkpoint)?;
         // Through the committer: the checkpoint rides along with the next synced write of the
         // actors' groups instead of being a store write of its own (a blocking-pool hop and a
         // second writer queueing on RocksDB's write path per signing round: 4.3 % of the
@@ -742,6 +735,31 @@ impl Signing {
         }
         Ok(())
     }
+}
+
+/// The ops that store a checkpoint of `appended.new_size` leaves (the leaves from `from` on
+/// newly signed): the new Merkle nodes, the checkpoint, and the `receipt.signed` event in the
+/// same write as the signature it announces. Also whether the event needs the worker woken.
+fn signed_ops(
+    shared: &Services,
+    ws: &str,
+    appended: merkle::Appended,
+    from: u64,
+    checkpoint: String,
+) -> Result<(Vec<Op>, bool), Stop> {
+    let events = signed_event(shared, ws, from, appended.new_size, &checkpoint)?;
+    let wake = !events.is_empty();
+    let mut ops = vec![
+        // Level 0 is the leaf hashes, already stored in the receipts (`StoredNodes` reads
+        // them there): about half of the nodes, one key per receipt less.
+        Op::PutNodes {
+            workspace_id: ws.to_owned(),
+            nodes: appended.new_nodes.into_iter().filter(|&(level, _, _)| level > 0).collect(),
+        },
+        Op::PutCheckpoint { workspace_id: ws.to_owned(), size: appended.new_size, note: checkpoint },
+    ];
+    ops.extend(events);
+    Ok((ops, wake))
 }
 
 /// A signer call that failed, to be tried again: `Busy` (back pressure) is counted as such and

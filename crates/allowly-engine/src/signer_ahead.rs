@@ -5,7 +5,8 @@
 //! signer for every workspace's durable log size (`LogSizes`, read from its journal's index, no
 //! workspace loaded) and compares each with the store:
 //!
-//! * **The signer is ahead of the store** (its size is above the store's *committed* size): a
+//! * **The signer is ahead of the store** (its size is above the store's *committed* size, plus
+//!   one for a key rotation reserved at the next index, whose leaf the signer may hold): a
 //!   store restored from a backup older than the signer's state. The signer has signed leaves —
 //!   receipts that were handed out — that this store does not hold, and the next receipt the
 //!   store makes at such an index would be another leaf under a signed size: a fork, which
@@ -88,7 +89,11 @@ async fn compare(s: &Arc<Services>, pipes: &Arc<Pipelines>) -> Result<HashSet<St
     let (ahead, lagging) = blocking(move || {
         let (mut ahead, mut lagging) = (Vec::new(), Vec::new());
         for (ws, size) in sizes {
-            let stored = store.log_meta(&ws)?.map_or(0, |m| m.next_index);
+            let meta = store.log_meta(&ws)?.unwrap_or_default();
+            // A key rotation reserved at the next index may already be in the signer's log
+            // (its answer lost to the crash): one leaf more is the rotation's, which the
+            // workspace's actor stores as it starts (`actor/rotation.rs`).
+            let stored = meta.next_index + u64::from(meta.rotation_at == Some(meta.next_index));
             let signed = store.latest_checkpoint(&ws)?.map_or(0, |(size, _)| size);
             if size > stored {
                 ahead.push((ws, size, stored));

@@ -106,6 +106,12 @@ pub enum Command {
     /// Internal: the root process that starts the isolated signer (see `isolation`).
     #[command(name = "signer-keeper", hide = true)]
     SignerKeeper(crate::signer_child::KeeperArgs),
+    /// A workspace's signing key, through the running server.
+    #[command(name = "workspace-key", subcommand)]
+    WorkspaceKey(crate::admin_cli::WorkspaceKeyCommand),
+    /// The instance admin key: rotate or revoke through the running server, or reset offline.
+    #[command(name = "admin-key", subcommand)]
+    AdminKey(crate::admin_cli::AdminKeyCommand),
 }
 
 /// `allowly serve` options as given (unresolved).

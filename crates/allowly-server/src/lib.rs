@@ -47,12 +47,14 @@
 //!
 //! # Modules
 //!
-//! [`config`] (flags, env, file), [`backup`] (`POST /v1/admin/backup`, `allowly backup`, `allowly restore`), [`serve`] (start-up and shutdown order), [`isolation`]
+//! [`admin_cli`] (`allowly workspace-key rotate`, `allowly admin-key rotate|revoke|reset`:
+//! operator commands that ask the running server, or reset offline), [`config`] (flags, env, file), [`backup`] (`POST /v1/admin/backup`, `allowly backup`, `allowly restore`), [`serve`] (start-up and shutdown order), [`isolation`]
 //! (what happens when started as root: two users, privilege drop), [`signer_child`]
 //! (the embedded signer, its supervisor and its root keeper), [`http`] (accept loop, request ids, graceful
 //! drain), [`routes`] (routing table and handlers), [`extract`] (strict request reading),
 //! [`auth`] (bearer keys and the access table), [`problem`] (errors → HTTP, once), [`metrics`].
 
+pub mod admin_cli;
 pub mod admin_token;
 pub mod app;
 pub mod auth;

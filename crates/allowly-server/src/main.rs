@@ -26,6 +26,8 @@ fn main() -> ExitCode {
         Command::SignerKeeper(args) => keep(args),
         Command::Backup(args) => allowly_server::backup::backup(args).map_err(|e| e.to_string()),
         Command::Restore(args) => allowly_server::backup::restore(args).map_err(|e| e.to_string()),
+        Command::WorkspaceKey(cmd) => print(allowly_server::admin_cli::workspace_key(cmd)),
+        Command::AdminKey(cmd) => print(allowly_server::admin_cli::admin_key(cmd)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -41,6 +43,13 @@ fn run(cfg: allowly_server::config::ServerConfig) -> Result<(), String> {
     let prepared = allowly_server::serve::prepare(&cfg).map_err(|e| e.to_string())?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
     runtime.block_on(allowly_server::serve::run(cfg, prepared)).map_err(|e| e.to_string())
+}
+
+/// An operator command's answer to stdout.
+fn print(answer: Result<String, allowly_server::serve::ServeError>) -> Result<(), String> {
+    let text = answer.map_err(|e| e.to_string())?;
+    println!("{}", text.trim_end());
+    Ok(())
 }
 
 fn keep(args: allowly_server::signer_child::KeeperArgs) -> Result<(), String> {

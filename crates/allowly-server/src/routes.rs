@@ -5,11 +5,15 @@
 //! |---|---|---|---|
 //! | GET | `/healthz`, `/readyz`, `/metrics` | public | `readiness`, `metrics_text` |
 //! | POST | `/v1/workspaces` | instance admin | `create_workspace` → 201 |
+//! | POST | `/v1/admin-key/rotate` | instance admin | `rotate_admin_key` (the caller's key replaced; the new secret shown once and written to `admin-token`) |
+//! | GET | `/v1/admin-keys` | instance admin | `admin_keys` (every instance admin key, revoked ones too; no secrets) |
+//! | POST | `/v1/admin-keys/{id}/revoke` | instance admin | `revoke_admin_key` (409 for the last one not revoked) |
 //! | GET | `/v1/workspaces/{ws}` | instance admin or read | `workspace` |
 //! | PUT | `/v1/workspaces/{ws}/scope-rules` | instance admin or admin | `set_scope_rules` |
 //! | POST | `/v1/workspaces/{ws}/api-keys` | instance admin or admin | `create_api_key` → 201 |
 //! | POST | `/v1/workspaces/{ws}/api-keys/{key_id}/revoke` | instance admin or admin | `revoke_api_key` |
 //! | GET | `/v1/workspaces/{ws}/keys` | public | `keys` |
+//! | POST | `/v1/workspaces/{ws}/keys/rotate` | instance admin or admin | `rotate_workspace_key` (new key set + the signed `key.rotated` receipt) |
 //! | GET | `/v1/workspaces/{ws}/log/checkpoint` | read | `latest_checkpoint` |
 //! | GET | `/v1/workspaces/{ws}/log/inclusion?log_index=N[&tree_size=M]` | read | `inclusion_proof` |
 //! | GET | `/v1/workspaces/{ws}/log/consistency?old_size=N[&new_size=M]` | read | `consistency_proof` |
@@ -82,12 +86,15 @@ pub enum Route {
     Metrics,
     AdminKeyRotate,
     AdminBackup,
+    AdminKeyRevoke,
+    AdminKeyList,
     WorkspaceCreate,
     WorkspaceGet,
     ScopeRulesPut,
     ApiKeyCreate,
     ApiKeyRevoke,
     Keys,
+    KeysRotate,
     LogCheckpoint,
     LogInclusion,
     LogConsistency,
@@ -128,12 +135,15 @@ impl Route {
             Self::Metrics => "metrics",
             Self::AdminKeyRotate => "admin_key_rotate",
             Self::AdminBackup => "admin_backup",
+            Self::AdminKeyRevoke => "admin_key_revoke",
+            Self::AdminKeyList => "admin_key_list",
             Self::WorkspaceCreate => "workspace_create",
             Self::WorkspaceGet => "workspace_get",
             Self::ScopeRulesPut => "scope_rules_put",
             Self::ApiKeyCreate => "api_key_create",
             Self::ApiKeyRevoke => "api_key_revoke",
             Self::Keys => "keys",
+            Self::KeysRotate => "keys_rotate",
             Self::LogCheckpoint => "log_checkpoint",
             Self::LogInclusion => "log_inclusion",
             Self::LogConsistency => "log_consistency",
@@ -169,9 +179,16 @@ impl Route {
     pub fn access(self) -> Access {
         match self {
             Self::Healthz | Self::Readyz | Self::Metrics | Self::Keys | Self::Unmatched => Access::Public,
-            Self::AdminKeyRotate | Self::AdminBackup | Self::WorkspaceCreate | Self::LogResync => Access::InstanceAdmin,
+            Self::AdminKeyRotate
+            | Self::AdminKeyRevoke
+            | Self::AdminKeyList
+            | Self::AdminBackup
+            | Self::WorkspaceCreate
+            | Self::LogResync => Access::InstanceAdmin,
             Self::WorkspaceGet => Access::InstanceAdminOr(Role::Read),
-            Self::ScopeRulesPut | Self::ApiKeyCreate | Self::ApiKeyRevoke => Access::InstanceAdminOr(Role::Admin),
+            Self::ScopeRulesPut | Self::ApiKeyCreate | Self::ApiKeyRevoke | Self::KeysRotate => {
+                Access::InstanceAdminOr(Role::Admin)
+            }
             Self::LogCheckpoint
             | Self::LogInclusion
             | Self::LogConsistency
@@ -265,12 +282,15 @@ pub fn match_route<'a>(method: &Method, path: &'a str) -> Matched<'a> {
         ["metrics"] => (&[(Get, Route::Metrics)], None, None),
         ["v1", "admin-key", "rotate"] => (&[(Post, Route::AdminKeyRotate)], None, None),
         ["v1", "admin", "backup"] => (&[(Post, Route::AdminBackup)], None, None),
+        ["v1", "admin-keys"] => (&[(Get, Route::AdminKeyList)], None, None),
+        ["v1", "admin-keys", id, "revoke"] => (&[(Post, Route::AdminKeyRevoke)], None, Some(*id)),
         ["v1", "workspaces"] => (&[(Post, Route::WorkspaceCreate)], None, None),
         ["v1", "workspaces", ws] => (&[(Get, Route::WorkspaceGet)], Some(*ws), None),
         ["v1", "workspaces", ws, "scope-rules"] => (&[(Put, Route::ScopeRulesPut)], Some(*ws), None),
         ["v1", "workspaces", ws, "api-keys"] => (&[(Post, Route::ApiKeyCreate)], Some(*ws), None),
         ["v1", "workspaces", ws, "api-keys", key, "revoke"] => (&[(Post, Route::ApiKeyRevoke)], Some(*ws), Some(*key)),
         ["v1", "workspaces", ws, "keys"] => (&[(Get, Route::Keys)], Some(*ws), None),
+        ["v1", "workspaces", ws, "keys", "rotate"] => (&[(Post, Route::KeysRotate)], Some(*ws), None),
         ["v1", "workspaces", ws, "log", "checkpoint"] => (&[(Get, Route::LogCheckpoint)], Some(*ws), None),
         ["v1", "workspaces", ws, "log", "inclusion"] => (&[(Get, Route::LogInclusion)], Some(*ws), None),
         ["v1", "workspaces", ws, "log", "consistency"] => (&[(Get, Route::LogConsistency)], Some(*ws), None),
@@ -385,6 +405,11 @@ async fn handle(app: &App, t: Target<'_>, parts: &Parts, body: Incoming) -> Resu
             extract::empty_body(h, body, limit).await?;
             json(StatusCode::CREATED, &app.backups.take().await.map_err(|e| Problem::from_backup(&e))?)
         }
+        Route::AdminKeyList => json(StatusCode::OK, &engine.admin_keys().await?),
+        Route::AdminKeyRevoke => {
+            extract::empty_body(h, body, limit).await?;
+            json(StatusCode::OK, &engine.revoke_admin_key(&caller()?.0, id()?, idem).await?)
+        }
         Route::WorkspaceCreate => {
             let req: NewWorkspace = extract::json_body(h, body, limit).await?;
             let created = engine.create_workspace(req, idem).await?;
@@ -412,6 +437,10 @@ async fn handle(app: &App, t: Target<'_>, parts: &Parts, body: Incoming) -> Resu
             json(StatusCode::OK, &engine.revoke_api_key(ws()?, id()?, idem).await?)
         }
         Route::Keys => json(StatusCode::OK, &engine.keys(ws()?)?),
+        Route::KeysRotate => {
+            extract::empty_body(h, body, limit).await?;
+            json(StatusCode::OK, &engine.rotate_workspace_key(ws()?, idem).await?)
+        }
         Route::LogCheckpoint => {
             query(&[])?;
             json(StatusCode::OK, &engine.latest_checkpoint(ws()?)?)
@@ -587,6 +616,10 @@ mod tests {
         check(Method::GET, "/healthz", found(Route::Healthz, None, None));
         check(Method::POST, "/v1/workspaces", found(Route::WorkspaceCreate, None, None));
         check(Method::POST, "/v1/admin-key/rotate", found(Route::AdminKeyRotate, None, None));
+        check(Method::POST, "/v1/admin-keys/ak_1/revoke", found(Route::AdminKeyRevoke, None, Some("ak_1")));
+        check(Method::GET, "/v1/admin-keys", found(Route::AdminKeyList, None, None));
+        check(Method::POST, "/v1/workspaces/ws_1/keys/rotate", found(Route::KeysRotate, Some("ws_1"), None));
+        check(Method::GET, "/v1/workspaces/ws_1/keys/rotate", Matched::MethodNotAllowed("POST".into()));
         check(Method::GET, "/v1/workspaces/ws_1", found(Route::WorkspaceGet, Some("ws_1"), None));
         check(
             Method::POST,
@@ -644,12 +677,15 @@ mod tests {
             Metrics,
             AdminKeyRotate,
             AdminBackup,
+            AdminKeyRevoke,
+            AdminKeyList,
             WorkspaceCreate,
             WorkspaceGet,
             ScopeRulesPut,
             ApiKeyCreate,
             ApiKeyRevoke,
             Keys,
+            KeysRotate,
             LogCheckpoint,
             LogInclusion,
             LogConsistency,

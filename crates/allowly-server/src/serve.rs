@@ -39,6 +39,9 @@ pub enum ServeError {
     Webhooks(String),
     #[error("isolating the signer's keys (started as root): {0}")]
     Isolation(#[from] crate::isolation::IsolationError),
+    /// An operator command (`admin_cli`) got an answer other than 2xx from the server.
+    #[error("the server answered {status}: {body}")]
+    Remote { status: u16, body: String },
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServeError {

@@ -40,7 +40,7 @@
 //! | `0x01` | `Ping` | — |
 //! | `0x02` | `CreateKey` | `workspace_id: wsid` |
 //! | `0x03` | `ListKeys` | `workspace_id: wsid` |
-//! | `0x04` | `RotateKey` | `workspace_id: wsid`, `expected_size: u64` (the index the `key.rotated` leaf takes) |
+//! | `0x04` | `RotateKey` | `workspace_id: wsid`, `expected_size: u64` (the index the `key.rotated` leaf takes; a repeat whose answer was lost — the log's last group is exactly that rotation's leaf — gets the same `Rotated` again) |
 //! | `0x05` | `AppendBatch` | `workspace_id: wsid`, `expected_size: u64`, `bodies: vec<body>` (1 ≤ count ≤ [`MAX_BATCH_LEAVES`]; 0 → `InvalidArgument`, more → `BatchTooLarge`), `want_proofs: bool` |
 //! | `0x06` | `LatestCheckpoint` | `workspace_id: wsid` |
 //! | `0x07` | `Metrics` | — |

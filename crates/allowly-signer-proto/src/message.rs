@@ -28,6 +28,8 @@ pub enum Request {
         workspace_id: String,
         /// The log's current size: the rotation is itself a leaf, appended at this index, so
         /// the service (which sequences the log) reserves the index like any other receipt's.
+        /// A repeat at the same size after a lost answer (the log's last group is exactly that
+        /// rotation's leaf) is answered with the same `Rotated` again.
         expected_size: u64,
     },
     /// `0x05`: append receipts at indices `expected_size..`; answered by

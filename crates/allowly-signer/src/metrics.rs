@@ -23,7 +23,8 @@ pub struct Metrics {
     pub fork_attempts: IntCounter,
     /// Appends at an already signed index whose leaves agree with what was signed: a lost
     /// answer retried, by `answer` (`checkpoint`: answered again with the same checkpoint;
-    /// `size_mismatch`: told the current size, the caller catches up). Benign; no warning.
+    /// `size_mismatch`: told the current size, the caller catches up; `rotation`: a rotation
+    /// asked again after its answer was lost, answered again). Benign; no warning.
     pub append_replays: IntCounterVec,
     /// Batches refused because a body is not a receipt the signer may sign, by `reason` (a
     /// closed set: `malformed`, `workspace`, `log_index`, `kind`, `time_backwards`, `time_future`).
@@ -151,7 +152,7 @@ impl Metrics {
             ),
             append_replays: counter_vec(
                 "allowly_signer_append_replays_total",
-                "Appends at signed indices whose leaves agree with the signed log (lost answers retried), by answer",
+                "Appends at signed indices whose leaves agree with the signed log, and rotations repeated after their answer was lost (lost answers retried), by answer",
                 &["answer"],
             ),
             receipts_refused: counter_vec(

@@ -664,7 +664,17 @@ impl WsState {
 
     /// Rotates the key and logs the rotation as a `key.rotated` leaf at `expected_size`, signed
     /// by the new key. The new key is durable in the key store before it signs anything.
+    ///
+    /// A rotation whose answer was lost (the service crashed or timed out after asking) is
+    /// asked again at the same `expected_size`: if the last signed group is exactly that
+    /// rotation's leaf, the same answer is given again (same checkpoint, nothing new signed or
+    /// generated), so the service can store the leaf it never received.
     async fn rotate(&mut self, expected_size: u64, peer_uid: u32) -> Result<Response> {
+        if let Some(replayed) = self.replay_rotation(expected_size) {
+            self.shared.metrics.append_replays.with_label_values(&["rotation"]).inc();
+            tracing::info!(workspace = %self.ws, index = expected_size, peer_uid, "a rotation retried after a lost answer; answered again");
+            return Ok(replayed);
+        }
         if expected_size != self.frontier.size() {
             self.shared.metrics.fork_attempts.inc();
             let current = self.frontier.size();
@@ -676,39 +686,13 @@ impl WsState {
             return Err(SignerError::SizeMismatch { expected: expected_size, current });
         }
         let time = self.next_time(true);
-        let old_id = hex::encode(self.keys.active_key_id());
         let (shared, ws) = (self.shared.clone(), self.ws.clone());
         // The key file write (and its fsyncs) runs on the blocking pool, not on a tokio worker.
         self.keys = tokio::task::spawn_blocking(move || shared.keystore.rotate(&ws, time))
             .await
             .map_err(|e| SignerError::Io(std::io::Error::other(format!("key rotation task: {e}"))))??;
-        let verifier = NoteVerifier::new(&self.origin, self.keys.active.public_key())?;
-        let body = ReceiptBody {
-            v: FORMAT_VERSION,
-            id: format!("rcpt_keyrot_{expected_size}"),
-            workspace_id: self.ws.clone(),
-            authorization_id: None,
-            seq: None,
-            prev: None,
-            log_index: expected_size,
-            kind: EventKind::KeyRotated,
-            decision: None,
-            reason: None,
-            scopes: vec![],
-            resource: None,
-            time: ts(time),
-            auth_state_hash: None,
-            grant: None,
-            approval: None,
-            escalation_id: None,
-            context_hash: None,
-            key: Some(RotatedKey {
-                key_id: hex::encode(verifier.key_id()),
-                vkey: verifier.to_vkey(),
-                replaces: old_id,
-            }),
-        };
-        let bytes = body.canonical_bytes()?;
+        let bytes = rotation_body(&self.ws, expected_size, &self.keys.infos)?
+            .ok_or_else(|| SignerError::Corrupt(format!("{}: the rotated key set names no rotation", self.ws)))?;
         let leaf = allowly_receipt::merkle::leaf_hash(&bytes);
         let (checkpoint, proofs) =
             // The signer's own leaf: its time (the signer's clock) is not the floor for the
@@ -721,6 +705,72 @@ impl WsState {
             rotation: SignedLeaf { body: bytes, log_index: expected_size, proof, checkpoint },
         })
     }
+
+    /// The answer to a rotation at `expected_size` that is already the last signed group (its
+    /// one leaf is the `key.rotated` body the current key set describes), if it is.
+    fn replay_rotation(&self, expected_size: u64) -> Option<Response> {
+        let d = &self.durable;
+        if d.prev_size != expected_size || d.size != expected_size.checked_add(1)? || d.last_group.len() != 1 {
+            return None;
+        }
+        let body = rotation_body(&self.ws, expected_size, &self.keys.infos).ok()??;
+        let leaf = allowly_receipt::merkle::leaf_hash(&body);
+        if d.last_group[0].0 != leaf {
+            return None;
+        }
+        let mut f = d.prev_frontier().ok()?;
+        let proof = f.append(&[leaf]).ok()?.proofs.into_iter().next()?;
+        Some(Response::Rotated {
+            keys: self.keys.infos.clone(),
+            rotation: SignedLeaf { body, log_index: expected_size, proof, checkpoint: d.checkpoint.clone()? },
+        })
+    }
+}
+
+/// The canonical `key.rotated` receipt body of the rotation that made `keys`' active key, logged
+/// at `log_index`: `None` if the active key replaced none (a workspace's first key). Everything
+/// in it comes from the key set (its time is the new key's `not_before`, which is the old key's
+/// `not_after`), so a lost answer can be given again byte for byte. Its id has the form the
+/// service gives receipt ids (`rc_` + the index as 16 hex digits + 32 hex digits; here derived
+/// from the new public key), so the service finds it by id like any other receipt.
+fn rotation_body(ws: &str, log_index: u64, keys: &[allowly_signer_proto::KeyInfo]) -> Result<Option<Vec<u8>>> {
+    use sha2::{Digest as _, Sha256};
+    let Some(new) = keys.iter().find(|k| k.active) else { return Ok(None) };
+    let Some(old) = keys.iter().find(|k| !k.active && k.not_after_ms == Some(new.not_before_ms)) else {
+        return Ok(None);
+    };
+    let origin = log_origin(ws);
+    let public = ed25519_dalek::VerifyingKey::from_bytes(&new.public_key)
+        .map_err(|e| SignerError::Corrupt(format!("public key of {ws}: {e}")))?;
+    let verifier = NoteVerifier::new(&origin, public)?;
+    let tag: [u8; 32] =
+        Sha256::new().chain_update(b"allowly/key.rotated\0").chain_update(new.public_key).finalize().into();
+    let body = ReceiptBody {
+        v: FORMAT_VERSION,
+        id: format!("rc_{log_index:016x}{}", hex::encode(&tag[..16])),
+        workspace_id: ws.to_owned(),
+        authorization_id: None,
+        seq: None,
+        prev: None,
+        log_index,
+        kind: EventKind::KeyRotated,
+        decision: None,
+        reason: None,
+        scopes: vec![],
+        resource: None,
+        time: ts(new.not_before_ms),
+        auth_state_hash: None,
+        grant: None,
+        approval: None,
+        escalation_id: None,
+        context_hash: None,
+        key: Some(RotatedKey {
+            key_id: hex::encode(verifier.key_id()),
+            vkey: verifier.to_vkey(),
+            replaces: hex::encode(old.key_id),
+        }),
+    };
+    Ok(Some(body.canonical_bytes()?))
 }
 
 #[cfg(test)]

@@ -257,6 +257,12 @@ async fn rotation_keeps_old_checkpoints_valid_and_logs_a_verifiable_key_rotated_
     assert_eq!(refused, 1, "a refused rotation (a fork attempt) must be audited like a refused append");
     assert!(s.audit().iter().any(|l| l["event"] == "refused" && l["peer_uid"].as_u64() == Some(uid)));
     let rot = c.rotate_key(ws, size).await.unwrap();
+    // A lost answer asked for again gets the same answer: no second key, nothing new signed,
+    // not a fork attempt (the service stores the leaf it never received).
+    let forks1 = metric(&metrics(&c).await, "allowly_signer_fork_attempts_total");
+    let again = c.rotate_key(ws, size).await.unwrap();
+    assert_eq!((&again.keys, &again.rotation), (&rot.keys, &rot.rotation), "a repeated rotation is answered again");
+    assert_eq!(metric(&metrics(&c).await, "allowly_signer_fork_attempts_total"), forks1);
 
     let keys = c.list_keys(ws).await.unwrap();
     assert_eq!(keys, rot.keys);
@@ -276,6 +282,9 @@ async fn rotation_keeps_old_checkpoints_valid_and_logs_a_verifiable_key_rotated_
     assert_eq!(body["kind"], "key.rotated");
     assert_eq!(body["log_index"], size);
     assert_eq!(body["workspace_id"], ws);
+    // The service's receipt id form (`rc_` + index in 16 hex digits + 32 hex digits): found by id.
+    let id = body["id"].as_str().unwrap();
+    assert!(id.len() == 51 && id.starts_with(&format!("rc_{size:016x}")), "{id}");
     assert_eq!(body["key"]["key_id"], hex::encode(new.key_id));
     assert_eq!(body["key"]["replaces"], hex::encode(old.key_id));
     assert_eq!(body["key"]["vkey"], new_v.to_vkey());

@@ -74,6 +74,22 @@ fn api_key_by_id(e: &impl KvEngine, ws: Option<&str>, id: &str) -> Result<Option
     Ok(Some(r))
 }
 
+/// The instance's own API keys (no workspace), revoked ones included, in id order: the
+/// `api_key_ids` range of the empty workspace id, each resolved and checked like
+/// [`api_key_by_id`].
+fn instance_api_keys(e: &impl KvEngine, limit: usize) -> Result<Vec<ApiKeyRecord>> {
+    let space = Space::ApiKeyIds;
+    let ids = e.read(|view| view.scan(space, &[keys::SEP], Some(&[keys::SEP + 1]), limit, false))?;
+    let mut out = Vec::with_capacity(ids.len());
+    for (k, _) in ids {
+        let id =
+            k.get(1..).and_then(|id| std::str::from_utf8(id).ok()).ok_or_else(|| corrupt(space, &k, "not an id"))?;
+        let r = api_key_by_id(e, None, id)?.ok_or_else(|| corrupt(space, &k, "vanished while read"))?;
+        out.push(r);
+    }
+    Ok(out)
+}
+
 fn authorization(e: &impl KvEngine, ws: &str, id: &str) -> Result<Option<AuthorizationRecord>> {
     check_id("workspace_id", ws)?;
     check_id("authorization_id", id)?;
@@ -236,7 +252,8 @@ fn checkpoint_at_or_after(e: &impl KvEngine, ws: &str, size: u64) -> Result<Opti
     first_checkpoint(e, ws, &keys::ws_u64(ws, size), false)
 }
 
-/// Every workspace whose log has leaves beyond its newest stored checkpoint: one pass over
+/// Every workspace whose log has leaves beyond its newest stored checkpoint, or a key rotation
+/// not yet stored (`LogMeta::rotation_at`): one pass over
 /// `log_meta` (one entry per workspace) and one reverse seek per workspace, never a scan of
 /// receipts.
 fn workspaces_with_unsigned(e: &impl KvEngine) -> Result<Vec<String>> {
@@ -255,7 +272,7 @@ fn workspaces_with_unsigned(e: &impl KvEngine) -> Result<Vec<String>> {
                     .ok_or_else(|| corrupt(Space::LogMeta, k, "key is not a workspace id"))?;
                 let meta: LogMeta = decode(Space::LogMeta, k, v)?;
                 let signed = first_checkpoint(view, ws, &keys::ws_start(ws), true)?.map_or(0, |(size, _)| size);
-                if meta.next_index > signed {
+                if meta.next_index > signed || meta.rotation_at.is_some() {
                     out.push(ws.to_owned());
                 }
             }
@@ -348,6 +365,9 @@ impl<E: KvEngine> Store for E {
     }
     fn authorization(&self, ws: &str, id: &str) -> Result<Option<AuthorizationRecord>> {
         authorization(self, ws, id)
+    }
+    fn instance_api_keys(&self, limit: usize) -> Result<Vec<ApiKeyRecord>> {
+        instance_api_keys(self, limit)
     }
     fn authorizations(&self, ws: &str, after: Option<&str>, limit: usize) -> Result<Vec<AuthorizationRecord>> {
         authorizations(self, ws, after, limit)

@@ -38,6 +38,9 @@ pub trait Store: Send + Sync + 'static {
     /// An API key by id: of workspace `ws`, or an instance key when `ws` is `None`. Another
     /// workspace's key is `None`, exactly like a missing one.
     fn api_key_by_id(&self, ws: Option<&str>, id: &str) -> Result<Option<ApiKeyRecord>>;
+    /// Up to `limit` of the instance's own API keys (those of no workspace: the instance admin
+    /// keys), revoked ones included, in id order.
+    fn instance_api_keys(&self, limit: usize) -> Result<Vec<ApiKeyRecord>>;
     /// An authorization of workspace `ws`.
     fn authorization(&self, ws: &str, id: &str) -> Result<Option<AuthorizationRecord>>;
     /// Up to `limit` authorizations of `ws` with id > `after` (all when `None`), in id order.
@@ -65,8 +68,8 @@ pub trait Store: Send + Sync + 'static {
     /// checkpoint's size, log_meta.next_index)`, so reading them costs the same whatever the
     /// log's history.
     fn leaf_hashes(&self, ws: &str, from: u64, to: u64, limit: usize) -> Result<Vec<(u64, [u8; 32])>>;
-    /// Every workspace whose log has leaves beyond its newest stored checkpoint (what a restart
-    /// must finish signing).
+    /// Every workspace whose log has leaves beyond its newest stored checkpoint, or a key
+    /// rotation not yet stored (what a restart must finish signing).
     fn workspaces_with_unsigned(&self) -> Result<Vec<String>>;
     /// A workspace's log position.
     fn log_meta(&self, ws: &str) -> Result<Option<LogMeta>>;

@@ -149,10 +149,30 @@ pub struct ReceiptRecord {
 
 /// Per-workspace log position, owned by the workspace's sequencer (the signed size is the
 /// newest stored checkpoint's, see [`Store::latest_checkpoint`](crate::Store::latest_checkpoint)).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogMeta {
     /// Next log index to assign.
     pub next_index: u64,
+    /// A key rotation asked of the signer at this index (= `next_index`) whose `key.rotated`
+    /// leaf is not stored yet: until it is, the index is the rotation's and no receipt may take
+    /// it (the signer may already hold the leaf). Written (synced) before the signer is asked;
+    /// cleared in the write that stores the leaf, or once the signer has refused the rotation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation_at: Option<u64>,
+    /// The `Idempotency-Key` record the reserved rotation's answer is to be filed under, if it
+    /// was asked with one: whoever finishes the rotation files it, so a repeat of a request whose
+    /// answer was lost gets the rotation that was made instead of making another.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation_idempotency: Option<IdempotencyRef>,
+}
+
+/// An `Idempotency-Key` record as the engine files it: its document id and the hash of the
+/// request it answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdempotencyRef {
+    pub doc_id: String,
+    #[serde(with = "hex32")]
+    pub request_hash: [u8; 32],
 }
 
 /// One write. Ops of a [`WriteBatch`] apply in order (a later op sees an earlier one's effect)

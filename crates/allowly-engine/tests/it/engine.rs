@@ -498,6 +498,9 @@ impl Store for FullDevice {
     fn api_key_by_id(&self, ws: Option<&str>, id: &str) -> allowly_store::Result<Option<allowly_store::ApiKeyRecord>> {
         self.inner.api_key_by_id(ws, id)
     }
+    fn instance_api_keys(&self, limit: usize) -> allowly_store::Result<Vec<allowly_store::ApiKeyRecord>> {
+        self.inner.instance_api_keys(limit)
+    }
     fn authorization(&self, ws: &str, id: &str) -> allowly_store::Result<Option<allowly_store::AuthorizationRecord>> {
         self.inner.authorization(ws, id)
     }

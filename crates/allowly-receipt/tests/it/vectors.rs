@@ -584,6 +584,10 @@ fn vectors() -> (Log, Vec<Vector>) {
     let mut x = r(1);
     x.checkpoint = checkpoint_note(&log_origin(WS), size, root, "2026-01-01T00:05:00.000Z", &log_origin(WS), &log.key1);
     v.push(receipt_vector("receipt-checkpoint-retired-key", pretty(&x), Bad, &["key_not_valid_at_time"]));
+    // `not_after` is exclusive: the old key signing at the very instant of the rotation is refused.
+    let mut x = r(1);
+    x.checkpoint = checkpoint_note(&log_origin(WS), size, root, "2026-01-01T00:01:00.000Z", &log_origin(WS), &log.key1);
+    v.push(receipt_vector("receipt-checkpoint-at-key-not-after", pretty(&x), Bad, &["key_not_valid_at_time"]));
     let mut x = r(1);
     let cp = Checkpoint { origin: log_origin(WS), size, root, extensions: vec![] };
     x.checkpoint = note::sign_note(&cp.to_text().expect("text"), &log_origin(WS), &log.key1).expect("sign");

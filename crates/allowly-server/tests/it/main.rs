@@ -19,5 +19,6 @@ mod ops;
 mod pkcs11;
 mod powerloss;
 mod resilience;
+mod rotation;
 mod support;
 mod webhooks;

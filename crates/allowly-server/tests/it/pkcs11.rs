@@ -1,6 +1,6 @@
 //! `allowly serve --signer-keystore pkcs11` black-box, against a real SoftHSM2 token: receipts
 //! signed through the whole service path by keys that live on the token, accepted by the real
-//! `allowly-verify`, across a restart; and a token that refuses (wrong PIN, missing label or
+//! `allowly-verify`, across a key rotation (the new key made on the token) and a restart; and a token that refuses (wrong PIN, missing label or
 //! module) fails the service closed — it does not start, or, once running, its checks answer
 //! 503 until the token works again, and nothing unsigned is ever left behind.
 // The signer's SoftHSM2 fixture (a token directory of this process's own).
@@ -112,13 +112,32 @@ fn verified_export(s: &Server, ws: &str, reader: &str, az: &str, dir: &Path) -> 
     text.lines().filter(|l| l.contains("\"type\":\"receipt\"")).count()
 }
 
+/// The whole log of `ws` (up to its newest checkpoint, every receipt signed) verified by
+/// `allowly-verify` against the published keys; returns how many receipts it holds.
+fn verified_log(s: &Server, ws: &str, reader: &str, dir: &Path) -> u64 {
+    let c = s.client();
+    let cp = c.get(&format!("/v1/workspaces/{ws}/log/checkpoint"), Some(reader)).json();
+    let size = cp["size"].as_u64().unwrap();
+    let log = c.get(&format!("/v1/workspaces/{ws}/log/export?from=0&to={size}"), Some(reader));
+    assert_eq!(log.status, 200, "{log}");
+    let (bundle, keys_path) = (dir.join("log.jsonl"), dir.join("keys.json"));
+    std::fs::write(&bundle, &log.body).unwrap();
+    std::fs::write(&keys_path, &c.get(&format!("/v1/workspaces/{ws}/keys"), None).body).unwrap();
+    let (code, shown) = run_verifier(&bundle, &keys_path, &[]);
+    assert_eq!(code, Some(0), "allowly-verify does not accept the HSM-signed log:\n{shown}");
+    size
+}
+
+/// Receipts signed by token keys, a key rotation on the token in between (the new key generated
+/// on the token, the rotation receipt signed by it), and a restart: every receipt and the whole
+/// log pass `allowly-verify`, and the new token key is the one that signs after the restart.
 #[test]
-fn receipts_signed_by_token_keys_pass_allowly_verify_across_a_restart() {
+fn receipts_signed_by_token_keys_pass_allowly_verify_across_a_rotation_and_a_restart() {
     let tmp = tempdir();
     let data = tmp.path().join("data");
     let pin = pin_file(tmp.path(), "pin", USER_PIN);
     let mut s = start(&data, "srv-sign", &pin);
-    let Tenant { ws, checker, reader, az, .. } = tenant(&s, "hsm", &["files.*"]);
+    let Tenant { ws, checker, reader, az, admin, .. } = tenant(&s, "hsm", &["files.*"]);
     for _ in 0..5 {
         let r = check(&s, &checker, &az);
         assert_eq!((r.status, r.json()["decision"].as_str()), (200, Some("allow")), "{r}");
@@ -130,6 +149,14 @@ fn receipts_signed_by_token_keys_pass_allowly_verify_across_a_restart() {
     let key_file = std::fs::read_to_string(data.join("signer").join("keys").join(format!("{ws}.json"))).unwrap();
     assert!(key_file.contains("token_object") && !key_file.contains("sealed_seed"), "{key_file}");
 
+    let r = s.client().call("POST", &format!("/v1/workspaces/{ws}/keys/rotate"), Some(&admin), None);
+    assert_eq!(r.status, 200, "{r}\n{}", s.diagnostics());
+    let rotation = r.json();
+    let new_key = rotation["receipt"]["body"]["key"]["key_id"].as_str().unwrap().to_owned();
+    let key_file = std::fs::read_to_string(data.join("signer").join("keys").join(format!("{ws}.json"))).unwrap();
+    assert_eq!(key_file.matches("token_object").count(), 2, "the new key is on the token too: {key_file}");
+    assert_eq!(verified_log(&s, &ws, &reader, tmp.path()), 7, "six receipts and the rotation");
+
     s.stop();
     let s = start(&data, "srv-sign", &pin);
     s.wait_ready();
@@ -137,6 +164,10 @@ fn receipts_signed_by_token_keys_pass_allowly_verify_across_a_restart() {
         assert_eq!(check(&s, &checker, &az).status, 200);
     }
     assert_eq!(verified_export(&s, &ws, &reader, &az, tmp.path()), 9, "the log goes on after the restart");
+    assert_eq!(verified_log(&s, &ws, &reader, tmp.path()), 10);
+    let keys = s.client().get(&format!("/v1/workspaces/{ws}/keys"), None).json();
+    let active: Vec<&Value> = keys["keys"].as_array().unwrap().iter().filter(|k| k["status"] == "active").collect();
+    assert_eq!((active.len(), active[0]["key_id"].as_str()), (1, Some(new_key.as_str())), "{keys}");
 }
 
 /// Runs `allowly serve` with `args` and expects it to exit non-zero by itself (the embedded

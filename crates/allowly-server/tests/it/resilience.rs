@@ -30,16 +30,16 @@ use tmpfs::Mount;
 
 /// A receipt a client was given in a 200 answer.
 #[derive(Debug, Clone)]
-struct Acked {
-    id: String,
-    log_index: u64,
-    leaf_hash: String,
-    body: Value,
+pub(crate) struct Acked {
+    pub id: String,
+    pub log_index: u64,
+    pub leaf_hash: String,
+    pub body: Value,
 }
 
 impl Acked {
     /// The pending receipt of a check or grant answer, if it has one.
-    fn of(answer: &Value) -> Option<Self> {
+    pub(crate) fn of(answer: &Value) -> Option<Self> {
         let r = answer.get("receipt").filter(|r| !r.is_null())?;
         Some(Self {
             id: r["receipt_id"].as_str()?.to_owned(),
@@ -90,7 +90,7 @@ fn any_4xx_mismatch(r: &Resp) -> Option<String> {
 
 /// Polls until every receipt in `acked` reads back signed, with the body and log index the
 /// client was given; returns the signed envelopes by id.
-fn wait_all_signed(s: &Server, reader: &str, acked: &[Acked]) -> HashMap<String, Value> {
+pub(crate) fn wait_all_signed(s: &Server, reader: &str, acked: &[Acked]) -> HashMap<String, Value> {
     let c = s.client();
     let mut left: BTreeMap<String, &Acked> = acked.iter().map(|a| (a.id.clone(), a)).collect();
     let mut signed = HashMap::new();
@@ -158,7 +158,14 @@ fn verify_with_cli(bundle: &Path, keys: &Path, checkpoints: &[PathBuf]) {
 /// whole log, the authorization's trail and the keys saved to `dir` and checked by the real
 /// verifier, with every checkpoint seen during the test as an independently obtained one (so a
 /// fork or a rollback against any of them fails verification).
-fn export_and_verify(s: &Server, t: &Tenant, scope: &str, acked: &[Acked], seen_checkpoints: &[String], dir: &Path) {
+pub(crate) fn export_and_verify(
+    s: &Server,
+    t: &Tenant,
+    scope: &str,
+    acked: &[Acked],
+    seen_checkpoints: &[String],
+    dir: &Path,
+) {
     let c = s.client();
     let last = c.post("/v1/check", &t.checker, json!({ "authorization_id": t.az, "scopes": [scope] }));
     assert_eq!(last.status, 200, "{last}\n{}", s.diagnostics());
@@ -221,13 +228,13 @@ fn export_and_verify(s: &Server, t: &Tenant, scope: &str, acked: &[Acked], seen_
 }
 
 /// The newest checkpoint note of `t`'s log, if one is signed yet.
-fn checkpoint_note(c: &Client, t: &Tenant) -> Option<String> {
+pub(crate) fn checkpoint_note(c: &Client, t: &Tenant) -> Option<String> {
     let r = c.get(&format!("/v1/workspaces/{}/log/checkpoint", t.ws), Some(&t.reader));
     (r.status == 200).then(|| r.json()["checkpoint"].as_str().unwrap().to_owned())
 }
 
 /// Concurrent check clients: each loops `POST /v1/check` until told to stop.
-struct Load {
+pub(crate) struct Load {
     stop: Arc<AtomicBool>,
     ok: Arc<AtomicUsize>,
     acked: Arc<Mutex<Vec<Acked>>>,
@@ -242,7 +249,7 @@ impl Load {
     /// `threads` clients of `addr`; 503 answers with one of the `gaps` codes (e.g.
     /// `signer_unavailable`) are accepted and counted, anything but 200 is unexpected otherwise.
     /// Requests whose answer did not arrive whole (the server died) are ignored.
-    fn start(addr: SocketAddr, t: &Tenant, threads: usize, gaps: &'static [&'static str]) -> Self {
+    pub(crate) fn start(addr: SocketAddr, t: &Tenant, threads: usize, gaps: &'static [&'static str]) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let ok = Arc::new(AtomicUsize::new(0));
         let acked = Arc::new(Mutex::new(Vec::new()));
@@ -285,7 +292,7 @@ impl Load {
     }
 
     /// Waits (bounded) until `n` checks in total were answered 200.
-    fn wait_ok(&self, n: usize, s: &Server) {
+    pub(crate) fn wait_ok(&self, n: usize, s: &Server) {
         let ok = &self.ok;
         let unexpected = &self.unexpected;
         eventually(
@@ -304,7 +311,7 @@ impl Load {
 
     /// Stops the clients; returns what they were acknowledged, what was unexpected, and the
     /// counts of accepted 503 answers and of requests without a whole answer.
-    fn finish(self) -> (Vec<Acked>, Vec<String>, usize, usize) {
+    pub(crate) fn finish(self) -> (Vec<Acked>, Vec<String>, usize, usize) {
         self.stop.store(true, Ordering::Release);
         for t in self.threads {
             t.join().expect("a client thread panicked");
@@ -315,12 +322,12 @@ impl Load {
     }
 }
 
-fn signal_pid(pid: u32, sig: Signal) -> rustix::io::Result<()> {
+pub(crate) fn signal_pid(pid: u32, sig: Signal) -> rustix::io::Result<()> {
     kill_process(Pid::from_raw(pid as i32).expect("pid"), sig)
 }
 
 /// Live `allowly-signer` processes serving state under `dir` (started by this test's servers).
-fn signers_under(dir: &Path) -> Vec<u32> {
+pub(crate) fn signers_under(dir: &Path) -> Vec<u32> {
     let marker = dir.as_os_str().as_encoded_bytes();
     let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
     entries
@@ -338,7 +345,7 @@ fn signers_under(dir: &Path) -> Vec<u32> {
 
 /// On drop, SIGKILLs every signer still serving state under its directory, so a test never
 /// leaves one behind (the server's drop kills only the server; its signer should die with it).
-struct Reaper(PathBuf);
+pub(crate) struct Reaper(pub PathBuf);
 
 impl Drop for Reaper {
     fn drop(&mut self) {
@@ -463,7 +470,7 @@ fn kill9_of_the_signer_fails_closed_and_loses_nothing() {
 // 3. A stopped (SIGSTOP) signer: fail closed, write nothing, recover on SIGCONT.
 
 /// Sends SIGCONT on drop, so a failing test never leaves a stopped process behind.
-struct Continue(u32);
+pub(crate) struct Continue(pub u32);
 
 impl Drop for Continue {
     fn drop(&mut self) {

@@ -38,7 +38,10 @@ fn batch(n: u64) -> Vec<Op> {
         })
         .collect();
     ops.push(Op::PutNodes { workspace_id: WS.into(), nodes: vec![(1, n, [(n % 251) as u8; 32])] });
-    ops.push(Op::PutLogMeta { workspace_id: WS.into(), meta: LogMeta { next_index: (n + 1) * RECEIPTS_PER_BATCH } });
+    ops.push(Op::PutLogMeta {
+        workspace_id: WS.into(),
+        meta: LogMeta { next_index: (n + 1) * RECEIPTS_PER_BATCH, ..LogMeta::default() },
+    });
     ops
 }
 

@@ -38,6 +38,13 @@ pub fn workspaces_and_api_keys<S: Store>(s: &S) {
     scoped.revoked_at_ms = Some(99);
     write(s, vec![Op::PutApiKey(scoped.clone())]);
     assert_eq!(s.api_key_by_hash(&[2; 32]).unwrap(), Some(scoped));
+    // The instance's own keys: only those of no workspace, revoked ones too, in id order.
+    let mut second = api_key("admin2", None, [4; 32]);
+    second.revoked_at_ms = Some(7);
+    write(s, vec![Op::PutApiKey(second.clone())]);
+    let key_ids = |keys: Vec<crate::ApiKeyRecord>| keys.into_iter().map(|k| k.id).collect::<Vec<_>>();
+    assert_eq!(key_ids(s.instance_api_keys(10).unwrap()), ["admin", "admin2"]);
+    assert_eq!(key_ids(s.instance_api_keys(1).unwrap()), ["admin"], "limit");
 }
 
 /// Authorizations: point reads and id-ordered pages, never another workspace's.
@@ -139,7 +146,10 @@ pub fn unsigned_leaves<S: Store>(s: &S) {
     write(s, recs.iter().rev().cloned().map(Op::PutReceipt).collect());
     // The log's size is what log_meta says (the sequencer writes both in one batch).
     assert!(s.workspaces_with_unsigned().unwrap().is_empty(), "no log_meta: no log");
-    write(s, vec![Op::PutLogMeta { workspace_id: "w".into(), meta: LogMeta { next_index: 300 } }]);
+    write(
+        s,
+        vec![Op::PutLogMeta { workspace_id: "w".into(), meta: LogMeta { next_index: 300, ..LogMeta::default() } }],
+    );
     assert_eq!(s.workspaces_with_unsigned().unwrap(), ["w"]);
 
     let pairs = |rs: &[ReceiptRecord]| rs.iter().map(|r| (r.log_index, r.leaf)).collect::<Vec<_>>();
@@ -156,6 +166,15 @@ pub fn unsigned_leaves<S: Store>(s: &S) {
     write(s, vec![Op::PutCheckpoint { workspace_id: "w".into(), size: 300, note: "n300".into() }]);
     assert!(s.workspaces_with_unsigned().unwrap().is_empty());
     assert_eq!(s.receipt_at("w", 299).unwrap().as_ref(), recs.last(), "receipts are not rewritten");
+    // A key rotation not yet stored is unfinished work too, until its leaf is.
+    let rotating = LogMeta { next_index: 300, rotation_at: Some(300), ..LogMeta::default() };
+    write(s, vec![Op::PutLogMeta { workspace_id: "w".into(), meta: rotating }]);
+    assert_eq!(s.workspaces_with_unsigned().unwrap(), ["w"]);
+    write(
+        s,
+        vec![Op::PutLogMeta { workspace_id: "w".into(), meta: LogMeta { next_index: 300, ..LogMeta::default() } }],
+    );
+    assert!(s.workspaces_with_unsigned().unwrap().is_empty());
 
     // Body bytes come back exactly as written: newlines, escapes, non-ASCII.
     let body = "{\"a\":\"x\\ny\"}\n{\"\u{e9}\":\"\\u0000\"}".as_bytes().to_vec();
@@ -256,10 +275,17 @@ pub fn nodes_checkpoints_and_log_meta<S: Store>(s: &S) {
     assert_eq!(s.checkpoint_at_or_after("w", u64::MAX).unwrap(), None);
 
     assert_eq!(s.log_meta("w").unwrap(), None);
-    let meta = LogMeta { next_index: 301 };
-    write(s, vec![Op::PutLogMeta { workspace_id: "w".into(), meta }]);
+    let meta = LogMeta {
+        next_index: 301,
+        rotation_at: Some(301),
+        rotation_idempotency: Some(crate::IdempotencyRef { doc_id: "k".into(), request_hash: [7; 32] }),
+    };
+    write(s, vec![Op::PutLogMeta { workspace_id: "w".into(), meta: meta.clone() }]);
     assert_eq!(s.log_meta("w").unwrap(), Some(meta));
-    write(s, vec![Op::PutLogMeta { workspace_id: "w".into(), meta: LogMeta { next_index: 302 } }]);
+    write(
+        s,
+        vec![Op::PutLogMeta { workspace_id: "w".into(), meta: LogMeta { next_index: 302, ..LogMeta::default() } }],
+    );
     assert_eq!(s.log_meta("w").unwrap().unwrap().next_index, 302);
 }
 
@@ -292,7 +318,7 @@ pub fn tenant_isolation<S: Store>(s: &S) {
             Op::PutWorkspace(workspace(ws)),
             Op::PutAuthorization(authorization(ws, "auth")),
             Op::PutNodes { workspace_id: ws.to_string(), nodes: vec![(0, 256, [n as u8; 32])] },
-            Op::PutLogMeta { workspace_id: ws.to_string(), meta: LogMeta { next_index: n } },
+            Op::PutLogMeta { workspace_id: ws.to_string(), meta: LogMeta { next_index: n, ..LogMeta::default() } },
         ];
         // "a" has the fewest receipts and the smallest checkpoints: a leak from a longer id
         // sorting after it would show up as extra results.
@@ -321,7 +347,13 @@ pub fn tenant_isolation<S: Store>(s: &S) {
     }
     assert_eq!(s.receipt_at("a", 257).unwrap(), None, "a_b's leaf 257 is not a's");
     for ws in tenants {
-        write(s, vec![Op::PutLogMeta { workspace_id: ws.to_string(), meta: LogMeta { next_index: 1000 } }]);
+        write(
+            s,
+            vec![Op::PutLogMeta {
+                workspace_id: ws.to_string(),
+                meta: LogMeta { next_index: 1000, ..LogMeta::default() },
+            }],
+        );
     }
     assert_eq!(s.workspaces_with_unsigned().unwrap(), ["a", "a-", "a_b", "ab", "b"], "byte order, each once");
 }

@@ -39,7 +39,7 @@ fn op() -> impl Strategy<Value = Op> {
             workspace_id: ws.into(), size, note: format!("{ws} {size} {n}")
         }),
         1 => (ws.clone(), any::<u64>()).prop_map(|(ws, next_index)| Op::PutLogMeta {
-            workspace_id: ws.into(), meta: LogMeta { next_index }
+            workspace_id: ws.into(), meta: LogMeta { next_index, ..LogMeta::default() }
         }),
         1 => ws.clone().prop_map(|ws| Op::PutWorkspace(records::workspace(ws))),
         1 => (ws.clone(), pick(&AUTHS)).prop_map(|(ws, a)| Op::PutAuthorization(records::authorization(ws, a))),

@@ -1,0 +1,198 @@
+//! The operator's commands next to `allowly serve`: `allowly workspace-key rotate`, `allowly
+//! admin-key rotate|revoke` (which ask the running server, over its HTTP API, with the instance
+//! admin key) and `allowly admin-key reset` (break glass, offline: the server stopped).
+//!
+//! Why the key commands go through the server rather than to the signer directly: a workspace
+//! key rotation is a leaf of the workspace's log, and only the server sequences that log (its
+//! store is always at or ahead of the signer). A rotation made at the signer behind its back
+//! would take an index the server may already have given a receipt — a fork — or leave the
+//! signer a leaf ahead whose body the store lacks. The server reserves the index, has the
+//! signer rotate there, and stores the receipt (`allowly_engine`'s `actor/rotation.rs`).
+//!
+//! The client is a minimal HTTP/1.1 one over a plain TCP connection (the API listens on
+//! loopback or behind a TLS terminator): one request, `Connection: close`, the answer read to
+//! its end. Answers go to stdout as the server sent them; a problem document makes the command
+//! fail with it.
+
+use std::io::{Read as _, Write as _};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+
+use crate::layout::{ADMIN_TOKEN_FILE, DB_DIR};
+use crate::serve::ServeError;
+
+/// Where the running server is and how to authenticate to it.
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// The server's API address.
+    #[arg(long, env = "ALLOWLY_URL", default_value = "http://127.0.0.1:8080", value_name = "URL")]
+    pub url: String,
+    /// File holding the instance admin key [default: ./allowly-data/admin-token].
+    #[arg(long, env = "ALLOWLY_ADMIN_TOKEN_FILE", value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+}
+
+/// `allowly workspace-key …`
+#[derive(Debug, Subcommand)]
+pub enum WorkspaceKeyCommand {
+    /// Rotate a workspace's signing key through the running server: the answer is the new key
+    /// set and the signed `key.rotated` receipt (JSON on stdout).
+    Rotate {
+        /// The workspace (`ws_…`).
+        #[arg(long, value_name = "ID")]
+        workspace: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+}
+
+/// `allowly admin-key …`
+#[derive(Debug, Subcommand)]
+pub enum AdminKeyCommand {
+    /// Replace the instance admin key the token file holds (the server writes the new one to
+    /// its `admin-token` and refuses the old one from then on). The answer, with the new
+    /// secret, goes to stdout.
+    Rotate {
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// List the instance admin keys (ids, creation and revocation times; no secrets).
+    List {
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Revoke an instance admin key by id (refused for the last one not revoked).
+    Revoke {
+        /// The key's id (`ak_…`).
+        #[arg(long, value_name = "ID")]
+        key_id: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Break glass, with the server stopped: revoke every instance admin key and write a new
+    /// one to `<data-dir>/admin-token`. For a lost or compromised admin token.
+    Reset {
+        /// The server's data directory.
+        #[arg(long, env = "ALLOWLY_DATA_DIR", default_value = "./allowly-data", value_name = "DIR")]
+        data_dir: PathBuf,
+    },
+}
+
+/// Runs `allowly workspace-key …`; returns what to print.
+pub fn workspace_key(cmd: WorkspaceKeyCommand) -> Result<String, ServeError> {
+    match cmd {
+        WorkspaceKeyCommand::Rotate { workspace, server } => {
+            if !crate::extract::valid_path_id(&workspace) {
+                return Err(invalid(format!("not a workspace id: {workspace:?}")));
+            }
+            server.call("POST", &format!("/v1/workspaces/{workspace}/keys/rotate"))
+        }
+    }
+}
+
+/// Runs `allowly admin-key …`; returns what to print.
+pub fn admin_key(cmd: AdminKeyCommand) -> Result<String, ServeError> {
+    match cmd {
+        AdminKeyCommand::Rotate { server } => server.call("POST", "/v1/admin-key/rotate"),
+        AdminKeyCommand::List { server } => server.call("GET", "/v1/admin-keys"),
+        AdminKeyCommand::Revoke { key_id, server } => {
+            if !crate::extract::valid_path_id(&key_id) {
+                return Err(invalid(format!("not a key id: {key_id:?}")));
+            }
+            server.call("POST", &format!("/v1/admin-keys/{key_id}/revoke"))
+        }
+        AdminKeyCommand::Reset { data_dir } => reset(&data_dir),
+    }
+}
+
+/// Offline reset: RocksDB's lock refuses it while a server has the store open.
+fn reset(data_dir: &Path) -> Result<String, ServeError> {
+    let db = data_dir.join(DB_DIR);
+    if !db.is_dir() {
+        return Err(invalid(format!("{} is not a data directory (no {DB_DIR}/)", data_dir.display())));
+    }
+    let store =
+        allowly_store_rocks::RocksStore::open(&db, allowly_store_rocks::RocksOptions::default()).map_err(|source| {
+            ServeError::Store { path: format!("{} (is the server still running?)", db.display()), source }
+        })?;
+    let (created, revoked) = allowly_engine::reset_instance_admin_keys(&store)
+        .map_err(|source| ServeError::Engine { what: "resetting the instance admin keys", source })?;
+    drop(store);
+    let path = data_dir.join(ADMIN_TOKEN_FILE);
+    crate::admin_token::replace(&path, &created.secret)
+        .map_err(|source| ServeError::Io { what: format!("writing {}", path.display()), source })?;
+    give_back(&db, &path).map_err(|source| ServeError::Io { what: format!("chown of {}", db.display()), source })?;
+    Ok(format!("revoked {revoked} instance admin key(s); the new one, {}, is in {}", created.key.id, path.display()))
+}
+
+/// Run as root on a data directory whose `db/` belongs to another user (the server's, when it
+/// isolates itself): what this command created in `db/`, and the token file, go to that user,
+/// or the server could not open them at its next start.
+fn give_back(db: &Path, token: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt as _;
+    if !rustix::process::geteuid().is_root() {
+        return Ok(());
+    }
+    let owner = std::fs::metadata(db)?;
+    let (uid, gid) = (owner.uid(), owner.gid());
+    if uid == 0 {
+        return Ok(());
+    }
+    for entry in std::fs::read_dir(db)? {
+        let path = entry?.path();
+        if std::fs::symlink_metadata(&path)?.uid() != uid {
+            std::os::unix::fs::lchown(&path, Some(uid), Some(gid))?;
+        }
+    }
+    std::os::unix::fs::chown(token, Some(uid), Some(gid))
+}
+
+fn invalid(what: String) -> ServeError {
+    ServeError::Io { what, source: std::io::Error::from(std::io::ErrorKind::InvalidInput) }
+}
+
+/// How long one call may take (a rotation waits for the signer).
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+impl ServerArgs {
+    fn token(&self) -> Result<String, ServeError> {
+        let path = self.token_file.clone().unwrap_or_else(|| Path::new("./allowly-data").join(ADMIN_TOKEN_FILE));
+        let text = std::fs::read_to_string(&path)
+            .map_err(|source| ServeError::Io { what: format!("reading {}", path.display()), source })?;
+        Ok(text.trim().to_owned())
+    }
+
+    /// `method path` with no body; the answer's body when it is a 2xx.
+    fn call(&self, method: &str, path: &str) -> Result<String, ServeError> {
+        let token = self.token()?;
+        let authority = self
+            .url
+            .strip_prefix("http://")
+            .map(|rest| rest.trim_end_matches('/'))
+            .filter(|a| !a.is_empty() && !a.contains('/'))
+            .ok_or_else(|| invalid(format!("--url must be http://HOST:PORT, not {:?}", self.url)))?;
+        let io = |what: &str| {
+            let what = format!("{what} {}", self.url);
+            move |source| ServeError::Io { what, source }
+        };
+        let mut conn = TcpStream::connect(authority).map_err(io("connecting to"))?;
+        conn.set_read_timeout(Some(TIMEOUT)).map_err(io("connecting to"))?;
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {authority}\r\nAuthorization: Bearer {token}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        conn.write_all(request.as_bytes()).map_err(io("sending to"))?;
+        let mut answer = Vec::new();
+        conn.read_to_end(&mut answer).map_err(io("reading the answer of"))?;
+        let text = String::from_utf8_lossy(&answer);
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let status = head.split(' ').nth(1).and_then(|s| s.parse::<u16>().ok()).unwrap_or(0);
+        if (200..300).contains(&status) {
+            Ok(body.to_owned())
+        } else {
+            Err(ServeError::Remote { status, body: body.to_owned() })
+        }
+    }
+}
