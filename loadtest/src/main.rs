@@ -18,6 +18,7 @@ mod http;
 mod knee;
 mod procfs;
 mod prom;
+mod rocks_log;
 mod setup;
 
 use std::path::PathBuf;
@@ -941,8 +942,15 @@ async fn sustained_mode(
             }
         })
     };
+    let started_micros =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64);
     let row = ctx.step(&t, "sustained", rate, minutes.max(1) * 60, Some(minute)).await;
     sampler.abort();
+    // RocksDB's background work per minute, from its own log (absent for a server whose data
+    // directory this tool cannot read: then the figures are left out).
+    let rocks = std::fs::read_to_string(db.join("LOG"))
+        .ok()
+        .map(|log| rocks_log::per_minute(&log, started_micros, row.buckets.len()));
     let samples: Vec<Sample> = samples.lock().map(|g| g.clone()).unwrap_or_default();
     let du1 = procfs::du(&db);
     let rss1 = rss(server_pid);
@@ -959,19 +967,25 @@ async fn sustained_mode(
             _ => None,
         };
         let (srv, sgn) = (d(|c| c.main), d(|c| c.signer));
+        let rm = rocks.as_ref().and_then(|r| r.get(i));
         println!(
-            "  minute {:>2}: {:>8.0}/s p99 {:>8.2} ms  signed {:>8}/s  server {:>6} µs/check  signer {:>6} µs/receipt",
+            "  minute {:>2}: {:>8.0}/s p99 {:>8.2} ms  signed {:>8}/s  server {:>6} µs/check  signer {:>6} µs/receipt  compactions {:>5} s CPU",
             i + 1,
             tp,
             p99,
             signed.map_or("-".into(), |s| format!("{s:.0}")),
             opt(srv),
-            opt(sgn)
+            opt(sgn),
+            opt(rm.map(|m| m.compaction_cpu_s)),
         );
         per_minute.push(json!({
             "throughput_per_s": round(*tp), "p99_ms": p99, "signed_per_s": signed,
             "server_cpu_us_per_check": srv.map(round), "signer_cpu_us_per_receipt": sgn.map(round),
             "rss_kib_end": b.map(|x| x.2.clone()),
+            "rocksdb": rm.map(|m| json!({
+                "compaction_cpu_s": round(m.compaction_cpu_s), "compaction_written_bytes": m.compaction_written_bytes,
+                "compactions": m.compactions, "flushes": m.flushes,
+            })),
         }));
     }
     let first = row.buckets.first().copied();
@@ -979,7 +993,7 @@ async fn sustained_mode(
     let v = json!({
         "check_knee_per_s": knee, "rate_per_s": rate, "minutes": minutes,
         "per_minute": per_minute,
-        "per_minute_note": "throughput and p99 by due instant; CPU and signed/s from samples taken every 60 s beside the load (aligned to within the sampler's wake-up)",
+        "per_minute_note": "throughput and p99 by due instant; CPU and signed/s from samples taken every 60 s beside the load (aligned to within the sampler's wake-up); rocksdb: compactions and flushes that finished in the minute, from the server's db/LOG (its CPU is part of the server's)",
         "last_over_first_throughput": ratio(last.map(|x| x.0), first.map(|x| x.0)),
         "last_over_first_p99": ratio(last.map(|x| x.1), first.map(|x| x.1)),
         "signing": row.signing,
