@@ -484,6 +484,13 @@ async fn first_start(
     let start = Instant::now();
     while start.elapsed() < READY_TIMEOUT {
         if let Some(status) = child.try_wait().map_err(io("waiting for the signer"))? {
+            // Bound its socket and then died (killed between two polls): it did start, and the
+            // front end may already be serving through it. A crash after start is the
+            // supervisor's to restart (its `wait` returns this status at once, and it logs it),
+            // not a failed start that takes the instance down.
+            if socket_inode(socket).is_some_and(|id| Some(id) != before) {
+                return Ok(());
+            }
             return Err(SignerChildError::ExitedEarly(status));
         }
         if socket_inode(socket).is_some_and(|id| Some(id) != before) {
