@@ -163,15 +163,16 @@ struct Local {
 }
 
 impl Local {
-    /// Built before the clock starts (see [`histogram`]).
-    fn new(start: Instant) -> Self {
+    /// Built before the clock starts (see [`histogram`]). `last_done` starts before the step
+    /// does; the step's end is the latest of it and the start, so an idle connection is harmless.
+    fn new() -> Self {
         Self {
             sent: 0,
             ok: 0,
             errors: Errors::default(),
             statuses: BTreeMap::new(),
             backlogged: false,
-            last_done: start,
+            last_done: Instant::now(),
             busy: Duration::ZERO,
             latency: histogram(3),
             send_lag: histogram(2),
@@ -195,8 +196,7 @@ pub async fn run_step(addr: SocketAddr, requests: Arc<Vec<Vec<u8>>>, cfg: StepCo
     let n_buckets = cfg.bucket.map_or(0, |b| (cfg.duration.as_secs_f64() / b.as_secs_f64().max(1e-3)).ceil() as usize);
     let buckets = (0..n_buckets).map(|_| Mutex::new(histogram(2))).collect();
     // Everything a connection task records into is allocated and paged in before the clock.
-    let placeholder = Instant::now();
-    let locals: Vec<Local> = conns.iter().map(|_| Local::new(placeholder)).collect();
+    let locals: Vec<Local> = conns.iter().map(|_| Local::new()).collect();
     let connections = cfg.connections.max(1);
     let shared = Arc::new(Shared {
         addr,
@@ -211,8 +211,7 @@ pub async fn run_step(addr: SocketAddr, requests: Arc<Vec<Vec<u8>>>, cfg: StepCo
         buckets,
     });
     let mut tasks = tokio::task::JoinSet::new();
-    for (c, mut l) in conns.into_iter().zip(locals) {
-        l.last_done = shared.start;
+    for (c, l) in conns.into_iter().zip(locals) {
         tasks.spawn(connection(shared.clone(), c, l));
     }
     let mut r = StepResult {

@@ -74,12 +74,19 @@ impl fmt::Debug for HexHash {
     }
 }
 
-impl Serialize for HexHash {
-    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+impl HexHash {
+    /// The 64 lowercase hex digits, without allocating.
+    pub(crate) fn hex_digits(&self) -> [u8; 64] {
         let mut buf = [0u8; 64];
         // Infallible: the buffer is exactly twice the input length.
         let _ = hex::encode_to_slice(self.0, &mut buf);
-        s.serialize_str(std::str::from_utf8(&buf).unwrap_or_default())
+        buf
+    }
+}
+
+impl Serialize for HexHash {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(std::str::from_utf8(&self.hex_digits()).unwrap_or_default())
     }
 }
 

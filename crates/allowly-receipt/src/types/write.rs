@@ -100,11 +100,8 @@ impl Writer {
     }
 
     fn hash(&mut self, h: &HexHash) {
-        let mut buf = [0u8; 64];
-        // Infallible: the buffer is exactly twice the input length.
-        let _ = hex::encode_to_slice(h.0, &mut buf);
         self.out.push(b'"');
-        self.out.extend_from_slice(&buf);
+        self.out.extend_from_slice(&h.hex_digits());
         self.out.push(b'"');
     }
 

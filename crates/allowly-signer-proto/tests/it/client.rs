@@ -119,6 +119,12 @@ async fn serve(
     let _ = closed.send(number);
 }
 
+/// A ping on its own task (so the test can play the signer meanwhile).
+fn spawn_ping(client: &SignerClient) -> tokio::task::JoinHandle<Result<(), ClientError>> {
+    let c = client.clone();
+    tokio::spawn(async move { c.ping().await })
+}
+
 fn opts() -> ClientOptions {
     ClientOptions {
         request_timeout: Duration::from_secs(10),
@@ -177,10 +183,7 @@ async fn timeout_frees_the_slot_and_a_late_answer_is_dropped() {
     let mut signer = FakeSigner::start();
     let client = signer.client(ClientOptions { request_timeout: Duration::from_millis(200), ..opts() });
 
-    let call = tokio::spawn({
-        let c = client.clone();
-        async move { c.ping().await }
-    });
+    let call = spawn_ping(&client);
     let first = signer.next().await; // received, never answered in time
     let err = call.await.unwrap().unwrap_err();
     assert!(matches!(err, ClientError::Timeout(d) if d == Duration::from_millis(200)), "{err}");
@@ -204,12 +207,7 @@ async fn timeout_frees_the_slot_and_a_late_answer_is_dropped() {
 async fn disconnect_fails_in_flight_calls_and_next_call_reconnects() {
     let mut signer = FakeSigner::start();
     let client = signer.client(opts());
-    let calls: Vec<_> = (0..3)
-        .map(|_| {
-            let c = client.clone();
-            tokio::spawn(async move { c.ping().await })
-        })
-        .collect();
+    let calls: Vec<_> = (0..3).map(|_| spawn_ping(&client)).collect();
     let mut conn = None;
     for _ in 0..3 {
         conn = Some(signer.next().await.conn);
@@ -221,10 +219,7 @@ async fn disconnect_fails_in_flight_calls_and_next_call_reconnects() {
     }
     assert_eq!(client.in_flight(), 0);
 
-    let call = tokio::spawn({
-        let c = client.clone();
-        async move { c.ping().await }
-    });
+    let call = spawn_ping(&client);
     let next = signer.next().await;
     assert_eq!(next.conn.number, 1, "reconnected");
     next.conn.reply(next.id, Response::Pong);
@@ -259,10 +254,7 @@ async fn connects_once_the_signer_appears() {
     assert!(matches!(client.ping().await, Err(ClientError::Connect { .. })));
 
     let mut signer = FakeSigner::start_at(dir, path);
-    let call = tokio::spawn({
-        let c = client.clone();
-        async move { c.ping().await }
-    });
+    let call = spawn_ping(&client);
     let r = signer.next().await;
     r.conn.reply(r.id, Response::Pong);
     call.await.unwrap().unwrap();
@@ -281,21 +273,13 @@ async fn until(what: &str, mut cond: impl FnMut() -> bool) {
 async fn a_call_beyond_max_in_flight_waits_for_a_slot_and_is_counted() {
     let mut signer = FakeSigner::start();
     let client = signer.client(ClientOptions { max_in_flight: 2, ..opts() });
-    let calls: Vec<_> = (0..2)
-        .map(|_| {
-            let c = client.clone();
-            tokio::spawn(async move { c.ping().await })
-        })
-        .collect();
+    let calls: Vec<_> = (0..2).map(|_| spawn_ping(&client)).collect();
     let a = signer.next().await;
     let b = signer.next().await;
     assert_eq!(client.waits_total(), 0);
 
     // A third call finds both slots taken: it waits (it is not refused) and is counted.
-    let third = tokio::spawn({
-        let c = client.clone();
-        async move { c.ping().await }
-    });
+    let third = spawn_ping(&client);
     until("the third call to wait", || client.waits_total() == 1).await;
     assert!(!third.is_finished(), "the third call must wait for a slot, not fail");
     assert_eq!(client.in_flight(), 2);
@@ -319,10 +303,7 @@ async fn waiting_for_a_slot_is_bounded_by_the_request_timeout() {
     let mut signer = FakeSigner::start();
     let limit = Duration::from_millis(200);
     let client = signer.client(ClientOptions { max_in_flight: 1, request_timeout: limit, ..opts() });
-    let first = tokio::spawn({
-        let c = client.clone();
-        async move { c.ping().await }
-    });
+    let first = spawn_ping(&client);
     let r = signer.next().await; // never answered in time
     let started = Instant::now();
     let err = client.ping().await.unwrap_err();
@@ -453,10 +434,7 @@ async fn answers_that_do_not_fit_the_request_are_rejected() {
 async fn malformed_answer_fails_only_its_call() {
     let mut signer = FakeSigner::start();
     let client = signer.client(opts());
-    let call = tokio::spawn({
-        let c = client.clone();
-        async move { c.ping().await }
-    });
+    let call = spawn_ping(&client);
     let r = signer.next().await;
     // Pong with a trailing byte: framing intact, body invalid.
     let mut frame = vec![0, 0, 0, 11, PROTOCOL_VERSION, 0x81];
@@ -466,10 +444,7 @@ async fn malformed_answer_fails_only_its_call() {
     let err = call.await.unwrap().unwrap_err();
     assert!(matches!(err, ClientError::BadResponse(_)), "{err}");
 
-    let call = tokio::spawn({
-        let c = client.clone();
-        async move { c.ping().await }
-    });
+    let call = spawn_ping(&client);
     let r = signer.next().await;
     assert_eq!(r.conn.number, 0, "connection survives");
     r.conn.reply(r.id, Response::Pong);
@@ -483,10 +458,7 @@ async fn unaddressable_or_oversize_frames_drop_the_connection() {
     for (n, garbage) in
         [vec![0, 0, 0, 3, PROTOCOL_VERSION, 0x81, 0], vec![0xFF, 0xFF, 0xFF, 0xFF]].into_iter().enumerate()
     {
-        let call = tokio::spawn({
-            let c = client.clone();
-            async move { c.ping().await }
-        });
+        let call = spawn_ping(&client);
         let r = signer.next().await;
         assert_eq!(r.conn.number, n);
         r.conn.raw(garbage);
@@ -512,10 +484,7 @@ async fn invalid_requests_are_refused_locally() {
 async fn cancelled_call_frees_its_slot() {
     let mut signer = FakeSigner::start();
     let client = signer.client(opts());
-    let call = tokio::spawn({
-        let c = client.clone();
-        async move { c.ping().await }
-    });
+    let call = spawn_ping(&client);
     let r = signer.next().await;
     assert_eq!(client.in_flight(), 1);
     call.abort();
@@ -570,10 +539,7 @@ async fn convenience_methods_return_typed_answers() {
 async fn dropping_the_client_closes_the_connection() {
     let mut signer = FakeSigner::start();
     let client = signer.client(opts());
-    let call = tokio::spawn({
-        let c = client.clone();
-        async move { c.ping().await }
-    });
+    let call = spawn_ping(&client);
     let r = signer.next().await;
     r.conn.reply(r.id, Response::Pong);
     call.await.unwrap().unwrap();
@@ -602,16 +568,10 @@ async fn extreme_options_do_not_panic() {
     // max_in_flight 0 is clamped to 1, so the client still works.
     let mut signer = FakeSigner::start();
     let client = signer.client(ClientOptions { max_in_flight: 0, ..opts() });
-    let call = tokio::spawn({
-        let c = client.clone();
-        async move { c.ping().await }
-    });
+    let call = spawn_ping(&client);
     let r = signer.next().await;
     // The one slot is taken: a second call waits for it rather than failing.
-    let second = tokio::spawn({
-        let c = client.clone();
-        async move { c.ping().await }
-    });
+    let second = spawn_ping(&client);
     until("the second call to wait", || client.waits_total() == 1).await;
     r.conn.reply(r.id, Response::Pong);
     call.await.unwrap().unwrap();
