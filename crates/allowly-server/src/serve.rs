@@ -130,7 +130,8 @@ pub async fn run(cfg: ServerConfig, prepared: Prepared) -> Result<(), ServeError
     // Before the signer: a data directory in use by another instance fails here, on RocksDB's
     // lock, with nothing started (an isolated signer's keeper stops when `keeper` drops).
     let db = data_dir.join(DB_DIR);
-    let store = RocksStore::open(&db, RocksOptions::default())
+    let rocks = RocksOptions { max_open_files: rocksdb_open_files(), ..RocksOptions::default() };
+    let store = RocksStore::open(&db, rocks)
         .map_err(|source| ServeError::Store { path: shown_dir.join(DB_DIR).display().to_string(), source })?;
 
     let (signer_child, socket) = match (&cfg.signer, keeper) {
@@ -292,4 +293,28 @@ async fn ensure_admin_token(engine: &Engine, data_dir: &Path) -> Result<PathBuf,
     crate::admin_token::create(&path, &key.secret).map_err(io(format!("creating {}", path.display())))?;
     tracing::info!(key_id = %key.key.id, path = %path.display(), "instance admin key created");
     Ok(path)
+}
+
+/// RocksDB's share of this process's open files: the soft `RLIMIT_NOFILE` is first raised to
+/// the hard one (as most servers do; systemd's default soft limit is 1024), then half of it
+/// goes to RocksDB's table cache, the rest to connections, the WAL and the signer's socket.
+fn rocksdb_open_files() -> i32 {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let lim = getrlimit(Resource::Nofile);
+    // Linux caps the limit at fs.nr_open (2^20 by default).
+    let hard = lim.maximum.unwrap_or(u64::MAX).min(1 << 20);
+    let soft = match lim.current {
+        None => hard,
+        Some(soft) if soft < hard => {
+            // A refusal keeps the soft limit.
+            let raised = setrlimit(Resource::Nofile, Rlimit { current: Some(hard), maximum: lim.maximum });
+            if raised.is_ok() {
+                hard
+            } else {
+                soft
+            }
+        }
+        Some(soft) => soft,
+    };
+    i32::try_from((soft / 2).clamp(64, 16_384)).unwrap_or(16_384)
 }

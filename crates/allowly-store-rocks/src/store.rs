@@ -19,7 +19,7 @@ use crate::options::{space_options, RocksOptions};
 /// commit lets concurrent synced writers share one fsync, so throughput grows with concurrency
 /// instead of being one fsync per batch.
 pub struct RocksStore {
-    db: DB,
+    pub(crate) db: DB,
     path: PathBuf,
 }
 
@@ -34,7 +34,10 @@ impl RocksStore {
     /// does not know is refused by RocksDB rather than opened partially.
     pub fn open(path: &Path, opts: RocksOptions) -> Result<Self> {
         let (db_opts, cf_opts) = opts.db_and_cf_options();
-        let cfs = Space::ALL.iter().map(|&s| ColumnFamilyDescriptor::new(s.name(), space_options(s, &cf_opts)));
+        let cfs = Space::ALL
+            .iter()
+            .map(|&s| Ok(ColumnFamilyDescriptor::new(s.name(), space_options(s, &cf_opts, &opts)?)))
+            .collect::<Result<Vec<_>>>()?;
         let db = DB::open_cf_descriptors(&db_opts, path, cfs).map_err(|e| engine_err(Space::Workspaces, e))?;
         let store = Self { db, path: path.to_path_buf() };
         for space in Space::ALL {
@@ -58,7 +61,7 @@ impl RocksStore {
         rocksdb::checkpoint::Checkpoint::new(&self.db).map_err(err)?.create_checkpoint(dest).map_err(err)
     }
 
-    fn cf(&self, space: Space) -> Result<&ColumnFamily> {
+    pub(crate) fn cf(&self, space: Space) -> Result<&ColumnFamily> {
         self.db
             .cf_handle(space.name())
             .ok_or_else(|| StoreError::Engine(format!("column family {} is not open", space.name())))
