@@ -8,7 +8,8 @@ use allowly_receipt::merkle::{Hash, NodeSource};
 
 use crate::error::{Result, StoreError};
 use crate::types::{
-    ApiKeyRecord, AuthorizationRecord, DocKind, Durability, EngineStats, LogMeta, ReceiptRecord, WorkspaceRecord, WriteBatch,
+    ApiKeyRecord, AuthorizationRecord, DocKind, Durability, EngineStats, LogMeta, ReceiptRecord, WorkspaceRecord,
+    WriteBatch,
 };
 
 /// Where Allowly keeps everything. Implementations behave identically (one conformance suite
