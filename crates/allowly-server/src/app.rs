@@ -11,9 +11,8 @@ use crate::metrics::HttpMetrics;
 #[derive(Debug)]
 pub struct App {
     pub engine: Engine,
+    /// The process's metrics registry (`/metrics`).
     pub metrics: HttpMetrics,
-    /// The webhook worker's metrics (rendered on `/metrics`).
-    pub webhook_metrics: allowly_webhooks::Metrics,
     pub body_limit: usize,
     pub request_ids: RequestIds,
     /// What this instance promises about its keys (`/readyz`, metric).

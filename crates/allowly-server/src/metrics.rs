@@ -1,14 +1,18 @@
-//! Every metric of the HTTP front end, in one registry. Label values come from closed sets: the
-//! route is the template name (`routes::Route::name`), never a path or an id; the status is the
-//! numeric code, of which the server only ever sends a fixed handful.
+//! Every metric of the HTTP front end, and the process's one registry: the engine's and the
+//! webhook worker's collectors are registered in it too (`register`), so one `gather` renders
+//! `/metrics` and a name two crates both used would fail the start, not duplicate a series.
+//! Label values come from closed sets: the route is the template name (`routes::Route::name`),
+//! never a path or an id; the status is the numeric code, of which the server only ever sends
+//! a fixed handful.
 
 use std::time::Duration;
 
+use prometheus::core::Collector;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-/// The front end's metrics.
+/// The front end's metrics and the process's registry.
 #[derive(Debug, Clone)]
 pub struct HttpMetrics {
     registry: Registry,
@@ -30,7 +34,7 @@ impl Default for HttpMetrics {
 }
 
 impl HttpMetrics {
-    /// Registers every metric in a fresh registry.
+    /// Registers every metric of the front end (and the process collector) in a fresh registry.
     pub fn new() -> Self {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
@@ -104,12 +108,64 @@ impl HttpMetrics {
         self.duration.with_label_values(&[route]).observe(elapsed.as_secs_f64());
     }
 
-    /// Prometheus text exposition (format 0.0.4).
-    pub fn render(&self) -> String {
-        let mut out = Vec::new();
-        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
-            tracing::warn!("encoding metrics: {e}");
+    /// Adds another crate's collector to the registry. Fails if one of its names is taken.
+    pub fn register(&self, c: Box<dyn Collector>) -> prometheus::Result<()> {
+        self.registry.register(c)
+    }
+
+    /// `/metrics` (text format 0.0.4): one gather of the registry, on a blocking thread (the
+    /// engine's and the worker's collectors read the store), then the signer's own series,
+    /// which come from another process as text (`Engine::signer_metrics_text`: at most 100 ms
+    /// old or the last good copy).
+    pub async fn render(&self, engine: &allowly_engine::Engine) -> String {
+        // First: it sets the age gauge of the signer's series the gather then reads.
+        let signer = engine.signer_metrics_text().await;
+        let registry = self.registry.clone();
+        let gathered = tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            if let Err(e) = TextEncoder::new().encode(&registry.gather(), &mut out) {
+                tracing::warn!("encoding metrics: {e}");
+            }
+            String::from_utf8(out).unwrap_or_default()
+        });
+        let mut text = gathered.await.unwrap_or_else(|e| {
+            tracing::warn!("gathering metrics: {e}");
+            String::new()
+        });
+        text.push_str(&signer_families(&signer));
+        text
+    }
+}
+
+/// The signer's exposition, keeping only its own families (`allowly_signer_*`): whatever a
+/// signer of another version sends, it cannot add a second copy of a family of this process.
+fn signer_families(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        let name = match line.strip_prefix("# HELP ").or_else(|| line.strip_prefix("# TYPE ")) {
+            Some(rest) => rest,
+            None if line.starts_with('#') => continue,
+            None => line,
+        };
+        if name.starts_with("allowly_signer_") {
+            out.push_str(line);
+            out.push('\n');
         }
-        String::from_utf8(out).unwrap_or_default()
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_the_signers_own_families_are_kept() {
+        let text = "# HELP allowly_signer_a_total A\n# TYPE allowly_signer_a_total counter\nallowly_signer_a_total 3\n\
+                    # HELP process_open_fds fds\n# TYPE process_open_fds gauge\nprocess_open_fds 9\n# a comment\n\
+                    allowly_signer_b{x=\"1\"} 2\n";
+        assert_eq!(
+            super::signer_families(text),
+            "# HELP allowly_signer_a_total A\n# TYPE allowly_signer_a_total counter\nallowly_signer_a_total 3\n\
+             allowly_signer_b{x=\"1\"} 2\n"
+        );
     }
 }

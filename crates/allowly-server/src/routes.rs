@@ -384,9 +384,7 @@ async fn handle(app: &App, t: Target<'_>, parts: &Parts, body: Incoming) -> Resu
             json(status, &Readyz { readiness: r, key_isolation: app.key_isolation.label() })
         }
         Route::Metrics => {
-            let mut text = app.metrics.render();
-            text.push_str(&app.webhook_metrics.text());
-            text.push_str(&engine.metrics_text().await);
+            let text = app.metrics.render(engine).await;
             Ok(with_type(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", text.into_bytes()))
         }
         Route::AdminKeyRotate => {

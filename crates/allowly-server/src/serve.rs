@@ -37,6 +37,9 @@ pub enum ServeError {
     Engine { what: &'static str, source: allowly_engine::EngineError },
     #[error("starting the webhook worker: {0}")]
     Webhooks(String),
+    /// Two collectors share a metric name (a programming error, caught at the first start).
+    #[error("registering metrics: {0}")]
+    Metrics(#[source] prometheus::Error),
     #[error("isolating the signer's keys (started as root): {0}")]
     Isolation(#[from] crate::isolation::IsolationError),
     /// An operator command (`admin_cli`) got an answer other than 2xx from the server.
@@ -209,6 +212,7 @@ async fn serve_with_engine(
     .map_err(|source| ServeError::Engine { what: "starting the engine", source })?;
     let webhook_metrics = allowly_webhooks::Metrics::new();
     // Starts by scanning the whole outbox: deliveries a previous run left are taken up again.
+    let outbox_store = store.clone();
     let worker = match allowly_webhooks::Worker::start(
         store,
         Arc::new(engine.clone()),
@@ -247,11 +251,17 @@ async fn serve_with_engine(
     let metrics = crate::metrics::HttpMetrics::new();
     metrics.zero_server_errors(crate::routes::Route::Check.name());
     metrics.set_key_isolation(isolation);
+    for c in [engine.collector(), webhook_metrics.collector(outbox_store)] {
+        if let Err(e) = metrics.register(c) {
+            engine.shutdown().await;
+            worker.stop().await;
+            return Err(ServeError::Metrics(e));
+        }
+    }
     let app = Arc::new(App {
         key_isolation: isolation,
         engine: engine.clone(),
         metrics,
-        webhook_metrics,
         body_limit: cfg.body_limit,
         request_ids: Default::default(),
         admin_token: token.clone(),

@@ -218,6 +218,30 @@ pub enum Op {
     },
 }
 
+/// Figures of the storage engine an operator alerts on — write stalls, compaction debt, sizes —
+/// in the engine's own terms but without its types. A field is `None` where the engine has no
+/// such figure (`MemStore` has none). Read at scrape time: an engine answers from counters it
+/// keeps anyway, never by scanning data.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EngineStats {
+    /// Writes are stopped (every write waits) until compaction or flushes catch up.
+    pub write_stopped: Option<bool>,
+    /// Bytes per second the engine throttles writes to while it delays them; 0 when it does not.
+    pub delayed_write_rate: Option<u64>,
+    /// Bytes compaction must rewrite to bring the data back to its target shape (the debt that
+    /// stalls writes when it passes the engine's limits).
+    pub pending_compaction_bytes: Option<u64>,
+    /// Compactions running now.
+    pub running_compactions: Option<u64>,
+    /// Bytes of the live table files (what the data takes on disk, before obsolete files go).
+    pub live_data_bytes: Option<u64>,
+    /// Bytes of the live blob files (large values kept apart from the tables).
+    pub live_blob_bytes: Option<u64>,
+    /// Bytes of the in-memory write buffers (not yet flushed to table files).
+    pub memtable_bytes: Option<u64>,
+}
+
 /// Kinds of small per-workspace documents the engine keeps beside the log, each in a key space
 /// of its own, keyed by workspace and id. The store treats a document as opaque JSON; the
 /// engine owns its shape (and its on-disk compatibility: add fields with defaults).
@@ -237,6 +261,8 @@ pub enum DocKind {
     Outbox,
     /// Pending escalations by due time (id `<expiry ms, 16 hex>-<workspace>-<escalation>`), all
     /// under one scope, so the engine finds the overdue ones without scanning every workspace.
+    /// The engine keeps a second due index of the same shape under another scope (pending
+    /// confirmations, for the gauge that counts them).
     EscalationDue,
 }
 
