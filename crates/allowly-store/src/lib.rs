@@ -70,7 +70,7 @@ pub use error::{Result, StoreError};
 pub use mem::MemStore;
 pub use store::{Store, StoredNodes};
 pub use types::{
-    ApiKeyRecord, AuthorizationRecord, DocKind, Durability, IdempotencyRef, LogMeta, Op, PublicKeyRecord,
+    ApiKeyRecord, AuthorizationRecord, DocKind, Durability, IdempotencyRef, LogMeta, Op, PublicKeyRecord, RateLimit,
     ReceiptRecord, Role, ScopeRule, WorkspaceRecord, WriteBatch,
 };
 
