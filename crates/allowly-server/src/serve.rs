@@ -120,6 +120,8 @@ pub async fn run(cfg: ServerConfig, prepared: Prepared) -> Result<(), ServeError
         );
     }
 
+    raise_fd_limit(cfg.connections.max);
+
     let (listener, keeper) = match isolated {
         Some((l, k)) => (TcpListener::from_std(l).map_err(io(format!("listening on {}", cfg.listen)))?, Some(k)),
         // Bind before anything is started, so a port in use fails fast with nothing to undo.
@@ -246,7 +248,11 @@ async fn serve_with_engine(
     let metrics = crate::metrics::HttpMetrics::new();
     metrics.zero_server_errors(crate::routes::Route::Check.name());
     metrics.set_key_isolation(isolation);
+    let connections = crate::conn::Connections::new(cfg.connections, metrics.front.clone());
     let app = Arc::new(App {
+        connections,
+        rate_limits: crate::ratelimit::RateLimits::new(cfg.rate_limit),
+        metrics_token: cfg.metrics_token.clone(),
         key_isolation: isolation,
         engine: engine.clone(),
         metrics,
@@ -262,6 +268,37 @@ async fn serve_with_engine(
     tracing::info!("stopping the webhook worker");
     worker.stop().await;
     Ok(())
+}
+
+/// Descriptors kept for everything but client connections: RocksDB's files (it keeps its
+/// tables open), the signer socket, webhook deliveries, the log.
+const FD_RESERVE: u64 = 1024;
+
+/// Raises the soft limit on open files to the hard one (systemd's default soft limit is 1024):
+/// every connection is a descriptor, and the connection caps, not `EMFILE` at accept, must be
+/// what limits clients. Warns when even the hard limit is too low for `--max-connections`.
+fn raise_fd_limit(max_connections: usize) {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut limit = getrlimit(Resource::Nofile);
+    if let (Some(soft), Some(hard)) = (limit.current, limit.maximum) {
+        if soft < hard {
+            limit.current = Some(hard);
+            if let Err(e) = setrlimit(Resource::Nofile, limit) {
+                tracing::warn!("raising the open-file limit from {soft} to {hard}: {e}");
+            }
+        }
+    }
+    if let Some(soft) = getrlimit(Resource::Nofile).current {
+        let needed = max_connections as u64 + FD_RESERVE;
+        if soft < needed {
+            tracing::warn!(
+                open_file_limit = soft,
+                max_connections,
+                "the open-file limit is below --max-connections plus {FD_RESERVE}: clients may be refused by \
+                 the kernel (EMFILE) before the connection caps apply; raise LimitNOFILE or lower --max-connections"
+            );
+        }
+    }
 }
 
 /// Resolves on the first SIGTERM or SIGINT.
