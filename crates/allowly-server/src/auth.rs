@@ -71,7 +71,8 @@ impl std::fmt::Debug for MetricsToken {
 
 impl MetricsToken {
     /// The token in `path`: its content without surrounding whitespace (a trailing newline),
-    /// non-empty, printable ASCII (what can be sent in a header), at most 4 KiB.
+    /// non-empty, printable ASCII without spaces (what a bearer header carries), at most 256
+    /// bytes (the longest bearer [`bearer`] accepts).
     pub fn read(path: &std::path::Path) -> Result<Self, String> {
         use std::io::Read as _;
         let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -86,6 +87,9 @@ impl MetricsToken {
     fn new(token: &str) -> Result<Self, &'static str> {
         if token.is_empty() {
             return Err("the token is empty");
+        }
+        if token.len() > MAX_SECRET_LEN {
+            return Err("the token is longer than 256 bytes");
         }
         if !token.bytes().all(|b| b.is_ascii_graphic()) {
             return Err("the token must be printable ASCII without spaces");
@@ -204,7 +208,8 @@ mod tests {
             h.insert(AUTHORIZATION, v.parse().unwrap());
             assert_eq!(t.check(&h).is_ok(), ok, "{v}");
         }
-        for bad in ["", " \n", "two words", "é"] {
+        let long = "t".repeat(257);
+        for bad in ["", " \n", "two words", "é", long.as_str()] {
             std::fs::write(&path, bad).unwrap();
             assert!(MetricsToken::read(&path).is_err(), "{bad:?}");
         }

@@ -48,6 +48,9 @@ use crate::problem::Problem;
 /// so it is paid once per this many new connections, not once per connection.
 pub const EVICT_BATCH: usize = 16;
 
+/// At the cap with every connection busy, the accept loop looks again at least this often.
+const RECHECK: Duration = Duration::from_millis(100);
+
 /// The keep-alive idle timeout: a connection with no request for this long is closed. (hyper's
 /// `header_read_timeout`, which runs from the end of the previous answer.)
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -250,7 +253,9 @@ impl Connections {
                 self.waiting.store(false, Ordering::Relaxed);
                 return;
             }
-            self.changed.notified().await;
+            // The hot path announces an idle connection with a relaxed load of `waiting` (no
+            // fence per request), which may miss this wait: look again after a while anyway.
+            let _ = tokio::time::timeout(RECHECK, self.changed.notified()).await;
             self.waiting.store(false, Ordering::Relaxed);
         }
     }
@@ -422,6 +427,20 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Guarded<I> {
     }
 }
 
+impl<I: AsyncWrite + Unpin> Guarded<I> {
+    /// A write of hyper's, unless the connection failed; notes that bytes went out unflushed.
+    fn write_with(&mut self, write: impl FnOnce(Pin<&mut I>) -> Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
+        if self.failed {
+            return Poll::Ready(Err(deadline_passed()));
+        }
+        let r = write(Pin::new(&mut self.io));
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.unflushed = true;
+        }
+        r
+    }
+}
+
 impl<I: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guarded<I> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
@@ -445,15 +464,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guarded<I> {
 
 impl<I: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Guarded<I> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        if this.failed {
-            return Poll::Ready(Err(deadline_passed()));
-        }
-        let r = Pin::new(&mut this.io).poll_write(cx, buf);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            this.unflushed = true;
-        }
-        r
+        self.get_mut().write_with(|io| io.poll_write(cx, buf))
     }
 
     fn poll_write_vectored(
@@ -461,15 +472,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Guarded<I> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        if this.failed {
-            return Poll::Ready(Err(deadline_passed()));
-        }
-        let r = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            this.unflushed = true;
-        }
-        r
+        self.get_mut().write_with(|io| io.poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
