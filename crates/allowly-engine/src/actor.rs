@@ -326,6 +326,14 @@ impl Actor for WorkspaceActor {
                 s.rules = rules_of(&ws);
                 s.stage(view.map(|v| (vec![Op::PutWorkspace(ws)], Ok(v))), reply);
             }
+            // Through the actor like every change of the record: it writes the record whole.
+            WsMsg::SetRateLimit { rate_limit, reply } => {
+                let mut ws = s.ws.clone();
+                ws.rate_limit = rate_limit;
+                let view = views::workspace(&ws);
+                s.ws = ws.clone();
+                s.stage(view.map(|v| (vec![Op::PutWorkspace(ws)], Ok(v))), reply);
+            }
             WsMsg::CreateWebhook { req, idem, reply } => {
                 s.idempotent(idem, Signs::No, reply, |s| s.create_webhook(req));
             }

@@ -564,6 +564,7 @@ impl Engine {
             scope_rules: req.scope_rules,
             fail_open: false,
             signing_keys: key_records(&keys),
+            rate_limit: None,
         };
         let view = views::workspace(&record)?;
         Ok((vec![Op::PutWorkspace(record)], view))
@@ -586,6 +587,15 @@ impl Engine {
     pub async fn set_scope_rules(&self, ws: &str, req: ScopeRules) -> Result<WorkspaceView> {
         validate::scope_rules(&req.scope_rules)?;
         self.ask(ws, |reply| WsMsg::SetScopeRules { rules: req.scope_rules, reply }).await
+    }
+
+    /// Sets (or, with `None`, clears back to the instance default) the request rate each of
+    /// the workspace's API keys may use. The front end enforces it.
+    pub async fn set_rate_limit(&self, ws: &str, req: RateLimitSetting) -> Result<WorkspaceView> {
+        if let Some(limit) = &req.rate_limit {
+            validate::rate_limit(limit)?;
+        }
+        self.ask(ws, |reply| WsMsg::SetRateLimit { rate_limit: req.rate_limit, reply }).await
     }
 
     /// The workspace's public keys (every key it ever signed with, with validity windows).

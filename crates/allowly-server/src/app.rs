@@ -21,4 +21,10 @@ pub struct App {
     pub admin_token: std::path::PathBuf,
     /// `POST /v1/admin/backup`.
     pub backups: crate::backup::Backups,
+    /// The open connections and their caps.
+    pub connections: crate::conn::Connections,
+    /// Per-API-key rate limits.
+    pub rate_limits: crate::ratelimit::RateLimits,
+    /// `/metrics` requires this bearer token if set.
+    pub metrics_token: Option<crate::auth::MetricsToken>,
 }

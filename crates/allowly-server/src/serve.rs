@@ -123,6 +123,8 @@ pub async fn run(cfg: ServerConfig, prepared: Prepared) -> Result<(), ServeError
         );
     }
 
+    let rocksdb_files = raise_fd_limit(cfg.connections.max);
+
     let (listener, keeper) = match isolated {
         Some((l, k)) => (TcpListener::from_std(l).map_err(io(format!("listening on {}", cfg.listen)))?, Some(k)),
         // Bind before anything is started, so a port in use fails fast with nothing to undo.
@@ -133,7 +135,7 @@ pub async fn run(cfg: ServerConfig, prepared: Prepared) -> Result<(), ServeError
     // Before the signer: a data directory in use by another instance fails here, on RocksDB's
     // lock, with nothing started (an isolated signer's keeper stops when `keeper` drops).
     let db = data_dir.join(DB_DIR);
-    let rocks = RocksOptions { max_open_files: rocksdb_open_files(), ..RocksOptions::default() };
+    let rocks = RocksOptions { max_open_files: rocksdb_files, ..RocksOptions::default() };
     let store = RocksStore::open(&db, rocks)
         .map_err(|source| ServeError::Store { path: shown_dir.join(DB_DIR).display().to_string(), source })?;
 
@@ -258,7 +260,11 @@ async fn serve_with_engine(
             return Err(ServeError::Metrics(e));
         }
     }
+    let connections = crate::conn::Connections::new(cfg.connections, metrics.front.clone());
     let app = Arc::new(App {
+        connections,
+        rate_limits: crate::ratelimit::RateLimits::new(cfg.rate_limit),
+        metrics_token: cfg.metrics_token.clone(),
         key_isolation: isolation,
         engine: engine.clone(),
         metrics,
@@ -273,6 +279,44 @@ async fn serve_with_engine(
     tracing::info!("stopping the webhook worker");
     worker.stop().await;
     Ok(())
+}
+
+/// Descriptors kept for everything but client connections and RocksDB's table cache: the
+/// WAL, the signer socket, webhook deliveries, the log.
+const FD_RESERVE: u64 = 256;
+/// Bounds of RocksDB's table cache (files kept open; more are reopened on demand).
+const ROCKSDB_FILES: (u64, u64) = (64, 16_384);
+
+/// Raises the soft limit on open files to the hard one (systemd's default soft limit is 1024):
+/// every connection is a descriptor, and the connection caps, not `EMFILE` at accept or on a
+/// WAL write, must be what limits clients. Returns RocksDB's share: what `--max-connections`
+/// and the reserve leave, within [`ROCKSDB_FILES`] (RocksDB's own default, every file open,
+/// turns a large database into EMFILE, which fails every check closed). Warns when even the
+/// hard limit is too low for all three.
+fn raise_fd_limit(max_connections: usize) -> i32 {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut limit = getrlimit(Resource::Nofile);
+    if let (Some(soft), Some(hard)) = (limit.current, limit.maximum) {
+        if soft < hard {
+            limit.current = Some(hard);
+            if let Err(e) = setrlimit(Resource::Nofile, limit) {
+                tracing::warn!("raising the open-file limit from {soft} to {hard}: {e}");
+            }
+        }
+    }
+    let soft = getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX);
+    let others = max_connections as u64 + FD_RESERVE;
+    let needed = others + ROCKSDB_FILES.0;
+    if soft < needed {
+        tracing::warn!(
+            open_file_limit = soft,
+            max_connections,
+            "the open-file limit is below --max-connections plus {needed}: clients may be refused by the kernel \
+             (EMFILE) before the connection caps apply; raise LimitNOFILE or lower --max-connections"
+        );
+    }
+    let files = soft.saturating_sub(others).clamp(ROCKSDB_FILES.0, ROCKSDB_FILES.1);
+    i32::try_from(files).unwrap_or(i32::MAX)
 }
 
 /// Resolves on the first SIGTERM or SIGINT.
@@ -303,28 +347,4 @@ async fn ensure_admin_token(engine: &Engine, data_dir: &Path) -> Result<PathBuf,
     crate::admin_token::create(&path, &key.secret).map_err(io(format!("creating {}", path.display())))?;
     tracing::info!(key_id = %key.key.id, path = %path.display(), "instance admin key created");
     Ok(path)
-}
-
-/// RocksDB's share of this process's open files: the soft `RLIMIT_NOFILE` is first raised to
-/// the hard one (as most servers do; systemd's default soft limit is 1024), then half of it
-/// goes to RocksDB's table cache, the rest to connections, the WAL and the signer's socket.
-fn rocksdb_open_files() -> i32 {
-    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
-    let lim = getrlimit(Resource::Nofile);
-    // Linux caps the limit at fs.nr_open (2^20 by default).
-    let hard = lim.maximum.unwrap_or(u64::MAX).min(1 << 20);
-    let soft = match lim.current {
-        None => hard,
-        Some(soft) if soft < hard => {
-            // A refusal keeps the soft limit.
-            let raised = setrlimit(Resource::Nofile, Rlimit { current: Some(hard), maximum: lim.maximum });
-            if raised.is_ok() {
-                hard
-            } else {
-                soft
-            }
-        }
-        Some(soft) => soft,
-    };
-    i32::try_from((soft / 2).clamp(64, 16_384)).unwrap_or(16_384)
 }

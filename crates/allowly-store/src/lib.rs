@@ -71,7 +71,7 @@ pub use mem::MemStore;
 pub use store::{Store, StoredNodes};
 pub use types::{
     ApiKeyRecord, AuthorizationRecord, DocKind, Durability, EngineStats, IdempotencyRef, LogMeta, Op, PublicKeyRecord,
-    ReceiptRecord, Role, ScopeRule, WorkspaceRecord, WriteBatch,
+    RateLimit, ReceiptRecord, Role, ScopeRule, WorkspaceRecord, WriteBatch,
 };
 
 #[cfg(feature = "conformance")]

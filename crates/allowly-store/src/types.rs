@@ -22,6 +22,68 @@ pub struct WorkspaceRecord {
     /// them: published without asking the signer (so verifiers get keys while it is down).
     #[serde(default)]
     pub signing_keys: Vec<PublicKeyRecord>,
+    /// The request rate each of the workspace's API keys may use, as the instance admin set it;
+    /// `None`: the instance's default (`allowly serve --rate-limit-per-second`).
+    #[serde(default)]
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// A per-API-key request rate limit. Its JSON is `"unlimited"` or
+/// `{"requests_per_second": N, "burst": M}` (`burst` defaults to `requests_per_second` when
+/// read, and is always written).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(from = "RateLimitRepr", into = "RateLimitRepr")]
+pub enum RateLimit {
+    /// No limit.
+    Unlimited,
+    /// On average at most `requests_per_second`, with bursts of up to `burst` requests at once
+    /// (a token bucket of `burst` tokens refilled at `requests_per_second`).
+    PerKey { requests_per_second: u32, burst: u32 },
+}
+
+/// The serde form of [`RateLimit`]: a keyword or an object.
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum RateLimitRepr {
+    Word(RateLimitWord),
+    Limit(RateLimitFields),
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum RateLimitWord {
+    Unlimited,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RateLimitFields {
+    requests_per_second: u32,
+    #[serde(default)]
+    burst: Option<u32>,
+}
+
+impl From<RateLimitRepr> for RateLimit {
+    fn from(r: RateLimitRepr) -> Self {
+        match r {
+            RateLimitRepr::Word(RateLimitWord::Unlimited) => Self::Unlimited,
+            RateLimitRepr::Limit(f) => Self::PerKey {
+                requests_per_second: f.requests_per_second,
+                burst: f.burst.unwrap_or(f.requests_per_second),
+            },
+        }
+    }
+}
+
+impl From<RateLimit> for RateLimitRepr {
+    fn from(r: RateLimit) -> Self {
+        match r {
+            RateLimit::Unlimited => Self::Word(RateLimitWord::Unlimited),
+            RateLimit::PerKey { requests_per_second, burst } => {
+                Self::Limit(RateLimitFields { requests_per_second, burst: Some(burst) })
+            }
+        }
+    }
 }
 
 /// A workspace signing key's public half and validity window (the private half never leaves
