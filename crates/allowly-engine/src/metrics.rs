@@ -75,7 +75,22 @@ pub struct Metrics {
     pub workspaces_diverged: IntGauge,
     /// Requests refused because their workspace's log diverged from the signer's.
     pub diverged_refusals: IntCounter,
+    /// Workspace key rotation attempts by `outcome` ([`KEY_ROTATION_OUTCOMES`]); the finishing
+    /// of an interrupted rotation counts as an attempt too.
+    pub key_rotations: IntCounterVec,
+    /// Duration of the last rotation that finished, from its start (including the wait for the
+    /// pipeline) to its synced write; 0 before the first.
+    pub key_rotation_last_seconds: Gauge,
 }
+
+/// The `outcome` label of `allowly_engine_key_rotations_total`, a closed set:
+/// `rotated`; `drain_timeout` (the log was not signed up to the rotation's index within
+/// `rotation_drain_timeout`: nothing reserved); `refused` (the signer answered with an error or
+/// busy: the reservation is cleared); `unfinished` (no answer from the signer, or one that could
+/// not be stored: the index stays reserved and the rotation is finished later); `failed` (a
+/// store error before the reservation, or an answer that does not check: the workspace is then
+/// marked diverged).
+pub const KEY_ROTATION_OUTCOMES: [&str; 5] = ["rotated", "drain_timeout", "refused", "unfinished", "failed"];
 
 fn pow2(start: f64, n: usize) -> Vec<f64> {
     exponential_buckets(start, 2.0, n).unwrap_or_default()
@@ -224,6 +239,16 @@ impl Metrics {
                 "Requests refused because their workspace's log disagrees with the signer's",
             )
             .expect("static metric definition"),
+            key_rotations: IntCounterVec::new(
+                Opts::new("allowly_engine_key_rotations_total", "Workspace key rotation attempts by outcome"),
+                &["outcome"],
+            )
+            .expect("static metric definition"),
+            key_rotation_last_seconds: Gauge::new(
+                "allowly_engine_key_rotation_last_seconds",
+                "Duration of the last workspace key rotation that finished (0 before the first)",
+            )
+            .expect("static metric definition"),
             registry,
         };
         for fault in crate::fault::Fault::ALL {
@@ -260,6 +285,8 @@ impl Metrics {
             Box::new(m.oldest_unsigned_age_seconds.clone()),
             Box::new(m.workspaces_diverged.clone()),
             Box::new(m.diverged_refusals.clone()),
+            Box::new(m.key_rotations.clone()),
+            Box::new(m.key_rotation_last_seconds.clone()),
         ];
         for c in collectors {
             m.registry.register(c).expect("metric names are unique");
@@ -276,6 +303,9 @@ impl Metrics {
         // the series made the dashboard's error panel and any rate() over it look broken.
         for kind in ["unavailable", "storage", "error"] {
             m.signer_errors.with_label_values(&[kind]);
+        }
+        for outcome in KEY_ROTATION_OUTCOMES {
+            m.key_rotations.with_label_values(&[outcome]);
         }
         m
     }

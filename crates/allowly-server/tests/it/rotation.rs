@@ -229,6 +229,63 @@ fn a_rotation_whose_answer_was_lost_is_finished_later_without_a_fork() {
     export_and_verify(&s, &t, "files.read", &acked, &[], tmp.path());
 }
 
+/// The value of the metric line that starts with `series ` (`None` if there is none).
+fn metric(s: &Server, series: &str) -> Option<f64> {
+    let text = s.client().get("/metrics", None).text();
+    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// A rotation waits for the workspace's receipts to be signed up to its index for at most
+/// `--rotation-drain-timeout-ms`: with the signer stopped under an acknowledged check it
+/// answers 503 `signer_unavailable` with `Retry-After`, having reserved and changed nothing (the
+/// same active key; checks answered meanwhile; once the signer is back, a repeat with the same
+/// `Idempotency-Key` rotates, at the next index). `allowly_engine_key_rotations_total` counts
+/// each outcome, every one exported from 0, and the last rotation's duration is exported.
+#[test]
+fn a_rotation_whose_receipts_are_not_signed_in_time_answers_503_and_changes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let _reaper = Reaper(tmp.path().to_owned());
+    let data = tmp.path().join("data");
+    // The signer counts as down only after 10 s: the drain bound, not the health check, refuses.
+    let s = Server::start_with(&data, &["--rotation-drain-timeout-ms", "300", "--signer-timeout-ms", "10000"]);
+    let t = tenant(&s, "drain", &["files.read"]);
+    let c = s.client();
+    let first_key = active_key(&c, &t.ws);
+    let rotations = |outcome: &str| metric(&s, &format!("allowly_engine_key_rotations_total{{outcome=\"{outcome}\"}}"));
+    for outcome in ["rotated", "drain_timeout", "refused", "unfinished", "failed"] {
+        assert_eq!(rotations(outcome), Some(0.0), "{outcome} exported from the start");
+    }
+    assert_eq!(metric(&s, "allowly_engine_key_rotation_last_seconds"), Some(0.0));
+
+    let signer = s.signer_pid();
+    let resume = Continue(signer);
+    signal_pid(signer, Signal::STOP).unwrap();
+    let r = check(&c, &t);
+    assert_eq!(r.status, 200, "acknowledged, pending: {r}");
+    let pending = Acked::of(&r.json()).unwrap();
+    let r = rotate(&c, &t.ws, &t.admin, Some("drain-1"));
+    r.problem(503, "signer_unavailable");
+    assert_eq!(r.header("retry-after"), Some("1"), "{r}");
+    assert_eq!(active_key(&c, &t.ws), first_key, "nothing rotated");
+    let r = check(&c, &t);
+    assert_eq!(r.status, 200, "nothing reserved: the next check takes the next index: {r}");
+    let next = Acked::of(&r.json()).unwrap();
+    assert_eq!(next.log_index, pending.log_index + 1);
+    // Read after the signer is back: `/metrics` also asks the signer (and waits for it).
+    drop(resume);
+    assert_eq!(rotations("drain_timeout"), Some(1.0), "{}", s.diagnostics());
+    // Signed first, so the short bound cannot cut the repeat on a slow machine.
+    let at = next.log_index + 1;
+    wait_all_signed(&s, &t.reader, &[pending, next]);
+
+    let r = rotate(&c, &t.ws, &t.admin, Some("drain-1"));
+    assert_eq!(r.status, 200, "{r}\n{}", s.diagnostics());
+    let receipt = check_rotation(&r.json(), 1);
+    assert_eq!(receipt["log_index"], at);
+    assert_eq!((rotations("rotated"), rotations("drain_timeout")), (Some(1.0), Some(1.0)));
+    assert!(metric(&s, "allowly_engine_key_rotation_last_seconds").is_some_and(|d| d > 0.0));
+}
+
 /// `allowly workspace-key rotate` asks the running server, with the admin token file: the same
 /// answer as the API's, the rotation in the log.
 #[test]
