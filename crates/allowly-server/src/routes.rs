@@ -5,7 +5,7 @@
 //! |---|---|---|---|
 //! | GET | `/healthz`, `/readyz`, `/metrics` | public | `readiness`, `metrics_text` |
 //! | POST | `/v1/workspaces` | instance admin | `create_workspace` → 201 |
-//! | POST | `/v1/admin-key/rotate` | instance admin | `rotate_admin_key` (the caller's key replaced; the new secret shown once and written to `admin-token`) |
+//! | POST | `/v1/admin-key/rotate` | instance admin | `rotate_admin_key` (the caller's key replaced; the new secret shown once and written to `admin-token`; a keyed repeat bearing the revoked key gets the first answer: `replay_admin_key_rotation`) |
 //! | GET | `/v1/admin-keys` | instance admin | `admin_keys` (every instance admin key, revoked ones too; no secrets) |
 //! | POST | `/v1/admin-keys/{id}/revoke` | instance admin | `revoke_admin_key` (409 for the last one not revoked) |
 //! | GET | `/v1/workspaces/{ws}` | instance admin or read | `workspace` |
@@ -51,8 +51,8 @@
 //! `[A-Za-z0-9_-]{1,128}` match nothing (404).
 
 use allowly_engine::model::{
-    AuthorizationFilter, AuthorizationStatus, CheckRequest, ConfirmationAnswer, EscalationAnswer, ExportScope,
-    NewApiKey, NewAuthorization, NewWebhook, NewWorkspace, ScopeRules,
+    AuthorizationFilter, AuthorizationStatus, CheckRequest, ConfirmationAnswer, CreatedApiKey, EscalationAnswer,
+    ExportScope, NewApiKey, NewAuthorization, NewWebhook, NewWorkspace, ScopeRules,
 };
 use allowly_engine::{Engine, EngineError};
 use allowly_store::Role;
@@ -337,6 +337,26 @@ impl From<EngineError> for Problem {
 
 type Resp = Response<Full<Bytes>>;
 
+/// An answer that shows a secret: never cached.
+fn secret_answer(created: &CreatedApiKey) -> Result<Resp, Problem> {
+    let mut r = json(StatusCode::OK, created)?;
+    r.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(r)
+}
+
+/// `POST /v1/admin-key/rotate` from a key the server does not accept: the repeat of a keyed
+/// rotation whose answer was lost bears the key that rotation revoked, and gets the first
+/// answer (`Engine::replay_admin_key_rotation`); anything else is the usual 401. The token
+/// file is not written again: it may hold a newer key by now.
+async fn replay_admin_key_rotation(app: &App, parts: &Parts, body: Incoming, secret: &str) -> Result<Resp, Problem> {
+    let unauthenticated = || Problem::unauthenticated("unknown or revoked API key");
+    let Some(key) = extract::idempotency_key(&parts.headers)? else { return Err(unauthenticated()) };
+    let first = app.engine.replay_admin_key_rotation(secret, key).await?.ok_or_else(unauthenticated)?;
+    // The same request has no body, as the first one had.
+    extract::empty_body(&parts.headers, body, app.body_limit).await?;
+    secret_answer(&first)
+}
+
 /// Routes and answers one request; returns the route (for metrics) and the response.
 pub async fn dispatch(app: &App, req: hyper::Request<Incoming>, request_id: &str) -> (Route, Resp) {
     let (parts, body) = req.into_parts();
@@ -362,8 +382,12 @@ async fn handle(app: &App, t: Target<'_>, parts: &Parts, body: Incoming) -> Resu
         t.ws.map(str::to_owned)
     } else {
         let secret = auth::bearer(&parts.headers)?;
-        let principal =
-            engine.authenticate(secret)?.ok_or_else(|| Problem::unauthenticated("unknown or revoked API key"))?;
+        let Some(principal) = engine.authenticate(secret)? else {
+            if t.route == Route::AdminKeyRotate {
+                return replay_admin_key_rotation(app, parts, body, secret).await;
+            }
+            return Err(Problem::unauthenticated("unknown or revoked API key"));
+        };
         let ws = auth::authorize(&principal, access, t.ws)?;
         caller = Some((principal, secret));
         ws
@@ -391,15 +415,15 @@ async fn handle(app: &App, t: Target<'_>, parts: &Parts, body: Incoming) -> Resu
         }
         Route::AdminKeyRotate => {
             extract::empty_body(h, body, limit).await?;
-            let created = engine.rotate_admin_key(&caller()?.0).await?;
+            let (principal, secret) = caller()?;
+            let created = engine.rotate_admin_key(principal, secret, idem).await?;
             // The old key is already refused. The file follows; if it cannot be written the new
-            // secret is still in this answer (and the error in the log).
+            // secret is still in this answer (and the error in the log). A keyed repeat from a
+            // caller still live gets here too and writes the same secret again: harmless.
             if let Err(e) = crate::admin_token::replace(&app.admin_token, &created.secret) {
                 tracing::error!(path = %app.admin_token.display(), error = %e, "the rotated instance admin key could not be written to its file: it is only in the answer to this request");
             }
-            let mut r = json(StatusCode::OK, &created)?;
-            r.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-            Ok(r)
+            secret_answer(&created)
         }
         Route::AdminBackup => {
             extract::empty_body(h, body, limit).await?;

@@ -3,8 +3,9 @@
 //! signed, the `key.rotated` receipt in the log at the index the server reserved, the whole log
 //! verified by the real `allowly-verify` against the published key set, before and after a
 //! restart; a rotation whose answer was lost (the signer stopped under it) finished later with
-//! nothing lost and no fork; and the instance admin key revoked, rotated and reset offline, the
-//! old one refused at once.
+//! nothing lost and no fork; and the instance admin key revoked, rotated (`Idempotency-Key`
+//! honoured) and reset offline, the old one refused at once; a start without `admin-token`
+//! mints no second key.
 
 use std::path::Path;
 use std::process::Command;
@@ -323,51 +324,68 @@ fn operator(s: &Server, data: &Path, args: &[&str]) -> (bool, String) {
     (out.status.success(), text)
 }
 
-/// Instance admin keys: a second one (minted at a restart without `admin-token`, as the issue
-/// found) is revoked by id with the other and refused at once; the last one cannot be revoked
-/// (409) but is rotated by `allowly admin-key rotate`; and `allowly admin-key reset` with the
-/// server stopped revokes every one of them and writes a new token: after the restart the old
-/// tokens are refused (401) and the new one works.
+/// Instance admin keys: the last live one cannot be revoked (409) but is rotated, with an
+/// `Idempotency-Key` honoured — a repeat of the rotation bearing the key it revoked gets the
+/// first answer and no second key is minted, another caller's use of the same key is 422 —
+/// and `allowly admin-key rotate` rotates again; `allowly admin-key reset` with the server
+/// stopped revokes every one of them and writes a new token: after the restart the old tokens
+/// are refused (401) and the new one works.
 #[test]
 fn instance_admin_keys_are_revoked_rotated_and_reset_offline_the_old_ones_refused_at_once() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let mut s = Server::start(&data);
+    let c = s.client();
     let first = s.admin_token();
-    let ws = s.client().post("/v1/workspaces", &first, serde_json::json!({ "name": "keys" })).created("ws")["id"]
+    let ws = c.post("/v1/workspaces", &first, serde_json::json!({ "name": "keys" })).created("ws")["id"]
         .as_str()
         .unwrap()
         .to_owned();
     let first_id = admin_key_ids(&s, &first, false)[0].clone();
-    s.stop();
-    std::fs::remove_file(data.join("admin-token")).unwrap();
-    let mut s = Server::start(&data);
-    let c = s.client();
-    let second = s.admin_token();
-    assert_ne!(first, second);
     let get = |key: &str| c.get(&format!("/v1/workspaces/{ws}"), Some(key));
-    assert_eq!((get(&first).status, get(&second).status), (200, 200), "two instance admin keys");
-
     let revoke = |by: &str, id: &str| c.call("POST", &format!("/v1/admin-keys/{id}/revoke"), Some(by), None);
-    let keyed = |id: &str| {
-        let headers = [
-            ("Authorization".to_owned(), format!("Bearer {second}")),
-            ("Idempotency-Key".to_owned(), "revoke-1".to_owned()),
-        ];
-        c.request("POST", &format!("/v1/admin-keys/{id}/revoke"), &headers, None)
-    };
-    let r = keyed(&first_id);
-    assert_eq!((r.status, &r.json()["id"]), (200, &Value::from(first_id.as_str())), "{r}");
-    assert_eq!(keyed(&first_id).json(), r.json(), "a keyed repeat gets the first answer");
-    get(&first).problem(401, "unauthenticated");
-    assert_eq!(get(&second).status, 200);
-    revoke(&second, &first_id).problem(409, "conflict");
-    let second_id = admin_key_ids(&s, &second, false)[0].clone();
-    assert_eq!(admin_key_ids(&s, &second, true), std::slice::from_ref(&first_id), "listed, revoked");
-    revoke(&second, &first_id.replace("ak_", "ak_0")).problem(404, "not_found");
-    revoke(&second, &second_id).problem(409, "conflict");
+    revoke(&first, &first_id).problem(409, "conflict");
+    revoke(&first, &first_id.replace("ak_", "ak_0")).problem(404, "not_found");
     let t = tenant(&s, "scoped", &["files.read"]);
-    revoke(&t.admin, &second_id).problem(403, "forbidden");
+    revoke(&t.admin, &first_id).problem(403, "forbidden");
+
+    let rotate = |by: &str, key: Option<&str>, body: Option<&[u8]>| {
+        let mut headers = vec![("Authorization".to_owned(), format!("Bearer {by}"))];
+        headers.extend(key.map(|k| ("Idempotency-Key".to_owned(), k.to_owned())));
+        if body.is_some() {
+            headers.push(("Content-Type".to_owned(), "application/json".to_owned()));
+        }
+        c.request("POST", "/v1/admin-key/rotate", &headers, body)
+    };
+    let r = rotate(&first, Some("rot-1"), None);
+    assert_eq!(r.status, 200, "{r}");
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    let second = r.json()["secret"].as_str().unwrap().to_owned();
+    let second_id = r.json()["id"].as_str().unwrap().to_owned();
+    assert_eq!(s.admin_token(), second, "the server wrote the new key to admin-token");
+    get(&first).problem(401, "unauthenticated");
+    // The answer was lost: the client repeats with the key it had, which is revoked by now.
+    let again = rotate(&first, Some("rot-1"), None);
+    assert_eq!((again.status, again.json()), (200, r.json()), "the repeat gets the first answer: {again}");
+    assert_eq!(again.header("cache-control"), Some("no-store"));
+    assert_eq!(admin_key_ids(&s, &second, false), std::slice::from_ref(&second_id), "no key minted by the repeat");
+    assert_eq!(admin_key_ids(&s, &second, true), std::slice::from_ref(&first_id));
+    // Nothing else accepts the revoked key: unkeyed, another key, a body, another route.
+    rotate(&first, None, None).problem(401, "unauthenticated");
+    rotate(&first, Some("rot-2"), None).problem(401, "unauthenticated");
+    rotate(&first, Some("rot-1"), Some(br#"{"x":1}"#)).problem(400, "unknown_field");
+    c.request(
+        "POST",
+        &format!("/v1/admin-keys/{second_id}/revoke"),
+        &[("Authorization".to_owned(), format!("Bearer {first}")), ("Idempotency-Key".to_owned(), "rot-1".to_owned())],
+        None,
+    )
+    .problem(401, "unauthenticated");
+    // The same key from another caller is another request; it changes nothing.
+    rotate(&second, Some("rot-1"), None).problem(422, "idempotency_key_reused");
+    assert_eq!(get(&second).status, 200);
+    assert_eq!(admin_key_ids(&s, &second, false), std::slice::from_ref(&second_id));
+    revoke(&second, &first_id).problem(409, "conflict");
 
     let (ok, out) = operator(&s, &data, &["admin-key", "rotate"]);
     assert!(ok, "{out}");
@@ -377,6 +395,9 @@ fn instance_admin_keys_are_revoked_rotated_and_reset_offline_the_old_ones_refuse
     assert_eq!(s.admin_token(), third, "the server wrote the new key to admin-token");
     get(&second).problem(401, "unauthenticated");
     assert_eq!(get(&third).status, 200);
+    // The first rotation's repeat still answers what it answered, and writes no file.
+    assert_eq!(rotate(&first, Some("rot-1"), None).json(), r.json());
+    assert_eq!(s.admin_token(), third);
 
     // Break glass: refused while the server runs (the store is locked), then done offline.
     let reset = || Command::new(allowly_bin()).args(["admin-key", "reset", "--data-dir"]).arg(&data).output().unwrap();
@@ -394,6 +415,43 @@ fn instance_admin_keys_are_revoked_rotated_and_reset_offline_the_old_ones_refuse
     }
     assert_eq!(c.get(&format!("/v1/workspaces/{ws}"), Some(&fourth)).status, 200);
     assert_eq!(c.get(&format!("/v1/workspaces/{}", t.ws), Some(&t.reader)).status, 200, "workspace keys untouched");
+}
+
+/// A start without `admin-token` while an instance admin key is live mints none (the issue
+/// found a second live key minted each time): the server starts, says the file is missing and
+/// how to replace a lost key, writes no file, and the key that is live still works and stays
+/// the only one. A rotation writes the file again; `allowly admin-key reset` replaces a key
+/// that is lost.
+#[test]
+fn a_start_without_admin_token_mints_no_second_key_while_one_is_live() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let mut s = Server::start(&data);
+    let first = s.admin_token();
+    let first_id = admin_key_ids(&s, &first, false);
+    assert_eq!(first_id.len(), 1);
+    s.stop();
+    std::fs::remove_file(data.join("admin-token")).unwrap();
+
+    let mut s = Server::start(&data);
+    assert!(!data.join("admin-token").exists(), "a token file written: {}", s.diagnostics());
+    assert!(s.stderr().contains("admin-key reset"), "{}", s.diagnostics());
+    assert_eq!(admin_key_ids(&s, &first, false), first_id, "the same single live key");
+    assert!(admin_key_ids(&s, &first, true).is_empty(), "nothing revoked either");
+    let r = s.client().call("POST", "/v1/admin-key/rotate", Some(&first), None);
+    assert_eq!(r.status, 200, "{r}");
+    let second = r.json()["secret"].as_str().unwrap().to_owned();
+    assert_eq!(s.admin_token(), second, "the rotation wrote the file");
+    s.stop();
+
+    // The key lost with its file: reset, offline, gives a new one.
+    std::fs::remove_file(data.join("admin-token")).unwrap();
+    let out = Command::new(allowly_bin()).args(["admin-key", "reset", "--data-dir"]).arg(&data).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let s = Server::start(&data);
+    let third = s.admin_token();
+    assert_eq!(admin_key_ids(&s, &third, false).len(), 1);
+    s.client().get("/v1/admin-keys", Some(&second)).problem(401, "unauthenticated");
 }
 
 /// The ids of the instance admin keys (`revoked` ones, or the others), listed by `GET
