@@ -48,7 +48,8 @@
 //! # Modules
 //!
 //! [`admin_cli`] (`allowly workspace-key rotate`, `allowly admin-key rotate|revoke|reset`:
-//! operator commands that ask the running server, or reset offline), [`config`] (flags, env, file), [`backup`] (`POST /v1/admin/backup`, `allowly backup`, `allowly restore`), [`serve`] (start-up and shutdown order), [`isolation`]
+//! operator commands that ask the running server, or reset offline; their `http://` and
+//! `https://` client is [`http_client`]), [`config`] (flags, env, file), [`backup`] (`POST /v1/admin/backup`, `allowly backup`, `allowly restore`), [`serve`] (start-up and shutdown order), [`isolation`]
 //! (what happens when started as root: two users, privilege drop), [`signer_child`]
 //! (the embedded signer, its supervisor and its root keeper), [`http`] (accept loop, request ids, graceful
 //! drain), [`routes`] (routing table and handlers), [`extract`] (strict request reading),
@@ -62,6 +63,7 @@ pub mod backup;
 pub mod config;
 pub mod extract;
 pub mod http;
+pub mod http_client;
 pub mod isolation;
 pub mod layout;
 pub mod metrics;

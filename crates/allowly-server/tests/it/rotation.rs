@@ -316,12 +316,96 @@ fn the_workspace_key_rotate_command_rotates_through_the_server() {
 /// Runs `allowly ARGS --url <s> --token-file <data>/admin-token`; whether it succeeded and its
 /// output.
 fn operator(s: &Server, data: &Path, args: &[&str]) -> (bool, String) {
-    let url = format!("http://{}", s.client().addr);
+    operator_at(&format!("http://{}", s.client().addr), data, args)
+}
+
+/// Runs `allowly ARGS --url URL --token-file <data>/admin-token`.
+fn operator_at(url: &str, data: &Path, args: &[&str]) -> (bool, String) {
     let token = data.join("admin-token");
     let out =
-        Command::new(allowly_bin()).args(args).arg("--url").arg(&url).arg("--token-file").arg(&token).output().unwrap();
+        Command::new(allowly_bin()).args(args).arg("--url").arg(url).arg("--token-file").arg(&token).output().unwrap();
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     (out.status.success(), text)
+}
+
+/// A TLS terminator in front of `upstream` on a loopback port, with the test certificate
+/// (`fixtures/tls-server.pem`, for 127.0.0.1 and localhost, issued by `fixtures/tls-ca.pem`):
+/// each connection's request (no body) is passed on and the answer sent back, then
+/// `close_notify`. Serves until the test process ends.
+fn tls_terminator(upstream: std::net::SocketAddr) -> std::net::SocketAddr {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use std::io::{Read as _, Write as _};
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/fixtures");
+    let chain = CertificateDer::pem_file_iter(dir.join("tls-server.pem")).unwrap().map(Result::unwrap).collect();
+    let key = PrivateKeyDer::from_pem_file(dir.join("tls-server.key")).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    let config = std::sync::Arc::new(config);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for tcp in listener.incoming() {
+            let Ok(tcp) = tcp else { continue };
+            let conn = rustls::ServerConnection::new(config.clone()).unwrap();
+            let mut tls = rustls::StreamOwned::new(conn, tcp);
+            // A client that refuses the certificate ends the handshake: the read fails.
+            let mut request = Vec::new();
+            let mut byte = [0u8; 1];
+            while !request.ends_with(b"\r\n\r\n") {
+                match tls.read(&mut byte) {
+                    Ok(1) => request.push(byte[0]),
+                    _ => break,
+                }
+            }
+            if !request.ends_with(b"\r\n\r\n") {
+                continue;
+            }
+            let mut up = std::net::TcpStream::connect(upstream).unwrap();
+            up.write_all(&request).unwrap();
+            let mut answer = Vec::new();
+            up.read_to_end(&mut answer).unwrap();
+            tls.write_all(&answer).unwrap();
+            tls.conn.send_close_notify();
+            let _ = tls.flush();
+        }
+    });
+    addr
+}
+
+/// The operator commands speak `https://` to a server behind a TLS terminator: with the
+/// terminator's CA given by `--ca-file` they work (by IP and by host name); without it the
+/// certificate is refused against Mozilla's roots, and nothing reaches the server; an
+/// `http://` URL with `--ca-file`, and a URL of another scheme, are refused with a clear message.
+#[test]
+fn the_operator_commands_speak_https_with_a_ca_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let s = Server::start(&data);
+    let tls = tls_terminator(s.client().addr);
+    let ca = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/fixtures/tls-ca.pem");
+    let ca = ca.to_str().unwrap();
+    let id = admin_key_ids(&s, &s.admin_token(), false);
+    for host in ["127.0.0.1", "localhost"] {
+        let url = format!("https://{host}:{}", tls.port());
+        let (ok, out) = operator_at(&url, &data, &["admin-key", "list", "--ca-file", ca]);
+        assert!(ok, "{url}: {out}\n{}", s.diagnostics());
+        let ids: Vec<Value> = serde_json::from_str::<Value>(&out).unwrap()["data"].as_array().unwrap().to_vec();
+        assert_eq!(ids.iter().map(|k| k["id"].as_str().unwrap()).collect::<Vec<_>>(), id);
+    }
+    let url = format!("https://127.0.0.1:{}", tls.port());
+    let (ok, out) = operator_at(&url, &data, &["admin-key", "rotate"]);
+    assert!(!ok && out.contains("UnknownIssuer"), "Mozilla's roots do not know the test CA: {out}");
+    assert_eq!(admin_key_ids(&s, &s.admin_token(), false), id, "nothing reached the server");
+    let (ok, out) = operator(&s, &data, &["admin-key", "list", "--ca-file", ca]);
+    assert!(!ok && out.contains("--ca-file is for https://"), "{out}");
+    let (ok, out) = operator_at("ftp://127.0.0.1:1", &data, &["admin-key", "list"]);
+    assert!(!ok && out.contains("--url must be http://HOST[:PORT] or https://HOST[:PORT]"), "{out}");
 }
 
 /// Instance admin keys: the last live one cannot be revoked (409) but is rotated, with an
