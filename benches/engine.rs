@@ -88,6 +88,7 @@ fn main() {
                 scope_rules: Default::default(),
                 fail_open: false,
                 signing_keys: vec![],
+                rate_limit: None,
             });
             store.write(WriteBatch::from(vec![ws, op]), Durability::Sync).expect("write");
         })

@@ -7,7 +7,8 @@
 #
 # Extra arguments go to allowly-loadtest (e.g. `--seconds 3`, or `--sustained 10`, `--scale`).
 # ALLOWLY_LOADTEST_SKIP_BUILD=1 uses the binaries already in $CARGO_TARGET_DIR/release;
-# ALLOWLY_LOADTEST_OUT=DIR writes the report elsewhere (default docs/perf).
+# ALLOWLY_LOADTEST_OUT=DIR writes the report elsewhere (default docs/perf);
+# ALLOWLY_LOADTEST_KEEP_DATA=1 keeps the server's data directory (e.g. RocksDB's db/LOG) and says where.
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$ALLOWLY_ROOT"
@@ -40,7 +41,11 @@ stop() {
     stop_server
     kill -KILL "$server" 2>/dev/null || true
   fi
-  rm -rf "$data" "$log"
+  if [ -n "${ALLOWLY_LOADTEST_KEEP_DATA:-}" ]; then
+    echo "kept the server's data directory (ALLOWLY_LOADTEST_KEEP_DATA): $data" >&2
+  else
+    rm -rf "$data" "$log"
+  fi
 }
 trap stop EXIT INT TERM
 

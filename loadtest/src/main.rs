@@ -978,6 +978,10 @@ async fn sustained_mode(
             opt(sgn),
             opt(rm.map(|m| m.compaction_cpu_s)),
         );
+        if let Some(m) = rm.filter(|m| !m.compaction_cpu_s_by_space.is_empty()) {
+            let spaces: Vec<String> = m.compaction_cpu_s_by_space.iter().map(|(k, v)| format!("{k} {v:.1}")).collect();
+            println!("             compaction CPU s by key space: {}", spaces.join(", "));
+        }
         per_minute.push(json!({
             "throughput_per_s": round(*tp), "p99_ms": p99, "signed_per_s": signed,
             "server_cpu_us_per_check": srv.map(round), "signer_cpu_us_per_receipt": sgn.map(round),
@@ -985,6 +989,8 @@ async fn sustained_mode(
             "rocksdb": rm.map(|m| json!({
                 "compaction_cpu_s": round(m.compaction_cpu_s), "compaction_written_bytes": m.compaction_written_bytes,
                 "compactions": m.compactions, "flushes": m.flushes,
+                "compaction_cpu_s_by_space": m.compaction_cpu_s_by_space.iter()
+                    .map(|(k, v)| (k.clone(), json!(round(*v)))).collect::<serde_json::Map<_, _>>(),
             })),
         }));
     }

@@ -160,7 +160,7 @@ mod admin;
 mod hitl;
 mod rotation;
 mod webhooks;
-pub(crate) use hitl::{ConfirmationDoc, DueEntry, EscalationDoc, DUE_SCOPE};
+pub(crate) use hitl::{ConfirmationDoc, DueEntry, EscalationDoc, CONFIRMATION_DUE_SCOPE, DUE_SCOPE};
 
 /// The `time` of the newest stored receipt of `ws` (0 for an empty log, or if it cannot be
 /// read: the clock is then the only floor, as before the first receipt).
@@ -324,6 +324,14 @@ impl Actor for WorkspaceActor {
                 let view = views::workspace(&ws);
                 s.ws = ws.clone();
                 s.rules = rules_of(&ws);
+                s.stage(view.map(|v| (vec![Op::PutWorkspace(ws)], Ok(v))), reply);
+            }
+            // Through the actor like every change of the record: it writes the record whole.
+            WsMsg::SetRateLimit { rate_limit, reply } => {
+                let mut ws = s.ws.clone();
+                ws.rate_limit = rate_limit;
+                let view = views::workspace(&ws);
+                s.ws = ws.clone();
                 s.stage(view.map(|v| (vec![Op::PutWorkspace(ws)], Ok(v))), reply);
             }
             WsMsg::CreateWebhook { req, idem, reply } => {
@@ -849,7 +857,7 @@ impl WsState {
         let Some(mut a) = self.authorization(&req.authorization_id)? else {
             // No trail to chain a receipt into: answered, counted, not logged.
             let reason = Reason::UnknownAuthorization.as_str();
-            self.shared.metrics.decisions.with_label_values(&["deny", reason]).inc();
+            self.shared.metrics.decided(Reason::UnknownAuthorization);
             let outcome = CheckOutcome {
                 decision: Decision::Deny,
                 reason: reason.into(),
@@ -917,6 +925,8 @@ impl WsState {
             let opened = hitl::Opened::new(&a.id, &rec.id, scopes.clone(), resource.clone(), now, c.expires_at);
             let doc = hitl::ConfirmationDoc::new(opened);
             self.put_doc(&mut docs, DocKind::Confirmation, &c.nonce, &doc)?;
+            // Counted by `allowly_engine_confirmations_pending` until answered or expired.
+            docs.push(doc.due_put_op(&self.ws.id, &c.nonce));
         }
         if let Some(e) = &escalation {
             let data = serde_json::json!({
@@ -948,13 +958,7 @@ impl WsState {
                 doc: entry,
             });
         }
-        let label = match decision {
-            Decision::Allow => "allow",
-            Decision::Deny => "deny",
-            Decision::Confirm => "confirm",
-            Decision::Escalate => "escalate",
-        };
-        self.shared.metrics.decisions.with_label_values(&[label, reason.as_str()]).inc();
+        self.shared.metrics.decided(reason);
         let outcome = CheckOutcome {
             decision,
             reason: reason.as_str().into(),

@@ -47,6 +47,33 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// Every reason, in declaration order (`ALL[r as usize] == r`).
+    pub const ALL: [Reason; 8] = [
+        Self::Granted,
+        Self::UnknownAuthorization,
+        Self::Revoked,
+        Self::Expired,
+        Self::ScopeNotGranted,
+        Self::ResourceNotCovered,
+        Self::ConfirmationRequired,
+        Self::EscalationRequired,
+    ];
+
+    /// The one verdict this reason comes with (the table above): so the decision metric's
+    /// label pairs are a closed set of eight, counted without a label lookup.
+    pub fn verdict(self) -> Verdict {
+        match self {
+            Self::Granted => Verdict::Allow,
+            Self::ConfirmationRequired => Verdict::Confirm,
+            Self::EscalationRequired => Verdict::Escalate,
+            Self::UnknownAuthorization
+            | Self::Revoked
+            | Self::Expired
+            | Self::ScopeNotGranted
+            | Self::ResourceNotCovered => Verdict::Deny,
+        }
+    }
+
     /// The code as written in receipts.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -175,6 +202,14 @@ mod tests {
             &rules,
         );
         assert_eq!(got, expect, "grant {grant:?} ask {ask:?} rules {rules:?}");
+        assert_eq!(got.1.verdict(), got.0, "the metric counts {:?} as {:?}", got.1, got.1.verdict());
+    }
+
+    #[test]
+    fn all_reasons_in_declaration_order() {
+        for (i, r) in Reason::ALL.into_iter().enumerate() {
+            assert_eq!(r as usize, i, "{r:?}");
+        }
     }
 
     #[test]

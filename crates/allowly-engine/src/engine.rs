@@ -95,6 +95,7 @@ impl Engine {
             webhook_wake: Default::default(),
             api_keys: Default::default(),
             cached_authorizations: Default::default(),
+            signer_scrape: Default::default(),
         });
         let shared = Arc::new(Shared {
             services,
@@ -244,23 +245,23 @@ impl Engine {
         crate::pipeline::resync(&self.shared.services, &self.shared.pipelines, ws).await
     }
 
-    /// Prometheus text exposition of the engine's metrics followed by the signer's own
-    /// (re-exported; the signer has no port of its own). Signer metrics are omitted when the
-    /// signer does not answer.
-    pub async fn metrics_text(&self) -> String {
-        let s = &self.shared;
-        // The client counts its waits itself (it knows nothing of Prometheus): catch up.
-        let waits = s.signer.waits_total();
-        let seen = s.metrics.signer_waits.get();
-        if waits > seen {
-            s.metrics.signer_waits.inc_by(waits - seen);
-        }
-        s.metrics.cached_authorizations.set(self.cached_authorizations() as i64);
-        let mut text = s.metrics.text();
-        if let Ok(Ok(signer)) = tokio::time::timeout(s.cfg.signer_timeout, s.signer.metrics()).await {
-            text.push_str(&signer);
-        }
-        text
+    /// The engine's metrics as one collector for the process's registry: collecting reads the
+    /// figures known only at scrape time (store figures, pending escalations and
+    /// confirmations), so the registry's `gather` must run on a blocking thread.
+    pub fn collector(&self) -> Box<dyn prometheus::core::Collector> {
+        Box::new(crate::monitor::ScrapeCollector {
+            shared: Arc::downgrade(&self.shared),
+            metrics: self.shared.metrics.clone(),
+        })
+    }
+
+    /// The signer's own metrics (re-exported: the signer has no port of its own), Prometheus
+    /// text. Waits at most 100 ms for a fresh copy, else serves the last one fetched (empty
+    /// until the signer answered once): a scrape never waits for a hung signer, and the
+    /// signer's series do not vanish while it is down
+    /// (`allowly_engine_signer_metrics_age_seconds` says how old they are).
+    pub async fn signer_metrics_text(&self) -> Arc<str> {
+        crate::monitor::signer_metrics(&self.shared.services).await
     }
 
     /// Authorizations cached by all workspace actors right now.
@@ -416,6 +417,38 @@ impl Engine {
         }
     }
 
+    /// Deletes the confirmations' due-index entries whose nonce expired (no receipt: the
+    /// expiry of a nonce is recorded when someone tries to answer it). The index only feeds
+    /// `allowly_engine_confirmations_pending`, which skips expired entries anyway: this keeps
+    /// it from growing. Entries sort by expiry, so it reads only what it deletes (plus one page).
+    async fn prune_confirmation_due(&self) -> Result<()> {
+        const PAGE: usize = 256;
+        loop {
+            let store = self.shared.store.clone();
+            let page = blocking(move || {
+                Ok(store.docs(DocKind::EscalationDue, crate::actor::CONFIRMATION_DUE_SCOPE, None, PAGE)?)
+            })
+            .await?;
+            let now = now_ms();
+            let expired: Vec<Op> = page
+                .iter()
+                .take_while(|(id, _)| crate::monitor::due_ms(id).is_none_or(|t| t <= now))
+                .map(|(id, _)| Op::DeleteDoc {
+                    kind: DocKind::EscalationDue,
+                    workspace_id: crate::actor::CONFIRMATION_DUE_SCOPE.into(),
+                    id: id.clone(),
+                })
+                .collect();
+            let (n, full) = (expired.len(), page.len() == PAGE);
+            if n > 0 {
+                self.write(expired).await?;
+            }
+            if n < PAGE || !full {
+                return Ok(());
+            }
+        }
+    }
+
     /// Resolves every escalation past its expiry to deny (receipt, `escalation.resolved`
     /// event), in due order; answers how many. Runs every `escalation_sweep_interval`, so an
     /// escalation expires on time even if nobody reads it. Skipped while the signer is down
@@ -423,6 +456,7 @@ impl Engine {
     pub async fn expire_due_escalations(&self) -> Result<usize> {
         const PAGE: usize = 256;
         let s = &self.shared;
+        self.prune_confirmation_due().await?;
         if !s.is_healthy() {
             return Ok(0);
         }
@@ -530,6 +564,7 @@ impl Engine {
             scope_rules: req.scope_rules,
             fail_open: false,
             signing_keys: key_records(&keys),
+            rate_limit: None,
         };
         let view = views::workspace(&record)?;
         Ok((vec![Op::PutWorkspace(record)], view))
@@ -552,6 +587,15 @@ impl Engine {
     pub async fn set_scope_rules(&self, ws: &str, req: ScopeRules) -> Result<WorkspaceView> {
         validate::scope_rules(&req.scope_rules)?;
         self.ask(ws, |reply| WsMsg::SetScopeRules { rules: req.scope_rules, reply }).await
+    }
+
+    /// Sets (or, with `None`, clears back to the instance default) the request rate each of
+    /// the workspace's API keys may use. The front end enforces it.
+    pub async fn set_rate_limit(&self, ws: &str, req: RateLimitSetting) -> Result<WorkspaceView> {
+        if let Some(limit) = &req.rate_limit {
+            validate::rate_limit(limit)?;
+        }
+        self.ask(ws, |reply| WsMsg::SetRateLimit { rate_limit: req.rate_limit, reply }).await
     }
 
     /// The workspace's public keys (every key it ever signed with, with validity windows).

@@ -305,6 +305,34 @@ impl Diverged {
     }
 }
 
+/// The signer's own metrics text, as last fetched (`monitor::signer_metrics`). A scrape starts
+/// a fetch (unless one is running) and waits for it briefly, then serves whatever is newest:
+/// the scrape never waits for a hung signer (a fetch is bounded by the signer timeout and goes
+/// on in the background), and the signer's series stay on the page, with their age in
+/// `allowly_engine_signer_metrics_age_seconds`, while it does not answer.
+#[derive(Debug)]
+pub(crate) struct SignerScrape {
+    /// The last good copy and when it was fetched.
+    pub last: std::sync::Mutex<Option<(std::sync::Arc<str>, std::time::Instant)>>,
+    /// A fetch is running (at most one at a time).
+    pub fetching: std::sync::atomic::AtomicBool,
+    /// Notified when a fetch ends, good or not.
+    pub done: tokio::sync::Notify,
+    /// When the engine started (the age of "no copy yet").
+    pub started: std::time::Instant,
+}
+
+impl Default for SignerScrape {
+    fn default() -> Self {
+        Self {
+            last: Default::default(),
+            fetching: Default::default(),
+            done: Default::default(),
+            started: std::time::Instant::now(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

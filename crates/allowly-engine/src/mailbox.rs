@@ -60,6 +60,10 @@ pub(crate) enum WsMsg {
         rules: BTreeMap<String, ScopeRule>,
         reply: Reply<WorkspaceView>,
     },
+    SetRateLimit {
+        rate_limit: Option<allowly_store::RateLimit>,
+        reply: Reply<WorkspaceView>,
+    },
     CreateWebhook {
         req: NewWebhook,
         idem: Option<Idem>,

@@ -1,18 +1,76 @@
-//! Every metric of the engine, in one registry per [`Engine`](crate::Engine). Names follow
-//! `allowly_engine_<name>_{total,seconds}`; label values come from closed sets (never a
-//! workspace or authorization id).
+//! Every metric of the engine. Names follow `allowly_engine_<name>_{total,seconds}`, and
+//! `allowly_store_<name>` for the store's own figures the engine reads at scrape time; label
+//! values come from closed sets (never a workspace or authorization id). [`Metrics`] is a
+//! Prometheus [`Collector`]: the server registers it (through `Engine::collector`) in the one
+//! registry of the process.
 
+use std::sync::{Arc, Mutex};
+
+use allowly_store::EngineStats;
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
 use prometheus::{
     exponential_buckets, Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry, TextEncoder,
+    Opts, TextEncoder,
 };
+
+use crate::decide::{Reason, Verdict};
+
+/// `allowly_engine_hitl_answers_total`'s `kind` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HitlKind {
+    Confirmation,
+    Escalation,
+}
+
+/// `allowly_engine_hitl_answers_total`'s `outcome` label: `approved` (the answer allowed the
+/// action), `declined` (answered, and the action denied: declined by the human, or the
+/// authorization revoked or expired meanwhile), `expired` (no answer in time).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HitlOutcome {
+    Approved,
+    Declined,
+    Expired,
+}
+
+impl HitlKind {
+    const ALL: [Self; 2] = [Self::Confirmation, Self::Escalation];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Confirmation => "confirmation",
+            Self::Escalation => "escalation",
+        }
+    }
+}
+
+impl HitlOutcome {
+    const ALL: [Self; 3] = [Self::Approved, Self::Declined, Self::Expired];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Approved => "approved",
+            Self::Declined => "declined",
+            Self::Expired => "expired",
+        }
+    }
+}
+
+/// One `allowly_store_*` gauge and the [`EngineStats`] field it shows.
+#[derive(Debug, Clone)]
+struct StoreGauge {
+    gauge: IntGauge,
+    read: fn(&EngineStats) -> Option<u64>,
+}
 
 /// The engine's metrics.
 #[derive(Debug, Clone)]
 pub struct Metrics {
-    registry: Registry,
     /// Decisions by `decision` (allow, deny, confirm, escalate) and `reason` (the reason codes).
-    pub decisions: IntCounterVec,
+    decisions: IntCounterVec,
+    /// `decisions`' eight series, by `Reason as usize` (each reason has one decision): a check
+    /// counts its decision with one atomic add, no label lookup.
+    decided: Arc<[IntCounter]>,
     /// Requests refused because a workspace mailbox was full.
     pub overloaded: IntCounter,
     pub idempotency_swept: IntCounter,
@@ -81,6 +139,20 @@ pub struct Metrics {
     /// Duration of the last rotation that finished, from its start (including the wait for the
     /// pipeline) to its synced write; 0 before the first.
     pub key_rotation_last_seconds: Gauge,
+    /// Escalations waiting for an approver (their due index, counted at scrape time).
+    pub escalations_pending: IntGauge,
+    /// Confirmation nonces neither answered nor expired (their due index, counted at scrape
+    /// time).
+    pub confirmations_pending: IntGauge,
+    /// Answers to confirmations and escalations, by `kind` and `outcome` ([`HitlOutcome`]).
+    hitl_answers: IntCounterVec,
+    /// Age of the signer's series served on `/metrics`: the time since they were fetched (they
+    /// are served from the last good fetch while the signer does not answer).
+    pub signer_metrics_age_seconds: Gauge,
+    /// The store's own figures (`allowly_store_*`), as last read; a figure the store does not
+    /// have (`None`) is left out of the scrape rather than shown as 0.
+    store: Arc<[StoreGauge]>,
+    store_stats: Arc<Mutex<EngineStats>>,
 }
 
 /// The `outcome` label of `allowly_engine_key_rotations_total`, a closed set:
@@ -106,16 +178,53 @@ fn signing_lag_buckets() -> Vec<f64> {
     b
 }
 
+fn store_gauge(name: &str, help: &str, read: fn(&EngineStats) -> Option<u64>) -> StoreGauge {
+    StoreGauge { gauge: IntGauge::new(name, help).expect("static metric definition"), read }
+}
+
+/// The `allowly_store_*` gauges. Alert on `write_stopped` and on a delayed write rate above 0
+/// (writes throttled); compaction debt and sizes explain them.
+fn store_gauges() -> Vec<StoreGauge> {
+    vec![
+        store_gauge(
+            "allowly_store_write_stopped",
+            "1 while the store stops every write until compaction catches up",
+            |s| s.write_stopped.map(u64::from),
+        ),
+        store_gauge(
+            "allowly_store_delayed_write_rate_bytes_per_second",
+            "Rate the store throttles writes to while it delays them (0 = not delayed)",
+            |s| s.delayed_write_rate,
+        ),
+        store_gauge(
+            "allowly_store_pending_compaction_bytes",
+            "Bytes compaction must rewrite (estimate); writes stall when it grows past the store's limits",
+            |s| s.pending_compaction_bytes,
+        ),
+        store_gauge("allowly_store_running_compactions", "Compactions running now", |s| s.running_compactions),
+        store_gauge("allowly_store_live_data_bytes", "Bytes of the store's live table files", |s| s.live_data_bytes),
+        store_gauge("allowly_store_live_blob_bytes", "Bytes of the store's live blob files", |s| s.live_blob_bytes),
+        store_gauge("allowly_store_memtable_bytes", "Bytes of the store's in-memory write buffers", |s| {
+            s.memtable_bytes
+        }),
+    ]
+}
+
 impl Metrics {
-    /// A fresh registry with every metric registered.
+    /// Every metric, created (labelled counters at zero for each label value they can take).
     pub fn new() -> Self {
-        let registry = Registry::new();
+        let decisions = IntCounterVec::new(
+            Opts::new("allowly_engine_decisions_total", "Decisions by outcome and reason"),
+            &["decision", "reason"],
+        )
+        .expect("static metric definition");
+        let decided: Arc<[IntCounter]> = Reason::ALL
+            .iter()
+            .map(|r| decisions.with_label_values(&[verdict_label(r.verdict()), r.as_str()]))
+            .collect();
         let m = Self {
-            decisions: IntCounterVec::new(
-                Opts::new("allowly_engine_decisions_total", "Decisions by outcome and reason"),
-                &["decision", "reason"],
-            )
-            .expect("static metric definition"),
+            decisions,
+            decided,
             overloaded: IntCounter::new("allowly_engine_overloaded_total", "Requests refused: workspace queue full")
                 .expect("static metric definition"),
             idempotency_swept: IntCounter::new(
@@ -249,47 +358,35 @@ impl Metrics {
                 "Duration of the last workspace key rotation that finished (0 before the first)",
             )
             .expect("static metric definition"),
-            registry,
+            escalations_pending: IntGauge::new(
+                "allowly_engine_escalations_pending",
+                "Escalations waiting for an approver (every workspace)",
+            )
+            .expect("static metric definition"),
+            confirmations_pending: IntGauge::new(
+                "allowly_engine_confirmations_pending",
+                "Confirmation nonces neither answered nor expired (every workspace)",
+            )
+            .expect("static metric definition"),
+            hitl_answers: IntCounterVec::new(
+                Opts::new(
+                    "allowly_engine_hitl_answers_total",
+                    "Answers to confirmations and escalations, by kind and outcome (approved, declined, expired)",
+                ),
+                &["kind", "outcome"],
+            )
+            .expect("static metric definition"),
+            signer_metrics_age_seconds: Gauge::new(
+                "allowly_engine_signer_metrics_age_seconds",
+                "Seconds since the signer's series on this page were fetched (served from the last good fetch)",
+            )
+            .expect("static metric definition"),
+            store: store_gauges().into(),
+            store_stats: Default::default(),
         };
         for fault in crate::fault::Fault::ALL {
             m.faults.with_label_values(&[fault.code()]).set(0);
             m.fault_refusals.with_label_values(&[fault.code()]);
-        }
-        let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
-            Box::new(m.decisions.clone()),
-            Box::new(m.overloaded.clone()),
-            Box::new(m.idempotency_swept.clone()),
-            Box::new(m.failed_closed.clone()),
-            Box::new(m.commit_batch.clone()),
-            Box::new(m.commit_groups.clone()),
-            Box::new(m.signer_waits.clone()),
-            Box::new(m.cached_authorizations.clone()),
-            Box::new(m.commit_seconds.clone()),
-            Box::new(m.commit_failures.clone()),
-            Box::new(m.actors_live.clone()),
-            Box::new(m.actor_starts.clone()),
-            Box::new(m.passivations.clone()),
-            Box::new(m.sign_batch.clone()),
-            Box::new(m.sign_batch_source.clone()),
-            Box::new(m.signing_lag_seconds.clone()),
-            Box::new(m.receipts_signed.clone()),
-            Box::new(m.signer_errors.clone()),
-            Box::new(m.signer_busy.clone()),
-            Box::new(m.signer_up.clone()),
-            Box::new(m.log_divergence.clone()),
-            Box::new(m.faults.clone()),
-            Box::new(m.fault_refusals.clone()),
-            Box::new(m.data_volume_free_bytes.clone()),
-            Box::new(m.data_volume_min_free_bytes.clone()),
-            Box::new(m.unsigned_receipts.clone()),
-            Box::new(m.oldest_unsigned_age_seconds.clone()),
-            Box::new(m.workspaces_diverged.clone()),
-            Box::new(m.diverged_refusals.clone()),
-            Box::new(m.key_rotations.clone()),
-            Box::new(m.key_rotation_last_seconds.clone()),
-        ];
-        for c in collectors {
-            m.registry.register(c).expect("metric names are unique");
         }
         // Every cause is exported from the start (a series that appears only at its first
         // event makes rate() and absent() alerts lie).
@@ -307,16 +404,106 @@ impl Metrics {
         for outcome in KEY_ROTATION_OUTCOMES {
             m.key_rotations.with_label_values(&[outcome]);
         }
+        for kind in HitlKind::ALL {
+            for outcome in HitlOutcome::ALL {
+                m.hitl_answers.with_label_values(&[kind.label(), outcome.label()]);
+            }
+        }
         m
     }
 
-    /// Prometheus text exposition of every engine metric.
+    /// Counts one decision (its label pair is the reason's: [`Reason::verdict`]).
+    pub fn decided(&self, reason: Reason) {
+        if let Some(c) = self.decided.get(reason as usize) {
+            c.inc();
+        }
+    }
+
+    /// Counts one answer to a confirmation or an escalation.
+    pub fn hitl_answered(&self, kind: HitlKind, outcome: HitlOutcome) {
+        self.hitl_answers.with_label_values(&[kind.label(), outcome.label()]).inc();
+    }
+
+    /// Keeps the store's figures for the next collection.
+    pub fn set_store_stats(&self, stats: EngineStats) {
+        *self.store_stats.lock().unwrap_or_else(|e| e.into_inner()) = stats;
+    }
+
+    /// Every metric but the store's gauges.
+    fn parts(&self) -> [&dyn Collector; 35] {
+        [
+            &self.decisions,
+            &self.overloaded,
+            &self.idempotency_swept,
+            &self.failed_closed,
+            &self.commit_batch,
+            &self.commit_groups,
+            &self.signer_waits,
+            &self.cached_authorizations,
+            &self.commit_seconds,
+            &self.commit_failures,
+            &self.actors_live,
+            &self.actor_starts,
+            &self.passivations,
+            &self.sign_batch,
+            &self.sign_batch_source,
+            &self.signing_lag_seconds,
+            &self.receipts_signed,
+            &self.signer_errors,
+            &self.signer_busy,
+            &self.signer_up,
+            &self.log_divergence,
+            &self.faults,
+            &self.fault_refusals,
+            &self.data_volume_free_bytes,
+            &self.data_volume_min_free_bytes,
+            &self.unsigned_receipts,
+            &self.oldest_unsigned_age_seconds,
+            &self.workspaces_diverged,
+            &self.diverged_refusals,
+            &self.escalations_pending,
+            &self.confirmations_pending,
+            &self.hitl_answers,
+            &self.signer_metrics_age_seconds,
+            &self.key_rotations,
+            &self.key_rotation_last_seconds,
+        ]
+    }
+
+    /// Prometheus text exposition of the engine's metrics alone (tests; the server renders its
+    /// one registry).
     pub fn text(&self) -> String {
         let mut out = Vec::new();
-        if TextEncoder::new().encode(&self.registry.gather(), &mut out).is_err() {
+        if TextEncoder::new().encode(&self.collect(), &mut out).is_err() {
             return String::new();
         }
         String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+fn verdict_label(v: Verdict) -> &'static str {
+    match v {
+        Verdict::Allow => "allow",
+        Verdict::Deny => "deny",
+        Verdict::Confirm => "confirm",
+        Verdict::Escalate => "escalate",
+    }
+}
+
+impl Collector for Metrics {
+    fn desc(&self) -> Vec<&Desc> {
+        let store = self.store.iter().flat_map(|s| s.gauge.desc());
+        self.parts().into_iter().flat_map(Collector::desc).chain(store).collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let stats = self.store_stats.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let store = self.store.iter().filter_map(|s| {
+            let v = (s.read)(&stats)?;
+            s.gauge.set(i64::try_from(v).unwrap_or(i64::MAX));
+            Some(s.gauge.collect())
+        });
+        self.parts().into_iter().map(Collector::collect).chain(store).flatten().collect()
     }
 }
 

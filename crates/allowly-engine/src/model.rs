@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use allowly_receipt::types::{
     AnyReceipt, ApprovalOutcome, Decision, HexHash, KeySet, PendingReceipt, RawBody, SignedReceipt, Timestamp,
 };
-use allowly_store::{Role, ScopeRule};
+use allowly_store::{RateLimit, Role, ScopeRule};
 use serde::{Deserialize, Serialize};
 
 /// Webhook endpoints and deliveries (`/v1/webhooks`, `/v1/deliveries`): defined beside the
@@ -35,6 +35,14 @@ pub struct ScopeRules {
     pub scope_rules: BTreeMap<String, ScopeRule>,
 }
 
+/// `PUT /v1/workspaces/{id}/rate-limit` (instance admin): the request rate each API key of
+/// the workspace may use. `null` (or no field) goes back to the instance's default.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSetting {
+    pub rate_limit: Option<RateLimit>,
+}
+
 /// A workspace as the API shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkspaceView {
@@ -42,6 +50,9 @@ pub struct WorkspaceView {
     pub name: String,
     pub created_at: Timestamp,
     pub scope_rules: BTreeMap<String, ScopeRule>,
+    /// The per-API-key rate limit set for this workspace; `null`: the instance's default.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimit>,
 }
 
 /// `POST /v1/workspaces/{id}/api-keys`.

@@ -1,15 +1,21 @@
 //! The health task: every `EngineConfig::health_interval` it reads the data volume's free space
 //! against its floor, the signing backlog against its bound (and their gauges), and probes the
 //! store with a small synced write while a store write failure is outstanding; it raises and
-//! clears the [`Faults`](crate::health::Faults) those stand for.
+//! clears the [`Faults`](crate::health::Faults) those stand for. Also what `/metrics` reads at
+//! scrape time: [`ScrapeCollector`] and the signer's cached metrics ([`signer_metrics`]).
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
 
-use allowly_store::{DocKind, Durability, Op, WriteBatch};
+use allowly_store::{DocKind, Durability, Op, Store, WriteBatch};
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
 
+use crate::actor::{CONFIRMATION_DUE_SCOPE, DUE_SCOPE};
+use crate::clock::now_ms;
 use crate::health::{backlog_too_old, below_floor, default_min_free, Fault, VolumeSpace};
-use crate::services::blocking;
+use crate::services::{blocking, Services};
 use crate::shared::Shared;
 
 /// A store write that changes nothing (the delete of a document no id can name: instance
@@ -92,4 +98,120 @@ pub(crate) async fn check(s: &Arc<Shared>) {
     m.unsigned_receipts.set(i64::try_from(backlog.unsigned).unwrap_or(i64::MAX));
     m.oldest_unsigned_age_seconds.set(oldest.map_or(0.0, |d| d.as_secs_f64()));
     s.faults.set(Fault::SigningBacklog, backlog_too_old(oldest, backlog.unsigned, s.cfg.max_unsigned_age), m);
+}
+
+/// Most ids one due index or the outbox is counted to per scrape: a gauge at this value means
+/// "at least". Reading ids costs about a microsecond each, so a scrape stays well under a
+/// second even then.
+pub(crate) const MAX_COUNTED: usize = 1_000_000;
+
+/// The engine's metrics as one [`Collector`] for the process's registry: collecting first
+/// reads what is only known at scrape time — the signer client's wait count, the cached
+/// authorizations, the store's own figures, the pending human-in-the-loop items — so nothing
+/// on the request path pays for them. `collect` reads the store: call it (the registry's
+/// `gather`) on a blocking thread, never on an async worker.
+pub(crate) struct ScrapeCollector {
+    pub shared: Weak<Shared>,
+    pub metrics: crate::metrics::Metrics,
+}
+
+impl std::fmt::Debug for ScrapeCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScrapeCollector").finish_non_exhaustive()
+    }
+}
+
+impl Collector for ScrapeCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.metrics.desc()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        if let Some(s) = self.shared.upgrade() {
+            read_at_scrape(&s);
+        }
+        self.metrics.collect()
+    }
+}
+
+/// Sets the gauges [`ScrapeCollector`] reads at scrape time.
+fn read_at_scrape(s: &Shared) {
+    let m = &s.metrics;
+    // The client counts its waits itself (it knows nothing of Prometheus): catch up.
+    let waits = s.signer.waits_total();
+    let seen = m.signer_waits.get();
+    if waits > seen {
+        m.signer_waits.inc_by(waits - seen);
+    }
+    m.cached_authorizations.set(i64::try_from(s.cached_authorizations.load(Ordering::Relaxed)).unwrap_or(i64::MAX));
+    m.set_store_stats(s.store.engine_stats());
+    match pending_hitl(&*s.store, now_ms()) {
+        Ok((escalations, confirmations)) => {
+            m.escalations_pending.set(i64::try_from(escalations).unwrap_or(i64::MAX));
+            m.confirmations_pending.set(i64::try_from(confirmations).unwrap_or(i64::MAX));
+        }
+        // The gauges keep their last value; the next scrape tries again.
+        Err(e) => tracing::warn!(error = %e, "cannot count pending escalations and confirmations"),
+    }
+}
+
+/// Pending escalations and confirmations, every workspace: entries of their due indexes (both
+/// in one key space, one scope each), read as ids alone. A confirmation's entry stays until
+/// it is answered or pruned after its expiry, so only those not yet expired count.
+fn pending_hitl(store: &dyn Store, now: u64) -> allowly_store::Result<(u64, u64)> {
+    const PAGE: usize = 1024;
+    let (mut escalations, mut confirmations, mut seen) = (0u64, 0u64, 0usize);
+    let mut after: Option<(String, String)> = None;
+    loop {
+        let page =
+            store.all_doc_ids(DocKind::EscalationDue, after.as_ref().map(|(w, i)| (w.as_str(), i.as_str())), PAGE)?;
+        let last = page.len() < PAGE;
+        seen += page.len();
+        for (scope, id) in &page {
+            if scope == DUE_SCOPE {
+                escalations += 1;
+            } else if scope == CONFIRMATION_DUE_SCOPE && due_ms(id).is_some_and(|t| t > now) {
+                confirmations += 1;
+            }
+        }
+        after = page.into_iter().next_back();
+        if last || seen >= MAX_COUNTED {
+            return Ok((escalations, confirmations));
+        }
+    }
+}
+
+/// The expiry a due-index id starts with (16 hex digits).
+pub(crate) fn due_ms(id: &str) -> Option<u64> {
+    id.get(..16).and_then(|h| u64::from_str_radix(h, 16).ok())
+}
+
+/// How long a scrape waits for the signer's metrics before serving the last ones it has.
+const SIGNER_SCRAPE_WAIT: Duration = Duration::from_millis(100);
+
+/// The signer's metrics for this scrape (empty until the signer answered once): starts a
+/// fetch unless one is running, waits for it at most [`SIGNER_SCRAPE_WAIT`], then serves the
+/// newest copy ([`SignerScrape`](crate::health::SignerScrape)).
+pub(crate) async fn signer_metrics(services: &Arc<Services>) -> Arc<str> {
+    let cache = &services.signer_scrape;
+    let done = cache.done.notified();
+    tokio::pin!(done);
+    // Registered before the fetch can finish, so its notification is not missed.
+    done.as_mut().enable();
+    if !cache.fetching.swap(true, Ordering::AcqRel) {
+        let s = services.clone();
+        tokio::spawn(async move {
+            let fetched = tokio::time::timeout(s.cfg.signer_timeout, s.signer.metrics()).await;
+            if let Ok(Ok(text)) = fetched {
+                *s.signer_scrape.last.lock().unwrap_or_else(|e| e.into_inner()) = Some((text.into(), Instant::now()));
+            }
+            s.signer_scrape.fetching.store(false, Ordering::Release);
+            s.signer_scrape.done.notify_waiters();
+        });
+    }
+    let _ = tokio::time::timeout(SIGNER_SCRAPE_WAIT, done).await;
+    let last = cache.last.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let (text, at) = last.unwrap_or_else(|| (Arc::from(""), cache.started));
+    services.metrics.signer_metrics_age_seconds.set(at.elapsed().as_secs_f64());
+    text
 }

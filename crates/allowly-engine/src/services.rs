@@ -39,6 +39,8 @@ pub(crate) struct Services {
     /// Authorizations cached by all workspace actors together (bounded by
     /// `EngineConfig::max_cached_authorizations`).
     pub cached_authorizations: AtomicUsize,
+    /// The signer's metrics as last fetched, for `/metrics`.
+    pub signer_scrape: crate::health::SignerScrape,
 }
 
 impl Services {

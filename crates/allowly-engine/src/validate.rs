@@ -78,6 +78,21 @@ pub fn scope_rules(rules: &BTreeMap<String, ScopeRule>) -> Result<()> {
     Ok(())
 }
 
+/// Largest accepted `requests_per_second` and `burst` of a rate limit: beyond it, a limit
+/// limits nothing a single server could serve.
+pub const MAX_RATE: u32 = 1_000_000;
+
+pub fn rate_limit(limit: &allowly_store::RateLimit) -> Result<()> {
+    if let allowly_store::RateLimit::PerKey { requests_per_second, burst } = *limit {
+        for (field, v) in [("rate_limit.requests_per_second", requests_per_second), ("rate_limit.burst", burst)] {
+            if !(1..=MAX_RATE).contains(&v) {
+                return Err(bad(field, format!("must be within 1..={MAX_RATE}")));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Roles of a new key: non-empty; returned sorted and without duplicates.
 pub fn roles(mut roles: Vec<Role>) -> Result<Vec<Role>> {
     roles.sort();

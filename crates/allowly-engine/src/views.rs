@@ -12,6 +12,7 @@ pub(crate) fn workspace(w: &WorkspaceRecord) -> Result<WorkspaceView> {
         name: w.name.clone(),
         created_at: ts(w.created_at_ms)?,
         scope_rules: w.scope_rules.clone(),
+        rate_limit: w.rate_limit,
     })
 }
 

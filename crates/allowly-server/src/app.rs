@@ -11,9 +11,8 @@ use crate::metrics::HttpMetrics;
 #[derive(Debug)]
 pub struct App {
     pub engine: Engine,
+    /// The process's metrics registry (`/metrics`).
     pub metrics: HttpMetrics,
-    /// The webhook worker's metrics (rendered on `/metrics`).
-    pub webhook_metrics: allowly_webhooks::Metrics,
     pub body_limit: usize,
     pub request_ids: RequestIds,
     /// What this instance promises about its keys (`/readyz`, metric).
@@ -22,4 +21,10 @@ pub struct App {
     pub admin_token: std::path::PathBuf,
     /// `POST /v1/admin/backup`.
     pub backups: crate::backup::Backups,
+    /// The open connections and their caps.
+    pub connections: crate::conn::Connections,
+    /// Per-API-key rate limits.
+    pub rate_limits: crate::ratelimit::RateLimits,
+    /// `/metrics` requires this bearer token if set.
+    pub metrics_token: Option<crate::auth::MetricsToken>,
 }

@@ -8,11 +8,16 @@
 //!   its workspace (admin implies every role).
 //! - The instance admin key (no workspace) may only create workspaces and manage a workspace's
 //!   settings and API keys; it cannot read receipts or make decisions.
+//! - `/metrics` is public unless `--metrics-token-file` is set; then it takes that token as a
+//!   bearer ([`MetricsToken`]; not an API key: a scraper needs no workspace).
 
 use allowly_engine::model::Principal;
 use allowly_store::Role;
 use http::header::AUTHORIZATION;
 use http::HeaderMap;
+
+use sha2::{Digest as _, Sha256};
+use subtle::ConstantTimeEq as _;
 
 use crate::problem::Problem;
 
@@ -45,6 +50,63 @@ pub fn bearer(headers: &HeaderMap) -> Result<&str, Problem> {
         return Err(malformed());
     }
     Ok(secret)
+}
+
+/// The bearer token `/metrics` requires (`--metrics-token-file`). Only its SHA-256 is kept, so
+/// the token is in no dump or debug output of this process; a presented token is hashed and the
+/// digests compared in constant time (equal-length inputs: neither content nor length leaks).
+#[derive(Clone, PartialEq, Eq)]
+pub struct MetricsToken {
+    digest: [u8; 32],
+}
+
+/// Longest accepted token file.
+const MAX_TOKEN_FILE: u64 = 4096;
+
+impl std::fmt::Debug for MetricsToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MetricsToken(..)")
+    }
+}
+
+impl MetricsToken {
+    /// The token in `path`: its content without surrounding whitespace (a trailing newline),
+    /// non-empty, printable ASCII without spaces (what a bearer header carries), at most 256
+    /// bytes (the longest bearer [`bearer`] accepts).
+    pub fn read(path: &std::path::Path) -> Result<Self, String> {
+        use std::io::Read as _;
+        let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut text = String::new();
+        file.take(MAX_TOKEN_FILE + 1).read_to_string(&mut text).map_err(|e| format!("{}: {e}", path.display()))?;
+        if text.len() as u64 > MAX_TOKEN_FILE {
+            return Err(format!("{}: longer than {MAX_TOKEN_FILE} bytes", path.display()));
+        }
+        Self::new(text.trim()).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    fn new(token: &str) -> Result<Self, &'static str> {
+        if token.is_empty() {
+            return Err("the token is empty");
+        }
+        if token.len() > MAX_SECRET_LEN {
+            return Err("the token is longer than 256 bytes");
+        }
+        if !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err("the token must be printable ASCII without spaces");
+        }
+        Ok(Self { digest: Sha256::digest(token.as_bytes()).into() })
+    }
+
+    /// Whether the request carries this token as its bearer (401 otherwise).
+    pub fn check(&self, headers: &HeaderMap) -> Result<(), Problem> {
+        let presented = bearer(headers)?;
+        let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        if bool::from(digest.ct_eq(&self.digest)) {
+            Ok(())
+        } else {
+            Err(Problem::unauthenticated("/metrics needs the metrics bearer token"))
+        }
+    }
 }
 
 /// The workspace a request acts on, given the caller, the route's access rule and the workspace
@@ -131,6 +193,27 @@ mod tests {
         check(&checker, Access::Workspace(Role::Read), Some("ws_b"), Err("not_found"));
         check(&checker, Access::Workspace(Role::Read), Some("ws_a"), Err("forbidden"));
         check(&checker, Access::Workspace(Role::Check), None, Ok(Some("ws_a")));
+    }
+
+    #[test]
+    fn the_metrics_token_is_checked_and_never_shown() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "s3cret-token\n").unwrap();
+        let t = MetricsToken::read(&path).unwrap();
+        assert!(!format!("{t:?}").contains("s3cret"));
+        let mut h = HeaderMap::new();
+        assert_eq!(t.check(&h).unwrap_err().code(), "unauthenticated");
+        for (v, ok) in [("Bearer s3cret-token", true), ("Bearer s3cret-toke", false), ("Bearer s3cret-token2", false)] {
+            h.insert(AUTHORIZATION, v.parse().unwrap());
+            assert_eq!(t.check(&h).is_ok(), ok, "{v}");
+        }
+        let long = "t".repeat(257);
+        for bad in ["", " \n", "two words", "é", long.as_str()] {
+            std::fs::write(&path, bad).unwrap();
+            assert!(MetricsToken::read(&path).is_err(), "{bad:?}");
+        }
+        assert!(MetricsToken::read(&dir.path().join("missing")).is_err());
     }
 
     #[test]

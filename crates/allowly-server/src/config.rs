@@ -24,12 +24,26 @@ pub const DEFAULT_BODY_LIMIT: usize = 64 * 1024;
 /// Accepted range of `body_limit`: below 1 KiB no real request fits; above 16 MiB one request
 /// could hold a large share of memory.
 pub const BODY_LIMIT_RANGE: std::ops::RangeInclusive<usize> = 1024..=16 * 1024 * 1024;
+/// Default cap on open connections. Above the 4,100 idle connections of issue 14's flood (the
+/// old fixed cap was 4096), room for a few dozen platforms' pools of a few hundred
+/// connections; ~10-20 KiB each when idle, so ~160 MiB if all are open.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 8192;
+/// Default cap per client address: a large platform's pool (a few hundred connections) several
+/// times over, e.g. a few pools behind one NAT address, and 4x the 256 of `loadtest/`; one
+/// address alone can hold no more than an eighth of the default overall cap.
+pub const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS: usize = 1024;
+/// Default read deadline of a request (head and body, from its first byte): a 64 KiB body
+/// arrives in far less over any working link; a slow-loris client holds a connection for at
+/// most this long per request.
+pub const DEFAULT_REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 const AFTER_HELP: &str = "\
 Every option can also be set by its environment variable or in the TOML file given by --config
 (keys: data_dir, listen, signer_socket, signer_bin, signer_keystore, pkcs11_module, pkcs11_token_label,
 pkcs11_pin_file, signer_max_in_flight, signer_timeout_ms, rotation_drain_timeout_ms, min_free_disk,
-max_unsigned_age_ms, max_cached_authorizations, idle_timeout_ms, memory_high_water_mib, body_limit, confirmation_ttl_ms,
+max_unsigned_age_ms, max_cached_authorizations, idle_timeout_ms, memory_high_water_mib, body_limit,
+max_connections, max_connections_per_address, request_read_timeout_ms, metrics_token_file,
+rate_limit_per_second, rate_limit_burst, confirmation_ttl_ms,
 escalation_ttl_ms, user, signer_user, webhook_base_backoff_ms,
 webhook_max_backoff_ms, webhook_give_up_after_ms, webhook_attempt_timeout_ms, webhook_retention_ms,
 webhook_allow_private_networks). Precedence: flag > environment > file > default. Relative paths
@@ -77,6 +91,17 @@ front end's, runs the signer as its user and drops itself to its user once the l
 bound: the front end cannot read the keys, the master key or the signer's memory. Started as
 another user it runs both under that uid, for development only: keys are NOT isolated (a WARN
 line at start, allowly_server_key_isolation{mode=same_uid} 1, and /readyz says so).
+
+The front end under abuse: a request's head and body must arrive within
+--request-read-timeout-ms of its first byte (else 408 request_timeout, connection closed). At
+most --max-connections-per-address connections per client address (IPv6: per /64; more are
+answered 503 too_many_connections and closed) and --max-connections overall: at that cap the
+oldest idle connections are closed to make room; if every connection is busy, new ones wait in
+the listen backlog until one closes or goes idle. A connection idle for 30 s is closed. Each
+workspace API key may send --rate-limit-per-second requests per second on average, in bursts of
+--rate-limit-burst (0: unlimited, the default), unless the instance admin set the workspace's
+own limit (PUT /v1/workspaces/{ws}/rate-limit); over it: 429 rate_limited with Retry-After.
+--metrics-token-file makes /metrics require that bearer token.
 
 On first start the instance admin key is written to <data-dir>/admin-token (mode 0600). Logging:
 ALLOWLY_LOG (tracing env-filter syntax, default `info`). The first line on stdout is
@@ -149,6 +174,29 @@ pub struct ServeArgs {
     /// Largest accepted request body in bytes (1024..=16777216) [default: 65536].
     #[arg(long, env = "ALLOWLY_BODY_LIMIT", value_name = "BYTES")]
     pub body_limit: Option<usize>,
+    /// Open connections at most; at the cap the oldest idle ones are closed to make room
+    /// (1..=1000000) [default: 8192].
+    #[arg(long, env = "ALLOWLY_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Open connections per client address (IPv6: per /64) at most; more are answered 503 and
+    /// closed (1..=1000000, at most --max-connections) [default: 1024].
+    #[arg(long, env = "ALLOWLY_MAX_CONNECTIONS_PER_ADDRESS", value_name = "N")]
+    pub max_connections_per_address: Option<usize>,
+    /// A request's head and body must arrive within this of its first byte, else 408 and the
+    /// connection is closed (100..=120000) [default: 10000].
+    #[arg(long, env = "ALLOWLY_REQUEST_READ_TIMEOUT_MS", value_name = "MS")]
+    pub request_read_timeout_ms: Option<u64>,
+    /// File holding a bearer token that GET /metrics then requires [default: none, /metrics is public].
+    #[arg(long, env = "ALLOWLY_METRICS_TOKEN_FILE", value_name = "FILE")]
+    pub metrics_token_file: Option<PathBuf>,
+    /// Requests per second each workspace API key may send on average, unless its workspace
+    /// has its own limit; 0: unlimited (0..=1000000) [default: 0].
+    #[arg(long, env = "ALLOWLY_RATE_LIMIT_PER_SECOND", value_name = "N")]
+    pub rate_limit_per_second: Option<u32>,
+    /// Requests a key may send at once above its average rate (1..=1000000) [default: the
+    /// per-second rate].
+    #[arg(long, env = "ALLOWLY_RATE_LIMIT_BURST", value_name = "N")]
+    pub rate_limit_burst: Option<u32>,
     /// Webhook retry: wait cap after the first failed attempt, doubling per failure [default: 5000].
     #[arg(long, env = "ALLOWLY_WEBHOOK_BASE_BACKOFF_MS", value_name = "MS")]
     pub webhook_base_backoff_ms: Option<u64>,
@@ -253,6 +301,12 @@ pub struct FileConfig {
     pub pkcs11_token_label: Option<String>,
     pub pkcs11_pin_file: Option<PathBuf>,
     pub body_limit: Option<usize>,
+    pub max_connections: Option<usize>,
+    pub max_connections_per_address: Option<usize>,
+    pub request_read_timeout_ms: Option<u64>,
+    pub metrics_token_file: Option<PathBuf>,
+    pub rate_limit_per_second: Option<u32>,
+    pub rate_limit_burst: Option<u32>,
     pub webhook_base_backoff_ms: Option<u64>,
     pub webhook_max_backoff_ms: Option<u64>,
     pub webhook_give_up_after_ms: Option<u64>,
@@ -336,6 +390,12 @@ pub struct ServerConfig {
     pub max_unsigned_age: Duration,
     /// The two users of an instance started as root.
     pub users: crate::isolation::Users,
+    /// Connection caps and the read deadline.
+    pub connections: crate::conn::Limits,
+    /// The instance's default per-API-key rate limit.
+    pub rate_limit: allowly_store::RateLimit,
+    /// `/metrics` requires this bearer token if set (read at start, as root if started so).
+    pub metrics_token: Option<crate::auth::MetricsToken>,
 }
 
 /// A configuration that cannot be used.
@@ -359,6 +419,8 @@ pub enum ConfigError {
     Keystore(String),
     #[error("min_free_disk: {0}")]
     Size(String),
+    #[error("metrics_token_file: {0}")]
+    MetricsToken(String),
 }
 
 impl ServeArgs {
@@ -447,6 +509,42 @@ impl ServeArgs {
             Some(n) => Some(n),
             None => file.min_free_disk.as_ref().map(SizeSetting::bytes).transpose().map_err(ConfigError::Size)?,
         };
+        let connections = crate::conn::Limits {
+            max: self.max_connections.or(file.max_connections).unwrap_or(DEFAULT_MAX_CONNECTIONS),
+            max_per_address: self
+                .max_connections_per_address
+                .or(file.max_connections_per_address)
+                .unwrap_or(DEFAULT_MAX_CONNECTIONS_PER_ADDRESS),
+            read_timeout: ms(self.request_read_timeout_ms, file.request_read_timeout_ms, DEFAULT_REQUEST_READ_TIMEOUT),
+        };
+        if !(1..=1_000_000).contains(&connections.max) {
+            return Err(ConfigError::OutOfRange("max_connections", "1..=1000000"));
+        }
+        if !(1..=1_000_000).contains(&connections.max_per_address) {
+            return Err(ConfigError::OutOfRange("max_connections_per_address", "1..=1000000"));
+        }
+        if !(Duration::from_millis(100)..=Duration::from_secs(120)).contains(&connections.read_timeout) {
+            return Err(ConfigError::OutOfRange("request_read_timeout_ms", "100..=120000"));
+        }
+        let rate_limit = match self.rate_limit_per_second.or(file.rate_limit_per_second).unwrap_or(0) {
+            0 => allowly_store::RateLimit::Unlimited,
+            rate => allowly_store::RateLimit::PerKey {
+                requests_per_second: rate,
+                burst: self.rate_limit_burst.or(file.rate_limit_burst).unwrap_or(rate),
+            },
+        };
+        if let allowly_store::RateLimit::PerKey { requests_per_second, burst } = rate_limit {
+            if requests_per_second > allowly_engine::validate::MAX_RATE {
+                return Err(ConfigError::OutOfRange("rate_limit_per_second", "0..=1000000"));
+            }
+            if !(1..=allowly_engine::validate::MAX_RATE).contains(&burst) {
+                return Err(ConfigError::OutOfRange("rate_limit_burst", "1..=1000000"));
+            }
+        }
+        let metrics_token = match self.metrics_token_file.or(file.metrics_token_file) {
+            Some(path) => Some(crate::auth::MetricsToken::read(&path).map_err(ConfigError::MetricsToken)?),
+            None => None,
+        };
         let d = crate::isolation::Users::default();
         let users = crate::isolation::Users {
             user: self.user.or(file.user).unwrap_or(d.user),
@@ -454,6 +552,9 @@ impl ServeArgs {
         };
         Ok(ServerConfig {
             users,
+            connections,
+            rate_limit,
+            metrics_token,
             signer_timeout,
             rotation_drain_timeout,
             max_unsigned_age,
@@ -545,6 +646,49 @@ mod tests {
         assert_eq!(cfg.rotation_drain_timeout, Duration::from_secs(10));
         assert_eq!(cfg.max_unsigned_age, Duration::from_secs(60));
         assert_eq!(cfg.min_free_disk, None);
+        assert_eq!(
+            cfg.connections,
+            crate::conn::Limits { max: 8192, max_per_address: 1024, read_timeout: Duration::from_secs(10) }
+        );
+        assert_eq!((cfg.rate_limit, cfg.metrics_token), (allowly_store::RateLimit::Unlimited, None));
+    }
+
+    #[test]
+    fn front_end_settings_resolve_and_are_checked() {
+        let token = file("t0ken\n");
+        let f = file(&format!(
+            "max_connections = 100\nmax_connections_per_address = 10\nrequest_read_timeout_ms = 2500\n\
+             rate_limit_per_second = 50\nmetrics_token_file = {:?}\n",
+            token.path()
+        ));
+        let args = ServeArgs { config: Some(f.path().to_owned()), rate_limit_burst: Some(80), ..ServeArgs::default() };
+        let cfg = args.resolve().unwrap();
+        assert_eq!(
+            cfg.connections,
+            crate::conn::Limits { max: 100, max_per_address: 10, read_timeout: Duration::from_millis(2500) }
+        );
+        assert_eq!(cfg.rate_limit, allowly_store::RateLimit::PerKey { requests_per_second: 50, burst: 80 });
+        assert!(cfg.metrics_token.is_some());
+        let burst_defaults = ServeArgs { rate_limit_per_second: Some(7), ..ServeArgs::default() };
+        assert_eq!(
+            burst_defaults.resolve().unwrap().rate_limit,
+            allowly_store::RateLimit::PerKey { requests_per_second: 7, burst: 7 }
+        );
+        for (args, name) in [
+            (ServeArgs { max_connections: Some(0), ..ServeArgs::default() }, "max_connections"),
+            (ServeArgs { max_connections_per_address: Some(0), ..ServeArgs::default() }, "max_connections_per_address"),
+            (ServeArgs { request_read_timeout_ms: Some(99), ..ServeArgs::default() }, "request_read_timeout_ms"),
+            (ServeArgs { request_read_timeout_ms: Some(120_001), ..ServeArgs::default() }, "request_read_timeout_ms"),
+            (ServeArgs { rate_limit_per_second: Some(2_000_000), ..ServeArgs::default() }, "rate_limit_per_second"),
+            (
+                ServeArgs { rate_limit_per_second: Some(5), rate_limit_burst: Some(0), ..ServeArgs::default() },
+                "rate_limit_burst",
+            ),
+        ] {
+            assert!(matches!(args.resolve(), Err(ConfigError::OutOfRange(n, _)) if n == name), "{name}");
+        }
+        let missing = ServeArgs { metrics_token_file: Some("/nonexistent/token".into()), ..ServeArgs::default() };
+        assert!(matches!(missing.resolve(), Err(ConfigError::MetricsToken(_))));
     }
 
     #[test]
@@ -716,6 +860,12 @@ mod tests {
             ("pkcs11_pin_file", "ALLOWLY_PKCS11_PIN_FILE"),
             ("config", "ALLOWLY_CONFIG"),
             ("body_limit", "ALLOWLY_BODY_LIMIT"),
+            ("max_connections", "ALLOWLY_MAX_CONNECTIONS"),
+            ("max_connections_per_address", "ALLOWLY_MAX_CONNECTIONS_PER_ADDRESS"),
+            ("request_read_timeout_ms", "ALLOWLY_REQUEST_READ_TIMEOUT_MS"),
+            ("metrics_token_file", "ALLOWLY_METRICS_TOKEN_FILE"),
+            ("rate_limit_per_second", "ALLOWLY_RATE_LIMIT_PER_SECOND"),
+            ("rate_limit_burst", "ALLOWLY_RATE_LIMIT_BURST"),
             ("webhook_base_backoff_ms", "ALLOWLY_WEBHOOK_BASE_BACKOFF_MS"),
             ("webhook_max_backoff_ms", "ALLOWLY_WEBHOOK_MAX_BACKOFF_MS"),
             ("webhook_give_up_after_ms", "ALLOWLY_WEBHOOK_GIVE_UP_AFTER_MS"),

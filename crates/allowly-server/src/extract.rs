@@ -79,26 +79,56 @@ fn has_body(headers: &HeaderMap, body: &hyper::body::Incoming) -> bool {
     !declared_empty && !body.is_end_stream()
 }
 
-/// Reads the whole body into memory, never holding more than `limit` bytes: an over-long
-/// `Content-Length` is refused before reading, a chunked body as soon as it crosses the limit.
-pub async fn read_body(headers: &HeaderMap, mut body: hyper::body::Incoming, limit: usize) -> Result<Bytes, Problem> {
+/// What a request body must keep to: its size, and when the whole request (head and body)
+/// must have arrived.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimits {
+    /// Bytes.
+    pub size: usize,
+    /// The request's read deadline: its first byte's arrival plus the read timeout.
+    pub deadline: tokio::time::Instant,
+    /// The read timeout (for the answer's detail).
+    pub timeout: Duration,
+}
+
+/// Reads the whole body into memory, never holding more than `limit.size` bytes (an over-long
+/// `Content-Length` is refused before reading, a chunked body as soon as it crosses the limit)
+/// and never past `limit.deadline` (408; the caller closes the connection).
+pub async fn read_body(
+    headers: &HeaderMap,
+    mut body: hyper::body::Incoming,
+    limit: BodyLimits,
+) -> Result<Bytes, Problem> {
+    let size = limit.size;
     if let Some(len) = headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()) {
-        if len > limit as u64 {
-            return Err(Problem::body_too_large(limit));
+        if len > size as u64 {
+            return Err(Problem::body_too_large(size));
         }
     }
-    let mut buf = BytesMut::new();
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| Problem::invalid(format!("reading the body: {e}")))?;
-        let Ok(data) = frame.into_data() else { continue };
-        if data.len() > limit - buf.len() {
-            drop(buf);
+    // One timer, and only if the body is not all there at the first poll (`timeout_at` polls
+    // the read first and arms the timer only when it must wait).
+    let read = tokio::time::timeout_at(limit.deadline, async {
+        let mut buf = BytesMut::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| Problem::invalid(format!("reading the body: {e}")))?;
+            let Ok(data) = frame.into_data() else { continue };
+            if data.len() > size - buf.len() {
+                return Ok(None);
+            }
+            buf.extend_from_slice(&data);
+        }
+        Ok(Some(buf.freeze()))
+    })
+    .await;
+    match read {
+        Err(_elapsed) => Err(Problem::request_timeout(limit.timeout)),
+        Ok(Err(p)) => Err(p),
+        Ok(Ok(Some(bytes))) => Ok(bytes),
+        Ok(Ok(None)) => {
             drain(body).await;
-            return Err(Problem::body_too_large(limit));
+            Err(Problem::body_too_large(size))
         }
-        buf.extend_from_slice(&data);
     }
-    Ok(buf.freeze())
 }
 
 /// Reads and discards what is left of a body, within [`DRAIN_BYTES`] and [`DRAIN_TIME`].
@@ -120,13 +150,13 @@ async fn drain(mut body: hyper::body::Incoming) {
 pub async fn json_body<T: DeserializeOwned>(
     headers: &HeaderMap,
     body: hyper::body::Incoming,
-    limit: usize,
+    limit: BodyLimits,
 ) -> Result<T, Problem> {
     parse_json(&json_bytes(headers, body, limit).await?)
 }
 
 /// The bytes of a body that must be `application/json` (within `limit`).
-async fn json_bytes(headers: &HeaderMap, body: hyper::body::Incoming, limit: usize) -> Result<Bytes, Problem> {
+async fn json_bytes(headers: &HeaderMap, body: hyper::body::Incoming, limit: BodyLimits) -> Result<Bytes, Problem> {
     if !is_json(headers) {
         return Err(Problem::unsupported_media_type());
     }
@@ -134,7 +164,7 @@ async fn json_bytes(headers: &HeaderMap, body: hyper::body::Incoming, limit: usi
 }
 
 /// The body of a POST that takes no input: empty, or a JSON object with no fields (`{}`).
-pub async fn empty_body(headers: &HeaderMap, body: hyper::body::Incoming, limit: usize) -> Result<(), Problem> {
+pub async fn empty_body(headers: &HeaderMap, body: hyper::body::Incoming, limit: BodyLimits) -> Result<(), Problem> {
     optional_json_body::<NoFields>(headers, body, limit).await.map(|_| ())
 }
 
@@ -143,7 +173,7 @@ pub async fn empty_body(headers: &HeaderMap, body: hyper::body::Incoming, limit:
 pub async fn optional_json_body<T: DeserializeOwned + Default>(
     headers: &HeaderMap,
     body: hyper::body::Incoming,
-    limit: usize,
+    limit: BodyLimits,
 ) -> Result<T, Problem> {
     if !has_body(headers, &body) {
         return Ok(T::default());

@@ -1,4 +1,5 @@
-//! The server loop: accepts TCP connections (bounded), serves HTTP/1.1 on each with hyper,
+//! The server loop: accepts TCP connections within the caps of `conn` (evicting the oldest idle
+//! ones at the overall cap), serves HTTP/1.1 on each with hyper behind the read deadline,
 //! stamps every response with its `Request-Id`, records metrics, and drains gracefully.
 
 use std::convert::Infallible;
@@ -7,32 +8,28 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::HeaderValue;
-use http::Response;
+use http::header::{HeaderValue, CONNECTION};
+use http::{Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tracing::Instrument as _;
 
 pub use crate::app::App;
+use crate::conn::Guarded;
 use crate::extract::valid_request_id;
 use crate::routes;
 
 /// The request and response header carrying the request id.
 pub const REQUEST_ID: &str = "request-id";
-/// Open connections at most; further clients wait in the listen backlog.
-pub const MAX_CONNECTIONS: usize = 4096;
-/// A client must send a request's head within this (slow-loris bound).
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl App {
-    /// Answers one request. Never fails: every error is already a problem response.
-    pub async fn handle(&self, req: hyper::Request<Incoming>) -> Response<Full<Bytes>> {
+    /// Answers one request whose head and body must have arrived by `read_deadline`. Never
+    /// fails: every error is already a problem response.
+    pub async fn handle(&self, req: hyper::Request<Incoming>, read_deadline: Instant) -> Response<Full<Bytes>> {
         let start = Instant::now();
         let _in_flight = InFlight::enter(&self.metrics.in_flight);
         let request_id = req
@@ -45,7 +42,8 @@ impl App {
         let method = req.method().clone();
         // Every line logged while this request is served names it (see `allowly_logs`).
         let span = tracing::info_span!("request", request_id = %request_id);
-        let (route, mut resp) = routes::dispatch(self, req, &request_id).instrument(span).await;
+        let deadline = tokio::time::Instant::from_std(read_deadline);
+        let (route, mut resp) = routes::dispatch(self, req, &request_id, deadline).instrument(span).await;
         // Valid by construction (checked, or generated from [A-Za-z0-9_]).
         if let Ok(v) = HeaderValue::from_str(&request_id) {
             resp.headers_mut().insert(REQUEST_ID, v);
@@ -86,19 +84,16 @@ impl Drop for InFlight<'_> {
 /// Serves `listener` until `shutdown` resolves, then stops accepting and waits up to `drain`
 /// for the requests in flight (connections left after that are dropped).
 pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>, drain: Duration) {
-    let graceful = GracefulShutdown::new();
     let mut builder = http1::Builder::new();
-    builder.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).keep_alive(true);
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    builder.timer(TokioTimer::new()).header_read_timeout(app.connections.idle_timeout()).keep_alive(true);
+    // Every connection holds a receiver; the drain waits until all are dropped.
+    let (stop, stopping) = tokio::sync::watch::channel(());
     tokio::pin!(shutdown);
     loop {
-        let slot = tokio::select! {
+        tokio::select! {
             () = &mut shutdown => break,
-            s = slots.clone().acquire_owned() => match s {
-                Ok(s) => s,
-                Err(_) => break, // closed: never, the semaphore lives here
-            },
-        };
+            () = app.connections.room() => {}
+        }
         let (stream, peer) = tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
@@ -111,23 +106,61 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
                 }
             },
         };
+        let Some(admitted) = app.connections.admit(&stream, peer.ip()) else { continue };
         let _ = stream.set_nodelay(true);
-        let app = app.clone();
-        let service = service_fn(move |req| {
-            let app = app.clone();
-            async move { Ok::<_, Infallible>(app.handle(req).await) }
-        });
-        let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+        let conn = admitted.conn.clone();
+        let service = {
+            let (app, conn) = (app.clone(), conn.clone());
+            service_fn(move |req| {
+                // Called when hyper has the head: from here the body's part of the deadline.
+                let read_deadline = conn.begin_request() + app.connections.limits().read_timeout;
+                let (app, conn) = (app.clone(), conn.clone());
+                async move {
+                    let mut resp = app.handle(req, read_deadline).await;
+                    if resp.status() == StatusCode::REQUEST_TIMEOUT {
+                        // The rest of a late body is never read: the connection cannot carry
+                        // another request.
+                        conn.mark_timed_out();
+                        resp.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+                    }
+                    conn.end_request();
+                    app.connections.request_ended();
+                    Ok::<_, Infallible>(resp)
+                }
+            })
+        };
+        let io = TokioIo::new(Guarded::new(stream, conn.clone(), app.clone()));
+        let connection = builder.serve_connection(io, service);
+        let (app, mut stopping) = (app.clone(), stopping.clone());
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            tokio::pin!(connection);
+            let mut closing = false;
+            let mut shutting_down = false;
+            let result = loop {
+                tokio::select! {
+                    r = connection.as_mut() => break r,
+                    () = conn.evicted(), if !closing => {
+                        closing = true;
+                        connection.as_mut().graceful_shutdown();
+                    }
+                    _ = stopping.changed(), if !closing => {
+                        closing = true;
+                        shutting_down = true;
+                        connection.as_mut().graceful_shutdown();
+                    }
+                }
+            };
+            if let Err(e) = &result {
                 tracing::debug!(%peer, "connection: {e}");
             }
-            drop(slot);
+            app.connections.release(&admitted, conn.close_reason(&result, shutting_down));
         });
     }
     drop(listener);
+    drop(stopping);
     tracing::info!("stopped accepting; draining requests in flight");
-    if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
+    let _ = stop.send(());
+    if tokio::time::timeout(drain, stop.closed()).await.is_err() {
         tracing::warn!("requests still in flight after {drain:?}; closing their connections");
     }
 }

@@ -26,6 +26,12 @@
 //! | `--user NAME` | `ALLOWLY_USER` | `user` | `allowly` (used only when started as root) |
 //! | `--signer-user NAME` | `ALLOWLY_SIGNER_USER` | `signer_user` | `allowly-signer` (idem) |
 //! | `--body-limit BYTES` | `ALLOWLY_BODY_LIMIT` | `body_limit` | 65536 |
+//! | `--request-read-timeout-ms MS` | `ALLOWLY_REQUEST_READ_TIMEOUT_MS` | `request_read_timeout_ms` | 10000 |
+//! | `--max-connections N` | `ALLOWLY_MAX_CONNECTIONS` | `max_connections` | 8192 |
+//! | `--max-connections-per-address N` | `ALLOWLY_MAX_CONNECTIONS_PER_ADDRESS` | `max_connections_per_address` | 1024 |
+//! | `--rate-limit-per-second N` | `ALLOWLY_RATE_LIMIT_PER_SECOND` | `rate_limit_per_second` | 0 (unlimited) |
+//! | `--rate-limit-burst N` | `ALLOWLY_RATE_LIMIT_BURST` | `rate_limit_burst` | the per-second rate |
+//! | `--metrics-token-file FILE` | `ALLOWLY_METRICS_TOKEN_FILE` | `metrics_token_file` | none (`/metrics` public) |
 //! | `--webhook-base-backoff-ms MS` | `ALLOWLY_WEBHOOK_BASE_BACKOFF_MS` | `webhook_base_backoff_ms` | 5000 |
 //! | `--webhook-max-backoff-ms MS` | `ALLOWLY_WEBHOOK_MAX_BACKOFF_MS` | `webhook_max_backoff_ms` | 3600000 |
 //! | `--webhook-give-up-after-ms MS` | `ALLOWLY_WEBHOOK_GIVE_UP_AFTER_MS` | `webhook_give_up_after_ms` | 86400000 |
@@ -52,7 +58,8 @@
 //! `https://` client is [`http_client`]), [`config`] (flags, env, file), [`backup`] (`POST /v1/admin/backup`, `allowly backup`, `allowly restore`), [`serve`] (start-up and shutdown order), [`isolation`]
 //! (what happens when started as root: two users, privilege drop), [`signer_child`]
 //! (the embedded signer, its supervisor and its root keeper), [`http`] (accept loop, request ids, graceful
-//! drain), [`routes`] (routing table and handlers), [`extract`] (strict request reading),
+//! drain), [`conn`] (read deadline, connection caps, idle eviction), [`ratelimit`] (per-API-key
+//! rate limits), [`routes`] (routing table and handlers), [`extract`] (strict request reading),
 //! [`auth`] (bearer keys and the access table), [`problem`] (errors → HTTP, once), [`metrics`].
 
 pub mod admin_cli;
@@ -61,6 +68,7 @@ pub mod app;
 pub mod auth;
 pub mod backup;
 pub mod config;
+pub mod conn;
 pub mod extract;
 pub mod http;
 pub mod http_client;
@@ -68,6 +76,7 @@ pub mod isolation;
 pub mod layout;
 pub mod metrics;
 pub mod problem;
+pub mod ratelimit;
 pub mod routes;
 pub mod serve;
 pub mod signer_child;

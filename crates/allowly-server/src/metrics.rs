@@ -1,14 +1,18 @@
-//! Every metric of the HTTP front end, in one registry. Label values come from closed sets: the
-//! route is the template name (`routes::Route::name`), never a path or an id; the status is the
-//! numeric code, of which the server only ever sends a fixed handful.
+//! Every metric of the HTTP front end, and the process's one registry: the engine's and the
+//! webhook worker's collectors are registered in it too (`register`), so one `gather` renders
+//! `/metrics` and a name two crates both used would fail the start, not duplicate a series.
+//! Label values come from closed sets: the route is the template name (`routes::Route::name`),
+//! never a path or an id; the status is the numeric code, of which the server only ever sends
+//! a fixed handful.
 
 use std::time::Duration;
 
+use prometheus::core::Collector;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-/// The front end's metrics.
+/// The front end's metrics and the process's registry.
 #[derive(Debug, Clone)]
 pub struct HttpMetrics {
     registry: Registry,
@@ -21,6 +25,8 @@ pub struct HttpMetrics {
     /// 1 for the instance's key isolation mode, 0 for the others (closed label `mode`:
     /// `separate_users`, `same_uid` — keys not isolated from the server — or `external`).
     key_isolation: IntGaugeVec,
+    /// Connections and rate limiting (the front end under abuse).
+    pub front: FrontMetrics,
 }
 
 impl Default for HttpMetrics {
@@ -30,7 +36,7 @@ impl Default for HttpMetrics {
 }
 
 impl HttpMetrics {
-    /// Registers every metric in a fresh registry.
+    /// Registers every metric of the front end (and the process collector) in a fresh registry.
     pub fn new() -> Self {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
@@ -77,7 +83,8 @@ impl HttpMetrics {
         ] {
             let _ = registry.register(m);
         }
-        Self { registry, requests, duration, in_flight, key_isolation }
+        let front = FrontMetrics::new(&registry);
+        Self { registry, requests, duration, in_flight, key_isolation, front }
     }
 
     /// Sets `allowly_server_key_isolation`: 1 for `mode`, 0 for every other mode.
@@ -104,12 +111,160 @@ impl HttpMetrics {
         self.duration.with_label_values(&[route]).observe(elapsed.as_secs_f64());
     }
 
-    /// Prometheus text exposition (format 0.0.4).
-    pub fn render(&self) -> String {
-        let mut out = Vec::new();
-        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
-            tracing::warn!("encoding metrics: {e}");
+    /// Adds another crate's collector to the registry. Fails if one of its names is taken.
+    pub fn register(&self, c: Box<dyn Collector>) -> prometheus::Result<()> {
+        self.registry.register(c)
+    }
+
+    /// `/metrics` (text format 0.0.4): one gather of the registry, on a blocking thread (the
+    /// engine's and the worker's collectors read the store), then the signer's own series,
+    /// which come from another process as text (`Engine::signer_metrics_text`: at most 100 ms
+    /// old or the last good copy).
+    pub async fn render(&self, engine: &allowly_engine::Engine) -> String {
+        // First: it sets the age gauge of the signer's series the gather then reads.
+        let signer = engine.signer_metrics_text().await;
+        let registry = self.registry.clone();
+        let gathered = tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            if let Err(e) = TextEncoder::new().encode(&registry.gather(), &mut out) {
+                tracing::warn!("encoding metrics: {e}");
+            }
+            String::from_utf8(out).unwrap_or_default()
+        });
+        let mut text = gathered.await.unwrap_or_else(|e| {
+            tracing::warn!("gathering metrics: {e}");
+            String::new()
+        });
+        text.push_str(&signer_families(&signer));
+        text
+    }
+}
+
+/// The signer's exposition, keeping only its own families (`allowly_signer_*`): whatever a
+/// signer of another version sends, it cannot add a second copy of a family of this process.
+fn signer_families(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        let name = match line.strip_prefix("# HELP ").or_else(|| line.strip_prefix("# TYPE ")) {
+            Some(rest) => rest,
+            None if line.starts_with('#') => continue,
+            None => line,
+        };
+        if name.starts_with("allowly_signer_") {
+            out.push_str(line);
+            out.push('\n');
         }
-        String::from_utf8(out).unwrap_or_default()
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_the_signers_own_families_are_kept() {
+        let text = "# HELP allowly_signer_a_total A\n# TYPE allowly_signer_a_total counter\nallowly_signer_a_total 3\n\
+                    # HELP process_open_fds fds\n# TYPE process_open_fds gauge\nprocess_open_fds 9\n# a comment\n\
+                    allowly_signer_b{x=\"1\"} 2\n";
+        assert_eq!(
+            super::signer_families(text),
+            "# HELP allowly_signer_a_total A\n# TYPE allowly_signer_a_total counter\nallowly_signer_a_total 3\n\
+             allowly_signer_b{x=\"1\"} 2\n"
+        );
+    }
+}
+
+/// Why a connection was closed: the closed label set of `allowly_http_connections_closed_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnClose {
+    /// Ended without trouble: the client closed it, or an answer said `Connection: close`.
+    Done,
+    /// A request's head or body did not arrive within the read deadline (answered 408).
+    ReadTimeout,
+    /// Idle for the keep-alive timeout with no request.
+    IdleTimeout,
+    /// Closed while idle to make room for a new connection at the overall cap.
+    Evicted,
+    /// Refused at accept: its client address already had the most connections allowed.
+    PerAddressLimit,
+    /// An I/O or HTTP protocol error.
+    Error,
+    /// Closed by the server's graceful shutdown.
+    Shutdown,
+}
+
+impl ConnClose {
+    pub const ALL: [Self; 7] = [
+        Self::Done,
+        Self::ReadTimeout,
+        Self::IdleTimeout,
+        Self::Evicted,
+        Self::PerAddressLimit,
+        Self::Error,
+        Self::Shutdown,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Done => "done",
+            Self::ReadTimeout => "read_timeout",
+            Self::IdleTimeout => "idle_timeout",
+            Self::Evicted => "evicted",
+            Self::PerAddressLimit => "per_address_limit",
+            Self::Error => "error",
+            Self::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// The front end under abuse: connections open, accepted and closed (by [`ConnClose`]), and
+/// requests refused by a key's rate limit. No per-workspace or per-address label.
+#[derive(Debug, Clone)]
+pub struct FrontMetrics {
+    /// Connections open now.
+    pub connections_open: IntGauge,
+    /// Connections accepted (refused ones included: they are closed with reason
+    /// `per_address_limit`).
+    pub connections_accepted: IntCounter,
+    connections_closed: IntCounterVec,
+    /// Requests answered `429 rate_limited`.
+    pub rate_limited: IntCounter,
+}
+
+impl FrontMetrics {
+    fn new(registry: &Registry) -> Self {
+        let connections_open = IntGauge::new("allowly_http_connections_open", "HTTP connections open")
+            .unwrap_or_else(|e| unreachable!("static metric: {e}"));
+        let connections_accepted =
+            IntCounter::new("allowly_http_connections_accepted_total", "HTTP connections accepted")
+                .unwrap_or_else(|e| unreachable!("static metric: {e}"));
+        let connections_closed = IntCounterVec::new(
+            Opts::new("allowly_http_connections_closed_total", "HTTP connections closed, by reason"),
+            &["reason"],
+        )
+        .unwrap_or_else(|e| unreachable!("static metric: {e}"));
+        // Every reason at zero from the start: a rate() over a series that appears at 1 misses
+        // its first event.
+        for r in ConnClose::ALL {
+            connections_closed.with_label_values(&[r.label()]);
+        }
+        let rate_limited = IntCounter::new(
+            "allowly_http_rate_limited_total",
+            "Requests refused because their API key was over its rate limit (429 rate_limited)",
+        )
+        .unwrap_or_else(|e| unreachable!("static metric: {e}"));
+        for m in [
+            Box::new(connections_open.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(connections_accepted.clone()),
+            Box::new(connections_closed.clone()),
+            Box::new(rate_limited.clone()),
+        ] {
+            let _ = registry.register(m);
+        }
+        Self { connections_open, connections_accepted, connections_closed, rate_limited }
+    }
+
+    /// Counts a connection closed for `reason`.
+    pub fn closed(&self, reason: ConnClose) {
+        self.connections_closed.with_label_values(&[reason.label()]).inc();
     }
 }

@@ -5,7 +5,7 @@
 //! |---|---|---|
 //! | `not_found` | 404 | no such route or object (another workspace's object included) |
 //! | `method_not_allowed` | 405 | known path, other method (`Allow` lists the methods) |
-//! | `unauthenticated` | 401 | missing, unknown or revoked API key (`WWW-Authenticate: Bearer`) |
+//! | `unauthenticated` | 401 | missing, unknown or revoked API key (`WWW-Authenticate: Bearer`); on `/metrics` with `--metrics-token-file`, a missing or wrong token |
 //! | `forbidden` | 403 | the key lacks the role the endpoint needs |
 //! | `unsupported_media_type` | 415 | a body that is not `application/json` |
 //! | `body_too_large` | 413 | a body over the configured limit |
@@ -20,8 +20,11 @@
 //! | `delivery_in_progress` | 409 | retrying a delivery that is still pending |
 //! | `confirmation_used`, `escalation_already_resolved` | 409 | answered once already (a used nonce's attempt gets a `receipt`) |
 //! | `confirmation_expired`, `escalation_expired` | 410 | too late; recorded as deny (`receipt` member) |
+//! | `request_timeout` | 408 | the request's head and body did not arrive within `--request-read-timeout-ms` of its first byte; the connection is closed |
 //! | `idempotency_key_reused` | 422 | the `Idempotency-Key` was used with a different request |
+//! | `rate_limited` | 429 | the API key is over its rate limit (the workspace's, else the instance default); `Retry-After`: seconds until the next request would be accepted |
 //! | `overloaded` | 429 | the workspace's queue is full (`Retry-After`) |
+//! | `too_many_connections` | 503 | a new connection from a client address that already has `--max-connections-per-address` open: written without reading the request, then the connection is closed (`Retry-After`) |
 //! | `signer_unavailable` | 503 | the signer does not answer: decisions fail closed (`Retry-After`) |
 //! | `shutting_down` | 503 | the server is stopping (`Retry-After`) |
 //! | `storage_full` | 503 | the data volume is below `--min-free-disk`, or a store write found the device full: receipt-producing calls fail closed (`Retry-After`) |
@@ -114,6 +117,35 @@ impl Problem {
         Self::new(StatusCode::BAD_REQUEST, "invalid_request", detail)
     }
 
+    /// The request's head and body took longer than the read deadline.
+    pub fn request_timeout(deadline: std::time::Duration) -> Self {
+        let detail = format!("the request did not arrive within {} ms of its first byte", deadline.as_millis());
+        Self::new(StatusCode::REQUEST_TIMEOUT, "request_timeout", detail)
+    }
+
+    /// The API key is over its rate; the next request is accepted after `retry_after`.
+    pub fn rate_limited(retry_after: std::time::Duration) -> Self {
+        // Whole seconds, rounded up (a client waiting what it is told is then accepted), at least 1.
+        let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+        let secs = u32::try_from(secs).unwrap_or(u32::MAX).max(1);
+        Self {
+            retry_after: Some(secs),
+            ..Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "this API key is over its request rate")
+        }
+    }
+
+    /// A connection over the per-address cap.
+    pub fn too_many_connections() -> Self {
+        Self {
+            retry_after: Some(1),
+            ..Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too_many_connections",
+                "this client address has too many connections open",
+            )
+        }
+    }
+
     /// A fault of ours: a generic detail is sent, `what` is logged.
     pub fn internal(what: impl Into<String>) -> Self {
         Self {
@@ -203,6 +235,25 @@ impl Problem {
 
     /// The response; logs the internal detail of a fault under `request_id`.
     pub fn into_response(self, request_id: &str) -> Response<Full<Bytes>> {
+        let bytes = self.body(request_id);
+        let mut resp = Response::new(Full::new(Bytes::from(bytes)));
+        *resp.status_mut() = self.status;
+        let h = resp.headers_mut();
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        if let Some(secs) = self.retry_after {
+            h.insert(RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if let Some(allow) = self.allow.and_then(|a| HeaderValue::from_str(&a).ok()) {
+            h.insert(ALLOW, allow);
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            h.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        resp
+    }
+
+    /// The problem document; logs the internal detail of a fault under `request_id`.
+    fn body(&self, request_id: &str) -> Vec<u8> {
         if let Some(internal) = &self.internal {
             if self.status.is_server_error() && self.status != StatusCode::SERVICE_UNAVAILABLE {
                 tracing::error!(request_id, code = self.code, "{internal}");
@@ -220,21 +271,27 @@ impl Problem {
             receipt: self.receipt.as_deref(),
         };
         // Serializing this struct of strings cannot fail; fall back to an empty object anyway.
-        let bytes = serde_json::to_vec(&body).unwrap_or_else(|_| b"{}".to_vec());
-        let mut resp = Response::new(Full::new(Bytes::from(bytes)));
-        *resp.status_mut() = self.status;
-        let h = resp.headers_mut();
-        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        serde_json::to_vec(&body).unwrap_or_else(|_| b"{}".to_vec())
+    }
+
+    /// The whole HTTP/1.1 answer as bytes, ending with `Connection: close`: for the answers the
+    /// connection layer writes itself, below hyper (a request head that never completed, a
+    /// connection refused at accept), where there is no request to answer through hyper.
+    pub fn into_http1_close(self, request_id: &str) -> Vec<u8> {
+        let body = self.body(request_id);
+        let mut out = format!(
+            "HTTP/1.1 {} {}\r\ncontent-type: application/problem+json\r\ncontent-length: {}\r\nconnection: close\r\nrequest-id: {request_id}\r\n",
+            self.status.as_u16(),
+            self.status.canonical_reason().unwrap_or(""),
+            body.len(),
+        );
         if let Some(secs) = self.retry_after {
-            h.insert(RETRY_AFTER, HeaderValue::from(secs));
+            out.push_str(&format!("retry-after: {secs}\r\n"));
         }
-        if let Some(allow) = self.allow.and_then(|a| HeaderValue::from_str(&a).ok()) {
-            h.insert(ALLOW, allow);
-        }
-        if self.status == StatusCode::UNAUTHORIZED {
-            h.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        }
-        resp
+        out.push_str("\r\n");
+        let mut out = out.into_bytes();
+        out.extend_from_slice(&body);
+        out
     }
 }
 
@@ -265,6 +322,9 @@ fn title(code: &str) -> &'static str {
         "escalation_already_resolved" => "Escalation already resolved",
         "confirmation_expired" | "escalation_expired" => "Expired",
         "idempotency_key_reused" => "Idempotency key reused",
+        "request_timeout" => "Request timeout",
+        "rate_limited" => "Rate limited",
+        "too_many_connections" => "Too many connections",
         _ => "Internal error",
     }
 }
@@ -334,6 +394,24 @@ mod tests {
         check(refused(Refusal::Conflict, "delivery_in_progress"), 409, "delivery_in_progress", None);
         check(refused(Refusal::NotAllowed, "destination_not_allowed"), 400, "destination_not_allowed", None);
         check(refused(Refusal::Expired, "escalation_expired"), 410, "escalation_expired", None);
+    }
+
+    #[test]
+    fn front_end_problems_carry_their_status_code_and_retry_after() {
+        let p = Problem::rate_limited(std::time::Duration::from_millis(1500));
+        assert_eq!((p.status(), p.code(), p.retry_after), (StatusCode::TOO_MANY_REQUESTS, "rate_limited", Some(2)));
+        assert_eq!(Problem::rate_limited(std::time::Duration::ZERO).retry_after, Some(1));
+        let raw = Problem::request_timeout(std::time::Duration::from_secs(10)).into_http1_close("rid-2");
+        let text = String::from_utf8(raw).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 408 Request Timeout\r\n"), "{head}");
+        let rid = format!("\r\n{}: rid-2", crate::http::REQUEST_ID);
+        assert!(head.contains("\r\nconnection: close") && head.contains(&rid), "{head}");
+        assert!(head.contains(&format!("content-length: {}", body.len())), "{head}");
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!((v["code"].as_str(), v["status"].as_u64()), (Some("request_timeout"), Some(408)));
+        let raw = String::from_utf8(Problem::too_many_connections().into_http1_close("rid-3")).unwrap();
+        assert!(raw.starts_with("HTTP/1.1 503 ") && raw.contains("\r\nretry-after: 1\r\n"), "{raw}");
     }
 
     #[test]

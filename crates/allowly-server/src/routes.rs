@@ -3,13 +3,14 @@
 //!
 //! | method | path | access | engine call |
 //! |---|---|---|---|
-//! | GET | `/healthz`, `/readyz`, `/metrics` | public | `readiness`, `metrics_text` |
+//! | GET | `/healthz`, `/readyz`, `/metrics` | public (`/metrics`: the bearer token of `--metrics-token-file` if set) | `readiness`, `metrics_text` |
 //! | POST | `/v1/workspaces` | instance admin | `create_workspace` → 201 |
 //! | POST | `/v1/admin-key/rotate` | instance admin | `rotate_admin_key` (the caller's key replaced; the new secret shown once and written to `admin-token`; a keyed repeat bearing the revoked key gets the first answer: `replay_admin_key_rotation`) |
 //! | GET | `/v1/admin-keys` | instance admin | `admin_keys` (every instance admin key, revoked ones too; no secrets) |
 //! | POST | `/v1/admin-keys/{id}/revoke` | instance admin | `revoke_admin_key` (409 for the last one not revoked) |
 //! | GET | `/v1/workspaces/{ws}` | instance admin or read | `workspace` |
 //! | PUT | `/v1/workspaces/{ws}/scope-rules` | instance admin or admin | `set_scope_rules` |
+//! | PUT | `/v1/workspaces/{ws}/rate-limit` | instance admin | `set_rate_limit` (each API key's request rate; a tenant must not raise its own) |
 //! | POST | `/v1/workspaces/{ws}/api-keys` | instance admin or admin | `create_api_key` → 201 |
 //! | POST | `/v1/workspaces/{ws}/api-keys/{key_id}/revoke` | instance admin or admin | `revoke_api_key` |
 //! | GET | `/v1/workspaces/{ws}/keys` | public | `keys` |
@@ -43,6 +44,9 @@
 //! | GET | `/v1/deliveries/{id}` | read | `delivery` |
 //! | POST | `/v1/deliveries/{id}/retry` | admin | `retry_delivery` → 201 (a new delivery of the same event) |
 //!
+//! Every request made with a workspace API key is first counted against that key's rate limit
+//! (`ratelimit`): over it, `429 rate_limited` with `Retry-After`, before anything else is done.
+//!
 //! `Idempotency-Key` is honoured on every POST: a repeat with the same request gets the first
 //! answer (24 h), with another request 422 (see `Engine` for how each is filed). Answering a confirmation or an escalation needs `admin` — the app's
 //! backend — never `check`: an agent must not approve its own actions.
@@ -52,7 +56,7 @@
 
 use allowly_engine::model::{
     AuthorizationFilter, AuthorizationStatus, CheckRequest, ConfirmationAnswer, CreatedApiKey, EscalationAnswer,
-    ExportScope, NewApiKey, NewAuthorization, NewWebhook, NewWorkspace, ScopeRules,
+    ExportScope, NewApiKey, NewAuthorization, NewWebhook, NewWorkspace, RateLimitSetting, ScopeRules,
 };
 use allowly_engine::{Engine, EngineError};
 use allowly_store::Role;
@@ -91,6 +95,7 @@ pub enum Route {
     WorkspaceCreate,
     WorkspaceGet,
     ScopeRulesPut,
+    RateLimitPut,
     ApiKeyCreate,
     ApiKeyRevoke,
     Keys,
@@ -140,6 +145,7 @@ impl Route {
             Self::WorkspaceCreate => "workspace_create",
             Self::WorkspaceGet => "workspace_get",
             Self::ScopeRulesPut => "scope_rules_put",
+            Self::RateLimitPut => "rate_limit_put",
             Self::ApiKeyCreate => "api_key_create",
             Self::ApiKeyRevoke => "api_key_revoke",
             Self::Keys => "keys",
@@ -184,6 +190,7 @@ impl Route {
             | Self::AdminKeyList
             | Self::AdminBackup
             | Self::WorkspaceCreate
+            | Self::RateLimitPut
             | Self::LogResync => Access::InstanceAdmin,
             Self::WorkspaceGet => Access::InstanceAdminOr(Role::Read),
             Self::ScopeRulesPut | Self::ApiKeyCreate | Self::ApiKeyRevoke | Self::KeysRotate => {
@@ -287,6 +294,7 @@ pub fn match_route<'a>(method: &Method, path: &'a str) -> Matched<'a> {
         ["v1", "workspaces"] => (&[(Post, Route::WorkspaceCreate)], None, None),
         ["v1", "workspaces", ws] => (&[(Get, Route::WorkspaceGet)], Some(*ws), None),
         ["v1", "workspaces", ws, "scope-rules"] => (&[(Put, Route::ScopeRulesPut)], Some(*ws), None),
+        ["v1", "workspaces", ws, "rate-limit"] => (&[(Put, Route::RateLimitPut)], Some(*ws), None),
         ["v1", "workspaces", ws, "api-keys"] => (&[(Post, Route::ApiKeyCreate)], Some(*ws), None),
         ["v1", "workspaces", ws, "api-keys", key, "revoke"] => (&[(Post, Route::ApiKeyRevoke)], Some(*ws), Some(*key)),
         ["v1", "workspaces", ws, "keys"] => (&[(Get, Route::Keys)], Some(*ws), None),
@@ -358,7 +366,13 @@ async fn replay_admin_key_rotation(app: &App, parts: &Parts, body: Incoming, sec
 }
 
 /// Routes and answers one request; returns the route (for metrics) and the response.
-pub async fn dispatch(app: &App, req: hyper::Request<Incoming>, request_id: &str) -> (Route, Resp) {
+/// `read_deadline`: when the request (head and body) must have arrived.
+pub async fn dispatch(
+    app: &App,
+    req: hyper::Request<Incoming>,
+    request_id: &str,
+    read_deadline: tokio::time::Instant,
+) -> (Route, Resp) {
     let (parts, body) = req.into_parts();
     let target = match match_route(&parts.method, parts.uri.path()) {
         Matched::Found(t) => t,
@@ -367,14 +381,20 @@ pub async fn dispatch(app: &App, req: hyper::Request<Incoming>, request_id: &str
         }
         Matched::NotFound => return (Route::Unmatched, Problem::not_found().into_response(request_id)),
     };
-    let resp = match handle(app, target, &parts, body).await {
+    let resp = match handle(app, target, &parts, body, read_deadline).await {
         Ok(r) => r,
         Err(p) => p.into_response(request_id),
     };
     (target.route, resp)
 }
 
-async fn handle(app: &App, t: Target<'_>, parts: &Parts, body: Incoming) -> Result<Resp, Problem> {
+async fn handle(
+    app: &App,
+    t: Target<'_>,
+    parts: &Parts,
+    body: Incoming,
+    read_deadline: tokio::time::Instant,
+) -> Result<Resp, Problem> {
     let engine = &app.engine;
     let access = t.route.access();
     let mut caller = None;
@@ -388,6 +408,7 @@ async fn handle(app: &App, t: Target<'_>, parts: &Parts, body: Incoming) -> Resu
             }
             return Err(Problem::unauthenticated("unknown or revoked API key"));
         };
+        rate_limit(app, &principal)?;
         let ws = auth::authorize(&principal, access, t.ws)?;
         caller = Some((principal, secret));
         ws
@@ -395,7 +416,12 @@ async fn handle(app: &App, t: Target<'_>, parts: &Parts, body: Incoming) -> Resu
     let caller = || caller.as_ref().ok_or_else(|| Problem::internal(format!("route {} is public", t.route.name())));
     let ws = || ws.as_deref().ok_or_else(|| Problem::internal(format!("route {} has no workspace", t.route.name())));
     let id = || t.id.ok_or_else(|| Problem::internal(format!("route {} has no id", t.route.name())));
-    let (h, limit) = (&parts.headers, app.body_limit);
+    let h = &parts.headers;
+    let limit = extract::BodyLimits {
+        size: app.body_limit,
+        deadline: read_deadline,
+        timeout: app.connections.limits().read_timeout,
+    };
     let query = |known: &[&str]| Query::parse(parts.uri.query(), known);
     let idem = extract::idempotency_key(h)?;
 
@@ -408,9 +434,10 @@ async fn handle(app: &App, t: Target<'_>, parts: &Parts, body: Incoming) -> Resu
             json(status, &Readyz { readiness: r, key_isolation: app.key_isolation.label() })
         }
         Route::Metrics => {
-            let mut text = app.metrics.render();
-            text.push_str(&app.webhook_metrics.text());
-            text.push_str(&engine.metrics_text().await);
+            if let Some(token) = &app.metrics_token {
+                token.check(h)?;
+            }
+            let text = app.metrics.render(engine).await;
             Ok(with_type(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", text.into_bytes()))
         }
         Route::AdminKeyRotate => {
@@ -445,6 +472,13 @@ async fn handle(app: &App, t: Target<'_>, parts: &Parts, body: Incoming) -> Resu
         Route::ScopeRulesPut => {
             let req: ScopeRules = extract::json_body(h, body, limit).await?;
             json(StatusCode::OK, &engine.set_scope_rules(ws()?, req).await?)
+        }
+        Route::RateLimitPut => {
+            let req: RateLimitSetting = extract::json_body(h, body, limit).await?;
+            let view = engine.set_rate_limit(ws()?, req).await;
+            // Also after an error: the change may have been stored before it failed.
+            app.rate_limits.settings_changed();
+            json(StatusCode::OK, &view?)
         }
         Route::ApiKeyCreate => {
             let req: NewApiKey = extract::json_body(h, body, limit).await?;
@@ -586,6 +620,25 @@ async fn handle(app: &App, t: Target<'_>, parts: &Parts, body: Incoming) -> Resu
     }
 }
 
+/// Counts a request of a workspace API key against its rate limit (the instance admin key is
+/// not limited: it is the operator's).
+fn rate_limit(app: &App, principal: &allowly_engine::model::Principal) -> Result<(), Problem> {
+    let Some(ws) = principal.workspace_id.as_deref() else { return Ok(()) };
+    let setting = || match app.engine.workspace(ws) {
+        Ok(view) => Ok(view.rate_limit),
+        // A key whose workspace is gone: the default (its requests fail further on anyway).
+        Err(EngineError::NotFound { .. }) => Ok(None),
+        Err(e) => Err(Problem::from_engine(&e)),
+    };
+    match app.rate_limits.check(&principal.key_id, setting)? {
+        Ok(()) => Ok(()),
+        Err(limited) => {
+            app.metrics.front.rate_limited.inc();
+            Err(Problem::rate_limited(limited.retry_after))
+        }
+    }
+}
+
 /// A list's `limit` (default 100, 1..=1000).
 fn page_limit(limit: Option<u64>) -> Result<usize, Problem> {
     let limit = limit.unwrap_or(100);
@@ -645,6 +698,8 @@ mod tests {
         check(Method::POST, "/v1/workspaces/ws_1/keys/rotate", found(Route::KeysRotate, Some("ws_1"), None));
         check(Method::GET, "/v1/workspaces/ws_1/keys/rotate", Matched::MethodNotAllowed("POST".into()));
         check(Method::GET, "/v1/workspaces/ws_1", found(Route::WorkspaceGet, Some("ws_1"), None));
+        check(Method::PUT, "/v1/workspaces/ws_1/rate-limit", found(Route::RateLimitPut, Some("ws_1"), None));
+        check(Method::GET, "/v1/workspaces/ws_1/rate-limit", Matched::MethodNotAllowed("PUT".into()));
         check(
             Method::POST,
             "/v1/workspaces/ws_1/api-keys/key_2/revoke",
@@ -706,6 +761,7 @@ mod tests {
             WorkspaceCreate,
             WorkspaceGet,
             ScopeRulesPut,
+            RateLimitPut,
             ApiKeyCreate,
             ApiKeyRevoke,
             Keys,

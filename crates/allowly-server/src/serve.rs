@@ -37,6 +37,9 @@ pub enum ServeError {
     Engine { what: &'static str, source: allowly_engine::EngineError },
     #[error("starting the webhook worker: {0}")]
     Webhooks(String),
+    /// Two collectors share a metric name (a programming error, caught at the first start).
+    #[error("registering metrics: {0}")]
+    Metrics(#[source] prometheus::Error),
     #[error("isolating the signer's keys (started as root): {0}")]
     Isolation(#[from] crate::isolation::IsolationError),
     /// An operator command (`admin_cli`) got an answer other than 2xx from the server.
@@ -120,6 +123,8 @@ pub async fn run(cfg: ServerConfig, prepared: Prepared) -> Result<(), ServeError
         );
     }
 
+    let rocksdb_files = raise_fd_limit(cfg.connections.max);
+
     let (listener, keeper) = match isolated {
         Some((l, k)) => (TcpListener::from_std(l).map_err(io(format!("listening on {}", cfg.listen)))?, Some(k)),
         // Bind before anything is started, so a port in use fails fast with nothing to undo.
@@ -130,7 +135,8 @@ pub async fn run(cfg: ServerConfig, prepared: Prepared) -> Result<(), ServeError
     // Before the signer: a data directory in use by another instance fails here, on RocksDB's
     // lock, with nothing started (an isolated signer's keeper stops when `keeper` drops).
     let db = data_dir.join(DB_DIR);
-    let store = RocksStore::open(&db, RocksOptions::default())
+    let rocks = RocksOptions { max_open_files: rocksdb_files, ..RocksOptions::default() };
+    let store = RocksStore::open(&db, rocks)
         .map_err(|source| ServeError::Store { path: shown_dir.join(DB_DIR).display().to_string(), source })?;
 
     let (signer_child, socket) = match (&cfg.signer, keeper) {
@@ -209,6 +215,7 @@ async fn serve_with_engine(
     .map_err(|source| ServeError::Engine { what: "starting the engine", source })?;
     let webhook_metrics = allowly_webhooks::Metrics::new();
     // Starts by scanning the whole outbox: deliveries a previous run left are taken up again.
+    let outbox_store = store.clone();
     let worker = match allowly_webhooks::Worker::start(
         store,
         Arc::new(engine.clone()),
@@ -259,11 +266,21 @@ async fn serve_with_engine(
     let metrics = crate::metrics::HttpMetrics::new();
     metrics.zero_server_errors(crate::routes::Route::Check.name());
     metrics.set_key_isolation(isolation);
+    for c in [engine.collector(), webhook_metrics.collector(outbox_store)] {
+        if let Err(e) = metrics.register(c) {
+            engine.shutdown().await;
+            worker.stop().await;
+            return Err(ServeError::Metrics(e));
+        }
+    }
+    let connections = crate::conn::Connections::new(cfg.connections, metrics.front.clone());
     let app = Arc::new(App {
+        connections,
+        rate_limits: crate::ratelimit::RateLimits::new(cfg.rate_limit),
+        metrics_token: cfg.metrics_token.clone(),
         key_isolation: isolation,
         engine: engine.clone(),
         metrics,
-        webhook_metrics,
         body_limit: cfg.body_limit,
         request_ids: Default::default(),
         admin_token: token.clone(),
@@ -275,6 +292,44 @@ async fn serve_with_engine(
     tracing::info!("stopping the webhook worker");
     worker.stop().await;
     Ok(())
+}
+
+/// Descriptors kept for everything but client connections and RocksDB's table cache: the
+/// WAL, the signer socket, webhook deliveries, the log.
+const FD_RESERVE: u64 = 256;
+/// Bounds of RocksDB's table cache (files kept open; more are reopened on demand).
+const ROCKSDB_FILES: (u64, u64) = (64, 16_384);
+
+/// Raises the soft limit on open files to the hard one (systemd's default soft limit is 1024):
+/// every connection is a descriptor, and the connection caps, not `EMFILE` at accept or on a
+/// WAL write, must be what limits clients. Returns RocksDB's share: what `--max-connections`
+/// and the reserve leave, within [`ROCKSDB_FILES`] (RocksDB's own default, every file open,
+/// turns a large database into EMFILE, which fails every check closed). Warns when even the
+/// hard limit is too low for all three.
+fn raise_fd_limit(max_connections: usize) -> i32 {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut limit = getrlimit(Resource::Nofile);
+    if let (Some(soft), Some(hard)) = (limit.current, limit.maximum) {
+        if soft < hard {
+            limit.current = Some(hard);
+            if let Err(e) = setrlimit(Resource::Nofile, limit) {
+                tracing::warn!("raising the open-file limit from {soft} to {hard}: {e}");
+            }
+        }
+    }
+    let soft = getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX);
+    let others = max_connections as u64 + FD_RESERVE;
+    let needed = others + ROCKSDB_FILES.0;
+    if soft < needed {
+        tracing::warn!(
+            open_file_limit = soft,
+            max_connections,
+            "the open-file limit is below --max-connections plus {needed}: clients may be refused by the kernel \
+             (EMFILE) before the connection caps apply; raise LimitNOFILE or lower --max-connections"
+        );
+    }
+    let files = soft.saturating_sub(others).clamp(ROCKSDB_FILES.0, ROCKSDB_FILES.1);
+    i32::try_from(files).unwrap_or(i32::MAX)
 }
 
 /// Resolves on the first SIGTERM or SIGINT.

@@ -79,6 +79,19 @@ pub enum Request {
 }
 
 impl Request {
+    /// Every [`Request::name`] (the signer's request metric exports each at zero).
+    pub const NAMES: [&'static str; 9] = [
+        "Ping",
+        "CreateKey",
+        "ListKeys",
+        "RotateKey",
+        "AppendBatch",
+        "LatestCheckpoint",
+        "Metrics",
+        "Snapshot",
+        "LogSizes",
+    ];
+
     /// The message's name, for diagnostics.
     pub fn name(&self) -> &'static str {
         match self {

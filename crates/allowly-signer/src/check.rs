@@ -44,6 +44,10 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// Every reason (the metric's label set, exported at zero from the start).
+    pub const ALL: [Reason; 6] =
+        [Self::Malformed, Self::Workspace, Self::LogIndex, Self::Kind, Self::TimeBackwards, Self::TimeFuture];
+
     /// The metric label.
     pub fn label(self) -> &'static str {
         match self {

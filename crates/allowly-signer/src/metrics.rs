@@ -129,7 +129,20 @@ impl Metrics {
         for limit in ["workspace_requests", "workspace_bytes"] {
             busy.with_label_values(&[limit]);
         }
-        Self {
+        // The standard process series of the signer (CPU, memory, fds, start time), named
+        // `allowly_signer_process_*`: the server re-exports this page beside its own
+        // `process_*`, which must not collide. Read from /proc/self when rendered.
+        let pid = i32::try_from(std::process::id()).unwrap_or(0);
+        let _ =
+            registry.register(Box::new(prometheus::process_collector::ProcessCollector::new(pid, "allowly_signer")));
+        // Every closed label set at zero from the start: a series that appears at its first
+        // event hides that event from rate() and increase().
+        for op in allowly_signer_proto::Request::NAMES {
+            for outcome in ["ok", "internal"] {
+                requests.with_label_values(&[op, outcome]);
+            }
+        }
+        let m = Self {
             busy,
             workspace_unloads: counter(
                 "allowly_signer_workspace_unloads_total",
@@ -198,7 +211,14 @@ impl Metrics {
             mlock_failures: counter("allowly_signer_mlock_failures_total", "Key material that could not be locked"),
             workspaces_loaded: gauge("allowly_signer_workspaces_loaded", "Workspace actors loaded"),
             registry,
+        };
+        for answer in ["checkpoint", "size_mismatch", "rotation"] {
+            m.append_replays.with_label_values(&[answer]);
         }
+        for reason in crate::check::Reason::ALL {
+            m.receipts_refused.with_label_values(&[reason.label()]);
+        }
+        m
     }
 
     /// Prometheus text exposition.

@@ -15,6 +15,7 @@
 
 mod error;
 mod options;
+mod partitioner;
 mod store;
 
 pub use options::RocksOptions;

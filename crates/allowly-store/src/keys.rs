@@ -150,6 +150,14 @@ pub(crate) fn ws_id(ws: &str, id: &str) -> Vec<u8> {
     k
 }
 
+/// The workspace and id of a [`ws_id`] key, if it is one (both valid ids).
+pub(crate) fn split_ws_id(key: &[u8]) -> Option<(&str, &str)> {
+    let at = key.iter().position(|&b| b == SEP)?;
+    let ws = std::str::from_utf8(&key[..at]).ok()?;
+    let id = std::str::from_utf8(&key[at + 1..]).ok()?;
+    (check_id("workspace_id", ws).is_ok() && check_id("doc_id", id).is_ok()).then_some((ws, id))
+}
+
 /// `leaves` and `checkpoints`: `ws ‖ 0x00 ‖ n (u64 BE)`.
 pub(crate) fn ws_u64(ws: &str, n: u64) -> Vec<u8> {
     let mut k = ws_start(ws);

@@ -17,7 +17,7 @@ use crate::codec::{self, encode};
 use crate::error::{Result, StoreError};
 pub use crate::keys::Space;
 use crate::keys::{self, check_id};
-use crate::types::{Durability, Op, ReceiptRecord, WriteBatch};
+use crate::types::{Durability, EngineStats, Op, ReceiptRecord, WriteBatch};
 
 /// A key and its value.
 pub type Pair = (Vec<u8>, Vec<u8>);
@@ -41,6 +41,11 @@ pub trait KvEngine: KvRead + Send + Sync + 'static {
     /// [`Durability::Sync`] survive a machine crash); after a crash, all or none of them. An
     /// `Err` means "not acknowledged" (see [`StoreError::Engine`]), never "applied in part".
     fn apply(&self, muts: Mutations, durability: Durability) -> Result<()>;
+    /// The engine's own figures ([`Store::engine_stats`](crate::Store::engine_stats)); none by
+    /// default.
+    fn stats(&self) -> EngineStats {
+        EngineStats::default()
+    }
 }
 
 /// [`Store::write`](crate::Store::write) over [`stage`].

@@ -70,8 +70,8 @@ pub use error::{Result, StoreError};
 pub use mem::MemStore;
 pub use store::{Store, StoredNodes};
 pub use types::{
-    ApiKeyRecord, AuthorizationRecord, DocKind, Durability, IdempotencyRef, LogMeta, Op, PublicKeyRecord,
-    ReceiptRecord, Role, ScopeRule, WorkspaceRecord, WriteBatch,
+    ApiKeyRecord, AuthorizationRecord, DocKind, Durability, EngineStats, IdempotencyRef, LogMeta, Op, PublicKeyRecord,
+    RateLimit, ReceiptRecord, Role, ScopeRule, WorkspaceRecord, WriteBatch,
 };
 
 #[cfg(feature = "conformance")]

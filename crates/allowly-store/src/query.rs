@@ -9,7 +9,8 @@ use crate::keys::{self, check_id, Space};
 use crate::kv::{self, KvEngine, KvRead};
 use crate::store::Store;
 use crate::types::{
-    ApiKeyRecord, AuthorizationRecord, DocKind, Durability, LogMeta, ReceiptRecord, WorkspaceRecord, WriteBatch,
+    ApiKeyRecord, AuthorizationRecord, DocKind, Durability, EngineStats, LogMeta, ReceiptRecord, WorkspaceRecord,
+    WriteBatch,
 };
 
 fn corrupt(space: Space, key: &[u8], reason: &str) -> StoreError {
@@ -324,6 +325,16 @@ fn docs(
     pairs.iter().map(|(k, v)| check_doc(space, k, v, Some(ws), None).map(|d| (d.id, d.doc))).collect()
 }
 
+/// The first key after document `(ws, id)` of any workspace (the start when `None`).
+fn after_doc(after: Option<(&str, &str)>) -> Result<Vec<u8>> {
+    let Some((ws, id)) = after else { return Ok(Vec::new()) };
+    check_id("workspace_id", ws)?;
+    check_id("doc_id", id)?;
+    let mut k = keys::ws_id(ws, id);
+    k.push(0);
+    Ok(k)
+}
+
 fn all_docs(
     e: &impl KvEngine,
     kind: DocKind,
@@ -331,18 +342,28 @@ fn all_docs(
     limit: usize,
 ) -> Result<Vec<(String, String, serde_json::Value)>> {
     let space = Space::of_doc(kind);
-    let lower = match after {
-        Some((ws, id)) => {
-            check_id("workspace_id", ws)?;
-            check_id("doc_id", id)?;
-            let mut k = keys::ws_id(ws, id);
-            k.push(0);
-            k
-        }
-        None => Vec::new(),
-    };
+    let lower = after_doc(after)?;
     let pairs = e.read(|view| view.scan(space, &lower, None, limit, false))?;
     pairs.iter().map(|(k, v)| check_doc(space, k, v, None, None).map(|d| (d.workspace_id, d.id, d.doc))).collect()
+}
+
+fn all_doc_ids(
+    e: &impl KvEngine,
+    kind: DocKind,
+    after: Option<(&str, &str)>,
+    limit: usize,
+) -> Result<Vec<(String, String)>> {
+    let space = Space::of_doc(kind);
+    let lower = after_doc(after)?;
+    let pairs = e.read(|view| view.scan(space, &lower, None, limit, false))?;
+    // The key alone names the document (`ws ‖ 0x00 ‖ id`): the value is not decoded.
+    pairs
+        .iter()
+        .map(|(k, _)| {
+            let (ws, id) = keys::split_ws_id(k).ok_or_else(|| corrupt(space, k, "not a workspace and id key"))?;
+            Ok((ws.to_owned(), id.to_owned()))
+        })
+        .collect()
 }
 
 /// Every [`KvEngine`] is a [`Store`]: writes are staged by `kv::stage`, reads are this
@@ -421,5 +442,11 @@ impl<E: KvEngine> Store for E {
         limit: usize,
     ) -> Result<Vec<(String, String, serde_json::Value)>> {
         all_docs(self, kind, after, limit)
+    }
+    fn all_doc_ids(&self, kind: DocKind, after: Option<(&str, &str)>, limit: usize) -> Result<Vec<(String, String)>> {
+        all_doc_ids(self, kind, after, limit)
+    }
+    fn engine_stats(&self) -> EngineStats {
+        self.stats()
     }
 }

@@ -8,7 +8,8 @@ use allowly_receipt::merkle::{Hash, NodeSource};
 
 use crate::error::{Result, StoreError};
 use crate::types::{
-    ApiKeyRecord, AuthorizationRecord, DocKind, Durability, LogMeta, ReceiptRecord, WorkspaceRecord, WriteBatch,
+    ApiKeyRecord, AuthorizationRecord, DocKind, Durability, EngineStats, LogMeta, ReceiptRecord, WorkspaceRecord,
+    WriteBatch,
 };
 
 /// Where Allowly keeps everything. Implementations behave identically (one conformance suite
@@ -91,6 +92,12 @@ pub trait Store: Send + Sync + 'static {
         after: Option<(&str, &str)>,
         limit: usize,
     ) -> Result<Vec<(String, String, serde_json::Value)>>;
+    /// What [`Store::all_docs`] answers, without the documents: `(workspace, id)` pairs, for
+    /// counting (a gauge of the outbox or of a due index reads ids alone).
+    fn all_doc_ids(&self, kind: DocKind, after: Option<(&str, &str)>, limit: usize) -> Result<Vec<(String, String)>>;
+    /// The storage engine's own figures (write stalls, compaction debt, sizes), cheap to read:
+    /// for `/metrics`, at scrape time.
+    fn engine_stats(&self) -> EngineStats;
 }
 
 /// Serves Merkle proofs from the nodes a [`Store`] holds for one workspace

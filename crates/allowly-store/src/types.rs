@@ -22,6 +22,68 @@ pub struct WorkspaceRecord {
     /// them: published without asking the signer (so verifiers get keys while it is down).
     #[serde(default)]
     pub signing_keys: Vec<PublicKeyRecord>,
+    /// The request rate each of the workspace's API keys may use, as the instance admin set it;
+    /// `None`: the instance's default (`allowly serve --rate-limit-per-second`).
+    #[serde(default)]
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// A per-API-key request rate limit. Its JSON is `"unlimited"` or
+/// `{"requests_per_second": N, "burst": M}` (`burst` defaults to `requests_per_second` when
+/// read, and is always written).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(from = "RateLimitRepr", into = "RateLimitRepr")]
+pub enum RateLimit {
+    /// No limit.
+    Unlimited,
+    /// On average at most `requests_per_second`, with bursts of up to `burst` requests at once
+    /// (a token bucket of `burst` tokens refilled at `requests_per_second`).
+    PerKey { requests_per_second: u32, burst: u32 },
+}
+
+/// The serde form of [`RateLimit`]: a keyword or an object.
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum RateLimitRepr {
+    Word(RateLimitWord),
+    Limit(RateLimitFields),
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum RateLimitWord {
+    Unlimited,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RateLimitFields {
+    requests_per_second: u32,
+    #[serde(default)]
+    burst: Option<u32>,
+}
+
+impl From<RateLimitRepr> for RateLimit {
+    fn from(r: RateLimitRepr) -> Self {
+        match r {
+            RateLimitRepr::Word(RateLimitWord::Unlimited) => Self::Unlimited,
+            RateLimitRepr::Limit(f) => Self::PerKey {
+                requests_per_second: f.requests_per_second,
+                burst: f.burst.unwrap_or(f.requests_per_second),
+            },
+        }
+    }
+}
+
+impl From<RateLimit> for RateLimitRepr {
+    fn from(r: RateLimit) -> Self {
+        match r {
+            RateLimit::Unlimited => Self::Word(RateLimitWord::Unlimited),
+            RateLimit::PerKey { requests_per_second, burst } => {
+                Self::Limit(RateLimitFields { requests_per_second, burst: Some(burst) })
+            }
+        }
+    }
 }
 
 /// A workspace signing key's public half and validity window (the private half never leaves
@@ -218,6 +280,30 @@ pub enum Op {
     },
 }
 
+/// Figures of the storage engine an operator alerts on — write stalls, compaction debt, sizes —
+/// in the engine's own terms but without its types. A field is `None` where the engine has no
+/// such figure (`MemStore` has none). Read at scrape time: an engine answers from counters it
+/// keeps anyway, never by scanning data.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EngineStats {
+    /// Writes are stopped (every write waits) until compaction or flushes catch up.
+    pub write_stopped: Option<bool>,
+    /// Bytes per second the engine throttles writes to while it delays them; 0 when it does not.
+    pub delayed_write_rate: Option<u64>,
+    /// Bytes compaction must rewrite to bring the data back to its target shape (the debt that
+    /// stalls writes when it passes the engine's limits).
+    pub pending_compaction_bytes: Option<u64>,
+    /// Compactions running now.
+    pub running_compactions: Option<u64>,
+    /// Bytes of the live table files (what the data takes on disk, before obsolete files go).
+    pub live_data_bytes: Option<u64>,
+    /// Bytes of the live blob files (large values kept apart from the tables).
+    pub live_blob_bytes: Option<u64>,
+    /// Bytes of the in-memory write buffers (not yet flushed to table files).
+    pub memtable_bytes: Option<u64>,
+}
+
 /// Kinds of small per-workspace documents the engine keeps beside the log, each in a key space
 /// of its own, keyed by workspace and id. The store treats a document as opaque JSON; the
 /// engine owns its shape (and its on-disk compatibility: add fields with defaults).
@@ -237,6 +323,8 @@ pub enum DocKind {
     Outbox,
     /// Pending escalations by due time (id `<expiry ms, 16 hex>-<workspace>-<escalation>`), all
     /// under one scope, so the engine finds the overdue ones without scanning every workspace.
+    /// The engine keeps a second due index of the same shape under another scope (pending
+    /// confirmations, for the gauge that counts them).
     EscalationDue,
 }
 

@@ -1,16 +1,21 @@
-//! Every metric of the delivery worker, in one registry. Names follow
-//! `allowly_webhook_<name>_{total,seconds}`; label values come from closed sets (never a
-//! workspace, endpoint or URL).
+//! Every metric of the delivery worker. Names follow `allowly_webhook_<name>_{total,seconds}`;
+//! label values come from closed sets (never a workspace, endpoint or URL). The server
+//! registers them, with the outbox read at scrape time ([`Metrics::collector`]), in the one
+//! registry of the process.
 
+use std::sync::Arc;
+
+use allowly_store::{DocKind, Store};
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
 use prometheus::{
-    exponential_buckets, Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    exponential_buckets, Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts,
     TextEncoder,
 };
 
 /// The worker's metrics.
 #[derive(Debug, Clone)]
 pub struct Metrics {
-    registry: Registry,
     /// Attempts by `result`: `delivered` (2xx), `gone` (410), `http_error` (any other status),
     /// `timeout`, `connect_error` (connection refused or reset, DNS, TLS),
     /// `destination_not_allowed` (no public address to send to: nothing was sent).
@@ -26,6 +31,11 @@ pub struct Metrics {
     pub scan_errors: IntCounterVec,
     /// Finished deliveries deleted after the retention period.
     pub swept: IntCounter,
+    /// Deliveries not yet finished (the outbox, every workspace), counted at scrape time.
+    pub outbox_deliveries: IntGauge,
+    /// Age of the oldest unfinished delivery (since its event was created; 0 when none):
+    /// grows while a receiver fails or the worker falls behind.
+    pub outbox_oldest_age_seconds: Gauge,
 }
 
 impl Default for Metrics {
@@ -35,9 +45,8 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// A fresh registry with every metric registered.
+    /// Every metric, labelled counters at zero for each label value they can take.
     pub fn new() -> Self {
-        let registry = Registry::new();
         let m = Self {
             attempts: IntCounterVec::new(
                 Opts::new("allowly_webhook_attempts_total", "Webhook delivery attempts by result"),
@@ -66,18 +75,17 @@ impl Metrics {
                 "Finished webhook deliveries deleted after the retention period",
             )
             .expect("static metric definition"),
-            registry,
+            outbox_deliveries: IntGauge::new(
+                "allowly_webhook_outbox_deliveries",
+                "Webhook deliveries not yet finished (delivered, failed or cancelled)",
+            )
+            .expect("static metric definition"),
+            outbox_oldest_age_seconds: Gauge::new(
+                "allowly_webhook_outbox_oldest_age_seconds",
+                "Age of the oldest unfinished webhook delivery, since its event (0 when none)",
+            )
+            .expect("static metric definition"),
         };
-        for c in [
-            Box::new(m.attempts.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(m.attempt_seconds.clone()),
-            Box::new(m.failed.clone()),
-            Box::new(m.in_flight.clone()),
-            Box::new(m.scan_errors.clone()),
-            Box::new(m.swept.clone()),
-        ] {
-            m.registry.register(c).expect("metric names are unique");
-        }
         // Every label value of the closed sets above is exported from the start, at zero: a
         // series that appears only at its first event makes rate() and increase() miss that
         // event, and alerts and dashboards that name it look broken until then.
@@ -95,12 +103,92 @@ impl Metrics {
         m
     }
 
-    /// Prometheus text exposition.
+    /// These metrics as one collector that reads the outbox of `store` at each collection (ids
+    /// only, at most `MAX_COUNTED`): call the registry's `gather` on a blocking thread.
+    pub fn collector(&self, store: Arc<dyn Store>) -> Box<dyn Collector> {
+        Box::new(OutboxCollector { metrics: self.clone(), store })
+    }
+
+    fn parts(&self) -> [&dyn Collector; 8] {
+        [
+            &self.attempts,
+            &self.attempt_seconds,
+            &self.failed,
+            &self.in_flight,
+            &self.scan_errors,
+            &self.swept,
+            &self.outbox_deliveries,
+            &self.outbox_oldest_age_seconds,
+        ]
+    }
+
+    /// Prometheus text exposition of these metrics alone (tests; the server renders its one
+    /// registry).
     pub fn text(&self) -> String {
         let mut buf = Vec::new();
-        if TextEncoder::new().encode(&self.registry.gather(), &mut buf).is_err() {
+        if TextEncoder::new().encode(&self.collect(), &mut buf).is_err() {
             return String::new();
         }
         String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Collector for Metrics {
+    fn desc(&self) -> Vec<&Desc> {
+        self.parts().into_iter().flat_map(Collector::desc).collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        self.parts().into_iter().flat_map(Collector::collect).collect()
+    }
+}
+
+/// Most outbox entries counted per scrape: the gauge at this value means "at least".
+const MAX_COUNTED: usize = 1_000_000;
+
+/// [`Metrics`] with the outbox gauges read at collection.
+struct OutboxCollector {
+    metrics: Metrics,
+    store: Arc<dyn Store>,
+}
+
+impl Collector for OutboxCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.metrics.desc()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let now = crate::worker::now_ms();
+        match outbox_figures(&*self.store) {
+            Ok((n, oldest)) => {
+                let m = &self.metrics;
+                m.outbox_deliveries.set(i64::try_from(n).unwrap_or(i64::MAX));
+                let age_ms = oldest.map_or(0, |t| now.saturating_sub(t));
+                m.outbox_oldest_age_seconds.set(age_ms as f64 / 1000.0);
+            }
+            // The gauges keep their last value; the next scrape tries again.
+            Err(e) => tracing::warn!(error = %e, "cannot count the webhook outbox"),
+        }
+        self.metrics.collect()
+    }
+}
+
+/// Unfinished deliveries and the creation time of the oldest, from the outbox's ids alone.
+fn outbox_figures(store: &dyn Store) -> allowly_store::Result<(u64, Option<u64>)> {
+    const PAGE: usize = 1024;
+    let (mut n, mut oldest, mut after) = (0u64, None::<u64>, None::<(String, String)>);
+    loop {
+        let page = store.all_doc_ids(DocKind::Outbox, after.as_ref().map(|(w, i)| (w.as_str(), i.as_str())), PAGE)?;
+        let last = page.len() < PAGE;
+        n += page.len() as u64;
+        for (_, id) in &page {
+            if let Some(t) = crate::model::outbox_created_ms(id) {
+                oldest = Some(oldest.map_or(t, |o| o.min(t)));
+            }
+        }
+        after = page.into_iter().next_back();
+        if last || n >= MAX_COUNTED as u64 {
+            return Ok((n, oldest));
+        }
     }
 }

@@ -453,6 +453,16 @@ pub fn new_delivery_id(webhook_id: &str, now_ms: u64) -> Result<String> {
     Ok(format!("{}{:016x}{:08x}{}", delivery_prefix(webhook_id), u64::MAX - now_ms, u32::MAX - made, hex::encode(r)))
 }
 
+/// When the delivery behind an outbox id was created (what [`new_delivery_id`] put in it), or
+/// `None` for an id not of that form. For the outbox's oldest-age gauge, which then reads ids
+/// alone.
+pub fn outbox_created_ms(outbox_id: &str) -> Option<u64> {
+    let (_due, delivery) = outbox_id.split_once('-')?;
+    let (_prefix, tail) = delivery.rsplit_once('_')?;
+    let inverted = u64::from_str_radix(tail.get(..16)?, 16).ok()?;
+    Some(u64::MAX - inverted)
+}
+
 /// A new random id with `prefix` (`wh_`, `evt_`): 128 random bits in hex.
 pub fn new_id(prefix: &str) -> Result<String> {
     let mut r = [0u8; 16];
@@ -595,6 +605,9 @@ mod tests {
         assert!(same_ms.windows(2).all(|w| w[1] < w[0]), "newest first within one millisecond too");
         assert!(older.starts_with(&delivery_prefix(&wh)) && delivery_prefix(&wh) < newer);
         assert!(outbox_id(5, &older) < outbox_id(6, &newer));
+        assert_eq!(outbox_created_ms(&outbox_id(9_999, &older)), Some(1_000));
+        assert_eq!(outbox_created_ms(&outbox_id(0, &newer)), Some(2_000));
+        assert_eq!(outbox_created_ms("0000000000000001-x"), None);
         assert!(outbox_id(0xff, &older) < outbox_id(0x100, &older), "fixed width: numeric order");
         for id in [&wh, &older, &outbox_id(u64::MAX, &older), &signed_event_id("ws_1", 7)] {
             allowly_receipt::types::validate_id("id", id).unwrap();

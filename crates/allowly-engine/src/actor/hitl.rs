@@ -16,6 +16,7 @@ use sha2::{Digest, Sha256};
 use super::{Event, WsState};
 use crate::clock::{now_ms, ts};
 use crate::error::{EngineError, Refusal, Result};
+use crate::metrics::{HitlKind, HitlOutcome};
 use crate::model::{
     ConfirmationAnswer, ConfirmationStatus, ConfirmationView, EscalationAnswer, EscalationOutcome, EscalationStatus,
     EscalationView, Resolution,
@@ -124,6 +125,38 @@ impl ConfirmationDoc {
     }
 }
 
+impl ConfirmationDoc {
+    /// Its entry in the confirmations' due index (`CONFIRMATION_DUE_SCOPE`), which holds ids
+    /// alone: `<expiry ms, 16 hex>-<workspace>-<nonce>`, so the count of those not yet
+    /// expired is a read of ids, and the expired ones are pruned in order.
+    fn due_id(&self, ws: &str, nonce: &str) -> String {
+        format!("{:016x}-{ws}-{nonce}", self.opened.expires_at_ms)
+    }
+
+    pub(super) fn due_put_op(&self, ws: &str, nonce: &str) -> Op {
+        Op::PutDoc {
+            kind: DocKind::EscalationDue,
+            workspace_id: CONFIRMATION_DUE_SCOPE.into(),
+            id: self.due_id(ws, nonce),
+            doc: serde_json::json!({}),
+        }
+    }
+
+    fn due_delete_op(&self, ws: &str, nonce: &str) -> Op {
+        Op::DeleteDoc {
+            kind: DocKind::EscalationDue,
+            workspace_id: CONFIRMATION_DUE_SCOPE.into(),
+            id: self.due_id(ws, nonce),
+        }
+    }
+}
+
+/// Where the due index of pending confirmations lives: the escalations' key space, a scope of
+/// its own. Only `/metrics` reads it (`allowly_engine_confirmations_pending`); an entry goes
+/// when its nonce is answered or found expired, or is pruned after its expiry
+/// (`Engine::prune_confirmation_due`). Confirmations opened before it existed have no entry.
+pub(crate) const CONFIRMATION_DUE_SCOPE: &str = "_cdue";
+
 /// An escalation to an approver, filed by escalation id.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct EscalationDoc {
@@ -199,6 +232,16 @@ impl DueEntry {
 
     pub(crate) fn delete_op(&self) -> Op {
         Op::DeleteDoc { kind: DocKind::EscalationDue, workspace_id: DUE_SCOPE.into(), id: self.id() }
+    }
+}
+
+/// An answer's outcome for the metric: the action allowed, or denied (declined, or the
+/// authorization revoked or expired meanwhile).
+fn answer_outcome(decision: Decision) -> HitlOutcome {
+    if decision == Decision::Allow {
+        HitlOutcome::Approved
+    } else {
+        HitlOutcome::Declined
     }
 }
 
@@ -308,6 +351,8 @@ impl WsState {
             if overdue {
                 doc.state = ConfirmationState::Expired;
                 self.put_doc(&mut ops, DocKind::Confirmation, nonce, &doc)?;
+                ops.push(doc.due_delete_op(&self.ws.id, nonce));
+                self.shared.metrics.hitl_answered(HitlKind::Confirmation, HitlOutcome::Expired);
             }
             let receipt = Some(Box::new(pending_envelope(&rec)?));
             return Ok((ops, Err(EngineError::Refused { kind, code, message: message.into(), receipt })));
@@ -320,6 +365,8 @@ impl WsState {
         doc.answer_receipt_id = Some(rec.id.clone());
         (doc.decision, doc.reason, doc.answered_at_ms) = (Some(decision), Some(reason.to_owned()), Some(now));
         self.put_doc(&mut ops, DocKind::Confirmation, nonce, &doc)?;
+        ops.push(doc.due_delete_op(&self.ws.id, nonce));
+        self.shared.metrics.hitl_answered(HitlKind::Confirmation, answer_outcome(decision));
         Ok((
             ops,
             Ok(Resolution { decision, reason: reason.into(), receipt: pending_envelope(&rec)?, escalation: None }),
@@ -360,6 +407,7 @@ impl WsState {
             self.put_doc(&mut ops, DocKind::Escalation, id, &doc)?;
             ops.push(doc.due(&self.ws.id, id).delete_op());
             ops.extend(self.resolved_event(&endpoints, id, &doc, Decision::Deny, "escalation_expired", &rec, now)?);
+            self.shared.metrics.hitl_answered(HitlKind::Escalation, HitlOutcome::Expired);
             let receipt = Some(Box::new(pending_envelope(&rec)?));
             if answer.is_none() {
                 let view = doc.view(id)?;
@@ -408,6 +456,7 @@ impl WsState {
         self.put_doc(&mut ops, DocKind::Escalation, id, &doc)?;
         ops.push(doc.due(&self.ws.id, id).delete_op());
         ops.extend(self.resolved_event(&endpoints, id, &doc, decision, reason, &rec, now)?);
+        self.shared.metrics.hitl_answered(HitlKind::Escalation, answer_outcome(decision));
         let view = doc.view(id)?;
         Ok((
             ops,

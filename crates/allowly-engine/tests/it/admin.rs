@@ -183,7 +183,7 @@ async fn expired_key_records_are_swept_and_the_key_is_free_again() {
     // The key is free again: a new grant with it is a new authorization.
     let again = e.create_authorization(&ws, grant(None), Some("grant-1")).await.unwrap();
     assert_ne!(again.authorization.id, az.authorization.id);
-    assert!(e.metrics_text().await.contains("allowly_engine_idempotency_records_swept_total 3"));
+    assert!(e.metrics().text().contains("allowly_engine_idempotency_records_swept_total 3"));
     e.shutdown().await;
     signer.stop();
 }

@@ -477,6 +477,17 @@ impl FullDevice {
 }
 
 impl Store for FullDevice {
+    fn all_doc_ids(
+        &self,
+        kind: allowly_store::DocKind,
+        after: Option<(&str, &str)>,
+        limit: usize,
+    ) -> allowly_store::Result<Vec<(String, String)>> {
+        self.inner.all_doc_ids(kind, after, limit)
+    }
+    fn engine_stats(&self) -> allowly_store::EngineStats {
+        self.inner.engine_stats()
+    }
     fn write(&self, batch: allowly_store::WriteBatch, d: allowly_store::Durability) -> allowly_store::Result<()> {
         self.refuse()?;
         self.inner.write(batch, d)

@@ -639,3 +639,22 @@ fn logs_are_json_name_the_request_and_never_a_secret() {
     );
     assert!(access["duration_us"].as_u64().is_some(), "{access}");
 }
+
+/// RocksDB keeps at most half the open-file limit open, and the server first raises its soft
+/// limit to the hard one: started with the soft limit at 256 (systemd's default is 1024), a
+/// growing database would otherwise meet EMFILE on a WAL write and fail every check closed.
+#[test]
+fn the_server_raises_its_open_file_limit_to_the_hard_limit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    // prlimit execs the server, so the pid is the server's.
+    let mut cmd = std::process::Command::new("prlimit");
+    cmd.arg("--nofile=256:4096").arg(allowly_bin());
+    cmd.arg("serve").arg("--data-dir").arg(&data).args(["--listen", "127.0.0.1:0"]);
+    let s = Server::start_command(cmd, &data);
+    s.wait_ready();
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", s.pid())).unwrap();
+    let line = limits.lines().find(|l| l.starts_with("Max open files")).unwrap();
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(fields[3..5], ["4096", "4096"], "{line}\n{}", s.diagnostics());
+}

@@ -11,6 +11,7 @@
 //! `/etc/passwd`.
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
+mod abuse;
 mod backup;
 mod blackbox;
 mod hitl;

@@ -50,7 +50,12 @@ fn shown(what: &str, out: &Output) -> String {
 /// A ready server that has answered one allowed and one denied check (so the check route's
 /// series and the decision counters carry samples, as in production).
 fn busy_server(dir: &Path) -> Server {
-    let s = Server::start(&dir.join("data"));
+    busy_server_with(dir, &[])
+}
+
+/// [`busy_server`] started with `extra` arguments.
+fn busy_server_with(dir: &Path, extra: &[&str]) -> Server {
+    let s = Server::start_with(&dir.join("data"), extra);
     s.wait_ready();
     let c = s.client();
     let root = s.admin_token();
@@ -329,4 +334,196 @@ fn the_metric_name_parser_finds_what_a_selector_names() {
         rule_exprs("  - expr: up == 0\n    expr: |\n      a\n      / b\n    for: 1m\n"),
         ["up == 0", "      a\n      / b"]
     );
+}
+
+/// The series of a page (`name{labels}`, values dropped), from every sample line.
+fn series(text: &str) -> BTreeSet<String> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| l.rsplit_once(' ').map_or(l, |(series, _value)| series).to_owned())
+        .collect()
+}
+
+/// The value of the sample `series` (exactly `name` or `name{labels}`) on a page.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// A scrape that carries the signer's series (fetched in the background: the first scrapes
+/// after a start may not have them yet).
+fn scrape_with_signer(s: &Server) -> String {
+    eventually(
+        "the signer's series on /metrics",
+        || s.diagnostics(),
+        || {
+            let text = scrape(s);
+            text.contains("allowly_signer_leaves_signed_total ").then_some(text)
+        },
+    )
+}
+
+/// One workspace with a key, a grant and one allowed check.
+fn workspace_with_a_check(s: &Server, name: &str) {
+    let t = tenant(s, name, &["mail.read"]);
+    let r = s.client().post("/v1/check", &t.checker, json!({ "authorization_id": t.az, "scopes": ["mail.read"] }));
+    assert_eq!(r.status, 200, "check in {name}: {}\n{}", r.text(), s.diagnostics());
+}
+
+#[test]
+fn the_series_do_not_grow_with_workspaces() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("data"));
+    s.wait_ready();
+    for i in 0..2 {
+        workspace_with_a_check(&s, &format!("ws {i}"));
+    }
+    scrape_with_signer(&s);
+    // A second page: the first scrape's own request shows only on the next one.
+    let few = scrape(&s);
+    for i in 2..200 {
+        workspace_with_a_check(&s, &format!("ws {i}"));
+    }
+    let many = scrape_with_signer(&s);
+    // Same label sets: no series is per workspace, authorization or key.
+    let (a, b) = (series(&few), series(&many));
+    let added: Vec<&String> = b.difference(&a).collect();
+    let gone: Vec<&String> = a.difference(&b).collect();
+    assert!(added.is_empty() && gone.is_empty(), "2 → 200 workspaces: added {added:#?}\ngone {gone:#?}");
+    // ... and the page really counted the 200 (so it is not simply stale).
+    assert_eq!(sample(&many, r#"allowly_engine_decisions_total{decision="allow",reason="granted"}"#), Some(200.0));
+    assert_eq!(sample(&many, r#"allowly_http_requests_total{route="check",status="200"}"#), Some(200.0));
+    for name in [
+        "allowly_store_write_stopped",
+        "allowly_store_delayed_write_rate_bytes_per_second",
+        "allowly_store_pending_compaction_bytes",
+        "allowly_store_running_compactions",
+        "allowly_store_live_data_bytes",
+        "allowly_store_memtable_bytes",
+        "allowly_engine_escalations_pending",
+        "allowly_engine_confirmations_pending",
+        r#"allowly_engine_hitl_answers_total{kind="escalation",outcome="expired"}"#,
+        r#"allowly_engine_decisions_total{decision="escalate",reason="escalation_required"}"#,
+        "allowly_webhook_outbox_deliveries",
+        "allowly_webhook_outbox_oldest_age_seconds",
+        "allowly_engine_signer_metrics_age_seconds",
+        "allowly_signer_process_resident_memory_bytes",
+        "process_open_fds",
+        r#"allowly_signer_receipts_refused_total{reason="time_future"}"#,
+    ] {
+        assert!(sample(&many, name).is_some(), "{name} missing from /metrics:\n{many}");
+    }
+    assert_eq!(sample(&many, "allowly_store_write_stopped"), Some(0.0));
+    assert!(sample(&many, "allowly_store_memtable_bytes").unwrap() > 0.0, "{many}");
+    let out = promtool(&["check", "metrics"], Some(&many));
+    assert!(out.status.success(), "{}\n--- /metrics ---\n{many}", shown("promtool check metrics", &out));
+}
+
+#[test]
+fn pending_confirmations_escalations_and_webhook_deliveries_are_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start_with(&dir.path().join("data"), &["--webhook-allow-private-networks"]);
+    s.wait_ready();
+    let c = s.client();
+    let root = s.admin_token();
+    let rules = json!({ "mail.send": "confirm", "payments.*": "escalate" });
+    let ws = c.post("/v1/workspaces", &root, json!({ "name": "hitl", "scope_rules": rules })).created("workspace")
+        ["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let admin = c.post(&format!("/v1/workspaces/{ws}/api-keys"), &root, json!({ "roles": ["admin"] })).created("key")
+        ["secret"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // A receiver that is not there: the deliveries stay in the outbox, retried later.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let hook = json!({ "url": format!("http://127.0.0.1:{port}/hook"), "events": ["escalation.requested"] });
+    c.post("/v1/webhooks", &admin, hook).created("webhook");
+    let az = c
+        .post("/v1/authorizations", &admin, json!({ "subject": "u", "scopes": ["mail.*", "payments.*"] }))
+        .created("grant")["authorization"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let check = |scope: &str| {
+        let r = c.post("/v1/check", &admin, json!({ "authorization_id": az, "scopes": [scope] }));
+        assert_eq!(r.status, 200, "check {scope}: {}\n{}", r.text(), s.diagnostics());
+        r.json()
+    };
+    let nonces: Vec<String> =
+        (0..3).map(|_| check("mail.send")["confirmation"]["nonce"].as_str().unwrap().to_owned()).collect();
+    let escalations: Vec<String> =
+        (0..2).map(|_| check("payments.wire")["escalation"]["id"].as_str().unwrap().to_owned()).collect();
+
+    let text = scrape(&s);
+    assert_eq!(sample(&text, "allowly_engine_confirmations_pending"), Some(3.0), "{text}");
+    assert_eq!(sample(&text, "allowly_engine_escalations_pending"), Some(2.0), "{text}");
+    assert_eq!(sample(&text, "allowly_webhook_outbox_deliveries"), Some(2.0), "{text}");
+
+    let answer = json!({ "outcome": "approved", "by": "u", "shown": "send it" });
+    assert_eq!(c.post(&format!("/v1/confirmations/{}", nonces[0]), &admin, answer).status, 200);
+    let deny = json!({ "outcome": "denied", "approver": "cfo" });
+    assert_eq!(c.post(&format!("/v1/escalations/{}/resolve", escalations[0]), &admin, deny).status, 200);
+
+    let text = scrape(&s);
+    assert_eq!(sample(&text, "allowly_engine_confirmations_pending"), Some(2.0), "{text}");
+    assert_eq!(sample(&text, "allowly_engine_escalations_pending"), Some(1.0), "{text}");
+    let answers = |kind: &str, outcome: &str| {
+        sample(&text, &format!(r#"allowly_engine_hitl_answers_total{{kind="{kind}",outcome="{outcome}"}}"#))
+    };
+    assert_eq!(answers("confirmation", "approved"), Some(1.0), "{text}");
+    assert_eq!(answers("escalation", "declined"), Some(1.0), "{text}");
+    assert_eq!(answers("escalation", "approved"), Some(0.0), "{text}");
+    // The deliveries are still unfinished, and their age is the age of their events.
+    let age = sample(&text, "allowly_webhook_outbox_oldest_age_seconds").unwrap();
+    assert!(sample(&text, "allowly_webhook_outbox_deliveries").unwrap() >= 2.0, "{text}");
+    assert!(age > 0.0 && age < 600.0, "oldest delivery age {age}:\n{text}");
+}
+
+#[test]
+fn a_hung_signer_neither_holds_up_the_scrape_nor_takes_its_series_away() {
+    let dir = tempfile::tempdir().unwrap();
+    // A signer timeout far above the scrape's own wait (100 ms): a scrape that waited for the
+    // hung signer would take 5 s.
+    let s = busy_server_with(dir.path(), &["--signer-timeout-ms", "5000"]);
+    let before = scrape_with_signer(&s);
+    let signer = s.signer_pid();
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(signer as i32).unwrap(),
+        rustix::process::Signal::STOP,
+    )
+    .unwrap();
+    let _resume = Resume(signer);
+    // The probe marks it down once a ping times out; every scrape meanwhile is served.
+    let text = eventually(
+        "the signer reported down",
+        || s.diagnostics(),
+        || {
+            let started = std::time::Instant::now();
+            let text = scrape(&s);
+            let took = started.elapsed();
+            assert!(took < std::time::Duration::from_secs(4), "a scrape waited {took:?} for the hung signer");
+            (sample(&text, "allowly_engine_signer_up") == Some(0.0)).then_some(text)
+        },
+    );
+    // Its series are still there, as they were last fetched.
+    let signer_series =
+        |t: &str| series(t).into_iter().filter(|n| n.starts_with("allowly_signer_")).collect::<Vec<_>>();
+    assert!(!signer_series(&before).is_empty());
+    assert_eq!(signer_series(&text), signer_series(&before), "{text}");
+    assert!(sample(&text, "allowly_engine_signer_metrics_age_seconds").unwrap() > 0.0, "{text}");
+}
+
+/// Resumes a stopped process when dropped (a failing test must not leave it stopped).
+struct Resume(u32);
+
+impl Drop for Resume {
+    fn drop(&mut self) {
+        if let Some(pid) = rustix::process::Pid::from_raw(self.0 as i32) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::CONT);
+        }
+    }
 }

@@ -26,3 +26,30 @@ mod conformance {
 fn mem_and_rocks_agree() {
     allowly_store::conformance::agrees_with_mem_store(fresh);
 }
+
+/// The engine figures come from RocksDB's properties: a fresh database is not stalled, runs no
+/// compaction debt, and its memtables hold what was just written (no flush yet).
+#[test]
+fn engine_stats_read_rocksdb_properties() {
+    use allowly_store::{DocKind, Durability, Op, Store, WriteBatch};
+    let f = fresh();
+    let before = f.store.engine_stats();
+    let ops = (0..100)
+        .map(|i| Op::PutDoc {
+            kind: DocKind::Outbox,
+            workspace_id: "w".into(),
+            id: format!("d{i}"),
+            doc: serde_json::json!({ "pad": "x".repeat(1000) }),
+        })
+        .collect::<Vec<_>>();
+    f.store.write(WriteBatch::from(ops), Durability::Sync).unwrap();
+    let after = f.store.engine_stats();
+    assert_eq!(after.write_stopped, Some(false), "{after:?}");
+    assert_eq!(after.delayed_write_rate, Some(0), "{after:?}");
+    assert_eq!(after.running_compactions, Some(0), "{after:?}");
+    assert_eq!(after.pending_compaction_bytes, Some(0), "{after:?}");
+    assert_eq!(after.live_data_bytes, Some(0), "nothing flushed yet: {after:?}");
+    assert!(after.live_blob_bytes.is_some(), "{after:?}");
+    let grew = after.memtable_bytes.unwrap().saturating_sub(before.memtable_bytes.unwrap());
+    assert!(grew >= 100_000, "100 KB written, memtables grew by {grew}: {after:?}");
+}

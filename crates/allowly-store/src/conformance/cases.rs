@@ -482,6 +482,11 @@ pub fn documents<S: Store>(s: &S) {
     assert_eq!(all, pairs(&[("w", "a"), ("w", "a_"), ("w", "b"), ("w_x", "a")]));
     let rest: Vec<_> = s.all_docs(DocKind::Escalation, Some(("w", "b")), 10).unwrap();
     assert_eq!(rest.len(), 1);
+    // The same pairs without the documents, paged the same way.
+    assert_eq!(s.all_doc_ids(DocKind::Escalation, None, 10).unwrap(), all);
+    assert_eq!(s.all_doc_ids(DocKind::Escalation, Some(("w", "a")), 2).unwrap(), pairs(&[("w", "a_"), ("w", "b")]));
+    assert_eq!(s.all_doc_ids(DocKind::Escalation, Some(("w_x", "a")), 10).unwrap(), pairs(&[]));
+    assert_eq!(s.all_doc_ids(DocKind::Confirmation, None, 10).unwrap(), pairs(&[("w", "a")]));
     write(s, vec![Op::DeleteDoc { kind: DocKind::Escalation, workspace_id: "w".into(), id: "a".into() }]);
     assert_eq!(s.doc(DocKind::Escalation, "w", "a").unwrap(), None);
     assert_eq!(ids(None, 10), ["a_", "b"]);

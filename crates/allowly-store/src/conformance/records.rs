@@ -19,6 +19,7 @@ pub fn workspace(id: &str) -> WorkspaceRecord {
         ]),
         fail_open: false,
         signing_keys: Vec::new(),
+        rate_limit: Some(crate::RateLimit::PerKey { requests_per_second: 50, burst: 100 }),
     }
 }
 

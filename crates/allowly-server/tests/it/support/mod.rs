@@ -134,6 +134,12 @@ impl Server {
             "ALLOWLY_PKCS11_PIN_FILE",
             "ALLOWLY_CONFIG",
             "ALLOWLY_BODY_LIMIT",
+            "ALLOWLY_MAX_CONNECTIONS",
+            "ALLOWLY_MAX_CONNECTIONS_PER_ADDRESS",
+            "ALLOWLY_REQUEST_READ_TIMEOUT_MS",
+            "ALLOWLY_METRICS_TOKEN_FILE",
+            "ALLOWLY_RATE_LIMIT_PER_SECOND",
+            "ALLOWLY_RATE_LIMIT_BURST",
             "ALLOWLY_SIGNER_MASTER_KEY",
             "ALLOWLY_WEBHOOK_BASE_BACKOFF_MS",
             "ALLOWLY_WEBHOOK_MAX_BACKOFF_MS",
@@ -536,7 +542,8 @@ fn split_response(raw: &[u8]) -> Option<(u16, Headers, &[u8])> {
     Some((status, headers, &raw[split + 4..]))
 }
 
-fn parse_response(raw: &[u8]) -> Resp {
+/// A whole answer as it came off the wire (panics without a head and a status code).
+pub fn parse_response(raw: &[u8]) -> Resp {
     let (status, headers, rest) = split_response(raw)
         .unwrap_or_else(|| panic!("no response head with a status code in {:?}", String::from_utf8_lossy(raw)));
     let mut body = rest.to_vec();

@@ -1,0 +1,513 @@
+//! Connections under abuse: the caps on open connections (per client address and overall),
+//! which connection gives way at the cap, and the read deadline of every request.
+//!
+//! - **Read deadline.** A request's head and body together must arrive within the read timeout
+//!   (`--request-read-timeout-ms`) of its first byte. The head is watched here, below hyper, by
+//!   [`Guarded`]: hyper's own `header_read_timeout` only closes the connection, and runs from
+//!   the end of the previous answer (so it is the keep-alive idle timeout, not a deadline per
+//!   request). Past the deadline with the head incomplete, `Guarded` writes a `408
+//!   request_timeout` problem itself and fails the connection. The body is watched where it is
+//!   read (`extract::read_body`, with the deadline [`Conn::begin_request`] gives), and answered
+//!   408 through hyper with `Connection: close`. A client that sends its request at once
+//!   costs no timer: the head's is armed only when a head is still incomplete after a read, the
+//!   body's only when the body is not all there.
+//! - **Per-address cap.** At most `max_per_address` connections per client address (IPv6: per
+//!   /64, what one host or site usually holds). A connection over it is answered `503
+//!   too_many_connections` at once, without its request being read, and closed.
+//! - **Overall cap.** At most `max` connections. At the cap, before the next accept, the oldest
+//!   idle connections — no request being read or handled; one that never sent a byte is idle
+//!   since it was accepted — are asked to close, [`EVICT_BATCH`] at a time (hyper's graceful
+//!   shutdown: an answer being written is finished first). A flood of idle connections thus
+//!   costs its own oldest ones, not fresh clients. **If every connection is busy**, nothing
+//!   more is accepted until one closes or becomes idle: new clients wait in the kernel's listen
+//!   backlog (each busy connection is bounded by the read deadline plus the time its request
+//!   takes to handle), and the kernel refuses them only when that backlog is full.
+//!
+//! Cost per request: two relaxed atomic stores and one clock reading (the connection's busy or
+//! idle stamp) and one relaxed load; no lock. The registry's maps are touched per connection.
+
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, Ipv6Addr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use dashmap::mapref::entry::Entry;
+use dashmap::DashMap;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Notify;
+
+use crate::extract::RequestIds;
+use crate::metrics::{ConnClose, FrontMetrics};
+use crate::problem::Problem;
+
+/// Idle connections asked to close per search at the cap: the search walks every connection,
+/// so it is paid once per this many new connections, not once per connection.
+pub const EVICT_BATCH: usize = 16;
+
+/// At the cap with every connection busy, the accept loop looks again at least this often.
+const RECHECK: Duration = Duration::from_millis(100);
+
+/// The keep-alive idle timeout: a connection with no request for this long is closed. (hyper's
+/// `header_read_timeout`, which runs from the end of the previous answer.)
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The limits, as configured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Open connections at most.
+    pub max: usize,
+    /// Open connections per client address at most.
+    pub max_per_address: usize,
+    /// A request's head and body must arrive within this of its first byte.
+    pub read_timeout: Duration,
+}
+
+/// No request being read or handled.
+const IDLE: u8 = 0;
+/// A request's head is being read.
+const HEAD: u8 = 1;
+/// A request is being handled (its body read, its answer made).
+const HANDLING: u8 = 2;
+
+/// One connection's state, shared by its I/O wrapper, its request handler and the registry.
+/// Only the connection's own task changes `phase` and `since`; the registry reads them.
+#[derive(Debug)]
+pub struct Conn {
+    address: IpAddr,
+    epoch: Instant,
+    phase: AtomicU8,
+    /// Nanoseconds since `epoch`: when the connection became idle (`IDLE`), or when the
+    /// request's first byte was read (`HEAD`, `HANDLING`).
+    since: AtomicU64,
+    /// Asked to close to make room (counted out of the cap already).
+    evicted: AtomicBool,
+    /// A request missed its read deadline (answered 408).
+    timed_out: AtomicBool,
+    close: Notify,
+}
+
+impl Conn {
+    fn new(address: IpAddr, epoch: Instant) -> Self {
+        Self {
+            address,
+            epoch,
+            phase: AtomicU8::new(IDLE),
+            since: AtomicU64::new(stamp(epoch, Instant::now())),
+            evicted: AtomicBool::new(false),
+            timed_out: AtomicBool::new(false),
+            close: Notify::new(),
+        }
+    }
+
+    fn phase(&self) -> u8 {
+        self.phase.load(Ordering::Relaxed)
+    }
+
+    fn since(&self) -> Instant {
+        self.epoch + Duration::from_nanos(self.since.load(Ordering::Relaxed))
+    }
+
+    /// The first byte of a request was read.
+    fn head_started(&self) {
+        self.since.store(stamp(self.epoch, Instant::now()), Ordering::Relaxed);
+        self.phase.store(HEAD, Ordering::Relaxed);
+    }
+
+    /// hyper has the request's head and calls the handler: returns when the request started
+    /// (its first byte; now for a request read whole with the previous one).
+    pub fn begin_request(&self) -> Instant {
+        let start = if self.phase() == HEAD {
+            self.since()
+        } else {
+            let now = Instant::now();
+            self.since.store(stamp(self.epoch, now), Ordering::Relaxed);
+            now
+        };
+        self.phase.store(HANDLING, Ordering::Relaxed);
+        start
+    }
+
+    /// The handler has answered: the connection is idle from now (hyper still writes the
+    /// answer; a graceful close lets it finish).
+    pub fn end_request(&self) {
+        self.since.store(stamp(self.epoch, Instant::now()), Ordering::Relaxed);
+        self.phase.store(IDLE, Ordering::Relaxed);
+    }
+
+    /// A request missed its read deadline: the connection closes after the 408.
+    pub fn mark_timed_out(&self) {
+        self.timed_out.store(true, Ordering::Relaxed);
+    }
+
+    /// Resolves when the registry asks this connection to close (eviction).
+    pub async fn evicted(&self) {
+        self.close.notified().await;
+    }
+
+    /// Why it closed, given how hyper's connection ended and whether the server was shutting
+    /// down.
+    pub fn close_reason(&self, result: &Result<(), hyper::Error>, shutting_down: bool) -> ConnClose {
+        if self.timed_out.load(Ordering::Relaxed) {
+            ConnClose::ReadTimeout
+        } else if self.evicted.load(Ordering::Relaxed) {
+            ConnClose::Evicted
+        } else if shutting_down {
+            ConnClose::Shutdown
+        } else {
+            match result {
+                Ok(()) => ConnClose::Done,
+                Err(e) if e.is_timeout() => ConnClose::IdleTimeout,
+                Err(_) => ConnClose::Error,
+            }
+        }
+    }
+}
+
+/// Nanoseconds of `t` since `epoch`.
+fn stamp(epoch: Instant, t: Instant) -> u64 {
+    u64::try_from(t.saturating_duration_since(epoch).as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// What the per-address cap counts: an IPv4 address (IPv4-mapped IPv6 included), or an IPv6
+/// /64.
+fn address_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+    }
+}
+
+/// Every open connection: the caps, and the choice of which idle one closes.
+#[derive(Debug)]
+pub struct Connections {
+    limits: Limits,
+    epoch: Instant,
+    next_id: AtomicU64,
+    all: DashMap<u64, Arc<Conn>>,
+    per_address: DashMap<IpAddr, usize>,
+    /// Open connections not asked to close: what the overall cap counts (and `per_address`,
+    /// per address).
+    live: AtomicUsize,
+    /// The accept loop waits for a connection to close or become idle.
+    waiting: AtomicBool,
+    changed: Notify,
+    /// Request ids of the answers written below hyper (408 on a head, 503 at accept).
+    ids: RequestIds,
+    metrics: FrontMetrics,
+}
+
+/// A connection's id in the registry (its entry is removed when it closes).
+#[derive(Debug)]
+pub struct Admitted {
+    id: u64,
+    pub conn: Arc<Conn>,
+}
+
+impl Connections {
+    pub fn new(limits: Limits, metrics: FrontMetrics) -> Self {
+        Self {
+            limits: Limits { max_per_address: limits.max_per_address.min(limits.max), ..limits },
+            epoch: Instant::now(),
+            next_id: AtomicU64::new(0),
+            all: DashMap::new(),
+            per_address: DashMap::new(),
+            live: AtomicUsize::new(0),
+            waiting: AtomicBool::new(false),
+            changed: Notify::new(),
+            ids: RequestIds::new(),
+            metrics,
+        }
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// hyper's `header_read_timeout`: the idle timeout, and never shorter than a request's read
+    /// deadline (which must fire first for a head that started at once).
+    pub fn idle_timeout(&self) -> Duration {
+        IDLE_TIMEOUT.max(self.limits.read_timeout)
+    }
+
+    /// Waits until one more connection may be accepted: below the cap, or once idle
+    /// connections were asked to close to make room.
+    pub async fn room(&self) {
+        loop {
+            if self.live.load(Ordering::Acquire) < self.limits.max || self.evict_idle() > 0 {
+                return;
+            }
+            // Every connection is busy. Announce the wait, then look again (one may have
+            // become idle or closed in between: its notification is kept as a permit).
+            self.waiting.store(true, Ordering::SeqCst);
+            if self.live.load(Ordering::Acquire) < self.limits.max || self.evict_idle() > 0 {
+                self.waiting.store(false, Ordering::Relaxed);
+                return;
+            }
+            // The hot path announces an idle connection with a relaxed load of `waiting` (no
+            // fence per request), which may miss this wait: look again after a while anyway.
+            let _ = tokio::time::timeout(RECHECK, self.changed.notified()).await;
+            self.waiting.store(false, Ordering::Relaxed);
+        }
+    }
+
+    /// Asks up to [`EVICT_BATCH`] of the oldest idle connections to close; returns how many.
+    fn evict_idle(&self) -> usize {
+        // The oldest idle ones: a max-heap on `since` holding the batch's youngest on top.
+        let mut oldest: std::collections::BinaryHeap<(u64, u64)> = std::collections::BinaryHeap::new();
+        for e in self.all.iter() {
+            let c = e.value();
+            if c.phase() != IDLE || c.evicted.load(Ordering::Relaxed) {
+                continue;
+            }
+            let since = c.since.load(Ordering::Relaxed);
+            if oldest.len() < EVICT_BATCH {
+                oldest.push((since, *e.key()));
+            } else if oldest.peek().is_some_and(|&(youngest, _)| since < youngest) {
+                oldest.pop();
+                oldest.push((since, *e.key()));
+            }
+        }
+        let mut n = 0;
+        for (_, id) in oldest {
+            let Some(c) = self.all.get(&id).map(|e| e.value().clone()) else { continue };
+            // A connection that became busy since the scan still closes gracefully (its request
+            // is answered first). Counted out of both caps now, once, so the connection it
+            // makes room for is admitted even if it comes from the same address.
+            if !c.evicted.swap(true, Ordering::AcqRel) {
+                self.leave(c.address);
+                c.close.notify_one();
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// A connection just accepted from `peer`: registered, or, over the per-address cap,
+    /// answered 503 without reading its request (`stream` is then dropped by the caller).
+    pub fn admit(&self, stream: &tokio::net::TcpStream, peer: IpAddr) -> Option<Admitted> {
+        self.metrics.connections_accepted.inc();
+        let address = address_key(peer);
+        match self.per_address.entry(address) {
+            Entry::Occupied(o) if *o.get() >= self.limits.max_per_address => {
+                drop(o);
+                self.metrics.closed(ConnClose::PerAddressLimit);
+                // Best effort on a fresh socket (its send buffer takes these few hundred bytes
+                // at once); nothing waits for it.
+                let answer = Problem::too_many_connections().into_http1_close(&self.ids.next());
+                let _ = stream.try_write(&answer);
+                return None;
+            }
+            Entry::Occupied(mut o) => *o.get_mut() += 1,
+            Entry::Vacant(v) => {
+                v.insert(1);
+            }
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let conn = Arc::new(Conn::new(address, self.epoch));
+        self.all.insert(id, conn.clone());
+        self.live.fetch_add(1, Ordering::AcqRel);
+        self.metrics.connections_open.inc();
+        Some(Admitted { id, conn })
+    }
+
+    /// Counts a connection out of the caps (when it closes, or earlier when it is evicted).
+    fn leave(&self, address: IpAddr) {
+        if let Entry::Occupied(mut o) = self.per_address.entry(address) {
+            *o.get_mut() -= 1;
+            if *o.get() == 0 {
+                o.remove();
+            }
+        }
+        self.live.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// A connection closed for `reason`.
+    pub fn release(&self, a: &Admitted, reason: ConnClose) {
+        self.all.remove(&a.id);
+        if !a.conn.evicted.load(Ordering::Acquire) {
+            self.leave(a.conn.address);
+        }
+        self.metrics.connections_open.dec();
+        self.metrics.closed(reason);
+        self.changed.notify_one();
+    }
+
+    /// A request was answered: its connection is idle, which the accept loop may be waiting
+    /// for (one relaxed load otherwise).
+    pub fn request_ended(&self) {
+        if self.waiting.load(Ordering::Relaxed) {
+            self.changed.notify_one();
+        }
+    }
+
+    fn timeout_answer(&self) -> Vec<u8> {
+        Problem::request_timeout(self.limits.read_timeout).into_http1_close(&self.ids.next())
+    }
+}
+
+/// A connection's I/O as hyper sees it, with the read deadline of request heads (see the
+/// module docs). After a deadline passed, every read and write fails, so hyper drops the
+/// connection without writing anything of its own after the 408.
+#[derive(Debug)]
+pub struct Guarded<I> {
+    io: I,
+    conn: Arc<Conn>,
+    app: Arc<crate::app::App>,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The timer is set for the current head.
+    armed: bool,
+    /// hyper wrote bytes it has not flushed yet: an answer is on its way out, and a 408 must
+    /// not be written into the middle of it.
+    unflushed: bool,
+    failed: bool,
+}
+
+impl<I> Guarded<I> {
+    pub fn new(io: I, conn: Arc<Conn>, app: Arc<crate::app::App>) -> Self {
+        Self { io, conn, app, timer: None, armed: false, unflushed: false, failed: false }
+    }
+}
+
+fn deadline_passed() -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, "the request's read deadline passed")
+}
+
+impl<I: AsyncRead + AsyncWrite + Unpin> Guarded<I> {
+    /// A head is incomplete and no more bytes are there: waits for them until its deadline.
+    fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let timeout = self.app.connections.limits.read_timeout;
+        if !self.armed {
+            let deadline = tokio::time::Instant::from_std(self.conn.since() + timeout);
+            match &mut self.timer {
+                Some(t) => t.as_mut().reset(deadline),
+                None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
+            self.armed = true;
+        }
+        let elapsed = self.timer.as_mut().is_some_and(|t| t.as_mut().poll(cx).is_ready());
+        if elapsed {
+            self.time_out(cx)
+        } else {
+            Poll::Pending
+        }
+    }
+
+    /// Answers 408 and fails the connection.
+    fn time_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.failed = true;
+        self.conn.mark_timed_out();
+        if !self.unflushed {
+            let answer = self.app.connections.timeout_answer();
+            // Nothing else is queued on the socket: its send buffer takes the answer whole, or
+            // the client is not reading and gets no answer.
+            let _ = Pin::new(&mut self.io).poll_write(cx, &answer);
+            let _ = Pin::new(&mut self.io).poll_shutdown(cx);
+        }
+        // Take in what the client already sent: closing a socket with unread bytes resets the
+        // connection, which can make the client's kernel drop the answer before it is read.
+        let mut scratch = [0u8; 4096];
+        for _ in 0..16 {
+            let mut b = ReadBuf::new(&mut scratch);
+            match Pin::new(&mut self.io).poll_read(cx, &mut b) {
+                Poll::Ready(Ok(())) if !b.filled().is_empty() => continue,
+                _ => break,
+            }
+        }
+        Poll::Ready(Err(deadline_passed()))
+    }
+}
+
+impl<I: AsyncWrite + Unpin> Guarded<I> {
+    /// A write of hyper's, unless the connection failed; notes that bytes went out unflushed.
+    fn write_with(&mut self, write: impl FnOnce(Pin<&mut I>) -> Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
+        if self.failed {
+            return Poll::Ready(Err(deadline_passed()));
+        }
+        let r = write(Pin::new(&mut self.io));
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.unflushed = true;
+        }
+        r
+    }
+}
+
+impl<I: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guarded<I> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.failed {
+            return Poll::Ready(Err(deadline_passed()));
+        }
+        let before = buf.filled().len();
+        match Pin::new(&mut this.io).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if buf.filled().len() > before && this.conn.phase() == IDLE {
+                    this.conn.head_started();
+                    this.armed = false;
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending if this.conn.phase() == HEAD => this.poll_deadline(cx),
+            other => other,
+        }
+    }
+}
+
+impl<I: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Guarded<I> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        self.get_mut().write_with(|io| io.poll_write(cx, buf))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.get_mut().write_with(|io| io.poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.failed {
+            return Poll::Ready(Err(deadline_passed()));
+        }
+        // hyper flushes the socket once its own buffer is written out: the answer is gone.
+        let r = Pin::new(&mut this.io).poll_flush(cx);
+        if matches!(r, Poll::Ready(Ok(()))) {
+            this.unflushed = false;
+        }
+        r
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn per_address_keys() {
+        let k = |s: &str| address_key(s.parse().unwrap()).to_string();
+        assert_eq!(k("192.0.2.7"), "192.0.2.7");
+        assert_eq!(k("::ffff:192.0.2.7"), "192.0.2.7");
+        assert_eq!(k("2001:db8:1:2:3:4:5:6"), "2001:db8:1:2::");
+        assert_eq!(k("2001:db8:1:2:ffff::1"), "2001:db8:1:2::");
+    }
+}
