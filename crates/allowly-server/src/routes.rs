@@ -356,12 +356,18 @@ fn secret_answer(created: &CreatedApiKey) -> Result<Resp, Problem> {
 /// rotation whose answer was lost bears the key that rotation revoked, and gets the first
 /// answer (`Engine::replay_admin_key_rotation`); anything else is the usual 401. The token
 /// file is not written again: it may hold a newer key by now.
-async fn replay_admin_key_rotation(app: &App, parts: &Parts, body: Incoming, secret: &str) -> Result<Resp, Problem> {
+async fn replay_admin_key_rotation(
+    app: &App,
+    parts: &Parts,
+    body: Incoming,
+    limit: extract::BodyLimits,
+    secret: &str,
+) -> Result<Resp, Problem> {
     let unauthenticated = || Problem::unauthenticated("unknown or revoked API key");
     let Some(key) = extract::idempotency_key(&parts.headers)? else { return Err(unauthenticated()) };
     let first = app.engine.replay_admin_key_rotation(secret, key).await?.ok_or_else(unauthenticated)?;
     // The same request has no body, as the first one had.
-    extract::empty_body(&parts.headers, body, app.body_limit).await?;
+    extract::empty_body(&parts.headers, body, limit).await?;
     secret_answer(&first)
 }
 
@@ -397,6 +403,11 @@ async fn handle(
 ) -> Result<Resp, Problem> {
     let engine = &app.engine;
     let access = t.route.access();
+    let limit = extract::BodyLimits {
+        size: app.body_limit,
+        deadline: read_deadline,
+        timeout: app.connections.limits().read_timeout,
+    };
     let mut caller = None;
     let ws = if access == Access::Public {
         t.ws.map(str::to_owned)
@@ -404,7 +415,7 @@ async fn handle(
         let secret = auth::bearer(&parts.headers)?;
         let Some(principal) = engine.authenticate(secret)? else {
             if t.route == Route::AdminKeyRotate {
-                return replay_admin_key_rotation(app, parts, body, secret).await;
+                return replay_admin_key_rotation(app, parts, body, limit, secret).await;
             }
             return Err(Problem::unauthenticated("unknown or revoked API key"));
         };
@@ -417,11 +428,6 @@ async fn handle(
     let ws = || ws.as_deref().ok_or_else(|| Problem::internal(format!("route {} has no workspace", t.route.name())));
     let id = || t.id.ok_or_else(|| Problem::internal(format!("route {} has no id", t.route.name())));
     let h = &parts.headers;
-    let limit = extract::BodyLimits {
-        size: app.body_limit,
-        deadline: read_deadline,
-        timeout: app.connections.limits().read_timeout,
-    };
     let query = |known: &[&str]| Query::parse(parts.uri.query(), known);
     let idem = extract::idempotency_key(h)?;
 
