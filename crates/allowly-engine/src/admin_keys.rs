@@ -9,7 +9,8 @@ use allowly_store::{ApiKeyRecord, Op, Role, Store, WriteBatch};
 use crate::clock::now_ms;
 use crate::engine::{idempotency, instance_idem_op, not_found_if_invalid, Engine};
 use crate::error::{EngineError, Result};
-use crate::ids::{new_id, new_secret, secret_hash};
+use crate::ids::{is_secret_shaped, new_id, new_secret, open_secret, seal_secret, secret_hash};
+use crate::mailbox::Idem;
 use crate::model::{ApiKeyView, CreatedApiKey, Page, Principal};
 use crate::services::blocking;
 use crate::views;
@@ -33,6 +34,29 @@ fn new_admin_key(now: u64) -> Result<(ApiKeyRecord, String)> {
 
 fn is_live_admin(k: &ApiKeyRecord) -> bool {
     k.workspace_id.is_none() && k.revoked_at_ms.is_none() && k.roles.contains(&Role::Admin)
+}
+
+/// An instance admin key rotation as its `Idempotency-Key` record keeps it: the new key, and
+/// its secret sealed under the *old* key's secret — the one a repeat bears — so the database
+/// alone cannot reveal it (as for `create_api_key`).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SealedRotation {
+    key: ApiKeyView,
+    sealed_secret: String,
+}
+
+impl SealedRotation {
+    fn open(self, caller_secret: &str, idem: &Idem) -> Result<CreatedApiKey> {
+        Ok(CreatedApiKey { secret: open_secret(&self.sealed_secret, caller_secret, &idem.doc_id)?, key: self.key })
+    }
+}
+
+/// The request a rotation's `Idempotency-Key` stands for: "rotate the key with this secret".
+/// Named by the secret's hash, not the key's id, so that a repeat — whose key the first
+/// request revoked — is recognised without authenticating it; another caller's key is another
+/// request (`IdempotencyMismatch`).
+fn rotation_idem(key: Option<&str>, caller_secret: &str) -> Result<Option<Idem>> {
+    idempotency(key, "admin_key_rotate", &hex::encode(secret_hash(caller_secret)))
 }
 
 /// Break glass, with the server **stopped** (its store opened by the caller alone): revokes
@@ -67,9 +91,25 @@ impl Engine {
     /// created and the caller's is revoked, in one synced write, and the old one leaves the
     /// cache before this returns — so it is refused from the next request on. One rotation at a
     /// time (a second one with the same old key finds it revoked: `NotFound`).
-    pub async fn rotate_admin_key(&self, caller: &Principal) -> Result<CreatedApiKey> {
+    ///
+    /// With an `Idempotency-Key`, a repeat gets the first answer, new secret included, and no
+    /// second key is made: from the same caller while its key is still live (concurrent
+    /// duplicates), or, once the rotation revoked it, through
+    /// [`Engine::replay_admin_key_rotation`].
+    pub async fn rotate_admin_key(
+        &self,
+        caller: &Principal,
+        caller_secret: &str,
+        idem: Option<&str>,
+    ) -> Result<CreatedApiKey> {
         let s = self.shared();
+        let idem = rotation_idem(idem, caller_secret)?;
         let _one_at_a_time = s.instance_idem.lock().await;
+        if let Some(i) = &idem {
+            if let Some(first) = self.instance_replay::<SealedRotation>(i).await? {
+                return first.open(caller_secret, i);
+            }
+        }
         let (store, id) = (s.store.clone(), caller.key_id.clone());
         let old = blocking(move || Ok(store.api_key_by_id(None, &id)?)).await?;
         let Some(mut old) = old.filter(is_live_admin) else {
@@ -80,13 +120,47 @@ impl Engine {
         let key = views::api_key(&record)?;
         let old_hash = old.key_hash;
         old.revoked_at_ms = Some(now);
-        let written = self.write(vec![Op::PutApiKey(record), Op::PutApiKey(old)]).await;
+        let mut ops = vec![Op::PutApiKey(record), Op::PutApiKey(old)];
+        if let Some(i) = idem {
+            let sealed =
+                SealedRotation { key: key.clone(), sealed_secret: seal_secret(&secret, caller_secret, &i.doc_id)? };
+            ops.push(instance_idem_op(i, &sealed)?);
+        }
+        let written = self.write(ops).await;
         // Whatever the outcome (a write may have landed before its error), the old key leaves
         // the cache: at worst it is read from the store again.
         s.api_keys.revoked(&old_hash);
         written?;
         tracing::info!(old = %caller.key_id, new = %key.id, "instance admin key rotated");
         Ok(CreatedApiKey { key, secret })
+    }
+
+    /// The first answer to a keyed rotation whose bearer `caller_secret` that rotation revoked
+    /// (the answer was lost, the client repeats): `None` when there is no such live record —
+    /// the caller then gets the usual 401. Nothing else accepts a revoked key. Only the bearer
+    /// of the old secret who also holds the `Idempotency-Key` gets the new secret, for the
+    /// idempotency window: what a lost answer needs, and no more than that pair already had.
+    pub async fn replay_admin_key_rotation(&self, caller_secret: &str, key: &str) -> Result<Option<CreatedApiKey>> {
+        if !is_secret_shaped(caller_secret) {
+            return Ok(None);
+        }
+        // A malformed key answers no record: the usual 401, not a 400 to an unknown caller.
+        let Ok(Some(idem)) = rotation_idem(Some(key), caller_secret) else { return Ok(None) };
+        let _one_at_a_time = self.shared().instance_idem.lock().await;
+        match self.instance_replay::<SealedRotation>(&idem).await {
+            Ok(Some(first)) => first.open(caller_secret, &idem).map(Some),
+            // Another request's record: nothing this caller may see.
+            Ok(None) | Err(EngineError::IdempotencyMismatch) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// How many instance admin keys are live (not revoked): `allowly serve` mints one at start
+    /// only when there is none.
+    pub async fn live_admin_keys(&self) -> Result<usize> {
+        let store = self.shared().store.clone();
+        let keys = blocking(move || Ok(store.instance_api_keys(MAX_INSTANCE_KEYS)?)).await?;
+        Ok(keys.iter().filter(|k| is_live_admin(k)).count())
     }
 
     /// Every instance admin key, revoked ones too, in id order (no secrets): what an operator

@@ -29,6 +29,12 @@ pub struct EngineConfig {
     /// closed with 503). This is the fail-closed window: after the signer stops answering,
     /// checks are still acknowledged (durable, pending receipt) for up to this long.
     pub signer_timeout: Duration,
+    /// Longest a workspace key rotation waits for the signing pipeline to sign that
+    /// workspace's log up to the rotation's index (it is woken as the pipeline signs, not
+    /// polled). Past it the rotation fails with `SignerUnavailable` (HTTP 503
+    /// `signer_unavailable`, `Retry-After: 1`), nothing reserved or changed. The workspace's
+    /// other requests wait in its mailbox meanwhile, so this also bounds their extra wait.
+    pub rotation_drain_timeout: Duration,
     /// The directory whose file system's free space is watched (the store's); `None` watches
     /// nothing (in-memory stores, tests).
     pub data_volume: Option<std::path::PathBuf>,
@@ -82,6 +88,9 @@ impl Default for EngineConfig {
             sign_batch_delay: Duration::from_millis(10),
             max_cached_authorizations: 200_000,
             signer_timeout: Duration::from_secs(2),
+            // A backlog the pipeline signs in well under a second at the knee; longer means
+            // the signer is stalled, and the workspace's checks are waiting behind it.
+            rotation_drain_timeout: Duration::from_secs(10),
             data_volume: None,
             min_free_disk: None,
             max_unsigned_age: Duration::from_secs(60),

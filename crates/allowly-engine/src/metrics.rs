@@ -133,6 +133,12 @@ pub struct Metrics {
     pub workspaces_diverged: IntGauge,
     /// Requests refused because their workspace's log diverged from the signer's.
     pub diverged_refusals: IntCounter,
+    /// Workspace key rotation attempts by `outcome` ([`KEY_ROTATION_OUTCOMES`]); the finishing
+    /// of an interrupted rotation counts as an attempt too.
+    pub key_rotations: IntCounterVec,
+    /// Duration of the last rotation that finished, from its start (including the wait for the
+    /// pipeline) to its synced write; 0 before the first.
+    pub key_rotation_last_seconds: Gauge,
     /// Escalations waiting for an approver (their due index, counted at scrape time).
     pub escalations_pending: IntGauge,
     /// Confirmation nonces neither answered nor expired (their due index, counted at scrape
@@ -148,6 +154,15 @@ pub struct Metrics {
     store: Arc<[StoreGauge]>,
     store_stats: Arc<Mutex<EngineStats>>,
 }
+
+/// The `outcome` label of `allowly_engine_key_rotations_total`, a closed set:
+/// `rotated`; `drain_timeout` (the log was not signed up to the rotation's index within
+/// `rotation_drain_timeout`: nothing reserved); `refused` (the signer answered with an error or
+/// busy: the reservation is cleared); `unfinished` (no answer from the signer, or one that could
+/// not be stored: the index stays reserved and the rotation is finished later); `failed` (a
+/// store error before the reservation, or an answer that does not check: the workspace is then
+/// marked diverged).
+pub const KEY_ROTATION_OUTCOMES: [&str; 5] = ["rotated", "drain_timeout", "refused", "unfinished", "failed"];
 
 fn pow2(start: f64, n: usize) -> Vec<f64> {
     exponential_buckets(start, 2.0, n).unwrap_or_default()
@@ -333,6 +348,16 @@ impl Metrics {
                 "Requests refused because their workspace's log disagrees with the signer's",
             )
             .expect("static metric definition"),
+            key_rotations: IntCounterVec::new(
+                Opts::new("allowly_engine_key_rotations_total", "Workspace key rotation attempts by outcome"),
+                &["outcome"],
+            )
+            .expect("static metric definition"),
+            key_rotation_last_seconds: Gauge::new(
+                "allowly_engine_key_rotation_last_seconds",
+                "Duration of the last workspace key rotation that finished (0 before the first)",
+            )
+            .expect("static metric definition"),
             escalations_pending: IntGauge::new(
                 "allowly_engine_escalations_pending",
                 "Escalations waiting for an approver (every workspace)",
@@ -376,6 +401,9 @@ impl Metrics {
         for kind in ["unavailable", "storage", "error"] {
             m.signer_errors.with_label_values(&[kind]);
         }
+        for outcome in KEY_ROTATION_OUTCOMES {
+            m.key_rotations.with_label_values(&[outcome]);
+        }
         for kind in HitlKind::ALL {
             for outcome in HitlOutcome::ALL {
                 m.hitl_answers.with_label_values(&[kind.label(), outcome.label()]);
@@ -402,7 +430,7 @@ impl Metrics {
     }
 
     /// Every metric but the store's gauges.
-    fn parts(&self) -> [&dyn Collector; 33] {
+    fn parts(&self) -> [&dyn Collector; 35] {
         [
             &self.decisions,
             &self.overloaded,
@@ -437,6 +465,8 @@ impl Metrics {
             &self.confirmations_pending,
             &self.hitl_answers,
             &self.signer_metrics_age_seconds,
+            &self.key_rotations,
+            &self.key_rotation_last_seconds,
         ]
     }
 

@@ -31,7 +31,7 @@
 //! nothing fails closed) nor for a divergence; only a signer that does not answer is down.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -51,7 +51,7 @@ use crate::receipts::{key_records, verifier};
 use crate::services::{blocking, Services};
 
 mod rotation;
-pub(crate) use rotation::rotate;
+pub(crate) use rotation::{count as count_rotation, rotate};
 
 /// Running pipeline tasks by workspace; each gets the workspace's committed log size.
 #[derive(Debug, Default)]
@@ -262,13 +262,31 @@ const MAX_MARKS: usize = 4096;
 struct Progress {
     signed: AtomicU64,
     marks: Mutex<VecDeque<(u64, Instant)>>,
-    /// Woken whenever `signed` moves (a key rotation waits for the log to be signed up to it).
+    /// Woken whenever `signed` moves, the task ends, or it stops on a divergence (a key
+    /// rotation waits on it for the log to be signed up to its index).
     moved: tokio::sync::Notify,
+    /// Set (before `moved` is woken) when the task has ended: a waiter looks for its successor.
+    ended: AtomicBool,
 }
 
 impl Default for Progress {
     fn default() -> Self {
-        Self { signed: AtomicU64::new(NOT_LOADED), marks: Mutex::default(), moved: tokio::sync::Notify::new() }
+        Self {
+            signed: AtomicU64::new(NOT_LOADED),
+            marks: Mutex::default(),
+            moved: tokio::sync::Notify::new(),
+            ended: AtomicBool::new(false),
+        }
+    }
+}
+
+/// Marks its task's [`Progress`] ended when the task returns (or panics), whichever way.
+struct EndsProgress(Arc<Progress>);
+
+impl Drop for EndsProgress {
+    fn drop(&mut self) {
+        self.0.ended.store(true, Ordering::Release);
+        self.0.moved.notify_waiters();
     }
 }
 
@@ -355,6 +373,7 @@ async fn run(
     progress: Arc<Progress>,
     fresh: Arc<Mutex<Fresh>>,
 ) {
+    let _ends = EndsProgress(progress.clone());
     let mut backoff = Duration::from_millis(20);
     let mut st = loop {
         match Signing::load(&shared, &ws, fresh.clone()) {
@@ -423,6 +442,8 @@ async fn run(
             }
             Err(Stop::Diverged(why)) => {
                 shared.diverged.mark(&ws, Divergence::Forked, &why, &shared.metrics);
+                // A rotation waiting for this log sees the divergence now, not at its bound.
+                progress.moved.notify_waiters();
                 // Stay registered (so no new task starts) and sign nothing more, until `resync`
                 // removes this task's slot (its sender drops) or the engine goes away.
                 while rx.changed().await.is_ok() {}

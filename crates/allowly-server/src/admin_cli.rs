@@ -9,13 +9,10 @@
 //! signer a leaf ahead whose body the store lacks. The server reserves the index, has the
 //! signer rotate there, and stores the receipt (`allowly_engine`'s `actor/rotation.rs`).
 //!
-//! The client is a minimal HTTP/1.1 one over a plain TCP connection (the API listens on
-//! loopback or behind a TLS terminator): one request, `Connection: close`, the answer read to
-//! its end. Answers go to stdout as the server sent them; a problem document makes the command
-//! fail with it.
+//! The client (`http_client`) speaks `http://` (the API on loopback) and `https://` (the API
+//! behind a TLS terminator; Mozilla's roots, or `--ca-file`). Answers go to stdout as the
+//! server sent them; a problem document makes the command fail with it.
 
-use std::io::{Read as _, Write as _};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -27,9 +24,14 @@ use crate::serve::ServeError;
 /// Where the running server is and how to authenticate to it.
 #[derive(Debug, Args)]
 pub struct ServerArgs {
-    /// The server's API address.
+    /// The server's API address: http://HOST[:PORT], or https://HOST[:PORT] for a server
+    /// behind a TLS terminator (its certificate checked against Mozilla's roots, or --ca-file).
     #[arg(long, env = "ALLOWLY_URL", default_value = "http://127.0.0.1:8080", value_name = "URL")]
     pub url: String,
+    /// With an https:// URL: trust only the CA certificates in this PEM file (a private CA or a
+    /// self-signed terminator) instead of Mozilla's roots.
+    #[arg(long, env = "ALLOWLY_CA_FILE", value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
     /// File holding the instance admin key [default: ./allowly-data/admin-token].
     #[arg(long, env = "ALLOWLY_ADMIN_TOKEN_FILE", value_name = "FILE")]
     pub token_file: Option<PathBuf>,
@@ -167,32 +169,15 @@ impl ServerArgs {
 
     /// `method path` with no body; the answer's body when it is a 2xx.
     fn call(&self, method: &str, path: &str) -> Result<String, ServeError> {
-        let token = self.token()?;
-        let authority = self
-            .url
-            .strip_prefix("http://")
-            .map(|rest| rest.trim_end_matches('/'))
-            .filter(|a| !a.is_empty() && !a.contains('/'))
-            .ok_or_else(|| invalid(format!("--url must be http://HOST:PORT, not {:?}", self.url)))?;
-        let io = |what: &str| {
-            let what = format!("{what} {}", self.url);
-            move |source| ServeError::Io { what, source }
-        };
-        let mut conn = TcpStream::connect(authority).map_err(io("connecting to"))?;
-        conn.set_read_timeout(Some(TIMEOUT)).map_err(io("connecting to"))?;
-        let request = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {authority}\r\nAuthorization: Bearer {token}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-        );
-        conn.write_all(request.as_bytes()).map_err(io("sending to"))?;
-        let mut answer = Vec::new();
-        conn.read_to_end(&mut answer).map_err(io("reading the answer of"))?;
-        let text = String::from_utf8_lossy(&answer);
-        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-        let status = head.split(' ').nth(1).and_then(|s| s.parse::<u16>().ok()).unwrap_or(0);
-        if (200..300).contains(&status) {
-            Ok(body.to_owned())
-        } else {
-            Err(ServeError::Remote { status, body: body.to_owned() })
+        let auth = format!("Bearer {}", self.token()?);
+        crate::http_client::Request {
+            url: &self.url,
+            ca_file: self.ca_file.as_deref(),
+            method,
+            path,
+            headers: &[("Authorization", &auth)],
+            timeout: TIMEOUT,
         }
+        .send()
     }
 }

@@ -40,7 +40,7 @@ pub const DEFAULT_REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(10);
 const AFTER_HELP: &str = "\
 Every option can also be set by its environment variable or in the TOML file given by --config
 (keys: data_dir, listen, signer_socket, signer_bin, signer_keystore, pkcs11_module, pkcs11_token_label,
-pkcs11_pin_file, signer_max_in_flight, signer_timeout_ms, min_free_disk,
+pkcs11_pin_file, signer_max_in_flight, signer_timeout_ms, rotation_drain_timeout_ms, min_free_disk,
 max_unsigned_age_ms, max_cached_authorizations, idle_timeout_ms, memory_high_water_mib, body_limit,
 max_connections, max_connections_per_address, request_read_timeout_ms, metrics_token_file,
 rate_limit_per_second, rate_limit_burst, confirmation_ttl_ms,
@@ -248,6 +248,12 @@ pub struct ServeArgs {
     /// (the fail-closed window, 100..=10000) [default: 2000].
     #[arg(long, env = "ALLOWLY_SIGNER_TIMEOUT_MS", value_name = "MS")]
     pub signer_timeout_ms: Option<u64>,
+    /// Longest a workspace key rotation waits for that workspace's receipts to be signed up to
+    /// the rotation's index; past it the rotation answers 503 signer_unavailable, with a
+    /// Retry-After of 1 s, having changed nothing. The workspace's checks wait behind it
+    /// meanwhile (100..=300000) [default: 10000].
+    #[arg(long, env = "ALLOWLY_ROTATION_DRAIN_TIMEOUT_MS", value_name = "MS")]
+    pub rotation_drain_timeout_ms: Option<u64>,
     /// Free-space floor of the data volume, in bytes or with a unit (512MiB, 2GiB); below it
     /// receipt-producing calls fail closed [default: 256MiB or 1 % of the volume, whichever is larger].
     #[arg(long, env = "ALLOWLY_MIN_FREE_DISK", value_name = "SIZE", value_parser = parse_size)]
@@ -314,6 +320,7 @@ pub struct FileConfig {
     pub idle_timeout_ms: Option<u64>,
     pub memory_high_water_mib: Option<u64>,
     pub signer_timeout_ms: Option<u64>,
+    pub rotation_drain_timeout_ms: Option<u64>,
     /// Bytes, or a size as `--min-free-disk` takes it (`"512MiB"`).
     pub min_free_disk: Option<SizeSetting>,
     pub max_unsigned_age_ms: Option<u64>,
@@ -376,6 +383,8 @@ pub struct ServerConfig {
     pub memory_high_water: u64,
     /// The fail-closed window (see `EngineConfig::signer_timeout`).
     pub signer_timeout: Duration,
+    /// See `EngineConfig::rotation_drain_timeout`.
+    pub rotation_drain_timeout: Duration,
     /// `None`: the engine's default (256 MiB or 1 % of the volume).
     pub min_free_disk: Option<u64>,
     pub max_unsigned_age: Duration,
@@ -485,6 +494,13 @@ impl ServeArgs {
         if !(Duration::from_millis(100)..=Duration::from_secs(10)).contains(&signer_timeout) {
             return Err(ConfigError::OutOfRange("signer_timeout_ms", "100..=10000"));
         }
+        let rotation_drain_timeout =
+            ms(self.rotation_drain_timeout_ms, file.rotation_drain_timeout_ms, e.rotation_drain_timeout);
+        // Below 100 ms a rotation under any load would fail; above 5 min the workspace's checks
+        // would wait that long behind a stalled signer.
+        if !(Duration::from_millis(100)..=Duration::from_secs(300)).contains(&rotation_drain_timeout) {
+            return Err(ConfigError::OutOfRange("rotation_drain_timeout_ms", "100..=300000"));
+        }
         let max_unsigned_age = ms(self.max_unsigned_age_ms, file.max_unsigned_age_ms, e.max_unsigned_age);
         if !(Duration::from_secs(1)..=Duration::from_secs(24 * 3600)).contains(&max_unsigned_age) {
             return Err(ConfigError::OutOfRange("max_unsigned_age_ms", "1000..=86400000"));
@@ -540,6 +556,7 @@ impl ServeArgs {
             rate_limit,
             metrics_token,
             signer_timeout,
+            rotation_drain_timeout,
             max_unsigned_age,
             min_free_disk,
             signer_max_in_flight,
@@ -626,6 +643,7 @@ mod tests {
         assert_eq!(cfg.body_limit, DEFAULT_BODY_LIMIT);
         assert_eq!(cfg.webhooks, WebhookConfig::default());
         assert_eq!(cfg.signer_timeout, Duration::from_secs(2));
+        assert_eq!(cfg.rotation_drain_timeout, Duration::from_secs(10));
         assert_eq!(cfg.max_unsigned_age, Duration::from_secs(60));
         assert_eq!(cfg.min_free_disk, None);
         assert_eq!(
@@ -691,6 +709,13 @@ mod tests {
         assert_eq!(flags.resolve().unwrap().min_free_disk, Some(7));
         assert!(ServeArgs { signer_timeout_ms: Some(50), ..ServeArgs::default() }.resolve().is_err());
         assert!(ServeArgs { max_unsigned_age_ms: Some(10), ..ServeArgs::default() }.resolve().is_err());
+        for (ms, ok) in [(99, false), (100, true), (300_000, true), (300_001, false)] {
+            let r = ServeArgs { rotation_drain_timeout_ms: Some(ms), ..ServeArgs::default() }.resolve();
+            assert_eq!(r.map(|c| c.rotation_drain_timeout.as_millis()).ok(), ok.then_some(u128::from(ms)), "{ms}");
+        }
+        let f = file("rotation_drain_timeout_ms = 2500\n");
+        let cfg = ServeArgs { config: Some(f.path().to_owned()), ..ServeArgs::default() }.resolve().unwrap();
+        assert_eq!(cfg.rotation_drain_timeout, Duration::from_millis(2500));
         let bytes = file("min_free_disk = 1048576\n");
         let cfg = ServeArgs { config: Some(bytes.path().to_owned()), ..ServeArgs::default() }.resolve().unwrap();
         assert_eq!(cfg.min_free_disk, Some(1 << 20));

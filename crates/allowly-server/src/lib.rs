@@ -54,7 +54,8 @@
 //! # Modules
 //!
 //! [`admin_cli`] (`allowly workspace-key rotate`, `allowly admin-key rotate|revoke|reset`:
-//! operator commands that ask the running server, or reset offline), [`config`] (flags, env, file), [`backup`] (`POST /v1/admin/backup`, `allowly backup`, `allowly restore`), [`serve`] (start-up and shutdown order), [`isolation`]
+//! operator commands that ask the running server, or reset offline; their `http://` and
+//! `https://` client is [`http_client`]), [`config`] (flags, env, file), [`backup`] (`POST /v1/admin/backup`, `allowly backup`, `allowly restore`), [`serve`] (start-up and shutdown order), [`isolation`]
 //! (what happens when started as root: two users, privilege drop), [`signer_child`]
 //! (the embedded signer, its supervisor and its root keeper), [`http`] (accept loop, request ids, graceful
 //! drain), [`conn`] (read deadline, connection caps, idle eviction), [`ratelimit`] (per-API-key
@@ -70,6 +71,7 @@ pub mod config;
 pub mod conn;
 pub mod extract;
 pub mod http;
+pub mod http_client;
 pub mod isolation;
 pub mod layout;
 pub mod metrics;

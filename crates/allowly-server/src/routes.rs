@@ -5,7 +5,7 @@
 //! |---|---|---|---|
 //! | GET | `/healthz`, `/readyz`, `/metrics` | public (`/metrics`: the bearer token of `--metrics-token-file` if set) | `readiness`, `metrics_text` |
 //! | POST | `/v1/workspaces` | instance admin | `create_workspace` → 201 |
-//! | POST | `/v1/admin-key/rotate` | instance admin | `rotate_admin_key` (the caller's key replaced; the new secret shown once and written to `admin-token`) |
+//! | POST | `/v1/admin-key/rotate` | instance admin | `rotate_admin_key` (the caller's key replaced; the new secret shown once and written to `admin-token`; a keyed repeat bearing the revoked key gets the first answer: `replay_admin_key_rotation`) |
 //! | GET | `/v1/admin-keys` | instance admin | `admin_keys` (every instance admin key, revoked ones too; no secrets) |
 //! | POST | `/v1/admin-keys/{id}/revoke` | instance admin | `revoke_admin_key` (409 for the last one not revoked) |
 //! | GET | `/v1/workspaces/{ws}` | instance admin or read | `workspace` |
@@ -55,8 +55,8 @@
 //! `[A-Za-z0-9_-]{1,128}` match nothing (404).
 
 use allowly_engine::model::{
-    AuthorizationFilter, AuthorizationStatus, CheckRequest, ConfirmationAnswer, EscalationAnswer, ExportScope,
-    NewApiKey, NewAuthorization, NewWebhook, NewWorkspace, RateLimitSetting, ScopeRules,
+    AuthorizationFilter, AuthorizationStatus, CheckRequest, ConfirmationAnswer, CreatedApiKey, EscalationAnswer,
+    ExportScope, NewApiKey, NewAuthorization, NewWebhook, NewWorkspace, RateLimitSetting, ScopeRules,
 };
 use allowly_engine::{Engine, EngineError};
 use allowly_store::Role;
@@ -345,6 +345,32 @@ impl From<EngineError> for Problem {
 
 type Resp = Response<Full<Bytes>>;
 
+/// An answer that shows a secret: never cached.
+fn secret_answer(created: &CreatedApiKey) -> Result<Resp, Problem> {
+    let mut r = json(StatusCode::OK, created)?;
+    r.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(r)
+}
+
+/// `POST /v1/admin-key/rotate` from a key the server does not accept: the repeat of a keyed
+/// rotation whose answer was lost bears the key that rotation revoked, and gets the first
+/// answer (`Engine::replay_admin_key_rotation`); anything else is the usual 401. The token
+/// file is not written again: it may hold a newer key by now.
+async fn replay_admin_key_rotation(
+    app: &App,
+    parts: &Parts,
+    body: Incoming,
+    limit: extract::BodyLimits,
+    secret: &str,
+) -> Result<Resp, Problem> {
+    let unauthenticated = || Problem::unauthenticated("unknown or revoked API key");
+    let Some(key) = extract::idempotency_key(&parts.headers)? else { return Err(unauthenticated()) };
+    let first = app.engine.replay_admin_key_rotation(secret, key).await?.ok_or_else(unauthenticated)?;
+    // The same request has no body, as the first one had.
+    extract::empty_body(&parts.headers, body, limit).await?;
+    secret_answer(&first)
+}
+
 /// Routes and answers one request; returns the route (for metrics) and the response.
 /// `read_deadline`: when the request (head and body) must have arrived.
 pub async fn dispatch(
@@ -377,13 +403,22 @@ async fn handle(
 ) -> Result<Resp, Problem> {
     let engine = &app.engine;
     let access = t.route.access();
+    let limit = extract::BodyLimits {
+        size: app.body_limit,
+        deadline: read_deadline,
+        timeout: app.connections.limits().read_timeout,
+    };
     let mut caller = None;
     let ws = if access == Access::Public {
         t.ws.map(str::to_owned)
     } else {
         let secret = auth::bearer(&parts.headers)?;
-        let principal =
-            engine.authenticate(secret)?.ok_or_else(|| Problem::unauthenticated("unknown or revoked API key"))?;
+        let Some(principal) = engine.authenticate(secret)? else {
+            if t.route == Route::AdminKeyRotate {
+                return replay_admin_key_rotation(app, parts, body, limit, secret).await;
+            }
+            return Err(Problem::unauthenticated("unknown or revoked API key"));
+        };
         rate_limit(app, &principal)?;
         let ws = auth::authorize(&principal, access, t.ws)?;
         caller = Some((principal, secret));
@@ -393,11 +428,6 @@ async fn handle(
     let ws = || ws.as_deref().ok_or_else(|| Problem::internal(format!("route {} has no workspace", t.route.name())));
     let id = || t.id.ok_or_else(|| Problem::internal(format!("route {} has no id", t.route.name())));
     let h = &parts.headers;
-    let limit = extract::BodyLimits {
-        size: app.body_limit,
-        deadline: read_deadline,
-        timeout: app.connections.limits().read_timeout,
-    };
     let query = |known: &[&str]| Query::parse(parts.uri.query(), known);
     let idem = extract::idempotency_key(h)?;
 
@@ -418,15 +448,15 @@ async fn handle(
         }
         Route::AdminKeyRotate => {
             extract::empty_body(h, body, limit).await?;
-            let created = engine.rotate_admin_key(&caller()?.0).await?;
+            let (principal, secret) = caller()?;
+            let created = engine.rotate_admin_key(principal, secret, idem).await?;
             // The old key is already refused. The file follows; if it cannot be written the new
-            // secret is still in this answer (and the error in the log).
+            // secret is still in this answer (and the error in the log). A keyed repeat from a
+            // caller still live gets here too and writes the same secret again: harmless.
             if let Err(e) = crate::admin_token::replace(&app.admin_token, &created.secret) {
                 tracing::error!(path = %app.admin_token.display(), error = %e, "the rotated instance admin key could not be written to its file: it is only in the answer to this request");
             }
-            let mut r = json(StatusCode::OK, &created)?;
-            r.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-            Ok(r)
+            secret_answer(&created)
         }
         Route::AdminBackup => {
             extract::empty_body(h, body, limit).await?;

@@ -204,6 +204,7 @@ async fn serve_with_engine(
             memory_high_water: cfg.memory_high_water,
             webhook_destinations: cfg.webhooks.destinations,
             signer_timeout: cfg.signer_timeout,
+            rotation_drain_timeout: cfg.rotation_drain_timeout,
             data_volume: Some(data_dir.join(DB_DIR)),
             min_free_disk: cfg.min_free_disk,
             max_unsigned_age: cfg.max_unsigned_age,
@@ -228,8 +229,9 @@ async fn serve_with_engine(
             return Err(ServeError::Webhooks(e));
         }
     };
-    let token = match ensure_admin_token(&engine, data_dir).await {
-        Ok(t) => t,
+    let token = data_dir.join(ADMIN_TOKEN_FILE);
+    let token_file = match ensure_admin_token(&engine, data_dir).await {
+        Ok(present) => present,
         Err(e) => {
             engine.shutdown().await;
             worker.stop().await;
@@ -240,14 +242,25 @@ async fn serve_with_engine(
     // Machine-readable first line on stdout (tests and scripts parse it); the rest to stderr.
     println!("listening on http://{addr}");
     let _ = std::io::stdout().flush();
-    eprintln!(
-        "allowly: listening on http://{addr}\n\
-         allowly: instance admin key in {token} (mode 0600)\n\
-         allowly: create a workspace:\n  \
-         curl -sS -X POST http://{addr}/v1/workspaces -H \"Authorization: Bearer $(cat {token})\" \\\n    \
-         -H 'Content-Type: application/json' -d '{{\"name\": \"my app\"}}'",
-        token = shown_dir.join(token.file_name().unwrap_or_default()).display()
-    );
+    let shown_token = shown_dir.join(ADMIN_TOKEN_FILE);
+    if token_file {
+        eprintln!(
+            "allowly: listening on http://{addr}\n\
+             allowly: instance admin key in {token} (mode 0600)\n\
+             allowly: create a workspace:\n  \
+             curl -sS -X POST http://{addr}/v1/workspaces -H \"Authorization: Bearer $(cat {token})\" \\\n    \
+             -H 'Content-Type: application/json' -d '{{\"name\": \"my app\"}}'",
+            token = shown_token.display()
+        );
+    } else {
+        eprintln!(
+            "allowly: listening on http://{addr}\n\
+             allowly: no {token}: the instance admin key that is live was kept, no new one minted.\n\
+             allowly: if it is lost, stop the server and run `allowly admin-key reset --data-dir {dir}`",
+            token = shown_token.display(),
+            dir = shown_dir.display()
+        );
+    }
     tracing::info!(%addr, data_dir = %shown_dir.display(), key_isolation = isolation.label(), "allowly serving");
 
     let metrics = crate::metrics::HttpMetrics::new();
@@ -333,12 +346,32 @@ fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     })
 }
 
-/// The instance admin key file: created on first start (see `admin_token`), never overwritten
-/// at start.
-async fn ensure_admin_token(engine: &Engine, data_dir: &Path) -> Result<PathBuf, ServeError> {
+/// The instance admin key file: written with a new key at first start, never overwritten at
+/// start. A new key is minted only while the instance has no live instance admin key. When the
+/// file is missing but one is live, nothing is minted and the server starts without the file
+/// (`Ok(false)`), saying so: the file may be gone by accident (the key still works where it is
+/// kept, and a lost one is replaced by `allowly admin-key reset`, which also revokes it) or on
+/// purpose (an operator who keeps the token in a secret store and off this disk). Minting then,
+/// as earlier versions did, left a second live key that nobody asked for — the opposite of what
+/// the operator of a token that leaked wants — and refusing to start would punish keeping the
+/// token off the disk. A first start that crashed between storing its key and writing the file
+/// lands here too; the message names the way out.
+async fn ensure_admin_token(engine: &Engine, data_dir: &Path) -> Result<bool, ServeError> {
     let path = data_dir.join(ADMIN_TOKEN_FILE);
     if path.exists() {
-        return Ok(path);
+        return Ok(true);
+    }
+    let live = engine
+        .live_admin_keys()
+        .await
+        .map_err(|source| ServeError::Engine { what: "reading the instance admin keys", source })?;
+    if live > 0 {
+        tracing::warn!(
+            live,
+            path = %path.display(),
+            "no admin-token file, and the instance has a live instance admin key: none minted; if it is lost, stop the server and run `allowly admin-key reset`"
+        );
+        return Ok(false);
     }
     let key = engine
         .create_admin_key()
@@ -346,5 +379,5 @@ async fn ensure_admin_token(engine: &Engine, data_dir: &Path) -> Result<PathBuf,
         .map_err(|source| ServeError::Engine { what: "creating the instance admin key", source })?;
     crate::admin_token::create(&path, &key.secret).map_err(io(format!("creating {}", path.display())))?;
     tracing::info!(key_id = %key.key.id, path = %path.display(), "instance admin key created");
-    Ok(path)
+    Ok(true)
 }

@@ -69,7 +69,10 @@ impl WsState {
         };
         let s = &self.shared;
         let reserved = self.rotation_idem.clone();
-        match crate::pipeline::rotate(&s.services, &s.pipelines, &self.ws.id, at, reserved, record).await {
+        let started = std::time::Instant::now();
+        let out = crate::pipeline::rotate(&s.services, &s.pipelines, &self.ws.id, at, reserved, record).await;
+        crate::pipeline::count_rotation(&s.services, started, &out);
+        match out {
             Ok(answer) => {
                 self.next_index = at + 1;
                 self.rotation_at = None;

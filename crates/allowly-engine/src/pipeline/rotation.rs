@@ -27,7 +27,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::Instant;
 
 use allowly_receipt::merkle;
 use allowly_receipt::note::{self, NoteVerifier};
@@ -43,25 +43,41 @@ use crate::model::KeyRotation;
 use crate::receipts::{key_records, key_set, signed_envelope, verifier};
 use crate::services::{blocking, Services};
 
-/// Longest wait for the pipeline to sign what was committed before the rotation's index.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// Why a rotation did not finish, and whether it is settled: `false` when the signer may hold
-/// the rotation leaf (no answer), so the index must stay reserved.
+/// the rotation leaf (no answer), so the index must stay reserved. `outcome` is its label in
+/// `allowly_engine_key_rotations_total` (`metrics::KEY_ROTATION_OUTCOMES`).
 #[derive(Debug)]
 pub(crate) struct RotationFailed {
     pub error: EngineError,
     pub settled: bool,
+    outcome: &'static str,
 }
 
 impl RotationFailed {
     fn settled(error: EngineError) -> Self {
-        Self { error, settled: true }
+        Self { error, settled: true, outcome: "failed" }
     }
 
     fn unsettled(error: EngineError) -> Self {
-        Self { error, settled: false }
+        Self { error, settled: false, outcome: "unfinished" }
     }
+
+    fn labelled(self, outcome: &'static str) -> Self {
+        Self { outcome, ..self }
+    }
+}
+
+/// Counts a rotation attempt's outcome in `allowly_engine_key_rotations_total`; one that
+/// finished, begun at `started`, sets `allowly_engine_key_rotation_last_seconds`.
+pub(crate) fn count(shared: &Services, started: Instant, out: &std::result::Result<KeyRotation, RotationFailed>) {
+    let outcome = match out {
+        Ok(_) => {
+            shared.metrics.key_rotation_last_seconds.set(started.elapsed().as_secs_f64());
+            "rotated"
+        }
+        Err(failed) => failed.outcome,
+    };
+    shared.metrics.key_rotations.with_label_values(&[outcome]).inc();
 }
 
 /// Rotates workspace `ws`'s key with the `key.rotated` leaf at index `at` (see the module
@@ -78,7 +94,16 @@ pub(crate) async fn rotate(
     idem: Option<IdempotencyRef>,
     extra: impl FnOnce(&KeyRotation) -> Result<Vec<Op>>,
 ) -> std::result::Result<KeyRotation, RotationFailed> {
-    pipes.signed_up_to(shared, ws, at).await.map_err(RotationFailed::settled)?;
+    pipes.signed_up_to(shared, ws, at).await.map_err(|e| {
+        // `signed_up_to` answers `SignerUnavailable` only when its bound passed.
+        let timed_out = matches!(e, EngineError::SignerUnavailable(_));
+        let failed = RotationFailed::settled(e);
+        if timed_out {
+            failed.labelled("drain_timeout")
+        } else {
+            failed
+        }
+    })?;
     let reserve = LogMeta { next_index: at, rotation_at: Some(at), rotation_idempotency: idem };
     write(shared, vec![Op::PutLogMeta { workspace_id: ws.to_owned(), meta: reserve }])
         .await
@@ -105,11 +130,11 @@ pub(crate) async fn rotate(
             release(shared, ws, at).await.map_err(unsettled)?;
             let e = EngineError::from_signer(ClientError::Remote(reply));
             tracing::warn!(workspace = %ws, error = %e, "{why}");
-            return Err(RotationFailed::settled(e));
+            return Err(RotationFailed::settled(e).labelled("refused"));
         }
         Ok(Err(e @ ClientError::Busy)) => {
             release(shared, ws, at).await.map_err(unsettled)?;
-            return Err(RotationFailed::settled(EngineError::from_signer(e)));
+            return Err(RotationFailed::settled(EngineError::from_signer(e)).labelled("refused"));
         }
         Ok(Err(e)) => return Err(unsettled(EngineError::from_signer(e))),
     };
@@ -119,7 +144,8 @@ pub(crate) async fn rotate(
         Err(why) => {
             // The signer has a leaf at `at` we cannot accept: the logs disagree from here.
             shared.diverged.mark(ws, Divergence::Forked, &why, &shared.metrics);
-            return Err(unsettled(EngineError::Conflict(format!("the signer's key rotation does not check: {why}"))));
+            let e = EngineError::Conflict(format!("the signer's key rotation does not check: {why}"));
+            return Err(unsettled(e).labelled("failed"));
         }
     };
     let proof = appended.proofs.first().cloned().unwrap_or_default();
@@ -220,10 +246,13 @@ fn check(
 
 impl Pipelines {
     /// Waits until workspace `ws`'s log is signed up to `size` (at least), starting its
-    /// signing task if none runs. `Unavailable`-like errors when it does not get there within
-    /// [`DRAIN_TIMEOUT`] or the workspace diverges meanwhile.
+    /// signing task if none runs. Woken by the task as it signs and when it ends (retired,
+    /// replaced, stopped on a divergence): no polling. `SignerUnavailable` when it does not
+    /// get there within `rotation_drain_timeout`; the divergence's error if the workspace
+    /// diverges meanwhile.
     pub(crate) async fn signed_up_to(self: &Arc<Self>, shared: &Arc<Services>, ws: &str, size: u64) -> Result<()> {
-        let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
+        let bound = shared.cfg.rotation_drain_timeout;
+        let deadline = tokio::time::Instant::now() + bound;
         loop {
             shared.diverged.require_not(ws, &shared.metrics)?;
             let progress = self.map.get(ws).map(|slot| slot.progress.clone());
@@ -238,6 +267,7 @@ impl Pipelines {
                 self.notify(shared, ws, size);
                 continue;
             };
+            // Registered before the state is read, so a change between the two still wakes us.
             let moved = progress.moved.notified();
             tokio::pin!(moved);
             moved.as_mut().enable();
@@ -245,15 +275,26 @@ impl Pipelines {
             if signed != super::NOT_LOADED && signed >= size {
                 return Ok(());
             }
-            // Woken by progress; also looks again now and then (a task that retired or was
-            // replaced does not wake this one).
-            let step = tokio::time::Instant::now() + Duration::from_millis(100);
-            if tokio::time::timeout_at(deadline.min(step), moved).await.is_err()
-                && tokio::time::Instant::now() >= deadline
-            {
-                return Err(EngineError::SignerUnavailable(format!(
-                    "the log was not signed up to {size} within {DRAIN_TIMEOUT:?} (a key rotation waits for that)"
-                )));
+            let timed_out = || {
+                EngineError::SignerUnavailable(format!(
+                    "the log was not signed up to {size} within {bound:?} (rotation_drain_timeout; a key rotation waits for that)"
+                ))
+            };
+            if progress.ended.load(Ordering::Acquire) {
+                // That task is gone: look again (a successor, or the store; `notify` replaces
+                // an ended task). A task ends without a successor only when the engine stops.
+                if shared.shutting_down.load(Ordering::Acquire) {
+                    return Err(EngineError::ShuttingDown);
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(timed_out());
+                }
+                self.notify(shared, ws, size);
+                tokio::task::yield_now().await;
+                continue;
+            }
+            if tokio::time::timeout_at(deadline, moved).await.is_err() {
+                return Err(timed_out());
             }
         }
     }

@@ -108,6 +108,49 @@ async fn keyed_admin_writes_answer_repeats_with_the_first_answer() {
     signer.stop();
 }
 
+/// Instance admin keys: with two live ones (an instance from before a start without
+/// `admin-token` stopped minting one, which the HTTP API cannot make), one is revoked by id and
+/// a keyed repeat gets the first answer; `live_admin_keys` counts what `allowly serve` looks at.
+/// A keyed rotation — 8 concurrent duplicates while the caller is live — makes one key, and its
+/// record keeps the new secret sealed, not in clear; the revoked caller's repeat gets it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instance_admin_keys_revoked_by_id_and_rotated_with_a_key() {
+    let root = TempDir::new().unwrap();
+    let signer = start_signer(&root);
+    let store = open_store(&root);
+    let e = Engine::start(store.clone(), client(&root), config()).await.unwrap();
+    assert_eq!(e.live_admin_keys().await.unwrap(), 0);
+    let (a, b) = (e.create_admin_key().await.unwrap(), e.create_admin_key().await.unwrap());
+    assert_eq!(e.live_admin_keys().await.unwrap(), 2);
+    let by_b = e.authenticate(&b.secret).unwrap().unwrap();
+    let revoked = e.revoke_admin_key(&by_b, &a.key.id, Some("rev-a")).await.unwrap();
+    assert!(revoked.revoked_at.is_some());
+    assert_eq!(e.revoke_admin_key(&by_b, &a.key.id, Some("rev-a")).await.unwrap(), revoked);
+    assert!(matches!(e.revoke_admin_key(&by_b, &a.key.id, None).await, Err(EngineError::Conflict(_))));
+    assert!(matches!(e.revoke_admin_key(&by_b, &b.key.id, None).await, Err(EngineError::Conflict(_))), "the last");
+    assert_eq!((e.authenticate(&a.secret).unwrap(), e.live_admin_keys().await.unwrap()), (None, 1));
+
+    let racers = (0..8).map(|_| {
+        let (e, by_b, secret) = (e.clone(), by_b.clone(), b.secret.clone());
+        tokio::spawn(async move { e.rotate_admin_key(&by_b, &secret, Some("rot-b")).await.unwrap() })
+    });
+    let answers: Vec<_> = futures_join(racers).await;
+    assert!(answers.iter().all(|r| r == &answers[0]), "concurrent duplicates made different keys");
+    let c = &answers[0];
+    assert_eq!(e.live_admin_keys().await.unwrap(), 1);
+    assert_eq!(e.authenticate(&c.secret).unwrap().unwrap().key_id, c.key.id);
+    let raw = format!("{:?}", store.docs(DocKind::Idempotency, "_instance", None, 100).unwrap());
+    assert!(!raw.contains(&c.secret[4..]), "the new secret is stored in clear");
+    assert_eq!(e.replay_admin_key_rotation(&b.secret, "rot-b").await.unwrap().as_ref(), Some(c));
+    // Only that secret with that key: not another key, not another secret, not a malformed one.
+    assert_eq!(e.replay_admin_key_rotation(&b.secret, "rot-x").await.unwrap(), None);
+    assert_eq!(e.replay_admin_key_rotation(&a.secret, "rot-b").await.unwrap(), None);
+    assert_eq!(e.replay_admin_key_rotation(&b.secret, "bad key").await.unwrap(), None);
+    assert_eq!(e.replay_admin_key_rotation("alw_nope", "rot-b").await.unwrap(), None);
+    e.shutdown().await;
+    signer.stop();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_key_records_are_swept_and_the_key_is_free_again() {
     let root = TempDir::new().unwrap();

@@ -3,8 +3,9 @@
 //! signed, the `key.rotated` receipt in the log at the index the server reserved, the whole log
 //! verified by the real `allowly-verify` against the published key set, before and after a
 //! restart; a rotation whose answer was lost (the signer stopped under it) finished later with
-//! nothing lost and no fork; and the instance admin key revoked, rotated and reset offline, the
-//! old one refused at once.
+//! nothing lost and no fork; and the instance admin key revoked, rotated (`Idempotency-Key`
+//! honoured) and reset offline, the old one refused at once; a start without `admin-token`
+//! mints no second key.
 
 use std::path::Path;
 use std::process::Command;
@@ -229,6 +230,63 @@ fn a_rotation_whose_answer_was_lost_is_finished_later_without_a_fork() {
     export_and_verify(&s, &t, "files.read", &acked, &[], tmp.path());
 }
 
+/// The value of the metric line that starts with `series ` (`None` if there is none).
+fn metric(s: &Server, series: &str) -> Option<f64> {
+    let text = s.client().get("/metrics", None).text();
+    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// A rotation waits for the workspace's receipts to be signed up to its index for at most
+/// `--rotation-drain-timeout-ms`: with the signer stopped under an acknowledged check it
+/// answers 503 `signer_unavailable` with `Retry-After`, having reserved and changed nothing (the
+/// same active key; checks answered meanwhile; once the signer is back, a repeat with the same
+/// `Idempotency-Key` rotates, at the next index). `allowly_engine_key_rotations_total` counts
+/// each outcome, every one exported from 0, and the last rotation's duration is exported.
+#[test]
+fn a_rotation_whose_receipts_are_not_signed_in_time_answers_503_and_changes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let _reaper = Reaper(tmp.path().to_owned());
+    let data = tmp.path().join("data");
+    // The signer counts as down only after 10 s: the drain bound, not the health check, refuses.
+    let s = Server::start_with(&data, &["--rotation-drain-timeout-ms", "300", "--signer-timeout-ms", "10000"]);
+    let t = tenant(&s, "drain", &["files.read"]);
+    let c = s.client();
+    let first_key = active_key(&c, &t.ws);
+    let rotations = |outcome: &str| metric(&s, &format!("allowly_engine_key_rotations_total{{outcome=\"{outcome}\"}}"));
+    for outcome in ["rotated", "drain_timeout", "refused", "unfinished", "failed"] {
+        assert_eq!(rotations(outcome), Some(0.0), "{outcome} exported from the start");
+    }
+    assert_eq!(metric(&s, "allowly_engine_key_rotation_last_seconds"), Some(0.0));
+
+    let signer = s.signer_pid();
+    let resume = Continue(signer);
+    signal_pid(signer, Signal::STOP).unwrap();
+    let r = check(&c, &t);
+    assert_eq!(r.status, 200, "acknowledged, pending: {r}");
+    let pending = Acked::of(&r.json()).unwrap();
+    let r = rotate(&c, &t.ws, &t.admin, Some("drain-1"));
+    r.problem(503, "signer_unavailable");
+    assert_eq!(r.header("retry-after"), Some("1"), "{r}");
+    assert_eq!(active_key(&c, &t.ws), first_key, "nothing rotated");
+    let r = check(&c, &t);
+    assert_eq!(r.status, 200, "nothing reserved: the next check takes the next index: {r}");
+    let next = Acked::of(&r.json()).unwrap();
+    assert_eq!(next.log_index, pending.log_index + 1);
+    // Read after the signer is back: `/metrics` also asks the signer (and waits for it).
+    drop(resume);
+    assert_eq!(rotations("drain_timeout"), Some(1.0), "{}", s.diagnostics());
+    // Signed first, so the short bound cannot cut the repeat on a slow machine.
+    let at = next.log_index + 1;
+    wait_all_signed(&s, &t.reader, &[pending, next]);
+
+    let r = rotate(&c, &t.ws, &t.admin, Some("drain-1"));
+    assert_eq!(r.status, 200, "{r}\n{}", s.diagnostics());
+    let receipt = check_rotation(&r.json(), 1);
+    assert_eq!(receipt["log_index"], at);
+    assert_eq!((rotations("rotated"), rotations("drain_timeout")), (Some(1.0), Some(1.0)));
+    assert!(metric(&s, "allowly_engine_key_rotation_last_seconds").is_some_and(|d| d > 0.0));
+}
+
 /// `allowly workspace-key rotate` asks the running server, with the admin token file: the same
 /// answer as the API's, the rotation in the log.
 #[test]
@@ -258,59 +316,160 @@ fn the_workspace_key_rotate_command_rotates_through_the_server() {
 /// Runs `allowly ARGS --url <s> --token-file <data>/admin-token`; whether it succeeded and its
 /// output.
 fn operator(s: &Server, data: &Path, args: &[&str]) -> (bool, String) {
-    let url = format!("http://{}", s.client().addr);
+    operator_at(&format!("http://{}", s.client().addr), data, args)
+}
+
+/// Runs `allowly ARGS --url URL --token-file <data>/admin-token`.
+fn operator_at(url: &str, data: &Path, args: &[&str]) -> (bool, String) {
     let token = data.join("admin-token");
     let out =
-        Command::new(allowly_bin()).args(args).arg("--url").arg(&url).arg("--token-file").arg(&token).output().unwrap();
+        Command::new(allowly_bin()).args(args).arg("--url").arg(url).arg("--token-file").arg(&token).output().unwrap();
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     (out.status.success(), text)
 }
 
-/// Instance admin keys: a second one (minted at a restart without `admin-token`, as the issue
-/// found) is revoked by id with the other and refused at once; the last one cannot be revoked
-/// (409) but is rotated by `allowly admin-key rotate`; and `allowly admin-key reset` with the
-/// server stopped revokes every one of them and writes a new token: after the restart the old
-/// tokens are refused (401) and the new one works.
+/// A TLS terminator in front of `upstream` on a loopback port, with the test certificate
+/// (`fixtures/tls-server.pem`, for 127.0.0.1 and localhost, issued by `fixtures/tls-ca.pem`):
+/// each connection's request (no body) is passed on and the answer sent back, then
+/// `close_notify`. Serves until the test process ends.
+fn tls_terminator(upstream: std::net::SocketAddr) -> std::net::SocketAddr {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use std::io::{Read as _, Write as _};
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/fixtures");
+    let chain = CertificateDer::pem_file_iter(dir.join("tls-server.pem")).unwrap().map(Result::unwrap).collect();
+    let key = PrivateKeyDer::from_pem_file(dir.join("tls-server.key")).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    let config = std::sync::Arc::new(config);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for tcp in listener.incoming() {
+            let Ok(tcp) = tcp else { continue };
+            let conn = rustls::ServerConnection::new(config.clone()).unwrap();
+            let mut tls = rustls::StreamOwned::new(conn, tcp);
+            // A client that refuses the certificate ends the handshake: the read fails.
+            let mut request = Vec::new();
+            let mut byte = [0u8; 1];
+            while !request.ends_with(b"\r\n\r\n") {
+                match tls.read(&mut byte) {
+                    Ok(1) => request.push(byte[0]),
+                    _ => break,
+                }
+            }
+            if !request.ends_with(b"\r\n\r\n") {
+                continue;
+            }
+            let mut up = std::net::TcpStream::connect(upstream).unwrap();
+            up.write_all(&request).unwrap();
+            let mut answer = Vec::new();
+            up.read_to_end(&mut answer).unwrap();
+            tls.write_all(&answer).unwrap();
+            tls.conn.send_close_notify();
+            let _ = tls.flush();
+        }
+    });
+    addr
+}
+
+/// The operator commands speak `https://` to a server behind a TLS terminator: with the
+/// terminator's CA given by `--ca-file` they work (by IP and by host name); without it the
+/// certificate is refused against Mozilla's roots, and nothing reaches the server; an
+/// `http://` URL with `--ca-file`, and a URL of another scheme, are refused with a clear message.
+#[test]
+fn the_operator_commands_speak_https_with_a_ca_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let s = Server::start(&data);
+    let tls = tls_terminator(s.client().addr);
+    let ca = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/fixtures/tls-ca.pem");
+    let ca = ca.to_str().unwrap();
+    let id = admin_key_ids(&s, &s.admin_token(), false);
+    for host in ["127.0.0.1", "localhost"] {
+        let url = format!("https://{host}:{}", tls.port());
+        let (ok, out) = operator_at(&url, &data, &["admin-key", "list", "--ca-file", ca]);
+        assert!(ok, "{url}: {out}\n{}", s.diagnostics());
+        let ids: Vec<Value> = serde_json::from_str::<Value>(&out).unwrap()["data"].as_array().unwrap().to_vec();
+        assert_eq!(ids.iter().map(|k| k["id"].as_str().unwrap()).collect::<Vec<_>>(), id);
+    }
+    let url = format!("https://127.0.0.1:{}", tls.port());
+    let (ok, out) = operator_at(&url, &data, &["admin-key", "rotate"]);
+    assert!(!ok && out.contains("UnknownIssuer"), "Mozilla's roots do not know the test CA: {out}");
+    assert_eq!(admin_key_ids(&s, &s.admin_token(), false), id, "nothing reached the server");
+    let (ok, out) = operator(&s, &data, &["admin-key", "list", "--ca-file", ca]);
+    assert!(!ok && out.contains("--ca-file is for https://"), "{out}");
+    let (ok, out) = operator_at("ftp://127.0.0.1:1", &data, &["admin-key", "list"]);
+    assert!(!ok && out.contains("--url must be http://HOST[:PORT] or https://HOST[:PORT]"), "{out}");
+}
+
+/// Instance admin keys: the last live one cannot be revoked (409) but is rotated, with an
+/// `Idempotency-Key` honoured — a repeat of the rotation bearing the key it revoked gets the
+/// first answer and no second key is minted, another caller's use of the same key is 422 —
+/// and `allowly admin-key rotate` rotates again; `allowly admin-key reset` with the server
+/// stopped revokes every one of them and writes a new token: after the restart the old tokens
+/// are refused (401) and the new one works.
 #[test]
 fn instance_admin_keys_are_revoked_rotated_and_reset_offline_the_old_ones_refused_at_once() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let mut s = Server::start(&data);
+    let c = s.client();
     let first = s.admin_token();
-    let ws = s.client().post("/v1/workspaces", &first, serde_json::json!({ "name": "keys" })).created("ws")["id"]
+    let ws = c.post("/v1/workspaces", &first, serde_json::json!({ "name": "keys" })).created("ws")["id"]
         .as_str()
         .unwrap()
         .to_owned();
     let first_id = admin_key_ids(&s, &first, false)[0].clone();
-    s.stop();
-    std::fs::remove_file(data.join("admin-token")).unwrap();
-    let mut s = Server::start(&data);
-    let c = s.client();
-    let second = s.admin_token();
-    assert_ne!(first, second);
     let get = |key: &str| c.get(&format!("/v1/workspaces/{ws}"), Some(key));
-    assert_eq!((get(&first).status, get(&second).status), (200, 200), "two instance admin keys");
-
     let revoke = |by: &str, id: &str| c.call("POST", &format!("/v1/admin-keys/{id}/revoke"), Some(by), None);
-    let keyed = |id: &str| {
-        let headers = [
-            ("Authorization".to_owned(), format!("Bearer {second}")),
-            ("Idempotency-Key".to_owned(), "revoke-1".to_owned()),
-        ];
-        c.request("POST", &format!("/v1/admin-keys/{id}/revoke"), &headers, None)
-    };
-    let r = keyed(&first_id);
-    assert_eq!((r.status, &r.json()["id"]), (200, &Value::from(first_id.as_str())), "{r}");
-    assert_eq!(keyed(&first_id).json(), r.json(), "a keyed repeat gets the first answer");
-    get(&first).problem(401, "unauthenticated");
-    assert_eq!(get(&second).status, 200);
-    revoke(&second, &first_id).problem(409, "conflict");
-    let second_id = admin_key_ids(&s, &second, false)[0].clone();
-    assert_eq!(admin_key_ids(&s, &second, true), std::slice::from_ref(&first_id), "listed, revoked");
-    revoke(&second, &first_id.replace("ak_", "ak_0")).problem(404, "not_found");
-    revoke(&second, &second_id).problem(409, "conflict");
+    revoke(&first, &first_id).problem(409, "conflict");
+    revoke(&first, &first_id.replace("ak_", "ak_0")).problem(404, "not_found");
     let t = tenant(&s, "scoped", &["files.read"]);
-    revoke(&t.admin, &second_id).problem(403, "forbidden");
+    revoke(&t.admin, &first_id).problem(403, "forbidden");
+
+    let rotate = |by: &str, key: Option<&str>, body: Option<&[u8]>| {
+        let mut headers = vec![("Authorization".to_owned(), format!("Bearer {by}"))];
+        headers.extend(key.map(|k| ("Idempotency-Key".to_owned(), k.to_owned())));
+        if body.is_some() {
+            headers.push(("Content-Type".to_owned(), "application/json".to_owned()));
+        }
+        c.request("POST", "/v1/admin-key/rotate", &headers, body)
+    };
+    let r = rotate(&first, Some("rot-1"), None);
+    assert_eq!(r.status, 200, "{r}");
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    let second = r.json()["secret"].as_str().unwrap().to_owned();
+    let second_id = r.json()["id"].as_str().unwrap().to_owned();
+    assert_eq!(s.admin_token(), second, "the server wrote the new key to admin-token");
+    get(&first).problem(401, "unauthenticated");
+    // The answer was lost: the client repeats with the key it had, which is revoked by now.
+    let again = rotate(&first, Some("rot-1"), None);
+    assert_eq!((again.status, again.json()), (200, r.json()), "the repeat gets the first answer: {again}");
+    assert_eq!(again.header("cache-control"), Some("no-store"));
+    assert_eq!(admin_key_ids(&s, &second, false), std::slice::from_ref(&second_id), "no key minted by the repeat");
+    assert_eq!(admin_key_ids(&s, &second, true), std::slice::from_ref(&first_id));
+    // Nothing else accepts the revoked key: unkeyed, another key, a body, another route.
+    rotate(&first, None, None).problem(401, "unauthenticated");
+    rotate(&first, Some("rot-2"), None).problem(401, "unauthenticated");
+    rotate(&first, Some("rot-1"), Some(br#"{"x":1}"#)).problem(400, "unknown_field");
+    c.request(
+        "POST",
+        &format!("/v1/admin-keys/{second_id}/revoke"),
+        &[("Authorization".to_owned(), format!("Bearer {first}")), ("Idempotency-Key".to_owned(), "rot-1".to_owned())],
+        None,
+    )
+    .problem(401, "unauthenticated");
+    // The same key from another caller is another request; it changes nothing.
+    rotate(&second, Some("rot-1"), None).problem(422, "idempotency_key_reused");
+    assert_eq!(get(&second).status, 200);
+    assert_eq!(admin_key_ids(&s, &second, false), std::slice::from_ref(&second_id));
+    revoke(&second, &first_id).problem(409, "conflict");
 
     let (ok, out) = operator(&s, &data, &["admin-key", "rotate"]);
     assert!(ok, "{out}");
@@ -320,6 +479,9 @@ fn instance_admin_keys_are_revoked_rotated_and_reset_offline_the_old_ones_refuse
     assert_eq!(s.admin_token(), third, "the server wrote the new key to admin-token");
     get(&second).problem(401, "unauthenticated");
     assert_eq!(get(&third).status, 200);
+    // The first rotation's repeat still answers what it answered, and writes no file.
+    assert_eq!(rotate(&first, Some("rot-1"), None).json(), r.json());
+    assert_eq!(s.admin_token(), third);
 
     // Break glass: refused while the server runs (the store is locked), then done offline.
     let reset = || Command::new(allowly_bin()).args(["admin-key", "reset", "--data-dir"]).arg(&data).output().unwrap();
@@ -337,6 +499,43 @@ fn instance_admin_keys_are_revoked_rotated_and_reset_offline_the_old_ones_refuse
     }
     assert_eq!(c.get(&format!("/v1/workspaces/{ws}"), Some(&fourth)).status, 200);
     assert_eq!(c.get(&format!("/v1/workspaces/{}", t.ws), Some(&t.reader)).status, 200, "workspace keys untouched");
+}
+
+/// A start without `admin-token` while an instance admin key is live mints none (the issue
+/// found a second live key minted each time): the server starts, says the file is missing and
+/// how to replace a lost key, writes no file, and the key that is live still works and stays
+/// the only one. A rotation writes the file again; `allowly admin-key reset` replaces a key
+/// that is lost.
+#[test]
+fn a_start_without_admin_token_mints_no_second_key_while_one_is_live() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let mut s = Server::start(&data);
+    let first = s.admin_token();
+    let first_id = admin_key_ids(&s, &first, false);
+    assert_eq!(first_id.len(), 1);
+    s.stop();
+    std::fs::remove_file(data.join("admin-token")).unwrap();
+
+    let mut s = Server::start(&data);
+    assert!(!data.join("admin-token").exists(), "a token file written: {}", s.diagnostics());
+    assert!(s.stderr().contains("admin-key reset"), "{}", s.diagnostics());
+    assert_eq!(admin_key_ids(&s, &first, false), first_id, "the same single live key");
+    assert!(admin_key_ids(&s, &first, true).is_empty(), "nothing revoked either");
+    let r = s.client().call("POST", "/v1/admin-key/rotate", Some(&first), None);
+    assert_eq!(r.status, 200, "{r}");
+    let second = r.json()["secret"].as_str().unwrap().to_owned();
+    assert_eq!(s.admin_token(), second, "the rotation wrote the file");
+    s.stop();
+
+    // The key lost with its file: reset, offline, gives a new one.
+    std::fs::remove_file(data.join("admin-token")).unwrap();
+    let out = Command::new(allowly_bin()).args(["admin-key", "reset", "--data-dir"]).arg(&data).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let s = Server::start(&data);
+    let third = s.admin_token();
+    assert_eq!(admin_key_ids(&s, &third, false).len(), 1);
+    s.client().get("/v1/admin-keys", Some(&second)).problem(401, "unauthenticated");
 }
 
 /// The ids of the instance admin keys (`revoked` ones, or the others), listed by `GET

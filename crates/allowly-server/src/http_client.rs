@@ -1,0 +1,193 @@
+//! The operator commands' HTTP client (`admin_cli`): one request, `Connection: close`, the
+//! answer read to its end, over plain TCP (`http://`, the API on loopback) or TLS (`https://`,
+//! the API behind a TLS terminator). TLS is rustls with the ring provider, as the webhook
+//! client uses: the Mozilla root set compiled in (`webpki-roots`, no system trust store), or,
+//! with `--ca-file`, only the roots in that PEM file (a private CA, a self-signed terminator).
+//! Minimal on purpose: no redirects, no proxies, no chunked answers (the server sends
+//! `Content-Length`).
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, ServerName};
+
+use crate::serve::ServeError;
+
+/// A parsed `--url`: `http://HOST[:PORT]` or `https://HOST[:PORT]`, no path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub tls: bool,
+    /// `host:port` to connect to (and, as given, the `Host` header).
+    pub authority: String,
+    /// The host alone, brackets removed: what the certificate must name.
+    pub host: String,
+}
+
+impl Endpoint {
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let bad = || format!("--url must be http://HOST[:PORT] or https://HOST[:PORT], not {url:?}");
+        let (tls, rest) = match url.split_once("://") {
+            Some(("http", rest)) => (false, rest),
+            Some(("https", rest)) => (true, rest),
+            _ => return Err(bad()),
+        };
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        if rest.is_empty() || rest.contains(['/', '?', '#', '@']) {
+            return Err(bad());
+        }
+        // `[v6]:port`, `[v6]`, `host:port`, `host`.
+        let (host, port) = match rest.strip_prefix('[') {
+            Some(v6) => {
+                let (host, after) = v6.split_once(']').ok_or_else(bad)?;
+                (host, after.strip_prefix(':'))
+            }
+            None => match rest.rsplit_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (rest, None),
+            },
+        };
+        if host.is_empty() || port.is_some_and(|p| p.parse::<u16>().is_err()) {
+            return Err(bad());
+        }
+        let port = port.unwrap_or(if tls { "443" } else { "80" });
+        let authority = if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
+        Ok(Self { tls, authority, host: host.to_owned() })
+    }
+}
+
+/// One request of an operator command (no body).
+#[derive(Debug)]
+pub struct Request<'a> {
+    pub url: &'a str,
+    pub ca_file: Option<&'a Path>,
+    pub method: &'a str,
+    pub path: &'a str,
+    pub headers: &'a [(&'a str, &'a str)],
+    pub timeout: Duration,
+}
+
+fn io(what: String) -> impl FnOnce(std::io::Error) -> ServeError {
+    move |source| ServeError::Io { what, source }
+}
+
+fn invalid(what: String) -> ServeError {
+    ServeError::Io { what, source: std::io::Error::from(std::io::ErrorKind::InvalidInput) }
+}
+
+impl Request<'_> {
+    /// A 2xx answer's body; any other status is `ServeError::Remote` with the server's answer.
+    pub fn send(&self) -> Result<String, ServeError> {
+        let ep = Endpoint::parse(self.url).map_err(invalid)?;
+        if self.ca_file.is_some() && !ep.tls {
+            return Err(invalid(format!("--ca-file is for https:// URLs; {} is http://", self.url)));
+        }
+        let tcp = TcpStream::connect(&ep.authority).map_err(io(format!("connecting to {}", self.url)))?;
+        tcp.set_read_timeout(Some(self.timeout)).map_err(io(format!("connecting to {}", self.url)))?;
+        let mut head = format!("{} {} HTTP/1.1\r\nHost: {}\r\n", self.method, self.path, ep.authority);
+        for (name, value) in self.headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        head.push_str("Content-Length: 0\r\nConnection: close\r\n\r\n");
+        let answer = if ep.tls {
+            let config = tls_config(self.ca_file)?;
+            let name = ServerName::try_from(ep.host.clone())
+                .map_err(|_| invalid(format!("{:?} is not a host name a certificate can name", ep.host)))?;
+            let conn = rustls::ClientConnection::new(config, name)
+                .map_err(|e| invalid(format!("starting TLS with {}: {e}", self.url)))?;
+            exchange(rustls::StreamOwned::new(conn, tcp), head.as_bytes(), self.url)?
+        } else {
+            exchange(tcp, head.as_bytes(), self.url)?
+        };
+        let text = String::from_utf8_lossy(&answer);
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let status = head.split(' ').nth(1).and_then(|s| s.parse::<u16>().ok()).unwrap_or(0);
+        if (200..300).contains(&status) {
+            Ok(body.to_owned())
+        } else {
+            Err(ServeError::Remote { status, body: body.to_owned() })
+        }
+    }
+}
+
+/// Sends `request` and reads the answer to the end of the connection. A TLS peer that closes
+/// without `close_notify` (some terminators do) ends the answer too, when it is complete by
+/// its `Content-Length`; a cut one is an error.
+fn exchange(mut s: impl Read + Write, request: &[u8], url: &str) -> Result<Vec<u8>, ServeError> {
+    s.write_all(request).map_err(io(format!("sending to {url}")))?;
+    s.flush().map_err(io(format!("sending to {url}")))?;
+    let mut answer = Vec::new();
+    match s.read_to_end(&mut answer) {
+        Ok(_) => Ok(answer),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && complete(&answer) => Ok(answer),
+        Err(e) => Err(io(format!("reading the answer of {url}"))(e)),
+    }
+}
+
+/// Whether `answer` holds its whole head and the `Content-Length` bytes the head announces.
+fn complete(answer: &[u8]) -> bool {
+    let Some(end) = answer.windows(4).position(|w| w == b"\r\n\r\n") else { return false };
+    let head = String::from_utf8_lossy(&answer[..end]).to_ascii_lowercase();
+    let length = head.lines().find_map(|l| l.strip_prefix("content-length:")).and_then(|v| v.trim().parse().ok());
+    length.is_some_and(|n: usize| answer.len() - (end + 4) == n)
+}
+
+/// The client's TLS settings: the roots of `ca_file` alone if given, else the Mozilla set.
+fn tls_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, ServeError> {
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            let certs = CertificateDer::pem_file_iter(path)
+                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| invalid(format!("reading certificates from {}: {e}", path.display())))?;
+            let (added, _ignored) = roots.add_parsable_certificates(certs);
+            if added == 0 {
+                return Err(invalid(format!("{}: no usable CA certificate (PEM)", path.display())));
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| invalid(format!("TLS settings: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn urls_parse_to_where_to_connect_and_what_the_certificate_names() {
+        let ep =
+            |tls, authority: &str, host: &str| Ok(Endpoint { tls, authority: authority.into(), host: host.into() });
+        for (url, want) in [
+            ("http://127.0.0.1:8080", ep(false, "127.0.0.1:8080", "127.0.0.1")),
+            ("http://127.0.0.1:8080/", ep(false, "127.0.0.1:8080", "127.0.0.1")),
+            ("https://allowly.example.com", ep(true, "allowly.example.com:443", "allowly.example.com")),
+            ("https://[::1]:8443", ep(true, "[::1]:8443", "::1")),
+            ("http://[::1]", ep(false, "[::1]:80", "::1")),
+        ] {
+            assert_eq!(Endpoint::parse(url), want, "{url}");
+        }
+        for bad in
+            ["127.0.0.1:8080", "ftp://h", "https://", "https://h/v1", "https://h:99999", "https://u@h", "https://[::1"]
+        {
+            assert!(Endpoint::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn an_answer_is_complete_by_its_content_length() {
+        assert!(complete(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"));
+        assert!(!complete(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n{}"));
+        assert!(!complete(b"HTTP/1.1 200 OK\r\n\r\n{}"), "no length: not known to be whole");
+        assert!(!complete(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n"));
+    }
+}
