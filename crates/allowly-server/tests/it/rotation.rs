@@ -519,7 +519,12 @@ fn a_start_without_admin_token_mints_no_second_key_while_one_is_live() {
 
     let mut s = Server::start(&data);
     assert!(!data.join("admin-token").exists(), "a token file written: {}", s.diagnostics());
-    assert!(s.stderr().contains("admin-key reset"), "{}", s.diagnostics());
+    // The stderr reader runs beside the start-up: wait for the line, do not race it.
+    eventually(
+        "the missing-token warning on stderr",
+        || s.diagnostics(),
+        || s.stderr().contains("admin-key reset").then_some(()),
+    );
     assert_eq!(admin_key_ids(&s, &first, false), first_id, "the same single live key");
     assert!(admin_key_ids(&s, &first, true).is_empty(), "nothing revoked either");
     let r = s.client().call("POST", "/v1/admin-key/rotate", Some(&first), None);
