@@ -232,7 +232,8 @@ pub struct BackupArgs {
     /// The running instance's data directory (for the admin token and the staged halves).
     #[arg(long, env = "ALLOWLY_DATA_DIR", default_value = "./allowly-data")]
     pub data_dir: PathBuf,
-    /// The running instance's URL (plain HTTP, as `allowly serve --listen`).
+    /// The running instance's URL: `http://` as `allowly serve --listen`, or `https://` behind a
+    /// TLS terminator (Mozilla's roots; the operator commands' client, `http_client.rs`).
     #[arg(long, env = "ALLOWLY_URL", default_value = "http://127.0.0.1:8080")]
     pub url: String,
     /// The instance admin key file [default: DATA_DIR/admin-token].
@@ -288,7 +289,7 @@ pub fn backup(args: BackupArgs) -> Result<(), BackupError> {
     let token_file = args.admin_token_file.clone().unwrap_or_else(|| args.data_dir.join(ADMIN_TOKEN_FILE));
     let token = std::fs::read_to_string(&token_file).map_err(io(format!("reading {}", token_file.display())))?;
     let answer = post(&args.url, "/v1/admin/backup", token.trim())?;
-    let staged: Staged = serde_json::from_slice(&answer)
+    let staged: Staged = serde_json::from_str(&answer)
         .map_err(|e| BackupError::Server(format!("unexpected answer to the backup request: {e}")))?;
     let signer_dir = args.signer_dir.clone().unwrap_or_else(|| args.data_dir.join(SIGNER_DIR));
     // This command may run as root, the server's answer comes from a less trusted process: only
@@ -723,36 +724,23 @@ fn make_private(dir: &Path) -> Result<(), BackupError> {
     Ok(crate::isolation::own_tree(dir, me, true)?)
 }
 
-/// A bodyless `POST` over plain HTTP/1.1 with the admin key; the answer's body if it is 2xx.
-fn post(url: &str, path: &str, token: &str) -> Result<Vec<u8>, BackupError> {
-    let host = url
-        .strip_prefix("http://")
-        .map(|h| h.trim_end_matches('/'))
-        .filter(|h| !h.is_empty() && !h.contains('/'))
-        .ok_or_else(|| BackupError::Usage(format!("--url {url:?}: expected http://HOST:PORT")))?;
-    let mut stream =
-        std::net::TcpStream::connect(host).map_err(io(format!("connecting to {host} (is the server running?)")))?;
-    let _ = stream.set_read_timeout(Some(SNAPSHOT_TIMEOUT + Duration::from_secs(60)));
-    let req = format!(
-        "POST {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    );
-    stream.write_all(req.as_bytes()).map_err(io("sending the backup request"))?;
-    let mut answer = Vec::new();
-    stream.read_to_end(&mut answer).map_err(io("reading the answer to the backup request"))?;
-    let split = answer
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| BackupError::Server("an answer without a header end".into()))?;
-    let head = String::from_utf8_lossy(&answer[..split]).into_owned();
-    let body = answer.get(split + 4..).unwrap_or_default().to_vec();
-    let status = head.split(' ').nth(1).and_then(|s| s.parse::<u16>().ok()).unwrap_or(0);
-    if !(200..300).contains(&status) {
-        return Err(BackupError::Server(format!("{status}: {}", String::from_utf8_lossy(&body))));
-    }
-    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
-        return Err(BackupError::Server("a chunked answer (expected Content-Length)".into()));
-    }
-    Ok(body)
+/// A bodyless `POST` with the admin key through the operator commands' client
+/// ([`crate::http_client`]); the answer's body if it is 2xx.
+fn post(url: &str, path: &str, token: &str) -> Result<String, BackupError> {
+    let auth = format!("Bearer {token}");
+    let req = crate::http_client::Request {
+        url,
+        ca_file: None,
+        method: "POST",
+        path,
+        headers: &[("Authorization", &auth)],
+        timeout: SNAPSHOT_TIMEOUT + Duration::from_secs(60),
+    };
+    req.send().map_err(|e| match e {
+        crate::serve::ServeError::Remote { status, body } => BackupError::Server(format!("{status}: {body}")),
+        crate::serve::ServeError::Io { what, source } => BackupError::Io { what, source },
+        other => BackupError::Server(other.to_string()),
+    })
 }
 
 #[cfg(test)]

@@ -1,10 +1,10 @@
-//! The operator commands' HTTP client (`admin_cli`): one request, `Connection: close`, the
-//! answer read to its end, over plain TCP (`http://`, the API on loopback) or TLS (`https://`,
-//! the API behind a TLS terminator). TLS is rustls with the ring provider, as the webhook
-//! client uses: the Mozilla root set compiled in (`webpki-roots`, no system trust store), or,
-//! with `--ca-file`, only the roots in that PEM file (a private CA, a self-signed terminator).
-//! Minimal on purpose: no redirects, no proxies, no chunked answers (the server sends
-//! `Content-Length`).
+//! The operator commands' HTTP client (`admin_cli`, `allowly backup`): one request,
+//! `Connection: close`, the answer read to its end, over plain TCP (`http://`, the API on
+//! loopback) or TLS (`https://`, the API behind a TLS terminator). TLS is rustls with the ring
+//! provider, as the webhook client uses: the Mozilla root set compiled in (`webpki-roots`, no
+//! system trust store), or, with `--ca-file`, only the roots in that PEM file (a private CA, a
+//! self-signed terminator). Minimal on purpose: no redirects, no proxies, no chunked answers
+//! (the server sends `Content-Length`).
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
