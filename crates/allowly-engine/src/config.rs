@@ -17,6 +17,10 @@ pub struct EngineConfig {
     /// How long an actor must have been idle to be stopped under memory pressure: busy
     /// workspaces are never cycled.
     pub pressure_min_idle: Duration,
+    /// While the committer is busy, a synced store write starts no sooner than this after the
+    /// previous one (requests arriving meanwhile share it): fewer fsyncs under load for at most
+    /// this much more latency; no wait at low load (see `commit.rs`). Zero: never wait.
+    pub commit_window: Duration,
     /// Most receipts sent to the signer in one batch.
     pub sign_batch_max: usize,
     /// How long a workspace's signing batch collects commits before it is sent (unless it
@@ -84,6 +88,7 @@ impl Default for EngineConfig {
             // checks/s over 10,000 workspaces that gap is 10 s on average): a 10 s bound
             // stopped and restarted ~900 busy actors a second in the scale run.
             pressure_min_idle: Duration::from_secs(60),
+            commit_window: Duration::from_millis(2),
             sign_batch_max: 1024,
             sign_batch_delay: Duration::from_millis(10),
             max_cached_authorizations: 200_000,

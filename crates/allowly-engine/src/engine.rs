@@ -78,6 +78,7 @@ impl Engine {
             store.clone(),
             metrics.clone(),
             faults.clone(),
+            cfg.commit_window,
             tokio::runtime::Handle::current(),
         )
         .map_err(|e| EngineError::Internal(format!("cannot start the committer thread: {e}")))?;
