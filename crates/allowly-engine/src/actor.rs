@@ -770,12 +770,18 @@ impl WsState {
         // The trail head (`next_seq`, `last_leaf`) is stored by the receipts' trail entries, so
         // the record is written only when something else changed (created, revoked, expiry
         // recorded): a plain check writes no authorization record.
-        let unchanged = self.auths.get(&a.id).is_some_and(|(cached, _)| cached.same_stored(&a));
-        if !unchanged {
-            ops.push(Op::PutAuthorization(a.clone()));
-        }
         let group = self.group;
-        self.cache_authorization(a, Some(group));
+        if let Some((cached, changed_in)) = self.auths.get_mut(&a.id) {
+            // Updated in place: a check is the common case, and its record is already cached.
+            if !cached.same_stored(&a) {
+                ops.push(Op::PutAuthorization(a.clone()));
+            }
+            *cached = a;
+            *changed_in = Some(group);
+        } else {
+            ops.push(Op::PutAuthorization(a.clone()));
+            self.cache_authorization(a, Some(group));
+        }
         ops
     }
 

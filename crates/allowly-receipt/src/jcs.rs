@@ -526,7 +526,8 @@ pub(crate) fn write_str(s: &str, out: &mut Vec<u8>) {
     out.push(b'"');
 }
 
-fn write_u64(mut n: u64, out: &mut Vec<u8>) {
+/// Appends `n` as a JSON number: its only spelling (no sign, no leading zero, no exponent).
+pub fn write_u64(mut n: u64, out: &mut Vec<u8>) {
     let mut buf = [0u8; 20]; // u64::MAX has 20 digits
     let mut i = buf.len();
     loop {

@@ -53,20 +53,46 @@ pub(crate) fn encode_receipt(r: &crate::types::ReceiptRecord) -> Result<Vec<u8>>
     if std::str::from_utf8(&r.body).is_err() {
         return Err(StoreError::InvalidOp(format!("receipt {}: body is not UTF-8", r.id)));
     }
-    let header = ReceiptHeader {
-        id: r.id.as_str().into(),
-        workspace_id: r.workspace_id.as_str().into(),
-        authorization_id: r.authorization_id.as_deref().map(Into::into),
-        seq: r.seq,
-        log_index: r.log_index,
-        leaf: r.leaf,
-    };
+    // Written member by member, in `ReceiptHeader`'s order (serde_json's generic serializer took
+    // ~1.5 % of the server's CPU per check on this path; it stays the oracle of a unit test).
     let mut out = Vec::with_capacity(160 + r.body.len());
-    serde_json::to_writer(&mut out, &header)
-        .map_err(|e| StoreError::InvalidOp(format!("cannot encode record: {e}")))?;
-    out.push(b'\n');
+    out.extend_from_slice(b"{\"id\":");
+    json_str(&mut out, &r.id);
+    out.extend_from_slice(b",\"workspace_id\":");
+    json_str(&mut out, &r.workspace_id);
+    out.extend_from_slice(b",\"authorization_id\":");
+    match &r.authorization_id {
+        Some(a) => json_str(&mut out, a),
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(b",\"seq\":");
+    match r.seq {
+        Some(seq) => allowly_receipt::jcs::write_u64(seq, &mut out),
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(b",\"log_index\":");
+    allowly_receipt::jcs::write_u64(r.log_index, &mut out);
+    out.extend_from_slice(b",\"leaf\":\"");
+    let mut hex = [0u8; 64];
+    // Cannot fail: the buffer is exactly twice the input.
+    let _ = hex::encode_to_slice(r.leaf, &mut hex);
+    out.extend_from_slice(&hex);
+    out.extend_from_slice(b"\"}\n");
     out.extend_from_slice(&r.body);
     Ok(out)
+}
+
+/// `s` as a JSON string. Stored ids are checked to be `[A-Za-z0-9_-]` before they get here, so
+/// the copy is the path taken; anything else is escaped by serde_json, never written raw.
+fn json_str(out: &mut Vec<u8>, s: &str) {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        // Writing a `str` into a `Vec` cannot fail.
+        let _ = serde_json::to_writer(&mut *out, s);
+    }
 }
 
 /// Decodes [`encode_receipt`]'s bytes; anything else is corrupt.
@@ -110,4 +136,57 @@ pub(crate) fn decode_leaf(space: Space, key: &[u8], bytes: &[u8]) -> Result<([u8
     let (leaf, index) = bytes.split_at(32);
     let index = u64::from_be_bytes(index.try_into().map_err(|_| StoreError::corrupt(space.name(), key, "bad index"))?);
     Ok((hash(space, key, leaf)?, index))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use proptest::prelude::*;
+
+    /// What `encode_receipt` wrote before it was written by hand: serde_json's serializer.
+    fn oracle(r: &crate::types::ReceiptRecord) -> Vec<u8> {
+        let header = ReceiptHeader {
+            id: r.id.as_str().into(),
+            workspace_id: r.workspace_id.as_str().into(),
+            authorization_id: r.authorization_id.as_deref().map(Into::into),
+            seq: r.seq,
+            log_index: r.log_index,
+            leaf: r.leaf,
+        };
+        let mut out = serde_json::to_vec(&header).unwrap();
+        out.push(b'\n');
+        out.extend_from_slice(&r.body);
+        out
+    }
+
+    /// Valid ids most of the time, and strings that need escaping (quotes, backslashes, control
+    /// characters, non-ASCII) the rest: the writer must never write those raw.
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof!["[A-Za-z0-9_-]{1,24}", any::<String>(), r#"[\x00-\x1f"\\a\u{e9}\u{2028}]{1,6}"#]
+    }
+
+    proptest! {
+        #[test]
+        fn the_hand_written_header_is_serde_jsons(
+            id in text(),
+            ws in text(),
+            auth in proptest::option::of(text()),
+            seq in proptest::option::of(any::<u64>()),
+            log_index in any::<u64>(),
+            leaf in any::<[u8; 32]>(),
+            body in r"\PC{0,40}",
+        ) {
+            let r = crate::types::ReceiptRecord { id, workspace_id: ws, authorization_id: auth, seq, log_index, leaf, body: body.into_bytes() };
+            let ours = encode_receipt(&r).unwrap();
+            let expected = oracle(&r);
+            prop_assert_eq!(String::from_utf8_lossy(&ours), String::from_utf8_lossy(&expected));
+            // Random leaves fail the decoder's leaf-hash check; the header itself must parse.
+            match decode_receipt(Space::Receipts, b"k", &ours) {
+                Ok(back) => prop_assert_eq!(back, r),
+                Err(StoreError::Corrupt { reason, .. }) => prop_assert!(reason.contains("leaf hash"), "{}", reason),
+                Err(e) => prop_assert!(false, "{}", e),
+            }
+        }
+    }
 }
