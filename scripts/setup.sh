@@ -33,10 +33,14 @@ mkdir -p "$ALLOWLY_CACHE"
 # RocksDB's C++, compiled once per machine into the cache (see env.sh for why). Built in a
 # throwaway target dir, without debug info (-g0, then stripped: 1.4 GB -> ~100 MB).
 if [ ! -f "$ALLOWLY_ROCKSDB_LIB/librocksdb.a" ]; then
-  echo "setup: compiling RocksDB $ALLOWLY_ROCKSDB_VERSION (C++, once per machine; 15-35 min on 2 cores)"
+  echo "setup: compiling RocksDB $ALLOWLY_ROCKSDB_VERSION$ALLOWLY_ROCKSDB_FLAVOUR (C++, once per machine; 15-35 min on 2 cores)"
   tgt="$ALLOWLY_CACHE/rocksdb-build"
+  # librocksdb-sys passes the target features it is built for on to the C++ compiler (env.sh
+  # says why these two); they apply to this throwaway build only, not to the project's Rust.
+  rustflags=""
+  [ "$ALLOWLY_ROCKSDB_FLAVOUR" = "-sse42" ] && rustflags="-Ctarget-feature=+sse4.2,+pclmulqdq"
   (cd "$ALLOWLY_ROOT" && env -u ROCKSDB_LIB_DIR -u ROCKSDB_STATIC CARGO_TARGET_DIR="$tgt" CXXFLAGS="-g0" \
-    cargo build --locked --quiet -p librocksdb-sys)
+    RUSTFLAGS="$rustflags" cargo build --locked --quiet -p librocksdb-sys)
   lib="$(ls -t "$tgt"/debug/build/librocksdb-sys-*/out/librocksdb.a | head -1)"
   rm -rf "$ALLOWLY_ROCKSDB_LIB.tmp" && mkdir -p "$ALLOWLY_ROCKSDB_LIB.tmp"
   strip --strip-debug -o "$ALLOWLY_ROCKSDB_LIB.tmp/librocksdb.a" "$lib"
