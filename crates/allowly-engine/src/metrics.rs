@@ -80,6 +80,8 @@ pub struct Metrics {
     pub commit_batch: Histogram,
     /// Actor groups (one workspace each) per synced write.
     pub commit_groups: Histogram,
+    /// Synced writes that waited for the commit window (the committer was under load).
+    pub commit_window_waits: IntCounter,
     /// Signer calls that waited for an in-flight slot (back pressure, not an outage).
     pub signer_waits: IntCounter,
     /// Authorizations cached by all workspace actors (set when scraped).
@@ -245,6 +247,11 @@ impl Metrics {
             commit_groups: Histogram::with_opts(
                 HistogramOpts::new("allowly_engine_commit_groups", "Workspace groups per synced write (one fsync)")
                     .buckets(pow2(1.0, 11)),
+            )
+            .expect("static metric definition"),
+            commit_window_waits: IntCounter::new(
+                "allowly_engine_commit_window_waits_total",
+                "Synced writes that waited for the commit window (under load)",
             )
             .expect("static metric definition"),
             signer_waits: IntCounter::new(
@@ -430,7 +437,7 @@ impl Metrics {
     }
 
     /// Every metric but the store's gauges.
-    fn parts(&self) -> [&dyn Collector; 35] {
+    fn parts(&self) -> [&dyn Collector; 36] {
         [
             &self.decisions,
             &self.overloaded,
@@ -438,6 +445,7 @@ impl Metrics {
             &self.failed_closed,
             &self.commit_batch,
             &self.commit_groups,
+            &self.commit_window_waits,
             &self.signer_waits,
             &self.cached_authorizations,
             &self.commit_seconds,
