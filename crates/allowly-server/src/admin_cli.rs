@@ -93,6 +93,33 @@ pub enum WorkspaceKeyCommand {
         #[command(flatten)]
         idempotency: IdempotencyArgs,
     },
+    /// Move a workspace's signing key to another key store — onto a PKCS#11 token, or back to
+    /// sealed files — by rotating it: the signer makes the new key in its --signer-keystore (on
+    /// a token: generated there, never extractable), the old key is retired with its window
+    /// and stays published, and no private key is ever copied. The signer must run with
+    /// --signer-keystore KIND --signer-previous-keystore OLD. Nothing is done if the active key
+    /// is in KIND already; its Idempotency-Key defaults to `migrate-<workspace>-<active key id>`,
+    /// so the same command run again after a lost answer repeats that rotation, never a second
+    /// one. Reads the signer's key files (public data): run it as a user that can (root, when
+    /// the signer is isolated).
+    Migrate {
+        /// The workspace (`ws_…`).
+        #[arg(long, value_name = "ID")]
+        workspace: String,
+        /// The key store to move the key to.
+        #[arg(long, value_enum, value_name = "KIND")]
+        to: crate::signer_child::KeystoreKind,
+        /// The signer's directory.
+        #[arg(long, value_name = "DIR", default_value = "./allowly-data/signer")]
+        signer_dir: PathBuf,
+        /// The allowly-signer binary (reads the key files) [default: next to allowly, else on PATH].
+        #[arg(long, env = "ALLOWLY_SIGNER_BIN", value_name = "PATH")]
+        signer_bin: Option<PathBuf>,
+        #[command(flatten)]
+        server: ServerArgs,
+        #[command(flatten)]
+        idempotency: IdempotencyArgs,
+    },
 }
 
 /// `allowly admin-key …`
@@ -140,9 +167,54 @@ pub fn workspace_key(cmd: WorkspaceKeyCommand) -> Result<String, ServeError> {
             }
             server.post(&format!("/v1/workspaces/{workspace}/keys/rotate"), &idempotency.key()?)
         }
+        WorkspaceKeyCommand::Migrate { workspace, to, signer_dir, signer_bin, server, idempotency } => {
+            if !crate::extract::valid_path_id(&workspace) {
+                return Err(invalid(format!("not a workspace id: {workspace:?}")));
+            }
+            let bin = crate::signer_child::find_binary(signer_bin)?;
+            let (key_id, held_by) = active_key(&bin, &signer_dir, &workspace)?;
+            if held_by == to.name() {
+                let done = serde_json::json!({ "workspace_id": workspace, "active_key_id": key_id, "keystore": held_by, "rotated": false });
+                return Ok(done.to_string());
+            }
+            // Derived from the key being replaced: the same command run again after a lost
+            // answer repeats this rotation (and finds the key moved), never makes a second one.
+            let key = idempotency.idempotency_key.unwrap_or_else(|| format!("migrate-{workspace}-{key_id}"));
+            let answer = server.post(&format!("/v1/workspaces/{workspace}/keys/rotate"), &key)?;
+            let (new_id, now_in) = active_key(&bin, &signer_dir, &workspace)?;
+            if now_in != to.name() {
+                return Err(invalid(format!(
+                    "the key of {workspace} was rotated ({key_id} -> {new_id}), but the signer made the new key in its {now_in} key store, not {}: start it with --signer-keystore {} --signer-previous-keystore {held_by} and run this again",
+                    to.name(),
+                    to.name()
+                )));
+            }
+            Ok(answer)
+        }
     }
 }
 
+/// The active key of `ws` in signer directory `dir` and the key store holding it, as
+/// `allowly-signer keys` reads them from the key files.
+fn active_key(bin: &Path, dir: &Path, ws: &str) -> Result<(String, String), ServeError> {
+    let out = std::process::Command::new(bin)
+        .args(["keys", "--workspace", ws, "--dir"])
+        .arg(dir)
+        .output()
+        .map_err(|source| ServeError::Io { what: format!("running {} keys", bin.display()), source })?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        let why = String::from_utf8_lossy(&out.stderr);
+        return Err(invalid(format!("reading the keys of {ws} in {}: {}", dir.display(), why.trim())));
+    }
+    let listed: serde_json::Value = serde_json::from_str(text.trim())
+        .map_err(|e| invalid(format!("{} keys printed {text:?}: {e}", bin.display())))?;
+    let active = listed["keys"].as_array().into_iter().flatten().find(|k| k["status"] == "active");
+    match active.map(|k| (k["key_id"].as_str(), k["keystore"].as_str())) {
+        Some((Some(id), Some(store))) => Ok((id.to_owned(), store.to_owned())),
+        _ => Err(invalid(format!("{ws} has no active key in {}", dir.display()))),
+    }
+}
 
 /// Runs `allowly admin-key …`; returns what to print.
 pub fn admin_key(cmd: AdminKeyCommand) -> Result<String, ServeError> {
