@@ -335,6 +335,25 @@ fn operator_at(url: &str, data: &Path, args: &[&str]) -> (bool, String) {
     (out.status.success(), text)
 }
 
+/// Reads the head of a bodyless request from `client`, sends it to `upstream` and returns the
+/// whole answer; `None` if the client did not send a whole head.
+fn pass_on(client: &mut impl std::io::Read, upstream: std::net::SocketAddr) -> Option<Vec<u8>> {
+    use std::io::{Read as _, Write as _};
+    let mut request = Vec::new();
+    let mut byte = [0u8; 1];
+    while !request.ends_with(b"\r\n\r\n") {
+        match client.read(&mut byte) {
+            Ok(1) => request.push(byte[0]),
+            _ => return None,
+        }
+    }
+    let mut up = std::net::TcpStream::connect(upstream).unwrap();
+    up.write_all(&request).unwrap();
+    let mut answer = Vec::new();
+    up.read_to_end(&mut answer).unwrap();
+    Some(answer)
+}
+
 /// A TLS terminator in front of `upstream` on a loopback port, with the test certificate
 /// (`fixtures/tls-server.pem`, for 127.0.0.1 and localhost, issued by `fixtures/tls-ca.pem`):
 /// each connection's request (no body) is passed on and the answer sent back, then
@@ -342,7 +361,7 @@ fn operator_at(url: &str, data: &Path, args: &[&str]) -> (bool, String) {
 fn tls_terminator(upstream: std::net::SocketAddr) -> std::net::SocketAddr {
     use rustls::pki_types::pem::PemObject as _;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    use std::io::{Read as _, Write as _};
+    use std::io::Write as _;
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/fixtures");
     let chain = CertificateDer::pem_file_iter(dir.join("tls-server.pem")).unwrap().map(Result::unwrap).collect();
     let key = PrivateKeyDer::from_pem_file(dir.join("tls-server.key")).unwrap();
@@ -362,21 +381,7 @@ fn tls_terminator(upstream: std::net::SocketAddr) -> std::net::SocketAddr {
             let conn = rustls::ServerConnection::new(config.clone()).unwrap();
             let mut tls = rustls::StreamOwned::new(conn, tcp);
             // A client that refuses the certificate ends the handshake: the read fails.
-            let mut request = Vec::new();
-            let mut byte = [0u8; 1];
-            while !request.ends_with(b"\r\n\r\n") {
-                match tls.read(&mut byte) {
-                    Ok(1) => request.push(byte[0]),
-                    _ => break,
-                }
-            }
-            if !request.ends_with(b"\r\n\r\n") {
-                continue;
-            }
-            let mut up = std::net::TcpStream::connect(upstream).unwrap();
-            up.write_all(&request).unwrap();
-            let mut answer = Vec::new();
-            up.read_to_end(&mut answer).unwrap();
+            let Some(answer) = pass_on(&mut tls, upstream) else { continue };
             tls.write_all(&answer).unwrap();
             tls.conn.send_close_notify();
             let _ = tls.flush();
@@ -449,25 +454,14 @@ fn answer_losing_proxy(
     lose: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     seen: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 ) -> std::net::SocketAddr {
-    use std::io::{Read as _, Write as _};
+    use std::io::Write as _;
     use std::sync::atomic::Ordering;
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     std::thread::spawn(move || {
         for tcp in listener.incoming() {
             let Ok(mut tcp) = tcp else { continue };
-            let mut request = Vec::new();
-            let mut byte = [0u8; 1];
-            while !request.ends_with(b"\r\n\r\n") {
-                match tcp.read(&mut byte) {
-                    Ok(1) => request.push(byte[0]),
-                    _ => break,
-                }
-            }
-            let mut up = std::net::TcpStream::connect(upstream).unwrap();
-            up.write_all(&request).unwrap();
-            let mut answer = Vec::new();
-            up.read_to_end(&mut answer).unwrap();
+            let Some(answer) = pass_on(&mut tcp, upstream) else { continue };
             seen.fetch_add(1, Ordering::SeqCst);
             if lose.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
                 continue; // dropped: the connection closes without an answer
