@@ -409,6 +409,12 @@ pub struct KeyListing {
     pub not_after_ms: Option<u64>,
 }
 
+/// Whether `ws` has the form of a workspace id (`[A-Za-z0-9_-]{1,128}`, as the protocol's
+/// `wsid`): checked before a name read from a file or the command line becomes a path.
+fn valid_workspace_id(ws: &str) -> bool {
+    !ws.is_empty() && ws.len() <= 128 && ws.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
 /// Every workspace's keys under signer directory `dir` (or only `only`'s), by workspace id,
 /// read from the key files alone: no backend, no key opened. For `allowly-signer keys` (which
 /// `allowly workspace-key migrate` reads) and for the start-up count of keys still in a
@@ -416,7 +422,12 @@ pub struct KeyListing {
 pub fn list_keys(dir: &Path, only: Option<&str>) -> Result<Vec<(String, Vec<KeyListing>)>> {
     let keys = dir.join("keys");
     let names: Vec<String> = match only {
+        Some(ws) if !valid_workspace_id(ws) => {
+            return Err(SignerError::InvalidArgument(format!("not a workspace id: {ws:?}")))
+        }
         Some(ws) => vec![format!("{ws}.json")],
+        // A signer that never created a workspace has no key directory yet.
+        None if !keys.is_dir() => Vec::new(),
         None => {
             let mut v = Vec::new();
             for e in fs::read_dir(&keys)? {
@@ -586,17 +597,22 @@ impl KeyStore {
                 Err(e) => return Err(e.into()),
             };
             let ws = intent.workspace_id.as_str();
-            let valid_ws = !ws.is_empty()
-                && ws.len() <= 128
-                && ws.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-            if !valid_ws || intent.keystore != "pkcs11" {
+            if !valid_workspace_id(ws) || intent.keystore != "pkcs11" {
                 tracing::warn!(path = %path.display(), "key intent names no workspace or key store this signer knows; left for the operator");
                 continue;
             }
             let r = KeyRef::Token { object_id: intent.object_id.clone() };
-            let recorded = self
-                .read(ws)?
-                .is_some_and(|f| f.keys.iter().any(|k| k.token_object.as_deref() == Some(&intent.object_id)));
+            let recorded = match self.read(ws) {
+                Ok(file) => {
+                    file.is_some_and(|f| f.keys.iter().any(|k| k.token_object.as_deref() == Some(&intent.object_id)))
+                }
+                // Not this start's to fail on (the workspace refuses to load by itself), and a
+                // key it may record is not deleted on a guess.
+                Err(e) => {
+                    tracing::warn!(workspace = ws, error = %e, "cannot read the key file a key intent names; left for the next start");
+                    continue;
+                }
+            };
             if recorded {
                 self.settle(&r);
                 continue;
@@ -1041,6 +1057,136 @@ mod tests {
         file.keys[0].token_object = None;
         ks.write(&file).unwrap();
         assert!(matches!(ks.load("ws_a"), Err(SignerError::Corrupt(_))));
+    }
+
+    /// A backend that makes keys "outside the key file" (as a token does) in memory, recording
+    /// what it is asked to destroy, and failing destruction while `refuse` is set.
+    #[derive(Debug, Default)]
+    struct Outside {
+        made: std::sync::Mutex<Vec<String>>,
+        destroyed: std::sync::Mutex<Vec<String>>,
+        refuse: std::sync::atomic::AtomicBool,
+    }
+
+    #[derive(Debug)]
+    struct Shared(std::sync::Arc<Outside>);
+
+    impl KeyBackend for Shared {
+        fn kind(&self) -> &'static str {
+            "pkcs11"
+        }
+        fn generate(
+            &self,
+            ws: &str,
+            _when: &'static str,
+            intent: &mut dyn FnMut(&KeyRef) -> Result<()>,
+        ) -> Result<Generated> {
+            let object_id = hex::encode(random_bytes::<16>()?);
+            let stored = KeyRef::Token { object_id: object_id.clone() };
+            intent(&stored)?;
+            self.0.made.lock().unwrap().push(object_id);
+            let key = ed25519_dalek::SigningKey::from_bytes(&random_bytes::<32>()?);
+            let key_id = key_id_hex(ws, key.verifying_key())?;
+            Ok(Generated { key: Box::new(key), key_id, stored })
+        }
+        fn open(
+            &self,
+            ws: &str,
+            key_id: &str,
+            _: &[u8; 32],
+            _: &KeyRef,
+            _: &'static str,
+        ) -> Result<Box<dyn WorkspaceKey>> {
+            Err(SignerError::Corrupt(format!("{ws} {key_id}: not kept")))
+        }
+        fn destroy(&self, stored: &KeyRef) -> Result<usize> {
+            let KeyRef::Token { object_id } = stored else { return Ok(0) };
+            if self.0.refuse.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(SignerError::Token { op: "deleting a key", detail: "refused".into() });
+            }
+            self.0.destroyed.lock().unwrap().push(object_id.clone());
+            Ok(2)
+        }
+        fn check(&self) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    fn pending(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(dir.join(PENDING_DIR))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// An intent lives from before a key is made outside the key file until the key file records
+    /// it or it is destroyed; at start, `destroy_orphans` destroys exactly the keys of intents no
+    /// key file records (a crash between the two), settles the intents of recorded ones, and
+    /// keeps what it cannot settle (a refused deletion, an intent it cannot read).
+    #[test]
+    fn orphan_keys_are_those_of_unsettled_intents_that_no_key_file_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = std::sync::Arc::new(Outside::default());
+        let ks = KeyStore::open(dir.path(), Box::new(Shared(outside.clone()))).unwrap();
+        let new = ks.prepare("ws_a", 1).unwrap();
+        assert_eq!(pending(dir.path()).len(), 1, "written before the key was made");
+        // The key file cannot be opened back (this backend keeps nothing), but it is written:
+        // the intent is settled by the record.
+        assert!(ks.commit_new(new).is_err());
+        assert!(pending(dir.path()).is_empty());
+        let recorded = outside.made.lock().unwrap()[0].clone();
+
+        // A crash after the key was made and before it was recorded, twice; and a crash after a
+        // key file was written but before its intent was removed (an intent for `recorded`).
+        drop(ks.prepare("ws_b", 1).unwrap());
+        drop(ks.prepare("ws_c", 1).unwrap());
+        let orphans: Vec<String> = outside.made.lock().unwrap()[1..].to_vec();
+        let stale = Intent { workspace_id: "ws_a".into(), keystore: "pkcs11".into(), object_id: recorded.clone() };
+        write_atomic(
+            &dir.path().join(PENDING_DIR).join(format!("pkcs11-{recorded}.json")),
+            &serde_json::to_vec(&stale).unwrap(),
+        )
+        .unwrap();
+        fs::write(dir.path().join(PENDING_DIR).join("pkcs11-garbled.json"), b"{").unwrap();
+        let bad = Intent { workspace_id: "../ws_a".into(), keystore: "pkcs11".into(), object_id: "00".into() };
+        fs::write(dir.path().join(PENDING_DIR).join("pkcs11-00.json"), serde_json::to_vec(&bad).unwrap()).unwrap();
+        assert_eq!(pending(dir.path()).len(), 5);
+
+        // The token refuses: nothing is settled that was not destroyed.
+        outside.refuse.store(true, std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(ks.destroy_orphans().unwrap(), 0);
+        assert_eq!(pending(dir.path()).len(), 4, "only the recorded key's intent is settled");
+        outside.refuse.store(false, std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(ks.destroy_orphans().unwrap(), 2);
+        let mut destroyed = outside.destroyed.lock().unwrap().clone();
+        destroyed.sort();
+        let mut want = orphans.clone();
+        want.sort();
+        assert_eq!(destroyed, want, "exactly the unrecorded keys, never the recorded one");
+        assert_eq!(pending(dir.path()), ["pkcs11-00.json", "pkcs11-garbled.json"], "what it cannot read stays");
+    }
+
+    #[test]
+    fn keys_are_listed_from_the_key_files_with_the_store_that_holds_each() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(list_keys(dir.path(), None).unwrap().is_empty(), "no key directory yet");
+        let ks = store(dir.path());
+        ks.create("ws_a", 10).unwrap();
+        ks.rotate("ws_a", 20).unwrap();
+        ks.create("ws_b", 30).unwrap();
+        let all = list_keys(dir.path(), None).unwrap();
+        assert_eq!(
+            all.iter().map(|(ws, keys)| (ws.as_str(), keys.len())).collect::<Vec<_>>(),
+            [("ws_a", 2), ("ws_b", 1)]
+        );
+        let (_, a) = &all[0];
+        assert_eq!((a[0].status, a[0].keystore, a[0].not_after_ms), ("retired", "file", Some(20)));
+        assert_eq!((a[1].status, a[1].keystore, a[1].not_before_ms), ("active", "file", 20));
+        assert_eq!(list_keys(dir.path(), Some("ws_b")).unwrap().len(), 1);
+        assert!(matches!(list_keys(dir.path(), Some("ws_none")), Err(SignerError::UnknownWorkspace)));
+        assert!(matches!(list_keys(dir.path(), Some("../ws_a")), Err(SignerError::InvalidArgument(_))));
     }
 
     #[test]
