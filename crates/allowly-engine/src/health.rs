@@ -246,6 +246,12 @@ impl Divergence {
 #[derive(Debug, Default)]
 pub(crate) struct Diverged {
     map: DashMap<String, (Divergence, String, u64)>,
+    /// Woken at every mark. A key rotation waiting for its workspace's log to be signed
+    /// (`Pipelines::signed_up_to`) must learn of a divergence at once, and not every mark comes
+    /// from the signing task it otherwise listens to (the start-up comparison's background
+    /// retry, `signer_ahead`, marks a store behind its signer). Marks are rare: every waiter
+    /// wakes and looks at its own workspace.
+    marked: tokio::sync::Notify,
 }
 
 impl Diverged {
@@ -272,6 +278,13 @@ impl Diverged {
             tracing::error!(workspace = %ws, reason = %why, code = kind.code(), "signer log diverges from the stored log: the workspace refuses new receipts until resynced");
         }
         m.workspaces_diverged.set(i64::try_from(self.map.len()).unwrap_or(i64::MAX));
+        self.marked.notify_waiters();
+    }
+
+    /// Completes at the next [`Diverged::mark`] of any workspace (register it, with `enable`,
+    /// before looking at the marks, so a mark in between still wakes the waiter).
+    pub fn marked(&self) -> tokio::sync::futures::Notified<'_> {
+        self.marked.notified()
     }
 
     /// Clears `ws` (after a successful resync); whether it was marked.

@@ -232,10 +232,10 @@ pub struct BackupArgs {
     /// The running instance's data directory (for the admin token and the staged halves).
     #[arg(long, env = "ALLOWLY_DATA_DIR", default_value = "./allowly-data")]
     pub data_dir: PathBuf,
-    /// The running instance's URL: `http://` as `allowly serve --listen`, or `https://` behind a
-    /// TLS terminator (Mozilla's roots; the operator commands' client, `http_client.rs`).
-    #[arg(long, env = "ALLOWLY_URL", default_value = "http://127.0.0.1:8080")]
-    pub url: String,
+    /// The running instance's API (`http://` as `allowly serve --listen`, or `https://` behind a
+    /// TLS terminator), as for the other operator commands.
+    #[command(flatten)]
+    pub api: crate::admin_cli::ApiArgs,
     /// The instance admin key file [default: DATA_DIR/admin-token].
     #[arg(long, value_name = "FILE")]
     pub admin_token_file: Option<PathBuf>,
@@ -288,7 +288,7 @@ pub fn backup(args: BackupArgs) -> Result<(), BackupError> {
     ensure_empty_or_missing(&dest)?;
     let token_file = args.admin_token_file.clone().unwrap_or_else(|| args.data_dir.join(ADMIN_TOKEN_FILE));
     let token = std::fs::read_to_string(&token_file).map_err(io(format!("reading {}", token_file.display())))?;
-    let answer = post(&args.url, "/v1/admin/backup", token.trim())?;
+    let answer = post(&args.api, "/v1/admin/backup", token.trim())?;
     let staged: Staged = serde_json::from_str(&answer)
         .map_err(|e| BackupError::Server(format!("unexpected answer to the backup request: {e}")))?;
     let signer_dir = args.signer_dir.clone().unwrap_or_else(|| args.data_dir.join(SIGNER_DIR));
@@ -726,11 +726,11 @@ fn make_private(dir: &Path) -> Result<(), BackupError> {
 
 /// A bodyless `POST` with the admin key through the operator commands' client
 /// ([`crate::http_client`]); the answer's body if it is 2xx.
-fn post(url: &str, path: &str, token: &str) -> Result<String, BackupError> {
+fn post(api: &crate::admin_cli::ApiArgs, path: &str, token: &str) -> Result<String, BackupError> {
     let auth = format!("Bearer {token}");
     let req = crate::http_client::Request {
-        url,
-        ca_file: None,
+        url: &api.url,
+        ca_file: api.ca_file.as_deref(),
         method: "POST",
         path,
         headers: &[("Authorization", &auth)],

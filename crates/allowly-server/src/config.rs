@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
 
 /// Resolved here, launched by `signer_child`, where it is defined.
-pub use crate::signer_child::SignerKeystore;
+pub use crate::signer_child::{KeystoreKind, SignerKeystore, TokenSettings};
 
 /// Default data directory (relative to the working directory).
 pub const DEFAULT_DATA_DIR: &str = "./allowly-data";
@@ -39,8 +39,9 @@ pub const DEFAULT_REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 const AFTER_HELP: &str = "\
 Every option can also be set by its environment variable or in the TOML file given by --config
-(keys: data_dir, listen, signer_socket, signer_bin, signer_keystore, pkcs11_module, pkcs11_token_label,
-pkcs11_pin_file, signer_max_in_flight, signer_timeout_ms, rotation_drain_timeout_ms, commit_window_us, min_free_disk,
+(keys: data_dir, listen, signer_socket, signer_bin, signer_keystore, signer_previous_keystore,
+pkcs11_module, pkcs11_token_label, pkcs11_pin_file, signer_max_in_flight, signer_timeout_ms,
+rotation_drain_timeout_ms, commit_window_us, min_free_disk,
 max_unsigned_age_ms, max_cached_authorizations, idle_timeout_ms, memory_high_water_mib, body_limit,
 max_connections, max_connections_per_address, request_read_timeout_ms, metrics_token_file,
 rate_limit_per_second, rate_limit_burst, confirmation_ttl_ms,
@@ -72,6 +73,12 @@ non-extractable Ed25519 key and have the token sign every checkpoint; no master 
 module, token or PIN that does not work stops the signer, and with it the start of allowly; a
 signer restarted while its token is unusable keeps checks failing closed (503) until it is back.
 An external signer (--signer-socket) is configured on its own command line instead.
+
+Moving workspace keys between key stores (onto a token, or back) is a key rotation, never a copy
+of a private key: start with the new --signer-keystore and --signer-previous-keystore set to the
+old one (both configured), run `allowly workspace-key migrate --workspace ID --to KIND` for each
+workspace, then drop --signer-previous-keystore once `allowly-signer keys --dir <data-dir>/signer`
+shows no active key in the old store (docs/operations.md).
 
 Failing closed: receipt-producing calls (checks, grants, revocations, answers to confirmations
 and escalations) answer 503 and /readyz is false while the signer does not answer within
@@ -161,6 +168,12 @@ pub struct ServeArgs {
     /// PKCS#11 token (an HSM) that makes and uses them [default: file].
     #[arg(long, env = "ALLOWLY_SIGNER_KEYSTORE", value_enum, value_name = "KIND")]
     pub signer_keystore: Option<KeystoreKind>,
+    /// While moving workspace keys from one key store to the other: the one the embedded signer
+    /// used before. Workspaces whose active key is there sign with it until `allowly
+    /// workspace-key migrate` rotates them onto --signer-keystore; drop the setting once none is
+    /// left (`allowly-signer keys`).
+    #[arg(long, env = "ALLOWLY_SIGNER_PREVIOUS_KEYSTORE", value_enum, value_name = "KIND")]
+    pub signer_previous_keystore: Option<KeystoreKind>,
     /// --signer-keystore pkcs11: the token's PKCS#11 module (a shared library).
     #[arg(long, env = "ALLOWLY_PKCS11_MODULE", value_name = "PATH")]
     pub pkcs11_module: Option<PathBuf>,
@@ -303,6 +316,7 @@ pub struct FileConfig {
     pub signer_socket: Option<PathBuf>,
     pub signer_bin: Option<PathBuf>,
     pub signer_keystore: Option<KeystoreKind>,
+    pub signer_previous_keystore: Option<KeystoreKind>,
     pub pkcs11_module: Option<PathBuf>,
     pub pkcs11_token_label: Option<String>,
     pub pkcs11_pin_file: Option<PathBuf>,
@@ -350,17 +364,6 @@ impl SizeSetting {
             Self::Text(t) => parse_size(t),
         }
     }
-}
-
-/// Which key store the embedded signer uses (`--signer-keystore`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum KeystoreKind {
-    /// Sealed files under the signer's master key.
-    #[default]
-    File,
-    /// A PKCS#11 token (an HSM).
-    Pkcs11,
 }
 
 /// Where the signer comes from.
@@ -446,12 +449,13 @@ impl ServeArgs {
         let listen = self.listen.or(file.listen).unwrap_or_else(default_listen);
         let keystore = resolve_keystore(
             self.signer_keystore.or(file.signer_keystore).unwrap_or_default(),
+            self.signer_previous_keystore.or(file.signer_previous_keystore),
             self.pkcs11_module.or(file.pkcs11_module),
             self.pkcs11_token_label.or(file.pkcs11_token_label),
             self.pkcs11_pin_file.or(file.pkcs11_pin_file),
         )?;
         let signer = match self.signer_socket.or(file.signer_socket) {
-            Some(_) if keystore != SignerKeystore::File => {
+            Some(_) if keystore != SignerKeystore::default() => {
                 return Err(ConfigError::Keystore(
                     "a signer of its own (signer_socket) is configured on its own command line, not here".into(),
                 ));
@@ -594,25 +598,35 @@ impl ServeArgs {
 
 fn resolve_keystore(
     kind: KeystoreKind,
+    previous: Option<KeystoreKind>,
     module: Option<PathBuf>,
     token_label: Option<String>,
     pin_file: Option<PathBuf>,
 ) -> Result<SignerKeystore, ConfigError> {
-    match (kind, module, token_label, pin_file) {
-        (KeystoreKind::File, None, None, None) => Ok(SignerKeystore::File),
-        (KeystoreKind::File, ..) => {
-            Err(ConfigError::Keystore("pkcs11_* settings need signer_keystore = pkcs11".into()))
+    if previous == Some(kind) {
+        return Err(ConfigError::Keystore("signer_previous_keystore must be the other key store".into()));
+    }
+    let uses_token = kind == KeystoreKind::Pkcs11 || previous == Some(KeystoreKind::Pkcs11);
+    let token = match (uses_token, module, token_label, pin_file) {
+        (false, None, None, None) => None,
+        (false, ..) => {
+            return Err(ConfigError::Keystore(
+                "pkcs11_* settings need signer_keystore (or signer_previous_keystore) = pkcs11".into(),
+            ))
         }
-        (KeystoreKind::Pkcs11, Some(module), Some(token_label), Some(pin_file)) => {
+        (true, Some(module), Some(token_label), Some(pin_file)) => {
             let abs = |p: PathBuf| {
                 std::path::absolute(&p).map_err(|e| ConfigError::Keystore(format!("{}: {e}", p.display())))
             };
-            Ok(SignerKeystore::Pkcs11 { module: abs(module)?, token_label, pin_file: abs(pin_file)? })
+            Some(TokenSettings { module: abs(module)?, token_label, pin_file: abs(pin_file)? })
         }
-        (KeystoreKind::Pkcs11, ..) => Err(ConfigError::Keystore(
-            "signer_keystore = pkcs11 needs pkcs11_module, pkcs11_token_label and pkcs11_pin_file".into(),
-        )),
-    }
+        (true, ..) => {
+            return Err(ConfigError::Keystore(
+                "signer_keystore = pkcs11 needs pkcs11_module, pkcs11_token_label and pkcs11_pin_file".into(),
+            ))
+        }
+    };
+    Ok(SignerKeystore { kind, previous, token })
 }
 
 fn check_webhooks(w: &WebhookConfig) -> Result<(), ConfigError> {
@@ -657,7 +671,7 @@ mod tests {
         let cfg = ServeArgs::default().resolve().unwrap();
         assert_eq!(cfg.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
         assert_eq!(cfg.listen.to_string(), DEFAULT_LISTEN);
-        assert_eq!(cfg.signer, SignerMode::Embedded { bin: None, keystore: SignerKeystore::File });
+        assert_eq!(cfg.signer, SignerMode::Embedded { bin: None, keystore: SignerKeystore::default() });
         assert_eq!(cfg.body_limit, DEFAULT_BODY_LIMIT);
         assert_eq!(cfg.webhooks, WebhookConfig::default());
         assert_eq!(cfg.signer_timeout, Duration::from_secs(2));
@@ -841,10 +855,28 @@ mod tests {
         };
         let SignerMode::Embedded { keystore, .. } = args.resolve().unwrap().signer else { panic!("embedded") };
         let pin_file = std::env::current_dir().unwrap().join("pin");
-        assert_eq!(
-            keystore,
-            SignerKeystore::Pkcs11 { module: "/usr/lib/m.so".into(), token_label: "t".into(), pin_file }
-        );
+        let token = TokenSettings { module: "/usr/lib/m.so".into(), token_label: "t".into(), pin_file };
+        assert_eq!(keystore, SignerKeystore { kind: KeystoreKind::Pkcs11, previous: None, token: Some(token.clone()) });
+        // Moving keys onto the token: the file store is the previous one; and back.
+        for (kind, previous) in [(KeystoreKind::Pkcs11, KeystoreKind::File), (KeystoreKind::File, KeystoreKind::Pkcs11)]
+        {
+            let args = ServeArgs {
+                config: Some(f.path().to_owned()),
+                signer_keystore: Some(kind),
+                signer_previous_keystore: Some(previous),
+                pkcs11_pin_file: Some("pin".into()),
+                ..ServeArgs::default()
+            };
+            let SignerMode::Embedded { keystore, .. } = args.resolve().unwrap().signer else { panic!("embedded") };
+            assert_eq!(keystore, SignerKeystore { kind, previous: Some(previous), token: Some(token.clone()) });
+        }
+        let same = ServeArgs {
+            config: Some(f.path().to_owned()),
+            signer_previous_keystore: Some(KeystoreKind::Pkcs11),
+            pkcs11_pin_file: Some("pin".into()),
+            ..ServeArgs::default()
+        };
+        assert!(matches!(same.resolve(), Err(ConfigError::Keystore(_))), "previous = the key store itself");
         let half = ServeArgs { signer_keystore: Some(KeystoreKind::Pkcs11), ..ServeArgs::default() };
         assert!(matches!(half.resolve(), Err(ConfigError::Keystore(_))));
         let stray = ServeArgs { pkcs11_token_label: Some("t".into()), ..ServeArgs::default() };
@@ -880,6 +912,7 @@ mod tests {
             ("signer_socket", "ALLOWLY_SIGNER_SOCKET"),
             ("signer_bin", "ALLOWLY_SIGNER_BIN"),
             ("signer_keystore", "ALLOWLY_SIGNER_KEYSTORE"),
+            ("signer_previous_keystore", "ALLOWLY_SIGNER_PREVIOUS_KEYSTORE"),
             ("pkcs11_module", "ALLOWLY_PKCS11_MODULE"),
             ("pkcs11_token_label", "ALLOWLY_PKCS11_TOKEN_LABEL"),
             ("pkcs11_pin_file", "ALLOWLY_PKCS11_PIN_FILE"),

@@ -102,6 +102,14 @@ impl Request<'_> {
         } else {
             exchange(tcp, head.as_bytes(), self.url)?
         };
+        if cut_short(&answer) {
+            // The server (or something between) closed the connection without a whole answer:
+            // the request may or may not have been acted on. Said as a lost answer, which a
+            // command holding an `Idempotency-Key` may send again ([`answer_lost`]).
+            let e =
+                std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the connection closed before a whole answer");
+            return Err(io(format!("reading the answer of {}", self.url))(e));
+        }
         let text = String::from_utf8_lossy(&answer);
         let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
         let status = head.split(' ').nth(1).and_then(|s| s.parse::<u16>().ok()).unwrap_or(0);
@@ -127,12 +135,40 @@ fn exchange(mut s: impl Read + Write, request: &[u8], url: &str) -> Result<Vec<u
     }
 }
 
-/// Whether `answer` holds its whole head and the `Content-Length` bytes the head announces.
-fn complete(answer: &[u8]) -> bool {
-    let Some(end) = answer.windows(4).position(|w| w == b"\r\n\r\n") else { return false };
+/// The `Content-Length` the head of `answer` announces, if its head is whole: `(head end, length)`.
+fn announced(answer: &[u8]) -> Option<(usize, Option<usize>)> {
+    let end = answer.windows(4).position(|w| w == b"\r\n\r\n")?;
     let head = String::from_utf8_lossy(&answer[..end]).to_ascii_lowercase();
     let length = head.lines().find_map(|l| l.strip_prefix("content-length:")).and_then(|v| v.trim().parse().ok());
-    length.is_some_and(|n: usize| answer.len() - (end + 4) == n)
+    Some((end + 4, length))
+}
+
+/// Whether `answer` holds its whole head and the `Content-Length` bytes the head announces.
+fn complete(answer: &[u8]) -> bool {
+    announced(answer).is_some_and(|(body, length)| length == Some(answer.len() - body))
+}
+
+/// Whether a connection that ended with `answer` ended before its answer did: no whole head,
+/// or fewer body bytes than announced. (Without a `Content-Length` the end of the connection is
+/// the end of the body.)
+fn cut_short(answer: &[u8]) -> bool {
+    announced(answer).is_none_or(|(body, length)| length.is_some_and(|n| answer.len() - body < n))
+}
+
+/// Whether `e` says the answer to a request that may have been sent was lost on the way: the
+/// connection was reset, broke or timed out, or closed before a whole answer. Such a request
+/// may or may not have been acted on, so only a request carrying an `Idempotency-Key` may be
+/// sent again (the server answers a repeat with the first outcome). A refused connection, a
+/// TLS or URL problem, or any answer the server gave, is not a lost answer.
+pub fn answer_lost(e: &ServeError) -> bool {
+    use std::io::ErrorKind as K;
+    matches!(
+        e,
+        ServeError::Io { source, .. } if matches!(
+            source.kind(),
+            K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe | K::UnexpectedEof | K::TimedOut | K::WouldBlock
+        )
+    )
 }
 
 /// The client's TLS settings: the roots of `ca_file` alone if given, else the Mozilla set.
@@ -189,5 +225,27 @@ mod tests {
         assert!(!complete(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n{}"));
         assert!(!complete(b"HTTP/1.1 200 OK\r\n\r\n{}"), "no length: not known to be whole");
         assert!(!complete(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n"));
+    }
+
+    #[test]
+    fn an_answer_is_cut_short_without_its_head_or_announced_body() {
+        assert!(cut_short(b""), "no answer at all: the connection closed");
+        assert!(cut_short(b"HTTP/1.1 200 OK\r\nContent-Len"));
+        assert!(cut_short(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n{}"));
+        assert!(!cut_short(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"));
+        assert!(!cut_short(b"HTTP/1.1 204 No Content\r\n\r\n"), "no length: the body ends with the connection");
+    }
+
+    #[test]
+    fn only_transport_failures_after_sending_are_lost_answers() {
+        let e = |kind| ServeError::Io { what: "x".into(), source: std::io::Error::from(kind) };
+        use std::io::ErrorKind as K;
+        for kind in [K::ConnectionReset, K::BrokenPipe, K::UnexpectedEof, K::TimedOut, K::WouldBlock] {
+            assert!(answer_lost(&e(kind)), "{kind:?}");
+        }
+        for kind in [K::ConnectionRefused, K::InvalidInput, K::InvalidData, K::NotFound] {
+            assert!(!answer_lost(&e(kind)), "{kind:?}");
+        }
+        assert!(!answer_lost(&ServeError::Remote { status: 503, body: String::new() }), "an answer is not lost");
     }
 }

@@ -29,13 +29,45 @@ use tokio::process::{Child, Command};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
-/// The embedded signer's key store, resolved.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub enum SignerKeystore {
+/// A kind of key store (`--signer-keystore`, `--signer-previous-keystore`; the signer's
+/// `--keystore`, `--previous-keystore`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum KeystoreKind {
+    /// Sealed files under the signer's master key.
     #[default]
     File,
-    /// Paths absolute: the signer may run in another working directory (isolated mode).
-    Pkcs11 { module: PathBuf, token_label: String, pin_file: PathBuf },
+    /// A PKCS#11 token (an HSM).
+    Pkcs11,
+}
+
+impl KeystoreKind {
+    /// As the signer's options and `allowly-signer keys` name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::File => "file",
+            Self::Pkcs11 => "pkcs11",
+        }
+    }
+}
+
+/// The embedded signer's PKCS#11 token. Paths absolute: the signer may run in another working
+/// directory (isolated mode).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenSettings {
+    pub module: PathBuf,
+    pub token_label: String,
+    pub pin_file: PathBuf,
+}
+
+/// The embedded signer's key store, resolved: where new keys are made, the key store used
+/// before while workspaces are moved off it (`allowly workspace-key migrate`), and the token
+/// if either is `pkcs11`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SignerKeystore {
+    pub kind: KeystoreKind,
+    pub previous: Option<KeystoreKind>,
+    pub token: Option<TokenSettings>,
 }
 
 /// File name of the signer binary.
@@ -127,21 +159,24 @@ struct Launch {
 }
 
 impl SignerKeystore {
-    /// The `allowly-signer serve` (and `init`) options that select this key store.
+    /// The `allowly-signer serve` options that select this key store (the keeper takes the
+    /// same ones).
     fn signer_args(&self) -> Vec<std::ffi::OsString> {
-        match self {
-            Self::File => Vec::new(),
-            Self::Pkcs11 { module, token_label, pin_file } => vec![
-                "--keystore".into(),
-                "pkcs11".into(),
-                "--pkcs11-module".into(),
-                module.into(),
-                "--pkcs11-token-label".into(),
-                token_label.into(),
-                "--pkcs11-pin-file".into(),
-                pin_file.into(),
-            ],
+        let mut args: Vec<std::ffi::OsString> = vec!["--keystore".into(), self.kind.name().into()];
+        if let Some(previous) = self.previous {
+            args.extend(["--previous-keystore".into(), previous.name().into()]);
         }
+        if let Some(t) = &self.token {
+            args.extend([
+                "--pkcs11-module".into(),
+                t.module.clone().into(),
+                "--pkcs11-token-label".into(),
+                t.token_label.clone().into(),
+                "--pkcs11-pin-file".into(),
+                t.pin_file.clone().into(),
+            ]);
+        }
+        args
     }
 }
 
@@ -229,18 +264,15 @@ fn spawn(launch: &Launch) -> Result<Child, SignerChildError> {
 /// `allowly-signer init` (first run: creates the directory, and the master key unless the keys
 /// are on a PKCS#11 token), as the signer will run.
 async fn init_if_needed(launch: &Launch, state_dir: &Path) -> Result<(), SignerChildError> {
-    let done = match launch.keystore {
-        SignerKeystore::File => state_dir.join("master.key").exists(),
-        SignerKeystore::Pkcs11 { .. } => state_dir.is_dir(),
+    let done = match launch.keystore.kind {
+        KeystoreKind::File => state_dir.join("master.key").exists(),
+        KeystoreKind::Pkcs11 => state_dir.is_dir(),
     };
     if done {
         return Ok(());
     }
     let bin = &launch.bin;
-    let keystore = match launch.keystore {
-        SignerKeystore::File => "file",
-        SignerKeystore::Pkcs11 { .. } => "pkcs11",
-    };
+    let keystore = launch.keystore.kind.name();
     let out = launch
         .command()
         .arg("init")
@@ -350,10 +382,7 @@ impl Keeper {
             .arg(data_dir)
             .args(["--uid", &acc.signer.uid.to_string(), "--gid", &acc.signer.gid.to_string()])
             .args(["--allow-uid", &acc.front.uid.to_string()]);
-        if let SignerKeystore::Pkcs11 { module, token_label, pin_file } = keystore {
-            cmd.arg("--pkcs11-module").arg(module).arg("--pkcs11-token-label").arg(token_label);
-            cmd.arg("--pkcs11-pin-file").arg(pin_file);
-        }
+        cmd.args(keystore.signer_args());
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -405,7 +434,12 @@ pub struct KeeperArgs {
     pub gid: u32,
     #[arg(long)]
     pub allow_uid: u32,
-    /// The embedded signer's PKCS#11 key store (all three, or none: the sealed-file one).
+    /// The embedded signer's key stores (as `allowly-signer serve` takes them).
+    #[arg(long, value_enum, default_value_t)]
+    pub keystore: KeystoreKind,
+    #[arg(long, value_enum)]
+    pub previous_keystore: Option<KeystoreKind>,
+    /// Its PKCS#11 token (all three, or none).
     #[arg(long, requires_all = ["pkcs11_token_label", "pkcs11_pin_file"])]
     pub pkcs11_module: Option<PathBuf>,
     #[arg(long, requires = "pkcs11_module")]
@@ -422,10 +456,11 @@ pub async fn keep(args: KeeperArgs) -> Result<(), SignerChildError> {
     use tokio::signal::unix::{signal, SignalKind};
     let exe = std::fs::File::open(&args.signer_bin).map_err(io(format!("opening {}", args.signer_bin.display())))?;
     let state_dir = args.data_dir.join(crate::layout::SIGNER_DIR);
-    let keystore = match (args.pkcs11_module, args.pkcs11_token_label, args.pkcs11_pin_file) {
-        (Some(module), Some(token_label), Some(pin_file)) => SignerKeystore::Pkcs11 { module, token_label, pin_file },
-        _ => SignerKeystore::File,
+    let token = match (args.pkcs11_module, args.pkcs11_token_label, args.pkcs11_pin_file) {
+        (Some(module), Some(token_label), Some(pin_file)) => Some(TokenSettings { module, token_label, pin_file }),
+        _ => None,
     };
+    let keystore = SignerKeystore { kind: args.keystore, previous: args.previous_keystore, token };
     let launch = Launch {
         bin: args.signer_bin.clone(),
         dir: PathBuf::from("."),

@@ -46,8 +46,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         token_label: label.clone(),
         pin: Pin::from_file(std::path::Path::new(pin_file))?,
     };
-    let backend = TokenBackend::open(cfg, &MlockPolicy::default())?;
-    let generated = backend.generate("ws_token_bench", "create")?;
+    let backend = TokenBackend::open(cfg, &MlockPolicy::default(), Default::default())?;
+    let generated = backend.generate("ws_token_bench", "create", &mut |_| Ok(()))?;
     let KeyRef::Token { object_id } = &generated.stored else { return Err("not a token key".into()) };
 
     // Raw C_Sign on a session of this tool's own (same module instance, so same login state).

@@ -91,8 +91,15 @@ pub trait KeyBackend: Send + Sync + std::fmt::Debug {
     /// `"file"` or `"pkcs11"`: for logs and for refusing a key the other backend made.
     fn kind(&self) -> &'static str;
     /// Generates a key pair for `ws` (`when`: `create` or `rotate`, for logs). The private half
-    /// never leaves the backend in the clear.
-    fn generate(&self, ws: &str, when: &'static str) -> Result<Generated>;
+    /// never leaves the backend in the clear. A backend that makes something outside the key
+    /// file (a token object) calls `intent` with its reference first, so a crash before the
+    /// key is recorded leaves a trace ([`KeyStore::destroy_orphans`]).
+    fn generate(
+        &self,
+        ws: &str,
+        when: &'static str,
+        intent: &mut dyn FnMut(&KeyRef) -> Result<()>,
+    ) -> Result<Generated>;
     /// Opens the key `key_id` of `ws` recorded as `stored`, whose public key must be `public`.
     fn open(
         &self,
@@ -102,11 +109,22 @@ pub trait KeyBackend: Send + Sync + std::fmt::Debug {
         stored: &KeyRef,
         when: &'static str,
     ) -> Result<Box<dyn WorkspaceKey>>;
-    /// Destroys a generated key that was never recorded (its creation or rotation failed
-    /// afterwards). Best effort: a failure is logged, never fatal.
-    fn discard(&self, ws: &str, stored: &KeyRef);
+    /// Destroys what `stored` refers to outside the key file (a token's objects with its
+    /// `CKA_ID`; nothing for a sealed key); how many objects there were.
+    fn destroy(&self, stored: &KeyRef) -> Result<usize>;
     /// Whether keys can be used now (`Ping` answers with this): an error while a token is gone.
     fn check(&self) -> Result<()>;
+
+    /// Destroys a generated key that was never recorded (its creation or rotation failed
+    /// afterwards). Best effort: a failure is logged, never fatal (the intent stays, and the
+    /// next start tries again).
+    fn discard(&self, ws: &str, stored: &KeyRef) {
+        match self.destroy(stored) {
+            Ok(0) => {}
+            Ok(objects) => tracing::info!(workspace = ws, objects, "deleted an unrecorded key from its key store"),
+            Err(e) => tracing::warn!(workspace = ws, error = %e, "could not delete an unrecorded key"),
+        }
+    }
 }
 
 /// Signs `text` as a C2SP note of key name `name` with `key` (wherever it is): what
@@ -352,11 +370,101 @@ impl NewKeys {
 }
 
 /// The key store: public records in `<dir>/keys/<workspace>.json`, private halves in its
-/// [`KeyBackend`].
+/// [`KeyBackend`] — and, while a signer moves from one backend to the other, keys not yet
+/// rotated onto it in the *previous* backend, which only opens them (see
+/// [`KeyStore::with_previous`]).
 #[derive(Debug)]
 pub struct KeyStore {
     dir: PathBuf,
+    /// `<dir>/keys-pending/`: an intent per key being made outside the key file (see
+    /// [`KeyStore::destroy_orphans`]). Not in the key directory, so a backup (which copies
+    /// `keys/`) never carries one into another signer's start.
+    pending: PathBuf,
     backend: Box<dyn KeyBackend>,
+    previous: Option<Box<dyn KeyBackend>>,
+}
+
+/// Directory of the intents, under the signer's directory.
+pub const PENDING_DIR: &str = "keys-pending";
+
+/// An intent: a key about to be made outside the key file, for `workspace_id`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Intent {
+    workspace_id: String,
+    /// [`KeyRef::kind`] of the reference.
+    keystore: String,
+    object_id: String,
+}
+
+/// One key as `allowly-signer keys` lists it (public data only).
+#[derive(Debug, Clone, Serialize)]
+pub struct KeyListing {
+    pub key_id: String,
+    /// `active` or `retired`.
+    pub status: &'static str,
+    /// The backend holding its private half: `file` or `pkcs11` ([`KeyRef::kind`]).
+    pub keystore: &'static str,
+    pub not_before_ms: u64,
+    pub not_after_ms: Option<u64>,
+}
+
+/// Whether `ws` has the form of a workspace id (`[A-Za-z0-9_-]{1,128}`, as the protocol's
+/// `wsid`): checked before a name read from a file or the command line becomes a path.
+fn valid_workspace_id(ws: &str) -> bool {
+    !ws.is_empty() && ws.len() <= 128 && ws.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// Every workspace's keys under signer directory `dir` (or only `only`'s), by workspace id,
+/// read from the key files alone: no backend, no key opened. For `allowly-signer keys` (which
+/// `allowly workspace-key migrate` reads) and for the start-up count of keys still in a
+/// previous backend.
+pub fn list_keys(dir: &Path, only: Option<&str>) -> Result<Vec<(String, Vec<KeyListing>)>> {
+    let keys = dir.join("keys");
+    let names: Vec<String> = match only {
+        Some(ws) if !valid_workspace_id(ws) => {
+            return Err(SignerError::InvalidArgument(format!("not a workspace id: {ws:?}")))
+        }
+        Some(ws) => vec![format!("{ws}.json")],
+        // A signer that never created a workspace has no key directory yet.
+        None if !keys.is_dir() => Vec::new(),
+        None => {
+            let mut v = Vec::new();
+            for e in fs::read_dir(&keys)? {
+                let name = e?.file_name();
+                if let Some(n) = name.to_str().filter(|n| n.ends_with(".json")) {
+                    v.push(n.to_owned());
+                }
+            }
+            v.sort();
+            v
+        }
+    };
+    let mut out = Vec::with_capacity(names.len());
+    for name in names {
+        let ws = name.trim_end_matches(".json");
+        let bytes = match fs::read(keys.join(&name)) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && only.is_some() => {
+                return Err(SignerError::UnknownWorkspace)
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let file: KeyFile =
+            serde_json::from_slice(&bytes).map_err(|e| SignerError::Corrupt(format!("key file of {ws}: {e}")))?;
+        let mut listed = Vec::with_capacity(file.keys.len());
+        for k in &file.keys {
+            listed.push(KeyListing {
+                key_id: k.key_id.clone(),
+                status: if k.not_after_ms.is_none() { "active" } else { "retired" },
+                keystore: k.key_ref(ws)?.kind(),
+                not_before_ms: k.not_before_ms,
+                not_after_ms: k.not_after_ms,
+            });
+        }
+        out.push((file.workspace_id, listed));
+    }
+    Ok(out)
 }
 
 /// AAD binds a sealed seed to its workspace and key id, so ciphertexts cannot be swapped
@@ -383,10 +491,29 @@ impl KeyStore {
     /// Opens (creating if needed, mode 0700) the key directory, with `backend` for the private
     /// halves.
     pub fn open(dir: &Path, backend: Box<dyn KeyBackend>) -> Result<Self> {
+        let pending = dir.join(PENDING_DIR);
         let dir = dir.join("keys");
-        fs::create_dir_all(&dir)?;
-        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?;
-        Ok(Self { dir, backend })
+        for d in [&dir, &pending] {
+            fs::create_dir_all(d)?;
+            fs::set_permissions(d, fs::Permissions::from_mode(0o700))?;
+        }
+        Ok(Self { dir, pending, backend, previous: None })
+    }
+
+    /// Also opens keys kept by `previous` (the other kind of backend), the one this signer used
+    /// before: a workspace whose active key is there signs with it until its next rotation,
+    /// which makes the new key with the main backend — moving a workspace between backends is a
+    /// key rotation, never a copy of a private key (`allowly workspace-key migrate`). Nothing
+    /// new is ever made by `previous`.
+    pub fn with_previous(mut self, previous: Box<dyn KeyBackend>) -> Result<Self> {
+        if previous.kind() == self.backend.kind() {
+            return Err(SignerError::InvalidArgument(format!(
+                "the previous key store must be the other kind than {}",
+                self.backend.kind()
+            )));
+        }
+        self.previous = Some(previous);
+        Ok(self)
     }
 
     /// The backend's kind (`file`, `pkcs11`).
@@ -394,9 +521,118 @@ impl KeyStore {
         self.backend.kind()
     }
 
-    /// Whether keys can be used now (see [`KeyBackend::check`]).
+    /// The previous backend's kind, if there is one.
+    pub fn previous_kind(&self) -> Option<&'static str> {
+        self.previous.as_ref().map(|b| b.kind())
+    }
+
+    /// The backend that holds keys referred to as `r`, if this store has it.
+    fn backend_for(&self, r: &KeyRef) -> Option<&dyn KeyBackend> {
+        std::iter::once(&self.backend).chain(self.previous.as_ref()).find(|b| b.kind() == r.kind()).map(|b| &**b)
+    }
+
+    /// Whether keys can be used now (see [`KeyBackend::check`]): every backend's keys, since
+    /// workspaces not yet moved still sign with the previous one's.
     pub fn check(&self) -> Result<()> {
-        self.backend.check()
+        self.backend.check()?;
+        self.previous.as_ref().map_or(Ok(()), |p| p.check())
+    }
+
+    fn intent_path(&self, r: &KeyRef) -> Option<PathBuf> {
+        match r {
+            KeyRef::Token { object_id } => Some(self.pending.join(format!("{}-{object_id}.json", r.kind()))),
+            KeyRef::Sealed { .. } => None,
+        }
+    }
+
+    /// Records, durably, that a key referred to as `r` is about to be made for `ws`.
+    fn intend(&self, ws: &str, r: &KeyRef) -> Result<()> {
+        let (Some(path), KeyRef::Token { object_id }) = (self.intent_path(r), r) else { return Ok(()) };
+        let intent =
+            Intent { workspace_id: ws.to_owned(), keystore: r.kind().to_owned(), object_id: object_id.clone() };
+        let bytes = serde_json::to_vec(&intent).map_err(|e| SignerError::Corrupt(e.to_string()))?;
+        write_atomic(&path, &bytes)?;
+        Ok(())
+    }
+
+    /// Forgets the intent for `r`: its key is recorded in a key file, or destroyed.
+    fn settle(&self, r: &KeyRef) {
+        let Some(path) = self.intent_path(r) else { return };
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            // Left behind, it is settled again at the next start (the key file records it).
+            Err(e) => tracing::warn!(path = %path.display(), error = %e, "could not remove a key intent"),
+        }
+    }
+
+    /// Finds the keys a crash left made but unrecorded — an intent whose key no key file
+    /// records: the crash came between the backend's generation (a token's
+    /// `C_GenerateKeyPair`) and the key file — and destroys them; returns how many. Such a key
+    /// was never published nor used to sign anything released (its only signature is the
+    /// backend's probe), so destroying it loses nothing, while keeping it would leave a usable
+    /// key nobody accounts for. Only keys named by this signer's own intents are touched: a
+    /// token may be shared with other signers, whose keys this one cannot tell from orphans.
+    /// Run at start, before serving (a generation in flight would look the same).
+    pub fn destroy_orphans(&self) -> Result<usize> {
+        let mut destroyed = 0;
+        let mut names: Vec<PathBuf> = Vec::new();
+        for e in fs::read_dir(&self.pending)? {
+            let path = e?.path();
+            match path.extension().and_then(|x| x.to_str()) {
+                Some("json") => names.push(path),
+                // A temp file of an intent whose write did not finish: nothing was generated.
+                Some("tmp") => fs::remove_file(&path)?,
+                _ => {}
+            }
+        }
+        names.sort();
+        for path in names {
+            let intent: Intent = match fs::read(&path).map(|b| serde_json::from_slice(&b)) {
+                Ok(Ok(i)) => i,
+                Ok(Err(e)) => {
+                    tracing::warn!(path = %path.display(), error = %e, "unreadable key intent; left for the operator");
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let ws = intent.workspace_id.as_str();
+            if !valid_workspace_id(ws) || intent.keystore != "pkcs11" {
+                tracing::warn!(path = %path.display(), "key intent names no workspace or key store this signer knows; left for the operator");
+                continue;
+            }
+            let r = KeyRef::Token { object_id: intent.object_id.clone() };
+            let recorded = match self.read(ws) {
+                Ok(file) => {
+                    file.is_some_and(|f| f.keys.iter().any(|k| k.token_object.as_deref() == Some(&intent.object_id)))
+                }
+                // Not this start's to fail on (the workspace refuses to load by itself), and a
+                // key it may record is not deleted on a guess.
+                Err(e) => {
+                    tracing::warn!(workspace = ws, error = %e, "cannot read the key file a key intent names; left for the next start");
+                    continue;
+                }
+            };
+            if recorded {
+                self.settle(&r);
+                continue;
+            }
+            let Some(backend) = self.backend_for(&r) else {
+                tracing::warn!(workspace = ws, object_id = %intent.object_id, keystore = %intent.keystore, "an unrecorded key of a key store this signer does not open: it is deleted at the next start with that key store");
+                continue;
+            };
+            match backend.destroy(&r) {
+                Ok(objects) => {
+                    tracing::warn!(workspace = ws, object_id = %intent.object_id, objects, "deleted a key a crash left generated but never recorded (between C_GenerateKeyPair and the key file)");
+                    destroyed += usize::from(objects > 0);
+                    self.settle(&r);
+                }
+                Err(e) => {
+                    tracing::warn!(workspace = ws, object_id = %intent.object_id, error = %e, "could not delete an unrecorded key; trying again at the next start")
+                }
+            }
+        }
+        Ok(destroyed)
     }
 
     fn path(&self, ws: &str) -> PathBuf {
@@ -408,16 +644,54 @@ impl KeyStore {
         self.path(ws).exists()
     }
 
+    /// A new key made by the main backend (its intent recorded first, if it needs one; settled
+    /// by [`Self::recorded`] or [`Self::discard_key`]).
     fn new_key(&self, ws: &str, now_ms: u64, when: &'static str) -> Result<StoredKey> {
-        let g = self.backend.generate(ws, when)?;
-        Ok(StoredKey::new(g.key_id, &g.key.public_key(), now_ms, g.stored))
+        let mut intended = Vec::new();
+        let made = self.backend.generate(ws, when, &mut |r| {
+            self.intend(ws, r)?;
+            intended.push(r.clone());
+            Ok(())
+        });
+        match made {
+            Ok(g) => Ok(StoredKey::new(g.key_id, &g.key.public_key(), now_ms, g.stored)),
+            Err(e) => {
+                // Whatever the generation left behind goes; the intent only once it has.
+                for r in &intended {
+                    if self.backend.destroy(r).is_ok() {
+                        self.settle(r);
+                    }
+                }
+                Err(e)
+            }
+        }
     }
 
-    /// Destroys what `k` refers to in the backend (a key that is not, and will not be, recorded).
+    /// `k` is in a durable key file now: its intent is settled.
+    fn recorded(&self, ws: &str, k: &StoredKey) {
+        if let Ok(r) = k.key_ref(ws) {
+            self.settle(&r);
+        }
+    }
+
+    /// Destroys what `k` refers to in its backend (a key that is not, and will not be,
+    /// recorded); its intent is settled once that succeeded.
     fn discard_key(&self, ws: &str, k: &StoredKey) {
-        match k.key_ref(ws) {
-            Ok(r) => self.backend.discard(ws, &r),
-            Err(e) => tracing::warn!(workspace = ws, error = %e, "cannot discard an unrecorded key"),
+        let r = match k.key_ref(ws) {
+            Ok(r) => r,
+            Err(e) => return tracing::warn!(workspace = ws, error = %e, "cannot discard an unrecorded key"),
+        };
+        let Some(backend) = self.backend_for(&r) else { return };
+        match backend.destroy(&r) {
+            Ok(objects) => {
+                if objects > 0 {
+                    tracing::info!(workspace = ws, objects, "deleted an unrecorded key from its key store");
+                }
+                self.settle(&r);
+            }
+            Err(e) => {
+                tracing::warn!(workspace = ws, error = %e, "could not delete an unrecorded key; its intent stays for the next start")
+            }
         }
     }
 
@@ -456,7 +730,14 @@ impl KeyStore {
                     return Err(SignerError::Corrupt(format!("{ws} has two active keys")));
                 }
                 // Only the active key is opened: retired keys never sign again.
-                active = Some(self.backend.open(ws, &k.key_id, &public_key, &k.key_ref(ws)?, when)?);
+                let stored = k.key_ref(ws)?;
+                let backend = self.backend_for(&stored).ok_or_else(|| SignerError::WrongKeyBackend {
+                    workspace: ws.to_owned(),
+                    key_id: k.key_id.clone(),
+                    stored: stored.kind(),
+                    serving: self.backend.kind(),
+                })?;
+                active = Some(backend.open(ws, &k.key_id, &public_key, &stored, when)?);
             }
             infos.push(KeyInfo {
                 key_id,
@@ -509,6 +790,9 @@ impl KeyStore {
             }
         }
         let ws = new.file.workspace_id.as_str();
+        for k in &new.file.keys {
+            self.recorded(ws, k);
+        }
         let file = self.read(ws)?.ok_or(SignerError::UnknownWorkspace)?;
         self.to_memory(ws, &file, "create")
     }
@@ -549,6 +833,7 @@ impl KeyStore {
             self.discard_key(ws, &stored);
             return Err(e);
         }
+        self.recorded(ws, &stored);
         self.to_memory(ws, &file, "rotate")
     }
 }
@@ -588,7 +873,13 @@ impl KeyBackend for FileBackend {
         "file"
     }
 
-    fn generate(&self, ws: &str, when: &'static str) -> Result<Generated> {
+    fn generate(
+        &self,
+        ws: &str,
+        when: &'static str,
+        _intent: &mut dyn FnMut(&KeyRef) -> Result<()>,
+    ) -> Result<Generated> {
+        // No intent: nothing exists outside the key file until it is written.
         let mut seed = random_bytes::<32>()?;
         let seed_copy = Zeroizing::new(seed);
         let key = LockedSigningKey::from_seed(&mut seed);
@@ -637,8 +928,9 @@ impl KeyBackend for FileBackend {
         Ok(Box::new(key))
     }
 
-    fn discard(&self, _ws: &str, _stored: &KeyRef) {
-        // Nothing to do: a sealed seed exists only in the key file, which was not written.
+    fn destroy(&self, _stored: &KeyRef) -> Result<usize> {
+        // Nothing to do: a sealed seed exists only in the key file.
+        Ok(0)
     }
 
     fn check(&self) -> Result<()> {
@@ -765,6 +1057,136 @@ mod tests {
         file.keys[0].token_object = None;
         ks.write(&file).unwrap();
         assert!(matches!(ks.load("ws_a"), Err(SignerError::Corrupt(_))));
+    }
+
+    /// A backend that makes keys "outside the key file" (as a token does) in memory, recording
+    /// what it is asked to destroy, and failing destruction while `refuse` is set.
+    #[derive(Debug, Default)]
+    struct Outside {
+        made: std::sync::Mutex<Vec<String>>,
+        destroyed: std::sync::Mutex<Vec<String>>,
+        refuse: std::sync::atomic::AtomicBool,
+    }
+
+    #[derive(Debug)]
+    struct Shared(std::sync::Arc<Outside>);
+
+    impl KeyBackend for Shared {
+        fn kind(&self) -> &'static str {
+            "pkcs11"
+        }
+        fn generate(
+            &self,
+            ws: &str,
+            _when: &'static str,
+            intent: &mut dyn FnMut(&KeyRef) -> Result<()>,
+        ) -> Result<Generated> {
+            let object_id = hex::encode(random_bytes::<16>()?);
+            let stored = KeyRef::Token { object_id: object_id.clone() };
+            intent(&stored)?;
+            self.0.made.lock().unwrap().push(object_id);
+            let key = ed25519_dalek::SigningKey::from_bytes(&random_bytes::<32>()?);
+            let key_id = key_id_hex(ws, key.verifying_key())?;
+            Ok(Generated { key: Box::new(key), key_id, stored })
+        }
+        fn open(
+            &self,
+            ws: &str,
+            key_id: &str,
+            _: &[u8; 32],
+            _: &KeyRef,
+            _: &'static str,
+        ) -> Result<Box<dyn WorkspaceKey>> {
+            Err(SignerError::Corrupt(format!("{ws} {key_id}: not kept")))
+        }
+        fn destroy(&self, stored: &KeyRef) -> Result<usize> {
+            let KeyRef::Token { object_id } = stored else { return Ok(0) };
+            if self.0.refuse.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(SignerError::Token { op: "deleting a key", detail: "refused".into() });
+            }
+            self.0.destroyed.lock().unwrap().push(object_id.clone());
+            Ok(2)
+        }
+        fn check(&self) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    fn pending(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(dir.join(PENDING_DIR))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// An intent lives from before a key is made outside the key file until the key file records
+    /// it or it is destroyed; at start, `destroy_orphans` destroys exactly the keys of intents no
+    /// key file records (a crash between the two), settles the intents of recorded ones, and
+    /// keeps what it cannot settle (a refused deletion, an intent it cannot read).
+    #[test]
+    fn orphan_keys_are_those_of_unsettled_intents_that_no_key_file_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = std::sync::Arc::new(Outside::default());
+        let ks = KeyStore::open(dir.path(), Box::new(Shared(outside.clone()))).unwrap();
+        let new = ks.prepare("ws_a", 1).unwrap();
+        assert_eq!(pending(dir.path()).len(), 1, "written before the key was made");
+        // The key file cannot be opened back (this backend keeps nothing), but it is written:
+        // the intent is settled by the record.
+        assert!(ks.commit_new(new).is_err());
+        assert!(pending(dir.path()).is_empty());
+        let recorded = outside.made.lock().unwrap()[0].clone();
+
+        // A crash after the key was made and before it was recorded, twice; and a crash after a
+        // key file was written but before its intent was removed (an intent for `recorded`).
+        drop(ks.prepare("ws_b", 1).unwrap());
+        drop(ks.prepare("ws_c", 1).unwrap());
+        let orphans: Vec<String> = outside.made.lock().unwrap()[1..].to_vec();
+        let stale = Intent { workspace_id: "ws_a".into(), keystore: "pkcs11".into(), object_id: recorded.clone() };
+        write_atomic(
+            &dir.path().join(PENDING_DIR).join(format!("pkcs11-{recorded}.json")),
+            &serde_json::to_vec(&stale).unwrap(),
+        )
+        .unwrap();
+        fs::write(dir.path().join(PENDING_DIR).join("pkcs11-garbled.json"), b"{").unwrap();
+        let bad = Intent { workspace_id: "../ws_a".into(), keystore: "pkcs11".into(), object_id: "00".into() };
+        fs::write(dir.path().join(PENDING_DIR).join("pkcs11-00.json"), serde_json::to_vec(&bad).unwrap()).unwrap();
+        assert_eq!(pending(dir.path()).len(), 5);
+
+        // The token refuses: nothing is settled that was not destroyed.
+        outside.refuse.store(true, std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(ks.destroy_orphans().unwrap(), 0);
+        assert_eq!(pending(dir.path()).len(), 4, "only the recorded key's intent is settled");
+        outside.refuse.store(false, std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(ks.destroy_orphans().unwrap(), 2);
+        let mut destroyed = outside.destroyed.lock().unwrap().clone();
+        destroyed.sort();
+        let mut want = orphans.clone();
+        want.sort();
+        assert_eq!(destroyed, want, "exactly the unrecorded keys, never the recorded one");
+        assert_eq!(pending(dir.path()), ["pkcs11-00.json", "pkcs11-garbled.json"], "what it cannot read stays");
+    }
+
+    #[test]
+    fn keys_are_listed_from_the_key_files_with_the_store_that_holds_each() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(list_keys(dir.path(), None).unwrap().is_empty(), "no key directory yet");
+        let ks = store(dir.path());
+        ks.create("ws_a", 10).unwrap();
+        ks.rotate("ws_a", 20).unwrap();
+        ks.create("ws_b", 30).unwrap();
+        let all = list_keys(dir.path(), None).unwrap();
+        assert_eq!(
+            all.iter().map(|(ws, keys)| (ws.as_str(), keys.len())).collect::<Vec<_>>(),
+            [("ws_a", 2), ("ws_b", 1)]
+        );
+        let (_, a) = &all[0];
+        assert_eq!((a[0].status, a[0].keystore, a[0].not_after_ms), ("retired", "file", Some(20)));
+        assert_eq!((a[1].status, a[1].keystore, a[1].not_before_ms), ("active", "file", 20));
+        assert_eq!(list_keys(dir.path(), Some("ws_b")).unwrap().len(), 1);
+        assert!(matches!(list_keys(dir.path(), Some("ws_none")), Err(SignerError::UnknownWorkspace)));
+        assert!(matches!(list_keys(dir.path(), Some("../ws_a")), Err(SignerError::InvalidArgument(_))));
     }
 
     #[test]

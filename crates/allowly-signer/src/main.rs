@@ -81,6 +81,18 @@ enum Command {
         #[arg(long)]
         socket: PathBuf,
     },
+    /// Print every workspace's keys in a signer directory, one JSON object per line:
+    /// `{"workspace_id", "keys": [{"key_id", "status", "keystore", "not_before_ms",
+    /// "not_after_ms"}]}` — `keystore` says which key store holds the private half (`file`,
+    /// `pkcs11`). Reads the public key files only; works on a running signer's directory
+    /// (`allowly workspace-key migrate` reads it).
+    Keys {
+        #[arg(long)]
+        dir: PathBuf,
+        /// Only this workspace (exit 1 if it has no keys).
+        #[arg(long, value_name = "ID")]
+        workspace: Option<String>,
+    },
     /// Print every workspace's durable log head in a signer directory (its journal), one JSON
     /// object per line: `{"workspace_id", "size", "checkpoint"}`. Reads only; works on a
     /// stopped signer's directory or a backup's (`allowly restore` compares them).
@@ -109,15 +121,21 @@ struct KeyArgs {
     /// Where workspace keys are generated and kept.
     #[arg(long, value_enum, default_value_t = Keystore::File)]
     keystore: Keystore,
-    /// --keystore pkcs11: the token's PKCS#11 module (a shared library, e.g.
-    /// /usr/lib/softhsm/libsofthsm2.so).
+    /// While moving workspaces from one key store to the other: the key store used before.
+    /// Workspaces whose active key is there go on signing with it until their key is rotated
+    /// (`allowly workspace-key migrate`), which makes the new key in --keystore; nothing new is
+    /// made here. Drop it once `allowly-signer keys` shows no active key in it.
+    #[arg(long, value_enum, value_name = "KIND")]
+    previous_keystore: Option<Keystore>,
+    /// --keystore pkcs11 (or --previous-keystore pkcs11): the token's PKCS#11 module (a shared
+    /// library, e.g. /usr/lib/softhsm/libsofthsm2.so).
     #[arg(long, value_name = "PATH")]
     pkcs11_module: Option<PathBuf>,
-    /// --keystore pkcs11: the label of the token to use (exactly one token must have it).
+    /// The label of the token to use (exactly one token must have it).
     #[arg(long, value_name = "LABEL")]
     pkcs11_token_label: Option<String>,
-    /// --keystore pkcs11: file with the token's user PIN (mode 0600). Default: the
-    /// ALLOWLY_SIGNER_PKCS11_PIN environment variable (removed once read).
+    /// File with the token's user PIN (mode 0600). Default: the ALLOWLY_SIGNER_PKCS11_PIN
+    /// environment variable (removed once read).
     #[arg(long, value_name = "FILE")]
     pkcs11_pin_file: Option<PathBuf>,
 }
@@ -247,6 +265,7 @@ fn main() -> ExitCode {
             serve(dir, socket, master_key_file, allow_uids, require_mlock, parent_pid, keys, tuning)
         }
         Command::Ping { socket } => ping(socket),
+        Command::Keys { dir, workspace } => keys(&dir, workspace.as_deref()),
         Command::Heads { dir } => heads(&dir),
         Command::Audit { command: AuditCommand::Verify { file, head } } => return audit_verify(&file, head.as_deref()),
     };
@@ -289,6 +308,15 @@ fn audit_verify(file: &Path, head: Option<&str>) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+fn keys(dir: &Path, workspace: Option<&str>) -> AnyResult {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    for (ws, keys) in allowly_signer::keystore::list_keys(dir, workspace)? {
+        writeln!(out, "{}", serde_json::json!({ "workspace_id": ws, "keys": keys }))?;
+    }
+    Ok(())
 }
 
 fn heads(dir: &Path) -> AnyResult {
@@ -357,40 +385,71 @@ fn serve(
     let pin_from_env = Pin::from_env();
     let metrics = Metrics::new();
     let mlock = MlockPolicy { failures: metrics.mlock_failures.clone(), required: require_mlock };
-    let backend: Box<dyn KeyBackend> = match keys.keystore {
-        Keystore::File => {
-            if keys.pkcs11_module.is_some() || keys.pkcs11_token_label.is_some() || keys.pkcs11_pin_file.is_some() {
-                return Err("--pkcs11-* options need --keystore pkcs11".into());
-            }
-            let master = match (master_key_file, from_env) {
-                (Some(f), _) => MasterKey::from_file(&f)?,
-                (None, Some(env)) => env?,
-                (None, None) => MasterKey::from_file(&dir.join("master.key"))?,
-            };
-            mlock.check(master.is_locked(), "master key", None)?;
-            Box::new(FileBackend::new(master).with_mlock_policy(mlock))
-        }
-        Keystore::Pkcs11 => {
-            if master_key_file.is_some() {
-                return Err("--master-key-file is for --keystore file; a PKCS#11 signer has no master key".into());
-            }
-            let (Some(module), Some(token_label)) = (keys.pkcs11_module, keys.pkcs11_token_label) else {
-                return Err("--keystore pkcs11 needs --pkcs11-module and --pkcs11-token-label".into());
-            };
-            let pin = match (keys.pkcs11_pin_file, pin_from_env) {
-                (Some(f), _) => Pin::from_file(&f)?,
-                (None, Some(env)) => env?,
-                (None, None) => return Err(format!("--keystore pkcs11 needs --pkcs11-pin-file or {PIN_ENV}").into()),
-            };
-            // Fails closed: a module, token or PIN that does not work stops the signer here.
-            Box::new(TokenBackend::open(TokenConfig { module, token_label, pin }, &mlock)?)
-        }
+    let kinds = [Some(keys.keystore), keys.previous_keystore];
+    if keys.previous_keystore == Some(keys.keystore) {
+        return Err("--previous-keystore must be the other key store than --keystore".into());
+    }
+    let uses = |k: Keystore| kinds.contains(&Some(k));
+    if !uses(Keystore::Pkcs11)
+        && (keys.pkcs11_module.is_some() || keys.pkcs11_token_label.is_some() || keys.pkcs11_pin_file.is_some())
+    {
+        return Err("--pkcs11-* options need --keystore pkcs11 (or --previous-keystore pkcs11)".into());
+    }
+    if !uses(Keystore::File) && master_key_file.is_some() {
+        return Err("--master-key-file is for --keystore file; a PKCS#11 signer has no master key".into());
+    }
+    let mut file = None;
+    if uses(Keystore::File) {
+        let master = match (master_key_file, from_env) {
+            (Some(f), _) => MasterKey::from_file(&f)?,
+            (None, Some(env)) => env?,
+            (None, None) => MasterKey::from_file(&dir.join("master.key"))?,
+        };
+        mlock.check(master.is_locked(), "master key", None)?;
+        file = Some(Box::new(FileBackend::new(master).with_mlock_policy(mlock.clone())) as Box<dyn KeyBackend>);
+    }
+    let mut token = None;
+    if uses(Keystore::Pkcs11) {
+        let (Some(module), Some(token_label)) = (keys.pkcs11_module, keys.pkcs11_token_label) else {
+            return Err("--keystore pkcs11 needs --pkcs11-module and --pkcs11-token-label".into());
+        };
+        let pin = match (keys.pkcs11_pin_file, pin_from_env) {
+            (Some(f), _) => Pin::from_file(&f)?,
+            (None, Some(env)) => env?,
+            (None, None) => return Err(format!("--keystore pkcs11 needs --pkcs11-pin-file or {PIN_ENV}").into()),
+        };
+        // Fails closed: a module, token or PIN that does not work stops the signer here.
+        let backend = TokenBackend::open(TokenConfig { module, token_label, pin }, &mlock, metrics.token())?;
+        token = Some(Box::new(backend) as Box<dyn KeyBackend>);
+    }
+    let (main, previous) = match keys.keystore {
+        Keystore::File => (file, token),
+        Keystore::Pkcs11 => (token, file),
     };
+    let main = main.ok_or("no key store")?;
     if require_mlock {
         probe_mlock()?;
     }
     allowed_uids.push(rustix::process::geteuid().as_raw());
-    let keystore = KeyStore::open(&dir, backend)?;
+    let mut keystore = KeyStore::open(&dir, main)?;
+    if let Some(previous) = previous {
+        keystore = keystore.with_previous(previous)?;
+        let left = allowly_signer::keystore::list_keys(&dir, None)?
+            .iter()
+            .filter(|(_, keys)| {
+                keys.iter().any(|k| k.status == "active" && Some(k.keystore) == keystore.previous_kind())
+            })
+            .count();
+        tracing::warn!(
+            keystore = keystore.kind(),
+            previous = keystore.previous_kind(),
+            workspaces_left = left,
+            "moving keys between key stores: workspaces whose active key is in the previous key store sign with it until `allowly workspace-key migrate` rotates them"
+        );
+    }
+    // Before serving: nothing is being generated, so an intent no key file records is a crash's.
+    let orphans = keystore.destroy_orphans()?;
+    metrics.orphan_keys_destroyed.inc_by(orphans as u64);
     // Recovers the journal (cutting a torn tail, refusing a corrupt record) before serving.
     let journal = Journal::open(&dir, tuning.journal, metrics.clone())?;
     let limits = tuning.limits;

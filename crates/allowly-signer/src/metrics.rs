@@ -81,6 +81,15 @@ pub struct Metrics {
     /// when idle ones are unloaded. Read when the metrics are rendered.
     pub secret_bytes: IntGauge,
     pub secret_locked_bytes: IntGauge,
+    /// 1 while the PKCS#11 token does not answer (the signer fails closed and re-initialises
+    /// the module to find it again); 0 otherwise, and always 0 for sealed-file keys.
+    pub token_lost: IntGauge,
+    /// Re-initialisations of the PKCS#11 module while its token was lost, by `outcome` (`ok`:
+    /// found again; `failed`: not yet, tried again at most once a second).
+    pub token_reinits: IntCounterVec,
+    /// Keys a crash left made on the token but unrecorded (between `C_GenerateKeyPair` and the
+    /// key file), found at start from the key store's intents and deleted.
+    pub orphan_keys_destroyed: IntCounter,
 }
 
 impl Metrics {
@@ -142,7 +151,21 @@ impl Metrics {
                 requests.with_label_values(&[op, outcome]);
             }
         }
+        let token_reinits = counter_vec(
+            "allowly_signer_token_reinitialisations_total",
+            "Re-initialisations of the PKCS#11 module while its token was lost, by outcome",
+            &["outcome"],
+        );
+        for outcome in ["ok", "failed"] {
+            token_reinits.with_label_values(&[outcome]);
+        }
         let m = Self {
+            token_lost: gauge("allowly_signer_token_lost", "1 while the PKCS#11 token does not answer (checks fail closed)"),
+            token_reinits,
+            orphan_keys_destroyed: counter(
+                "allowly_signer_orphan_keys_destroyed_total",
+                "Keys found at start made on the token but never recorded (a crash in between), deleted",
+            ),
             busy,
             workspace_unloads: counter(
                 "allowly_signer_workspace_unloads_total",
@@ -219,6 +242,11 @@ impl Metrics {
             m.receipts_refused.with_label_values(&[reason.label()]);
         }
         m
+    }
+
+    /// The PKCS#11 backend's series.
+    pub fn token(&self) -> crate::pkcs11::TokenMetrics {
+        crate::pkcs11::TokenMetrics { lost: self.token_lost.clone(), reinits: self.token_reinits.clone() }
     }
 
     /// Prometheus text exposition.

@@ -18,17 +18,33 @@
 //!   against the published key before it leaves (a wrong object or a faulty token must never
 //!   release a checkpoint that does not verify). A call into the token may block for
 //!   milliseconds (a networked HSM), so it runs in `block_in_place`, off the async workers.
-//! - **Loss**: a session that the token dropped (HSM restart, token re-inserted, a networked
-//!   HSM's reconnect) is reopened and logged in again once per failed call; if that fails too,
-//!   the call fails and `Ping` answers an error ([`KeyBackend::check`]), so the service fails
-//!   closed until the token is back.
+//! - **Loss** (the token removed, a networked HSM restarting or unreachable, SoftHSM2's token
+//!   directory gone): a session that fails as lost is reopened and logged in again once per
+//!   failed call. The health check ([`KeyBackend::check`], what `Ping` answers with, which the
+//!   service asks every half second) asks the token for its information and the session for its
+//!   login: if the token does not answer, the signer fails closed (every `Ping` an error, so the
+//!   service answers `503 signer_unavailable` and `/readyz` is not ready) and re-initialises the
+//!   module — `C_Finalize`, `C_Initialize`, find the token by its label, open and log in a new
+//!   pool of sessions — at most once per [`REINIT_EVERY`], until the token answers again. A
+//!   module re-initialised may give the same objects other handles (and the old numbers to other
+//!   objects), so every handle is tagged with the *epoch* of the module that gave it, and a key
+//!   whose handle is from an older epoch (or that the token no longer knows) is found again by
+//!   its `CKA_ID` before it signs. Calls hold the module's state for reading, a
+//!   re-initialisation holds it for writing (PKCS#11 leaves `C_Finalize` undefined while another
+//!   thread is inside the module); a call that needs handles (generate and label, find and
+//!   delete) makes all of them under one hold, so it never uses a handle of another epoch.
+//! - **Orphans**: before `C_GenerateKeyPair` the key store records its intent (the new
+//!   `CKA_ID`, see [`crate::keystore`]); a crash between the generation and the key file leaves
+//!   that intent, and the next start deletes the key pair it names if no key file records it.
+//!   Nothing else on the token is ever deleted: another signer may share it.
 //!
 //! The PIN ([`Pin`]) is read from a file of mode 0600 or from [`PIN_ENV`] (scrubbed from the
 //! environment), held in locked memory for re-logins, and never logged.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
@@ -43,6 +59,7 @@ use ed25519_dalek::VerifyingKey;
 use crate::error::{Result, SignerError};
 use crate::hardening::{random_bytes, take_env_var, LockedBytes};
 use crate::keystore::{key_id_hex, Generated, KeyBackend, KeyRef, MlockPolicy, WorkspaceKey};
+use crate::metrics::Metrics;
 
 /// Environment variable that may carry the PIN instead of a file.
 pub const PIN_ENV: &str = "ALLOWLY_SIGNER_PKCS11_PIN";
@@ -52,9 +69,13 @@ pub const PIN_MAX: usize = 255;
 /// (each `C_Sign` holds its session), the rest wait for one.
 const SESSIONS: usize = 4;
 /// `CKA_EC_PARAMS` of Ed25519, in the two DER forms PKCS#11 3.0 allows: the OID 1.3.101.112
-/// (RFC 8410 `id-Ed25519`) and the PrintableString `edwards25519`. Tokens differ in which they
-/// take; the first that works is remembered.
-const ED25519_PARAMS: [&[u8]; 2] = [&[0x06, 0x03, 0x2b, 0x65, 0x70], b"\x13\x0cedwards25519"];
+/// (RFC 8410 `id-Ed25519`) and the PrintableString `edwards25519` (the curve's name). Tokens
+/// differ in which they take; the first that works is remembered ([`with_curve_forms`]).
+pub const ED25519_PARAMS: [&[u8]; 2] = [&[0x06, 0x03, 0x2b, 0x65, 0x70], b"\x13\x0cedwards25519"];
+/// Least time between two re-initialisations of the module while the token is lost: the
+/// service's health probe comes every half second, and a module reloading its token state on
+/// every one would keep a struggling HSM busy.
+pub const REINIT_EVERY: Duration = Duration::from_secs(1);
 /// Signed once with every new key and verified with the public key read back from the token.
 const PROBE: &[u8] = b"allowly-signer: does this token key match its public key?\n";
 
@@ -146,6 +167,23 @@ pub struct TokenConfig {
     pub pin: Pin,
 }
 
+/// The backend's own series (registered in the signer's [`Metrics`]; unregistered copies by
+/// default, for tools and tests).
+#[derive(Debug, Clone)]
+pub struct TokenMetrics {
+    /// `allowly_signer_token_lost`: 1 while the token does not answer (the signer fails closed).
+    pub lost: prometheus::IntGauge,
+    /// `allowly_signer_token_reinitialisations_total{outcome}`: re-initialisations of the module
+    /// while the token was lost (`ok`: it answers again; `failed`: not yet).
+    pub reinits: prometheus::IntCounterVec,
+}
+
+impl Default for TokenMetrics {
+    fn default() -> Self {
+        Metrics::new().token()
+    }
+}
+
 /// `e` as an operator reads it: the function and the return value's name, e.g.
 /// `Login: PinIncorrect` (cryptoki's own text is a paragraph of the specification).
 fn describe(e: &CkError) -> String {
@@ -155,8 +193,61 @@ fn describe(e: &CkError) -> String {
     }
 }
 
-fn token_err(op: &'static str) -> impl FnOnce(CkError) -> SignerError {
-    move |e| SignerError::Token { op, detail: describe(&e) }
+/// A call into the token that failed, before it becomes a [`SignerError`]: kept structured so
+/// the health check can tell a token that is gone from one that refuses.
+#[derive(Debug)]
+enum Fail {
+    /// The module answered `error` while the signer was doing `op`.
+    Call { op: &'static str, error: CkError },
+    /// The token was lost and the module has not found it again yet (`why`: the last failure).
+    Lost { op: &'static str, why: String },
+    /// The token answered, but about something this backend must refuse (a wrong signature
+    /// length, a key object that is not one of ours).
+    Unfit { op: &'static str, detail: String },
+}
+
+impl Fail {
+    fn call(op: &'static str) -> impl FnOnce(CkError) -> Self {
+        move |error| Self::Call { op, error }
+    }
+
+    /// Whether this says the token (or the module's view of it) is gone, rather than that it
+    /// refused something: only then can re-initialising the module help.
+    fn token_gone(&self) -> bool {
+        match self {
+            Self::Lost { .. } => true,
+            Self::Unfit { .. } => false,
+            Self::Call { error, .. } => match error {
+                CkError::Pkcs11(rv, _) => !matches!(
+                    rv,
+                    RvError::PinIncorrect
+                        | RvError::PinLocked
+                        | RvError::PinExpired
+                        | RvError::PinLenRange
+                        | RvError::UserPinNotInitialized
+                ),
+                _ => true,
+            },
+        }
+    }
+}
+
+impl From<Fail> for SignerError {
+    fn from(f: Fail) -> Self {
+        match f {
+            Fail::Call { op, error: CkError::Pkcs11(RvError::PinIncorrect, _) } => {
+                SignerError::Token { op, detail: "the token refused the PIN (CKR_PIN_INCORRECT)".into() }
+            }
+            Fail::Call { op, error: CkError::Pkcs11(RvError::PinLocked, _) } => {
+                SignerError::Token { op, detail: "the token's user PIN is locked (CKR_PIN_LOCKED)".into() }
+            }
+            Fail::Call { op, error } => SignerError::Token { op, detail: describe(&error) },
+            Fail::Lost { op, why } => {
+                SignerError::Token { op, detail: format!("the token is lost ({why}); looking for it again") }
+            }
+            Fail::Unfit { op, detail } => SignerError::Token { op, detail },
+        }
+    }
 }
 
 /// Whether `e` means the session (or the login) is gone rather than this call being wrong: the
@@ -207,17 +298,65 @@ pub fn decode_ec_point(value: &[u8]) -> Option<[u8; 32]> {
     }
 }
 
-/// A logged-in token: its module, slot and a pool of sessions.
+/// Whether a key generation failed because of how the curve was named.
+fn is_curve_refusal(e: &CkError) -> bool {
+    matches!(
+        e,
+        CkError::Pkcs11(
+            RvError::CurveNotSupported
+                | RvError::AttributeValueInvalid
+                | RvError::DomainParamsInvalid
+                | RvError::TemplateInconsistent,
+            _
+        )
+    )
+}
+
+/// Runs `generate` with the forms of the curve in [`ED25519_PARAMS`], starting with the one at
+/// `first` (the one that worked last), and moving on to the next only when the token refuses
+/// how the curve is named ([`is_curve_refusal`]); any other error is returned at once. Gives
+/// the index of the form that worked and what `generate` made.
+fn with_curve_forms<T>(
+    first: usize,
+    mut generate: impl FnMut(&[u8]) -> std::result::Result<T, CkError>,
+) -> std::result::Result<(usize, T), CkError> {
+    let mut last = CkError::NotSupported;
+    for k in 0..ED25519_PARAMS.len() {
+        let i = (first + k) % ED25519_PARAMS.len();
+        match generate(ED25519_PARAMS[i]) {
+            Ok(made) => return Ok((i, made)),
+            Err(e) if is_curve_refusal(&e) => last = e,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last)
+}
+
+/// The module's state for the token: its slot and a pool of logged-in sessions, made at start
+/// and again by every re-initialisation, and the epoch of the module that made them.
+struct Live {
+    slot: Slot,
+    sessions: Vec<Mutex<Session>>,
+}
+
+/// A logged-in token: its module, and the module's state for it (or why there is none).
 struct Token {
     ctx: Pkcs11,
-    slot: Slot,
     label: String,
     module: PathBuf,
     pin: Pin,
-    sessions: Vec<Mutex<Session>>,
+    /// Read-held by every call into the module, write-held by a re-initialisation. `Err`: the
+    /// token is lost, with the last failure.
+    live: RwLock<std::result::Result<Live, String>>,
+    /// The module's epoch: moves (under the write hold) at every re-initialisation. A handle is
+    /// valid only in the epoch that gave it.
+    epoch: AtomicU64,
+    /// When the module was last re-initialised (or tried to be).
+    reinit_at: Mutex<Option<Instant>>,
     next: AtomicUsize,
     /// Index into [`ED25519_PARAMS`] of the form the token took last.
     params: AtomicUsize,
+    metrics: TokenMetrics,
 }
 
 impl std::fmt::Debug for Token {
@@ -225,75 +364,121 @@ impl std::fmt::Debug for Token {
         f.debug_struct("Token")
             .field("label", &self.label)
             .field("module", &self.module)
-            .field("slot", &self.slot)
+            .field("epoch", &self.epoch)
             .finish_non_exhaustive()
     }
 }
 
+/// How [`Token::with_session`] treats a session the token dropped.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum OnLost {
+    /// Reopen it and run the call again (a call that can be repeated).
+    Retry,
+    /// Reopen it for the next call, but fail this one: it may have done something already (a
+    /// key pair generated, then the session lost) that repeating would do twice.
+    Fail,
+}
+
 impl Token {
-    fn open_session(ctx: &Pkcs11, slot: Slot, pin: &Pin) -> Result<Session> {
-        let s = ctx.open_rw_session(slot).map_err(token_err("opening a session"))?;
-        pin.login(&s).map_err(|e| match e {
-            CkError::Pkcs11(RvError::PinIncorrect, _) => {
-                SignerError::Token { op: "login", detail: "the token refused the PIN (CKR_PIN_INCORRECT)".into() }
-            }
-            CkError::Pkcs11(RvError::PinLocked, _) => {
-                SignerError::Token { op: "login", detail: "the token's user PIN is locked (CKR_PIN_LOCKED)".into() }
-            }
-            other => token_err("login")(other),
-        })?;
+    fn open_session(ctx: &Pkcs11, slot: Slot, pin: &Pin) -> std::result::Result<Session, Fail> {
+        let s = ctx.open_rw_session(slot).map_err(Fail::call("opening a session"))?;
+        pin.login(&s).map_err(Fail::call("login"))?;
         Ok(s)
     }
 
-    /// Runs `f` on a pooled session. A session the token dropped is reopened (and logged in)
-    /// once, and `f` tried again on it.
-    fn with_session<R>(&self, op: &'static str, f: impl Fn(&Session) -> std::result::Result<R, CkError>) -> Result<R> {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.sessions.len();
-        let mut session = self.sessions[i]
-            .lock()
-            .map_err(|_| SignerError::Token { op, detail: "a session lock was poisoned".into() })?;
+    /// Finds the token in the (initialised) module and logs a pool of sessions in.
+    fn connect(ctx: &Pkcs11, label: &str, module: &Path, pin: &Pin) -> Result<Live> {
+        let slot = find_slot(ctx, label, module)?;
+        let mut sessions = Vec::with_capacity(SESSIONS);
+        for _ in 0..SESSIONS {
+            sessions.push(Mutex::new(Self::open_session(ctx, slot, pin)?));
+        }
+        Ok(Live { slot, sessions })
+    }
+
+    fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Runs `f` on a pooled session, holding the module's state (so its epoch) for the whole
+    /// call; `None` if `at` is given and is not the module's epoch any more (the handles `f`
+    /// would use are stale). A session the token dropped is reopened (and logged in) once, and
+    /// `f` run again on it if `on_lost` allows.
+    fn call<R>(
+        &self,
+        op: &'static str,
+        at: Option<u64>,
+        on_lost: OnLost,
+        f: impl Fn(&Session) -> std::result::Result<R, Fail>,
+    ) -> std::result::Result<Option<R>, Fail> {
+        let live =
+            self.live.read().map_err(|_| Fail::Unfit { op, detail: "the token's state lock was poisoned".into() })?;
+        let live = live.as_ref().map_err(|why| Fail::Lost { op, why: why.clone() })?;
+        if at.is_some_and(|e| e != self.epoch()) {
+            return Ok(None);
+        }
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % live.sessions.len();
+        let mut session =
+            live.sessions[i].lock().map_err(|_| Fail::Unfit { op, detail: "a session lock was poisoned".into() })?;
         match f(&session) {
-            Ok(r) => Ok(r),
+            Ok(r) => Ok(Some(r)),
             // A token may hide private objects from a session that lost its login (SoftHSM
             // answers CKR_OBJECT_HANDLE_INVALID): that is a lost login too.
-            Err(e) if session_lost(&e) || (handle_invalid(&e) && !logged_in(&session)) => {
-                tracing::warn!(token = %self.label, op, error = %describe(&e), "PKCS#11 session lost; opening a new one");
-                *session = Self::open_session(&self.ctx, self.slot, &self.pin)?;
-                f(&session).map_err(token_err(op))
+            Err(Fail::Call { error, .. })
+                if session_lost(&error) || (handle_invalid(&error) && !logged_in(&session)) =>
+            {
+                tracing::warn!(token = %self.label, op, error = %describe(&error), "PKCS#11 session lost; opening a new one");
+                *session = Self::open_session(&self.ctx, live.slot, &self.pin)?;
+                match on_lost {
+                    OnLost::Retry => f(&session).map(Some),
+                    OnLost::Fail => Err(Fail::Call { op, error }),
+                }
             }
-            Err(e) => Err(token_err(op)(e)),
+            Err(e) => Err(e),
         }
     }
 
-    /// The handles of the objects of `class` whose `CKA_ID` is `id`.
-    fn find(&self, class: ObjectClass, id: &[u8]) -> Result<Vec<ObjectHandle>> {
-        self.with_session("finding a key", |s| s.find_objects(&[Attribute::Class(class), Attribute::Id(id.to_vec())]))
+    /// [`Token::call`] whatever the epoch: for calls that use no handle from before.
+    fn with_session<R>(
+        &self,
+        op: &'static str,
+        f: impl Fn(&Session) -> std::result::Result<R, CkError>,
+    ) -> std::result::Result<R, Fail> {
+        let r = self.call(op, None, OnLost::Retry, |s| f(s).map_err(Fail::call(op)))?;
+        r.ok_or(Fail::Unfit { op, detail: "no epoch was asked for".into() })
     }
 
-    /// The public key of the public-key object `h`.
-    fn public_key(&self, h: ObjectHandle) -> Result<VerifyingKey> {
-        let attrs = self.with_session("reading a public key", |s| s.get_attributes(h, &[AttributeType::EcPoint]))?;
-        let point = attrs.iter().find_map(|a| match a {
-            Attribute::EcPoint(p) => Some(p.as_slice()),
-            _ => None,
-        });
-        let bad = |why: &str| SignerError::Token { op: "reading a public key", detail: why.to_owned() };
-        let raw = decode_ec_point(point.ok_or_else(|| bad("the token gave no CKA_EC_POINT"))?)
-            .ok_or_else(|| bad("CKA_EC_POINT is not a 32-byte Ed25519 key (nor its DER OCTET STRING)"))?;
-        VerifyingKey::from_bytes(&raw).map_err(|_| bad("CKA_EC_POINT is not an Ed25519 point"))
-    }
-
-    /// One `CKM_EDDSA` (pure Ed25519) signature of `msg` by `key`.
-    fn sign(&self, key: ObjectHandle, msg: &[u8]) -> Result<[u8; 64]> {
-        let mech = Mechanism::Eddsa(EddsaParams::new(EddsaSignatureScheme::Pure));
-        let sig = off_worker(|| self.with_session("signing", |s| s.sign(&mech, key, msg)))?;
-        sig.try_into().map_err(|s: Vec<u8>| SignerError::Token {
-            op: "signing",
-            detail: format!("the token returned {} bytes, not a 64-byte Ed25519 signature", s.len()),
+    /// The handles of the objects of `class` whose `CKA_ID` is `id`, and the epoch they are of.
+    fn find(&self, class: ObjectClass, id: &[u8]) -> std::result::Result<(u64, Vec<ObjectHandle>), Fail> {
+        self.with_session("finding a key", |s| {
+            // Read under the hold: the epoch cannot move while the handles are found.
+            let epoch = self.epoch();
+            s.find_objects(&[Attribute::Class(class), Attribute::Id(id.to_vec())]).map(|h| (epoch, h))
         })
     }
 
-    fn generate_pair(&self, ws: &str, id: &[u8]) -> Result<(ObjectHandle, ObjectHandle)> {
+    /// One `CKM_EDDSA` (pure Ed25519) signature of `msg` by `key` (a handle of epoch `at`;
+    /// `None` if that has passed).
+    fn sign(&self, at: u64, key: ObjectHandle, msg: &[u8]) -> std::result::Result<Option<[u8; 64]>, Fail> {
+        let mech = Mechanism::Eddsa(EddsaParams::new(EddsaSignatureScheme::Pure));
+        let sig = off_worker(|| {
+            self.call("signing", Some(at), OnLost::Retry, |s| s.sign(&mech, key, msg).map_err(Fail::call("signing")))
+        })?;
+        sig.map(|sig| {
+            sig.try_into().map_err(|s: Vec<u8>| Fail::Unfit {
+                op: "signing",
+                detail: format!("the token returned {} bytes, not a 64-byte Ed25519 signature", s.len()),
+            })
+        })
+        .transpose()
+    }
+
+    /// Generates an Ed25519 key pair for `ws` with `CKA_ID` `id`, reads its public key back
+    /// and labels both halves `allowly:<ws>:<key id>`, all under one hold of the module (the
+    /// handles never outlive it). Whatever fails after the generation deletes the pair; a
+    /// session lost on the way fails the call without repeating it (a repeat would make a
+    /// second pair with the same `CKA_ID`; the key store's intent covers a pair left behind).
+    fn generate(&self, ws: &str, id: &[u8]) -> std::result::Result<(VerifyingKey, String), Fail> {
         let label = format!("allowly:{ws}").into_bytes();
         let templates = |params: &[u8]| {
             let public = vec![
@@ -318,46 +503,158 @@ impl Token {
             ];
             (public, private)
         };
-        let first = self.params.load(Ordering::Relaxed) % ED25519_PARAMS.len();
-        let (i, pair) = self.with_session("generating a key pair", |s| {
-            let mut last = CkError::NotSupported;
-            for k in 0..ED25519_PARAMS.len() {
-                let i = (first + k) % ED25519_PARAMS.len();
-                let (public, private) = templates(ED25519_PARAMS[i]);
-                match s.generate_key_pair(&Mechanism::EccEdwardsKeyPairGen, &public, &private) {
-                    Ok(pair) => return Ok((i, pair)),
-                    // The other encoding of the curve may be the one this token takes.
-                    Err(e) if is_curve_refusal(&e) => last = e,
-                    Err(e) => return Err(e),
+        let op = "generating a key pair";
+        let made = self.call(op, None, OnLost::Fail, |s| {
+            let first = self.params.load(Ordering::Relaxed) % ED25519_PARAMS.len();
+            let (i, (public_h, private_h)) = with_curve_forms(first, |params| {
+                let (public, private) = templates(params);
+                s.generate_key_pair(&Mechanism::EccEdwardsKeyPairGen, &public, &private)
+            })
+            .map_err(Fail::call(op))?;
+            self.params.store(i, Ordering::Relaxed);
+            let named = || -> std::result::Result<(VerifyingKey, String), Fail> {
+                let attrs = s.get_attributes(public_h, &[AttributeType::EcPoint]).map_err(Fail::call(op))?;
+                let public = public_of(&attrs)?;
+                let key_id = key_id_hex(ws, public)
+                    .map_err(|e| Fail::Unfit { op, detail: format!("the token's public key: {e}") })?;
+                let label = Attribute::Label(format!("allowly:{ws}:{key_id}").into_bytes());
+                for h in [public_h, private_h] {
+                    s.update_attributes(h, std::slice::from_ref(&label)).map_err(Fail::call("labelling a key"))?;
                 }
-            }
-            Err(last)
+                Ok((public, key_id))
+            };
+            named().inspect_err(|_| destroy_all(s, &self.label, &[public_h, private_h]))
         })?;
-        self.params.store(i, Ordering::Relaxed);
-        Ok(pair)
+        made.ok_or(Fail::Unfit { op, detail: "no epoch was asked for".into() })
     }
 
-    fn destroy(&self, handles: &[ObjectHandle]) {
-        for &h in handles {
-            if let Err(e) = self.with_session("deleting a key", |s| s.destroy_object(h)) {
-                tracing::warn!(token = %self.label, error = %e, "could not delete an unused key object from the token");
+    /// Deletes every object (both halves) with `CKA_ID` `id`; how many there were.
+    fn destroy_id(&self, id: &[u8]) -> std::result::Result<usize, Fail> {
+        let op = "deleting a key";
+        // Found and deleted under one hold: a handle of another epoch could name another key.
+        let n = self.call(op, None, OnLost::Retry, |s| {
+            let found = s.find_objects(&[Attribute::Id(id.to_vec())]).map_err(Fail::call(op))?;
+            for &h in &found {
+                s.destroy_object(h).map_err(Fail::call(op))?;
+            }
+            Ok(found.len())
+        })?;
+        n.ok_or(Fail::Unfit { op, detail: "no epoch was asked for".into() })
+    }
+
+    /// Whether the token answers: its information, and a session logged in (logging in again
+    /// if another application logged out).
+    fn probe(&self) -> std::result::Result<(), Fail> {
+        {
+            let live =
+                self.live.read().map_err(|_| Fail::Unfit { op: "checking the token", detail: "poisoned".into() })?;
+            let live = live.as_ref().map_err(|why| Fail::Lost { op: "checking the token", why: why.clone() })?;
+            // SoftHSM answers this from the token's files (CKR_GENERAL_ERROR once they are gone);
+            // a hardware token that was pulled, CKR_TOKEN_NOT_PRESENT or CKR_DEVICE_REMOVED.
+            self.ctx.get_token_info(live.slot).map_err(Fail::call("reading the token's information"))?;
+        }
+        let info = self.with_session("checking the session", |s| s.get_session_info())?;
+        match info.session_state() {
+            SessionState::RwUser | SessionState::RoUser => Ok(()),
+            other => {
+                // Logged out behind our back (another application's C_Logout): log in again.
+                tracing::warn!(token = %self.label, state = ?other, "PKCS#11 session not logged in; logging in again");
+                self.with_session("logging in again", |s| self.pin.login(s))
+            }
+        }
+    }
+
+    /// Marks the token lost (`why`), if it was not.
+    fn lose(&self, why: &str) {
+        let Ok(mut live) = self.live.write() else { return };
+        if live.is_ok() {
+            tracing::error!(token = %self.label, reason = why, "PKCS#11 token lost: the signer fails closed, and looks for the token again every {REINIT_EVERY:?}");
+            // Sessions first (C_CloseSession), while the module is still initialised.
+            *live = Err(why.to_owned());
+            self.epoch.fetch_add(1, Ordering::AcqRel);
+            self.metrics.lost.set(1);
+        }
+    }
+
+    /// Re-initialises the module and finds the token again (at most once per
+    /// [`REINIT_EVERY`]); `Ok` once it answers.
+    fn reinitialise(&self) -> Result<()> {
+        {
+            let Ok(mut at) = self.reinit_at.lock() else {
+                return Err(SignerError::Token { op: "re-initialising the module", detail: "poisoned".into() });
+            };
+            let now = Instant::now();
+            if at.is_some_and(|t| now.duration_since(t) < REINIT_EVERY) {
+                let why = self.live.read().ok().and_then(|l| l.as_ref().err().cloned()).unwrap_or_default();
+                return Err(Fail::Lost { op: "checking the token", why }.into());
+            }
+            *at = Some(now);
+        }
+        let Ok(mut live) = self.live.write() else {
+            return Err(SignerError::Token { op: "re-initialising the module", detail: "poisoned".into() });
+        };
+        // Every session goes (closed while the module is still initialised), then the module.
+        *live = Err("re-initialising the module".into());
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        let again = || -> Result<Live> {
+            match self.ctx.clone().finalize() {
+                Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiNotInitialized, _)) => {}
+                Err(e) => {
+                    tracing::warn!(token = %self.label, error = %describe(&e), "C_Finalize failed; initialising anyway")
+                }
+            }
+            initialize(&self.ctx)?;
+            Self::connect(&self.ctx, &self.label, &self.module, &self.pin)
+        };
+        match again() {
+            Ok(new) => {
+                *live = Ok(new);
+                self.metrics.reinits.with_label_values(&["ok"]).inc();
+                self.metrics.lost.set(0);
+                tracing::info!(token = %self.label, "PKCS#11 token found again (module re-initialised): keys are looked up again by CKA_ID, signing resumes");
+                Ok(())
+            }
+            Err(e) => {
+                *live = Err(e.to_string());
+                self.metrics.reinits.with_label_values(&["failed"]).inc();
+                self.metrics.lost.set(1);
+                tracing::debug!(token = %self.label, error = %e, "PKCS#11 token still lost");
+                Err(e)
             }
         }
     }
 }
 
-/// Whether a key generation failed because of how the curve was named.
-fn is_curve_refusal(e: &CkError) -> bool {
-    matches!(
-        e,
-        CkError::Pkcs11(
-            RvError::CurveNotSupported
-                | RvError::AttributeValueInvalid
-                | RvError::DomainParamsInvalid
-                | RvError::TemplateInconsistent,
-            _
-        )
-    )
+/// The public key in the attributes read from a public-key object.
+fn public_of(attrs: &[Attribute]) -> std::result::Result<VerifyingKey, Fail> {
+    let op = "reading a public key";
+    let point = attrs.iter().find_map(|a| match a {
+        Attribute::EcPoint(p) => Some(p.as_slice()),
+        _ => None,
+    });
+    let bad = |why: &str| Fail::Unfit { op, detail: why.to_owned() };
+    let raw = decode_ec_point(point.ok_or_else(|| bad("the token gave no CKA_EC_POINT"))?)
+        .ok_or_else(|| bad("CKA_EC_POINT is not a 32-byte Ed25519 key (nor its DER OCTET STRING)"))?;
+    VerifyingKey::from_bytes(&raw).map_err(|_| bad("CKA_EC_POINT is not an Ed25519 point"))
+}
+
+/// Deletes `handles` on session `s` (a generation that failed half-way). Best effort: a
+/// failure is logged; the key store's intent still names the pair.
+fn destroy_all(s: &Session, token: &str, handles: &[ObjectHandle]) {
+    for &h in handles {
+        if let Err(e) = s.destroy_object(h) {
+            tracing::warn!(token, error = %describe(&e), "could not delete an unused key object from the token");
+        }
+    }
+}
+
+/// `C_Initialize` with OS locking (the signer calls the module from several threads).
+fn initialize(ctx: &Pkcs11) -> Result<()> {
+    match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+        // Already initialised by this process (a second backend over the same module).
+        Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => Ok(()),
+        Err(e) => Err(Fail::Call { op: "initialising the module", error: e }.into()),
+    }
 }
 
 /// The PKCS#11 [`KeyBackend`].
@@ -369,19 +666,15 @@ pub struct TokenBackend {
 impl TokenBackend {
     /// Loads the module, finds the token labelled `cfg.token_label`, checks its mechanisms and
     /// logs in (see the module docs). `mlock` counts (or, if required, refuses) a PIN whose
-    /// memory could not be locked.
-    pub fn open(cfg: TokenConfig, mlock: &MlockPolicy) -> Result<Self> {
+    /// memory could not be locked; `metrics` are the backend's series.
+    pub fn open(cfg: TokenConfig, mlock: &MlockPolicy, metrics: TokenMetrics) -> Result<Self> {
         mlock.check(cfg.pin.is_locked(), "PKCS#11 PIN", None)?;
         let module = cfg.module;
         let ctx = Pkcs11::new(&module).map_err(|e| SignerError::Token {
             op: "loading the module",
             detail: format!("{}: {}", module.display(), describe(&e)),
         })?;
-        match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
-            // Already initialised by this process (a second backend over the same module).
-            Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
-            Err(e) => return Err(token_err("initialising the module")(e)),
-        }
+        initialize(&ctx)?;
         let slot = find_slot(&ctx, &cfg.token_label, &module)?;
         // Asked one by one (not C_GetMechanismList, whose every mechanism cryptoki does not
         // know it logs as an error).
@@ -397,14 +690,11 @@ impl TokenBackend {
                         detail: format!("token {:?} does not offer {name} (Ed25519)", cfg.token_label),
                     });
                 }
-                Err(e) => return Err(token_err("checking mechanisms")(e)),
+                Err(e) => return Err(Fail::Call { op: "checking mechanisms", error: e }.into()),
             }
         }
-        let mut sessions = Vec::with_capacity(SESSIONS);
-        for _ in 0..SESSIONS {
-            sessions.push(Mutex::new(Token::open_session(&ctx, slot, &cfg.pin)?));
-        }
-        let info = ctx.get_token_info(slot).map_err(token_err("reading token info"))?;
+        let live = Token::connect(&ctx, &cfg.token_label, &module, &cfg.pin)?;
+        let info = ctx.get_token_info(slot).map_err(Fail::call("reading token info"))?;
         tracing::info!(
             token = %cfg.token_label,
             module = %module.display(),
@@ -412,15 +702,18 @@ impl TokenBackend {
             model = info.model(),
             "PKCS#11 token ready: workspace keys are generated and used inside it"
         );
+        metrics.lost.set(0);
         let token = Token {
             ctx,
-            slot,
             label: cfg.token_label,
             module,
             pin: cfg.pin,
-            sessions,
+            live: RwLock::new(Ok(live)),
+            epoch: AtomicU64::new(0),
+            reinit_at: Mutex::new(None),
             next: AtomicUsize::new(0),
             params: AtomicUsize::new(0),
+            metrics,
         };
         Ok(Self { token: Arc::new(token) })
     }
@@ -429,7 +722,7 @@ impl TokenBackend {
 /// The one slot whose token has `label` (labels are blank-padded to 32 bytes by the standard;
 /// cryptoki trims them).
 fn find_slot(ctx: &Pkcs11, label: &str, module: &Path) -> Result<Slot> {
-    let slots = ctx.get_slots_with_token().map_err(token_err("listing slots"))?;
+    let slots = ctx.get_slots_with_token().map_err(Fail::call("listing slots"))?;
     let mut seen = Vec::new();
     let mut found = Vec::new();
     for slot in slots {
@@ -465,22 +758,38 @@ fn find_slot(ctx: &Pkcs11, label: &str, module: &Path) -> Result<Slot> {
     }
 }
 
-/// A key on the token: the private key object's `CKA_ID` and (cached) handle, and its public
-/// key.
+/// A key on the token: the private key object's `CKA_ID`, its (cached) handle with the epoch
+/// of the module that gave it, and its public key.
 struct TokenKey {
     token: Arc<Token>,
     id: Vec<u8>,
-    handle: Mutex<ObjectHandle>,
+    handle: Mutex<Option<(u64, ObjectHandle)>>,
     public: VerifyingKey,
 }
 
 impl TokenKey {
-    fn new(token: Arc<Token>, id: Vec<u8>, handle: ObjectHandle, public: VerifyingKey) -> Self {
-        Self { token, id, handle: Mutex::new(handle), public }
+    fn cached(&self) -> Result<Option<(u64, ObjectHandle)>> {
+        self.handle.lock().map(|h| *h).map_err(|_| SignerError::Token { op: "signing", detail: "poisoned lock".into() })
     }
 
-    fn handle(&self) -> Result<ObjectHandle> {
-        self.handle.lock().map(|h| *h).map_err(|_| SignerError::Token { op: "signing", detail: "poisoned lock".into() })
+    /// Finds the private key again by its `CKA_ID` (one object, or it is not ours to use) and
+    /// caches its handle with its epoch.
+    fn look_up(&self) -> Result<(u64, ObjectHandle)> {
+        let (epoch, found) = off_worker(|| self.token.find(ObjectClass::PRIVATE_KEY, &self.id))?;
+        let [h] = found.as_slice() else {
+            return Err(SignerError::Token {
+                op: "finding a key",
+                detail: format!(
+                    "{} private key objects with CKA_ID {} (expected one)",
+                    found.len(),
+                    hex::encode(&self.id)
+                ),
+            });
+        };
+        if let Ok(mut cached) = self.handle.lock() {
+            *cached = Some((epoch, *h));
+        }
+        Ok((epoch, *h))
     }
 }
 
@@ -490,29 +799,51 @@ impl std::fmt::Debug for TokenKey {
     }
 }
 
+/// Times a signature is tried with a handle found again (an epoch passed between finding and
+/// signing, or the token dropped the handle): re-initialisations are [`REINIT_EVERY`] apart, so
+/// this is not reached in practice.
+const SIGN_TRIES: usize = 3;
+
 impl WorkspaceKey for TokenKey {
     fn public_key(&self) -> VerifyingKey {
         self.public
     }
 
     fn sign(&self, msg: &[u8]) -> Result<[u8; 64]> {
-        let handle = self.handle()?;
-        let sig = match self.token.sign(handle, msg) {
-            Ok(sig) => sig,
-            Err(e) => {
-                // Handles are not stable across a token's re-insertion or an HSM restart: look
-                // the key up again by its CKA_ID, and if it has a new handle, sign with that.
-                let found = off_worker(|| self.token.find(ObjectClass::PRIVATE_KEY, &self.id));
-                match found.as_deref() {
-                    Ok([h]) if *h != handle => {
-                        tracing::warn!(token = %self.token.label, "a key's object handle changed; using the new one");
-                        if let Ok(mut cached) = self.handle.lock() {
-                            *cached = *h;
-                        }
-                        self.token.sign(*h, msg)?
-                    }
-                    _ => return Err(e),
+        let t = &self.token;
+        let mut looked_up = false;
+        let mut tries = 0;
+        let sig = loop {
+            tries += 1;
+            let (epoch, handle) = match self.cached()? {
+                // Handles are the module's: after a re-initialisation the number may name
+                // another object, so a handle of an older epoch is never used.
+                Some((epoch, h)) if epoch == t.epoch() => (epoch, h),
+                _ => {
+                    looked_up = true;
+                    self.look_up()?
                 }
+            };
+            match t.sign(epoch, handle, msg) {
+                Ok(Some(sig)) => break sig,
+                Ok(None) if tries < SIGN_TRIES => {}
+                Ok(None) => {
+                    return Err(SignerError::Token { op: "signing", detail: "the module kept re-initialising".into() })
+                }
+                // Handles are not stable across a token's re-insertion or an HSM restart either:
+                // look the key up again by its CKA_ID, and if it has a new handle, sign with that.
+                Err(e) if !looked_up => {
+                    looked_up = true;
+                    let (_, again) = self.look_up().map_err(|_| SignerError::from(e))?;
+                    if again == handle {
+                        return Err(SignerError::Token {
+                            op: "signing",
+                            detail: "the token refused the key's handle, and finds the key under the same one".into(),
+                        });
+                    }
+                    tracing::warn!(token = %t.label, "a key's object handle changed; using the new one");
+                }
+                Err(e) => return Err(e.into()),
             }
         };
         // Nothing that does not verify under the published key leaves the signer.
@@ -531,34 +862,28 @@ impl KeyBackend for TokenBackend {
         "pkcs11"
     }
 
-    fn generate(&self, ws: &str, _when: &'static str) -> Result<Generated> {
+    fn generate(
+        &self,
+        ws: &str,
+        _when: &'static str,
+        intent: &mut dyn FnMut(&KeyRef) -> Result<()>,
+    ) -> Result<Generated> {
         let t = &self.token;
         let id = random_bytes::<16>()?;
-        let (public_h, private_h) = off_worker(|| t.generate_pair(ws, &id))?;
-        let made = || -> Result<(VerifyingKey, String)> {
-            let public = t.public_key(public_h)?;
-            let key_id = key_id_hex(ws, public)?;
-            let label = Attribute::Label(format!("allowly:{ws}:{key_id}").into_bytes());
-            for h in [public_h, private_h] {
-                t.with_session("labelling a key", |s| s.update_attributes(h, std::slice::from_ref(&label)))?;
-            }
-            Ok((public, key_id))
-        };
-        let (public, key_id) = match made() {
-            Ok(x) => x,
-            Err(e) => {
-                t.destroy(&[public_h, private_h]);
-                return Err(e);
-            }
-        };
-        let key = TokenKey::new(t.clone(), id.to_vec(), private_h, public);
+        let stored = KeyRef::Token { object_id: hex::encode(id) };
+        // Durable before the token has anything to lose track of: a crash after the
+        // generation leaves this, and the next start deletes the pair if nothing records it.
+        intent(&stored)?;
+        let (public, key_id) = off_worker(|| t.generate(ws, &id))?;
+        // Its handle is found by CKA_ID at its first signature (the probe's).
+        let key = TokenKey { token: t.clone(), id: id.to_vec(), handle: Mutex::new(None), public };
         // The probe: the public key read back really is the private key's.
         if let Err(e) = key.sign(PROBE) {
-            t.destroy(&[public_h, private_h]);
+            self.discard(ws, &stored);
             return Err(e);
         }
         tracing::info!(workspace = ws, key_id, token = %t.label, "key pair generated on the PKCS#11 token");
-        Ok(Generated { key: Box::new(key), key_id, stored: KeyRef::Token { object_id: hex::encode(id) } })
+        Ok(Generated { key: Box::new(key), key_id, stored })
     }
 
     fn open(
@@ -584,68 +909,76 @@ impl KeyBackend for TokenBackend {
         let id =
             hex::decode(object_id).map_err(|_| SignerError::Corrupt(format!("key {key_id} of {ws}: object id")))?;
         let t = &self.token;
-        let (privates, publics) = off_worker(|| {
-            Ok::<_, SignerError>((t.find(ObjectClass::PRIVATE_KEY, &id)?, t.find(ObjectClass::PUBLIC_KEY, &id)?))
-        })?;
-        let ([private_h], [public_h]) = (privates.as_slice(), publics.as_slice()) else {
-            return Err(missing(&format!(
-                "{} private and {} public key objects (expected one of each)",
-                privates.len(),
-                publics.len()
-            )));
-        };
-        let key = off_worker(|| t.public_key(*public_h))?;
+        let op = "loading a key";
+        // Everything under one hold of the module: the handles found are the ones read.
+        let found = off_worker(|| {
+            t.call(op, None, OnLost::Retry, |s| {
+                let find = |class| {
+                    s.find_objects(&[Attribute::Class(class), Attribute::Id(id.clone())]).map_err(Fail::call(op))
+                };
+                let (privates, publics) = (find(ObjectClass::PRIVATE_KEY)?, find(ObjectClass::PUBLIC_KEY)?);
+                let ([private_h], [public_h]) = (privates.as_slice(), publics.as_slice()) else {
+                    return Ok(Err(format!(
+                        "{} private and {} public key objects (expected one of each)",
+                        privates.len(),
+                        publics.len()
+                    )));
+                };
+                let key = public_of(&s.get_attributes(*public_h, &[AttributeType::EcPoint]).map_err(Fail::call(op))?)?;
+                let attrs = s
+                    .get_attributes(
+                        *private_h,
+                        &[
+                            AttributeType::Sensitive,
+                            AttributeType::Extractable,
+                            AttributeType::AlwaysSensitive,
+                            AttributeType::NeverExtractable,
+                            AttributeType::KeyType,
+                        ],
+                    )
+                    .map_err(Fail::call(op))?;
+                Ok(Ok((t.epoch(), *private_h, key, attrs)))
+            })
+        })?
+        .ok_or(SignerError::Token { op, detail: "no epoch was asked for".into() })?;
+        let (epoch, private_h, key, attrs) = found.map_err(|why| missing(&why))?;
         if key.as_bytes() != public {
             return Err(missing("the public key differs from the one published"));
         }
-        // A key that became extractable (or was never sensitive) is not one this backend made.
-        let attrs = off_worker(|| {
-            t.with_session("loading a key", |s| {
-                s.get_attributes(
-                    *private_h,
-                    &[AttributeType::Sensitive, AttributeType::Extractable, AttributeType::KeyType],
-                )
-            })
-        })?;
+        // A key that is or ever was readable (not sensitive, extractable: imported, unwrapped,
+        // or loosened later) is not one this backend made, and a token key is only trusted if
+        // its value never left the token.
         let safe = attrs.contains(&Attribute::Sensitive(true))
             && attrs.contains(&Attribute::Extractable(false))
+            && attrs.contains(&Attribute::AlwaysSensitive(true))
+            && attrs.contains(&Attribute::NeverExtractable(true))
             && attrs.contains(&Attribute::KeyType(KeyType::EC_EDWARDS));
         if !safe {
-            return Err(missing("the private key is not a sensitive, non-extractable Ed25519 key"));
+            return Err(missing(
+                "the private key is not an Ed25519 key that was always sensitive and never extractable",
+            ));
         }
-        Ok(Box::new(TokenKey::new(t.clone(), id.clone(), *private_h, key)))
+        Ok(Box::new(TokenKey { token: t.clone(), id, handle: Mutex::new(Some((epoch, private_h))), public: key }))
     }
 
-    fn discard(&self, ws: &str, stored: &KeyRef) {
-        let KeyRef::Token { object_id } = stored else { return };
-        let Ok(id) = hex::decode(object_id) else { return };
-        let t = &self.token;
-        let found = off_worker(|| -> Result<Vec<ObjectHandle>> {
-            let mut all = t.find(ObjectClass::PRIVATE_KEY, &id)?;
-            all.extend(t.find(ObjectClass::PUBLIC_KEY, &id)?);
-            Ok(all)
-        });
-        match found {
-            Ok(handles) => {
-                off_worker(|| t.destroy(&handles));
-                tracing::info!(workspace = ws, object_id, "deleted an unrecorded key pair from the token");
-            }
-            Err(e) => {
-                tracing::warn!(workspace = ws, object_id, error = %e, "could not find an unrecorded key pair to delete")
-            }
-        }
+    fn destroy(&self, stored: &KeyRef) -> Result<usize> {
+        let KeyRef::Token { object_id } = stored else { return Ok(0) };
+        let id = hex::decode(object_id).map_err(|_| SignerError::Corrupt(format!("object id {object_id:?}")))?;
+        Ok(off_worker(|| self.token.destroy_id(&id))?)
     }
 
-    /// A session call that needs the login: fails (after one reopen) while the token is gone.
+    /// The token's information and a logged-in session: fails while the token is gone, and
+    /// then re-initialises the module to find it again (see the module docs).
     fn check(&self) -> Result<()> {
-        let info = self.token.with_session("checking the session", |s| s.get_session_info())?;
-        match info.session_state() {
-            SessionState::RwUser | SessionState::RoUser => Ok(()),
-            other => {
-                // Logged out behind our back (another application's C_Logout): log in again.
-                tracing::warn!(token = %self.token.label, state = ?other, "PKCS#11 session not logged in; logging in again");
-                self.token.with_session("logging in again", |s| self.token.pin.login(s))
+        let t = &self.token;
+        match t.probe() {
+            Ok(()) => Ok(()),
+            Err(f) if f.token_gone() => {
+                let e = SignerError::from(f);
+                t.lose(&e.to_string());
+                t.reinitialise()
             }
+            Err(f) => Err(f.into()),
         }
     }
 }
@@ -672,6 +1005,94 @@ mod tests {
         ] {
             assert_eq!(decode_ec_point(&bad), None, "{bad:02x?}");
         }
+    }
+
+    /// The curve-name fallback: a token that refuses one form of `CKA_EC_PARAMS` (each way a
+    /// token says so) gets the other; the form that worked is tried first next time; any other
+    /// failure is not taken for a curve refusal (no second try); both refused is the last
+    /// refusal.
+    #[test]
+    fn a_token_that_refuses_one_form_of_the_curve_gets_the_other_and_it_is_tried_first_next() {
+        use cryptoki::context::Function;
+        let refusal = |rv| CkError::Pkcs11(rv, Function::GenerateKeyPair);
+        for rv in [
+            RvError::CurveNotSupported,
+            RvError::AttributeValueInvalid,
+            RvError::DomainParamsInvalid,
+            RvError::TemplateInconsistent,
+        ] {
+            // A token that takes only the curve's name (PKCS#11 3.0's PrintableString).
+            let mut tried = Vec::new();
+            let r = with_curve_forms(0, |p| {
+                tried.push(p.to_vec());
+                if p == ED25519_PARAMS[1] {
+                    Ok("made")
+                } else {
+                    Err(refusal(rv))
+                }
+            });
+            assert_eq!(r.unwrap(), (1, "made"), "{rv:?}");
+            assert_eq!(tried, [ED25519_PARAMS[0].to_vec(), ED25519_PARAMS[1].to_vec()], "{rv:?}");
+            // Next time the name is tried first, and the OID not at all.
+            let mut tried = Vec::new();
+            let r = with_curve_forms(1, |p| {
+                tried.push(p.to_vec());
+                if p == ED25519_PARAMS[1] {
+                    Ok("made")
+                } else {
+                    Err(refusal(rv))
+                }
+            });
+            assert_eq!((r.unwrap(), tried.len()), ((1, "made"), 1));
+        }
+        // A token that takes the OID: the first form, one try.
+        let mut n = 0;
+        assert_eq!(
+            with_curve_forms(0, |p| {
+                n += 1;
+                if p == ED25519_PARAMS[0] {
+                    Ok(())
+                } else {
+                    Err(refusal(RvError::CurveNotSupported))
+                }
+            })
+            .unwrap()
+            .0,
+            0
+        );
+        assert_eq!(n, 1);
+        // Not a curve refusal: returned at once, the other form not tried.
+        let mut n = 0;
+        let e = with_curve_forms(0, |_| -> std::result::Result<(), _> {
+            n += 1;
+            Err(refusal(RvError::DeviceError))
+        });
+        assert!(matches!(e, Err(CkError::Pkcs11(RvError::DeviceError, _))) && n == 1, "{e:?}");
+        // Both refused: the last refusal.
+        let e = with_curve_forms(0, |p| -> std::result::Result<(), _> {
+            Err(refusal(if p == ED25519_PARAMS[0] {
+                RvError::CurveNotSupported
+            } else {
+                RvError::AttributeValueInvalid
+            }))
+        });
+        assert!(matches!(e, Err(CkError::Pkcs11(RvError::AttributeValueInvalid, _))), "{e:?}");
+    }
+
+    /// Whether a failure is the token being gone (re-initialising the module may help) or a
+    /// refusal (a PIN: re-initialising would not, and must not be tried at every check).
+    #[test]
+    fn a_token_that_refuses_the_pin_is_not_taken_for_a_lost_one() {
+        use cryptoki::context::Function;
+        let call = |rv| Fail::Call { op: "x", error: CkError::Pkcs11(rv, Function::Login) };
+        for rv in [RvError::PinIncorrect, RvError::PinLocked, RvError::PinExpired] {
+            assert!(!call(rv).token_gone(), "{rv:?}");
+        }
+        for rv in [RvError::GeneralError, RvError::TokenNotPresent, RvError::DeviceRemoved, RvError::DeviceError] {
+            assert!(call(rv).token_gone(), "{rv:?}");
+        }
+        assert!(Fail::Lost { op: "x", why: "gone".into() }.token_gone());
+        assert!(!Fail::Unfit { op: "x", detail: "odd".into() }.token_gone());
     }
 
     #[test]

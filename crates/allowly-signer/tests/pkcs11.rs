@@ -16,9 +16,11 @@ use std::sync::OnceLock;
 use allowly_receipt::merkle::{self, Hash};
 use allowly_receipt::types::{AnyReceipt, HexHash, SignedReceipt, STATUS_SIGNED};
 use allowly_receipt::verify::{verify_receipt, Outcome};
-use allowly_signer::keystore::{KeyBackend, MlockPolicy};
-use allowly_signer::pkcs11::{decode_ec_point, Pin, TokenBackend, TokenConfig};
+use allowly_signer::keystore::{KeyBackend, KeyRef, KeyStore, MlockPolicy};
+use allowly_signer::pkcs11::{decode_ec_point, Pin, TokenBackend, TokenConfig, ED25519_PARAMS};
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::mechanism::eddsa::{EddsaParams, EddsaSignatureScheme};
+use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, AttributeInfo, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::{Session, UserType};
 use cryptoki::types::AuthPin;
@@ -26,7 +28,7 @@ use softhsm::{softhsm, SoftHsm, USER_PIN};
 use support::*;
 
 /// Every token this test binary uses, one per test (tests run in parallel).
-const TOKENS: &[&str] = &["sign", "rotate", "refuse", "env", "loss", "idle"];
+const TOKENS: &[&str] = &["sign", "rotate", "refuse", "env", "loss", "idle", "gone", "stale", "curve", "orphan"];
 
 fn hsm() -> &'static SoftHsm {
     softhsm(TOKENS)
@@ -360,8 +362,8 @@ fn a_lost_login_is_restored_and_a_changed_pin_fails_the_backend_closed() {
     let tmp = tempfile::tempdir().unwrap();
     let pin = Pin::from_file(&h.pin_file(tmp.path(), "pin", USER_PIN)).unwrap();
     let cfg = TokenConfig { module: h.module.clone(), token_label: "loss".into(), pin };
-    let backend = TokenBackend::open(cfg, &MlockPolicy::default()).unwrap();
-    let key = backend.generate("ws_loss", "create").unwrap().key;
+    let backend = TokenBackend::open(cfg, &MlockPolicy::default(), Default::default()).unwrap();
+    let key = backend.generate("ws_loss", "create", &mut |_| Ok(())).unwrap().key;
     let public = key.public_key();
     let sign =
         |msg: &[u8]| key.sign(msg).map(|sig| public.verify_strict(msg, &ed25519_dalek::Signature::from_bytes(&sig)));
@@ -382,7 +384,7 @@ fn a_lost_login_is_restored_and_a_changed_pin_fails_the_backend_closed() {
     let e = sign(b"three").unwrap_err();
     assert!(e.to_string().contains("CKR_PIN_INCORRECT"), "{e}");
     let e = backend.check().unwrap_err();
-    assert!(e.to_string().contains("PinIncorrect"), "{e}");
+    assert!(e.to_string().contains("CKR_PIN_INCORRECT"), "{e}");
     assert!(e.public_message().contains("PKCS#11 token is unavailable"), "{}", e.public_message());
 
     // The PIN is put back: the next check logs in again and signing works.
@@ -392,4 +394,212 @@ fn a_lost_login_is_restored_and_a_changed_pin_fails_the_backend_closed() {
     s.logout().unwrap();
     backend.check().unwrap();
     assert!(matches!(sign(b"four"), Ok(Ok(()))));
+}
+
+/// The in-process backend on token `label`.
+fn backend_on(label: &str, dir: &Path) -> TokenBackend {
+    let pin = Pin::from_file(&hsm().pin_file(dir, &format!("pin-{label}"), USER_PIN)).unwrap();
+    let cfg = TokenConfig { module: hsm().module.clone(), token_label: label.into(), pin };
+    TokenBackend::open(cfg, &MlockPolicy::default(), Default::default()).unwrap()
+}
+
+/// `msg` signed by `key` verifies under its public key.
+fn signs(key: &dyn allowly_signer::keystore::WorkspaceKey, msg: &[u8]) {
+    let sig = key.sign(msg).unwrap_or_else(|e| panic!("signing failed: {e}"));
+    key.public_key().verify_strict(msg, &ed25519_dalek::Signature::from_bytes(&sig)).unwrap();
+}
+
+/// A key whose object handle went stale under the backend (the object was copied and the
+/// original deleted, as a token re-import or an HSM restore does: same `CKA_ID`, another
+/// handle) still signs: the backend finds it again by its `CKA_ID`. Without the re-lookup the
+/// signature fails with `CKR_OBJECT_HANDLE_INVALID`.
+#[test]
+fn a_key_whose_handle_went_stale_is_found_again_by_its_id_and_signs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let backend = backend_on("stale", tmp.path());
+    let g = backend.generate("ws_stale", "create", &mut |_| Ok(())).unwrap();
+    signs(&*g.key, b"before");
+    let KeyRef::Token { object_id } = &g.stored else { panic!("not a token key: {:?}", g.stored) };
+    let id = hex::decode(object_id).unwrap();
+    let s = user_session("stale");
+    let old = one(&s, ObjectClass::PRIVATE_KEY, &id);
+    let copy = s.copy_object(old, &[]).unwrap();
+    s.destroy_object(old).unwrap();
+    assert_ne!(copy, old);
+    assert_eq!(one(&s, ObjectClass::PRIVATE_KEY, &id), copy, "the copy has the key's CKA_ID");
+    for msg in [&b"after"[..], b"and again"] {
+        signs(&*g.key, msg);
+    }
+    // Loaded again (as after an unload or a restart), the key opens and signs too.
+    let public = g.key.public_key().to_bytes();
+    let opened = backend.open("ws_stale", &g.key_id, &public, &g.stored, "load").unwrap();
+    signs(&*opened, b"opened");
+}
+
+/// The two forms of `CKA_EC_PARAMS` the backend tries (the OID, then the curve's name) are
+/// each a form a real token takes for Ed25519: a key pair generated with either has that value
+/// stored and signs Ed25519 signatures its public key verifies. And the backend's own keys
+/// carry the first form, the one it tries first.
+#[test]
+fn each_curve_form_the_backend_tries_makes_an_ed25519_key_on_a_real_token() {
+    let s = user_session("curve");
+    let mech = Mechanism::Eddsa(EddsaParams::new(EddsaSignatureScheme::Pure));
+    for (i, params) in ED25519_PARAMS.iter().enumerate() {
+        let id = vec![0xc0, i as u8];
+        let public = [
+            Attribute::Token(false),
+            Attribute::Verify(true),
+            Attribute::EcParams(params.to_vec()),
+            Attribute::Id(id.clone()),
+        ];
+        let private = [Attribute::Token(false), Attribute::Sign(true), Attribute::Sensitive(true), Attribute::Id(id)];
+        let (pub_h, priv_h) = s
+            .generate_key_pair(&Mechanism::EccEdwardsKeyPairGen, &public, &private)
+            .unwrap_or_else(|e| panic!("form {i} ({params:02x?}) refused: {e}"));
+        let attrs = s.get_attributes(pub_h, &[AttributeType::EcParams, AttributeType::EcPoint]).unwrap();
+        assert!(attrs.contains(&Attribute::EcParams(params.to_vec())), "form {i}: {attrs:?}");
+        let point = attrs.iter().find_map(|a| if let Attribute::EcPoint(p) = a { Some(p.clone()) } else { None });
+        let key = ed25519_dalek::VerifyingKey::from_bytes(&decode_ec_point(&point.unwrap()).unwrap()).unwrap();
+        let sig: [u8; 64] = s.sign(&mech, priv_h, b"curve").unwrap().try_into().unwrap();
+        key.verify_strict(b"curve", &ed25519_dalek::Signature::from_bytes(&sig)).unwrap();
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let g = backend_on("curve", tmp.path()).generate("ws_curve", "create", &mut |_| Ok(())).unwrap();
+    let KeyRef::Token { object_id } = &g.stored else { panic!("not a token key") };
+    let public_h = one(&s, ObjectClass::PUBLIC_KEY, &hex::decode(object_id).unwrap());
+    let attrs = s.get_attributes(public_h, &[AttributeType::EcParams]).unwrap();
+    assert_eq!(attrs, vec![Attribute::EcParams(ED25519_PARAMS[0].to_vec())]);
+}
+
+/// The objects on token `label` labelled for workspace `ws` (`allowly:<ws>:…`).
+fn labelled_for(label: &str, ws: &str) -> Vec<Vec<u8>> {
+    let s = user_session(label);
+    let prefix = format!("allowly:{ws}:");
+    let mut ids = Vec::new();
+    for h in s.find_objects(&[]).unwrap() {
+        let attrs = s.get_attributes(h, &[AttributeType::Label, AttributeType::Id]).unwrap();
+        let is_ours = attrs.iter().any(|a| matches!(a, Attribute::Label(l) if l.starts_with(prefix.as_bytes())));
+        if is_ours {
+            ids.extend(attrs.into_iter().filter_map(|a| if let Attribute::Id(id) = a { Some(id) } else { None }));
+        }
+    }
+    ids
+}
+
+/// A crash between the token's key generation and the key's record leaves a key pair on the
+/// token that nothing names. Made here as the signer makes it — its own key store generates
+/// the pair (recording its intent first) and then nothing more happens, exactly what a crash at
+/// that point leaves on disk and on the token — the real signer's next start deletes it, and
+/// only it: a recorded key on the same token stays and signs, the workspace whose creation
+/// crashed is created again, and no intent is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_left_unrecorded_by_a_crash_is_deleted_at_the_next_start_and_only_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, sock) = fresh_pkcs11(tmp.path());
+    let pin = hsm().pin_file(tmp.path(), "pin", USER_PIN);
+    let mut s = serve_on("orphan", &dir, &sock, &pin);
+    let c = s.ready().await;
+    let kept = c.create_key("ws_kept").await.unwrap();
+    let pending = dir.join(allowly_signer::keystore::PENDING_DIR);
+    assert_eq!(std::fs::read_dir(&pending).unwrap().count(), 0, "a recorded key's intent is settled");
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(s.pid() as i32).unwrap(),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    assert!(s.wait_exit().success(), "{}", s.diagnostics());
+    drop(s);
+
+    {
+        let store = KeyStore::open(&dir, Box::new(backend_on("orphan", tmp.path()))).unwrap();
+        let made = store.prepare("ws_crashed", 1).unwrap();
+        // The crash: neither `commit_new` nor `discard`; the process state is gone.
+        drop(made);
+    }
+    let orphans = labelled_for("orphan", "ws_crashed");
+    assert_eq!(orphans.len(), 2, "the crash left the key pair on the token");
+    assert!(!dir.join("keys").join("ws_crashed.json").exists());
+    assert_eq!(std::fs::read_dir(&pending).unwrap().count(), 1, "the intent is what the crash left behind");
+
+    let mut s = serve_on("orphan", &dir, &sock, &pin);
+    let c = s.ready().await;
+    assert!(labelled_for("orphan", "ws_crashed").is_empty(), "the orphan is still on the token\n{}", s.diagnostics());
+    assert_eq!(std::fs::read_dir(&pending).unwrap().count(), 0);
+    let m = c.metrics().await.unwrap();
+    assert_eq!(metric(&m, "allowly_signer_orphan_keys_destroyed_total"), 1.0, "{m}");
+    assert!(s.stderr().contains("never recorded"), "{}", s.diagnostics());
+    // The recorded key is untouched and signs; the crashed creation can be made again.
+    let ids = token_objects(&dir, "ws_kept");
+    check_on_token("orphan", &ids[0], "ws_kept", kept[0].key_id, &kept[0].public_key);
+    let batch = bodies("ws_kept", 0, 2);
+    let out = c.append_batch("ws_kept", 0, batch.clone()).await.unwrap();
+    check_appended_without_proofs("ws_kept", &hashes(&batch), &batch, &out, &[verifier("ws_kept", &kept[0])]);
+    let again = c.create_key("ws_crashed").await.unwrap();
+    assert_eq!(labelled_for("orphan", "ws_crashed").len(), 2, "one key pair: the new one");
+    let batch = bodies("ws_crashed", 0, 1);
+    let out = c.append_batch("ws_crashed", 0, batch.clone()).await.unwrap();
+    check_appended_without_proofs("ws_crashed", &hashes(&batch), &batch, &out, &[verifier("ws_crashed", &again[0])]);
+}
+
+/// The token goes away under a serving signer (its SoftHSM2 directory moved off, as a pulled
+/// token or an HSM that restarts) and comes back. While it is gone the signer fails closed —
+/// `Ping` answers an error saying the token is unavailable, appends are refused, nothing is
+/// signed — and says so in `allowly_signer_token_lost`. When it is back the signer finds it by
+/// itself (re-initialising the module) and the same appends are signed at the sizes they were
+/// asked at, by the same keys, with checkpoints consistent with those before, for both
+/// workspaces (their keys found again by `CKA_ID`: the module's handles are new).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_that_goes_away_fails_the_signer_closed_and_signing_resumes_when_it_is_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, sock) = fresh_pkcs11(tmp.path());
+    let pin = hsm().pin_file(tmp.path(), "pin", USER_PIN);
+    let mut s = serve_on("gone", &dir, &sock, &pin);
+    let c = s.ready().await;
+    let spaces = ["ws_gone_a", "ws_gone_b"];
+    let mut logs = Vec::new();
+    for ws in spaces {
+        let keys = c.create_key(ws).await.unwrap();
+        let batch = bodies(ws, 0, 3);
+        let out = c.append_batch(ws, 0, batch.clone()).await.unwrap();
+        check_appended_without_proofs(ws, &hashes(&batch), &batch, &out, &[verifier(ws, &keys[0])]);
+        logs.push((keys, hashes(&batch), out.checkpoint));
+    }
+
+    let home = hsm().token_dir("gone");
+    let away = hsm().root.join("gone-away");
+    std::fs::rename(&home, &away).unwrap();
+    let e =
+        eventually("the signer to fail its health check", || s.diagnostics(), || async { c.ping().await.err() }).await;
+    assert!(e.to_string().contains("PKCS#11 token is unavailable"), "{e}");
+    for (&ws, (_, all, _)) in spaces.iter().zip(&logs) {
+        let batch = bodies(ws, all.len(), 2);
+        let r = c.append_batch(ws, all.len() as u64, batch).await;
+        assert!(r.is_err(), "{ws}: signed while the token is gone: {r:?}");
+    }
+    let m = c.metrics().await.unwrap();
+    assert_eq!(metric(&m, "allowly_signer_token_lost"), 1.0, "{m}");
+    assert_eq!(metric(&m, "allowly_signer_checkpoints_signed_total"), 2.0, "nothing signed meanwhile: {m}");
+
+    std::fs::rename(&away, &home).unwrap();
+    eventually("the signer to find the token again", || s.diagnostics(), || async { c.ping().await.ok() }).await;
+    for (&ws, (keys, all, before)) in spaces.iter().zip(&mut logs) {
+        let batch = bodies(ws, all.len(), 2);
+        let out = c.append_batch(ws, all.len() as u64, batch.clone()).await.unwrap();
+        let v = [verifier(ws, &keys[0])];
+        let from = all.len() as u64;
+        all.extend(hashes(&batch));
+        check_appended_without_proofs(ws, all, &batch, &out, &v);
+        let (old, _) = open_checkpoint(ws, before, &v);
+        let (new, _) = open_checkpoint(ws, &out.checkpoint, &v);
+        assert_eq!((old.size, new.size), (from, all.len() as u64));
+        let proof = merkle::consistency_proof(&merkle::LeafList(all.clone()), old.size, new.size).unwrap();
+        merkle::verify_consistency(old.size, new.size, &old.root, &new.root, &proof).unwrap();
+        assert_eq!(c.list_keys(ws).await.unwrap(), *keys, "{ws}: the same key");
+    }
+    let m = c.metrics().await.unwrap();
+    assert_eq!(metric(&m, "allowly_signer_token_lost"), 0.0, "{m}");
+    assert!(metric(&m, "allowly_signer_token_reinitialisations_total{outcome=\"ok\"}") >= 1.0, "{m}");
+    let (status, out, err) =
+        run_with_deadline(Command::new(signer_bin()).args(["audit", "verify"]).arg(dir.join("audit.log")));
+    assert_eq!(status.code(), Some(0), "{out}{err}");
 }

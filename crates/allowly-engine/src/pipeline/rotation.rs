@@ -247,13 +247,17 @@ fn check(
 impl Pipelines {
     /// Waits until workspace `ws`'s log is signed up to `size` (at least), starting its
     /// signing task if none runs. Woken by the task as it signs and when it ends (retired,
-    /// replaced, stopped on a divergence): no polling. `SignerUnavailable` when it does not
-    /// get there within `rotation_drain_timeout`; the divergence's error if the workspace
-    /// diverges meanwhile.
+    /// replaced, stopped on a divergence), and by any divergence marked elsewhere: no polling.
+    /// `SignerUnavailable` when it does not get there within `rotation_drain_timeout`; the
+    /// divergence's error if the workspace diverges meanwhile.
     pub(crate) async fn signed_up_to(self: &Arc<Self>, shared: &Arc<Services>, ws: &str, size: u64) -> Result<()> {
         let bound = shared.cfg.rotation_drain_timeout;
         let deadline = tokio::time::Instant::now() + bound;
         loop {
+            // Registered before the mark is looked at, so a mark in between still wakes us.
+            let marked = shared.diverged.marked();
+            tokio::pin!(marked);
+            marked.as_mut().enable();
             shared.diverged.require_not(ws, &shared.metrics)?;
             let progress = self.map.get(ws).map(|slot| slot.progress.clone());
             let Some(progress) = progress else {
@@ -293,7 +297,13 @@ impl Pipelines {
                 tokio::task::yield_now().await;
                 continue;
             }
-            if tokio::time::timeout_at(deadline, moved).await.is_err() {
+            let woken = async {
+                tokio::select! {
+                    () = moved => {},
+                    () = marked => {},
+                }
+            };
+            if tokio::time::timeout_at(deadline, woken).await.is_err() {
                 return Err(timed_out());
             }
         }

@@ -638,18 +638,30 @@ async fn a_write_the_device_refuses_fails_closed_until_a_probe_write_succeeds() 
     signer.stop();
 }
 
-/// A proxy between the engine and the real signer that answers the first `busy` appends
-/// `Busy` itself (what a signer says when a workspace's queue is over its cap) and passes
-/// everything else through.
-async fn busy_proxy(listen: std::path::PathBuf, signer: std::path::PathBuf, busy: Arc<std::sync::atomic::AtomicUsize>) {
-    use allowly_signer_proto::{decode_request, encode_response, read_frame, ErrorCode, ErrorReply, Request, Response};
-    use std::sync::atomic::Ordering;
+/// What [`proxy`] does with one request.
+enum Act {
+    /// Pass it to the signer (and its answer back).
+    Pass,
+    /// Answer `Busy` itself (what a signer says when a workspace's queue is over its cap).
+    Busy,
+    /// Never answer (a signer that does not answer this kind of request in time).
+    Withhold,
+}
+
+/// A proxy between the engine and the real signer that decides, request by request, with
+/// `policy`, whether to pass it on, answer `Busy` itself or never answer it.
+async fn proxy(
+    listen: std::path::PathBuf,
+    signer: std::path::PathBuf,
+    policy: Arc<dyn Fn(&allowly_signer_proto::Request) -> Act + Send + Sync>,
+) {
+    use allowly_signer_proto::{decode_request, encode_response, read_frame, ErrorCode, ErrorReply, Response};
     use tokio::io::AsyncWriteExt as _;
     let listener = tokio::net::UnixListener::bind(&listen).unwrap();
     loop {
         let (down, _) = listener.accept().await.unwrap();
         let up = tokio::net::UnixStream::connect(&signer).await.unwrap();
-        let busy = busy.clone();
+        let policy = policy.clone();
         tokio::spawn(async move {
             let (mut down_rd, down_wr) = down.into_split();
             let (mut up_rd, mut up_wr) = up.into_split();
@@ -670,19 +682,20 @@ async fn busy_proxy(listen: std::path::PathBuf, signer: std::path::PathBuf, busy
             let requests = async move {
                 let mut buf = Vec::new();
                 while let Ok(Some(frame)) = read_frame(&mut down_rd, &mut buf).await {
-                    let is_append = matches!(decode_request(frame), Ok((_, Request::AppendBatch { .. })));
-                    let refuse = is_append
-                        && busy.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
-                    if refuse {
-                        let (id, _) = decode_request(frame).unwrap();
-                        let reply =
-                            ErrorReply { code: ErrorCode::Busy, message: "queue full".into(), current_size: None };
-                        let mut out = Vec::new();
-                        encode_response(id, &Response::Error(reply), &mut out).unwrap();
-                        if down_wr.lock().await.write_all(&out).await.is_err() {
-                            return;
+                    let (id, request) = decode_request(frame).unwrap();
+                    match policy(&request) {
+                        Act::Pass => {}
+                        Act::Withhold => continue,
+                        Act::Busy => {
+                            let reply =
+                                ErrorReply { code: ErrorCode::Busy, message: "queue full".into(), current_size: None };
+                            let mut out = Vec::new();
+                            encode_response(id, &Response::Error(reply), &mut out).unwrap();
+                            if down_wr.lock().await.write_all(&out).await.is_err() {
+                                return;
+                            }
+                            continue;
                         }
-                        continue;
                     }
                     let prefix = (frame.len() as u32).to_be_bytes();
                     if up_wr.write_all(&prefix).await.is_err() || up_wr.write_all(frame).await.is_err() {
@@ -693,6 +706,17 @@ async fn busy_proxy(listen: std::path::PathBuf, signer: std::path::PathBuf, busy
             tokio::select! { () = answers => {}, () = requests => {} }
         });
     }
+}
+
+/// A client of the signer through the proxy at `proxied` (the same options as `client`).
+fn proxied_client(proxied: std::path::PathBuf) -> allowly_signer_proto::client::SignerClient {
+    let opts = allowly_signer_proto::client::ClientOptions {
+        request_timeout: Duration::from_secs(2),
+        reconnect_backoff_min: Duration::from_millis(10),
+        reconnect_backoff_max: Duration::from_millis(100),
+        ..Default::default()
+    };
+    allowly_signer_proto::client::SignerClient::new(proxied, opts)
 }
 
 /// A signer that answers `Busy` is back pressure, not an outage (issue 17): while it refuses the
@@ -706,15 +730,19 @@ async fn a_busy_signer_is_back_pressure_and_never_fails_checks_closed() {
     let signer = start_signer(&root);
     let proxied = root.path().join("run").join("proxy.sock");
     const BUSY: usize = 12;
+    // The first `busy` appends are answered `Busy`.
     let busy = Arc::new(AtomicUsize::new(usize::MAX));
-    tokio::spawn(busy_proxy(proxied.clone(), socket(&root), busy.clone()));
-    let opts = allowly_signer_proto::client::ClientOptions {
-        request_timeout: Duration::from_secs(2),
-        reconnect_backoff_min: Duration::from_millis(10),
-        reconnect_backoff_max: Duration::from_millis(100),
-        ..Default::default()
+    let refuse = busy.clone();
+    let policy = move |r: &allowly_signer_proto::Request| match r {
+        allowly_signer_proto::Request::AppendBatch { .. }
+            if refuse.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() =>
+        {
+            Act::Busy
+        }
+        _ => Act::Pass,
     };
-    let c = allowly_signer_proto::client::SignerClient::new(proxied, opts);
+    tokio::spawn(proxy(proxied.clone(), socket(&root), Arc::new(policy)));
+    let c = proxied_client(proxied);
     eventually("the proxy answers", || async { c.ping().await.is_ok() }).await;
     let e = Engine::start(open_store(&root), c, config()).await.unwrap();
     let ws = workspace(&e).await;
@@ -740,6 +768,73 @@ async fn a_busy_signer_is_back_pressure_and_never_fails_checks_closed() {
             "a Busy answer counted as signer_errors{{{kind}}}"
         );
     }
+    e.shutdown().await;
+    signer.stop();
+}
+
+/// A divergence marked outside the signing task ends a key rotation that waits for the log to
+/// be signed (issue 12). The store is restored from a copy older than the signer's state; the
+/// signer does not list its log sizes in time at start, so the start-up comparison is retried
+/// in the background. Meanwhile a check is taken, its signing round is answered `Busy` again and
+/// again, and a rotation waits for it. When the retried comparison finds the signer ahead of
+/// the store and marks the workspace, the rotation answers `workspace_log_behind_signer` at
+/// once — not after its drain bound (60 s here) as if the signer were down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_divergence_found_outside_the_signing_task_ends_a_waiting_rotation() {
+    use allowly_signer_proto::Request;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let root = TempDir::new().unwrap();
+    let signer = start_signer(&root);
+    let store = open_store(&root);
+    let e = Engine::start(store.clone(), client(&root), config()).await.unwrap();
+    let ws = workspace(&e).await;
+    let auth = e.create_authorization(&ws, grant(None), None).await.unwrap().authorization.id;
+    eventually("the creation receipt signed", || async { all_signed(&e, &ws, &auth).await }).await;
+    // The copy (a backup's store half), then three more receipts the signer signs.
+    let old = root.path().join("db-old");
+    store.backup_to(&old).unwrap();
+    for _ in 0..3 {
+        e.check(&ws, ask(&auth, "files.read", Some("doc:1")), None).await.unwrap();
+    }
+    eventually("every receipt signed", || async { all_signed(&e, &ws, &auth).await }).await;
+    e.shutdown().await;
+    drop((e, store));
+
+    let proxied = root.path().join("run").join("proxy.sock");
+    let hold = Arc::new(AtomicBool::new(true));
+    let held = hold.clone();
+    let policy = move |r: &Request| match r {
+        Request::LogSizes { .. } if held.load(Ordering::SeqCst) => Act::Withhold,
+        Request::AppendBatch { .. } => Act::Busy,
+        _ => Act::Pass,
+    };
+    tokio::spawn(proxy(proxied.clone(), socket(&root), Arc::new(policy)));
+    let c = proxied_client(proxied);
+    eventually("the proxy answers", || async { c.ping().await.is_ok() }).await;
+    let restored =
+        Arc::new(allowly_store_rocks::RocksStore::open(&old, allowly_store_rocks::RocksOptions::default()).unwrap());
+    let drain = Duration::from_secs(60);
+    let e = Engine::start(restored, c, EngineConfig { rotation_drain_timeout: drain, ..config() }).await.unwrap();
+    // Not compared yet: the check is taken (the documented window) and waits to be signed.
+    e.check(&ws, ask(&auth, "files.read", Some("doc:1")), None).await.unwrap();
+    let busy = e.metrics().signer_busy.get();
+    let rotation = tokio::spawn({
+        let (e, ws) = (e.clone(), ws.clone());
+        async move { e.rotate_workspace_key(&ws, None).await }
+    });
+    eventually("two more signing rounds while the rotation waits", || async {
+        e.metrics().signer_busy.get() >= busy + 2
+    })
+    .await;
+    assert!(!rotation.is_finished(), "the rotation did not wait: {:?}", rotation.await);
+    hold.store(false, Ordering::SeqCst);
+    let released = std::time::Instant::now();
+    let out = rotation.await.unwrap();
+    assert!(matches!(out, Err(EngineError::WorkspaceLogBehindSigner)), "{out:?}");
+    assert!(released.elapsed() < drain / 2, "woken late: {:?}", released.elapsed());
+    assert!(!e.readiness().ready, "a store behind its signer is not ready");
+    let refused = e.check(&ws, ask(&auth, "files.read", Some("doc:1")), None).await;
+    assert!(matches!(refused, Err(EngineError::WorkspaceLogBehindSigner)), "{refused:?}");
     e.shutdown().await;
     signer.stop();
 }

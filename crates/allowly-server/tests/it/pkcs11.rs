@@ -11,11 +11,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
+use crate::resilience::{checkpoint_note, export_and_verify, Load};
+use crate::rotation::signing_key_id;
 use crate::support::*;
 use serde_json::{json, Value};
 use softhsm::{softhsm_owned_by, SoftHsm, USER_PIN};
 
-const TOKENS: &[&str] = &["srv-sign", "srv-refuse"];
+const TOKENS: &[&str] = &["srv-sign", "srv-refuse", "srv-loss", "srv-move"];
 
 fn hsm() -> &'static SoftHsm {
     softhsm_owned_by(TOKENS, signer_uid())
@@ -259,4 +261,186 @@ fn a_token_that_refuses_fails_the_service_closed_and_it_recovers_when_the_token_
     assert_eq!(check(&s, &checker, &az).status, 200);
     let n = verified_export(&s, &ws, &reader, &az, tmp.path());
     assert!(n >= 3, "{n} receipts");
+}
+
+/// The token goes away under `allowly serve` while clients check (its SoftHSM2 directory moved
+/// off: a token pulled out, an HSM restarting) and comes back. Meanwhile checks fail closed with
+/// `503 signer_unavailable`, `/readyz` is not ready and says the signer's token is unavailable,
+/// and the signer's `allowly_signer_token_lost` is 1; then, with nobody restarting anything, the
+/// signer finds the token again, checks are answered, every acknowledged receipt is signed, and
+/// the whole log verifies with `allowly-verify` against the published keys and every
+/// checkpoint seen before the loss.
+#[test]
+fn a_token_lost_while_serving_fails_checks_closed_and_signing_resumes_when_it_is_back() {
+    let tmp = tempdir();
+    let data = tmp.path().join("data");
+    let pin = pin_file(tmp.path(), "pin", USER_PIN);
+    let s = start(&data, "srv-loss", &pin);
+    let t = tenant(&s, "hsm-loss", &["files.*"]);
+    let load = Load::start(s.client().addr, &t, 4, &["signer_unavailable"]);
+    load.wait_ok(20, &s);
+    let seen = vec![eventually("a checkpoint", || s.diagnostics(), || checkpoint_note(&s.client(), &t))];
+
+    let (home, away) = (hsm().token_dir("srv-loss"), hsm().root.join("srv-loss-away"));
+    std::fs::rename(&home, &away).unwrap();
+    eventually(
+        "checks to fail closed with 503 signer_unavailable",
+        || s.diagnostics(),
+        || {
+            let r = check(&s, &t.checker, &t.az);
+            (r.status == 503).then(|| r.problem(503, "signer_unavailable"))
+        },
+    );
+    for _ in 0..5 {
+        check(&s, &t.checker, &t.az).problem(503, "signer_unavailable");
+    }
+    let ready = s.client().get("/readyz", None);
+    assert_eq!(ready.status, 503, "{ready}");
+    let causes = ready.json()["causes"].clone();
+    assert!(
+        causes.as_array().unwrap().iter().any(|c| c["code"] == "signer_unavailable"
+            && c["detail"].as_str().is_some_and(|d| d.contains("PKCS#11 token is unavailable"))),
+        "{ready}"
+    );
+    let metrics = |admin: &str| s.client().get("/metrics", Some(admin)).text();
+    let root = s.admin_token();
+    eventually(
+        "allowly_signer_token_lost 1 on /metrics",
+        || metrics(&root),
+        || metrics(&root).lines().any(|l| l == "allowly_signer_token_lost 1").then_some(()),
+    );
+    let during = load.ok();
+
+    std::fs::rename(&away, &home).unwrap();
+    s.wait_ready();
+    load.wait_ok(during + 20, &s);
+    let (acked, unexpected, unavailable, _) = load.finish();
+    assert!(unexpected.is_empty(), "{unexpected:?}");
+    assert!(unavailable > 0, "the clients never saw the outage");
+    export_and_verify(&s, &t, "files.read", &acked, &seen, tmp.path());
+    assert!(s.stderr().contains("PKCS#11 token found again"), "{}", s.diagnostics());
+}
+
+/// `allowly workspace-key migrate --to KIND` with the signer's key files as the command reads
+/// them (`allowly-signer keys`): the active key's id and key store of `ws`.
+fn active_key(data: &Path, ws: &str) -> (String, String) {
+    let out = Command::new(signer_bin())
+        .args(["keys", "--workspace", ws, "--dir"])
+        .arg(data.join("signer"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let active: Vec<&Value> = v["keys"].as_array().unwrap().iter().filter(|k| k["status"] == "active").collect();
+    assert_eq!(active.len(), 1, "{v}");
+    (active[0]["key_id"].as_str().unwrap().to_owned(), active[0]["keystore"].as_str().unwrap().to_owned())
+}
+
+/// Runs `allowly workspace-key migrate --workspace WS --to KIND` against `s`; its answer.
+fn migrate(s: &Server, data: &Path, ws: &str, to: &str) -> Value {
+    let out = Command::new(allowly_bin())
+        .args(["workspace-key", "migrate", "--workspace", ws, "--to", to, "--signer-dir"])
+        .arg(data.join("signer"))
+        .arg("--url")
+        .arg(format!("http://{}", s.client().addr))
+        .arg("--token-file")
+        .arg(data.join("admin-token"))
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stdout}\n{stderr}\n{}", s.diagnostics());
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+}
+
+/// Checks until one is signed, and returns the key id that signed the newest checkpoint.
+fn signing_key_now(s: &Server, t: &Tenant) -> String {
+    for _ in 0..3 {
+        assert_eq!(check(s, &t.checker, &t.az).status, 200, "{}", s.diagnostics());
+    }
+    let last = check(s, &t.checker, &t.az);
+    assert_eq!(last.status, 200, "{last}");
+    let index = last.json()["receipt"]["log_index"].as_u64().unwrap();
+    let c = s.client();
+    let cp = eventually(
+        "the last check signed",
+        || s.diagnostics(),
+        || {
+            let cp = c.get(&format!("/v1/workspaces/{}/log/checkpoint", t.ws), Some(&t.reader)).json();
+            (cp["size"].as_u64().unwrap_or(0) > index).then_some(cp)
+        },
+    );
+    signing_key_id(cp["checkpoint"].as_str().unwrap())
+}
+
+/// Moving a workspace's keys from sealed files onto a token, and back, is a key rotation, never
+/// a copy of a private key (issue 12; ARCHITECTURE, "Moving keys between key stores"). With the
+/// token as the signer's key store and the files as its previous one, workspaces go on signing
+/// with their file keys; `allowly workspace-key migrate --to pkcs11` rotates one onto the token
+/// (the new key made there, never extractable; the old one retired, still published); running it
+/// again does nothing. Once every workspace moved, the signer runs on the token alone and the
+/// master key is deleted (the retired sealed keys can never be opened again). Moving back is the
+/// same rotation the other way. Every receipt of the whole log, signed before, between and after,
+/// verifies with `allowly-verify` against the workspace's published keys.
+#[test]
+fn workspace_keys_move_onto_a_token_and_back_by_rotation_and_every_receipt_verifies() {
+    let tmp = tempdir();
+    let data = tmp.path().join("data");
+    let pin = pin_file(tmp.path(), "pin", USER_PIN);
+    let mut s = Server::start(&data);
+    let (t, u) = (tenant(&s, "moving", &["files.*"]), tenant(&s, "staying", &["files.*"]));
+    let file_key = signing_key_now(&s, &t);
+    assert_eq!(active_key(&data, &t.ws), (file_key.clone(), "file".into()));
+    let u_file_key = signing_key_now(&s, &u);
+    s.stop();
+
+    // `--signer-keystore KIND` with the token's settings, and a previous key store if given.
+    let with = |kind: &str, previous: Option<&str>| {
+        let mut args = keystore_args("srv-move", &pin);
+        args[1] = kind.to_owned();
+        if let Some(p) = previous {
+            args.extend(["--signer-previous-keystore".to_owned(), p.to_owned()]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Server::start_with(&data, &args)
+    };
+    // The token makes new keys; workspaces not moved yet sign with their file keys.
+    let mut s = with("pkcs11", Some("file"));
+    assert_eq!(signing_key_now(&s, &t), file_key);
+    let moved = migrate(&s, &data, &t.ws, "pkcs11");
+    let keys = moved["keys"]["keys"].as_array().unwrap();
+    assert_eq!(
+        (keys.len(), keys[0]["key_id"].as_str(), keys[0]["status"].as_str()),
+        (2, Some(file_key.as_str()), Some("retired"))
+    );
+    assert_eq!(moved["receipt"]["body"]["kind"], "key.rotated", "{moved}");
+    let (token_key, store) = active_key(&data, &t.ws);
+    assert_eq!(store, "pkcs11");
+    assert_eq!(keys[1]["key_id"].as_str(), Some(token_key.as_str()));
+    let again = migrate(&s, &data, &t.ws, "pkcs11");
+    assert_eq!((again["rotated"].as_bool(), again["active_key_id"].as_str()), (Some(false), Some(token_key.as_str())));
+    assert_eq!(signing_key_now(&s, &t), token_key, "signed on the token now");
+    assert_eq!(signing_key_now(&s, &u), u_file_key, "the other workspace still signs with its file key");
+    verified_log(&s, &t.ws, &t.reader, tmp.path());
+    let u_token_key = migrate(&s, &data, &u.ws, "pkcs11")["keys"]["keys"][1]["key_id"].as_str().unwrap().to_owned();
+    s.stop();
+
+    // Every workspace moved: the token alone, and the master key deleted.
+    std::fs::remove_file(data.join("signer").join("master.key")).unwrap();
+    let mut s = with("pkcs11", None);
+    assert_eq!(signing_key_now(&s, &t), token_key);
+    assert_eq!(signing_key_now(&s, &u), u_token_key);
+    verified_log(&s, &u.ws, &u.reader, tmp.path());
+    s.stop();
+
+    // And back: sealed files make new keys (under a new master key), the token is the previous
+    // key store.
+    let mut s = with("file", Some("pkcs11"));
+    assert_eq!(signing_key_now(&s, &t), token_key);
+    let back = migrate(&s, &data, &t.ws, "file");
+    let (file_again, store) = active_key(&data, &t.ws);
+    assert_eq!((store.as_str(), back["keys"]["keys"].as_array().unwrap().len()), ("file", 3));
+    assert_eq!(signing_key_now(&s, &t), file_again);
+    let size = verified_log(&s, &t.ws, &t.reader, tmp.path());
+    assert!(size >= 20, "{size} receipts");
+    s.stop();
 }

@@ -291,6 +291,11 @@ impl Load {
         Self { stop, ok, acked, unexpected, unavailable, lost, threads }
     }
 
+    /// Checks answered 200 so far.
+    pub(crate) fn ok(&self) -> usize {
+        self.ok.load(Ordering::Acquire)
+    }
+
     /// Waits (bounded) until `n` checks in total were answered 200.
     pub(crate) fn wait_ok(&self, n: usize, s: &Server) {
         let ok = &self.ok;

@@ -77,7 +77,7 @@ fn active_key(c: &Client, ws: &str) -> String {
 }
 
 /// The key id that signed `note` (its one signature line: `— <name> <base64(key id ‖ sig)>`).
-fn signing_key_id(note: &str) -> String {
+pub(crate) fn signing_key_id(note: &str) -> String {
     use base64::Engine as _;
     let line = note.lines().rev().find(|l| l.starts_with('\u{2014}')).unwrap_or_else(|| panic!("unsigned: {note}"));
     let sig = base64::engine::general_purpose::STANDARD.decode(line.rsplit(' ').next().unwrap()).unwrap();
@@ -297,7 +297,7 @@ fn the_workspace_key_rotate_command_rotates_through_the_server() {
     let t = tenant(&s, "cli", &["files.read"]);
     let (ok, out) = operator(&s, &data, &["workspace-key", "rotate", "--workspace", &t.ws]);
     assert!(ok, "{out}\n{}", s.diagnostics());
-    let answer: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let answer = answer_of(&out);
     check_rotation(&answer, 1);
     assert_eq!(s.client().get(&format!("/v1/workspaces/{}/keys", t.ws), None).json(), answer["keys"]);
     // Bad input is a problem document, and changes nothing.
@@ -319,6 +319,13 @@ fn operator(s: &Server, data: &Path, args: &[&str]) -> (bool, String) {
     operator_at(&format!("http://{}", s.client().addr), data, args)
 }
 
+/// The server's answer an operator command printed (its one JSON line on stdout; what it says
+/// on stderr follows it in `out`).
+fn answer_of(out: &str) -> Value {
+    let line = out.lines().find(|l| l.starts_with('{')).unwrap_or_else(|| panic!("no answer printed: {out}"));
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
 /// Runs `allowly ARGS --url URL --token-file <data>/admin-token`.
 fn operator_at(url: &str, data: &Path, args: &[&str]) -> (bool, String) {
     let token = data.join("admin-token");
@@ -328,6 +335,25 @@ fn operator_at(url: &str, data: &Path, args: &[&str]) -> (bool, String) {
     (out.status.success(), text)
 }
 
+/// Reads the head of a bodyless request from `client`, sends it to `upstream` and returns the
+/// whole answer; `None` if the client did not send a whole head.
+fn pass_on(client: &mut impl std::io::Read, upstream: std::net::SocketAddr) -> Option<Vec<u8>> {
+    use std::io::{Read as _, Write as _};
+    let mut request = Vec::new();
+    let mut byte = [0u8; 1];
+    while !request.ends_with(b"\r\n\r\n") {
+        match client.read(&mut byte) {
+            Ok(1) => request.push(byte[0]),
+            _ => return None,
+        }
+    }
+    let mut up = std::net::TcpStream::connect(upstream).unwrap();
+    up.write_all(&request).unwrap();
+    let mut answer = Vec::new();
+    up.read_to_end(&mut answer).unwrap();
+    Some(answer)
+}
+
 /// A TLS terminator in front of `upstream` on a loopback port, with the test certificate
 /// (`fixtures/tls-server.pem`, for 127.0.0.1 and localhost, issued by `fixtures/tls-ca.pem`):
 /// each connection's request (no body) is passed on and the answer sent back, then
@@ -335,7 +361,7 @@ fn operator_at(url: &str, data: &Path, args: &[&str]) -> (bool, String) {
 fn tls_terminator(upstream: std::net::SocketAddr) -> std::net::SocketAddr {
     use rustls::pki_types::pem::PemObject as _;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    use std::io::{Read as _, Write as _};
+    use std::io::Write as _;
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/fixtures");
     let chain = CertificateDer::pem_file_iter(dir.join("tls-server.pem")).unwrap().map(Result::unwrap).collect();
     let key = PrivateKeyDer::from_pem_file(dir.join("tls-server.key")).unwrap();
@@ -355,21 +381,7 @@ fn tls_terminator(upstream: std::net::SocketAddr) -> std::net::SocketAddr {
             let conn = rustls::ServerConnection::new(config.clone()).unwrap();
             let mut tls = rustls::StreamOwned::new(conn, tcp);
             // A client that refuses the certificate ends the handshake: the read fails.
-            let mut request = Vec::new();
-            let mut byte = [0u8; 1];
-            while !request.ends_with(b"\r\n\r\n") {
-                match tls.read(&mut byte) {
-                    Ok(1) => request.push(byte[0]),
-                    _ => break,
-                }
-            }
-            if !request.ends_with(b"\r\n\r\n") {
-                continue;
-            }
-            let mut up = std::net::TcpStream::connect(upstream).unwrap();
-            up.write_all(&request).unwrap();
-            let mut answer = Vec::new();
-            up.read_to_end(&mut answer).unwrap();
+            let Some(answer) = pass_on(&mut tls, upstream) else { continue };
             tls.write_all(&answer).unwrap();
             tls.conn.send_close_notify();
             let _ = tls.flush();
@@ -406,6 +418,122 @@ fn the_operator_commands_speak_https_with_a_ca_file() {
     assert!(!ok && out.contains("--ca-file is for https://"), "{out}");
     let (ok, out) = operator_at("ftp://127.0.0.1:1", &data, &["admin-key", "list"]);
     assert!(!ok && out.contains("--url must be http://HOST[:PORT] or https://HOST[:PORT]"), "{out}");
+    // `allowly backup` takes the same --ca-file: refused against Mozilla's roots (nothing is
+    // staged or written), then made through the terminator with the test CA.
+    let backup = |dest: &Path, extra: &[&str]| {
+        let out = Command::new(allowly_bin())
+            .arg("backup")
+            .arg(dest)
+            .arg("--data-dir")
+            .arg(&data)
+            .args(["--url", &url])
+            .args(extra)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+        )
+    };
+    let refused = tmp.path().join("backup-refused");
+    let (ok, out) = backup(&refused, &[]);
+    assert!(!ok && out.contains("UnknownIssuer"), "{out}");
+    assert!(!refused.join("manifest.json").exists(), "{out}");
+    let dest = tmp.path().join("backup-over-https");
+    let (ok, out) = backup(&dest, &["--ca-file", ca]);
+    assert!(ok, "{out}\n{}", s.diagnostics());
+    assert!(dest.join("manifest.json").is_file() && dest.join("db").is_dir() && dest.join("signer").is_dir(), "{out}");
+}
+
+/// A loopback proxy in front of `upstream` that passes each connection's request (no body) on
+/// and, for as long as `lose` is above zero (counting it down), drops the server's answer
+/// instead of sending it back: the request was acted on, and the client never hears of it.
+/// Counts the requests it passed in `seen`. Serves until the test process ends.
+fn answer_losing_proxy(
+    upstream: std::net::SocketAddr,
+    lose: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    seen: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) -> std::net::SocketAddr {
+    use std::io::Write as _;
+    use std::sync::atomic::Ordering;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for tcp in listener.incoming() {
+            let Ok(mut tcp) = tcp else { continue };
+            let Some(answer) = pass_on(&mut tcp, upstream) else { continue };
+            seen.fetch_add(1, Ordering::SeqCst);
+            if lose.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
+                continue; // dropped: the connection closes without an answer
+            }
+            let _ = tcp.write_all(&answer);
+        }
+    });
+    addr
+}
+
+/// The operator commands that change something send an `Idempotency-Key` (issue 12): when the
+/// answer is lost after the server acted, the command sends the request again with the same
+/// key by itself and prints the first answer — one workspace key rotation, one new instance
+/// admin key, never two; and the key it prints on stderr, given back with --idempotency-key,
+/// repeats a command by hand with the same effect.
+#[test]
+fn operator_commands_resent_after_a_lost_answer_act_once() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let s = Server::start(&data);
+    let t = tenant(&s, "lossy", &["files.read"]);
+    let (lose, seen) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let url = format!("http://{}", answer_losing_proxy(s.client().addr, lose.clone(), seen.clone()));
+    let keys =
+        |ws: &str| s.client().get(&format!("/v1/workspaces/{ws}/keys"), None).json()["keys"].as_array().unwrap().len();
+
+    // A workspace key rotation whose first answer is lost.
+    lose.store(1, Ordering::SeqCst);
+    let (ok, out) = operator_at(&url, &data, &["workspace-key", "rotate", "--workspace", &t.ws]);
+    assert!(ok, "{out}\n{}", s.diagnostics());
+    assert!(out.contains("sending the request again with the same Idempotency-Key"), "{out}");
+    assert_eq!(seen.swap(0, Ordering::SeqCst), 2, "sent twice");
+    let answer = answer_of(&out);
+    check_rotation(&answer, 1);
+    assert_eq!(keys(&t.ws), 2, "one rotation, not two");
+
+    // The key it printed repeats it by hand: the same answer, still one rotation.
+    let key = out.split("Idempotency-Key ").nth(1).and_then(|r| r.split_whitespace().next()).unwrap().to_owned();
+    let (ok, again) =
+        operator_at(&url, &data, &["workspace-key", "rotate", "--workspace", &t.ws, "--idempotency-key", &key]);
+    assert!(ok, "{again}");
+    let again = answer_of(&again);
+    assert_eq!(again, answer, "the first answer again");
+    assert_eq!(keys(&t.ws), 2);
+
+    // The instance admin key rotated with its first answer lost: one new key, the old one
+    // revoked, and the answer the command prints is the key the server wrote to admin-token.
+    let first = s.admin_token();
+    assert_eq!(seen.swap(0, Ordering::SeqCst), 1, "the repeat by hand was sent once");
+    lose.store(1, Ordering::SeqCst);
+    let (ok, out) = operator_at(&url, &data, &["admin-key", "rotate"]);
+    assert!(ok, "{out}\n{}", s.diagnostics());
+    assert_eq!(seen.swap(0, Ordering::SeqCst), 2, "sent twice");
+    let rotated = answer_of(&out);
+    let second = s.admin_token();
+    assert_eq!(rotated["secret"], second.as_str(), "{out}");
+    assert_eq!(admin_key_ids(&s, &second, false).len(), 1, "one live key: no second one minted");
+    assert_eq!(admin_key_ids(&s, &second, true).len(), 1, "the first one revoked");
+    s.client().get(&format!("/v1/workspaces/{}", t.ws), Some(&first)).problem(401, "unauthenticated");
+
+    // An answer lost three times: the command gives up, saying so and how to repeat it.
+    lose.store(3, Ordering::SeqCst);
+    let (ok, out) = operator_at(&url, &data, &["workspace-key", "rotate", "--workspace", &t.ws]);
+    assert!(!ok && out.contains("--idempotency-key"), "{out}");
+    assert_eq!(keys(&t.ws), 3, "acted on once");
+    // A key the server would refuse is refused before anything is sent.
+    let (ok, out) =
+        operator_at(&url, &data, &["workspace-key", "rotate", "--workspace", &t.ws, "--idempotency-key", "a b"]);
+    assert!(!ok && out.contains("printable ASCII"), "{out}");
+    assert_eq!(seen.load(Ordering::SeqCst), 3);
 }
 
 /// Instance admin keys: the last live one cannot be revoked (409) but is rotated, with an
@@ -473,7 +601,7 @@ fn instance_admin_keys_are_revoked_rotated_and_reset_offline_the_old_ones_refuse
 
     let (ok, out) = operator(&s, &data, &["admin-key", "rotate"]);
     assert!(ok, "{out}");
-    let third = serde_json::from_str::<Value>(&out).unwrap()["secret"].as_str().unwrap().to_owned();
+    let third = answer_of(&out)["secret"].as_str().unwrap().to_owned();
     let (ok, out) = operator(&s, &data, &["admin-key", "revoke", "--key-id", &second_id]);
     assert!(!ok && out.contains("409"), "already revoked by the rotation: {out}");
     assert_eq!(s.admin_token(), third, "the server wrote the new key to admin-token");

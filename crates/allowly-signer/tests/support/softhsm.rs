@@ -128,6 +128,20 @@ impl SoftHsm {
         p
     }
 
+    /// The directory SoftHSM2 keeps token `label` in (one per token under `tokens/`, the label
+    /// in its `token.object`, blank-padded to 32 bytes). Moving it away is a token pulled out:
+    /// the module answers for it no more until it is back and the module initialised again.
+    pub fn token_dir(&self, label: &str) -> PathBuf {
+        let padded = format!("{label:<32}").into_bytes();
+        std::fs::read_dir(self.root.join("tokens"))
+            .expect("tokens dir")
+            .map(|e| e.expect("entry").path())
+            .find(|p| {
+                std::fs::read(p.join("token.object")).is_ok_and(|b| b.windows(32).any(|w| w == padded.as_slice()))
+            })
+            .unwrap_or_else(|| panic!("no token directory for {label}"))
+    }
+
     /// `--keystore pkcs11 --pkcs11-module M --pkcs11-token-label L --pkcs11-pin-file F`.
     pub fn signer_args(&self, label: &str, pin_file: &Path) -> Vec<String> {
         vec![
