@@ -296,6 +296,9 @@ pub struct Disk {
     lie: Option<Lie>,
     /// A crash waiting for its moment: where, which files, how many matches to let pass first.
     armed: Option<(Point, Lie, u32)>,
+    /// A failing device: writes or fsyncs of matching files fail with this error, changing
+    /// nothing (see [`Disk::set_failing`]).
+    failing: Option<(Point, Lie, Errno)>,
     /// Every crash so far: when, and what it threw away.
     crashes: Vec<(std::time::Instant, CrashReport)>,
 }
@@ -337,6 +340,7 @@ impl Disk {
             epoch: 0,
             lie: None,
             armed: None,
+            failing: None,
             crashes: Vec::new(),
         }
     }
@@ -349,6 +353,23 @@ impl Disk {
     /// anything durable.
     pub fn set_lie(&mut self, lie: Option<Lie>) {
         self.lie = lie;
+    }
+
+    /// From now on, every [`Point`] `at` of a file whose last name matches `name` fails with
+    /// `errno` and changes nothing (`None`: the device is healthy again). A failed write leaves
+    /// the file as it was; a failed fsync makes nothing durable (what it should have synced
+    /// stays unsynced, and a later fsync that succeeds syncs it).
+    pub fn set_failing(&mut self, failing: Option<(Point, Lie, Errno)>) {
+        self.failing = failing;
+    }
+
+    /// The error `at` of `ino` fails with, if the device is failing there.
+    fn failure(&self, at: Point, ino: u64) -> Result<(), Errno> {
+        let Some((point, name, errno)) = &self.failing else { return Ok(()) };
+        match self.live.nodes.get(&ino) {
+            Some(node) if *point == at && name(&node.name) => Err(*errno),
+            _ => Ok(()),
+        }
     }
 
     /// Arms a crash at the `skip + 1`-th [`Point`] of a file whose name matches `name` (replacing
@@ -570,6 +591,7 @@ impl Disk {
     }
 
     pub fn write(&mut self, ino: u64, offset: u64, bytes: &[u8]) -> Result<usize, Errno> {
+        self.failure(Point::Write, ino)?;
         let node = self.live.node_mut(ino)?;
         node.data_mut()?.write(offset, bytes);
         node.touch();
@@ -617,6 +639,7 @@ impl Disk {
     /// a file empty, a directory empty, a symlink or special node whole (they are written with
     /// their inode).
     pub fn fsync(&mut self, ino: u64) -> Result<(), Errno> {
+        self.failure(Point::Sync, ino)?;
         let name = &self.live.node(ino)?.name;
         if self.lie.as_ref().is_some_and(|lie| lie(name)) {
             return Ok(());
@@ -904,6 +927,40 @@ mod tests {
         d.crash();
         assert_eq!(content(&d, ROOT, "000001.log"), Some(Vec::new()));
         assert_eq!(content(&d, ROOT, "MANIFEST"), Some(b"data".to_vec()));
+    }
+
+    #[test]
+    fn a_failing_device_refuses_matching_writes_or_syncs_and_changes_nothing() {
+        let mut d = Disk::new();
+        let wal = file(&mut d, ROOT, "000001.log");
+        let other = file(&mut d, ROOT, "MANIFEST");
+        d.fsync(ROOT).unwrap();
+        d.write(wal, 0, b"synced").unwrap();
+        d.fsync(wal).unwrap();
+        let is_wal: Lie = Box::new(|name| name.to_string_lossy().ends_with(".log"));
+        d.set_failing(Some((Point::Write, is_wal, Errno::ENOSPC)));
+        assert_eq!(d.write(wal, 6, b"lost").unwrap_err(), Errno::ENOSPC);
+        assert_eq!(d.read(wal, 0, 64).unwrap(), b"synced", "a failed write changes nothing");
+        d.write(other, 0, b"m").unwrap();
+        d.fsync(wal).unwrap();
+
+        let is_wal: Lie = Box::new(|name| name.to_string_lossy().ends_with(".log"));
+        d.set_failing(Some((Point::Sync, is_wal, Errno::EIO)));
+        d.write(wal, 6, b"+tail").unwrap();
+        assert_eq!(d.fsync(wal).unwrap_err(), Errno::EIO);
+        assert_eq!(d.read(wal, 0, 64).unwrap(), b"synced+tail", "the live data stays");
+        d.fsync(other).unwrap();
+        d.crash();
+        assert_eq!(content(&d, ROOT, "000001.log"), Some(b"synced".to_vec()), "a failed fsync synced nothing");
+        assert_eq!(content(&d, ROOT, "MANIFEST"), Some(b"m".to_vec()));
+
+        // Healed: the same file syncs again.
+        d.set_failing(None);
+        let wal = d.lookup(ROOT, OsStr::new("000001.log")).unwrap();
+        d.write(wal, 6, b"+more").unwrap();
+        d.fsync(wal).unwrap();
+        d.crash();
+        assert_eq!(content(&d, ROOT, "000001.log"), Some(b"synced+more".to_vec()));
     }
 
     #[test]
