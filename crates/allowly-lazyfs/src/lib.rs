@@ -27,9 +27,11 @@
 //!
 //! # What it does not model
 //!
-//! - Torn or reordered writes *within* an unsynced region: everything written since the last
-//!   fsync of a file is lost together, never a prefix of it or a random subset of its pages
-//!   (LazyFS's "torn" faults). A real disk may keep some of those pages.
+//! - Reordered writes within an unsynced region. By default everything written since the last
+//!   fsync of a file is lost together; with torn tails on ([`LazyFs::set_torn_tails`]) a crash
+//!   keeps a random prefix of each file's unsynced pages in file order, the last of them torn at
+//!   a 512-byte sector (LazyFS's "torn-seq" fault), as a disk that wrote back part of its page
+//!   cache before the power went. Never pages out of order (a hole followed by newer data).
 //! - `sync_file_range`, `syncfs`/`sync(2)` and `O_SYNC`/`O_DSYNC`: only `fsync`/`fdatasync` (and
 //!   `fsyncdir`) make anything durable. Allowly and RocksDB use `fsync`/`fdatasync`.
 //! - Failing writes and fsyncs, latency: not part of the power-loss model, but this layer can
@@ -159,6 +161,14 @@ impl LazyFs {
         let failing =
             failing.map(|(at, name, errno)| (at, Box::new(name) as image::Lie, fuser::Errno::from_i32(errno)));
         self.disk().set_failing(failing);
+    }
+
+    /// Torn tails from now on: a crash keeps, of each file's writes since its last fsync, a
+    /// random prefix in file order ending on a 512-byte sector — none, some, or all of them —
+    /// instead of nothing. Synced data always survives whole. The amounts come from a generator
+    /// seeded with `seed` (the same history and seed tear the same way); `None` turns it off.
+    pub fn set_torn_tails(&self, seed: Option<u64>) {
+        self.disk().set_torn_tails(seed);
     }
 
     /// A disk that lies: from now on an fsync of a file whose name matches `name` reports
