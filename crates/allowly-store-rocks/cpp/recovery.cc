@@ -66,55 +66,65 @@ bool IsWal(const std::string& fname) {
 }
 
 // A file being written. For a write-ahead log also: its length at the last sync that succeeded,
-// and, once an append or sync failed, the cut back to it.
+// and, once an append or sync failed, the cut back to it. RocksDB may sync a log from one thread
+// while another appends (`IsSyncThreadSafe`), so the three figures are kept under a lock (the IO
+// runs outside it, except the cut), and an append or a sync that overlapped a failure is failed
+// too: nothing written or synced around a failure is ever reported durable.
 class GuardedFile final : public FSWritableFileOwnerWrapper {
  public:
   GuardedFile(std::unique_ptr<FSWritableFile>&& f, bool wal, uint64_t size)
       : FSWritableFileOwnerWrapper(std::move(f)), wal_(wal), written_(size), synced_(size) {}
 
   IOStatus Append(const Slice& data, const IOOptions& o, IODebugContext* d) override {
-    if (failed_) return Refused();
-    return Appended(target()->Append(data, o, d), written_ + data.size(), o, d);
+    if (Dead()) return Refused();
+    uint64_t end = Written() + data.size();
+    return Appended(target()->Append(data, o, d), end, o, d);
   }
   IOStatus Append(const Slice& data, const IOOptions& o, const DataVerificationInfo& v,
                   IODebugContext* d) override {
-    if (failed_) return Refused();
-    return Appended(target()->Append(data, o, v, d), written_ + data.size(), o, d);
+    if (Dead()) return Refused();
+    uint64_t end = Written() + data.size();
+    return Appended(target()->Append(data, o, v, d), end, o, d);
   }
   IOStatus PositionedAppend(const Slice& data, uint64_t offset, const IOOptions& o,
                             IODebugContext* d) override {
-    if (failed_) return Refused();
+    if (Dead()) return Refused();
     return Appended(target()->PositionedAppend(data, offset, o, d), offset + data.size(), o, d);
   }
   IOStatus PositionedAppend(const Slice& data, uint64_t offset, const IOOptions& o,
                             const DataVerificationInfo& v, IODebugContext* d) override {
-    if (failed_) return Refused();
+    if (Dead()) return Refused();
     return Appended(target()->PositionedAppend(data, offset, o, v, d), offset + data.size(), o, d);
   }
-  // After a failure, flushes and syncs of the dead log succeed doing nothing: what it holds was
-  // cut back to its synced part, and `Resume` flushes and syncs the old log before it switches
-  // to a new one (an error there would fail the recovery every time it is tried).
+  // After a failure, flushes and syncs of the dead log succeed doing nothing: it holds its
+  // synced part alone (every append since was refused or cut), and `Resume` flushes and syncs
+  // the old log before it switches to a new one (an error there would fail every recovery).
   IOStatus Flush(const IOOptions& o, IODebugContext* d) override {
-    if (failed_) return IOStatus::OK();
+    if (Dead()) return IOStatus::OK();
     return Checked(target()->Flush(o, d), o, d);
   }
   IOStatus Sync(const IOOptions& o, IODebugContext* d) override {
-    if (failed_) return IOStatus::OK();
-    return Synced(target()->Sync(o, d), o, d);
+    if (Dead()) return IOStatus::OK();
+    uint64_t covered = Written();
+    return Synced(target()->Sync(o, d), covered, o, d);
   }
   IOStatus Fsync(const IOOptions& o, IODebugContext* d) override {
-    if (failed_) return IOStatus::OK();
-    return Synced(target()->Fsync(o, d), o, d);
+    if (Dead()) return IOStatus::OK();
+    uint64_t covered = Written();
+    return Synced(target()->Fsync(o, d), covered, o, d);
   }
   IOStatus RangeSync(uint64_t offset, uint64_t nbytes, const IOOptions& o,
                      IODebugContext* d) override {
-    if (failed_) return IOStatus::OK();
+    if (Dead()) return IOStatus::OK();
     return Checked(target()->RangeSync(offset, nbytes, o, d), o, d);
   }
   // After a failure nothing may grow the file back over the cut (the writer's close truncates
   // to the length it counted, which includes the failed bytes).
   IOStatus Truncate(uint64_t size, const IOOptions& o, IODebugContext* d) override {
-    if (failed_ && size > synced_) size = synced_;
+    {
+      std::lock_guard<std::mutex> g(mu_);
+      if (failed_ && size > synced_) size = synced_;
+    }
     return FileScoped(target()->Truncate(size, o, d));
   }
   IOStatus Close(const IOOptions& o, IODebugContext* d) override {
@@ -122,34 +132,60 @@ class GuardedFile final : public FSWritableFileOwnerWrapper {
   }
 
  private:
-  IOStatus Refused() const {
-    IOStatus s = IOStatus::IOError("a write to this log failed; it takes no more writes");
-    return FileScoped(s);
+  bool Dead() {
+    std::lock_guard<std::mutex> g(mu_);
+    return failed_;
+  }
+  uint64_t Written() {
+    std::lock_guard<std::mutex> g(mu_);
+    return written_;
+  }
+  static IOStatus Refused() {
+    return FileScoped(IOStatus::IOError("a write to this log failed; it takes no more writes"));
   }
   IOStatus Appended(IOStatus s, uint64_t end, const IOOptions& o, IODebugContext* d) {
-    if (s.ok() && end > written_) written_ = end;
+    if (s.ok()) {
+      std::lock_guard<std::mutex> g(mu_);
+      // A failure (a sync's) while this append ran: it may have landed after the cut.
+      if (failed_) {
+        target()->Truncate(synced_, o, d).PermitUncheckedError();
+        return Refused();
+      }
+      if (end > written_) written_ = end;
+      return s;
+    }
     return Checked(std::move(s), o, d);
   }
-  IOStatus Synced(IOStatus s, const IOOptions& o, IODebugContext* d) {
-    if (s.ok()) synced_ = written_;
+  IOStatus Synced(IOStatus s, uint64_t covered, const IOOptions& o, IODebugContext* d) {
+    if (s.ok()) {
+      std::lock_guard<std::mutex> g(mu_);
+      // A failure while this sync ran cut what it covered: not durable.
+      if (failed_) return Refused();
+      if (covered > synced_) synced_ = covered;
+      return s;
+    }
     return Checked(std::move(s), o, d);
   }
   // On a write-ahead log's first failure: cut it back to what the last sync made durable
-  // (everything after it belongs to writes that were not acknowledged as durable: the failed
-  // write, maybe unsynced writes before it, which the memtables still hold and `Resume`
-  // flushes), and try to make the cut durable. Best effort: if the cut fails too, the file is
-  // still never written again, and the recovery flush makes it obsolete.
+  // (everything after it belongs to writes not acknowledged as durable: the failed write, maybe
+  // unsynced writes before it, which the memtables still hold and `Resume` flushes), and try to
+  // make the cut durable. Best effort: if the cut fails too, the file is still never written
+  // again, and the recovery flush makes it obsolete.
   IOStatus Checked(IOStatus s, const IOOptions& o, IODebugContext* d) {
-    if (!s.ok() && wal_ && !failed_) {
-      failed_ = true;
-      if (target()->Truncate(synced_, o, d).ok()) {
-        target()->Fsync(o, d).PermitUncheckedError();
+    if (!s.ok() && wal_) {
+      std::lock_guard<std::mutex> g(mu_);
+      if (!failed_) {
+        failed_ = true;
+        if (target()->Truncate(synced_, o, d).ok()) {
+          target()->Fsync(o, d).PermitUncheckedError();
+        }
       }
     }
     return FileScoped(std::move(s));
   }
 
   const bool wal_;
+  std::mutex mu_;
   bool failed_ = false;
   uint64_t written_;
   uint64_t synced_;
