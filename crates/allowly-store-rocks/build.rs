@@ -1,11 +1,13 @@
-//! Compiles `cpp/stream_partitioner.cc` (see `src/partitioner.rs`) against the headers of the
-//! RocksDB that librocksdb-sys builds or links, so the two agree on every class layout.
+//! Compiles `cpp/stream_partitioner.cc` (see `src/partitioner.rs`) and `cpp/recovery.cc` (see
+//! `src/recovery.rs`) against the headers of the RocksDB that librocksdb-sys builds or links, so
+//! the two agree on every class layout.
 
 use std::path::PathBuf;
 use std::process::Command;
 
 fn main() {
     println!("cargo:rerun-if-changed=cpp/stream_partitioner.cc");
+    println!("cargo:rerun-if-changed=cpp/recovery.cc");
     println!("cargo:rerun-if-env-changed=ROCKSDB_INCLUDE_DIR");
     let include = rocksdb_include_dir();
     cc::Build::new()
@@ -19,7 +21,8 @@ fn main() {
         .include(&include)
         .flag_if_supported("-Wno-unused-parameter")
         .file("cpp/stream_partitioner.cc")
-        .compile("allowly_stream_partitioner");
+        .file("cpp/recovery.cc")
+        .compile("allowly_rocks_cpp");
 }
 
 /// `ROCKSDB_INCLUDE_DIR` if set (librocksdb-sys honours the same variable), else the `include`

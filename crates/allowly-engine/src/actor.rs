@@ -253,9 +253,9 @@ impl Actor for WorkspaceActor {
                 s.flush().await;
                 return Ok(());
             }
-            WsMsg::Committed { epoch, group, ok } => {
+            WsMsg::Committed { epoch, group, failed } => {
                 if epoch == s.epoch {
-                    if ok {
+                    if failed.is_none() {
                         // The store has what these groups wrote now.
                         s.overlay.retain(|_, (_, g)| *g > group);
                         s.staged_keys.retain(|_, (_, g)| *g > group);
@@ -266,7 +266,7 @@ impl Actor for WorkspaceActor {
                         tracing::warn!(workspace = %s.ws.id, "a commit failed; reloading workspace state");
                         s.ops.clear();
                         for d in std::mem::take(&mut s.done) {
-                            d(Err(crate::commit::after_failed_commit()));
+                            d(Err(crate::commit::after_failed_commit(failed.as_ref())));
                         }
                         s.reload();
                     }
@@ -291,6 +291,12 @@ impl Actor for WorkspaceActor {
             _ => {}
         }
         s.queued.fetch_sub(1, Ordering::AcqRel);
+        if msg.is_abandoned() {
+            // Its asker's deadline passed while it waited here (it was answered 503
+            // `commit_timeout`): dropped undecided, so nothing of it is ever written.
+            s.shared.metrics.abandoned.inc();
+            return Ok(());
+        }
         if s.rotation_at.is_some() && s.shared.health.is_up() {
             s.resume_rotation().await;
         }
@@ -576,8 +582,9 @@ impl WsState {
                 shared.pipelines.committed(&shared.services, &ws, next_index, receipts);
             }
             // Refused only while the actor drains; it then waits for `finished` instead.
-            let _ = me.send_message(WsMsg::Committed { epoch, group, ok: failure.is_none() });
-            let _ = finished.send(failure.is_none());
+            let ok = failure.is_none();
+            let _ = me.send_message(WsMsg::Committed { epoch, group, failed: failure });
+            let _ = finished.send(ok);
         });
         let batch = WriteBatch { ops };
         let sub =

@@ -8,6 +8,12 @@
 //! deciding the next one while this thread writes; each answer still leaves only after the
 //! write holding its own receipt returned `Ok` (the completion runs here, after the write).
 //!
+//! A slow volume: each write is timed, and one that took longer than `slow_after` (half of
+//! `commit_timeout`) raises [`Fault::StorageSlow`]; the next one that does not clears it. A
+//! write that never returns cannot report itself: [`Committer::running_for`] lets the health
+//! task see it and raise the fault while it runs. Requests waiting for a slow write are
+//! answered by their own deadline (`Engine::ask`), not here: this thread is in the write.
+//!
 //! Order: submissions are taken in FIFO order and a merged write is applied in order, so a
 //! workspace's group `k + 1` (decided on top of group `k`) is never durable before `k`. If a
 //! write fails, every group in it fails, and so does every later group of the same workspaces
@@ -36,7 +42,9 @@ use std::time::{Duration, Instant};
 use allowly_store::{Durability, Store, StoreError, WriteBatch};
 use tokio::sync::mpsc;
 
+use crate::clock::now_ms;
 use crate::error::{EngineError, Result};
+use crate::fault::Fault;
 use crate::health::Faults;
 use crate::metrics::Metrics;
 
@@ -76,6 +84,8 @@ pub(crate) struct Submission {
 pub(crate) struct Committer {
     tx: Option<mpsc::Sender<Submission>>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// When the write now running started (`now_ms`), 0 while none runs.
+    running_since: Arc<AtomicU64>,
 }
 
 impl Drop for Committer {
@@ -95,9 +105,14 @@ impl Drop for Committer {
 /// failed predecessor's refusal.
 static NEXT_EPOCH: AtomicU64 = AtomicU64::new(1);
 
-/// The error of a request decided on top of a group whose commit failed (it is never written).
-pub(crate) fn after_failed_commit() -> EngineError {
-    EngineError::Store(StoreError::Engine("an earlier commit of this workspace failed; retry".into()))
+/// The error of a request decided on top of a group whose commit failed with `cause` (it is
+/// never written): the same device fault when it was one (a 503 with its code: retry once it
+/// clears), else a store error.
+pub(crate) fn after_failed_commit(cause: Option<&StoreError>) -> EngineError {
+    match cause {
+        Some(e) if crate::fault::Fault::of_store_error(e).is_some() => EngineError::Store(e.clone()),
+        _ => EngineError::Store(StoreError::Engine("an earlier commit of this workspace failed; retry".into())),
+    }
 }
 
 /// A fresh epoch for an actor that (re)loads its state from the store.
@@ -109,20 +124,33 @@ impl Committer {
     /// Starts the committer thread over `store`. Completions run on it inside `rt`'s context
     /// (they may start tasks).
     /// A write that fails because the device is full or failing raises its fault in `faults`
-    /// at once, before its requests are answered. `window`: the commit window (module docs).
+    /// at once, before its requests are answered; one that takes longer than `slow_after`
+    /// raises [`Fault::StorageSlow`], and one that does not clears it. `window`: the commit window (module docs).
     pub fn start(
         store: Arc<dyn Store>,
         metrics: Metrics,
         faults: Arc<Faults>,
+        slow_after: Duration,
         window: Duration,
         rt: tokio::runtime::Handle,
     ) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel(QUEUE);
+        let running_since = Arc::new(AtomicU64::new(0));
+        let since = running_since.clone();
         let thread = std::thread::Builder::new().name("allowly-commit".into()).spawn(move || {
             let _rt = rt.enter();
-            run(&*store, &metrics, &faults, window, rx);
+            let timing = Timing { since, slow_after };
+            run(&*store, &metrics, &faults, &timing, window, rx);
         })?;
-        Ok(Self { tx: Some(tx), thread: Some(thread) })
+        Ok(Self { tx: Some(tx), thread: Some(thread), running_since })
+    }
+
+    /// How long the write now running has been running (`None` while none runs).
+    pub fn running_for(&self) -> Option<Duration> {
+        match self.running_since.load(Ordering::Acquire) {
+            0 => None,
+            since => Some(Duration::from_millis(now_ms().saturating_sub(since))),
+        }
     }
 
     /// Queues `batch` as a group of its own and waits until it is durable (or failed): for
@@ -149,9 +177,48 @@ impl Committer {
     }
 }
 
-fn run(store: &dyn Store, m: &Metrics, faults: &Faults, window: Duration, mut rx: mpsc::Receiver<Submission>) {
-    // Workspaces whose last write failed, with the epoch that failed.
-    let mut failed: HashMap<String, u64> = HashMap::new();
+/// The committer thread's side of [`Committer::running_for`], and the bound it raises
+/// [`Fault::StorageSlow`] at.
+struct Timing {
+    since: Arc<AtomicU64>,
+    slow_after: Duration,
+}
+
+impl Timing {
+    /// Runs one synced write, published as running while it does, and raises or clears
+    /// [`Fault::StorageSlow`] by how long it took.
+    fn write<T>(&self, m: &Metrics, faults: &Faults, write: impl FnOnce() -> T) -> T {
+        let t = Instant::now();
+        // 0 means "none running"; a clock at 0 ms is the epoch, never now.
+        self.since.store(now_ms().max(1), Ordering::Release);
+        let out = write();
+        self.since.store(0, Ordering::Release);
+        let took = t.elapsed();
+        m.commit_seconds.observe(took.as_secs_f64());
+        if took > self.slow_after {
+            let detail = format!(
+                "a synced store write took {:.2} s, more than {:.2} s (half of --commit-timeout-ms)",
+                took.as_secs_f64(),
+                self.slow_after.as_secs_f64()
+            );
+            faults.raise(Fault::StorageSlow, detail, m);
+        } else if faults.is_active(Fault::StorageSlow) {
+            faults.clear(Fault::StorageSlow, m);
+        }
+        out
+    }
+}
+
+fn run(
+    store: &dyn Store,
+    m: &Metrics,
+    faults: &Faults,
+    timing: &Timing,
+    window: Duration,
+    mut rx: mpsc::Receiver<Submission>,
+) {
+    // Workspaces whose last write failed, with the epoch that failed and why.
+    let mut failed: HashMap<String, (u64, StoreError)> = HashMap::new();
     let mut subs: Vec<Submission> = Vec::new();
     // When the last write started, and requests per second arriving lately.
     let mut last_start: Option<Instant> = None;
@@ -201,7 +268,7 @@ fn run(store: &dyn Store, m: &Metrics, faults: &Faults, window: Duration, mut rx
                 continue;
             };
             match failed.get(&s.ws) {
-                Some(&bad) if epoch <= bad => (s.done)(Err(after_failed_commit())),
+                Some((bad, cause)) if epoch <= *bad => (s.done)(Err(after_failed_commit(Some(cause)))),
                 Some(_) => {
                     failed.remove(&s.ws);
                     live.push(s);
@@ -229,8 +296,7 @@ fn run(store: &dyn Store, m: &Metrics, faults: &Faults, window: Duration, mut rx
         }
         last_start = Some(t);
         last_requests = requests;
-        let res = store.write_groups(groups, Durability::Sync);
-        m.commit_seconds.observe(t.elapsed().as_secs_f64());
+        let res = timing.write(m, faults, || store.write_groups(groups, Durability::Sync));
         match res {
             Ok(results) => {
                 for ((ws, epoch, done), r) in dones.into_iter().zip(results) {
@@ -238,7 +304,7 @@ fn run(store: &dyn Store, m: &Metrics, faults: &Faults, window: Duration, mut rx
                         m.commit_failures.inc();
                         tracing::error!(workspace = %ws, error = %e, "a group did not validate; its requests fail and the workspace reloads");
                         if let Some(epoch) = epoch {
-                            failed.insert(ws, epoch);
+                            failed.insert(ws, (epoch, e.clone()));
                         }
                     }
                     done(r.map_err(EngineError::Store));
@@ -250,7 +316,7 @@ fn run(store: &dyn Store, m: &Metrics, faults: &Faults, window: Duration, mut rx
                 tracing::error!(error = %e, groups = dones.len(), "synced commit failed; its requests fail and their workspaces reload");
                 for (ws, epoch, done) in dones {
                     if let Some(epoch) = epoch {
-                        failed.insert(ws, epoch);
+                        failed.insert(ws, (epoch, e.clone()));
                     }
                     done(Err(EngineError::Store(e.clone())));
                 }
@@ -283,8 +349,15 @@ mod tests {
         let store: Arc<dyn Store> = Arc::new(MemStore::new());
         let metrics = Metrics::new();
         let committer = Arc::new(
-            Committer::start(store.clone(), metrics.clone(), Arc::new(Faults::default()), window, rt.handle().clone())
-                .unwrap(),
+            Committer::start(
+                store.clone(),
+                metrics.clone(),
+                Arc::new(Faults::default()),
+                Duration::from_secs(5),
+                window,
+                rt.handle().clone(),
+            )
+            .unwrap(),
         );
         rt.block_on(async {
             let tasks: Vec<_> = (0..clients)
@@ -341,5 +414,38 @@ mod tests {
     fn one_client_asking_after_each_answer_never_waits() {
         // Its arrival rate is one request per write: waiting could not gather a second.
         assert_eq!(closed_loops(1, 300, Duration::from_millis(2)), 0);
+    }
+
+    /// A write slower than the bound raises `storage_slow` (and shows as running while it
+    /// runs); the next quick one clears it.
+    #[test]
+    fn a_slow_write_raises_storage_slow_and_a_quick_one_clears_it() {
+        let (faults, m) = (Faults::default(), Metrics::new());
+        let timing = Timing { since: Arc::new(AtomicU64::new(0)), slow_after: Duration::from_millis(50) };
+        let seen_running = timing.write(&m, &faults, || {
+            let running = timing.since.load(Ordering::Acquire) != 0;
+            std::thread::sleep(Duration::from_millis(80));
+            running
+        });
+        assert!(seen_running, "the write was not published as running");
+        assert_eq!(timing.since.load(Ordering::Acquire), 0, "still shown as running");
+        let (fault, detail) = faults.first().expect("raised");
+        assert_eq!(fault, Fault::StorageSlow);
+        assert!(detail.contains("half of --commit-timeout-ms"), "{detail}");
+        timing.write(&m, &faults, || ());
+        assert!(faults.first().is_none(), "a quick write did not clear it");
+    }
+
+    /// Requests decided on top of a group that failed on the device get that device's fault (a
+    /// 503 to retry once it clears); other failures stay a store error.
+    #[test]
+    fn requests_after_a_failed_commit_carry_its_device_fault() {
+        let full = StoreError::NoSpace("ENOSPC".into());
+        assert_eq!(after_failed_commit(Some(&full)).fault(), Some(Fault::StorageFull));
+        let eio = StoreError::Io("EIO".into());
+        assert_eq!(after_failed_commit(Some(&eio)).fault(), Some(Fault::StorageFailed));
+        let other = StoreError::InvalidOp("bad".into());
+        assert_eq!(after_failed_commit(Some(&other)).code(), "storage_error");
+        assert_eq!(after_failed_commit(None).code(), "storage_error");
     }
 }

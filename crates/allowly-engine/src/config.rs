@@ -39,6 +39,20 @@ pub struct EngineConfig {
     /// `signer_unavailable`, `Retry-After: 1`), nothing reserved or changed. The workspace's
     /// other requests wait in its mailbox meanwhile, so this also bounds their extra wait.
     pub rotation_drain_timeout: Duration,
+    /// Longest a request that writes waits for its answer: in its workspace's queue, and for
+    /// the synced write holding its effects. Past it the answer is `CommitTimeout` (HTTP 503
+    /// `commit_timeout`, outcome unknown: retry with the same `Idempotency-Key`). Synced writes
+    /// slower than half of it raise `Fault::StorageSlow` (new receipt-producing requests are
+    /// refused at once, with nothing written), so on a slow volume most requests are refused
+    /// with a known outcome rather than timed out with an unknown one. A key rotation waits
+    /// longer: `rotation_drain_timeout` + `signer_timeout` + twice this.
+    pub commit_timeout: Duration,
+    /// Most requests admitted and not yet through the committer, over every workspace: sent to
+    /// an actor and not yet answered — or answered with `CommitTimeout` while their write is
+    /// still queued or running. One more is refused at once: `StorageSlow` (503) while that
+    /// fault is raised, else `Overloaded` (429). Bounds what a slow volume can make the engine
+    /// hold, however fast clients retry.
+    pub max_pending_writes: usize,
     /// The directory whose file system's free space is watched (the store's); `None` watches
     /// nothing (in-memory stores, tests).
     pub data_volume: Option<std::path::PathBuf>,
@@ -96,6 +110,12 @@ impl Default for EngineConfig {
             // A backlog the pipeline signs in well under a second at the knee; longer means
             // the signer is stalled, and the workspace's checks are waiting behind it.
             rotation_drain_timeout: Duration::from_secs(10),
+            // Synced writes take milliseconds on a healthy volume (an HDD under compaction, tens
+            // of ms); as long as the signer's timeout, the other half of failing closed.
+            commit_timeout: Duration::from_secs(2),
+            // At the knee (~32,000 checks/s, a few ms per synced write) a few hundred are
+            // pending; this many is seconds of load at that rate, a few MiB of memory.
+            max_pending_writes: 16_384,
             data_volume: None,
             min_free_disk: None,
             max_unsigned_age: Duration::from_secs(60),

@@ -78,6 +78,7 @@ impl Engine {
             store.clone(),
             metrics.clone(),
             faults.clone(),
+            cfg.commit_timeout / 2,
             cfg.commit_window,
             tokio::runtime::Handle::current(),
         )
@@ -97,6 +98,7 @@ impl Engine {
             api_keys: Default::default(),
             cached_authorizations: Default::default(),
             signer_scrape: Default::default(),
+            admissions: Default::default(),
         });
         let shared = Arc::new(Shared {
             services,
@@ -300,9 +302,19 @@ impl Engine {
         Ok(Some(p))
     }
 
+    /// A synced write outside any actor (instance-scope records, sweeps), answered within
+    /// `commit_timeout` like an actor's: past it `CommitTimeout`, and the write may still land.
     pub(crate) async fn write(&self, ops: Vec<Op>) -> Result<()> {
         let store = self.shared.store.clone();
-        blocking(move || Ok(store.write(WriteBatch::from(ops), Durability::Sync)?)).await
+        let deadline = self.shared.cfg.commit_timeout;
+        let write = blocking(move || Ok(store.write(WriteBatch::from(ops), Durability::Sync)?));
+        match tokio::time::timeout(deadline, write).await {
+            Ok(r) => r,
+            Err(_) => {
+                self.shared.metrics.commit_timeouts.inc();
+                Err(EngineError::CommitTimeout { waited_ms: u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX) })
+            }
+        }
     }
 
     /// Creates an API key for workspace `ws` on behalf of `caller` (whose bearer secret is
@@ -613,23 +625,55 @@ impl Engine {
         self.workspace_record(ws)?;
         let idem = idempotency(idem, "workspace_key_rotate", &())?;
         self.fail_closed_unless_keyed(ws, idem.is_some())?;
-        self.ask(ws, |reply| WsMsg::RotateKey { idem, reply }).await
+        // A rotation waits for the pipeline, the signer and two synced writes (see
+        // `EngineConfig::commit_timeout`).
+        let cfg = &self.shared.cfg;
+        let deadline = cfg.rotation_drain_timeout + cfg.signer_timeout + 2 * cfg.commit_timeout;
+        self.ask_within(ws, deadline, |reply| WsMsg::RotateKey { idem, reply }).await
     }
 
     // ---- Authorizations and checks --------------------------------------------------------
 
-    /// Sends a request to the workspace's actor and waits for its answer. Starts the actor if
-    /// none runs; a full mailbox is `Overloaded`.
+    /// Sends a request to the workspace's actor and waits for its answer, at most
+    /// `commit_timeout` (see [`Self::ask_within`]).
     pub(crate) async fn ask<T>(&self, ws: &str, make: impl FnOnce(Reply<T>) -> WsMsg) -> Result<T> {
+        self.ask_within(ws, self.shared.cfg.commit_timeout, make).await
+    }
+
+    /// Sends a request to the workspace's actor and waits for its answer. Starts the actor if
+    /// none runs. Refused at once when the workspace's mailbox is full (`Overloaded`) or when
+    /// `max_pending_writes` requests are pending for the committer (`StorageSlow` while the
+    /// volume is slow, else `Overloaded`). Past `deadline` the answer is `CommitTimeout`: the
+    /// actor drops the request undecided if it has not taken it up yet, but one decided
+    /// already may still become durable (the client retries with its `Idempotency-Key`).
+    pub(crate) async fn ask_within<T>(
+        &self,
+        ws: &str,
+        deadline: Duration,
+        make: impl FnOnce(Reply<T>) -> WsMsg,
+    ) -> Result<T> {
+        let s = &self.shared;
+        let Some(admitted) = s.admissions.admit(s.cfg.max_pending_writes) else {
+            // Full because the volume is slow: say so (503, nothing written); else it is a
+            // burst the committer has not caught up with yet (429).
+            let slow = crate::fault::Fault::StorageSlow;
+            if s.faults.is_active(slow) {
+                s.metrics.fault_refusals.with_label_values(&[slow.code()]).inc();
+                let detail = format!("{} writes are pending (max_pending_writes)", s.cfg.max_pending_writes);
+                return Err(EngineError::Unavailable { fault: slow, detail });
+            }
+            s.metrics.overloaded.inc();
+            return Err(EngineError::Overloaded);
+        };
         let (tx, rx) = oneshot::channel();
-        let mut msg = make(tx);
+        let mut msg = make(Reply::new(tx, admitted));
         let mut attempts = 0;
         loop {
             let h = self.actor_for(ws).await?;
             h.last_used.store(crate::clock::now_ms(), Ordering::Relaxed);
-            if h.queued.fetch_add(1, Ordering::AcqRel) >= self.shared.cfg.mailbox_capacity {
+            if h.queued.fetch_add(1, Ordering::AcqRel) >= s.cfg.mailbox_capacity {
                 h.queued.fetch_sub(1, Ordering::AcqRel);
-                self.shared.metrics.overloaded.inc();
+                s.metrics.overloaded.inc();
                 return Err(EngineError::Overloaded);
             }
             match h.actor.send_message(msg) {
@@ -637,7 +681,7 @@ impl Engine {
                 Err(MessagingErr::SendErr(m)) if attempts < 3 => {
                     // The actor stopped (passivated) between lookup and send: start a new one.
                     h.queued.fetch_sub(1, Ordering::AcqRel);
-                    self.shared.actors.remove_if(ws, |_, cur| cur.actor.get_id() == h.actor.get_id());
+                    s.actors.remove_if(ws, |_, cur| cur.actor.get_id() == h.actor.get_id());
                     attempts += 1;
                     msg = m;
                 }
@@ -647,7 +691,15 @@ impl Engine {
                 }
             }
         }
-        rx.await.map_err(|_| EngineError::Internal("workspace actor stopped before answering".into()))?
+        match tokio::time::timeout(deadline, rx).await {
+            Ok(answer) => {
+                answer.map_err(|_| EngineError::Internal("workspace actor stopped before answering".into()))?
+            }
+            Err(_) => {
+                s.metrics.commit_timeouts.inc();
+                Err(EngineError::CommitTimeout { waited_ms: u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX) })
+            }
+        }
     }
 
     async fn actor_for(&self, ws: &str) -> Result<WsHandle> {

@@ -82,6 +82,14 @@ pub enum EngineError {
     /// restore (found at start); new receipts wait until it is. Passes by itself.
     #[error("this workspace's signer is being caught up with the stored log (after a restore); retry shortly")]
     WorkspaceLogCatchingUp,
+    /// The request was not answered within `--commit-timeout-ms`: it waited that long for its
+    /// workspace's queue and for the synced write holding its effects (a slow or stalled data
+    /// volume). Its outcome is *unknown*: a request still queued is dropped undecided, but one
+    /// already decided may still become durable. A retry with the same `Idempotency-Key` gets
+    /// the outcome (the first answer if it became durable, else a new decision), never a
+    /// second effect.
+    #[error("not confirmed durable within the commit timeout ({waited_ms} ms); the outcome is unknown: retry with the same Idempotency-Key")]
+    CommitTimeout { waited_ms: u64 },
     /// The engine is shutting down and takes no new work.
     #[error("engine is shutting down")]
     ShuttingDown,
@@ -111,6 +119,7 @@ impl EngineError {
             Self::WorkspaceLogBehindSigner => "workspace_log_behind_signer",
             Self::WorkspaceLogCatchingUp => "workspace_log_catching_up",
             Self::ShuttingDown => "shutting_down",
+            Self::CommitTimeout { .. } => "commit_timeout",
             Self::Unavailable { fault, .. } => fault.code(),
             Self::Store(e) => Fault::of_store_error(e).map_or("storage_error", Fault::code),
             Self::Signer(_) => "signer_error",

@@ -14,6 +14,11 @@ pub enum Fault {
     StorageFull,
     /// A store write failed with a device error (EIO and the like).
     StorageFailed,
+    /// Synced store writes take longer than half of `--commit-timeout-ms` (one has been
+    /// running that long, or the last one took that long): a request arriving now would wait
+    /// for it and then for its own, and would likely time out with its outcome unknown, so it
+    /// is refused at once instead, with nothing written.
+    StorageSlow,
     /// The signer answered, repeatedly, that it cannot make its journal durable.
     SignerStorageFailed,
     /// The oldest unsigned receipt is older than `--max-unsigned-age-ms`.
@@ -22,14 +27,20 @@ pub enum Fault {
 
 impl Fault {
     /// Every fault, in the order `/readyz` lists them.
-    pub const ALL: [Fault; 4] =
-        [Fault::StorageFull, Fault::StorageFailed, Fault::SignerStorageFailed, Fault::SigningBacklog];
+    pub const ALL: [Fault; 5] = [
+        Fault::StorageFull,
+        Fault::StorageFailed,
+        Fault::StorageSlow,
+        Fault::SignerStorageFailed,
+        Fault::SigningBacklog,
+    ];
 
     /// The stable code: problem `code`, `/readyz` cause and metric label.
     pub fn code(self) -> &'static str {
         match self {
             Self::StorageFull => "storage_full",
             Self::StorageFailed => "storage_failed",
+            Self::StorageSlow => "storage_slow",
             Self::SignerStorageFailed => "signer_storage_failed",
             Self::SigningBacklog => "signing_backlog",
         }
@@ -40,6 +51,9 @@ impl Fault {
         match self {
             Self::StorageFull => "the data volume is (nearly) full; nothing was decided or changed",
             Self::StorageFailed => "the data volume failed a write; nothing was decided or changed",
+            Self::StorageSlow => {
+                "the data volume is too slow to make writes durable in time; nothing was decided or changed"
+            }
             Self::SignerStorageFailed => "the signer cannot write its journal; nothing was decided or changed",
             Self::SigningBacklog => "signing is too far behind; nothing was decided or changed",
         }

@@ -10,7 +10,7 @@
 //! write failure is outstanding), by the committer (a failed synced write), and by the signing
 //! pipeline (the signer's answers).
 
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -31,9 +31,24 @@ pub(crate) struct Faults {
     /// A store write failed with a device fault: the health task probes with a small synced
     /// write until one succeeds (free space alone does not prove the store writes again).
     pub(crate) write_failed: AtomicBool,
+    /// Store writes that failed with a device fault, ever: a probe clears `write_failed` only
+    /// if none failed since it started.
+    pub(crate) write_failures: AtomicU64,
+    /// A probe write is running (at most one at a time: on a stalled volume it may never end).
+    pub(crate) probing: AtomicBool,
+    /// How the last probe write failed since the last write failure, if one did: the fault its
+    /// error stands for and the detail (`None`: none has failed since, or one succeeded).
+    pub(crate) probe_failure: Mutex<Option<(Fault, String)>>,
+    /// When the next recovering probe may start, and the wait after the one before: each one
+    /// that fails doubles it up to [`MAX_PROBE_BACKOFF`], since a recovery that succeeds while
+    /// writes still fail (RocksDB's flushes every memtable) must not run four times a second.
+    pub(crate) probe_backoff: Mutex<Option<(std::time::Instant, Duration)>>,
     /// Signer answers in a row that said its journal failed (reset by any successful append).
     signer_failures: AtomicU32,
 }
+
+/// The longest wait between two recovering probes while store writes keep failing.
+pub const MAX_PROBE_BACKOFF: Duration = Duration::from_secs(5);
 
 /// How many `StorageFailed` answers in a row from the signer make [`Fault::SignerStorageFailed`]:
 /// one failed group can be a transient error the signer already undid; several in a row (the
@@ -47,6 +62,11 @@ impl Faults {
             return None;
         }
         self.active().into_iter().next()
+    }
+
+    /// Whether `fault` is active.
+    pub fn is_active(&self, fault: Fault) -> bool {
+        self.mask.load(Ordering::Acquire) & fault.bit() != 0
     }
 
     /// Every active fault with its detail, in [`Fault::ALL`] order.
@@ -92,6 +112,7 @@ impl Faults {
     /// health task probe the store until a write succeeds.
     pub fn store_write_failed(&self, e: &StoreError, m: &Metrics) {
         if let Some(fault) = Fault::of_store_error(e) {
+            self.write_failures.fetch_add(1, Ordering::AcqRel);
             self.write_failed.store(true, Ordering::Release);
             self.raise(fault, format!("a store write failed: {e}"), m);
         }

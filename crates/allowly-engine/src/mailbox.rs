@@ -2,7 +2,7 @@
 //! the handle the registry keeps. Below the actor and the registry, so both can name them.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,8 +19,67 @@ use crate::model::{
     KeyRotation, NewAuthorization, Resolution, WorkspaceView,
 };
 
-/// Where an answer goes.
-pub(crate) type Reply<T> = oneshot::Sender<Result<T>>;
+/// Where an answer goes, with the request's place in the admission bound
+/// ([`Admissions`]): held until the answer is sent — for a request that writes, after the
+/// synced write holding its effects returned — or until the request is dropped unanswered.
+#[derive(Debug)]
+pub(crate) struct Reply<T> {
+    tx: oneshot::Sender<Result<T>>,
+    _admitted: Admission,
+}
+
+impl<T> Reply<T> {
+    pub fn new(tx: oneshot::Sender<Result<T>>, admitted: Admission) -> Self {
+        Self { tx, _admitted: admitted }
+    }
+
+    /// Sends the answer; gives it back if the asker stopped waiting.
+    pub fn send(self, answer: Result<T>) -> std::result::Result<(), Result<T>> {
+        self.tx.send(answer)
+    }
+
+    /// Whether the asker stopped waiting (its deadline passed): a request not decided yet is
+    /// then dropped undecided.
+    pub fn is_abandoned(&self) -> bool {
+        self.tx.is_closed()
+    }
+}
+
+/// The requests admitted and not yet through the committer, over every workspace: the bounded
+/// queue in front of it (`EngineConfig::max_pending_writes`). A request is counted from the
+/// moment it is sent to its actor until its answer is sent (after its write) or it is dropped;
+/// one that timed out (`CommitTimeout`) while its write is still queued or running stays
+/// counted, so a slow volume cannot make the engine hold more than the bound however fast
+/// clients retry.
+#[derive(Debug, Default)]
+pub(crate) struct Admissions {
+    pending: AtomicUsize,
+}
+
+impl Admissions {
+    /// A place for one more request, or `None` when `max` are pending.
+    pub fn admit(self: &Arc<Self>, max: usize) -> Option<Admission> {
+        if self.pending.fetch_add(1, Ordering::AcqRel) >= max {
+            self.pending.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Admission(self.clone()))
+    }
+
+    pub fn pending(&self) -> usize {
+        self.pending.load(Ordering::Acquire)
+    }
+}
+
+/// One admitted request's place; given back when dropped.
+#[derive(Debug)]
+pub(crate) struct Admission(Arc<Admissions>);
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.0.pending.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 /// Requests a workspace actor handles (validated by the engine before they are sent).
 pub(crate) enum WsMsg {
@@ -129,12 +188,12 @@ pub(crate) enum WsMsg {
     },
     /// Commit everything staged (sent by the actor to itself).
     Flush,
-    /// Group `group`, decided in state generation `epoch`, is durable (`ok`) or failed (sent by
-    /// the committer after the group's answers went out).
+    /// Group `group`, decided in state generation `epoch`, is durable (`failed: None`) or
+    /// failed with this store error (sent by the committer after the group's answers went out).
     Committed {
         epoch: u64,
         group: u64,
-        ok: bool,
+        failed: Option<allowly_store::StoreError>,
     },
     /// Stop if idle (sent by the actor to itself).
     IdleCheck,
@@ -142,6 +201,31 @@ pub(crate) enum WsMsg {
     Passivate {
         min_idle: Duration,
     },
+}
+
+impl WsMsg {
+    /// Whether this is a request whose asker stopped waiting (see [`Reply::is_abandoned`]);
+    /// the actor's own messages never are.
+    pub fn is_abandoned(&self) -> bool {
+        match self {
+            Self::CreateAuthorization { reply, .. } | Self::Revoke { reply, .. } => reply.is_abandoned(),
+            Self::Check { reply, .. } => reply.is_abandoned(),
+            Self::Confirm { reply, .. } | Self::Resolve { reply, .. } => reply.is_abandoned(),
+            Self::ExpireEscalation { reply, .. } => reply.is_abandoned(),
+            Self::SetScopeRules { reply, .. } | Self::SetRateLimit { reply, .. } => reply.is_abandoned(),
+            Self::CreateWebhook { reply, .. } | Self::RotateWebhookSecret { reply, .. } => reply.is_abandoned(),
+            Self::SetWebhookDisabled { reply, .. } => reply.is_abandoned(),
+            Self::DeleteWebhook { reply, .. } | Self::CancelDeliveries { reply, .. } => reply.is_abandoned(),
+            Self::RetryDelivery { reply, .. } => reply.is_abandoned(),
+            Self::CreateApiKey { reply, .. } => reply.is_abandoned(),
+            Self::RevokeApiKey { reply, .. } => reply.is_abandoned(),
+            Self::RotateKey { reply, .. } => reply.is_abandoned(),
+            Self::SweepIdempotency { reply, .. } => reply.is_abandoned(),
+            Self::ResumeRotation | Self::Flush | Self::Committed { .. } | Self::IdleCheck | Self::Passivate { .. } => {
+                false
+            }
+        }
+    }
 }
 
 /// An `Idempotency-Key`, as the actor files it: `doc_id` derives from the key, `request_hash`
@@ -167,4 +251,31 @@ pub(crate) struct WsHandle {
     pub queued: Arc<AtomicUsize>,
     /// When a request was last sent (ms, `now_ms`): picks whom memory pressure stops first.
     pub last_used: Arc<AtomicU64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The bound counts a request until its answer is sent or it is dropped — also after its
+    /// asker stopped waiting — and a request whose asker stopped waiting says so.
+    #[test]
+    fn admissions_are_held_until_the_answer_and_a_deadline_abandons_the_request() {
+        let a = Arc::new(Admissions::default());
+        let first = a.admit(2).expect("room");
+        let (tx, rx) = oneshot::channel::<Result<u8>>();
+        let reply = Reply::new(tx, a.admit(2).expect("room"));
+        assert!(a.admit(2).is_none(), "a third past a bound of two");
+        assert_eq!(a.pending(), 2);
+
+        assert!(!reply.is_abandoned());
+        drop(rx); // the asker's deadline passed
+        assert!(reply.is_abandoned());
+        assert_eq!(a.pending(), 2, "still held: its write may be queued or running");
+        assert!(reply.send(Ok(1)).is_err(), "nobody waits for it");
+        assert_eq!(a.pending(), 1, "given back with the answer");
+        drop(first);
+        assert_eq!(a.pending(), 0);
+        assert!(a.admit(2).is_some());
+    }
 }

@@ -71,8 +71,21 @@ pub struct Metrics {
     /// `decisions`' eight series, by `Reason as usize` (each reason has one decision): a check
     /// counts its decision with one atomic add, no label lookup.
     decided: Arc<[IntCounter]>,
-    /// Requests refused because a workspace mailbox was full.
+    /// Requests refused (429) because a bounded queue was full: the workspace's mailbox, or
+    /// the writes pending for the committer (`max_pending_writes`) while the volume is not slow.
     pub overloaded: IntCounter,
+    /// Requests answered 503 `commit_timeout`: not answered within `commit_timeout` (outcome
+    /// unknown to the client).
+    pub commit_timeouts: IntCounter,
+    /// Of those, requests still in their workspace's mailbox when their deadline passed: dropped
+    /// undecided, nothing written.
+    pub abandoned: IntCounter,
+    /// Requests admitted and not yet through the committer (set when scraped; bounded by
+    /// `max_pending_writes`).
+    pub pending_writes: IntGauge,
+    /// How long the synced store write running now has been running, 0 when none runs (set
+    /// when scraped): a stalled volume shows here before any write finishes to be timed.
+    pub commit_running_seconds: Gauge,
     pub idempotency_swept: IntCounter,
     /// Requests refused because the signer was down (fail closed).
     pub failed_closed: IntCounter,
@@ -227,8 +240,31 @@ impl Metrics {
         let m = Self {
             decisions,
             decided,
-            overloaded: IntCounter::new("allowly_engine_overloaded_total", "Requests refused: workspace queue full")
-                .expect("static metric definition"),
+            overloaded: IntCounter::new(
+                "allowly_engine_overloaded_total",
+                "Requests refused with 429: a workspace's queue, or the writes pending for the committer, full",
+            )
+            .expect("static metric definition"),
+            commit_timeouts: IntCounter::new(
+                "allowly_engine_commit_timeouts_total",
+                "Requests answered 503 commit_timeout (not durable within --commit-timeout-ms; outcome unknown)",
+            )
+            .expect("static metric definition"),
+            abandoned: IntCounter::new(
+                "allowly_engine_abandoned_requests_total",
+                "Timed-out requests dropped undecided from their workspace's queue (nothing written)",
+            )
+            .expect("static metric definition"),
+            pending_writes: IntGauge::new(
+                "allowly_engine_pending_writes",
+                "Requests admitted and not yet through the committer (bounded by --max-pending-writes)",
+            )
+            .expect("static metric definition"),
+            commit_running_seconds: Gauge::new(
+                "allowly_engine_commit_running_seconds",
+                "How long the synced store write running now has been running (0 when none runs)",
+            )
+            .expect("static metric definition"),
             idempotency_swept: IntCounter::new(
                 "allowly_engine_idempotency_records_swept_total",
                 "Records of expired Idempotency-Keys deleted",
@@ -437,10 +473,14 @@ impl Metrics {
     }
 
     /// Every metric but the store's gauges.
-    fn parts(&self) -> [&dyn Collector; 36] {
+    fn parts(&self) -> [&dyn Collector; 40] {
         [
             &self.decisions,
             &self.overloaded,
+            &self.commit_timeouts,
+            &self.abandoned,
+            &self.pending_writes,
+            &self.commit_running_seconds,
             &self.idempotency_swept,
             &self.failed_closed,
             &self.commit_batch,

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use allowly_store::{DocKind, Durability, Op, Store, WriteBatch};
+use allowly_store::{DocKind, Op, Store, WriteBatch};
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 
@@ -42,6 +42,73 @@ pub(crate) async fn health_loop(shared: Weak<Shared>) {
     }
 }
 
+/// Starts a probe write unless one is running: through the committer, so it is timed like
+/// any write (clearing [`Fault::StorageSlow`] when it is quick) and ordered after what is
+/// queued. After a failed write (`recover`), the store is asked to recover first, and the
+/// outcome is kept for the next round ([`Faults::probe_failure`](crate::health::Faults)); a
+/// success ends the write failure.
+fn start_probe(s: &Arc<Shared>, recover: bool) {
+    if recover {
+        let backoff = s.faults.probe_backoff.lock().unwrap_or_else(|e| e.into_inner());
+        if backoff.is_some_and(|(not_before, _)| Instant::now() < not_before) {
+            return;
+        }
+    }
+    if s.faults.probing.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    // The services alone, not the engine's registries: a probe stuck on a stalled volume
+    // keeps the store and committer alive, never the actors.
+    let services = s.services.clone();
+    tokio::spawn(async move {
+        let s = &services;
+        let failures = s.faults.write_failures.load(Ordering::Acquire);
+        let mut outcome = Ok(());
+        if recover {
+            let store = s.store.clone();
+            outcome = blocking(move || Ok(store.recover()?)).await;
+        }
+        if outcome.is_ok() {
+            outcome = s.committer.write(crate::model::INSTANCE_SCOPE, probe_batch()).await;
+        }
+        if recover {
+            let mut backoff = s.faults.probe_backoff.lock().unwrap_or_else(|e| e.into_inner());
+            *backoff = match (&outcome, *backoff) {
+                (Ok(()), _) => None,
+                (Err(_), None) => Some((Instant::now() + s.cfg.health_interval, s.cfg.health_interval)),
+                (Err(_), Some((_, wait))) => {
+                    let wait = (wait * 2).min(crate::health::MAX_PROBE_BACKOFF);
+                    Some((Instant::now() + wait, wait))
+                }
+            };
+            drop(backoff);
+            let mut failure = s.faults.probe_failure.lock().unwrap_or_else(|e| e.into_inner());
+            match outcome {
+                // Unless a write failed since it started (that failure stands until the next).
+                Ok(()) if s.faults.write_failures.load(Ordering::Acquire) == failures => {
+                    *failure = None;
+                    s.faults.write_failed.store(false, Ordering::Release);
+                    tracing::info!("a probe write succeeded: the store writes again");
+                }
+                Ok(()) => {}
+                Err(e) => {
+                    // Not a device error (the store busy recovering, say): the cause raised
+                    // by the failed write stands.
+                    let fault = match &e {
+                        crate::error::EngineError::Store(se) => Fault::of_store_error(se),
+                        _ => None,
+                    };
+                    let standing =
+                        [Fault::StorageFull, Fault::StorageFailed].into_iter().find(|f| s.faults.is_active(*f));
+                    let fault = fault.or(standing).unwrap_or(Fault::StorageFailed);
+                    *failure = Some((fault, format!("store writes still fail: {e}")));
+                }
+            }
+        }
+        s.faults.probing.store(false, Ordering::Release);
+    });
+}
+
 /// One round of [`health_loop`].
 pub(crate) async fn check(s: &Arc<Shared>) {
     let m = &s.metrics;
@@ -61,36 +128,48 @@ pub(crate) async fn check(s: &Arc<Shared>) {
         }
     }
     // A store write failed on a full or failing device: free space alone does not prove the
-    // store writes again (RocksDB refuses every write after a failed WAL write until it is
-    // reopened), so only a write that succeeds clears it.
-    let mut still_failing = None;
-    let probing = s.faults.write_failed.load(Ordering::Acquire);
-    if probing {
-        let store = s.store.clone();
-        match blocking(move || Ok(store.write(probe_batch(), Durability::Sync)?)).await {
-            Ok(()) => s.faults.write_failed.store(false, Ordering::Release),
-            Err(e) => {
-                let fault = match &e {
-                    crate::error::EngineError::Store(se) => Fault::of_store_error(se),
-                    _ => None,
-                };
-                still_failing = Some((fault.unwrap_or(Fault::StorageFailed), format!("store writes still fail: {e}")));
+    // store writes again, so only a probe write that succeeds clears it (the probe first asks
+    // the store to recover: RocksDB refuses every write after a failed WAL write until then).
+    // The probe runs beside this loop, never in it: on a stalled volume it may not return.
+    if s.faults.write_failed.load(Ordering::Acquire) {
+        start_probe(s, true);
+        let failure = s.faults.probe_failure.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        match failure {
+            // The probe failed too: its error says which fault stands.
+            Some((fault, why)) => {
+                let (write_full, write_failed) =
+                    if fault == Fault::StorageFull { (Some(why), None) } else { (None, Some(why)) };
+                s.faults.set(Fault::StorageFull, full.or(write_full), m);
+                s.faults.set(Fault::StorageFailed, write_failed, m);
+            }
+            // No probe has answered since the failure: the fault it raised stands.
+            None => {
+                if let Some(why) = full {
+                    s.faults.raise(Fault::StorageFull, why, m);
+                }
             }
         }
-    }
-    let (write_full, write_failed) = match still_failing {
-        Some((Fault::StorageFull, why)) => (Some(why), None),
-        Some((_, why)) => (None, Some(why)),
-        None => (None, None),
-    };
-    if !probing && s.faults.write_failed.load(Ordering::Acquire) {
-        // A write failed since we looked: its fault stands until next round's probe.
-        if let Some(why) = full {
-            s.faults.raise(Fault::StorageFull, why, m);
-        }
     } else {
-        s.faults.set(Fault::StorageFull, full.or(write_full), m);
-        s.faults.set(Fault::StorageFailed, write_failed, m);
+        s.faults.set(Fault::StorageFull, full, m);
+        // A write may have failed since the flag was read: its fault stands until a probe.
+        if !s.faults.write_failed.load(Ordering::Acquire) {
+            s.faults.clear(Fault::StorageFailed, m);
+        }
+    }
+    // A slow volume. A write running for longer than the bound raises it now (it cannot time
+    // itself until it returns); the committer clears it when a write takes less, so while it
+    // stands and nothing else writes, a probe write gives it the chance.
+    let slow_after = s.cfg.commit_timeout / 2;
+    if let Some(running) = s.committer.running_for().filter(|d| *d > slow_after) {
+        let detail = format!(
+            "a synced store write has been running for {:.2} s, more than {:.2} s (half of --commit-timeout-ms)",
+            running.as_secs_f64(),
+            slow_after.as_secs_f64()
+        );
+        s.faults.raise(Fault::StorageSlow, detail, m);
+    }
+    if s.faults.is_active(Fault::StorageSlow) {
+        start_probe(s, false);
     }
     // The signing backlog, across every workspace with unsigned receipts.
     let backlog = s.pipelines.backlog(|ws| s.diverged.contains(ws));
@@ -144,6 +223,8 @@ fn read_at_scrape(s: &Shared) {
         m.signer_waits.inc_by(waits - seen);
     }
     m.cached_authorizations.set(i64::try_from(s.cached_authorizations.load(Ordering::Relaxed)).unwrap_or(i64::MAX));
+    m.pending_writes.set(i64::try_from(s.admissions.pending()).unwrap_or(i64::MAX));
+    m.commit_running_seconds.set(s.committer.running_for().map_or(0.0, |d| d.as_secs_f64()));
     m.set_store_stats(s.store.engine_stats());
     match pending_hitl(&*s.store, now_ms()) {
         Ok((escalations, confirmations)) => {

@@ -41,6 +41,8 @@ pub(crate) struct Services {
     pub cached_authorizations: AtomicUsize,
     /// The signer's metrics as last fetched, for `/metrics`.
     pub signer_scrape: crate::health::SignerScrape,
+    /// Requests admitted and not yet through the committer (`max_pending_writes`).
+    pub admissions: Arc<crate::mailbox::Admissions>,
 }
 
 impl Services {

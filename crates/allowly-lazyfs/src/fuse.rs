@@ -14,6 +14,7 @@ use fuser::{
 };
 
 use crate::image::{Body, Data, Disk, Kind, Meta};
+use crate::throttle::Throttle;
 
 /// How long the kernel may cache names and attributes. Every change goes through this kernel,
 /// so its caches never go stale within one mount; a crash is followed by a fresh mount.
@@ -26,6 +27,8 @@ pub(crate) struct Adapter {
     pub(crate) disk: Arc<Mutex<Disk>>,
     /// The epoch this mount serves; any other means a crash happened since it was mounted.
     pub(crate) epoch: u64,
+    /// How slow the device's write path is (waited for before the disk's lock is taken).
+    pub(crate) throttle: Arc<Throttle>,
 }
 
 fn kind_of(k: Kind) -> FileType {
@@ -284,6 +287,7 @@ impl Filesystem for Adapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        self.throttle.wait();
         match self.disk().and_then(|mut d| d.write(ino.0, offset, data)) {
             Ok(n) => reply.written(u32::try_from(n).unwrap_or(u32::MAX)),
             Err(e) => reply.error(e),
@@ -311,6 +315,7 @@ impl Filesystem for Adapter {
     /// Never `ENOSYS`: the kernel would take that as "fsync is a no-op here" and answer every
     /// later fsync with success itself.
     fn fsync(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        self.throttle.wait();
         empty(reply, self.disk().and_then(|mut d| d.fsync(ino.0)));
     }
 
@@ -341,6 +346,7 @@ impl Filesystem for Adapter {
     }
 
     fn fsyncdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        self.throttle.wait();
         empty(reply, self.disk().and_then(|mut d| d.fsync(ino.0)));
     }
 
@@ -391,6 +397,7 @@ impl Filesystem for Adapter {
         mode: i32,
         reply: ReplyEmpty,
     ) {
+        self.throttle.wait();
         empty(reply, self.disk().and_then(|mut d| d.fallocate(ino.0, offset, length, mode)));
     }
 }

@@ -25,6 +25,8 @@ use fuser::Errno;
 pub const ROOT: u64 = 1;
 /// Granularity of the page cache: what one dirty page costs to keep or to sync.
 pub const PAGE: usize = 4096;
+/// What a device writes atomically: a torn write keeps a whole number of these.
+pub const SECTOR: usize = 512;
 
 /// File types this file system stores.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -157,6 +159,35 @@ impl Data {
     fn unsynced_pages(&self) -> usize {
         self.dirty.len()
     }
+
+    /// What a power cut may leave of the unsynced writes besides nothing: the first `pages`
+    /// dirty pages in file order reached the platter, the last of them only its first
+    /// `sectors` 512-byte sectors (a torn write), the rest never did. The durable size grows
+    /// to cover what arrived (never past the live size). A file cut shorter since its last
+    /// sync keeps nothing: that case stays all or nothing. Returns how many bytes the durable
+    /// file grew by (what survived of unsynced appends).
+    fn tear_into(&self, durable: &mut Data, pages: usize, sectors: usize) -> u64 {
+        if self.shrunk_to.is_some() || pages == 0 {
+            return 0;
+        }
+        let old_size = durable.size;
+        let kept: Vec<usize> = self.dirty.iter().copied().take(pages).collect();
+        let Some(&last) = kept.last() else { return 0 };
+        if durable.pages.len() < self.pages.len() {
+            durable.pages.resize(self.pages.len(), None);
+        }
+        for &p in &kept {
+            let take = if p == last { (sectors * SECTOR).min(PAGE) } else { PAGE };
+            let live = self.pages[p].as_deref().copied().unwrap_or([0u8; PAGE]);
+            let slot = durable.pages[p].get_or_insert_with(|| Arc::new([0u8; PAGE]));
+            Arc::make_mut(slot)[..take].copy_from_slice(&live[..take]);
+        }
+        let end = (last * PAGE + (sectors * SECTOR).min(PAGE)) as u64;
+        durable.size = durable.size.max(end.min(self.size));
+        // No page past the durable size (a torn tail of a file that also has holes).
+        durable.pages.truncate(Self::pages_for(durable.size));
+        durable.size - old_size
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -268,6 +299,11 @@ pub struct CrashReport {
     pub dirs_with_unsynced_entries: usize,
     /// Durable inodes that no durable directory names any more (garbage-collected).
     pub orphans_collected: usize,
+    /// With torn tails on ([`Disk::set_torn_tails`]): the files that kept part of their
+    /// unsynced appends (last names, sorted), and how many bytes of them (the bytes their
+    /// durable sizes grew by).
+    pub torn_files: Vec<OsString>,
+    pub torn_bytes_kept: u64,
 }
 
 /// One inode table.
@@ -296,6 +332,12 @@ pub struct Disk {
     lie: Option<Lie>,
     /// A crash waiting for its moment: where, which files, how many matches to let pass first.
     armed: Option<(Point, Lie, u32)>,
+    /// A failing device: writes or fsyncs of matching files fail with this error, changing
+    /// nothing (see [`Disk::set_failing`]).
+    failing: Option<(Point, Lie, Errno)>,
+    /// Torn tails at a crash ([`Disk::set_torn_tails`]): the state of the generator that picks
+    /// how much of each file's unsynced writes survives.
+    torn: Option<u64>,
     /// Every crash so far: when, and what it threw away.
     crashes: Vec<(std::time::Instant, CrashReport)>,
 }
@@ -337,6 +379,8 @@ impl Disk {
             epoch: 0,
             lie: None,
             armed: None,
+            failing: None,
+            torn: None,
             crashes: Vec::new(),
         }
     }
@@ -349,6 +393,47 @@ impl Disk {
     /// anything durable.
     pub fn set_lie(&mut self, lie: Option<Lie>) {
         self.lie = lie;
+    }
+
+    /// From now on a crash may keep part of each file's unsynced writes, as a disk that wrote
+    /// some of its page cache back before the power went: for every file, a random number of
+    /// its dirty pages in file order (none, some or all), the last of them torn at a random
+    /// sector boundary. Never anything a sync did not cover *instead of* what it did: synced
+    /// data always survives whole. `Some(seed)` picks the amounts from a generator seeded with
+    /// it (replayable); `None`: all or nothing again (nothing unsynced survives).
+    pub fn set_torn_tails(&mut self, seed: Option<u64>) {
+        // xorshift64 needs a state other than 0.
+        self.torn = seed.map(|s| s | 1);
+    }
+
+    /// The next number of the torn-tail generator, below `n` (0 if torn tails are off).
+    fn torn_pick(&mut self, n: u64) -> u64 {
+        let Some(x) = self.torn.as_mut() else { return 0 };
+        *x ^= *x << 13;
+        *x ^= *x >> 7;
+        *x ^= *x << 17;
+        if n == 0 {
+            0
+        } else {
+            *x % n
+        }
+    }
+
+    /// From now on, every [`Point`] `at` of a file whose last name matches `name` fails with
+    /// `errno` and changes nothing (`None`: the device is healthy again). A failed write leaves
+    /// the file as it was; a failed fsync makes nothing durable (what it should have synced
+    /// stays unsynced, and a later fsync that succeeds syncs it).
+    pub fn set_failing(&mut self, failing: Option<(Point, Lie, Errno)>) {
+        self.failing = failing;
+    }
+
+    /// The error `at` of `ino` fails with, if the device is failing there.
+    fn failure(&self, at: Point, ino: u64) -> Result<(), Errno> {
+        let Some((point, name, errno)) = &self.failing else { return Ok(()) };
+        match self.live.nodes.get(&ino) {
+            Some(node) if *point == at && name(&node.name) => Err(*errno),
+            _ => Ok(()),
+        }
     }
 
     /// Arms a crash at the `skip + 1`-th [`Point`] of a file whose name matches `name` (replacing
@@ -570,6 +655,7 @@ impl Disk {
     }
 
     pub fn write(&mut self, ino: u64, offset: u64, bytes: &[u8]) -> Result<usize, Errno> {
+        self.failure(Point::Write, ino)?;
         let node = self.live.node_mut(ino)?;
         node.data_mut()?.write(offset, bytes);
         node.touch();
@@ -617,6 +703,7 @@ impl Disk {
     /// a file empty, a directory empty, a symlink or special node whole (they are written with
     /// their inode).
     pub fn fsync(&mut self, ino: u64) -> Result<(), Errno> {
+        self.failure(Point::Sync, ino)?;
         let name = &self.live.node(ino)?.name;
         if self.lie.as_ref().is_some_and(|lie| lie(name)) {
             return Ok(());
@@ -688,6 +775,9 @@ impl Disk {
         }
         report.unsynced_files.sort();
         report.unsynced_dirs.sort();
+        if self.torn.is_some() {
+            self.tear(&mut report);
+        }
         let mut reachable = BTreeSet::from([ROOT]);
         let mut links: HashMap<u64, u32> = HashMap::new();
         let mut todo = vec![ROOT];
@@ -714,6 +804,36 @@ impl Disk {
         self.armed = None;
         self.crashes.push((std::time::Instant::now(), report.clone()));
         report
+    }
+
+    /// Torn tails ([`Self::set_torn_tails`]): for every file the durable image holds that has
+    /// unsynced pages, part of them reaches the durable image. In inode order, so a seed
+    /// replays the same choices for the same history.
+    fn tear(&mut self, report: &mut CrashReport) {
+        let mut files: Vec<u64> = self
+            .live
+            .nodes
+            .iter()
+            .filter(|(ino, n)| {
+                matches!(&n.body, Body::File(d) if d.unsynced_pages() > 0) && self.durable.nodes.contains_key(ino)
+            })
+            .map(|(ino, _)| *ino)
+            .collect();
+        files.sort_unstable();
+        for ino in files {
+            let Some(Node { body: Body::File(live), .. }) = self.live.nodes.get(&ino) else { continue };
+            let dirty = live.unsynced_pages() as u64;
+            let pages = self.torn_pick(dirty + 1) as usize;
+            let sectors = self.torn_pick((PAGE / SECTOR) as u64) as usize + 1;
+            let Some(Node { body: Body::File(live), name, .. }) = self.live.nodes.get(&ino) else { continue };
+            let Some(Node { body: Body::File(durable), .. }) = self.durable.nodes.get_mut(&ino) else { continue };
+            let kept = live.tear_into(durable, pages, sectors);
+            if kept > 0 {
+                report.torn_files.push(name.clone());
+                report.torn_bytes_kept += kept;
+            }
+        }
+        report.torn_files.sort();
     }
 
     /// Whether the live image has anything a crash would lose (for tests and reports).
@@ -907,6 +1027,40 @@ mod tests {
     }
 
     #[test]
+    fn a_failing_device_refuses_matching_writes_or_syncs_and_changes_nothing() {
+        let mut d = Disk::new();
+        let wal = file(&mut d, ROOT, "000001.log");
+        let other = file(&mut d, ROOT, "MANIFEST");
+        d.fsync(ROOT).unwrap();
+        d.write(wal, 0, b"synced").unwrap();
+        d.fsync(wal).unwrap();
+        let is_wal: Lie = Box::new(|name| name.to_string_lossy().ends_with(".log"));
+        d.set_failing(Some((Point::Write, is_wal, Errno::ENOSPC)));
+        assert_eq!(d.write(wal, 6, b"lost").unwrap_err(), Errno::ENOSPC);
+        assert_eq!(d.read(wal, 0, 64).unwrap(), b"synced", "a failed write changes nothing");
+        d.write(other, 0, b"m").unwrap();
+        d.fsync(wal).unwrap();
+
+        let is_wal: Lie = Box::new(|name| name.to_string_lossy().ends_with(".log"));
+        d.set_failing(Some((Point::Sync, is_wal, Errno::EIO)));
+        d.write(wal, 6, b"+tail").unwrap();
+        assert_eq!(d.fsync(wal).unwrap_err(), Errno::EIO);
+        assert_eq!(d.read(wal, 0, 64).unwrap(), b"synced+tail", "the live data stays");
+        d.fsync(other).unwrap();
+        d.crash();
+        assert_eq!(content(&d, ROOT, "000001.log"), Some(b"synced".to_vec()), "a failed fsync synced nothing");
+        assert_eq!(content(&d, ROOT, "MANIFEST"), Some(b"m".to_vec()));
+
+        // Healed: the same file syncs again.
+        d.set_failing(None);
+        let wal = d.lookup(ROOT, OsStr::new("000001.log")).unwrap();
+        d.write(wal, 6, b"+more").unwrap();
+        d.fsync(wal).unwrap();
+        d.crash();
+        assert_eq!(content(&d, ROOT, "000001.log"), Some(b"synced+more".to_vec()));
+    }
+
+    #[test]
     fn an_armed_crash_strikes_at_its_point_and_not_before() {
         let mut d = Disk::new();
         let wal = file(&mut d, ROOT, "wal");
@@ -930,6 +1084,57 @@ mod tests {
         d.fsync(wal).unwrap();
         assert_eq!(d.epoch(), 2);
         assert_eq!(content(&d, ROOT, "wal"), Some(b"firstthird".to_vec()));
+    }
+
+    /// Torn tails: over many crashes of the same history, what survives of an unsynced append
+    /// is always the synced part whole plus a prefix of the append ending on a sector boundary
+    /// (or the append's end) — sometimes none of it, sometimes all of it, sometimes a torn
+    /// page — and a seed replays the same choices.
+    #[test]
+    fn torn_tails_keep_a_sector_aligned_prefix_of_the_unsynced_writes() {
+        let synced: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
+        let unsynced: Vec<u8> = (0..9000u32).map(|i| (i % 13) as u8 + 100).collect();
+        let run = |seed: u64| -> Vec<u8> {
+            let mut d = Disk::new();
+            d.set_torn_tails(Some(seed));
+            let f = file(&mut d, ROOT, "journal");
+            d.fsync(ROOT).unwrap();
+            d.write(f, 0, &synced).unwrap();
+            d.fsync(f).unwrap();
+            d.write(f, synced.len() as u64, &unsynced).unwrap();
+            let r = d.crash();
+            let kept = content(&d, ROOT, "journal").unwrap();
+            assert_eq!(r.torn_files.len() == 1, kept.len() > synced.len(), "{r:?}");
+            kept
+        };
+        let (mut none, mut all, mut torn) = (0, 0, 0);
+        for seed in 0..200 {
+            let kept = run(seed);
+            assert_eq!(kept, run(seed), "seed {seed} does not replay");
+            assert!(kept.len() >= synced.len(), "seed {seed}: synced data lost");
+            assert_eq!(&kept[..synced.len()], &synced[..], "seed {seed}: synced data changed");
+            let tail = &kept[synced.len()..];
+            assert_eq!(tail, &unsynced[..tail.len()], "seed {seed}: not a prefix of the unsynced append");
+            match tail.len() {
+                0 => none += 1,
+                n if n == unsynced.len() => all += 1,
+                _ => {
+                    assert_eq!(kept.len() % SECTOR, 0, "seed {seed}: torn off a sector boundary");
+                    torn += 1;
+                }
+            }
+        }
+        assert!(none > 0 && all > 0 && torn > 0, "none {none}, all {all}, torn {torn}");
+
+        // Off again: all or nothing.
+        let mut d = Disk::new();
+        d.set_torn_tails(Some(7));
+        d.set_torn_tails(None);
+        let f = file(&mut d, ROOT, "log");
+        d.fsync(ROOT).unwrap();
+        d.write(f, 0, &unsynced).unwrap();
+        assert!(d.crash().torn_files.is_empty());
+        assert_eq!(content(&d, ROOT, "log"), Some(Vec::new()));
     }
 
     #[test]

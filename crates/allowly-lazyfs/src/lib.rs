@@ -27,12 +27,16 @@
 //!
 //! # What it does not model
 //!
-//! - Torn or reordered writes *within* an unsynced region: everything written since the last
-//!   fsync of a file is lost together, never a prefix of it or a random subset of its pages
-//!   (LazyFS's "torn" faults). A real disk may keep some of those pages.
+//! - Reordered writes within an unsynced region. By default everything written since the last
+//!   fsync of a file is lost together; with torn tails on ([`LazyFs::set_torn_tails`]) a crash
+//!   keeps a random prefix of each file's unsynced pages in file order, the last of them torn at
+//!   a 512-byte sector (LazyFS's "torn-seq" fault), as a disk that wrote back part of its page
+//!   cache before the power went. Never pages out of order (a hole followed by newer data).
 //! - `sync_file_range`, `syncfs`/`sync(2)` and `O_SYNC`/`O_DSYNC`: only `fsync`/`fdatasync` (and
 //!   `fsyncdir`) make anything durable. Allowly and RocksDB use `fsync`/`fdatasync`.
-//! - Failing fsyncs, `ENOSPC`, latency: other tiers inject those (issue 11 parts 1, 2, 4).
+//! - Failing writes and fsyncs, latency: not part of the power-loss model, but this layer can
+//!   inject them ([`LazyFs::fail`], [`LazyFs::set_slowness`]) for the failing- and slow-disk
+//!   tests (issue 11 parts 2 and 4).
 //! - Memory-mapped writes (`MAP_SHARED` + `msync`), extended attributes, hole punching: refused
 //!   or absent; nothing under test uses them.
 //! - Journaling file systems that commit every earlier metadata change with any fsync (ext4's
@@ -56,6 +60,7 @@
 
 mod fuse;
 mod image;
+mod throttle;
 
 use std::ffi::OsStr;
 use std::io;
@@ -65,11 +70,17 @@ use std::time::{Duration, Instant};
 
 use image::Disk;
 pub use image::{CrashReport, Point};
+pub use throttle::Slowness;
+use throttle::Throttle;
+
+/// Picks files by their last name (the one [`LazyFs::crash_at`] and [`LazyFs::fail`] match).
+pub type FileMatcher = fn(&OsStr) -> bool;
 
 /// One simulated disk. Cheap to clone: clones share the disk.
 #[derive(Clone, Debug, Default)]
 pub struct LazyFs {
     disk: Arc<Mutex<Disk>>,
+    throttle: Arc<Throttle>,
 }
 
 impl LazyFs {
@@ -87,9 +98,18 @@ impl LazyFs {
     /// by every user (`allow_other`) with the kernel checking permissions
     /// (`default_permissions`). Needs root (it calls mount(2) directly) and `/dev/fuse`.
     pub fn mount(&self, at: &Path) -> io::Result<Mount> {
+        self.mount_with_threads(at, 1)
+    }
+
+    /// [`Self::mount`] served by `threads` FUSE threads: with a slow write path
+    /// ([`Self::set_slowness`]) one slow request then holds up only the requests queued behind
+    /// it on its thread, as on a device with that many queues; with one thread every request
+    /// waits for every slow one before it.
+    pub fn mount_with_threads(&self, at: &Path, threads: usize) -> io::Result<Mount> {
         let epoch = self.disk().epoch();
-        let adapter = fuse::Adapter { disk: self.disk.clone(), epoch };
+        let adapter = fuse::Adapter { disk: self.disk.clone(), epoch, throttle: self.throttle.clone() };
         let mut config = fuser::Config::default();
+        config.n_threads = Some(threads.max(1));
         config.mount_options = vec![
             fuser::MountOption::FSName("allowly-lazyfs".into()),
             fuser::MountOption::DefaultPermissions,
@@ -123,6 +143,32 @@ impl LazyFs {
     /// Whether a crash now would lose anything.
     pub fn has_unsynced(&self) -> bool {
         self.disk().has_unsynced()
+    }
+
+    /// A slow or stalled device: from now on every `write`, `fallocate`, `fsync`/`fdatasync` and
+    /// `fsyncdir` waits as `slowness` says before it is served (reads and metadata requests do
+    /// not). Applies to requests already waiting too, so `Slowness::Fast` releases a stall at
+    /// once.
+    pub fn set_slowness(&self, slowness: Slowness) {
+        self.throttle.set(slowness);
+    }
+
+    /// A failing device: from now on every write to (`Point::Write`) or fsync of
+    /// (`Point::Sync`) a file whose name matches `name` fails with `errno` (e.g. `libc::ENOSPC`,
+    /// `libc::EIO`) and changes nothing; `None` heals it. A failed fsync syncs nothing, so the
+    /// data it should have made durable is lost at a later crash unless an fsync succeeds first.
+    pub fn fail(&self, failing: Option<(Point, FileMatcher, i32)>) {
+        let failing =
+            failing.map(|(at, name, errno)| (at, Box::new(name) as image::Lie, fuser::Errno::from_i32(errno)));
+        self.disk().set_failing(failing);
+    }
+
+    /// Torn tails from now on: a crash keeps, of each file's writes since its last fsync, a
+    /// random prefix in file order ending on a 512-byte sector — none, some, or all of them —
+    /// instead of nothing. Synced data always survives whole. The amounts come from a generator
+    /// seeded with `seed` (the same history and seed tear the same way); `None` turns it off.
+    pub fn set_torn_tails(&self, seed: Option<u64>) {
+        self.disk().set_torn_tails(seed);
     }
 
     /// A disk that lies: from now on an fsync of a file whose name matches `name` reports

@@ -21,12 +21,16 @@ struct Rig {
 
 impl Rig {
     fn new() -> Self {
+        Self::with_threads(1)
+    }
+
+    fn with_threads(threads: usize) -> Self {
         let tmp = tempfile::tempdir().unwrap();
         let at = tmp.path().join("mnt");
         fs::create_dir(&at).unwrap();
         let fs = LazyFs::new();
         let mount = fs
-            .mount(&at)
+            .mount_with_threads(&at, threads)
             .unwrap_or_else(|e| panic!("mounting the FUSE layer at {} (needs root and /dev/fuse): {e}", at.display()));
         Self { fs, mount: Some(mount), at, _tmp: tmp }
     }
@@ -174,4 +178,46 @@ fn unix_sockets_bind_and_connect_on_the_mount() {
     let mut buf = [0u8; 4];
     s.read_exact(&mut buf).unwrap();
     assert_eq!(&buf, b"ping");
+}
+
+/// The failing- and slow-disk modes through the kernel: a write refused with ENOSPC and an fsync
+/// refused with EIO reach the caller as those errors and change nothing; a stalled write path
+/// holds an fsync (and only the write path: reads are served) until the stall is lifted.
+#[test]
+fn a_failing_or_stalled_device_shows_through_the_kernel() {
+    // Several FUSE threads: the stalled fsync holds one, the reads go through another.
+    let mut rig = Rig::with_threads(4);
+    let p = rig.path("000007.log");
+    let mut f = File::create(&p).unwrap();
+    f.write_all(b"synced").unwrap();
+    f.sync_all().unwrap();
+    sync_dir(&rig.at);
+    fn is_log(name: &std::ffi::OsStr) -> bool {
+        name.to_string_lossy().ends_with(".log")
+    }
+    rig.fs.fail(Some((allowly_lazyfs::Point::Write, is_log, libc::ENOSPC)));
+    let e = f.write_all(b"refused").unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
+    rig.fs.fail(Some((allowly_lazyfs::Point::Sync, is_log, libc::EIO)));
+    f.write_all(b"+tail").unwrap();
+    let e = f.sync_data().unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+    assert_eq!(read(&p).unwrap(), b"synced+tail");
+    rig.fs.fail(None);
+
+    rig.fs.set_slowness(allowly_lazyfs::Slowness::Stalled);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let syncer = std::thread::spawn(move || {
+        let r = f.sync_data();
+        let _ = tx.send(());
+        r
+    });
+    // Reads are not held up by the stall; the fsync is, until it is lifted.
+    assert_eq!(read(&p).unwrap(), b"synced+tail");
+    assert!(rx.recv_timeout(std::time::Duration::from_millis(300)).is_err(), "a stalled fsync returned");
+    rig.fs.set_slowness(allowly_lazyfs::Slowness::Fast);
+    rx.recv_timeout(std::time::Duration::from_secs(10)).expect("lifting the stall serves the fsync");
+    syncer.join().unwrap().unwrap();
+    rig.crash();
+    assert_eq!(read(&p).unwrap(), b"synced+tail", "the fsync after the failed one synced the tail");
 }

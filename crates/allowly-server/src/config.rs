@@ -41,8 +41,8 @@ const AFTER_HELP: &str = "\
 Every option can also be set by its environment variable or in the TOML file given by --config
 (keys: data_dir, listen, signer_socket, signer_bin, signer_keystore, signer_previous_keystore,
 pkcs11_module, pkcs11_token_label, pkcs11_pin_file, signer_max_in_flight, signer_timeout_ms,
-rotation_drain_timeout_ms, commit_window_us, min_free_disk,
-max_unsigned_age_ms, max_cached_authorizations, idle_timeout_ms, memory_high_water_mib, body_limit,
+rotation_drain_timeout_ms, commit_window_us, min_free_disk, max_unsigned_age_ms, commit_timeout_ms,
+max_pending_writes, max_cached_authorizations, idle_timeout_ms, memory_high_water_mib, body_limit,
 max_connections, max_connections_per_address, request_read_timeout_ms, metrics_token_file,
 rate_limit_per_second, rate_limit_burst, confirmation_ttl_ms,
 escalation_ttl_ms, user, signer_user, webhook_base_backoff_ms,
@@ -281,6 +281,18 @@ pub struct ServeArgs {
     /// (1000..=86400000) [default: 60000].
     #[arg(long, env = "ALLOWLY_MAX_UNSIGNED_AGE_MS", value_name = "MS")]
     pub max_unsigned_age_ms: Option<u64>,
+    /// Longest a request that writes waits for its write to be durable (in its workspace's
+    /// queue and in the synced write); past it the answer is 503 commit_timeout, outcome
+    /// unknown (retry with the same Idempotency-Key). Synced writes slower than half of it fail
+    /// receipt-producing calls closed at once (503 storage_slow) until one is quick again
+    /// (100..=60000) [default: 2000].
+    #[arg(long, env = "ALLOWLY_COMMIT_TIMEOUT_MS", value_name = "MS")]
+    pub commit_timeout_ms: Option<u64>,
+    /// Most requests admitted and not yet through the committer, all workspaces together; one
+    /// more is refused at once (503 storage_slow while the volume is slow, else 429 overloaded)
+    /// (1..=1000000) [default: 16384].
+    #[arg(long, env = "ALLOWLY_MAX_PENDING_WRITES", value_name = "N")]
+    pub max_pending_writes: Option<usize>,
     /// Started as root: the user the HTTP front end drops to (created if missing) [default: allowly].
     #[arg(long, env = "ALLOWLY_USER", value_name = "NAME")]
     pub user: Option<String>,
@@ -345,6 +357,8 @@ pub struct FileConfig {
     /// Bytes, or a size as `--min-free-disk` takes it (`"512MiB"`).
     pub min_free_disk: Option<SizeSetting>,
     pub max_unsigned_age_ms: Option<u64>,
+    pub commit_timeout_ms: Option<u64>,
+    pub max_pending_writes: Option<usize>,
     pub user: Option<String>,
     pub signer_user: Option<String>,
 }
@@ -400,6 +414,10 @@ pub struct ServerConfig {
     /// `None`: the engine's default (256 MiB or 1 % of the volume).
     pub min_free_disk: Option<u64>,
     pub max_unsigned_age: Duration,
+    /// See `EngineConfig::commit_timeout`.
+    pub commit_timeout: Duration,
+    /// See `EngineConfig::max_pending_writes`.
+    pub max_pending_writes: usize,
     /// The two users of an instance started as root.
     pub users: crate::isolation::Users,
     /// Connection caps and the read deadline.
@@ -526,6 +544,16 @@ impl ServeArgs {
         if !(Duration::from_secs(1)..=Duration::from_secs(24 * 3600)).contains(&max_unsigned_age) {
             return Err(ConfigError::OutOfRange("max_unsigned_age_ms", "1000..=86400000"));
         }
+        let commit_timeout = ms(self.commit_timeout_ms, file.commit_timeout_ms, e.commit_timeout);
+        // Below 100 ms a busy but healthy volume would time requests out; above a minute a
+        // client would rather fail over than wait.
+        if !(Duration::from_millis(100)..=Duration::from_secs(60)).contains(&commit_timeout) {
+            return Err(ConfigError::OutOfRange("commit_timeout_ms", "100..=60000"));
+        }
+        let max_pending_writes = self.max_pending_writes.or(file.max_pending_writes).unwrap_or(e.max_pending_writes);
+        if !(1..=1_000_000).contains(&max_pending_writes) {
+            return Err(ConfigError::OutOfRange("max_pending_writes", "1..=1000000"));
+        }
         let min_free_disk = match self.min_free_disk {
             Some(n) => Some(n),
             None => file.min_free_disk.as_ref().map(SizeSetting::bytes).transpose().map_err(ConfigError::Size)?,
@@ -580,6 +608,8 @@ impl ServeArgs {
             rotation_drain_timeout,
             commit_window,
             max_unsigned_age,
+            commit_timeout,
+            max_pending_writes,
             min_free_disk,
             signer_max_in_flight,
             max_cached_authorizations,
@@ -677,6 +707,7 @@ mod tests {
         assert_eq!(cfg.signer_timeout, Duration::from_secs(2));
         assert_eq!(cfg.rotation_drain_timeout, Duration::from_secs(10));
         assert_eq!(cfg.max_unsigned_age, Duration::from_secs(60));
+        assert_eq!((cfg.commit_timeout, cfg.max_pending_writes), (Duration::from_secs(2), 16_384));
         assert_eq!(cfg.min_free_disk, None);
         assert_eq!(
             cfg.connections,
@@ -741,6 +772,14 @@ mod tests {
         assert_eq!(flags.resolve().unwrap().min_free_disk, Some(7));
         assert!(ServeArgs { signer_timeout_ms: Some(50), ..ServeArgs::default() }.resolve().is_err());
         assert!(ServeArgs { max_unsigned_age_ms: Some(10), ..ServeArgs::default() }.resolve().is_err());
+        let f = file("commit_timeout_ms = 750\nmax_pending_writes = 100\n");
+        let cfg = ServeArgs { config: Some(f.path().to_owned()), ..ServeArgs::default() }.resolve().unwrap();
+        assert_eq!((cfg.commit_timeout, cfg.max_pending_writes), (Duration::from_millis(750), 100));
+        for (ms, ok) in [(99, false), (100, true), (60_000, true), (60_001, false)] {
+            let r = ServeArgs { commit_timeout_ms: Some(ms), ..ServeArgs::default() }.resolve();
+            assert_eq!(r.map(|c| c.commit_timeout.as_millis()).ok(), ok.then_some(u128::from(ms)), "{ms}");
+        }
+        assert!(ServeArgs { max_pending_writes: Some(0), ..ServeArgs::default() }.resolve().is_err());
         for (ms, ok) in [(99, false), (100, true), (300_000, true), (300_001, false)] {
             let r = ServeArgs { rotation_drain_timeout_ms: Some(ms), ..ServeArgs::default() }.resolve();
             assert_eq!(r.map(|c| c.rotation_drain_timeout.as_millis()).ok(), ok.then_some(u128::from(ms)), "{ms}");

@@ -23,12 +23,14 @@
 //! | `request_timeout` | 408 | the request's head and body did not arrive within `--request-read-timeout-ms` of its first byte; the connection is closed |
 //! | `idempotency_key_reused` | 422 | the `Idempotency-Key` was used with a different request |
 //! | `rate_limited` | 429 | the API key is over its rate limit (the workspace's, else the instance default); `Retry-After`: seconds until the next request would be accepted |
-//! | `overloaded` | 429 | the workspace's queue is full (`Retry-After`) |
+//! | `overloaded` | 429 | the workspace's queue is full, or `--max-pending-writes` requests are waiting for the committer while the volume is not slow (`Retry-After`) |
 //! | `too_many_connections` | 503 | a new connection from a client address that already has `--max-connections-per-address` open: written without reading the request, then the connection is closed (`Retry-After`) |
 //! | `signer_unavailable` | 503 | the signer does not answer: decisions fail closed (`Retry-After`) |
 //! | `shutting_down` | 503 | the server is stopping (`Retry-After`) |
 //! | `storage_full` | 503 | the data volume is below `--min-free-disk`, or a store write found the device full: receipt-producing calls fail closed (`Retry-After`) |
 //! | `storage_failed` | 503 | a store write failed with a device error; until a probe write succeeds, receipt-producing calls fail closed (`Retry-After`) |
+//! | `storage_slow` | 503 | synced store writes take longer than half of `--commit-timeout-ms` (one is running that long, or the last took that long): receipt-producing calls fail closed at once, nothing written, until a write is quick again; also a request refused because `--max-pending-writes` are waiting while the volume is slow (`Retry-After`) |
+//! | `commit_timeout` | 503 | the request was not answered within `--commit-timeout-ms` (its workspace's queue and the synced write of its effects). Its outcome is **unknown**: it may still become durable. Retry with the same `Idempotency-Key` to get the first answer if it did, or a new decision if it did not — never two effects (`Retry-After`) |
 //! | `signer_storage_failed` | 503 | the signer answered several times in a row that it cannot write its journal (`Retry-After`) |
 //! | `signing_backlog` | 503 | the oldest unsigned receipt is older than `--max-unsigned-age-ms` (`Retry-After`) |
 //! | `workspace_log_diverged` | 503 | this workspace's receipt log disagrees with the signer's (fork, rollback, or receipts the signer refuses): it records nothing new until an operator resyncs it (`POST /v1/workspaces/{ws}/log/resync`); other workspaces are unaffected. No `Retry-After`: it does not pass by itself |
@@ -201,7 +203,7 @@ impl Problem {
             EngineError::WorkspaceLogCatchingUp => {
                 Self { retry_after: Some(1), ..Self::new(StatusCode::SERVICE_UNAVAILABLE, code, e.to_string()) }
             }
-            EngineError::ShuttingDown => {
+            EngineError::ShuttingDown | EngineError::CommitTimeout { .. } => {
                 Self { retry_after: Some(1), ..Self::new(StatusCode::SERVICE_UNAVAILABLE, code, e.to_string()) }
             }
             EngineError::WorkspaceLogDiverged | EngineError::WorkspaceLogBehindSigner => {
@@ -312,6 +314,8 @@ fn title(code: &str) -> &'static str {
         "shutting_down" => "Shutting down",
         "storage_full" => "Storage full",
         "storage_failed" => "Storage failed",
+        "storage_slow" => "Storage slow",
+        "commit_timeout" => "Commit timeout",
         "signer_storage_failed" => "Signer storage failed",
         "signing_backlog" => "Signing backlog",
         "confirmation_not_found" | "escalation_not_found" | "webhook_not_found" => "Not found",
@@ -371,6 +375,7 @@ mod tests {
         check(EngineError::Overloaded, 429, "overloaded", None);
         check(EngineError::SignerUnavailable("/secret/path.sock".into()), 503, "signer_unavailable", Some("/secret"));
         check(EngineError::ShuttingDown, 503, "shutting_down", None);
+        check(EngineError::CommitTimeout { waited_ms: 2000 }, 503, "commit_timeout", None);
         for fault in Fault::ALL {
             let e = EngineError::Unavailable { fault, detail: "/data/db has 3 MiB free".into() };
             check(e, 503, fault.code(), Some("/data"));

@@ -209,6 +209,8 @@ async fn serve_with_engine(
             data_volume: Some(data_dir.join(DB_DIR)),
             min_free_disk: cfg.min_free_disk,
             max_unsigned_age: cfg.max_unsigned_age,
+            commit_timeout: cfg.commit_timeout,
+            max_pending_writes: cfg.max_pending_writes,
             ..EngineConfig::default()
         },
     )

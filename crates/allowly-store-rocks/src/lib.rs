@@ -16,6 +16,7 @@
 mod error;
 mod options;
 mod partitioner;
+mod recovery;
 mod store;
 
 pub use options::RocksOptions;

@@ -33,7 +33,12 @@ impl RocksStore {
     /// Opens (or creates) the store at `path`. A database holding column families this version
     /// does not know is refused by RocksDB rather than opened partially.
     pub fn open(path: &Path, opts: RocksOptions) -> Result<Self> {
-        let (db_opts, cf_opts) = opts.db_and_cf_options();
+        let (mut db_opts, cf_opts) = opts.db_and_cf_options();
+        // On the file system that lets a failed write be recovered from in-process
+        // (`recovery.rs`).
+        let db_opts = db_opts
+            .get_options_from_string(crate::recovery::options_string()?)
+            .map_err(|e| StoreError::Engine(e.into_string()))?;
         let cfs = Space::ALL
             .iter()
             .map(|&s| Ok(ColumnFamilyDescriptor::new(s.name(), space_options(s, &cf_opts, &opts)?)))
@@ -142,6 +147,12 @@ impl KvEngine for RocksStore {
     /// RocksDB's properties worth an alert, read from the counters it keeps in memory (each
     /// read takes the DB mutex for a moment; no file is touched): a few dozen microseconds per
     /// scrape. A property RocksDB cannot answer is `None`.
+    /// `DB::Resume()` (see `recovery.rs`): flushes the memtables, switches to a new log, and
+    /// takes writes again — or answers why not yet.
+    fn recover(&self) -> Result<()> {
+        crate::recovery::resume(&self.db)
+    }
+
     fn stats(&self) -> EngineStats {
         let db_wide = |name: &str| self.db.property_int_value(name).ok().flatten();
         // Per-column-family figures, summed over every key space.

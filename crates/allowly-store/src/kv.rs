@@ -46,6 +46,10 @@ pub trait KvEngine: KvRead + Send + Sync + 'static {
     fn stats(&self) -> EngineStats {
         EngineStats::default()
     }
+    /// [`Store::recover`](crate::Store::recover); a no-op by default.
+    fn recover(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// [`Store::write`](crate::Store::write) over [`stage`].

@@ -449,4 +449,7 @@ impl<E: KvEngine> Store for E {
     fn engine_stats(&self) -> EngineStats {
         self.stats()
     }
+    fn recover(&self) -> Result<()> {
+        KvEngine::recover(self)
+    }
 }

@@ -98,6 +98,14 @@ pub trait Store: Send + Sync + 'static {
     /// The storage engine's own figures (write stalls, compaction debt, sizes), cheap to read:
     /// for `/metrics`, at scrape time.
     fn engine_stats(&self) -> EngineStats;
+    /// After a write failed with [`StoreError::NoSpace`] or [`StoreError::Io`]: makes the
+    /// store take writes again if it refuses them until told (RocksDB does, after a failed
+    /// write-ahead-log write), or says why it cannot yet (the device still failing). Never
+    /// makes a failed write durable, never loses an acknowledged one. A no-op for a store that
+    /// needs no telling. Blocking; may take as long as a flush.
+    fn recover(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Serves Merkle proofs from the nodes a [`Store`] holds for one workspace

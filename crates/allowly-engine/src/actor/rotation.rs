@@ -105,7 +105,7 @@ impl WsState {
         self.flush().await;
         if let Some(last) = self.last_commit.take() {
             if !last.await.unwrap_or(false) {
-                return Err(crate::commit::after_failed_commit());
+                return Err(crate::commit::after_failed_commit(None));
             }
         }
         if self.next_index == u64::MAX {

@@ -12,6 +12,11 @@
 //!   checkpoint it released), and `allowly-verify` finds the whole log VALID and consistent with
 //!   each of those checkpoints (no fork, no rollback).
 //!
+//! Torn tails are on: a cut may also keep part of what was written since a file's last fsync —
+//! a prefix of its unsynced pages in file order, the last one torn at a 512-byte sector — as a
+//! disk that wrote back some of its page cache before the power went. So the WAL's and the
+//! journal's readers also meet half-written records after a cut, not only clean ends.
+//!
 //! It is an integration test (a module of the server's test binary) rather than a separate
 //! program so that it runs in `.ci/run` with the rest, shares the black-box harness (`support/`),
 //! and needs no second build. The short form
@@ -643,6 +648,7 @@ fn campaign(
     tmp: &Path,
     crashes: usize,
     lie: Option<fn(&OsStr) -> bool>,
+    torn: bool,
 ) -> (Machine, History, Vec<String>) {
     let mut rng = Rng::seeded(test);
     let clients = env_usize("ALLOWLY_POWERLOSS_CLIENTS", 4);
@@ -652,6 +658,11 @@ fn campaign(
     let t = tenant(m.server(), "power", &["files.*"]);
     // The tenant itself must survive the first crash: sync points of the setup are honest.
     m.fs.lie_about_fsync_of(lie);
+    // Torn tails: a cut may also keep a sector-aligned prefix of each file's unsynced writes
+    // (drawn from the test's seed, so a printed seed replays them too).
+    if torn {
+        m.fs.set_torn_tails(Some(rng.next()));
+    }
     let mut h = History::default();
     let mut violations = Vec::new();
     let started = Instant::now();
@@ -681,13 +692,16 @@ fn campaign(
         }
         eprintln!(
             "{test} round {r}: cut {cut} ({} acknowledged, {} workspaces created, target {target} +{pause:?}, {} checkpoints seen); it \
-             dropped {} unsynced pages of {:?} and the new entries of {:?}; {} acknowledged in all, {} violations",
+             dropped {} unsynced pages of {:?} and the new entries of {:?}, kept torn tails ({} bytes) of {:?}; \
+             {} acknowledged in all, {} violations",
             seen.acked.len(),
             seen.made.len(),
             seen.checkpoints.len(),
             report.unsynced_pages,
             report.unsynced_files,
             report.unsynced_dirs,
+            report.torn_bytes_kept,
+            report.torn_files,
             h.acked.len(),
             found.len()
         );
@@ -714,7 +728,7 @@ fn campaign(
 fn power_loss_under_load_loses_nothing_acknowledged() {
     let tmp = tempfile::tempdir().unwrap();
     let crashes = env_usize("ALLOWLY_POWERLOSS_CRASHES", 8);
-    let (mut m, h, violations) = campaign("power_loss", tmp.path(), crashes, None);
+    let (mut m, h, violations) = campaign("power_loss", tmp.path(), crashes, None, true);
     assert!(
         violations.is_empty(),
         "{} violations:\n{}\n{}",
@@ -726,7 +740,11 @@ fn power_loss_under_load_loses_nothing_acknowledged() {
     // Some cut dropped unsynced writes of a file that matters (not RocksDB's info `LOG`, which
     // is never synced): otherwise the crashes only ever hit quiet moments and tested little.
     let mattered = m.reports.iter().filter(|r| r.unsynced_files.iter().any(|f| f != "LOG")).count();
-    eprintln!("{mattered} of {} cuts dropped unsynced writes of a file other than RocksDB's LOG", m.reports.len());
+    let torn = m.reports.iter().filter(|r| r.torn_files.iter().any(|f| f != "LOG")).count();
+    eprintln!(
+        "{mattered} of {} cuts dropped unsynced writes of a file other than RocksDB's LOG, {torn} kept a torn tail of one",
+        m.reports.len()
+    );
     assert!(mattered > 0, "no cut caught an unsynced write in flight: {:#?}", m.reports);
 
     let mut s = m.server.take().unwrap();
@@ -748,7 +766,8 @@ fn power_loss_under_load_loses_nothing_acknowledged() {
 #[test]
 fn the_checker_reports_receipts_a_lying_disk_lost() {
     let tmp = tempfile::tempdir().unwrap();
-    let (_m, h, violations) = campaign("lying_disk", tmp.path(), 1, Some(rocksdb_wal));
+    // All or nothing: a torn tail could keep what the lie dropped and hide the loss.
+    let (_m, h, violations) = campaign("lying_disk", tmp.path(), 1, Some(rocksdb_wal), false);
     assert!(!h.acked.is_empty(), "nothing was acknowledged, so nothing could be lost");
     assert!(
         violations.iter().any(|v| v.contains("lost:") || v.contains("changed:")),

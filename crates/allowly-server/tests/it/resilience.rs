@@ -52,7 +52,7 @@ impl Acked {
 
 /// Checks `r` is an RFC 9457 problem with `status` and `code` and a request id matching the
 /// `Request-Id` header; describes the mismatch otherwise.
-fn problem_mismatch(r: &Resp, status: u16, code: &str) -> Option<String> {
+pub(crate) fn problem_mismatch(r: &Resp, status: u16, code: &str) -> Option<String> {
     let fail = |why: &str| Some(format!("{why}: {r}"));
     if r.status != status {
         return fail(&format!("expected status {status}"));
@@ -123,7 +123,7 @@ pub(crate) fn wait_all_signed(s: &Server, reader: &str, acked: &[Acked]) -> Hash
 }
 
 /// Every acknowledged receipt exists now (GET 200, same body and log index), signed or not.
-fn assert_all_exist(s: &Server, reader: &str, acked: &[Acked]) {
+pub(crate) fn assert_all_exist(s: &Server, reader: &str, acked: &[Acked]) {
     let c = s.client();
     for a in acked {
         let r = c.get(&format!("/v1/receipts/{}", a.id), Some(reader));
@@ -137,7 +137,7 @@ fn assert_all_exist(s: &Server, reader: &str, acked: &[Acked]) {
     }
 }
 
-fn assert_distinct(acked: &[Acked]) {
+pub(crate) fn assert_distinct(acked: &[Acked]) {
     let mut ids = HashSet::new();
     let mut indices: HashMap<u64, &str> = HashMap::new();
     for a in acked {
@@ -1556,13 +1556,13 @@ fn fill_until(dir: &Path, below: u64) -> PathBuf {
 }
 
 /// The value of the sample `name` (with its labels, as exposed) in `/metrics`.
-fn metric(c: &Client, name: &str) -> Option<f64> {
+pub(crate) fn metric(c: &Client, name: &str) -> Option<f64> {
     let text = c.get("/metrics", None).text();
     text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 /// `/readyz` is 503 and lists `code` among its causes; returns the answer.
-fn not_ready_because(c: &Client, code: &str) -> Value {
+pub(crate) fn not_ready_because(c: &Client, code: &str) -> Value {
     let r = c.get("/readyz", None);
     assert_eq!(r.status, 503, "/readyz: {r}");
     let v = r.json();
@@ -1813,11 +1813,12 @@ fn checks_fail_closed_within_the_configured_signer_timeout() {
 
 /// With the floor off (`--min-free-disk 0`), RocksDB's own directory on a tmpfs that fills up
 /// completely: the store write that hits ENOSPC fails closed at once (503 `storage_full`, never
-/// a 500, `/readyz` names it), nothing acknowledged is lost, and after space returns and a
-/// restart (RocksDB refuses every write after a failed WAL write until it is reopened: README,
-/// "Failing closed") every acknowledged receipt is there, signed, and the log verifies.
+/// a 500, `/readyz` names it), nothing acknowledged is lost, and once space returns the store
+/// takes writes again without a restart (the health probe resumes RocksDB, which refuses every
+/// write after a failed WAL write until then: README, "Failing closed"); after a restart too,
+/// every acknowledged receipt is there, signed, and the log verifies.
 #[test]
-fn a_store_write_that_hits_a_full_volume_fails_closed_at_once_and_loses_nothing() {
+fn a_store_write_that_hits_a_full_volume_fails_closed_at_once_and_recovers_without_a_restart() {
     let tmp = tempfile::tempdir().unwrap();
     let _reaper = Reaper(tmp.path().to_owned());
     let data = tmp.path().join("data");
@@ -1839,10 +1840,13 @@ fn a_store_write_that_hits_a_full_volume_fails_closed_at_once_and_loses_nothing(
     assert_all_exist(&s, &t.reader, &acked);
 
     std::fs::remove_file(&filler).unwrap();
+    serves_again(&s, &t, &mut acked);
+    checks_acknowledged(&c, &t, 5, &mut acked);
+    assert_distinct(&acked);
+    wait_all_signed(&s, &t.reader, &acked);
     s.kill9();
     let s = Server::start_with(&data, &["--min-free-disk", "0"]);
     s.wait_ready();
-    assert_distinct(&acked);
     assert_all_exist(&s, &t.reader, &acked);
     wait_all_signed(&s, &t.reader, &acked);
     export_and_verify(&s, &t, "files.read", &acked, &[], tmp.path());

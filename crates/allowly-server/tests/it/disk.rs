@@ -1,0 +1,396 @@
+//! The data volume misbehaving under a running server (issue 11): slow (part 4) and failing its
+//! write-ahead-log writes (part 2). RocksDB's directory (`db/`) is an `allowly-lazyfs` mount
+//! the test makes slow, stalled or failing at will; this machine has no device-mapper
+//! (`dm-delay`, `dm-flakey`), see that crate's `throttle` module. Clients send checks, each with
+//! its own `Idempotency-Key`, and every answer is timed and kept. Each test can fail if its
+//! promise breaks:
+//!
+//! - slow: every answer is a 200 or a 503/429 with its code, within `--commit-timeout-ms` (plus
+//!   slack for a loaded debug build); `/readyz` says `storage_slow`; once the volume is fast
+//!   again, service resumes by itself; a request answered `commit_timeout` and retried with its
+//!   key gets one outcome, never two receipts; every acknowledged receipt is signed and the log
+//!   verifies.
+//! - failing: a failed WAL append (ENOSPC) or sync (EIO) fails closed at once with its code;
+//!   once the device heals the store takes writes again without a restart (`DB::Resume`); every
+//!   acknowledged receipt survives, also a power cut of the volume right after.
+
+use std::ffi::OsStr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use allowly_lazyfs::{LazyFs, Mount, Point, Slowness};
+use serde_json::{json, Value};
+
+use crate::resilience::{
+    assert_all_exist, assert_distinct, export_and_verify, metric, not_ready_because, problem_mismatch, signal_pid,
+    signers_under, wait_all_signed, Acked, Reaper,
+};
+use crate::support::*;
+
+/// What a slow answer may take beyond `--commit-timeout-ms` here: the HTTP round trip of a
+/// debug build on a shared 2-core machine, far below the injected latency it must not wait for.
+const SLACK: Duration = Duration::from_millis(1500);
+
+fn is_wal(name: &OsStr) -> bool {
+    name.to_string_lossy().ends_with(".log")
+}
+
+/// `data/db` on a fresh `allowly-lazyfs` mount served by `threads` FUSE threads (with a slow
+/// write path, the other threads keep serving reads and `statfs`).
+fn db_on_lazyfs(data: &Path, threads: usize) -> (LazyFs, Mount) {
+    let db = data.join("db");
+    std::fs::create_dir_all(&db).unwrap();
+    let fs = LazyFs::new();
+    let mount = fs
+        .mount_with_threads(&db, threads)
+        .unwrap_or_else(|e| panic!("mounting allowly-lazyfs at {} (root and /dev/fuse needed): {e}", db.display()));
+    (fs, mount)
+}
+
+/// One answer a client got.
+#[derive(Debug)]
+struct Answer {
+    key: String,
+    body: Vec<u8>,
+    sent: Instant,
+    took: Duration,
+    resp: Resp,
+}
+
+impl Answer {
+    fn code(&self) -> String {
+        if self.resp.status == 200 {
+            return "200".into();
+        }
+        serde_json::from_slice::<Value>(&self.resp.body)
+            .ok()
+            .and_then(|v| v["code"].as_str().map(|c| format!("{} {c}", self.resp.status)))
+            .unwrap_or_else(|| format!("{} (no problem code)", self.resp.status))
+    }
+}
+
+/// A check with an `Idempotency-Key`, timed.
+fn keyed_check(c: &Client, t: &Tenant, key: &str, body: &[u8]) -> (Resp, Duration) {
+    let headers = [
+        ("Authorization".to_owned(), format!("Bearer {}", t.checker)),
+        ("Content-Type".to_owned(), "application/json".to_owned()),
+        ("Idempotency-Key".to_owned(), key.to_owned()),
+    ];
+    let start = Instant::now();
+    let r = c.request("POST", "/v1/check", &headers, Some(body));
+    (r, start.elapsed())
+}
+
+/// Clients sending keyed checks until stopped; every answer is kept.
+struct KeyedLoad {
+    stop: Arc<AtomicBool>,
+    answers: Arc<Mutex<Vec<Answer>>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl KeyedLoad {
+    fn start(c: Client, t: &Tenant, clients: usize) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let answers = Arc::new(Mutex::new(Vec::new()));
+        let threads = (0..clients)
+            .map(|i| {
+                let (stop, answers, t) = (stop.clone(), answers.clone(), t.clone());
+                std::thread::spawn(move || {
+                    let body =
+                        json!({ "authorization_id": t.az, "scopes": ["files.read"], "resource": format!("f-{i}") });
+                    let body = body.to_string().into_bytes();
+                    let mut n = 0u64;
+                    while !stop.load(Ordering::Acquire) {
+                        let key = format!("load-{i}-{n}");
+                        n += 1;
+                        let sent = Instant::now();
+                        let (resp, took) = keyed_check(&c, &t, &key, &body);
+                        let refused = resp.status != 200;
+                        answers.lock().unwrap().push(Answer { key, body: body.clone(), sent, took, resp });
+                        if refused {
+                            // A client backing off as `Retry-After` asks (if not as long): a
+                            // refusal comes at once, and a tight loop would only burn the CPU
+                            // the server needs.
+                            std::thread::sleep(Duration::from_millis(20));
+                        }
+                    }
+                })
+            })
+            .collect();
+        Self { stop, answers, threads }
+    }
+
+    fn count(&self, since: usize, code: &str) -> usize {
+        self.answers.lock().unwrap().iter().skip(since).filter(|a| a.code() == code).count()
+    }
+
+    /// Whether an answer with `code` came to a request sent at or after `at`.
+    fn answered_after(&self, at: Instant, code: &str) -> bool {
+        self.answers.lock().unwrap().iter().any(|a| a.sent >= at && a.code() == code)
+    }
+
+    fn len(&self) -> usize {
+        self.answers.lock().unwrap().len()
+    }
+
+    /// Waits until `n` more answers than `since` were 200.
+    fn wait_ok(&self, since: usize, n: usize, s: &Server) {
+        eventually(
+            &format!("{n} more successful checks"),
+            || format!("answers so far: {:?}\n{}", self.tally(0), s.diagnostics()),
+            || (self.count(since, "200") >= n).then_some(()),
+        );
+    }
+
+    /// Answers by code.
+    fn tally(&self, since: usize) -> std::collections::BTreeMap<String, usize> {
+        let mut m = std::collections::BTreeMap::new();
+        for a in self.answers.lock().unwrap().iter().skip(since) {
+            *m.entry(a.code()).or_default() += 1;
+        }
+        m
+    }
+
+    fn finish(self) -> Vec<Answer> {
+        self.stop.store(true, Ordering::Release);
+        for t in self.threads {
+            t.join().expect("a client thread panicked");
+        }
+        std::mem::take(&mut *self.answers.lock().unwrap())
+    }
+}
+
+/// Every answer is a 200 with a receipt or a problem with one of `codes` (with `Retry-After`);
+/// returns the receipts.
+fn acked_or_refused(answers: &[Answer], codes: &[(u16, &str)]) -> Vec<Acked> {
+    let mut acked = Vec::new();
+    for a in answers {
+        if a.resp.status == 200 {
+            acked.push(Acked::of(&a.resp.json()).unwrap_or_else(|| panic!("a 200 without a receipt: {}", a.resp)));
+            continue;
+        }
+        let ok = codes.iter().any(|(status, code)| problem_mismatch(&a.resp, *status, code).is_none());
+        assert!(ok, "answer to {} is none of {codes:?}: {}", a.key, a.resp);
+        assert_eq!(a.resp.header("retry-after"), Some("1"), "{}", a.resp);
+    }
+    acked
+}
+
+/// p50, p99 and the maximum of the answers' latencies.
+fn latencies(answers: &[&Answer]) -> (Duration, Duration, Duration) {
+    let mut took: Vec<Duration> = answers.iter().map(|a| a.took).collect();
+    took.sort();
+    let q = |q: f64| took.get(((took.len().max(1) - 1) as f64 * q).round() as usize).copied().unwrap_or_default();
+    (q(0.5), q(0.99), q(1.0))
+}
+
+/// The size of `t`'s log as its newest checkpoint says.
+fn log_size(c: &Client, t: &Tenant) -> u64 {
+    let cp = c.get(&format!("/v1/workspaces/{}/log/checkpoint", t.ws), Some(&t.reader));
+    assert_eq!(cp.status, 200, "{cp}");
+    cp.json()["size"].as_u64().unwrap()
+}
+
+/// RocksDB's directory on a volume that turns slow under concurrent checks: first a little
+/// (20 ms per write and per sync: served, all 200), then far beyond the bound (4 s per write
+/// and per sync, `--commit-timeout-ms 1000`): every answer within the timeout plus slack —
+/// those waiting for the stalled write get 503 `commit_timeout`, and once a write has run for
+/// half the timeout new ones get 503 `storage_slow` at once, `/readyz` names it and the metrics
+/// show it —; then fast again: served again by itself. Requests answered `commit_timeout`,
+/// retried with their key, each end with exactly one receipt: the log holds exactly the
+/// grant, one receipt per key answered 200, and the final check.
+#[test]
+fn a_slow_data_volume_sheds_load_within_the_commit_timeout_and_recovers_by_itself() {
+    const TIMEOUT: Duration = Duration::from_millis(1000);
+    const LATENCY: Duration = Duration::from_secs(4);
+    let tmp = tempfile::tempdir().unwrap();
+    let _reaper = Reaper(tmp.path().to_owned());
+    let data = tmp.path().join("data");
+    let (fs, _mount) = db_on_lazyfs(&data, 16);
+    let s = Server::start_with(&data, &["--commit-timeout-ms", "1000"]);
+    s.wait_ready();
+    let t = tenant(&s, "slow", &["files.*"]);
+    let c = s.client();
+    let load = KeyedLoad::start(c, &t, 4);
+    load.wait_ok(0, 30, &s);
+
+    // A little slow: still well within the bound, so served.
+    let little = load.len();
+    let little_at = Instant::now();
+    fs.set_slowness(Slowness::Latency(Duration::from_millis(20)));
+    load.wait_ok(little, 30, &s);
+
+    // Far beyond the bound.
+    let slow = load.len();
+    let slow_at = Instant::now();
+    fs.set_slowness(Slowness::Latency(LATENCY));
+    let unready = eventually(
+        "/readyz to name storage_slow",
+        || format!("answers: {:?}\n{}", load.tally(slow), s.diagnostics()),
+        || {
+            let r = c.get("/readyz", None);
+            (r.status == 503 && r.text().contains("storage_slow")).then(Instant::now)
+        },
+    );
+    not_ready_because(&c, "storage_slow");
+    // Shed for as long as the volume stays slow: refusals still come to requests sent twice the
+    // timeout into it (the stalled write has not ended; no quick write cleared the cause).
+    let later = slow_at + 2 * TIMEOUT;
+    eventually(
+        "checks to be refused with storage_slow all along, and one to time out",
+        || format!("answers: {:?}\n{}", load.tally(slow), s.diagnostics()),
+        || {
+            (load.answered_after(later, "503 storage_slow") && load.count(slow, "503 commit_timeout") >= 1)
+                .then_some(())
+        },
+    );
+    assert_eq!(metric(&c, r#"allowly_engine_fault{cause="storage_slow"}"#), Some(1.0));
+    assert!(metric(&c, "allowly_engine_commit_timeouts_total").unwrap_or(0.0) >= 1.0);
+    let running = metric(&c, "allowly_engine_commit_running_seconds").unwrap_or(0.0);
+
+    // Fast again: nothing but the volume changes.
+    let healed_at = Instant::now();
+    let healed = load.len();
+    fs.set_slowness(Slowness::Fast);
+    s.wait_ready();
+    let ready_after = healed_at.elapsed();
+    load.wait_ok(healed, 30, &s);
+    let answers = load.finish();
+
+    // Every answer: 200, or a refusal with its code; those sent while the volume was slow came
+    // within the bound.
+    let codes = [(503, "storage_slow"), (503, "commit_timeout"), (429, "overloaded")];
+    let mut acked = acked_or_refused(&answers, &codes);
+    // Answers to requests that waited while the volume was slow: sent during it, or sent before
+    // and still waiting when it began.
+    let in_slow: Vec<&Answer> = answers.iter().filter(|a| a.sent + a.took >= slow_at && a.sent < healed_at).collect();
+    let (p50, p99, max) = latencies(&in_slow);
+    let mut tally = std::collections::BTreeMap::<String, usize>::new();
+    for a in &in_slow {
+        *tally.entry(a.code()).or_default() += 1;
+    }
+    let in_little: Vec<&Answer> = answers.iter().filter(|a| a.sent >= little_at && a.sent + a.took < slow_at).collect();
+    let (little_p50, little_p99, little_max) = latencies(&in_little);
+    eprintln!(
+        "a little slow (20 ms per write and sync): {} answers, all 200, p50 {little_p50:?} p99 {little_p99:?} \
+         max {little_max:?}",
+        in_little.len()
+    );
+    eprintln!(
+        "slow volume ({LATENCY:?} per write and sync, --commit-timeout-ms 1000): {} answers {tally:?}, \
+         p50 {p50:?} p99 {p99:?} max {max:?}; /readyz unready {:?} after the latency began, a write \
+         running {running:.1} s; ready again {ready_after:?} after it ended",
+        in_slow.len(),
+        unready - slow_at,
+    );
+    assert!(max <= TIMEOUT + SLACK, "an answer took {max:?} on the slow volume: not bounded by the commit timeout");
+    assert!(
+        in_little.iter().all(|a| a.resp.status == 200),
+        "a volume only a little slow refused checks: {:?}",
+        in_little.iter().filter(|a| a.resp.status != 200).map(|a| &a.resp).collect::<Vec<_>>()
+    );
+
+    // Each request whose outcome was unknown, retried with its key: one outcome, the same again.
+    let c = s.client();
+    let timed_out: Vec<&Answer> = answers.iter().filter(|a| a.code() == "503 commit_timeout").collect();
+    for a in &timed_out {
+        let (first, _) = keyed_check(&c, &t, &a.key, &a.body);
+        assert_eq!(first.status, 200, "retry of {}: {first}", a.key);
+        let (again, _) = keyed_check(&c, &t, &a.key, &a.body);
+        assert_eq!(again.body, first.body, "a second retry of {} got another answer", a.key);
+        acked.push(Acked::of(&first.json()).unwrap());
+    }
+    assert_distinct(&acked);
+    assert_all_exist(&s, &t.reader, &acked);
+    wait_all_signed(&s, &t.reader, &acked);
+    export_and_verify(&s, &t, "files.read", &acked, &[], tmp.path());
+    // Nothing refused left a receipt, nothing timed out left two: the grant, one per key that
+    // ended in a 200, and export_and_verify's own check.
+    assert_eq!(log_size(&c, &t), acked.len() as u64 + 2, "the log holds receipts no answer accounts for");
+    eprintln!("{} checks acknowledged, {} timed out and retried with their key", acked.len(), timed_out.len());
+}
+
+/// Stops the server and every process it started, then a power cut of the db volume: what was
+/// not fsynced is gone. Returns the fresh mount of what survived.
+fn power_cut(s: &mut Server, fs: &LazyFs, mount: Mount, data: &Path) -> Mount {
+    fs.crash();
+    s.kill9();
+    eventually(
+        "the signer of the stopped server to be gone",
+        || format!("{:?}", signers_under(data)),
+        || {
+            let left = signers_under(data);
+            for pid in &left {
+                let _ = signal_pid(*pid, rustix::process::Signal::KILL);
+            }
+            left.is_empty().then_some(())
+        },
+    );
+    mount.unmount().unwrap_or_else(|e| panic!("unmounting the crashed db volume: {e}"));
+    fs.mount_with_threads(&data.join("db"), 4).unwrap()
+}
+
+/// RocksDB's write-ahead log fails under concurrent checks — an append with ENOSPC, then a
+/// sync with EIO —: each fails closed at once (503 with the device's code, `/readyz` names it,
+/// nothing acknowledged), and once the device works again the store takes writes again without
+/// a restart (`DB::Resume`, after the failed log was cut back to its synced length). Every
+/// acknowledged receipt is stored and signed, the log verifies, and all of it survives a power
+/// cut of the volume right after.
+#[test]
+fn a_failed_wal_write_or_sync_fails_closed_and_the_store_recovers_without_a_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let _reaper = Reaper(tmp.path().to_owned());
+    let data = tmp.path().join("data");
+    let (fs, mount) = db_on_lazyfs(&data, 4);
+    let mut s = Server::start(&data);
+    s.wait_ready();
+    let t = tenant(&s, "walfail", &["files.*"]);
+    let c = s.client();
+    let load = KeyedLoad::start(c, &t, 3);
+    load.wait_ok(0, 30, &s);
+
+    let (enospc, eio) = (rustix::io::Errno::NOSPC.raw_os_error(), rustix::io::Errno::IO.raw_os_error());
+    for (point, errno, code) in [(Point::Write, enospc, "storage_full"), (Point::Sync, eio, "storage_failed")] {
+        let since = load.len();
+        fs.fail(Some((point, is_wal, errno)));
+        let refused = format!("503 {code}");
+        eventually(
+            &format!("checks to fail closed with {code}"),
+            || format!("answers: {:?}\n{}", load.tally(since), s.diagnostics()),
+            || (load.count(since, &refused) >= 3).then_some(()),
+        );
+        let ready = not_ready_because(&c, code);
+        assert!(ready["detail"].as_str().unwrap().contains("store write"), "{ready}");
+        // Still failing, still closed: the probe's recovery attempts do not pretend.
+        let still = load.len();
+        eventually(
+            "more refusals while the device fails",
+            || format!("answers: {:?}", load.tally(still)),
+            || (load.count(still, &refused) >= 3).then_some(()),
+        );
+        assert_eq!(load.count(still, "200"), 0, "a check was acknowledged while the WAL failed");
+
+        let healed = load.len();
+        fs.fail(None);
+        load.wait_ok(healed, 30, &s);
+        s.wait_ready();
+        eprintln!("{code}: {:?} while failing; served again without a restart", load.tally(since));
+    }
+    let answers = load.finish();
+    let codes = [(503, "storage_full"), (503, "storage_failed")];
+    let acked = acked_or_refused(&answers, &codes);
+    assert_distinct(&acked);
+    wait_all_signed(&s, &t.reader, &acked);
+    export_and_verify(&s, &t, "files.read", &acked, &[], tmp.path());
+
+    // What the recovery made durable is durable: cut the power of the volume, start again.
+    let _mount = power_cut(&mut s, &fs, mount, &data);
+    let s = Server::start(&data);
+    s.wait_ready();
+    assert_all_exist(&s, &t.reader, &acked);
+    wait_all_signed(&s, &t.reader, &acked);
+    export_and_verify(&s, &t, "files.read", &acked, &[], tmp.path());
+    eprintln!("{} checks acknowledged around two WAL failures, all there after a power cut", acked.len());
+}
