@@ -27,10 +27,10 @@
 //! started, so that the requests arriving meanwhile share it: at 28,000 checks/s a 2 ms window
 //! took the server's CPU per check from 43 to 39 µs (docs/performance.md). "Under load" means
 //! the recent arrival rate would bring at least [`WINDOW_REQUESTS`] requests within one window;
-//! below that every write starts at once, so a lightly loaded service answers as fast as
-//! without a window (a wait at 4,000 checks/s doubled the median latency to save CPU the
-//! machine had to spare), nor when the last write carried a single request. The wait is taken in slices of [`SLICE`] and ends at the first slice
-//! that brought nothing: a few clients each waiting for their answer before asking again (a
+//! below that, or after a write that carried a single request, every write starts at once, so
+//! a lightly loaded service answers as fast as without a window (a wait at 4,000 checks/s
+//! doubled the median latency to save CPU the machine had to spare). The wait is taken in
+//! slices of [`SLICE`] and ends at the first slice that brought nothing: a few clients each waiting for their answer before asking again (a
 //! closed loop) are all in the queue after one slice, and waiting longer would only slow them
 //! down. A request waits at most `window` longer than it would have.
 
@@ -209,6 +209,18 @@ impl Timing {
     }
 }
 
+/// Moves what is queued into `subs`, up to [`MAX_MERGED`]; returns how many it took.
+fn take_queued(rx: &mut mpsc::Receiver<Submission>, subs: &mut Vec<Submission>) -> usize {
+    let before = subs.len();
+    while subs.len() < MAX_MERGED {
+        match rx.try_recv() {
+            Ok(s) => subs.push(s),
+            Err(_) => break,
+        }
+    }
+    subs.len() - before
+}
+
 fn run(
     store: &dyn Store,
     m: &Metrics,
@@ -239,14 +251,7 @@ fn run(
                     }
                     std::thread::sleep(SLICE.min(due - now));
                     waited = true;
-                    let before = subs.len();
-                    while subs.len() < MAX_MERGED {
-                        match rx.try_recv() {
-                            Ok(s) => subs.push(s),
-                            Err(_) => break,
-                        }
-                    }
-                    if subs.len() == before {
+                    if take_queued(&mut rx, &mut subs) == 0 {
                         break;
                     }
                 }
@@ -255,12 +260,7 @@ fn run(
                 }
             }
         }
-        while subs.len() < MAX_MERGED {
-            match rx.try_recv() {
-                Ok(s) => subs.push(s),
-                Err(_) => break,
-            }
-        }
+        take_queued(&mut rx, &mut subs);
         let mut live = Vec::with_capacity(subs.len());
         for s in subs.drain(..) {
             let Some(epoch) = s.epoch else {

@@ -500,7 +500,7 @@ fn cmp_utf16(a: &str, b: &str) -> Ordering {
 /// RFC 8785 §3.2.2.2 (ECMAScript `JSON.stringify`): escape only `"`, `\` and U+0000..U+001F,
 /// with the short forms where they exist and lowercase `\u00xx` otherwise; everything else,
 /// including U+007F and U+2028/9, is written as UTF-8.
-pub(crate) fn write_str(s: &str, out: &mut Vec<u8>) {
+pub fn write_str(s: &str, out: &mut Vec<u8>) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     out.push(b'"');
     let mut rest = s.as_bytes();

@@ -57,12 +57,12 @@ pub(crate) fn encode_receipt(r: &crate::types::ReceiptRecord) -> Result<Vec<u8>>
     // ~1.5 % of the server's CPU per check on this path; it stays the oracle of a unit test).
     let mut out = Vec::with_capacity(160 + r.body.len());
     out.extend_from_slice(b"{\"id\":");
-    json_str(&mut out, &r.id);
+    allowly_receipt::jcs::write_str(&r.id, &mut out);
     out.extend_from_slice(b",\"workspace_id\":");
-    json_str(&mut out, &r.workspace_id);
+    allowly_receipt::jcs::write_str(&r.workspace_id, &mut out);
     out.extend_from_slice(b",\"authorization_id\":");
     match &r.authorization_id {
-        Some(a) => json_str(&mut out, a),
+        Some(a) => allowly_receipt::jcs::write_str(a, &mut out),
         None => out.extend_from_slice(b"null"),
     }
     out.extend_from_slice(b",\"seq\":");
@@ -80,19 +80,6 @@ pub(crate) fn encode_receipt(r: &crate::types::ReceiptRecord) -> Result<Vec<u8>>
     out.extend_from_slice(b"\"}\n");
     out.extend_from_slice(&r.body);
     Ok(out)
-}
-
-/// `s` as a JSON string. Stored ids are checked to be `[A-Za-z0-9_-]` before they get here, so
-/// the copy is the path taken; anything else is escaped by serde_json, never written raw.
-fn json_str(out: &mut Vec<u8>, s: &str) {
-    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
-        out.push(b'"');
-        out.extend_from_slice(s.as_bytes());
-        out.push(b'"');
-    } else {
-        // Writing a `str` into a `Vec` cannot fail.
-        let _ = serde_json::to_writer(&mut *out, s);
-    }
 }
 
 /// Decodes [`encode_receipt`]'s bytes; anything else is corrupt.
