@@ -1,0 +1,398 @@
+//! One handler per route: each reads its request, makes one [`Engine`](allowly_engine::Engine)
+//! call and writes the answer. The routing table that picks them is in [`crate::routes`]; the
+//! authentication, access and rate-limit checks that run before every handler are there too, so
+//! a handler receives a [`Cx`] whose caller is already allowed to make the call.
+
+use allowly_engine::model::{
+    AuthorizationFilter, AuthorizationStatus, CheckRequest, ConfirmationAnswer, CreatedApiKey, EscalationAnswer,
+    ExportScope, NewApiKey, NewAuthorization, NewWebhook, NewWorkspace, Principal, RateLimitSetting, ScopeRules,
+};
+use allowly_engine::Engine;
+use bytes::Bytes;
+use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, LOCATION};
+use http::request::Parts;
+use http::{HeaderMap, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::app::App;
+use crate::extract::{self, BodyLimits, Query};
+use crate::problem::Problem;
+
+pub type Resp = Response<Full<Bytes>>;
+
+/// What a handler gets: the request (its body not yet read), and what the routing and the
+/// access check found out about it.
+pub(crate) struct Cx<'r> {
+    pub app: &'r App,
+    pub parts: &'r Parts,
+    /// Taken by the first read of the body.
+    body: Option<Incoming>,
+    pub limit: BodyLimits,
+    /// The route's metric name (for the internal errors below).
+    pub route: &'static str,
+    /// The workspace the request acts on (the caller's, or `{ws}` for public routes).
+    pub ws: Option<String>,
+    /// `{id}` of the path.
+    pub id: Option<&'r str>,
+    /// The authenticated caller and the secret it presented (`None` on public routes).
+    pub caller: Option<(Principal, &'r str)>,
+    pub idem: Option<&'r str>,
+}
+
+impl<'r> Cx<'r> {
+    pub(crate) fn new(app: &'r App, parts: &'r Parts, body: Incoming, limit: BodyLimits, route: &'static str) -> Self {
+        Self { app, parts, body: Some(body), limit, route, ws: None, id: None, caller: None, idem: None }
+    }
+
+    pub(crate) fn ws(&self) -> Result<&str, Problem> {
+        self.ws.as_deref().ok_or_else(|| Problem::internal(format!("route {} has no workspace", self.route)))
+    }
+
+    pub(crate) fn id(&self) -> Result<&'r str, Problem> {
+        self.id.ok_or_else(|| Problem::internal(format!("route {} has no id", self.route)))
+    }
+
+    pub(crate) fn caller(&self) -> Result<(&Principal, &'r str), Problem> {
+        self.caller
+            .as_ref()
+            .map(|(p, s)| (p, *s))
+            .ok_or_else(|| Problem::internal(format!("route {} is public", self.route)))
+    }
+
+    pub(crate) fn headers(&self) -> &'r HeaderMap {
+        &self.parts.headers
+    }
+
+    pub(crate) fn query(&self, known: &[&str]) -> Result<Query, Problem> {
+        Query::parse(self.parts.uri.query(), known)
+    }
+
+    fn take_body(&mut self) -> Result<Incoming, Problem> {
+        self.body.take().ok_or_else(|| Problem::internal(format!("route {} read its body twice", self.route)))
+    }
+
+    pub(crate) async fn json_body<T: DeserializeOwned>(&mut self) -> Result<T, Problem> {
+        let body = self.take_body()?;
+        extract::json_body(self.headers(), body, self.limit).await
+    }
+
+    pub(crate) async fn optional_json_body<T: DeserializeOwned + Default>(&mut self) -> Result<T, Problem> {
+        let body = self.take_body()?;
+        extract::optional_json_body(self.headers(), body, self.limit).await
+    }
+
+    pub(crate) async fn empty_body(&mut self) -> Result<(), Problem> {
+        let body = self.take_body()?;
+        extract::empty_body(self.headers(), body, self.limit).await
+    }
+}
+
+/// `/readyz`: the engine's readiness, plus what the instance promises about its keys
+/// (`separate_users`, `same_uid`: not isolated, development only, or `external`).
+#[derive(serde::Serialize)]
+struct Readyz {
+    #[serde(flatten)]
+    readiness: allowly_engine::model::Readiness,
+    key_isolation: &'static str,
+}
+
+pub(crate) async fn healthz(_cx: Cx<'_>) -> Result<Resp, Problem> {
+    json(StatusCode::OK, &serde_json::json!({ "status": "ok" }))
+}
+
+pub(crate) async fn readyz(cx: Cx<'_>) -> Result<Resp, Problem> {
+    let r = cx.app.engine.readiness();
+    let status = if r.ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    // Informational: never changes readiness (a development instance is still ready).
+    json(status, &Readyz { readiness: r, key_isolation: cx.app.key_isolation.label() })
+}
+
+pub(crate) async fn metrics(cx: Cx<'_>) -> Result<Resp, Problem> {
+    if let Some(token) = &cx.app.metrics_token {
+        token.check(cx.headers())?;
+    }
+    let text = cx.app.metrics.render(&cx.app.engine).await;
+    Ok(with_type(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", text.into_bytes()))
+}
+
+pub(crate) async fn admin_key_rotate(mut cx: Cx<'_>) -> Result<Resp, Problem> {
+    cx.empty_body().await?;
+    let (principal, secret) = cx.caller()?;
+    let created = cx.app.engine.rotate_admin_key(principal, secret, cx.idem).await?;
+    // The old key is already refused. The file follows; if it cannot be written the new
+    // secret is still in this answer (and the error in the log). A keyed repeat from a
+    // caller still live gets here too and writes the same secret again: harmless.
+    if let Err(e) = crate::admin_token::replace(&cx.app.admin_token, &created.secret) {
+        tracing::error!(path = %cx.app.admin_token.display(), error = %e, "the rotated instance admin key could not be written to its file: it is only in the answer to this request");
+    }
+    secret_answer(&created)
+}
+
+pub(crate) async fn admin_backup(mut cx: Cx<'_>) -> Result<Resp, Problem> {
+    cx.empty_body().await?;
+    json(StatusCode::CREATED, &cx.app.backups.take().await.map_err(|e| Problem::from_backup(&e))?)
+}
+
+pub(crate) async fn admin_key_list(cx: Cx<'_>) -> Result<Resp, Problem> {
+    json(StatusCode::OK, &cx.app.engine.admin_keys().await?)
+}
+
+pub(crate) async fn admin_key_revoke(mut cx: Cx<'_>) -> Result<Resp, Problem> {
+    cx.empty_body().await?;
+    json(StatusCode::OK, &cx.app.engine.revoke_admin_key(&cx.caller()?.0, cx.id()?, cx.idem).await?)
+}
+
+pub(crate) async fn workspace_create(mut cx: Cx<'_>) -> Result<Resp, Problem> {
+    let req: NewWorkspace = cx.json_body().await?;
+    let created = cx.app.engine.create_workspace(req, cx.idem).await?;
+    let mut r = json(StatusCode::CREATED, &created)?;
+    location(&mut r, &format!("/v1/workspaces/{}", created.id));
+    Ok(r)
+}
+
+pub(crate) async fn workspace_get(cx: Cx<'_>) -> Result<Resp, Problem> {
+    json(StatusCode::OK, &cx.app.engine.workspace(cx.ws()?)?)
+}
+
+pub(crate) async fn scope_rules_put(mut cx: Cx<'_>) -> Result<Resp, Problem> {
+    let req: ScopeRules = cx.json_body().await?;
+    json(StatusCode::OK, &cx.app.engine.set_scope_rules(cx.ws()?, req).await?)
+}
+
+pub(crate) async fn rate_limit_put(mut cx: Cx<'_>) -> Result<Resp, Problem> {
+    let req: RateLimitSetting = cx.json_body().await?;
+    let view = cx.app.engine.set_rate_limit(cx.ws()?, req).await;
+    // Also after an error: the change may have been stored before it failed.
+    cx.app.rate_limits.settings_changed();
+    json(StatusCode::OK, &view?)
+}
+
+pub(crate) async fn api_key_create(mut cx: Cx<'_>) -> Result<Resp, Problem> {
+    let req: NewApiKey = cx.json_body().await?;
+    let mut r = json(StatusCode::CREATED, &{
+        let (principal, secret) = cx.caller()?;
+        cx.app.engine.create_api_key(cx.ws()?, req, cx.idem, principal, secret).await?
+    })?;
+    // The only response that carries a secret: never cached.
+    r.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(r)
+}
+
+pub(crate) async fn api_key_revoke(mut cx: Cx<'_>) -> Result<Resp, Problem> {
+    cx.empty_body().await?;
+    json(StatusCode::OK, &cx.app.engine.revoke_api_key(cx.ws()?, cx.id()?, cx.idem).await?)
+}
+
+pub(crate) async fn keys(cx: Cx<'_>) -> Result<Resp, Problem> {
+    json(StatusCode::OK, &cx.app.engine.keys(cx.ws()?)?)
+}
+
+pub(crate) async fn keys_rotate(mut cx: Cx<'_>) -> Result<Resp, Problem> {
+    cx.empty_body().await?;
+    json(StatusCode::OK, &cx.app.engine.rotate_workspace_key(cx.ws()?, cx.idem).await?)
+}
+
+pub(crate) async fn log_checkpoint(cx: Cx<'_>) -> Result<Resp, Problem> {
+    cx.query(&[])?;
+    json(StatusCode::OK, &cx.app.engine.latest_checkpoint(cx.ws()?)?)
+}
+
+pub(crate) async fn log_inclusion(cx: Cx<'_>) -> Result<Resp, Problem> {
+    let q = cx.query(&["log_index", "tree_size"])?;
+    json(StatusCode::OK, &cx.app.engine.inclusion_proof(cx.ws()?, q.required_u64("log_index")?, q.u64("tree_size")?)?)
+}
+
+pub(crate) async fn log_consistency(cx: Cx<'_>) -> Result<Resp, Problem> {
+    let q = cx.query(&["old_size", "new_size"])?;
+    json(StatusCode::OK, &cx.app.engine.consistency_proof(cx.ws()?, q.required_u64("old_size")?, q.u64("new_size")?)?)
+}
+
+pub(crate) async fn log_export(cx: Cx<'_>) -> Result<Resp, Problem> {
+    let q = cx.query(&["from", "to"])?;
+    let scope = ExportScope::Log { from: q.required_u64("from")?, to: q.required_u64("to")? };
+    export(&cx.app.engine, cx.ws()?, scope).await
+}
+
+pub(crate) async fn log_resync(mut cx: Cx<'_>) -> Result<Resp, Problem> {
+    cx.empty_body().await?;
+    json(StatusCode::OK, &cx.app.engine.resync_log(cx.ws()?).await?)
+}
+
+pub(crate) async fn authorization_create(mut cx: Cx<'_>) -> Result<Resp, Problem> {
+    let req: NewAuthorization = cx.json_body().await?;
+    let change = cx.app.engine.create_authorization(cx.ws()?, req, cx.idem).await?;
+    let mut r = json(StatusCode::CREATED, &change)?;
+    location(&mut r, &format!("/v1/authorizations/{}", change.authorization.id));
+    Ok(r)
+}
+
+pub(crate) async fn authorization_get(cx: Cx<'_>) -> Result<Resp, Problem> {
+    json(StatusCode::OK, &cx.app.engine.authorization(cx.ws()?, cx.id()?)?)
+}
+
+pub(crate) async fn authorization_list(cx: Cx<'_>) -> Result<Resp, Problem> {
+    let q = cx.query(&["subject", "status", "limit", "starting_after"])?;
+    let status = match q.str("status") {
+        None => None,
+        Some("active") => Some(AuthorizationStatus::Active),
+        Some("revoked") => Some(AuthorizationStatus::Revoked),
+        Some("expired") => Some(AuthorizationStatus::Expired),
+        Some(_) => return Err(Problem::invalid("query parameter `status` must be active, revoked or expired")),
+    };
+    let filter = AuthorizationFilter { subject: q.str("subject").map(str::to_owned), status };
+    let limit = page_limit(q.u64("limit")?)?;
+    json(StatusCode::OK, &cx.app.engine.authorizations(cx.ws()?, &filter, q.str("starting_after"), limit)?)
+}
+
+pub(crate) async fn authorization_revoke(mut cx: Cx<'_>) -> Result<Resp, Problem> {
+    cx.empty_body().await?;
+    json(StatusCode::OK, &cx.app.engine.revoke_authorization(cx.ws()?, cx.id()?, cx.idem).await?)
+}
+
+pub(crate) async fn authorization_export(cx: Cx<'_>) -> Result<Resp, Problem> {
+    export(&cx.app.engine, cx.ws()?, ExportScope::Authorization(cx.id()?.to_owned())).await
+}
+
+pub(crate) async fn check(mut cx: Cx<'_>) -> Result<Resp, Problem> {
+    let req: CheckRequest = cx.json_body().await?;
+    json(StatusCode::OK, &cx.app.engine.check(cx.ws()?, req, cx.idem).await?)
+}
+
+pub(crate) async fn confirmation_answer(mut cx: Cx<'_>) -> Result<Resp, Problem> {
+    let req: ConfirmationAnswer = cx.json_body().await?;
+    json(StatusCode::OK, &cx.app.engine.confirm(cx.ws()?, cx.id()?, req, cx.idem).await?)
+}
+
+pub(crate) async fn confirmation_get(cx: Cx<'_>) -> Result<Resp, Problem> {
+    json(StatusCode::OK, &cx.app.engine.confirmation(cx.ws()?, cx.id()?)?)
+}
+
+pub(crate) async fn escalation_get(cx: Cx<'_>) -> Result<Resp, Problem> {
+    json(StatusCode::OK, &cx.app.engine.escalation(cx.ws()?, cx.id()?).await?)
+}
+
+pub(crate) async fn escalation_resolve(mut cx: Cx<'_>) -> Result<Resp, Problem> {
+    let req: EscalationAnswer = cx.json_body().await?;
+    json(StatusCode::OK, &cx.app.engine.resolve_escalation(cx.ws()?, cx.id()?, req, cx.idem).await?)
+}
+
+pub(crate) async fn webhook_create(mut cx: Cx<'_>) -> Result<Resp, Problem> {
+    let req: NewWebhook = cx.json_body().await?;
+    let created = cx.app.engine.create_webhook(cx.ws()?, req, cx.idem).await?;
+    let mut r = json(StatusCode::CREATED, &created)?;
+    location(&mut r, &format!("/v1/webhooks/{}", created.webhook.id));
+    // Carries the signing secret: never cached.
+    r.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(r)
+}
+
+pub(crate) async fn webhook_list(cx: Cx<'_>) -> Result<Resp, Problem> {
+    cx.query(&[])?;
+    json(StatusCode::OK, &cx.app.engine.webhooks(cx.ws()?)?)
+}
+
+pub(crate) async fn webhook_get(cx: Cx<'_>) -> Result<Resp, Problem> {
+    json(StatusCode::OK, &cx.app.engine.webhook(cx.ws()?, cx.id()?)?)
+}
+
+pub(crate) async fn webhook_disable(mut cx: Cx<'_>) -> Result<Resp, Problem> {
+    cx.empty_body().await?;
+    json(StatusCode::OK, &cx.app.engine.disable_webhook(cx.ws()?, cx.id()?, cx.idem).await?)
+}
+
+pub(crate) async fn webhook_enable(mut cx: Cx<'_>) -> Result<Resp, Problem> {
+    cx.empty_body().await?;
+    json(StatusCode::OK, &cx.app.engine.enable_webhook(cx.ws()?, cx.id()?, cx.idem).await?)
+}
+
+pub(crate) async fn webhook_rotate_secret(mut cx: Cx<'_>) -> Result<Resp, Problem> {
+    let req: allowly_webhooks::RotateSecret = cx.optional_json_body().await?;
+    let mut r = json(StatusCode::OK, &cx.app.engine.rotate_webhook_secret(cx.ws()?, cx.id()?, req, cx.idem).await?)?;
+    // Carries the new signing secret: never cached.
+    r.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(r)
+}
+
+pub(crate) async fn webhook_delete(mut cx: Cx<'_>) -> Result<Resp, Problem> {
+    cx.empty_body().await?;
+    cx.app.engine.delete_webhook(cx.ws()?, cx.id()?).await?;
+    let mut r = Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = StatusCode::NO_CONTENT;
+    Ok(r)
+}
+
+pub(crate) async fn delivery_list(cx: Cx<'_>) -> Result<Resp, Problem> {
+    let q = cx.query(&["limit", "starting_after"])?;
+    let limit = page_limit(q.u64("limit")?)?;
+    json(StatusCode::OK, &cx.app.engine.deliveries(cx.ws()?, cx.id()?, q.str("starting_after"), limit)?)
+}
+
+pub(crate) async fn delivery_get(cx: Cx<'_>) -> Result<Resp, Problem> {
+    json(StatusCode::OK, &cx.app.engine.delivery(cx.ws()?, cx.id()?)?)
+}
+
+pub(crate) async fn delivery_retry(mut cx: Cx<'_>) -> Result<Resp, Problem> {
+    cx.empty_body().await?;
+    let retried = cx.app.engine.retry_delivery(cx.ws()?, cx.id()?, cx.idem).await?;
+    let mut r = json(StatusCode::CREATED, &retried)?;
+    location(&mut r, &format!("/v1/deliveries/{}", retried.id));
+    Ok(r)
+}
+
+pub(crate) async fn receipt_get(cx: Cx<'_>) -> Result<Resp, Problem> {
+    json(StatusCode::OK, &cx.app.engine.receipt(cx.ws()?, cx.id()?)?)
+}
+
+pub(crate) async fn receipt_list(cx: Cx<'_>) -> Result<Resp, Problem> {
+    let q = cx.query(&["authorization_id", "limit", "starting_after"])?;
+    let limit = page_limit(q.u64("limit")?)?;
+    let page = cx.app.engine.trail(cx.ws()?, q.required_str("authorization_id")?, q.str("starting_after"), limit)?;
+    json(StatusCode::OK, &page)
+}
+
+/// An answer that shows a secret: never cached.
+pub(crate) fn secret_answer(created: &CreatedApiKey) -> Result<Resp, Problem> {
+    let mut r = json(StatusCode::OK, created)?;
+    r.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(r)
+}
+
+/// A list's `limit` (default 100, 1..=1000).
+fn page_limit(limit: Option<u64>) -> Result<usize, Problem> {
+    let limit = limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(Problem::invalid("query parameter `limit` must be within 1..=1000"));
+    }
+    Ok(limit as usize)
+}
+
+/// An evidence bundle as JSON Lines. Built off the async workers: it reads a whole trail or log
+/// range from the store.
+async fn export(engine: &Engine, ws: &str, scope: ExportScope) -> Result<Resp, Problem> {
+    let (engine, ws) = (engine.clone(), ws.to_owned());
+    let bytes = tokio::task::spawn_blocking(move || engine.export(&ws, scope))
+        .await
+        .map_err(|e| Problem::internal(format!("export task: {e}")))??;
+    Ok(with_type(StatusCode::OK, "application/x-ndjson", bytes))
+}
+
+fn json(status: StatusCode, value: &impl Serialize) -> Result<Resp, Problem> {
+    let bytes = serde_json::to_vec(value).map_err(|e| Problem::internal(format!("serializing the answer: {e}")))?;
+    Ok(with_type(status, "application/json", bytes))
+}
+
+fn with_type(status: StatusCode, content_type: &'static str, body: Vec<u8>) -> Resp {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+fn location(r: &mut Resp, path: &str) {
+    if let Ok(v) = HeaderValue::from_str(path) {
+        r.headers_mut().insert(LOCATION, v);
+    }
+}
