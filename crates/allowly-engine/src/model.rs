@@ -19,6 +19,7 @@ pub use allowly_webhooks::model::{
 
 /// `POST /v1/workspaces`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NewWorkspace {
     /// Display name, 1..=200 characters.
@@ -30,6 +31,7 @@ pub struct NewWorkspace {
 
 /// `PUT /v1/workspaces/{id}/scope-rules`: replaces the whole rule set.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ScopeRules {
     pub scope_rules: BTreeMap<String, ScopeRule>,
@@ -38,6 +40,7 @@ pub struct ScopeRules {
 /// `PUT /v1/workspaces/{id}/rate-limit` (instance admin): the request rate each API key of
 /// the workspace may use. `null` (or no field) goes back to the instance's default.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitSetting {
     pub rate_limit: Option<RateLimit>,
@@ -45,6 +48,7 @@ pub struct RateLimitSetting {
 
 /// A workspace as the API shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WorkspaceView {
     pub id: String,
     pub name: String,
@@ -57,6 +61,7 @@ pub struct WorkspaceView {
 
 /// `POST /v1/workspaces/{id}/api-keys`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NewApiKey {
     /// Non-empty set of `check`, `read`, `admin`.
@@ -65,6 +70,7 @@ pub struct NewApiKey {
 
 /// An API key as the API shows it (never the secret, never the hash).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ApiKeyView {
     pub id: String,
     /// `None` for the instance admin key.
@@ -76,6 +82,7 @@ pub struct ApiKeyView {
 
 /// Answer to creating an API key: the only time the secret is shown.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreatedApiKey {
     #[serde(flatten)]
     pub key: ApiKeyView,
@@ -101,6 +108,7 @@ impl Principal {
 
 /// `POST /v1/authorizations`.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NewAuthorization {
     /// The app's identifier of the user who approved (1..=256 characters).
@@ -120,6 +128,7 @@ pub struct NewAuthorization {
 
 /// Lifecycle state of an authorization, as of the time it was read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum AuthorizationStatus {
     Active,
@@ -129,6 +138,7 @@ pub enum AuthorizationStatus {
 
 /// An authorization as the API shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AuthorizationView {
     pub id: String,
     pub workspace_id: String,
@@ -155,6 +165,7 @@ pub struct AuthorizationFilter {
 
 /// Answer to creating or revoking an authorization: its new state and the receipt recording it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AuthorizationChange {
     pub authorization: AuthorizationView,
     pub receipt: PendingReceipt<RawBody>,
@@ -162,6 +173,7 @@ pub struct AuthorizationChange {
 
 /// `POST /v1/check`.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CheckRequest {
     pub authorization_id: String,
@@ -177,6 +189,7 @@ pub struct CheckRequest {
 
 /// Answer to `POST /v1/check`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CheckOutcome {
     pub decision: Decision,
     /// Stable reason code (`granted`, `unknown_authorization`, `revoked`, `expired`,
@@ -194,6 +207,7 @@ pub struct CheckOutcome {
 
 /// What the user must be shown and answer for a `confirm` decision.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ConfirmationInfo {
     /// Single-use nonce (`cn_…`).
     pub nonce: String,
@@ -204,6 +218,7 @@ pub struct ConfirmationInfo {
 
 /// Where a confirmation stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum ConfirmationStatus {
     Pending,
@@ -215,6 +230,7 @@ pub enum ConfirmationStatus {
 
 /// A confirmation as the API shows it (`GET /v1/confirmations/{nonce}`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ConfirmationView {
     pub nonce: String,
     pub authorization_id: String,
@@ -235,6 +251,7 @@ pub struct ConfirmationView {
 
 /// The escalation an `escalate` decision opened.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EscalationInfo {
     /// Escalation id (`esc_…`), also in the receipt body.
     pub id: String,
@@ -243,6 +260,7 @@ pub struct EscalationInfo {
 
 /// A receipt in whichever state it is in.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(untagged)]
 pub enum ReceiptView {
     Signed(SignedReceipt<RawBody>),
@@ -261,6 +279,7 @@ impl ReceiptView {
 
 /// One page of a list. Pass `next_cursor` as `starting_after` to get the next page.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Page<T> {
     pub data: Vec<T>,
     pub has_more: bool,
@@ -269,6 +288,7 @@ pub struct Page<T> {
 
 /// The newest signed checkpoint of a workspace log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CheckpointView {
     pub workspace_id: String,
     pub size: u64,
@@ -278,6 +298,7 @@ pub struct CheckpointView {
 
 /// An RFC 9162 inclusion proof of one leaf in the tree of `tree_size` leaves.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct InclusionProofView {
     pub log_index: u64,
     pub tree_size: u64,
@@ -289,6 +310,7 @@ pub struct InclusionProofView {
 
 /// An RFC 9162 consistency proof between two tree sizes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ConsistencyProofView {
     pub old_size: u64,
     pub new_size: u64,
@@ -309,6 +331,7 @@ pub enum ExportScope {
 
 /// Readiness as `/readyz` reports it: ready iff `causes` is empty.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Readiness {
     pub ready: bool,
     /// Whether the last exchange with the signer succeeded recently.
@@ -330,6 +353,7 @@ pub struct Readiness {
 
 /// One reason `/readyz` is false.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NotReady {
     /// Stable code: `shutting_down`, `signer_unavailable`, a fault's code
     /// (`storage_full`, `storage_failed`, `signer_storage_failed`, `signing_backlog`), or
@@ -350,6 +374,7 @@ impl Readiness {
 
 /// One workspace in [`Readiness::diverged_workspaces`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DivergedWorkspace {
     pub workspace_id: String,
     /// `workspace_log_diverged` or `workspace_log_behind_signer`: what its refusals answer.
@@ -361,6 +386,7 @@ pub struct DivergedWorkspace {
 
 /// `POST /v1/confirmations/{nonce}`: the user's answer to a `confirm` decision.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ConfirmationAnswer {
     /// `approved` or `declined`.
@@ -377,6 +403,7 @@ pub struct ConfirmationAnswer {
 
 /// The final decision of a confirmation or an escalation, and its receipt.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Resolution {
     /// `allow` or `deny`.
     pub decision: Decision,
@@ -391,6 +418,7 @@ pub struct Resolution {
 
 /// `POST /v1/escalations/{id}/resolve`: the approver's answer.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct EscalationAnswer {
     /// `approved` or `denied`.
@@ -404,6 +432,7 @@ pub struct EscalationAnswer {
 
 /// An approver's answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum EscalationOutcome {
     Approved,
@@ -412,6 +441,7 @@ pub enum EscalationOutcome {
 
 /// Where an escalation stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum EscalationStatus {
     Pending,
@@ -423,6 +453,7 @@ pub enum EscalationStatus {
 
 /// An escalation as the API shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EscalationView {
     pub id: String,
     pub authorization_id: String,
@@ -444,6 +475,7 @@ pub struct EscalationView {
 
 /// `POST /v1/workspaces/{ws}/log/resync`: what the resync found (see `Engine::resync_log`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Resynced {
     /// Whether the workspace was marked diverged (a resync of a healthy one changes nothing).
     pub was_diverged: bool,
@@ -456,6 +488,7 @@ pub struct Resynced {
 /// `POST /v1/workspaces/{ws}/keys/rotate`: the workspace's keys after the rotation (every key,
 /// the old one retired with its `not_after`) and the signed `key.rotated` receipt that logs it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct KeyRotation {
     pub keys: KeySet,
     pub receipt: SignedReceipt<RawBody>,

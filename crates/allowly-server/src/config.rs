@@ -144,6 +144,9 @@ pub enum Command {
     /// The instance admin key: rotate or revoke through the running server, or reset offline.
     #[command(name = "admin-key", subcommand)]
     AdminKey(crate::admin_cli::AdminKeyCommand),
+    /// Print the API's OpenAPI 3.1 document (what `GET /v1/openapi.json` serves, and
+    /// docs/openapi.json).
+    Openapi,
 }
 
 /// `allowly serve` options as given (unresolved).

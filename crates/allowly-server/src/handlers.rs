@@ -17,6 +17,14 @@ use hyper::body::Incoming;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+// The answer types the `#[utoipa::path]` annotations name.
+use allowly_engine::model::{
+    ApiKeyView, AuthorizationChange, AuthorizationView, CheckOutcome, CheckpointView, ConfirmationView,
+    ConsistencyProofView, CreatedWebhook, DeliveryView, EscalationView, InclusionProofView, KeyRotation, Page,
+    ReceiptView, Resolution, Resynced, WebhookView, WorkspaceView,
+};
+use allowly_receipt::types::KeySet;
+
 use crate::app::App;
 use crate::extract::{self, BodyLimits, Query};
 use crate::problem::Problem;
@@ -92,17 +100,26 @@ impl<'r> Cx<'r> {
 
 /// `/readyz`: the engine's readiness, plus what the instance promises about its keys
 /// (`separate_users`, `same_uid`: not isolated, development only, or `external`).
-#[derive(serde::Serialize)]
-struct Readyz {
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct Readyz {
     #[serde(flatten)]
     readiness: allowly_engine::model::Readiness,
     key_isolation: &'static str,
 }
 
+#[utoipa::path(get, path = "/healthz", tag = "ops", responses((status = 200, description = "The process answers", body = Health)))]
 pub(crate) async fn healthz(_cx: Cx<'_>) -> Result<Resp, Problem> {
-    json(StatusCode::OK, &serde_json::json!({ "status": "ok" }))
+    json(StatusCode::OK, &Health { status: "ok" })
 }
 
+/// `/healthz`: the process answers (nothing else is looked at).
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct Health {
+    /// Always `ok`.
+    status: &'static str,
+}
+
+#[utoipa::path(get, path = "/readyz", tag = "ops", responses((status = 200, description = "Ready", body = Readyz), (status = 503, description = "Not ready (the causes are listed)", body = Readyz)))]
 pub(crate) async fn readyz(cx: Cx<'_>) -> Result<Resp, Problem> {
     let r = cx.app.engine.readiness();
     let status = if r.ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
@@ -110,6 +127,7 @@ pub(crate) async fn readyz(cx: Cx<'_>) -> Result<Resp, Problem> {
     json(status, &Readyz { readiness: r, key_isolation: cx.app.key_isolation.label() })
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "ops", responses((status = 200, description = "Prometheus text exposition", body = String, content_type = "text/plain; version=0.0.4; charset=utf-8")))]
 pub(crate) async fn metrics(cx: Cx<'_>) -> Result<Resp, Problem> {
     if let Some(token) = &cx.app.metrics_token {
         token.check(cx.headers())?;
@@ -118,6 +136,12 @@ pub(crate) async fn metrics(cx: Cx<'_>) -> Result<Resp, Problem> {
     Ok(with_type(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", text.into_bytes()))
 }
 
+#[utoipa::path(get, path = "/v1/openapi.json", tag = "ops", responses((status = 200, description = "This document", body = Object)))]
+pub(crate) async fn openapi(_cx: Cx<'_>) -> Result<Resp, Problem> {
+    json(StatusCode::OK, crate::openapi::document())
+}
+
+#[utoipa::path(post, path = "/v1/admin-key/rotate", tag = "admin", responses((status = 200, description = "The caller's key, replaced: the new secret is shown once", body = CreatedApiKey)))]
 pub(crate) async fn admin_key_rotate(mut cx: Cx<'_>) -> Result<Resp, Problem> {
     cx.empty_body().await?;
     let (principal, secret) = cx.caller()?;
@@ -131,20 +155,24 @@ pub(crate) async fn admin_key_rotate(mut cx: Cx<'_>) -> Result<Resp, Problem> {
     secret_answer(&created)
 }
 
+#[utoipa::path(post, path = "/v1/admin/backup", tag = "admin", responses((status = 201, description = "The staged backup", body = crate::backup::Staged)))]
 pub(crate) async fn admin_backup(mut cx: Cx<'_>) -> Result<Resp, Problem> {
     cx.empty_body().await?;
     json(StatusCode::CREATED, &cx.app.backups.take().await.map_err(|e| Problem::from_backup(&e))?)
 }
 
+#[utoipa::path(get, path = "/v1/admin-keys", tag = "admin", responses((status = 200, description = "Every instance admin key (no secrets)", body = Page<ApiKeyView>)))]
 pub(crate) async fn admin_key_list(cx: Cx<'_>) -> Result<Resp, Problem> {
     json(StatusCode::OK, &cx.app.engine.admin_keys().await?)
 }
 
+#[utoipa::path(post, path = "/v1/admin-keys/{id}/revoke", tag = "admin", params(("id" = String, Path, description = "Instance admin key id")), responses((status = 200, description = "The revoked key", body = ApiKeyView)))]
 pub(crate) async fn admin_key_revoke(mut cx: Cx<'_>) -> Result<Resp, Problem> {
     cx.empty_body().await?;
     json(StatusCode::OK, &cx.app.engine.revoke_admin_key(&cx.caller()?.0, cx.id()?, cx.idem).await?)
 }
 
+#[utoipa::path(post, path = "/v1/workspaces", tag = "workspaces", request_body = NewWorkspace, responses((status = 201, description = "The new workspace", body = WorkspaceView)))]
 pub(crate) async fn workspace_create(mut cx: Cx<'_>) -> Result<Resp, Problem> {
     let req: NewWorkspace = cx.json_body().await?;
     let created = cx.app.engine.create_workspace(req, cx.idem).await?;
@@ -153,15 +181,18 @@ pub(crate) async fn workspace_create(mut cx: Cx<'_>) -> Result<Resp, Problem> {
     Ok(r)
 }
 
+#[utoipa::path(get, path = "/v1/workspaces/{ws}", tag = "workspaces", params(("ws" = String, Path, description = "Workspace id")), responses((status = 200, description = "The workspace", body = WorkspaceView)))]
 pub(crate) async fn workspace_get(cx: Cx<'_>) -> Result<Resp, Problem> {
     json(StatusCode::OK, &cx.app.engine.workspace(cx.ws()?)?)
 }
 
+#[utoipa::path(put, path = "/v1/workspaces/{ws}/scope-rules", tag = "workspaces", request_body = ScopeRules, params(("ws" = String, Path, description = "Workspace id")), responses((status = 200, description = "The workspace with its new rules", body = WorkspaceView)))]
 pub(crate) async fn scope_rules_put(mut cx: Cx<'_>) -> Result<Resp, Problem> {
     let req: ScopeRules = cx.json_body().await?;
     json(StatusCode::OK, &cx.app.engine.set_scope_rules(cx.ws()?, req).await?)
 }
 
+#[utoipa::path(put, path = "/v1/workspaces/{ws}/rate-limit", tag = "workspaces", request_body = RateLimitSetting, params(("ws" = String, Path, description = "Workspace id")), responses((status = 200, description = "The workspace with its new rate limit", body = WorkspaceView)))]
 pub(crate) async fn rate_limit_put(mut cx: Cx<'_>) -> Result<Resp, Problem> {
     let req: RateLimitSetting = cx.json_body().await?;
     let view = cx.app.engine.set_rate_limit(cx.ws()?, req).await;
@@ -170,6 +201,7 @@ pub(crate) async fn rate_limit_put(mut cx: Cx<'_>) -> Result<Resp, Problem> {
     json(StatusCode::OK, &view?)
 }
 
+#[utoipa::path(post, path = "/v1/workspaces/{ws}/api-keys", tag = "workspaces", request_body = NewApiKey, params(("ws" = String, Path, description = "Workspace id")), responses((status = 201, description = "The new key: the only answer with its secret", body = CreatedApiKey)))]
 pub(crate) async fn api_key_create(mut cx: Cx<'_>) -> Result<Resp, Problem> {
     let req: NewApiKey = cx.json_body().await?;
     let mut r = json(StatusCode::CREATED, &{
@@ -181,46 +213,55 @@ pub(crate) async fn api_key_create(mut cx: Cx<'_>) -> Result<Resp, Problem> {
     Ok(r)
 }
 
+#[utoipa::path(post, path = "/v1/workspaces/{ws}/api-keys/{key_id}/revoke", tag = "workspaces", params(("ws" = String, Path, description = "Workspace id"), ("key_id" = String, Path, description = "API key id")), responses((status = 200, description = "The revoked key", body = ApiKeyView)))]
 pub(crate) async fn api_key_revoke(mut cx: Cx<'_>) -> Result<Resp, Problem> {
     cx.empty_body().await?;
     json(StatusCode::OK, &cx.app.engine.revoke_api_key(cx.ws()?, cx.id()?, cx.idem).await?)
 }
 
+#[utoipa::path(get, path = "/v1/workspaces/{ws}/keys", tag = "log", params(("ws" = String, Path, description = "Workspace id")), responses((status = 200, description = "Every public key the workspace ever signed with: all a verifier needs", body = KeySet)))]
 pub(crate) async fn keys(cx: Cx<'_>) -> Result<Resp, Problem> {
     json(StatusCode::OK, &cx.app.engine.keys(cx.ws()?)?)
 }
 
+#[utoipa::path(post, path = "/v1/workspaces/{ws}/keys/rotate", tag = "log", params(("ws" = String, Path, description = "Workspace id")), responses((status = 200, description = "The new key set and the signed `key.rotated` receipt", body = KeyRotation)))]
 pub(crate) async fn keys_rotate(mut cx: Cx<'_>) -> Result<Resp, Problem> {
     cx.empty_body().await?;
     json(StatusCode::OK, &cx.app.engine.rotate_workspace_key(cx.ws()?, cx.idem).await?)
 }
 
+#[utoipa::path(get, path = "/v1/workspaces/{ws}/log/checkpoint", tag = "log", params(("ws" = String, Path, description = "Workspace id")), responses((status = 200, description = "The newest signed checkpoint", body = CheckpointView)))]
 pub(crate) async fn log_checkpoint(cx: Cx<'_>) -> Result<Resp, Problem> {
     cx.query(&[])?;
     json(StatusCode::OK, &cx.app.engine.latest_checkpoint(cx.ws()?)?)
 }
 
+#[utoipa::path(get, path = "/v1/workspaces/{ws}/log/inclusion", tag = "log", params(("ws" = String, Path, description = "Workspace id"), ("log_index" = u64, Query, description = "Leaf index"), ("tree_size" = Option<u64>, Query, description = "Tree size (default: the newest signed)")), responses((status = 200, description = "RFC 9162 inclusion proof", body = InclusionProofView)))]
 pub(crate) async fn log_inclusion(cx: Cx<'_>) -> Result<Resp, Problem> {
     let q = cx.query(&["log_index", "tree_size"])?;
     json(StatusCode::OK, &cx.app.engine.inclusion_proof(cx.ws()?, q.required_u64("log_index")?, q.u64("tree_size")?)?)
 }
 
+#[utoipa::path(get, path = "/v1/workspaces/{ws}/log/consistency", tag = "log", params(("ws" = String, Path, description = "Workspace id"), ("old_size" = u64, Query, description = "The older tree size"), ("new_size" = Option<u64>, Query, description = "The newer tree size (default: the newest signed)")), responses((status = 200, description = "RFC 9162 consistency proof", body = ConsistencyProofView)))]
 pub(crate) async fn log_consistency(cx: Cx<'_>) -> Result<Resp, Problem> {
     let q = cx.query(&["old_size", "new_size"])?;
     json(StatusCode::OK, &cx.app.engine.consistency_proof(cx.ws()?, q.required_u64("old_size")?, q.u64("new_size")?)?)
 }
 
+#[utoipa::path(get, path = "/v1/workspaces/{ws}/log/export", tag = "log", params(("ws" = String, Path, description = "Workspace id"), ("from" = u64, Query, description = "First leaf"), ("to" = u64, Query, description = "One past the last leaf")), responses((status = 200, description = "Evidence bundle of log leaves [from, to), JSON Lines (docs/receipt-format.md)", body = String, content_type = "application/x-ndjson")))]
 pub(crate) async fn log_export(cx: Cx<'_>) -> Result<Resp, Problem> {
     let q = cx.query(&["from", "to"])?;
     let scope = ExportScope::Log { from: q.required_u64("from")?, to: q.required_u64("to")? };
     export(&cx.app.engine, cx.ws()?, scope).await
 }
 
+#[utoipa::path(post, path = "/v1/workspaces/{ws}/log/resync", tag = "log", params(("ws" = String, Path, description = "Workspace id")), responses((status = 200, description = "What the resync found", body = Resynced)))]
 pub(crate) async fn log_resync(mut cx: Cx<'_>) -> Result<Resp, Problem> {
     cx.empty_body().await?;
     json(StatusCode::OK, &cx.app.engine.resync_log(cx.ws()?).await?)
 }
 
+#[utoipa::path(post, path = "/v1/authorizations", tag = "authorizations", request_body = NewAuthorization, responses((status = 201, description = "The authorization and its durable `authorization.created` receipt", body = AuthorizationChange)))]
 pub(crate) async fn authorization_create(mut cx: Cx<'_>) -> Result<Resp, Problem> {
     let req: NewAuthorization = cx.json_body().await?;
     let change = cx.app.engine.create_authorization(cx.ws()?, req, cx.idem).await?;
@@ -229,10 +270,12 @@ pub(crate) async fn authorization_create(mut cx: Cx<'_>) -> Result<Resp, Problem
     Ok(r)
 }
 
+#[utoipa::path(get, path = "/v1/authorizations/{id}", tag = "authorizations", params(("id" = String, Path, description = "Authorization id")), responses((status = 200, description = "The authorization", body = AuthorizationView)))]
 pub(crate) async fn authorization_get(cx: Cx<'_>) -> Result<Resp, Problem> {
     json(StatusCode::OK, &cx.app.engine.authorization(cx.ws()?, cx.id()?)?)
 }
 
+#[utoipa::path(get, path = "/v1/authorizations", tag = "authorizations", params(("subject" = Option<String>, Query, description = "Only this subject's"), ("status" = Option<AuthorizationStatus>, Query, description = "Only those in this state"), ("limit" = Option<u64>, Query, description = "Page size, 1..=1000 (default 100)"), ("starting_after" = Option<String>, Query, description = "`next_cursor` of the previous page")), responses((status = 200, description = "A page of authorizations, in id order", body = Page<AuthorizationView>)))]
 pub(crate) async fn authorization_list(cx: Cx<'_>) -> Result<Resp, Problem> {
     let q = cx.query(&["subject", "status", "limit", "starting_after"])?;
     let status = match q.str("status") {
@@ -247,38 +290,46 @@ pub(crate) async fn authorization_list(cx: Cx<'_>) -> Result<Resp, Problem> {
     json(StatusCode::OK, &cx.app.engine.authorizations(cx.ws()?, &filter, q.str("starting_after"), limit)?)
 }
 
+#[utoipa::path(post, path = "/v1/authorizations/{id}/revoke", tag = "authorizations", params(("id" = String, Path, description = "Authorization id")), responses((status = 200, description = "The revoked authorization and its revocation receipt", body = AuthorizationChange)))]
 pub(crate) async fn authorization_revoke(mut cx: Cx<'_>) -> Result<Resp, Problem> {
     cx.empty_body().await?;
     json(StatusCode::OK, &cx.app.engine.revoke_authorization(cx.ws()?, cx.id()?, cx.idem).await?)
 }
 
+#[utoipa::path(get, path = "/v1/authorizations/{id}/export", tag = "authorizations", params(("id" = String, Path, description = "Authorization id")), responses((status = 200, description = "Evidence bundle of the authorization's trail, JSON Lines (docs/receipt-format.md)", body = String, content_type = "application/x-ndjson")))]
 pub(crate) async fn authorization_export(cx: Cx<'_>) -> Result<Resp, Problem> {
     export(&cx.app.engine, cx.ws()?, ExportScope::Authorization(cx.id()?.to_owned())).await
 }
 
+#[utoipa::path(post, path = "/v1/check", tag = "decisions", request_body = CheckRequest, responses((status = 200, description = "The decision and its durable (not yet signed) receipt", body = CheckOutcome)))]
 pub(crate) async fn check(mut cx: Cx<'_>) -> Result<Resp, Problem> {
     let req: CheckRequest = cx.json_body().await?;
     json(StatusCode::OK, &cx.app.engine.check(cx.ws()?, req, cx.idem).await?)
 }
 
+#[utoipa::path(post, path = "/v1/confirmations/{nonce}", tag = "decisions", request_body = ConfirmationAnswer, params(("nonce" = String, Path, description = "Confirmation nonce")), responses((status = 200, description = "The final decision and its receipt", body = Resolution)))]
 pub(crate) async fn confirmation_answer(mut cx: Cx<'_>) -> Result<Resp, Problem> {
     let req: ConfirmationAnswer = cx.json_body().await?;
     json(StatusCode::OK, &cx.app.engine.confirm(cx.ws()?, cx.id()?, req, cx.idem).await?)
 }
 
+#[utoipa::path(get, path = "/v1/confirmations/{nonce}", tag = "decisions", params(("nonce" = String, Path, description = "Confirmation nonce")), responses((status = 200, description = "The confirmation", body = ConfirmationView)))]
 pub(crate) async fn confirmation_get(cx: Cx<'_>) -> Result<Resp, Problem> {
     json(StatusCode::OK, &cx.app.engine.confirmation(cx.ws()?, cx.id()?)?)
 }
 
+#[utoipa::path(get, path = "/v1/escalations/{id}", tag = "decisions", params(("id" = String, Path, description = "Escalation id")), responses((status = 200, description = "The escalation", body = EscalationView)))]
 pub(crate) async fn escalation_get(cx: Cx<'_>) -> Result<Resp, Problem> {
     json(StatusCode::OK, &cx.app.engine.escalation(cx.ws()?, cx.id()?).await?)
 }
 
+#[utoipa::path(post, path = "/v1/escalations/{id}/resolve", tag = "decisions", request_body = EscalationAnswer, params(("id" = String, Path, description = "Escalation id")), responses((status = 200, description = "The final decision and its receipt", body = Resolution)))]
 pub(crate) async fn escalation_resolve(mut cx: Cx<'_>) -> Result<Resp, Problem> {
     let req: EscalationAnswer = cx.json_body().await?;
     json(StatusCode::OK, &cx.app.engine.resolve_escalation(cx.ws()?, cx.id()?, req, cx.idem).await?)
 }
 
+#[utoipa::path(post, path = "/v1/webhooks", tag = "webhooks", request_body = NewWebhook, responses((status = 201, description = "The endpoint: the only answer with its signing secret", body = CreatedWebhook)))]
 pub(crate) async fn webhook_create(mut cx: Cx<'_>) -> Result<Resp, Problem> {
     let req: NewWebhook = cx.json_body().await?;
     let created = cx.app.engine.create_webhook(cx.ws()?, req, cx.idem).await?;
@@ -289,25 +340,30 @@ pub(crate) async fn webhook_create(mut cx: Cx<'_>) -> Result<Resp, Problem> {
     Ok(r)
 }
 
+#[utoipa::path(get, path = "/v1/webhooks", tag = "webhooks", responses((status = 200, description = "Every webhook endpoint of the workspace", body = Page<WebhookView>)))]
 pub(crate) async fn webhook_list(cx: Cx<'_>) -> Result<Resp, Problem> {
     cx.query(&[])?;
     json(StatusCode::OK, &cx.app.engine.webhooks(cx.ws()?)?)
 }
 
+#[utoipa::path(get, path = "/v1/webhooks/{id}", tag = "webhooks", params(("id" = String, Path, description = "Webhook id")), responses((status = 200, description = "The endpoint", body = WebhookView)))]
 pub(crate) async fn webhook_get(cx: Cx<'_>) -> Result<Resp, Problem> {
     json(StatusCode::OK, &cx.app.engine.webhook(cx.ws()?, cx.id()?)?)
 }
 
+#[utoipa::path(post, path = "/v1/webhooks/{id}/disable", tag = "webhooks", params(("id" = String, Path, description = "Webhook id")), responses((status = 200, description = "The endpoint", body = WebhookView)))]
 pub(crate) async fn webhook_disable(mut cx: Cx<'_>) -> Result<Resp, Problem> {
     cx.empty_body().await?;
     json(StatusCode::OK, &cx.app.engine.disable_webhook(cx.ws()?, cx.id()?, cx.idem).await?)
 }
 
+#[utoipa::path(post, path = "/v1/webhooks/{id}/enable", tag = "webhooks", params(("id" = String, Path, description = "Webhook id")), responses((status = 200, description = "The endpoint", body = WebhookView)))]
 pub(crate) async fn webhook_enable(mut cx: Cx<'_>) -> Result<Resp, Problem> {
     cx.empty_body().await?;
     json(StatusCode::OK, &cx.app.engine.enable_webhook(cx.ws()?, cx.id()?, cx.idem).await?)
 }
 
+#[utoipa::path(post, path = "/v1/webhooks/{id}/rotate-secret", tag = "webhooks", request_body = Option<allowly_webhooks::RotateSecret>, params(("id" = String, Path, description = "Webhook id")), responses((status = 200, description = "The endpoint with its new secret (shown once)", body = CreatedWebhook)))]
 pub(crate) async fn webhook_rotate_secret(mut cx: Cx<'_>) -> Result<Resp, Problem> {
     let req: allowly_webhooks::RotateSecret = cx.optional_json_body().await?;
     let mut r = json(StatusCode::OK, &cx.app.engine.rotate_webhook_secret(cx.ws()?, cx.id()?, req, cx.idem).await?)?;
@@ -316,6 +372,7 @@ pub(crate) async fn webhook_rotate_secret(mut cx: Cx<'_>) -> Result<Resp, Proble
     Ok(r)
 }
 
+#[utoipa::path(delete, path = "/v1/webhooks/{id}", tag = "webhooks", params(("id" = String, Path, description = "Webhook id")), responses((status = 204, description = "Deleted; unfinished deliveries are cancelled")))]
 pub(crate) async fn webhook_delete(mut cx: Cx<'_>) -> Result<Resp, Problem> {
     cx.empty_body().await?;
     cx.app.engine.delete_webhook(cx.ws()?, cx.id()?).await?;
@@ -324,16 +381,19 @@ pub(crate) async fn webhook_delete(mut cx: Cx<'_>) -> Result<Resp, Problem> {
     Ok(r)
 }
 
+#[utoipa::path(get, path = "/v1/webhooks/{id}/deliveries", tag = "webhooks", params(("id" = String, Path, description = "Webhook id"), ("limit" = Option<u64>, Query, description = "Page size, 1..=1000 (default 100)"), ("starting_after" = Option<String>, Query, description = "`next_cursor` of the previous page")), responses((status = 200, description = "A page of deliveries, newest first", body = Page<DeliveryView>)))]
 pub(crate) async fn delivery_list(cx: Cx<'_>) -> Result<Resp, Problem> {
     let q = cx.query(&["limit", "starting_after"])?;
     let limit = page_limit(q.u64("limit")?)?;
     json(StatusCode::OK, &cx.app.engine.deliveries(cx.ws()?, cx.id()?, q.str("starting_after"), limit)?)
 }
 
+#[utoipa::path(get, path = "/v1/deliveries/{id}", tag = "webhooks", params(("id" = String, Path, description = "Delivery id")), responses((status = 200, description = "The delivery", body = DeliveryView)))]
 pub(crate) async fn delivery_get(cx: Cx<'_>) -> Result<Resp, Problem> {
     json(StatusCode::OK, &cx.app.engine.delivery(cx.ws()?, cx.id()?)?)
 }
 
+#[utoipa::path(post, path = "/v1/deliveries/{id}/retry", tag = "webhooks", params(("id" = String, Path, description = "Delivery id")), responses((status = 201, description = "A new delivery of the same event", body = DeliveryView)))]
 pub(crate) async fn delivery_retry(mut cx: Cx<'_>) -> Result<Resp, Problem> {
     cx.empty_body().await?;
     let retried = cx.app.engine.retry_delivery(cx.ws()?, cx.id()?, cx.idem).await?;
@@ -342,10 +402,12 @@ pub(crate) async fn delivery_retry(mut cx: Cx<'_>) -> Result<Resp, Problem> {
     Ok(r)
 }
 
+#[utoipa::path(get, path = "/v1/receipts/{id}", tag = "receipts", params(("id" = String, Path, description = "Receipt id")), responses((status = 200, description = "The receipt, signed (with its inclusion proof and checkpoint) or still pending", body = ReceiptView)))]
 pub(crate) async fn receipt_get(cx: Cx<'_>) -> Result<Resp, Problem> {
     json(StatusCode::OK, &cx.app.engine.receipt(cx.ws()?, cx.id()?)?)
 }
 
+#[utoipa::path(get, path = "/v1/receipts", tag = "receipts", params(("authorization_id" = String, Query, description = "Whose trail"), ("limit" = Option<u64>, Query, description = "Page size, 1..=1000 (default 100)"), ("starting_after" = Option<String>, Query, description = "`next_cursor` of the previous page")), responses((status = 200, description = "A page of an authorization's trail, in `seq` order", body = Page<ReceiptView>)))]
 pub(crate) async fn receipt_list(cx: Cx<'_>) -> Result<Resp, Problem> {
     let q = cx.query(&["authorization_id", "limit", "starting_after"])?;
     let limit = page_limit(q.u64("limit")?)?;

@@ -76,6 +76,7 @@ pub mod http_client;
 pub mod isolation;
 pub mod layout;
 pub mod metrics;
+pub mod openapi;
 pub mod problem;
 pub mod ratelimit;
 pub mod routes;

@@ -64,16 +64,26 @@ pub struct Problem {
     receipt: Option<Box<serde_json::Value>>,
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
+/// The problem document (RFC 9457) every error answer carries.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = Problem)]
+pub struct ProblemDoc<'a> {
+    /// `urn:allowly:problem:<code>`.
     #[serde(rename = "type")]
     type_: String,
     title: &'static str,
+    /// The HTTP status.
     status: u16,
+    /// What went wrong, for people (never the cause of a fault of ours: that is logged).
     detail: &'a str,
+    /// Stable, for programs: what went wrong.
     code: &'static str,
+    /// The answer's `Request-Id`.
     request_id: &'a str,
+    /// The receipt a refused step left in the trail (a used or expired confirmation, an
+    /// expired escalation).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     receipt: Option<&'a serde_json::Value>,
 }
 
@@ -159,8 +169,12 @@ impl Problem {
     /// A backup that could not be made: a fault of ours, logged, never detailed to the caller
     /// (it names paths).
     pub fn from_backup(e: &crate::backup::BackupError) -> Self {
+        Self::backup_failed(e.to_string())
+    }
+
+    fn backup_failed(internal: String) -> Self {
         Self {
-            internal: Some(e.to_string()),
+            internal: Some(internal),
             ..Self::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "backup_failed",
@@ -235,6 +249,11 @@ impl Problem {
         self.code
     }
 
+    /// The problem document's `title`.
+    pub fn title(&self) -> &'static str {
+        title(self.code)
+    }
+
     /// The response; logs the internal detail of a fault under `request_id`.
     pub fn into_response(self, request_id: &str) -> Response<Full<Bytes>> {
         let bytes = self.body(request_id);
@@ -263,7 +282,7 @@ impl Problem {
                 tracing::warn!(request_id, code = self.code, "{internal}");
             }
         }
-        let body = Body {
+        let body = ProblemDoc {
             type_: format!("{TYPE_PREFIX}{}", self.code),
             title: title(self.code),
             status: self.status.as_u16(),
@@ -294,6 +313,86 @@ impl Problem {
         let mut out = out.into_bytes();
         out.extend_from_slice(&body);
         out
+    }
+}
+
+/// Which problems a request can meet, by what the request does: the OpenAPI document lists,
+/// per operation, the problems of every group that applies to it (`routes::Route::spec` names
+/// the groups). Each group's problems are built with the constructors above and
+/// [`Problem::from_engine`], so the status documented is the status sent, and a code added to
+/// the mapping shows up in the document without a second list to keep.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exposure {
+    /// Every request: a fault of ours, a store that fails a read, and what the connection
+    /// layer answers before a request is routed (a read deadline passed, too many connections).
+    Any,
+    /// A request that must bear an API key: who it is, what it may do, its rate.
+    Authenticated,
+    /// A request with a (JSON) body.
+    Body,
+    /// A request that names an object (path id) or takes query parameters.
+    Lookup,
+    /// A POST: an `Idempotency-Key` reused with another request.
+    Keyed,
+    /// A call that records something through the workspace's queue (a receipt, a stored
+    /// change): back pressure, the commit deadline, the signer, the data volume, the log.
+    Records,
+    /// A change that the object's state can forbid (409 `conflict`).
+    Conflict,
+    /// The engine's refusal `code`, of sort `Refusal`.
+    Refused(Refusal, &'static str),
+    /// `POST /v1/admin/backup`.
+    Backup,
+    /// `/metrics` with `--metrics-token-file`: a missing or wrong token.
+    MetricsToken,
+}
+
+impl Exposure {
+    /// The problems of this group.
+    pub fn problems(self) -> Vec<Problem> {
+        use std::time::Duration;
+        let engine = |e: EngineError| Problem::from_engine(&e);
+        match self {
+            Self::Any => vec![
+                Problem::internal(""),
+                engine(EngineError::Store(allowly_store::StoreError::Engine(String::new()))),
+                Problem::request_timeout(Duration::ZERO),
+                Problem::too_many_connections(),
+            ],
+            Self::Authenticated => {
+                vec![Problem::unauthenticated(""), Problem::forbidden(""), Problem::rate_limited(Duration::ZERO)]
+            }
+            Self::Body => vec![
+                Problem::unsupported_media_type(),
+                Problem::body_too_large(0),
+                Problem::malformed_json(""),
+                Problem::unknown_field(""),
+                Problem::invalid(""),
+            ],
+            Self::Lookup => vec![Problem::not_found(), Problem::invalid("")],
+            Self::Keyed => vec![engine(EngineError::IdempotencyMismatch)],
+            Self::Records => {
+                let mut v = vec![
+                    engine(EngineError::Overloaded),
+                    engine(EngineError::ShuttingDown),
+                    engine(EngineError::CommitTimeout { waited_ms: 0 }),
+                    engine(EngineError::SignerUnavailable(String::new())),
+                    engine(EngineError::Signer(String::new())),
+                    engine(EngineError::WorkspaceLogDiverged),
+                    engine(EngineError::WorkspaceLogBehindSigner),
+                    engine(EngineError::WorkspaceLogCatchingUp),
+                ];
+                let faults = allowly_engine::fault::Fault::ALL;
+                v.extend(faults.map(|fault| engine(EngineError::Unavailable { fault, detail: String::new() })));
+                v
+            }
+            Self::Conflict => vec![engine(EngineError::Conflict(String::new()))],
+            Self::Refused(kind, code) => {
+                vec![engine(EngineError::Refused { kind, code, message: String::new(), receipt: None })]
+            }
+            Self::Backup => vec![Problem::backup_failed(String::new())],
+            Self::MetricsToken => vec![Problem::unauthenticated("")],
+        }
     }
 }
 

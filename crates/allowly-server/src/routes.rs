@@ -5,6 +5,7 @@
 //! | method | path | access | engine call |
 //! |---|---|---|---|
 //! | GET | `/healthz`, `/readyz`, `/metrics` | public (`/metrics`: the bearer token of `--metrics-token-file` if set) | `readiness`, `metrics_text` |
+//! | GET | `/v1/openapi.json` | public | none: the OpenAPI document ([`crate::openapi`]) |
 //! | POST | `/v1/workspaces` | instance admin | `create_workspace` → 201 |
 //! | POST | `/v1/admin-key/rotate` | instance admin | `rotate_admin_key` (the caller's key replaced; the new secret shown once and written to `admin-token`; a keyed repeat bearing the revoked key gets the first answer: `replay_admin_key_rotation`) |
 //! | GET | `/v1/admin-keys` | instance admin | `admin_keys` (every instance admin key, revoked ones too; no secrets) |
@@ -55,6 +56,7 @@
 //! Endpoints without `{ws}` act on the API key's workspace. Path ids outside
 //! `[A-Za-z0-9_-]{1,128}` match nothing (404).
 
+use allowly_engine::error::Refusal;
 use allowly_engine::EngineError;
 use allowly_store::Role;
 use http::request::Parts;
@@ -65,7 +67,7 @@ use crate::app::App;
 use crate::auth::{self, Access};
 use crate::extract::{self, valid_path_id};
 use crate::handlers::{self, Cx, Resp};
-use crate::problem::Problem;
+use crate::problem::{Exposure, Problem};
 
 /// Every endpoint, by template. The name is the `route` label of the HTTP metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,6 +75,7 @@ pub enum Route {
     Healthz,
     Readyz,
     Metrics,
+    OpenApi,
     AdminKeyRotate,
     AdminBackup,
     AdminKeyRevoke,
@@ -123,6 +126,7 @@ impl Route {
             Self::Healthz => "healthz",
             Self::Readyz => "readyz",
             Self::Metrics => "metrics",
+            Self::OpenApi => "openapi",
             Self::AdminKeyRotate => "admin_key_rotate",
             Self::AdminBackup => "admin_backup",
             Self::AdminKeyRevoke => "admin_key_revoke",
@@ -169,7 +173,9 @@ impl Route {
     /// Who may call it.
     pub fn access(self) -> Access {
         match self {
-            Self::Healthz | Self::Readyz | Self::Metrics | Self::Keys | Self::Unmatched => Access::Public,
+            Self::Healthz | Self::Readyz | Self::Metrics | Self::OpenApi | Self::Keys | Self::Unmatched => {
+                Access::Public
+            }
             Self::AdminKeyRotate
             | Self::AdminKeyRevoke
             | Self::AdminKeyList
@@ -208,6 +214,177 @@ impl Route {
             | Self::DeliveryRetry => Access::Workspace(Role::Admin),
             Self::Check => Access::Workspace(Role::Check),
         }
+    }
+}
+
+/// One route in the API description: its method and path template (parameters named as in
+/// the table above), and the problem groups it meets beyond those its access and method imply
+/// (see [`Route::problems`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Spec {
+    /// Lower case, as OpenAPI writes it.
+    pub method: &'static str,
+    pub path: &'static str,
+    pub exposure: &'static [Exposure],
+}
+
+impl Route {
+    /// Every route that a request can match (not `Unmatched`).
+    pub const ALL: [Route; 43] = {
+        use Route::*;
+        [
+            Healthz,
+            Readyz,
+            Metrics,
+            OpenApi,
+            AdminKeyRotate,
+            AdminBackup,
+            AdminKeyRevoke,
+            AdminKeyList,
+            WorkspaceCreate,
+            WorkspaceGet,
+            ScopeRulesPut,
+            RateLimitPut,
+            ApiKeyCreate,
+            ApiKeyRevoke,
+            Keys,
+            KeysRotate,
+            LogCheckpoint,
+            LogInclusion,
+            LogConsistency,
+            LogExport,
+            LogResync,
+            AuthorizationCreate,
+            AuthorizationList,
+            AuthorizationGet,
+            AuthorizationRevoke,
+            AuthorizationExport,
+            Check,
+            ReceiptGet,
+            ReceiptList,
+            ConfirmationAnswer,
+            ConfirmationGet,
+            EscalationGet,
+            EscalationResolve,
+            WebhookCreate,
+            WebhookList,
+            WebhookGet,
+            WebhookDisable,
+            WebhookEnable,
+            WebhookRotateSecret,
+            WebhookDelete,
+            DeliveryList,
+            DeliveryGet,
+            DeliveryRetry,
+        ]
+    };
+
+    /// Its entry in the API description (`None` for `Unmatched`). `match_route` must route
+    /// `path` (any valid ids in it) with `method` here: a unit test checks every route.
+    pub fn spec(self) -> Option<Spec> {
+        use Exposure::*;
+        const NONE: &[Exposure] = &[];
+        const RECORDS: &[Exposure] = &[Records];
+        const CHANGES: &[Exposure] = &[Records, Conflict];
+        let (method, path, exposure): (_, _, &'static [Exposure]) = match self {
+            Self::Healthz => ("get", "/healthz", NONE),
+            Self::Readyz => ("get", "/readyz", NONE),
+            Self::Metrics => ("get", "/metrics", &[MetricsToken]),
+            Self::OpenApi => ("get", "/v1/openapi.json", NONE),
+            Self::AdminKeyRotate => ("post", "/v1/admin-key/rotate", RECORDS),
+            Self::AdminBackup => ("post", "/v1/admin/backup", &[Backup]),
+            Self::AdminKeyRevoke => ("post", "/v1/admin-keys/{id}/revoke", CHANGES),
+            Self::AdminKeyList => ("get", "/v1/admin-keys", NONE),
+            Self::WorkspaceCreate => ("post", "/v1/workspaces", RECORDS),
+            Self::WorkspaceGet => ("get", "/v1/workspaces/{ws}", NONE),
+            Self::ScopeRulesPut => ("put", "/v1/workspaces/{ws}/scope-rules", RECORDS),
+            Self::RateLimitPut => ("put", "/v1/workspaces/{ws}/rate-limit", RECORDS),
+            Self::ApiKeyCreate => ("post", "/v1/workspaces/{ws}/api-keys", RECORDS),
+            Self::ApiKeyRevoke => ("post", "/v1/workspaces/{ws}/api-keys/{key_id}/revoke", CHANGES),
+            Self::Keys => ("get", "/v1/workspaces/{ws}/keys", NONE),
+            Self::KeysRotate => ("post", "/v1/workspaces/{ws}/keys/rotate", CHANGES),
+            Self::LogCheckpoint => ("get", "/v1/workspaces/{ws}/log/checkpoint", NONE),
+            Self::LogInclusion => ("get", "/v1/workspaces/{ws}/log/inclusion", NONE),
+            Self::LogConsistency => ("get", "/v1/workspaces/{ws}/log/consistency", NONE),
+            Self::LogExport => ("get", "/v1/workspaces/{ws}/log/export", NONE),
+            Self::LogResync => ("post", "/v1/workspaces/{ws}/log/resync", CHANGES),
+            Self::AuthorizationCreate => ("post", "/v1/authorizations", RECORDS),
+            Self::AuthorizationList => ("get", "/v1/authorizations", NONE),
+            Self::AuthorizationGet => ("get", "/v1/authorizations/{id}", NONE),
+            Self::AuthorizationRevoke => ("post", "/v1/authorizations/{id}/revoke", CHANGES),
+            Self::AuthorizationExport => ("get", "/v1/authorizations/{id}/export", NONE),
+            Self::Check => ("post", "/v1/check", RECORDS),
+            Self::ReceiptGet => ("get", "/v1/receipts/{id}", NONE),
+            Self::ReceiptList => ("get", "/v1/receipts", NONE),
+            Self::ConfirmationAnswer => (
+                "post",
+                "/v1/confirmations/{nonce}",
+                &[
+                    Records,
+                    Refused(Refusal::NotFound, "confirmation_not_found"),
+                    Refused(Refusal::Conflict, "confirmation_used"),
+                    Refused(Refusal::Expired, "confirmation_expired"),
+                ],
+            ),
+            Self::ConfirmationGet => {
+                ("get", "/v1/confirmations/{nonce}", &[Refused(Refusal::NotFound, "confirmation_not_found")])
+            }
+            // A read that finds the escalation overdue records its expiry.
+            Self::EscalationGet => {
+                ("get", "/v1/escalations/{id}", &[Records, Refused(Refusal::NotFound, "escalation_not_found")])
+            }
+            Self::EscalationResolve => (
+                "post",
+                "/v1/escalations/{id}/resolve",
+                &[
+                    Records,
+                    Refused(Refusal::NotFound, "escalation_not_found"),
+                    Refused(Refusal::Conflict, "escalation_already_resolved"),
+                    Refused(Refusal::Expired, "escalation_expired"),
+                ],
+            ),
+            Self::WebhookCreate => {
+                ("post", "/v1/webhooks", &[Records, Refused(Refusal::NotAllowed, "destination_not_allowed")])
+            }
+            Self::WebhookList => ("get", "/v1/webhooks", NONE),
+            Self::WebhookGet => ("get", "/v1/webhooks/{id}", NONE),
+            Self::WebhookDisable => ("post", "/v1/webhooks/{id}/disable", CHANGES),
+            Self::WebhookEnable => ("post", "/v1/webhooks/{id}/enable", CHANGES),
+            Self::WebhookRotateSecret => ("post", "/v1/webhooks/{id}/rotate-secret", CHANGES),
+            Self::WebhookDelete => ("delete", "/v1/webhooks/{id}", RECORDS),
+            Self::DeliveryList => ("get", "/v1/webhooks/{id}/deliveries", NONE),
+            Self::DeliveryGet => ("get", "/v1/deliveries/{id}", NONE),
+            Self::DeliveryRetry => (
+                "post",
+                "/v1/deliveries/{id}/retry",
+                &[
+                    Records,
+                    Refused(Refusal::NotFound, "webhook_not_found"),
+                    Refused(Refusal::Conflict, "webhook_disabled"),
+                    Refused(Refusal::Conflict, "delivery_in_progress"),
+                ],
+            ),
+            Self::Unmatched => return None,
+        };
+        Some(Spec { method, path, exposure })
+    }
+
+    /// Every problem a request of this route can be answered with: the groups its access and
+    /// method imply, then those of its [`Spec`].
+    pub fn problems(self) -> Vec<Problem> {
+        let Some(spec) = self.spec() else { return Exposure::Any.problems() };
+        let mut groups = vec![Exposure::Any, Exposure::Lookup];
+        if self.access() != Access::Public {
+            groups.push(Exposure::Authenticated);
+        }
+        if matches!(spec.method, "post" | "put") {
+            groups.push(Exposure::Body);
+        }
+        if spec.method == "post" {
+            groups.push(Exposure::Keyed);
+        }
+        groups.extend_from_slice(spec.exposure);
+        groups.into_iter().flat_map(Exposure::problems).collect()
     }
 }
 
@@ -272,6 +449,7 @@ pub fn match_route<'a>(method: &Method, path: &'a str) -> Matched<'a> {
         ["healthz"] => (&[(Get, Route::Healthz)], None, None),
         ["readyz"] => (&[(Get, Route::Readyz)], None, None),
         ["metrics"] => (&[(Get, Route::Metrics)], None, None),
+        ["v1", "openapi.json"] => (&[(Get, Route::OpenApi)], None, None),
         ["v1", "admin-key", "rotate"] => (&[(Post, Route::AdminKeyRotate)], None, None),
         ["v1", "admin", "backup"] => (&[(Post, Route::AdminBackup)], None, None),
         ["v1", "admin-keys"] => (&[(Get, Route::AdminKeyList)], None, None),
@@ -406,6 +584,7 @@ async fn run(route: Route, cx: Cx<'_>) -> Result<Resp, Problem> {
         Route::Healthz => h::healthz(cx).await,
         Route::Readyz => h::readyz(cx).await,
         Route::Metrics => h::metrics(cx).await,
+        Route::OpenApi => h::openapi(cx).await,
         Route::AdminKeyRotate => h::admin_key_rotate(cx).await,
         Route::AdminBackup => h::admin_backup(cx).await,
         Route::AdminKeyList => h::admin_key_list(cx).await,
@@ -541,52 +720,8 @@ mod tests {
 
     #[test]
     fn route_names_are_unique() {
-        use Route::*;
-        let all = [
-            Healthz,
-            Readyz,
-            Metrics,
-            AdminKeyRotate,
-            AdminBackup,
-            AdminKeyRevoke,
-            AdminKeyList,
-            WorkspaceCreate,
-            WorkspaceGet,
-            ScopeRulesPut,
-            RateLimitPut,
-            ApiKeyCreate,
-            ApiKeyRevoke,
-            Keys,
-            KeysRotate,
-            LogCheckpoint,
-            LogInclusion,
-            LogConsistency,
-            LogExport,
-            LogResync,
-            AuthorizationCreate,
-            AuthorizationList,
-            AuthorizationGet,
-            AuthorizationRevoke,
-            AuthorizationExport,
-            Check,
-            ReceiptGet,
-            ReceiptList,
-            ConfirmationAnswer,
-            ConfirmationGet,
-            EscalationGet,
-            EscalationResolve,
-            WebhookCreate,
-            WebhookList,
-            WebhookGet,
-            WebhookDisable,
-            WebhookEnable,
-            WebhookRotateSecret,
-            WebhookDelete,
-            DeliveryList,
-            DeliveryGet,
-            DeliveryRetry,
-            Unmatched,
-        ];
+        let mut all = Route::ALL.to_vec();
+        all.push(Route::Unmatched);
         let names: std::collections::HashSet<_> = all.iter().map(|r| r.name()).collect();
         assert_eq!(names.len(), all.len());
     }
