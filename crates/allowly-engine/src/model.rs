@@ -163,6 +163,32 @@ pub struct AuthorizationFilter {
     pub status: Option<AuthorizationStatus>,
 }
 
+/// Which confirmations or escalations `GET /v1/confirmations` and `GET /v1/escalations` list
+/// (the approver inbox). `S` is their status type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HitlFilter<S> {
+    /// Only those in this state (as of now).
+    pub status: Option<S>,
+    /// Only those opened by checks of this authorization.
+    pub authorization_id: Option<String>,
+    /// Only those whose check asked for this scope.
+    pub scope: Option<String>,
+}
+
+impl<S> Default for HitlFilter<S> {
+    fn default() -> Self {
+        Self { status: None, authorization_id: None, scope: None }
+    }
+}
+
+impl<S> HitlFilter<S> {
+    /// Whether an object of `authorization_id` asking for `scopes` passes the non-status parts.
+    pub fn matches(&self, authorization_id: &str, scopes: &[String]) -> bool {
+        self.authorization_id.as_deref().is_none_or(|a| a == authorization_id)
+            && self.scope.as_ref().is_none_or(|s| scopes.contains(s))
+    }
+}
+
 /// Answer to creating or revoking an authorization: its new state and the receipt recording it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

@@ -4,10 +4,12 @@
 //! a handler receives a [`Cx`] whose caller is already allowed to make the call.
 
 use allowly_engine::model::{
-    AuthorizationFilter, AuthorizationStatus, CheckRequest, ConfirmationAnswer, CreatedApiKey, EscalationAnswer,
-    ExportScope, NewApiKey, NewAuthorization, NewWebhook, NewWorkspace, Principal, RateLimitSetting, ScopeRules,
+    AuthorizationFilter, AuthorizationStatus, CheckRequest, ConfirmationAnswer, ConfirmationStatus, CreatedApiKey,
+    EscalationAnswer, EscalationStatus, ExportScope, HitlFilter, NewApiKey, NewAuthorization, NewWebhook, NewWorkspace,
+    Principal, RateLimitSetting, ScopeRules,
 };
 use allowly_engine::Engine;
+use allowly_receipt::types::Decision;
 use bytes::Bytes;
 use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, LOCATION};
 use http::request::Parts;
@@ -301,10 +303,24 @@ pub(crate) async fn authorization_export(cx: Cx<'_>) -> Result<Resp, Problem> {
     export(&cx.app.engine, cx.ws()?, ExportScope::Authorization(cx.id()?.to_owned())).await
 }
 
-#[utoipa::path(post, path = "/v1/check", tag = "decisions", request_body = CheckRequest, responses((status = 200, description = "The decision and its durable (not yet signed) receipt", body = CheckOutcome)))]
+#[utoipa::path(post, path = "/v1/check", tag = "decisions", request_body = CheckRequest, responses((status = 200, description = "The decision and its durable (not yet signed) receipt; a `confirm` answer's `confirmation.context` echoes the request's `context`: what to show the user", body = CheckOutcome)))]
 pub(crate) async fn check(mut cx: Cx<'_>) -> Result<Resp, Problem> {
     let req: CheckRequest = cx.json_body().await?;
-    json(StatusCode::OK, &cx.app.engine.check(cx.ws()?, req, cx.idem).await?)
+    // Kept for a `confirm` answer, which shows it to the user; a check without one clones
+    // nothing (the engine keeps only its hash, in the receipt).
+    let context = req.context.clone();
+    let outcome = cx.app.engine.check(cx.ws()?, req, cx.idem).await?;
+    match context {
+        Some(context) if outcome.decision == Decision::Confirm => {
+            let mut v = serde_json::to_value(&outcome)
+                .map_err(|e| Problem::internal(format!("serializing the answer: {e}")))?;
+            if let Some(c) = v.get_mut("confirmation").and_then(serde_json::Value::as_object_mut) {
+                c.insert("context".to_owned(), context);
+            }
+            json(StatusCode::OK, &v)
+        }
+        _ => json(StatusCode::OK, &outcome),
+    }
 }
 
 #[utoipa::path(post, path = "/v1/confirmations/{nonce}", tag = "decisions", request_body = ConfirmationAnswer, params(("nonce" = String, Path, description = "Confirmation nonce")), responses((status = 200, description = "The final decision and its receipt", body = Resolution)))]
@@ -313,14 +329,55 @@ pub(crate) async fn confirmation_answer(mut cx: Cx<'_>) -> Result<Resp, Problem>
     json(StatusCode::OK, &cx.app.engine.confirm(cx.ws()?, cx.id()?, req, cx.idem).await?)
 }
 
-#[utoipa::path(get, path = "/v1/confirmations/{nonce}", tag = "decisions", params(("nonce" = String, Path, description = "Confirmation nonce")), responses((status = 200, description = "The confirmation", body = ConfirmationView)))]
+#[utoipa::path(get, path = "/v1/confirmations/{nonce}", tag = "decisions", params(("nonce" = String, Path, description = "Confirmation nonce"), ("wait" = Option<String>, Query, description = "Long-poll: answer as soon as the state changes, or after this long (`30s`, `500ms`; at most `--long-poll-max-ms`, 60 s by default)", pattern = "^[0-9]{1,9}(s|ms)$")), responses((status = 200, description = "The confirmation (with `wait`: as soon as it is no longer pending, or when the wait is over)", body = ConfirmationView)))]
 pub(crate) async fn confirmation_get(cx: Cx<'_>) -> Result<Resp, Problem> {
-    json(StatusCode::OK, &cx.app.engine.confirmation(cx.ws()?, cx.id()?)?)
+    let (engine, ws, nonce) = (&cx.app.engine, cx.ws()?, cx.id()?);
+    match long_poll(&cx)? {
+        Some(wait) => json(StatusCode::OK, &engine.wait_confirmation(ws, nonce, wait).await?),
+        None => json(StatusCode::OK, &engine.confirmation(ws, nonce)?),
+    }
 }
 
-#[utoipa::path(get, path = "/v1/escalations/{id}", tag = "decisions", params(("id" = String, Path, description = "Escalation id")), responses((status = 200, description = "The escalation", body = EscalationView)))]
+#[utoipa::path(get, path = "/v1/confirmations", tag = "decisions", params(("status" = Option<ConfirmationStatus>, Query, description = "Only those in this state (`pending`: the approver inbox)"), ("authorization_id" = Option<String>, Query, description = "Only those opened by checks of this authorization"), ("scope" = Option<String>, Query, description = "Only those whose check asked for this scope"), ("limit" = Option<u64>, Query, description = "Page size, 1..=1000 (default 100)"), ("starting_after" = Option<String>, Query, description = "`next_cursor` of the previous page")), responses((status = 200, description = "A page of confirmations, in nonce order", body = Page<ConfirmationView>)))]
+pub(crate) async fn confirmation_list(cx: Cx<'_>) -> Result<Resp, Problem> {
+    let q = cx.query(&["status", "authorization_id", "scope", "limit", "starting_after"])?;
+    let status = match q.str("status") {
+        None => None,
+        Some("pending") => Some(ConfirmationStatus::Pending),
+        Some("answered") => Some(ConfirmationStatus::Answered),
+        Some("expired") => Some(ConfirmationStatus::Expired),
+        Some(_) => return Err(Problem::invalid("query parameter `status` must be pending, answered or expired")),
+    };
+    let filter = hitl_filter(&q, status);
+    let limit = page_limit(q.u64("limit")?)?;
+    json(StatusCode::OK, &cx.app.engine.confirmations(cx.ws()?, &filter, q.str("starting_after"), limit)?)
+}
+
+#[utoipa::path(get, path = "/v1/escalations/{id}", tag = "decisions", params(("id" = String, Path, description = "Escalation id"), ("wait" = Option<String>, Query, description = "Long-poll: answer as soon as the state changes, or after this long (`30s`, `500ms`; at most `--long-poll-max-ms`, 60 s by default)", pattern = "^[0-9]{1,9}(s|ms)$")), responses((status = 200, description = "The escalation (with `wait`: as soon as it is resolved or expired, or when the wait is over)", body = EscalationView)))]
 pub(crate) async fn escalation_get(cx: Cx<'_>) -> Result<Resp, Problem> {
-    json(StatusCode::OK, &cx.app.engine.escalation(cx.ws()?, cx.id()?).await?)
+    let (engine, ws, id) = (&cx.app.engine, cx.ws()?, cx.id()?);
+    match long_poll(&cx)? {
+        Some(wait) => json(StatusCode::OK, &engine.wait_escalation(ws, id, wait).await?),
+        None => json(StatusCode::OK, &engine.escalation(ws, id).await?),
+    }
+}
+
+#[utoipa::path(get, path = "/v1/escalations", tag = "decisions", params(("status" = Option<EscalationStatus>, Query, description = "Only those in this state (`pending`: the approver inbox; one past its expiry is not pending)"), ("authorization_id" = Option<String>, Query, description = "Only those opened by checks of this authorization"), ("scope" = Option<String>, Query, description = "Only those whose check asked for this scope"), ("limit" = Option<u64>, Query, description = "Page size, 1..=1000 (default 100)"), ("starting_after" = Option<String>, Query, description = "`next_cursor` of the previous page")), responses((status = 200, description = "A page of escalations, in id order", body = Page<EscalationView>)))]
+pub(crate) async fn escalation_list(cx: Cx<'_>) -> Result<Resp, Problem> {
+    let q = cx.query(&["status", "authorization_id", "scope", "limit", "starting_after"])?;
+    let status = match q.str("status") {
+        None => None,
+        Some("pending") => Some(EscalationStatus::Pending),
+        Some("approved") => Some(EscalationStatus::Approved),
+        Some("denied") => Some(EscalationStatus::Denied),
+        Some("expired") => Some(EscalationStatus::Expired),
+        Some(_) => {
+            return Err(Problem::invalid("query parameter `status` must be pending, approved, denied or expired"))
+        }
+    };
+    let filter = hitl_filter(&q, status);
+    let limit = page_limit(q.u64("limit")?)?;
+    json(StatusCode::OK, &cx.app.engine.escalations(cx.ws()?, &filter, q.str("starting_after"), limit)?)
 }
 
 #[utoipa::path(post, path = "/v1/escalations/{id}/resolve", tag = "decisions", request_body = EscalationAnswer, params(("id" = String, Path, description = "Escalation id")), responses((status = 200, description = "The final decision and its receipt", body = Resolution)))]
@@ -420,6 +477,32 @@ pub(crate) fn secret_answer(created: &CreatedApiKey) -> Result<Resp, Problem> {
     let mut r = json(StatusCode::OK, created)?;
     r.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(r)
+}
+
+/// The inbox filters of a list's query.
+fn hitl_filter<S>(q: &Query, status: Option<S>) -> HitlFilter<S> {
+    HitlFilter {
+        status,
+        authorization_id: q.str("authorization_id").map(str::to_owned),
+        scope: q.str("scope").map(str::to_owned),
+    }
+}
+
+/// `?wait=` of a long-poll: `<n>s` or `<n>ms` (the engine caps it at `--long-poll-max-ms`); `None` when
+/// absent (a plain read).
+fn long_poll(cx: &Cx<'_>) -> Result<Option<std::time::Duration>, Problem> {
+    let q = cx.query(&["wait"])?;
+    let Some(raw) = q.str("wait") else { return Ok(None) };
+    let bad = || Problem::invalid("query parameter `wait` must be a duration like `30s` or `500ms`");
+    let (digits, unit_ms) = match raw.strip_suffix("ms") {
+        Some(d) => (d, 1),
+        None => (raw.strip_suffix('s').ok_or_else(bad)?, 1000),
+    };
+    if digits.is_empty() || digits.len() > 9 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    let ms = digits.parse::<u64>().map_err(|_| bad())?.saturating_mul(unit_ms);
+    Ok(Some(std::time::Duration::from_millis(ms)))
 }
 
 /// A list's `limit` (default 100, 1..=1000).

@@ -60,7 +60,9 @@ use crate::routes::Route;
         handlers::check,
         handlers::confirmation_answer,
         handlers::confirmation_get,
+        handlers::confirmation_list,
         handlers::escalation_get,
+        handlers::escalation_list,
         handlers::escalation_resolve,
         handlers::webhook_create,
         handlers::webhook_list,
@@ -153,6 +155,11 @@ fn build() -> Value {
         }
     }
     add_links(&mut doc);
+    // `handlers::check` adds the request's `context` to a `confirm` answer (the engine's
+    // `ConfirmationInfo` does not carry it: only its hash is kept, in the receipt).
+    doc["components"]["schemas"]["ConfirmationInfo"]["properties"]["context"] = json!({
+        "description": "The check request's `context`, echoed: what to show the user (absent when the request had none)"
+    });
     doc
 }
 

@@ -24,6 +24,7 @@
 //! | `idempotency_key_reused` | 422 | the `Idempotency-Key` was used with a different request |
 //! | `rate_limited` | 429 | the API key is over its rate limit (the workspace's, else the instance default); `Retry-After`: seconds until the next request would be accepted |
 //! | `overloaded` | 429 | the workspace's queue is full, or `--max-pending-writes` requests are waiting for the committer while the volume is not slow (`Retry-After`) |
+//! | `too_many_long_polls` | 503 | a long-poll (`GET /v1/escalations/{id}?wait=…`, the same for confirmations) while `--max-long-polls` already wait (`Retry-After`) |
 //! | `too_many_connections` | 503 | a new connection from a client address that already has `--max-connections-per-address` open: written without reading the request, then the connection is closed (`Retry-After`) |
 //! | `signer_unavailable` | 503 | the signer does not answer: decisions fail closed (`Retry-After`) |
 //! | `shutting_down` | 503 | the server is stopping (`Retry-After`) |
@@ -214,7 +215,7 @@ impl Problem {
                     "the signer is unavailable; nothing was decided or changed",
                 )
             },
-            EngineError::WorkspaceLogCatchingUp => {
+            EngineError::WorkspaceLogCatchingUp | EngineError::TooManyWaiters => {
                 Self { retry_after: Some(1), ..Self::new(StatusCode::SERVICE_UNAVAILABLE, code, e.to_string()) }
             }
             EngineError::ShuttingDown | EngineError::CommitTimeout { .. } => {
@@ -345,6 +346,8 @@ pub enum Exposure {
     Backup,
     /// `/metrics` with `--metrics-token-file`: a missing or wrong token.
     MetricsToken,
+    /// A long-poll (`?wait=`): too many already waiting.
+    LongPoll,
 }
 
 impl Exposure {
@@ -392,6 +395,7 @@ impl Exposure {
             }
             Self::Backup => vec![Problem::backup_failed(String::new())],
             Self::MetricsToken => vec![Problem::unauthenticated("")],
+            Self::LongPoll => vec![engine(EngineError::TooManyWaiters)],
         }
     }
 }
@@ -428,6 +432,7 @@ fn title(code: &str) -> &'static str {
         "request_timeout" => "Request timeout",
         "rate_limited" => "Rate limited",
         "too_many_connections" => "Too many connections",
+        "too_many_long_polls" => "Too many long-polls",
         _ => "Internal error",
     }
 }
@@ -490,6 +495,7 @@ mod tests {
         check(EngineError::WorkspaceLogDiverged, 503, "workspace_log_diverged", None);
         check(EngineError::WorkspaceLogBehindSigner, 503, "workspace_log_behind_signer", None);
         check(EngineError::WorkspaceLogCatchingUp, 503, "workspace_log_catching_up", None);
+        check(EngineError::TooManyWaiters, 503, "too_many_long_polls", None);
         check(EngineError::Signer("key sk_123".into()), 500, "signer_error", Some("sk_123"));
         check(EngineError::Internal("invariant x".into()), 500, "internal_error", Some("invariant x"));
         let refused = |kind, code| EngineError::Refused { kind, code, message: "m".into(), receipt: None };

@@ -31,9 +31,11 @@
 //! | POST | `/v1/check` | check | `check` |
 //! | GET | `/v1/receipts?authorization_id=…[&limit=…][&starting_after=…]` | read | `trail` |
 //! | GET | `/v1/receipts/{id}` | read | `receipt` |
-//! | GET | `/v1/confirmations/{nonce}` | read | `confirmation` |
+//! | GET | `/v1/confirmations[?status=pending\|answered\|expired][&authorization_id=…][&scope=…][&limit=…][&starting_after=…]` | read | `confirmations` (the approver inbox; nonce order) |
+//! | GET | `/v1/confirmations/{nonce}[?wait=30s]` | read | `confirmation`, or with `wait` (`Ns` or `Nms`, at most `--long-poll-max-ms`) `wait_confirmation`: answers as soon as it is no longer pending |
 //! | POST | `/v1/confirmations/{nonce}` | admin | `confirm` |
-//! | GET | `/v1/escalations/{id}` | read | `escalation` |
+//! | GET | `/v1/escalations[?status=pending\|approved\|denied\|expired][&authorization_id=…][&scope=…][&limit=…][&starting_after=…]` | read | `escalations` (the approver inbox; id order) |
+//! | GET | `/v1/escalations/{id}[?wait=30s]` | read | `escalation`, or with `wait` `wait_escalation` (as confirmations) |
 //! | POST | `/v1/escalations/{id}/resolve` | admin | `resolve_escalation` |
 //! | POST | `/v1/webhooks` | admin | `create_webhook` → 201 (the only answer with the secret) |
 //! | GET | `/v1/webhooks` | read | `webhooks` |
@@ -103,7 +105,9 @@ pub enum Route {
     ReceiptList,
     ConfirmationAnswer,
     ConfirmationGet,
+    ConfirmationList,
     EscalationGet,
+    EscalationList,
     EscalationResolve,
     WebhookCreate,
     WebhookList,
@@ -154,6 +158,8 @@ impl Route {
             Self::ReceiptList => "receipt_list",
             Self::ConfirmationAnswer => "confirmation_answer",
             Self::ConfirmationGet => "confirmation_get",
+            Self::ConfirmationList => "confirmation_list",
+            Self::EscalationList => "escalation_list",
             Self::EscalationGet => "escalation_get",
             Self::EscalationResolve => "escalation_resolve",
             Self::WebhookCreate => "webhook_create",
@@ -198,6 +204,8 @@ impl Route {
             | Self::ReceiptList
             | Self::EscalationGet
             | Self::ConfirmationGet
+            | Self::ConfirmationList
+            | Self::EscalationList
             | Self::WebhookList
             | Self::WebhookGet
             | Self::DeliveryList
@@ -230,7 +238,7 @@ pub struct Spec {
 
 impl Route {
     /// Every route that a request can match (not `Unmatched`).
-    pub const ALL: [Route; 43] = {
+    pub const ALL: [Route; 45] = {
         use Route::*;
         [
             Healthz,
@@ -264,7 +272,9 @@ impl Route {
             ReceiptList,
             ConfirmationAnswer,
             ConfirmationGet,
+            ConfirmationList,
             EscalationGet,
+            EscalationList,
             EscalationResolve,
             WebhookCreate,
             WebhookList,
@@ -327,12 +337,16 @@ impl Route {
                 ],
             ),
             Self::ConfirmationGet => {
-                ("get", "/v1/confirmations/{nonce}", &[Refused(Refusal::NotFound, "confirmation_not_found")])
+                ("get", "/v1/confirmations/{nonce}", &[LongPoll, Refused(Refusal::NotFound, "confirmation_not_found")])
             }
+            Self::ConfirmationList => ("get", "/v1/confirmations", NONE),
             // A read that finds the escalation overdue records its expiry.
-            Self::EscalationGet => {
-                ("get", "/v1/escalations/{id}", &[Records, Refused(Refusal::NotFound, "escalation_not_found")])
-            }
+            Self::EscalationGet => (
+                "get",
+                "/v1/escalations/{id}",
+                &[Records, LongPoll, Refused(Refusal::NotFound, "escalation_not_found")],
+            ),
+            Self::EscalationList => ("get", "/v1/escalations", NONE),
             Self::EscalationResolve => (
                 "post",
                 "/v1/escalations/{id}/resolve",
@@ -479,6 +493,8 @@ pub fn match_route<'a>(method: &Method, path: &'a str) -> Matched<'a> {
         ["v1", "confirmations", nonce] => {
             (&[(Post, Route::ConfirmationAnswer), (Get, Route::ConfirmationGet)], None, Some(*nonce))
         }
+        ["v1", "confirmations"] => (&[(Get, Route::ConfirmationList)], None, None),
+        ["v1", "escalations"] => (&[(Get, Route::EscalationList)], None, None),
         ["v1", "escalations", id] => (&[(Get, Route::EscalationGet)], None, Some(*id)),
         ["v1", "escalations", id, "resolve"] => (&[(Post, Route::EscalationResolve)], None, Some(*id)),
         ["v1", "webhooks"] => (&[(Post, Route::WebhookCreate), (Get, Route::WebhookList)], None, None),
@@ -610,6 +626,8 @@ async fn run(route: Route, cx: Cx<'_>) -> Result<Resp, Problem> {
         Route::Check => h::check(cx).await,
         Route::ConfirmationAnswer => h::confirmation_answer(cx).await,
         Route::ConfirmationGet => h::confirmation_get(cx).await,
+        Route::ConfirmationList => h::confirmation_list(cx).await,
+        Route::EscalationList => h::escalation_list(cx).await,
         Route::EscalationGet => h::escalation_get(cx).await,
         Route::EscalationResolve => h::escalation_resolve(cx).await,
         Route::WebhookCreate => h::webhook_create(cx).await,
@@ -683,6 +701,9 @@ mod tests {
         check(Method::GET, "/v1/authorizations", found(Route::AuthorizationList, None, None));
         check(Method::GET, "/v1/confirmations/cn_1", found(Route::ConfirmationGet, None, Some("cn_1")));
         check(Method::GET, "/v1/receipts", found(Route::ReceiptList, None, None));
+        check(Method::GET, "/v1/escalations", found(Route::EscalationList, None, None));
+        check(Method::GET, "/v1/confirmations", found(Route::ConfirmationList, None, None));
+        check(Method::POST, "/v1/escalations", Matched::MethodNotAllowed("GET".into()));
         check(Method::GET, "/v1/receipts/rc_1", found(Route::ReceiptGet, None, Some("rc_1")));
         check(Method::POST, "/v1/webhooks", found(Route::WebhookCreate, None, None));
         check(Method::GET, "/v1/webhooks", found(Route::WebhookList, None, None));

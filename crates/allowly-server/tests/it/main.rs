@@ -16,6 +16,7 @@ mod backup;
 mod blackbox;
 mod disk;
 mod hitl;
+mod inbox;
 mod isolation;
 mod ops;
 mod pkcs11;
