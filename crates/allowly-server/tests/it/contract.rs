@@ -63,7 +63,7 @@ fn the_server_keeps_to_its_openapi_document_under_generated_requests() {
     assert!(
         out.status.success(),
         "schemathesis found answers that break docs/openapi.json:\n{}\n{}",
-        describe(&what, &out),
+        describe_output(&what, &out),
         s.diagnostics()
     );
     let run: Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
@@ -83,13 +83,4 @@ fn the_server_keeps_to_its_openapi_document_under_generated_requests() {
     let (scenarios, links) = (stat("Scenarios:"), stat("API Links:"));
     println!("schemathesis: stateful scenarios {scenarios:?}, links covered {links:?}");
     assert!(scenarios.is_some_and(|n| n >= 1), "the stateful phase ran no scenario:\n{stdout}");
-}
-
-fn describe(what: &str, out: &std::process::Output) -> String {
-    format!(
-        "{what}\nstatus: {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }

@@ -14,6 +14,7 @@
 mod abuse;
 mod backup;
 mod blackbox;
+mod clients;
 mod contract;
 mod disk;
 mod hitl;

@@ -61,6 +61,16 @@ pub fn venv_bin(name: &str) -> PathBuf {
     bin
 }
 
+/// Everything useful about a finished command, for assertion messages.
+pub fn describe_output(what: &str, out: &std::process::Output) -> String {
+    format!(
+        "{what}\nstatus: {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 /// Everything in these tests waits at most this long.
 pub const DEADLINE: Duration = Duration::from_secs(20);
 /// Poll interval of [`eventually`].
