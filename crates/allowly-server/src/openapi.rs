@@ -114,7 +114,7 @@ fn build() -> Value {
             "description": "An API key (`alw_…`) of the workspace, or the instance admin key",
         }
     });
-    for route in Route::ALL {
+    for &route in Route::ALL {
         let Some(spec) = route.spec() else { continue };
         let op = &mut doc["paths"][spec.path][spec.method];
         if op.is_null() {
@@ -219,7 +219,7 @@ mod tests {
     #[test]
     fn every_route_is_documented() {
         let doc = document();
-        for route in Route::ALL {
+        for &route in Route::ALL {
             let spec = route.spec().unwrap();
             let op = &doc["paths"][spec.path][spec.method];
             assert!(
@@ -244,7 +244,7 @@ mod tests {
     /// `Route::spec` names the method and path that `match_route` routes to the route.
     #[test]
     fn specs_agree_with_the_router() {
-        for route in Route::ALL {
+        for &route in Route::ALL {
             let spec = route.spec().unwrap();
             let path = spec
                 .path
