@@ -83,10 +83,12 @@ impl Engine {
             tokio::runtime::Handle::current(),
         )
         .map_err(|e| EngineError::Internal(format!("cannot start the committer thread: {e}")))?;
+        let sign_pacer = crate::pipeline::Pacer::new(cfg.sign_rounds_per_second);
         let services = Arc::new(Services {
             store,
             committer,
             signer,
+            sign_pacer,
             cfg,
             metrics,
             health: Health::default(),
@@ -157,6 +159,8 @@ impl Engine {
     pub async fn shutdown(&self) {
         let s = &self.shared;
         s.shutting_down.store(true, Ordering::Release);
+        // Signing rounds waiting for their paced slot go now.
+        s.pipelines.wake_all();
         let deadline = tokio::time::Instant::now() + s.cfg.shutdown_timeout;
         let actors: Vec<WsHandle> = s.actors.iter().map(|e| e.value().clone()).collect();
         for h in actors {

@@ -50,7 +50,9 @@ use crate::model::Resynced;
 use crate::receipts::{key_records, verifier};
 use crate::services::{blocking, Services};
 
+mod pace;
 mod rotation;
+pub(crate) use pace::Pacer;
 pub(crate) use rotation::{count as count_rotation, rotate};
 
 /// Running pipeline tasks by workspace; each gets the workspace's committed log size.
@@ -217,6 +219,13 @@ impl Pipelines {
                 entry.insert(Slot { id, tx, progress: progress.clone(), fresh: fresh.clone() });
                 tokio::spawn(run(shared.clone(), self.clone(), ws.to_owned(), id, rx, progress, fresh));
             }
+        }
+    }
+
+    /// Wakes every task (at shutdown: one waiting for its paced slot sends at once).
+    pub fn wake_all(&self) {
+        for slot in self.map.iter() {
+            slot.tx.send_modify(|_| ());
         }
     }
 
@@ -410,13 +419,25 @@ async fn run(
         // Let the commits of the next `sign_batch_delay` join this signature, unless the batch
         // fills first: a signature and the signer's fsyncs cost the same for one leaf as for a
         // thousand. Not on any answer's path (answers leave at commit); bounds the signing lag.
-        let deadline = tokio::time::Instant::from_std(since + shared.cfg.sign_batch_delay);
+        // With many workspaces signing at once, later: the round waits for its slot of the
+        // instance's signing rate (see `pace.rs`), collecting commits meanwhile.
+        let ready = since + shared.cfg.sign_batch_delay;
+        let slot = if shared.shutting_down.load(Ordering::Acquire) { ready } else { shared.sign_pacer.reserve(ready) };
+        if slot > ready {
+            shared.metrics.sign_rounds_paced.inc();
+        }
+        let mut deadline = tokio::time::Instant::from_std(slot);
         let mut committed = committed;
         while ((committed - st.frontier.size()) as usize) < shared.cfg.sign_batch_max {
             match tokio::time::timeout_at(deadline, rx.changed()).await {
                 Ok(Ok(())) => committed = *rx.borrow_and_update(),
                 // The deadline passed, or the registry dropped us (the next loop sees that).
                 _ => break,
+            }
+            // Shutting down (`Pipelines::wake_all`): what is committed is signed after the batch
+            // delay, not at its slot.
+            if shared.shutting_down.load(Ordering::Acquire) {
+                deadline = deadline.min(tokio::time::Instant::from_std(ready));
             }
         }
         match st.round(&shared, committed).await {

@@ -182,6 +182,52 @@ async fn concurrent_checks_share_commits_and_get_one_contiguous_log() {
     signer.stop();
 }
 
+/// Many workspaces signing at once share the instance's signing rate: rounds beyond it wait
+/// for their slot (and carry more), every receipt still gets signed, and shutdown does not wait
+/// for the slots — it signs what is committed at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signing_rounds_keep_to_the_instance_rate_and_shutdown_signs_without_waiting_for_slots() {
+    const RATE: u32 = 4;
+    const WORKSPACES: usize = 12;
+    let root = TempDir::new().unwrap();
+    let signer = start_signer(&root);
+    let store = open_store(&root);
+    let cfg = EngineConfig {
+        sign_rounds_per_second: RATE,
+        sign_batch_delay: Duration::from_millis(1),
+        shutdown_timeout: Duration::from_millis(1500),
+        ..config()
+    };
+    let e = Engine::start(store.clone() as Arc<dyn Store>, client(&root), cfg).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut grants = Vec::new();
+    for _ in 0..WORKSPACES {
+        let ws = workspace(&e).await;
+        let auth = e.create_authorization(&ws, grant(None), None).await.unwrap().authorization.id;
+        grants.push((ws, auth));
+    }
+    for (ws, auth) in &grants {
+        eventually("every grant signed", || async { all_signed(&e, ws, auth).await }).await;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let m = e.metrics();
+    let rounds = m.sign_batch.get_sample_count();
+    // An upper bound whatever the machine's speed: the slots are 1/RATE apart, the first at once.
+    assert!(
+        rounds as f64 <= f64::from(RATE) * elapsed + 1.0,
+        "{rounds} signing rounds in {elapsed:.2} s at {RATE} a second"
+    );
+    assert!(m.sign_rounds_paced.get() > 0, "no round waited for its slot");
+    // One more receipt in every workspace, then stop at once: 12 slots would take 3 s, longer
+    // than the shutdown's bound; shutdown lets them go without their slots.
+    for (ws, auth) in &grants {
+        e.check(ws, ask(auth, "files.read", Some("doc:1")), None).await.unwrap();
+    }
+    e.shutdown().await;
+    assert_eq!(store.workspaces_with_unsigned().unwrap(), Vec::<String>::new(), "shutdown left receipts unsigned");
+    signer.stop();
+}
+
 /// A cache budget of one authorization, with checks on several authorizations in flight at
 /// once: entries are evicted all the time, but never one that a staged or in-flight commit
 /// changed (a reread from the store would be stale: a reused `seq`, a wrong `prev`). Every trail
