@@ -237,14 +237,17 @@ impl Pipelines {
     pub fn backlog(&self, is_diverged: impl Fn(&str) -> bool) -> Backlog {
         let mut b = Backlog::default();
         for slot in self.map.iter() {
-            let diverged = is_diverged(slot.key());
             let committed = *slot.tx.borrow();
             let signed = slot.progress.signed.load(Ordering::Acquire);
             if signed != NOT_LOADED {
                 b.unsigned += committed.saturating_sub(signed);
             }
-            if let Some(t) = slot.progress.oldest().filter(|_| !diverged) {
-                b.oldest = Some(b.oldest.map_or(t, |o| o.min(t)));
+            // The divergence lookup (a map probe by name) only for an age that would count:
+            // this runs over every workspace each health tick.
+            if let Some(t) = slot.progress.oldest() {
+                if b.oldest.is_none_or(|o| t < o) && !is_diverged(slot.key()) {
+                    b.oldest = Some(t);
+                }
             }
         }
         b
