@@ -183,8 +183,9 @@ pub struct CheckOutcome {
     /// `scope_not_granted`, `resource_not_covered`, `confirmation_required`,
     /// `escalation_required`).
     pub reason: String,
-    /// The durable, not yet signed receipt of this decision. `None` only for
-    /// `unknown_authorization` (there is no trail to chain it into).
+    /// The durable, not yet signed receipt of this decision: every decision has one (format
+    /// 1.1: an `unknown_authorization` deny's is a workspace event, in no trail). `null` only
+    /// in an answer recorded under an `Idempotency-Key` by an older version, replayed.
     pub receipt: Option<PendingReceipt<RawBody>>,
     /// Set when `decision` is `confirm`.
     pub confirmation: Option<ConfirmationInfo>,

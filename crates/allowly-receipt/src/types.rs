@@ -312,6 +312,10 @@ pub struct Approval {
     pub by: String,
     /// SHA-256 of exactly what they were shown, if the app supplied it.
     pub shown_hash: Option<HexHash>,
+    /// Format 1.1: SHA-256 of the note they wrote with their answer, if any. (A 1.0 escalation
+    /// answer's note was hashed into `shown_hash`.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note_hash: Option<HexHash>,
 }
 
 /// A person's answer.
@@ -390,6 +394,14 @@ pub struct ReceiptBody {
     pub context_hash: Option<HexHash>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<RotatedKey>,
+    /// Format 1.1: the authorization id a check asked for when no such authorization exists
+    /// (`reason` `unknown_authorization`); such a check is a workspace event, in no trail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asked_authorization_id: Option<String>,
+    /// Format 1.1: until when the confirmation or escalation a `confirm` or `escalate` check
+    /// opened may be answered (answers after it are refused, and recorded as such).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Timestamp>,
 }
 
 impl ReceiptBody {
@@ -427,10 +439,23 @@ impl ReceiptBody {
             has_prev: self.prev.is_some(),
             has_grant: self.grant.is_some(),
             escalation_id: self.escalation_id.as_deref(),
+            decision: self.decision,
+            unknown_authorization: self.reason.as_deref() == Some(REASON_UNKNOWN_AUTHORIZATION),
+            asked_authorization_id: self.asked_authorization_id.as_deref(),
         }
         .check()
     }
+
+    /// Whether the body belongs to an authorization's trail (it has an `authorization_id`);
+    /// otherwise it is a workspace event (`key.rotated`, a check of an unknown authorization).
+    pub fn in_trail(&self) -> bool {
+        self.authorization_id.is_some()
+    }
 }
+
+/// The reason of a check that named no authorization of the workspace (format 1.1: such a
+/// check is a workspace event and says in `asked_authorization_id` which id was asked for).
+pub const REASON_UNKNOWN_AUTHORIZATION: &str = "unknown_authorization";
 
 /// What [`ReceiptBody::validate`] and [`ReceiptBodyView::parse`] check beyond types: one
 /// function for both, so the signer and the verifier cannot drift apart.
@@ -445,6 +470,10 @@ struct Rules<'a> {
     has_prev: bool,
     has_grant: bool,
     escalation_id: Option<&'a str>,
+    decision: Option<Decision>,
+    /// `reason` is [`REASON_UNKNOWN_AUTHORIZATION`].
+    unknown_authorization: bool,
+    asked_authorization_id: Option<&'a str>,
 }
 
 impl Rules<'_> {
@@ -458,7 +487,27 @@ impl Rules<'_> {
         if self.log_index > jcs::MAX_SAFE_INTEGER {
             return err("log_index", "beyond 2^53-1");
         }
-        if self.kind.is_authorization_event() {
+        // Format 1.1: a check of an unknown authorization has no trail to join. It is a
+        // workspace event, and exactly such a check carries `asked_authorization_id`.
+        let unknown = self.unknown_authorization || self.asked_authorization_id.is_some();
+        if unknown {
+            let Some(asked) = self.asked_authorization_id else {
+                return err("asked_authorization_id", "required when the reason is unknown_authorization");
+            };
+            validate_id("asked_authorization_id", asked)?;
+            if self.kind != EventKind::Check
+                || self.decision != Some(Decision::Deny)
+                || !self.unknown_authorization
+                || self.authorization_id.is_some()
+                || self.seq.is_some()
+                || self.has_prev
+            {
+                return err(
+                    "asked_authorization_id",
+                    "only a check denied as unknown_authorization, with no authorization_id, seq or prev",
+                );
+            }
+        } else if self.kind.is_authorization_event() {
             let Some(auth) = self.authorization_id else { return err("authorization_id", "required for this kind") };
             validate_id("authorization_id", auth)?;
             match (self.seq, self.has_prev) {
@@ -526,7 +575,7 @@ struct ViewFields<'a> {
     #[serde(deserialize_with = "present")]
     decision: Option<Decision>,
     #[serde(deserialize_with = "present")]
-    reason: Option<AnyText>,
+    reason: Option<ReasonText>,
     scopes: TextList,
     #[serde(deserialize_with = "present")]
     resource: Option<AnyText>,
@@ -543,6 +592,10 @@ struct ViewFields<'a> {
     context_hash: Option<&'a str>,
     #[serde(default)]
     key: Option<RotatedKey>,
+    #[serde(default, borrow)]
+    asked_authorization_id: Option<&'a str>,
+    #[serde(default, borrow)]
+    expires_at: Option<&'a str>,
 }
 
 /// A nullable member that must be present (`deserialize_with` makes serde report a missing
@@ -564,6 +617,26 @@ impl<'de> Deserialize<'de> for AnyText {
             }
             fn visit_str<E: serde::de::Error>(self, _: &str) -> std::result::Result<AnyText, E> {
                 Ok(AnyText)
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// A reason code, kept only as whether it is [`REASON_UNKNOWN_AUTHORIZATION`] (the one reason
+/// the §4 rules read).
+struct ReasonText(bool);
+
+impl<'de> Deserialize<'de> for ReasonText {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = ReasonText;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> std::result::Result<ReasonText, E> {
+                Ok(ReasonText(s == REASON_UNKNOWN_AUTHORIZATION))
             }
         }
         d.deserialize_str(V)
@@ -615,10 +688,11 @@ impl<'a> ReceiptBodyView<'a> {
         hash(f.auth_state_hash)?;
         hash(f.context_hash)?;
         let time = Timestamp::parse(f.time)?;
+        f.expires_at.map(Timestamp::parse).transpose()?;
         if f.seq.is_some_and(|s| s > jcs::MAX_SAFE_INTEGER) {
             return Err(Error::Field { field: "seq", msg: "beyond 2^53-1".into() });
         }
-        let _ = (f.decision, f.reason, f.scopes, f.resource, f.approval, f.key);
+        let _ = (f.scopes, f.resource, f.approval, f.key);
         Rules {
             v: f.v,
             id: f.id,
@@ -630,6 +704,9 @@ impl<'a> ReceiptBodyView<'a> {
             has_prev: f.prev.is_some(),
             has_grant: f.grant.is_some(),
             escalation_id: f.escalation_id,
+            decision: f.decision,
+            unknown_authorization: f.reason.is_some_and(|r| r.0),
+            asked_authorization_id: f.asked_authorization_id,
         }
         .check()?;
         Ok(Self { id: f.id, workspace_id: f.workspace_id, log_index: f.log_index, kind: f.kind, time })

@@ -329,7 +329,7 @@ impl WsState {
             (None, h) => h,
         };
         let outcome = answer.outcome;
-        let approval = Some(Approval { outcome, by: answer.by, shown_hash });
+        let approval = Some(Approval { outcome, by: answer.by, shown_hash, note_hash: None });
         let (scopes, resource, auth) = doc.opened.subject();
         let attempt = |reason| Step {
             kind: EventKind::Confirmation,
@@ -440,6 +440,7 @@ impl WsState {
             outcome: if approved { ApprovalOutcome::Approved } else { ApprovalOutcome::Declined },
             by: answer.approver.clone(),
             shown_hash: answer.note.as_deref().map(sha256_text),
+            note_hash: None,
         };
         let step = Step {
             kind: EventKind::EscalationResolved,

@@ -22,7 +22,7 @@
 //! members nested deeper than [`MAX_DEPTH`], escapes inside ids, hashes and times (`parse`
 //! refuses those anyway), and every form `parse` accepts that is not canonical.
 
-use super::{EventKind, ReceiptBodyView, Rules, Timestamp};
+use super::{Decision, EventKind, ReceiptBodyView, Rules, Timestamp, REASON_UNKNOWN_AUTHORIZATION};
 use crate::jcs::MAX_SAFE_INTEGER;
 
 /// Deepest nesting of arrays and objects inside an unknown member read here (deeper: `None`).
@@ -84,6 +84,9 @@ struct Body<'a> {
     time: Option<Timestamp>,
     has_grant: bool,
     escalation_id: Option<&'a str>,
+    decision: Option<Decision>,
+    unknown_authorization: bool,
+    asked_authorization_id: Option<&'a str>,
 }
 
 /// The cursor.
@@ -115,6 +118,9 @@ pub(super) fn parse_canonical(bytes: &[u8]) -> Read<ReceiptBodyView<'_>> {
         has_prev: f.has_prev,
         has_grant: f.has_grant,
         escalation_id: f.escalation_id,
+        decision: f.decision,
+        unknown_authorization: f.unknown_authorization,
+        asked_authorization_id: f.asked_authorization_id,
     }
     .check()
     .ok()?;
@@ -126,11 +132,13 @@ pub(super) fn parse_canonical(bytes: &[u8]) -> Read<ReceiptBodyView<'_>> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Member {
     Approval,
+    AskedAuthorizationId,
     AuthStateHash,
     AuthorizationId,
     ContextHash,
     Decision,
     EscalationId,
+    ExpiresAt,
     Grant,
     Id,
     Key,
@@ -459,10 +467,15 @@ impl<'a> Scan<'a> {
             }};
         }
         match rest.get(1)? {
-            b'a' => keys!(Approval "approval", AuthStateHash "auth_state_hash", AuthorizationId "authorization_id"),
+            b'a' => keys!(
+                Approval "approval",
+                AskedAuthorizationId "asked_authorization_id",
+                AuthStateHash "auth_state_hash",
+                AuthorizationId "authorization_id"
+            ),
             b'c' => keys!(ContextHash "context_hash"),
             b'd' => keys!(Decision "decision"),
-            b'e' => keys!(EscalationId "escalation_id"),
+            b'e' => keys!(EscalationId "escalation_id", ExpiresAt "expires_at"),
             b'g' => keys!(Grant "grant"),
             b'i' => keys!(Id "id"),
             b'k' => keys!(Key "key", Kind "kind"),
@@ -482,6 +495,11 @@ impl<'a> Scan<'a> {
         use Member as M;
         let bit = match member {
             M::Approval => return self.nullable(Self::approval).map(drop),
+            M::AskedAuthorizationId => {
+                f.asked_authorization_id = self.nullable(Self::str_plain)?;
+                return Some(());
+            }
+            M::ExpiresAt => return self.nullable(Self::time).map(drop),
             M::AuthStateHash => {
                 self.nullable(Self::hex64)?;
                 AUTH_STATE_HASH
@@ -492,8 +510,11 @@ impl<'a> Scan<'a> {
             }
             M::ContextHash => return self.nullable(Self::hex64).map(drop),
             M::Decision => {
-                self.nullable(|s| match s.string_plain()? {
-                    b"allow" | b"deny" | b"confirm" | b"escalate" => Some(()),
+                f.decision = self.nullable(|s| match s.string_plain()? {
+                    b"allow" => Some(Decision::Allow),
+                    b"deny" => Some(Decision::Deny),
+                    b"confirm" => Some(Decision::Confirm),
+                    b"escalate" => Some(Decision::Escalate),
                     _ => None,
                 })?;
                 DECISION
@@ -524,7 +545,8 @@ impl<'a> Scan<'a> {
                 PREV
             }
             M::Reason => {
-                self.nullable(Self::string)?;
+                let reason = self.nullable(Self::string)?;
+                f.unknown_authorization = reason == Some((REASON_UNKNOWN_AUTHORIZATION.as_bytes(), false));
                 REASON
             }
             M::Resource => {
@@ -595,7 +617,7 @@ impl<'a> Scan<'a> {
                     _ => None,
                 }
             }
-            b"shown_hash" => s.nullable(Self::hex64).map(drop),
+            b"note_hash" | b"shown_hash" => s.nullable(Self::hex64).map(drop),
             _ => s.skip(1),
         })?;
         (seen == 3).then_some(())
@@ -645,6 +667,8 @@ mod tests {
             escalation_id: None,
             context_hash: Some(HexHash([2; 32])),
             key: None,
+            asked_authorization_id: None,
+            expires_at: None,
         }
         .canonical_bytes()
         .unwrap()

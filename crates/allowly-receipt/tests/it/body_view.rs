@@ -293,11 +293,14 @@ fn grant() -> impl Strategy<Value = Grant> {
 }
 
 fn approval() -> impl Strategy<Value = Approval> {
-    (any::<bool>(), text(), prop::option::of(hash())).prop_map(|(ok, by, shown_hash)| Approval {
-        outcome: if ok { ApprovalOutcome::Approved } else { ApprovalOutcome::Declined },
-        by,
-        shown_hash,
-    })
+    (any::<bool>(), text(), prop::option::of(hash()), prop::option::of(hash())).prop_map(
+        |(ok, by, shown_hash, note_hash)| Approval {
+            outcome: if ok { ApprovalOutcome::Approved } else { ApprovalOutcome::Declined },
+            by,
+            shown_hash,
+            note_hash,
+        },
+    )
 }
 
 fn rotated_key() -> impl Strategy<Value = RotatedKey> {
@@ -322,6 +325,8 @@ fn body() -> impl Strategy<Value = ReceiptBody> {
             prop::option::of(id()),
             prop::option::of(hash()),
             prop::option::of(rotated_key()),
+            prop::option::weighted(0.2, id()),
+            prop::option::of(time()),
         ),
         prop::bool::weighted(0.9),
     )
@@ -330,7 +335,7 @@ fn body() -> impl Strategy<Value = ReceiptBody> {
                 (v, id, workspace_id, authorization_id, kind),
                 (seq, prev, log_index, decision, reason),
                 (scopes, resource, time, auth_state_hash),
-                (grant, approval, escalation_id, context_hash, key),
+                (grant, approval, escalation_id, context_hash, key, asked_authorization_id, expires_at),
                 consistent,
             )| {
                 let mut b = ReceiptBody {
@@ -353,10 +358,21 @@ fn body() -> impl Strategy<Value = ReceiptBody> {
                     escalation_id,
                     context_hash,
                     key,
+                    asked_authorization_id,
+                    expires_at,
                 };
                 if consistent {
                     // Make the trail fields agree with the kind, as the service writes them.
+                    if kind != EventKind::Check {
+                        b.asked_authorization_id = None;
+                    }
                     match kind {
+                        // Format 1.1: a check of an unknown authorization, a workspace event.
+                        EventKind::Check if b.asked_authorization_id.is_some() => {
+                            (b.authorization_id, b.seq, b.prev) = (None, None, None);
+                            b.decision = Some(Decision::Deny);
+                            b.reason = Some("unknown_authorization".into());
+                        }
                         EventKind::KeyRotated => (b.authorization_id, b.seq, b.prev) = (None, None, None),
                         EventKind::AuthorizationCreated => {
                             b.authorization_id.get_or_insert_with(|| "auth_1".into());
