@@ -134,3 +134,37 @@ fn a_check_of_an_unknown_authorization_leaves_a_receipt_that_all_three_verifiers
     std::fs::write(&trail_file, &trail.body).unwrap();
     all_three_accept("bundle", &trail_file, &keys_file);
 }
+
+/// One shape (issue 13 part 1): the receipt in an answer (`/v1/check`, a confirmation's or an
+/// escalation's answer) is the §6.1 pending envelope, exactly what `GET /v1/receipts/{id}`
+/// serves for that receipt until it is signed; signed, the same body, byte for byte, in the
+/// signed envelope.
+#[test]
+fn answers_and_get_receipt_carry_the_receipt_in_one_shape() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = start(&tmp.path().join("data"));
+    let c = s.client();
+    let t = tenant(&s, "A", &["files.read"]);
+    let mut answers = Vec::new();
+    for _ in 0..3 {
+        let r = c.post("/v1/check", &t.checker, json!({ "authorization_id": t.az, "scopes": ["files.read"] }));
+        assert_eq!(r.status, 200, "{r}");
+        answers.push(r.json()["receipt"].clone());
+    }
+    let r = c.post("/v1/check", &t.checker, json!({ "authorization_id": "au_unknown", "scopes": ["files.read"] }));
+    answers.push(r.json()["receipt"].clone());
+    for receipt in &answers {
+        let members: Vec<&str> = receipt.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(members, ["body", "leaf_hash", "log_index", "receipt_id", "status"], "{receipt}");
+        let id = receipt["receipt_id"].as_str().unwrap();
+        let got = c.get(&format!("/v1/receipts/{id}"), Some(&t.reader));
+        assert_eq!(got.status, 200, "{got}");
+        let got = got.json();
+        if got["status"] == "pending" {
+            assert_eq!(&got, receipt, "GET serves another shape than the answer");
+        }
+        let signed = signed_receipt(&s, &t.reader, id);
+        assert_eq!(signed["body"], receipt["body"], "{signed}");
+        assert_eq!(signed["log_index"], receipt["log_index"], "{signed}");
+    }
+}

@@ -110,6 +110,11 @@ pub fn grant(expires_at: Option<Timestamp>) -> NewAuthorization {
     }
 }
 
+/// A person's answer with no `shown` (an approver's, say), and `note` if given.
+pub fn answer_by(by: &str, outcome: AnswerOutcome, note: Option<&str>) -> Answer {
+    Answer { outcome, by: by.into(), shown: None, shown_hash: None, note: note.map(Into::into) }
+}
+
 pub fn ask(auth: &str, scope: &str, resource: Option<&str>) -> CheckRequest {
     CheckRequest {
         authorization_id: auth.into(),
