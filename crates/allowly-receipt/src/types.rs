@@ -296,10 +296,13 @@ pub struct Grant {
     pub scopes: Vec<String>,
     /// Resource constraints; empty means any resource.
     pub resources: Vec<String>,
-    /// When the authorization stops allowing anything; `null` for never.
+    /// When the authorization stops allowing anything; `null` for never. Present (§4.1:
+    /// every member listed for `grant` is, `null` or not).
+    #[serde(deserialize_with = "present")]
     pub expires_at: Option<Timestamp>,
     /// SHA-256 of the JCS form of the app-supplied metadata, if any (metadata itself is not signed
-    /// in full so that receipts do not copy arbitrary customer data).
+    /// in full so that receipts do not copy arbitrary customer data). Present, like `expires_at`.
+    #[serde(deserialize_with = "present")]
     pub metadata_hash: Option<HexHash>,
 }
 
@@ -310,7 +313,9 @@ pub struct Approval {
     pub outcome: ApprovalOutcome,
     /// Identity of the person who answered, as the app reported it.
     pub by: String,
-    /// SHA-256 of exactly what they were shown, if the app supplied it.
+    /// SHA-256 of exactly what they were shown, if the app supplied it. Present, `null` or not
+    /// (§4.1; only the 1.1 `note_hash` may be absent).
+    #[serde(deserialize_with = "present")]
     pub shown_hash: Option<HexHash>,
     /// Format 1.1: SHA-256 of the note they wrote with their answer, if any. (A 1.0 escalation
     /// answer's note was hashed into `shown_hash`.)

@@ -578,13 +578,19 @@ impl<'a> Scan<'a> {
         Some(())
     }
 
-    /// `Grant`: `subject`, `scopes`, `resources` required, `expires_at` and `metadata_hash`
-    /// nullable and optional, other members ignored.
+    /// `Grant`: `subject`, `scopes`, `resources`, and `expires_at` and `metadata_hash` (nullable),
+    /// all required, other members ignored.
     fn grant(&mut self) -> Read<()> {
         let mut seen = 0u8;
         self.object(|s, key| match key {
-            b"expires_at" => s.nullable(Self::time).map(drop),
-            b"metadata_hash" => s.nullable(Self::hex64).map(drop),
+            b"expires_at" => {
+                seen |= 8;
+                s.nullable(Self::time).map(drop)
+            }
+            b"metadata_hash" => {
+                seen |= 16;
+                s.nullable(Self::hex64).map(drop)
+            }
             b"resources" => {
                 seen |= 1;
                 s.strings()
@@ -599,10 +605,11 @@ impl<'a> Scan<'a> {
             }
             _ => s.skip(1),
         })?;
-        (seen == 7).then_some(())
+        (seen == 31).then_some(())
     }
 
-    /// `Approval`: `outcome` and `by` required, `shown_hash` nullable and optional.
+    /// `Approval`: `outcome`, `by` and `shown_hash` (nullable) required, `note_hash` (1.1)
+    /// nullable and optional.
     fn approval(&mut self) -> Read<()> {
         let mut seen = 0u8;
         self.object(|s, key| match key {
@@ -617,10 +624,14 @@ impl<'a> Scan<'a> {
                     _ => None,
                 }
             }
-            b"note_hash" | b"shown_hash" => s.nullable(Self::hex64).map(drop),
+            b"shown_hash" => {
+                seen |= 4;
+                s.nullable(Self::hex64).map(drop)
+            }
+            b"note_hash" => s.nullable(Self::hex64).map(drop),
             _ => s.skip(1),
         })?;
-        (seen == 3).then_some(())
+        (seen == 7).then_some(())
     }
 
     /// `RotatedKey`: `key_id`, `replaces`, `vkey`, all strings.

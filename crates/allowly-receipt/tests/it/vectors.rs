@@ -558,6 +558,16 @@ fn vectors_11(v: &mut Vec<Vector>) {
         Bad,
         &["body_invalid", "inclusion_proof_invalid"],
     )));
+    // §4.1: every member listed for `approval` is present (`null` or not), but the 1.1
+    // `note_hash`; the same for `grant` (below, on the 1.0 log).
+    v.push(log.pin(receipt_vector(
+        "receipt-1.1-approval-without-shown-hash",
+        pretty(&with_body(&r(4), |b| {
+            b["approval"].as_object_mut().expect("approval").remove("shown_hash");
+        })),
+        Bad,
+        &["body_invalid"],
+    )));
     v.push(log.pin(receipt_vector(
         "receipt-1.1-note-hash-uppercase",
         pretty(&with_body(&r(4), |b| {
@@ -735,6 +745,14 @@ fn vectors() -> (Log, Vec<Vector>) {
         "receipt-missing-member",
         pretty(&with_body(&r(1), |b| {
             b.remove("reason");
+        })),
+        Bad,
+        &["body_invalid"],
+    ));
+    v.push(receipt_vector(
+        "receipt-grant-without-expires-at",
+        pretty(&with_body(&r(0), |b| {
+            b["grant"].as_object_mut().expect("grant").remove("expires_at");
         })),
         Bad,
         &["body_invalid"],
