@@ -85,6 +85,26 @@ impl Trail {
     }
 }
 
+/// The bodies of a log being built and their leaf hashes; appending a trail's receipt moves
+/// the trail on.
+#[derive(Default)]
+struct Appended {
+    bodies: Vec<Value>,
+    leaves: Vec<Hash>,
+}
+
+impl Appended {
+    fn push(&mut self, trail: Option<&mut Trail>, v: Value) {
+        let leaf = merkle::leaf_hash(&jcs::canonicalize(&v).expect("canonical"));
+        if let Some(t) = trail {
+            t.next_seq += 1;
+            t.prev = Some(HexHash(leaf));
+        }
+        self.bodies.push(v);
+        self.leaves.push(leaf);
+    }
+}
+
 #[allow(clippy::too_many_arguments)] // a test helper that reads like a table row
 fn body(
     trail: Option<&mut Trail>,
@@ -136,20 +156,13 @@ fn build_log() -> Log {
     };
     let mut a1 = Trail::new("auth_01");
     let mut a2 = Trail::new("auth_02");
-    let mut bodies: Vec<Value> = Vec::new();
-    let mut leaves = Vec::new();
+    let mut log = Appended::default();
     let mut push = |trail: Option<&mut Trail>, b: ReceiptBody, extra: Option<(&str, Value)>| {
         let mut v = serde_json::to_value(&b).expect("body to value");
         if let Some((k, x)) = extra {
             v.as_object_mut().expect("object").insert(k.into(), x);
         }
-        let leaf = merkle::leaf_hash(&jcs::canonicalize(&v).expect("canonical"));
-        if let Some(t) = trail {
-            t.next_seq += 1;
-            t.prev = Some(HexHash(leaf));
-        }
-        bodies.push(v);
-        leaves.push(leaf);
+        log.push(trail, v);
     };
 
     // Batch 1 (leaves 0..3), key 1.
@@ -266,6 +279,7 @@ fn build_log() -> Log {
     b.escalation_id = Some("esc_01".into());
     push(Some(&mut a2), b, None);
 
+    let Appended { bodies, leaves } = log;
     let batches: [(usize, usize, &SigningKey, &str); 3] = [
         (0, 3, &key1, "2026-01-01T00:00:10.000Z"),
         (3, 5, &key1, "2026-01-01T00:00:50.000Z"),
@@ -370,19 +384,11 @@ fn build_log_11() -> Log11 {
         keys: vec![key_info_of(WS11, &key, "2026-02-01T00:00:00.000Z", None)],
     };
     let mut t = Trail::new("au_11");
-    let mut bodies = Vec::new();
-    let mut leaves = Vec::new();
+    let mut log = Appended::default();
     let mut push = |trail: Option<&mut Trail>, mut b: ReceiptBody| {
         b.workspace_id = WS11.into();
         b.id = format!("rc_{:016x}", b.log_index);
-        let v = serde_json::to_value(&b).expect("body to value");
-        let leaf = merkle::leaf_hash(&jcs::canonicalize(&v).expect("canonical"));
-        if let Some(t) = trail {
-            t.next_seq += 1;
-            t.prev = Some(HexHash(leaf));
-        }
-        bodies.push(v);
-        leaves.push(leaf);
+        log.push(trail, serde_json::to_value(&b).expect("body to value"));
     };
     let mut b = body(
         Some(&mut t),
@@ -461,6 +467,7 @@ fn build_log_11() -> Log11 {
     });
     push(Some(&mut t), b);
 
+    let Appended { bodies, leaves } = log;
     let mut frontier = Frontier::new();
     let appended = frontier.append(&leaves).expect("append");
     let checkpoint = checkpoint_note(
