@@ -880,7 +880,13 @@ impl Engine {
 
     /// A confirmation or escalation document; a malformed, unknown or foreign id is
     /// `NotFound` (`what`), like every other object (nothing is written).
-    fn hitl_doc<D: serde::de::DeserializeOwned>(&self, kind: DocKind, ws: &str, id: &str, what: &'static str) -> Result<D> {
+    fn hitl_doc<D: serde::de::DeserializeOwned>(
+        &self,
+        kind: DocKind,
+        ws: &str,
+        id: &str,
+        what: &'static str,
+    ) -> Result<D> {
         let doc = self.shared.store.doc(kind, ws, id).map_err(|e| match e {
             StoreError::InvalidId { .. } => EngineError::NotFound { what },
             other => EngineError::Store(other),
@@ -892,15 +898,13 @@ impl Engine {
     /// A confirmation's state (an unknown nonce, or another workspace's, is
     /// `NotFound`).
     pub fn confirmation(&self, ws: &str, nonce: &str) -> Result<ConfirmationView> {
-        let doc: crate::actor::ConfirmationDoc =
-            self.hitl_doc(DocKind::Confirmation, ws, nonce, "confirmation")?;
+        let doc: crate::actor::ConfirmationDoc = self.hitl_doc(DocKind::Confirmation, ws, nonce, "confirmation")?;
         doc.view(nonce, now_ms())
     }
 
     /// An escalation. One past its expiry is resolved to deny first (with its receipt).
     pub async fn escalation(&self, ws: &str, id: &str) -> Result<EscalationView> {
-        let doc: crate::actor::EscalationDoc =
-            self.hitl_doc(DocKind::Escalation, ws, id, "escalation")?;
+        let doc: crate::actor::EscalationDoc = self.hitl_doc(DocKind::Escalation, ws, id, "escalation")?;
         if !doc.is_overdue(now_ms()) {
             return doc.view(id);
         }

@@ -392,11 +392,7 @@ impl WsState {
     }
 
     /// Resolves an escalation with the approver's answer, or (`None`) as expired.
-    pub(super) fn resolve(
-        &mut self,
-        id: &str,
-        answer: Option<Answer>,
-    ) -> Result<(Vec<Op>, Result<Resolution>)> {
+    pub(super) fn resolve(&mut self, id: &str, answer: Option<Answer>) -> Result<(Vec<Op>, Result<Resolution>)> {
         let now = self.receipt_now();
         let Some((mut doc, _)) = self.doc::<EscalationDoc>(DocKind::Escalation, id)? else {
             return Err(EngineError::NotFound { what: "escalation" });

@@ -44,7 +44,8 @@ async fn every_decision_is_a_chained_signed_receipt_that_verifies_offline() {
         assert_eq!(out.confirmation.is_some(), decision == Decision::Confirm);
         assert_eq!(out.escalation.is_some(), decision == Decision::Escalate);
         // Format 1.1: what the decision opened carries its deadline in the signed body.
-        let deadline = out.escalation.as_ref().map(|x| x.expires_at).or(out.confirmation.as_ref().map(|c| c.expires_at));
+        let deadline =
+            out.escalation.as_ref().map(|x| x.expires_at).or(out.confirmation.as_ref().map(|c| c.expires_at));
         assert_eq!(body_of(&r).expires_at, deadline, "{scope}");
         if let Some(esc) = out.escalation {
             assert_eq!(r.body.to_value().unwrap()["escalation_id"], esc.id.as_str());

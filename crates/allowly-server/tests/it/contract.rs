@@ -114,9 +114,8 @@ fn a_check_of_an_unknown_authorization_leaves_a_receipt_that_all_three_verifiers
         std::fs::write(&file, serde_json::to_vec(&signed).unwrap()).unwrap();
         all_three_accept("receipt", &file, &keys_file);
     }
-    let size = c.get(&format!("/v1/workspaces/{}/log/checkpoint", a.ws), Some(&a.reader)).json()["size"]
-        .as_u64()
-        .unwrap();
+    let size =
+        c.get(&format!("/v1/workspaces/{}/log/checkpoint", a.ws), Some(&a.reader)).json()["size"].as_u64().unwrap();
     let log = c.get(&format!("/v1/workspaces/{}/log/export?from=0&to={size}", a.ws), Some(&a.reader));
     assert_eq!(log.status, 200, "{log}");
     let text = log.text();
