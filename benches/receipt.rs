@@ -44,6 +44,7 @@ fn typical_body(i: u64) -> ReceiptBody {
         key: None,
         asked_authorization_id: None,
         expires_at: None,
+        scope_rules: None,
     }
 }
 

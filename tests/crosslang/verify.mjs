@@ -778,7 +778,10 @@ class CheckpointCache {
 // ---------------------------------------------------------------------------
 
 const KINDS = new Set(['authorization.created', 'check', 'confirmation', 'escalation.created',
-  'escalation.resolved', 'revocation', 'expiry', 'key.rotated']);
+  'escalation.resolved', 'revocation', 'expiry', 'key.rotated',
+  'scope_rules.changed']); // 1.1
+/** Kinds that are workspace events (§4.3): in no trail. */
+const WORKSPACE_KINDS = new Set(['key.rotated', 'scope_rules.changed']);
 const DECISIONS = new Set(['allow', 'deny', 'confirm', 'escalate']);
 const FIRST_TABLE = ['v', 'id', 'workspace_id', 'authorization_id', 'seq', 'prev', 'log_index',
   'kind', 'decision', 'reason', 'scopes', 'resource', 'time', 'auth_state_hash'];
@@ -837,6 +840,8 @@ const MEMBER_TYPES = [
   // Format 1.1 (§4 second table).
   ['asked_authorization_id', isStrOrNull, 'a string'],
   ['expires_at', nullOr(isTime), 'a §2 time'],
+  ['scope_rules', nullOr((v) => isObj(v) && Object.values(v).every((x) => x === 'confirm' || x === 'escalate')),
+    'an object of confirm/escalate'],
 ];
 
 /**
@@ -885,9 +890,9 @@ function bodyRuleProblems(body) {
       p.push('an unknown_authorization check is a denied check with asked_authorization_id '
         + 'and null authorization_id, seq and prev');
     }
-  } else if (kind === 'key.rotated') {
+  } else if (WORKSPACE_KINDS.has(kind)) {
     if (['authorization_id', 'seq', 'prev'].some((m) => g(m) !== null)) {
-      p.push('key.rotated must have null authorization_id, seq and prev');
+      p.push(`${kind} must have null authorization_id, seq and prev`);
     }
   } else {
     if (g('authorization_id') === null || g('seq') === null) p.push('authorization_id and seq must be non-null');
@@ -911,6 +916,10 @@ function bodyRuleProblems(body) {
     p.push(`${kind} has no escalation_id`);
   }
   if (kind === 'key.rotated' && !has(body, 'key')) p.push('key.rotated has no key');
+  // Format 1.1: the rule set is in scope_rules.changed, and only there.
+  if ((g('scope_rules') !== null) !== (kind === 'scope_rules.changed')) {
+    p.push('scope_rules is present exactly in scope_rules.changed');
+  }
   return p;
 }
 

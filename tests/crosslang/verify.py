@@ -717,7 +717,10 @@ class CheckpointCache:
 # ---------------------------------------------------------------------------
 
 KINDS = {"authorization.created", "check", "confirmation", "escalation.created",
-         "escalation.resolved", "revocation", "expiry", "key.rotated"}
+         "escalation.resolved", "revocation", "expiry", "key.rotated",
+         "scope_rules.changed"}  # 1.1
+# Kinds that are workspace events (§4.3): in no trail.
+WORKSPACE_KINDS = ("key.rotated", "scope_rules.changed")
 DECISIONS = {"allow", "deny", "confirm", "escalate"}
 FIRST_TABLE = ["v", "id", "workspace_id", "authorization_id", "seq", "prev", "log_index",
                "kind", "decision", "reason", "scopes", "resource", "time", "auth_state_hash"]
@@ -791,6 +794,8 @@ def _member_type_problems(body: dict) -> list[str]:
         # Format 1.1 (§4 second table).
         ("asked_authorization_id", _is_str_or_null, "a string"),
         ("expires_at", lambda v: v is None or is_time(v), "a §2 time"),
+        ("scope_rules", lambda v: v is None or (isinstance(v, dict) and all(
+            _one_of(x, ("confirm", "escalate")) for x in v.values())), "an object of confirm/escalate"),
     ]
     for member, ok, what in checks:
         if member in body and not ok(g(member)):
@@ -839,9 +844,9 @@ def _body_rule_problems(body: dict) -> list[str]:
                 and all(g(m) is None for m in ("authorization_id", "seq", "prev"))):
             p.append("an unknown_authorization check is a denied check with asked_authorization_id "
                      "and null authorization_id, seq and prev")
-    elif kind == "key.rotated":
+    elif kind in WORKSPACE_KINDS:
         if any(g(m) is not None for m in ("authorization_id", "seq", "prev")):
-            p.append("key.rotated must have null authorization_id, seq and prev")
+            p.append(f"{kind} must have null authorization_id, seq and prev")
     else:
         if g("authorization_id") is None or g("seq") is None:
             p.append("authorization_id and seq must be non-null")
@@ -861,6 +866,9 @@ def _body_rule_problems(body: dict) -> list[str]:
         p.append(f"{kind} has no escalation_id")
     if kind == "key.rotated" and "key" not in body:
         p.append("key.rotated has no key")
+    # Format 1.1: the rule set is in scope_rules.changed, and only there.
+    if (g("scope_rules") is not None) != (kind == "scope_rules.changed"):
+        p.append("scope_rules is present exactly in scope_rules.changed")
     return p
 
 

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use allowly_receipt::types::{
-    Decision, EventKind, Grant as ReceiptGrant, HexHash, ReceiptBody, Timestamp, FORMAT_VERSION,
+    Decision, EventKind, Grant as ReceiptGrant, HexHash, ReceiptBody, RuleKind, Timestamp, FORMAT_VERSION,
 };
 use allowly_store::{
     ApiKeyRecord, AuthorizationRecord, DocKind, Op, ReceiptRecord, ScopeRule, WorkspaceRecord, WriteBatch,
@@ -40,6 +40,7 @@ use crate::ids::new_id;
 use crate::mailbox::{Idem, Reply, StagedApiKey, WsMsg};
 use crate::model::{
     AuthorizationChange, CheckOutcome, CheckRequest, ConfirmationInfo, EscalationInfo, NewAuthorization,
+    ScopeRulesChange,
 };
 use crate::receipts::{auth_state_hash, json_hash, pending_envelope, seal};
 use crate::shared::Shared;
@@ -325,12 +326,11 @@ impl Actor for WorkspaceActor {
                 s.stage(r, reply);
             }
             WsMsg::SetScopeRules { rules, reply } => {
-                let mut ws = s.ws.clone();
-                ws.scope_rules = rules;
-                let view = views::workspace(&ws);
-                s.ws = ws.clone();
-                s.rules = rules_of(&ws);
-                s.stage(view.map(|v| (vec![Op::PutWorkspace(ws)], Ok(v))), reply);
+                // A receipt like any other: refused while the signer is down or the log is
+                // fenced, so no rule is ever in force that the log does not show.
+                let r =
+                    s.shared.require_healthy().and_then(|()| s.not_diverged()).and_then(|()| s.set_scope_rules(rules));
+                s.stage(r, reply);
             }
             // Through the actor like every change of the record: it writes the record whole.
             WsMsg::SetRateLimit { rate_limit, reply } => {
@@ -754,7 +754,39 @@ impl WsState {
             key: None,
             asked_authorization_id: None,
             expires_at: None,
+            scope_rules: None,
         })
+    }
+
+    /// Replaces the workspace's scope rules and records the whole new set as a
+    /// `scope_rules.changed` workspace event (format 1.1) in the same commit, so the log holds
+    /// the rules every later decision was made under.
+    fn set_scope_rules(&mut self, rules: BTreeMap<String, ScopeRule>) -> Result<(Vec<Op>, Result<ScopeRulesChange>)> {
+        let now = self.receipt_now();
+        let mut ws = self.ws.clone();
+        ws.scope_rules = rules;
+        let workspace = views::workspace(&ws)?;
+        let index = self.next_index;
+        let ev = Event {
+            kind: EventKind::ScopeRulesChanged,
+            decision: None,
+            reason: None,
+            scopes: Vec::new(),
+            resource: None,
+            time: ts(now)?,
+        };
+        let mut body = self.body_at(index, ev)?;
+        let kind = |r: &ScopeRule| match r {
+            ScopeRule::Confirm => RuleKind::Confirm,
+            ScopeRule::Escalate => RuleKind::Escalate,
+        };
+        body.scope_rules = Some(ws.scope_rules.iter().map(|(p, r)| (p.clone(), kind(r))).collect());
+        let rec = seal(&body)?;
+        let receipt = pending_envelope(&rec)?;
+        self.next_index = index + 1;
+        self.rules = rules_of(&ws);
+        self.ws = ws.clone();
+        Ok((vec![Op::PutReceipt(rec), Op::PutWorkspace(ws)], Ok(ScopeRulesChange { workspace, receipt })))
     }
 
     /// A check naming no authorization of this workspace (a typo, a stale id, another

@@ -597,8 +597,12 @@ impl Engine {
     }
 
     /// Replaces a workspace's scope rules.
-    pub async fn set_scope_rules(&self, ws: &str, req: ScopeRules) -> Result<WorkspaceView> {
+    /// Replaces the workspace's scope rules; the change is a receipt in the workspace log, so
+    /// it fails closed like every receipt (`SignerUnavailable`, a fault) and answers once the
+    /// receipt is durable.
+    pub async fn set_scope_rules(&self, ws: &str, req: ScopeRules) -> Result<ScopeRulesChange> {
         validate::scope_rules(&req.scope_rules)?;
+        self.fail_closed(ws)?;
         self.ask(ws, |reply| WsMsg::SetScopeRules { rules: req.scope_rules, reply }).await
     }
 

@@ -35,6 +35,16 @@ pub struct ScopeRules {
     pub scope_rules: BTreeMap<String, ScopeRule>,
 }
 
+/// Answer to `PUT /v1/workspaces/{id}/scope-rules`: the workspace with its new rules (the
+/// members of [`WorkspaceView`]) and the receipt that logs the change (format 1.1:
+/// `scope_rules.changed`, the whole new rule set, a workspace event).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScopeRulesChange {
+    #[serde(flatten)]
+    pub workspace: WorkspaceView,
+    pub receipt: PendingReceipt<RawBody>,
+}
+
 /// `PUT /v1/workspaces/{id}/rate-limit` (instance admin): the request rate each API key of
 /// the workspace may use. `null` (or no field) goes back to the instance's default.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]

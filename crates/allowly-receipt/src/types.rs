@@ -268,13 +268,25 @@ pub enum EventKind {
     /// The workspace signing key was rotated (a workspace event: no authorization).
     #[serde(rename = "key.rotated")]
     KeyRotated,
+    /// Format 1.1: the workspace's scope rules were replaced; the body's `scope_rules` is the
+    /// whole set in force from then on (a workspace event: no authorization).
+    #[serde(rename = "scope_rules.changed")]
+    ScopeRulesChanged,
 }
 
 impl EventKind {
     /// Whether receipts of this kind belong to an authorization's trail.
     pub fn is_authorization_event(self) -> bool {
-        !matches!(self, Self::KeyRotated)
+        !matches!(self, Self::KeyRotated | Self::ScopeRulesChanged)
     }
+}
+
+/// What a workspace's scope rule asks for before an allow (format 1.1, `scope_rules`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RuleKind {
+    Confirm,
+    Escalate,
 }
 
 /// The answer Allowly gave.
@@ -407,6 +419,10 @@ pub struct ReceiptBody {
     /// opened may be answered (answers after it are refused, and recorded as such).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<Timestamp>,
+    /// Format 1.1, `scope_rules.changed` only: every scope rule of the workspace from then on,
+    /// pattern → what it asks for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope_rules: Option<std::collections::BTreeMap<String, RuleKind>>,
 }
 
 impl ReceiptBody {
@@ -447,6 +463,7 @@ impl ReceiptBody {
             decision: self.decision,
             unknown_authorization: self.reason.as_deref() == Some(REASON_UNKNOWN_AUTHORIZATION),
             asked_authorization_id: self.asked_authorization_id.as_deref(),
+            has_scope_rules: self.scope_rules.is_some(),
         }
         .check()
     }
@@ -479,6 +496,7 @@ struct Rules<'a> {
     /// `reason` is [`REASON_UNKNOWN_AUTHORIZATION`].
     unknown_authorization: bool,
     asked_authorization_id: Option<&'a str>,
+    has_scope_rules: bool,
 }
 
 impl Rules<'_> {
@@ -531,6 +549,9 @@ impl Rules<'_> {
         }
         if let Some(id) = self.escalation_id {
             validate_id("escalation_id", id)?;
+        }
+        if self.has_scope_rules != (self.kind == EventKind::ScopeRulesChanged) {
+            return err("scope_rules", "present exactly in scope_rules.changed");
         }
         Ok(())
     }
@@ -601,6 +622,28 @@ struct ViewFields<'a> {
     asked_authorization_id: Option<&'a str>,
     #[serde(default, borrow)]
     expires_at: Option<&'a str>,
+    #[serde(default)]
+    scope_rules: Option<RuleSet>,
+}
+
+/// A `scope_rules` object (pattern → `confirm` or `escalate`), checked and not kept.
+struct RuleSet;
+
+impl<'de> Deserialize<'de> for RuleSet {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = RuleSet;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object of \"confirm\" and \"escalate\"")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> std::result::Result<RuleSet, A::Error> {
+                while map.next_entry::<AnyText, RuleKind>()?.is_some() {}
+                Ok(RuleSet)
+            }
+        }
+        d.deserialize_map(V)
+    }
 }
 
 /// A nullable member that must be present (`deserialize_with` makes serde report a missing
@@ -712,6 +755,7 @@ impl<'a> ReceiptBodyView<'a> {
             decision: f.decision,
             unknown_authorization: f.reason.is_some_and(|r| r.0),
             asked_authorization_id: f.asked_authorization_id,
+            has_scope_rules: f.scope_rules.is_some(),
         }
         .check()?;
         Ok(Self { id: f.id, workspace_id: f.workspace_id, log_index: f.log_index, kind: f.kind, time })

@@ -155,6 +155,7 @@ pub fn sample_body(ws: &str, tag: &str, index: u64, time_ms: u64) -> allowly_rec
         key: None,
         asked_authorization_id: None,
         expires_at: None,
+        scope_rules: None,
     }
     .canonical_bytes()
 }

@@ -771,6 +771,7 @@ fn rotation_body(ws: &str, log_index: u64, keys: &[allowly_signer_proto::KeyInfo
         }),
         asked_authorization_id: None,
         expires_at: None,
+        scope_rules: None,
     };
     Ok(Some(body.canonical_bytes()?))
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use allowly_engine::model::*;
 use allowly_engine::{Engine, EngineConfig, EngineError};
 use allowly_receipt::merkle;
-use allowly_receipt::types::{Decision, EventKind, Timestamp};
+use allowly_receipt::types::{Decision, EventKind, RuleKind, Timestamp};
 use allowly_receipt::verify::{verify_bundle, verify_receipt, Outcome};
 use allowly_store::Store;
 use tempfile::TempDir;
@@ -860,4 +860,43 @@ async fn a_divergence_found_outside_the_signing_task_ends_a_waiting_rotation() {
     assert!(matches!(refused, Err(EngineError::WorkspaceLogBehindSigner)), "{refused:?}");
     e.shutdown().await;
     signer.stop();
+}
+
+/// Policy changes are receipts (issue 13 part 3): replacing the scope rules writes a
+/// `scope_rules.changed` workspace event holding the whole new set, before any decision made
+/// under it, and it verifies alone and in a log export.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scope_rules_change_is_a_receipt_in_the_workspace_log() {
+    let root = TempDir::new().unwrap();
+    let signer = start_signer(&root);
+    let e = Engine::start(open_store(&root), client(&root), config()).await.unwrap();
+    let ws = workspace(&e).await;
+    let auth = e.create_authorization(&ws, grant(None), None).await.unwrap().authorization.id;
+    let rules: std::collections::BTreeMap<String, allowly_store::ScopeRule> =
+        [("files.read".to_owned(), allowly_store::ScopeRule::Confirm)].into();
+    let changed = e.set_scope_rules(&ws, ScopeRules { scope_rules: rules.clone() }).await.unwrap();
+    assert_eq!(changed.workspace.scope_rules, rules);
+    let b = body_of(&changed.receipt);
+    assert_eq!((b.kind, b.authorization_id, b.seq, b.decision), (EventKind::ScopeRulesChanged, None, None, None));
+    assert_eq!(b.scope_rules, Some([("files.read".to_owned(), RuleKind::Confirm)].into()));
+    // The next check is decided under the new rules, after the change in the log.
+    let out = e.check(&ws, ask(&auth, "files.read", Some("doc:1")), None).await.unwrap();
+    assert_eq!(out.decision, Decision::Confirm);
+    assert!(out.receipt.unwrap().log_index > changed.receipt.log_index);
+    // Signed, the change verifies alone and in a log export.
+    let keys = e.keys(&ws).unwrap();
+    let signed = eventually_signed(&e, &ws, &changed.receipt.receipt_id).await;
+    let report = verify_receipt(&signed, &keys).unwrap();
+    assert_eq!(report.outcome(), Outcome::Valid, "{:?}", report.findings);
+    let size = e.latest_checkpoint(&ws).unwrap().size;
+    let log = e.export(&ws, ExportScope::Log { from: 0, to: size }).unwrap();
+    let report = verify_bundle(&log, Some(&keys), &[]).unwrap();
+    assert_eq!(report.outcome(), Outcome::Valid, "{:?}", report.findings);
+    // With the signer down the change is refused, and the rules stay as they were.
+    signer.stop();
+    eventually("readiness notices the signer is gone", || async { !e.readiness().ready }).await;
+    let r = e.set_scope_rules(&ws, ScopeRules { scope_rules: Default::default() }).await;
+    assert!(matches!(r, Err(EngineError::SignerUnavailable(_))), "{r:?}");
+    assert_eq!(e.workspace(&ws).unwrap().scope_rules, rules);
+    e.shutdown().await;
 }

@@ -87,6 +87,7 @@ struct Body<'a> {
     decision: Option<Decision>,
     unknown_authorization: bool,
     asked_authorization_id: Option<&'a str>,
+    has_scope_rules: bool,
 }
 
 /// The cursor.
@@ -121,6 +122,7 @@ pub(super) fn parse_canonical(bytes: &[u8]) -> Read<ReceiptBodyView<'_>> {
         decision: f.decision,
         unknown_authorization: f.unknown_authorization,
         asked_authorization_id: f.asked_authorization_id,
+        has_scope_rules: f.has_scope_rules,
     }
     .check()
     .ok()?;
@@ -147,6 +149,7 @@ enum Member {
     Prev,
     Reason,
     Resource,
+    ScopeRules,
     Scopes,
     Seq,
     Time,
@@ -164,6 +167,7 @@ fn event_kind(s: &[u8]) -> Read<EventKind> {
         b"revocation" => EventKind::Revocation,
         b"expiry" => EventKind::Expiry,
         b"key.rotated" => EventKind::KeyRotated,
+        b"scope_rules.changed" => EventKind::ScopeRulesChanged,
         _ => return None,
     })
 }
@@ -482,7 +486,7 @@ impl<'a> Scan<'a> {
             b'l' => keys!(LogIndex "log_index"),
             b'p' => keys!(Prev "prev"),
             b'r' => keys!(Reason "reason", Resource "resource"),
-            b's' => keys!(Scopes "scopes", Seq "seq"),
+            b's' => keys!(ScopeRules "scope_rules", Scopes "scopes", Seq "seq"),
             b't' => keys!(Time "time"),
             b'v' => keys!(V "v"),
             b'w' => keys!(WorkspaceId "workspace_id"),
@@ -552,6 +556,17 @@ impl<'a> Scan<'a> {
             M::Resource => {
                 self.nullable(Self::string)?;
                 RESOURCE
+            }
+            M::ScopeRules => {
+                f.has_scope_rules = self
+                    .nullable(|s| {
+                        s.object(|s, _| match s.string_plain()? {
+                            b"confirm" | b"escalate" => Some(()),
+                            _ => None,
+                        })
+                    })?
+                    .is_some();
+                return Some(());
             }
             M::Scopes => {
                 self.strings()?;
@@ -680,6 +695,7 @@ mod tests {
             key: None,
             asked_authorization_id: None,
             expires_at: None,
+            scope_rules: None,
         }
         .canonical_bytes()
         .unwrap()

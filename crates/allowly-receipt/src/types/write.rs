@@ -62,6 +62,10 @@ pub(super) fn canonical_body(b: &ReceiptBody) -> Result<Vec<u8>> {
     w.opt_str(b.reason.as_deref());
     w.key("resource");
     w.opt_str(b.resource.as_deref());
+    if let Some(rules) = &b.scope_rules {
+        w.key("scope_rules");
+        w.out.extend_from_slice(&jcs::to_canonical_vec(rules)?);
+    }
     w.key("scopes");
     w.out.push(b'[');
     for (i, s) in b.scopes.iter().enumerate() {
@@ -151,6 +155,7 @@ fn kind_name(k: EventKind) -> &'static str {
         EventKind::Revocation => "revocation",
         EventKind::Expiry => "expiry",
         EventKind::KeyRotated => "key.rotated",
+        EventKind::ScopeRulesChanged => "scope_rules.changed",
     }
 }
 

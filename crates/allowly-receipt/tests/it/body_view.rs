@@ -11,7 +11,7 @@
 
 use allowly_receipt::jcs::{canonicalize, parse_strict};
 use allowly_receipt::types::{
-    Approval, ApprovalOutcome, Decision, EventKind, Grant, HexHash, ReceiptBody, ReceiptBodyView, RotatedKey,
+    Approval, ApprovalOutcome, Decision, EventKind, Grant, HexHash, ReceiptBody, ReceiptBodyView, RotatedKey, RuleKind,
     Timestamp, REQUIRED_MEMBERS,
 };
 use proptest::prelude::*;
@@ -264,6 +264,7 @@ fn kind() -> impl Strategy<Value = EventKind> {
         EventKind::Revocation,
         EventKind::Expiry,
         EventKind::KeyRotated,
+        EventKind::ScopeRulesChanged,
     ])
 }
 
@@ -327,6 +328,14 @@ fn body() -> impl Strategy<Value = ReceiptBody> {
             prop::option::of(rotated_key()),
             prop::option::weighted(0.2, id()),
             prop::option::of(time()),
+            prop::option::weighted(
+                0.2,
+                prop::collection::btree_map(
+                    text(),
+                    prop::sample::select(vec![RuleKind::Confirm, RuleKind::Escalate]),
+                    0..4,
+                ),
+            ),
         ),
         prop::bool::weighted(0.9),
     )
@@ -335,7 +344,7 @@ fn body() -> impl Strategy<Value = ReceiptBody> {
                 (v, id, workspace_id, authorization_id, kind),
                 (seq, prev, log_index, decision, reason),
                 (scopes, resource, time, auth_state_hash),
-                (grant, approval, escalation_id, context_hash, key, asked_authorization_id, expires_at),
+                (grant, approval, escalation_id, context_hash, key, asked_authorization_id, expires_at, scope_rules),
                 consistent,
             )| {
                 let mut b = ReceiptBody {
@@ -360,13 +369,22 @@ fn body() -> impl Strategy<Value = ReceiptBody> {
                     key,
                     asked_authorization_id,
                     expires_at,
+                    scope_rules,
                 };
                 if consistent {
                     // Make the trail fields agree with the kind, as the service writes them.
                     if kind != EventKind::Check {
                         b.asked_authorization_id = None;
                     }
+                    if kind != EventKind::ScopeRulesChanged {
+                        b.scope_rules = None;
+                    }
                     match kind {
+                        // Format 1.1: a replaced rule set, a workspace event.
+                        EventKind::ScopeRulesChanged => {
+                            (b.authorization_id, b.seq, b.prev) = (None, None, None);
+                            b.scope_rules.get_or_insert_with(Default::default);
+                        }
                         // Format 1.1: a check of an unknown authorization, a workspace event.
                         EventKind::Check if b.asked_authorization_id.is_some() => {
                             (b.authorization_id, b.seq, b.prev) = (None, None, None);

@@ -142,6 +142,7 @@ fn body(
         key: None,
         asked_authorization_id: None,
         expires_at: None,
+        scope_rules: None,
     }
 }
 
@@ -368,7 +369,7 @@ const KEYS11: &str = "keys-1.1.json";
 
 /// A log of format 1.1 receipts, signed in one batch: a grant, an allowed check, a check of
 /// an unknown authorization (a workspace event), an escalating check with its deadline, the
-/// approver's answer with the hash of their note.
+/// approver's answer with the hash of their note, a change of the workspace's scope rules.
 struct Log11 {
     keys: KeySet,
     bodies: Vec<Value>,
@@ -466,6 +467,10 @@ fn build_log_11() -> Log11 {
         note_hash: Some(sha("ok for Q3")),
     });
     push(Some(&mut t), b);
+    // §4.3: the workspace's scope rules replaced, the whole new set in the body.
+    let mut b = body(None, 5, EventKind::ScopeRulesChanged, None, None, &[], None, "2026-02-01T00:00:06.000Z");
+    b.scope_rules = Some([("payments.*".into(), RuleKind::Escalate), ("mail.send".into(), RuleKind::Confirm)].into());
+    push(None, b);
 
     let Appended { bodies, leaves } = log;
     let mut frontier = Frontier::new();
@@ -521,9 +526,10 @@ fn vectors_11(v: &mut Vec<Vector>) {
     v.push(log.pin(receipt_vector("receipt-1.1-check-unknown-authorization", pretty(&r(2)), Valid, &[])));
     v.push(log.pin(receipt_vector("receipt-1.1-check-escalate-expires-at", pretty(&r(3)), Valid, &[])));
     v.push(log.pin(receipt_vector("receipt-1.1-escalation-resolved-note-hash", pretty(&r(4)), Valid, &[])));
+    v.push(log.pin(receipt_vector("receipt-1.1-scope-rules-changed", pretty(&r(5)), Valid, &[])));
     v.push(log.pin(bundle_vector(
         "bundle-1.1-log",
-        &log.bundle(Scope::Log { from: 0, to: 5 }, &[0, 1, 2, 3, 4]),
+        &log.bundle(Scope::Log { from: 0, to: 6 }, &[0, 1, 2, 3, 4, 5]),
         Valid,
         &[],
     )));
@@ -580,6 +586,30 @@ fn vectors_11(v: &mut Vec<Vector>) {
         pretty(&with_body(&r(4), |b| {
             let upper = b["approval"]["note_hash"].as_str().expect("note_hash").to_uppercase();
             b["approval"]["note_hash"] = json!(upper);
+        })),
+        Bad,
+        &["body_invalid"],
+    )));
+    v.push(log.pin(receipt_vector(
+        "receipt-1.1-scope-rules-on-a-check",
+        pretty(&with_body(&r(1), |b| {
+            b.insert("scope_rules".into(), json!({"files.read": "confirm"}));
+        })),
+        Bad,
+        &["body_invalid", "inclusion_proof_invalid"],
+    )));
+    v.push(log.pin(receipt_vector(
+        "receipt-1.1-scope-rules-changed-without-rules",
+        pretty(&with_body(&r(5), |b| {
+            b.remove("scope_rules");
+        })),
+        Bad,
+        &["body_invalid", "inclusion_proof_invalid"],
+    )));
+    v.push(log.pin(receipt_vector(
+        "receipt-1.1-scope-rule-unknown-word",
+        pretty(&with_body(&r(5), |b| {
+            b.insert("scope_rules".into(), json!({"payments.*": "allow"}));
         })),
         Bad,
         &["body_invalid"],

@@ -167,3 +167,51 @@ fn answers_and_get_receipt_carry_the_receipt_in_one_shape() {
         assert_eq!(signed["log_index"], receipt["log_index"], "{signed}");
     }
 }
+
+/// Policy changes are receipts (issue 13 part 3): `PUT …/scope-rules` answers with the
+/// workspace and the receipt of the change — a `scope_rules.changed` workspace event holding
+/// the whole new rule set — which all three verifiers accept, alone and in the log export,
+/// where it precedes the decisions made under it.
+#[test]
+fn a_scope_rules_change_is_a_receipt_that_all_three_verifiers_accept() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = start(&tmp.path().join("data"));
+    let c = s.client();
+    let t = tenant(&s, "A", &["mail.*"]);
+    let rules = json!({ "mail.send": "confirm", "payments.*": "escalate" });
+    let r = c.call(
+        "PUT",
+        &format!("/v1/workspaces/{}/scope-rules", t.ws),
+        Some(&t.admin),
+        Some(&json!({ "scope_rules": rules })),
+    );
+    assert_eq!(r.status, 200, "{r}");
+    let v = r.json();
+    assert_eq!(v["scope_rules"], rules, "{v}");
+    let body = &v["receipt"]["body"];
+    assert_eq!((body["kind"].as_str(), &body["scope_rules"]), (Some("scope_rules.changed"), &rules), "{v}");
+    for null in ["authorization_id", "seq", "prev", "decision"] {
+        assert!(body[null].is_null(), "{null} is set: {v}");
+    }
+    let change = v["receipt"]["receipt_id"].as_str().unwrap().to_owned();
+    let change_index = v["receipt"]["log_index"].as_u64().unwrap();
+    let r = c.post("/v1/check", &t.checker, json!({ "authorization_id": t.az, "scopes": ["mail.send"] }));
+    let v = r.json();
+    assert_eq!(v["decision"], "confirm", "{r}");
+    assert!(v["receipt"]["log_index"].as_u64().unwrap() > change_index, "{v}");
+
+    let keys_file = tmp.path().join("keys.json");
+    std::fs::write(&keys_file, c.get(&format!("/v1/workspaces/{}/keys", t.ws), None).body).unwrap();
+    let signed = signed_receipt(&s, &t.reader, &change);
+    let file = tmp.path().join("change.json");
+    std::fs::write(&file, serde_json::to_vec(&signed).unwrap()).unwrap();
+    all_three_accept("receipt", &file, &keys_file);
+    let size =
+        c.get(&format!("/v1/workspaces/{}/log/checkpoint", t.ws), Some(&t.reader)).json()["size"].as_u64().unwrap();
+    let log = c.get(&format!("/v1/workspaces/{}/log/export?from=0&to={size}", t.ws), Some(&t.reader));
+    assert_eq!(log.status, 200, "{log}");
+    assert!(log.text().contains(&change), "the log export lacks the change");
+    let log_file = tmp.path().join("log.jsonl");
+    std::fs::write(&log_file, &log.body).unwrap();
+    all_three_accept("bundle", &log_file, &keys_file);
+}
