@@ -318,7 +318,7 @@ fn title(code: &str) -> &'static str {
         "commit_timeout" => "Commit timeout",
         "signer_storage_failed" => "Signer storage failed",
         "signing_backlog" => "Signing backlog",
-        "confirmation_not_found" | "escalation_not_found" | "webhook_not_found" => "Not found",
+        "webhook_not_found" => "Not found",
         "destination_not_allowed" => "Destination not allowed",
         "webhook_disabled" => "Webhook disabled",
         "delivery_in_progress" => "Delivery in progress",

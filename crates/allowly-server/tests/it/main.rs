@@ -14,6 +14,7 @@
 mod abuse;
 mod backup;
 mod blackbox;
+mod contract;
 mod disk;
 mod hitl;
 mod isolation;
