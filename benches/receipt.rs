@@ -42,6 +42,9 @@ fn typical_body(i: u64) -> ReceiptBody {
         escalation_id: None,
         context_hash: None,
         key: None,
+        asked_authorization_id: None,
+        expires_at: None,
+        scope_rules: None,
     }
 }
 

@@ -778,7 +778,10 @@ class CheckpointCache {
 // ---------------------------------------------------------------------------
 
 const KINDS = new Set(['authorization.created', 'check', 'confirmation', 'escalation.created',
-  'escalation.resolved', 'revocation', 'expiry', 'key.rotated']);
+  'escalation.resolved', 'revocation', 'expiry', 'key.rotated',
+  'scope_rules.changed']); // 1.1
+/** Kinds that are workspace events (§4.3): in no trail. */
+const WORKSPACE_KINDS = new Set(['key.rotated', 'scope_rules.changed']);
 const DECISIONS = new Set(['allow', 'deny', 'confirm', 'escalate']);
 const FIRST_TABLE = ['v', 'id', 'workspace_id', 'authorization_id', 'seq', 'prev', 'log_index',
   'kind', 'decision', 'reason', 'scopes', 'resource', 'time', 'auth_state_hash'];
@@ -807,7 +810,9 @@ const isGrant = (v) => isObj(v) && isStr(v.subject) && isStrArray(v.scopes) && i
   && has(v, 'expires_at') && nullOr(isTime)(v.expires_at)
   && has(v, 'metadata_hash') && nullOr(isHash)(v.metadata_hash);
 const isApproval = (v) => isObj(v) && (v.outcome === 'approved' || v.outcome === 'declined') && isStr(v.by)
-  && has(v, 'shown_hash') && nullOr(isHash)(v.shown_hash);
+  && has(v, 'shown_hash') && nullOr(isHash)(v.shown_hash)
+  // Format 1.1: the hash of the answerer's note, optional.
+  && (!has(v, 'note_hash') || nullOr(isHash)(v.note_hash));
 const isKeyMember = (v) => isObj(v) && isKeyId(v.key_id) && isKeyId(v.replaces) && checkVkey(v.vkey, v.key_id);
 
 /** [member, check, what]: the JSON type and encoding of every member named in §4. */
@@ -832,6 +837,11 @@ const MEMBER_TYPES = [
   ['escalation_id', isStr, 'a string'],
   ['context_hash', isHash, 'a hash'],
   ['key', isKeyMember, 'an object {key_id, vkey, replaces}'],
+  // Format 1.1 (§4 second table).
+  ['asked_authorization_id', isStrOrNull, 'a string'],
+  ['expires_at', nullOr(isTime), 'a §2 time'],
+  ['scope_rules', nullOr((v) => isObj(v) && Object.values(v).every((x) => x === 'confirm' || x === 'escalate')),
+    'an object of confirm/escalate'],
 ];
 
 /**
@@ -865,13 +875,24 @@ function bodyRuleProblems(body) {
   const g = (m) => (has(body, m) ? body[m] : null); // only second-table members can be absent
   const { kind } = body;
   if (body.v !== 1) p.push('v is not 1');
-  for (const m of ['id', 'workspace_id', 'authorization_id', 'escalation_id']) {
+  for (const m of ['id', 'workspace_id', 'authorization_id', 'escalation_id', 'asked_authorization_id']) {
     if (g(m) !== null && !isId(g(m))) p.push(`${m} is not a §2 id`);
   }
   // log_index ≤ 2^53-1 holds already: §3 rejects larger integer literals.
-  if (kind === 'key.rotated') {
+  // Format 1.1: reason unknown_authorization ⇔ asked_authorization_id present, and such a
+  // body is a check denied outside any trail (a workspace event).
+  const unknown = g('reason') === 'unknown_authorization' || g('asked_authorization_id') !== null;
+  if (unknown) {
+    const ok = kind === 'check' && g('decision') === 'deny' && g('reason') === 'unknown_authorization'
+      && g('asked_authorization_id') !== null
+      && ['authorization_id', 'seq', 'prev'].every((m) => g(m) === null);
+    if (!ok) {
+      p.push('an unknown_authorization check is a denied check with asked_authorization_id '
+        + 'and null authorization_id, seq and prev');
+    }
+  } else if (WORKSPACE_KINDS.has(kind)) {
     if (['authorization_id', 'seq', 'prev'].some((m) => g(m) !== null)) {
-      p.push('key.rotated must have null authorization_id, seq and prev');
+      p.push(`${kind} must have null authorization_id, seq and prev`);
     }
   } else {
     if (g('authorization_id') === null || g('seq') === null) p.push('authorization_id and seq must be non-null');
@@ -895,6 +916,10 @@ function bodyRuleProblems(body) {
     p.push(`${kind} has no escalation_id`);
   }
   if (kind === 'key.rotated' && !has(body, 'key')) p.push('key.rotated has no key');
+  // Format 1.1: the rule set is in scope_rules.changed, and only there.
+  if ((g('scope_rules') !== null) !== (kind === 'scope_rules.changed')) {
+    p.push('scope_rules is present exactly in scope_rules.changed');
+  }
   return p;
 }
 

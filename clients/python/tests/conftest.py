@@ -1,42 +1,4 @@
-"""The SDK's tests run against a real `allowly serve`, started by the Rust test that runs
-them (crates/allowly-server/tests/it/clients.rs), which passes where it is and a workspace
-with its keys in the environment. Tests that need no server (retries on a mock transport,
-the error table) run without it."""
+"""The SDK's tests run against a real `allowly serve` (live_server.py). Tests that need no
+server (retries on a mock transport, the error table, the vectors) run without it."""
 
-from __future__ import annotations
-
-import os
-import time
-from dataclasses import dataclass
-
-import pytest
-
-
-@dataclass
-class Env:
-    url: str
-    workspace: str
-    admin: str
-    reader: str
-    checker: str
-
-
-@pytest.fixture(scope="session")
-def env() -> Env:
-    url = os.environ.get("ALLOWLY_TEST_URL")
-    if not url:
-        pytest.fail("ALLOWLY_TEST_URL is not set: run these tests through `cargo test -p allowly-server --test it clients`")
-    return Env(url, os.environ["ALLOWLY_TEST_WORKSPACE"], os.environ["ALLOWLY_TEST_ADMIN_KEY"],
-               os.environ["ALLOWLY_TEST_READ_KEY"], os.environ["ALLOWLY_TEST_CHECK_KEY"])
-
-
-def eventually(what, f, deadline_s: float = 20.0, every_s: float = 0.05):
-    """Polls `f` until it returns something truthy (test helper: the server signs receipts in
-    the background)."""
-    end = time.monotonic() + deadline_s
-    while True:
-        v = f()
-        if v:
-            return v
-        assert time.monotonic() < end, f"timed out waiting for {what}"
-        time.sleep(every_s)
+from live_server import Env, env, eventually  # noqa: F401 - `env` is the suites' fixture

@@ -38,6 +38,7 @@ def test_grant_check_receipt_verifies_offline(env):
     assert [r.body["kind"] for r in signed] == ["authorization.created", "check", "check"]
     keys = reader.keys(env.workspace)
     receipt = reader.get_receipt(result.receipt.receipt_id)
+    assert receipt.signed and receipt.receipt_id == result.receipt.receipt_id == receipt.body["id"]
     report = allowly.verify_receipt(receipt, keys)
     assert report.outcome() == "valid", report.codes()
     # One changed byte of the body: an integrity failure, found offline.
@@ -74,7 +75,12 @@ def test_confirm_echoes_the_context_and_wait_for_decision_gets_the_answer(env):
     # Waiting reads the confirmation: a key with `read` (the check key may only check).
     final = reader.wait_for_decision(result, timeout=30)
     t.join()
-    assert final.allowed and final.reason == "confirmed" and final.receipt_id, final
+    assert final.allowed and final.reason == "approved" and final.receipt_id, final
+    (seen,) = list(admin.list_confirmations(status="answered", authorization_id=az))
+    assert seen.by == "user-2" and seen.answer_receipt_id == final.receipt_id
+    # The answer's receipt records the answer in the receipt's words (format 1.1).
+    approval = reader.get_receipt(final.receipt_id).body["approval"]
+    assert approval["outcome"] == allowly.APPROVED and approval["by"] == "user-2" and approval["shown_hash"]
     assert list(admin.list_confirmations(authorization_id=az)) == []
     with pytest.raises(errors.ConfirmationUsed) as e:
         admin.answer_confirmation(nonce, "approved", "user-2")
@@ -93,13 +99,45 @@ def test_async_escalation_inbox_and_long_poll(env):
             assert [e.id for e in inbox] == [result.escalation.id]
             waiting = asyncio.create_task(reader.wait_for_decision(result, timeout=30))
             await asyncio.sleep(0)
-            await admin.resolve_escalation(result.escalation.id, "denied", "alice", note="not this one")
+            resolution = await admin.resolve_escalation(result.escalation.id, allowly.DECLINED, "alice",
+                                                        note="not this one")
+            assert resolution.decision == allowly.DENY and resolution.reason == "declined"
             final = await waiting
-            assert final.decision == allowly.DENY and final.reason == "denied" and not final.allowed
+            assert final.decision == allowly.DENY and final.reason == "declined" and not final.allowed
             assert [e async for e in admin.list_escalations(authorization_id=az)] == []
-            done = [e async for e in admin.list_escalations(status="denied", authorization_id=az)]
-            assert [e.approver for e in done] == ["alice"]
+            done = [e async for e in admin.list_escalations(status="declined", authorization_id=az)]
+            assert [e.by for e in done] == ["alice"] and done[0].resolution_receipt_id == final.receipt_id
+            approval = (await reader.get_receipt(final.receipt_id)).body["approval"]
+            assert approval["outcome"] == "declined" and approval["by"] == "alice" and approval["note_hash"]
     asyncio.run(main())
+
+
+def test_a_check_of_an_unknown_authorization_has_a_receipt_that_verifies_offline(env):
+    _, reader, checker = clients(env)
+    result = checker.check("au_nope", "calendar.read", context={"tool": "probe"})
+    assert (result.decision, result.reason) == (allowly.DENY, "unknown_authorization")
+    assert result.receipt is not None, result.raw
+    body = result.receipt.body
+    assert body["kind"] == "check" and body["asked_authorization_id"] == "au_nope" and body["authorization_id"] is None
+    signed = eventually("the probe's receipt signed",
+                        lambda: (lambda r: r if r.signed else None)(reader.get_receipt(result.receipt.receipt_id)))
+    keys = reader.keys(env.workspace)
+    assert allowly.verify_receipt(signed, keys).outcome() == "valid"
+
+
+def test_the_offline_verifier_gives_every_test_vector_its_expected_outcome_and_findings():
+    """The spec's vectors (1.0 and 1.1, crates/allowly-receipt/tests/vectors), as allowly-verify
+    reads them: outcome and finding codes, or `unusable` (exit 64)."""
+    from allowly.verify import run_vector
+    base = ROOT / "crates/allowly-receipt/tests/vectors"
+    manifest = json.loads((base / "manifest.json").read_text("utf-8"))["vectors"]
+    assert len(manifest) >= 90 and any("1.1" in v["name"] for v in manifest)
+    wrong = []
+    for v in manifest:
+        outcome, codes = run_vector(base, v)
+        if (outcome, codes) != (v["outcome"], set(v.get("codes", []))):
+            wrong.append(f"{v['name']}: want {v['outcome']} {v.get('codes', [])}, got {outcome} {sorted(codes)}")
+    assert not wrong, "\n".join(wrong)
 
 
 def test_wait_for_decision_times_out_as_pending(env):
@@ -121,8 +159,12 @@ def test_typed_errors(env):
         allowly.Allowly("alw_" + "0" * 64, base_url=env.url).get_authorization("az_1")
     with pytest.raises(errors.InvalidRequest):
         admin.create_authorization("u", [])
-    with pytest.raises(errors.EscalationNotFound):
-        admin.resolve_escalation("esc_nope", "approved", "a")
+    # An unknown (or another workspace's) escalation or nonce is `not_found`, like any object.
+    with pytest.raises(errors.NotFound) as e:
+        admin.resolve_escalation("esc_nope", allowly.APPROVED, "a")
+    assert e.value.code == "not_found"
+    with pytest.raises(errors.NotFound):
+        reader.get_confirmation("cn_nope", wait=0.01)
 
 
 def test_idempotency_key_and_pagination(env):
@@ -180,3 +222,4 @@ def test_a_503_without_retry_after_is_not_retried():
     with pytest.raises(errors.WorkspaceLogDiverged):
         allowly.Allowly("k", http=http).check("az_1", "a.b")
     assert len(calls) == 1
+

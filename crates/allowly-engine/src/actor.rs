@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use allowly_receipt::types::{
-    Decision, EventKind, Grant as ReceiptGrant, HexHash, ReceiptBody, Timestamp, FORMAT_VERSION,
+    Decision, EventKind, Grant as ReceiptGrant, HexHash, ReceiptBody, RuleKind, Timestamp, FORMAT_VERSION,
 };
 use allowly_store::{
     ApiKeyRecord, AuthorizationRecord, DocKind, Op, ReceiptRecord, ScopeRule, WorkspaceRecord, WriteBatch,
@@ -40,6 +40,7 @@ use crate::ids::new_id;
 use crate::mailbox::{Idem, Reply, StagedApiKey, WsMsg};
 use crate::model::{
     AuthorizationChange, CheckOutcome, CheckRequest, ConfirmationInfo, EscalationInfo, NewAuthorization,
+    ScopeRulesChange,
 };
 use crate::receipts::{auth_state_hash, json_hash, pending_envelope, seal};
 use crate::shared::Shared;
@@ -325,12 +326,11 @@ impl Actor for WorkspaceActor {
                 s.stage(r, reply);
             }
             WsMsg::SetScopeRules { rules, reply } => {
-                let mut ws = s.ws.clone();
-                ws.scope_rules = rules;
-                let view = views::workspace(&ws);
-                s.ws = ws.clone();
-                s.rules = rules_of(&ws);
-                s.stage(view.map(|v| (vec![Op::PutWorkspace(ws)], Ok(v))), reply);
+                // A receipt like any other: refused while the signer is down or the log is
+                // fenced, so no rule is ever in force that the log does not show.
+                let r =
+                    s.shared.require_healthy().and_then(|()| s.not_diverged()).and_then(|()| s.set_scope_rules(rules));
+                s.stage(r, reply);
             }
             // Through the actor like every change of the record: it writes the record whole.
             WsMsg::SetRateLimit { rate_limit, reply } => {
@@ -426,7 +426,7 @@ impl WsState {
     /// nothing was staged.
     fn stage<T: Send + 'static>(&mut self, r: Result<(Vec<Op>, Result<T>)>, reply: Reply<T>) {
         match r {
-            // Nothing to write (e.g. an unknown authorization): answer at once.
+            // Nothing to write (e.g. a replayed answer or a view): answer at once.
             Ok((ops, answer)) if ops.is_empty() => {
                 let _ = reply.send(answer);
             }
@@ -716,33 +716,108 @@ impl WsState {
         fill: impl FnOnce(&mut ReceiptBody),
     ) -> Result<ReceiptRecord> {
         let seq = a.next_seq;
-        let mut body = ReceiptBody {
-            v: FORMAT_VERSION,
-            id: crate::ids::receipt_id(*index)?,
-            workspace_id: self.ws.id.clone(),
-            authorization_id: Some(a.id.clone()),
-            seq: Some(seq),
-            prev: (seq > 0).then_some(HexHash(a.last_leaf)),
-            log_index: *index,
-            kind: ev.kind,
-            decision: ev.decision,
-            reason: ev.reason.map(str::to_owned),
-            scopes: ev.scopes,
-            resource: ev.resource,
-            time: ev.time,
-            auth_state_hash: Some(self.state_hash(a)?),
-            grant: None,
-            approval: None,
-            escalation_id: None,
-            context_hash: None,
-            key: None,
-        };
+        let mut body = self.body_at(*index, ev)?;
+        body.authorization_id = Some(a.id.clone());
+        body.seq = Some(seq);
+        body.prev = (seq > 0).then_some(HexHash(a.last_leaf));
+        body.auth_state_hash = Some(self.state_hash(a)?);
         fill(&mut body);
         let rec = seal(&body)?;
         *index += 1;
         a.next_seq += 1;
         a.last_leaf = rec.leaf;
         Ok(rec)
+    }
+
+    /// The body of `ev` at log index `index`, as a workspace event (no trail: no
+    /// authorization, `seq`, `prev` or state); [`Self::receipt`] adds the trail.
+    fn body_at(&self, index: u64, ev: Event<'_>) -> Result<ReceiptBody> {
+        Ok(ReceiptBody {
+            v: FORMAT_VERSION,
+            id: crate::ids::receipt_id(index)?,
+            workspace_id: self.ws.id.clone(),
+            authorization_id: None,
+            seq: None,
+            prev: None,
+            log_index: index,
+            kind: ev.kind,
+            decision: ev.decision,
+            reason: ev.reason.map(str::to_owned),
+            scopes: ev.scopes,
+            resource: ev.resource,
+            time: ev.time,
+            auth_state_hash: None,
+            grant: None,
+            approval: None,
+            escalation_id: None,
+            context_hash: None,
+            key: None,
+            asked_authorization_id: None,
+            expires_at: None,
+            scope_rules: None,
+        })
+    }
+
+    /// Replaces the workspace's scope rules and records the whole new set as a
+    /// `scope_rules.changed` workspace event (format 1.1) in the same commit, so the log holds
+    /// the rules every later decision was made under.
+    fn set_scope_rules(&mut self, rules: BTreeMap<String, ScopeRule>) -> Result<(Vec<Op>, Result<ScopeRulesChange>)> {
+        let now = self.receipt_now();
+        let mut ws = self.ws.clone();
+        ws.scope_rules = rules;
+        let workspace = views::workspace(&ws)?;
+        let index = self.next_index;
+        let ev = Event {
+            kind: EventKind::ScopeRulesChanged,
+            decision: None,
+            reason: None,
+            scopes: Vec::new(),
+            resource: None,
+            time: ts(now)?,
+        };
+        let mut body = self.body_at(index, ev)?;
+        let kind = |r: &ScopeRule| match r {
+            ScopeRule::Confirm => RuleKind::Confirm,
+            ScopeRule::Escalate => RuleKind::Escalate,
+        };
+        body.scope_rules = Some(ws.scope_rules.iter().map(|(p, r)| (p.clone(), kind(r))).collect());
+        let rec = seal(&body)?;
+        let receipt = pending_envelope(&rec)?;
+        self.next_index = index + 1;
+        self.rules = rules_of(&ws);
+        self.ws = ws.clone();
+        Ok((vec![Op::PutReceipt(rec), Op::PutWorkspace(ws)], Ok(ScopeRulesChange { workspace, receipt })))
+    }
+
+    /// A check naming no authorization of this workspace (a typo, a stale id, another
+    /// workspace's id, a probing agent): denied, and recorded like every decision. There is
+    /// no trail to chain it into, so its receipt is a workspace event (format 1.1) that says
+    /// which id was asked for; an auditor finds it in the workspace log.
+    fn check_unknown(&mut self, req: CheckRequest, now: u64) -> Result<(Vec<Op>, CheckOutcome)> {
+        let reason = Reason::UnknownAuthorization;
+        let index = self.next_index;
+        let ev = Event {
+            kind: EventKind::Check,
+            decision: Some(Decision::Deny),
+            reason: Some(reason.as_str()),
+            scopes: req.scopes,
+            resource: req.resource,
+            time: ts(now)?,
+        };
+        let mut body = self.body_at(index, ev)?;
+        body.context_hash = req.context.as_ref().map(json_hash).transpose()?;
+        body.asked_authorization_id = Some(req.authorization_id);
+        let rec = seal(&body)?;
+        self.next_index = index + 1;
+        self.shared.metrics.decided(reason);
+        let outcome = CheckOutcome {
+            decision: Decision::Deny,
+            reason: reason.as_str().into(),
+            receipt: Some(pending_envelope(&rec)?),
+            confirmation: None,
+            escalation: None,
+        };
+        Ok((vec![Op::PutReceipt(rec)], outcome))
     }
 
     /// The first time an authorization's expiry matters, records it in the trail (before the
@@ -868,17 +943,7 @@ impl WsState {
     fn check(&mut self, req: CheckRequest) -> Result<(Vec<Op>, CheckOutcome)> {
         let now = self.receipt_now();
         let Some(mut a) = self.authorization(&req.authorization_id)? else {
-            // No trail to chain a receipt into: answered, counted, not logged.
-            let reason = Reason::UnknownAuthorization.as_str();
-            self.shared.metrics.decided(Reason::UnknownAuthorization);
-            let outcome = CheckOutcome {
-                decision: Decision::Deny,
-                reason: reason.into(),
-                receipt: None,
-                confirmation: None,
-                escalation: None,
-            };
-            return Ok((Vec::new(), outcome));
+            return self.check_unknown(req, now);
         };
         let grant = decide::Grant {
             scopes: &a.scopes,
@@ -928,10 +993,14 @@ impl WsState {
             time,
         };
         let escalation_id = escalation.as_ref().map(|e| e.id.clone());
+        // Format 1.1: the deadline of what the decision opened is signed with it, so the
+        // trail alone tells an answer in time from a late one.
+        let expires_at = escalation.as_ref().map(|e| e.expires_at).or(confirmation.as_ref().map(|c| c.expires_at));
         let (scopes, resource) = (ev.scopes.clone(), ev.resource.clone());
         let rec = self.receipt(&mut a, &mut index, ev, |b| {
             b.context_hash = context_hash;
             b.escalation_id = escalation_id;
+            b.expires_at = expires_at;
         })?;
         let mut docs = Vec::new();
         if let Some(c) = &confirmation {

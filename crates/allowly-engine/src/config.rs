@@ -26,6 +26,12 @@ pub struct EngineConfig {
     /// How long a workspace's signing batch collects commits before it is sent (unless it
     /// fills first): the signing lag it adds, traded for fewer signatures and signer fsyncs.
     pub sign_batch_delay: Duration,
+    /// Most signing rounds a second over every workspace together (0: no limit). A round
+    /// costs about the same for one receipt as for a thousand (a signature, its verification, a
+    /// journal record and a store write), so with thousands of workspaces signing at once each
+    /// waits for its turn and carries more: signing lag of about `W / rate` for `W` workspaces
+    /// signing at once, never answer latency (see `pipeline/pace.rs`).
+    pub sign_rounds_per_second: u32,
     /// Most authorizations cached by all workspace actors together (beyond it an actor drops
     /// its cached entries that are durable, and rereads them from the store when used).
     pub max_cached_authorizations: usize,
@@ -110,6 +116,10 @@ impl Default for EngineConfig {
             commit_window: Duration::from_millis(2),
             sign_batch_max: 1024,
             sign_batch_delay: Duration::from_millis(10),
+            // About a fifth of this 2-core machine at ~100 µs of CPU per round over both
+            // processes; a handful of busy workspaces (each at most 1 / sign_batch_delay = 100
+            // rounds a second) never reaches it.
+            sign_rounds_per_second: 2000,
             max_cached_authorizations: 200_000,
             signer_timeout: Duration::from_secs(2),
             // A backlog the pipeline signs in well under a second at the knee; longer means

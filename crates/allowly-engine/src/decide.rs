@@ -13,7 +13,8 @@
 //! | 6 | a requested scope matches a `confirm` rule | confirm | `confirmation_required` |
 //! | 7 | otherwise | allow | `granted` |
 //!
-//! (An unknown authorization is decided by the caller: deny, `unknown_authorization`.) Escalation
+//! (An unknown authorization is decided by the caller: deny, `unknown_authorization`, recorded
+//! as a workspace event since there is no trail.) Escalation
 //! wins over confirmation because it is the stronger requirement.
 //!
 //! Patterns (grants and rules): `*` matches every scope; `a.b.*` matches every scope that starts

@@ -23,7 +23,7 @@ use tokio::sync::oneshot;
 use crate::actor::{IdemDoc, WorkspaceActor, WsArgs};
 use crate::clock::{now_ms, ts};
 use crate::config::EngineConfig;
-use crate::error::{EngineError, Refusal, Result};
+use crate::error::{EngineError, Result};
 use crate::health::{Divergence, Health};
 use crate::ids::{is_secret_shaped, new_id, new_secret, open_secret, seal_secret, secret_hash};
 use crate::mailbox::{Idem, Reply, WsHandle, WsMsg};
@@ -83,10 +83,12 @@ impl Engine {
             tokio::runtime::Handle::current(),
         )
         .map_err(|e| EngineError::Internal(format!("cannot start the committer thread: {e}")))?;
+        let sign_pacer = crate::pipeline::Pacer::new(cfg.sign_rounds_per_second);
         let services = Arc::new(Services {
             store,
             committer,
             signer,
+            sign_pacer,
             cfg,
             metrics,
             health: Health::default(),
@@ -161,6 +163,8 @@ impl Engine {
         s.shutting_down.store(true, Ordering::Release);
         // Long-polls answer what they have now rather than hold the drain up.
         s.watchers.close();
+        // Signing rounds waiting for their paced slot go now.
+        s.pipelines.wake_all();
         let deadline = tokio::time::Instant::now() + s.cfg.shutdown_timeout;
         let actors: Vec<WsHandle> = s.actors.iter().map(|e| e.value().clone()).collect();
         for h in actors {
@@ -603,8 +607,12 @@ impl Engine {
     }
 
     /// Replaces a workspace's scope rules.
-    pub async fn set_scope_rules(&self, ws: &str, req: ScopeRules) -> Result<WorkspaceView> {
+    /// Replaces the workspace's scope rules; the change is a receipt in the workspace log, so
+    /// it fails closed like every receipt (`SignerUnavailable`, a fault) and answers once the
+    /// receipt is durable.
+    pub async fn set_scope_rules(&self, ws: &str, req: ScopeRules) -> Result<ScopeRulesChange> {
         validate::scope_rules(&req.scope_rules)?;
+        self.fail_closed(ws)?;
         self.ask(ws, |reply| WsMsg::SetScopeRules { rules: req.scope_rules, reply }).await
     }
 
@@ -865,7 +873,7 @@ impl Engine {
     /// The user's answer to a `confirm` decision: the final decision and its receipt, once
     /// durable. A nonce is answered once: a used or expired one is `Refused`
     /// (`confirmation_used`, `confirmation_expired`) with a receipt of the attempt; an unknown
-    /// one (or another workspace's) is `Refused` (`confirmation_not_found`) without one.
+    /// one (or another workspace's) is `NotFound` without one.
     pub async fn confirm(
         &self,
         ws: &str,
@@ -873,13 +881,9 @@ impl Engine {
         answer: ConfirmationAnswer,
         idem: Option<&str>,
     ) -> Result<Resolution> {
-        validate::confirmation_answer(&answer)?;
+        validate::answer(&answer)?;
         if allowly_receipt::types::validate_id("nonce", nonce).is_err() {
-            return Err(EngineError::refused(
-                Refusal::NotFound,
-                "confirmation_not_found",
-                "no such confirmation nonce",
-            ));
+            return Err(EngineError::NotFound { what: "confirmation" });
         }
         self.workspace_record(ws)?;
         let idem = idempotency(idem, "confirmation", &(nonce, &answer))?;
@@ -892,35 +896,32 @@ impl Engine {
     }
 
     /// A confirmation or escalation document; a malformed, unknown or foreign id is
-    /// `Refused` with `code` (nothing is written).
+    /// `NotFound` (`what`), like every other object (nothing is written).
     fn hitl_doc<D: serde::de::DeserializeOwned>(
         &self,
         kind: DocKind,
         ws: &str,
         id: &str,
-        code: &'static str,
-        message: &'static str,
+        what: &'static str,
     ) -> Result<D> {
         let doc = self.shared.store.doc(kind, ws, id).map_err(|e| match e {
-            StoreError::InvalidId { .. } => EngineError::refused(Refusal::NotFound, code, message),
+            StoreError::InvalidId { .. } => EngineError::NotFound { what },
             other => EngineError::Store(other),
         })?;
-        let v = doc.ok_or_else(|| EngineError::refused(Refusal::NotFound, code, message))?;
+        let v = doc.ok_or(EngineError::NotFound { what })?;
         serde_json::from_value(v).map_err(|e| EngineError::Internal(format!("stored {kind:?} {id}: {e}")))
     }
 
     /// A confirmation's state (an unknown nonce, or another workspace's, is
-    /// `confirmation_not_found`).
+    /// `NotFound`).
     pub fn confirmation(&self, ws: &str, nonce: &str) -> Result<ConfirmationView> {
-        let doc: crate::actor::ConfirmationDoc =
-            self.hitl_doc(DocKind::Confirmation, ws, nonce, "confirmation_not_found", "no such confirmation nonce")?;
+        let doc: crate::actor::ConfirmationDoc = self.hitl_doc(DocKind::Confirmation, ws, nonce, "confirmation")?;
         doc.view(nonce, now_ms())
     }
 
     /// An escalation. One past its expiry is resolved to deny first (with its receipt).
     pub async fn escalation(&self, ws: &str, id: &str) -> Result<EscalationView> {
-        let doc: crate::actor::EscalationDoc =
-            self.hitl_doc(DocKind::Escalation, ws, id, "escalation_not_found", "no such escalation")?;
+        let doc: crate::actor::EscalationDoc = self.hitl_doc(DocKind::Escalation, ws, id, "escalation")?;
         if !doc.is_overdue(now_ms()) {
             return doc.view(id);
         }
@@ -941,9 +942,9 @@ impl Engine {
         answer: EscalationAnswer,
         idem: Option<&str>,
     ) -> Result<Resolution> {
-        validate::escalation_answer(&answer)?;
+        validate::answer(&answer)?;
         if allowly_receipt::types::validate_id("escalation_id", id).is_err() {
-            return Err(EngineError::refused(Refusal::NotFound, "escalation_not_found", "no such escalation"));
+            return Err(EngineError::NotFound { what: "escalation" });
         }
         self.workspace_record(ws)?;
         let idem = idempotency(idem, "escalation_resolve", &(id, &answer))?;

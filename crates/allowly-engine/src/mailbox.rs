@@ -16,7 +16,7 @@ use tokio::sync::oneshot;
 use crate::error::Result;
 use crate::model::{
     ApiKeyView, AuthorizationChange, CheckOutcome, CheckRequest, ConfirmationAnswer, EscalationAnswer, EscalationView,
-    KeyRotation, NewAuthorization, Resolution, WorkspaceView,
+    KeyRotation, NewAuthorization, Resolution, ScopeRulesChange, WorkspaceView,
 };
 
 /// Where an answer goes, with the request's place in the admission bound
@@ -117,7 +117,7 @@ pub(crate) enum WsMsg {
     },
     SetScopeRules {
         rules: BTreeMap<String, ScopeRule>,
-        reply: Reply<WorkspaceView>,
+        reply: Reply<ScopeRulesChange>,
     },
     SetRateLimit {
         rate_limit: Option<allowly_store::RateLimit>,
@@ -212,7 +212,8 @@ impl WsMsg {
             Self::Check { reply, .. } => reply.is_abandoned(),
             Self::Confirm { reply, .. } | Self::Resolve { reply, .. } => reply.is_abandoned(),
             Self::ExpireEscalation { reply, .. } => reply.is_abandoned(),
-            Self::SetScopeRules { reply, .. } | Self::SetRateLimit { reply, .. } => reply.is_abandoned(),
+            Self::SetScopeRules { reply, .. } => reply.is_abandoned(),
+            Self::SetRateLimit { reply, .. } => reply.is_abandoned(),
             Self::CreateWebhook { reply, .. } | Self::RotateWebhookSecret { reply, .. } => reply.is_abandoned(),
             Self::SetWebhookDisabled { reply, .. } => reply.is_abandoned(),
             Self::DeleteWebhook { reply, .. } | Self::CancelDeliveries { reply, .. } => reply.is_abandoned(),

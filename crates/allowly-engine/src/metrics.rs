@@ -124,6 +124,10 @@ pub struct Metrics {
     /// signing round waits and is retried. Not an error and never an outage (`signer_up`
     /// stays 1).
     pub signer_busy: IntCounter,
+    /// Signing rounds that waited past their batch delay for a slot of the instance's signing
+    /// rate (`sign_rounds_per_second`): how often the rate binds. Their wait shows in
+    /// `signing_lag_seconds`.
+    pub sign_rounds_paced: IntCounter,
     /// 1 while the signer answers, 0 while checks fail closed.
     pub signer_up: IntGauge,
     /// Signer logs that disagree with the stored one (fork or rollback): signing stops for the
@@ -344,6 +348,11 @@ impl Metrics {
                 "Signer answers Busy (back pressure: the signing round waits and is retried)",
             )
             .expect("static metric definition"),
+            sign_rounds_paced: IntCounter::new(
+                "allowly_engine_sign_rounds_paced_total",
+                "Signing rounds that waited for a slot of the instance's signing rate",
+            )
+            .expect("static metric definition"),
             signer_up: IntGauge::new("allowly_engine_signer_up", "1 while the signer answers")
                 .expect("static metric definition"),
             log_divergence: IntCounter::new(
@@ -473,7 +482,7 @@ impl Metrics {
     }
 
     /// Every metric but the store's gauges.
-    fn parts(&self) -> [&dyn Collector; 40] {
+    fn parts(&self) -> [&dyn Collector; 41] {
         [
             &self.decisions,
             &self.overloaded,
@@ -499,6 +508,7 @@ impl Metrics {
             &self.receipts_signed,
             &self.signer_errors,
             &self.signer_busy,
+            &self.sign_rounds_paced,
             &self.signer_up,
             &self.log_divergence,
             &self.faults,

@@ -37,6 +37,17 @@ pub struct ScopeRules {
     pub scope_rules: BTreeMap<String, ScopeRule>,
 }
 
+/// Answer to `PUT /v1/workspaces/{id}/scope-rules`: the workspace with its new rules (the
+/// members of [`WorkspaceView`]) and the receipt that logs the change (format 1.1:
+/// `scope_rules.changed`, the whole new rule set, a workspace event).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ScopeRulesChange {
+    #[serde(flatten)]
+    pub workspace: WorkspaceView,
+    pub receipt: PendingReceipt<RawBody>,
+}
+
 /// `PUT /v1/workspaces/{id}/rate-limit` (instance admin): the request rate each API key of
 /// the workspace may use. `null` (or no field) goes back to the instance's default.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
@@ -222,8 +233,9 @@ pub struct CheckOutcome {
     /// `scope_not_granted`, `resource_not_covered`, `confirmation_required`,
     /// `escalation_required`).
     pub reason: String,
-    /// The durable, not yet signed receipt of this decision. `None` only for
-    /// `unknown_authorization` (there is no trail to chain it into).
+    /// The durable, not yet signed receipt of this decision: every decision has one (format
+    /// 1.1: an `unknown_authorization` deny's is a workspace event, in no trail). `null` only
+    /// in an answer recorded under an `Idempotency-Key` by an older version, replayed.
     pub receipt: Option<PendingReceipt<RawBody>>,
     /// Set when `decision` is `confirm`.
     pub confirmation: Option<ConfirmationInfo>,
@@ -272,6 +284,9 @@ pub struct ConfirmationView {
     pub decision: Option<Decision>,
     pub reason: Option<String>,
     pub answered_at: Option<Timestamp>,
+    /// Who answered (the receipt's `approval.by`; absent for answers recorded before 1.1).
+    #[serde(default)]
+    pub by: Option<String>,
     pub answer_receipt_id: Option<String>,
 }
 
@@ -410,21 +425,57 @@ pub struct DivergedWorkspace {
     pub since_ms: u64,
 }
 
-/// `POST /v1/confirmations/{nonce}`: the user's answer to a `confirm` decision.
+/// A person's answer to a `confirm` decision (`POST /v1/confirmations/{nonce}`, the user) or
+/// to an escalation (`POST /v1/escalations/{id}/resolve`, the approver): one vocabulary for
+/// both, the receipt's (`approval`: `outcome`, `by`, `shown_hash`, `note_hash`).
+///
+/// Deprecated spellings of the escalation answer before format 1.1, accepted until the next
+/// release: `approver` for `by`, and `denied` for `declined`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
-pub struct ConfirmationAnswer {
+pub struct Answer {
     /// `approved` or `declined`.
-    pub outcome: ApprovalOutcome,
+    pub outcome: AnswerOutcome,
     /// Who answered, as the app knows them (1..=256 characters).
+    #[serde(alias = "approver")]
     pub by: String,
-    /// Exactly what the user was shown (≤ 16 KiB); only its SHA-256 is kept, in the receipt.
+    /// Exactly what they were shown (≤ 16 KiB); only its SHA-256 is kept, in the receipt.
     #[serde(default)]
     pub shown: Option<String>,
     /// Or the SHA-256 of it, computed by the app (64 hex digits). At most one of the two.
     #[serde(default)]
     pub shown_hash: Option<HexHash>,
+    /// What they wrote with their answer (≤ 4 KiB); only its SHA-256 is kept, in the receipt.
+    #[serde(default)]
+    pub note: Option<String>,
+}
+
+/// `POST /v1/confirmations/{nonce}`: the user's answer to a `confirm` decision.
+pub type ConfirmationAnswer = Answer;
+
+/// `POST /v1/escalations/{id}/resolve`: the approver's answer.
+pub type EscalationAnswer = Answer;
+
+/// A person's answer: the receipt's `approval.outcome` words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum AnswerOutcome {
+    Approved,
+    /// `denied`: the escalation answer's deprecated spelling (format 1.0's API).
+    #[serde(alias = "denied")]
+    Declined,
+}
+
+impl AnswerOutcome {
+    /// The outcome as a receipt records it.
+    pub fn approval(self) -> ApprovalOutcome {
+        match self {
+            Self::Approved => ApprovalOutcome::Approved,
+            Self::Declined => ApprovalOutcome::Declined,
+        }
+    }
 }
 
 /// The final decision of a confirmation or an escalation, and its receipt.
@@ -433,36 +484,13 @@ pub struct ConfirmationAnswer {
 pub struct Resolution {
     /// `allow` or `deny`.
     pub decision: Decision,
-    /// `confirmed`, `declined`, `approved`, `denied`, `revoked` or `expired` (the authorization
-    /// was revoked or expired while waiting).
+    /// `approved`, `declined` (the person's answer), `revoked` or `expired` (the authorization
+    /// was revoked or expired while waiting), or `escalation_expired` (nobody answered in time).
     pub reason: String,
     pub receipt: PendingReceipt<RawBody>,
     /// The escalation after this step (escalations only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub escalation: Option<EscalationView>,
-}
-
-/// `POST /v1/escalations/{id}/resolve`: the approver's answer.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(deny_unknown_fields)]
-pub struct EscalationAnswer {
-    /// `approved` or `denied`.
-    pub outcome: EscalationOutcome,
-    /// Who decided (1..=256 characters).
-    pub approver: String,
-    /// Free text (≤ 4 KiB); only its SHA-256 goes into the receipt.
-    #[serde(default)]
-    pub note: Option<String>,
-}
-
-/// An approver's answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(rename_all = "lowercase")]
-pub enum EscalationOutcome {
-    Approved,
-    Denied,
 }
 
 /// Where an escalation stands.
@@ -472,7 +500,10 @@ pub enum EscalationOutcome {
 pub enum EscalationStatus {
     Pending,
     Approved,
-    Denied,
+    /// Declined by the approver, or approved after the authorization was revoked or expired
+    /// (the receipt says which). Stored documents of earlier versions say `denied`.
+    #[serde(alias = "denied")]
+    Declined,
     /// Expired before anyone answered (resolved to deny, with a receipt).
     Expired,
 }
@@ -491,6 +522,9 @@ pub struct EscalationView {
     /// Receipt of the check that escalated.
     pub check_receipt_id: String,
     pub resolved_at: Option<Timestamp>,
+    /// Who answered (the receipt's `approval.by`).
+    pub by: Option<String>,
+    /// Deprecated: the same as `by` (its name before format 1.1), until the next release.
     pub approver: Option<String>,
     /// Receipt of the resolution (or of the expiry).
     pub resolution_receipt_id: Option<String>,
@@ -523,3 +557,39 @@ pub struct KeyRotation {
 /// Where keyed requests that belong to no workspace (workspace creation) file their
 /// `Idempotency-Key` records: a document scope no workspace id can take (those are `ws_…`).
 pub(crate) const INSTANCE_SCOPE: &str = "_instance";
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn check(json: &str, expect: Option<(AnswerOutcome, &str, Option<&str>)>) {
+        let got = serde_json::from_str::<Answer>(json).ok().map(|a| (a.outcome, a.by, a.note));
+        let expect = expect.map(|(o, by, note)| (o, by.to_owned(), note.map(str::to_owned)));
+        assert_eq!(got, expect, "{json}");
+    }
+
+    /// One vocabulary for both answers; the escalation answer's 1.0 spellings (`approver`,
+    /// `denied`) still read, as the same answer, until the next release.
+    #[test]
+    fn answers_read_the_new_and_the_deprecated_spellings() {
+        use AnswerOutcome::*;
+        check(r#"{"outcome":"approved","by":"cfo"}"#, Some((Approved, "cfo", None)));
+        check(r#"{"outcome":"declined","by":"cfo","note":"no"}"#, Some((Declined, "cfo", Some("no"))));
+        check(r#"{"outcome":"denied","approver":"cfo","note":"no"}"#, Some((Declined, "cfo", Some("no"))));
+        check(r#"{"outcome":"approved","approver":"cfo"}"#, Some((Approved, "cfo", None)));
+        check(r#"{"outcome":"approved","by":"a","shown":"x","shown_hash":null}"#, Some((Approved, "a", None)));
+        // One name per member, and nothing else.
+        check(r#"{"outcome":"approved","by":"a","approver":"b"}"#, None);
+        check(r#"{"outcome":"approved","by":"a","approvr":"b"}"#, None);
+        check(r#"{"outcome":"rejected","by":"a"}"#, None);
+        check(r#"{"outcome":"approved"}"#, None);
+        // Written back (the Idempotency-Key's request hash), an old spelling is the new one.
+        let old: Answer = serde_json::from_str(r#"{"outcome":"denied","approver":"cfo"}"#).unwrap();
+        let new: Answer = serde_json::from_str(r#"{"by":"cfo","outcome":"declined"}"#).unwrap();
+        assert_eq!(serde_json::to_value(&old).unwrap(), serde_json::to_value(&new).unwrap());
+        // Escalations stored by earlier versions say `denied`.
+        assert_eq!(serde_json::from_str::<EscalationStatus>(r#""denied""#).unwrap(), EscalationStatus::Declined);
+        assert_eq!(serde_json::to_string(&EscalationStatus::Declined).unwrap(), r#""declined""#);
+    }
+}

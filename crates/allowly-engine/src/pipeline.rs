@@ -50,7 +50,9 @@ use crate::model::Resynced;
 use crate::receipts::{key_records, verifier};
 use crate::services::{blocking, Services};
 
+mod pace;
 mod rotation;
+pub(crate) use pace::Pacer;
 pub(crate) use rotation::{count as count_rotation, rotate};
 
 /// Running pipeline tasks by workspace; each gets the workspace's committed log size.
@@ -220,6 +222,13 @@ impl Pipelines {
         }
     }
 
+    /// Wakes every task (at shutdown: one waiting for its paced slot sends at once).
+    pub fn wake_all(&self) {
+        for slot in self.map.iter() {
+            slot.tx.send_modify(|_| ());
+        }
+    }
+
     /// How many committed receipts wait for a signature, and since when the oldest does. A
     /// workspace whose signing is stalled (signer down) keeps its task and its marks, so its age
     /// keeps growing. A diverged workspace (`is_diverged`) counts in `unsigned` but not in
@@ -228,14 +237,17 @@ impl Pipelines {
     pub fn backlog(&self, is_diverged: impl Fn(&str) -> bool) -> Backlog {
         let mut b = Backlog::default();
         for slot in self.map.iter() {
-            let diverged = is_diverged(slot.key());
             let committed = *slot.tx.borrow();
             let signed = slot.progress.signed.load(Ordering::Acquire);
             if signed != NOT_LOADED {
                 b.unsigned += committed.saturating_sub(signed);
             }
-            if let Some(t) = slot.progress.oldest().filter(|_| !diverged) {
-                b.oldest = Some(b.oldest.map_or(t, |o| o.min(t)));
+            // The divergence lookup (a map probe by name) only for an age that would count:
+            // this runs over every workspace each health tick.
+            if let Some(t) = slot.progress.oldest() {
+                if b.oldest.is_none_or(|o| t < o) && !is_diverged(slot.key()) {
+                    b.oldest = Some(t);
+                }
             }
         }
         b
@@ -410,13 +422,25 @@ async fn run(
         // Let the commits of the next `sign_batch_delay` join this signature, unless the batch
         // fills first: a signature and the signer's fsyncs cost the same for one leaf as for a
         // thousand. Not on any answer's path (answers leave at commit); bounds the signing lag.
-        let deadline = tokio::time::Instant::from_std(since + shared.cfg.sign_batch_delay);
+        // With many workspaces signing at once, later: the round waits for its slot of the
+        // instance's signing rate (see `pace.rs`), collecting commits meanwhile.
+        let ready = since + shared.cfg.sign_batch_delay;
+        let slot = if shared.shutting_down.load(Ordering::Acquire) { ready } else { shared.sign_pacer.reserve(ready) };
+        if slot > ready {
+            shared.metrics.sign_rounds_paced.inc();
+        }
+        let mut deadline = tokio::time::Instant::from_std(slot);
         let mut committed = committed;
         while ((committed - st.frontier.size()) as usize) < shared.cfg.sign_batch_max {
             match tokio::time::timeout_at(deadline, rx.changed()).await {
                 Ok(Ok(())) => committed = *rx.borrow_and_update(),
                 // The deadline passed, or the registry dropped us (the next loop sees that).
                 _ => break,
+            }
+            // Shutting down (`Pipelines::wake_all`): what is committed is signed after the batch
+            // delay, not at its slot.
+            if shared.shutting_down.load(Ordering::Acquire) {
+                deadline = deadline.min(tokio::time::Instant::from_std(ready));
             }
         }
         match st.round(&shared, committed).await {

@@ -43,6 +43,8 @@ pub(crate) struct Services {
     pub signer_scrape: crate::health::SignerScrape,
     /// Requests admitted and not yet through the committer (`max_pending_writes`).
     pub admissions: Arc<crate::mailbox::Admissions>,
+    /// Spaces signing rounds over every workspace (`sign_rounds_per_second`).
+    pub sign_pacer: crate::pipeline::Pacer,
 }
 
 impl Services {

@@ -7,7 +7,7 @@ use allowly_store::{Role, ScopeRule};
 
 use crate::decide::validate_scope;
 use crate::error::{EngineError, Result};
-use crate::model::{CheckRequest, ConfirmationAnswer, EscalationAnswer, NewAuthorization};
+use crate::model::{Answer, CheckRequest, NewAuthorization};
 
 /// Most scopes in one grant or check.
 pub const MAX_SCOPES: usize = 64;
@@ -19,6 +19,8 @@ pub const MAX_RESOURCE_LEN: usize = 1024;
 pub const MAX_SUBJECT_LEN: usize = 256;
 /// Largest metadata or context, as compact JSON.
 pub const MAX_JSON_BYTES: usize = 16 * 1024;
+/// Longest note with an answer (bytes).
+pub const MAX_NOTE_BYTES: usize = 4096;
 /// Most scope rules per workspace.
 pub const MAX_SCOPE_RULES: usize = 256;
 
@@ -136,7 +138,8 @@ pub fn check(req: &CheckRequest) -> Result<()> {
     Ok(())
 }
 
-pub fn confirmation_answer(a: &ConfirmationAnswer) -> Result<()> {
+/// A confirmation's or an escalation's answer (one vocabulary, see [`Answer`]).
+pub fn answer(a: &Answer) -> Result<()> {
     text("by", &a.by, MAX_SUBJECT_LEN)?;
     if let Some(shown) = &a.shown {
         if shown.len() > MAX_JSON_BYTES {
@@ -146,13 +149,8 @@ pub fn confirmation_answer(a: &ConfirmationAnswer) -> Result<()> {
             return Err(bad("shown_hash", "give `shown` or `shown_hash`, not both"));
         }
     }
-    Ok(())
-}
-
-pub fn escalation_answer(a: &EscalationAnswer) -> Result<()> {
-    text("approver", &a.approver, MAX_SUBJECT_LEN)?;
-    if a.note.as_ref().is_some_and(|n| n.len() > 4096) {
-        return Err(bad("note", "must be at most 4096 bytes"));
+    if a.note.as_ref().is_some_and(|n| n.len() > MAX_NOTE_BYTES) {
+        return Err(bad("note", format!("must be at most {MAX_NOTE_BYTES} bytes")));
     }
     Ok(())
 }

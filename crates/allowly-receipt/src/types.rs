@@ -268,13 +268,25 @@ pub enum EventKind {
     /// The workspace signing key was rotated (a workspace event: no authorization).
     #[serde(rename = "key.rotated")]
     KeyRotated,
+    /// Format 1.1: the workspace's scope rules were replaced; the body's `scope_rules` is the
+    /// whole set in force from then on (a workspace event: no authorization).
+    #[serde(rename = "scope_rules.changed")]
+    ScopeRulesChanged,
 }
 
 impl EventKind {
     /// Whether receipts of this kind belong to an authorization's trail.
     pub fn is_authorization_event(self) -> bool {
-        !matches!(self, Self::KeyRotated)
+        !matches!(self, Self::KeyRotated | Self::ScopeRulesChanged)
     }
+}
+
+/// What a workspace's scope rule asks for before an allow (format 1.1, `scope_rules`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RuleKind {
+    Confirm,
+    Escalate,
 }
 
 /// The answer Allowly gave.
@@ -297,10 +309,13 @@ pub struct Grant {
     pub scopes: Vec<String>,
     /// Resource constraints; empty means any resource.
     pub resources: Vec<String>,
-    /// When the authorization stops allowing anything; `null` for never.
+    /// When the authorization stops allowing anything; `null` for never. Present (§4.1:
+    /// every member listed for `grant` is, `null` or not).
+    #[serde(deserialize_with = "present")]
     pub expires_at: Option<Timestamp>,
     /// SHA-256 of the JCS form of the app-supplied metadata, if any (metadata itself is not signed
-    /// in full so that receipts do not copy arbitrary customer data).
+    /// in full so that receipts do not copy arbitrary customer data). Present, like `expires_at`.
+    #[serde(deserialize_with = "present")]
     pub metadata_hash: Option<HexHash>,
 }
 
@@ -311,8 +326,14 @@ pub struct Approval {
     pub outcome: ApprovalOutcome,
     /// Identity of the person who answered, as the app reported it.
     pub by: String,
-    /// SHA-256 of exactly what they were shown, if the app supplied it.
+    /// SHA-256 of exactly what they were shown, if the app supplied it. Present, `null` or not
+    /// (§4.1; only the 1.1 `note_hash` may be absent).
+    #[serde(deserialize_with = "present")]
     pub shown_hash: Option<HexHash>,
+    /// Format 1.1: SHA-256 of the note they wrote with their answer, if any. (A 1.0 escalation
+    /// answer's note was hashed into `shown_hash`.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note_hash: Option<HexHash>,
 }
 
 /// A person's answer.
@@ -392,6 +413,18 @@ pub struct ReceiptBody {
     pub context_hash: Option<HexHash>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<RotatedKey>,
+    /// Format 1.1: the authorization id a check asked for when no such authorization exists
+    /// (`reason` `unknown_authorization`); such a check is a workspace event, in no trail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asked_authorization_id: Option<String>,
+    /// Format 1.1: until when the confirmation or escalation a `confirm` or `escalate` check
+    /// opened may be answered (answers after it are refused, and recorded as such).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Timestamp>,
+    /// Format 1.1, `scope_rules.changed` only: every scope rule of the workspace from then on,
+    /// pattern → what it asks for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope_rules: Option<std::collections::BTreeMap<String, RuleKind>>,
 }
 
 impl ReceiptBody {
@@ -429,10 +462,24 @@ impl ReceiptBody {
             has_prev: self.prev.is_some(),
             has_grant: self.grant.is_some(),
             escalation_id: self.escalation_id.as_deref(),
+            decision: self.decision,
+            unknown_authorization: self.reason.as_deref() == Some(REASON_UNKNOWN_AUTHORIZATION),
+            asked_authorization_id: self.asked_authorization_id.as_deref(),
+            has_scope_rules: self.scope_rules.is_some(),
         }
         .check()
     }
+
+    /// Whether the body belongs to an authorization's trail (it has an `authorization_id`);
+    /// otherwise it is a workspace event (`key.rotated`, a check of an unknown authorization).
+    pub fn in_trail(&self) -> bool {
+        self.authorization_id.is_some()
+    }
 }
+
+/// The reason of a check that named no authorization of the workspace (format 1.1: such a
+/// check is a workspace event and says in `asked_authorization_id` which id was asked for).
+pub const REASON_UNKNOWN_AUTHORIZATION: &str = "unknown_authorization";
 
 /// What [`ReceiptBody::validate`] and [`ReceiptBodyView::parse`] check beyond types: one
 /// function for both, so the signer and the verifier cannot drift apart.
@@ -447,6 +494,11 @@ struct Rules<'a> {
     has_prev: bool,
     has_grant: bool,
     escalation_id: Option<&'a str>,
+    decision: Option<Decision>,
+    /// `reason` is [`REASON_UNKNOWN_AUTHORIZATION`].
+    unknown_authorization: bool,
+    asked_authorization_id: Option<&'a str>,
+    has_scope_rules: bool,
 }
 
 impl Rules<'_> {
@@ -460,7 +512,27 @@ impl Rules<'_> {
         if self.log_index > jcs::MAX_SAFE_INTEGER {
             return err("log_index", "beyond 2^53-1");
         }
-        if self.kind.is_authorization_event() {
+        // Format 1.1: a check of an unknown authorization has no trail to join. It is a
+        // workspace event, and exactly such a check carries `asked_authorization_id`.
+        let unknown = self.unknown_authorization || self.asked_authorization_id.is_some();
+        if unknown {
+            let Some(asked) = self.asked_authorization_id else {
+                return err("asked_authorization_id", "required when the reason is unknown_authorization");
+            };
+            validate_id("asked_authorization_id", asked)?;
+            if self.kind != EventKind::Check
+                || self.decision != Some(Decision::Deny)
+                || !self.unknown_authorization
+                || self.authorization_id.is_some()
+                || self.seq.is_some()
+                || self.has_prev
+            {
+                return err(
+                    "asked_authorization_id",
+                    "only a check denied as unknown_authorization, with no authorization_id, seq or prev",
+                );
+            }
+        } else if self.kind.is_authorization_event() {
             let Some(auth) = self.authorization_id else { return err("authorization_id", "required for this kind") };
             validate_id("authorization_id", auth)?;
             match (self.seq, self.has_prev) {
@@ -479,6 +551,9 @@ impl Rules<'_> {
         }
         if let Some(id) = self.escalation_id {
             validate_id("escalation_id", id)?;
+        }
+        if self.has_scope_rules != (self.kind == EventKind::ScopeRulesChanged) {
+            return err("scope_rules", "present exactly in scope_rules.changed");
         }
         Ok(())
     }
@@ -528,7 +603,7 @@ struct ViewFields<'a> {
     #[serde(deserialize_with = "present")]
     decision: Option<Decision>,
     #[serde(deserialize_with = "present")]
-    reason: Option<AnyText>,
+    reason: Option<ReasonText>,
     scopes: TextList,
     #[serde(deserialize_with = "present")]
     resource: Option<AnyText>,
@@ -545,6 +620,32 @@ struct ViewFields<'a> {
     context_hash: Option<&'a str>,
     #[serde(default)]
     key: Option<RotatedKey>,
+    #[serde(default, borrow)]
+    asked_authorization_id: Option<&'a str>,
+    #[serde(default, borrow)]
+    expires_at: Option<&'a str>,
+    #[serde(default)]
+    scope_rules: Option<RuleSet>,
+}
+
+/// A `scope_rules` object (pattern → `confirm` or `escalate`), checked and not kept.
+struct RuleSet;
+
+impl<'de> Deserialize<'de> for RuleSet {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = RuleSet;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object of \"confirm\" and \"escalate\"")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> std::result::Result<RuleSet, A::Error> {
+                while map.next_entry::<AnyText, RuleKind>()?.is_some() {}
+                Ok(RuleSet)
+            }
+        }
+        d.deserialize_map(V)
+    }
 }
 
 /// A nullable member that must be present (`deserialize_with` makes serde report a missing
@@ -566,6 +667,26 @@ impl<'de> Deserialize<'de> for AnyText {
             }
             fn visit_str<E: serde::de::Error>(self, _: &str) -> std::result::Result<AnyText, E> {
                 Ok(AnyText)
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// A reason code, kept only as whether it is [`REASON_UNKNOWN_AUTHORIZATION`] (the one reason
+/// the §4 rules read).
+struct ReasonText(bool);
+
+impl<'de> Deserialize<'de> for ReasonText {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = ReasonText;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> std::result::Result<ReasonText, E> {
+                Ok(ReasonText(s == REASON_UNKNOWN_AUTHORIZATION))
             }
         }
         d.deserialize_str(V)
@@ -617,10 +738,11 @@ impl<'a> ReceiptBodyView<'a> {
         hash(f.auth_state_hash)?;
         hash(f.context_hash)?;
         let time = Timestamp::parse(f.time)?;
+        f.expires_at.map(Timestamp::parse).transpose()?;
         if f.seq.is_some_and(|s| s > jcs::MAX_SAFE_INTEGER) {
             return Err(Error::Field { field: "seq", msg: "beyond 2^53-1".into() });
         }
-        let _ = (f.decision, f.reason, f.scopes, f.resource, f.approval, f.key);
+        let _ = (f.scopes, f.resource, f.approval, f.key);
         Rules {
             v: f.v,
             id: f.id,
@@ -632,6 +754,10 @@ impl<'a> ReceiptBodyView<'a> {
             has_prev: f.prev.is_some(),
             has_grant: f.grant.is_some(),
             escalation_id: f.escalation_id,
+            decision: f.decision,
+            unknown_authorization: f.reason.is_some_and(|r| r.0),
+            asked_authorization_id: f.asked_authorization_id,
+            has_scope_rules: f.scope_rules.is_some(),
         }
         .check()?;
         Ok(Self { id: f.id, workspace_id: f.workspace_id, log_index: f.log_index, kind: f.kind, time })

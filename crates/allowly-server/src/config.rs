@@ -41,7 +41,7 @@ const AFTER_HELP: &str = "\
 Every option can also be set by its environment variable or in the TOML file given by --config
 (keys: data_dir, listen, signer_socket, signer_bin, signer_keystore, signer_previous_keystore,
 pkcs11_module, pkcs11_token_label, pkcs11_pin_file, signer_max_in_flight, signer_timeout_ms,
-rotation_drain_timeout_ms, commit_window_us, min_free_disk, max_unsigned_age_ms, commit_timeout_ms,
+rotation_drain_timeout_ms, commit_window_us, sign_rounds_per_second, min_free_disk, max_unsigned_age_ms, commit_timeout_ms,
 max_pending_writes, max_long_polls, long_poll_max_ms, max_cached_authorizations, idle_timeout_ms, memory_high_water_mib, body_limit,
 max_connections, max_connections_per_address, request_read_timeout_ms, metrics_token_file,
 rate_limit_per_second, rate_limit_burst, confirmation_ttl_ms,
@@ -276,6 +276,13 @@ pub struct ServeArgs {
     /// [default: 2000].
     #[arg(long, env = "ALLOWLY_COMMIT_WINDOW_US", value_name = "US")]
     pub commit_window_us: Option<u64>,
+    /// Most signing rounds a second over all workspaces together. A round costs about the same
+    /// for one receipt as for a thousand, so with thousands of workspaces signing at once each
+    /// waits for its turn and carries more: signing lag of about W / rate for W workspaces
+    /// signing at once (5 s for 10,000 at 2,000), never answer latency. 0: no limit
+    /// (0..=1000000) [default: 2000].
+    #[arg(long, env = "ALLOWLY_SIGN_ROUNDS_PER_SECOND", value_name = "N")]
+    pub sign_rounds_per_second: Option<u32>,
     /// Free-space floor of the data volume, in bytes or with a unit (512MiB, 2GiB); below it
     /// receipt-producing calls fail closed [default: 256MiB or 1 % of the volume, whichever is larger].
     #[arg(long, env = "ALLOWLY_MIN_FREE_DISK", value_name = "SIZE", value_parser = parse_size)]
@@ -365,6 +372,7 @@ pub struct FileConfig {
     pub signer_timeout_ms: Option<u64>,
     pub rotation_drain_timeout_ms: Option<u64>,
     pub commit_window_us: Option<u64>,
+    pub sign_rounds_per_second: Option<u32>,
     /// Bytes, or a size as `--min-free-disk` takes it (`"512MiB"`).
     pub min_free_disk: Option<SizeSetting>,
     pub max_unsigned_age_ms: Option<u64>,
@@ -424,6 +432,8 @@ pub struct ServerConfig {
     pub rotation_drain_timeout: Duration,
     /// See `EngineConfig::commit_window`.
     pub commit_window: Duration,
+    /// See `EngineConfig::sign_rounds_per_second`.
+    pub sign_rounds_per_second: u32,
     /// `None`: the engine's default (256 MiB or 1 % of the volume).
     pub min_free_disk: Option<u64>,
     pub max_unsigned_age: Duration,
@@ -557,6 +567,11 @@ impl ServeArgs {
         if commit_window > Duration::from_millis(10) {
             return Err(ConfigError::OutOfRange("commit_window_us", "0..=10000"));
         }
+        let sign_rounds_per_second =
+            self.sign_rounds_per_second.or(file.sign_rounds_per_second).unwrap_or(e.sign_rounds_per_second);
+        if sign_rounds_per_second > 1_000_000 {
+            return Err(ConfigError::OutOfRange("sign_rounds_per_second", "0..=1000000"));
+        }
         let max_unsigned_age = ms(self.max_unsigned_age_ms, file.max_unsigned_age_ms, e.max_unsigned_age);
         if !(Duration::from_secs(1)..=Duration::from_secs(24 * 3600)).contains(&max_unsigned_age) {
             return Err(ConfigError::OutOfRange("max_unsigned_age_ms", "1000..=86400000"));
@@ -632,6 +647,7 @@ impl ServeArgs {
             signer_timeout,
             rotation_drain_timeout,
             commit_window,
+            sign_rounds_per_second,
             max_unsigned_age,
             commit_timeout,
             max_pending_writes,
@@ -815,6 +831,13 @@ mod tests {
             let r = ServeArgs { commit_window_us: Some(us), ..ServeArgs::default() }.resolve();
             assert_eq!(r.map(|c| c.commit_window.as_micros()).ok(), ok.then_some(u128::from(us)), "{us}");
         }
+        for (n, ok) in [(0, true), (1_000_000, true), (1_000_001, false)] {
+            let r = ServeArgs { sign_rounds_per_second: Some(n), ..ServeArgs::default() }.resolve();
+            assert_eq!(r.map(|c| c.sign_rounds_per_second).ok(), ok.then_some(n), "{n}");
+        }
+        let f = file("sign_rounds_per_second = 300\n");
+        let cfg = ServeArgs { config: Some(f.path().to_owned()), ..ServeArgs::default() }.resolve().unwrap();
+        assert_eq!(cfg.sign_rounds_per_second, 300);
         let f = file("commit_window_us = 500\n");
         let cfg = ServeArgs { config: Some(f.path().to_owned()), ..ServeArgs::default() }.resolve().unwrap();
         assert_eq!(cfg.commit_window, Duration::from_micros(500));

@@ -15,9 +15,12 @@
 //!   /64, what one host or site usually holds). A connection over it is answered `503
 //!   too_many_connections` at once, without its request being read, and closed.
 //! - **Overall cap.** At most `max` connections. At the cap, before the next accept, the oldest
-//!   idle connections — no request being read or handled; one that never sent a byte is idle
-//!   since it was accepted — are asked to close, [`EVICT_BATCH`] at a time (hyper's graceful
-//!   shutdown: an answer being written is finished first). A flood of idle connections thus
+//!   idle connections are asked to close, [`EVICT_BATCH`] at a time (hyper's graceful shutdown:
+//!   an answer being written is finished first). Idle means no request being read or handled
+//!   *and* a read found nothing to read; the age counts from the accept or the last answer. A
+//!   connection just accepted (or just answered) is not idle until its first read came back
+//!   empty: a client whose request already sits in the kernel's buffer, behind a burst of
+//!   accepts, must not be taken for the oldest idle one and closed unanswered. A flood of idle connections thus
 //!   costs its own oldest ones, not fresh clients. **If every connection is busy**, nothing
 //!   more is accepted until one closes or becomes idle: new clients wait in the kernel's listen
 //!   backlog (each busy connection is bounded by the read deadline plus the time its request
@@ -66,12 +69,15 @@ pub struct Limits {
     pub read_timeout: Duration,
 }
 
-/// No request being read or handled.
+/// No request being read or handled, and a read found nothing to read: may be evicted.
 const IDLE: u8 = 0;
 /// A request's head is being read.
 const HEAD: u8 = 1;
 /// A request is being handled (its body read, its answer made).
 const HANDLING: u8 = 2;
+/// Accepted or answered, and no read tried since: not evicted (its next request may already be
+/// waiting in the socket).
+const FRESH: u8 = 3;
 
 /// One connection's state, shared by its I/O wrapper, its request handler and the registry.
 /// Only the connection's own task changes `phase` and `since`; the registry reads them.
@@ -80,7 +86,8 @@ pub struct Conn {
     address: IpAddr,
     epoch: Instant,
     phase: AtomicU8,
-    /// Nanoseconds since `epoch`: when the connection became idle (`IDLE`), or when the
+    /// Nanoseconds since `epoch`: when the connection was accepted or answered (`FRESH`,
+    /// `IDLE`), or when the
     /// request's first byte was read (`HEAD`, `HANDLING`).
     since: AtomicU64,
     /// Asked to close to make room (counted out of the cap already).
@@ -95,7 +102,7 @@ impl Conn {
         Self {
             address,
             epoch,
-            phase: AtomicU8::new(IDLE),
+            phase: AtomicU8::new(FRESH),
             since: AtomicU64::new(stamp(epoch, Instant::now())),
             evicted: AtomicBool::new(false),
             timed_out: AtomicBool::new(false),
@@ -131,11 +138,11 @@ impl Conn {
         start
     }
 
-    /// The handler has answered: the connection is idle from now (hyper still writes the
-    /// answer; a graceful close lets it finish).
+    /// The handler has answered: the connection's idle age counts from now, and it is idle once
+    /// a read finds nothing (hyper still writes the answer; a graceful close lets it finish).
     pub fn end_request(&self) {
         self.since.store(stamp(self.epoch, Instant::now()), Ordering::Relaxed);
-        self.phase.store(IDLE, Ordering::Relaxed);
+        self.phase.store(FRESH, Ordering::Relaxed);
     }
 
     /// A request missed its read deadline: the connection closes after the 408.
@@ -342,9 +349,9 @@ impl Connections {
         self.changed.notify_one();
     }
 
-    /// A request was answered: its connection is idle, which the accept loop may be waiting
-    /// for (one relaxed load otherwise).
-    pub fn request_ended(&self) {
+    /// A connection became idle, which the accept loop may be waiting for (one relaxed load
+    /// otherwise).
+    fn became_idle(&self) {
         if self.waiting.load(Ordering::Relaxed) {
             self.changed.notify_one();
         }
@@ -450,13 +457,21 @@ impl<I: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guarded<I> {
         let before = buf.filled().len();
         match Pin::new(&mut this.io).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
-                if buf.filled().len() > before && this.conn.phase() == IDLE {
+                if buf.filled().len() > before && matches!(this.conn.phase(), IDLE | FRESH) {
                     this.conn.head_started();
                     this.armed = false;
                 }
                 Poll::Ready(Ok(()))
             }
-            Poll::Pending if this.conn.phase() == HEAD => this.poll_deadline(cx),
+            Poll::Pending => match this.conn.phase() {
+                HEAD => this.poll_deadline(cx),
+                FRESH => {
+                    this.conn.phase.store(IDLE, Ordering::Relaxed);
+                    this.app.connections.became_idle();
+                    Poll::Pending
+                }
+                _ => Poll::Pending,
+            },
             other => other,
         }
     }
@@ -509,5 +524,33 @@ mod tests {
         assert_eq!(k("::ffff:192.0.2.7"), "192.0.2.7");
         assert_eq!(k("2001:db8:1:2:3:4:5:6"), "2001:db8:1:2::");
         assert_eq!(k("2001:db8:1:2:ffff::1"), "2001:db8:1:2::");
+    }
+
+    /// At the cap, a connection no read has been tried on is never the "oldest idle" one: its
+    /// request may be waiting unread in the socket (the race a burst of accepts used to lose).
+    #[test]
+    fn a_connection_is_evictable_only_once_a_read_found_nothing() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let limits = Limits { max: 2, max_per_address: 2, read_timeout: Duration::from_secs(1) };
+            let conns = Connections::new(limits, crate::metrics::HttpMetrics::new().front.clone());
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+            let (server, peer) = listener.accept().await.unwrap();
+            let older = conns.admit(&server, peer.ip()).unwrap();
+            let newer = conns.admit(&server, peer.ip()).unwrap();
+            // Both just accepted: nothing to evict, however old.
+            assert_eq!(conns.evict_idle(), 0);
+            // A read on the newer one found nothing: it alone may go.
+            newer.conn.phase.store(IDLE, Ordering::Relaxed);
+            assert_eq!(conns.evict_idle(), 1);
+            assert!(newer.conn.evicted.load(Ordering::Relaxed));
+            assert!(!older.conn.evicted.load(Ordering::Relaxed));
+            // Answered: fresh again until its next read comes back empty.
+            older.conn.begin_request();
+            older.conn.end_request();
+            assert_eq!(conns.evict_idle(), 0);
+            drop(client);
+        });
     }
 }

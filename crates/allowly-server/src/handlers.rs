@@ -23,7 +23,7 @@ use serde::Serialize;
 use allowly_engine::model::{
     ApiKeyView, AuthorizationChange, AuthorizationView, CheckOutcome, CheckpointView, ConfirmationView,
     ConsistencyProofView, CreatedWebhook, DeliveryView, EscalationView, InclusionProofView, KeyRotation, Page,
-    ReceiptView, Resolution, Resynced, WebhookView, WorkspaceView,
+    ReceiptView, Resolution, Resynced, ScopeRulesChange, WebhookView, WorkspaceView,
 };
 use allowly_receipt::types::KeySet;
 
@@ -188,7 +188,7 @@ pub(crate) async fn workspace_get(cx: Cx<'_>) -> Result<Resp, Problem> {
     json(StatusCode::OK, &cx.app.engine.workspace(cx.ws()?)?)
 }
 
-#[utoipa::path(put, path = "/v1/workspaces/{ws}/scope-rules", tag = "workspaces", request_body = ScopeRules, params(("ws" = String, Path, description = "Workspace id")), responses((status = 200, description = "The workspace with its new rules", body = WorkspaceView)))]
+#[utoipa::path(put, path = "/v1/workspaces/{ws}/scope-rules", tag = "workspaces", request_body = ScopeRules, params(("ws" = String, Path, description = "Workspace id")), responses((status = 200, description = "The workspace with its new rules, and the receipt of the change (`scope_rules.changed`)", body = ScopeRulesChange)))]
 pub(crate) async fn scope_rules_put(mut cx: Cx<'_>) -> Result<Resp, Problem> {
     let req: ScopeRules = cx.json_body().await?;
     json(StatusCode::OK, &cx.app.engine.set_scope_rules(cx.ws()?, req).await?)
@@ -369,10 +369,11 @@ pub(crate) async fn escalation_list(cx: Cx<'_>) -> Result<Resp, Problem> {
         None => None,
         Some("pending") => Some(EscalationStatus::Pending),
         Some("approved") => Some(EscalationStatus::Approved),
-        Some("denied") => Some(EscalationStatus::Denied),
+        // `denied`: the status's name before format 1.1, accepted like the answer's.
+        Some("declined" | "denied") => Some(EscalationStatus::Declined),
         Some("expired") => Some(EscalationStatus::Expired),
         Some(_) => {
-            return Err(Problem::invalid("query parameter `status` must be pending, approved, denied or expired"))
+            return Err(Problem::invalid("query parameter `status` must be pending, approved, declined or expired"))
         }
     };
     let filter = hitl_filter(&q, status);

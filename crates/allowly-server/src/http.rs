@@ -124,7 +124,6 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
                         resp.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
                     }
                     conn.end_request();
-                    app.connections.request_ended();
                     Ok::<_, Infallible>(resp)
                 }
             })

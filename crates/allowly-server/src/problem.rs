@@ -14,7 +14,6 @@
 //! | `invalid_request` | 400 | a field or query parameter has the wrong type, is missing, or is out of range |
 //! | `destination_not_allowed` | 400 | a webhook URL whose host is a non-public IP literal (loopback, private, link-local, …) while the server does not allow private networks |
 //! | `conflict` | 409 | the object's state forbids the change |
-//! | `confirmation_not_found`, `escalation_not_found` | 404 | unknown nonce or escalation (or another workspace's) |
 //! | `webhook_not_found` | 404 | retrying a delivery whose webhook endpoint was deleted |
 //! | `webhook_disabled` | 409 | retrying a delivery whose webhook endpoint is disabled |
 //! | `delivery_in_progress` | 409 | retrying a delivery that is still pending |
@@ -421,7 +420,7 @@ fn title(code: &str) -> &'static str {
         "commit_timeout" => "Commit timeout",
         "signer_storage_failed" => "Signer storage failed",
         "signing_backlog" => "Signing backlog",
-        "confirmation_not_found" | "escalation_not_found" | "webhook_not_found" => "Not found",
+        "webhook_not_found" => "Not found",
         "destination_not_allowed" => "Destination not allowed",
         "webhook_disabled" => "Webhook disabled",
         "delivery_in_progress" => "Delivery in progress",

@@ -34,7 +34,7 @@
 //! | GET | `/v1/confirmations[?status=pending\|answered\|expired][&authorization_id=…][&scope=…][&limit=…][&starting_after=…]` | read | `confirmations` (the approver inbox; nonce order) |
 //! | GET | `/v1/confirmations/{nonce}[?wait=30s]` | read | `confirmation`, or with `wait` (`Ns` or `Nms`, at most `--long-poll-max-ms`) `wait_confirmation`: answers as soon as it is no longer pending |
 //! | POST | `/v1/confirmations/{nonce}` | admin | `confirm` |
-//! | GET | `/v1/escalations[?status=pending\|approved\|denied\|expired][&authorization_id=…][&scope=…][&limit=…][&starting_after=…]` | read | `escalations` (the approver inbox; id order) |
+//! | GET | `/v1/escalations[?status=pending\|approved\|declined\|expired][&authorization_id=…][&scope=…][&limit=…][&starting_after=…]` | read | `escalations` (the approver inbox; id order) |
 //! | GET | `/v1/escalations/{id}[?wait=30s]` | read | `escalation`, or with `wait` `wait_escalation` (as confirmations) |
 //! | POST | `/v1/escalations/{id}/resolve` | admin | `resolve_escalation` |
 //! | POST | `/v1/webhooks` | admin | `create_webhook` → 201 (the only answer with the secret) |
@@ -294,28 +294,20 @@ impl Route {
                 "/v1/confirmations/{nonce}",
                 &[
                     Records,
-                    Refused(Refusal::NotFound, "confirmation_not_found"),
                     Refused(Refusal::Conflict, "confirmation_used"),
                     Refused(Refusal::Expired, "confirmation_expired"),
                 ],
             ),
-            Self::ConfirmationGet => {
-                ("get", "/v1/confirmations/{nonce}", &[LongPoll, Refused(Refusal::NotFound, "confirmation_not_found")])
-            }
+            Self::ConfirmationGet => ("get", "/v1/confirmations/{nonce}", &[LongPoll]),
             Self::ConfirmationList => ("get", "/v1/confirmations", NONE),
             // A read that finds the escalation overdue records its expiry.
-            Self::EscalationGet => (
-                "get",
-                "/v1/escalations/{id}",
-                &[Records, LongPoll, Refused(Refusal::NotFound, "escalation_not_found")],
-            ),
+            Self::EscalationGet => ("get", "/v1/escalations/{id}", &[Records, LongPoll]),
             Self::EscalationList => ("get", "/v1/escalations", NONE),
             Self::EscalationResolve => (
                 "post",
                 "/v1/escalations/{id}/resolve",
                 &[
                     Records,
-                    Refused(Refusal::NotFound, "escalation_not_found"),
                     Refused(Refusal::Conflict, "escalation_already_resolved"),
                     Refused(Refusal::Expired, "escalation_expired"),
                 ],

@@ -206,6 +206,7 @@ async fn serve_with_engine(
             signer_timeout: cfg.signer_timeout,
             rotation_drain_timeout: cfg.rotation_drain_timeout,
             commit_window: cfg.commit_window,
+            sign_rounds_per_second: cfg.sign_rounds_per_second,
             data_volume: Some(data_dir.join(DB_DIR)),
             min_free_disk: cfg.min_free_disk,
             max_unsigned_age: cfg.max_unsigned_age,

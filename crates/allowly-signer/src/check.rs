@@ -153,6 +153,9 @@ pub fn sample_body(ws: &str, tag: &str, index: u64, time_ms: u64) -> allowly_rec
         escalation_id: None,
         context_hash: Some(HexHash(leaf_hash(tag.as_bytes()))),
         key: None,
+        asked_authorization_id: None,
+        expires_at: None,
+        scope_rules: None,
     }
     .canonical_bytes()
 }

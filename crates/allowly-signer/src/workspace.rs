@@ -769,6 +769,9 @@ fn rotation_body(ws: &str, log_index: u64, keys: &[allowly_signer_proto::KeyInfo
             vkey: verifier.to_vkey(),
             replaces: hex::encode(old.key_id),
         }),
+        asked_authorization_id: None,
+        expires_at: None,
+        scope_rules: None,
     };
     Ok(Some(body.canonical_bytes()?))
 }

@@ -14,14 +14,14 @@ from . import errors
 from .client import AsyncAllowly, Allowly
 from .errors import AllowlyError, ApiError, TransportError
 from .models import (
-    ALLOW, CONFIRM, DENY, ESCALATE, Authorization, AuthorizationChange, CheckResult, Confirmation, Escalation,
-    FinalDecision, Page, Receipt, Resolution,
+    ALLOW, APPROVED, CONFIRM, DECLINED, DENY, ESCALATE, Authorization, AuthorizationChange, CheckResult,
+    Confirmation, Escalation, FinalDecision, Page, Receipt, Resolution,
 )
 from .offline import Report, verify_bundle, verify_receipt
 
 __all__ = [
-    "ALLOW", "CONFIRM", "DENY", "ESCALATE", "Allowly", "AllowlyError", "ApiError", "AsyncAllowly",
-    "Authorization", "AuthorizationChange", "CheckResult", "Confirmation", "Escalation", "FinalDecision", "Page",
+    "ALLOW", "APPROVED", "CONFIRM", "DECLINED", "DENY", "ESCALATE", "Allowly", "AllowlyError", "ApiError",
+    "AsyncAllowly", "Authorization", "AuthorizationChange", "CheckResult", "Confirmation", "Escalation", "FinalDecision", "Page",
     "Receipt", "Report", "Resolution", "TransportError", "errors", "verify_bundle", "verify_receipt",
 ]
 __version__ = "0.1.0"

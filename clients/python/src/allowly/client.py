@@ -106,6 +106,18 @@ def _wait_param(seconds: Optional[float]) -> Optional[str]:
     return f"{max(0, min(int(seconds * 1000), MAX_LONG_POLL * 1000))}ms"
 
 
+def _answer(outcome: str, by: str, shown: Optional[str], shown_hash: Optional[str],
+            note: Optional[str]) -> dict[str, Any]:
+    """A person's answer, the same object for a confirmation and an escalation (receipt format
+    1.1): `outcome` `approved` or `declined`, `by` who answered, what they were shown (`shown`,
+    or its SHA-256 `shown_hash`, at most one) and their `note`; the receipt keeps only hashes."""
+    body: dict[str, Any] = {"outcome": outcome, "by": by}
+    for name, value in (("shown", shown), ("shown_hash", shown_hash), ("note", note)):
+        if value is not None:
+            body[name] = value
+    return body
+
+
 def _final(kind: str, view: dict[str, Any]) -> Optional[FinalDecision]:
     """The final decision a confirmation or escalation view shows, or None while pending."""
     status = view.get("status")
@@ -115,8 +127,10 @@ def _final(kind: str, view: dict[str, Any]) -> Optional[FinalDecision]:
         if status == "answered":
             return FinalDecision(view.get("decision") or DENY, view.get("reason") or "", view.get("answer_receipt_id"))
         return FinalDecision(DENY, "confirmation_expired", view.get("answer_receipt_id"))
+    # `declined` also covers an approval that came after the authorization was revoked or
+    # expired: the resolution receipt's `reason` says which.
     decision = "allow" if status == "approved" else DENY
-    reason = {"approved": "approved", "denied": "denied"}.get(str(status), "escalation_expired")
+    reason = {"approved": "approved", "declined": "declined"}.get(str(status), "escalation_expired")
     return FinalDecision(decision, reason, view.get("resolution_receipt_id"))
 
 
@@ -197,21 +211,18 @@ class _Endpoints:
                           CheckResult.from_json)
 
     def answer_confirmation(self, nonce: str, outcome: str, by: str, *, shown: Optional[str] = None,
+                            shown_hash: Optional[str] = None, note: Optional[str] = None,
                             idempotency_key: Optional[str] = None) -> Resolution:
-        """The user's answer to a `confirm` decision: `approved` or `declined` (needs `admin`)."""
-        body: dict[str, Any] = {"outcome": outcome, "by": by}
-        if shown is not None:
-            body["shown"] = shown
-        return self._call(_Request("POST", f"/v1/confirmations/{nonce}", json=body,
+        """The user's answer to a `confirm` decision (needs `admin`); see `_answer`."""
+        return self._call(_Request("POST", f"/v1/confirmations/{nonce}", json=_answer(outcome, by, shown, shown_hash, note),
                                    idempotency_key=idempotency_key), Resolution.from_json)
 
-    def resolve_escalation(self, escalation_id: str, outcome: str, approver: str, *, note: Optional[str] = None,
+    def resolve_escalation(self, escalation_id: str, outcome: str, by: str, *, shown: Optional[str] = None,
+                           shown_hash: Optional[str] = None, note: Optional[str] = None,
                            idempotency_key: Optional[str] = None) -> Resolution:
-        """An approver's answer: `approved` or `denied` (needs `admin`)."""
-        body: dict[str, Any] = {"outcome": outcome, "approver": approver}
-        if note is not None:
-            body["note"] = note
-        return self._call(_Request("POST", f"/v1/escalations/{escalation_id}/resolve", json=body,
+        """An approver's answer to an escalation (needs `admin`); see `_answer`."""
+        return self._call(_Request("POST", f"/v1/escalations/{escalation_id}/resolve",
+                                   json=_answer(outcome, by, shown, shown_hash, note),
                                    idempotency_key=idempotency_key), Resolution.from_json)
 
     def get_confirmation(self, nonce: str, *, wait: Optional[float] = None) -> Confirmation:

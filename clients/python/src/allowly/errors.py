@@ -97,8 +97,6 @@ IdempotencyKeyReused = _code("IdempotencyKeyReused", BadRequest, "idempotency_ke
                              "The Idempotency-Key was used with another request.")
 RequestTimeout = _code("RequestTimeout", BadRequest, "request_timeout", "The request arrived too slowly.")
 ConflictError = _code("ConflictError", Conflict, "conflict", "The object's state forbids the change.")
-ConfirmationNotFound = _code("ConfirmationNotFound", NotFound, "confirmation_not_found", "Unknown nonce.")
-EscalationNotFound = _code("EscalationNotFound", NotFound, "escalation_not_found", "Unknown escalation.")
 WebhookNotFound = _code("WebhookNotFound", NotFound, "webhook_not_found", "The delivery's endpoint is gone.")
 WebhookDisabled = _code("WebhookDisabled", Conflict, "webhook_disabled", "The endpoint is disabled.")
 DeliveryInProgress = _code("DeliveryInProgress", Conflict, "delivery_in_progress", "Still being delivered.")

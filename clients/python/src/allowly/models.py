@@ -10,6 +10,8 @@ from typing import Any, Generic, Optional, TypeVar
 T = TypeVar("T")
 
 ALLOW, DENY, CONFIRM, ESCALATE = "allow", "deny", "confirm", "escalate"
+#: A person's answer to a confirmation or an escalation (`outcome`).
+APPROVED, DECLINED = "approved", "declined"
 
 
 @dataclass(frozen=True)
@@ -24,7 +26,8 @@ class Receipt:
 
     @property
     def receipt_id(self) -> str:
-        return str(self.raw.get("receipt_id") or self.body.get("receipt_id"))
+        # A pending receipt names it; a signed one only in its body (`id`).
+        return str(self.raw.get("receipt_id") or self.body.get("id"))
 
     @property
     def signed(self) -> bool:
@@ -90,6 +93,9 @@ class Confirmation:
     authorization_id: Optional[str] = None
     decision: Optional[str] = None
     reason: Optional[str] = None
+    #: Who answered (the receipt's `approval.by`).
+    by: Optional[str] = None
+    check_receipt_id: Optional[str] = None
     answer_receipt_id: Optional[str] = None
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -99,13 +105,15 @@ class Confirmation:
             nonce=v["nonce"], expires_at=v["expires_at"], scopes=list(v.get("scopes") or []),
             resource=v.get("resource"), context=v.get("context"), status=v.get("status"),
             authorization_id=v.get("authorization_id"), decision=v.get("decision"), reason=v.get("reason"),
+            by=v.get("by"), check_receipt_id=v.get("check_receipt_id"),
             answer_receipt_id=v.get("answer_receipt_id"), raw=v,
         )
 
 
 @dataclass(frozen=True)
 class Escalation:
-    """An escalation to an approver. From `check` only `id` and `expires_at` are known."""
+    """An escalation to an approver. From `check` only `id` and `expires_at` are known.
+    `status`: `pending`, `approved`, `declined` or `expired`."""
 
     id: str
     expires_at: str
@@ -113,8 +121,12 @@ class Escalation:
     authorization_id: Optional[str] = None
     scopes: list[str] = field(default_factory=list)
     resource: Optional[str] = None
-    approver: Optional[str] = None
+    #: Who answered (the receipt's `approval.by`).
+    by: Optional[str] = None
+    check_receipt_id: Optional[str] = None
     resolution_receipt_id: Optional[str] = None
+    #: Webhook endpoints its `escalation.requested` event went to.
+    routed_to: list[str] = field(default_factory=list)
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -122,15 +134,18 @@ class Escalation:
         return cls(
             id=v["id"], expires_at=v["expires_at"], status=v.get("status"),
             authorization_id=v.get("authorization_id"), scopes=list(v.get("scopes") or []),
-            resource=v.get("resource"), approver=v.get("approver"),
-            resolution_receipt_id=v.get("resolution_receipt_id"), raw=v,
+            # `approver`: the same, the server's name for it before format 1.1.
+            resource=v.get("resource"), by=v.get("by") or v.get("approver"),
+            check_receipt_id=v.get("check_receipt_id"),
+            resolution_receipt_id=v.get("resolution_receipt_id"), routed_to=list(v.get("routed_to") or []), raw=v,
         )
 
 
 @dataclass(frozen=True)
 class CheckResult:
-    """`POST /v1/check`: the decision, why, and its durable receipt (None only for an unknown
-    authorization). `confirmation` is set for `confirm`, `escalation` for `escalate`."""
+    """`POST /v1/check`: the decision, why, and its durable receipt (every decision has one
+    since format 1.1; None only in an `Idempotency-Key` replay of an answer recorded before).
+    `confirmation` is set for `confirm`, `escalation` for `escalate`."""
 
     decision: str
     reason: str

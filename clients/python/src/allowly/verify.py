@@ -719,7 +719,10 @@ class CheckpointCache:
 # ---------------------------------------------------------------------------
 
 KINDS = {"authorization.created", "check", "confirmation", "escalation.created",
-         "escalation.resolved", "revocation", "expiry", "key.rotated"}
+         "escalation.resolved", "revocation", "expiry", "key.rotated",
+         "scope_rules.changed"}  # 1.1
+# Kinds that are workspace events (§4.3): in no trail.
+WORKSPACE_KINDS = ("key.rotated", "scope_rules.changed")
 DECISIONS = {"allow", "deny", "confirm", "escalate"}
 FIRST_TABLE = ["v", "id", "workspace_id", "authorization_id", "seq", "prev", "log_index",
                "kind", "decision", "reason", "scopes", "resource", "time", "auth_state_hash"]
@@ -790,6 +793,11 @@ def _member_type_problems(body: dict) -> list[str]:
         ("escalation_id", lambda v: isinstance(v, str), "a string"),
         ("context_hash", is_hash, "a hash"),
         ("key", _is_key_member, "an object {key_id, vkey, replaces}"),
+        # Format 1.1 (§4 second table).
+        ("asked_authorization_id", _is_str_or_null, "a string"),
+        ("expires_at", lambda v: v is None or is_time(v), "a §2 time"),
+        ("scope_rules", lambda v: v is None or (isinstance(v, dict) and all(
+            _one_of(x, ("confirm", "escalate")) for x in v.values())), "an object of confirm/escalate"),
     ]
     for member, ok, what in checks:
         if member in body and not ok(g(member)):
@@ -807,7 +815,9 @@ def _is_grant(v) -> bool:
 def _is_approval(v) -> bool:
     return (isinstance(v, dict) and _one_of(v.get("outcome"), ("approved", "declined"))
             and isinstance(v.get("by"), str)
-            and "shown_hash" in v and (v["shown_hash"] is None or is_hash(v["shown_hash"])))
+            and "shown_hash" in v and (v["shown_hash"] is None or is_hash(v["shown_hash"]))
+            # Format 1.1: the hash of the answerer's note, optional.
+            and (v.get("note_hash") is None or is_hash(v["note_hash"])))
 
 
 def _is_key_member(v) -> bool:
@@ -823,13 +833,22 @@ def _body_rule_problems(body: dict) -> list[str]:
     kind = body["kind"]
     if body["v"] != 1:
         p.append("v is not 1")
-    for m in ("id", "workspace_id", "authorization_id", "escalation_id"):
+    for m in ("id", "workspace_id", "authorization_id", "escalation_id", "asked_authorization_id"):
         if g(m) is not None and not is_id(g(m)):
             p.append(f"{m} is not a §2 id")
     # log_index ≤ 2^53-1 holds already: §3 rejects larger integer literals.
-    if kind == "key.rotated":
+    # Format 1.1: reason unknown_authorization ⇔ asked_authorization_id present, and such a
+    # body is a check denied outside any trail (a workspace event).
+    unknown = g("reason") == "unknown_authorization" or g("asked_authorization_id") is not None
+    if unknown:
+        if not (kind == "check" and g("decision") == "deny" and g("reason") == "unknown_authorization"
+                and g("asked_authorization_id") is not None
+                and all(g(m) is None for m in ("authorization_id", "seq", "prev"))):
+            p.append("an unknown_authorization check is a denied check with asked_authorization_id "
+                     "and null authorization_id, seq and prev")
+    elif kind in WORKSPACE_KINDS:
         if any(g(m) is not None for m in ("authorization_id", "seq", "prev")):
-            p.append("key.rotated must have null authorization_id, seq and prev")
+            p.append(f"{kind} must have null authorization_id, seq and prev")
     else:
         if g("authorization_id") is None or g("seq") is None:
             p.append("authorization_id and seq must be non-null")
@@ -849,6 +868,9 @@ def _body_rule_problems(body: dict) -> list[str]:
         p.append(f"{kind} has no escalation_id")
     if kind == "key.rotated" and "key" not in body:
         p.append("key.rotated has no key")
+    # Format 1.1: the rule set is in scope_rules.changed, and only there.
+    if (g("scope_rules") is not None) != (kind == "scope_rules.changed"):
+        p.append("scope_rules is present exactly in scope_rules.changed")
     return p
 
 

@@ -8,7 +8,7 @@
 //! attempt on a used or expired nonce, and an escalation's expiry. An unknown nonce or
 //! escalation (or another workspace's) has no trail to write into and leaves nothing.
 
-use allowly_receipt::types::{Approval, ApprovalOutcome, Decision, EventKind, HexHash, Timestamp};
+use allowly_receipt::types::{Approval, Decision, EventKind, HexHash, Timestamp};
 use allowly_store::{DocKind, Op};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -18,8 +18,7 @@ use crate::clock::{now_ms, ts};
 use crate::error::{EngineError, Refusal, Result};
 use crate::metrics::{HitlKind, HitlOutcome};
 use crate::model::{
-    ConfirmationAnswer, ConfirmationStatus, ConfirmationView, EscalationAnswer, EscalationOutcome, EscalationStatus,
-    EscalationView, Resolution,
+    Answer, AnswerOutcome, ConfirmationStatus, ConfirmationView, EscalationStatus, EscalationView, Resolution,
 };
 use crate::receipts::pending_envelope;
 
@@ -84,6 +83,9 @@ pub(crate) struct ConfirmationDoc {
     reason: Option<String>,
     #[serde(default)]
     answered_at_ms: Option<u64>,
+    /// Who answered (absent in documents written before it was kept).
+    #[serde(default)]
+    by: Option<String>,
 }
 
 impl ConfirmationDoc {
@@ -95,6 +97,7 @@ impl ConfirmationDoc {
             decision: None,
             reason: None,
             answered_at_ms: None,
+            by: None,
         }
     }
 
@@ -120,6 +123,7 @@ impl ConfirmationDoc {
             decision: self.decision,
             reason: self.reason.clone(),
             answered_at: self.answered_at_ms.map(ts).transpose()?,
+            by: self.by.clone(),
             answer_receipt_id: self.answer_receipt_id.clone(),
         })
     }
@@ -197,6 +201,7 @@ impl EscalationDoc {
             expires_at: ts(o.expires_at_ms)?,
             check_receipt_id: o.check_receipt_id.clone(),
             resolved_at: self.resolved_at_ms.map(ts).transpose()?,
+            by: self.approver.clone(),
             approver: self.approver.clone(),
             resolution_receipt_id: self.resolution_receipt_id.clone(),
             routed_to: self.routed_to.clone(),
@@ -248,6 +253,23 @@ fn answer_outcome(decision: Decision) -> HitlOutcome {
 fn sha256_text(s: &str) -> HexHash {
     HexHash(Sha256::digest(s.as_bytes()).into())
 }
+
+/// What a receipt records of a person's answer, the same for confirmations and escalations:
+/// who, their outcome, the hash of what they were shown and of what they noted (format 1.1;
+/// 1.0 put an escalation note's hash in `shown_hash`).
+fn approval(answer: &Answer) -> Approval {
+    Approval {
+        outcome: answer.outcome.approval(),
+        by: answer.by.clone(),
+        shown_hash: answer.shown.as_deref().map(sha256_text).or(answer.shown_hash),
+        note_hash: answer.note.as_deref().map(sha256_text),
+    }
+}
+
+/// The reason of an answer's receipt when the authorization still allows it: the person's
+/// outcome, in the same words for confirmations and escalations.
+const APPROVED: &str = "approved";
+const DECLINED: &str = "declined";
 
 fn refused<T>(kind: Refusal, code: &'static str, message: &str) -> Result<(Vec<Op>, Result<T>)> {
     Err(EngineError::refused(kind, code, message))
@@ -319,17 +341,12 @@ impl WsState {
         })
     }
 
-    pub(super) fn confirm(&mut self, nonce: &str, answer: ConfirmationAnswer) -> Result<(Vec<Op>, Result<Resolution>)> {
+    pub(super) fn confirm(&mut self, nonce: &str, answer: Answer) -> Result<(Vec<Op>, Result<Resolution>)> {
         let now = self.receipt_now();
         let Some((mut doc, _)) = self.doc::<ConfirmationDoc>(DocKind::Confirmation, nonce)? else {
-            return refused(Refusal::NotFound, "confirmation_not_found", "no such confirmation nonce");
+            return Err(EngineError::NotFound { what: "confirmation" });
         };
-        let shown_hash = match (&answer.shown, answer.shown_hash) {
-            (Some(text), _) => Some(sha256_text(text)),
-            (None, h) => h,
-        };
-        let outcome = answer.outcome;
-        let approval = Some(Approval { outcome, by: answer.by, shown_hash });
+        let approval = Some(approval(&answer));
         let (scopes, resource, auth) = doc.opened.subject();
         let attempt = |reason| Step {
             kind: EventKind::Confirmation,
@@ -357,13 +374,14 @@ impl WsState {
             let receipt = Some(Box::new(pending_envelope(&rec)?));
             return Ok((ops, Err(EngineError::Refused { kind, code, message: message.into(), receipt })));
         }
-        let approved = outcome == ApprovalOutcome::Approved;
-        let (decision, reason) = self.final_decision(&auth, approved, "confirmed", "declined", now)?;
+        let approved = answer.outcome == AnswerOutcome::Approved;
+        let (decision, reason) = self.final_decision(&auth, approved, APPROVED, DECLINED, now)?;
         let step = Step { kind: EventKind::Confirmation, decision, reason, approval, escalation_id: None };
         let (mut ops, rec) = self.record(&auth, &scopes, &resource, step, now)?;
         doc.state = ConfirmationState::Used;
         doc.answer_receipt_id = Some(rec.id.clone());
         (doc.decision, doc.reason, doc.answered_at_ms) = (Some(decision), Some(reason.to_owned()), Some(now));
+        doc.by = Some(answer.by);
         self.put_doc(&mut ops, DocKind::Confirmation, nonce, &doc)?;
         ops.push(doc.due_delete_op(&self.ws.id, nonce));
         self.shared.metrics.hitl_answered(HitlKind::Confirmation, answer_outcome(decision));
@@ -374,14 +392,10 @@ impl WsState {
     }
 
     /// Resolves an escalation with the approver's answer, or (`None`) as expired.
-    pub(super) fn resolve(
-        &mut self,
-        id: &str,
-        answer: Option<EscalationAnswer>,
-    ) -> Result<(Vec<Op>, Result<Resolution>)> {
+    pub(super) fn resolve(&mut self, id: &str, answer: Option<Answer>) -> Result<(Vec<Op>, Result<Resolution>)> {
         let now = self.receipt_now();
         let Some((mut doc, _)) = self.doc::<EscalationDoc>(DocKind::Escalation, id)? else {
-            return refused(Refusal::NotFound, "escalation_not_found", "no such escalation");
+            return Err(EngineError::NotFound { what: "escalation" });
         };
         if doc.status != EscalationStatus::Pending {
             return refused(Refusal::Conflict, "escalation_already_resolved", "this escalation was already resolved");
@@ -434,13 +448,9 @@ impl WsState {
         let Some(answer) = answer else {
             return Err(EngineError::Internal("unreachable: answer checked above".into()));
         };
-        let approved = answer.outcome == EscalationOutcome::Approved;
-        let (decision, reason) = self.final_decision(&auth, approved, "approved", "denied", now)?;
-        let approval = Approval {
-            outcome: if approved { ApprovalOutcome::Approved } else { ApprovalOutcome::Declined },
-            by: answer.approver.clone(),
-            shown_hash: answer.note.as_deref().map(sha256_text),
-        };
+        let approved = answer.outcome == AnswerOutcome::Approved;
+        let (decision, reason) = self.final_decision(&auth, approved, APPROVED, DECLINED, now)?;
+        let approval = approval(&answer);
         let step = Step {
             kind: EventKind::EscalationResolved,
             decision,
@@ -449,9 +459,9 @@ impl WsState {
             escalation_id: Some(id.to_owned()),
         };
         let (mut ops, rec) = self.record(&auth, &scopes, &resource, step, now)?;
-        doc.status = if decision == Decision::Allow { EscalationStatus::Approved } else { EscalationStatus::Denied };
+        doc.status = if decision == Decision::Allow { EscalationStatus::Approved } else { EscalationStatus::Declined };
         doc.resolved_at_ms = Some(now);
-        doc.approver = Some(answer.approver);
+        doc.approver = Some(answer.by);
         doc.resolution_receipt_id = Some(rec.id.clone());
         self.put_doc(&mut ops, DocKind::Escalation, id, &doc)?;
         ops.push(doc.due(&self.ws.id, id).delete_op());
@@ -488,6 +498,8 @@ impl WsState {
             "status": doc.status,
             "decision": decision,
             "reason": reason,
+            "by": doc.approver,
+            // Deprecated spelling of `by` (format 1.0's API), until the next release.
             "approver": doc.approver,
             "receipt": pending_envelope(rec)?,
         });
@@ -498,7 +510,7 @@ impl WsState {
     /// Records the expiry of an overdue escalation (no-op answer if it is not overdue).
     pub(super) fn expire_escalation(&mut self, id: &str) -> Result<(Vec<Op>, Result<EscalationView>)> {
         let Some((doc, _)) = self.doc::<EscalationDoc>(DocKind::Escalation, id)? else {
-            return refused(Refusal::NotFound, "escalation_not_found", "no such escalation");
+            return Err(EngineError::NotFound { what: "escalation" });
         };
         if !doc.is_overdue(now_ms()) {
             return Ok((Vec::new(), doc.view(id)));

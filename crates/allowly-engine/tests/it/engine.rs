@@ -8,7 +8,7 @@ use std::time::Duration;
 use allowly_engine::model::*;
 use allowly_engine::{Engine, EngineConfig, EngineError};
 use allowly_receipt::merkle;
-use allowly_receipt::types::{Decision, Timestamp};
+use allowly_receipt::types::{Decision, EventKind, RuleKind, Timestamp};
 use allowly_receipt::verify::{verify_bundle, verify_receipt, Outcome};
 use allowly_store::Store;
 use tempfile::TempDir;
@@ -43,15 +43,27 @@ async fn every_decision_is_a_chained_signed_receipt_that_verifies_offline() {
         assert_eq!(r.body.to_value().unwrap()["decision"], serde_json::to_value(decision).unwrap());
         assert_eq!(out.confirmation.is_some(), decision == Decision::Confirm);
         assert_eq!(out.escalation.is_some(), decision == Decision::Escalate);
+        // Format 1.1: what the decision opened carries its deadline in the signed body.
+        let deadline =
+            out.escalation.as_ref().map(|x| x.expires_at).or(out.confirmation.as_ref().map(|c| c.expires_at));
+        assert_eq!(body_of(&r).expires_at, deadline, "{scope}");
         if let Some(esc) = out.escalation {
             assert_eq!(r.body.to_value().unwrap()["escalation_id"], esc.id.as_str());
         }
     }
+    // Every decision has a receipt: a check of an unknown authorization is a workspace event
+    // that names the id asked for (format 1.1), in no trail.
     let unknown = e.check(&ws, ask("au_0000", "files.read", Some("doc:1")), None).await.unwrap();
+    assert_eq!((unknown.decision, unknown.reason.as_str()), (Decision::Deny, "unknown_authorization"));
+    let unknown = unknown.receipt.expect("an unknown authorization's check has a receipt");
+    let b = body_of(&unknown);
     assert_eq!(
-        (unknown.decision, unknown.reason.as_str(), unknown.receipt),
-        (Decision::Deny, "unknown_authorization", None)
+        (b.kind, b.decision, b.reason.as_deref(), b.asked_authorization_id.as_deref()),
+        (EventKind::Check, Some(Decision::Deny), Some("unknown_authorization"), Some("au_0000"))
     );
+    assert_eq!((b.authorization_id, b.seq, b.prev, b.auth_state_hash), (None, None, None, None));
+    assert_eq!((b.scopes, b.resource.as_deref()), (vec!["files.read".to_owned()], Some("doc:1")));
+    assert!(b.context_hash.is_some());
 
     let revoked = e.revoke_authorization(&ws, &auth, None).await.unwrap();
     assert_eq!(revoked.authorization.status, AuthorizationStatus::Revoked);
@@ -111,6 +123,12 @@ async fn every_decision_is_a_chained_signed_receipt_that_verifies_offline() {
     // A receipt fetched by id is the same signed receipt.
     let first_id = body(&seen[0]).id;
     assert!(matches!(e.receipt(&ws, &first_id).unwrap(), ReceiptView::Signed(_)));
+    // The unknown authorization's receipt is signed and verifies alone; the trails above
+    // did not include it.
+    assert!(seen.iter().all(|r| body(r).id != unknown.receipt_id));
+    let signed = eventually_signed(&e, &ws, &unknown.receipt_id).await;
+    let report = verify_receipt(&signed, &keys).unwrap();
+    assert_eq!(report.outcome(), Outcome::Valid, "{:?}", report.findings);
 
     // The exported bundle verifies with the published keys only.
     let bundle = e.export(&ws, ExportScope::Authorization(auth.clone())).unwrap();
@@ -179,6 +197,52 @@ async fn concurrent_checks_share_commits_and_get_one_contiguous_log() {
         "every signed batch counted once by its source"
     );
     e.shutdown().await;
+    signer.stop();
+}
+
+/// Many workspaces signing at once share the instance's signing rate: rounds beyond it wait
+/// for their slot (and carry more), every receipt still gets signed, and shutdown does not wait
+/// for the slots — it signs what is committed at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signing_rounds_keep_to_the_instance_rate_and_shutdown_signs_without_waiting_for_slots() {
+    const RATE: u32 = 4;
+    const WORKSPACES: usize = 12;
+    let root = TempDir::new().unwrap();
+    let signer = start_signer(&root);
+    let store = open_store(&root);
+    let cfg = EngineConfig {
+        sign_rounds_per_second: RATE,
+        sign_batch_delay: Duration::from_millis(1),
+        shutdown_timeout: Duration::from_millis(1500),
+        ..config()
+    };
+    let e = Engine::start(store.clone() as Arc<dyn Store>, client(&root), cfg).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut grants = Vec::new();
+    for _ in 0..WORKSPACES {
+        let ws = workspace(&e).await;
+        let auth = e.create_authorization(&ws, grant(None), None).await.unwrap().authorization.id;
+        grants.push((ws, auth));
+    }
+    for (ws, auth) in &grants {
+        eventually("every grant signed", || async { all_signed(&e, ws, auth).await }).await;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let m = e.metrics();
+    let rounds = m.sign_batch.get_sample_count();
+    // An upper bound whatever the machine's speed: the slots are 1/RATE apart, the first at once.
+    assert!(
+        rounds as f64 <= f64::from(RATE) * elapsed + 1.0,
+        "{rounds} signing rounds in {elapsed:.2} s at {RATE} a second"
+    );
+    assert!(m.sign_rounds_paced.get() > 0, "no round waited for its slot");
+    // One more receipt in every workspace, then stop at once: 12 slots would take 3 s, longer
+    // than the shutdown's bound; shutdown lets them go without their slots.
+    for (ws, auth) in &grants {
+        e.check(ws, ask(auth, "files.read", Some("doc:1")), None).await.unwrap();
+    }
+    e.shutdown().await;
+    assert_eq!(store.workspaces_with_unsigned().unwrap(), Vec::<String>::new(), "shutdown left receipts unsigned");
     signer.stop();
 }
 
@@ -381,9 +445,14 @@ async fn another_workspace_sees_nothing() {
     assert!(nf(e.export(&b, ExportScope::Authorization(auth.clone())).map(|_| ())));
     let key = api_key(&e, &a, vec![allowly_store::Role::Read]).await;
     assert!(nf(e.revoke_api_key(&b, &key.key.id, None).await.map(|_| ())));
-    // A check in b naming a's authorization is an unknown authorization, with no receipt.
+    // A check in b naming a's authorization is an unknown authorization: its receipt is in
+    // b's log (naming the id asked for), and a's trail and log are untouched.
     let out = e.check(&b, ask(&auth, "files.read", Some("doc:1")), None).await.unwrap();
-    assert_eq!((out.decision, out.reason.as_str(), out.receipt), (Decision::Deny, "unknown_authorization", None));
+    assert_eq!((out.decision, out.reason.as_str()), (Decision::Deny, "unknown_authorization"));
+    let r = out.receipt.expect("a receipt in b's log");
+    let rb = body_of(&r);
+    assert_eq!((rb.workspace_id.as_str(), rb.asked_authorization_id.as_deref()), (b.as_str(), Some(auth.as_str())));
+    assert!(nf(e.receipt(&a, &r.receipt_id).map(|_| ())));
     assert_eq!(e.authorization(&a, &auth).unwrap().trail_length, 1);
     e.shutdown().await;
     signer.stop();
@@ -837,4 +906,43 @@ async fn a_divergence_found_outside_the_signing_task_ends_a_waiting_rotation() {
     assert!(matches!(refused, Err(EngineError::WorkspaceLogBehindSigner)), "{refused:?}");
     e.shutdown().await;
     signer.stop();
+}
+
+/// Policy changes are receipts (issue 13 part 3): replacing the scope rules writes a
+/// `scope_rules.changed` workspace event holding the whole new set, before any decision made
+/// under it, and it verifies alone and in a log export.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scope_rules_change_is_a_receipt_in_the_workspace_log() {
+    let root = TempDir::new().unwrap();
+    let signer = start_signer(&root);
+    let e = Engine::start(open_store(&root), client(&root), config()).await.unwrap();
+    let ws = workspace(&e).await;
+    let auth = e.create_authorization(&ws, grant(None), None).await.unwrap().authorization.id;
+    let rules: std::collections::BTreeMap<String, allowly_store::ScopeRule> =
+        [("files.read".to_owned(), allowly_store::ScopeRule::Confirm)].into();
+    let changed = e.set_scope_rules(&ws, ScopeRules { scope_rules: rules.clone() }).await.unwrap();
+    assert_eq!(changed.workspace.scope_rules, rules);
+    let b = body_of(&changed.receipt);
+    assert_eq!((b.kind, b.authorization_id, b.seq, b.decision), (EventKind::ScopeRulesChanged, None, None, None));
+    assert_eq!(b.scope_rules, Some([("files.read".to_owned(), RuleKind::Confirm)].into()));
+    // The next check is decided under the new rules, after the change in the log.
+    let out = e.check(&ws, ask(&auth, "files.read", Some("doc:1")), None).await.unwrap();
+    assert_eq!(out.decision, Decision::Confirm);
+    assert!(out.receipt.unwrap().log_index > changed.receipt.log_index);
+    // Signed, the change verifies alone and in a log export.
+    let keys = e.keys(&ws).unwrap();
+    let signed = eventually_signed(&e, &ws, &changed.receipt.receipt_id).await;
+    let report = verify_receipt(&signed, &keys).unwrap();
+    assert_eq!(report.outcome(), Outcome::Valid, "{:?}", report.findings);
+    let size = e.latest_checkpoint(&ws).unwrap().size;
+    let log = e.export(&ws, ExportScope::Log { from: 0, to: size }).unwrap();
+    let report = verify_bundle(&log, Some(&keys), &[]).unwrap();
+    assert_eq!(report.outcome(), Outcome::Valid, "{:?}", report.findings);
+    // With the signer down the change is refused, and the rules stay as they were.
+    signer.stop();
+    eventually("readiness notices the signer is gone", || async { !e.readiness().ready }).await;
+    let r = e.set_scope_rules(&ws, ScopeRules { scope_rules: Default::default() }).await;
+    assert!(matches!(r, Err(EngineError::SignerUnavailable(_))), "{r:?}");
+    assert_eq!(e.workspace(&ws).unwrap().scope_rules, rules);
+    e.shutdown().await;
 }

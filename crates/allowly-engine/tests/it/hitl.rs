@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use allowly_engine::model::*;
 use allowly_engine::{Engine, EngineConfig, EngineError};
-use allowly_receipt::types::{ApprovalOutcome, Decision, EventKind};
+use allowly_receipt::types::{Decision, EventKind};
 use allowly_receipt::verify::{verify_bundle, Outcome};
 use tempfile::TempDir;
 
@@ -32,13 +32,18 @@ fn kinds(e: &Engine, ws: &str, auth: &str) -> Vec<(EventKind, Option<Decision>, 
         .collect()
 }
 
-fn answer(outcome: ApprovalOutcome) -> ConfirmationAnswer {
+fn answer(outcome: AnswerOutcome) -> ConfirmationAnswer {
     ConfirmationAnswer {
         outcome,
         by: "user-42".into(),
         shown: Some("Send the Q3 report to bob@x".into()),
         shown_hash: None,
+        note: None,
     }
+}
+
+fn not_found<T: std::fmt::Debug>(r: Result<T, EngineError>) -> bool {
+    matches!(r, Err(EngineError::NotFound { .. }))
 }
 
 fn refused(r: Result<Resolution, EngineError>) -> (&'static str, Option<String>) {
@@ -70,11 +75,12 @@ async fn a_confirmation_is_answered_once_and_every_attempt_is_in_the_trail() {
     );
     assert_eq!(Some(&pending.check_receipt_id), out.receipt.as_ref().map(|r| &r.receipt_id));
 
-    let r = e.confirm(&ws, &nonce, answer(ApprovalOutcome::Approved), None).await.unwrap();
-    assert_eq!((r.decision, r.reason.as_str()), (Decision::Allow, "confirmed"));
+    let r = e.confirm(&ws, &nonce, answer(AnswerOutcome::Approved), None).await.unwrap();
+    assert_eq!((r.decision, r.reason.as_str()), (Decision::Allow, "approved"));
     let answered = e.confirmation(&ws, &nonce).unwrap();
     assert_eq!(answered.status, ConfirmationStatus::Answered);
-    assert_eq!((answered.decision, answered.reason.as_deref()), (Some(Decision::Allow), Some("confirmed")));
+    assert_eq!((answered.decision, answered.reason.as_deref()), (Some(Decision::Allow), Some("approved")));
+    assert_eq!(answered.by.as_deref(), Some("user-42"));
     assert_eq!(answered.answer_receipt_id.as_deref(), Some(r.receipt.receipt_id.as_str()));
     let b = &r.receipt.body.to_value().unwrap();
     assert_eq!(b["kind"], "confirmation");
@@ -83,24 +89,15 @@ async fn a_confirmation_is_answered_once_and_every_attempt_is_in_the_trail() {
     assert_eq!(b["approval"]["shown_hash"].as_str().unwrap().len(), 64);
 
     // Used: refused with its own code, and the attempt is recorded.
-    let (code, receipt) = refused(e.confirm(&ws, &nonce, answer(ApprovalOutcome::Approved), None).await);
+    let (code, receipt) = refused(e.confirm(&ws, &nonce, answer(AnswerOutcome::Approved), None).await);
     assert_eq!(code, "confirmation_used");
     assert!(receipt.is_some());
-    // Unknown, and another workspace's: refused, nothing recorded.
+    // Unknown, and another workspace's: not found (like any object), nothing recorded.
     let other = workspace(&e).await;
-    assert_eq!(
-        refused(e.confirm(&other, &nonce, answer(ApprovalOutcome::Approved), None).await),
-        ("confirmation_not_found", None)
-    );
-    assert_eq!(
-        refused(e.confirm(&ws, "cn_nope", answer(ApprovalOutcome::Approved), None).await),
-        ("confirmation_not_found", None)
-    );
+    assert!(not_found(e.confirm(&other, &nonce, answer(AnswerOutcome::Approved), None).await));
+    assert!(not_found(e.confirm(&ws, "cn_nope", answer(AnswerOutcome::Approved), None).await));
     for (w, n) in [(&other, nonce.as_str()), (&ws, "cn_nope"), (&ws, "bad nonce")] {
-        match e.confirmation(w, n) {
-            Err(EngineError::Refused { code: "confirmation_not_found", receipt: None, .. }) => {}
-            other => panic!("{w} {n}: {other:?}"),
-        }
+        assert!(not_found(e.confirmation(w, n)), "{w} {n}");
     }
     // A refused attempt does not change the answer shown.
     assert_eq!(e.confirmation(&ws, &nonce).unwrap(), answered);
@@ -111,7 +108,7 @@ async fn a_confirmation_is_answered_once_and_every_attempt_is_in_the_trail() {
         tail,
         [
             (EventKind::Check, Some(Decision::Confirm), Some("confirmation_required")),
-            (EventKind::Confirmation, Some(Decision::Allow), Some("confirmed")),
+            (EventKind::Confirmation, Some(Decision::Allow), Some("approved")),
             (EventKind::Confirmation, Some(Decision::Deny), Some("confirmation_used")),
         ]
     );
@@ -130,7 +127,7 @@ async fn concurrent_answers_to_one_nonce_have_exactly_one_winner() {
         let tasks: Vec<_> = (0..8)
             .map(|i| {
                 let (e, ws, nonce) = (e.clone(), ws.clone(), nonce.clone());
-                let outcome = if i % 2 == 0 { ApprovalOutcome::Approved } else { ApprovalOutcome::Declined };
+                let outcome = if i % 2 == 0 { AnswerOutcome::Approved } else { AnswerOutcome::Declined };
                 tokio::spawn(async move { e.confirm(&ws, &nonce, answer(outcome), None).await })
             })
             .collect();
@@ -158,7 +155,7 @@ async fn an_expired_nonce_is_refused_with_a_receipt() {
     assert_eq!(e.confirmation(&ws, &c.nonce).unwrap().status, ConfirmationStatus::Pending);
     eventually("the nonce expires", || async { now_ms() >= c.expires_at.unix_ms() }).await;
     assert_eq!(e.confirmation(&ws, &c.nonce).unwrap().status, ConfirmationStatus::Expired);
-    let (code, receipt) = refused(e.confirm(&ws, &c.nonce, answer(ApprovalOutcome::Approved), None).await);
+    let (code, receipt) = refused(e.confirm(&ws, &c.nonce, answer(AnswerOutcome::Approved), None).await);
     assert_eq!(code, "confirmation_expired");
     assert!(receipt.is_some());
     verify_trail(&e, &ws, &auth).await;
@@ -176,15 +173,15 @@ async fn a_revocation_turns_later_answers_into_denies() {
         e.check(&ws, ask(&auth, "mail.send", Some("doc:1")), None).await.unwrap().confirmation.unwrap().nonce;
     let esc = e.check(&ws, ask(&auth, "pay.wire", Some("doc:1")), None).await.unwrap().escalation.unwrap().id;
     e.revoke_authorization(&ws, &auth, None).await.unwrap();
-    let r = e.confirm(&ws, &cfg_nonce, answer(ApprovalOutcome::Approved), None).await.unwrap();
+    let r = e.confirm(&ws, &cfg_nonce, answer(AnswerOutcome::Approved), None).await.unwrap();
     assert_eq!((r.decision, r.reason.as_str()), (Decision::Deny, "revoked"));
     let shown = e.confirmation(&ws, &cfg_nonce).unwrap();
     assert_eq!((shown.status, shown.decision), (ConfirmationStatus::Answered, Some(Decision::Deny)));
     assert_eq!(shown.reason.as_deref(), Some("revoked"));
-    let approve = EscalationAnswer { outcome: EscalationOutcome::Approved, approver: "boss".into(), note: None };
+    let approve = answer_by("boss", AnswerOutcome::Approved, None);
     let r = e.resolve_escalation(&ws, &esc, approve, None).await.unwrap();
     assert_eq!((r.decision, r.reason.as_str()), (Decision::Deny, "revoked"));
-    assert_eq!(r.escalation.unwrap().status, EscalationStatus::Denied);
+    assert_eq!(r.escalation.unwrap().status, EscalationStatus::Declined);
     verify_trail(&e, &ws, &auth).await;
     e.shutdown().await;
     signer.stop();
@@ -199,11 +196,7 @@ async fn an_escalation_resolves_once_and_an_overdue_one_resolves_to_deny() {
     let esc = e.check(&ws, ask(&auth, "pay.wire", Some("doc:1")), None).await.unwrap().escalation.unwrap().id;
     let view = e.escalation(&ws, &esc).await.unwrap();
     assert_eq!((view.status, view.authorization_id.as_str()), (EscalationStatus::Pending, auth.as_str()));
-    let approve = || EscalationAnswer {
-        outcome: EscalationOutcome::Approved,
-        approver: "boss".into(),
-        note: Some("ok for Q3".into()),
-    };
+    let approve = || answer_by("boss", AnswerOutcome::Approved, Some("ok for Q3"));
     // Concurrent resolutions: one wins, the others are 409s that change nothing.
     let tasks: Vec<_> = (0..6)
         .map(|_| {
@@ -225,8 +218,13 @@ async fn an_escalation_resolves_once_and_an_overdue_one_resolves_to_deny() {
     assert_eq!(r.receipt.body.to_value().unwrap()["kind"], "escalation.resolved");
     assert_eq!(r.receipt.body.to_value().unwrap()["escalation_id"], esc.as_str());
     assert_eq!(r.receipt.body.to_value().unwrap()["approval"]["by"], "boss");
+    // Format 1.1: the note is hashed into `note_hash`; nothing was shown (`shown_hash` null).
+    let approval = &r.receipt.body.to_value().unwrap()["approval"];
+    assert!(approval["shown_hash"].is_null(), "{approval}");
+    assert_eq!(approval["note_hash"].as_str().map(str::len), Some(64), "{approval}");
     let view = e.escalation(&ws, &esc).await.unwrap();
     assert_eq!(view.status, EscalationStatus::Approved);
+    assert_eq!((view.by.as_deref(), view.approver.as_deref()), (Some("boss"), Some("boss")));
     assert_eq!(view.resolution_receipt_id.as_deref(), Some(r.receipt.receipt_id.as_str()));
 
     // Overdue: the first read records the expiry as a deny; resolving it later is refused.
@@ -241,8 +239,8 @@ async fn an_escalation_resolves_once_and_an_overdue_one_resolves_to_deny() {
     );
     // Another workspace cannot see or resolve it.
     let other = workspace(&e).await;
-    assert!(matches!(e.escalation(&other, &esc).await, Err(EngineError::Refused { code: "escalation_not_found", .. })));
-    assert_eq!(refused(e.resolve_escalation(&other, &esc, approve(), None).await), ("escalation_not_found", None));
+    assert!(not_found(e.escalation(&other, &esc).await));
+    assert!(not_found(e.resolve_escalation(&other, &esc, approve(), None).await));
 
     let trail = kinds(&e, &ws, &auth);
     let expired: Vec<_> = trail
@@ -413,7 +411,7 @@ async fn an_escalation_nobody_reads_expires_on_time_and_a_resolved_one_leaves_th
     // Resolved in time: its due entry goes with the resolution (same commit).
     let esc = e.check(&ws, ask(&auth, "pay.wire", Some("doc:1")), None).await.unwrap().escalation.unwrap();
     assert_eq!(due(&store).len(), 1);
-    let answer = EscalationAnswer { outcome: EscalationOutcome::Approved, approver: "boss".into(), note: None };
+    let answer = answer_by("boss", AnswerOutcome::Approved, None);
     e.resolve_escalation(&ws, &esc.id, answer, None).await.unwrap();
     assert!(due(&store).is_empty());
 

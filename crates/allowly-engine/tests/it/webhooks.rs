@@ -113,7 +113,7 @@ async fn events_are_enqueued_with_their_receipts_for_subscribers_only() {
     assert_eq!(allow.decision, allowly_receipt::types::Decision::Allow);
     let esc = e.check(&ws, ask(&auth, "pay.wire", Some("doc:2")), None).await.unwrap();
     let esc_id = esc.escalation.as_ref().unwrap().id.clone();
-    let answer = EscalationAnswer { outcome: EscalationOutcome::Denied, approver: "boss".into(), note: None };
+    let answer = answer_by("boss", AnswerOutcome::Declined, None);
     let resolved = e.resolve_escalation(&ws, &esc_id, answer, None).await.unwrap();
     // Expires unanswered: the read that records the expiry also enqueues its event.
     let late = e.check(&ws, ask(&auth, "pay.wire", Some("doc:3")), None).await.unwrap().escalation.unwrap();
@@ -130,7 +130,7 @@ async fn events_are_enqueued_with_their_receipts_for_subscribers_only() {
             (EventType::AuthorizationRevoked, "revoked"),
             (EventType::EscalationResolved, "escalation_expired"),
             (EventType::EscalationRequested, "escalation_required"),
-            (EventType::EscalationResolved, "denied"),
+            (EventType::EscalationResolved, "declined"),
             (EventType::EscalationRequested, "escalation_required"),
         ]
     );
@@ -399,7 +399,7 @@ async fn escalations_are_routed_to_the_endpoints_whose_scopes_match() {
     assert_eq!(sorted(view.routed_to), sorted(vec![wire.clone(), every.clone()]));
     let view = e.escalation(&ws, &esc_card).await.unwrap();
     assert_eq!(sorted(view.routed_to), sorted(vec![card.clone(), every.clone()]));
-    let answer = EscalationAnswer { outcome: EscalationOutcome::Approved, approver: "boss".into(), note: None };
+    let answer = answer_by("boss", AnswerOutcome::Approved, None);
     e.resolve_escalation(&ws, &esc_wire, answer, None).await.unwrap();
     // Revocations are not routed by scope: every subscriber gets them.
     e.revoke_authorization(&ws, &auth, None).await.unwrap();

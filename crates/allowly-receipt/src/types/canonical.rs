@@ -22,7 +22,7 @@
 //! members nested deeper than [`MAX_DEPTH`], escapes inside ids, hashes and times (`parse`
 //! refuses those anyway), and every form `parse` accepts that is not canonical.
 
-use super::{EventKind, ReceiptBodyView, Rules, Timestamp};
+use super::{Decision, EventKind, ReceiptBodyView, Rules, Timestamp, REASON_UNKNOWN_AUTHORIZATION};
 use crate::jcs::MAX_SAFE_INTEGER;
 
 /// Deepest nesting of arrays and objects inside an unknown member read here (deeper: `None`).
@@ -84,6 +84,10 @@ struct Body<'a> {
     time: Option<Timestamp>,
     has_grant: bool,
     escalation_id: Option<&'a str>,
+    decision: Option<Decision>,
+    unknown_authorization: bool,
+    asked_authorization_id: Option<&'a str>,
+    has_scope_rules: bool,
 }
 
 /// The cursor.
@@ -115,6 +119,10 @@ pub(super) fn parse_canonical(bytes: &[u8]) -> Read<ReceiptBodyView<'_>> {
         has_prev: f.has_prev,
         has_grant: f.has_grant,
         escalation_id: f.escalation_id,
+        decision: f.decision,
+        unknown_authorization: f.unknown_authorization,
+        asked_authorization_id: f.asked_authorization_id,
+        has_scope_rules: f.has_scope_rules,
     }
     .check()
     .ok()?;
@@ -126,11 +134,13 @@ pub(super) fn parse_canonical(bytes: &[u8]) -> Read<ReceiptBodyView<'_>> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Member {
     Approval,
+    AskedAuthorizationId,
     AuthStateHash,
     AuthorizationId,
     ContextHash,
     Decision,
     EscalationId,
+    ExpiresAt,
     Grant,
     Id,
     Key,
@@ -139,6 +149,7 @@ enum Member {
     Prev,
     Reason,
     Resource,
+    ScopeRules,
     Scopes,
     Seq,
     Time,
@@ -156,6 +167,7 @@ fn event_kind(s: &[u8]) -> Read<EventKind> {
         b"revocation" => EventKind::Revocation,
         b"expiry" => EventKind::Expiry,
         b"key.rotated" => EventKind::KeyRotated,
+        b"scope_rules.changed" => EventKind::ScopeRulesChanged,
         _ => return None,
     })
 }
@@ -459,17 +471,22 @@ impl<'a> Scan<'a> {
             }};
         }
         match rest.get(1)? {
-            b'a' => keys!(Approval "approval", AuthStateHash "auth_state_hash", AuthorizationId "authorization_id"),
+            b'a' => keys!(
+                Approval "approval",
+                AskedAuthorizationId "asked_authorization_id",
+                AuthStateHash "auth_state_hash",
+                AuthorizationId "authorization_id"
+            ),
             b'c' => keys!(ContextHash "context_hash"),
             b'd' => keys!(Decision "decision"),
-            b'e' => keys!(EscalationId "escalation_id"),
+            b'e' => keys!(EscalationId "escalation_id", ExpiresAt "expires_at"),
             b'g' => keys!(Grant "grant"),
             b'i' => keys!(Id "id"),
             b'k' => keys!(Key "key", Kind "kind"),
             b'l' => keys!(LogIndex "log_index"),
             b'p' => keys!(Prev "prev"),
             b'r' => keys!(Reason "reason", Resource "resource"),
-            b's' => keys!(Scopes "scopes", Seq "seq"),
+            b's' => keys!(ScopeRules "scope_rules", Scopes "scopes", Seq "seq"),
             b't' => keys!(Time "time"),
             b'v' => keys!(V "v"),
             b'w' => keys!(WorkspaceId "workspace_id"),
@@ -482,6 +499,11 @@ impl<'a> Scan<'a> {
         use Member as M;
         let bit = match member {
             M::Approval => return self.nullable(Self::approval).map(drop),
+            M::AskedAuthorizationId => {
+                f.asked_authorization_id = self.nullable(Self::str_plain)?;
+                return Some(());
+            }
+            M::ExpiresAt => return self.nullable(Self::time).map(drop),
             M::AuthStateHash => {
                 self.nullable(Self::hex64)?;
                 AUTH_STATE_HASH
@@ -492,8 +514,11 @@ impl<'a> Scan<'a> {
             }
             M::ContextHash => return self.nullable(Self::hex64).map(drop),
             M::Decision => {
-                self.nullable(|s| match s.string_plain()? {
-                    b"allow" | b"deny" | b"confirm" | b"escalate" => Some(()),
+                f.decision = self.nullable(|s| match s.string_plain()? {
+                    b"allow" => Some(Decision::Allow),
+                    b"deny" => Some(Decision::Deny),
+                    b"confirm" => Some(Decision::Confirm),
+                    b"escalate" => Some(Decision::Escalate),
                     _ => None,
                 })?;
                 DECISION
@@ -524,12 +549,24 @@ impl<'a> Scan<'a> {
                 PREV
             }
             M::Reason => {
-                self.nullable(Self::string)?;
+                let reason = self.nullable(Self::string)?;
+                f.unknown_authorization = reason == Some((REASON_UNKNOWN_AUTHORIZATION.as_bytes(), false));
                 REASON
             }
             M::Resource => {
                 self.nullable(Self::string)?;
                 RESOURCE
+            }
+            M::ScopeRules => {
+                f.has_scope_rules = self
+                    .nullable(|s| {
+                        s.object(|s, _| match s.string_plain()? {
+                            b"confirm" | b"escalate" => Some(()),
+                            _ => None,
+                        })
+                    })?
+                    .is_some();
+                return Some(());
             }
             M::Scopes => {
                 self.strings()?;
@@ -556,13 +593,19 @@ impl<'a> Scan<'a> {
         Some(())
     }
 
-    /// `Grant`: `subject`, `scopes`, `resources` required, `expires_at` and `metadata_hash`
-    /// nullable and optional, other members ignored.
+    /// `Grant`: `subject`, `scopes`, `resources`, and `expires_at` and `metadata_hash` (nullable),
+    /// all required, other members ignored.
     fn grant(&mut self) -> Read<()> {
         let mut seen = 0u8;
         self.object(|s, key| match key {
-            b"expires_at" => s.nullable(Self::time).map(drop),
-            b"metadata_hash" => s.nullable(Self::hex64).map(drop),
+            b"expires_at" => {
+                seen |= 8;
+                s.nullable(Self::time).map(drop)
+            }
+            b"metadata_hash" => {
+                seen |= 16;
+                s.nullable(Self::hex64).map(drop)
+            }
             b"resources" => {
                 seen |= 1;
                 s.strings()
@@ -577,10 +620,11 @@ impl<'a> Scan<'a> {
             }
             _ => s.skip(1),
         })?;
-        (seen == 7).then_some(())
+        (seen == 31).then_some(())
     }
 
-    /// `Approval`: `outcome` and `by` required, `shown_hash` nullable and optional.
+    /// `Approval`: `outcome`, `by` and `shown_hash` (nullable) required, `note_hash` (1.1)
+    /// nullable and optional.
     fn approval(&mut self) -> Read<()> {
         let mut seen = 0u8;
         self.object(|s, key| match key {
@@ -595,10 +639,14 @@ impl<'a> Scan<'a> {
                     _ => None,
                 }
             }
-            b"shown_hash" => s.nullable(Self::hex64).map(drop),
+            b"shown_hash" => {
+                seen |= 4;
+                s.nullable(Self::hex64).map(drop)
+            }
+            b"note_hash" => s.nullable(Self::hex64).map(drop),
             _ => s.skip(1),
         })?;
-        (seen == 3).then_some(())
+        (seen == 7).then_some(())
     }
 
     /// `RotatedKey`: `key_id`, `replaces`, `vkey`, all strings.
@@ -645,6 +693,9 @@ mod tests {
             escalation_id: None,
             context_hash: Some(HexHash([2; 32])),
             key: None,
+            asked_authorization_id: None,
+            expires_at: None,
+            scope_rules: None,
         }
         .canonical_bytes()
         .unwrap()

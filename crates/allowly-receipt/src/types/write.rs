@@ -20,6 +20,10 @@ pub(super) fn canonical_body(b: &ReceiptBody) -> Result<Vec<u8>> {
         w.key("approval");
         w.out.extend_from_slice(&jcs::to_canonical_vec(a)?);
     }
+    if let Some(a) = &b.asked_authorization_id {
+        w.key("asked_authorization_id");
+        jcs::write_str(a, &mut w.out);
+    }
     w.key("auth_state_hash");
     w.opt_hash(b.auth_state_hash.as_ref());
     w.key("authorization_id");
@@ -33,6 +37,10 @@ pub(super) fn canonical_body(b: &ReceiptBody) -> Result<Vec<u8>> {
     if let Some(e) = &b.escalation_id {
         w.key("escalation_id");
         jcs::write_str(e, &mut w.out);
+    }
+    if let Some(t) = b.expires_at {
+        w.key("expires_at");
+        w.time(t);
     }
     if let Some(g) = &b.grant {
         w.key("grant");
@@ -54,6 +62,10 @@ pub(super) fn canonical_body(b: &ReceiptBody) -> Result<Vec<u8>> {
     w.opt_str(b.reason.as_deref());
     w.key("resource");
     w.opt_str(b.resource.as_deref());
+    if let Some(rules) = &b.scope_rules {
+        w.key("scope_rules");
+        w.out.extend_from_slice(&jcs::to_canonical_vec(rules)?);
+    }
     w.key("scopes");
     w.out.push(b'[');
     for (i, s) in b.scopes.iter().enumerate() {
@@ -143,6 +155,7 @@ fn kind_name(k: EventKind) -> &'static str {
         EventKind::Revocation => "revocation",
         EventKind::Expiry => "expiry",
         EventKind::KeyRotated => "key.rotated",
+        EventKind::ScopeRulesChanged => "scope_rules.changed",
     }
 }
 

@@ -11,7 +11,7 @@
 
 use allowly_receipt::jcs::{canonicalize, parse_strict};
 use allowly_receipt::types::{
-    Approval, ApprovalOutcome, Decision, EventKind, Grant, HexHash, ReceiptBody, ReceiptBodyView, RotatedKey,
+    Approval, ApprovalOutcome, Decision, EventKind, Grant, HexHash, ReceiptBody, ReceiptBodyView, RotatedKey, RuleKind,
     Timestamp, REQUIRED_MEMBERS,
 };
 use proptest::prelude::*;
@@ -264,6 +264,7 @@ fn kind() -> impl Strategy<Value = EventKind> {
         EventKind::Revocation,
         EventKind::Expiry,
         EventKind::KeyRotated,
+        EventKind::ScopeRulesChanged,
     ])
 }
 
@@ -293,11 +294,14 @@ fn grant() -> impl Strategy<Value = Grant> {
 }
 
 fn approval() -> impl Strategy<Value = Approval> {
-    (any::<bool>(), text(), prop::option::of(hash())).prop_map(|(ok, by, shown_hash)| Approval {
-        outcome: if ok { ApprovalOutcome::Approved } else { ApprovalOutcome::Declined },
-        by,
-        shown_hash,
-    })
+    (any::<bool>(), text(), prop::option::of(hash()), prop::option::of(hash())).prop_map(
+        |(ok, by, shown_hash, note_hash)| Approval {
+            outcome: if ok { ApprovalOutcome::Approved } else { ApprovalOutcome::Declined },
+            by,
+            shown_hash,
+            note_hash,
+        },
+    )
 }
 
 fn rotated_key() -> impl Strategy<Value = RotatedKey> {
@@ -322,6 +326,16 @@ fn body() -> impl Strategy<Value = ReceiptBody> {
             prop::option::of(id()),
             prop::option::of(hash()),
             prop::option::of(rotated_key()),
+            prop::option::weighted(0.2, id()),
+            prop::option::of(time()),
+            prop::option::weighted(
+                0.2,
+                prop::collection::btree_map(
+                    text(),
+                    prop::sample::select(vec![RuleKind::Confirm, RuleKind::Escalate]),
+                    0..4,
+                ),
+            ),
         ),
         prop::bool::weighted(0.9),
     )
@@ -330,7 +344,7 @@ fn body() -> impl Strategy<Value = ReceiptBody> {
                 (v, id, workspace_id, authorization_id, kind),
                 (seq, prev, log_index, decision, reason),
                 (scopes, resource, time, auth_state_hash),
-                (grant, approval, escalation_id, context_hash, key),
+                (grant, approval, escalation_id, context_hash, key, asked_authorization_id, expires_at, scope_rules),
                 consistent,
             )| {
                 let mut b = ReceiptBody {
@@ -353,10 +367,30 @@ fn body() -> impl Strategy<Value = ReceiptBody> {
                     escalation_id,
                     context_hash,
                     key,
+                    asked_authorization_id,
+                    expires_at,
+                    scope_rules,
                 };
                 if consistent {
                     // Make the trail fields agree with the kind, as the service writes them.
+                    if kind != EventKind::Check {
+                        b.asked_authorization_id = None;
+                    }
+                    if kind != EventKind::ScopeRulesChanged {
+                        b.scope_rules = None;
+                    }
                     match kind {
+                        // Format 1.1: a replaced rule set, a workspace event.
+                        EventKind::ScopeRulesChanged => {
+                            (b.authorization_id, b.seq, b.prev) = (None, None, None);
+                            b.scope_rules.get_or_insert_with(Default::default);
+                        }
+                        // Format 1.1: a check of an unknown authorization, a workspace event.
+                        EventKind::Check if b.asked_authorization_id.is_some() => {
+                            (b.authorization_id, b.seq, b.prev) = (None, None, None);
+                            b.decision = Some(Decision::Deny);
+                            b.reason = Some("unknown_authorization".into());
+                        }
                         EventKind::KeyRotated => (b.authorization_id, b.seq, b.prev) = (None, None, None),
                         EventKind::AuthorizationCreated => {
                             b.authorization_id.get_or_insert_with(|| "auth_1".into());

@@ -36,7 +36,11 @@ fn sha(s: &str) -> HexHash {
 }
 
 fn key_info(key: &SigningKey, from: &str, to: Option<&str>) -> PublicKeyInfo {
-    let origin = log_origin(WS);
+    key_info_of(WS, key, from, to)
+}
+
+fn key_info_of(ws: &str, key: &SigningKey, from: &str, to: Option<&str>) -> PublicKeyInfo {
+    let origin = log_origin(ws);
     let v = NoteVerifier::new(&origin, key.verifying_key()).expect("valid name");
     PublicKeyInfo {
         key_id: hex::encode(v.key_id()),
@@ -81,6 +85,26 @@ impl Trail {
     }
 }
 
+/// The bodies of a log being built and their leaf hashes; appending a trail's receipt moves
+/// the trail on.
+#[derive(Default)]
+struct Appended {
+    bodies: Vec<Value>,
+    leaves: Vec<Hash>,
+}
+
+impl Appended {
+    fn push(&mut self, trail: Option<&mut Trail>, v: Value) {
+        let leaf = merkle::leaf_hash(&jcs::canonicalize(&v).expect("canonical"));
+        if let Some(t) = trail {
+            t.next_seq += 1;
+            t.prev = Some(HexHash(leaf));
+        }
+        self.bodies.push(v);
+        self.leaves.push(leaf);
+    }
+}
+
 #[allow(clippy::too_many_arguments)] // a test helper that reads like a table row
 fn body(
     trail: Option<&mut Trail>,
@@ -116,6 +140,9 @@ fn body(
         escalation_id: None,
         context_hash: None,
         key: None,
+        asked_authorization_id: None,
+        expires_at: None,
+        scope_rules: None,
     }
 }
 
@@ -130,20 +157,13 @@ fn build_log() -> Log {
     };
     let mut a1 = Trail::new("auth_01");
     let mut a2 = Trail::new("auth_02");
-    let mut bodies: Vec<Value> = Vec::new();
-    let mut leaves = Vec::new();
+    let mut log = Appended::default();
     let mut push = |trail: Option<&mut Trail>, b: ReceiptBody, extra: Option<(&str, Value)>| {
         let mut v = serde_json::to_value(&b).expect("body to value");
         if let Some((k, x)) = extra {
             v.as_object_mut().expect("object").insert(k.into(), x);
         }
-        let leaf = merkle::leaf_hash(&jcs::canonicalize(&v).expect("canonical"));
-        if let Some(t) = trail {
-            t.next_seq += 1;
-            t.prev = Some(HexHash(leaf));
-        }
-        bodies.push(v);
-        leaves.push(leaf);
+        log.push(trail, v);
     };
 
     // Batch 1 (leaves 0..3), key 1.
@@ -260,6 +280,7 @@ fn build_log() -> Log {
     b.escalation_id = Some("esc_01".into());
     push(Some(&mut a2), b, None);
 
+    let Appended { bodies, leaves } = log;
     let batches: [(usize, usize, &SigningKey, &str); 3] = [
         (0, 3, &key1, "2026-01-01T00:00:10.000Z"),
         (3, 5, &key1, "2026-01-01T00:00:50.000Z"),
@@ -337,6 +358,270 @@ impl Log {
             receipts: self.batch_receipts[3..8].iter().cloned().map(Into::into).collect(),
         }
     }
+}
+
+/// The workspace of the format 1.1 log: receipts only format 1.1 defines, apart from the
+/// 1.0 log above, so that every 1.0 vector stays exactly as it was.
+const WS11: &str = "ws_vectors_1_1";
+
+/// Its key set file, beside `keys.json`.
+const KEYS11: &str = "keys-1.1.json";
+
+/// A log of format 1.1 receipts, signed in one batch: a grant, an allowed check, a check of
+/// an unknown authorization (a workspace event), an escalating check with its deadline, the
+/// approver's answer with the hash of their note, a change of the workspace's scope rules.
+struct Log11 {
+    keys: KeySet,
+    bodies: Vec<Value>,
+    receipts: Vec<SignedReceipt>,
+    checkpoint: String,
+}
+
+fn build_log_11() -> Log11 {
+    let key = seed_key("format 1.1");
+    let keys = KeySet {
+        workspace_id: WS11.into(),
+        origin: log_origin(WS11),
+        keys: vec![key_info_of(WS11, &key, "2026-02-01T00:00:00.000Z", None)],
+    };
+    let mut t = Trail::new("au_11");
+    let mut log = Appended::default();
+    let mut push = |trail: Option<&mut Trail>, mut b: ReceiptBody| {
+        b.workspace_id = WS11.into();
+        b.id = format!("rc_{:016x}", b.log_index);
+        log.push(trail, serde_json::to_value(&b).expect("body to value"));
+    };
+    let mut b = body(
+        Some(&mut t),
+        0,
+        EventKind::AuthorizationCreated,
+        None,
+        None,
+        &["files.read", "payments.*"],
+        None,
+        "2026-02-01T00:00:01.000Z",
+    );
+    b.grant = Some(Grant {
+        subject: "user_11".into(),
+        scopes: vec!["files.read".into(), "payments.*".into()],
+        resources: vec![],
+        expires_at: None,
+        metadata_hash: None,
+    });
+    push(Some(&mut t), b);
+    let b = body(
+        Some(&mut t),
+        1,
+        EventKind::Check,
+        Some(Decision::Allow),
+        Some("granted"),
+        &["files.read"],
+        None,
+        "2026-02-01T00:00:02.000Z",
+    );
+    push(Some(&mut t), b);
+    // §4: a check naming no authorization of the workspace is a workspace event: no trail,
+    // no state, and the id it asked for.
+    let mut b = body(
+        None,
+        2,
+        EventKind::Check,
+        Some(Decision::Deny),
+        Some("unknown_authorization"),
+        &["files.read"],
+        Some("drive:file/a.pdf"),
+        "2026-02-01T00:00:03.000Z",
+    );
+    b.asked_authorization_id = Some("au_guessed".into());
+    b.context_hash = Some(sha("probe"));
+    push(None, b);
+    let mut b = body(
+        Some(&mut t),
+        3,
+        EventKind::Check,
+        Some(Decision::Escalate),
+        Some("escalation_required"),
+        &["payments.send"],
+        Some("acct:9"),
+        "2026-02-01T00:00:04.000Z",
+    );
+    b.escalation_id = Some("esc_11".into());
+    b.expires_at = Some(ts("2026-02-02T00:00:04.000Z"));
+    push(Some(&mut t), b);
+    // §4.2: the approver's answer in the one vocabulary, with the hash of their note.
+    let mut b = body(
+        Some(&mut t),
+        4,
+        EventKind::EscalationResolved,
+        Some(Decision::Allow),
+        Some("approved"),
+        &["payments.send"],
+        Some("acct:9"),
+        "2026-02-01T00:00:05.000Z",
+    );
+    b.escalation_id = Some("esc_11".into());
+    b.approval = Some(Approval {
+        outcome: ApprovalOutcome::Approved,
+        by: "cfo".into(),
+        shown_hash: Some(sha("wire 5,000 EUR to acct:9")),
+        note_hash: Some(sha("ok for Q3")),
+    });
+    push(Some(&mut t), b);
+    // §4.3: the workspace's scope rules replaced, the whole new set in the body.
+    let mut b = body(None, 5, EventKind::ScopeRulesChanged, None, None, &[], None, "2026-02-01T00:00:06.000Z");
+    b.scope_rules = Some([("payments.*".into(), RuleKind::Escalate), ("mail.send".into(), RuleKind::Confirm)].into());
+    push(None, b);
+
+    let Appended { bodies, leaves } = log;
+    let mut frontier = Frontier::new();
+    let appended = frontier.append(&leaves).expect("append");
+    let checkpoint = checkpoint_note(
+        &log_origin(WS11),
+        appended.new_size,
+        appended.root,
+        "2026-02-01T00:00:10.000Z",
+        &log_origin(WS11),
+        &key,
+    );
+    let receipts = bodies
+        .iter()
+        .zip(appended.proofs)
+        .enumerate()
+        .map(|(i, (b, proof))| SignedReceipt {
+            status: STATUS_SIGNED.into(),
+            body: b.clone(),
+            log_index: i as u64,
+            inclusion_proof: proof.into_iter().map(HexHash).collect(),
+            checkpoint: checkpoint.clone(),
+        })
+        .collect();
+    Log11 { keys, bodies, receipts, checkpoint }
+}
+
+impl Log11 {
+    fn bundle(&self, scope: Scope, receipts: &[usize]) -> Bundle {
+        Bundle {
+            header: Some(Header { v: 1, workspace_id: WS11.into(), scope, created_at: ts("2026-02-01T00:01:00.000Z") }),
+            keys: vec![self.keys.clone()],
+            checkpoints: vec![self.checkpoint.clone()],
+            consistency: vec![],
+            receipts: receipts.iter().map(|&i| self.receipts[i].clone().into()).collect(),
+        }
+    }
+
+    /// `v`, verified against this log's key set instead of `keys.json`.
+    fn pin(&self, mut v: Vector) -> Vector {
+        v.keys = Some(KEYS11.into());
+        v.extra.push((KEYS11.into(), pretty(&self.keys)));
+        v
+    }
+}
+
+/// The format 1.1 vectors (§4: workspace-event checks, deadlines of opened requests).
+fn vectors_11(v: &mut Vec<Vector>) {
+    use Outcome::{IntegrityFailure as Bad, Valid};
+    let log = build_log_11();
+    let r = |i: usize| log.receipts[i].clone();
+    let _ = &log.bodies;
+    v.push(log.pin(receipt_vector("receipt-1.1-check-unknown-authorization", pretty(&r(2)), Valid, &[])));
+    v.push(log.pin(receipt_vector("receipt-1.1-check-escalate-expires-at", pretty(&r(3)), Valid, &[])));
+    v.push(log.pin(receipt_vector("receipt-1.1-escalation-resolved-note-hash", pretty(&r(4)), Valid, &[])));
+    v.push(log.pin(receipt_vector("receipt-1.1-scope-rules-changed", pretty(&r(5)), Valid, &[])));
+    v.push(log.pin(bundle_vector(
+        "bundle-1.1-log",
+        &log.bundle(Scope::Log { from: 0, to: 6 }, &[0, 1, 2, 3, 4, 5]),
+        Valid,
+        &[],
+    )));
+    // The workspace event is in no trail: an authorization export holding it is out of scope,
+    // and the trail around it is whole without it.
+    let scope = Scope::Authorization { authorization_id: "au_11".into(), last_seq: 3 };
+    v.push(log.pin(bundle_vector("bundle-1.1-authorization", &log.bundle(scope.clone(), &[0, 1, 3, 4]), Valid, &[])));
+    v.push(log.pin(bundle_vector(
+        "bundle-1.1-authorization-with-workspace-check",
+        &log.bundle(scope, &[0, 1, 2, 3, 4]),
+        Bad,
+        &["out_of_scope"],
+    )));
+    // The §4 rules of an unknown-authorization check, each broken once (the edit also breaks
+    // the proof, since the body is signed).
+    v.push(log.pin(receipt_vector(
+        "receipt-1.1-unknown-authorization-in-a-trail",
+        pretty(&with_body(&r(2), |b| {
+            b.insert("authorization_id".into(), json!("au_11"));
+            b.insert("seq".into(), json!(2));
+            b.insert("prev".into(), json!(HexHash([1; 32])));
+        })),
+        Bad,
+        &["body_invalid", "inclusion_proof_invalid"],
+    )));
+    v.push(log.pin(receipt_vector(
+        "receipt-1.1-unknown-authorization-without-asked-id",
+        pretty(&with_body(&r(2), |b| {
+            b.remove("asked_authorization_id");
+        })),
+        Bad,
+        &["body_invalid", "inclusion_proof_invalid"],
+    )));
+    v.push(log.pin(receipt_vector(
+        "receipt-1.1-asked-id-on-an-allow",
+        pretty(&with_body(&r(1), |b| {
+            b.insert("asked_authorization_id".into(), json!("au_11"));
+        })),
+        Bad,
+        &["body_invalid", "inclusion_proof_invalid"],
+    )));
+    // §4.1: every member listed for `approval` is present (`null` or not), but the 1.1
+    // `note_hash`; the same for `grant` (below, on the 1.0 log).
+    v.push(log.pin(receipt_vector(
+        "receipt-1.1-approval-without-shown-hash",
+        pretty(&with_body(&r(4), |b| {
+            b["approval"].as_object_mut().expect("approval").remove("shown_hash");
+        })),
+        Bad,
+        &["body_invalid"],
+    )));
+    v.push(log.pin(receipt_vector(
+        "receipt-1.1-note-hash-uppercase",
+        pretty(&with_body(&r(4), |b| {
+            let upper = b["approval"]["note_hash"].as_str().expect("note_hash").to_uppercase();
+            b["approval"]["note_hash"] = json!(upper);
+        })),
+        Bad,
+        &["body_invalid"],
+    )));
+    v.push(log.pin(receipt_vector(
+        "receipt-1.1-scope-rules-on-a-check",
+        pretty(&with_body(&r(1), |b| {
+            b.insert("scope_rules".into(), json!({"files.read": "confirm"}));
+        })),
+        Bad,
+        &["body_invalid", "inclusion_proof_invalid"],
+    )));
+    v.push(log.pin(receipt_vector(
+        "receipt-1.1-scope-rules-changed-without-rules",
+        pretty(&with_body(&r(5), |b| {
+            b.remove("scope_rules");
+        })),
+        Bad,
+        &["body_invalid", "inclusion_proof_invalid"],
+    )));
+    v.push(log.pin(receipt_vector(
+        "receipt-1.1-scope-rule-unknown-word",
+        pretty(&with_body(&r(5), |b| {
+            b.insert("scope_rules".into(), json!({"payments.*": "allow"}));
+        })),
+        Bad,
+        &["body_invalid"],
+    )));
+    v.push(log.pin(receipt_vector(
+        "receipt-1.1-expires-at-not-a-time",
+        pretty(&with_body(&r(3), |b| {
+            b.insert("expires_at".into(), json!("tomorrow"));
+        })),
+        Bad,
+        &["body_invalid"],
+    )));
 }
 
 /// One vector: a file, how to verify it, and what the verifier must say.
@@ -497,6 +782,14 @@ fn vectors() -> (Log, Vec<Vector>) {
         "receipt-missing-member",
         pretty(&with_body(&r(1), |b| {
             b.remove("reason");
+        })),
+        Bad,
+        &["body_invalid"],
+    ));
+    v.push(receipt_vector(
+        "receipt-grant-without-expires-at",
+        pretty(&with_body(&r(0), |b| {
+            b["grant"].as_object_mut().expect("grant").remove("expires_at");
         })),
         Bad,
         &["body_invalid"],
@@ -955,6 +1248,7 @@ fn vectors() -> (Log, Vec<Vector>) {
         Some(("keys.json", keys_json())),
     ));
     let _ = &log.key2;
+    vectors_11(&mut v);
     (log, v)
 }
 

@@ -219,7 +219,7 @@ fn one_trail_through_confirmations_escalations_and_a_revocation_verifies_offline
     let r = c.post(&confirm_path(&nonce1), &ws.admin, answer.clone());
     assert_eq!(r.status, 200, "{r}");
     let v = r.json();
-    assert_eq!((str_of(&v, "decision"), str_of(&v, "reason")), ("allow", "confirmed"), "{v}");
+    assert_eq!((str_of(&v, "decision"), str_of(&v, "reason")), ("allow", "approved"), "{v}");
     assert!(v.get("escalation").is_none(), "a confirmation answer carries no escalation: {v}");
     let body = &v["receipt"]["body"];
     assert_eq!((body["kind"].as_str(), body["authorization_id"].as_str()), (Some("confirmation"), Some(az.as_str())));
@@ -228,7 +228,7 @@ fn one_trail_through_confirmations_escalations_and_a_revocation_verifies_offline
         json!({ "outcome": "approved", "by": "user-42", "shown_hash": sha256_hex("Send Q3 report") }),
         "the receipt must record who answered and the hash of what they were shown: {v}"
     );
-    steps.push((rid(&v), "confirmation", Some("allow"), Some("confirmed")));
+    steps.push((rid(&v), "confirmation", Some("allow"), Some("approved")));
     let p = c.post(&confirm_path(&nonce1), &ws.admin, answer.clone()).problem(409, "confirmation_used");
     let body = &p["receipt"]["body"];
     assert_eq!(p["receipt"]["status"], "pending", "{p}");
@@ -245,7 +245,7 @@ fn one_trail_through_confirmations_escalations_and_a_revocation_verifies_offline
     let nonce2 = str_of(&v["confirmation"], "nonce").to_owned();
     assert_ne!(nonce1, nonce2);
     steps.push((rid(&v), "check", Some("confirm"), Some("confirmation_required")));
-    let p = c.post(&confirm_path(&nonce2), &other.admin, answer.clone()).problem(404, "confirmation_not_found");
+    let p = c.post(&confirm_path(&nonce2), &other.admin, answer.clone()).problem(404, "not_found");
     assert!(p.get("receipt").is_none(), "{p}");
     let declined = json!({ "outcome": "declined", "by": "user-42", "shown": "Send Q3 report" });
     let r = c.post(&confirm_path(&nonce2), &ws.admin, declined);
@@ -274,9 +274,12 @@ fn one_trail_through_confirmations_escalations_and_a_revocation_verifies_offline
         "{g}"
     );
     assert_eq!(g["scopes"], json!(["payments.wire"]), "{g}");
-    assert!(g["resolved_at"].is_null() && g["approver"].is_null() && g["resolution_receipt_id"].is_null(), "{g}");
+    assert!(g["resolved_at"].is_null() && g["by"].is_null() && g["resolution_receipt_id"].is_null(), "{g}");
     assert_eq!(g["expires_at"], v["escalation"]["expires_at"], "{g}");
-    let approve = json!({ "outcome": "approved", "approver": "cfo", "note": "ok" });
+    // The check's receipt carries the deadline it opened (format 1.1).
+    assert_eq!(v["receipt"]["body"]["expires_at"], v["escalation"]["expires_at"], "{v}");
+    // The same answer object as a confirmation's (one vocabulary).
+    let approve = json!({ "outcome": "approved", "by": "cfo", "shown": "wire 5,000 EUR", "note": "ok" });
     c.post(&format!("{esc_path}/resolve"), &ws.checker, approve.clone()).problem(403, "forbidden");
     c.post(&format!("{esc_path}/resolve"), &ws.reader, approve.clone()).problem(403, "forbidden");
     let r = c.post(&format!("{esc_path}/resolve"), &ws.admin, approve.clone());
@@ -286,11 +289,14 @@ fn one_trail_through_confirmations_escalations_and_a_revocation_verifies_offline
     let resolution_rid = rid(&v);
     let body = &v["receipt"]["body"];
     assert_eq!((body["kind"].as_str(), body["escalation_id"].as_str()), (Some("escalation.resolved"), Some(&*esc1)));
-    assert_eq!(body["approval"], json!({ "outcome": "approved", "by": "cfo", "shown_hash": sha256_hex("ok") }));
+    assert_eq!(
+        body["approval"],
+        json!({ "outcome": "approved", "by": "cfo", "shown_hash": sha256_hex("wire 5,000 EUR"), "note_hash": sha256_hex("ok") })
+    );
     let e = &v["escalation"];
     assert_eq!(
-        (str_of(e, "status"), str_of(e, "approver"), str_of(e, "resolution_receipt_id")),
-        ("approved", "cfo", resolution_rid.as_str()),
+        (str_of(e, "status"), str_of(e, "by"), str_of(e, "approver"), str_of(e, "resolution_receipt_id")),
+        ("approved", "cfo", "cfo", resolution_rid.as_str()),
         "{v}"
     );
     steps.push((resolution_rid, "escalation.resolved", Some("allow"), Some("approved")));
@@ -301,15 +307,33 @@ fn one_trail_through_confirmations_escalations_and_a_revocation_verifies_offline
     c.post(&format!("{esc_path}/resolve"), &ws.admin, approve.clone()).problem(409, "escalation_already_resolved");
     assert_eq!(c.get(&esc_path, Some(&ws.reader)).json(), after, "a refused resolve changed the escalation");
 
+    // The escalation answer's deprecated spellings (`approver`, `denied`) still work, and are
+    // recorded in the one vocabulary.
+    let v = check(&s, &ws, &az, "payments.wire");
+    let esc3 = str_of(&v["escalation"], "id").to_owned();
+    steps.push((rid(&v), "check", Some("escalate"), Some("escalation_required")));
+    let old = json!({ "outcome": "denied", "approver": "cfo", "note": "not this quarter" });
+    let r = c.post(&format!("/v1/escalations/{esc3}/resolve"), &ws.admin, old);
+    assert_eq!(r.status, 200, "{r}");
+    let v = r.json();
+    assert_eq!((str_of(&v, "decision"), str_of(&v, "reason")), ("deny", "declined"), "{v}");
+    assert_eq!(
+        v["receipt"]["body"]["approval"],
+        json!({ "outcome": "declined", "by": "cfo", "shown_hash": null, "note_hash": sha256_hex("not this quarter") })
+    );
+    assert_eq!((str_of(&v["escalation"], "status"), str_of(&v["escalation"], "by")), ("declined", "cfo"), "{v}");
+    steps.push((rid(&v), "escalation.resolved", Some("deny"), Some("declined")));
+    let both = json!({ "outcome": "approved", "by": "cfo", "approver": "cfo" });
+    c.post(&format!("/v1/escalations/{esc3}/resolve"), &ws.admin, both).problem(400, "invalid_request");
+
     // Another escalation, then the authorization is revoked: a later approval is a deny.
     let v = check(&s, &ws, &az, "payments.wire");
     assert_eq!(str_of(&v, "decision"), "escalate", "{v}");
     let esc2 = str_of(&v["escalation"], "id").to_owned();
     steps.push((rid(&v), "check", Some("escalate"), Some("escalation_required")));
     for esc in [&esc1, &esc2] {
-        c.get(&format!("/v1/escalations/{esc}"), Some(&other.admin)).problem(404, "escalation_not_found");
-        c.post(&format!("/v1/escalations/{esc}/resolve"), &other.admin, approve.clone())
-            .problem(404, "escalation_not_found");
+        c.get(&format!("/v1/escalations/{esc}"), Some(&other.admin)).problem(404, "not_found");
+        c.post(&format!("/v1/escalations/{esc}/resolve"), &other.admin, approve.clone()).problem(404, "not_found");
     }
     let r = c.call("POST", &format!("/v1/authorizations/{az}/revoke"), Some(&ws.admin), None);
     assert_eq!(r.status, 200, "{r}");
@@ -320,19 +344,20 @@ fn one_trail_through_confirmations_escalations_and_a_revocation_verifies_offline
     assert_eq!(r.status, 200, "{r}");
     let v = r.json();
     assert_eq!((str_of(&v, "decision"), str_of(&v, "reason")), ("deny", "revoked"), "{v}");
-    assert_eq!(v["escalation"]["status"], "denied", "{v}");
+    assert_eq!(v["escalation"]["status"], "declined", "{v}");
     assert_eq!(v["receipt"]["body"]["approval"]["outcome"], "approved", "the approver's answer is recorded: {v}");
     steps.push((rid(&v), "escalation.resolved", Some("deny"), Some("revoked")));
 
-    // Unknown and foreign nonces and escalations: 404 with their own codes, nothing recorded.
+    // Unknown and foreign nonces and escalations: 404 `not_found` like any object, nothing
+    // recorded.
     for nonce in ["cn_doesnotexist", "nonce-of-nobody"] {
-        let p = c.post(&confirm_path(nonce), &ws.admin, answer.clone()).problem(404, "confirmation_not_found");
+        let p = c.post(&confirm_path(nonce), &ws.admin, answer.clone()).problem(404, "not_found");
         assert!(p.get("receipt").is_none(), "{p}");
     }
-    c.get("/v1/escalations/esc_doesnotexist", Some(&ws.reader)).problem(404, "escalation_not_found");
-    c.post("/v1/escalations/esc_doesnotexist/resolve", &ws.admin, approve).problem(404, "escalation_not_found");
+    c.get("/v1/escalations/esc_doesnotexist", Some(&ws.reader)).problem(404, "not_found");
+    c.post("/v1/escalations/esc_doesnotexist/resolve", &ws.admin, approve).problem(404, "not_found");
     for nonce in [&nonce1, &nonce2] {
-        let p = c.post(&confirm_path(nonce), &other.admin, answer.clone()).problem(404, "confirmation_not_found");
+        let p = c.post(&confirm_path(nonce), &other.admin, answer.clone()).problem(404, "not_found");
         assert!(p.get("receipt").is_none(), "a foreign answer left a receipt: {p}");
     }
 
@@ -411,16 +436,16 @@ fn ttls_are_the_documented_defaults_and_an_authorization_expiring_meanwhile_turn
     let p = c.post(&format!("/v1/confirmations/{nonce}"), &ws.admin, answer).problem(409, "confirmation_used");
     steps.push((rid(&p), "confirmation", Some("deny"), Some("confirmation_used")));
 
-    // The approver's answer too; the escalation shows denied, not pending.
-    let approve = json!({ "outcome": "approved", "approver": "cfo" });
+    // The approver's answer too; the escalation shows declined, not pending.
+    let approve = json!({ "outcome": "approved", "by": "cfo" });
     let r = c.post(&format!("/v1/escalations/{esc}/resolve"), &ws.admin, approve.clone());
     assert_eq!(r.status, 200, "{r}");
     let v = r.json();
     assert_eq!((str_of(&v, "decision"), str_of(&v, "reason")), ("deny", "expired"), "{v}");
-    assert_eq!(v["escalation"]["status"], "denied", "{v}");
+    assert_eq!(v["escalation"]["status"], "declined", "{v}");
     steps.push((rid(&v), "escalation.resolved", Some("deny"), Some("expired")));
     let g = c.get(&format!("/v1/escalations/{esc}"), Some(&ws.reader)).json();
-    assert_eq!((g["status"].as_str(), g["resolution_receipt_id"].as_str()), (Some("denied"), Some(&*rid(&v))));
+    assert_eq!((g["status"].as_str(), g["resolution_receipt_id"].as_str()), (Some("declined"), Some(&*rid(&v))));
     c.post(&format!("/v1/escalations/{esc}/resolve"), &ws.admin, approve).problem(409, "escalation_already_resolved");
 
     // A check after that is a deny `expired`, without another expiry receipt.
@@ -519,7 +544,7 @@ fn idempotency_keys_answer_repeats_once_concurrently_and_across_kill_9() {
     let confirm_path = format!("/v1/confirmations/{nonce}");
     let confirm_body = json!({ "outcome": "approved", "by": "user-1", "shown": "Send a.txt" });
     let resolve_path = format!("/v1/escalations/{esc}/resolve");
-    let resolve_body = json!({ "outcome": "approved", "approver": "boss" });
+    let resolve_body = json!({ "outcome": "approved", "by": "boss" });
     let revoke_path = format!("/v1/authorizations/{new_az}/revoke");
     let mut firsts = Vec::new();
     for (path, key, body) in [
@@ -639,7 +664,7 @@ fn concurrent_answers_to_one_nonce_and_one_escalation_succeed_once() {
 
     let answers = race(
         format!("/v1/escalations/{esc}/resolve"),
-        |i| json!({ "outcome": if i % 2 == 0 { "approved" } else { "denied" }, "approver": format!("a-{i}") }),
+        |i| json!({ "outcome": if i % 2 == 0 { "approved" } else { "declined" }, "by": format!("a-{i}") }),
     );
     let wins: Vec<&Resp> = answers.iter().filter(|r| r.status == 200).collect();
     assert_eq!(wins.len(), 1, "exactly one resolution must win: {answers:#?}");
@@ -690,7 +715,7 @@ fn expired_nonces_and_escalations_are_recorded_as_denies() {
     let view = view.json();
     assert_eq!(view["status"], "expired");
     let resolution = str_of(&view, "resolution_receipt_id").to_owned();
-    let resolve = json!({ "outcome": "approved", "approver": "cfo" });
+    let resolve = json!({ "outcome": "approved", "by": "cfo" });
     c.post(&format!("/v1/escalations/{esc}/resolve"), &ws.admin, resolve).problem(409, "escalation_already_resolved");
 
     let data = signed_trail(&s, &ws, &az, 5);
@@ -876,8 +901,7 @@ fn authorizations_are_listed_and_a_confirmations_state_can_be_read_only_by_its_w
     assert_eq!((shown["status"].as_str(), shown["decision"].as_str()), (Some("answered"), Some("deny")), "{shown}");
     assert_eq!(shown["answer_receipt_id"], r.json()["receipt"]["receipt_id"]);
     // Another workspace's nonce answers like one that exists nowhere.
-    c.get(&path, Some(&b.reader)).problem(404, "confirmation_not_found");
-    c.get("/v1/confirmations/cn_00000000000000000000000000000000", Some(&a.reader))
-        .problem(404, "confirmation_not_found");
+    c.get(&path, Some(&b.reader)).problem(404, "not_found");
+    c.get("/v1/confirmations/cn_00000000000000000000000000000000", Some(&a.reader)).problem(404, "not_found");
     c.get(&path, Some(&a.checker)).problem(403, "forbidden");
 }

@@ -89,7 +89,7 @@ fn pending_escalations_and_confirmations_are_listed_paged_filtered_and_per_tenan
     let r = s.client().post(
         &format!("/v1/escalations/{e1}/resolve"),
         &a.admin,
-        json!({ "outcome": "approved", "approver": "x" }),
+        json!({ "outcome": "approved", "by": "x" }),
     );
     assert_eq!(r.status, 200, "{r}");
     assert!(!ids(&list(&s, &a.reader, "/v1/escalations?status=pending"), "id").contains(&e1));
@@ -98,8 +98,8 @@ fn pending_escalations_and_confirmations_are_listed_paged_filtered_and_per_tenan
     // Another tenant sees none of it, and its ids are 404s there.
     assert_eq!(ids(&list(&s, &b.reader, "/v1/escalations?status=pending"), "id"), Vec::<String>::new());
     assert_eq!(ids(&list(&s, &b.reader, "/v1/confirmations"), "nonce"), Vec::<String>::new());
-    s.client().get(&format!("/v1/escalations/{e2}?wait=1ms"), Some(&b.reader)).problem(404, "escalation_not_found");
-    s.client().get(&format!("/v1/confirmations/{n1}?wait=1ms"), Some(&b.reader)).problem(404, "confirmation_not_found");
+    s.client().get(&format!("/v1/escalations/{e2}?wait=1ms"), Some(&b.reader)).problem(404, "not_found");
+    s.client().get(&format!("/v1/confirmations/{n1}?wait=1ms"), Some(&b.reader)).problem(404, "not_found");
     // The role of the neighbouring reads (read); an agent's check key may not list.
     s.client().get("/v1/escalations", Some(&a.checker)).problem(403, "forbidden");
     s.client().get("/v1/escalations?status=maybe", Some(&a.reader)).problem(400, "invalid_request");
@@ -153,13 +153,13 @@ fn a_long_poll_answers_within_100_ms_of_the_resolution_and_waiters_are_bounded()
         let r = s.client().post(
             &format!("/v1/escalations/{esc}/resolve"),
             &a.admin,
-            json!({ "outcome": "denied", "approver": "alice" }),
+            json!({ "outcome": "declined", "by": "alice" }),
         );
         let resolved = Instant::now();
         assert_eq!(r.status, 200, "{r}");
         let (answered, r) = on_escalation.join().unwrap();
         assert_eq!(r.status, 200, "{r}");
-        assert_eq!((r.json()["status"].as_str(), r.json()["approver"].as_str()), (Some("denied"), Some("alice")));
+        assert_eq!((r.json()["status"].as_str(), r.json()["by"].as_str()), (Some("declined"), Some("alice")));
         let late = answered.saturating_duration_since(resolved);
         assert!(late < Duration::from_millis(100), "the long-poll answered {late:?} after the resolution");
 

@@ -25,5 +25,6 @@ mod pkcs11;
 mod powerloss;
 mod resilience;
 mod rotation;
+mod schemathesis;
 mod support;
 mod webhooks;

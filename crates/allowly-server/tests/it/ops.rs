@@ -465,7 +465,7 @@ fn pending_confirmations_escalations_and_webhook_deliveries_are_counted() {
 
     let answer = json!({ "outcome": "approved", "by": "u", "shown": "send it" });
     assert_eq!(c.post(&format!("/v1/confirmations/{}", nonces[0]), &admin, answer).status, 200);
-    let deny = json!({ "outcome": "denied", "approver": "cfo" });
+    let deny = json!({ "outcome": "declined", "by": "cfo" });
     assert_eq!(c.post(&format!("/v1/escalations/{}/resolve", escalations[0]), &admin, deny).status, 200);
 
     let text = scrape(&s);

@@ -250,7 +250,7 @@ fn events_arrive_once_verified_and_name_the_apis_receipts() {
     let esc = esc.json();
     assert_eq!(esc["decision"], "escalate", "{esc}");
     let (esc_id, esc_receipt) = (esc["escalation"]["id"].as_str().unwrap(), esc["receipt"]["receipt_id"].clone());
-    let answer = json!({ "outcome": "approved", "approver": "boss" });
+    let answer = json!({ "outcome": "approved", "by": "boss" });
     let resolved = c.post(&format!("/v1/escalations/{esc_id}/resolve"), &t.admin, answer);
     assert_eq!(resolved.status, 200, "{resolved}");
     let resolved_receipt = resolved.json()["receipt"]["receipt_id"].clone();
@@ -801,7 +801,7 @@ fn escalations_reach_only_the_endpoints_whose_scopes_match() {
     let esc = escalate("payments.send");
     let view = c.get(&format!("/v1/escalations/{esc}"), Some(&t.reader)).json();
     assert_eq!(view["routed_to"], json!([send]), "{view}");
-    let answer = json!({ "outcome": "denied", "approver": "boss" });
+    let answer = json!({ "outcome": "declined", "by": "boss" });
     assert_eq!(c.post(&format!("/v1/escalations/{esc}/resolve"), &t.admin, answer).status, 200);
     let got = all_delivered(&s, &t, &send, 2, &send_rx);
     assert!(got.iter().all(|d| d["payload"]["data"]["escalation_id"] == esc.as_str()), "{:#}", json!(got));

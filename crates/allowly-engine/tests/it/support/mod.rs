@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use allowly_engine::model::*;
 use allowly_engine::{Engine, EngineConfig};
-use allowly_receipt::types::{AnyReceipt, ReceiptBody, Timestamp};
+use allowly_receipt::types::{AnyReceipt, PendingReceipt, RawBody, ReceiptBody, Timestamp};
 use allowly_signer_proto::client::{ClientOptions, SignerClient};
 use allowly_store::ScopeRule;
 use allowly_store_rocks::{RocksOptions, RocksStore};
@@ -110,6 +110,11 @@ pub fn grant(expires_at: Option<Timestamp>) -> NewAuthorization {
     }
 }
 
+/// A person's answer with no `shown` (an approver's, say), and `note` if given.
+pub fn answer_by(by: &str, outcome: AnswerOutcome, note: Option<&str>) -> Answer {
+    Answer { outcome, by: by.into(), shown: None, shown_hash: None, note: note.map(Into::into) }
+}
+
 pub fn ask(auth: &str, scope: &str, resource: Option<&str>) -> CheckRequest {
     CheckRequest {
         authorization_id: auth.into(),
@@ -121,6 +126,17 @@ pub fn ask(auth: &str, scope: &str, resource: Option<&str>) -> CheckRequest {
 
 pub fn body(r: &AnyReceipt) -> ReceiptBody {
     ReceiptBody::from_json(r.body()).unwrap()
+}
+
+/// The typed body of an answer's pending receipt.
+pub fn body_of(r: &PendingReceipt<RawBody>) -> ReceiptBody {
+    ReceiptBody::from_json(&r.body.to_value().unwrap()).unwrap()
+}
+
+/// Receipt `id` of `ws`, once it is signed.
+pub async fn eventually_signed(e: &Engine, ws: &str, id: &str) -> AnyReceipt {
+    eventually("the receipt is signed", || async { matches!(e.receipt(ws, id), Ok(ReceiptView::Signed(_))) }).await;
+    any(e.receipt(ws, id).unwrap())
 }
 
 pub async fn all_signed(e: &Engine, ws: &str, auth: &str) -> bool {
