@@ -88,6 +88,21 @@ fn claude_code_hook_tests_pass_against_the_real_server() {
     pytest(&env, &repo_root().join("clients/claude-code"), "tests");
 }
 
+/// `allowly-mcp-gateway` between a real MCP client and a real MCP server (the official Python
+/// `mcp` package's `ClientSession` and `MCPServer`, over stdio), against this server: pass-through,
+/// allow with the receipt ids in the result's `_meta`, deny as a tool error that never reaches the
+/// server, confirm by elicitation (answer recorded) or as an error carrying the nonce, escalation
+/// waited for, fail closed when Allowly is unreachable.
+#[test]
+fn mcp_gateway_tests_pass_against_the_real_server() {
+    let bin = std::path::Path::new(allowly_bin()).with_file_name("allowly-mcp-gateway");
+    assert!(bin.is_file(), "{} is missing: run `cargo build -p allowly-mcp-gateway`", bin.display());
+    let mut env =
+        sdk_env("mcp-gateway", json!({ "mcp.shop.send_email": "confirm", "mcp.shop.send_payment": "escalate" }));
+    env.vars.push(("ALLOWLY_TEST_GATEWAY_BIN", bin.display().to_string()));
+    pytest(&env, &repo_root().join("crates/allowly-mcp-gateway/tests/python"), ".");
+}
+
 /// The TypeScript SDK's directory and its locked compiler (`npm ci` by `scripts/setup.sh`).
 fn typescript_sdk() -> (PathBuf, PathBuf) {
     let sdk = repo_root().join("clients/typescript");
