@@ -171,7 +171,7 @@ pub(crate) async fn admin_key_list(cx: Cx<'_>) -> Result<Resp, Problem> {
 #[utoipa::path(post, path = "/v1/admin-keys/{id}/revoke", tag = "admin", params(("id" = String, Path, description = "Instance admin key id")), responses((status = 200, description = "The revoked key", body = ApiKeyView)))]
 pub(crate) async fn admin_key_revoke(mut cx: Cx<'_>) -> Result<Resp, Problem> {
     cx.empty_body().await?;
-    json(StatusCode::OK, &cx.app.engine.revoke_admin_key(&cx.caller()?.0, cx.id()?, cx.idem).await?)
+    json(StatusCode::OK, &cx.app.engine.revoke_admin_key(cx.caller()?.0, cx.id()?, cx.idem).await?)
 }
 
 #[utoipa::path(post, path = "/v1/workspaces", tag = "workspaces", request_body = NewWorkspace, responses((status = 201, description = "The new workspace", body = WorkspaceView)))]
