@@ -223,3 +223,17 @@ def test_a_503_without_retry_after_is_not_retried():
         allowly.Allowly("k", http=http).check("az_1", "a.b")
     assert len(calls) == 1
 
+
+
+def test_a_retry_after_beyond_max_backoff_is_raised_not_cut_short():
+    calls = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        return httpx.Response(429, headers={"retry-after": "120", "content-type": "application/problem+json"},
+                              json={"code": "rate_limited", "status": 429, "detail": "slow down"})
+
+    http = httpx.Client(transport=httpx.MockTransport(handler), base_url="http://allowly.test")
+    with pytest.raises(errors.RateLimited) as e:
+        allowly.Allowly("k", http=http, max_backoff=1.0).check("az_1", "a.b")
+    assert e.value.retry_after == 120 and len(calls) == 1

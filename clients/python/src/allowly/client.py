@@ -8,8 +8,8 @@ request:
   every retry, so a retry after a lost answer gets the first answer, never a second effect;
 - 429 and 503 answers that carry `Retry-After` (they pass by themselves) and connection errors
   are retried up to `max_retries` times, waiting `Retry-After` or an exponential backoff with
-  jitter, whichever is longer (capped at `max_backoff`); a 503 without `Retry-After` (a
-  diverged log) is raised at once;
+  jitter (capped at `max_backoff`), whichever is longer; a `Retry-After` beyond `max_backoff`
+  is raised rather than waited for, and a 503 without one (a diverged log) at once;
 - a problem answer becomes the typed error of its `code` (`allowly.errors`).
 """
 
@@ -65,9 +65,15 @@ class _Retry:
         self.max_retries, self.backoff, self.max_backoff = max_retries, backoff, max_backoff
 
     def delay(self, attempt: int, retry_after: Optional[float]) -> float:
+        """The backoff (capped at `max_backoff`), and never less than the server's Retry-After."""
         exp = self.backoff * (2 ** attempt)
         jittered = exp / 2 + random.uniform(0, exp / 2)
-        return min(max(jittered, retry_after or 0.0), self.max_backoff)
+        return max(min(jittered, self.max_backoff), retry_after or 0.0)
+
+    def retryable(self, e: errors.ApiError) -> bool:
+        """A 429/503 that passes by itself (Retry-After), soon enough to wait for: a longer
+        Retry-After is raised rather than cut short (retrying before it would only be refused)."""
+        return e.status in (429, 503) and e.retry_after is not None and e.retry_after <= self.max_backoff
 
 
 def _retry_after(resp: httpx.Response) -> Optional[float]:
@@ -94,10 +100,6 @@ def _outcome(resp: httpx.Response) -> tuple[Any, Optional[float]]:
         problem = {"code": "unknown", "detail": resp.text[:200], "status": resp.status_code}
     retry_after = _retry_after(resp)
     raise errors.from_problem(resp.status_code, problem, retry_after)
-
-
-def _retryable(e: errors.ApiError) -> bool:
-    return e.status in (429, 503) and e.retry_after is not None
 
 
 def _wait_param(seconds: Optional[float]) -> Optional[str]:
@@ -316,7 +318,7 @@ class Allowly(_Endpoints):
                 value, _ = _outcome(resp)
                 return parse(value)
             except errors.ApiError as e:
-                if attempt >= self._retry.max_retries or not _retryable(e):
+                if attempt >= self._retry.max_retries or not self._retry.retryable(e):
                     raise
                 time.sleep(self._retry.delay(attempt, e.retry_after))
             except httpx.TransportError as e:
@@ -376,7 +378,7 @@ class AsyncAllowly(_Endpoints):
                 value, _ = _outcome(resp)
                 return parse(value)
             except errors.ApiError as e:
-                if attempt >= self._retry.max_retries or not _retryable(e):
+                if attempt >= self._retry.max_retries or not self._retry.retryable(e):
                     raise
                 await asyncio.sleep(self._retry.delay(attempt, e.retry_after))
             except httpx.TransportError as e:
