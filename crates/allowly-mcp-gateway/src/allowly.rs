@@ -83,9 +83,13 @@ impl Allowly {
         key: &str,
         authorization_id: &str,
         scope: &str,
+        resource: Option<&str>,
         context: &Value,
     ) -> Result<Check, GatewayError> {
-        let body = json!({ "authorization_id": authorization_id, "scopes": [scope], "context": context });
+        let mut body = json!({ "authorization_id": authorization_id, "scopes": [scope], "context": context });
+        if let Some(resource) = resource {
+            body["resource"] = json!(resource);
+        }
         let v = self.send(Method::POST, "/v1/check", key, Some(body), Duration::ZERO).await?;
         let s = |v: &Value| v.as_str().map(str::to_owned);
         Ok(Check {

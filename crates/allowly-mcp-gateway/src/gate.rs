@@ -27,6 +27,30 @@ pub struct Policy {
     pub escalation_wait: Duration,
     /// Allowly unreachable: refuse (false, the default) or let the call through unchecked.
     pub allow_unreachable: bool,
+    /// `(tool or "*", template)`: the check's resource, from the call's arguments; the first
+    /// whose tool matches applies, none: no resource.
+    pub resources: Vec<(String, String)>,
+}
+
+/// `template` with every `{name}` replaced by the call's argument `name` (a string or a
+/// number); `Err(name)` when the arguments have no such string or number (the call is refused:
+/// checking it without its resource would check something else).
+pub fn render(template: &str, arguments: &Value) -> Result<String, String> {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let Some(close) = rest[open..].find('}') else { return Err(rest[open..].to_owned()) };
+        let name = &rest[open + 1..open + close];
+        match &arguments[name] {
+            Value::String(v) => out.push_str(v),
+            Value::Number(n) => out.push_str(&n.to_string()),
+            _ => return Err(name.to_owned()),
+        }
+        rest = &rest[open + close + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
 }
 
 /// What the proxy does with the call.
@@ -80,11 +104,22 @@ impl Policy {
                 meta: Map::new(),
             };
         };
-        let context = json!({ "tool": tool, "server": self.server, "arguments": arguments });
-        let check = match allowly.check(&self.check_key, &self.authorization_id, &scope, &context).await {
-            Ok(c) => c,
-            Err(e) => return self.failed(&scope, e),
+        let template = self.resources.iter().find(|(t, _)| t == tool || t == "*").map(|(_, template)| template);
+        let resource = match template.map(|t| render(t, arguments)).transpose() {
+            Ok(r) => r,
+            Err(name) => {
+                return Verdict::Refuse {
+                    text: format!("Allowly: the resource of {tool} needs the argument {name:?}, which the call lacks"),
+                    meta: meta(&scope, "error", &[]),
+                }
+            }
         };
+        let context = json!({ "tool": tool, "server": self.server, "arguments": arguments });
+        let check =
+            match allowly.check(&self.check_key, &self.authorization_id, &scope, resource.as_deref(), &context).await {
+                Ok(c) => c,
+                Err(e) => return self.failed(&scope, e),
+            };
         let first = check.receipt_id.clone();
         match check.decision.as_str() {
             "allow" => Verdict::Forward { meta: meta(&scope, "allow", &[first]) },
@@ -190,4 +225,20 @@ impl Policy {
 
 fn receipt_note(id: &Option<String>) -> String {
     id.as_deref().map(|id| format!(" (receipt {id})")).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn resources_are_rendered_from_string_and_number_arguments_only() {
+        let args = json!({ "owner": "acme", "repo": "shop", "n": 7, "flag": true });
+        assert_eq!(render("github:{owner}/{repo}#{n}", &args), Ok("github:acme/shop#7".into()));
+        assert_eq!(render("plain", &args), Ok("plain".into()));
+        assert_eq!(render("x:{missing}", &args), Err("missing".into()));
+        assert_eq!(render("x:{flag}", &args), Err("flag".into()));
+        assert_eq!(render("x:{owner", &args), Err("{owner".into()));
+    }
 }

@@ -60,12 +60,25 @@ struct Args {
     /// When Allowly cannot be reached: refuse the call (deny) or let it through unchecked.
     #[arg(long, value_enum, default_value_t = OnUnreachable::Deny)]
     on_unreachable: OnUnreachable,
+    /// The check's resource for a tool: `TOOL=TEMPLATE` (TOOL `*` for every tool), `{arg}` an
+    /// argument of the call (string or number), e.g. `create_issue=github:{owner}/{repo}`.
+    /// Repeatable; the first that matches applies. A call lacking an argument is refused.
+    #[arg(long = "resource", value_name = "TOOL=TEMPLATE", value_parser = parse_resource)]
+    resources: Vec<(String, String)>,
     /// Who answers confirmations (the answer's `by`).
     #[arg(long, env = "ALLOWLY_USER", default_value = "mcp-client-user")]
     user: String,
     /// The MCP server's command and arguments.
     #[arg(last = true, required = true, num_args = 1..)]
     command: Vec<String>,
+}
+
+fn parse_resource(s: &str) -> Result<(String, String), String> {
+    let (tool, template) = s.split_once('=').ok_or("expected TOOL=TEMPLATE")?;
+    if tool.is_empty() || template.is_empty() {
+        return Err("expected TOOL=TEMPLATE".into());
+    }
+    Ok((tool.to_owned(), template.to_owned()))
 }
 
 fn key(name: &str) -> Option<String> {
@@ -85,6 +98,7 @@ async fn run(args: Args) -> Result<(), GatewayError> {
         user: args.user,
         escalation_wait: Duration::from_millis(args.escalation_wait_ms),
         allow_unreachable: args.on_unreachable == OnUnreachable::Allow,
+        resources: args.resources,
     };
     let mut command = args.command.into_iter();
     let program = command.next().ok_or_else(|| GatewayError::Config("no MCP server command after --".into()))?;

@@ -27,7 +27,7 @@ GATEWAY = os.environ.get("ALLOWLY_TEST_GATEWAY_BIN", "allowly-mcp-gateway")
 @asynccontextmanager
 async def gateway(env: Env, authorization_id: str, tool_log: Path, *, url: str | None = None,
                   keys: tuple[str, ...] = ("check", "read", "answer"), wait_ms: int = 30_000,
-                  elicitation=None):
+                  elicitation=None, extra_args: tuple[str, ...] = ()):
     """A client session through the gateway to server.py."""
     variables = {"TOOL_LOG": str(tool_log), "PATH": os.environ.get("PATH", "")}
     for role, var, secret in (("check", "ALLOWLY_CHECK_KEY", env.checker), ("read", "ALLOWLY_READ_KEY", env.reader),
@@ -37,7 +37,8 @@ async def gateway(env: Env, authorization_id: str, tool_log: Path, *, url: str |
     params = StdioServerParameters(
         command=GATEWAY,
         args=["--allowly-url", url or env.url, "--authorization-id", authorization_id, "--server-name", "shop",
-              "--escalation-wait-ms", str(wait_ms), "--user", "dana", "--", sys.executable, str(HERE / "server.py")],
+              "--escalation-wait-ms", str(wait_ms), "--user", "dana", *extra_args,
+              "--", sys.executable, str(HERE / "server.py")],
         env=variables,
     )
     async with stdio_client(params) as (read, write):

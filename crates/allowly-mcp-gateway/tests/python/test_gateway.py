@@ -153,3 +153,24 @@ def test_allowly_unreachable_refuses_the_call(tmp_path, env):
     result = asyncio.run(main())
     assert result.is_error and "could not decide" in text(result) and "unreachable" in text(result), result
     assert calls(log) == []
+
+
+def test_a_resource_template_gives_the_check_its_resource_and_a_missing_argument_refuses(tmp_path, env):
+    log = tmp_path / "log"
+    with allowly.Allowly(env.admin, base_url=env.url) as admin:
+        az = admin.create_authorization("mcp-user", GRANTED, resources=["issue:VAT*"]).authorization.id
+    resources = ("--resource", "create_issue=issue:{title}", "--resource", "*=shop:{name}")
+
+    async def main():
+        async with gateway(env, az, log, extra_args=resources) as s:
+            return (await s.call_tool("create_issue", {"title": "VAT rate"}),
+                    await s.call_tool("create_issue", {"title": "other"}),
+                    await s.call_tool("send_payment", {"amount": 1}))
+    covered, uncovered, missing = asyncio.run(main())
+    assert not covered.is_error, covered
+    with allowly.Allowly(env.reader, base_url=env.url) as reader:
+        body = reader.get_receipt(meta(covered)["allowly/receipt_ids"][0]).body
+    assert body["resource"] == "issue:VAT rate"
+    assert uncovered.is_error and "resource_not_covered" in text(uncovered), uncovered
+    assert missing.is_error and 'needs the argument "name"' in text(missing), missing
+    assert [c["arguments"] for c in calls(log)] == [{"title": "VAT rate"}]
