@@ -76,11 +76,12 @@ if [ -f "$req" ]; then
   fi
 fi
 
-# Node verifier dependencies, exactly as locked.
-pkg="$ALLOWLY_ROOT/tests/crosslang"
-if [ -f "$pkg/package-lock.json" ]; then
-  if [ ! -d "$pkg/node_modules" ] || ! cmp -s "$pkg/package-lock.json" "$pkg/node_modules/.package-lock.json" 2>/dev/null; then
-    (cd "$pkg" && npm ci --silent --no-audit --no-fund)
+# Node dependencies, exactly as locked: the Node verifier's, and the TypeScript SDK's compiler.
+for pkg in "$ALLOWLY_ROOT/tests/crosslang" "$ALLOWLY_ROOT/clients/typescript"; do
+  if [ -f "$pkg/package-lock.json" ]; then
+    if [ ! -d "$pkg/node_modules" ] || ! cmp -s "$pkg/package-lock.json" "$pkg/node_modules/.package-lock.json" 2>/dev/null; then
+      (cd "$pkg" && npm ci --silent --no-audit --no-fund)
+    fi
   fi
-fi
+done
 echo "setup: ok (target dir $CARGO_TARGET_DIR)"

@@ -59,6 +59,11 @@ pub struct EngineConfig {
     /// fault is raised, else `Overloaded` (429). Bounds what a slow volume can make the engine
     /// hold, however fast clients retry.
     pub max_pending_writes: usize,
+    /// Most long-polls (`wait_escalation`, `wait_confirmation`) waiting at once, instance-wide;
+    /// one more is refused at once (`TooManyWaiters`, 503).
+    pub max_long_polls: usize,
+    /// Longest wait of one long-poll (a longer `wait` is cut to this).
+    pub long_poll_max: Duration,
     /// The directory whose file system's free space is watched (the store's); `None` watches
     /// nothing (in-memory stores, tests).
     pub data_volume: Option<std::path::PathBuf>,
@@ -126,6 +131,9 @@ impl Default for EngineConfig {
             // At the knee (~32,000 checks/s, a few ms per synced write) a few hundred are
             // pending; this many is seconds of load at that rate, a few MiB of memory.
             max_pending_writes: 16_384,
+            // An entry and an open connection each: a few MiB at most.
+            max_long_polls: crate::inbox::MAX_WAITERS,
+            long_poll_max: crate::inbox::MAX_WAIT,
             data_volume: None,
             min_free_disk: None,
             max_unsigned_age: Duration::from_secs(60),

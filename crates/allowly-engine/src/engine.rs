@@ -102,12 +102,14 @@ impl Engine {
             signer_scrape: Default::default(),
             admissions: Default::default(),
         });
+        let watchers = crate::inbox::Watchers::with_capacity(services.cfg.max_long_polls);
         let shared = Arc::new(Shared {
             services,
             pipelines: Default::default(),
             actors: Default::default(),
             locks: Default::default(),
             instance_idem: Default::default(),
+            watchers,
         });
         let engine = Self { shared: shared.clone() };
         shared.probe_signer().await;
@@ -159,6 +161,8 @@ impl Engine {
     pub async fn shutdown(&self) {
         let s = &self.shared;
         s.shutting_down.store(true, Ordering::Release);
+        // Long-polls answer what they have now rather than hold the drain up.
+        s.watchers.close();
         // Signing rounds waiting for their paced slot go now.
         s.pipelines.wake_all();
         let deadline = tokio::time::Instant::now() + s.cfg.shutdown_timeout;
@@ -506,7 +510,9 @@ impl Engine {
                     continue; // it records no receipt until resynced; expired then
                 }
                 let esc = entry.escalation_id.clone();
-                match self.ask(&entry.workspace_id, |reply| WsMsg::ExpireEscalation { id: esc, reply }).await {
+                let answer = self.ask(&entry.workspace_id, |reply| WsMsg::ExpireEscalation { id: esc, reply }).await;
+                s.watchers.wake(&entry.workspace_id, &entry.escalation_id);
+                match answer {
                     Ok(v) if v.status == EscalationStatus::Expired => expired += 1,
                     // Resolved meanwhile (its entry went with the resolution) or gone: the
                     // entry is stale.
@@ -882,8 +888,11 @@ impl Engine {
         self.workspace_record(ws)?;
         let idem = idempotency(idem, "confirmation", &(nonce, &answer))?;
         self.fail_closed_unless_keyed(ws, idem.is_some())?;
-        let nonce = nonce.to_owned();
-        self.ask(ws, |reply| WsMsg::Confirm { nonce, answer, idem, reply }).await
+        let owned = nonce.to_owned();
+        let answered = self.ask(ws, |reply| WsMsg::Confirm { nonce: owned, answer, idem, reply }).await;
+        // Answered, or found expired and recorded: its long-polls read it again.
+        self.shared.watchers.wake(ws, nonce);
+        answered
     }
 
     /// A confirmation or escalation document; a malformed, unknown or foreign id is
@@ -917,8 +926,10 @@ impl Engine {
             return doc.view(id);
         }
         self.fail_closed(ws)?;
-        let id = id.to_owned();
-        self.ask(ws, |reply| WsMsg::ExpireEscalation { id, reply }).await
+        let owned = id.to_owned();
+        let expired = self.ask(ws, |reply| WsMsg::ExpireEscalation { id: owned, reply }).await;
+        self.shared.watchers.wake(ws, id);
+        expired
     }
 
     /// The approver's answer: resolves a pending escalation once (a second answer is
@@ -938,8 +949,10 @@ impl Engine {
         self.workspace_record(ws)?;
         let idem = idempotency(idem, "escalation_resolve", &(id, &answer))?;
         self.fail_closed_unless_keyed(ws, idem.is_some())?;
-        let id = id.to_owned();
-        self.ask(ws, |reply| WsMsg::Resolve { id, answer, idem, reply }).await
+        let owned = id.to_owned();
+        let resolved = self.ask(ws, |reply| WsMsg::Resolve { id: owned, answer, idem, reply }).await;
+        self.shared.watchers.wake(ws, id);
+        resolved
     }
 
     // ---- Receipts and the log -------------------------------------------------------------

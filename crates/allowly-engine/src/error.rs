@@ -90,6 +90,10 @@ pub enum EngineError {
     /// second effect.
     #[error("not confirmed durable within the commit timeout ({waited_ms} ms); the outcome is unknown: retry with the same Idempotency-Key")]
     CommitTimeout { waited_ms: u64 },
+    /// As many long-polls wait already as the engine keeps (`inbox::MAX_WAITERS`); retry
+    /// shortly. Nothing was changed.
+    #[error("too many long-polls are waiting; retry shortly")]
+    TooManyWaiters,
     /// The engine is shutting down and takes no new work.
     #[error("engine is shutting down")]
     ShuttingDown,
@@ -114,6 +118,7 @@ impl EngineError {
             Self::Refused { code, .. } => code,
             Self::IdempotencyMismatch => "idempotency_key_reused",
             Self::Overloaded => "overloaded",
+            Self::TooManyWaiters => "too_many_long_polls",
             Self::SignerUnavailable(_) => "signer_unavailable",
             Self::WorkspaceLogDiverged => "workspace_log_diverged",
             Self::WorkspaceLogBehindSigner => "workspace_log_behind_signer",

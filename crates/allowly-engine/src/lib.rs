@@ -19,6 +19,7 @@ pub mod error;
 pub mod fault;
 pub mod health;
 pub mod ids;
+pub mod inbox;
 mod mailbox;
 pub mod metrics;
 pub mod model;

@@ -19,6 +19,7 @@ pub use allowly_webhooks::model::{
 
 /// `POST /v1/workspaces`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NewWorkspace {
     /// Display name, 1..=200 characters.
@@ -30,6 +31,7 @@ pub struct NewWorkspace {
 
 /// `PUT /v1/workspaces/{id}/scope-rules`: replaces the whole rule set.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ScopeRules {
     pub scope_rules: BTreeMap<String, ScopeRule>,
@@ -39,6 +41,7 @@ pub struct ScopeRules {
 /// members of [`WorkspaceView`]) and the receipt that logs the change (format 1.1:
 /// `scope_rules.changed`, the whole new rule set, a workspace event).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ScopeRulesChange {
     #[serde(flatten)]
     pub workspace: WorkspaceView,
@@ -48,6 +51,7 @@ pub struct ScopeRulesChange {
 /// `PUT /v1/workspaces/{id}/rate-limit` (instance admin): the request rate each API key of
 /// the workspace may use. `null` (or no field) goes back to the instance's default.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitSetting {
     pub rate_limit: Option<RateLimit>,
@@ -55,6 +59,7 @@ pub struct RateLimitSetting {
 
 /// A workspace as the API shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WorkspaceView {
     pub id: String,
     pub name: String,
@@ -67,6 +72,7 @@ pub struct WorkspaceView {
 
 /// `POST /v1/workspaces/{id}/api-keys`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NewApiKey {
     /// Non-empty set of `check`, `read`, `admin`.
@@ -75,6 +81,7 @@ pub struct NewApiKey {
 
 /// An API key as the API shows it (never the secret, never the hash).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ApiKeyView {
     pub id: String,
     /// `None` for the instance admin key.
@@ -86,6 +93,7 @@ pub struct ApiKeyView {
 
 /// Answer to creating an API key: the only time the secret is shown.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreatedApiKey {
     #[serde(flatten)]
     pub key: ApiKeyView,
@@ -111,6 +119,7 @@ impl Principal {
 
 /// `POST /v1/authorizations`.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NewAuthorization {
     /// The app's identifier of the user who approved (1..=256 characters).
@@ -130,6 +139,7 @@ pub struct NewAuthorization {
 
 /// Lifecycle state of an authorization, as of the time it was read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum AuthorizationStatus {
     Active,
@@ -139,6 +149,7 @@ pub enum AuthorizationStatus {
 
 /// An authorization as the API shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AuthorizationView {
     pub id: String,
     pub workspace_id: String,
@@ -163,8 +174,35 @@ pub struct AuthorizationFilter {
     pub status: Option<AuthorizationStatus>,
 }
 
+/// Which confirmations or escalations `GET /v1/confirmations` and `GET /v1/escalations` list
+/// (the approver inbox). `S` is their status type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HitlFilter<S> {
+    /// Only those in this state (as of now).
+    pub status: Option<S>,
+    /// Only those opened by checks of this authorization.
+    pub authorization_id: Option<String>,
+    /// Only those whose check asked for this scope.
+    pub scope: Option<String>,
+}
+
+impl<S> Default for HitlFilter<S> {
+    fn default() -> Self {
+        Self { status: None, authorization_id: None, scope: None }
+    }
+}
+
+impl<S> HitlFilter<S> {
+    /// Whether an object of `authorization_id` asking for `scopes` passes the non-status parts.
+    pub fn matches(&self, authorization_id: &str, scopes: &[String]) -> bool {
+        self.authorization_id.as_deref().is_none_or(|a| a == authorization_id)
+            && self.scope.as_ref().is_none_or(|s| scopes.contains(s))
+    }
+}
+
 /// Answer to creating or revoking an authorization: its new state and the receipt recording it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AuthorizationChange {
     pub authorization: AuthorizationView,
     pub receipt: PendingReceipt<RawBody>,
@@ -172,6 +210,7 @@ pub struct AuthorizationChange {
 
 /// `POST /v1/check`.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CheckRequest {
     pub authorization_id: String,
@@ -187,6 +226,7 @@ pub struct CheckRequest {
 
 /// Answer to `POST /v1/check`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CheckOutcome {
     pub decision: Decision,
     /// Stable reason code (`granted`, `unknown_authorization`, `revoked`, `expired`,
@@ -205,6 +245,7 @@ pub struct CheckOutcome {
 
 /// What the user must be shown and answer for a `confirm` decision.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ConfirmationInfo {
     /// Single-use nonce (`cn_…`).
     pub nonce: String,
@@ -215,6 +256,7 @@ pub struct ConfirmationInfo {
 
 /// Where a confirmation stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum ConfirmationStatus {
     Pending,
@@ -226,6 +268,7 @@ pub enum ConfirmationStatus {
 
 /// A confirmation as the API shows it (`GET /v1/confirmations/{nonce}`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ConfirmationView {
     pub nonce: String,
     pub authorization_id: String,
@@ -249,6 +292,7 @@ pub struct ConfirmationView {
 
 /// The escalation an `escalate` decision opened.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EscalationInfo {
     /// Escalation id (`esc_…`), also in the receipt body.
     pub id: String,
@@ -257,6 +301,7 @@ pub struct EscalationInfo {
 
 /// A receipt in whichever state it is in.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(untagged)]
 pub enum ReceiptView {
     Signed(SignedReceipt<RawBody>),
@@ -275,6 +320,7 @@ impl ReceiptView {
 
 /// One page of a list. Pass `next_cursor` as `starting_after` to get the next page.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Page<T> {
     pub data: Vec<T>,
     pub has_more: bool,
@@ -283,6 +329,7 @@ pub struct Page<T> {
 
 /// The newest signed checkpoint of a workspace log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CheckpointView {
     pub workspace_id: String,
     pub size: u64,
@@ -292,6 +339,7 @@ pub struct CheckpointView {
 
 /// An RFC 9162 inclusion proof of one leaf in the tree of `tree_size` leaves.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct InclusionProofView {
     pub log_index: u64,
     pub tree_size: u64,
@@ -303,6 +351,7 @@ pub struct InclusionProofView {
 
 /// An RFC 9162 consistency proof between two tree sizes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ConsistencyProofView {
     pub old_size: u64,
     pub new_size: u64,
@@ -323,6 +372,7 @@ pub enum ExportScope {
 
 /// Readiness as `/readyz` reports it: ready iff `causes` is empty.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Readiness {
     pub ready: bool,
     /// Whether the last exchange with the signer succeeded recently.
@@ -344,6 +394,7 @@ pub struct Readiness {
 
 /// One reason `/readyz` is false.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NotReady {
     /// Stable code: `shutting_down`, `signer_unavailable`, a fault's code
     /// (`storage_full`, `storage_failed`, `signer_storage_failed`, `signing_backlog`), or
@@ -364,6 +415,7 @@ impl Readiness {
 
 /// One workspace in [`Readiness::diverged_workspaces`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DivergedWorkspace {
     pub workspace_id: String,
     /// `workspace_log_diverged` or `workspace_log_behind_signer`: what its refusals answer.
@@ -380,6 +432,7 @@ pub struct DivergedWorkspace {
 /// Deprecated spellings of the escalation answer before format 1.1, accepted until the next
 /// release: `approver` for `by`, and `denied` for `declined`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Answer {
     /// `approved` or `declined`.
@@ -406,6 +459,7 @@ pub type EscalationAnswer = Answer;
 
 /// A person's answer: the receipt's `approval.outcome` words.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum AnswerOutcome {
     Approved,
@@ -426,6 +480,7 @@ impl AnswerOutcome {
 
 /// The final decision of a confirmation or an escalation, and its receipt.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Resolution {
     /// `allow` or `deny`.
     pub decision: Decision,
@@ -440,6 +495,7 @@ pub struct Resolution {
 
 /// Where an escalation stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum EscalationStatus {
     Pending,
@@ -454,6 +510,7 @@ pub enum EscalationStatus {
 
 /// An escalation as the API shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EscalationView {
     pub id: String,
     pub authorization_id: String,
@@ -478,6 +535,7 @@ pub struct EscalationView {
 
 /// `POST /v1/workspaces/{ws}/log/resync`: what the resync found (see `Engine::resync_log`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Resynced {
     /// Whether the workspace was marked diverged (a resync of a healthy one changes nothing).
     pub was_diverged: bool,
@@ -490,6 +548,7 @@ pub struct Resynced {
 /// `POST /v1/workspaces/{ws}/keys/rotate`: the workspace's keys after the rotation (every key,
 /// the old one retired with its `not_after`) and the signed `key.rotated` receipt that logs it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct KeyRotation {
     pub keys: KeySet,
     pub receipt: SignedReceipt<RawBody>,

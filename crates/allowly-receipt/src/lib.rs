@@ -19,5 +19,7 @@ pub mod bundle;
 pub mod jcs;
 pub mod merkle;
 pub mod note;
+#[cfg(feature = "openapi")]
+mod openapi;
 pub mod types;
 pub mod verify;

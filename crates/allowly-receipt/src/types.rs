@@ -291,6 +291,7 @@ pub enum RuleKind {
 
 /// The answer Allowly gave.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Decision {
     Allow,
@@ -337,6 +338,7 @@ pub struct Approval {
 
 /// A person's answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum ApprovalOutcome {
     Approved,
@@ -771,6 +773,7 @@ impl<'a> ReceiptBodyView<'a> {
 /// `B` is how the body is held: a parsed [`serde_json::Value`] where a receipt is read and
 /// checked (the verifiers), or [`RawBody`] where the server answers with the bytes it stored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct PendingReceipt<B = serde_json::Value> {
     /// Always `pending`.
@@ -785,6 +788,7 @@ pub struct PendingReceipt<B = serde_json::Value> {
 /// A receipt that verifies alone: body, its log index, its inclusion proof and the signed
 /// checkpoint the proof leads to. `B` as in [`PendingReceipt`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SignedReceipt<B = serde_json::Value> {
     /// Always `signed`.
@@ -910,6 +914,7 @@ impl AnyReceipt {
 
 /// Whether a key still signs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum KeyStatus {
     Active,
@@ -918,6 +923,7 @@ pub enum KeyStatus {
 
 /// One published public key of a workspace.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct PublicKeyInfo {
     /// C2SP key id, 8 lowercase hex digits.
@@ -939,6 +945,7 @@ pub struct PublicKeyInfo {
 
 /// All public keys a workspace has ever signed with: everything a verifier needs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct KeySet {
     pub workspace_id: String,

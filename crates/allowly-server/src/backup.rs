@@ -102,7 +102,7 @@ fn store_err(what: impl Into<String>) -> impl FnOnce(allowly_store::StoreError) 
 }
 
 /// What `POST /v1/admin/backup` answers: where the two halves of the new backup wait.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Staged {
     /// The backup's name (`b<unix ms>-<hex>`).
     pub name: String,

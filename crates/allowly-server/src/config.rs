@@ -42,7 +42,7 @@ Every option can also be set by its environment variable or in the TOML file giv
 (keys: data_dir, listen, signer_socket, signer_bin, signer_keystore, signer_previous_keystore,
 pkcs11_module, pkcs11_token_label, pkcs11_pin_file, signer_max_in_flight, signer_timeout_ms,
 rotation_drain_timeout_ms, commit_window_us, sign_rounds_per_second, min_free_disk, max_unsigned_age_ms, commit_timeout_ms,
-max_pending_writes, max_cached_authorizations, idle_timeout_ms, memory_high_water_mib, body_limit,
+max_pending_writes, max_long_polls, long_poll_max_ms, max_cached_authorizations, idle_timeout_ms, memory_high_water_mib, body_limit,
 max_connections, max_connections_per_address, request_read_timeout_ms, metrics_token_file,
 rate_limit_per_second, rate_limit_burst, confirmation_ttl_ms,
 escalation_ttl_ms, user, signer_user, webhook_base_backoff_ms,
@@ -144,6 +144,9 @@ pub enum Command {
     /// The instance admin key: rotate or revoke through the running server, or reset offline.
     #[command(name = "admin-key", subcommand)]
     AdminKey(crate::admin_cli::AdminKeyCommand),
+    /// Print the API's OpenAPI 3.1 document (what `GET /v1/openapi.json` serves, and
+    /// docs/openapi.json).
+    Openapi,
 }
 
 /// `allowly serve` options as given (unresolved).
@@ -300,6 +303,14 @@ pub struct ServeArgs {
     /// (1..=1000000) [default: 16384].
     #[arg(long, env = "ALLOWLY_MAX_PENDING_WRITES", value_name = "N")]
     pub max_pending_writes: Option<usize>,
+    /// Most long-polls (`GET /v1/escalations/{id}?wait=…`, the same for confirmations) waiting
+    /// at once; one more is refused at once (503 too_many_long_polls) (1..=1000000)
+    /// [default: 4096].
+    #[arg(long, env = "ALLOWLY_MAX_LONG_POLLS", value_name = "N")]
+    pub max_long_polls: Option<usize>,
+    /// Longest wait of one long-poll; a longer `wait` is cut to it (1..=600000) [default: 60000].
+    #[arg(long, env = "ALLOWLY_LONG_POLL_MAX_MS", value_name = "MS")]
+    pub long_poll_max_ms: Option<u64>,
     /// Started as root: the user the HTTP front end drops to (created if missing) [default: allowly].
     #[arg(long, env = "ALLOWLY_USER", value_name = "NAME")]
     pub user: Option<String>,
@@ -367,6 +378,8 @@ pub struct FileConfig {
     pub max_unsigned_age_ms: Option<u64>,
     pub commit_timeout_ms: Option<u64>,
     pub max_pending_writes: Option<usize>,
+    pub max_long_polls: Option<usize>,
+    pub long_poll_max_ms: Option<u64>,
     pub user: Option<String>,
     pub signer_user: Option<String>,
 }
@@ -428,6 +441,10 @@ pub struct ServerConfig {
     pub commit_timeout: Duration,
     /// See `EngineConfig::max_pending_writes`.
     pub max_pending_writes: usize,
+    /// See `EngineConfig::max_long_polls`.
+    pub max_long_polls: usize,
+    /// See `EngineConfig::long_poll_max`.
+    pub long_poll_max: Duration,
     /// The two users of an instance started as root.
     pub users: crate::isolation::Users,
     /// Connection caps and the read deadline.
@@ -569,6 +586,14 @@ impl ServeArgs {
         if !(1..=1_000_000).contains(&max_pending_writes) {
             return Err(ConfigError::OutOfRange("max_pending_writes", "1..=1000000"));
         }
+        let max_long_polls = self.max_long_polls.or(file.max_long_polls).unwrap_or(e.max_long_polls);
+        if !(1..=1_000_000).contains(&max_long_polls) {
+            return Err(ConfigError::OutOfRange("max_long_polls", "1..=1000000"));
+        }
+        let long_poll_max = ms(self.long_poll_max_ms, file.long_poll_max_ms, e.long_poll_max);
+        if !(Duration::from_millis(1)..=Duration::from_secs(600)).contains(&long_poll_max) {
+            return Err(ConfigError::OutOfRange("long_poll_max_ms", "1..=600000"));
+        }
         let min_free_disk = match self.min_free_disk {
             Some(n) => Some(n),
             None => file.min_free_disk.as_ref().map(SizeSetting::bytes).transpose().map_err(ConfigError::Size)?,
@@ -626,6 +651,8 @@ impl ServeArgs {
             max_unsigned_age,
             commit_timeout,
             max_pending_writes,
+            max_long_polls,
+            long_poll_max,
             min_free_disk,
             signer_max_in_flight,
             max_cached_authorizations,

@@ -59,7 +59,7 @@
 //! (what happens when started as root: two users, privilege drop), [`signer_child`]
 //! (the embedded signer, its supervisor and its root keeper), [`http`] (accept loop, request ids, graceful
 //! drain), [`conn`] (read deadline, connection caps, idle eviction), [`ratelimit`] (per-API-key
-//! rate limits), [`routes`] (routing table and handlers), [`extract`] (strict request reading),
+//! rate limits), [`routes`] (routing table, access rules, dispatch), [`handlers`] (one function per route), [`extract`] (strict request reading),
 //! [`auth`] (bearer keys and the access table), [`problem`] (errors → HTTP, once), [`metrics`].
 
 pub mod admin_cli;
@@ -70,11 +70,13 @@ pub mod backup;
 pub mod config;
 pub mod conn;
 pub mod extract;
+pub mod handlers;
 pub mod http;
 pub mod http_client;
 pub mod isolation;
 pub mod layout;
 pub mod metrics;
+pub mod openapi;
 pub mod problem;
 pub mod ratelimit;
 pub mod routes;

@@ -28,6 +28,10 @@ fn main() -> ExitCode {
         Command::Restore(args) => allowly_server::backup::restore(args).map_err(|e| e.to_string()),
         Command::WorkspaceKey(cmd) => print(allowly_server::admin_cli::workspace_key(cmd)),
         Command::AdminKey(cmd) => print(allowly_server::admin_cli::admin_key(cmd)),
+        Command::Openapi => {
+            print!("{}", allowly_server::openapi::text());
+            Ok(())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

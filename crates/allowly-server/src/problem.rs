@@ -14,7 +14,6 @@
 //! | `invalid_request` | 400 | a field or query parameter has the wrong type, is missing, or is out of range |
 //! | `destination_not_allowed` | 400 | a webhook URL whose host is a non-public IP literal (loopback, private, link-local, …) while the server does not allow private networks |
 //! | `conflict` | 409 | the object's state forbids the change |
-//! | `confirmation_not_found`, `escalation_not_found` | 404 | unknown nonce or escalation (or another workspace's) |
 //! | `webhook_not_found` | 404 | retrying a delivery whose webhook endpoint was deleted |
 //! | `webhook_disabled` | 409 | retrying a delivery whose webhook endpoint is disabled |
 //! | `delivery_in_progress` | 409 | retrying a delivery that is still pending |
@@ -24,6 +23,7 @@
 //! | `idempotency_key_reused` | 422 | the `Idempotency-Key` was used with a different request |
 //! | `rate_limited` | 429 | the API key is over its rate limit (the workspace's, else the instance default); `Retry-After`: seconds until the next request would be accepted |
 //! | `overloaded` | 429 | the workspace's queue is full, or `--max-pending-writes` requests are waiting for the committer while the volume is not slow (`Retry-After`) |
+//! | `too_many_long_polls` | 503 | a long-poll (`GET /v1/escalations/{id}?wait=…`, the same for confirmations) while `--max-long-polls` already wait (`Retry-After`) |
 //! | `too_many_connections` | 503 | a new connection from a client address that already has `--max-connections-per-address` open: written without reading the request, then the connection is closed (`Retry-After`) |
 //! | `signer_unavailable` | 503 | the signer does not answer: decisions fail closed (`Retry-After`) |
 //! | `shutting_down` | 503 | the server is stopping (`Retry-After`) |
@@ -64,16 +64,26 @@ pub struct Problem {
     receipt: Option<Box<serde_json::Value>>,
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
+/// The problem document (RFC 9457) every error answer carries.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = Problem)]
+pub struct ProblemDoc<'a> {
+    /// `urn:allowly:problem:<code>`.
     #[serde(rename = "type")]
     type_: String,
     title: &'static str,
+    /// The HTTP status.
     status: u16,
+    /// What went wrong, for people (never the cause of a fault of ours: that is logged).
     detail: &'a str,
+    /// Stable, for programs: what went wrong.
     code: &'static str,
+    /// The answer's `Request-Id`.
     request_id: &'a str,
+    /// The receipt a refused step left in the trail (a used or expired confirmation, an
+    /// expired escalation).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     receipt: Option<&'a serde_json::Value>,
 }
 
@@ -159,8 +169,12 @@ impl Problem {
     /// A backup that could not be made: a fault of ours, logged, never detailed to the caller
     /// (it names paths).
     pub fn from_backup(e: &crate::backup::BackupError) -> Self {
+        Self::backup_failed(e.to_string())
+    }
+
+    fn backup_failed(internal: String) -> Self {
         Self {
-            internal: Some(e.to_string()),
+            internal: Some(internal),
             ..Self::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "backup_failed",
@@ -200,7 +214,7 @@ impl Problem {
                     "the signer is unavailable; nothing was decided or changed",
                 )
             },
-            EngineError::WorkspaceLogCatchingUp => {
+            EngineError::WorkspaceLogCatchingUp | EngineError::TooManyWaiters => {
                 Self { retry_after: Some(1), ..Self::new(StatusCode::SERVICE_UNAVAILABLE, code, e.to_string()) }
             }
             EngineError::ShuttingDown | EngineError::CommitTimeout { .. } => {
@@ -235,6 +249,11 @@ impl Problem {
         self.code
     }
 
+    /// The problem document's `title`.
+    pub fn title(&self) -> &'static str {
+        title(self.code)
+    }
+
     /// The response; logs the internal detail of a fault under `request_id`.
     pub fn into_response(self, request_id: &str) -> Response<Full<Bytes>> {
         let bytes = self.body(request_id);
@@ -263,7 +282,7 @@ impl Problem {
                 tracing::warn!(request_id, code = self.code, "{internal}");
             }
         }
-        let body = Body {
+        let body = ProblemDoc {
             type_: format!("{TYPE_PREFIX}{}", self.code),
             title: title(self.code),
             status: self.status.as_u16(),
@@ -294,6 +313,89 @@ impl Problem {
         let mut out = out.into_bytes();
         out.extend_from_slice(&body);
         out
+    }
+}
+
+/// Which problems a request can meet, by what the request does: the OpenAPI document lists,
+/// per operation, the problems of every group that applies to it (`routes::Route::spec` names
+/// the groups). Each group's problems are built with the constructors above and
+/// [`Problem::from_engine`], so the status documented is the status sent, and a code added to
+/// the mapping shows up in the document without a second list to keep.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exposure {
+    /// Every request: a fault of ours, a store that fails a read, and what the connection
+    /// layer answers before a request is routed (a read deadline passed, too many connections).
+    Any,
+    /// A request that must bear an API key: who it is, what it may do, its rate.
+    Authenticated,
+    /// A request with a (JSON) body.
+    Body,
+    /// A request that names an object (path id) or takes query parameters.
+    Lookup,
+    /// A POST: an `Idempotency-Key` reused with another request.
+    Keyed,
+    /// A call that records something through the workspace's queue (a receipt, a stored
+    /// change): back pressure, the commit deadline, the signer, the data volume, the log.
+    Records,
+    /// A change that the object's state can forbid (409 `conflict`).
+    Conflict,
+    /// The engine's refusal `code`, of sort `Refusal`.
+    Refused(Refusal, &'static str),
+    /// `POST /v1/admin/backup`.
+    Backup,
+    /// `/metrics` with `--metrics-token-file`: a missing or wrong token.
+    MetricsToken,
+    /// A long-poll (`?wait=`): too many already waiting.
+    LongPoll,
+}
+
+impl Exposure {
+    /// The problems of this group.
+    pub fn problems(self) -> Vec<Problem> {
+        use std::time::Duration;
+        let engine = |e: EngineError| Problem::from_engine(&e);
+        match self {
+            Self::Any => vec![
+                Problem::internal(""),
+                engine(EngineError::Store(allowly_store::StoreError::Engine(String::new()))),
+                Problem::request_timeout(Duration::ZERO),
+                Problem::too_many_connections(),
+            ],
+            Self::Authenticated => {
+                vec![Problem::unauthenticated(""), Problem::forbidden(""), Problem::rate_limited(Duration::ZERO)]
+            }
+            Self::Body => vec![
+                Problem::unsupported_media_type(),
+                Problem::body_too_large(0),
+                Problem::malformed_json(""),
+                Problem::unknown_field(""),
+                Problem::invalid(""),
+            ],
+            Self::Lookup => vec![Problem::not_found(), Problem::invalid("")],
+            Self::Keyed => vec![engine(EngineError::IdempotencyMismatch)],
+            Self::Records => {
+                let mut v = vec![
+                    engine(EngineError::Overloaded),
+                    engine(EngineError::ShuttingDown),
+                    engine(EngineError::CommitTimeout { waited_ms: 0 }),
+                    engine(EngineError::SignerUnavailable(String::new())),
+                    engine(EngineError::Signer(String::new())),
+                    engine(EngineError::WorkspaceLogDiverged),
+                    engine(EngineError::WorkspaceLogBehindSigner),
+                    engine(EngineError::WorkspaceLogCatchingUp),
+                ];
+                let faults = allowly_engine::fault::Fault::ALL;
+                v.extend(faults.map(|fault| engine(EngineError::Unavailable { fault, detail: String::new() })));
+                v
+            }
+            Self::Conflict => vec![engine(EngineError::Conflict(String::new()))],
+            Self::Refused(kind, code) => {
+                vec![engine(EngineError::Refused { kind, code, message: String::new(), receipt: None })]
+            }
+            Self::Backup => vec![Problem::backup_failed(String::new())],
+            Self::MetricsToken => vec![Problem::unauthenticated("")],
+            Self::LongPoll => vec![engine(EngineError::TooManyWaiters)],
+        }
     }
 }
 
@@ -329,6 +431,7 @@ fn title(code: &str) -> &'static str {
         "request_timeout" => "Request timeout",
         "rate_limited" => "Rate limited",
         "too_many_connections" => "Too many connections",
+        "too_many_long_polls" => "Too many long-polls",
         _ => "Internal error",
     }
 }
@@ -391,6 +494,7 @@ mod tests {
         check(EngineError::WorkspaceLogDiverged, 503, "workspace_log_diverged", None);
         check(EngineError::WorkspaceLogBehindSigner, 503, "workspace_log_behind_signer", None);
         check(EngineError::WorkspaceLogCatchingUp, 503, "workspace_log_catching_up", None);
+        check(EngineError::TooManyWaiters, 503, "too_many_long_polls", None);
         check(EngineError::Signer("key sk_123".into()), 500, "signer_error", Some("sk_123"));
         check(EngineError::Internal("invariant x".into()), 500, "internal_error", Some("invariant x"));
         let refused = |kind, code| EngineError::Refused { kind, code, message: "m".into(), receipt: None };

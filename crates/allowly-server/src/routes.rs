@@ -1,9 +1,11 @@
-//! The routing table and the handlers: each maps one endpoint onto one [`Engine`] call and back.
-//! No business logic lives here.
+//! The routing table: each endpoint's route, who may call it, and the dispatch table that hands
+//! it to its handler (one function per route, in [`crate::handlers`]). No business logic lives
+//! here.
 //!
 //! | method | path | access | engine call |
 //! |---|---|---|---|
 //! | GET | `/healthz`, `/readyz`, `/metrics` | public (`/metrics`: the bearer token of `--metrics-token-file` if set) | `readiness`, `metrics_text` |
+//! | GET | `/v1/openapi.json` | public | none: the OpenAPI document ([`crate::openapi`]) |
 //! | POST | `/v1/workspaces` | instance admin | `create_workspace` → 201 |
 //! | POST | `/v1/admin-key/rotate` | instance admin | `rotate_admin_key` (the caller's key replaced; the new secret shown once and written to `admin-token`; a keyed repeat bearing the revoked key gets the first answer: `replay_admin_key_rotation`) |
 //! | GET | `/v1/admin-keys` | instance admin | `admin_keys` (every instance admin key, revoked ones too; no secrets) |
@@ -29,9 +31,11 @@
 //! | POST | `/v1/check` | check | `check` |
 //! | GET | `/v1/receipts?authorization_id=…[&limit=…][&starting_after=…]` | read | `trail` |
 //! | GET | `/v1/receipts/{id}` | read | `receipt` |
-//! | GET | `/v1/confirmations/{nonce}` | read | `confirmation` |
+//! | GET | `/v1/confirmations[?status=pending\|answered\|expired][&authorization_id=…][&scope=…][&limit=…][&starting_after=…]` | read | `confirmations` (the approver inbox; nonce order) |
+//! | GET | `/v1/confirmations/{nonce}[?wait=30s]` | read | `confirmation`, or with `wait` (`Ns` or `Nms`, at most `--long-poll-max-ms`) `wait_confirmation`: answers as soon as it is no longer pending |
 //! | POST | `/v1/confirmations/{nonce}` | admin | `confirm` |
-//! | GET | `/v1/escalations/{id}` | read | `escalation` |
+//! | GET | `/v1/escalations[?status=pending\|approved\|declined\|expired][&authorization_id=…][&scope=…][&limit=…][&starting_after=…]` | read | `escalations` (the approver inbox; id order) |
+//! | GET | `/v1/escalations/{id}[?wait=30s]` | read | `escalation`, or with `wait` `wait_escalation` (as confirmations) |
 //! | POST | `/v1/escalations/{id}/resolve` | admin | `resolve_escalation` |
 //! | POST | `/v1/webhooks` | admin | `create_webhook` → 201 (the only answer with the secret) |
 //! | GET | `/v1/webhooks` | read | `webhooks` |
@@ -54,40 +58,43 @@
 //! Endpoints without `{ws}` act on the API key's workspace. Path ids outside
 //! `[A-Za-z0-9_-]{1,128}` match nothing (404).
 
-use allowly_engine::model::{
-    AuthorizationFilter, AuthorizationStatus, CheckRequest, ConfirmationAnswer, CreatedApiKey, EscalationAnswer,
-    ExportScope, NewApiKey, NewAuthorization, NewWebhook, NewWorkspace, RateLimitSetting, ScopeRules,
-};
-use allowly_engine::{Engine, EngineError};
+use allowly_engine::error::Refusal;
+use allowly_engine::EngineError;
 use allowly_store::Role;
-use bytes::Bytes;
-use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, LOCATION};
 use http::request::Parts;
-use http::{Method, Response, StatusCode};
-use http_body_util::Full;
+use http::Method;
 use hyper::body::Incoming;
-use serde::Serialize;
 
 use crate::app::App;
 use crate::auth::{self, Access};
-use crate::extract::{self, valid_path_id, Query};
-use crate::problem::Problem;
+use crate::extract::{self, valid_path_id};
+use crate::handlers::{self, Cx, Resp};
+use crate::problem::{Exposure, Problem};
 
-/// `/readyz`: the engine's readiness, plus what the instance promises about its keys
-/// (`separate_users`, `same_uid`: not isolated, development only, or `external`).
-#[derive(serde::Serialize)]
-struct Readyz {
-    #[serde(flatten)]
-    readiness: allowly_engine::model::Readiness,
-    key_isolation: &'static str,
+/// Declares [`Route`] and [`Route::ALL`] from one list, so a route cannot be left out of the
+/// list the OpenAPI document is checked against.
+macro_rules! routes {
+    ($($route:ident),* $(,)?) => {
+        /// Every endpoint, by template. The name is the `route` label of the HTTP metrics.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum Route {
+            $($route,)*
+            /// No route matched (404) or the method did not (405).
+            Unmatched,
+        }
+
+        impl Route {
+            /// Every route that a request can match (not `Unmatched`).
+            pub const ALL: &'static [Route] = &[$(Route::$route),*];
+        }
+    };
 }
 
-/// Every endpoint, by template. The name is the `route` label of the HTTP metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Route {
+routes! {
     Healthz,
     Readyz,
     Metrics,
+    OpenApi,
     AdminKeyRotate,
     AdminBackup,
     AdminKeyRevoke,
@@ -115,7 +122,9 @@ pub enum Route {
     ReceiptList,
     ConfirmationAnswer,
     ConfirmationGet,
+    ConfirmationList,
     EscalationGet,
+    EscalationList,
     EscalationResolve,
     WebhookCreate,
     WebhookList,
@@ -127,8 +136,6 @@ pub enum Route {
     DeliveryList,
     DeliveryGet,
     DeliveryRetry,
-    /// No route matched (404) or the method did not (405).
-    Unmatched,
 }
 
 impl Route {
@@ -138,6 +145,7 @@ impl Route {
             Self::Healthz => "healthz",
             Self::Readyz => "readyz",
             Self::Metrics => "metrics",
+            Self::OpenApi => "openapi",
             Self::AdminKeyRotate => "admin_key_rotate",
             Self::AdminBackup => "admin_backup",
             Self::AdminKeyRevoke => "admin_key_revoke",
@@ -165,6 +173,8 @@ impl Route {
             Self::ReceiptList => "receipt_list",
             Self::ConfirmationAnswer => "confirmation_answer",
             Self::ConfirmationGet => "confirmation_get",
+            Self::ConfirmationList => "confirmation_list",
+            Self::EscalationList => "escalation_list",
             Self::EscalationGet => "escalation_get",
             Self::EscalationResolve => "escalation_resolve",
             Self::WebhookCreate => "webhook_create",
@@ -184,7 +194,9 @@ impl Route {
     /// Who may call it.
     pub fn access(self) -> Access {
         match self {
-            Self::Healthz | Self::Readyz | Self::Metrics | Self::Keys | Self::Unmatched => Access::Public,
+            Self::Healthz | Self::Readyz | Self::Metrics | Self::OpenApi | Self::Keys | Self::Unmatched => {
+                Access::Public
+            }
             Self::AdminKeyRotate
             | Self::AdminKeyRevoke
             | Self::AdminKeyList
@@ -207,6 +219,8 @@ impl Route {
             | Self::ReceiptList
             | Self::EscalationGet
             | Self::ConfirmationGet
+            | Self::ConfirmationList
+            | Self::EscalationList
             | Self::WebhookList
             | Self::WebhookGet
             | Self::DeliveryList
@@ -223,6 +237,123 @@ impl Route {
             | Self::DeliveryRetry => Access::Workspace(Role::Admin),
             Self::Check => Access::Workspace(Role::Check),
         }
+    }
+}
+
+/// One route in the API description: its method and path template (parameters named as in
+/// the table above), and the problem groups it meets beyond those its access and method imply
+/// (see [`Route::problems`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Spec {
+    /// Lower case, as OpenAPI writes it.
+    pub method: &'static str,
+    pub path: &'static str,
+    pub exposure: &'static [Exposure],
+}
+
+impl Route {
+    /// Its entry in the API description (`None` for `Unmatched`). `match_route` must route
+    /// `path` (any valid ids in it) with `method` here: a unit test checks every route.
+    pub fn spec(self) -> Option<Spec> {
+        use Exposure::*;
+        const NONE: &[Exposure] = &[];
+        const RECORDS: &[Exposure] = &[Records];
+        const CHANGES: &[Exposure] = &[Records, Conflict];
+        let (method, path, exposure): (_, _, &'static [Exposure]) = match self {
+            Self::Healthz => ("get", "/healthz", NONE),
+            Self::Readyz => ("get", "/readyz", NONE),
+            Self::Metrics => ("get", "/metrics", &[MetricsToken]),
+            Self::OpenApi => ("get", "/v1/openapi.json", NONE),
+            Self::AdminKeyRotate => ("post", "/v1/admin-key/rotate", RECORDS),
+            Self::AdminBackup => ("post", "/v1/admin/backup", &[Backup]),
+            Self::AdminKeyRevoke => ("post", "/v1/admin-keys/{id}/revoke", CHANGES),
+            Self::AdminKeyList => ("get", "/v1/admin-keys", NONE),
+            Self::WorkspaceCreate => ("post", "/v1/workspaces", RECORDS),
+            Self::WorkspaceGet => ("get", "/v1/workspaces/{ws}", NONE),
+            Self::ScopeRulesPut => ("put", "/v1/workspaces/{ws}/scope-rules", RECORDS),
+            Self::RateLimitPut => ("put", "/v1/workspaces/{ws}/rate-limit", RECORDS),
+            Self::ApiKeyCreate => ("post", "/v1/workspaces/{ws}/api-keys", RECORDS),
+            Self::ApiKeyRevoke => ("post", "/v1/workspaces/{ws}/api-keys/{key_id}/revoke", CHANGES),
+            Self::Keys => ("get", "/v1/workspaces/{ws}/keys", NONE),
+            Self::KeysRotate => ("post", "/v1/workspaces/{ws}/keys/rotate", CHANGES),
+            Self::LogCheckpoint => ("get", "/v1/workspaces/{ws}/log/checkpoint", NONE),
+            Self::LogInclusion => ("get", "/v1/workspaces/{ws}/log/inclusion", NONE),
+            Self::LogConsistency => ("get", "/v1/workspaces/{ws}/log/consistency", NONE),
+            Self::LogExport => ("get", "/v1/workspaces/{ws}/log/export", NONE),
+            Self::LogResync => ("post", "/v1/workspaces/{ws}/log/resync", CHANGES),
+            Self::AuthorizationCreate => ("post", "/v1/authorizations", RECORDS),
+            Self::AuthorizationList => ("get", "/v1/authorizations", NONE),
+            Self::AuthorizationGet => ("get", "/v1/authorizations/{id}", NONE),
+            Self::AuthorizationRevoke => ("post", "/v1/authorizations/{id}/revoke", CHANGES),
+            Self::AuthorizationExport => ("get", "/v1/authorizations/{id}/export", NONE),
+            Self::Check => ("post", "/v1/check", RECORDS),
+            Self::ReceiptGet => ("get", "/v1/receipts/{id}", NONE),
+            Self::ReceiptList => ("get", "/v1/receipts", NONE),
+            Self::ConfirmationAnswer => (
+                "post",
+                "/v1/confirmations/{nonce}",
+                &[
+                    Records,
+                    Refused(Refusal::Conflict, "confirmation_used"),
+                    Refused(Refusal::Expired, "confirmation_expired"),
+                ],
+            ),
+            Self::ConfirmationGet => ("get", "/v1/confirmations/{nonce}", &[LongPoll]),
+            Self::ConfirmationList => ("get", "/v1/confirmations", NONE),
+            // A read that finds the escalation overdue records its expiry.
+            Self::EscalationGet => ("get", "/v1/escalations/{id}", &[Records, LongPoll]),
+            Self::EscalationList => ("get", "/v1/escalations", NONE),
+            Self::EscalationResolve => (
+                "post",
+                "/v1/escalations/{id}/resolve",
+                &[
+                    Records,
+                    Refused(Refusal::Conflict, "escalation_already_resolved"),
+                    Refused(Refusal::Expired, "escalation_expired"),
+                ],
+            ),
+            Self::WebhookCreate => {
+                ("post", "/v1/webhooks", &[Records, Refused(Refusal::NotAllowed, "destination_not_allowed")])
+            }
+            Self::WebhookList => ("get", "/v1/webhooks", NONE),
+            Self::WebhookGet => ("get", "/v1/webhooks/{id}", NONE),
+            Self::WebhookDisable => ("post", "/v1/webhooks/{id}/disable", CHANGES),
+            Self::WebhookEnable => ("post", "/v1/webhooks/{id}/enable", CHANGES),
+            Self::WebhookRotateSecret => ("post", "/v1/webhooks/{id}/rotate-secret", CHANGES),
+            Self::WebhookDelete => ("delete", "/v1/webhooks/{id}", RECORDS),
+            Self::DeliveryList => ("get", "/v1/webhooks/{id}/deliveries", NONE),
+            Self::DeliveryGet => ("get", "/v1/deliveries/{id}", NONE),
+            Self::DeliveryRetry => (
+                "post",
+                "/v1/deliveries/{id}/retry",
+                &[
+                    Records,
+                    Refused(Refusal::NotFound, "webhook_not_found"),
+                    Refused(Refusal::Conflict, "webhook_disabled"),
+                    Refused(Refusal::Conflict, "delivery_in_progress"),
+                ],
+            ),
+            Self::Unmatched => return None,
+        };
+        Some(Spec { method, path, exposure })
+    }
+
+    /// Every problem a request of this route can be answered with: the groups its access and
+    /// method imply, then those of its [`Spec`].
+    pub fn problems(self) -> Vec<Problem> {
+        let Some(spec) = self.spec() else { return Exposure::Any.problems() };
+        let mut groups = vec![Exposure::Any, Exposure::Lookup];
+        if self.access() != Access::Public {
+            groups.push(Exposure::Authenticated);
+        }
+        if matches!(spec.method, "post" | "put") {
+            groups.push(Exposure::Body);
+        }
+        if spec.method == "post" {
+            groups.push(Exposure::Keyed);
+        }
+        groups.extend_from_slice(spec.exposure);
+        groups.into_iter().flat_map(Exposure::problems).collect()
     }
 }
 
@@ -287,6 +418,7 @@ pub fn match_route<'a>(method: &Method, path: &'a str) -> Matched<'a> {
         ["healthz"] => (&[(Get, Route::Healthz)], None, None),
         ["readyz"] => (&[(Get, Route::Readyz)], None, None),
         ["metrics"] => (&[(Get, Route::Metrics)], None, None),
+        ["v1", "openapi.json"] => (&[(Get, Route::OpenApi)], None, None),
         ["v1", "admin-key", "rotate"] => (&[(Post, Route::AdminKeyRotate)], None, None),
         ["v1", "admin", "backup"] => (&[(Post, Route::AdminBackup)], None, None),
         ["v1", "admin-keys"] => (&[(Get, Route::AdminKeyList)], None, None),
@@ -316,6 +448,8 @@ pub fn match_route<'a>(method: &Method, path: &'a str) -> Matched<'a> {
         ["v1", "confirmations", nonce] => {
             (&[(Post, Route::ConfirmationAnswer), (Get, Route::ConfirmationGet)], None, Some(*nonce))
         }
+        ["v1", "confirmations"] => (&[(Get, Route::ConfirmationList)], None, None),
+        ["v1", "escalations"] => (&[(Get, Route::EscalationList)], None, None),
         ["v1", "escalations", id] => (&[(Get, Route::EscalationGet)], None, Some(*id)),
         ["v1", "escalations", id, "resolve"] => (&[(Post, Route::EscalationResolve)], None, Some(*id)),
         ["v1", "webhooks"] => (&[(Post, Route::WebhookCreate), (Get, Route::WebhookList)], None, None),
@@ -343,32 +477,17 @@ impl From<EngineError> for Problem {
     }
 }
 
-type Resp = Response<Full<Bytes>>;
-
-/// An answer that shows a secret: never cached.
-fn secret_answer(created: &CreatedApiKey) -> Result<Resp, Problem> {
-    let mut r = json(StatusCode::OK, created)?;
-    r.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    Ok(r)
-}
-
 /// `POST /v1/admin-key/rotate` from a key the server does not accept: the repeat of a keyed
 /// rotation whose answer was lost bears the key that rotation revoked, and gets the first
 /// answer (`Engine::replay_admin_key_rotation`); anything else is the usual 401. The token
 /// file is not written again: it may hold a newer key by now.
-async fn replay_admin_key_rotation(
-    app: &App,
-    parts: &Parts,
-    body: Incoming,
-    limit: extract::BodyLimits,
-    secret: &str,
-) -> Result<Resp, Problem> {
+async fn replay_admin_key_rotation(mut cx: Cx<'_>, secret: &str) -> Result<Resp, Problem> {
     let unauthenticated = || Problem::unauthenticated("unknown or revoked API key");
-    let Some(key) = extract::idempotency_key(&parts.headers)? else { return Err(unauthenticated()) };
-    let first = app.engine.replay_admin_key_rotation(secret, key).await?.ok_or_else(unauthenticated)?;
+    let Some(key) = extract::idempotency_key(cx.headers())? else { return Err(unauthenticated()) };
+    let first = cx.app.engine.replay_admin_key_rotation(secret, key).await?.ok_or_else(unauthenticated)?;
     // The same request has no body, as the first one had.
-    extract::empty_body(&parts.headers, body, limit).await?;
-    secret_answer(&first)
+    cx.empty_body().await?;
+    handlers::secret_answer(&first)
 }
 
 /// Routes and answers one request; returns the route (for metrics) and the response.
@@ -394,6 +513,8 @@ pub async fn dispatch(
     (target.route, resp)
 }
 
+/// What runs before every handler: authentication, the rate limit, the access rule; then the
+/// route's handler.
 async fn handle(
     app: &App,
     t: Target<'_>,
@@ -401,227 +522,81 @@ async fn handle(
     body: Incoming,
     read_deadline: tokio::time::Instant,
 ) -> Result<Resp, Problem> {
-    let engine = &app.engine;
-    let access = t.route.access();
     let limit = extract::BodyLimits {
         size: app.body_limit,
         deadline: read_deadline,
         timeout: app.connections.limits().read_timeout,
     };
-    let mut caller = None;
-    let ws = if access == Access::Public {
-        t.ws.map(str::to_owned)
+    let mut cx = Cx::new(app, parts, body, limit, t.route.name());
+    let access = t.route.access();
+    if access == Access::Public {
+        cx.ws = t.ws.map(str::to_owned);
     } else {
         let secret = auth::bearer(&parts.headers)?;
-        let Some(principal) = engine.authenticate(secret)? else {
+        let Some(principal) = app.engine.authenticate(secret)? else {
             if t.route == Route::AdminKeyRotate {
-                return replay_admin_key_rotation(app, parts, body, limit, secret).await;
+                return replay_admin_key_rotation(cx, secret).await;
             }
             return Err(Problem::unauthenticated("unknown or revoked API key"));
         };
         rate_limit(app, &principal)?;
-        let ws = auth::authorize(&principal, access, t.ws)?;
-        caller = Some((principal, secret));
-        ws
-    };
-    let caller = || caller.as_ref().ok_or_else(|| Problem::internal(format!("route {} is public", t.route.name())));
-    let ws = || ws.as_deref().ok_or_else(|| Problem::internal(format!("route {} has no workspace", t.route.name())));
-    let id = || t.id.ok_or_else(|| Problem::internal(format!("route {} has no id", t.route.name())));
-    let h = &parts.headers;
-    let query = |known: &[&str]| Query::parse(parts.uri.query(), known);
-    let idem = extract::idempotency_key(h)?;
+        cx.ws = auth::authorize(&principal, access, t.ws)?;
+        cx.caller = Some((principal, secret));
+    }
+    cx.id = t.id;
+    cx.idem = extract::idempotency_key(&parts.headers)?;
+    run(t.route, cx).await
+}
 
-    match t.route {
-        Route::Healthz => json(StatusCode::OK, &serde_json::json!({ "status": "ok" })),
-        Route::Readyz => {
-            let r = engine.readiness();
-            let status = if r.ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-            // Informational: never changes readiness (a development instance is still ready).
-            json(status, &Readyz { readiness: r, key_isolation: app.key_isolation.label() })
-        }
-        Route::Metrics => {
-            if let Some(token) = &app.metrics_token {
-                token.check(h)?;
-            }
-            let text = app.metrics.render(engine).await;
-            Ok(with_type(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", text.into_bytes()))
-        }
-        Route::AdminKeyRotate => {
-            extract::empty_body(h, body, limit).await?;
-            let (principal, secret) = caller()?;
-            let created = engine.rotate_admin_key(principal, secret, idem).await?;
-            // The old key is already refused. The file follows; if it cannot be written the new
-            // secret is still in this answer (and the error in the log). A keyed repeat from a
-            // caller still live gets here too and writes the same secret again: harmless.
-            if let Err(e) = crate::admin_token::replace(&app.admin_token, &created.secret) {
-                tracing::error!(path = %app.admin_token.display(), error = %e, "the rotated instance admin key could not be written to its file: it is only in the answer to this request");
-            }
-            secret_answer(&created)
-        }
-        Route::AdminBackup => {
-            extract::empty_body(h, body, limit).await?;
-            json(StatusCode::CREATED, &app.backups.take().await.map_err(|e| Problem::from_backup(&e))?)
-        }
-        Route::AdminKeyList => json(StatusCode::OK, &engine.admin_keys().await?),
-        Route::AdminKeyRevoke => {
-            extract::empty_body(h, body, limit).await?;
-            json(StatusCode::OK, &engine.revoke_admin_key(&caller()?.0, id()?, idem).await?)
-        }
-        Route::WorkspaceCreate => {
-            let req: NewWorkspace = extract::json_body(h, body, limit).await?;
-            let created = engine.create_workspace(req, idem).await?;
-            let mut r = json(StatusCode::CREATED, &created)?;
-            location(&mut r, &format!("/v1/workspaces/{}", created.id));
-            Ok(r)
-        }
-        Route::WorkspaceGet => json(StatusCode::OK, &engine.workspace(ws()?)?),
-        Route::ScopeRulesPut => {
-            let req: ScopeRules = extract::json_body(h, body, limit).await?;
-            json(StatusCode::OK, &engine.set_scope_rules(ws()?, req).await?)
-        }
-        Route::RateLimitPut => {
-            let req: RateLimitSetting = extract::json_body(h, body, limit).await?;
-            let view = engine.set_rate_limit(ws()?, req).await;
-            // Also after an error: the change may have been stored before it failed.
-            app.rate_limits.settings_changed();
-            json(StatusCode::OK, &view?)
-        }
-        Route::ApiKeyCreate => {
-            let req: NewApiKey = extract::json_body(h, body, limit).await?;
-            let mut r = json(StatusCode::CREATED, &{
-                let (principal, secret) = caller()?;
-                engine.create_api_key(ws()?, req, idem, principal, secret).await?
-            })?;
-            // The only response that carries a secret: never cached.
-            r.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-            Ok(r)
-        }
-        Route::ApiKeyRevoke => {
-            extract::empty_body(h, body, limit).await?;
-            json(StatusCode::OK, &engine.revoke_api_key(ws()?, id()?, idem).await?)
-        }
-        Route::Keys => json(StatusCode::OK, &engine.keys(ws()?)?),
-        Route::KeysRotate => {
-            extract::empty_body(h, body, limit).await?;
-            json(StatusCode::OK, &engine.rotate_workspace_key(ws()?, idem).await?)
-        }
-        Route::LogCheckpoint => {
-            query(&[])?;
-            json(StatusCode::OK, &engine.latest_checkpoint(ws()?)?)
-        }
-        Route::LogInclusion => {
-            let q = query(&["log_index", "tree_size"])?;
-            json(StatusCode::OK, &engine.inclusion_proof(ws()?, q.required_u64("log_index")?, q.u64("tree_size")?)?)
-        }
-        Route::LogConsistency => {
-            let q = query(&["old_size", "new_size"])?;
-            json(StatusCode::OK, &engine.consistency_proof(ws()?, q.required_u64("old_size")?, q.u64("new_size")?)?)
-        }
-        Route::LogExport => {
-            let q = query(&["from", "to"])?;
-            let scope = ExportScope::Log { from: q.required_u64("from")?, to: q.required_u64("to")? };
-            export(engine, ws()?, scope).await
-        }
-        Route::LogResync => {
-            extract::empty_body(h, body, limit).await?;
-            json(StatusCode::OK, &engine.resync_log(ws()?).await?)
-        }
-        Route::AuthorizationCreate => {
-            let req: NewAuthorization = extract::json_body(h, body, limit).await?;
-            let change = engine.create_authorization(ws()?, req, idem).await?;
-            let mut r = json(StatusCode::CREATED, &change)?;
-            location(&mut r, &format!("/v1/authorizations/{}", change.authorization.id));
-            Ok(r)
-        }
-        Route::AuthorizationGet => json(StatusCode::OK, &engine.authorization(ws()?, id()?)?),
-        Route::AuthorizationList => {
-            let q = query(&["subject", "status", "limit", "starting_after"])?;
-            let status = match q.str("status") {
-                None => None,
-                Some("active") => Some(AuthorizationStatus::Active),
-                Some("revoked") => Some(AuthorizationStatus::Revoked),
-                Some("expired") => Some(AuthorizationStatus::Expired),
-                Some(_) => return Err(Problem::invalid("query parameter `status` must be active, revoked or expired")),
-            };
-            let filter = AuthorizationFilter { subject: q.str("subject").map(str::to_owned), status };
-            let limit = page_limit(q.u64("limit")?)?;
-            json(StatusCode::OK, &engine.authorizations(ws()?, &filter, q.str("starting_after"), limit)?)
-        }
-        Route::AuthorizationRevoke => {
-            extract::empty_body(h, body, limit).await?;
-            json(StatusCode::OK, &engine.revoke_authorization(ws()?, id()?, idem).await?)
-        }
-        Route::AuthorizationExport => export(engine, ws()?, ExportScope::Authorization(id()?.to_owned())).await,
-        Route::Check => {
-            let req: CheckRequest = extract::json_body(h, body, limit).await?;
-            json(StatusCode::OK, &engine.check(ws()?, req, idem).await?)
-        }
-        Route::ConfirmationAnswer => {
-            let req: ConfirmationAnswer = extract::json_body(h, body, limit).await?;
-            json(StatusCode::OK, &engine.confirm(ws()?, id()?, req, idem).await?)
-        }
-        Route::ConfirmationGet => json(StatusCode::OK, &engine.confirmation(ws()?, id()?)?),
-        Route::EscalationGet => json(StatusCode::OK, &engine.escalation(ws()?, id()?).await?),
-        Route::EscalationResolve => {
-            let req: EscalationAnswer = extract::json_body(h, body, limit).await?;
-            json(StatusCode::OK, &engine.resolve_escalation(ws()?, id()?, req, idem).await?)
-        }
-        Route::WebhookCreate => {
-            let req: NewWebhook = extract::json_body(h, body, limit).await?;
-            let created = engine.create_webhook(ws()?, req, idem).await?;
-            let mut r = json(StatusCode::CREATED, &created)?;
-            location(&mut r, &format!("/v1/webhooks/{}", created.webhook.id));
-            // Carries the signing secret: never cached.
-            r.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-            Ok(r)
-        }
-        Route::WebhookList => {
-            query(&[])?;
-            json(StatusCode::OK, &engine.webhooks(ws()?)?)
-        }
-        Route::WebhookGet => json(StatusCode::OK, &engine.webhook(ws()?, id()?)?),
-        Route::WebhookDisable => {
-            extract::empty_body(h, body, limit).await?;
-            json(StatusCode::OK, &engine.disable_webhook(ws()?, id()?, idem).await?)
-        }
-        Route::WebhookEnable => {
-            extract::empty_body(h, body, limit).await?;
-            json(StatusCode::OK, &engine.enable_webhook(ws()?, id()?, idem).await?)
-        }
-        Route::WebhookRotateSecret => {
-            let req: allowly_webhooks::RotateSecret = extract::optional_json_body(h, body, limit).await?;
-            let mut r = json(StatusCode::OK, &engine.rotate_webhook_secret(ws()?, id()?, req, idem).await?)?;
-            // Carries the new signing secret: never cached.
-            r.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-            Ok(r)
-        }
-        Route::WebhookDelete => {
-            extract::empty_body(h, body, limit).await?;
-            engine.delete_webhook(ws()?, id()?).await?;
-            let mut r = Response::new(Full::new(Bytes::new()));
-            *r.status_mut() = StatusCode::NO_CONTENT;
-            Ok(r)
-        }
-        Route::DeliveryList => {
-            let q = query(&["limit", "starting_after"])?;
-            let limit = page_limit(q.u64("limit")?)?;
-            json(StatusCode::OK, &engine.deliveries(ws()?, id()?, q.str("starting_after"), limit)?)
-        }
-        Route::DeliveryGet => json(StatusCode::OK, &engine.delivery(ws()?, id()?)?),
-        Route::DeliveryRetry => {
-            extract::empty_body(h, body, limit).await?;
-            let retried = engine.retry_delivery(ws()?, id()?, idem).await?;
-            let mut r = json(StatusCode::CREATED, &retried)?;
-            location(&mut r, &format!("/v1/deliveries/{}", retried.id));
-            Ok(r)
-        }
-        Route::ReceiptGet => json(StatusCode::OK, &engine.receipt(ws()?, id()?)?),
-        Route::ReceiptList => {
-            let q = query(&["authorization_id", "limit", "starting_after"])?;
-            let limit = page_limit(q.u64("limit")?)?;
-            let page = engine.trail(ws()?, q.required_str("authorization_id")?, q.str("starting_after"), limit)?;
-            json(StatusCode::OK, &page)
-        }
+/// The dispatch table: each route to its handler (one function each, in [`handlers`]).
+async fn run(route: Route, cx: Cx<'_>) -> Result<Resp, Problem> {
+    use handlers as h;
+    match route {
+        Route::Healthz => h::healthz(cx).await,
+        Route::Readyz => h::readyz(cx).await,
+        Route::Metrics => h::metrics(cx).await,
+        Route::OpenApi => h::openapi(cx).await,
+        Route::AdminKeyRotate => h::admin_key_rotate(cx).await,
+        Route::AdminBackup => h::admin_backup(cx).await,
+        Route::AdminKeyList => h::admin_key_list(cx).await,
+        Route::AdminKeyRevoke => h::admin_key_revoke(cx).await,
+        Route::WorkspaceCreate => h::workspace_create(cx).await,
+        Route::WorkspaceGet => h::workspace_get(cx).await,
+        Route::ScopeRulesPut => h::scope_rules_put(cx).await,
+        Route::RateLimitPut => h::rate_limit_put(cx).await,
+        Route::ApiKeyCreate => h::api_key_create(cx).await,
+        Route::ApiKeyRevoke => h::api_key_revoke(cx).await,
+        Route::Keys => h::keys(cx).await,
+        Route::KeysRotate => h::keys_rotate(cx).await,
+        Route::LogCheckpoint => h::log_checkpoint(cx).await,
+        Route::LogInclusion => h::log_inclusion(cx).await,
+        Route::LogConsistency => h::log_consistency(cx).await,
+        Route::LogExport => h::log_export(cx).await,
+        Route::LogResync => h::log_resync(cx).await,
+        Route::AuthorizationCreate => h::authorization_create(cx).await,
+        Route::AuthorizationGet => h::authorization_get(cx).await,
+        Route::AuthorizationList => h::authorization_list(cx).await,
+        Route::AuthorizationRevoke => h::authorization_revoke(cx).await,
+        Route::AuthorizationExport => h::authorization_export(cx).await,
+        Route::Check => h::check(cx).await,
+        Route::ConfirmationAnswer => h::confirmation_answer(cx).await,
+        Route::ConfirmationGet => h::confirmation_get(cx).await,
+        Route::ConfirmationList => h::confirmation_list(cx).await,
+        Route::EscalationList => h::escalation_list(cx).await,
+        Route::EscalationGet => h::escalation_get(cx).await,
+        Route::EscalationResolve => h::escalation_resolve(cx).await,
+        Route::WebhookCreate => h::webhook_create(cx).await,
+        Route::WebhookList => h::webhook_list(cx).await,
+        Route::WebhookGet => h::webhook_get(cx).await,
+        Route::WebhookDisable => h::webhook_disable(cx).await,
+        Route::WebhookEnable => h::webhook_enable(cx).await,
+        Route::WebhookRotateSecret => h::webhook_rotate_secret(cx).await,
+        Route::WebhookDelete => h::webhook_delete(cx).await,
+        Route::DeliveryList => h::delivery_list(cx).await,
+        Route::DeliveryGet => h::delivery_get(cx).await,
+        Route::DeliveryRetry => h::delivery_retry(cx).await,
+        Route::ReceiptGet => h::receipt_get(cx).await,
+        Route::ReceiptList => h::receipt_list(cx).await,
         Route::Unmatched => Err(Problem::not_found()),
     }
 }
@@ -642,43 +617,6 @@ fn rate_limit(app: &App, principal: &allowly_engine::model::Principal) -> Result
             app.metrics.front.rate_limited.inc();
             Err(Problem::rate_limited(limited.retry_after))
         }
-    }
-}
-
-/// A list's `limit` (default 100, 1..=1000).
-fn page_limit(limit: Option<u64>) -> Result<usize, Problem> {
-    let limit = limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(Problem::invalid("query parameter `limit` must be within 1..=1000"));
-    }
-    Ok(limit as usize)
-}
-
-/// An evidence bundle as JSON Lines. Built off the async workers: it reads a whole trail or log
-/// range from the store.
-async fn export(engine: &Engine, ws: &str, scope: ExportScope) -> Result<Resp, Problem> {
-    let (engine, ws) = (engine.clone(), ws.to_owned());
-    let bytes = tokio::task::spawn_blocking(move || engine.export(&ws, scope))
-        .await
-        .map_err(|e| Problem::internal(format!("export task: {e}")))??;
-    Ok(with_type(StatusCode::OK, "application/x-ndjson", bytes))
-}
-
-fn json(status: StatusCode, value: &impl Serialize) -> Result<Resp, Problem> {
-    let bytes = serde_json::to_vec(value).map_err(|e| Problem::internal(format!("serializing the answer: {e}")))?;
-    Ok(with_type(status, "application/json", bytes))
-}
-
-fn with_type(status: StatusCode, content_type: &'static str, body: Vec<u8>) -> Resp {
-    let mut r = Response::new(Full::new(Bytes::from(body)));
-    *r.status_mut() = status;
-    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
-    r
-}
-
-fn location(r: &mut Resp, path: &str) {
-    if let Ok(v) = HeaderValue::from_str(path) {
-        r.headers_mut().insert(LOCATION, v);
     }
 }
 
@@ -718,6 +656,9 @@ mod tests {
         check(Method::GET, "/v1/authorizations", found(Route::AuthorizationList, None, None));
         check(Method::GET, "/v1/confirmations/cn_1", found(Route::ConfirmationGet, None, Some("cn_1")));
         check(Method::GET, "/v1/receipts", found(Route::ReceiptList, None, None));
+        check(Method::GET, "/v1/escalations", found(Route::EscalationList, None, None));
+        check(Method::GET, "/v1/confirmations", found(Route::ConfirmationList, None, None));
+        check(Method::POST, "/v1/escalations", Matched::MethodNotAllowed("GET".into()));
         check(Method::GET, "/v1/receipts/rc_1", found(Route::ReceiptGet, None, Some("rc_1")));
         check(Method::POST, "/v1/webhooks", found(Route::WebhookCreate, None, None));
         check(Method::GET, "/v1/webhooks", found(Route::WebhookList, None, None));
@@ -755,52 +696,8 @@ mod tests {
 
     #[test]
     fn route_names_are_unique() {
-        use Route::*;
-        let all = [
-            Healthz,
-            Readyz,
-            Metrics,
-            AdminKeyRotate,
-            AdminBackup,
-            AdminKeyRevoke,
-            AdminKeyList,
-            WorkspaceCreate,
-            WorkspaceGet,
-            ScopeRulesPut,
-            RateLimitPut,
-            ApiKeyCreate,
-            ApiKeyRevoke,
-            Keys,
-            KeysRotate,
-            LogCheckpoint,
-            LogInclusion,
-            LogConsistency,
-            LogExport,
-            LogResync,
-            AuthorizationCreate,
-            AuthorizationList,
-            AuthorizationGet,
-            AuthorizationRevoke,
-            AuthorizationExport,
-            Check,
-            ReceiptGet,
-            ReceiptList,
-            ConfirmationAnswer,
-            ConfirmationGet,
-            EscalationGet,
-            EscalationResolve,
-            WebhookCreate,
-            WebhookList,
-            WebhookGet,
-            WebhookDisable,
-            WebhookEnable,
-            WebhookRotateSecret,
-            WebhookDelete,
-            DeliveryList,
-            DeliveryGet,
-            DeliveryRetry,
-            Unmatched,
-        ];
+        let mut all = Route::ALL.to_vec();
+        all.push(Route::Unmatched);
         let names: std::collections::HashSet<_> = all.iter().map(|r| r.name()).collect();
         assert_eq!(names.len(), all.len());
     }

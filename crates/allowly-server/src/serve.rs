@@ -212,6 +212,8 @@ async fn serve_with_engine(
             max_unsigned_age: cfg.max_unsigned_age,
             commit_timeout: cfg.commit_timeout,
             max_pending_writes: cfg.max_pending_writes,
+            max_long_polls: cfg.max_long_polls,
+            long_poll_max: cfg.long_poll_max,
             ..EngineConfig::default()
         },
     )

@@ -101,6 +101,7 @@ pub struct PublicKeyRecord {
 
 /// What a check on a scope must go through before it is allowed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum ScopeRule {
     Confirm,
@@ -109,6 +110,7 @@ pub enum ScopeRule {
 
 /// What an API key may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     Check,
@@ -378,4 +380,27 @@ pub(crate) mod hex32 {
         hex::decode_to_slice(s.as_bytes(), &mut out).map_err(de::Error::custom)?;
         Ok(out)
     }
+}
+
+/// `RateLimit`'s JSON form is `"unlimited"` or an object (see its serde form, `RateLimitRepr`).
+#[cfg(feature = "openapi")]
+mod openapi {
+    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
+    use utoipa::openapi::RefOr;
+
+    impl utoipa::PartialSchema for super::RateLimit {
+        fn schema() -> RefOr<Schema> {
+            let word = ObjectBuilder::new().schema_type(Type::String).enum_values(Some(["unlimited"]));
+            let int = || ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(1));
+            let limit = ObjectBuilder::new()
+                .schema_type(Type::Object)
+                .property("requests_per_second", int())
+                .required("requests_per_second")
+                .property("burst", int())
+                .additional_properties(Some(utoipa::openapi::schema::AdditionalProperties::FreeForm(false)));
+            OneOfBuilder::new().item(word).item(limit).into()
+        }
+    }
+
+    impl utoipa::ToSchema for super::RateLimit {}
 }

@@ -46,6 +46,7 @@ pub const MAX_ROTATION_GRACE_MS: u64 = 24 * 3600 * 1000;
 
 /// What happened, as a Standard Webhooks event `type`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum EventType {
     /// A check was answered `escalate`: an approver must decide.
     #[serde(rename = "escalation.requested")]
@@ -80,6 +81,7 @@ impl EventType {
 
 /// Why an endpoint was disabled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum DisabledReason {
     /// By an API call.
@@ -179,6 +181,7 @@ impl Endpoint {
 
 /// `POST /v1/webhooks`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NewWebhook {
     /// `http://` or `https://` URL, at most 2048 bytes, no credentials in it.
@@ -194,6 +197,7 @@ pub struct NewWebhook {
 
 /// `POST /v1/webhooks/{id}/rotate-secret` (the body is optional).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RotateSecret {
     /// How long the old secret keeps signing, in ms: 0..=86400000, default 86400000 (24 h);
@@ -204,6 +208,7 @@ pub struct RotateSecret {
 
 /// An endpoint as the API shows it (never the secret).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WebhookView {
     pub id: String,
     pub url: String,
@@ -221,6 +226,7 @@ pub struct WebhookView {
 
 /// Answer to creating an endpoint or rotating its secret: the only times a secret is shown.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreatedWebhook {
     #[serde(flatten)]
     pub webhook: WebhookView,
@@ -230,6 +236,7 @@ pub struct CreatedWebhook {
 
 /// Where a delivery stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum DeliveryStatus {
     /// Waiting for its first attempt or for a retry.
@@ -244,6 +251,7 @@ pub enum DeliveryStatus {
 
 /// Why a delivery failed for good.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum FailureReason {
     /// The endpoint answered `410 Gone` (and was disabled).
@@ -391,6 +399,7 @@ impl DeliveryDoc {
 
 /// A delivery as the API shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeliveryView {
     pub id: String,
     pub webhook_id: String,
@@ -418,6 +427,7 @@ pub struct DeliveryView {
 
 /// One attempt as the API shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AttemptView {
     pub at: Timestamp,
     pub duration_ms: u64,

@@ -660,3 +660,21 @@ fn the_server_raises_its_open_file_limit_to_the_hard_limit() {
     let fields: Vec<&str> = line.split_whitespace().collect();
     assert_eq!(fields[3..5], ["4096", "4096"], "{line}\n{}", s.diagnostics());
 }
+
+/// `GET /v1/openapi.json` (public) serves exactly the committed `docs/openapi.json`: the
+/// document clients generate code from is the one the running server keeps to.
+#[test]
+fn the_served_openapi_document_is_the_committed_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path());
+    s.wait_ready();
+    let r = s.client().get("/v1/openapi.json", None);
+    assert_eq!(r.status, 200, "{r}");
+    let committed = std::fs::read_to_string(repo_root().join("docs/openapi.json")).unwrap();
+    let committed: serde_json::Value = serde_json::from_str(&committed).unwrap();
+    assert!(
+        r.json() == committed,
+        "GET /v1/openapi.json differs from docs/openapi.json (regenerate the file: docs/clients.md)"
+    );
+    assert_eq!(r.json()["openapi"], "3.1.0");
+}

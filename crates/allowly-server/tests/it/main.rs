@@ -14,14 +14,17 @@
 mod abuse;
 mod backup;
 mod blackbox;
+mod clients;
 mod contract;
 mod disk;
 mod hitl;
+mod inbox;
 mod isolation;
 mod ops;
 mod pkcs11;
 mod powerloss;
 mod resilience;
 mod rotation;
+mod schemathesis;
 mod support;
 mod webhooks;

@@ -918,15 +918,31 @@ fn another_tenants_objects_are_404_everywhere_and_stay_unchanged() {
             failures.push(format!("{foreign} answers {f:?}, a missing id answers {m:?}"));
         }
     }
-    // A check naming A's authorization with B's check key: decided like an unknown id, no receipt.
+    // A check naming A's authorization with B's check key: decided like an unknown id, and, like
+    // every decision since format 1.1, recorded in B's log as a check of an unknown
+    // authorization. The two answers differ only in what differs between any two receipts (id,
+    // log index, time, leaf hash) and in the id asked for.
+    let unknown_id = "az_00000000000000000000000000000000";
     let foreign = c.post("/v1/check", &b.checker, json!({ "authorization_id": az, "scopes": ["mail.read"] }));
-    let unknown = c.post(
-        "/v1/check",
-        &b.checker,
-        json!({ "authorization_id": "az_00000000000000000000000000000000", "scopes": ["mail.read"] }),
-    );
+    let unknown = c.post("/v1/check", &b.checker, json!({ "authorization_id": unknown_id, "scopes": ["mail.read"] }));
     assert_eq!(foreign.status, 200, "{foreign}");
-    assert_eq!(foreign.json(), unknown.json(), "a foreign authorization is told apart from an unknown one");
+    let shape = |r: &Resp, asked: &str| {
+        let mut v = r.json();
+        assert_eq!(v["receipt"]["body"]["asked_authorization_id"], asked, "{v}");
+        assert_eq!(v["receipt"]["body"]["workspace_id"], b.ws.as_str(), "{v}");
+        for m in ["receipt_id", "leaf_hash", "log_index"] {
+            v["receipt"].as_object_mut().unwrap().remove(m);
+        }
+        for m in ["id", "log_index", "time", "asked_authorization_id"] {
+            v["receipt"]["body"].as_object_mut().unwrap().remove(m);
+        }
+        v
+    };
+    assert_eq!(
+        shape(&foreign, az),
+        shape(&unknown, unknown_id),
+        "a foreign authorization is told apart from an unknown one"
+    );
     assert_eq!(foreign.json()["reason"], "unknown_authorization", "{foreign}");
     assert!(failures.is_empty(), "tenant isolation failures:\n{}", failures.join("\n"));
 

@@ -32,12 +32,7 @@ const ALL_BUT_SIGNED: [&str; 3] = ["escalation.requested", "escalation.resolved"
 // The receiver.
 
 fn python() -> PathBuf {
-    let venv = std::env::var_os("ALLOWLY_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/allowly/venv"));
-    let py = venv.join("bin/python");
-    assert!(py.is_file(), "{} is missing: run scripts/setup.sh", py.display());
-    py
+    venv_bin("python")
 }
 
 fn receiver_script() -> PathBuf {
@@ -817,10 +812,4 @@ fn escalations_reach_only_the_endpoints_whose_scopes_match() {
     all_delivered(&s, &t, &refund, 1, &refund_rx);
     assert_eq!(deliveries(&s, &t, &send).len(), 2, "the send approver never hears of the refund");
     assert_eq!(send_rx.records().len(), 2, "{}", send_rx.dump());
-}
-
-/// This package's directory, read when the test runs (cargo sets it): the value compiled in
-/// can name another checkout that shared the target directory and built this binary.
-fn manifest_dir() -> std::path::PathBuf {
-    std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(|| env!("CARGO_MANIFEST_DIR").into(), Into::into)
 }

@@ -39,6 +39,38 @@ pub fn run_verifier(bundle: &Path, keys: &Path, checkpoints: &[PathBuf]) -> (Opt
     (out.status.code(), shown)
 }
 
+/// This package's directory, read when the test runs (cargo sets it): the value compiled in
+/// can name another checkout that shared the target directory and built this binary.
+pub fn manifest_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(|| env!("CARGO_MANIFEST_DIR").into(), Into::into)
+}
+
+/// The repository's root directory.
+pub fn repo_root() -> PathBuf {
+    manifest_dir().join("../..")
+}
+
+/// A program of the project's Python venv (`scripts/setup.sh` installs it and what the tests
+/// need in it: a missing one fails the test, never skips it).
+pub fn venv_bin(name: &str) -> PathBuf {
+    let venv = std::env::var_os("ALLOWLY_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/allowly/venv"));
+    let bin = venv.join("bin").join(name);
+    assert!(bin.is_file(), "{} is missing: run scripts/setup.sh", bin.display());
+    bin
+}
+
+/// Everything useful about a finished command, for assertion messages.
+pub fn describe_output(what: &str, out: &std::process::Output) -> String {
+    format!(
+        "{what}\nstatus: {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 /// Everything in these tests waits at most this long.
 pub const DEADLINE: Duration = Duration::from_secs(20);
 /// Poll interval of [`eventually`].

@@ -1,0 +1,54 @@
+"""Offline verification with Python objects or bytes, over `allowly.verify` (the spec's §7.1
+and §7.2, with its §8 findings): the same outcomes and exit codes as `allowly-verify`."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Union
+
+from . import verify as _v
+from .errors import VerificationError
+from .models import Receipt
+
+Report = _v.Report
+
+KeysLike = Union[bytes, str, dict]
+
+
+def _bytes(doc: Any) -> bytes:
+    if isinstance(doc, Receipt):
+        doc = doc.raw
+    if isinstance(doc, (bytes, bytearray)):
+        return bytes(doc)
+    if isinstance(doc, str):
+        return doc.encode("utf-8")
+    return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def _keys(keys: KeysLike) -> "_v.KeySet":
+    try:
+        doc = _v.parse_json(_bytes(keys))
+        return _v.load_keyset(doc)
+    except (_v.Unusable, _v.JsonSyntaxError) as e:
+        raise VerificationError(f"unusable key set: {e}") from e
+
+
+def verify_receipt(receipt: Any, keys: KeysLike) -> "_v.Report":
+    """One receipt (a `Receipt`, its JSON bytes or a dict) against a workspace's key set
+    (`GET /v1/workspaces/{ws}/keys`). `report.outcome()` is `valid` or `integrity_failure`
+    (a pending receipt is not signed yet: `integrity_failure`); `report.codes()` the findings."""
+    try:
+        return _v.verify_receipt(_bytes(receipt), _keys(keys))
+    except _v.Unusable as e:
+        raise VerificationError(str(e)) from e
+
+
+def verify_bundle(bundle: bytes, keys: KeysLike | None = None, checkpoints: list[str] = ()) -> "_v.Report":
+    """An evidence bundle (JSON Lines, from an export). Pinned to `keys` if given (else its
+    own key set: `valid_unpinned` at best); `checkpoints` are signed notes held from before,
+    to prove the log only grew. Outcomes: valid, valid_unpinned, integrity_failure,
+    coverage_gap."""
+    try:
+        return _v.verify_bundle(bytes(bundle), _keys(keys) if keys is not None else None, list(checkpoints))
+    except _v.Unusable as e:
+        raise VerificationError(str(e)) from e

@@ -1,0 +1,58 @@
+#!/usr/bin/env node
+/**
+ * `allowly-verify-js receipt FILE --keys KEYS` / `bundle FILE [--keys KEYS] [--checkpoint NOTE]…`:
+ * the SDK's offline verifier with `allowly-verify`'s exit statuses (0 valid, 1 integrity
+ * failure, 2 coverage gap, 3 valid unpinned, 64 unusable input or usage).
+ */
+
+import { readFileSync } from "node:fs";
+
+import { EXIT, Report, UnusableInput, verifyBundle, verifyReceipt } from "./verify.js";
+
+const USAGE = "usage: allowly-verify-js receipt FILE --keys KEYS\n       allowly-verify-js bundle FILE [--keys KEYS] [--checkpoint NOTE_FILE ...]";
+
+function print(report: Report): void {
+  for (const note of report.notes) console.log(`note: ${note}`);
+  for (const f of report.findings) console.log(`${f.code}: ${f.detail}`);
+  console.log(`outcome: ${report.outcome()}`);
+}
+
+function main(argv: string[]): number {
+  const [cmd, file, ...rest] = argv;
+  if ((cmd !== "receipt" && cmd !== "bundle") || file === undefined) {
+    console.error(USAGE);
+    return EXIT.unusable;
+  }
+  let keys: string | undefined;
+  const notes: string[] = [];
+  for (let i = 0; i < rest.length; i += 2) {
+    const value = rest[i + 1];
+    if (rest[i] === "--keys" && value !== undefined && keys === undefined) keys = value;
+    else if (rest[i] === "--checkpoint" && value !== undefined && cmd === "bundle") notes.push(value);
+    else {
+      console.error(USAGE);
+      return EXIT.unusable;
+    }
+  }
+  try {
+    const keyBytes = keys === undefined ? undefined : readFileSync(keys);
+    const data = readFileSync(file);
+    let report: Report;
+    if (cmd === "receipt") {
+      if (keyBytes === undefined) throw new UnusableInput("a receipt needs --keys");
+      report = verifyReceipt(data, keyBytes);
+    } else {
+      report = verifyBundle(data, keyBytes ?? null, notes.map((n) => readFileSync(n, "utf8")));
+    }
+    print(report);
+    return report.exitCode();
+  } catch (e) {
+    if (e instanceof UnusableInput || (e as NodeJS.ErrnoException).code !== undefined) {
+      console.error(`unusable input: ${(e as Error).message}`);
+      return EXIT.unusable;
+    }
+    throw e;
+  }
+}
+
+process.exitCode = main(process.argv.slice(2));

@@ -1,0 +1,975 @@
+/**
+ * Offline verification of receipts and evidence bundles, from docs/receipt-format.md (the
+ * normative spec; section numbers below are its): §7.1 for one receipt, §7.2 for a bundle,
+ * with the §8 findings, outcomes and exit statuses of `allowly-verify`. It needs nothing but
+ * `node:crypto` (SHA-256 and Ed25519) and shares no code with the server.
+ */
+
+import { createHash, createPublicKey, verify as edVerify } from "node:crypto";
+
+import { VerificationError } from "./errors.js";
+import {
+  BadNumber,
+  Json,
+  JsonFloat,
+  JsonObject,
+  JsonSyntaxError,
+  canonicalBytes,
+  canonicalText,
+  has,
+  isObject,
+  membersAre,
+  parseJson,
+  violations,
+} from "./json.js";
+
+// ---- §8 Findings and outcomes -------------------------------------------------------------
+
+const INTEGRITY = "integrity";
+const COVERAGE = "coverage";
+
+/** Every finding code and its class. */
+export const FINDING_CLASS: Readonly<Record<string, "integrity" | "coverage">> = {
+  body_not_canonical: INTEGRITY,
+  body_invalid: INTEGRITY,
+  workspace_mismatch: INTEGRITY,
+  log_index_mismatch: INTEGRITY,
+  envelope_mismatch: INTEGRITY,
+  checkpoint_malformed: INTEGRITY,
+  checkpoint_signature_invalid: INTEGRITY,
+  checkpoint_unknown_key: INTEGRITY,
+  checkpoint_origin_mismatch: INTEGRITY,
+  key_not_valid_at_time: INTEGRITY,
+  inclusion_proof_invalid: INTEGRITY,
+  record_malformed: INTEGRITY,
+  keys_mismatch: INTEGRITY,
+  log_index_conflict: INTEGRITY,
+  seq_conflict: INTEGRITY,
+  chain_broken: INTEGRITY,
+  trail_order: INTEGRITY,
+  checkpoint_fork: INTEGRITY,
+  consistency_proof_invalid: INTEGRITY,
+  checkpoint_root_mismatch: INTEGRITY,
+  out_of_scope: INTEGRITY,
+  receipt_missing: COVERAGE,
+  log_leaf_missing: COVERAGE,
+  not_signed: COVERAGE,
+  consistency_unproven: COVERAGE,
+  truncated: COVERAGE,
+};
+
+export type Outcome = "valid" | "valid_unpinned" | "coverage_gap" | "integrity_failure";
+
+/** `allowly-verify`'s exit statuses; 64 is unusable input (`UnusableInput`). */
+export const EXIT: Readonly<Record<Outcome | "unusable", number>> = {
+  valid: 0,
+  integrity_failure: 1,
+  coverage_gap: 2,
+  valid_unpinned: 3,
+  unusable: 64,
+};
+
+/** Unusable input (§6.2, §7.1 steps 1-2, §7.2 steps 1-2): no report, exit status 64. */
+export class UnusableInput extends VerificationError {}
+
+export interface Finding {
+  code: string;
+  detail: string;
+}
+
+export class Report {
+  readonly findings: Finding[] = [];
+  readonly notes: string[] = [];
+  /** §7.2 step 2: the bundle's own keys were used; "valid" becomes "valid_unpinned". */
+  unpinned = false;
+
+  add(code: string, detail: string): void {
+    if (!(code in FINDING_CLASS)) throw new Error(`unknown finding ${code}`);
+    this.findings.push({ code, detail });
+  }
+
+  codes(): Set<string> {
+    return new Set(this.findings.map((f) => f.code));
+  }
+
+  outcome(): Outcome {
+    const classes = new Set([...this.codes()].map((c) => FINDING_CLASS[c]));
+    if (classes.has(INTEGRITY)) return "integrity_failure";
+    if (classes.has(COVERAGE)) return "coverage_gap";
+    return this.unpinned ? "valid_unpinned" : "valid";
+  }
+
+  exitCode(): number {
+    return EXIT[this.outcome()];
+  }
+}
+
+// ---- §2 Encodings -------------------------------------------------------------------------
+
+const isInt = (v: unknown): v is number => typeof v === "number";
+const isNat = (v: unknown): v is number => isInt(v) && v >= 0;
+const isStr = (v: unknown): v is string => typeof v === "string";
+const isHash = (v: unknown): v is string => isStr(v) && /^[0-9a-f]{64}$/.test(v);
+const isKeyId = (v: unknown): v is string => isStr(v) && /^[0-9a-f]{8}$/.test(v);
+const isId = (v: unknown): v is string => isStr(v) && /^[A-Za-z0-9_-]{1,128}$/.test(v);
+const isStrOrNull = (v: unknown) => v === null || isStr(v);
+const isStrArray = (v: unknown): v is string[] => Array.isArray(v) && v.every(isStr);
+
+/** `YYYY-MM-DDTHH:MM:SS.sssZ`, a real instant (a real day, no leap second), 1970-9999. */
+function isTime(v: unknown): v is string {
+  if (!isStr(v)) return false;
+  const m = /^([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})\.[0-9]{3}Z$/.exec(v);
+  if (!m) return false;
+  const [year, month, day, hour, minute, second] = m.slice(1).map(Number) as [number, number, number, number, number, number];
+  if (year < 1970 || month < 1 || month > 12) return false;
+  const leap = year % 4 === 0 && (year % 100 !== 0 || year % 400 === 0);
+  const days = [31, leap ? 29 : 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31][month - 1]!;
+  return day >= 1 && day <= days && hour <= 23 && minute <= 59 && second <= 59;
+}
+
+/** Standard base64 with padding, in its one canonical spelling (unused bits zero). */
+function b64(v: unknown): Buffer | null {
+  if (!isStr(v) || !/^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/.test(v)) return null;
+  const raw = Buffer.from(v, "base64");
+  return raw.toString("base64") === v ? raw : null;
+}
+
+const sha256 = (...parts: Uint8Array[]): Buffer => {
+  const h = createHash("sha256");
+  for (const p of parts) h.update(p);
+  return h.digest();
+};
+
+// ---- §5.1-§5.3 The log (RFC 9162) ---------------------------------------------------------
+
+const leafHash = (canonical: Uint8Array) => sha256(Uint8Array.of(0), canonical);
+const nodeHash = (l: Uint8Array, r: Uint8Array) => sha256(Uint8Array.of(1), l, r);
+
+function merkleRoot(leaves: Buffer[]): Buffer {
+  if (leaves.length === 0) return sha256();
+  if (leaves.length === 1) return leaves[0]!;
+  let k = 1;
+  while (k * 2 < leaves.length) k *= 2;
+  return nodeHash(merkleRoot(leaves.slice(0, k)), merkleRoot(leaves.slice(k)));
+}
+
+// Tree sizes and indexes stay below 2^53: plain numbers, halved with Math.floor.
+const half = (n: number) => Math.floor(n / 2);
+const odd = (n: number) => n % 2 === 1;
+
+/** §5.2 (RFC 9162 §2.1.3.2). */
+function verifyInclusion(index: number, size: number, proof: Buffer[], leaf: Buffer, root: Buffer): boolean {
+  if (index >= size) return false;
+  let fn = index;
+  let sn = size - 1;
+  let x = leaf;
+  for (const c of proof) {
+    if (sn === 0) return false;
+    if (odd(fn) || fn === sn) {
+      x = nodeHash(c, x);
+      while (fn !== 0 && !odd(fn)) {
+        fn = half(fn);
+        sn = half(sn);
+      }
+    } else {
+      x = nodeHash(x, c);
+    }
+    fn = half(fn);
+    sn = half(sn);
+  }
+  return sn === 0 && x.equals(root);
+}
+
+/** §5.3 (RFC 9162 §2.1.4.2), with the spec's m = n and m = 0 cases. */
+function verifyConsistency(m: number, n: number, proof: Buffer[], oldRoot: Buffer, newRoot: Buffer): boolean {
+  if (m > n) return false;
+  if (m === n) return proof.length === 0 && oldRoot.equals(newRoot);
+  if (m === 0) return proof.length === 0;
+  if (proof.length === 0) return false;
+  const path = [...proof];
+  // m an exact power of two: the old root is the first node of the path.
+  let k = m;
+  while (k % 2 === 0) k /= 2;
+  if (k === 1) path.unshift(oldRoot);
+  let fn = m - 1;
+  let sn = n - 1;
+  while (odd(fn)) {
+    fn = half(fn);
+    sn = half(sn);
+  }
+  let fr = path[0]!;
+  let sr = path[0]!;
+  for (const c of path.slice(1)) {
+    if (sn === 0) return false;
+    if (odd(fn) || fn === sn) {
+      fr = nodeHash(c, fr);
+      sr = nodeHash(c, sr);
+      while (fn !== 0 && !odd(fn)) {
+        fn = half(fn);
+        sn = half(sn);
+      }
+    } else {
+      sr = nodeHash(sr, c);
+    }
+    fn = half(fn);
+    sn = half(sn);
+  }
+  return fr.equals(oldRoot) && sr.equals(newRoot) && sn === 0;
+}
+
+// ---- Strict Ed25519 (§5.4): RFC 8032 §5.1.7 with ed25519-dalek's verify_strict checks ------
+// OpenSSL (node:crypto) checks the cofactorless equation; what it does not promise is checked
+// first: S < L, A and R canonical encodings of curve points, neither of small order.
+
+const P = 2n ** 255n - 19n;
+const L = 2n ** 252n + 27742317777372353535851937790883648493n;
+const mod = (a: bigint) => ((a % P) + P) % P;
+function pow(b: bigint, e: bigint): bigint {
+  let r = 1n;
+  b = mod(b);
+  while (e > 0n) {
+    if (e & 1n) r = (r * b) % P;
+    b = (b * b) % P;
+    e >>= 1n;
+  }
+  return r;
+}
+const D = mod(-121665n * pow(121666n, P - 2n));
+const SQRT_M1 = pow(2n, (P - 1n) / 4n);
+
+type Point = [bigint, bigint, bigint, bigint];
+
+function leInt(b: Uint8Array): bigint {
+  let n = 0n;
+  for (let i = b.length - 1; i >= 0; i--) n = (n << 8n) | BigInt(b[i]!);
+  return n;
+}
+
+/** RFC 8032 §5.1.3 decoding (extended coordinates), or null. */
+function decodePoint(b: Uint8Array): Point | null {
+  if (b.length !== 32) return null;
+  let y = leInt(b);
+  const sign = y >> 255n;
+  y &= (1n << 255n) - 1n;
+  if (y >= P) return null;
+  const x2 = mod((y * y - 1n) * pow(D * y * y + 1n, P - 2n));
+  let x: bigint;
+  if (x2 === 0n) {
+    if (sign) return null;
+    x = 0n;
+  } else {
+    x = pow(x2, (P + 3n) / 8n);
+    if (mod(x * x - x2) !== 0n) x = mod(x * SQRT_M1);
+    if (mod(x * x - x2) !== 0n) return null;
+    if ((x & 1n) !== sign) x = P - x;
+  }
+  return [x, y, 1n, mod(x * y)];
+}
+
+function add(p: Point, q: Point): Point {
+  const [x1, y1, z1, t1] = p;
+  const [x2, y2, z2, t2] = q;
+  const a = mod((y1 - x1) * (y2 - x2));
+  const b = mod((y1 + x1) * (y2 + x2));
+  const c = mod(2n * t1 * t2 * D);
+  const d = mod(2n * z1 * z2);
+  const e = b - a;
+  const f = d - c;
+  const g = d + c;
+  const h = b + a;
+  return [mod(e * f), mod(g * h), mod(f * g), mod(e * h)];
+}
+
+/** [8]P is the identity. */
+function smallOrder(p: Point): boolean {
+  for (let i = 0; i < 3; i++) p = add(p, p);
+  return mod(p[0]) === 0n && mod(p[1] - p[2]) === 0n;
+}
+
+const SPKI_ED25519 = Buffer.from("302a300506032b6570032100", "hex");
+
+function ed25519VerifyStrict(publicKey: Buffer, message: Uint8Array, signature: Buffer): boolean {
+  if (publicKey.length !== 32 || signature.length !== 64) return false;
+  if (leInt(signature.subarray(32)) >= L) return false;
+  const a = decodePoint(publicKey);
+  const r = decodePoint(signature.subarray(0, 32));
+  if (!a || !r || smallOrder(a) || smallOrder(r)) return false;
+  try {
+    const key = createPublicKey({ key: Buffer.concat([SPKI_ED25519, publicKey]), format: "der", type: "spki" });
+    return edVerify(null, message, key, signature);
+  } catch {
+    return false;
+  }
+}
+
+// ---- §6.2 Key sets -------------------------------------------------------------------------
+
+interface Key {
+  keyId: string;
+  name: string;
+  publicKey: Buffer;
+  notBefore: string;
+  notAfter: string | null;
+}
+
+export interface KeySet {
+  workspaceId: string;
+  origin: string;
+  keys: Key[];
+  /** To tell two key sets of one bundle apart (§7.2 step 2). */
+  canonical: string;
+}
+
+const keyIdOf = (name: string, pk: Uint8Array) =>
+  sha256(Buffer.from(name, "utf8"), Uint8Array.of(0x0a, 0x01), pk).subarray(0, 4).toString("hex");
+
+/** Checks every §6.2 rule; a broken one is unusable input. `depth`: the set's nesting (§3). */
+export function loadKeySet(doc: Json, depth = 1): KeySet {
+  const bad = violations(doc, depth);
+  if (bad.length) throw new UnusableInput(`key set: ${bad.join("; ")}`);
+  if (!isObject(doc) || !membersAre(doc, ["workspace_id", "origin", "keys"])) {
+    throw new UnusableInput("key set: must be an object with exactly workspace_id, origin and keys");
+  }
+  const ws = doc.workspace_id;
+  if (!isId(ws)) throw new UnusableInput("key set: workspace_id is not an id");
+  const origin = `allowly/${ws}`;
+  if (doc.origin !== origin) throw new UnusableInput("key set: origin is not allowly/<workspace_id>");
+  if (!Array.isArray(doc.keys)) throw new UnusableInput("key set: keys is not an array");
+  const keys: Key[] = [];
+  doc.keys.forEach((k, i) => {
+    const where = `key set: keys[${i}]`;
+    const no = (why: string) => new UnusableInput(`${where}: ${why}`);
+    if (!isObject(k) || !membersAre(k, ["key_id", "name", "algorithm", "public_key", "vkey", "not_before", "not_after", "status"])) {
+      throw no("must be an object with exactly the members of §6.2");
+    }
+    if (k.name !== origin) throw no("name is not the origin");
+    if (k.algorithm !== "ed25519") throw no("algorithm is not ed25519");
+    const pk = b64(k.public_key);
+    if (!pk || pk.length !== 32) throw no("public_key is not base64 of 32 bytes");
+    const point = decodePoint(pk);
+    if (!point || smallOrder(point)) throw no("public_key is not a canonical Ed25519 point of large order");
+    if (!isKeyId(k.key_id) || k.key_id !== keyIdOf(origin, pk)) throw no("key_id does not match name and public key");
+    const vkey = `${origin}+${k.key_id}+${Buffer.concat([Uint8Array.of(1), pk]).toString("base64")}`;
+    if (k.vkey !== vkey) throw no("vkey is not <name>+<key_id>+<base64(0x01 ‖ key)>");
+    const nb = k.not_before;
+    const na = k.not_after;
+    if (!isTime(nb)) throw no("not_before is not a time");
+    if (na !== null && (!isTime(na) || !(na > nb))) throw no("not_after is not null, or not a time after not_before");
+    if (k.status !== (na === null ? "active" : "retired")) throw no("status must be active exactly when not_after is null");
+    keys.push({ keyId: k.key_id, name: origin, publicKey: pk, notBefore: nb, notAfter: na });
+  });
+  if (keys.length === 0) throw new UnusableInput("key set: keys is empty");
+  if (new Set(keys.map((k) => k.keyId)).size !== keys.length) throw new UnusableInput("key set: a key_id appears twice");
+  return { workspaceId: ws, origin, keys, canonical: canonicalText(doc) };
+}
+
+// ---- §5.4 Checkpoints ----------------------------------------------------------------------
+
+interface Checkpoint {
+  size: number;
+  root: Buffer;
+}
+
+class CheckpointError {
+  constructor(
+    readonly code: string,
+    readonly detail: string,
+  ) {}
+}
+
+/** Go's unicode.IsSpace, which C2SP signed-note uses to refuse key names with spaces. */
+const SPACE = /[\t\n\v\f\r \u0085\u00a0\p{Zs}\p{Zl}\p{Zp}]/u;
+
+function openCheckpoint(note: string, keys: KeySet): Checkpoint | CheckpointError {
+  const malformed = (why: string) => new CheckpointError("checkpoint_malformed", why);
+  // The signed note (C2SP signed-note), before anything is read from the text.
+  if (/[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/.test(note)) return malformed("not UTF-8");
+  if (/[\u0000-\u0009\u000b-\u001f]/.test(note)) return malformed("control character other than \\n");
+  const split = note.lastIndexOf("\n\n");
+  if (split < 0) return malformed("no blank line before the signatures");
+  const text = note.slice(0, split + 1);
+  const block = note.slice(split + 2);
+  if (!block) return malformed("no signature line");
+  if (!block.endsWith("\n")) return malformed("signature lines must end with \\n");
+  const signatures: Array<[string, Buffer]> = [];
+  for (const line of block.slice(0, -1).split("\n")) {
+    if (!line.startsWith("\u2014 ")) return malformed("signature line does not start with an em dash and a space");
+    const rest = line.slice(2);
+    const sp = rest.indexOf(" ");
+    const name = sp < 0 ? "" : rest.slice(0, sp);
+    if (sp < 0 || !name || name.includes("+") || SPACE.test(name)) return malformed("bad key name in a signature line");
+    const blob = b64(rest.slice(sp + 1));
+    if (!blob || blob.length < 5) return malformed("signature is not base64 of a key id and a signature");
+    signatures.push([name, blob]);
+  }
+  // Signatures by keys of the set; others are ignored.
+  const message = Buffer.from(text, "utf8");
+  const verified: Key[] = [];
+  let known = 0;
+  let failed = 0;
+  for (const [name, blob] of signatures) {
+    for (const key of keys.keys) {
+      if (key.name === name && key.keyId === blob.subarray(0, 4).toString("hex")) {
+        known++;
+        if (ed25519VerifyStrict(key.publicKey, message, blob.subarray(4))) verified.push(key);
+        else failed++;
+      }
+    }
+  }
+  if (failed) return new CheckpointError("checkpoint_signature_invalid", "a workspace key's signature does not verify");
+  if (!known) return new CheckpointError("checkpoint_unknown_key", "no signature by a key of the set");
+  // Only now the text is read as a checkpoint.
+  const lines = text.slice(0, -1).split("\n");
+  if (lines.length < 3) return malformed("a checkpoint needs an origin, a size and a root line");
+  const [origin, sizeLine, rootLine] = lines as [string, string, string];
+  const extensions = lines.slice(3);
+  if (!origin) return malformed("empty origin line");
+  if (!/^(0|[1-9][0-9]*)$/.test(sizeLine) || BigInt(sizeLine) >= 2n ** 64n) return malformed("tree size is not canonical decimal within u64");
+  const root = b64(rootLine);
+  if (!root || root.length !== 32) return malformed("root is not canonical base64 of 32 bytes");
+  if (extensions.some((e) => !e)) return malformed("empty extension line");
+  if (origin !== keys.origin) return new CheckpointError("checkpoint_origin_mismatch", `origin ${origin} is not ${keys.origin}`);
+  const time = extensions.length === 1 && extensions[0]!.startsWith("time ") ? extensions[0]!.slice(5) : null;
+  if (time === null || !isTime(time)) return malformed("needs exactly one extension line 'time <time>'");
+  // not_before inclusive, not_after exclusive; §2 times compare as strings.
+  if (!verified.some((k) => k.notBefore <= time && (k.notAfter === null || time < k.notAfter))) {
+    return new CheckpointError("key_not_valid_at_time", `no verified signer was valid at ${time}`);
+  }
+  // Sizes beyond 2^53 cannot be reached by any index a receipt may carry; kept as a number.
+  return { size: Number(sizeLine), root };
+}
+
+/** Each distinct note is opened once (§7.2 step 4). */
+class Checkpoints {
+  private readonly results = new Map<string, Checkpoint | CheckpointError>();
+  constructor(private readonly keys: KeySet) {}
+
+  open(note: string): Checkpoint | CheckpointError {
+    let r = this.results.get(note);
+    if (r === undefined) {
+      r = openCheckpoint(note, this.keys);
+      this.results.set(note, r);
+    }
+    return r;
+  }
+
+  opened(): Checkpoint[] {
+    return [...this.results.values()].filter((r): r is Checkpoint => !(r instanceof CheckpointError));
+  }
+}
+
+// ---- §4 Receipt bodies ---------------------------------------------------------------------
+
+const KINDS = [
+  "authorization.created",
+  "check",
+  "confirmation",
+  "escalation.created",
+  "escalation.resolved",
+  "revocation",
+  "expiry",
+  "key.rotated",
+  "scope_rules.changed", // 1.1
+];
+const WORKSPACE_KINDS = ["key.rotated", "scope_rules.changed"];
+const DECISIONS = ["allow", "deny", "confirm", "escalate"];
+const FIRST_TABLE = ["v", "id", "workspace_id", "authorization_id", "seq", "prev", "log_index", "kind", "decision", "reason", "scopes", "resource", "time", "auth_state_hash"];
+
+const oneOf = (v: unknown, choices: string[]) => isStr(v) && choices.includes(v);
+const hashOrNull = (v: unknown) => v === null || isHash(v);
+
+/** Every member `grant` lists, with its type (all required, `null` where allowed). */
+function isGrant(v: Json): boolean {
+  return (
+    isObject(v) &&
+    isStr(v.subject) &&
+    isStrArray(v.scopes) &&
+    isStrArray(v.resources) &&
+    has(v, "expires_at") &&
+    (v.expires_at === null || isTime(v.expires_at)) &&
+    has(v, "metadata_hash") &&
+    hashOrNull(v.metadata_hash)
+  );
+}
+
+/** `approval`: outcome, by, shown_hash required; 1.1's note_hash optional. */
+function isApproval(v: Json): boolean {
+  return (
+    isObject(v) &&
+    oneOf(v.outcome, ["approved", "declined"]) &&
+    isStr(v.by) &&
+    has(v, "shown_hash") &&
+    hashOrNull(v.shown_hash) &&
+    (!has(v, "note_hash") || hashOrNull(v.note_hash))
+  );
+}
+
+/** `key`: a key id, the key id it replaces, and the §6.2 verifier key of that id. */
+function isKeyMember(v: Json): boolean {
+  if (!isObject(v) || !isKeyId(v.key_id) || !isKeyId(v.replaces) || !isStr(v.vkey)) return false;
+  const parts = v.vkey.split("+");
+  if (parts.length < 3) return false;
+  const [name, kid] = parts as [string, string];
+  const raw = b64(parts.slice(2).join("+"));
+  return !!name && kid === v.key_id && !!raw && raw.length === 33 && raw[0] === 1 && keyIdOf(name, raw.subarray(1)) === kid;
+}
+
+/** §7.1 step 4, first half: missing first-table members and wrong types (body_invalid, stop). */
+function typeProblems(body: JsonObject): string[] {
+  const p = FIRST_TABLE.filter((m) => !has(body, m)).map((m) => `missing member ${m}`);
+  const checks: Array<[string, (v: Json) => boolean, string]> = [
+    ["v", isInt, "an integer"],
+    ["id", isStr, "a string"],
+    ["workspace_id", isStr, "a string"],
+    ["authorization_id", isStrOrNull, "a string or null"],
+    ["seq", (v) => v === null || isNat(v), "a non-negative integer or null"],
+    ["prev", hashOrNull, "a hash or null"],
+    ["log_index", isNat, "a non-negative integer"],
+    ["kind", (v) => oneOf(v, KINDS), "a known kind"],
+    ["decision", (v) => v === null || oneOf(v, DECISIONS), "a decision or null"],
+    ["reason", isStrOrNull, "a string or null"],
+    ["scopes", isStrArray, "an array of strings"],
+    ["resource", isStrOrNull, "a string or null"],
+    ["time", isTime, "a §2 time"],
+    ["auth_state_hash", hashOrNull, "a hash or null"],
+    // Second table: typed wherever present.
+    ["grant", isGrant, "a grant object"],
+    ["approval", isApproval, "an approval object"],
+    ["escalation_id", isStr, "a string"],
+    ["context_hash", isHash, "a hash"],
+    ["key", isKeyMember, "a key object"],
+    ["asked_authorization_id", isStrOrNull, "a string"],
+    ["expires_at", (v) => v === null || isTime(v), "a §2 time"],
+    ["scope_rules", (v) => v === null || (isObject(v) && Object.values(v).every((x) => oneOf(x, ["confirm", "escalate"]))), "an object of confirm/escalate"],
+  ];
+  for (const [m, ok, what] of checks) {
+    if (has(body, m) && !ok(body[m]!)) p.push(`${m} is not ${what}`);
+  }
+  return p;
+}
+
+/** §7.1 step 4, second half: the §4 rules (each broken one body_invalid; verification goes on). */
+function ruleProblems(body: JsonObject): string[] {
+  const p: string[] = [];
+  const g = (m: string): Json | undefined => (has(body, m) ? body[m] : undefined);
+  const nullish = (m: string) => g(m) === null || g(m) === undefined;
+  const kind = body.kind as string;
+  if (body.v !== 1) p.push("v is not 1");
+  for (const m of ["id", "workspace_id", "authorization_id", "escalation_id", "asked_authorization_id"]) {
+    if (!nullish(m) && !isId(g(m))) p.push(`${m} is not a §2 id`);
+  }
+  const unknown = g("reason") === "unknown_authorization" || !nullish("asked_authorization_id");
+  if (unknown) {
+    const ok =
+      kind === "check" &&
+      g("decision") === "deny" &&
+      g("reason") === "unknown_authorization" &&
+      !nullish("asked_authorization_id") &&
+      ["authorization_id", "seq", "prev"].every(nullish);
+    if (!ok) p.push("an unknown_authorization check is a denied check with asked_authorization_id and null authorization_id, seq and prev");
+  } else if (WORKSPACE_KINDS.includes(kind)) {
+    if (!["authorization_id", "seq", "prev"].every(nullish)) p.push(`${kind} must have null authorization_id, seq and prev`);
+  } else {
+    if (nullish("authorization_id") || nullish("seq")) p.push("authorization_id and seq must be non-null");
+    const seq0 = g("seq") === 0;
+    const created = kind === "authorization.created";
+    const noPrev = nullish("prev");
+    if (!(seq0 === created && created === noPrev)) p.push("seq = 0 ⇔ kind = authorization.created ⇔ prev = null is broken");
+    if (created && !has(body, "grant")) p.push("authorization.created has no grant");
+  }
+  if ((kind === "confirmation" || kind === "escalation.resolved") && !has(body, "approval")) p.push(`${kind} has no approval`);
+  if ((kind === "escalation.created" || kind === "escalation.resolved") && !has(body, "escalation_id")) p.push(`${kind} has no escalation_id`);
+  if (kind === "key.rotated" && !has(body, "key")) p.push("key.rotated has no key");
+  if (!nullish("scope_rules") !== (kind === "scope_rules.changed")) p.push("scope_rules is present exactly in scope_rules.changed");
+  return p;
+}
+
+// ---- §6.1 Envelopes and §7.1 ---------------------------------------------------------------
+
+/** The §6.1 shape of a receipt document (not what is inside `body`), or null when it is right. */
+function envelopeProblem(doc: Json, depth: number): string | null {
+  if (!isObject(doc)) return "receipt is not a JSON object";
+  const bad = violations(doc, depth, ["body"]);
+  if (bad.length) return bad.join("; ");
+  if (doc.status === "signed") {
+    if (!membersAre(doc, ["status", "body", "log_index", "inclusion_proof", "checkpoint"])) return "a signed receipt must have exactly the members of §6.1";
+    if (!Array.isArray(doc.inclusion_proof) || !doc.inclusion_proof.every(isHash)) return "inclusion_proof is not an array of hashes";
+    if (!isStr(doc.checkpoint)) return "checkpoint is not a string";
+  } else if (doc.status === "pending") {
+    if (!membersAre(doc, ["status", "receipt_id", "log_index", "leaf_hash", "body"])) return "a pending receipt must have exactly the members of §6.1";
+    if (!isId(doc.receipt_id)) return "receipt_id is not an id";
+    if (!isHash(doc.leaf_hash)) return "leaf_hash is not a hash";
+  } else {
+    return "status is neither signed nor pending";
+  }
+  if (!isNat(doc.log_index)) return "log_index is not a non-negative integer";
+  if (!isObject(doc.body)) return "body is not an object";
+  return null;
+}
+
+/** What the bundle checks (§7.2 steps 5-8) need of one receipt whose body could be read. */
+interface Leaf {
+  hash: Buffer;
+  logIndex: number;
+  authorizationId: string | null;
+  seq: number | null;
+  prev: string | null;
+}
+
+/** §7.1 steps 3-9 on an envelope `envelopeProblem` passed; the leaf if the body was read. */
+function receiptSteps(doc: JsonObject, keys: KeySet, cps: Checkpoints, report: Report, where: string, bodyDepth: number): Leaf | null {
+  const body = doc.body as JsonObject;
+  const bad = violations(body, bodyDepth);
+  if (bad.length) {
+    report.add("body_not_canonical", `${where}: ${bad.join("; ")}`);
+    return null;
+  }
+  const canonical = canonicalBytes(body);
+  const fatal = typeProblems(body);
+  if (fatal.length) {
+    report.add("body_invalid", `${where}: ${fatal.join("; ")}`);
+    return null;
+  }
+  const rules = ruleProblems(body);
+  if (rules.length) report.add("body_invalid", `${where}: ${rules.join("; ")}`);
+  if (body.workspace_id !== keys.workspaceId) report.add("workspace_mismatch", `${where}: body workspace ${String(body.workspace_id)} is not ${keys.workspaceId}`);
+  if (body.log_index !== doc.log_index) report.add("log_index_mismatch", `${where}: envelope log_index ${String(doc.log_index)} is not the body's ${String(body.log_index)}`);
+  const h = leafHash(canonical);
+  const leaf: Leaf = {
+    hash: h,
+    logIndex: body.log_index as number,
+    authorizationId: body.authorization_id as string | null,
+    seq: body.seq as number | null,
+    prev: body.prev as string | null,
+  };
+  if (doc.status === "pending") {
+    if (doc.leaf_hash !== h.toString("hex") || doc.receipt_id !== body.id) report.add("envelope_mismatch", `${where}: leaf_hash or receipt_id does not match the body`);
+    report.add("not_signed", `${where}: pending receipt ${String(body.id)} is not signed yet`);
+    return leaf;
+  }
+  const cp = cps.open(doc.checkpoint as string);
+  if (cp instanceof CheckpointError) {
+    report.add(cp.code, `${where}: checkpoint: ${cp.detail}`);
+    return leaf;
+  }
+  const proof = (doc.inclusion_proof as string[]).map((x) => Buffer.from(x, "hex"));
+  // At the envelope's log_index (§7.1 step 9).
+  if (!verifyInclusion(doc.log_index as number, cp.size, proof, h, cp.root)) {
+    report.add("inclusion_proof_invalid", `${where}: leaf ${String(doc.log_index)} is not proven in the tree of size ${cp.size}`);
+  }
+  return leaf;
+}
+
+// ---- Inputs --------------------------------------------------------------------------------
+
+/** A document as bytes, text or an already parsed value (re-serialised: only for values
+ *  that came from `JSON.parse` of a receipt the server sent, whose numbers are integers). */
+export type DocumentInput = Uint8Array | string | object;
+
+function readDoc(input: DocumentInput, what: string): Json {
+  try {
+    if (input instanceof Uint8Array || typeof input === "string") return parseJson(input);
+    return parseJson(JSON.stringify(input));
+  } catch (e) {
+    if (e instanceof JsonSyntaxError) throw new UnusableInput(`${what}: ${e.message}`);
+    throw e;
+  }
+}
+
+/** A key set (`GET /v1/workspaces/{ws}/keys`), checked by §6.2; unusable input throws. */
+export function readKeySet(input: DocumentInput | KeySet): KeySet {
+  if (typeof input === "object" && input !== null && "canonical" in input && "workspaceId" in input) return input as KeySet;
+  return loadKeySet(readDoc(input as DocumentInput, "key set"));
+}
+
+/** §7.1: one receipt (signed or pending) against the workspace's key set. */
+export function verifyReceipt(receipt: DocumentInput, keys: DocumentInput | KeySet): Report {
+  const ks = readKeySet(keys);
+  const doc = readDoc(receipt, "receipt");
+  const problem = envelopeProblem(doc, 1);
+  if (problem) throw new UnusableInput(`receipt: ${problem}`);
+  const report = new Report();
+  receiptSteps(doc as JsonObject, ks, new Checkpoints(ks), report, "receipt", 2);
+  return report;
+}
+
+// ---- §6.3 / §7.2 Bundles -------------------------------------------------------------------
+
+type Scope = { kind: "authorization"; authorizationId: string; lastSeq: number } | { kind: "log"; from: number; to: number };
+
+const MAX_LINE = 1 << 20;
+
+function splitLines(data: Uint8Array): Array<[number, Uint8Array]> {
+  const out: Array<[number, Uint8Array]> = [];
+  let start = 0;
+  let n = 0;
+  for (let i = 0; i <= data.length; i++) {
+    if (i === data.length || data[i] === 0x0a) {
+      n++;
+      const line = data.subarray(start, i);
+      // Blank: empty, or only spaces, tabs and carriage returns (§7.3).
+      if (line.some((b) => b !== 0x20 && b !== 0x09 && b !== 0x0d)) out.push([n, line]);
+      start = i + 1;
+    }
+  }
+  return out;
+}
+
+function parseHeader(line: Uint8Array): [string, Scope] {
+  if (line.length > MAX_LINE) throw new UnusableInput("header line longer than 1 MiB");
+  const doc = readDoc(line, "header");
+  const bad = violations(doc);
+  if (bad.length) throw new UnusableInput(`header: ${bad.join("; ")}`);
+  if (!isObject(doc) || !membersAre(doc, ["type", "header"]) || doc.type !== "bundle" || !isObject(doc.header)) {
+    throw new UnusableInput('the first line is not {"type":"bundle","header":{…}}');
+  }
+  const h = doc.header;
+  if (!membersAre(h, ["v", "workspace_id", "created_at", "scope"]) || h.v !== 1) throw new UnusableInput("header: not a version 1 header");
+  if (!isId(h.workspace_id) || !isTime(h.created_at)) throw new UnusableInput("header: workspace_id or created_at is malformed");
+  const s = h.scope;
+  if (isObject(s) && s.kind === "authorization" && membersAre(s, ["kind", "authorization_id", "last_seq"]) && isId(s.authorization_id) && isNat(s.last_seq)) {
+    return [h.workspace_id, { kind: "authorization", authorizationId: s.authorization_id, lastSeq: s.last_seq }];
+  }
+  if (isObject(s) && s.kind === "log" && membersAre(s, ["kind", "from", "to"]) && isNat(s.from) && isNat(s.to) && s.from <= s.to) {
+    return [h.workspace_id, { kind: "log", from: s.from, to: s.to }];
+  }
+  throw new UnusableInput("header: scope is malformed");
+}
+
+interface Records {
+  keySets: Json[];
+  checkpoints: string[];
+  consistency: Array<[number, number, Buffer[]]>;
+  receipts: Array<[number, JsonObject]>;
+}
+
+/** §7.2 step 1 for one line after the header: a record, or `record_malformed`. */
+function readRecord(n: number, line: Uint8Array, records: Records, report: Report): void {
+  const where = `line ${n}`;
+  const malformed = (why: string) => report.add("record_malformed", `${where}: ${why}`);
+  if (line.length > MAX_LINE) return malformed("longer than 1 MiB");
+  let doc: Json;
+  try {
+    doc = parseJson(line);
+  } catch (e) {
+    if (e instanceof JsonSyntaxError) return malformed(e.message);
+    throw e;
+  }
+  const type = isObject(doc) ? doc.type : undefined;
+  if (!isObject(doc) || !oneOf(type, ["keys", "checkpoint", "consistency", "receipt"]) || !membersAre(doc, ["type", type as string])) {
+    return malformed("not a keys, checkpoint, consistency or receipt record");
+  }
+  const value = doc[type as string]!;
+  if (type === "receipt") {
+    // §3 breaches inside the body are body_not_canonical later; around it, record_malformed.
+    const bad = violations(doc, 1, ["receipt"]);
+    const problem = bad.length ? bad.join("; ") : envelopeProblem(value, 2);
+    if (problem) return malformed(problem);
+    records.receipts.push([n, value as JsonObject]);
+    return;
+  }
+  if (type === "keys") {
+    // The key set itself is judged in step 2 (a broken one is unusable input, §6.2).
+    const bad = violations(doc, 1, ["keys"]);
+    if (bad.length) return malformed(bad.join("; "));
+    records.keySets.push(value);
+    return;
+  }
+  const bad = violations(doc);
+  if (bad.length) return malformed(bad.join("; "));
+  if (type === "checkpoint") {
+    if (!isStr(value)) return malformed("checkpoint is not a string");
+    records.checkpoints.push(value);
+    return;
+  }
+  if (
+    isObject(value) &&
+    membersAre(value, ["old_size", "new_size", "proof"]) &&
+    isNat(value.old_size) &&
+    isNat(value.new_size) &&
+    Array.isArray(value.proof) &&
+    value.proof.every(isHash)
+  ) {
+    records.consistency.push([value.old_size, value.new_size, (value.proof as string[]).map((x) => Buffer.from(x, "hex"))]);
+  } else {
+    malformed("consistency record is malformed");
+  }
+}
+
+/** §7.2 step 2. */
+function chooseKeys(records: Records, pinned: KeySet | null, headerWs: string, report: Report): KeySet {
+  const sets = records.keySets.map((doc) => loadKeySet(doc, 2));
+  let keys: KeySet;
+  if (pinned) {
+    const pins = new Set(pinned.keys.map((k) => `${k.keyId}:${k.publicKey.toString("hex")}`));
+    for (const ks of sets) {
+      for (const k of ks.keys) {
+        if (!pins.has(`${k.keyId}:${k.publicKey.toString("hex")}`)) report.add("keys_mismatch", `bundle key ${k.keyId} is not a pinned key`);
+      }
+    }
+    keys = pinned;
+  } else {
+    if (sets.length === 0) throw new UnusableInput("no pinned keys and no key set in the bundle");
+    keys = sets[0]!;
+    if (sets.slice(1).some((ks) => ks.canonical !== keys.canonical)) report.add("keys_mismatch", "the bundle carries two different key sets");
+    report.unpinned = true;
+    report.notes.push("keys were NOT pinned: the bundle's own key set was used, so only its internal consistency is proven (§10)");
+  }
+  if (headerWs !== keys.workspaceId) report.add("workspace_mismatch", `header workspace ${headerWs} is not the keys' ${keys.workspaceId}`);
+  return keys;
+}
+
+/** §7.2 step 5: index → leaf hash; an index with two different leaves has none. */
+function checkLog(leaves: Leaf[], report: Report): Map<number, Buffer> {
+  const byIndex = new Map<number, Buffer>();
+  const conflicted = new Set<number>();
+  for (const leaf of leaves) {
+    const seen = byIndex.get(leaf.logIndex);
+    if (seen === undefined) byIndex.set(leaf.logIndex, leaf.hash);
+    else if (!seen.equals(leaf.hash)) {
+      report.add("log_index_conflict", `two different leaves at log index ${leaf.logIndex}`);
+      conflicted.add(leaf.logIndex);
+    }
+  }
+  for (const i of conflicted) byIndex.delete(i);
+  return byIndex;
+}
+
+/** §7.2 step 6; authorization id → highest seq present. */
+function checkTrails(leaves: Leaf[], scope: Scope, report: Report): Map<string, number> {
+  const trails = new Map<string, Map<number, Leaf[]>>();
+  for (const leaf of leaves) {
+    if (leaf.authorizationId === null || leaf.seq === null) continue; // a workspace event
+    let bySeq = trails.get(leaf.authorizationId);
+    if (!bySeq) trails.set(leaf.authorizationId, (bySeq = new Map()));
+    const same = bySeq.get(leaf.seq) ?? [];
+    if (same.every((o) => !o.hash.equals(leaf.hash))) same.push(leaf); // identical copies count once
+    bySeq.set(leaf.seq, same);
+  }
+  const fromZero = scope.kind === "authorization" || scope.from === 0;
+  const ends = new Map<string, number>();
+  for (const auth of [...trails.keys()].sort()) {
+    const bySeq = trails.get(auth)!;
+    const seqs = [...bySeq.keys()].sort((a, b) => a - b);
+    ends.set(auth, seqs[seqs.length - 1]!);
+    for (const s of seqs) {
+      if (bySeq.get(s)!.length > 1) report.add("seq_conflict", `${auth}: ${bySeq.get(s)!.length} different receipts at seq ${s}`);
+    }
+    if (fromZero && seqs[0] !== 0) report.add("receipt_missing", `${auth}: the trail starts at seq ${seqs[0]}, not 0`);
+    for (let i = 0; i + 1 < seqs.length; i++) {
+      const a = seqs[i]!;
+      const b = seqs[i + 1]!;
+      if (b !== a + 1) {
+        report.add("receipt_missing", `${auth}: seqs ${a + 1}..${b - 1} are missing`);
+        continue;
+      }
+      for (const y of bySeq.get(b)!) {
+        const linked = bySeq.get(a)!.filter((x) => y.prev === x.hash.toString("hex"));
+        if (!linked.length) report.add("chain_broken", `${auth}: prev of seq ${b} is not the leaf hash of seq ${a}`);
+        if ((linked.length ? linked : bySeq.get(a)!).some((x) => y.logIndex <= x.logIndex)) {
+          report.add("trail_order", `${auth}: seq ${b} is not after seq ${a} in the log`);
+        }
+      }
+    }
+  }
+  return ends;
+}
+
+/** §7.2 step 7. */
+function checkScope(leaves: Leaf[], scope: Scope, ends: Map<string, number>, byIndex: Map<number, Buffer>, checkpoints: Checkpoint[], report: Report): void {
+  if (scope.kind === "authorization") {
+    for (const leaf of leaves) {
+      if (leaf.authorizationId !== scope.authorizationId) report.add("out_of_scope", `log index ${leaf.logIndex} is not in authorization ${scope.authorizationId}`);
+      else if (leaf.seq !== null && leaf.seq > scope.lastSeq) report.add("out_of_scope", `seq ${leaf.seq} is after last_seq ${scope.lastSeq}`);
+    }
+    const end = ends.get(scope.authorizationId);
+    if (end === undefined || end < scope.lastSeq) report.add("truncated", `the trail ends at seq ${end}, the header promises ${scope.lastSeq}`);
+    return;
+  }
+  for (const leaf of leaves) {
+    if (leaf.logIndex < scope.from || leaf.logIndex >= scope.to) report.add("out_of_scope", `log index ${leaf.logIndex} is outside ${scope.from}..${scope.to}`);
+  }
+  let missing = 0;
+  let first = -1;
+  for (let i = scope.from; i < scope.to; i++) {
+    if (!byIndex.has(i)) {
+      if (first < 0) first = i;
+      missing++;
+    }
+  }
+  if (missing) report.add("log_leaf_missing", `${missing} log indexes in scope have no receipt, the first ${first}`);
+  for (const cp of checkpoints) {
+    if (cp.size > scope.to) report.add("truncated", `a checkpoint commits to ${cp.size} leaves, the scope ends at ${scope.to}`);
+  }
+}
+
+/** §7.2 step 8. */
+function checkCheckpoints(checkpoints: Checkpoint[], byIndex: Map<number, Buffer>, consistency: Array<[number, number, Buffer[]]>, report: Report): void {
+  const roots = new Map<number, Buffer[]>();
+  for (const cp of checkpoints) {
+    const same = roots.get(cp.size) ?? [];
+    if (!same.some((r) => r.equals(cp.root))) same.push(cp.root);
+    roots.set(cp.size, same);
+  }
+  for (const [size, rs] of roots) {
+    if (rs.length > 1) report.add("checkpoint_fork", `${rs.length} different roots for tree size ${size}`);
+  }
+  let p = 0;
+  while (byIndex.has(p)) p++;
+  const present = Array.from({ length: p }, (_, i) => byIndex.get(i)!);
+  const sizes = [...roots.keys()].sort((a, b) => a - b);
+  for (const size of sizes) {
+    if (size <= p) {
+      const expected = merkleRoot(present.slice(0, size));
+      if (roots.get(size)!.some((r) => !r.equals(expected))) report.add("checkpoint_root_mismatch", `the bundle's leaves do not give the root of size ${size}`);
+    }
+  }
+  for (const [m, n, proof] of consistency) {
+    const rm = roots.get(m);
+    const rn = roots.get(n);
+    if (rm && rn && !rm.every((o) => rn.every((nr) => verifyConsistency(m, n, proof, o, nr)))) {
+      report.add("consistency_proof_invalid", `the consistency proof ${m} -> ${n} fails`);
+    }
+  }
+  for (let i = 0; i + 1 < sizes.length; i++) {
+    const m = sizes[i]!;
+    const n = sizes[i + 1]!;
+    if (n > p && !consistency.some(([a, b]) => a === m && b === n)) report.add("consistency_unproven", `no consistency proof ${m} -> ${n}`);
+  }
+}
+
+/**
+ * §7.2: an evidence bundle (JSON Lines, from an export). Pinned to `keys` when given (else its
+ * own key set: `valid_unpinned` at best); `checkpoints`: signed notes kept from before, which
+ * prove the log only grew. Unusable input throws `UnusableInput`.
+ */
+export function verifyBundle(bundle: Uint8Array | string, keys?: DocumentInput | KeySet | null, checkpoints: string[] = []): Report {
+  const data = typeof bundle === "string" ? new TextEncoder().encode(bundle) : bundle;
+  const pinned = keys === undefined || keys === null ? null : readKeySet(keys);
+  const report = new Report();
+  const lines = splitLines(data);
+  if (lines.length === 0) throw new UnusableInput("empty bundle");
+  const [headerWs, scope] = parseHeader(lines[0]![1]);
+  const records: Records = { keySets: [], checkpoints: [], consistency: [], receipts: [] };
+  for (const [n, line] of lines.slice(1)) readRecord(n, line, records, report);
+  const ks = chooseKeys(records, pinned, headerWs, report);
+  const cps = new Checkpoints(ks);
+  [...records.checkpoints, ...checkpoints].forEach((note, i) => {
+    const cp = cps.open(note);
+    if (cp instanceof CheckpointError) report.add(cp.code, `checkpoint #${i + 1}: ${cp.detail}`);
+  });
+  const leaves: Leaf[] = [];
+  for (const [n, doc] of records.receipts) {
+    const leaf = receiptSteps(doc, ks, cps, report, `line ${n}`, 3);
+    if (leaf) leaves.push(leaf);
+  }
+  const opened = cps.opened();
+  const byIndex = checkLog(leaves, report);
+  const ends = checkTrails(leaves, scope, report);
+  checkScope(leaves, scope, ends, byIndex, opened, report);
+  checkCheckpoints(opened, byIndex, records.consistency, report);
+  return report;
+}
+
+// Re-exported for callers that read documents themselves.
+export { BadNumber, JsonFloat };

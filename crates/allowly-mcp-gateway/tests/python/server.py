@@ -1,0 +1,46 @@
+"""A real MCP server (the official Python SDK's MCPServer) for the gateway's tests: four tools,
+each of which appends its call to the file $TOOL_LOG, so a test can tell which calls reached it."""
+
+import json
+import os
+
+from mcp.server.mcpserver import MCPServer
+
+server = MCPServer("shop-tools")
+
+
+def _record(tool: str, **arguments) -> None:
+    with open(os.environ["TOOL_LOG"], "a", encoding="utf-8") as f:
+        f.write(json.dumps({"tool": tool, "arguments": arguments}) + "\n")
+
+
+@server.tool()
+def create_issue(title: str) -> str:
+    """Open an issue."""
+    _record("create_issue", title=title)
+    return f"created issue {title!r}"
+
+
+@server.tool(name="deleteRepo")
+def delete_repo(name: str) -> str:
+    """Delete a repository."""
+    _record("deleteRepo", name=name)
+    return f"deleted {name}"
+
+
+@server.tool()
+def send_payment(amount: int) -> str:
+    """Pay."""
+    _record("send_payment", amount=amount)
+    return f"paid {amount}"
+
+
+@server.tool()
+def send_email(to: str) -> str:
+    """Send an email."""
+    _record("send_email", to=to)
+    return f"sent to {to}"
+
+
+if __name__ == "__main__":
+    server.run("stdio")
