@@ -918,7 +918,10 @@ fn another_tenants_objects_are_404_everywhere_and_stay_unchanged() {
             failures.push(format!("{foreign} answers {f:?}, a missing id answers {m:?}"));
         }
     }
-    // A check naming A's authorization with B's check key: decided like an unknown id, no receipt.
+    // A check naming A's authorization with B's check key: decided like an unknown id, and
+    // recorded like one (format 1.1, issue 13): a workspace event of B's log naming the id
+    // asked for. The two answers differ only where two receipts must (id, log index, time) and
+    // in the id asked for.
     let foreign = c.post("/v1/check", &b.checker, json!({ "authorization_id": az, "scopes": ["mail.read"] }));
     let unknown = c.post(
         "/v1/check",
@@ -926,8 +929,23 @@ fn another_tenants_objects_are_404_everywhere_and_stay_unchanged() {
         json!({ "authorization_id": "az_00000000000000000000000000000000", "scopes": ["mail.read"] }),
     );
     assert_eq!(foreign.status, 200, "{foreign}");
-    assert_eq!(foreign.json(), unknown.json(), "a foreign authorization is told apart from an unknown one");
+    let receipt_apart = |r: &Resp| {
+        let mut v = r.json();
+        let mut receipt = v.as_object_mut().unwrap().remove("receipt").unwrap();
+        let body = receipt["body"].as_object_mut().unwrap();
+        for own in ["id", "log_index", "time", "asked_authorization_id"] {
+            body.remove(own);
+        }
+        (v, receipt["status"].take(), receipt["body"].take())
+    };
+    assert_eq!(
+        receipt_apart(&foreign),
+        receipt_apart(&unknown),
+        "a foreign authorization is told apart from an unknown one"
+    );
     assert_eq!(foreign.json()["reason"], "unknown_authorization", "{foreign}");
+    assert_eq!(foreign.json()["receipt"]["body"]["asked_authorization_id"], az.as_str(), "{foreign}");
+    assert_eq!(foreign.json()["receipt"]["body"]["workspace_id"], b.ws.as_str(), "{foreign}");
     assert!(failures.is_empty(), "tenant isolation failures:\n{}", failures.join("\n"));
 
     // Nothing of A changed, and A's keys still work.
