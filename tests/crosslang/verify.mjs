@@ -49,6 +49,7 @@ const FINDING_CLASS = {
   consistency_proof_invalid: INTEGRITY,
   checkpoint_root_mismatch: INTEGRITY,
   out_of_scope: INTEGRITY,
+  decision_unjustified: INTEGRITY,
   receipt_missing: COVERAGE,
   log_leaf_missing: COVERAGE,
   not_signed: COVERAGE,
@@ -904,18 +905,17 @@ function bodyRuleProblems(body) {
     }
     if (created && !has(body, 'grant')) p.push('authorization.created has no grant');
   }
-  // Reading (§4 second table, "present in"): approval, escalation_id and key are
-  // expected on the kinds named for them; a body without one breaks a rule but can
-  // still be read. context_hash is optional. A second-table member on another kind is
-  // not a broken rule (only its type is checked): unknown-to-that-kind members are
-  // accepted like unknown members.
-  if ((kind === 'confirmation' || kind === 'escalation.resolved') && !has(body, 'approval')) {
-    p.push(`${kind} has no approval`);
-  }
-  if ((kind === 'escalation.created' || kind === 'escalation.resolved') && !has(body, 'escalation_id')) {
-    p.push(`${kind} has no escalation_id`);
-  }
-  if (kind === 'key.rotated' && !has(body, 'key')) p.push('key.rotated has no key');
+  // §4.1, second table: the members each kind requires (null counts as absent). Every
+  // answer has an approval but an escalation nobody answered in time (escalation_expired);
+  // a check that escalates names its escalation. context_hash, and expires_at (1.0 has
+  // none), are optional. A second-table member on another kind is not a broken rule (only
+  // its type is checked): unknown-to-that-kind members are accepted like unknown members.
+  const answered = kind === 'confirmation' || (kind === 'escalation.resolved' && g('reason') !== 'escalation_expired');
+  if (answered && g('approval') === null) p.push(`${kind} has no approval`);
+  const escalates = kind === 'escalation.created' || kind === 'escalation.resolved'
+    || (kind === 'check' && g('decision') === 'escalate');
+  if (escalates && g('escalation_id') === null) p.push(`${kind} has no escalation_id`);
+  if (kind === 'key.rotated' && g('key') === null) p.push('key.rotated has no key');
   // Format 1.1: the rule set is in scope_rules.changed, and only there.
   if ((g('scope_rules') !== null) !== (kind === 'scope_rules.changed')) {
     p.push('scope_rules is present exactly in scope_rules.changed');
@@ -1333,7 +1333,150 @@ function checkCheckpoints(checkpoints, byIndex, consistency, report) {
 }
 
 /** §7.2. */
-function verifyBundle(data, pinned, extraCheckpoints = []) {
+// ---------------------------------------------------------------------------
+// §7.4 Semantic verification
+// ---------------------------------------------------------------------------
+
+const REFUSED_ANSWERS = new Set(['confirmation_used', 'confirmation_expired']);
+
+/** §7.4: `*` is every scope, `a.b.*` every longer scope under `a.b.`, else equality. */
+function scopeMatches(pattern, scope) {
+  if (pattern === '*') return true;
+  if (pattern.endsWith('.*')) {
+    const prefix = pattern.slice(0, -1); // keeps the dot
+    return scope.startsWith(prefix) && scope.length > prefix.length;
+  }
+  return pattern === scope;
+}
+
+const resourceMatches = (entry, resource) =>
+  entry.endsWith('*') ? resource.startsWith(entry.slice(0, -1)) : entry === resource;
+
+/** §7.4 rows 1-4: why the authorization alone denies, or null. Times compare as strings (§2). */
+function tableDenies(trail, body) {
+  const grant = trail.grant;
+  if (trail.ended !== null) return `the authorization ended at log index ${trail.ended}`;
+  if (grant.expires_at !== null && body.time >= grant.expires_at) return 'the grant had expired';
+  if (!body.scopes.every((s) => grant.scopes.some((g) => scopeMatches(g, s)))) {
+    return 'the grant does not cover every scope asked for';
+  }
+  if (grant.resources.length) {
+    const r = body.resource;
+    if (r === null || !grant.resources.some((e) => resourceMatches(e, r))) return 'the grant does not cover the resource';
+  }
+  return null;
+}
+
+/** §7.4 rows 5-7. */
+function rulesGive(rules, scopes) {
+  const wants = (word) =>
+    Object.entries(rules).some(([p, rule]) => rule === word && scopes.some((s) => scopeMatches(p, s)));
+  if (wants('escalate')) return 'escalate';
+  return wants('confirm') ? 'confirm' : 'allow';
+}
+
+/** §7.4 steps 6-7: what an allowing answer needs from the trail and the person. */
+function allowingAnswerProblem(trail, body) {
+  if (trail.ended !== null) return `the authorization ended at log index ${trail.ended}`;
+  const expires = trail.grant.expires_at;
+  if (expires !== null && body.time >= expires) return 'the grant had expired';
+  if (!(isObj(body.approval) && body.approval.outcome === 'approved')) return 'no answer approved it';
+  return null;
+}
+
+const sameScopes = (a, b) => a.length === b.length && a.every((s, i) => s === b[i]);
+
+/** §7.4 on a bundle without findings. Returns how many decisions were judged. */
+function checkSemantics(leaves, report) {
+  const bodies = new Map();
+  for (const leaf of leaves) if (!bodies.has(leaf.logIndex)) bodies.set(leaf.logIndex, leaf.body);
+  let rules = null;
+  let rulesAt = null;
+  const trails = new Map();
+  let judged = 0;
+  for (const index of [...bodies.keys()].sort((a, b) => a - b)) {
+    const b = bodies.get(index);
+    const { kind, decision, authorization_id: auth } = b;
+    if (kind === 'scope_rules.changed') {
+      // step 1
+      [rules, rulesAt] = [b.scope_rules, index];
+      continue;
+    }
+    if (auth === null) continue;
+    if (kind === 'authorization.created') {
+      // step 2
+      trails.set(auth, { grant: b.grant, ended: null, confirmations: [], escalations: new Map() });
+      continue;
+    }
+    const trail = trails.get(auth);
+    if (!trail) continue; // step 3
+    let problem = null;
+    if (kind === 'revocation' || kind === 'expiry') {
+      // step 4
+      if (trail.ended === null) trail.ended = index;
+    } else if (kind === 'check') {
+      // step 5
+      judged++;
+      const deadline = has(b, 'expires_at') ? b.expires_at : null;
+      if (decision === 'confirm') {
+        trail.confirmations.push({ scopes: b.scopes, resource: b.resource, deadline, answered: false });
+      } else if (decision === 'escalate' && has(b, 'escalation_id') && b.escalation_id !== null) {
+        trail.escalations.set(b.escalation_id, { deadline, resolved: false });
+      }
+      if (['allow', 'confirm', 'escalate'].includes(decision)) {
+        const denied = tableDenies(trail, b);
+        if (denied) problem = `${decision}, but ${denied}`;
+        else if (rules !== null) {
+          const want = rulesGive(rules, b.scopes);
+          if (want !== decision) problem = `${decision}, but the scope rules of log index ${rulesAt} call for ${want}`;
+        }
+      }
+    } else if (kind === 'confirmation') {
+      // step 6
+      judged++;
+      let found = false;
+      if (!REFUSED_ANSWERS.has(b.reason)) {
+        let best = null;
+        for (const c of trail.confirmations) {
+          const open = !c.answered && sameScopes(c.scopes, b.scopes) && c.resource === b.resource
+            && (c.deadline === null || b.time < c.deadline);
+          // The deadline that comes first (none: last; equal: the one opened first).
+          const earlier = best === null || (c.deadline !== null && (best.deadline === null || c.deadline < best.deadline));
+          if (open && earlier) best = c;
+        }
+        if (best) {
+          best.answered = true;
+          found = true;
+        }
+      }
+      if (decision === 'allow') {
+        const p = allowingAnswerProblem(trail, b);
+        if (p) problem = `allow, but ${p}`;
+        else if (!found) problem = 'allow, but it answers no open confirmation of this request';
+      }
+    } else if (kind === 'escalation.resolved') {
+      // step 7
+      judged++;
+      const esc = has(b, 'escalation_id') ? trail.escalations.get(b.escalation_id) : undefined;
+      const before = esc ? { ...esc } : null;
+      if (esc) esc.resolved = true;
+      if (decision === 'allow') {
+        const p = allowingAnswerProblem(trail, b);
+        if (p) problem = `allow, but ${p}`;
+        else if (before === null) problem = 'allow, but no escalate check of this trail opened its escalation';
+        else if (before.resolved) problem = 'allow, but its escalation was already resolved';
+        else if (before.deadline !== null && b.time >= before.deadline) {
+          problem = "allow, but it came after its escalation's deadline";
+        }
+      }
+    }
+    if (problem) report.add('decision_unjustified', `receipt ${b.id} (log index ${index}): ${problem}`);
+  }
+  return judged;
+}
+
+/** §7.2, then §7.4 (`semantics` null: on for log exports only). */
+function verifyBundle(data, pinned, extraCheckpoints = [], semantics = null) {
   const report = new Report();
   const lines = bundleLines(data);
   if (!lines.length) throw new Unusable('empty bundle');
@@ -1359,6 +1502,11 @@ function verifyBundle(data, pinned, extraCheckpoints = []) {
   const ends = checkTrails(leaves, header.scope, report); // step 6
   checkScope(leaves, header.scope, ends, byIndex, checkpoints, report); // step 7
   checkCheckpoints(checkpoints, byIndex, records.consistency, report); // step 8
+  if (semantics === null ? header.scope.kind === 'log' : semantics) {
+    // §7.4, only on a bundle without findings
+    if (report.findings.length) report.notes.push('decisions not re-derived: the bundle already has findings (§7.4)');
+    else report.notes.push(`decisions re-derived from the log: ${checkSemantics(leaves, report)}`);
+  }
   return report;
 }
 
@@ -1382,7 +1530,7 @@ function runVector(base, v) {
       if (!keyset) throw new Unusable('a receipt vector needs keys');
       report = verifyReceipt(data, keyset);
     } else {
-      report = verifyBundle(data, keyset);
+      report = verifyBundle(data, keyset, [], v.semantics ?? null);
     }
     return [report.outcome(), report.codes()];
   } catch (e) {
@@ -1414,7 +1562,7 @@ function cmdVectors(manifestPath) {
 
 const USAGE = `usage: node verify.mjs vectors MANIFEST
        node verify.mjs receipt FILE --keys KEYS
-       node verify.mjs bundle FILE [--keys KEYS] [--checkpoint NOTE_FILE ...]`;
+       node verify.mjs bundle FILE [--keys KEYS] [--checkpoint NOTE_FILE ...] [--semantics | --no-semantics]`;
 
 function main(argv) {
   if (argv.length === 2 && argv[0] === 'vectors') return cmdVectors(argv[1]);
@@ -1424,8 +1572,14 @@ function main(argv) {
   }
   const [cmd, file, ...rest] = argv;
   let keysPath = null;
+  let semantics = null;
   const extra = [];
   while (rest.length) {
+    if (['--semantics', '--no-semantics'].includes(rest[0]) && cmd === 'bundle' && semantics === null) {
+      semantics = rest[0] === '--semantics';
+      rest.splice(0, 1);
+      continue;
+    }
     if (rest[0] === '--keys' && rest.length > 1 && keysPath === null) keysPath = rest[1];
     else if (rest[0] === '--checkpoint' && rest.length > 1 && cmd === 'bundle') extra.push(rest[1]);
     else {
@@ -1450,7 +1604,7 @@ function main(argv) {
           return '\u0000'; // not UTF-8: will be checkpoint_malformed
         }
       });
-      report = verifyBundle(data, keyset, notes);
+      report = verifyBundle(data, keyset, notes, semantics);
     }
   } catch (e) {
     if (e instanceof Unusable || e.code) {

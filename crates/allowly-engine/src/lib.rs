@@ -12,7 +12,6 @@ mod admin_keys;
 mod clock;
 mod commit;
 pub mod config;
-pub mod decide;
 mod endpoints;
 mod engine;
 pub mod error;
@@ -34,6 +33,10 @@ mod views;
 mod webhooks;
 
 pub use admin_keys::reset_instance_admin_keys;
+/// The decision table lives in its own crate, without IO, so that the offline verifier
+/// (`allowly-verify bundle --semantics`) re-derives decisions with the very function the engine
+/// decides with; re-exported so that `crate::decide` reads as before.
+pub use allowly_decide as decide;
 pub use config::EngineConfig;
 pub use engine::{Engine, MAX_EXPORT_RECEIPTS};
 pub use error::{EngineError, Result};

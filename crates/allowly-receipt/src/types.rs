@@ -461,9 +461,12 @@ impl ReceiptBody {
             seq: self.seq,
             has_prev: self.prev.is_some(),
             has_grant: self.grant.is_some(),
+            has_approval: self.approval.is_some(),
+            has_key: self.key.is_some(),
             escalation_id: self.escalation_id.as_deref(),
             decision: self.decision,
             unknown_authorization: self.reason.as_deref() == Some(REASON_UNKNOWN_AUTHORIZATION),
+            escalation_expired: self.reason.as_deref() == Some(REASON_ESCALATION_EXPIRED),
             asked_authorization_id: self.asked_authorization_id.as_deref(),
             has_scope_rules: self.scope_rules.is_some(),
         }
@@ -481,6 +484,10 @@ impl ReceiptBody {
 /// check is a workspace event and says in `asked_authorization_id` which id was asked for).
 pub const REASON_UNKNOWN_AUTHORIZATION: &str = "unknown_authorization";
 
+/// The reason of an `escalation.resolved` nobody answered in time: the one resolution without
+/// an `approval` (§4.1).
+pub const REASON_ESCALATION_EXPIRED: &str = "escalation_expired";
+
 /// What [`ReceiptBody::validate`] and [`ReceiptBodyView::parse`] check beyond types: one
 /// function for both, so the signer and the verifier cannot drift apart.
 struct Rules<'a> {
@@ -493,10 +500,14 @@ struct Rules<'a> {
     seq: Option<u64>,
     has_prev: bool,
     has_grant: bool,
+    has_approval: bool,
+    has_key: bool,
     escalation_id: Option<&'a str>,
     decision: Option<Decision>,
     /// `reason` is [`REASON_UNKNOWN_AUTHORIZATION`].
     unknown_authorization: bool,
+    /// `reason` is [`REASON_ESCALATION_EXPIRED`].
+    escalation_expired: bool,
     asked_authorization_id: Option<&'a str>,
     has_scope_rules: bool,
 }
@@ -551,6 +562,23 @@ impl Rules<'_> {
         }
         if let Some(id) = self.escalation_id {
             validate_id("escalation_id", id)?;
+        }
+        // §4.1, second table: the members each kind requires (every Allowly version wrote them).
+        let escalated = self.kind == EventKind::Check && self.decision == Some(Decision::Escalate);
+        let escalation_kind = matches!(self.kind, EventKind::EscalationCreated | EventKind::EscalationResolved);
+        if (escalated || escalation_kind) && self.escalation_id.is_none() {
+            return err("escalation_id", "required in escalation.* and in a check that escalates");
+        }
+        let answered = match self.kind {
+            EventKind::Confirmation => true,
+            EventKind::EscalationResolved => !self.escalation_expired,
+            _ => false,
+        };
+        if answered && !self.has_approval {
+            return err("approval", "required in confirmation and escalation.resolved (but escalation_expired)");
+        }
+        if self.kind == EventKind::KeyRotated && !self.has_key {
+            return err("key", "required in key.rotated");
         }
         if self.has_scope_rules != (self.kind == EventKind::ScopeRulesChanged) {
             return err("scope_rules", "present exactly in scope_rules.changed");
@@ -673,9 +701,11 @@ impl<'de> Deserialize<'de> for AnyText {
     }
 }
 
-/// A reason code, kept only as whether it is [`REASON_UNKNOWN_AUTHORIZATION`] (the one reason
-/// the §4 rules read).
-struct ReasonText(bool);
+/// A reason code, kept only as whether it is one of the two reasons the §4 rules read.
+struct ReasonText {
+    unknown_authorization: bool,
+    escalation_expired: bool,
+}
 
 impl<'de> Deserialize<'de> for ReasonText {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
@@ -686,7 +716,10 @@ impl<'de> Deserialize<'de> for ReasonText {
                 f.write_str("a string")
             }
             fn visit_str<E: serde::de::Error>(self, s: &str) -> std::result::Result<ReasonText, E> {
-                Ok(ReasonText(s == REASON_UNKNOWN_AUTHORIZATION))
+                Ok(ReasonText {
+                    unknown_authorization: s == REASON_UNKNOWN_AUTHORIZATION,
+                    escalation_expired: s == REASON_ESCALATION_EXPIRED,
+                })
             }
         }
         d.deserialize_str(V)
@@ -742,7 +775,7 @@ impl<'a> ReceiptBodyView<'a> {
         if f.seq.is_some_and(|s| s > jcs::MAX_SAFE_INTEGER) {
             return Err(Error::Field { field: "seq", msg: "beyond 2^53-1".into() });
         }
-        let _ = (f.scopes, f.resource, f.approval, f.key);
+        let _ = (f.scopes, f.resource);
         Rules {
             v: f.v,
             id: f.id,
@@ -753,9 +786,12 @@ impl<'a> ReceiptBodyView<'a> {
             seq: f.seq,
             has_prev: f.prev.is_some(),
             has_grant: f.grant.is_some(),
+            has_approval: f.approval.is_some(),
+            has_key: f.key.is_some(),
             escalation_id: f.escalation_id,
             decision: f.decision,
-            unknown_authorization: f.reason.is_some_and(|r| r.0),
+            unknown_authorization: f.reason.as_ref().is_some_and(|r| r.unknown_authorization),
+            escalation_expired: f.reason.as_ref().is_some_and(|r| r.escalation_expired),
             asked_authorization_id: f.asked_authorization_id,
             has_scope_rules: f.scope_rules.is_some(),
         }

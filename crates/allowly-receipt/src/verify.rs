@@ -15,6 +15,8 @@ use crate::note::{self, Checkpoint};
 use crate::types::{checkpoint_time, AnyReceipt, KeySet, ReceiptBody, TrustedKeys};
 use crate::{jcs, Error, Result};
 
+mod semantics;
+
 /// Whether a finding means "altered" or "missing".
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -85,6 +87,9 @@ codes! {
     CheckpointRootMismatch = "checkpoint_root_mismatch", Integrity;
     /// A receipt outside the scope the bundle claims.
     OutOfScope = "out_of_scope", Integrity;
+    /// An allow, confirm or escalate that the grants, revocations, expiries and scope rules
+    /// before it in the log do not give (semantic verification, §7.4).
+    DecisionUnjustified = "decision_unjustified", Integrity;
     /// A trail has a hole: a receipt between two present ones is missing.
     ReceiptMissing = "receipt_missing", Coverage;
     /// A log index inside the bundle's scope has no receipt.
@@ -138,6 +143,9 @@ pub struct Report {
     /// The keys used were the bundle's own, not pinned by the caller: a report without findings
     /// is then [`Outcome::ValidUnpinned`], never [`Outcome::Valid`].
     pub unpinned: bool,
+    /// How many decisions semantic verification (§7.4) judged; `None` when it did not run
+    /// (turned off, or skipped because the bundle already has findings).
+    pub decisions_checked: Option<usize>,
 }
 
 impl Report {
@@ -317,6 +325,26 @@ pub fn verify_receipt(r: &AnyReceipt, keys: &KeySet) -> Result<Report> {
 ///
 /// Errors only when the input is not a bundle or no keys are available at all.
 pub fn verify_bundle(bytes: &[u8], pinned: Option<&KeySet>, extra_checkpoints: &[String]) -> Result<Report> {
+    verify_bundle_with(bytes, pinned, extra_checkpoints, Semantics::Default)
+}
+
+/// Whether a bundle's decisions are re-derived from the log (§7.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Semantics {
+    /// For log exports, which hold the rules and every receipt of a trail; not for authorization
+    /// exports, which hold no scope rules.
+    Default,
+    On,
+    Off,
+}
+
+/// [`verify_bundle`], choosing whether decisions are re-derived (semantic verification, §7.4).
+pub fn verify_bundle_with(
+    bytes: &[u8],
+    pinned: Option<&KeySet>,
+    extra_checkpoints: &[String],
+    semantics: Semantics,
+) -> Result<Report> {
     let (bundle, bad_lines) = Bundle::parse(bytes)?;
     let header = bundle.header.clone().ok_or(Error::Field { field: "bundle", msg: "no header".into() })?;
     let mut report = Report::default();
@@ -400,6 +428,20 @@ pub fn verify_bundle(bytes: &[u8], pinned: Option<&KeySet>, extra_checkpoints: &
     check_trails(&facts, &header.scope, &mut report);
     check_scope(&header.scope, &leaves, &facts, &seen, &mut report);
     check_checkpoints(&seen, &bundle.consistency, &leaves, &mut report);
+    let semantic = match semantics {
+        Semantics::Default => matches!(header.scope, Scope::Log { .. }),
+        Semantics::On => true,
+        Semantics::Off => false,
+    };
+    if semantic {
+        if report.findings.is_empty() {
+            report.decisions_checked = Some(semantics::check(&facts, &mut report));
+        } else {
+            // Judged against a history with holes or alterations, an honest decision could
+            // look unjustified (§7.4).
+            report.notes.push("decisions not re-derived: the bundle already has findings".into());
+        }
+    }
     Ok(report)
 }
 

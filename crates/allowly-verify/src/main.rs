@@ -1,5 +1,6 @@
 //! `allowly-verify`: checks Allowly receipts and evidence bundles offline, with nothing but the
-//! workspace's public keys. Depends only on `allowly-receipt`.
+//! workspace's public keys. Depends only on `allowly-receipt` (and through it on
+//! `allowly-decide`, the engine's pure decision function): no RocksDB, no tokio, no network.
 //!
 //! Exit status: 0 all valid · 1 integrity failure · 2 coverage gap (nothing altered) ·
 //! 3 valid but unpinned (a bundle checked against its own keys) · 64 bad usage or unreadable input.
@@ -8,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use allowly_receipt::types::KeySet;
-use allowly_receipt::verify::{self, Class, Outcome, Report};
+use allowly_receipt::verify::{self, Class, Outcome, Report, Semantics};
 use clap::{Parser, Subcommand};
 
 const EXIT_USAGE: u8 = 64;
@@ -58,6 +59,17 @@ enum Command {
         /// log export up to the checkpoint's size for that (docs/receipt-format.md §10).
         #[arg(long = "checkpoint")]
         checkpoints: Vec<PathBuf>,
+        /// Re-derive every allow, confirm and escalate, and every answer that allows, from the
+        /// grants, revocations, expiries and scope rules before it in the bundle, with the
+        /// engine's own decision function; one that does not follow is `decision_unjustified`,
+        /// an integrity failure (docs/receipt-format.md §7.4). On by default for log exports;
+        /// this turns it on for authorization exports too (which carry no scope rules, so only
+        /// what the grant allows is judged there).
+        #[arg(long, conflicts_with = "no_semantics")]
+        semantics: bool,
+        /// Do not re-derive decisions, not even for a log export.
+        #[arg(long)]
+        no_semantics: bool,
     },
 }
 
@@ -106,13 +118,18 @@ fn run(cli: &Cli) -> Result<(String, Report), String> {
                 .map_err(|e| format!("{}: not a verifiable receipt: {e}", file.display()))?;
             Ok((format!("receipt {}", file.display()), report))
         }
-        Command::Bundle { file, keys, checkpoints } => {
+        Command::Bundle { file, keys, checkpoints, semantics, no_semantics } => {
             let pinned = keys.as_deref().map(read_keys).transpose()?;
             let extra = checkpoints
                 .iter()
                 .map(|p| read(p).and_then(|b| String::from_utf8(b).map_err(|_| format!("{}: not UTF-8", p.display()))))
                 .collect::<Result<Vec<_>, _>>()?;
-            let report = verify::verify_bundle(&read(file)?, pinned.as_ref(), &extra)
+            let semantics = match (semantics, no_semantics) {
+                (true, _) => Semantics::On,
+                (_, true) => Semantics::Off,
+                _ => Semantics::Default,
+            };
+            let report = verify::verify_bundle_with(&read(file)?, pinned.as_ref(), &extra, semantics)
                 .map_err(|e| format!("{}: not a verifiable bundle: {e}", file.display()))?;
             Ok((format!("bundle {}", file.display()), report))
         }
@@ -137,6 +154,9 @@ fn print_human(what: &str, r: &Report) {
         };
         println!("  {class}  {:<28} {}: {}", f.code.as_str(), f.subject, f.detail);
     }
+    if let Some(n) = r.decisions_checked {
+        println!("  decisions re-derived from the log: {n}");
+    }
     for n in &r.notes {
         println!("  note: {n}");
     }
@@ -151,6 +171,7 @@ fn print_json(what: &str, r: &Report) {
         "receipts": r.receipts,
         "signed": r.signed,
         "checkpoints": r.checkpoints,
+        "decisions_checked": r.decisions_checked,
         "findings": r.findings,
         "notes": r.notes,
     });

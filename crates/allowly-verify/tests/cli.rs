@@ -40,6 +40,11 @@ fn every_vector_gets_its_exit_status_and_codes() {
         if let Some(k) = &keys {
             args.extend(["--keys", k.as_str()]);
         }
+        match v.get("semantics").and_then(Value::as_bool) {
+            Some(true) => args.push("--semantics"),
+            Some(false) => args.push("--no-semantics"),
+            None => {}
+        }
         let out = run(&args);
         let want_status = match v["outcome"].as_str().expect("outcome") {
             "valid" => 0,
@@ -99,6 +104,56 @@ fn human_output_names_the_result() {
     let report: Value =
         serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", describe(&args, &out)));
     assert!(report["outcome"] == "valid_unpinned" && report["pinned"] == false, "{}", describe(&args, &out));
+}
+
+/// Semantic verification (§7.4): on by default for a log export, off with --no-semantics, on
+/// for an authorization export only with --semantics; `--json` says how many decisions it
+/// judged (`null` when it did not run).
+#[test]
+fn semantics_flags() {
+    let dir = vectors_dir();
+    let keys = dir.join("keys-semantics.json");
+    let keys = keys.to_str().expect("utf8");
+    let json = |args: &[&str], status: i32| -> Value {
+        let out = run(args);
+        assert_eq!(out.status.code(), Some(status), "{}", describe(args, &out));
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", describe(args, &out)))
+    };
+    let log = dir.join("invalid/bundle-semantics-allow-not-granted.jsonl");
+    let log = log.to_str().expect("utf8");
+    let r = json(&["bundle", log, "--keys", keys, "--json"], 1);
+    assert_eq!(r["findings"][0]["code"], "decision_unjustified", "{r:#}");
+    assert!(r["findings"][0]["subject"].as_str().is_some_and(|s| s.contains("log index 8")), "{r:#}");
+    assert!(r["findings"][0]["detail"].as_str().is_some_and(|s| s.contains("scope_not_granted")), "{r:#}");
+    assert_eq!(r["decisions_checked"], 7, "{r:#}");
+    let r = json(&["bundle", log, "--keys", keys, "--json", "--no-semantics"], 0);
+    assert!(r["findings"].as_array().is_some_and(Vec::is_empty) && r["decisions_checked"].is_null(), "{r:#}");
+
+    let auth = dir.join("invalid/bundle-semantics-authorization-export.jsonl");
+    let auth = auth.to_str().expect("utf8");
+    let r = json(&["bundle", auth, "--keys", keys, "--json"], 0);
+    assert!(r["decisions_checked"].is_null(), "{r:#}");
+    let r = json(&["bundle", auth, "--keys", keys, "--json", "--semantics"], 1);
+    assert_eq!(r["findings"][0]["code"], "decision_unjustified", "{r:#}");
+
+    let both = ["bundle", log, "--semantics", "--no-semantics"];
+    assert_eq!(run(&both).status.code(), Some(64), "{}", describe(&both, &run(&both)));
+}
+
+/// The verifier an auditor builds must not link the server: no RocksDB, no tokio, no engine,
+/// only the format crate and the pure decision function (`allowly-decide`).
+#[test]
+fn links_nothing_of_the_server() {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let args = ["tree", "--locked", "--offline", "--edges", "normal", "--prefix", "none", "--format", "{p}", "-p"];
+    let out = Command::new(cargo).args(args).arg("allowly-verify").current_dir(manifest_dir()).output().expect("cargo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "cargo tree: {}", String::from_utf8_lossy(&out.stderr));
+    let deps: Vec<&str> = stdout.lines().filter_map(|l| l.split_whitespace().next()).collect();
+    assert!(deps.contains(&"allowly-decide") && deps.contains(&"allowly-receipt"), "{deps:?}");
+    for forbidden in ["tokio", "rocksdb", "librocksdb-sys", "allowly-engine", "allowly-store", "hyper"] {
+        assert!(!deps.contains(&forbidden), "allowly-verify depends on {forbidden}: {deps:?}");
+    }
 }
 
 #[test]

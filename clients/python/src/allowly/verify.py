@@ -61,6 +61,7 @@ FINDING_CLASS = {
     "consistency_proof_invalid": INTEGRITY,
     "checkpoint_root_mismatch": INTEGRITY,
     "out_of_scope": INTEGRITY,
+    "decision_unjustified": INTEGRITY,
     "receipt_missing": COVERAGE,
     "log_leaf_missing": COVERAGE,
     "not_signed": COVERAGE,
@@ -857,16 +858,18 @@ def _body_rule_problems(body: dict) -> list[str]:
             p.append("seq = 0 ⇔ kind = authorization.created ⇔ prev = null is broken")
         if created and "grant" not in body:
             p.append("authorization.created has no grant")
-    # Reading (§4 second table, "present in"): approval, escalation_id and key are
-    # expected on the kinds named for them; a body without one breaks a rule but can
-    # still be read. context_hash is optional. A second-table member on another kind is
-    # not a broken rule (only its type is checked): unknown-to-that-kind members are
-    # accepted like unknown members.
-    if kind in ("confirmation", "escalation.resolved") and "approval" not in body:
+    # §4.1, second table: the members each kind requires (null counts as absent). Every
+    # answer has an approval but an escalation nobody answered in time (escalation_expired);
+    # a check that escalates names its escalation. context_hash, and expires_at (1.0 has
+    # none), are optional. A second-table member on another kind is not a broken rule (only
+    # its type is checked): unknown-to-that-kind members are accepted like unknown members.
+    answered = kind == "confirmation" or (kind == "escalation.resolved" and g("reason") != "escalation_expired")
+    if answered and g("approval") is None:
         p.append(f"{kind} has no approval")
-    if kind in ("escalation.created", "escalation.resolved") and "escalation_id" not in body:
+    escalates = kind in ("escalation.created", "escalation.resolved") or (kind == "check" and g("decision") == "escalate")
+    if escalates and g("escalation_id") is None:
         p.append(f"{kind} has no escalation_id")
-    if kind == "key.rotated" and "key" not in body:
+    if kind == "key.rotated" and g("key") is None:
         p.append("key.rotated has no key")
     # Format 1.1: the rule set is in scope_rules.changed, and only there.
     if (g("scope_rules") is not None) != (kind == "scope_rules.changed"):
@@ -1255,8 +1258,145 @@ def check_checkpoints(checkpoints: list[Checkpoint], by_index: dict[int, bytes],
             report.add("consistency_unproven", f"no consistency proof {m} -> {n}")
 
 
-def verify_bundle(data: bytes, pinned: KeySet | None, extra_checkpoints: list[str] = ()) -> Report:
-    """§7.2."""
+# ---------------------------------------------------------------------------
+# §7.4 Semantic verification
+# ---------------------------------------------------------------------------
+
+REFUSED_ANSWERS = ("confirmation_used", "confirmation_expired")
+
+
+def scope_matches(pattern: str, scope: str) -> bool:
+    """§7.4: `*` is every scope, `a.b.*` every longer scope under `a.b.`, else equality."""
+    if pattern == "*":
+        return True
+    if pattern.endswith(".*"):
+        prefix = pattern[:-1]  # keeps the dot
+        return scope.startswith(prefix) and len(scope) > len(prefix)
+    return pattern == scope
+
+
+def resource_matches(entry: str, resource: str) -> bool:
+    return resource.startswith(entry[:-1]) if entry.endswith("*") else entry == resource
+
+
+def table_denies(trail: dict, body: dict) -> str | None:
+    """§7.4 rows 1-4: why the authorization alone denies, or None."""
+    grant = trail["grant"]
+    if trail["ended"] is not None:
+        return f"the authorization ended at log index {trail['ended']}"
+    if grant["expires_at"] is not None and body["time"] >= grant["expires_at"]:  # §2: times compare as strings
+        return "the grant had expired"
+    if not all(any(scope_matches(g, s) for g in grant["scopes"]) for s in body["scopes"]):
+        return "the grant does not cover every scope asked for"
+    if grant["resources"]:
+        r = body["resource"]
+        if r is None or not any(resource_matches(e, r) for e in grant["resources"]):
+            return "the grant does not cover the resource"
+    return None
+
+
+def rules_give(rules: dict, scopes: list) -> str:
+    """§7.4 rows 5-7."""
+    def wants(word):
+        return any(rule == word and any(scope_matches(p, s) for s in scopes) for p, rule in rules.items())
+    return "escalate" if wants("escalate") else "confirm" if wants("confirm") else "allow"
+
+
+def allowing_answer_problem(trail: dict, body: dict) -> str | None:
+    """§7.4 steps 6-7: what an allowing answer needs from the trail and the person."""
+    if trail["ended"] is not None:
+        return f"the authorization ended at log index {trail['ended']}"
+    expires = trail["grant"]["expires_at"]
+    if expires is not None and body["time"] >= expires:
+        return "the grant had expired"
+    approval = body.get("approval")
+    if not (isinstance(approval, dict) and approval.get("outcome") == "approved"):
+        return "no answer approved it"
+    return None
+
+
+def check_semantics(leaves: list[Leaf], report: Report) -> int:
+    """§7.4 on a bundle without findings. Returns how many decisions were judged."""
+    bodies = {}
+    for leaf in leaves:
+        bodies.setdefault(leaf.log_index, leaf.body)
+    rules, rules_at = None, None
+    trails: dict[str, dict] = {}
+    judged = 0
+    for index in sorted(bodies):
+        b = bodies[index]
+        kind, decision, auth = b["kind"], b["decision"], b["authorization_id"]
+        if kind == "scope_rules.changed":  # step 1
+            rules, rules_at = b["scope_rules"], index
+            continue
+        if auth is None:
+            continue
+        if kind == "authorization.created":  # step 2
+            trails[auth] = {"grant": b["grant"], "ended": None, "confirmations": [], "escalations": {}}
+            continue
+        trail = trails.get(auth)
+        if trail is None:  # step 3
+            continue
+        problem = None
+        if kind in ("revocation", "expiry"):  # step 4
+            if trail["ended"] is None:
+                trail["ended"] = index
+        elif kind == "check":  # step 5
+            judged += 1
+            if decision == "confirm":
+                trail["confirmations"].append({"scopes": b["scopes"], "resource": b["resource"],
+                                               "deadline": b.get("expires_at"), "answered": False})
+            elif decision == "escalate" and b.get("escalation_id") is not None:
+                trail["escalations"][b["escalation_id"]] = {"deadline": b.get("expires_at"), "resolved": False}
+            if decision in ("allow", "confirm", "escalate"):
+                denied = table_denies(trail, b)
+                if denied:
+                    problem = f"{decision}, but {denied}"
+                elif rules is not None:
+                    want = rules_give(rules, b["scopes"])
+                    if want != decision:
+                        problem = f"{decision}, but the scope rules of log index {rules_at} call for {want}"
+        elif kind == "confirmation":  # step 6
+            judged += 1
+            found = False
+            if b["reason"] not in REFUSED_ANSWERS:
+                candidates = [(c["deadline"] is None, c["deadline"] or "", i, c)
+                              for i, c in enumerate(trail["confirmations"])
+                              if not c["answered"] and c["scopes"] == b["scopes"] and c["resource"] == b["resource"]
+                              and (c["deadline"] is None or b["time"] < c["deadline"])]
+                if candidates:
+                    min(candidates, key=lambda t: t[:3])[3]["answered"] = True
+                    found = True
+            if decision == "allow":
+                problem = allowing_answer_problem(trail, b)
+                if problem:
+                    problem = f"allow, but {problem}"
+                elif not found:
+                    problem = "allow, but it answers no open confirmation of this request"
+        elif kind == "escalation.resolved":  # step 7
+            judged += 1
+            esc = trail["escalations"].get(b.get("escalation_id"))
+            before = None if esc is None else dict(esc)
+            if esc is not None:
+                esc["resolved"] = True
+            if decision == "allow":
+                problem = allowing_answer_problem(trail, b)
+                if problem:
+                    problem = f"allow, but {problem}"
+                elif before is None:
+                    problem = "allow, but no escalate check of this trail opened its escalation"
+                elif before["resolved"]:
+                    problem = "allow, but its escalation was already resolved"
+                elif before["deadline"] is not None and b["time"] >= before["deadline"]:
+                    problem = "allow, but it came after its escalation's deadline"
+        if problem:
+            report.add("decision_unjustified", f"receipt {b['id']} (log index {index}): {problem}")
+    return judged
+
+
+def verify_bundle(data: bytes, pinned: KeySet | None, extra_checkpoints: list[str] = (),
+                  semantics: bool | None = None) -> Report:
+    """§7.2, then §7.4 (`semantics` None: on for log exports only)."""
     report = Report()
     lines = bundle_lines(data)
     if not lines:
@@ -1285,6 +1425,11 @@ def verify_bundle(data: bytes, pinned: KeySet | None, extra_checkpoints: list[st
     ends = check_trails(leaves, scope, report)  # step 6
     check_scope(leaves, scope, ends, by_index, checkpoints, report)  # step 7
     check_checkpoints(checkpoints, by_index, records.consistency, report)  # step 8
+    if scope.kind == "log" if semantics is None else semantics:  # §7.4
+        if report.findings:
+            report.notes.append("decisions not re-derived: the bundle already has findings (§7.4)")
+        else:
+            report.notes.append(f"decisions re-derived from the log: {check_semantics(leaves, report)}")
     return report
 
 
@@ -1310,7 +1455,7 @@ def run_vector(base: Path, v: dict) -> tuple[str, set[str]]:
                 raise Unusable("a receipt vector needs keys")
             report = verify_receipt(data, keys)
         else:
-            report = verify_bundle(data, keys)
+            report = verify_bundle(data, keys, semantics=v.get("semantics"))
     except Unusable:
         return "unusable", set()
     return report.outcome(), report.codes()
@@ -1335,7 +1480,7 @@ def cmd_vectors(manifest_path: str) -> int:
 
 USAGE = """usage: verify.py vectors MANIFEST
        verify.py receipt FILE --keys KEYS
-       verify.py bundle FILE [--keys KEYS] [--checkpoint NOTE_FILE ...]"""
+       verify.py bundle FILE [--keys KEYS] [--checkpoint NOTE_FILE ...] [--semantics | --no-semantics]"""
 
 
 def main(argv: list[str]) -> int:
@@ -1346,8 +1491,12 @@ def main(argv: list[str]) -> int:
         print(USAGE, file=sys.stderr)
         return EXIT_UNUSABLE
     cmd, file, rest = argv[0], argv[1], argv[2:]
-    keys_path, extra = None, []
+    keys_path, extra, semantics = None, [], None
     while rest:
+        if rest[0] in ("--semantics", "--no-semantics") and cmd == "bundle" and semantics is None:
+            semantics = rest[0] == "--semantics"
+            rest = rest[1:]
+            continue
         if rest[0] == "--keys" and len(rest) > 1 and keys_path is None:
             keys_path = rest[1]
         elif rest[0] == "--checkpoint" and len(rest) > 1 and cmd == "bundle":
@@ -1370,7 +1519,7 @@ def main(argv: list[str]) -> int:
                     notes.append(Path(path).read_bytes().decode("utf-8"))
                 except UnicodeDecodeError:
                     notes.append("\x00")  # not UTF-8: will be checkpoint_malformed
-            report = verify_bundle(data, keys, notes)
+            report = verify_bundle(data, keys, notes, semantics)
     except OSError as e:
         print(f"unusable input: {e}", file=sys.stderr)
         return EXIT_UNUSABLE

@@ -7,7 +7,7 @@ use std::time::Duration;
 use allowly_engine::model::*;
 use allowly_engine::{Engine, EngineConfig, EngineError};
 use allowly_receipt::types::{Decision, EventKind};
-use allowly_receipt::verify::{verify_bundle, Outcome};
+use allowly_receipt::verify::{verify_bundle_with, Outcome, Semantics};
 use tempfile::TempDir;
 
 use crate::support::*;
@@ -57,8 +57,11 @@ async fn verify_trail(e: &Engine, ws: &str, auth: &str) {
     eventually("the trail is signed", || async { all_signed(e, ws, auth).await }).await;
     let keys = e.keys(ws).unwrap();
     let bundle = e.export(ws, ExportScope::Authorization(auth.to_owned())).unwrap();
-    let report = verify_bundle(&bundle, Some(&keys), &[]).unwrap();
+    // With semantic verification (§7.4): every allow and every answer of a real trail —
+    // answered twice, late, after revocation or expiry — follows from the trail itself.
+    let report = verify_bundle_with(&bundle, Some(&keys), &[], Semantics::On).unwrap();
     assert_eq!(report.outcome(), Outcome::Valid, "{:?}", report.findings);
+    assert!(report.decisions_checked.is_some_and(|n| n > 0), "{report:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

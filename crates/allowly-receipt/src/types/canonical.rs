@@ -22,7 +22,9 @@
 //! members nested deeper than [`MAX_DEPTH`], escapes inside ids, hashes and times (`parse`
 //! refuses those anyway), and every form `parse` accepts that is not canonical.
 
-use super::{Decision, EventKind, ReceiptBodyView, Rules, Timestamp, REASON_UNKNOWN_AUTHORIZATION};
+use super::{
+    Decision, EventKind, ReceiptBodyView, Rules, Timestamp, REASON_ESCALATION_EXPIRED, REASON_UNKNOWN_AUTHORIZATION,
+};
 use crate::jcs::MAX_SAFE_INTEGER;
 
 /// Deepest nesting of arrays and objects inside an unknown member read here (deeper: `None`).
@@ -83,9 +85,12 @@ struct Body<'a> {
     kind: Option<EventKind>,
     time: Option<Timestamp>,
     has_grant: bool,
+    has_approval: bool,
+    has_key: bool,
     escalation_id: Option<&'a str>,
     decision: Option<Decision>,
     unknown_authorization: bool,
+    escalation_expired: bool,
     asked_authorization_id: Option<&'a str>,
     has_scope_rules: bool,
 }
@@ -118,9 +123,12 @@ pub(super) fn parse_canonical(bytes: &[u8]) -> Read<ReceiptBodyView<'_>> {
         seq: f.seq,
         has_prev: f.has_prev,
         has_grant: f.has_grant,
+        has_approval: f.has_approval,
+        has_key: f.has_key,
         escalation_id: f.escalation_id,
         decision: f.decision,
         unknown_authorization: f.unknown_authorization,
+        escalation_expired: f.escalation_expired,
         asked_authorization_id: f.asked_authorization_id,
         has_scope_rules: f.has_scope_rules,
     }
@@ -498,7 +506,10 @@ impl<'a> Scan<'a> {
     fn body_member(&mut self, member: Member, f: &mut Body<'a>) -> Read<()> {
         use Member as M;
         let bit = match member {
-            M::Approval => return self.nullable(Self::approval).map(drop),
+            M::Approval => {
+                f.has_approval = self.nullable(Self::approval)?.is_some();
+                return Some(());
+            }
             M::AskedAuthorizationId => {
                 f.asked_authorization_id = self.nullable(Self::str_plain)?;
                 return Some(());
@@ -535,7 +546,10 @@ impl<'a> Scan<'a> {
                 f.id = self.str_plain()?;
                 ID
             }
-            M::Key => return self.nullable(Self::rotated_key).map(drop),
+            M::Key => {
+                f.has_key = self.nullable(Self::rotated_key)?.is_some();
+                return Some(());
+            }
             M::Kind => {
                 f.kind = Some(event_kind(self.string_plain()?)?);
                 KIND
@@ -551,6 +565,7 @@ impl<'a> Scan<'a> {
             M::Reason => {
                 let reason = self.nullable(Self::string)?;
                 f.unknown_authorization = reason == Some((REASON_UNKNOWN_AUTHORIZATION.as_bytes(), false));
+                f.escalation_expired = reason == Some((REASON_ESCALATION_EXPIRED.as_bytes(), false));
                 REASON
             }
             M::Resource => {

@@ -624,6 +624,339 @@ fn vectors_11(v: &mut Vec<Vector>) {
     )));
 }
 
+/// The workspace of the semantic-verification vectors (§7.4): logs a dishonest or broken server
+/// could sign, each a few receipts long, signed with a test key of their own.
+const WS_SEM: &str = "ws_semantics";
+
+/// Its key set file, beside `keys.json`.
+const KEYS_SEM: &str = "keys-semantics.json";
+
+/// A log being written for a §7.4 vector: one authorization, `au_s1`, and workspace events.
+struct SemLog {
+    trail: Trail,
+    bodies: Vec<ReceiptBody>,
+    /// An extension member of the last body (nothing links to the last receipt, so its leaf
+    /// hash may change after it was appended).
+    last_extension: Option<(&'static str, Value)>,
+}
+
+impl SemLog {
+    fn new() -> Self {
+        Self { trail: Trail::new("au_s1"), bodies: Vec::new(), last_extension: None }
+    }
+
+    /// The bodies as signed.
+    fn values(&self) -> Vec<Value> {
+        let mut values: Vec<Value> =
+            self.bodies.iter().map(|b| serde_json::to_value(b).expect("body to value")).collect();
+        if let (Some((name, x)), Some(last)) = (&self.last_extension, values.last_mut()) {
+            last.as_object_mut().expect("object").insert((*name).into(), x.clone());
+        }
+        values
+    }
+
+    /// Appends a receipt at the next index, second `sec` of 2026-03-01 (00:00:sec; `sec` ≥ 60
+    /// spills into the minutes), in the trail unless it is a workspace event.
+    #[allow(clippy::too_many_arguments)] // a test helper that reads like a table row
+    fn add(
+        &mut self,
+        kind: EventKind,
+        decision: Option<Decision>,
+        reason: Option<&str>,
+        scopes: &[&str],
+        sec: u64,
+        f: impl FnOnce(&mut ReceiptBody),
+    ) -> &mut Self {
+        let i = self.bodies.len() as u64;
+        let time = format!("2026-03-01T{:02}:{:02}:{:02}.000Z", sec / 3600, sec / 60 % 60, sec % 60);
+        let workspace_event = matches!(kind, EventKind::ScopeRulesChanged | EventKind::KeyRotated);
+        let trail = (!workspace_event).then_some(&mut self.trail);
+        let mut b = body(trail, i, kind, decision, reason, scopes, None, &time);
+        b.workspace_id = WS_SEM.into();
+        b.id = format!("rc_{i:016x}");
+        f(&mut b);
+        let leaf = b.leaf_hash().expect("leaf");
+        if !workspace_event {
+            self.trail.next_seq += 1;
+            self.trail.prev = Some(HexHash(leaf));
+        }
+        self.bodies.push(b);
+        self
+    }
+
+    fn check(&mut self, decision: Decision, reason: &str, scope: &str, sec: u64) -> &mut Self {
+        self.add(EventKind::Check, Some(decision), Some(reason), &[scope], sec, |_| {})
+    }
+
+    /// The grant every §7.4 log starts its trail with (after its rules, if it has any).
+    fn grant(&mut self, sec: u64) -> &mut Self {
+        self.add(EventKind::AuthorizationCreated, None, None, &["files.read", "mail.*", "pay.*"], sec, |b| {
+            b.grant = Some(Grant {
+                subject: "user_s".into(),
+                scopes: vec!["files.read".into(), "mail.*".into(), "pay.*".into()],
+                resources: vec![],
+                expires_at: Some(ts("2026-03-01T01:00:00.000Z")),
+                metadata_hash: None,
+            });
+        })
+    }
+
+    fn rules(&mut self, sec: u64) -> &mut Self {
+        self.add(EventKind::ScopeRulesChanged, None, None, &[], sec, |b| {
+            b.scope_rules =
+                Some([("pay.*".into(), RuleKind::Escalate), ("mail.send".into(), RuleKind::Confirm)].into());
+        })
+    }
+
+    /// A `confirm` (or `escalate`, with `escalation`) check with its 1.1 deadline, 5 minutes on.
+    fn opens(&mut self, scope: &str, escalation: Option<&str>, sec: u64) -> &mut Self {
+        let (decision, reason) = match escalation {
+            Some(_) => (Decision::Escalate, "escalation_required"),
+            None => (Decision::Confirm, "confirmation_required"),
+        };
+        let deadline = sec + 300;
+        self.add(EventKind::Check, Some(decision), Some(reason), &[scope], sec, |b| {
+            b.escalation_id = escalation.map(str::to_owned);
+            b.expires_at = Some(ts(&format!(
+                "2026-03-01T{:02}:{:02}:{:02}.000Z",
+                deadline / 3600,
+                deadline / 60 % 60,
+                deadline % 60
+            )));
+        })
+    }
+
+    /// A person's answer: a `confirmation`, or the `escalation.resolved` of `escalation`.
+    fn answer(&mut self, approved: bool, scope: &str, escalation: Option<&str>, sec: u64) -> &mut Self {
+        let kind = if escalation.is_some() { EventKind::EscalationResolved } else { EventKind::Confirmation };
+        let (decision, reason, outcome) = if approved {
+            (Decision::Allow, "approved", ApprovalOutcome::Approved)
+        } else {
+            (Decision::Deny, "declined", ApprovalOutcome::Declined)
+        };
+        self.add(kind, Some(decision), Some(reason), &[scope], sec, |b| {
+            b.escalation_id = escalation.map(str::to_owned);
+            b.approval = Some(Approval { outcome, by: "lee".into(), shown_hash: None, note_hash: None });
+        })
+    }
+
+    /// The honest log every invalid §7.4 vector departs from: rules, the grant, an allow, a
+    /// confirmation asked and approved, an escalation asked and declined, a deny, the
+    /// revocation and a deny after it.
+    fn justified() -> Self {
+        let mut l = Self::new();
+        l.rules(1)
+            .grant(2)
+            .check(Decision::Allow, "granted", "files.read", 3)
+            .opens("mail.send", None, 4)
+            .answer(true, "mail.send", None, 5)
+            .opens("pay.send", Some("esc_s1"), 6)
+            .answer(false, "pay.send", Some("esc_s1"), 7)
+            .check(Decision::Deny, "scope_not_granted", "admin.all", 8);
+        l
+    }
+
+    fn revoked(mut self, sec: u64) -> Self {
+        self.add(EventKind::Revocation, None, Some("revoked"), &[], sec, |_| {});
+        self
+    }
+
+    /// Every receipt, signed in one batch, and the checkpoint.
+    fn signed(&self) -> (Vec<SignedReceipt>, String) {
+        let key = seed_key("semantics");
+        let values = self.values();
+        let leaves: Vec<Hash> =
+            values.iter().map(|v| merkle::leaf_hash(&jcs::canonicalize(v).expect("canonical"))).collect();
+        let appended = Frontier::new().append(&leaves).expect("append");
+        let origin = log_origin(WS_SEM);
+        let checkpoint =
+            checkpoint_note(&origin, appended.new_size, appended.root, "2026-03-01T02:00:00.000Z", &origin, &key);
+        let receipts = values
+            .into_iter()
+            .zip(appended.proofs)
+            .enumerate()
+            .map(|(i, (body, proof))| SignedReceipt {
+                status: STATUS_SIGNED.into(),
+                body,
+                log_index: i as u64,
+                inclusion_proof: proof.into_iter().map(HexHash).collect(),
+                checkpoint: checkpoint.clone(),
+            })
+            .collect();
+        (receipts, checkpoint)
+    }
+
+    /// The bundle `scope` (every receipt for a log scope, the trail for an authorization
+    /// scope), leaving out the log indexes in `drop`.
+    fn bundle(&self, scope: Option<Scope>, drop: &[u64]) -> Bundle {
+        let (receipts, checkpoint) = self.signed();
+        let scope = scope.unwrap_or(Scope::Log { from: 0, to: self.bodies.len() as u64 });
+        let receipts = receipts
+            .into_iter()
+            .zip(&self.bodies)
+            .filter(|(_, b)| !drop.contains(&b.log_index))
+            .filter(|(_, b)| match &scope {
+                Scope::Authorization { authorization_id, .. } => b.authorization_id.as_ref() == Some(authorization_id),
+                Scope::Log { .. } => true,
+            })
+            .map(|(r, _)| r.into())
+            .collect();
+        Bundle {
+            header: Some(Header {
+                v: 1,
+                workspace_id: WS_SEM.into(),
+                scope,
+                created_at: ts("2026-03-01T03:00:00.000Z"),
+            }),
+            keys: vec![Self::keys()],
+            checkpoints: vec![checkpoint],
+            consistency: vec![],
+            receipts,
+        }
+    }
+
+    /// The last receipt, signed, as a document.
+    fn last_receipt(&self) -> Vec<u8> {
+        pretty(self.signed().0.last().expect("a receipt"))
+    }
+
+    fn keys() -> KeySet {
+        let key = seed_key("semantics");
+        KeySet {
+            workspace_id: WS_SEM.into(),
+            origin: log_origin(WS_SEM),
+            keys: vec![key_info_of(WS_SEM, &key, "2026-03-01T00:00:00.000Z", None)],
+        }
+    }
+
+    fn keys_file() -> Vec<u8> {
+        pretty(&Self::keys())
+    }
+}
+
+/// Semantic verification (§7.4): each way a signed log can give away what its grants and rules
+/// do not, once, and the honest log it departs from.
+fn vectors_semantics(v: &mut Vec<Vector>) {
+    use Outcome::{CoverageGap as Gap, IntegrityFailure as Bad, Valid};
+    let pin = |mut x: Vector| {
+        x.keys = Some(KEYS_SEM.into());
+        x.extra.push((KEYS_SEM.into(), SemLog::keys_file()));
+        x
+    };
+    let unjustified = &["decision_unjustified"][..];
+    let log = SemLog::justified().revoked(9);
+    let mut log = log;
+    log.check(Decision::Deny, "revoked", "files.read", 10);
+    v.push(pin(bundle_vector("bundle-semantics-justified", &log.bundle(None, &[]), Valid, &[])));
+
+    let mut l = SemLog::justified();
+    l.check(Decision::Allow, "granted", "admin.all", 9);
+    v.push(pin(bundle_vector("bundle-semantics-allow-not-granted", &l.bundle(None, &[]), Bad, unjustified)));
+    // The same log with a leaf missing: judged against a history with a hole, an honest
+    // decision could look unjustified, so decisions are not judged at all (§7.4).
+    v.push(pin(bundle_vector(
+        "bundle-semantics-not-judged-with-a-gap",
+        &l.bundle(None, &[4]),
+        Gap,
+        &["log_leaf_missing", "receipt_missing"],
+    )));
+
+    let mut l = SemLog::justified().revoked(9);
+    l.check(Decision::Allow, "granted", "files.read", 10);
+    v.push(pin(bundle_vector("bundle-semantics-allow-after-revocation", &l.bundle(None, &[]), Bad, unjustified)));
+    // An authorization export holds no scope rules, but what the grant and its revocation
+    // allow is judged when asked for (--semantics).
+    let scope = Scope::Authorization { authorization_id: "au_s1".into(), last_seq: 8 };
+    let mut x = bundle_vector("bundle-semantics-authorization-export", &l.bundle(Some(scope), &[]), Bad, unjustified);
+    x.semantics = Some(true);
+    v.push(pin(x));
+
+    let mut l = SemLog::justified();
+    l.check(Decision::Allow, "granted", "files.read", 3600);
+    v.push(pin(bundle_vector("bundle-semantics-allow-after-expiry", &l.bundle(None, &[]), Bad, unjustified)));
+
+    let mut l = SemLog::justified();
+    l.check(Decision::Allow, "granted", "mail.send", 9);
+    v.push(pin(bundle_vector("bundle-semantics-allow-despite-rule", &l.bundle(None, &[]), Bad, unjustified)));
+
+    let mut l = SemLog::justified();
+    l.opens("files.read", Some("esc_s2"), 9);
+    v.push(pin(bundle_vector("bundle-semantics-escalate-without-rule", &l.bundle(None, &[]), Bad, unjustified)));
+
+    // Before any scope_rules.changed the rules in force are unknown: an allow the grant covers
+    // is not judged against rules (§7.4), and no rule of a later change applies backwards.
+    let mut l = SemLog::new();
+    l.grant(1).check(Decision::Allow, "granted", "mail.send", 2).rules(3);
+    v.push(pin(bundle_vector("bundle-semantics-rules-unknown", &l.bundle(None, &[]), Valid, &[])));
+
+    let mut l = SemLog::justified();
+    l.answer(true, "mail.send", None, 9);
+    v.push(pin(bundle_vector("bundle-semantics-confirmation-answered-twice", &l.bundle(None, &[]), Bad, unjustified)));
+
+    let mut l = SemLog::justified();
+    l.opens("pay.send", Some("esc_s2"), 9).answer(true, "pay.send", Some("esc_s2"), 9 + 300);
+    v.push(pin(bundle_vector("bundle-semantics-escalation-approved-late", &l.bundle(None, &[]), Bad, unjustified)));
+
+    // §3 / §7.3: nesting is counted over the whole text parsed. A body whose extension member
+    // nests 126 arrays reaches level 128 in a receipt document (envelope 1, body 2) and is
+    // fine there; the same receipt on a bundle line (record 1, envelope 2, body 3) reaches 129:
+    // body_not_canonical, and the receipt takes no further part (so its trail has a hole).
+    let mut l = SemLog::justified();
+    l.check(Decision::Deny, "scope_not_granted", "admin.all", 9);
+    let mut deep = json!([]);
+    for _ in 1..126 {
+        deep = json!([deep]);
+    }
+    l.last_extension = Some(("x_deep", deep));
+    v.push(pin(receipt_vector("receipt-nesting-128-levels", l.last_receipt(), Valid, &[])));
+    // The bundle writer refuses to write such a line, so it is written here by hand.
+    let last = l.bodies.len() as u64 - 1;
+    let mut bytes = l.bundle(None, &[last]).to_jsonl().expect("jsonl");
+    let envelope = serde_json::to_value(l.signed().0.pop().expect("receipt")).expect("envelope");
+    let envelope = String::from_utf8(jcs::canonicalize(&envelope).expect("128 levels")).expect("utf8");
+    bytes.extend(format!("{{\"receipt\":{envelope},\"type\":\"receipt\"}}\n").into_bytes());
+    v.push(pin(bundle_bytes_vector(
+        "bundle-nesting-129-levels",
+        bytes,
+        Bad,
+        &["body_not_canonical", "log_leaf_missing"],
+    )));
+
+    // §4.1, second table: which kinds require which members. Signed as they are, so the only
+    // finding is the broken rule.
+    let mut l = SemLog::justified();
+    l.opens("pay.send", Some("esc_s2"), 9).add(
+        EventKind::EscalationResolved,
+        Some(Decision::Deny),
+        Some("escalation_expired"),
+        &["pay.send"],
+        9 + 300,
+        |b| b.escalation_id = Some("esc_s2".into()),
+    );
+    v.push(pin(receipt_vector("receipt-1.1-escalation-expired-without-approval", l.last_receipt(), Valid, &[])));
+    let mut l = SemLog::justified();
+    l.opens("mail.send", None, 9).add(
+        EventKind::Confirmation,
+        Some(Decision::Deny),
+        Some("declined"),
+        &["mail.send"],
+        10,
+        |_| {},
+    );
+    v.push(pin(receipt_vector("receipt-confirmation-without-approval", l.last_receipt(), Bad, &["body_invalid"])));
+    let mut l = SemLog::justified();
+    l.check(Decision::Escalate, "escalation_required", "pay.send", 9);
+    v.push(pin(receipt_vector(
+        "receipt-check-escalate-without-escalation-id",
+        l.last_receipt(),
+        Bad,
+        &["body_invalid"],
+    )));
+    let mut l = SemLog::justified();
+    l.add(EventKind::KeyRotated, None, None, &[], 9, |_| {});
+    v.push(pin(receipt_vector("receipt-key-rotated-without-key", l.last_receipt(), Bad, &["body_invalid"])));
+}
+
 /// One vector: a file, how to verify it, and what the verifier must say.
 struct Vector {
     name: String,
@@ -637,6 +970,9 @@ struct Vector {
     codes: Vec<&'static str>,
     /// Other files the vector needs (e.g. a damaged key set), written beside it.
     extra: Vec<(String, Vec<u8>)>,
+    /// `Some(true)`: verify with semantic verification on (§7.4) where it is not by default;
+    /// `None`: the default (on for log exports). In the manifest only when set.
+    semantics: Option<bool>,
 }
 
 fn pretty(v: &impl serde::Serialize) -> Vec<u8> {
@@ -656,6 +992,7 @@ fn receipt_vector(name: &str, doc: Vec<u8>, outcome: Outcome, codes: &[&'static 
         outcome: Some(outcome),
         codes: codes.to_vec(),
         extra: vec![],
+        semantics: None,
     }
 }
 
@@ -674,6 +1011,7 @@ fn bundle_bytes_vector(name: &str, bytes: Vec<u8>, outcome: Outcome, codes: &[&'
         outcome: Some(outcome),
         codes: codes.to_vec(),
         extra: vec![],
+        semantics: None,
     }
 }
 
@@ -694,6 +1032,7 @@ fn unusable_vector(name: &str, kind: &'static str, contents: Vec<u8>, keys: Opti
         outcome: None,
         codes: vec![],
         extra,
+        semantics: None,
     }
 }
 
@@ -936,6 +1275,14 @@ fn vectors() -> (Log, Vec<Vector>) {
     let mut b = log.auth01_bundle();
     b.receipts.pop();
     v.push(bundle_vector("bundle-truncated-trail", &b, Gap, &["truncated"]));
+    // §10: the same trail cut short *and* its header's last_seq lowered still verifies, though
+    // its checkpoint (size 8) covers the revocation left out: a checkpoint commits to the log,
+    // not to the length of one trail, and an authorization export proves no more. (A log
+    // export cut short is caught: bundle-log-cut-short.)
+    let mut b = log.auth01_bundle();
+    b.receipts.pop();
+    b.header = Some(log.header(Scope::Authorization { authorization_id: "auth_01".into(), last_seq: 2 }));
+    v.push(bundle_vector("bundle-authorization-cut-short-valid", &b, Valid, &[]));
     let mut b = log.auth01_bundle();
     b.receipts.push(log.latest_receipt(3).into());
     v.push(bundle_vector("bundle-inserted-foreign-receipt", &b, Bad, &["out_of_scope"]));
@@ -1249,6 +1596,7 @@ fn vectors() -> (Log, Vec<Vector>) {
     ));
     let _ = &log.key2;
     vectors_11(&mut v);
+    vectors_semantics(&mut v);
     (log, v)
 }
 
@@ -1275,7 +1623,14 @@ fn verify_vector(v: &Vector, log: &Log) -> allowly_receipt::Result<Report> {
     match (v.kind, keys) {
         ("receipt", Some(k)) => verify::verify_receipt_bytes(&v.contents, &k),
         ("receipt", None) => panic!("a receipt vector needs keys"),
-        (_, k) => verify::verify_bundle(&v.contents, k.as_ref(), &[]),
+        (_, k) => {
+            let semantics = match v.semantics {
+                None => verify::Semantics::Default,
+                Some(true) => verify::Semantics::On,
+                Some(false) => verify::Semantics::Off,
+            };
+            verify::verify_bundle_with(&v.contents, k.as_ref(), &[], semantics)
+        }
     }
 }
 
@@ -1322,7 +1677,13 @@ fn committed_vectors_match_the_generator() {
     files.insert("keys.json".into(), pretty(&log.keys));
     let manifest: Vec<Value> = vs
         .iter()
-        .map(|v| json!({"name": v.name, "kind": v.kind, "file": v.file, "keys": v.keys, "outcome": outcome_str(v.outcome), "codes": v.codes}))
+        .map(|v| {
+            let mut m = json!({"name": v.name, "kind": v.kind, "file": v.file, "keys": v.keys, "outcome": outcome_str(v.outcome), "codes": v.codes});
+            if let Some(on) = v.semantics {
+                m["semantics"] = json!(on);
+            }
+            m
+        })
         .collect();
     files.insert("manifest.json".into(), pretty(&json!({ "vectors": manifest })));
     for v in &vs {

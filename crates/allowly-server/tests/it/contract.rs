@@ -46,6 +46,23 @@ fn all_three_accept(what: &str, file: &Path, keys: &Path) {
     }
 }
 
+/// How many decisions each of the three verifiers re-derived from the log export `file`
+/// (semantic verification, §7.4, on by default for a log export); each must find it valid.
+fn decisions_judged_by_all_three(file: &Path, keys: &Path) -> [u64; 3] {
+    let out = Command::new(verifier_bin()).args(["bundle", "--json", "--keys"]).arg(keys).arg(file).output().unwrap();
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"));
+    assert_eq!((out.status.code(), &report["outcome"]), (Some(0), &json!("valid")), "{report:#}");
+    let rust = report["decisions_checked"].as_u64().unwrap_or_else(|| panic!("not judged: {report:#}"));
+    let judged = |mut cmd: Command, script: &str| {
+        let out = cmd.arg(crosslang(script)).arg("bundle").arg(file).arg("--keys").arg(keys).output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{script}: {stdout}");
+        let line = stdout.lines().find_map(|l| l.strip_prefix("note: decisions re-derived from the log: "));
+        line.and_then(|n| n.trim().parse().ok()).unwrap_or_else(|| panic!("{script} did not judge: {stdout}"))
+    };
+    [rust, judged(Command::new(python()), "verify.py"), judged(Command::new("node"), "verify.mjs")]
+}
+
 /// The receipt `id`, once signed.
 fn signed_receipt(s: &Server, key: &str, id: &str) -> Value {
     let c = s.client();
@@ -199,6 +216,21 @@ fn a_scope_rules_change_is_a_receipt_that_all_three_verifiers_accept() {
     let v = r.json();
     assert_eq!(v["decision"], "confirm", "{r}");
     assert!(v["receipt"]["log_index"].as_u64().unwrap() > change_index, "{v}");
+    // Decisions of every kind the log can justify (§7.4): the confirmation approved, an allow
+    // no rule concerns, a deny the grant gives, and after the revocation a deny.
+    let nonce = v["confirmation"]["nonce"].as_str().unwrap().to_owned();
+    let answer = json!({ "outcome": "approved", "by": "user-1", "shown": "Send the mail?" });
+    let r = c.post(&format!("/v1/confirmations/{nonce}"), &t.admin, answer);
+    assert_eq!((r.status, &r.json()["decision"]), (200, &json!("allow")), "{r}");
+    for (scope, decision) in [("mail.read", "allow"), ("payments.send", "deny")] {
+        let r = c.post("/v1/check", &t.checker, json!({ "authorization_id": t.az, "scopes": [scope] }));
+        assert_eq!(r.json()["decision"], decision, "{r}");
+    }
+    let r = c.call("POST", &format!("/v1/authorizations/{}/revoke", t.az), Some(&t.admin), None);
+    assert_eq!(r.status, 200, "{r}");
+    let r = c.post("/v1/check", &t.checker, json!({ "authorization_id": t.az, "scopes": ["mail.read"] }));
+    assert_eq!((r.json()["decision"].as_str(), r.json()["reason"].as_str()), (Some("deny"), Some("revoked")), "{r}");
+    let last = r.json()["receipt"]["receipt_id"].as_str().unwrap().to_owned();
 
     let keys_file = tmp.path().join("keys.json");
     std::fs::write(&keys_file, c.get(&format!("/v1/workspaces/{}/keys", t.ws), None).body).unwrap();
@@ -206,12 +238,15 @@ fn a_scope_rules_change_is_a_receipt_that_all_three_verifiers_accept() {
     let file = tmp.path().join("change.json");
     std::fs::write(&file, serde_json::to_vec(&signed).unwrap()).unwrap();
     all_three_accept("receipt", &file, &keys_file);
-    let size =
-        c.get(&format!("/v1/workspaces/{}/log/checkpoint", t.ws), Some(&t.reader)).json()["size"].as_u64().unwrap();
+    // The log up to the last decision, signed.
+    let size = signed_receipt(&s, &t.reader, &last)["body"]["log_index"].as_u64().unwrap() + 1;
     let log = c.get(&format!("/v1/workspaces/{}/log/export?from=0&to={size}", t.ws), Some(&t.reader));
     assert_eq!(log.status, 200, "{log}");
-    assert!(log.text().contains(&change), "the log export lacks the change");
+    assert!(log.text().contains(&change) && log.text().contains(&last), "the log export lacks the change");
     let log_file = tmp.path().join("log.jsonl");
     std::fs::write(&log_file, &log.body).unwrap();
     all_three_accept("bundle", &log_file, &keys_file);
+    // What the real server decided follows from its log, for all three verifiers: the four
+    // checks and the answer, each re-derived.
+    assert_eq!(decisions_judged_by_all_three(&log_file, &keys_file), [5, 5, 5]);
 }

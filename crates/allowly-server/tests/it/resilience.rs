@@ -944,6 +944,8 @@ fn another_tenants_objects_are_404_everywhere_and_stay_unchanged() {
         "a foreign authorization is told apart from an unknown one"
     );
     assert_eq!(foreign.json()["reason"], "unknown_authorization", "{foreign}");
+    assert_eq!(foreign.json()["receipt"]["body"]["asked_authorization_id"], az.as_str(), "{foreign}");
+    assert_eq!(foreign.json()["receipt"]["body"]["workspace_id"], b.ws.as_str(), "{foreign}");
     assert!(failures.is_empty(), "tenant isolation failures:\n{}", failures.join("\n"));
 
     // Nothing of A changed, and A's keys still work.

@@ -1,5 +1,9 @@
 //! The decision table of the product, as a pure function: no IO, no clock, no state. The
-//! workspace actor feeds it the authorization as it is and the workspace's scope rules.
+//! engine's workspace actor feeds it the authorization as it is and the workspace's scope rules;
+//! the offline verifier (`allowly-receipt`'s semantic verification, docs/receipt-format.md §7.4)
+//! feeds it the grant, revocation and rules a log shows before a decision and compares. One
+//! function for both, in a crate of its own with no dependencies, so the two cannot drift and
+//! the verifier links nothing of the server.
 //!
 //! Order of checks (the first that applies decides):
 //!
@@ -137,31 +141,45 @@ pub fn resource_matches(constraint: &str, resource: &str) -> bool {
 
 /// Decides one check. `rules` maps scope patterns to the workspace's extra requirement.
 pub fn decide(grant: Grant<'_>, ask: Ask<'_>, rules: &BTreeMap<String, Rule>) -> (Verdict, Reason) {
+    if let Some(reason) = denial(grant, ask) {
+        return (Verdict::Deny, reason);
+    }
+    match required(ask, rules) {
+        Some(Rule::Escalate) => (Verdict::Escalate, Reason::EscalationRequired),
+        Some(Rule::Confirm) => (Verdict::Confirm, Reason::ConfirmationRequired),
+        None => (Verdict::Allow, Reason::Granted),
+    }
+}
+
+/// Rows 1-4 of the table: why the authorization alone denies the check, if it does. They do not
+/// depend on the scope rules, so a verifier that does not know the rules in force can still
+/// judge them.
+pub fn denial(grant: Grant<'_>, ask: Ask<'_>) -> Option<Reason> {
     if grant.revoked {
-        return (Verdict::Deny, Reason::Revoked);
+        return Some(Reason::Revoked);
     }
     if grant.expires_at_ms.is_some_and(|t| ask.now_ms >= t) {
-        return (Verdict::Deny, Reason::Expired);
+        return Some(Reason::Expired);
     }
     if !ask.scopes.iter().all(|s| grant.scopes.iter().any(|g| scope_matches(g, s))) {
-        return (Verdict::Deny, Reason::ScopeNotGranted);
+        return Some(Reason::ScopeNotGranted);
     }
     if !grant.resources.is_empty() {
         let covered = ask.resource.is_some_and(|r| grant.resources.iter().any(|c| resource_matches(c, r)));
         if !covered {
-            return (Verdict::Deny, Reason::ResourceNotCovered);
+            return Some(Reason::ResourceNotCovered);
         }
     }
+    None
+}
+
+/// Rows 5-6: what the rules ask of a check the authorization allows; escalation wins over
+/// confirmation because it is the stronger requirement.
+pub fn required(ask: Ask<'_>, rules: &BTreeMap<String, Rule>) -> Option<Rule> {
     let rule_for = |want: Rule| {
         rules.iter().any(|(pattern, rule)| *rule == want && ask.scopes.iter().any(|s| scope_matches(pattern, s)))
     };
-    if rule_for(Rule::Escalate) {
-        return (Verdict::Escalate, Reason::EscalationRequired);
-    }
-    if rule_for(Rule::Confirm) {
-        return (Verdict::Confirm, Reason::ConfirmationRequired);
-    }
-    (Verdict::Allow, Reason::Granted)
+    [Rule::Escalate, Rule::Confirm].into_iter().find(|r| rule_for(*r))
 }
 
 /// Validates a scope name or pattern: 1..=128 chars of `[a-z0-9_:-]` in dot-separated non-empty
