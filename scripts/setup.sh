@@ -49,12 +49,13 @@ if [ ! -f "$ALLOWLY_ROCKSDB_LIB/librocksdb.a" ]; then
   export ROCKSDB_LIB_DIR="$ALLOWLY_ROCKSDB_LIB" ROCKSDB_STATIC=1
 fi
 
-# promtool, from Debian's `prometheus` package: the suite lints the real /metrics page and runs
-# the alert rules' unit tests with it (crates/allowly-server/tests/it/ops.rs). Only the binary is
-# unpacked into the cache (on PATH through env.sh): installing the package would also start a
-# Prometheus server as a system service.
-if ! command -v promtool >/dev/null; then
-  echo "setup: unpacking promtool from Debian's prometheus package into $ALLOWLY_CACHE/bin"
+# promtool and prometheus, from Debian's `prometheus` package: the suite lints the real /metrics
+# page, runs the alert rules' unit tests with promtool, and runs a real Prometheus against the
+# server to evaluate every dashboard panel and rule (crates/allowly-server/tests/it/ops.rs). Only
+# the two binaries are unpacked into the cache (on PATH through env.sh): installing the package
+# would also start a Prometheus server as a system service.
+if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
+  echo "setup: unpacking promtool and prometheus from Debian's prometheus package into $ALLOWLY_CACHE/bin"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   tmp="$(mktemp -d)"
   # apt-get download needs the package lists: refresh them only if the first try fails.
@@ -62,6 +63,7 @@ if ! command -v promtool >/dev/null; then
     && dpkg-deb -x prometheus_*.deb root)
   mkdir -p "$ALLOWLY_CACHE/bin"
   install -m 0755 "$tmp/root/usr/bin/promtool" "$ALLOWLY_CACHE/bin/promtool"
+  install -m 0755 "$tmp/root/usr/bin/prometheus" "$ALLOWLY_CACHE/bin/prometheus"
   rm -rf "$tmp"
 fi
 

@@ -527,3 +527,138 @@ impl Drop for Resume {
         }
     }
 }
+
+/// A real Prometheus (Debian's, unpacked by `scripts/setup.sh`) scraping a busy server with the
+/// rules of `ops/`: it loads every rule and evaluates each without error, no alert fires on a
+/// healthy server, and every panel of the Grafana dashboard, asked of that Prometheus as Grafana
+/// would ask it (`$job` and `$__rate_interval` filled in), is valid PromQL that returns data. The
+/// name check above cannot see a wrong label, a `by` over a label the series lack, a recording
+/// rule that never evaluates, or a query Prometheus rejects: this can.
+#[test]
+fn a_real_prometheus_evaluates_every_rule_and_every_dashboard_panel_against_the_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = busy_server(dir.path());
+    let prom = Prometheus::start(dir.path(), s.addr);
+    let diag = || format!("{}\n{}", prom.diagnostics(), s.diagnostics());
+
+    // Three scrapes of the server (rates need two) and every rule group evaluated since.
+    eventually("three scrapes of the service", diag, || {
+        let v = prom.query(r#"count_over_time(up{job="allowly"}[1m]) >= 3 and up{job="allowly"} == 1"#);
+        (!v.as_array()?.is_empty()).then_some(())
+    });
+    let groups = eventually("every rule evaluated", diag, || {
+        let r = prom.get("/api/v1/rules");
+        let groups = r["data"]["groups"].as_array()?.clone();
+        let rules: Vec<&serde_json::Value> =
+            groups.iter().flat_map(|g| g["rules"].as_array().unwrap().iter()).collect();
+        let evaluated = |r: &&serde_json::Value| r["lastEvaluation"].as_str().is_some_and(|t| !t.starts_with("0001-"));
+        (!rules.is_empty() && rules.iter().all(evaluated)).then_some(groups)
+    });
+    let mut problems = Vec::new();
+    let mut alerts = 0;
+    for rule in groups.iter().flat_map(|g| g["rules"].as_array().unwrap()) {
+        if rule["health"] != "ok" {
+            problems.push(format!("rule {}: health {} {}", rule["name"], rule["health"], rule["lastError"]));
+        }
+        if rule["type"] == "alerting" {
+            alerts += 1;
+            if rule["state"] == "firing" {
+                problems.push(format!("alert {} fires on a healthy server: {}", rule["name"], rule["alerts"]));
+            }
+        }
+    }
+    assert!(alerts >= 12, "Prometheus loaded too few alerts ({alerts}): {groups:#?}");
+
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(ops("grafana/dashboards/allowly.json")).unwrap()).unwrap();
+    let mut panel_exprs = Vec::new();
+    collect_exprs(&dashboard, &mut panel_exprs);
+    assert!(panel_exprs.len() >= 30, "parsed too few expressions from the dashboard: {panel_exprs:?}");
+    for expr in &panel_exprs {
+        // What Grafana sends for the dashboard's variables: the job of ops/prometheus, and a
+        // rate window of at least four scrape intervals.
+        let q = expr.replace("$__rate_interval", "1m").replace("$job", "allowly");
+        let r = prom.get(&format!("/api/v1/query?query={}", percent_encode(&q)));
+        if r["status"] != "success" {
+            problems.push(format!("panel `{expr}`: {}", r));
+        } else if r["data"]["result"].as_array().is_none_or(|v| v.is_empty()) {
+            problems.push(format!("panel `{expr}`: no data"));
+        }
+    }
+    assert!(problems.is_empty(), "{}\n{}", problems.join("\n"), diag());
+}
+
+/// A Prometheus server of our own: its config scrapes one target every second with the rules
+/// of `ops/prometheus/rules.yml`; killed on drop.
+struct Prometheus {
+    child: std::process::Child,
+    client: Client,
+    log: PathBuf,
+}
+
+impl Prometheus {
+    fn start(dir: &Path, target: std::net::SocketAddr) -> Self {
+        // Prometheus prints the address it was given, not the one it bound: pick a free port.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let config = dir.join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {rules}\n\
+                 scrape_configs:\n  - job_name: allowly\n    static_configs:\n      - targets: [\"{target}\"]\n",
+                rules = ops("prometheus/rules.yml").display()
+            ),
+        )
+        .unwrap();
+        let log = dir.join("prometheus.log");
+        let mut cmd = Command::new("prometheus");
+        cmd.arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.join("tsdb").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        let child = cmd.spawn().unwrap_or_else(|e| {
+            panic!("running {cmd:?}: {e}\nprometheus is missing: run scripts/setup.sh (it unpacks Debian's)")
+        });
+        let p = Self { child, client: Client { addr: ([127, 0, 0, 1], port).into() }, log };
+        eventually(
+            "Prometheus ready",
+            || p.diagnostics(),
+            || try_request(p.client.addr, "GET", "/-/ready", "", b"").filter(|r| r.status == 200),
+        );
+        p
+    }
+
+    fn get(&self, path: &str) -> serde_json::Value {
+        let r = self.client.get(path, None);
+        serde_json::from_slice(&r.body)
+            .unwrap_or_else(|e| panic!("Prometheus {path}: {e}: {r}\n{}", self.diagnostics()))
+    }
+
+    /// The `result` of an instant query.
+    fn query(&self, q: &str) -> serde_json::Value {
+        self.get(&format!("/api/v1/query?query={}", percent_encode(q)))["data"]["result"].clone()
+    }
+
+    fn diagnostics(&self) -> String {
+        format!("--- prometheus log ---\n{}", std::fs::read_to_string(&self.log).unwrap_or_default())
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A query string value: every byte but the unreserved ones percent-encoded.
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
