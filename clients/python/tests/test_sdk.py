@@ -237,3 +237,18 @@ def test_a_retry_after_beyond_max_backoff_is_raised_not_cut_short():
     with pytest.raises(errors.RateLimited) as e:
         allowly.Allowly("k", http=http, max_backoff=1.0).check("az_1", "a.b")
     assert e.value.retry_after == 120 and len(calls) == 1
+
+
+def test_the_public_verify_bundle_re_derives_decisions_unless_told_not_to():
+    """`allowly.verify_bundle` passes `semantics` through (spec §7.4): a log with an allow no
+    grant covers is an integrity failure by default and when asked, and only a signature-level
+    check (valid) with semantics=False."""
+    base = ROOT / "crates/allowly-receipt/tests/vectors"
+    bundle = (base / "invalid/bundle-semantics-allow-not-granted.jsonl").read_bytes()
+    keys = json.loads((base / "keys-semantics.json").read_text("utf-8"))
+    for semantics in (None, True):
+        report = allowly.verify_bundle(bundle, keys, semantics=semantics)
+        assert report.outcome() == "integrity_failure", report
+        assert report.codes() == {"decision_unjustified"}, report
+    report = allowly.verify_bundle(bundle, keys, semantics=False)
+    assert report.outcome() == "valid", report

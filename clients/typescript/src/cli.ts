@@ -1,15 +1,20 @@
 #!/usr/bin/env node
 /**
- * `allowly-verify-js receipt FILE --keys KEYS` / `bundle FILE [--keys KEYS] [--checkpoint NOTE]…`:
+ * `allowly-verify-js receipt FILE --keys KEYS` /
+ * `bundle FILE [--keys KEYS] [--checkpoint NOTE]… [--semantics | --no-semantics]`:
  * the SDK's offline verifier with `allowly-verify`'s exit statuses (0 valid, 1 integrity
- * failure, 2 coverage gap, 3 valid unpinned, 64 unusable input or usage).
+ * failure, 2 coverage gap, 3 valid unpinned, 64 unusable input or usage). Semantic verification
+ * (§7.4) runs by default on a log export; `--semantics` asks for it on an authorization export,
+ * `--no-semantics` turns it off.
  */
 
 import { readFileSync } from "node:fs";
 
 import { EXIT, Report, UnusableInput, verifyBundle, verifyReceipt } from "./verify.js";
 
-const USAGE = "usage: allowly-verify-js receipt FILE --keys KEYS\n       allowly-verify-js bundle FILE [--keys KEYS] [--checkpoint NOTE_FILE ...]";
+const USAGE =
+  "usage: allowly-verify-js receipt FILE --keys KEYS\n" +
+  "       allowly-verify-js bundle FILE [--keys KEYS] [--checkpoint NOTE_FILE ...] [--semantics | --no-semantics]";
 
 function print(report: Report): void {
   for (const note of report.notes) console.log(`note: ${note}`);
@@ -25,14 +30,21 @@ function main(argv: string[]): number {
   }
   let keys: string | undefined;
   const notes: string[] = [];
-  for (let i = 0; i < rest.length; i += 2) {
-    const value = rest[i + 1];
-    if (rest[i] === "--keys" && value !== undefined && keys === undefined) keys = value;
-    else if (rest[i] === "--checkpoint" && value !== undefined && cmd === "bundle") notes.push(value);
+  let semantics: boolean | null = null;
+  for (let i = 0; i < rest.length; ) {
+    const [flag, value] = [rest[i], rest[i + 1]];
+    if ((flag === "--semantics" || flag === "--no-semantics") && cmd === "bundle" && semantics === null) {
+      semantics = flag === "--semantics";
+      i += 1;
+      continue;
+    }
+    if (flag === "--keys" && value !== undefined && keys === undefined) keys = value;
+    else if (flag === "--checkpoint" && value !== undefined && cmd === "bundle") notes.push(value);
     else {
       console.error(USAGE);
       return EXIT.unusable;
     }
+    i += 2;
   }
   try {
     const keyBytes = keys === undefined ? undefined : readFileSync(keys);
@@ -42,7 +54,7 @@ function main(argv: string[]): number {
       if (keyBytes === undefined) throw new UnusableInput("a receipt needs --keys");
       report = verifyReceipt(data, keyBytes);
     } else {
-      report = verifyBundle(data, keyBytes ?? null, notes.map((n) => readFileSync(n, "utf8")));
+      report = verifyBundle(data, keyBytes ?? null, notes.map((n) => readFileSync(n, "utf8")), semantics);
     }
     print(report);
     return report.exitCode();

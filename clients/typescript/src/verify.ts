@@ -51,6 +51,7 @@ export const FINDING_CLASS: Readonly<Record<string, "integrity" | "coverage">> =
   consistency_proof_invalid: INTEGRITY,
   checkpoint_root_mismatch: INTEGRITY,
   out_of_scope: INTEGRITY,
+  decision_unjustified: INTEGRITY,
   receipt_missing: COVERAGE,
   log_leaf_missing: COVERAGE,
   not_signed: COVERAGE,
@@ -82,6 +83,9 @@ export class Report {
   readonly notes: string[] = [];
   /** §7.2 step 2: the bundle's own keys were used; "valid" becomes "valid_unpinned". */
   unpinned = false;
+  /** §7.4: how many decisions semantic verification judged; null when it did not run (off,
+   *  or skipped because the bundle already had findings). */
+  decisionsChecked: number | null = null;
 
   add(code: string, detail: string): void {
     if (!(code in FINDING_CLASS)) throw new Error(`unknown finding ${code}`);
@@ -577,9 +581,14 @@ function ruleProblems(body: JsonObject): string[] {
     if (!(seq0 === created && created === noPrev)) p.push("seq = 0 ⇔ kind = authorization.created ⇔ prev = null is broken");
     if (created && !has(body, "grant")) p.push("authorization.created has no grant");
   }
-  if ((kind === "confirmation" || kind === "escalation.resolved") && !has(body, "approval")) p.push(`${kind} has no approval`);
-  if ((kind === "escalation.created" || kind === "escalation.resolved") && !has(body, "escalation_id")) p.push(`${kind} has no escalation_id`);
-  if (kind === "key.rotated" && !has(body, "key")) p.push("key.rotated has no key");
+  // §4.1, second table: the members a kind requires (absent or null breaks the rule). Every
+  // answer has an approval except an escalation nobody answered in time; a check that
+  // escalates names its escalation. context_hash and a check's expires_at are optional.
+  const answer = kind === "confirmation" || (kind === "escalation.resolved" && g("reason") !== "escalation_expired");
+  if (answer && nullish("approval")) p.push(`${kind} has no approval`);
+  const escalation = kind === "escalation.created" || kind === "escalation.resolved" || (kind === "check" && g("decision") === "escalate");
+  if (escalation && nullish("escalation_id")) p.push(`${kind} has no escalation_id`);
+  if (kind === "key.rotated" && nullish("key")) p.push("key.rotated has no key");
   if (!nullish("scope_rules") !== (kind === "scope_rules.changed")) p.push("scope_rules is present exactly in scope_rules.changed");
   return p;
 }
@@ -614,6 +623,8 @@ interface Leaf {
   authorizationId: string | null;
   seq: number | null;
   prev: string | null;
+  /** The body, read and typed by §7.1 step 4 (for §7.4). */
+  body: JsonObject;
 }
 
 /** §7.1 steps 3-9 on an envelope `envelopeProblem` passed; the leaf if the body was read. */
@@ -641,6 +652,7 @@ function receiptSteps(doc: JsonObject, keys: KeySet, cps: Checkpoints, report: R
     authorizationId: body.authorization_id as string | null,
     seq: body.seq as number | null,
     prev: body.prev as string | null,
+    body,
   };
   if (doc.status === "pending") {
     if (doc.leaf_hash !== h.toString("hex") || doc.receipt_id !== body.id) report.add("envelope_mismatch", `${where}: leaf_hash or receipt_id does not match the body`);
@@ -938,12 +950,202 @@ function checkCheckpoints(checkpoints: Checkpoint[], byIndex: Map<number, Buffer
   }
 }
 
+// ---- §7.4 Semantic verification ------------------------------------------------------------
+
+/** §7.4 scope patterns: `*` is every scope, `a.b.*` every longer scope under `a.b.`, else equality. */
+function scopeMatches(pattern: string, scope: string): boolean {
+  if (pattern === "*") return true;
+  if (pattern.endsWith(".*")) {
+    const prefix = pattern.slice(0, -1); // with the dot
+    return scope.length > prefix.length && scope.startsWith(prefix);
+  }
+  return pattern === scope;
+}
+
+/** §7.4 resource entries: `…*` is a prefix, else equality. */
+const resourceMatches = (entry: string, resource: string) =>
+  entry.endsWith("*") ? resource.startsWith(entry.slice(0, -1)) : entry === resource;
+
+interface Grant {
+  scopes: string[];
+  resources: string[];
+  expiresAt: string | null;
+}
+
+/** An opened confirmation (§7.4 step 5). */
+interface OpenConfirmation {
+  scopes: string[];
+  resource: string | null;
+  deadline: string | null;
+  answered: boolean;
+}
+
+/** An opened escalation (§7.4 step 5). */
+interface OpenEscalation {
+  deadline: string | null;
+  resolved: boolean;
+}
+
+/** What §7.4 knows of one trail: its grant, where it ended, what it opened. */
+interface Trail {
+  grant: Grant;
+  endedAt: number | null;
+  confirmations: OpenConfirmation[];
+  escalations: Map<string, OpenEscalation>;
+}
+
+/** Decision-table rows 1-2: the trail has ended, or its grant has expired at `time`
+ *  (§2 times compare as strings). */
+function trailDenies(trail: Trail, time: string): string | null {
+  if (trail.endedAt !== null) return `the authorization ended at log index ${trail.endedAt}`;
+  if (trail.grant.expiresAt !== null && time >= trail.grant.expiresAt) return "the grant had expired";
+  return null;
+}
+
+/** Decision-table rows 1-4 for a check: why the authorization alone denies it, or null. */
+function authorizationDenies(trail: Trail, scopes: string[], resource: string | null, time: string): string | null {
+  const ended = trailDenies(trail, time);
+  if (ended) return ended;
+  const { grant } = trail;
+  if (!scopes.every((s) => grant.scopes.some((p) => scopeMatches(p, s)))) return "the grant does not cover every scope asked for";
+  if (grant.resources.length > 0 && (resource === null || !grant.resources.some((e) => resourceMatches(e, resource)))) {
+    return "the grant does not cover the resource";
+  }
+  return null;
+}
+
+/** Decision-table rows 5-7: what the scope rules in force give for `scopes`. */
+function rulesDecide(rules: JsonObject, scopes: string[]): "escalate" | "confirm" | "allow" {
+  const some = (word: string) => Object.entries(rules).some(([p, rule]) => rule === word && scopes.some((s) => scopeMatches(p, s)));
+  if (some("escalate")) return "escalate";
+  return some("confirm") ? "confirm" : "allow";
+}
+
+/** §7.4 steps 6-7, the part common to both answers: an allowing answer needs a live trail, an
+ *  unexpired grant and an approving person. */
+function answerDenies(trail: Trail, body: JsonObject): string | null {
+  const denied = trailDenies(trail, body.time as string);
+  if (denied) return denied;
+  const approval = has(body, "approval") ? body.approval : null;
+  if (!isObject(approval) || approval.outcome !== "approved") return "no answer approved it";
+  return null;
+}
+
+const sameScopes = (a: string[], b: string[]) => a.length === b.length && a.every((s, i) => s === b[i]);
+
+/** `deadline` a comes before b (no deadline: last). */
+const sooner = (a: string | null, b: string | null) => a !== null && (b === null || a < b);
+
+/** §7.4 on the leaves of a bundle whose §7.2 steps found nothing; every judged decision that does
+ *  not follow from the log before it is `decision_unjustified`. Returns how many were judged. */
+function checkSemantics(leaves: Leaf[], report: Report): number {
+  // In log_index order, each index once (without findings, copies at one index are identical).
+  const bodies = new Map<number, JsonObject>();
+  for (const leaf of leaves) if (!bodies.has(leaf.logIndex)) bodies.set(leaf.logIndex, leaf.body);
+  let rules: JsonObject | null = null;
+  let rulesAt = -1;
+  const trails = new Map<string, Trail>();
+  let judged = 0;
+  for (const index of [...bodies.keys()].sort((a, b) => a - b)) {
+    const b = bodies.get(index)!;
+    const kind = b.kind as string;
+    const decision = b.decision as string | null;
+    const time = b.time as string;
+    const scopes = b.scopes as string[];
+    const resource = b.resource as string | null;
+    const auth = b.authorization_id as string | null;
+    const deadline = has(b, "expires_at") ? (b.expires_at as string | null) : null;
+    const escalationId = has(b, "escalation_id") ? (b.escalation_id as string | null) : null;
+    // Step 1; other workspace events change nothing.
+    if (kind === "scope_rules.changed") {
+      rules = b.scope_rules as JsonObject;
+      rulesAt = index;
+      continue;
+    }
+    if (auth === null) continue;
+    // Step 2.
+    if (kind === "authorization.created") {
+      const g = b.grant as JsonObject;
+      trails.set(auth, {
+        grant: { scopes: g.scopes as string[], resources: g.resources as string[], expiresAt: g.expires_at as string | null },
+        endedAt: null,
+        confirmations: [],
+        escalations: new Map(),
+      });
+      continue;
+    }
+    // Step 3: a trail granted before the export's first index is not judged.
+    const trail = trails.get(auth);
+    if (!trail) continue;
+    let problem: string | null = null;
+    if (kind === "revocation" || kind === "expiry") {
+      // Step 4.
+      if (trail.endedAt === null) trail.endedAt = index;
+    } else if (kind === "check") {
+      // Step 5.
+      judged++;
+      if (decision === "confirm") trail.confirmations.push({ scopes, resource, deadline, answered: false });
+      else if (decision === "escalate" && escalationId !== null) trail.escalations.set(escalationId, { deadline, resolved: false });
+      if (decision === "allow" || decision === "confirm" || decision === "escalate") {
+        const denied = authorizationDenies(trail, scopes, resource, time);
+        if (denied) problem = `${decision}, but ${denied}`;
+        else if (rules !== null) {
+          const wanted = rulesDecide(rules, scopes);
+          if (wanted !== decision) problem = `${decision}, but the scope rules of log index ${rulesAt} call for ${wanted}`;
+        }
+      }
+    } else if (kind === "confirmation") {
+      // Step 6: a refused attempt answers nothing.
+      judged++;
+      let answered: OpenConfirmation | null = null;
+      if (b.reason !== "confirmation_used" && b.reason !== "confirmation_expired") {
+        for (const c of trail.confirmations) {
+          const open = !c.answered && sameScopes(c.scopes, scopes) && c.resource === resource && (c.deadline === null || time < c.deadline);
+          // The first deadline; no deadline last; equal deadlines: the one opened first.
+          if (open && (answered === null || sooner(c.deadline, answered.deadline))) answered = c;
+        }
+        if (answered) answered.answered = true;
+      }
+      if (decision === "allow") {
+        const denied = answerDenies(trail, b);
+        if (denied) problem = `allow, but ${denied}`;
+        else if (!answered) problem = "allow, but it answers no open confirmation of this request";
+      }
+    } else if (kind === "escalation.resolved") {
+      // Step 7.
+      judged++;
+      const esc = escalationId === null ? undefined : trail.escalations.get(escalationId);
+      const wasResolved = esc?.resolved ?? false;
+      if (esc) esc.resolved = true;
+      if (decision === "allow") {
+        const denied = answerDenies(trail, b);
+        if (denied) problem = `allow, but ${denied}`;
+        else if (!esc) problem = "allow, but no escalate check of this trail opened its escalation";
+        else if (wasResolved) problem = "allow, but its escalation was already resolved";
+        else if (esc.deadline !== null && time >= esc.deadline) problem = "allow, but it came after its escalation's deadline";
+      }
+    }
+    if (problem) report.add("decision_unjustified", `receipt ${String(b.id)} (log index ${index}): ${problem}`);
+  }
+  return judged;
+}
+
 /**
- * §7.2: an evidence bundle (JSON Lines, from an export). Pinned to `keys` when given (else its
- * own key set: `valid_unpinned` at best); `checkpoints`: signed notes kept from before, which
- * prove the log only grew. Unusable input throws `UnusableInput`.
+ * §7.2, then §7.4: an evidence bundle (JSON Lines, from an export). Pinned to `keys` when given
+ * (else its own key set: `valid_unpinned` at best); `checkpoints`: signed notes kept from before,
+ * which prove the log only grew. `semantics` (§7.4, re-deriving every allow, confirm and escalate
+ * from the log, `decision_unjustified` when one does not follow): `null` (the default) runs it for
+ * log exports only, `true` also for an authorization export (grant, revocation and expiry only:
+ * it holds no scope rules), `false` never. It runs only on a bundle without other findings;
+ * `report.decisionsChecked` says how many decisions it judged. Unusable input throws
+ * `UnusableInput`.
  */
-export function verifyBundle(bundle: Uint8Array | string, keys?: DocumentInput | KeySet | null, checkpoints: string[] = []): Report {
+export function verifyBundle(
+  bundle: Uint8Array | string,
+  keys?: DocumentInput | KeySet | null,
+  checkpoints: string[] = [],
+  semantics: boolean | null = null,
+): Report {
   const data = typeof bundle === "string" ? new TextEncoder().encode(bundle) : bundle;
   const pinned = keys === undefined || keys === null ? null : readKeySet(keys);
   const report = new Report();
@@ -968,6 +1170,15 @@ export function verifyBundle(bundle: Uint8Array | string, keys?: DocumentInput |
   const ends = checkTrails(leaves, scope, report);
   checkScope(leaves, scope, ends, byIndex, opened, report);
   checkCheckpoints(opened, byIndex, records.consistency, report);
+  if (semantics ?? (scope.kind === "log")) {
+    // §7.4: against a history with a hole or an altered receipt an honest decision could look
+    // unjustified, so only a bundle without findings is judged.
+    if (report.findings.length) report.notes.push("decisions not re-derived: the bundle already has findings (§7.4)");
+    else {
+      report.decisionsChecked = checkSemantics(leaves, report);
+      report.notes.push(`decisions re-derived from the log: ${report.decisionsChecked}`);
+    }
+  }
   return report;
 }
 

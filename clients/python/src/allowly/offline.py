@@ -43,12 +43,18 @@ def verify_receipt(receipt: Any, keys: KeysLike) -> "_v.Report":
         raise VerificationError(str(e)) from e
 
 
-def verify_bundle(bundle: bytes, keys: KeysLike | None = None, checkpoints: list[str] = ()) -> "_v.Report":
+def verify_bundle(
+    bundle: bytes, keys: KeysLike | None = None, checkpoints: list[str] = (), semantics: bool | None = None
+) -> "_v.Report":
     """An evidence bundle (JSON Lines, from an export). Pinned to `keys` if given (else its
     own key set: `valid_unpinned` at best); `checkpoints` are signed notes held from before,
-    to prove the log only grew. Outcomes: valid, valid_unpinned, integrity_failure,
-    coverage_gap."""
+    to prove the log only grew. `semantics` re-derives every decision from the log (spec §7.4,
+    finding `decision_unjustified`): None = for log exports only (the default), True = for
+    authorization exports too, False = never; as the TypeScript SDK's `verifyBundle`.
+    Outcomes: valid, valid_unpinned, integrity_failure, coverage_gap."""
     try:
-        return _v.verify_bundle(bytes(bundle), _keys(keys) if keys is not None else None, list(checkpoints))
+        return _v.verify_bundle(
+            bytes(bundle), _keys(keys) if keys is not None else None, list(checkpoints), semantics
+        )
     except _v.Unusable as e:
         raise VerificationError(str(e)) from e
