@@ -60,6 +60,17 @@ fn python_sdk_tests_pass_against_the_real_server() {
     pytest(&env, &repo_root().join("clients/python"), "tests");
 }
 
+/// The agent-framework examples (`clients/examples`): the Allowly tool gate in a real OpenAI
+/// Agents SDK run (a scripted model) and a real LangGraph graph (langchain-core's fake chat model),
+/// against this server: an allowed call runs, a denied one never does and the model gets the
+/// reason and receipt id, a confirmation or escalation runs only once approved within the bound,
+/// fail closed when Allowly is unreachable; each `example.py` runs as documented.
+#[test]
+fn agent_framework_examples_pass_against_the_real_server() {
+    let env = sdk_env("agent-examples", sdk_rules());
+    pytest(&env, &repo_root().join("clients/examples"), "tests");
+}
+
 /// The rules the SDK suites expect: `email.send` needs the user's confirmation, `payments.*` an
 /// approver.
 fn sdk_rules() -> serde_json::Value {
