@@ -185,11 +185,7 @@ fn every_expression_in_ops_names_only_metrics_the_service_exports() {
         }
     }
     // The dashboard: every `expr` of every panel target.
-    let dashboard: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(ops("grafana/dashboards/allowly.json")).unwrap()).unwrap();
-    let mut panel_exprs = Vec::new();
-    collect_exprs(&dashboard, &mut panel_exprs);
-    assert!(panel_exprs.len() >= 30, "parsed too few expressions from the dashboard: {panel_exprs:?}");
+    let panel_exprs = dashboard_exprs();
     for expr in &panel_exprs {
         for name in metric_names(expr) {
             if !(exported.contains(&name) || recorded.contains(&name)) {
@@ -202,6 +198,16 @@ fn every_expression_in_ops_names_only_metrics_the_service_exports() {
         "names the service does not export:\n{}\n--- exported ---\n{exported:#?}",
         unknown.join("\n")
     );
+}
+
+/// The `expr` of every panel target of `ops/grafana/dashboards/allowly.json`.
+fn dashboard_exprs() -> Vec<String> {
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(ops("grafana/dashboards/allowly.json")).unwrap()).unwrap();
+    let mut exprs = Vec::new();
+    collect_exprs(&dashboard, &mut exprs);
+    assert!(exprs.len() >= 30, "parsed too few expressions from the dashboard: {exprs:?}");
+    exprs
 }
 
 /// Every string under an `expr` key, anywhere in a Grafana dashboard.
@@ -569,11 +575,7 @@ fn a_real_prometheus_evaluates_every_rule_and_every_dashboard_panel_against_the_
     }
     assert!(alerts >= 12, "Prometheus loaded too few alerts ({alerts}): {groups:#?}");
 
-    let dashboard: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(ops("grafana/dashboards/allowly.json")).unwrap()).unwrap();
-    let mut panel_exprs = Vec::new();
-    collect_exprs(&dashboard, &mut panel_exprs);
-    assert!(panel_exprs.len() >= 30, "parsed too few expressions from the dashboard: {panel_exprs:?}");
+    let panel_exprs = dashboard_exprs();
     for expr in &panel_exprs {
         // What Grafana sends for the dashboard's variables: the job of ops/prometheus, and a
         // rate window of at least four scrape intervals.
