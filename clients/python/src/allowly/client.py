@@ -70,6 +70,17 @@ class _Retry:
         jittered = exp / 2 + random.uniform(0, exp / 2)
         return max(min(jittered, self.max_backoff), retry_after or 0.0)
 
+    def after(self, attempt: int, e: Exception) -> float:
+        """How long to wait before retrying attempt `attempt` that failed with `e`; raises
+        instead when it is not to be retried (the typed error, or `errors.TransportError`)."""
+        if isinstance(e, errors.ApiError):
+            if attempt >= self.max_retries or not self.retryable(e):
+                raise e
+            return self.delay(attempt, e.retry_after)
+        if attempt >= self.max_retries:
+            raise errors.TransportError(str(e)) from e
+        return self.delay(attempt, None)
+
     def retryable(self, e: errors.ApiError) -> bool:
         """A 429/503 that passes by itself (Retry-After), soon enough to wait for: a longer
         Retry-After is raised rather than cut short (retrying before it would only be refused)."""
@@ -317,14 +328,9 @@ class Allowly(_Endpoints):
                                           headers=req.headers(), timeout=self._timeout + req.extra_timeout)
                 value, _ = _outcome(resp)
                 return parse(value)
-            except errors.ApiError as e:
-                if attempt >= self._retry.max_retries or not self._retry.retryable(e):
-                    raise
-                time.sleep(self._retry.delay(attempt, e.retry_after))
-            except httpx.TransportError as e:
-                if attempt >= self._retry.max_retries:
-                    raise errors.TransportError(str(e)) from e
-                time.sleep(self._retry.delay(attempt, None))
+            except (errors.ApiError, httpx.TransportError) as e:
+                delay = self._retry.after(attempt, e)
+            time.sleep(delay)
             attempt += 1
 
     def _pages(self, kind: str, params: dict[str, Any]) -> Iterator[Any]:
@@ -377,14 +383,9 @@ class AsyncAllowly(_Endpoints):
                                                 headers=req.headers(), timeout=self._timeout + req.extra_timeout)
                 value, _ = _outcome(resp)
                 return parse(value)
-            except errors.ApiError as e:
-                if attempt >= self._retry.max_retries or not self._retry.retryable(e):
-                    raise
-                await asyncio.sleep(self._retry.delay(attempt, e.retry_after))
-            except httpx.TransportError as e:
-                if attempt >= self._retry.max_retries:
-                    raise errors.TransportError(str(e)) from e
-                await asyncio.sleep(self._retry.delay(attempt, None))
+            except (errors.ApiError, httpx.TransportError) as e:
+                delay = self._retry.after(attempt, e)
+            await asyncio.sleep(delay)
             attempt += 1
 
     async def _pages(self, kind: str, params: dict[str, Any]) -> AsyncIterator[Any]:
