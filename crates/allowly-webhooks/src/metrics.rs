@@ -158,7 +158,7 @@ impl Collector for OutboxCollector {
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
-        let now = crate::worker::now_ms();
+        let now = crate::model::now_ms();
         match outbox_figures(&*self.store) {
             Ok((n, oldest)) => {
                 let m = &self.metrics;

@@ -31,7 +31,7 @@ use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use allowly_store::{DocKind, Durability, Op, Store, WriteBatch};
 use bytes::Bytes;
@@ -42,7 +42,7 @@ use crate::client::{Outcome, Sender};
 use crate::error::{Result, WebhookError};
 use crate::metrics::Metrics;
 use crate::model::{
-    decode, outbox_id, put, AttemptRecord, DeliveryDoc, DeliveryStatus, FailureReason, OutboxDoc, WebhookDoc,
+    decode, now_ms, outbox_id, put, AttemptRecord, DeliveryDoc, DeliveryStatus, FailureReason, OutboxDoc, WebhookDoc,
 };
 use crate::schedule::{random_u64, WebhookConfig};
 
@@ -113,10 +113,6 @@ impl Worker {
         let _ = self.stop.send(true);
         let _ = self.task.await;
     }
-}
-
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 async fn run(ctx: Arc<Ctx>, wake: Arc<Notify>, mut stop: watch::Receiver<bool>) {
