@@ -18,22 +18,9 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 
+use crate::error::ServeError;
+use crate::http_client::ApiArgs;
 use crate::layout::{ADMIN_TOKEN_FILE, DB_DIR};
-use crate::serve::ServeError;
-
-/// Where the running server's API is: every operator command that calls it (these and
-/// `allowly backup`) takes the same two options.
-#[derive(Debug, Args)]
-pub struct ApiArgs {
-    /// The server's API address: http://HOST[:PORT], or https://HOST[:PORT] for a server
-    /// behind a TLS terminator (its certificate checked against Mozilla's roots, or --ca-file).
-    #[arg(long, env = "ALLOWLY_URL", default_value = "http://127.0.0.1:8080", value_name = "URL")]
-    pub url: String,
-    /// With an https:// URL: trust only the CA certificates in this PEM file (a private CA or a
-    /// self-signed terminator) instead of Mozilla's roots.
-    #[arg(long, env = "ALLOWLY_CA_FILE", value_name = "FILE")]
-    pub ca_file: Option<PathBuf>,
-}
 
 /// Where the running server is and how to authenticate to it.
 #[derive(Debug, Args)]

@@ -21,10 +21,13 @@ pub struct App {
     pub admin_token: std::path::PathBuf,
     /// `POST /v1/admin/backup`.
     pub backups: crate::backup::Backups,
-    /// The open connections and their caps.
-    pub connections: crate::conn::Connections,
+    /// The open connections and their caps (shared with each connection's I/O guard).
+    pub connections: std::sync::Arc<crate::conn::Connections>,
     /// Per-API-key rate limits.
     pub rate_limits: crate::ratelimit::RateLimits,
+    /// The OpenAPI document `GET /v1/openapi.json` serves, built at start by `crate::openapi`
+    /// (handed in, so the handlers need not import the module that documents them).
+    pub openapi: &'static serde_json::Value,
     /// `/metrics` requires this bearer token if set.
     pub metrics_token: Option<crate::auth::MetricsToken>,
 }

@@ -235,7 +235,7 @@ pub struct BackupArgs {
     /// The running instance's API (`http://` as `allowly serve --listen`, or `https://` behind a
     /// TLS terminator), as for the other operator commands.
     #[command(flatten)]
-    pub api: crate::admin_cli::ApiArgs,
+    pub api: crate::http_client::ApiArgs,
     /// The instance admin key file [default: DATA_DIR/admin-token].
     #[arg(long, value_name = "FILE")]
     pub admin_token_file: Option<PathBuf>,
@@ -726,7 +726,7 @@ fn make_private(dir: &Path) -> Result<(), BackupError> {
 
 /// A bodyless `POST` with the admin key through the operator commands' client
 /// ([`crate::http_client`]); the answer's body if it is 2xx.
-fn post(api: &crate::admin_cli::ApiArgs, path: &str, token: &str) -> Result<String, BackupError> {
+fn post(api: &crate::http_client::ApiArgs, path: &str, token: &str) -> Result<String, BackupError> {
     let auth = format!("Bearer {token}");
     let req = crate::http_client::Request {
         url: &api.url,
@@ -737,8 +737,8 @@ fn post(api: &crate::admin_cli::ApiArgs, path: &str, token: &str) -> Result<Stri
         timeout: SNAPSHOT_TIMEOUT + Duration::from_secs(60),
     };
     req.send().map_err(|e| match e {
-        crate::serve::ServeError::Remote { status, body } => BackupError::Server(format!("{status}: {body}")),
-        crate::serve::ServeError::Io { what, source } => BackupError::Io { what, source },
+        crate::error::ServeError::Remote { status, body } => BackupError::Server(format!("{status}: {body}")),
+        crate::error::ServeError::Io { what, source } => BackupError::Io { what, source },
         other => BackupError::Server(other.to_string()),
     })
 }

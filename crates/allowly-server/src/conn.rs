@@ -369,7 +369,7 @@ impl Connections {
 pub struct Guarded<I> {
     io: I,
     conn: Arc<Conn>,
-    app: Arc<crate::app::App>,
+    connections: Arc<Connections>,
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
     /// The timer is set for the current head.
     armed: bool,
@@ -380,8 +380,8 @@ pub struct Guarded<I> {
 }
 
 impl<I> Guarded<I> {
-    pub fn new(io: I, conn: Arc<Conn>, app: Arc<crate::app::App>) -> Self {
-        Self { io, conn, app, timer: None, armed: false, unflushed: false, failed: false }
+    pub fn new(io: I, conn: Arc<Conn>, connections: Arc<Connections>) -> Self {
+        Self { io, conn, connections, timer: None, armed: false, unflushed: false, failed: false }
     }
 }
 
@@ -392,7 +392,7 @@ fn deadline_passed() -> io::Error {
 impl<I: AsyncRead + AsyncWrite + Unpin> Guarded<I> {
     /// A head is incomplete and no more bytes are there: waits for them until its deadline.
     fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let timeout = self.app.connections.limits.read_timeout;
+        let timeout = self.connections.limits.read_timeout;
         if !self.armed {
             let deadline = tokio::time::Instant::from_std(self.conn.since() + timeout);
             match &mut self.timer {
@@ -414,7 +414,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Guarded<I> {
         self.failed = true;
         self.conn.mark_timed_out();
         if !self.unflushed {
-            let answer = self.app.connections.timeout_answer();
+            let answer = self.connections.timeout_answer();
             // Nothing else is queued on the socket: its send buffer takes the answer whole, or
             // the client is not reading and gets no answer.
             let _ = Pin::new(&mut self.io).poll_write(cx, &answer);
@@ -467,7 +467,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guarded<I> {
                 HEAD => this.poll_deadline(cx),
                 FRESH => {
                     this.conn.phase.store(IDLE, Ordering::Relaxed);
-                    this.app.connections.became_idle();
+                    this.connections.became_idle();
                     Poll::Pending
                 }
                 _ => Poll::Pending,

@@ -31,6 +31,9 @@ pub fn valid_path_id(s: &str) -> bool {
     (1..=MAX_ID_LEN).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
+/// The request and response header carrying the request id.
+pub const REQUEST_ID: &str = "request-id";
+
 /// Request ids for requests that bring none: a per-process random prefix and a counter, unique
 /// without a syscall per request.
 #[derive(Debug)]

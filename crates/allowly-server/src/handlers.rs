@@ -139,8 +139,8 @@ pub(crate) async fn metrics(cx: Cx<'_>) -> Result<Resp, Problem> {
 }
 
 #[utoipa::path(get, path = "/v1/openapi.json", tag = "ops", responses((status = 200, description = "This document", body = Object)))]
-pub(crate) async fn openapi(_cx: Cx<'_>) -> Result<Resp, Problem> {
-    json(StatusCode::OK, crate::openapi::document())
+pub(crate) async fn openapi(cx: Cx<'_>) -> Result<Resp, Problem> {
+    json(StatusCode::OK, cx.app.openapi)
 }
 
 #[utoipa::path(post, path = "/v1/admin-key/rotate", tag = "admin", responses((status = 200, description = "The caller's key, replaced: the new secret is shown once", body = CreatedApiKey)))]

@@ -20,11 +20,8 @@ use tracing::Instrument as _;
 
 pub use crate::app::App;
 use crate::conn::Guarded;
-use crate::extract::valid_request_id;
+use crate::extract::{valid_request_id, REQUEST_ID};
 use crate::routes;
-
-/// The request and response header carrying the request id.
-pub const REQUEST_ID: &str = "request-id";
 
 impl App {
     /// Answers one request whose head and body must have arrived by `read_deadline`. Never
@@ -128,7 +125,7 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
                 }
             })
         };
-        let io = TokioIo::new(Guarded::new(stream, conn.clone(), app.clone()));
+        let io = TokioIo::new(Guarded::new(stream, conn.clone(), app.connections.clone()));
         let connection = builder.serve_connection(io, service);
         let (app, mut stopping) = (app.clone(), stopping.clone());
         tokio::spawn(async move {

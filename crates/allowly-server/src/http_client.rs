@@ -8,14 +8,28 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, ServerName};
 
-use crate::serve::ServeError;
+use crate::error::ServeError;
+
+/// Where the running server's API is: every operator command that calls it (these and
+/// `allowly backup`) takes the same two options.
+#[derive(Debug, clap::Args)]
+pub struct ApiArgs {
+    /// The server's API address: http://HOST[:PORT], or https://HOST[:PORT] for a server
+    /// behind a TLS terminator (its certificate checked against Mozilla's roots, or --ca-file).
+    #[arg(long, env = "ALLOWLY_URL", default_value = "http://127.0.0.1:8080", value_name = "URL")]
+    pub url: String,
+    /// With an https:// URL: trust only the CA certificates in this PEM file (a private CA or a
+    /// self-signed terminator) instead of Mozilla's roots.
+    #[arg(long, env = "ALLOWLY_CA_FILE", value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+}
 
 /// A parsed `--url`: `http://HOST[:PORT]` or `https://HOST[:PORT]`, no path.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -69,6 +69,7 @@ pub mod auth;
 pub mod backup;
 pub mod config;
 pub mod conn;
+pub mod error;
 pub mod extract;
 pub mod handlers;
 pub mod http;

@@ -514,7 +514,7 @@ mod tests {
         let text = String::from_utf8(raw).unwrap();
         let (head, body) = text.split_once("\r\n\r\n").unwrap();
         assert!(head.starts_with("HTTP/1.1 408 Request Timeout\r\n"), "{head}");
-        let rid = format!("\r\n{}: rid-2", crate::http::REQUEST_ID);
+        let rid = format!("\r\n{}: rid-2", crate::extract::REQUEST_ID);
         assert!(head.contains("\r\nconnection: close") && head.contains(&rid), "{head}");
         assert!(head.contains(&format!("content-length: {}", body.len())), "{head}");
         let v: serde_json::Value = serde_json::from_str(body).unwrap();

@@ -16,36 +16,14 @@ use allowly_store_rocks::{RocksOptions, RocksStore};
 use tokio::net::TcpListener;
 
 use crate::config::{ServerConfig, SignerMode};
+use crate::error::ServeError;
 use crate::http::App;
 use crate::isolation::KeyIsolation;
 use crate::layout::{ADMIN_TOKEN_FILE, DB_DIR, RUN_DIR, SIGNER_SOCKET};
-use crate::signer_child::{self, create_private_dir, EmbeddedSigner, SignerChildError};
+use crate::signer_child::{self, create_private_dir, EmbeddedSigner};
 
 /// Bound on draining the requests in flight at shutdown.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Why `allowly serve` stopped with an error.
-#[derive(Debug, thiserror::Error)]
-pub enum ServeError {
-    #[error("{what}: {source}")]
-    Io { what: String, source: std::io::Error },
-    #[error("opening the store at {path}: {source}")]
-    Store { path: String, source: allowly_store::StoreError },
-    #[error("starting the embedded signer: {0}")]
-    Signer(#[from] SignerChildError),
-    #[error("{what}: {source}")]
-    Engine { what: &'static str, source: allowly_engine::EngineError },
-    #[error("starting the webhook worker: {0}")]
-    Webhooks(String),
-    /// Two collectors share a metric name (a programming error, caught at the first start).
-    #[error("registering metrics: {0}")]
-    Metrics(#[source] prometheus::Error),
-    #[error("isolating the signer's keys (started as root): {0}")]
-    Isolation(#[from] crate::isolation::IsolationError),
-    /// An operator command (`admin_cli`) got an answer other than 2xx from the server.
-    #[error("the server answered {status}: {body}")]
-    Remote { status: u16, body: String },
-}
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServeError {
     let what = what.into();
@@ -281,7 +259,8 @@ async fn serve_with_engine(
     }
     let connections = crate::conn::Connections::new(cfg.connections, metrics.front.clone());
     let app = Arc::new(App {
-        connections,
+        connections: Arc::new(connections),
+        openapi: crate::openapi::document(),
         rate_limits: crate::ratelimit::RateLimits::new(cfg.rate_limit),
         metrics_token: cfg.metrics_token.clone(),
         key_isolation: isolation,
