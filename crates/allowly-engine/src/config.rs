@@ -30,7 +30,7 @@ pub struct EngineConfig {
     /// costs about the same for one receipt as for a thousand (a signature, its verification, a
     /// journal record and a store write), so with thousands of workspaces signing at once each
     /// waits for its turn and carries more: signing lag of about `W / rate` for `W` workspaces
-    /// signing at once, never answer latency (see `pipeline/pace.rs`).
+    /// signing at once, never answer latency (see `pace.rs`).
     pub sign_rounds_per_second: u32,
     /// Most authorizations cached by all workspace actors together (beyond it an actor drops
     /// its cached entries that are durable, and rereads them from the store when used).
@@ -132,8 +132,8 @@ impl Default for EngineConfig {
             // pending; this many is seconds of load at that rate, a few MiB of memory.
             max_pending_writes: 16_384,
             // An entry and an open connection each: a few MiB at most.
-            max_long_polls: crate::inbox::MAX_WAITERS,
-            long_poll_max: crate::inbox::MAX_WAIT,
+            max_long_polls: crate::watchers::MAX_WAITERS,
+            long_poll_max: crate::watchers::MAX_WAIT,
             data_volume: None,
             min_free_disk: None,
             max_unsigned_age: Duration::from_secs(60),

@@ -83,7 +83,7 @@ impl Engine {
             tokio::runtime::Handle::current(),
         )
         .map_err(|e| EngineError::Internal(format!("cannot start the committer thread: {e}")))?;
-        let sign_pacer = crate::pipeline::Pacer::new(cfg.sign_rounds_per_second);
+        let sign_pacer = crate::pace::Pacer::new(cfg.sign_rounds_per_second);
         let services = Arc::new(Services {
             store,
             committer,
@@ -102,7 +102,7 @@ impl Engine {
             signer_scrape: Default::default(),
             admissions: Default::default(),
         });
-        let watchers = crate::inbox::Watchers::with_capacity(services.cfg.max_long_polls);
+        let watchers = crate::watchers::Watchers::with_capacity(services.cfg.max_long_polls);
         let shared = Arc::new(Shared {
             services,
             pipelines: Default::default(),

@@ -90,7 +90,7 @@ pub enum EngineError {
     /// second effect.
     #[error("not confirmed durable within the commit timeout ({waited_ms} ms); the outcome is unknown: retry with the same Idempotency-Key")]
     CommitTimeout { waited_ms: u64 },
-    /// As many long-polls wait already as the engine keeps (`inbox::MAX_WAITERS`); retry
+    /// As many long-polls wait already as the engine keeps (`watchers::MAX_WAITERS`); retry
     /// shortly. Nothing was changed.
     #[error("too many long-polls are waiting; retry shortly")]
     TooManyWaiters,

@@ -23,6 +23,7 @@ mod mailbox;
 pub mod metrics;
 pub mod model;
 mod monitor;
+mod pace;
 mod pipeline;
 pub mod receipts;
 mod services;
@@ -30,6 +31,7 @@ mod shared;
 mod signer_ahead;
 pub mod validate;
 mod views;
+mod watchers;
 mod webhooks;
 
 pub use admin_keys::reset_instance_admin_keys;

@@ -50,9 +50,7 @@ use crate::model::Resynced;
 use crate::receipts::{key_records, verifier};
 use crate::services::{blocking, Services};
 
-mod pace;
 mod rotation;
-pub(crate) use pace::Pacer;
 pub(crate) use rotation::{count as count_rotation, rotate};
 
 /// Running pipeline tasks by workspace; each gets the workspace's committed log size.

@@ -44,7 +44,7 @@ pub(crate) struct Services {
     /// Requests admitted and not yet through the committer (`max_pending_writes`).
     pub admissions: Arc<crate::mailbox::Admissions>,
     /// Spaces signing rounds over every workspace (`sign_rounds_per_second`).
-    pub sign_pacer: crate::pipeline::Pacer,
+    pub sign_pacer: crate::pace::Pacer,
 }
 
 impl Services {

@@ -28,7 +28,7 @@ pub(crate) struct Shared {
     /// Serialises keyed workspace creations (the only keyed request outside an actor).
     pub instance_idem: tokio::sync::Mutex<()>,
     /// Long-polls waiting for a confirmation or an escalation to change (`inbox`).
-    pub watchers: crate::inbox::Watchers,
+    pub watchers: crate::watchers::Watchers,
 }
 
 /// Everything in [`Services`] reads as a field of `Shared` (`shared.store`, `shared.metrics`).
