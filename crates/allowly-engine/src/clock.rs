@@ -1,16 +1,10 @@
 //! Wall-clock time as the engine stores and signs it, and this process's memory: one helper
 //! each, so every part reads them the same way.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
+pub(crate) use allowly_receipt::types::now_ms;
 use allowly_receipt::types::Timestamp;
 
 use crate::error::{EngineError, Result};
-
-/// Milliseconds since the Unix epoch (0 if the clock is before 1970).
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
 
 /// A stored millisecond time as a receipt timestamp.
 pub(crate) fn ts(ms: u64) -> Result<Timestamp> {

@@ -128,7 +128,7 @@ where
 
 /// Now as the receipt format writes times (`YYYY-MM-DDTHH:MM:SS.sssZ`, UTC): one clock format.
 fn now_rfc3339() -> String {
-    let ms =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
-    allowly_receipt::types::Timestamp::from_unix_ms(ms).map(|t| t.to_string()).unwrap_or_default()
+    allowly_receipt::types::Timestamp::from_unix_ms(allowly_receipt::types::now_ms())
+        .map(|t| t.to_string())
+        .unwrap_or_default()
 }

@@ -108,6 +108,13 @@ impl<'de> Deserialize<'de> for HexHash {
     }
 }
 
+/// Milliseconds since the Unix epoch on this machine's wall clock (0 if it is before 1970): the
+/// one clock every Allowly crate reads for the times it stores, signs and compares, so that
+/// none of them rounds or fails differently.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
 /// A UTC instant with millisecond precision, written `YYYY-MM-DDTHH:MM:SS.sssZ` (RFC 3339, one
 /// fixed width form so that equal instants are equal strings). Stored as milliseconds since the
 /// Unix epoch; years 1970..=9999.

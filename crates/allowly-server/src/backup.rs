@@ -36,6 +36,7 @@
 //! started as root gives every file to the right user at its next start
 //! (`isolation::take_over`).
 
+use allowly_receipt::types::now_ms;
 use std::collections::BTreeMap;
 use std::io::{Read as _, Write as _};
 use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
@@ -218,10 +219,6 @@ fn is_backup_name(name: &str) -> bool {
         && !hex.is_empty()
         && hex.bytes().all(|b| b.is_ascii_hexdigit())
         && name.len() <= 64
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// `allowly backup DIR`.

@@ -233,9 +233,8 @@ pub struct WsArgs {
 #[derive(Debug)]
 pub struct WorkspaceActor;
 
-pub(crate) fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
+/// The wall clock in Unix milliseconds (the one helper every crate reads).
+pub(crate) use allowly_receipt::types::now_ms;
 
 fn ts(ms: u64) -> Timestamp {
     Timestamp::from_unix_ms(ms.min(Timestamp::MAX_MS)).unwrap_or_else(|_| unreachable!("clamped"))

@@ -33,12 +33,9 @@ use sha2::{Digest, Sha256};
 use crate::error::{Result, WebhookError};
 use crate::signature::Secret;
 
-/// Wall-clock milliseconds since the Unix epoch, the unit of every time in these records (0 if
-/// the clock is before 1970). Here, below the worker and the metrics, so both read it without
-/// importing each other.
-pub(crate) fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
+/// The wall clock in Unix milliseconds, the unit of every time in these records (the one helper
+/// of every crate), named here for the worker and the metrics.
+pub(crate) use allowly_receipt::types::now_ms;
 
 /// Most endpoints one workspace may have.
 pub const MAX_WEBHOOKS_PER_WORKSPACE: usize = 16;
