@@ -132,32 +132,31 @@ impl std::fmt::Debug for Gateway {
     }
 }
 
-/// Reaches `upstream` as an MCP client with the client's `initialize` parameters.
+/// Reaches `upstream` as an MCP client with the client's `initialize` parameters; `Err` says
+/// why it could not.
 async fn connect(
     upstream: &Upstream,
     params: InitializeRequestParams,
     front: Peer<RoleServer>,
-) -> Result<RunningService<RoleClient, Behind>, GatewayError> {
+) -> Result<RunningService<RoleClient, Behind>, String> {
     let behind = Behind { info: params, front };
-    let down = |e: String| GatewayError::Downstream(format!("{}: {e}", upstream.name));
     let started = async {
         match &upstream.reach {
             Reach::Command { program, args } => {
                 let mut cmd = tokio::process::Command::new(program);
                 cmd.args(args);
-                let transport =
-                    TokioChildProcess::new(cmd).map_err(|e| down(format!("cannot start {program}: {e}")))?;
-                behind.serve(transport).await.map_err(|e| down(format!("initialize: {e}")))
+                let transport = TokioChildProcess::new(cmd).map_err(|e| format!("cannot start {program}: {e}"))?;
+                behind.serve(transport).await.map_err(|e| format!("initialize: {e}"))
             }
             Reach::Url(url) => behind
                 .serve(StreamableHttpClientTransport::from_uri(url.as_str()))
                 .await
-                .map_err(|e| down(format!("initialize at {url}: {e}"))),
+                .map_err(|e| format!("initialize at {url}: {e}")),
         }
     };
     tokio::time::timeout(CONNECT_TIMEOUT, started)
         .await
-        .map_err(|_| down(format!("no answer to initialize within {CONNECT_TIMEOUT:?}")))?
+        .map_err(|_| format!("no answer to initialize within {CONNECT_TIMEOUT:?}"))?
 }
 
 /// The server's `initialize` result as rmcp keeps it (its `ServerPeerInfo`), for the client.
@@ -214,10 +213,10 @@ impl Gateway {
                     links.push(Link { name: upstream.name.clone(), peer: Ok(service.peer().clone()) });
                     services.push(service);
                 }
-                Err(e) if !self.shared.aggregate => return Err(downstream_error(e)),
-                Err(e) => {
-                    eprintln!("allowly-mcp-gateway: {e}");
-                    links.push(Link { name: upstream.name.clone(), peer: Err(e.to_string()) });
+                Err(why) if !self.shared.aggregate => return Err(downstream_error(GatewayError::Downstream(why))),
+                Err(why) => {
+                    eprintln!("allowly-mcp-gateway: MCP server {}: {why}", upstream.name);
+                    links.push(Link { name: upstream.name.clone(), peer: Err(why) });
                 }
             }
         }

@@ -109,9 +109,9 @@ def http_server(tool_log: Path):
         yield f"http://127.0.0.1:{port}/mcp", proc
 
 
-def server_command(tool_log: Path) -> list[str]:
+def server_command(tool_log: Path, *options: str) -> list[str]:
     """server.py over stdio, as a command the gateway starts."""
-    return [sys.executable, str(HERE / "server.py"), "--log", str(tool_log)]
+    return [sys.executable, str(HERE / "server.py"), "--log", str(tool_log), *options]
 
 
 def gateway_env(env: Env, keys: tuple[str, ...], **extra: str) -> dict[str, str]:

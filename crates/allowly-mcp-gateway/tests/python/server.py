@@ -1,6 +1,7 @@
 """A real MCP server (the official Python SDK's MCPServer) for the gateway's tests: four tools,
 each of which appends its call to a file (`--log PATH`, else $TOOL_LOG), so a test can tell which
-calls reached it. Over stdio, or over streamable HTTP at http://127.0.0.1:PORT/mcp (`--http PORT`)."""
+calls reached it. Over stdio, or over streamable HTTP at http://127.0.0.1:PORT/mcp (`--http PORT`);
+`--crashable` adds a fifth tool, `crash`, which ends the process at once (a server dying mid-session)."""
 
 import argparse
 import json
@@ -45,12 +46,20 @@ def send_email(to: str) -> str:
     return f"sent to {to}"
 
 
+def crash() -> str:
+    """End the server at once, as a crash would."""
+    os._exit(3)
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--log")
     parser.add_argument("--http", type=int, metavar="PORT")
+    parser.add_argument("--crashable", action="store_true")
     options = parser.parse_args()
     LOG = options.log
+    if options.crashable:
+        server.tool()(crash)
     if options.http is None:
         server.run("stdio")
     else:

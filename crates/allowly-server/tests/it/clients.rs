@@ -105,7 +105,8 @@ fn claude_code_hook_tests_pass_against_the_real_server() {
 /// confirm by elicitation (answer recorded) or as an error carrying the nonce, escalation waited
 /// for, fail closed when Allowly is unreachable — all-stdio and all-streamable-HTTP, the mixed
 /// ways once each, the HTTP front's bearer token; and two servers behind one gateway (`--config`:
-/// tools as `<server>__<tool>`, routing, scopes, a server down at start and mid-session).
+/// tools as `<server>__<tool>`, routing, scopes, servers down at start, an HTTP and a stdio server
+/// dying mid-session).
 #[test]
 fn mcp_gateway_tests_pass_against_the_real_server() {
     let bin = std::path::Path::new(allowly_bin()).with_file_name("allowly-mcp-gateway");
