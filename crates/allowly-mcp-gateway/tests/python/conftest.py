@@ -71,7 +71,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_listening(port: int, proc: subprocess.Popen, deadline_s: float = 30.0) -> None:
+def wait_listening(port: int, proc: subprocess.Popen, deadline_s: float = 60.0) -> None:
     """Until something accepts connections on `port` (the process's own start-up, polled)."""
     end = time.monotonic() + deadline_s
     while time.monotonic() < end:
