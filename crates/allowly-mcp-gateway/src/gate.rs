@@ -9,12 +9,11 @@ use serde_json::{json, Map, Value};
 
 use crate::allowly::{Allowly, Final};
 use crate::error::GatewayError;
+use crate::scope::mcp_scope;
 
 /// What the gateway was told to do (the command line and the environment).
 #[derive(Debug, Clone)]
 pub struct Policy {
-    /// The server's name in scopes (`mcp.<server>.<tool>`).
-    pub server: String,
     pub authorization_id: String,
     /// Role `check`.
     pub check_key: String,
@@ -28,7 +27,8 @@ pub struct Policy {
     /// Allowly unreachable: refuse (false, the default) or let the call through unchecked.
     pub allow_unreachable: bool,
     /// `(tool or "*", template)`: the check's resource, from the call's arguments; the first
-    /// whose tool matches applies, none: no resource.
+    /// whose tool matches the name the client called (`<server>__<tool>` with several servers)
+    /// applies, none: no resource.
     pub resources: Vec<(String, String)>,
 }
 
@@ -81,13 +81,15 @@ fn meta(scope: &str, decision: &str, receipts: &[Option<String>]) -> Map<String,
 }
 
 impl Policy {
-    /// Decides one call of `tool` with `arguments`; `ask` asks the user (MCP elicitation) with
-    /// a message and gives their answer.
+    /// Decides one call of `server`'s `tool` (which the client called `listed`) with
+    /// `arguments`: scope `mcp.<server>.<tool>`; `ask` asks the user (MCP elicitation) with a
+    /// message and gives their answer.
     pub async fn decide<F, Fut>(
         &self,
         allowly: &Allowly,
-        scope: Option<String>,
+        server: &str,
         tool: &str,
+        listed: &str,
         arguments: &Value,
         ask: F,
     ) -> Verdict
@@ -95,16 +97,15 @@ impl Policy {
         F: FnOnce(String) -> Fut,
         Fut: std::future::Future<Output = UserAnswer>,
     {
-        let Some(scope) = scope else {
+        let Some(scope) = mcp_scope(server, tool) else {
             return Verdict::Refuse {
                 text: format!(
-                    "Allowly: the tool name {tool:?} of server {:?} maps to no scope (docs/tool-scopes.md)",
-                    self.server
+                    "Allowly: the tool name {tool:?} of server {server:?} maps to no scope (docs/tool-scopes.md)"
                 ),
                 meta: Map::new(),
             };
         };
-        let template = self.resources.iter().find(|(t, _)| t == tool || t == "*").map(|(_, template)| template);
+        let template = self.resources.iter().find(|(t, _)| t == listed || t == "*").map(|(_, template)| template);
         let resource = match template.map(|t| render(t, arguments)).transpose() {
             Ok(r) => r,
             Err(name) => {
@@ -114,7 +115,7 @@ impl Policy {
                 }
             }
         };
-        let context = json!({ "tool": tool, "server": self.server, "arguments": arguments });
+        let context = json!({ "tool": tool, "server": server, "arguments": arguments });
         let check =
             match allowly.check(&self.check_key, &self.authorization_id, &scope, resource.as_deref(), &context).await {
                 Ok(c) => c,
@@ -138,8 +139,7 @@ impl Policy {
                     );
                 };
                 let shown = format!(
-                    "Allowly asks you to confirm: call the tool {tool} of {} ({scope}) with {}",
-                    self.server,
+                    "Allowly asks you to confirm: call the tool {tool} of {server} ({scope}) with {}",
                     serde_json::to_string(arguments).unwrap_or_default()
                 );
                 let approved = match ask(shown.clone()).await {

@@ -5,9 +5,12 @@
 //!     --authorization-id au_… -- npx -y @modelcontextprotocol/server-github
 //! ```
 //!
-//! It speaks MCP over stdio to the client that starts it (in the client's configuration, in
-//! place of the server's own command) and starts the server given after `--`. Everything passes
-//! through; `tools/call` is checked first (`POST /v1/check` of scope `mcp.<server>.<tool>`,
+//! It speaks MCP to the client over stdio (in the client's configuration, in place of the
+//! server's own command) or, with `--listen HOST:PORT`, over streamable HTTP at `/mcp`
+//! (docs/mcp-gateway.md says who may connect). Behind it: the server given after `--` (started,
+//! stdio), or `--upstream-url http://…/mcp` (streamable HTTP), or several servers named in a
+//! `--config` file, whose tools are listed as `<server>__<tool>`. Everything passes through;
+//! `tools/call` is checked first (`POST /v1/check` of scope `mcp.<server>.<tool>`,
 //! docs/tool-scopes.md): allow → forwarded; deny → a tool error naming the reason; confirm → the
 //! client's user is asked (MCP elicitation) and the answer recorded in Allowly, or, when the
 //! client cannot ask, a tool error carrying the nonce; escalate → waits for the approver within
@@ -16,15 +19,21 @@
 //!
 //! Keys come from the environment only (a command line is visible to every local user):
 //! `ALLOWLY_CHECK_KEY` (role check, required), `ALLOWLY_READ_KEY` (role read: wait for
-//! escalations), `ALLOWLY_ANSWER_KEY` (role admin: record the user's answer to a confirmation).
+//! escalations), `ALLOWLY_ANSWER_KEY` (role admin: record the user's answer to a confirmation),
+//! `ALLOWLY_GATEWAY_TOKEN` (the bearer token HTTP clients must send; required beyond loopback).
 
 mod allowly;
+mod config;
 mod error;
 mod gate;
+mod http;
 mod proxy;
 mod scope;
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
@@ -49,8 +58,24 @@ struct Args {
     authorization_id: String,
     /// The server's name in scopes: tool T is `mcp.<name>.<T>` (use the name the agent's MCP
     /// configuration gives the server, so the Claude Code hook and the gateway agree).
-    #[arg(long)]
-    server_name: String,
+    #[arg(long, required_unless_present = "config", conflicts_with = "config")]
+    server_name: Option<String>,
+    /// The MCP server behind the gateway over streamable HTTP (`http://HOST:PORT/mcp`) instead
+    /// of a command after `--`.
+    #[arg(long, value_name = "URL", conflicts_with = "config")]
+    upstream_url: Option<String>,
+    /// A TOML file naming several MCP servers (docs/mcp-gateway.md); their tools are listed as
+    /// `<server>__<tool>`.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Serve the MCP client over streamable HTTP at `http://HOST:PORT/mcp` instead of stdio.
+    /// Beyond loopback only with `ALLOWLY_GATEWAY_TOKEN` set.
+    #[arg(long, value_name = "HOST:PORT")]
+    listen: Option<SocketAddr>,
+    /// With `--listen`: how many client sessions may be open at once (each has its own servers
+    /// behind); one more is answered 503.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
+    max_sessions: u32,
     /// How long a call waits for an approver's answer to an escalation (ms).
     #[arg(long, default_value_t = 120_000)]
     escalation_wait_ms: u64,
@@ -69,7 +94,7 @@ struct Args {
     #[arg(long, env = "ALLOWLY_USER", default_value = "mcp-client-user")]
     user: String,
     /// The MCP server's command and arguments.
-    #[arg(last = true, required = true, num_args = 1..)]
+    #[arg(last = true, num_args = 1.., required_unless_present_any = ["upstream_url", "config"], conflicts_with_all = ["upstream_url", "config"])]
     command: Vec<String>,
 }
 
@@ -85,12 +110,37 @@ fn key(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
-async fn run(args: Args) -> Result<(), GatewayError> {
+/// The servers behind the gateway, from `--config`, `--upstream-url` or the command after `--`.
+fn upstreams(args: &mut Args) -> Result<Vec<proxy::Upstream>, GatewayError> {
+    if let Some(path) = &args.config {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| GatewayError::Config(format!("--config {}: {e}", path.display())))?;
+        return config::parse(&text);
+    }
+    let name = args.server_name.clone().ok_or_else(|| GatewayError::Config("--server-name is required".into()))?;
+    let reach = match args.upstream_url.take() {
+        Some(url) => proxy::Reach::Url(
+            config::upstream_url(&url).map_err(|e| GatewayError::Config(format!("--upstream-url {e}")))?,
+        ),
+        None => {
+            let mut command = std::mem::take(&mut args.command).into_iter();
+            let program =
+                command.next().ok_or_else(|| GatewayError::Config("no MCP server command after --".into()))?;
+            proxy::Reach::Command { program, args: command.collect() }
+        }
+    };
+    Ok(vec![proxy::Upstream { name, reach }])
+}
+
+async fn run(mut args: Args) -> Result<(), GatewayError> {
     let endpoint = allowly::Endpoint::parse(&args.allowly_url)?;
     let check_key =
         key("ALLOWLY_CHECK_KEY").ok_or_else(|| GatewayError::Config("ALLOWLY_CHECK_KEY is not set".into()))?;
+    let max_sessions = usize::try_from(args.max_sessions).unwrap_or(usize::MAX);
+    let listen =
+        args.listen.map(|addr| http::Listen::new(addr, key("ALLOWLY_GATEWAY_TOKEN"), max_sessions)).transpose()?;
+    let upstreams = upstreams(&mut args)?;
     let policy = gate::Policy {
-        server: args.server_name,
         authorization_id: args.authorization_id,
         check_key,
         read_key: key("ALLOWLY_READ_KEY"),
@@ -100,19 +150,20 @@ async fn run(args: Args) -> Result<(), GatewayError> {
         allow_unreachable: args.on_unreachable == OnUnreachable::Allow,
         resources: args.resources,
     };
-    let mut command = args.command.into_iter();
-    let program = command.next().ok_or_else(|| GatewayError::Config("no MCP server command after --".into()))?;
-    let downstream = proxy::Downstream { program, args: command.collect() };
-    let gateway = proxy::Gateway::new(
+    let shared = Arc::new(proxy::Shared {
         policy,
-        allowly::Allowly::new(endpoint, Duration::from_millis(args.timeout_ms)),
-        downstream,
-    );
-    let running = gateway
+        allowly: allowly::Allowly::new(endpoint, Duration::from_millis(args.timeout_ms)),
+        upstreams,
+        aggregate: args.config.is_some(),
+    });
+    if let Some(listen) = listen {
+        return http::serve(listen, shared).await;
+    }
+    let running = proxy::Gateway::new(shared)
         .serve(rmcp::transport::stdio())
         .await
         .map_err(|e| GatewayError::Downstream(format!("serving the MCP client: {e}")))?;
-    // Until the client closes stdin; then the server behind is stopped with the gateway.
+    // Until the client closes stdin; then the servers behind are stopped with the gateway.
     let _ = running.waiting().await;
     Ok(())
 }

@@ -1,42 +1,82 @@
-//! The pass-through: an MCP server for the client in front (stdio) and an MCP client of the
-//! server behind (a child process), built on rmcp's raw `Service` so that every request,
-//! result and notification goes through as it came, whatever its kind — but `tools/call`,
-//! which goes through the gate first.
+//! The pass-through: an MCP server for the client in front and an MCP client of each server
+//! behind (a child process over stdio, or a URL over streamable HTTP), built on rmcp's raw
+//! `Service` so that every request, result and notification goes through as it came, whatever
+//! its kind — but `tools/call`, which goes through the gate first.
 //!
-//! The server behind is started when the client in front initializes, with the client's own
-//! `initialize` parameters (its capabilities and protocol version), and the client gets the
-//! server's `initialize` result: the two negotiate through the gateway as if it were not there.
-//! Requests the server makes of the client (sampling, roots, elicitation) are forwarded the
-//! other way. Not forwarded: `notifications/cancelled` (request ids differ on the two sides;
-//! a cancelled call's answer is dropped by the client) and the client's `initialized` (the
+//! One server behind (`--`, `--upstream-url`): the server is reached when the client in front
+//! initializes, with the client's own `initialize` parameters (its capabilities and protocol
+//! version), and the client gets the server's `initialize` result: the two negotiate through the
+//! gateway as if it were not there. Tool names are the server's own.
+//!
+//! Several servers behind (`--config`): the gateway is itself the server the client
+//! initializes with (capability `tools`); each server behind is reached with the client's
+//! parameters, and its tools are listed as `<server>__<tool>` (docs/mcp-gateway.md). A call is
+//! routed by that prefix to its server under the tool's own name and checked as
+//! `mcp.<server>.<tool>`. A server that cannot be reached at start, or that goes away, is left
+//! out of the list and its calls are answered with a tool error naming it; the others go on.
+//! Prompts, resources and completions are not merged (tools only).
+//!
+//! Requests a server makes of the client (sampling, roots, elicitation) are forwarded the other
+//! way. Not forwarded: `notifications/cancelled` (request ids differ on the two sides; a
+//! cancelled call's answer is dropped by the client) and the client's `initialized` (the
 //! gateway's own client already sent one).
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use rmcp::model::{
     CallToolRequest, CallToolResult, ClientConfig, ClientNotification, ClientRequest, ClientResult, ElicitRequest,
-    ElicitRequestParams, ElicitationAction, ErrorData, GetMeta as _, InitializeRequestParams, InitializeResult,
-    MetaObject, ServerCapabilities, ServerConfig, ServerNotification, ServerRequest, ServerResult,
+    ElicitRequestParams, ElicitationAction, ErrorCode, ErrorData, GetMeta as _, Implementation,
+    InitializeRequestParams, InitializeResult, ListToolsResult, MetaObject, ServerCapabilities, ServerConfig,
+    ServerNotification, ServerRequest, ServerResult,
 };
 use rmcp::service::{
     NotificationContext, Peer, RequestContext, RoleClient, RoleServer, RunningService, Service, ServiceError,
     ServiceExt as _,
 };
-use rmcp::transport::TokioChildProcess;
+use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
 use serde_json::{json, Value};
 use tokio::sync::{Mutex, OnceCell};
 
 use crate::allowly::Allowly;
 use crate::error::GatewayError;
 use crate::gate::{Policy, UserAnswer, Verdict};
-use crate::scope::mcp_scope;
 
-/// The command that starts the MCP server behind the gateway.
-#[derive(Debug, Clone)]
-pub struct Downstream {
-    pub program: String,
-    pub args: Vec<String>,
+/// Between a server name and a tool name in what the client sees with several servers.
+pub const SEPARATOR: &str = "__";
+
+/// How long reaching one server behind may take (starting it and its `initialize`): a server
+/// that hangs at start is counted as down rather than holding the client's `initialize`.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How the gateway reaches one MCP server behind it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reach {
+    /// A command the gateway starts; MCP over its stdin and stdout.
+    Command { program: String, args: Vec<String> },
+    /// An MCP endpoint over streamable HTTP (`http://…/mcp`).
+    Url(String),
 }
 
-/// The client side, facing the MCP server behind: forwards what the server asks of the client.
+/// One MCP server behind the gateway and its name in scopes (and, with several, in tool names).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    pub name: String,
+    pub reach: Reach,
+}
+
+/// What every client's gateway shares: the policy, Allowly, and the servers behind. Over
+/// streamable HTTP each client session has a gateway of its own (and its own servers behind).
+#[derive(Debug)]
+pub struct Shared {
+    pub policy: Policy,
+    pub allowly: Allowly,
+    pub upstreams: Vec<Upstream>,
+    /// Several servers behind (`--config`): the tools are named `<server>__<tool>`.
+    pub aggregate: bool,
+}
+
+/// The client side, facing one MCP server behind: forwards what the server asks of the client.
 struct Behind {
     info: ClientConfig,
     front: Peer<RoleServer>,
@@ -69,34 +109,88 @@ impl Service<RoleClient> for Behind {
     }
 }
 
+/// One server behind, once the client has initialized: its peer, or why it could not be reached.
+struct Link {
+    name: String,
+    peer: Result<Peer<RoleClient>, String>,
+}
+
 /// The server side, facing the MCP client in front.
 pub struct Gateway {
-    policy: Policy,
-    allowly: Allowly,
-    downstream: Downstream,
-    behind: OnceCell<Peer<RoleClient>>,
-    /// Kept so the server behind lives as long as the gateway (dropping it stops the child).
-    running: Mutex<Option<RunningService<RoleClient, Behind>>>,
+    shared: Arc<Shared>,
+    links: OnceCell<Vec<Link>>,
+    /// What the client was answered at `initialize` (rmcp asks `get_info` over HTTP).
+    info: OnceCell<ServerConfig>,
+    /// Kept so the servers behind live as long as the gateway (dropping one stops its child
+    /// process or closes its HTTP session).
+    running: Mutex<Option<Vec<RunningService<RoleClient, Behind>>>>,
 }
 
 impl std::fmt::Debug for Gateway {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Gateway").field("server", &self.policy.server).field("downstream", &self.downstream).finish()
+        f.debug_struct("Gateway").field("upstreams", &self.shared.upstreams).finish()
     }
 }
 
+/// Reaches `upstream` as an MCP client with the client's `initialize` parameters; `Err` says
+/// why it could not.
+async fn connect(
+    upstream: &Upstream,
+    params: InitializeRequestParams,
+    front: Peer<RoleServer>,
+) -> Result<RunningService<RoleClient, Behind>, String> {
+    let behind = Behind { info: params, front };
+    let started = async {
+        match &upstream.reach {
+            Reach::Command { program, args } => {
+                let mut cmd = tokio::process::Command::new(program);
+                cmd.args(args);
+                let transport = TokioChildProcess::new(cmd).map_err(|e| format!("cannot start {program}: {e}"))?;
+                behind.serve(transport).await.map_err(|e| format!("initialize: {e}"))
+            }
+            Reach::Url(url) => behind
+                .serve(StreamableHttpClientTransport::from_uri(url.as_str()))
+                .await
+                .map_err(|e| format!("initialize at {url}: {e}")),
+        }
+    };
+    tokio::time::timeout(CONNECT_TIMEOUT, started)
+        .await
+        .map_err(|_| format!("no answer to initialize within {CONNECT_TIMEOUT:?}"))?
+}
+
+/// The server's `initialize` result as rmcp keeps it (its `ServerPeerInfo`), for the client.
+fn initialize_result(service: &RunningService<RoleClient, Behind>) -> Result<InitializeResult, ErrorData> {
+    let info =
+        service.peer_info().ok_or_else(|| downstream_error(GatewayError::Downstream("no initialize result".into())))?;
+    let mut result = serde_json::to_value(&*info).map_err(|e| ErrorData::internal_error(e.to_string(), None))?;
+    // An implementation without a name is given one (the field is required).
+    if result.get("serverInfo").is_none_or(Value::is_null) {
+        result["serverInfo"] = json!({ "name": "mcp-server", "version": "unknown" });
+    }
+    serde_json::from_value(result).map_err(|e| ErrorData::internal_error(e.to_string(), None))
+}
+
 impl Gateway {
-    pub fn new(policy: Policy, allowly: Allowly, downstream: Downstream) -> Self {
-        Self { policy, allowly, downstream, behind: OnceCell::new(), running: Mutex::new(None) }
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Self { shared, links: OnceCell::new(), info: OnceCell::new(), running: Mutex::new(None) }
     }
 
-    fn behind(&self) -> Result<&Peer<RoleClient>, ErrorData> {
-        self.behind
+    fn links(&self) -> Result<&[Link], ErrorData> {
+        self.links
             .get()
+            .map(Vec::as_slice)
             .ok_or_else(|| ErrorData::internal_error("the MCP server behind the gateway is not started", None))
     }
 
-    /// Starts the server behind with the client's own parameters; its answer is the client's.
+    /// The one server behind (pass-through).
+    fn only(&self) -> Result<&Peer<RoleClient>, ErrorData> {
+        self.peers()?.next().ok_or_else(|| ErrorData::internal_error("no MCP server behind the gateway", None))
+    }
+
+    /// Reaches the servers behind with the client's own parameters. One server: its answer is
+    /// the client's, and failing to reach it fails the `initialize`. Several: the gateway's own
+    /// answer, whatever number of them could be reached.
     async fn initialize(
         &self,
         params: InitializeRequestParams,
@@ -106,57 +200,133 @@ impl Gateway {
         if running.is_some() {
             return Err(ErrorData::invalid_request("initialize was already sent", None));
         }
-        let mut cmd = tokio::process::Command::new(&self.downstream.program);
-        cmd.args(&self.downstream.args);
-        let transport = TokioChildProcess::new(cmd).map_err(|e| {
-            downstream_error(GatewayError::Downstream(format!("cannot start {}: {e}", self.downstream.program)))
-        })?;
-        let service = Behind { info: params, front }
-            .serve(transport)
-            .await
-            .map_err(|e| downstream_error(GatewayError::Downstream(format!("initialize: {e}"))))?;
-        let info = service
-            .peer_info()
-            .ok_or_else(|| downstream_error(GatewayError::Downstream("no initialize result".into())))?;
-        // rmcp keeps the server's answer as its `ServerPeerInfo`; the client gets it back as the
-        // `initialize` result it was (an implementation without a name is given one).
-        let mut result = serde_json::to_value(&*info).map_err(|e| ErrorData::internal_error(e.to_string(), None))?;
-        if result.get("serverInfo").is_none_or(Value::is_null) {
-            result["serverInfo"] = json!({ "name": "mcp-server", "version": "unknown" });
+        let mut services = Vec::new();
+        let mut links = Vec::new();
+        let mut first = None;
+        // One after the other: a few servers, each bounded by CONNECT_TIMEOUT.
+        for upstream in &self.shared.upstreams {
+            match connect(upstream, params.clone(), front.clone()).await {
+                Ok(service) => {
+                    if first.is_none() {
+                        first = Some(initialize_result(&service)?);
+                    }
+                    links.push(Link { name: upstream.name.clone(), peer: Ok(service.peer().clone()) });
+                    services.push(service);
+                }
+                Err(why) if !self.shared.aggregate => return Err(downstream_error(GatewayError::Downstream(why))),
+                Err(why) => {
+                    eprintln!("allowly-mcp-gateway: MCP server {}: {why}", upstream.name);
+                    links.push(Link { name: upstream.name.clone(), peer: Err(why) });
+                }
+            }
         }
-        let info: InitializeResult =
-            serde_json::from_value(result).map_err(|e| ErrorData::internal_error(e.to_string(), None))?;
-        let _ = self.behind.set(service.peer().clone());
-        *running = Some(service);
-        Ok(ServerResult::InitializeResult(info))
+        let result = if self.shared.aggregate {
+            aggregate_result(&params, first.as_ref(), &links)
+        } else {
+            first.ok_or_else(|| downstream_error(GatewayError::Downstream("no initialize result".into())))?
+        };
+        let _ = self.links.set(links);
+        let _ = self.info.set(result.clone());
+        *running = Some(services);
+        Ok(ServerResult::InitializeResult(result))
+    }
+
+    /// `tools/list` with several servers: each reachable server's tools, named `<server>__<tool>`.
+    async fn list_tools(&self) -> Result<ServerResult, ErrorData> {
+        let mut tools = Vec::new();
+        for link in self.links()? {
+            let Ok(peer) = &link.peer else { continue };
+            match peer.list_all_tools().await {
+                Ok(listed) => tools.extend(listed.into_iter().map(|mut t| {
+                    t.name = format!("{}{SEPARATOR}{}", link.name, t.name).into();
+                    t
+                })),
+                // Gone mid-session: its tools are left out; a call of one says why.
+                Err(e) => eprintln!("allowly-mcp-gateway: listing the tools of {}: {e}", link.name),
+            }
+        }
+        Ok(ServerResult::ListToolsResult(ListToolsResult::with_all_items(tools)))
     }
 
     /// `tools/call`: the gate, then the server behind (or a tool error), with the receipt ids.
-    async fn call_tool(&self, call: CallToolRequest, front: &Peer<RoleServer>) -> Result<ServerResult, ErrorData> {
-        let behind = self.behind()?.clone();
-        let tool = call.params.name.to_string();
+    async fn call_tool(&self, mut call: CallToolRequest, front: &Peer<RoleServer>) -> Result<ServerResult, ErrorData> {
+        let listed = call.params.name.to_string();
+        let (link, tool) = if self.shared.aggregate {
+            let routed = listed
+                .split_once(SEPARATOR)
+                .and_then(|(server, tool)| self.links().ok()?.iter().find(|l| l.name == server).map(|l| (l, tool)));
+            let Some((link, tool)) = routed else {
+                return tool_error(
+                    format!("no MCP server behind the gateway has the tool {listed:?}"),
+                    Default::default(),
+                );
+            };
+            (link, tool.to_owned())
+        } else {
+            let link = self.links()?.first().ok_or_else(|| ErrorData::internal_error("no MCP server", None))?;
+            (link, listed.clone())
+        };
+        // Only with several servers can one be down here (alone, it fails the `initialize`).
+        let peer = match &link.peer {
+            Ok(peer) => peer.clone(),
+            Err(why) => {
+                return tool_error(format!("the MCP server {} is unavailable: {why}", link.name), Default::default())
+            }
+        };
         let arguments = call.params.arguments.clone().map(Value::Object).unwrap_or(Value::Null);
-        let scope = mcp_scope(&self.policy.server, &tool);
         let can_ask = front.peer_info().is_some_and(|i| i.capabilities.elicitation.is_some());
         let verdict = self
+            .shared
             .policy
-            .decide(&self.allowly, scope, &tool, &arguments, |message| ask_user(front, can_ask, message))
+            .decide(&self.shared.allowly, &link.name, &tool, &listed, &arguments, |message| {
+                ask_user(front, can_ask, message)
+            })
             .await;
         match verdict {
             Verdict::Forward { meta } => {
-                let result = behind.send_request(ClientRequest::CallToolRequest(call)).await.map_err(relay_error)?;
-                Ok(with_meta(result, meta))
+                call.params.name = tool.into();
+                match peer.send_request(ClientRequest::CallToolRequest(call)).await {
+                    Ok(result) => Ok(with_meta(result, meta)),
+                    // With several servers, one that went away answers with a tool error naming
+                    // it (the client goes on with the others); alone, as a JSON-RPC error.
+                    Err(ServiceError::McpError(e)) => Err(e),
+                    Err(e) if self.shared.aggregate => {
+                        tool_error(format!("the MCP server {} is unavailable: {e}", link.name), meta)
+                    }
+                    Err(e) => Err(relay_error(e)),
+                }
             }
-            Verdict::Refuse { text, meta } => {
-                let result: CallToolResult = serde_json::from_value(json!({
-                    "content": [{ "type": "text", "text": text }],
-                    "isError": true,
-                }))
-                .map_err(|e| ErrorData::internal_error(format!("building a tool error: {e}"), None))?;
-                Ok(with_meta(ServerResult::CallToolResult(result), meta))
-            }
+            Verdict::Refuse { text, meta } => tool_error(text, meta),
         }
     }
+
+    /// The servers a client notification goes to (all reachable ones).
+    fn peers(&self) -> Result<impl Iterator<Item = &Peer<RoleClient>>, ErrorData> {
+        Ok(self.links()?.iter().filter_map(|l| l.peer.as_ref().ok()))
+    }
+}
+
+/// The gateway's own `initialize` answer with several servers behind: tools only; the protocol
+/// version the first reachable server agreed to (else the client's); the instructions say which
+/// servers are down.
+fn aggregate_result(
+    params: &InitializeRequestParams,
+    first: Option<&InitializeResult>,
+    links: &[Link],
+) -> InitializeResult {
+    let down: Vec<String> =
+        links.iter().filter_map(|l| l.peer.as_ref().err().map(|why| format!("{} ({why})", l.name))).collect();
+    let mut instructions = format!(
+        "Tools of several MCP servers, named <server>{SEPARATOR}<tool>; every call is checked by Allowly first."
+    );
+    if !down.is_empty() {
+        instructions.push_str(&format!(" Unavailable: {}.", down.join("; ")));
+    }
+    let mut result = InitializeResult::new(ServerCapabilities::builder().enable_tools().build())
+        .with_server_info(Implementation::new("allowly-mcp-gateway", env!("CARGO_PKG_VERSION")))
+        .with_instructions(instructions);
+    result.protocol_version = first.map_or_else(|| params.protocol_version.clone(), |r| r.protocol_version.clone());
+    result
 }
 
 impl Service<RoleServer> for Gateway {
@@ -169,7 +339,13 @@ impl Service<RoleServer> for Gateway {
         match request {
             ClientRequest::InitializeRequest(init) => self.initialize(init.params, context.peer).await,
             ClientRequest::CallToolRequest(call) => self.call_tool(call, &context.peer).await,
-            other => self.behind()?.send_request(other).await.map_err(relay_error),
+            ClientRequest::ListToolsRequest(_) if self.shared.aggregate => self.list_tools().await,
+            ClientRequest::PingRequest(_) if self.shared.aggregate => Ok(ServerResult::empty(())),
+            other if self.shared.aggregate => {
+                let why = format!("{}: with several MCP servers the gateway merges their tools only", other.method());
+                Err(ErrorData::new(ErrorCode::METHOD_NOT_FOUND, why, None))
+            }
+            other => self.only()?.send_request(other).await.map_err(relay_error),
         }
     }
 
@@ -185,13 +361,16 @@ impl Service<RoleServer> for Gateway {
             return Ok(());
         }
         *notification.get_meta_mut() = context.meta;
-        self.behind()?.send_notification(notification).await.map_err(relay_error)
+        for peer in self.peers()? {
+            peer.send_notification(notification.clone()).await.map_err(relay_error)?;
+        }
+        Ok(())
     }
 
     fn get_info(&self) -> ServerConfig {
         // Asked before `initialize` (a discover probe) the gateway shows no capability of its
-        // own; after it, the client holds the server's answer.
-        ServerConfig::new(ServerCapabilities::default())
+        // own; after it, what the client was answered.
+        self.info.get().cloned().unwrap_or_else(|| ServerConfig::new(ServerCapabilities::default()))
     }
 }
 
@@ -224,6 +403,16 @@ async fn ask_user(front: &Peer<RoleServer>, can_ask: bool, message: String) -> U
         Ok(_) => UserAnswer::CannotAsk,
         Err(_) => UserAnswer::CannotAsk,
     }
+}
+
+/// A tool error (`isError: true`) saying `text`, with the gate's `_meta`.
+fn tool_error(text: String, meta: serde_json::Map<String, Value>) -> Result<ServerResult, ErrorData> {
+    let result: CallToolResult = serde_json::from_value(json!({
+        "content": [{ "type": "text", "text": text }],
+        "isError": true,
+    }))
+    .map_err(|e| ErrorData::internal_error(format!("building a tool error: {e}"), None))?;
+    Ok(with_meta(ServerResult::CallToolResult(result), meta))
 }
 
 /// The tool result with the gate's `_meta` members added (the server's own are kept).

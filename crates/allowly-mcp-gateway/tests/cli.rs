@@ -40,3 +40,44 @@ fn an_https_or_malformed_allowly_url_is_refused() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--allowly-url must be http://HOST:PORT"), "{out:?}");
 }
+
+/// Runs `cmd` (with a check key): it must fail at start and say `why` on stderr.
+fn refused_at_start(cmd: &mut Command, why: &str) {
+    let out = cmd.env("ALLOWLY_CHECK_KEY", "k").output().unwrap();
+    assert!(!out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains(why), "{out:?}");
+}
+
+#[test]
+fn listening_beyond_loopback_without_a_token_is_refused() {
+    refused_at_start(
+        gateway()
+            .args(["--listen", "0.0.0.0:0", "--authorization-id", "au_1", "--server-name", "s", "--", "true"])
+            .env_remove("ALLOWLY_GATEWAY_TOKEN"),
+        "set ALLOWLY_GATEWAY_TOKEN",
+    );
+}
+
+#[test]
+fn one_server_is_given_one_way_only() {
+    let usage = |args: &[&str]| {
+        let out =
+            gateway().args(["--authorization-id", "au_1"]).args(args).env("ALLOWLY_CHECK_KEY", "k").output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+    };
+    usage(&["--server-name", "s", "--upstream-url", "http://h:1/mcp", "--", "true"]);
+    usage(&["--config", "gw.toml", "--server-name", "s"]);
+    usage(&["--config", "gw.toml", "--", "true"]);
+    usage(&["--upstream-url", "http://h:1/mcp"]);
+}
+
+#[test]
+fn a_config_file_that_does_not_read_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("gw.toml");
+    std::fs::write(&file, "[servers.a__b]\ncommand = [\"true\"]\n").unwrap();
+    refused_at_start(
+        gateway().args(["--authorization-id", "au_1", "--config"]).arg(&file),
+        "no __: it separates the server from the tool",
+    );
+}

@@ -1,16 +1,20 @@
 """A real MCP server (the official Python SDK's MCPServer) for the gateway's tests: four tools,
-each of which appends its call to the file $TOOL_LOG, so a test can tell which calls reached it."""
+each of which appends its call to a file (`--log PATH`, else $TOOL_LOG), so a test can tell which
+calls reached it. Over stdio, or over streamable HTTP at http://127.0.0.1:PORT/mcp (`--http PORT`);
+`--crashable` adds a fifth tool, `crash`, which ends the process at once (a server dying mid-session)."""
 
+import argparse
 import json
 import os
 
 from mcp.server.mcpserver import MCPServer
 
 server = MCPServer("shop-tools")
+LOG: str | None = None
 
 
 def _record(tool: str, **arguments) -> None:
-    with open(os.environ["TOOL_LOG"], "a", encoding="utf-8") as f:
+    with open(LOG or os.environ["TOOL_LOG"], "a", encoding="utf-8") as f:
         f.write(json.dumps({"tool": tool, "arguments": arguments}) + "\n")
 
 
@@ -42,5 +46,21 @@ def send_email(to: str) -> str:
     return f"sent to {to}"
 
 
+def crash() -> str:
+    """End the server at once, as a crash would."""
+    os._exit(3)
+
+
 if __name__ == "__main__":
-    server.run("stdio")
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--log")
+    parser.add_argument("--http", type=int, metavar="PORT")
+    parser.add_argument("--crashable", action="store_true")
+    options = parser.parse_args()
+    LOG = options.log
+    if options.crashable:
+        server.tool()(crash)
+    if options.http is None:
+        server.run("stdio")
+    else:
+        server.run("streamable-http", host="127.0.0.1", port=options.http)

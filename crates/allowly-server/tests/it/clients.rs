@@ -99,11 +99,14 @@ fn claude_code_hook_tests_pass_against_the_real_server() {
     pytest(&env, &repo_root().join("clients/claude-code"), "tests");
 }
 
-/// `allowly-mcp-gateway` between a real MCP client and a real MCP server (the official Python
-/// `mcp` package's `ClientSession` and `MCPServer`, over stdio), against this server: pass-through,
-/// allow with the receipt ids in the result's `_meta`, deny as a tool error that never reaches the
-/// server, confirm by elicitation (answer recorded) or as an error carrying the nonce, escalation
-/// waited for, fail closed when Allowly is unreachable.
+/// `allowly-mcp-gateway` between a real MCP client and real MCP servers (the official Python
+/// `mcp` package's `ClientSession` and `MCPServer`), against this server: pass-through, allow with
+/// the receipt ids in the result's `_meta`, deny as a tool error that never reaches the server,
+/// confirm by elicitation (answer recorded) or as an error carrying the nonce, escalation waited
+/// for, fail closed when Allowly is unreachable — all-stdio and all-streamable-HTTP, the mixed
+/// ways once each, the HTTP front's bearer token; and two servers behind one gateway (`--config`:
+/// tools as `<server>__<tool>`, routing, scopes, servers down at start, an HTTP and a stdio server
+/// dying mid-session).
 #[test]
 fn mcp_gateway_tests_pass_against_the_real_server() {
     let bin = std::path::Path::new(allowly_bin()).with_file_name("allowly-mcp-gateway");

@@ -1,0 +1,119 @@
+//! The config file naming several MCP servers behind one gateway (`--config`, TOML,
+//! docs/mcp-gateway.md):
+//!
+//! ```toml
+//! [servers.github]
+//! command = ["npx", "-y", "@modelcontextprotocol/server-github"]
+//!
+//! [servers.crm]
+//! url = "http://127.0.0.1:9000/mcp"
+//! ```
+//!
+//! Each table under `servers` is one server: its name is the `<server>` of its scopes and of its
+//! tools' names (`<server>__<tool>`), and it has either a `command` (started by the gateway, MCP
+//! over stdio) or a `url` (MCP over streamable HTTP).
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use crate::error::GatewayError;
+use crate::proxy::{Reach, Upstream};
+use crate::scope::segment;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    servers: BTreeMap<String, Server>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Server {
+    command: Option<Vec<String>>,
+    url: Option<String>,
+}
+
+/// The servers of a config file, in name order.
+pub fn parse(text: &str) -> Result<Vec<Upstream>, GatewayError> {
+    let bad = |e: String| GatewayError::Config(format!("--config: {e}"));
+    let file: File = toml::from_str(text).map_err(|e| bad(e.to_string()))?;
+    if file.servers.is_empty() {
+        return Err(bad("no [servers.NAME] table".into()));
+    }
+    file.servers
+        .into_iter()
+        .map(|(name, server)| {
+            check_name(&name).map_err(|why| bad(format!("server name {name:?} {why}")))?;
+            let reach = match (server.command, server.url) {
+                (Some(command), None) => {
+                    let mut command = command.into_iter();
+                    let program = command.next().ok_or_else(|| bad(format!("servers.{name}.command is empty")))?;
+                    Reach::Command { program, args: command.collect() }
+                }
+                (None, Some(url)) => {
+                    Reach::Url(upstream_url(&url).map_err(|e| bad(format!("servers.{name}.url {e}")))?)
+                }
+                _ => return Err(bad(format!("servers.{name} needs exactly one of command and url"))),
+            };
+            Ok(Upstream { name, reach })
+        })
+        .collect()
+}
+
+/// A server's name must be its own scope segment (so `mcp.<server>.<tool>` names it as
+/// written), which also keeps `__` out of it and `_` off its ends: the first `__` of a listed
+/// tool name always ends the server's name. No `:` either (not in MCP tool names).
+fn check_name(name: &str) -> Result<(), &'static str> {
+    if segment(name).as_deref() != Some(name) || name.contains(':') {
+        return Err("must be lowercase letters, digits, - and single _ between them (no __: it separates the server from the tool)");
+    }
+    Ok(())
+}
+
+/// An upstream MCP endpoint: `http://…` (the gateway's HTTP client has no TLS).
+pub fn upstream_url(url: &str) -> Result<String, String> {
+    match url.strip_prefix("http://") {
+        Some(rest) if !rest.is_empty() => Ok(url.to_owned()),
+        _ => Err(format!("must be http://HOST:PORT/PATH, not {url:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn servers_are_read_in_name_order_with_their_command_or_url() {
+        let servers = parse(
+            "[servers.shop]\ncommand = [\"python3\", \"server.py\"]\n[servers.crm]\nurl = \"http://127.0.0.1:9/mcp\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            servers,
+            vec![
+                Upstream { name: "crm".into(), reach: Reach::Url("http://127.0.0.1:9/mcp".into()) },
+                Upstream {
+                    name: "shop".into(),
+                    reach: Reach::Command { program: "python3".into(), args: vec!["server.py".into()] }
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn a_server_needs_one_way_to_reach_it_and_a_name_that_routes_unambiguously() {
+        let err = |text: &str| parse(text).unwrap_err().to_string();
+        assert!(err("[servers.a]\n").contains("exactly one of command and url"));
+        assert!(err("[servers.a]\ncommand = [\"x\"]\nurl = \"http://h:1/mcp\"\n").contains("exactly one"));
+        assert!(err("[servers.a]\ncommand = []\n").contains("command is empty"));
+        assert!(err("[servers.a]\nurl = \"https://h/mcp\"\n").contains("must be http://"));
+        for name in ["a__b", "a_", "_a", "GitHub", "a:b", "a.b"] {
+            assert!(err(&format!("[servers.\"{name}\"]\ncommand = [\"x\"]\n")).contains("no __"), "{name}");
+        }
+        assert!(parse("[servers.my-server_2]\ncommand = [\"x\"]\n").is_ok());
+        assert!(err("[servers.a]\ncommand = [\"x\"]\nenv = 1\n").contains("unknown field"));
+        assert!(err("servers = {}\n").contains("no [servers.NAME]"));
+    }
+}

@@ -1,0 +1,270 @@
+//! The gateway's client over MCP streamable HTTP (`--listen HOST:PORT`, path `/mcp`), with
+//! rmcp's `StreamableHttpService` in session mode: each client session (an `initialize`) gets a
+//! gateway of its own, which reaches its own servers behind (a child process each, for
+//! commands), stopped when the session ends.
+//!
+//! Who may connect: anyone who can open a TCP connection to the address, and the gateway acts
+//! under one authorization for all of them. So it binds loopback unless told otherwise, answers
+//! only `Host: localhost|127.0.0.1|::1` there (rmcp's check against DNS rebinding from a
+//! browser page), and refuses to start on another address unless `ALLOWLY_GATEWAY_TOKEN` is
+//! set; when it is set, every request must carry `Authorization: Bearer <token>` (loopback too).
+//!
+//! rmcp's HTTP service needs a `ServerHandler` (typed methods) where the gateway is a raw
+//! `Service` (one method for every request): `Front` turns each typed method back into the
+//! request it came as and hands it to the gateway, so stdio and HTTP take the same path.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use rmcp::model::{
+    CallToolRequest, CallToolRequestParams, CallToolResponse, ClientNotification, ClientRequest, CompleteRequest,
+    CompleteRequestParams, CompleteResult, CustomNotification, CustomRequest, CustomResult, ErrorData,
+    GetPromptRequest, GetPromptRequestParams, GetPromptResponse, InitializeRequest, InitializeRequestParams,
+    InitializeResult, ListPromptsResult, ListResourceTemplatesResult, ListResourcesResult, ListToolsResult,
+    PaginatedRequestParams, ProgressNotification, ProgressNotificationParam, ReadResourceRequest,
+    ReadResourceRequestParams, ReadResourceResponse, RequestOptionalParam, ServerConfig, ServerResult,
+};
+// `logging/setLevel` is deprecated by SEP-2577, but clients of the protocol versions before it
+// still send it: forwarded while rmcp has it.
+#[expect(deprecated, reason = "logging/setLevel is forwarded for clients of older protocol versions")]
+use rmcp::model::{SetLevelRequest, SetLevelRequestParams};
+use rmcp::service::{NotificationContext, RequestContext, RoleServer, Service};
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use rmcp::ServerHandler;
+use tokio::net::TcpListener;
+
+use crate::error::GatewayError;
+use crate::proxy::{Gateway, Shared};
+
+/// The path the MCP endpoint is served at.
+pub const PATH: &str = "/mcp";
+
+/// The gateway of one client session, as rmcp's HTTP service wants it.
+struct Front(Gateway);
+
+impl Front {
+    async fn relay(
+        &self,
+        request: ClientRequest,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ServerResult, ErrorData> {
+        self.0.handle_request(request, context).await
+    }
+
+    async fn notify(&self, notification: ClientNotification, context: NotificationContext<RoleServer>) {
+        if let Err(e) = self.0.handle_notification(notification, context).await {
+            eprintln!("allowly-mcp-gateway: forwarding a notification: {e}");
+        }
+    }
+}
+
+/// The result variant a request must be answered with; any other is the server's error.
+macro_rules! expect {
+    ($result:expr, $($variant:ident)|+) => {
+        match $result? {
+            $(ServerResult::$variant(r) => Ok(r.into()),)+
+            other => Err(ErrorData::internal_error(format!("unexpected result from the MCP server: {other:?}"), None)),
+        }
+    };
+}
+
+/// `ServerHandler` methods that rebuild their request (`ClientRequest::$variant($build(params))`)
+/// and hand it to the gateway, expecting one of the result variants.
+macro_rules! relay {
+    ($($method:ident($params:ty) -> $out:ty = $variant:ident($build:expr) => $($result:ident)|+;)*) => {$(
+        async fn $method(&self, params: $params, context: RequestContext<RoleServer>) -> Result<$out, ErrorData> {
+            expect!(self.relay(ClientRequest::$variant(($build)(params)), context).await, $($result)|+)
+        }
+    )*};
+}
+
+fn paginated<M: Default>(params: Option<PaginatedRequestParams>) -> RequestOptionalParam<M, PaginatedRequestParams> {
+    RequestOptionalParam { method: M::default(), params, extensions: Default::default() }
+}
+
+impl ServerHandler for Front {
+    async fn ping(&self, context: RequestContext<RoleServer>) -> Result<(), ErrorData> {
+        self.relay(ClientRequest::PingRequest(Default::default()), context).await.map(|_| ())
+    }
+
+    relay! {
+        initialize(InitializeRequestParams) -> InitializeResult =
+            InitializeRequest(InitializeRequest::new) => InitializeResult;
+        complete(CompleteRequestParams) -> CompleteResult = CompleteRequest(CompleteRequest::new) => CompleteResult;
+        get_prompt(GetPromptRequestParams) -> GetPromptResponse =
+            GetPromptRequest(GetPromptRequest::new) => GetPromptResult | InputRequiredResult;
+        list_prompts(Option<PaginatedRequestParams>) -> ListPromptsResult = ListPromptsRequest(paginated) => ListPromptsResult;
+        list_resources(Option<PaginatedRequestParams>) -> ListResourcesResult =
+            ListResourcesRequest(paginated) => ListResourcesResult;
+        list_resource_templates(Option<PaginatedRequestParams>) -> ListResourceTemplatesResult =
+            ListResourceTemplatesRequest(paginated) => ListResourceTemplatesResult;
+        read_resource(ReadResourceRequestParams) -> ReadResourceResponse =
+            ReadResourceRequest(ReadResourceRequest::new) => ReadResourceResult | InputRequiredResult;
+        call_tool(CallToolRequestParams) -> CallToolResponse =
+            CallToolRequest(CallToolRequest::new) => CallToolResult | InputRequiredResult;
+        list_tools(Option<PaginatedRequestParams>) -> ListToolsResult = ListToolsRequest(paginated) => ListToolsResult;
+        on_custom_request(CustomRequest) -> CustomResult = CustomRequest(std::convert::identity) => CustomResult;
+    }
+
+    #[expect(deprecated, reason = "logging/setLevel is forwarded for clients of older protocol versions")]
+    async fn set_level(
+        &self,
+        params: SetLevelRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        self.relay(ClientRequest::SetLevelRequest(SetLevelRequest::new(params)), context).await.map(|_| ())
+    }
+
+    async fn on_progress(&self, params: ProgressNotificationParam, context: NotificationContext<RoleServer>) {
+        self.notify(ClientNotification::ProgressNotification(ProgressNotification::new(params)), context).await;
+    }
+
+    async fn on_roots_list_changed(&self, context: NotificationContext<RoleServer>) {
+        self.notify(ClientNotification::RootsListChangedNotification(Default::default()), context).await;
+    }
+
+    async fn on_custom_notification(&self, notification: CustomNotification, context: NotificationContext<RoleServer>) {
+        self.notify(ClientNotification::CustomNotification(notification), context).await;
+    }
+
+    fn get_info(&self) -> ServerConfig {
+        Service::<RoleServer>::get_info(&self.0)
+    }
+}
+
+/// Who may call: loopback without a token, or anyone with the token.
+#[derive(Debug, Clone)]
+pub struct Listen {
+    pub addr: SocketAddr,
+    /// `ALLOWLY_GATEWAY_TOKEN`: required of every request when set.
+    pub token: Option<String>,
+    /// Client sessions open at once (each has its own servers behind, a child process for a
+    /// command): one more `initialize` is answered 503.
+    pub max_sessions: usize,
+}
+
+impl Listen {
+    /// Refuses an address beyond loopback without a token (fail closed: an open gateway would
+    /// let anyone on the network act under the user's authorization).
+    pub fn new(addr: SocketAddr, token: Option<String>, max_sessions: usize) -> Result<Self, GatewayError> {
+        if !addr.ip().is_loopback() && token.is_none() {
+            return Err(GatewayError::Config(format!(
+                "--listen {addr} is beyond loopback: set ALLOWLY_GATEWAY_TOKEN (clients then send Authorization: Bearer <token>)"
+            )));
+        }
+        Ok(Self { addr, token, max_sessions })
+    }
+
+    fn authorized(&self, request: &Request<Incoming>) -> bool {
+        let Some(token) = &self.token else { return true };
+        let given = request
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        given.is_some_and(|given| constant_time_eq(given.as_bytes(), token.as_bytes()))
+    }
+}
+
+/// Compares without stopping at the first differing byte (the token's prefix is not told by
+/// how long a refusal takes).
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// A request that would open a session: a POST without `Mcp-Session-Id` (an `initialize`; rmcp
+/// refuses any other such POST). Sessions opening at the same moment may pass the bound together.
+fn opens_session(request: &Request<Incoming>) -> bool {
+    request.method() == http::Method::POST && !request.headers().contains_key("mcp-session-id")
+}
+
+fn plain(status: StatusCode, text: &'static str) -> Response<BoxBody<Bytes, Infallible>> {
+    let mut response = Response::new(Full::new(Bytes::from_static(text.as_bytes())).boxed());
+    *response.status_mut() = status;
+    response
+}
+
+/// Serves MCP clients at `http://<addr>/mcp` until the process is stopped.
+pub async fn serve(listen: Listen, shared: Arc<Shared>) -> Result<(), GatewayError> {
+    let listener = TcpListener::bind(listen.addr)
+        .await
+        .map_err(|e| GatewayError::Config(format!("cannot listen on {}: {e}", listen.addr)))?;
+    let mut config = StreamableHttpServerConfig::default();
+    if !listen.addr.ip().is_loopback() {
+        // Beyond loopback the bearer token is what keeps others out; the Host allowlist
+        // (against DNS rebinding) would only refuse the names clients reach the host by.
+        config = config.disable_allowed_hosts();
+    }
+    // rmcp closes a session idle for 5 minutes (its default keep-alive).
+    let sessions = Arc::new(LocalSessionManager::default());
+    let mcp = StreamableHttpService::new(move || Ok(Front(Gateway::new(shared.clone()))), sessions.clone(), config);
+    let local = listener.local_addr().map_err(|e| GatewayError::Config(e.to_string()))?;
+    // A client (or a test) that asked for port 0 learns the port from this line.
+    eprintln!("allowly-mcp-gateway: listening on http://{local}{PATH}");
+    let listen = Arc::new(listen);
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            // Out of descriptors and the like: this connection is lost, the next may work.
+            Err(e) => {
+                eprintln!("allowly-mcp-gateway: accept: {e}");
+                continue;
+            }
+        };
+        let (mcp, listen, sessions) = (mcp.clone(), listen.clone(), sessions.clone());
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                let (mcp, listen, sessions) = (mcp.clone(), listen.clone(), sessions.clone());
+                async move {
+                    let response = if request.uri().path() != PATH {
+                        plain(StatusCode::NOT_FOUND, "the MCP endpoint is /mcp")
+                    } else if !listen.authorized(&request) {
+                        let mut r = plain(StatusCode::UNAUTHORIZED, "a bearer token is required");
+                        r.headers_mut()
+                            .insert(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"));
+                        r
+                    } else if opens_session(&request) && sessions.sessions.read().await.len() >= listen.max_sessions {
+                        plain(StatusCode::SERVICE_UNAVAILABLE, "too many MCP sessions are open: try again later")
+                    } else {
+                        mcp.handle(request).await
+                    };
+                    Ok::<_, Infallible>(response)
+                }
+            });
+            // A client that goes away mid-request is no error of the gateway's.
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn beyond_loopback_a_token_is_required() {
+        let listen = |addr: &str, token: Option<&str>| Listen::new(addr.parse().unwrap(), token.map(Into::into), 1);
+        assert!(listen("127.0.0.1:0", None).is_ok());
+        assert!(listen("[::1]:0", None).is_ok());
+        let open = listen("0.0.0.0:0", None).unwrap_err().to_string();
+        assert!(open.contains("ALLOWLY_GATEWAY_TOKEN"), "{open}");
+        assert!(listen("0.0.0.0:0", Some("t")).is_ok());
+    }
+
+    #[test]
+    fn tokens_compare_whole() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+        assert!(!constant_time_eq(b"", b"x"));
+    }
+}

@@ -1,0 +1,108 @@
+"""Several MCP servers behind one gateway (`--config`): two real servers (server.py, one started by
+the gateway over stdio as "shop", one over streamable HTTP as "crm") and two that are down at
+start ("gone", a URL nothing answers; "broken", a command that does not exist). Their tools are listed as <server>__<tool>, each call reaches its own server and is
+checked under the scope of the server's own tool; a server down at start or mid-session fails its
+own calls clearly and the others go on."""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import allowly
+import mcp.types as types
+
+from conftest import free_port, gateway_env, http_server, server_command, session
+from test_gateway import calls, grant, meta, text
+
+TOOLS = ["create_issue", "deleteRepo", "send_email", "send_payment"]
+
+
+def config(path: Path, shop_log: Path, crm_url: str) -> Path:
+    command = ", ".join(f'"{part}"' for part in server_command(shop_log, "--crashable"))
+    path.write_text(f'[servers.shop]\ncommand = [{command}]\n\n[servers.crm]\nurl = "{crm_url}"\n\n'
+                    f'[servers.gone]\nurl = "http://127.0.0.1:{free_port()}/mcp"\n\n'
+                    f'[servers.broken]\ncommand = ["{path.parent / "no-such-server"}"]\n')
+    return path
+
+
+@asynccontextmanager
+async def several(env, az: str, config_file: Path, front: str, elicitation=None):
+    args = ["--allowly-url", env.url, "--authorization-id", az, "--config", str(config_file), "--user", "dana"]
+    async with session(args, gateway_env(env, ("check", "read", "answer")), front, elicitation) as s:
+        yield s
+
+
+def test_tools_of_several_servers_are_listed_by_server_and_each_call_reaches_its_own(tmp_path, env):
+    shop_log, crm_log = tmp_path / "shop", tmp_path / "crm"
+    az = grant(env, ["mcp.shop.create_issue", "mcp.crm.create_issue", "mcp.shop.send_email"])
+    asked: list[str] = []
+
+    async def approve(context, params: types.ElicitRequestParams):
+        asked.append(params.message)
+        return types.ElicitResult(action="accept", content={"approve": True})
+
+    async def main(crm_url: str):
+        async with several(env, az, config(tmp_path / "gw.toml", shop_log, crm_url), "stdio", approve) as s:
+            listed = sorted(t.name for t in (await s.list_tools()).tools)
+            results = {name: await s.call_tool(name, args) for name, args in (
+                ("shop__create_issue", {"title": "A"}), ("crm__create_issue", {"title": "B"}),
+                ("crm__deleteRepo", {"name": "x"}), ("shop__send_email", {"to": "bob@example.com"}),
+                ("gone__create_issue", {"title": "C"}), ("broken__create_issue", {"title": "C"}),
+                ("nowhere__create_issue", {"title": "D"}))}
+            return s.initialize_result, listed, results
+    with http_server(crm_log) as (crm_url, _):
+        init, listed, r = asyncio.run(main(crm_url))
+    assert listed == sorted([f"crm__{t}" for t in TOOLS] + [f"shop__{t}" for t in [*TOOLS, "crash"]])
+    assert init.server_info.name == "allowly-mcp-gateway", init
+    assert "gone (" in init.instructions and "broken (" in init.instructions, init.instructions
+    shop, crm = r["shop__create_issue"], r["crm__create_issue"]
+    assert not shop.is_error and meta(shop)["allowly/scope"] == "mcp.shop.create_issue", shop
+    assert not crm.is_error and meta(crm)["allowly/scope"] == "mcp.crm.create_issue", crm
+    with allowly.Allowly(env.reader, base_url=env.url) as reader:
+        body = reader.get_receipt(meta(crm)["allowly/receipt_ids"][0]).body
+    assert (body["decision"], body["scopes"]) == ("allow", ["mcp.crm.create_issue"])
+    denied = r["crm__deleteRepo"]
+    assert denied.is_error and "Allowly denied mcp.crm.delete_repo: scope_not_granted" in text(denied), denied
+    confirmed = r["shop__send_email"]
+    assert not confirmed.is_error and len(meta(confirmed)["allowly/receipt_ids"]) == 2, confirmed
+    assert "send_email of shop (mcp.shop.send_email)" in asked[0], asked
+    gone = r["gone__create_issue"]
+    assert gone.is_error and "the MCP server gone is unavailable" in text(gone), gone
+    assert meta(gone).get("allowly/receipt_ids") is None, "a server known to be down is not checked"
+    broken = r["broken__create_issue"]
+    assert broken.is_error and "the MCP server broken is unavailable: cannot start" in text(broken), broken
+    nowhere = r["nowhere__create_issue"]
+    assert nowhere.is_error and "no MCP server behind the gateway has the tool" in text(nowhere), nowhere
+    assert calls(shop_log) == [{"tool": "create_issue", "arguments": {"title": "A"}},
+                               {"tool": "send_email", "arguments": {"to": "bob@example.com"}}]
+    assert calls(crm_log) == [{"tool": "create_issue", "arguments": {"title": "B"}}]
+
+
+def test_a_server_that_goes_away_mid_session_fails_its_calls_and_the_others_go_on(tmp_path, env):
+    shop_log, crm_log = tmp_path / "shop", tmp_path / "crm"
+    az = grant(env, ["mcp.shop.create_issue", "mcp.shop.crash", "mcp.crm.create_issue"])
+
+    async def main(crm_url: str, crm_process):
+        async with several(env, az, config(tmp_path / "gw.toml", shop_log, crm_url), "http") as s:
+            before = await s.call_tool("crm__create_issue", {"title": "1"})
+            crm_process.kill()  # gone at once, as a crash: no graceful close of its streams
+            crm_process.wait(timeout=10)
+            crm_after = await s.call_tool("crm__create_issue", {"title": "2"})
+            shop = await s.call_tool("shop__create_issue", {"title": "3"})
+            listed = sorted(t.name for t in (await s.list_tools()).tools)
+            # The stdio server ends mid-call; then neither that call nor a later one reaches it.
+            crashed = await s.call_tool("shop__crash", {})
+            shop_after = await s.call_tool("shop__create_issue", {"title": "4"})
+            return before, crm_after, shop, listed, crashed, shop_after
+    with http_server(crm_log) as (crm_url, crm_process):
+        before, crm_after, shop, listed, crashed, shop_after = asyncio.run(main(crm_url, crm_process))
+    assert not before.is_error, before
+    assert crm_after.is_error and "the MCP server crm is unavailable" in text(crm_after), crm_after
+    assert not shop.is_error and "created issue '3'" in text(shop), shop
+    assert listed == sorted(f"shop__{t}" for t in [*TOOLS, "crash"])
+    assert crashed.is_error and "the MCP server shop is unavailable" in text(crashed), crashed
+    assert shop_after.is_error and "the MCP server shop is unavailable" in text(shop_after), shop_after
+    assert [c["arguments"] for c in calls(crm_log)] == [{"title": "1"}]
+    assert [c["arguments"] for c in calls(shop_log)] == [{"title": "3"}]

@@ -1,0 +1,79 @@
+"""The mixed ways through the gateway, once each (test_gateway.py runs everything all-stdio and
+all-HTTP): a client over stdio to a server over streamable HTTP and the reverse, an allowed and a
+denied call each; and the HTTP front's guards: the bearer token, the bound on open sessions."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+
+import httpx
+import pytest
+
+from conftest import (GATEWAY, Via, free_port, gateway, gateway_env, server_command, session, stopped_at_exit,
+                      wait_listening)
+from test_gateway import GRANTED, calls, grant, meta, text
+
+
+@pytest.mark.parametrize("via", [Via("stdio", "http"), Via("http", "stdio")], ids=str)
+def test_allow_and_deny_behave_the_same_over_mixed_transports(tmp_path, env, via):
+    log = tmp_path / "log"
+
+    async def main():
+        async with gateway(env, grant(env, GRANTED), log, via=via) as s:
+            return await s.call_tool("create_issue", {"title": "VAT"}), await s.call_tool("deleteRepo", {"name": "x"})
+    allowed, denied = asyncio.run(main())
+    assert not allowed.is_error and "created issue 'VAT'" in text(allowed), allowed
+    assert meta(allowed)["allowly/decision"] == "allow" and len(meta(allowed)["allowly/receipt_ids"]) == 1
+    assert denied.is_error and "Allowly denied mcp.shop.delete_repo: scope_not_granted" in text(denied), denied
+    assert calls(log) == [{"tool": "create_issue", "arguments": {"title": "VAT"}}]
+
+
+def test_with_a_token_the_http_front_refuses_requests_without_it(tmp_path, env):
+    port = free_port()
+    variables = gateway_env(env, ("check",), ALLOWLY_GATEWAY_TOKEN="s3cret")
+    args = ["--listen", f"127.0.0.1:{port}", "--authorization-id", grant(env, GRANTED), "--server-name", "shop",
+            "--allowly-url", env.url, "--", *server_command(tmp_path / "log")]
+    proc = subprocess.Popen([GATEWAY, *args], env=variables, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with stopped_at_exit(proc):
+        wait_listening(port, proc)
+        url = f"http://127.0.0.1:{port}/mcp"
+        ping = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
+        accept = {"Accept": "application/json, text/event-stream"}
+        assert httpx.post(url, json=ping, headers=accept).status_code == 401
+        wrong = httpx.post(url, json=ping, headers={**accept, "Authorization": "Bearer s3creT"})
+        assert wrong.status_code == 401
+        assert httpx.post(f"http://127.0.0.1:{port}/other", json=ping).status_code == 404
+
+
+def test_with_a_token_an_http_client_that_sends_it_is_served(tmp_path, env):
+    log = tmp_path / "log"
+    args = ["--allowly-url", env.url, "--authorization-id", grant(env, GRANTED), "--server-name", "shop",
+            "--", *server_command(log)]
+    variables = gateway_env(env, ("check",), ALLOWLY_GATEWAY_TOKEN="s3cret")
+
+    async def main():
+        async with session(args, variables, "http", token="s3cret") as s:
+            return await s.call_tool("create_issue", {"title": "T"})
+    result = asyncio.run(main())
+    assert not result.is_error and meta(result)["allowly/decision"] == "allow", result
+    assert [c["tool"] for c in calls(log)] == ["create_issue"]
+
+
+def test_an_initialize_beyond_max_sessions_is_answered_503_and_the_open_session_goes_on(tmp_path, env):
+    log = tmp_path / "log"
+    port = free_port()
+    args = ["--allowly-url", env.url, "--authorization-id", grant(env, GRANTED), "--server-name", "shop",
+            "--max-sessions", "1", "--", *server_command(log)]
+    initialize = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+                  "params": {"protocolVersion": "2025-06-18", "capabilities": {},
+                             "clientInfo": {"name": "second", "version": "1"}}}
+    accept = {"Accept": "application/json, text/event-stream"}
+
+    async def main():
+        async with session(args, gateway_env(env, ("check",)), "http", port=port) as s:
+            second = httpx.post(f"http://127.0.0.1:{port}/mcp", json=initialize, headers=accept)
+            return second, await s.call_tool("create_issue", {"title": "still here"})
+    second, result = asyncio.run(main())
+    assert second.status_code == 503 and "too many MCP sessions" in second.text, second
+    assert not result.is_error and "created issue 'still here'" in text(result), result
