@@ -112,7 +112,7 @@ impl Engine {
             watchers,
         });
         let engine = Self { shared: shared.clone() };
-        shared.probe_signer().await;
+        shared.probe_signer(|| true).await;
         tokio::spawn(probe_loop(Arc::downgrade(&shared)));
         tokio::spawn(pressure_loop(Arc::downgrade(&shared)));
         crate::monitor::check(&shared).await;
@@ -1236,13 +1236,15 @@ async fn pressure_loop(shared: std::sync::Weak<Shared>) {
 }
 
 /// Pings the signer now and then so `/readyz` and fail-closed follow it even when idle. Ends
-/// with the engine.
+/// with the engine. After a failed signing exchange a pong counts only once no receipt of a
+/// workspace that is not diverged waits to be signed (the backlog the `signing_backlog` fault
+/// measures): until then the pipeline's own exchanges decide (`Health::pong`).
 async fn probe_loop(shared: std::sync::Weak<Shared>) {
     let mut tick = tokio::time::interval(PROBE_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let Some(s) = shared.upgrade() else { return };
-        s.probe_signer().await;
+        s.probe_signer(|| s.pipelines.backlog(|ws| s.diverged.contains(ws)).oldest.is_none()).await;
     }
 }

@@ -66,12 +66,15 @@ impl Services {
         self.health.is_up() && self.faults.first().is_none()
     }
 
-    /// One bounded ping; the health follows its outcome (the probe loop and start-up).
-    pub async fn probe_signer(&self) {
+    /// One bounded ping; the health follows its outcome (the probe loop and start-up). A pong
+    /// after a failed signing exchange counts only if `nothing_to_sign` ([`Health::pong`]).
+    ///
+    /// [`Health::pong`]: crate::health::Health::pong
+    pub async fn probe_signer(&self, nothing_to_sign: impl FnOnce() -> bool) {
         match tokio::time::timeout(self.cfg.signer_timeout, self.signer.ping()).await {
-            Ok(Ok(())) => self.health.set_up(&self.metrics),
-            Ok(Err(e)) => self.health.set_down(&self.metrics, &e.to_string()),
-            Err(_) => self.health.set_down(&self.metrics, "signer did not answer a ping in time"),
+            Ok(Ok(())) => self.health.pong(&self.metrics, nothing_to_sign),
+            Ok(Err(e)) => self.health.ping_failed(&self.metrics, &e.to_string()),
+            Err(_) => self.health.ping_failed(&self.metrics, "signer did not answer a ping in time"),
         }
     }
 }
