@@ -101,6 +101,7 @@ impl Engine {
             cached_authorizations: Default::default(),
             signer_scrape: Default::default(),
             admissions: Default::default(),
+            pending_reads: Default::default(),
         });
         let watchers = crate::inbox::Watchers::with_capacity(services.cfg.max_long_polls);
         let shared = Arc::new(Shared {
@@ -289,6 +290,58 @@ impl Engine {
 
     /// The caller behind a secret, or `None` when the secret is unknown, malformed or revoked.
     /// Looked up by SHA-256 of the secret (the secret itself is never stored).
+    /// What [`Engine::authenticate`] answers when it needs no store read (a cached key, or a
+    /// secret that cannot be a key): `None` when only the store knows.
+    pub fn cached_principal(&self, secret: &str) -> Option<Option<Principal>> {
+        if !is_secret_shaped(secret) {
+            return Some(None);
+        }
+        self.shared.api_keys.get(&secret_hash(secret)).map(Some)
+    }
+
+    /// Runs `f` — store reads for a request — off the async workers, and answers within
+    /// `commit_timeout` however slow the data volume: past it `ReadTimeout` (503
+    /// `read_timeout`, nothing changed), while the read goes on until the volume answers. At
+    /// most [`MAX_PENDING_READS`](crate::services::MAX_PENDING_READS) such reads run or wait at
+    /// once, those whose request timed out included; past that one is refused at once. Called
+    /// on an async worker, a read that blocked for the volume held up every request sharing the
+    /// worker (two of them on a 2-core machine), `/readyz` and `/healthz` too.
+    pub async fn read<T: Send + 'static>(&self, f: impl FnOnce(&Engine) -> Result<T> + Send + 'static) -> Result<T> {
+        let s = &self.shared;
+        let deadline = s.cfg.commit_timeout;
+        if s.pending_reads.fetch_add(1, Ordering::AcqRel) >= crate::services::MAX_PENDING_READS {
+            s.pending_reads.fetch_sub(1, Ordering::AcqRel);
+            s.metrics.read_timeouts.inc();
+            return Err(EngineError::ReadTimeout(format!(
+                "{} store reads are already waiting for the data volume; nothing was changed: retry shortly",
+                crate::services::MAX_PENDING_READS
+            )));
+        }
+        // The place is given back when the read ends, not when its request stops waiting.
+        struct Place(Arc<Shared>);
+        impl Drop for Place {
+            fn drop(&mut self) {
+                self.0.pending_reads.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        let (engine, place) = (self.clone(), Place(s.clone()));
+        let read = tokio::task::spawn_blocking(move || {
+            let _place = place;
+            f(&engine)
+        });
+        match tokio::time::timeout(deadline, read).await {
+            Ok(r) => r.map_err(|e| EngineError::Internal(format!("read task: {e}")))?,
+            Err(_) => {
+                s.metrics.read_timeouts.inc();
+                Err(EngineError::ReadTimeout(format!(
+                    "the data volume did not answer a read within {} ms (--commit-timeout-ms); nothing was changed: \
+                     retry shortly",
+                    deadline.as_millis()
+                )))
+            }
+        }
+    }
+
     pub fn authenticate(&self, secret: &str) -> Result<Option<Principal>> {
         if !is_secret_shaped(secret) {
             return Ok(None);

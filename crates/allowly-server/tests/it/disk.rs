@@ -17,6 +17,8 @@
 //!   200 until the signing call under way times out, then 503 `signer_unavailable` for as long
 //!   as signing calls keep timing out, although the signer still answers pings; once fast again
 //!   the same processes sign everything and serve.
+//! - reads slow (reads and metadata requests of `db/`, not its writes, after a restart): every
+//!   `GET` answered within `--commit-timeout-ms` (200 or 503 `read_timeout`), `/healthz` at once.
 
 use std::ffi::OsStr;
 use std::path::Path;
@@ -24,7 +26,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use allowly_lazyfs::{LazyFs, Mount, Point, Slowness};
+use allowly_lazyfs::{LazyFs, Mount, Point, SlowOps, Slowness};
 use serde_json::{json, Value};
 
 use crate::resilience::{
@@ -512,4 +514,98 @@ fn tally(answers: &[&Answer]) -> std::collections::BTreeMap<String, usize> {
         *m.entry(a.code()).or_default() += 1;
     }
     m
+}
+
+/// RocksDB's directory on a volume whose reads and metadata requests (not its writes) turn 5 s
+/// slow, after a restart (so nothing the requests need is cached: not the API keys, not the
+/// store's blocks). Several clients read at once — receipts, an authorization, the public keys,
+/// the log's checkpoint —, each with its API key not yet cached. Every answer comes within
+/// `--commit-timeout-ms` plus slack: a 200, or 503 `read_timeout` (problem+json,
+/// `Retry-After: 1`); `/healthz` answers at once all along (no async worker is held by a read).
+/// Once the volume is fast again every read answers 200 with what was stored.
+#[test]
+fn slow_reads_are_answered_within_the_commit_timeout_and_never_hold_the_server() {
+    const TIMEOUT: Duration = Duration::from_millis(1000);
+    const LATENCY: Duration = Duration::from_secs(5);
+    let tmp = tempfile::tempdir().unwrap();
+    let _reaper = Reaper(tmp.path().to_owned());
+    let data = tmp.path().join("data");
+    let (fs, _mount) = on_lazyfs(&data.join("db"), 16);
+    let args = ["--commit-timeout-ms", "1000"];
+    let mut s = Server::start_with(&data, &args);
+    s.wait_ready();
+    let t = tenant(&s, "slowreads", &["files.*"]);
+    let c = s.client();
+    let mut acked = Vec::new();
+    for _ in 0..20 {
+        let r = c.post("/v1/check", &t.checker, json!({ "authorization_id": t.az, "scopes": ["files.read"] }));
+        assert_eq!(r.status, 200, "{r}");
+        acked.push(Acked::of(&r.json()).unwrap());
+    }
+    wait_all_signed(&s, &t.reader, &acked);
+    // A restart: nothing cached, every read below goes to the volume.
+    s.stop();
+    let s = Server::start_with(&data, &args);
+    s.wait_ready();
+    let c = s.client();
+
+    fs.set_slow_ops(SlowOps { writes: false, syncs: false, reads: true, metadata: true });
+    fs.set_slowness(Slowness::Latency(LATENCY));
+    let slow_at = Instant::now();
+    let paths: Vec<(String, Option<String>)> = acked
+        .iter()
+        .take(6)
+        .map(|a| (format!("/v1/receipts/{}", a.id), Some(t.reader.clone())))
+        .chain([
+            (format!("/v1/authorizations/{}", t.az), Some(t.reader.clone())),
+            (format!("/v1/workspaces/{}/keys", t.ws), None),
+            (format!("/v1/workspaces/{}/log/checkpoint", t.ws), Some(t.reader.clone())),
+        ])
+        .collect();
+    let readers: Vec<_> = paths
+        .into_iter()
+        .map(|(path, key)| {
+            std::thread::spawn(move || {
+                let start = Instant::now();
+                let r = c.get(&path, key.as_deref());
+                (path, r, start.elapsed())
+            })
+        })
+        .collect();
+    // The server stays responsive meanwhile: `/healthz` is answered at once, each time.
+    let mut health = Vec::new();
+    while readers.iter().any(|h| !h.is_finished()) && slow_at.elapsed() < TIMEOUT + SLACK + SLACK {
+        let start = Instant::now();
+        let r = c.get("/healthz", None);
+        health.push((r.status, start.elapsed()));
+        std::thread::sleep(POLL);
+    }
+    let answers: Vec<(String, Resp, Duration)> =
+        readers.into_iter().map(|h| h.join().expect("a reader thread panicked")).collect();
+    let healthz_max = health.iter().map(|h| h.1).max().unwrap_or_default();
+    let timed_out = answers.iter().filter(|a| a.1.status == 503).count();
+    eprintln!(
+        "reads and metadata {LATENCY:?} slow, --commit-timeout-ms 1000: {} reads, {timed_out} answered 503 \
+         read_timeout, slowest {:?}; /healthz {} times meanwhile, slowest {healthz_max:?}",
+        answers.len(),
+        answers.iter().map(|a| a.2).max().unwrap_or_default(),
+        health.len()
+    );
+    for (path, r, took) in &answers {
+        assert!(*took <= TIMEOUT + SLACK, "GET {path} took {took:?} on a volume whose reads are slow: {r}");
+        if r.status != 200 {
+            assert!(problem_mismatch(r, 503, "read_timeout").is_none(), "GET {path}: {r}");
+            assert_eq!(r.header("retry-after"), Some("1"), "{r}");
+        }
+    }
+    assert!(timed_out > 0, "no read waited for the volume: the test did not slow what the requests read");
+    assert!(health.iter().all(|h| h.0 == 200), "/healthz: {health:?}");
+    assert!(healthz_max <= SLACK, "/healthz took {healthz_max:?} while reads were slow: a read held the server");
+    assert!(metric(&c, "allowly_engine_read_timeouts_total").unwrap_or(0.0) >= timed_out as f64);
+
+    // Fast again: every read is answered with what was stored.
+    fs.set_slowness(Slowness::Fast);
+    assert_all_exist(&s, &t.reader, &acked);
+    let keys = c.get(&format!("/v1/workspaces/{}/keys", t.ws), None);
+    assert_eq!(keys.status, 200, "{keys}");
 }
