@@ -35,7 +35,7 @@
 //! - `sync_file_range`, `syncfs`/`sync(2)` and `O_SYNC`/`O_DSYNC`: only `fsync`/`fdatasync` (and
 //!   `fsyncdir`) make anything durable. Allowly and RocksDB use `fsync`/`fdatasync`.
 //! - Failing writes and fsyncs, latency: not part of the power-loss model, but this layer can
-//!   inject them ([`LazyFs::fail`], [`LazyFs::set_slowness`] — for the write path, and with
+//!   inject them ([`LazyFs::fail`] and [`LazyFs::fail_once`], [`LazyFs::set_slowness`] — for the write path, and with
 //!   [`LazyFs::set_slow_ops`] for reads and metadata requests too) for the failing- and
 //!   slow-disk tests (issue 11 parts 2 and 4).
 //! - Memory-mapped writes (`MAP_SHARED` + `msync`), extended attributes, hole punching: refused
@@ -165,9 +165,25 @@ impl LazyFs {
     /// `libc::EIO`) and changes nothing; `None` heals it. A failed fsync syncs nothing, so the
     /// data it should have made durable is lost at a later crash unless an fsync succeeds first.
     pub fn fail(&self, failing: Option<(Point, FileMatcher, i32)>) {
+        self.set_failing(failing, false);
+    }
+
+    /// [`Self::fail`] for the next matching request only: it fails with `errno`, and the device
+    /// is healthy again after it (a failed fsync, and the writes after it succeed).
+    /// [`Self::failures`] tells when it happened.
+    pub fn fail_once(&self, at: Point, name: FileMatcher, errno: i32) {
+        self.set_failing(Some((at, name, errno)), true);
+    }
+
+    /// How many requests failed as [`Self::fail`] and [`Self::fail_once`] asked, so far.
+    pub fn failures(&self) -> u64 {
+        self.disk().failed()
+    }
+
+    fn set_failing(&self, failing: Option<(Point, FileMatcher, i32)>, once: bool) {
         let failing =
             failing.map(|(at, name, errno)| (at, Box::new(name) as image::Lie, fuser::Errno::from_i32(errno)));
-        self.disk().set_failing(failing);
+        self.disk().set_failing(failing, once);
     }
 
     /// Torn tails from now on: a crash keeps, of each file's writes since its last fsync, a
