@@ -288,8 +288,6 @@ impl Engine {
 
     // ---- API keys -------------------------------------------------------------------------
 
-    /// The caller behind a secret, or `None` when the secret is unknown, malformed or revoked.
-    /// Looked up by SHA-256 of the secret (the secret itself is never stored).
     /// What [`Engine::authenticate`] answers when it needs no store read (a cached key, or a
     /// secret that cannot be a key): `None` when only the store knows.
     pub fn cached_principal(&self, secret: &str) -> Option<Option<Principal>> {
@@ -342,6 +340,8 @@ impl Engine {
         }
     }
 
+    /// The caller behind a secret, or `None` when the secret is unknown, malformed or revoked.
+    /// Looked up by SHA-256 of the secret (the secret itself is never stored).
     pub fn authenticate(&self, secret: &str) -> Result<Option<Principal>> {
         if !is_secret_shaped(secret) {
             return Ok(None);

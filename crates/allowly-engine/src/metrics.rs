@@ -77,12 +77,12 @@ pub struct Metrics {
     /// Requests answered 503 `commit_timeout`: not answered within `commit_timeout` (outcome
     /// unknown to the client).
     pub commit_timeouts: IntCounter,
-    /// Store reads of requests not answered within `commit_timeout` (503 `read_timeout`), or
-    /// refused at once because `MAX_PENDING_READS` were already waiting for the volume.
-    pub read_timeouts: IntCounter,
     /// Of those, requests still in their workspace's mailbox when their deadline passed: dropped
     /// undecided, nothing written.
     pub abandoned: IntCounter,
+    /// Store reads of requests not done within `commit_timeout` (503 `read_timeout`), or
+    /// refused at once because `MAX_PENDING_READS` were already waiting for the volume.
+    pub read_timeouts: IntCounter,
     /// Requests admitted and not yet through the committer (set when scraped; bounded by
     /// `max_pending_writes`).
     pub pending_writes: IntGauge,
