@@ -117,6 +117,7 @@ const CODES: ReadonlyArray<readonly [string, Family]> = [
   ["storage_failed", Unavailable],
   ["storage_slow", Unavailable],
   ["commit_timeout", Unavailable],
+  ["read_timeout", Unavailable],
   ["signer_storage_failed", Unavailable],
   ["signing_backlog", Unavailable],
   ["workspace_log_diverged", Unavailable],

@@ -101,6 +101,7 @@ impl Engine {
             cached_authorizations: Default::default(),
             signer_scrape: Default::default(),
             admissions: Default::default(),
+            pending_reads: Default::default(),
         });
         let watchers = crate::watchers::Watchers::with_capacity(services.cfg.max_long_polls);
         let shared = Arc::new(Shared {
@@ -112,7 +113,7 @@ impl Engine {
             watchers,
         });
         let engine = Self { shared: shared.clone() };
-        shared.probe_signer().await;
+        shared.probe_signer(|| true).await;
         tokio::spawn(probe_loop(Arc::downgrade(&shared)));
         tokio::spawn(pressure_loop(Arc::downgrade(&shared)));
         crate::monitor::check(&shared).await;
@@ -286,6 +287,58 @@ impl Engine {
     }
 
     // ---- API keys -------------------------------------------------------------------------
+
+    /// What [`Engine::authenticate`] answers when it needs no store read (a cached key, or a
+    /// secret that cannot be a key): `None` when only the store knows.
+    pub fn cached_principal(&self, secret: &str) -> Option<Option<Principal>> {
+        if !is_secret_shaped(secret) {
+            return Some(None);
+        }
+        self.shared.api_keys.get(&secret_hash(secret)).map(Some)
+    }
+
+    /// Runs `f` — store reads for a request — off the async workers, and answers within
+    /// `commit_timeout` however slow the data volume: past it `ReadTimeout` (503
+    /// `read_timeout`, nothing changed), while the read goes on until the volume answers. At
+    /// most [`MAX_PENDING_READS`](crate::services::MAX_PENDING_READS) such reads run or wait at
+    /// once, those whose request timed out included; past that one is refused at once. Called
+    /// on an async worker, a read that blocked for the volume held up every request sharing the
+    /// worker (two of them on a 2-core machine), `/readyz` and `/healthz` too.
+    pub async fn read<T: Send + 'static>(&self, f: impl FnOnce(&Engine) -> Result<T> + Send + 'static) -> Result<T> {
+        let s = &self.shared;
+        let deadline = s.cfg.commit_timeout;
+        if s.pending_reads.fetch_add(1, Ordering::AcqRel) >= crate::services::MAX_PENDING_READS {
+            s.pending_reads.fetch_sub(1, Ordering::AcqRel);
+            s.metrics.read_timeouts.inc();
+            return Err(EngineError::ReadTimeout(format!(
+                "{} store reads are already waiting for the data volume; nothing was changed: retry shortly",
+                crate::services::MAX_PENDING_READS
+            )));
+        }
+        // The place is given back when the read ends, not when its request stops waiting.
+        struct Place(Arc<Shared>);
+        impl Drop for Place {
+            fn drop(&mut self) {
+                self.0.pending_reads.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        let (engine, place) = (self.clone(), Place(s.clone()));
+        let read = tokio::task::spawn_blocking(move || {
+            let _place = place;
+            f(&engine)
+        });
+        match tokio::time::timeout(deadline, read).await {
+            Ok(r) => r.map_err(|e| EngineError::Internal(format!("read task: {e}")))?,
+            Err(_) => {
+                s.metrics.read_timeouts.inc();
+                Err(EngineError::ReadTimeout(format!(
+                    "the data volume did not answer a read within {} ms (--commit-timeout-ms); nothing was changed: \
+                     retry shortly",
+                    deadline.as_millis()
+                )))
+            }
+        }
+    }
 
     /// The caller behind a secret, or `None` when the secret is unknown, malformed or revoked.
     /// Looked up by SHA-256 of the secret (the secret itself is never stored).
@@ -1236,13 +1289,15 @@ async fn pressure_loop(shared: std::sync::Weak<Shared>) {
 }
 
 /// Pings the signer now and then so `/readyz` and fail-closed follow it even when idle. Ends
-/// with the engine.
+/// with the engine. After a failed signing exchange a pong counts only once no receipt of a
+/// workspace that is not diverged waits to be signed (the backlog the `signing_backlog` fault
+/// measures): until then the pipeline's own exchanges decide (`Health::pong`).
 async fn probe_loop(shared: std::sync::Weak<Shared>) {
     let mut tick = tokio::time::interval(PROBE_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let Some(s) = shared.upgrade() else { return };
-        s.probe_signer().await;
+        s.probe_signer(|| s.pipelines.backlog(|ws| s.diverged.contains(ws)).oldest.is_none()).await;
     }
 }

@@ -90,6 +90,11 @@ pub enum EngineError {
     /// second effect.
     #[error("not confirmed durable within the commit timeout ({waited_ms} ms); the outcome is unknown: retry with the same Idempotency-Key")]
     CommitTimeout { waited_ms: u64 },
+    /// A store read was not done within `--commit-timeout-ms` (a slow or stalled data volume),
+    /// or too many reads are already waiting for the volume. Nothing was changed; retry
+    /// shortly. The detail says which.
+    #[error("{0}")]
+    ReadTimeout(String),
     /// As many long-polls wait already as the engine keeps (`watchers::MAX_WAITERS`); retry
     /// shortly. Nothing was changed.
     #[error("too many long-polls are waiting; retry shortly")]
@@ -125,6 +130,7 @@ impl EngineError {
             Self::WorkspaceLogCatchingUp => "workspace_log_catching_up",
             Self::ShuttingDown => "shutting_down",
             Self::CommitTimeout { .. } => "commit_timeout",
+            Self::ReadTimeout(_) => "read_timeout",
             Self::Unavailable { fault, .. } => fault.code(),
             Self::Store(e) => Fault::of_store_error(e).map_or("storage_error", Fault::code),
             Self::Signer(_) => "signer_error",

@@ -188,10 +188,26 @@ pub(crate) fn backlog_too_old(oldest: Option<Duration>, unsigned: u64, bound: Du
 }
 
 /// Whether the signer answers. Updated by the probe and by every signing exchange.
+///
+/// A pong is weaker evidence than a signing exchange: the signer answers pings without touching
+/// its disk, so with its journal's volume slow or stalled it pongs at once while every append
+/// times out. After a signing exchange failed (`set_down`, the pipeline's outage), a pong alone
+/// therefore does not bring the signer back up while receipts wait to be signed: only an
+/// answered exchange does (`set_up`; the pipeline retries at least once a second), or a pong once
+/// nothing is left to sign. Otherwise each pong reopened the fail-closed window — checks
+/// acknowledged for another `signer_timeout` — for as long as the volume stayed slow.
 #[derive(Debug, Default)]
 pub(crate) struct Health {
     up: AtomicBool,
-    detail: Mutex<Option<String>>,
+    /// The detail of the outage (`None` while up), and whether the last signing exchange
+    /// failed; one lock, so a pong cannot undo an exchange's failure it raced with.
+    state: Mutex<HealthState>,
+}
+
+#[derive(Debug, Default)]
+struct HealthState {
+    detail: Option<String>,
+    signing_failed: bool,
 }
 
 impl Health {
@@ -199,28 +215,66 @@ impl Health {
         self.up.load(Ordering::Acquire)
     }
 
+    fn state(&self) -> std::sync::MutexGuard<'_, HealthState> {
+        // Two plain fields: a panic elsewhere cannot leave them half-written.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A signing exchange was answered: the signer is up.
     pub fn set_up(&self, m: &Metrics) {
-        if !self.up.swap(true, Ordering::AcqRel) {
-            tracing::info!("signer is answering");
-            if let Ok(mut d) = self.detail.lock() {
-                *d = None;
+        let mut st = self.state();
+        st.signing_failed = false;
+        Self::up(&self.up, &mut st, m);
+    }
+
+    /// A signing exchange failed (no answer in time, connection lost): down until one is
+    /// answered, or a pong finds nothing left to sign ([`Health::pong`]).
+    pub fn set_down(&self, m: &Metrics, why: &str) {
+        let mut st = self.state();
+        st.signing_failed = true;
+        Self::down(&self.up, &mut st, m, why);
+    }
+
+    /// The probe's ping was answered. Up, unless the last signing exchange failed and receipts
+    /// still wait to be signed (`nothing_to_sign` is asked only then): the pipeline's next
+    /// exchange decides.
+    pub fn pong(&self, m: &Metrics, nothing_to_sign: impl FnOnce() -> bool) {
+        let mut st = self.state();
+        if st.signing_failed && !nothing_to_sign() {
+            if !st.detail.as_deref().is_some_and(|d| d.contains(PONG_NOTE)) {
+                let why = st.detail.take().unwrap_or_else(|| "a signing exchange failed".into());
+                st.detail = Some(format!("{why}; {PONG_NOTE}"));
             }
+            return;
         }
+        st.signing_failed = false;
+        Self::up(&self.up, &mut st, m);
+    }
+
+    /// The probe's ping failed.
+    pub fn ping_failed(&self, m: &Metrics, why: &str) {
+        let mut st = self.state();
+        Self::down(&self.up, &mut st, m, why);
+    }
+
+    fn up(up: &AtomicBool, st: &mut HealthState, m: &Metrics) {
+        if !up.swap(true, Ordering::AcqRel) {
+            tracing::info!("signer is answering");
+        }
+        st.detail = None;
         m.signer_up.set(1);
     }
 
-    pub fn set_down(&self, m: &Metrics, why: &str) {
-        if self.up.swap(false, Ordering::AcqRel) {
+    fn down(up: &AtomicBool, st: &mut HealthState, m: &Metrics, why: &str) {
+        if up.swap(false, Ordering::AcqRel) {
             tracing::warn!(reason = why, "signer unavailable: checks fail closed");
         }
-        if let Ok(mut d) = self.detail.lock() {
-            *d = Some(why.to_owned());
-        }
+        st.detail = Some(why.to_owned());
         m.signer_up.set(0);
     }
 
     pub fn detail(&self) -> Option<String> {
-        self.detail.lock().ok().and_then(|d| d.clone())
+        self.state().detail.clone()
     }
 
     /// Fails closed while the signer is down (counted): nothing may be decided or written.
@@ -232,6 +286,9 @@ impl Health {
         Err(EngineError::SignerUnavailable(self.detail().unwrap_or_else(|| "signer down".into())))
     }
 }
+
+/// Added to the outage's detail when the signer answers pings but not signing exchanges.
+const PONG_NOTE: &str = "the signer answers pings but not signing requests (is its journal's volume slow or stalled?)";
 
 /// How a workspace's stored log and the signer's disagree.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -394,6 +451,34 @@ mod tests {
             d.list().iter().map(|e| (e.0.as_str(), e.1)).collect::<Vec<_>>(),
             [("a", Divergence::StoreBehindSigner), ("c", Divergence::Forked)]
         );
+    }
+
+    /// A pong does not undo a failed signing exchange while receipts wait to be signed (a
+    /// signer whose disk is slow answers pings at once); an answered exchange does, and so does
+    /// a pong once nothing is left to sign. A failed ping alone is undone by the next pong.
+    #[test]
+    fn a_pong_does_not_undo_a_failed_signing_exchange_while_receipts_wait() {
+        let (h, m) = (Health::default(), Metrics::new());
+        h.pong(&m, || panic!("nothing to ask: no exchange failed"));
+        assert!(h.is_up());
+        h.set_down(&m, "signer did not answer in time");
+        h.pong(&m, || false);
+        h.pong(&m, || false);
+        assert!(!h.is_up(), "a pong reopened the fail-closed window");
+        let detail = h.detail().unwrap_or_default();
+        assert!(
+            detail.starts_with("signer did not answer in time; ") && detail.matches(PONG_NOTE).count() == 1,
+            "{detail}"
+        );
+        h.set_up(&m);
+        assert!(h.is_up() && h.detail().is_none());
+        h.set_down(&m, "signer did not answer in time");
+        h.pong(&m, || true);
+        assert!(h.is_up(), "nothing left to sign: the pong is all the evidence there is");
+        h.ping_failed(&m, "connection refused");
+        assert!(!h.is_up());
+        h.pong(&m, || panic!("nothing to ask: only a ping failed"));
+        assert!(h.is_up());
     }
 
     #[test]

@@ -80,6 +80,9 @@ pub struct Metrics {
     /// Of those, requests still in their workspace's mailbox when their deadline passed: dropped
     /// undecided, nothing written.
     pub abandoned: IntCounter,
+    /// Store reads of requests not done within `commit_timeout` (503 `read_timeout`), or
+    /// refused at once because `MAX_PENDING_READS` were already waiting for the volume.
+    pub read_timeouts: IntCounter,
     /// Requests admitted and not yet through the committer (set when scraped; bounded by
     /// `max_pending_writes`).
     pub pending_writes: IntGauge,
@@ -252,6 +255,11 @@ impl Metrics {
             commit_timeouts: IntCounter::new(
                 "allowly_engine_commit_timeouts_total",
                 "Requests answered 503 commit_timeout (not durable within --commit-timeout-ms; outcome unknown)",
+            )
+            .expect("static metric definition"),
+            read_timeouts: IntCounter::new(
+                "allowly_engine_read_timeouts_total",
+                "Requests answered 503 read_timeout (a store read not done within --commit-timeout-ms, or too many waiting)",
             )
             .expect("static metric definition"),
             abandoned: IntCounter::new(
@@ -482,11 +490,12 @@ impl Metrics {
     }
 
     /// Every metric but the store's gauges.
-    fn parts(&self) -> [&dyn Collector; 41] {
+    fn parts(&self) -> [&dyn Collector; 42] {
         [
             &self.decisions,
             &self.overloaded,
             &self.commit_timeouts,
+            &self.read_timeouts,
             &self.abandoned,
             &self.pending_writes,
             &self.commit_running_seconds,

@@ -41,6 +41,9 @@ pub(crate) struct Services {
     pub cached_authorizations: AtomicUsize,
     /// The signer's metrics as last fetched, for `/metrics`.
     pub signer_scrape: crate::health::SignerScrape,
+    /// Store reads of requests running or queued off the async workers, also those whose
+    /// request timed out ([`MAX_PENDING_READS`]).
+    pub pending_reads: AtomicUsize,
     /// Requests admitted and not yet through the committer (`max_pending_writes`).
     pub admissions: Arc<crate::mailbox::Admissions>,
     /// Spaces signing rounds over every workspace (`sign_rounds_per_second`).
@@ -66,12 +69,15 @@ impl Services {
         self.health.is_up() && self.faults.first().is_none()
     }
 
-    /// One bounded ping; the health follows its outcome (the probe loop and start-up).
-    pub async fn probe_signer(&self) {
+    /// One bounded ping; the health follows its outcome (the probe loop and start-up). A pong
+    /// after a failed signing exchange counts only if `nothing_to_sign` ([`Health::pong`]).
+    ///
+    /// [`Health::pong`]: crate::health::Health::pong
+    pub async fn probe_signer(&self, nothing_to_sign: impl FnOnce() -> bool) {
         match tokio::time::timeout(self.cfg.signer_timeout, self.signer.ping()).await {
-            Ok(Ok(())) => self.health.set_up(&self.metrics),
-            Ok(Err(e)) => self.health.set_down(&self.metrics, &e.to_string()),
-            Err(_) => self.health.set_down(&self.metrics, "signer did not answer a ping in time"),
+            Ok(Ok(())) => self.health.pong(&self.metrics, nothing_to_sign),
+            Ok(Err(e)) => self.health.ping_failed(&self.metrics, &e.to_string()),
+            Err(_) => self.health.ping_failed(&self.metrics, "signer did not answer a ping in time"),
         }
     }
 }
@@ -118,6 +124,13 @@ impl ApiKeyCache {
         self.keys.remove(hash);
     }
 }
+
+/// Most store reads of requests running or queued off the async workers at once, those whose
+/// request already timed out included: on a stalled volume each holds a blocking thread until
+/// the volume answers, so past this a request's read is refused at once (503 `read_timeout`)
+/// instead of queueing without bound. Half of tokio's default blocking pool (512), leaving the
+/// rest to the store calls that are not a request's (probes, sweeps, webhooks, exports).
+pub const MAX_PENDING_READS: usize = 256;
 
 /// Runs a store call (or other blocking work) off the async workers.
 pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {

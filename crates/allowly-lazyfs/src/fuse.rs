@@ -14,7 +14,7 @@ use fuser::{
 };
 
 use crate::image::{Body, Data, Disk, Kind, Meta};
-use crate::throttle::Throttle;
+use crate::throttle::{Op, Throttle};
 
 /// How long the kernel may cache names and attributes. Every change goes through this kernel,
 /// so its caches never go stale within one mount; a crash is followed by a fresh mount.
@@ -27,7 +27,7 @@ pub(crate) struct Adapter {
     pub(crate) disk: Arc<Mutex<Disk>>,
     /// The epoch this mount serves; any other means a crash happened since it was mounted.
     pub(crate) epoch: u64,
-    /// How slow the device's write path is (waited for before the disk's lock is taken).
+    /// How slow the device is, per class of request (waited for before the disk's lock is taken).
     pub(crate) throttle: Arc<Throttle>,
 }
 
@@ -110,6 +110,7 @@ fn empty(reply: ReplyEmpty, r: Result<(), Errno>) {
 
 impl Filesystem for Adapter {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        self.throttle.wait(Op::Metadata);
         entry(
             reply,
             self.disk().and_then(|d| {
@@ -120,6 +121,7 @@ impl Filesystem for Adapter {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        self.throttle.wait(Op::Metadata);
         match self.disk().and_then(|d| Self::attr(&d, ino.0)) {
             Ok(attr) => reply.attr(&TTL, &attr),
             Err(e) => reply.error(e),
@@ -144,6 +146,7 @@ impl Filesystem for Adapter {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        self.throttle.wait(if size.is_some() { Op::Write } else { Op::Metadata });
         let r = self.disk().and_then(|mut d| {
             if let Some(size) = size {
                 d.truncate(ino.0, size)?;
@@ -176,6 +179,7 @@ impl Filesystem for Adapter {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        self.throttle.wait(Op::Read);
         match self.disk().and_then(|d| d.readlink(ino.0)) {
             Ok(t) => reply.data(t.as_encoded_bytes()),
             Err(e) => reply.error(e),
@@ -192,6 +196,7 @@ impl Filesystem for Adapter {
         rdev: u32,
         reply: ReplyEntry,
     ) {
+        self.throttle.wait(Op::Metadata);
         let kind = match mode & libc::S_IFMT {
             libc::S_IFREG => None,
             libc::S_IFIFO => Some(Kind::Fifo),
@@ -208,18 +213,22 @@ impl Filesystem for Adapter {
     }
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, reply: ReplyEntry) {
+        self.throttle.wait(Op::Metadata);
         entry(reply, self.make(req, parent, name, mode, Body::Dir(Default::default())));
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.throttle.wait(Op::Metadata);
         empty(reply, self.disk().and_then(|mut d| d.remove(parent.0, name, false)));
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.throttle.wait(Op::Metadata);
         empty(reply, self.disk().and_then(|mut d| d.remove(parent.0, name, true)));
     }
 
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+        self.throttle.wait(Op::Metadata);
         let body = Body::Symlink(target.as_os_str().to_owned());
         entry(reply, self.make(req, parent, link_name, 0o777, body));
     }
@@ -234,6 +243,7 @@ impl Filesystem for Adapter {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        self.throttle.wait(Op::Metadata);
         if flags.intersects(RenameFlags::RENAME_EXCHANGE | RenameFlags::RENAME_WHITEOUT) {
             return reply.error(Errno::EINVAL);
         }
@@ -242,6 +252,7 @@ impl Filesystem for Adapter {
     }
 
     fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+        self.throttle.wait(Op::Metadata);
         entry(
             reply,
             self.disk().and_then(|mut d| {
@@ -252,6 +263,7 @@ impl Filesystem for Adapter {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        self.throttle.wait(Op::Metadata);
         match self.disk().and_then(|mut d| d.open(ino.0)) {
             Ok(()) => reply.opened(FileHandle(0), FopenFlags::empty()),
             Err(e) => reply.error(e),
@@ -269,6 +281,7 @@ impl Filesystem for Adapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        self.throttle.wait(Op::Read);
         match self.disk().and_then(|d| d.read(ino.0, offset, size as usize)) {
             Ok(bytes) => reply.data(&bytes),
             Err(e) => reply.error(e),
@@ -287,7 +300,7 @@ impl Filesystem for Adapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        self.throttle.wait();
+        self.throttle.wait(Op::Write);
         match self.disk().and_then(|mut d| d.write(ino.0, offset, data)) {
             Ok(n) => reply.written(u32::try_from(n).unwrap_or(u32::MAX)),
             Err(e) => reply.error(e),
@@ -315,11 +328,12 @@ impl Filesystem for Adapter {
     /// Never `ENOSYS`: the kernel would take that as "fsync is a no-op here" and answer every
     /// later fsync with success itself.
     fn fsync(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
-        self.throttle.wait();
+        self.throttle.wait(Op::Sync);
         empty(reply, self.disk().and_then(|mut d| d.fsync(ino.0)));
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        self.throttle.wait(Op::Metadata);
         match self.disk().and_then(|mut d| d.open(ino.0)) {
             Ok(()) => reply.opened(FileHandle(0), FopenFlags::empty()),
             Err(e) => reply.error(e),
@@ -327,6 +341,7 @@ impl Filesystem for Adapter {
     }
 
     fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        self.throttle.wait(Op::Read);
         let entries = match self.disk().and_then(|d| d.entries(ino.0)) {
             Ok(e) => e,
             Err(e) => return reply.error(e),
@@ -346,11 +361,12 @@ impl Filesystem for Adapter {
     }
 
     fn fsyncdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
-        self.throttle.wait();
+        self.throttle.wait(Op::Sync);
         empty(reply, self.disk().and_then(|mut d| d.fsync(ino.0)));
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        self.throttle.wait(Op::Metadata);
         match self.disk() {
             Ok(d) => {
                 let free = CAPACITY.saturating_sub(d.used_bytes()) / BLOCK;
@@ -363,6 +379,7 @@ impl Filesystem for Adapter {
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
+        self.throttle.wait(Op::Metadata);
         // With `default_permissions` the kernel checks permissions itself.
         empty(reply, self.disk().map(drop));
     }
@@ -377,6 +394,7 @@ impl Filesystem for Adapter {
         _flags: i32,
         reply: ReplyCreate,
     ) {
+        self.throttle.wait(Op::Metadata);
         let r = self.make(req, parent, name, mode, Body::File(Data::default())).and_then(|attr| {
             self.disk()?.open(attr.ino.0)?;
             Ok(attr)
@@ -397,7 +415,7 @@ impl Filesystem for Adapter {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        self.throttle.wait();
+        self.throttle.wait(Op::Write);
         empty(reply, self.disk().and_then(|mut d| d.fallocate(ino.0, offset, length, mode)));
     }
 }

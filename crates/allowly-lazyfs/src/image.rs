@@ -333,8 +333,10 @@ pub struct Disk {
     /// A crash waiting for its moment: where, which files, how many matches to let pass first.
     armed: Option<(Point, Lie, u32)>,
     /// A failing device: writes or fsyncs of matching files fail with this error, changing
-    /// nothing (see [`Disk::set_failing`]).
-    failing: Option<(Point, Lie, Errno)>,
+    /// nothing (see [`Disk::set_failing`]); with `true`, only the next one does.
+    failing: Option<(Point, Lie, Errno, bool)>,
+    /// How many requests [`Disk::set_failing`] has failed so far.
+    failed: u64,
     /// Torn tails at a crash ([`Disk::set_torn_tails`]): the state of the generator that picks
     /// how much of each file's unsynced writes survives.
     torn: Option<u64>,
@@ -380,6 +382,7 @@ impl Disk {
             lie: None,
             armed: None,
             failing: None,
+            failed: 0,
             torn: None,
             crashes: Vec::new(),
         }
@@ -423,15 +426,29 @@ impl Disk {
     /// `errno` and changes nothing (`None`: the device is healthy again). A failed write leaves
     /// the file as it was; a failed fsync makes nothing durable (what it should have synced
     /// stays unsynced, and a later fsync that succeeds syncs it).
-    pub fn set_failing(&mut self, failing: Option<(Point, Lie, Errno)>) {
-        self.failing = failing;
+    /// With `once`, only the next such request fails; the device is healthy after it.
+    pub fn set_failing(&mut self, failing: Option<(Point, Lie, Errno)>, once: bool) {
+        self.failing = failing.map(|(point, name, errno)| (point, name, errno, once));
     }
 
-    /// The error `at` of `ino` fails with, if the device is failing there.
-    fn failure(&self, at: Point, ino: u64) -> Result<(), Errno> {
-        let Some((point, name, errno)) = &self.failing else { return Ok(()) };
+    /// How many requests failed as [`Disk::set_failing`] asked, so far.
+    pub fn failed(&self) -> u64 {
+        self.failed
+    }
+
+    /// The error `at` of `ino` fails with, if the device is failing there (counted; a failure
+    /// asked for once heals the device).
+    fn failure(&mut self, at: Point, ino: u64) -> Result<(), Errno> {
+        let Some((point, name, errno, once)) = &self.failing else { return Ok(()) };
         match self.live.nodes.get(&ino) {
-            Some(node) if *point == at && name(&node.name) => Err(*errno),
+            Some(node) if *point == at && name(&node.name) => {
+                let errno = *errno;
+                if *once {
+                    self.failing = None;
+                }
+                self.failed += 1;
+                Err(errno)
+            }
             _ => Ok(()),
         }
     }
@@ -1035,14 +1052,14 @@ mod tests {
         d.write(wal, 0, b"synced").unwrap();
         d.fsync(wal).unwrap();
         let is_wal: Lie = Box::new(|name| name.to_string_lossy().ends_with(".log"));
-        d.set_failing(Some((Point::Write, is_wal, Errno::ENOSPC)));
+        d.set_failing(Some((Point::Write, is_wal, Errno::ENOSPC)), false);
         assert_eq!(d.write(wal, 6, b"lost").unwrap_err(), Errno::ENOSPC);
         assert_eq!(d.read(wal, 0, 64).unwrap(), b"synced", "a failed write changes nothing");
         d.write(other, 0, b"m").unwrap();
         d.fsync(wal).unwrap();
 
         let is_wal: Lie = Box::new(|name| name.to_string_lossy().ends_with(".log"));
-        d.set_failing(Some((Point::Sync, is_wal, Errno::EIO)));
+        d.set_failing(Some((Point::Sync, is_wal, Errno::EIO)), false);
         d.write(wal, 6, b"+tail").unwrap();
         assert_eq!(d.fsync(wal).unwrap_err(), Errno::EIO);
         assert_eq!(d.read(wal, 0, 64).unwrap(), b"synced+tail", "the live data stays");
@@ -1052,12 +1069,25 @@ mod tests {
         assert_eq!(content(&d, ROOT, "MANIFEST"), Some(b"m".to_vec()));
 
         // Healed: the same file syncs again.
-        d.set_failing(None);
+        d.set_failing(None, false);
         let wal = d.lookup(ROOT, OsStr::new("000001.log")).unwrap();
         d.write(wal, 6, b"+more").unwrap();
         d.fsync(wal).unwrap();
         d.crash();
         assert_eq!(content(&d, ROOT, "000001.log"), Some(b"synced+more".to_vec()));
+        assert_eq!(d.failed(), 2, "one write, one fsync");
+
+        // Once: the next matching fsync fails, the one after succeeds.
+        let wal = d.lookup(ROOT, OsStr::new("000001.log")).unwrap();
+        let is_wal: Lie = Box::new(|name| name.to_string_lossy().ends_with(".log"));
+        d.set_failing(Some((Point::Sync, is_wal, Errno::EIO)), true);
+        d.write(wal, 11, b"+once").unwrap();
+        d.fsync(other).unwrap();
+        assert_eq!(d.fsync(wal).unwrap_err(), Errno::EIO);
+        assert_eq!(d.failed(), 3);
+        d.fsync(wal).unwrap();
+        d.crash();
+        assert_eq!(content(&d, ROOT, "000001.log"), Some(b"synced+more+once".to_vec()), "healed after one failure");
     }
 
     #[test]

@@ -35,8 +35,9 @@
 //! - `sync_file_range`, `syncfs`/`sync(2)` and `O_SYNC`/`O_DSYNC`: only `fsync`/`fdatasync` (and
 //!   `fsyncdir`) make anything durable. Allowly and RocksDB use `fsync`/`fdatasync`.
 //! - Failing writes and fsyncs, latency: not part of the power-loss model, but this layer can
-//!   inject them ([`LazyFs::fail`], [`LazyFs::set_slowness`]) for the failing- and slow-disk
-//!   tests (issue 11 parts 2 and 4).
+//!   inject them ([`LazyFs::fail`] and [`LazyFs::fail_once`], [`LazyFs::set_slowness`] — for the write path, and with
+//!   [`LazyFs::set_slow_ops`] for reads and metadata requests too) for the failing- and
+//!   slow-disk tests (issue 11 parts 2 and 4).
 //! - Memory-mapped writes (`MAP_SHARED` + `msync`), extended attributes, hole punching: refused
 //!   or absent; nothing under test uses them.
 //! - Journaling file systems that commit every earlier metadata change with any fsync (ext4's
@@ -70,8 +71,8 @@ use std::time::{Duration, Instant};
 
 use image::Disk;
 pub use image::{CrashReport, Point};
-pub use throttle::Slowness;
 use throttle::Throttle;
+pub use throttle::{SlowOps, Slowness};
 
 /// Picks files by their last name (the one [`LazyFs::crash_at`] and [`LazyFs::fail`] match).
 pub type FileMatcher = fn(&OsStr) -> bool;
@@ -145,12 +146,18 @@ impl LazyFs {
         self.disk().has_unsynced()
     }
 
-    /// A slow or stalled device: from now on every `write`, `fallocate`, `fsync`/`fdatasync` and
-    /// `fsyncdir` waits as `slowness` says before it is served (reads and metadata requests do
-    /// not). Applies to requests already waiting too, so `Slowness::Fast` releases a stall at
-    /// once.
+    /// A slow or stalled device: from now on every request of the classes [`Self::set_slow_ops`]
+    /// chose — by default `write`, `fallocate`, `fsync`/`fdatasync` and `fsyncdir`, not reads
+    /// or metadata requests — waits as `slowness` says before it is served. Applies to requests
+    /// already waiting too, so `Slowness::Fast` releases a stall at once.
     pub fn set_slowness(&self, slowness: Slowness) {
         self.throttle.set(slowness);
+    }
+
+    /// Which classes of requests [`Self::set_slowness`] delays (default: writes and syncs, see
+    /// [`SlowOps`]). Applies to requests already waiting too.
+    pub fn set_slow_ops(&self, ops: SlowOps) {
+        self.throttle.set_ops(ops);
     }
 
     /// A failing device: from now on every write to (`Point::Write`) or fsync of
@@ -158,9 +165,25 @@ impl LazyFs {
     /// `libc::EIO`) and changes nothing; `None` heals it. A failed fsync syncs nothing, so the
     /// data it should have made durable is lost at a later crash unless an fsync succeeds first.
     pub fn fail(&self, failing: Option<(Point, FileMatcher, i32)>) {
+        self.set_failing(failing, false);
+    }
+
+    /// [`Self::fail`] for the next matching request only: it fails with `errno`, and the device
+    /// is healthy again after it (a failed fsync, and the writes after it succeed).
+    /// [`Self::failures`] tells when it happened.
+    pub fn fail_once(&self, at: Point, name: FileMatcher, errno: i32) {
+        self.set_failing(Some((at, name, errno)), true);
+    }
+
+    /// How many requests failed as [`Self::fail`] and [`Self::fail_once`] asked, so far.
+    pub fn failures(&self) -> u64 {
+        self.disk().failed()
+    }
+
+    fn set_failing(&self, failing: Option<(Point, FileMatcher, i32)>, once: bool) {
         let failing =
             failing.map(|(at, name, errno)| (at, Box::new(name) as image::Lie, fuser::Errno::from_i32(errno)));
-        self.disk().set_failing(failing);
+        self.disk().set_failing(failing, once);
     }
 
     /// Torn tails from now on: a crash keeps, of each file's writes since its last fsync, a

@@ -8,7 +8,7 @@ use allowly_engine::model::{
     EscalationAnswer, EscalationStatus, ExportScope, HitlFilter, NewApiKey, NewAuthorization, NewWebhook, NewWorkspace,
     Principal, RateLimitSetting, ScopeRules,
 };
-use allowly_engine::Engine;
+use allowly_engine::{Engine, EngineError};
 use allowly_receipt::types::Decision;
 use bytes::Bytes;
 use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, LOCATION};
@@ -78,6 +78,17 @@ impl<'r> Cx<'r> {
 
     pub(crate) fn query(&self, known: &[&str]) -> Result<Query, Problem> {
         Query::parse(self.parts.uri.query(), known)
+    }
+
+    /// Runs `f` — the request's store reads — with its workspace and `{id}` (empty where the
+    /// route has none) off the async workers, answered within the engine's bound
+    /// ([`Engine::read`]: 503 `read_timeout` past `--commit-timeout-ms`).
+    pub(crate) async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Engine, &str, &str) -> Result<T, EngineError> + Send + 'static,
+    ) -> Result<T, Problem> {
+        let (ws, id) = (self.ws()?.to_owned(), self.id.unwrap_or_default().to_owned());
+        Ok(self.app.engine.read(move |e| f(e, &ws, &id)).await?)
     }
 
     fn take_body(&mut self) -> Result<Incoming, Problem> {
@@ -185,7 +196,7 @@ pub(crate) async fn workspace_create(mut cx: Cx<'_>) -> Result<Resp, Problem> {
 
 #[utoipa::path(get, path = "/v1/workspaces/{ws}", tag = "workspaces", params(("ws" = String, Path, description = "Workspace id")), responses((status = 200, description = "The workspace", body = WorkspaceView)))]
 pub(crate) async fn workspace_get(cx: Cx<'_>) -> Result<Resp, Problem> {
-    json(StatusCode::OK, &cx.app.engine.workspace(cx.ws()?)?)
+    json(StatusCode::OK, &cx.read(|e, ws, _| e.workspace(ws)).await?)
 }
 
 #[utoipa::path(put, path = "/v1/workspaces/{ws}/scope-rules", tag = "workspaces", request_body = ScopeRules, params(("ws" = String, Path, description = "Workspace id")), responses((status = 200, description = "The workspace with its new rules, and the receipt of the change (`scope_rules.changed`)", body = ScopeRulesChange)))]
@@ -223,7 +234,7 @@ pub(crate) async fn api_key_revoke(mut cx: Cx<'_>) -> Result<Resp, Problem> {
 
 #[utoipa::path(get, path = "/v1/workspaces/{ws}/keys", tag = "log", params(("ws" = String, Path, description = "Workspace id")), responses((status = 200, description = "Every public key the workspace ever signed with: all a verifier needs", body = KeySet)))]
 pub(crate) async fn keys(cx: Cx<'_>) -> Result<Resp, Problem> {
-    json(StatusCode::OK, &cx.app.engine.keys(cx.ws()?)?)
+    json(StatusCode::OK, &cx.read(|e, ws, _| e.keys(ws)).await?)
 }
 
 #[utoipa::path(post, path = "/v1/workspaces/{ws}/keys/rotate", tag = "log", params(("ws" = String, Path, description = "Workspace id")), responses((status = 200, description = "The new key set and the signed `key.rotated` receipt", body = KeyRotation)))]
@@ -235,19 +246,21 @@ pub(crate) async fn keys_rotate(mut cx: Cx<'_>) -> Result<Resp, Problem> {
 #[utoipa::path(get, path = "/v1/workspaces/{ws}/log/checkpoint", tag = "log", params(("ws" = String, Path, description = "Workspace id")), responses((status = 200, description = "The newest signed checkpoint", body = CheckpointView)))]
 pub(crate) async fn log_checkpoint(cx: Cx<'_>) -> Result<Resp, Problem> {
     cx.query(&[])?;
-    json(StatusCode::OK, &cx.app.engine.latest_checkpoint(cx.ws()?)?)
+    json(StatusCode::OK, &cx.read(|e, ws, _| e.latest_checkpoint(ws)).await?)
 }
 
 #[utoipa::path(get, path = "/v1/workspaces/{ws}/log/inclusion", tag = "log", params(("ws" = String, Path, description = "Workspace id"), ("log_index" = u64, Query, description = "Leaf index"), ("tree_size" = Option<u64>, Query, description = "Tree size (default: the newest signed)")), responses((status = 200, description = "RFC 9162 inclusion proof", body = InclusionProofView)))]
 pub(crate) async fn log_inclusion(cx: Cx<'_>) -> Result<Resp, Problem> {
     let q = cx.query(&["log_index", "tree_size"])?;
-    json(StatusCode::OK, &cx.app.engine.inclusion_proof(cx.ws()?, q.required_u64("log_index")?, q.u64("tree_size")?)?)
+    let (index, size) = (q.required_u64("log_index")?, q.u64("tree_size")?);
+    json(StatusCode::OK, &cx.read(move |e, ws, _| e.inclusion_proof(ws, index, size)).await?)
 }
 
 #[utoipa::path(get, path = "/v1/workspaces/{ws}/log/consistency", tag = "log", params(("ws" = String, Path, description = "Workspace id"), ("old_size" = u64, Query, description = "The older tree size"), ("new_size" = Option<u64>, Query, description = "The newer tree size (default: the newest signed)")), responses((status = 200, description = "RFC 9162 consistency proof", body = ConsistencyProofView)))]
 pub(crate) async fn log_consistency(cx: Cx<'_>) -> Result<Resp, Problem> {
     let q = cx.query(&["old_size", "new_size"])?;
-    json(StatusCode::OK, &cx.app.engine.consistency_proof(cx.ws()?, q.required_u64("old_size")?, q.u64("new_size")?)?)
+    let (old, new) = (q.required_u64("old_size")?, q.u64("new_size")?);
+    json(StatusCode::OK, &cx.read(move |e, ws, _| e.consistency_proof(ws, old, new)).await?)
 }
 
 #[utoipa::path(get, path = "/v1/workspaces/{ws}/log/export", tag = "log", params(("ws" = String, Path, description = "Workspace id"), ("from" = u64, Query, description = "First leaf"), ("to" = u64, Query, description = "One past the last leaf")), responses((status = 200, description = "Evidence bundle of log leaves [from, to), JSON Lines (docs/receipt-format.md)", body = String, content_type = "application/x-ndjson")))]
@@ -274,7 +287,7 @@ pub(crate) async fn authorization_create(mut cx: Cx<'_>) -> Result<Resp, Problem
 
 #[utoipa::path(get, path = "/v1/authorizations/{id}", tag = "authorizations", params(("id" = String, Path, description = "Authorization id")), responses((status = 200, description = "The authorization", body = AuthorizationView)))]
 pub(crate) async fn authorization_get(cx: Cx<'_>) -> Result<Resp, Problem> {
-    json(StatusCode::OK, &cx.app.engine.authorization(cx.ws()?, cx.id()?)?)
+    json(StatusCode::OK, &cx.read(|e, ws, id| e.authorization(ws, id)).await?)
 }
 
 #[utoipa::path(get, path = "/v1/authorizations", tag = "authorizations", params(("subject" = Option<String>, Query, description = "Only this subject's"), ("status" = Option<AuthorizationStatus>, Query, description = "Only those in this state"), ("limit" = Option<u64>, Query, description = "Page size, 1..=1000 (default 100)"), ("starting_after" = Option<String>, Query, description = "`next_cursor` of the previous page")), responses((status = 200, description = "A page of authorizations, in id order", body = Page<AuthorizationView>)))]
@@ -289,7 +302,8 @@ pub(crate) async fn authorization_list(cx: Cx<'_>) -> Result<Resp, Problem> {
     };
     let filter = AuthorizationFilter { subject: q.str("subject").map(str::to_owned), status };
     let limit = page_limit(q.u64("limit")?)?;
-    json(StatusCode::OK, &cx.app.engine.authorizations(cx.ws()?, &filter, q.str("starting_after"), limit)?)
+    let after = q.str("starting_after").map(str::to_owned);
+    json(StatusCode::OK, &cx.read(move |e, ws, _| e.authorizations(ws, &filter, after.as_deref(), limit)).await?)
 }
 
 #[utoipa::path(post, path = "/v1/authorizations/{id}/revoke", tag = "authorizations", params(("id" = String, Path, description = "Authorization id")), responses((status = 200, description = "The revoked authorization and its revocation receipt", body = AuthorizationChange)))]
@@ -331,10 +345,9 @@ pub(crate) async fn confirmation_answer(mut cx: Cx<'_>) -> Result<Resp, Problem>
 
 #[utoipa::path(get, path = "/v1/confirmations/{nonce}", tag = "decisions", params(("nonce" = String, Path, description = "Confirmation nonce"), ("wait" = Option<String>, Query, description = "Long-poll: answer as soon as the state changes, or after this long (`30s`, `500ms`; at most `--long-poll-max-ms`, 60 s by default)", pattern = "^[0-9]{1,9}(s|ms)$")), responses((status = 200, description = "The confirmation (with `wait`: as soon as it is no longer pending, or when the wait is over)", body = ConfirmationView)))]
 pub(crate) async fn confirmation_get(cx: Cx<'_>) -> Result<Resp, Problem> {
-    let (engine, ws, nonce) = (&cx.app.engine, cx.ws()?, cx.id()?);
     match long_poll(&cx)? {
-        Some(wait) => json(StatusCode::OK, &engine.wait_confirmation(ws, nonce, wait).await?),
-        None => json(StatusCode::OK, &engine.confirmation(ws, nonce)?),
+        Some(wait) => json(StatusCode::OK, &cx.app.engine.wait_confirmation(cx.ws()?, cx.id()?, wait).await?),
+        None => json(StatusCode::OK, &cx.read(|e, ws, nonce| e.confirmation(ws, nonce)).await?),
     }
 }
 
@@ -350,7 +363,8 @@ pub(crate) async fn confirmation_list(cx: Cx<'_>) -> Result<Resp, Problem> {
     };
     let filter = hitl_filter(&q, status);
     let limit = page_limit(q.u64("limit")?)?;
-    json(StatusCode::OK, &cx.app.engine.confirmations(cx.ws()?, &filter, q.str("starting_after"), limit)?)
+    let after = q.str("starting_after").map(str::to_owned);
+    json(StatusCode::OK, &cx.read(move |e, ws, _| e.confirmations(ws, &filter, after.as_deref(), limit)).await?)
 }
 
 #[utoipa::path(get, path = "/v1/escalations/{id}", tag = "decisions", params(("id" = String, Path, description = "Escalation id"), ("wait" = Option<String>, Query, description = "Long-poll: answer as soon as the state changes, or after this long (`30s`, `500ms`; at most `--long-poll-max-ms`, 60 s by default)", pattern = "^[0-9]{1,9}(s|ms)$")), responses((status = 200, description = "The escalation (with `wait`: as soon as it is resolved or expired, or when the wait is over)", body = EscalationView)))]
@@ -378,7 +392,8 @@ pub(crate) async fn escalation_list(cx: Cx<'_>) -> Result<Resp, Problem> {
     };
     let filter = hitl_filter(&q, status);
     let limit = page_limit(q.u64("limit")?)?;
-    json(StatusCode::OK, &cx.app.engine.escalations(cx.ws()?, &filter, q.str("starting_after"), limit)?)
+    let after = q.str("starting_after").map(str::to_owned);
+    json(StatusCode::OK, &cx.read(move |e, ws, _| e.escalations(ws, &filter, after.as_deref(), limit)).await?)
 }
 
 #[utoipa::path(post, path = "/v1/escalations/{id}/resolve", tag = "decisions", request_body = EscalationAnswer, params(("id" = String, Path, description = "Escalation id")), responses((status = 200, description = "The final decision and its receipt", body = Resolution)))]
@@ -401,12 +416,12 @@ pub(crate) async fn webhook_create(mut cx: Cx<'_>) -> Result<Resp, Problem> {
 #[utoipa::path(get, path = "/v1/webhooks", tag = "webhooks", responses((status = 200, description = "Every webhook endpoint of the workspace", body = Page<WebhookView>)))]
 pub(crate) async fn webhook_list(cx: Cx<'_>) -> Result<Resp, Problem> {
     cx.query(&[])?;
-    json(StatusCode::OK, &cx.app.engine.webhooks(cx.ws()?)?)
+    json(StatusCode::OK, &cx.read(|e, ws, _| e.webhooks(ws)).await?)
 }
 
 #[utoipa::path(get, path = "/v1/webhooks/{id}", tag = "webhooks", params(("id" = String, Path, description = "Webhook id")), responses((status = 200, description = "The endpoint", body = WebhookView)))]
 pub(crate) async fn webhook_get(cx: Cx<'_>) -> Result<Resp, Problem> {
-    json(StatusCode::OK, &cx.app.engine.webhook(cx.ws()?, cx.id()?)?)
+    json(StatusCode::OK, &cx.read(|e, ws, id| e.webhook(ws, id)).await?)
 }
 
 #[utoipa::path(post, path = "/v1/webhooks/{id}/disable", tag = "webhooks", params(("id" = String, Path, description = "Webhook id")), responses((status = 200, description = "The endpoint", body = WebhookView)))]
@@ -443,12 +458,13 @@ pub(crate) async fn webhook_delete(mut cx: Cx<'_>) -> Result<Resp, Problem> {
 pub(crate) async fn delivery_list(cx: Cx<'_>) -> Result<Resp, Problem> {
     let q = cx.query(&["limit", "starting_after"])?;
     let limit = page_limit(q.u64("limit")?)?;
-    json(StatusCode::OK, &cx.app.engine.deliveries(cx.ws()?, cx.id()?, q.str("starting_after"), limit)?)
+    let after = q.str("starting_after").map(str::to_owned);
+    json(StatusCode::OK, &cx.read(move |e, ws, id| e.deliveries(ws, id, after.as_deref(), limit)).await?)
 }
 
 #[utoipa::path(get, path = "/v1/deliveries/{id}", tag = "webhooks", params(("id" = String, Path, description = "Delivery id")), responses((status = 200, description = "The delivery", body = DeliveryView)))]
 pub(crate) async fn delivery_get(cx: Cx<'_>) -> Result<Resp, Problem> {
-    json(StatusCode::OK, &cx.app.engine.delivery(cx.ws()?, cx.id()?)?)
+    json(StatusCode::OK, &cx.read(|e, ws, id| e.delivery(ws, id)).await?)
 }
 
 #[utoipa::path(post, path = "/v1/deliveries/{id}/retry", tag = "webhooks", params(("id" = String, Path, description = "Delivery id")), responses((status = 201, description = "A new delivery of the same event", body = DeliveryView)))]
@@ -462,14 +478,15 @@ pub(crate) async fn delivery_retry(mut cx: Cx<'_>) -> Result<Resp, Problem> {
 
 #[utoipa::path(get, path = "/v1/receipts/{id}", tag = "receipts", params(("id" = String, Path, description = "Receipt id")), responses((status = 200, description = "The receipt, signed (with its inclusion proof and checkpoint) or still pending", body = ReceiptView)))]
 pub(crate) async fn receipt_get(cx: Cx<'_>) -> Result<Resp, Problem> {
-    json(StatusCode::OK, &cx.app.engine.receipt(cx.ws()?, cx.id()?)?)
+    json(StatusCode::OK, &cx.read(|e, ws, id| e.receipt(ws, id)).await?)
 }
 
 #[utoipa::path(get, path = "/v1/receipts", tag = "receipts", params(("authorization_id" = String, Query, description = "Whose trail"), ("limit" = Option<u64>, Query, description = "Page size, 1..=1000 (default 100)"), ("starting_after" = Option<String>, Query, description = "`next_cursor` of the previous page")), responses((status = 200, description = "A page of an authorization's trail, in `seq` order", body = Page<ReceiptView>)))]
 pub(crate) async fn receipt_list(cx: Cx<'_>) -> Result<Resp, Problem> {
     let q = cx.query(&["authorization_id", "limit", "starting_after"])?;
     let limit = page_limit(q.u64("limit")?)?;
-    let page = cx.app.engine.trail(cx.ws()?, q.required_str("authorization_id")?, q.str("starting_after"), limit)?;
+    let (az, after) = (q.required_str("authorization_id")?.to_owned(), q.str("starting_after").map(str::to_owned));
+    let page = cx.read(move |e, ws, _| e.trail(ws, &az, after.as_deref(), limit)).await?;
     json(StatusCode::OK, &page)
 }
 

@@ -31,6 +31,7 @@
 //! | `storage_failed` | 503 | a store write failed with a device error; until a probe write succeeds, receipt-producing calls fail closed (`Retry-After`) |
 //! | `storage_slow` | 503 | synced store writes take longer than half of `--commit-timeout-ms` (one is running that long, or the last took that long): receipt-producing calls fail closed at once, nothing written, until a write is quick again; also a request refused because `--max-pending-writes` are waiting while the volume is slow (`Retry-After`) |
 //! | `commit_timeout` | 503 | the request was not answered within `--commit-timeout-ms` (its workspace's queue and the synced write of its effects). Its outcome is **unknown**: it may still become durable. Retry with the same `Idempotency-Key` to get the first answer if it did, or a new decision if it did not — never two effects (`Retry-After`) |
+//! | `read_timeout` | 503 | a store read the request needs (its API key on a cache miss, the object or page it asks for) was not done within `--commit-timeout-ms` (a slow or stalled data volume), or 256 reads already wait for the volume; nothing was changed (`Retry-After`) |
 //! | `signer_storage_failed` | 503 | the signer answered several times in a row that it cannot write its journal (`Retry-After`) |
 //! | `signing_backlog` | 503 | the oldest unsigned receipt is older than `--max-unsigned-age-ms` (`Retry-After`) |
 //! | `workspace_log_diverged` | 503 | this workspace's receipt log disagrees with the signer's (fork, rollback, or receipts the signer refuses): it records nothing new until an operator resyncs it (`POST /v1/workspaces/{ws}/log/resync`); other workspaces are unaffected. No `Retry-After`: it does not pass by itself |
@@ -217,7 +218,7 @@ impl Problem {
             EngineError::WorkspaceLogCatchingUp | EngineError::TooManyWaiters => {
                 Self { retry_after: Some(1), ..Self::new(StatusCode::SERVICE_UNAVAILABLE, code, e.to_string()) }
             }
-            EngineError::ShuttingDown | EngineError::CommitTimeout { .. } => {
+            EngineError::ShuttingDown | EngineError::CommitTimeout { .. } | EngineError::ReadTimeout(_) => {
                 Self { retry_after: Some(1), ..Self::new(StatusCode::SERVICE_UNAVAILABLE, code, e.to_string()) }
             }
             EngineError::WorkspaceLogDiverged | EngineError::WorkspaceLogBehindSigner => {
@@ -360,6 +361,7 @@ impl Exposure {
                 engine(EngineError::Store(allowly_store::StoreError::Engine(String::new()))),
                 Problem::request_timeout(Duration::ZERO),
                 Problem::too_many_connections(),
+                engine(EngineError::ReadTimeout(String::new())),
             ],
             Self::Authenticated => {
                 vec![Problem::unauthenticated(""), Problem::forbidden(""), Problem::rate_limited(Duration::ZERO)]
@@ -418,6 +420,7 @@ fn title(code: &str) -> &'static str {
         "storage_failed" => "Storage failed",
         "storage_slow" => "Storage slow",
         "commit_timeout" => "Commit timeout",
+        "read_timeout" => "Read timeout",
         "signer_storage_failed" => "Signer storage failed",
         "signing_backlog" => "Signing backlog",
         "webhook_not_found" => "Not found",
@@ -479,6 +482,7 @@ mod tests {
         check(EngineError::SignerUnavailable("/secret/path.sock".into()), 503, "signer_unavailable", Some("/secret"));
         check(EngineError::ShuttingDown, 503, "shutting_down", None);
         check(EngineError::CommitTimeout { waited_ms: 2000 }, 503, "commit_timeout", None);
+        check(EngineError::ReadTimeout("slow".into()), 503, "read_timeout", None);
         for fault in Fault::ALL {
             let e = EngineError::Unavailable { fault, detail: "/data/db has 3 MiB free".into() };
             check(e, 503, fault.code(), Some("/data"));

@@ -533,7 +533,15 @@ async fn handle(
         cx.ws = t.ws.map(str::to_owned);
     } else {
         let secret = auth::bearer(&parts.headers)?;
-        let Some(principal) = app.engine.authenticate(secret)? else {
+        let known = match app.engine.cached_principal(secret) {
+            Some(known) => known,
+            // A key not cached yet: the store read runs off the async workers, within its bound.
+            None => {
+                let secret = secret.to_owned();
+                app.engine.read(move |e| e.authenticate(&secret)).await?
+            }
+        };
+        let Some(principal) = known else {
             if t.route == Route::AdminKeyRotate {
                 return replay_admin_key_rotation(cx, secret).await;
             }

@@ -119,6 +119,7 @@ StorageFailed = _code("StorageFailed", Unavailable, "storage_failed", "The data 
 StorageSlow = _code("StorageSlow", Unavailable, "storage_slow", "Synced writes are too slow.")
 CommitTimeout = _code("CommitTimeout", Unavailable, "commit_timeout",
                       "Outcome unknown: retry with the same Idempotency-Key.")
+ReadTimeout = _code("ReadTimeout", Unavailable, "read_timeout", "The data volume did not answer a read in time.")
 SignerStorageFailed = _code("SignerStorageFailed", Unavailable, "signer_storage_failed",
                             "The signer cannot write its journal.")
 SigningBacklog = _code("SigningBacklog", Unavailable, "signing_backlog", "Signing is too far behind.")

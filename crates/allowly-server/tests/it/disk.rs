@@ -13,6 +13,12 @@
 //! - failing: a failed WAL append (ENOSPC) or sync (EIO) fails closed at once with its code;
 //!   once the device heals the store takes writes again without a restart (`DB::Resume`); every
 //!   acknowledged receipt survives, also a power cut of the volume right after.
+//! - the signer's volume slow (its directory on the mount instead): checks are answered at once,
+//!   200 until the signing call under way times out, then 503 `signer_unavailable` for as long
+//!   as signing calls keep timing out, although the signer still answers pings; once fast again
+//!   the same processes sign everything and serve.
+//! - reads slow (reads and metadata requests of `db/`, not its writes, after a restart): every
+//!   `GET` answered within `--commit-timeout-ms` (200 or 503 `read_timeout`), `/healthz` at once.
 
 use std::ffi::OsStr;
 use std::path::Path;
@@ -20,7 +26,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use allowly_lazyfs::{LazyFs, Mount, Point, Slowness};
+use allowly_lazyfs::{LazyFs, Mount, Point, SlowOps, Slowness};
 use serde_json::{json, Value};
 
 use crate::resilience::{
@@ -37,15 +43,15 @@ fn is_wal(name: &OsStr) -> bool {
     name.to_string_lossy().ends_with(".log")
 }
 
-/// `data/db` on a fresh `allowly-lazyfs` mount served by `threads` FUSE threads (with a slow
-/// write path, the other threads keep serving reads and `statfs`).
-fn db_on_lazyfs(data: &Path, threads: usize) -> (LazyFs, Mount) {
-    let db = data.join("db");
-    std::fs::create_dir_all(&db).unwrap();
+/// `dir` (RocksDB's `data/db`, or the signer's `data/signer`) on a fresh `allowly-lazyfs` mount
+/// served by `threads` FUSE threads (with a slow write path, the other threads keep serving
+/// reads and `statfs`).
+fn on_lazyfs(dir: &Path, threads: usize) -> (LazyFs, Mount) {
+    std::fs::create_dir_all(dir).unwrap();
     let fs = LazyFs::new();
     let mount = fs
-        .mount_with_threads(&db, threads)
-        .unwrap_or_else(|e| panic!("mounting allowly-lazyfs at {} (root and /dev/fuse needed): {e}", db.display()));
+        .mount_with_threads(dir, threads)
+        .unwrap_or_else(|e| panic!("mounting allowly-lazyfs at {} (root and /dev/fuse needed): {e}", dir.display()));
     (fs, mount)
 }
 
@@ -146,11 +152,7 @@ impl KeyedLoad {
 
     /// Answers by code.
     fn tally(&self, since: usize) -> std::collections::BTreeMap<String, usize> {
-        let mut m = std::collections::BTreeMap::new();
-        for a in self.answers.lock().unwrap().iter().skip(since) {
-            *m.entry(a.code()).or_default() += 1;
-        }
-        m
+        tally(&self.answers.lock().unwrap().iter().skip(since).collect::<Vec<_>>())
     }
 
     fn finish(self) -> Vec<Answer> {
@@ -208,7 +210,7 @@ fn a_slow_data_volume_sheds_load_within_the_commit_timeout_and_recovers_by_itsel
     let tmp = tempfile::tempdir().unwrap();
     let _reaper = Reaper(tmp.path().to_owned());
     let data = tmp.path().join("data");
-    let (fs, _mount) = db_on_lazyfs(&data, 16);
+    let (fs, _mount) = on_lazyfs(&data.join("db"), 16);
     let s = Server::start_with(&data, &["--commit-timeout-ms", "1000"]);
     s.wait_ready();
     let t = tenant(&s, "slow", &["files.*"]);
@@ -267,10 +269,7 @@ fn a_slow_data_volume_sheds_load_within_the_commit_timeout_and_recovers_by_itsel
     // and still waiting when it began.
     let in_slow: Vec<&Answer> = answers.iter().filter(|a| a.sent + a.took >= slow_at && a.sent < healed_at).collect();
     let (p50, p99, max) = latencies(&in_slow);
-    let mut tally = std::collections::BTreeMap::<String, usize>::new();
-    for a in &in_slow {
-        *tally.entry(a.code()).or_default() += 1;
-    }
+    let tally = tally(&in_slow);
     let in_little: Vec<&Answer> = answers.iter().filter(|a| a.sent >= little_at && a.sent + a.took < slow_at).collect();
     let (little_p50, little_p99, little_max) = latencies(&in_little);
     eprintln!(
@@ -343,7 +342,7 @@ fn a_failed_wal_write_or_sync_fails_closed_and_the_store_recovers_without_a_rest
     let tmp = tempfile::tempdir().unwrap();
     let _reaper = Reaper(tmp.path().to_owned());
     let data = tmp.path().join("data");
-    let (fs, mount) = db_on_lazyfs(&data, 4);
+    let (fs, mount) = on_lazyfs(&data.join("db"), 4);
     let mut s = Server::start(&data);
     s.wait_ready();
     let t = tenant(&s, "walfail", &["files.*"]);
@@ -393,4 +392,220 @@ fn a_failed_wal_write_or_sync_fails_closed_and_the_store_recovers_without_a_rest
     wait_all_signed(&s, &t.reader, &acked);
     export_and_verify(&s, &t, "files.read", &acked, &[], tmp.path());
     eprintln!("{} checks acknowledged around two WAL failures, all there after a power cut", acked.len());
+}
+
+/// The embedded signer's directory (journal, audit log, keys) on a volume whose writes and
+/// fsyncs turn far slower (4 s each) than `--signer-timeout-ms 1000`, under concurrent keyed
+/// checks. Checks do not wait for the signer, so every answer comes at once: a 200 (a pending
+/// receipt, signed later) or 503 `signer_unavailable`. The engine fails closed within the
+/// signer timeout (plus the probe interval and slack) of the latency's start and *stays*
+/// closed — no check acknowledged, `/readyz` 503 naming `signer_unavailable` at every look —
+/// for as long as signing rounds keep timing out (observed over three of them), although the
+/// signer still answers pings (they touch no disk). Once the volume is fast again service
+/// resumes by itself, with the same signer process: every acknowledged receipt is signed and
+/// the log verifies.
+#[test]
+fn a_slow_signer_volume_fails_closed_and_stays_closed_until_signing_works_again() {
+    const SIGNER_TIMEOUT: Duration = Duration::from_millis(1000);
+    const LATENCY: Duration = Duration::from_secs(4);
+    /// How long after the latency began checks may still be acknowledged: the signing round
+    /// under way times out after the signer timeout; plus the probe interval and slack.
+    const WINDOW: Duration = Duration::from_millis(1000 + 500 + 1500);
+    let tmp = tempfile::tempdir().unwrap();
+    let _reaper = Reaper(tmp.path().to_owned());
+    let data = tmp.path().join("data");
+    let (fs, _mount) = on_lazyfs(&data.join("signer"), 4);
+    let s = Server::start_with(&data, &["--signer-timeout-ms", "1000"]);
+    s.wait_ready();
+    let signer = s.signer_pid();
+    let t = tenant(&s, "slowsigner", &["files.*"]);
+    let c = s.client();
+    let load = KeyedLoad::start(c, &t, 3);
+    load.wait_ok(0, 30, &s);
+
+    let slow = load.len();
+    let slow_at = Instant::now();
+    let timeouts_before = metric(&c, r#"allowly_engine_signer_errors_total{kind="unavailable"}"#).unwrap_or(0.0);
+    fs.set_slowness(Slowness::Latency(LATENCY));
+    let closed_at = eventually(
+        "checks to fail closed with signer_unavailable",
+        || format!("answers: {:?}\n{}", load.tally(slow), s.diagnostics()),
+        || (load.count(slow, "503 signer_unavailable") >= 1).then(Instant::now),
+    );
+    // Closed, and staying closed while signing rounds keep timing out: each look at `/readyz`
+    // is 503 naming the signer, and no check sent from now on is acknowledged.
+    let (mut looks, mut pings_named) = (0, false);
+    eventually(
+        "three more signing rounds to time out, with the engine closed all along",
+        || format!("answers: {:?}\n{}", load.tally(slow), s.diagnostics()),
+        || {
+            let r = c.get("/readyz", None);
+            assert!(
+                r.status == 503 && r.text().contains("signer_unavailable"),
+                "/readyz after {:?} of a signer volume that never finishes a write in time: {r}",
+                slow_at.elapsed()
+            );
+            looks += 1;
+            // The detail tells a stopped process from a slow disk (once a pong came meanwhile).
+            pings_named |= r.text().contains("answers pings but not signing requests");
+            let timeouts = metric(&c, r#"allowly_engine_signer_errors_total{kind="unavailable"}"#).unwrap_or(0.0);
+            (timeouts >= timeouts_before + 3.0).then_some(())
+        },
+    );
+    assert!(
+        !load.answered_after(closed_at, "200"),
+        "a check was acknowledged after failing closed: {:?}",
+        load.tally(slow)
+    );
+    assert_eq!(metric(&c, "allowly_engine_signer_up"), Some(0.0));
+    assert!(pings_named, "/readyz never said that the signer answers pings but not signing requests");
+    let held = closed_at.elapsed();
+
+    // Fast again: the same processes sign everything and serve again.
+    let healed = load.len();
+    let healed_at = Instant::now();
+    fs.set_slowness(Slowness::Fast);
+    s.wait_ready();
+    let ready_after = healed_at.elapsed();
+    load.wait_ok(healed, 30, &s);
+    let answers = load.finish();
+    assert_eq!(s.signer_pid(), signer, "the signer was restarted");
+
+    let mut acked = acked_or_refused(&answers, &[(503, "signer_unavailable")]);
+    let in_slow: Vec<&Answer> = answers.iter().filter(|a| a.sent + a.took >= slow_at && a.sent < healed_at).collect();
+    let (p50, p99, max) = latencies(&in_slow);
+    let late_acks: Vec<&Answer> =
+        in_slow.iter().copied().filter(|a| a.resp.status == 200 && a.sent >= slow_at + WINDOW).collect();
+    let window_acks = in_slow.iter().filter(|a| a.resp.status == 200).count();
+    eprintln!(
+        "slow signer volume ({LATENCY:?} per write and sync, --signer-timeout-ms 1000): closed {:?} after the \
+         latency began, {window_acks} checks acknowledged (pending) before that; closed for {held:?} over {looks} \
+         looks at /readyz; answers {:?}, p50 {p50:?} p99 {p99:?} max {max:?}; ready again {ready_after:?} after it ended",
+        closed_at - slow_at,
+        tally(&in_slow),
+    );
+    assert!(
+        closed_at - slow_at <= WINDOW,
+        "failed closed only {:?} after the signer volume turned slow",
+        closed_at - slow_at
+    );
+    assert!(late_acks.is_empty(), "checks acknowledged later than {WINDOW:?} into the slow spell: {late_acks:?}");
+    assert!(max <= SIGNER_TIMEOUT + SLACK, "an answer took {max:?}: checks must not wait for the signer");
+
+    let c = s.client();
+    let mut more = Vec::new();
+    for _ in 0..5 {
+        let r = c.post("/v1/check", &t.checker, json!({ "authorization_id": t.az, "scopes": ["files.read"] }));
+        assert_eq!(r.status, 200, "{r}");
+        more.push(Acked::of(&r.json()).unwrap());
+    }
+    acked.extend(more);
+    assert_distinct(&acked);
+    assert_all_exist(&s, &t.reader, &acked);
+    wait_all_signed(&s, &t.reader, &acked);
+    export_and_verify(&s, &t, "files.read", &acked, &[], tmp.path());
+    eprintln!("{} checks acknowledged around the slow spell, all signed", acked.len());
+}
+
+/// Answers by code.
+fn tally(answers: &[&Answer]) -> std::collections::BTreeMap<String, usize> {
+    let mut m = std::collections::BTreeMap::new();
+    for a in answers {
+        *m.entry(a.code()).or_default() += 1;
+    }
+    m
+}
+
+/// RocksDB's directory on a volume whose reads and metadata requests (not its writes) turn 5 s
+/// slow, after a restart (so nothing the requests need is cached: not the API keys, not the
+/// store's blocks). Several clients read at once — receipts, an authorization, the public keys,
+/// the log's checkpoint —, each with its API key not yet cached. Every answer comes within
+/// `--commit-timeout-ms` plus slack: a 200, or 503 `read_timeout` (problem+json,
+/// `Retry-After: 1`); `/healthz` answers at once all along (no async worker is held by a read).
+/// Once the volume is fast again every read answers 200 with what was stored.
+#[test]
+fn slow_reads_are_answered_within_the_commit_timeout_and_never_hold_the_server() {
+    const TIMEOUT: Duration = Duration::from_millis(1000);
+    const LATENCY: Duration = Duration::from_secs(5);
+    let tmp = tempfile::tempdir().unwrap();
+    let _reaper = Reaper(tmp.path().to_owned());
+    let data = tmp.path().join("data");
+    let (fs, _mount) = on_lazyfs(&data.join("db"), 16);
+    let args = ["--commit-timeout-ms", "1000"];
+    let mut s = Server::start_with(&data, &args);
+    s.wait_ready();
+    let t = tenant(&s, "slowreads", &["files.*"]);
+    let c = s.client();
+    let mut acked = Vec::new();
+    for _ in 0..20 {
+        let r = c.post("/v1/check", &t.checker, json!({ "authorization_id": t.az, "scopes": ["files.read"] }));
+        assert_eq!(r.status, 200, "{r}");
+        acked.push(Acked::of(&r.json()).unwrap());
+    }
+    wait_all_signed(&s, &t.reader, &acked);
+    // A restart: nothing cached, every read below goes to the volume.
+    s.stop();
+    let s = Server::start_with(&data, &args);
+    s.wait_ready();
+    let c = s.client();
+
+    fs.set_slow_ops(SlowOps { writes: false, syncs: false, reads: true, metadata: true });
+    fs.set_slowness(Slowness::Latency(LATENCY));
+    let slow_at = Instant::now();
+    let paths: Vec<(String, Option<String>)> = acked
+        .iter()
+        .take(6)
+        .map(|a| (format!("/v1/receipts/{}", a.id), Some(t.reader.clone())))
+        .chain([
+            (format!("/v1/authorizations/{}", t.az), Some(t.reader.clone())),
+            (format!("/v1/workspaces/{}/keys", t.ws), None),
+            (format!("/v1/workspaces/{}/log/checkpoint", t.ws), Some(t.reader.clone())),
+        ])
+        .collect();
+    let readers: Vec<_> = paths
+        .into_iter()
+        .map(|(path, key)| {
+            std::thread::spawn(move || {
+                let start = Instant::now();
+                let r = c.get(&path, key.as_deref());
+                (path, r, start.elapsed())
+            })
+        })
+        .collect();
+    // The server stays responsive meanwhile: `/healthz` is answered at once, each time.
+    let mut health = Vec::new();
+    while readers.iter().any(|h| !h.is_finished()) && slow_at.elapsed() < TIMEOUT + SLACK + SLACK {
+        let start = Instant::now();
+        let r = c.get("/healthz", None);
+        health.push((r.status, start.elapsed()));
+        std::thread::sleep(POLL);
+    }
+    let answers: Vec<(String, Resp, Duration)> =
+        readers.into_iter().map(|h| h.join().expect("a reader thread panicked")).collect();
+    let healthz_max = health.iter().map(|h| h.1).max().unwrap_or_default();
+    let timed_out = answers.iter().filter(|a| a.1.status == 503).count();
+    eprintln!(
+        "reads and metadata {LATENCY:?} slow, --commit-timeout-ms 1000: {} reads, {timed_out} answered 503 \
+         read_timeout, slowest {:?}; /healthz {} times meanwhile, slowest {healthz_max:?}",
+        answers.len(),
+        answers.iter().map(|a| a.2).max().unwrap_or_default(),
+        health.len()
+    );
+    for (path, r, took) in &answers {
+        assert!(*took <= TIMEOUT + SLACK, "GET {path} took {took:?} on a volume whose reads are slow: {r}");
+        if r.status != 200 {
+            assert!(problem_mismatch(r, 503, "read_timeout").is_none(), "GET {path}: {r}");
+            assert_eq!(r.header("retry-after"), Some("1"), "{r}");
+        }
+    }
+    assert!(timed_out > 0, "no read waited for the volume: the test did not slow what the requests read");
+    assert!(health.iter().all(|h| h.0 == 200), "/healthz: {health:?}");
+    assert!(healthz_max <= SLACK, "/healthz took {healthz_max:?} while reads were slow: a read held the server");
+    assert!(metric(&c, "allowly_engine_read_timeouts_total").unwrap_or(0.0) >= timed_out as f64);
+
+    // Fast again: every read is answered with what was stored.
+    fs.set_slowness(Slowness::Fast);
+    assert_all_exist(&s, &t.reader, &acked);
+    let keys = c.get(&format!("/v1/workspaces/{}/keys", t.ws), None);
+    assert_eq!(keys.status, 200, "{keys}");
 }

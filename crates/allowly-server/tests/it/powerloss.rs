@@ -311,15 +311,27 @@ struct Seen {
     checkpoints: Vec<(u64, String)>,
     /// Answers other than 200 before the power cut.
     unexpected: Vec<String>,
+    /// 503 answers after an injected fsync failure (the instance failing closed).
+    failed_closed: usize,
 }
 
 /// `clients` threads checking as fast as they can, plus one reading the newest checkpoint,
 /// until the power cut (`crash` returns the machine's report); the cut comes once `target`
-/// checks were acknowledged, after a random pause.
-fn round(m: &mut Machine, t: &Tenant, clients: usize, target: usize, pause: Duration, cut: Cut) -> Seen {
+/// checks were acknowledged, after a random pause. With `fail`, the next fsync of those files
+/// after the target fails once with EIO before the pause: from then on a 503 (failing closed)
+/// is an expected answer.
+fn round(
+    m: &mut Machine,
+    t: &Tenant,
+    clients: usize,
+    target: usize,
+    pause: Duration,
+    cut: Cut,
+    fail: Option<Files>,
+) -> Seen {
     let addr = m.server().addr;
     let stop = Arc::new(AtomicBool::new(false));
-    let refused: Arc<Mutex<Vec<(Instant, String)>>> = Arc::default();
+    let refused: Arc<Mutex<Vec<(Instant, u16, String)>>> = Arc::default();
     let ok = Arc::new(AtomicUsize::new(0));
     let seen = Arc::new(Mutex::new(Seen::default()));
     let mut threads = Vec::new();
@@ -337,7 +349,7 @@ fn round(m: &mut Machine, t: &Tenant, clients: usize, target: usize, pause: Dura
                 };
                 if r.status != 200 {
                     // Judged after the cut: only a refusal received before it is unexpected.
-                    refused.lock().unwrap().push((Instant::now(), r.to_string()));
+                    refused.lock().unwrap().push((Instant::now(), r.status, r.to_string()));
                     continue;
                 }
                 let v: Value = match serde_json::from_slice(&r.body) {
@@ -370,7 +382,7 @@ fn round(m: &mut Machine, t: &Tenant, clients: usize, target: usize, pause: Dura
                 let ws = match (r.status, serde_json::from_slice::<Value>(&r.body)) {
                     (201, Ok(v)) if v["id"].is_string() => v["id"].as_str().unwrap_or_default().to_owned(),
                     _ => {
-                        refused.lock().unwrap().push((Instant::now(), r.to_string()));
+                        refused.lock().unwrap().push((Instant::now(), r.status, r.to_string()));
                         continue;
                     }
                 };
@@ -388,7 +400,7 @@ fn round(m: &mut Machine, t: &Tenant, clients: usize, target: usize, pause: Dura
                 };
                 match (r.status, serde_json::from_slice::<Value>(&r.body)) {
                     (201, Ok(v)) => seen.lock().unwrap().made[at].reader = v["secret"].as_str().map(str::to_owned),
-                    _ => refused.lock().unwrap().push((Instant::now(), r.to_string())),
+                    _ => refused.lock().unwrap().push((Instant::now(), r.status, r.to_string())),
                 }
             }
         }));
@@ -415,6 +427,21 @@ fn round(m: &mut Machine, t: &Tenant, clients: usize, target: usize, pause: Dura
     while ok.load(Ordering::Acquire) < target && start.elapsed() < SIGNING_DEADLINE {
         std::thread::sleep(POLL);
     }
+    let mut failing_since = None;
+    if let Some(files) = fail {
+        let before = m.fs.failures();
+        failing_since = Some(Instant::now());
+        m.fs.fail_once(Point::Sync, files.matcher(), rustix::io::Errno::IO.raw_os_error());
+        let start = Instant::now();
+        // Checks keep the WAL and the journal syncing, so the failure comes at once.
+        while m.fs.failures() == before && start.elapsed() < SIGNING_DEADLINE {
+            std::thread::sleep(POLL);
+        }
+        if m.fs.failures() == before {
+            m.fs.fail(None);
+            seen.lock().unwrap().unexpected.push(format!("no fsync of {files:?} to fail within {SIGNING_DEADLINE:?}"));
+        }
+    }
     // A random moment after the target, not a synchronisation.
     std::thread::sleep(pause);
     let at = m.crash(cut);
@@ -424,7 +451,13 @@ fn round(m: &mut Machine, t: &Tenant, clients: usize, target: usize, pause: Dura
     }
     let mut seen = std::mem::take(&mut *seen.lock().unwrap());
     let refused = std::mem::take(&mut *refused.lock().unwrap());
-    seen.unexpected.extend(refused.into_iter().filter(|(when, _)| *when < at).map(|(_, r)| r));
+    // After a failed fsync the instance fails closed (`storage_failed`, `signer_storage_failed`
+    // and the like, all 503): expected; anything else still is not.
+    let expected = |when: Instant, status: u16| status == 503 && failing_since.is_some_and(|f| when >= f);
+    seen.failed_closed = refused.iter().filter(|(when, status, _)| *when < at && expected(*when, *status)).count();
+    seen.unexpected.extend(
+        refused.into_iter().filter(|(when, status, _)| *when < at && !expected(*when, *status)).map(|(_, _, r)| r),
+    );
     if seen.acked.len() < target {
         seen.unexpected.push(format!("only {} checks acknowledged in {SIGNING_DEADLINE:?}", seen.acked.len()));
     }
@@ -671,8 +704,20 @@ fn campaign(
         let pause = Duration::from_millis(rng.range(0, 30));
         // The first cut always lands right after a WAL write, so every run loses an unsynced
         // write in flight at least once; the others are drawn.
-        let cut = if r == 0 { Cut::At(Point::Write, Files::Wal, 0) } else { Cut::random(&mut rng) };
-        let seen = round(&mut m, &t, clients, target, pause, cut);
+        let mut cut = if r == 0 { Cut::At(Point::Write, Files::Wal, 0) } else { Cut::random(&mut rng) };
+        // Rounds 1 and 2 (then one in four, drawn) fail an fsync once before the cut: RocksDB's
+        // WAL, then the signer's journal (or audit log). The cut then comes at a random moment:
+        // an instance failing closed may not write the file an armed cut waits for.
+        let fail = match r {
+            1 => Some(Files::Wal),
+            2 => Some(Files::Signer),
+            _ if r > 2 && rng.range(0, 4) == 0 => Some(if rng.range(0, 2) == 0 { Files::Wal } else { Files::Signer }),
+            _ => None,
+        };
+        if fail.is_some() {
+            cut = Cut::Now;
+        }
+        let seen = round(&mut m, &t, clients, target, pause, cut, fail);
         let report = m.reports.last().unwrap().clone();
         violations.extend(seen.unexpected.iter().map(|u| format!("round {r}: unexpected answer before the cut: {u}")));
         h.add(&seen);
@@ -690,8 +735,11 @@ fn campaign(
             found.extend(made_survive(m.server(), if full { &h.made } else { &seen.made }));
             found.extend(audit_covers(&m.data, &t, &h));
         }
+        let failed = fail
+            .map(|f| format!(" after a failed fsync of {f:?} ({} answered 503 meanwhile)", seen.failed_closed))
+            .unwrap_or_default();
         eprintln!(
-            "{test} round {r}: cut {cut} ({} acknowledged, {} workspaces created, target {target} +{pause:?}, {} checkpoints seen); it \
+            "{test} round {r}: cut {cut}{failed} ({} acknowledged, {} workspaces created, target {target} +{pause:?}, {} checkpoints seen); it \
              dropped {} unsynced pages of {:?} and the new entries of {:?}, kept torn tails ({} bytes) of {:?}; \
              {} acknowledged in all, {} violations",
             seen.acked.len(),
