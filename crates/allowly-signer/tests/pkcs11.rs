@@ -14,7 +14,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use allowly_receipt::merkle::{self, Hash};
-use allowly_receipt::types::{AnyReceipt, HexHash, SignedReceipt, STATUS_SIGNED};
+use allowly_receipt::types::AnyReceipt;
 use allowly_receipt::verify::{verify_receipt, Outcome};
 use allowly_signer::keystore::{KeyBackend, KeyRef, KeyStore, MlockPolicy};
 use allowly_signer::pkcs11::{decode_ec_point, Pin, TokenBackend, TokenConfig, ED25519_PARAMS};
@@ -28,7 +28,7 @@ use softhsm::{softhsm, SoftHsm, USER_PIN};
 use support::*;
 
 /// Every token this test binary uses, one per test (tests run in parallel).
-const TOKENS: &[&str] = &["sign", "rotate", "refuse", "env", "loss", "idle", "gone", "stale", "curve", "orphan"];
+const TOKENS: &[&str] = &["sign", "rotate", "refuse", "env", "loss", "idle", "gone", "stale", "curve", "orphan", "cut"];
 
 fn hsm() -> &'static SoftHsm {
     softhsm(TOKENS)
@@ -253,13 +253,8 @@ async fn rotation_and_restart_find_the_keys_on_the_token_again() {
     assert!(!old.active && new.active && old.key_id == first[0].key_id, "{:?}", rot.keys);
     let new_v = verifier(ws, new);
     all.push(merkle::leaf_hash(&rot.rotation.body));
-    let receipt = AnyReceipt::Signed(SignedReceipt {
-        status: STATUS_SIGNED.into(),
-        body: serde_json::from_slice(&rot.rotation.body).unwrap(),
-        log_index: rot.rotation.log_index,
-        inclusion_proof: rot.rotation.proof.iter().copied().map(HexHash).collect(),
-        checkpoint: rot.rotation.checkpoint.clone(),
-    });
+    let r = &rot.rotation;
+    let receipt = AnyReceipt::Signed(signed_receipt(&r.body, r.log_index, &r.proof, &r.checkpoint));
     let report = verify_receipt(&receipt, &key_set(ws, &rot.keys)).unwrap();
     assert_eq!(report.outcome(), Outcome::Valid, "{report:?}");
     let ids = token_objects(&dir, ws);
@@ -277,10 +272,7 @@ async fn rotation_and_restart_find_the_keys_on_the_token_again() {
     );
 
     // Restart: the keys are found on the token again and the log goes on where it was.
-    let pid = rustix::process::Pid::from_raw(s.pid() as i32).unwrap();
-    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
-    assert!(s.wait_exit().success(), "{}", s.diagnostics());
-    drop(s);
+    stop(s);
     let mut s = serve_on("rotate", &dir, &sock, &pin);
     let c = s.ready().await;
     assert_eq!(c.list_keys(ws).await.unwrap(), rot.keys);
@@ -502,13 +494,7 @@ async fn a_key_left_unrecorded_by_a_crash_is_deleted_at_the_next_start_and_only_
     let kept = c.create_key("ws_kept").await.unwrap();
     let pending = dir.join(allowly_signer::keystore::PENDING_DIR);
     assert_eq!(std::fs::read_dir(&pending).unwrap().count(), 0, "a recorded key's intent is settled");
-    rustix::process::kill_process(
-        rustix::process::Pid::from_raw(s.pid() as i32).unwrap(),
-        rustix::process::Signal::TERM,
-    )
-    .unwrap();
-    assert!(s.wait_exit().success(), "{}", s.diagnostics());
-    drop(s);
+    stop(s);
 
     {
         let store = KeyStore::open(&dir, Box::new(backend_on("orphan", tmp.path()))).unwrap();
@@ -602,4 +588,55 @@ async fn a_token_that_goes_away_fails_the_signer_closed_and_signing_resumes_when
     let (status, out, err) =
         run_with_deadline(Command::new(signer_bin()).args(["audit", "verify"]).arg(dir.join("audit.log")));
     assert_eq!(status.code(), Some(0), "{out}{err}");
+}
+
+/// Stops a signer by SIGTERM and waits for its clean exit.
+fn stop(mut s: Signer) {
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(s.pid() as i32).unwrap(),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    assert!(s.wait_exit().success(), "{}", s.diagnostics());
+}
+
+/// A rotation cut off between its key file and its `key.rotated` leaf — what a signer stopped
+/// right there leaves: made here by the signer's own key store rotating the key file of the
+/// stopped signer (the new key generated on the token and recorded), with no leaf in its log —
+/// is finished by the engine's repeat of the rotation at the same size, with the key the cut
+/// attempt made: one new key pair on the token, not two, and a key set without a key that
+/// never signed. Until then the workspace's published keys are those its log knows. Every
+/// receipt, before and after, passes the real `allowly-verify` against the final key set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_cut_off_before_its_leaf_is_finished_by_its_repeat_with_the_key_it_made() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, sock) = fresh_pkcs11(tmp.path());
+    let pin = hsm().pin_file(tmp.path(), "pin", USER_PIN);
+    let ws = "ws_hsm_cut";
+    let mut s = serve_on("cut", &dir, &sock, &pin);
+    let c = s.ready().await;
+    let first = c.create_key(ws).await.unwrap();
+    let mut all: Vec<Hash> = Vec::new();
+    let batch = bodies(ws, 0, 3);
+    let out = c.append_batch_with_proofs(ws, 0, batch.clone()).await.unwrap();
+    all.extend(hashes(&batch));
+    check_appended(ws, &all, &batch, &out, &[verifier(ws, &first[0])]);
+    let mut receipts = signed_receipts(&batch, &out);
+    stop(s);
+
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let cut = KeyStore::open(&dir, Box::new(backend_on("cut", tmp.path()))).unwrap().rotate(ws, now).unwrap();
+    let made = cut.active.public_key().to_bytes();
+    drop(cut);
+    assert_eq!(labelled_for("cut", ws).len(), 4, "the cut rotation made its key pair on the token");
+
+    let mut s = serve_on("cut", &dir, &sock, &pin);
+    let c = s.ready().await;
+    assert_eq!(c.list_keys(ws).await.unwrap(), first, "a key its log never got is published\n{}", s.diagnostics());
+    // The engine's repeat: the same size, since nothing was logged.
+    let keys = repeat_rotation(&c, ws, &first[0], &mut all, &mut receipts).await;
+    assert_eq!(keys[1].public_key, made, "not the key the cut rotation made");
+    assert_eq!(labelled_for("cut", ws).len(), 4, "a second key pair on the token");
+    assert_eq!(token_objects(&dir, ws).len(), 2);
+    allowly_verify(ws, &keys, &receipts, tmp.path());
 }
