@@ -112,6 +112,13 @@ pub trait KeyBackend: Send + Sync + std::fmt::Debug {
     /// Destroys what `stored` refers to outside the key file (a token's objects with its
     /// `CKA_ID`; nothing for a sealed key); how many objects there were.
     fn destroy(&self, stored: &KeyRef) -> Result<usize>;
+    /// Destroys the private half of a retired key kept outside the key file (a token's private
+    /// key object with its `CKA_ID`), so it can never sign again; its public key stays
+    /// published. Nothing for a sealed key (deleting the master key erases those). How many
+    /// objects there were.
+    fn destroy_private(&self, _stored: &KeyRef) -> Result<usize> {
+        Ok(0)
+    }
     /// Whether keys can be used now (`Ping` answers with this): an error while a token is gone.
     fn check(&self) -> Result<()>;
 
@@ -306,6 +313,10 @@ struct StoredKey {
     /// window is meaningless until then.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pending: bool,
+    /// A retired token key whose private key object was destroyed, once the workspace's keys
+    /// moved to sealed files ([`KeyStore::destroy_retired_token_keys`]). Its public key stays.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    private_destroyed: bool,
 }
 
 impl StoredKey {
@@ -319,6 +330,7 @@ impl StoredKey {
             sealed_seed: None,
             token_object: None,
             pending: false,
+            private_destroyed: false,
         };
         match stored {
             KeyRef::Sealed { nonce, sealed_seed } => (k.nonce, k.sealed_seed) = (Some(nonce), Some(sealed_seed)),
@@ -421,6 +433,10 @@ pub struct KeyListing {
     pub keystore: &'static str,
     pub not_before_ms: u64,
     pub not_after_ms: Option<u64>,
+    /// A retired token key whose private key object was destroyed (the workspace moved to
+    /// sealed files).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub private_destroyed: bool,
 }
 
 /// Whether `ws` has the form of a workspace id (`[A-Za-z0-9_-]{1,128}`, as the protocol's
@@ -478,6 +494,7 @@ pub fn list_keys(dir: &Path, only: Option<&str>) -> Result<Vec<(String, Vec<KeyL
                 keystore: k.key_ref(ws)?.kind(),
                 not_before_ms: k.not_before_ms,
                 not_after_ms: k.not_after_ms,
+                private_destroyed: k.private_destroyed,
             });
         }
         out.push((file.workspace_id, listed));
@@ -929,6 +946,43 @@ impl KeyStore {
         self.write(&file)?;
         tracing::warn!(workspace = ws, key_id = %file.keys.last().map_or("", |k| k.key_id.as_str()), "a rotation did not reach the log; its key is kept aside for the next rotation and the previous key signs on");
         Ok(())
+    }
+
+    /// Destroys the private key objects of `ws`'s retired token keys once its keys are in
+    /// sealed files: this signer makes file keys and the active key is one. Call only once that
+    /// key's rotation is durable in the log (its `key.rotated` leaf journaled): from then on
+    /// no retired key signs again, and one left on the token would be a usable signing key of
+    /// the workspace that nothing needs — outside the signer's own files, where deleting the
+    /// master key cannot erase it. The public keys stay in the key file and the published key
+    /// set, so receipts they signed still verify. Each destroyed key is marked in the key file
+    /// (done once); a key whose token is not open or does not answer is left for the
+    /// workspace's next rotation. How many private key objects were destroyed.
+    pub fn destroy_retired_token_keys(&self, ws: &str) -> Result<usize> {
+        let mut file = self.read(ws)?.ok_or(SignerError::UnknownWorkspace)?;
+        let moved = self.backend.kind() == "file"
+            && file.keys.iter().any(|k| k.is_active() && k.key_ref(ws).is_ok_and(|r| r.kind() == "file"));
+        if !moved {
+            return Ok(0);
+        }
+        let (mut destroyed, mut marked) = (0, false);
+        for k in file.keys.iter_mut().filter(|k| k.not_after_ms.is_some() && !k.pending && !k.private_destroyed) {
+            let r = k.key_ref(ws)?;
+            let (KeyRef::Token { .. }, Some(backend)) = (&r, self.backend_for(&r)) else { continue };
+            match backend.destroy_private(&r) {
+                Ok(objects) => {
+                    tracing::info!(workspace = ws, key_id = %k.key_id, objects, "destroyed a retired key's private key object on the token (the workspace's keys are in sealed files now)");
+                    destroyed += objects;
+                    (k.private_destroyed, marked) = (true, true);
+                }
+                Err(e) => {
+                    tracing::warn!(workspace = ws, key_id = %k.key_id, error = %e, "could not destroy a retired key on the token; trying again at the workspace's next rotation")
+                }
+            }
+        }
+        if marked {
+            self.write(&file)?;
+        }
+        Ok(destroyed)
     }
 
     /// Loads a workspace's keys for its log, whose last signed checkpoint is `checkpoint`: if

@@ -36,7 +36,10 @@
 //! - **Orphans**: before `C_GenerateKeyPair` the key store records its intent (the new
 //!   `CKA_ID`, see [`crate::keystore`]); a crash between the generation and the key file leaves
 //!   that intent, and the next start deletes the key pair it names if no key file records it.
-//!   Nothing else on the token is ever deleted: another signer may share it.
+//! - **Retired keys** of a workspace whose keys moved back to sealed files: once that rotation is
+//!   in the log, their private key objects are destroyed by `CKA_ID` (the public ones stay; see
+//!   `KeyStore::destroy_retired_token_keys`). Nothing else on the token is ever deleted: another
+//!   signer may share it.
 //!
 //! The PIN ([`Pin`]) is read from a file of mode 0600 or from [`PIN_ENV`] (scrubbed from the
 //! environment), held in locked memory for re-logins, and never logged.
@@ -529,11 +532,14 @@ impl Token {
     }
 
     /// Deletes every object (both halves) with `CKA_ID` `id`; how many there were.
-    fn destroy_id(&self, id: &[u8]) -> std::result::Result<usize, Fail> {
+    /// Destroys the objects with `CKA_ID` `id` (only those of `class`, if given); how many.
+    fn destroy_id(&self, id: &[u8], class: Option<ObjectClass>) -> std::result::Result<usize, Fail> {
         let op = "deleting a key";
+        let mut template = vec![Attribute::Id(id.to_vec())];
+        template.extend(class.map(Attribute::Class));
         // Found and deleted under one hold: a handle of another epoch could name another key.
         let n = self.call(op, None, OnLost::Retry, |s| {
-            let found = s.find_objects(&[Attribute::Id(id.to_vec())]).map_err(Fail::call(op))?;
+            let found = s.find_objects(&template).map_err(Fail::call(op))?;
             for &h in &found {
                 s.destroy_object(h).map_err(Fail::call(op))?;
             }
@@ -964,7 +970,15 @@ impl KeyBackend for TokenBackend {
     fn destroy(&self, stored: &KeyRef) -> Result<usize> {
         let KeyRef::Token { object_id } = stored else { return Ok(0) };
         let id = hex::decode(object_id).map_err(|_| SignerError::Corrupt(format!("object id {object_id:?}")))?;
-        Ok(off_worker(|| self.token.destroy_id(&id))?)
+        Ok(off_worker(|| self.token.destroy_id(&id, None))?)
+    }
+
+    /// The private key object alone: the public one stays on the token beside the key file's
+    /// copy, for whoever audits the token.
+    fn destroy_private(&self, stored: &KeyRef) -> Result<usize> {
+        let KeyRef::Token { object_id } = stored else { return Ok(0) };
+        let id = hex::decode(object_id).map_err(|_| SignerError::Corrupt(format!("object id {object_id:?}")))?;
+        Ok(off_worker(|| self.token.destroy_id(&id, Some(ObjectClass::PRIVATE_KEY)))?)
     }
 
     /// The token's information and a logged-in session: fails while the token is gone, and

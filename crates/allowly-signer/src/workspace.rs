@@ -690,7 +690,15 @@ impl WsState {
         let rotated = self.keystore(move |k, ws| k.rotate(ws, time)).await?;
         let previous = std::mem::replace(&mut self.keys, rotated);
         match self.sign_rotation(expected_size, time, peer_uid).await {
-            Ok(answer) => Ok(answer),
+            Ok(answer) => {
+                // The rotation is durable in the log: if it moved the workspace's keys to sealed
+                // files, its retired token keys never sign again (failures are logged there and
+                // tried again at the next rotation; the rotation stands either way).
+                if let Err(e) = self.keystore(|k, ws| k.destroy_retired_token_keys(ws)).await {
+                    tracing::warn!(workspace = %self.ws, error = %e, "could not destroy the retired token keys");
+                }
+                Ok(answer)
+            }
             Err(e) => {
                 // Answered with an error, the rotation did not happen (the engine then goes on
                 // at `expected_size` with the old key): the old key signs on, and the key file

@@ -18,6 +18,8 @@ use allowly_receipt::types::AnyReceipt;
 use allowly_receipt::verify::{verify_receipt, Outcome};
 use allowly_signer::keystore::{KeyBackend, KeyRef, KeyStore, MlockPolicy};
 use allowly_signer::pkcs11::{decode_ec_point, Pin, TokenBackend, TokenConfig, ED25519_PARAMS};
+use allowly_signer_proto::client::SignerClient;
+use allowly_signer_proto::KeyInfo;
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::mechanism::eddsa::{EddsaParams, EddsaSignatureScheme};
 use cryptoki::mechanism::Mechanism;
@@ -28,7 +30,8 @@ use softhsm::{softhsm, SoftHsm, USER_PIN};
 use support::*;
 
 /// Every token this test binary uses, one per test (tests run in parallel).
-const TOKENS: &[&str] = &["sign", "rotate", "refuse", "env", "loss", "idle", "gone", "stale", "curve", "orphan", "cut"];
+const TOKENS: &[&str] =
+    &["sign", "rotate", "refuse", "env", "loss", "idle", "gone", "stale", "curve", "orphan", "cut", "retire"];
 
 fn hsm() -> &'static SoftHsm {
     softhsm(TOKENS)
@@ -54,11 +57,9 @@ fn serve_on(label: &str, dir: &Path, sock: &Path, pin_file: &Path) -> Signer {
 
 /// [`serve_on`] with more `serve` arguments.
 fn serve_on_with(label: &str, dir: &Path, sock: &Path, pin_file: &Path, extra: &[&str]) -> Signer {
-    let mut cmd = Command::new(signer_bin());
-    cmd.arg("serve").arg("--dir").arg(dir).arg("--socket").arg(sock).args(hsm().signer_args(label, pin_file));
-    cmd.args(extra);
-    cmd.env_remove(allowly_signer::pkcs11::PIN_ENV);
-    Signer::spawn(cmd, dir, sock)
+    let token = hsm().signer_args(label, pin_file);
+    let args: Vec<&str> = token.iter().map(String::as_str).chain(extra.iter().copied()).collect();
+    serve_on_with_args(dir, sock, &args)
 }
 
 /// This process's own view of the tokens, for inspecting what the signer made.
@@ -639,4 +640,105 @@ async fn a_rotation_cut_off_before_its_leaf_is_finished_by_its_repeat_with_the_k
     assert_eq!(labelled_for("cut", ws).len(), 4, "a second key pair on the token");
     assert_eq!(token_objects(&dir, ws).len(), 2);
     allowly_verify(ws, &keys, &receipts, tmp.path());
+}
+
+/// How many objects of `class` with CKA_ID `id` token `label` holds.
+fn objects(label: &str, class: ObjectClass, id: &[u8]) -> usize {
+    user_session(label).find_objects(&[Attribute::Class(class), Attribute::Id(id.to_vec())]).unwrap().len()
+}
+
+/// A workspace whose keys move back from the token to sealed files (the signer restarted with
+/// `--keystore file --previous-keystore pkcs11`, the move a key rotation): once that rotation
+/// is in the log, the private key objects of its retired token keys — the one it signed with
+/// until then and one retired by an earlier rotation on the token — are destroyed on the token
+/// (their public halves stay, there and in the key file), so no key of the workspace that
+/// nothing needs is left usable outside the signer's files. The published key set keeps every
+/// public key: every receipt, signed by either token key or the new file key, passes the real
+/// `allowly-verify`. A workspace still on the token keeps its keys, and the signer restarts
+/// without the token at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moving_back_to_files_destroys_the_retired_token_keys_once_the_move_is_logged() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, sock) = fresh_pkcs11(tmp.path());
+    let pin = hsm().pin_file(tmp.path(), "pin", USER_PIN);
+    let (ws, other) = ("ws_hsm_back", "ws_hsm_stays");
+    let mut s = serve_on("retire", &dir, &sock, &pin);
+    let c = s.ready().await;
+    let first = c.create_key(ws).await.unwrap();
+    let kept = c.create_key(other).await.unwrap();
+    let (mut all, mut receipts): (Vec<Hash>, Vec<_>) = (Vec::new(), Vec::new());
+    let mut append = async |c: &SignerClient, key: &KeyInfo, all: &mut Vec<Hash>| {
+        let batch = bodies(ws, all.len(), 2);
+        let out = c.append_batch_with_proofs(ws, all.len() as u64, batch.clone()).await.unwrap();
+        all.extend(hashes(&batch));
+        check_appended(ws, all, &batch, &out, &[verifier(ws, key)]);
+        receipts.extend(signed_receipts(&batch, &out));
+    };
+    append(&c, &first[0], &mut all).await;
+    // A rotation on the token: two token keys, one retired.
+    let rot = c.rotate_key(ws, all.len() as u64).await.unwrap();
+    let r = &rot.rotation;
+    all.push(merkle::leaf_hash(&r.body));
+    let mut rotations = vec![signed_receipt(&r.body, r.log_index, &r.proof, &r.checkpoint)];
+    append(&c, &rot.keys[1], &mut all).await;
+    stop(s);
+    let token_keys = token_objects(&dir, ws);
+    assert_eq!(token_keys.len(), 2);
+    for id in &token_keys {
+        assert_eq!(objects("retire", ObjectClass::PRIVATE_KEY, id), 1);
+    }
+
+    // Back to sealed files, the token as the previous key store.
+    std::fs::write(dir.join("master.key"), format!("{}\n", "5a".repeat(32))).unwrap();
+    std::fs::set_permissions(dir.join("master.key"), std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let mut back = hsm().signer_args("retire", &pin);
+    back[1] = "file".into();
+    back.extend(["--previous-keystore".into(), "pkcs11".into()]);
+    let back: Vec<&str> = back.iter().map(String::as_str).collect();
+    let mut s = serve_on_with_args(&dir, &sock, &back);
+    let c = s.ready().await;
+    let moved = c.rotate_key(ws, all.len() as u64).await.unwrap();
+    assert_eq!(moved.keys.len(), 3, "{:?}", moved.keys);
+    let r = &moved.rotation;
+    all.push(merkle::leaf_hash(&r.body));
+    rotations.push(signed_receipt(&r.body, r.log_index, &r.proof, &r.checkpoint));
+    append(&c, &moved.keys[2], &mut all).await;
+    for id in &token_keys {
+        assert_eq!(objects("retire", ObjectClass::PRIVATE_KEY, id), 0, "a retired token key is still on the token");
+        assert_eq!(objects("retire", ObjectClass::PUBLIC_KEY, id), 1, "its public half went too");
+    }
+    let listed = list_keys_json(&dir, ws);
+    assert_eq!(
+        listed.iter().map(|k| (k["keystore"].as_str().unwrap(), k["private_destroyed"].as_bool())).collect::<Vec<_>>(),
+        [("pkcs11", Some(true)), ("pkcs11", Some(true)), ("file", None)],
+        "{listed:?}"
+    );
+    // The workspace that stays on the token keeps its key.
+    let kept_id = &token_objects(&dir, other)[0];
+    check_on_token("retire", kept_id, other, kept[0].key_id, &kept[0].public_key);
+    stop(s);
+
+    // Without the token: the moved workspace signs on with its file key.
+    let mut s = serve_on_with_args(&dir, &sock, &[]);
+    let c = s.ready().await;
+    append(&c, &moved.keys[2], &mut all).await;
+    receipts.extend(rotations);
+    allowly_verify(ws, &moved.keys, &receipts, tmp.path());
+}
+
+/// `serve` with `args` only (the key store options included).
+fn serve_on_with_args(dir: &Path, sock: &Path, args: &[&str]) -> Signer {
+    let mut cmd = Command::new(signer_bin());
+    cmd.arg("serve").arg("--dir").arg(dir).arg("--socket").arg(sock).args(args);
+    cmd.env_remove(allowly_signer::pkcs11::PIN_ENV);
+    Signer::spawn(cmd, dir, sock)
+}
+
+/// `allowly-signer keys --workspace ws`: its keys as listed.
+fn list_keys_json(dir: &Path, ws: &str) -> Vec<serde_json::Value> {
+    let (status, out, err) =
+        run_with_deadline(Command::new(signer_bin()).args(["keys", "--workspace", ws, "--dir"]).arg(dir));
+    assert_eq!(status.code(), Some(0), "{out}{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    v["keys"].as_array().unwrap().clone()
 }
