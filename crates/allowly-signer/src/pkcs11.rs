@@ -33,6 +33,12 @@
 //!   re-initialisation holds it for writing (PKCS#11 leaves `C_Finalize` undefined while another
 //!   thread is inside the module); a call that needs handles (generate and label, find and
 //!   delete) makes all of them under one hold, so it never uses a handle of another epoch.
+//! - **Keys gone from a token that answers** (its objects removed and put back, an HSM restored
+//!   from a backup): a recorded key that is not found fails its workspace's signing closed, and
+//!   the next health check re-initialises the module to look again (at most once per
+//!   [`MISSING_KEY_REINIT_EVERY`]): a module may keep a stale view of the objects (SoftHSM2 does
+//!   not read object files put back behind its back), and a fresh one finds them if they are
+//!   there.
 //! - **Orphans**: before `C_GenerateKeyPair` the key store records its intent (the new
 //!   `CKA_ID`, see [`crate::keystore`]); a crash between the generation and the key file leaves
 //!   that intent, and the next start deletes the key pair it names if no key file records it.
@@ -45,7 +51,7 @@
 //! environment), held in locked memory for re-logins, and never logged.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -79,6 +85,13 @@ pub const ED25519_PARAMS: [&[u8]; 2] = [&[0x06, 0x03, 0x2b, 0x65, 0x70], b"\x13\
 /// service's health probe comes every half second, and a module reloading its token state on
 /// every one would keep a struggling HSM busy.
 pub const REINIT_EVERY: Duration = Duration::from_secs(1);
+/// Least time between two re-initialisations of the module because a recorded key was missing
+/// from a token that answers. A module may keep a stale view of the token's objects — SoftHSM2
+/// does not read object files put back behind its back, and an HSM restored from a backup or
+/// failed over to a replica may be seen the same way — so a key that is not found is looked
+/// for again through a fresh module; but a key that is really gone would otherwise have the
+/// module re-initialised (every workspace's sessions reopened) at every retry of its appends.
+pub const MISSING_KEY_REINIT_EVERY: Duration = Duration::from_secs(5);
 /// Signed once with every new key and verified with the public key read back from the token.
 const PROBE: &[u8] = b"allowly-signer: does this token key match its public key?\n";
 
@@ -356,6 +369,10 @@ struct Token {
     epoch: AtomicU64,
     /// When the module was last re-initialised (or tried to be).
     reinit_at: Mutex<Option<Instant>>,
+    /// A recorded key was not found on the token while it answered (see
+    /// [`MISSING_KEY_REINIT_EVERY`]), and when that last re-initialised the module.
+    missing_key: AtomicBool,
+    missing_reinit_at: Mutex<Option<Instant>>,
     next: AtomicUsize,
     /// Index into [`ED25519_PARAMS`] of the form the token took last.
     params: AtomicUsize,
@@ -582,6 +599,32 @@ impl Token {
         }
     }
 
+    /// A recorded key was missing from the token while it answered: re-initialises the module
+    /// (at most once per [`MISSING_KEY_REINIT_EVERY`]) so that the next look-up sees the token
+    /// as it is now. The token answers, so the check is `Ok` unless the re-initialisation
+    /// loses it.
+    fn look_for_missing_keys(&self) -> Result<()> {
+        {
+            let Ok(mut at) = self.missing_reinit_at.lock() else { return Ok(()) };
+            let now = Instant::now();
+            if at.is_some_and(|t| now.duration_since(t) < MISSING_KEY_REINIT_EVERY) {
+                return Ok(());
+            }
+            *at = Some(now);
+        }
+        self.missing_key.store(false, Ordering::Release);
+        tracing::warn!(token = %self.label, "a recorded key was not found on the token; re-initialising the module to look again (its workspace's signing fails closed meanwhile)");
+        match self.reinitialise() {
+            Ok(()) => Ok(()),
+            // Within REINIT_EVERY of another re-initialisation: asked again at the next check.
+            Err(_) if self.live.read().is_ok_and(|l| l.is_ok()) => {
+                self.missing_key.store(true, Ordering::Release);
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Re-initialises the module and finds the token again (at most once per
     /// [`REINIT_EVERY`]); `Ok` once it answers.
     fn reinitialise(&self) -> Result<()> {
@@ -717,6 +760,8 @@ impl TokenBackend {
             live: RwLock::new(Ok(live)),
             epoch: AtomicU64::new(0),
             reinit_at: Mutex::new(None),
+            missing_key: AtomicBool::new(false),
+            missing_reinit_at: Mutex::new(None),
             next: AtomicUsize::new(0),
             params: AtomicUsize::new(0),
             metrics,
@@ -782,6 +827,10 @@ impl TokenKey {
     /// caches its handle with its epoch.
     fn look_up(&self) -> Result<(u64, ObjectHandle)> {
         let (epoch, found) = off_worker(|| self.token.find(ObjectClass::PRIVATE_KEY, &self.id))?;
+        if found.is_empty() {
+            // Signing fails closed now; the health check looks again through a fresh module.
+            self.token.missing_key.store(true, Ordering::Release);
+        }
         let [h] = found.as_slice() else {
             return Err(SignerError::Token {
                 op: "finding a key",
@@ -986,6 +1035,7 @@ impl KeyBackend for TokenBackend {
     fn check(&self) -> Result<()> {
         let t = &self.token;
         match t.probe() {
+            Ok(()) if t.missing_key.load(Ordering::Acquire) => t.look_for_missing_keys(),
             Ok(()) => Ok(()),
             Err(f) if f.token_gone() => {
                 let e = SignerError::from(f);

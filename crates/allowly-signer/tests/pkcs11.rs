@@ -31,7 +31,7 @@ use support::*;
 
 /// Every token this test binary uses, one per test (tests run in parallel).
 const TOKENS: &[&str] =
-    &["sign", "rotate", "refuse", "env", "loss", "idle", "gone", "stale", "curve", "orphan", "cut", "retire"];
+    &["sign", "rotate", "refuse", "env", "loss", "idle", "gone", "stale", "curve", "orphan", "cut", "retire", "vanish"];
 
 fn hsm() -> &'static SoftHsm {
     softhsm(TOKENS)
@@ -741,4 +741,75 @@ fn list_keys_json(dir: &Path, ws: &str) -> Vec<serde_json::Value> {
     assert_eq!(status.code(), Some(0), "{out}{err}");
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     v["keys"].as_array().unwrap().clone()
+}
+
+/// The token's key objects vanish under a serving signer and come back — not its directory, as
+/// in the test above, but the module's object files (the token itself, its label and login
+/// stay: an HSM restored from an older backup, a replica without the objects, files moved by
+/// hand). The token still answers, so nothing re-initialises; the signer must fail closed by
+/// itself for every workspace whose key is gone: each append is refused and nothing is signed
+/// (no other key, no checkpoint). When the objects are back (under new handles) the same
+/// appends are signed at the sizes they were asked at, by the same keys, with checkpoints
+/// consistent with those before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_objects_that_vanish_from_a_working_token_fail_signing_closed_until_they_are_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, sock) = fresh_pkcs11(tmp.path());
+    let pin = hsm().pin_file(tmp.path(), "pin", USER_PIN);
+    let mut s = serve_on("vanish", &dir, &sock, &pin);
+    let c = s.ready().await;
+    let ws = "ws_hsm_vanish";
+    let keys = c.create_key(ws).await.unwrap();
+    let v = [verifier(ws, &keys[0])];
+    let mut all: Vec<Hash> = Vec::new();
+    let batch = bodies(ws, 0, 3);
+    let before = c.append_batch(ws, 0, batch.clone()).await.unwrap();
+    all.extend(hashes(&batch));
+    check_appended_without_proofs(ws, &all, &batch, &before, &v);
+
+    // Every object file of the token but the token's own.
+    let (home, away) = (hsm().token_dir("vanish"), tmp.path().join("objects-away"));
+    std::fs::create_dir_all(&away).unwrap();
+    let moved: Vec<std::ffi::OsString> = std::fs::read_dir(&home)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n.to_str().is_some_and(|n| n.ends_with(".object") && n != "token.object"))
+        .collect();
+    assert_eq!(moved.len(), 2, "the workspace's key pair: {moved:?}");
+    for n in &moved {
+        std::fs::rename(home.join(n), away.join(n)).unwrap();
+    }
+    let signed = metric(&c.metrics().await.unwrap(), "allowly_signer_checkpoints_signed_total");
+    for _ in 0..3 {
+        let r = c.append_batch(ws, all.len() as u64, bodies(ws, all.len(), 2)).await;
+        // (An append's failure is told as an internal one; the signer's log names the token.)
+        assert!(r.is_err(), "signed while the key is gone: {r:?}");
+    }
+    let m = c.metrics().await.unwrap();
+    assert_eq!(metric(&m, "allowly_signer_checkpoints_signed_total"), signed, "something was signed: {m}");
+
+    for n in &moved {
+        std::fs::rename(away.join(n), home.join(n)).unwrap();
+    }
+    let batch = bodies(ws, all.len(), 2);
+    let after = eventually(
+        "the key to sign again",
+        || s.diagnostics(),
+        // The service pings every half second (the signer's health check, which looks again).
+        || async {
+            let _ = c.ping().await;
+            c.append_batch(ws, all.len() as u64, batch.clone()).await.ok()
+        },
+    )
+    .await;
+    all.extend(hashes(&batch));
+    check_appended_without_proofs(ws, &all, &batch, &after, &v);
+    let (old, _) = open_checkpoint(ws, &before.checkpoint, &v);
+    let (new, _) = open_checkpoint(ws, &after.checkpoint, &v);
+    let proof = merkle::consistency_proof(&merkle::LeafList(all.clone()), old.size, new.size).unwrap();
+    merkle::verify_consistency(old.size, new.size, &old.root, &new.root, &proof).unwrap();
+    assert_eq!(c.list_keys(ws).await.unwrap(), keys, "the same key");
+    let (status, out, err) =
+        run_with_deadline(Command::new(signer_bin()).args(["audit", "verify"]).arg(dir.join("audit.log")));
+    assert_eq!(status.code(), Some(0), "{out}{err}");
 }
