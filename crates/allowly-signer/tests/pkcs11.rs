@@ -50,6 +50,16 @@ fn fresh_pkcs11(root: &Path) -> (PathBuf, PathBuf) {
     (dir, root.join("run").join("signer.sock"))
 }
 
+/// A fresh PKCS#11 signer directory served on token `label`: the temp dir holding everything,
+/// the signer's directory, its socket, the PIN file, and the signer.
+fn served_on(label: &str) -> (tempfile::TempDir, PathBuf, PathBuf, PathBuf, Signer) {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, sock) = fresh_pkcs11(tmp.path());
+    let pin = hsm().pin_file(tmp.path(), "pin", USER_PIN);
+    let s = serve_on(label, &dir, &sock, &pin);
+    (tmp, dir, sock, pin, s)
+}
+
 /// `serve` on `label` with the PIN in `pin_file`.
 fn serve_on(label: &str, dir: &Path, sock: &Path, pin_file: &Path) -> Signer {
     serve_on_with(label, dir, sock, pin_file, &[])
@@ -167,10 +177,7 @@ fn check_on_token(label: &str, id: &[u8], ws: &str, key_id: [u8; 4], public: &[u
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_are_made_on_the_token_unreadable_and_sign_checkpoints_that_verify() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (dir, sock) = fresh_pkcs11(tmp.path());
-    let pin = hsm().pin_file(tmp.path(), "pin", USER_PIN);
-    let mut s = serve_on("sign", &dir, &sock, &pin);
+    let (_tmp, dir, _sock, _pin, mut s) = served_on("sign");
     let c = s.ready().await;
     let ws = "ws_hsm_sign";
 
@@ -233,11 +240,8 @@ async fn an_idle_workspace_on_a_token_is_unloaded_and_its_next_append_signs_on()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotation_and_restart_find_the_keys_on_the_token_again() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (dir, sock) = fresh_pkcs11(tmp.path());
-    let pin = hsm().pin_file(tmp.path(), "pin", USER_PIN);
+    let (_tmp, dir, sock, pin, mut s) = served_on("rotate");
     let ws = "ws_hsm_rotate";
-    let mut s = serve_on("rotate", &dir, &sock, &pin);
     let c = s.ready().await;
     let first = c.create_key(ws).await.unwrap();
     let old_v = verifier(ws, &first[0]);
@@ -487,10 +491,7 @@ fn labelled_for(label: &str, ws: &str) -> Vec<Vec<u8>> {
 /// crashed is created again, and no intent is left.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_left_unrecorded_by_a_crash_is_deleted_at_the_next_start_and_only_it() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (dir, sock) = fresh_pkcs11(tmp.path());
-    let pin = hsm().pin_file(tmp.path(), "pin", USER_PIN);
-    let mut s = serve_on("orphan", &dir, &sock, &pin);
+    let (tmp, dir, sock, pin, mut s) = served_on("orphan");
     let c = s.ready().await;
     let kept = c.create_key("ws_kept").await.unwrap();
     let pending = dir.join(allowly_signer::keystore::PENDING_DIR);
@@ -537,10 +538,7 @@ async fn a_key_left_unrecorded_by_a_crash_is_deleted_at_the_next_start_and_only_
 /// workspaces (their keys found again by `CKA_ID`: the module's handles are new).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_that_goes_away_fails_the_signer_closed_and_signing_resumes_when_it_is_back() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (dir, sock) = fresh_pkcs11(tmp.path());
-    let pin = hsm().pin_file(tmp.path(), "pin", USER_PIN);
-    let mut s = serve_on("gone", &dir, &sock, &pin);
+    let (_tmp, dir, _sock, _pin, mut s) = served_on("gone");
     let c = s.ready().await;
     let spaces = ["ws_gone_a", "ws_gone_b"];
     let mut logs = Vec::new();
@@ -610,11 +608,8 @@ fn stop(mut s: Signer) {
 /// receipt, before and after, passes the real `allowly-verify` against the final key set.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotation_cut_off_before_its_leaf_is_finished_by_its_repeat_with_the_key_it_made() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (dir, sock) = fresh_pkcs11(tmp.path());
-    let pin = hsm().pin_file(tmp.path(), "pin", USER_PIN);
+    let (tmp, dir, sock, pin, mut s) = served_on("cut");
     let ws = "ws_hsm_cut";
-    let mut s = serve_on("cut", &dir, &sock, &pin);
     let c = s.ready().await;
     let first = c.create_key(ws).await.unwrap();
     let mut all: Vec<Hash> = Vec::new();
@@ -658,11 +653,8 @@ fn objects(label: &str, class: ObjectClass, id: &[u8]) -> usize {
 /// without the token at all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn moving_back_to_files_destroys_the_retired_token_keys_once_the_move_is_logged() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (dir, sock) = fresh_pkcs11(tmp.path());
-    let pin = hsm().pin_file(tmp.path(), "pin", USER_PIN);
+    let (tmp, dir, sock, pin, mut s) = served_on("retire");
     let (ws, other) = ("ws_hsm_back", "ws_hsm_stays");
-    let mut s = serve_on("retire", &dir, &sock, &pin);
     let c = s.ready().await;
     let first = c.create_key(ws).await.unwrap();
     let kept = c.create_key(other).await.unwrap();
@@ -753,10 +745,7 @@ fn list_keys_json(dir: &Path, ws: &str) -> Vec<serde_json::Value> {
 /// consistent with those before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn key_objects_that_vanish_from_a_working_token_fail_signing_closed_until_they_are_back() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (dir, sock) = fresh_pkcs11(tmp.path());
-    let pin = hsm().pin_file(tmp.path(), "pin", USER_PIN);
-    let mut s = serve_on("vanish", &dir, &sock, &pin);
+    let (tmp, dir, _sock, _pin, mut s) = served_on("vanish");
     let c = s.ready().await;
     let ws = "ws_hsm_vanish";
     let keys = c.create_key(ws).await.unwrap();
