@@ -473,7 +473,14 @@ impl Token {
         self.with_session("finding a key", |s| {
             // Read under the hold: the epoch cannot move while the handles are found.
             let epoch = self.epoch();
-            s.find_objects(&[Attribute::Class(class), Attribute::Id(id.to_vec())]).map(|h| (epoch, h))
+            let found = s.find_objects(&[Attribute::Class(class), Attribute::Id(id.to_vec())])?;
+            // Missing from a token we are logged in to (a session without the login sees no
+            // private object at all: that is a lost login, not a missing key). Signing fails
+            // closed now; the health check looks again through a fresh module.
+            if found.is_empty() && logged_in(s) {
+                self.missing_key.store(true, Ordering::Release);
+            }
+            Ok((epoch, found))
         })
     }
 
@@ -827,10 +834,6 @@ impl TokenKey {
     /// caches its handle with its epoch.
     fn look_up(&self) -> Result<(u64, ObjectHandle)> {
         let (epoch, found) = off_worker(|| self.token.find(ObjectClass::PRIVATE_KEY, &self.id))?;
-        if found.is_empty() {
-            // Signing fails closed now; the health check looks again through a fresh module.
-            self.token.missing_key.store(true, Ordering::Release);
-        }
         let [h] = found.as_slice() else {
             return Err(SignerError::Token {
                 op: "finding a key",
