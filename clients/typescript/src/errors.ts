@@ -123,6 +123,7 @@ const CODES: ReadonlyArray<readonly [string, Family]> = [
   ["workspace_log_diverged", Unavailable],
   ["workspace_log_behind_signer", Unavailable],
   ["workspace_log_catching_up", Unavailable],
+  ["workspace_key_store_not_open", Unavailable],
   ["backup_failed", ServerError],
   ["storage_error", ServerError],
   ["signer_error", ServerError],

@@ -82,6 +82,12 @@ pub enum EngineError {
     /// restore (found at start); new receipts wait until it is. Passes by itself.
     #[error("this workspace's signer is being caught up with the stored log (after a restore); retry shortly")]
     WorkspaceLogCatchingUp,
+    /// The signer keeps this workspace's active key in a key store it does not open (sealed
+    /// files while it serves a token without the files as its previous store, or the reverse):
+    /// nothing can be signed for it until an operator changes the signer's key stores. Does not
+    /// pass by itself. The signer's own words (ids and key store kinds) are for the log.
+    #[error("this workspace's signing key is in a key store the signer does not open; nothing was changed. An operator must start the signer with that key store as its previous one (--signer-previous-keystore)")]
+    WorkspaceKeyStoreNotOpen(String),
     /// The request was not answered within `--commit-timeout-ms`: it waited that long for its
     /// workspace's queue and for the synced write holding its effects (a slow or stalled data
     /// volume). Its outcome is *unknown*: a request still queued is dropped undecided, but one
@@ -128,6 +134,7 @@ impl EngineError {
             Self::WorkspaceLogDiverged => "workspace_log_diverged",
             Self::WorkspaceLogBehindSigner => "workspace_log_behind_signer",
             Self::WorkspaceLogCatchingUp => "workspace_log_catching_up",
+            Self::WorkspaceKeyStoreNotOpen(_) => "workspace_key_store_not_open",
             Self::ShuttingDown => "shutting_down",
             Self::CommitTimeout { .. } => "commit_timeout",
             Self::ReadTimeout(_) => "read_timeout",
@@ -173,6 +180,9 @@ impl EngineError {
             ClientError::Remote(ref reply) if reply.code == ErrorCode::StorageFailed => {
                 Self::Unavailable { fault: Fault::SignerStorageFailed, detail: e.to_string() }
             }
+            ClientError::Remote(ref reply) if reply.code == ErrorCode::KeyStoreNotOpen => {
+                Self::WorkspaceKeyStoreNotOpen(reply.message.clone())
+            }
             other => Self::Signer(other.to_string()),
         }
     }
@@ -198,6 +208,7 @@ mod tests {
         };
         check(remote(ErrorCode::StorageFailed), "signer_storage_failed", Some(Fault::SignerStorageFailed));
         check(remote(ErrorCode::Internal), "signer_error", None);
+        check(remote(ErrorCode::KeyStoreNotOpen), "workspace_key_store_not_open", None);
         check(ClientError::Disconnected, "signer_unavailable", None);
         check(ClientError::Timeout(std::time::Duration::from_secs(2)), "signer_unavailable", None);
         check(ClientError::Busy, "overloaded", None);

@@ -37,6 +37,7 @@
 //! | `workspace_log_diverged` | 503 | this workspace's receipt log disagrees with the signer's (fork, rollback, or receipts the signer refuses): it records nothing new until an operator resyncs it (`POST /v1/workspaces/{ws}/log/resync`); other workspaces are unaffected. No `Retry-After`: it does not pass by itself |
 //! | `workspace_log_behind_signer` | 503 | found at start: the signer has signed more of this workspace's log than the store holds — receipts that were handed out are missing (a store restored from a backup older than the signer's state). Nothing new is recorded and `/readyz` is not ready; restore a newer backup (`docs/operations.md`, *Backup and restore*). No `Retry-After` |
 //! | `workspace_log_catching_up` | 503 | found at start: the signer's log is behind the stored checkpoints (a restored backup) and is being re-fed the stored receipts; passes by itself (`Retry-After`) |
+//! | `workspace_key_store_not_open` | 503 | the signer keeps this workspace's active key in a key store it does not open (sealed files while it serves a PKCS#11 token without `--signer-previous-keystore file`, or the reverse): a key rotation (`POST /v1/workspaces/{ws}/keys/rotate`, `allowly workspace-key migrate`) is refused and nothing is changed; an operator restarts the signer with that key store as its previous one (`docs/operations.md`, *Moving keys*). No `Retry-After`: it does not pass by itself |
 //! | `backup_failed` | 500 | `POST /v1/admin/backup`: the snapshot could not be made (details logged); nothing of it is left |
 //! | `storage_error`, `signer_error`, `internal_error` | 500 | a fault; details are logged with the request id, never sent |
 
@@ -224,6 +225,11 @@ impl Problem {
             EngineError::WorkspaceLogDiverged | EngineError::WorkspaceLogBehindSigner => {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, code, e.to_string())
             }
+            // No `Retry-After`: only an operator changes it. Which key store holds which key is
+            // for the log, not the caller.
+            EngineError::WorkspaceKeyStoreNotOpen(why) => {
+                Self { internal: Some(why.clone()), ..Self::new(StatusCode::SERVICE_UNAVAILABLE, code, e.to_string()) }
+            }
             // A fault below the process (also a store write that hit it first): the cause is
             // in the code; sizes and paths are logged and shown by /readyz, not sent here.
             _ if e.fault().is_some() => {
@@ -385,6 +391,7 @@ impl Exposure {
                     engine(EngineError::WorkspaceLogDiverged),
                     engine(EngineError::WorkspaceLogBehindSigner),
                     engine(EngineError::WorkspaceLogCatchingUp),
+                    engine(EngineError::WorkspaceKeyStoreNotOpen(String::new())),
                 ];
                 let faults = allowly_engine::fault::Fault::ALL;
                 v.extend(faults.map(|fault| engine(EngineError::Unavailable { fault, detail: String::new() })));
@@ -435,6 +442,7 @@ fn title(code: &str) -> &'static str {
         "rate_limited" => "Rate limited",
         "too_many_connections" => "Too many connections",
         "too_many_long_polls" => "Too many long-polls",
+        "workspace_key_store_not_open" => "Workspace key store not open",
         _ => "Internal error",
     }
 }
@@ -461,7 +469,7 @@ mod tests {
         if let Some(secret) = leaks {
             assert!(!v["detail"].as_str().unwrap().contains(secret), "detail leaks {secret}: {v}");
         }
-        if code == "workspace_log_diverged" || code == "workspace_log_behind_signer" {
+        if matches!(code, "workspace_log_diverged" | "workspace_log_behind_signer" | "workspace_key_store_not_open") {
             assert!(h.get(RETRY_AFTER).is_none(), "a divergence does not pass by itself");
         } else if matches!(status, 429 | 503) {
             assert_eq!(h[RETRY_AFTER], "1", "{code}");
@@ -498,6 +506,12 @@ mod tests {
         check(EngineError::WorkspaceLogDiverged, 503, "workspace_log_diverged", None);
         check(EngineError::WorkspaceLogBehindSigner, 503, "workspace_log_behind_signer", None);
         check(EngineError::WorkspaceLogCatchingUp, 503, "workspace_log_catching_up", None);
+        check(
+            EngineError::WorkspaceKeyStoreNotOpen("key 1a2b3c4d of ws_a is kept by the file key store".into()),
+            503,
+            "workspace_key_store_not_open",
+            Some("1a2b3c4d"),
+        );
         check(EngineError::TooManyWaiters, 503, "too_many_long_polls", None);
         check(EngineError::Signer("key sk_123".into()), 500, "signer_error", Some("sk_123"));
         check(EngineError::Internal("invariant x".into()), 500, "internal_error", Some("invariant x"));

@@ -45,6 +45,11 @@ pub enum ErrorCode {
     /// workspace at its index with a time that does not go backwards; the whole batch is
     /// refused and nothing is signed. Never retried by a correct caller: its log is wrong.
     ReceiptRefused,
+    /// 14: the workspace's active key is kept by a key store this signer does not open (a
+    /// sealed-file key on a signer serving a PKCS#11 token without the files as its previous
+    /// store, or the reverse). Nothing was done; the signer's configuration must change, so a
+    /// retry alone does not help. An older client sees `Unknown(14)`.
+    KeyStoreNotOpen,
     /// Any other value, kept verbatim.
     Unknown(u16),
 }
@@ -66,6 +71,7 @@ impl ErrorCode {
             11 => Self::PermissionDenied,
             12 => Self::StorageFailed,
             13 => Self::ReceiptRefused,
+            14 => Self::KeyStoreNotOpen,
             other => Self::Unknown(other),
         }
     }
@@ -86,6 +92,7 @@ impl ErrorCode {
             Self::PermissionDenied => 11,
             Self::StorageFailed => 12,
             Self::ReceiptRefused => 13,
+            Self::KeyStoreNotOpen => 14,
             Self::Unknown(v) => v,
         }
     }

@@ -40,8 +40,10 @@ pub enum SignerError {
     #[error("PKCS#11 token: {op}: {detail}")]
     Token { op: &'static str, detail: String },
     /// A workspace key was made by the other key backend (a sealed file key on a PKCS#11
-    /// signer, or the reverse): refused rather than guessed around.
-    #[error("key {key_id} of {workspace} is kept by the {stored} key backend, but this signer uses {serving}")]
+    /// signer, or the reverse) and this signer does not open that backend as its previous one:
+    /// refused rather than guessed around. Told to the caller as `KeyStoreNotOpen`, with this
+    /// text (public data only: ids and key store kinds).
+    #[error("key {key_id} of {workspace} is kept by the {stored} key store, which this signer does not open (it serves {serving} keys; start it with --previous-keystore {stored})")]
     WrongKeyBackend { workspace: String, key_id: String, stored: &'static str, serving: &'static str },
     /// A stored key or log state failed its integrity check: refuse rather than guess.
     #[error("stored state is corrupt: {0}")]
@@ -77,10 +79,11 @@ impl SignerError {
             Self::Busy { .. } => ErrorCode::Busy,
             Self::InvalidArgument(_) => ErrorCode::InvalidArgument,
             Self::Storage(_) => ErrorCode::StorageFailed,
+            // Said apart: the operator's fix (the signer's key stores) is not a fault's.
+            Self::WrongKeyBackend { .. } => ErrorCode::KeyStoreNotOpen,
             Self::MasterKey(_)
             | Self::Pin(_)
             | Self::Token { .. }
-            | Self::WrongKeyBackend { .. }
             | Self::MemoryLock(_)
             | Self::Corrupt(_)
             | Self::Io(_)

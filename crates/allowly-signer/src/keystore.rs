@@ -112,6 +112,13 @@ pub trait KeyBackend: Send + Sync + std::fmt::Debug {
     /// Destroys what `stored` refers to outside the key file (a token's objects with its
     /// `CKA_ID`; nothing for a sealed key); how many objects there were.
     fn destroy(&self, stored: &KeyRef) -> Result<usize>;
+    /// Destroys the private half of a retired key kept outside the key file (a token's private
+    /// key object with its `CKA_ID`), so it can never sign again; its public key stays
+    /// published. Nothing for a sealed key (deleting the master key erases those). How many
+    /// objects there were.
+    fn destroy_private(&self, _stored: &KeyRef) -> Result<usize> {
+        Ok(0)
+    }
     /// Whether keys can be used now (`Ping` answers with this): an error while a token is gone.
     fn check(&self) -> Result<()>;
 
@@ -299,6 +306,17 @@ struct StoredKey {
     sealed_seed: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     token_object: Option<String>,
+    /// Made by a rotation whose `key.rotated` leaf never reached the log (the token was lost,
+    /// or the signer stopped, between the key file and the leaf's signature): not in the
+    /// published key set and never used to sign, but recorded (so not an orphan) and kept for
+    /// the workspace's next rotation, which uses it instead of generating another key. Its
+    /// window is meaningless until then.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pending: bool,
+    /// A retired token key whose private key object was destroyed, once the workspace's keys
+    /// moved to sealed files ([`KeyStore::destroy_retired_token_keys`]). Its public key stays.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    private_destroyed: bool,
 }
 
 impl StoredKey {
@@ -311,12 +329,19 @@ impl StoredKey {
             nonce: None,
             sealed_seed: None,
             token_object: None,
+            pending: false,
+            private_destroyed: false,
         };
         match stored {
             KeyRef::Sealed { nonce, sealed_seed } => (k.nonce, k.sealed_seed) = (Some(nonce), Some(sealed_seed)),
             KeyRef::Token { object_id } => k.token_object = Some(object_id),
         }
         k
+    }
+
+    /// The one key that signs (at most one per file): not retired, not pending.
+    fn is_active(&self) -> bool {
+        self.not_after_ms.is_none() && !self.pending
     }
 
     /// Where the private half is: exactly one of the two forms, complete.
@@ -401,12 +426,17 @@ struct Intent {
 #[derive(Debug, Clone, Serialize)]
 pub struct KeyListing {
     pub key_id: String,
-    /// `active` or `retired`.
+    /// `active`, `retired`, or `pending` (made by a rotation that did not reach the log, kept
+    /// for the next one; see `StoredKey::pending`).
     pub status: &'static str,
     /// The backend holding its private half: `file` or `pkcs11` ([`KeyRef::kind`]).
     pub keystore: &'static str,
     pub not_before_ms: u64,
     pub not_after_ms: Option<u64>,
+    /// A retired token key whose private key object was destroyed (the workspace moved to
+    /// sealed files).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub private_destroyed: bool,
 }
 
 /// Whether `ws` has the form of a workspace id (`[A-Za-z0-9_-]{1,128}`, as the protocol's
@@ -456,10 +486,15 @@ pub fn list_keys(dir: &Path, only: Option<&str>) -> Result<Vec<(String, Vec<KeyL
         for k in &file.keys {
             listed.push(KeyListing {
                 key_id: k.key_id.clone(),
-                status: if k.not_after_ms.is_none() { "active" } else { "retired" },
+                status: match (k.pending, k.not_after_ms) {
+                    (true, _) => "pending",
+                    (false, None) => "active",
+                    (false, Some(_)) => "retired",
+                },
                 keystore: k.key_ref(ws)?.kind(),
                 not_before_ms: k.not_before_ms,
                 not_after_ms: k.not_after_ms,
+                private_destroyed: k.private_destroyed,
             });
         }
         out.push((file.workspace_id, listed));
@@ -718,7 +753,8 @@ impl KeyStore {
     fn to_memory(&self, ws: &str, file: &KeyFile, when: &'static str) -> Result<WorkspaceKeys> {
         let mut infos = Vec::with_capacity(file.keys.len());
         let mut active = None;
-        for k in &file.keys {
+        // A pending key is neither published nor opened: it has not been logged.
+        for k in file.keys.iter().filter(|k| !k.pending) {
             let corrupt = || SignerError::Corrupt(format!("key {} of {ws}", k.key_id));
             let mut key_id = [0u8; 4];
             hex::decode_to_slice(&k.key_id, &mut key_id).map_err(|_| corrupt())?;
@@ -822,19 +858,157 @@ impl KeyStore {
 
     /// Retires the active key at `now_ms` and makes a new one active from `now_ms`. The old
     /// public key stays in the file with its end time. Durable before it returns.
+    ///
+    /// The new key is the workspace's pending key if it has one in the main backend (made by
+    /// a rotation that did not reach the log, see [`Self::unrotate`]), else a new one: however
+    /// often a rotation is repeated, it makes one key. A pending key the backend cannot open
+    /// while the backend itself is fine (its token objects deleted by hand) is dropped and a
+    /// new key made; while the backend is not fine (the token lost) the rotation fails.
     pub fn rotate(&self, ws: &str, now_ms: u64) -> Result<WorkspaceKeys> {
         let mut file = self.read(ws)?.ok_or(SignerError::UnknownWorkspace)?;
-        for k in file.keys.iter_mut().filter(|k| k.not_after_ms.is_none()) {
+        let reused = self.take_pending(ws, &mut file)?;
+        for k in file.keys.iter_mut().filter(|k| k.is_active()) {
             k.not_after_ms = Some(now_ms);
         }
-        let stored = self.new_key(ws, now_ms, "rotate")?;
+        let made = reused.is_none();
+        let mut stored = match reused {
+            Some(k) => k,
+            None => self.new_key(ws, now_ms, "rotate")?,
+        };
+        (stored.pending, stored.not_before_ms, stored.not_after_ms) = (false, now_ms, None);
         file.keys.push(stored.clone());
         if let Err(e) = self.write(&file) {
-            self.discard_key(ws, &stored);
+            if made {
+                self.discard_key(ws, &stored);
+            }
             return Err(e);
         }
         self.recorded(ws, &stored);
-        self.to_memory(ws, &file, "rotate")
+        self.to_memory(ws, &file, "rotate").inspect_err(|_| {
+            // Recorded but not usable (the token went away since): the workspace's previous
+            // key signs on, and the next rotation tries this key again.
+            if let Err(e) = self.unrotate(ws) {
+                tracing::error!(workspace = ws, error = %e, "could not put a failed rotation's key aside");
+            }
+        })
+    }
+
+    /// Takes the workspace's pending key of the main backend out of `file`, for a rotation to
+    /// use, if it has one that opens. See [`Self::rotate`].
+    fn take_pending(&self, ws: &str, file: &mut KeyFile) -> Result<Option<StoredKey>> {
+        let kind = self.backend.kind();
+        let Some(i) = file.keys.iter().position(|k| k.pending && k.key_ref(ws).is_ok_and(|r| r.kind() == kind)) else {
+            return Ok(None);
+        };
+        let k = &file.keys[i];
+        let stored = k.key_ref(ws)?;
+        let public: [u8; 32] = B64
+            .decode(&k.public_key)
+            .ok()
+            .and_then(|v| v.try_into().ok())
+            .ok_or_else(|| SignerError::Corrupt(format!("key {} of {ws}", k.key_id)))?;
+        match self.backend.open(ws, &k.key_id, &public, &stored, "rotate") {
+            Ok(_) => {
+                tracing::info!(workspace = ws, key_id = %k.key_id, "a rotation uses the key an earlier, unlogged attempt made");
+                Ok(Some(file.keys.remove(i)))
+            }
+            Err(e) if self.backend.check().is_ok() => {
+                tracing::warn!(workspace = ws, key_id = %k.key_id, error = %e, "the pending key of an unlogged rotation does not open on a working key store; dropping it and making a new key");
+                let dropped = file.keys.remove(i);
+                // Intended first: whatever is left of it is found at a start if this fails.
+                self.intend(ws, &stored)?;
+                self.write(file)?;
+                self.discard_key(ws, &dropped);
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Puts the last rotation of `ws` aside: its key, which never signed its `key.rotated`
+    /// leaf, becomes pending (kept for the next rotation, see [`Self::rotate`]) and the key it
+    /// replaced is active again, as if the rotation had not happened. For a rotation whose leaf
+    /// could not be signed or logged, so the key file never names a key the log does not.
+    /// Nothing to do if the active key replaced none.
+    pub fn unrotate(&self, ws: &str) -> Result<()> {
+        let mut file = self.read(ws)?.ok_or(SignerError::UnknownWorkspace)?;
+        let Some(new) = file.keys.iter().position(StoredKey::is_active) else { return Ok(()) };
+        let since = file.keys[new].not_before_ms;
+        let Some(old) = file.keys.iter().position(|k| !k.pending && k.not_after_ms == Some(since)) else {
+            return Ok(());
+        };
+        file.keys[old].not_after_ms = None;
+        file.keys[new].pending = true;
+        // One pending key at most: the one this rotation made (an older one of the other
+        // backend, if any, stays too; it is used when that backend makes keys again).
+        let k = file.keys.remove(new);
+        file.keys.push(k);
+        self.write(&file)?;
+        tracing::warn!(workspace = ws, key_id = %file.keys.last().map_or("", |k| k.key_id.as_str()), "a rotation did not reach the log; its key is kept aside for the next rotation and the previous key signs on");
+        Ok(())
+    }
+
+    /// Destroys the private key objects of `ws`'s retired token keys once its keys are in
+    /// sealed files: this signer makes file keys and the active key is one. Call only once that
+    /// key's rotation is durable in the log (its `key.rotated` leaf journaled): from then on
+    /// no retired key signs again, and one left on the token would be a usable signing key of
+    /// the workspace that nothing needs — outside the signer's own files, where deleting the
+    /// master key cannot erase it. The public keys stay in the key file and the published key
+    /// set, so receipts they signed still verify. Each destroyed key is marked in the key file
+    /// (done once); a key whose token is not open or does not answer is left for the
+    /// workspace's next rotation. How many private key objects were destroyed.
+    pub fn destroy_retired_token_keys(&self, ws: &str) -> Result<usize> {
+        let mut file = self.read(ws)?.ok_or(SignerError::UnknownWorkspace)?;
+        let moved = self.backend.kind() == "file"
+            && file.keys.iter().any(|k| k.is_active() && k.key_ref(ws).is_ok_and(|r| r.kind() == "file"));
+        if !moved {
+            return Ok(0);
+        }
+        let (mut destroyed, mut marked) = (0, false);
+        for k in file.keys.iter_mut().filter(|k| k.not_after_ms.is_some() && !k.pending && !k.private_destroyed) {
+            let r = k.key_ref(ws)?;
+            let (KeyRef::Token { .. }, Some(backend)) = (&r, self.backend_for(&r)) else { continue };
+            match backend.destroy_private(&r) {
+                Ok(objects) => {
+                    tracing::info!(workspace = ws, key_id = %k.key_id, objects, "destroyed a retired key's private key object on the token (the workspace's keys are in sealed files now)");
+                    destroyed += objects;
+                    (k.private_destroyed, marked) = (true, true);
+                }
+                Err(e) => {
+                    tracing::warn!(workspace = ws, key_id = %k.key_id, error = %e, "could not destroy a retired key on the token; trying again at the workspace's next rotation")
+                }
+            }
+        }
+        if marked {
+            self.write(&file)?;
+        }
+        Ok(destroyed)
+    }
+
+    /// Loads a workspace's keys for its log, whose last signed checkpoint is `checkpoint`: if
+    /// the active key replaced another and did not sign that checkpoint (or the log is empty),
+    /// its rotation never reached the log — the signer stopped between the key file and the
+    /// `key.rotated` leaf — and it is put aside ([`Self::unrotate`]) before the keys load, so
+    /// the workspace signs with the key its log last used and the engine's repeat of the
+    /// rotation uses this key.
+    pub fn load_for_log(&self, ws: &str, checkpoint: Option<&str>) -> Result<WorkspaceKeys> {
+        let file = self.read(ws)?.ok_or(SignerError::UnknownWorkspace)?;
+        let active = file.keys.iter().find(|k| k.is_active());
+        let rotated = active.is_some_and(|a| file.keys.iter().any(|k| k.not_after_ms == Some(a.not_before_ms)));
+        let logged = match (active, checkpoint) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(a), Some(cp)) => note::parse_signed_note(cp)
+                .map_err(|e| SignerError::Corrupt(format!("the last checkpoint of {ws}: {e}")))?
+                .signatures
+                .iter()
+                .any(|s| hex::encode(s.key_id) == a.key_id),
+        };
+        if rotated && !logged {
+            self.unrotate(ws)?;
+            return self.load(ws);
+        }
+        self.to_memory(ws, &file, "load")
     }
 }
 
@@ -1166,6 +1340,59 @@ mod tests {
         want.sort();
         assert_eq!(destroyed, want, "exactly the unrecorded keys, never the recorded one");
         assert_eq!(pending(dir.path()), ["pkcs11-00.json", "pkcs11-garbled.json"], "what it cannot read stays");
+    }
+
+    /// A rotation put aside (its leaf never logged) leaves the previous key active and its
+    /// own key pending: unpublished, never opened, listed as pending; the next rotation uses
+    /// that key instead of making another, and a load for a log whose last checkpoint the
+    /// active key did not sign puts its rotation aside the same way. A pending key that does
+    /// not open on a working key store is dropped and a new key made.
+    #[test]
+    fn a_rotation_put_aside_keeps_its_key_for_the_next_rotation() {
+        let dir = tempfile::tempdir().unwrap();
+        let ks = store(dir.path());
+        let first = ks.create("ws_a", 10).unwrap();
+        let cut = ks.rotate("ws_a", 20).unwrap();
+        ks.unrotate("ws_a").unwrap();
+        let back = ks.load("ws_a").unwrap();
+        assert_eq!((back.infos.len(), back.infos[0].not_after_ms), (1, None));
+        assert_eq!(back.active.public_key(), first.active.public_key());
+        let listed = list_keys(dir.path(), Some("ws_a")).unwrap();
+        assert_eq!(listed[0].1.iter().map(|k| k.status).collect::<Vec<_>>(), ["active", "pending"]);
+        ks.unrotate("ws_a").unwrap();
+        assert_eq!(ks.load("ws_a").unwrap().infos.len(), 1, "nothing to put aside: the key replaced none");
+
+        let again = ks.rotate("ws_a", 30).unwrap();
+        assert_eq!(again.active.public_key(), cut.active.public_key(), "the pending key, not a new one");
+        assert_eq!((again.infos.len(), again.infos[0].not_after_ms, again.infos[1].not_before_ms), (2, Some(30), 30));
+
+        // The log's last checkpoint, signed by the old key: the rotation never reached it.
+        let origin = log_origin("ws_a");
+        let note = |size: u64, key: &dyn WorkspaceKey| {
+            let text = format!("{origin}\n{size}\nAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n");
+            sign_note(&text, &origin, key).unwrap()
+        };
+        let old = note(1, &*first.active);
+        let loaded = ks.load_for_log("ws_a", Some(&old)).unwrap();
+        assert_eq!(loaded.active.public_key(), first.active.public_key());
+        let again = ks.rotate("ws_a", 40).unwrap();
+        assert_eq!(again.active.public_key(), cut.active.public_key());
+        // Signed by the active key, or a workspace never rotated: loaded as it is.
+        let new = note(2, &*again.active);
+        assert_eq!(ks.load_for_log("ws_a", Some(&new)).unwrap().infos.len(), 2);
+        ks.create("ws_b", 1).unwrap();
+        assert_eq!(ks.load_for_log("ws_b", None).unwrap().infos.len(), 1);
+        assert_eq!(ks.load_for_log("ws_a", None).unwrap().infos.len(), 1, "an empty log has no rotation");
+
+        // The pending key's seal damaged: it does not open, the file backend is fine.
+        let mut file = ks.read("ws_a").unwrap().unwrap();
+        let pending = file.keys.iter_mut().find(|k| k.pending).unwrap();
+        pending.nonce = Some(B64.encode([0u8; 24]));
+        ks.write(&file).unwrap();
+        let fresh = ks.rotate("ws_a", 50).unwrap();
+        assert_ne!(fresh.active.public_key(), cut.active.public_key());
+        assert_eq!(fresh.infos.len(), 2);
+        assert!(!list_keys(dir.path(), Some("ws_a")).unwrap()[0].1.iter().any(|k| k.status == "pending"));
     }
 
     #[test]

@@ -84,7 +84,8 @@ enum Command {
     /// Print every workspace's keys in a signer directory, one JSON object per line:
     /// `{"workspace_id", "keys": [{"key_id", "status", "keystore", "not_before_ms",
     /// "not_after_ms"}]}` — `keystore` says which key store holds the private half (`file`,
-    /// `pkcs11`). Reads the public key files only; works on a running signer's directory
+    /// `pkcs11`); `status` is `active`, `retired` or `pending` (a rotation's key whose leaf never
+    /// reached the log, kept for the next rotation). Reads the public key files only; works on a running signer's directory
     /// (`allowly workspace-key migrate` reads it).
     Keys {
         #[arg(long)]

@@ -33,16 +33,25 @@
 //!   re-initialisation holds it for writing (PKCS#11 leaves `C_Finalize` undefined while another
 //!   thread is inside the module); a call that needs handles (generate and label, find and
 //!   delete) makes all of them under one hold, so it never uses a handle of another epoch.
+//! - **Keys gone from a token that answers** (its objects removed and put back, an HSM restored
+//!   from a backup): a recorded key that is not found fails its workspace's signing closed, and
+//!   the next health check re-initialises the module to look again (at most once per
+//!   [`MISSING_KEY_REINIT_EVERY`]): a module may keep a stale view of the objects (SoftHSM2 does
+//!   not read object files put back behind its back), and a fresh one finds them if they are
+//!   there.
 //! - **Orphans**: before `C_GenerateKeyPair` the key store records its intent (the new
 //!   `CKA_ID`, see [`crate::keystore`]); a crash between the generation and the key file leaves
 //!   that intent, and the next start deletes the key pair it names if no key file records it.
-//!   Nothing else on the token is ever deleted: another signer may share it.
+//! - **Retired keys** of a workspace whose keys moved back to sealed files: once that rotation is
+//!   in the log, their private key objects are destroyed by `CKA_ID` (the public ones stay; see
+//!   `KeyStore::destroy_retired_token_keys`). Nothing else on the token is ever deleted: another
+//!   signer may share it.
 //!
 //! The PIN ([`Pin`]) is read from a file of mode 0600 or from [`PIN_ENV`] (scrubbed from the
 //! environment), held in locked memory for re-logins, and never logged.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -76,6 +85,13 @@ pub const ED25519_PARAMS: [&[u8]; 2] = [&[0x06, 0x03, 0x2b, 0x65, 0x70], b"\x13\
 /// service's health probe comes every half second, and a module reloading its token state on
 /// every one would keep a struggling HSM busy.
 pub const REINIT_EVERY: Duration = Duration::from_secs(1);
+/// Least time between two re-initialisations of the module because a recorded key was missing
+/// from a token that answers. A module may keep a stale view of the token's objects — SoftHSM2
+/// does not read object files put back behind its back, and an HSM restored from a backup or
+/// failed over to a replica may be seen the same way — so a key that is not found is looked
+/// for again through a fresh module; but a key that is really gone would otherwise have the
+/// module re-initialised (every workspace's sessions reopened) at every retry of its appends.
+pub const MISSING_KEY_REINIT_EVERY: Duration = Duration::from_secs(5);
 /// Signed once with every new key and verified with the public key read back from the token.
 const PROBE: &[u8] = b"allowly-signer: does this token key match its public key?\n";
 
@@ -353,6 +369,10 @@ struct Token {
     epoch: AtomicU64,
     /// When the module was last re-initialised (or tried to be).
     reinit_at: Mutex<Option<Instant>>,
+    /// A recorded key was not found on the token while it answered (see
+    /// [`MISSING_KEY_REINIT_EVERY`]), and when that last re-initialised the module.
+    missing_key: AtomicBool,
+    missing_reinit_at: Mutex<Option<Instant>>,
     next: AtomicUsize,
     /// Index into [`ED25519_PARAMS`] of the form the token took last.
     params: AtomicUsize,
@@ -453,7 +473,14 @@ impl Token {
         self.with_session("finding a key", |s| {
             // Read under the hold: the epoch cannot move while the handles are found.
             let epoch = self.epoch();
-            s.find_objects(&[Attribute::Class(class), Attribute::Id(id.to_vec())]).map(|h| (epoch, h))
+            let found = s.find_objects(&[Attribute::Class(class), Attribute::Id(id.to_vec())])?;
+            // Missing from a token we are logged in to (a session without the login sees no
+            // private object at all: that is a lost login, not a missing key). Signing fails
+            // closed now; the health check looks again through a fresh module.
+            if found.is_empty() && logged_in(s) {
+                self.missing_key.store(true, Ordering::Release);
+            }
+            Ok((epoch, found))
         })
     }
 
@@ -529,11 +556,14 @@ impl Token {
     }
 
     /// Deletes every object (both halves) with `CKA_ID` `id`; how many there were.
-    fn destroy_id(&self, id: &[u8]) -> std::result::Result<usize, Fail> {
+    /// Destroys the objects with `CKA_ID` `id` (only those of `class`, if given); how many.
+    fn destroy_id(&self, id: &[u8], class: Option<ObjectClass>) -> std::result::Result<usize, Fail> {
         let op = "deleting a key";
+        let mut template = vec![Attribute::Id(id.to_vec())];
+        template.extend(class.map(Attribute::Class));
         // Found and deleted under one hold: a handle of another epoch could name another key.
         let n = self.call(op, None, OnLost::Retry, |s| {
-            let found = s.find_objects(&[Attribute::Id(id.to_vec())]).map_err(Fail::call(op))?;
+            let found = s.find_objects(&template).map_err(Fail::call(op))?;
             for &h in &found {
                 s.destroy_object(h).map_err(Fail::call(op))?;
             }
@@ -573,6 +603,32 @@ impl Token {
             *live = Err(why.to_owned());
             self.epoch.fetch_add(1, Ordering::AcqRel);
             self.metrics.lost.set(1);
+        }
+    }
+
+    /// A recorded key was missing from the token while it answered: re-initialises the module
+    /// (at most once per [`MISSING_KEY_REINIT_EVERY`]) so that the next look-up sees the token
+    /// as it is now. The token answers, so the check is `Ok` unless the re-initialisation
+    /// loses it.
+    fn look_for_missing_keys(&self) -> Result<()> {
+        {
+            let Ok(mut at) = self.missing_reinit_at.lock() else { return Ok(()) };
+            let now = Instant::now();
+            if at.is_some_and(|t| now.duration_since(t) < MISSING_KEY_REINIT_EVERY) {
+                return Ok(());
+            }
+            *at = Some(now);
+        }
+        self.missing_key.store(false, Ordering::Release);
+        tracing::warn!(token = %self.label, "a recorded key was not found on the token; re-initialising the module to look again (its workspace's signing fails closed meanwhile)");
+        match self.reinitialise() {
+            Ok(()) => Ok(()),
+            // Within REINIT_EVERY of another re-initialisation: asked again at the next check.
+            Err(_) if self.live.read().is_ok_and(|l| l.is_ok()) => {
+                self.missing_key.store(true, Ordering::Release);
+                Ok(())
+            }
+            Err(e) => Err(e),
         }
     }
 
@@ -711,6 +767,8 @@ impl TokenBackend {
             live: RwLock::new(Ok(live)),
             epoch: AtomicU64::new(0),
             reinit_at: Mutex::new(None),
+            missing_key: AtomicBool::new(false),
+            missing_reinit_at: Mutex::new(None),
             next: AtomicUsize::new(0),
             params: AtomicUsize::new(0),
             metrics,
@@ -964,7 +1022,15 @@ impl KeyBackend for TokenBackend {
     fn destroy(&self, stored: &KeyRef) -> Result<usize> {
         let KeyRef::Token { object_id } = stored else { return Ok(0) };
         let id = hex::decode(object_id).map_err(|_| SignerError::Corrupt(format!("object id {object_id:?}")))?;
-        Ok(off_worker(|| self.token.destroy_id(&id))?)
+        Ok(off_worker(|| self.token.destroy_id(&id, None))?)
+    }
+
+    /// The private key object alone: the public one stays on the token beside the key file's
+    /// copy, for whoever audits the token.
+    fn destroy_private(&self, stored: &KeyRef) -> Result<usize> {
+        let KeyRef::Token { object_id } = stored else { return Ok(0) };
+        let id = hex::decode(object_id).map_err(|_| SignerError::Corrupt(format!("object id {object_id:?}")))?;
+        Ok(off_worker(|| self.token.destroy_id(&id, Some(ObjectClass::PRIVATE_KEY)))?)
     }
 
     /// The token's information and a logged-in session: fails while the token is gone, and
@@ -972,6 +1038,7 @@ impl KeyBackend for TokenBackend {
     fn check(&self) -> Result<()> {
         let t = &self.token;
         match t.probe() {
+            Ok(()) if t.missing_key.load(Ordering::Acquire) => t.look_for_missing_keys(),
             Ok(()) => Ok(()),
             Err(f) if f.token_gone() => {
                 let e = SignerError::from(f);

@@ -57,9 +57,17 @@ async fn workspace(shared: &Arc<Shared>, ws: &str) -> Result<WsHandle> {
         return Ok(h.clone());
     }
     let name = ws.to_owned();
-    let keys = blocking(shared, move |s| s.keystore.load(&name)).await?;
+    let durable = shared.journal.load(ws).await?;
+    // The keys as the log knows them: a rotation the log never got is put aside. (An unknown
+    // workspace has no key file: that is its answer, before the journal's.)
+    let checkpoint = durable.as_ref().map(|d| d.checkpoint.clone());
+    let keys = blocking(shared, move |s| match checkpoint {
+        Some(cp) => s.keystore.load_for_log(&name, cp.as_deref()),
+        None => s.keystore.load(&name),
+    })
+    .await?;
     // Keys without a log record: starting again from size 0 would fork the log.
-    let durable = shared.journal.load(ws).await?.ok_or_else(|| {
+    let durable = durable.ok_or_else(|| {
         SignerError::Corrupt(format!("log state of {ws} is missing from the journal; refusing to restart the log"))
     })?;
     spawn(shared, ws, keys, durable, true).await

@@ -232,6 +232,7 @@ fn outcome_label(r: &Response) -> &'static str {
             ErrorCode::PermissionDenied => "permission_denied",
             ErrorCode::StorageFailed => "storage_failed",
             ErrorCode::ReceiptRefused => "receipt_refused",
+            ErrorCode::KeyStoreNotOpen => "key_store_not_open",
             ErrorCode::Internal | ErrorCode::Unknown(_) => "internal",
         },
         _ => "ok",

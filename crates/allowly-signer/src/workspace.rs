@@ -685,11 +685,47 @@ impl WsState {
             return Err(SignerError::SizeMismatch { expected: expected_size, current });
         }
         let time = self.next_time(true);
-        let (shared, ws) = (self.shared.clone(), self.ws.clone());
         // The key file write (and its fsyncs) runs on the blocking pool, not on a tokio worker.
-        self.keys = tokio::task::spawn_blocking(move || shared.keystore.rotate(&ws, time))
+        let rotated = self.keystore(move |k, ws| k.rotate(ws, time)).await?;
+        let previous = std::mem::replace(&mut self.keys, rotated);
+        match self.sign_rotation(expected_size, time, peer_uid).await {
+            Ok(answer) => {
+                // The rotation is durable in the log: if it moved the workspace's keys to sealed
+                // files, its retired token keys never sign again (failures are logged there and
+                // tried again at the next rotation; the rotation stands either way).
+                if let Err(e) = self.keystore(|k, ws| k.destroy_retired_token_keys(ws)).await {
+                    tracing::warn!(workspace = %self.ws, error = %e, "could not destroy the retired token keys");
+                }
+                Ok(answer)
+            }
+            Err(e) => {
+                // Answered with an error, the rotation did not happen (the engine then goes on
+                // at `expected_size` with the old key): the old key signs on, and the key file
+                // says so too, with the new key kept aside for the next rotation (which uses
+                // it: one key per rotation, however often it is repeated).
+                self.keys = previous;
+                if let Err(undo) = self.keystore(|k, ws| k.unrotate(ws)).await {
+                    // The next load puts it aside (`KeyStore::load_for_log`).
+                    tracing::error!(workspace = %self.ws, error = %undo, "could not put a failed rotation's key aside");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Runs `f` with the key store and this workspace's id on the blocking pool.
+    async fn keystore<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&crate::keystore::KeyStore, &str) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let (shared, ws) = (self.shared.clone(), self.ws.clone());
+        tokio::task::spawn_blocking(move || f(&shared.keystore, &ws))
             .await
-            .map_err(|e| SignerError::Io(std::io::Error::other(format!("key rotation task: {e}"))))??;
+            .map_err(|e| SignerError::Io(std::io::Error::other(format!("key store task: {e}"))))?
+    }
+
+    /// Signs and logs the `key.rotated` leaf of the key set just rotated to, at `expected_size`.
+    async fn sign_rotation(&mut self, expected_size: u64, time: u64, peer_uid: u32) -> Result<Response> {
         let bytes = rotation_body(&self.ws, expected_size, &self.keys.infos)?
             .ok_or_else(|| SignerError::Corrupt(format!("{}: the rotated key set names no rotation", self.ws)))?;
         let leaf = allowly_receipt::merkle::leaf_hash(&bytes);

@@ -14,10 +14,12 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use allowly_receipt::merkle::{self, Hash};
-use allowly_receipt::types::{AnyReceipt, HexHash, SignedReceipt, STATUS_SIGNED};
+use allowly_receipt::types::AnyReceipt;
 use allowly_receipt::verify::{verify_receipt, Outcome};
 use allowly_signer::keystore::{KeyBackend, KeyRef, KeyStore, MlockPolicy};
 use allowly_signer::pkcs11::{decode_ec_point, Pin, TokenBackend, TokenConfig, ED25519_PARAMS};
+use allowly_signer_proto::client::SignerClient;
+use allowly_signer_proto::KeyInfo;
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::mechanism::eddsa::{EddsaParams, EddsaSignatureScheme};
 use cryptoki::mechanism::Mechanism;
@@ -28,7 +30,8 @@ use softhsm::{softhsm, SoftHsm, USER_PIN};
 use support::*;
 
 /// Every token this test binary uses, one per test (tests run in parallel).
-const TOKENS: &[&str] = &["sign", "rotate", "refuse", "env", "loss", "idle", "gone", "stale", "curve", "orphan"];
+const TOKENS: &[&str] =
+    &["sign", "rotate", "refuse", "env", "loss", "idle", "gone", "stale", "curve", "orphan", "cut", "retire", "vanish"];
 
 fn hsm() -> &'static SoftHsm {
     softhsm(TOKENS)
@@ -47,6 +50,16 @@ fn fresh_pkcs11(root: &Path) -> (PathBuf, PathBuf) {
     (dir, root.join("run").join("signer.sock"))
 }
 
+/// A fresh PKCS#11 signer directory served on token `label`: the temp dir holding everything,
+/// the signer's directory, its socket, the PIN file, and the signer.
+fn served_on(label: &str) -> (tempfile::TempDir, PathBuf, PathBuf, PathBuf, Signer) {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, sock) = fresh_pkcs11(tmp.path());
+    let pin = hsm().pin_file(tmp.path(), "pin", USER_PIN);
+    let s = serve_on(label, &dir, &sock, &pin);
+    (tmp, dir, sock, pin, s)
+}
+
 /// `serve` on `label` with the PIN in `pin_file`.
 fn serve_on(label: &str, dir: &Path, sock: &Path, pin_file: &Path) -> Signer {
     serve_on_with(label, dir, sock, pin_file, &[])
@@ -54,11 +67,9 @@ fn serve_on(label: &str, dir: &Path, sock: &Path, pin_file: &Path) -> Signer {
 
 /// [`serve_on`] with more `serve` arguments.
 fn serve_on_with(label: &str, dir: &Path, sock: &Path, pin_file: &Path, extra: &[&str]) -> Signer {
-    let mut cmd = Command::new(signer_bin());
-    cmd.arg("serve").arg("--dir").arg(dir).arg("--socket").arg(sock).args(hsm().signer_args(label, pin_file));
-    cmd.args(extra);
-    cmd.env_remove(allowly_signer::pkcs11::PIN_ENV);
-    Signer::spawn(cmd, dir, sock)
+    let token = hsm().signer_args(label, pin_file);
+    let args: Vec<&str> = token.iter().map(String::as_str).chain(extra.iter().copied()).collect();
+    serve_on_with_args(dir, sock, &args)
 }
 
 /// This process's own view of the tokens, for inspecting what the signer made.
@@ -166,10 +177,7 @@ fn check_on_token(label: &str, id: &[u8], ws: &str, key_id: [u8; 4], public: &[u
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_are_made_on_the_token_unreadable_and_sign_checkpoints_that_verify() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (dir, sock) = fresh_pkcs11(tmp.path());
-    let pin = hsm().pin_file(tmp.path(), "pin", USER_PIN);
-    let mut s = serve_on("sign", &dir, &sock, &pin);
+    let (_tmp, dir, _sock, _pin, mut s) = served_on("sign");
     let c = s.ready().await;
     let ws = "ws_hsm_sign";
 
@@ -232,11 +240,8 @@ async fn an_idle_workspace_on_a_token_is_unloaded_and_its_next_append_signs_on()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotation_and_restart_find_the_keys_on_the_token_again() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (dir, sock) = fresh_pkcs11(tmp.path());
-    let pin = hsm().pin_file(tmp.path(), "pin", USER_PIN);
+    let (_tmp, dir, sock, pin, mut s) = served_on("rotate");
     let ws = "ws_hsm_rotate";
-    let mut s = serve_on("rotate", &dir, &sock, &pin);
     let c = s.ready().await;
     let first = c.create_key(ws).await.unwrap();
     let old_v = verifier(ws, &first[0]);
@@ -253,13 +258,8 @@ async fn rotation_and_restart_find_the_keys_on_the_token_again() {
     assert!(!old.active && new.active && old.key_id == first[0].key_id, "{:?}", rot.keys);
     let new_v = verifier(ws, new);
     all.push(merkle::leaf_hash(&rot.rotation.body));
-    let receipt = AnyReceipt::Signed(SignedReceipt {
-        status: STATUS_SIGNED.into(),
-        body: serde_json::from_slice(&rot.rotation.body).unwrap(),
-        log_index: rot.rotation.log_index,
-        inclusion_proof: rot.rotation.proof.iter().copied().map(HexHash).collect(),
-        checkpoint: rot.rotation.checkpoint.clone(),
-    });
+    let r = &rot.rotation;
+    let receipt = AnyReceipt::Signed(signed_receipt(&r.body, r.log_index, &r.proof, &r.checkpoint));
     let report = verify_receipt(&receipt, &key_set(ws, &rot.keys)).unwrap();
     assert_eq!(report.outcome(), Outcome::Valid, "{report:?}");
     let ids = token_objects(&dir, ws);
@@ -277,10 +277,7 @@ async fn rotation_and_restart_find_the_keys_on_the_token_again() {
     );
 
     // Restart: the keys are found on the token again and the log goes on where it was.
-    let pid = rustix::process::Pid::from_raw(s.pid() as i32).unwrap();
-    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
-    assert!(s.wait_exit().success(), "{}", s.diagnostics());
-    drop(s);
+    stop(s);
     let mut s = serve_on("rotate", &dir, &sock, &pin);
     let c = s.ready().await;
     assert_eq!(c.list_keys(ws).await.unwrap(), rot.keys);
@@ -494,21 +491,12 @@ fn labelled_for(label: &str, ws: &str) -> Vec<Vec<u8>> {
 /// crashed is created again, and no intent is left.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_left_unrecorded_by_a_crash_is_deleted_at_the_next_start_and_only_it() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (dir, sock) = fresh_pkcs11(tmp.path());
-    let pin = hsm().pin_file(tmp.path(), "pin", USER_PIN);
-    let mut s = serve_on("orphan", &dir, &sock, &pin);
+    let (tmp, dir, sock, pin, mut s) = served_on("orphan");
     let c = s.ready().await;
     let kept = c.create_key("ws_kept").await.unwrap();
     let pending = dir.join(allowly_signer::keystore::PENDING_DIR);
     assert_eq!(std::fs::read_dir(&pending).unwrap().count(), 0, "a recorded key's intent is settled");
-    rustix::process::kill_process(
-        rustix::process::Pid::from_raw(s.pid() as i32).unwrap(),
-        rustix::process::Signal::TERM,
-    )
-    .unwrap();
-    assert!(s.wait_exit().success(), "{}", s.diagnostics());
-    drop(s);
+    stop(s);
 
     {
         let store = KeyStore::open(&dir, Box::new(backend_on("orphan", tmp.path()))).unwrap();
@@ -550,10 +538,7 @@ async fn a_key_left_unrecorded_by_a_crash_is_deleted_at_the_next_start_and_only_
 /// workspaces (their keys found again by `CKA_ID`: the module's handles are new).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_that_goes_away_fails_the_signer_closed_and_signing_resumes_when_it_is_back() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (dir, sock) = fresh_pkcs11(tmp.path());
-    let pin = hsm().pin_file(tmp.path(), "pin", USER_PIN);
-    let mut s = serve_on("gone", &dir, &sock, &pin);
+    let (_tmp, dir, _sock, _pin, mut s) = served_on("gone");
     let c = s.ready().await;
     let spaces = ["ws_gone_a", "ws_gone_b"];
     let mut logs = Vec::new();
@@ -599,6 +584,220 @@ async fn a_token_that_goes_away_fails_the_signer_closed_and_signing_resumes_when
     let m = c.metrics().await.unwrap();
     assert_eq!(metric(&m, "allowly_signer_token_lost"), 0.0, "{m}");
     assert!(metric(&m, "allowly_signer_token_reinitialisations_total{outcome=\"ok\"}") >= 1.0, "{m}");
+    let (status, out, err) =
+        run_with_deadline(Command::new(signer_bin()).args(["audit", "verify"]).arg(dir.join("audit.log")));
+    assert_eq!(status.code(), Some(0), "{out}{err}");
+}
+
+/// Stops a signer by SIGTERM and waits for its clean exit.
+fn stop(mut s: Signer) {
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(s.pid() as i32).unwrap(),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    assert!(s.wait_exit().success(), "{}", s.diagnostics());
+}
+
+/// A rotation cut off between its key file and its `key.rotated` leaf — what a signer stopped
+/// right there leaves: made here by the signer's own key store rotating the key file of the
+/// stopped signer (the new key generated on the token and recorded), with no leaf in its log —
+/// is finished by the engine's repeat of the rotation at the same size, with the key the cut
+/// attempt made: one new key pair on the token, not two, and a key set without a key that
+/// never signed. Until then the workspace's published keys are those its log knows. Every
+/// receipt, before and after, passes the real `allowly-verify` against the final key set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_cut_off_before_its_leaf_is_finished_by_its_repeat_with_the_key_it_made() {
+    let (tmp, dir, sock, pin, mut s) = served_on("cut");
+    let ws = "ws_hsm_cut";
+    let c = s.ready().await;
+    let first = c.create_key(ws).await.unwrap();
+    let mut all: Vec<Hash> = Vec::new();
+    let batch = bodies(ws, 0, 3);
+    let out = c.append_batch_with_proofs(ws, 0, batch.clone()).await.unwrap();
+    all.extend(hashes(&batch));
+    check_appended(ws, &all, &batch, &out, &[verifier(ws, &first[0])]);
+    let mut receipts = signed_receipts(&batch, &out);
+    stop(s);
+
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let cut = KeyStore::open(&dir, Box::new(backend_on("cut", tmp.path()))).unwrap().rotate(ws, now).unwrap();
+    let made = cut.active.public_key().to_bytes();
+    drop(cut);
+    assert_eq!(labelled_for("cut", ws).len(), 4, "the cut rotation made its key pair on the token");
+
+    let mut s = serve_on("cut", &dir, &sock, &pin);
+    let c = s.ready().await;
+    assert_eq!(c.list_keys(ws).await.unwrap(), first, "a key its log never got is published\n{}", s.diagnostics());
+    // The engine's repeat: the same size, since nothing was logged.
+    let keys = repeat_rotation(&c, ws, &first[0], &mut all, &mut receipts).await;
+    assert_eq!(keys[1].public_key, made, "not the key the cut rotation made");
+    assert_eq!(labelled_for("cut", ws).len(), 4, "a second key pair on the token");
+    assert_eq!(token_objects(&dir, ws).len(), 2);
+    allowly_verify(ws, &keys, &receipts, tmp.path());
+}
+
+/// How many objects of `class` with CKA_ID `id` token `label` holds.
+fn objects(label: &str, class: ObjectClass, id: &[u8]) -> usize {
+    user_session(label).find_objects(&[Attribute::Class(class), Attribute::Id(id.to_vec())]).unwrap().len()
+}
+
+/// A workspace whose keys move back from the token to sealed files (the signer restarted with
+/// `--keystore file --previous-keystore pkcs11`, the move a key rotation): once that rotation
+/// is in the log, the private key objects of its retired token keys — the one it signed with
+/// until then and one retired by an earlier rotation on the token — are destroyed on the token
+/// (their public halves stay, there and in the key file), so no key of the workspace that
+/// nothing needs is left usable outside the signer's files. The published key set keeps every
+/// public key: every receipt, signed by either token key or the new file key, passes the real
+/// `allowly-verify`. A workspace still on the token keeps its keys, and the signer restarts
+/// without the token at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moving_back_to_files_destroys_the_retired_token_keys_once_the_move_is_logged() {
+    let (tmp, dir, sock, pin, mut s) = served_on("retire");
+    let (ws, other) = ("ws_hsm_back", "ws_hsm_stays");
+    let c = s.ready().await;
+    let first = c.create_key(ws).await.unwrap();
+    let kept = c.create_key(other).await.unwrap();
+    let (mut all, mut receipts): (Vec<Hash>, Vec<_>) = (Vec::new(), Vec::new());
+    let mut append = async |c: &SignerClient, key: &KeyInfo, all: &mut Vec<Hash>| {
+        let batch = bodies(ws, all.len(), 2);
+        let out = c.append_batch_with_proofs(ws, all.len() as u64, batch.clone()).await.unwrap();
+        all.extend(hashes(&batch));
+        check_appended(ws, all, &batch, &out, &[verifier(ws, key)]);
+        receipts.extend(signed_receipts(&batch, &out));
+    };
+    append(&c, &first[0], &mut all).await;
+    // A rotation on the token: two token keys, one retired.
+    let rot = c.rotate_key(ws, all.len() as u64).await.unwrap();
+    let r = &rot.rotation;
+    all.push(merkle::leaf_hash(&r.body));
+    let mut rotations = vec![signed_receipt(&r.body, r.log_index, &r.proof, &r.checkpoint)];
+    append(&c, &rot.keys[1], &mut all).await;
+    stop(s);
+    let token_keys = token_objects(&dir, ws);
+    assert_eq!(token_keys.len(), 2);
+    for id in &token_keys {
+        assert_eq!(objects("retire", ObjectClass::PRIVATE_KEY, id), 1);
+    }
+
+    // Back to sealed files, the token as the previous key store.
+    std::fs::write(dir.join("master.key"), format!("{}\n", "5a".repeat(32))).unwrap();
+    std::fs::set_permissions(dir.join("master.key"), std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let mut back = hsm().signer_args("retire", &pin);
+    back[1] = "file".into();
+    back.extend(["--previous-keystore".into(), "pkcs11".into()]);
+    let back: Vec<&str> = back.iter().map(String::as_str).collect();
+    let mut s = serve_on_with_args(&dir, &sock, &back);
+    let c = s.ready().await;
+    let moved = c.rotate_key(ws, all.len() as u64).await.unwrap();
+    assert_eq!(moved.keys.len(), 3, "{:?}", moved.keys);
+    let r = &moved.rotation;
+    all.push(merkle::leaf_hash(&r.body));
+    rotations.push(signed_receipt(&r.body, r.log_index, &r.proof, &r.checkpoint));
+    append(&c, &moved.keys[2], &mut all).await;
+    for id in &token_keys {
+        assert_eq!(objects("retire", ObjectClass::PRIVATE_KEY, id), 0, "a retired token key is still on the token");
+        assert_eq!(objects("retire", ObjectClass::PUBLIC_KEY, id), 1, "its public half went too");
+    }
+    let listed = list_keys_json(&dir, ws);
+    assert_eq!(
+        listed.iter().map(|k| (k["keystore"].as_str().unwrap(), k["private_destroyed"].as_bool())).collect::<Vec<_>>(),
+        [("pkcs11", Some(true)), ("pkcs11", Some(true)), ("file", None)],
+        "{listed:?}"
+    );
+    // The workspace that stays on the token keeps its key.
+    let kept_id = &token_objects(&dir, other)[0];
+    check_on_token("retire", kept_id, other, kept[0].key_id, &kept[0].public_key);
+    stop(s);
+
+    // Without the token: the moved workspace signs on with its file key.
+    let mut s = serve_on_with_args(&dir, &sock, &[]);
+    let c = s.ready().await;
+    append(&c, &moved.keys[2], &mut all).await;
+    receipts.extend(rotations);
+    allowly_verify(ws, &moved.keys, &receipts, tmp.path());
+}
+
+/// `serve` with `args` only (the key store options included).
+fn serve_on_with_args(dir: &Path, sock: &Path, args: &[&str]) -> Signer {
+    let mut cmd = Command::new(signer_bin());
+    cmd.arg("serve").arg("--dir").arg(dir).arg("--socket").arg(sock).args(args);
+    cmd.env_remove(allowly_signer::pkcs11::PIN_ENV);
+    Signer::spawn(cmd, dir, sock)
+}
+
+/// `allowly-signer keys --workspace ws`: its keys as listed.
+fn list_keys_json(dir: &Path, ws: &str) -> Vec<serde_json::Value> {
+    let (status, out, err) =
+        run_with_deadline(Command::new(signer_bin()).args(["keys", "--workspace", ws, "--dir"]).arg(dir));
+    assert_eq!(status.code(), Some(0), "{out}{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    v["keys"].as_array().unwrap().clone()
+}
+
+/// The token's key objects vanish under a serving signer and come back — not its directory, as
+/// in the test above, but the module's object files (the token itself, its label and login
+/// stay: an HSM restored from an older backup, a replica without the objects, files moved by
+/// hand). The token still answers, so nothing re-initialises; the signer must fail closed by
+/// itself for every workspace whose key is gone: each append is refused and nothing is signed
+/// (no other key, no checkpoint). When the objects are back (under new handles) the same
+/// appends are signed at the sizes they were asked at, by the same keys, with checkpoints
+/// consistent with those before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_objects_that_vanish_from_a_working_token_fail_signing_closed_until_they_are_back() {
+    let (tmp, dir, _sock, _pin, mut s) = served_on("vanish");
+    let c = s.ready().await;
+    let ws = "ws_hsm_vanish";
+    let keys = c.create_key(ws).await.unwrap();
+    let v = [verifier(ws, &keys[0])];
+    let mut all: Vec<Hash> = Vec::new();
+    let batch = bodies(ws, 0, 3);
+    let before = c.append_batch(ws, 0, batch.clone()).await.unwrap();
+    all.extend(hashes(&batch));
+    check_appended_without_proofs(ws, &all, &batch, &before, &v);
+
+    // Every object file of the token but the token's own.
+    let (home, away) = (hsm().token_dir("vanish"), tmp.path().join("objects-away"));
+    std::fs::create_dir_all(&away).unwrap();
+    let moved: Vec<std::ffi::OsString> = std::fs::read_dir(&home)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n.to_str().is_some_and(|n| n.ends_with(".object") && n != "token.object"))
+        .collect();
+    assert_eq!(moved.len(), 2, "the workspace's key pair: {moved:?}");
+    for n in &moved {
+        std::fs::rename(home.join(n), away.join(n)).unwrap();
+    }
+    let signed = metric(&c.metrics().await.unwrap(), "allowly_signer_checkpoints_signed_total");
+    for _ in 0..3 {
+        let r = c.append_batch(ws, all.len() as u64, bodies(ws, all.len(), 2)).await;
+        // (An append's failure is told as an internal one; the signer's log names the token.)
+        assert!(r.is_err(), "signed while the key is gone: {r:?}");
+    }
+    let m = c.metrics().await.unwrap();
+    assert_eq!(metric(&m, "allowly_signer_checkpoints_signed_total"), signed, "something was signed: {m}");
+
+    for n in &moved {
+        std::fs::rename(away.join(n), home.join(n)).unwrap();
+    }
+    let batch = bodies(ws, all.len(), 2);
+    let after = eventually(
+        "the key to sign again",
+        || s.diagnostics(),
+        // The service pings every half second (the signer's health check, which looks again).
+        || async {
+            let _ = c.ping().await;
+            c.append_batch(ws, all.len() as u64, batch.clone()).await.ok()
+        },
+    )
+    .await;
+    all.extend(hashes(&batch));
+    check_appended_without_proofs(ws, &all, &batch, &after, &v);
+    let (old, _) = open_checkpoint(ws, &before.checkpoint, &v);
+    let (new, _) = open_checkpoint(ws, &after.checkpoint, &v);
+    let proof = merkle::consistency_proof(&merkle::LeafList(all.clone()), old.size, new.size).unwrap();
+    merkle::verify_consistency(old.size, new.size, &old.root, &new.root, &proof).unwrap();
+    assert_eq!(c.list_keys(ws).await.unwrap(), keys, "the same key");
     let (status, out, err) =
         run_with_deadline(Command::new(signer_bin()).args(["audit", "verify"]).arg(dir.join("audit.log")));
     assert_eq!(status.code(), Some(0), "{out}{err}");

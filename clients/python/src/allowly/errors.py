@@ -129,6 +129,9 @@ WorkspaceLogBehindSigner = _code("WorkspaceLogBehindSigner", Unavailable, "works
                                  "The store is older than the signer's state: restore a newer backup.")
 WorkspaceLogCatchingUp = _code("WorkspaceLogCatchingUp", Unavailable, "workspace_log_catching_up",
                                "The signer is being caught up after a restore.")
+WorkspaceKeyStoreNotOpen = _code("WorkspaceKeyStoreNotOpen", Unavailable, "workspace_key_store_not_open",
+                                 "The workspace's key is in a key store the signer does not open: an operator "
+                                 "must restart the signer with it.")
 BackupFailed = _code("BackupFailed", ServerError, "backup_failed", "The backup could not be made.")
 StorageError = _code("StorageError", ServerError, "storage_error", "The store failed.")
 SignerError = _code("SignerError", ServerError, "signer_error", "The signer answered with an error.")

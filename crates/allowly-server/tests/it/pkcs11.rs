@@ -17,7 +17,7 @@ use crate::support::*;
 use serde_json::{json, Value};
 use softhsm::{softhsm_owned_by, SoftHsm, USER_PIN};
 
-const TOKENS: &[&str] = &["srv-sign", "srv-refuse", "srv-loss", "srv-move"];
+const TOKENS: &[&str] = &["srv-sign", "srv-refuse", "srv-loss", "srv-move", "srv-notopen"];
 
 fn hsm() -> &'static SoftHsm {
     softhsm_owned_by(TOKENS, signer_uid())
@@ -372,6 +372,53 @@ fn signing_key_now(s: &Server, t: &Tenant) -> String {
     signing_key_id(cp["checkpoint"].as_str().unwrap())
 }
 
+/// `allowly serve` with `--signer-keystore KIND` on token `label` (and the signer's previous key
+/// store, if given).
+fn start_with_keystore(data: &Path, label: &str, pin: &Path, kind: &str, previous: Option<&str>) -> Server {
+    let mut args = keystore_args(label, pin);
+    args[1] = kind.to_owned();
+    if let Some(p) = previous {
+        args.extend(["--signer-previous-keystore".to_owned(), p.to_owned()]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Server::start_with(data, &args)
+}
+
+/// A workspace whose active key is in a key store the signer does not open (sealed files, the
+/// signer restarted on a token without `--signer-previous-keystore file`): its key rotation is
+/// refused with its own problem, `503 workspace_key_store_not_open` (no `Retry-After`: it does
+/// not pass by itself; which store holds which key is not told), and nothing changes — once the
+/// signer opens the files again as its previous store, the same rotation goes through, onto
+/// the token.
+#[test]
+fn a_workspace_whose_keys_are_in_a_key_store_the_signer_does_not_open_gets_its_own_problem() {
+    let tmp = tempdir();
+    let data = tmp.path().join("data");
+    let pin = pin_file(tmp.path(), "pin", USER_PIN);
+    let mut s = Server::start(&data);
+    let t = tenant(&s, "notopen", &["files.*"]);
+    let file_key = signing_key_now(&s, &t);
+    s.stop();
+
+    let mut s = start_with_keystore(&data, "srv-notopen", &pin, "pkcs11", None);
+    let rotate =
+        |s: &Server| s.client().call("POST", &format!("/v1/workspaces/{}/keys/rotate", t.ws), Some(&t.admin), None);
+    let r = rotate(&s);
+    let p = r.problem(503, "workspace_key_store_not_open");
+    assert_eq!(r.header("retry-after"), None, "{r}");
+    let detail = p["detail"].as_str().unwrap();
+    assert!(detail.contains("--signer-previous-keystore") && !detail.contains(&file_key), "{r}");
+    let keys = s.client().get(&format!("/v1/workspaces/{}/keys", t.ws), None).json();
+    assert_eq!(keys["keys"].as_array().unwrap().len(), 1, "a refused rotation changed the key set: {keys}");
+    s.stop();
+
+    let mut s = start_with_keystore(&data, "srv-notopen", &pin, "pkcs11", Some("file"));
+    let r = rotate(&s);
+    assert_eq!(r.status, 200, "{r}\n{}", s.diagnostics());
+    assert_eq!(active_key(&data, &t.ws).1, "pkcs11");
+    s.stop();
+}
+
 /// Moving a workspace's keys from sealed files onto a token, and back, is a key rotation, never
 /// a copy of a private key (issue 12; ARCHITECTURE, "Moving keys between key stores"). With the
 /// token as the signer's key store and the files as its previous one, workspaces go on signing
@@ -393,16 +440,7 @@ fn workspace_keys_move_onto_a_token_and_back_by_rotation_and_every_receipt_verif
     let u_file_key = signing_key_now(&s, &u);
     s.stop();
 
-    // `--signer-keystore KIND` with the token's settings, and a previous key store if given.
-    let with = |kind: &str, previous: Option<&str>| {
-        let mut args = keystore_args("srv-move", &pin);
-        args[1] = kind.to_owned();
-        if let Some(p) = previous {
-            args.extend(["--signer-previous-keystore".to_owned(), p.to_owned()]);
-        }
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        Server::start_with(&data, &args)
-    };
+    let with = |kind: &str, previous: Option<&str>| start_with_keystore(&data, "srv-move", &pin, kind, previous);
     // The token makes new keys; workspaces not moved yet sign with their file keys.
     let mut s = with("pkcs11", Some("file"));
     assert_eq!(signing_key_now(&s, &t), file_key);

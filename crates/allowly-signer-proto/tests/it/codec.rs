@@ -142,7 +142,7 @@ fn roundtrip_metrics_text() {
 
 #[test]
 fn roundtrip_error() {
-    for code in 0..=12u16 {
+    for code in 0..=15u16 {
         roundtrip_resp(
             9,
             Response::Error(ErrorReply {
@@ -172,7 +172,8 @@ fn error_code_u16_mapping_is_total_and_canonical() {
     assert_eq!(ErrorCode::from_u16(6), ErrorCode::SizeMismatch);
     assert_eq!(ErrorCode::from_u16(12), ErrorCode::StorageFailed);
     assert_eq!(ErrorCode::from_u16(13), ErrorCode::ReceiptRefused);
-    assert_eq!(ErrorCode::from_u16(14), ErrorCode::Unknown(14));
+    assert_eq!(ErrorCode::from_u16(14), ErrorCode::KeyStoreNotOpen);
+    assert_eq!(ErrorCode::from_u16(15), ErrorCode::Unknown(15));
     assert_eq!(ErrorCode::from_u16(0), ErrorCode::Unknown(0));
 }
 

@@ -62,7 +62,7 @@ fn proof() -> impl Strategy<Value = Vec<[u8; 32]>> {
 
 fn error_code() -> impl Strategy<Value = ErrorCode> {
     // Through from_u16 only: `Unknown(1)` is not a canonical value.
-    prop_oneof![1u16..=12, any::<u16>()].prop_map(ErrorCode::from_u16)
+    prop_oneof![1u16..=14, any::<u16>()].prop_map(ErrorCode::from_u16)
 }
 
 fn arb_response() -> impl Strategy<Value = Response> {

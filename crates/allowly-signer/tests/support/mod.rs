@@ -11,7 +11,10 @@ use std::time::{Duration, Instant};
 
 use allowly_receipt::merkle::{self, root_from, verify_inclusion, Hash, LeafList};
 use allowly_receipt::note::{parse_signed_note, Checkpoint, NoteVerifier};
-use allowly_receipt::types::{checkpoint_time, log_origin, KeySet, KeyStatus, PublicKeyInfo, Timestamp, TrustedKeys};
+use allowly_receipt::types::{
+    checkpoint_time, log_origin, HexHash, KeySet, KeyStatus, PublicKeyInfo, SignedReceipt, Timestamp, TrustedKeys,
+    STATUS_SIGNED,
+};
 use allowly_signer_proto::client::{AppendOutcome, ClientOptions, SignerClient};
 use allowly_signer_proto::KeyInfo;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -459,6 +462,76 @@ fn check_covered(ws: &str, all: &[Hash], batch: &[Vec<u8>], out: &AppendOutcome,
     );
     assert_eq!(cp.root, model_root(all, cp.size), "checkpoint root is not the root of the leaves we appended");
     cp
+}
+
+/// `allowly-verify`, built beside the signer (`cargo build -p allowly-verify`).
+pub fn verify_bin() -> PathBuf {
+    let bin = Path::new(signer_bin()).with_file_name("allowly-verify");
+    assert!(bin.is_file(), "{} is missing: run `cargo build -p allowly-verify`", bin.display());
+    bin
+}
+
+/// The signed receipts of an append's `batch` (answered with proofs, in `out`).
+pub fn signed_receipts(batch: &[Vec<u8>], out: &AppendOutcome) -> Vec<SignedReceipt> {
+    assert_eq!(out.proofs.len(), batch.len(), "asked with proofs");
+    batch
+        .iter()
+        .zip(&out.proofs)
+        .enumerate()
+        .map(|(i, (body, proof))| signed_receipt(body, out.old_size + i as u64, proof, &out.checkpoint))
+        .collect()
+}
+
+/// The signed receipt of `body` at `log_index`, with its inclusion `proof` in `checkpoint`.
+pub fn signed_receipt(body: &[u8], log_index: u64, proof: &[Hash], checkpoint: &str) -> SignedReceipt {
+    SignedReceipt {
+        status: STATUS_SIGNED.into(),
+        body: serde_json::from_slice(body).expect("a receipt body"),
+        log_index,
+        inclusion_proof: proof.iter().copied().map(HexHash).collect(),
+        checkpoint: checkpoint.to_owned(),
+    }
+}
+
+/// The engine's repeat of a rotation that did not reach the log, at the log's size
+/// (`all.len()`): it must answer one new key replacing `first`, whose `key.rotated` receipt
+/// and two appends after it (signed by the new key) are checked and added to `all` and
+/// `receipts`. The key set it answered.
+pub async fn repeat_rotation(
+    c: &SignerClient,
+    ws: &str,
+    first: &KeyInfo,
+    all: &mut Vec<Hash>,
+    receipts: &mut Vec<SignedReceipt>,
+) -> Vec<KeyInfo> {
+    let rot = c.rotate_key(ws, all.len() as u64).await.expect("the repeated rotation");
+    assert_eq!(rot.keys.len(), 2, "{ws}: one new key: {:?}", rot.keys);
+    let (old, new) = (&rot.keys[0], &rot.keys[1]);
+    assert!(!old.active && new.active && old.key_id == first.key_id, "{ws}: {:?}", rot.keys);
+    all.push(merkle::leaf_hash(&rot.rotation.body));
+    let r = &rot.rotation;
+    receipts.push(signed_receipt(&r.body, r.log_index, &r.proof, &r.checkpoint));
+    let batch = bodies(ws, all.len(), 2);
+    let out = c.append_batch_with_proofs(ws, all.len() as u64, batch.clone()).await.expect("append");
+    all.extend(hashes(&batch));
+    check_appended(ws, all, &batch, &out, &[verifier(ws, new)]);
+    receipts.extend(signed_receipts(&batch, &out));
+    rot.keys
+}
+
+/// Has the real `allowly-verify receipt` check each of `receipts` against `keys`, published as
+/// `ws`'s key set (files written under `dir`); fails the test on the first it does not accept.
+pub fn allowly_verify(ws: &str, keys: &[KeyInfo], receipts: &[SignedReceipt], dir: &Path) {
+    let keys_path = dir.join(format!("{ws}-keys.json"));
+    std::fs::write(&keys_path, serde_json::to_vec(&key_set(ws, keys)).expect("key set")).expect("write keys");
+    for (i, r) in receipts.iter().enumerate() {
+        let path = dir.join(format!("{ws}-receipt-{i}.json"));
+        std::fs::write(&path, serde_json::to_vec(r).expect("receipt")).expect("write receipt");
+        let mut cmd = Command::new(verify_bin());
+        cmd.arg("receipt").arg(&path).arg("--keys").arg(&keys_path);
+        let (status, out, err) = run_with_deadline(&mut cmd);
+        assert_eq!(status.code(), Some(0), "allowly-verify refuses receipt {i} of {ws}:\n{out}{err}");
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
