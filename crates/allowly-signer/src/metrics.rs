@@ -245,8 +245,8 @@ impl Metrics {
     }
 
     /// The PKCS#11 backend's series.
-    pub fn token(&self) -> crate::pkcs11::TokenMetrics {
-        crate::pkcs11::TokenMetrics { lost: self.token_lost.clone(), reinits: self.token_reinits.clone() }
+    pub fn token(&self) -> TokenMetrics {
+        TokenMetrics { lost: self.token_lost.clone(), reinits: self.token_reinits.clone() }
     }
 
     /// Prometheus text exposition.
@@ -263,5 +263,22 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// The PKCS#11 backend's own series (registered in the signer's [`Metrics`]; unregistered copies by
+/// default, for tools and tests).
+#[derive(Debug, Clone)]
+pub struct TokenMetrics {
+    /// `allowly_signer_token_lost`: 1 while the token does not answer (the signer fails closed).
+    pub lost: prometheus::IntGauge,
+    /// `allowly_signer_token_reinitialisations_total{outcome}`: re-initialisations of the module
+    /// while the token was lost (`ok`: it answers again; `failed`: not yet).
+    pub reinits: prometheus::IntCounterVec,
+}
+
+impl Default for TokenMetrics {
+    fn default() -> Self {
+        Metrics::new().token()
     }
 }

@@ -68,7 +68,7 @@ use ed25519_dalek::VerifyingKey;
 use crate::error::{Result, SignerError};
 use crate::hardening::{random_bytes, take_env_var, LockedBytes};
 use crate::keystore::{key_id_hex, Generated, KeyBackend, KeyRef, MlockPolicy, WorkspaceKey};
-use crate::metrics::Metrics;
+use crate::metrics::TokenMetrics;
 
 /// Environment variable that may carry the PIN instead of a file.
 pub const PIN_ENV: &str = "ALLOWLY_SIGNER_PKCS11_PIN";
@@ -181,23 +181,6 @@ pub struct TokenConfig {
     /// The token's label (`CKA_LABEL` of the token, as `C_GetTokenInfo` reports it).
     pub token_label: String,
     pub pin: Pin,
-}
-
-/// The backend's own series (registered in the signer's [`Metrics`]; unregistered copies by
-/// default, for tools and tests).
-#[derive(Debug, Clone)]
-pub struct TokenMetrics {
-    /// `allowly_signer_token_lost`: 1 while the token does not answer (the signer fails closed).
-    pub lost: prometheus::IntGauge,
-    /// `allowly_signer_token_reinitialisations_total{outcome}`: re-initialisations of the module
-    /// while the token was lost (`ok`: it answers again; `failed`: not yet).
-    pub reinits: prometheus::IntCounterVec,
-}
-
-impl Default for TokenMetrics {
-    fn default() -> Self {
-        Metrics::new().token()
-    }
 }
 
 /// `e` as an operator reads it: the function and the return value's name, e.g.
