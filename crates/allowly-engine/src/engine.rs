@@ -242,7 +242,7 @@ impl Engine {
         // It shows here, in the gauge and in the logs, and its requests get 503s.
         if r.detail.is_none() && !r.diverged_workspaces.is_empty() {
             let n = r.diverged_workspaces.len();
-            r.detail = Some(format!("{n} workspace(s) refuse new receipts: log diverged from the signer's"));
+            r.detail = Some(format!("{n} workspace(s) refuse new receipts (why: their code in diverged_workspaces)"));
         }
         r
     }

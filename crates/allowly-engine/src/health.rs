@@ -304,6 +304,12 @@ pub enum Divergence {
     /// and it is being re-fed the stored receipts: `workspace_log_catching_up`, passes by
     /// itself (`Retry-After`); neither counted as a divergence nor making the instance unready.
     CatchingUp,
+    /// Found while signing: the workspace's active key is in a key store the signer does not
+    /// open (`workspace_key_store_not_open`). Its receipts could never be signed until an
+    /// operator restarts the signer with that store, so it refuses new ones rather than
+    /// acknowledging decisions whose receipts stay pending; cleared by the first signing round
+    /// that succeeds again. Not a divergence of the logs; the instance stays ready.
+    KeyStoreNotOpen,
 }
 
 impl Divergence {
@@ -313,6 +319,7 @@ impl Divergence {
             Self::Forked => "workspace_log_diverged",
             Self::StoreBehindSigner => "workspace_log_behind_signer",
             Self::CatchingUp => "workspace_log_catching_up",
+            Self::KeyStoreNotOpen => "workspace_key_store_not_open",
         }
     }
 }
@@ -351,6 +358,8 @@ impl Diverged {
             });
         if new && kind == Divergence::CatchingUp {
             tracing::info!(workspace = %ws, reason = %why, "the workspace refuses new receipts until the signer has caught up");
+        } else if new && kind == Divergence::KeyStoreNotOpen {
+            tracing::error!(workspace = %ws, reason = %why, "the workspace's key is in a key store the signer does not open: it refuses new receipts until one is signed again");
         } else if new {
             m.log_divergence.inc();
             tracing::error!(workspace = %ws, reason = %why, code = kind.code(), "signer log diverges from the stored log: the workspace refuses new receipts until resynced");
@@ -363,6 +372,15 @@ impl Diverged {
     /// before looking at the marks, so a mark in between still wakes the waiter).
     pub fn marked(&self) -> tokio::sync::futures::Notified<'_> {
         self.marked.notified()
+    }
+
+    /// Clears `ws` if it is marked `kind` (and only then); whether it was.
+    pub fn clear_if(&self, ws: &str, kind: Divergence, m: &Metrics) -> bool {
+        let was = self.map.remove_if(ws, |_, v| v.0 == kind).is_some();
+        if was {
+            m.workspaces_diverged.set(i64::try_from(self.map.len()).unwrap_or(i64::MAX));
+        }
+        was
     }
 
     /// Clears `ws` (after a successful resync); whether it was marked.
@@ -378,12 +396,13 @@ impl Diverged {
 
     /// Fails closed for a diverged workspace (counted), with the code of its kind.
     pub fn require_not(&self, ws: &str, m: &Metrics) -> Result<()> {
-        let Some(kind) = self.map.get(ws).map(|v| v.0) else { return Ok(()) };
+        let Some((kind, why)) = self.map.get(ws).map(|v| (v.0, v.1.clone())) else { return Ok(()) };
         m.diverged_refusals.inc();
         Err(match kind {
             Divergence::Forked => EngineError::WorkspaceLogDiverged,
             Divergence::StoreBehindSigner => EngineError::WorkspaceLogBehindSigner,
             Divergence::CatchingUp => EngineError::WorkspaceLogCatchingUp,
+            Divergence::KeyStoreNotOpen => EngineError::WorkspaceKeyStoreNotOpen(why),
         })
     }
 

@@ -578,6 +578,7 @@ impl Signing {
             Ok(Ok(out)) => {
                 shared.health.set_up(&shared.metrics);
                 shared.faults.signer_stored(&shared.metrics);
+                shared.diverged.clear_if(&self.ws, Divergence::KeyStoreNotOpen, &shared.metrics);
                 self.store_signed(shared, &leaves, out.new_size, out.checkpoint).await
             }
             Ok(Err(ClientError::Remote(reply))) if reply.code == ErrorCode::SizeMismatch => {
@@ -597,6 +598,15 @@ impl Signing {
                 let e = EngineError::from_signer(e);
                 if let EngineError::SignerUnavailable(why) = &e {
                     return Err(self.outage(shared, why));
+                }
+                if let EngineError::WorkspaceKeyStoreNotOpen(why) = &e {
+                    // The signer answered, for this workspace only: it alone refuses new
+                    // receipts (none of them could be signed), and the rounds go on, so the
+                    // first that succeeds after the operator's fix lifts the refusal.
+                    shared.health.set_up(&shared.metrics);
+                    shared.diverged.mark(&self.ws, Divergence::KeyStoreNotOpen, why, &shared.metrics);
+                    shared.metrics.signer_errors.with_label_values(&["error"]).inc();
+                    return Err(Stop::Retry(e));
                 }
                 if e.fault() == Some(Fault::SignerStorageFailed) {
                     shared.metrics.signer_errors.with_label_values(&["storage"]).inc();

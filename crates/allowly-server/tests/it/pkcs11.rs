@@ -387,9 +387,11 @@ fn start_with_keystore(data: &Path, label: &str, pin: &Path, kind: &str, previou
 /// A workspace whose active key is in a key store the signer does not open (sealed files, the
 /// signer restarted on a token without `--signer-previous-keystore file`): its key rotation is
 /// refused with its own problem, `503 workspace_key_store_not_open` (no `Retry-After`: it does
-/// not pass by itself; which store holds which key is not told), and nothing changes — once the
-/// signer opens the files again as its previous store, the same rotation goes through, onto
-/// the token.
+/// not pass by itself; which store holds which key is not told), and nothing changes; its checks
+/// are refused with the same problem once a signing round met the store (never acknowledged with
+/// a receipt that cannot be signed), while another tenant signs on and the instance stays ready.
+/// Once the signer opens the files again as its previous store, the same rotation goes through,
+/// onto the token, and everything acknowledged is signed.
 #[test]
 fn a_workspace_whose_keys_are_in_a_key_store_the_signer_does_not_open_gets_its_own_problem() {
     let tmp = tempdir();
@@ -410,12 +412,32 @@ fn a_workspace_whose_keys_are_in_a_key_store_the_signer_does_not_open_gets_its_o
     assert!(detail.contains("--signer-previous-keystore") && !detail.contains(&file_key), "{r}");
     let keys = s.client().get(&format!("/v1/workspaces/{}/keys", t.ws), None).json();
     assert_eq!(keys["keys"].as_array().unwrap().len(), 1, "a refused rotation changed the key set: {keys}");
+    // Its checks: acknowledged until a signing round meets the unopened store, then refused
+    // with the same code — the workspace alone, not a decision whose receipt can never be signed.
+    let refused = eventually(
+        "the workspace's checks refused once a signing round met the unopened store",
+        || s.diagnostics(),
+        || {
+            let r = check(&s, &t.checker, &t.az);
+            (r.status != 200).then_some(r)
+        },
+    );
+    refused.problem(503, "workspace_key_store_not_open");
+    assert!(!refused.text().contains(&file_key), "which key is where is for the log: {refused}");
+    // Another tenant, its key on the token, signs on and the instance stays ready.
+    let other = tenant(&s, "notopen-other", &["files.*"]);
+    signing_key_now(&s, &other);
+    let ready = s.client().get("/readyz", None);
+    assert_eq!(ready.status, 200, "{ready}");
+    assert!(ready.text().contains("workspace_key_store_not_open"), "the workspace is listed: {ready}");
     s.stop();
 
     let mut s = start_with_keystore(&data, "srv-notopen", &pin, "pkcs11", Some("file"));
     let r = rotate(&s);
     assert_eq!(r.status, 200, "{r}\n{}", s.diagnostics());
     assert_eq!(active_key(&data, &t.ws).1, "pkcs11");
+    // Everything it acknowledged is signed now, and it decides again.
+    signing_key_now(&s, &t);
     s.stop();
 }
 
