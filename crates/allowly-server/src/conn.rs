@@ -20,8 +20,7 @@
 //!   *and* a read found nothing to read; the age counts from the accept or the last answer. A
 //!   connection just accepted (or just answered) is not idle until its first read came back
 //!   empty: a client whose request already sits in the kernel's buffer, behind a burst of
-//!   accepts, must not be taken for the oldest idle one and closed unanswered; nor is one idle
-//!   for less than [`EVICT_GRACE`] (250 ms), whose request may still be on its way. A flood of idle connections thus
+//!   accepts, must not be taken for the oldest idle one and closed unanswered. A flood of idle connections thus
 //!   costs its own oldest ones, not fresh clients. **If every connection is busy**, nothing
 //!   more is accepted until one closes or becomes idle: new clients wait in the kernel's listen
 //!   backlog (each busy connection is bounded by the read deadline plus the time its request
@@ -54,12 +53,6 @@ pub const EVICT_BATCH: usize = 16;
 
 /// At the cap with every connection busy, the accept loop looks again at least this often.
 const RECHECK: Duration = Duration::from_millis(100);
-/// An idle connection younger than this (since its accept or its last answer) is not evicted:
-/// a read that found nothing does not prove the client sends nothing — its request may still be
-/// on its way (a client thread descheduled between `connect` and `write` on a busy machine).
-/// Closing it would answer a well-behaved client with a bare EOF. A flood's connections are
-/// older than this by the time they fill the cap.
-pub const EVICT_GRACE: Duration = Duration::from_millis(250);
 
 /// The keep-alive idle timeout: a connection with no request for this long is closed. (hyper's
 /// `header_read_timeout`, which runs from the end of the previous answer.)
@@ -276,13 +269,6 @@ impl Connections {
 
     /// Asks up to [`EVICT_BATCH`] of the oldest idle connections to close; returns how many.
     fn evict_idle(&self) -> usize {
-        self.evict_idle_at(Instant::now())
-    }
-
-    /// [`Self::evict_idle`] as of `now`: only connections idle since before `now -
-    /// EVICT_GRACE`.
-    fn evict_idle_at(&self, now: Instant) -> usize {
-        let cutoff = now.checked_sub(EVICT_GRACE).map_or(0, |t| stamp(self.epoch, t));
         // The oldest idle ones: a max-heap on `since` holding the batch's youngest on top.
         let mut oldest: std::collections::BinaryHeap<(u64, u64)> = std::collections::BinaryHeap::new();
         for e in self.all.iter() {
@@ -291,9 +277,6 @@ impl Connections {
                 continue;
             }
             let since = c.since.load(Ordering::Relaxed);
-            if since > cutoff {
-                continue;
-            }
             if oldest.len() < EVICT_BATCH {
                 oldest.push((since, *e.key()));
             } else if oldest.peek().is_some_and(|&(youngest, _)| since < youngest) {
@@ -556,19 +539,17 @@ mod tests {
             let (server, peer) = listener.accept().await.unwrap();
             let older = conns.admit(&server, peer.ip()).unwrap();
             let newer = conns.admit(&server, peer.ip()).unwrap();
-            let later = Instant::now() + EVICT_GRACE + Duration::from_millis(1);
             // Both just accepted: nothing to evict, however old.
-            assert_eq!(conns.evict_idle_at(later), 0);
-            // A read on the newer one found nothing: it alone may go — once its grace is over.
+            assert_eq!(conns.evict_idle(), 0);
+            // A read on the newer one found nothing: it alone may go.
             newer.conn.phase.store(IDLE, Ordering::Relaxed);
-            assert_eq!(conns.evict_idle(), 0, "idle for less than EVICT_GRACE: its request may be on its way");
-            assert_eq!(conns.evict_idle_at(later), 1);
+            assert_eq!(conns.evict_idle(), 1);
             assert!(newer.conn.evicted.load(Ordering::Relaxed));
             assert!(!older.conn.evicted.load(Ordering::Relaxed));
             // Answered: fresh again until its next read comes back empty.
             older.conn.begin_request();
             older.conn.end_request();
-            assert_eq!(conns.evict_idle_at(later + EVICT_GRACE), 0);
+            assert_eq!(conns.evict_idle(), 0);
             drop(client);
         });
     }
