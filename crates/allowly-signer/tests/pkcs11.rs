@@ -226,10 +226,7 @@ async fn an_idle_workspace_on_a_token_is_unloaded_and_its_next_append_signs_on()
     let after = c.append_batch(ws, all.len() as u64, batch.clone()).await.unwrap();
     all.extend(hashes(&batch));
     check_appended_without_proofs(ws, &all, &batch, &after, &v);
-    let (old, _) = open_checkpoint(ws, &before.checkpoint, &v);
-    let (new, _) = open_checkpoint(ws, &after.checkpoint, &v);
-    let proof = merkle::consistency_proof(&merkle::LeafList(all.clone()), old.size, new.size).unwrap();
-    merkle::verify_consistency(old.size, new.size, &old.root, &new.root, &proof).unwrap();
+    check_extends(ws, &all, &before.checkpoint, &after.checkpoint, &v);
     assert_eq!(c.list_keys(ws).await.unwrap(), keys, "the same key, found on the token again");
     let ids = token_objects(&dir, ws);
     check_on_token("idle", &ids[0], ws, keys[0].key_id, &keys[0].public_key);
@@ -574,11 +571,8 @@ async fn a_token_that_goes_away_fails_the_signer_closed_and_signing_resumes_when
         let from = all.len() as u64;
         all.extend(hashes(&batch));
         check_appended_without_proofs(ws, all, &batch, &out, &v);
-        let (old, _) = open_checkpoint(ws, before, &v);
-        let (new, _) = open_checkpoint(ws, &out.checkpoint, &v);
+        let (old, new) = check_extends(ws, all, before, &out.checkpoint, &v);
         assert_eq!((old.size, new.size), (from, all.len() as u64));
-        let proof = merkle::consistency_proof(&merkle::LeafList(all.clone()), old.size, new.size).unwrap();
-        merkle::verify_consistency(old.size, new.size, &old.root, &new.root, &proof).unwrap();
         assert_eq!(c.list_keys(ws).await.unwrap(), *keys, "{ws}: the same key");
     }
     let m = c.metrics().await.unwrap();
@@ -793,10 +787,7 @@ async fn key_objects_that_vanish_from_a_working_token_fail_signing_closed_until_
     .await;
     all.extend(hashes(&batch));
     check_appended_without_proofs(ws, &all, &batch, &after, &v);
-    let (old, _) = open_checkpoint(ws, &before.checkpoint, &v);
-    let (new, _) = open_checkpoint(ws, &after.checkpoint, &v);
-    let proof = merkle::consistency_proof(&merkle::LeafList(all.clone()), old.size, new.size).unwrap();
-    merkle::verify_consistency(old.size, new.size, &old.root, &new.root, &proof).unwrap();
+    check_extends(ws, &all, &before.checkpoint, &after.checkpoint, &v);
     assert_eq!(c.list_keys(ws).await.unwrap(), keys, "the same key");
     let (status, out, err) =
         run_with_deadline(Command::new(signer_bin()).args(["audit", "verify"]).arg(dir.join("audit.log")));

@@ -450,6 +450,22 @@ pub fn check_appended_without_proofs(
     cp
 }
 
+/// The checkpoints `before` and `after` both open with `v`, and `after`'s tree extends
+/// `before`'s (an RFC 9162 consistency proof over `all`, our own leaves): `(before, after)`.
+pub fn check_extends(
+    ws: &str,
+    all: &[Hash],
+    before: &str,
+    after: &str,
+    v: &[NoteVerifier],
+) -> (Checkpoint, Checkpoint) {
+    let (old, _) = open_checkpoint(ws, before, v);
+    let (new, _) = open_checkpoint(ws, after, v);
+    let proof = merkle::consistency_proof(&LeafList(all.to_vec()), old.size, new.size).unwrap();
+    merkle::verify_consistency(old.size, new.size, &old.root, &new.root, &proof).unwrap();
+    (old, new)
+}
+
 /// Sizes, signature, origin, and a root recomputed from our own leaves.
 fn check_covered(ws: &str, all: &[Hash], batch: &[Vec<u8>], out: &AppendOutcome, v: &[NoteVerifier]) -> Checkpoint {
     assert_eq!(out.new_size, out.old_size + batch.len() as u64, "sizes in the answer");
