@@ -84,10 +84,16 @@ impl Engine {
         )
         .map_err(|e| EngineError::Internal(format!("cannot start the committer thread: {e}")))?;
         let sign_pacer = crate::pace::Pacer::new(cfg.sign_rounds_per_second);
+        let sign_batcher = crate::sign_batcher::SignBatcher::start(
+            signer.clone(),
+            metrics.sign_request_workspaces.clone(),
+            metrics.sign_rounds_queued.clone(),
+        );
         let services = Arc::new(Services {
             store,
             committer,
             signer,
+            sign_batcher,
             sign_pacer,
             cfg,
             metrics,

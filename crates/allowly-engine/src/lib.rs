@@ -28,6 +28,7 @@ mod pipeline;
 mod receipts;
 mod services;
 mod shared;
+mod sign_batcher;
 mod signer_ahead;
 pub mod validate;
 mod views;

@@ -113,6 +113,10 @@ pub struct Metrics {
     pub passivations: IntCounterVec,
     /// Receipts per signing batch. Buckets 1..4096 by powers of 2.
     pub sign_batch: Histogram,
+    /// Workspaces (signing rounds) per signer request (`AppendMany`). Buckets 1..256.
+    pub sign_request_workspaces: Histogram,
+    /// Signing rounds waiting for a signer request (see `sign_batcher.rs`).
+    pub sign_rounds_queued: IntGauge,
     /// Signing batches by where their bodies came from: `memory` (handed over by the commit)
     /// or `store` (read back: after a restart, a failed round or a full buffer).
     pub sign_batch_source: IntCounterVec,
@@ -329,6 +333,11 @@ impl Metrics {
                 &["cause"],
             )
             .expect("static metric definition"),
+            sign_rounds_queued: IntGauge::new(
+                "allowly_engine_sign_rounds_queued",
+                "Signing rounds waiting for a signer request",
+            )
+            .expect("static metric definition"),
             sign_batch_source: IntCounterVec::new(
                 Opts::new("allowly_engine_sign_batches_total", "Signing batches by where their bodies were read from"),
                 &["source"],
@@ -337,6 +346,14 @@ impl Metrics {
             sign_batch: Histogram::with_opts(
                 HistogramOpts::new("allowly_engine_sign_batch_size", "Receipts per signing batch")
                     .buckets(pow2(1.0, 13)),
+            )
+            .expect("static metric definition"),
+            sign_request_workspaces: Histogram::with_opts(
+                HistogramOpts::new(
+                    "allowly_engine_sign_request_workspaces",
+                    "Workspaces whose signing rounds one signer request carried",
+                )
+                .buckets(pow2(1.0, 9)),
             )
             .expect("static metric definition"),
             signing_lag_seconds: Histogram::with_opts(
@@ -490,7 +507,7 @@ impl Metrics {
     }
 
     /// Every metric but the store's gauges.
-    fn parts(&self) -> [&dyn Collector; 42] {
+    fn parts(&self) -> [&dyn Collector; 44] {
         [
             &self.decisions,
             &self.overloaded,
@@ -512,6 +529,8 @@ impl Metrics {
             &self.actor_starts,
             &self.passivations,
             &self.sign_batch,
+            &self.sign_request_workspaces,
+            &self.sign_rounds_queued,
             &self.sign_batch_source,
             &self.signing_lag_seconds,
             &self.receipts_signed,

@@ -25,6 +25,10 @@
 //! `workspace_log_diverged` until [`resync`] finds the logs agree again), and nothing is
 //! overwritten.
 //!
+//! Rounds reach the signer through [`SignBatcher`](crate::sign_batcher::SignBatcher): the rounds
+//! of many workspaces that are ready at once travel in one request, each still its own append
+//! and its own checkpoint, answered and checked here exactly as before.
+//!
 //! A signer that answers `Busy` (its queue for the workspace is over its cap) is back pressure:
 //! the round waits (the task's backoff) and is tried again, counted in
 //! `allowly_engine_signer_busy_total`. It is never taken for an outage (`signer_up` stays 1,
@@ -572,7 +576,7 @@ impl Signing {
         if leaves.is_empty() {
             return Ok(());
         }
-        let call = shared.signer.append_batch(self.ws.clone(), from, bodies);
+        let call = shared.sign_batcher.append(self.ws.clone(), from, bodies);
         match tokio::time::timeout(shared.cfg.signer_timeout, call).await {
             Err(_) => Err(self.outage(shared, "signer did not answer in time")),
             Ok(Ok(out)) => {

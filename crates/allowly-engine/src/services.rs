@@ -21,6 +21,8 @@ pub(crate) struct Services {
     /// Makes actor groups and signing rounds durable, many workspaces per synced write.
     pub committer: crate::commit::Committer,
     pub signer: SignerClient,
+    /// Sends the signing rounds, many workspaces per signer request.
+    pub sign_batcher: crate::sign_batcher::SignBatcher,
     pub cfg: EngineConfig,
     pub metrics: Metrics,
     /// Whether the signer answers.

@@ -81,7 +81,7 @@ use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot, Mutex, Semaphore};
 use tokio::time::{timeout, timeout_at, Instant};
 
-use crate::message::{ErrorReply, Hash, KeyInfo, Request, Response, SignedLeaf};
+use crate::message::{Append, AppendResult, ErrorReply, Hash, KeyInfo, Request, Response, SignedLeaf};
 use crate::{decode_response, encode_request, read_frame, ErrorCode, ProtoError};
 
 /// Tuning of a [`SignerClient`].
@@ -162,6 +162,32 @@ pub enum ClientError {
         /// What was wrong.
         detail: String,
     },
+}
+
+impl ClientError {
+    /// The same error again, for each of the calls one failed request answered (an
+    /// `AppendMany` that timed out fails every append in it). I/O errors keep their kind and
+    /// message.
+    pub fn duplicate(&self) -> ClientError {
+        let io = |e: &std::io::Error| std::io::Error::new(e.kind(), e.to_string());
+        match self {
+            Self::Connect { path, source } => Self::Connect { path: path.clone(), source: io(source) },
+            Self::Unavailable { retry_after } => Self::Unavailable { retry_after: *retry_after },
+            Self::Disconnected => Self::Disconnected,
+            Self::Timeout(d) => Self::Timeout(*d),
+            Self::Busy => Self::Busy,
+            Self::Remote(e) => Self::Remote(e.clone()),
+            Self::InvalidRequest(e) => {
+                Self::UnexpectedResponse { request: "AppendMany", detail: format!("invalid request: {e}") }
+            }
+            Self::BadResponse(e) => {
+                Self::UnexpectedResponse { request: "AppendMany", detail: format!("malformed response: {e}") }
+            }
+            Self::UnexpectedResponse { request, detail } => {
+                Self::UnexpectedResponse { request, detail: detail.clone() }
+            }
+        }
+    }
 }
 
 /// Answer to [`SignerClient::rotate_key`].
@@ -510,6 +536,50 @@ impl SignerClient {
         }
     }
 
+    /// `AppendMany`: the appends of several workspaces (each at most once) in one request.
+    /// `Ok` holds one result per append, in order, each what an [`Self::append_batch`] of
+    /// its own would have returned; `Err` is a failure of the whole request (nothing is known
+    /// of any append then, as with a failed `append_batch`). A signer too old for the
+    /// request answers `Err(Remote)` with [`ErrorCode::UnknownKind`].
+    pub async fn append_many(
+        &self,
+        appends: Vec<Append>,
+    ) -> Result<Vec<Result<AppendOutcome, ClientError>>, ClientError> {
+        let sent: Vec<(u64, usize)> = appends.iter().map(|a| (a.expected_size, a.bodies.len())).collect();
+        let results = match self.call(Request::AppendMany { appends }).await? {
+            Response::AppendedMany { results } if results.len() == sent.len() => results,
+            Response::AppendedMany { results } => {
+                return Err(ClientError::UnexpectedResponse {
+                    request: "AppendMany",
+                    detail: format!("sent {} appends, got {} results", sent.len(), results.len()),
+                })
+            }
+            other => return Err(unexpected("AppendMany", &other)),
+        };
+        Ok(results
+            .into_iter()
+            .zip(sent)
+            .map(|(r, (expected_size, n))| match r {
+                AppendResult::Appended { old_size, new_size, checkpoint } => {
+                    if old_size == expected_size
+                        && u64::try_from(n).ok().and_then(|n| old_size.checked_add(n)) == Some(new_size)
+                    {
+                        Ok(AppendOutcome { old_size, new_size, checkpoint, proofs: Vec::new() })
+                    } else {
+                        Err(ClientError::UnexpectedResponse {
+                            request: "AppendMany",
+                            detail: format!(
+                                "sent {n} leaves at {expected_size}, got old_size {old_size}, new_size {new_size}"
+                            ),
+                        })
+                    }
+                }
+                AppendResult::Error(e) if e.code == ErrorCode::Busy => Err(ClientError::Busy),
+                AppendResult::Error(e) => Err(ClientError::Remote(e)),
+            })
+            .collect())
+    }
+
     /// Latest checkpoint of the workspace's log.
     pub async fn latest_checkpoint(&self, workspace_id: impl Into<String>) -> Result<CheckpointInfo, ClientError> {
         let req = Request::LatestCheckpoint { workspace_id: workspace_id.into() };
@@ -611,6 +681,7 @@ fn check_answer(req: &Request, resp: Response) -> Result<Response, ClientError> 
             | (Request::CreateKey { .. } | Request::ListKeys { .. }, Response::Keys { .. })
             | (Request::RotateKey { .. }, Response::Rotated { .. })
             | (Request::AppendBatch { .. }, Response::Appended { .. })
+            | (Request::AppendMany { .. }, Response::AppendedMany { .. })
             | (Request::LatestCheckpoint { .. }, Response::Checkpoint { .. })
             | (Request::Metrics, Response::MetricsText { .. })
             | (Request::Snapshot { .. }, Response::Snapshotted { .. })

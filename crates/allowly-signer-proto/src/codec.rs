@@ -6,10 +6,10 @@
 //! enforces the same limits, so `encode` succeeding implies `decode` accepts
 //! the result, and any accepted frame re-encodes to the same bytes.
 
-use crate::message::{ErrorReply, Hash, KeyInfo, Request, Response, SignedLeaf};
+use crate::message::{Append, AppendResult, ErrorReply, Hash, KeyInfo, Request, Response, SignedLeaf};
 use crate::{
     ErrorCode, ProtoError, MAX_BATCH_BODY_BYTES, MAX_BATCH_LEAVES, MAX_BODY_LEN, MAX_FRAME, MAX_ID_LEN, MAX_LOG_SIZES,
-    MAX_PROOF_HASHES, MAX_WORKSPACE_ID_LEN, PROTOCOL_VERSION,
+    MAX_MANY_APPENDS, MAX_PROOF_HASHES, MAX_WORKSPACE_ID_LEN, PROTOCOL_VERSION,
 };
 
 /// `version: u8`, `kind: u8`, `request_id: u64`.
@@ -23,6 +23,7 @@ mod kind {
     pub const APPEND_BATCH: u8 = 0x05;
     pub const LATEST_CHECKPOINT: u8 = 0x06;
     pub const METRICS: u8 = 0x07;
+    pub const APPEND_MANY: u8 = 0x08;
     pub const SNAPSHOT: u8 = 0x10;
     pub const LOG_SIZES: u8 = 0x11;
 
@@ -32,6 +33,7 @@ mod kind {
     pub const APPENDED: u8 = 0x85;
     pub const CHECKPOINT: u8 = 0x86;
     pub const METRICS_TEXT: u8 = 0x87;
+    pub const APPENDED_MANY: u8 = 0x88;
     pub const SNAPSHOTTED: u8 = 0x90;
     pub const LOG_SIZES_ANSWER: u8 = 0x91;
     pub const ERROR: u8 = 0xFF;
@@ -47,6 +49,18 @@ const HASH_LEN: usize = 32;
 const LOG_SIZE_MIN_LEN: usize = 4 + 1 + 8;
 /// Smallest encoding of one `AppendBatch` body: its u32 length and one byte.
 const BODY_MIN_LEN: usize = 5;
+/// Smallest encoding of one `AppendMany` append: a 1-byte workspace id with its length, the
+/// size, the body count and one smallest body.
+const APPEND_MIN_LEN: usize = 4 + 1 + 8 + 4 + BODY_MIN_LEN;
+/// Smallest encoding of one `AppendedMany` result: tag 1, code, empty message, absent size.
+const APPEND_RESULT_MIN_LEN: usize = 1 + 2 + 4 + 1;
+
+/// Running totals over the bodies of one request (an `AppendMany` adds up all its appends').
+#[derive(Default)]
+struct BodyTotals {
+    leaves: usize,
+    bytes: usize,
+}
 
 /// Appends one complete request frame (length prefix included) to `out`.
 ///
@@ -61,6 +75,7 @@ pub fn encode_request(id: u64, req: &Request, out: &mut Vec<u8>) -> Result<(), P
         Request::ListKeys { .. } => kind::LIST_KEYS,
         Request::RotateKey { .. } => kind::ROTATE_KEY,
         Request::AppendBatch { .. } => kind::APPEND_BATCH,
+        Request::AppendMany { .. } => kind::APPEND_MANY,
         Request::LatestCheckpoint { .. } => kind::LATEST_CHECKPOINT,
         Request::Metrics => kind::METRICS,
         Request::Snapshot { .. } => kind::SNAPSHOT,
@@ -88,23 +103,24 @@ pub fn encode_request(id: u64, req: &Request, out: &mut Vec<u8>) -> Result<(), P
         Request::AppendBatch { workspace_id, expected_size, bodies, want_proofs } => {
             e.workspace_id(workspace_id)?;
             e.u64(*expected_size);
-            e.batch_count(bodies.len())?;
-            let total: usize = bodies.iter().map(Vec::len).sum();
-            if total > MAX_BATCH_BODY_BYTES {
-                return Err(ProtoError::BatchBytesTooLarge {
-                    request_id: e.id,
-                    bytes: total as u64,
-                    max: MAX_BATCH_BODY_BYTES as u64,
-                });
-            }
-            for body in bodies {
-                if body.is_empty() {
-                    return Err(ProtoError::EmptyBody { request_id: e.id });
-                }
-                e.count("bodies[]", body.len(), MAX_BODY_LEN)?;
-                e.bytes(body);
-            }
+            e.bodies(bodies, &mut BodyTotals::default())?;
             e.u8(u8::from(*want_proofs));
+            Ok(())
+        }
+        Request::AppendMany { appends } => {
+            if appends.is_empty() {
+                return Err(ProtoError::EmptyBatch { request_id: e.id });
+            }
+            e.count("appends", appends.len(), MAX_MANY_APPENDS)?;
+            if has_duplicate(appends.iter().map(|a| a.workspace_id.as_str())) {
+                return Err(ProtoError::DuplicateWorkspace { request_id: e.id });
+            }
+            let mut totals = BodyTotals::default();
+            for a in appends {
+                e.workspace_id(&a.workspace_id)?;
+                e.u64(a.expected_size);
+                e.bodies(&a.bodies, &mut totals)?;
+            }
             Ok(())
         }
     })
@@ -121,6 +137,7 @@ pub fn encode_response(id: u64, resp: &Response, out: &mut Vec<u8>) -> Result<()
         Response::Keys { .. } => kind::KEYS,
         Response::Rotated { .. } => kind::ROTATED,
         Response::Appended { .. } => kind::APPENDED,
+        Response::AppendedMany { .. } => kind::APPENDED_MANY,
         Response::Checkpoint { .. } => kind::CHECKPOINT,
         Response::MetricsText { .. } => kind::METRICS_TEXT,
         Response::Snapshotted { .. } => kind::SNAPSHOTTED,
@@ -145,6 +162,24 @@ pub fn encode_response(id: u64, resp: &Response, out: &mut Vec<u8>) -> Result<()
             e.count("proofs", proofs.len(), MAX_BATCH_LEAVES)?;
             for proof in proofs {
                 e.proof("proofs[]", proof)?;
+            }
+            Ok(())
+        }
+        Response::AppendedMany { results } => {
+            e.count("results", results.len(), MAX_MANY_APPENDS)?;
+            for r in results {
+                match r {
+                    AppendResult::Appended { old_size, new_size, checkpoint } => {
+                        e.u8(0);
+                        e.u64(*old_size);
+                        e.u64(*new_size);
+                        e.text("results[].checkpoint", checkpoint)?;
+                    }
+                    AppendResult::Error(reply) => {
+                        e.u8(1);
+                        e.error_reply(reply)?;
+                    }
+                }
             }
             Ok(())
         }
@@ -175,12 +210,7 @@ pub fn encode_response(id: u64, resp: &Response, out: &mut Vec<u8>) -> Result<()
             e.u8(u8::from(*more));
             Ok(())
         }
-        Response::Error(ErrorReply { code, message, current_size }) => {
-            e.u16(code.as_u16());
-            e.text("message", message)?;
-            e.opt_u64(*current_size);
-            Ok(())
-        }
+        Response::Error(reply) => e.error_reply(reply),
     })
 }
 
@@ -201,37 +231,27 @@ pub fn decode_request(frame: &[u8]) -> Result<(u64, Request), ProtoError> {
         kind::APPEND_BATCH => {
             let workspace_id = d.workspace_id()?;
             let expected_size = d.u64("expected_size")?;
-            let count = d.u32("leaves")?;
-            if count == 0 {
-                return Err(ProtoError::EmptyBatch { request_id: d.id });
-            }
-            if to_usize(count) > MAX_BATCH_LEAVES {
-                return Err(ProtoError::BatchTooLarge {
-                    request_id: d.id,
-                    count: u64::from(count),
-                    max: MAX_BATCH_LEAVES as u64,
-                });
-            }
-            // Each body is at least its 4-byte length and 1 byte.
-            let n = d.check_room("bodies", count, BODY_MIN_LEN)?;
-            let mut total = 0usize;
-            let bodies = d.items(n, |d| {
-                let len = d.count("bodies[]", 1, MAX_BODY_LEN)?;
-                if len == 0 {
-                    return Err(ProtoError::EmptyBody { request_id: d.id });
-                }
-                total += len;
-                if total > MAX_BATCH_BODY_BYTES {
-                    return Err(ProtoError::BatchBytesTooLarge {
-                        request_id: d.id,
-                        bytes: total as u64,
-                        max: MAX_BATCH_BODY_BYTES as u64,
-                    });
-                }
-                Ok(d.take(len, "bodies[]")?.to_vec())
-            })?;
+            let bodies = d.bodies(&mut BodyTotals::default())?;
             let want_proofs = d.tag("want_proofs")?;
             Request::AppendBatch { workspace_id, expected_size, bodies, want_proofs }
+        }
+        kind::APPEND_MANY => {
+            let n = d.count("appends", APPEND_MIN_LEN, MAX_MANY_APPENDS)?;
+            if n == 0 {
+                return Err(ProtoError::EmptyBatch { request_id: d.id });
+            }
+            let mut totals = BodyTotals::default();
+            let appends = d.items(n, |d| {
+                Ok(Append {
+                    workspace_id: d.workspace_id()?,
+                    expected_size: d.u64("expected_size")?,
+                    bodies: d.bodies(&mut totals)?,
+                })
+            })?;
+            if has_duplicate(appends.iter().map(|a| a.workspace_id.as_str())) {
+                return Err(ProtoError::DuplicateWorkspace { request_id: d.id });
+            }
+            Request::AppendMany { appends }
         }
         kind::LATEST_CHECKPOINT => Request::LatestCheckpoint { workspace_id: d.workspace_id()? },
         kind::METRICS => Request::Metrics,
@@ -270,6 +290,20 @@ pub fn decode_response(frame: &[u8]) -> Result<(u64, Response), ProtoError> {
             let proofs = d.items(n, |d| d.proof("proofs[]"))?;
             Response::Appended { old_size, new_size, checkpoint, proofs }
         }
+        kind::APPENDED_MANY => {
+            let n = d.count("results", APPEND_RESULT_MIN_LEN, MAX_MANY_APPENDS)?;
+            let results = d.items(n, |d| {
+                Ok(match d.tag("results[]")? {
+                    false => AppendResult::Appended {
+                        old_size: d.u64("results[].old_size")?,
+                        new_size: d.u64("results[].new_size")?,
+                        checkpoint: d.text("results[].checkpoint")?,
+                    },
+                    true => AppendResult::Error(d.error_reply()?),
+                })
+            })?;
+            Response::AppendedMany { results }
+        }
         kind::CHECKPOINT => {
             let size = d.u64("size")?;
             let checkpoint = match d.tag("checkpoint")? {
@@ -289,15 +323,7 @@ pub fn decode_response(frame: &[u8]) -> Result<(u64, Response), ProtoError> {
             let sizes = d.items(n, |d| Ok((d.workspace_id()?, d.u64("sizes[].size")?)))?;
             Response::LogSizes { sizes, more: d.tag("more")? }
         }
-        kind::ERROR => {
-            let code = ErrorCode::from_u16(d.u16("code")?);
-            let message = d.text("message")?;
-            let current_size = match d.tag("current_size")? {
-                false => None,
-                true => Some(d.u64("current_size")?),
-            };
-            Response::Error(ErrorReply { code, message, current_size })
-        }
+        kind::ERROR => Response::Error(d.error_reply()?),
         other => return Err(ProtoError::UnknownKind { request_id: d.id, kind: other }),
     };
     d.finish()?;
@@ -308,6 +334,13 @@ pub fn decode_response(frame: &[u8]) -> Result<(u64, Response), ProtoError> {
 /// `usize` ≥ 32 bits; saturation still fails every limit check).
 fn to_usize(n: u32) -> usize {
     usize::try_from(n).unwrap_or(usize::MAX)
+}
+
+/// Whether two of `ids` are equal (at most [`MAX_MANY_APPENDS`] of them).
+fn has_duplicate<'a>(ids: impl Iterator<Item = &'a str>) -> bool {
+    let mut seen: Vec<&str> = ids.collect();
+    seen.sort_unstable();
+    seen.windows(2).any(|w| w[0] == w[1])
 }
 
 /// `^[A-Za-z0-9_-]{1,128}$`. Implies ASCII, hence valid UTF-8.
@@ -343,6 +376,40 @@ fn encode_frame(
         out.truncate(start);
     }
     result
+}
+
+impl BodyTotals {
+    /// One append of `n` bodies: 1..=MAX_BATCH_LEAVES of them, and the request's total too.
+    fn add_leaves(&mut self, request_id: u64, n: usize) -> Result<(), ProtoError> {
+        if n == 0 {
+            return Err(ProtoError::EmptyBatch { request_id });
+        }
+        self.leaves = self.leaves.saturating_add(n);
+        if self.leaves > MAX_BATCH_LEAVES {
+            return Err(ProtoError::BatchTooLarge {
+                request_id,
+                count: self.leaves as u64,
+                max: MAX_BATCH_LEAVES as u64,
+            });
+        }
+        Ok(())
+    }
+
+    /// One body of `len` bytes: not empty, and the request's bodies within their byte limit.
+    fn add_body(&mut self, request_id: u64, len: usize) -> Result<(), ProtoError> {
+        if len == 0 {
+            return Err(ProtoError::EmptyBody { request_id });
+        }
+        self.bytes = self.bytes.saturating_add(len);
+        if self.bytes > MAX_BATCH_BODY_BYTES {
+            return Err(ProtoError::BatchBytesTooLarge {
+                request_id,
+                bytes: self.bytes as u64,
+                max: MAX_BATCH_BODY_BYTES as u64,
+            });
+        }
+        Ok(())
+    }
 }
 
 struct Enc<'a> {
@@ -383,18 +450,24 @@ impl Enc<'_> {
             _ => Err(ProtoError::TooLong { request_id: self.id, field, len: n as u64, max: max as u64 }),
         }
     }
-    fn batch_count(&mut self, n: usize) -> Result<(), ProtoError> {
-        if n == 0 {
-            return Err(ProtoError::EmptyBatch { request_id: self.id });
+    /// One append's `bodies: vec<body>`, within the limits of one append and, added to
+    /// `totals`, of the whole request.
+    fn bodies(&mut self, bodies: &[Vec<u8>], totals: &mut BodyTotals) -> Result<(), ProtoError> {
+        let id = self.id;
+        totals.add_leaves(id, bodies.len())?;
+        self.count("bodies", bodies.len(), MAX_BATCH_LEAVES)?;
+        for body in bodies {
+            totals.add_body(id, body.len())?;
+            self.count("bodies[]", body.len(), MAX_BODY_LEN)?;
+            self.bytes(body);
         }
-        if n > MAX_BATCH_LEAVES {
-            return Err(ProtoError::BatchTooLarge {
-                request_id: self.id,
-                count: n as u64,
-                max: MAX_BATCH_LEAVES as u64,
-            });
-        }
-        self.count("bodies", n, MAX_BATCH_LEAVES)
+        Ok(())
+    }
+    fn error_reply(&mut self, ErrorReply { code, message, current_size }: &ErrorReply) -> Result<(), ProtoError> {
+        self.u16(code.as_u16());
+        self.text("message", message)?;
+        self.opt_u64(*current_size);
+        Ok(())
     }
     fn text(&mut self, field: &'static str, s: &str) -> Result<(), ProtoError> {
         self.count(field, s.len(), MAX_FRAME)?;
@@ -559,6 +632,29 @@ impl<'a> Dec<'a> {
         std::str::from_utf8(bytes)
             .map(str::to_owned)
             .map_err(|_| ProtoError::InvalidWorkspaceId { request_id: self.id })
+    }
+
+    /// One append's `bodies: vec<body>` (see [`Enc::bodies`]).
+    fn bodies(&mut self, totals: &mut BodyTotals) -> Result<Vec<Vec<u8>>, ProtoError> {
+        let count = self.u32("leaves")?;
+        totals.add_leaves(self.id, to_usize(count))?;
+        // Each body is at least its 4-byte length and 1 byte.
+        let n = self.check_room("bodies", count, BODY_MIN_LEN)?;
+        self.items(n, |d| {
+            let len = d.count("bodies[]", 1, MAX_BODY_LEN)?;
+            totals.add_body(d.id, len)?;
+            Ok(d.take(len, "bodies[]")?.to_vec())
+        })
+    }
+
+    fn error_reply(&mut self) -> Result<ErrorReply, ProtoError> {
+        let code = ErrorCode::from_u16(self.u16("code")?);
+        let message = self.text("message")?;
+        let current_size = match self.tag("current_size")? {
+            false => None,
+            true => Some(self.u64("current_size")?),
+        };
+        Ok(ErrorReply { code, message, current_size })
     }
 
     fn proof(&mut self, field: &'static str) -> Result<Vec<Hash>, ProtoError> {

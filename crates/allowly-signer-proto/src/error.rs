@@ -248,6 +248,12 @@ pub enum ProtoError {
         /// The maximum.
         max: u64,
     },
+    /// `AppendMany` with two appends of one workspace.
+    #[error("request {request_id}: two appends of one workspace in one AppendMany")]
+    DuplicateWorkspace {
+        /// Request id from the header.
+        request_id: u64,
+    },
     /// `AppendBatch` with a zero-length body.
     #[error("request {request_id}: empty receipt body")]
     EmptyBody {
@@ -272,6 +278,7 @@ impl ProtoError {
             | Self::InvalidWorkspaceId { request_id }
             | Self::EmptyBatch { request_id }
             | Self::EmptyBody { request_id }
+            | Self::DuplicateWorkspace { request_id }
             | Self::BatchBytesTooLarge { request_id, .. }
             | Self::BatchTooLarge { request_id, .. } => Some(*request_id),
         }
@@ -291,9 +298,10 @@ impl ProtoError {
             | Self::InvalidTag { .. } => ErrorCode::BadFrame,
             Self::UnsupportedVersion { .. } => ErrorCode::UnsupportedVersion,
             Self::UnknownKind { .. } => ErrorCode::UnknownKind,
-            Self::InvalidWorkspaceId { .. } | Self::EmptyBatch { .. } | Self::EmptyBody { .. } => {
-                ErrorCode::InvalidArgument
-            }
+            Self::InvalidWorkspaceId { .. }
+            | Self::EmptyBatch { .. }
+            | Self::EmptyBody { .. }
+            | Self::DuplicateWorkspace { .. } => ErrorCode::InvalidArgument,
             Self::BatchTooLarge { .. } | Self::BatchBytesTooLarge { .. } => ErrorCode::BatchTooLarge,
         }
     }

@@ -43,6 +43,7 @@
 //! | `0x04` | `RotateKey` | `workspace_id: wsid`, `expected_size: u64` (the index the `key.rotated` leaf takes; a repeat whose answer was lost — the log's last group is exactly that rotation's leaf — gets the same `Rotated` again) |
 //! | `0x05` | `AppendBatch` | `workspace_id: wsid`, `expected_size: u64`, `bodies: vec<body>` (1 ≤ count ≤ [`MAX_BATCH_LEAVES`]; 0 → `InvalidArgument`, more → `BatchTooLarge`), `want_proofs: bool` |
 //! | `0x06` | `LatestCheckpoint` | `workspace_id: wsid` |
+//! | `0x08` | `AppendMany` | `appends: vec<append>` (1 ≤ count ≤ [`MAX_MANY_APPENDS`]; each `append` is `workspace_id: wsid`, `expected_size: u64`, `bodies: vec<body>` with the limits of `AppendBatch`; no two of one workspace (→ `InvalidArgument`); all bodies together ≤ [`MAX_BATCH_LEAVES`] and ≤ [`MAX_BATCH_BODY_BYTES`] (more → `BatchTooLarge`)) |
 //! | `0x07` | `Metrics` | — |
 //! | `0x10` | `Snapshot` | `name: wsid` (the syntax of a workspace id: a directory name under the signer's `snapshots/`) |
 //! | `0x11` | `LogSizes` | `after: opt<wsid>` |
@@ -56,14 +57,16 @@
 //! | `0x84` | `Rotated` | `RotateKey` | `keys: vec<KeyInfo>`, `rotation: SignedLeaf` |
 //! | `0x85` | `Appended` | `AppendBatch` | `old_size: u64`, `new_size: u64`, `checkpoint: text`, `proofs: vec<proof>` (count ≤ [`MAX_BATCH_LEAVES`]; one per leaf if `want_proofs`, else 0) |
 //! | `0x86` | `Checkpoint` | `LatestCheckpoint` | `size: u64`, `checkpoint: opt<text>` |
+//! | `0x88` | `AppendedMany` | `AppendMany` | `results: vec<result>` (count ≤ [`MAX_MANY_APPENDS`]; one per append, in request order): `u8` tag 0 then `old_size: u64`, `new_size: u64`, `checkpoint: text` (as `Appended`, no proofs), or tag 1 then the body of `Error` (`code: u16`, `message: text`, `current_size: opt<u64>`) |
 //! | `0x87` | `MetricsText` | `Metrics` | `text: text` |
 //! | `0x90` | `Snapshotted` | `Snapshot` | `workspaces: u64`, `journal_bytes: u64`, `audit_bytes: u64` |
 //! | `0x91` | `LogSizes` | `LogSizes` | `sizes: vec<(wsid, u64)>` (count ≤ [`MAX_LOG_SIZES`], in workspace id order), `more: bool` |
 //! | `0xFF` | `Error` | any | `code: u16`, `message: text`, `current_size: opt<u64>` |
 //!
 //! (`0x83` is unassigned: `ListKeys` shares `Keys` with `CreateKey`.) `Snapshot` and
-//! `LogSizes` (backup and restore, issue 14) were added without a version change: a signer
-//! that does not know them answers `UnknownKind`, and nothing else changed.
+//! `LogSizes` (backup and restore, issue 14) and `AppendMany` (many workspaces per request,
+//! issue 17) were added without a version change: a signer that does not know them answers
+//! `UnknownKind`, and nothing else changed (the service then sends `AppendBatch`es).
 //!
 //! # Versions
 //!
@@ -204,7 +207,7 @@ mod message;
 pub use codec::{decode_request, decode_response, encode_request, encode_response};
 pub use error::{ErrorCode, ProtoError};
 pub use frame::{read_frame, read_frame_body, read_frame_len, write_frame};
-pub use message::{ErrorReply, Hash, KeyInfo, Request, Response, SignedLeaf};
+pub use message::{Append, AppendResult, ErrorReply, Hash, KeyInfo, Request, Response, SignedLeaf};
 
 /// The only protocol version this crate speaks.
 pub const PROTOCOL_VERSION: u8 = 3;
@@ -233,6 +236,10 @@ pub const MAX_BODY_LEN: usize = 64 * 1024;
 /// checked, so its coalesced groups (up to 65 536 leaves) cost 2 MiB of hashes, not bodies.
 pub const MAX_BATCH_BODY_BYTES: usize = 8 * 1024 * 1024;
 
+/// Most appends (workspaces) in one `AppendMany`. Its answer is then at most 256 results of
+/// a few hundred bytes each (a checkpoint note, or an error message the signer keeps short).
+pub const MAX_MANY_APPENDS: usize = 256;
+
 /// Most hashes in one inclusion proof: an audit path in a tree of fewer than
 /// 2^64 leaves has at most 64 nodes.
 pub const MAX_PROOF_HASHES: usize = 64;
@@ -252,6 +259,13 @@ const WORST_APPENDED_WITHOUT_CHECKPOINT: usize = 10 + 8 + 8 + 4 + 4 + MAX_BATCH_
 
 // The largest AppendBatch must fit in a frame, with room for its header and workspace id.
 const _: () = assert!(10 + 4 + MAX_ID_LEN + 8 + 4 + MAX_BATCH_LEAVES * 4 + MAX_BATCH_BODY_BYTES < MAX_FRAME);
+
+// The largest AppendMany must fit in a frame: MAX_MANY_APPENDS headers and, over all of them,
+// MAX_BATCH_LEAVES body lengths and MAX_BATCH_BODY_BYTES of bodies.
+const _: () = assert!(
+    10 + 4 + MAX_MANY_APPENDS * (4 + MAX_WORKSPACE_ID_LEN + 8 + 4) + MAX_BATCH_LEAVES * 4 + MAX_BATCH_BODY_BYTES
+        < MAX_FRAME
+);
 
 // The answer to any valid AppendBatch must be encodable, with at least
 // 1 MiB left for the checkpoint note.

@@ -52,6 +52,17 @@ pub enum Request {
         /// proof per leaf is most of an answer's size.
         want_proofs: bool,
     },
+    /// `0x08`: the appends of several workspaces in one request; answered by
+    /// [`Response::AppendedMany`], one result per append, in request order. Each append is
+    /// checked and signed exactly as an [`Request::AppendBatch`] of its own without proofs
+    /// (one checkpoint per workspace); one append's refusal never affects another's. What it
+    /// saves is the per-request cost (a frame, a read, a dispatch, an answer) when thousands
+    /// of workspaces each sign a few receipts a round.
+    AppendMany {
+        /// `1..=MAX_MANY_APPENDS` appends, each of a different workspace; together at most
+        /// `MAX_BATCH_LEAVES` bodies and `MAX_BATCH_BODY_BYTES` body bytes.
+        appends: Vec<Append>,
+    },
     /// `0x06`: latest checkpoint of the workspace's log; answered by
     /// [`Response::Checkpoint`].
     LatestCheckpoint {
@@ -80,12 +91,13 @@ pub enum Request {
 
 impl Request {
     /// Every [`Request::name`] (the signer's request metric exports each at zero).
-    pub const NAMES: [&'static str; 9] = [
+    pub const NAMES: [&'static str; 10] = [
         "Ping",
         "CreateKey",
         "ListKeys",
         "RotateKey",
         "AppendBatch",
+        "AppendMany",
         "LatestCheckpoint",
         "Metrics",
         "Snapshot",
@@ -100,6 +112,7 @@ impl Request {
             Self::ListKeys { .. } => "ListKeys",
             Self::RotateKey { .. } => "RotateKey",
             Self::AppendBatch { .. } => "AppendBatch",
+            Self::AppendMany { .. } => "AppendMany",
             Self::LatestCheckpoint { .. } => "LatestCheckpoint",
             Self::Metrics => "Metrics",
             Self::Snapshot { .. } => "Snapshot",
@@ -137,6 +150,11 @@ pub enum Response {
         /// order, each against `checkpoint`, at most `MAX_PROOF_HASHES` hashes
         /// each. Without: empty.
         proofs: Vec<Vec<Hash>>,
+    },
+    /// `0x88`: answer to `AppendMany`.
+    AppendedMany {
+        /// One per append of the request, in its order.
+        results: Vec<AppendResult>,
     },
     /// `0x86`: answer to `LatestCheckpoint`.
     Checkpoint {
@@ -178,6 +196,7 @@ impl Response {
             Self::Keys { .. } => "Keys",
             Self::Rotated { .. } => "Rotated",
             Self::Appended { .. } => "Appended",
+            Self::AppendedMany { .. } => "AppendedMany",
             Self::Checkpoint { .. } => "Checkpoint",
             Self::MetricsText { .. } => "MetricsText",
             Self::Snapshotted { .. } => "Snapshotted",
@@ -185,6 +204,35 @@ impl Response {
             Self::Error(_) => "Error",
         }
     }
+}
+
+/// One workspace's part of a [`Request::AppendMany`]: the fields of an
+/// [`Request::AppendBatch`] without proofs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Append {
+    /// Validated against `^[A-Za-z0-9_-]{1,128}$`.
+    pub workspace_id: String,
+    /// Must equal the workspace's log size (compare-and-swap, as in `AppendBatch`).
+    pub expected_size: u64,
+    /// `1..=MAX_BATCH_LEAVES` canonical receipt bodies, each `1..=MAX_BODY_LEN` bytes.
+    pub bodies: Vec<Vec<u8>>,
+}
+
+/// One append's outcome in a [`Response::AppendedMany`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AppendResult {
+    /// Tag 0: the fields of [`Response::Appended`], without proofs.
+    Appended {
+        /// Log size before the append (= its `expected_size`).
+        old_size: u64,
+        /// Log size after it.
+        new_size: u64,
+        /// Signed note for the tree of `new_size` leaves.
+        checkpoint: String,
+    },
+    /// Tag 1: what an `AppendBatch` of its own would have been answered with
+    /// ([`Response::Error`]'s body).
+    Error(ErrorReply),
 }
 
 /// One signing key of a workspace.

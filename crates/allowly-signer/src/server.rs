@@ -30,8 +30,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use allowly_signer_proto::{
-    decode_request, encode_response, read_frame_body, read_frame_len, write_frame, ErrorCode, ErrorReply, Request,
-    Response,
+    decode_request, encode_response, read_frame_body, read_frame_len, write_frame, Append, AppendResult, ErrorCode,
+    ErrorReply, Request, Response,
 };
 use prometheus::IntGauge;
 use tokio::io::AsyncWriteExt as _;
@@ -302,17 +302,29 @@ async fn connection(stream: UnixStream, peer_uid: u32, shared: Arc<Shared>) {
         let dispatched = dispatch(&shared, req, peer_uid).await;
         let (shared, tx) = (shared.clone(), tx.clone());
         tokio::spawn(async move {
-            let result = match dispatched {
-                Dispatched::Now(r) => r,
-                Dispatched::Actor(rx) => rx.await.unwrap_or(Err(SignerError::ActorGone)),
-            };
-            let resp = match result {
-                Ok(r) => r,
-                Err(e) => {
-                    if e.code() == ErrorCode::Internal {
-                        tracing::error!(peer_uid, op, error = %e, "request failed");
+            let resp = match dispatched {
+                Dispatched::Now(r) => answer(r, peer_uid, op),
+                Dispatched::Actor(rx) => answer(rx.await.unwrap_or(Err(SignerError::ActorGone)), peer_uid, op),
+                Dispatched::Many(each) => {
+                    let mut results = Vec::with_capacity(each.len());
+                    for one in each {
+                        let r = match one {
+                            Ok(rx) => rx.await.unwrap_or(Err(SignerError::ActorGone)),
+                            Err(e) => Err(e),
+                        };
+                        results.push(match answer(r, peer_uid, op) {
+                            Response::Appended { old_size, new_size, checkpoint, .. } => {
+                                AppendResult::Appended { old_size, new_size, checkpoint }
+                            }
+                            Response::Error(e) => AppendResult::Error(e),
+                            other => AppendResult::Error(ErrorReply {
+                                code: ErrorCode::Internal,
+                                message: format!("an append was answered {}", other.name()),
+                                current_size: None,
+                            }),
+                        });
                     }
-                    error_response(&e)
+                    Response::AppendedMany { results }
                 }
             };
             shared.metrics.requests.with_label_values(&[op, outcome_label(&resp)]).inc();
@@ -322,6 +334,19 @@ async fn connection(stream: UnixStream, peer_uid: u32, shared: Arc<Shared>) {
     }
     drop(tx);
     let _ = writer.await;
+}
+
+/// The answer to one request (or one append of an `AppendMany`); internal failures logged.
+fn answer(result: Result<Response>, peer_uid: u32, op: &str) -> Response {
+    match result {
+        Ok(r) => r,
+        Err(e) => {
+            if e.code() == ErrorCode::Internal {
+                tracing::error!(peer_uid, op, error = %e, "request failed");
+            }
+            error_response(&e)
+        }
+    }
 }
 
 /// Queues `resp` for the writer, with the budget its request holds until it is written.
@@ -341,10 +366,12 @@ async fn send(tx: &mpsc::Sender<(Vec<u8>, Charge)>, id: u64, resp: &Response, ch
     let _ = tx.send((out, charge)).await;
 }
 
-/// A request as dispatched: answered already, or queued at its workspace actor.
+/// A request as dispatched: answered already, queued at its workspace actor, or (an
+/// `AppendMany`) each append queued at its own workspace's actor or refused at once.
 enum Dispatched {
     Now(Result<Response>),
     Actor(oneshot::Receiver<Result<Response>>),
+    Many(Vec<Result<oneshot::Receiver<Result<Response>>>>),
 }
 
 async fn dispatch(shared: &Arc<Shared>, req: Request, peer_uid: u32) -> Dispatched {
@@ -377,14 +404,34 @@ async fn dispatch(shared: &Arc<Shared>, req: Request, peer_uid: u32) -> Dispatch
             enqueue(shared, &workspace_id, Queued { bytes: 0, append_at: None, make }).await
         }
         Request::AppendBatch { workspace_id, expected_size, bodies, want_proofs } => {
-            // What the bodies cost while they wait: their bytes and their `Vec`s.
-            let bytes = bodies.iter().map(|b| b.len() + std::mem::size_of::<Vec<u8>>()).sum();
-            let make = |reply| WsMsg::Append { expected_size, bodies, bytes, want_proofs, peer_uid, reply };
-            enqueue(shared, &workspace_id, Queued { bytes, append_at: Some(expected_size), make }).await
+            append(shared, Append { workspace_id, expected_size, bodies }, want_proofs, peer_uid).await
+        }
+        // Each append goes to its own workspace's actor, in request order, exactly as an
+        // `AppendBatch` of its own would: the workspaces are signed concurrently and one's
+        // refusal (`Busy`, `SizeMismatch`, ...) is its own result, not the request's.
+        Request::AppendMany { appends } => {
+            let mut each = Vec::with_capacity(appends.len());
+            for a in appends {
+                each.push(append(shared, a, false, peer_uid).await);
+            }
+            return Dispatched::Many(each);
         }
     };
     match queued {
         Ok(rx) => Dispatched::Actor(rx),
         Err(e) => Dispatched::Now(Err(e)),
     }
+}
+
+/// Queues one append at its workspace's actor.
+async fn append(
+    shared: &Arc<Shared>,
+    Append { workspace_id, expected_size, bodies }: Append,
+    want_proofs: bool,
+    peer_uid: u32,
+) -> Result<oneshot::Receiver<Result<Response>>> {
+    // What the bodies cost while they wait: their bytes and their `Vec`s.
+    let bytes = bodies.iter().map(|b| b.len() + std::mem::size_of::<Vec<u8>>()).sum();
+    let make = |reply| WsMsg::Append { expected_size, bodies, bytes, want_proofs, peer_uid, reply };
+    enqueue(shared, &workspace_id, Queued { bytes, append_at: Some(expected_size), make }).await
 }

@@ -1066,6 +1066,124 @@ async fn appends_without_proofs_sign_the_same_log_and_send_no_proofs() {
     assert_eq!(c.latest_checkpoint(ws).await.unwrap().size, all.len() as u64);
 }
 
+/// `AppendMany`: one request carries several workspaces' appends, each signed as its own
+/// checkpoint over exactly our leaves; one append's refusal (a stale size, a body of another
+/// workspace, an unknown workspace) is its own result and the others in the request are signed
+/// (a stale size with the bodies already signed there would be a replay, answered as such: so
+/// the stale append here carries other bodies, a fork attempt);
+/// a request naming a workspace twice is refused whole, with nothing appended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_append_many_signs_each_workspace_on_its_own_and_refuses_only_the_bad_appends() {
+    use allowly_signer_proto::Append;
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, sock) = fresh(tmp.path());
+    let mut s = Signer::serve(&dir, &sock);
+    let c = s.ready().await;
+    let names: Vec<String> = (0..5).map(|w| format!("ws_multi_{w}")).collect();
+    let mut verifiers = HashMap::new();
+    for ws in &names {
+        verifiers.insert(ws.clone(), vec![verifier(ws, &c.create_key(ws).await.unwrap()[0])]);
+    }
+    let mut all: HashMap<String, Vec<Hash>> = names.iter().map(|w| (w.clone(), Vec::new())).collect();
+    let m0 = metrics(&c).await;
+    // Two clean rounds over every workspace, different batch sizes each.
+    for round in 0..2 {
+        let mut appends = Vec::new();
+        for (i, ws) in names.iter().enumerate() {
+            let at = all[ws].len();
+            appends.push(Append {
+                workspace_id: ws.clone(),
+                expected_size: at as u64,
+                bodies: bodies(ws, at, 1 + i + round),
+            });
+        }
+        let sent = appends.clone();
+        let results = c.append_many(appends).await.unwrap();
+        assert_eq!(results.len(), sent.len());
+        for (a, r) in sent.iter().zip(results) {
+            let out = r.unwrap_or_else(|e| panic!("{}: {e}", a.workspace_id));
+            let leaves = all.get_mut(&a.workspace_id).unwrap();
+            leaves.extend(hashes(&a.bodies));
+            check_appended_without_proofs(&a.workspace_id, leaves, &a.bodies, &out, &verifiers[&a.workspace_id]);
+        }
+    }
+    let m1 = metrics(&c).await;
+    let signed =
+        metric(&m1, "allowly_signer_checkpoints_signed_total") - metric(&m0, "allowly_signer_checkpoints_signed_total");
+    assert_eq!(signed as usize, 2 * names.len(), "one checkpoint per workspace per request");
+    assert_eq!(
+        metric(&m1, "allowly_signer_requests_total{op=\"AppendMany\",outcome=\"ok\"}"),
+        2.0,
+        "two requests carried the ten appends"
+    );
+
+    // One request with three bad appends among good ones.
+    let (good0, stale, foreign, good1) = (&names[0], &names[1], &names[2], &names[3]);
+    let sizes: HashMap<String, usize> = all.iter().map(|(w, l)| (w.clone(), l.len())).collect();
+    let at = |ws: &str| sizes[ws];
+    let appends = vec![
+        Append { workspace_id: good0.clone(), expected_size: at(good0) as u64, bodies: bodies(good0, at(good0), 3) },
+        Append {
+            workspace_id: stale.clone(),
+            expected_size: at(stale) as u64 - 1,
+            bodies: tagged(stale, "fork", at(stale) - 1, 1),
+        },
+        Append {
+            workspace_id: foreign.clone(),
+            expected_size: at(foreign) as u64,
+            bodies: bodies(good1, at(foreign), 1),
+        },
+        Append { workspace_id: "ws_never_created".into(), expected_size: 0, bodies: bodies("ws_never_created", 0, 1) },
+        Append { workspace_id: good1.clone(), expected_size: at(good1) as u64, bodies: bodies(good1, at(good1), 2) },
+    ];
+    let sent = appends.clone();
+    let results = c.append_many(appends).await.unwrap();
+    let mut results = results.into_iter();
+    for a in [&sent[0]] {
+        let out = results.next().unwrap().unwrap();
+        let leaves = all.get_mut(&a.workspace_id).unwrap();
+        leaves.extend(hashes(&a.bodies));
+        check_appended_without_proofs(&a.workspace_id, leaves, &a.bodies, &out, &verifiers[&a.workspace_id]);
+    }
+    size_mismatch(results.next().unwrap(), "stale size", at(stale) as u64);
+    assert_eq!(remote(results.next().unwrap(), "another workspace's body").code, ErrorCode::ReceiptRefused);
+    assert_eq!(remote(results.next().unwrap(), "unknown workspace").code, ErrorCode::UnknownWorkspace);
+    let out = results.next().unwrap().unwrap();
+    let leaves = all.get_mut(good1).unwrap();
+    leaves.extend(hashes(&sent[4].bodies));
+    check_appended_without_proofs(good1, leaves, &sent[4].bodies, &out, &verifiers[good1]);
+    for ws in [stale, foreign] {
+        assert_eq!(c.latest_checkpoint(ws.clone()).await.unwrap().size, all[ws].len() as u64, "{ws} unchanged");
+    }
+
+    // A workspace twice in one request: refused whole (the client refuses to send it, so the
+    // frame is written by hand), nothing appended to either.
+    let w = &names[4];
+    let one = |n: u64| Append { workspace_id: w.clone(), expected_size: n, bodies: bodies(w, n as usize, 1) };
+    assert!(matches!(
+        c.append_many(vec![one(at(w) as u64), one(at(w) as u64 + 1)]).await,
+        Err(ClientError::InvalidRequest(_))
+    ));
+    // Encoded with a stand-in id of the same length, which is then overwritten with `w`'s.
+    let stand_in = "ws_multi_X";
+    assert_eq!(stand_in.len(), w.len());
+    let second = Append { workspace_id: stand_in.into(), ..one(at(w) as u64 + 1) };
+    let mut raw = frame(41, &Request::AppendMany { appends: vec![one(at(w) as u64), second] });
+    let pos = raw.windows(stand_in.len()).position(|x| x == stand_in.as_bytes()).unwrap();
+    raw[pos..pos + stand_in.len()].copy_from_slice(w.as_bytes());
+    let mut stream = UnixStream::connect(&sock).await.unwrap();
+    stream.write_all(&raw).await.unwrap();
+    let mut buf = Vec::new();
+    let answer = allowly_signer_proto::read_frame(&mut stream, &mut buf).await.unwrap().unwrap();
+    let (id, resp) = allowly_signer_proto::decode_response(answer).unwrap();
+    assert_eq!(id, 41);
+    assert!(
+        matches!(&resp, Response::Error(e) if e.code == ErrorCode::InvalidArgument),
+        "a workspace twice in one request: {resp:?}"
+    );
+    assert_eq!(c.latest_checkpoint(w.clone()).await.unwrap().size, all[w].len() as u64, "nothing appended");
+}
+
 /// Audit lines: one per created workspace, per signed checkpoint and per load, all whole JSON;
 /// the journal costs at most one fsync per signed group, shared across workspaces, and
 /// `audit.log` none (the journal holds its lines).

@@ -715,6 +715,8 @@ enum Act {
     Busy,
     /// Never answer (a signer that does not answer this kind of request in time).
     Withhold,
+    /// Answer `UnknownKind` itself (a signer older than this kind of request).
+    Unknown,
 }
 
 /// A proxy between the engine and the real signer that decides, request by request, with
@@ -752,19 +754,20 @@ async fn proxy(
                 let mut buf = Vec::new();
                 while let Ok(Some(frame)) = read_frame(&mut down_rd, &mut buf).await {
                     let (id, request) = decode_request(frame).unwrap();
-                    match policy(&request) {
-                        Act::Pass => {}
+                    let refuse = match policy(&request) {
+                        Act::Pass => None,
                         Act::Withhold => continue,
-                        Act::Busy => {
-                            let reply =
-                                ErrorReply { code: ErrorCode::Busy, message: "queue full".into(), current_size: None };
-                            let mut out = Vec::new();
-                            encode_response(id, &Response::Error(reply), &mut out).unwrap();
-                            if down_wr.lock().await.write_all(&out).await.is_err() {
-                                return;
-                            }
-                            continue;
+                        Act::Busy => Some((ErrorCode::Busy, "queue full")),
+                        Act::Unknown => Some((ErrorCode::UnknownKind, "unknown message kind")),
+                    };
+                    if let Some((code, message)) = refuse {
+                        let reply = ErrorReply { code, message: message.into(), current_size: None };
+                        let mut out = Vec::new();
+                        encode_response(id, &Response::Error(reply), &mut out).unwrap();
+                        if down_wr.lock().await.write_all(&out).await.is_err() {
+                            return;
                         }
+                        continue;
                     }
                     let prefix = (frame.len() as u32).to_be_bytes();
                     if up_wr.write_all(&prefix).await.is_err() || up_wr.write_all(frame).await.is_err() {
@@ -803,7 +806,7 @@ async fn a_busy_signer_is_back_pressure_and_never_fails_checks_closed() {
     let busy = Arc::new(AtomicUsize::new(usize::MAX));
     let refuse = busy.clone();
     let policy = move |r: &allowly_signer_proto::Request| match r {
-        allowly_signer_proto::Request::AppendBatch { .. }
+        allowly_signer_proto::Request::AppendBatch { .. } | allowly_signer_proto::Request::AppendMany { .. }
             if refuse.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() =>
         {
             Act::Busy
@@ -841,6 +844,129 @@ async fn a_busy_signer_is_back_pressure_and_never_fails_checks_closed() {
     signer.stop();
 }
 
+/// Signing rounds that are ready while both signer requests are out travel together in the
+/// next request (issue 17: one `AppendMany` for many workspaces). The proxy withholds the first
+/// two requests after arming (the client's slots) until they time out; meanwhile every other
+/// workspace's round queues in the engine, and the next request carries all of them: one
+/// signature per workspace, every receipt signed, nothing lost with the two that timed out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rounds_ready_while_the_signer_requests_are_out_share_the_next_request() {
+    use allowly_signer_proto::Request;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    const WORKSPACES: usize = 12;
+    let root = TempDir::new().unwrap();
+    let signer = start_signer(&root);
+    let proxied = root.path().join("run").join("proxy.sock");
+    // How many more signer requests to withhold (armed below), and how many were.
+    let withhold = Arc::new(AtomicUsize::new(0));
+    let withheld = Arc::new(AtomicUsize::new(0));
+    let (arm, count) = (withhold.clone(), withheld.clone());
+    let policy = move |r: &Request| match r {
+        Request::AppendMany { .. }
+            if arm.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() =>
+        {
+            count.fetch_add(1, Ordering::SeqCst);
+            Act::Withhold
+        }
+        _ => Act::Pass,
+    };
+    tokio::spawn(proxy(proxied.clone(), socket(&root), Arc::new(policy)));
+    let c = proxied_client(proxied);
+    eventually("the proxy answers", || async { c.ping().await.is_ok() }).await;
+    // The rounds' own bound is longer than the client's (2 s): the queued rounds outlive the
+    // withheld requests.
+    let cfg = EngineConfig { signer_timeout: Duration::from_secs(20), ..config() };
+    let e = Engine::start(open_store(&root), c, cfg).await.unwrap();
+    let mut tenants = Vec::new();
+    for _ in 0..WORKSPACES {
+        let ws = workspace(&e).await;
+        let auth = e.create_authorization(&ws, grant(None), None).await.unwrap().authorization.id;
+        tenants.push((ws, auth));
+    }
+    for (ws, auth) in &tenants {
+        eventually("the set-up signed", || async { all_signed(&e, ws, auth).await }).await;
+    }
+    let m = e.metrics();
+    let requests_before = m.sign_request_workspaces.get_sample_count();
+
+    withhold.store(2, Ordering::SeqCst);
+    for (i, (ws, auth)) in tenants.iter().enumerate() {
+        e.check(ws, ask(auth, "files.read", Some("doc:1")), None).await.unwrap();
+        // The first two rounds each take one of the two request slots, and stay out.
+        if i < 2 {
+            eventually("the round's request withheld", || async { withheld.load(Ordering::SeqCst) == i + 1 }).await;
+        }
+    }
+    let rest = (WORKSPACES - 2) as i64;
+    eventually("the other rounds queued behind the two", || async { m.sign_rounds_queued.get() >= rest }).await;
+    for (ws, auth) in &tenants {
+        eventually("every receipt signed", || async { all_signed(&e, ws, auth).await }).await;
+    }
+    assert_eq!(m.sign_rounds_queued.get(), 0);
+    // Requests since arming: the two withheld, then at least one carrying the ten queued rounds.
+    let h = prometheus::core::Metric::metric(&m.sign_request_workspaces);
+    let h = h.get_histogram();
+    let at_most_8 = h.get_bucket().iter().find(|b| b.upper_bound() == 8.0).unwrap().cumulative_count();
+    assert!(
+        at_most_8 < h.get_sample_count(),
+        "no request carried more than 8 workspaces ({} requests since arming)",
+        h.get_sample_count() - requests_before
+    );
+    e.shutdown().await;
+    signer.stop();
+}
+
+/// A signer older than `AppendMany` (it answers `UnknownKind`, as the proxy does here for it)
+/// gets one `AppendBatch` per signing round instead: every receipt is signed, the signer is
+/// never taken for down, and `AppendMany` is not sent again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signer_that_does_not_know_append_many_gets_one_append_per_round() {
+    use allowly_signer_proto::Request;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let root = TempDir::new().unwrap();
+    let signer = start_signer(&root);
+    let proxied = root.path().join("run").join("proxy.sock");
+    let (many, batches) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (m, b) = (many.clone(), batches.clone());
+    let policy = move |r: &Request| match r {
+        Request::AppendMany { .. } => {
+            m.fetch_add(1, Ordering::SeqCst);
+            Act::Unknown
+        }
+        Request::AppendBatch { .. } => {
+            b.fetch_add(1, Ordering::SeqCst);
+            Act::Pass
+        }
+        _ => Act::Pass,
+    };
+    tokio::spawn(proxy(proxied.clone(), socket(&root), Arc::new(policy)));
+    let c = proxied_client(proxied);
+    eventually("the proxy answers", || async { c.ping().await.is_ok() }).await;
+    let e = Engine::start(open_store(&root), c, config()).await.unwrap();
+    let mut tenants = Vec::new();
+    for _ in 0..4 {
+        let ws = workspace(&e).await;
+        let auth = e.create_authorization(&ws, grant(None), None).await.unwrap().authorization.id;
+        for _ in 0..3 {
+            e.check(&ws, ask(&auth, "files.read", Some("doc:1")), None).await.unwrap();
+        }
+        tenants.push((ws, auth));
+    }
+    for (ws, auth) in &tenants {
+        eventually("every receipt signed", || async { all_signed(&e, ws, auth).await }).await;
+    }
+    let tried = many.load(Ordering::SeqCst);
+    assert!(tried >= 1, "AppendMany was never tried");
+    assert!(batches.load(Ordering::SeqCst) >= tenants.len(), "the rounds were not sent as AppendBatch");
+    // Asked once (or by the requests already out when the first answer came), never again.
+    assert!(tried <= 2, "AppendMany sent {tried} times to a signer that does not know it");
+    let m = e.metrics();
+    assert_eq!(m.signer_up.get(), 1);
+    assert_eq!(m.signer_errors.with_label_values(&["unavailable"]).get(), 0);
+    e.shutdown().await;
+    signer.stop();
+}
+
 /// A divergence marked outside the signing task ends a key rotation that waits for the log to
 /// be signed (issue 12). The store is restored from a copy older than the signer's state; the
 /// signer does not list its log sizes in time at start, so the start-up comparison is retried
@@ -874,7 +1000,7 @@ async fn a_divergence_found_outside_the_signing_task_ends_a_waiting_rotation() {
     let held = hold.clone();
     let policy = move |r: &Request| match r {
         Request::LogSizes { .. } if held.load(Ordering::SeqCst) => Act::Withhold,
-        Request::AppendBatch { .. } => Act::Busy,
+        Request::AppendBatch { .. } | Request::AppendMany { .. } => Act::Busy,
         _ => Act::Pass,
     };
     tokio::spawn(proxy(proxied.clone(), socket(&root), Arc::new(policy)));

@@ -3,9 +3,9 @@
 
 use crate::common::*;
 use allowly_signer_proto::{
-    decode_request, decode_response, encode_request, encode_response, ErrorCode, ErrorReply, ProtoError, Request,
-    Response, SignedLeaf, MAX_BATCH_BODY_BYTES, MAX_BATCH_LEAVES, MAX_BODY_LEN, MAX_FRAME, MAX_PROOF_HASHES,
-    PROTOCOL_VERSION,
+    decode_request, decode_response, encode_request, encode_response, Append, AppendResult, ErrorCode, ErrorReply,
+    ProtoError, Request, Response, SignedLeaf, MAX_BATCH_BODY_BYTES, MAX_BATCH_LEAVES, MAX_BODY_LEN, MAX_FRAME,
+    MAX_MANY_APPENDS, MAX_PROOF_HASHES, PROTOCOL_VERSION,
 };
 
 fn roundtrip_req(id: u64, req: Request) {
@@ -204,6 +204,105 @@ fn kat_append_batch() {
     }
 }
 
+fn append(ws: &str, expected_size: u64, bodies: Vec<Vec<u8>>) -> Append {
+    Append { workspace_id: ws.into(), expected_size, bodies }
+}
+
+#[test]
+fn kat_append_many_and_its_answer() {
+    let req = Request::AppendMany {
+        appends: vec![append("w", 5, vec![b"{}".to_vec()]), append("v", 0, vec![b"1".to_vec()])],
+    };
+    let mut expect = vec![0, 0, 0, 59, 3, 0x08, 0, 0, 0, 0, 0, 0, 0, 1];
+    expect.extend([0, 0, 0, 2]); // appends
+    expect.extend([0, 0, 0, 1, b'w', 0, 0, 0, 0, 0, 0, 0, 5, 0, 0, 0, 1, 0, 0, 0, 2, b'{', b'}']);
+    expect.extend([0, 0, 0, 1, b'v', 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1, b'1']);
+    assert_eq!(encode_req(1, &req), expect);
+    roundtrip_req(1, req);
+
+    let resp = Response::AppendedMany {
+        results: vec![
+            AppendResult::Appended { old_size: 5, new_size: 6, checkpoint: "c".into() },
+            AppendResult::Error(ErrorReply {
+                code: ErrorCode::SizeMismatch,
+                message: "x".into(),
+                current_size: Some(3),
+            }),
+        ],
+    };
+    let mut expect = vec![0, 0, 0, 53, 3, 0x88, 0, 0, 0, 0, 0, 0, 0, 2];
+    expect.extend([0, 0, 0, 2]); // results
+    expect.extend([0, 0, 0, 0, 0, 0, 0, 0, 5, 0, 0, 0, 0, 0, 0, 0, 6, 0, 0, 0, 1, b'c']);
+    expect.extend([1, 0, 6, 0, 0, 0, 1, b'x', 1, 0, 0, 0, 0, 0, 0, 0, 3]);
+    assert_eq!(encode_resp(2, &resp), expect);
+    roundtrip_resp(2, resp);
+}
+
+#[test]
+fn append_many_limits_hold_on_both_sides() {
+    let one = |i: usize| append(&format!("w{i}"), 0, vec![b"{}".to_vec()]);
+    let refused = |req: Request, want: fn(&ProtoError) -> bool, code: ErrorCode| {
+        let mut out = vec![0xEE];
+        let e = encode_request(7, &req, &mut out).unwrap_err();
+        assert!(want(&e), "encode: {e}");
+        assert_eq!(out, [0xEE], "a refused request leaves the buffer as it was");
+        assert_eq!(e.code(), code);
+    };
+    refused(
+        Request::AppendMany { appends: vec![] },
+        |e| matches!(e, ProtoError::EmptyBatch { .. }),
+        ErrorCode::InvalidArgument,
+    );
+    refused(
+        Request::AppendMany { appends: (0..=MAX_MANY_APPENDS).map(one).collect() },
+        |e| matches!(e, ProtoError::TooLong { field: "appends", .. }),
+        ErrorCode::BadFrame,
+    );
+    refused(
+        Request::AppendMany { appends: vec![one(1), one(2), one(1)] },
+        |e| matches!(e, ProtoError::DuplicateWorkspace { .. }),
+        ErrorCode::InvalidArgument,
+    );
+    refused(
+        Request::AppendMany { appends: vec![one(1), append("w2", 0, vec![])] },
+        |e| matches!(e, ProtoError::EmptyBatch { .. }),
+        ErrorCode::InvalidArgument,
+    );
+    // Leaves and body bytes are limited over the whole request, not per append.
+    let half = MAX_BATCH_LEAVES / 2;
+    refused(
+        Request::AppendMany {
+            appends: vec![append("a", 0, vec![vec![1]; half]), append("b", 0, vec![vec![1]; half + 1])],
+        },
+        |e| matches!(e, ProtoError::BatchTooLarge { count, .. } if *count == MAX_BATCH_LEAVES as u64 + 1),
+        ErrorCode::BatchTooLarge,
+    );
+    let big = vec![vec![7u8; MAX_BODY_LEN]; MAX_BATCH_BODY_BYTES / MAX_BODY_LEN];
+    refused(
+        Request::AppendMany { appends: vec![append("a", 0, big.clone()), append("b", 0, vec![vec![1]])] },
+        |e| matches!(e, ProtoError::BatchBytesTooLarge { .. }),
+        ErrorCode::BatchTooLarge,
+    );
+    // Exactly at the limits: accepted.
+    roundtrip_req(8, Request::AppendMany { appends: vec![append("a", 0, big)] });
+    roundtrip_req(9, Request::AppendMany { appends: (0..MAX_MANY_APPENDS).map(one).collect() });
+
+    // A duplicate the encoder would refuse, written by hand: the decoder refuses it too.
+    let mut f = header(0x08, 11);
+    f.extend([0, 0, 0, 2]);
+    for _ in 0..2 {
+        f = with_str(f, b"w");
+        f.extend([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1, b'x']);
+    }
+    let e = decode_request(&f).unwrap_err();
+    assert!(matches!(e, ProtoError::DuplicateWorkspace { request_id: 11 }), "{e}");
+    assert_eq!(e.code(), ErrorCode::InvalidArgument);
+    // And a forged count is refused before anything is allocated.
+    let mut f = header(0x08, 12);
+    f.extend(u32::MAX.to_be_bytes());
+    assert!(decode_request(&f).is_err());
+}
+
 #[test]
 fn want_proofs_is_a_strict_bool_and_required() {
     let req = Request::AppendBatch {
@@ -296,12 +395,12 @@ fn unsupported_version_keeps_request_id() {
 
 #[test]
 fn unknown_kinds_are_rejected_by_direction() {
-    for kind in [0x00, 0x08, 0x81, 0xFF] {
+    for kind in [0x00, 0x09, 0x81, 0xFF] {
         let e = decode_request(&header(kind, 5)).unwrap_err();
         assert_eq!(e.code(), ErrorCode::UnknownKind, "{kind:#x}");
         assert_eq!(e.request_id(), Some(5));
     }
-    for kind in [0x01, 0x80, 0x83, 0x88] {
+    for kind in [0x01, 0x80, 0x83, 0x89] {
         let e = decode_response(&header(kind, 5)).unwrap_err();
         assert_eq!(e.code(), ErrorCode::UnknownKind, "{kind:#x}");
     }

@@ -4,11 +4,11 @@
 
 use crate::common::*;
 use allowly_signer_proto::{
-    decode_request, decode_response, encode_request, encode_response, read_frame, ErrorCode, ErrorReply, KeyInfo,
-    ProtoError, Request, Response, SignedLeaf, MAX_FRAME,
+    decode_request, decode_response, encode_request, encode_response, read_frame, Append, AppendResult, ErrorCode,
+    ErrorReply, KeyInfo, ProtoError, Request, Response, SignedLeaf, MAX_FRAME, PROTOCOL_VERSION,
 };
 use proptest::prelude::*;
-use proptest::{array, collection::vec, option};
+use proptest::{array, collection::btree_map, collection::vec, option};
 
 fn ws() -> impl Strategy<Value = String> {
     "[A-Za-z0-9_-]{1,128}"
@@ -37,6 +37,13 @@ fn arb_request() -> impl Strategy<Value = Request> {
                 want_proofs
             }
         ),
+        // Distinct workspaces (a map's keys): a repeat is refused by both sides.
+        btree_map(ws(), (any::<u64>(), vec(vec(any::<u8>(), 1..40), 1..6)), 1..5).prop_map(|m| Request::AppendMany {
+            appends: m
+                .into_iter()
+                .map(|(workspace_id, (expected_size, bodies))| Append { workspace_id, expected_size, bodies })
+                .collect()
+        }),
         ws().prop_map(|workspace_id| Request::LatestCheckpoint { workspace_id }),
         Just(Request::Metrics),
         ws().prop_map(|name| Request::Snapshot { name }),
@@ -78,6 +85,18 @@ fn arb_response() -> impl Strategy<Value = Response> {
         (any::<u64>(), any::<u64>(), text(), vec(proof(), 0..4)).prop_map(
             |(old_size, new_size, checkpoint, proofs)| Response::Appended { old_size, new_size, checkpoint, proofs }
         ),
+        vec(
+            prop_oneof![
+                (any::<u64>(), any::<u64>(), text()).prop_map(|(old_size, new_size, checkpoint)| {
+                    AppendResult::Appended { old_size, new_size, checkpoint }
+                }),
+                (error_code(), text(), option::of(any::<u64>())).prop_map(|(code, message, current_size)| {
+                    AppendResult::Error(ErrorReply { code, message, current_size })
+                }),
+            ],
+            0..5
+        )
+        .prop_map(|results| Response::AppendedMany { results }),
         (any::<u64>(), option::of(text())).prop_map(|(size, checkpoint)| Response::Checkpoint { size, checkpoint }),
         text().prop_map(|text| Response::MetricsText { text }),
         (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(workspaces, journal_bytes, audit_bytes)| {
@@ -137,7 +156,7 @@ proptest! {
         id in any::<u64>(),
         body in vec(any::<u8>(), 0..256),
     ) {
-        let mut f = vec![1, kind];
+        let mut f = vec![PROTOCOL_VERSION, kind];
         f.extend(id.to_be_bytes());
         f.extend(body);
         assert_canonical_request(&f);
