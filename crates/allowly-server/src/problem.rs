@@ -179,7 +179,7 @@ impl Problem {
 
     /// A backup that could not be made: a fault of ours, logged, never detailed to the caller
     /// (it names paths).
-    pub fn from_backup(e: &crate::backup::BackupError) -> Self {
+    pub fn from_backup(e: &crate::error::Error) -> Self {
         Self::backup_failed(e.to_string())
     }
 
