@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 
-use crate::error::ServeError;
+use crate::error::Error;
 use crate::http_client::ApiArgs;
 use crate::layout::{ADMIN_TOKEN_FILE, DB_DIR};
 
@@ -53,12 +53,12 @@ fn parse_idempotency_key(s: &str) -> Result<String, String> {
 
 impl IdempotencyArgs {
     /// The given key, or a new random one (`cli-` and 32 hex digits).
-    fn key(&self) -> Result<String, ServeError> {
+    fn key(&self) -> Result<String, Error> {
         if let Some(k) = &self.idempotency_key {
             return Ok(k.clone());
         }
         let mut bytes = [0u8; 16];
-        getrandom::getrandom(&mut bytes).map_err(|e| ServeError::Io {
+        getrandom::getrandom(&mut bytes).map_err(|e| Error::Io {
             what: "making an Idempotency-Key".into(),
             source: std::io::Error::other(e.to_string()),
         })?;
@@ -146,7 +146,7 @@ pub enum AdminKeyCommand {
 }
 
 /// Runs `allowly workspace-key …`; returns what to print.
-pub fn workspace_key(cmd: WorkspaceKeyCommand) -> Result<String, ServeError> {
+pub fn workspace_key(cmd: WorkspaceKeyCommand) -> Result<String, Error> {
     match cmd {
         WorkspaceKeyCommand::Rotate { workspace, server, idempotency } => {
             if !crate::extract::valid_path_id(&workspace) {
@@ -158,7 +158,7 @@ pub fn workspace_key(cmd: WorkspaceKeyCommand) -> Result<String, ServeError> {
             if !crate::extract::valid_path_id(&workspace) {
                 return Err(invalid(format!("not a workspace id: {workspace:?}")));
             }
-            let bin = crate::signer_child::find_binary(signer_bin)?;
+            let bin = crate::signer_child::find_binary(signer_bin).map_err(Error::signer)?;
             let (key_id, held_by) = active_key(&bin, &signer_dir, &workspace)?;
             if held_by == to.name() {
                 let done = serde_json::json!({ "workspace_id": workspace, "active_key_id": key_id, "keystore": held_by, "rotated": false });
@@ -183,12 +183,12 @@ pub fn workspace_key(cmd: WorkspaceKeyCommand) -> Result<String, ServeError> {
 
 /// The active key of `ws` in signer directory `dir` and the key store holding it, as
 /// `allowly-signer keys` reads them from the key files.
-fn active_key(bin: &Path, dir: &Path, ws: &str) -> Result<(String, String), ServeError> {
+fn active_key(bin: &Path, dir: &Path, ws: &str) -> Result<(String, String), Error> {
     let out = std::process::Command::new(bin)
         .args(["keys", "--workspace", ws, "--dir"])
         .arg(dir)
         .output()
-        .map_err(|source| ServeError::Io { what: format!("running {} keys", bin.display()), source })?;
+        .map_err(|source| Error::Io { what: format!("running {} keys", bin.display()), source })?;
     let text = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
         let why = String::from_utf8_lossy(&out.stderr);
@@ -204,7 +204,7 @@ fn active_key(bin: &Path, dir: &Path, ws: &str) -> Result<(String, String), Serv
 }
 
 /// Runs `allowly admin-key …`; returns what to print.
-pub fn admin_key(cmd: AdminKeyCommand) -> Result<String, ServeError> {
+pub fn admin_key(cmd: AdminKeyCommand) -> Result<String, Error> {
     match cmd {
         // The token is read once: a repeat of a rotation must bear the key it revoked (the
         // server has written the new one to the file by then).
@@ -221,22 +221,20 @@ pub fn admin_key(cmd: AdminKeyCommand) -> Result<String, ServeError> {
 }
 
 /// Offline reset: RocksDB's lock refuses it while a server has the store open.
-fn reset(data_dir: &Path) -> Result<String, ServeError> {
+fn reset(data_dir: &Path) -> Result<String, Error> {
     let db = data_dir.join(DB_DIR);
     if !db.is_dir() {
         return Err(invalid(format!("{} is not a data directory (no {DB_DIR}/)", data_dir.display())));
     }
-    let store =
-        allowly_store_rocks::RocksStore::open(&db, allowly_store_rocks::RocksOptions::default()).map_err(|source| {
-            ServeError::Store { path: format!("{} (is the server still running?)", db.display()), source }
-        })?;
+    let store = allowly_store_rocks::RocksStore::open(&db, allowly_store_rocks::RocksOptions::default())
+        .map_err(|source| Error::Store { path: format!("{} (is the server still running?)", db.display()), source })?;
     let (created, revoked) = allowly_engine::reset_instance_admin_keys(&store)
-        .map_err(|source| ServeError::Engine { what: "resetting the instance admin keys", source })?;
+        .map_err(|source| Error::Engine { what: "resetting the instance admin keys", source })?;
     drop(store);
     let path = data_dir.join(ADMIN_TOKEN_FILE);
     crate::admin_token::replace(&path, &created.secret)
-        .map_err(|source| ServeError::Io { what: format!("writing {}", path.display()), source })?;
-    give_back(&db, &path).map_err(|source| ServeError::Io { what: format!("chown of {}", db.display()), source })?;
+        .map_err(|source| Error::Io { what: format!("writing {}", path.display()), source })?;
+    give_back(&db, &path).map_err(|source| Error::Io { what: format!("chown of {}", db.display()), source })?;
     Ok(format!("revoked {revoked} instance admin key(s); the new one, {}, is in {}", created.key.id, path.display()))
 }
 
@@ -262,8 +260,8 @@ fn give_back(db: &Path, token: &Path) -> std::io::Result<()> {
     std::os::unix::fs::chown(token, Some(uid), Some(gid))
 }
 
-fn invalid(what: String) -> ServeError {
-    ServeError::Io { what, source: std::io::Error::from(std::io::ErrorKind::InvalidInput) }
+fn invalid(what: String) -> Error {
+    Error::Io { what, source: std::io::Error::from(std::io::ErrorKind::InvalidInput) }
 }
 
 /// How long one call may take (a rotation waits for the signer).
@@ -273,16 +271,16 @@ const TIMEOUT: Duration = Duration::from_secs(60);
 const RESEND_AFTER: [Duration; 2] = [Duration::from_millis(250), Duration::from_secs(1)];
 
 impl ServerArgs {
-    fn token(&self) -> Result<String, ServeError> {
+    fn token(&self) -> Result<String, Error> {
         let path = self.token_file.clone().unwrap_or_else(|| Path::new("./allowly-data").join(ADMIN_TOKEN_FILE));
         let text = std::fs::read_to_string(&path)
-            .map_err(|source| ServeError::Io { what: format!("reading {}", path.display()), source })?;
+            .map_err(|source| Error::Io { what: format!("reading {}", path.display()), source })?;
         Ok(text.trim().to_owned())
     }
 
     /// `method path` with no body, with `Idempotency-Key: key` if given; the answer's body when
     /// it is a 2xx.
-    fn call(&self, method: &str, path: &str, key: Option<&str>) -> Result<String, ServeError> {
+    fn call(&self, method: &str, path: &str, key: Option<&str>) -> Result<String, Error> {
         let auth = format!("Bearer {}", self.token()?);
         let mut headers = vec![("Authorization", auth.as_str())];
         headers.extend(key.map(|k| ("Idempotency-Key", k)));
@@ -313,7 +311,7 @@ impl ServerArgs {
 
     /// A bodyless `POST path` carrying `Idempotency-Key: key` (told on stderr, so the command can
     /// be repeated with it), sent again if its answer is lost.
-    fn post(&self, path: &str, key: &str) -> Result<String, ServeError> {
+    fn post(&self, path: &str, key: &str) -> Result<String, Error> {
         eprintln!("allowly: Idempotency-Key {key} (repeat with --idempotency-key {key} to get this answer again)");
         self.call("POST", path, Some(key))
     }

@@ -54,6 +54,7 @@ use allowly_store_rocks::{RocksOptions, RocksStore};
 use clap::Args;
 use serde::{Deserialize, Serialize};
 
+use crate::error::Error;
 use crate::layout::{ADMIN_TOKEN_FILE, BACKUPS_DIR, DB_DIR, SIGNER_DIR};
 
 /// The master key's file name in the signer's directory.
@@ -65,41 +66,14 @@ pub const MANIFEST_FILE: &str = "manifest.json";
 /// How long the signer may take to write its snapshot.
 const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(600);
 
-/// Why a backup or a restore failed or was refused.
-#[derive(Debug, thiserror::Error)]
-pub enum BackupError {
-    /// A file operation failed.
-    #[error("{what}: {source}")]
-    Io { what: String, source: std::io::Error },
-    /// The store (the live one, or the backup's copy) failed.
-    #[error("{what}: {source}")]
-    Store { what: String, source: allowly_store::StoreError },
-    /// The signer refused or failed the snapshot, or its state could not be read.
-    #[error("signer: {0}")]
-    Signer(String),
-    /// The server did not answer the backup request as expected.
-    #[error("server: {0}")]
-    Server(String),
-    /// The command line or the directories given are not usable.
-    #[error("{0}")]
-    Usage(String),
-    /// The backup could not be made private to its owner.
-    #[error("{0}")]
-    Private(#[from] crate::isolation::IsolationError),
-    /// The backup does not pass its checks (its pair disagrees, or it is older than what was
-    /// handed out); the text says what to do.
-    #[error("{0}")]
-    Refused(String),
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+    let what = what.into();
+    move |source| Error::Io { what, source }
 }
 
-fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> BackupError {
+fn store_err(what: impl Into<String>) -> impl FnOnce(allowly_store::StoreError) -> Error {
     let what = what.into();
-    move |source| BackupError::Io { what, source }
-}
-
-fn store_err(what: impl Into<String>) -> impl FnOnce(allowly_store::StoreError) -> BackupError {
-    let what = what.into();
-    move |source| BackupError::Store { what, source }
+    move |source| Error::BackupStore { what, source }
 }
 
 /// What `POST /v1/admin/backup` answers: where the two halves of the new backup wait.
@@ -133,10 +107,10 @@ impl Backups {
 
     /// Signer snapshot first, RocksDB checkpoint second (see the module docs). Nothing of a
     /// failed backup is left in `backups/`.
-    pub async fn take(&self) -> Result<Staged, BackupError> {
+    pub async fn take(&self) -> Result<Staged, Error> {
         let created_ms = now_ms();
         let mut rand = [0u8; 4];
-        getrandom::getrandom(&mut rand).map_err(|e| BackupError::Server(format!("random name: {e}")))?;
+        getrandom::getrandom(&mut rand).map_err(|e| Error::BackupServer(format!("random name: {e}")))?;
         let name = format!("b{created_ms}-{}", hex::encode(rand));
         let root = self.data_dir.join(BACKUPS_DIR);
         let staging = root.join(&name);
@@ -150,16 +124,16 @@ impl Backups {
         result
     }
 
-    async fn take_into(&self, name: &str, staging: &Path, created_ms: u64) -> Result<Staged, BackupError> {
+    async fn take_into(&self, name: &str, staging: &Path, created_ms: u64) -> Result<Staged, Error> {
         // A connection of its own, with room for a long copy.
         let opts = ClientOptions { request_timeout: SNAPSHOT_TIMEOUT, ..ClientOptions::default() };
         let signer = SignerClient::new(self.signer_socket.clone(), opts);
         let (workspaces, journal_bytes, audit_bytes) =
-            signer.snapshot(name).await.map_err(|e| BackupError::Signer(format!("snapshot: {e}")))?;
+            signer.snapshot(name).await.map_err(|e| Error::BackupSigner(format!("snapshot: {e}")))?;
         let (store, db) = (self.store.clone(), staging.join(DB_DIR));
         tokio::task::spawn_blocking(move || store.backup_to(&db))
             .await
-            .map_err(|e| BackupError::Server(format!("checkpoint task: {e}")))?
+            .map_err(|e| Error::BackupServer(format!("checkpoint task: {e}")))?
             .map_err(store_err("RocksDB checkpoint"))?;
         let staged = Staged {
             name: name.to_owned(),
@@ -199,8 +173,8 @@ pub struct Manifest {
     pub master_key_included: bool,
 }
 
-fn write_manifest(path: &Path, m: &Manifest) -> Result<(), BackupError> {
-    let text = serde_json::to_vec_pretty(m).map_err(|e| BackupError::Server(format!("manifest: {e}")))?;
+fn write_manifest(path: &Path, m: &Manifest) -> Result<(), Error> {
+    let text = serde_json::to_vec_pretty(m).map_err(|e| Error::BackupServer(format!("manifest: {e}")))?;
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -280,19 +254,19 @@ pub struct RestoreArgs {
 }
 
 /// `allowly backup DIR`: asks the server for a snapshot, moves it into `DIR`, checks it.
-pub fn backup(args: BackupArgs) -> Result<(), BackupError> {
+pub fn backup(args: BackupArgs) -> Result<(), Error> {
     let dest = args.dir.clone();
     ensure_empty_or_missing(&dest)?;
     let token_file = args.admin_token_file.clone().unwrap_or_else(|| args.data_dir.join(ADMIN_TOKEN_FILE));
     let token = std::fs::read_to_string(&token_file).map_err(io(format!("reading {}", token_file.display())))?;
     let answer = post(&args.api, "/v1/admin/backup", token.trim())?;
     let staged: Staged = serde_json::from_str(&answer)
-        .map_err(|e| BackupError::Server(format!("unexpected answer to the backup request: {e}")))?;
+        .map_err(|e| Error::BackupServer(format!("unexpected answer to the backup request: {e}")))?;
     let signer_dir = args.signer_dir.clone().unwrap_or_else(|| args.data_dir.join(SIGNER_DIR));
     // This command may run as root, the server's answer comes from a less trusted process: only
     // the name is taken from it, checked, and the paths are built here; neither may be a link.
     if !is_backup_name(&staged.name) {
-        return Err(BackupError::Server(format!("the server named its backup {:?}", staged.name)));
+        return Err(Error::BackupServer(format!("the server named its backup {:?}", staged.name)));
     }
     let from_db = args.data_dir.join(BACKUPS_DIR).join(&staged.name);
     let from_signer = signer_dir.join(SIGNER_SNAPSHOTS_DIR).join(&staged.name);
@@ -300,7 +274,7 @@ pub fn backup(args: BackupArgs) -> Result<(), BackupError> {
         let real =
             std::fs::symlink_metadata(dir).map(|m| m.is_dir()).map_err(io(format!("reading {}", dir.display())))?;
         if !real {
-            return Err(BackupError::Server(format!("{} is not a directory (a link?)", dir.display())));
+            return Err(Error::BackupServer(format!("{} is not a directory (a link?)", dir.display())));
         }
     }
     // Copied, never moved: the checkpoint's files are hard links to the live database's, and
@@ -318,7 +292,7 @@ pub fn backup(args: BackupArgs) -> Result<(), BackupError> {
         write_manifest(&path, &m)?;
     }
     let signer_bin = crate::signer_child::find_binary(args.signer_bin.clone())
-        .map_err(|e| BackupError::Usage(format!("finding allowly-signer: {e}")))?;
+        .map_err(|e| Error::Usage(format!("finding allowly-signer: {e}")))?;
     let heads = signer_heads(&signer_bin, &dest.join(SIGNER_DIR))?;
     let checked = check_pair(&dest.join(DB_DIR), &heads)?;
     // After the check, which opens the database copy and so adds files to it.
@@ -338,13 +312,13 @@ pub fn backup(args: BackupArgs) -> Result<(), BackupError> {
 }
 
 /// `allowly restore`: see the module docs.
-pub fn restore(args: RestoreArgs) -> Result<(), BackupError> {
+pub fn restore(args: RestoreArgs) -> Result<(), Error> {
     let signer_bin = crate::signer_child::find_binary(args.signer_bin.clone())
-        .map_err(|e| BackupError::Usage(format!("finding allowly-signer: {e}")))?;
+        .map_err(|e| Error::Usage(format!("finding allowly-signer: {e}")))?;
     let manifest = read_manifest(&args.from)?;
     let (b_db, b_signer) = (args.from.join(DB_DIR), args.from.join(SIGNER_DIR));
     if !b_db.is_dir() || !b_signer.is_dir() {
-        return Err(BackupError::Usage(format!("{} is not a backup (no db/ or signer/)", args.from.display())));
+        return Err(Error::Usage(format!("{} is not a backup (no db/ or signer/)", args.from.display())));
     }
     // Newer evidence, gathered before anything is touched.
     let mut newer: Vec<(String, Head)> = Vec::new();
@@ -354,7 +328,7 @@ pub fn restore(args: RestoreArgs) -> Result<(), BackupError> {
     let target = &args.data_dir;
     let occupied = std::fs::read_dir(target).map(|mut d| d.next().is_some()).unwrap_or(false);
     if occupied && !args.force {
-        return Err(BackupError::Usage(format!(
+        return Err(Error::Usage(format!(
             "{} is not empty: stop the server and pass --force to restore over it (its db/ and signer/ are moved \
              aside, never deleted, and its signer state is compared with the backup)",
             target.display()
@@ -474,10 +448,10 @@ pub fn restore(args: RestoreArgs) -> Result<(), BackupError> {
 /// Refuses a data directory whose database or signer journal is open (a server running on it):
 /// RocksDB's lock (a POSIX record lock on `db/LOCK`) and the journal writer's (`flock` on
 /// `signer/journal.lock`) are tried without opening either, and let go at once.
-fn refuse_if_in_use(target: &Path) -> Result<(), BackupError> {
+fn refuse_if_in_use(target: &Path) -> Result<(), Error> {
     use rustix::fs::FlockOperation::NonBlockingLockExclusive;
     let in_use = |what: &str, e: rustix::io::Errno| {
-        BackupError::Usage(format!(
+        Error::Usage(format!(
             "{} is in use ({what} is locked: {e}): stop the server (and its signer) before restoring",
             target.display()
         ))
@@ -500,31 +474,31 @@ struct Head {
     root: Option<[u8; 32]>,
 }
 
-fn parse_checkpoint(note: &str) -> Result<Checkpoint, BackupError> {
-    let signed = parse_signed_note(note).map_err(|e| BackupError::Usage(format!("not a signed checkpoint: {e}")))?;
-    Checkpoint::parse(&signed.text).map_err(|e| BackupError::Usage(format!("not a checkpoint: {e}")))
+fn parse_checkpoint(note: &str) -> Result<Checkpoint, Error> {
+    let signed = parse_signed_note(note).map_err(|e| Error::Usage(format!("not a signed checkpoint: {e}")))?;
+    Checkpoint::parse(&signed.text).map_err(|e| Error::Usage(format!("not a checkpoint: {e}")))
 }
 
 /// A checkpoint file: the JSON answer of the checkpoint endpoint, or the note itself.
-fn read_checkpoint_file(file: &Path) -> Result<Head, BackupError> {
+fn read_checkpoint_file(file: &Path) -> Result<Head, Error> {
     let text = std::fs::read_to_string(file).map_err(io(format!("reading {}", file.display())))?;
     let note = match serde_json::from_str::<serde_json::Value>(&text) {
         Ok(v) => v
             .get("checkpoint")
             .and_then(|c| c.as_str())
             .map(str::to_owned)
-            .ok_or_else(|| BackupError::Usage(format!("{}: no \"checkpoint\" member", file.display())))?,
+            .ok_or_else(|| Error::Usage(format!("{}: no \"checkpoint\" member", file.display())))?,
         Err(_) => text,
     };
-    let cp = parse_checkpoint(&note).map_err(|e| BackupError::Usage(format!("{}: {e}", file.display())))?;
+    let cp = parse_checkpoint(&note).map_err(|e| Error::Usage(format!("{}: {e}", file.display())))?;
     let ws = cp.origin.strip_prefix(&log_origin("")).map(str::to_owned).ok_or_else(|| {
-        BackupError::Usage(format!("{}: origin {:?} is not an Allowly workspace log", file.display(), cp.origin))
+        Error::Usage(format!("{}: origin {:?} is not an Allowly workspace log", file.display(), cp.origin))
     })?;
     Ok(Head { ws, size: cp.size, root: Some(cp.root) })
 }
 
 /// Every workspace's head in a signer directory, read by `allowly-signer heads`.
-fn signer_heads(bin: &Path, dir: &Path) -> Result<BTreeMap<String, (u64, Option<String>)>, BackupError> {
+fn signer_heads(bin: &Path, dir: &Path) -> Result<BTreeMap<String, (u64, Option<String>)>, Error> {
     let out = Command::new(bin)
         .args(["heads", "--dir"])
         .arg(dir)
@@ -532,7 +506,7 @@ fn signer_heads(bin: &Path, dir: &Path) -> Result<BTreeMap<String, (u64, Option<
         .output()
         .map_err(io(format!("running {}", bin.display())))?;
     if !out.status.success() {
-        return Err(BackupError::Signer(format!(
+        return Err(Error::BackupSigner(format!(
             "reading the signer state in {}: {}",
             dir.display(),
             String::from_utf8_lossy(&out.stderr).trim()
@@ -546,14 +520,14 @@ fn signer_heads(bin: &Path, dir: &Path) -> Result<BTreeMap<String, (u64, Option<
     }
     let mut heads = BTreeMap::new();
     for line in out.stdout.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-        let l: Line = serde_json::from_slice(line).map_err(|e| BackupError::Signer(format!("heads: {e}")))?;
+        let l: Line = serde_json::from_slice(line).map_err(|e| Error::BackupSigner(format!("heads: {e}")))?;
         heads.insert(l.workspace_id, (l.size, l.checkpoint));
     }
     Ok(heads)
 }
 
 /// The root of the first `size` stored leaves of `ws`; `None` if fewer are stored.
-fn stored_root(store: &RocksStore, ws: &str, size: u64) -> Result<Option<[u8; 32]>, BackupError> {
+fn stored_root(store: &RocksStore, ws: &str, size: u64) -> Result<Option<[u8; 32]>, Error> {
     let next = store.log_meta(ws).map_err(store_err(format!("reading the log of {ws}")))?.map_or(0, |m| m.next_index);
     if next < size {
         return Ok(None);
@@ -565,29 +539,26 @@ fn stored_root(store: &RocksStore, ws: &str, size: u64) -> Result<Option<[u8; 32
         let mut leaves = Vec::with_capacity(page.len());
         for (i, h) in page {
             if i != at + leaves.len() as u64 {
-                return Err(BackupError::Refused(format!(
-                    "the stored log of {ws} lacks leaf {}",
-                    at + leaves.len() as u64
-                )));
+                return Err(Error::Refused(format!("the stored log of {ws} lacks leaf {}", at + leaves.len() as u64)));
             }
             leaves.push(h);
         }
         if leaves.is_empty() {
-            return Err(BackupError::Refused(format!("the stored log of {ws} lacks leaf {at}")));
+            return Err(Error::Refused(format!("the stored log of {ws} lacks leaf {at}")));
         }
         at += leaves.len() as u64;
-        f.append(&leaves).map_err(|e| BackupError::Refused(format!("the stored log of {ws}: {e}")))?;
+        f.append(&leaves).map_err(|e| Error::Refused(format!("the stored log of {ws}: {e}")))?;
     }
     Ok(Some(f.root()))
 }
 
-fn open_store(db: &Path) -> Result<RocksStore, BackupError> {
+fn open_store(db: &Path) -> Result<RocksStore, Error> {
     RocksStore::open(db, RocksOptions::default()).map_err(store_err(format!("opening {}", db.display())))
 }
 
 /// Store ≥ signer, workspace by workspace: the store holds every leaf the signer signed, and
 /// the signer's root is the root of those stored leaves. Returns how many were checked.
-fn check_pair(db: &Path, heads: &BTreeMap<String, (u64, Option<String>)>) -> Result<usize, BackupError> {
+fn check_pair(db: &Path, heads: &BTreeMap<String, (u64, Option<String>)>) -> Result<usize, Error> {
     let store = open_store(db)?;
     let mut bad = Vec::new();
     for (ws, (size, checkpoint)) in heads {
@@ -602,7 +573,7 @@ fn check_pair(db: &Path, heads: &BTreeMap<String, (u64, Option<String>)>) -> Res
         }
     }
     if !bad.is_empty() {
-        return Err(BackupError::Refused(format!(
+        return Err(Error::Refused(format!(
             "the backup's store and signer state disagree (store >= signer does not hold), so it cannot be \
              restored as it is: {}",
             bad.join("; ")
@@ -613,7 +584,7 @@ fn check_pair(db: &Path, heads: &BTreeMap<String, (u64, Option<String>)>) -> Res
 
 /// Every newer head must be a prefix of the backup's stored log: otherwise the backup is
 /// older than what was handed out (or forks it).
-fn check_not_older(db: &Path, newer: &[(String, Head)], manifest: &Manifest) -> Result<(), BackupError> {
+fn check_not_older(db: &Path, newer: &[(String, Head)], manifest: &Manifest) -> Result<(), Error> {
     if newer.is_empty() {
         return Ok(());
     }
@@ -636,7 +607,7 @@ fn check_not_older(db: &Path, newer: &[(String, Head)], manifest: &Manifest) -> 
     if older.is_empty() {
         return Ok(());
     }
-    Err(BackupError::Refused(format!(
+    Err(Error::Refused(format!(
         "refusing to restore backup {}: it is OLDER than checkpoints already handed out, so restoring it would \
          fork those logs (receipts after the backup would be issued again with other contents):\n  {}\n\
          What to do: restore a newer backup (one taken after these checkpoints) instead. If there is none, the \
@@ -648,15 +619,15 @@ fn check_not_older(db: &Path, newer: &[(String, Head)], manifest: &Manifest) -> 
     )))
 }
 
-fn read_manifest(dir: &Path) -> Result<Manifest, BackupError> {
+fn read_manifest(dir: &Path) -> Result<Manifest, Error> {
     let path = dir.join(MANIFEST_FILE);
     let text = std::fs::read(&path).map_err(io(format!("reading {}", path.display())))?;
-    serde_json::from_slice(&text).map_err(|e| BackupError::Usage(format!("{}: {e}", path.display())))
+    serde_json::from_slice(&text).map_err(|e| Error::Usage(format!("{}: {e}", path.display())))
 }
 
-fn ensure_empty_or_missing(dir: &Path) -> Result<(), BackupError> {
+fn ensure_empty_or_missing(dir: &Path) -> Result<(), Error> {
     match std::fs::read_dir(dir).map(|mut d| d.next().is_some()) {
-        Ok(true) => Err(BackupError::Usage(format!("{} exists and is not empty", dir.display()))),
+        Ok(true) => Err(Error::Usage(format!("{} exists and is not empty", dir.display()))),
         Ok(false) => std::fs::remove_dir(dir).map_err(io(format!("removing the empty {}", dir.display()))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(io(format!("reading {}", dir.display()))(e)),
@@ -664,7 +635,7 @@ fn ensure_empty_or_missing(dir: &Path) -> Result<(), BackupError> {
 }
 
 /// Renames `from` to `to` (which must not exist), copying and removing across file systems.
-fn move_dir(from: &Path, to: &Path) -> Result<(), BackupError> {
+fn move_dir(from: &Path, to: &Path) -> Result<(), Error> {
     match std::fs::rename(from, to) {
         Ok(()) => Ok(()),
         Err(e) if e.raw_os_error() == Some(rustix::io::Errno::XDEV.raw_os_error()) => {
@@ -676,7 +647,7 @@ fn move_dir(from: &Path, to: &Path) -> Result<(), BackupError> {
 }
 
 /// Copies a tree of directories and regular files (each file fsynced), private (0700/0600).
-fn copy_tree(from: &Path, to: &Path) -> Result<(), BackupError> {
+fn copy_tree(from: &Path, to: &Path) -> Result<(), Error> {
     std::fs::DirBuilder::new().mode(0o700).create(to).map_err(io(format!("creating {}", to.display())))?;
     for entry in std::fs::read_dir(from).map_err(io(format!("listing {}", from.display())))? {
         let entry = entry.map_err(io(format!("listing {}", from.display())))?;
@@ -691,7 +662,7 @@ fn copy_tree(from: &Path, to: &Path) -> Result<(), BackupError> {
     sync_dir(to)
 }
 
-fn copy_file(from: &Path, to: &Path) -> Result<(), BackupError> {
+fn copy_file(from: &Path, to: &Path) -> Result<(), Error> {
     let what = || format!("copying {} to {}", from.display(), to.display());
     let mut src = std::fs::File::open(from).map_err(io(what()))?;
     let mut dst = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(to).map_err(io(what()))?;
@@ -706,24 +677,24 @@ fn copy_file(from: &Path, to: &Path) -> Result<(), BackupError> {
     dst.sync_all().map_err(io(what()))
 }
 
-fn sync_dir(dir: &Path) -> Result<(), BackupError> {
+fn sync_dir(dir: &Path) -> Result<(), Error> {
     std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io(format!("syncing {}", dir.display())))
 }
 
 /// The whole backup to the caller's uid and gid, directories 0700, files without group or
 /// other permissions: whoever holds a backup holds the sealed keys (and, with
 /// `--include-master-key`, the key to them).
-fn make_private(dir: &Path) -> Result<(), BackupError> {
+fn make_private(dir: &Path) -> Result<(), Error> {
     let me = crate::isolation::Account {
         uid: rustix::process::geteuid().as_raw(),
         gid: rustix::process::getegid().as_raw(),
     };
-    Ok(crate::isolation::own_tree(dir, me, true)?)
+    crate::isolation::own_tree(dir, me, true)
 }
 
 /// A bodyless `POST` with the admin key through the operator commands' client
 /// ([`crate::http_client`]); the answer's body if it is 2xx.
-fn post(api: &crate::http_client::ApiArgs, path: &str, token: &str) -> Result<String, BackupError> {
+fn post(api: &crate::http_client::ApiArgs, path: &str, token: &str) -> Result<String, Error> {
     let auth = format!("Bearer {token}");
     let req = crate::http_client::Request {
         url: &api.url,
@@ -734,9 +705,9 @@ fn post(api: &crate::http_client::ApiArgs, path: &str, token: &str) -> Result<St
         timeout: SNAPSHOT_TIMEOUT + Duration::from_secs(60),
     };
     req.send().map_err(|e| match e {
-        crate::error::ServeError::Remote { status, body } => BackupError::Server(format!("{status}: {body}")),
-        crate::error::ServeError::Io { what, source } => BackupError::Io { what, source },
-        other => BackupError::Server(other.to_string()),
+        Error::Remote { status, body } => Error::BackupServer(format!("{status}: {body}")),
+        Error::Io { what, source } => Error::Io { what, source },
+        other => Error::BackupServer(other.to_string()),
     })
 }
 

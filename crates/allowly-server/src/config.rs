@@ -10,6 +10,8 @@ use allowly_webhooks::WebhookConfig;
 use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
 
+use crate::error::Error;
+
 /// Resolved here, launched by `signer_child`, where it is defined.
 pub use crate::signer_child::{KeystoreKind, SignerKeystore, TokenSettings};
 
@@ -455,41 +457,16 @@ pub struct ServerConfig {
     pub metrics_token: Option<crate::auth::MetricsToken>,
 }
 
-/// A configuration that cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read config file {}: {source}", path.display())]
-    Read { path: PathBuf, source: std::io::Error },
-    #[error("config file {}: {source}", path.display())]
-    Parse { path: PathBuf, source: Box<toml::de::Error> },
-    #[error("body_limit {0} is outside {min}..={max}", min = BODY_LIMIT_RANGE.start(), max = BODY_LIMIT_RANGE.end())]
-    BodyLimit(usize),
-    #[error("webhook settings: {0}")]
-    Webhooks(String),
-    #[error("{0} must be within 1 s..=30 days")]
-    Ttl(&'static str),
-    #[error("signer_max_in_flight must be within 1..=65536")]
-    SignerInFlight,
-    #[error("{0} is outside {1}")]
-    OutOfRange(&'static str, &'static str),
-    #[error("signer key store: {0}")]
-    Keystore(String),
-    #[error("min_free_disk: {0}")]
-    Size(String),
-    #[error("metrics_token_file: {0}")]
-    MetricsToken(String),
-}
-
 impl ServeArgs {
     /// Applies the file (if any) under the flags and environment, then the defaults.
-    pub fn resolve(self) -> Result<ServerConfig, ConfigError> {
+    pub fn resolve(self) -> Result<ServerConfig, Error> {
         let file = match &self.config {
             Some(path) => read_file(path)?,
             None => FileConfig::default(),
         };
         let body_limit = self.body_limit.or(file.body_limit).unwrap_or(DEFAULT_BODY_LIMIT);
         if !BODY_LIMIT_RANGE.contains(&body_limit) {
-            return Err(ConfigError::BodyLimit(body_limit));
+            return Err(Error::BodyLimit(body_limit));
         }
         let listen = self.listen.or(file.listen).unwrap_or_else(default_listen);
         let keystore = resolve_keystore(
@@ -501,7 +478,7 @@ impl ServeArgs {
         )?;
         let signer = match self.signer_socket.or(file.signer_socket) {
             Some(_) if keystore != SignerKeystore::default() => {
-                return Err(ConfigError::Keystore(
+                return Err(Error::Keystore(
                     "a signer of its own (signer_socket) is configured on its own command line, not here".into(),
                 ));
             }
@@ -529,35 +506,35 @@ impl ServeArgs {
         let escalation_ttl = ms(self.escalation_ttl_ms, file.escalation_ttl_ms, e.escalation_ttl);
         for (name, ttl) in [("confirmation_ttl_ms", confirmation_ttl), ("escalation_ttl_ms", escalation_ttl)] {
             if !(Duration::from_secs(1)..=Duration::from_secs(30 * 24 * 3600)).contains(&ttl) {
-                return Err(ConfigError::Ttl(name));
+                return Err(Error::Ttl(name));
             }
         }
         let signer_max_in_flight =
             self.signer_max_in_flight.or(file.signer_max_in_flight).unwrap_or(DEFAULT_SIGNER_IN_FLIGHT);
         if !(1..=65_536).contains(&signer_max_in_flight) {
-            return Err(ConfigError::SignerInFlight);
+            return Err(Error::SignerInFlight);
         }
         let max_cached_authorizations =
             self.max_cached_authorizations.or(file.max_cached_authorizations).unwrap_or(e.max_cached_authorizations);
         let idle_timeout = ms(self.idle_timeout_ms, file.idle_timeout_ms, e.idle_timeout);
         if !(Duration::from_secs(1)..=Duration::from_secs(24 * 3600)).contains(&idle_timeout) {
-            return Err(ConfigError::OutOfRange("idle_timeout_ms", "1000..=86400000"));
+            return Err(Error::OutOfRange("idle_timeout_ms", "1000..=86400000"));
         }
         let memory_high_water = match self.memory_high_water_mib.or(file.memory_high_water_mib) {
-            Some(mib) => mib.checked_mul(1 << 20).ok_or(ConfigError::OutOfRange("memory_high_water_mib", "0..2^44"))?,
+            Some(mib) => mib.checked_mul(1 << 20).ok_or(Error::OutOfRange("memory_high_water_mib", "0..2^44"))?,
             None => e.memory_high_water,
         };
         let signer_timeout = ms(self.signer_timeout_ms, file.signer_timeout_ms, e.signer_timeout);
         // At most the signer client's own bound on a call (10 s), which would otherwise cut it.
         if !(Duration::from_millis(100)..=Duration::from_secs(10)).contains(&signer_timeout) {
-            return Err(ConfigError::OutOfRange("signer_timeout_ms", "100..=10000"));
+            return Err(Error::OutOfRange("signer_timeout_ms", "100..=10000"));
         }
         let rotation_drain_timeout =
             ms(self.rotation_drain_timeout_ms, file.rotation_drain_timeout_ms, e.rotation_drain_timeout);
         // Below 100 ms a rotation under any load would fail; above 5 min the workspace's checks
         // would wait that long behind a stalled signer.
         if !(Duration::from_millis(100)..=Duration::from_secs(300)).contains(&rotation_drain_timeout) {
-            return Err(ConfigError::OutOfRange("rotation_drain_timeout_ms", "100..=300000"));
+            return Err(Error::OutOfRange("rotation_drain_timeout_ms", "100..=300000"));
         }
         let commit_window = match self.commit_window_us.or(file.commit_window_us) {
             Some(us) => Duration::from_micros(us),
@@ -565,38 +542,38 @@ impl ServeArgs {
         };
         // Past 10 ms the wait would be a visible share of a check's latency budget.
         if commit_window > Duration::from_millis(10) {
-            return Err(ConfigError::OutOfRange("commit_window_us", "0..=10000"));
+            return Err(Error::OutOfRange("commit_window_us", "0..=10000"));
         }
         let sign_rounds_per_second =
             self.sign_rounds_per_second.or(file.sign_rounds_per_second).unwrap_or(e.sign_rounds_per_second);
         if sign_rounds_per_second > 1_000_000 {
-            return Err(ConfigError::OutOfRange("sign_rounds_per_second", "0..=1000000"));
+            return Err(Error::OutOfRange("sign_rounds_per_second", "0..=1000000"));
         }
         let max_unsigned_age = ms(self.max_unsigned_age_ms, file.max_unsigned_age_ms, e.max_unsigned_age);
         if !(Duration::from_secs(1)..=Duration::from_secs(24 * 3600)).contains(&max_unsigned_age) {
-            return Err(ConfigError::OutOfRange("max_unsigned_age_ms", "1000..=86400000"));
+            return Err(Error::OutOfRange("max_unsigned_age_ms", "1000..=86400000"));
         }
         let commit_timeout = ms(self.commit_timeout_ms, file.commit_timeout_ms, e.commit_timeout);
         // Below 100 ms a busy but healthy volume would time requests out; above a minute a
         // client would rather fail over than wait.
         if !(Duration::from_millis(100)..=Duration::from_secs(60)).contains(&commit_timeout) {
-            return Err(ConfigError::OutOfRange("commit_timeout_ms", "100..=60000"));
+            return Err(Error::OutOfRange("commit_timeout_ms", "100..=60000"));
         }
         let max_pending_writes = self.max_pending_writes.or(file.max_pending_writes).unwrap_or(e.max_pending_writes);
         if !(1..=1_000_000).contains(&max_pending_writes) {
-            return Err(ConfigError::OutOfRange("max_pending_writes", "1..=1000000"));
+            return Err(Error::OutOfRange("max_pending_writes", "1..=1000000"));
         }
         let max_long_polls = self.max_long_polls.or(file.max_long_polls).unwrap_or(e.max_long_polls);
         if !(1..=1_000_000).contains(&max_long_polls) {
-            return Err(ConfigError::OutOfRange("max_long_polls", "1..=1000000"));
+            return Err(Error::OutOfRange("max_long_polls", "1..=1000000"));
         }
         let long_poll_max = ms(self.long_poll_max_ms, file.long_poll_max_ms, e.long_poll_max);
         if !(Duration::from_millis(1)..=Duration::from_secs(600)).contains(&long_poll_max) {
-            return Err(ConfigError::OutOfRange("long_poll_max_ms", "1..=600000"));
+            return Err(Error::OutOfRange("long_poll_max_ms", "1..=600000"));
         }
         let min_free_disk = match self.min_free_disk {
             Some(n) => Some(n),
-            None => file.min_free_disk.as_ref().map(SizeSetting::bytes).transpose().map_err(ConfigError::Size)?,
+            None => file.min_free_disk.as_ref().map(SizeSetting::bytes).transpose().map_err(Error::MinFreeDisk)?,
         };
         let connections = crate::conn::Limits {
             max: self.max_connections.or(file.max_connections).unwrap_or(DEFAULT_MAX_CONNECTIONS),
@@ -607,13 +584,13 @@ impl ServeArgs {
             read_timeout: ms(self.request_read_timeout_ms, file.request_read_timeout_ms, DEFAULT_REQUEST_READ_TIMEOUT),
         };
         if !(1..=1_000_000).contains(&connections.max) {
-            return Err(ConfigError::OutOfRange("max_connections", "1..=1000000"));
+            return Err(Error::OutOfRange("max_connections", "1..=1000000"));
         }
         if !(1..=1_000_000).contains(&connections.max_per_address) {
-            return Err(ConfigError::OutOfRange("max_connections_per_address", "1..=1000000"));
+            return Err(Error::OutOfRange("max_connections_per_address", "1..=1000000"));
         }
         if !(Duration::from_millis(100)..=Duration::from_secs(120)).contains(&connections.read_timeout) {
-            return Err(ConfigError::OutOfRange("request_read_timeout_ms", "100..=120000"));
+            return Err(Error::OutOfRange("request_read_timeout_ms", "100..=120000"));
         }
         let rate_limit = match self.rate_limit_per_second.or(file.rate_limit_per_second).unwrap_or(0) {
             0 => allowly_store::RateLimit::Unlimited,
@@ -624,14 +601,14 @@ impl ServeArgs {
         };
         if let allowly_store::RateLimit::PerKey { requests_per_second, burst } = rate_limit {
             if requests_per_second > allowly_engine::validate::MAX_RATE {
-                return Err(ConfigError::OutOfRange("rate_limit_per_second", "0..=1000000"));
+                return Err(Error::OutOfRange("rate_limit_per_second", "0..=1000000"));
             }
             if !(1..=allowly_engine::validate::MAX_RATE).contains(&burst) {
-                return Err(ConfigError::OutOfRange("rate_limit_burst", "1..=1000000"));
+                return Err(Error::OutOfRange("rate_limit_burst", "1..=1000000"));
             }
         }
         let metrics_token = match self.metrics_token_file.or(file.metrics_token_file) {
-            Some(path) => Some(crate::auth::MetricsToken::read(&path).map_err(ConfigError::MetricsToken)?),
+            Some(path) => Some(crate::auth::MetricsToken::read(&path).map_err(Error::MetricsToken)?),
             None => None,
         };
         let d = crate::isolation::Users::default();
@@ -675,26 +652,25 @@ fn resolve_keystore(
     module: Option<PathBuf>,
     token_label: Option<String>,
     pin_file: Option<PathBuf>,
-) -> Result<SignerKeystore, ConfigError> {
+) -> Result<SignerKeystore, Error> {
     if previous == Some(kind) {
-        return Err(ConfigError::Keystore("signer_previous_keystore must be the other key store".into()));
+        return Err(Error::Keystore("signer_previous_keystore must be the other key store".into()));
     }
     let uses_token = kind == KeystoreKind::Pkcs11 || previous == Some(KeystoreKind::Pkcs11);
     let token = match (uses_token, module, token_label, pin_file) {
         (false, None, None, None) => None,
         (false, ..) => {
-            return Err(ConfigError::Keystore(
+            return Err(Error::Keystore(
                 "pkcs11_* settings need signer_keystore (or signer_previous_keystore) = pkcs11".into(),
             ))
         }
         (true, Some(module), Some(token_label), Some(pin_file)) => {
-            let abs = |p: PathBuf| {
-                std::path::absolute(&p).map_err(|e| ConfigError::Keystore(format!("{}: {e}", p.display())))
-            };
+            let abs =
+                |p: PathBuf| std::path::absolute(&p).map_err(|e| Error::Keystore(format!("{}: {e}", p.display())));
             Some(TokenSettings { module: abs(module)?, token_label, pin_file: abs(pin_file)? })
         }
         (true, ..) => {
-            return Err(ConfigError::Keystore(
+            return Err(Error::Keystore(
                 "signer_keystore = pkcs11 needs pkcs11_module, pkcs11_token_label and pkcs11_pin_file".into(),
             ))
         }
@@ -702,8 +678,8 @@ fn resolve_keystore(
     Ok(SignerKeystore { kind, previous, token })
 }
 
-fn check_webhooks(w: &WebhookConfig) -> Result<(), ConfigError> {
-    let bad = |m: &str| Err(ConfigError::Webhooks(m.to_owned()));
+fn check_webhooks(w: &WebhookConfig) -> Result<(), Error> {
+    let bad = |m: &str| Err(Error::WebhookSettings(m.to_owned()));
     if w.base_backoff.is_zero() || w.give_up_after.is_zero() {
         return bad("backoff and give-up times must be positive");
     }
@@ -723,9 +699,9 @@ fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8080))
 }
 
-fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
-    toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.to_owned(), source: Box::new(source) })
+fn read_file(path: &Path) -> Result<FileConfig, Error> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::ConfigRead { path: path.to_owned(), source })?;
+    toml::from_str(&text).map_err(|source| Error::ConfigParse { path: path.to_owned(), source: Box::new(source) })
 }
 
 #[cfg(test)]
@@ -791,10 +767,10 @@ mod tests {
                 "rate_limit_burst",
             ),
         ] {
-            assert!(matches!(args.resolve(), Err(ConfigError::OutOfRange(n, _)) if n == name), "{name}");
+            assert!(matches!(args.resolve(), Err(Error::OutOfRange(n, _)) if n == name), "{name}");
         }
         let missing = ServeArgs { metrics_token_file: Some("/nonexistent/token".into()), ..ServeArgs::default() };
-        assert!(matches!(missing.resolve(), Err(ConfigError::MetricsToken(_))));
+        assert!(matches!(missing.resolve(), Err(Error::MetricsToken(_))));
     }
 
     #[test]
@@ -866,11 +842,11 @@ mod tests {
         assert_eq!(w.attempt_timeout, Duration::from_millis(300));
         assert_eq!(w.give_up_after, WebhookConfig::default().give_up_after);
         let e = ServeArgs { webhook_base_backoff_ms: Some(10_000_000), ..ServeArgs::default() }.resolve().unwrap_err();
-        assert!(matches!(e, ConfigError::Webhooks(_)), "{e}");
+        assert!(matches!(e, Error::WebhookSettings(_)), "{e}");
         let e = ServeArgs { webhook_attempt_timeout_ms: Some(0), ..ServeArgs::default() }.resolve().unwrap_err();
-        assert!(matches!(e, ConfigError::Webhooks(_)), "{e}");
+        assert!(matches!(e, Error::WebhookSettings(_)), "{e}");
         let e = ServeArgs { webhook_retention_ms: Some(0), ..ServeArgs::default() }.resolve().unwrap_err();
-        assert!(matches!(e, ConfigError::Webhooks(_)), "{e}");
+        assert!(matches!(e, Error::WebhookSettings(_)), "{e}");
     }
 
     #[test]
@@ -913,10 +889,10 @@ mod tests {
         assert_eq!(off.resolve().unwrap().memory_high_water, 0);
         for bad in [999, 24 * 3600 * 1000 + 1] {
             let args = ServeArgs { idle_timeout_ms: Some(bad), ..ServeArgs::default() };
-            assert!(matches!(args.resolve(), Err(ConfigError::OutOfRange("idle_timeout_ms", _))));
+            assert!(matches!(args.resolve(), Err(Error::OutOfRange("idle_timeout_ms", _))));
         }
         let huge = ServeArgs { memory_high_water_mib: Some(u64::MAX), ..ServeArgs::default() };
-        assert!(matches!(huge.resolve(), Err(ConfigError::OutOfRange("memory_high_water_mib", _))));
+        assert!(matches!(huge.resolve(), Err(Error::OutOfRange("memory_high_water_mib", _))));
     }
 
     #[test]
@@ -965,18 +941,18 @@ mod tests {
             pkcs11_pin_file: Some("pin".into()),
             ..ServeArgs::default()
         };
-        assert!(matches!(same.resolve(), Err(ConfigError::Keystore(_))), "previous = the key store itself");
+        assert!(matches!(same.resolve(), Err(Error::Keystore(_))), "previous = the key store itself");
         let half = ServeArgs { signer_keystore: Some(KeystoreKind::Pkcs11), ..ServeArgs::default() };
-        assert!(matches!(half.resolve(), Err(ConfigError::Keystore(_))));
+        assert!(matches!(half.resolve(), Err(Error::Keystore(_))));
         let stray = ServeArgs { pkcs11_token_label: Some("t".into()), ..ServeArgs::default() };
-        assert!(matches!(stray.resolve(), Err(ConfigError::Keystore(_))));
+        assert!(matches!(stray.resolve(), Err(Error::Keystore(_))));
         let external = ServeArgs {
             config: Some(f.path().to_owned()),
             pkcs11_pin_file: Some("pin".into()),
             signer_socket: Some("/run/s.sock".into()),
             ..ServeArgs::default()
         };
-        assert!(matches!(external.resolve(), Err(ConfigError::Keystore(_))));
+        assert!(matches!(external.resolve(), Err(Error::Keystore(_))));
         let bad = file("signer_keystore = \"hsm\"\n");
         assert!(ServeArgs { config: Some(bad.path().to_owned()), ..ServeArgs::default() }.resolve().is_err());
     }
@@ -987,7 +963,7 @@ mod tests {
         let e = ServeArgs { config: Some(f.path().to_owned()), ..ServeArgs::default() }.resolve().unwrap_err();
         assert!(e.to_string().contains("data_dri"), "{e}");
         let e = ServeArgs { body_limit: Some(10), ..ServeArgs::default() }.resolve().unwrap_err();
-        assert!(matches!(e, ConfigError::BodyLimit(10)), "{e}");
+        assert!(matches!(e, Error::BodyLimit(10)), "{e}");
     }
 
     #[test]

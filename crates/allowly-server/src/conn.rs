@@ -16,15 +16,35 @@
 //!   too_many_connections` at once, without its request being read, and closed.
 //! - **Overall cap.** At most `max` connections. At the cap, before the next accept, the oldest
 //!   idle connections are asked to close, [`EVICT_BATCH`] at a time (hyper's graceful shutdown:
-//!   an answer being written is finished first). Idle means no request being read or handled
-//!   *and* a read found nothing to read; the age counts from the accept or the last answer. A
-//!   connection just accepted (or just answered) is not idle until its first read came back
-//!   empty: a client whose request already sits in the kernel's buffer, behind a burst of
-//!   accepts, must not be taken for the oldest idle one and closed unanswered. A flood of idle connections thus
-//!   costs its own oldest ones, not fresh clients. **If every connection is busy**, nothing
-//!   more is accepted until one closes or becomes idle: new clients wait in the kernel's listen
-//!   backlog (each busy connection is bounded by the read deadline plus the time its request
-//!   takes to handle), and the kernel refuses them only when that backlog is full.
+//!   an answer being written is finished first). Idle means no request being read or handled,
+//!   a read found nothing to read, *and* nothing was read for [`EVICT_GRACE`] (250 ms); the age
+//!   counts from the accept or the last answer. What is closed is always the oldest idle
+//!   connections: the grace is a cut-off on that same age, so it never reorders them.
+//!   - A connection just accepted (or just answered) is not idle until its first read came back
+//!     empty: a client whose request already sits in the kernel's buffer, behind a burst of
+//!     accepts, must not be taken for the oldest idle one.
+//!   - An empty read proves only that no byte had arrived *yet*. An honest client writes its
+//!     request right after `connect` (a round trip, or one scheduling slice on a loaded host:
+//!     far below 250 ms); an idle flood's connections send nothing for seconds, until the idle
+//!     timeout. Without the grace, a flood that turns the cap over faster than a client writes
+//!     (`max` connections per that delay) made the client's connection the oldest idle one and
+//!     closed it before its request came. With it, the flood pays only with connections older
+//!     than 250 ms; to keep the whole cap within the grace it must open more than `max` per
+//!     250 ms, and then the cap is simply busy (below): new clients wait in the listen backlog
+//!     until the oldest flood connection is out of its grace, and are served.
+//!   - Closing only connections that have had a request was not an option: an idle flood never
+//!     sends one, and would hold the cap until the idle timeout.
+//!   - A connection closed before it sent a byte is first answered `503 too_many_connections`
+//!     (`Retry-After: 1`), by [`Guarded`]: a client whose request comes later than the grace
+//!     (descheduled that long, or sent just as the connection is closed) reads a refusal it can
+//!     retry, never a bare end of stream. One that has had a request is closed without a word,
+//!     as at the keep-alive timeout (an unasked answer would be read by a client's pool as the
+//!     answer to its next request; pools reconnect).
+//!
+//!   **If every connection is busy** (or idle within its grace), nothing more is accepted until
+//!   one closes or becomes evictable: new clients wait in the kernel's listen backlog (each busy
+//!   connection is bounded by the read deadline plus the time its request takes to handle, an
+//!   idle one by the grace), and the kernel refuses them only when that backlog is full.
 //!
 //! Cost per request: two relaxed atomic stores and one clock reading (the connection's busy or
 //! idle stamp) and one relaxed load; no lock. The registry's maps are touched per connection.
@@ -53,6 +73,12 @@ pub const EVICT_BATCH: usize = 16;
 
 /// At the cap with every connection busy, the accept loop looks again at least this often.
 const RECHECK: Duration = Duration::from_millis(100);
+
+/// An idle connection is not closed at the cap until nothing was read on it for this long
+/// (since its accept or its last answer): its request may still be on its way. See the module
+/// docs for why 250 ms: far above an honest client's delay between `connect` and `write`, far
+/// below the seconds a flood's connection sits idle.
+pub const EVICT_GRACE: Duration = Duration::from_millis(250);
 
 /// The keep-alive idle timeout: a connection with no request for this long is closed. (hyper's
 /// `header_read_timeout`, which runs from the end of the previous answer.)
@@ -92,6 +118,8 @@ pub struct Conn {
     since: AtomicU64,
     /// Asked to close to make room (counted out of the cap already).
     evicted: AtomicBool,
+    /// A byte was read on it, ever: a connection closed at the cap without one is answered 503.
+    spoke: AtomicBool,
     /// A request missed its read deadline (answered 408).
     timed_out: AtomicBool,
     close: Notify,
@@ -105,6 +133,7 @@ impl Conn {
             phase: AtomicU8::new(FRESH),
             since: AtomicU64::new(stamp(epoch, Instant::now())),
             evicted: AtomicBool::new(false),
+            spoke: AtomicBool::new(false),
             timed_out: AtomicBool::new(false),
             close: Notify::new(),
         }
@@ -122,6 +151,12 @@ impl Conn {
     fn head_started(&self) {
         self.since.store(stamp(self.epoch, Instant::now()), Ordering::Relaxed);
         self.phase.store(HEAD, Ordering::Relaxed);
+        self.spoke.store(true, Ordering::Relaxed);
+    }
+
+    /// Asked to close at the cap before a byte of a request was read.
+    fn evicted_unheard(&self) -> bool {
+        self.evicted.load(Ordering::Acquire) && !self.spoke.load(Ordering::Relaxed)
     }
 
     /// hyper has the request's head and calls the handler: returns when the request started
@@ -213,6 +248,15 @@ pub struct Connections {
     metrics: FrontMetrics,
 }
 
+/// What a search for idle connections to close did.
+#[derive(Debug)]
+struct Evicted {
+    /// Connections asked to close.
+    asked: usize,
+    /// When the oldest idle connection still within [`EVICT_GRACE`] leaves it.
+    next: Option<Instant>,
+}
+
 /// A connection's id in the registry (its entry is removed when it closes).
 #[derive(Debug)]
 pub struct Admitted {
@@ -250,33 +294,58 @@ impl Connections {
     /// connections were asked to close to make room.
     pub async fn room(&self) {
         loop {
-            if self.live.load(Ordering::Acquire) < self.limits.max || self.evict_idle() > 0 {
-                return;
-            }
-            // Every connection is busy. Announce the wait, then look again (one may have
-            // become idle or closed in between: its notification is kept as a permit).
+            let Some(wait) = self.make_room() else { return };
+            // Every connection is busy, or idle within its grace. Announce the wait, then look
+            // again (one may have become idle or closed in between: its notification is kept as
+            // a permit).
             self.waiting.store(true, Ordering::SeqCst);
-            if self.live.load(Ordering::Acquire) < self.limits.max || self.evict_idle() > 0 {
+            let Some(wait) = self.make_room().map(|again| again.min(wait)) else {
                 self.waiting.store(false, Ordering::Relaxed);
                 return;
-            }
+            };
             // The hot path announces an idle connection with a relaxed load of `waiting` (no
-            // fence per request), which may miss this wait: look again after a while anyway.
-            let _ = tokio::time::timeout(RECHECK, self.changed.notified()).await;
+            // fence per request), which may miss this wait: look again after a while anyway,
+            // and when the oldest idle connection leaves its grace.
+            let _ = tokio::time::timeout(wait, self.changed.notified()).await;
             self.waiting.store(false, Ordering::Relaxed);
         }
     }
 
-    /// Asks up to [`EVICT_BATCH`] of the oldest idle connections to close; returns how many.
-    fn evict_idle(&self) -> usize {
+    /// `None` when one more connection may be accepted (below the cap, or idle connections were
+    /// asked to close); else how long to wait at most before looking again.
+    fn make_room(&self) -> Option<Duration> {
+        if self.live.load(Ordering::Acquire) < self.limits.max {
+            return None;
+        }
+        let now = Instant::now();
+        let evicted = self.evict_idle_at(now);
+        if evicted.asked > 0 {
+            return None;
+        }
+        // (At least a millisecond: the timer's resolution.)
+        let until_evictable = evicted.next.map(|t| t.saturating_duration_since(now).max(Duration::from_millis(1)));
+        Some(until_evictable.map_or(RECHECK, |d| d.min(RECHECK)))
+    }
+
+    /// Asks up to [`EVICT_BATCH`] of the oldest idle connections out of their grace (as of
+    /// `now`) to close.
+    fn evict_idle_at(&self, now: Instant) -> Evicted {
+        let now = stamp(self.epoch, now);
+        let grace = u64::try_from(EVICT_GRACE.as_nanos()).unwrap_or(u64::MAX);
         // The oldest idle ones: a max-heap on `since` holding the batch's youngest on top.
         let mut oldest: std::collections::BinaryHeap<(u64, u64)> = std::collections::BinaryHeap::new();
+        // The oldest of those still in their grace: when the next one may go.
+        let mut in_grace: Option<u64> = None;
         for e in self.all.iter() {
             let c = e.value();
             if c.phase() != IDLE || c.evicted.load(Ordering::Relaxed) {
                 continue;
             }
             let since = c.since.load(Ordering::Relaxed);
+            if now.saturating_sub(since) < grace {
+                in_grace = Some(in_grace.map_or(since, |s| s.min(since)));
+                continue;
+            }
             if oldest.len() < EVICT_BATCH {
                 oldest.push((since, *e.key()));
             } else if oldest.peek().is_some_and(|&(youngest, _)| since < youngest) {
@@ -292,11 +361,12 @@ impl Connections {
             // makes room for is admitted even if it comes from the same address.
             if !c.evicted.swap(true, Ordering::AcqRel) {
                 self.leave(c.address);
+                self.metrics.connections_evicting.inc();
                 c.close.notify_one();
                 n += 1;
             }
         }
-        n
+        Evicted { asked: n, next: in_grace.map(|s| self.epoch + Duration::from_nanos(s) + EVICT_GRACE) }
     }
 
     /// A connection just accepted from `peer`: registered, or, over the per-address cap,
@@ -341,7 +411,9 @@ impl Connections {
     /// A connection closed for `reason`.
     pub fn release(&self, a: &Admitted, reason: ConnClose) {
         self.all.remove(&a.id);
-        if !a.conn.evicted.load(Ordering::Acquire) {
+        if a.conn.evicted.load(Ordering::Acquire) {
+            self.metrics.connections_evicting.dec();
+        } else {
             self.leave(a.conn.address);
         }
         self.metrics.connections_open.dec();
@@ -360,6 +432,10 @@ impl Connections {
     fn timeout_answer(&self) -> Vec<u8> {
         Problem::request_timeout(self.limits.read_timeout).into_http1_close(&self.ids.next())
     }
+
+    fn evicted_answer(&self) -> Vec<u8> {
+        Problem::evicted_before_request().into_http1_close(&self.ids.next())
+    }
 }
 
 /// A connection's I/O as hyper sees it, with the read deadline of request heads (see the
@@ -377,11 +453,13 @@ pub struct Guarded<I> {
     /// not be written into the middle of it.
     unflushed: bool,
     failed: bool,
+    /// Closed at the cap before a request came, and answered 503 for it.
+    refused: bool,
 }
 
 impl<I> Guarded<I> {
     pub fn new(io: I, conn: Arc<Conn>, connections: Arc<Connections>) -> Self {
-        Self { io, conn, connections, timer: None, armed: false, unflushed: false, failed: false }
+        Self { io, conn, connections, timer: None, armed: false, unflushed: false, failed: false, refused: false }
     }
 }
 
@@ -420,8 +498,14 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Guarded<I> {
             let _ = Pin::new(&mut self.io).poll_write(cx, &answer);
             let _ = Pin::new(&mut self.io).poll_shutdown(cx);
         }
-        // Take in what the client already sent: closing a socket with unread bytes resets the
-        // connection, which can make the client's kernel drop the answer before it is read.
+        self.discard_unread(cx);
+        Poll::Ready(Err(deadline_passed()))
+    }
+
+    /// Takes in what the client already sent, after a last answer of our own: closing a socket
+    /// with unread bytes resets the connection, which can make the client's kernel drop the
+    /// answer before it is read.
+    fn discard_unread(&mut self, cx: &mut Context<'_>) {
         let mut scratch = [0u8; 4096];
         for _ in 0..16 {
             let mut b = ReadBuf::new(&mut scratch);
@@ -430,7 +514,6 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Guarded<I> {
                 _ => break,
             }
         }
-        Poll::Ready(Err(deadline_passed()))
     }
 }
 
@@ -508,7 +591,18 @@ impl<I: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Guarded<I> {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+        let this = self.get_mut();
+        // hyper closes a connection asked to close at the cap with nothing of its own to write
+        // when no request had started: a request the client sends now, or sent just too late
+        // for hyper to read, would meet a bare end of stream. It gets a refusal to retry.
+        if !this.refused && this.conn.evicted_unheard() {
+            this.refused = true;
+            let answer = this.connections.evicted_answer();
+            // A socket nothing was written to takes these few hundred bytes at once.
+            let _ = Pin::new(&mut this.io).poll_write(cx, &answer);
+            this.discard_unread(cx);
+        }
+        Pin::new(&mut this.io).poll_shutdown(cx)
     }
 }
 
@@ -526,31 +620,78 @@ mod tests {
         assert_eq!(k("2001:db8:1:2:ffff::1"), "2001:db8:1:2::");
     }
 
-    /// At the cap, a connection no read has been tried on is never the "oldest idle" one: its
-    /// request may be waiting unread in the socket (the race a burst of accepts used to lose).
-    #[test]
-    fn a_connection_is_evictable_only_once_a_read_found_nothing() {
+    /// Runs `test` on a registry capped at `max` connections (per address too) and an accepted
+    /// socket to admit into it, as often as wanted (from `peer`).
+    fn with_registry(max: usize, test: impl FnOnce(&Connections, &tokio::net::TcpStream, IpAddr)) {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
-            let limits = Limits { max: 2, max_per_address: 2, read_timeout: Duration::from_secs(1) };
+            let limits = Limits { max, max_per_address: max, read_timeout: Duration::from_secs(1) };
             let conns = Connections::new(limits, crate::metrics::HttpMetrics::new().front.clone());
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
             let (server, peer) = listener.accept().await.unwrap();
-            let older = conns.admit(&server, peer.ip()).unwrap();
-            let newer = conns.admit(&server, peer.ip()).unwrap();
+            test(&conns, &server, peer.ip());
+            drop(client);
+        });
+    }
+
+    /// At the cap, a connection no read has been tried on is never the "oldest idle" one: its
+    /// request may be waiting unread in the socket (the race a burst of accepts used to lose).
+    #[test]
+    fn a_connection_is_evictable_only_once_a_read_found_nothing() {
+        with_registry(2, |conns, server, peer| {
+            let older = conns.admit(server, peer).unwrap();
+            let newer = conns.admit(server, peer).unwrap();
+            let later = Instant::now() + EVICT_GRACE + Duration::from_millis(1);
             // Both just accepted: nothing to evict, however old.
-            assert_eq!(conns.evict_idle(), 0);
-            // A read on the newer one found nothing: it alone may go.
+            assert_eq!(conns.evict_idle_at(later).asked, 0);
+            // A read on the newer one found nothing: it alone may go, once out of its grace.
             newer.conn.phase.store(IDLE, Ordering::Relaxed);
-            assert_eq!(conns.evict_idle(), 1);
+            assert_eq!(conns.evict_idle_at(later).asked, 1);
             assert!(newer.conn.evicted.load(Ordering::Relaxed));
             assert!(!older.conn.evicted.load(Ordering::Relaxed));
             // Answered: fresh again until its next read comes back empty.
             older.conn.begin_request();
             older.conn.end_request();
-            assert_eq!(conns.evict_idle(), 0);
-            drop(client);
+            assert_eq!(conns.evict_idle_at(later + EVICT_GRACE).asked, 0);
+        });
+    }
+
+    /// At the cap the oldest idle connections go first, [`EVICT_BATCH`] at a time; one idle
+    /// for less than [`EVICT_GRACE`] stays (its request may be on its way), and the grace never
+    /// lets a younger one go before an older one.
+    #[test]
+    fn idle_connections_go_oldest_first_and_none_within_its_grace() {
+        with_registry(64, |conns, server, peer| {
+            // 25 idle connections, one accepted every 10 ms from t0 (listed in a shuffled
+            // order: the registry's order must not matter).
+            let t0 = Instant::now();
+            let ms = |n: u64| Duration::from_millis(n);
+            let mut idle: Vec<(u64, Admitted)> = (0..25u64)
+                .map(|i| (i * 7) % 25)
+                .map(|i| {
+                    let a = conns.admit(server, peer).unwrap();
+                    a.conn.since.store(stamp(conns.epoch, t0 + ms(10 * i)), Ordering::Relaxed);
+                    a.conn.phase.store(IDLE, Ordering::Relaxed);
+                    (i, a)
+                })
+                .collect();
+            idle.sort_by_key(|(i, _)| *i);
+            let gone = |idle: &[(u64, Admitted)]| -> Vec<u64> {
+                idle.iter().filter(|(_, a)| a.conn.evicted.load(Ordering::Relaxed)).map(|(i, _)| *i).collect()
+            };
+            // All within their grace: none goes; the wait ends when the oldest leaves it.
+            let e = conns.evict_idle_at(t0 + ms(5));
+            assert_eq!((e.asked, e.next), (0, Some(t0 + EVICT_GRACE)));
+            // 45 ms past the oldest one's grace: those accepted up to 40 ms, and no other.
+            let e = conns.evict_idle_at(t0 + EVICT_GRACE + ms(45));
+            assert_eq!(e.asked, 5);
+            assert_eq!(gone(&idle), (0..5).collect::<Vec<_>>());
+            assert_eq!(e.next, Some(t0 + ms(50) + EVICT_GRACE));
+            // All out of their grace: the next EVICT_BATCH oldest.
+            let e = conns.evict_idle_at(t0 + EVICT_GRACE + Duration::from_secs(1));
+            assert_eq!((e.asked, e.next), (EVICT_BATCH, None));
+            assert_eq!(gone(&idle), (0..5 + EVICT_BATCH as u64).collect::<Vec<_>>());
         });
     }
 }

@@ -15,7 +15,7 @@ use std::time::Duration;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, ServerName};
 
-use crate::error::ServeError;
+use crate::error::Error;
 
 /// Where the running server's API is: every operator command that calls it (these and
 /// `allowly backup`) takes the same two options.
@@ -84,17 +84,17 @@ pub struct Request<'a> {
     pub timeout: Duration,
 }
 
-fn io(what: String) -> impl FnOnce(std::io::Error) -> ServeError {
-    move |source| ServeError::Io { what, source }
+fn io(what: String) -> impl FnOnce(std::io::Error) -> Error {
+    move |source| Error::Io { what, source }
 }
 
-fn invalid(what: String) -> ServeError {
-    ServeError::Io { what, source: std::io::Error::from(std::io::ErrorKind::InvalidInput) }
+fn invalid(what: String) -> Error {
+    Error::Io { what, source: std::io::Error::from(std::io::ErrorKind::InvalidInput) }
 }
 
 impl Request<'_> {
-    /// A 2xx answer's body; any other status is `ServeError::Remote` with the server's answer.
-    pub fn send(&self) -> Result<String, ServeError> {
+    /// A 2xx answer's body; any other status is `Error::Remote` with the server's answer.
+    pub fn send(&self) -> Result<String, Error> {
         let ep = Endpoint::parse(self.url).map_err(invalid)?;
         if self.ca_file.is_some() && !ep.tls {
             return Err(invalid(format!("--ca-file is for https:// URLs; {} is http://", self.url)));
@@ -130,7 +130,7 @@ impl Request<'_> {
         if (200..300).contains(&status) {
             Ok(body.to_owned())
         } else {
-            Err(ServeError::Remote { status, body: body.to_owned() })
+            Err(Error::Remote { status, body: body.to_owned() })
         }
     }
 }
@@ -138,7 +138,7 @@ impl Request<'_> {
 /// Sends `request` and reads the answer to the end of the connection. A TLS peer that closes
 /// without `close_notify` (some terminators do) ends the answer too, when it is complete by
 /// its `Content-Length`; a cut one is an error.
-fn exchange(mut s: impl Read + Write, request: &[u8], url: &str) -> Result<Vec<u8>, ServeError> {
+fn exchange(mut s: impl Read + Write, request: &[u8], url: &str) -> Result<Vec<u8>, Error> {
     s.write_all(request).map_err(io(format!("sending to {url}")))?;
     s.flush().map_err(io(format!("sending to {url}")))?;
     let mut answer = Vec::new();
@@ -174,11 +174,11 @@ fn cut_short(answer: &[u8]) -> bool {
 /// may or may not have been acted on, so only a request carrying an `Idempotency-Key` may be
 /// sent again (the server answers a repeat with the first outcome). A refused connection, a
 /// TLS or URL problem, or any answer the server gave, is not a lost answer.
-pub fn answer_lost(e: &ServeError) -> bool {
+pub fn answer_lost(e: &Error) -> bool {
     use std::io::ErrorKind as K;
     matches!(
         e,
-        ServeError::Io { source, .. } if matches!(
+        Error::Io { source, .. } if matches!(
             source.kind(),
             K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe | K::UnexpectedEof | K::TimedOut | K::WouldBlock
         )
@@ -186,7 +186,7 @@ pub fn answer_lost(e: &ServeError) -> bool {
 }
 
 /// The client's TLS settings: the roots of `ca_file` alone if given, else the Mozilla set.
-fn tls_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, ServeError> {
+fn tls_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, Error> {
     let mut roots = rustls::RootCertStore::empty();
     match ca_file {
         Some(path) => {
@@ -252,7 +252,7 @@ mod tests {
 
     #[test]
     fn only_transport_failures_after_sending_are_lost_answers() {
-        let e = |kind| ServeError::Io { what: "x".into(), source: std::io::Error::from(kind) };
+        let e = |kind| Error::Io { what: "x".into(), source: std::io::Error::from(kind) };
         use std::io::ErrorKind as K;
         for kind in [K::ConnectionReset, K::BrokenPipe, K::UnexpectedEof, K::TimedOut, K::WouldBlock] {
             assert!(answer_lost(&e(kind)), "{kind:?}");
@@ -260,6 +260,6 @@ mod tests {
         for kind in [K::ConnectionRefused, K::InvalidInput, K::InvalidData, K::NotFound] {
             assert!(!answer_lost(&e(kind)), "{kind:?}");
         }
-        assert!(!answer_lost(&ServeError::Remote { status: 503, body: String::new() }), "an answer is not lost");
+        assert!(!answer_lost(&Error::Remote { status: 503, body: String::new() }), "an answer is not lost");
     }
 }

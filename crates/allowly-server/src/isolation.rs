@@ -41,6 +41,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use crate::error::Error;
+
 /// Default user of the HTTP front end.
 pub const DEFAULT_USER: &str = "allowly";
 /// Default user of the embedded signer.
@@ -88,25 +90,9 @@ impl KeyIsolation {
     }
 }
 
-/// Why isolation could not be set up. `allowly serve` as root refuses to start rather than run
-/// the signer unisolated.
-#[derive(Debug, thiserror::Error)]
-pub enum IsolationError {
-    #[error("{what}: {source}")]
-    Io { what: String, source: io::Error },
-    #[error("cannot create system user {name}: {detail}")]
-    UserAdd { name: String, detail: String },
-    #[error("user {0} must not be root (uid 0)")]
-    RootUser(String),
-    #[error("--user and --signer-user must be two different users (both are uid {0})")]
-    SameUser(u32),
-    #[error("dropping privileges: {0}")]
-    Drop(String),
-}
-
-fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> IsolationError {
+fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> Error {
     let what = what.into();
-    move |source| IsolationError::Io { what, source }
+    move |source| Error::Io { what, source }
 }
 
 /// A user's uid and primary gid.
@@ -126,7 +112,7 @@ pub struct Accounts {
 }
 
 /// Looks `name` up through NSS (`getent passwd`), so users from any configured source count.
-pub fn lookup(name: &str) -> Result<Option<Account>, IsolationError> {
+pub fn lookup(name: &str) -> Result<Option<Account>, Error> {
     let out = Command::new("getent")
         .args(["passwd", name])
         .stdin(Stdio::null())
@@ -142,13 +128,13 @@ pub fn lookup(name: &str) -> Result<Option<Account>, IsolationError> {
     let parse = |i: usize| fields.get(i).and_then(|f| f.parse::<u32>().ok());
     match (fields.first(), parse(2), parse(3)) {
         (Some(n), Some(uid), Some(gid)) if *n == name => Ok(Some(Account { uid, gid })),
-        _ => Err(IsolationError::UserAdd { name: name.into(), detail: format!("unexpected getent output {line:?}") }),
+        _ => Err(Error::UserAdd { name: name.into(), detail: format!("unexpected getent output {line:?}") }),
     }
 }
 
 /// Finds `name`, creating it as a system user without a home or a login shell if it does not
 /// exist. Idempotent, and safe against a concurrent creation of the same user.
-pub fn ensure_user(name: &str) -> Result<Account, IsolationError> {
+pub fn ensure_user(name: &str) -> Result<Account, Error> {
     let mut last = String::new();
     for _ in 0..50 {
         if let Some(a) = lookup(name)? {
@@ -168,27 +154,27 @@ pub fn ensure_user(name: &str) -> Result<Account, IsolationError> {
         last = format!("{}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
         std::thread::sleep(Duration::from_millis(100));
     }
-    Err(IsolationError::UserAdd { name: name.into(), detail: last })
+    Err(Error::UserAdd { name: name.into(), detail: last })
 }
 
 /// Resolves (creating if needed) the two users.
-pub fn accounts(users: &Users) -> Result<Accounts, IsolationError> {
+pub fn accounts(users: &Users) -> Result<Accounts, Error> {
     let front = ensure_user(&users.user)?;
     let signer_user = ensure_user(&users.signer_user)?;
     for (name, a) in [(&users.user, front), (&users.signer_user, signer_user)] {
         if a.uid == 0 {
-            return Err(IsolationError::RootUser(name.clone()));
+            return Err(Error::RootUser(name.clone()));
         }
     }
     if front.uid == signer_user.uid {
-        return Err(IsolationError::SameUser(front.uid));
+        return Err(Error::SameUser(front.uid));
     }
     Ok(Accounts { front, signer: Account { uid: signer_user.uid, gid: front.gid } })
 }
 
 /// Sets owner and mode of `path`. Never follows a symlink: a link is chowned itself and its
 /// mode left alone (root must not be led to chmod what a link points at).
-fn own(path: &Path, a: Account, mode: Option<u32>) -> Result<(), IsolationError> {
+fn own(path: &Path, a: Account, mode: Option<u32>) -> Result<(), Error> {
     std::os::unix::fs::lchown(path, Some(a.uid), Some(a.gid)).map_err(io_err(format!("chown {}", path.display())))?;
     let is_link = std::fs::symlink_metadata(path).map(|m| m.file_type().is_symlink()).unwrap_or(true);
     if let (Some(mode), false) = (mode, is_link) {
@@ -201,7 +187,7 @@ fn own(path: &Path, a: Account, mode: Option<u32>) -> Result<(), IsolationError>
 /// Chowns `dir` and everything below it to `a` (symlinks are chowned, never followed). With
 /// `private`, directories become 0700 and files lose every group and other permission. (Also
 /// how `allowly backup` makes a backup its caller's alone.)
-pub(crate) fn own_tree(dir: &Path, a: Account, private: bool) -> Result<(), IsolationError> {
+pub(crate) fn own_tree(dir: &Path, a: Account, private: bool) -> Result<(), Error> {
     let meta = std::fs::symlink_metadata(dir).map_err(io_err(format!("reading {}", dir.display())))?;
     if meta.is_dir() {
         own(dir, a, private.then_some(0o700))?;
@@ -220,7 +206,7 @@ pub(crate) fn own_tree(dir: &Path, a: Account, private: bool) -> Result<(), Isol
 /// Creates `dir` if missing; an existing one must be a real directory (not a symlink a previous
 /// occupant of the front end's uid could have planted to steer root's chown elsewhere).
 /// Returns its owner's uid.
-fn mkdir(dir: &Path) -> Result<u32, IsolationError> {
+fn mkdir(dir: &Path) -> Result<u32, Error> {
     match std::fs::create_dir(dir) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
@@ -237,7 +223,7 @@ fn mkdir(dir: &Path) -> Result<u32, IsolationError> {
 /// Gives every part of the data directory to the user that needs it (see the module docs).
 /// Runs at every start, so directories written by root or by a single uid (before isolation
 /// existed, or by a non-root development run) are taken over in place.
-pub fn take_over(data_dir: &Path, acc: &Accounts) -> Result<(), IsolationError> {
+pub fn take_over(data_dir: &Path, acc: &Accounts) -> Result<(), Error> {
     own(data_dir, acc.front, Some(0o710))?;
     let db = data_dir.join(crate::layout::DB_DIR);
     // The front end writes in db/ as itself: once it owns db/, nothing below needs root (and
@@ -265,22 +251,22 @@ pub fn take_over(data_dir: &Path, acc: &Accounts) -> Result<(), IsolationError> 
 /// Drops the calling process, which must have exactly one thread, to `a` for good: no
 /// supplementary groups, real/effective/saved gid and uid all `a`'s (so every capability is
 /// gone and cannot come back).
-pub fn drop_privileges(a: Account) -> Result<(), IsolationError> {
+pub fn drop_privileges(a: Account) -> Result<(), Error> {
     use rustix::process::{Gid, Uid};
     let threads = std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Threads:").map(|v| v.trim().to_owned())));
     if threads.as_deref() != Some("1") {
         // Credentials are per thread in the kernel: with other threads, some would stay root.
-        return Err(IsolationError::Drop(format!("the process has {threads:?} threads, expected 1")));
+        return Err(Error::DropPrivileges(format!("the process has {threads:?} threads, expected 1")));
     }
     let (uid, gid) = (Uid::from_raw(a.uid), Gid::from_raw(a.gid));
-    let err = |what: &'static str| move |e: rustix::io::Errno| IsolationError::Drop(format!("{what}: {e}"));
+    let err = |what: &'static str| move |e: rustix::io::Errno| Error::DropPrivileges(format!("{what}: {e}"));
     rustix::thread::set_thread_groups(&[]).map_err(err("setgroups"))?;
     rustix::thread::set_thread_res_gid(gid, gid, gid).map_err(err("setresgid"))?;
     rustix::thread::set_thread_res_uid(uid, uid, uid).map_err(err("setresuid"))?;
     if rustix::thread::set_thread_res_uid(Uid::ROOT, Uid::ROOT, Uid::ROOT).is_ok() {
-        return Err(IsolationError::Drop("could regain root after dropping it".into()));
+        return Err(Error::DropPrivileges("could regain root after dropping it".into()));
     }
     Ok(())
 }

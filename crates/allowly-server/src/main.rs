@@ -50,7 +50,7 @@ fn run(cfg: allowly_server::config::ServerConfig) -> Result<(), String> {
 }
 
 /// An operator command's answer to stdout.
-fn print(answer: Result<String, allowly_server::error::ServeError>) -> Result<(), String> {
+fn print(answer: Result<String, allowly_server::error::Error>) -> Result<(), String> {
     let text = answer.map_err(|e| e.to_string())?;
     println!("{}", text.trim_end());
     Ok(())

@@ -222,6 +222,9 @@ impl ConnClose {
 pub struct FrontMetrics {
     /// Connections open now.
     pub connections_open: IntGauge,
+    /// Connections asked to close at the overall cap and not closed yet (counted in
+    /// `connections_open`, no longer in the cap).
+    pub connections_evicting: IntGauge,
     /// Connections accepted (refused ones included: they are closed with reason
     /// `per_address_limit`).
     pub connections_accepted: IntCounter,
@@ -234,6 +237,11 @@ impl FrontMetrics {
     fn new(registry: &Registry) -> Self {
         let connections_open = IntGauge::new("allowly_http_connections_open", "HTTP connections open")
             .unwrap_or_else(|e| unreachable!("static metric: {e}"));
+        let connections_evicting = IntGauge::new(
+            "allowly_http_connections_evicting",
+            "HTTP connections asked to close to make room at the connection cap, not closed yet",
+        )
+        .unwrap_or_else(|e| unreachable!("static metric: {e}"));
         let connections_accepted =
             IntCounter::new("allowly_http_connections_accepted_total", "HTTP connections accepted")
                 .unwrap_or_else(|e| unreachable!("static metric: {e}"));
@@ -254,13 +262,14 @@ impl FrontMetrics {
         .unwrap_or_else(|e| unreachable!("static metric: {e}"));
         for m in [
             Box::new(connections_open.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(connections_evicting.clone()),
             Box::new(connections_accepted.clone()),
             Box::new(connections_closed.clone()),
             Box::new(rate_limited.clone()),
         ] {
             let _ = registry.register(m);
         }
-        Self { connections_open, connections_accepted, connections_closed, rate_limited }
+        Self { connections_open, connections_evicting, connections_accepted, connections_closed, rate_limited }
     }
 
     /// Counts a connection closed for `reason`.

@@ -24,7 +24,7 @@
 //! | `rate_limited` | 429 | the API key is over its rate limit (the workspace's, else the instance default); `Retry-After`: seconds until the next request would be accepted |
 //! | `overloaded` | 429 | the workspace's queue is full, or `--max-pending-writes` requests are waiting for the committer while the volume is not slow (`Retry-After`) |
 //! | `too_many_long_polls` | 503 | a long-poll (`GET /v1/escalations/{id}?wait=…`, the same for confirmations) while `--max-long-polls` already wait (`Retry-After`) |
-//! | `too_many_connections` | 503 | a new connection from a client address that already has `--max-connections-per-address` open: written without reading the request, then the connection is closed (`Retry-After`) |
+//! | `too_many_connections` | 503 | a new connection from a client address that already has `--max-connections-per-address` open: written without reading the request, then the connection is closed; also written on a connection closed at the `--max-connections` cap before it sent a request (`Retry-After`) |
 //! | `signer_unavailable` | 503 | the signer does not answer: decisions fail closed (`Retry-After`) |
 //! | `shutting_down` | 503 | the server is stopping (`Retry-After`) |
 //! | `storage_full` | 503 | the data volume is below `--min-free-disk`, or a store write found the device full: receipt-producing calls fail closed (`Retry-After`) |
@@ -160,6 +160,15 @@ impl Problem {
         }
     }
 
+    /// A connection closed at the overall cap before it sent anything (`conn`: it was the
+    /// oldest idle one): the same code, so that a client retries as for the per-address cap.
+    pub fn evicted_before_request() -> Self {
+        Self {
+            detail: "the server is at its connection cap and this connection had sent no request; retry".into(),
+            ..Self::too_many_connections()
+        }
+    }
+
     /// A fault of ours: a generic detail is sent, `what` is logged.
     pub fn internal(what: impl Into<String>) -> Self {
         Self {
@@ -170,7 +179,7 @@ impl Problem {
 
     /// A backup that could not be made: a fault of ours, logged, never detailed to the caller
     /// (it names paths).
-    pub fn from_backup(e: &crate::backup::BackupError) -> Self {
+    pub fn from_backup(e: &crate::error::Error) -> Self {
         Self::backup_failed(e.to_string())
     }
 

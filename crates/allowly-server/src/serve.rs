@@ -16,7 +16,7 @@ use allowly_store_rocks::{RocksOptions, RocksStore};
 use tokio::net::TcpListener;
 
 use crate::config::{ServerConfig, SignerMode};
-use crate::error::ServeError;
+use crate::error::Error;
 use crate::http::App;
 use crate::isolation::KeyIsolation;
 use crate::layout::{ADMIN_TOKEN_FILE, DB_DIR, RUN_DIR, SIGNER_SOCKET};
@@ -25,9 +25,9 @@ use crate::signer_child::{self, create_private_dir, EmbeddedSigner};
 /// Bound on draining the requests in flight at shutdown.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
-fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServeError {
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
     let what = what.into();
-    move |source| ServeError::Io { what, source }
+    move |source| Error::Io { what, source }
 }
 
 /// What [`prepare`] did before the runtime started.
@@ -47,8 +47,8 @@ pub struct Prepared {
 /// The start-up steps that must run before the runtime has threads: the data directory, and,
 /// started as root with the embedded signer, everything of [`crate::isolation`] up to and
 /// including the privilege drop.
-pub fn prepare(cfg: &ServerConfig) -> Result<Prepared, ServeError> {
-    create_private_dir(&cfg.data_dir)?;
+pub fn prepare(cfg: &ServerConfig) -> Result<Prepared, Error> {
+    create_private_dir(&cfg.data_dir).map_err(Error::signer)?;
     let data_dir = std::fs::canonicalize(&cfg.data_dir).map_err(io(format!("resolving {}", cfg.data_dir.display())))?;
     let root = rustix::process::geteuid().is_root();
     let (bin, keystore) = match &cfg.signer {
@@ -62,16 +62,16 @@ pub fn prepare(cfg: &ServerConfig) -> Result<Prepared, ServeError> {
         }
         SignerMode::Embedded { bin, keystore } => (bin, keystore),
     };
-    let acc = crate::isolation::accounts(&cfg.users)?;
-    crate::isolation::take_over(&data_dir, &acc)?;
+    let acc = crate::isolation::accounts(&cfg.users).map_err(Error::isolation)?;
+    crate::isolation::take_over(&data_dir, &acc).map_err(Error::isolation)?;
     // Bound as root (a port below 1024 works), before anything is started.
     let listener = std::net::TcpListener::bind(cfg.listen).map_err(io(format!("listening on {}", cfg.listen)))?;
     listener.set_nonblocking(true).map_err(io("listener"))?;
-    let bin = signer_child::find_binary(bin.clone())?;
+    let bin = signer_child::find_binary(bin.clone()).map_err(Error::signer)?;
     let bin = std::fs::canonicalize(&bin).map_err(io(format!("resolving {}", bin.display())))?;
-    let keeper = signer_child::Keeper::start(&bin, &data_dir, &acc, keystore)?;
+    let keeper = signer_child::Keeper::start(&bin, &data_dir, &acc, keystore).map_err(Error::signer)?;
     std::env::set_current_dir(&data_dir).map_err(io(format!("entering {}", data_dir.display())))?;
-    crate::isolation::drop_privileges(acc.front)?;
+    crate::isolation::drop_privileges(acc.front).map_err(Error::isolation)?;
     tracing::info!(
         user = %cfg.users.user,
         uid = acc.front.uid,
@@ -88,7 +88,7 @@ pub fn prepare(cfg: &ServerConfig) -> Result<Prepared, ServeError> {
 }
 
 /// Runs the service until SIGTERM or SIGINT.
-pub async fn run(cfg: ServerConfig, prepared: Prepared) -> Result<(), ServeError> {
+pub async fn run(cfg: ServerConfig, prepared: Prepared) -> Result<(), Error> {
     // Installed first, so a signal during start-up still shuts down in order.
     let shutdown = shutdown_signal().map_err(io("installing signal handlers"))?;
     let Prepared { isolation, data_dir: shown_dir, open_dir: data_dir, isolated } = prepared;
@@ -115,17 +115,19 @@ pub async fn run(cfg: ServerConfig, prepared: Prepared) -> Result<(), ServeError
     let db = data_dir.join(DB_DIR);
     let rocks = RocksOptions { max_open_files: rocksdb_files, ..RocksOptions::default() };
     let store = RocksStore::open(&db, rocks)
-        .map_err(|source| ServeError::Store { path: shown_dir.join(DB_DIR).display().to_string(), source })?;
+        .map_err(|source| Error::Store { path: shown_dir.join(DB_DIR).display().to_string(), source })?;
 
     let (signer_child, socket) = match (&cfg.signer, keeper) {
         (SignerMode::Embedded { .. }, Some(keeper)) => {
-            let child = EmbeddedSigner::from_keeper(keeper, data_dir.join(RUN_DIR).join(SIGNER_SOCKET)).await?;
+            let child = EmbeddedSigner::from_keeper(keeper, data_dir.join(RUN_DIR).join(SIGNER_SOCKET))
+                .await
+                .map_err(Error::signer)?;
             let socket = child.socket().to_owned();
             (Some(child), socket)
         }
         (SignerMode::Embedded { bin, keystore }, None) => {
-            let bin = signer_child::find_binary(bin.clone())?;
-            let child = EmbeddedSigner::start(bin, &data_dir, keystore.clone()).await?;
+            let bin = signer_child::find_binary(bin.clone()).map_err(Error::signer)?;
+            let child = EmbeddedSigner::start(bin, &data_dir, keystore.clone()).await.map_err(Error::signer)?;
             let socket = child.socket().to_owned();
             (Some(child), socket)
         }
@@ -167,7 +169,7 @@ async fn serve_with_engine(
     store: RocksStore,
     (signer, signer_socket): (SignerClient, PathBuf),
     shutdown: impl std::future::Future<Output = ()>,
-) -> Result<(), ServeError> {
+) -> Result<(), Error> {
     let rocks = Arc::new(store);
     let backups = crate::backup::Backups::new(rocks.clone(), signer_socket, data_dir.to_owned());
     let store: Arc<dyn Store> = rocks;
@@ -196,7 +198,7 @@ async fn serve_with_engine(
         },
     )
     .await
-    .map_err(|source| ServeError::Engine { what: "starting the engine", source })?;
+    .map_err(|source| Error::Engine { what: "starting the engine", source })?;
     let webhook_metrics = allowly_webhooks::Metrics::new();
     // Starts by scanning the whole outbox: deliveries a previous run left are taken up again.
     let outbox_store = store.clone();
@@ -210,7 +212,7 @@ async fn serve_with_engine(
         Ok(w) => w,
         Err(e) => {
             engine.shutdown().await;
-            return Err(ServeError::Webhooks(e));
+            return Err(Error::Webhooks(e));
         }
     };
     let token = data_dir.join(ADMIN_TOKEN_FILE);
@@ -254,7 +256,7 @@ async fn serve_with_engine(
         if let Err(e) = metrics.register(c) {
             engine.shutdown().await;
             worker.stop().await;
-            return Err(ServeError::Metrics(e));
+            return Err(Error::Metrics(e));
         }
     }
     let connections = crate::conn::Connections::new(cfg.connections, metrics.front.clone());
@@ -341,7 +343,7 @@ fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
 /// the operator of a token that leaked wants — and refusing to start would punish keeping the
 /// token off the disk. A first start that crashed between storing its key and writing the file
 /// lands here too; the message names the way out.
-async fn ensure_admin_token(engine: &Engine, data_dir: &Path) -> Result<bool, ServeError> {
+async fn ensure_admin_token(engine: &Engine, data_dir: &Path) -> Result<bool, Error> {
     let path = data_dir.join(ADMIN_TOKEN_FILE);
     if path.exists() {
         return Ok(true);
@@ -349,7 +351,7 @@ async fn ensure_admin_token(engine: &Engine, data_dir: &Path) -> Result<bool, Se
     let live = engine
         .live_admin_keys()
         .await
-        .map_err(|source| ServeError::Engine { what: "reading the instance admin keys", source })?;
+        .map_err(|source| Error::Engine { what: "reading the instance admin keys", source })?;
     if live > 0 {
         tracing::warn!(
             live,
@@ -361,7 +363,7 @@ async fn ensure_admin_token(engine: &Engine, data_dir: &Path) -> Result<bool, Se
     let key = engine
         .create_admin_key()
         .await
-        .map_err(|source| ServeError::Engine { what: "creating the instance admin key", source })?;
+        .map_err(|source| Error::Engine { what: "creating the instance admin key", source })?;
     crate::admin_token::create(&path, &key.secret).map_err(io(format!("creating {}", path.display())))?;
     tracing::info!(key_id = %key.key.id, path = %path.display(), "instance admin key created");
     Ok(true)

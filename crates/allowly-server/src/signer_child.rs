@@ -29,6 +29,8 @@ use tokio::process::{Child, Command};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
+use crate::error::Error;
+
 /// A kind of key store (`--signer-keystore`, `--signer-previous-keystore`; the signer's
 /// `--keystore`, `--previous-keystore`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, clap::ValueEnum)]
@@ -82,37 +84,15 @@ const RESTART_MAX: Duration = Duration::from_secs(10);
 /// A child that ran this long before exiting was healthy: the next restart is immediate-ish.
 const HEALTHY_RUN: Duration = Duration::from_secs(30);
 /// `sun_path` holds 108 bytes including the terminating NUL.
-const MAX_SOCKET_PATH: usize = 107;
+pub(crate) const MAX_SOCKET_PATH: usize = 107;
 
-/// Why the embedded signer could not be started.
-#[derive(Debug, thiserror::Error)]
-pub enum SignerChildError {
-    #[error(
-        "cannot find the {SIGNER_BIN} binary (looked next to {exe} and on PATH); \
-         install it there or pass --signer-bin / ALLOWLY_SIGNER_BIN"
-    )]
-    NotFound { exe: String },
-    #[error("{what}: {source}")]
-    Io { what: String, source: std::io::Error },
-    #[error("`{bin} init` failed ({status}): {stderr}")]
-    Init { bin: String, status: ExitStatus, stderr: String },
-    #[error("the signer exited ({0}) before answering; its log above says why")]
-    ExitedEarly(ExitStatus),
-    #[error("the signer did not answer within {0:?}: {1}")]
-    NotReady(Duration, String),
-    #[error(
-        "signer socket path {0} is too long for a Unix socket ({MAX_SOCKET_PATH} bytes); use a shorter --data-dir"
-    )]
-    SocketPath(String),
-}
-
-fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> SignerChildError {
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
     let what = what.into();
-    move |source| SignerChildError::Io { what, source }
+    move |source| Error::Io { what, source }
 }
 
 /// The signer binary: `explicit` if given, else next to the running executable, else on PATH.
-pub fn find_binary(explicit: Option<PathBuf>) -> Result<PathBuf, SignerChildError> {
+pub fn find_binary(explicit: Option<PathBuf>) -> Result<PathBuf, Error> {
     if let Some(bin) = explicit {
         return Ok(bin);
     }
@@ -127,7 +107,7 @@ pub fn find_binary(explicit: Option<PathBuf>) -> Result<PathBuf, SignerChildErro
         .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
         .map(|d| d.join(SIGNER_BIN))
         .find(|p| p.is_file());
-    on_path.ok_or_else(|| SignerChildError::NotFound {
+    on_path.ok_or_else(|| Error::SignerNotFound {
         exe: exe.map_or_else(|| "this binary".into(), |e| e.display().to_string()),
     })
 }
@@ -210,12 +190,12 @@ impl Launch {
 /// can end (a worker that entered `block_in_place` becomes a blocking thread, which times out).
 #[derive(Debug)]
 struct Spawner {
-    requests: std::sync::mpsc::Sender<oneshot::Sender<Result<Child, SignerChildError>>>,
+    requests: std::sync::mpsc::Sender<oneshot::Sender<Result<Child, Error>>>,
 }
 
 impl Spawner {
-    fn new(launch: Launch) -> Result<Self, SignerChildError> {
-        let (requests, rx) = std::sync::mpsc::channel::<oneshot::Sender<Result<Child, SignerChildError>>>();
+    fn new(launch: Launch) -> Result<Self, Error> {
+        let (requests, rx) = std::sync::mpsc::channel::<oneshot::Sender<Result<Child, Error>>>();
         let runtime = tokio::runtime::Handle::current();
         std::thread::Builder::new()
             .name("signer-spawner".into())
@@ -230,8 +210,8 @@ impl Spawner {
         Ok(Self { requests })
     }
 
-    async fn spawn(&self) -> Result<Child, SignerChildError> {
-        let gone = || SignerChildError::Io {
+    async fn spawn(&self) -> Result<Child, Error> {
+        let gone = || Error::Io {
             what: "starting the signer".into(),
             source: std::io::Error::other("the spawner thread is gone"),
         };
@@ -241,7 +221,7 @@ impl Spawner {
     }
 }
 
-fn spawn(launch: &Launch) -> Result<Child, SignerChildError> {
+fn spawn(launch: &Launch) -> Result<Child, Error> {
     let (bin, socket) = (&launch.bin, &launch.socket);
     let mut cmd = launch.command();
     cmd.arg("serve").arg("--dir").arg(&launch.dir).arg("--socket").arg(socket).args(launch.keystore.signer_args());
@@ -263,7 +243,7 @@ fn spawn(launch: &Launch) -> Result<Child, SignerChildError> {
 
 /// `allowly-signer init` (first run: creates the directory, and the master key unless the keys
 /// are on a PKCS#11 token), as the signer will run.
-async fn init_if_needed(launch: &Launch, state_dir: &Path) -> Result<(), SignerChildError> {
+async fn init_if_needed(launch: &Launch, state_dir: &Path) -> Result<(), Error> {
     let done = match launch.keystore.kind {
         KeystoreKind::File => state_dir.join("master.key").exists(),
         KeystoreKind::Pkcs11 => state_dir.is_dir(),
@@ -284,7 +264,7 @@ async fn init_if_needed(launch: &Launch, state_dir: &Path) -> Result<(), SignerC
         .await
         .map_err(io(format!("running {} init", bin.display())))?;
     if !out.status.success() {
-        return Err(SignerChildError::Init {
+        return Err(Error::SignerInit {
             bin: bin.display().to_string(),
             status: out.status,
             stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
@@ -304,12 +284,12 @@ fn supervised(child: Child, spawner: Spawner) -> Supervisor {
 impl EmbeddedSigner {
     /// Prepares `<data>/signer` (first run: `allowly-signer init`) and `<data>/run` (0700),
     /// starts the signer under this process's uid and waits until it answers.
-    pub async fn start(bin: PathBuf, data_dir: &Path, keystore: SignerKeystore) -> Result<Self, SignerChildError> {
+    pub async fn start(bin: PathBuf, data_dir: &Path, keystore: SignerKeystore) -> Result<Self, Error> {
         let dir = data_dir.join(crate::layout::SIGNER_DIR);
         let run = data_dir.join(crate::layout::RUN_DIR);
         let socket = run.join(crate::layout::SIGNER_SOCKET);
         if socket.as_os_str().len() > MAX_SOCKET_PATH {
-            return Err(SignerChildError::SocketPath(socket.display().to_string()));
+            return Err(Error::SignerSocketPath(socket.display().to_string()));
         }
         let launch = Launch { bin, dir: dir.clone(), socket: socket.clone(), keystore, isolated: None };
         init_if_needed(&launch, &dir).await?;
@@ -327,7 +307,7 @@ impl EmbeddedSigner {
     /// Takes over a started [`Keeper`] (isolated mode; called after this process dropped to
     /// the front end's user, whose uid the signer allows): waits until the signer answers on
     /// `socket` (relative to the data directory, the working directory by then).
-    pub async fn from_keeper(mut keeper: Keeper, socket: PathBuf) -> Result<Self, SignerChildError> {
+    pub async fn from_keeper(mut keeper: Keeper, socket: PathBuf) -> Result<Self, Error> {
         if let Err(e) = wait_ready(|| keeper.child.try_wait(), &socket).await {
             keeper.stop().await;
             return Err(e);
@@ -371,7 +351,7 @@ impl Keeper {
         data_dir: &Path,
         acc: &crate::isolation::Accounts,
         keystore: &SignerKeystore,
-    ) -> Result<Self, SignerChildError> {
+    ) -> Result<Self, Error> {
         use std::os::unix::process::CommandExt as _;
         let exe = std::env::current_exe().map_err(io("finding this executable"))?;
         let mut cmd = std::process::Command::new(&exe);
@@ -451,7 +431,7 @@ pub struct KeeperArgs {
 /// The keeper's whole life: starts the signer as the signer's user, restarts it whenever it
 /// exits, and stops it when stdin reaches EOF (the front end closed it, or died) or on SIGTERM.
 /// SIGINT is ignored (see [`Keeper::start`]).
-pub async fn keep(args: KeeperArgs) -> Result<(), SignerChildError> {
+pub async fn keep(args: KeeperArgs) -> Result<(), Error> {
     use tokio::io::AsyncReadExt as _;
     use tokio::signal::unix::{signal, SignalKind};
     let exe = std::fs::File::open(&args.signer_bin).map_err(io(format!("opening {}", args.signer_bin.display())))?;
@@ -511,11 +491,7 @@ fn socket_inode(socket: &Path) -> Option<(u64, i64, i64)> {
 /// restarted forever behind a front end that waits in vain. Started means the signer bound a
 /// new socket (the keeper, root, is not on the signer's allow-list, so it cannot ping it); it
 /// binds only after its keys and journal are open. Restarts after that are supervised as usual.
-async fn first_start(
-    child: &mut Child,
-    socket: &Path,
-    before: Option<(u64, i64, i64)>,
-) -> Result<(), SignerChildError> {
+async fn first_start(child: &mut Child, socket: &Path, before: Option<(u64, i64, i64)>) -> Result<(), Error> {
     let start = Instant::now();
     while start.elapsed() < READY_TIMEOUT {
         if let Some(status) = child.try_wait().map_err(io("waiting for the signer"))? {
@@ -526,7 +502,7 @@ async fn first_start(
             if socket_inode(socket).is_some_and(|id| Some(id) != before) {
                 return Ok(());
             }
-            return Err(SignerChildError::ExitedEarly(status));
+            return Err(Error::SignerExitedEarly(status));
         }
         if socket_inode(socket).is_some_and(|id| Some(id) != before) {
             return Ok(());
@@ -542,7 +518,7 @@ async fn first_start(
 async fn wait_ready(
     mut exited: impl FnMut() -> std::io::Result<Option<ExitStatus>>,
     socket: &Path,
-) -> Result<(), SignerChildError> {
+) -> Result<(), Error> {
     // Its own client: the engine's backs off for up to seconds after a failed connect.
     let probe = SignerClient::new(
         socket.to_owned(),
@@ -556,12 +532,12 @@ async fn wait_ready(
     let start = Instant::now();
     loop {
         if let Some(status) = exited().map_err(io("waiting for the signer"))? {
-            return Err(SignerChildError::ExitedEarly(status));
+            return Err(Error::SignerExitedEarly(status));
         }
         match probe.ping().await {
             Ok(()) => return Ok(()),
             Err(e) if start.elapsed() > READY_TIMEOUT => {
-                return Err(SignerChildError::NotReady(READY_TIMEOUT, e.to_string()));
+                return Err(Error::SignerNotReady(READY_TIMEOUT, e.to_string()));
             }
             Err(_) => tokio::time::sleep(POLL).await,
         }
@@ -625,8 +601,8 @@ async fn terminate(mut child: Child) {
 /// every receipt acknowledged in it (found by the power-loss tier, `tests/it/powerloss.rs`). The
 /// parent is synced at every start, not only when created: a process crash between creating
 /// and syncing leaves a directory that exists but is not durable.
-pub fn create_private_dir(dir: &Path) -> Result<(), SignerChildError> {
-    let err = |source| SignerChildError::Io { what: format!("creating {}", dir.display()), source };
+pub fn create_private_dir(dir: &Path) -> Result<(), Error> {
+    let err = |source| Error::Io { what: format!("creating {}", dir.display()), source };
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     let mut created = Vec::new();
     let mut missing = dir.parent();
@@ -638,7 +614,7 @@ pub fn create_private_dir(dir: &Path) -> Result<(), SignerChildError> {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(err)?;
     for d in std::iter::once(dir).chain(created) {
         let parent = d.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        let sync_err = |source| SignerChildError::Io { what: format!("syncing {}", parent.display()), source };
+        let sync_err = |source| Error::Io { what: format!("syncing {}", parent.display()), source };
         match std::fs::File::open(parent) {
             Ok(f) => f.sync_all().map_err(sync_err)?,
             // A parent this user may search but not list (e.g. 0711) cannot be opened to be

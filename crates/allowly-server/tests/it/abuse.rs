@@ -213,21 +213,39 @@ fn a_body_trickled_byte_by_byte_is_answered_408_and_closed_at_the_read_deadline(
     assert_eq!(ok.status, 201, "{ok}");
 }
 
-/// A connection that has sent nothing and is held open.
-fn idle_connection(addr: SocketAddr) -> TcpStream {
-    let c = TcpStream::connect(addr).unwrap();
-    c.set_nonblocking(true).unwrap();
-    c
+/// A connection that sends nothing and is held open, and what the server sent on it.
+struct Idle {
+    stream: TcpStream,
+    received: Vec<u8>,
 }
 
-/// Whether the server closed `c` (EOF or reset); `false` while it is open and silent.
-fn closed(c: &mut TcpStream) -> bool {
-    let mut b = [0u8; 64];
-    match c.read(&mut b) {
-        Ok(0) => true,
-        Ok(_) => panic!("an idle connection got bytes"),
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => false,
-        Err(_) => true,
+impl Idle {
+    fn connect(addr: SocketAddr) -> Self {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream.set_nonblocking(true).unwrap();
+        Self { stream, received: Vec::new() }
+    }
+
+    /// Whether the server closed it (end of stream or reset); `false` while it is open.
+    fn closed(&mut self) -> bool {
+        let mut b = [0u8; 1024];
+        loop {
+            match self.stream.read(&mut b) {
+                Ok(0) => return true,
+                Ok(n) => self.received.extend_from_slice(&b[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return true,
+            }
+        }
+    }
+
+    /// Closed at the cap before it sent anything: answered `503 too_many_connections` first.
+    fn assert_refused(&self, s: &Server) {
+        assert!(!self.received.is_empty(), "an idle connection was closed without an answer\n{}", s.diagnostics());
+        let r = parse_response(&self.received);
+        r.problem(503, "too_many_connections");
+        assert_eq!(r.header("retry-after"), Some("1"), "{r}");
     }
 }
 
@@ -237,27 +255,33 @@ fn an_idle_connection_flood_at_the_cap_closes_the_oldest_idle_connections_not_ne
     let (_dir, s) = start_with(&["--max-connections", "40", "--max-connections-per-address", "40"]);
     // Public without a token (no --metrics-token-file).
     assert_eq!(s.client().get("/metrics", None).status, 200);
-    let mut flood: Vec<TcpStream> = Vec::new();
-    for _ in 0..CAP {
-        flood.push(idle_connection(s.addr));
-    }
+    let mut flood: Vec<Idle> = (0..CAP).map(|_| Idle::connect(s.addr)).collect();
     let diag = || s.diagnostics();
-    // A new, well-behaved client is served, at once. (The kernel hands connections to accept()
-    // in the order they were made: the flood's are all open when this one comes.)
+    // A new, well-behaved client is served once the flood's oldest connection is out of its
+    // grace (250 ms). (The kernel hands connections to accept() in the order they were made:
+    // the flood's are all open when this one comes.)
     let r = healthz(s.addr).unwrap_or_else(|e| panic!("a new client at the cap: {e}\n{}", s.diagnostics()));
     assert_eq!(r.status, 200, "{r}");
-    // The oldest idle connection was closed to make room; the newest is still open.
-    eventually("the oldest idle connection to be closed", diag, || closed(&mut flood[0]).then_some(()));
-    let last = flood.len() - 1;
-    assert!(!closed(&mut flood[last]), "the newest idle connection was closed\n{}", s.diagnostics());
-    // What was closed is a prefix of the flood: the oldest ones.
-    let shut: Vec<bool> = flood.iter_mut().map(closed).collect();
+    // The connections asked to close to make room (for it, and for the `/metrics` requests
+    // here) are closed: then the client sees all of them closed, none half way.
+    eventually("the connections asked to close to be closed", diag, || {
+        let evicted = metric(&s, "allowly_http_connections_closed_total{reason=\"evicted\"}", None);
+        (evicted >= 1.0 && metric(&s, "allowly_http_connections_evicting", None) == 0.0).then_some(())
+    });
+    // The oldest idle connection was closed; the newest is still open; what was closed is a
+    // prefix of the flood: the oldest ones, each answered 503 (it had sent nothing).
+    let shut: Vec<bool> = flood.iter_mut().map(Idle::closed).collect();
+    assert!(shut[0], "the oldest idle connection is open: {shut:?}\n{}", s.diagnostics());
+    assert!(!shut[CAP - 1], "the newest idle connection was closed: {shut:?}\n{}", s.diagnostics());
     let first_open = shut.iter().position(|c| !c).unwrap();
     assert!(shut[first_open..].iter().all(|c| !c), "closed out of age order: {shut:?}");
+    for c in &flood[..first_open] {
+        c.assert_refused(&s);
+    }
     // The flood goes on (twice the cap more) while a client keeps being served.
     let bg = Background::start(s.addr);
     for _ in 0..2 * CAP {
-        flood.push(idle_connection(s.addr));
+        flood.push(Idle::connect(s.addr));
     }
     eventually("the second flood to be accepted", diag, || {
         (metric(&s, "allowly_http_connections_accepted_total", None) >= (3 * CAP) as f64).then_some(())
@@ -270,6 +294,50 @@ fn an_idle_connection_flood_at_the_cap_closes_the_oldest_idle_connections_not_ne
         (metric(&s, "allowly_http_connections_open", None) <= CAP as f64).then_some(())
     });
     assert!(metric(&s, "allowly_http_connections_closed_total{reason=\"evicted\"}", None) >= CAP as f64);
+}
+
+/// A client descheduled between `connect` and `write` while a flood of idle connections turns
+/// the cap over: its connection becomes the oldest idle one and is closed. Its request, sent
+/// after that, must meet an answer — `503 too_many_connections`, which it can retry — never a
+/// bare end of stream. (How long such a client is waited for is the unit test
+/// `conn::tests::idle_connections_go_oldest_first_and_none_within_its_grace`.)
+#[test]
+fn a_client_whose_request_comes_after_the_flood_went_past_it_gets_an_answer_not_a_bare_close() {
+    const CAP: usize = 40;
+    let (_dir, s) = start_with(&["--max-connections", "40", "--max-connections-per-address", "40"]);
+    let diag = || s.diagnostics();
+    // Connected, and silent until the flood went past it.
+    let mut late = TcpStream::connect(s.addr).unwrap();
+    late.set_read_timeout(Some(DEADLINE)).unwrap();
+    // Accepted, and read (nothing) before the flood: a request on a later connection is
+    // answered only after the server accepted this one and started its connection.
+    assert_eq!(s.client().get("/healthz", None).status, 200);
+    // Twice the cap of idle connections, every one younger than `late`.
+    let mut flood: Vec<Idle> = (0..2 * CAP).map(|_| Idle::connect(s.addr)).collect();
+    // The flood's oldest connection closed: every idle one older than it was asked to close
+    // first, `late` among them.
+    eventually("the flood's oldest connection to be closed", diag, || flood[0].closed().then_some(()));
+    late.write_all(b"GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").unwrap();
+    // All there is until the end of the stream (or the reset the request met).
+    let mut answer = Vec::new();
+    let mut b = [0u8; 4096];
+    loop {
+        match late.read(&mut b) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => answer.extend_from_slice(&b[..n]),
+        }
+    }
+    assert!(
+        answer.starts_with(b"HTTP/1.1 "),
+        "the late client got no answer: {:?}\n{}",
+        String::from_utf8_lossy(&answer),
+        diag()
+    );
+    // Older and as silent as the flood's oldest, it was closed before it: with a refusal.
+    let r = parse_response(&answer);
+    r.problem(503, "too_many_connections");
+    assert_eq!(r.header("retry-after"), Some("1"), "{r}");
+    drop(flood);
 }
 
 /// A connection from source address `ip` (any 127/8 address reaches a loopback listener).

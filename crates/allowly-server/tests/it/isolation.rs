@@ -357,3 +357,24 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// A step of the start that fails says which step it was, then why (the crate's one error enum
+/// carries the step as context): one user for both processes is refused by the isolation step.
+#[test]
+fn a_root_start_with_one_user_for_both_processes_is_refused_naming_the_isolation_step() {
+    require_root("the users of an isolated start");
+    let dir = traversable_tempdir();
+    let out = Command::new(allowly_bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--user", "allowly", "--signer-user", "allowly", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let (uid, _) = account("allowly");
+    let expected = format!(
+        "allowly: error: isolating the signer's keys (started as root): --user and --signer-user must be two \
+         different users (both are uid {uid})"
+    );
+    assert_eq!(stderr.lines().last(), Some(expected.as_str()), "{stderr}");
+}
