@@ -15,14 +15,16 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use rmcp::model::{
     CallToolRequest, CallToolRequestParams, CallToolResponse, ClientNotification, ClientRequest, CompleteRequest,
     CompleteRequestParams, CompleteResult, CustomNotification, CustomRequest, CustomResult, ErrorData,
@@ -39,7 +41,9 @@ use rmcp::service::{NotificationContext, RequestContext, RoleServer, Service};
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use rmcp::ServerHandler;
+use tokio::io::AsyncWriteExt as _;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
 use crate::error::GatewayError;
 use crate::proxy::{Gateway, Shared};
@@ -149,18 +153,61 @@ pub struct Listen {
     /// Client sessions open at once (each has its own servers behind, a child process for a
     /// command): one more `initialize` is answered 503.
     pub max_sessions: usize,
+    /// Client connections open at once (a session's event stream holds one, each request in
+    /// flight another): one more is answered 503 and closed before anything of it is read.
+    pub max_connections: usize,
+}
+
+/// A request's head must have arrived this long after the connection was opened or its
+/// previous answer sent: a client that trickles headers (or sends none) cannot hold a
+/// connection of the cap for ever.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a connection over the cap is told before it is closed.
+const TOO_MANY_CONNECTIONS: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\n\
+retry-after: 1\r\nconnection: close\r\ncontent-length: 61\r\n\r\ntoo many connections to the gateway are open: try again later";
+
+/// Sessions being opened (an `initialize` handled but not yet answered), counted with those
+/// already open against `max_sessions`, so initializes arriving together cannot all pass.
+#[derive(Debug, Default)]
+struct Opening(AtomicUsize);
+
+/// One session being opened, counted in [`Opening`] until dropped (answered or abandoned).
+struct Reservation<'a>(&'a Opening);
+
+impl Opening {
+    /// Reserves a place for one more session if `open + opening < max`.
+    fn reserve(&self, open: usize, max: usize) -> Option<Reservation<'_>> {
+        let before = self.0.fetch_add(1, Ordering::AcqRel);
+        if open.saturating_add(before) >= max {
+            self.0.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Reservation(self))
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        self.0 .0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Listen {
     /// Refuses an address beyond loopback without a token (fail closed: an open gateway would
     /// let anyone on the network act under the user's authorization).
-    pub fn new(addr: SocketAddr, token: Option<String>, max_sessions: usize) -> Result<Self, GatewayError> {
+    pub fn new(
+        addr: SocketAddr,
+        token: Option<String>,
+        max_sessions: usize,
+        max_connections: usize,
+    ) -> Result<Self, GatewayError> {
         if !addr.ip().is_loopback() && token.is_none() {
             return Err(GatewayError::Config(format!(
                 "--listen {addr} is beyond loopback: set ALLOWLY_GATEWAY_TOKEN (clients then send Authorization: Bearer <token>)"
             )));
         }
-        Ok(Self { addr, token, max_sessions })
+        Ok(Self { addr, token, max_sessions, max_connections })
     }
 
     fn authorized(&self, request: &Request<Incoming>) -> bool {
@@ -181,7 +228,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// A request that would open a session: a POST without `Mcp-Session-Id` (an `initialize`; rmcp
-/// refuses any other such POST). Sessions opening at the same moment may pass the bound together.
+/// refuses any other such POST).
 fn opens_session(request: &Request<Incoming>) -> bool {
     request.method() == http::Method::POST && !request.headers().contains_key("mcp-session-id")
 }
@@ -210,8 +257,10 @@ pub async fn serve(listen: Listen, shared: Arc<Shared>) -> Result<(), GatewayErr
     // A client (or a test) that asked for port 0 learns the port from this line.
     eprintln!("allowly-mcp-gateway: listening on http://{local}{PATH}");
     let listen = Arc::new(listen);
+    let opening = Arc::new(Opening::default());
+    let slots = Arc::new(Semaphore::new(listen.max_connections.max(1)));
     loop {
-        let (stream, _) = match listener.accept().await {
+        let (mut stream, _) = match listener.accept().await {
             Ok(accepted) => accepted,
             // Out of descriptors and the like: this connection is lost, the next may work.
             Err(e) => {
@@ -219,10 +268,16 @@ pub async fn serve(listen: Listen, shared: Arc<Shared>) -> Result<(), GatewayErr
                 continue;
             }
         };
-        let (mcp, listen, sessions) = (mcp.clone(), listen.clone(), sessions.clone());
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            // Told why, without reading its request: a refusal costs a write, not a task.
+            let _ = stream.try_write(TOO_MANY_CONNECTIONS);
+            let _ = stream.shutdown().await;
+            continue;
+        };
+        let (mcp, listen, sessions, opening) = (mcp.clone(), listen.clone(), sessions.clone(), opening.clone());
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-                let (mcp, listen, sessions) = (mcp.clone(), listen.clone(), sessions.clone());
+                let (mcp, listen, sessions, opening) = (mcp.clone(), listen.clone(), sessions.clone(), opening.clone());
                 async move {
                     let response = if request.uri().path() != PATH {
                         plain(StatusCode::NOT_FOUND, "the MCP endpoint is /mcp")
@@ -231,8 +286,16 @@ pub async fn serve(listen: Listen, shared: Arc<Shared>) -> Result<(), GatewayErr
                         r.headers_mut()
                             .insert(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"));
                         r
-                    } else if opens_session(&request) && sessions.sessions.read().await.len() >= listen.max_sessions {
-                        plain(StatusCode::SERVICE_UNAVAILABLE, "too many MCP sessions are open: try again later")
+                    } else if opens_session(&request) {
+                        let open = sessions.sessions.read().await.len();
+                        match opening.reserve(open, listen.max_sessions) {
+                            // Held until the session exists (rmcp registers it before answering).
+                            Some(_reserved) => mcp.handle(request).await,
+                            None => plain(
+                                StatusCode::SERVICE_UNAVAILABLE,
+                                "too many MCP sessions are open: try again later",
+                            ),
+                        }
                     } else {
                         mcp.handle(request).await
                     };
@@ -240,7 +303,12 @@ pub async fn serve(listen: Listen, shared: Arc<Shared>) -> Result<(), GatewayErr
                 }
             });
             // A client that goes away mid-request is no error of the gateway's.
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+            drop(slot);
         });
     }
 }
@@ -252,12 +320,36 @@ mod tests {
 
     #[test]
     fn beyond_loopback_a_token_is_required() {
-        let listen = |addr: &str, token: Option<&str>| Listen::new(addr.parse().unwrap(), token.map(Into::into), 1);
+        let listen = |addr: &str, token: Option<&str>| Listen::new(addr.parse().unwrap(), token.map(Into::into), 1, 4);
         assert!(listen("127.0.0.1:0", None).is_ok());
         assert!(listen("[::1]:0", None).is_ok());
         let open = listen("0.0.0.0:0", None).unwrap_err().to_string();
         assert!(open.contains("ALLOWLY_GATEWAY_TOKEN"), "{open}");
         assert!(listen("0.0.0.0:0", Some("t")).is_ok());
+    }
+
+    /// Places are counted with the sessions already open; a place given back (answered or
+    /// abandoned) is free again.
+    #[test]
+    fn session_places_count_those_being_opened() {
+        let opening = Opening::default();
+        let first = opening.reserve(0, 2).unwrap();
+        let second = opening.reserve(0, 2).unwrap();
+        assert!(opening.reserve(0, 2).is_none(), "a third while two are being opened");
+        drop(first);
+        // The first is open now: one open, one opening.
+        assert!(opening.reserve(1, 2).is_none());
+        drop(second);
+        assert!(opening.reserve(1, 2).is_some());
+        assert!(opening.reserve(2, 2).is_none());
+    }
+
+    #[test]
+    fn the_refusal_is_one_whole_http_answer() {
+        let text = std::str::from_utf8(TOO_MANY_CONNECTIONS).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 503 "));
+        assert!(head.contains(&format!("content-length: {}", body.len())), "{head}");
     }
 
     #[test]

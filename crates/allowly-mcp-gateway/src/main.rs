@@ -76,6 +76,10 @@ struct Args {
     /// behind); one more is answered 503.
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
     max_sessions: u32,
+    /// With `--listen`: how many client connections may be open at once (a session's event
+    /// stream holds one); one more is answered 503 and closed.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: u32,
     /// How long a call waits for an approver's answer to an escalation (ms).
     #[arg(long, default_value_t = 120_000)]
     escalation_wait_ms: u64,
@@ -137,8 +141,11 @@ async fn run(mut args: Args) -> Result<(), GatewayError> {
     let check_key =
         key("ALLOWLY_CHECK_KEY").ok_or_else(|| GatewayError::Config("ALLOWLY_CHECK_KEY is not set".into()))?;
     let max_sessions = usize::try_from(args.max_sessions).unwrap_or(usize::MAX);
-    let listen =
-        args.listen.map(|addr| http::Listen::new(addr, key("ALLOWLY_GATEWAY_TOKEN"), max_sessions)).transpose()?;
+    let max_connections = usize::try_from(args.max_connections).unwrap_or(usize::MAX);
+    let listen = args
+        .listen
+        .map(|addr| http::Listen::new(addr, key("ALLOWLY_GATEWAY_TOKEN"), max_sessions, max_connections))
+        .transpose()?;
     let upstreams = upstreams(&mut args)?;
     let policy = gate::Policy {
         authorization_id: args.authorization_id,

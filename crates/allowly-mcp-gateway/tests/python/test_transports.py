@@ -5,7 +5,9 @@ denied call each; and the HTTP front's guards: the bearer token, the bound on op
 from __future__ import annotations
 
 import asyncio
+import socket
 import subprocess
+import time
 
 import httpx
 import pytest
@@ -77,3 +79,64 @@ def test_an_initialize_beyond_max_sessions_is_answered_503_and_the_open_session_
     second, result = asyncio.run(main())
     assert second.status_code == 503 and "too many MCP sessions" in second.text, second
     assert not result.is_error and "created issue 'still here'" in text(result), result
+
+
+def test_initializes_arriving_together_open_no_more_sessions_than_the_bound(tmp_path, env):
+    """Eight initializes at once against --max-sessions 2: at most two sessions open, every
+    other one is answered 503 (each initialize takes a place before its session exists, so they
+    cannot all see an empty gateway)."""
+    port = free_port()
+    args = ["--listen", f"127.0.0.1:{port}", "--allowly-url", env.url, "--authorization-id", grant(env, GRANTED),
+            "--server-name", "shop", "--max-sessions", "2", "--", *server_command(tmp_path / "log")]
+    proc = subprocess.Popen([GATEWAY, *args], env=gateway_env(env, ("check",)), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    initialize = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+                  "params": {"protocolVersion": "2025-06-18", "capabilities": {},
+                             "clientInfo": {"name": "many", "version": "1"}}}
+    accept = {"Accept": "application/json, text/event-stream"}
+
+    async def main():
+        async with httpx.AsyncClient(timeout=30) as client:
+            return await asyncio.gather(*[client.post(f"http://127.0.0.1:{port}/mcp", json=initialize, headers=accept)
+                                          for _ in range(8)])
+    with stopped_at_exit(proc):
+        wait_listening(port, proc)
+        answers = asyncio.run(main())
+    statuses = sorted(a.status_code for a in answers)
+    assert statuses.count(200) <= 2 and statuses.count(200) >= 1, statuses
+    assert all(s in (200, 503) for s in statuses), statuses
+
+
+def test_a_connection_beyond_max_connections_is_told_503_and_a_freed_place_serves_again(tmp_path, env):
+    port = free_port()
+    args = ["--listen", f"127.0.0.1:{port}", "--allowly-url", env.url, "--authorization-id", grant(env, GRANTED),
+            "--server-name", "shop", "--max-connections", "2", "--", *server_command(tmp_path / "log")]
+    proc = subprocess.Popen([GATEWAY, *args], env=gateway_env(env, ("check",)), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+
+    def hold():
+        """A connection that was served (a 404 for /other) and stays open; polled, since a
+        place is given back only once the gateway has seen the previous holder's close."""
+        end = time.monotonic() + 30
+        while time.monotonic() < end:
+            s = socket.create_connection(("127.0.0.1", port), timeout=10)
+            s.sendall(b"GET /other HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n")
+            if s.recv(4096).startswith(b"HTTP/1.1 404"):
+                return s
+            s.close()
+            time.sleep(0.05)
+        raise AssertionError("no connection was served")
+
+    with stopped_at_exit(proc):
+        wait_listening(port, proc)
+        held = [hold(), hold()]
+        extra = socket.create_connection(("127.0.0.1", port), timeout=10)
+        refused = b""
+        while chunk := extra.recv(4096):
+            refused += chunk
+        assert refused.startswith(b"HTTP/1.1 503") and b"too many connections" in refused, refused
+        extra.close()
+        held.pop().close()
+        held.append(hold())
+        for s in held:
+            s.close()
