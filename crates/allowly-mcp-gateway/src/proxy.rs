@@ -14,7 +14,12 @@
 //! routed by that prefix to its server under the tool's own name and checked as
 //! `mcp.<server>.<tool>`. A server that cannot be reached at start, or that goes away, is left
 //! out of the list and its calls are answered with a tool error naming it; the others go on.
-//! Prompts, resources and completions are not merged (tools only).
+//! Prompts are merged like tools (`<server>__<prompt>`, `prompts/get` routed by the prefix).
+//! Resources and resource templates keep their URIs (they name things outside the gateway):
+//! the lists are each reachable server's together, and `resources/read` goes to the server
+//! that listed the URI — the first one, if two list the same URI — or, for a URI no list has
+//! shown, to each server in turn until one has it. Not merged: completions and resource
+//! subscriptions (answered `method not found`).
 //!
 //! Requests a server makes of the client (sampling, roots, elicitation) are forwarded the other
 //! way. Not forwarded: `notifications/cancelled` (request ids differ on the two sides; a
@@ -26,9 +31,10 @@ use std::time::Duration;
 
 use rmcp::model::{
     CallToolRequest, CallToolResult, ClientConfig, ClientNotification, ClientRequest, ClientResult, ElicitRequest,
-    ElicitRequestParams, ElicitationAction, ErrorCode, ErrorData, GetMeta as _, Implementation,
-    InitializeRequestParams, InitializeResult, ListToolsResult, MetaObject, ServerCapabilities, ServerConfig,
-    ServerNotification, ServerRequest, ServerResult,
+    ElicitRequestParams, ElicitationAction, ErrorCode, ErrorData, GetMeta as _, GetPromptRequest, Implementation,
+    InitializeRequestParams, InitializeResult, ListPromptsResult, ListResourceTemplatesResult, ListResourcesResult,
+    ListToolsResult, MetaObject, ReadResourceRequest, ServerCapabilities, ServerConfig, ServerNotification,
+    ServerRequest, ServerResult,
 };
 use rmcp::service::{
     NotificationContext, Peer, RequestContext, RoleClient, RoleServer, RunningService, Service, ServiceError,
@@ -113,6 +119,8 @@ impl Service<RoleClient> for Behind {
 struct Link {
     name: String,
     peer: Result<Peer<RoleClient>, String>,
+    /// What the server answered at `initialize` (its capabilities say what to merge).
+    capabilities: ServerCapabilities,
 }
 
 /// The server side, facing the MCP client in front.
@@ -124,6 +132,9 @@ pub struct Gateway {
     /// Kept so the servers behind live as long as the gateway (dropping one stops its child
     /// process or closes its HTTP session).
     running: Mutex<Option<Vec<RunningService<RoleClient, Behind>>>>,
+    /// With several servers: which server listed each resource URI (index into the links),
+    /// filled by `resources/list`; bounded by what the servers list.
+    resource_owners: std::sync::Mutex<std::collections::HashMap<String, usize>>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -173,7 +184,13 @@ fn initialize_result(service: &RunningService<RoleClient, Behind>) -> Result<Ini
 
 impl Gateway {
     pub fn new(shared: Arc<Shared>) -> Self {
-        Self { shared, links: OnceCell::new(), info: OnceCell::new(), running: Mutex::new(None) }
+        Self {
+            shared,
+            links: OnceCell::new(),
+            info: OnceCell::new(),
+            running: Mutex::new(None),
+            resource_owners: Default::default(),
+        }
     }
 
     fn links(&self) -> Result<&[Link], ErrorData> {
@@ -207,16 +224,16 @@ impl Gateway {
         for upstream in &self.shared.upstreams {
             match connect(upstream, params.clone(), front.clone()).await {
                 Ok(service) => {
-                    if first.is_none() {
-                        first = Some(initialize_result(&service)?);
-                    }
-                    links.push(Link { name: upstream.name.clone(), peer: Ok(service.peer().clone()) });
+                    let init = initialize_result(&service)?;
+                    let capabilities = init.capabilities.clone();
+                    first.get_or_insert(init);
+                    links.push(Link { name: upstream.name.clone(), peer: Ok(service.peer().clone()), capabilities });
                     services.push(service);
                 }
                 Err(why) if !self.shared.aggregate => return Err(downstream_error(GatewayError::Downstream(why))),
                 Err(why) => {
                     eprintln!("allowly-mcp-gateway: MCP server {}: {why}", upstream.name);
-                    links.push(Link { name: upstream.name.clone(), peer: Err(why) });
+                    links.push(Link { name: upstream.name.clone(), peer: Err(why), capabilities: Default::default() });
                 }
             }
         }
@@ -246,6 +263,97 @@ impl Gateway {
             }
         }
         Ok(ServerResult::ListToolsResult(ListToolsResult::with_all_items(tools)))
+    }
+
+    /// `prompts/list` with several servers: each reachable server's prompts, named
+    /// `<server>__<prompt>`.
+    async fn list_prompts(&self) -> Result<ServerResult, ErrorData> {
+        let mut prompts = Vec::new();
+        for link in self.links()?.iter().filter(|l| l.capabilities.prompts.is_some()) {
+            let Ok(peer) = &link.peer else { continue };
+            match peer.list_all_prompts().await {
+                Ok(listed) => prompts.extend(listed.into_iter().map(|mut p| {
+                    p.name = format!("{}{SEPARATOR}{}", link.name, p.name);
+                    p
+                })),
+                Err(e) => eprintln!("allowly-mcp-gateway: listing the prompts of {}: {e}", link.name),
+            }
+        }
+        Ok(ServerResult::ListPromptsResult(ListPromptsResult::with_all_items(prompts)))
+    }
+
+    /// `prompts/get` with several servers: to the server the prefix names, under the prompt's
+    /// own name.
+    async fn get_prompt(&self, mut request: GetPromptRequest) -> Result<ServerResult, ErrorData> {
+        let listed = request.params.name.clone();
+        let routed = listed
+            .split_once(SEPARATOR)
+            .and_then(|(server, prompt)| self.links().ok()?.iter().find(|l| l.name == server).map(|l| (l, prompt)));
+        let Some((link, prompt)) = routed else {
+            return Err(ErrorData::invalid_params(
+                format!("no MCP server behind the gateway has the prompt {listed:?}"),
+                None,
+            ));
+        };
+        let peer = link.peer.as_ref().map_err(|why| {
+            ErrorData::internal_error(format!("the MCP server {} is unavailable: {why}", link.name), None)
+        })?;
+        request.params.name = prompt.to_owned();
+        peer.send_request(ClientRequest::GetPromptRequest(request)).await.map_err(relay_error)
+    }
+
+    /// `resources/list` (or `resources/templates/list`, `templates`) with several servers:
+    /// every reachable server's, URIs unchanged; remembers who listed which resource.
+    async fn list_resources(&self, templates: bool) -> Result<ServerResult, ErrorData> {
+        let (mut resources, mut listed_templates) = (Vec::new(), Vec::new());
+        for (i, link) in self.links()?.iter().enumerate().filter(|(_, l)| l.capabilities.resources.is_some()) {
+            let Ok(peer) = &link.peer else { continue };
+            if templates {
+                match peer.list_all_resource_templates().await {
+                    Ok(listed) => listed_templates.extend(listed),
+                    Err(e) => eprintln!("allowly-mcp-gateway: listing the resource templates of {}: {e}", link.name),
+                }
+                continue;
+            }
+            match peer.list_all_resources().await {
+                Ok(listed) => {
+                    if let Ok(mut owners) = self.resource_owners.lock() {
+                        for r in &listed {
+                            owners.entry(r.uri.clone()).or_insert(i);
+                        }
+                    }
+                    resources.extend(listed);
+                }
+                Err(e) => eprintln!("allowly-mcp-gateway: listing the resources of {}: {e}", link.name),
+            }
+        }
+        Ok(if templates {
+            ServerResult::ListResourceTemplatesResult(ListResourceTemplatesResult::with_all_items(listed_templates))
+        } else {
+            ServerResult::ListResourcesResult(ListResourcesResult::with_all_items(resources))
+        })
+    }
+
+    /// `resources/read` with several servers: to the server that listed the URI, else to each
+    /// reachable server with resources in turn until one has it.
+    async fn read_resource(&self, request: ReadResourceRequest) -> Result<ServerResult, ErrorData> {
+        let links = self.links()?;
+        let owner = self.resource_owners.lock().ok().and_then(|o| o.get(&request.params.uri).copied());
+        let candidates: Vec<&Link> = match owner.and_then(|i| links.get(i)) {
+            Some(link) => vec![link],
+            None => links.iter().filter(|l| l.capabilities.resources.is_some()).collect(),
+        };
+        let mut last = None;
+        for link in candidates {
+            let Ok(peer) = &link.peer else { continue };
+            match peer.send_request(ClientRequest::ReadResourceRequest(request.clone())).await {
+                Ok(result) => return Ok(result),
+                Err(e) => last = Some(relay_error(e)),
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            ErrorData::resource_not_found(format!("no MCP server behind the gateway has {}", request.params.uri), None)
+        }))
     }
 
     /// `tools/call`: the gate, then the server behind (or a tool error), with the receipt ids.
@@ -306,9 +414,9 @@ impl Gateway {
     }
 }
 
-/// The gateway's own `initialize` answer with several servers behind: tools only; the protocol
-/// version the first reachable server agreed to (else the client's); the instructions say which
-/// servers are down.
+/// The gateway's own `initialize` answer with several servers behind: tools, and prompts or
+/// resources when a reachable server has them; the protocol version the first reachable server
+/// agreed to (else the client's); the instructions say which servers are down.
 fn aggregate_result(
     params: &InitializeRequestParams,
     first: Option<&InitializeResult>,
@@ -317,12 +425,20 @@ fn aggregate_result(
     let down: Vec<String> =
         links.iter().filter_map(|l| l.peer.as_ref().err().map(|why| format!("{} ({why})", l.name))).collect();
     let mut instructions = format!(
-        "Tools of several MCP servers, named <server>{SEPARATOR}<tool>; every call is checked by Allowly first."
+        "Tools and prompts of several MCP servers, named <server>{SEPARATOR}<name>; every tool call is checked by Allowly first."
     );
     if !down.is_empty() {
         instructions.push_str(&format!(" Unavailable: {}.", down.join("; ")));
     }
-    let mut result = InitializeResult::new(ServerCapabilities::builder().enable_tools().build())
+    let mut capabilities = ServerCapabilities::builder().enable_tools().build();
+    let reachable = || links.iter().filter(|l| l.peer.is_ok());
+    if reachable().any(|l| l.capabilities.prompts.is_some()) {
+        capabilities.prompts = Some(Default::default());
+    }
+    if reachable().any(|l| l.capabilities.resources.is_some()) {
+        capabilities.resources = Some(Default::default());
+    }
+    let mut result = InitializeResult::new(capabilities)
         .with_server_info(Implementation::new("allowly-mcp-gateway", env!("CARGO_PKG_VERSION")))
         .with_instructions(instructions);
     result.protocol_version = first.map_or_else(|| params.protocol_version.clone(), |r| r.protocol_version.clone());
@@ -340,9 +456,17 @@ impl Service<RoleServer> for Gateway {
             ClientRequest::InitializeRequest(init) => self.initialize(init.params, context.peer).await,
             ClientRequest::CallToolRequest(call) => self.call_tool(call, &context.peer).await,
             ClientRequest::ListToolsRequest(_) if self.shared.aggregate => self.list_tools().await,
+            ClientRequest::ListPromptsRequest(_) if self.shared.aggregate => self.list_prompts().await,
+            ClientRequest::GetPromptRequest(get) if self.shared.aggregate => self.get_prompt(get).await,
+            ClientRequest::ListResourcesRequest(_) if self.shared.aggregate => self.list_resources(false).await,
+            ClientRequest::ListResourceTemplatesRequest(_) if self.shared.aggregate => self.list_resources(true).await,
+            ClientRequest::ReadResourceRequest(read) if self.shared.aggregate => self.read_resource(read).await,
             ClientRequest::PingRequest(_) if self.shared.aggregate => Ok(ServerResult::empty(())),
             other if self.shared.aggregate => {
-                let why = format!("{}: with several MCP servers the gateway merges their tools only", other.method());
+                let why = format!(
+                    "{}: with several MCP servers the gateway merges their tools, prompts and resources only",
+                    other.method()
+                );
                 Err(ErrorData::new(ErrorCode::METHOD_NOT_FOUND, why, None))
             }
             other => self.only()?.send_request(other).await.map_err(relay_error),

@@ -98,10 +98,10 @@ def stopped_at_exit(proc: subprocess.Popen):
 
 
 @contextmanager
-def http_server(tool_log: Path):
+def http_server(tool_log: Path, *options: str):
     """server.py over streamable HTTP on a port of its own; yields (its /mcp URL, the process)."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, str(HERE / "server.py"), "--http", str(port)],
+    proc = subprocess.Popen([sys.executable, str(HERE / "server.py"), "--http", str(port), *options],
                             env={**os.environ, "TOOL_LOG": str(tool_log)},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     with stopped_at_exit(proc):

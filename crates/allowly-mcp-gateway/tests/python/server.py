@@ -1,7 +1,9 @@
 """A real MCP server (the official Python SDK's MCPServer) for the gateway's tests: four tools,
 each of which appends its call to a file (`--log PATH`, else $TOOL_LOG), so a test can tell which
 calls reached it. Over stdio, or over streamable HTTP at http://127.0.0.1:PORT/mcp (`--http PORT`);
-`--crashable` adds a fifth tool, `crash`, which ends the process at once (a server dying mid-session)."""
+`--crashable` adds a fifth tool, `crash`, which ends the process at once (a server dying mid-session).
+`--name NAME` adds a prompt (`triage`), a resource (`NAME://catalog`) and a resource template
+(`NAME://items/{item}`) whose answers name NAME, so a test can tell which server answered."""
 
 import argparse
 import json
@@ -51,15 +53,35 @@ def crash() -> str:
     os._exit(3)
 
 
+def with_prompts_and_resources(name: str) -> None:
+    @server.prompt()
+    def triage(issue: str) -> str:
+        """Triage an issue."""
+        return f"{name}: please triage {issue}"
+
+    @server.resource(f"{name}://catalog")
+    def catalog() -> str:
+        """What the server sells."""
+        return f"catalog of {name}"
+
+    @server.resource(f"{name}://items/{{item}}")
+    def item(item: str) -> str:
+        """One item."""
+        return f"item {item} of {name}"
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--log")
+    parser.add_argument("--name")
     parser.add_argument("--http", type=int, metavar="PORT")
     parser.add_argument("--crashable", action="store_true")
     options = parser.parse_args()
     LOG = options.log
     if options.crashable:
         server.tool()(crash)
+    if options.name:
+        with_prompts_and_resources(options.name)
     if options.http is None:
         server.run("stdio")
     else:

@@ -106,3 +106,44 @@ def test_a_server_that_goes_away_mid_session_fails_its_calls_and_the_others_go_o
     assert shop_after.is_error and "the MCP server shop is unavailable" in text(shop_after), shop_after
     assert [c["arguments"] for c in calls(crm_log)] == [{"title": "1"}]
     assert [c["arguments"] for c in calls(shop_log)] == [{"title": "3"}]
+
+
+def test_prompts_and_resources_of_several_servers_are_merged_and_each_request_reaches_its_server(tmp_path, env):
+    """Prompts are listed as <server>__<prompt> and fetched from their own server; resources and
+    templates keep their URIs, and a read reaches the server that listed the URI — or, for a URI
+    from a template that no list showed, the server that has it. A server without prompts or
+    resources ("plain") adds none and is not asked."""
+    az = grant(env, ["mcp.shop.create_issue"])
+    shop = ", ".join(f'"{part}"' for part in server_command(tmp_path / "shop", "--name", "shop"))
+    plain = ", ".join(f'"{part}"' for part in server_command(tmp_path / "plain"))
+
+    async def main(crm_url: str):
+        gw = tmp_path / "gw.toml"
+        gw.write_text(f'[servers.shop]\ncommand = [{shop}]\n\n[servers.crm]\nurl = "{crm_url}"\n\n'
+                      f'[servers.plain]\ncommand = [{plain}]\n')
+        async with several(env, az, gw, "stdio") as s:
+            caps = s.initialize_result.capabilities
+            prompts = sorted(p.name for p in (await s.list_prompts()).prompts)
+            got = await s.get_prompt("crm__triage", {"issue": "VAT"})
+            resources = sorted(str(r.uri) for r in (await s.list_resources()).resources)
+            templates = sorted(t.uri_template for t in (await s.list_resource_templates()).resource_templates)
+            reads = {uri: (await s.read_resource(uri)).contents[0].text
+                     for uri in ("crm://catalog", "shop://catalog", "shop://items/42", "crm://items/7")}
+            try:
+                await s.get_prompt("nowhere__triage", {"issue": "x"})
+                unknown = None
+            except Exception as e:  # an MCP error answer
+                unknown = str(e)
+            tool = await s.call_tool("shop__create_issue", {"title": "still gated"})
+            return caps, prompts, got, resources, templates, reads, unknown, tool
+    with http_server(tmp_path / "crm", "--name", "crm") as (crm_url, _):
+        caps, prompts, got, resources, templates, reads, unknown, tool = asyncio.run(main(crm_url))
+    assert caps.prompts is not None and caps.resources is not None and caps.tools is not None, caps
+    assert prompts == ["crm__triage", "shop__triage"], prompts
+    assert "crm: please triage VAT" in got.messages[0].content.text, got
+    assert resources == ["crm://catalog", "shop://catalog"], resources
+    assert templates == ["crm://items/{item}", "shop://items/{item}"], templates
+    assert reads == {"crm://catalog": "catalog of crm", "shop://catalog": "catalog of shop",
+                     "shop://items/42": "item 42 of shop", "crm://items/7": "item 7 of crm"}, reads
+    assert unknown is not None and "nowhere__triage" in unknown, unknown
+    assert not tool.is_error and meta(tool)["allowly/decision"] == "allow", tool
