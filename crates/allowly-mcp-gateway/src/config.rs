@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 use crate::error::GatewayError;
-use crate::proxy::{Reach, Upstream};
+use crate::proxy::{Reach, Token, Upstream};
 use crate::scope::segment;
 
 #[derive(Debug, Deserialize)]
@@ -32,10 +32,13 @@ struct File {
 struct Server {
     command: Option<Vec<String>>,
     url: Option<String>,
+    /// With `url`: the environment variable holding the server's bearer token (the file names
+    /// the variable, never the secret).
+    token_env: Option<String>,
 }
 
-/// The servers of a config file, in name order.
-pub fn parse(text: &str) -> Result<Vec<Upstream>, GatewayError> {
+/// The servers of a config file, in name order; `env` looks up the variables `token_env` names.
+pub fn parse(text: &str, env: impl Fn(&str) -> Option<String>) -> Result<Vec<Upstream>, GatewayError> {
     let bad = |e: String| GatewayError::Config(format!("--config: {e}"));
     let file: File = toml::from_str(text).map_err(|e| bad(e.to_string()))?;
     if file.servers.is_empty() {
@@ -45,6 +48,15 @@ pub fn parse(text: &str) -> Result<Vec<Upstream>, GatewayError> {
         .into_iter()
         .map(|(name, server)| {
             check_name(&name).map_err(|why| bad(format!("server name {name:?} {why}")))?;
+            let token = match server.token_env {
+                Some(_) if server.url.is_none() => {
+                    return Err(bad(format!("servers.{name}.token_env is for a server reached by url")))
+                }
+                Some(var) => Some(Token(env(&var).ok_or_else(|| {
+                    bad(format!("servers.{name}.token_env: the environment variable {var} is not set"))
+                })?)),
+                None => None,
+            };
             let reach = match (server.command, server.url) {
                 (Some(command), None) => {
                     let mut command = command.into_iter();
@@ -52,7 +64,7 @@ pub fn parse(text: &str) -> Result<Vec<Upstream>, GatewayError> {
                     Reach::Command { program, args: command.collect() }
                 }
                 (None, Some(url)) => {
-                    Reach::Url(upstream_url(&url).map_err(|e| bad(format!("servers.{name}.url {e}")))?)
+                    Reach::Url { url: upstream_url(&url).map_err(|e| bad(format!("servers.{name}.url {e}")))?, token }
                 }
                 _ => return Err(bad(format!("servers.{name} needs exactly one of command and url"))),
             };
@@ -88,12 +100,16 @@ mod tests {
     fn servers_are_read_in_name_order_with_their_command_or_url() {
         let servers = parse(
             "[servers.shop]\ncommand = [\"python3\", \"server.py\"]\n[servers.crm]\nurl = \"http://127.0.0.1:9/mcp\"\n",
+            |_| None,
         )
         .unwrap();
         assert_eq!(
             servers,
             vec![
-                Upstream { name: "crm".into(), reach: Reach::Url("http://127.0.0.1:9/mcp".into()) },
+                Upstream {
+                    name: "crm".into(),
+                    reach: Reach::Url { url: "http://127.0.0.1:9/mcp".into(), token: None }
+                },
                 Upstream {
                     name: "shop".into(),
                     reach: Reach::Command { program: "python3".into(), args: vec!["server.py".into()] }
@@ -104,7 +120,7 @@ mod tests {
 
     #[test]
     fn a_server_needs_one_way_to_reach_it_and_a_name_that_routes_unambiguously() {
-        let err = |text: &str| parse(text).unwrap_err().to_string();
+        let err = |text: &str| parse(text, |_| None).unwrap_err().to_string();
         assert!(err("[servers.a]\n").contains("exactly one of command and url"));
         assert!(err("[servers.a]\ncommand = [\"x\"]\nurl = \"http://h:1/mcp\"\n").contains("exactly one"));
         assert!(err("[servers.a]\ncommand = []\n").contains("command is empty"));
@@ -112,8 +128,22 @@ mod tests {
         for name in ["a__b", "a_", "_a", "GitHub", "a:b", "a.b"] {
             assert!(err(&format!("[servers.\"{name}\"]\ncommand = [\"x\"]\n")).contains("no __"), "{name}");
         }
-        assert!(parse("[servers.my-server_2]\ncommand = [\"x\"]\n").is_ok());
+        assert!(parse("[servers.my-server_2]\ncommand = [\"x\"]\n", |_| None).is_ok());
+        assert!(err("[servers.a]\ncommand = [\"x\"]\ntoken_env = \"T\"\n").contains("reached by url"));
+        assert!(err("[servers.a]\nurl = \"http://h:1/mcp\"\ntoken_env = \"UNSET\"\n").contains("UNSET is not set"));
         assert!(err("[servers.a]\ncommand = [\"x\"]\nenv = 1\n").contains("unknown field"));
         assert!(err("servers = {}\n").contains("no [servers.NAME]"));
+    }
+
+    /// The token comes from the variable the file names, and no `Debug` of the result shows it.
+    #[test]
+    fn a_servers_token_is_read_from_the_named_variable_and_never_shown() {
+        let env = |var: &str| (var == "CRM_TOKEN").then(|| "s3cret-value".to_owned());
+        let servers = parse("[servers.crm]\nurl = \"http://h:1/mcp\"\ntoken_env = \"CRM_TOKEN\"\n", env).unwrap();
+        assert_eq!(
+            servers[0].reach,
+            Reach::Url { url: "http://h:1/mcp".into(), token: Some(Token("s3cret-value".into())) }
+        );
+        assert!(!format!("{servers:?}").contains("s3cret"), "{servers:?}");
     }
 }

@@ -61,7 +61,8 @@ struct Args {
     #[arg(long, required_unless_present = "config", conflicts_with = "config")]
     server_name: Option<String>,
     /// The MCP server behind the gateway over streamable HTTP (`http://HOST:PORT/mcp`) instead
-    /// of a command after `--`.
+    /// of a command after `--`. With `ALLOWLY_UPSTREAM_TOKEN` set, every request to it carries
+    /// `Authorization: Bearer <token>`.
     #[arg(long, value_name = "URL", conflicts_with = "config")]
     upstream_url: Option<String>,
     /// A TOML file naming several MCP servers (docs/mcp-gateway.md); their tools are listed as
@@ -119,13 +120,15 @@ fn upstreams(args: &mut Args) -> Result<Vec<proxy::Upstream>, GatewayError> {
     if let Some(path) = &args.config {
         let text = std::fs::read_to_string(path)
             .map_err(|e| GatewayError::Config(format!("--config {}: {e}", path.display())))?;
-        return config::parse(&text);
+        return config::parse(&text, key);
     }
     let name = args.server_name.clone().ok_or_else(|| GatewayError::Config("--server-name is required".into()))?;
     let reach = match args.upstream_url.take() {
-        Some(url) => proxy::Reach::Url(
-            config::upstream_url(&url).map_err(|e| GatewayError::Config(format!("--upstream-url {e}")))?,
-        ),
+        Some(url) => proxy::Reach::Url {
+            url: config::upstream_url(&url).map_err(|e| GatewayError::Config(format!("--upstream-url {e}")))?,
+            // Environment only: a command line is visible to every local user.
+            token: key("ALLOWLY_UPSTREAM_TOKEN").map(proxy::Token),
+        },
         None => {
             let mut command = std::mem::take(&mut args.command).into_iter();
             let program =

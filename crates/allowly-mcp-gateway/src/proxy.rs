@@ -40,6 +40,7 @@ use rmcp::service::{
     NotificationContext, Peer, RequestContext, RoleClient, RoleServer, RunningService, Service, ServiceError,
     ServiceExt as _,
 };
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
 use serde_json::{json, Value};
 use tokio::sync::{Mutex, OnceCell};
@@ -60,8 +61,20 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 pub enum Reach {
     /// A command the gateway starts; MCP over its stdin and stdout.
     Command { program: String, args: Vec<String> },
-    /// An MCP endpoint over streamable HTTP (`http://…/mcp`).
-    Url(String),
+    /// An MCP endpoint over streamable HTTP (`http://…/mcp`), with the bearer token it wants,
+    /// if any (sent as `Authorization: Bearer`, never logged).
+    Url { url: String, token: Option<Token> },
+}
+
+/// A secret the gateway sends upstream: compared, cloned and sent, never shown (its `Debug` is
+/// a placeholder, so no log line or error message can carry it).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token(pub String);
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(…)")
+    }
 }
 
 /// One MCP server behind the gateway and its name in scopes (and, with several, in tool names).
@@ -159,10 +172,16 @@ async fn connect(
                 let transport = TokioChildProcess::new(cmd).map_err(|e| format!("cannot start {program}: {e}"))?;
                 behind.serve(transport).await.map_err(|e| format!("initialize: {e}"))
             }
-            Reach::Url(url) => behind
-                .serve(StreamableHttpClientTransport::from_uri(url.as_str()))
-                .await
-                .map_err(|e| format!("initialize at {url}: {e}")),
+            Reach::Url { url, token } => {
+                let mut config = StreamableHttpClientTransportConfig::with_uri(url.as_str());
+                if let Some(Token(token)) = token {
+                    config = config.auth_header(token.as_str());
+                }
+                behind
+                    .serve(StreamableHttpClientTransport::from_config(config))
+                    .await
+                    .map_err(|e| format!("initialize at {url}: {e}"))
+            }
         }
     };
     tokio::time::timeout(CONNECT_TIMEOUT, started)

@@ -3,7 +3,8 @@ each of which appends its call to a file (`--log PATH`, else $TOOL_LOG), so a te
 calls reached it. Over stdio, or over streamable HTTP at http://127.0.0.1:PORT/mcp (`--http PORT`);
 `--crashable` adds a fifth tool, `crash`, which ends the process at once (a server dying mid-session).
 `--name NAME` adds a prompt (`triage`), a resource (`NAME://catalog`) and a resource template
-(`NAME://items/{item}`) whose answers name NAME, so a test can tell which server answered."""
+(`NAME://items/{item}`) whose answers name NAME, so a test can tell which server answered.
+`--token T` (with `--http`): every request must carry `Authorization: Bearer T`, else 401."""
 
 import argparse
 import json
@@ -74,6 +75,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--log")
     parser.add_argument("--name")
+    parser.add_argument("--token")
     parser.add_argument("--http", type=int, metavar="PORT")
     parser.add_argument("--crashable", action="store_true")
     options = parser.parse_args()
@@ -84,5 +86,18 @@ if __name__ == "__main__":
         with_prompts_and_resources(options.name)
     if options.http is None:
         server.run("stdio")
-    else:
+    elif options.token is None:
         server.run("streamable-http", host="127.0.0.1", port=options.http)
+    else:
+        import uvicorn
+
+        app = server.streamable_http_app()
+        expected = f"Bearer {options.token}".encode()
+
+        async def guarded(scope, receive, send):
+            if scope["type"] == "http" and dict(scope["headers"]).get(b"authorization") != expected:
+                await send({"type": "http.response.start", "status": 401, "headers": [(b"content-length", b"0")]})
+                await send({"type": "http.response.body", "body": b""})
+                return
+            await app(scope, receive, send)
+        uvicorn.run(guarded, host="127.0.0.1", port=options.http, log_level="warning")

@@ -147,3 +147,25 @@ def test_prompts_and_resources_of_several_servers_are_merged_and_each_request_re
                      "shop://items/42": "item 42 of shop", "crm://items/7": "item 7 of crm"}, reads
     assert unknown is not None and "nowhere__triage" in unknown, unknown
     assert not tool.is_error and meta(tool)["allowly/decision"] == "allow", tool
+
+
+def test_a_server_that_wants_a_bearer_token_gets_the_one_its_variable_holds(tmp_path, env):
+    """`token_env` names the variable with the server's token: sent, the server answers; a wrong
+    one, and the server is unavailable while the other server goes on."""
+    az = grant(env, ["mcp.crm.create_issue", "mcp.locked.create_issue"])
+
+    async def main(url: str):
+        gw = tmp_path / "gw.toml"
+        gw.write_text(f'[servers.crm]\nurl = "{url}"\ntoken_env = "CRM_TOKEN"\n\n'
+                      f'[servers.locked]\nurl = "{url}"\ntoken_env = "WRONG_TOKEN"\n')
+        args = ["--allowly-url", env.url, "--authorization-id", az, "--config", str(gw), "--user", "dana"]
+        variables = gateway_env(env, ("check", "read", "answer"), CRM_TOKEN="t0k3n", WRONG_TOKEN="nope")
+        async with session(args, variables, "stdio") as s:
+            return await s.call_tool("crm__create_issue", {"title": "A"}), \
+                await s.call_tool("locked__create_issue", {"title": "B"}), s.initialize_result
+    with http_server(tmp_path / "crm", "--token", "t0k3n") as (url, _):
+        allowed, locked, init = asyncio.run(main(url))
+    assert not allowed.is_error and "created issue 'A'" in text(allowed), allowed
+    assert locked.is_error and "the MCP server locked is unavailable" in text(locked), locked
+    assert "locked (" in init.instructions and "nope" not in init.instructions, init.instructions
+    assert calls(tmp_path / "crm") == [{"tool": "create_issue", "arguments": {"title": "A"}}]
