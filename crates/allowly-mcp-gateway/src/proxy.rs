@@ -14,6 +14,10 @@
 //! routed by that prefix to its server under the tool's own name and checked as
 //! `mcp.<server>.<tool>`. A server that cannot be reached at start, or that goes away, is left
 //! out of the list and its calls are answered with a tool error naming it; the others go on.
+//! It is reached again when next used (a list, a call), at most once per [`RECONNECT_EVERY`]: a
+//! command is started anew, a URL gets a new session (what the server kept for the old one is
+//! gone, as after any restart of it). One server alone is not reconnected: the client
+//! negotiated with that very server.
 //! Prompts are merged like tools (`<server>__<prompt>`, `prompts/get` routed by the prefix).
 //! Resources and resource templates keep their URIs (they name things outside the gateway):
 //! the lists are each reachable server's together, and `resources/read` goes to the server
@@ -131,9 +135,59 @@ impl Service<RoleClient> for Behind {
 /// One server behind, once the client has initialized: its peer, or why it could not be reached.
 struct Link {
     name: String,
-    peer: Result<Peer<RoleClient>, String>,
+    /// Its place in `Shared::upstreams` (how to reach it again).
+    upstream: usize,
+    /// The connection, or why there is none; replaced by a reconnection.
+    state: std::sync::Mutex<LinkState>,
+    /// Held while reconnecting, so calls arriving together start one server, not several.
+    reconnecting: Mutex<()>,
     /// What the server answered at `initialize` (its capabilities say what to merge).
     capabilities: ServerCapabilities,
+}
+
+struct LinkState {
+    peer: Result<Peer<RoleClient>, String>,
+    /// When the last reconnection failed ([`RECONNECT_EVERY`] apart at most).
+    failed_at: Option<std::time::Instant>,
+}
+
+/// With several servers, a server that is down (at start, or gone since) is reached again when
+/// it is next used, at most once per this long: a server restarted by its operator (or a
+/// command that crashed) comes back without restarting the client's session, and one that stays
+/// down costs one failed attempt per interval, not one per call.
+const RECONNECT_EVERY: Duration = Duration::from_secs(5);
+
+impl Link {
+    fn new(
+        name: String,
+        upstream: usize,
+        peer: Result<Peer<RoleClient>, String>,
+        capabilities: ServerCapabilities,
+    ) -> Self {
+        let state = std::sync::Mutex::new(LinkState { peer, failed_at: None });
+        Self { name, upstream, state, reconnecting: Mutex::new(()), capabilities }
+    }
+
+    /// The connection as it stands: a peer whose transport has closed is `Err`.
+    fn current(&self) -> Result<Peer<RoleClient>, String> {
+        let state = self.state.lock().map_err(|_| "the gateway's state of this server is lost".to_owned())?;
+        match &state.peer {
+            Ok(peer) if peer.is_transport_closed() => Err("the connection to it was lost".to_owned()),
+            other => other.clone(),
+        }
+    }
+
+    /// Whether a reconnection may be tried now.
+    fn may_retry(&self) -> bool {
+        self.state.lock().is_ok_and(|s| s.failed_at.is_none_or(|t| t.elapsed() >= RECONNECT_EVERY))
+    }
+
+    fn set(&self, peer: Result<Peer<RoleClient>, String>, failed: bool) {
+        if let Ok(mut state) = self.state.lock() {
+            state.peer = peer;
+            state.failed_at = failed.then(std::time::Instant::now);
+        }
+    }
 }
 
 /// The server side, facing the MCP client in front.
@@ -145,6 +199,8 @@ pub struct Gateway {
     /// Kept so the servers behind live as long as the gateway (dropping one stops its child
     /// process or closes its HTTP session).
     running: Mutex<Option<Vec<RunningService<RoleClient, Behind>>>>,
+    /// The client's `initialize` parameters and its peer, kept to reach a server again.
+    reconnect_with: OnceCell<(InitializeRequestParams, Peer<RoleServer>)>,
     /// With several servers: which server listed each resource URI (index into the links),
     /// filled by `resources/list`; bounded by what the servers list.
     resource_owners: std::sync::Mutex<std::collections::HashMap<String, usize>>,
@@ -208,6 +264,7 @@ impl Gateway {
             links: OnceCell::new(),
             info: OnceCell::new(),
             running: Mutex::new(None),
+            reconnect_with: OnceCell::new(),
             resource_owners: Default::default(),
         }
     }
@@ -220,8 +277,47 @@ impl Gateway {
     }
 
     /// The one server behind (pass-through).
-    fn only(&self) -> Result<&Peer<RoleClient>, ErrorData> {
-        self.peers()?.next().ok_or_else(|| ErrorData::internal_error("no MCP server behind the gateway", None))
+    fn only(&self) -> Result<Peer<RoleClient>, ErrorData> {
+        self.peers()?
+            .into_iter()
+            .next()
+            .ok_or_else(|| ErrorData::internal_error("no MCP server behind the gateway", None))
+    }
+
+    /// `link`'s connection, reaching the server again first if it is down and may be retried
+    /// (several servers only: alone, the client negotiated with that very server, and a new one
+    /// is not the session it started).
+    async fn peer(&self, link: &Link) -> Result<Peer<RoleClient>, String> {
+        let current = link.current();
+        if current.is_ok() || !self.shared.aggregate || !link.may_retry() {
+            return current;
+        }
+        let _one = link.reconnecting.lock().await;
+        // Another call may have reconnected (or failed) while this one waited.
+        let current = link.current();
+        if current.is_ok() || !link.may_retry() {
+            return current;
+        }
+        let (Some(upstream), Some((params, front))) =
+            (self.shared.upstreams.get(link.upstream), self.reconnect_with.get())
+        else {
+            return current;
+        };
+        match connect(upstream, params.clone(), front.clone()).await {
+            Ok(service) => {
+                let peer = service.peer().clone();
+                link.set(Ok(peer.clone()), false);
+                if let Some(services) = self.running.lock().await.as_mut() {
+                    services.push(service);
+                }
+                eprintln!("allowly-mcp-gateway: MCP server {} reached again", link.name);
+                Ok(peer)
+            }
+            Err(why) => {
+                link.set(Err(why.clone()), true);
+                Err(why)
+            }
+        }
     }
 
     /// Reaches the servers behind with the client's own parameters. One server: its answer is
@@ -240,22 +336,25 @@ impl Gateway {
         let mut links = Vec::new();
         let mut first = None;
         // One after the other: a few servers, each bounded by CONNECT_TIMEOUT.
-        for upstream in &self.shared.upstreams {
+        for (i, upstream) in self.shared.upstreams.iter().enumerate() {
             match connect(upstream, params.clone(), front.clone()).await {
                 Ok(service) => {
                     let init = initialize_result(&service)?;
                     let capabilities = init.capabilities.clone();
                     first.get_or_insert(init);
-                    links.push(Link { name: upstream.name.clone(), peer: Ok(service.peer().clone()), capabilities });
+                    links.push(Link::new(upstream.name.clone(), i, Ok(service.peer().clone()), capabilities));
                     services.push(service);
                 }
                 Err(why) if !self.shared.aggregate => return Err(downstream_error(GatewayError::Downstream(why))),
                 Err(why) => {
                     eprintln!("allowly-mcp-gateway: MCP server {}: {why}", upstream.name);
-                    links.push(Link { name: upstream.name.clone(), peer: Err(why), capabilities: Default::default() });
+                    // A server down at start has shown no capabilities: once reached again it
+                    // serves its tools (the gateway always offers tools), not prompts or resources.
+                    links.push(Link::new(upstream.name.clone(), i, Err(why), Default::default()));
                 }
             }
         }
+        let _ = self.reconnect_with.set((params.clone(), front));
         let result = if self.shared.aggregate {
             aggregate_result(&params, first.as_ref(), &links)
         } else {
@@ -271,7 +370,7 @@ impl Gateway {
     async fn list_tools(&self) -> Result<ServerResult, ErrorData> {
         let mut tools = Vec::new();
         for link in self.links()? {
-            let Ok(peer) = &link.peer else { continue };
+            let Ok(peer) = self.peer(link).await else { continue };
             match peer.list_all_tools().await {
                 Ok(listed) => tools.extend(listed.into_iter().map(|mut t| {
                     t.name = format!("{}{SEPARATOR}{}", link.name, t.name).into();
@@ -289,7 +388,7 @@ impl Gateway {
     async fn list_prompts(&self) -> Result<ServerResult, ErrorData> {
         let mut prompts = Vec::new();
         for link in self.links()?.iter().filter(|l| l.capabilities.prompts.is_some()) {
-            let Ok(peer) = &link.peer else { continue };
+            let Ok(peer) = self.peer(link).await else { continue };
             match peer.list_all_prompts().await {
                 Ok(listed) => prompts.extend(listed.into_iter().map(|mut p| {
                     p.name = format!("{}{SEPARATOR}{}", link.name, p.name);
@@ -314,7 +413,7 @@ impl Gateway {
                 None,
             ));
         };
-        let peer = link.peer.as_ref().map_err(|why| {
+        let peer = self.peer(link).await.map_err(|why| {
             ErrorData::internal_error(format!("the MCP server {} is unavailable: {why}", link.name), None)
         })?;
         request.params.name = prompt.to_owned();
@@ -326,7 +425,7 @@ impl Gateway {
     async fn list_resources(&self, templates: bool) -> Result<ServerResult, ErrorData> {
         let (mut resources, mut listed_templates) = (Vec::new(), Vec::new());
         for (i, link) in self.links()?.iter().enumerate().filter(|(_, l)| l.capabilities.resources.is_some()) {
-            let Ok(peer) = &link.peer else { continue };
+            let Ok(peer) = self.peer(link).await else { continue };
             if templates {
                 match peer.list_all_resource_templates().await {
                     Ok(listed) => listed_templates.extend(listed),
@@ -364,7 +463,7 @@ impl Gateway {
         };
         let mut last = None;
         for link in candidates {
-            let Ok(peer) = &link.peer else { continue };
+            let Ok(peer) = self.peer(link).await else { continue };
             match peer.send_request(ClientRequest::ReadResourceRequest(request.clone())).await {
                 Ok(result) => return Ok(result),
                 Err(e) => last = Some(relay_error(e)),
@@ -394,8 +493,8 @@ impl Gateway {
             (link, listed.clone())
         };
         // Only with several servers can one be down here (alone, it fails the `initialize`).
-        let peer = match &link.peer {
-            Ok(peer) => peer.clone(),
+        let peer = match self.peer(link).await {
+            Ok(peer) => peer,
             Err(why) => {
                 return tool_error(format!("the MCP server {} is unavailable: {why}", link.name), Default::default())
             }
@@ -427,9 +526,9 @@ impl Gateway {
         }
     }
 
-    /// The servers a client notification goes to (all reachable ones).
-    fn peers(&self) -> Result<impl Iterator<Item = &Peer<RoleClient>>, ErrorData> {
-        Ok(self.links()?.iter().filter_map(|l| l.peer.as_ref().ok()))
+    /// The servers a client notification goes to (all connected ones).
+    fn peers(&self) -> Result<Vec<Peer<RoleClient>>, ErrorData> {
+        Ok(self.links()?.iter().filter_map(|l| l.current().ok()).collect())
     }
 }
 
@@ -442,7 +541,7 @@ fn aggregate_result(
     links: &[Link],
 ) -> InitializeResult {
     let down: Vec<String> =
-        links.iter().filter_map(|l| l.peer.as_ref().err().map(|why| format!("{} ({why})", l.name))).collect();
+        links.iter().filter_map(|l| l.current().err().map(|why| format!("{} ({why})", l.name))).collect();
     let mut instructions = format!(
         "Tools and prompts of several MCP servers, named <server>{SEPARATOR}<name>; every tool call is checked by Allowly first."
     );
@@ -450,7 +549,7 @@ fn aggregate_result(
         instructions.push_str(&format!(" Unavailable: {}.", down.join("; ")));
     }
     let mut capabilities = ServerCapabilities::builder().enable_tools().build();
-    let reachable = || links.iter().filter(|l| l.peer.is_ok());
+    let reachable = || links.iter().filter(|l| l.current().is_ok());
     if reachable().any(|l| l.capabilities.prompts.is_some()) {
         capabilities.prompts = Some(Default::default());
     }

@@ -80,7 +80,10 @@ def test_tools_of_several_servers_are_listed_by_server_and_each_call_reaches_its
     assert calls(crm_log) == [{"tool": "create_issue", "arguments": {"title": "B"}}]
 
 
-def test_a_server_that_goes_away_mid_session_fails_its_calls_and_the_others_go_on(tmp_path, env):
+def test_a_server_that_goes_away_mid_session_fails_its_calls_the_others_go_on_and_it_is_started_again(
+        tmp_path, env):
+    """The HTTP server killed: its calls fail (reconnecting finds nothing), the others go on. The
+    stdio server ends mid-call: that call fails, and the next call starts it anew and reaches it."""
     shop_log, crm_log = tmp_path / "shop", tmp_path / "crm"
     az = grant(env, ["mcp.shop.create_issue", "mcp.shop.crash", "mcp.crm.create_issue"])
 
@@ -92,20 +95,22 @@ def test_a_server_that_goes_away_mid_session_fails_its_calls_and_the_others_go_o
             crm_after = await s.call_tool("crm__create_issue", {"title": "2"})
             shop = await s.call_tool("shop__create_issue", {"title": "3"})
             listed = sorted(t.name for t in (await s.list_tools()).tools)
-            # The stdio server ends mid-call; then neither that call nor a later one reaches it.
+            # The stdio server ends mid-call: that call fails; the next starts it again.
             crashed = await s.call_tool("shop__crash", {})
             shop_after = await s.call_tool("shop__create_issue", {"title": "4"})
-            return before, crm_after, shop, listed, crashed, shop_after
+            listed_after = sorted(t.name for t in (await s.list_tools()).tools)
+            return before, crm_after, shop, listed, crashed, shop_after, listed_after
     with http_server(crm_log) as (crm_url, crm_process):
-        before, crm_after, shop, listed, crashed, shop_after = asyncio.run(main(crm_url, crm_process))
+        before, crm_after, shop, listed, crashed, shop_after, listed_after = asyncio.run(main(crm_url, crm_process))
     assert not before.is_error, before
     assert crm_after.is_error and "the MCP server crm is unavailable" in text(crm_after), crm_after
     assert not shop.is_error and "created issue '3'" in text(shop), shop
     assert listed == sorted(f"shop__{t}" for t in [*TOOLS, "crash"])
     assert crashed.is_error and "the MCP server shop is unavailable" in text(crashed), crashed
-    assert shop_after.is_error and "the MCP server shop is unavailable" in text(shop_after), shop_after
+    assert not shop_after.is_error and "created issue '4'" in text(shop_after), shop_after
+    assert listed_after == listed, listed_after
     assert [c["arguments"] for c in calls(crm_log)] == [{"title": "1"}]
-    assert [c["arguments"] for c in calls(shop_log)] == [{"title": "3"}]
+    assert [c["arguments"] for c in calls(shop_log)] == [{"title": "3"}, {"title": "4"}]
 
 
 def test_prompts_and_resources_of_several_servers_are_merged_and_each_request_reaches_its_server(tmp_path, env):
