@@ -19,6 +19,9 @@ use tempfile::TempDir;
 #[derive(Default)]
 struct State {
     hung: bool,
+    /// Connections numbered below this forward nothing any more, ever (a silently dead link).
+    dead_below: u64,
+    accepted: u64,
     streams: Vec<UnixStream>,
 }
 
@@ -42,10 +45,12 @@ impl Proxy {
                 let Ok(server) = UnixStream::connect(&target) else { return };
                 let mut st = shared.0.lock().unwrap();
                 st.streams.extend([client.try_clone().unwrap(), server.try_clone().unwrap()]);
+                let number = st.accepted;
+                st.accepted += 1;
                 drop(st);
                 for (from, to) in [(client.try_clone().unwrap(), server.try_clone().unwrap()), (server, client)] {
                     let shared = shared.clone();
-                    std::thread::spawn(move || forward(from, to, &shared));
+                    std::thread::spawn(move || forward(number, from, to, &shared));
                 }
             }
         });
@@ -65,6 +70,13 @@ impl Proxy {
         self.state.1.notify_all();
     }
 
+    /// Every connection made so far stops forwarding for good, without being closed (what a
+    /// half-open TCP connection looks like: only a timeout can tell); new ones work.
+    fn kill_silently(&self) {
+        let mut st = self.state.0.lock().unwrap();
+        st.dead_below = st.accepted;
+    }
+
     /// Closes every connection made so far, both ways.
     fn cut(&self) {
         for s in self.state.0.lock().unwrap().streams.drain(..) {
@@ -73,15 +85,16 @@ impl Proxy {
     }
 }
 
-/// Copies `from` to `to`, holding whatever it read while the proxy is hung.
-fn forward(mut from: UnixStream, mut to: UnixStream, state: &(Mutex<State>, Condvar)) {
+/// Copies `from` to `to` (both of connection `number`), holding whatever it read while the
+/// proxy is hung or the connection silently dead.
+fn forward(number: u64, mut from: UnixStream, mut to: UnixStream, state: &(Mutex<State>, Condvar)) {
     let mut buf = [0u8; 16 * 1024];
     loop {
         let n = match from.read(&mut buf) {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        drop(state.1.wait_while(state.0.lock().unwrap(), |s| s.hung).unwrap());
+        drop(state.1.wait_while(state.0.lock().unwrap(), |s| s.hung || number < s.dead_below).unwrap());
         if to.write_all(&buf[..n]).is_err() {
             break;
         }
@@ -126,10 +139,24 @@ fn a_hung_database_gives_errors_and_a_dropped_connection_is_replaced() {
     assert!(s.workspace("a").unwrap().is_some());
     s.write(workspace("c"), Durability::Sync).unwrap();
 
+    // Silently dead connections: each is given up at its deadline (an error for that call) and
+    // replaced; without the connection threads' own deadline they would stay stuck for good.
+    proxy.kill_silently();
+    let mut answers = Vec::new();
+    for _ in 0..4 {
+        let t = Instant::now();
+        answers.push(s.workspace("c"));
+        assert!(t.elapsed() < timeout * 5, "{:?}", t.elapsed());
+        if matches!(answers.last(), Some(Ok(Some(_)))) {
+            break;
+        }
+    }
+    assert!(matches!(answers.last(), Some(Ok(Some(_)))), "no recovery from dead connections: {answers:?}");
+
     // Every connection cut: a call may fail on a connection that looked open; the store then
     // opens new ones and serves again, without a restart.
     proxy.cut();
-    let mut answers = Vec::new();
+    answers.clear();
     for _ in 0..4 {
         answers.push(s.workspace("c"));
         if matches!(answers.last(), Some(Ok(Some(_)))) {
