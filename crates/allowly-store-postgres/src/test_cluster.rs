@@ -114,9 +114,21 @@ impl Cluster {
         );
         // Unix socket in the cluster's own directory only; no TCP.
         let mut conf = std::fs::OpenOptions::new().append(true).open(data.join("postgresql.conf")).expect("conf");
-        writeln!(conf, "listen_addresses = ''\nunix_socket_directories = '{}'\nmax_connections = 200", dir.display())
-            .expect("write conf");
+        // Statements slower than a second are logged (`log` in the cluster's directory), so a
+        // test that timed out on a loaded machine can be told from a hang.
+        writeln!(
+            conf,
+            "listen_addresses = ''\nunix_socket_directories = '{}'\nmax_connections = 200\n\
+             log_min_duration_statement = 1000\nlog_checkpoints = on",
+            dir.display()
+        )
+        .expect("write conf");
+        // The shell ignores the signals a terminal or `timeout` sends to the whole process group
+        // (pg_ctl puts the server in a session of its own, out of their reach): killed with the
+        // test process, the shell could not stop the server; ignoring them, it still sees the
+        // end of file and does.
         let script = r#"
+            trap '' HUP INT TERM
             "$1/pg_ctl" -D "$2/data" -l "$2/log" -w -t 120 start >/dev/null || exit 1
             echo ready
             read _ignored
