@@ -453,6 +453,7 @@ fn title(code: &str) -> &'static str {
         "too_many_connections" => "Too many connections",
         "too_many_long_polls" => "Too many long-polls",
         "workspace_key_store_not_open" => "Workspace key store not open",
+        "backup_not_supported" => "Backup not supported",
         _ => "Internal error",
     }
 }

@@ -210,7 +210,9 @@ impl Conn {
                 (None, Mode::InTransaction) => {
                     return Err(StoreError::Engine(format!("postgres: {what}: the transaction's connection was lost")))
                 }
-                (None, Mode::Own) => self.connect(deadline).map_err(|f| f.into_store(what))?,
+                (None, Mode::Own) => {
+                    self.connect(deadline).map_err(|f| f.into_store(&format!("{what}, connecting")))?
+                }
             };
             let failure = match run(&self.rt, deadline, op(live)) {
                 Ok(v) => return Ok(v),

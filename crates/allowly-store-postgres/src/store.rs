@@ -73,10 +73,10 @@ fn describe_target(config: &tokio_postgres::Config) -> String {
         })
         .collect();
     let ports: Vec<String> = config.get_ports().iter().map(u16::to_string).collect();
+    let port = if ports.is_empty() { String::new() } else { format!(" port={}", ports.join(",")) };
     format!(
-        "host={} port={} dbname={} user={}",
+        "host={}{port} dbname={} user={}",
         hosts.join(","),
-        ports.join(","),
         config.get_dbname().unwrap_or("(default)"),
         config.get_user().unwrap_or("(default)")
     )

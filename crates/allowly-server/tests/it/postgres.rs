@@ -67,6 +67,7 @@ fn the_server_runs_on_postgres_and_its_receipts_survive_a_restart() {
     let r = c.call("POST", "/v1/admin/backup", Some(&s.admin_token()), None);
     let problem = r.problem(501, "backup_not_supported");
     assert!(problem["detail"].as_str().unwrap().contains("PostgreSQL"), "{problem}");
+    assert_eq!(problem["title"], "Backup not supported");
 
     // Restarted on the same database (and data directory: the signer's state and the token).
     s.stop();
