@@ -11,10 +11,14 @@ use allowly_store::kv::{KvEngine, KvRead, Space};
 use allowly_store::{Durability, MemStore, Op, Store, StoreError, WriteBatch};
 use allowly_store_postgres::{test_cluster, PgOptions, PgStore};
 
-/// An empty store in a schema of its own.
+/// An empty store in a schema of its own. These cases test behaviour, not deadlines (`faults`
+/// does, with its own): a call may take up to 30 s, so that a machine loaded by other builds
+/// slows them down without failing them; a hang still fails.
 fn fresh() -> Fixture<PgStore> {
     let (_, conninfo) = test_cluster::shared().fresh_schema();
-    Fixture { store: PgStore::open(&conninfo, PgOptions::default()).unwrap(), keep: () }
+    let mut opts = PgOptions::default();
+    opts.timeout = std::time::Duration::from_secs(30);
+    Fixture { store: PgStore::open(&conninfo, opts).unwrap(), keep: () }
 }
 
 /// The suite every store passes (`allowly-store` runs it on `MemStore`, `allowly-store-rocks` on
