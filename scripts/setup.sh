@@ -20,6 +20,10 @@ command -v useradd >/dev/null || need_apt+=(passwd)
 command -v setpriv >/dev/null || need_apt+=(util-linux)
 # The PKCS#11 key backend is tested against a real SoftHSM2 token (module + softhsm2-util).
 command -v softhsm2-util >/dev/null || need_apt+=(softhsm2)
+# PostgreSQL's server binaries: allowly-store-postgres's tests, the server's PostgreSQL test and
+# `run.sh --postgres` each start a private throwaway cluster with them (initdb into a directory of
+# their own, a Unix socket there, no TCP). Debian keeps them in /usr/lib/postgresql/<major>/bin.
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

@@ -125,6 +125,7 @@ const CODES: ReadonlyArray<readonly [string, Family]> = [
   ["workspace_log_catching_up", Unavailable],
   ["workspace_key_store_not_open", Unavailable],
   ["backup_failed", ServerError],
+  ["backup_not_supported", ServerError],
   ["storage_error", ServerError],
   ["signer_error", ServerError],
   ["internal_error", ServerError],

@@ -226,6 +226,16 @@ fn reset(data_dir: &Path) -> Result<String, Error> {
     if !db.is_dir() {
         return Err(invalid(format!("{} is not a data directory (no {DB_DIR}/)", data_dir.display())));
     }
+    // A `db/` without a RocksDB database: a server on PostgreSQL (started as root it still
+    // creates an empty `db/`), or one never started. Opening it would create an empty RocksDB,
+    // reset keys no server reads, and overwrite the token of the live ones.
+    if !db.join("CURRENT").is_file() {
+        return Err(invalid(format!(
+            "{} holds no RocksDB database: `admin-key reset` works on a RocksDB data directory only \
+             (not yet on a server on PostgreSQL: docs/postgres.md)",
+            db.display()
+        )));
+    }
     let store = allowly_store_rocks::RocksStore::open(&db, allowly_store_rocks::RocksOptions::default())
         .map_err(|source| Error::Store { path: format!("{} (is the server still running?)", db.display()), source })?;
     let (created, revoked) = allowly_engine::reset_instance_admin_keys(&store)

@@ -57,6 +57,11 @@ use serde::{Deserialize, Serialize};
 use crate::error::Error;
 use crate::layout::{ADMIN_TOKEN_FILE, BACKUPS_DIR, DB_DIR, SIGNER_DIR};
 
+/// What `POST /v1/admin/backup` answers when the data is in PostgreSQL (`docs/postgres.md`).
+pub const POSTGRES_BACKUP: &str = "this server keeps its data in PostgreSQL, which Allowly does not back up: \
+     back up the signer's directory first, then the database with its own tools (pg_basebackup, \
+     continuous archiving); see docs/postgres.md";
+
 /// The master key's file name in the signer's directory.
 const MASTER_KEY_FILE: &str = "master.key";
 /// The signer's snapshots, in its directory (`allowly_signer::snapshot::SNAPSHOTS_DIR`).
@@ -94,20 +99,24 @@ pub struct Staged {
 /// The running server's half (`POST /v1/admin/backup`).
 #[derive(Debug)]
 pub struct Backups {
-    store: Arc<RocksStore>,
+    /// `None`: the data is not in RocksDB (PostgreSQL), and [`Backups::take`] refuses.
+    store: Option<Arc<RocksStore>>,
     signer_socket: PathBuf,
     /// Where the data directory is opened (see `serve::Prepared::open_dir`).
     data_dir: PathBuf,
 }
 
 impl Backups {
-    pub fn new(store: Arc<RocksStore>, signer_socket: PathBuf, data_dir: PathBuf) -> Self {
+    pub fn new(store: Option<Arc<RocksStore>>, signer_socket: PathBuf, data_dir: PathBuf) -> Self {
         Self { store, signer_socket, data_dir }
     }
 
     /// Signer snapshot first, RocksDB checkpoint second (see the module docs). Nothing of a
     /// failed backup is left in `backups/`.
     pub async fn take(&self) -> Result<Staged, Error> {
+        let Some(store) = &self.store else {
+            return Err(Error::BackupNotSupported(POSTGRES_BACKUP.into()));
+        };
         let created_ms = now_ms();
         let mut rand = [0u8; 4];
         getrandom::getrandom(&mut rand).map_err(|e| Error::BackupServer(format!("random name: {e}")))?;
@@ -117,20 +126,26 @@ impl Backups {
         let mut dirs = std::fs::DirBuilder::new();
         dirs.mode(0o700).recursive(true);
         dirs.create(&staging).map_err(io(format!("creating {BACKUPS_DIR}/{name}")))?;
-        let result = self.take_into(&name, &staging, created_ms).await;
+        let result = self.take_into(store.clone(), &name, &staging, created_ms).await;
         if result.is_err() {
             let _ = std::fs::remove_dir_all(&staging);
         }
         result
     }
 
-    async fn take_into(&self, name: &str, staging: &Path, created_ms: u64) -> Result<Staged, Error> {
+    async fn take_into(
+        &self,
+        store: Arc<RocksStore>,
+        name: &str,
+        staging: &Path,
+        created_ms: u64,
+    ) -> Result<Staged, Error> {
         // A connection of its own, with room for a long copy.
         let opts = ClientOptions { request_timeout: SNAPSHOT_TIMEOUT, ..ClientOptions::default() };
         let signer = SignerClient::new(self.signer_socket.clone(), opts);
         let (workspaces, journal_bytes, audit_bytes) =
             signer.snapshot(name).await.map_err(|e| Error::BackupSigner(format!("snapshot: {e}")))?;
-        let (store, db) = (self.store.clone(), staging.join(DB_DIR));
+        let db = staging.join(DB_DIR);
         tokio::task::spawn_blocking(move || store.backup_to(&db))
             .await
             .map_err(|e| Error::BackupServer(format!("checkpoint task: {e}")))?

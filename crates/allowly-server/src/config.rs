@@ -47,7 +47,7 @@ rotation_drain_timeout_ms, commit_window_us, sign_rounds_per_second, min_free_di
 max_pending_writes, max_long_polls, long_poll_max_ms, max_cached_authorizations, idle_timeout_ms, memory_high_water_mib, body_limit,
 max_connections, max_connections_per_address, request_read_timeout_ms, metrics_token_file,
 rate_limit_per_second, rate_limit_burst, confirmation_ttl_ms,
-escalation_ttl_ms, user, signer_user, webhook_base_backoff_ms,
+escalation_ttl_ms, user, signer_user, postgres, webhook_base_backoff_ms,
 webhook_max_backoff_ms, webhook_give_up_after_ms, webhook_attempt_timeout_ms, webhook_retention_ms,
 webhook_allow_private_networks). Precedence: flag > environment > file > default. Relative paths
 are relative to the working directory.
@@ -319,6 +319,12 @@ pub struct ServeArgs {
     /// Started as root: the user the embedded signer runs as (created if missing) [default: allowly-signer].
     #[arg(long, env = "ALLOWLY_SIGNER_USER", value_name = "NAME")]
     pub signer_user: Option<String>,
+    /// Keep the data in PostgreSQL instead of RocksDB under the data directory: a libpq
+    /// connection string (`host=/run/postgresql dbname=allowly`, or a `postgresql://` URL).
+    /// A password belongs in the environment variable or the file, not on a command line.
+    /// Single node only, no backup endpoint: see docs/postgres.md.
+    #[arg(long, env = "ALLOWLY_POSTGRES", value_name = "CONNINFO", hide_env_values = true)]
+    pub postgres: Option<String>,
 }
 
 /// A byte size: digits, optionally followed by `B`, `KiB`, `MiB`, `GiB`, `TiB` (or `K`, `M`,
@@ -384,6 +390,7 @@ pub struct FileConfig {
     pub long_poll_max_ms: Option<u64>,
     pub user: Option<String>,
     pub signer_user: Option<String>,
+    pub postgres: Option<String>,
 }
 
 /// A byte size in the TOML file: an integer, or text with a unit (see [`parse_size`]).
@@ -413,10 +420,30 @@ pub enum SignerMode {
     External { socket: PathBuf },
 }
 
+/// Where the data is kept.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub enum StoreConfig {
+    /// RocksDB in the data directory's `db/`.
+    #[default]
+    Rocks,
+    /// A PostgreSQL database: its connection string (may hold a password: never printed).
+    Postgres(String),
+}
+
+impl std::fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Rocks => f.write_str("Rocks"),
+            Self::Postgres(_) => f.write_str("Postgres(..)"),
+        }
+    }
+}
+
 /// Resolved configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerConfig {
     pub data_dir: PathBuf,
+    pub store: StoreConfig,
     pub listen: SocketAddr,
     pub signer: SignerMode,
     pub body_limit: usize,
@@ -616,7 +643,12 @@ impl ServeArgs {
             user: self.user.or(file.user).unwrap_or(d.user),
             signer_user: self.signer_user.or(file.signer_user).unwrap_or(d.signer_user),
         };
+        let store = match self.postgres.or(file.postgres) {
+            Some(conninfo) => StoreConfig::Postgres(conninfo),
+            None => StoreConfig::Rocks,
+        };
         Ok(ServerConfig {
+            store,
             users,
             connections,
             rate_limit,
@@ -967,6 +999,19 @@ mod tests {
     }
 
     #[test]
+    fn postgres_chooses_the_store_and_is_never_printed() {
+        assert_eq!(ServeArgs::default().resolve().unwrap().store, StoreConfig::Rocks);
+        let f = file("postgres = \"host=/run/pg password=hunter2\"\n");
+        let cfg = ServeArgs { config: Some(f.path().to_owned()), ..ServeArgs::default() }.resolve().unwrap();
+        assert_eq!(cfg.store, StoreConfig::Postgres("host=/run/pg password=hunter2".into()));
+        assert!(!format!("{cfg:?}").contains("hunter2"), "{cfg:?}");
+        // The flag (or its variable) wins over the file.
+        let args =
+            ServeArgs { config: Some(f.path().to_owned()), postgres: Some("dbname=x".into()), ..ServeArgs::default() };
+        assert_eq!(args.resolve().unwrap().store, StoreConfig::Postgres("dbname=x".into()));
+    }
+
+    #[test]
     fn env_is_read_by_clap_below_flags() {
         // clap resolves flag > env itself; check the wiring through a parse with an explicit env.
         let cmd = <Cli as clap::CommandFactory>::command();
@@ -977,6 +1022,7 @@ mod tests {
             ("signer_socket", "ALLOWLY_SIGNER_SOCKET"),
             ("signer_bin", "ALLOWLY_SIGNER_BIN"),
             ("signer_keystore", "ALLOWLY_SIGNER_KEYSTORE"),
+            ("postgres", "ALLOWLY_POSTGRES"),
             ("signer_previous_keystore", "ALLOWLY_SIGNER_PREVIOUS_KEYSTORE"),
             ("pkcs11_module", "ALLOWLY_PKCS11_MODULE"),
             ("pkcs11_token_label", "ALLOWLY_PKCS11_TOKEN_LABEL"),

@@ -106,6 +106,10 @@ pub enum Error {
     /// handed out); the text says what to do.
     #[error("{0}")]
     Refused(String),
+    /// This server's store has no backup of ours (PostgreSQL: the database's own tools back it
+    /// up); the text says what to use instead.
+    #[error("{0}")]
+    BackupNotSupported(String),
 }
 
 impl Error {

@@ -39,6 +39,7 @@
 //! | `workspace_log_catching_up` | 503 | found at start: the signer's log is behind the stored checkpoints (a restored backup) and is being re-fed the stored receipts; passes by itself (`Retry-After`) |
 //! | `workspace_key_store_not_open` | 503 | the signer keeps this workspace's active key in a key store it does not open (sealed files while it serves a PKCS#11 token without `--signer-previous-keystore file`, or the reverse): a key rotation (`POST /v1/workspaces/{ws}/keys/rotate`, `allowly workspace-key migrate`) is refused and nothing is changed, and so is every request that would record a receipt in it once a signing round has met that store (the workspace alone; the first round that succeeds again lifts it); an operator restarts the signer with that key store as its previous one (`docs/operations.md`, *Moving keys*). No `Retry-After`: it does not pass by itself |
 //! | `backup_failed` | 500 | `POST /v1/admin/backup`: the snapshot could not be made (details logged); nothing of it is left |
+//! | `backup_not_supported` | 501 | `POST /v1/admin/backup` on a server whose data is in PostgreSQL: the database is backed up with its own tools, the signer's directory first (`docs/postgres.md`) |
 //! | `storage_error`, `signer_error`, `internal_error` | 500 | a fault; details are logged with the request id, never sent |
 
 use allowly_engine::error::Refusal;
@@ -180,7 +181,16 @@ impl Problem {
     /// A backup that could not be made: a fault of ours, logged, never detailed to the caller
     /// (it names paths).
     pub fn from_backup(e: &crate::error::Error) -> Self {
-        Self::backup_failed(e.to_string())
+        match e {
+            crate::error::Error::BackupNotSupported(why) => Self::backup_not_supported(why),
+            e => Self::backup_failed(e.to_string()),
+        }
+    }
+
+    /// The store has no backup of ours (PostgreSQL): not a fault, and the detail says what to
+    /// use instead.
+    fn backup_not_supported(why: &str) -> Self {
+        Self::new(StatusCode::NOT_IMPLEMENTED, "backup_not_supported", why)
     }
 
     fn backup_failed(internal: String) -> Self {
@@ -410,7 +420,7 @@ impl Exposure {
             Self::Refused(kind, code) => {
                 vec![engine(EngineError::Refused { kind, code, message: String::new(), receipt: None })]
             }
-            Self::Backup => vec![Problem::backup_failed(String::new())],
+            Self::Backup => vec![Problem::backup_failed(String::new()), Problem::backup_not_supported("")],
             Self::MetricsToken => vec![Problem::unauthenticated("")],
             Self::LongPoll => vec![engine(EngineError::TooManyWaiters)],
         }
@@ -452,6 +462,7 @@ fn title(code: &str) -> &'static str {
         "too_many_connections" => "Too many connections",
         "too_many_long_polls" => "Too many long-polls",
         "workspace_key_store_not_open" => "Workspace key store not open",
+        "backup_not_supported" => "Backup not supported",
         _ => "Internal error",
     }
 }

@@ -12,10 +12,11 @@ use std::time::Duration;
 use allowly_engine::{Engine, EngineConfig};
 use allowly_signer_proto::client::{ClientOptions, SignerClient};
 use allowly_store::Store;
+use allowly_store_postgres::{PgOptions, PgStore};
 use allowly_store_rocks::{RocksOptions, RocksStore};
 use tokio::net::TcpListener;
 
-use crate::config::{ServerConfig, SignerMode};
+use crate::config::{ServerConfig, SignerMode, StoreConfig};
 use crate::error::Error;
 use crate::http::App;
 use crate::isolation::KeyIsolation;
@@ -111,11 +112,24 @@ pub async fn run(cfg: ServerConfig, prepared: Prepared) -> Result<(), Error> {
     let addr = listener.local_addr().map_err(io("local address"))?;
 
     // Before the signer: a data directory in use by another instance fails here, on RocksDB's
-    // lock, with nothing started (an isolated signer's keeper stops when `keeper` drops).
-    let db = data_dir.join(DB_DIR);
-    let rocks = RocksOptions { max_open_files: rocksdb_files, ..RocksOptions::default() };
-    let store = RocksStore::open(&db, rocks)
-        .map_err(|source| Error::Store { path: shown_dir.join(DB_DIR).display().to_string(), source })?;
+    // lock, with nothing started (an isolated signer's keeper stops when `keeper` drops); a
+    // database that cannot be reached, or is at a newer schema, fails here too.
+    let store = match &cfg.store {
+        StoreConfig::Rocks => {
+            let db = data_dir.join(DB_DIR);
+            let rocks = RocksOptions { max_open_files: rocksdb_files, ..RocksOptions::default() };
+            Opened::Rocks(
+                RocksStore::open(&db, rocks)
+                    .map_err(|source| Error::Store { path: shown_dir.join(DB_DIR).display().to_string(), source })?,
+            )
+        }
+        StoreConfig::Postgres(conninfo) => {
+            let store = PgStore::open(conninfo, PgOptions::default())
+                .map_err(|source| Error::Store { path: "PostgreSQL".into(), source })?;
+            tracing::info!(database = store.target(), "data kept in PostgreSQL (single node; see docs/postgres.md)");
+            Opened::Postgres(store)
+        }
+    };
 
     let (signer_child, socket) = match (&cfg.signer, keeper) {
         (SignerMode::Embedded { .. }, Some(keeper)) => {
@@ -159,6 +173,13 @@ pub async fn run(cfg: ServerConfig, prepared: Prepared) -> Result<(), Error> {
     result
 }
 
+/// The store `run` opened: which engine decides what backups can do and which volume is watched.
+#[derive(Debug)]
+enum Opened {
+    Rocks(RocksStore),
+    Postgres(PgStore),
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn serve_with_engine(
     cfg: &ServerConfig,
@@ -166,13 +187,23 @@ async fn serve_with_engine(
     isolation: KeyIsolation,
     listener: TcpListener,
     addr: std::net::SocketAddr,
-    store: RocksStore,
+    store: Opened,
     (signer, signer_socket): (SignerClient, PathBuf),
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), Error> {
-    let rocks = Arc::new(store);
-    let backups = crate::backup::Backups::new(rocks.clone(), signer_socket, data_dir.to_owned());
-    let store: Arc<dyn Store> = rocks;
+    let (store, backups, data_volume): (Arc<dyn Store>, _, _) = match store {
+        Opened::Rocks(rocks) => {
+            let rocks = Arc::new(rocks);
+            let backups = crate::backup::Backups::new(Some(rocks.clone()), signer_socket, data_dir.to_owned());
+            (rocks, backups, Some(data_dir.join(DB_DIR)))
+        }
+        // The database's volume is not this machine's to watch (its own monitoring and its
+        // `disk full` errors, which fail writes closed as `NoSpace`, cover it); backups are the
+        // database's own (`Backups::take` says so).
+        Opened::Postgres(pg) => {
+            (Arc::new(pg), crate::backup::Backups::new(None, signer_socket, data_dir.to_owned()), None)
+        }
+    };
     let engine = Engine::start(
         store.clone(),
         signer,
@@ -187,7 +218,7 @@ async fn serve_with_engine(
             rotation_drain_timeout: cfg.rotation_drain_timeout,
             commit_window: cfg.commit_window,
             sign_rounds_per_second: cfg.sign_rounds_per_second,
-            data_volume: Some(data_dir.join(DB_DIR)),
+            data_volume,
             min_free_disk: cfg.min_free_disk,
             max_unsigned_age: cfg.max_unsigned_age,
             commit_timeout: cfg.commit_timeout,

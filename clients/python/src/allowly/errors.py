@@ -133,6 +133,8 @@ WorkspaceKeyStoreNotOpen = _code("WorkspaceKeyStoreNotOpen", Unavailable, "works
                                  "The workspace's key is in a key store the signer does not open: an operator "
                                  "must restart the signer with it.")
 BackupFailed = _code("BackupFailed", ServerError, "backup_failed", "The backup could not be made.")
+BackupNotSupported = _code("BackupNotSupported", ServerError, "backup_not_supported",
+                           "The data is in PostgreSQL: back it up with the database's own tools.")
 StorageError = _code("StorageError", ServerError, "storage_error", "The store failed.")
 SignerError = _code("SignerError", ServerError, "signer_error", "The signer answered with an error.")
 InternalError = _code("InternalError", ServerError, "internal_error", "A fault of the server.")

@@ -22,6 +22,7 @@ mod inbox;
 mod isolation;
 mod ops;
 mod pkcs11;
+mod postgres;
 mod powerloss;
 mod resilience;
 mod rotation;

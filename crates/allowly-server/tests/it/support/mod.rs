@@ -184,6 +184,7 @@ impl Server {
             "ALLOWLY_MAX_UNSIGNED_AGE_MS",
             "ALLOWLY_USER",
             "ALLOWLY_SIGNER_USER",
+            "ALLOWLY_POSTGRES",
         ] {
             cmd.env_remove(var);
         }

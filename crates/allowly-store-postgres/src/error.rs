@@ -1,0 +1,85 @@
+//! The database's errors, mapped into [`StoreError`] at this crate's boundary.
+//!
+//! No error enum of its own, for the reason `allowly-store-rocks` gives: callers reach this
+//! crate through the `Store` trait and act on the *kind* (a full device, a failing one,
+//! corruption, anything else), which every engine must report alike. Every failure of a write
+//! is "not acknowledged": the transaction either committed or not, never in part.
+
+use allowly_store::StoreError;
+use tokio_postgres::error::SqlState;
+
+/// Why one attempt at a job failed, before it becomes a [`StoreError`].
+#[derive(Debug)]
+pub(crate) enum Failure {
+    /// The database (or the connection to it) answered with an error.
+    Db(tokio_postgres::Error),
+    /// No answer before the call's deadline; the connection is dropped.
+    TimedOut,
+    /// Something of ours, already a `StoreError` (a refused schema, a broken read transaction).
+    Store(StoreError),
+}
+
+impl From<tokio_postgres::Error> for Failure {
+    fn from(e: tokio_postgres::Error) -> Self {
+        Self::Db(e)
+    }
+}
+
+impl Failure {
+    /// A transaction that lost a serialization conflict (or a deadlock) and may simply be run
+    /// again: the database guarantees it had no effect.
+    pub(crate) fn is_retryable(&self) -> bool {
+        matches!(self, Failure::Db(e) if e.code().is_some_and(|c| {
+            *c == SqlState::T_R_SERIALIZATION_FAILURE || *c == SqlState::T_R_DEADLOCK_DETECTED
+        }))
+    }
+
+    /// Two stores creating the schema at once: PostgreSQL's `CREATE TABLE IF NOT EXISTS` can
+    /// lose the race on a catalog row (23505) or the table (42P07); running it again finds the
+    /// table there.
+    pub(crate) fn is_retryable_ddl(&self) -> bool {
+        self.is_retryable()
+            || matches!(self, Failure::Db(e) if e.code().is_some_and(|c| {
+                *c == SqlState::UNIQUE_VIOLATION || *c == SqlState::DUPLICATE_TABLE
+            }))
+    }
+
+    /// `what` names the job ("apply", "scan receipts").
+    pub(crate) fn into_store(self, what: &str) -> StoreError {
+        match self {
+            Failure::Db(e) => db_err(what, &e),
+            Failure::TimedOut => StoreError::Engine(format!("postgres: {what}: no answer before the deadline")),
+            Failure::Store(e) => e,
+        }
+    }
+}
+
+/// A database error as a `StoreError`: a full disk is `NoSpace`, an IO error `Io`, data the
+/// database found corrupt `Corrupt`, everything else (connection lost, refused, timeouts,
+/// conflicts retried too often) `Engine`.
+pub(crate) fn db_err(what: &str, e: &tokio_postgres::Error) -> StoreError {
+    let text = describe(e);
+    match e.code() {
+        Some(c) if *c == SqlState::DISK_FULL => StoreError::NoSpace(format!("postgres: {what}: {text}")),
+        Some(c) if *c == SqlState::IO_ERROR => StoreError::Io(format!("postgres: {what}: {text}")),
+        Some(c) if *c == SqlState::DATA_CORRUPTED || *c == SqlState::INDEX_CORRUPTED => {
+            StoreError::Corrupt { space: "postgres", key: String::new(), reason: format!("{what}: {text}") }
+        }
+        _ => StoreError::Engine(format!("postgres: {what}: {text}")),
+    }
+}
+
+/// The server's message and SQLSTATE when it sent one, else the client's error and its causes.
+fn describe(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return format!("{} ({}): {}", db.severity(), db.code().code(), db.message());
+    }
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

@@ -1,0 +1,45 @@
+//! [`PgOptions`]: how many connections, how long to wait, how often to retry.
+
+use std::time::Duration;
+
+/// Settings of a [`PgStore`](crate::PgStore). The defaults suit one Allowly node.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct PgOptions {
+    /// Connection threads, each holding one connection (opened on first use, reopened after
+    /// it broke). A read transaction holds one for its duration; writes and single reads one for
+    /// a statement or a transaction.
+    pub connections: usize,
+    /// Jobs that may wait for a free connection; a caller past it waits for room within its
+    /// `timeout`, then gets an error (back pressure, never an unbounded queue).
+    pub queue: usize,
+    /// The longest one call may take, queueing, connecting, retrying and the database's answer
+    /// included; in a read transaction, each read. Past it the caller gets
+    /// [`StoreError::Engine`](allowly_store::StoreError::Engine) and the connection that was
+    /// working on it is dropped (its statement's fate is the database's: a write past its
+    /// deadline is "not acknowledged"). A hung database therefore gives errors, never a hang.
+    pub timeout: Duration,
+    /// The longest a new connection may take to be set up.
+    pub connect_timeout: Duration,
+    /// How often a transaction that failed with a serialization failure (SQLSTATE 40001) or a
+    /// deadlock (40P01) is run again before the error is returned.
+    pub serialization_retries: u32,
+    /// [`Durability::Buffered`](allowly_store::Durability::Buffered) writes commit with
+    /// `SET LOCAL synchronous_commit TO off` (PostgreSQL: committed and visible, but the last
+    /// few hundred milliseconds of them can be lost if the *database server* crashes; never in
+    /// part). Turn it off for an engine without that setting: every write is then synced.
+    pub async_buffered_commits: bool,
+}
+
+impl Default for PgOptions {
+    fn default() -> Self {
+        Self {
+            connections: 4,
+            queue: 1024,
+            timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(5),
+            serialization_retries: 8,
+            async_buffered_commits: true,
+        }
+    }
+}

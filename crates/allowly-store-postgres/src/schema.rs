@@ -1,0 +1,111 @@
+//! The tables, the statements, and what every new connection checks before it is used.
+
+use allowly_store::StoreError;
+use tokio_postgres::{Client, Statement};
+
+use crate::error::Failure;
+use crate::PgOptions;
+
+/// This build's schema version (`allowly_meta.schema_version`). A database at a newer one is
+/// refused: an older build must not write rows whose meaning it does not know.
+pub(crate) const VERSION: u32 = 1;
+
+const CREATE_META: &str = "CREATE TABLE IF NOT EXISTS allowly_meta (name text PRIMARY KEY, value text NOT NULL)";
+// `bytea` primary keys compare as memcmp (PostgreSQL, CockroachDB, YugabyteDB): the byte order
+// `allowly-store`'s key encodings rely on.
+const CREATE_KV: &str = "CREATE TABLE IF NOT EXISTS allowly_kv \
+     (space text NOT NULL, k bytea NOT NULL, v bytea NOT NULL, PRIMARY KEY (space, k))";
+const SET_VERSION: &str =
+    "INSERT INTO allowly_meta (name, value) VALUES ('schema_version', $1) ON CONFLICT (name) DO NOTHING";
+const GET_VERSION: &str = "SELECT value FROM allowly_meta WHERE name = 'schema_version'";
+
+/// The statements of one connection, prepared once when it opens.
+#[derive(Debug)]
+pub(crate) struct Stmts {
+    pub get: Statement,
+    /// `[up, open]` × `[forward, reverse]`: a scan with or without an upper bound.
+    pub scan: [[Statement; 2]; 2],
+    pub upsert: Statement,
+    pub delete: Statement,
+}
+
+const GET: &str = "SELECT v FROM allowly_kv WHERE space = $1 AND k = $2";
+const SCAN: [[&str; 2]; 2] = [
+    [
+        "SELECT k, v FROM allowly_kv WHERE space = $1 AND k >= $2 AND k < $3 ORDER BY k LIMIT $4",
+        "SELECT k, v FROM allowly_kv WHERE space = $1 AND k >= $2 AND k < $3 ORDER BY k DESC LIMIT $4",
+    ],
+    [
+        "SELECT k, v FROM allowly_kv WHERE space = $1 AND k >= $2 ORDER BY k LIMIT $3",
+        "SELECT k, v FROM allowly_kv WHERE space = $1 AND k >= $2 ORDER BY k DESC LIMIT $3",
+    ],
+];
+// One statement for all the puts of a transaction, one for all its deletes, whatever their
+// number: a write is four round trips (BEGIN, these two, COMMIT), not one per key.
+const UPSERT: &str = "INSERT INTO allowly_kv (space, k, v) \
+     SELECT * FROM unnest($1::text[], $2::bytea[], $3::bytea[]) \
+     ON CONFLICT (space, k) DO UPDATE SET v = excluded.v";
+const DELETE: &str = "DELETE FROM allowly_kv WHERE (space, k) IN (SELECT * FROM unnest($1::text[], $2::bytea[]))";
+
+/// Creates the tables if absent and records the version; refuses a database at another
+/// version before writing anything. Each statement commits on its own (engines differ on DDL
+/// inside transactions) and each is idempotent, so two stores opening at once both succeed
+/// (a lost race on a catalog row is retried by the caller: see [`Failure::is_retryable_ddl`]).
+pub(crate) async fn ensure(client: &Client) -> Result<(), Failure> {
+    client.batch_execute(CREATE_META).await?;
+    check(read_version(client).await?, true)?;
+    client.batch_execute(CREATE_KV).await?;
+    client.execute(SET_VERSION, &[&VERSION.to_string()]).await?;
+    check(read_version(client).await?, false)
+}
+
+/// What a connection checks and sets before its first job: the schema version (another build
+/// may have migrated the database since the store opened), `synchronous_commit` (a
+/// [`Durability::Sync`](allowly_store::Durability::Sync) write must be synced even on a server
+/// configured not to), then its statements.
+pub(crate) async fn prepare(client: &Client, opts: &PgOptions) -> Result<Stmts, Failure> {
+    check(read_version(client).await?, false)?;
+    if opts.async_buffered_commits {
+        let row = client.query_one("SHOW synchronous_commit", &[]).await?;
+        let current: String = row.try_get(0)?;
+        // `local`, `remote_write`, `remote_apply` and `on` all flush the local WAL before the
+        // commit returns; only `off` does not.
+        if current == "off" {
+            client.batch_execute("SET synchronous_commit TO on").await?;
+        }
+    }
+    let scan = |up: usize, rev: usize| client.prepare(SCAN[up][rev]);
+    Ok(Stmts {
+        get: client.prepare(GET).await?,
+        scan: [[scan(0, 0).await?, scan(0, 1).await?], [scan(1, 0).await?, scan(1, 1).await?]],
+        upsert: client.prepare(UPSERT).await?,
+        delete: client.prepare(DELETE).await?,
+    })
+}
+
+async fn read_version(client: &Client) -> Result<Option<u32>, Failure> {
+    let rows = client.query(GET_VERSION, &[]).await?;
+    let Some(row) = rows.first() else { return Ok(None) };
+    let text: String = row.try_get(0)?;
+    text.parse().map(Some).map_err(|_| {
+        Failure::Store(StoreError::Corrupt {
+            space: "allowly_meta",
+            key: "schema_version".into(),
+            reason: format!("{text:?} is not a schema version"),
+        })
+    })
+}
+
+fn check(found: Option<u32>, absent_ok: bool) -> Result<(), Failure> {
+    let refuse = |why: String| Err(Failure::Store(StoreError::Engine(format!("postgres: {why}"))));
+    match found {
+        Some(VERSION) => Ok(()),
+        None if absent_ok => Ok(()),
+        None => refuse("allowly_meta has no schema_version: not an Allowly database, or its creation failed".into()),
+        Some(v) if v > VERSION => refuse(format!(
+            "the database's schema version is {v}, newer than this build's {VERSION}: refusing to use it \
+             (run the Allowly version that wrote it, or a newer one)"
+        )),
+        Some(v) => refuse(format!("the database's schema version {v} is older than {VERSION} and no migration exists")),
+    }
+}

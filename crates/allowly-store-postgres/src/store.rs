@@ -1,0 +1,321 @@
+//! [`PgStore`]: the store on PostgreSQL, one table for every key space.
+
+use std::cell::OnceCell;
+use std::fmt;
+use std::rc::Rc;
+use std::time::Instant;
+
+use allowly_store::kv::{KvEngine, KvRead, Mutations, Pair, Space};
+use allowly_store::{Durability, Result, StoreError};
+use crossbeam_channel::{Receiver, Sender};
+use tokio_postgres::types::ToSql;
+
+use crate::error::Failure;
+use crate::pool::{self, Attempt, Conn, Live, Mode, Pool};
+use crate::PgOptions;
+
+/// The store on a PostgreSQL(-compatible) database. It is an [`allowly_store::Store`] through
+/// [`KvEngine`]; safe to call from any thread, async workers included (see `pool.rs`).
+///
+/// - [`KvEngine::apply`] is one `SERIALIZABLE` transaction: two multi-row statements (every
+///   put, every delete) and `COMMIT`, run again after a serialization failure. After `Ok` the
+///   transaction committed; after `Err` it is not acknowledged (it may or may not have
+///   committed if the connection was lost during `COMMIT`), never applied in part.
+/// - [`Durability::Sync`]: the commit returns after the database flushed its WAL
+///   (`synchronous_commit` at least `local`; a server set to `off` is overridden per
+///   connection). [`Durability::Buffered`]: `synchronous_commit TO off` for that transaction
+///   (see [`PgOptions::async_buffered_commits`]).
+/// - [`KvEngine::read`] runs every read of its closure in one `REPEATABLE READ, READ ONLY`
+///   transaction on one connection: one snapshot.
+/// - [`KvRead::get`] and [`KvRead::scan`] on the store itself are single statements (latest
+///   committed state).
+pub struct PgStore {
+    pool: Pool,
+    target: String,
+}
+
+impl fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PgStore").field("target", &self.target).field("pool", &self.pool).finish()
+    }
+}
+
+impl PgStore {
+    /// Connects to the database `conninfo` names (libpq key-value form, `host=/run/pg dbname=x`,
+    /// or a `postgresql://` URL), creates the schema if absent, and checks that every statement
+    /// prepares. A database at a newer schema version is refused.
+    pub fn open(conninfo: &str, opts: PgOptions) -> Result<Self> {
+        let config: tokio_postgres::Config =
+            conninfo.parse().map_err(|e| StoreError::Engine(format!("postgres: invalid connection string: {e}")))?;
+        let target = describe_target(&config);
+        let pool = Pool::start(config, &opts)?;
+        pool.call(|conn, deadline| conn.ensure_schema(deadline))?;
+        let store = Self { pool, target };
+        // Opens one connection and prepares its statements: a database that cannot serve is
+        // refused at open, not at the first request.
+        store.get(Space::Workspaces, b"")?;
+        Ok(store)
+    }
+
+    /// Where the store connects (hosts, port, database; never the password).
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+}
+
+fn describe_target(config: &tokio_postgres::Config) -> String {
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .map(|h| match h {
+            tokio_postgres::config::Host::Tcp(name) => name.clone(),
+            tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+        })
+        .collect();
+    let ports: Vec<String> = config.get_ports().iter().map(u16::to_string).collect();
+    let port = if ports.is_empty() { String::new() } else { format!(" port={}", ports.join(",")) };
+    format!(
+        "host={}{port} dbname={} user={}",
+        hosts.join(","),
+        config.get_dbname().unwrap_or("(default)"),
+        config.get_user().unwrap_or("(default)")
+    )
+}
+
+/// One read.
+#[derive(Debug)]
+enum Read {
+    Get { space: Space, key: Vec<u8> },
+    Scan { space: Space, lower: Vec<u8>, upper: Option<Vec<u8>>, limit: usize, reverse: bool },
+}
+
+/// One read's answer.
+#[derive(Debug)]
+enum Answer {
+    Value(Option<Vec<u8>>),
+    Pairs(Vec<Pair>),
+}
+
+impl Read {
+    fn what(&self) -> String {
+        match self {
+            Read::Get { space, .. } => format!("get from {}", space.name()),
+            Read::Scan { space, .. } => format!("scan of {}", space.name()),
+        }
+    }
+
+    /// Runs the read on `conn` (in `mode`), before `deadline`.
+    fn run(&self, conn: &mut Conn, deadline: Instant, mode: Mode) -> Result<Answer> {
+        let what = self.what();
+        match self {
+            Read::Get { space, key } => {
+                let row = conn.attempt(&what, deadline, mode, |live: Rc<Live>| -> Attempt<'_, _> {
+                    Box::pin(async move {
+                        let name = space.name();
+                        let rows = live.client.query(&live.stmts.get, &[&name, key]).await?;
+                        rows.first().map(|row| row.try_get::<_, Vec<u8>>(0)).transpose().map_err(Failure::from)
+                    })
+                })?;
+                Ok(Answer::Value(row))
+            }
+            Read::Scan { space, lower, upper, limit, reverse } => {
+                // An empty or inverted range, or no room: the same empty answer as RocksDB's.
+                if *limit == 0 || upper.as_ref().is_some_and(|u| u <= lower) {
+                    return Ok(Answer::Pairs(Vec::new()));
+                }
+                let limit = i64::try_from(*limit).unwrap_or(i64::MAX);
+                let pairs = conn.attempt(&what, deadline, mode, |live: Rc<Live>| -> Attempt<'_, _> {
+                    Box::pin(async move {
+                        let name = space.name();
+                        let rows = match upper {
+                            Some(upper) => {
+                                let stmt = &live.stmts.scan[0][usize::from(*reverse)];
+                                live.client.query(stmt, &[&name, lower, upper, &limit]).await?
+                            }
+                            None => {
+                                let stmt = &live.stmts.scan[1][usize::from(*reverse)];
+                                live.client.query(stmt, &[&name, lower, &limit]).await?
+                            }
+                        };
+                        let mut out = Vec::with_capacity(rows.len());
+                        for row in rows {
+                            out.push((row.try_get::<_, Vec<u8>>(0)?, row.try_get::<_, Vec<u8>>(1)?));
+                        }
+                        Ok(out)
+                    })
+                })?;
+                Ok(Answer::Pairs(pairs))
+            }
+        }
+    }
+}
+
+fn value(a: Answer) -> Result<Option<Vec<u8>>> {
+    match a {
+        Answer::Value(v) => Ok(v),
+        Answer::Pairs(_) => Err(StoreError::Engine("postgres: a get was answered with pairs".into())),
+    }
+}
+
+fn pairs(a: Answer) -> Result<Vec<Pair>> {
+    match a {
+        Answer::Pairs(p) => Ok(p),
+        Answer::Value(_) => Err(StoreError::Engine("postgres: a scan was answered with a value".into())),
+    }
+}
+
+fn scan_read(space: Space, lower: &[u8], upper: Option<&[u8]>, limit: usize, reverse: bool) -> Read {
+    Read::Scan { space, lower: lower.to_vec(), upper: upper.map(<[u8]>::to_vec), limit, reverse }
+}
+
+impl KvRead for PgStore {
+    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let read = Read::Get { space, key: key.to_vec() };
+        value(self.pool.call(move |conn, deadline| read.run(conn, deadline, Mode::Own))?)
+    }
+
+    fn scan(&self, space: Space, lower: &[u8], upper: Option<&[u8]>, limit: usize, reverse: bool) -> Result<Vec<Pair>> {
+        let read = scan_read(space, lower, upper, limit, reverse);
+        pairs(self.pool.call(move |conn, deadline| read.run(conn, deadline, Mode::Own))?)
+    }
+}
+
+/// A read sent to the connection thread holding a read transaction, with its deadline and
+/// where to answer.
+type SessionRead = (Read, Instant, Sender<Result<Answer>>);
+
+/// The view [`KvEngine::read`] gives its closure: every read goes to one connection thread,
+/// which holds one read transaction open for them (started at the first read).
+struct Session<'a> {
+    pool: &'a Pool,
+    reads: OnceCell<Sender<SessionRead>>,
+}
+
+impl Session<'_> {
+    fn ask(&self, read: Read) -> Result<Answer> {
+        let deadline = self.pool.deadline();
+        let reads = match self.reads.get() {
+            Some(tx) => tx,
+            None => {
+                let (tx, rx) = crossbeam_channel::bounded::<SessionRead>(1);
+                self.pool.submit(Box::new(move |conn| serve_session(conn, &rx)), deadline)?;
+                self.reads.get_or_init(|| tx)
+            }
+        };
+        let (answer_tx, answer_rx) = crossbeam_channel::bounded(1);
+        reads
+            .send_timeout((read, deadline, answer_tx), deadline.saturating_duration_since(Instant::now()))
+            .map_err(|_| StoreError::Engine("postgres: the read transaction has ended (after an error)".into()))?;
+        pool::answer(&answer_rx, deadline)
+    }
+}
+
+impl KvRead for Session<'_> {
+    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        value(self.ask(Read::Get { space, key: key.to_vec() })?)
+    }
+
+    fn scan(&self, space: Space, lower: &[u8], upper: Option<&[u8]>, limit: usize, reverse: bool) -> Result<Vec<Pair>> {
+        pairs(self.ask(scan_read(space, lower, upper, limit, reverse))?)
+    }
+}
+
+/// On a connection thread: one read transaction serving a [`Session`]'s reads until the session
+/// is dropped (its sender gone), a read fails (the transaction is then aborted), or no read came
+/// for a whole timeout (a caller stuck between two reads must not hold a connection forever).
+fn serve_session(conn: &mut Conn, reads: &Receiver<SessionRead>) {
+    let timeout = conn.timeout();
+    let Ok((first, deadline, answer)) = reads.recv_timeout(timeout) else { return };
+    if Instant::now() >= deadline {
+        return; // the caller gave up while this waited in the queue
+    }
+    let begun = conn.attempt("begin a read transaction", deadline, Mode::Own, |live: Rc<Live>| -> Attempt<'_, _> {
+        Box::pin(
+            async move { Ok(live.client.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY").await?) },
+        )
+    });
+    if let Err(e) = begun {
+        let _ = answer.send(Err(e));
+        return;
+    }
+    let mut next = Some((first, deadline, answer));
+    while let Some((read, deadline, answer)) = next.take() {
+        let result = read.run(conn, deadline, Mode::InTransaction);
+        let failed = result.is_err();
+        let _ = answer.send(result);
+        if failed {
+            break;
+        }
+        next = reads.recv_timeout(timeout).ok();
+    }
+    // Read only: ending it changes nothing, it only frees the snapshot. A connection that fails
+    // here is dropped by `attempt`, so the next job never finds a transaction left open.
+    let end = Instant::now() + timeout;
+    let _ = conn.attempt("end a read transaction", end, Mode::InTransaction, |live: Rc<Live>| -> Attempt<'_, _> {
+        Box::pin(async move { Ok(live.client.batch_execute("ROLLBACK").await?) })
+    });
+}
+
+impl KvEngine for PgStore {
+    fn read<T>(&self, f: impl FnOnce(&dyn KvRead) -> Result<T>) -> Result<T> {
+        f(&Session { pool: &self.pool, reads: OnceCell::new() })
+    }
+
+    fn apply(&self, muts: Mutations, durability: Durability) -> Result<()> {
+        self.pool.call(move |conn, deadline| apply(conn, deadline, &muts, durability))
+    }
+}
+
+/// One transaction: every put in one statement, every delete in another.
+fn apply(conn: &mut Conn, deadline: Instant, muts: &Mutations, durability: Durability) -> Result<()> {
+    let (mut put_space, mut put_key, mut put_value) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut del_space, mut del_key) = (Vec::new(), Vec::new());
+    for (space, key, value) in muts.iter() {
+        match value {
+            Some(v) => {
+                put_space.push(space.name());
+                put_key.push(key);
+                put_value.push(v);
+            }
+            None => {
+                del_space.push(space.name());
+                del_key.push(key);
+            }
+        }
+    }
+    if put_key.is_empty() && del_key.is_empty() {
+        return Ok(());
+    }
+    let begin = match durability {
+        Durability::Sync => "BEGIN ISOLATION LEVEL SERIALIZABLE",
+        Durability::Buffered if conn.async_buffered_commits() => {
+            "BEGIN ISOLATION LEVEL SERIALIZABLE; SET LOCAL synchronous_commit TO off"
+        }
+        Durability::Buffered => "BEGIN ISOLATION LEVEL SERIALIZABLE",
+    };
+    let (any_puts, any_dels) = (!put_key.is_empty(), !del_key.is_empty());
+    let (puts, dels): ([&(dyn ToSql + Sync); 3], [&(dyn ToSql + Sync); 2]) =
+        ([&put_space, &put_key, &put_value], [&del_space, &del_key]);
+    conn.attempt("apply", deadline, Mode::Own, |live: Rc<Live>| -> Attempt<'_, _> {
+        Box::pin(async move {
+            let c = &live.client;
+            c.batch_execute(begin).await?;
+            let body = async {
+                if any_puts {
+                    c.execute(&live.stmts.upsert, &puts).await?;
+                }
+                if any_dels {
+                    c.execute(&live.stmts.delete, &dels).await?;
+                }
+                c.batch_execute("COMMIT").await
+            };
+            if let Err(e) = body.await {
+                // Leaves the connection usable (a broken one is dropped by `attempt`); the
+                // transaction had no effect.
+                let _ = c.batch_execute("ROLLBACK").await;
+                return Err(e.into());
+            }
+            Ok(())
+        })
+    })
+}
