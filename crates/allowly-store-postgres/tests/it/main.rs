@@ -3,7 +3,6 @@
 //! PostgreSQL's binaries they fail, naming `scripts/setup.sh`.
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
-mod deps;
 mod faults;
 
 use allowly_store::conformance::{records, Fixture};
