@@ -69,12 +69,12 @@ impl SignBatcher {
         let bytes = bodies.iter().map(Vec::len).sum();
         let (reply, rx) = oneshot::channel();
         let item = Item { append: Append { workspace_id, expected_size, bodies }, bytes, reply };
-        self.queued.inc();
+        // Room first, then the item and its count together: a round that gives up while it
+        // waits for room (its timeout) leaves nothing queued and nothing counted.
         // Closed only once the task is gone (engine dropped): as a lost connection.
-        if self.tx.send(item).await.is_err() {
-            self.queued.dec();
-            return Err(ClientError::Disconnected);
-        }
+        let Ok(room) = self.tx.reserve().await else { return Err(ClientError::Disconnected) };
+        self.queued.inc();
+        room.send(item);
         rx.await.unwrap_or(Err(ClientError::Disconnected))
     }
 }
