@@ -780,15 +780,23 @@ async fn proxy(
     }
 }
 
-/// A client of the signer through the proxy at `proxied` (the same options as `client`).
-fn proxied_client(proxied: std::path::PathBuf) -> allowly_signer_proto::client::SignerClient {
+/// A client of the signer of `root` through a proxy that applies `policy` (the same options as
+/// `client`), once the proxy answers.
+async fn through_proxy(
+    root: &TempDir,
+    policy: impl Fn(&allowly_signer_proto::Request) -> Act + Send + Sync + 'static,
+) -> allowly_signer_proto::client::SignerClient {
+    let proxied = root.path().join("run").join("proxy.sock");
+    tokio::spawn(proxy(proxied.clone(), socket(root), Arc::new(policy)));
     let opts = allowly_signer_proto::client::ClientOptions {
         request_timeout: Duration::from_secs(2),
         reconnect_backoff_min: Duration::from_millis(10),
         reconnect_backoff_max: Duration::from_millis(100),
         ..Default::default()
     };
-    allowly_signer_proto::client::SignerClient::new(proxied, opts)
+    let c = allowly_signer_proto::client::SignerClient::new(proxied, opts);
+    eventually("the proxy answers", || async { c.ping().await.is_ok() }).await;
+    c
 }
 
 /// A signer that answers `Busy` is back pressure, not an outage (issue 17): while it refuses the
@@ -800,7 +808,6 @@ async fn a_busy_signer_is_back_pressure_and_never_fails_checks_closed() {
     use std::sync::atomic::{AtomicUsize, Ordering};
     let root = TempDir::new().unwrap();
     let signer = start_signer(&root);
-    let proxied = root.path().join("run").join("proxy.sock");
     const BUSY: usize = 12;
     // The first `busy` appends are answered `Busy`.
     let busy = Arc::new(AtomicUsize::new(usize::MAX));
@@ -813,9 +820,7 @@ async fn a_busy_signer_is_back_pressure_and_never_fails_checks_closed() {
         }
         _ => Act::Pass,
     };
-    tokio::spawn(proxy(proxied.clone(), socket(&root), Arc::new(policy)));
-    let c = proxied_client(proxied);
-    eventually("the proxy answers", || async { c.ping().await.is_ok() }).await;
+    let c = through_proxy(&root, policy).await;
     let e = Engine::start(open_store(&root), c, config()).await.unwrap();
     let ws = workspace(&e).await;
     let auth = e.create_authorization(&ws, grant(None), None).await.unwrap().authorization.id;
@@ -856,7 +861,6 @@ async fn rounds_ready_while_the_signer_requests_are_out_share_the_next_request()
     const WORKSPACES: usize = 12;
     let root = TempDir::new().unwrap();
     let signer = start_signer(&root);
-    let proxied = root.path().join("run").join("proxy.sock");
     // How many more signer requests to withhold (armed below), and how many were.
     let withhold = Arc::new(AtomicUsize::new(0));
     let withheld = Arc::new(AtomicUsize::new(0));
@@ -870,9 +874,7 @@ async fn rounds_ready_while_the_signer_requests_are_out_share_the_next_request()
         }
         _ => Act::Pass,
     };
-    tokio::spawn(proxy(proxied.clone(), socket(&root), Arc::new(policy)));
-    let c = proxied_client(proxied);
-    eventually("the proxy answers", || async { c.ping().await.is_ok() }).await;
+    let c = through_proxy(&root, policy).await;
     // The rounds' own bound is longer than the client's (2 s): the queued rounds outlive the
     // withheld requests.
     let cfg = EngineConfig { signer_timeout: Duration::from_secs(20), ..config() };
@@ -925,7 +927,6 @@ async fn a_signer_that_does_not_know_append_many_gets_one_append_per_round() {
     use std::sync::atomic::{AtomicUsize, Ordering};
     let root = TempDir::new().unwrap();
     let signer = start_signer(&root);
-    let proxied = root.path().join("run").join("proxy.sock");
     let (many, batches) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let (m, b) = (many.clone(), batches.clone());
     let policy = move |r: &Request| match r {
@@ -939,9 +940,7 @@ async fn a_signer_that_does_not_know_append_many_gets_one_append_per_round() {
         }
         _ => Act::Pass,
     };
-    tokio::spawn(proxy(proxied.clone(), socket(&root), Arc::new(policy)));
-    let c = proxied_client(proxied);
-    eventually("the proxy answers", || async { c.ping().await.is_ok() }).await;
+    let c = through_proxy(&root, policy).await;
     let e = Engine::start(open_store(&root), c, config()).await.unwrap();
     let mut tenants = Vec::new();
     for _ in 0..4 {
@@ -995,7 +994,6 @@ async fn a_divergence_found_outside_the_signing_task_ends_a_waiting_rotation() {
     e.shutdown().await;
     drop((e, store));
 
-    let proxied = root.path().join("run").join("proxy.sock");
     let hold = Arc::new(AtomicBool::new(true));
     let held = hold.clone();
     let policy = move |r: &Request| match r {
@@ -1003,9 +1001,7 @@ async fn a_divergence_found_outside_the_signing_task_ends_a_waiting_rotation() {
         Request::AppendBatch { .. } | Request::AppendMany { .. } => Act::Busy,
         _ => Act::Pass,
     };
-    tokio::spawn(proxy(proxied.clone(), socket(&root), Arc::new(policy)));
-    let c = proxied_client(proxied);
-    eventually("the proxy answers", || async { c.ping().await.is_ok() }).await;
+    let c = through_proxy(&root, policy).await;
     let restored =
         Arc::new(allowly_store_rocks::RocksStore::open(&old, allowly_store_rocks::RocksOptions::default()).unwrap());
     let drain = Duration::from_secs(60);
