@@ -40,7 +40,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use allowly_receipt::merkle::{self, Frontier, Hash};
-use allowly_receipt::note::{self, NoteVerifier};
+use allowly_receipt::note;
 use allowly_receipt::types::log_origin;
 use allowly_signer_proto::client::ClientError;
 use allowly_signer_proto::{ErrorCode, MAX_BATCH_BODY_BYTES};
@@ -53,6 +53,7 @@ use crate::health::{Divergence, Fault};
 use crate::model::Resynced;
 use crate::receipts::{key_records, verifier};
 use crate::services::{blocking, Services};
+use crate::sign_batcher::{Expect, Signed};
 
 mod rotation;
 pub(crate) use rotation::{count as count_rotation, rotate};
@@ -368,10 +369,11 @@ impl From<allowly_store::StoreError> for Stop {
 
 struct Signing {
     ws: String,
-    origin: String,
     /// Frontier of the tree the newest stored checkpoint signs.
     frontier: Frontier,
-    verifiers: Vec<NoteVerifier>,
+    /// Where its checkpoints belong and the keys they must be signed by (shared with each
+    /// round's request, whose checkpoints are opened together: see `sign_batcher`).
+    expect: Expect,
     /// When the oldest receipt now waiting was first seen unsigned.
     waiting_since: Option<Instant>,
     /// Committed receipts handed over by commits (see [`Fresh`]).
@@ -557,8 +559,9 @@ impl Signing {
             None => EngineError::Internal(format!("Merkle nodes of {ws} up to {signed}: {e}")),
         })?;
         let record = store.workspace(ws)?.ok_or(EngineError::NotFound { what: "workspace" })?;
-        let verifiers = record.signing_keys.iter().map(|k| verifier(ws, k)).collect::<Result<Vec<_>>>()?;
-        Ok(Self { ws: ws.to_owned(), origin: log_origin(ws), frontier, verifiers, waiting_since: None, fresh })
+        let keys = record.signing_keys.iter().map(|k| verifier(ws, k)).collect::<Result<Vec<_>>>()?;
+        let expect = Expect { origin: log_origin(ws).into(), keys: keys.into() };
+        Ok(Self { ws: ws.to_owned(), frontier, expect, waiting_since: None, fresh })
     }
 
     /// One exchange with the signer: the next batch of committed, unsigned leaves, or a
@@ -576,14 +579,14 @@ impl Signing {
         if leaves.is_empty() {
             return Ok(());
         }
-        let call = shared.sign_batcher.append(self.ws.clone(), from, bodies);
+        let call = shared.sign_batcher.append(self.ws.clone(), from, bodies, self.expect.clone());
         match tokio::time::timeout(shared.cfg.signer_timeout, call).await {
             Err(_) => Err(self.outage(shared, "signer did not answer in time")),
-            Ok(Ok(out)) => {
+            Ok(Ok(Signed { out, opened })) => {
                 shared.health.set_up(&shared.metrics);
                 shared.faults.signer_stored(&shared.metrics);
                 shared.diverged.clear_if(&self.ws, Divergence::KeyStoreNotOpen, &shared.metrics);
-                self.store_signed(shared, &leaves, out.new_size, out.checkpoint).await
+                self.store_signed(shared, &leaves, out.new_size, out.checkpoint, opened).await
             }
             Ok(Err(ClientError::Remote(reply))) if reply.code == ErrorCode::SizeMismatch => {
                 shared.health.set_up(&shared.metrics);
@@ -665,24 +668,29 @@ impl Signing {
             at += chunk.len() as u64;
             leaves.extend(chunk);
         }
-        self.store_signed(shared, &leaves, latest.size, note).await
+        self.store_signed(shared, &leaves, latest.size, note, None).await
     }
 
     /// Checks `checkpoint` against our own frontier extended by `leaves`, then stores it with
     /// the new Merkle nodes — one write. Storing the checkpoint is what makes the receipts
-    /// below its size signed: no receipt is rewritten.
+    /// below its size signed: no receipt is rewritten. `opened`: the checkpoint already opened
+    /// with this task's keys and origin (by the sign batcher, together with others).
     async fn store_signed(
         &mut self,
         shared: &Services,
         leaves: &[Hash],
         new_size: u64,
         checkpoint: String,
+        opened: Option<note::Checkpoint>,
     ) -> Result<(), Stop> {
         let from = self.frontier.size();
         let mut next = self.frontier.clone();
         let appended = next.append_nodes(leaves).map_err(|e| Stop::Retry(EngineError::Internal(e.to_string())))?;
         // Perhaps signed by a key we have not seen yet (a rotation): refreshed once, then insist.
-        let cp = self.open_refreshed(shared, &checkpoint).await?;
+        let cp = match opened {
+            Some(cp) => cp,
+            None => self.open_refreshed(shared, &checkpoint).await?,
+        };
         if cp.size != new_size || cp.size != next.size() || cp.root != appended.root {
             return Err(Stop::Diverged(format!(
                 "signer checkpoint (size {}) does not sign the stored leaves {from}..{}",
@@ -775,7 +783,7 @@ impl Signing {
     }
 
     fn open(&self, checkpoint: &str) -> allowly_receipt::Result<note::Checkpoint> {
-        note::open_checkpoint(checkpoint, &self.origin, &self.verifiers).map(|(cp, _)| cp)
+        note::open_checkpoint(checkpoint, &self.expect.origin, &self.expect.keys).map(|(cp, _)| cp)
     }
 
     async fn refresh_keys(&mut self, shared: &Services) -> Result<(), Stop> {
@@ -784,7 +792,7 @@ impl Signing {
             Ok(Err(e)) => return Err(signer_failed(shared, e)),
             Ok(Ok(k)) => key_records(&k),
         };
-        self.verifiers = keys.iter().map(|k| verifier(&self.ws, k)).collect::<Result<Vec<_>>>()?;
+        self.expect.keys = keys.iter().map(|k| verifier(&self.ws, k)).collect::<Result<Vec<_>>>()?.into();
         let Some(mut record) = shared.store.workspace(&self.ws)? else { return Ok(()) };
         if record.signing_keys != keys {
             record.signing_keys = keys;

@@ -19,6 +19,8 @@ pub mod bundle;
 pub mod jcs;
 pub mod merkle;
 pub mod note;
+#[cfg(feature = "batch")]
+pub mod note_batch;
 #[cfg(feature = "openapi")]
 mod openapi;
 pub mod types;

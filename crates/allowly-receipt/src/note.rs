@@ -285,16 +285,12 @@ impl SignedNote {
     /// Returns each verifier that signed once, in order of its first signature, so callers
     /// counting a quorum cannot be fooled by a repeated line.
     pub fn verify<'a>(&self, verifiers: &'a [NoteVerifier]) -> Result<Vec<&'a NoteVerifier>> {
-        for (i, a) in verifiers.iter().enumerate() {
-            for b in &verifiers[i + 1..] {
-                if a.name == b.name && a.key_id == b.key_id && a.key != b.key {
-                    return Err(Error::Key("two verifiers share a name and key id"));
-                }
-            }
+        if ambiguous(verifiers) {
+            return Err(Error::Key("two verifiers share a name and key id"));
         }
         let mut signed: Vec<&'a NoteVerifier> = Vec::new();
         for s in &self.signatures {
-            let Some(v) = verifiers.iter().find(|v| v.name == s.name && v.key_id == s.key_id) else {
+            let Some(v) = s.claimed_by(verifiers) else {
                 continue;
             };
             let bad = || Error::BadSignature { name: s.name.clone(), key_id: hex::encode(s.key_id) };
@@ -309,6 +305,22 @@ impl SignedNote {
         }
         Ok(signed)
     }
+}
+
+impl NoteSignature {
+    /// The verifier this line names (same name and key id), if any.
+    pub(crate) fn claimed_by<'a>(&self, verifiers: &'a [NoteVerifier]) -> Option<&'a NoteVerifier> {
+        verifiers.iter().find(|v| v.name == self.name && v.key_id == self.key_id)
+    }
+}
+
+/// Two verifiers with the same name and key id but different keys: a signature line naming
+/// them could belong to either.
+pub(crate) fn ambiguous(verifiers: &[NoteVerifier]) -> bool {
+    verifiers
+        .iter()
+        .enumerate()
+        .any(|(i, a)| verifiers[i + 1..].iter().any(|b| a.name == b.name && a.key_id == b.key_id && a.key != b.key))
 }
 
 /// C2SP checkpoint body: origin line, decimal tree size (no leading zeros except "0", ≤ u64),

@@ -216,13 +216,13 @@ fn check(
     if active.len() != 1 || active[0].key_id != new_key {
         return Err(format!("the new key {new_key} is not the one active key"));
     }
-    let stored: Vec<String> = st.verifiers.iter().map(|v| hex::encode(v.key_id())).collect();
+    let stored: Vec<String> = st.expect.keys.iter().map(|v| hex::encode(v.key_id())).collect();
     if let Some(gone) = stored.iter().find(|id| !records.iter().any(|k| &k.key_id == *id)) {
         return Err(format!("key {gone} is missing from the new key set"));
     }
     let verifiers =
         records.iter().map(|k| verifier(ws, k)).collect::<Result<Vec<NoteVerifier>>>().map_err(|e| e.to_string())?;
-    let (cp, signers) = note::open_checkpoint(checkpoint, &st.origin, &verifiers).map_err(|e| e.to_string())?;
+    let (cp, signers) = note::open_checkpoint(checkpoint, &st.expect.origin, &verifiers).map_err(|e| e.to_string())?;
     if !signers.iter().any(|v| hex::encode(v.key_id()) == new_key) {
         return Err("the checkpoint is not signed by the new key".into());
     }

@@ -719,20 +719,27 @@ enum Act {
     Unknown,
 }
 
+/// What [`proxy`] does to each answer of the signer before passing it on.
+type Tamper = Arc<dyn Fn(allowly_signer_proto::Response) -> allowly_signer_proto::Response + Send + Sync>;
+
 /// A proxy between the engine and the real signer that decides, request by request, with
-/// `policy`, whether to pass it on, answer `Busy` itself or never answer it.
+/// `policy`, whether to pass it on, answer `Busy` itself or never answer it; answers pass
+/// through `tamper` when there is one.
 async fn proxy(
     listen: std::path::PathBuf,
     signer: std::path::PathBuf,
     policy: Arc<dyn Fn(&allowly_signer_proto::Request) -> Act + Send + Sync>,
+    tamper: Option<Tamper>,
 ) {
-    use allowly_signer_proto::{decode_request, encode_response, read_frame, ErrorCode, ErrorReply, Response};
+    use allowly_signer_proto::{
+        decode_request, decode_response, encode_response, read_frame, ErrorCode, ErrorReply, Response,
+    };
     use tokio::io::AsyncWriteExt as _;
     let listener = tokio::net::UnixListener::bind(&listen).unwrap();
     loop {
         let (down, _) = listener.accept().await.unwrap();
         let up = tokio::net::UnixStream::connect(&signer).await.unwrap();
-        let policy = policy.clone();
+        let (policy, tamper) = (policy.clone(), tamper.clone());
         tokio::spawn(async move {
             let (mut down_rd, down_wr) = down.into_split();
             let (mut up_rd, mut up_wr) = up.into_split();
@@ -741,8 +748,18 @@ async fn proxy(
                 let down_wr = down_wr.clone();
                 async move {
                     let mut buf = Vec::new();
+                    let mut out = Vec::new();
                     while let Ok(Some(frame)) = read_frame(&mut up_rd, &mut buf).await {
                         let mut w = down_wr.lock().await;
+                        if let Some(tamper) = &tamper {
+                            let (id, answer) = decode_response(frame).unwrap();
+                            out.clear();
+                            encode_response(id, &tamper(answer), &mut out).unwrap();
+                            if w.write_all(&out).await.is_err() {
+                                return;
+                            }
+                            continue;
+                        }
                         let prefix = (frame.len() as u32).to_be_bytes();
                         if w.write_all(&prefix).await.is_err() || w.write_all(frame).await.is_err() {
                             return;
@@ -786,8 +803,17 @@ async fn through_proxy(
     root: &TempDir,
     policy: impl Fn(&allowly_signer_proto::Request) -> Act + Send + Sync + 'static,
 ) -> allowly_signer_proto::client::SignerClient {
+    through_tampering_proxy(root, policy, None).await
+}
+
+/// [`through_proxy`], with the signer's answers passed through `tamper`.
+async fn through_tampering_proxy(
+    root: &TempDir,
+    policy: impl Fn(&allowly_signer_proto::Request) -> Act + Send + Sync + 'static,
+    tamper: Option<Tamper>,
+) -> allowly_signer_proto::client::SignerClient {
     let proxied = root.path().join("run").join("proxy.sock");
-    tokio::spawn(proxy(proxied.clone(), socket(root), Arc::new(policy)));
+    tokio::spawn(proxy(proxied.clone(), socket(root), Arc::new(policy), tamper));
     let opts = allowly_signer_proto::client::ClientOptions {
         request_timeout: Duration::from_secs(2),
         reconnect_backoff_min: Duration::from_millis(10),
@@ -914,6 +940,79 @@ async fn rounds_ready_while_the_signer_requests_are_out_share_the_next_request()
         "no request carried more than 8 workspaces ({} requests since arming)",
         h.get_sample_count() - requests_before
     );
+    e.shutdown().await;
+    signer.stop();
+}
+
+/// A checkpoint whose signature does not verify is never stored, also when it comes back in
+/// one `AppendMany` answer with other workspaces' good ones (whose checkpoints the engine opens
+/// together, in one batched check: issue 17). The proxy flips one bit of the signature of every
+/// checkpoint of one workspace: that workspace is fenced as diverged and its receipts stay
+/// unsigned, while every other workspace — in the same requests — is signed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_badly_signed_checkpoint_among_good_ones_is_never_stored() {
+    use allowly_signer_proto::{AppendResult, Request, Response};
+    use base64::Engine as _;
+    const WORKSPACES: usize = 8;
+    let root = TempDir::new().unwrap();
+    let signer = start_signer(&root);
+    let victim: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
+    let chosen = victim.clone();
+    let tamper: Tamper = Arc::new(move |answer| {
+        let Response::AppendedMany { mut results } = answer else { return answer };
+        let Some(victim) = chosen.lock().unwrap().clone() else { return Response::AppendedMany { results } };
+        for r in &mut results {
+            let AppendResult::Appended { checkpoint, .. } = r else { continue };
+            if !checkpoint.starts_with(&allowly_receipt::types::log_origin(&victim)) {
+                continue;
+            }
+            // The last line is `— <name> <base64(key id ‖ signature)>`: flip a bit of the signature.
+            let b64 = base64::engine::general_purpose::STANDARD;
+            let (head, line) = checkpoint.trim_end_matches('\n').rsplit_once('\n').unwrap();
+            let (prefix, sig) = line.rsplit_once(' ').unwrap();
+            let mut raw = b64.decode(sig).unwrap();
+            raw[40] ^= 0x10;
+            *checkpoint = format!("{head}\n{prefix} {}\n", b64.encode(raw));
+        }
+        Response::AppendedMany { results }
+    });
+    let c = through_tampering_proxy(&root, |_: &Request| Act::Pass, Some(tamper)).await;
+    let e = Engine::start(open_store(&root), c, config()).await.unwrap();
+    let mut tenants = Vec::new();
+    for _ in 0..WORKSPACES {
+        let ws = workspace(&e).await;
+        let auth = e.create_authorization(&ws, grant(None), None).await.unwrap().authorization.id;
+        tenants.push((ws, auth));
+    }
+    for (ws, auth) in &tenants {
+        eventually("the set-up signed", || async { all_signed(&e, ws, auth).await }).await;
+    }
+    let (bad_ws, bad_auth) = tenants[3].clone();
+    *victim.lock().unwrap() = Some(bad_ws.clone());
+    let m = e.metrics();
+    let requests_before = m.sign_request_workspaces.get_sample_count();
+    // Every workspace's check at once, several times: their rounds share requests.
+    for _ in 0..3 {
+        let mut checks = tokio::task::JoinSet::new();
+        for (ws, auth) in tenants.clone() {
+            let e = e.clone();
+            checks.spawn(async move { e.check(&ws, ask(&auth, "files.read", Some("doc:1")), None).await });
+        }
+        while let Some(out) = checks.join_next().await {
+            out.unwrap().unwrap();
+        }
+    }
+    for (ws, auth) in tenants.iter().filter(|(ws, _)| *ws != bad_ws) {
+        eventually("every other workspace signed", || async { all_signed(&e, ws, auth).await }).await;
+    }
+    eventually("the workspace with the bad checkpoint is fenced", || async {
+        e.readiness().diverged_workspaces.iter().any(|d| d.workspace_id == bad_ws)
+    })
+    .await;
+    assert!(!all_signed(&e, &bad_ws, &bad_auth).await, "a checkpoint whose signature does not verify was stored");
+    assert!(m.sign_request_workspaces.get_sample_count() > requests_before);
+    let refused = e.check(&bad_ws, ask(&bad_auth, "files.read", Some("doc:1")), None).await;
+    assert!(refused.is_err(), "the fenced workspace still takes checks: {refused:?}");
     e.shutdown().await;
     signer.stop();
 }
