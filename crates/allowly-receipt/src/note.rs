@@ -427,7 +427,8 @@ pub fn open_checkpoint<'a>(
 }
 
 /// Canonical decimal: ASCII digits only, no sign, no leading zero unless exactly "0", fits u64.
-fn parse_tree_size(s: &str) -> Result<u64> {
+/// (Also the `old <size>` line of a C2SP tlog-witness request, which has the same rule.)
+pub fn parse_tree_size(s: &str) -> Result<u64> {
     if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
         return Err(Error::Checkpoint("tree size is not a decimal number"));
     }
@@ -456,7 +457,7 @@ fn has_forbidden_control(s: &str) -> bool {
 
 /// Standard base64 with padding, accepted only if it is the unique encoding of its bytes: the
 /// engine already rejects bad padding and set trailing bits; re-encoding makes that explicit.
-pub(crate) fn decode_b64_canonical(s: &str) -> Option<Vec<u8>> {
+pub fn decode_b64_canonical(s: &str) -> Option<Vec<u8>> {
     let raw = B64.decode(s).ok()?;
     (B64.encode(&raw) == s).then_some(raw)
 }
