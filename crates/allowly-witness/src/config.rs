@@ -77,9 +77,9 @@ mod tests {
         assert_eq!(ok["o/1"].len(), 1);
         assert!(parse("").unwrap().is_empty());
         for bad in [
-            format!("[[log]]\norigin = \"o\"\nvkeys = []\n"),
+            "[[log]]\norigin = \"o\"\nvkeys = []\n".to_owned(),
             format!("[[log]]\norigin = \"\"\nvkeys = [\"{VKEY}\"]\n"),
-            format!("[[log]]\norigin = \"o\"\nvkeys = [\"nope\"]\n"),
+            "[[log]]\norigin = \"o\"\nvkeys = [\"nope\"]\n".to_owned(),
             format!("[[log]]\norigin = \"o\"\nvkeys = [\"{VKEY}\"]\n[[log]]\norigin = \"o\"\nvkeys = [\"{VKEY}\"]\n"),
             format!("[[log]]\norigin = \"o\"\nvkeys = [\"{VKEY}\"]\nextra = 1\n"),
         ] {
