@@ -131,10 +131,14 @@ impl Witness {
             self.metrics.persist_seconds.observe(started.elapsed().as_secs_f64());
             *head = Some(new);
         }
-        drop(head);
+        // Still under the lock: a cosignature says this is the largest tree the witness has
+        // seen "as of" its timestamp (tlog-cosignature), which a later head recorded between
+        // unlocking and signing would make false.
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        cosignature::cosign(&signed.text, self.key.public.name(), &self.key.signing, now)
-            .map_err(|_| Error::Internal("cannot cosign a verified checkpoint"))
+        let line = cosignature::cosign(&signed.text, self.key.public.name(), &self.key.signing, now)
+            .map_err(|_| Error::Internal("cannot cosign a verified checkpoint"));
+        drop(head);
+        line
     }
 }
 
