@@ -4,7 +4,7 @@
 //! name travels with the key and the key id double-checks both.
 
 use std::io::Write as _;
-use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 
 use allowly_receipt::cosignature::{CosignerKey, ALG_COSIGNATURE_V1};
@@ -55,9 +55,18 @@ pub fn init(dir: &Path, name: &str) -> Result<WitnessKey> {
     Ok(WitnessKey { public, signing })
 }
 
-/// Reads the key file written by [`init`].
+/// Reads the key file written by [`init`]; refuses one that others than its owner may read
+/// (as ssh does): a copied witness key is a second witness that can cosign a fork.
 pub fn load(dir: &Path) -> Result<WitnessKey> {
     let path = key_path(dir);
+    let mode = std::fs::metadata(&path).map_err(|e| Error::Setup(format!("{}: {e}", path.display())))?.mode();
+    if mode & 0o077 != 0 {
+        return Err(Error::Setup(format!(
+            "{}: mode {:o}: group or others may access it (want 0600)",
+            path.display(),
+            mode & 0o777
+        )));
+    }
     let text = std::fs::read_to_string(&path).map_err(|e| Error::Setup(format!("{}: {e}", path.display())))?;
     parse(text.trim_end_matches('\n')).map_err(|m| Error::Setup(format!("{}: {m}", path.display())))
 }
@@ -100,6 +109,9 @@ mod tests {
         assert_eq!(again.public, k.public);
         assert!(init(&d, "witness.example/w1").is_err(), "an existing key is never replaced");
         assert_eq!(load(&d).unwrap().public, k.public);
+        // A key others can read is refused.
+        std::fs::set_permissions(d.join(KEY_FILE), std::fs::Permissions::from_mode(0o640)).unwrap();
+        assert!(matches!(load(&d), Err(Error::Setup(_))));
     }
 
     #[test]
