@@ -57,6 +57,10 @@ export const FINDING_CLASS: Readonly<Record<string, "integrity" | "coverage">> =
   not_signed: COVERAGE,
   consistency_unproven: COVERAGE,
   truncated: COVERAGE,
+  // §7.5, only with a witness policy, which this verifier does not take (cosignatures are
+  // ignored as unknown signatures): listed so the table is §8's.
+  witness_cosignature_invalid: INTEGRITY,
+  witness_quorum_not_met: COVERAGE,
 };
 
 export type Outcome = "valid" | "valid_unpinned" | "coverage_gap" | "integrity_failure";

@@ -4,6 +4,7 @@
 //! - [`merkle`]: RFC 6962/9162 Merkle tree hashing, inclusion and consistency proofs, and the
 //!   append-only [`merkle::Frontier`] the signer keeps.
 //! - [`note`]: C2SP signed notes and checkpoints with Ed25519 signatures.
+//! - [`cosignature`]: C2SP `cosignature/v1` witness cosignatures and the witness-quorum check.
 //! - [`types`]: receipt bodies, pending and signed envelopes, workspace key sets.
 //! - [`bundle`]: evidence bundles (JSON Lines).
 //! - [`verify`]: verification that reports findings (integrity failure vs coverage gap).
@@ -16,6 +17,7 @@ mod error;
 pub use error::{Error, Result};
 
 pub mod bundle;
+pub mod cosignature;
 pub mod jcs;
 pub mod merkle;
 pub mod note;

@@ -44,12 +44,66 @@ const SIG_PREFIX: &str = "\u{2014} ";
 /// The id only *names* a key (it is not a commitment): it lets a verifier pick the right key
 /// without trying all of them. The key itself is always configured out of band.
 pub fn key_id(name: &str, key: &VerifyingKey) -> [u8; 4] {
+    key_id_for(name, ALG_ED25519, key)
+}
+
+/// key id = first 4 bytes of SHA-256(name || 0x0A || alg || 32-byte public key): the one
+/// derivation of every Ed25519-based signature type (0x01 notes, 0x04 cosignatures).
+pub(crate) fn key_id_for(name: &str, alg: u8, key: &VerifyingKey) -> [u8; 4] {
     let mut h = Sha256::new();
     h.update(name.as_bytes());
-    h.update([b'\n', ALG_ED25519]);
+    h.update([b'\n', alg]);
     h.update(key.as_bytes());
     let sum = h.finalize();
     [sum[0], sum[1], sum[2], sum[3]]
+}
+
+/// Checks what every Ed25519 verifier key must be: not of small order (it could never verify
+/// under `verify_strict`) and canonically encoded (no second encoding of one key).
+pub(crate) fn check_ed25519_key(key: &VerifyingKey) -> Result<()> {
+    if key.is_weak() {
+        return Err(Error::Key("public key has small order"));
+    }
+    if key.to_edwards().compress().to_bytes() != key.to_bytes() {
+        return Err(Error::Key("public key is not canonically encoded"));
+    }
+    Ok(())
+}
+
+/// Parses a C2SP verifier key `<name>+<8 lowercase hex digits key id>+<base64(alg || 32-byte
+/// key)>` whose type byte must be `alg`, checking the name and the key
+/// ([`check_ed25519_key`]) and that the key id is the one derived from them (it is redundant,
+/// so a mismatch means a corrupted or tampered string).
+pub(crate) fn parse_ed25519_vkey(s: &str, alg: u8) -> Result<(String, [u8; 4], VerifyingKey)> {
+    // The name cannot contain '+', the id is hex, so the first two '+' are the separators;
+    // the base64 part may itself contain '+'.
+    let (name, rest) = s.split_once('+').ok_or(Error::Key("verifier key: missing '+'"))?;
+    let (id_hex, key_b64) = rest.split_once('+').ok_or(Error::Key("verifier key: missing second '+'"))?;
+    validate_key_name(name)?;
+    if id_hex.len() != 8 || !id_hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return Err(Error::Key("verifier key: key id is not 8 lowercase hex digits"));
+    }
+    let id = parse_hex4(id_hex).ok_or(Error::Key("verifier key: bad key id"))?;
+    let raw = decode_b64_canonical(key_b64).ok_or(Error::Key("verifier key: key is not canonical base64"))?;
+    let (&got_alg, key_bytes) = raw.split_first().ok_or(Error::Key("verifier key: empty key"))?;
+    if got_alg != alg {
+        return Err(Error::Key("verifier key: unsupported algorithm"));
+    }
+    let key_bytes: &[u8; 32] = key_bytes.try_into().map_err(|_| Error::Key("verifier key: key is not 32 bytes"))?;
+    let key = VerifyingKey::from_bytes(key_bytes).map_err(|_| Error::Key("verifier key: not an Ed25519 point"))?;
+    check_ed25519_key(&key)?;
+    if key_id_for(name, alg, &key) != id {
+        return Err(Error::Key("verifier key: key id does not match name and key"));
+    }
+    Ok((name.to_owned(), id, key))
+}
+
+/// Formats the verifier key string of an Ed25519-based key of type `alg`.
+pub(crate) fn format_ed25519_vkey(name: &str, id: [u8; 4], alg: u8, key: &VerifyingKey) -> String {
+    let mut raw = Vec::with_capacity(33);
+    raw.push(alg);
+    raw.extend_from_slice(key.as_bytes());
+    format!("{name}+{}+{}", hex::encode(id), B64.encode(raw))
 }
 
 /// A verifier: key name + Ed25519 public key (key id derived).
@@ -67,12 +121,7 @@ impl NoteVerifier {
     /// under `verify_strict` (small-order) or that have a second encoding (non-canonical).
     pub fn new(name: &str, key: VerifyingKey) -> Result<Self> {
         validate_key_name(name)?;
-        if key.is_weak() {
-            return Err(Error::Key("public key has small order"));
-        }
-        if key.to_edwards().compress().to_bytes() != key.to_bytes() {
-            return Err(Error::Key("public key is not canonically encoded"));
-        }
+        check_ed25519_key(&key)?;
         Ok(Self { name: name.to_owned(), key_id: key_id(name, &key), key })
     }
 
@@ -96,35 +145,13 @@ impl NoteVerifier {
     /// The key id in the string must equal the one derived from name and key: it is redundant,
     /// so a mismatch means a corrupted or tampered string.
     pub fn parse_vkey(s: &str) -> Result<Self> {
-        // The name cannot contain '+', the id is hex, so the first two '+' are the separators;
-        // the base64 part may itself contain '+'.
-        let (name, rest) = s.split_once('+').ok_or(Error::Key("verifier key: missing '+'"))?;
-        let (id_hex, key_b64) = rest.split_once('+').ok_or(Error::Key("verifier key: missing second '+'"))?;
-        validate_key_name(name)?;
-        if id_hex.len() != 8 || !id_hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-            return Err(Error::Key("verifier key: key id is not 8 lowercase hex digits"));
-        }
-        let id = parse_hex4(id_hex).ok_or(Error::Key("verifier key: bad key id"))?;
-        let raw = decode_b64_canonical(key_b64).ok_or(Error::Key("verifier key: key is not canonical base64"))?;
-        let (&alg, key_bytes) = raw.split_first().ok_or(Error::Key("verifier key: empty key"))?;
-        if alg != ALG_ED25519 {
-            return Err(Error::Key("verifier key: unsupported algorithm"));
-        }
-        let key_bytes: &[u8; 32] = key_bytes.try_into().map_err(|_| Error::Key("verifier key: key is not 32 bytes"))?;
-        let key = VerifyingKey::from_bytes(key_bytes).map_err(|_| Error::Key("verifier key: not an Ed25519 point"))?;
-        let v = Self::new(name, key)?;
-        if v.key_id != id {
-            return Err(Error::Key("verifier key: key id does not match name and key"));
-        }
-        Ok(v)
+        let (name, _, key) = parse_ed25519_vkey(s, ALG_ED25519)?;
+        Self::new(&name, key)
     }
 
     /// Formats the verifier key string understood by `golang.org/x/mod/sumdb/note`.
     pub fn to_vkey(&self) -> String {
-        let mut raw = Vec::with_capacity(33);
-        raw.push(ALG_ED25519);
-        raw.extend_from_slice(self.key.as_bytes());
-        format!("{}+{}+{}", self.name, hex::encode(self.key_id), B64.encode(raw))
+        format_ed25519_vkey(&self.name, self.key_id, ALG_ED25519, &self.key)
     }
 }
 
@@ -183,14 +210,20 @@ pub fn sign_note(text: &str, name: &str, key: &SigningKey) -> Result<String> {
 pub fn note_with_signature(text: &str, name: &str, key_id: [u8; 4], sig: &[u8; ED25519_SIG_LEN]) -> Result<String> {
     validate_note_text(text)?;
     validate_key_name(name)?;
-    let mut blob = Vec::with_capacity(4 + ED25519_SIG_LEN);
-    blob.extend_from_slice(&key_id);
-    blob.extend_from_slice(sig);
-    let out = format!("{text}\n{SIG_PREFIX}{name} {}\n", B64.encode(blob));
+    let out = format!("{text}\n{}", signature_line(name, key_id, sig));
     if out.len() > MAX_NOTE_SIZE {
         return Err(Error::Note("signed note would exceed the size limit"));
     }
     Ok(out)
+}
+
+/// One signature line, newline included: `— <name> <base64(key id || payload)>\n`. The
+/// caller has checked the name.
+pub(crate) fn signature_line(name: &str, key_id: [u8; 4], payload: &[u8]) -> String {
+    let mut blob = Vec::with_capacity(4 + payload.len());
+    blob.extend_from_slice(&key_id);
+    blob.extend_from_slice(payload);
+    format!("{SIG_PREFIX}{name} {}\n", B64.encode(blob))
 }
 
 /// One signature line of a note, decoded but not verified.
@@ -406,7 +439,8 @@ pub fn open_checkpoint<'a>(
 }
 
 /// Canonical decimal: ASCII digits only, no sign, no leading zero unless exactly "0", fits u64.
-fn parse_tree_size(s: &str) -> Result<u64> {
+/// (Also the `old <size>` line of a C2SP tlog-witness request, which has the same rule.)
+pub fn parse_tree_size(s: &str) -> Result<u64> {
     if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
         return Err(Error::Checkpoint("tree size is not a decimal number"));
     }
@@ -435,7 +469,7 @@ fn has_forbidden_control(s: &str) -> bool {
 
 /// Standard base64 with padding, accepted only if it is the unique encoding of its bytes: the
 /// engine already rejects bad padding and set trailing bits; re-encoding makes that explicit.
-fn decode_b64_canonical(s: &str) -> Option<Vec<u8>> {
+pub fn decode_b64_canonical(s: &str) -> Option<Vec<u8>> {
     let raw = B64.decode(s).ok()?;
     (B64.encode(&raw) == s).then_some(raw)
 }

@@ -5,11 +5,12 @@
 //! gap* means something is missing (a receipt, a leaf, a proof) but nothing present was altered.
 //! The algorithm is specified step by step in `docs/receipt-format.md` §7.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::Serialize;
 
 use crate::bundle::{Bundle, Scope};
+use crate::cosignature::{self, CosignerKey};
 use crate::merkle::{self, Hash};
 use crate::note::{self, Checkpoint};
 use crate::types::{checkpoint_time, AnyReceipt, KeySet, ReceiptBody, TrustedKeys};
@@ -90,6 +91,9 @@ codes! {
     /// An allow, confirm or escalate that the grants, revocations, expiries and scope rules
     /// before it in the log do not give (semantic verification, §7.4).
     DecisionUnjustified = "decision_unjustified", Integrity;
+    /// A cosignature by one of the caller's witness keys does not verify (§7.5; only with a
+    /// witness policy).
+    WitnessCosignatureInvalid = "witness_cosignature_invalid", Integrity;
     /// A trail has a hole: a receipt between two present ones is missing.
     ReceiptMissing = "receipt_missing", Coverage;
     /// A log index inside the bundle's scope has no receipt.
@@ -100,6 +104,10 @@ codes! {
     ConsistencyUnproven = "consistency_unproven", Coverage;
     /// The bundle stops short of what its header or its newest checkpoint commits to.
     Truncated = "truncated", Coverage;
+    /// A checkpoint carries fewer valid cosignatures by the caller's witness keys than the
+    /// quorum asks (§7.5; only with a witness policy): nothing is shown altered, but nothing
+    /// shows the log did not show others another history either.
+    WitnessQuorumNotMet = "witness_quorum_not_met", Coverage;
 }
 
 /// One problem found.
@@ -172,6 +180,59 @@ struct OpenedCheckpoint {
     root: Hash,
 }
 
+/// A verifier's witness policy (§7.5): every checkpoint must carry valid `cosignature/v1`
+/// cosignatures by at least `quorum` distinct keys of `witnesses`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WitnessPolicy {
+    witnesses: Vec<CosignerKey>,
+    quorum: usize,
+}
+
+impl WitnessPolicy {
+    /// A policy that can be met: `quorum` is at least 1 and at most the number of distinct
+    /// public keys (one key under two names is one witness, see [`cosignature`]).
+    pub fn new(witnesses: Vec<CosignerKey>, quorum: usize) -> Result<Self> {
+        let mut keys: Vec<&[u8; 32]> = witnesses.iter().map(|w| w.key().as_bytes()).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        if quorum == 0 || quorum > keys.len() {
+            return Err(Error::Field {
+                field: "witness quorum",
+                msg: format!("must be between 1 and the number of distinct witness keys ({})", keys.len()),
+            });
+        }
+        Ok(Self { witnesses, quorum })
+    }
+}
+
+/// Applies the witness policy, if any, once per distinct checkpoint text.
+#[derive(Debug, Default)]
+struct Witnessing<'p> {
+    policy: Option<&'p WitnessPolicy>,
+    judged: HashSet<String>,
+}
+
+impl Witnessing<'_> {
+    /// Judges a checkpoint that already opened under the workspace keys.
+    fn check(&mut self, text: &str, subject: &str, report: &mut Report) {
+        let Some(p) = self.policy else { return };
+        if !self.judged.insert(text.to_owned()) {
+            return;
+        }
+        // It opened, so it parses; a failure here is reported by the opening, not twice.
+        let Ok(signed) = note::parse_signed_note(text) else { return };
+        match cosignature::verify_cosignatures(&signed, &p.witnesses) {
+            Err(e) => report.push(Code::WitnessCosignatureInvalid, subject, e.to_string()),
+            Ok(c) if c.len() < p.quorum => report.push(
+                Code::WitnessQuorumNotMet,
+                subject,
+                format!("{} of the {} required witnesses cosigned this checkpoint", c.len(), p.quorum),
+            ),
+            Ok(_) => {}
+        }
+    }
+}
+
 /// Opens a checkpoint note against the workspace keys: signature, origin, time, key window.
 fn open_checkpoint(
     note_text: &str,
@@ -210,6 +271,7 @@ fn check_one(
     keys: &TrustedKeys,
     cps: &mut HashMap<String, std::result::Result<OpenedCheckpoint, (Code, String)>>,
     seen_cps: &mut Vec<OpenedCheckpoint>,
+    witnessing: &mut Witnessing<'_>,
     report: &mut Report,
 ) -> Option<ReceiptFacts> {
     report.receipts += 1;
@@ -265,6 +327,7 @@ fn check_one(
                     if !seen_cps.contains(cp) {
                         seen_cps.push(*cp);
                     }
+                    witnessing.check(&s.checkpoint, &subject, report);
                     let proof: Vec<Hash> = s.inclusion_proof.iter().map(|h| h.0).collect();
                     if let Err(e) = merkle::verify_inclusion(&leaf, s.log_index, cp.size, &proof, &cp.root) {
                         report.push(Code::InclusionProofInvalid, subject, e.to_string());
@@ -285,6 +348,12 @@ fn check_one(
 /// breach in the envelope around it, or bytes that are not JSON at all, are an error (unusable
 /// input, §6.1).
 pub fn verify_receipt_bytes(bytes: &[u8], keys: &KeySet) -> Result<Report> {
+    verify_receipt_bytes_witnessed(bytes, keys, None)
+}
+
+/// [`verify_receipt_bytes`] with a witness policy (§7.5): a checkpoint without the quorum of
+/// cosignatures is `witness_quorum_not_met`, a bad cosignature `witness_cosignature_invalid`.
+pub fn verify_receipt_bytes_witnessed(bytes: &[u8], keys: &KeySet, witness: Option<&WitnessPolicy>) -> Result<Report> {
     let (value, violations) = jcs::parse_lenient(bytes)?;
     let (in_body, around): (Vec<_>, Vec<_>) = violations.into_iter().partition(|v| v.is_under(&["body"]));
     if let Some(v) = around.into_iter().next() {
@@ -302,16 +371,22 @@ pub fn verify_receipt_bytes(bytes: &[u8], keys: &KeySet) -> Result<Report> {
             );
             Ok(report)
         }
-        None => verify_receipt(&receipt, keys),
+        None => verify_receipt_witnessed(&receipt, keys, witness),
     }
 }
 
 /// Verifies one receipt (signed or pending) alone against a workspace's keys.
 pub fn verify_receipt(r: &AnyReceipt, keys: &KeySet) -> Result<Report> {
+    verify_receipt_witnessed(r, keys, None)
+}
+
+/// [`verify_receipt`] with a witness policy (§7.5).
+pub fn verify_receipt_witnessed(r: &AnyReceipt, keys: &KeySet, witness: Option<&WitnessPolicy>) -> Result<Report> {
     let trusted = keys.trusted()?;
     let mut report = Report::default();
     let mut seen = Vec::new();
-    check_one(r, &trusted, &mut HashMap::new(), &mut seen, &mut report);
+    let mut witnessing = Witnessing { policy: witness, ..Witnessing::default() };
+    check_one(r, &trusted, &mut HashMap::new(), &mut seen, &mut witnessing, &mut report);
     report.checkpoints = seen.len();
     Ok(report)
 }
@@ -344,6 +419,18 @@ pub fn verify_bundle_with(
     pinned: Option<&KeySet>,
     extra_checkpoints: &[String],
     semantics: Semantics,
+) -> Result<Report> {
+    verify_bundle_witnessed(bytes, pinned, extra_checkpoints, semantics, None)
+}
+
+/// [`verify_bundle_with`] with a witness policy (§7.5), applied to every checkpoint of the
+/// bundle, of its receipts and of `extra_checkpoints`.
+pub fn verify_bundle_witnessed(
+    bytes: &[u8],
+    pinned: Option<&KeySet>,
+    extra_checkpoints: &[String],
+    semantics: Semantics,
+    witness: Option<&WitnessPolicy>,
 ) -> Result<Report> {
     let (bundle, bad_lines) = Bundle::parse(bytes)?;
     let header = bundle.header.clone().ok_or(Error::Field { field: "bundle", msg: "no header".into() })?;
@@ -406,19 +493,25 @@ pub fn verify_bundle_with(
     // Checkpoints: every one the bundle (or the caller) names, plus those the receipts carry.
     let mut cps: HashMap<String, std::result::Result<OpenedCheckpoint, (Code, String)>> = HashMap::new();
     let mut seen: Vec<OpenedCheckpoint> = Vec::new();
+    let mut witnessing = Witnessing { policy: witness, ..Witnessing::default() };
     for (i, text) in bundle.checkpoints.iter().chain(extra_checkpoints).enumerate() {
         let opened = open_checkpoint(text, &trusted).map(|(o, _)| o);
+        let subject = format!("checkpoint #{}", i + 1);
         match &opened {
-            Ok(o) if !seen.contains(o) => seen.push(*o),
-            Ok(_) => {}
-            Err((code, detail)) => report.push(*code, format!("checkpoint #{}", i + 1), detail.clone()),
+            Ok(o) => {
+                if !seen.contains(o) {
+                    seen.push(*o);
+                }
+                witnessing.check(text, &subject, &mut report);
+            }
+            Err((code, detail)) => report.push(*code, subject, detail.clone()),
         }
         cps.insert(text.clone(), opened);
     }
 
     let mut facts = Vec::with_capacity(bundle.receipts.len());
     for r in &bundle.receipts {
-        if let Some(f) = check_one(r, &trusted, &mut cps, &mut seen, &mut report) {
+        if let Some(f) = check_one(r, &trusted, &mut cps, &mut seen, &mut witnessing, &mut report) {
             facts.push(f);
         }
     }

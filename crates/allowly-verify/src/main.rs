@@ -8,9 +8,10 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use allowly_receipt::cosignature::CosignerKey;
 use allowly_receipt::types::KeySet;
-use allowly_receipt::verify::{self, Class, Outcome, Report, Semantics};
-use clap::{Parser, Subcommand};
+use allowly_receipt::verify::{self, Class, Outcome, Report, Semantics, WitnessPolicy};
+use clap::{Args, Parser, Subcommand};
 
 const EXIT_USAGE: u8 = 64;
 /// `VALID (UNPINNED)` (docs/receipt-format.md §8): distinct from 0 so that a script testing
@@ -43,6 +44,8 @@ enum Command {
         /// The key set JSON (as returned by GET /v1/workspaces/{id}/keys).
         #[arg(long)]
         keys: PathBuf,
+        #[command(flatten)]
+        witness: WitnessArgs,
     },
     /// Verify an evidence bundle (JSON Lines): every receipt, every trail, every checkpoint.
     Bundle {
@@ -70,7 +73,43 @@ enum Command {
         /// Do not re-derive decisions, not even for a log export.
         #[arg(long)]
         no_semantics: bool,
+        #[command(flatten)]
+        witness: WitnessArgs,
     },
+}
+
+/// A witness policy (docs/receipt-format.md §7.5, docs/witness.md): every checkpoint must carry
+/// valid cosignatures by at least N of the given witnesses, or the report has a finding.
+#[derive(Debug, Args)]
+struct WitnessArgs {
+    /// A witness's verifier key (C2SP vkey of type 0x04, as `allowly-witness init` prints it).
+    /// Repeatable; needs --witness-quorum.
+    #[arg(long = "witness-key", value_name = "VKEY", requires = "witness_quorum")]
+    witness_keys: Vec<String>,
+    /// How many distinct witnesses of --witness-key must have cosigned every checkpoint
+    /// (`witness_quorum_not_met`, a coverage gap, if fewer did; a bad cosignature by one of
+    /// them is `witness_cosignature_invalid`, an integrity failure).
+    #[arg(long, value_name = "N", requires = "witness_keys")]
+    witness_quorum: Option<usize>,
+}
+
+impl WitnessArgs {
+    fn policy(&self) -> Result<Option<WitnessPolicy>, String> {
+        let Some(quorum) = self.witness_quorum else { return Ok(None) };
+        let keys = self
+            .witness_keys
+            .iter()
+            .map(|k| CosignerKey::parse_vkey(k).map_err(|e| format!("--witness-key {k:?}: {e}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        WitnessPolicy::new(keys, quorum).map(Some).map_err(|e| format!("--witness-quorum: {e}"))
+    }
+
+    /// The report's remark naming the policy, so a reader knows what "valid" covered.
+    fn note(&self) -> Option<String> {
+        self.witness_quorum.map(|n| {
+            format!("witness policy: every checkpoint cosigned by {n} of {} witness keys", self.witness_keys.len())
+        })
+    }
 }
 
 fn main() -> ExitCode {
@@ -112,13 +151,16 @@ fn read_keys(path: &Path) -> Result<KeySet, String> {
 
 fn run(cli: &Cli) -> Result<(String, Report), String> {
     match &cli.command {
-        Command::Receipt { file, keys } => {
+        Command::Receipt { file, keys, witness } => {
+            let policy = witness.policy()?;
             let keys = read_keys(keys)?;
-            let report = verify::verify_receipt_bytes(&read(file)?, &keys)
+            let mut report = verify::verify_receipt_bytes_witnessed(&read(file)?, &keys, policy.as_ref())
                 .map_err(|e| format!("{}: not a verifiable receipt: {e}", file.display()))?;
+            report.notes.extend(witness.note());
             Ok((format!("receipt {}", file.display()), report))
         }
-        Command::Bundle { file, keys, checkpoints, semantics, no_semantics } => {
+        Command::Bundle { file, keys, checkpoints, semantics, no_semantics, witness } => {
+            let policy = witness.policy()?;
             let pinned = keys.as_deref().map(read_keys).transpose()?;
             let extra = checkpoints
                 .iter()
@@ -129,8 +171,10 @@ fn run(cli: &Cli) -> Result<(String, Report), String> {
                 (_, true) => Semantics::Off,
                 _ => Semantics::Default,
             };
-            let report = verify::verify_bundle_with(&read(file)?, pinned.as_ref(), &extra, semantics)
-                .map_err(|e| format!("{}: not a verifiable bundle: {e}", file.display()))?;
+            let mut report =
+                verify::verify_bundle_witnessed(&read(file)?, pinned.as_ref(), &extra, semantics, policy.as_ref())
+                    .map_err(|e| format!("{}: not a verifiable bundle: {e}", file.display()))?;
+            report.notes.extend(witness.note());
             Ok((format!("bundle {}", file.display()), report))
         }
     }

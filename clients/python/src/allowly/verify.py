@@ -67,6 +67,10 @@ FINDING_CLASS = {
     "not_signed": COVERAGE,
     "consistency_unproven": COVERAGE,
     "truncated": COVERAGE,
+    # §7.5, only with a witness policy, which this verifier does not take (cosignatures are
+    # ignored as unknown signatures): listed so the table is §8's.
+    "witness_cosignature_invalid": INTEGRITY,
+    "witness_quorum_not_met": COVERAGE,
 }
 
 EXIT_VALID, EXIT_INTEGRITY, EXIT_COVERAGE, EXIT_VALID_UNPINNED, EXIT_UNUSABLE = 0, 1, 2, 3, 64

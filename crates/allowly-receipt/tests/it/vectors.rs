@@ -1715,7 +1715,11 @@ fn committed_vectors_match_the_generator() {
 #[test]
 fn every_finding_code_has_a_vector() {
     let (_, vs) = vectors();
-    for code in verify::Code::ALL {
+    // The witness-policy codes (§7.5) need the verifier's own witness keys, which the manifest
+    // shared with the Python and Node verifiers does not carry: the unit tests of
+    // `verify::tests` and allowly-verify's tests/cli.rs (the real binary) produce them.
+    let policy = [verify::Code::WitnessCosignatureInvalid, verify::Code::WitnessQuorumNotMet];
+    for code in verify::Code::ALL.iter().filter(|c| !policy.contains(c)) {
         let s = code.as_str();
         assert!(vs.iter().any(|v| v.codes.contains(&s)), "no vector for finding {s}");
     }
