@@ -50,6 +50,11 @@ pub enum ErrorCode {
     /// store, or the reverse). Nothing was done; the signer's configuration must change, so a
     /// retry alone does not help. An older client sees `Unknown(14)`.
     KeyStoreNotOpen,
+    /// 15: the signer's PKCS#11 token failed the operation (a `C_Sign` or session failure, the
+    /// token gone, a recorded key object missing from it). Nothing was signed: the signer fails
+    /// closed, and it looks for the token (or the key) again by itself, so the request may be
+    /// retried after a pause. An older client sees `Unknown(15)`.
+    TokenUnavailable,
     /// Any other value, kept verbatim.
     Unknown(u16),
 }
@@ -72,6 +77,7 @@ impl ErrorCode {
             12 => Self::StorageFailed,
             13 => Self::ReceiptRefused,
             14 => Self::KeyStoreNotOpen,
+            15 => Self::TokenUnavailable,
             other => Self::Unknown(other),
         }
     }
@@ -93,6 +99,7 @@ impl ErrorCode {
             Self::StorageFailed => 12,
             Self::ReceiptRefused => 13,
             Self::KeyStoreNotOpen => 14,
+            Self::TokenUnavailable => 15,
             Self::Unknown(v) => v,
         }
     }

@@ -36,7 +36,7 @@ pub enum SignerError {
     Pin(String),
     /// The PKCS#11 module or token failed or refused an operation (`op`: what the signer was
     /// doing, `detail`: the module's return value or why the token is unfit). Nothing was
-    /// signed; at start the signer refuses to run.
+    /// signed; at start the signer refuses to run. Told to the caller as `TokenUnavailable`.
     #[error("PKCS#11 token: {op}: {detail}")]
     Token { op: &'static str, detail: String },
     /// A workspace key was made by the other key backend (a sealed file key on a PKCS#11
@@ -81,9 +81,12 @@ impl SignerError {
             Self::Storage(_) => ErrorCode::StorageFailed,
             // Said apart: the operator's fix (the signer's key stores) is not a fault's.
             Self::WrongKeyBackend { .. } => ErrorCode::KeyStoreNotOpen,
+            // Said apart from internal errors: the token (or a key object on it) failed, nothing
+            // was signed, and the signer looks for it again by itself, so the caller can fail
+            // closed and retry rather than report a bug.
+            Self::Token { .. } => ErrorCode::TokenUnavailable,
             Self::MasterKey(_)
             | Self::Pin(_)
-            | Self::Token { .. }
             | Self::MemoryLock(_)
             | Self::Corrupt(_)
             | Self::Io(_)
@@ -92,12 +95,23 @@ impl SignerError {
         }
     }
 
+    /// An error of the same class (so the same wire code) without its details, for each of the
+    /// requests a failure met together (one signature over several appends): the error is not
+    /// `Clone`, and its details are logged once where it happened.
+    pub fn class_again(&self) -> SignerError {
+        match self {
+            Self::Storage(_) => Self::Storage(std::io::Error::other("signing failed")),
+            Self::Token { op, .. } => Self::Token { op, detail: "signing failed".into() },
+            _ => Self::Io(std::io::Error::other("signing failed")),
+        }
+    }
+
     /// The message a caller sees: specific for caller mistakes, generic for internal failures
     /// (paths and OS errors are for the operator's log, not the network).
     pub fn public_message(&self) -> String {
         match self.code() {
-            // Said apart from other internal errors: the service's readiness shows it.
-            ErrorCode::Internal if matches!(self, Self::Token { .. }) => {
+            // The module's words and the key's object id are for the operator's log.
+            ErrorCode::TokenUnavailable => {
                 "the signer's PKCS#11 token is unavailable (see the signer's log)".to_owned()
             }
             ErrorCode::Internal => "internal signer error (see the signer's log)".to_owned(),

@@ -18,8 +18,8 @@ use allowly_receipt::types::AnyReceipt;
 use allowly_receipt::verify::{verify_receipt, Outcome};
 use allowly_signer::keystore::{KeyBackend, KeyRef, KeyStore, MlockPolicy};
 use allowly_signer::pkcs11::{decode_ec_point, Pin, TokenBackend, TokenConfig, ED25519_PARAMS};
-use allowly_signer_proto::client::SignerClient;
-use allowly_signer_proto::KeyInfo;
+use allowly_signer_proto::client::{ClientError, SignerClient};
+use allowly_signer_proto::{ErrorCode, KeyInfo};
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::mechanism::eddsa::{EddsaParams, EddsaSignatureScheme};
 use cryptoki::mechanism::Mechanism;
@@ -553,13 +553,15 @@ async fn a_token_that_goes_away_fails_the_signer_closed_and_signing_resumes_when
     let e =
         eventually("the signer to fail its health check", || s.diagnostics(), || async { c.ping().await.err() }).await;
     assert!(e.to_string().contains("PKCS#11 token is unavailable"), "{e}");
+    token_unavailable(c.ping().await, "Ping while the token is gone");
     for (&ws, (_, all, _)) in spaces.iter().zip(&logs) {
         let batch = bodies(ws, all.len(), 2);
-        let r = c.append_batch(ws, all.len() as u64, batch).await;
-        assert!(r.is_err(), "{ws}: signed while the token is gone: {r:?}");
+        token_unavailable(c.append_batch(ws, all.len() as u64, batch).await, ws);
     }
     let m = c.metrics().await.unwrap();
     assert_eq!(metric(&m, "allowly_signer_token_lost"), 1.0, "{m}");
+    let refused = r#"allowly_signer_requests_total{op="AppendBatch",outcome="token_unavailable"}"#;
+    assert_eq!(metric(&m, refused), 2.0, "{m}");
     assert_eq!(metric(&m, "allowly_signer_checkpoints_signed_total"), 2.0, "nothing signed meanwhile: {m}");
 
     std::fs::rename(&away, &home).unwrap();
@@ -581,6 +583,18 @@ async fn a_token_that_goes_away_fails_the_signer_closed_and_signing_resumes_when
     let (status, out, err) =
         run_with_deadline(Command::new(signer_bin()).args(["audit", "verify"]).arg(dir.join("audit.log")));
     assert_eq!(status.code(), Some(0), "{out}{err}");
+}
+
+/// What the signer tells a caller whose request the token failed: its own code, and no word of
+/// the module's (object ids, return values) — those are in its log.
+fn token_unavailable<T: std::fmt::Debug>(r: Result<T, ClientError>, what: &str) {
+    match r {
+        Err(ClientError::Remote(e)) => {
+            assert_eq!(e.code, ErrorCode::TokenUnavailable, "{what}: {e}");
+            assert_eq!(e.message, "the signer's PKCS#11 token is unavailable (see the signer's log)", "{what}");
+        }
+        other => panic!("{what}: expected a TokenUnavailable answer, got {other:?}"),
+    }
 }
 
 /// Stops a signer by SIGTERM and waits for its clean exit.
@@ -765,8 +779,8 @@ async fn key_objects_that_vanish_from_a_working_token_fail_signing_closed_until_
     let signed = metric(&c.metrics().await.unwrap(), "allowly_signer_checkpoints_signed_total");
     for _ in 0..3 {
         let r = c.append_batch(ws, all.len() as u64, bodies(ws, all.len(), 2)).await;
-        // (An append's failure is told as an internal one; the signer's log names the token.)
-        assert!(r.is_err(), "signed while the key is gone: {r:?}");
+        // Its own code (the signer's log names the key's CKA_ID and the module's answer).
+        token_unavailable(r, "an append while the key is gone");
     }
     let m = c.metrics().await.unwrap();
     assert_eq!(metric(&m, "allowly_signer_checkpoints_signed_total"), signed, "something was signed: {m}");
