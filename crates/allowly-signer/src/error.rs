@@ -66,6 +66,21 @@ pub enum SignerError {
     /// The workspace actor is gone (shutting down).
     #[error("workspace actor unavailable")]
     ActorGone,
+    /// An audit log line (1-based) that is not a chained line ([`crate::audit::verify_chain`]).
+    #[error("line {line} is not a JSON object with a \"prev\" member of 64 lowercase hex digits: written before the audit chain existed, or edited")]
+    AuditUnreadable { line: u64 },
+    /// The audit log's first line does not start the chain.
+    #[error("line 1 does not start the chain (its prev is not {genesis}): lines before it were deleted", genesis = hex::encode(crate::audit::GENESIS))]
+    AuditBadStart,
+    /// An audit log line whose `prev` is not the hash of the line before it.
+    #[error("line {line}'s prev is not the hash of line {prev_line}: a line was deleted, inserted or reordered there, or line {prev_line} was edited")]
+    AuditBroken { line: u64, prev_line: u64 },
+    /// The audit log's last line has no newline.
+    #[error("the last line ({line}) has no newline: a torn write (the signer cuts it at start) or an edit")]
+    AuditTorn { line: u64 },
+    /// No audit log line has the head hash recorded earlier.
+    #[error("no line has the recorded head hash {head}: lines were removed from the end, or the log was rewritten")]
+    AuditHeadMissing { head: String },
 }
 
 impl SignerError {
@@ -91,7 +106,13 @@ impl SignerError {
             | Self::Corrupt(_)
             | Self::Io(_)
             | Self::Receipt(_)
-            | Self::ActorGone => ErrorCode::Internal,
+            | Self::ActorGone
+            // Only `allowly-signer audit verify` meets these; never a request's answer.
+            | Self::AuditUnreadable { .. }
+            | Self::AuditBadStart
+            | Self::AuditBroken { .. }
+            | Self::AuditTorn { .. }
+            | Self::AuditHeadMissing { .. } => ErrorCode::Internal,
         }
     }
 
