@@ -119,6 +119,7 @@ const CODES: ReadonlyArray<readonly [string, Family]> = [
   ["commit_timeout", Unavailable],
   ["read_timeout", Unavailable],
   ["signer_storage_failed", Unavailable],
+  ["signer_token_unavailable", Unavailable],
   ["signing_backlog", Unavailable],
   ["workspace_log_diverged", Unavailable],
   ["workspace_log_behind_signer", Unavailable],

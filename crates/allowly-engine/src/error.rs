@@ -88,6 +88,12 @@ pub enum EngineError {
     /// pass by itself. The signer's own words (ids and key store kinds) are for the log.
     #[error("this workspace's signing key is in a key store the signer does not open; nothing was changed. An operator must start the signer with that key store as its previous one (--signer-previous-keystore)")]
     WorkspaceKeyStoreNotOpen(String),
+    /// The signer's PKCS#11 token failed the operation (it is gone, a session or `C_Sign`
+    /// failed, or the workspace's key object is missing from it): nothing was signed, the
+    /// signer fails closed and looks for the token again by itself. Passes when it does, so the
+    /// caller retries after a pause. The signer's words are for the log.
+    #[error("the signer's key token is unavailable; nothing was signed or changed, retry later")]
+    SignerTokenUnavailable(String),
     /// The request was not answered within `--commit-timeout-ms`: it waited that long for its
     /// workspace's queue and for the synced write holding its effects (a slow or stalled data
     /// volume). Its outcome is *unknown*: a request still queued is dropped undecided, but one
@@ -135,6 +141,7 @@ impl EngineError {
             Self::WorkspaceLogBehindSigner => "workspace_log_behind_signer",
             Self::WorkspaceLogCatchingUp => "workspace_log_catching_up",
             Self::WorkspaceKeyStoreNotOpen(_) => "workspace_key_store_not_open",
+            Self::SignerTokenUnavailable(_) => "signer_token_unavailable",
             Self::ShuttingDown => "shutting_down",
             Self::CommitTimeout { .. } => "commit_timeout",
             Self::ReadTimeout(_) => "read_timeout",
@@ -169,7 +176,9 @@ impl EngineError {
     /// cap) is *not* an outage but back pressure, [`EngineError::Overloaded`]: it answers, so
     /// the caller backs off and retries, and checks keep being decided (a busy signer never
     /// fails the instance closed). A signer that answers that it cannot make its journal durable
-    /// (`StorageFailed`) is [`Fault::SignerStorageFailed`]: nothing was signed, retry later.
+    /// (`StorageFailed`) is [`Fault::SignerStorageFailed`]: nothing was signed, retry later. A
+    /// token that failed (`TokenUnavailable`) is [`EngineError::SignerTokenUnavailable`], not an
+    /// outage of the whole signer: it answers, and one workspace's key may be all that is gone.
     pub(crate) fn from_signer(e: ClientError) -> Self {
         match e {
             ClientError::Connect { .. }
@@ -182,6 +191,9 @@ impl EngineError {
             }
             ClientError::Remote(ref reply) if reply.code == ErrorCode::KeyStoreNotOpen => {
                 Self::WorkspaceKeyStoreNotOpen(reply.message.clone())
+            }
+            ClientError::Remote(ref reply) if reply.code == ErrorCode::TokenUnavailable => {
+                Self::SignerTokenUnavailable(reply.message.clone())
             }
             other => Self::Signer(other.to_string()),
         }
@@ -209,6 +221,7 @@ mod tests {
         check(remote(ErrorCode::StorageFailed), "signer_storage_failed", Some(Fault::SignerStorageFailed));
         check(remote(ErrorCode::Internal), "signer_error", None);
         check(remote(ErrorCode::KeyStoreNotOpen), "workspace_key_store_not_open", None);
+        check(remote(ErrorCode::TokenUnavailable), "signer_token_unavailable", None);
         check(ClientError::Disconnected, "signer_unavailable", None);
         check(ClientError::Timeout(std::time::Duration::from_secs(2)), "signer_unavailable", None);
         check(ClientError::Busy, "overloaded", None);

@@ -32,6 +32,7 @@
 //! | `storage_slow` | 503 | synced store writes take longer than half of `--commit-timeout-ms` (one is running that long, or the last took that long): receipt-producing calls fail closed at once, nothing written, until a write is quick again; also a request refused because `--max-pending-writes` are waiting while the volume is slow (`Retry-After`) |
 //! | `commit_timeout` | 503 | the request was not answered within `--commit-timeout-ms` (its workspace's queue and the synced write of its effects). Its outcome is **unknown**: it may still become durable. Retry with the same `Idempotency-Key` to get the first answer if it did, or a new decision if it did not — never two effects (`Retry-After`) |
 //! | `read_timeout` | 503 | a store read the request needs (its API key on a cache miss, the object or page it asks for) was not done within `--commit-timeout-ms` (a slow or stalled data volume), or 256 reads already wait for the volume; nothing was changed (`Retry-After`) |
+//! | `signer_token_unavailable` | 503 | the signer's PKCS#11 token failed the operation (the token is gone, a session or a signature failed, or the workspace's key object is missing from it): nothing was signed or changed, and the signer looks for the token again by itself (`Retry-After`) |
 //! | `signer_storage_failed` | 503 | the signer answered several times in a row that it cannot write its journal (`Retry-After`) |
 //! | `signing_backlog` | 503 | the oldest unsigned receipt is older than `--max-unsigned-age-ms` (`Retry-After`) |
 //! | `workspace_log_diverged` | 503 | this workspace's receipt log disagrees with the signer's (fork, rollback, or receipts the signer refuses): it records nothing new until an operator resyncs it (`POST /v1/workspaces/{ws}/log/resync`); other workspaces are unaffected. No `Retry-After`: it does not pass by itself |
@@ -235,6 +236,13 @@ impl Problem {
                     "the signer is unavailable; nothing was decided or changed",
                 )
             },
+            // Retry-After: the signer fails closed and finds the token (or the key object) again
+            // by itself, so the same request can succeed later; the module's words are logged.
+            EngineError::SignerTokenUnavailable(why) => Self {
+                retry_after: Some(1),
+                internal: Some(why.clone()),
+                ..Self::new(StatusCode::SERVICE_UNAVAILABLE, code, e.to_string())
+            },
             EngineError::WorkspaceLogCatchingUp | EngineError::TooManyWaiters => {
                 Self { retry_after: Some(1), ..Self::new(StatusCode::SERVICE_UNAVAILABLE, code, e.to_string()) }
             }
@@ -411,6 +419,7 @@ impl Exposure {
                     engine(EngineError::WorkspaceLogBehindSigner),
                     engine(EngineError::WorkspaceLogCatchingUp),
                     engine(EngineError::WorkspaceKeyStoreNotOpen(String::new())),
+                    engine(EngineError::SignerTokenUnavailable(String::new())),
                 ];
                 let faults = allowly_engine::fault::Fault::ALL;
                 v.extend(faults.map(|fault| engine(EngineError::Unavailable { fault, detail: String::new() })));
@@ -448,6 +457,7 @@ fn title(code: &str) -> &'static str {
         "commit_timeout" => "Commit timeout",
         "read_timeout" => "Read timeout",
         "signer_storage_failed" => "Signer storage failed",
+        "signer_token_unavailable" => "Signer token unavailable",
         "signing_backlog" => "Signing backlog",
         "webhook_not_found" => "Not found",
         "destination_not_allowed" => "Destination not allowed",
@@ -531,6 +541,12 @@ mod tests {
             503,
             "workspace_key_store_not_open",
             Some("1a2b3c4d"),
+        );
+        check(
+            EngineError::SignerTokenUnavailable("finding a key: 0 private key objects with CKA_ID 00ff".into()),
+            503,
+            "signer_token_unavailable",
+            Some("CKA_ID"),
         );
         check(EngineError::TooManyWaiters, 503, "too_many_long_polls", None);
         check(EngineError::Signer("key sk_123".into()), 500, "signer_error", Some("sk_123"));

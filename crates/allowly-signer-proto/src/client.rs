@@ -81,7 +81,7 @@ use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot, Mutex, Semaphore};
 use tokio::time::{timeout, timeout_at, Instant};
 
-use crate::message::{Append, AppendResult, ErrorReply, Hash, KeyInfo, Request, Response, SignedLeaf};
+use crate::message::{Append, AppendResult, Hash, KeyInfo, Request, Response, SignedLeaf};
 use crate::{decode_response, encode_request, read_frame, ErrorCode, ProtoError};
 
 /// Tuning of a [`SignerClient`].
@@ -113,82 +113,13 @@ impl Default for ClientOptions {
     }
 }
 
-/// Why a call failed.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ClientError {
-    /// Connecting failed or timed out (`source.kind() == TimedOut`).
-    #[error("cannot connect to signer at {}: {source}", path.display())]
-    Connect {
-        /// The socket path.
-        path: PathBuf,
-        /// The cause.
-        source: std::io::Error,
-    },
-    /// A recent connect failed; no new attempt before `retry_after`.
-    #[error("signer unavailable after a failed connect; retry in {retry_after:?}")]
-    Unavailable {
-        /// Time left in the backoff window.
-        retry_after: Duration,
-    },
-    /// The connection broke before the answer arrived. The request may or
-    /// may not have been executed.
-    #[error("connection to signer lost")]
-    Disconnected,
-    /// No answer within `request_timeout` (including the wait for an
-    /// in-flight slot). The request may or may not have been executed.
-    #[error("no answer from signer within {0:?}")]
-    Timeout(Duration),
-    /// The signer answered [`ErrorCode::Busy`](crate::ErrorCode::Busy): its
-    /// queue for the workspace is over its cap. Nothing was executed; retry
-    /// later. Back pressure from a signer that answers, never a sign that it
-    /// is down. (A full client is not an error: calls wait for a slot.)
-    #[error("signer is busy")]
-    Busy,
-    /// The signer answered with an `Error` response.
-    #[error("signer error: {0}")]
-    Remote(ErrorReply),
-    /// The request violates a protocol limit; nothing was sent.
-    #[error("invalid request: {0}")]
-    InvalidRequest(ProtoError),
-    /// The answer to this call could not be decoded.
-    #[error("malformed response: {0}")]
-    BadResponse(ProtoError),
-    /// The answer decoded but does not fit the request.
-    #[error("unexpected response to {request}: {detail}")]
-    UnexpectedResponse {
-        /// The request's name.
-        request: &'static str,
-        /// What was wrong.
-        detail: String,
-    },
-}
-
-impl ClientError {
-    /// The same error again, for each of the calls one failed request answered (an
-    /// `AppendMany` that timed out fails every append in it). I/O errors keep their kind and
-    /// message.
-    pub fn duplicate(&self) -> ClientError {
-        let io = |e: &std::io::Error| std::io::Error::new(e.kind(), e.to_string());
-        match self {
-            Self::Connect { path, source } => Self::Connect { path: path.clone(), source: io(source) },
-            Self::Unavailable { retry_after } => Self::Unavailable { retry_after: *retry_after },
-            Self::Disconnected => Self::Disconnected,
-            Self::Timeout(d) => Self::Timeout(*d),
-            Self::Busy => Self::Busy,
-            Self::Remote(e) => Self::Remote(e.clone()),
-            Self::InvalidRequest(e) => {
-                Self::UnexpectedResponse { request: "AppendMany", detail: format!("invalid request: {e}") }
-            }
-            Self::BadResponse(e) => {
-                Self::UnexpectedResponse { request: "AppendMany", detail: format!("malformed response: {e}") }
-            }
-            Self::UnexpectedResponse { request, detail } => {
-                Self::UnexpectedResponse { request, detail: detail.clone() }
-            }
-        }
-    }
-}
+/// Why a call failed: the crate's one error type, [`ProtoError`], under the name its callers
+/// know. Besides the codec's variants (a request that breaks a protocol limit fails as
+/// [`ProtoError::InvalidRequest`] and an answer that does not decode as
+/// [`ProtoError::BadResponse`], each wrapping the codec's error), a call can fail with the
+/// client's own: `Connect`, `Unavailable`, `Disconnected`, `Timeout`, `Busy`, `Remote` and
+/// `UnexpectedResponse`.
+pub type ClientError = ProtoError;
 
 /// Answer to [`SignerClient::rotate_key`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -400,7 +331,7 @@ impl SignerClient {
         let mut frame = Vec::new();
         // Before waiting for anything: a request the signer would refuse
         // fails at once, and never takes a slot.
-        encode_request(id, &req, &mut frame).map_err(ClientError::InvalidRequest)?;
+        encode_request(id, &req, &mut frame).map_err(|e| ClientError::InvalidRequest(Box::new(e)))?;
         let limit = self.inner.opts.request_timeout;
         // One deadline for the whole call, so waiting for a slot cannot
         // stretch a call past `request_timeout`. `None`: too far away to
@@ -724,7 +655,7 @@ async fn reader_loop(mut rd: OwnedReadHalf, waiters: &Waiters) {
             Ok((id, resp)) => waiters.complete(id, Ok(resp)),
             // Framing is intact, so only this call's answer is lost.
             Err(e) => match e.request_id() {
-                Some(id) => waiters.complete(id, Err(ClientError::BadResponse(e))),
+                Some(id) => waiters.complete(id, Err(ClientError::BadResponse(Box::new(e)))),
                 // Nothing to route by: the signer is not speaking this
                 // protocol. Drop the connection.
                 None => return,

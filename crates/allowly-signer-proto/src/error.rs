@@ -1,6 +1,8 @@
-//! Error codes carried on the wire and the crate's protocol error type.
+//! Error codes carried on the wire and the crate's one error type.
 
 use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
 
 use crate::MAX_FRAME;
 
@@ -50,6 +52,11 @@ pub enum ErrorCode {
     /// store, or the reverse). Nothing was done; the signer's configuration must change, so a
     /// retry alone does not help. An older client sees `Unknown(14)`.
     KeyStoreNotOpen,
+    /// 15: the signer's PKCS#11 token failed the operation (a `C_Sign` or session failure, the
+    /// token gone, a recorded key object missing from it). Nothing was signed: the signer fails
+    /// closed, and it looks for the token (or the key) again by itself, so the request may be
+    /// retried after a pause. An older client sees `Unknown(15)`.
+    TokenUnavailable,
     /// Any other value, kept verbatim.
     Unknown(u16),
 }
@@ -72,6 +79,7 @@ impl ErrorCode {
             12 => Self::StorageFailed,
             13 => Self::ReceiptRefused,
             14 => Self::KeyStoreNotOpen,
+            15 => Self::TokenUnavailable,
             other => Self::Unknown(other),
         }
     }
@@ -93,6 +101,7 @@ impl ErrorCode {
             Self::StorageFailed => 12,
             Self::ReceiptRefused => 13,
             Self::KeyStoreNotOpen => 14,
+            Self::TokenUnavailable => 15,
             Self::Unknown(v) => v,
         }
     }
@@ -108,7 +117,9 @@ impl fmt::Display for ErrorCode {
 }
 
 /// Everything that can go wrong while encoding, decoding, reading or writing
-/// frames. The single error type of the protocol layer.
+/// frames, and in a [`SignerClient`](crate::client::SignerClient) call (the
+/// variants from `Connect` on; the client calls it
+/// [`ClientError`](crate::client::ClientError)). The crate's one error type.
 ///
 /// A signer that fails to decode a request answers with
 /// `ErrorReply { code: err.code(), message: err.to_string(), .. }` to
@@ -260,6 +271,52 @@ pub enum ProtoError {
         /// Request id from the header.
         request_id: u64,
     },
+    /// A call's connect failed or timed out (`source.kind() == TimedOut`).
+    #[error("cannot connect to signer at {}: {source}", path.display())]
+    Connect {
+        /// The socket path.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A recent connect failed; no new attempt before `retry_after`.
+    #[error("signer unavailable after a failed connect; retry in {retry_after:?}")]
+    Unavailable {
+        /// Time left in the backoff window.
+        retry_after: Duration,
+    },
+    /// The connection broke before the answer arrived. The request may or
+    /// may not have been executed.
+    #[error("connection to signer lost")]
+    Disconnected,
+    /// No answer within `request_timeout` (including the wait for an
+    /// in-flight slot). The request may or may not have been executed.
+    #[error("no answer from signer within {0:?}")]
+    Timeout(Duration),
+    /// The signer answered [`ErrorCode::Busy`]: its queue for the workspace
+    /// is over its cap. Nothing was executed; retry later. Back pressure from
+    /// a signer that answers, never a sign that it is down. (A full client is
+    /// not an error: calls wait for a slot.)
+    #[error("signer is busy")]
+    Busy,
+    /// The signer answered with an `Error` response.
+    #[error("signer error: {0}")]
+    Remote(crate::ErrorReply),
+    /// The request violates a protocol limit (the codec's error); nothing was
+    /// sent.
+    #[error("invalid request: {0}")]
+    InvalidRequest(Box<ProtoError>),
+    /// The answer to this call could not be decoded (the codec's error).
+    #[error("malformed response: {0}")]
+    BadResponse(Box<ProtoError>),
+    /// The answer decoded but does not fit the request.
+    #[error("unexpected response to {request}: {detail}")]
+    UnexpectedResponse {
+        /// The request's name.
+        request: &'static str,
+        /// What was wrong.
+        detail: String,
+    },
 }
 
 impl ProtoError {
@@ -267,6 +324,16 @@ impl ProtoError {
     pub fn request_id(&self) -> Option<u64> {
         match self {
             Self::Io(_) | Self::FrameLength { .. } | Self::ShortHeader { .. } => None,
+            // The client's own: no frame of the caller's to answer.
+            Self::Connect { .. }
+            | Self::Unavailable { .. }
+            | Self::Disconnected
+            | Self::Timeout(_)
+            | Self::Busy
+            | Self::Remote(_)
+            | Self::InvalidRequest(_)
+            | Self::BadResponse(_)
+            | Self::UnexpectedResponse { .. } => None,
             Self::UnsupportedVersion { request_id, .. }
             | Self::UnknownKind { request_id, .. }
             | Self::Truncated { request_id, .. }
@@ -284,9 +351,21 @@ impl ProtoError {
         }
     }
 
-    /// The [`ErrorCode`] a signer should answer this error with.
+    /// The [`ErrorCode`] a signer should answer this error with. For the
+    /// client's own errors (never a signer's answer): the code the signer
+    /// answered (`Remote`, `Busy`), the codec's (`InvalidRequest`), else
+    /// `Internal`.
     pub fn code(&self) -> ErrorCode {
         match self {
+            Self::Remote(reply) => reply.code,
+            Self::Busy => ErrorCode::Busy,
+            Self::InvalidRequest(e) => e.code(),
+            Self::Connect { .. }
+            | Self::Unavailable { .. }
+            | Self::Disconnected
+            | Self::Timeout(_)
+            | Self::BadResponse(_)
+            | Self::UnexpectedResponse { .. } => ErrorCode::Internal,
             Self::Io(_)
             | Self::FrameLength { .. }
             | Self::ShortHeader { .. }
@@ -303,6 +382,26 @@ impl ProtoError {
             | Self::EmptyBody { .. }
             | Self::DuplicateWorkspace { .. } => ErrorCode::InvalidArgument,
             Self::BatchTooLarge { .. } | Self::BatchBytesTooLarge { .. } => ErrorCode::BatchTooLarge,
+        }
+    }
+
+    /// The same error again, for each of the calls one failed request answered (an
+    /// `AppendMany` that timed out fails every append in it). I/O errors keep their kind and
+    /// message; the codec's errors (not `Clone`: they may hold one) become
+    /// `UnexpectedResponse` with their message.
+    pub fn duplicate(&self) -> ProtoError {
+        let io = |e: &std::io::Error| std::io::Error::new(e.kind(), e.to_string());
+        match self {
+            Self::Connect { path, source } => Self::Connect { path: path.clone(), source: io(source) },
+            Self::Unavailable { retry_after } => Self::Unavailable { retry_after: *retry_after },
+            Self::Disconnected => Self::Disconnected,
+            Self::Timeout(d) => Self::Timeout(*d),
+            Self::Busy => Self::Busy,
+            Self::Remote(e) => Self::Remote(e.clone()),
+            Self::UnexpectedResponse { request, detail } => {
+                Self::UnexpectedResponse { request, detail: detail.clone() }
+            }
+            other => Self::UnexpectedResponse { request: "AppendMany", detail: other.to_string() },
         }
     }
 }

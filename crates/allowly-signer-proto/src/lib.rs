@@ -103,6 +103,7 @@
 //! | 12 | `StorageFailed` | the signer's journal or audit log failed to write or sync (disk full, device error); nothing signed out, retry later |
 //! | 13 | `ReceiptRefused` | (v3) an `AppendBatch` body is not a receipt the signer may sign (below); the whole batch is refused, nothing is signed, an audit line records it |
 //! | 14 | `KeyStoreNotOpen` | the workspace's active key is kept by a key store this signer does not open (sealed files on a token signer without `--previous-keystore file`, or the reverse); nothing was done, and only the signer's configuration can change that (older clients see `Unknown(14)`) |
+//! | 15 | `TokenUnavailable` | the signer's PKCS#11 token failed the operation (`C_Sign` or a session failed, the token is gone, a recorded key object is missing from it); nothing was signed, the signer looks for the token or key again by itself: retry after a pause (older clients see `Unknown(15)`) |
 //! | other | `Unknown(n)` | kept verbatim, never a decode failure |
 //!
 //! # Limits (back pressure and `Busy`)

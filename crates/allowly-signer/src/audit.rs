@@ -169,24 +169,10 @@ pub struct ChainSummary {
     pub head_line: Option<u64>,
 }
 
-/// Why an audit log does not verify: the first problem met, with its 1-based line number.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ChainError {
-    #[error("line {line} is not a JSON object with a \"prev\" member of 64 lowercase hex digits: written before the audit chain existed, or edited")]
-    Unreadable { line: u64 },
-    #[error("line 1 does not start the chain (its prev is not {genesis}): lines before it were deleted", genesis = hex::encode(GENESIS))]
-    BadStart,
-    #[error("line {line}'s prev is not the hash of line {prev_line}: a line was deleted, inserted or reordered there, or line {prev_line} was edited")]
-    Broken { line: u64, prev_line: u64 },
-    #[error("the last line ({line}) has no newline: a torn write (the signer cuts it at start) or an edit")]
-    Torn { line: u64 },
-    #[error("no line has the recorded head hash {head}: lines were removed from the end, or the log was rewritten")]
-    HeadMissing { head: String },
-}
-
 /// Checks an audit log's hash chain; with `expected_head`, also that a line with that hash
-/// exists (so the log was not cut back or rewritten since the head was recorded).
-pub fn verify_chain(text: &[u8], expected_head: Option<[u8; 32]>) -> std::result::Result<ChainSummary, ChainError> {
+/// exists (so the log was not cut back or rewritten since the head was recorded). The error is
+/// the first problem met (one of the `SignerError::Audit*` variants), with its 1-based line.
+pub fn verify_chain(text: &[u8], expected_head: Option<[u8; 32]>) -> Result<ChainSummary> {
     #[derive(serde::Deserialize)]
     struct Prev<'a> {
         prev: &'a str,
@@ -197,17 +183,17 @@ pub fn verify_chain(text: &[u8], expected_head: Option<[u8; 32]>) -> std::result
     for line in text.split_inclusive(|&b| b == b'\n') {
         lines += 1;
         if !line.ends_with(b"\n") {
-            return Err(ChainError::Torn { line: lines });
+            return Err(SignerError::AuditTorn { line: lines });
         }
         let prev = serde_json::from_slice::<Prev<'_>>(line)
             .ok()
             .and_then(|p| HexHash::parse(p.prev).ok())
-            .ok_or(ChainError::Unreadable { line: lines })?;
+            .ok_or(SignerError::AuditUnreadable { line: lines })?;
         if prev.0 != head {
             return Err(if lines == 1 {
-                ChainError::BadStart
+                SignerError::AuditBadStart
             } else {
-                ChainError::Broken { line: lines, prev_line: lines - 1 }
+                SignerError::AuditBroken { line: lines, prev_line: lines - 1 }
             });
         }
         head = line_hash(line);
@@ -217,7 +203,7 @@ pub fn verify_chain(text: &[u8], expected_head: Option<[u8; 32]>) -> std::result
     }
     match expected_head {
         Some(GENESIS) => head_line = Some(0),
-        Some(h) if head_line.is_none() => return Err(ChainError::HeadMissing { head: hex::encode(h) }),
+        Some(h) if head_line.is_none() => return Err(SignerError::AuditHeadMissing { head: hex::encode(h) }),
         _ => {}
     }
     Ok(ChainSummary { lines, head, head_line })

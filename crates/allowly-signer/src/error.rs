@@ -36,7 +36,7 @@ pub enum SignerError {
     Pin(String),
     /// The PKCS#11 module or token failed or refused an operation (`op`: what the signer was
     /// doing, `detail`: the module's return value or why the token is unfit). Nothing was
-    /// signed; at start the signer refuses to run.
+    /// signed; at start the signer refuses to run. Told to the caller as `TokenUnavailable`.
     #[error("PKCS#11 token: {op}: {detail}")]
     Token { op: &'static str, detail: String },
     /// A workspace key was made by the other key backend (a sealed file key on a PKCS#11
@@ -66,6 +66,21 @@ pub enum SignerError {
     /// The workspace actor is gone (shutting down).
     #[error("workspace actor unavailable")]
     ActorGone,
+    /// An audit log line (1-based) that is not a chained line ([`crate::audit::verify_chain`]).
+    #[error("line {line} is not a JSON object with a \"prev\" member of 64 lowercase hex digits: written before the audit chain existed, or edited")]
+    AuditUnreadable { line: u64 },
+    /// The audit log's first line does not start the chain.
+    #[error("line 1 does not start the chain (its prev is not {genesis}): lines before it were deleted", genesis = hex::encode(crate::audit::GENESIS))]
+    AuditBadStart,
+    /// An audit log line whose `prev` is not the hash of the line before it.
+    #[error("line {line}'s prev is not the hash of line {prev_line}: a line was deleted, inserted or reordered there, or line {prev_line} was edited")]
+    AuditBroken { line: u64, prev_line: u64 },
+    /// The audit log's last line has no newline.
+    #[error("the last line ({line}) has no newline: a torn write (the signer cuts it at start) or an edit")]
+    AuditTorn { line: u64 },
+    /// No audit log line has the head hash recorded earlier.
+    #[error("no line has the recorded head hash {head}: lines were removed from the end, or the log was rewritten")]
+    AuditHeadMissing { head: String },
 }
 
 impl SignerError {
@@ -81,14 +96,34 @@ impl SignerError {
             Self::Storage(_) => ErrorCode::StorageFailed,
             // Said apart: the operator's fix (the signer's key stores) is not a fault's.
             Self::WrongKeyBackend { .. } => ErrorCode::KeyStoreNotOpen,
+            // Said apart from internal errors: the token (or a key object on it) failed, nothing
+            // was signed, and the signer looks for it again by itself, so the caller can fail
+            // closed and retry rather than report a bug.
+            Self::Token { .. } => ErrorCode::TokenUnavailable,
             Self::MasterKey(_)
             | Self::Pin(_)
-            | Self::Token { .. }
             | Self::MemoryLock(_)
             | Self::Corrupt(_)
             | Self::Io(_)
             | Self::Receipt(_)
-            | Self::ActorGone => ErrorCode::Internal,
+            | Self::ActorGone
+            // Only `allowly-signer audit verify` meets these; never a request's answer.
+            | Self::AuditUnreadable { .. }
+            | Self::AuditBadStart
+            | Self::AuditBroken { .. }
+            | Self::AuditTorn { .. }
+            | Self::AuditHeadMissing { .. } => ErrorCode::Internal,
+        }
+    }
+
+    /// An error of the same class (so the same wire code) without its details, for each of the
+    /// requests a failure met together (one signature over several appends): the error is not
+    /// `Clone`, and its details are logged once where it happened.
+    pub fn class_again(&self) -> SignerError {
+        match self {
+            Self::Storage(_) => Self::Storage(std::io::Error::other("signing failed")),
+            Self::Token { op, .. } => Self::Token { op, detail: "signing failed".into() },
+            _ => Self::Io(std::io::Error::other("signing failed")),
         }
     }
 
@@ -96,8 +131,8 @@ impl SignerError {
     /// (paths and OS errors are for the operator's log, not the network).
     pub fn public_message(&self) -> String {
         match self.code() {
-            // Said apart from other internal errors: the service's readiness shows it.
-            ErrorCode::Internal if matches!(self, Self::Token { .. }) => {
+            // The module's words and the key's object id are for the operator's log.
+            ErrorCode::TokenUnavailable => {
                 "the signer's PKCS#11 token is unavailable (see the signer's log)".to_owned()
             }
             ErrorCode::Internal => "internal signer error (see the signer's log)".to_owned(),

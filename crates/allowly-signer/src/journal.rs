@@ -1327,7 +1327,7 @@ mod tests {
         commit(&j, "a", 3).await.unwrap();
         drop(j);
         let chain = crate::audit::verify_chain(&fs::read(dir.path().join(AUDIT_FILE)).unwrap(), None);
-        assert_eq!(chain.map(|c| c.lines), Ok(6), "the chain skips the failed group's lines and spans the restart");
+        assert_eq!(chain.unwrap().lines, 6, "the chain skips the failed group's lines and spans the restart");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1355,7 +1355,7 @@ mod tests {
         drop(j);
         assert_eq!(open(dir.path()).load("a").await.unwrap().map(|s| s.size), Some(2));
         let chain = crate::audit::verify_chain(&fs::read(dir.path().join(AUDIT_FILE)).unwrap(), None);
-        assert_eq!(chain.map(|c| c.lines), Ok(2), "rolled-back lines left the chain intact");
+        assert_eq!(chain.unwrap().lines, 2, "rolled-back lines left the chain intact");
     }
 
     /// When a failed write cannot even be truncated away, the journal refuses everything until
@@ -1436,7 +1436,7 @@ mod tests {
         drop(j);
         let text = fs::read(&path).unwrap();
         assert!(text.starts_with(&good));
-        assert_eq!(verify_chain(&text, None).map(|c| c.lines), Ok(5), "the chain continues over the repair");
+        assert_eq!(verify_chain(&text, None).unwrap().lines, 5, "the chain continues over the repair");
     }
 
     proptest! {
@@ -1475,7 +1475,7 @@ mod tests {
         drop(j);
         let path = dir.path().join(AUDIT_FILE);
         let good = fs::read(&path).unwrap();
-        assert_eq!(verify_chain(&good, None).map(|c| c.lines), Ok(size + 1));
+        assert_eq!(verify_chain(&good, None).unwrap().lines, size + 1);
         // Where the compacted journal's audit records begin (its first record says).
         let journal = File::open(dir.path().join(JOURNAL_FILE)).unwrap();
         let compacted_at = scan(&journal, len(dir.path().join(JOURNAL_FILE))).unwrap().audit[0].audit_at;
@@ -1527,7 +1527,7 @@ mod tests {
         assert_eq!(j.load("a").await.unwrap().map(|s| s.size), Some(size - 1));
         drop(j);
         assert_eq!(fs::read(&path).unwrap(), acknowledged);
-        assert_eq!(verify_chain(&acknowledged, None).map(|c| c.lines), Ok(size - 1));
+        assert_eq!(verify_chain(&acknowledged, None).unwrap().lines, size - 1);
     }
 
     /// An `audit.log` write that fails and cannot be cut back poisons the journal; if the
@@ -1548,7 +1548,7 @@ mod tests {
         assert_eq!(j.load("a").await.unwrap().map(|s| s.size), Some(2), "the durable record is the state");
         drop(j);
         let text = fs::read(dir.path().join(AUDIT_FILE)).unwrap();
-        assert_eq!(verify_chain(&text, None).map(|c| c.lines), Ok(2));
+        assert_eq!(verify_chain(&text, None).unwrap().lines, 2);
         let sizes: Vec<_> = audit_lines(dir.path()).iter().map(|l| l["size"].clone()).collect();
         assert_eq!(sizes, [serde_json::json!(1), serde_json::json!(2)], "and its audit line with it");
     }
@@ -1575,7 +1575,7 @@ mod tests {
         drop(j);
         let text = fs::read(dir.path().join(AUDIT_FILE)).unwrap();
         assert!(text.starts_with(&lines), "the old lines are kept, the partial one cut");
-        assert_eq!(verify_chain(&text, None).map(|c| c.lines), Ok(2));
+        assert_eq!(verify_chain(&text, None).unwrap().lines, 2);
         let journal = File::open(dir.path().join(JOURNAL_FILE)).unwrap();
         let spans = scan(&journal, len(dir.path().join(JOURNAL_FILE))).unwrap().audit;
         assert_eq!(spans.iter().map(|s| s.audit_at).collect::<Vec<_>>(), [lines.len() as u64]);

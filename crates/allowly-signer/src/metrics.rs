@@ -87,6 +87,15 @@ pub struct Metrics {
     /// Re-initialisations of the PKCS#11 module while its token was lost, by `outcome` (`ok`:
     /// found again; `failed`: not yet, tried again at most once a second).
     pub token_reinits: IntCounterVec,
+    /// Recorded keys a look-up did not find on a token that answers (their workspaces' signing
+    /// fails closed); 0 once each is found again.
+    pub token_keys_missing: IntGauge,
+    /// Re-initialisations of the PKCS#11 module to look for missing keys (also counted in
+    /// `token_reinits`). They back off: the first at once, then 5 s, 10 s, … up to 300 s apart.
+    pub token_missing_key_reinits: IntCounter,
+    /// The wait after the last of those before the next may run (5 to 300 s); 0 when no key is
+    /// missing.
+    pub token_missing_key_retry_seconds: IntGauge,
     /// Keys a crash left made on the token but unrecorded (between `C_GenerateKeyPair` and the
     /// key file), found at start from the key store's intents and deleted.
     pub orphan_keys_destroyed: IntCounter,
@@ -233,6 +242,18 @@ impl Metrics {
             journal_bytes: gauge("allowly_signer_journal_bytes", "Size of the journal file"),
             mlock_failures: counter("allowly_signer_mlock_failures_total", "Key material that could not be locked"),
             workspaces_loaded: gauge("allowly_signer_workspaces_loaded", "Workspace actors loaded"),
+            token_keys_missing: gauge(
+                "allowly_signer_token_keys_missing",
+                "Recorded keys not found on a PKCS#11 token that answers (their workspaces fail closed)",
+            ),
+            token_missing_key_reinits: counter(
+                "allowly_signer_token_missing_key_reinitialisations_total",
+                "Re-initialisations of the PKCS#11 module to look for missing keys (backing off from 5 s to 300 s)",
+            ),
+            token_missing_key_retry_seconds: gauge(
+                "allowly_signer_token_missing_key_retry_seconds",
+                "Wait before the next re-initialisation for missing keys (0: none missing)",
+            ),
             registry,
         };
         for answer in ["checkpoint", "size_mismatch", "rotation"] {
@@ -246,7 +267,13 @@ impl Metrics {
 
     /// The PKCS#11 backend's series.
     pub fn token(&self) -> TokenMetrics {
-        TokenMetrics { lost: self.token_lost.clone(), reinits: self.token_reinits.clone() }
+        TokenMetrics {
+            lost: self.token_lost.clone(),
+            reinits: self.token_reinits.clone(),
+            keys_missing: self.token_keys_missing.clone(),
+            missing_key_reinits: self.token_missing_key_reinits.clone(),
+            missing_key_retry_seconds: self.token_missing_key_retry_seconds.clone(),
+        }
     }
 
     /// Prometheus text exposition.
@@ -275,6 +302,13 @@ pub struct TokenMetrics {
     /// `allowly_signer_token_reinitialisations_total{outcome}`: re-initialisations of the module
     /// while the token was lost (`ok`: it answers again; `failed`: not yet).
     pub reinits: prometheus::IntCounterVec,
+    /// `allowly_signer_token_keys_missing`: recorded keys not found on a token that answers.
+    pub keys_missing: prometheus::IntGauge,
+    /// `allowly_signer_token_missing_key_reinitialisations_total`: re-initialisations to look
+    /// for them.
+    pub missing_key_reinits: prometheus::IntCounter,
+    /// `allowly_signer_token_missing_key_retry_seconds`: the wait before the next one.
+    pub missing_key_retry_seconds: prometheus::IntGauge,
 }
 
 impl Default for TokenMetrics {

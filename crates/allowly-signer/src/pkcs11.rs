@@ -35,10 +35,13 @@
 //!   delete) makes all of them under one hold, so it never uses a handle of another epoch.
 //! - **Keys gone from a token that answers** (its objects removed and put back, an HSM restored
 //!   from a backup): a recorded key that is not found fails its workspace's signing closed, and
-//!   the next health check re-initialises the module to look again (at most once per
-//!   [`MISSING_KEY_REINIT_EVERY`]): a module may keep a stale view of the objects (SoftHSM2 does
-//!   not read object files put back behind its back), and a fresh one finds them if they are
-//!   there.
+//!   the next health check re-initialises the module to look again: a module may keep a stale
+//!   view of the objects (SoftHSM2 does not read object files put back behind its back), and a
+//!   fresh one finds them if they are there. Those re-initialisations back off
+//!   ([`MISSING_KEY_REINIT_EVERY`] after the first, doubling to [`MISSING_KEY_REINIT_MAX`]) while
+//!   a key stays missing — one destroyed for good would otherwise have every workspace's
+//!   sessions reopened every few seconds, forever — and start again from the first once every
+//!   missing key is found. A key going missing and being found again are logged once each.
 //! - **Orphans**: before `C_GenerateKeyPair` the key store records its intent (the new
 //!   `CKA_ID`, see [`crate::keystore`]); a crash between the generation and the key file leaves
 //!   that intent, and the next start deletes the key pair it names if no key file records it.
@@ -51,7 +54,7 @@
 //! environment), held in locked memory for re-logins, and never logged.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -85,13 +88,17 @@ pub const ED25519_PARAMS: [&[u8]; 2] = [&[0x06, 0x03, 0x2b, 0x65, 0x70], b"\x13\
 /// service's health probe comes every half second, and a module reloading its token state on
 /// every one would keep a struggling HSM busy.
 pub const REINIT_EVERY: Duration = Duration::from_secs(1);
-/// Least time between two re-initialisations of the module because a recorded key was missing
-/// from a token that answers. A module may keep a stale view of the token's objects — SoftHSM2
-/// does not read object files put back behind its back, and an HSM restored from a backup or
-/// failed over to a replica may be seen the same way — so a key that is not found is looked
-/// for again through a fresh module; but a key that is really gone would otherwise have the
-/// module re-initialised (every workspace's sessions reopened) at every retry of its appends.
+/// Least time between the first two re-initialisations of the module because a recorded key
+/// was missing from a token that answers. A module may keep a stale view of the token's
+/// objects — SoftHSM2 does not read object files put back behind its back, and an HSM restored
+/// from a backup or failed over to a replica may be seen the same way — so a key that is not
+/// found is looked for again through a fresh module; but a key that is really gone would
+/// otherwise have the module re-initialised (every workspace's sessions reopened) at every
+/// retry of its appends. The wait doubles after each one that leaves a key missing.
 pub const MISSING_KEY_REINIT_EVERY: Duration = Duration::from_secs(5);
+/// The longest wait between two re-initialisations for a missing key: a key destroyed for good
+/// costs one every five minutes, and a key put back is found at most this long after.
+pub const MISSING_KEY_REINIT_MAX: Duration = Duration::from_secs(300);
 /// Signed once with every new key and verified with the public key read back from the token.
 const PROBE: &[u8] = b"allowly-signer: does this token key match its public key?\n";
 
@@ -352,14 +359,54 @@ struct Token {
     epoch: AtomicU64,
     /// When the module was last re-initialised (or tried to be).
     reinit_at: Mutex<Option<Instant>>,
-    /// A recorded key was not found on the token while it answered (see
-    /// [`MISSING_KEY_REINIT_EVERY`]), and when that last re-initialised the module.
-    missing_key: AtomicBool,
-    missing_reinit_at: Mutex<Option<Instant>>,
+    /// Recorded keys not found on the token while it answered, and when the module is
+    /// re-initialised next to look for them (see [`MISSING_KEY_REINIT_EVERY`]).
+    missing: Mutex<Missing>,
     next: AtomicUsize,
     /// Index into [`ED25519_PARAMS`] of the form the token took last.
     params: AtomicUsize,
     metrics: TokenMetrics,
+}
+
+/// Key objects a look-up did not find on a token that answered, and the re-initialisations
+/// that look for them again.
+#[derive(Debug, Default)]
+struct Missing {
+    /// The `CKA_ID`s not found (each removed when it is found again). At most one per key the
+    /// signer has loaded.
+    ids: std::collections::HashSet<Vec<u8>>,
+    /// A look-up failed since the last re-initialisation: another one is worth doing.
+    asked: bool,
+    retry: Backoff,
+}
+
+/// When the next re-initialisation for missing keys may run: at once the first time, then
+/// [`MISSING_KEY_REINIT_EVERY`] after it, the wait doubling after each one up to
+/// [`MISSING_KEY_REINIT_MAX`]; [`Backoff::default`] again once nothing is missing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Backoff {
+    last: Option<Instant>,
+    wait: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self { last: None, wait: MISSING_KEY_REINIT_EVERY }
+    }
+}
+
+impl Backoff {
+    fn due(&self, now: Instant) -> bool {
+        self.last.is_none_or(|t| now.duration_since(t) >= self.wait)
+    }
+
+    /// One ran at `now`: the next waits twice as long as this one did.
+    fn ran(&mut self, now: Instant) {
+        if self.last.is_some() {
+            self.wait = (self.wait * 2).min(MISSING_KEY_REINIT_MAX);
+        }
+        self.last = Some(now);
+    }
 }
 
 impl std::fmt::Debug for Token {
@@ -461,7 +508,9 @@ impl Token {
             // private object at all: that is a lost login, not a missing key). Signing fails
             // closed now; the health check looks again through a fresh module.
             if found.is_empty() && logged_in(s) {
-                self.missing_key.store(true, Ordering::Release);
+                self.key_missing(id);
+            } else if !found.is_empty() {
+                self.key_found(id);
             }
             Ok((epoch, found))
         })
@@ -589,49 +638,84 @@ impl Token {
         }
     }
 
-    /// A recorded key was missing from the token while it answered: re-initialises the module
-    /// (at most once per [`MISSING_KEY_REINIT_EVERY`]) so that the next look-up sees the token
-    /// as it is now. The token answers, so the check is `Ok` unless the re-initialisation
-    /// loses it.
+    /// A look-up on the token, logged in, found no object with `CKA_ID` `id`: its workspace's
+    /// signing fails closed, and the health check re-initialises the module to look again.
+    /// Logged when the key goes missing, not at every look-up.
+    fn key_missing(&self, id: &[u8]) {
+        let Ok(mut m) = self.missing.lock() else { return };
+        m.asked = true;
+        if m.ids.insert(id.to_vec()) {
+            self.metrics.keys_missing.set(i64::try_from(m.ids.len()).unwrap_or(i64::MAX));
+            self.metrics.missing_key_retry_seconds.set(m.retry.wait.as_secs() as i64);
+            tracing::warn!(token = %self.label, object_id = %hex::encode(id), "a recorded key was not found on the token (which answers): its workspace's signing fails closed, and the module is re-initialised to look for it again, {MISSING_KEY_REINIT_EVERY:?} after the first time and then twice as long each time up to {MISSING_KEY_REINIT_MAX:?}");
+        }
+    }
+
+    /// A look-up found `id`: if it was missing, it is not any more, and once nothing is
+    /// missing the re-initialisations start again from the shortest wait.
+    fn key_found(&self, id: &[u8]) {
+        let Ok(mut m) = self.missing.lock() else { return };
+        if m.ids.remove(id) {
+            tracing::info!(token = %self.label, object_id = %hex::encode(id), "a missing key was found on the token again: its workspace signs again");
+            self.metrics.keys_missing.set(i64::try_from(m.ids.len()).unwrap_or(i64::MAX));
+            if m.ids.is_empty() {
+                m.asked = false;
+                m.retry = Backoff::default();
+                self.metrics.missing_key_retry_seconds.set(0);
+            }
+        }
+    }
+
+    /// A recorded key was missing from the token while it answered, and has been asked for
+    /// since the last re-initialisation: re-initialises the module (when its [`Backoff`]
+    /// allows) so that the next look-up sees the token as it is now. The token answers, so the
+    /// check is `Ok` unless the re-initialisation loses it.
     fn look_for_missing_keys(&self) -> Result<()> {
         {
-            let Ok(mut at) = self.missing_reinit_at.lock() else { return Ok(()) };
+            let Ok(mut m) = self.missing.lock() else { return Ok(()) };
             let now = Instant::now();
-            if at.is_some_and(|t| now.duration_since(t) < MISSING_KEY_REINIT_EVERY) {
+            // Within REINIT_EVERY of another re-initialisation: asked again at the next check.
+            if !m.asked || !m.retry.due(now) || !self.reinit_due(now) {
                 return Ok(());
             }
-            *at = Some(now);
+            m.asked = false;
+            m.retry.ran(now);
+            self.metrics.missing_key_reinits.inc();
+            self.metrics.missing_key_retry_seconds.set(m.retry.wait.as_secs() as i64);
+            tracing::debug!(token = %self.label, missing = m.ids.len(), next_after = ?m.retry.wait, "re-initialising the module to look for missing keys");
         }
-        self.missing_key.store(false, Ordering::Release);
-        tracing::warn!(token = %self.label, "a recorded key was not found on the token; re-initialising the module to look again (its workspace's signing fails closed meanwhile)");
-        match self.reinitialise() {
-            Ok(()) => Ok(()),
-            // Within REINIT_EVERY of another re-initialisation: asked again at the next check.
-            Err(_) if self.live.read().is_ok_and(|l| l.is_ok()) => {
-                self.missing_key.store(true, Ordering::Release);
-                Ok(())
-            }
-            Err(e) => Err(e),
+        self.reinitialise_now()
+    }
+
+    /// Whether a re-initialisation may run at `now` (at most once per [`REINIT_EVERY`]); if so,
+    /// it counts as run from `now`.
+    fn reinit_due(&self, now: Instant) -> bool {
+        let Ok(mut at) = self.reinit_at.lock() else { return false };
+        if at.is_some_and(|t| now.duration_since(t) < REINIT_EVERY) {
+            return false;
         }
+        *at = Some(now);
+        true
     }
 
     /// Re-initialises the module and finds the token again (at most once per
     /// [`REINIT_EVERY`]); `Ok` once it answers.
     fn reinitialise(&self) -> Result<()> {
-        {
-            let Ok(mut at) = self.reinit_at.lock() else {
-                return Err(SignerError::Token { op: "re-initialising the module", detail: "poisoned".into() });
-            };
-            let now = Instant::now();
-            if at.is_some_and(|t| now.duration_since(t) < REINIT_EVERY) {
-                let why = self.live.read().ok().and_then(|l| l.as_ref().err().cloned()).unwrap_or_default();
-                return Err(Fail::Lost { op: "checking the token", why }.into());
-            }
-            *at = Some(now);
+        if !self.reinit_due(Instant::now()) {
+            let why = self.live.read().ok().and_then(|l| l.as_ref().err().cloned()).unwrap_or_default();
+            return Err(Fail::Lost { op: "checking the token", why }.into());
         }
+        self.reinitialise_now()
+    }
+
+    /// [`Token::reinitialise`] without the wait.
+    fn reinitialise_now(&self) -> Result<()> {
         let Ok(mut live) = self.live.write() else {
             return Err(SignerError::Token { op: "re-initialising the module", detail: "poisoned".into() });
         };
+        // A module re-initialised to look for missing keys had a token that answered: only a
+        // lost token's return is news.
+        let was_lost = live.is_err();
         // Every session goes (closed while the module is still initialised), then the module.
         *live = Err("re-initialising the module".into());
         self.epoch.fetch_add(1, Ordering::AcqRel);
@@ -650,7 +734,9 @@ impl Token {
                 *live = Ok(new);
                 self.metrics.reinits.with_label_values(&["ok"]).inc();
                 self.metrics.lost.set(0);
-                tracing::info!(token = %self.label, "PKCS#11 token found again (module re-initialised): keys are looked up again by CKA_ID, signing resumes");
+                if was_lost {
+                    tracing::info!(token = %self.label, "PKCS#11 token found again (module re-initialised): keys are looked up again by CKA_ID, signing resumes");
+                }
                 Ok(())
             }
             Err(e) => {
@@ -750,8 +836,7 @@ impl TokenBackend {
             live: RwLock::new(Ok(live)),
             epoch: AtomicU64::new(0),
             reinit_at: Mutex::new(None),
-            missing_key: AtomicBool::new(false),
-            missing_reinit_at: Mutex::new(None),
+            missing: Mutex::new(Missing::default()),
             next: AtomicUsize::new(0),
             params: AtomicUsize::new(0),
             metrics,
@@ -999,6 +1084,8 @@ impl KeyBackend for TokenBackend {
                 "the private key is not an Ed25519 key that was always sensitive and never extractable",
             ));
         }
+        // Missing before (its workspace unloaded meanwhile) and back now.
+        t.key_found(&id);
         Ok(Box::new(TokenKey { token: t.clone(), id, handle: Mutex::new(Some((epoch, private_h))), public: key }))
     }
 
@@ -1021,8 +1108,7 @@ impl KeyBackend for TokenBackend {
     fn check(&self) -> Result<()> {
         let t = &self.token;
         match t.probe() {
-            Ok(()) if t.missing_key.load(Ordering::Acquire) => t.look_for_missing_keys(),
-            Ok(()) => Ok(()),
+            Ok(()) => t.look_for_missing_keys(),
             Err(f) if f.token_gone() => {
                 let e = SignerError::from(f);
                 t.lose(&e.to_string());
@@ -1037,6 +1123,26 @@ impl KeyBackend for TokenBackend {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    /// Re-initialisations for a missing key: the first at once, then 5 s, 10 s, 20 s, … apart,
+    /// never more than 300 s, and from the start again once nothing is missing.
+    #[test]
+    fn missing_key_reinitialisations_back_off_to_a_cap() {
+        let t0 = Instant::now();
+        let mut b = Backoff::default();
+        assert!(b.due(t0));
+        let mut at = t0;
+        let mut gaps = Vec::new();
+        for _ in 0..10 {
+            assert!(b.due(at));
+            b.ran(at);
+            gaps.push(b.wait.as_secs());
+            assert!(!b.due(at + b.wait - Duration::from_millis(1)), "not before its wait");
+            at += b.wait;
+        }
+        assert_eq!(gaps, [5, 10, 20, 40, 80, 160, 300, 300, 300, 300]);
+        assert_eq!(Backoff::default().wait, MISSING_KEY_REINIT_EVERY);
+    }
 
     #[test]
     fn ec_points_decode_only_in_their_two_unambiguous_forms() {

@@ -233,6 +233,7 @@ fn outcome_label(r: &Response) -> &'static str {
             ErrorCode::StorageFailed => "storage_failed",
             ErrorCode::ReceiptRefused => "receipt_refused",
             ErrorCode::KeyStoreNotOpen => "key_store_not_open",
+            ErrorCode::TokenUnavailable => "token_unavailable",
             ErrorCode::Internal | ErrorCode::Unknown(_) => "internal",
         },
         _ => "ok",
@@ -341,7 +342,8 @@ fn answer(result: Result<Response>, peer_uid: u32, op: &str) -> Response {
     match result {
         Ok(r) => r,
         Err(e) => {
-            if e.code() == ErrorCode::Internal {
+            // The caller is told the code alone: what failed (the module's words) is logged here.
+            if matches!(e.code(), ErrorCode::Internal | ErrorCode::TokenUnavailable) {
                 tracing::error!(peer_uid, op, error = %e, "request failed");
             }
             error_response(&e)

@@ -588,13 +588,10 @@ impl WsState {
                 }
                 Err(e) => {
                     tracing::error!(workspace = %self.ws, error = %e, "signing a batch failed; nothing was released");
-                    // Each submitter is told the class of the failure (storage or not), so the
-                    // service can tell a failing disk from a bug.
-                    let storage = matches!(e, SignerError::Storage(_));
+                    // Each submitter is told the class of the failure (storage, token or
+                    // other), so the service can tell a failing disk or token from a bug.
                     for p in accepted {
-                        let cause = std::io::Error::other("signing failed");
-                        let e = if storage { SignerError::Storage(cause) } else { SignerError::Io(cause) };
-                        answers.push((p.reply, Err(e)));
+                        answers.push((p.reply, Err(e.class_again())));
                     }
                 }
             }

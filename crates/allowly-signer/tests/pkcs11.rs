@@ -18,8 +18,8 @@ use allowly_receipt::types::AnyReceipt;
 use allowly_receipt::verify::{verify_receipt, Outcome};
 use allowly_signer::keystore::{KeyBackend, KeyRef, KeyStore, MlockPolicy};
 use allowly_signer::pkcs11::{decode_ec_point, Pin, TokenBackend, TokenConfig, ED25519_PARAMS};
-use allowly_signer_proto::client::SignerClient;
-use allowly_signer_proto::KeyInfo;
+use allowly_signer_proto::client::{ClientError, SignerClient};
+use allowly_signer_proto::{ErrorCode, KeyInfo};
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::mechanism::eddsa::{EddsaParams, EddsaSignatureScheme};
 use cryptoki::mechanism::Mechanism;
@@ -30,8 +30,10 @@ use softhsm::{softhsm, SoftHsm, USER_PIN};
 use support::*;
 
 /// Every token this test binary uses, one per test (tests run in parallel).
-const TOKENS: &[&str] =
-    &["sign", "rotate", "refuse", "env", "loss", "idle", "gone", "stale", "curve", "orphan", "cut", "retire", "vanish"];
+const TOKENS: &[&str] = &[
+    "sign", "rotate", "refuse", "env", "loss", "idle", "gone", "stale", "curve", "orphan", "cut", "retire", "vanish",
+    "miss",
+];
 
 fn hsm() -> &'static SoftHsm {
     softhsm(TOKENS)
@@ -553,13 +555,15 @@ async fn a_token_that_goes_away_fails_the_signer_closed_and_signing_resumes_when
     let e =
         eventually("the signer to fail its health check", || s.diagnostics(), || async { c.ping().await.err() }).await;
     assert!(e.to_string().contains("PKCS#11 token is unavailable"), "{e}");
+    token_unavailable(c.ping().await, "Ping while the token is gone");
     for (&ws, (_, all, _)) in spaces.iter().zip(&logs) {
         let batch = bodies(ws, all.len(), 2);
-        let r = c.append_batch(ws, all.len() as u64, batch).await;
-        assert!(r.is_err(), "{ws}: signed while the token is gone: {r:?}");
+        token_unavailable(c.append_batch(ws, all.len() as u64, batch).await, ws);
     }
     let m = c.metrics().await.unwrap();
     assert_eq!(metric(&m, "allowly_signer_token_lost"), 1.0, "{m}");
+    let refused = r#"allowly_signer_requests_total{op="AppendBatch",outcome="token_unavailable"}"#;
+    assert_eq!(metric(&m, refused), 2.0, "{m}");
     assert_eq!(metric(&m, "allowly_signer_checkpoints_signed_total"), 2.0, "nothing signed meanwhile: {m}");
 
     std::fs::rename(&away, &home).unwrap();
@@ -581,6 +585,18 @@ async fn a_token_that_goes_away_fails_the_signer_closed_and_signing_resumes_when
     let (status, out, err) =
         run_with_deadline(Command::new(signer_bin()).args(["audit", "verify"]).arg(dir.join("audit.log")));
     assert_eq!(status.code(), Some(0), "{out}{err}");
+}
+
+/// What the signer tells a caller whose request the token failed: its own code, and no word of
+/// the module's (object ids, return values) — those are in its log.
+fn token_unavailable<T: std::fmt::Debug>(r: Result<T, ClientError>, what: &str) {
+    match r {
+        Err(ClientError::Remote(e)) => {
+            assert_eq!(e.code, ErrorCode::TokenUnavailable, "{what}: {e}");
+            assert_eq!(e.message, "the signer's PKCS#11 token is unavailable (see the signer's log)", "{what}");
+        }
+        other => panic!("{what}: expected a TokenUnavailable answer, got {other:?}"),
+    }
 }
 
 /// Stops a signer by SIGTERM and waits for its clean exit.
@@ -750,23 +766,14 @@ async fn key_objects_that_vanish_from_a_working_token_fail_signing_closed_until_
     all.extend(hashes(&batch));
     check_appended_without_proofs(ws, &all, &batch, &before, &v);
 
-    // Every object file of the token but the token's own.
     let (home, away) = (hsm().token_dir("vanish"), tmp.path().join("objects-away"));
-    std::fs::create_dir_all(&away).unwrap();
-    let moved: Vec<std::ffi::OsString> = std::fs::read_dir(&home)
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .filter(|n| n.to_str().is_some_and(|n| n.ends_with(".object") && n != "token.object"))
-        .collect();
+    let moved = move_key_objects("vanish", &away);
     assert_eq!(moved.len(), 2, "the workspace's key pair: {moved:?}");
-    for n in &moved {
-        std::fs::rename(home.join(n), away.join(n)).unwrap();
-    }
     let signed = metric(&c.metrics().await.unwrap(), "allowly_signer_checkpoints_signed_total");
     for _ in 0..3 {
         let r = c.append_batch(ws, all.len() as u64, bodies(ws, all.len(), 2)).await;
-        // (An append's failure is told as an internal one; the signer's log names the token.)
-        assert!(r.is_err(), "signed while the key is gone: {r:?}");
+        // Its own code (the signer's log names the key's CKA_ID and the module's answer).
+        token_unavailable(r, "an append while the key is gone");
     }
     let m = c.metrics().await.unwrap();
     assert_eq!(metric(&m, "allowly_signer_checkpoints_signed_total"), signed, "something was signed: {m}");
@@ -792,4 +799,114 @@ async fn key_objects_that_vanish_from_a_working_token_fail_signing_closed_until_
     let (status, out, err) =
         run_with_deadline(Command::new(signer_bin()).args(["audit", "verify"]).arg(dir.join("audit.log")));
     assert_eq!(status.code(), Some(0), "{out}{err}");
+}
+
+/// The object files of token `label` other than the token's own (its key objects), moved to
+/// `to`; their names.
+fn move_key_objects(label: &str, to: &Path) -> Vec<std::ffi::OsString> {
+    let home = hsm().token_dir(label);
+    std::fs::create_dir_all(to).unwrap();
+    let moved: Vec<std::ffi::OsString> = std::fs::read_dir(&home)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n.to_str().is_some_and(|n| n.ends_with(".object") && n != "token.object"))
+        .collect();
+    for n in &moved {
+        std::fs::rename(home.join(n), to.join(n)).unwrap();
+    }
+    moved
+}
+
+/// A key whose objects are gone from a token that answers (destroyed, or not restored yet) is
+/// looked for again by re-initialising the module — but less and less often: the first at
+/// once, the next 5 s later, then 10 s, 20 s, … (to at most 300 s), not every 5 s forever, and
+/// the signer says the key is missing once, not at every attempt. Driven the way the service
+/// drives it (a health check and the append retried every 100 ms), and timed on the signer's
+/// own count of those re-initialisations: three of them span 15 s (every 5 s: 10 s).
+/// Meanwhile every append is refused as `TokenUnavailable`. Put back, the key is found at the
+/// next re-initialisation, signs again, and the backoff starts over: the next key to go
+/// missing is looked for 5 s after the first attempt again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_key_is_looked_for_less_and_less_often_and_from_the_start_once_found() {
+    let (tmp, _dir, _sock, _pin, mut s) = served_on("miss");
+    let c = s.ready().await;
+    let ws = "ws_hsm_miss";
+    let keys = c.create_key(ws).await.unwrap();
+    let batch = bodies(ws, 0, 2);
+    let before = c.append_batch(ws, 0, batch.clone()).await.unwrap();
+    let mut all = hashes(&batch);
+    let away = tmp.path().join("objects-away");
+    let moved = move_key_objects("miss", &away);
+    assert_eq!(moved.len(), 2, "the workspace's key pair: {moved:?}");
+
+    let next = bodies(ws, all.len(), 1);
+    let reinits = |m: &str| metric(m, "allowly_signer_token_missing_key_reinitialisations_total");
+    let start = std::time::Instant::now();
+    let mut at = Vec::new();
+    for n in 1..=3 {
+        let m = eventually_within(
+            &format!("missing-key re-initialisation {n}"),
+            std::time::Duration::from_secs(60),
+            std::time::Duration::from_millis(100),
+            || s.diagnostics(),
+            || async {
+                let _ = c.ping().await;
+                let m = c.metrics().await.unwrap();
+                if reinits(&m) >= f64::from(n) {
+                    return Some(m);
+                }
+                // Not yet: the key stays missing (the module has not looked again).
+                token_unavailable(c.append_batch(ws, all.len() as u64, next.clone()).await, "append, key missing");
+                None
+            },
+        )
+        .await;
+        at.push(start.elapsed());
+        assert_eq!(reinits(&m), f64::from(n), "one at a time: {m}");
+        assert_eq!(metric(&m, "allowly_signer_token_keys_missing"), 1.0, "{m}");
+        // The wait after re-initialisation n: 5 s, 10 s, 20 s.
+        assert_eq!(metric(&m, "allowly_signer_token_missing_key_retry_seconds"), 5.0 * f64::from(1 << (n - 1)), "{m}");
+        if n == 2 {
+            // Back before the third: that one finds it.
+            for name in &moved {
+                std::fs::rename(away.join(name), hsm().token_dir("miss").join(name)).unwrap();
+            }
+        }
+    }
+    let span = at[2] - at[0];
+    assert!(span >= std::time::Duration::from_millis(14_500), "3 re-initialisations in {span:?}: {at:?}");
+    let missing_lines = |s: &Signer| s.stderr().matches("a recorded key was not found on the token").count();
+    assert_eq!(missing_lines(&s), 1, "said once:\n{}", s.diagnostics());
+
+    let after = eventually(
+        "the key to sign again",
+        || s.diagnostics(),
+        || async { c.append_batch(ws, all.len() as u64, next.clone()).await.ok() },
+    )
+    .await;
+    all.extend(hashes(&next));
+    let v = [verifier(ws, &keys[0])];
+    check_appended_without_proofs(ws, &all, &next, &after, &v);
+    check_extends(ws, &all, &before.checkpoint, &after.checkpoint, &v);
+    let m = c.metrics().await.unwrap();
+    assert_eq!(metric(&m, "allowly_signer_token_keys_missing"), 0.0, "{m}");
+    assert_eq!(metric(&m, "allowly_signer_token_missing_key_retry_seconds"), 0.0, "{m}");
+    assert_eq!(s.stderr().matches("a missing key was found on the token again").count(), 1, "{}", s.diagnostics());
+
+    // Missing again: the backoff starts from the first wait.
+    move_key_objects("miss", &away);
+    let m = eventually(
+        "the key to be missed again",
+        || s.diagnostics(),
+        || async {
+            let r = c.append_batch(ws, all.len() as u64, bodies(ws, all.len(), 1)).await;
+            token_unavailable(r, "append, key missing again");
+            let _ = c.ping().await;
+            let m = c.metrics().await.unwrap();
+            (reinits(&m) >= 4.0).then_some(m)
+        },
+    )
+    .await;
+    assert_eq!(metric(&m, "allowly_signer_token_missing_key_retry_seconds"), 5.0, "{m}");
+    assert_eq!(missing_lines(&s), 2, "said again, once:\n{}", s.diagnostics());
 }

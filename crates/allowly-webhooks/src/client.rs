@@ -26,6 +26,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
 use crate::destination::{self, Policy, NOT_ALLOWED};
+use crate::error::WebhookError;
 
 /// Most response-body bytes read (the start of it is kept in the attempt log on failure).
 pub const MAX_BODY_READ: usize = 4096;
@@ -188,8 +189,8 @@ impl Sender {
         };
         let exchange = async {
             let resp = self.client.request(req).await.map_err(|e| match refusal(&e) {
-                Some(r) => Refused(r),
-                None => Other(error_chain(&e)),
+                Some(r) => WebhookError::DestinationRefused(r),
+                None => WebhookError::Exchange(error_chain(&e)),
             })?;
             let status = resp.status().as_u16();
             let retry_after = resp
@@ -204,7 +205,7 @@ impl Sender {
                 Ok(b) => b.to_bytes(),
                 Err(_) => Bytes::new(),
             };
-            Ok::<_, ExchangeError>((status, retry_after, body))
+            Ok::<_, WebhookError>((status, retry_after, body))
         };
         match tokio::time::timeout(self.timeout, exchange).await {
             Err(_) => Outcome::Failed {
@@ -213,9 +214,9 @@ impl Sender {
                 error: format!("no answer within {} ms", self.timeout.as_millis()),
                 retry_after: None,
             },
-            Ok(Err(Refused(error))) => not_allowed(error),
-            Ok(Err(Other(error))) => {
-                Outcome::Failed { kind: FailKind::Connect, status: None, error, retry_after: None }
+            Ok(Err(WebhookError::DestinationRefused(error))) => not_allowed(error),
+            Ok(Err(e)) => {
+                Outcome::Failed { kind: FailKind::Connect, status: None, error: e.to_string(), retry_after: None }
             }
             Ok(Ok((status, _, _))) if (200..300).contains(&status) => Outcome::Delivered { status },
             Ok(Ok((410, _, _))) => Outcome::Gone,
@@ -231,14 +232,6 @@ impl Sender {
         }
     }
 }
-
-/// Why an exchange produced no response.
-enum ExchangeError {
-    /// The resolver refused every address of the host.
-    Refused(String),
-    Other(String),
-}
-use ExchangeError::{Other, Refused};
 
 fn not_allowed(error: String) -> Outcome {
     Outcome::Failed { kind: FailKind::NotAllowed, status: None, error, retry_after: None }

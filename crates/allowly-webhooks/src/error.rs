@@ -19,6 +19,15 @@ pub enum WebhookError {
     /// Serialising a payload or a document failed (never expected).
     #[error("encoding: {0}")]
     Encode(String),
+    /// A delivery's request was refused before it was sent: the resolver found only addresses
+    /// the destination policy refuses (the message names them). A delivery outcome, never
+    /// returned by the crate's API.
+    #[error("{0}")]
+    DestinationRefused(String),
+    /// A delivery's request got no response (connect, TLS or protocol failure; the message is
+    /// the error and its sources). A delivery outcome, never returned by the crate's API.
+    #[error("{0}")]
+    Exchange(String),
 }
 
 /// Shorthand used throughout the crate.

@@ -122,6 +122,8 @@ CommitTimeout = _code("CommitTimeout", Unavailable, "commit_timeout",
 ReadTimeout = _code("ReadTimeout", Unavailable, "read_timeout", "The data volume did not answer a read in time.")
 SignerStorageFailed = _code("SignerStorageFailed", Unavailable, "signer_storage_failed",
                             "The signer cannot write its journal.")
+SignerTokenUnavailable = _code("SignerTokenUnavailable", Unavailable, "signer_token_unavailable",
+                               "The signer's PKCS#11 token failed: nothing was signed, retry later.")
 SigningBacklog = _code("SigningBacklog", Unavailable, "signing_backlog", "Signing is too far behind.")
 WorkspaceLogDiverged = _code("WorkspaceLogDiverged", Unavailable, "workspace_log_diverged",
                              "The workspace's log disagrees with the signer's: an operator must resync.")

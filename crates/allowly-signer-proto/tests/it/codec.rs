@@ -173,7 +173,8 @@ fn error_code_u16_mapping_is_total_and_canonical() {
     assert_eq!(ErrorCode::from_u16(12), ErrorCode::StorageFailed);
     assert_eq!(ErrorCode::from_u16(13), ErrorCode::ReceiptRefused);
     assert_eq!(ErrorCode::from_u16(14), ErrorCode::KeyStoreNotOpen);
-    assert_eq!(ErrorCode::from_u16(15), ErrorCode::Unknown(15));
+    assert_eq!(ErrorCode::from_u16(15), ErrorCode::TokenUnavailable);
+    assert_eq!(ErrorCode::from_u16(16), ErrorCode::Unknown(16));
     assert_eq!(ErrorCode::from_u16(0), ErrorCode::Unknown(0));
 }
 

@@ -257,7 +257,23 @@ pub fn fresh(root: &Path) -> (PathBuf, PathBuf) {
 
 /// Polls `f` every 20 ms until it returns `Some`, panicking with `what` and `diag()` after
 /// [`DEADLINE`].
-pub async fn eventually<T, F, Fut>(what: &str, diag: impl Fn() -> String, mut f: F) -> T
+pub async fn eventually<T, F, Fut>(what: &str, diag: impl Fn() -> String, f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    eventually_within(what, DEADLINE, POLL, diag, f).await
+}
+
+/// [`eventually`] with its own deadline and poll interval (for what the signer does on a
+/// timescale of seconds).
+pub async fn eventually_within<T, F, Fut>(
+    what: &str,
+    deadline: Duration,
+    poll: Duration,
+    diag: impl Fn() -> String,
+    mut f: F,
+) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
@@ -267,8 +283,8 @@ where
         if let Some(v) = f().await {
             return v;
         }
-        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}\n{}", diag());
-        tokio::time::sleep(POLL).await;
+        assert!(start.elapsed() < deadline, "timed out waiting for {what}\n{}", diag());
+        tokio::time::sleep(poll).await;
     }
 }
 
