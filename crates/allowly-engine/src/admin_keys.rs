@@ -166,8 +166,8 @@ impl Engine {
     /// Every instance admin key, revoked ones too, in id order (no secrets): what an operator
     /// looks at before revoking one.
     pub async fn admin_keys(&self) -> Result<Page<ApiKeyView>> {
-        let store = self.shared().store.clone();
-        let keys = blocking(move || Ok(store.instance_api_keys(MAX_INSTANCE_KEYS)?)).await?;
+        // Off the async workers, within the request's bound (`Engine::read`).
+        let keys = self.read(|e| Ok(e.shared().store.instance_api_keys(MAX_INSTANCE_KEYS)?)).await?;
         let data = keys.iter().filter(|k| k.roles.contains(&Role::Admin)).map(views::api_key).collect::<Result<_>>()?;
         Ok(Page { data, has_more: false, next_cursor: None })
     }
