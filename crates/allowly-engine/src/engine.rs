@@ -226,8 +226,13 @@ impl Engine {
         if s.shutting_down.load(Ordering::Acquire) {
             causes.push(cause("shutting_down", "the server is stopping".to_owned()));
         }
-        if !signer {
-            causes.push(cause("signer_unavailable", s.health.detail().unwrap_or_else(|| "signer down".to_owned())));
+        if let Some(outage) = s.health.outage() {
+            // `signer_slow` or `signer_unavailable`: the same code as the refusals.
+            let detail = match &outage {
+                EngineError::SignerSlow(d) | EngineError::SignerUnavailable(d) => d.clone(),
+                other => other.to_string(),
+            };
+            causes.push(cause(outage.code(), detail));
         }
         causes.extend(s.faults.active().into_iter().map(|(f, detail)| cause(f.code(), detail)));
         let diverged = s.diverged.list();
