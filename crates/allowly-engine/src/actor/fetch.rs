@@ -60,6 +60,8 @@ pub(super) struct Fetched {
     docs: HashMap<(DocKind, String), std::result::Result<Option<serde_json::Value>, StoreError>>,
     authorizations: HashMap<String, std::result::Result<Option<AuthorizationRecord>, StoreError>>,
     api_keys: HashMap<String, std::result::Result<Option<ApiKeyRecord>, StoreError>>,
+    /// The webhook endpoints were loaded (into the shared cache), or tried.
+    endpoints: bool,
     /// The reads did not finish in time (`ReadTimeout`), or could not be run.
     failed: Option<EngineError>,
 }
@@ -147,7 +149,11 @@ impl WsState {
                 self.want_doc(&mut w, DocKind::Delivery, id);
                 w.follow = true;
             }
-            WsMsg::RevokeApiKey { id, .. } if !self.staged_keys.contains_key(id) => w.api_keys.push(id.clone()),
+            WsMsg::RevokeApiKey { id, .. }
+                if !self.staged_keys.contains_key(id) && !self.fetched.api_keys.contains_key(id) =>
+            {
+                w.api_keys.push(id.clone())
+            }
             WsMsg::SweepIdempotency { ids, .. } => {
                 for id in ids {
                     self.want_doc(&mut w, DocKind::Idempotency, id);
@@ -182,7 +188,8 @@ impl WsState {
     }
 
     fn want_endpoints(&self, w: &mut Wanted) {
-        w.endpoints = self.endpoints.is_none() && !self.shared.endpoints.is_loaded(&self.ws.id);
+        w.endpoints =
+            self.endpoints.is_none() && !self.fetched.endpoints && !self.shared.endpoints.is_loaded(&self.ws.id);
     }
 
     /// Reads what the request `msg` needs ([`WsState::wanted`]: its `Idempotency-Key` record
@@ -192,8 +199,10 @@ impl WsState {
     pub(super) async fn fetch_for(&mut self, msg: &WsMsg) -> bool {
         let Some(deadline) = msg.asker().map(|a| a.deadline()) else { return false };
         let mut fetched = false;
-        // At most two rounds: each reads what the one before did not, and a failure ends it.
-        while let Some(w) = self.wanted(msg) {
+        // Two rounds at most (the keyed record, then the rest): each reads only what was not
+        // read before, and a failure ends it.
+        for _ in 0..2 {
+            let Some(w) = self.wanted(msg) else { break };
             fetched = true;
             self.fetch(w, deadline).await;
             if self.fetched.failed.is_some() {
@@ -209,7 +218,7 @@ impl WsState {
         // answer must reach the asker before its own timer answers `commit_timeout`.
         let margin = self.shared.cfg.commit_timeout / 20;
         let until = deadline.checked_sub(margin).unwrap_or(deadline);
-        let (shared, ws) = (self.shared.clone(), self.ws.id.clone());
+        let (shared, ws, endpoints) = (self.shared.clone(), self.ws.id.clone(), w.endpoints);
         let read = move || {
             let store = &*shared.store;
             let mut f = Fetched::default();
@@ -252,6 +261,7 @@ impl WsState {
                 self.fetched.docs.extend(f.docs);
                 self.fetched.authorizations.extend(f.authorizations);
                 self.fetched.api_keys.extend(f.api_keys);
+                self.fetched.endpoints |= endpoints;
             }
             Err(e) => self.fetched.failed = Some(e),
         }
