@@ -189,7 +189,12 @@ impl Engine {
         }
         let store = s.store.clone();
         let keys = blocking(move || Ok(store.instance_api_keys(MAX_INSTANCE_KEYS)?)).await?;
-        let found = s.store.api_key_by_id(None, key_id).map_err(not_found_if_invalid("instance admin key"))?;
+        let id = key_id.to_owned();
+        let found = self
+            .read(move |e| {
+                e.shared().store.api_key_by_id(None, &id).map_err(not_found_if_invalid("instance admin key"))
+            })
+            .await?;
         let Some(mut k) = found.filter(|k| k.roles.contains(&Role::Admin)) else {
             return Err(EngineError::NotFound { what: "instance admin key" });
         };

@@ -397,7 +397,7 @@ impl Engine {
         caller_secret: &str,
     ) -> Result<CreatedApiKey> {
         let roles = validate::roles(req.roles.clone())?;
-        self.workspace_record(ws)?;
+        self.require_workspace(ws).await?;
         // Another caller with the same key is another request (its secret cannot open this
         // one's record).
         let idem = idempotency(idem, "api_key_create", &(&caller.key_id, &req))?;
@@ -419,8 +419,14 @@ impl Engine {
     /// Revokes API key `key_id` of workspace `ws` (NotFound if it is another workspace's).
     /// Revoking a revoked key is a Conflict.
     pub async fn revoke_api_key(&self, ws: &str, key_id: &str, idem: Option<&str>) -> Result<ApiKeyView> {
-        // Checked here so a malformed or foreign id never reaches (or starts) an actor.
-        let found = self.shared.store.api_key_by_id(Some(ws), key_id).map_err(not_found_if_invalid("API key"))?;
+        // Checked here so a malformed or foreign id never reaches (or starts) an actor; off the
+        // async workers, within the request's bound (`Engine::read`).
+        let (owned_ws, owned_id) = (ws.to_owned(), key_id.to_owned());
+        let found = self
+            .read(move |e| {
+                e.shared.store.api_key_by_id(Some(&owned_ws), &owned_id).map_err(not_found_if_invalid("API key"))
+            })
+            .await?;
         let Some(found) = found else { return Err(EngineError::NotFound { what: "API key" }) };
         let idem = idempotency(idem, "api_key_revoke", &key_id)?;
         let id = key_id.to_owned();
@@ -660,6 +666,13 @@ impl Engine {
             .ok_or(EngineError::NotFound { what: "workspace" })
     }
 
+    /// `NotFound` unless workspace `ws` exists, for a write checked before it reaches its actor:
+    /// a store read, so off the async workers and within the request's bound (`Engine::read`).
+    pub(crate) async fn require_workspace(&self, ws: &str) -> Result<()> {
+        let ws = ws.to_owned();
+        self.read(move |e| e.workspace_record(&ws).map(|_| ())).await
+    }
+
     /// A workspace.
     pub fn workspace(&self, ws: &str) -> Result<WorkspaceView> {
         views::workspace(&self.workspace_record(ws)?)
@@ -695,7 +708,7 @@ impl Engine {
     /// stays published, retired, with its `not_after`. Sequenced by the workspace's actor (see
     /// `actor/rotation.rs`). With an `Idempotency-Key`, a repeat gets the first answer.
     pub async fn rotate_workspace_key(&self, ws: &str, idem: Option<&str>) -> Result<KeyRotation> {
-        self.workspace_record(ws)?;
+        self.require_workspace(ws).await?;
         let idem = idempotency(idem, "workspace_key_rotate", &())?;
         self.fail_closed_unless_keyed(ws, idem.is_some())?;
         // A rotation waits for the pipeline, the signer and two synced writes (see
@@ -930,8 +943,10 @@ impl Engine {
     /// Revokes an authorization; answers once its revocation receipt is durable. Revoking a
     /// revoked authorization is a Conflict.
     pub async fn revoke_authorization(&self, ws: &str, id: &str, idem: Option<&str>) -> Result<AuthorizationChange> {
-        // Checked here so a malformed or foreign id never reaches (or starts) an actor.
-        self.authorization_record(ws, id)?;
+        // Checked here so a malformed or foreign id never reaches (or starts) an actor; off the
+        // async workers, within the request's bound (`Engine::read`).
+        let (owned_ws, owned_id) = (ws.to_owned(), id.to_owned());
+        self.read(move |e| e.authorization_record(&owned_ws, &owned_id).map(|_| ())).await?;
         let idem = idempotency(idem, "authorization_revoke", &id)?;
         self.fail_closed_unless_keyed(ws, idem.is_some())?;
         let id = id.to_owned();
@@ -962,7 +977,7 @@ impl Engine {
         if allowly_receipt::types::validate_id("nonce", nonce).is_err() {
             return Err(EngineError::NotFound { what: "confirmation" });
         }
-        self.workspace_record(ws)?;
+        self.require_workspace(ws).await?;
         let idem = idempotency(idem, "confirmation", &(nonce, &answer))?;
         self.fail_closed_unless_keyed(ws, idem.is_some())?;
         let owned = nonce.to_owned();
@@ -1026,7 +1041,7 @@ impl Engine {
         if allowly_receipt::types::validate_id("escalation_id", id).is_err() {
             return Err(EngineError::NotFound { what: "escalation" });
         }
-        self.workspace_record(ws)?;
+        self.require_workspace(ws).await?;
         let idem = idempotency(idem, "escalation_resolve", &(id, &answer))?;
         self.fail_closed_unless_keyed(ws, idem.is_some())?;
         let owned = id.to_owned();

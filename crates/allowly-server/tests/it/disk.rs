@@ -832,3 +832,44 @@ fn escalation_and_admin_key_reads_are_answered_within_the_commit_timeout() {
         assert_eq!(r.status, 200, "GET {path}: {r}");
     }
 }
+
+/// The checks some writes make before they reach their workspace's actor (issue 11): revoking
+/// an authorization (is it this workspace's?) and revoking an API key (the same), after a
+/// restart, on a volume whose reads turn 5 s slow (the admin key cached, nothing of what the
+/// checks read). Each is answered within `--commit-timeout-ms` plus slack (200, or 503
+/// `read_timeout` with nothing changed) and `/healthz` answers at once; once fast again each
+/// is done (or, if it was done in time, refused as done already).
+#[test]
+fn checks_before_a_write_reaches_its_actor_are_answered_within_the_commit_timeout() {
+    let (v, mut s) = ReadsVolume::start();
+    let t = tenant(&s, "slowrevokes", &["files.*"]);
+    let s = v.restart(&mut s);
+    let c = s.client();
+    // The admin key cached: its own read is not what is tested here.
+    assert_eq!(c.get(&format!("/v1/workspaces/{}", t.ws), Some(&t.admin)).status, 200);
+
+    v.slow_reads();
+    let paths = [
+        format!("/v1/authorizations/{}/revoke", t.az),
+        format!("/v1/workspaces/{}/api-keys/{}/revoke", t.ws, t.reader_id),
+    ];
+    let calls = paths
+        .iter()
+        .cloned()
+        .map(|path| -> Call {
+            let admin = t.admin.clone();
+            (format!("POST {path}"), Box::new(move || c.call("POST", &path, Some(&admin), None)))
+        })
+        .collect();
+    let answers = answered_within(c, calls, READ_BOUND, &format!("reads {READ_LATENCY:?} slow"));
+    assert!(timed_out(&answers) > 0, "no check waited for the volume: the test did not slow what they read");
+
+    v.fs.set_slowness(Slowness::Fast);
+    for (path, first) in paths.iter().zip(&answers) {
+        let r = c.call("POST", path, Some(&t.admin), None);
+        match first.status {
+            200 => assert!(problem_mismatch(&r, 409, "conflict").is_none(), "POST {path} again: {r}"),
+            _ => assert_eq!(r.status, 200, "POST {path}: {r}"),
+        }
+    }
+}
