@@ -112,6 +112,7 @@ const CODES: ReadonlyArray<readonly [string, Family]> = [
   ["too_many_connections", Unavailable],
   ["too_many_long_polls", Unavailable],
   ["signer_unavailable", Unavailable],
+  ["signer_slow", Unavailable],
   ["shutting_down", Unavailable],
   ["storage_full", Unavailable],
   ["storage_failed", Unavailable],

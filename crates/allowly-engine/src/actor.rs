@@ -93,6 +93,8 @@ pub(crate) struct WsArgs {
     /// the `Idempotency-Key` record its answer goes to.
     pub rotation_at: Option<u64>,
     pub rotation_idem: Option<allowly_store::IdempotencyRef>,
+    /// See [`last_receipt_ms`].
+    pub last_receipt_ms: u64,
     pub queued: Arc<AtomicUsize>,
     /// The handle's `last_used`: when the last request was sent (the actor's idleness).
     pub last_used: Arc<AtomicU64>,
@@ -146,6 +148,8 @@ pub(crate) struct WsState {
     /// Whether the staged ops enqueue webhook deliveries (the worker is woken after the commit).
     wake_webhooks: bool,
     flush_scheduled: bool,
+    /// What was read from the store for the request being decided (see `actor/fetch.rs`).
+    fetched: fetch::Fetched,
     /// When the last request was sent to this actor (ms, `now_ms`; set by `Engine::ask`).
     last_used: Arc<AtomicU64>,
     queued: Arc<AtomicUsize>,
@@ -158,14 +162,16 @@ const MAX_CACHED_AUTHORIZATIONS: usize = 65_536;
 pub(crate) struct WorkspaceActor;
 
 mod admin;
+mod fetch;
 mod hitl;
 mod rotation;
 mod webhooks;
 pub(crate) use hitl::{ConfirmationDoc, DueEntry, EscalationDoc, CONFIRMATION_DUE_SCOPE, DUE_SCOPE};
 
 /// The `time` of the newest stored receipt of `ws` (0 for an empty log, or if it cannot be
-/// read: the clock is then the only floor, as before the first receipt).
-fn last_receipt_ms(shared: &Shared, ws: &str, next_index: u64) -> u64 {
+/// read: the clock is then the only floor, as before the first receipt). A store read: called
+/// off the async workers as the actor is started (`Engine::actor_for`).
+pub(crate) fn last_receipt_ms(shared: &Shared, ws: &str, next_index: u64) -> u64 {
     let Some(last) = next_index.checked_sub(1) else { return 0 };
     match shared.store.receipt_at(ws, last) {
         Ok(Some(r)) => allowly_receipt::types::ReceiptBodyView::parse(&r.body).map_or(0, |b| b.time.unix_ms()),
@@ -199,7 +205,6 @@ impl Actor for WorkspaceActor {
         a.shared.metrics.actors_live.inc();
         a.shared.metrics.actor_starts.inc();
         myself.send_after(a.shared.cfg.idle_timeout, || WsMsg::IdleCheck);
-        let last_receipt_ms = last_receipt_ms(&a.shared, &a.ws.id, a.next_index);
         if a.rotation_at.is_some() {
             // A rotation a crash (or a signer that did not answer) left unfinished: finished
             // before anything else is recorded.
@@ -213,7 +218,7 @@ impl Actor for WorkspaceActor {
             auths: HashMap::new(),
             durable_group: None,
             state_hashes: Default::default(),
-            last_receipt_ms,
+            last_receipt_ms: a.last_receipt_ms,
             next_index: a.next_index,
             rotation_at: a.rotation_at,
             rotation_idem: a.rotation_idem,
@@ -228,6 +233,7 @@ impl Actor for WorkspaceActor {
             endpoints_changed: false,
             wake_webhooks: false,
             flush_scheduled: false,
+            fetched: Default::default(),
             last_used: a.last_used,
             queued: a.queued,
             _life: a.life,
@@ -301,6 +307,10 @@ impl Actor for WorkspaceActor {
         if s.rotation_at.is_some() && s.shared.health.is_up() {
             s.resume_rotation().await;
         }
+        // What the request reads that this actor does not hold is read now, off the async
+        // workers and within the request's deadline (`actor/fetch.rs`); a check of a cached
+        // authorization reads nothing.
+        let fetched = s.fetch_for(&msg).await;
         match msg {
             WsMsg::RotateKey { idem, reply } => {
                 let r = s.rotate_key(idem).await;
@@ -375,6 +385,9 @@ impl Actor for WorkspaceActor {
             | WsMsg::Passivate { .. }
             | WsMsg::Committed { .. }
             | WsMsg::ResumeRotation => {}
+        }
+        if fetched {
+            s.forget_fetched();
         }
         if !s.done.is_empty() && !s.flush_scheduled {
             s.flush_scheduled = true;
@@ -506,10 +519,16 @@ impl WsState {
         let (v, staged) = match self.overlay.get(&(kind, id.to_owned())) {
             Some((serde_json::Value::Null, _)) => return Ok(None),
             Some((v, _)) => (v.clone(), true),
-            None => match self.shared.store.doc(kind, &self.ws.id, id)? {
-                Some(v) => (v, false),
-                None => return Ok(None),
-            },
+            None => {
+                let stored = match self.fetched_doc(kind, id) {
+                    Some(r) => r?,
+                    None => self.shared.store.doc(kind, &self.ws.id, id)?,
+                };
+                match stored {
+                    Some(v) => (v, false),
+                    None => return Ok(None),
+                }
+            }
         };
         let d = serde_json::from_value(v).map_err(|e| EngineError::Internal(format!("stored {kind:?} {id}: {e}")))?;
         Ok(Some((d, staged)))
@@ -650,7 +669,10 @@ impl WsState {
         if let Some((a, _)) = self.auths.get(id) {
             return Ok(Some(a.clone()));
         }
-        let a = self.shared.store.authorization(&self.ws.id, id)?;
+        let a = match self.fetched_authorization(id) {
+            Some(r) => r?,
+            None => self.shared.store.authorization(&self.ws.id, id)?,
+        };
         if let Some(a) = &a {
             self.cache_authorization(a.clone(), None);
         }

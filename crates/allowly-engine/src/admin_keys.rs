@@ -166,8 +166,8 @@ impl Engine {
     /// Every instance admin key, revoked ones too, in id order (no secrets): what an operator
     /// looks at before revoking one.
     pub async fn admin_keys(&self) -> Result<Page<ApiKeyView>> {
-        let store = self.shared().store.clone();
-        let keys = blocking(move || Ok(store.instance_api_keys(MAX_INSTANCE_KEYS)?)).await?;
+        // Off the async workers, within the request's bound (`Engine::read`).
+        let keys = self.read(|e| Ok(e.shared().store.instance_api_keys(MAX_INSTANCE_KEYS)?)).await?;
         let data = keys.iter().filter(|k| k.roles.contains(&Role::Admin)).map(views::api_key).collect::<Result<_>>()?;
         Ok(Page { data, has_more: false, next_cursor: None })
     }
@@ -189,7 +189,12 @@ impl Engine {
         }
         let store = s.store.clone();
         let keys = blocking(move || Ok(store.instance_api_keys(MAX_INSTANCE_KEYS)?)).await?;
-        let found = s.store.api_key_by_id(None, key_id).map_err(not_found_if_invalid("instance admin key"))?;
+        let id = key_id.to_owned();
+        let found = self
+            .read(move |e| {
+                e.shared().store.api_key_by_id(None, &id).map_err(not_found_if_invalid("instance admin key"))
+            })
+            .await?;
         let Some(mut k) = found.filter(|k| k.roles.contains(&Role::Admin)) else {
             return Err(EngineError::NotFound { what: "instance admin key" });
         };

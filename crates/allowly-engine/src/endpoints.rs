@@ -28,19 +28,21 @@ pub(crate) struct Endpoints {
 }
 
 impl Endpoints {
-    /// Workspace `ws`'s endpoints. A load happens under the map's entry lock, so it cannot
-    /// overwrite a newer list [`Endpoints::publish`]ed meanwhile.
+    /// Workspace `ws`'s endpoints. The load runs outside the map's locks — on a stalled
+    /// volume it would hold a shard's lock, and every lookup of the shard's workspaces (on
+    /// async workers too), for as long — and is kept only if the entry is still vacant: a list
+    /// [`Endpoints::publish`]ed meanwhile is newer than what was loaded, and wins.
     pub fn get(&self, store: &dyn Store, ws: &str) -> Result<Arc<[Endpoint]>> {
         if let Some(e) = self.map.get(ws) {
             return Ok(e.clone());
         }
-        match self.map.entry(ws.to_owned()) {
-            dashmap::Entry::Occupied(e) => Ok(e.get().clone()),
-            dashmap::Entry::Vacant(v) => {
-                let list: Arc<[Endpoint]> = load(store, ws)?.into();
-                Ok(v.insert(list).clone())
-            }
-        }
+        let list: Arc<[Endpoint]> = load(store, ws)?.into();
+        Ok(self.map.entry(ws.to_owned()).or_insert(list).clone())
+    }
+
+    /// Whether `ws`'s endpoints are loaded (a [`Endpoints::get`] would not read the store).
+    pub fn is_loaded(&self, ws: &str) -> bool {
+        self.map.contains_key(ws)
     }
 
     /// Replaces `ws`'s list after a committed change.

@@ -40,6 +40,14 @@ pub const MAX_LIST_SCAN: usize = 10_000;
 /// Most receipts one export returns (larger trails or ranges are exported in parts).
 pub const MAX_EXPORT_RECEIPTS: u64 = 100_000;
 
+/// An evidence export's bound, in `commit_timeout`s ([`Engine::export_timeout`]). An export
+/// is long by nature — up to [`MAX_EXPORT_RECEIPTS`] receipts read in one scan, each with its
+/// inclusion proof — so the bound of one request's reads would refuse large exports on a
+/// healthy volume; but it must not wait for ever on a stalled one either (it holds one of the
+/// `MAX_PENDING_READS` places and its client's connection). Scaled with the commit timeout:
+/// an operator who allows a slower volume allows slower exports too.
+pub const EXPORT_TIMEOUT_FACTOR: u32 = 30;
+
 /// How often the signer is probed when nothing else talks to it.
 const PROBE_INTERVAL: Duration = Duration::from_millis(500);
 /// How often memory pressure is looked at (and unused workspace locks forgotten).
@@ -151,7 +159,8 @@ impl Engine {
             if meta.rotation_at.is_some() {
                 // Its actor finishes the key rotation a crash interrupted as it starts.
                 tracing::info!(workspace = %ws, "finishing a key rotation left unfinished by a previous run");
-                if let Err(e) = engine.actor_for(&ws).await {
+                let until = tokio::time::Instant::now() + shared.cfg.commit_timeout;
+                if let Err(e) = engine.actor_for(&ws, until).await {
                     tracing::warn!(workspace = %ws, error = %e, "cannot start the workspace to finish its key rotation");
                 }
             }
@@ -217,8 +226,13 @@ impl Engine {
         if s.shutting_down.load(Ordering::Acquire) {
             causes.push(cause("shutting_down", "the server is stopping".to_owned()));
         }
-        if !signer {
-            causes.push(cause("signer_unavailable", s.health.detail().unwrap_or_else(|| "signer down".to_owned())));
+        if let Some(outage) = s.health.outage() {
+            // `signer_slow` or `signer_unavailable`: the same code as the refusals.
+            let detail = match &outage {
+                EngineError::SignerSlow(d) | EngineError::SignerUnavailable(d) => d.clone(),
+                other => other.to_string(),
+            };
+            causes.push(cause(outage.code(), detail));
         }
         causes.extend(s.faults.active().into_iter().map(|(f, detail)| cause(f.code(), detail)));
         let diverged = s.diverged.list();
@@ -304,46 +318,32 @@ impl Engine {
     }
 
     /// Runs `f` — store reads for a request — off the async workers, and answers within
-    /// `commit_timeout` however slow the data volume: past it `ReadTimeout` (503
-    /// `read_timeout`, nothing changed), while the read goes on until the volume answers. At
-    /// most [`MAX_PENDING_READS`](crate::services::MAX_PENDING_READS) such reads run or wait at
-    /// once, those whose request timed out included; past that one is refused at once. Called
-    /// on an async worker, a read that blocked for the volume held up every request sharing the
-    /// worker (two of them on a 2-core machine), `/readyz` and `/healthz` too.
+    /// `commit_timeout` however slow the data volume ([`Services::read_until`]): past it
+    /// `ReadTimeout` (503 `read_timeout`, nothing changed), while the read goes on until the
+    /// volume answers. Called on an async worker, a read that blocked for the volume held up
+    /// every request sharing the worker (two of them on a 2-core machine), `/readyz` and
+    /// `/healthz` too.
+    ///
+    /// [`Services::read_until`]: crate::services::Services::read_until
     pub async fn read<T: Send + 'static>(&self, f: impl FnOnce(&Engine) -> Result<T> + Send + 'static) -> Result<T> {
-        let s = &self.shared;
-        let deadline = s.cfg.commit_timeout;
-        if s.pending_reads.fetch_add(1, Ordering::AcqRel) >= crate::services::MAX_PENDING_READS {
-            s.pending_reads.fetch_sub(1, Ordering::AcqRel);
-            s.metrics.read_timeouts.inc();
-            return Err(EngineError::ReadTimeout(format!(
-                "{} store reads are already waiting for the data volume; nothing was changed: retry shortly",
-                crate::services::MAX_PENDING_READS
-            )));
-        }
-        // The place is given back when the read ends, not when its request stops waiting.
-        struct Place(Arc<Shared>);
-        impl Drop for Place {
-            fn drop(&mut self) {
-                self.0.pending_reads.fetch_sub(1, Ordering::AcqRel);
-            }
-        }
-        let (engine, place) = (self.clone(), Place(s.clone()));
-        let read = tokio::task::spawn_blocking(move || {
-            let _place = place;
-            f(&engine)
-        });
-        match tokio::time::timeout(deadline, read).await {
-            Ok(r) => r.map_err(|e| EngineError::Internal(format!("read task: {e}")))?,
-            Err(_) => {
-                s.metrics.read_timeouts.inc();
-                Err(EngineError::ReadTimeout(format!(
-                    "the data volume did not answer a read within {} ms (--commit-timeout-ms); nothing was changed: \
-                     retry shortly",
-                    deadline.as_millis()
-                )))
-            }
-        }
+        self.read_within(self.shared.cfg.commit_timeout, f).await
+    }
+
+    /// [`Engine::read`] with another bound: an evidence export's ([`Engine::export_timeout`]).
+    pub async fn read_within<T: Send + 'static>(
+        &self,
+        bound: Duration,
+        f: impl FnOnce(&Engine) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let deadline = tokio::time::Instant::now() + bound;
+        let engine = self.clone();
+        self.shared.services.read_until(deadline, move || f(&engine)).await
+    }
+
+    /// How long an evidence export ([`Engine::export`]) may take before it is answered
+    /// `read_timeout`: [`EXPORT_TIMEOUT_FACTOR`] times `commit_timeout` (60 s by default).
+    pub fn export_timeout(&self) -> Duration {
+        self.shared.cfg.commit_timeout.saturating_mul(EXPORT_TIMEOUT_FACTOR)
     }
 
     /// The caller behind a secret, or `None` when the secret is unknown, malformed or revoked.
@@ -397,7 +397,7 @@ impl Engine {
         caller_secret: &str,
     ) -> Result<CreatedApiKey> {
         let roles = validate::roles(req.roles.clone())?;
-        self.workspace_record(ws)?;
+        self.require_workspace(ws).await?;
         // Another caller with the same key is another request (its secret cannot open this
         // one's record).
         let idem = idempotency(idem, "api_key_create", &(&caller.key_id, &req))?;
@@ -419,8 +419,14 @@ impl Engine {
     /// Revokes API key `key_id` of workspace `ws` (NotFound if it is another workspace's).
     /// Revoking a revoked key is a Conflict.
     pub async fn revoke_api_key(&self, ws: &str, key_id: &str, idem: Option<&str>) -> Result<ApiKeyView> {
-        // Checked here so a malformed or foreign id never reaches (or starts) an actor.
-        let found = self.shared.store.api_key_by_id(Some(ws), key_id).map_err(not_found_if_invalid("API key"))?;
+        // Checked here so a malformed or foreign id never reaches (or starts) an actor; off the
+        // async workers, within the request's bound (`Engine::read`).
+        let (owned_ws, owned_id) = (ws.to_owned(), key_id.to_owned());
+        let found = self
+            .read(move |e| {
+                e.shared.store.api_key_by_id(Some(&owned_ws), &owned_id).map_err(not_found_if_invalid("API key"))
+            })
+            .await?;
         let Some(found) = found else { return Err(EngineError::NotFound { what: "API key" }) };
         let idem = idempotency(idem, "api_key_revoke", &key_id)?;
         let id = key_id.to_owned();
@@ -660,6 +666,13 @@ impl Engine {
             .ok_or(EngineError::NotFound { what: "workspace" })
     }
 
+    /// `NotFound` unless workspace `ws` exists, for a write checked before it reaches its actor:
+    /// a store read, so off the async workers and within the request's bound (`Engine::read`).
+    pub(crate) async fn require_workspace(&self, ws: &str) -> Result<()> {
+        let ws = ws.to_owned();
+        self.read(move |e| e.workspace_record(&ws).map(|_| ())).await
+    }
+
     /// A workspace.
     pub fn workspace(&self, ws: &str) -> Result<WorkspaceView> {
         views::workspace(&self.workspace_record(ws)?)
@@ -695,7 +708,7 @@ impl Engine {
     /// stays published, retired, with its `not_after`. Sequenced by the workspace's actor (see
     /// `actor/rotation.rs`). With an `Idempotency-Key`, a repeat gets the first answer.
     pub async fn rotate_workspace_key(&self, ws: &str, idem: Option<&str>) -> Result<KeyRotation> {
-        self.workspace_record(ws)?;
+        self.require_workspace(ws).await?;
         let idem = idempotency(idem, "workspace_key_rotate", &())?;
         self.fail_closed_unless_keyed(ws, idem.is_some())?;
         // A rotation waits for the pipeline, the signer and two synced writes (see
@@ -738,11 +751,14 @@ impl Engine {
             s.metrics.overloaded.inc();
             return Err(EngineError::Overloaded);
         };
+        // One deadline for the whole request: starting its actor (store reads), the wait in the
+        // actor's queue, the actor's reads for it, and the synced write.
+        let until = tokio::time::Instant::now() + deadline;
         let (tx, rx) = oneshot::channel();
-        let mut msg = make(Reply::new(tx, admitted));
+        let mut msg = make(Reply::new(tx, admitted, until));
         let mut attempts = 0;
         loop {
-            let h = self.actor_for(ws).await?;
+            let h = self.actor_for(ws, until).await?;
             h.last_used.store(crate::clock::now_ms(), Ordering::Relaxed);
             if h.queued.fetch_add(1, Ordering::AcqRel) >= s.cfg.mailbox_capacity {
                 h.queued.fetch_sub(1, Ordering::AcqRel);
@@ -764,7 +780,7 @@ impl Engine {
                 }
             }
         }
-        match tokio::time::timeout(deadline, rx).await {
+        match tokio::time::timeout_at(until, rx).await {
             Ok(answer) => {
                 answer.map_err(|_| EngineError::Internal("workspace actor stopped before answering".into()))?
             }
@@ -775,7 +791,10 @@ impl Engine {
         }
     }
 
-    async fn actor_for(&self, ws: &str) -> Result<WsHandle> {
+    /// The running actor of `ws`, started if none runs. Starting one reads the workspace's
+    /// record, log position and newest receipt: off the async workers, answered by `until`
+    /// (`ReadTimeout` past it, nothing started).
+    async fn actor_for(&self, ws: &str, until: tokio::time::Instant) -> Result<WsHandle> {
         let s = &self.shared;
         if let Some(h) = s.actors.get(ws) {
             return Ok(h.clone());
@@ -790,8 +809,19 @@ impl Engine {
         }
         // Waits until a passivated predecessor has finished and let go of the workspace.
         let life = locks.life.clone().lock_owned().await;
-        let record = self.workspace_record(ws)?;
-        let meta = s.store.log_meta(ws)?.unwrap_or_default();
+        let owned = ws.to_owned();
+        let (record, meta, last_receipt_ms) = s
+            .services
+            .read_until(until, {
+                let engine = self.clone();
+                move || {
+                    let record = engine.workspace_record(&owned)?;
+                    let meta = engine.shared.store.log_meta(&owned)?.unwrap_or_default();
+                    let last = crate::actor::last_receipt_ms(&engine.shared, &owned, meta.next_index);
+                    Ok((record, meta, last))
+                }
+            })
+            .await?;
         let queued = Arc::new(AtomicUsize::new(0));
         let last_used = Arc::new(AtomicU64::new(crate::clock::now_ms()));
         let args = WsArgs {
@@ -800,6 +830,7 @@ impl Engine {
             next_index: meta.next_index,
             rotation_at: meta.rotation_at,
             rotation_idem: meta.rotation_idempotency,
+            last_receipt_ms,
             queued: queued.clone(),
             last_used: last_used.clone(),
             life,
@@ -912,8 +943,10 @@ impl Engine {
     /// Revokes an authorization; answers once its revocation receipt is durable. Revoking a
     /// revoked authorization is a Conflict.
     pub async fn revoke_authorization(&self, ws: &str, id: &str, idem: Option<&str>) -> Result<AuthorizationChange> {
-        // Checked here so a malformed or foreign id never reaches (or starts) an actor.
-        self.authorization_record(ws, id)?;
+        // Checked here so a malformed or foreign id never reaches (or starts) an actor; off the
+        // async workers, within the request's bound (`Engine::read`).
+        let (owned_ws, owned_id) = (ws.to_owned(), id.to_owned());
+        self.read(move |e| e.authorization_record(&owned_ws, &owned_id).map(|_| ())).await?;
         let idem = idempotency(idem, "authorization_revoke", &id)?;
         self.fail_closed_unless_keyed(ws, idem.is_some())?;
         let id = id.to_owned();
@@ -944,7 +977,7 @@ impl Engine {
         if allowly_receipt::types::validate_id("nonce", nonce).is_err() {
             return Err(EngineError::NotFound { what: "confirmation" });
         }
-        self.workspace_record(ws)?;
+        self.require_workspace(ws).await?;
         let idem = idempotency(idem, "confirmation", &(nonce, &answer))?;
         self.fail_closed_unless_keyed(ws, idem.is_some())?;
         let owned = nonce.to_owned();
@@ -980,7 +1013,10 @@ impl Engine {
 
     /// An escalation. One past its expiry is resolved to deny first (with its receipt).
     pub async fn escalation(&self, ws: &str, id: &str) -> Result<EscalationView> {
-        let doc: crate::actor::EscalationDoc = self.hitl_doc(DocKind::Escalation, ws, id, "escalation")?;
+        // Off the async workers, within the request's bound (`Engine::read`).
+        let (owned_ws, owned_id) = (ws.to_owned(), id.to_owned());
+        let doc: crate::actor::EscalationDoc =
+            self.read(move |e| e.hitl_doc(DocKind::Escalation, &owned_ws, &owned_id, "escalation")).await?;
         if !doc.is_overdue(now_ms()) {
             return doc.view(id);
         }
@@ -1005,7 +1041,7 @@ impl Engine {
         if allowly_receipt::types::validate_id("escalation_id", id).is_err() {
             return Err(EngineError::NotFound { what: "escalation" });
         }
-        self.workspace_record(ws)?;
+        self.require_workspace(ws).await?;
         let idem = idempotency(idem, "escalation_resolve", &(id, &answer))?;
         self.fail_closed_unless_keyed(ws, idem.is_some())?;
         let owned = id.to_owned();

@@ -61,6 +61,13 @@ pub enum EngineError {
     /// Nothing was changed.
     #[error("signer unavailable: {0}")]
     SignerUnavailable(String),
+    /// The signer answers (pings) but did not answer a signing exchange within
+    /// `--signer-timeout-ms`: there, but too slow to sign (its journal's volume is slow or
+    /// stalled, or its host overloaded). Decisions fail closed as for `SignerUnavailable`;
+    /// nothing was changed. Known once a ping answered after the exchange failed (the probe
+    /// pings every half second): before that the outage is `SignerUnavailable`.
+    #[error("signer too slow: {0}")]
+    SignerSlow(String),
     /// A fault below the process (a full or failing data volume, a signer that cannot write
     /// its journal, signing too far behind) fails the engine closed. Nothing was changed;
     /// retry once it clears (it clears by itself when its cause does). `detail` is for the log.
@@ -137,6 +144,7 @@ impl EngineError {
             Self::Overloaded => "overloaded",
             Self::TooManyWaiters => "too_many_long_polls",
             Self::SignerUnavailable(_) => "signer_unavailable",
+            Self::SignerSlow(_) => "signer_slow",
             Self::WorkspaceLogDiverged => "workspace_log_diverged",
             Self::WorkspaceLogBehindSigner => "workspace_log_behind_signer",
             Self::WorkspaceLogCatchingUp => "workspace_log_catching_up",

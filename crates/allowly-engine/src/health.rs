@@ -208,7 +208,21 @@ pub(crate) struct Health {
 struct HealthState {
     detail: Option<String>,
     signing_failed: bool,
+    /// The last failed signing exchange failed by taking longer than `signer_timeout`
+    /// ([`SIGNING_TIMED_OUT`]), not with an error or a lost connection.
+    timed_out: bool,
+    /// Down, and the signer answered a ping after a signing exchange timed out: it is there but
+    /// too slow to sign (its journal's volume, or an overloaded host), not gone. Refusals say
+    /// `signer_slow` rather than `signer_unavailable`, so an operator and a client can tell
+    /// them apart. Until a ping answers after the timed-out exchange this is not known, and the
+    /// outage is `signer_unavailable`; a failed ping, an exchange that fails otherwise (an
+    /// error, a lost connection) or a recovery ends it.
+    slow: bool,
 }
+
+/// Why a signing exchange failed when the signer did not answer it within `signer_timeout`:
+/// the `why` of [`Health::set_down`] that makes a signer answering pings [`HealthState::slow`].
+pub(crate) const SIGNING_TIMED_OUT: &str = "signer did not answer in time";
 
 impl Health {
     pub fn is_up(&self) -> bool {
@@ -232,6 +246,10 @@ impl Health {
     pub fn set_down(&self, m: &Metrics, why: &str) {
         let mut st = self.state();
         st.signing_failed = true;
+        st.timed_out = why == SIGNING_TIMED_OUT;
+        // Still slow while exchanges keep timing out (the signer answered a ping before);
+        // another failure says nothing about speed.
+        st.slow &= st.timed_out;
         Self::down(&self.up, &mut st, m, why);
     }
 
@@ -241,6 +259,7 @@ impl Health {
     pub fn pong(&self, m: &Metrics, nothing_to_sign: impl FnOnce() -> bool) {
         let mut st = self.state();
         if st.signing_failed && !nothing_to_sign() {
+            st.slow = st.timed_out;
             if !st.detail.as_deref().is_some_and(|d| d.contains(PONG_NOTE)) {
                 let why = st.detail.take().unwrap_or_else(|| "a signing exchange failed".into());
                 st.detail = Some(format!("{why}; {PONG_NOTE}"));
@@ -254,6 +273,8 @@ impl Health {
     /// The probe's ping failed.
     pub fn ping_failed(&self, m: &Metrics, why: &str) {
         let mut st = self.state();
+        // Not answering at all: gone, not slow.
+        st.slow = false;
         Self::down(&self.up, &mut st, m, why);
     }
 
@@ -262,6 +283,7 @@ impl Health {
             tracing::info!("signer is answering");
         }
         st.detail = None;
+        st.slow = false;
         m.signer_up.set(1);
     }
 
@@ -273,17 +295,31 @@ impl Health {
         m.signer_up.set(0);
     }
 
+    #[cfg(test)]
     pub fn detail(&self) -> Option<String> {
         self.state().detail.clone()
     }
 
+    /// Why the signer is down, as an error: [`EngineError::SignerSlow`] when it answers pings
+    /// but not signing exchanges in time, else [`EngineError::SignerUnavailable`]. `None` while up.
+    pub fn outage(&self) -> Option<EngineError> {
+        if self.is_up() {
+            return None;
+        }
+        let st = self.state();
+        let detail = st.detail.clone().unwrap_or_else(|| "signer down".into());
+        Some(if st.slow { EngineError::SignerSlow(detail) } else { EngineError::SignerUnavailable(detail) })
+    }
+
     /// Fails closed while the signer is down (counted): nothing may be decided or written.
     pub fn require_up(&self, m: &Metrics) -> Result<()> {
-        if self.is_up() {
-            return Ok(());
+        match self.outage() {
+            None => Ok(()),
+            Some(e) => {
+                m.failed_closed.inc();
+                Err(e)
+            }
         }
-        m.failed_closed.inc();
-        Err(EngineError::SignerUnavailable(self.detail().unwrap_or_else(|| "signer down".into())))
     }
 }
 
@@ -498,6 +534,40 @@ mod tests {
         assert!(!h.is_up());
         h.pong(&m, || panic!("nothing to ask: only a ping failed"));
         assert!(h.is_up());
+    }
+
+    /// A signer that answers pings while its signing exchanges time out is refused as
+    /// `signer_slow`; one that does not answer at all (or before any ping answered after the
+    /// failed exchange) as `signer_unavailable`; and a signer back up refuses nothing.
+    #[test]
+    fn a_signer_that_pongs_but_does_not_sign_is_slow_not_unavailable() {
+        let (h, m) = (Health::default(), Metrics::new());
+        let code = |h: &Health| h.require_up(&m).err().map(|e| e.code());
+        h.set_up(&m);
+        assert_eq!(code(&h), None);
+        h.set_down(&m, "signer did not answer in time");
+        assert_eq!(code(&h), Some("signer_unavailable"), "not known to be there yet");
+        h.pong(&m, || false);
+        assert_eq!(code(&h), Some("signer_slow"));
+        assert!(matches!(h.outage(), Some(EngineError::SignerSlow(d)) if d.contains(PONG_NOTE)));
+        h.set_down(&m, "signer did not answer in time");
+        assert_eq!(code(&h), Some("signer_slow"), "another exchange timing out: still there, still slow");
+        h.ping_failed(&m, "connection refused");
+        assert_eq!(code(&h), Some("signer_unavailable"), "gone now");
+        h.set_down(&m, "signer did not answer in time");
+        h.pong(&m, || false);
+        h.set_up(&m);
+        assert_eq!(code(&h), None);
+        h.set_down(&m, "signer did not answer in time");
+        assert_eq!(code(&h), Some("signer_unavailable"), "slowness is not remembered across a recovery");
+        h.set_down(&m, "the signer's PKCS#11 token is unavailable");
+        h.pong(&m, || false);
+        assert_eq!(code(&h), Some("signer_unavailable"), "it answered, with an error: not slow");
+        h.set_down(&m, SIGNING_TIMED_OUT);
+        h.pong(&m, || false);
+        assert_eq!(code(&h), Some("signer_slow"));
+        h.set_down(&m, "connection lost");
+        assert_eq!(code(&h), Some("signer_unavailable"), "a lost connection ends it");
     }
 
     #[test]

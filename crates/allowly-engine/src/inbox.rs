@@ -140,15 +140,20 @@ impl Engine {
         let deadline = tokio::time::Instant::now() + wait.min(self.shared().cfg.long_poll_max);
         let watchers = &self.shared().watchers;
         let watch = watchers.watch(ws, nonce)?;
+        // Each look off the async workers, within the request's bound (`Engine::read`).
+        let look = || {
+            let (ws, nonce) = (ws.to_owned(), nonce.to_owned());
+            self.read(move |e| e.confirmation(&ws, &nonce))
+        };
         loop {
             let changed = watch.changed();
-            let view = self.confirmation(ws, nonce)?;
+            let view = look().await?;
             if view.status != ConfirmationStatus::Pending || watchers.is_closed() {
                 return Ok(view);
             }
             let expiry = view.expires_at.unix_ms();
             if wait_for(changed, expiry, deadline).await {
-                return self.confirmation(ws, nonce);
+                return look().await;
             }
         }
     }

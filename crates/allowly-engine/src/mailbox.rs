@@ -12,6 +12,7 @@ use allowly_webhooks::{CreatedWebhook, NewWebhook, WebhookView};
 use ractor::ActorRef;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
+use tokio::time::Instant;
 
 use crate::error::Result;
 use crate::model::{
@@ -26,11 +27,15 @@ use crate::model::{
 pub(crate) struct Reply<T> {
     tx: oneshot::Sender<Result<T>>,
     _admitted: Admission,
+    /// When the asker stops waiting: a store read the actor makes for the request ends before
+    /// it (`WsState::fetch`), so the request is answered `read_timeout` rather than timing out
+    /// with an unknown outcome.
+    deadline: Instant,
 }
 
 impl<T> Reply<T> {
-    pub fn new(tx: oneshot::Sender<Result<T>>, admitted: Admission) -> Self {
-        Self { tx, _admitted: admitted }
+    pub fn new(tx: oneshot::Sender<Result<T>>, admitted: Admission, deadline: Instant) -> Self {
+        Self { tx, _admitted: admitted, deadline }
     }
 
     /// Sends the answer; gives it back if the asker stopped waiting.
@@ -42,6 +47,24 @@ impl<T> Reply<T> {
     /// then dropped undecided.
     pub fn is_abandoned(&self) -> bool {
         self.tx.is_closed()
+    }
+}
+
+/// What the actor asks of a request's reply whatever the type of its answer.
+pub(crate) trait Asker {
+    /// See [`Reply::is_abandoned`].
+    fn is_abandoned(&self) -> bool;
+    /// When the asker stops waiting.
+    fn deadline(&self) -> Instant;
+}
+
+impl<T> Asker for Reply<T> {
+    fn is_abandoned(&self) -> bool {
+        Reply::is_abandoned(self)
+    }
+
+    fn deadline(&self) -> Instant {
+        self.deadline
     }
 }
 
@@ -207,24 +230,48 @@ impl WsMsg {
     /// Whether this is a request whose asker stopped waiting (see [`Reply::is_abandoned`]);
     /// the actor's own messages never are.
     pub fn is_abandoned(&self) -> bool {
-        match self {
-            Self::CreateAuthorization { reply, .. } | Self::Revoke { reply, .. } => reply.is_abandoned(),
-            Self::Check { reply, .. } => reply.is_abandoned(),
-            Self::Confirm { reply, .. } | Self::Resolve { reply, .. } => reply.is_abandoned(),
-            Self::ExpireEscalation { reply, .. } => reply.is_abandoned(),
-            Self::SetScopeRules { reply, .. } => reply.is_abandoned(),
-            Self::SetRateLimit { reply, .. } => reply.is_abandoned(),
-            Self::CreateWebhook { reply, .. } | Self::RotateWebhookSecret { reply, .. } => reply.is_abandoned(),
-            Self::SetWebhookDisabled { reply, .. } => reply.is_abandoned(),
-            Self::DeleteWebhook { reply, .. } | Self::CancelDeliveries { reply, .. } => reply.is_abandoned(),
-            Self::RetryDelivery { reply, .. } => reply.is_abandoned(),
-            Self::CreateApiKey { reply, .. } => reply.is_abandoned(),
-            Self::RevokeApiKey { reply, .. } => reply.is_abandoned(),
-            Self::RotateKey { reply, .. } => reply.is_abandoned(),
-            Self::SweepIdempotency { reply, .. } => reply.is_abandoned(),
+        self.asker().is_some_and(|a| a.is_abandoned())
+    }
+
+    /// The reply of a request; `None` for the actor's own messages.
+    pub fn asker(&self) -> Option<&dyn Asker> {
+        Some(match self {
+            Self::CreateAuthorization { reply, .. } | Self::Revoke { reply, .. } => reply,
+            Self::Check { reply, .. } => reply,
+            Self::Confirm { reply, .. } | Self::Resolve { reply, .. } => reply,
+            Self::ExpireEscalation { reply, .. } => reply,
+            Self::SetScopeRules { reply, .. } => reply,
+            Self::SetRateLimit { reply, .. } => reply,
+            Self::CreateWebhook { reply, .. } | Self::RotateWebhookSecret { reply, .. } => reply,
+            Self::SetWebhookDisabled { reply, .. } => reply,
+            Self::DeleteWebhook { reply, .. } | Self::CancelDeliveries { reply, .. } => reply,
+            Self::RetryDelivery { reply, .. } => reply,
+            Self::CreateApiKey { reply, .. } => reply,
+            Self::RevokeApiKey { reply, .. } => reply,
+            Self::RotateKey { reply, .. } => reply,
+            Self::SweepIdempotency { reply, .. } => reply,
             Self::ResumeRotation | Self::Flush | Self::Committed { .. } | Self::IdleCheck | Self::Passivate { .. } => {
-                false
+                return None
             }
+        })
+    }
+
+    /// The request's `Idempotency-Key`, if it has one.
+    pub fn idem(&self) -> Option<&Idem> {
+        match self {
+            Self::CreateAuthorization { idem, .. }
+            | Self::Revoke { idem, .. }
+            | Self::Check { idem, .. }
+            | Self::Confirm { idem, .. }
+            | Self::Resolve { idem, .. }
+            | Self::CreateWebhook { idem, .. }
+            | Self::SetWebhookDisabled { idem, .. }
+            | Self::RotateWebhookSecret { idem, .. }
+            | Self::RetryDelivery { idem, .. }
+            | Self::CreateApiKey { idem, .. }
+            | Self::RevokeApiKey { idem, .. }
+            | Self::RotateKey { idem, .. } => idem.as_ref(),
+            _ => None,
         }
     }
 }
@@ -265,7 +312,7 @@ mod tests {
         let a = Arc::new(Admissions::default());
         let first = a.admit(2).expect("room");
         let (tx, rx) = oneshot::channel::<Result<u8>>();
-        let reply = Reply::new(tx, a.admit(2).expect("room"));
+        let reply = Reply::new(tx, a.admit(2).expect("room"), Instant::now());
         assert!(a.admit(2).is_none(), "a third past a bound of two");
         assert_eq!(a.pending(), 2);
 

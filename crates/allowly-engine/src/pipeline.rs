@@ -581,7 +581,7 @@ impl Signing {
         }
         let call = shared.sign_batcher.append(self.ws.clone(), from, bodies, self.expect.clone());
         match tokio::time::timeout(shared.cfg.signer_timeout, call).await {
-            Err(_) => Err(self.outage(shared, "signer did not answer in time")),
+            Err(_) => Err(self.outage(shared, crate::health::SIGNING_TIMED_OUT)),
             Ok(Ok(Signed { out, opened })) => {
                 shared.health.set_up(&shared.metrics);
                 shared.faults.signer_stored(&shared.metrics);

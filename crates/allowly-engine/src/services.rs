@@ -71,6 +71,55 @@ impl Services {
         self.health.is_up() && self.faults.first().is_none()
     }
 
+    /// Runs `f` — store reads — off the async workers, and answers by `deadline` however slow
+    /// the data volume: past it `ReadTimeout` (503 `read_timeout`, nothing changed), while the
+    /// read goes on until the volume answers. At most [`MAX_PENDING_READS`] such reads run or
+    /// wait at once, those whose request timed out included; past that one is refused at once
+    /// (each holds a thread of the blocking pool while the volume stalls).
+    pub async fn read_until<T: Send + 'static>(
+        self: &Arc<Self>,
+        deadline: tokio::time::Instant,
+        f: impl FnOnce() -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let timed_out = || {
+            self.metrics.read_timeouts.inc();
+            EngineError::ReadTimeout(format!(
+                "the data volume did not answer a read within this request's {} ms (--commit-timeout-ms); nothing \
+                 was changed: retry shortly",
+                self.cfg.commit_timeout.as_millis()
+            ))
+        };
+        // A request whose time is up (it waited behind others' reads) starts no read nobody
+        // would wait for.
+        if deadline <= tokio::time::Instant::now() {
+            return Err(timed_out());
+        }
+        if self.pending_reads.fetch_add(1, Ordering::AcqRel) >= MAX_PENDING_READS {
+            self.pending_reads.fetch_sub(1, Ordering::AcqRel);
+            self.metrics.read_timeouts.inc();
+            return Err(EngineError::ReadTimeout(format!(
+                "{MAX_PENDING_READS} store reads are already waiting for the data volume; nothing was changed: retry \
+                 shortly"
+            )));
+        }
+        // The place is given back when the read ends, not when its request stops waiting.
+        struct Place(Arc<Services>);
+        impl Drop for Place {
+            fn drop(&mut self) {
+                self.0.pending_reads.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        let place = Place(self.clone());
+        let read = tokio::task::spawn_blocking(move || {
+            let _place = place;
+            f()
+        });
+        match tokio::time::timeout_at(deadline, read).await {
+            Ok(r) => r.map_err(|e| EngineError::Internal(format!("read task: {e}")))?,
+            Err(_) => Err(timed_out()),
+        }
+    }
+
     /// One bounded ping; the health follows its outcome (the probe loop and start-up). A pong
     /// after a failed signing exchange counts only if `nothing_to_sign` ([`Health::pong`]).
     ///

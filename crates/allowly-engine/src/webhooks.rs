@@ -88,7 +88,7 @@ impl Engine {
             },
         )?;
         validate_scope_filter(&req.scopes)?;
-        self.workspace_record(ws)?;
+        self.require_workspace(ws).await?;
         let idem = idempotency(idem, "webhook_create", &req)?;
         self.ask(ws, |reply| crate::mailbox::WsMsg::CreateWebhook { req, idem, reply }).await
     }

@@ -532,13 +532,12 @@ fn page_limit(limit: Option<u64>) -> Result<usize, Problem> {
     Ok(limit as usize)
 }
 
-/// An evidence bundle as JSON Lines. Built off the async workers: it reads a whole trail or log
-/// range from the store.
+/// An evidence bundle as JSON Lines. Built off the async workers (it reads a whole trail or
+/// log range from the store), answered 503 `read_timeout` past the export's own bound
+/// ([`Engine::export_timeout`]: an export is long by nature).
 async fn export(engine: &Engine, ws: &str, scope: ExportScope) -> Result<Resp, Problem> {
-    let (engine, ws) = (engine.clone(), ws.to_owned());
-    let bytes = tokio::task::spawn_blocking(move || engine.export(&ws, scope))
-        .await
-        .map_err(|e| Problem::internal(format!("export task: {e}")))??;
+    let ws = ws.to_owned();
+    let bytes = engine.read_within(engine.export_timeout(), move |e| e.export(&ws, scope)).await?;
     Ok(with_type(StatusCode::OK, "application/x-ndjson", bytes))
 }
 

@@ -243,6 +243,16 @@ impl Problem {
                 internal: Some(why.clone()),
                 ..Self::new(StatusCode::SERVICE_UNAVAILABLE, code, e.to_string())
             },
+            EngineError::SignerSlow(_) => Self {
+                retry_after: Some(1),
+                internal: Some(e.to_string()),
+                ..Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    code,
+                    "the signer answers but too slowly to sign (is its journal's volume slow?); nothing was decided \
+                     or changed",
+                )
+            },
             EngineError::WorkspaceLogCatchingUp | EngineError::TooManyWaiters => {
                 Self { retry_after: Some(1), ..Self::new(StatusCode::SERVICE_UNAVAILABLE, code, e.to_string()) }
             }
@@ -414,6 +424,7 @@ impl Exposure {
                     engine(EngineError::ShuttingDown),
                     engine(EngineError::CommitTimeout { waited_ms: 0 }),
                     engine(EngineError::SignerUnavailable(String::new())),
+                    engine(EngineError::SignerSlow(String::new())),
                     engine(EngineError::Signer(String::new())),
                     engine(EngineError::WorkspaceLogDiverged),
                     engine(EngineError::WorkspaceLogBehindSigner),
@@ -518,6 +529,7 @@ mod tests {
         check(EngineError::Conflict("already revoked".into()), 409, "conflict", None);
         check(EngineError::Overloaded, 429, "overloaded", None);
         check(EngineError::SignerUnavailable("/secret/path.sock".into()), 503, "signer_unavailable", Some("/secret"));
+        check(EngineError::SignerSlow("/secret/path.sock".into()), 503, "signer_slow", Some("/secret"));
         check(EngineError::ShuttingDown, 503, "shutting_down", None);
         check(EngineError::CommitTimeout { waited_ms: 2000 }, 503, "commit_timeout", None);
         check(EngineError::ReadTimeout("slow".into()), 503, "read_timeout", None);

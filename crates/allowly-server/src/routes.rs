@@ -547,7 +547,7 @@ async fn handle(
             }
             return Err(Problem::unauthenticated("unknown or revoked API key"));
         };
-        rate_limit(app, &principal)?;
+        rate_limit(app, &principal).await?;
         cx.ws = auth::authorize(&principal, access, t.ws)?;
         cx.caller = Some((principal, secret));
     }
@@ -610,20 +610,33 @@ async fn run(route: Route, cx: Cx<'_>) -> Result<Resp, Problem> {
 }
 
 /// Counts a request of a workspace API key against its rate limit (the instance admin key is
-/// not limited: it is the operator's).
-fn rate_limit(app: &App, principal: &allowly_engine::model::Principal) -> Result<(), Problem> {
+/// not limited: it is the operator's). The key's workspace's setting is read only when the key
+/// is not tracked yet or a setting changed since — after a restart, on each key's first
+/// request —, off the async workers and within the request's bound (`Engine::read`): read on
+/// an async worker, it held every request sharing the worker while the data volume stalled.
+async fn rate_limit(app: &App, principal: &allowly_engine::model::Principal) -> Result<(), Problem> {
     let Some(ws) = principal.workspace_id.as_deref() else { return Ok(()) };
-    let setting = || match app.engine.workspace(ws) {
-        Ok(view) => Ok(view.rate_limit),
-        // A key whose workspace is gone: the default (its requests fail further on anyway).
-        Err(EngineError::NotFound { .. }) => Ok(None),
-        Err(e) => Err(Problem::from_engine(&e)),
-    };
-    match app.rate_limits.check(&principal.key_id, setting)? {
-        Ok(()) => Ok(()),
-        Err(limited) => {
-            app.metrics.front.rate_limited.inc();
-            Err(Problem::rate_limited(limited.retry_after))
+    /// The check needs the setting, and it has not been read (or was used by a check a
+    /// settings change made stale meanwhile: read again).
+    struct Unread;
+    let mut setting = None;
+    loop {
+        match app.rate_limits.check(&principal.key_id, || setting.take().ok_or(Unread)) {
+            Err(Unread) => {
+                let ws = ws.to_owned();
+                let read = app.engine.read(move |e| match e.workspace(&ws) {
+                    Ok(view) => Ok(view.rate_limit),
+                    // A key whose workspace is gone: the default (its requests fail further on anyway).
+                    Err(EngineError::NotFound { .. }) => Ok(None),
+                    Err(e) => Err(e),
+                });
+                setting = Some(read.await?);
+            }
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(limited)) => {
+                app.metrics.front.rate_limited.inc();
+                return Err(Problem::rate_limited(limited.retry_after));
+            }
         }
     }
 }

@@ -113,6 +113,8 @@ TooManyLongPolls = _code("TooManyLongPolls", Unavailable, "too_many_long_polls",
                          "Too many long-polls are waiting on the server.")
 SignerUnavailable = _code("SignerUnavailable", Unavailable, "signer_unavailable",
                           "The signer does not answer: decisions fail closed.")
+SignerSlow = _code("SignerSlow", Unavailable, "signer_slow",
+                   "The signer answers but signs too slowly: decisions fail closed.")
 ShuttingDown = _code("ShuttingDown", Unavailable, "shutting_down", "The server is stopping.")
 StorageFull = _code("StorageFull", Unavailable, "storage_full", "The data volume is full.")
 StorageFailed = _code("StorageFailed", Unavailable, "storage_failed", "The data volume failed a write.")

@@ -18,10 +18,13 @@ impl WsState {
         if let Some((k, _)) = self.staged_keys.get(id) {
             return Ok(Some(k.clone()));
         }
-        match self.shared.store.api_key_by_id(Some(&self.ws.id), id) {
-            Ok(k) => Ok(k),
-            Err(allowly_store::StoreError::InvalidId { .. }) => Ok(None),
-            Err(e) => Err(e.into()),
+        let stored = match self.fetched_api_key(id) {
+            Some(r) => r,
+            None => self.shared.store.api_key_by_id(Some(&self.ws.id), id).map_err(EngineError::from),
+        };
+        match stored {
+            Err(EngineError::Store(allowly_store::StoreError::InvalidId { .. })) => Ok(None),
+            other => other,
         }
     }
 

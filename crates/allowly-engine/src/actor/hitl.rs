@@ -89,6 +89,11 @@ pub(crate) struct ConfirmationDoc {
 }
 
 impl ConfirmationDoc {
+    /// The authorization it was opened for.
+    pub(super) fn authorization_id(&self) -> &str {
+        &self.opened.authorization_id
+    }
+
     pub(super) fn new(opened: Opened) -> Self {
         Self {
             opened,
@@ -176,6 +181,11 @@ pub(crate) struct EscalationDoc {
 }
 
 impl EscalationDoc {
+    /// The authorization it was opened for.
+    pub(super) fn authorization_id(&self) -> &str {
+        &self.opened.authorization_id
+    }
+
     pub(super) fn new(opened: Opened) -> Self {
         Self {
             opened,

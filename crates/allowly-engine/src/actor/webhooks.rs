@@ -28,7 +28,12 @@ impl WsState {
     pub(super) fn endpoint_list(&self) -> Result<Vec<Endpoint>> {
         match &self.endpoints {
             Some(list) => Ok(list.clone()),
-            None => Ok(self.shared.endpoints.get(&*self.shared.store, &self.ws.id)?.to_vec()),
+            None => {
+                if !self.shared.endpoints.is_loaded(&self.ws.id) {
+                    self.fetch_failed()?;
+                }
+                Ok(self.shared.endpoints.get(&*self.shared.store, &self.ws.id)?.to_vec())
+            }
         }
     }
 

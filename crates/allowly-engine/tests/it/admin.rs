@@ -73,6 +73,9 @@ async fn keyed_admin_writes_answer_repeats_with_the_first_answer() {
     assert_eq!(e.revoke_api_key(&ws, &first.key.id, Some("rev-1")).await.unwrap(), revoked);
     assert!(matches!(e.revoke_api_key(&ws, &first.key.id, None).await, Err(EngineError::Conflict(_))));
     assert_eq!(e.authenticate(&first.secret).unwrap(), None);
+    // Each request's reads ended before its deadline: an actor that read the key again and
+    // again (its fetch asking for what it had read already) answered only at the deadline.
+    assert_eq!(e.metrics().read_timeouts.get(), 0, "a request's store reads ran into its deadline");
 
     // Webhooks: one endpoint per key (the secret is the same on a repeat); disable/enable too.
     let hook = || new_hook("https://example.com/hook", EventType::EscalationRequested);
