@@ -35,12 +35,13 @@ impl Failure {
     }
 
     /// Two stores creating the schema at once: PostgreSQL's `CREATE TABLE IF NOT EXISTS` can
-    /// lose the race on a catalog row (23505) or the table (42P07); running it again finds the
-    /// table there.
+    /// lose the race on a catalog row (23505), the table (42P07) or the table's row type
+    /// (42710, "type … already exists": seen in CI with four stores opening at once); running
+    /// it again finds the table there.
     pub(crate) fn is_retryable_ddl(&self) -> bool {
         self.is_retryable()
             || matches!(self, Failure::Db(e) if e.code().is_some_and(|c| {
-                *c == SqlState::UNIQUE_VIOLATION || *c == SqlState::DUPLICATE_TABLE
+                *c == SqlState::UNIQUE_VIOLATION || *c == SqlState::DUPLICATE_TABLE || *c == SqlState::DUPLICATE_OBJECT
             }))
     }
 
