@@ -177,13 +177,12 @@ impl Batch {
 /// One request for `items`, each answered with its own result.
 async fn send(signer: &SignerClient, legacy: &AtomicBool, items: Vec<Item>) {
     if !legacy.load(Ordering::Relaxed) {
-        let mut appends = Vec::with_capacity(items.len());
-        let mut rest = Vec::with_capacity(items.len());
+        let (mut appends, mut expects, mut replies) = (Vec::new(), Vec::new(), Vec::new());
         for i in items {
             appends.push(i.append);
-            rest.push((i.expect, i.reply));
+            expects.push(i.expect);
+            replies.push(i.reply);
         }
-        let (expects, replies): (Vec<Expect>, Vec<Reply>) = rest.into_iter().unzip();
         match signer.append_many(appends).await {
             Ok(results) => {
                 let mut opened = open_all(&results, &expects).into_iter();

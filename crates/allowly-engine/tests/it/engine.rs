@@ -218,15 +218,7 @@ async fn signing_rounds_keep_to_the_instance_rate_and_shutdown_signs_without_wai
     };
     let e = Engine::start(store.clone() as Arc<dyn Store>, client(&root), cfg).await.unwrap();
     let started = std::time::Instant::now();
-    let mut grants = Vec::new();
-    for _ in 0..WORKSPACES {
-        let ws = workspace(&e).await;
-        let auth = e.create_authorization(&ws, grant(None), None).await.unwrap().authorization.id;
-        grants.push((ws, auth));
-    }
-    for (ws, auth) in &grants {
-        eventually("every grant signed", || async { all_signed(&e, ws, auth).await }).await;
-    }
+    let grants = signed_tenants(&e, WORKSPACES, "every grant signed").await;
     let elapsed = started.elapsed().as_secs_f64();
     let m = e.metrics();
     let rounds = m.sign_batch.get_sample_count();
@@ -905,15 +897,7 @@ async fn rounds_ready_while_the_signer_requests_are_out_share_the_next_request()
     // withheld requests.
     let cfg = EngineConfig { signer_timeout: Duration::from_secs(20), ..config() };
     let e = Engine::start(open_store(&root), c, cfg).await.unwrap();
-    let mut tenants = Vec::new();
-    for _ in 0..WORKSPACES {
-        let ws = workspace(&e).await;
-        let auth = e.create_authorization(&ws, grant(None), None).await.unwrap().authorization.id;
-        tenants.push((ws, auth));
-    }
-    for (ws, auth) in &tenants {
-        eventually("the set-up signed", || async { all_signed(&e, ws, auth).await }).await;
-    }
+    let tenants = signed_tenants(&e, WORKSPACES, "the set-up signed").await;
     let m = e.metrics();
     let requests_before = m.sign_request_workspaces.get_sample_count();
 
@@ -978,15 +962,7 @@ async fn a_badly_signed_checkpoint_among_good_ones_is_never_stored() {
     });
     let c = through_tampering_proxy(&root, |_: &Request| Act::Pass, Some(tamper)).await;
     let e = Engine::start(open_store(&root), c, config()).await.unwrap();
-    let mut tenants = Vec::new();
-    for _ in 0..WORKSPACES {
-        let ws = workspace(&e).await;
-        let auth = e.create_authorization(&ws, grant(None), None).await.unwrap().authorization.id;
-        tenants.push((ws, auth));
-    }
-    for (ws, auth) in &tenants {
-        eventually("the set-up signed", || async { all_signed(&e, ws, auth).await }).await;
-    }
+    let tenants = signed_tenants(&e, WORKSPACES, "the set-up signed").await;
     let (bad_ws, bad_auth) = tenants[3].clone();
     *victim.lock().unwrap() = Some(bad_ws.clone());
     let m = e.metrics();

@@ -100,6 +100,21 @@ pub async fn workspace(e: &Engine) -> String {
     e.create_workspace(NewWorkspace { name: "acme".into(), scope_rules: rules() }, None).await.unwrap().id
 }
 
+/// `n` workspaces with one grant each, `(workspace, authorization)`, once every grant's receipt
+/// is signed (`what` names the wait if it times out).
+pub async fn signed_tenants(e: &Engine, n: usize, what: &str) -> Vec<(String, String)> {
+    let mut tenants = Vec::with_capacity(n);
+    for _ in 0..n {
+        let ws = workspace(e).await;
+        let auth = e.create_authorization(&ws, grant(None), None).await.unwrap().authorization.id;
+        tenants.push((ws, auth));
+    }
+    for (ws, auth) in &tenants {
+        eventually(what, || async { all_signed(e, ws, auth).await }).await;
+    }
+    tenants
+}
+
 pub fn grant(expires_at: Option<Timestamp>) -> NewAuthorization {
     NewAuthorization {
         subject: "user-42".into(),
