@@ -122,6 +122,12 @@ pub(crate) struct WsState {
     rotation_at: Option<u64>,
     /// The `Idempotency-Key` record the reserved rotation's answer is to be filed under.
     rotation_idem: Option<allowly_store::IdempotencyRef>,
+    /// The rotation state this actor last wrote to the workspace's `LogMeta` record (`None`:
+    /// not written since it started or reloaded). The record is written only when that state
+    /// changes, not with every group: the log position is derived from the receipts (see
+    /// `Store::log_meta`), so the record is needed only for the rotation state and to list
+    /// the workspace among those with a log.
+    meta_written: Option<(Option<u64>, Option<allowly_store::IdempotencyRef>)>,
     /// Unix ms of the newest receipt time this actor gave out (or found in the store): receipt
     /// times never go backwards along the log, even if the wall clock steps back, because the
     /// signer refuses a receipt older than the previous one (see [`Self::receipt_now`]).
@@ -222,6 +228,7 @@ impl Actor for WorkspaceActor {
             next_index: a.next_index,
             rotation_at: a.rotation_at,
             rotation_idem: a.rotation_idem,
+            meta_written: None,
             ops: Vec::new(),
             done: Vec::new(),
             epoch: crate::commit::new_epoch(),
@@ -550,14 +557,19 @@ impl WsState {
         }
         let done = std::mem::take(&mut self.done);
         let mut ops = std::mem::take(&mut self.ops);
-        ops.push(Op::PutLogMeta {
-            workspace_id: self.ws.id.clone(),
-            meta: allowly_store::LogMeta {
-                next_index: self.next_index,
-                rotation_at: self.rotation_at,
-                rotation_idempotency: self.rotation_idem.clone(),
-            },
-        });
+        let rotation = (self.rotation_at, self.rotation_idem.clone());
+        if self.meta_written.as_ref() != Some(&rotation) {
+            ops.push(Op::PutLogMeta {
+                workspace_id: self.ws.id.clone(),
+                meta: allowly_store::LogMeta {
+                    next_index: self.next_index,
+                    rotation_at: rotation.0,
+                    rotation_idempotency: rotation.1.clone(),
+                },
+            });
+            // If this group fails, `reload` forgets it and the next group writes it again.
+            self.meta_written = Some(rotation);
+        }
         let (group, epoch, next_index) = (self.group, self.epoch, self.next_index);
         self.group += 1;
         let publish = if std::mem::take(&mut self.endpoints_changed) { self.endpoints.clone() } else { None };
@@ -643,6 +655,7 @@ impl WsState {
         self.endpoints = None;
         self.endpoints_changed = false;
         self.wake_webhooks = false;
+        self.meta_written = None;
         match (self.shared.store.workspace(&self.ws.id), self.shared.store.log_meta(&self.ws.id)) {
             (Ok(Some(ws)), Ok(meta)) => {
                 self.rules = rules_of(&ws);

@@ -39,7 +39,7 @@
 //!
 //! A receipt is signed once a checkpoint of a size above its log index is stored: nothing is
 //! rewritten when a batch is signed, and the unsigned receipts of a workspace are the `receipts`
-//! range `[newest checkpoint size, log_meta.next_index)` — a seek, not a queue scanned from its
+//! range `[newest checkpoint size, next index)` (one past the newest receipt) — a seek, not a queue scanned from its
 //! head over the tombstones of everything already signed.
 //!
 //! An authorization's trail head (the next `seq` and the previous receipt's leaf hash) is not

@@ -254,9 +254,9 @@ fn checkpoint_at_or_after(e: &impl KvEngine, ws: &str, size: u64) -> Result<Opti
 }
 
 /// Every workspace whose log has leaves beyond its newest stored checkpoint, or a key rotation
-/// not yet stored (`LogMeta::rotation_at`): one pass over
-/// `log_meta` (one entry per workspace) and one reverse seek per workspace, never a scan of
-/// receipts.
+/// not yet stored (`LogMeta::rotation_at`): one pass over `log_meta` (one entry per workspace)
+/// and at most two seeks per workspace (its newest checkpoint, then a receipt at or past that
+/// size), never a scan of receipts.
 fn workspaces_with_unsigned(e: &impl KvEngine) -> Result<Vec<String>> {
     e.read(|view| {
         let mut out = Vec::new();
@@ -273,7 +273,13 @@ fn workspaces_with_unsigned(e: &impl KvEngine) -> Result<Vec<String>> {
                     .ok_or_else(|| corrupt(Space::LogMeta, k, "key is not a workspace id"))?;
                 let meta: LogMeta = decode(Space::LogMeta, k, v)?;
                 let signed = first_checkpoint(view, ws, &keys::ws_start(ws), true)?.map_or(0, |(size, _)| size);
-                if meta.next_index > signed || meta.rotation_at.is_some() {
+                // The stored `next_index` may lag the log (see `log_meta`): a receipt at or past
+                // the signed size is what says there is something to sign.
+                let unsigned = meta.next_index > signed
+                    || !view
+                        .scan(Space::Receipts, &keys::ws_u64(ws, signed), Some(&keys::ws_end(ws)), 1, false)?
+                        .is_empty();
+                if unsigned || meta.rotation_at.is_some() {
                     out.push(ws.to_owned());
                 }
             }
@@ -282,10 +288,37 @@ fn workspaces_with_unsigned(e: &impl KvEngine) -> Result<Vec<String>> {
     })
 }
 
+/// A workspace's log position. `next_index` is not rewritten by every commit (it was one more
+/// key per workspace per group, the same key thousands of times over in every memtable when
+/// the load is spread over many workspaces): the sequencer writes the record when its rotation
+/// state changes, and the position is the stored `next_index` or one past the newest receipt,
+/// whichever is larger. The log itself is the truth, so the two can never disagree after a
+/// crash either. One seek: receipts at or past the stored value.
 fn log_meta(e: &impl KvEngine, ws: &str) -> Result<Option<LogMeta>> {
     check_id("workspace_id", ws)?;
     let key = keys::workspace(ws);
-    e.get(Space::LogMeta, &key)?.map(|v| decode(Space::LogMeta, &key, &v)).transpose()
+    e.read(|view| {
+        let stored =
+            view.get(Space::LogMeta, &key)?.map(|v| decode::<LogMeta>(Space::LogMeta, &key, &v)).transpose()?;
+        let floor = stored.as_ref().map_or(0, |m| m.next_index);
+        let newest = view.scan(Space::Receipts, &keys::ws_u64(ws, floor), Some(&keys::ws_end(ws)), 1, true)?;
+        let past_newest = match newest.first() {
+            None => None,
+            Some((k, _)) => Some(
+                keys::u64_suffix(k, ws.len() + 1)
+                    .ok_or_else(|| corrupt(Space::Receipts, k, "bad key length"))?
+                    .saturating_add(1),
+            ),
+        };
+        Ok(match (stored, past_newest) {
+            (None, None) => None,
+            (stored, past_newest) => {
+                let mut meta = stored.unwrap_or_default();
+                meta.next_index = meta.next_index.max(past_newest.unwrap_or(0));
+                Some(meta)
+            }
+        })
+    })
 }
 
 fn check_doc(space: Space, key: &[u8], bytes: &[u8], ws: Option<&str>, id: Option<&str>) -> Result<codec::StoredDoc> {

@@ -66,13 +66,14 @@ pub trait Store: Send + Sync + 'static {
     fn checkpoint_at_or_after(&self, ws: &str, size: u64) -> Result<Option<(u64, String)>>;
     /// Up to `limit` `(log index, leaf hash)` pairs at indices `[from, to)`, in log order (what
     /// reconciling with the signer compares). The unsigned leaves are the range `[newest
-    /// checkpoint's size, log_meta.next_index)`, so reading them costs the same whatever the
+    /// checkpoint's size, log_meta().next_index)`, so reading them costs the same whatever the
     /// log's history.
     fn leaf_hashes(&self, ws: &str, from: u64, to: u64, limit: usize) -> Result<Vec<(u64, [u8; 32])>>;
     /// Every workspace whose log has leaves beyond its newest stored checkpoint, or a key
     /// rotation not yet stored (what a restart must finish signing).
     fn workspaces_with_unsigned(&self) -> Result<Vec<String>>;
-    /// A workspace's log position.
+    /// A workspace's log position: the stored record, with `next_index` at least one past the
+    /// newest stored receipt (the record is not rewritten by every commit).
     fn log_meta(&self, ws: &str) -> Result<Option<LogMeta>>;
     /// A document of workspace `ws`.
     fn doc(&self, kind: DocKind, ws: &str, id: &str) -> Result<Option<serde_json::Value>>;

@@ -144,13 +144,14 @@ pub fn unsigned_leaves<S: Store>(s: &S) {
     assert!(s.workspaces_with_unsigned().unwrap().is_empty());
     let recs: Vec<ReceiptRecord> = (0..300u64).map(|i| receipt("w", &format!("p{i}"), i, None)).collect();
     write(s, recs.iter().rev().cloned().map(Op::PutReceipt).collect());
-    // The log's size is what log_meta says (the sequencer writes both in one batch).
+    // A workspace is listed by its log_meta record, which the sequencer writes with its first
+    // receipts; the log's size is one past the newest receipt, whatever the record's
+    // `next_index` (not rewritten by every commit, so usually behind).
     assert!(s.workspaces_with_unsigned().unwrap().is_empty(), "no log_meta: no log");
-    write(
-        s,
-        vec![Op::PutLogMeta { workspace_id: "w".into(), meta: LogMeta { next_index: 300, ..LogMeta::default() } }],
-    );
+    assert_eq!(s.log_meta("w").unwrap().map(|m| m.next_index), Some(300), "size from the receipts");
+    write(s, vec![Op::PutLogMeta { workspace_id: "w".into(), meta: LogMeta { next_index: 1, ..LogMeta::default() } }]);
     assert_eq!(s.workspaces_with_unsigned().unwrap(), ["w"]);
+    assert_eq!(s.log_meta("w").unwrap().map(|m| m.next_index), Some(300), "a stale record");
 
     let pairs = |rs: &[ReceiptRecord]| rs.iter().map(|r| (r.log_index, r.leaf)).collect::<Vec<_>>();
     assert_eq!(s.leaf_hashes("w", 0, 300, 260).unwrap(), pairs(&recs[..260]), "log order, limit");
@@ -170,10 +171,13 @@ pub fn unsigned_leaves<S: Store>(s: &S) {
     let rotating = LogMeta { next_index: 300, rotation_at: Some(300), ..LogMeta::default() };
     write(s, vec![Op::PutLogMeta { workspace_id: "w".into(), meta: rotating }]);
     assert_eq!(s.workspaces_with_unsigned().unwrap(), ["w"]);
-    write(
-        s,
-        vec![Op::PutLogMeta { workspace_id: "w".into(), meta: LogMeta { next_index: 300, ..LogMeta::default() } }],
-    );
+    write(s, vec![Op::PutLogMeta { workspace_id: "w".into(), meta: LogMeta { next_index: 1, ..LogMeta::default() } }]);
+    assert!(s.workspaces_with_unsigned().unwrap().is_empty());
+    // A receipt past the newest checkpoint is unsigned, however stale the record.
+    write(s, vec![Op::PutReceipt(receipt("w", "p300", 300, None))]);
+    assert_eq!(s.workspaces_with_unsigned().unwrap(), ["w"]);
+    assert_eq!(s.log_meta("w").unwrap().map(|m| m.next_index), Some(301));
+    write(s, vec![Op::PutCheckpoint { workspace_id: "w".into(), size: 301, note: "n301".into() }]);
     assert!(s.workspaces_with_unsigned().unwrap().is_empty());
 
     // Body bytes come back exactly as written: newlines, escapes, non-ASCII.
@@ -341,7 +345,8 @@ pub fn tenant_isolation<S: Store>(s: &S) {
         assert_eq!(s.latest_checkpoint(ws).unwrap(), Some((256 + n, format!("{ws} {n}"))));
         assert_eq!(s.checkpoint_at_or_after(ws, 256 + n + 1).unwrap(), None);
         assert_eq!(s.node(ws, 0, 256).unwrap(), Some([n as u8; 32]));
-        assert_eq!(s.log_meta(ws).unwrap().unwrap().next_index, n);
+        // One past its own newest receipt (the record says `n`): another's would be further.
+        assert_eq!(s.log_meta(ws).unwrap().unwrap().next_index, 256 + n + 1);
         assert_eq!(s.authorization(ws, "auth").unwrap().unwrap().workspace_id, *ws);
         assert_eq!(s.receipt_at(ws, 256).unwrap().unwrap().workspace_id, *ws);
     }
