@@ -232,7 +232,7 @@ fn a_failed_fsync_can_drop_the_unsynced_data() {
     use std::os::unix::fs::FileExt as _;
     let mut rig = Rig::new();
     let path = rig.path("audit.log");
-    let mut f = OpenOptions::new().create(true).read(true).write(true).open(&path).unwrap();
+    let mut f = OpenOptions::new().create(true).truncate(true).read(true).write(true).open(&path).unwrap();
     f.write_all(b"synced").unwrap();
     f.sync_all().unwrap();
     sync_dir(&rig.at);
