@@ -282,7 +282,7 @@ impl Actor for WorkspaceActor {
                         for d in std::mem::take(&mut s.done) {
                             d(Err(crate::commit::after_failed_commit(failed.as_ref())));
                         }
-                        s.reload();
+                        s.reload().await;
                     }
                 }
                 return Ok(());
@@ -310,6 +310,11 @@ impl Actor for WorkspaceActor {
             // `commit_timeout`): dropped undecided, so nothing of it is ever written.
             s.shared.metrics.abandoned.inc();
             return Ok(());
+        }
+        if s.next_index == u64::MAX {
+            // A reload failed (see `WsState::reload`): tried again before this request is
+            // decided, here where it can be awaited off the async workers.
+            s.reload().await;
         }
         if s.rotation_at.is_some() && s.shared.health.is_up() {
             s.resume_rotation().await;
@@ -643,8 +648,13 @@ impl WsState {
     }
 
     /// Forgets everything not known to be durable. If even the reload fails, the next request
-    /// fails too and reloads again (the state stays "unknown", never guessed).
-    fn reload(&mut self) {
+    /// reloads again first, and fails if that fails too (the state stays "unknown", never
+    /// guessed). The reads run off the async workers ([`Services::read_in_background`]): made
+    /// inline, after a failed commit on a stalled volume they held the actor's worker, and
+    /// every request and timer sharing it, until the volume answered.
+    ///
+    /// [`Services::read_in_background`]: crate::services::Services::read_in_background
+    async fn reload(&mut self) {
         // Groups already handed over on top of the failed one are refused by the committer
         // (their epoch failed); everything from here on is decided on the reloaded state.
         self.epoch = crate::commit::new_epoch();
@@ -656,8 +666,10 @@ impl WsState {
         self.endpoints_changed = false;
         self.wake_webhooks = false;
         self.meta_written = None;
-        match (self.shared.store.workspace(&self.ws.id), self.shared.store.log_meta(&self.ws.id)) {
-            (Ok(Some(ws)), Ok(meta)) => {
+        let id = self.ws.id.clone();
+        let read = self.shared.read_in_background(move |store| Ok((store.workspace(&id)?, store.log_meta(&id)?)));
+        match read.await {
+            Ok((Some(ws), meta)) => {
                 self.rules = rules_of(&ws);
                 self.ws = ws;
                 let meta = meta.unwrap_or_default();
@@ -665,8 +677,8 @@ impl WsState {
                 self.rotation_at = meta.rotation_at;
                 self.rotation_idem = meta.rotation_idempotency;
             }
-            (a, b) => {
-                tracing::error!(workspace = %self.ws.id, ?a, ?b, "cannot reload workspace state");
+            other => {
+                tracing::error!(workspace = %self.ws.id, ?other, "cannot reload workspace state");
                 self.next_index = u64::MAX;
             }
         }
@@ -674,10 +686,8 @@ impl WsState {
 
     fn authorization(&mut self, id: &str) -> Result<Option<AuthorizationRecord>> {
         if self.next_index == u64::MAX {
-            self.reload();
-            if self.next_index == u64::MAX {
-                return Err(EngineError::Internal("workspace state could not be reloaded".into()));
-            }
+            // `handle` reloaded before this request, and that failed.
+            return Err(EngineError::Internal("workspace state could not be reloaded".into()));
         }
         if let Some((a, _)) = self.auths.get(id) {
             return Ok(Some(a.clone()));

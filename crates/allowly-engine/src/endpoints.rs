@@ -36,8 +36,13 @@ impl Endpoints {
         if let Some(e) = self.map.get(ws) {
             return Ok(e.clone());
         }
-        let list: Arc<[Endpoint]> = load(store, ws)?.into();
-        Ok(self.map.entry(ws.to_owned()).or_insert(list).clone())
+        Ok(self.loaded(ws, load(store, ws)?))
+    }
+
+    /// Keeps `list`, loaded from the store, as `ws`'s endpoints unless a list is there already
+    /// (one [`Endpoints::publish`]ed meanwhile is newer); returns the list kept.
+    pub fn loaded(&self, ws: &str, list: Vec<Endpoint>) -> Arc<[Endpoint]> {
+        self.map.entry(ws.to_owned()).or_insert(list.into()).clone()
     }
 
     /// Whether `ws`'s endpoints are loaded (a [`Endpoints::get`] would not read the store).

@@ -116,6 +116,7 @@ impl Engine {
             signer_scrape: Default::default(),
             admissions: Default::default(),
             pending_reads: Default::default(),
+            background_reads: Default::default(),
         });
         let watchers = crate::watchers::Watchers::with_capacity(services.cfg.max_long_polls);
         let shared = Arc::new(Shared {
@@ -273,7 +274,7 @@ impl Engine {
     /// an old backup, and then re-fed the stored receipts), clears the mark and resumes
     /// signing. `Conflict` while they fork. See `docs/threat-model.md` ("When a workspace's log diverges: recovery").
     pub async fn resync_log(&self, ws: &str) -> Result<Resynced> {
-        self.workspace(ws)?;
+        self.require_workspace(ws).await?;
         crate::pipeline::resync(&self.shared.services, &self.shared.pipelines, ws).await
     }
 

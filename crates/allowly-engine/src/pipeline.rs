@@ -52,7 +52,7 @@ use crate::error::{EngineError, Result};
 use crate::health::{Divergence, Fault};
 use crate::model::Resynced;
 use crate::receipts::{key_records, verifier};
-use crate::services::{blocking, Services};
+use crate::services::Services;
 use crate::sign_batcher::{Expect, Signed};
 
 mod rotation;
@@ -392,7 +392,7 @@ async fn run(
     let _ends = EndsProgress(progress.clone());
     let mut backoff = Duration::from_millis(20);
     let mut st = loop {
-        match Signing::load(&shared, &ws, fresh.clone()) {
+        match Signing::load(&shared, &ws, fresh.clone()).await {
             Ok(st) => {
                 progress.signed(st.frontier.size());
                 break st;
@@ -499,12 +499,18 @@ async fn run(
 /// (`Conflict`): a forked log cannot be repaired in place. A signer outage is
 /// `SignerUnavailable`.
 pub(crate) async fn resync(shared: &Arc<Services>, pipes: &Arc<Pipelines>, ws: &str) -> Result<Resynced> {
-    let stored_size = shared.store.log_meta(ws)?.unwrap_or_default().next_index;
+    let owned = ws.to_owned();
+    let (stored_size, signed_size) = shared
+        .read_in_background(move |store| {
+            let stored = store.log_meta(&owned)?.unwrap_or_default().next_index;
+            let signed = store.latest_checkpoint(&owned)?.map_or(0, |(size, _)| size);
+            Ok((stored, signed))
+        })
+        .await?;
     if !shared.diverged.contains(ws) {
-        let signed_size = shared.store.latest_checkpoint(ws)?.map_or(0, |(size, _)| size);
         return Ok(Resynced { was_diverged: false, signed_size, stored_size });
     }
-    let mut st = Signing::load(shared, ws, Arc::new(Mutex::new(Fresh::new(0, Arc::default()))))?;
+    let mut st = Signing::load(shared, ws, Arc::new(Mutex::new(Fresh::new(0, Arc::default())))).await?;
     let latest = match tokio::time::timeout(shared.cfg.signer_timeout, shared.signer.latest_checkpoint(ws)).await {
         Err(_) => return Err(EngineError::SignerUnavailable("signer did not answer in time".into())),
         Ok(Err(e)) => return Err(EngineError::from_signer(e)),
@@ -550,8 +556,15 @@ fn retire(shared: &Arc<Services>, pipes: &Arc<Pipelines>, ws: &str, id: u64, rx:
 }
 
 impl Signing {
-    fn load(shared: &Services, ws: &str, fresh: Arc<Mutex<Fresh>>) -> Result<Self> {
-        let store = &*shared.store;
+    /// The task's state as the store has it (its newest checkpoint's frontier, the
+    /// workspace's keys), read off the async workers: a task starts at every commit after an
+    /// idle spell, and its reads are many (the frontier's nodes).
+    async fn load(shared: &Services, ws: &str, fresh: Arc<Mutex<Fresh>>) -> Result<Self> {
+        let ws = ws.to_owned();
+        shared.read_in_background(move |store| Self::load_from(store, &ws, fresh)).await
+    }
+
+    fn load_from(store: &dyn allowly_store::Store, ws: &str, fresh: Arc<Mutex<Fresh>>) -> Result<Self> {
         let signed = store.latest_checkpoint(ws)?.map(|(size, _)| size).unwrap_or(0);
         let nodes = StoredNodes::new(store, ws);
         let frontier = Frontier::from_source(&nodes, signed).map_err(|e| match nodes.take_error() {
@@ -649,7 +662,8 @@ impl Signing {
         if latest.size < ours || current.is_some_and(|c| c < ours) {
             return Err(Stop::Diverged(format!("signer log has {} leaves, {ours} are stored as signed", latest.size)));
         }
-        let meta = shared.store.log_meta(&self.ws)?.unwrap_or_default();
+        let ws = self.ws.clone();
+        let meta = shared.read_in_background(move |store| Ok(store.log_meta(&ws)?)).await?.unwrap_or_default();
         if latest.size > meta.next_index {
             return Err(Stop::Diverged(format!(
                 "signer log has {} leaves, only {} are stored",
@@ -698,6 +712,7 @@ impl Signing {
                 next.size()
             )));
         }
+        load_endpoints(shared, &self.ws).await?;
         let (ops, wake) = signed_ops(shared, &self.ws, appended, from, checkpoint)?;
         // Through the committer: the checkpoint rides along with the next synced write of the
         // actors' groups instead of being a store write of its own (a blocking-pool hop and a
@@ -725,19 +740,13 @@ impl Signing {
     async fn refeed(&mut self, shared: &Services, from: u64, checkpoint: Option<String>) -> Result<(), Stop> {
         let ours = self.frontier.size();
         let ws = self.ws.clone();
-        let stored_root = |size: u64| {
-            let nodes = StoredNodes::new(&*shared.store, &ws);
-            merkle::root_from(&nodes, size).map_err(|e| match nodes.take_error() {
-                Some(se) => Stop::Retry(EngineError::Store(se)),
-                None => Stop::Retry(EngineError::Internal(format!("stored tree of {ws} at {size}: {e}"))),
-            })
-        };
+        let stored_root = |size: u64| stored_root(shared, &ws, size);
         match checkpoint {
             None if from == 0 => {}
             None => return Err(Stop::Diverged(format!("signer has {from} leaves but no checkpoint"))),
             Some(note) => {
                 let cp = self.open_refreshed(shared, &note).await?;
-                if cp.size != from || cp.root != stored_root(from)? {
+                if cp.size != from || cp.root != stored_root(from).await? {
                     return Err(Stop::Diverged(format!(
                         "the signer's checkpoint of size {from} does not sign the stored leaves"
                     )));
@@ -762,7 +771,7 @@ impl Signing {
                 Ok(Ok(out)) => out,
             };
             let cp = self.open_refreshed(shared, &out.checkpoint).await?;
-            if cp.size != out.new_size || cp.root != stored_root(cp.size)? {
+            if cp.size != out.new_size || cp.root != stored_root(cp.size).await? {
                 return Err(Stop::Diverged(format!(
                     "the signer's new checkpoint of size {} does not sign the stored leaves",
                     cp.size
@@ -793,11 +802,17 @@ impl Signing {
             Ok(Ok(k)) => key_records(&k),
         };
         self.expect.keys = keys.iter().map(|k| verifier(&self.ws, k)).collect::<Result<Vec<_>>>()?.into();
-        let Some(mut record) = shared.store.workspace(&self.ws)? else { return Ok(()) };
-        if record.signing_keys != keys {
-            record.signing_keys = keys;
-            shared.store.write(WriteBatch::from(vec![Op::PutWorkspace(record)]), Durability::Sync)?;
-        }
+        let ws = self.ws.clone();
+        shared
+            .read_in_background(move |store| {
+                let Some(mut record) = store.workspace(&ws)? else { return Ok(()) };
+                if record.signing_keys != keys {
+                    record.signing_keys = keys;
+                    store.write(WriteBatch::from(vec![Op::PutWorkspace(record)]), Durability::Sync)?;
+                }
+                Ok(())
+            })
+            .await?;
         Ok(())
     }
 }
@@ -868,8 +883,8 @@ async fn read_bodies(
     to: u64,
     max: usize,
 ) -> Result<(Vec<Hash>, Vec<Vec<u8>>), Stop> {
-    let (store, owned) = (shared.store.clone(), ws.to_owned());
-    let records = blocking(move || Ok(store.receipts_in_range(&owned, from, to, max)?)).await?;
+    let owned = ws.to_owned();
+    let records = shared.read_in_background(move |store| Ok(store.receipts_in_range(&owned, from, to, max)?)).await?;
     let mut bytes = 0usize;
     let mut leaves = Vec::with_capacity(records.len());
     let mut bodies = Vec::with_capacity(records.len());
@@ -887,8 +902,34 @@ async fn read_bodies(
 
 /// Up to `max` stored `(index, leaf)` pairs in `[from, to)`, read off the async workers.
 async fn read_leaves(shared: &Services, ws: &str, from: u64, to: u64, max: usize) -> Result<Vec<(u64, Hash)>, Stop> {
-    let (store, ws) = (shared.store.clone(), ws.to_owned());
-    Ok(blocking(move || Ok(store.leaf_hashes(&ws, from, to, max)?)).await?)
+    let ws = ws.to_owned();
+    Ok(shared.read_in_background(move |store| Ok(store.leaf_hashes(&ws, from, to, max)?)).await?)
+}
+
+/// The root of `ws`'s stored tree of `size` leaves, read off the async workers.
+async fn stored_root(shared: &Services, ws: &str, size: u64) -> Result<Hash, Stop> {
+    let ws = ws.to_owned();
+    let root = shared.read_in_background(move |store| {
+        let nodes = StoredNodes::new(store, &ws);
+        merkle::root_from(&nodes, size).map_err(|e| match nodes.take_error() {
+            Some(se) => EngineError::Store(se),
+            None => EngineError::Internal(format!("stored tree of {ws} at {size}: {e}")),
+        })
+    });
+    Ok(root.await?)
+}
+
+/// Loads `ws`'s webhook endpoints into the shared cache off the async workers, if they are not
+/// there yet: the `receipt.signed` event of a round is routed by them ([`signed_event`]), and
+/// on a cache miss that read would otherwise run on the async worker.
+async fn load_endpoints(shared: &Services, ws: &str) -> Result<(), Stop> {
+    if shared.endpoints.is_loaded(ws) {
+        return Ok(());
+    }
+    let owned = ws.to_owned();
+    let list = shared.read_in_background(move |store| crate::endpoints::load(store, &owned)).await?;
+    shared.endpoints.loaded(ws, list);
+    Ok(())
 }
 
 /// The leaf hashes of `items` if they are exactly the indices `from, from+1, …` (committed

@@ -45,7 +45,10 @@ pub(crate) struct Services {
     pub signer_scrape: crate::health::SignerScrape,
     /// Store reads of requests running or queued off the async workers, also those whose
     /// request timed out ([`MAX_PENDING_READS`]).
-    pub pending_reads: AtomicUsize,
+    pub pending_reads: Arc<AtomicUsize>,
+    /// The engine's own store reads outside requests running or queued off the async workers
+    /// ([`MAX_BACKGROUND_READS`], see [`Services::read_in_background`]).
+    pub background_reads: Arc<AtomicUsize>,
     /// Requests admitted and not yet through the committer (`max_pending_writes`).
     pub admissions: Arc<crate::mailbox::Admissions>,
     /// Spaces signing rounds over every workspace (`sign_rounds_per_second`).
@@ -94,30 +97,52 @@ impl Services {
         if deadline <= tokio::time::Instant::now() {
             return Err(timed_out());
         }
-        if self.pending_reads.fetch_add(1, Ordering::AcqRel) >= MAX_PENDING_READS {
-            self.pending_reads.fetch_sub(1, Ordering::AcqRel);
-            self.metrics.read_timeouts.inc();
-            return Err(EngineError::ReadTimeout(format!(
-                "{MAX_PENDING_READS} store reads are already waiting for the data volume; nothing was changed: retry \
-                 shortly"
-            )));
-        }
-        // The place is given back when the read ends, not when its request stops waiting.
-        struct Place(Arc<Services>);
-        impl Drop for Place {
-            fn drop(&mut self) {
-                self.0.pending_reads.fetch_sub(1, Ordering::AcqRel);
+        match off_workers(&self.pending_reads, MAX_PENDING_READS, deadline, f).await {
+            Ok(r) => r,
+            Err(NotDone::Full) => {
+                self.metrics.read_timeouts.inc();
+                Err(EngineError::ReadTimeout(format!(
+                    "{MAX_PENDING_READS} store reads are already waiting for the data volume; nothing was changed: \
+                     retry shortly"
+                )))
             }
+            Err(NotDone::TimedOut) => Err(timed_out()),
         }
-        let place = Place(self.clone());
-        let read = tokio::task::spawn_blocking(move || {
-            let _place = place;
-            f()
-        });
-        match tokio::time::timeout_at(deadline, read).await {
-            Ok(r) => r.map_err(|e| EngineError::Internal(format!("read task: {e}")))?,
-            Err(_) => Err(timed_out()),
+    }
+
+    /// The store reads of the engine's own work outside a request — a signing task loading
+    /// its state or reading what it signs, a resync, a reconcile, refreshing a workspace's
+    /// keys, an actor reloading its state — off the async workers: made inline, each held its
+    /// worker (and every request and timer sharing it) for as long as the data volume took to
+    /// answer. Bounded like a request's reads, with bounds of their own so that they never
+    /// take a request's place: at most [`MAX_BACKGROUND_READS`] at once (past that refused at
+    /// once), each awaited for at most [`Services::background_read_bound`]. Either way the
+    /// caller gets `ReadTimeout` and tries again later, as after any store error; the read
+    /// itself goes on until the volume answers.
+    pub async fn read_in_background<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn Store) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let bound = self.background_read_bound();
+        let store = self.store.clone();
+        let deadline = tokio::time::Instant::now() + bound;
+        match off_workers(&self.background_reads, MAX_BACKGROUND_READS, deadline, move || f(&*store)).await {
+            Ok(r) => r,
+            Err(NotDone::Full) => Err(EngineError::ReadTimeout(format!(
+                "{MAX_BACKGROUND_READS} background store reads are already waiting for the data volume"
+            ))),
+            Err(NotDone::TimedOut) => Err(EngineError::ReadTimeout(format!(
+                "the data volume did not answer a background read within {} ms",
+                bound.as_millis()
+            ))),
         }
+    }
+
+    /// How long a background read ([`Services::read_in_background`]) is awaited: as long as
+    /// an evidence export may take (`EXPORT_TIMEOUT_FACTOR` × `--commit-timeout-ms`), the
+    /// longest any store read is otherwise allowed.
+    pub fn background_read_bound(&self) -> std::time::Duration {
+        self.cfg.commit_timeout.saturating_mul(crate::engine::EXPORT_TIMEOUT_FACTOR)
     }
 
     /// One bounded ping; the health follows its outcome (the probe loop and start-up). A pong
@@ -180,8 +205,53 @@ impl ApiKeyCache {
 /// request already timed out included: on a stalled volume each holds a blocking thread until
 /// the volume answers, so past this a request's read is refused at once (503 `read_timeout`)
 /// instead of queueing without bound. Half of tokio's default blocking pool (512), leaving the
-/// rest to the store calls that are not a request's (probes, sweeps, webhooks, exports).
+/// rest to the store calls that are not a request's (probes, sweeps, webhooks, exports, and
+/// the background reads below).
 pub const MAX_PENDING_READS: usize = 256;
+
+/// Most background store reads ([`Services::read_in_background`]) running or queued at once,
+/// those no longer awaited included: a quarter of tokio's default blocking pool, so that on a
+/// stalled volume the signing tasks of many workspaces cannot take every blocking thread.
+pub const MAX_BACKGROUND_READS: usize = 128;
+
+/// Why [`off_workers`] gave no answer.
+enum NotDone {
+    /// `limit` reads already ran or waited.
+    Full,
+    /// The deadline passed first.
+    TimedOut,
+}
+
+/// Runs `f` on the blocking pool while fewer than `limit` counted in `places` do, and awaits
+/// it until `deadline` (the timer runs on the async worker, which is free meanwhile). The
+/// place is given back when `f` ends, not when its caller stops waiting: a stalled volume's
+/// reads stay counted until it answers them.
+async fn off_workers<T: Send + 'static>(
+    places: &Arc<AtomicUsize>,
+    limit: usize,
+    deadline: tokio::time::Instant,
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> std::result::Result<Result<T>, NotDone> {
+    if places.fetch_add(1, Ordering::AcqRel) >= limit {
+        places.fetch_sub(1, Ordering::AcqRel);
+        return Err(NotDone::Full);
+    }
+    struct Place(Arc<AtomicUsize>);
+    impl Drop for Place {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+    let place = Place(places.clone());
+    let read = tokio::task::spawn_blocking(move || {
+        let _place = place;
+        f()
+    });
+    match tokio::time::timeout_at(deadline, read).await {
+        Ok(r) => Ok(r.map_err(|e| EngineError::Internal(format!("read task: {e}"))).and_then(|r| r)),
+        Err(_) => Err(NotDone::TimedOut),
+    }
+}
 
 /// Runs a store call (or other blocking work) off the async workers.
 pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {

@@ -62,6 +62,14 @@ fn validate_scope_filter(scopes: &Option<Vec<String>>) -> Result<()> {
 }
 
 impl Engine {
+    /// `NotFound` unless `ws` has the endpoint `id`: the check a write makes before it reaches
+    /// the workspace's actor, read off the async workers within the request's bound
+    /// ([`Engine::read`]).
+    async fn webhook_exists(&self, ws: &str, id: &str) -> Result<()> {
+        let (ws, id) = (ws.to_owned(), id.to_owned());
+        self.read(move |e| e.webhook_doc(&ws, &id).map(|_| ())).await
+    }
+
     pub(crate) fn webhook_doc(&self, ws: &str, id: &str) -> Result<WebhookDoc> {
         let store = &self.shared().store;
         let v = store.doc(DocKind::Webhook, ws, id).map_err(not_found_if_invalid("webhook"))?;
@@ -125,7 +133,7 @@ impl Engine {
         idem: Option<&str>,
     ) -> Result<WebhookView> {
         // Checked here so a malformed or foreign id never reaches (or starts) an actor.
-        self.webhook_doc(ws, id)?;
+        self.webhook_exists(ws, id).await?;
         let route = if disabled { "webhook_disable" } else { "webhook_enable" };
         let idem = idempotency(idem, route, &id)?;
         let id = id.to_owned();
@@ -137,7 +145,7 @@ impl Engine {
     /// `NotFound`. The cancellation runs in bounded steps through the actor; if this call is
     /// cut short, the worker cancels what is left when it comes due.
     pub async fn delete_webhook(&self, ws: &str, id: &str) -> Result<()> {
-        self.webhook_doc(ws, id)?;
+        self.webhook_exists(ws, id).await?;
         let owned = id.to_owned();
         let mut next = self.ask(ws, |reply| crate::mailbox::WsMsg::DeleteWebhook { id: owned, reply }).await?;
         while let Some(after) = next {
@@ -163,7 +171,7 @@ impl Engine {
                 format!("must be within 0..={MAX_ROTATION_GRACE_MS} (24 h)"),
             ));
         }
-        self.webhook_doc(ws, id)?;
+        self.webhook_exists(ws, id).await?;
         let idem = idempotency(idem, "webhook_rotate_secret", &(id, &req))?;
         let id = id.to_owned();
         self.ask(ws, |reply| crate::mailbox::WsMsg::RotateWebhookSecret { id, grace_ms, idem, reply }).await

@@ -29,6 +29,8 @@ pub(crate) struct Adapter {
     pub(crate) epoch: u64,
     /// How slow the device is, per class of request (waited for before the disk's lock is taken).
     pub(crate) throttle: Arc<Throttle>,
+    /// Tells the kernel to forget cached pages (set once the session runs).
+    pub(crate) notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
 }
 
 fn kind_of(k: Kind) -> FileType {
@@ -329,7 +331,26 @@ impl Filesystem for Adapter {
     /// later fsync with success itself.
     fn fsync(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
         self.throttle.wait(Op::Sync);
-        empty(reply, self.disk().and_then(|mut d| d.fsync(ino.0)));
+        let (r, dropped) = match self.disk() {
+            Ok(mut d) => {
+                let before = d.dropped_pages();
+                let r = d.fsync(ino.0);
+                (r, d.dropped_pages() > before)
+            }
+            Err(e) => (Err(e), false),
+        };
+        empty(reply, r);
+        if dropped {
+            // The file's dirty pages were dropped (`Disk::fail_fsync_dropping_unsynced`): the
+            // kernel's cached copy of them must go too, or a reader holding the file open
+            // would still see them. From another thread, once this request is answered (the
+            // kernel may hold the inode's lock until then).
+            if let Some(notifier) = self.notifier.get().cloned() {
+                std::thread::spawn(move || {
+                    let _ = notifier.inval_inode(ino, 0, 0);
+                });
+            }
+        }
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {

@@ -160,6 +160,30 @@ impl Data {
         self.dirty.len()
     }
 
+    /// What Linux may do after a failed write-back ("fsyncgate"): the pages written since the
+    /// last sync are dropped from the page cache, so later reads see what the device has —
+    /// `durable`'s bytes, zeros where it has none — while the size stays (the inode's size is
+    /// not rolled back). They are clean now: a later sync does not write them again. Returns how
+    /// many pages were dropped.
+    fn drop_unsynced(&mut self, durable: Option<&Data>) -> usize {
+        let dirty = std::mem::take(&mut self.dirty);
+        for &p in &dirty {
+            if let Some(slot) = self.pages.get_mut(p) {
+                *slot = durable.and_then(|d| d.pages.get(p).cloned().flatten());
+            }
+        }
+        // Past the size reads as zeros, whatever the device's page held there (a file cut
+        // shorter since its last sync).
+        let within = (self.size % PAGE as u64) as usize;
+        let last = Self::pages_for(self.size).wrapping_sub(1);
+        if within != 0 && dirty.contains(&last) {
+            if let Some(Some(page)) = self.pages.get_mut(last) {
+                Arc::make_mut(page)[within..].fill(0);
+            }
+        }
+        dirty.len()
+    }
+
     /// What a power cut may leave of the unsynced writes besides nothing: the first `pages`
     /// dirty pages in file order reached the platter, the last of them only its first
     /// `sectors` 512-byte sectors (a torn write), the rest never did. The durable size grows
@@ -284,6 +308,17 @@ pub enum Point {
     Sync,
 }
 
+/// A failing device (see [`Disk::set_failing`]): requests at `point` of files whose last name
+/// matches `name` fail with `errno` and change nothing, unless `drops` (see
+/// [`Disk::fail_fsync_dropping_unsynced`]); with `once`, only the next one does.
+struct Failing {
+    point: Point,
+    name: Lie,
+    errno: Errno,
+    once: bool,
+    drops: bool,
+}
+
 /// What a crash threw away (counted on the live image just before it was dropped).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CrashReport {
@@ -332,11 +367,12 @@ pub struct Disk {
     lie: Option<Lie>,
     /// A crash waiting for its moment: where, which files, how many matches to let pass first.
     armed: Option<(Point, Lie, u32)>,
-    /// A failing device: writes or fsyncs of matching files fail with this error, changing
-    /// nothing (see [`Disk::set_failing`]); with `true`, only the next one does.
-    failing: Option<(Point, Lie, Errno, bool)>,
+    /// A failing device: writes or fsyncs of matching files fail (see [`Disk::set_failing`]).
+    failing: Option<Failing>,
     /// How many requests [`Disk::set_failing`] has failed so far.
     failed: u64,
+    /// How many dirty pages failed fsyncs dropped ([`Disk::fail_fsync_dropping_unsynced`]).
+    dropped_pages: usize,
     /// Torn tails at a crash ([`Disk::set_torn_tails`]): the state of the generator that picks
     /// how much of each file's unsynced writes survives.
     torn: Option<u64>,
@@ -383,6 +419,7 @@ impl Disk {
             armed: None,
             failing: None,
             failed: 0,
+            dropped_pages: 0,
             torn: None,
             crashes: Vec::new(),
         }
@@ -428,7 +465,18 @@ impl Disk {
     /// stays unsynced, and a later fsync that succeeds syncs it).
     /// With `once`, only the next such request fails; the device is healthy after it.
     pub fn set_failing(&mut self, failing: Option<(Point, Lie, Errno)>, once: bool) {
-        self.failing = failing.map(|(point, name, errno)| (point, name, errno, once));
+        self.failing = failing.map(|(point, name, errno)| Failing { point, name, errno, once, drops: false });
+    }
+
+    /// The next fsync of a file whose last name matches `name` fails with `EIO` as a failed
+    /// write-back makes it fail on Linux, which may then drop the file's dirty pages
+    /// ("fsyncgate"): that file's data written since its last sync is gone from the live image
+    /// too ([`Data::drop_unsynced`]: reads see the durable bytes, zeros past them; the size
+    /// stays), and nothing of it becomes durable. The device is healthy after it, and the next
+    /// fsync of the file succeeds (Linux reports a write-back error once) without bringing the
+    /// dropped data back.
+    pub fn fail_fsync_dropping_unsynced(&mut self, name: Lie) {
+        self.failing = Some(Failing { point: Point::Sync, name, errno: Errno::EIO, once: true, drops: true });
     }
 
     /// How many requests failed as [`Disk::set_failing`] asked, so far.
@@ -437,20 +485,36 @@ impl Disk {
     }
 
     /// The error `at` of `ino` fails with, if the device is failing there (counted; a failure
-    /// asked for once heals the device).
+    /// asked for once heals the device). A failure that drops the file's unsynced data
+    /// ([`Disk::fail_fsync_dropping_unsynced`]) has dropped it when this returns.
     fn failure(&mut self, at: Point, ino: u64) -> Result<(), Errno> {
-        let Some((point, name, errno, once)) = &self.failing else { return Ok(()) };
+        let Some(f) = &self.failing else { return Ok(()) };
         match self.live.nodes.get(&ino) {
-            Some(node) if *point == at && name(&node.name) => {
-                let errno = *errno;
-                if *once {
+            Some(node) if f.point == at && f.name.as_ref()(&node.name) => {
+                let (errno, drops) = (f.errno, f.drops);
+                if f.once {
                     self.failing = None;
                 }
                 self.failed += 1;
+                if drops {
+                    let durable = match self.durable.nodes.get(&ino).map(|n| &n.body) {
+                        Some(Body::File(d)) => Some(d),
+                        _ => None,
+                    };
+                    if let Some(Node { body: Body::File(live), .. }) = self.live.nodes.get_mut(&ino) {
+                        self.dropped_pages += live.drop_unsynced(durable);
+                    }
+                }
                 Err(errno)
             }
             _ => Ok(()),
         }
+    }
+
+    /// How many dirty pages failed fsyncs have dropped so far
+    /// ([`Disk::fail_fsync_dropping_unsynced`]).
+    pub fn dropped_pages(&self) -> usize {
+        self.dropped_pages
     }
 
     /// Arms a crash at the `skip + 1`-th [`Point`] of a file whose name matches `name` (replacing
@@ -1088,6 +1152,35 @@ mod tests {
         d.fsync(wal).unwrap();
         d.crash();
         assert_eq!(content(&d, ROOT, "000001.log"), Some(b"synced+more+once".to_vec()), "healed after one failure");
+    }
+
+    #[test]
+    fn a_failed_fsync_that_drops_dirty_pages_leaves_the_old_data_in_the_live_view() {
+        let mut d = Disk::new();
+        let log = file(&mut d, ROOT, "audit.log");
+        let other = file(&mut d, ROOT, "journal");
+        d.fsync(ROOT).unwrap();
+        d.write(log, 0, b"synced").unwrap();
+        d.fsync(log).unwrap();
+        // Unsynced: an overwrite of synced bytes, an append, and a page of its own further on.
+        d.write(log, 0, b"SY").unwrap();
+        d.write(log, 6, b"+tail").unwrap();
+        d.write(log, PAGE as u64 + 10, b"far").unwrap();
+        d.write(other, 0, b"kept").unwrap();
+        let size = PAGE as u64 + 13;
+        d.fail_fsync_dropping_unsynced(Box::new(|n| n == "audit.log"));
+        d.fsync(other).unwrap();
+        assert_eq!(d.fsync(log).unwrap_err(), Errno::EIO);
+        assert_eq!((d.failed(), d.dropped_pages()), (1, 2));
+        let mut old = b"synced".to_vec();
+        old.resize(size as usize, 0);
+        assert_eq!(d.read(log, 0, 2 * PAGE).unwrap(), old, "the old data, zeros past it, the size kept");
+        assert_eq!(d.read(other, 0, 64).unwrap(), b"kept", "another file keeps its unsynced data");
+        // Once: the next fsync succeeds and makes what is live durable, without the dropped data.
+        d.fsync(log).unwrap();
+        d.crash();
+        assert_eq!(content(&d, ROOT, "audit.log"), Some(old));
+        assert_eq!(content(&d, ROOT, "journal"), Some(b"kept".to_vec()));
     }
 
     #[test]

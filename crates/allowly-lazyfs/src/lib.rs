@@ -37,7 +37,14 @@
 //! - Failing writes and fsyncs, latency: not part of the power-loss model, but this layer can
 //!   inject them ([`LazyFs::fail`] and [`LazyFs::fail_once`], [`LazyFs::set_slowness`] — for the write path, and with
 //!   [`LazyFs::set_slow_ops`] for reads and metadata requests too) for the failing- and
-//!   slow-disk tests (issue 11 parts 2 and 4).
+//!   slow-disk tests (issue 11 parts 2 and 4). A failed fsync from [`LazyFs::fail`] and
+//!   [`LazyFs::fail_once`] leaves the live data as it was (unsynced, written back by a later
+//!   fsync that succeeds); [`LazyFs::fail_fsync_dropping_unsynced`] models what Linux may do
+//!   instead ("fsyncgate"): the file's dirty pages are dropped, later reads see the old
+//!   data, and the next fsync succeeds without it.
+//! - Dirty pages dropped without an fsync to report it: Linux may drop them after a failed
+//!   background write-back and tell only the next fsync; here they are dropped by that fsync
+//!   itself, which a program cannot tell apart (it learns of the loss at the same call).
 //! - Memory-mapped writes (`MAP_SHARED` + `msync`), extended attributes, hole punching: refused
 //!   or absent; nothing under test uses them.
 //! - Journaling file systems that commit every earlier metadata change with any fsync (ext4's
@@ -108,7 +115,13 @@ impl LazyFs {
     /// waits for every slow one before it.
     pub fn mount_with_threads(&self, at: &Path, threads: usize) -> io::Result<Mount> {
         let epoch = self.disk().epoch();
-        let adapter = fuse::Adapter { disk: self.disk.clone(), epoch, throttle: self.throttle.clone() };
+        let notifier = Arc::new(std::sync::OnceLock::new());
+        let adapter = fuse::Adapter {
+            disk: self.disk.clone(),
+            epoch,
+            throttle: self.throttle.clone(),
+            notifier: notifier.clone(),
+        };
         let mut config = fuser::Config::default();
         config.n_threads = Some(threads.max(1));
         config.mount_options = vec![
@@ -118,6 +131,7 @@ impl LazyFs {
         ];
         config.acl = fuser::SessionACL::All;
         let session = fuser::spawn_mount(adapter, at, &config)?;
+        let _ = notifier.set(session.notifier());
         Ok(Mount { session: Some(session), at: at.to_owned() })
     }
 
@@ -173,6 +187,23 @@ impl LazyFs {
     /// [`Self::failures`] tells when it happened.
     pub fn fail_once(&self, at: Point, name: FileMatcher, errno: i32) {
         self.set_failing(Some((at, name, errno)), true);
+    }
+
+    /// The next fsync of a file whose name matches `name` fails with `EIO` and, as Linux may
+    /// after a failed write-back ("fsyncgate"), drops that file's data written since its last
+    /// fsync: later reads see what was last made durable (zeros where nothing was; the size
+    /// stays), and the next fsync succeeds without bringing it back. A program that takes the
+    /// data for written after such a failure — that retries the fsync on the same file, or
+    /// keeps appending after the dropped bytes — reads or leaves zeros and old bytes there.
+    /// The kernel's cached pages of the file are dropped too (a reader that had them cached
+    /// reads the device's bytes again), just after the fsync is answered.
+    pub fn fail_fsync_dropping_unsynced(&self, name: FileMatcher) {
+        self.disk().fail_fsync_dropping_unsynced(Box::new(name));
+    }
+
+    /// How many dirty pages [`Self::fail_fsync_dropping_unsynced`] has dropped so far.
+    pub fn dropped_pages(&self) -> usize {
+        self.disk().dropped_pages()
     }
 
     /// How many requests failed as [`Self::fail`] and [`Self::fail_once`] asked, so far.

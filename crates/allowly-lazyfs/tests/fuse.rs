@@ -221,3 +221,41 @@ fn a_failing_or_stalled_device_shows_through_the_kernel() {
     rig.crash();
     assert_eq!(read(&p).unwrap(), b"synced+tail", "the fsync after the failed one synced the tail");
 }
+
+/// A failed fsync that drops the file's dirty pages (`fail_fsync_dropping_unsynced`, Linux's
+/// "fsyncgate"), through the kernel: the fsync returns EIO; the data written since the last
+/// fsync reads back as the old bytes (zeros past them, the size kept) through a new open and,
+/// once the kernel was told to forget its cached pages, through the descriptor that wrote it;
+/// the next fsync succeeds and a crash keeps exactly that.
+#[test]
+fn a_failed_fsync_can_drop_the_unsynced_data() {
+    use std::os::unix::fs::FileExt as _;
+    let mut rig = Rig::new();
+    let path = rig.path("audit.log");
+    let mut f = OpenOptions::new().create(true).truncate(true).read(true).write(true).open(&path).unwrap();
+    f.write_all(b"synced").unwrap();
+    f.sync_all().unwrap();
+    sync_dir(&rig.at);
+    f.write_all(b"+lost").unwrap();
+    let old = b"synced\0\0\0\0\0".to_vec();
+
+    rig.fs.fail_fsync_dropping_unsynced(|n| n == "audit.log");
+    let err = f.sync_data().unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    assert!(rig.fs.dropped_pages() > 0);
+    assert_eq!(read(&path).unwrap(), old, "a new open reads what the device has");
+    let start = std::time::Instant::now();
+    loop {
+        let mut buf = vec![0u8; 64];
+        let n = f.read_at(&mut buf, 0).unwrap();
+        if buf[..n] == old[..] {
+            break;
+        }
+        assert!(start.elapsed() < std::time::Duration::from_secs(10), "the writer still reads {:?}", &buf[..n]);
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    f.sync_data().unwrap();
+    drop(f);
+    rig.crash();
+    assert_eq!(read(&path).unwrap(), old);
+}

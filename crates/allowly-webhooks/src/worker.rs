@@ -306,6 +306,16 @@ async fn attempt(ctx: Arc<Ctx>, due: Due) {
     }
 }
 
+/// One stored document, read off the async workers: the attempts run on them, and on a volume
+/// whose reads stall an inline read held its worker — and every request and timer sharing it —
+/// until the volume answered.
+async fn read_doc(ctx: &Ctx, kind: DocKind, ws: &str, id: &str) -> Result<Option<serde_json::Value>> {
+    let (store, ws, id) = (ctx.store.clone(), ws.to_owned(), id.to_owned());
+    Ok(tokio::task::spawn_blocking(move || store.doc(kind, &ws, &id))
+        .await
+        .map_err(|e| WebhookError::Encode(format!("store task: {e}")))??)
+}
+
 async fn write(ctx: &Ctx, ops: Vec<Op>) -> Result<()> {
     let store = ctx.store.clone();
     tokio::task::spawn_blocking(move || store.write(WriteBatch::from(ops), Durability::Buffered))
@@ -345,8 +355,7 @@ async fn fail(ctx: &Ctx, due: &Due, mut d: DeliveryDoc, reason: FailureReason, n
 }
 
 async fn attempt_once(ctx: &Ctx, due: &Due) -> Result<()> {
-    let store = &ctx.store;
-    let Some(v) = store.doc(DocKind::Delivery, &due.ws, &due.delivery_id)? else {
+    let Some(v) = read_doc(ctx, DocKind::Delivery, &due.ws, &due.delivery_id).await? else {
         tracing::warn!(workspace = %due.ws, delivery = %due.delivery_id, "outbox entry without its delivery; removing it");
         return write(ctx, vec![delete_outbox(&due.ws, &due.outbox_id)]).await;
     };
@@ -355,7 +364,7 @@ async fn attempt_once(ctx: &Ctx, due: &Due) -> Result<()> {
         // Not the entry that schedules this delivery (never written so: writes are atomic).
         return write(ctx, vec![delete_outbox(&due.ws, &due.outbox_id)]).await;
     }
-    let hook: Option<WebhookDoc> = match store.doc(DocKind::Webhook, &due.ws, &d.webhook_id)? {
+    let hook: Option<WebhookDoc> = match read_doc(ctx, DocKind::Webhook, &due.ws, &d.webhook_id).await? {
         Some(v) => Some(decode("webhook", &d.webhook_id, v)?),
         None => None,
     };
@@ -424,7 +433,7 @@ async fn attempt_once(ctx: &Ctx, due: &Due) -> Result<()> {
 async fn reschedule(ctx: &Ctx, due: &Due, mut d: DeliveryDoc, now: u64, retry_after: Option<Duration>) -> Result<()> {
     // The endpoint may have been deleted while this attempt was in flight (the deletion
     // cancelled the delivery as it found it then): keep it cancelled rather than bring it back.
-    if ctx.store.doc(DocKind::Webhook, &due.ws, &d.webhook_id)?.is_none() {
+    if read_doc(ctx, DocKind::Webhook, &due.ws, &d.webhook_id).await?.is_none() {
         return cancel(ctx, due, d, now).await;
     }
     let Some(at) = ctx.cfg.next_attempt(d.attempts, d.created_at_ms, now, random_u64(), retry_after) else {

@@ -78,12 +78,13 @@ impl WsState {
                 self.rotation_at = None;
                 self.rotation_idem = None;
                 // The stored record has the new keys now; a later write of this copy (scope
-                // rules) must not put the old ones back.
-                match self.shared.store.workspace(&self.ws.id) {
+                // rules) must not put the old ones back. Read off the async workers.
+                let id = self.ws.id.clone();
+                match self.shared.read_in_background(move |store| Ok(store.workspace(&id)?)).await {
                     Ok(Some(ws)) => self.ws = ws,
                     other => {
                         tracing::warn!(workspace = %self.ws.id, ?other, "cannot reread the workspace after a rotation");
-                        self.reload();
+                        self.reload().await;
                     }
                 }
                 Ok(answer)
@@ -109,7 +110,7 @@ impl WsState {
             }
         }
         if self.next_index == u64::MAX {
-            self.reload();
+            self.reload().await;
             if self.next_index == u64::MAX {
                 return Err(EngineError::Internal("workspace state could not be reloaded".into()));
             }

@@ -112,7 +112,7 @@ pub(crate) async fn rotate(
     // task that loads from the store, past the rotation.
     pipes.map.remove(ws);
     let unsettled = |e| RotationFailed::unsettled(e);
-    let st = Signing::load(shared, ws, Arc::new(Mutex::new(Fresh::new(0, Arc::default())))).map_err(unsettled)?;
+    let st = Signing::load(shared, ws, Arc::new(Mutex::new(Fresh::new(0, Arc::default())))).await.map_err(unsettled)?;
     if st.frontier.size() != at {
         let e = EngineError::Internal(format!("{ws}: signed size {} at a rotation at {at}", st.frontier.size()));
         return Err(RotationFailed::unsettled(e));

@@ -522,22 +522,46 @@ async fn authorizations_are_listed_by_page_with_filters_and_only_the_workspaces_
 }
 
 /// The real store, except that while `full` is set every write fails as on a full device (as
-/// RocksDB does after a failed WAL write: every later write fails too, whatever the space).
-struct FullDevice {
+/// RocksDB does after a failed WAL write: every later write fails too, whatever the space),
+/// and while `slow` is set every read of a log — its position, checkpoints, Merkle nodes,
+/// leaves and receipts by index, what the signing pipeline reads — first blocks its thread for
+/// [`SLOW_READ`], as a read of a stalled volume does (whatever RocksDB's block cache holds).
+struct Device {
     inner: Arc<allowly_store_rocks::RocksStore>,
     full: std::sync::atomic::AtomicBool,
+    slow: std::sync::atomic::AtomicBool,
+    /// Reads blocked by `slow` right now.
+    stalled: std::sync::atomic::AtomicUsize,
 }
 
-impl FullDevice {
+/// How long a read of a slow [`Device`] blocks.
+const SLOW_READ: Duration = Duration::from_secs(3);
+
+impl Device {
+    fn on(inner: Arc<allowly_store_rocks::RocksStore>) -> Self {
+        Self { inner, full: false.into(), slow: false.into(), stalled: 0.into() }
+    }
+
     fn refuse(&self) -> allowly_store::Result<()> {
         match self.full.load(std::sync::atomic::Ordering::Acquire) {
             true => Err(allowly_store::StoreError::NoSpace("IO error: No space left on device".into())),
             false => Ok(()),
         }
     }
+
+    /// A read of a log: `f`, after [`SLOW_READ`] while the device is slow.
+    fn read<T>(&self, f: impl FnOnce(&allowly_store_rocks::RocksStore) -> T) -> T {
+        use std::sync::atomic::Ordering;
+        if self.slow.load(Ordering::Acquire) {
+            self.stalled.fetch_add(1, Ordering::AcqRel);
+            std::thread::sleep(SLOW_READ);
+            self.stalled.fetch_sub(1, Ordering::AcqRel);
+        }
+        f(&self.inner)
+    }
 }
 
-impl Store for FullDevice {
+impl Store for Device {
     fn all_doc_ids(
         &self,
         kind: allowly_store::DocKind,
@@ -603,28 +627,28 @@ impl Store for FullDevice {
         to: u64,
         limit: usize,
     ) -> allowly_store::Result<Vec<allowly_store::ReceiptRecord>> {
-        self.inner.receipts_in_range(ws, from, to, limit)
+        self.read(|s| s.receipts_in_range(ws, from, to, limit))
     }
     fn node(&self, ws: &str, level: u8, index: u64) -> allowly_store::Result<Option<[u8; 32]>> {
-        self.inner.node(ws, level, index)
+        self.read(|s| s.node(ws, level, index))
     }
     fn checkpoint(&self, ws: &str, size: u64) -> allowly_store::Result<Option<String>> {
-        self.inner.checkpoint(ws, size)
+        self.read(|s| s.checkpoint(ws, size))
     }
     fn latest_checkpoint(&self, ws: &str) -> allowly_store::Result<Option<(u64, String)>> {
-        self.inner.latest_checkpoint(ws)
+        self.read(|s| s.latest_checkpoint(ws))
     }
     fn checkpoint_at_or_after(&self, ws: &str, size: u64) -> allowly_store::Result<Option<(u64, String)>> {
-        self.inner.checkpoint_at_or_after(ws, size)
+        self.read(|s| s.checkpoint_at_or_after(ws, size))
     }
     fn leaf_hashes(&self, ws: &str, from: u64, to: u64, limit: usize) -> allowly_store::Result<Vec<(u64, [u8; 32])>> {
-        self.inner.leaf_hashes(ws, from, to, limit)
+        self.read(|s| s.leaf_hashes(ws, from, to, limit))
     }
     fn workspaces_with_unsigned(&self) -> allowly_store::Result<Vec<String>> {
         self.inner.workspaces_with_unsigned()
     }
     fn log_meta(&self, ws: &str) -> allowly_store::Result<Option<allowly_store::LogMeta>> {
-        self.inner.log_meta(ws)
+        self.read(|s| s.log_meta(ws))
     }
     fn doc(
         &self,
@@ -662,7 +686,7 @@ async fn a_write_the_device_refuses_fails_closed_until_a_probe_write_succeeds() 
     use std::sync::atomic::Ordering;
     let root = TempDir::new().unwrap();
     let signer = start_signer(&root);
-    let store = Arc::new(FullDevice { inner: open_store(&root), full: false.into() });
+    let store = Arc::new(Device::on(open_store(&root)));
     let cfg = EngineConfig { health_interval: Duration::from_millis(20), ..config() };
     let e = Engine::start(store.clone(), client(&root), cfg).await.unwrap();
     let ws = workspace(&e).await;
@@ -695,6 +719,63 @@ async fn a_write_the_device_refuses_fails_closed_until_a_probe_write_succeeds() 
     assert_eq!(out.decision, Decision::Allow);
     assert_eq!(e.authorization(&ws, &auth).unwrap().trail_length, before + 1, "the trail has no gap");
     eventually("signed after recovery", || async { all_signed(&e, &ws, &auth).await }).await;
+    e.shutdown().await;
+    signer.stop();
+}
+
+/// The signing pipeline's own store reads (issue 11) wait for a slow volume off the async
+/// workers: four resyncs at once (each reads the workspace's log position and newest
+/// checkpoint) on a device whose reads of logs block their thread for [`SLOW_READ`], with two
+/// async workers. Meanwhile a check of an authorization its actor has
+/// cached (it reads nothing) is answered within its `commit_timeout`, and each resync is
+/// answered once the volume answered its reads. Before, the resyncs read on the async workers:
+/// two of them held both workers, and the check waited for their reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pipelines_reads_wait_for_a_slow_volume_off_the_async_workers() {
+    use std::sync::atomic::Ordering;
+    let root = TempDir::new().unwrap();
+    let signer = start_signer(&root);
+    let store = Arc::new(Device::on(open_store(&root)));
+    let cfg = EngineConfig { commit_timeout: Duration::from_secs(1), ..config() };
+    let e = Engine::start(store.clone(), client(&root), cfg.clone()).await.unwrap();
+    let tenants = signed_tenants(&e, 4, "the grants signed").await;
+    // Each authorization cached by its actor: the check below reads nothing.
+    for (ws, auth) in &tenants {
+        e.check(ws, ask(auth, "files.read", Some("doc:1")), None).await.unwrap();
+    }
+
+    store.slow.store(true, Ordering::Release);
+    let resyncs: Vec<_> = tenants
+        .iter()
+        .map(|(ws, _)| {
+            let (e, ws) = (e.clone(), ws.clone());
+            tokio::spawn(async move {
+                let started = std::time::Instant::now();
+                (e.resync_log(&ws).await, started.elapsed())
+            })
+        })
+        .collect();
+    // At least two reads stalled: before the fix, both async workers.
+    eventually("the resyncs' reads stall", || async { store.stalled.load(Ordering::Acquire) >= 2 }).await;
+    let (ws, auth) = &tenants[0];
+    let started = std::time::Instant::now();
+    let out = e.check(ws, ask(auth, "files.read", Some("doc:1")), None).await;
+    let took = started.elapsed();
+    let still_stalled = store.stalled.load(Ordering::Acquire);
+    assert!(took <= cfg.commit_timeout, "a check that reads nothing took {took:?} while the pipeline's reads stalled");
+    assert_eq!(out.unwrap().decision, Decision::Allow);
+    assert!(still_stalled > 0, "the reads were no longer stalled when the check was answered: the test proves nothing");
+
+    for r in resyncs {
+        let (r, took) = r.await.unwrap();
+        let r = r.unwrap();
+        assert!(!r.was_diverged, "{r:?}");
+        assert!(took >= SLOW_READ, "a resync did not wait for the volume ({took:?}): it read nothing slow");
+    }
+    store.slow.store(false, Ordering::Release);
+    for (ws, auth) in &tenants {
+        eventually("signed after the stall", || async { all_signed(&e, ws, auth).await }).await;
+    }
     e.shutdown().await;
     signer.stop();
 }

@@ -235,6 +235,14 @@ enum Files {
     Either,
 }
 
+/// An fsync to fail once before a round's cut: of which files, and whether the failure drops
+/// the file's unsynced data (`LazyFs::fail_fsync_dropping_unsynced`) or leaves it unsynced.
+#[derive(Clone, Copy, Debug)]
+struct Fail {
+    files: Files,
+    drops: bool,
+}
+
 /// RocksDB's write-ahead logs, `NNNNNN.log` (not its info `LOG`, not the signer's `audit.log`).
 fn rocksdb_wal(name: &OsStr) -> bool {
     let name = name.to_string_lossy();
@@ -327,7 +335,7 @@ fn round(
     target: usize,
     pause: Duration,
     cut: Cut,
-    fail: Option<Files>,
+    fail: Option<Fail>,
 ) -> Seen {
     let addr = m.server().addr;
     let stop = Arc::new(AtomicBool::new(false));
@@ -428,10 +436,14 @@ fn round(
         std::thread::sleep(POLL);
     }
     let mut failing_since = None;
-    if let Some(files) = fail {
+    if let Some(Fail { files, drops }) = fail {
         let before = m.fs.failures();
         failing_since = Some(Instant::now());
-        m.fs.fail_once(Point::Sync, files.matcher(), rustix::io::Errno::IO.raw_os_error());
+        if drops {
+            m.fs.fail_fsync_dropping_unsynced(files.matcher());
+        } else {
+            m.fs.fail_once(Point::Sync, files.matcher(), rustix::io::Errno::IO.raw_os_error());
+        }
         let start = Instant::now();
         // Checks keep the WAL and the journal syncing, so the failure comes at once.
         while m.fs.failures() == before && start.elapsed() < SIGNING_DEADLINE {
@@ -707,11 +719,17 @@ fn campaign(
         let mut cut = if r == 0 { Cut::At(Point::Write, Files::Wal, 0) } else { Cut::random(&mut rng) };
         // Rounds 1 and 2 (then one in four, drawn) fail an fsync once before the cut: RocksDB's
         // WAL, then the signer's journal (or audit log). The cut then comes at a random moment:
-        // an instance failing closed may not write the file an armed cut waits for.
+        // an instance failing closed may not write the file an armed cut waits for. Rounds 1
+        // and 2 fail it as Linux may ("fsyncgate"): the file's unsynced data is dropped, so a
+        // process that kept using it as if written reads and leaves zeros there; the drawn
+        // ones do that or leave the data unsynced (a later fsync writes it), half and half.
         let fail = match r {
-            1 => Some(Files::Wal),
-            2 => Some(Files::Signer),
-            _ if r > 2 && rng.range(0, 4) == 0 => Some(if rng.range(0, 2) == 0 { Files::Wal } else { Files::Signer }),
+            1 => Some(Fail { files: Files::Wal, drops: true }),
+            2 => Some(Fail { files: Files::Signer, drops: true }),
+            _ if r > 2 && rng.range(0, 4) == 0 => Some(Fail {
+                files: if rng.range(0, 2) == 0 { Files::Wal } else { Files::Signer },
+                drops: rng.range(0, 2) == 0,
+            }),
             _ => None,
         };
         if fail.is_some() {
@@ -736,7 +754,13 @@ fn campaign(
             found.extend(audit_covers(&m.data, &t, &h));
         }
         let failed = fail
-            .map(|f| format!(" after a failed fsync of {f:?} ({} answered 503 meanwhile)", seen.failed_closed))
+            .map(|f| {
+                let dropped = if f.drops { ", its unsynced data dropped" } else { "" };
+                format!(
+                    " after a failed fsync of {:?}{dropped} ({} answered 503 meanwhile)",
+                    f.files, seen.failed_closed
+                )
+            })
             .unwrap_or_default();
         eprintln!(
             "{test} round {r}: cut {cut}{failed} ({} acknowledged, {} workspaces created, target {target} +{pause:?}, {} checkpoints seen); it \
