@@ -622,7 +622,15 @@ impl Collector for Metrics {
             s.gauge.set(i64::try_from(v).unwrap_or(i64::MAX));
             Some(s.gauge.collect())
         });
-        self.parts().into_iter().map(Collector::collect).chain(store).flatten().collect()
+        // A labelled family with no series yet (the witness metrics without witnesses) is left
+        // out: a text encoder refuses a family without metrics.
+        self.parts()
+            .into_iter()
+            .map(Collector::collect)
+            .chain(store)
+            .flatten()
+            .filter(|mf| !mf.get_metric().is_empty())
+            .collect()
     }
 }
 

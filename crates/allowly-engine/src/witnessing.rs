@@ -485,3 +485,69 @@ enum Added {
     /// Another 4xx.
     Refused(u16, String),
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use allowly_store::MemStore;
+
+    use super::*;
+
+    fn key(seed: u8) -> CosignerKey {
+        let sk = ed25519_dalek::SigningKey::from_bytes(&[seed; 32]);
+        CosignerKey::new(&format!("w{seed}.test"), sk.verifying_key()).unwrap()
+    }
+
+    fn witnessing(keys: &[CosignerKey], quorum: usize) -> Witnessing {
+        let witnesses =
+            keys.iter().map(|k| WitnessConfig { key: k.clone(), url: "http://127.0.0.1:1".into() }).collect();
+        Witnessing::new(&EngineConfig { witnesses, witness_quorum: quorum, ..EngineConfig::default() })
+    }
+
+    fn cosig(size: u64, k: &CosignerKey) -> Op {
+        Op::PutCosignature {
+            workspace_id: "ws".into(),
+            size,
+            witness: *k.key().as_bytes(),
+            line: format!("— {} x{size}\n", k.name()),
+        }
+    }
+
+    #[test]
+    fn a_queue_holds_each_workspace_once_and_is_bounded() {
+        let w = witnessing(&[key(1)], 1);
+        let q = &w.witnesses[0];
+        assert!(q.push("a", false) && q.push("b", false) && q.push("a", false) && q.push("c", true));
+        assert_eq!([q.pop(), q.pop(), q.pop(), q.pop()], [Some("c".into()), Some("a".into()), Some("b".into()), None]);
+        for i in 0..MAX_QUEUED {
+            assert!(q.push(&format!("ws{i}"), false));
+        }
+        assert!(!q.push("one_more", false), "the bound holds");
+        assert!(q.push("ws7", false), "a workspace already queued is not refused");
+    }
+
+    #[test]
+    fn a_quorum_of_zero_is_off() {
+        let w = witnessing(&[key(1)], 0);
+        assert!(!w.enabled() && w.witnesses.is_empty());
+        let store = MemStore::default();
+        assert_eq!(w.witnessed_size(&store, "ws", 42).unwrap(), Some(42));
+        assert_eq!(w.cosigned(&store, "ws", 42, "note\n".into()).unwrap(), "note\n");
+    }
+
+    #[test]
+    fn the_witnessed_size_is_the_newest_checkpoint_with_the_quorum_of_configured_keys() {
+        let (a, b, stranger) = (key(1), key(2), key(3));
+        let w = witnessing(&[a.clone(), b.clone()], 2);
+        let store = MemStore::default();
+        assert_eq!(w.witnessed_size(&store, "ws", u64::MAX).unwrap(), None);
+        let ops = vec![cosig(5, &a), cosig(5, &b), cosig(7, &a), cosig(7, &stranger), cosig(9, &b)];
+        store.write(WriteBatch::from(ops), Durability::Sync).unwrap();
+        // 9 and 7 have one configured cosigner each (a stranger does not count): 5.
+        assert_eq!(w.witnessed_size(&store, "ws", u64::MAX).unwrap(), Some(5));
+        assert_eq!(w.witnessed_size(&store, "ws", 4).unwrap(), None);
+        let one = witnessing(&[a.clone(), b.clone()], 1);
+        assert_eq!(one.witnessed_size(&store, "ws", u64::MAX).unwrap(), Some(9));
+        assert_eq!(one.witnessed_size(&store, "ws", 8).unwrap(), Some(7));
+    }
+}
