@@ -94,6 +94,28 @@ pub struct EngineConfig {
     /// host in a private or otherwise non-public range is refused; see
     /// `allowly_webhooks::destination`).
     pub webhook_destinations: allowly_webhooks::Policy,
+    /// C2SP witnesses every stored checkpoint is submitted to (`witnessing.rs`); their
+    /// cosignatures are stored and served with the checkpoints. Used only with a
+    /// `witness_quorum` above 0.
+    pub witnesses: Vec<WitnessConfig>,
+    /// With N > 0: a receipt is reported signed only once a checkpoint that covers it carries
+    /// valid cosignatures by N distinct configured witnesses (until then it is pending, and
+    /// its answer says why). 0: witnesses off — nothing is submitted, every answer is as
+    /// without witnesses.
+    pub witness_quorum: usize,
+    /// Bound on one `add-checkpoint` exchange with a witness (connect, request, answer).
+    pub witness_timeout: Duration,
+}
+
+/// One witness (see [`EngineConfig::witnesses`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WitnessConfig {
+    /// Its `cosignature/v1` verifier key: name and Ed25519 public key. Every cosignature it
+    /// returns is checked against it before it is stored.
+    pub key: allowly_receipt::cosignature::CosignerKey,
+    /// Its submission prefix (`http://host:port` or `https://…`, with a path if it has one):
+    /// requests go to `<url>/add-checkpoint`.
+    pub url: String,
 }
 
 impl EngineConfig {
@@ -145,6 +167,9 @@ impl Default for EngineConfig {
             idempotency_sweep_interval: Duration::from_secs(3600),
             escalation_sweep_interval: Duration::from_secs(1),
             webhook_destinations: allowly_webhooks::Policy::PublicOnly,
+            witnesses: Vec::new(),
+            witness_quorum: 0,
+            witness_timeout: Duration::from_secs(5),
         }
     }
 }

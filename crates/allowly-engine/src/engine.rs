@@ -97,7 +97,11 @@ impl Engine {
             metrics.sign_request_workspaces.clone(),
             metrics.sign_rounds_queued.clone(),
         );
+        let witnessing = Arc::new(crate::witnessing::Witnessing::new(&cfg));
+        crate::witnessing::start(&witnessing, store.clone(), metrics.clone(), cfg.witness_timeout)
+            .map_err(|e| EngineError::Internal(format!("cannot start the witness client: {e}")))?;
         let services = Arc::new(Services {
+            witnessing,
             store,
             committer,
             signer,
@@ -1053,9 +1057,33 @@ impl Engine {
 
     // ---- Receipts and the log -------------------------------------------------------------
 
-    /// The newest stored checkpoint, if any.
+    /// The newest stored checkpoint, if any (without cosignatures).
     fn latest(&self, ws: &str) -> Result<Option<(u64, String)>> {
         self.shared.store.latest_checkpoint(ws).map_err(not_found_if_invalid("workspace"))
+    }
+
+    /// A stored checkpoint as it is served: with the witnesses' stored cosignatures on it
+    /// (none when witnesses are off: then exactly the stored note).
+    fn served(&self, ws: &str, size: u64, note: String) -> Result<String> {
+        Ok(self.shared.witnessing.cosigned(&*self.shared.store, ws, size, note)?)
+    }
+
+    /// The checkpoint receipts are reported signed against, as served: the newest stored one;
+    /// with a witness quorum, the newest one cosigned by the quorum (`None` while there is
+    /// none: every receipt is pending). Also the newest stored size, to tell a receipt that
+    /// waits for the witnesses from one that waits for the signer.
+    fn basis(&self, ws: &str) -> Result<(Option<(u64, String)>, u64)> {
+        let Some((size, note)) = self.latest(ws)? else { return Ok((None, 0)) };
+        let w = &self.shared.witnessing;
+        let store = &*self.shared.store;
+        let Some(at) = w.witnessed_size(store, ws, size)? else { return Ok((None, size)) };
+        let note = match at == size {
+            true => note,
+            false => store
+                .checkpoint(ws, at)?
+                .ok_or_else(|| EngineError::Internal(format!("cosigned checkpoint {at} of {ws} is not stored")))?,
+        };
+        Ok((Some((at, self.served(ws, at, note)?)), size))
     }
 
     fn proof(&self, ws: &str, index: u64, size: u64) -> Result<Vec<merkle::Hash>> {
@@ -1091,8 +1119,23 @@ impl Engine {
             .map_err(not_found_if_invalid("receipt"))?
             .filter(|r| r.id == id)
             .ok_or(not_found)?;
-        let latest = self.latest(ws)?;
-        self.view(&r, latest.as_ref())
+        let (basis, _) = self.basis(ws)?;
+        self.view(&r, basis.as_ref())
+    }
+
+    /// [`Engine::receipt`], and why it is pending if it is pending only because the witness
+    /// quorum has not cosigned a checkpoint covering it yet (`witness_quorum`; its checkpoint
+    /// is signed and stored).
+    pub fn receipt_with_reason(&self, ws: &str, id: &str) -> Result<(ReceiptView, Option<&'static str>)> {
+        let view = self.receipt(ws, id)?;
+        let reason = match &view {
+            ReceiptView::Pending(p) if self.shared.witnessing.enabled() => {
+                let stored = self.latest(ws)?.map_or(0, |(size, _)| size);
+                (p.log_index < stored).then_some(WITNESS_PENDING_REASON)
+            }
+            _ => None,
+        };
+        Ok((view, reason))
     }
 
     /// An authorization's trail in `seq` order. `starting_after` is a cursor from a previous
@@ -1111,7 +1154,7 @@ impl Engine {
             })
             .transpose()?;
         let limit = limit.clamp(1, 1000);
-        let latest = self.latest(ws)?;
+        let (latest, _) = self.basis(ws)?;
         let mut recs = self.shared.store.trail(ws, authorization_id, after, limit + 1)?;
         let has_more = recs.len() > limit;
         recs.truncate(limit);
@@ -1124,18 +1167,29 @@ impl Engine {
     pub fn latest_checkpoint(&self, ws: &str) -> Result<CheckpointView> {
         self.workspace_record(ws)?;
         let (size, checkpoint) = self.latest(ws)?.ok_or(EngineError::NotFound { what: "checkpoint" })?;
-        Ok(CheckpointView { workspace_id: ws.to_owned(), size, checkpoint })
+        let checkpoint = self.served(ws, size, checkpoint)?;
+        let w = &self.shared.witnessing;
+        let witness = match w.enabled() {
+            false => None,
+            true => Some(WitnessStatus {
+                quorum: w.quorum(),
+                witnessed_size: w.witnessed_size(&*self.shared.store, ws, size)?,
+            }),
+        };
+        Ok(CheckpointView { workspace_id: ws.to_owned(), size, checkpoint, witness })
     }
 
+    /// A stored checkpoint as served (the newest if `size` is `None`).
     fn checkpoint_of(&self, ws: &str, size: Option<u64>) -> Result<(u64, String)> {
         self.workspace_record(ws)?;
-        match size {
-            None => self.latest(ws)?.ok_or(EngineError::NotFound { what: "checkpoint" }),
+        let (n, note) = match size {
+            None => self.latest(ws)?.ok_or(EngineError::NotFound { what: "checkpoint" })?,
             Some(n) => {
                 let note = self.shared.store.checkpoint(ws, n)?.ok_or(EngineError::NotFound { what: "checkpoint" })?;
-                Ok((n, note))
+                (n, note)
             }
-        }
+        };
+        Ok((n, self.served(ws, n, note)?))
     }
 
     /// Inclusion proof of leaf `log_index` in the tree of `tree_size` leaves (default: the
@@ -1183,7 +1237,7 @@ impl Engine {
     /// yet signed are included as pending).
     pub fn export(&self, ws: &str, scope: ExportScope) -> Result<Vec<u8>> {
         let record = self.workspace_record(ws)?;
-        let latest = self.latest(ws)?;
+        let (latest, _) = self.basis(ws)?;
         let store = &self.shared.store;
         let (scope, recs) = match scope {
             ExportScope::Authorization(id) => {
@@ -1231,6 +1285,10 @@ impl Engine {
         b.to_jsonl().map_err(|e| EngineError::Internal(format!("bundle: {e}")))
     }
 }
+
+/// Why a receipt whose checkpoint is stored is still pending: the witness quorum has not
+/// cosigned a checkpoint that covers it (`Allowly-Pending-Reason` on `GET /v1/receipts/{id}`).
+pub const WITNESS_PENDING_REASON: &str = "witness_quorum";
 
 /// Most bytes of an `Idempotency-Key` header value.
 pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;

@@ -34,12 +34,13 @@ pub mod validate;
 mod views;
 mod watchers;
 mod webhooks;
+mod witnessing;
 
 pub use admin_keys::reset_instance_admin_keys;
 /// The decision table lives in its own crate, without IO, so that the offline verifier
 /// (`allowly-verify bundle --semantics`) re-derives decisions with the very function the engine
 /// decides with; re-exported so that `crate::decide` reads as before.
 pub use allowly_decide as decide;
-pub use config::EngineConfig;
-pub use engine::{Engine, MAX_EXPORT_RECEIPTS};
+pub use config::{EngineConfig, WitnessConfig};
+pub use engine::{Engine, MAX_EXPORT_RECEIPTS, WITNESS_PENDING_REASON};
 pub use error::{EngineError, Result};

@@ -175,6 +175,15 @@ pub struct Metrics {
     /// Age of the signer's series served on `/metrics`: the time since they were fetched (they
     /// are served from the last good fetch while the signer does not answer).
     pub signer_metrics_age_seconds: Gauge,
+    /// `add-checkpoint` submissions to the witnesses, by `witness` (its configured name) and
+    /// `outcome` (`witnessing::SUBMISSION_OUTCOMES`). Alert on `bad_cosignature` and `refused`.
+    pub witness_submissions: IntCounterVec,
+    /// By `witness`: leaves of the workspaces' newest checkpoints that the witness has not
+    /// cosigned yet, summed over the workspaces it lags in (0: caught up). Grows while a
+    /// witness is down; with a quorum, receipts stay pending while too many witnesses lag.
+    pub witness_cosigned_lag: IntGaugeVec,
+    /// By `witness`: 1 while its last exchange got an answer, 0 while it is backed off.
+    pub witness_up: IntGaugeVec,
     /// The store's own figures (`allowly_store_*`), as last read; a figure the store does not
     /// have (`None`) is left out of the scrape rather than shown as 0.
     store: Arc<[StoreGauge]>,
@@ -458,6 +467,27 @@ impl Metrics {
                 "Seconds since the signer's series on this page were fetched (served from the last good fetch)",
             )
             .expect("static metric definition"),
+            witness_submissions: IntCounterVec::new(
+                Opts::new(
+                    "allowly_engine_witness_submissions_total",
+                    "Checkpoint submissions to witnesses, by witness and outcome",
+                ),
+                &["witness", "outcome"],
+            )
+            .expect("static metric definition"),
+            witness_cosigned_lag: IntGaugeVec::new(
+                Opts::new(
+                    "allowly_engine_witness_cosigned_lag",
+                    "Leaves of the newest checkpoints a witness has not cosigned yet, over the workspaces it lags in",
+                ),
+                &["witness"],
+            )
+            .expect("static metric definition"),
+            witness_up: IntGaugeVec::new(
+                Opts::new("allowly_engine_witness_up", "1 while the witness answers, 0 while it is backed off"),
+                &["witness"],
+            )
+            .expect("static metric definition"),
             store: store_gauges().into(),
             store_stats: Default::default(),
         };
@@ -507,7 +537,7 @@ impl Metrics {
     }
 
     /// Every metric but the store's gauges.
-    fn parts(&self) -> [&dyn Collector; 44] {
+    fn parts(&self) -> [&dyn Collector; 47] {
         [
             &self.decisions,
             &self.overloaded,
@@ -553,6 +583,9 @@ impl Metrics {
             &self.signer_metrics_age_seconds,
             &self.key_rotations,
             &self.key_rotation_last_seconds,
+            &self.witness_submissions,
+            &self.witness_cosigned_lag,
+            &self.witness_up,
         ]
     }
 
@@ -589,7 +622,15 @@ impl Collector for Metrics {
             s.gauge.set(i64::try_from(v).unwrap_or(i64::MAX));
             Some(s.gauge.collect())
         });
-        self.parts().into_iter().map(Collector::collect).chain(store).flatten().collect()
+        // A labelled family with no series yet (the witness metrics without witnesses) is left
+        // out: a text encoder refuses a family without metrics.
+        self.parts()
+            .into_iter()
+            .map(Collector::collect)
+            .chain(store)
+            .flatten()
+            .filter(|mf| !mf.get_metric().is_empty())
+            .collect()
     }
 }
 

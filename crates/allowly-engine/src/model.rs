@@ -333,8 +333,24 @@ pub struct Page<T> {
 pub struct CheckpointView {
     pub workspace_id: String,
     pub size: u64,
-    /// The C2SP signed note.
+    /// The C2SP signed note, with the witnesses' cosignatures stored for it (docs/witness.md).
     pub checkpoint: String,
+    /// Only when the server requires a witness quorum (docs/witness.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub witness: Option<WitnessStatus>,
+}
+
+/// Where the witnesses are: receipts at log indices below `witnessed_size` are reported signed;
+/// those above it whose checkpoint is stored wait for the witnesses (pending, reason
+/// `witness_quorum`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct WitnessStatus {
+    /// Distinct witnesses whose cosignatures a checkpoint needs.
+    pub quorum: usize,
+    /// Size of the newest checkpoint cosigned by the quorum (absent: none yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub witnessed_size: Option<u64>,
 }
 
 /// An RFC 9162 inclusion proof of one leaf in the tree of `tree_size` leaves.

@@ -724,6 +724,8 @@ impl Signing {
         if wake {
             shared.webhook_wake.notify_one();
         }
+        // To the witnesses' queues (no wait: see `witnessing`).
+        shared.witnessing.stored(&self.ws, &shared.metrics);
         self.frontier = next;
         let m = &shared.metrics;
         m.sign_batch.observe(leaves.len() as f64);

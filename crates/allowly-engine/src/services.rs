@@ -53,6 +53,8 @@ pub(crate) struct Services {
     pub admissions: Arc<crate::mailbox::Admissions>,
     /// Spaces signing rounds over every workspace (`sign_rounds_per_second`).
     pub sign_pacer: crate::pace::Pacer,
+    /// The witnesses stored checkpoints are submitted to, and the quorum reads apply.
+    pub witnessing: Arc<crate::witnessing::Witnessing>,
 }
 
 impl Services {

@@ -47,10 +47,17 @@ rotation_drain_timeout_ms, commit_window_us, sign_rounds_per_second, min_free_di
 max_pending_writes, max_long_polls, long_poll_max_ms, max_cached_authorizations, idle_timeout_ms, memory_high_water_mib, body_limit,
 max_connections, max_connections_per_address, request_read_timeout_ms, metrics_token_file,
 rate_limit_per_second, rate_limit_burst, confirmation_ttl_ms,
-escalation_ttl_ms, user, signer_user, postgres, webhook_base_backoff_ms,
+escalation_ttl_ms, user, signer_user, postgres, witness_quorum, witness_timeout_ms, webhook_base_backoff_ms,
 webhook_max_backoff_ms, webhook_give_up_after_ms, webhook_attempt_timeout_ms, webhook_retention_ms,
-webhook_allow_private_networks). Precedence: flag > environment > file > default. Relative paths
-are relative to the working directory.
+webhook_allow_private_networks; witnesses as [[witness]] tables with vkey, url and an optional
+name). Precedence: flag > environment > file > default. Relative paths are relative to the
+working directory.
+
+Witnesses (docs/witness.md): with --witness-quorum N above 0, every stored checkpoint is submitted
+to each --witness (C2SP tlog-witness), their cosignatures are checked and stored and served with
+the checkpoint, and a receipt is reported signed only once a checkpoint covering it carries N of
+them (until then it is pending, with `Allowly-Pending-Reason: witness_quorum`). Witnesses that do
+not answer never stop checks: their receipts stay pending.
 
 Webhooks (Standard Webhooks) are retried with exponential backoff and jitter: after the n-th
 failed attempt the next waits between half and all of min(base * 2^(n-1), max); a delivery is
@@ -325,6 +332,60 @@ pub struct ServeArgs {
     /// Single node only, no backup endpoint: see docs/postgres.md.
     #[arg(long, env = "ALLOWLY_POSTGRES", value_name = "CONNINFO", hide_env_values = true)]
     pub postgres: Option<String>,
+    /// A C2SP witness every checkpoint is submitted to: its cosigner verifier key (type 0x04,
+    /// `allowly-witness vkey`), `=`, and its URL (`http://HOST:PORT`, requests go to
+    /// `<URL>/add-checkpoint`). Repeat it for each witness (in the variable: comma-separated).
+    /// Used only with --witness-quorum above 0 (docs/witness.md).
+    #[arg(long = "witness", env = "ALLOWLY_WITNESSES", value_name = "VKEY=URL", value_delimiter = ',')]
+    pub witnesses: Vec<String>,
+    /// Report a receipt signed only once a checkpoint covering it is cosigned by this many
+    /// distinct witnesses (until then: pending, reason witness_quorum); 0 turns witnesses off
+    /// (0..=number of witnesses) [default: 0].
+    #[arg(long, env = "ALLOWLY_WITNESS_QUORUM", value_name = "N")]
+    pub witness_quorum: Option<usize>,
+    /// Bound on one submission to a witness (connect, request, answer) (100..=60000) [default: 5000].
+    #[arg(long, env = "ALLOWLY_WITNESS_TIMEOUT_MS", value_name = "MS")]
+    pub witness_timeout_ms: Option<u64>,
+}
+
+/// A witness in the TOML file (`[[witness]]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileWitness {
+    /// Optional; if given it must be the name in `vkey` (what its cosignatures are signed as).
+    pub name: Option<String>,
+    /// Its cosigner verifier key (type 0x04).
+    pub vkey: String,
+    /// Its submission URL.
+    pub url: String,
+}
+
+/// Parses a witness from its verifier key and URL (the URL is checked for a scheme and host
+/// only: the witness's answers, not its address, are what is trusted).
+fn witness(name: Option<&str>, vkey: &str, url: &str) -> Result<allowly_engine::WitnessConfig, Error> {
+    let bad = |why: String| Error::Witnesses(why);
+    let key = allowly_receipt::cosignature::CosignerKey::parse_vkey(vkey.trim())
+        .map_err(|e| bad(format!("{vkey:?} is not a cosigner verifier key (type 0x04): {e}")))?;
+    if let Some(name) = name {
+        if name != key.name() {
+            return Err(bad(format!("witness name {name:?} is not the name in its key ({:?})", key.name())));
+        }
+    }
+    let rest = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://"));
+    if rest.is_none_or(|r| r.is_empty() || r.starts_with('/')) {
+        return Err(bad(format!("witness URL {url:?} must be http://HOST[:PORT][/PATH] or https://…")));
+    }
+    Ok(allowly_engine::WitnessConfig { key, url: url.trim_end_matches('/').to_owned() })
+}
+
+/// `--witness VKEY=URL`: split where the URL's scheme starts (a verifier key has no `=`: its
+/// base64 part is 33 bytes, unpadded).
+fn witness_arg(arg: &str) -> Result<allowly_engine::WitnessConfig, Error> {
+    let at = arg.find("=http://").or_else(|| arg.find("=https://"));
+    let Some(at) = at else {
+        return Err(Error::Witnesses(format!("--witness {arg:?} is not VKEY=URL (an http:// or https:// URL)")));
+    };
+    witness(None, &arg[..at], &arg[at + 1..])
 }
 
 /// A byte size: digits, optionally followed by `B`, `KiB`, `MiB`, `GiB`, `TiB` (or `K`, `M`,
@@ -391,6 +452,10 @@ pub struct FileConfig {
     pub user: Option<String>,
     pub signer_user: Option<String>,
     pub postgres: Option<String>,
+    #[serde(default)]
+    pub witness: Vec<FileWitness>,
+    pub witness_quorum: Option<usize>,
+    pub witness_timeout_ms: Option<u64>,
 }
 
 /// A byte size in the TOML file: an integer, or text with a unit (see [`parse_size`]).
@@ -482,6 +547,12 @@ pub struct ServerConfig {
     pub rate_limit: allowly_store::RateLimit,
     /// `/metrics` requires this bearer token if set (read at start, as root if started so).
     pub metrics_token: Option<crate::auth::MetricsToken>,
+    /// See `EngineConfig::witnesses` (empty when the quorum is 0).
+    pub witnesses: Vec<allowly_engine::WitnessConfig>,
+    /// See `EngineConfig::witness_quorum`.
+    pub witness_quorum: usize,
+    /// See `EngineConfig::witness_timeout`.
+    pub witness_timeout: Duration,
 }
 
 impl ServeArgs {
@@ -643,11 +714,35 @@ impl ServeArgs {
             user: self.user.or(file.user).unwrap_or(d.user),
             signer_user: self.signer_user.or(file.signer_user).unwrap_or(d.signer_user),
         };
+        let witnesses = if self.witnesses.is_empty() {
+            file.witness.iter().map(|w| witness(w.name.as_deref(), &w.vkey, &w.url)).collect::<Result<Vec<_>, _>>()?
+        } else {
+            self.witnesses.iter().map(|w| witness_arg(w)).collect::<Result<Vec<_>, _>>()?
+        };
+        for (i, a) in witnesses.iter().enumerate() {
+            if witnesses[..i].iter().any(|b| b.key.key() == a.key.key()) {
+                return Err(Error::Witnesses(format!("witness key of {:?} is listed twice", a.key.name())));
+            }
+        }
+        let witness_quorum = self.witness_quorum.or(file.witness_quorum).unwrap_or(0);
+        if witness_quorum > witnesses.len() {
+            return Err(Error::Witnesses(format!(
+                "witness_quorum {witness_quorum} is more than the {} witnesses configured",
+                witnesses.len()
+            )));
+        }
+        let witness_timeout = ms(self.witness_timeout_ms, file.witness_timeout_ms, e.witness_timeout);
+        if !(Duration::from_millis(100)..=Duration::from_secs(60)).contains(&witness_timeout) {
+            return Err(Error::OutOfRange("witness_timeout_ms", "100..=60000"));
+        }
         let store = match self.postgres.or(file.postgres) {
             Some(conninfo) => StoreConfig::Postgres(conninfo),
             None => StoreConfig::Rocks,
         };
         Ok(ServerConfig {
+            witnesses,
+            witness_quorum,
+            witness_timeout,
             store,
             users,
             connections,
@@ -1012,6 +1107,46 @@ mod tests {
     }
 
     #[test]
+    fn witnesses_resolve_and_are_checked() {
+        let vkey = |seed: u8, name: &str| {
+            let sk = ed25519_dalek::SigningKey::from_bytes(&[seed; 32]);
+            allowly_receipt::cosignature::CosignerKey::new(name, sk.verifying_key()).unwrap().to_vkey()
+        };
+        let (a, b) = (vkey(1, "w.example/a"), vkey(2, "w.example/b"));
+        let d = ServeArgs::default().resolve().unwrap();
+        assert_eq!((d.witnesses.len(), d.witness_quorum), (0, 0), "off by default");
+        let f = file(&format!(
+            "witness_quorum = 2\n[[witness]]\nvkey = \"{a}\"\nurl = \"http://127.0.0.1:1/\"\n\
+             [[witness]]\nname = \"w.example/b\"\nvkey = \"{b}\"\nurl = \"https://w.example/prefix\"\n"
+        ));
+        let cfg = ServeArgs { config: Some(f.path().to_owned()), ..ServeArgs::default() }.resolve().unwrap();
+        assert_eq!(cfg.witness_quorum, 2);
+        assert_eq!(cfg.witnesses[0].url, "http://127.0.0.1:1");
+        assert_eq!(cfg.witnesses[1].key.to_vkey(), b);
+        // Flags replace the file's list.
+        let args = ServeArgs {
+            config: Some(f.path().to_owned()),
+            witnesses: vec![format!("{a}=http://127.0.0.1:2")],
+            witness_quorum: Some(1),
+            ..ServeArgs::default()
+        };
+        let cfg = args.resolve().unwrap();
+        assert_eq!((cfg.witnesses.len(), cfg.witnesses[0].url.as_str()), (1, "http://127.0.0.1:2"));
+        let bad = |witnesses: Vec<String>, quorum: usize| {
+            ServeArgs { witnesses, witness_quorum: Some(quorum), ..ServeArgs::default() }.resolve().unwrap_err()
+        };
+        let e = bad(vec![format!("{a}=http://x")], 2);
+        assert!(matches!(e, Error::Witnesses(_)) && e.to_string().contains("more than"), "{e}");
+        assert!(matches!(bad(vec![], 1), Error::Witnesses(_)));
+        assert!(matches!(bad(vec![format!("{a}=ftp://x")], 1), Error::Witnesses(_)));
+        assert!(matches!(bad(vec!["nokey=http://x".into()], 1), Error::Witnesses(_)));
+        assert!(matches!(bad(vec![format!("{a}=http://x"), format!("{a}=http://y")], 1), Error::Witnesses(_)));
+        let f = file(&format!("[[witness]]\nname = \"other\"\nvkey = \"{a}\"\nurl = \"http://x\"\n"));
+        let e = ServeArgs { config: Some(f.path().to_owned()), ..ServeArgs::default() }.resolve().unwrap_err();
+        assert!(e.to_string().contains("not the name in its key"), "{e}");
+    }
+
+    #[test]
     fn env_is_read_by_clap_below_flags() {
         // clap resolves flag > env itself; check the wiring through a parse with an explicit env.
         let cmd = <Cli as clap::CommandFactory>::command();
@@ -1045,6 +1180,9 @@ mod tests {
             ("escalation_ttl_ms", "ALLOWLY_ESCALATION_TTL_MS"),
             ("user", "ALLOWLY_USER"),
             ("signer_user", "ALLOWLY_SIGNER_USER"),
+            ("witnesses", "ALLOWLY_WITNESSES"),
+            ("witness_quorum", "ALLOWLY_WITNESS_QUORUM"),
+            ("witness_timeout_ms", "ALLOWLY_WITNESS_TIMEOUT_MS"),
         ] {
             let a = serve.get_arguments().find(|a| a.get_id() == arg).unwrap();
             assert_eq!(a.get_env().and_then(|e| e.to_str()), Some(env), "{arg}");

@@ -49,6 +49,8 @@ pub enum Error {
     BodyLimit(usize),
     #[error("webhook settings: {0}")]
     WebhookSettings(String),
+    #[error("witness settings: {0}")]
+    Witnesses(String),
     #[error("{0} must be within 1 s..=30 days")]
     Ttl(&'static str),
     #[error("signer_max_in_flight must be within 1..=65536")]

@@ -476,10 +476,18 @@ pub(crate) async fn delivery_retry(mut cx: Cx<'_>) -> Result<Resp, Problem> {
     Ok(r)
 }
 
-#[utoipa::path(get, path = "/v1/receipts/{id}", tag = "receipts", params(("id" = String, Path, description = "Receipt id")), responses((status = 200, description = "The receipt, signed (with its inclusion proof and checkpoint) or still pending", body = ReceiptView)))]
+#[utoipa::path(get, path = "/v1/receipts/{id}", tag = "receipts", params(("id" = String, Path, description = "Receipt id")), responses((status = 200, description = "The receipt, signed (with its inclusion proof and checkpoint) or still pending; a receipt whose checkpoint is signed but not yet cosigned by the server's witness quorum is pending with the header `Allowly-Pending-Reason: witness_quorum` (docs/witness.md)", body = ReceiptView)))]
 pub(crate) async fn receipt_get(cx: Cx<'_>) -> Result<Resp, Problem> {
-    json(StatusCode::OK, &cx.read(|e, ws, id| e.receipt(ws, id)).await?)
+    let (view, reason) = cx.read(|e, ws, id| e.receipt_with_reason(ws, id)).await?;
+    let mut r = json(StatusCode::OK, &view)?;
+    if let Some(reason) = reason {
+        r.headers_mut().insert(PENDING_REASON, HeaderValue::from_static(reason));
+    }
+    Ok(r)
 }
+
+/// Why a receipt is still pending, when the server knows more than "not signed yet".
+const PENDING_REASON: http::HeaderName = http::HeaderName::from_static("allowly-pending-reason");
 
 #[utoipa::path(get, path = "/v1/receipts", tag = "receipts", params(("authorization_id" = String, Query, description = "Whose trail"), ("limit" = Option<u64>, Query, description = "Page size, 1..=1000 (default 100)"), ("starting_after" = Option<String>, Query, description = "`next_cursor` of the previous page")), responses((status = 200, description = "A page of an authorization's trail, in `seq` order", body = Page<ReceiptView>)))]
 pub(crate) async fn receipt_list(cx: Cx<'_>) -> Result<Resp, Problem> {

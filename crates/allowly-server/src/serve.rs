@@ -225,6 +225,9 @@ async fn serve_with_engine(
             max_pending_writes: cfg.max_pending_writes,
             max_long_polls: cfg.max_long_polls,
             long_poll_max: cfg.long_poll_max,
+            witnesses: cfg.witnesses.clone(),
+            witness_quorum: cfg.witness_quorum,
+            witness_timeout: cfg.witness_timeout,
             ..EngineConfig::default()
         },
     )

@@ -34,11 +34,13 @@ pub enum Space {
     Deliveries,
     Outbox,
     EscalationDue,
+    Cosignatures,
+    WitnessHeads,
 }
 
 impl Space {
     /// Every key space, in a fixed order (an engine opens them all).
-    pub const ALL: [Space; 16] = [
+    pub const ALL: [Space; 18] = [
         Space::Workspaces,
         Space::ApiKeys,
         Space::Authorizations,
@@ -55,6 +57,8 @@ impl Space {
         Space::Deliveries,
         Space::Outbox,
         Space::EscalationDue,
+        Space::Cosignatures,
+        Space::WitnessHeads,
     ];
 
     /// Stable name: the column family's name on disk. Never rename one.
@@ -76,6 +80,8 @@ impl Space {
             Space::Deliveries => "deliveries",
             Space::Outbox => "outbox",
             Space::EscalationDue => "escalation_due",
+            Space::Cosignatures => "cosignatures",
+            Space::WitnessHeads => "witness_heads",
         }
     }
 
@@ -170,6 +176,22 @@ pub(crate) fn node(ws: &str, level: u8, index: u64) -> Vec<u8> {
     let mut k = ws_start(ws);
     k.push(level);
     k.extend_from_slice(&index.to_be_bytes());
+    k
+}
+
+/// `cosignatures`: `ws ‖ 0x00 ‖ tree size (u64 BE) ‖ witness public key (32 bytes)`, so the
+/// cosignatures of one checkpoint are one range and the newest checkpoints come first in a
+/// reverse scan.
+pub(crate) fn cosignature(ws: &str, size: u64, witness: &[u8; 32]) -> Vec<u8> {
+    let mut k = ws_u64(ws, size);
+    k.extend_from_slice(witness);
+    k
+}
+
+/// `witness_heads`: `ws ‖ 0x00 ‖ witness public key (32 bytes)`.
+pub(crate) fn witness_head(ws: &str, witness: &[u8; 32]) -> Vec<u8> {
+    let mut k = ws_start(ws);
+    k.extend_from_slice(witness);
     k
 }
 

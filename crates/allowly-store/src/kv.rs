@@ -173,6 +173,21 @@ pub(crate) fn stage(batch: WriteBatch) -> Result<Mutations> {
                 check_id("doc_id", &id)?;
                 st.delete(Space::of_doc(kind), keys::ws_id(&ws, &id));
             }
+            Op::PutCosignature { workspace_id: ws, size, witness, line } => {
+                check_id("workspace_id", &ws)?;
+                // One whole signature line: what is served is the note followed by these, so a
+                // line without its newline (or with two) would corrupt every note it joins.
+                if line.is_empty() || !line.ends_with('\n') || line[..line.len() - 1].contains('\n') {
+                    return Err(StoreError::InvalidOp(format!(
+                        "cosignature of {ws} at {size}: not one signature line"
+                    )));
+                }
+                st.put(Space::Cosignatures, keys::cosignature(&ws, size, &witness), line.into_bytes());
+            }
+            Op::PutWitnessHead { workspace_id: ws, witness, size } => {
+                check_id("workspace_id", &ws)?;
+                st.put(Space::WitnessHeads, keys::witness_head(&ws, &witness), size.to_be_bytes().to_vec());
+            }
         }
     }
     Ok(st)

@@ -31,6 +31,8 @@
 //! | `checkpoints`    | `ws ‖ 0x00 ‖ tree size u64`                  | signed note text                   |
 //! | `log_meta`       | `ws`                                         | [`LogMeta`] (JSON)                 |
 //! | `api_key_ids`    | `ws ‖ 0x00 ‖ key id` (`ws` empty: instance)  | `key_hash` (index into `api_keys`) |
+//! | `cosignatures`   | `ws ‖ 0x00 ‖ tree size u64 ‖ witness Ed25519 key (32 bytes)` | one `cosignature/v1` signature line (text) |
+//! | `witness_heads`  | `ws ‖ 0x00 ‖ witness Ed25519 key (32 bytes)` | tree size u64: the largest checkpoint that witness cosigned |
 //! | `confirmations`, `escalations`, `idempotency`, `webhooks`, `deliveries`, `outbox`, `escalation_due` | `ws ‖ 0x00 ‖ id` | a [`DocKind`] document (JSON, wrapped with its ws and id) |
 //!
 //! The engine also files documents under two scopes that are not workspaces (workspace ids are

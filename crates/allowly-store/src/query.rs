@@ -253,6 +253,56 @@ fn checkpoint_at_or_after(e: &impl KvEngine, ws: &str, size: u64) -> Result<Opti
     first_checkpoint(e, ws, &keys::ws_u64(ws, size), false)
 }
 
+/// A `cosignatures` pair of workspace `ws`, checked: its key's tree size and witness key, and
+/// its line (UTF-8, one line).
+fn cosignature_of(ws: &str, (k, v): (Vec<u8>, Vec<u8>)) -> Result<(u64, [u8; 32], String)> {
+    let bad = |why| corrupt(Space::Cosignatures, &k, why);
+    let at = ws.len() + 1;
+    let size = k.get(at..at + 8).and_then(|b| <[u8; 8]>::try_from(b).ok()).map(u64::from_be_bytes);
+    let witness = k.get(at + 8..).and_then(|b| <[u8; 32]>::try_from(b).ok());
+    let (Some(size), Some(witness)) = (size, witness) else { return Err(bad("bad key length")) };
+    let line = String::from_utf8(v).map_err(|_| bad("cosignature is not UTF-8"))?;
+    if !line.ends_with('\n') || line[..line.len() - 1].contains('\n') {
+        return Err(bad("not one signature line"));
+    }
+    Ok((size, witness, line))
+}
+
+/// Most cosignatures read for one checkpoint: far more witnesses than any policy names.
+const MAX_COSIGNATURES_PER_CHECKPOINT: usize = 1024;
+
+fn cosignatures(e: &impl KvEngine, ws: &str, size: u64) -> Result<Vec<([u8; 32], String)>> {
+    check_id("workspace_id", ws)?;
+    let (lower, upper) = (keys::ws_u64(ws, size), keys::cosignature(ws, size, &[0xff; 32]));
+    // `upper` is exclusive: the one key it would miss (a witness key of 32 0xff bytes) is not
+    // a valid Ed25519 point, so no witness has it.
+    let pairs = e.scan(Space::Cosignatures, &lower, Some(&upper), MAX_COSIGNATURES_PER_CHECKPOINT, false)?;
+    pairs.into_iter().map(|p| cosignature_of(ws, p).map(|(_, w, line)| (w, line))).collect()
+}
+
+fn recent_cosignatures(
+    e: &impl KvEngine,
+    ws: &str,
+    at_most: u64,
+    limit: usize,
+) -> Result<Vec<(u64, [u8; 32], String)>> {
+    check_id("workspace_id", ws)?;
+    let upper = match at_most.checked_add(1) {
+        Some(n) => keys::ws_u64(ws, n),
+        None => keys::ws_end(ws),
+    };
+    let pairs = e.scan(Space::Cosignatures, &keys::ws_start(ws), Some(&upper), limit, true)?;
+    pairs.into_iter().map(|p| cosignature_of(ws, p)).collect()
+}
+
+fn witness_head(e: &impl KvEngine, ws: &str, witness: &[u8; 32]) -> Result<Option<u64>> {
+    check_id("workspace_id", ws)?;
+    let key = keys::witness_head(ws, witness);
+    let Some(v) = e.get(Space::WitnessHeads, &key)? else { return Ok(None) };
+    let v: [u8; 8] = v.try_into().map_err(|_| corrupt(Space::WitnessHeads, &key, "not a u64"))?;
+    Ok(Some(u64::from_be_bytes(v)))
+}
+
 /// Every workspace whose log has leaves beyond its newest stored checkpoint, or a key rotation
 /// not yet stored (`LogMeta::rotation_at`): one pass over `log_meta` (one entry per workspace)
 /// and at most two seeks per workspace (its newest checkpoint, then a receipt at or past that
@@ -449,6 +499,15 @@ impl<E: KvEngine> Store for E {
     }
     fn leaf_hashes(&self, ws: &str, from: u64, to: u64, limit: usize) -> Result<Vec<(u64, [u8; 32])>> {
         leaf_hashes(self, ws, from, to, limit)
+    }
+    fn cosignatures(&self, ws: &str, size: u64) -> Result<Vec<([u8; 32], String)>> {
+        cosignatures(self, ws, size)
+    }
+    fn recent_cosignatures(&self, ws: &str, at_most: u64, limit: usize) -> Result<Vec<(u64, [u8; 32], String)>> {
+        recent_cosignatures(self, ws, at_most, limit)
+    }
+    fn witness_head(&self, ws: &str, witness: &[u8; 32]) -> Result<Option<u64>> {
+        witness_head(self, ws, witness)
     }
     fn workspaces_with_unsigned(&self) -> Result<Vec<String>> {
         workspaces_with_unsigned(self)

@@ -69,6 +69,14 @@ pub trait Store: Send + Sync + 'static {
     /// checkpoint's size, log_meta().next_index)`, so reading them costs the same whatever the
     /// log's history.
     fn leaf_hashes(&self, ws: &str, from: u64, to: u64, limit: usize) -> Result<Vec<(u64, [u8; 32])>>;
+    /// The witness cosignatures stored for the checkpoint of tree size `size`: (witness public
+    /// key, signature line), in key order.
+    fn cosignatures(&self, ws: &str, size: u64) -> Result<Vec<([u8; 32], String)>>;
+    /// Up to `limit` stored cosignatures of checkpoints of size `<= at_most`, newest
+    /// checkpoint first: (tree size, witness public key, signature line).
+    fn recent_cosignatures(&self, ws: &str, at_most: u64, limit: usize) -> Result<Vec<(u64, [u8; 32], String)>>;
+    /// The largest tree size `witness` (its public key) is recorded as having cosigned.
+    fn witness_head(&self, ws: &str, witness: &[u8; 32]) -> Result<Option<u64>>;
     /// Every workspace whose log has leaves beyond its newest stored checkpoint, or a key
     /// rotation not yet stored (what a restart must finish signing).
     fn workspaces_with_unsigned(&self) -> Result<Vec<String>>;

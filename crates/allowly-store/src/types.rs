@@ -280,6 +280,23 @@ pub enum Op {
         workspace_id: String,
         id: String,
     },
+    /// A witness's `cosignature/v1` line (one signature line, ending in `\n`) on the stored
+    /// checkpoint of tree size `size`, by the witness whose Ed25519 public key is `witness`
+    /// (replaces that witness's earlier line on the same checkpoint). The store does not verify
+    /// it: the caller checked it against the witness's key.
+    PutCosignature {
+        workspace_id: String,
+        size: u64,
+        witness: [u8; 32],
+        line: String,
+    },
+    /// The largest tree size `witness` has cosigned for the workspace (what the next
+    /// `add-checkpoint` request to it names as `old`).
+    PutWitnessHead {
+        workspace_id: String,
+        witness: [u8; 32],
+        size: u64,
+    },
 }
 
 /// Figures of the storage engine an operator alerts on — write stalls, compaction debt, sizes —

@@ -167,24 +167,50 @@ impl Sender {
 
     /// POSTs `body` to `url` with `headers` (the Standard Webhooks ones).
     pub async fn post(&self, url: &str, headers: &[(&'static str, String)], body: Bytes) -> Outcome {
+        match self.exchange(url, "application/json", headers, body).await {
+            Err(failed) => failed,
+            Ok(Answer { status, .. }) if (200..300).contains(&status) => Outcome::Delivered { status },
+            Ok(Answer { status: 410, .. }) => Outcome::Gone,
+            Ok(Answer { status, retry_after, body }) => {
+                let snippet: String = String::from_utf8_lossy(&body).chars().take(BODY_SNIPPET).collect();
+                let error = if snippet.trim().is_empty() {
+                    format!("HTTP {status}")
+                } else {
+                    format!("HTTP {status}: {}", snippet.trim())
+                };
+                Outcome::Failed { kind: FailKind::Http, status: Some(status), error, retry_after }
+            }
+        }
+    }
+
+    /// POSTs `body` (of type `content_type`) to `url` with `headers`, and returns whatever the
+    /// server answered — any status, and at most [`MAX_BODY_READ`] bytes of its body — or the
+    /// failure (never [`Outcome::Delivered`] nor [`Outcome::Gone`]) if no answer came. Also
+    /// what other clients of a small HTTP protocol use (the engine's witness submissions).
+    pub async fn exchange(
+        &self,
+        url: &str,
+        content_type: &'static str,
+        headers: &[(&'static str, String)],
+        body: Bytes,
+    ) -> Result<Answer, Outcome> {
         // The connector connects to an IP literal without resolving it: check it here.
         if let Some((ip, why)) = destination::ip_literal(url).and_then(|ip| self.policy.refuses(ip).map(|w| (ip, w))) {
-            return not_allowed(format!("{NOT_ALLOWED}: {ip} is not a public address ({why})"));
+            return Err(not_allowed(format!("{NOT_ALLOWED}: {ip} is not a public address ({why})")));
         }
-        let mut req =
-            Request::post(url).header(CONTENT_TYPE, "application/json").header(USER_AGENT, self.user_agent.clone());
+        let mut req = Request::post(url).header(CONTENT_TYPE, content_type).header(USER_AGENT, self.user_agent.clone());
         for (k, v) in headers {
             req = req.header(*k, v.as_str());
         }
         let req = match req.body(Full::new(body)) {
             Ok(r) => r,
             Err(e) => {
-                return Outcome::Failed {
+                return Err(Outcome::Failed {
                     kind: FailKind::Connect,
                     status: None,
                     error: format!("cannot build the request: {e}"),
                     retry_after: None,
-                }
+                })
             }
         };
         let exchange = async {
@@ -205,32 +231,32 @@ impl Sender {
                 Ok(b) => b.to_bytes(),
                 Err(_) => Bytes::new(),
             };
-            Ok::<_, WebhookError>((status, retry_after, body))
+            Ok::<_, WebhookError>(Answer { status, retry_after, body })
         };
         match tokio::time::timeout(self.timeout, exchange).await {
-            Err(_) => Outcome::Failed {
+            Err(_) => Err(Outcome::Failed {
                 kind: FailKind::Timeout,
                 status: None,
                 error: format!("no answer within {} ms", self.timeout.as_millis()),
                 retry_after: None,
-            },
-            Ok(Err(WebhookError::DestinationRefused(error))) => not_allowed(error),
+            }),
+            Ok(Err(WebhookError::DestinationRefused(error))) => Err(not_allowed(error)),
             Ok(Err(e)) => {
-                Outcome::Failed { kind: FailKind::Connect, status: None, error: e.to_string(), retry_after: None }
+                Err(Outcome::Failed { kind: FailKind::Connect, status: None, error: e.to_string(), retry_after: None })
             }
-            Ok(Ok((status, _, _))) if (200..300).contains(&status) => Outcome::Delivered { status },
-            Ok(Ok((410, _, _))) => Outcome::Gone,
-            Ok(Ok((status, retry_after, body))) => {
-                let snippet: String = String::from_utf8_lossy(&body).chars().take(BODY_SNIPPET).collect();
-                let error = if snippet.trim().is_empty() {
-                    format!("HTTP {status}")
-                } else {
-                    format!("HTTP {status}: {}", snippet.trim())
-                };
-                Outcome::Failed { kind: FailKind::Http, status: Some(status), error, retry_after }
-            }
+            Ok(Ok(answer)) => Ok(answer),
         }
     }
+}
+
+/// What a server answered ([`Sender::exchange`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    pub status: u16,
+    /// `Retry-After` in seconds, if the answer had one.
+    pub retry_after: Option<Duration>,
+    /// At most [`MAX_BODY_READ`] bytes of the body (empty if it could not be read).
+    pub body: Bytes,
 }
 
 fn not_allowed(error: String) -> Outcome {

@@ -641,6 +641,20 @@ impl Store for Device {
     fn checkpoint_at_or_after(&self, ws: &str, size: u64) -> allowly_store::Result<Option<(u64, String)>> {
         self.read(|s| s.checkpoint_at_or_after(ws, size))
     }
+    fn cosignatures(&self, ws: &str, size: u64) -> allowly_store::Result<Vec<([u8; 32], String)>> {
+        self.inner.cosignatures(ws, size)
+    }
+    fn recent_cosignatures(
+        &self,
+        ws: &str,
+        at_most: u64,
+        limit: usize,
+    ) -> allowly_store::Result<Vec<(u64, [u8; 32], String)>> {
+        self.inner.recent_cosignatures(ws, at_most, limit)
+    }
+    fn witness_head(&self, ws: &str, witness: &[u8; 32]) -> allowly_store::Result<Option<u64>> {
+        self.inner.witness_head(ws, witness)
+    }
     fn leaf_hashes(&self, ws: &str, from: u64, to: u64, limit: usize) -> allowly_store::Result<Vec<(u64, [u8; 32])>> {
         self.read(|s| s.leaf_hashes(ws, from, to, limit))
     }

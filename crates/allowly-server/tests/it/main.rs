@@ -29,3 +29,4 @@ mod rotation;
 mod schemathesis;
 mod support;
 mod webhooks;
+mod witness;

@@ -538,3 +538,61 @@ pub fn works_as_a_trait_object<S: Store>(s: &S) {
     let nodes = StoredNodes::new(s, "w");
     assert_eq!(merkle::root_from(&nodes, 3).unwrap(), appended.root);
 }
+
+/// Witness cosignatures per (workspace, checkpoint size, witness) and each witness's last
+/// cosigned size: puts replace, a checkpoint's cosignatures are exactly its own (never a
+/// neighbouring size's nor another workspace's), the newest come first, a line that is not one
+/// signature line is refused with nothing of its batch written.
+pub fn cosignatures_and_witness_heads<S: Store>(s: &S) {
+    let (a, b) = ([0xa1; 32], [0xb2; 32]);
+    let cosig = |ws: &str, size: u64, w: [u8; 32], line: &str| Op::PutCosignature {
+        workspace_id: ws.into(),
+        size,
+        witness: w,
+        line: line.into(),
+    };
+    assert_eq!(s.cosignatures("w", 256).unwrap(), vec![]);
+    assert_eq!(s.witness_head("w", &a).unwrap(), None);
+    write(
+        s,
+        vec![
+            cosig("w", 255, a, "— a 255\n"),
+            cosig("w", 256, b, "— b 256\n"),
+            cosig("w", 256, a, "— a old\n"),
+            cosig("w", 256, a, "— a 256\n"),
+            cosig("w", 257, a, "— a 257\n"),
+            cosig("w_b", 256, a, "— other workspace\n"),
+            cosig("v", 1 << 40, a, "— v\n"),
+            Op::PutWitnessHead { workspace_id: "w".into(), witness: a, size: 257 },
+            Op::PutWitnessHead { workspace_id: "w".into(), witness: b, size: 1 },
+            Op::PutWitnessHead { workspace_id: "w".into(), witness: b, size: 256 },
+        ],
+    );
+    assert_eq!(s.cosignatures("w", 256).unwrap(), vec![(a, "— a 256\n".to_owned()), (b, "— b 256\n".to_owned())]);
+    assert_eq!(s.cosignatures("w", 258).unwrap(), vec![]);
+    assert_eq!(s.cosignatures("w_b", 256).unwrap(), vec![(a, "— other workspace\n".to_owned())]);
+    assert_eq!(s.witness_head("w", &a).unwrap(), Some(257));
+    assert_eq!(s.witness_head("w", &b).unwrap(), Some(256));
+    assert_eq!(s.witness_head("w_b", &a).unwrap(), None);
+    let sizes = |at_most, limit| {
+        s.recent_cosignatures("w", at_most, limit).unwrap().into_iter().map(|(n, w, _)| (n, w)).collect::<Vec<_>>()
+    };
+    assert_eq!(sizes(u64::MAX, 10), vec![(257, a), (256, b), (256, a), (255, a)]);
+    assert_eq!(sizes(256, 2), vec![(256, b), (256, a)]);
+    assert_eq!(sizes(254, 10), vec![]);
+    assert_eq!(s.recent_cosignatures("v", u64::MAX, 10).unwrap(), vec![(1 << 40, a, "— v\n".to_owned())]);
+    for bad in ["", "— no newline", "— two\n— lines\n"] {
+        let e = s
+            .write(
+                WriteBatch::from(vec![
+                    Op::PutWitnessHead { workspace_id: "w".into(), witness: a, size: 999 },
+                    cosig("w", 999, a, bad),
+                ]),
+                Durability::Sync,
+            )
+            .unwrap_err();
+        assert!(matches!(e, StoreError::InvalidOp(_)), "{bad:?}: {e:?}");
+    }
+    assert_eq!(s.witness_head("w", &a).unwrap(), Some(257), "a refused batch writes nothing");
+    assert!(matches!(s.cosignatures("bad id", 1), Err(StoreError::InvalidId { .. })));
+}

@@ -73,6 +73,7 @@ macro_rules! conformance_tests {
             empty_batch_and_buffered_writes,
             concurrent_writers,
             documents,
+            cosignatures_and_witness_heads,
             works_as_a_trait_object,
         );
     };

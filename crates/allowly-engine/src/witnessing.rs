@@ -1,0 +1,553 @@
+//! Witnessed checkpoints (issue 16 part 4; docs/witness.md): every checkpoint the signing
+//! pipeline stores is submitted to the configured C2SP witnesses
+//! (<https://c2sp.org/tlog-witness>), their `cosignature/v1` lines are checked and stored, and
+//! the engine's read paths serve each checkpoint with the cosignatures stored for it and — with
+//! a quorum — report a receipt signed only once a checkpoint covering it is cosigned by enough
+//! witnesses.
+//!
+//! Off the signing path: the pipeline only hands the workspace over ([`Witnessing::stored`]:
+//! a set insert and a wake-up per witness, never a wait). Each witness has a task of its own
+//! with a bounded, coalescing queue of workspaces — only the workspace is queued, and the task
+//! reads its newest stored checkpoint when it gets to it, so a workspace that signed a hundred
+//! checkpoints meanwhile costs one submission — so a witness that is down or slow delays only
+//! its own cosignatures. A request names as `old` the size that witness last cosigned for the
+//! workspace (persisted, `Store::witness_head`, so a restart does not start again from 0) and
+//! carries the RFC 9162 consistency proof from there. A `409` (the witness is at another size:
+//! its state or ours is older than the other's answer) is retried once from the size it
+//! names; a network failure, a timeout or a 5xx backs off that witness (doubling from 100 ms to
+//! 5 s: a refused connection every 5 s costs nothing, and a witness back is used soon) with the workspace kept at the head of its queue; any other answer is counted and
+//! logged and the workspace dropped until its next checkpoint. Nothing a witness answers is
+//! stored unless it is a valid cosignature by that witness's configured key on exactly the
+//! submitted checkpoint.
+//!
+//! Writes go through `Store::write` (one synced batch per cosignature: the line and the
+//! witness's new head together), not through the committer: they belong to no check.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use allowly_receipt::cosignature::{self, add_cosignatures, CosignerKey};
+use allowly_receipt::merkle;
+use allowly_receipt::note;
+use allowly_store::{Durability, Op, Store, StoreError, StoredNodes, WriteBatch};
+use allowly_webhooks::client::{Answer, Outcome, Sender};
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use bytes::Bytes;
+use tokio::sync::Notify;
+
+use crate::config::{EngineConfig, WitnessConfig};
+use crate::metrics::Metrics;
+
+/// Most workspaces waiting in one witness's queue. One more is not queued (counted as
+/// `dropped`): its next checkpoint queues it again.
+pub(crate) const MAX_QUEUED: usize = 100_000;
+/// First and longest wait after a witness did not answer.
+const BACKOFF_START: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Most stored cosignatures looked at to find a workspace's newest quorum-cosigned checkpoint,
+/// per configured witness (each checkpoint has at most one line per witness).
+const QUORUM_SCAN_PER_WITNESS: usize = 64;
+
+/// The `outcome` label of `allowly_engine_witness_submissions_total`, a closed set:
+/// `cosigned` (a valid cosignature stored), `old_size_mismatch` (a 409: retried once from the
+/// witness's size), `bad_cosignature` (a 200 whose body is not a valid cosignature by the
+/// witness's key on the submitted checkpoint: nothing stored), `refused` (another 4xx: the
+/// witness does not know the log or its key, a proof it does not accept), `unavailable` (no
+/// answer, a timeout, a 5xx: the witness is backed off), `dropped` (its queue was full).
+pub const SUBMISSION_OUTCOMES: [&str; 6] =
+    ["cosigned", "old_size_mismatch", "bad_cosignature", "refused", "unavailable", "dropped"];
+
+/// A workspace queue that holds each workspace once.
+#[derive(Debug, Default)]
+struct Queue {
+    order: VecDeque<String>,
+    queued: HashSet<String>,
+}
+
+/// One witness: its configuration and its queue.
+#[derive(Debug)]
+struct Witness {
+    cfg: WitnessConfig,
+    queue: Mutex<Queue>,
+    wake: Notify,
+}
+
+impl Witness {
+    fn label(&self) -> &str {
+        self.cfg.key.name()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues `ws` (at the back, or at the front to retry it first); false if the queue is full.
+    fn push(&self, ws: &str, front: bool) -> bool {
+        let mut q = self.lock();
+        if q.queued.contains(ws) {
+            return true;
+        }
+        if q.queued.len() >= MAX_QUEUED {
+            return false;
+        }
+        q.queued.insert(ws.to_owned());
+        if front {
+            q.order.push_front(ws.to_owned());
+        } else {
+            q.order.push_back(ws.to_owned());
+        }
+        true
+    }
+
+    fn pop(&self) -> Option<String> {
+        let mut q = self.lock();
+        let ws = q.order.pop_front()?;
+        q.queued.remove(&ws);
+        Some(ws)
+    }
+}
+
+/// The witnesses, their queues, and the quorum the read paths apply.
+#[derive(Debug)]
+pub(crate) struct Witnessing {
+    witnesses: Vec<Arc<Witness>>,
+    quorum: usize,
+}
+
+impl Witnessing {
+    /// From the engine's configuration; with a quorum of 0 there are no witnesses at all.
+    pub fn new(cfg: &EngineConfig) -> Self {
+        let on = cfg.witness_quorum > 0;
+        let witnesses = cfg
+            .witnesses
+            .iter()
+            .filter(|_| on)
+            .map(|w| Arc::new(Witness { cfg: w.clone(), queue: Default::default(), wake: Notify::new() }))
+            .collect();
+        Self { witnesses, quorum: if on { cfg.witness_quorum } else { 0 } }
+    }
+
+    /// Whether witnesses are configured (quorum above 0).
+    pub fn enabled(&self) -> bool {
+        self.quorum > 0
+    }
+
+    /// The quorum (0: off).
+    pub fn quorum(&self) -> usize {
+        self.quorum
+    }
+
+    fn keys(&self) -> impl Iterator<Item = &CosignerKey> {
+        self.witnesses.iter().map(|w| &w.cfg.key)
+    }
+
+    /// The hand-off from the signing pipeline: a checkpoint of `ws` was stored. Queues `ws` for
+    /// every witness and returns at once.
+    pub fn stored(&self, ws: &str, metrics: &Metrics) {
+        for w in &self.witnesses {
+            if w.push(ws, false) {
+                w.wake.notify_one();
+            } else {
+                metrics.witness_submissions.with_label_values(&[w.label(), "dropped"]).inc();
+            }
+        }
+    }
+
+    /// `checkpoint` (the stored note of size `size`) with the stored cosignatures of the
+    /// configured witnesses appended; `checkpoint` itself when witnesses are off. A stored line that
+    /// does not join the note (it never should: each was checked before it was stored) is left
+    /// out and logged rather than served.
+    pub fn cosigned(&self, store: &dyn Store, ws: &str, size: u64, checkpoint: String) -> Result<String, StoreError> {
+        if !self.enabled() {
+            return Ok(checkpoint);
+        }
+        let mut out = checkpoint;
+        for (witness, line) in store.cosignatures(ws, size)? {
+            if !self.keys().any(|k| k.key().as_bytes() == &witness) {
+                continue;
+            }
+            match add_cosignatures(&out, &line) {
+                Ok(joined) => out = joined,
+                Err(e) => {
+                    tracing::error!(workspace = %ws, size, error = %e, "a stored cosignature does not join its checkpoint; left out")
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The size of the newest stored checkpoint of size `<= at_most` cosigned by at least
+    /// `quorum` distinct configured witnesses, if any (among the most recent stored
+    /// cosignatures: see [`QUORUM_SCAN_PER_WITNESS`]). `Some(at_most)` when witnesses are off.
+    pub fn witnessed_size(&self, store: &dyn Store, ws: &str, at_most: u64) -> Result<Option<u64>, StoreError> {
+        if !self.enabled() {
+            return Ok(Some(at_most));
+        }
+        let limit = QUORUM_SCAN_PER_WITNESS * self.witnesses.len().max(1);
+        let recent = store.recent_cosignatures(ws, at_most, limit)?;
+        let mut current: Option<u64> = None;
+        let mut by: Vec<[u8; 32]> = Vec::new();
+        for (size, witness, _) in recent {
+            if current != Some(size) {
+                current = Some(size);
+                by.clear();
+            }
+            // Quorums count distinct public keys of configured witnesses.
+            if self.keys().any(|k| k.key().as_bytes() == &witness) && !by.contains(&witness) {
+                by.push(witness);
+                if by.len() >= self.quorum {
+                    return Ok(Some(size));
+                }
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// Starts one task per witness. Each ends (within a second) once `witnessing` is dropped with
+/// the engine.
+pub(crate) fn start(
+    witnessing: &Arc<Witnessing>,
+    store: Arc<dyn Store>,
+    metrics: Metrics,
+    timeout: Duration,
+) -> Result<(), String> {
+    if !witnessing.enabled() {
+        return Ok(());
+    }
+    // Witnesses are chosen by the operator, on whatever network they are: no address policy.
+    let sender = Sender::new(timeout, allowly_webhooks::Policy::AllowPrivate)?;
+    for w in &witnessing.witnesses {
+        for outcome in SUBMISSION_OUTCOMES {
+            metrics.witness_submissions.with_label_values(&[w.label(), outcome]);
+        }
+        metrics.witness_cosigned_lag.with_label_values(&[w.label()]).set(0);
+        metrics.witness_up.with_label_values(&[w.label()]).set(1);
+        let task = Submitter {
+            witness: w.clone(),
+            store: store.clone(),
+            metrics: metrics.clone(),
+            sender: sender.clone(),
+            heads: HashMap::new(),
+            lags: HashMap::new(),
+        };
+        tokio::spawn(task.run(Arc::downgrade(witnessing)));
+    }
+    Ok(())
+}
+
+/// How one submission ended.
+#[derive(Debug)]
+enum Sent {
+    /// Done with this workspace (cosigned, up to date, or an answer that retrying now would not
+    /// change).
+    Done,
+    /// The witness did not answer: back off, and try this workspace again first.
+    Unavailable(String),
+}
+
+/// One witness's task.
+struct Submitter {
+    witness: Arc<Witness>,
+    store: Arc<dyn Store>,
+    metrics: Metrics,
+    sender: Sender,
+    /// What this witness last cosigned, per workspace (read from the store at first use).
+    heads: HashMap<String, u64>,
+    /// Leaves between each workspace's newest submitted checkpoint and what this witness last
+    /// cosigned, for those not caught up (their sum is the lag gauge).
+    lags: HashMap<String, u64>,
+}
+
+impl Submitter {
+    async fn run(mut self, alive: std::sync::Weak<Witnessing>) {
+        let mut backoff = BACKOFF_START;
+        loop {
+            if alive.upgrade().is_none() {
+                return;
+            }
+            let Some(ws) = self.witness.pop() else {
+                // Woken by the next hand-off, or at least once a second to notice the engine's end.
+                let _ = tokio::time::timeout(Duration::from_secs(1), self.witness.wake.notified()).await;
+                continue;
+            };
+            match self.submit(&ws).await {
+                Sent::Done => {
+                    backoff = BACKOFF_START;
+                    self.up(true);
+                }
+                Sent::Unavailable(why) => {
+                    self.count("unavailable");
+                    if backoff == BACKOFF_START {
+                        tracing::warn!(witness = self.witness.label(), error = %why, "witness unavailable; backing off");
+                    }
+                    self.up(false);
+                    self.witness.push(&ws, true);
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
+            }
+        }
+    }
+
+    fn count(&self, outcome: &str) {
+        self.metrics.witness_submissions.with_label_values(&[self.witness.label(), outcome]).inc();
+    }
+
+    fn up(&self, up: bool) {
+        self.metrics.witness_up.with_label_values(&[self.witness.label()]).set(i64::from(up));
+    }
+
+    fn set_lag(&mut self, ws: &str, lag: u64) {
+        if lag == 0 {
+            self.lags.remove(ws);
+        } else {
+            self.lags.insert(ws.to_owned(), lag);
+        }
+        let total: u64 = self.lags.values().sum();
+        self.metrics
+            .witness_cosigned_lag
+            .with_label_values(&[self.witness.label()])
+            .set(total.min(i64::MAX as u64) as i64);
+    }
+
+    /// Runs `f` over the store off the async workers.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, String> {
+        let store = self.store.clone();
+        match tokio::task::spawn_blocking(move || f(&*store)).await {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(e) => Err(format!("blocking task: {e}")),
+        }
+    }
+
+    /// Submits the newest stored checkpoint of `ws` to the witness, unless it cosigned it.
+    async fn submit(&mut self, ws: &str) -> Sent {
+        let key = *self.witness.cfg.key.key().as_bytes();
+        let w = ws.to_owned();
+        let read = self.blocking(move |s| Ok((s.latest_checkpoint(&w)?, s.witness_head(&w, &key)?))).await;
+        let (latest, stored_head) = match read {
+            Ok(r) => r,
+            Err(e) => {
+                // The store, not the witness: try again after the backoff, as for an outage.
+                return Sent::Unavailable(format!("reading the checkpoint of {ws}: {e}"));
+            }
+        };
+        let Some((size, checkpoint)) = latest else { return Sent::Done };
+        let mut old = *self.heads.entry(ws.to_owned()).or_insert(stored_head.unwrap_or(0));
+        self.set_lag(ws, size.saturating_sub(old));
+        if old >= size {
+            if old > size {
+                tracing::error!(witness = self.witness.label(), workspace = %ws, witness_size = old, stored = size, "the witness cosigned a larger tree than the newest stored checkpoint: the store may have been restored from an older backup");
+            }
+            return Sent::Done;
+        }
+        // A 409 names the witness's size: retried once from there.
+        for attempt in 0..2 {
+            match self.add_checkpoint(ws, old, size, &checkpoint).await {
+                Ok(Added::Cosigned(line)) => return self.store_cosignature(ws, size, line).await,
+                Ok(Added::Conflict(theirs)) => {
+                    self.count("old_size_mismatch");
+                    tracing::info!(witness = self.witness.label(), workspace = %ws, sent = old, witness_size = ?theirs, "the witness is at another size; retrying from it");
+                    match theirs {
+                        Some(n) if n < size && attempt == 0 => old = n,
+                        Some(n) if n == size && attempt == 0 => {
+                            // Same size: either it cosigned this very checkpoint (an answer we
+                            // lost) or it saw another root — a fork. Resubmitting with `old`
+                            // = size and no proof gets a fresh cosignature only in the first
+                            // case.
+                            old = n;
+                        }
+                        other => {
+                            tracing::error!(witness = self.witness.label(), workspace = %ws, stored = size, witness_size = ?other, "the witness has cosigned a tree this log does not extend (a larger one, or another root): not retried");
+                            return Sent::Done;
+                        }
+                    }
+                }
+                Ok(Added::Refused(status, body)) => {
+                    self.count("refused");
+                    tracing::warn!(witness = self.witness.label(), workspace = %ws, status, answer = %body, "the witness refused the checkpoint");
+                    return Sent::Done;
+                }
+                Ok(Added::BadCosignature(why)) => {
+                    self.count("bad_cosignature");
+                    tracing::error!(witness = self.witness.label(), workspace = %ws, size, error = %why, "the witness answered something that is not its valid cosignature of the checkpoint: not stored");
+                    return Sent::Done;
+                }
+                Err(why) => return Sent::Unavailable(why),
+            }
+        }
+        Sent::Done
+    }
+
+    /// Stores a checked cosignature line and the witness's new head in one synced write.
+    async fn store_cosignature(&mut self, ws: &str, size: u64, line: String) -> Sent {
+        let witness = *self.witness.cfg.key.key().as_bytes();
+        let ops = vec![
+            Op::PutCosignature { workspace_id: ws.to_owned(), size, witness, line },
+            Op::PutWitnessHead { workspace_id: ws.to_owned(), witness, size },
+        ];
+        if let Err(e) = self.blocking(move |s| s.write(WriteBatch::from(ops), Durability::Sync)).await {
+            // The witness has it; ours is lost. The next submission gets a 409 and catches up.
+            return Sent::Unavailable(format!("storing the cosignature of {ws} at {size}: {e}"));
+        }
+        self.count("cosigned");
+        self.heads.insert(ws.to_owned(), size);
+        // A newer checkpoint may have been stored meanwhile: the queue has it if so.
+        let newest = self.blocking({
+            let ws = ws.to_owned();
+            move |s| Ok(s.latest_checkpoint(&ws)?.map_or(0, |(n, _)| n))
+        });
+        let lag = newest.await.map_or(0, |n| n.saturating_sub(size));
+        self.set_lag(ws, lag);
+        Sent::Done
+    }
+
+    /// One `add-checkpoint` exchange: `old`, the consistency proof from `old` to `size`, the
+    /// note. `Err` when the witness did not answer (or answered 5xx).
+    async fn add_checkpoint(&self, ws: &str, old: u64, size: u64, checkpoint: &str) -> Result<Added, String> {
+        let proof = if old == 0 || old == size {
+            Vec::new()
+        } else {
+            let w = ws.to_owned();
+            self.blocking(move |s| {
+                let nodes = StoredNodes::new(s, &w);
+                merkle::consistency_proof(&nodes, old, size).map_err(|e| match nodes.take_error() {
+                    Some(se) => se,
+                    None => StoreError::Corrupt {
+                        space: "nodes",
+                        key: w.clone(),
+                        reason: format!("consistency proof {old}..{size}: {e}"),
+                    },
+                })
+            })
+            .await?
+        };
+        let mut body = format!("old {old}\n");
+        for h in &proof {
+            body.push_str(&B64.encode(h));
+            body.push('\n');
+        }
+        body.push('\n');
+        body.push_str(checkpoint);
+        let url = format!("{}/add-checkpoint", self.witness.cfg.url.trim_end_matches('/'));
+        let answer = match self.sender.exchange(&url, "text/plain", &[], Bytes::from(body)).await {
+            Ok(a) => a,
+            Err(Outcome::Failed { error, .. }) => return Err(error),
+            Err(other) => return Err(format!("{other:?}")),
+        };
+        Ok(match answer {
+            Answer { status: 200, body, .. } => match self.check_cosignature(checkpoint, &body) {
+                Ok(line) => Added::Cosigned(line),
+                Err(why) => Added::BadCosignature(why),
+            },
+            Answer { status: 409, body, .. } => Added::Conflict(
+                std::str::from_utf8(&body).ok().and_then(|t| note::parse_tree_size(t.trim_end_matches('\n')).ok()),
+            ),
+            Answer { status, .. } if status >= 500 => return Err(format!("HTTP {status}")),
+            Answer { status, body, .. } => {
+                Added::Refused(status, String::from_utf8_lossy(&body).chars().take(200).collect::<String>())
+            }
+        })
+    }
+
+    /// The one signature line of `answer` that is a valid `cosignature/v1` by this witness's
+    /// key on the signed note `checkpoint`; anything else is an error.
+    fn check_cosignature(&self, checkpoint: &str, answer: &[u8]) -> Result<String, String> {
+        let text = std::str::from_utf8(answer).map_err(|_| "the answer is not UTF-8".to_owned())?;
+        let key = &self.witness.cfg.key;
+        for line in text.split_inclusive('\n') {
+            let Ok(joined) = add_cosignatures(checkpoint, line) else { continue };
+            let Ok(signed) = note::parse_signed_note(&joined) else { continue };
+            match cosignature::verify_cosignatures(&signed, std::slice::from_ref(key)) {
+                Ok(valid) if !valid.is_empty() => return Ok(line.to_owned()),
+                Ok(_) => continue,
+                Err(e) => return Err(format!("a line naming the witness's key does not verify: {e}")),
+            }
+        }
+        Err(format!("no cosignature by {} in the answer", key.name()))
+    }
+}
+
+/// What `add-checkpoint` answered.
+#[derive(Debug)]
+enum Added {
+    /// 200 with a valid cosignature line.
+    Cosigned(String),
+    /// 409 and the witness's size (if readable).
+    Conflict(Option<u64>),
+    /// 200 with anything but a valid cosignature by the witness.
+    BadCosignature(String),
+    /// Another 4xx.
+    Refused(u16, String),
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use allowly_store::MemStore;
+
+    use super::*;
+
+    fn key(seed: u8) -> CosignerKey {
+        let sk = ed25519_dalek::SigningKey::from_bytes(&[seed; 32]);
+        CosignerKey::new(&format!("w{seed}.test"), sk.verifying_key()).unwrap()
+    }
+
+    fn witnessing(keys: &[CosignerKey], quorum: usize) -> Witnessing {
+        let witnesses =
+            keys.iter().map(|k| WitnessConfig { key: k.clone(), url: "http://127.0.0.1:1".into() }).collect();
+        Witnessing::new(&EngineConfig { witnesses, witness_quorum: quorum, ..EngineConfig::default() })
+    }
+
+    fn cosig(size: u64, k: &CosignerKey) -> Op {
+        Op::PutCosignature {
+            workspace_id: "ws".into(),
+            size,
+            witness: *k.key().as_bytes(),
+            line: format!("— {} x{size}\n", k.name()),
+        }
+    }
+
+    #[test]
+    fn a_queue_holds_each_workspace_once_and_is_bounded() {
+        let w = witnessing(&[key(1)], 1);
+        let q = &w.witnesses[0];
+        assert!(q.push("a", false) && q.push("b", false) && q.push("a", false) && q.push("c", true));
+        assert_eq!([q.pop(), q.pop(), q.pop(), q.pop()], [Some("c".into()), Some("a".into()), Some("b".into()), None]);
+        for i in 0..MAX_QUEUED {
+            assert!(q.push(&format!("ws{i}"), false));
+        }
+        assert!(!q.push("one_more", false), "the bound holds");
+        assert!(q.push("ws7", false), "a workspace already queued is not refused");
+    }
+
+    #[test]
+    fn a_quorum_of_zero_is_off() {
+        let w = witnessing(&[key(1)], 0);
+        assert!(!w.enabled() && w.witnesses.is_empty());
+        let store = MemStore::default();
+        assert_eq!(w.witnessed_size(&store, "ws", 42).unwrap(), Some(42));
+        assert_eq!(w.cosigned(&store, "ws", 42, "note\n".into()).unwrap(), "note\n");
+    }
+
+    #[test]
+    fn the_witnessed_size_is_the_newest_checkpoint_with_the_quorum_of_configured_keys() {
+        let (a, b, stranger) = (key(1), key(2), key(3));
+        let w = witnessing(&[a.clone(), b.clone()], 2);
+        let store = MemStore::default();
+        assert_eq!(w.witnessed_size(&store, "ws", u64::MAX).unwrap(), None);
+        let ops = vec![cosig(5, &a), cosig(5, &b), cosig(7, &a), cosig(7, &stranger), cosig(9, &b)];
+        store.write(WriteBatch::from(ops), Durability::Sync).unwrap();
+        // 9 and 7 have one configured cosigner each (a stranger does not count): 5.
+        assert_eq!(w.witnessed_size(&store, "ws", u64::MAX).unwrap(), Some(5));
+        assert_eq!(w.witnessed_size(&store, "ws", 4).unwrap(), None);
+        let one = witnessing(&[a.clone(), b.clone()], 1);
+        assert_eq!(one.witnessed_size(&store, "ws", u64::MAX).unwrap(), Some(9));
+        assert_eq!(one.witnessed_size(&store, "ws", 8).unwrap(), Some(7));
+    }
+}

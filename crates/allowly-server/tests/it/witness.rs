@@ -1,0 +1,416 @@
+//! Witnessed checkpoints, black box (docs/witness.md): the real `allowly` (with its real signer)
+//! and real `allowly-witness` processes on loopback. The server submits each stored checkpoint
+//! to its witnesses, stores their cosignatures and serves them; with a quorum, a receipt is
+//! signed only once a checkpoint covering it carries the quorum's cosignatures, and
+//! `allowly-verify --witness-quorum` accepts what it serves.
+
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use allowly_receipt::cosignature::{self, CosignerKey};
+use allowly_receipt::note;
+use serde_json::json;
+
+use crate::support::{allowly_bin, eventually, tenant, verifier_bin, Client, Server, Tenant};
+
+fn witness_bin() -> PathBuf {
+    let bin = Path::new(allowly_bin()).with_file_name("allowly-witness");
+    assert!(bin.is_file(), "{} is missing: run `cargo build -p allowly-witness`", bin.display());
+    bin
+}
+
+/// A free loopback port (the witness is started on it later, after the server that names it).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A witness: its directory, key and port; running or not.
+struct Witness {
+    dir: PathBuf,
+    name: String,
+    vkey: String,
+    port: u16,
+    child: Option<Child>,
+    addr: Option<SocketAddr>,
+}
+
+impl Witness {
+    fn init(root: &Path, name: &str) -> Self {
+        let dir = root.join(name.replace('/', "_"));
+        let out =
+            Command::new(witness_bin()).args(["init", "--dir"]).arg(&dir).args(["--name", name]).output().unwrap();
+        assert!(out.status.success(), "init: {}", String::from_utf8_lossy(&out.stderr));
+        let vkey = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+        Self { dir, name: name.to_owned(), vkey, port: free_port(), child: None, addr: None }
+    }
+
+    fn key(&self) -> CosignerKey {
+        CosignerKey::parse_vkey(&self.vkey).unwrap()
+    }
+
+    /// `--witness VKEY=URL` for the server.
+    fn arg(&self) -> String {
+        format!("{}=http://127.0.0.1:{}", self.vkey, self.port)
+    }
+
+    /// Serves on `port` with a config naming the logs of `tenants` (their origin and keys).
+    fn start_on(&mut self, port: u16, servers: &[(&Server, &Tenant)]) {
+        let mut config = String::new();
+        for (s, t) in servers {
+            let keys = s.client().get(&format!("/v1/workspaces/{}/keys", t.ws), None).json();
+            let vkeys: Vec<String> =
+                keys["keys"].as_array().unwrap().iter().map(|k| format!("{:?}", k["vkey"].as_str().unwrap())).collect();
+            config.push_str(&format!("[[log]]\norigin = \"allowly/{}\"\nvkeys = [{}]\n", t.ws, vkeys.join(", ")));
+        }
+        let path = self.dir.join("logs.toml");
+        std::fs::write(&path, config).unwrap();
+        let mut child = Command::new(witness_bin())
+            .arg("serve")
+            .arg("--dir")
+            .arg(&self.dir)
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--config"])
+            .arg(&path)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let addr = line.trim().strip_prefix("allowly-witness listening on ").map(|a| a.parse().unwrap());
+        assert!(addr.is_some(), "witness {} did not start: {line:?}", self.name);
+        self.child = Some(child);
+        self.addr = addr;
+    }
+
+    fn start(&mut self, servers: &[(&Server, &Tenant)]) {
+        self.start_on(self.port, servers);
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.addr = None;
+    }
+
+    /// `allowly_witness_requests_total{outcome}` as the running witness reports it.
+    fn requests(&self, outcome: &str) -> u64 {
+        let c = Client { addr: self.addr.expect("witness running") };
+        metric(&c.get("/metrics", None).text(), &format!("allowly_witness_requests_total{{outcome=\"{outcome}\"}}"))
+    }
+
+    fn post(&self, body: &[u8]) -> crate::support::Resp {
+        let c = Client { addr: self.addr.expect("witness running") };
+        c.request("POST", "/add-checkpoint", &[], Some(body))
+    }
+}
+
+impl Drop for Witness {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The value of the series `series` (name and labels exactly) on a Prometheus page, 0 if absent.
+fn metric(page: &str, series: &str) -> u64 {
+    page.lines().find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse::<f64>().ok())).map_or(0, |v| v as u64)
+}
+
+/// `allowly_engine_witness_submissions_total` of `witness` and `outcome` (labels in any order).
+fn server_metric(s: &Server, witness: &str, outcome: &str) -> u64 {
+    let page = s.client().get("/metrics", None).text();
+    let (w, o) = (format!("witness=\"{witness}\""), format!("outcome=\"{outcome}\""));
+    page.lines()
+        .filter(|l| l.starts_with("allowly_engine_witness_submissions_total{") && l.contains(&w) && l.contains(&o))
+        .find_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+        .map_or(0, |v| v as u64)
+}
+
+fn start_server(root: &Path, name: &str, witnesses: &[&Witness], quorum: usize) -> Server {
+    let dir = root.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    Server::start_with(&dir, &server_args(witnesses, quorum).iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+fn server_args(witnesses: &[&Witness], quorum: usize) -> Vec<String> {
+    let mut args: Vec<String> = witnesses.iter().flat_map(|w| ["--witness".to_owned(), w.arg()]).collect();
+    args.extend(["--witness-quorum".to_owned(), quorum.to_string(), "--witness-timeout-ms".into(), "500".into()]);
+    args
+}
+
+/// One allowed check; its receipt id.
+fn check(s: &Server, t: &Tenant) -> String {
+    let r = s.client().post("/v1/check", &t.checker, json!({ "authorization_id": t.az, "scopes": ["files.read"] }));
+    assert_eq!(r.status, 200, "{r}");
+    r.json()["receipt"]["receipt_id"].as_str().unwrap().to_owned()
+}
+
+fn receipt(s: &Server, t: &Tenant, id: &str) -> crate::support::Resp {
+    s.client().get(&format!("/v1/receipts/{id}"), Some(&t.reader))
+}
+
+/// Waits until the receipt is reported signed; returns it.
+fn signed(s: &Server, t: &Tenant, id: &str) -> serde_json::Value {
+    eventually(
+        &format!("receipt {id} signed"),
+        || receipt(s, t, id).text(),
+        || {
+            let v = receipt(s, t, id).json();
+            (v["status"] == "signed").then_some(v)
+        },
+    )
+}
+
+/// The names of the witnesses whose valid cosignature `note` carries, among `witnesses`.
+fn cosigned_by(note: &str, witnesses: &[&Witness]) -> Vec<String> {
+    let keys: Vec<CosignerKey> = witnesses.iter().map(|w| w.key()).collect();
+    let signed = note::parse_signed_note(note).unwrap();
+    cosignature::verify_cosignatures(&signed, &keys).unwrap().iter().map(|c| c.witness.name().to_owned()).collect()
+}
+
+/// `allowly-verify receipt` with the workspace's keys and a witness policy; exit code and output.
+fn verify(s: &Server, t: &Tenant, receipt: &serde_json::Value, witnesses: &[&Witness], quorum: usize) -> (i32, String) {
+    let tmp = tempfile::tempdir().unwrap();
+    let (r, k) = (tmp.path().join("r.json"), tmp.path().join("keys.json"));
+    std::fs::write(&r, receipt.to_string()).unwrap();
+    std::fs::write(&k, s.client().get(&format!("/v1/workspaces/{}/keys", t.ws), None).body).unwrap();
+    let mut cmd = Command::new(verifier_bin());
+    cmd.arg("receipt").arg(&r).arg("--keys").arg(&k);
+    for w in witnesses {
+        cmd.args(["--witness-key", &w.vkey]);
+    }
+    cmd.args(["--witness-quorum", &quorum.to_string()]);
+    let out = cmd.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+    )
+}
+
+#[test]
+fn receipts_carry_two_cosignatures_and_verify_with_a_quorum_of_two() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut a, mut b) = (Witness::init(tmp.path(), "wa.test/w"), Witness::init(tmp.path(), "wb.test/w"));
+    let s = start_server(tmp.path(), "s", &[&a, &b], 2);
+    let t = tenant(&s, "witnessed", &["files.read"]);
+    a.start(&[(&s, &t)]);
+    b.start(&[(&s, &t)]);
+    let ids: Vec<String> = (0..3).map(|_| check(&s, &t)).collect();
+    for id in &ids {
+        let r = signed(&s, &t, id);
+        let cp = r["checkpoint"].as_str().unwrap();
+        assert_eq!(cosigned_by(cp, &[&a, &b]).len(), 2, "{cp}");
+        let (code, out) = verify(&s, &t, &r, &[&a, &b], 2);
+        assert_eq!(code, 0, "{out}");
+        assert!(out.contains("VALID"), "{out}");
+    }
+    // The checkpoint endpoint serves the same cosignatures, and says where the quorum is.
+    let v = s.client().get(&format!("/v1/workspaces/{}/log/checkpoint", t.ws), Some(&t.reader)).json();
+    assert_eq!(cosigned_by(v["checkpoint"].as_str().unwrap(), &[&a, &b]).len(), 2, "{v}");
+    assert_eq!(v["witness"]["quorum"], 2, "{v}");
+    assert_eq!(v["witness"]["witnessed_size"], v["size"], "{v}");
+    // A bundle (export) too: its checkpoint carries them, and the verifier takes the quorum.
+    let size = v["size"].as_u64().unwrap();
+    let bundle = s.client().get(&format!("/v1/workspaces/{}/log/export?from=0&to={size}", t.ws), Some(&t.reader));
+    assert_eq!(bundle.status, 200, "{bundle}");
+    let dir = tempfile::tempdir().unwrap();
+    let (bp, kp) = (dir.path().join("b.jsonl"), dir.path().join("keys.json"));
+    std::fs::write(&bp, &bundle.body).unwrap();
+    std::fs::write(&kp, s.client().get(&format!("/v1/workspaces/{}/keys", t.ws), None).body).unwrap();
+    let out = Command::new(verifier_bin())
+        .arg("bundle")
+        .arg(&bp)
+        .arg("--keys")
+        .arg(&kp)
+        .args(["--witness-key", &a.vkey, "--witness-key", &b.vkey, "--witness-quorum", "2"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // With a third witness key demanded, the same receipt falls short of the policy.
+    let c = Witness::init(tmp.path(), "wc.test/w");
+    let r = signed(&s, &t, &ids[0]);
+    let (code, out) = verify(&s, &t, &r, &[&a, &b, &c], 3);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("witness_quorum_not_met"), "{out}");
+}
+
+#[test]
+fn a_stopped_witness_holds_back_a_quorum_of_two_and_catches_up_through_its_409() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut a, mut b) = (Witness::init(tmp.path(), "wa.test/w"), Witness::init(tmp.path(), "wb.test/w"));
+    let two = start_server(tmp.path(), "two", &[&a, &b], 2);
+    let one = start_server(tmp.path(), "one", &[&a, &b], 1);
+    let (t2, t1) = (tenant(&two, "q2", &["files.read"]), tenant(&one, "q1", &["files.read"]));
+    let logs = [(&two, &t2), (&one, &t1)];
+    a.start(&logs);
+    b.start(&logs);
+    signed(&two, &t2, &check(&two, &t2));
+    signed(&one, &t1, &check(&one, &t1));
+    let size_at_stop = two.client().get(&format!("/v1/workspaces/{}/log/checkpoint", t2.ws), Some(&t2.reader)).json()
+        ["size"]
+        .as_u64()
+        .unwrap();
+    // (The receipt is the log's last leaf, so quorum 2 means b cosigned `size_at_stop`.)
+    let diag = || two.client().get("/metrics", None).text();
+    eventually("b cosigned both first checkpoints", diag, || (b.requests("cosigned") >= 2).then_some(()));
+
+    b.stop();
+    // Checks still answer; the quorum-1 receipt is signed (a alone), the quorum-2 one waits
+    // for b, and says so.
+    let (r2, r1) = (check(&two, &t2), check(&one, &t1));
+    let v1 = signed(&one, &t1, &r1);
+    assert_eq!(cosigned_by(v1["checkpoint"].as_str().unwrap(), &[&a, &b]), vec!["wa.test/w".to_owned()]);
+    eventually("the quorum-2 checkpoint is stored and cosigned by a", diag, || {
+        let v = two.client().get(&format!("/v1/workspaces/{}/log/checkpoint", t2.ws), Some(&t2.reader)).json();
+        (v["size"].as_u64().unwrap() > size_at_stop && cosigned_by(v["checkpoint"].as_str().unwrap(), &[&a]).len() == 1)
+            .then_some(())
+    });
+    let pending = receipt(&two, &t2, &r2);
+    assert_eq!(pending.json()["status"], "pending", "{pending}");
+    assert_eq!(pending.header("allowly-pending-reason"), Some("witness_quorum"), "{pending}");
+    let cp = two.client().get(&format!("/v1/workspaces/{}/log/checkpoint", t2.ws), Some(&t2.reader)).json();
+    assert_eq!(cp["witness"]["witnessed_size"].as_u64(), Some(size_at_stop), "{cp}");
+    assert!(two.client().get("/readyz", None).status == 200, "witnesses down do not make the server unready");
+
+    // Meanwhile b cosigns the server's newest checkpoint from elsewhere (as if it had got it
+    // from another client): it is then ahead of what the server recorded for it, and the
+    // server's next request meets a 409 naming b's size.
+    let new_size = cp["size"].as_u64().unwrap();
+    b.start_on(0, &logs);
+    let proof = two
+        .client()
+        .get(
+            &format!("/v1/workspaces/{}/log/consistency?old_size={size_at_stop}&new_size={new_size}", t2.ws),
+            Some(&t2.reader),
+        )
+        .json();
+    let mut body = format!("old {size_at_stop}\n");
+    for h in proof["proof"].as_array().unwrap() {
+        let bytes = hex::decode(h.as_str().unwrap()).unwrap();
+        body.push_str(&base64::Engine::encode(&base64::engine::general_purpose::STANDARD, bytes));
+        body.push('\n');
+    }
+    let note_only = proof["new_checkpoint"].as_str().unwrap();
+    let note_only = note_only.split_inclusive('\n').filter(|l| !l.starts_with("— wa.test/w ")).collect::<String>();
+    body.push('\n');
+    body.push_str(&note_only);
+    let direct = b.post(body.as_bytes());
+    assert_eq!(direct.status, 200, "{direct}");
+    b.stop();
+
+    // b back where the server expects it: it catches up, through the 409, and the quorum-2
+    // receipt becomes signed with both cosignatures.
+    let before = server_metric(&two, "wb.test/w", "old_size_mismatch");
+    b.start(&logs);
+    let v2 = signed(&two, &t2, &r2);
+    assert_eq!(cosigned_by(v2["checkpoint"].as_str().unwrap(), &[&a, &b]).len(), 2, "{v2}");
+    assert!(server_metric(&two, "wb.test/w", "old_size_mismatch") > before, "the catch-up went through a 409");
+    let (code, out) = verify(&two, &t2, &v2, &[&a, &b], 2);
+    assert_eq!(code, 0, "{out}");
+}
+
+/// Answers every `add-checkpoint` with a cosignature line under `name` that is not `name`'s
+/// (signed by another key): a witness answering garbage.
+fn bad_witness(name: &'static str) -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let count = served.clone();
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut reader = BufReader::new(conn.try_clone().unwrap());
+            let mut len = 0usize;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+                if line == "\r\n" {
+                    break;
+                }
+            }
+            let mut body = vec![0; len];
+            if reader.read_exact(&mut body).is_err() {
+                continue;
+            }
+            let body = String::from_utf8_lossy(&body).into_owned();
+            let text = body.split_once("\n\n").and_then(|(_, n)| n.split_once("\n\n")).map(|(t, _)| format!("{t}\n"));
+            let wrong = ed25519_dalek::SigningKey::from_bytes(&[0x77; 32]);
+            let line = text.and_then(|t| cosignature::cosign(&t, name, &wrong, 1).ok()).unwrap_or_default();
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let answer =
+                format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{line}", line.len());
+            let _ = conn.write_all(answer.as_bytes());
+        }
+    });
+    (addr, served)
+}
+
+#[test]
+fn a_witness_answering_a_bad_cosignature_is_counted_and_nothing_of_it_is_stored() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut a = Witness::init(tmp.path(), "wa.test/w");
+    let (fake_addr, answered) = bad_witness("fake.test/w");
+    let fake_key =
+        CosignerKey::new("fake.test/w", ed25519_dalek::SigningKey::from_bytes(&[0x55; 32]).verifying_key()).unwrap();
+    let dir = tmp.path().join("s");
+    std::fs::create_dir_all(&dir).unwrap();
+    let fake_arg = format!("{}=http://{fake_addr}", fake_key.to_vkey());
+    let mut args = server_args(&[&a], 2);
+    args.extend(["--witness".to_owned(), fake_arg]);
+    let s = Server::start_with(&dir, &args.iter().map(String::as_str).collect::<Vec<_>>());
+    let t = tenant(&s, "fake", &["files.read"]);
+    a.start(&[(&s, &t)]);
+    let id = check(&s, &t);
+    let note = eventually(
+        "the fake witness's answer counted as bad",
+        || s.client().get("/metrics", None).text(),
+        || {
+            // Until the newest checkpoint (the check's) is cosigned by a.
+            let cp = s.client().get(&format!("/v1/workspaces/{}/log/checkpoint", t.ws), Some(&t.reader)).json();
+            // (No checkpoint yet: a 404.)
+            let note = cp["checkpoint"].as_str()?.to_owned();
+            (server_metric(&s, "fake.test/w", "bad_cosignature") >= 1 && cosigned_by(&note, &[&a]).len() == 1)
+                .then_some(note)
+        },
+    );
+    assert!(answered.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+    assert!(!note.contains("— fake.test/w "), "a bad cosignature was stored and served: {note}");
+    // Quorum 2 with one good witness: pending.
+    assert_eq!(receipt(&s, &t, &id).json()["status"], "pending");
+}
+
+#[test]
+fn a_restarted_server_submits_from_the_size_each_witness_last_cosigned() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut a = Witness::init(tmp.path(), "wa.test/w");
+    let mut s = start_server(tmp.path(), "s", &[&a], 1);
+    let t = tenant(&s, "restart", &["files.read"]);
+    a.start(&[(&s, &t)]);
+    signed(&s, &t, &check(&s, &t));
+    signed(&s, &t, &check(&s, &t));
+    let cosigned = a.requests("cosigned");
+    assert!(cosigned >= 1);
+    assert_eq!(a.requests("old_size_mismatch"), 0);
+    s.stop();
+    let args = server_args(&[&a], 1);
+    let s = Server::start_with(&tmp.path().join("s"), &args.iter().map(String::as_str).collect::<Vec<_>>());
+    let v = signed(&s, &t, &check(&s, &t));
+    assert_eq!(cosigned_by(v["checkpoint"].as_str().unwrap(), &[&a]).len(), 1, "{v}");
+    assert!(a.requests("cosigned") > cosigned);
+    // Had the restarted server sent `old 0`, the witness would have answered 409 first.
+    assert_eq!(a.requests("old_size_mismatch"), 0, "the restarted server did not start from the recorded size");
+}
