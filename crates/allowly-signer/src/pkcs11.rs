@@ -384,6 +384,10 @@ struct Token {
     /// Index into [`ED25519_PARAMS`] of the form the token took last.
     params: AtomicUsize,
     metrics: TokenMetrics,
+    /// Test seam: a form of [`ED25519_PARAMS`] refused as a token that does not take it
+    /// refuses it (SoftHSM2 takes both), and how many times it was.
+    #[cfg(test)]
+    refuse_form: (AtomicUsize, AtomicUsize),
 }
 
 /// Key objects a look-up did not find on a token that answered, and the re-initialisations
@@ -595,6 +599,12 @@ impl Token {
         let made = self.call(op, None, OnLost::Fail, |s| {
             let first = self.params.load(Ordering::Relaxed) % ED25519_PARAMS.len();
             let (i, (public_h, private_h)) = with_curve_forms(first, |params| {
+                #[cfg(test)]
+                if ED25519_PARAMS.get(self.refuse_form.0.load(Ordering::Relaxed)) == Some(&params) {
+                    self.refuse_form.1.fetch_add(1, Ordering::Relaxed);
+                    let function = cryptoki::context::Function::GenerateKeyPair;
+                    return Err(CkError::Pkcs11(RvError::CurveNotSupported, function));
+                }
                 let (public, private) = templates(params);
                 s.generate_key_pair(&Mechanism::EccEdwardsKeyPairGen, &public, &private)
             })
@@ -895,6 +905,8 @@ impl TokenBackend {
             next: AtomicUsize::new(0),
             params: AtomicUsize::new(0),
             metrics,
+            #[cfg(test)]
+            refuse_form: (AtomicUsize::new(usize::MAX), AtomicUsize::new(0)),
         };
         Ok(Self { token: Arc::new(token) })
     }
@@ -1174,10 +1186,63 @@ impl KeyBackend for TokenBackend {
     }
 }
 
+/// The SoftHSM2 fixture of the integration tests, for the one unit test that needs a real
+/// token and the test seam ([`Token::refuse_form`]).
+#[cfg(test)]
+#[path = "../tests/support/softhsm.rs"]
+mod test_softhsm;
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    /// The curve-form fallback on a real token. SoftHSM2 takes both forms of `CKA_EC_PARAMS`,
+    /// so the test seam makes it refuse the first (the OID) with `CKR_CURVE_NOT_SUPPORTED`, as
+    /// a token that knows Ed25519 only by the curve's name does. The backend's generation then
+    /// makes the key pair with the name — stored so on the token, labelled, its public key read
+    /// back, its probe signed and verified —, the key signs and opens again (as after a
+    /// restart), and the next generation uses the name at once: the OID is not tried (nor
+    /// refused) again. Without the fallback the first generation fails.
+    #[test]
+    fn a_token_that_refuses_the_oid_gets_keys_made_with_the_curve_name_and_is_asked_so_next() {
+        let hsm = test_softhsm::softhsm(&["curve-fallback"]);
+        let tmp = tempfile::tempdir().unwrap();
+        let pin = Pin::from_file(&hsm.pin_file(tmp.path(), "pin", test_softhsm::USER_PIN)).unwrap();
+        let cfg = TokenConfig { module: hsm.module.clone(), token_label: "curve-fallback".into(), pin };
+        let b = TokenBackend::open(cfg, &MlockPolicy::default(), TokenMetrics::default()).unwrap();
+        b.token.refuse_form.0.store(0, Ordering::Relaxed);
+        let refusals = || b.token.refuse_form.1.load(Ordering::Relaxed);
+        // CKA_EC_PARAMS of the public key object of `stored`, read on the token.
+        let params_of = |stored: &KeyRef| {
+            let KeyRef::Token { object_id } = stored else { panic!("not a token key: {stored:?}") };
+            let id = hex::decode(object_id).unwrap();
+            b.token
+                .with_session("test", |s| {
+                    let found = s.find_objects(&[Attribute::Class(ObjectClass::PUBLIC_KEY), Attribute::Id(id.clone())])?;
+                    assert_eq!(found.len(), 1);
+                    s.get_attributes(found[0], &[AttributeType::EcParams])
+                })
+                .unwrap()
+        };
+        let signs = |key: &dyn WorkspaceKey, msg: &[u8]| {
+            let sig = key.sign(msg).unwrap();
+            key.public_key().verify_strict(msg, &ed25519_dalek::Signature::from_bytes(&sig)).unwrap();
+        };
+
+        let g = b.generate("ws_curve_a", "create", &mut |_| Ok(())).unwrap();
+        assert_eq!(refusals(), 1, "the OID was tried first, and refused");
+        assert_eq!(params_of(&g.stored), [Attribute::EcParams(ED25519_PARAMS[1].to_vec())]);
+        signs(&*g.key, b"made with the curve's name");
+        let public = g.key.public_key().to_bytes();
+        let opened = b.open("ws_curve_a", &g.key_id, &public, &g.stored, "load").unwrap();
+        signs(&*opened, b"opened again");
+
+        let g = b.generate("ws_curve_b", "create", &mut |_| Ok(())).unwrap();
+        assert_eq!(refusals(), 1, "the OID was tried again");
+        assert_eq!(params_of(&g.stored), [Attribute::EcParams(ED25519_PARAMS[1].to_vec())]);
+        signs(&*g.key, b"the name at once");
+    }
 
     /// Re-initialisations for a missing key: the first at once, then 5 s, 10 s, 20 s, … apart,
     /// never more than 300 s, and from the start again once nothing is missing.
