@@ -1219,7 +1219,8 @@ mod tests {
             let id = hex::decode(object_id).unwrap();
             b.token
                 .with_session("test", |s| {
-                    let found = s.find_objects(&[Attribute::Class(ObjectClass::PUBLIC_KEY), Attribute::Id(id.clone())])?;
+                    let found =
+                        s.find_objects(&[Attribute::Class(ObjectClass::PUBLIC_KEY), Attribute::Id(id.clone())])?;
                     assert_eq!(found.len(), 1);
                     s.get_attributes(found[0], &[AttributeType::EcParams])
                 })
