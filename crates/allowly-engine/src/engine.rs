@@ -232,9 +232,12 @@ impl Engine {
             causes.push(cause("shutting_down", "the server is stopping".to_owned()));
         }
         if let Some(outage) = s.health.outage() {
-            // `signer_slow` or `signer_unavailable`: the same code as the refusals.
+            // `signer_slow`, `signer_token_unavailable` or `signer_unavailable`: the same code
+            // as the refusals.
             let detail = match &outage {
-                EngineError::SignerSlow(d) | EngineError::SignerUnavailable(d) => d.clone(),
+                EngineError::SignerSlow(d)
+                | EngineError::SignerUnavailable(d)
+                | EngineError::SignerTokenUnavailable(d) => d.clone(),
                 other => other.to_string(),
             };
             causes.push(cause(outage.code(), detail));

@@ -202,6 +202,9 @@ pub(crate) struct Health {
     /// The detail of the outage (`None` while up), and whether the last signing exchange
     /// failed; one lock, so a pong cannot undo an exchange's failure it raced with.
     state: Mutex<HealthState>,
+    /// Woken when the signer is up again after an outage (`pipeline/token.rs`: signing rounds
+    /// that wait out a lost token go on at once when it is back).
+    came_up: tokio::sync::Notify,
 }
 
 #[derive(Debug, Default)]
@@ -218,6 +221,11 @@ struct HealthState {
     /// outage is `signer_unavailable`; a failed ping, an exchange that fails otherwise (an
     /// error, a lost connection) or a recovery ends it.
     slow: bool,
+    /// Down because the signer answered the last ping that its PKCS#11 token is unavailable
+    /// (`TokenUnavailable`: the token is lost, the signer fails closed and looks for it by
+    /// itself): refusals and `/readyz` say `signer_token_unavailable`, not the generic
+    /// `signer_unavailable`. Any other failure or a recovery ends it.
+    token: bool,
 }
 
 /// Why a signing exchange failed when the signer did not answer it within `signer_timeout`:
@@ -238,7 +246,7 @@ impl Health {
     pub fn set_up(&self, m: &Metrics) {
         let mut st = self.state();
         st.signing_failed = false;
-        Self::up(&self.up, &mut st, m);
+        self.up(&mut st, m);
     }
 
     /// A signing exchange failed (no answer in time, connection lost): down until one is
@@ -250,6 +258,7 @@ impl Health {
         // Still slow while exchanges keep timing out (the signer answered a ping before);
         // another failure says nothing about speed.
         st.slow &= st.timed_out;
+        st.token = false;
         Self::down(&self.up, &mut st, m, why);
     }
 
@@ -267,24 +276,34 @@ impl Health {
             return;
         }
         st.signing_failed = false;
-        Self::up(&self.up, &mut st, m);
+        self.up(&mut st, m);
     }
 
-    /// The probe's ping failed.
-    pub fn ping_failed(&self, m: &Metrics, why: &str) {
+    /// The probe's ping failed; `token`: the signer answered that its PKCS#11 token is
+    /// unavailable (see [`HealthState::token`]).
+    pub fn ping_failed(&self, m: &Metrics, why: &str, token: bool) {
         let mut st = self.state();
         // Not answering at all: gone, not slow.
         st.slow = false;
+        st.token = token;
         Self::down(&self.up, &mut st, m, why);
     }
 
-    fn up(up: &AtomicBool, st: &mut HealthState, m: &Metrics) {
-        if !up.swap(true, Ordering::AcqRel) {
+    fn up(&self, st: &mut HealthState, m: &Metrics) {
+        if !self.up.swap(true, Ordering::AcqRel) {
             tracing::info!("signer is answering");
+            self.came_up.notify_waiters();
         }
         st.detail = None;
         st.slow = false;
+        st.token = false;
         m.signer_up.set(1);
+    }
+
+    /// Completes when the signer is up again after an outage (register it, with `enable`,
+    /// before looking at [`Health::is_up`], so a recovery in between still wakes the waiter).
+    pub fn came_up(&self) -> tokio::sync::futures::Notified<'_> {
+        self.came_up.notified()
     }
 
     fn down(up: &AtomicBool, st: &mut HealthState, m: &Metrics, why: &str) {
@@ -301,14 +320,22 @@ impl Health {
     }
 
     /// Why the signer is down, as an error: [`EngineError::SignerSlow`] when it answers pings
-    /// but not signing exchanges in time, else [`EngineError::SignerUnavailable`]. `None` while up.
+    /// but not signing exchanges in time, [`EngineError::SignerTokenUnavailable`] when it
+    /// answers that its token is unavailable, else [`EngineError::SignerUnavailable`]. `None`
+    /// while up.
     pub fn outage(&self) -> Option<EngineError> {
         if self.is_up() {
             return None;
         }
         let st = self.state();
         let detail = st.detail.clone().unwrap_or_else(|| "signer down".into());
-        Some(if st.slow { EngineError::SignerSlow(detail) } else { EngineError::SignerUnavailable(detail) })
+        Some(if st.slow {
+            EngineError::SignerSlow(detail)
+        } else if st.token {
+            EngineError::SignerTokenUnavailable(detail)
+        } else {
+            EngineError::SignerUnavailable(detail)
+        })
     }
 
     /// Fails closed while the signer is down (counted): nothing may be decided or written.
@@ -346,6 +373,13 @@ pub enum Divergence {
     /// acknowledging decisions whose receipts stay pending; cleared by the first signing round
     /// that succeeds again. Not a divergence of the logs; the instance stays ready.
     KeyStoreNotOpen,
+    /// Found while signing: the signer answered that its PKCS#11 token is unavailable for this
+    /// workspace (its key object is missing from a token that answers, or the token is lost):
+    /// `signer_token_unavailable`, with `Retry-After`. Its receipts cannot be signed until the
+    /// signer finds the key again (by itself), so it refuses new ones meanwhile; cleared by the
+    /// first signing round that succeeds again (`pipeline/token.rs`). Not a divergence of the
+    /// logs; the instance stays ready (a lost token makes it unready through the signer's health).
+    TokenUnavailable,
 }
 
 impl Divergence {
@@ -356,6 +390,7 @@ impl Divergence {
             Self::StoreBehindSigner => "workspace_log_behind_signer",
             Self::CatchingUp => "workspace_log_catching_up",
             Self::KeyStoreNotOpen => "workspace_key_store_not_open",
+            Self::TokenUnavailable => "signer_token_unavailable",
         }
     }
 }
@@ -394,6 +429,8 @@ impl Diverged {
             });
         if new && kind == Divergence::CatchingUp {
             tracing::info!(workspace = %ws, reason = %why, "the workspace refuses new receipts until the signer has caught up");
+        } else if new && kind == Divergence::TokenUnavailable {
+            tracing::error!(workspace = %ws, reason = %why, "the signer's key token is unavailable for this workspace: it refuses new receipts until one is signed again (the signer looks for the token and the key by itself)");
         } else if new && kind == Divergence::KeyStoreNotOpen {
             tracing::error!(workspace = %ws, reason = %why, "the workspace's key is in a key store the signer does not open: it refuses new receipts until one is signed again");
         } else if new {
@@ -439,6 +476,7 @@ impl Diverged {
             Divergence::StoreBehindSigner => EngineError::WorkspaceLogBehindSigner,
             Divergence::CatchingUp => EngineError::WorkspaceLogCatchingUp,
             Divergence::KeyStoreNotOpen => EngineError::WorkspaceKeyStoreNotOpen(why),
+            Divergence::TokenUnavailable => EngineError::SignerTokenUnavailable(why),
         })
     }
 
@@ -530,7 +568,7 @@ mod tests {
         h.set_down(&m, "signer did not answer in time");
         h.pong(&m, || true);
         assert!(h.is_up(), "nothing left to sign: the pong is all the evidence there is");
-        h.ping_failed(&m, "connection refused");
+        h.ping_failed(&m, "connection refused", false);
         assert!(!h.is_up());
         h.pong(&m, || panic!("nothing to ask: only a ping failed"));
         assert!(h.is_up());
@@ -552,7 +590,7 @@ mod tests {
         assert!(matches!(h.outage(), Some(EngineError::SignerSlow(d)) if d.contains(PONG_NOTE)));
         h.set_down(&m, "signer did not answer in time");
         assert_eq!(code(&h), Some("signer_slow"), "another exchange timing out: still there, still slow");
-        h.ping_failed(&m, "connection refused");
+        h.ping_failed(&m, "connection refused", false);
         assert_eq!(code(&h), Some("signer_unavailable"), "gone now");
         h.set_down(&m, "signer did not answer in time");
         h.pong(&m, || false);
@@ -568,6 +606,44 @@ mod tests {
         assert_eq!(code(&h), Some("signer_slow"));
         h.set_down(&m, "connection lost");
         assert_eq!(code(&h), Some("signer_unavailable"), "a lost connection ends it");
+    }
+
+    /// A ping the signer answers with "my token is unavailable" is refused (and `/readyz`
+    /// named) as `signer_token_unavailable`, not as a generic outage; any other failure is the
+    /// generic one again; and the signer coming back up wakes whoever waits for it (a signing
+    /// round waiting out the token), while one that was up all along wakes nobody.
+    #[tokio::test]
+    async fn a_ping_refused_for_the_token_is_its_own_outage_and_its_end_wakes_waiters() {
+        let (h, m) = (Health::default(), Metrics::new());
+        let code = |h: &Health| h.require_up(&m).err().map(|e| e.code());
+        // Whether a registered waiter is woken already (polled once, not waited for).
+        async fn woken(w: std::pin::Pin<&mut tokio::sync::futures::Notified<'_>>) -> bool {
+            tokio::time::timeout(Duration::ZERO, w).await.is_ok()
+        }
+        h.set_up(&m);
+        {
+            let w = h.came_up();
+            tokio::pin!(w);
+            w.as_mut().enable();
+            h.pong(&m, || true);
+            assert!(!woken(w).await, "up all along: nothing came back");
+        }
+        h.ping_failed(&m, "the signer's PKCS#11 token is unavailable (see the signer's log)", true);
+        assert_eq!(code(&h), Some("signer_token_unavailable"));
+        assert!(matches!(h.outage(), Some(EngineError::SignerTokenUnavailable(d)) if d.contains("PKCS#11")));
+        let w = h.came_up();
+        tokio::pin!(w);
+        w.as_mut().enable();
+        h.set_down(&m, "connection lost");
+        assert_eq!(code(&h), Some("signer_unavailable"), "another failure is the generic outage");
+        h.ping_failed(&m, "token", true);
+        h.ping_failed(&m, "connection refused", false);
+        assert_eq!(code(&h), Some("signer_unavailable"));
+        h.ping_failed(&m, "token", true);
+        assert!(!woken(w.as_mut()).await, "still down");
+        h.pong(&m, || true);
+        assert_eq!(code(&h), None);
+        assert!(woken(w).await, "the end of the outage wakes the waiter");
     }
 
     #[test]

@@ -125,7 +125,8 @@ pub struct Metrics {
     pub signing_lag_seconds: Histogram,
     /// Receipts whose signature is stored.
     pub receipts_signed: IntCounter,
-    /// Failed exchanges with the signer, by `kind` (unavailable, storage, error).
+    /// Failed exchanges with the signer, by `kind` (unavailable, storage, token_unavailable,
+    /// error).
     pub signer_errors: IntCounterVec,
     /// Signer answers `Busy` (its queue for a workspace over its cap): back pressure, the
     /// signing round waits and is retried. Not an error and never an outage (`signer_up`
@@ -505,7 +506,7 @@ impl Metrics {
         }
         // The kinds pipeline.rs counts (a closed set): absent until the first signer error,
         // the series made the dashboard's error panel and any rate() over it look broken.
-        for kind in ["unavailable", "storage", "error"] {
+        for kind in ["unavailable", "storage", "token_unavailable", "error"] {
             m.signer_errors.with_label_values(&[kind]);
         }
         for outcome in KEY_ROTATION_OUTCOMES {

@@ -412,7 +412,8 @@ pub struct Readiness {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NotReady {
-    /// Stable code: `shutting_down`, `signer_unavailable`, a fault's code
+    /// Stable code: `shutting_down`, `signer_unavailable`, `signer_slow`,
+    /// `signer_token_unavailable`, a fault's code
     /// (`storage_full`, `storage_failed`, `signer_storage_failed`, `signing_backlog`), or
     /// `workspace_log_behind_signer`.
     pub code: String,

@@ -56,6 +56,7 @@ use crate::services::Services;
 use crate::sign_batcher::{Expect, Signed};
 
 mod rotation;
+mod token;
 pub(crate) use rotation::{count as count_rotation, rotate};
 
 /// Running pipeline tasks by workspace; each gets the workspace's committed log size.
@@ -405,6 +406,7 @@ async fn run(
         }
     };
     backoff = Duration::from_millis(20);
+    let mut token = token::TokenWait::default();
     loop {
         let committed = *rx.borrow_and_update();
         if st.frontier.size() >= committed {
@@ -451,7 +453,10 @@ async fn run(
             Ok(()) => {
                 progress.signed(st.frontier.size());
                 backoff = Duration::from_millis(20);
+                token.signed(&shared, &ws);
             }
+            // Its own pause, count and mark: a token is not back in milliseconds (`token.rs`).
+            Err(Stop::Retry(EngineError::SignerTokenUnavailable(why))) => token.failed(&shared, &ws, &why).await,
             Err(Stop::Retry(e)) => {
                 let mut pause = backoff;
                 match e {
@@ -618,6 +623,11 @@ impl Signing {
                 let e = EngineError::from_signer(e);
                 if let EngineError::SignerUnavailable(why) = &e {
                     return Err(self.outage(shared, why));
+                }
+                if let EngineError::SignerTokenUnavailable(_) = &e {
+                    // Counted, and the workspace marked, by the task (`token.rs`); the signer's
+                    // health follows its pings, which a lost token fails.
+                    return Err(Stop::Retry(e));
                 }
                 if let EngineError::WorkspaceKeyStoreNotOpen(why) = &e {
                     // The signer answered, for this workspace only: it alone refuses new

@@ -154,8 +154,12 @@ impl Services {
     pub async fn probe_signer(&self, nothing_to_sign: impl FnOnce() -> bool) {
         match tokio::time::timeout(self.cfg.signer_timeout, self.signer.ping()).await {
             Ok(Ok(())) => self.health.pong(&self.metrics, nothing_to_sign),
-            Ok(Err(e)) => self.health.ping_failed(&self.metrics, &e.to_string()),
-            Err(_) => self.health.ping_failed(&self.metrics, "signer did not answer a ping in time"),
+            Ok(Err(e)) => {
+                let why = e.to_string();
+                let token = matches!(EngineError::from_signer(e), EngineError::SignerTokenUnavailable(_));
+                self.health.ping_failed(&self.metrics, &why, token)
+            }
+            Err(_) => self.health.ping_failed(&self.metrics, "signer did not answer a ping in time", false),
         }
     }
 }

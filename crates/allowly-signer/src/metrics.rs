@@ -85,8 +85,11 @@ pub struct Metrics {
     /// the module to find it again); 0 otherwise, and always 0 for sealed-file keys.
     pub token_lost: IntGauge,
     /// Re-initialisations of the PKCS#11 module while its token was lost, by `outcome` (`ok`:
-    /// found again; `failed`: not yet, tried again at most once a second).
+    /// found again; `failed`: not yet, tried again after `token_lost_retry_seconds`).
     pub token_reinits: IntCounterVec,
+    /// While the token is lost: the wait after the last re-initialisation that did not find it
+    /// before the next may run (1 s doubling to 30 s); 0 while the token answers.
+    pub token_lost_retry_seconds: IntGauge,
     /// Recorded keys a look-up did not find on a token that answers (their workspaces' signing
     /// fails closed); 0 once each is found again.
     pub token_keys_missing: IntGauge,
@@ -171,6 +174,10 @@ impl Metrics {
         let m = Self {
             token_lost: gauge("allowly_signer_token_lost", "1 while the PKCS#11 token does not answer (checks fail closed)"),
             token_reinits,
+            token_lost_retry_seconds: gauge(
+                "allowly_signer_token_lost_retry_seconds",
+                "Wait before the next re-initialisation looking for a lost PKCS#11 token (1 s doubling to 30 s; 0: not lost)",
+            ),
             orphan_keys_destroyed: counter(
                 "allowly_signer_orphan_keys_destroyed_total",
                 "Keys found at start made on the token but never recorded (a crash in between), deleted",
@@ -270,6 +277,7 @@ impl Metrics {
         TokenMetrics {
             lost: self.token_lost.clone(),
             reinits: self.token_reinits.clone(),
+            lost_retry_seconds: self.token_lost_retry_seconds.clone(),
             keys_missing: self.token_keys_missing.clone(),
             missing_key_reinits: self.token_missing_key_reinits.clone(),
             missing_key_retry_seconds: self.token_missing_key_retry_seconds.clone(),
@@ -302,6 +310,9 @@ pub struct TokenMetrics {
     /// `allowly_signer_token_reinitialisations_total{outcome}`: re-initialisations of the module
     /// while the token was lost (`ok`: it answers again; `failed`: not yet).
     pub reinits: prometheus::IntCounterVec,
+    /// `allowly_signer_token_lost_retry_seconds`: while the token is lost, the wait before the
+    /// next re-initialisation looking for it.
+    pub lost_retry_seconds: prometheus::IntGauge,
     /// `allowly_signer_token_keys_missing`: recorded keys not found on a token that answers.
     pub keys_missing: prometheus::IntGauge,
     /// `allowly_signer_token_missing_key_reinitialisations_total`: re-initialisations to look

@@ -25,7 +25,10 @@
 //!   login: if the token does not answer, the signer fails closed (every `Ping` an error, so the
 //!   service answers `503 signer_unavailable` and `/readyz` is not ready) and re-initialises the
 //!   module — `C_Finalize`, `C_Initialize`, find the token by its label, open and log in a new
-//!   pool of sessions — at most once per [`REINIT_EVERY`], until the token answers again. A
+//!   pool of sessions — until the token answers again: at once, then [`LOST_TOKEN_REINIT_EVERY`]
+//!   later, the wait doubling after each one that fails up to [`LOST_TOKEN_REINIT_MAX`] (a dead
+//!   token is not asked twice a second forever), and from the start again once it is found. The
+//!   loss and the return are logged once each. A
 //!   module re-initialised may give the same objects other handles (and the old numbers to other
 //!   objects), so every handle is tagged with the *epoch* of the module that gave it, and a key
 //!   whose handle is from an older epoch (or that the token no longer knows) is found again by
@@ -84,10 +87,22 @@ const SESSIONS: usize = 4;
 /// (RFC 8410 `id-Ed25519`) and the PrintableString `edwards25519` (the curve's name). Tokens
 /// differ in which they take; the first that works is remembered ([`with_curve_forms`]).
 pub const ED25519_PARAMS: [&[u8]; 2] = [&[0x06, 0x03, 0x2b, 0x65, 0x70], b"\x13\x0cedwards25519"];
-/// Least time between two re-initialisations of the module while the token is lost: the
-/// service's health probe comes every half second, and a module reloading its token state on
-/// every one would keep a struggling HSM busy.
+/// Least time between any two re-initialisations of the module (for a lost token or a missing
+/// key): the service's health probe comes every half second, and a module reloading its token
+/// state on every one would keep a struggling HSM busy.
 pub const REINIT_EVERY: Duration = Duration::from_secs(1);
+/// Wait after the first re-initialisation that did not find a lost token before the next. The
+/// first runs at once when the token is found lost (a session reset, a networked HSM failing
+/// over: back within a second or two, and found then); each one that fails doubles the wait,
+/// up to [`LOST_TOKEN_REINIT_MAX`].
+pub const LOST_TOKEN_REINIT_EVERY: Duration = Duration::from_secs(1);
+/// The longest wait between two re-initialisations while the token stays lost. A
+/// re-initialisation is not free for the token: it loads the module's view of every object
+/// (SoftHSM2 reads each object file; a networked HSM opens connections and logs four sessions
+/// in), so a dead token is asked about twice a minute, not twice a second, for as long as it
+/// stays dead; and a token that comes back after a long outage is found at most 30 s later
+/// (one that comes back within the first minute, within the wait then running: 1, 2, 4, ... s).
+pub const LOST_TOKEN_REINIT_MAX: Duration = Duration::from_secs(30);
 /// Least time between the first two re-initialisations of the module because a recorded key
 /// was missing from a token that answers. A module may keep a stale view of the token's
 /// objects — SoftHSM2 does not read object files put back behind its back, and an HSM restored
@@ -362,15 +377,22 @@ struct Token {
     /// Recorded keys not found on the token while it answered, and when the module is
     /// re-initialised next to look for them (see [`MISSING_KEY_REINIT_EVERY`]).
     missing: Mutex<Missing>,
+    /// While the token is lost: when the module is re-initialised next to look for it (see
+    /// [`LOST_TOKEN_REINIT_EVERY`]); from the start again once it is found.
+    lost_retry: Mutex<Backoff>,
     next: AtomicUsize,
     /// Index into [`ED25519_PARAMS`] of the form the token took last.
     params: AtomicUsize,
     metrics: TokenMetrics,
+    /// Test seam: a form of [`ED25519_PARAMS`] refused as a token that does not take it
+    /// refuses it (SoftHSM2 takes both), and how many times it was.
+    #[cfg(test)]
+    refuse_form: (AtomicUsize, AtomicUsize),
 }
 
 /// Key objects a look-up did not find on a token that answered, and the re-initialisations
 /// that look for them again.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Missing {
     /// The `CKA_ID`s not found (each removed when it is found again). At most one per key the
     /// signer has loaded.
@@ -380,22 +402,33 @@ struct Missing {
     retry: Backoff,
 }
 
-/// When the next re-initialisation for missing keys may run: at once the first time, then
-/// [`MISSING_KEY_REINIT_EVERY`] after it, the wait doubling after each one up to
-/// [`MISSING_KEY_REINIT_MAX`]; [`Backoff::default`] again once nothing is missing.
+impl Default for Missing {
+    fn default() -> Self {
+        Self { ids: Default::default(), asked: false, retry: Backoff::missing_key() }
+    }
+}
+
+/// When the next re-initialisation of the module for one cause may run: at once the first
+/// time, then `first` after it, the wait doubling after each one up to `max`; a fresh one
+/// again once the cause is gone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Backoff {
     last: Option<Instant>,
     wait: Duration,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Self { last: None, wait: MISSING_KEY_REINIT_EVERY }
-    }
+    max: Duration,
 }
 
 impl Backoff {
+    /// For missing keys: [`MISSING_KEY_REINIT_EVERY`] doubling to [`MISSING_KEY_REINIT_MAX`].
+    fn missing_key() -> Self {
+        Self { last: None, wait: MISSING_KEY_REINIT_EVERY, max: MISSING_KEY_REINIT_MAX }
+    }
+
+    /// For a lost token: [`LOST_TOKEN_REINIT_EVERY`] doubling to [`LOST_TOKEN_REINIT_MAX`].
+    fn lost_token() -> Self {
+        Self { last: None, wait: LOST_TOKEN_REINIT_EVERY, max: LOST_TOKEN_REINIT_MAX }
+    }
+
     fn due(&self, now: Instant) -> bool {
         self.last.is_none_or(|t| now.duration_since(t) >= self.wait)
     }
@@ -403,7 +436,7 @@ impl Backoff {
     /// One ran at `now`: the next waits twice as long as this one did.
     fn ran(&mut self, now: Instant) {
         if self.last.is_some() {
-            self.wait = (self.wait * 2).min(MISSING_KEY_REINIT_MAX);
+            self.wait = (self.wait * 2).min(self.max);
         }
         self.last = Some(now);
     }
@@ -566,6 +599,12 @@ impl Token {
         let made = self.call(op, None, OnLost::Fail, |s| {
             let first = self.params.load(Ordering::Relaxed) % ED25519_PARAMS.len();
             let (i, (public_h, private_h)) = with_curve_forms(first, |params| {
+                #[cfg(test)]
+                if ED25519_PARAMS.get(self.refuse_form.0.load(Ordering::Relaxed)) == Some(&params) {
+                    self.refuse_form.1.fetch_add(1, Ordering::Relaxed);
+                    let function = cryptoki::context::Function::GenerateKeyPair;
+                    return Err(CkError::Pkcs11(RvError::CurveNotSupported, function));
+                }
                 let (public, private) = templates(params);
                 s.generate_key_pair(&Mechanism::EccEdwardsKeyPairGen, &public, &private)
             })
@@ -630,12 +669,18 @@ impl Token {
     fn lose(&self, why: &str) {
         let Ok(mut live) = self.live.write() else { return };
         if live.is_ok() {
-            tracing::error!(token = %self.label, reason = why, "PKCS#11 token lost: the signer fails closed, and looks for the token again every {REINIT_EVERY:?}");
+            self.lost_now(why);
             // Sessions first (C_CloseSession), while the module is still initialised.
             *live = Err(why.to_owned());
             self.epoch.fetch_add(1, Ordering::AcqRel);
-            self.metrics.lost.set(1);
         }
+    }
+
+    /// The token was answering and is lost now (`why`): said once, here, whichever call found
+    /// it (a health check, or a re-initialisation for missing keys that did not find the token).
+    fn lost_now(&self, why: &str) {
+        tracing::error!(token = %self.label, reason = why, "PKCS#11 token lost: the signer fails closed, and looks for the token again at once, then {LOST_TOKEN_REINIT_EVERY:?} later, the wait doubling each time up to {LOST_TOKEN_REINIT_MAX:?}");
+        self.metrics.lost.set(1);
     }
 
     /// A look-up on the token, logged in, found no object with `CKA_ID` `id`: its workspace's
@@ -660,7 +705,7 @@ impl Token {
             self.metrics.keys_missing.set(i64::try_from(m.ids.len()).unwrap_or(i64::MAX));
             if m.ids.is_empty() {
                 m.asked = false;
-                m.retry = Backoff::default();
+                m.retry = Backoff::missing_key();
                 self.metrics.missing_key_retry_seconds.set(0);
             }
         }
@@ -698,10 +743,20 @@ impl Token {
         true
     }
 
-    /// Re-initialises the module and finds the token again (at most once per
-    /// [`REINIT_EVERY`]); `Ok` once it answers.
+    /// The token is lost: re-initialises the module to find it again when its [`Backoff`]
+    /// allows ([`LOST_TOKEN_REINIT_EVERY`] doubling to [`LOST_TOKEN_REINIT_MAX`], and never
+    /// within [`REINIT_EVERY`] of another); `Ok` once it answers.
     fn reinitialise(&self) -> Result<()> {
-        if !self.reinit_due(Instant::now()) {
+        let now = Instant::now();
+        let due = self.lost_retry.lock().is_ok_and(|mut b| {
+            let due = b.due(now) && self.reinit_due(now);
+            if due {
+                b.ran(now);
+                self.metrics.lost_retry_seconds.set(b.wait.as_secs() as i64);
+            }
+            due
+        });
+        if !due {
             let why = self.live.read().ok().and_then(|l| l.as_ref().err().cloned()).unwrap_or_default();
             return Err(Fail::Lost { op: "checking the token", why }.into());
         }
@@ -734,6 +789,11 @@ impl Token {
                 *live = Ok(new);
                 self.metrics.reinits.with_label_values(&["ok"]).inc();
                 self.metrics.lost.set(0);
+                // Lost next time: looked for at once again, then after the first wait.
+                if let Ok(mut b) = self.lost_retry.lock() {
+                    *b = Backoff::lost_token();
+                }
+                self.metrics.lost_retry_seconds.set(0);
                 if was_lost {
                     tracing::info!(token = %self.label, "PKCS#11 token found again (module re-initialised): keys are looked up again by CKA_ID, signing resumes");
                 }
@@ -742,8 +802,12 @@ impl Token {
             Err(e) => {
                 *live = Err(e.to_string());
                 self.metrics.reinits.with_label_values(&["failed"]).inc();
-                self.metrics.lost.set(1);
-                tracing::debug!(token = %self.label, error = %e, "PKCS#11 token still lost");
+                if was_lost {
+                    tracing::debug!(token = %self.label, error = %e, "PKCS#11 token still lost");
+                } else {
+                    // Re-initialised to look for missing keys, and the token did not come back.
+                    self.lost_now(&e.to_string());
+                }
                 Err(e)
             }
         }
@@ -837,9 +901,12 @@ impl TokenBackend {
             epoch: AtomicU64::new(0),
             reinit_at: Mutex::new(None),
             missing: Mutex::new(Missing::default()),
+            lost_retry: Mutex::new(Backoff::lost_token()),
             next: AtomicUsize::new(0),
             params: AtomicUsize::new(0),
             metrics,
+            #[cfg(test)]
+            refuse_form: (AtomicUsize::new(usize::MAX), AtomicUsize::new(0)),
         };
         Ok(Self { token: Arc::new(token) })
     }
@@ -1119,17 +1186,71 @@ impl KeyBackend for TokenBackend {
     }
 }
 
+/// The SoftHSM2 fixture of the integration tests, for the one unit test that needs a real
+/// token and the test seam ([`Token::refuse_form`]).
+#[cfg(test)]
+#[path = "../tests/support/softhsm.rs"]
+mod test_softhsm;
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    /// The curve-form fallback on a real token. SoftHSM2 takes both forms of `CKA_EC_PARAMS`,
+    /// so the test seam makes it refuse the first (the OID) with `CKR_CURVE_NOT_SUPPORTED`, as
+    /// a token that knows Ed25519 only by the curve's name does. The backend's generation then
+    /// makes the key pair with the name — stored so on the token, labelled, its public key read
+    /// back, its probe signed and verified —, the key signs and opens again (as after a
+    /// restart), and the next generation uses the name at once: the OID is not tried (nor
+    /// refused) again. Without the fallback the first generation fails.
+    #[test]
+    fn a_token_that_refuses_the_oid_gets_keys_made_with_the_curve_name_and_is_asked_so_next() {
+        let hsm = test_softhsm::softhsm(&["curve-fallback"]);
+        let tmp = tempfile::tempdir().unwrap();
+        let pin = Pin::from_file(&hsm.pin_file(tmp.path(), "pin", test_softhsm::USER_PIN)).unwrap();
+        let cfg = TokenConfig { module: hsm.module.clone(), token_label: "curve-fallback".into(), pin };
+        let b = TokenBackend::open(cfg, &MlockPolicy::default(), TokenMetrics::default()).unwrap();
+        b.token.refuse_form.0.store(0, Ordering::Relaxed);
+        let refusals = || b.token.refuse_form.1.load(Ordering::Relaxed);
+        // CKA_EC_PARAMS of the public key object of `stored`, read on the token.
+        let params_of = |stored: &KeyRef| {
+            let KeyRef::Token { object_id } = stored else { panic!("not a token key: {stored:?}") };
+            let id = hex::decode(object_id).unwrap();
+            b.token
+                .with_session("test", |s| {
+                    let found =
+                        s.find_objects(&[Attribute::Class(ObjectClass::PUBLIC_KEY), Attribute::Id(id.clone())])?;
+                    assert_eq!(found.len(), 1);
+                    s.get_attributes(found[0], &[AttributeType::EcParams])
+                })
+                .unwrap()
+        };
+        let signs = |key: &dyn WorkspaceKey, msg: &[u8]| {
+            let sig = key.sign(msg).unwrap();
+            key.public_key().verify_strict(msg, &ed25519_dalek::Signature::from_bytes(&sig)).unwrap();
+        };
+
+        let g = b.generate("ws_curve_a", "create", &mut |_| Ok(())).unwrap();
+        assert_eq!(refusals(), 1, "the OID was tried first, and refused");
+        assert_eq!(params_of(&g.stored), [Attribute::EcParams(ED25519_PARAMS[1].to_vec())]);
+        signs(&*g.key, b"made with the curve's name");
+        let public = g.key.public_key().to_bytes();
+        let opened = b.open("ws_curve_a", &g.key_id, &public, &g.stored, "load").unwrap();
+        signs(&*opened, b"opened again");
+
+        let g = b.generate("ws_curve_b", "create", &mut |_| Ok(())).unwrap();
+        assert_eq!(refusals(), 1, "the OID was tried again");
+        assert_eq!(params_of(&g.stored), [Attribute::EcParams(ED25519_PARAMS[1].to_vec())]);
+        signs(&*g.key, b"the name at once");
+    }
 
     /// Re-initialisations for a missing key: the first at once, then 5 s, 10 s, 20 s, … apart,
     /// never more than 300 s, and from the start again once nothing is missing.
     #[test]
     fn missing_key_reinitialisations_back_off_to_a_cap() {
         let t0 = Instant::now();
-        let mut b = Backoff::default();
+        let mut b = Backoff::missing_key();
         assert!(b.due(t0));
         let mut at = t0;
         let mut gaps = Vec::new();
@@ -1141,7 +1262,7 @@ mod tests {
             at += b.wait;
         }
         assert_eq!(gaps, [5, 10, 20, 40, 80, 160, 300, 300, 300, 300]);
-        assert_eq!(Backoff::default().wait, MISSING_KEY_REINIT_EVERY);
+        assert_eq!(Backoff::missing_key().wait, MISSING_KEY_REINIT_EVERY);
     }
 
     #[test]

@@ -32,7 +32,7 @@ use support::*;
 /// Every token this test binary uses, one per test (tests run in parallel).
 const TOKENS: &[&str] = &[
     "sign", "rotate", "refuse", "env", "loss", "idle", "gone", "stale", "curve", "orphan", "cut", "retire", "vanish",
-    "miss",
+    "miss", "lost",
 ];
 
 fn hsm() -> &'static SoftHsm {
@@ -767,7 +767,7 @@ async fn key_objects_that_vanish_from_a_working_token_fail_signing_closed_until_
     check_appended_without_proofs(ws, &all, &batch, &before, &v);
 
     let (home, away) = (hsm().token_dir("vanish"), tmp.path().join("objects-away"));
-    let moved = move_key_objects("vanish", &away);
+    let moved = hsm().move_key_objects("vanish", &away);
     assert_eq!(moved.len(), 2, "the workspace's key pair: {moved:?}");
     let signed = metric(&c.metrics().await.unwrap(), "allowly_signer_checkpoints_signed_total");
     for _ in 0..3 {
@@ -801,22 +801,6 @@ async fn key_objects_that_vanish_from_a_working_token_fail_signing_closed_until_
     assert_eq!(status.code(), Some(0), "{out}{err}");
 }
 
-/// The object files of token `label` other than the token's own (its key objects), moved to
-/// `to`; their names.
-fn move_key_objects(label: &str, to: &Path) -> Vec<std::ffi::OsString> {
-    let home = hsm().token_dir(label);
-    std::fs::create_dir_all(to).unwrap();
-    let moved: Vec<std::ffi::OsString> = std::fs::read_dir(&home)
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .filter(|n| n.to_str().is_some_and(|n| n.ends_with(".object") && n != "token.object"))
-        .collect();
-    for n in &moved {
-        std::fs::rename(home.join(n), to.join(n)).unwrap();
-    }
-    moved
-}
-
 /// A key whose objects are gone from a token that answers (destroyed, or not restored yet) is
 /// looked for again by re-initialising the module — but less and less often: the first at
 /// once, the next 5 s later, then 10 s, 20 s, … (to at most 300 s), not every 5 s forever, and
@@ -836,7 +820,7 @@ async fn a_missing_key_is_looked_for_less_and_less_often_and_from_the_start_once
     let before = c.append_batch(ws, 0, batch.clone()).await.unwrap();
     let mut all = hashes(&batch);
     let away = tmp.path().join("objects-away");
-    let moved = move_key_objects("miss", &away);
+    let moved = hsm().move_key_objects("miss", &away);
     assert_eq!(moved.len(), 2, "the workspace's key pair: {moved:?}");
 
     let next = bodies(ws, all.len(), 1);
@@ -894,7 +878,7 @@ async fn a_missing_key_is_looked_for_less_and_less_often_and_from_the_start_once
     assert_eq!(s.stderr().matches("a missing key was found on the token again").count(), 1, "{}", s.diagnostics());
 
     // Missing again: the backoff starts from the first wait.
-    move_key_objects("miss", &away);
+    hsm().move_key_objects("miss", &away);
     let m = eventually(
         "the key to be missed again",
         || s.diagnostics(),
@@ -909,4 +893,86 @@ async fn a_missing_key_is_looked_for_less_and_less_often_and_from_the_start_once
     .await;
     assert_eq!(metric(&m, "allowly_signer_token_missing_key_retry_seconds"), 5.0, "{m}");
     assert_eq!(missing_lines(&s), 2, "said again, once:\n{}", s.diagnostics());
+}
+
+/// A token that stays lost (its SoftHSM2 directory moved off) is looked for less and less
+/// often: the module is re-initialised at once, then 1 s later, then 2 s, 4 s, … (to at most
+/// 30 s), not every second forever; the wait now is in `allowly_signer_token_lost_retry_seconds`,
+/// and the loss is logged once, not at every attempt. Driven the way the service drives it (a
+/// health check every 100 ms here) and timed on the signer's own count of the failed
+/// re-initialisations: four of them span 7 s (every second: 3 s). Back, the token is found by
+/// the next one and signs; lost again, it is looked for from the first wait again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_token_is_looked_for_less_and_less_often_and_from_the_start_once_found() {
+    let (_tmp, _dir, _sock, _pin, mut s) = served_on("lost");
+    let c = s.ready().await;
+    let ws = "ws_hsm_lost";
+    let keys = c.create_key(ws).await.unwrap();
+    let batch = bodies(ws, 0, 2);
+    c.append_batch(ws, 0, batch.clone()).await.unwrap();
+    let mut all = hashes(&batch);
+    let (home, away) = (hsm().token_dir("lost"), hsm().root.join("lost-away"));
+    let failed = |m: &str| metric(m, r#"allowly_signer_token_reinitialisations_total{outcome="failed"}"#);
+    let wait = |m: &str| metric(m, "allowly_signer_token_lost_retry_seconds");
+    let lost_lines = |s: &Signer| s.stderr().matches("PKCS#11 token lost").count();
+    // Health checks until the signer has counted `n` failed re-initialisations; its metrics then.
+    let failed_reinits = |n: f64| {
+        let (c, s) = (&c, &s);
+        async move {
+            eventually_within(
+                &format!("{n} failed re-initialisations"),
+                std::time::Duration::from_secs(60),
+                std::time::Duration::from_millis(100),
+                move || s.diagnostics(),
+                move || async move {
+                    // The health check that finds the token lost, or looks for it again.
+                    let _ = c.ping().await;
+                    let m = c.metrics().await.unwrap();
+                    (failed(&m) >= n).then_some(m)
+                },
+            )
+            .await
+        }
+    };
+
+    std::fs::rename(&home, &away).unwrap();
+    let start = std::time::Instant::now();
+    let mut at = Vec::new();
+    for n in 1..=4 {
+        let m = failed_reinits(f64::from(n)).await;
+        at.push(start.elapsed());
+        assert_eq!(failed(&m), f64::from(n), "one at a time: {m}");
+        assert_eq!(metric(&m, "allowly_signer_token_lost"), 1.0, "{m}");
+        // The wait after failed re-initialisation n: 1 s, 2 s, 4 s, 8 s.
+        assert_eq!(wait(&m), f64::from(1 << (n - 1)), "{m}");
+    }
+    let span = at[3] - at[0];
+    assert!(span >= std::time::Duration::from_millis(6_500), "4 re-initialisations in {span:?}: {at:?}");
+    assert_eq!(lost_lines(&s), 1, "said once:\n{}", s.diagnostics());
+
+    // Back: found by the next re-initialisation (within 8 s), and it signs again.
+    std::fs::rename(&away, &home).unwrap();
+    eventually_within(
+        "the token to be found again",
+        std::time::Duration::from_secs(30),
+        std::time::Duration::from_millis(100),
+        || s.diagnostics(),
+        || async { c.ping().await.ok() },
+    )
+    .await;
+    let m = c.metrics().await.unwrap();
+    assert_eq!((metric(&m, "allowly_signer_token_lost"), wait(&m)), (0.0, 0.0), "{m}");
+    assert_eq!(s.stderr().matches("PKCS#11 token found again").count(), 1, "{}", s.diagnostics());
+    let next = bodies(ws, all.len(), 1);
+    let out = c.append_batch(ws, all.len() as u64, next.clone()).await.unwrap();
+    all.extend(hashes(&next));
+    check_appended_without_proofs(ws, &all, &next, &out, &[verifier(ws, &keys[0])]);
+
+    // Lost again: looked for at once and then after the first wait again.
+    std::fs::rename(&home, &away).unwrap();
+    let before = failed(&m);
+    let m = failed_reinits(before + 1.0).await;
+    assert_eq!(wait(&m), 1.0, "{m}");
+    assert_eq!(lost_lines(&s), 2, "said again, once:\n{}", s.diagnostics());
+    std::fs::rename(&away, &home).unwrap();
 }

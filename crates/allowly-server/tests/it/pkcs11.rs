@@ -17,7 +17,7 @@ use crate::support::*;
 use serde_json::{json, Value};
 use softhsm::{softhsm_owned_by, SoftHsm, USER_PIN};
 
-const TOKENS: &[&str] = &["srv-sign", "srv-refuse", "srv-loss", "srv-move", "srv-notopen"];
+const TOKENS: &[&str] = &["srv-sign", "srv-refuse", "srv-loss", "srv-move", "srv-notopen", "srv-miss"];
 
 fn hsm() -> &'static SoftHsm {
     softhsm_owned_by(TOKENS, signer_uid())
@@ -264,44 +264,48 @@ fn a_token_that_refuses_fails_the_service_closed_and_it_recovers_when_the_token_
 }
 
 /// The token goes away under `allowly serve` while clients check (its SoftHSM2 directory moved
-/// off: a token pulled out, an HSM restarting) and comes back. Meanwhile checks fail closed with
-/// `503 signer_unavailable`, `/readyz` is not ready and says the signer's token is unavailable,
-/// and the signer's `allowly_signer_token_lost` is 1; then, with nobody restarting anything, the
-/// signer finds the token again, checks are answered, every acknowledged receipt is signed, and
-/// the whole log verifies with `allowly-verify` against the published keys and every
-/// checkpoint seen before the loss.
+/// off: a token pulled out, an HSM restarting) and comes back. Every check is answered 200 (a
+/// receipt) or `503 signer_token_unavailable` with `Retry-After` — never a 500, nor the generic
+/// `signer_unavailable`: the signer answers its health check that its token is unavailable, and
+/// that is what the service says. Meanwhile `/readyz` is not ready with a cause of that code
+/// naming the token, and the signer's `allowly_signer_token_lost` is 1; then, with nobody
+/// restarting anything, the signer finds the token again, checks are answered, every
+/// acknowledged receipt is signed, and the whole log verifies with `allowly-verify` against the
+/// published keys and every checkpoint seen before the loss.
 #[test]
 fn a_token_lost_while_serving_fails_checks_closed_and_signing_resumes_when_it_is_back() {
-    let tmp = tempdir();
-    let data = tmp.path().join("data");
-    let pin = pin_file(tmp.path(), "pin", USER_PIN);
-    let s = start(&data, "srv-loss", &pin);
-    let t = tenant(&s, "hsm-loss", &["files.*"]);
-    let load = Load::start(s.client().addr, &t, 4, &["signer_unavailable"]);
-    load.wait_ok(20, &s);
-    let seen = vec![eventually("a checkpoint", || s.diagnostics(), || checkpoint_note(&s.client(), &t))];
+    let (tmp, s, t, load, seen) = checked_on("srv-loss", "hsm-loss");
 
     let (home, away) = (hsm().token_dir("srv-loss"), hsm().root.join("srv-loss-away"));
     std::fs::rename(&home, &away).unwrap();
     eventually(
-        "checks to fail closed with 503 signer_unavailable",
+        "checks to fail closed with 503 signer_token_unavailable",
         || s.diagnostics(),
         || {
             let r = check(&s, &t.checker, &t.az);
-            (r.status == 503).then(|| r.problem(503, "signer_unavailable"))
+            (r.status == 503).then(|| token_unavailable(&r))
         },
     );
     for _ in 0..5 {
-        check(&s, &t.checker, &t.az).problem(503, "signer_unavailable");
+        token_unavailable(&check(&s, &t.checker, &t.az));
     }
-    let ready = s.client().get("/readyz", None);
-    assert_eq!(ready.status, 503, "{ready}");
+    // A signing round may meet the lost token (and its workspace refuse checks with the same
+    // code) before the signer's health check does; the instance is unready once it has.
+    let ready = eventually(
+        "/readyz to be 503",
+        || s.diagnostics(),
+        || {
+            let r = s.client().get("/readyz", None);
+            (r.status == 503).then_some(r)
+        },
+    );
     let causes = ready.json()["causes"].clone();
     assert!(
-        causes.as_array().unwrap().iter().any(|c| c["code"] == "signer_unavailable"
+        causes.as_array().unwrap().iter().any(|c| c["code"] == "signer_token_unavailable"
             && c["detail"].as_str().is_some_and(|d| d.contains("PKCS#11 token is unavailable"))),
         "{ready}"
     );
+    token_unavailable(&check(&s, &t.checker, &t.az));
     let metrics = |admin: &str| s.client().get("/metrics", Some(admin)).text();
     let root = s.admin_token();
     eventually(
@@ -319,6 +323,114 @@ fn a_token_lost_while_serving_fails_checks_closed_and_signing_resumes_when_it_is
     assert!(unavailable > 0, "the clients never saw the outage");
     export_and_verify(&s, &t, "files.read", &acked, &seen, tmp.path());
     assert!(s.stderr().contains("PKCS#11 token found again"), "{}", s.diagnostics());
+}
+
+/// `allowly serve` on token `label` with a tenant `name` whose checks four clients keep
+/// making (accepting `503 signer_token_unavailable` besides 200), once 20 were answered; and
+/// the tenant's checkpoint then.
+fn checked_on(label: &str, name: &str) -> (tempfile::TempDir, Server, Tenant, Load, Vec<String>) {
+    let tmp = tempdir();
+    let pin = pin_file(tmp.path(), "pin", USER_PIN);
+    let s = start(&tmp.path().join("data"), label, &pin);
+    let t = tenant(&s, name, &["files.*"]);
+    let load = Load::start(s.client().addr, &t, 4, &["signer_token_unavailable"]);
+    load.wait_ok(20, &s);
+    let seen = vec![eventually("a checkpoint", || s.diagnostics(), || checkpoint_note(&s.client(), &t))];
+    (tmp, s, t, load, seen)
+}
+
+/// `r` is `503 signer_token_unavailable` with `Retry-After` (it passes by itself).
+fn token_unavailable(r: &Resp) {
+    r.problem(503, "signer_token_unavailable");
+    assert_eq!(r.header("retry-after"), Some("1"), "{r}");
+}
+
+/// The value of the sample `name` (with its labels) on a metrics page, 0 if absent.
+fn sample(text: &str, name: &str) -> f64 {
+    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok()).unwrap_or(0.0)
+}
+
+/// A workspace's key objects vanish from a token that still answers (an HSM restored from an
+/// older backup, objects removed by hand) while clients check, and come back. The token's health
+/// check passes, so this reaches the checks themselves: once a signing round met the missing key,
+/// that workspace's checks are refused with `503 signer_token_unavailable` and `Retry-After` (every
+/// answer is 200 or that: never a 500, never a decision whose receipt cannot be signed after the
+/// round knew), `/readyz` stays ready and lists the workspace under that code, and another tenant
+/// created meanwhile (its key made on the same token) signs on. The rounds back off (1 s, 2 s,
+/// 4 s, …: four of them span at least 7 s, counted by the engine as `token_unavailable`, which
+/// the generic backoff would do in well under a second). Put back, the key is found by the
+/// signer and the workspace takes checks again by itself; every acknowledged receipt is signed
+/// and the whole log verifies.
+#[test]
+fn a_key_missing_from_a_working_token_refuses_that_workspaces_checks_until_it_is_back() {
+    let (tmp, s, t, load, seen) = checked_on("srv-miss", "hsm-miss");
+    let root = s.admin_token();
+    let metrics = || s.client().get("/metrics", Some(&root)).text();
+    let rounds = |m: &str| sample(m, r#"allowly_engine_signer_errors_total{kind="token_unavailable"}"#);
+    assert_eq!(rounds(&metrics()), 0.0);
+
+    let away = tmp.path().join("objects-away");
+    let moved = hsm().move_key_objects("srv-miss", &away);
+    assert_eq!(moved.len(), 2, "the workspace's key pair: {moved:?}");
+    let refused = eventually(
+        "the workspace's checks refused once a signing round met the missing key",
+        || s.diagnostics(),
+        || {
+            let r = check(&s, &t.checker, &t.az);
+            (r.status != 200).then_some(r)
+        },
+    );
+    token_unavailable(&refused);
+    // The rounds back off: timed on the engine's own count of them.
+    let mut at = Vec::new();
+    let first = rounds(&metrics());
+    assert!(first >= 1.0);
+    let start = Instant::now();
+    for n in 1..=3 {
+        eventually(&format!("signing round {n} after the first to meet the token"), metrics, || {
+            (rounds(&metrics()) >= first + f64::from(n)).then_some(())
+        });
+        at.push(start.elapsed());
+    }
+    // 1 + 2 + 4 s after the round counted first (less the moments it took to see it, under a
+    // second); the generic backoff (20 ms doubling) would have made them in a fraction of one.
+    assert!(at[2] >= std::time::Duration::from_secs(5), "3 more rounds in {at:?}");
+    assert!(rounds(&metrics()) <= first + 3.0, "more rounds than the backoff allows: {at:?}");
+    let ready = s.client().get("/readyz", None);
+    assert_eq!(ready.status, 200, "the other workspaces work: {ready}");
+    let listed = ready.json()["diverged_workspaces"].clone();
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w["workspace_id"] == t.ws.as_str() && w["code"] == "signer_token_unavailable"),
+        "{ready}"
+    );
+    assert_eq!(sample(&metrics(), "allowly_signer_token_keys_missing"), 1.0);
+    // Another tenant: its key is made on the same token, and it signs.
+    let other = tenant(&s, "hsm-miss-other", &["files.*"]);
+    signing_key_now(&s, &other);
+    let during = load.ok();
+
+    for n in &moved {
+        std::fs::rename(away.join(n), hsm().token_dir("srv-miss").join(n)).unwrap();
+    }
+    // Found at the signer's next look (its own backoff: 5 s, 10 s, …), then at the workspace's
+    // next round (at most 10 s later).
+    let start = Instant::now();
+    while check(&s, &t.checker, &t.az).status != 200 {
+        assert!(start.elapsed() < std::time::Duration::from_secs(90), "never signed again\n{}", s.diagnostics());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    load.wait_ok(during + 20, &s);
+    let (acked, unexpected, unavailable, _) = load.finish();
+    assert!(unexpected.is_empty(), "{unexpected:?}");
+    assert!(unavailable > 0, "the clients never saw the refusal");
+    export_and_verify(&s, &t, "files.read", &acked, &seen, tmp.path());
+    let ready = s.client().get("/readyz", None).json();
+    assert_eq!(ready["diverged_workspaces"], json!([]), "{ready}");
+    assert!(s.stderr().contains("signs for this workspace again"), "{}", s.diagnostics());
 }
 
 /// `allowly workspace-key migrate --to KIND` with the signer's key files as the command reads

@@ -142,6 +142,23 @@ impl SoftHsm {
             .unwrap_or_else(|| panic!("no token directory for {label}"))
     }
 
+    /// Moves the key objects of token `label` — SoftHSM2's object files other than the token's
+    /// own — to `to`, and returns their names: the token still answers (its label and login
+    /// stay), without the keys, until they are moved back into [`SoftHsm::token_dir`].
+    pub fn move_key_objects(&self, label: &str, to: &Path) -> Vec<std::ffi::OsString> {
+        let home = self.token_dir(label);
+        std::fs::create_dir_all(to).expect("objects dir");
+        let moved: Vec<std::ffi::OsString> = std::fs::read_dir(&home)
+            .expect("token dir")
+            .map(|e| e.expect("entry").file_name())
+            .filter(|n| n.to_str().is_some_and(|n| n.ends_with(".object") && n != "token.object"))
+            .collect();
+        for n in &moved {
+            std::fs::rename(home.join(n), to.join(n)).expect("move an object file");
+        }
+        moved
+    }
+
     /// `--keystore pkcs11 --pkcs11-module M --pkcs11-token-label L --pkcs11-pin-file F`.
     pub fn signer_args(&self, label: &str, pin_file: &Path) -> Vec<String> {
         vec![
