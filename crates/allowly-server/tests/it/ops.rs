@@ -601,7 +601,7 @@ struct Prometheus {
 impl Prometheus {
     fn start(dir: &Path, target: std::net::SocketAddr) -> Self {
         // Prometheus prints the address it was given, not the one it bound: pick a free port.
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = free_port();
         let config = dir.join("prometheus.yml");
         std::fs::write(
             &config,

@@ -39,12 +39,6 @@ fn receiver_script() -> PathBuf {
     manifest_dir().join("../../tests/crosslang/webhook_receiver.py")
 }
 
-/// A free loopback port (for a receiver that must not be listening yet, or must come back on
-/// the same port).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 /// A running `webhook_receiver.py`; killed on drop (its log is printed if the test fails).
 struct Receiver {
     child: Option<Child>,

@@ -13,17 +13,12 @@ use allowly_receipt::cosignature::{self, CosignerKey};
 use allowly_receipt::note;
 use serde_json::json;
 
-use crate::support::{allowly_bin, eventually, tenant, verifier_bin, Client, Server, Tenant};
+use crate::support::{allowly_bin, eventually, free_port, tenant, verifier_bin, Client, Server, Tenant};
 
 fn witness_bin() -> PathBuf {
     let bin = Path::new(allowly_bin()).with_file_name("allowly-witness");
     assert!(bin.is_file(), "{} is missing: run `cargo build -p allowly-witness`", bin.display());
     bin
-}
-
-/// A free loopback port (the witness is started on it later, after the server that names it).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// A witness: its directory, key and port; running or not.

@@ -602,3 +602,25 @@ fn dechunk(mut b: &[u8]) -> Vec<u8> {
         b = &b[eol + 2 + size + 2..];
     }
 }
+
+/// A free loopback port for a child process that binds it later (a receiver, a witness,
+/// Prometheus). Taken below the kernel's ephemeral range (32768–60999 by default), from a
+/// sequence of this process: a port from `bind(127.0.0.1:0)` was released before the child bound
+/// it, and another test's `bind(0)` or outgoing connection could take it meanwhile (it did:
+/// `EADDRINUSE` failed a webhooks test). Below that range only explicit binds compete, and each
+/// call here hands out a different port.
+pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    const FIRST: u16 = 20_000;
+    const SPAN: u16 = 8_000;
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    // Another test binary running at the same time starts elsewhere in the range.
+    let start = (std::process::id() % 8) as u16 * (SPAN / 8);
+    for _ in 0..SPAN {
+        let port = FIRST + (start + NEXT.fetch_add(1, Ordering::Relaxed) % SPAN) % SPAN;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {FIRST}..{}", FIRST + SPAN);
+}
