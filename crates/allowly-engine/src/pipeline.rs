@@ -662,7 +662,7 @@ impl Signing {
         let ours = self.frontier.size();
         let latest =
             match tokio::time::timeout(shared.cfg.signer_timeout, shared.signer.latest_checkpoint(&self.ws)).await {
-                Err(_) => return Err(self.outage(shared, "signer did not answer in time")),
+                Err(_) => return Err(self.outage(shared, crate::health::SIGNING_TIMED_OUT)),
                 Ok(Err(e)) => return Err(signer_failed(shared, e)),
                 Ok(Ok(c)) => c,
             };
@@ -774,7 +774,7 @@ impl Signing {
             }
             let call = shared.signer.append_batch(self.ws.clone(), at, bodies);
             let out = match tokio::time::timeout(shared.cfg.signer_timeout, call).await {
-                Err(_) => return Err(self.outage(shared, "signer did not answer in time")),
+                Err(_) => return Err(self.outage(shared, crate::health::SIGNING_TIMED_OUT)),
                 Ok(Err(ClientError::Remote(reply))) => {
                     return Err(Stop::Diverged(format!("the signer refused the stored receipts from {at}: {reply}")))
                 }
@@ -809,7 +809,7 @@ impl Signing {
 
     async fn refresh_keys(&mut self, shared: &Services) -> Result<(), Stop> {
         let keys = match tokio::time::timeout(shared.cfg.signer_timeout, shared.signer.list_keys(&self.ws)).await {
-            Err(_) => return Err(self.outage(shared, "signer did not answer in time")),
+            Err(_) => return Err(self.outage(shared, crate::health::SIGNING_TIMED_OUT)),
             Ok(Err(e)) => return Err(signer_failed(shared, e)),
             Ok(Ok(k)) => key_records(&k),
         };
