@@ -31,6 +31,9 @@ pub(crate) struct Adapter {
     pub(crate) throttle: Arc<Throttle>,
     /// Tells the kernel to forget cached pages (set once the session runs).
     pub(crate) notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
+    /// What every `open` and `create` answers: `FOPEN_DIRECT_IO` for a mount whose pages the
+    /// kernel must never cache (see [`crate::LazyFs::mount_uncached`]).
+    pub(crate) open_flags: FopenFlags,
 }
 
 fn kind_of(k: Kind) -> FileType {
@@ -267,7 +270,7 @@ impl Filesystem for Adapter {
     fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         self.throttle.wait(Op::Metadata);
         match self.disk().and_then(|mut d| d.open(ino.0)) {
-            Ok(()) => reply.opened(FileHandle(0), FopenFlags::empty()),
+            Ok(()) => reply.opened(FileHandle(0), self.open_flags),
             Err(e) => reply.error(e),
         }
     }
@@ -421,7 +424,7 @@ impl Filesystem for Adapter {
             Ok(attr)
         });
         match r {
-            Ok(attr) => reply.created(&TTL, &attr, Generation(0), FileHandle(0), FopenFlags::empty()),
+            Ok(attr) => reply.created(&TTL, &attr, Generation(0), FileHandle(0), self.open_flags),
             Err(e) => reply.error(e),
         }
     }

@@ -114,6 +114,19 @@ impl LazyFs {
     /// it on its thread, as on a device with that many queues; with one thread every request
     /// waits for every slow one before it.
     pub fn mount_with_threads(&self, at: &Path, threads: usize) -> io::Result<Mount> {
+        self.mount_as(at, threads, fuser::FopenFlags::empty())
+    }
+
+    /// [`Self::mount_with_threads`] with no page cache: every file is opened `FOPEN_DIRECT_IO`,
+    /// so every read a process makes reaches the disk and its throttle, and nothing written is
+    /// kept by the kernel. For tests of slow reads, which otherwise race with whatever writes
+    /// files meanwhile (a compaction's output stays in the page cache, and is then read from
+    /// there however slow the device is). Files cannot be `mmap`ped through it.
+    pub fn mount_uncached(&self, at: &Path, threads: usize) -> io::Result<Mount> {
+        self.mount_as(at, threads, fuser::FopenFlags::FOPEN_DIRECT_IO)
+    }
+
+    fn mount_as(&self, at: &Path, threads: usize, open_flags: fuser::FopenFlags) -> io::Result<Mount> {
         let epoch = self.disk().epoch();
         let notifier = Arc::new(std::sync::OnceLock::new());
         let adapter = fuse::Adapter {
@@ -121,6 +134,7 @@ impl LazyFs {
             epoch,
             throttle: self.throttle.clone(),
             notifier: notifier.clone(),
+            open_flags,
         };
         let mut config = fuser::Config::default();
         config.n_threads = Some(threads.max(1));

@@ -572,33 +572,14 @@ fn slow_reads_are_answered_within_the_commit_timeout_and_never_hold_the_server()
     assert_eq!(keys.status, 200, "{keys}");
 }
 
-/// Has the kernel forget the cached pages of every file under `dir` (an `allowly-lazyfs` mount):
-/// opening a file of a FUSE mount that does not ask to keep its cache drops them. Files RocksDB
-/// wrote or read since it opened them (small table files are read whole by the kernel's
-/// readahead) are otherwise read from the page cache, and a slow volume never sees the read.
-fn forget_cached_pages(dir: &Path) {
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            continue;
-        }
-        match std::fs::File::open(&path) {
-            Ok(_) => {}
-            // Deleted meanwhile (an obsolete log or table file): nothing of it to forget.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => panic!("{}: {e}", path.display()),
-        }
-    }
-}
-
 /// The bound the slow-read tests hold answers to (`--commit-timeout-ms`), and the latency
 /// they give the volume's reads: far longer, so a request that waits for it is seen.
 const READ_BOUND: Duration = Duration::from_millis(1000);
 const READ_LATENCY: Duration = Duration::from_secs(5);
 
-/// A data directory whose RocksDB directory (`db/`) is a fresh `allowly-lazyfs` mount, for
-/// servers run with `--commit-timeout-ms` [`READ_BOUND`]. Fields drop in order: the mount
-/// before the signers are reaped and the directory removed.
+/// A data directory whose RocksDB directory (`db/`) is a fresh `allowly-lazyfs` mount with no
+/// page cache, for servers run with `--commit-timeout-ms` [`READ_BOUND`]. Fields drop in order:
+/// the mount before the signers are reaped and the directory removed.
 struct ReadsVolume {
     _mount: Mount,
     fs: LazyFs,
@@ -615,7 +596,13 @@ impl ReadsVolume {
         let tmp = tempfile::tempdir().unwrap();
         let _reaper = Reaper(tmp.path().to_owned());
         let data = tmp.path().join("data");
-        let (fs, _mount) = on_lazyfs(&data.join("db"), 16);
+        // No page cache: a table file RocksDB writes after the reads turn slow (the
+        // compactions it starts at every open rewrite each key space's recovered file) would
+        // otherwise be read from the kernel's copy, and the test would not slow what it reads.
+        let db = data.join("db");
+        std::fs::create_dir_all(&db).unwrap();
+        let fs = LazyFs::new();
+        let _mount = fs.mount_uncached(&db, 16).expect("mounting allowly-lazyfs (root and /dev/fuse needed)");
         let s = Server::start_with(&data, &Self::ARGS);
         s.wait_ready();
         (Self { _mount, fs, _reaper, data, tmp }, s)
@@ -635,10 +622,8 @@ impl ReadsVolume {
     }
 
     /// From now on every read and metadata request of the mount takes [`READ_LATENCY`] (not its
-    /// writes), and nothing is read from the page cache: the kernel forgets the pages of every
-    /// file of the mount first (see [`forget_cached_pages`]).
+    /// writes). The mount keeps no page cache, so each read RocksDB makes waits for it.
     fn slow_reads(&self) {
-        forget_cached_pages(&self.data.join("db"));
         self.fs.set_slow_ops(SlowOps { writes: false, syncs: false, reads: true, metadata: true });
         self.fs.set_slowness(Slowness::Latency(READ_LATENCY));
     }
