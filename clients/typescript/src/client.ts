@@ -19,10 +19,12 @@ import {
   AuthorizationChange,
   CONFIRM,
   CheckResult,
+  Checkpoint,
   Confirmation,
   DENY,
   ESCALATE,
   Escalation,
+  FetchedReceipt,
   FinalDecision,
   KeySetDoc,
   Outcome,
@@ -99,7 +101,15 @@ interface Request {
   extraTimeoutMs?: number;
   /** The answer as bytes (exports), not JSON. */
   raw?: boolean;
+  /** Sees the headers of a successful answer. */
+  onHeaders?: (headers: Headers) => void;
 }
+
+/** Why a receipt `GET /v1/receipts/{id}` answers is still pending (docs/witness.md). */
+export const PENDING_REASON_HEADER = "allowly-pending-reason";
+/** `waitForReceipt`: the first pause between reads (ms), doubled up to `RECEIPT_POLL_MAX_MS`. */
+const RECEIPT_POLL_MS = 50;
+const RECEIPT_POLL_MAX_MS = 1_000;
 
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 
@@ -268,10 +278,51 @@ export class Allowly {
     }
   }
 
-  // ---- Receipts and keys -------------------------------------------------------------------
+  // ---- Receipts, checkpoints and keys ------------------------------------------------------
 
-  getReceipt(receiptId: string): Promise<Receipt> {
-    return this.call({ method: "GET", path: `/v1/receipts/${enc(receiptId)}` });
+  /**
+   * A receipt, signed or pending; a pending one says why in `pending_reason` when the server
+   * knows (`witness_quorum`: waiting for the witnesses' cosignatures).
+   */
+  async getReceipt(receiptId: string): Promise<FetchedReceipt> {
+    const seen: { reason: string | null } = { reason: null };
+    const receipt = await this.call<Receipt>({
+      method: "GET",
+      path: `/v1/receipts/${enc(receiptId)}`,
+      onHeaders: (h) => {
+        seen.reason = h.get(PENDING_REASON_HEADER);
+      },
+    });
+    if (seen.reason !== null && receipt.status === "pending") {
+      // Not enumerable: kept out of the document, which verifies as the server sent it.
+      Object.defineProperty(receipt, "pending_reason", { value: seen.reason, enumerable: false });
+    }
+    return receipt;
+  }
+
+  /**
+   * Reads the receipt until it is signed (it then verifies alone, offline), or `timeoutMs`
+   * passed (default 30 s): then the last pending read is returned (`status` `pending`; its
+   * `pending_reason` says `witness_quorum` if it waits for the server's witness quorum,
+   * docs/witness.md). Pauses `pollIntervalMs` (default 50) between reads, doubling up to 1 s.
+   */
+  async waitForReceipt(receiptId: string, options: { timeoutMs?: number; pollIntervalMs?: number } = {}): Promise<FetchedReceipt> {
+    const deadline = Date.now() + (options.timeoutMs ?? 30_000);
+    let pause = options.pollIntervalMs ?? RECEIPT_POLL_MS;
+    for (;;) {
+      const receipt = await this.getReceipt(receiptId);
+      if (receipt.status === "signed" || Date.now() >= deadline) return receipt;
+      await sleep(Math.min(pause, Math.max(0, deadline - Date.now())));
+      pause = Math.min(pause * 2, RECEIPT_POLL_MAX_MS);
+    }
+  }
+
+  /**
+   * The workspace log's newest signed checkpoint, with its cosignatures and, on a server that
+   * requires a witness quorum, where the quorum is (`witness`).
+   */
+  getCheckpoint(workspaceId: string): Promise<Checkpoint> {
+    return this.call({ method: "GET", path: `/v1/workspaces/${enc(workspaceId)}/log/checkpoint` });
   }
 
   /** The workspace's public key set (no key needed): all a verifier needs. */
@@ -346,7 +397,10 @@ export class Allowly {
         await sleep(this.delay(attempt, undefined));
         continue;
       }
-      if (resp.status < 400) return (await this.read(resp, req.raw)) as T;
+      if (resp.status < 400) {
+        req.onHeaders?.(resp.headers);
+        return (await this.read(resp, req.raw)) as T;
+      }
       const err = await this.problem(resp);
       const retryable =
         (err.status === 429 || err.status === 503) && err.retryAfter !== undefined && err.retryAfter * 1000 <= this.maxBackoffMs;

@@ -10,11 +10,23 @@
  * ```
  */
 
-export { Allowly, DEFAULT_BASE_URL, MAX_LONG_POLL_MS } from "./client.js";
+export { Allowly, DEFAULT_BASE_URL, MAX_LONG_POLL_MS, PENDING_REASON_HEADER } from "./client.js";
 export type { Answer, CheckOptions, ClientOptions, GrantOptions, InboxFilter, PostOptions } from "./client.js";
 export * as errors from "./errors.js";
 export { AllowlyError, ApiError, TransportError, VerificationError } from "./errors.js";
 export * from "./models.js";
-export { EXIT, FINDING_CLASS, Report, UnusableInput, readKeySet, verifyBundle, verifyReceipt } from "./verify.js";
-export type { KeySet, Outcome as VerificationOutcome } from "./verify.js";
+export {
+  CosignatureError,
+  EXIT,
+  FINDING_CLASS,
+  Report,
+  UnusableInput,
+  WitnessPolicy,
+  parseWitnessVkey,
+  readKeySet,
+  verifyBundle,
+  verifyReceipt,
+  witnessPolicy,
+} from "./verify.js";
+export type { KeySet, Outcome as VerificationOutcome, Witness } from "./verify.js";
 export { claudeCodeScope, mcpScope, segment as scopeSegment } from "./toolScopes.js";

@@ -14,6 +14,14 @@ export type Outcome = "approved" | "declined";
 export const APPROVED = "approved";
 export const DECLINED = "declined";
 
+/**
+ * Why a pending receipt is not signed yet, when the server knows more than "not yet" (header
+ * `Allowly-Pending-Reason` of `GET /v1/receipts/{id}`): `witness_quorum` when its checkpoint is
+ * signed but not yet cosigned by the server's witness quorum (docs/witness.md).
+ */
+export type PendingReason = "witness_quorum" | (string & {});
+export const WITNESS_QUORUM = "witness_quorum";
+
 /** A receipt body (docs/receipt-format.md §4); members beyond these are kept. */
 export interface ReceiptBody {
   v: number;
@@ -42,6 +50,36 @@ export interface Receipt {
   leaf_hash?: string;
   inclusion_proof?: string[];
   checkpoint?: string;
+}
+
+/**
+ * A receipt as `getReceipt` and `waitForReceipt` answer it: the document the server sent, and
+ * on a pending one the server's `pending_reason` when it gave one. `pending_reason` is not
+ * enumerable: it is not part of the receipt document (not in `JSON.stringify`), so the receipt
+ * still verifies exactly as sent.
+ */
+export type FetchedReceipt = Receipt & { readonly pending_reason?: PendingReason };
+
+/**
+ * Where the witnesses are, on a server that requires a witness quorum (docs/witness.md):
+ * receipts at log indices below `witnessed_size` are reported signed; `witnessed_size` is
+ * absent while no checkpoint has the quorum's cosignatures.
+ */
+export interface WitnessStatus {
+  quorum: number;
+  witnessed_size?: number | null;
+}
+
+/**
+ * `GET /v1/workspaces/{ws}/log/checkpoint`: the newest signed checkpoint (`checkpoint`, the C2SP
+ * signed note with the witnesses' cosignatures the server stored for it, for
+ * `verifyBundle(…, checkpoints)`), and `witness` when the server requires a witness quorum.
+ */
+export interface Checkpoint {
+  workspace_id: string;
+  size: number;
+  checkpoint: string;
+  witness?: WitnessStatus | null;
 }
 
 export interface Authorization {

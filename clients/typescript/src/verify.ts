@@ -1,7 +1,8 @@
 /**
  * Offline verification of receipts and evidence bundles, from docs/receipt-format.md (the
  * normative spec; section numbers below are its): §7.1 for one receipt, §7.2 for a bundle,
- * with the §8 findings, outcomes and exit statuses of `allowly-verify`. It needs nothing but
+ * with the §8 findings, outcomes and exit statuses of `allowly-verify`, and §7.5 (a witness policy:
+ * C2SP cosignatures by a quorum of given witnesses) when asked. It needs nothing but
  * `node:crypto` (SHA-256 and Ed25519) and shares no code with the server.
  */
 
@@ -57,8 +58,8 @@ export const FINDING_CLASS: Readonly<Record<string, "integrity" | "coverage">> =
   not_signed: COVERAGE,
   consistency_unproven: COVERAGE,
   truncated: COVERAGE,
-  // §7.5, only with a witness policy, which this verifier does not take (cosignatures are
-  // ignored as unknown signatures): listed so the table is §8's.
+  // §7.5, only with a witness policy (`witnessPolicy`, `--witness-key … --witness-quorum N`);
+  // without one, cosignatures are signature lines by unknown keys, ignored.
   witness_cosignature_invalid: INTEGRITY,
   witness_quorum_not_met: COVERAGE,
 };
@@ -388,9 +389,18 @@ class CheckpointError {
 /** Go's unicode.IsSpace, which C2SP signed-note uses to refuse key names with spaces. */
 const SPACE = /[\t\n\v\f\r \u0085\u00a0\p{Zs}\p{Zl}\p{Zp}]/u;
 
-function openCheckpoint(note: string, keys: KeySet): Checkpoint | CheckpointError {
+/** A signed note split into its text (with its final newline) and its signature lines (key
+ *  name, key id ‖ signature), or the §5.4 rule it breaks. */
+interface SignedNote {
+  text: string;
+  signatures: Array<[string, Buffer]>;
+}
+
+const hasControl = (s: string) => /[\u0000-\u001f]/.test(s);
+
+/** The C2SP signed-note structure (§5.4), before anything is read from the text. */
+function parseSignedNote(note: string): SignedNote | CheckpointError {
   const malformed = (why: string) => new CheckpointError("checkpoint_malformed", why);
-  // The signed note (C2SP signed-note), before anything is read from the text.
   if (/[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/.test(note)) return malformed("not UTF-8");
   if (/[\u0000-\u0009\u000b-\u001f]/.test(note)) return malformed("control character other than \\n");
   const split = note.lastIndexOf("\n\n");
@@ -410,6 +420,14 @@ function openCheckpoint(note: string, keys: KeySet): Checkpoint | CheckpointErro
     if (!blob || blob.length < 5) return malformed("signature is not base64 of a key id and a signature");
     signatures.push([name, blob]);
   }
+  return { text, signatures };
+}
+
+function openCheckpoint(note: string, keys: KeySet): Checkpoint | CheckpointError {
+  const malformed = (why: string) => new CheckpointError("checkpoint_malformed", why);
+  const parsed = parseSignedNote(note);
+  if (parsed instanceof CheckpointError) return parsed;
+  const { text, signatures } = parsed;
   // Signatures by keys of the set; others are ignored.
   const message = Buffer.from(text, "utf8");
   const verified: Key[] = [];
@@ -463,6 +481,164 @@ class Checkpoints {
 
   opened(): Checkpoint[] {
     return [...this.results.values()].filter((r): r is Checkpoint => !(r instanceof CheckpointError));
+  }
+}
+
+// ---- §7.5 Witness policy: C2SP cosignature/v1 (https://c2sp.org/tlog-cosignature) -----------
+// A cosignature is a signature line of the checkpoint note (§5.4) by a witness:
+//   key id    = SHA-256(name ‖ 0x0A ‖ 0x04 ‖ 32-byte Ed25519 public key)[:4]
+//   signature = key id ‖ timestamp (u64, big-endian, at most 2^63 - 1) ‖ 64-byte Ed25519
+//               signature over "cosignature/v1\n" ‖ "time <timestamp>\n" ‖ the note text
+// (the text with its final newline, without signature lines). The message does not commit to
+// the witness's name, so one public key under two names is one witness.
+
+const COSIGNER_KEY_TYPE = 0x04;
+const MAX_COSIGNATURE_TIME = 2n ** 63n - 1n;
+/** Key id, timestamp, Ed25519 signature. */
+const COSIGNATURE_LEN = 4 + 8 + 64;
+
+/** A witness a verifier trusts: its name, Ed25519 public key, and the key id of both. */
+export interface Witness {
+  readonly name: string;
+  /** 8 lowercase hex digits. */
+  readonly keyId: string;
+  readonly publicKey: Buffer;
+  /** The C2SP verifier key `<name>+<key id>+<base64(0x04 ‖ key)>`. */
+  readonly vkey: string;
+}
+
+/** tlog-cosignature: SHA-256(name ‖ 0x0A ‖ 0x04 ‖ public key)[:4], as hex. */
+export const cosignerKeyId = (name: string, publicKey: Uint8Array): string =>
+  sha256(Buffer.from(name, "utf8"), Uint8Array.of(0x0a, COSIGNER_KEY_TYPE), publicKey).subarray(0, 4).toString("hex");
+
+/**
+ * A witness verifier key (C2SP signed-note vkey of type 0x04, as `allowly-witness init` prints
+ * it). Anything else is bad usage: `UnusableInput` (exit 64).
+ */
+export function parseWitnessVkey(vkey: string): Witness {
+  const bad = (why: string) => new UnusableInput(`witness key ${JSON.stringify(vkey)}: ${why}`);
+  if (typeof vkey !== "string") throw bad("not a string");
+  // The name has no '+' and the key id is hex, so the first two '+' separate; base64 may
+  // contain '+'.
+  const first = vkey.indexOf("+");
+  const second = first < 0 ? -1 : vkey.indexOf("+", first + 1);
+  if (second < 0) throw bad("not <name>+<key id>+<base64 key>");
+  const name = vkey.slice(0, first);
+  const kid = vkey.slice(first + 1, second);
+  if (!name || SPACE.test(name) || hasControl(name)) throw bad("the name is empty or has whitespace or a control character");
+  if (!isKeyId(kid)) throw bad("the key id is not 8 lowercase hex digits");
+  const raw = b64(vkey.slice(second + 1));
+  if (!raw || raw.length !== 33) throw bad("the key is not canonical base64 of a type byte and 32 bytes");
+  if (raw[0] !== COSIGNER_KEY_TYPE) throw bad(`type 0x${raw[0]!.toString(16).padStart(2, "0")} is not a cosigner key (0x04)`);
+  const publicKey = raw.subarray(1);
+  const point = decodePoint(publicKey);
+  if (!point || smallOrder(point)) throw bad("the key is not a canonical Ed25519 point of large order");
+  if (cosignerKeyId(name, publicKey) !== kid) throw bad("the key id does not match the name and key");
+  return { name, keyId: kid, publicKey, vkey };
+}
+
+/** §7.5: every checkpoint needs valid cosignatures by at least `quorum` distinct witnesses
+ *  (by public key) of `witnesses`. Made by `witnessPolicy`. */
+export class WitnessPolicy {
+  constructor(
+    readonly witnesses: readonly Witness[],
+    readonly quorum: number,
+  ) {
+    const distinct = new Set(witnesses.map((w) => w.publicKey.toString("hex"))).size;
+    if (!Number.isInteger(quorum) || quorum < 1 || quorum > distinct) {
+      throw new UnusableInput(`witness quorum ${String(quorum)}: must be between 1 and the number of distinct witness keys (${distinct})`);
+    }
+  }
+
+  describe(): string {
+    return `witness policy: every checkpoint cosigned by ${this.quorum} of ${this.witnesses.length} witness keys`;
+  }
+}
+
+/**
+ * A witness policy (§7.5, docs/witness.md), as `allowly-verify --witness-key VKEY …
+ * --witness-quorum N`: every checkpoint must carry valid `cosignature/v1` cosignatures by at
+ * least `quorum` distinct witnesses among `witnessKeys` (C2SP verifier keys of type 0x04). A bad
+ * key, or a quorum not between 1 and the number of distinct keys, throws `UnusableInput`.
+ */
+export function witnessPolicy(witnessKeys: readonly string[], quorum: number): WitnessPolicy {
+  return new WitnessPolicy(witnessKeys.map(parseWitnessVkey), quorum);
+}
+
+/** A `cosignature/v1` signature as a signature line carries it (key id ‖ timestamp ‖ Ed25519
+ *  signature): its timestamp and signature, or null unless it is exactly 76 bytes with a
+ *  timestamp of at most 2^63 - 1. */
+export function parseCosignature(blob: Uint8Array): { timestamp: bigint; signature: Buffer } | null {
+  if (blob.length !== COSIGNATURE_LEN) return null;
+  const b = Buffer.from(blob);
+  const timestamp = b.readBigUInt64BE(4);
+  if (timestamp > MAX_COSIGNATURE_TIME) return null;
+  return { timestamp, signature: b.subarray(12) };
+}
+
+/** What a cosignature signs: the header line, the time line (decimal, no leading zeros) and the
+ *  note text. */
+export const cosignatureMessage = (text: string, timestamp: bigint): Buffer =>
+  Buffer.from(`cosignature/v1\ntime ${timestamp.toString()}\n${text}`, "utf8");
+
+/** A signature line by a trusted witness that does not verify (§7.5 step 1). */
+export class CosignatureError extends VerificationError {}
+
+/**
+ * The trusted witnesses that validly cosigned the signed note `note`: one per distinct public
+ * key, in note order, with the cosignature's timestamp. Lines whose (name, key id) is no trusted
+ * witness's are ignored; one that is and does not verify throws `CosignatureError` (even if
+ * others are good); a note that is not a signed note throws `UnusableInput`.
+ */
+export function verifyCosignatures(note: string, witnesses: readonly Witness[]): Array<{ witness: Witness; timestamp: bigint }> {
+  const parsed = parseSignedNote(note);
+  if (parsed instanceof CheckpointError) throw new UnusableInput(`not a signed note: ${parsed.detail}`);
+  witnesses.forEach((a, i) => {
+    for (const b of witnesses.slice(i + 1)) {
+      if (a.name === b.name && a.keyId === b.keyId && !a.publicKey.equals(b.publicKey)) {
+        throw new CosignatureError(`two witness keys share the name ${a.name} and key id ${a.keyId}`);
+      }
+    }
+  });
+  const good: Array<{ witness: Witness; timestamp: bigint }> = [];
+  for (const [name, blob] of parsed.signatures) {
+    const keyId = blob.subarray(0, 4).toString("hex");
+    const w = witnesses.find((x) => x.name === name && x.keyId === keyId);
+    if (!w) continue; // the log's own signature, another witness: not ours to judge
+    const cosig = parseCosignature(blob);
+    if (!cosig) {
+      throw new CosignatureError(`the cosignature of ${name} (${keyId}) is not a key id, a timestamp of at most 2^63 - 1 and a 64-byte signature`);
+    }
+    if (!ed25519VerifyStrict(w.publicKey, cosignatureMessage(parsed.text, cosig.timestamp), cosig.signature)) {
+      throw new CosignatureError(`the cosignature of ${name} (${keyId}) does not verify`);
+    }
+    if (!good.some((g) => g.witness.publicKey.equals(w.publicKey))) good.push({ witness: w, timestamp: cosig.timestamp });
+  }
+  return good;
+}
+
+/** Applies a witness policy (if any) to each distinct checkpoint note that opened, once. */
+class Witnessing {
+  private readonly judged = new Set<string>();
+  constructor(private readonly policy: WitnessPolicy | null) {}
+
+  check(note: string, where: string, report: Report): void {
+    if (this.policy === null || this.judged.has(note)) return;
+    this.judged.add(note);
+    let good: number;
+    try {
+      good = verifyCosignatures(note, this.policy.witnesses).length;
+    } catch (e) {
+      if (e instanceof CosignatureError) {
+        report.add("witness_cosignature_invalid", `${where}: ${e.message}`);
+        return;
+      }
+      if (e instanceof UnusableInput) return; // cannot happen for a note that opened
+      throw e;
+    }
+    if (good < this.policy.quorum) {
+      report.add("witness_quorum_not_met", `${where}: ${good} of the ${this.policy.quorum} required witnesses cosigned this checkpoint`);
+    }
   }
 }
 
@@ -631,8 +807,17 @@ interface Leaf {
   body: JsonObject;
 }
 
-/** §7.1 steps 3-9 on an envelope `envelopeProblem` passed; the leaf if the body was read. */
-function receiptSteps(doc: JsonObject, keys: KeySet, cps: Checkpoints, report: Report, where: string, bodyDepth: number): Leaf | null {
+/** §7.1 steps 3-9 on an envelope `envelopeProblem` passed, and §7.5 on its checkpoint with a
+ *  witness policy; the leaf if the body was read. */
+function receiptSteps(
+  doc: JsonObject,
+  keys: KeySet,
+  cps: Checkpoints,
+  report: Report,
+  where: string,
+  bodyDepth: number,
+  witnessing: Witnessing,
+): Leaf | null {
   const body = doc.body as JsonObject;
   const bad = violations(body, bodyDepth);
   if (bad.length) {
@@ -668,6 +853,7 @@ function receiptSteps(doc: JsonObject, keys: KeySet, cps: Checkpoints, report: R
     report.add(cp.code, `${where}: checkpoint: ${cp.detail}`);
     return leaf;
   }
+  witnessing.check(doc.checkpoint as string, `${where}: checkpoint`, report); // §7.5
   const proof = (doc.inclusion_proof as string[]).map((x) => Buffer.from(x, "hex"));
   // At the envelope's log_index (§7.1 step 9).
   if (!verifyInclusion(doc.log_index as number, cp.size, proof, h, cp.root)) {
@@ -698,14 +884,20 @@ export function readKeySet(input: DocumentInput | KeySet): KeySet {
   return loadKeySet(readDoc(input as DocumentInput, "key set"));
 }
 
-/** §7.1: one receipt (signed or pending) against the workspace's key set. */
-export function verifyReceipt(receipt: DocumentInput, keys: DocumentInput | KeySet): Report {
+/**
+ * §7.1: one receipt (signed or pending) against the workspace's key set. With `witness`
+ * (`witnessPolicy(...)`, §7.5) its checkpoint must also carry the quorum's cosignatures:
+ * `witness_quorum_not_met` (coverage gap) if it does not, `witness_cosignature_invalid`
+ * (integrity failure) if one by a given witness is bad.
+ */
+export function verifyReceipt(receipt: DocumentInput, keys: DocumentInput | KeySet, witness: WitnessPolicy | null = null): Report {
   const ks = readKeySet(keys);
   const doc = readDoc(receipt, "receipt");
   const problem = envelopeProblem(doc, 1);
   if (problem) throw new UnusableInput(`receipt: ${problem}`);
   const report = new Report();
-  receiptSteps(doc as JsonObject, ks, new Checkpoints(ks), report, "receipt", 2);
+  if (witness) report.notes.push(witness.describe());
+  receiptSteps(doc as JsonObject, ks, new Checkpoints(ks), report, "receipt", 2, new Witnessing(witness));
   return report;
 }
 
@@ -1141,18 +1333,21 @@ function checkSemantics(leaves: Leaf[], report: Report): number {
  * from the log, `decision_unjustified` when one does not follow): `null` (the default) runs it for
  * log exports only, `true` also for an authorization export (grant, revocation and expiry only:
  * it holds no scope rules), `false` never. It runs only on a bundle without other findings;
- * `report.decisionsChecked` says how many decisions it judged. Unusable input throws
- * `UnusableInput`.
+ * `report.decisionsChecked` says how many decisions it judged. `witness` (`witnessPolicy(...)`,
+ * §7.5) applies to every checkpoint of the bundle, of its receipts and of `checkpoints`, as for
+ * `verifyReceipt`. Unusable input throws `UnusableInput`.
  */
 export function verifyBundle(
   bundle: Uint8Array | string,
   keys?: DocumentInput | KeySet | null,
   checkpoints: string[] = [],
   semantics: boolean | null = null,
+  witness: WitnessPolicy | null = null,
 ): Report {
   const data = typeof bundle === "string" ? new TextEncoder().encode(bundle) : bundle;
   const pinned = keys === undefined || keys === null ? null : readKeySet(keys);
   const report = new Report();
+  if (witness) report.notes.push(witness.describe());
   const lines = splitLines(data);
   if (lines.length === 0) throw new UnusableInput("empty bundle");
   const [headerWs, scope] = parseHeader(lines[0]![1]);
@@ -1160,13 +1355,15 @@ export function verifyBundle(
   for (const [n, line] of lines.slice(1)) readRecord(n, line, records, report);
   const ks = chooseKeys(records, pinned, headerWs, report);
   const cps = new Checkpoints(ks);
+  const witnessing = new Witnessing(witness);
   [...records.checkpoints, ...checkpoints].forEach((note, i) => {
     const cp = cps.open(note);
     if (cp instanceof CheckpointError) report.add(cp.code, `checkpoint #${i + 1}: ${cp.detail}`);
+    else witnessing.check(note, `checkpoint #${i + 1}`, report); // §7.5
   });
   const leaves: Leaf[] = [];
   for (const [n, doc] of records.receipts) {
-    const leaf = receiptSteps(doc, ks, cps, report, `line ${n}`, 3);
+    const leaf = receiptSteps(doc, ks, cps, report, `line ${n}`, 3, witnessing);
     if (leaf) leaves.push(leaf);
   }
   const opened = cps.opened();

@@ -7,21 +7,24 @@
     if final.allowed: send_the_email()
 
 Offline verification (`allowly.verify`, written from docs/receipt-format.md, sharing nothing
-with the server's code): `verify_receipt(receipt_json_bytes, keys)`, `verify_bundle(...)`.
+with the server's code): `verify_receipt(receipt_json_bytes, keys)`, `verify_bundle(...)`, and
+with a witness quorum (docs/witness.md): `verify_bundle(..., witness=witness_policy([vkey, ...], 2))`.
 """
 
 from . import errors
-from .client import AsyncAllowly, Allowly
+from .client import PENDING_REASON_HEADER, AsyncAllowly, Allowly
 from .errors import AllowlyError, ApiError, TransportError
 from .models import (
-    ALLOW, APPROVED, CONFIRM, DECLINED, DENY, ESCALATE, Authorization, AuthorizationChange, CheckResult,
-    Confirmation, Escalation, FinalDecision, Page, Receipt, Resolution,
+    ALLOW, APPROVED, CONFIRM, DECLINED, DENY, ESCALATE, WITNESS_QUORUM, Authorization, AuthorizationChange,
+    Checkpoint, CheckResult, Confirmation, Escalation, FinalDecision, Page, Receipt, Resolution, WitnessStatus,
 )
-from .offline import Report, verify_bundle, verify_receipt
+from .offline import Report, WitnessPolicy, verify_bundle, verify_receipt, witness_policy
 
 __all__ = [
-    "ALLOW", "APPROVED", "CONFIRM", "DECLINED", "DENY", "ESCALATE", "Allowly", "AllowlyError", "ApiError",
-    "AsyncAllowly", "Authorization", "AuthorizationChange", "CheckResult", "Confirmation", "Escalation", "FinalDecision", "Page",
-    "Receipt", "Report", "Resolution", "TransportError", "errors", "verify_bundle", "verify_receipt",
+    "ALLOW", "APPROVED", "CONFIRM", "DECLINED", "DENY", "ESCALATE", "PENDING_REASON_HEADER", "WITNESS_QUORUM",
+    "Allowly", "AllowlyError",
+    "ApiError", "AsyncAllowly", "Authorization", "AuthorizationChange", "CheckResult", "Checkpoint", "Confirmation",
+    "Escalation", "FinalDecision", "Page", "Receipt", "Report", "Resolution", "TransportError", "WitnessPolicy",
+    "WitnessStatus", "errors", "verify_bundle", "verify_receipt", "witness_policy",
 ]
 __version__ = "0.1.0"

@@ -26,7 +26,7 @@ import httpx
 
 from . import errors
 from .models import (
-    CONFIRM, DENY, ESCALATE, Authorization, AuthorizationChange, CheckResult, Confirmation, Escalation,
+    CONFIRM, DENY, ESCALATE, Authorization, AuthorizationChange, Checkpoint, CheckResult, Confirmation, Escalation,
     FinalDecision, Receipt, Resolution,
 )
 
@@ -46,6 +46,8 @@ class _Request:
     idempotency_key: Optional[str] = None
     #: Extra seconds for the answer (a long-poll's wait).
     extra_timeout: float = 0.0
+    #: The parser gets `(value, response headers)` instead of the value alone.
+    with_headers: bool = False
 
     def headers(self) -> dict[str, str]:
         h = {"Accept": "application/json"}
@@ -249,9 +251,16 @@ class _Endpoints:
         return self._call(_Request("GET", f"/v1/escalations/{escalation_id}", {"wait": _wait_param(wait)},
                                    extra_timeout=wait or 0), Escalation.from_json)
 
-    # ---- Receipts and keys --------------------------------------------------------------
+    # ---- Receipts, checkpoints and keys -------------------------------------------------
     def get_receipt(self, receipt_id: str) -> Receipt:
-        return self._call(_Request("GET", f"/v1/receipts/{receipt_id}"), Receipt.from_json)
+        """A receipt, signed or pending; a pending one says why in `pending_reason` when the
+        server knows (`witness_quorum`: waiting for the witnesses' cosignatures)."""
+        return self._call(_Request("GET", f"/v1/receipts/{receipt_id}", with_headers=True), _fetched_receipt)
+
+    def get_checkpoint(self, workspace_id: str) -> Checkpoint:
+        """The workspace log's newest signed checkpoint, with its cosignatures and, on a server
+        that requires a witness quorum, where the quorum is (`witness`)."""
+        return self._call(_Request("GET", f"/v1/workspaces/{workspace_id}/log/checkpoint"), Checkpoint.from_json)
 
     def keys(self, workspace_id: str) -> dict[str, Any]:
         """The workspace's public key set (no key needed): all a verifier needs."""
@@ -286,6 +295,33 @@ class _Endpoints:
         """The approver inbox: escalations (pending ones by default)."""
         return self._pages("escalations", {"status": status, "authorization_id": authorization_id,
                                            "scope": scope, "limit": page_size})
+
+
+def _fetched_receipt(answer: tuple[Any, Any]) -> Receipt:
+    value, headers = answer
+    return Receipt.from_json(value, headers.get(PENDING_REASON_HEADER))
+
+
+#: Why a receipt `GET /v1/receipts/{id}` answers is still pending (docs/witness.md).
+PENDING_REASON_HEADER = "allowly-pending-reason"
+#: `wait_for_receipt`: the first pause between reads, doubled up to the second.
+_RECEIPT_POLL, _RECEIPT_POLL_MAX = 0.05, 1.0
+
+
+class _ReceiptWait:
+    """`wait_for_receipt`'s state: until when, and how long to pause before the next read."""
+
+    def __init__(self, timeout: float, poll: float):
+        self.deadline = time.monotonic() + timeout
+        self.pause = poll
+
+    def done(self, receipt: Receipt) -> bool:
+        return receipt.signed or time.monotonic() >= self.deadline
+
+    def next_pause(self) -> float:
+        p = min(self.pause, max(0.0, self.deadline - time.monotonic()))
+        self.pause = min(self.pause * 2, _RECEIPT_POLL_MAX)
+        return p
 
 
 _LISTS: dict[str, tuple[str, Callable[[dict[str, Any]], Any]]] = {
@@ -327,7 +363,7 @@ class Allowly(_Endpoints):
                 resp = self._http.request(req.method, req.path, params=req.query(), json=req.json,
                                           headers=req.headers(), timeout=self._timeout + req.extra_timeout)
                 value, _ = _outcome(resp)
-                return parse(value)
+                return parse((value, resp.headers) if req.with_headers else value)
             except (errors.ApiError, httpx.TransportError) as e:
                 delay = self._retry.after(attempt, e)
             time.sleep(delay)
@@ -353,6 +389,19 @@ class Allowly(_Endpoints):
         while wait.final is None:
             wait.saw(self._call(wait.request(), lambda v: v))
         return wait.final
+
+    def wait_for_receipt(self, receipt_id: str, *, timeout: float = 30.0,
+                         poll_interval: float = _RECEIPT_POLL) -> Receipt:
+        """Reads the receipt until it is signed (it then verifies alone, offline), or `timeout`
+        seconds passed: then the last pending read is returned (`signed` False; its
+        `pending_reason` says `witness_quorum` if it waits for the server's witness quorum,
+        docs/witness.md). Pauses `poll_interval` between reads, doubling up to 1 s."""
+        wait = _ReceiptWait(timeout, poll_interval)
+        while True:
+            receipt = self.get_receipt(receipt_id)
+            if wait.done(receipt):
+                return receipt
+            time.sleep(wait.next_pause())
 
 
 class AsyncAllowly(_Endpoints):
@@ -382,7 +431,7 @@ class AsyncAllowly(_Endpoints):
                 resp = await self._http.request(req.method, req.path, params=req.query(), json=req.json,
                                                 headers=req.headers(), timeout=self._timeout + req.extra_timeout)
                 value, _ = _outcome(resp)
-                return parse(value)
+                return parse((value, resp.headers) if req.with_headers else value)
             except (errors.ApiError, httpx.TransportError) as e:
                 delay = self._retry.after(attempt, e)
             await asyncio.sleep(delay)
@@ -405,3 +454,13 @@ class AsyncAllowly(_Endpoints):
         while wait.final is None:
             wait.saw(await self._call(wait.request(), lambda v: v))
         return wait.final
+
+    async def wait_for_receipt(self, receipt_id: str, *, timeout: float = 30.0,
+                               poll_interval: float = _RECEIPT_POLL) -> Receipt:
+        """As `Allowly.wait_for_receipt`."""
+        wait = _ReceiptWait(timeout, poll_interval)
+        while True:
+            receipt = await self.get_receipt(receipt_id)
+            if wait.done(receipt):
+                return receipt
+            await asyncio.sleep(wait.next_pause())

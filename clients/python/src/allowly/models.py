@@ -12,17 +12,27 @@ T = TypeVar("T")
 ALLOW, DENY, CONFIRM, ESCALATE = "allow", "deny", "confirm", "escalate"
 #: A person's answer to a confirmation or an escalation (`outcome`).
 APPROVED, DECLINED = "approved", "declined"
+#: `Receipt.pending_reason` when its checkpoint is signed but the server's witness quorum has not
+#: cosigned it yet (header `Allowly-Pending-Reason`, docs/witness.md).
+WITNESS_QUORUM = "witness_quorum"
 
 
 @dataclass(frozen=True)
 class Receipt:
     """A receipt: `pending` (durable, its leaf hash committed) or `signed` (with its inclusion
-    proof and the signed checkpoint: it verifies alone, offline)."""
+    proof and the signed checkpoint: it verifies alone, offline).
+
+    `pending_reason` (from `get_receipt` only, header `Allowly-Pending-Reason`) says why a
+    pending receipt is not signed yet when the server knows more than "not yet": `witness_quorum`
+    (`WITNESS_QUORUM`) when its checkpoint is signed but not yet cosigned by the server's witness
+    quorum (docs/witness.md). It is not part of the receipt document (`raw`), which verifies as
+    the server sent it."""
 
     status: str
     log_index: int
     body: dict[str, Any]
     raw: dict[str, Any] = field(repr=False)
+    pending_reason: Optional[str] = None
 
     @property
     def receipt_id(self) -> str:
@@ -34,8 +44,44 @@ class Receipt:
         return self.status == "signed"
 
     @classmethod
-    def from_json(cls, v: dict[str, Any]) -> "Receipt":
-        return cls(status=v["status"], log_index=int(v["log_index"]), body=v.get("body", {}), raw=v)
+    def from_json(cls, v: dict[str, Any], pending_reason: Optional[str] = None) -> "Receipt":
+        return cls(status=v["status"], log_index=int(v["log_index"]), body=v.get("body", {}), raw=v,
+                   pending_reason=pending_reason if v["status"] == "pending" else None)
+
+
+@dataclass(frozen=True)
+class WitnessStatus:
+    """Where the witnesses are (docs/witness.md), on a server that requires a witness quorum:
+    receipts at log indices below `witnessed_size` are reported signed; `witnessed_size` is
+    None while no checkpoint has the quorum's cosignatures."""
+
+    quorum: int
+    witnessed_size: Optional[int]
+
+    @classmethod
+    def from_json(cls, v: dict[str, Any]) -> "WitnessStatus":
+        size = v.get("witnessed_size")
+        return cls(quorum=int(v["quorum"]), witnessed_size=None if size is None else int(size))
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """`GET /v1/workspaces/{ws}/log/checkpoint`: the newest signed checkpoint (`checkpoint`, the
+    C2SP signed note with the witnesses' cosignatures the server stored for it, for
+    `verify_bundle(..., checkpoints=[...])`), and `witness` when the server requires a witness
+    quorum (else None)."""
+
+    workspace_id: str
+    size: int
+    checkpoint: str
+    witness: Optional[WitnessStatus]
+    raw: dict[str, Any] = field(repr=False)
+
+    @classmethod
+    def from_json(cls, v: dict[str, Any]) -> "Checkpoint":
+        w = v.get("witness")
+        return cls(workspace_id=v["workspace_id"], size=int(v["size"]), checkpoint=v["checkpoint"],
+                   witness=WitnessStatus.from_json(w) if w else None, raw=v)
 
 
 def _receipt(v: Optional[dict[str, Any]]) -> Optional[Receipt]:

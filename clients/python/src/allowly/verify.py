@@ -5,14 +5,20 @@ Written from docs/receipt-format.md ONLY (the normative spec), without reading t
 Rust implementation, to show that the spec is complete. Section numbers (§) below
 refer to that document.
 
-Part of the Python SDK (`allowly.verify`); it shares nothing with the Rust code.
+Part of the Python SDK (`allowly.verify`); it shares nothing with the Rust code. The witness
+policy (§7.5) was added later from the spec and c2sp.org/tlog-cosignature; `allowly-verify`
+was consulted for behaviour only, and tests run both on the same inputs.
 
 Usage:
     python -m allowly.verify vectors MANIFEST
-    python -m allowly.verify receipt FILE --keys KEYS
-    python -m allowly.verify bundle FILE [--keys KEYS] [--checkpoint NOTE_FILE ...]
+    python -m allowly.verify receipt FILE --keys KEYS [WITNESS POLICY]
+    python -m allowly.verify bundle FILE [--keys KEYS] [--checkpoint NOTE_FILE ...] [WITNESS POLICY]
 
-Exit status: 0 valid, 1 integrity failure, 2 coverage gap, 64 unusable input / usage.
+WITNESS POLICY (§7.5): --witness-key VKEY (repeatable) --witness-quorum N: every checkpoint
+must carry valid C2SP cosignatures by N distinct witnesses of the given keys.
+
+Exit status: 0 valid, 1 integrity failure, 2 coverage gap, 3 valid (unpinned),
+64 unusable input / usage.
 
 Dependencies: Python 3.11, PyPI `rfc8785` (JCS) and `cryptography` (Ed25519).
 """
@@ -67,8 +73,8 @@ FINDING_CLASS = {
     "not_signed": COVERAGE,
     "consistency_unproven": COVERAGE,
     "truncated": COVERAGE,
-    # §7.5, only with a witness policy, which this verifier does not take (cosignatures are
-    # ignored as unknown signatures): listed so the table is §8's.
+    # §7.5, only with a witness policy (`--witness-key ... --witness-quorum N`); without one,
+    # cosignatures are signature lines by unknown keys, ignored.
     "witness_cosignature_invalid": INTEGRITY,
     "witness_quorum_not_met": COVERAGE,
 }
@@ -720,6 +726,173 @@ class CheckpointCache:
 
 
 # ---------------------------------------------------------------------------
+# §7.5 Witness policy: C2SP cosignature/v1 (https://c2sp.org/tlog-cosignature)
+# ---------------------------------------------------------------------------
+# A cosignature is a signature line of the checkpoint note (§5.4) by a witness:
+#   key id    = SHA-256(name ‖ 0x0A ‖ 0x04 ‖ 32-byte Ed25519 public key)[:4]
+#   signature = key id ‖ timestamp (u64, big-endian, at most 2^63 - 1) ‖ 64-byte Ed25519
+#               signature over "cosignature/v1\n" ‖ "time <timestamp>\n" ‖ the note text
+# (the text with its final newline, without signature lines). The message does not commit to
+# the witness's name, so one public key under two names is one witness.
+
+COSIGNER_KEY_TYPE = 0x04
+MAX_COSIGNATURE_TIME = 2**63 - 1
+COSIGNATURE_LEN = 4 + 8 + 64  # key id, timestamp, signature
+
+
+@dataclass(frozen=True)
+class Witness:
+    """A witness a verifier trusts: its name, its Ed25519 public key and the key id derived
+    from both (type 0x04)."""
+    name: str
+    key_id: bytes
+    public_key: bytes
+
+    @property
+    def vkey(self) -> str:
+        """The C2SP verifier key `<name>+<key id hex>+<base64(0x04 ‖ key)>`."""
+        raw = bytes([COSIGNER_KEY_TYPE]) + self.public_key
+        return f"{self.name}+{self.key_id.hex()}+{base64.b64encode(raw).decode('ascii')}"
+
+
+def cosigner_key_id(name: str, public_key: bytes) -> bytes:
+    """tlog-cosignature: SHA-256(name ‖ 0x0A ‖ 0x04 ‖ public key)[:4]."""
+    return sha256(name.encode("utf-8") + b"\n" + bytes([COSIGNER_KEY_TYPE]) + public_key)[:4]
+
+
+def _bad_key_name(name: str) -> bool:
+    """signed-note key names: non-empty, no '+', no whitespace, no control character."""
+    return not name or "+" in name or any(_is_space(ch) or _is_control(ch) for ch in name)
+
+
+def parse_witness_vkey(vkey) -> Witness:
+    """A witness verifier key (C2SP signed-note vkey of type 0x04, as `allowly-witness init`
+    prints it). Anything else is bad usage: Unusable (exit 64)."""
+    bad = lambda why: Unusable(f"witness key {vkey!r}: {why}")  # noqa: E731
+    if not isinstance(vkey, str) or vkey.count("+") < 2:
+        raise bad("not <name>+<key id>+<base64 key>")
+    # The name has no '+' and the key id is hex, so the first two '+' separate; base64 may
+    # contain '+'.
+    name, kid, b64 = vkey.split("+", 2)
+    if _bad_key_name(name):
+        raise bad("the name is empty or has '+', whitespace or a control character")
+    if KEY_ID_RE.fullmatch(kid) is None:
+        raise bad("the key id is not 8 lowercase hex digits")
+    raw = b64decode_strict(b64)
+    if raw is None or len(raw) != 33:
+        raise bad("the key is not canonical base64 of a type byte and 32 bytes")
+    if raw[0] != COSIGNER_KEY_TYPE:
+        raise bad(f"type 0x{raw[0]:02x} is not a cosigner key (0x04)")
+    public_key = raw[1:]
+    point = ed_decode_point(public_key)
+    if point is None or ed_is_small_order(point):
+        raise bad("the key is not a canonical Ed25519 point of large order")
+    key_id = cosigner_key_id(name, public_key)
+    if key_id.hex() != kid:
+        raise bad("the key id does not match the name and key")
+    return Witness(name, key_id, public_key)
+
+
+@dataclass(frozen=True)
+class WitnessPolicy:
+    """§7.5: every checkpoint needs valid cosignatures by at least `quorum` distinct
+    witnesses (by public key) of `witnesses`."""
+    witnesses: tuple[Witness, ...]
+    quorum: int
+
+    @classmethod
+    def from_vkeys(cls, vkeys, quorum) -> "WitnessPolicy":
+        """From verifier key strings; raises Unusable (bad usage) on a bad key, or a quorum
+        that is not between 1 and the number of distinct keys."""
+        if isinstance(vkeys, str):
+            vkeys = [vkeys]
+        witnesses = tuple(w if isinstance(w, Witness) else parse_witness_vkey(w) for w in vkeys)
+        distinct = len({w.public_key for w in witnesses})
+        if not is_int(quorum) or not 1 <= quorum <= distinct:
+            raise Unusable(f"witness quorum {quorum!r}: must be between 1 and the number of "
+                           f"distinct witness keys ({distinct})")
+        return cls(witnesses, quorum)
+
+    def describe(self) -> str:
+        return f"witness policy: every checkpoint cosigned by {self.quorum} of {len(self.witnesses)} witness keys"
+
+
+def parse_cosignature(blob: bytes) -> tuple[int, bytes] | None:
+    """A `cosignature/v1` signature (key id ‖ timestamp ‖ Ed25519 signature, as a signature
+    line carries it after base64) → (timestamp, signature); None unless it is exactly 76
+    bytes with a timestamp of at most 2^63 - 1."""
+    if len(blob) != COSIGNATURE_LEN:
+        return None
+    timestamp = int.from_bytes(blob[4:12], "big")
+    if timestamp > MAX_COSIGNATURE_TIME:
+        return None
+    return timestamp, blob[12:]
+
+
+def cosignature_message(text: str, timestamp: int) -> bytes:
+    """What a cosignature signs: the header line, the time line (decimal, no leading zeros)
+    and the note text."""
+    return f"cosignature/v1\ntime {timestamp}\n".encode("ascii") + text.encode("utf-8")
+
+
+class CosignatureError(Exception):
+    """A signature line by a trusted witness that does not verify (§7.5 step 1)."""
+
+
+def verify_cosignatures(note: str, witnesses) -> list[tuple[Witness, int]]:
+    """The trusted witnesses that validly cosigned the signed note `note`: one (witness,
+    timestamp) per distinct public key, in note order. Lines whose (name, key id) is no
+    trusted witness's are ignored; one that is and does not verify raises CosignatureError
+    (even if others are good); a note that is not a signed note raises Unusable."""
+    try:
+        text, _lines, signatures = parse_signed_note(note)
+    except CheckpointError as e:
+        raise Unusable(f"not a signed note: {e.detail}") from None
+    for i, a in enumerate(witnesses):
+        for b in witnesses[i + 1:]:
+            if (a.name, a.key_id) == (b.name, b.key_id) and a.public_key != b.public_key:
+                raise CosignatureError(f"two witness keys share the name {a.name!r} and key id {a.key_id.hex()}")
+    good: list[tuple[Witness, int]] = []
+    for name, blob in signatures:
+        w = next((w for w in witnesses if w.name == name and w.key_id == blob[:4]), None)
+        if w is None:
+            continue  # the log's own signature, another witness: not ours to judge
+        parsed = parse_cosignature(blob)
+        if parsed is None:
+            raise CosignatureError(f"the cosignature of {name} ({blob[:4].hex()}) is not a key id, "
+                                   "a timestamp of at most 2^63 - 1 and a 64-byte signature")
+        timestamp, signature = parsed
+        if not ed25519_verify_strict(w.public_key, cosignature_message(text, timestamp), signature):
+            raise CosignatureError(f"the cosignature of {name} ({blob[:4].hex()}) does not verify")
+        if all(w.public_key != seen.public_key for seen, _ in good):
+            good.append((w, timestamp))
+    return good
+
+
+class Witnessing:
+    """Applies a witness policy (if any) to each distinct checkpoint note that opened, once."""
+
+    def __init__(self, policy: WitnessPolicy | None):
+        self.policy = policy
+        self.judged: set[str] = set()
+
+    def check(self, note: str, where: str, report: Report) -> None:
+        if self.policy is None or note in self.judged:
+            return
+        self.judged.add(note)
+        try:
+            good = verify_cosignatures(note, self.policy.witnesses)
+        except CosignatureError as e:
+            report.add("witness_cosignature_invalid", f"{where}: {e}")
+            return
+        except Unusable:
+            return  # cannot happen for a note that opened; its opening reported it
+        if len(good) < self.policy.quorum:
+            report.add("witness_quorum_not_met",
+                       f"{where}: {len(good)} of the {self.policy.quorum} required witnesses cosigned this checkpoint")
+
+
+# ---------------------------------------------------------------------------
 # §4 Receipt body
 # ---------------------------------------------------------------------------
 
@@ -948,8 +1121,10 @@ class Leaf:
 
 
 def verify_receipt_steps(doc: dict, keys: KeySet, cache: CheckpointCache, report: Report,
-                         where: str = "receipt", body_depth: int = BODY_DEPTH_IN_RECEIPT) -> Leaf | None:
-    """§7.1 steps 3-9 on an envelope already checked by envelope_problem.
+                         where: str = "receipt", body_depth: int = BODY_DEPTH_IN_RECEIPT,
+                         witnessing: Witnessing | None = None) -> Leaf | None:
+    """§7.1 steps 3-9 on an envelope already checked by envelope_problem, and §7.5 on its
+    checkpoint when `witnessing` has a policy.
 
     Returns the leaf when the body could be read (step 4 did not stop), for the bundle
     checks (§7.2 step 6). `body_depth` is the body's nesting level (§3)."""
@@ -993,6 +1168,8 @@ def verify_receipt_steps(doc: dict, keys: KeySet, cache: CheckpointCache, report
     if isinstance(cp, CheckpointError):
         report.add(cp.code, f"{where}: checkpoint: {cp.detail}")
         return leaf
+    if witnessing is not None:  # §7.5, on a checkpoint that opened
+        witnessing.check(doc["checkpoint"], f"{where}: checkpoint", report)
 
     # Step 9: inclusion of h at the envelope's `log_index` in the checkpoint's tree; when
     # it differs from body.log_index this fails too (receipt-envelope-log-index).
@@ -1002,8 +1179,8 @@ def verify_receipt_steps(doc: dict, keys: KeySet, cache: CheckpointCache, report
     return leaf
 
 
-def verify_receipt(data: bytes, keys: KeySet) -> Report:
-    """§7.1 (step 1, the key set, is done by the caller)."""
+def verify_receipt(data: bytes, keys: KeySet, witness: WitnessPolicy | None = None) -> Report:
+    """§7.1 (step 1, the key set, is done by the caller), and §7.5 with a witness policy."""
     try:  # step 2
         doc = parse_json(data)
     except JsonSyntaxError as e:
@@ -1012,7 +1189,9 @@ def verify_receipt(data: bytes, keys: KeySet) -> Report:
     if problem:
         raise Unusable(f"receipt: {problem}")
     report = Report()
-    verify_receipt_steps(doc, keys, CheckpointCache(keys), report)
+    if witness is not None:
+        report.notes.append(witness.describe())
+    verify_receipt_steps(doc, keys, CheckpointCache(keys), report, witnessing=Witnessing(witness))
     return report
 
 
@@ -1399,9 +1578,12 @@ def check_semantics(leaves: list[Leaf], report: Report) -> int:
 
 
 def verify_bundle(data: bytes, pinned: KeySet | None, extra_checkpoints: list[str] = (),
-                  semantics: bool | None = None) -> Report:
-    """§7.2, then §7.4 (`semantics` None: on for log exports only)."""
+                  semantics: bool | None = None, witness: WitnessPolicy | None = None) -> Report:
+    """§7.2, then §7.4 (`semantics` None: on for log exports only); with a witness policy,
+    §7.5 on every checkpoint that opened (listed, extra, or carried by a receipt)."""
     report = Report()
+    if witness is not None:
+        report.notes.append(witness.describe())
     lines = bundle_lines(data)
     if not lines:
         raise Unusable("empty bundle")
@@ -1412,15 +1594,18 @@ def verify_bundle(data: bytes, pinned: KeySet | None, extra_checkpoints: list[st
     keys = choose_keys(records, pinned, header_ws, report)  # step 2
 
     cache = CheckpointCache(keys)  # step 3
+    witnessing = Witnessing(witness)
     for i, note in enumerate(list(records.checkpoints) + list(extra_checkpoints)):
         cp = cache.open(note)
         if isinstance(cp, CheckpointError):
             report.add(cp.code, f"checkpoint #{i + 1}: {cp.detail}")
+        else:
+            witnessing.check(note, f"checkpoint #{i + 1}", report)  # §7.5
 
     leaves = []  # step 4
     for lineno, doc in records.receipts:
         leaf = verify_receipt_steps(doc, keys, cache, report, where=f"line {lineno}",
-                                    body_depth=BODY_DEPTH_IN_BUNDLE)
+                                    body_depth=BODY_DEPTH_IN_BUNDLE, witnessing=witnessing)
         if leaf is not None:
             leaves.append(leaf)
 
@@ -1483,8 +1668,11 @@ def cmd_vectors(manifest_path: str) -> int:
 
 
 USAGE = """usage: verify.py vectors MANIFEST
-       verify.py receipt FILE --keys KEYS
-       verify.py bundle FILE [--keys KEYS] [--checkpoint NOTE_FILE ...] [--semantics | --no-semantics]"""
+       verify.py receipt FILE --keys KEYS [WITNESS POLICY]
+       verify.py bundle FILE [--keys KEYS] [--checkpoint NOTE_FILE ...] [--semantics | --no-semantics]
+                 [WITNESS POLICY]
+WITNESS POLICY (§7.5): --witness-key VKEY [--witness-key VKEY ...] --witness-quorum N
+       every checkpoint must be cosigned by N distinct witnesses of the given keys"""
 
 
 def main(argv: list[str]) -> int:
@@ -1496,6 +1684,7 @@ def main(argv: list[str]) -> int:
         return EXIT_UNUSABLE
     cmd, file, rest = argv[0], argv[1], argv[2:]
     keys_path, extra, semantics = None, [], None
+    witness_keys, witness_quorum = [], None
     while rest:
         if rest[0] in ("--semantics", "--no-semantics") and cmd == "bundle" and semantics is None:
             semantics = rest[0] == "--semantics"
@@ -1505,17 +1694,26 @@ def main(argv: list[str]) -> int:
             keys_path = rest[1]
         elif rest[0] == "--checkpoint" and len(rest) > 1 and cmd == "bundle":
             extra.append(rest[1])
+        elif rest[0] == "--witness-key" and len(rest) > 1:
+            witness_keys.append(rest[1])
+        elif rest[0] == "--witness-quorum" and len(rest) > 1 and witness_quorum is None \
+                and re.fullmatch(r"[0-9]+", rest[1]):
+            witness_quorum = int(rest[1])
         else:
             print(USAGE, file=sys.stderr)
             return EXIT_UNUSABLE
         rest = rest[2:]
+    if bool(witness_keys) != (witness_quorum is not None):  # each needs the other
+        print("--witness-key and --witness-quorum go together\n" + USAGE, file=sys.stderr)
+        return EXIT_UNUSABLE
     try:
+        witness = WitnessPolicy.from_vkeys(witness_keys, witness_quorum) if witness_keys else None
         keys = read_keyset_file(keys_path) if keys_path else None  # §7.1 step 1
         data = Path(file).read_bytes()
         if cmd == "receipt":
             if keys is None:
                 raise Unusable("receipt needs --keys")
-            report = verify_receipt(data, keys)
+            report = verify_receipt(data, keys, witness)
         else:
             notes = []
             for path in extra:
@@ -1523,7 +1721,7 @@ def main(argv: list[str]) -> int:
                     notes.append(Path(path).read_bytes().decode("utf-8"))
                 except UnicodeDecodeError:
                     notes.append("\x00")  # not UTF-8: will be checkpoint_malformed
-            report = verify_bundle(data, keys, notes, semantics)
+            report = verify_bundle(data, keys, notes, semantics, witness)
     except OSError as e:
         print(f"unusable input: {e}", file=sys.stderr)
         return EXIT_UNUSABLE

@@ -42,7 +42,7 @@ fn sdk_env(name: &str, rules: serde_json::Value) -> SdkEnv {
 }
 
 /// Runs `cmd` and fails the test, with everything it printed, unless it succeeded.
-fn must_pass(mut cmd: Command, diagnostics: impl FnOnce() -> String) -> String {
+pub(crate) fn must_pass(mut cmd: Command, diagnostics: impl FnOnce() -> String) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e} (run scripts/setup.sh)"));
     assert!(
         out.status.success(),
@@ -118,7 +118,7 @@ fn mcp_gateway_tests_pass_against_the_real_server() {
 }
 
 /// The TypeScript SDK's directory and its locked compiler (`npm ci` by `scripts/setup.sh`).
-fn typescript_sdk() -> (PathBuf, PathBuf) {
+pub(crate) fn typescript_sdk() -> (PathBuf, PathBuf) {
     let sdk = repo_root().join("clients/typescript");
     let tsc = sdk.join("node_modules/.bin/tsc");
     assert!(tsc.is_file(), "{} is missing: run scripts/setup.sh", tsc.display());
@@ -126,7 +126,7 @@ fn typescript_sdk() -> (PathBuf, PathBuf) {
 }
 
 /// Compiles the SDK with `config` into `out` (never into the source tree).
-fn tsc(sdk: &Path, tsc: &Path, config: &str, out: &Path) {
+pub(crate) fn tsc(sdk: &Path, tsc: &Path, config: &str, out: &Path) {
     let mut cmd = Command::new(tsc);
     cmd.args(["-p", config, "--outDir"]).arg(out).current_dir(sdk);
     must_pass(cmd, String::new);

@@ -14,11 +14,11 @@ fn start(data_dir: &Path) -> Server {
     s
 }
 
-fn crosslang(script: &str) -> PathBuf {
+pub(crate) fn crosslang(script: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/crosslang").join(script)
 }
 
-fn python() -> PathBuf {
+pub(crate) fn python() -> PathBuf {
     std::env::var_os("ALLOWLY_VENV")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/allowly/venv"))

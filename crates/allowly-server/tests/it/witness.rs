@@ -2,7 +2,8 @@
 //! and real `allowly-witness` processes on loopback. The server submits each stored checkpoint
 //! to its witnesses, stores their cosignatures and serves them; with a quorum, a receipt is
 //! signed only once a checkpoint covering it carries the quorum's cosignatures, and
-//! `allowly-verify --witness-quorum` accepts what it serves.
+//! `allowly-verify --witness-quorum` accepts what it serves — as do the Python and TypeScript
+//! SDKs' verifiers with the same witness policy, and the SDKs report a witness-quorum pending.
 
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener};
@@ -13,7 +14,9 @@ use allowly_receipt::cosignature::{self, CosignerKey};
 use allowly_receipt::note;
 use serde_json::json;
 
-use crate::support::{allowly_bin, eventually, free_port, tenant, verifier_bin, Client, Server, Tenant};
+use crate::support::{
+    allowly_bin, eventually, free_port, repo_root, tenant, venv_bin, verifier_bin, Client, Server, Tenant,
+};
 
 fn witness_bin() -> PathBuf {
     let bin = Path::new(allowly_bin()).with_file_name("allowly-witness");
@@ -408,4 +411,257 @@ fn a_restarted_server_submits_from_the_size_each_witness_last_cosigned() {
     assert!(a.requests("cosigned") > cosigned);
     // Had the restarted server sent `old 0`, the witness would have answered 409 first.
     assert_eq!(a.requests("old_size_mismatch"), 0, "the restarted server did not start from the recorded size");
+}
+
+/// The three verifiers: `allowly-verify`, the Python SDK's (`tests/crosslang/verify.py` runs
+/// `allowly.verify` from the checkout) and the TypeScript SDK's (`allowly-verify-js`, compiled
+/// here by the SDK's locked `tsc`). The two SDK verifiers share no code with the Rust one.
+struct Verifiers {
+    /// The TypeScript SDK compiled with its test config: `src/` and `test/` under it.
+    ts: tempfile::TempDir,
+}
+
+/// What one verifier said: its exit code, outcome and finding codes (none on exit 64), and
+/// everything it printed.
+#[derive(Debug)]
+struct Verdict {
+    who: &'static str,
+    exit: Option<i32>,
+    codes: std::collections::BTreeSet<String>,
+    output: String,
+}
+
+impl Verifiers {
+    fn new() -> Self {
+        let (sdk, compiler) = crate::clients::typescript_sdk();
+        let ts = tempfile::tempdir().unwrap();
+        crate::clients::tsc(&sdk, &compiler, "tsconfig.test.json", ts.path());
+        Self { ts }
+    }
+
+    /// Runs `args` (`receipt FILE --keys KEYS …` or `bundle FILE …`) with each of the three.
+    fn run(&self, args: &[String]) -> Vec<Verdict> {
+        let mut rust = Command::new(verifier_bin());
+        rust.arg("--json");
+        let mut python = Command::new(crate::contract::python());
+        python.arg(crate::contract::crosslang("verify.py"));
+        let mut node = Command::new("node");
+        node.arg(self.ts.path().join("src/cli.js"));
+        [("allowly-verify", rust), ("python", python), ("typescript", node)]
+            .into_iter()
+            .map(|(who, mut cmd)| {
+                let out =
+                    cmd.args(args).output().unwrap_or_else(|e| panic!("running {who}: {e} (run scripts/setup.sh)"));
+                let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+                let output = format!("{who}: {args:?}\n{stdout}{}", String::from_utf8_lossy(&out.stderr));
+                let codes = match (who, out.status.code()) {
+                    (_, Some(64)) => Default::default(),
+                    ("allowly-verify", _) => {
+                        let report: serde_json::Value =
+                            serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {output}"));
+                        report["findings"]
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .map(|f| f["code"].as_str().unwrap().to_owned())
+                            .collect()
+                    }
+                    // `code [class]: detail` (Python) or `code: detail` (TypeScript); then notes
+                    // and the outcome.
+                    _ => stdout
+                        .lines()
+                        .filter(|l| !l.starts_with("note:") && !l.starts_with("outcome:"))
+                        .filter_map(|l| l.split([':', ' ']).next())
+                        .filter(|c| !c.is_empty())
+                        .map(str::to_owned)
+                        .collect(),
+                };
+                Verdict { who, exit: out.status.code(), codes, output }
+            })
+            .collect()
+    }
+
+    /// Every verifier exits `exit` with exactly the finding codes `codes`.
+    fn agree(&self, args: &[String], exit: i32, codes: &[&str]) {
+        let want: std::collections::BTreeSet<String> = codes.iter().map(|c| (*c).to_owned()).collect();
+        for v in self.run(args) {
+            assert_eq!((v.exit, &v.codes), (Some(exit), &want), "{} disagrees\n{}", v.who, v.output);
+        }
+    }
+}
+
+/// `--witness-key VKEY…` for `witnesses` and `--witness-quorum N`.
+fn policy_args(witnesses: &[&Witness], quorum: usize) -> Vec<String> {
+    let mut args: Vec<String> = witnesses.iter().flat_map(|w| ["--witness-key".to_owned(), w.vkey.clone()]).collect();
+    args.extend(["--witness-quorum".to_owned(), quorum.to_string()]);
+    args
+}
+
+/// Flips one bit of the signature in the first cosignature line by `w` in `text` (a bundle, or
+/// a receipt document: the note's lines are JSON-escaped there, the line itself is not).
+fn tamper_first_cosignature(text: &str, w: &Witness) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let prefix = format!("— {} ", w.name);
+    let start = text.find(&prefix).unwrap_or_else(|| panic!("no cosignature by {} in {text}", w.name)) + prefix.len();
+    let len = text[start..].find("\\n").unwrap();
+    let mut raw = b64.decode(&text[start..start + len]).unwrap();
+    assert_eq!(raw.len(), 76, "key id, timestamp, signature");
+    raw[40] ^= 1;
+    format!("{}{}{}", &text[..start], b64.encode(raw), &text[start + len..])
+}
+
+/// The witness policy of docs/receipt-format.md §7.5 in all three verifiers, on what a server
+/// with two real witnesses exports: a log bundle and a receipt that verify with the quorum the
+/// cosignatures meet; `witness_quorum_not_met` when more witnesses are asked for than cosigned;
+/// `witness_cosignature_invalid` when one cosignature's bytes are changed (and nothing when that
+/// witness is not in the policy, or without a policy: cosignatures are then unknown signatures);
+/// a quorum above the number of keys is bad usage.
+#[test]
+fn all_three_verifiers_apply_a_witness_policy_to_what_the_server_exports() {
+    let verifiers = Verifiers::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut a, mut b) = (Witness::init(tmp.path(), "wa.test/w"), Witness::init(tmp.path(), "wb.test/w"));
+    // Known to the verifiers, never started: it cosigns nothing.
+    let c = Witness::init(tmp.path(), "wc.test/w");
+    let s = start_server(tmp.path(), "s", &[&a, &b], 2);
+    let t = tenant(&s, "three", &["files.read"]);
+    a.start(&[(&s, &t)]);
+    b.start(&[(&s, &t)]);
+    let ids: Vec<String> = (0..3).map(|_| check(&s, &t)).collect();
+    let receipts: Vec<serde_json::Value> = ids.iter().map(|id| signed(&s, &t, id)).collect();
+    let v = s.client().get(&format!("/v1/workspaces/{}/log/checkpoint", t.ws), Some(&t.reader)).json();
+    assert_eq!(v["witness"]["witnessed_size"], v["size"], "{v}");
+    let size = v["size"].as_u64().unwrap();
+    let bundle = s.client().get(&format!("/v1/workspaces/{}/log/export?from=0&to={size}", t.ws), Some(&t.reader));
+    assert_eq!(bundle.status, 200, "{bundle}");
+    let bundle = bundle.text();
+    assert!(bundle.contains("— wa.test/w ") && bundle.contains("— wb.test/w "), "{bundle}");
+
+    let file = |name: &str, data: &str| {
+        let p = tmp.path().join(name);
+        std::fs::write(&p, data).unwrap();
+        p.display().to_string()
+    };
+    let keys = file("keys.json", &s.client().get(&format!("/v1/workspaces/{}/keys", t.ws), None).text());
+    let good = file("bundle.jsonl", &bundle);
+    let bad = file("tampered.jsonl", &tamper_first_cosignature(&bundle, &b));
+    let receipt = file("receipt.json", &receipts[1].to_string());
+    let bad_receipt = file("tampered-receipt.json", &tamper_first_cosignature(&receipts[1].to_string(), &a));
+    let with = |what: &str, f: &str, policy: Vec<String>| {
+        let mut args = vec![what.to_owned(), f.to_owned(), "--keys".to_owned(), keys.clone()];
+        args.extend(policy);
+        args
+    };
+
+    for (what, f) in [("bundle", &good), ("receipt", &receipt)] {
+        verifiers.agree(&with(what, f, vec![]), 0, &[]);
+        verifiers.agree(&with(what, f, policy_args(&[&a, &b], 2)), 0, &[]);
+        verifiers.agree(&with(what, f, policy_args(&[&a, &b, &c], 2)), 0, &[]);
+        // More witnesses asked for than cosigned: a coverage gap.
+        verifiers.agree(&with(what, f, policy_args(&[&a, &b, &c], 3)), 2, &["witness_quorum_not_met"]);
+        verifiers.agree(&with(what, f, policy_args(&[&a, &c], 2)), 2, &["witness_quorum_not_met"]);
+        // A quorum no set of these keys could meet: bad usage.
+        verifiers.agree(&with(what, f, policy_args(&[&a, &b], 3)), 64, &[]);
+    }
+    // One cosignature's bytes changed: an integrity failure once its witness is in the policy,
+    // even with the quorum met by the others; ignored otherwise.
+    verifiers.agree(&with("bundle", &bad, policy_args(&[&a, &b], 2)), 1, &["witness_cosignature_invalid"]);
+    verifiers.agree(&with("bundle", &bad, policy_args(&[&a, &b], 1)), 1, &["witness_cosignature_invalid"]);
+    verifiers.agree(&with("bundle", &bad, policy_args(&[&a, &c], 1)), 0, &[]);
+    verifiers.agree(&with("bundle", &bad, vec![]), 0, &[]);
+    verifiers.agree(&with("receipt", &bad_receipt, policy_args(&[&a, &b], 2)), 1, &["witness_cosignature_invalid"]);
+    verifiers.agree(&with("receipt", &bad_receipt, policy_args(&[&b], 1)), 0, &[]);
+}
+
+/// Kills a child process on drop (a test that fails while an SDK suite runs leaves none behind).
+struct Reaped(Option<Child>);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The SDKs read what the server says while a witness of a quorum of two is down: the Python
+/// SDK (sync and async) and the TypeScript SDK each get a receipt pending with
+/// `pending_reason` `witness_quorum` and the checkpoint's `witness` status, and their
+/// `wait_for_receipt` / `waitForReceipt` keep waiting through that pending until the witness is
+/// back and the receipt is signed — which then verifies with the witness policy. The SDK sides
+/// are `clients/python/tests/live_witness.py` and `clients/typescript/test/liveWitness.ts`.
+#[test]
+fn the_sdks_report_a_witness_quorum_pending_and_wait_through_it() {
+    let (sdk, compiler) = crate::clients::typescript_sdk();
+    let ts = tempfile::tempdir().unwrap();
+    crate::clients::tsc(&sdk, &compiler, "tsconfig.test.json", ts.path());
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut a, mut b) = (Witness::init(tmp.path(), "wa.test/w"), Witness::init(tmp.path(), "wb.test/w"));
+    let s = start_server(tmp.path(), "s", &[&a, &b], 2);
+    let t = tenant(&s, "sdks", &["files.read"]);
+    let logs = [(&s, &t)];
+    a.start(&logs);
+    b.start(&logs);
+    signed(&s, &t, &check(&s, &t));
+
+    let python_sdk = repo_root().join("clients/python");
+    let suites: [(&str, Command); 2] = [
+        ("python", {
+            let mut cmd = Command::new(venv_bin("python"));
+            cmd.args(["-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/live_witness.py"])
+                .current_dir(&python_sdk)
+                .env("PYTHONPATH", python_sdk.join("src"))
+                .env("PYTHONDONTWRITEBYTECODE", "1");
+            cmd
+        }),
+        ("typescript", {
+            let mut cmd = Command::new("node");
+            cmd.arg("--test").arg(ts.path().join("test/liveWitness.js")).current_dir(ts.path());
+            cmd
+        }),
+    ];
+    for (sdk, mut cmd) in suites {
+        b.stop();
+        let id = check(&s, &t);
+        eventually(
+            &format!("receipt {id} pending for the witness quorum"),
+            || receipt(&s, &t, &id).to_string(),
+            || (receipt(&s, &t, &id).header("allowly-pending-reason") == Some("witness_quorum")).then_some(()),
+        );
+        let signal = tmp.path().join(format!("{sdk}.pending-seen"));
+        let (out, err) = (tmp.path().join(format!("{sdk}.out")), tmp.path().join(format!("{sdk}.err")));
+        cmd.env("ALLOWLY_TEST_URL", format!("http://{}", s.addr))
+            .env("ALLOWLY_TEST_READ_KEY", &t.reader)
+            .env("ALLOWLY_TEST_WORKSPACE", &t.ws)
+            .env("ALLOWLY_TEST_PENDING_RECEIPT", &id)
+            .env("ALLOWLY_TEST_WITNESS_KEYS", format!("{},{}", a.vkey, b.vkey))
+            .env("ALLOWLY_TEST_WITNESS_QUORUM", "2")
+            .env("ALLOWLY_TEST_SIGNAL", &signal)
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(std::fs::File::create(&err).unwrap());
+        let mut child = Reaped(Some(cmd.spawn().unwrap_or_else(|e| panic!("{sdk}: {e} (run scripts/setup.sh)"))));
+        let printed = || {
+            let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+            format!("--- {sdk} stdout ---\n{}\n--- stderr ---\n{}\n{}", read(&out), read(&err), s.diagnostics())
+        };
+        // Until the SDK has seen the receipt pending (or has failed: then say why).
+        eventually(&format!("the {sdk} SDK to see the pending receipt"), printed, || {
+            if signal.exists() {
+                return Some(());
+            }
+            let status = child.0.as_mut().unwrap().try_wait().unwrap();
+            assert!(status.is_none(), "the {sdk} SDK's test ended early ({status:?})\n{}", printed());
+            None
+        });
+        b.start(&logs);
+        let status = child.0.take().unwrap().wait().unwrap();
+        assert!(status.success(), "the {sdk} SDK's test failed\n{}", printed());
+        let stdout = std::fs::read_to_string(&out).unwrap();
+        match sdk {
+            "python" => assert!(stdout.contains("1 passed") && !stdout.contains("skipped"), "{stdout}"),
+            _ => assert!(stdout.contains("# pass 1") && stdout.contains("# fail 0"), "{stdout}"),
+        }
+    }
 }
