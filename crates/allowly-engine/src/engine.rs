@@ -650,7 +650,7 @@ impl Engine {
         let s = &self.shared;
         let id = new_id("ws_")?;
         let keys = match tokio::time::timeout(s.cfg.signer_timeout, s.signer.create_key(id.clone())).await {
-            Err(_) => return Err(EngineError::SignerUnavailable("signer did not answer in time".into())),
+            Err(_) => return Err(EngineError::SignerUnavailable(crate::health::SIGNING_TIMED_OUT.into())),
             Ok(r) => r.map_err(EngineError::from_signer)?,
         };
         let record = allowly_store::WorkspaceRecord {

@@ -228,9 +228,28 @@ struct HealthState {
     token: bool,
 }
 
-/// Why a signing exchange failed when the signer did not answer it within `signer_timeout`:
-/// the `why` of [`Health::set_down`] that makes a signer answering pings [`HealthState::slow`].
+/// What a refusal says when a signing exchange got no answer within `signer_timeout`.
 pub(crate) const SIGNING_TIMED_OUT: &str = "signer did not answer in time";
+
+/// How a signing exchange failed ([`Health::set_down`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SigningFailure<'a> {
+    /// No answer within `signer_timeout`: a signer that still answers pings is then
+    /// [`HealthState::slow`].
+    TimedOut,
+    /// An error or a lost connection, as described.
+    Failed(&'a str),
+}
+
+impl<'a> SigningFailure<'a> {
+    /// The text refusals and `/readyz` give.
+    pub(crate) fn detail(self) -> &'a str {
+        match self {
+            Self::TimedOut => SIGNING_TIMED_OUT,
+            Self::Failed(why) => why,
+        }
+    }
+}
 
 impl Health {
     pub fn is_up(&self) -> bool {
@@ -251,15 +270,15 @@ impl Health {
 
     /// A signing exchange failed (no answer in time, connection lost): down until one is
     /// answered, or a pong finds nothing left to sign ([`Health::pong`]).
-    pub fn set_down(&self, m: &Metrics, why: &str) {
+    pub fn set_down(&self, m: &Metrics, failure: SigningFailure<'_>) {
         let mut st = self.state();
         st.signing_failed = true;
-        st.timed_out = why == SIGNING_TIMED_OUT;
+        st.timed_out = failure == SigningFailure::TimedOut;
         // Still slow while exchanges keep timing out (the signer answered a ping before);
         // another failure says nothing about speed.
         st.slow &= st.timed_out;
         st.token = false;
-        Self::down(&self.up, &mut st, m, why);
+        Self::down(&self.up, &mut st, m, failure.detail());
     }
 
     /// The probe's ping was answered. Up, unless the last signing exchange failed and receipts
@@ -554,7 +573,7 @@ mod tests {
         let (h, m) = (Health::default(), Metrics::new());
         h.pong(&m, || panic!("nothing to ask: no exchange failed"));
         assert!(h.is_up());
-        h.set_down(&m, "signer did not answer in time");
+        h.set_down(&m, SigningFailure::TimedOut);
         h.pong(&m, || false);
         h.pong(&m, || false);
         assert!(!h.is_up(), "a pong reopened the fail-closed window");
@@ -565,7 +584,7 @@ mod tests {
         );
         h.set_up(&m);
         assert!(h.is_up() && h.detail().is_none());
-        h.set_down(&m, "signer did not answer in time");
+        h.set_down(&m, SigningFailure::TimedOut);
         h.pong(&m, || true);
         assert!(h.is_up(), "nothing left to sign: the pong is all the evidence there is");
         h.ping_failed(&m, "connection refused", false);
@@ -583,28 +602,28 @@ mod tests {
         let code = |h: &Health| h.require_up(&m).err().map(|e| e.code());
         h.set_up(&m);
         assert_eq!(code(&h), None);
-        h.set_down(&m, "signer did not answer in time");
+        h.set_down(&m, SigningFailure::TimedOut);
         assert_eq!(code(&h), Some("signer_unavailable"), "not known to be there yet");
         h.pong(&m, || false);
         assert_eq!(code(&h), Some("signer_slow"));
         assert!(matches!(h.outage(), Some(EngineError::SignerSlow(d)) if d.contains(PONG_NOTE)));
-        h.set_down(&m, "signer did not answer in time");
+        h.set_down(&m, SigningFailure::TimedOut);
         assert_eq!(code(&h), Some("signer_slow"), "another exchange timing out: still there, still slow");
         h.ping_failed(&m, "connection refused", false);
         assert_eq!(code(&h), Some("signer_unavailable"), "gone now");
-        h.set_down(&m, "signer did not answer in time");
+        h.set_down(&m, SigningFailure::TimedOut);
         h.pong(&m, || false);
         h.set_up(&m);
         assert_eq!(code(&h), None);
-        h.set_down(&m, "signer did not answer in time");
+        h.set_down(&m, SigningFailure::TimedOut);
         assert_eq!(code(&h), Some("signer_unavailable"), "slowness is not remembered across a recovery");
-        h.set_down(&m, "the signer's PKCS#11 token is unavailable");
+        h.set_down(&m, SigningFailure::Failed("the signer's PKCS#11 token is unavailable"));
         h.pong(&m, || false);
         assert_eq!(code(&h), Some("signer_unavailable"), "it answered, with an error: not slow");
-        h.set_down(&m, SIGNING_TIMED_OUT);
+        h.set_down(&m, SigningFailure::TimedOut);
         h.pong(&m, || false);
         assert_eq!(code(&h), Some("signer_slow"));
-        h.set_down(&m, "connection lost");
+        h.set_down(&m, SigningFailure::Failed("connection lost"));
         assert_eq!(code(&h), Some("signer_unavailable"), "a lost connection ends it");
     }
 
@@ -634,7 +653,7 @@ mod tests {
         let w = h.came_up();
         tokio::pin!(w);
         w.as_mut().enable();
-        h.set_down(&m, "connection lost");
+        h.set_down(&m, SigningFailure::Failed("connection lost"));
         assert_eq!(code(&h), Some("signer_unavailable"), "another failure is the generic outage");
         h.ping_failed(&m, "token", true);
         h.ping_failed(&m, "connection refused", false);

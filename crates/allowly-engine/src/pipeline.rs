@@ -49,7 +49,7 @@ use dashmap::DashMap;
 use tokio::sync::watch;
 
 use crate::error::{EngineError, Result};
-use crate::health::{Divergence, Fault};
+use crate::health::{Divergence, Fault, SigningFailure, SIGNING_TIMED_OUT};
 use crate::model::Resynced;
 use crate::receipts::{key_records, verifier};
 use crate::services::Services;
@@ -517,7 +517,7 @@ pub(crate) async fn resync(shared: &Arc<Services>, pipes: &Arc<Pipelines>, ws: &
     }
     let mut st = Signing::load(shared, ws, Arc::new(Mutex::new(Fresh::new(0, Arc::default())))).await?;
     let latest = match tokio::time::timeout(shared.cfg.signer_timeout, shared.signer.latest_checkpoint(ws)).await {
-        Err(_) => return Err(EngineError::SignerUnavailable("signer did not answer in time".into())),
+        Err(_) => return Err(EngineError::SignerUnavailable(SIGNING_TIMED_OUT.into())),
         Ok(Err(e)) => return Err(EngineError::from_signer(e)),
         Ok(Ok(c)) => c,
     };
@@ -599,7 +599,7 @@ impl Signing {
         }
         let call = shared.sign_batcher.append(self.ws.clone(), from, bodies, self.expect.clone());
         match tokio::time::timeout(shared.cfg.signer_timeout, call).await {
-            Err(_) => Err(self.outage(shared, crate::health::SIGNING_TIMED_OUT)),
+            Err(_) => Err(self.outage(shared, SigningFailure::TimedOut)),
             Ok(Ok(Signed { out, opened })) => {
                 shared.health.set_up(&shared.metrics);
                 shared.faults.signer_stored(&shared.metrics);
@@ -619,10 +619,12 @@ impl Signing {
                 shared.health.set_up(&shared.metrics);
                 Err(signer_failed(shared, e))
             }
+            // The client's own deadline (its slot wait included) is a timeout like ours.
+            Ok(Err(ClientError::Timeout(_))) => Err(self.outage(shared, SigningFailure::TimedOut)),
             Ok(Err(e)) => {
                 let e = EngineError::from_signer(e);
                 if let EngineError::SignerUnavailable(why) = &e {
-                    return Err(self.outage(shared, why));
+                    return Err(self.outage(shared, SigningFailure::Failed(why)));
                 }
                 if let EngineError::SignerTokenUnavailable(_) = &e {
                     // Counted, and the workspace marked, by the task (`token.rs`); the signer's
@@ -649,10 +651,10 @@ impl Signing {
         }
     }
 
-    fn outage(&self, shared: &Services, why: &str) -> Stop {
+    fn outage(&self, shared: &Services, failure: SigningFailure<'_>) -> Stop {
         shared.metrics.signer_errors.with_label_values(&["unavailable"]).inc();
-        shared.health.set_down(&shared.metrics, why);
-        Stop::Retry(EngineError::SignerUnavailable(why.to_owned()))
+        shared.health.set_down(&shared.metrics, failure);
+        Stop::Retry(EngineError::SignerUnavailable(failure.detail().to_owned()))
     }
 
     /// The signer has a different size than the newest stored checkpoint. Larger: an answer
@@ -662,7 +664,7 @@ impl Signing {
         let ours = self.frontier.size();
         let latest =
             match tokio::time::timeout(shared.cfg.signer_timeout, shared.signer.latest_checkpoint(&self.ws)).await {
-                Err(_) => return Err(self.outage(shared, crate::health::SIGNING_TIMED_OUT)),
+                Err(_) => return Err(self.outage(shared, SigningFailure::TimedOut)),
                 Ok(Err(e)) => return Err(signer_failed(shared, e)),
                 Ok(Ok(c)) => c,
             };
@@ -774,7 +776,7 @@ impl Signing {
             }
             let call = shared.signer.append_batch(self.ws.clone(), at, bodies);
             let out = match tokio::time::timeout(shared.cfg.signer_timeout, call).await {
-                Err(_) => return Err(self.outage(shared, crate::health::SIGNING_TIMED_OUT)),
+                Err(_) => return Err(self.outage(shared, SigningFailure::TimedOut)),
                 Ok(Err(ClientError::Remote(reply))) => {
                     return Err(Stop::Diverged(format!("the signer refused the stored receipts from {at}: {reply}")))
                 }
@@ -809,7 +811,7 @@ impl Signing {
 
     async fn refresh_keys(&mut self, shared: &Services) -> Result<(), Stop> {
         let keys = match tokio::time::timeout(shared.cfg.signer_timeout, shared.signer.list_keys(&self.ws)).await {
-            Err(_) => return Err(self.outage(shared, crate::health::SIGNING_TIMED_OUT)),
+            Err(_) => return Err(self.outage(shared, SigningFailure::TimedOut)),
             Ok(Err(e)) => return Err(signer_failed(shared, e)),
             Ok(Ok(k)) => key_records(&k),
         };

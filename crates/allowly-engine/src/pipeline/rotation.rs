@@ -118,7 +118,7 @@ pub(crate) async fn rotate(
         return Err(RotationFailed::unsettled(e));
     }
     let out = match tokio::time::timeout(shared.cfg.signer_timeout, shared.signer.rotate_key(ws, at)).await {
-        Err(_) => return Err(unsettled(EngineError::SignerUnavailable("signer did not answer in time".into()))),
+        Err(_) => return Err(unsettled(EngineError::SignerUnavailable(crate::health::SIGNING_TIMED_OUT.into()))),
         Ok(Ok(out)) => out,
         Ok(Err(ClientError::Remote(reply))) => {
             // It answered, so it did not rotate: the index is free again.
