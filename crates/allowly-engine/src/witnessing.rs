@@ -20,6 +20,10 @@
 //! stored unless it is a valid cosignature by that witness's configured key on exactly the
 //! submitted checkpoint.
 //!
+//! At start each witness's task queues every workspace whose newest stored checkpoint that
+//! witness has not cosigned (`Store::workspaces_behind_witness`): a checkpoint stored just
+//! before a stop is submitted without waiting for the workspace's next one.
+//!
 //! Writes go through `Store::write` (one synced batch per cosignature: the line and the
 //! witness's new head together), not through the committer: they belong to no check.
 
@@ -263,6 +267,7 @@ struct Submitter {
 
 impl Submitter {
     async fn run(mut self, alive: std::sync::Weak<Witnessing>) {
+        self.sweep(&alive).await;
         let mut backoff = BACKOFF_START;
         loop {
             if alive.upgrade().is_none() {
@@ -289,6 +294,45 @@ impl Submitter {
                     backoff = (backoff * 2).min(BACKOFF_MAX);
                 }
             }
+        }
+    }
+
+    /// At start: queues every workspace whose newest stored checkpoint this witness has not
+    /// cosigned. Without it, a checkpoint stored just before a stop (its submission still
+    /// queued, or backed off while the witness was away) would wait for the workspace's next
+    /// checkpoint, and with a quorum its receipts would stay pending meanwhile — for good in
+    /// a workspace that gets no more checks. A store that cannot be read is tried again after
+    /// the backoff, as a witness that does not answer is.
+    async fn sweep(&mut self, alive: &std::sync::Weak<Witnessing>) {
+        let key = *self.witness.cfg.key.key().as_bytes();
+        let mut backoff = BACKOFF_START;
+        let behind = loop {
+            if alive.upgrade().is_none() {
+                return;
+            }
+            match self.blocking(move |s| s.workspaces_behind_witness(&key)).await {
+                Ok(behind) => break behind,
+                Err(e) => {
+                    tracing::warn!(witness = self.witness.label(), error = %e, "listing the checkpoints this witness has not cosigned failed; trying again");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
+            }
+        };
+        let mut dropped = 0_usize;
+        for ws in &behind {
+            if !self.witness.push(ws, false) {
+                dropped += 1;
+                self.count("dropped");
+            }
+        }
+        if !behind.is_empty() {
+            tracing::info!(
+                witness = self.witness.label(),
+                workspaces = behind.len(),
+                dropped,
+                "submitting the checkpoints this witness has not cosigned yet"
+            );
         }
     }
 

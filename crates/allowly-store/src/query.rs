@@ -295,12 +295,38 @@ fn recent_cosignatures(
     pairs.into_iter().map(|p| cosignature_of(ws, p)).collect()
 }
 
-fn witness_head(e: &impl KvEngine, ws: &str, witness: &[u8; 32]) -> Result<Option<u64>> {
+fn witness_head(e: &dyn KvRead, ws: &str, witness: &[u8; 32]) -> Result<Option<u64>> {
     check_id("workspace_id", ws)?;
     let key = keys::witness_head(ws, witness);
     let Some(v) = e.get(Space::WitnessHeads, &key)? else { return Ok(None) };
     let v: [u8; 8] = v.try_into().map_err(|_| corrupt(Space::WitnessHeads, &key, "not a u64"))?;
     Ok(Some(u64::from_be_bytes(v)))
+}
+
+/// Calls `f` with every workspace that has a log (one `log_meta` entry each), in byte order,
+/// and its stored record; keeps the workspaces `f` answers true for.
+fn logged_workspaces(
+    view: &dyn KvRead,
+    mut f: impl FnMut(&dyn KvRead, &str, LogMeta) -> Result<bool>,
+) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    let mut cursor = Vec::new();
+    loop {
+        let page = view.scan(Space::LogMeta, &cursor, None, 1024, false)?;
+        let Some((last, _)) = page.last() else { break };
+        cursor = last.clone();
+        cursor.push(0);
+        for (k, v) in &page {
+            let ws = std::str::from_utf8(k)
+                .ok()
+                .filter(|ws| check_id("workspace_id", ws).is_ok())
+                .ok_or_else(|| corrupt(Space::LogMeta, k, "key is not a workspace id"))?;
+            if f(view, ws, decode(Space::LogMeta, k, v)?)? {
+                out.push(ws.to_owned());
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Every workspace whose log has leaves beyond its newest stored checkpoint, or a key rotation
@@ -309,32 +335,28 @@ fn witness_head(e: &impl KvEngine, ws: &str, witness: &[u8; 32]) -> Result<Optio
 /// size), never a scan of receipts.
 fn workspaces_with_unsigned(e: &impl KvEngine) -> Result<Vec<String>> {
     e.read(|view| {
-        let mut out = Vec::new();
-        let mut cursor = Vec::new();
-        loop {
-            let page = view.scan(Space::LogMeta, &cursor, None, 1024, false)?;
-            let Some((last, _)) = page.last() else { break };
-            cursor = last.clone();
-            cursor.push(0);
-            for (k, v) in &page {
-                let ws = std::str::from_utf8(k)
-                    .ok()
-                    .filter(|ws| check_id("workspace_id", ws).is_ok())
-                    .ok_or_else(|| corrupt(Space::LogMeta, k, "key is not a workspace id"))?;
-                let meta: LogMeta = decode(Space::LogMeta, k, v)?;
-                let signed = first_checkpoint(view, ws, &keys::ws_start(ws), true)?.map_or(0, |(size, _)| size);
-                // The stored `next_index` may lag the log (see `log_meta`): a receipt at or past
-                // the signed size is what says there is something to sign.
-                let unsigned = meta.next_index > signed
-                    || !view
-                        .scan(Space::Receipts, &keys::ws_u64(ws, signed), Some(&keys::ws_end(ws)), 1, false)?
-                        .is_empty();
-                if unsigned || meta.rotation_at.is_some() {
-                    out.push(ws.to_owned());
-                }
-            }
-        }
-        Ok(out)
+        logged_workspaces(view, |view, ws, meta| {
+            let signed = first_checkpoint(view, ws, &keys::ws_start(ws), true)?.map_or(0, |(size, _)| size);
+            // The stored `next_index` may lag the log (see `log_meta`): a receipt at or past the
+            // signed size is what says there is something to sign.
+            let unsigned = meta.next_index > signed
+                || !view
+                    .scan(Space::Receipts, &keys::ws_u64(ws, signed), Some(&keys::ws_end(ws)), 1, false)?
+                    .is_empty();
+            Ok(unsigned || meta.rotation_at.is_some())
+        })
+    })
+}
+
+/// Every workspace whose newest stored checkpoint is larger than what `witness` is recorded as
+/// having cosigned (nothing recorded: 0): one pass over `log_meta` and two point reads per
+/// workspace.
+fn workspaces_behind_witness(e: &impl KvEngine, witness: &[u8; 32]) -> Result<Vec<String>> {
+    e.read(|view| {
+        logged_workspaces(view, |view, ws, _| {
+            let Some((newest, _)) = first_checkpoint(view, ws, &keys::ws_start(ws), true)? else { return Ok(false) };
+            Ok(witness_head(view, ws, witness)?.unwrap_or(0) < newest)
+        })
     })
 }
 
@@ -511,6 +533,9 @@ impl<E: KvEngine> Store for E {
     }
     fn workspaces_with_unsigned(&self) -> Result<Vec<String>> {
         workspaces_with_unsigned(self)
+    }
+    fn workspaces_behind_witness(&self, witness: &[u8; 32]) -> Result<Vec<String>> {
+        workspaces_behind_witness(self, witness)
     }
     fn log_meta(&self, ws: &str) -> Result<Option<LogMeta>> {
         log_meta(self, ws)

@@ -80,6 +80,10 @@ pub trait Store: Send + Sync + 'static {
     /// Every workspace whose log has leaves beyond its newest stored checkpoint, or a key
     /// rotation not yet stored (what a restart must finish signing).
     fn workspaces_with_unsigned(&self) -> Result<Vec<String>>;
+    /// Every workspace with a stored checkpoint larger than the size `witness` (its public key)
+    /// is recorded as having cosigned — none recorded counts as 0 — in byte order: what a
+    /// restart must submit to that witness.
+    fn workspaces_behind_witness(&self, witness: &[u8; 32]) -> Result<Vec<String>>;
     /// A workspace's log position: the stored record, with `next_index` at least one past the
     /// newest stored receipt (the record is not rewritten by every commit).
     fn log_meta(&self, ws: &str) -> Result<Option<LogMeta>>;

@@ -175,6 +175,8 @@ pub(crate) async fn rotate(
     if wake {
         shared.webhook_wake.notify_one();
     }
+    // Its checkpoint goes to the witnesses now, not with the workspace's next one.
+    shared.witnessing.stored(ws, &shared.metrics);
     shared.metrics.receipts_signed.inc();
     tracing::info!(workspace = %ws, index = at, key_id = %answer.keys.keys.last().map_or("", |k| k.key_id.as_str()), "workspace key rotated");
     Ok(answer)

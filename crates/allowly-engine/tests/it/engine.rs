@@ -661,6 +661,9 @@ impl Store for Device {
     fn workspaces_with_unsigned(&self) -> allowly_store::Result<Vec<String>> {
         self.inner.workspaces_with_unsigned()
     }
+    fn workspaces_behind_witness(&self, witness: &[u8; 32]) -> allowly_store::Result<Vec<String>> {
+        self.inner.workspaces_behind_witness(witness)
+    }
     fn log_meta(&self, ws: &str) -> allowly_store::Result<Option<allowly_store::LogMeta>> {
         self.read(|s| s.log_meta(ws))
     }

@@ -665,3 +665,38 @@ fn the_sdks_report_a_witness_quorum_pending_and_wait_through_it() {
         }
     }
 }
+
+/// A checkpoint stored while its only witness (quorum 1) was away, and the server restarted
+/// before the witness came back: the restarted server submits it by itself (its start-up
+/// sweep of the checkpoints each witness has not cosigned, then its backoff until the witness
+/// answers), and the receipt it covers is reported signed with no further check in that
+/// workspace. Without the sweep nothing would queue the workspace again until its next
+/// checkpoint, and the receipt would stay pending for good in an idle workspace.
+#[test]
+fn a_restarted_server_submits_the_checkpoints_a_witness_missed_without_a_new_check() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut a = Witness::init(tmp.path(), "wa.test/w");
+    let mut s = start_server(tmp.path(), "s", &[&a], 1);
+    let t = tenant(&s, "sweep", &["files.read"]);
+    a.start(&[(&s, &t)]);
+    signed(&s, &t, &check(&s, &t));
+    a.stop();
+
+    let id = check(&s, &t);
+    let diag = || receipt(&s, &t, &id).text();
+    eventually("its checkpoint stored, waiting for the witness", diag, || {
+        (receipt(&s, &t, &id).header("allowly-pending-reason") == Some("witness_quorum")).then_some(())
+    });
+    s.stop();
+    let args = server_args(&[&a], 1);
+    let s = Server::start_with(&tmp.path().join("s"), &args.iter().map(String::as_str).collect::<Vec<_>>());
+    s.wait_ready();
+    let pending = receipt(&s, &t, &id);
+    assert_eq!(pending.header("allowly-pending-reason"), Some("witness_quorum"), "{pending}");
+
+    a.start(&[(&s, &t)]);
+    let v = signed(&s, &t, &id);
+    assert_eq!(cosigned_by(v["checkpoint"].as_str().unwrap(), &[&a]), vec!["wa.test/w".to_owned()], "{v}");
+    let (code, out) = verify(&s, &t, &v, &[&a], 1);
+    assert_eq!(code, 0, "{out}");
+}

@@ -596,3 +596,43 @@ pub fn cosignatures_and_witness_heads<S: Store>(s: &S) {
     assert_eq!(s.witness_head("w", &a).unwrap(), Some(257), "a refused batch writes nothing");
     assert!(matches!(s.cosignatures("bad id", 1), Err(StoreError::InvalidId { .. })));
 }
+
+/// The workspaces a restart must submit to a witness: those whose newest stored checkpoint is
+/// larger than the witness's recorded head (no head: 0), each once, in byte order; a workspace
+/// with a log but no checkpoint, or one the witness is level with or ahead of, is not listed,
+/// and another witness's head counts for nothing.
+pub fn workspaces_behind_a_witness<S: Store>(s: &S) {
+    let (a, b) = ([0xa1; 32], [0xb2; 32]);
+    let logged = |ws: &str| Op::PutLogMeta { workspace_id: ws.into(), meta: LogMeta::default() };
+    let checkpoint =
+        |ws: &str, size: u64| Op::PutCheckpoint { workspace_id: ws.into(), size, note: format!("n{size}") };
+    let head = |ws: &str, w: [u8; 32], size: u64| Op::PutWitnessHead { workspace_id: ws.into(), witness: w, size };
+    assert!(s.workspaces_behind_witness(&a).unwrap().is_empty());
+    write(
+        s,
+        vec![
+            logged("fresh"),
+            logged("never"),
+            checkpoint("never", 1),
+            logged("level"),
+            checkpoint("level", 3),
+            head("level", a, 3),
+            logged("behind"),
+            checkpoint("behind", 2),
+            checkpoint("behind", 9),
+            head("behind", a, 2),
+            head("behind", b, 9),
+            logged("ahead"),
+            checkpoint("ahead", 4),
+            head("ahead", a, 5),
+            // A checkpoint with no log record is no log (as for `workspaces_with_unsigned`).
+            checkpoint("orphan", 7),
+        ],
+    );
+    assert_eq!(s.workspaces_behind_witness(&a).unwrap(), ["behind", "never"]);
+    assert_eq!(s.workspaces_behind_witness(&b).unwrap(), ["ahead", "level", "never"]);
+    write(s, vec![head("behind", a, 9), head("never", a, 1)]);
+    assert!(s.workspaces_behind_witness(&a).unwrap().is_empty());
+    write(s, vec![checkpoint("level", 4)]);
+    assert_eq!(s.workspaces_behind_witness(&a).unwrap(), ["level"]);
+}

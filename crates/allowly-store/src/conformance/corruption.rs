@@ -97,6 +97,7 @@ pub fn every_getter_reports_corruption<S: KvEngine>(s: &S) {
     assert_corrupt(s.trail("w", "auth3", None, 10));
     s.raw(Space::LogMeta, b"not/a/ws", br#"{"next_index":1}"#);
     assert_corrupt(s.workspaces_with_unsigned());
+    assert_corrupt(s.workspaces_behind_witness(&[1; 32]));
 
     s.raw(Space::Nodes, &keys::node("w", 0, 5), &[0; 31]);
     assert_corrupt(s.node("w", 0, 5));

@@ -38,6 +38,9 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (ws.clone(), pick(&SIZES), any::<u8>()).prop_map(|(ws, size, n)| Op::PutCheckpoint {
             workspace_id: ws.into(), size, note: format!("{ws} {size} {n}")
         }),
+        1 => (ws.clone(), pick(&SIZES)).prop_map(|(ws, size)| Op::PutWitnessHead {
+            workspace_id: ws.into(), witness: [1; 32], size
+        }),
         1 => (ws.clone(), any::<u64>()).prop_map(|(ws, next_index)| Op::PutLogMeta {
             workspace_id: ws.into(), meta: LogMeta { next_index, ..LogMeta::default() }
         }),
@@ -49,7 +52,8 @@ fn op() -> impl Strategy<Value = Op> {
 
 /// Every getter over the whole universe of ids, rendered (results and errors alike).
 fn observe<S: Store>(s: &S) -> Vec<String> {
-    let mut out = vec![format!("{:?}", s.workspaces_with_unsigned())];
+    let mut out =
+        vec![format!("{:?}", s.workspaces_with_unsigned()), format!("{:?}", s.workspaces_behind_witness(&[1; 32]))];
     for h in 0..3 {
         out.push(format!("{:?}", s.api_key_by_hash(&[h; 32])));
     }

@@ -74,6 +74,7 @@ macro_rules! conformance_tests {
             concurrent_writers,
             documents,
             cosignatures_and_witness_heads,
+            workspaces_behind_a_witness,
             works_as_a_trait_object,
         );
     };
