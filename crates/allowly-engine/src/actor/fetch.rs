@@ -1,6 +1,7 @@
 //! The store reads a request needs that its workspace actor does not hold — an authorization,
 //! an `Idempotency-Key` record, a confirmation, escalation, webhook or delivery, an API key, the
-//! webhook endpoints — done before the request is decided, off the async workers and within
+//! webhook endpoints, a page of the outbox a deleted endpoint's deliveries are cancelled from
+//! (and those deliveries) — done before the request is decided, off the async workers and within
 //! the request's deadline.
 //!
 //! Made inline, such a read held the actor's async worker for as long as the data volume took
@@ -25,7 +26,7 @@
 use std::collections::HashMap;
 
 use allowly_store::{ApiKeyRecord, AuthorizationRecord, DocKind, StoreError};
-use allowly_webhooks::model::DeliveryDoc;
+use allowly_webhooks::model::{delivery_prefix, DeliveryDoc, OutboxDoc};
 use tokio::time::Instant;
 
 use super::{ConfirmationDoc, EscalationDoc, WsState};
@@ -44,11 +45,23 @@ pub(super) struct Wanted {
     follow: bool,
     /// Load the workspace's webhook endpoints into the shared cache.
     endpoints: bool,
+    /// The outbox page after this entry (from the start: `None`) whose entries of this
+    /// endpoint's deliveries are to be cancelled, and those deliveries.
+    outbox: Option<OutboxPage>,
 }
+
+/// Which outbox page: the endpoint whose deliveries are cancelled, and the entry it follows.
+type OutboxPage = (String, Option<String>);
+/// A stored document and its id.
+type Doc = (String, serde_json::Value);
 
 impl Wanted {
     fn is_empty(&self) -> bool {
-        self.docs.is_empty() && self.authorizations.is_empty() && self.api_keys.is_empty() && !self.endpoints
+        self.docs.is_empty()
+            && self.authorizations.is_empty()
+            && self.api_keys.is_empty()
+            && !self.endpoints
+            && self.outbox.is_none()
     }
 }
 
@@ -62,13 +75,19 @@ pub(super) struct Fetched {
     api_keys: HashMap<String, std::result::Result<Option<ApiKeyRecord>, StoreError>>,
     /// The webhook endpoints were loaded (into the shared cache), or tried.
     endpoints: bool,
+    /// The outbox page read, and which.
+    outbox: Option<(OutboxPage, std::result::Result<Vec<Doc>, StoreError>)>,
     /// The reads did not finish in time (`ReadTimeout`), or could not be run.
     failed: Option<EngineError>,
 }
 
 impl Fetched {
     fn is_empty(&self) -> bool {
-        self.failed.is_none() && self.docs.is_empty() && self.authorizations.is_empty() && self.api_keys.is_empty()
+        self.failed.is_none()
+            && self.docs.is_empty()
+            && self.authorizations.is_empty()
+            && self.api_keys.is_empty()
+            && self.outbox.is_none()
     }
 
     /// The answer kept for `key` in `map`, or the failure of the reads; `None`: read the store.
@@ -139,12 +158,16 @@ impl WsState {
                 self.want_endpoints(&mut w);
             }
             WsMsg::CreateWebhook { .. } => self.want_endpoints(&mut w),
-            WsMsg::SetWebhookDisabled { id, .. }
-            | WsMsg::DeleteWebhook { id, .. }
-            | WsMsg::RotateWebhookSecret { id, .. } => {
+            WsMsg::SetWebhookDisabled { id, .. } | WsMsg::RotateWebhookSecret { id, .. } => {
                 self.want_doc(&mut w, DocKind::Webhook, id);
                 self.want_endpoints(&mut w);
             }
+            WsMsg::DeleteWebhook { id, .. } => {
+                self.want_doc(&mut w, DocKind::Webhook, id);
+                self.want_endpoints(&mut w);
+                self.want_outbox(&mut w, id, None);
+            }
+            WsMsg::CancelDeliveries { webhook_id, after, .. } => self.want_outbox(&mut w, webhook_id, Some(after)),
             WsMsg::RetryDelivery { id, .. } => {
                 self.want_doc(&mut w, DocKind::Delivery, id);
                 w.follow = true;
@@ -185,6 +208,12 @@ impl WsState {
         };
         serde_json::from_value::<super::IdemDoc>(v.clone())
             .is_ok_and(|d| d.is_live(crate::clock::now_ms(), self.shared.cfg.idempotency_ttl_ms()))
+    }
+
+    fn want_outbox(&self, w: &mut Wanted, webhook_id: &str, after: Option<&str>) {
+        if self.fetched.outbox.is_none() {
+            w.outbox = Some((webhook_id.to_owned(), after.map(str::to_owned)));
+        }
     }
 
     fn want_endpoints(&self, w: &mut Wanted) {
@@ -254,6 +283,19 @@ impl WsState {
                 // Into the shared cache; an error is met again by the request's own read.
                 let _ = shared.endpoints.get(store, &ws);
             }
+            if let Some((webhook_id, after)) = w.outbox {
+                let page = store.docs(DocKind::Outbox, &ws, after.as_deref(), super::webhooks::CANCEL_PAGE);
+                // The deliveries the cancelling decides on: this endpoint's, by their id.
+                let prefix = delivery_prefix(&webhook_id);
+                for (_, v) in page.iter().flatten() {
+                    let Ok(entry) = serde_json::from_value::<OutboxDoc>(v.clone()) else { continue };
+                    if entry.delivery_id.starts_with(&prefix) {
+                        let r = store.doc(DocKind::Delivery, &ws, &entry.delivery_id);
+                        f.docs.insert((DocKind::Delivery, entry.delivery_id), r);
+                    }
+                }
+                f.outbox = Some(((webhook_id, after), page));
+            }
             Ok(f)
         };
         match self.shared.services.read_until(until, read).await {
@@ -262,6 +304,9 @@ impl WsState {
                 self.fetched.authorizations.extend(f.authorizations);
                 self.fetched.api_keys.extend(f.api_keys);
                 self.fetched.endpoints |= endpoints;
+                if f.outbox.is_some() {
+                    self.fetched.outbox = f.outbox;
+                }
             }
             Err(e) => self.fetched.failed = Some(e),
         }
@@ -275,6 +320,17 @@ impl WsState {
     /// A document as read for the request being decided; `None`: read the store.
     pub(super) fn fetched_doc(&self, kind: DocKind, id: &str) -> Option<Result<Option<serde_json::Value>>> {
         self.fetched.answer(&self.fetched.docs, || (kind, id.to_owned()))
+    }
+
+    /// The outbox page after `after` as read for the request being decided (cancelling
+    /// `webhook_id`'s deliveries); `None`: read the store.
+    pub(super) fn fetched_outbox(&self, webhook_id: &str, after: Option<&str>) -> Option<Result<Vec<Doc>>> {
+        if let Some(((w, a), page)) = &self.fetched.outbox {
+            if w == webhook_id && a.as_deref() == after {
+                return Some(page.clone().map_err(EngineError::from));
+            }
+        }
+        self.fetched.failed.as_ref().map(|e| Err(again(e)))
     }
 
     /// An authorization as read for the request being decided; `None`: read the store.

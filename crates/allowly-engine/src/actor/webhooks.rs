@@ -21,7 +21,7 @@ use crate::error::{EngineError, Refusal, Result};
 use crate::ids::new_id;
 
 /// Outbox entries one cancellation step looks at (one commit).
-const CANCEL_PAGE: usize = 256;
+pub(super) const CANCEL_PAGE: usize = 256;
 
 impl WsState {
     /// The endpoints as of the staged state.
@@ -155,7 +155,11 @@ impl WsState {
         let ws = self.ws.id.as_str();
         let store = &self.shared.store;
         let prefix = delivery_prefix(webhook_id);
-        let page = store.docs(DocKind::Outbox, ws, after, CANCEL_PAGE)?;
+        // Read off the async workers for this request (`fetch.rs`), the store only if not.
+        let page = match self.fetched_outbox(webhook_id, after) {
+            Some(page) => page?,
+            None => store.docs(DocKind::Outbox, ws, after, CANCEL_PAGE)?,
+        };
         let next = if page.len() == CANCEL_PAGE { page.last().map(|(id, _)| id.clone()) } else { None };
         let now = now_ms();
         let mut ops = Vec::new();
@@ -164,7 +168,11 @@ impl WsState {
             if !entry.delivery_id.starts_with(&prefix) {
                 continue;
             }
-            if let Some(v) = store.doc(DocKind::Delivery, ws, &entry.delivery_id)? {
+            let delivery = match self.fetched_doc(DocKind::Delivery, &entry.delivery_id) {
+                Some(r) => r?,
+                None => store.doc(DocKind::Delivery, ws, &entry.delivery_id)?,
+            };
+            if let Some(v) = delivery {
                 let mut d: DeliveryDoc = decode("delivery", &entry.delivery_id, v)?;
                 if d.webhook_id != webhook_id {
                     continue;

@@ -530,7 +530,9 @@ struct Device {
     inner: Arc<allowly_store_rocks::RocksStore>,
     full: std::sync::atomic::AtomicBool,
     slow: std::sync::atomic::AtomicBool,
-    /// Reads blocked by `slow` right now.
+    /// While set, every read of a page of a workspace's webhook outbox blocks like `slow`.
+    slow_outbox: std::sync::atomic::AtomicBool,
+    /// Reads blocked by `slow` or `slow_outbox` right now.
     stalled: std::sync::atomic::AtomicUsize,
 }
 
@@ -539,7 +541,7 @@ const SLOW_READ: Duration = Duration::from_secs(3);
 
 impl Device {
     fn on(inner: Arc<allowly_store_rocks::RocksStore>) -> Self {
-        Self { inner, full: false.into(), slow: false.into(), stalled: 0.into() }
+        Self { inner, full: false.into(), slow: false.into(), slow_outbox: false.into(), stalled: 0.into() }
     }
 
     fn refuse(&self) -> allowly_store::Result<()> {
@@ -551,8 +553,17 @@ impl Device {
 
     /// A read of a log: `f`, after [`SLOW_READ`] while the device is slow.
     fn read<T>(&self, f: impl FnOnce(&allowly_store_rocks::RocksStore) -> T) -> T {
+        self.read_if(&self.slow, f)
+    }
+
+    /// `f`, after [`SLOW_READ`] while `slow` is set.
+    fn read_if<T>(
+        &self,
+        slow: &std::sync::atomic::AtomicBool,
+        f: impl FnOnce(&allowly_store_rocks::RocksStore) -> T,
+    ) -> T {
         use std::sync::atomic::Ordering;
-        if self.slow.load(Ordering::Acquire) {
+        if slow.load(Ordering::Acquire) {
             self.stalled.fetch_add(1, Ordering::AcqRel);
             std::thread::sleep(SLOW_READ);
             self.stalled.fetch_sub(1, Ordering::AcqRel);
@@ -682,7 +693,10 @@ impl Store for Device {
         after: Option<&str>,
         limit: usize,
     ) -> allowly_store::Result<Vec<(String, serde_json::Value)>> {
-        self.inner.docs(kind, ws, after, limit)
+        match kind {
+            allowly_store::DocKind::Outbox => self.read_if(&self.slow_outbox, |s| s.docs(kind, ws, after, limit)),
+            _ => self.inner.docs(kind, ws, after, limit),
+        }
     }
     fn all_docs(
         &self,
@@ -792,6 +806,78 @@ async fn the_pipelines_reads_wait_for_a_slow_volume_off_the_async_workers() {
     store.slow.store(false, Ordering::Release);
     for (ws, auth) in &tenants {
         eventually("signed after the stall", || async { all_signed(&e, ws, auth).await }).await;
+    }
+    e.shutdown().await;
+    signer.stop();
+}
+
+/// Deleting a webhook endpoint reads the first page of its workspace's outbox (to cancel the
+/// endpoint's unfinished deliveries) off the async workers (issue 11): on a device whose outbox
+/// reads block for [`SLOW_READ`], two deletions at once, in two workspaces, are answered
+/// `read_timeout` within their `commit_timeout` with nothing deleted, while a check of a cached
+/// authorization in a third workspace is answered within its own; once the device is fast,
+/// both deletions go through. Before, each actor read the page on its async worker: the two
+/// deletions held both workers of the runtime and the check waited for the volume.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_an_endpoint_reads_the_outbox_off_the_async_workers() {
+    use std::sync::atomic::Ordering;
+    let root = TempDir::new().unwrap();
+    let signer = start_signer(&root);
+    let store = Arc::new(Device::on(open_store(&root)));
+    let cfg = EngineConfig { commit_timeout: Duration::from_secs(1), ..config() };
+    let e = Engine::start(store.clone(), client(&root), cfg.clone()).await.unwrap();
+    let tenants = signed_tenants(&e, 3, "the grants signed").await;
+    for (ws, auth) in &tenants {
+        e.check(ws, ask(auth, "files.read", Some("doc:1")), None).await.unwrap();
+    }
+    let mut hooks = Vec::new();
+    for (ws, _) in &tenants[..2] {
+        let new: allowly_webhooks::NewWebhook = serde_json::from_value(serde_json::json!({
+            "url": "https://example.com/hook", "events": ["receipt.signed"]
+        }))
+        .unwrap();
+        hooks.push((ws.clone(), e.create_webhook(ws, new, None).await.unwrap().webhook.id));
+    }
+
+    store.slow_outbox.store(true, Ordering::Release);
+    let deletions: Vec<_> = hooks
+        .iter()
+        .map(|(ws, id)| {
+            let (e, ws, id) = (e.clone(), ws.clone(), id.clone());
+            tokio::spawn(async move {
+                let started = std::time::Instant::now();
+                (e.delete_webhook(&ws, &id).await, started.elapsed())
+            })
+        })
+        .collect();
+    // Watched from this thread, not with the runtime's timers: with the reads inline (the
+    // bug) both workers sleep in them and no timer fires until they wake.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while store.stalled.load(Ordering::Acquire) < 2 {
+        assert!(std::time::Instant::now() < deadline, "the deletions' outbox reads never stalled");
+        std::thread::yield_now();
+    }
+    let (ws, auth) = &tenants[2];
+    let started = std::time::Instant::now();
+    let out = e.check(ws, ask(auth, "files.read", Some("doc:1")), None).await;
+    let took = started.elapsed();
+    let still_stalled = store.stalled.load(Ordering::Acquire);
+    assert!(took <= cfg.commit_timeout, "a check that reads nothing took {took:?} while two outbox reads stalled");
+    assert_eq!(out.unwrap().decision, Decision::Allow);
+    assert!(still_stalled > 0, "the reads were no longer stalled when the check was answered: the test proves nothing");
+    for d in deletions {
+        let (r, took) = d.await.unwrap();
+        assert!(matches!(r, Err(EngineError::ReadTimeout(_))), "{r:?}");
+        assert!(took <= cfg.commit_timeout, "a deletion was answered after {took:?}");
+    }
+
+    store.slow_outbox.store(false, Ordering::Release);
+    // The stalled reads end by themselves; a deletion now reads a fast device.
+    eventually("the stalled reads end", || async { store.stalled.load(Ordering::Acquire) == 0 }).await;
+    for (ws, id) in &hooks {
+        assert!(e.webhook(ws, id).is_ok(), "a deletion answered read_timeout deleted the endpoint");
+        e.delete_webhook(ws, id).await.unwrap();
+        assert!(matches!(e.webhook(ws, id), Err(EngineError::NotFound { .. })));
     }
     e.shutdown().await;
     signer.stop();
