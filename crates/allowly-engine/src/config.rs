@@ -105,6 +105,11 @@ pub struct EngineConfig {
     pub witness_quorum: usize,
     /// Bound on one `add-checkpoint` exchange with a witness (connect, request, answer).
     pub witness_timeout: Duration,
+    /// After a witness refused a checkpoint (a 4xx other than 409: it does not know the log or
+    /// the key that signed it, or refuses the proof), the workspace is submitted to it again
+    /// after this long — doubling at each refusal in a row, at most an hour — even with no new
+    /// checkpoint, so a witness whose configuration is fixed catches up by itself.
+    pub witness_refused_retry: Duration,
 }
 
 /// One witness (see [`EngineConfig::witnesses`]).
@@ -170,6 +175,7 @@ impl Default for EngineConfig {
             witnesses: Vec::new(),
             witness_quorum: 0,
             witness_timeout: Duration::from_secs(5),
+            witness_refused_retry: Duration::from_secs(60),
         }
     }
 }

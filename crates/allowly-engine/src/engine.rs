@@ -98,8 +98,14 @@ impl Engine {
             metrics.sign_rounds_queued.clone(),
         );
         let witnessing = Arc::new(crate::witnessing::Witnessing::new(&cfg));
-        crate::witnessing::start(&witnessing, store.clone(), metrics.clone(), cfg.witness_timeout)
-            .map_err(|e| EngineError::Internal(format!("cannot start the witness client: {e}")))?;
+        crate::witnessing::start(
+            &witnessing,
+            store.clone(),
+            metrics.clone(),
+            cfg.witness_timeout,
+            cfg.witness_refused_retry,
+        )
+        .map_err(|e| EngineError::Internal(format!("cannot start the witness client: {e}")))?;
         let services = Arc::new(Services {
             witnessing,
             store,

@@ -15,8 +15,11 @@
 //! carries the RFC 9162 consistency proof from there. A `409` (the witness is at another size:
 //! its state or ours is older than the other's answer) is retried once from the size it
 //! names; a network failure, a timeout or a 5xx backs off that witness (doubling from 100 ms to
-//! 5 s: a refused connection every 5 s costs nothing, and a witness back is used soon) with the workspace kept at the head of its queue; any other answer is counted and
-//! logged and the workspace dropped until its next checkpoint. Nothing a witness answers is
+//! 5 s: a refused connection every 5 s costs nothing, and a witness back is used soon) with the
+//! workspace kept at the head of its queue; another 4xx (a log or key the witness was not
+//! given) is counted and logged, and the workspace submitted again after
+//! `witness_refused_retry`, doubling while it keeps being refused (at most an hour); a bad
+//! cosignature is counted and logged and the workspace dropped until its next checkpoint. Nothing a witness answers is
 //! stored unless it is a valid cosignature by that witness's configured key on exactly the
 //! submitted checkpoint.
 //!
@@ -27,7 +30,7 @@
 //! Writes go through `Store::write` (one synced batch per cosignature: the line and the
 //! witness's new head together), not through the committer: they belong to no check.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -50,6 +53,10 @@ pub(crate) const MAX_QUEUED: usize = 100_000;
 /// First and longest wait after a witness did not answer.
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// What submissions say they are (witness operators see it in their logs).
+pub const USER_AGENT: &str = concat!("allowly-witness-submitter/", env!("CARGO_PKG_VERSION"));
+/// Longest wait before a workspace a witness keeps refusing is submitted to it again.
+const REFUSED_RETRY_MAX: Duration = Duration::from_secs(3600);
 /// Most stored cosignatures looked at to find a workspace's newest quorum-cosigned checkpoint,
 /// per configured witness (each checkpoint has at most one line per witness).
 const QUORUM_SCAN_PER_WITNESS: usize = 64;
@@ -217,12 +224,13 @@ pub(crate) fn start(
     store: Arc<dyn Store>,
     metrics: Metrics,
     timeout: Duration,
+    refused_retry: Duration,
 ) -> Result<(), String> {
     if !witnessing.enabled() {
         return Ok(());
     }
     // Witnesses are chosen by the operator, on whatever network they are: no address policy.
-    let sender = Sender::new(timeout, allowly_webhooks::Policy::AllowPrivate)?;
+    let sender = Sender::new(timeout, allowly_webhooks::Policy::AllowPrivate)?.with_user_agent(USER_AGENT);
     for w in &witnessing.witnesses {
         for outcome in SUBMISSION_OUTCOMES {
             metrics.witness_submissions.with_label_values(&[w.label(), outcome]);
@@ -236,6 +244,9 @@ pub(crate) fn start(
             sender: sender.clone(),
             heads: HashMap::new(),
             lags: HashMap::new(),
+            refused_retry,
+            refused: HashMap::new(),
+            refused_due: BTreeSet::new(),
         };
         tokio::spawn(task.run(Arc::downgrade(witnessing)));
     }
@@ -250,6 +261,9 @@ enum Sent {
     Done,
     /// The witness did not answer: back off, and try this workspace again first.
     Unavailable(String),
+    /// The witness answered a 4xx other than 409: try this workspace again later (see
+    /// [`Submitter::refused`]).
+    Refused,
 }
 
 /// One witness's task.
@@ -263,6 +277,15 @@ struct Submitter {
     /// Leaves between each workspace's newest submitted checkpoint and what this witness last
     /// cosigned, for those not caught up (their sum is the lag gauge).
     lags: HashMap<String, u64>,
+    /// First wait before a refused workspace is submitted again (`witness_refused_retry`).
+    refused_retry: Duration,
+    /// Workspaces this witness refused, each with its current wait: doubled at each refusal in
+    /// a row (at most [`REFUSED_RETRY_MAX`]), forgotten once the witness cosigns. Without the
+    /// retry, a witness refusing (a log or key it was not yet given, as after a key rotation)
+    /// would see the workspace again only with its next checkpoint — never, in an idle one.
+    refused: HashMap<String, Duration>,
+    /// When each refused workspace goes back into the queue, soonest first.
+    refused_due: BTreeSet<(tokio::time::Instant, String)>,
 }
 
 impl Submitter {
@@ -273,15 +296,25 @@ impl Submitter {
             if alive.upgrade().is_none() {
                 return;
             }
+            self.requeue_refused();
             let Some(ws) = self.witness.pop() else {
-                // Woken by the next hand-off, or at least once a second to notice the engine's end.
-                let _ = tokio::time::timeout(Duration::from_secs(1), self.witness.wake.notified()).await;
+                // Woken by the next hand-off, or at least once a second to notice the engine's
+                // end, or when the next refused workspace is due.
+                let now = tokio::time::Instant::now();
+                let due = self.refused_due.first().map_or(Duration::MAX, |(at, _)| at.saturating_duration_since(now));
+                let _ = tokio::time::timeout(due.min(Duration::from_secs(1)), self.witness.wake.notified()).await;
                 continue;
             };
             match self.submit(&ws).await {
                 Sent::Done => {
                     backoff = BACKOFF_START;
                     self.up(true);
+                    self.refused.remove(&ws);
+                }
+                Sent::Refused => {
+                    backoff = BACKOFF_START;
+                    self.up(true);
+                    self.refuse(ws);
                 }
                 Sent::Unavailable(why) => {
                     self.count("unavailable");
@@ -333,6 +366,32 @@ impl Submitter {
                 dropped,
                 "submitting the checkpoints this witness has not cosigned yet"
             );
+        }
+    }
+
+    /// Schedules a refused workspace's next submission (see [`Submitter::refused`]).
+    fn refuse(&mut self, ws: String) {
+        let wait = match self.refused.get(&ws) {
+            Some(w) => (*w * 2).min(REFUSED_RETRY_MAX),
+            None if self.refused.len() >= MAX_QUEUED => {
+                self.count("dropped");
+                return;
+            }
+            None => self.refused_retry,
+        };
+        self.refused.insert(ws.clone(), wait);
+        self.refused_due.insert((tokio::time::Instant::now() + wait, ws));
+    }
+
+    /// Puts the refused workspaces that are due back into the queue.
+    fn requeue_refused(&mut self) {
+        let now = tokio::time::Instant::now();
+        while self.refused_due.first().is_some_and(|(at, _)| *at <= now) {
+            if let Some((_, ws)) = self.refused_due.pop_first() {
+                if !self.witness.push(&ws, false) {
+                    self.count("dropped");
+                }
+            }
         }
     }
 
@@ -414,8 +473,8 @@ impl Submitter {
                 }
                 Ok(Added::Refused(status, body)) => {
                     self.count("refused");
-                    tracing::warn!(witness = self.witness.label(), workspace = %ws, status, answer = %body, "the witness refused the checkpoint");
-                    return Sent::Done;
+                    tracing::warn!(witness = self.witness.label(), workspace = %ws, status, answer = %body, "the witness refused the checkpoint; submitting it again later");
+                    return Sent::Refused;
                 }
                 Ok(Added::BadCosignature(why)) => {
                     self.count("bad_cosignature");

@@ -47,7 +47,8 @@ rotation_drain_timeout_ms, commit_window_us, sign_rounds_per_second, min_free_di
 max_pending_writes, max_long_polls, long_poll_max_ms, max_cached_authorizations, idle_timeout_ms, memory_high_water_mib, body_limit,
 max_connections, max_connections_per_address, request_read_timeout_ms, metrics_token_file,
 rate_limit_per_second, rate_limit_burst, confirmation_ttl_ms,
-escalation_ttl_ms, user, signer_user, postgres, witness_quorum, witness_timeout_ms, webhook_base_backoff_ms,
+escalation_ttl_ms, user, signer_user, postgres, witness_quorum, witness_timeout_ms,
+witness_refused_retry_ms, webhook_base_backoff_ms,
 webhook_max_backoff_ms, webhook_give_up_after_ms, webhook_attempt_timeout_ms, webhook_retention_ms,
 webhook_allow_private_networks; witnesses as [[witness]] tables with vkey, url and an optional
 name). Precedence: flag > environment > file > default. Relative paths are relative to the
@@ -346,6 +347,11 @@ pub struct ServeArgs {
     /// Bound on one submission to a witness (connect, request, answer) (100..=60000) [default: 5000].
     #[arg(long, env = "ALLOWLY_WITNESS_TIMEOUT_MS", value_name = "MS")]
     pub witness_timeout_ms: Option<u64>,
+    /// After a witness refuses a workspace's checkpoint (a 4xx other than 409: an unknown log or
+    /// key), submit it again after this long, doubling while it keeps refusing, at most an hour
+    /// (100..=3600000) [default: 60000].
+    #[arg(long, env = "ALLOWLY_WITNESS_REFUSED_RETRY_MS", value_name = "MS")]
+    pub witness_refused_retry_ms: Option<u64>,
 }
 
 /// A witness in the TOML file (`[[witness]]`).
@@ -456,6 +462,7 @@ pub struct FileConfig {
     pub witness: Vec<FileWitness>,
     pub witness_quorum: Option<usize>,
     pub witness_timeout_ms: Option<u64>,
+    pub witness_refused_retry_ms: Option<u64>,
 }
 
 /// A byte size in the TOML file: an integer, or text with a unit (see [`parse_size`]).
@@ -553,6 +560,8 @@ pub struct ServerConfig {
     pub witness_quorum: usize,
     /// See `EngineConfig::witness_timeout`.
     pub witness_timeout: Duration,
+    /// First wait before a workspace a witness refused is submitted to it again.
+    pub witness_refused_retry: Duration,
 }
 
 impl ServeArgs {
@@ -735,6 +744,11 @@ impl ServeArgs {
         if !(Duration::from_millis(100)..=Duration::from_secs(60)).contains(&witness_timeout) {
             return Err(Error::OutOfRange("witness_timeout_ms", "100..=60000"));
         }
+        let witness_refused_retry =
+            ms(self.witness_refused_retry_ms, file.witness_refused_retry_ms, e.witness_refused_retry);
+        if !(Duration::from_millis(100)..=Duration::from_secs(3600)).contains(&witness_refused_retry) {
+            return Err(Error::OutOfRange("witness_refused_retry_ms", "100..=3600000"));
+        }
         let store = match self.postgres.or(file.postgres) {
             Some(conninfo) => StoreConfig::Postgres(conninfo),
             None => StoreConfig::Rocks,
@@ -743,6 +757,7 @@ impl ServeArgs {
             witnesses,
             witness_quorum,
             witness_timeout,
+            witness_refused_retry,
             store,
             users,
             connections,
@@ -1183,6 +1198,7 @@ mod tests {
             ("witnesses", "ALLOWLY_WITNESSES"),
             ("witness_quorum", "ALLOWLY_WITNESS_QUORUM"),
             ("witness_timeout_ms", "ALLOWLY_WITNESS_TIMEOUT_MS"),
+            ("witness_refused_retry_ms", "ALLOWLY_WITNESS_REFUSED_RETRY_MS"),
         ] {
             let a = serve.get_arguments().find(|a| a.get_id() == arg).unwrap();
             assert_eq!(a.get_env().and_then(|e| e.to_str()), Some(env), "{arg}");

@@ -228,6 +228,7 @@ async fn serve_with_engine(
             witnesses: cfg.witnesses.clone(),
             witness_quorum: cfg.witness_quorum,
             witness_timeout: cfg.witness_timeout,
+            witness_refused_retry: cfg.witness_refused_retry,
             ..EngineConfig::default()
         },
     )

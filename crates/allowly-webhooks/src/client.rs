@@ -165,6 +165,13 @@ impl Sender {
         Ok(Self { client, timeout, user_agent, policy })
     }
 
+    /// The same client, saying `user_agent` (`name/version`) instead of `allowly-webhooks/…`:
+    /// for requests that are not webhook deliveries.
+    pub fn with_user_agent(mut self, user_agent: &'static str) -> Self {
+        self.user_agent = HeaderValue::from_static(user_agent);
+        self
+    }
+
     /// POSTs `body` to `url` with `headers` (the Standard Webhooks ones).
     pub async fn post(&self, url: &str, headers: &[(&'static str, String)], body: Bytes) -> Outcome {
         match self.exchange(url, "application/json", headers, body).await {

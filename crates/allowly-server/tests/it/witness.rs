@@ -318,11 +318,17 @@ fn a_stopped_witness_holds_back_a_quorum_of_two_and_catches_up_through_its_409()
 
 /// Answers every `add-checkpoint` with a cosignature line under `name` that is not `name`'s
 /// (signed by another key): a witness answering garbage.
-fn bad_witness(name: &'static str) -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+/// Also answers the `User-Agent` of every request it read.
+#[allow(clippy::type_complexity)]
+fn bad_witness(
+    name: &'static str,
+) -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicU64>, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap();
     let served = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let count = served.clone();
+    let agents = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = agents.clone();
     std::thread::spawn(move || {
         for conn in l.incoming() {
             let Ok(mut conn) = conn else { continue };
@@ -335,6 +341,9 @@ fn bad_witness(name: &'static str) -> (SocketAddr, std::sync::Arc<std::sync::ato
                 }
                 if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
                     len = v.trim().parse().unwrap_or(0);
+                }
+                if line.to_ascii_lowercase().starts_with("user-agent:") {
+                    seen.lock().unwrap().push(line["user-agent:".len()..].trim().to_owned());
                 }
                 if line == "\r\n" {
                     break;
@@ -354,14 +363,14 @@ fn bad_witness(name: &'static str) -> (SocketAddr, std::sync::Arc<std::sync::ato
             let _ = conn.write_all(answer.as_bytes());
         }
     });
-    (addr, served)
+    (addr, served, agents)
 }
 
 #[test]
 fn a_witness_answering_a_bad_cosignature_is_counted_and_nothing_of_it_is_stored() {
     let tmp = tempfile::tempdir().unwrap();
     let mut a = Witness::init(tmp.path(), "wa.test/w");
-    let (fake_addr, answered) = bad_witness("fake.test/w");
+    let (fake_addr, answered, agents) = bad_witness("fake.test/w");
     let fake_key =
         CosignerKey::new("fake.test/w", ed25519_dalek::SigningKey::from_bytes(&[0x55; 32]).verifying_key()).unwrap();
     let dir = tmp.path().join("s");
@@ -386,6 +395,9 @@ fn a_witness_answering_a_bad_cosignature_is_counted_and_nothing_of_it_is_stored(
         },
     );
     assert!(answered.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+    // Submissions say what they are, not that they are webhook deliveries.
+    let agents = agents.lock().unwrap().clone();
+    assert!(!agents.is_empty() && agents.iter().all(|a| a.starts_with("allowly-witness-submitter/")), "{agents:?}");
     assert!(!note.contains("— fake.test/w "), "a bad cosignature was stored and served: {note}");
     // Quorum 2 with one good witness: pending.
     assert_eq!(receipt(&s, &t, &id).json()["status"], "pending");
@@ -699,4 +711,39 @@ fn a_restarted_server_submits_the_checkpoints_a_witness_missed_without_a_new_che
     assert_eq!(cosigned_by(v["checkpoint"].as_str().unwrap(), &[&a]), vec!["wa.test/w".to_owned()], "{v}");
     let (code, out) = verify(&s, &t, &v, &[&a], 1);
     assert_eq!(code, 0, "{out}");
+}
+
+/// A witness that refuses a workspace's checkpoint (404: it was not given that log) is sent it
+/// again later by itself (`--witness-refused-retry-ms`): once the witness is given the log, the
+/// receipt waiting for it (quorum 1) is reported signed with no further check in that
+/// workspace. Before, a refused workspace waited for its next checkpoint — for good in an idle
+/// one.
+#[test]
+fn a_refused_checkpoint_is_submitted_again_and_cosigned_once_the_witness_knows_the_log() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut a = Witness::init(tmp.path(), "wa.test/w");
+    let dir = tmp.path().join("s");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut args = server_args(&[&a], 1);
+    args.extend(["--witness-refused-retry-ms".to_owned(), "300".to_owned()]);
+    let s = Server::start_with(&dir, &args.iter().map(String::as_str).collect::<Vec<_>>());
+    let (known, unknown) = (tenant(&s, "known", &["files.read"]), tenant(&s, "unknown", &["files.read"]));
+    a.start(&[(&s, &known)]);
+    signed(&s, &known, &check(&s, &known));
+
+    let id = check(&s, &unknown);
+    let diag = || s.client().get("/metrics", None).text();
+    eventually("the check's checkpoint stored, waiting for the witness", diag, || {
+        (receipt(&s, &unknown, &id).header("allowly-pending-reason") == Some("witness_quorum")).then_some(())
+    });
+    // Refused while the witness does not know the log, and again later (the retries go on,
+    // further apart), with no new checkpoint in between.
+    let refused = server_metric(&s, "wa.test/w", "refused");
+    assert!(refused >= 1, "{}", diag());
+    eventually("refused again", diag, || (server_metric(&s, "wa.test/w", "refused") > refused).then_some(()));
+
+    a.stop();
+    a.start(&[(&s, &known), (&s, &unknown)]);
+    let v = signed(&s, &unknown, &id);
+    assert_eq!(cosigned_by(v["checkpoint"].as_str().unwrap(), &[&a]), vec!["wa.test/w".to_owned()], "{v}");
 }
