@@ -58,7 +58,8 @@ pub const USER_AGENT: &str = concat!("allowly-witness-submitter/", env!("CARGO_P
 /// Longest wait before a workspace a witness keeps refusing is submitted to it again.
 const REFUSED_RETRY_MAX: Duration = Duration::from_secs(3600);
 /// Most stored cosignatures looked at to find a workspace's newest quorum-cosigned checkpoint,
-/// per configured witness (each checkpoint has at most one line per witness).
+/// per configured witness (each checkpoint has at most one line per witness), from the largest
+/// size that `quorum` witnesses have each cosigned or passed (see `witnessed_size`).
 const QUORUM_SCAN_PER_WITNESS: usize = 64;
 
 /// The `outcome` label of `allowly_engine_witness_submissions_total`, a closed set:
@@ -191,11 +192,25 @@ impl Witnessing {
 
     /// The size of the newest stored checkpoint of size `<= at_most` cosigned by at least
     /// `quorum` distinct configured witnesses, if any (among the most recent stored
-    /// cosignatures: see [`QUORUM_SCAN_PER_WITNESS`]). `Some(at_most)` when witnesses are off.
+    /// cosignatures below the `quorum`-th largest head: see [`QUORUM_SCAN_PER_WITNESS`]).
+    /// `Some(at_most)` when witnesses are off.
     pub fn witnessed_size(&self, store: &dyn Store, ws: &str, at_most: u64) -> Result<Option<u64>, StoreError> {
         if !self.enabled() {
             return Ok(Some(at_most));
         }
+        // No checkpoint larger than the `quorum`-th largest of the witnesses' heads (the largest
+        // size each cosigned) can have `quorum` cosignatures: the scan starts there. Without
+        // this, witnesses down for long while one kept cosigning alone pushed the last quorum
+        // checkpoint out of the scan's window, and receipts reported signed turned pending.
+        let mut heads = Vec::with_capacity(self.witnesses.len());
+        for k in self.keys() {
+            if let Some(head) = store.witness_head(ws, k.key().as_bytes())? {
+                heads.push(head);
+            }
+        }
+        heads.sort_unstable_by(|a, b| b.cmp(a));
+        let Some(&bound) = heads.get(self.quorum - 1) else { return Ok(None) };
+        let at_most = at_most.min(bound);
         let limit = QUORUM_SCAN_PER_WITNESS * self.witnesses.len().max(1);
         let recent = store.recent_cosignatures(ws, at_most, limit)?;
         let mut current: Option<u64> = None;
@@ -607,13 +622,15 @@ mod tests {
         Witnessing::new(&EngineConfig { witnesses, witness_quorum: quorum, ..EngineConfig::default() })
     }
 
-    fn cosig(size: u64, k: &CosignerKey) -> Op {
-        Op::PutCosignature {
-            workspace_id: "ws".into(),
-            size,
-            witness: *k.key().as_bytes(),
-            line: format!("— {} x{size}\n", k.name()),
-        }
+    /// A cosignature as the witness task stores it: the line and the witness's new head.
+    fn cosig(size: u64, k: &CosignerKey) -> [Op; 2] {
+        let witness = *k.key().as_bytes();
+        [
+            Op::PutCosignature {
+                workspace_id: "ws".into(), size, witness, line: format!("— {} x{size}\n", k.name())
+            },
+            Op::PutWitnessHead { workspace_id: "ws".into(), witness, size },
+        ]
     }
 
     #[test]
@@ -644,13 +661,32 @@ mod tests {
         let w = witnessing(&[a.clone(), b.clone()], 2);
         let store = MemStore::default();
         assert_eq!(w.witnessed_size(&store, "ws", u64::MAX).unwrap(), None);
-        let ops = vec![cosig(5, &a), cosig(5, &b), cosig(7, &a), cosig(7, &stranger), cosig(9, &b)];
-        store.write(WriteBatch::from(ops), Durability::Sync).unwrap();
+        let ops = [cosig(5, &a), cosig(5, &b), cosig(7, &a), cosig(7, &stranger), cosig(9, &b)];
+        store.write(WriteBatch::from(ops.concat()), Durability::Sync).unwrap();
         // 9 and 7 have one configured cosigner each (a stranger does not count): 5.
         assert_eq!(w.witnessed_size(&store, "ws", u64::MAX).unwrap(), Some(5));
         assert_eq!(w.witnessed_size(&store, "ws", 4).unwrap(), None);
         let one = witnessing(&[a.clone(), b.clone()], 1);
         assert_eq!(one.witnessed_size(&store, "ws", u64::MAX).unwrap(), Some(9));
         assert_eq!(one.witnessed_size(&store, "ws", 8).unwrap(), Some(7));
+    }
+
+    /// Two of three witnesses down for long while the third cosigns every checkpoint alone:
+    /// the last checkpoint with the quorum stays found, however many lone cosignatures follow.
+    #[test]
+    fn a_quorum_checkpoint_stays_witnessed_behind_any_number_of_lone_cosignatures() {
+        let (a, b, c) = (key(1), key(2), key(3));
+        let w = witnessing(&[a.clone(), b.clone(), c.clone()], 2);
+        let store = MemStore::default();
+        let mut ops = [cosig(10, &a), cosig(10, &b)].concat();
+        let lone = 3 * QUORUM_SCAN_PER_WITNESS as u64 + 10;
+        for size in 11..=10 + lone {
+            ops.extend(cosig(size, &a));
+        }
+        store.write(WriteBatch::from(ops), Durability::Sync).unwrap();
+        assert_eq!(w.witnessed_size(&store, "ws", u64::MAX).unwrap(), Some(10));
+        // One more witness back, cosigning the newest: that is the quorum now.
+        store.write(WriteBatch::from(cosig(10 + lone, &c).to_vec()), Durability::Sync).unwrap();
+        assert_eq!(w.witnessed_size(&store, "ws", u64::MAX).unwrap(), Some(10 + lone));
     }
 }
