@@ -116,6 +116,7 @@ const CODES: ReadonlyArray<readonly [string, Family]> = [
   ["shutting_down", Unavailable],
   ["storage_full", Unavailable],
   ["storage_failed", Unavailable],
+  ["storage_unavailable", Unavailable],
   ["storage_slow", Unavailable],
   ["commit_timeout", Unavailable],
   ["read_timeout", Unavailable],

@@ -14,6 +14,8 @@ pub enum Fault {
     StorageFull,
     /// A store write failed with a device error (EIO and the like).
     StorageFailed,
+    /// A networked store (PostgreSQL) could not be reached or did not answer in time.
+    StorageUnavailable,
     /// Synced store writes take longer than half of `--commit-timeout-ms` (one has been
     /// running that long, or the last one took that long): a request arriving now would wait
     /// for it and then for its own, and would likely time out with its outcome unknown, so it
@@ -27,9 +29,10 @@ pub enum Fault {
 
 impl Fault {
     /// Every fault, in the order `/readyz` lists them.
-    pub const ALL: [Fault; 5] = [
+    pub const ALL: [Fault; 6] = [
         Fault::StorageFull,
         Fault::StorageFailed,
+        Fault::StorageUnavailable,
         Fault::StorageSlow,
         Fault::SignerStorageFailed,
         Fault::SigningBacklog,
@@ -40,6 +43,7 @@ impl Fault {
         match self {
             Self::StorageFull => "storage_full",
             Self::StorageFailed => "storage_failed",
+            Self::StorageUnavailable => "storage_unavailable",
             Self::StorageSlow => "storage_slow",
             Self::SignerStorageFailed => "signer_storage_failed",
             Self::SigningBacklog => "signing_backlog",
@@ -51,6 +55,7 @@ impl Fault {
         match self {
             Self::StorageFull => "the data volume is (nearly) full; nothing was decided or changed",
             Self::StorageFailed => "the data volume failed a write; nothing was decided or changed",
+            Self::StorageUnavailable => "the database cannot be reached; nothing was decided or changed",
             Self::StorageSlow => {
                 "the data volume is too slow to make writes durable in time; nothing was decided or changed"
             }
@@ -59,14 +64,20 @@ impl Fault {
         }
     }
 
-    /// The fault a failed store write stands for, if it is one (a full or failing device).
+    /// The fault a failed store write stands for, if it is one (a full or failing device, a
+    /// database out of reach).
     pub fn of_store_error(e: &StoreError) -> Option<Fault> {
         match e {
             StoreError::NoSpace(_) => Some(Self::StorageFull),
             StoreError::Io(_) => Some(Self::StorageFailed),
+            StoreError::Unavailable(_) => Some(Self::StorageUnavailable),
             _ => None,
         }
     }
+
+    /// The faults a failed store write raises ([`Fault::of_store_error`]); each stands until a
+    /// probe write succeeds.
+    pub(crate) const OF_WRITES: [Fault; 3] = [Fault::StorageFull, Fault::StorageFailed, Fault::StorageUnavailable];
 
     pub(crate) fn bit(self) -> u32 {
         1 << (self as u32)

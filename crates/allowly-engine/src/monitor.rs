@@ -98,8 +98,7 @@ fn start_probe(s: &Arc<Shared>, recover: bool) {
                         crate::error::EngineError::Store(se) => Fault::of_store_error(se),
                         _ => None,
                     };
-                    let standing =
-                        [Fault::StorageFull, Fault::StorageFailed].into_iter().find(|f| s.faults.is_active(*f));
+                    let standing = Fault::OF_WRITES.into_iter().find(|f| s.faults.is_active(*f));
                     let fault = fault.or(standing).unwrap_or(Fault::StorageFailed);
                     *failure = Some((fault, format!("store writes still fail: {e}")));
                 }
@@ -137,10 +136,11 @@ pub(crate) async fn check(s: &Arc<Shared>) {
         match failure {
             // The probe failed too: its error says which fault stands.
             Some((fault, why)) => {
-                let (write_full, write_failed) =
-                    if fault == Fault::StorageFull { (Some(why), None) } else { (None, Some(why)) };
-                s.faults.set(Fault::StorageFull, full.or(write_full), m);
-                s.faults.set(Fault::StorageFailed, write_failed, m);
+                for f in Fault::OF_WRITES {
+                    let by_write = (f == fault).then(|| why.clone());
+                    let detail = if f == Fault::StorageFull { full.clone().or(by_write) } else { by_write };
+                    s.faults.set(f, detail, m);
+                }
             }
             // No probe has answered since the failure: the fault it raised stands.
             None => {
@@ -154,6 +154,7 @@ pub(crate) async fn check(s: &Arc<Shared>) {
         // A write may have failed since the flag was read: its fault stands until a probe.
         if !s.faults.write_failed.load(Ordering::Acquire) {
             s.faults.clear(Fault::StorageFailed, m);
+            s.faults.clear(Fault::StorageUnavailable, m);
         }
     }
     // A slow volume. A write running for longer than the bound raises it now (it cannot time

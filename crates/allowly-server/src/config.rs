@@ -95,7 +95,8 @@ and escalations) answer 503 and /readyz is false while the signer does not answe
 --signer-timeout-ms (signer_unavailable; until then checks are still acknowledged with durable,
 pending receipts: the fail-closed window), while the data volume has less free space than
 --min-free-disk (storage_full; default 256 MiB or 1 % of the volume, whichever is larger), after a
-store write fails on the device (storage_full or storage_failed, until a probe write succeeds),
+store write fails on the device (storage_full or storage_failed, until a probe write succeeds) or
+cannot reach the database (storage_unavailable, PostgreSQL mode),
 while the signer cannot write its journal (signer_storage_failed), and while the oldest unsigned
 receipt is older than --max-unsigned-age-ms (signing_backlog). Each clears by itself when its
 cause does, except that RocksDB refuses writes after a failed write-ahead-log write until the

@@ -29,6 +29,7 @@
 //! | `shutting_down` | 503 | the server is stopping (`Retry-After`) |
 //! | `storage_full` | 503 | the data volume is below `--min-free-disk`, or a store write found the device full: receipt-producing calls fail closed (`Retry-After`) |
 //! | `storage_failed` | 503 | a store write failed with a device error; until a probe write succeeds, receipt-producing calls fail closed (`Retry-After`) |
+//! | `storage_unavailable` | 503 | the database (PostgreSQL mode) could not be reached or did not answer in time; until a probe write succeeds, receipt-producing calls fail closed (`Retry-After`); a read answered so is safe to retry |
 //! | `storage_slow` | 503 | synced store writes take longer than half of `--commit-timeout-ms` (one is running that long, or the last took that long): receipt-producing calls fail closed at once, nothing written, until a write is quick again; also a request refused because `--max-pending-writes` are waiting while the volume is slow (`Retry-After`) |
 //! | `commit_timeout` | 503 | the request was not answered within `--commit-timeout-ms` (its workspace's queue and the synced write of its effects). Its outcome is **unknown**: it may still become durable. Retry with the same `Idempotency-Key` to get the first answer if it did, or a new decision if it did not — never two effects (`Retry-After`) |
 //! | `read_timeout` | 503 | a store read the request needs (its API key on a cache miss, the object or page it asks for) was not done within `--commit-timeout-ms` (a slow or stalled data volume), or 256 reads already wait for the volume; nothing was changed (`Retry-After`) |
@@ -464,6 +465,7 @@ fn title(code: &str) -> &'static str {
         "shutting_down" => "Shutting down",
         "storage_full" => "Storage full",
         "storage_failed" => "Storage failed",
+        "storage_unavailable" => "Storage unavailable",
         "storage_slow" => "Storage slow",
         "commit_timeout" => "Commit timeout",
         "read_timeout" => "Read timeout",
@@ -544,6 +546,8 @@ mod tests {
             Some("/data"),
         );
         check(EngineError::Store(StoreError::Io("/data/db: EIO".into())), 503, "storage_failed", Some("/data"));
+        let gone = StoreError::Unavailable("postgres: apply: connection closed".into());
+        check(EngineError::Store(gone), 503, "storage_unavailable", None);
         check(EngineError::Store(StoreError::Engine("/data busy".into())), 500, "storage_error", Some("/data"));
         check(EngineError::WorkspaceLogDiverged, 503, "workspace_log_diverged", None);
         check(EngineError::WorkspaceLogBehindSigner, 503, "workspace_log_behind_signer", None);

@@ -49,17 +49,23 @@ impl Failure {
     pub(crate) fn into_store(self, what: &str) -> StoreError {
         match self {
             Failure::Db(e) => db_err(what, &e),
-            Failure::TimedOut => StoreError::Engine(format!("postgres: {what}: no answer before the deadline")),
+            Failure::TimedOut => StoreError::Unavailable(format!("postgres: {what}: no answer before the deadline")),
             Failure::Store(e) => e,
         }
     }
 }
 
 /// A database error as a `StoreError`: a full disk is `NoSpace`, an IO error `Io`, data the
-/// database found corrupt `Corrupt`, everything else (connection lost, refused, timeouts,
-/// conflicts retried too often) `Engine`.
+/// database found corrupt `Corrupt`, a database out of reach `Unavailable` (a closed connection
+/// or a socket error: refused, reset, lost; or the server's own "connection exception" and
+/// "shutting down / starting up" codes), everything else (conflicts retried too often, a
+/// statement refused, a value that does not convert) `Engine`.
 pub(crate) fn db_err(what: &str, e: &tokio_postgres::Error) -> StoreError {
     let text = describe(e);
+    let lost = e.is_closed() || std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>());
+    if lost || e.code().is_some_and(out_of_reach) {
+        return StoreError::Unavailable(format!("postgres: {what}: {text}"));
+    }
     match e.code() {
         Some(c) if *c == SqlState::DISK_FULL => StoreError::NoSpace(format!("postgres: {what}: {text}")),
         Some(c) if *c == SqlState::IO_ERROR => StoreError::Io(format!("postgres: {what}: {text}")),
@@ -68,6 +74,15 @@ pub(crate) fn db_err(what: &str, e: &tokio_postgres::Error) -> StoreError {
         }
         _ => StoreError::Engine(format!("postgres: {what}: {text}")),
     }
+}
+
+/// SQLSTATEs that mean the database is (for now) out of reach: class 08 (connection
+/// exception) and the server shutting down, crashed or still starting (57P01–57P03).
+fn out_of_reach(c: &SqlState) -> bool {
+    c.code().starts_with("08")
+        || *c == SqlState::ADMIN_SHUTDOWN
+        || *c == SqlState::CRASH_SHUTDOWN
+        || *c == SqlState::CANNOT_CONNECT_NOW
 }
 
 /// The server's message and SQLSTATE when it sent one, else the client's error and its causes.

@@ -90,7 +90,7 @@ impl Pool {
         let jobs = self.jobs.as_ref().ok_or_else(|| StoreError::Engine("postgres: the store is closed".into()))?;
         match jobs.send_timeout(job, deadline.saturating_duration_since(Instant::now())) {
             Ok(()) => Ok(()),
-            Err(SendTimeoutError::Timeout(_)) => Err(StoreError::Engine(format!(
+            Err(SendTimeoutError::Timeout(_)) => Err(StoreError::Unavailable(format!(
                 "postgres: every connection stayed busy and the queue full for {:?}",
                 self.timeout
             ))),
@@ -126,9 +126,9 @@ pub(crate) fn answer<T>(rx: &crossbeam_channel::Receiver<Result<T>>, deadline: I
     match rx.recv_timeout((deadline + GRACE).saturating_duration_since(Instant::now())) {
         Ok(r) => r,
         Err(RecvTimeoutError::Timeout) => {
-            Err(StoreError::Engine("postgres: no answer from the connection thread before the deadline".into()))
+            Err(StoreError::Unavailable("postgres: no answer from the connection thread before the deadline".into()))
         }
-        Err(RecvTimeoutError::Disconnected) => Err(StoreError::Engine(
+        Err(RecvTimeoutError::Disconnected) => Err(StoreError::Unavailable(
             "postgres: the call was dropped unanswered (its deadline passed in the queue)".into(),
         )),
     }
@@ -208,7 +208,9 @@ impl Conn {
             let live = match (&self.live, mode) {
                 (Some(live), _) => live.clone(),
                 (None, Mode::InTransaction) => {
-                    return Err(StoreError::Engine(format!("postgres: {what}: the transaction's connection was lost")))
+                    return Err(StoreError::Unavailable(format!(
+                        "postgres: {what}: the transaction's connection was lost"
+                    )))
                 }
                 (None, Mode::Own) => {
                     self.connect(deadline).map_err(|f| f.into_store(&format!("{what}, connecting")))?

@@ -185,6 +185,29 @@ impl Cluster {
         (name, conninfo)
     }
 
+    /// Stops the database server (`pg_ctl stop -m fast`: every connection is closed), keeping
+    /// its data, as an outage would; [`Cluster::start_server`] starts it again. For a cluster of
+    /// its own: the [`shared`] one serves other tests.
+    pub fn stop_server(&self) {
+        self.pg_ctl(&["-m", "fast", "-w", "stop"]);
+    }
+
+    /// Starts the server [`Cluster::stop_server`] stopped, on the same data.
+    pub fn start_server(&self) {
+        let log = self.dir.join("log");
+        self.pg_ctl(&["-l", log.to_str().expect("UTF-8 path"), "-w", "-t", "120", "start"]);
+    }
+
+    fn pg_ctl(&self, args: &[&str]) {
+        let out = as_cluster_owner(&mut Command::new(self.bindir.join("pg_ctl")))
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .args(args)
+            .output()
+            .expect("run pg_ctl");
+        assert!(out.status.success(), "pg_ctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
     /// A new, empty database and its connection string.
     pub fn fresh_database(&self, name: &str) -> String {
         self.psql("postgres", &format!("CREATE DATABASE {name}"));

@@ -36,6 +36,11 @@ pub enum StoreError {
     /// [`StoreError::Engine`]; an embedded engine may refuse every later write until reopened.
     #[error("storage device error: {0}")]
     Io(String),
+    /// A networked store could not be reached or did not answer in time (its server down or
+    /// restarting, the connection refused or lost). Unacknowledged like [`StoreError::Engine`];
+    /// the next call tries again, so the service resumes by itself once the store answers.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl StoreError {

@@ -118,6 +118,8 @@ SignerSlow = _code("SignerSlow", Unavailable, "signer_slow",
 ShuttingDown = _code("ShuttingDown", Unavailable, "shutting_down", "The server is stopping.")
 StorageFull = _code("StorageFull", Unavailable, "storage_full", "The data volume is full.")
 StorageFailed = _code("StorageFailed", Unavailable, "storage_failed", "The data volume failed a write.")
+StorageUnavailable = _code("StorageUnavailable", Unavailable, "storage_unavailable",
+                           "The database (PostgreSQL mode) cannot be reached.")
 StorageSlow = _code("StorageSlow", Unavailable, "storage_slow", "Synced writes are too slow.")
 CommitTimeout = _code("CommitTimeout", Unavailable, "commit_timeout",
                       "Outcome unknown: retry with the same Idempotency-Key.")

@@ -25,7 +25,8 @@ fn the_server_runs_on_postgres_and_its_receipts_survive_a_restart() {
     };
     let allowed = check(&c, "files.read");
     assert_eq!(allowed["decision"], "allow", "{allowed}");
-    assert_eq!(check(&c, "files.write")["decision"], "deny");
+    let denied = check(&c, "files.write");
+    assert_eq!(denied["decision"], "deny");
     let rid = allowed["receipt"]["receipt_id"].as_str().unwrap().to_owned();
     let signed = |s: &Server, rid: &str| {
         let c = s.client();
@@ -39,6 +40,8 @@ fn the_server_runs_on_postgres_and_its_receipts_survive_a_restart() {
         )
     };
     let receipt = signed(&s, &rid);
+    // The whole trail signed before it is exported (the deny's receipt is the log's last).
+    signed(&s, denied["receipt"]["receipt_id"].as_str().unwrap());
     // The data went to PostgreSQL: no RocksDB database in the data directory (started as root,
     // the server still creates an empty `db/` when it takes the directory over).
     assert!(!data.join("db/CURRENT").exists(), "a RocksDB database was created in postgres mode");
@@ -104,4 +107,74 @@ fn the_server_runs_on_postgres_and_its_receipts_survive_a_restart() {
     let next_receipt = signed(&s, &next_id);
     assert!(next_receipt["log_index"].as_u64() > receipt["log_index"].as_u64(), "{next_receipt}");
     verify(&trail(&s), &keys_of(&s), "after");
+}
+
+/// The database going away is a fault of its own, as a full or failing disk is: with the
+/// PostgreSQL server stopped (every connection closed, new ones refused), checks are answered
+/// `503 storage_unavailable` with `Retry-After` (a `503 commit_timeout` at most for a write
+/// already waiting), `/readyz` names the cause and the fault gauge is 1; once the database is
+/// back the server serves again by itself, without a restart, and every receipt acknowledged
+/// before the outage and after it is stored, signed and exported. Before, the store's errors
+/// were its generic kind: `500 storage_error`, `/readyz` ready throughout.
+#[test]
+fn a_database_out_of_reach_fails_closed_as_storage_unavailable_and_recovers_by_itself() {
+    use crate::resilience::{metric, not_ready_because, wait_all_signed, Acked};
+    // A cluster of its own: the shared one serves the other tests.
+    let cluster = allowly_store_postgres::test_cluster::Cluster::start();
+    let conninfo = cluster.fresh_database("allowly_outage");
+    let tmp = tempfile::tempdir().unwrap();
+    let s = Server::start_with(&tmp.path().join("data"), &["--postgres", &conninfo, "--commit-timeout-ms", "1000"]);
+    s.wait_ready();
+    let t = tenant(&s, "outage", &["files.read"]);
+    let c = s.client();
+    let check = || c.post("/v1/check", &t.checker, json!({ "authorization_id": t.az, "scopes": ["files.read"] }));
+    let mut acked: Vec<Acked> = (0..3)
+        .map(|_| {
+            let r = check();
+            assert_eq!(r.status, 200, "{r}");
+            Acked::of(&r.json()).unwrap()
+        })
+        .collect();
+    wait_all_signed(&s, &t.reader, &acked);
+    let fault = r#"allowly_engine_fault{cause="storage_unavailable"}"#;
+    assert_eq!(metric(&c, fault), Some(0.0));
+
+    cluster.stop_server();
+    let refused = eventually(
+        "a check answered 503 storage_unavailable",
+        || s.diagnostics(),
+        || {
+            let r = check();
+            assert!(r.status == 503, "a check was answered while the database was down: {r}");
+            let code = r.json()["code"].as_str().unwrap_or_default().to_owned();
+            assert!(["storage_unavailable", "commit_timeout"].contains(&code.as_str()), "{r}");
+            (code == "storage_unavailable").then_some(r)
+        },
+    );
+    assert_eq!(refused.header("retry-after"), Some("1"), "{refused}");
+    let ready = not_ready_because(&c, "storage_unavailable");
+    assert!(ready.to_string().contains("postgres"), "the cause says what failed: {ready}");
+    assert_eq!(metric(&c, fault), Some(1.0));
+    // A read that needs the database is refused the same way, not with a 500.
+    let r = c.get(&format!("/v1/receipts/{}", acked[0].id), Some(&t.reader));
+    assert!(r.status == 200 || r.problem(503, "storage_unavailable").is_object(), "{r}");
+
+    cluster.start_server();
+    let back = eventually(
+        "checks answered 200 again",
+        || s.diagnostics(),
+        || {
+            let r = check();
+            (r.status == 200).then(|| r.json())
+        },
+    );
+    acked.push(Acked::of(&back).unwrap());
+    s.wait_ready();
+    assert_eq!(metric(&c, fault), Some(0.0));
+    wait_all_signed(&s, &t.reader, &acked);
+    let export = c.get(&format!("/v1/authorizations/{}/export", t.az), Some(&t.reader));
+    assert_eq!(export.status, 200, "{export}");
+    for a in &acked {
+        assert!(export.text().contains(&a.id), "receipt {} missing from the export", a.id);
+    }
 }
