@@ -52,6 +52,7 @@ use tokio::sync::{Mutex, OnceCell};
 use crate::allowly::Allowly;
 use crate::error::GatewayError;
 use crate::gate::{Policy, UserAnswer, Verdict};
+use crate::tls::{self, Ca};
 
 /// Between a server name and a tool name in what the client sees with several servers.
 pub const SEPARATOR: &str = "__";
@@ -65,9 +66,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 pub enum Reach {
     /// A command the gateway starts; MCP over its stdin and stdout.
     Command { program: String, args: Vec<String> },
-    /// An MCP endpoint over streamable HTTP (`http://…/mcp`), with the bearer token it wants,
-    /// if any (sent as `Authorization: Bearer`, never logged).
-    Url { url: String, token: Option<Token> },
+    /// An MCP endpoint over streamable HTTP (`http://…/mcp` or `https://…/mcp`), with the
+    /// bearer token it wants, if any (sent as `Authorization: Bearer`, never logged), and the CA
+    /// its certificate must chain to, if not one of the Mozilla roots (`tls`).
+    Url { url: String, token: Option<Token>, ca: Option<Ca> },
 }
 
 /// A secret the gateway sends upstream: compared, cloned and sent, never shown (its `Debug` is
@@ -228,15 +230,16 @@ async fn connect(
                 let transport = TokioChildProcess::new(cmd).map_err(|e| format!("cannot start {program}: {e}"))?;
                 behind.serve(transport).await.map_err(|e| format!("initialize: {e}"))
             }
-            Reach::Url { url, token } => {
+            Reach::Url { url, token, ca } => {
                 let mut config = StreamableHttpClientTransportConfig::with_uri(url.as_str());
                 if let Some(Token(token)) = token {
                     config = config.auth_header(token.as_str());
                 }
+                let client = tls::client(ca.as_ref()).map_err(|e| e.to_string())?;
                 behind
-                    .serve(StreamableHttpClientTransport::from_config(config))
+                    .serve(StreamableHttpClientTransport::with_client(client, config))
                     .await
-                    .map_err(|e| format!("initialize at {url}: {e}"))
+                    .map_err(|e| format!("initialize at {url}: {}", tls::why(&e)))
             }
         }
     };
