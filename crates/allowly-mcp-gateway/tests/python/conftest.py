@@ -183,13 +183,15 @@ def gateway_env(env: Env, keys: tuple[str, ...], **extra: str) -> dict[str, str]
 
 @asynccontextmanager
 async def session(args: list[str], variables: dict[str, str], front: str, elicitation=None,
-                  token: str | None = None, port: int = 0):
+                  token: str | None = None, port: int = 0, message_handler=None):
     """A client session with the gateway started with `args`: over its stdio, or over HTTP
-    (`--listen` on `port`, by default one it chooses, read from the line it prints)."""
+    (`--listen` on `port`, by default one it chooses, read from the line it prints);
+    `message_handler` is given the server's notifications."""
     if front == "stdio":
         params = StdioServerParameters(command=GATEWAY, args=args, env=variables)
         async with stdio_client(params) as (read, write):
-            async with ClientSession(read, write, elicitation_callback=elicitation) as s:
+            async with ClientSession(read, write, elicitation_callback=elicitation,
+                                     message_handler=message_handler) as s:
                 await s.initialize()
                 yield s
         return
@@ -205,7 +207,8 @@ async def session(args: list[str], variables: dict[str, str], front: str, elicit
         headers = {"Authorization": f"Bearer {token}"} if token else None
         async with create_mcp_http_client(headers=headers) as http:
             async with streamable_http_client(found.group(1), http_client=http) as (read, write):
-                async with ClientSession(read, write, elicitation_callback=elicitation) as s:
+                async with ClientSession(read, write, elicitation_callback=elicitation,
+                                         message_handler=message_handler) as s:
                     await s.initialize()
                     yield s
 
@@ -213,16 +216,20 @@ async def session(args: list[str], variables: dict[str, str], front: str, elicit
 @asynccontextmanager
 async def gateway(env: Env, authorization_id: str, tool_log: Path, *, url: str | None = None,
                   keys: tuple[str, ...] = ("check", "read", "answer"), wait_ms: int = 30_000,
-                  elicitation=None, extra_args: tuple[str, ...] = (), via: Via | None = None):
-    """A client session through the gateway to server.py (`via`: the test's way by default)."""
+                  elicitation=None, extra_args: tuple[str, ...] = (), via: Via | None = None,
+                  server_args: tuple[str, ...] = (), message_handler=None):
+    """A client session through the gateway to server.py started with `server_args` (`via`: the
+    test's way by default)."""
     via = via or _current
     args = ["--allowly-url", url or env.url, "--authorization-id", authorization_id, "--server-name", "shop",
             "--escalation-wait-ms", str(wait_ms), "--user", "dana", *extra_args]
     variables = gateway_env(env, keys, TOOL_LOG=str(tool_log))
     if via.back == "stdio":
-        async with session([*args, "--", *server_command(tool_log)], variables, via.front, elicitation) as s:
+        async with session([*args, "--", *server_command(tool_log, *server_args)], variables, via.front, elicitation,
+                           message_handler=message_handler) as s:
             yield s
         return
-    with http_server(tool_log) as (server_url, _):
-        async with session([*args, "--upstream-url", server_url], variables, via.front, elicitation) as s:
+    with http_server(tool_log, *server_args) as (server_url, _):
+        async with session([*args, "--upstream-url", server_url], variables, via.front, elicitation,
+                           message_handler=message_handler) as s:
             yield s
