@@ -194,6 +194,11 @@ impl Link {
     }
 }
 
+/// How many owners a session's map may hold before a URI found by a read is no longer added
+/// (listed URIs and templates always are): a subscription to such a URI is routed by it, but
+/// one entry per distinct URI read would otherwise be the client's to grow.
+const MAX_FOUND_OWNERS: usize = 4096;
+
 /// The server side, facing the MCP client in front.
 pub struct Gateway {
     shared: Arc<Shared>,
@@ -205,8 +210,9 @@ pub struct Gateway {
     running: Mutex<Option<Vec<RunningService<RoleClient, Behind>>>>,
     /// The client's `initialize` parameters and its peer, kept to reach a server again.
     reconnect_with: OnceCell<(InitializeRequestParams, Peer<RoleServer>)>,
-    /// With several servers: which server listed each resource URI (index into the links),
-    /// filled by `resources/list`; bounded by what the servers list.
+    /// With several servers: which server listed each resource URI or template (index into the
+    /// links), filled by the lists, and by reads of URIs no list showed up to
+    /// [`MAX_FOUND_OWNERS`]; bounded by what the servers list and that.
     resource_owners: std::sync::Mutex<std::collections::HashMap<String, usize>>,
 }
 
@@ -490,7 +496,12 @@ impl Gateway {
             let Ok(peer) = self.peer(link).await else { continue };
             match peer.send_request(ClientRequest::ReadResourceRequest(request.clone())).await {
                 Ok(result) => {
-                    self.owned_by(std::iter::once(request.params.uri.as_str()), i);
+                    // Remembered while the map is small: a client reading URIs made from
+                    // templates, one after the other, cannot grow it without bound (a URI not
+                    // remembered is still subscribed to where only one server subscribes).
+                    if self.resource_owners.lock().is_ok_and(|o| o.len() < MAX_FOUND_OWNERS) {
+                        self.owned_by(std::iter::once(request.params.uri.as_str()), i);
+                    }
                     return Ok(result);
                 }
                 Err(e) => last = Some(relay_error(e)),
