@@ -7,11 +7,16 @@
 //!
 //! [servers.crm]
 //! url = "http://127.0.0.1:9000/mcp"
+//!
+//! [servers.billing]
+//! url = "https://billing.internal:8443/mcp"
+//! ca_file = "/etc/allowly/internal-ca.pem"
 //! ```
 //!
 //! Each table under `servers` is one server: its name is the `<server>` of its scopes and of its
 //! tools' names (`<server>__<tool>`), and it has either a `command` (started by the gateway, MCP
-//! over stdio) or a `url` (MCP over streamable HTTP).
+//! over stdio) or a `url` (MCP over streamable HTTP, `http://` or `https://`; an `https://` one
+//! may name the PEM file of the private CA its certificate chains to, `tls`).
 
 use std::collections::BTreeMap;
 
@@ -20,6 +25,7 @@ use serde::Deserialize;
 use crate::error::GatewayError;
 use crate::proxy::{Reach, Token, Upstream};
 use crate::scope::segment;
+use crate::tls::Ca;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -35,6 +41,9 @@ struct Server {
     /// With `url`: the environment variable holding the server's bearer token (the file names
     /// the variable, never the secret).
     token_env: Option<String>,
+    /// With an `https://` url: the CA file its certificate must chain to (relative to the
+    /// directory the gateway runs in).
+    ca_file: Option<std::path::PathBuf>,
 }
 
 /// The servers of a config file, in name order; `env` looks up the variables `token_env` names.
@@ -58,13 +67,19 @@ pub fn parse(text: &str, env: impl Fn(&str) -> Option<String>) -> Result<Vec<Ups
                 None => None,
             };
             let reach = match (server.command, server.url) {
+                (Some(_), None) if server.ca_file.is_some() => {
+                    return Err(bad(format!("servers.{name}.ca_file is for a server reached by an https:// url")))
+                }
                 (Some(command), None) => {
                     let mut command = command.into_iter();
                     let program = command.next().ok_or_else(|| bad(format!("servers.{name}.command is empty")))?;
                     Reach::Command { program, args: command.collect() }
                 }
                 (None, Some(url)) => {
-                    Reach::Url { url: upstream_url(&url).map_err(|e| bad(format!("servers.{name}.url {e}")))?, token }
+                    let url = upstream_url(&url).map_err(|e| bad(format!("servers.{name}.url {e}")))?;
+                    let ca = server.ca_file.as_deref().map(Ca::read).transpose()?;
+                    check_ca(&url, ca.as_ref()).map_err(|e| bad(format!("servers.{name}.ca_file {e}")))?;
+                    Reach::Url { url, token, ca }
                 }
                 _ => return Err(bad(format!("servers.{name} needs exactly one of command and url"))),
             };
@@ -83,11 +98,20 @@ fn check_name(name: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// An upstream MCP endpoint: `http://…` (the gateway's HTTP client has no TLS).
+/// An upstream MCP endpoint: `http://…` or `https://…`.
 pub fn upstream_url(url: &str) -> Result<String, String> {
-    match url.strip_prefix("http://") {
+    match url.strip_prefix("http://").or_else(|| url.strip_prefix("https://")) {
         Some(rest) if !rest.is_empty() => Ok(url.to_owned()),
-        _ => Err(format!("must be http://HOST:PORT/PATH, not {url:?}")),
+        _ => Err(format!("must be http(s)://HOST:PORT/PATH, not {url:?}")),
+    }
+}
+
+/// A CA file goes with an `https://` URL only: over `http://` it would check nothing, and
+/// saying so beats an operator believing the server is authenticated.
+pub fn check_ca(url: &str, ca: Option<&Ca>) -> Result<(), String> {
+    match ca {
+        Some(ca) if !url.starts_with("https://") => Err(format!("{} is for an https:// url, not {url:?}", ca.path)),
+        _ => Ok(()),
     }
 }
 
@@ -108,7 +132,7 @@ mod tests {
             vec![
                 Upstream {
                     name: "crm".into(),
-                    reach: Reach::Url { url: "http://127.0.0.1:9/mcp".into(), token: None }
+                    reach: Reach::Url { url: "http://127.0.0.1:9/mcp".into(), token: None, ca: None }
                 },
                 Upstream {
                     name: "shop".into(),
@@ -124,7 +148,8 @@ mod tests {
         assert!(err("[servers.a]\n").contains("exactly one of command and url"));
         assert!(err("[servers.a]\ncommand = [\"x\"]\nurl = \"http://h:1/mcp\"\n").contains("exactly one"));
         assert!(err("[servers.a]\ncommand = []\n").contains("command is empty"));
-        assert!(err("[servers.a]\nurl = \"https://h/mcp\"\n").contains("must be http://"));
+        assert!(err("[servers.a]\nurl = \"ftp://h/mcp\"\n").contains("must be http(s)://"));
+        assert!(parse("[servers.a]\nurl = \"https://h/mcp\"\n", |_| None).is_ok());
         for name in ["a__b", "a_", "_a", "GitHub", "a:b", "a.b"] {
             assert!(err(&format!("[servers.\"{name}\"]\ncommand = [\"x\"]\n")).contains("no __"), "{name}");
         }
@@ -133,6 +158,13 @@ mod tests {
         assert!(err("[servers.a]\nurl = \"http://h:1/mcp\"\ntoken_env = \"UNSET\"\n").contains("UNSET is not set"));
         assert!(err("[servers.a]\ncommand = [\"x\"]\nenv = 1\n").contains("unknown field"));
         assert!(err("servers = {}\n").contains("no [servers.NAME]"));
+        assert!(err("[servers.a]\ncommand = [\"x\"]\nca_file = \"ca.pem\"\n").contains("https:// url"));
+        assert!(
+            err("[servers.a]\nurl = \"https://h/mcp\"\nca_file = \"/no/such/ca.pem\"\n").contains("/no/such/ca.pem")
+        );
+        let ca = Ca { path: "ca.pem".into(), certs: vec![] };
+        assert!(check_ca("http://h/mcp", Some(&ca)).unwrap_err().contains("ca.pem is for an https:// url"));
+        assert!(check_ca("https://h/mcp", Some(&ca)).is_ok());
     }
 
     /// The token comes from the variable the file names, and no `Debug` of the result shows it.
@@ -142,7 +174,7 @@ mod tests {
         let servers = parse("[servers.crm]\nurl = \"http://h:1/mcp\"\ntoken_env = \"CRM_TOKEN\"\n", env).unwrap();
         assert_eq!(
             servers[0].reach,
-            Reach::Url { url: "http://h:1/mcp".into(), token: Some(Token("s3cret-value".into())) }
+            Reach::Url { url: "http://h:1/mcp".into(), token: Some(Token("s3cret-value".into())), ca: None }
         );
         assert!(!format!("{servers:?}").contains("s3cret"), "{servers:?}");
     }

@@ -32,11 +32,19 @@ use rmcp::model::{
     InitializeResult, ListPromptsResult, ListResourceTemplatesResult, ListResourcesResult, ListToolsResult,
     PaginatedRequestParams, ProgressNotification, ProgressNotificationParam, ReadResourceRequest,
     ReadResourceRequestParams, ReadResourceResponse, RequestOptionalParam, ServerConfig, ServerResult,
+    SubscribeRequestParams, UnsubscribeRequestParams,
 };
 // `logging/setLevel` is deprecated by SEP-2577, but clients of the protocol versions before it
 // still send it: forwarded while rmcp has it.
 #[expect(deprecated, reason = "logging/setLevel is forwarded for clients of older protocol versions")]
 use rmcp::model::{SetLevelRequest, SetLevelRequestParams};
+// The same for `resources/subscribe` and `unsubscribe` (2026-07-28 has `subscriptions/listen`
+// instead, which rmcp's HTTP service does not route to a handler).
+#[expect(
+    deprecated,
+    reason = "resources/subscribe is forwarded for clients of the protocol versions with initialize"
+)]
+use rmcp::model::{SubscribeRequest, UnsubscribeRequest};
 use rmcp::service::{NotificationContext, RequestContext, RoleServer, Service};
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
@@ -116,6 +124,30 @@ impl ServerHandler for Front {
             CallToolRequest(CallToolRequest::new) => CallToolResult | InputRequiredResult;
         list_tools(Option<PaginatedRequestParams>) -> ListToolsResult = ListToolsRequest(paginated) => ListToolsResult;
         on_custom_request(CustomRequest) -> CustomResult = CustomRequest(std::convert::identity) => CustomResult;
+    }
+
+    #[expect(
+        deprecated,
+        reason = "resources/subscribe is forwarded for clients of the protocol versions with initialize"
+    )]
+    async fn subscribe(
+        &self,
+        params: SubscribeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        self.relay(ClientRequest::SubscribeRequest(SubscribeRequest::new(params)), context).await.map(|_| ())
+    }
+
+    #[expect(
+        deprecated,
+        reason = "resources/unsubscribe is forwarded for clients of the protocol versions with initialize"
+    )]
+    async fn unsubscribe(
+        &self,
+        params: UnsubscribeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        self.relay(ClientRequest::UnsubscribeRequest(UnsubscribeRequest::new(params)), context).await.map(|_| ())
     }
 
     #[expect(deprecated, reason = "logging/setLevel is forwarded for clients of older protocol versions")]
@@ -239,6 +271,20 @@ fn plain(status: StatusCode, text: &'static str) -> Response<BoxBody<Bytes, Infa
     response
 }
 
+/// The answer to a `DELETE` of a session: rmcp's 202 Accepted, said as 204 No Content. The
+/// session is gone by then (rmcp closes it before answering), and MCP clients read 202 as a
+/// failed termination (the Python SDK logs `Session termination failed: 202` for anything but
+/// 200 and 204). rmcp's answer is its own (no setting), so it is rewritten here, at the edge.
+fn session_ended(mut response: Response<BoxBody<Bytes, Infallible>>) -> Response<BoxBody<Bytes, Infallible>> {
+    if response.status() == StatusCode::ACCEPTED {
+        *response.status_mut() = StatusCode::NO_CONTENT;
+        *response.body_mut() = Full::new(Bytes::new()).boxed();
+        response.headers_mut().remove(http::header::CONTENT_LENGTH);
+        response.headers_mut().remove(http::header::CONTENT_TYPE);
+    }
+    response
+}
+
 /// Serves MCP clients at `http://<addr>/mcp` until the process is stopped.
 pub async fn serve(listen: Listen, shared: Arc<Shared>) -> Result<(), GatewayError> {
     let listener = TcpListener::bind(listen.addr)
@@ -296,6 +342,8 @@ pub async fn serve(listen: Listen, shared: Arc<Shared>) -> Result<(), GatewayErr
                                 "too many MCP sessions are open: try again later",
                             ),
                         }
+                    } else if request.method() == http::Method::DELETE {
+                        session_ended(mcp.handle(request).await)
                     } else {
                         mcp.handle(request).await
                     };

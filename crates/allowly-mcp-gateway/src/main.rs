@@ -8,7 +8,7 @@
 //! It speaks MCP to the client over stdio (in the client's configuration, in place of the
 //! server's own command) or, with `--listen HOST:PORT`, over streamable HTTP at `/mcp`
 //! (docs/mcp-gateway.md says who may connect). Behind it: the server given after `--` (started,
-//! stdio), or `--upstream-url http://…/mcp` (streamable HTTP), or several servers named in a
+//! stdio), or `--upstream-url http(s)://…/mcp` (streamable HTTP), or several servers named in a
 //! `--config` file, whose tools are listed as `<server>__<tool>`. Everything passes through;
 //! `tools/call` is checked first (`POST /v1/check` of scope `mcp.<server>.<tool>`,
 //! docs/tool-scopes.md): allow → forwarded; deny → a tool error naming the reason; confirm → the
@@ -29,6 +29,7 @@ mod gate;
 mod http;
 mod proxy;
 mod scope;
+mod tls;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -60,11 +61,15 @@ struct Args {
     /// configuration gives the server, so the Claude Code hook and the gateway agree).
     #[arg(long, required_unless_present = "config", conflicts_with = "config")]
     server_name: Option<String>,
-    /// The MCP server behind the gateway over streamable HTTP (`http://HOST:PORT/mcp`) instead
-    /// of a command after `--`. With `ALLOWLY_UPSTREAM_TOKEN` set, every request to it carries
-    /// `Authorization: Bearer <token>`.
+    /// The MCP server behind the gateway over streamable HTTP (`http://HOST:PORT/mcp` or
+    /// `https://…`) instead of a command after `--`. With `ALLOWLY_UPSTREAM_TOKEN` set, every
+    /// request to it carries `Authorization: Bearer <token>`.
     #[arg(long, value_name = "URL", conflicts_with = "config")]
     upstream_url: Option<String>,
+    /// With an `https://` `--upstream-url`: a PEM file of the CA (or CAs) the server's
+    /// certificate must chain to, in place of the Mozilla roots (a private CA).
+    #[arg(long, value_name = "FILE", requires = "upstream_url")]
+    upstream_ca_file: Option<PathBuf>,
     /// A TOML file naming several MCP servers (docs/mcp-gateway.md); their tools are listed as
     /// `<server>__<tool>`.
     #[arg(long, value_name = "FILE")]
@@ -124,11 +129,13 @@ fn upstreams(args: &mut Args) -> Result<Vec<proxy::Upstream>, GatewayError> {
     }
     let name = args.server_name.clone().ok_or_else(|| GatewayError::Config("--server-name is required".into()))?;
     let reach = match args.upstream_url.take() {
-        Some(url) => proxy::Reach::Url {
-            url: config::upstream_url(&url).map_err(|e| GatewayError::Config(format!("--upstream-url {e}")))?,
+        Some(url) => {
+            let url = config::upstream_url(&url).map_err(|e| GatewayError::Config(format!("--upstream-url {e}")))?;
+            let ca = args.upstream_ca_file.as_deref().map(tls::Ca::read).transpose()?;
+            config::check_ca(&url, ca.as_ref()).map_err(|e| GatewayError::Config(format!("--upstream-ca-file {e}")))?;
             // Environment only: a command line is visible to every local user.
-            token: key("ALLOWLY_UPSTREAM_TOKEN").map(proxy::Token),
-        },
+            proxy::Reach::Url { url, token: key("ALLOWLY_UPSTREAM_TOKEN").map(proxy::Token), ca }
+        }
         None => {
             let mut command = std::mem::take(&mut args.command).into_iter();
             let program =

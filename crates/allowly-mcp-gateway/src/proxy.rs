@@ -16,14 +16,16 @@
 //! out of the list and its calls are answered with a tool error naming it; the others go on.
 //! It is reached again when next used (a list, a call), at most once per [`RECONNECT_EVERY`]: a
 //! command is started anew, a URL gets a new session (what the server kept for the old one is
-//! gone, as after any restart of it). One server alone is not reconnected: the client
-//! negotiated with that very server.
+//! gone, as after any restart of it). One server alone is reached again the same way: what the
+//! client negotiated with it still holds for a command started anew or the same URL, and a
+//! request meanwhile is answered with an error naming it (a tool error for a call).
 //! Prompts are merged like tools (`<server>__<prompt>`, `prompts/get` routed by the prefix).
 //! Resources and resource templates keep their URIs (they name things outside the gateway):
 //! the lists are each reachable server's together, and `resources/read` goes to the server
 //! that listed the URI — the first one, if two list the same URI — or, for a URI no list has
-//! shown, to each server in turn until one has it. Not merged: completions and resource
-//! subscriptions (answered `method not found`).
+//! shown, to each server in turn until one has it. `resources/subscribe` and `unsubscribe` go
+//! to the server that listed or served the URI, `completion/complete` to the server of the
+//! prompt (by its prefix) or of the resource template.
 //!
 //! Requests a server makes of the client (sampling, roots, elicitation) are forwarded the other
 //! way. Not forwarded: `notifications/cancelled` (request ids differ on the two sides; a
@@ -34,11 +36,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rmcp::model::{
-    CallToolRequest, CallToolResult, ClientConfig, ClientNotification, ClientRequest, ClientResult, ElicitRequest,
-    ElicitRequestParams, ElicitationAction, ErrorCode, ErrorData, GetMeta as _, GetPromptRequest, Implementation,
-    InitializeRequestParams, InitializeResult, ListPromptsResult, ListResourceTemplatesResult, ListResourcesResult,
-    ListToolsResult, MetaObject, ReadResourceRequest, ServerCapabilities, ServerConfig, ServerNotification,
-    ServerRequest, ServerResult,
+    CallToolRequest, CallToolResult, ClientConfig, ClientNotification, ClientRequest, ClientResult, CompleteRequest,
+    ElicitRequest, ElicitRequestParams, ElicitationAction, ErrorCode, ErrorData, GetMeta as _, GetPromptRequest,
+    Implementation, InitializeRequestParams, InitializeResult, ListPromptsResult, ListResourceTemplatesResult,
+    ListResourcesResult, ListToolsResult, MetaObject, ReadResourceRequest, Reference, ResourcesCapability,
+    ServerCapabilities, ServerConfig, ServerNotification, ServerRequest, ServerResult,
 };
 use rmcp::service::{
     NotificationContext, Peer, RequestContext, RoleClient, RoleServer, RunningService, Service, ServiceError,
@@ -52,6 +54,7 @@ use tokio::sync::{Mutex, OnceCell};
 use crate::allowly::Allowly;
 use crate::error::GatewayError;
 use crate::gate::{Policy, UserAnswer, Verdict};
+use crate::tls::{self, Ca};
 
 /// Between a server name and a tool name in what the client sees with several servers.
 pub const SEPARATOR: &str = "__";
@@ -65,9 +68,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 pub enum Reach {
     /// A command the gateway starts; MCP over its stdin and stdout.
     Command { program: String, args: Vec<String> },
-    /// An MCP endpoint over streamable HTTP (`http://…/mcp`), with the bearer token it wants,
-    /// if any (sent as `Authorization: Bearer`, never logged).
-    Url { url: String, token: Option<Token> },
+    /// An MCP endpoint over streamable HTTP (`http://…/mcp` or `https://…/mcp`), with the
+    /// bearer token it wants, if any (sent as `Authorization: Bearer`, never logged), and the CA
+    /// its certificate must chain to, if not one of the Mozilla roots (`tls`).
+    Url { url: String, token: Option<Token>, ca: Option<Ca> },
 }
 
 /// A secret the gateway sends upstream: compared, cloned and sent, never shown (its `Debug` is
@@ -190,6 +194,11 @@ impl Link {
     }
 }
 
+/// How many owners a session's map may hold before a URI found by a read is no longer added
+/// (listed URIs and templates always are): a subscription to such a URI is routed by it, but
+/// one entry per distinct URI read would otherwise be the client's to grow.
+const MAX_FOUND_OWNERS: usize = 4096;
+
 /// The server side, facing the MCP client in front.
 pub struct Gateway {
     shared: Arc<Shared>,
@@ -201,8 +210,9 @@ pub struct Gateway {
     running: Mutex<Option<Vec<RunningService<RoleClient, Behind>>>>,
     /// The client's `initialize` parameters and its peer, kept to reach a server again.
     reconnect_with: OnceCell<(InitializeRequestParams, Peer<RoleServer>)>,
-    /// With several servers: which server listed each resource URI (index into the links),
-    /// filled by `resources/list`; bounded by what the servers list.
+    /// With several servers: which server listed each resource URI or template (index into the
+    /// links), filled by the lists, and by reads of URIs no list showed up to
+    /// [`MAX_FOUND_OWNERS`]; bounded by what the servers list and that.
     resource_owners: std::sync::Mutex<std::collections::HashMap<String, usize>>,
 }
 
@@ -228,15 +238,16 @@ async fn connect(
                 let transport = TokioChildProcess::new(cmd).map_err(|e| format!("cannot start {program}: {e}"))?;
                 behind.serve(transport).await.map_err(|e| format!("initialize: {e}"))
             }
-            Reach::Url { url, token } => {
+            Reach::Url { url, token, ca } => {
                 let mut config = StreamableHttpClientTransportConfig::with_uri(url.as_str());
                 if let Some(Token(token)) = token {
                     config = config.auth_header(token.as_str());
                 }
+                let client = tls::client(ca.as_ref()).map_err(|e| e.to_string())?;
                 behind
-                    .serve(StreamableHttpClientTransport::from_config(config))
+                    .serve(StreamableHttpClientTransport::with_client(client, config))
                     .await
-                    .map_err(|e| format!("initialize at {url}: {e}"))
+                    .map_err(|e| format!("initialize at {url}: {}", tls::why(&e)))
             }
         }
     };
@@ -276,20 +287,31 @@ impl Gateway {
             .ok_or_else(|| ErrorData::internal_error("the MCP server behind the gateway is not started", None))
     }
 
-    /// The one server behind (pass-through).
-    fn only(&self) -> Result<Peer<RoleClient>, ErrorData> {
-        self.peers()?
-            .into_iter()
-            .next()
-            .ok_or_else(|| ErrorData::internal_error("no MCP server behind the gateway", None))
+    /// The one server behind (pass-through), reached again if it went away.
+    async fn only(&self) -> Result<Peer<RoleClient>, ErrorData> {
+        let link = self.links()?.first().ok_or_else(|| ErrorData::internal_error("no MCP server", None))?;
+        self.peer(link).await.map_err(|why| unavailable(link, why))
     }
 
-    /// `link`'s connection, reaching the server again first if it is down and may be retried
-    /// (several servers only: alone, the client negotiated with that very server, and a new one
-    /// is not the session it started).
+    /// The server a `<server>__<name>` names, and the name on that server.
+    fn routed<'a>(&self, listed: &'a str) -> Option<(&Link, &'a str)> {
+        let (server, name) = listed.split_once(SEPARATOR)?;
+        self.links().ok()?.iter().find(|l| l.name == server).map(|l| (l, name))
+    }
+
+    /// The server that listed `uri` (a resource, or a resource template), or served a read of it.
+    fn owner(&self, uri: &str) -> Option<&Link> {
+        let i = self.resource_owners.lock().ok()?.get(uri).copied()?;
+        self.links().ok()?.get(i)
+    }
+
+    /// `link`'s connection, reaching the server again first if it is down and may be retried.
+    /// One server alone too: the client negotiated with it, but a command started anew (or the
+    /// same URL) is the same server, and answering "unavailable" for the rest of the session
+    /// would leave the client nothing but a restart of its own.
     async fn peer(&self, link: &Link) -> Result<Peer<RoleClient>, String> {
         let current = link.current();
-        if current.is_ok() || !self.shared.aggregate || !link.may_retry() {
+        if current.is_ok() || !link.may_retry() {
             return current;
         }
         let _one = link.reconnecting.lock().await;
@@ -308,6 +330,9 @@ impl Gateway {
                 let peer = service.peer().clone();
                 link.set(Ok(peer.clone()), false);
                 if let Some(services) = self.running.lock().await.as_mut() {
+                    // Those whose server went away hold nothing worth keeping: a server that
+                    // keeps dying costs one entry, not one per reconnection.
+                    services.retain(|s| !s.is_closed());
                     services.push(service);
                 }
                 eprintln!("allowly-mcp-gateway: MCP server {} reached again", link.name);
@@ -404,18 +429,13 @@ impl Gateway {
     /// own name.
     async fn get_prompt(&self, mut request: GetPromptRequest) -> Result<ServerResult, ErrorData> {
         let listed = request.params.name.clone();
-        let routed = listed
-            .split_once(SEPARATOR)
-            .and_then(|(server, prompt)| self.links().ok()?.iter().find(|l| l.name == server).map(|l| (l, prompt)));
-        let Some((link, prompt)) = routed else {
+        let Some((link, prompt)) = self.routed(&listed) else {
             return Err(ErrorData::invalid_params(
                 format!("no MCP server behind the gateway has the prompt {listed:?}"),
                 None,
             ));
         };
-        let peer = self.peer(link).await.map_err(|why| {
-            ErrorData::internal_error(format!("the MCP server {} is unavailable: {why}", link.name), None)
-        })?;
+        let peer = self.peer(link).await.map_err(|why| unavailable(link, why))?;
         request.params.name = prompt.to_owned();
         peer.send_request(ClientRequest::GetPromptRequest(request)).await.map_err(relay_error)
     }
@@ -428,18 +448,18 @@ impl Gateway {
             let Ok(peer) = self.peer(link).await else { continue };
             if templates {
                 match peer.list_all_resource_templates().await {
-                    Ok(listed) => listed_templates.extend(listed),
+                    Ok(listed) => {
+                        // A completion of a template's argument names the template.
+                        self.owned_by(listed.iter().map(|t| t.uri_template.as_str()), i);
+                        listed_templates.extend(listed);
+                    }
                     Err(e) => eprintln!("allowly-mcp-gateway: listing the resource templates of {}: {e}", link.name),
                 }
                 continue;
             }
             match peer.list_all_resources().await {
                 Ok(listed) => {
-                    if let Ok(mut owners) = self.resource_owners.lock() {
-                        for r in &listed {
-                            owners.entry(r.uri.clone()).or_insert(i);
-                        }
-                    }
+                    self.owned_by(listed.iter().map(|r| r.uri.as_str()), i);
                     resources.extend(listed);
                 }
                 Err(e) => eprintln!("allowly-mcp-gateway: listing the resources of {}: {e}", link.name),
@@ -452,20 +472,38 @@ impl Gateway {
         })
     }
 
+    /// Records `i` as the owner of `uris` (the first server to list one keeps it).
+    fn owned_by<'a>(&self, uris: impl Iterator<Item = &'a str>, i: usize) {
+        if let Ok(mut owners) = self.resource_owners.lock() {
+            for uri in uris {
+                owners.entry(uri.to_owned()).or_insert(i);
+            }
+        }
+    }
+
     /// `resources/read` with several servers: to the server that listed the URI, else to each
-    /// reachable server with resources in turn until one has it.
+    /// reachable server with resources in turn until one has it (then its owner: a
+    /// subscription to it goes there).
     async fn read_resource(&self, request: ReadResourceRequest) -> Result<ServerResult, ErrorData> {
         let links = self.links()?;
         let owner = self.resource_owners.lock().ok().and_then(|o| o.get(&request.params.uri).copied());
-        let candidates: Vec<&Link> = match owner.and_then(|i| links.get(i)) {
-            Some(link) => vec![link],
-            None => links.iter().filter(|l| l.capabilities.resources.is_some()).collect(),
+        let candidates: Vec<(usize, &Link)> = match owner.and_then(|i| Some((i, links.get(i)?))) {
+            Some(owned) => vec![owned],
+            None => links.iter().enumerate().filter(|(_, l)| l.capabilities.resources.is_some()).collect(),
         };
         let mut last = None;
-        for link in candidates {
+        for (i, link) in candidates {
             let Ok(peer) = self.peer(link).await else { continue };
             match peer.send_request(ClientRequest::ReadResourceRequest(request.clone())).await {
-                Ok(result) => return Ok(result),
+                Ok(result) => {
+                    // Remembered while the map is small: a client reading URIs made from
+                    // templates, one after the other, cannot grow it without bound (a URI not
+                    // remembered is still subscribed to where only one server subscribes).
+                    if self.resource_owners.lock().is_ok_and(|o| o.len() < MAX_FOUND_OWNERS) {
+                        self.owned_by(std::iter::once(request.params.uri.as_str()), i);
+                    }
+                    return Ok(result);
+                }
                 Err(e) => last = Some(relay_error(e)),
             }
         }
@@ -474,14 +512,64 @@ impl Gateway {
         }))
     }
 
+    /// `resources/subscribe` or `resources/unsubscribe` of `uri` with several servers: to the
+    /// server that listed (or served) the URI, else to the one server that takes subscriptions,
+    /// if only one does. Its `notifications/resources/updated` reach this client session as
+    /// every notification of that server does (each session has its own servers behind).
+    async fn subscription(&self, request: ClientRequest, uri: String) -> Result<ServerResult, ErrorData> {
+        let link = match self.owner(&uri) {
+            Some(link) => link,
+            None => {
+                let subscribes =
+                    |l: &&Link| l.capabilities.resources.as_ref().is_some_and(|r| r.subscribe == Some(true));
+                let mut takers = self.links()?.iter().filter(subscribes);
+                match (takers.next(), takers.next()) {
+                    (Some(link), None) => link,
+                    _ => {
+                        return Err(ErrorData::invalid_params(
+                            format!("no MCP server behind the gateway has listed {uri:?}: list or read it first"),
+                            None,
+                        ))
+                    }
+                }
+            }
+        };
+        let peer = self.peer(link).await.map_err(|why| unavailable(link, why))?;
+        peer.send_request(request).await.map_err(relay_error)
+    }
+
+    /// `completion/complete` with several servers: a prompt's to the server its
+    /// `<server>__<prompt>` names, under the prompt's own name; a resource template's to the
+    /// server that listed the template.
+    async fn complete(&self, mut request: CompleteRequest) -> Result<ServerResult, ErrorData> {
+        let link = match &mut request.params.r#ref {
+            Reference::Prompt(prompt) => {
+                let Some((link, name)) = self.routed(&prompt.name) else {
+                    return Err(ErrorData::invalid_params(
+                        format!("no MCP server behind the gateway has the prompt {:?}", prompt.name),
+                        None,
+                    ));
+                };
+                prompt.name = name.to_owned();
+                link
+            }
+            Reference::Resource(resource) => self.owner(&resource.uri).ok_or_else(|| {
+                ErrorData::invalid_params(
+                    format!("no MCP server behind the gateway has listed {:?}: list the templates first", resource.uri),
+                    None,
+                )
+            })?,
+            _ => return Err(ErrorData::invalid_params("a completion reference of an unknown kind", None)),
+        };
+        let peer = self.peer(link).await.map_err(|why| unavailable(link, why))?;
+        peer.send_request(ClientRequest::CompleteRequest(request)).await.map_err(relay_error)
+    }
+
     /// `tools/call`: the gate, then the server behind (or a tool error), with the receipt ids.
     async fn call_tool(&self, mut call: CallToolRequest, front: &Peer<RoleServer>) -> Result<ServerResult, ErrorData> {
         let listed = call.params.name.to_string();
         let (link, tool) = if self.shared.aggregate {
-            let routed = listed
-                .split_once(SEPARATOR)
-                .and_then(|(server, tool)| self.links().ok()?.iter().find(|l| l.name == server).map(|l| (l, tool)));
-            let Some((link, tool)) = routed else {
+            let Some((link, tool)) = self.routed(&listed) else {
                 return tool_error(
                     format!("no MCP server behind the gateway has the tool {listed:?}"),
                     Default::default(),
@@ -492,7 +580,8 @@ impl Gateway {
             let link = self.links()?.first().ok_or_else(|| ErrorData::internal_error("no MCP server", None))?;
             (link, listed.clone())
         };
-        // Only with several servers can one be down here (alone, it fails the `initialize`).
+        // Down at start (several servers), or gone and not reached again (within 5 s of the
+        // last failure, or it still cannot be reached).
         let peer = match self.peer(link).await {
             Ok(peer) => peer,
             Err(why) => {
@@ -513,13 +602,10 @@ impl Gateway {
                 call.params.name = tool.into();
                 match peer.send_request(ClientRequest::CallToolRequest(call)).await {
                     Ok(result) => Ok(with_meta(result, meta)),
-                    // With several servers, one that went away answers with a tool error naming
-                    // it (the client goes on with the others); alone, as a JSON-RPC error.
+                    // A server that went away mid-call answers with a tool error naming it: the
+                    // client goes on (with the others, or with this one once it is back).
                     Err(ServiceError::McpError(e)) => Err(e),
-                    Err(e) if self.shared.aggregate => {
-                        tool_error(format!("the MCP server {} is unavailable: {e}", link.name), meta)
-                    }
-                    Err(e) => Err(relay_error(e)),
+                    Err(e) => tool_error(format!("the MCP server {} is unavailable: {e}", link.name), meta),
                 }
             }
             Verdict::Refuse { text, meta } => tool_error(text, meta),
@@ -554,7 +640,14 @@ fn aggregate_result(
         capabilities.prompts = Some(Default::default());
     }
     if reachable().any(|l| l.capabilities.resources.is_some()) {
-        capabilities.resources = Some(Default::default());
+        let mut resources = ResourcesCapability::default();
+        if reachable().any(|l| l.capabilities.resources.as_ref().is_some_and(|r| r.subscribe == Some(true))) {
+            resources.subscribe = Some(true);
+        }
+        capabilities.resources = Some(resources);
+    }
+    if reachable().any(|l| l.capabilities.completions.is_some()) {
+        capabilities.completions = Some(Default::default());
     }
     let mut result = InitializeResult::new(capabilities)
         .with_server_info(Implementation::new("allowly-mcp-gateway", env!("CARGO_PKG_VERSION")))
@@ -579,15 +672,24 @@ impl Service<RoleServer> for Gateway {
             ClientRequest::ListResourcesRequest(_) if self.shared.aggregate => self.list_resources(false).await,
             ClientRequest::ListResourceTemplatesRequest(_) if self.shared.aggregate => self.list_resources(true).await,
             ClientRequest::ReadResourceRequest(read) if self.shared.aggregate => self.read_resource(read).await,
+            ClientRequest::SubscribeRequest(r) if self.shared.aggregate => {
+                let uri = r.params.uri.clone();
+                self.subscription(ClientRequest::SubscribeRequest(r), uri).await
+            }
+            ClientRequest::UnsubscribeRequest(r) if self.shared.aggregate => {
+                let uri = r.params.uri.clone();
+                self.subscription(ClientRequest::UnsubscribeRequest(r), uri).await
+            }
+            ClientRequest::CompleteRequest(c) if self.shared.aggregate => self.complete(c).await,
             ClientRequest::PingRequest(_) if self.shared.aggregate => Ok(ServerResult::empty(())),
             other if self.shared.aggregate => {
                 let why = format!(
-                    "{}: with several MCP servers the gateway merges their tools, prompts and resources only",
+                    "{}: with several MCP servers the gateway merges their tools, prompts, resources and completions only",
                     other.method()
                 );
                 Err(ErrorData::new(ErrorCode::METHOD_NOT_FOUND, why, None))
             }
-            other => self.only()?.send_request(other).await.map_err(relay_error),
+            other => self.only().await?.send_request(other).await.map_err(relay_error),
         }
     }
 
@@ -675,6 +777,11 @@ fn relay_error(e: ServiceError) -> ErrorData {
         ServiceError::McpError(e) => e,
         e => ErrorData::internal_error(format!("relaying through the gateway: {e}"), None),
     }
+}
+
+/// A request for a server that is down (and could not be reached again).
+fn unavailable(link: &Link, why: String) -> ErrorData {
+    ErrorData::internal_error(format!("the MCP server {} is unavailable: {why}", link.name), None)
 }
 
 fn downstream_error(e: GatewayError) -> ErrorData {

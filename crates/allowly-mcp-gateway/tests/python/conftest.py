@@ -98,15 +98,73 @@ def stopped_at_exit(proc: subprocess.Popen):
 
 
 @contextmanager
-def http_server(tool_log: Path, *options: str):
-    """server.py over streamable HTTP on a port of its own; yields (its /mcp URL, the process)."""
-    port = free_port()
+def http_server(tool_log: Path, *options: str, port: int | None = None):
+    """server.py over streamable HTTP on a port of its own (or `port`); yields (its /mcp URL, the
+    process). With `--tls CERT KEY` among the options the URL is https://."""
+    port = port or free_port()
     proc = subprocess.Popen([sys.executable, str(HERE / "server.py"), "--http", str(port), *options],
                             env={**os.environ, "TOOL_LOG": str(tool_log)},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     with stopped_at_exit(proc):
         wait_listening(port, proc)
-        yield f"http://127.0.0.1:{port}/mcp", proc
+        scheme = "https" if "--tls" in options else "http"
+        yield f"{scheme}://127.0.0.1:{port}/mcp", proc
+
+
+@dataclass(frozen=True)
+class Pki:
+    """A private CA, a server certificate it signed (for 127.0.0.1), and another CA that signed
+    nothing the server has: PEM files."""
+    ca: Path
+    cert: Path
+    key: Path
+    other_ca: Path
+
+
+def make_pki(directory: Path) -> Pki:
+    """Generated with `cryptography` (scripts/setup.sh installs it): no certificate is committed."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+
+    def build(subject: str, key, issuer_name: str, issuer_key, ca: bool):
+        builder = (x509.CertificateBuilder()
+                   .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+                   .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer_name)]))
+                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(now - datetime.timedelta(minutes=5))
+                   .not_valid_after(now + datetime.timedelta(days=1))
+                   .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        if ca:
+            builder = builder.add_extension(x509.KeyUsage(
+                digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
+                key_encipherment=False, data_encipherment=False, key_agreement=False, encipher_only=False,
+                decipher_only=False), critical=True)
+        else:
+            builder = (builder
+                       .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                                                                   x509.DNSName("localhost")]), critical=False)
+                       .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False))
+        return builder.sign(issuer_key, hashes.SHA256())
+
+    def write(path: Path, cert) -> Path:
+        path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        return path
+
+    ca_key, other_key, server_key = (ec.generate_private_key(ec.SECP256R1()) for _ in range(3))
+    key = directory / "server.key"
+    key.write_bytes(server_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                             serialization.NoEncryption()))
+    return Pki(ca=write(directory / "ca.pem", build("test CA", ca_key, "test CA", ca_key, True)),
+               cert=write(directory / "server.pem", build("127.0.0.1", server_key, "test CA", ca_key, False)),
+               key=key,
+               other_ca=write(directory / "other-ca.pem", build("other CA", other_key, "other CA", other_key, True)))
 
 
 def server_command(tool_log: Path, *options: str) -> list[str]:
@@ -125,13 +183,15 @@ def gateway_env(env: Env, keys: tuple[str, ...], **extra: str) -> dict[str, str]
 
 @asynccontextmanager
 async def session(args: list[str], variables: dict[str, str], front: str, elicitation=None,
-                  token: str | None = None, port: int = 0):
+                  token: str | None = None, port: int = 0, message_handler=None):
     """A client session with the gateway started with `args`: over its stdio, or over HTTP
-    (`--listen` on `port`, by default one it chooses, read from the line it prints)."""
+    (`--listen` on `port`, by default one it chooses, read from the line it prints);
+    `message_handler` is given the server's notifications."""
     if front == "stdio":
         params = StdioServerParameters(command=GATEWAY, args=args, env=variables)
         async with stdio_client(params) as (read, write):
-            async with ClientSession(read, write, elicitation_callback=elicitation) as s:
+            async with ClientSession(read, write, elicitation_callback=elicitation,
+                                     message_handler=message_handler) as s:
                 await s.initialize()
                 yield s
         return
@@ -147,7 +207,8 @@ async def session(args: list[str], variables: dict[str, str], front: str, elicit
         headers = {"Authorization": f"Bearer {token}"} if token else None
         async with create_mcp_http_client(headers=headers) as http:
             async with streamable_http_client(found.group(1), http_client=http) as (read, write):
-                async with ClientSession(read, write, elicitation_callback=elicitation) as s:
+                async with ClientSession(read, write, elicitation_callback=elicitation,
+                                         message_handler=message_handler) as s:
                     await s.initialize()
                     yield s
 
@@ -155,16 +216,20 @@ async def session(args: list[str], variables: dict[str, str], front: str, elicit
 @asynccontextmanager
 async def gateway(env: Env, authorization_id: str, tool_log: Path, *, url: str | None = None,
                   keys: tuple[str, ...] = ("check", "read", "answer"), wait_ms: int = 30_000,
-                  elicitation=None, extra_args: tuple[str, ...] = (), via: Via | None = None):
-    """A client session through the gateway to server.py (`via`: the test's way by default)."""
+                  elicitation=None, extra_args: tuple[str, ...] = (), via: Via | None = None,
+                  server_args: tuple[str, ...] = (), message_handler=None):
+    """A client session through the gateway to server.py started with `server_args` (`via`: the
+    test's way by default)."""
     via = via or _current
     args = ["--allowly-url", url or env.url, "--authorization-id", authorization_id, "--server-name", "shop",
             "--escalation-wait-ms", str(wait_ms), "--user", "dana", *extra_args]
     variables = gateway_env(env, keys, TOOL_LOG=str(tool_log))
     if via.back == "stdio":
-        async with session([*args, "--", *server_command(tool_log)], variables, via.front, elicitation) as s:
+        async with session([*args, "--", *server_command(tool_log, *server_args)], variables, via.front, elicitation,
+                           message_handler=message_handler) as s:
             yield s
         return
-    with http_server(tool_log) as (server_url, _):
-        async with session([*args, "--upstream-url", server_url], variables, via.front, elicitation) as s:
+    with http_server(tool_log, *server_args) as (server_url, _):
+        async with session([*args, "--upstream-url", server_url], variables, via.front, elicitation,
+                           message_handler=message_handler) as s:
             yield s

@@ -174,3 +174,31 @@ def test_a_resource_template_gives_the_check_its_resource_and_a_missing_argument
     assert uncovered.is_error and "resource_not_covered" in text(uncovered), uncovered
     assert missing.is_error and 'needs the argument "name"' in text(missing), missing
     assert [c["arguments"] for c in calls(log)] == [{"title": "VAT rate"}]
+
+
+def updates_into(queue: asyncio.Queue):
+    """A `message_handler` putting the URI of every `notifications/resources/updated` in `queue`."""
+    async def handle(message):
+        if isinstance(message, types.ResourceUpdatedNotification):
+            await queue.put(str(message.params.uri))
+    return handle
+
+
+def test_a_resource_subscription_reaches_the_server_and_its_update_reaches_the_client(tmp_path, env):
+    """`resources/subscribe` and `unsubscribe` pass through (the HTTP front's too), and the
+    server's `notifications/resources/updated` reaches the client."""
+    log = tmp_path / "log"
+
+    async def main():
+        updates: asyncio.Queue = asyncio.Queue()
+        async with gateway(env, grant(env, GRANTED), log, server_args=("--name", "shop"),
+                           message_handler=updates_into(updates)) as s:
+            subscribe = s.initialize_result.capabilities.resources.subscribe
+            await s.subscribe_resource("shop://catalog")
+            updated = await asyncio.wait_for(updates.get(), timeout=20)
+            await s.unsubscribe_resource("shop://catalog")
+            return subscribe, updated
+    subscribe, updated = asyncio.run(main())
+    assert subscribe, "the server's capability reaches the client"
+    assert updated == "shop://catalog", updated
+    assert calls(log) == [{"subscribe": "shop://catalog"}, {"unsubscribe": "shop://catalog"}]

@@ -14,7 +14,7 @@ import allowly
 import mcp.types as types
 
 from conftest import free_port, gateway_env, http_server, server_command, session
-from test_gateway import calls, grant, meta, text
+from test_gateway import calls, grant, meta, text, updates_into
 
 TOOLS = ["create_issue", "deleteRepo", "send_email", "send_payment"]
 
@@ -28,9 +28,10 @@ def config(path: Path, shop_log: Path, crm_url: str) -> Path:
 
 
 @asynccontextmanager
-async def several(env, az: str, config_file: Path, front: str, elicitation=None):
+async def several(env, az: str, config_file: Path, front: str, elicitation=None, message_handler=None):
     args = ["--allowly-url", env.url, "--authorization-id", az, "--config", str(config_file), "--user", "dana"]
-    async with session(args, gateway_env(env, ("check", "read", "answer")), front, elicitation) as s:
+    async with session(args, gateway_env(env, ("check", "read", "answer")), front, elicitation,
+                       message_handler=message_handler) as s:
         yield s
 
 
@@ -174,3 +175,40 @@ def test_a_server_that_wants_a_bearer_token_gets_the_one_its_variable_holds(tmp_
     assert locked.is_error and "the MCP server locked is unavailable" in text(locked), locked
     assert "locked (" in init.instructions and "nope" not in init.instructions, init.instructions
     assert calls(tmp_path / "crm") == [{"tool": "create_issue", "arguments": {"title": "A"}}]
+
+
+def test_subscriptions_and_completions_reach_the_server_that_owns_the_resource_or_prompt(tmp_path, env):
+    """Two servers with the same resources but their own URIs ("shop" over stdio, "crm" over
+    HTTP), behind the HTTP front: a subscription reaches the server that listed the URI, and its
+    update reaches the client; a completion of a prompt's argument reaches the server its
+    prefix names, one of a resource template's the server that listed the template."""
+    shop_log, crm_log = tmp_path / "shop", tmp_path / "crm"
+    shop = ", ".join(f'"{part}"' for part in server_command(shop_log, "--name", "shop"))
+
+    async def main(crm_url: str):
+        gw = tmp_path / "gw.toml"
+        gw.write_text(f'[servers.shop]\ncommand = [{shop}]\n\n[servers.crm]\nurl = "{crm_url}"\n')
+        updates: asyncio.Queue = asyncio.Queue()
+        async with several(env, grant(env, ["mcp.shop.create_issue"]), gw, "http", message_handler=updates_into(updates)) as s:
+            caps = s.initialize_result.capabilities
+            await s.list_resources()
+            await s.list_resource_templates()
+            await s.subscribe_resource("crm://catalog")
+            first = await asyncio.wait_for(updates.get(), timeout=20)
+            await s.subscribe_resource("shop://catalog")
+            second = await asyncio.wait_for(updates.get(), timeout=20)
+            await s.unsubscribe_resource("crm://catalog")
+            prompt = await s.complete(types.PromptReference(type="ref/prompt", name="crm__triage"),
+                                      {"name": "issue", "value": "VA"})
+            template = await s.complete(types.ResourceTemplateReference(type="ref/resource",
+                                                                        uri="shop://items/{item}"),
+                                        {"name": "item", "value": "4"})
+            return caps, first, second, prompt.completion.values, template.completion.values
+    with http_server(crm_log, "--name", "crm") as (crm_url, _):
+        caps, first, second, prompt, template = asyncio.run(main(crm_url))
+    assert caps.resources.subscribe and caps.completions is not None, caps
+    assert (first, second) == ("crm://catalog", "shop://catalog")
+    assert calls(crm_log) == [{"subscribe": "crm://catalog"}, {"unsubscribe": "crm://catalog"}]
+    assert calls(shop_log) == [{"subscribe": "shop://catalog"}]
+    assert prompt == ["crm-issue-VA"], prompt
+    assert template == ["shop-item-4"], template

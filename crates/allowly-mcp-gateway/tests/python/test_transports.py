@@ -12,8 +12,8 @@ import time
 import httpx
 import pytest
 
-from conftest import (GATEWAY, Via, free_port, gateway, gateway_env, server_command, session, stopped_at_exit,
-                      wait_listening)
+from conftest import (GATEWAY, Via, free_port, gateway, gateway_env, http_server, server_command, session,
+                      stopped_at_exit, wait_listening)
 from test_gateway import GRANTED, calls, grant, meta, text
 
 
@@ -140,3 +140,73 @@ def test_a_connection_beyond_max_connections_is_told_503_and_a_freed_place_serve
         held.append(hold())
         for s in held:
             s.close()
+
+
+def test_one_server_that_goes_away_is_started_again_at_the_next_call(tmp_path, env):
+    """One command behind (HTTP front): it ends mid-call, that call is a tool error naming it, and
+    the next call starts it anew and reaches it; its tools are listed again."""
+    log = tmp_path / "log"
+
+    async def main():
+        async with gateway(env, grant(env, [*GRANTED, "mcp.shop.crash"]), log, server_args=("--crashable",),
+                           via=Via("http", "stdio")) as s:
+            crashed = await s.call_tool("crash", {})
+            after = await s.call_tool("create_issue", {"title": "again"})
+            return crashed, after, sorted(t.name for t in (await s.list_tools()).tools)
+    crashed, after, tools = asyncio.run(main())
+    assert crashed.is_error and "the MCP server shop is unavailable" in text(crashed), crashed
+    assert not after.is_error and "created issue 'again'" in text(after), after
+    assert "crash" in tools and "create_issue" in tools, tools
+    assert calls(log) == [{"tool": "create_issue", "arguments": {"title": "again"}}]
+
+
+def test_one_server_over_http_restarted_at_the_same_url_is_reached_again(tmp_path, env):
+    """One URL behind (stdio front): the server is killed and another started at the same URL;
+    the calls reach the new one through a new MCP session."""
+    log, port = tmp_path / "log", free_port()
+    args = ["--allowly-url", env.url, "--authorization-id", grant(env, GRANTED), "--server-name", "shop"]
+
+    async def main(url: str, first):
+        async with session([*args, "--upstream-url", url], gateway_env(env, ("check",)), "stdio") as s:
+            before = await s.call_tool("create_issue", {"title": "1"})
+            first.kill()
+            first.wait(timeout=10)
+            with http_server(log, port=port):
+                results = [await s.call_tool("create_issue", {"title": str(n)}) for n in (2, 3)]
+            return before, results
+    with http_server(log, port=port) as (url, first):
+        before, results = asyncio.run(main(url, first))
+    assert not before.is_error, before
+    assert [text(r) for r in results] == ["created issue '2'", "created issue '3'"], results
+    assert [c["arguments"]["title"] for c in calls(log)] == ["1", "2", "3"]
+
+
+def test_a_session_deleted_over_http_is_answered_204_and_is_gone(tmp_path, env, caplog):
+    """rmcp answers a session's DELETE with 202, which MCP clients read as a failed termination
+    (the Python SDK logs a warning); the gateway answers 204, and the session is gone."""
+    port = free_port()
+    args = ["--listen", f"127.0.0.1:{port}", "--allowly-url", env.url, "--authorization-id", grant(env, GRANTED),
+            "--server-name", "shop", "--", *server_command(tmp_path / "log")]
+    proc = subprocess.Popen([GATEWAY, *args], env=gateway_env(env, ("check",)), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/mcp"
+    initialize = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+                  "params": {"protocolVersion": "2025-06-18", "capabilities": {},
+                             "clientInfo": {"name": "deleting", "version": "1"}}}
+    accept = {"Accept": "application/json, text/event-stream"}
+    with stopped_at_exit(proc):
+        wait_listening(port, proc)
+        opened = httpx.post(url, json=initialize, headers=accept, timeout=30)
+        assert opened.status_code == 200, opened
+        sid = {"mcp-session-id": opened.headers["mcp-session-id"]}
+        deleted = httpx.delete(url, headers={**accept, **sid})
+        ping = httpx.post(url, json={"jsonrpc": "2.0", "id": 2, "method": "ping"}, headers={**accept, **sid})
+
+        async def client():
+            async with session(args[2:], gateway_env(env, ("check",)), "http") as s:
+                await s.list_tools()
+        asyncio.run(client())
+    assert deleted.status_code == 204 and deleted.content == b"", deleted
+    assert ping.status_code == 404, ping
+    warned = [r.getMessage() for r in caplog.records if "Session termination failed" in r.getMessage()]
+    assert warned == [], warned
