@@ -106,7 +106,9 @@ fn claude_code_hook_tests_pass_against_the_real_server() {
 /// for, fail closed when Allowly is unreachable — all-stdio and all-streamable-HTTP, the mixed
 /// ways once each, the HTTP front's bearer token; and two servers behind one gateway (`--config`:
 /// tools as `<server>__<tool>`, routing, scopes, servers down at start, an HTTP and a stdio server
-/// dying mid-session).
+/// dying mid-session); resource subscriptions relayed and routed, completions routed, a single
+/// server reconnected after it died, `DELETE` of a session answered 204, and `https://` servers
+/// behind a private CA (refused with any other CA).
 #[test]
 fn mcp_gateway_tests_pass_against_the_real_server() {
     let bin = std::path::Path::new(allowly_bin()).with_file_name("allowly-mcp-gateway");
