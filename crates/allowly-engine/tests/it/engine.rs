@@ -868,7 +868,9 @@ async fn deleting_an_endpoint_reads_the_outbox_off_the_async_workers() {
     for d in deletions {
         let (r, took) = d.await.unwrap();
         assert!(matches!(r, Err(EngineError::ReadTimeout(_))), "{r:?}");
-        assert!(took <= cfg.commit_timeout, "a deletion was answered after {took:?}");
+        // Answered at its deadline (a margin before `commit_timeout`), not when the volume
+        // answered: the bound is the stall, so a loaded machine's scheduling does not matter.
+        assert!(took < SLOW_READ, "a deletion waited for the volume: answered after {took:?}");
     }
 
     store.slow_outbox.store(false, Ordering::Release);
