@@ -329,8 +329,10 @@ export interface KeySet {
   canonical: string;
 }
 
-const keyIdOf = (name: string, pk: Uint8Array) =>
-  sha256(Buffer.from(name, "utf8"), Uint8Array.of(0x0a, 0x01), pk).subarray(0, 4).toString("hex");
+/** C2SP signed-note key id, as hex: SHA-256(name ‖ 0x0A ‖ type ‖ key)[:4]; type 0x01 is an
+ * Ed25519 note signer (a workspace key), 0x04 a tlog-cosignature witness. */
+const keyIdOf = (name: string, pk: Uint8Array, type = 0x01) =>
+  sha256(Buffer.from(name, "utf8"), Uint8Array.of(0x0a, type), pk).subarray(0, 4).toString("hex");
 
 /** Checks every §6.2 rule; a broken one is unusable input. `depth`: the set's nesting (§3). */
 export function loadKeySet(doc: Json, depth = 1): KeySet {
@@ -507,10 +509,6 @@ export interface Witness {
   readonly vkey: string;
 }
 
-/** tlog-cosignature: SHA-256(name ‖ 0x0A ‖ 0x04 ‖ public key)[:4], as hex. */
-export const cosignerKeyId = (name: string, publicKey: Uint8Array): string =>
-  sha256(Buffer.from(name, "utf8"), Uint8Array.of(0x0a, COSIGNER_KEY_TYPE), publicKey).subarray(0, 4).toString("hex");
-
 /**
  * A witness verifier key (C2SP signed-note vkey of type 0x04, as `allowly-witness init` prints
  * it). Anything else is bad usage: `UnusableInput` (exit 64).
@@ -533,7 +531,7 @@ export function parseWitnessVkey(vkey: string): Witness {
   const publicKey = raw.subarray(1);
   const point = decodePoint(publicKey);
   if (!point || smallOrder(point)) throw bad("the key is not a canonical Ed25519 point of large order");
-  if (cosignerKeyId(name, publicKey) !== kid) throw bad("the key id does not match the name and key");
+  if (keyIdOf(name, publicKey, COSIGNER_KEY_TYPE) !== kid) throw bad("the key id does not match the name and key");
   return { name, keyId: kid, publicKey, vkey };
 }
 

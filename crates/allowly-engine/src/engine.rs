@@ -1118,6 +1118,13 @@ impl Engine {
 
     /// A receipt: signed (with a proof against the newest checkpoint) or still pending.
     pub fn receipt(&self, ws: &str, id: &str) -> Result<ReceiptView> {
+        Ok(self.receipt_with_reason(ws, id)?.0)
+    }
+
+    /// [`Engine::receipt`], and why it is pending if it is pending only because the witness
+    /// quorum has not cosigned a checkpoint covering it yet (`witness_quorum`; its checkpoint
+    /// is signed and stored).
+    pub fn receipt_with_reason(&self, ws: &str, id: &str) -> Result<(ReceiptView, Option<&'static str>)> {
         // The id names the log index (the store's key); the stored receipt must have this id.
         let not_found = EngineError::NotFound { what: "receipt" };
         let Some(index) = crate::ids::receipt_index(id) else { return Err(not_found) };
@@ -1128,20 +1135,12 @@ impl Engine {
             .map_err(not_found_if_invalid("receipt"))?
             .filter(|r| r.id == id)
             .ok_or(not_found)?;
-        let (basis, _) = self.basis(ws)?;
-        self.view(&r, basis.as_ref())
-    }
-
-    /// [`Engine::receipt`], and why it is pending if it is pending only because the witness
-    /// quorum has not cosigned a checkpoint covering it yet (`witness_quorum`; its checkpoint
-    /// is signed and stored).
-    pub fn receipt_with_reason(&self, ws: &str, id: &str) -> Result<(ReceiptView, Option<&'static str>)> {
-        let view = self.receipt(ws, id)?;
+        let (basis, stored) = self.basis(ws)?;
+        let view = self.view(&r, basis.as_ref())?;
+        // Pending below the stored size: its checkpoint waits for the quorum (without
+        // witnesses the basis is the newest checkpoint, and nothing below it is pending).
         let reason = match &view {
-            ReceiptView::Pending(p) if self.shared.witnessing.enabled() => {
-                let stored = self.latest(ws)?.map_or(0, |(size, _)| size);
-                (p.log_index < stored).then_some(WITNESS_PENDING_REASON)
-            }
+            ReceiptView::Pending(p) if p.log_index < stored => Some(WITNESS_PENDING_REASON),
             _ => None,
         };
         Ok((view, reason))

@@ -153,8 +153,9 @@ pub(crate) async fn check(s: &Arc<Shared>) {
         s.faults.set(Fault::StorageFull, full, m);
         // A write may have failed since the flag was read: its fault stands until a probe.
         if !s.faults.write_failed.load(Ordering::Acquire) {
-            s.faults.clear(Fault::StorageFailed, m);
-            s.faults.clear(Fault::StorageUnavailable, m);
+            for f in Fault::OF_WRITES.into_iter().filter(|f| *f != Fault::StorageFull) {
+                s.faults.clear(f, m);
+            }
         }
     }
     // A slow volume. A write running for longer than the bound raises it now (it cannot time

@@ -257,8 +257,8 @@ pub(crate) fn start(
             store: store.clone(),
             metrics: metrics.clone(),
             sender: sender.clone(),
-            heads: HashMap::new(),
             lags: HashMap::new(),
+            lag_total: 0,
             refused_retry,
             refused: HashMap::new(),
             refused_due: BTreeSet::new(),
@@ -287,11 +287,10 @@ struct Submitter {
     store: Arc<dyn Store>,
     metrics: Metrics,
     sender: Sender,
-    /// What this witness last cosigned, per workspace (read from the store at first use).
-    heads: HashMap<String, u64>,
     /// Leaves between each workspace's newest submitted checkpoint and what this witness last
-    /// cosigned, for those not caught up (their sum is the lag gauge).
+    /// cosigned, for those not caught up; `lag_total` is their sum (the lag gauge).
     lags: HashMap<String, u64>,
+    lag_total: u64,
     /// First wait before a refused workspace is submitted again (`witness_refused_retry`).
     refused_retry: Duration,
     /// Workspaces this witness refused, each with its current wait: doubled at each refusal in
@@ -419,16 +418,12 @@ impl Submitter {
     }
 
     fn set_lag(&mut self, ws: &str, lag: u64) {
-        if lag == 0 {
-            self.lags.remove(ws);
-        } else {
-            self.lags.insert(ws.to_owned(), lag);
-        }
-        let total: u64 = self.lags.values().sum();
+        let was = if lag == 0 { self.lags.remove(ws) } else { self.lags.insert(ws.to_owned(), lag) };
+        self.lag_total = self.lag_total - was.unwrap_or(0) + lag;
         self.metrics
             .witness_cosigned_lag
             .with_label_values(&[self.witness.label()])
-            .set(total.min(i64::MAX as u64) as i64);
+            .set(self.lag_total.min(i64::MAX as u64) as i64);
     }
 
     /// Runs `f` over the store off the async workers.
@@ -437,10 +432,7 @@ impl Submitter {
         f: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, String> {
         let store = self.store.clone();
-        match tokio::task::spawn_blocking(move || f(&*store)).await {
-            Ok(r) => r.map_err(|e| e.to_string()),
-            Err(e) => Err(format!("blocking task: {e}")),
-        }
+        crate::services::blocking(move || Ok(f(&*store)?)).await.map_err(|e| e.to_string())
     }
 
     /// Submits the newest stored checkpoint of `ws` to the witness, unless it cosigned it.
@@ -456,7 +448,7 @@ impl Submitter {
             }
         };
         let Some((size, checkpoint)) = latest else { return Sent::Done };
-        let mut old = *self.heads.entry(ws.to_owned()).or_insert(stored_head.unwrap_or(0));
+        let mut old = stored_head.unwrap_or(0);
         self.set_lag(ws, size.saturating_sub(old));
         if old >= size {
             if old > size {
@@ -514,7 +506,6 @@ impl Submitter {
             return Sent::Unavailable(format!("storing the cosignature of {ws} at {size}: {e}"));
         }
         self.count("cosigned");
-        self.heads.insert(ws.to_owned(), size);
         // A newer checkpoint may have been stored meanwhile: the queue has it if so.
         let newest = self.blocking({
             let ws = ws.to_owned();

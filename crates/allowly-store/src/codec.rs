@@ -125,6 +125,13 @@ pub(crate) fn decode_leaf(space: Space, key: &[u8], bytes: &[u8]) -> Result<([u8
     Ok((hash(space, key, leaf)?, index))
 }
 
+/// A stored cosignature is one whole signature line: text ending in its only newline. What is
+/// served is the note followed by such lines, so a line without its newline (or with two)
+/// would corrupt every note it joins. Checked on write and on read.
+pub(crate) fn is_one_line(line: &str) -> bool {
+    line.strip_suffix('\n').is_some_and(|rest| !rest.contains('\n'))
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

@@ -175,9 +175,7 @@ pub(crate) fn stage(batch: WriteBatch) -> Result<Mutations> {
             }
             Op::PutCosignature { workspace_id: ws, size, witness, line } => {
                 check_id("workspace_id", &ws)?;
-                // One whole signature line: what is served is the note followed by these, so a
-                // line without its newline (or with two) would corrupt every note it joins.
-                if line.is_empty() || !line.ends_with('\n') || line[..line.len() - 1].contains('\n') {
+                if !codec::is_one_line(&line) {
                     return Err(StoreError::InvalidOp(format!(
                         "cosignature of {ws} at {size}: not one signature line"
                     )));

@@ -262,7 +262,7 @@ fn cosignature_of(ws: &str, (k, v): (Vec<u8>, Vec<u8>)) -> Result<(u64, [u8; 32]
     let witness = k.get(at + 8..).and_then(|b| <[u8; 32]>::try_from(b).ok());
     let (Some(size), Some(witness)) = (size, witness) else { return Err(bad("bad key length")) };
     let line = String::from_utf8(v).map_err(|_| bad("cosignature is not UTF-8"))?;
-    if !line.ends_with('\n') || line[..line.len() - 1].contains('\n') {
+    if !codec::is_one_line(&line) {
         return Err(bad("not one signature line"));
     }
     Ok((size, witness, line))
@@ -339,10 +339,7 @@ fn workspaces_with_unsigned(e: &impl KvEngine) -> Result<Vec<String>> {
             let signed = first_checkpoint(view, ws, &keys::ws_start(ws), true)?.map_or(0, |(size, _)| size);
             // The stored `next_index` may lag the log (see `log_meta`): a receipt at or past the
             // signed size is what says there is something to sign.
-            let unsigned = meta.next_index > signed
-                || !view
-                    .scan(Space::Receipts, &keys::ws_u64(ws, signed), Some(&keys::ws_end(ws)), 1, false)?
-                    .is_empty();
+            let unsigned = meta.next_index > signed || newest_receipt_from(view, ws, signed)?.is_some();
             Ok(unsigned || meta.rotation_at.is_some())
         })
     })
@@ -360,6 +357,15 @@ fn workspaces_behind_witness(e: &impl KvEngine, witness: &[u8; 32]) -> Result<Ve
     })
 }
 
+/// The log index of the newest receipt of `ws` at or past `floor`, if there is one: one seek.
+fn newest_receipt_from(view: &dyn KvRead, ws: &str, floor: u64) -> Result<Option<u64>> {
+    let newest = view.scan(Space::Receipts, &keys::ws_u64(ws, floor), Some(&keys::ws_end(ws)), 1, true)?;
+    newest
+        .first()
+        .map(|(k, _)| keys::u64_suffix(k, ws.len() + 1).ok_or_else(|| corrupt(Space::Receipts, k, "bad key length")))
+        .transpose()
+}
+
 /// A workspace's log position. `next_index` is not rewritten by every commit (it was one more
 /// key per workspace per group, the same key thousands of times over in every memtable when
 /// the load is spread over many workspaces): the sequencer writes the record when its rotation
@@ -373,15 +379,7 @@ fn log_meta(e: &impl KvEngine, ws: &str) -> Result<Option<LogMeta>> {
         let stored =
             view.get(Space::LogMeta, &key)?.map(|v| decode::<LogMeta>(Space::LogMeta, &key, &v)).transpose()?;
         let floor = stored.as_ref().map_or(0, |m| m.next_index);
-        let newest = view.scan(Space::Receipts, &keys::ws_u64(ws, floor), Some(&keys::ws_end(ws)), 1, true)?;
-        let past_newest = match newest.first() {
-            None => None,
-            Some((k, _)) => Some(
-                keys::u64_suffix(k, ws.len() + 1)
-                    .ok_or_else(|| corrupt(Space::Receipts, k, "bad key length"))?
-                    .saturating_add(1),
-            ),
-        };
+        let past_newest = newest_receipt_from(view, ws, floor)?.map(|i| i.saturating_add(1));
         Ok(match (stored, past_newest) {
             (None, None) => None,
             (stored, past_newest) => {

@@ -504,9 +504,10 @@ class KeySet:
     canonical: bytes  # to tell two bundle key sets apart (§7.2 step 2)
 
 
-def compute_key_id(name: str, public_key: bytes) -> str:
-    """C2SP signed-note key id: SHA-256(name ‖ 0x0A ‖ 0x01 ‖ public key)[:4]."""
-    return sha256(name.encode("utf-8") + b"\n\x01" + public_key)[:4].hex()
+def compute_key_id(name: str, public_key: bytes, key_type: int = 0x01) -> str:
+    """C2SP signed-note key id: SHA-256(name ‖ 0x0A ‖ type ‖ public key)[:4], as hex. Type 0x01
+    is an Ed25519 note signer (a workspace key), 0x04 a tlog-cosignature witness."""
+    return sha256(name.encode("utf-8") + b"\n" + bytes([key_type]) + public_key)[:4].hex()
 
 
 KEYSET_MEMBERS = {"workspace_id", "origin", "keys"}
@@ -755,11 +756,6 @@ class Witness:
         return f"{self.name}+{self.key_id.hex()}+{base64.b64encode(raw).decode('ascii')}"
 
 
-def cosigner_key_id(name: str, public_key: bytes) -> bytes:
-    """tlog-cosignature: SHA-256(name ‖ 0x0A ‖ 0x04 ‖ public key)[:4]."""
-    return sha256(name.encode("utf-8") + b"\n" + bytes([COSIGNER_KEY_TYPE]) + public_key)[:4]
-
-
 def _bad_key_name(name: str) -> bool:
     """signed-note key names: non-empty, no '+', no whitespace, no control character."""
     return not name or "+" in name or any(_is_space(ch) or _is_control(ch) for ch in name)
@@ -787,7 +783,7 @@ def parse_witness_vkey(vkey) -> Witness:
     point = ed_decode_point(public_key)
     if point is None or ed_is_small_order(point):
         raise bad("the key is not a canonical Ed25519 point of large order")
-    key_id = cosigner_key_id(name, public_key)
+    key_id = bytes.fromhex(compute_key_id(name, public_key, COSIGNER_KEY_TYPE))
     if key_id.hex() != kid:
         raise bad("the key id does not match the name and key")
     return Witness(name, key_id, public_key)

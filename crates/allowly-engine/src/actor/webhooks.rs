@@ -168,12 +168,7 @@ impl WsState {
             if !entry.delivery_id.starts_with(&prefix) {
                 continue;
             }
-            let delivery = match self.fetched_doc(DocKind::Delivery, &entry.delivery_id) {
-                Some(r) => r?,
-                None => store.doc(DocKind::Delivery, ws, &entry.delivery_id)?,
-            };
-            if let Some(v) = delivery {
-                let mut d: DeliveryDoc = decode("delivery", &entry.delivery_id, v)?;
+            if let Some((mut d, _)) = self.doc::<DeliveryDoc>(DocKind::Delivery, &entry.delivery_id)? {
                 if d.webhook_id != webhook_id {
                     continue;
                 }

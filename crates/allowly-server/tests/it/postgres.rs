@@ -118,7 +118,9 @@ fn the_server_runs_on_postgres_and_its_receipts_survive_a_restart() {
 /// were its generic kind: `500 storage_error`, `/readyz` ready throughout.
 #[test]
 fn a_database_out_of_reach_fails_closed_as_storage_unavailable_and_recovers_by_itself() {
-    use crate::resilience::{metric, not_ready_because, wait_all_signed, Acked};
+    use crate::resilience::{
+        check_once, checks_acknowledged, metric, not_ready_because, serves_again, wait_all_signed, Acked,
+    };
     // A cluster of its own: the shared one serves the other tests.
     let cluster = allowly_store_postgres::test_cluster::Cluster::start();
     let conninfo = cluster.fresh_database("allowly_outage");
@@ -127,14 +129,9 @@ fn a_database_out_of_reach_fails_closed_as_storage_unavailable_and_recovers_by_i
     s.wait_ready();
     let t = tenant(&s, "outage", &["files.read"]);
     let c = s.client();
-    let check = || c.post("/v1/check", &t.checker, json!({ "authorization_id": t.az, "scopes": ["files.read"] }));
-    let mut acked: Vec<Acked> = (0..3)
-        .map(|_| {
-            let r = check();
-            assert_eq!(r.status, 200, "{r}");
-            Acked::of(&r.json()).unwrap()
-        })
-        .collect();
+    let check = || check_once(&c, &t);
+    let mut acked: Vec<Acked> = Vec::new();
+    checks_acknowledged(&c, &t, 3, &mut acked);
     wait_all_signed(&s, &t.reader, &acked);
     let fault = r#"allowly_engine_fault{cause="storage_unavailable"}"#;
     assert_eq!(metric(&c, fault), Some(0.0));
@@ -160,16 +157,7 @@ fn a_database_out_of_reach_fails_closed_as_storage_unavailable_and_recovers_by_i
     assert!(r.status == 200 || r.problem(503, "storage_unavailable").is_object(), "{r}");
 
     cluster.start_server();
-    let back = eventually(
-        "checks answered 200 again",
-        || s.diagnostics(),
-        || {
-            let r = check();
-            (r.status == 200).then(|| r.json())
-        },
-    );
-    acked.push(Acked::of(&back).unwrap());
-    s.wait_ready();
+    serves_again(&s, &t, &mut acked);
     assert_eq!(metric(&c, fault), Some(0.0));
     wait_all_signed(&s, &t.reader, &acked);
     let export = c.get(&format!("/v1/authorizations/{}/export", t.az), Some(&t.reader));

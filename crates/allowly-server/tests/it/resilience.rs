@@ -1588,12 +1588,12 @@ pub(crate) fn not_ready_because(c: &Client, code: &str) -> Value {
 }
 
 /// One check of `files.read` on `t`'s authorization.
-fn check_once(c: &Client, t: &Tenant) -> Resp {
+pub(crate) fn check_once(c: &Client, t: &Tenant) -> Resp {
     c.post("/v1/check", &t.checker, json!({ "authorization_id": t.az, "scopes": ["files.read"] }))
 }
 
 /// `n` checks that must each be answered 200; their receipts are added to `acked`.
-fn checks_acknowledged(c: &Client, t: &Tenant, n: usize, acked: &mut Vec<Acked>) {
+pub(crate) fn checks_acknowledged(c: &Client, t: &Tenant, n: usize, acked: &mut Vec<Acked>) {
     for _ in 0..n {
         let r = check_once(c, t);
         assert_eq!(r.status, 200, "{r}");
@@ -1637,7 +1637,7 @@ fn writes_refused_with(s: &Server, t: &Tenant, code: &str) {
 
 /// Checks are answered 200 again (and `/readyz` is 200) once the cause is gone; the answer's
 /// receipt is added to `acked`.
-fn serves_again(s: &Server, t: &Tenant, acked: &mut Vec<Acked>) {
+pub(crate) fn serves_again(s: &Server, t: &Tenant, acked: &mut Vec<Acked>) {
     let c = s.client();
     let back = eventually(
         "checks to be answered 200 again",

@@ -127,10 +127,11 @@ fn server_metric(s: &Server, witness: &str, outcome: &str) -> u64 {
         .map_or(0, |v| v as u64)
 }
 
-fn start_server(root: &Path, name: &str, witnesses: &[&Witness], quorum: usize) -> Server {
+/// A server with its data in `root/name` (again, for a restart) and `args` (see [`server_args`]).
+fn start_server(root: &Path, name: &str, args: &[String]) -> Server {
     let dir = root.join(name);
     std::fs::create_dir_all(&dir).unwrap();
-    Server::start_with(&dir, &server_args(witnesses, quorum).iter().map(String::as_str).collect::<Vec<_>>())
+    Server::start_with(&dir, &args.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
 fn server_args(witnesses: &[&Witness], quorum: usize) -> Vec<String> {
@@ -192,7 +193,7 @@ fn verify(s: &Server, t: &Tenant, receipt: &serde_json::Value, witnesses: &[&Wit
 fn receipts_carry_two_cosignatures_and_verify_with_a_quorum_of_two() {
     let tmp = tempfile::tempdir().unwrap();
     let (mut a, mut b) = (Witness::init(tmp.path(), "wa.test/w"), Witness::init(tmp.path(), "wb.test/w"));
-    let s = start_server(tmp.path(), "s", &[&a, &b], 2);
+    let s = start_server(tmp.path(), "s", &server_args(&[&a, &b], 2));
     let t = tenant(&s, "witnessed", &["files.read"]);
     a.start(&[(&s, &t)]);
     b.start(&[(&s, &t)]);
@@ -245,8 +246,8 @@ fn receipts_carry_two_cosignatures_and_verify_with_a_quorum_of_two() {
 fn a_stopped_witness_holds_back_a_quorum_of_two_and_catches_up_through_its_409() {
     let tmp = tempfile::tempdir().unwrap();
     let (mut a, mut b) = (Witness::init(tmp.path(), "wa.test/w"), Witness::init(tmp.path(), "wb.test/w"));
-    let two = start_server(tmp.path(), "two", &[&a, &b], 2);
-    let one = start_server(tmp.path(), "one", &[&a, &b], 1);
+    let two = start_server(tmp.path(), "two", &server_args(&[&a, &b], 2));
+    let one = start_server(tmp.path(), "one", &server_args(&[&a, &b], 1));
     let (t2, t1) = (tenant(&two, "q2", &["files.read"]), tenant(&one, "q1", &["files.read"]));
     let logs = [(&two, &t2), (&one, &t1)];
     a.start(&logs);
@@ -373,12 +374,10 @@ fn a_witness_answering_a_bad_cosignature_is_counted_and_nothing_of_it_is_stored(
     let (fake_addr, answered, agents) = bad_witness("fake.test/w");
     let fake_key =
         CosignerKey::new("fake.test/w", ed25519_dalek::SigningKey::from_bytes(&[0x55; 32]).verifying_key()).unwrap();
-    let dir = tmp.path().join("s");
-    std::fs::create_dir_all(&dir).unwrap();
     let fake_arg = format!("{}=http://{fake_addr}", fake_key.to_vkey());
     let mut args = server_args(&[&a], 2);
     args.extend(["--witness".to_owned(), fake_arg]);
-    let s = Server::start_with(&dir, &args.iter().map(String::as_str).collect::<Vec<_>>());
+    let s = start_server(tmp.path(), "s", &args);
     let t = tenant(&s, "fake", &["files.read"]);
     a.start(&[(&s, &t)]);
     let id = check(&s, &t);
@@ -407,7 +406,7 @@ fn a_witness_answering_a_bad_cosignature_is_counted_and_nothing_of_it_is_stored(
 fn a_restarted_server_submits_from_the_size_each_witness_last_cosigned() {
     let tmp = tempfile::tempdir().unwrap();
     let mut a = Witness::init(tmp.path(), "wa.test/w");
-    let mut s = start_server(tmp.path(), "s", &[&a], 1);
+    let mut s = start_server(tmp.path(), "s", &server_args(&[&a], 1));
     let t = tenant(&s, "restart", &["files.read"]);
     a.start(&[(&s, &t)]);
     signed(&s, &t, &check(&s, &t));
@@ -416,8 +415,7 @@ fn a_restarted_server_submits_from_the_size_each_witness_last_cosigned() {
     assert!(cosigned >= 1);
     assert_eq!(a.requests("old_size_mismatch"), 0);
     s.stop();
-    let args = server_args(&[&a], 1);
-    let s = Server::start_with(&tmp.path().join("s"), &args.iter().map(String::as_str).collect::<Vec<_>>());
+    let s = start_server(tmp.path(), "s", &server_args(&[&a], 1));
     let v = signed(&s, &t, &check(&s, &t));
     assert_eq!(cosigned_by(v["checkpoint"].as_str().unwrap(), &[&a]).len(), 1, "{v}");
     assert!(a.requests("cosigned") > cosigned);
@@ -536,7 +534,7 @@ fn all_three_verifiers_apply_a_witness_policy_to_what_the_server_exports() {
     let (mut a, mut b) = (Witness::init(tmp.path(), "wa.test/w"), Witness::init(tmp.path(), "wb.test/w"));
     // Known to the verifiers, never started: it cosigns nothing.
     let c = Witness::init(tmp.path(), "wc.test/w");
-    let s = start_server(tmp.path(), "s", &[&a, &b], 2);
+    let s = start_server(tmp.path(), "s", &server_args(&[&a, &b], 2));
     let t = tenant(&s, "three", &["files.read"]);
     a.start(&[(&s, &t)]);
     b.start(&[(&s, &t)]);
@@ -611,7 +609,7 @@ fn the_sdks_report_a_witness_quorum_pending_and_wait_through_it() {
     crate::clients::tsc(&sdk, &compiler, "tsconfig.test.json", ts.path());
     let tmp = tempfile::tempdir().unwrap();
     let (mut a, mut b) = (Witness::init(tmp.path(), "wa.test/w"), Witness::init(tmp.path(), "wb.test/w"));
-    let s = start_server(tmp.path(), "s", &[&a, &b], 2);
+    let s = start_server(tmp.path(), "s", &server_args(&[&a, &b], 2));
     let t = tenant(&s, "sdks", &["files.read"]);
     let logs = [(&s, &t)];
     a.start(&logs);
@@ -688,7 +686,7 @@ fn the_sdks_report_a_witness_quorum_pending_and_wait_through_it() {
 fn a_restarted_server_submits_the_checkpoints_a_witness_missed_without_a_new_check() {
     let tmp = tempfile::tempdir().unwrap();
     let mut a = Witness::init(tmp.path(), "wa.test/w");
-    let mut s = start_server(tmp.path(), "s", &[&a], 1);
+    let mut s = start_server(tmp.path(), "s", &server_args(&[&a], 1));
     let t = tenant(&s, "sweep", &["files.read"]);
     a.start(&[(&s, &t)]);
     signed(&s, &t, &check(&s, &t));
@@ -700,8 +698,7 @@ fn a_restarted_server_submits_the_checkpoints_a_witness_missed_without_a_new_che
         (receipt(&s, &t, &id).header("allowly-pending-reason") == Some("witness_quorum")).then_some(())
     });
     s.stop();
-    let args = server_args(&[&a], 1);
-    let s = Server::start_with(&tmp.path().join("s"), &args.iter().map(String::as_str).collect::<Vec<_>>());
+    let s = start_server(tmp.path(), "s", &server_args(&[&a], 1));
     s.wait_ready();
     let pending = receipt(&s, &t, &id);
     assert_eq!(pending.header("allowly-pending-reason"), Some("witness_quorum"), "{pending}");
@@ -722,11 +719,9 @@ fn a_restarted_server_submits_the_checkpoints_a_witness_missed_without_a_new_che
 fn a_refused_checkpoint_is_submitted_again_and_cosigned_once_the_witness_knows_the_log() {
     let tmp = tempfile::tempdir().unwrap();
     let mut a = Witness::init(tmp.path(), "wa.test/w");
-    let dir = tmp.path().join("s");
-    std::fs::create_dir_all(&dir).unwrap();
     let mut args = server_args(&[&a], 1);
     args.extend(["--witness-refused-retry-ms".to_owned(), "300".to_owned()]);
-    let s = Server::start_with(&dir, &args.iter().map(String::as_str).collect::<Vec<_>>());
+    let s = start_server(tmp.path(), "s", &args);
     let (known, unknown) = (tenant(&s, "known", &["files.read"]), tenant(&s, "unknown", &["files.read"]));
     a.start(&[(&s, &known)]);
     signed(&s, &known, &check(&s, &known));
