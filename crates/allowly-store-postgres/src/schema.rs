@@ -27,6 +27,10 @@ pub(crate) struct Stmts {
     pub scan: [[Statement; 2]; 2],
     pub upsert: Statement,
     pub delete: Statement,
+    /// The current value of each key a checked write expects, locked until its transaction ends.
+    pub check: Statement,
+    /// The database's clock, in ms since the Unix epoch.
+    pub now: Statement,
 }
 
 const GET: &str = "SELECT v FROM allowly_kv WHERE space = $1 AND k = $2";
@@ -46,6 +50,15 @@ const UPSERT: &str = "INSERT INTO allowly_kv (space, k, v) \
      SELECT * FROM unnest($1::text[], $2::bytea[], $3::bytea[]) \
      ON CONFLICT (space, k) DO UPDATE SET v = excluded.v";
 const DELETE: &str = "DELETE FROM allowly_kv WHERE (space, k) IN (SELECT * FROM unnest($1::text[], $2::bytea[]))";
+// `FOR UPDATE`: a row write lock, which orders a fenced write and a takeover of its workspace
+// by commit, not only by serialization: whichever locks the epoch row second waits for the
+// first to commit, and one whose snapshot predates a committed change of the row fails with a
+// serialization failure (run again, it reads the new epoch). Serializable isolation alone would
+// let a fenced write commit *after* a takeover (serialized before it), unseen by the new
+// owner's snapshot reads. CockroachDB and YugabyteDB take the same lock.
+const CHECK: &str = "SELECT space, k, v FROM allowly_kv \
+     WHERE (space, k) IN (SELECT * FROM unnest($1::text[], $2::bytea[])) FOR UPDATE";
+const NOW: &str = "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::int8";
 
 /// Creates the tables if absent and records the version; refuses a database at another
 /// version before writing anything. Each statement commits on its own (engines differ on DDL
@@ -80,6 +93,8 @@ pub(crate) async fn prepare(client: &Client, opts: &PgOptions) -> Result<Stmts, 
         scan: [[scan(0, 0).await?, scan(0, 1).await?], [scan(1, 0).await?, scan(1, 1).await?]],
         upsert: client.prepare(UPSERT).await?,
         delete: client.prepare(DELETE).await?,
+        check: client.prepare(CHECK).await?,
+        now: client.prepare(NOW).await?,
     })
 }
 
