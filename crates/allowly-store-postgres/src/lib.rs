@@ -60,5 +60,7 @@ mod store;
 #[cfg(feature = "test-cluster")]
 pub mod test_cluster;
 
-pub use options::PgOptions;
+#[cfg(feature = "test-cluster")]
+pub use options::TestHook;
+pub use options::{PgOptions, TxPoint};
 pub use store::PgStore;

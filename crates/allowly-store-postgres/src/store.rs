@@ -1,6 +1,6 @@
 //! [`PgStore`]: the store on PostgreSQL, one table for every key space.
 
-use std::cell::OnceCell;
+use std::cell::{Cell, OnceCell};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::rc::Rc;
@@ -13,9 +13,9 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::Client;
 
 use crate::error::Failure;
-use crate::pool::{self, Attempt, Conn, Live, Mode, Pool};
+use crate::pool::{self, Attempt, Conn, Hook, Live, Mode, Pool};
 use crate::schema::Stmts;
-use crate::PgOptions;
+use crate::{PgOptions, TxPoint};
 
 /// The store on a PostgreSQL(-compatible) database. It is an [`allowly_store::Store`] through
 /// [`KvEngine`]; safe to call from any thread, async workers included (see `pool.rs`).
@@ -405,17 +405,21 @@ async fn check<'w>(
 /// checks first, under the lock, and writes exactly the groups that hold.
 fn apply_checked(conn: &mut Conn, deadline: Instant, write: &Checked, durability: Durability) -> Result<Outcome> {
     let begin = begin(conn, durability);
+    let hook = conn.test_hook();
     let expected: (Vec<&'static str>, Vec<&[u8]>) = write.expected_keys().map(|(s, k)| (s.name(), k)).unzip();
     let unchecked = write.plan_unchecked();
     let unchecked_muts = unchecked.mutations();
     let unexpected = Rows::of(unchecked_muts.iter().copied().filter(|&(s, k, _)| !write.is_expected(s, k)));
-    let (expected, unchecked, unexpected) = (&expected, &unchecked, &unexpected);
+    let (hook, expected, unchecked, unexpected) = (&hook, &expected, &unchecked, &unexpected);
+    let tries = Cell::new(0u32);
     conn.attempt("apply checked", deadline, Mode::Own, |live: Rc<Live>| -> Attempt<'_, _> {
+        let attempt = tries.replace(tries.get() + 1);
         Box::pin(async move {
             let (c, stmts) = (&live.client, &live.stmts);
             c.batch_execute(begin).await?;
             let optimistic = or_roll_back(c, async {
                 unexpected.write(c, stmts).await?;
+                at(hook, TxPoint::BeforeCheck, attempt);
                 let plan = check(c, stmts, write, expected).await?;
                 if !plan.same_groups(unchecked) {
                     c.batch_execute("ROLLBACK").await?;
@@ -423,6 +427,7 @@ fn apply_checked(conn: &mut Conn, deadline: Instant, write: &Checked, durability
                 }
                 let muts = plan.mutations();
                 Rows::of(muts.iter().copied().filter(|&(s, k, _)| write.is_expected(s, k))).write(c, stmts).await?;
+                at(hook, TxPoint::BeforeCommit, attempt);
                 c.batch_execute("COMMIT").await?;
                 Ok(Some(plan.into_outcome()))
             })
@@ -435,6 +440,7 @@ fn apply_checked(conn: &mut Conn, deadline: Instant, write: &Checked, durability
                 let plan = check(c, stmts, write, expected).await?;
                 let muts = plan.mutations();
                 Rows::of(muts.iter().copied()).write(c, stmts).await?;
+                at(hook, TxPoint::BeforeCommit, attempt);
                 c.batch_execute("COMMIT").await?;
                 Ok(plan.into_outcome())
             })
@@ -442,3 +448,13 @@ fn apply_checked(conn: &mut Conn, deadline: Instant, write: &Checked, durability
         })
     })
 }
+
+#[cfg(feature = "test-cluster")]
+fn at(hook: &Hook, point: TxPoint, attempt: u32) {
+    if let Some(hook) = hook {
+        (hook.0)(point, attempt);
+    }
+}
+
+#[cfg(not(feature = "test-cluster"))]
+fn at(_: &Hook, _: TxPoint, _: u32) {}

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 mod faults;
+mod nodes;
 
 use allowly_store::conformance::leases::granted;
 use allowly_store::conformance::{records, Fixture};
