@@ -36,7 +36,8 @@ pub struct PgOptions {
     pub test_hook: Option<TestHook>,
 }
 
-/// Where a checked write's transaction reaches a [`PgOptions::test_hook`].
+/// Where a checked write's transaction reaches the test hook (`PgOptions::test_hook`, feature
+/// `test-cluster`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TxPoint {
     /// Its writes of the keys it does not check are done (so its snapshot is taken); the keys
