@@ -19,17 +19,29 @@
 //! snapshot). `bytea` compares as `memcmp` in all three, which is the byte order the key spaces
 //! need (`tests/it` checks it with keys holding 0x00 and 0xff).
 //!
-//! # Schema (version 1)
+//! # Schema (version 2)
 //!
 //! ```sql
-//! allowly_meta (name text PRIMARY KEY, value text NOT NULL)   -- ('schema_version', '1')
+//! allowly_meta (name text PRIMARY KEY, value text NOT NULL)   -- ('schema_version', '2')
 //! allowly_kv   (space text, k bytea, v bytea NOT NULL, PRIMARY KEY (space, k))
 //! ```
 //!
 //! `space` is [`Space::name`](allowly_store::kv::Space::name) (stable, never renamed, like the
 //! RocksDB column families); keys and values are `allowly-store`'s bytes. Created on open if
 //! absent, in the first schema of the connection's `search_path`; a database whose schema
-//! version is newer than this build's is refused, never written.
+//! version is newer than this build's is refused, never written. Version 2 added no table:
+//! it marks a database that may hold leases, which a version-1 build (that ignores fences)
+//! must not write; a version-1 database is migrated on open.
+//!
+//! # Several nodes
+//!
+//! Membership, leases and fenced writes are `allowly-store`'s, over the `members`, `leases`
+//! and `lease_epochs` key spaces; this crate gives them the database's clock
+//! ([`KvEngine::now_ms`](allowly_store::kv::KvEngine::now_ms): `clock_timestamp()`, so the
+//! nodes' clocks never matter) and a checked write ([`KvEngine::apply_checked`](allowly_store::kv::KvEngine::apply_checked)):
+//! one `SERIALIZABLE` transaction that reads the expected rows (a workspace's epoch) `FOR
+//! UPDATE` — a row lock, so a fenced write and a takeover of its workspace are ordered by
+//! commit — and writes the groups whose expectations hold. `docs/scale-out.md` has the model.
 //!
 //! # Threads
 //!
@@ -48,5 +60,7 @@ mod store;
 #[cfg(feature = "test-cluster")]
 pub mod test_cluster;
 
-pub use options::PgOptions;
+#[cfg(feature = "test-cluster")]
+pub use options::TestHook;
+pub use options::{PgOptions, TxPoint};
 pub use store::PgStore;

@@ -29,6 +29,35 @@ pub struct PgOptions {
     /// few hundred milliseconds of them can be lost if the *database server* crashes; never in
     /// part). Turn it off for an engine without that setting: every write is then synced.
     pub async_buffered_commits: bool,
+    /// Called at each [`TxPoint`] of a checked write (a fenced write, a lease change), on the
+    /// connection thread, in the middle of its transaction: a test holds the transaction there
+    /// to order it deterministically against another node's.
+    #[cfg(feature = "test-cluster")]
+    pub test_hook: Option<TestHook>,
+}
+
+/// Where a checked write's transaction reaches the test hook (`PgOptions::test_hook`, feature
+/// `test-cluster`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxPoint {
+    /// Its writes of the keys it does not check are done (so its snapshot is taken); the keys
+    /// it checks are not read yet.
+    BeforeCheck,
+    /// The checked keys are read and locked and every write is done; `COMMIT` is next.
+    BeforeCommit,
+}
+
+/// A [`PgOptions::test_hook`]: told the [`TxPoint`] and the attempt (0 for the first run of
+/// the transaction, one more after each serialization failure).
+#[cfg(feature = "test-cluster")]
+#[derive(Clone)]
+pub struct TestHook(pub std::sync::Arc<dyn Fn(TxPoint, u32) + Send + Sync>);
+
+#[cfg(feature = "test-cluster")]
+impl std::fmt::Debug for TestHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TestHook")
+    }
 }
 
 impl Default for PgOptions {
@@ -40,6 +69,8 @@ impl Default for PgOptions {
             connect_timeout: Duration::from_secs(5),
             serialization_retries: 8,
             async_buffered_commits: true,
+            #[cfg(feature = "test-cluster")]
+            test_hook: None,
         }
     }
 }

@@ -25,6 +25,14 @@ use crate::error::Failure;
 use crate::schema::{self, Stmts};
 use crate::PgOptions;
 
+/// [`PgOptions::test_hook`], as a checked write's transaction calls it.
+#[cfg(feature = "test-cluster")]
+pub(crate) type Hook = Option<crate::TestHook>;
+
+/// No hooks in a build without the `test-cluster` feature.
+#[cfg(not(feature = "test-cluster"))]
+pub(crate) struct Hook;
+
 /// Work for a connection thread. It answers through a channel of its own.
 pub(crate) type Job = Box<dyn FnOnce(&mut Conn) + Send>;
 
@@ -190,6 +198,18 @@ impl Conn {
     /// [`PgOptions::async_buffered_commits`].
     pub(crate) fn async_buffered_commits(&self) -> bool {
         self.shared.opts.async_buffered_commits
+    }
+
+    /// [`PgOptions::test_hook`].
+    #[cfg(feature = "test-cluster")]
+    pub(crate) fn test_hook(&self) -> Hook {
+        self.shared.opts.test_hook.clone()
+    }
+
+    /// No hooks in a build without the `test-cluster` feature.
+    #[cfg(not(feature = "test-cluster"))]
+    pub(crate) fn test_hook(&self) -> Hook {
+        Hook
     }
 
     /// Runs `op` on this thread's connection before `deadline`: opens the connection if needed

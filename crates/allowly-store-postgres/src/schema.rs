@@ -8,7 +8,16 @@ use crate::PgOptions;
 
 /// This build's schema version (`allowly_meta.schema_version`). A database at a newer one is
 /// refused: an older build must not write rows whose meaning it does not know.
-pub(crate) const VERSION: u32 = 1;
+///
+/// - 1: `allowly_meta` and `allowly_kv`.
+/// - 2: the same tables; `allowly_kv` may hold the `members`, `leases` and `lease_epochs` key
+///   spaces (issue 16: several nodes on one database). No table changes, but a version-1 build
+///   ignores fences: once a node of this build has opened the database, one of an older build
+///   must not write to it (it would write a workspace another node owns), so it is refused.
+///   A version-1 database is migrated on open (the version row only).
+pub(crate) const VERSION: u32 = 2;
+/// The oldest version this build migrates from.
+const MIGRATES_FROM: u32 = 1;
 
 const CREATE_META: &str = "CREATE TABLE IF NOT EXISTS allowly_meta (name text PRIMARY KEY, value text NOT NULL)";
 // `bytea` primary keys compare as memcmp (PostgreSQL, CockroachDB, YugabyteDB): the byte order
@@ -18,6 +27,9 @@ const CREATE_KV: &str = "CREATE TABLE IF NOT EXISTS allowly_kv \
 const SET_VERSION: &str =
     "INSERT INTO allowly_meta (name, value) VALUES ('schema_version', $1) ON CONFLICT (name) DO NOTHING";
 const GET_VERSION: &str = "SELECT value FROM allowly_meta WHERE name = 'schema_version'";
+// Conditional on the version it migrates from, so two stores migrating at once both succeed
+// and a newer build's version is never lowered.
+const MIGRATE: &str = "UPDATE allowly_meta SET value = $1 WHERE name = 'schema_version' AND value = $2";
 
 /// The statements of one connection, prepared once when it opens.
 #[derive(Debug)]
@@ -27,6 +39,10 @@ pub(crate) struct Stmts {
     pub scan: [[Statement; 2]; 2],
     pub upsert: Statement,
     pub delete: Statement,
+    /// The current value of each key a checked write expects, locked until its transaction ends.
+    pub check: Statement,
+    /// The database's clock, in ms since the Unix epoch.
+    pub now: Statement,
 }
 
 const GET: &str = "SELECT v FROM allowly_kv WHERE space = $1 AND k = $2";
@@ -46,6 +62,15 @@ const UPSERT: &str = "INSERT INTO allowly_kv (space, k, v) \
      SELECT * FROM unnest($1::text[], $2::bytea[], $3::bytea[]) \
      ON CONFLICT (space, k) DO UPDATE SET v = excluded.v";
 const DELETE: &str = "DELETE FROM allowly_kv WHERE (space, k) IN (SELECT * FROM unnest($1::text[], $2::bytea[]))";
+// `FOR UPDATE`: a row write lock, which orders a fenced write and a takeover of its workspace
+// by commit, not only by serialization: whichever locks the epoch row second waits for the
+// first to commit, and one whose snapshot predates a committed change of the row fails with a
+// serialization failure (run again, it reads the new epoch). Serializable isolation alone would
+// let a fenced write commit *after* a takeover (serialized before it), unseen by the new
+// owner's snapshot reads. CockroachDB and YugabyteDB take the same lock.
+const CHECK: &str = "SELECT space, k, v FROM allowly_kv \
+     WHERE (space, k) IN (SELECT * FROM unnest($1::text[], $2::bytea[])) FOR UPDATE";
+const NOW: &str = "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::int8";
 
 /// Creates the tables if absent and records the version; refuses a database at another
 /// version before writing anything. Each statement commits on its own (engines differ on DDL
@@ -53,7 +78,13 @@ const DELETE: &str = "DELETE FROM allowly_kv WHERE (space, k) IN (SELECT * FROM 
 /// (a lost race on a catalog row is retried by the caller: see [`Failure::is_retryable_ddl`]).
 pub(crate) async fn ensure(client: &Client) -> Result<(), Failure> {
     client.batch_execute(CREATE_META).await?;
-    check(read_version(client).await?, true)?;
+    let found = read_version(client).await?;
+    if found.is_some_and(|v| (MIGRATES_FROM..VERSION).contains(&v)) {
+        // A version-1 database: nothing to create (see VERSION), the version to record.
+        client.execute(MIGRATE, &[&VERSION.to_string(), &MIGRATES_FROM.to_string()]).await?;
+    } else {
+        check(found, true)?;
+    }
     client.batch_execute(CREATE_KV).await?;
     client.execute(SET_VERSION, &[&VERSION.to_string()]).await?;
     check(read_version(client).await?, false)
@@ -80,6 +111,8 @@ pub(crate) async fn prepare(client: &Client, opts: &PgOptions) -> Result<Stmts, 
         scan: [[scan(0, 0).await?, scan(0, 1).await?], [scan(1, 0).await?, scan(1, 1).await?]],
         upsert: client.prepare(UPSERT).await?,
         delete: client.prepare(DELETE).await?,
+        check: client.prepare(CHECK).await?,
+        now: client.prepare(NOW).await?,
     })
 }
 

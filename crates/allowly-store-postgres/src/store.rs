@@ -1,18 +1,21 @@
 //! [`PgStore`]: the store on PostgreSQL, one table for every key space.
 
-use std::cell::OnceCell;
+use std::cell::{Cell, OnceCell};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::rc::Rc;
 use std::time::Instant;
 
-use allowly_store::kv::{KvEngine, KvRead, Mutations, Pair, Space};
+use allowly_store::kv::{Checked, KvEngine, KvRead, Mutation, Mutations, Outcome, Pair, Plan, Space};
 use allowly_store::{Durability, Result, StoreError};
 use crossbeam_channel::{Receiver, Sender};
 use tokio_postgres::types::ToSql;
+use tokio_postgres::Client;
 
 use crate::error::Failure;
-use crate::pool::{self, Attempt, Conn, Live, Mode, Pool};
-use crate::PgOptions;
+use crate::pool::{self, Attempt, Conn, Hook, Live, Mode, Pool};
+use crate::schema::Stmts;
+use crate::{PgOptions, TxPoint};
 
 /// The store on a PostgreSQL(-compatible) database. It is an [`allowly_store::Store`] through
 /// [`KvEngine`]; safe to call from any thread, async workers included (see `pool.rs`).
@@ -264,58 +267,194 @@ impl KvEngine for PgStore {
     fn apply(&self, muts: Mutations, durability: Durability) -> Result<()> {
         self.pool.call(move |conn, deadline| apply(conn, deadline, &muts, durability))
     }
+
+    fn apply_checked(&self, write: Checked, durability: Durability) -> Result<Outcome> {
+        self.pool.call(move |conn, deadline| apply_checked(conn, deadline, &write, durability))
+    }
+
+    /// The database's clock (`clock_timestamp()`): every node judges expiries on the same one.
+    fn now_ms(&self) -> Result<u64> {
+        self.pool.call(|conn, deadline| {
+            conn.attempt("read the clock", deadline, Mode::Own, |live: Rc<Live>| -> Attempt<'_, _> {
+                Box::pin(async move {
+                    let ms: i64 = live.client.query_one(&live.stmts.now, &[]).await?.try_get(0)?;
+                    u64::try_from(ms).map_err(|_| {
+                        Failure::Store(StoreError::Engine(format!("postgres: the clock reads {ms} ms, before 1970")))
+                    })
+                })
+            })
+        })
+    }
+}
+
+/// Mutations as the array parameters of the upsert and the delete.
+#[derive(Default)]
+struct Rows<'a> {
+    put_space: Vec<&'static str>,
+    put_key: Vec<&'a [u8]>,
+    put_value: Vec<&'a [u8]>,
+    del_space: Vec<&'static str>,
+    del_key: Vec<&'a [u8]>,
+}
+
+impl<'a> Rows<'a> {
+    fn of(muts: impl IntoIterator<Item = Mutation<'a>>) -> Self {
+        let mut rows = Rows::default();
+        for (space, key, value) in muts {
+            match value {
+                Some(v) => {
+                    rows.put_space.push(space.name());
+                    rows.put_key.push(key);
+                    rows.put_value.push(v);
+                }
+                None => {
+                    rows.del_space.push(space.name());
+                    rows.del_key.push(key);
+                }
+            }
+        }
+        rows
+    }
+
+    fn is_empty(&self) -> bool {
+        self.put_key.is_empty() && self.del_key.is_empty()
+    }
+
+    /// In the open transaction: every put in one statement, every delete in another (a write
+    /// costs the same round trips whatever its number of keys).
+    async fn write(&self, c: &Client, stmts: &Stmts) -> std::result::Result<(), Failure> {
+        if !self.put_key.is_empty() {
+            let puts: [&(dyn ToSql + Sync); 3] = [&self.put_space, &self.put_key, &self.put_value];
+            c.execute(&stmts.upsert, &puts).await?;
+        }
+        if !self.del_key.is_empty() {
+            let dels: [&(dyn ToSql + Sync); 2] = [&self.del_space, &self.del_key];
+            c.execute(&stmts.delete, &dels).await?;
+        }
+        Ok(())
+    }
+}
+
+/// The `BEGIN` of a write transaction of `durability`.
+fn begin(conn: &Conn, durability: Durability) -> &'static str {
+    match durability {
+        Durability::Buffered if conn.async_buffered_commits() => {
+            "BEGIN ISOLATION LEVEL SERIALIZABLE; SET LOCAL synchronous_commit TO off"
+        }
+        Durability::Sync | Durability::Buffered => "BEGIN ISOLATION LEVEL SERIALIZABLE",
+    }
+}
+
+/// Runs `body` in the transaction just begun: `Ok` as it left it (committed, or rolled back by
+/// it), an error rolled back, leaving the connection usable (a broken one is dropped by
+/// `attempt`); the transaction then had no effect.
+async fn or_roll_back<T>(
+    c: &Client,
+    body: impl std::future::Future<Output = std::result::Result<T, Failure>>,
+) -> std::result::Result<T, Failure> {
+    let result = body.await;
+    if result.is_err() {
+        let _ = c.batch_execute("ROLLBACK").await;
+    }
+    result
 }
 
 /// One transaction: every put in one statement, every delete in another.
 fn apply(conn: &mut Conn, deadline: Instant, muts: &Mutations, durability: Durability) -> Result<()> {
-    let (mut put_space, mut put_key, mut put_value) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut del_space, mut del_key) = (Vec::new(), Vec::new());
-    for (space, key, value) in muts.iter() {
-        match value {
-            Some(v) => {
-                put_space.push(space.name());
-                put_key.push(key);
-                put_value.push(v);
-            }
-            None => {
-                del_space.push(space.name());
-                del_key.push(key);
-            }
-        }
-    }
-    if put_key.is_empty() && del_key.is_empty() {
+    let rows = Rows::of(muts.iter());
+    if rows.is_empty() {
         return Ok(());
     }
-    let begin = match durability {
-        Durability::Sync => "BEGIN ISOLATION LEVEL SERIALIZABLE",
-        Durability::Buffered if conn.async_buffered_commits() => {
-            "BEGIN ISOLATION LEVEL SERIALIZABLE; SET LOCAL synchronous_commit TO off"
-        }
-        Durability::Buffered => "BEGIN ISOLATION LEVEL SERIALIZABLE",
-    };
-    let (any_puts, any_dels) = (!put_key.is_empty(), !del_key.is_empty());
-    let (puts, dels): ([&(dyn ToSql + Sync); 3], [&(dyn ToSql + Sync); 2]) =
-        ([&put_space, &put_key, &put_value], [&del_space, &del_key]);
+    let (begin, rows) = (begin(conn, durability), &rows);
     conn.attempt("apply", deadline, Mode::Own, |live: Rc<Live>| -> Attempt<'_, _> {
         Box::pin(async move {
             let c = &live.client;
             c.batch_execute(begin).await?;
-            let body = async {
-                if any_puts {
-                    c.execute(&live.stmts.upsert, &puts).await?;
-                }
-                if any_dels {
-                    c.execute(&live.stmts.delete, &dels).await?;
-                }
-                c.batch_execute("COMMIT").await
-            };
-            if let Err(e) = body.await {
-                // Leaves the connection usable (a broken one is dropped by `attempt`); the
-                // transaction had no effect.
-                let _ = c.batch_execute("ROLLBACK").await;
-                return Err(e.into());
-            }
-            Ok(())
+            or_roll_back(c, async {
+                rows.write(c, &live.stmts).await?;
+                Ok(c.batch_execute("COMMIT").await?)
+            })
+            .await
         })
     })
 }
+
+/// The current values of `write`'s expected keys, locked until the transaction ends, and the
+/// plan they make.
+async fn check<'w>(
+    c: &Client,
+    stmts: &Stmts,
+    write: &'w Checked,
+    expected: &(Vec<&'static str>, Vec<&[u8]>),
+) -> std::result::Result<Plan<'w>, Failure> {
+    let mut current = BTreeMap::new();
+    for row in c.query(&stmts.check, &[&expected.0, &expected.1]).await? {
+        let (space, key, value): (String, Vec<u8>, Vec<u8>) = (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+        current.insert((space, key), value);
+    }
+    write.plan(|space, key| Ok(current.get(&(space.name().to_owned(), key.to_vec())).cloned())).map_err(Failure::Store)
+}
+
+/// A checked write (fenced groups, a lease change): one `SERIALIZABLE` transaction that reads
+/// the expected keys `FOR UPDATE` and writes the groups whose expectations hold.
+///
+/// Optimistic, because a fence nearly always holds: the first round writes every group's keys
+/// except the expected ones, then checks (so the lock on a workspace's epoch row is held from
+/// the check to the commit only, never during the big writes), then writes the expected keys
+/// and commits. Only if a group's expectation failed is it rolled back, and a second round
+/// checks first, under the lock, and writes exactly the groups that hold.
+fn apply_checked(conn: &mut Conn, deadline: Instant, write: &Checked, durability: Durability) -> Result<Outcome> {
+    let begin = begin(conn, durability);
+    let hook = conn.test_hook();
+    let expected: (Vec<&'static str>, Vec<&[u8]>) = write.expected_keys().map(|(s, k)| (s.name(), k)).unzip();
+    let unchecked = write.plan_unchecked();
+    let unchecked_muts = unchecked.mutations();
+    let unexpected = Rows::of(unchecked_muts.iter().copied().filter(|&(s, k, _)| !write.is_expected(s, k)));
+    let (hook, expected, unchecked, unexpected) = (&hook, &expected, &unchecked, &unexpected);
+    let tries = Cell::new(0u32);
+    conn.attempt("apply checked", deadline, Mode::Own, |live: Rc<Live>| -> Attempt<'_, _> {
+        let attempt = tries.replace(tries.get() + 1);
+        Box::pin(async move {
+            let (c, stmts) = (&live.client, &live.stmts);
+            c.batch_execute(begin).await?;
+            let optimistic = or_roll_back(c, async {
+                unexpected.write(c, stmts).await?;
+                at(hook, TxPoint::BeforeCheck, attempt);
+                let plan = check(c, stmts, write, expected).await?;
+                if !plan.same_groups(unchecked) {
+                    c.batch_execute("ROLLBACK").await?;
+                    return Ok(None);
+                }
+                let muts = plan.mutations();
+                Rows::of(muts.iter().copied().filter(|&(s, k, _)| write.is_expected(s, k))).write(c, stmts).await?;
+                at(hook, TxPoint::BeforeCommit, attempt);
+                c.batch_execute("COMMIT").await?;
+                Ok(Some(plan.into_outcome()))
+            })
+            .await?;
+            if let Some(outcome) = optimistic {
+                return Ok(outcome);
+            }
+            c.batch_execute(begin).await?;
+            or_roll_back(c, async {
+                let plan = check(c, stmts, write, expected).await?;
+                let muts = plan.mutations();
+                Rows::of(muts.iter().copied()).write(c, stmts).await?;
+                at(hook, TxPoint::BeforeCommit, attempt);
+                c.batch_execute("COMMIT").await?;
+                Ok(plan.into_outcome())
+            })
+            .await
+        })
+    })
+}
+
+#[cfg(feature = "test-cluster")]
+fn at(hook: &Hook, point: TxPoint, attempt: u32) {
+    if let Some(hook) = hook {
+        (hook.0)(point, attempt);
+    }
+}
+
+#[cfg(not(feature = "test-cluster"))]
+fn at(_: &Hook, _: TxPoint, _: u32) {}

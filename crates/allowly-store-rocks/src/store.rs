@@ -2,8 +2,9 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
 
-use allowly_store::kv::{KvEngine, KvRead, Mutations, Pair, Space};
+use allowly_store::kv::{Checked, KvEngine, KvRead, Mutation, Mutations, Outcome, Pair, Space};
 use allowly_store::{Durability, EngineStats, Result, StoreError};
 use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, ReadOptions, WriteOptions, DB};
 
@@ -21,6 +22,10 @@ use crate::options::{space_options, RocksOptions};
 pub struct RocksStore {
     pub(crate) db: DB,
     path: PathBuf,
+    /// Held by [`KvEngine::apply_checked`] from its read to its write: RocksDB has no
+    /// compare-and-set, and only those calls write the keys they read (see `allowly_store::kv`),
+    /// so plain writes never wait for it.
+    checked: Mutex<()>,
 }
 
 impl fmt::Debug for RocksStore {
@@ -44,7 +49,7 @@ impl RocksStore {
             .map(|&s| Ok(ColumnFamilyDescriptor::new(s.name(), space_options(s, &cf_opts, &opts)?)))
             .collect::<Result<Vec<_>>>()?;
         let db = DB::open_cf_descriptors(&db_opts, path, cfs).map_err(|e| engine_err(Space::Workspaces, e))?;
-        let store = Self { db, path: path.to_path_buf() };
+        let store = Self { db, path: path.to_path_buf(), checked: Mutex::new(()) };
         for space in Space::ALL {
             store.cf(space)?;
         }
@@ -70,6 +75,23 @@ impl RocksStore {
         self.db
             .cf_handle(space.name())
             .ok_or_else(|| StoreError::Engine(format!("column family {} is not open", space.name())))
+    }
+}
+
+impl RocksStore {
+    /// One RocksDB write batch of `muts`: atomic, one WAL record, fsynced with [`Durability::Sync`].
+    fn write_all<'a>(&self, muts: impl IntoIterator<Item = Mutation<'a>>, durability: Durability) -> Result<()> {
+        let mut wb = rocksdb::WriteBatch::default();
+        for (space, key, value) in muts {
+            let cf = self.cf(space)?;
+            match value {
+                Some(v) => wb.put_cf(cf, key, v),
+                None => wb.delete_cf(cf, key),
+            }
+        }
+        let mut wo = WriteOptions::default();
+        wo.set_sync(durability == Durability::Sync);
+        self.db.write_opt(wb, &wo).map_err(|e| device_err(e.kind(), e.into_string()))
     }
 }
 
@@ -131,17 +153,15 @@ impl KvEngine for RocksStore {
     }
 
     fn apply(&self, muts: Mutations, durability: Durability) -> Result<()> {
-        let mut wb = rocksdb::WriteBatch::default();
-        for (space, key, value) in muts.iter() {
-            let cf = self.cf(space)?;
-            match value {
-                Some(v) => wb.put_cf(cf, key, v),
-                None => wb.delete_cf(cf, key),
-            }
-        }
-        let mut wo = WriteOptions::default();
-        wo.set_sync(durability == Durability::Sync);
-        self.db.write_opt(wb, &wo).map_err(|e| device_err(e.kind(), e.into_string()))
+        self.write_all(muts.iter(), durability)
+    }
+
+    fn apply_checked(&self, write: Checked, durability: Durability) -> Result<Outcome> {
+        // Nothing is left half-done under the lock, so a poisoned one still guards consistent data.
+        let _only_one = self.checked.lock().unwrap_or_else(PoisonError::into_inner);
+        let plan = write.plan(|space, key| self.get(space, key))?;
+        self.write_all(plan.mutations(), durability)?;
+        Ok(plan.into_outcome())
     }
 
     /// RocksDB's properties worth an alert, read from the counters it keeps in memory (each

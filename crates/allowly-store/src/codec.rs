@@ -26,6 +26,28 @@ pub(crate) struct StoredDoc {
     pub doc: serde_json::Value,
 }
 
+/// A lease as stored in `leases`, under its workspace id. Its epoch is kept apart, in
+/// `lease_epochs` (see [`decode_epoch`]), because that is the one value a fence reads: a
+/// renewal rewrites this record and leaves the epoch, so it never disturbs a fenced write.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub(crate) struct StoredLease {
+    pub workspace_id: String,
+    pub node_id: String,
+    pub address: String,
+    pub expires_at_ms: u64,
+}
+
+/// A workspace's lease epoch as stored in `lease_epochs` (a u64, big-endian); 0 when there is
+/// none (epochs start at 1).
+pub(crate) fn decode_epoch(space: Space, key: &[u8], bytes: Option<&[u8]>) -> Result<u64> {
+    let Some(bytes) = bytes else { return Ok(0) };
+    let epoch: [u8; 8] = bytes.try_into().map_err(|_| StoreError::corrupt(space.name(), key, "not a u64"))?;
+    match u64::from_be_bytes(epoch) {
+        0 => Err(StoreError::corrupt(space.name(), key, "epoch 0 is never granted")),
+        epoch => Ok(epoch),
+    }
+}
+
 /// A stored 32-byte hash.
 pub(crate) fn hash(space: Space, key: &[u8], bytes: &[u8]) -> Result<[u8; 32]> {
     bytes.try_into().map_err(|_| StoreError::corrupt(space.name(), key, format!("{} bytes, not 32", bytes.len())))

@@ -41,6 +41,15 @@ pub enum StoreError {
     /// the next call tries again, so the service resumes by itself once the store answers.
     #[error("storage unavailable: {0}")]
     Unavailable(String),
+    /// The write carried a fence (`Op::Fence`) whose epoch is no longer the workspace's lease
+    /// epoch, or a lease was renewed or released with an epoch (or by a node) that no longer
+    /// holds it: another node took the workspace over (`current_epoch` is its epoch, 0 when the
+    /// workspace was never leased). Nothing of the batch (the group, in `write_groups`) was
+    /// written; the caller no longer owns the workspace and must not retry with that epoch.
+    #[error(
+        "workspace {workspace_id} is fenced: the caller does not hold its lease at the current epoch ({current_epoch})"
+    )]
+    Fenced { workspace_id: String, current_epoch: u64 },
 }
 
 impl StoreError {

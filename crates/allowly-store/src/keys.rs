@@ -36,11 +36,14 @@ pub enum Space {
     EscalationDue,
     Cosignatures,
     WitnessHeads,
+    Members,
+    Leases,
+    LeaseEpochs,
 }
 
 impl Space {
     /// Every key space, in a fixed order (an engine opens them all).
-    pub const ALL: [Space; 18] = [
+    pub const ALL: [Space; 21] = [
         Space::Workspaces,
         Space::ApiKeys,
         Space::Authorizations,
@@ -59,6 +62,9 @@ impl Space {
         Space::EscalationDue,
         Space::Cosignatures,
         Space::WitnessHeads,
+        Space::Members,
+        Space::Leases,
+        Space::LeaseEpochs,
     ];
 
     /// Stable name: the column family's name on disk. Never rename one.
@@ -82,6 +88,9 @@ impl Space {
             Space::EscalationDue => "escalation_due",
             Space::Cosignatures => "cosignatures",
             Space::WitnessHeads => "witness_heads",
+            Space::Members => "members",
+            Space::Leases => "leases",
+            Space::LeaseEpochs => "lease_epochs",
         }
     }
 

@@ -10,8 +10,16 @@
 //!
 //! Only this crate can put anything into [`Mutations`]: an engine writes what `stage` produced
 //! from validated ops, never bytes a caller chose.
+//!
+//! Two kinds of write depend on what is stored, and only these: a batch carrying a fence
+//! ([`Op::Fence`]: the workspace's lease must still be at that epoch) and a change of a lease
+//! (it must still be as it was read). They go through [`KvEngine::apply_checked`], which reads
+//! the keys they expect and writes atomically with that read; everything else is
+//! [`KvEngine::apply`], which reads nothing. The expected keys (the `leases` and `lease_epochs`
+//! spaces) are written by `apply_checked` alone — no op stages them —, so an engine that keeps
+//! one process's writers apart (RocksDB) need only keep `apply_checked` calls apart.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::codec::{self, encode};
 use crate::error::{Result, StoreError};
@@ -21,6 +29,10 @@ use crate::types::{Durability, EngineStats, Op, ReceiptRecord, WriteBatch};
 
 /// A key and its value.
 pub type Pair = (Vec<u8>, Vec<u8>);
+
+/// One mutation as an engine applies it: the key space, the key, and `Some` value to put or
+/// `None` to delete.
+pub type Mutation<'a> = (Space, &'a [u8], Option<&'a [u8]>);
 
 /// Point and range reads over the key spaces. Keys compare as bytes (lexicographically).
 pub trait KvRead {
@@ -41,6 +53,23 @@ pub trait KvEngine: KvRead + Send + Sync + 'static {
     /// [`Durability::Sync`] survive a machine crash); after a crash, all or none of them. An
     /// `Err` means "not acknowledged" (see [`StoreError::Engine`]), never "applied in part".
     fn apply(&self, muts: Mutations, durability: Durability) -> Result<()>;
+    /// Applies the groups of `write` whose expectations hold, atomically with reading the keys
+    /// they expect: read the current value of every key of [`Checked::expected_keys`] (the
+    /// latest committed one), ask [`Checked::plan`] which groups apply, write
+    /// [`Plan::mutations`] and return [`Plan::into_outcome`] — with no other `apply_checked`
+    /// (of this process or, for a networked engine, of any) changing an expected key in
+    /// between. [`Durability`] and errors as for [`KvEngine::apply`]: an `Err` means none of
+    /// the groups is acknowledged.
+    fn apply_checked(&self, write: Checked, durability: Durability) -> Result<Outcome>;
+    /// The engine's clock, in ms since the Unix epoch: what lease and membership expiries are
+    /// computed and judged on. This machine's clock by default; a networked engine answers with
+    /// its own (the database's), so that the nodes' clocks never need to agree.
+    fn now_ms(&self) -> Result<u64> {
+        let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+        // A clock before 1970 is a broken clock: 0 makes every lease look expired long ago,
+        // which only lets a node take over a workspace whose fence then refuses the old owner.
+        Ok(since.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)))
+    }
     /// The engine's own figures ([`Store::engine_stats`](crate::Store::engine_stats)); none by
     /// default.
     fn stats(&self) -> EngineStats {
@@ -52,40 +81,251 @@ pub trait KvEngine: KvRead + Send + Sync + 'static {
     }
 }
 
-/// [`Store::write`](crate::Store::write) over [`stage`].
+/// [`Store::write`](crate::Store::write) over [`stage`]: a batch with a fence goes through
+/// [`KvEngine::apply_checked`], any other through [`KvEngine::apply`].
 pub(crate) fn write(e: &impl KvEngine, batch: WriteBatch, durability: Durability) -> Result<()> {
-    e.apply(stage(batch)?, durability)
+    let (muts, fences) = stage(batch)?;
+    if fences.is_empty() {
+        return e.apply(muts, durability);
+    }
+    let write = Checked::new(vec![(String::new(), Ok((muts, fences)))]);
+    e.apply_checked(write, durability)?.single()?.map_err(Refusal::into_error)
 }
 
-/// [`Store::write_groups`](crate::Store::write_groups) over [`stage`].
+/// [`Store::write_groups`](crate::Store::write_groups) over [`stage`]: one
+/// [`KvEngine::apply_checked`] when a group carries a fence, else one [`KvEngine::apply`] of
+/// the groups that validate.
 pub(crate) fn write_groups(
     e: &impl KvEngine,
     groups: Vec<(String, WriteBatch)>,
     durability: Durability,
 ) -> Result<Vec<Result<()>>> {
-    let mut all = Mutations::default();
-    let mut failed: Vec<String> = Vec::new();
-    let mut out = Vec::with_capacity(groups.len());
-    for (chain, batch) in groups {
-        if failed.contains(&chain) {
-            out.push(Err(StoreError::InvalidOp(format!("an earlier group of {chain} in this write did not validate"))));
-            continue;
-        }
-        match stage(batch) {
-            Ok(muts) => {
-                all.merge(muts);
-                out.push(Ok(()));
-            }
-            Err(e) => {
-                failed.push(chain);
-                out.push(Err(e));
-            }
-        }
+    let staged: Vec<_> = groups.into_iter().map(|(chain, batch)| (chain, stage(batch))).collect();
+    let fenced = staged.iter().any(|(_, s)| s.as_ref().is_ok_and(|(_, fences)| !fences.is_empty()));
+    let write = Checked::new(staged);
+    if fenced {
+        let results = e.apply_checked(write, durability)?.into_results();
+        return Ok(results.into_iter().map(|r| r.map_err(Refusal::into_error)).collect());
     }
-    if out.iter().any(Result::is_ok) {
+    let (all, results) = write.into_unchecked();
+    if results.iter().any(Result::is_ok) {
         e.apply(all, durability)?;
     }
-    Ok(out)
+    Ok(results)
+}
+
+/// What a group of a [`Checked`] write expects of the stored state.
+#[derive(Debug)]
+pub(crate) enum Guard {
+    /// [`Op::Fence`]: the workspace's lease epoch (`lease_epochs`) is `epoch`.
+    Fence { workspace_id: String, epoch: u64 },
+    /// A lease change: the key holds what was read before (`None`: still nothing).
+    Unchanged { space: Space, key: Vec<u8>, value: Option<Vec<u8>> },
+}
+
+impl Guard {
+    fn key(&self) -> (Space, Vec<u8>) {
+        match self {
+            Guard::Fence { workspace_id, .. } => (Space::LeaseEpochs, keys::workspace(workspace_id)),
+            Guard::Unchanged { space, key, .. } => (*space, key.clone()),
+        }
+    }
+
+    /// Whether the guard holds when its key holds `current`.
+    fn check(&self, current: Option<&[u8]>) -> Result<(), Refusal> {
+        match self {
+            Guard::Fence { workspace_id, epoch } => {
+                let (space, key) = self.key();
+                let current_epoch = codec::decode_epoch(space, &key, current).map_err(Refusal::Error)?;
+                match current_epoch == *epoch {
+                    true => Ok(()),
+                    false => {
+                        Err(Refusal::Error(StoreError::Fenced { workspace_id: workspace_id.clone(), current_epoch }))
+                    }
+                }
+            }
+            Guard::Unchanged { value, .. } => match value.as_deref() == current {
+                true => Ok(()),
+                false => Err(Refusal::Changed),
+            },
+        }
+    }
+}
+
+/// Why a group of a [`Checked`] write was left out.
+#[derive(Debug, Clone)]
+pub(crate) enum Refusal {
+    /// It did not validate, its fence did not hold, or an earlier group of its chain was left
+    /// out: the group's answer.
+    Error(StoreError),
+    /// A key it expected unchanged had changed (a lease change lost a race): read and try again.
+    Changed,
+}
+
+impl Refusal {
+    /// As a group's answer (`Changed` is the lease code's to handle; `Store::write_groups`
+    /// never stages a group that can be refused so).
+    pub(crate) fn into_error(self) -> StoreError {
+        match self {
+            Refusal::Error(e) => e,
+            Refusal::Changed => StoreError::Engine("a lease changed while it was being written".into()),
+        }
+    }
+}
+
+/// One group of a [`Checked`] write: its chain and what `stage` made of it.
+type Group = (String, Result<(Mutations, Vec<Guard>)>);
+
+/// A write whose groups apply only if what they expect of the stored state holds (see
+/// [`KvEngine::apply_checked`]). Built only by this crate.
+#[derive(Debug)]
+pub struct Checked {
+    groups: Vec<Group>,
+    /// Every key some group expects, once, per space (so that [`Checked::is_expected`] looks a
+    /// key up without copying it).
+    expected: BTreeMap<Space, BTreeSet<Vec<u8>>>,
+}
+
+impl Checked {
+    pub(crate) fn new(groups: Vec<Group>) -> Self {
+        let mut expected: BTreeMap<Space, BTreeSet<Vec<u8>>> = BTreeMap::new();
+        for (_, guards) in groups.iter().filter_map(|(_, staged)| staged.as_ref().ok()) {
+            for (space, key) in guards.iter().map(Guard::key) {
+                expected.entry(space).or_default().insert(key);
+            }
+        }
+        Self { groups, expected }
+    }
+
+    /// Every key some group expects, once each, in key order: what the engine reads (and, if
+    /// it can, locks) before [`Checked::plan`].
+    pub fn expected_keys(&self) -> impl Iterator<Item = (Space, &[u8])> {
+        self.expected.iter().flat_map(|(space, keys)| keys.iter().map(|k| (*space, k.as_slice())))
+    }
+
+    /// Whether some group expects `key` of `space` (an engine that writes before it checks
+    /// writes these keys only after).
+    pub fn is_expected(&self, space: Space, key: &[u8]) -> bool {
+        self.expected.get(&space).is_some_and(|keys| keys.contains(key))
+    }
+
+    /// Which groups apply when every expected key holds what `read` answers for it (called
+    /// once per key of [`Checked::expected_keys`]). A group applies if it validated, no earlier
+    /// group of its chain was left out, and every expectation of it holds.
+    pub fn plan(&self, mut read: impl FnMut(Space, &[u8]) -> Result<Option<Vec<u8>>>) -> Result<Plan<'_>> {
+        let mut current = BTreeMap::new();
+        for (space, key) in self.expected_keys() {
+            current.insert((space, key), read(space, key)?);
+        }
+        Ok(self.plan_with(|guard| {
+            let (space, key) = guard.key();
+            guard.check(current.get(&(space, key.as_slice())).and_then(Option::as_deref))
+        }))
+    }
+
+    /// The plan if every expectation held: every group that validated, by the chain rule (what
+    /// an engine that writes before it checks writes first).
+    pub fn plan_unchecked(&self) -> Plan<'_> {
+        self.plan_with(|_| Ok(()))
+    }
+
+    fn plan_with(&self, mut guard: impl FnMut(&Guard) -> Result<(), Refusal>) -> Plan<'_> {
+        let mut failed: Vec<(&str, Refusal)> = Vec::new();
+        let mut verdicts = Vec::with_capacity(self.groups.len());
+        for (chain, staged) in &self.groups {
+            if let Some((_, earlier)) = failed.iter().find(|(c, _)| c == chain) {
+                verdicts.push(Err(match earlier {
+                    // Left out by a fence: so is the rest of its chain, for the same reason.
+                    Refusal::Error(e @ StoreError::Fenced { .. }) => Refusal::Error(e.clone()),
+                    Refusal::Error(_) => Refusal::Error(StoreError::InvalidOp(format!(
+                        "an earlier group of {chain} in this write did not validate"
+                    ))),
+                    Refusal::Changed => Refusal::Changed,
+                }));
+                continue;
+            }
+            let verdict = match staged {
+                Err(e) => Err(Refusal::Error(e.clone())),
+                Ok((_, guards)) => guards.iter().try_for_each(&mut guard),
+            };
+            if let Err(refusal) = &verdict {
+                failed.push((chain, refusal.clone()));
+            }
+            verdicts.push(verdict);
+        }
+        Plan { write: self, verdicts }
+    }
+
+    /// Without expectations: the mutations of every group that validated (moved, not copied)
+    /// and every group's answer.
+    fn into_unchecked(self) -> (Mutations, Vec<Result<()>>) {
+        let verdicts = self.plan_unchecked().verdicts;
+        let mut all = Mutations::default();
+        let mut out = Vec::with_capacity(verdicts.len());
+        for ((_, staged), verdict) in self.groups.into_iter().zip(verdicts) {
+            match (staged, verdict) {
+                (Ok((muts, _)), Ok(())) => {
+                    all.merge(muts);
+                    out.push(Ok(()));
+                }
+                (_, verdict) => out.push(verdict.map_err(Refusal::into_error)),
+            }
+        }
+        (all, out)
+    }
+}
+
+/// Which groups of a [`Checked`] write apply ([`Checked::plan`]).
+#[derive(Debug)]
+pub struct Plan<'a> {
+    write: &'a Checked,
+    verdicts: Vec<Result<(), Refusal>>,
+}
+
+impl<'a> Plan<'a> {
+    /// The mutations of the groups that apply, a later group's winning over an earlier one's
+    /// on the same key (as if applied in order), each key once, in key order within a space:
+    /// `Some` = put, `None` = delete.
+    pub fn mutations(&self) -> Vec<Mutation<'a>> {
+        let mut merged: BTreeMap<(Space, &'a [u8]), Option<&'a [u8]>> = BTreeMap::new();
+        for ((_, staged), verdict) in self.write.groups.iter().zip(&self.verdicts) {
+            if let (Ok((muts, _)), Ok(())) = (staged, verdict) {
+                merged.extend(muts.iter().map(|(space, key, value)| ((space, key), value)));
+            }
+        }
+        merged.into_iter().map(|((space, key), value)| (space, key, value)).collect()
+    }
+
+    /// Whether the same groups apply in both plans.
+    pub fn same_groups(&self, other: &Plan<'_>) -> bool {
+        self.verdicts.len() == other.verdicts.len()
+            && self.verdicts.iter().zip(&other.verdicts).all(|(a, b)| a.is_ok() == b.is_ok())
+    }
+
+    /// What the engine returns once it wrote [`Plan::mutations`].
+    pub fn into_outcome(self) -> Outcome {
+        Outcome(self.verdicts)
+    }
+}
+
+/// Every group's answer to a [`Checked`] write, in group order ([`KvEngine::apply_checked`]).
+#[derive(Debug)]
+pub struct Outcome(Vec<Result<(), Refusal>>);
+
+impl Outcome {
+    pub(crate) fn into_results(self) -> Vec<Result<(), Refusal>> {
+        self.0
+    }
+
+    /// The answer of a write of one group.
+    pub(crate) fn single(self) -> Result<Result<(), Refusal>> {
+        let n = self.0.len();
+        let mut results = self.0;
+        match (results.pop(), n) {
+            (Some(result), 1) => Ok(result),
+            _ => Err(StoreError::Engine(format!("the engine answered a write of one group with {n} results"))),
+        }
+    }
 }
 
 /// The mutations of one batch, per key space: `Some` = put, `None` = delete. Later ops
@@ -116,17 +356,19 @@ impl Mutations {
 
     /// Every mutation, grouped by key space, in key order within a space: `Some` = put,
     /// `None` = delete.
-    pub fn iter(&self) -> impl Iterator<Item = (Space, &[u8], Option<&[u8]>)> {
+    pub fn iter(&self) -> impl Iterator<Item = Mutation<'_>> {
         Space::ALL
             .iter()
             .flat_map(move |&space| self.0[space.idx()].iter().map(move |(k, v)| (space, k.as_slice(), v.as_deref())))
     }
 }
 
-/// Turns a batch into mutations. Any error means nothing of the batch may be written. No op
-/// reads stored state, so staging needs no snapshot and concurrent writers never conflict.
-pub(crate) fn stage(batch: WriteBatch) -> Result<Mutations> {
+/// Turns a batch into mutations, and its fences into the guards they are checked by. Any
+/// error means nothing of the batch may be written. No op reads stored state, so staging needs
+/// no snapshot and concurrent writers never conflict.
+pub(crate) fn stage(batch: WriteBatch) -> Result<(Mutations, Vec<Guard>)> {
     let mut st = Mutations::default();
+    let mut fences = Vec::new();
     for op in batch.ops {
         match op {
             Op::PutWorkspace(r) => {
@@ -186,9 +428,13 @@ pub(crate) fn stage(batch: WriteBatch) -> Result<Mutations> {
                 check_id("workspace_id", &ws)?;
                 st.put(Space::WitnessHeads, keys::witness_head(&ws, &witness), size.to_be_bytes().to_vec());
             }
+            Op::Fence { workspace_id, epoch } => {
+                check_id("workspace_id", &workspace_id)?;
+                fences.push(Guard::Fence { workspace_id, epoch });
+            }
         }
     }
-    Ok(st)
+    Ok((st, fences))
 }
 
 fn put_receipt(st: &mut Mutations, r: ReceiptRecord) -> Result<()> {

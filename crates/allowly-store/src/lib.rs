@@ -34,6 +34,9 @@
 //! | `cosignatures`   | `ws ‖ 0x00 ‖ tree size u64 ‖ witness Ed25519 key (32 bytes)` | one `cosignature/v1` signature line (text) |
 //! | `witness_heads`  | `ws ‖ 0x00 ‖ witness Ed25519 key (32 bytes)` | tree size u64: the largest checkpoint that witness cosigned |
 //! | `confirmations`, `escalations`, `idempotency`, `webhooks`, `deliveries`, `outbox`, `escalation_due` | `ws ‖ 0x00 ‖ id` | a [`DocKind`] document (JSON, wrapped with its ws and id) |
+//! | `members`        | `node id`                                    | [`Member`] (JSON): the node's last heartbeat |
+//! | `leases`         | `ws`                                         | the workspace's lease: owner, address, expiry (JSON) |
+//! | `lease_epochs`   | `ws`                                         | its epoch, u64 (what a fence reads) |
 //!
 //! The engine also files documents under two scopes that are not workspaces (workspace ids are
 //! `ws_…`): `_instance` (`idempotency` records of workspace creation) and `_due` (the
@@ -56,6 +59,12 @@
 //! record that names another workspace or id than its key, is `Corrupt`, never a panic and never
 //! another tenant's data.
 //!
+//! Several nodes may share one networked store; each workspace is sequenced by the one node
+//! holding its lease, and every write of that node for it can carry the lease's epoch
+//! ([`Op::Fence`]), which the store checks atomically with the write, so a former owner can
+//! never append after a new one took over (`lease` module; `docs/scale-out.md`). Leases and
+//! members are never deleted; an epoch is never granted twice.
+//!
 //! Key spaces and the JSON field names are an on-disk format: rename nothing; add fields with
 //! `#[serde(default)]`.
 
@@ -63,6 +72,7 @@ mod codec;
 mod error;
 mod keys;
 pub mod kv;
+mod lease;
 mod mem;
 mod query;
 mod store;
@@ -72,8 +82,8 @@ pub use error::{Result, StoreError};
 pub use mem::MemStore;
 pub use store::{Store, StoredNodes};
 pub use types::{
-    ApiKeyRecord, AuthorizationRecord, DocKind, Durability, EngineStats, IdempotencyRef, LogMeta, Op, PublicKeyRecord,
-    RateLimit, ReceiptRecord, Role, ScopeRule, WorkspaceRecord, WriteBatch,
+    ApiKeyRecord, AuthorizationRecord, DocKind, Durability, EngineStats, IdempotencyRef, Lease, LeaseAnswer, LogMeta,
+    Member, Op, PublicKeyRecord, RateLimit, ReceiptRecord, Role, ScopeRule, WorkspaceRecord, WriteBatch,
 };
 
 #[cfg(feature = "conformance")]

@@ -79,14 +79,25 @@ impl KvEngine for MemStore {
     }
 
     fn apply(&self, muts: kv::Mutations, _durability: Durability) -> Result<()> {
-        let mut tables = self.lock();
-        for (space, key, value) in muts.iter() {
-            let table = &mut tables[space.idx()];
-            match value {
-                Some(v) => table.insert(key.to_vec(), v.to_vec()),
-                None => table.remove(key),
-            };
-        }
+        put_all(&mut self.lock(), muts.iter());
         Ok(())
+    }
+
+    /// Reads, plans and writes under the one lock every write takes.
+    fn apply_checked(&self, write: kv::Checked, _durability: Durability) -> Result<kv::Outcome> {
+        let mut tables = self.lock();
+        let plan = write.plan(|space, key| View(&tables).get(space, key))?;
+        put_all(&mut tables, plan.mutations());
+        Ok(plan.into_outcome())
+    }
+}
+
+fn put_all<'a>(tables: &mut Tables, muts: impl IntoIterator<Item = kv::Mutation<'a>>) {
+    for (space, key, value) in muts {
+        let table = &mut tables[space.idx()];
+        match value {
+            Some(v) => table.insert(key.to_vec(), v.to_vec()),
+            None => table.remove(key),
+        };
     }
 }

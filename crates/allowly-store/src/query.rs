@@ -3,14 +3,17 @@
 //! checked against the key it was found under (workspace, id, index, seq): a mismatch is
 //! [`StoreError::Corrupt`], never another tenant's data.
 
+use std::time::Duration;
+
 use crate::codec::{self, decode};
 use crate::error::{Result, StoreError};
 use crate::keys::{self, check_id, Space};
 use crate::kv::{self, KvEngine, KvRead};
+use crate::lease;
 use crate::store::Store;
 use crate::types::{
-    ApiKeyRecord, AuthorizationRecord, DocKind, Durability, EngineStats, LogMeta, ReceiptRecord, WorkspaceRecord,
-    WriteBatch,
+    ApiKeyRecord, AuthorizationRecord, DocKind, Durability, EngineStats, Lease, LeaseAnswer, LogMeta, Member,
+    ReceiptRecord, WorkspaceRecord, WriteBatch,
 };
 
 fn corrupt(space: Space, key: &[u8], reason: &str) -> StoreError {
@@ -560,6 +563,24 @@ impl<E: KvEngine> Store for E {
     }
     fn all_doc_ids(&self, kind: DocKind, after: Option<(&str, &str)>, limit: usize) -> Result<Vec<(String, String)>> {
         all_doc_ids(self, kind, after, limit)
+    }
+    fn heartbeat(&self, node: &str, address: &str, ttl: Duration) -> Result<Member> {
+        lease::heartbeat(self, node, address, ttl)
+    }
+    fn live_nodes(&self) -> Result<Vec<Member>> {
+        lease::live_nodes(self)
+    }
+    fn acquire_lease(&self, ws: &str, node: &str, address: &str, ttl: Duration) -> Result<LeaseAnswer> {
+        lease::acquire(self, ws, node, address, ttl)
+    }
+    fn renew_lease(&self, ws: &str, node: &str, epoch: u64, ttl: Duration) -> Result<Lease> {
+        lease::renew(self, ws, node, epoch, ttl)
+    }
+    fn release_lease(&self, ws: &str, node: &str, epoch: u64) -> Result<Lease> {
+        lease::release(self, ws, node, epoch)
+    }
+    fn lease(&self, ws: &str) -> Result<Option<Lease>> {
+        lease::lease(self, ws)
     }
     fn engine_stats(&self) -> EngineStats {
         self.stats()

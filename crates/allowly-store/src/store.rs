@@ -3,13 +3,14 @@
 
 use std::cell::RefCell;
 use std::fmt;
+use std::time::Duration;
 
 use allowly_receipt::merkle::{Hash, NodeSource};
 
 use crate::error::{Result, StoreError};
 use crate::types::{
-    ApiKeyRecord, AuthorizationRecord, DocKind, Durability, EngineStats, LogMeta, ReceiptRecord, WorkspaceRecord,
-    WriteBatch,
+    ApiKeyRecord, AuthorizationRecord, DocKind, Durability, EngineStats, Lease, LeaseAnswer, LogMeta, Member,
+    ReceiptRecord, WorkspaceRecord, WriteBatch,
 };
 
 /// Where Allowly keeps everything. Implementations behave identically (one conformance suite
@@ -22,14 +23,18 @@ pub trait Store: Send + Sync + 'static {
     /// Applies `batch` atomically, in op order. `Ok` means every op is visible to later reads
     /// and, with [`Durability::Sync`], survives a crash. A validation error (`InvalidId`,
     /// `InvalidOp`, `NotFound`, `Corrupt`) means nothing was written; an `Engine` error means
-    /// "not acknowledged" (see [`StoreError::Engine`]). A batch is never applied in part.
+    /// "not acknowledged" (see [`StoreError::Engine`]). A batch is never applied in part. A
+    /// batch with an [`Op::Fence`](crate::Op::Fence) whose epoch is not the workspace's lease
+    /// epoch when it is applied is refused with [`StoreError::Fenced`], nothing written.
     fn write(&self, batch: WriteBatch, durability: Durability) -> Result<()>;
     /// Applies many groups with ONE write (one fsync with [`Durability::Sync`]): each group is
     /// validated on its own, and one that does not validate is left out with its error — as is
     /// every later group of the same `chain` (a chain's later groups were built on its earlier
     /// ones, e.g. one workspace's consecutive commits). The groups that validated are applied
-    /// atomically together, in order. The outer `Err` is an engine failure: none of the groups
-    /// is acknowledged, as with [`Store::write`].
+    /// atomically together, in order. A group whose fence does not hold is left out the same
+    /// way, with [`StoreError::Fenced`] (and so are its chain's later groups), checked
+    /// atomically with the write of the others. The outer `Err` is an engine failure: none of
+    /// the groups is acknowledged, as with [`Store::write`].
     fn write_groups(&self, groups: Vec<(String, WriteBatch)>, durability: Durability) -> Result<Vec<Result<()>>>;
     /// A workspace by id.
     fn workspace(&self, id: &str) -> Result<Option<WorkspaceRecord>>;
@@ -108,6 +113,31 @@ pub trait Store: Send + Sync + 'static {
     /// What [`Store::all_docs`] answers, without the documents: `(workspace, id)` pairs, for
     /// counting (a gauge of the outbox or of a due index reads ids alone).
     fn all_doc_ids(&self, kind: DocKind, after: Option<(&str, &str)>, limit: usize) -> Result<Vec<(String, String)>>;
+    /// Records that node `node` is alive and reachable by its peers at `address` until `ttl`
+    /// from now, on the store's clock (the database's for a networked store: the nodes' clocks
+    /// need not agree). A TTL of zero records that it left. `address`: 1..=512 bytes of
+    /// printable ASCII without spaces, else [`StoreError::InvalidOp`].
+    fn heartbeat(&self, node: &str, address: &str, ttl: Duration) -> Result<Member>;
+    /// Every node whose last heartbeat has not lapsed, in node id order.
+    fn live_nodes(&self) -> Result<Vec<Member>>;
+    /// Makes `node` (reachable at `address`) the owner of workspace `ws` until `ttl` from now,
+    /// if nobody holds its lease, the holder's lease expired, or `node` holds it already:
+    /// [`LeaseAnswer::Granted`], at a new epoch (one more than the last; 1 for the first) when
+    /// the owner changes, at the same epoch when it does not. Otherwise
+    /// [`LeaseAnswer::Held`] names the owner, so the request can be forwarded to it. A node
+    /// id must be unique per running process (a restarted node under the same id would get
+    /// its predecessor's epoch back): see `docs/scale-out.md`.
+    fn acquire_lease(&self, ws: &str, node: &str, address: &str, ttl: Duration) -> Result<LeaseAnswer>;
+    /// Extends the lease `node` holds at `epoch` to `ttl` from now. [`StoreError::Fenced`]
+    /// when `node` no longer holds it at that epoch (another node took over: stop writing).
+    /// A lease that expired but was not taken over is still the caller's and is renewed.
+    fn renew_lease(&self, ws: &str, node: &str, epoch: u64, ttl: Duration) -> Result<Lease>;
+    /// Lets the lease `node` holds at `epoch` expire now, so another node may take the
+    /// workspace over at once; returns it. The lease is kept (with its epoch, never granted
+    /// again); [`StoreError::Fenced`] as for [`Store::renew_lease`].
+    fn release_lease(&self, ws: &str, node: &str, epoch: u64) -> Result<Lease>;
+    /// The lease of workspace `ws`, live or expired (`None`: never leased).
+    fn lease(&self, ws: &str) -> Result<Option<Lease>>;
     /// The storage engine's own figures (write stalls, compaction debt, sizes), cheap to read:
     /// for `/metrics`, at scrape time.
     fn engine_stats(&self) -> EngineStats;

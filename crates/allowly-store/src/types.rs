@@ -297,6 +297,56 @@ pub enum Op {
         witness: [u8; 32],
         size: u64,
     },
+    /// A precondition, not a put: the batch (the group, in
+    /// [`Store::write_groups`](crate::Store::write_groups)) applies only if the workspace's
+    /// lease is at `epoch` when it is applied — checked atomically with the write, wherever the
+    /// op sits in the batch. Otherwise nothing of it is written and it fails with
+    /// [`StoreError::Fenced`](crate::StoreError::Fenced). Only the epoch counts, not the
+    /// lease's expiry: an owner whose lease merely lapsed may still write until another node
+    /// has taken the workspace over (the fencing-token rule; see `docs/scale-out.md`).
+    Fence {
+        workspace_id: String,
+        epoch: u64,
+    },
+}
+
+/// A node of a cluster sharing one store, as its last heartbeat left it
+/// ([`Store::heartbeat`](crate::Store::heartbeat)). Stored as its JSON.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub node_id: String,
+    /// Where peers forward requests for the workspaces this node owns (`http://10.0.0.5:8080`).
+    pub address: String,
+    /// When the membership lapses unless renewed: ms since the Unix epoch on the *store's*
+    /// clock (the database's for a networked store), comparable only with the store's times.
+    pub expires_at_ms: u64,
+}
+
+/// Who owns a workspace: the node that may sequence it, and the epoch (fencing token) its
+/// writes carry ([`Op::Fence`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub workspace_id: String,
+    pub node_id: String,
+    /// The owner's address as it acquired the lease: where to forward a request.
+    pub address: String,
+    /// 1 for the first owner, one more at every change of owner; never reused (a lease is
+    /// never deleted, a release only expires it).
+    pub epoch: u64,
+    /// When the lease lapses unless renewed, on the store's clock (see [`Member::expires_at_ms`]).
+    /// A holder measures its lease on its own monotonic clock, from before the call that
+    /// granted it: the two clocks are never compared.
+    pub expires_at_ms: u64,
+}
+
+/// The answer to [`Store::acquire_lease`](crate::Store::acquire_lease).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseAnswer {
+    /// The caller holds the lease: at a new epoch if it took the workspace over (no lease yet,
+    /// or another node's had expired), at the same epoch if it already held it.
+    Granted(Lease),
+    /// Another node holds a live lease: the request belongs to it (forward it to its address).
+    Held(Lease),
 }
 
 /// Figures of the storage engine an operator alerts on — write stalls, compaction debt, sizes —

@@ -706,6 +706,37 @@ impl Store for Device {
     ) -> allowly_store::Result<Vec<(String, String, serde_json::Value)>> {
         self.inner.all_docs(kind, after, limit)
     }
+    // Membership and leases: not the device's to fail (the engine does not use them yet).
+    fn heartbeat(&self, node: &str, address: &str, ttl: Duration) -> allowly_store::Result<allowly_store::Member> {
+        self.inner.heartbeat(node, address, ttl)
+    }
+    fn live_nodes(&self) -> allowly_store::Result<Vec<allowly_store::Member>> {
+        self.inner.live_nodes()
+    }
+    fn acquire_lease(
+        &self,
+        ws: &str,
+        node: &str,
+        address: &str,
+        ttl: Duration,
+    ) -> allowly_store::Result<allowly_store::LeaseAnswer> {
+        self.inner.acquire_lease(ws, node, address, ttl)
+    }
+    fn renew_lease(
+        &self,
+        ws: &str,
+        node: &str,
+        epoch: u64,
+        ttl: Duration,
+    ) -> allowly_store::Result<allowly_store::Lease> {
+        self.inner.renew_lease(ws, node, epoch, ttl)
+    }
+    fn release_lease(&self, ws: &str, node: &str, epoch: u64) -> allowly_store::Result<allowly_store::Lease> {
+        self.inner.release_lease(ws, node, epoch)
+    }
+    fn lease(&self, ws: &str) -> allowly_store::Result<Option<allowly_store::Lease>> {
+        self.inner.lease(ws)
+    }
 }
 
 /// A write the device refuses fails the engine closed at once (`storage_full`, before the

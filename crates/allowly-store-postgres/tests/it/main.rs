@@ -4,7 +4,9 @@
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 mod faults;
+mod nodes;
 
+use allowly_store::conformance::leases::granted;
 use allowly_store::conformance::{records, Fixture};
 use allowly_store::kv::{KvEngine, KvRead, Space};
 use allowly_store::{Durability, MemStore, Op, Store, StoreError, WriteBatch};
@@ -106,8 +108,9 @@ fn read_is_one_snapshot() {
     assert!(s.workspace("b").unwrap().is_some());
 }
 
-/// The schema is created on open and carries its version; a database at a newer version is
-/// refused (nothing written), and one whose version is not a number is reported corrupt.
+/// The schema is created on open and carries its version; a version-1 database (before leases)
+/// is migrated on open, its data kept; a database at a newer version is refused (nothing
+/// written), and one whose version is not a number is reported corrupt.
 #[test]
 fn schema_version_is_checked() {
     let cluster = test_cluster::shared();
@@ -115,21 +118,31 @@ fn schema_version_is_checked() {
     let s = PgStore::open(&conninfo, PgOptions::default()).unwrap();
     s.write(WriteBatch::from(vec![Op::PutWorkspace(records::workspace("a"))]), Durability::Sync).unwrap();
     drop(s);
-    let version = |sql: &str| cluster.psql("postgres", &format!("SET search_path TO {schema}; {sql}"));
-    assert_eq!(version("SELECT value FROM allowly_meta WHERE name = 'schema_version'").trim(), "1");
+    let sql = |sql: &str| cluster.psql("postgres", &format!("SET search_path TO {schema}; {sql}"));
+    let version = || sql("SELECT value FROM allowly_meta WHERE name = 'schema_version'").trim().to_owned();
+    assert_eq!(version(), "2");
     // Reopening is idempotent and keeps the data.
     let s = PgStore::open(&conninfo, PgOptions::default()).unwrap();
     assert!(s.workspace("a").unwrap().is_some());
     drop(s);
 
-    version("UPDATE allowly_meta SET value = '2'");
+    // Version 1 had the same tables: what a version-1 build left is migrated, data kept.
+    sql("UPDATE allowly_meta SET value = '1'");
+    let s = PgStore::open(&conninfo, PgOptions::default()).unwrap();
+    assert_eq!(version(), "2");
+    assert!(s.workspace("a").unwrap().is_some());
+    granted(s.acquire_lease("a", "n", "http://n:1", std::time::Duration::from_secs(60)));
+    drop(s);
+
+    sql("UPDATE allowly_meta SET value = '3'");
     match PgStore::open(&conninfo, PgOptions::default()) {
-        Err(StoreError::Engine(msg)) => assert!(msg.contains("newer than this build's 1"), "{msg}"),
+        Err(StoreError::Engine(msg)) => assert!(msg.contains("newer than this build's 2"), "{msg}"),
         other => panic!("a newer schema was not refused: {other:?}"),
     }
-    version("UPDATE allowly_meta SET value = 'x'");
+    assert_eq!(version(), "3", "a newer version is never lowered");
+    sql("UPDATE allowly_meta SET value = 'x'");
     assert!(matches!(PgStore::open(&conninfo, PgOptions::default()), Err(StoreError::Corrupt { .. })));
-    version("UPDATE allowly_meta SET value = '1'");
+    sql("UPDATE allowly_meta SET value = '2'");
     assert!(PgStore::open(&conninfo, PgOptions::default()).unwrap().workspace("a").unwrap().is_some());
 }
 

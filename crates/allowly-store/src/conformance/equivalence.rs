@@ -46,8 +46,20 @@ fn op() -> impl Strategy<Value = Op> {
         }),
         1 => ws.clone().prop_map(|ws| Op::PutWorkspace(records::workspace(ws))),
         1 => (ws.clone(), pick(&AUTHS)).prop_map(|(ws, a)| Op::PutAuthorization(records::authorization(ws, a))),
-        1 => (proptest::option::of(ws), 0u8..3).prop_map(|(ws, h)| Op::PutApiKey(records::api_key("k", ws, [h; 32]))),
+        1 => (proptest::option::of(ws.clone()), 0u8..3).prop_map(|(ws, h)| Op::PutApiKey(records::api_key("k", ws, [h; 32]))),
+        // Against the leases `leased` sets up: current, stale, future and missing epochs.
+        1 => (ws, 0u64..4).prop_map(|(ws, epoch)| Op::Fence { workspace_id: ws.into(), epoch }),
     ]
+}
+
+/// The leases the fences of a sequence are checked against: `a` at epoch 1, `a_b` at 2 (taken
+/// over once), `b` never leased.
+fn leased<S: Store>(s: &S) {
+    let ttl = std::time::Duration::from_secs(3600);
+    s.acquire_lease("a", "n1", "n1:1", ttl).unwrap();
+    s.acquire_lease("a_b", "n1", "n1:1", ttl).unwrap();
+    s.release_lease("a_b", "n1", 1).unwrap();
+    s.acquire_lease("a_b", "n2", "n2:1", ttl).unwrap();
 }
 
 /// Every getter over the whole universe of ids, rendered (results and errors alike).
@@ -58,6 +70,8 @@ fn observe<S: Store>(s: &S) -> Vec<String> {
         out.push(format!("{:?}", s.api_key_by_hash(&[h; 32])));
     }
     for ws in WS {
+        // Owner and epoch; the expiry is each store's own clock's.
+        out.push(format!("{:?}", s.lease(ws).map(|l| l.map(|l| (l.node_id, l.epoch)))));
         out.push(format!("{:?}", s.workspace(ws)));
         out.push(format!("{:?}", s.log_meta(ws)));
         out.push(format!("{:?}", s.latest_checkpoint(ws)));
@@ -87,7 +101,8 @@ fn observe<S: Store>(s: &S) -> Vec<String> {
 }
 
 /// Runs 48 random sequences of batches (prefix-sharing ids, indices across byte boundaries,
-/// invalid ids and bodies) on `MemStore` and on a fresh store from `fresh`, and panics with
+/// invalid ids and bodies, fences at current and stale epochs) on `MemStore` and on a fresh
+/// store from `fresh`, and panics with
 /// the smallest sequence on which they disagree.
 pub fn agrees_with_mem_store<S: Store, K>(fresh: impl Fn() -> Fixture<S, K>) {
     let config = Config { cases: 48, failure_persistence: None, ..Config::default() };
@@ -95,6 +110,8 @@ pub fn agrees_with_mem_store<S: Store, K>(fresh: impl Fn() -> Fixture<S, K>) {
     let result = TestRunner::new(config).run(&batches, |batches| {
         let mem = MemStore::new();
         let other = fresh();
+        leased(&mem);
+        leased(&other.store);
         for batch in batches {
             let durability = if batch.len() % 2 == 0 { Durability::Sync } else { Durability::Buffered };
             let a = mem.write(WriteBatch::from(batch.clone()), durability);

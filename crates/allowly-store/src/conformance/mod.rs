@@ -22,7 +22,8 @@
 //! # fn main() {}
 //! ```
 //!
-//! - `conformance_tests!(store: fresh)`: one `#[test]` per case of [`cases`], for any `Store`.
+//! - `conformance_tests!(store: fresh)`: one `#[test]` per case of [`cases`] and of [`leases`]
+//!   (membership, leases, fenced writes), for any `Store`.
 //! - `conformance_tests!(kv_engine: fresh)`: those, plus the cases of [`corruption`], which
 //!   write bytes no op would produce and so need a [`KvEngine`](crate::kv::KvEngine).
 //! - [`agrees_with_mem_store`]: random op sequences give the same results (errors included)
@@ -34,6 +35,7 @@
 pub mod cases;
 pub mod corruption;
 mod equivalence;
+pub mod leases;
 pub mod records;
 
 pub use equivalence::agrees_with_mem_store;
@@ -76,6 +78,14 @@ macro_rules! conformance_tests {
             cosignatures_and_witness_heads,
             workspaces_behind_a_witness,
             works_as_a_trait_object,
+        );
+        $crate::conformance_tests!(@cases $fresh; leases:
+            membership,
+            lease_lifecycle,
+            epochs_only_grow,
+            fenced_writes,
+            fenced_groups,
+            one_owner_per_epoch,
         );
     };
     (kv_engine: $fresh:path) => {
