@@ -19,9 +19,9 @@ pub struct RocksOptions {
     /// Memtables of all key spaces together; above it the largest is flushed early. Without
     /// it each of the ~15 key spaces could hold up to two 16 MiB memtables.
     pub memtable_budget_bytes: usize,
-    /// The append-only key spaces ([`STREAM_SPACES`]) cut their files between streams once a
-    /// file holds this much (see `partitioner.rs`). Fixed per process: the first store opened
-    /// sets it.
+    /// The append-only key spaces (`receipts`, `trail`, `nodes`, `checkpoints`) cut their
+    /// files between streams once a file holds this much (see `partitioner.rs`). Fixed per
+    /// process: the first store opened sets it.
     pub stream_min_file_bytes: u64,
     /// `max_bytes_for_level_base` of the append-only key spaces: the most that every memtable
     /// flush merged into the first level below L0 rewrites (those files span every stream, so
@@ -32,7 +32,7 @@ pub struct RocksOptions {
     /// a large database into EMFILE on a WAL write, which fails every check closed. The server
     /// derives it from its limit (`serve.rs`).
     pub max_open_files: i32,
-    /// The memtables of [`STREAM_SPACES`] start each insert where the same stream last
+    /// The memtables of those key spaces start each insert where the same stream last
     /// inserted (see `partitioner.rs`). Off only to measure what it buys (`benches/store.rs`).
     pub stream_insert_hints: bool,
 }
