@@ -6,12 +6,6 @@
 // A key's stream is the key without its last 8 bytes (every key in the spaces that use this is
 // `prefix ‖ u64 BE`, the u64 growing within its prefix); keys shorter than 8 bytes are a stream
 // each. Output files are cut between two streams once they hold `min_file_bytes`.
-//
-// The same file registers the stream as a memtable insert hint ("AllowlyStreamPrefix"): RocksDB
-// keeps the skip list position of the last insert of each stream and starts the next insert of
-// that stream there. Without it an insert that does not follow the previous insert of the whole
-// key space (any load spread over many workspaces) searches the skip list from its top, a cache
-// miss per level.
 
 #include <cstdint>
 #include <memory>
@@ -19,7 +13,6 @@
 #include <string>
 
 #include "rocksdb/slice.h"
-#include "rocksdb/slice_transform.h"
 #include "rocksdb/sst_partitioner.h"
 #include "rocksdb/utilities/object_registry.h"
 
@@ -29,28 +22,16 @@ using ROCKSDB_NAMESPACE::ObjectLibrary;
 using ROCKSDB_NAMESPACE::PartitionerRequest;
 using ROCKSDB_NAMESPACE::PartitionerResult;
 using ROCKSDB_NAMESPACE::Slice;
-using ROCKSDB_NAMESPACE::SliceTransform;
 using ROCKSDB_NAMESPACE::SstPartitioner;
 using ROCKSDB_NAMESPACE::SstPartitionerFactory;
 
 constexpr const char* kName = "AllowlyStreamPartitioner";
-constexpr const char* kPrefixName = "AllowlyStreamPrefix";
-
-// The stream of a key: all but its last 8 bytes, or the whole key when shorter.
-Slice Stream(const Slice& key) { return Slice(key.data(), key.size() >= 8 ? key.size() - 8 : key.size()); }
 
 bool SameStream(const Slice& a, const Slice& b) {
-  return a.size() == b.size() && Stream(a).compare(Stream(b)) == 0;
+  if (a.size() != b.size()) return false;
+  const size_t n = a.size() >= 8 ? a.size() - 8 : a.size();
+  return Slice(a.data(), n).compare(Slice(b.data(), n)) == 0;
 }
-
-// Only a hint: a key whose "stream" is not really one (another shape of key) costs a worse
-// starting position, never a wrong insert.
-class StreamPrefix final : public SliceTransform {
- public:
-  const char* Name() const override { return kPrefixName; }
-  Slice Transform(const Slice& key) const override { return Stream(key); }
-  bool InDomain(const Slice& key) const override { return key.size() >= 8; }
-};
 
 class StreamPartitioner final : public SstPartitioner {
  public:
@@ -86,8 +67,7 @@ uint64_t registered_min = 0;
 
 }  // namespace
 
-// Registers the factory under "AllowlyStreamPartitioner" and the insert hint under
-// "AllowlyStreamPrefix" once per process (later calls keep the
+// Registers the factory under "AllowlyStreamPartitioner" once per process (later calls keep the
 // first minimum) and stores the minimum in force in `*in_force`. Returns 0, or -1 if
 // registration threw (no C++ exception may cross into Rust). C linkage: called from Rust.
 extern "C" int allowly_register_stream_partitioner(uint64_t min_file_bytes,
@@ -98,12 +78,6 @@ extern "C" int allowly_register_stream_partitioner(uint64_t min_file_bytes,
           kName, [min_file_bytes](const std::string&,
                                   std::unique_ptr<SstPartitionerFactory>* guard, std::string*) {
             guard->reset(new StreamPartitionerFactory(min_file_bytes));
-            return guard->get();
-          });
-      ObjectLibrary::Default()->AddFactory<const SliceTransform>(
-          kPrefixName, [](const std::string&, std::unique_ptr<const SliceTransform>* guard,
-                          std::string*) {
-            guard->reset(new StreamPrefix());
             return guard->get();
           });
       registered_min = min_file_bytes;

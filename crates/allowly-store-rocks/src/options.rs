@@ -32,9 +32,6 @@ pub struct RocksOptions {
     /// a large database into EMFILE on a WAL write, which fails every check closed. The server
     /// derives it from its limit (`serve.rs`).
     pub max_open_files: i32,
-    /// The memtables of those key spaces start each insert where the same stream last
-    /// inserted (see `partitioner.rs`). Off only to measure what it buys (`benches/store.rs`).
-    pub stream_insert_hints: bool,
 }
 
 impl Default for RocksOptions {
@@ -47,7 +44,6 @@ impl Default for RocksOptions {
             stream_min_file_bytes: 1 << 20,
             stream_level_base_bytes: 16 << 20,
             max_open_files: 512,
-            stream_insert_hints: true,
         }
     }
 }
@@ -142,13 +138,10 @@ pub(crate) fn space_options(space: Space, base: &Options, tuning: &RocksOptions)
         // a "bottommost file" and soon rewrites it in place only to zero its sequence numbers
         // (nothing is ever deleted here, so there is nothing else to gain): ~10 % of these
         // spaces' compaction CPU in a sustained run. Not within a day of the file's creation.
-        let mut extra = format!(
+        let extra = format!(
             "{};bottommost_file_compaction_delay=86400",
             crate::partitioner::options_string(tuning.stream_min_file_bytes)?
         );
-        if tuning.stream_insert_hints {
-            extra = format!("{extra};{}", crate::partitioner::INSERT_HINT);
-        }
         o = o.get_options_from_string(extra).map_err(|e| StoreError::Engine(e.into_string()))?;
     }
     Ok(o)

@@ -16,12 +16,6 @@
 //! hold runs of neighbouring streams and compaction is RocksDB's ordinary leveled kind, whose
 //! cost is bounded (the pathology above needs fewer streams than files in a level).
 //!
-//! The same streams are the memtables' insert hint (`AllowlyStreamPrefix`): the skip list keeps
-//! where each stream last inserted and starts its next insert there. Inserts that follow the
-//! previous insert of the whole space are cheap anyway; with the load spread over 10,000
-//! workspaces none does, and each insert searched from the skip list's top — a cache miss per
-//! level, 8 % of the server's CPU per check in that profile (`docs/performance.md`).
-//!
 //! The partitioner is C++ (RocksDB calls it for every key a compaction writes) registered in
 //! RocksDB's object library and named in an options string, because the `rocksdb` crate has no
 //! setter for `sst_partitioner_factory`.
@@ -34,8 +28,7 @@ unsafe extern "C" {
     fn allowly_register_stream_partitioner(min_file_bytes: u64, in_force: *mut u64) -> i32;
 }
 
-/// The RocksDB options string that installs the stream partitioner, registering it (and
-/// [`INSERT_HINT`]) first.
+/// The RocksDB options string that installs the stream partitioner, registering it first.
 /// The minimum is fixed by the first call in a process; a later call asking for another one is
 /// an error rather than a silently different layout.
 pub(crate) fn options_string(min_file_bytes: u64) -> Result<String, StoreError> {
@@ -54,10 +47,6 @@ pub(crate) fn options_string(min_file_bytes: u64) -> Result<String, StoreError> 
     }
     Ok("sst_partitioner_factory={id=AllowlyStreamPartitioner}".to_owned())
 }
-
-/// The options string that makes a space's memtables use the streams as insert hints. Valid
-/// only after [`options_string`] registered the transform it names.
-pub(crate) const INSERT_HINT: &str = "memtable_insert_with_hint_prefix_extractor=AllowlyStreamPrefix";
 
 #[cfg(test)]
 mod tests {
@@ -143,64 +132,6 @@ mod tests {
         store.db.compact_range_cf(cf, None::<&[u8]>, None::<&[u8]>);
         let other = files(&store, Space::Authorizations);
         assert!(other.iter().any(|(_, first, last)| first != last), "{other:?}");
-    }
-
-    /// The value of `option` in each `[CFOptions "name"]` section of the newest OPTIONS file.
-    fn cf_option(dir: &std::path::Path, option: &str) -> Vec<(String, String)> {
-        let mut files: Vec<_> = std::fs::read_dir(dir)
-            .expect("read dir")
-            .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
-            .filter(|n| n.starts_with("OPTIONS-"))
-            .collect();
-        files.sort_by_key(|n| n["OPTIONS-".len()..].parse::<u64>().unwrap_or(0));
-        let text = std::fs::read_to_string(dir.join(files.last().expect("an OPTIONS file"))).expect("read");
-        let (mut cf, mut out) = (None::<String>, Vec::new());
-        for line in text.lines().map(str::trim) {
-            if let Some(name) = line.strip_prefix("[CFOptions \"").and_then(|l| l.strip_suffix("\"]")) {
-                cf = Some(name.to_owned());
-            } else if line.starts_with('[') {
-                cf = None;
-            } else if let (Some(cf), Some(v)) = (&cf, line.strip_prefix(option).and_then(|l| l.strip_prefix('='))) {
-                out.push((cf.clone(), v.to_owned()));
-            }
-        }
-        out
-    }
-
-    /// The insert hint is an option only RocksDB reads, and only the stream spaces get it; with
-    /// it, keys appended to thousands of interleaved streams read back complete and in order.
-    #[test]
-    fn stream_spaces_insert_with_the_stream_as_hint_and_read_back_in_order() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = RocksStore::open(dir.path(), RocksOptions::default()).expect("open");
-        let hints = cf_option(dir.path(), "memtable_insert_with_hint_prefix_extractor");
-        for space in Space::ALL {
-            let v = hints.iter().find(|(cf, _)| cf == space.name()).map(|(_, v)| v.as_str());
-            let want = if STREAM_SPACES.contains(&space) { Some("AllowlyStreamPrefix") } else { Some("nullptr") };
-            assert_eq!(v, want, "{}: {hints:?}", space.name());
-        }
-        // 2,000 streams of different lengths, appended round-robin in small batches (a load
-        // spread over many workspaces), plus keys shorter than 8 bytes (outside the hint's
-        // domain): every key present once, in byte order.
-        let cf = store.cf(Space::Receipts).expect("cf");
-        let streams: Vec<Vec<u8>> = (0..2000u32).map(|i| format!("ws_{}\0", i * 7919 % 100_003).into_bytes()).collect();
-        let mut want = std::collections::BTreeSet::new();
-        for n in 0..5u64 {
-            for batch in streams.chunks(37) {
-                let mut wb = rocksdb::WriteBatch::default();
-                for s in batch {
-                    wb.put_cf(cf, key(s, n), b"v");
-                    want.insert(key(s, n));
-                }
-                let short = &n.to_be_bytes()[5..];
-                wb.put_cf(cf, short, b"short");
-                want.insert(short.to_vec());
-                store.db.write_opt(wb, &WriteOptions::default()).expect("write");
-            }
-        }
-        let got: Vec<Vec<u8>> =
-            store.db.iterator_cf(cf, rocksdb::IteratorMode::Start).map(|kv| kv.expect("read").0.into_vec()).collect();
-        assert_eq!(got, want.into_iter().collect::<Vec<_>>());
     }
 
     #[test]
