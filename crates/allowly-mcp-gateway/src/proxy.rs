@@ -35,6 +35,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use allowly_tls::CaFile;
 use rmcp::model::{
     CallToolRequest, CallToolResult, ClientConfig, ClientNotification, ClientRequest, ClientResult, CompleteRequest,
     ElicitRequest, ElicitRequestParams, ElicitationAction, ErrorCode, ErrorData, GetMeta as _, GetPromptRequest,
@@ -54,7 +55,7 @@ use tokio::sync::{Mutex, OnceCell};
 use crate::allowly::Allowly;
 use crate::error::GatewayError;
 use crate::gate::{Policy, UserAnswer, Verdict};
-use crate::tls::{self, Ca};
+use crate::tls;
 
 /// Between a server name and a tool name in what the client sees with several servers.
 pub const SEPARATOR: &str = "__";
@@ -71,7 +72,7 @@ pub enum Reach {
     /// An MCP endpoint over streamable HTTP (`http://…/mcp` or `https://…/mcp`), with the
     /// bearer token it wants, if any (sent as `Authorization: Bearer`, never logged), and the CA
     /// its certificate must chain to, if not one of the Mozilla roots (`tls`).
-    Url { url: String, token: Option<Token>, ca: Option<Ca> },
+    Url { url: String, token: Option<Token>, ca: Option<CaFile> },
 }
 
 /// A secret the gateway sends upstream: compared, cloned and sent, never shown (its `Debug` is
