@@ -349,8 +349,8 @@ pub struct ServeArgs {
     #[arg(long, env = "ALLOWLY_WITNESS_TIMEOUT_MS", value_name = "MS")]
     pub witness_timeout_ms: Option<u64>,
     /// After a witness refuses a workspace's checkpoint (a 4xx other than 409: an unknown log or
-    /// key), submit it again after this long, doubling while it keeps refusing, at most an hour
-    /// (100..=3600000) [default: 60000].
+    /// key) or answers badly (a cosignature that does not verify), submit it again after this
+    /// long, doubling while it keeps doing so, at most an hour (100..=3600000) [default: 60000].
     #[arg(long, env = "ALLOWLY_WITNESS_REFUSED_RETRY_MS", value_name = "MS")]
     pub witness_refused_retry_ms: Option<u64>,
 }
