@@ -111,6 +111,9 @@ pub struct EngineConfig {
     /// after this long — doubling at each such answer in a row, at most an hour — even with no
     /// new checkpoint, so a witness whose configuration is fixed catches up by itself.
     pub witness_refused_retry: Duration,
+    /// Append every stored checkpoint to this file, one JSON line each, synced (the
+    /// `checkpoint_log` module; docs/witness.md, "Anchoring"); `None`: no such file.
+    pub checkpoint_log: Option<std::path::PathBuf>,
 }
 
 /// One witness (see [`EngineConfig::witnesses`]).
@@ -177,6 +180,7 @@ impl Default for EngineConfig {
             witness_quorum: 0,
             witness_timeout: Duration::from_secs(5),
             witness_refused_retry: Duration::from_secs(60),
+            checkpoint_log: None,
         }
     }
 }

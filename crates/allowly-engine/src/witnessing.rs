@@ -31,6 +31,8 @@
 //!
 //! Writes go through `Store::write` (one synced batch per cosignature: the line and the
 //! witness's new head together), not through the committer: they belong to no check.
+//!
+//! The same hand-off feeds the checkpoint log (`checkpoint_log`), when one is configured.
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -46,6 +48,7 @@ use base64::Engine as _;
 use bytes::Bytes;
 use tokio::sync::Notify;
 
+use crate::checkpoint_log::CheckpointLog;
 use crate::config::{EngineConfig, WitnessConfig};
 use crate::metrics::Metrics;
 
@@ -75,11 +78,37 @@ const QUORUM_SCAN_PER_WITNESS: usize = 64;
 pub const SUBMISSION_OUTCOMES: [&str; 6] =
     ["cosigned", "old_size_mismatch", "bad_cosignature", "refused", "unavailable", "dropped"];
 
-/// A workspace queue that holds each workspace once.
+/// A workspace queue that holds each workspace once, at most [`MAX_QUEUED`] (also the
+/// checkpoint log's).
 #[derive(Debug, Default)]
-struct Queue {
+pub(crate) struct Queue {
     order: VecDeque<String>,
     queued: HashSet<String>,
+}
+
+impl Queue {
+    /// Queues `ws` (at the back, or at the front to retry it first); false if the queue is full.
+    pub(crate) fn push(&mut self, ws: &str, front: bool) -> bool {
+        if self.queued.contains(ws) {
+            return true;
+        }
+        if self.queued.len() >= MAX_QUEUED {
+            return false;
+        }
+        self.queued.insert(ws.to_owned());
+        if front {
+            self.order.push_front(ws.to_owned());
+        } else {
+            self.order.push_back(ws.to_owned());
+        }
+        true
+    }
+
+    pub(crate) fn pop(&mut self) -> Option<String> {
+        let ws = self.order.pop_front()?;
+        self.queued.remove(&ws);
+        Some(ws)
+    }
 }
 
 /// One witness: its configuration and its queue.
@@ -101,35 +130,21 @@ impl Witness {
 
     /// Queues `ws` (at the back, or at the front to retry it first); false if the queue is full.
     fn push(&self, ws: &str, front: bool) -> bool {
-        let mut q = self.lock();
-        if q.queued.contains(ws) {
-            return true;
-        }
-        if q.queued.len() >= MAX_QUEUED {
-            return false;
-        }
-        q.queued.insert(ws.to_owned());
-        if front {
-            q.order.push_front(ws.to_owned());
-        } else {
-            q.order.push_back(ws.to_owned());
-        }
-        true
+        self.lock().push(ws, front)
     }
 
     fn pop(&self) -> Option<String> {
-        let mut q = self.lock();
-        let ws = q.order.pop_front()?;
-        q.queued.remove(&ws);
-        Some(ws)
+        self.lock().pop()
     }
 }
 
-/// The witnesses, their queues, and the quorum the read paths apply.
+/// The witnesses, their queues, and the quorum the read paths apply; and the checkpoint log,
+/// fed by the same hand-off.
 #[derive(Debug)]
 pub(crate) struct Witnessing {
     witnesses: Vec<Arc<Witness>>,
     quorum: usize,
+    log: Option<Arc<CheckpointLog>>,
 }
 
 impl Witnessing {
@@ -142,7 +157,8 @@ impl Witnessing {
             .filter(|_| on)
             .map(|w| Arc::new(Witness { cfg: w.clone(), queue: Default::default(), wake: Notify::new() }))
             .collect();
-        Self { witnesses, quorum: if on { cfg.witness_quorum } else { 0 } }
+        let log = cfg.checkpoint_log.as_deref().map(|path| Arc::new(CheckpointLog::new(path)));
+        Self { witnesses, quorum: if on { cfg.witness_quorum } else { 0 }, log }
     }
 
     /// Whether witnesses are configured (quorum above 0).
@@ -160,8 +176,11 @@ impl Witnessing {
     }
 
     /// The hand-off from the signing pipeline: a checkpoint of `ws` was stored. Queues `ws` for
-    /// every witness and returns at once.
+    /// every witness and the checkpoint log, and returns at once.
     pub fn stored(&self, ws: &str, metrics: &Metrics) {
+        if let Some(log) = &self.log {
+            log.stored(ws);
+        }
         for w in &self.witnesses {
             if w.push(ws, false) {
                 w.wake.notify_one();
@@ -236,8 +255,8 @@ impl Witnessing {
     }
 }
 
-/// Starts one task per witness. Each ends (within a second) once `witnessing` is dropped with
-/// the engine.
+/// Starts one task per witness, and the checkpoint log's. Each ends (within a second) once
+/// `witnessing` is dropped with the engine.
 pub(crate) fn start(
     witnessing: &Arc<Witnessing>,
     store: Arc<dyn Store>,
@@ -245,6 +264,9 @@ pub(crate) fn start(
     timeout: Duration,
     refused_retry: Duration,
 ) -> Result<(), String> {
+    if let Some(log) = &witnessing.log {
+        crate::checkpoint_log::start(log.clone(), Arc::downgrade(witnessing), store.clone(), metrics.clone())?;
+    }
     if !witnessing.enabled() {
         return Ok(());
     }

@@ -808,3 +808,94 @@ fn a_checkpoint_whose_cosignature_does_not_verify_is_submitted_again_until_one_d
     assert_eq!(server_metric(&s, "wa.test/w", "bad_cosignature"), 2);
     assert!(server_metric(&s, "wa.test/w", "old_size_mismatch") >= 1, "resubmitted through the witness's 409");
 }
+
+// ---- Anchoring: the checkpoint log (--checkpoint-log) -------------------------------------
+
+/// The checkpoint log's lines: (workspace, size, signed note), in file order; a line that does
+/// not read (one a crash cut short) is left out.
+fn checkpoint_log_lines(path: &Path) -> Vec<(String, u64, String)> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .map(|v| {
+            let (ws, size, note) = (&v["workspace_id"], &v["size"], &v["checkpoint"]);
+            (ws.as_str().unwrap().to_owned(), size.as_u64().unwrap(), note.as_str().unwrap().to_owned())
+        })
+        .collect()
+}
+
+/// `--checkpoint-log FILE`, black box: the real server appends every checkpoint it stores to
+/// the file as its signed note. With the file's directory gone, appends fail (counted in
+/// `allowly_engine_checkpoint_log_failures_total`) while checks and signing go on; the server is
+/// then killed (`kill -9`) with those checkpoints not appended, the directory comes back, and
+/// the restarted server appends them without a new check. In the end the file holds every
+/// checkpoint the store holds (read from the store itself once the server stopped), each note
+/// signed by the workspace's key with the size its line says, in size order; a repeat (at least
+/// once) is only ever the same line again.
+#[test]
+fn every_stored_checkpoint_is_in_the_checkpoint_log_after_a_crash_and_a_restart() {
+    use allowly_store::Store as _;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("anchor");
+    std::fs::create_dir(&dir).unwrap();
+    // A server started as root runs as its own user, which must reach and write the directory.
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let log = dir.join("checkpoints.jsonl");
+    let args = vec!["--checkpoint-log".to_owned(), log.display().to_string()];
+    let mut s = start_server(tmp.path(), "s", &args);
+    let t = tenant(&s, "anchored", &["files.read"]);
+    let first = signed(&s, &t, &check(&s, &t));
+    let note = first["checkpoint"].as_str().unwrap().to_owned();
+    let diag = || std::fs::read_to_string(&log).unwrap_or_default();
+    eventually("the first receipt's checkpoint in the log", diag, || {
+        checkpoint_log_lines(&log).iter().any(|(_, _, n)| *n == note).then_some(())
+    });
+
+    // The directory away: appends fail; checks and signing go on.
+    let away = tmp.path().join("anchor.away");
+    std::fs::rename(&dir, &away).unwrap();
+    let ids: Vec<String> = (0..3).map(|_| check(&s, &t)).collect();
+    let all: Vec<serde_json::Value> = ids.iter().map(|id| signed(&s, &t, id)).collect();
+    let last = &all[all.len() - 1];
+    let failures = || metric(&s.client().get("/metrics", None).text(), "allowly_engine_checkpoint_log_failures_total");
+    eventually("appends failing", || s.client().get("/metrics", None).text(), || (failures() >= 1).then_some(()));
+    let keys = s.client().get(&format!("/v1/workspaces/{}/keys", t.ws), None).json();
+    s.kill9();
+    std::fs::rename(&away, &dir).unwrap();
+    let missing = last["checkpoint"].as_str().unwrap().to_owned();
+    assert!(!checkpoint_log_lines(&log).iter().any(|(_, _, n)| *n == missing), "appended while the directory was away");
+
+    let mut s = start_server(tmp.path(), "s", &args);
+    eventually("the checkpoints missed appended after the restart, with no new check", diag, || {
+        checkpoint_log_lines(&log).iter().any(|(_, _, n)| *n == missing).then_some(())
+    });
+    s.stop();
+
+    let store =
+        allowly_store_rocks::RocksStore::open(&tmp.path().join("s/db"), allowly_store_rocks::RocksOptions::default())
+            .unwrap();
+    let mut stored = Vec::new();
+    while let Some((size, note)) = store.checkpoint_at_or_after(&t.ws, stored.last().map_or(1, |(n, _)| n + 1)).unwrap()
+    {
+        stored.push((size, note));
+    }
+    let lines = checkpoint_log_lines(&log);
+    let mut appended: Vec<(u64, String)> =
+        lines.iter().filter(|(ws, _, _)| *ws == t.ws).map(|(_, size, note)| (*size, note.clone())).collect();
+    appended.dedup();
+    assert!(stored.len() >= 2, "one before the directory went away, one after: {stored:?}");
+    assert_eq!(appended, stored, "the log holds every stored checkpoint, in order, a repeat only of the same line");
+    let verifiers: Vec<note::NoteVerifier> = keys["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| note::NoteVerifier::parse_vkey(k["vkey"].as_str().unwrap()).unwrap())
+        .collect();
+    for (size, n) in &appended {
+        let (cp, _) = note::open_checkpoint(n, &format!("allowly/{}", t.ws), &verifiers).unwrap();
+        assert_eq!(cp.size, *size, "{n}");
+    }
+}
