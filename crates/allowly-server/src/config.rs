@@ -762,8 +762,15 @@ impl ServeArgs {
             Some(conninfo) => StoreConfig::Postgres(conninfo),
             None => StoreConfig::Rocks,
         };
+        // Absolute now: a server started as root enters its data directory before the engine
+        // opens the file.
+        let checkpoint_log = self
+            .checkpoint_log
+            .or(file.checkpoint_log)
+            .map(|p| std::path::absolute(&p).map_err(|source| Error::Io { what: format!("{}", p.display()), source }))
+            .transpose()?;
         Ok(ServerConfig {
-            checkpoint_log: self.checkpoint_log.or(file.checkpoint_log),
+            checkpoint_log,
             witnesses,
             witness_quorum,
             witness_timeout,
@@ -923,6 +930,16 @@ mod tests {
         }
         let missing = ServeArgs { metrics_token_file: Some("/nonexistent/token".into()), ..ServeArgs::default() };
         assert!(matches!(missing.resolve(), Err(Error::MetricsToken(_))));
+    }
+
+    /// A relative `--checkpoint-log` names a file under the working directory the server was
+    /// started in, not under the data directory a server started as root enters later.
+    #[test]
+    fn a_relative_checkpoint_log_is_made_absolute_against_the_starting_directory() {
+        let cfg = ServeArgs { checkpoint_log: Some("anchor/checkpoints.jsonl".into()), ..ServeArgs::default() };
+        let want = std::env::current_dir().unwrap().join("anchor/checkpoints.jsonl");
+        assert_eq!(cfg.resolve().unwrap().checkpoint_log, Some(want));
+        assert_eq!(ServeArgs::default().resolve().unwrap().checkpoint_log, None);
     }
 
     #[test]
