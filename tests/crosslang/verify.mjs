@@ -7,8 +7,9 @@
 //
 // Usage:
 //   node verify.mjs vectors MANIFEST
-//   node verify.mjs receipt FILE --keys KEYS
+//   node verify.mjs receipt FILE --keys KEYS [--witness-key VKEY ... --witness-quorum N]
 //   node verify.mjs bundle FILE [--keys KEYS] [--checkpoint NOTE_FILE ...]
+//                               [--witness-key VKEY ... --witness-quorum N]
 //
 // Exit status: 0 valid, 1 integrity failure, 2 coverage gap, 64 unusable input / usage.
 //
@@ -55,8 +56,8 @@ const FINDING_CLASS = {
   not_signed: COVERAGE,
   consistency_unproven: COVERAGE,
   truncated: COVERAGE,
-  // §7.5, only with a witness policy, which this verifier does not take (cosignatures are
-  // ignored as unknown signatures): listed so the table is §8's.
+  // §7.5, only with a witness policy (--witness-key ... --witness-quorum N); without one,
+  // cosignatures are signature lines by unknown keys, ignored.
   witness_cosignature_invalid: INTEGRITY,
   witness_quorum_not_met: COVERAGE,
 };
@@ -759,10 +760,13 @@ class CheckpointCache {
   constructor(keyset) {
     this.keyset = keyset;
     this.results = new Map(); // note -> checkpoint | CheckpointError
+    this.where = new Map(); // note -> where it was first seen
   }
 
-  open(note) {
+  /** `where` names the first place the note was seen, for the witness policy's findings. */
+  open(note, where = 'checkpoint') {
     if (!this.results.has(note)) {
+      this.where.set(note, where);
       try {
         this.results.set(note, openCheckpoint(note, this.keyset));
       } catch (e) {
@@ -776,6 +780,106 @@ class CheckpointCache {
   opened() {
     return [...this.results.values()].filter((r) => !(r instanceof CheckpointError));
   }
+
+  /** [note, where] of every note that opened. */
+  openedNotes() {
+    return [...this.results].filter(([, r]) => !(r instanceof CheckpointError)).map(([n]) => [n, this.where.get(n)]);
+  }
+}
+
+// ---------------------------------------------------------------------------
+// §7.5 Witness policy (§5.4 "Cosignatures", c2sp.org/tlog-cosignature), optional
+// ---------------------------------------------------------------------------
+
+/** Signature type byte of `cosignature/v1` keys (the workspace's own keys are 0x01). */
+const COSIGNATURE_V1 = 0x04;
+/** A cosignature's timestamp: 8 bytes, big-endian, at most 2^63 - 1 (tlog-cosignature). */
+const MAX_COSIGNATURE_TIME = 2n ** 63n - 1n;
+/** Key id (4) + timestamp (8) + Ed25519 signature (64). */
+const COSIGNATURE_BLOB_LENGTH = 4 + 8 + 64;
+
+/** SHA-256(name ‖ 0x0A ‖ 0x04 ‖ public key)[:4], hex. */
+const cosignerKeyId = (name, publicKey) =>
+  sha256(Buffer.from(name, 'utf8'), Buffer.from([0x0a, COSIGNATURE_V1]), publicKey).subarray(0, 4).toString('hex');
+
+/**
+ * A witness verifier key `<name>+<key id>+<base64(0x04 ‖ 32-byte key)>` (C2SP signed-note
+ * "Verifier keys"), as --witness-key gives it; throws Unusable (bad usage, exit 64) unless the
+ * name is a key name (§5.4: no '+', no space, no control character), the key id is 8
+ * lowercase hex digits and the one the name and key give, and the key is a canonical Ed25519
+ * point of large order (a key no strict verification could ever accept is a mistake, not a
+ * witness).
+ */
+function parseWitnessKey(vkey) {
+  const bad = (why) => new Unusable(`--witness-key ${JSON.stringify(vkey)}: ${why}`);
+  // The name has no '+' and the key id is hex, so the first two '+' separate; base64 may hold '+'.
+  const first = vkey.indexOf('+');
+  const second = first < 0 ? -1 : vkey.indexOf('+', first + 1);
+  if (second < 0) throw bad('not <name>+<key id>+<key>');
+  const [name, keyId, b64] = [vkey.slice(0, first), vkey.slice(first + 1, second), vkey.slice(second + 1)];
+  if (!name || GO_SPACE_RE.test(name) || /[\u0000-\u001f]/.test(name)) throw bad('not a key name');
+  if (!KEY_ID_RE.test(keyId)) throw bad('the key id is not 8 lowercase hex digits');
+  const raw = b64decodeStrict(b64);
+  if (raw === null || raw.length !== 33) throw bad('the key is not canonical base64 of 33 bytes');
+  if (raw[0] !== COSIGNATURE_V1) throw bad(`not a cosigner key (type ${raw[0]}, not ${COSIGNATURE_V1})`);
+  const publicKey = raw.subarray(1);
+  const point = edDecodePoint(publicKey);
+  if (point === null || edIsSmallOrder(point)) throw bad('not a canonical Ed25519 point of large order');
+  if (cosignerKeyId(name, publicKey) !== keyId) throw bad('the key id is not the one of this name and key');
+  return { name, keyId, publicKey };
+}
+
+/**
+ * The policy of --witness-key (repeated) and --witness-quorum N. N counts distinct public
+ * keys: the signed message does not commit to the witness's name, so one key under two names
+ * is one witness, and a quorum above the number of distinct keys could never be met (bad usage).
+ */
+function witnessPolicy(vkeys, quorumText) {
+  const witnesses = vkeys.map(parseWitnessKey);
+  const distinct = new Set(witnesses.map((w) => w.publicKey.toString('hex'))).size;
+  // As a command line's unsigned integer: decimal, an optional '+'.
+  const quorum = /^\+?[0-9]+$/.test(quorumText) ? Number(quorumText) : NaN;
+  if (!(quorum >= 1 && quorum <= distinct)) {
+    throw new Unusable(`--witness-quorum ${quorumText}: not between 1 and the ${distinct} distinct witness keys`);
+  }
+  return { witnesses, quorum };
+}
+
+/**
+ * §7.5 on one checkpoint that opened: a line naming a policy witness (name and key id) that
+ * does not verify is witness_cosignature_invalid, whatever the others; otherwise fewer than N
+ * distinct public keys with a valid cosignature is witness_quorum_not_met.
+ */
+function judgeCosignatures(policy, note, where, report) {
+  const { text, signatures } = parseSignedNote(note);
+  const good = new Set();
+  let failed = 0;
+  for (const { name, blob } of signatures) {
+    const id = blob.subarray(0, 4).toString('hex');
+    // Every policy key the line names: two listed under one name and key id must both verify.
+    for (const w of policy.witnesses.filter((k) => k.name === name && k.keyId === id)) {
+      let ok = blob.length === COSIGNATURE_BLOB_LENGTH;
+      if (ok) {
+        const time = blob.readBigUInt64BE(4);
+        // BigInt prints canonical decimal, as the message needs ("time <decimal>").
+        const message = Buffer.concat([Buffer.from(`cosignature/v1\ntime ${time}\n`, 'utf8'), Buffer.from(text, 'utf8')]);
+        ok = time <= MAX_COSIGNATURE_TIME && ed25519VerifyStrict(w.publicKey, message, blob.subarray(12));
+      }
+      if (ok) good.add(w.publicKey.toString('hex'));
+      else failed++;
+    }
+  }
+  if (failed) {
+    report.add('witness_cosignature_invalid', `${where}: ${failed} cosignature(s) by a given witness key do not verify`);
+  } else if (good.size < policy.quorum) {
+    report.add('witness_quorum_not_met', `${where}: ${good.size} of the ${policy.quorum} required witnesses cosigned`);
+  }
+}
+
+/** §7.5 once per distinct note that opened (a failed one already has its finding). */
+function applyWitnessPolicy(policy, cache, report) {
+  if (!policy) return;
+  for (const [note, where] of cache.openedNotes()) judgeCosignatures(policy, note, where, report);
 }
 
 // ---------------------------------------------------------------------------
@@ -1027,7 +1131,7 @@ function verifyReceiptSteps(doc, keyset, cache, report, where = 'receipt', bodyD
   }
 
   // Step 8: the checkpoint.
-  const cp = cache.open(doc.checkpoint);
+  const cp = cache.open(doc.checkpoint, `${where}: checkpoint`);
   if (cp instanceof CheckpointError) {
     report.add(cp.code, `${where}: checkpoint: ${cp.detail}`);
     return leaf;
@@ -1042,8 +1146,8 @@ function verifyReceiptSteps(doc, keyset, cache, report, where = 'receipt', bodyD
   return leaf;
 }
 
-/** §7.1 (step 1, the key set, is done by the caller). */
-function verifyReceipt(data, keyset) {
+/** §7.1 (step 1, the key set, is done by the caller), then §7.5 with a witness policy. */
+function verifyReceipt(data, keyset, witness = null) {
   let doc;
   try { // step 2
     doc = parseJson(data);
@@ -1053,7 +1157,9 @@ function verifyReceipt(data, keyset) {
   const problem = envelopeProblem(doc);
   if (problem) throw new Unusable(`receipt: ${problem}`);
   const report = new Report();
-  verifyReceiptSteps(doc, keyset, new CheckpointCache(keyset), report);
+  const cache = new CheckpointCache(keyset);
+  verifyReceiptSteps(doc, keyset, cache, report);
+  applyWitnessPolicy(witness, cache, report);
   return report;
 }
 
@@ -1479,8 +1585,11 @@ function checkSemantics(leaves, report) {
   return judged;
 }
 
-/** §7.2, then §7.4 (`semantics` null: on for log exports only). */
-function verifyBundle(data, pinned, extraCheckpoints = [], semantics = null) {
+/**
+ * §7.2 with §7.5 (a witness policy, or null), then §7.4 (`semantics` null: on for log exports
+ * only).
+ */
+function verifyBundle(data, pinned, extraCheckpoints = [], semantics = null, witness = null) {
   const report = new Report();
   const lines = bundleLines(data);
   if (!lines.length) throw new Unusable('empty bundle');
@@ -1491,7 +1600,7 @@ function verifyBundle(data, pinned, extraCheckpoints = [], semantics = null) {
 
   const cache = new CheckpointCache(keyset); // step 3
   [...records.checkpoints, ...extraCheckpoints].forEach((note, i) => {
-    const cp = cache.open(note);
+    const cp = cache.open(note, `checkpoint #${i + 1}`);
     if (cp instanceof CheckpointError) report.add(cp.code, `checkpoint #${i + 1}: ${cp.detail}`);
   });
 
@@ -1500,6 +1609,8 @@ function verifyBundle(data, pinned, extraCheckpoints = [], semantics = null) {
     const leaf = verifyReceiptSteps(doc, keyset, cache, report, `line ${lineno}`, BODY_DEPTH_IN_BUNDLE);
     if (leaf) leaves.push(leaf);
   }
+  // Every checkpoint is open now; its witness findings count in §7.4's "without findings".
+  applyWitnessPolicy(witness, cache, report);
 
   const checkpoints = cache.opened();
   const byIndex = checkLog(leaves, report); // step 5
@@ -1565,8 +1676,10 @@ function cmdVectors(manifestPath) {
 }
 
 const USAGE = `usage: node verify.mjs vectors MANIFEST
-       node verify.mjs receipt FILE --keys KEYS
-       node verify.mjs bundle FILE [--keys KEYS] [--checkpoint NOTE_FILE ...] [--semantics | --no-semantics]`;
+       node verify.mjs receipt FILE --keys KEYS [WITNESS POLICY]
+       node verify.mjs bundle FILE [--keys KEYS] [--checkpoint NOTE_FILE ...] [--semantics | --no-semantics]
+                                   [WITNESS POLICY]
+WITNESS POLICY (§7.5): --witness-key VKEY ... --witness-quorum N`;
 
 function main(argv) {
   if (argv.length === 2 && argv[0] === 'vectors') return cmdVectors(argv[1]);
@@ -1578,6 +1691,8 @@ function main(argv) {
   let keysPath = null;
   let semantics = null;
   const extra = [];
+  const witnessKeys = [];
+  let quorum = null;
   while (rest.length) {
     if (['--semantics', '--no-semantics'].includes(rest[0]) && cmd === 'bundle' && semantics === null) {
       semantics = rest[0] === '--semantics';
@@ -1586,19 +1701,28 @@ function main(argv) {
     }
     if (rest[0] === '--keys' && rest.length > 1 && keysPath === null) keysPath = rest[1];
     else if (rest[0] === '--checkpoint' && rest.length > 1 && cmd === 'bundle') extra.push(rest[1]);
+    else if (rest[0] === '--witness-key' && rest.length > 1) witnessKeys.push(rest[1]);
+    else if (rest[0] === '--witness-quorum' && rest.length > 1 && quorum === null) quorum = rest[1];
     else {
       console.error(USAGE);
       return EXIT_UNUSABLE;
     }
     rest.splice(0, 2);
   }
+  // One without the other is bad usage, as in allowly-verify.
+  if ((quorum === null) !== (witnessKeys.length === 0)) {
+    console.error(`--witness-key and --witness-quorum go together\n${USAGE}`);
+    return EXIT_UNUSABLE;
+  }
   let report;
+  let witness = null;
   try {
+    if (quorum !== null) witness = witnessPolicy(witnessKeys, quorum);
     const keyset = keysPath ? readKeysetFile(keysPath) : null; // §7.1 step 1
     const data = readFileSync(file);
     if (cmd === 'receipt') {
       if (!keyset) throw new Unusable('receipt needs --keys');
-      report = verifyReceipt(data, keyset);
+      report = verifyReceipt(data, keyset, witness);
     } else {
       const notes = extra.map((path) => {
         try {
@@ -1608,7 +1732,7 @@ function main(argv) {
           return '\u0000'; // not UTF-8: will be checkpoint_malformed
         }
       });
-      report = verifyBundle(data, keyset, notes, semantics);
+      report = verifyBundle(data, keyset, notes, semantics, witness);
     }
   } catch (e) {
     if (e instanceof Unusable || e.code) {
@@ -1617,6 +1741,7 @@ function main(argv) {
     }
     throw e;
   }
+  if (witness) report.notes.push(`witness policy: every checkpoint cosigned by ${witness.quorum} of ${witnessKeys.length} witness keys`);
   printReport(report);
   return report.exitCode();
 }
@@ -1628,5 +1753,5 @@ if (process.argv[1] && import.meta.url === pathToFileURL(realpathSync(process.ar
 
 export {
   parseJson, ijsonViolations, canonicalJson, verifyInclusion, verifyConsistency, merkleRoot,
-  ed25519VerifyStrict, openCheckpoint, loadKeyset, verifyReceipt, verifyBundle, Unusable,
+  ed25519VerifyStrict, openCheckpoint, loadKeyset, verifyReceipt, verifyBundle, Unusable, witnessPolicy,
 };

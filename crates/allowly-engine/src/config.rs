@@ -106,10 +106,14 @@ pub struct EngineConfig {
     /// Bound on one `add-checkpoint` exchange with a witness (connect, request, answer).
     pub witness_timeout: Duration,
     /// After a witness refused a checkpoint (a 4xx other than 409: it does not know the log or
-    /// the key that signed it, or refuses the proof), the workspace is submitted to it again
-    /// after this long — doubling at each refusal in a row, at most an hour — even with no new
-    /// checkpoint, so a witness whose configuration is fixed catches up by itself.
+    /// the key that signed it, or refuses the proof) or answered badly (a cosignature that does
+    /// not verify, a 409 one retry did not resolve), the workspace is submitted to it again
+    /// after this long — doubling at each such answer in a row, at most an hour — even with no
+    /// new checkpoint, so a witness whose configuration is fixed catches up by itself.
     pub witness_refused_retry: Duration,
+    /// Append every stored checkpoint to this file, one JSON line each, synced (the
+    /// `checkpoint_log` module; docs/witness.md, "Anchoring"); `None`: no such file.
+    pub checkpoint_log: Option<std::path::PathBuf>,
 }
 
 /// One witness (see [`EngineConfig::witnesses`]).
@@ -176,6 +180,7 @@ impl Default for EngineConfig {
             witness_quorum: 0,
             witness_timeout: Duration::from_secs(5),
             witness_refused_retry: Duration::from_secs(60),
+            checkpoint_log: None,
         }
     }
 }

@@ -105,7 +105,7 @@ impl Engine {
             cfg.witness_timeout,
             cfg.witness_refused_retry,
         )
-        .map_err(|e| EngineError::Internal(format!("cannot start the witness client: {e}")))?;
+        .map_err(|e| EngineError::Internal(format!("cannot start the witness client or the checkpoint log: {e}")))?;
         let services = Arc::new(Services {
             witnessing,
             store,

@@ -9,6 +9,7 @@
 
 mod actor;
 mod admin_keys;
+mod checkpoint_log;
 mod clock;
 mod commit;
 mod config;

@@ -185,6 +185,12 @@ pub struct Metrics {
     pub witness_cosigned_lag: IntGaugeVec,
     /// By `witness`: 1 while its last exchange got an answer, 0 while it is backed off.
     pub witness_up: IntGaugeVec,
+    /// Checkpoints appended to the checkpoint log (`--checkpoint-log`), synced; one appended
+    /// again after a crash counts again.
+    pub checkpoint_log_appended: IntCounter,
+    /// Rounds of appends to the checkpoint log that failed (the file, or recording progress in
+    /// the store) and are tried again. Alert on any increase: anchoring is behind.
+    pub checkpoint_log_failures: IntCounter,
     /// The store's own figures (`allowly_store_*`), as last read; a figure the store does not
     /// have (`None`) is left out of the scrape rather than shown as 0.
     store: Arc<[StoreGauge]>,
@@ -489,6 +495,16 @@ impl Metrics {
                 &["witness"],
             )
             .expect("static metric definition"),
+            checkpoint_log_appended: IntCounter::new(
+                "allowly_engine_checkpoint_log_appended_total",
+                "Checkpoints appended to the checkpoint log and synced",
+            )
+            .expect("static metric definition"),
+            checkpoint_log_failures: IntCounter::new(
+                "allowly_engine_checkpoint_log_failures_total",
+                "Rounds of appends to the checkpoint log that failed and are tried again",
+            )
+            .expect("static metric definition"),
             store: store_gauges().into(),
             store_stats: Default::default(),
         };
@@ -538,7 +554,7 @@ impl Metrics {
     }
 
     /// Every metric but the store's gauges.
-    fn parts(&self) -> [&dyn Collector; 47] {
+    fn parts(&self) -> [&dyn Collector; 49] {
         [
             &self.decisions,
             &self.overloaded,
@@ -587,6 +603,8 @@ impl Metrics {
             &self.witness_submissions,
             &self.witness_cosigned_lag,
             &self.witness_up,
+            &self.checkpoint_log_appended,
+            &self.checkpoint_log_failures,
         ]
     }
 

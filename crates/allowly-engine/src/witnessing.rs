@@ -16,12 +16,14 @@
 //! its state or ours is older than the other's answer) is retried once from the size it
 //! names; a network failure, a timeout or a 5xx backs off that witness (doubling from 100 ms to
 //! 5 s: a refused connection every 5 s costs nothing, and a witness back is used soon) with the
-//! workspace kept at the head of its queue; another 4xx (a log or key the witness was not
-//! given) is counted and logged, and the workspace submitted again after
-//! `witness_refused_retry`, doubling while it keeps being refused (at most an hour); a bad
-//! cosignature is counted and logged and the workspace dropped until its next checkpoint. Nothing a witness answers is
-//! stored unless it is a valid cosignature by that witness's configured key on exactly the
-//! submitted checkpoint.
+//! workspace kept at the head of its queue. Any other answer that is not the witness's valid
+//! cosignature — another 4xx (a log or key the witness was not given), a 200 whose cosignature
+//! does not verify (an answer corrupted on the way, a witness misconfigured), a 409 that one
+//! retry did not resolve — is counted and logged, and the workspace submitted again after
+//! `witness_refused_retry`, doubling while the answers stay bad (at most an hour), even if no
+//! new checkpoint comes: in an idle workspace its receipts would otherwise stay pending for
+//! good. Nothing a witness answers is stored unless it is a valid cosignature by that witness's
+//! configured key on exactly the submitted checkpoint.
 //!
 //! At start each witness's task queues every workspace whose newest stored checkpoint that
 //! witness has not cosigned (`Store::workspaces_behind_witness`): a checkpoint stored just
@@ -29,6 +31,8 @@
 //!
 //! Writes go through `Store::write` (one synced batch per cosignature: the line and the
 //! witness's new head together), not through the committer: they belong to no check.
+//!
+//! The same hand-off feeds the checkpoint log (`checkpoint_log`), when one is configured.
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -44,6 +48,7 @@ use base64::Engine as _;
 use bytes::Bytes;
 use tokio::sync::Notify;
 
+use crate::checkpoint_log::CheckpointLog;
 use crate::config::{EngineConfig, WitnessConfig};
 use crate::metrics::Metrics;
 
@@ -65,17 +70,45 @@ const QUORUM_SCAN_PER_WITNESS: usize = 64;
 /// The `outcome` label of `allowly_engine_witness_submissions_total`, a closed set:
 /// `cosigned` (a valid cosignature stored), `old_size_mismatch` (a 409: retried once from the
 /// witness's size), `bad_cosignature` (a 200 whose body is not a valid cosignature by the
-/// witness's key on the submitted checkpoint: nothing stored), `refused` (another 4xx: the
-/// witness does not know the log or its key, a proof it does not accept), `unavailable` (no
-/// answer, a timeout, a 5xx: the witness is backed off), `dropped` (its queue was full).
+/// witness's key on the submitted checkpoint: nothing stored, submitted again later),
+/// `refused` (another 4xx: the witness does not know the log or its key, a proof it does not
+/// accept; submitted again later), `unavailable` (no answer, a timeout, a 5xx: the witness is
+/// backed off), `dropped` (its queue was full). Each submission counts once, so a workspace
+/// submitted again after a bad answer counts again.
 pub const SUBMISSION_OUTCOMES: [&str; 6] =
     ["cosigned", "old_size_mismatch", "bad_cosignature", "refused", "unavailable", "dropped"];
 
-/// A workspace queue that holds each workspace once.
+/// A workspace queue that holds each workspace once, at most [`MAX_QUEUED`] (also the
+/// checkpoint log's).
 #[derive(Debug, Default)]
-struct Queue {
+pub(crate) struct Queue {
     order: VecDeque<String>,
     queued: HashSet<String>,
+}
+
+impl Queue {
+    /// Queues `ws` (at the back, or at the front to retry it first); false if the queue is full.
+    pub(crate) fn push(&mut self, ws: &str, front: bool) -> bool {
+        if self.queued.contains(ws) {
+            return true;
+        }
+        if self.queued.len() >= MAX_QUEUED {
+            return false;
+        }
+        self.queued.insert(ws.to_owned());
+        if front {
+            self.order.push_front(ws.to_owned());
+        } else {
+            self.order.push_back(ws.to_owned());
+        }
+        true
+    }
+
+    pub(crate) fn pop(&mut self) -> Option<String> {
+        let ws = self.order.pop_front()?;
+        self.queued.remove(&ws);
+        Some(ws)
+    }
 }
 
 /// One witness: its configuration and its queue.
@@ -97,35 +130,21 @@ impl Witness {
 
     /// Queues `ws` (at the back, or at the front to retry it first); false if the queue is full.
     fn push(&self, ws: &str, front: bool) -> bool {
-        let mut q = self.lock();
-        if q.queued.contains(ws) {
-            return true;
-        }
-        if q.queued.len() >= MAX_QUEUED {
-            return false;
-        }
-        q.queued.insert(ws.to_owned());
-        if front {
-            q.order.push_front(ws.to_owned());
-        } else {
-            q.order.push_back(ws.to_owned());
-        }
-        true
+        self.lock().push(ws, front)
     }
 
     fn pop(&self) -> Option<String> {
-        let mut q = self.lock();
-        let ws = q.order.pop_front()?;
-        q.queued.remove(&ws);
-        Some(ws)
+        self.lock().pop()
     }
 }
 
-/// The witnesses, their queues, and the quorum the read paths apply.
+/// The witnesses, their queues, and the quorum the read paths apply; and the checkpoint log,
+/// fed by the same hand-off.
 #[derive(Debug)]
 pub(crate) struct Witnessing {
     witnesses: Vec<Arc<Witness>>,
     quorum: usize,
+    log: Option<Arc<CheckpointLog>>,
 }
 
 impl Witnessing {
@@ -138,7 +157,8 @@ impl Witnessing {
             .filter(|_| on)
             .map(|w| Arc::new(Witness { cfg: w.clone(), queue: Default::default(), wake: Notify::new() }))
             .collect();
-        Self { witnesses, quorum: if on { cfg.witness_quorum } else { 0 } }
+        let log = cfg.checkpoint_log.as_deref().map(|path| Arc::new(CheckpointLog::new(path)));
+        Self { witnesses, quorum: if on { cfg.witness_quorum } else { 0 }, log }
     }
 
     /// Whether witnesses are configured (quorum above 0).
@@ -156,8 +176,11 @@ impl Witnessing {
     }
 
     /// The hand-off from the signing pipeline: a checkpoint of `ws` was stored. Queues `ws` for
-    /// every witness and returns at once.
+    /// every witness and the checkpoint log, and returns at once.
     pub fn stored(&self, ws: &str, metrics: &Metrics) {
+        if let Some(log) = &self.log {
+            log.stored(ws);
+        }
         for w in &self.witnesses {
             if w.push(ws, false) {
                 w.wake.notify_one();
@@ -232,8 +255,8 @@ impl Witnessing {
     }
 }
 
-/// Starts one task per witness. Each ends (within a second) once `witnessing` is dropped with
-/// the engine.
+/// Starts one task per witness, and the checkpoint log's. Each ends (within a second) once
+/// `witnessing` is dropped with the engine.
 pub(crate) fn start(
     witnessing: &Arc<Witnessing>,
     store: Arc<dyn Store>,
@@ -241,6 +264,9 @@ pub(crate) fn start(
     timeout: Duration,
     refused_retry: Duration,
 ) -> Result<(), String> {
+    if let Some(log) = &witnessing.log {
+        crate::checkpoint_log::start(log.clone(), Arc::downgrade(witnessing), store.clone(), metrics.clone())?;
+    }
     if !witnessing.enabled() {
         return Ok(());
     }
@@ -271,14 +297,15 @@ pub(crate) fn start(
 /// How one submission ended.
 #[derive(Debug)]
 enum Sent {
-    /// Done with this workspace (cosigned, up to date, or an answer that retrying now would not
-    /// change).
+    /// Done with this workspace (cosigned, or up to date).
     Done,
     /// The witness did not answer: back off, and try this workspace again first.
     Unavailable(String),
-    /// The witness answered a 4xx other than 409: try this workspace again later (see
-    /// [`Submitter::refused`]).
-    Refused,
+    /// The witness answered, but not with its valid cosignature of the checkpoint (a 4xx other
+    /// than a 409 it resolved, a cosignature that does not verify, a 409 that one retry did not
+    /// resolve): retrying at once would get the same answer, so this workspace is submitted
+    /// again later (see [`Submitter::refused`]).
+    Later,
 }
 
 /// One witness's task.
@@ -293,12 +320,13 @@ struct Submitter {
     lag_total: u64,
     /// First wait before a refused workspace is submitted again (`witness_refused_retry`).
     refused_retry: Duration,
-    /// Workspaces this witness refused, each with its current wait: doubled at each refusal in
-    /// a row (at most [`REFUSED_RETRY_MAX`]), forgotten once the witness cosigns. Without the
-    /// retry, a witness refusing (a log or key it was not yet given, as after a key rotation)
-    /// would see the workspace again only with its next checkpoint — never, in an idle one.
+    /// Workspaces this witness refused or answered badly ([`Sent::Later`]), each with its
+    /// current wait: doubled at each such answer in a row (at most [`REFUSED_RETRY_MAX`]),
+    /// forgotten once the witness cosigns. Without the retry, a witness refusing (a log or key it
+    /// was not yet given, as after a key rotation) or whose answer was corrupted would see the
+    /// workspace again only with its next checkpoint — never, in an idle one.
     refused: HashMap<String, Duration>,
-    /// When each refused workspace goes back into the queue, soonest first.
+    /// When each such workspace goes back into the queue, soonest first.
     refused_due: BTreeSet<(tokio::time::Instant, String)>,
 }
 
@@ -325,7 +353,7 @@ impl Submitter {
                     self.up(true);
                     self.refused.remove(&ws);
                 }
-                Sent::Refused => {
+                Sent::Later => {
                     backoff = BACKOFF_START;
                     self.up(true);
                     self.refuse(ws);
@@ -383,7 +411,8 @@ impl Submitter {
         }
     }
 
-    /// Schedules a refused workspace's next submission (see [`Submitter::refused`]).
+    /// Schedules the next submission of a workspace the witness refused or answered badly (see
+    /// [`Submitter::refused`]).
     fn refuse(&mut self, ws: String) {
         let wait = match self.refused.get(&ws) {
             Some(w) => (*w * 2).min(REFUSED_RETRY_MAX),
@@ -462,31 +491,42 @@ impl Submitter {
                 Ok(Added::Cosigned(line)) => return self.store_cosignature(ws, size, line).await,
                 Ok(Added::Conflict(theirs)) => {
                     self.count("old_size_mismatch");
-                    tracing::info!(witness = self.witness.label(), workspace = %ws, sent = old, witness_size = ?theirs, "the witness is at another size; retrying from it");
                     match theirs {
-                        Some(n) if n < size && attempt == 0 => old = n,
-                        Some(n) if n == size && attempt == 0 => {
-                            // Same size: either it cosigned this very checkpoint (an answer we
-                            // lost) or it saw another root — a fork. Resubmitting with `old`
-                            // = size and no proof gets a fresh cosignature only in the first
-                            // case.
+                        // Below ours: retried from it. At ours: either it cosigned this very
+                        // checkpoint (an answer we lost) or it saw another root — a fork.
+                        // Resubmitting with `old` = size and no proof gets a fresh cosignature
+                        // only in the first case.
+                        Some(n) if n <= size && attempt == 0 => {
+                            tracing::info!(witness = self.witness.label(), workspace = %ws, sent = old, witness_size = n, "the witness is at another size; retrying from it");
                             old = n;
                         }
-                        other => {
-                            tracing::error!(witness = self.witness.label(), workspace = %ws, stored = size, witness_size = ?other, "the witness has cosigned a tree this log does not extend (a larger one, or another root): not retried");
-                            return Sent::Done;
+                        // It moved again meanwhile (another submitter of this log).
+                        Some(n) if n < size => {
+                            tracing::info!(witness = self.witness.label(), workspace = %ws, sent = old, witness_size = n, "the witness is at yet another size; submitting it again later");
+                            return Sent::Later;
+                        }
+                        Some(n) => {
+                            // Submitted again later all the same: should the witness's state (or
+                            // ours) have been wrong and be put right, it catches up by itself;
+                            // a real fork is logged again at each try, further apart.
+                            tracing::error!(witness = self.witness.label(), workspace = %ws, stored = size, witness_size = n, "the witness has cosigned a tree this log does not extend (a larger one, or another root); submitting it again later");
+                            return Sent::Later;
+                        }
+                        None => {
+                            tracing::warn!(witness = self.witness.label(), workspace = %ws, "the witness answered 409 without a tree size; submitting it again later");
+                            return Sent::Later;
                         }
                     }
                 }
                 Ok(Added::Refused(status, body)) => {
                     self.count("refused");
                     tracing::warn!(witness = self.witness.label(), workspace = %ws, status, answer = %body, "the witness refused the checkpoint; submitting it again later");
-                    return Sent::Refused;
+                    return Sent::Later;
                 }
                 Ok(Added::BadCosignature(why)) => {
                     self.count("bad_cosignature");
-                    tracing::error!(witness = self.witness.label(), workspace = %ws, size, error = %why, "the witness answered something that is not its valid cosignature of the checkpoint: not stored");
-                    return Sent::Done;
+                    tracing::error!(witness = self.witness.label(), workspace = %ws, size, error = %why, "the witness answered something that is not its valid cosignature of the checkpoint: not stored; submitting it again later");
+                    return Sent::Later;
                 }
                 Err(why) => return Sent::Unavailable(why),
             }

@@ -19,13 +19,14 @@
 //! may name the PEM file of the private CA its certificate chains to, `tls`).
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
+use allowly_tls::CaFile;
 use serde::Deserialize;
 
 use crate::error::GatewayError;
 use crate::proxy::{Reach, Token, Upstream};
 use crate::scope::segment;
-use crate::tls::Ca;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -77,8 +78,9 @@ pub fn parse(text: &str, env: impl Fn(&str) -> Option<String>) -> Result<Vec<Ups
                 }
                 (None, Some(url)) => {
                     let url = upstream_url(&url).map_err(|e| bad(format!("servers.{name}.url {e}")))?;
-                    let ca = server.ca_file.as_deref().map(Ca::read).transpose()?;
-                    check_ca(&url, ca.as_ref()).map_err(|e| bad(format!("servers.{name}.ca_file {e}")))?;
+                    check_ca(&url, server.ca_file.as_deref())
+                        .map_err(|e| bad(format!("servers.{name}.ca_file {e}")))?;
+                    let ca = server.ca_file.as_deref().map(CaFile::read).transpose()?;
                     Reach::Url { url, token, ca }
                 }
                 _ => return Err(bad(format!("servers.{name} needs exactly one of command and url"))),
@@ -108,9 +110,11 @@ pub fn upstream_url(url: &str) -> Result<String, String> {
 
 /// A CA file goes with an `https://` URL only: over `http://` it would check nothing, and
 /// saying so beats an operator believing the server is authenticated.
-pub fn check_ca(url: &str, ca: Option<&Ca>) -> Result<(), String> {
-    match ca {
-        Some(ca) if !url.starts_with("https://") => Err(format!("{} is for an https:// url, not {url:?}", ca.path)),
+pub fn check_ca(url: &str, ca_file: Option<&Path>) -> Result<(), String> {
+    match ca_file {
+        Some(path) if !url.starts_with("https://") => {
+            Err(format!("{} is for an https:// url, not {url:?}", path.display()))
+        }
         _ => Ok(()),
     }
 }
@@ -162,9 +166,9 @@ mod tests {
         assert!(
             err("[servers.a]\nurl = \"https://h/mcp\"\nca_file = \"/no/such/ca.pem\"\n").contains("/no/such/ca.pem")
         );
-        let ca = Ca { path: "ca.pem".into(), certs: vec![] };
-        assert!(check_ca("http://h/mcp", Some(&ca)).unwrap_err().contains("ca.pem is for an https:// url"));
-        assert!(check_ca("https://h/mcp", Some(&ca)).is_ok());
+        let ca = Path::new("ca.pem");
+        assert!(check_ca("http://h/mcp", Some(ca)).unwrap_err().contains("ca.pem is for an https:// url"));
+        assert!(check_ca("https://h/mcp", Some(ca)).is_ok());
     }
 
     /// The token comes from the variable the file names, and no `Debug` of the result shows it.

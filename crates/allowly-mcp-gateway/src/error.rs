@@ -17,6 +17,9 @@ pub enum GatewayError {
     /// The command line or the environment.
     #[error("{0}")]
     Config(String),
+    /// A CA file (`--upstream-ca-file`, `ca_file =`) that cannot be used; it names the file.
+    #[error(transparent)]
+    Tls(#[from] allowly_tls::TlsError),
     /// Starting or talking to the MCP server behind the gateway.
     #[error("MCP server: {0}")]
     Downstream(String),

@@ -131,8 +131,9 @@ fn upstreams(args: &mut Args) -> Result<Vec<proxy::Upstream>, GatewayError> {
     let reach = match args.upstream_url.take() {
         Some(url) => {
             let url = config::upstream_url(&url).map_err(|e| GatewayError::Config(format!("--upstream-url {e}")))?;
-            let ca = args.upstream_ca_file.as_deref().map(tls::Ca::read).transpose()?;
-            config::check_ca(&url, ca.as_ref()).map_err(|e| GatewayError::Config(format!("--upstream-ca-file {e}")))?;
+            config::check_ca(&url, args.upstream_ca_file.as_deref())
+                .map_err(|e| GatewayError::Config(format!("--upstream-ca-file {e}")))?;
+            let ca = args.upstream_ca_file.as_deref().map(allowly_tls::CaFile::read).transpose()?;
             // Environment only: a command line is visible to every local user.
             proxy::Reach::Url { url, token: key("ALLOWLY_UPSTREAM_TOKEN").map(proxy::Token), ca }
         }

@@ -35,6 +35,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use allowly_tls::CaFile;
 use rmcp::model::{
     CallToolRequest, CallToolResult, ClientConfig, ClientNotification, ClientRequest, ClientResult, CompleteRequest,
     ElicitRequest, ElicitRequestParams, ElicitationAction, ErrorCode, ErrorData, GetMeta as _, GetPromptRequest,
@@ -54,7 +55,7 @@ use tokio::sync::{Mutex, OnceCell};
 use crate::allowly::Allowly;
 use crate::error::GatewayError;
 use crate::gate::{Policy, UserAnswer, Verdict};
-use crate::tls::{self, Ca};
+use crate::tls;
 
 /// Between a server name and a tool name in what the client sees with several servers.
 pub const SEPARATOR: &str = "__";
@@ -71,7 +72,7 @@ pub enum Reach {
     /// An MCP endpoint over streamable HTTP (`http://…/mcp` or `https://…/mcp`), with the
     /// bearer token it wants, if any (sent as `Authorization: Bearer`, never logged), and the CA
     /// its certificate must chain to, if not one of the Mozilla roots (`tls`).
-    Url { url: String, token: Option<Token>, ca: Option<Ca> },
+    Url { url: String, token: Option<Token>, ca: Option<CaFile> },
 }
 
 /// A secret the gateway sends upstream: compared, cloned and sent, never shown (its `Debug` is
@@ -194,10 +195,22 @@ impl Link {
     }
 }
 
-/// How many owners a session's map may hold before a URI found by a read is no longer added
-/// (listed URIs and templates always are): a subscription to such a URI is routed by it, but
-/// one entry per distinct URI read would otherwise be the client's to grow.
+/// How many URIs found by reads (no list showed them) a session remembers the server of
+/// (listed URIs and templates always are, and do not count): a subscription to such a URI is
+/// routed by it, but one entry per distinct URI read would otherwise be the client's to grow.
+/// Past it, reads still work (each asks the servers in turn again); a subscription to a URI not
+/// remembered is refused with a message naming this limit — unless one server alone takes
+/// subscriptions — and one remembered keeps its server, so its unsubscription goes where the
+/// subscription went (forgetting the oldest instead would lose exactly that).
 const MAX_FOUND_OWNERS: usize = 4096;
+
+/// Which server owns each resource URI or template a session has seen (index into the links).
+#[derive(Debug, Default)]
+struct Owners {
+    by_uri: std::collections::HashMap<String, usize>,
+    /// How many of them a read found (at most [`MAX_FOUND_OWNERS`]).
+    found: usize,
+}
 
 /// The server side, facing the MCP client in front.
 pub struct Gateway {
@@ -213,7 +226,7 @@ pub struct Gateway {
     /// With several servers: which server listed each resource URI or template (index into the
     /// links), filled by the lists, and by reads of URIs no list showed up to
     /// [`MAX_FOUND_OWNERS`]; bounded by what the servers list and that.
-    resource_owners: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+    resource_owners: std::sync::Mutex<Owners>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -301,7 +314,7 @@ impl Gateway {
 
     /// The server that listed `uri` (a resource, or a resource template), or served a read of it.
     fn owner(&self, uri: &str) -> Option<&Link> {
-        let i = self.resource_owners.lock().ok()?.get(uri).copied()?;
+        let i = self.resource_owners.lock().ok()?.by_uri.get(uri).copied()?;
         self.links().ok()?.get(i)
     }
 
@@ -476,7 +489,19 @@ impl Gateway {
     fn owned_by<'a>(&self, uris: impl Iterator<Item = &'a str>, i: usize) {
         if let Ok(mut owners) = self.resource_owners.lock() {
             for uri in uris {
-                owners.entry(uri.to_owned()).or_insert(i);
+                owners.by_uri.entry(uri.to_owned()).or_insert(i);
+            }
+        }
+    }
+
+    /// Records `i` as the owner of `uri`, which a read found, while fewer than
+    /// [`MAX_FOUND_OWNERS`] were: a client reading URIs made from templates, one after the
+    /// other, cannot grow the map without bound.
+    fn found_by(&self, uri: &str, i: usize) {
+        if let Ok(mut owners) = self.resource_owners.lock() {
+            if owners.found < MAX_FOUND_OWNERS && !owners.by_uri.contains_key(uri) {
+                owners.by_uri.insert(uri.to_owned(), i);
+                owners.found += 1;
             }
         }
     }
@@ -486,7 +511,7 @@ impl Gateway {
     /// subscription to it goes there).
     async fn read_resource(&self, request: ReadResourceRequest) -> Result<ServerResult, ErrorData> {
         let links = self.links()?;
-        let owner = self.resource_owners.lock().ok().and_then(|o| o.get(&request.params.uri).copied());
+        let owner = self.resource_owners.lock().ok().and_then(|o| o.by_uri.get(&request.params.uri).copied());
         let candidates: Vec<(usize, &Link)> = match owner.and_then(|i| Some((i, links.get(i)?))) {
             Some(owned) => vec![owned],
             None => links.iter().enumerate().filter(|(_, l)| l.capabilities.resources.is_some()).collect(),
@@ -496,12 +521,7 @@ impl Gateway {
             let Ok(peer) = self.peer(link).await else { continue };
             match peer.send_request(ClientRequest::ReadResourceRequest(request.clone())).await {
                 Ok(result) => {
-                    // Remembered while the map is small: a client reading URIs made from
-                    // templates, one after the other, cannot grow it without bound (a URI not
-                    // remembered is still subscribed to where only one server subscribes).
-                    if self.resource_owners.lock().is_ok_and(|o| o.len() < MAX_FOUND_OWNERS) {
-                        self.owned_by(std::iter::once(request.params.uri.as_str()), i);
-                    }
+                    self.found_by(&request.params.uri, i);
                     return Ok(result);
                 }
                 Err(e) => last = Some(relay_error(e)),
@@ -526,10 +546,17 @@ impl Gateway {
                 match (takers.next(), takers.next()) {
                     (Some(link), None) => link,
                     _ => {
-                        return Err(ErrorData::invalid_params(
-                            format!("no MCP server behind the gateway has listed {uri:?}: list or read it first"),
-                            None,
-                        ))
+                        let full = self.resource_owners.lock().is_ok_and(|o| o.found >= MAX_FOUND_OWNERS);
+                        let why = if full {
+                            format!(
+                                "no MCP server behind the gateway has listed {uri:?}, and this session has read \
+                                 more URIs no list showed than the {MAX_FOUND_OWNERS} whose server the gateway \
+                                 remembers: subscribe to a URI a server lists (resources/list), or in a new session"
+                            )
+                        } else {
+                            format!("no MCP server behind the gateway has listed {uri:?}: list or read it first")
+                        };
+                        return Err(ErrorData::invalid_params(why, None));
                     }
                 }
             }

@@ -48,7 +48,7 @@ max_pending_writes, max_long_polls, long_poll_max_ms, max_cached_authorizations,
 max_connections, max_connections_per_address, request_read_timeout_ms, metrics_token_file,
 rate_limit_per_second, rate_limit_burst, confirmation_ttl_ms,
 escalation_ttl_ms, user, signer_user, postgres, witness_quorum, witness_timeout_ms,
-witness_refused_retry_ms, webhook_base_backoff_ms,
+witness_refused_retry_ms, checkpoint_log, webhook_base_backoff_ms,
 webhook_max_backoff_ms, webhook_give_up_after_ms, webhook_attempt_timeout_ms, webhook_retention_ms,
 webhook_allow_private_networks; witnesses as [[witness]] tables with vkey, url and an optional
 name). Precedence: flag > environment > file > default. Relative paths are relative to the
@@ -349,10 +349,15 @@ pub struct ServeArgs {
     #[arg(long, env = "ALLOWLY_WITNESS_TIMEOUT_MS", value_name = "MS")]
     pub witness_timeout_ms: Option<u64>,
     /// After a witness refuses a workspace's checkpoint (a 4xx other than 409: an unknown log or
-    /// key), submit it again after this long, doubling while it keeps refusing, at most an hour
-    /// (100..=3600000) [default: 60000].
+    /// key) or answers badly (a cosignature that does not verify), submit it again after this
+    /// long, doubling while it keeps doing so, at most an hour (100..=3600000) [default: 60000].
     #[arg(long, env = "ALLOWLY_WITNESS_REFUSED_RETRY_MS", value_name = "MS")]
     pub witness_refused_retry_ms: Option<u64>,
+    /// Append every stored checkpoint (each workspace's signed tree head) to this file, one
+    /// JSON line each, synced, for anchoring outside the database; created if missing, at
+    /// least once after a crash (docs/witness.md, "Anchoring").
+    #[arg(long, env = "ALLOWLY_CHECKPOINT_LOG", value_name = "FILE")]
+    pub checkpoint_log: Option<PathBuf>,
 }
 
 /// A witness in the TOML file (`[[witness]]`).
@@ -464,6 +469,7 @@ pub struct FileConfig {
     pub witness_quorum: Option<usize>,
     pub witness_timeout_ms: Option<u64>,
     pub witness_refused_retry_ms: Option<u64>,
+    pub checkpoint_log: Option<PathBuf>,
 }
 
 /// A byte size in the TOML file: an integer, or text with a unit (see [`parse_size`]).
@@ -563,6 +569,8 @@ pub struct ServerConfig {
     pub witness_timeout: Duration,
     /// First wait before a workspace a witness refused is submitted to it again.
     pub witness_refused_retry: Duration,
+    /// See `EngineConfig::checkpoint_log`.
+    pub checkpoint_log: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -754,7 +762,15 @@ impl ServeArgs {
             Some(conninfo) => StoreConfig::Postgres(conninfo),
             None => StoreConfig::Rocks,
         };
+        // Absolute now: a server started as root enters its data directory before the engine
+        // opens the file.
+        let checkpoint_log = self
+            .checkpoint_log
+            .or(file.checkpoint_log)
+            .map(|p| std::path::absolute(&p).map_err(|source| Error::Io { what: format!("{}", p.display()), source }))
+            .transpose()?;
         Ok(ServerConfig {
+            checkpoint_log,
             witnesses,
             witness_quorum,
             witness_timeout,
@@ -914,6 +930,16 @@ mod tests {
         }
         let missing = ServeArgs { metrics_token_file: Some("/nonexistent/token".into()), ..ServeArgs::default() };
         assert!(matches!(missing.resolve(), Err(Error::MetricsToken(_))));
+    }
+
+    /// A relative `--checkpoint-log` names a file under the working directory the server was
+    /// started in, not under the data directory a server started as root enters later.
+    #[test]
+    fn a_relative_checkpoint_log_is_made_absolute_against_the_starting_directory() {
+        let cfg = ServeArgs { checkpoint_log: Some("anchor/checkpoints.jsonl".into()), ..ServeArgs::default() };
+        let want = std::env::current_dir().unwrap().join("anchor/checkpoints.jsonl");
+        assert_eq!(cfg.resolve().unwrap().checkpoint_log, Some(want));
+        assert_eq!(ServeArgs::default().resolve().unwrap().checkpoint_log, None);
     }
 
     #[test]
@@ -1200,6 +1226,7 @@ mod tests {
             ("witness_quorum", "ALLOWLY_WITNESS_QUORUM"),
             ("witness_timeout_ms", "ALLOWLY_WITNESS_TIMEOUT_MS"),
             ("witness_refused_retry_ms", "ALLOWLY_WITNESS_REFUSED_RETRY_MS"),
+            ("checkpoint_log", "ALLOWLY_CHECKPOINT_LOG"),
         ] {
             let a = serve.get_arguments().find(|a| a.get_id() == arg).unwrap();
             assert_eq!(a.get_env().and_then(|e| e.to_str()), Some(env), "{arg}");

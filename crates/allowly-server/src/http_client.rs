@@ -1,10 +1,9 @@
 //! The operator commands' HTTP client (`admin_cli`, `allowly backup`): one request,
 //! `Connection: close`, the answer read to its end, over plain TCP (`http://`, the API on
-//! loopback) or TLS (`https://`, the API behind a TLS terminator). TLS is rustls with the ring
-//! provider, as the webhook client uses: the Mozilla root set compiled in (`webpki-roots`, no
-//! system trust store), or, with `--ca-file`, only the roots in that PEM file (a private CA, a
-//! self-signed terminator). Minimal on purpose: no redirects, no proxies, no chunked answers
-//! (the server sends `Content-Length`).
+//! loopback) or TLS (`https://`, the API behind a TLS terminator). TLS is `allowly-tls`'s, as
+//! the webhook client's: the Mozilla root set compiled in, or, with `--ca-file`, only the
+//! roots in that PEM file (a private CA, a self-signed terminator). Minimal on purpose: no
+//! redirects, no proxies, no chunked answers (the server sends `Content-Length`).
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -12,8 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::pki_types::pem::PemObject as _;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 
 use crate::error::Error;
 
@@ -107,7 +105,8 @@ impl Request<'_> {
         }
         head.push_str("Content-Length: 0\r\nConnection: close\r\n\r\n");
         let answer = if ep.tls {
-            let config = tls_config(self.ca_file)?;
+            let ca = self.ca_file.map(allowly_tls::CaFile::read).transpose().map_err(|e| invalid(e.to_string()))?;
+            let config = Arc::new(allowly_tls::client_config(ca.as_ref()).map_err(|e| invalid(e.to_string()))?);
             let name = ServerName::try_from(ep.host.clone())
                 .map_err(|_| invalid(format!("{:?} is not a host name a certificate can name", ep.host)))?;
             let conn = rustls::ClientConnection::new(config, name)
@@ -183,29 +182,6 @@ pub fn answer_lost(e: &Error) -> bool {
             K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe | K::UnexpectedEof | K::TimedOut | K::WouldBlock
         )
     )
-}
-
-/// The client's TLS settings: the roots of `ca_file` alone if given, else the Mozilla set.
-fn tls_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, Error> {
-    let mut roots = rustls::RootCertStore::empty();
-    match ca_file {
-        Some(path) => {
-            let certs = CertificateDer::pem_file_iter(path)
-                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| invalid(format!("reading certificates from {}: {e}", path.display())))?;
-            let (added, _ignored) = roots.add_parsable_certificates(certs);
-            if added == 0 {
-                return Err(invalid(format!("{}: no usable CA certificate (PEM)", path.display())));
-            }
-        }
-        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| invalid(format!("TLS settings: {e}")))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(Arc::new(config))
 }
 
 #[cfg(test)]

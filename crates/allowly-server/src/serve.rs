@@ -229,6 +229,7 @@ async fn serve_with_engine(
             witness_quorum: cfg.witness_quorum,
             witness_timeout: cfg.witness_timeout,
             witness_refused_retry: cfg.witness_refused_retry,
+            checkpoint_log: cfg.checkpoint_log.clone(),
             ..EngineConfig::default()
         },
     )

@@ -1,6 +1,6 @@
 //! One delivery attempt: an HTTP/1.1 `POST` of the payload with the Standard Webhooks headers,
-//! over `http://` or `https://` (rustls with the Mozilla roots compiled in; no client
-//! certificate). Redirects are not followed (a 3xx is a failure, as the spec recommends). The
+//! over `http://` or `https://` (`allowly-tls`: rustls on ring with the Mozilla roots compiled
+//! in; no client certificate). Redirects are not followed (a 3xx is a failure, as the spec recommends). The
 //! whole attempt — connect, TLS, request, response head and at most [`MAX_BODY_READ`] bytes of
 //! the response body — is bounded by one timeout.
 //!
@@ -151,9 +151,9 @@ impl Sender {
         http.enforce_http(false);
         http.set_connect_timeout(Some(timeout));
         http.set_nodelay(true);
+        let tls = allowly_tls::client_config(None).map_err(|e| e.to_string())?;
         let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
-            .map_err(|e| format!("TLS configuration: {e}"))?
+            .with_tls_config(tls)
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
@@ -223,7 +223,7 @@ impl Sender {
         let exchange = async {
             let resp = self.client.request(req).await.map_err(|e| match refusal(&e) {
                 Some(r) => WebhookError::DestinationRefused(r),
-                None => WebhookError::Exchange(error_chain(&e)),
+                None => WebhookError::Exchange(allowly_tls::error_chain(&e)),
             })?;
             let status = resp.status().as_u16();
             let retry_after = resp
@@ -280,21 +280,6 @@ fn refusal(e: &(dyn std::error::Error + 'static)) -> Option<String> {
         next = err.source();
     }
     None
-}
-
-/// An error and its sources, joined (hyper's own message is often just "client error").
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut next = e.source();
-    while let Some(s) = next {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        next = s.source();
-    }
-    out
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@
 //!   an event exists if and only if its receipt does.
 //! - [`worker`]: the delivery worker (outbox scan, attempts, results) and [`schedule`], its
 //!   retry schedule (exponential backoff with jitter over a day, then `failed`).
-//! - [`client`]: one attempt over HTTP/1.1, `http://` or `https://` (rustls, Mozilla roots).
+//! - [`client`]: one attempt over HTTP/1.1, `http://` or `https://` (`allowly-tls`: rustls, Mozilla roots).
 //! - [`metrics`] (`allowly_webhook_*`), [`error`].
 //!
 //! Events: `escalation.requested`, `escalation.resolved`, `authorization.revoked` (written by

@@ -212,3 +212,39 @@ def test_subscriptions_and_completions_reach_the_server_that_owns_the_resource_o
     assert calls(shop_log) == [{"subscribe": "shop://catalog"}]
     assert prompt == ["crm-issue-VA"], prompt
     assert template == ["shop-item-4"], template
+
+
+def test_past_the_uris_it_remembers_reads_still_work_and_a_subscription_says_why_it_is_refused(tmp_path, env):
+    """The gateway remembers the server of at most 4096 URIs found by reads per session
+    (`MAX_FOUND_OWNERS`, docs/mcp-gateway.md), so a client cannot grow its memory by reading.
+    Two servers that both take subscriptions ("crm" and "shop", over stdio), whose listed
+    resources are listed first (they do not count): 4096 URIs made from crm's template are read
+    and remembered, the 4097th is read (the right server answers) but not remembered.
+    Subscriptions to the first and the 4096th reach crm; one to the 4097th is refused with a
+    message naming the limit, and reaches no server; one to a URI a server lists still reaches
+    it, the limit notwithstanding."""
+    limit = 4096
+    crm_log, shop_log = tmp_path / "crm", tmp_path / "shop"
+    crm = ", ".join(f'"{part}"' for part in server_command(crm_log, "--name", "crm"))
+    shop = ", ".join(f'"{part}"' for part in server_command(shop_log, "--name", "shop"))
+
+    async def main():
+        gw = tmp_path / "gw.toml"
+        gw.write_text(f'[servers.crm]\ncommand = [{crm}]\n\n[servers.shop]\ncommand = [{shop}]\n')
+        async with several(env, grant(env, ["mcp.shop.create_issue"]), gw, "stdio") as s:
+            await s.list_resources()
+            texts = [(await s.read_resource(f"crm://items/{i}")).contents[0].text for i in range(limit + 1)]
+            await s.subscribe_resource("crm://items/0")
+            await s.subscribe_resource(f"crm://items/{limit - 1}")
+            try:
+                await s.subscribe_resource(f"crm://items/{limit}")
+                refused = None
+            except Exception as e:  # the MCP error answer
+                refused = str(e)
+            await s.subscribe_resource("shop://catalog")
+            return texts, refused
+    texts, refused = asyncio.run(main())
+    assert texts == [f"item {i} of crm" for i in range(limit + 1)], [t for t in texts if "of crm" not in t][:3]
+    assert refused is not None and f"crm://items/{limit}" in refused and f"the {limit} whose server" in refused, refused
+    assert calls(crm_log) == [{"subscribe": "crm://items/0"}, {"subscribe": f"crm://items/{limit - 1}"}]
+    assert calls(shop_log) == [{"subscribe": "shop://catalog"}]

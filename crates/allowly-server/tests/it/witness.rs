@@ -317,24 +317,21 @@ fn a_stopped_witness_holds_back_a_quorum_of_two_and_catches_up_through_its_409()
     assert_eq!(code, 0, "{out}");
 }
 
-/// Answers every `add-checkpoint` with a cosignature line under `name` that is not `name`'s
-/// (signed by another key): a witness answering garbage.
-/// Also answers the `User-Agent` of every request it read.
-#[allow(clippy::type_complexity)]
-fn bad_witness(
-    name: &'static str,
-) -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicU64>, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+/// An HTTP/1.1 server on loopback that answers each request (one per connection) with
+/// `answer(body)`: a status and a body. Returns its address and the `User-Agent` of every
+/// request it answered, in order (so also how many it answered).
+fn http_stub(
+    answer: impl Fn(&str) -> (u16, String) + Send + 'static,
+) -> (SocketAddr, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap();
-    let served = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let count = served.clone();
     let agents = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let seen = agents.clone();
     std::thread::spawn(move || {
         for conn in l.incoming() {
             let Ok(mut conn) = conn else { continue };
             let mut reader = BufReader::new(conn.try_clone().unwrap());
-            let mut len = 0usize;
+            let (mut len, mut agent) = (0usize, String::new());
             loop {
                 let mut line = String::new();
                 if reader.read_line(&mut line).unwrap_or(0) == 0 {
@@ -344,7 +341,7 @@ fn bad_witness(
                     len = v.trim().parse().unwrap_or(0);
                 }
                 if line.to_ascii_lowercase().starts_with("user-agent:") {
-                    seen.lock().unwrap().push(line["user-agent:".len()..].trim().to_owned());
+                    agent = line["user-agent:".len()..].trim().to_owned();
                 }
                 if line == "\r\n" {
                     break;
@@ -354,24 +351,34 @@ fn bad_witness(
             if reader.read_exact(&mut body).is_err() {
                 continue;
             }
-            let body = String::from_utf8_lossy(&body).into_owned();
-            let text = body.split_once("\n\n").and_then(|(_, n)| n.split_once("\n\n")).map(|(t, _)| format!("{t}\n"));
-            let wrong = ed25519_dalek::SigningKey::from_bytes(&[0x77; 32]);
-            let line = text.and_then(|t| cosignature::cosign(&t, name, &wrong, 1).ok()).unwrap_or_default();
-            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            let answer =
-                format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{line}", line.len());
-            let _ = conn.write_all(answer.as_bytes());
+            let (status, text) = answer(&String::from_utf8_lossy(&body));
+            seen.lock().unwrap().push(agent);
+            let head = format!("HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", text.len());
+            let _ = conn.write_all(format!("{head}{text}").as_bytes());
         }
     });
-    (addr, served, agents)
+    (addr, agents)
+}
+
+/// The checkpoint text of an `add-checkpoint` body (`old`, proof lines, blank line, the note).
+fn submitted_text(body: &str) -> Option<String> {
+    body.split_once("\n\n").and_then(|(_, n)| n.split_once("\n\n")).map(|(t, _)| format!("{t}\n"))
+}
+
+/// Answers every `add-checkpoint` with a cosignature line under `name` that is not `name`'s
+/// (signed by another key): a witness answering garbage.
+fn bad_witness(name: &'static str) -> (SocketAddr, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    http_stub(move |body| {
+        let wrong = ed25519_dalek::SigningKey::from_bytes(&[0x77; 32]);
+        (200, submitted_text(body).and_then(|t| cosignature::cosign(&t, name, &wrong, 1).ok()).unwrap_or_default())
+    })
 }
 
 #[test]
 fn a_witness_answering_a_bad_cosignature_is_counted_and_nothing_of_it_is_stored() {
     let tmp = tempfile::tempdir().unwrap();
     let mut a = Witness::init(tmp.path(), "wa.test/w");
-    let (fake_addr, answered, agents) = bad_witness("fake.test/w");
+    let (fake_addr, agents) = bad_witness("fake.test/w");
     let fake_key =
         CosignerKey::new("fake.test/w", ed25519_dalek::SigningKey::from_bytes(&[0x55; 32]).verifying_key()).unwrap();
     let fake_arg = format!("{}=http://{fake_addr}", fake_key.to_vkey());
@@ -393,7 +400,6 @@ fn a_witness_answering_a_bad_cosignature_is_counted_and_nothing_of_it_is_stored(
                 .then_some(note)
         },
     );
-    assert!(answered.load(std::sync::atomic::Ordering::SeqCst) >= 1);
     // Submissions say what they are, not that they are webhook deliveries.
     let agents = agents.lock().unwrap().clone();
     assert!(!agents.is_empty() && agents.iter().all(|a| a.starts_with("allowly-witness-submitter/")), "{agents:?}");
@@ -423,9 +429,10 @@ fn a_restarted_server_submits_from_the_size_each_witness_last_cosigned() {
     assert_eq!(a.requests("old_size_mismatch"), 0, "the restarted server did not start from the recorded size");
 }
 
-/// The three verifiers: `allowly-verify`, the Python SDK's (`tests/crosslang/verify.py` runs
-/// `allowly.verify` from the checkout) and the TypeScript SDK's (`allowly-verify-js`, compiled
-/// here by the SDK's locked `tsc`). The two SDK verifiers share no code with the Rust one.
+/// The verifiers: `allowly-verify`, the Python SDK's (`tests/crosslang/verify.py` runs
+/// `allowly.verify` from the checkout), the TypeScript SDK's (`allowly-verify-js`, compiled
+/// here by the SDK's locked `tsc`) and the Node one of `tests/crosslang/verify.mjs`. None of
+/// the last three shares code with the Rust one or with each other.
 struct Verifiers {
     /// The TypeScript SDK compiled with its test config: `src/` and `test/` under it.
     ts: tempfile::TempDir,
@@ -457,7 +464,9 @@ impl Verifiers {
         python.arg(crate::contract::crosslang("verify.py"));
         let mut node = Command::new("node");
         node.arg(self.ts.path().join("src/cli.js"));
-        [("allowly-verify", rust), ("python", python), ("typescript", node)]
+        let mut crosslang_node = Command::new("node");
+        crosslang_node.arg(crate::contract::crosslang("verify.mjs"));
+        [("allowly-verify", rust), ("python", python), ("typescript", node), ("node (tests/crosslang)", crosslang_node)]
             .into_iter()
             .map(|(who, mut cmd)| {
                 let out =
@@ -521,7 +530,7 @@ fn tamper_first_cosignature(text: &str, w: &Witness) -> String {
     format!("{}{}{}", &text[..start], b64.encode(raw), &text[start + len..])
 }
 
-/// The witness policy of docs/receipt-format.md §7.5 in all three verifiers, on what a server
+/// The witness policy of docs/receipt-format.md §7.5 in every verifier, on what a server
 /// with two real witnesses exports: a log bundle and a receipt that verify with the quorum the
 /// cosignatures meet; `witness_quorum_not_met` when more witnesses are asked for than cosigned;
 /// `witness_cosignature_invalid` when one cosignature's bytes are changed (and nothing when that
@@ -741,4 +750,152 @@ fn a_refused_checkpoint_is_submitted_again_and_cosigned_once_the_witness_knows_t
     a.start(&[(&s, &known), (&s, &unknown)]);
     let v = signed(&s, &unknown, &id);
     assert_eq!(cosigned_by(v["checkpoint"].as_str().unwrap(), &[&a]), vec!["wa.test/w".to_owned()], "{v}");
+}
+
+/// `body` POSTed to `/add-checkpoint` at `addr`, one connection; the answer's status and body,
+/// or `None` if nothing answered there.
+fn forward(addr: SocketAddr, body: &str) -> Option<(u16, String)> {
+    let mut up = std::net::TcpStream::connect(addr).ok()?;
+    let head = format!(
+        "POST /add-checkpoint HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    up.write_all(format!("{head}{body}").as_bytes()).ok()?;
+    let mut answer = String::new();
+    up.read_to_string(&mut answer).ok()?;
+    let (head, body) = answer.split_once("\r\n\r\n")?;
+    Some((head.split(' ').nth(1)?.parse().ok()?, body.to_owned()))
+}
+
+/// A witness whose first two cosignatures are corrupted on the way (a relay in front of a real
+/// `allowly-witness` flips a bit of the signature in its first two 200 answers) while the
+/// workspace stays idle: the checkpoint is submitted again after the retry wait, with no new
+/// checkpoint, until a valid cosignature comes — through the witness's 409, since it recorded
+/// the checkpoint it cosigned — and the receipt waiting for it (quorum 1) is reported signed.
+/// Each bad answer is counted `bad_cosignature`. Before, such a checkpoint waited for the
+/// workspace's next one: for good in an idle workspace.
+#[test]
+fn a_checkpoint_whose_cosignature_does_not_verify_is_submitted_again_until_one_does() {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut a = Witness::init(tmp.path(), "wa.test/w");
+    let upstream = SocketAddr::from(([127, 0, 0, 1], a.port));
+    let corrupted = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let flipped = corrupted.clone();
+    let (relay, _) = http_stub(move |body| match forward(upstream, body) {
+        Some((200, line)) if flipped.load(std::sync::atomic::Ordering::SeqCst) < 2 => {
+            let (name, sig) = line.trim_end().rsplit_once(' ').unwrap();
+            let mut raw = b64.decode(sig).unwrap();
+            raw[40] ^= 1;
+            flipped.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            (200, format!("{name} {}\n", b64.encode(raw)))
+        }
+        Some(answer) => answer,
+        // The witness not started yet.
+        None => (502, String::new()),
+    });
+    let mut args = server_args(&[], 1);
+    args.extend(["--witness".to_owned(), format!("{}=http://{relay}", a.vkey)]);
+    args.extend(["--witness-refused-retry-ms".to_owned(), "200".to_owned()]);
+    let s = start_server(tmp.path(), "s", &args);
+    let t = tenant(&s, "corrupted", &["files.read"]);
+    let id = check(&s, &t);
+    a.start(&[(&s, &t)]);
+    let v = signed(&s, &t, &id);
+    assert_eq!(cosigned_by(v["checkpoint"].as_str().unwrap(), &[&a]), vec!["wa.test/w".to_owned()], "{v}");
+    assert_eq!(corrupted.load(std::sync::atomic::Ordering::SeqCst), 2);
+    assert_eq!(server_metric(&s, "wa.test/w", "bad_cosignature"), 2);
+    assert!(server_metric(&s, "wa.test/w", "old_size_mismatch") >= 1, "resubmitted through the witness's 409");
+}
+
+// ---- Anchoring: the checkpoint log (--checkpoint-log) -------------------------------------
+
+/// The checkpoint log's lines: (workspace, size, signed note), in file order; a line that does
+/// not read (one a crash cut short) is left out.
+fn checkpoint_log_lines(path: &Path) -> Vec<(String, u64, String)> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .map(|v| {
+            let (ws, size, note) = (&v["workspace_id"], &v["size"], &v["checkpoint"]);
+            (ws.as_str().unwrap().to_owned(), size.as_u64().unwrap(), note.as_str().unwrap().to_owned())
+        })
+        .collect()
+}
+
+/// `--checkpoint-log FILE`, black box: the real server appends every checkpoint it stores to
+/// the file as its signed note. With the file's directory gone, appends fail (counted in
+/// `allowly_engine_checkpoint_log_failures_total`) while checks and signing go on; the server is
+/// then killed (`kill -9`) with those checkpoints not appended, the directory comes back, and
+/// the restarted server appends them without a new check. In the end the file holds every
+/// checkpoint the store holds (read from the store itself once the server stopped), each note
+/// signed by the workspace's key with the size its line says, in size order; a repeat (at least
+/// once) is only ever the same line again.
+#[test]
+fn every_stored_checkpoint_is_in_the_checkpoint_log_after_a_crash_and_a_restart() {
+    use allowly_store::Store as _;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("anchor");
+    std::fs::create_dir(&dir).unwrap();
+    // A server started as root runs as its own user, which must reach and write the directory.
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let log = dir.join("checkpoints.jsonl");
+    let args = vec!["--checkpoint-log".to_owned(), log.display().to_string()];
+    let mut s = start_server(tmp.path(), "s", &args);
+    let t = tenant(&s, "anchored", &["files.read"]);
+    let first = signed(&s, &t, &check(&s, &t));
+    let note = first["checkpoint"].as_str().unwrap().to_owned();
+    let diag = || std::fs::read_to_string(&log).unwrap_or_default();
+    eventually("the first receipt's checkpoint in the log", diag, || {
+        checkpoint_log_lines(&log).iter().any(|(_, _, n)| *n == note).then_some(())
+    });
+
+    // The directory away: appends fail; checks and signing go on.
+    let away = tmp.path().join("anchor.away");
+    std::fs::rename(&dir, &away).unwrap();
+    let ids: Vec<String> = (0..3).map(|_| check(&s, &t)).collect();
+    let all: Vec<serde_json::Value> = ids.iter().map(|id| signed(&s, &t, id)).collect();
+    let last = &all[all.len() - 1];
+    let failures = || metric(&s.client().get("/metrics", None).text(), "allowly_engine_checkpoint_log_failures_total");
+    eventually("appends failing", || s.client().get("/metrics", None).text(), || (failures() >= 1).then_some(()));
+    let keys = s.client().get(&format!("/v1/workspaces/{}/keys", t.ws), None).json();
+    s.kill9();
+    std::fs::rename(&away, &dir).unwrap();
+    let missing = last["checkpoint"].as_str().unwrap().to_owned();
+    assert!(!checkpoint_log_lines(&log).iter().any(|(_, _, n)| *n == missing), "appended while the directory was away");
+
+    let mut s = start_server(tmp.path(), "s", &args);
+    eventually("the checkpoints missed appended after the restart, with no new check", diag, || {
+        checkpoint_log_lines(&log).iter().any(|(_, _, n)| *n == missing).then_some(())
+    });
+    s.stop();
+
+    let store =
+        allowly_store_rocks::RocksStore::open(&tmp.path().join("s/db"), allowly_store_rocks::RocksOptions::default())
+            .unwrap();
+    let mut stored = Vec::new();
+    while let Some((size, note)) = store.checkpoint_at_or_after(&t.ws, stored.last().map_or(1, |(n, _)| n + 1)).unwrap()
+    {
+        stored.push((size, note));
+    }
+    let lines = checkpoint_log_lines(&log);
+    let mut appended: Vec<(u64, String)> =
+        lines.iter().filter(|(ws, _, _)| *ws == t.ws).map(|(_, size, note)| (*size, note.clone())).collect();
+    appended.dedup();
+    assert!(stored.len() >= 2, "one before the directory went away, one after: {stored:?}");
+    assert_eq!(appended, stored, "the log holds every stored checkpoint, in order, a repeat only of the same line");
+    let verifiers: Vec<note::NoteVerifier> = keys["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| note::NoteVerifier::parse_vkey(k["vkey"].as_str().unwrap()).unwrap())
+        .collect();
+    for (size, n) in &appended {
+        let (cp, _) = note::open_checkpoint(n, &format!("allowly/{}", t.ws), &verifiers).unwrap();
+        assert_eq!(cp.size, *size, "{n}");
+    }
 }

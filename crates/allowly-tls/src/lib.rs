@@ -1,0 +1,126 @@
+//! Outbound TLS, one way for every Allowly client that reaches out: the server's operator
+//! commands (`--ca-file`), webhook deliveries and witness submissions (`allowly-webhooks`), and
+//! the MCP gateway's servers behind it (`--upstream-ca-file`, `ca_file =`).
+//!
+//! rustls on the ring provider (no OpenSSL, no aws-lc build), TLS 1.2 and 1.3, no client
+//! certificate. The roots are the Mozilla set compiled in (`webpki-roots`: no system trust store,
+//! so a machine's store cannot widen what is trusted) or, given a [`CaFile`], only that file's
+//! certificates: like `curl --cacert`, the file *replaces* the roots, so a certificate the
+//! operator's CA did not sign is refused even when a public CA signed it.
+//!
+//! A CA file is read and every certificate in it checked when [`CaFile::read`] is called (at
+//! start), so a missing file, one without a certificate or with one that cannot be a trust
+//! anchor is an error naming the file there, not a confusing `UnknownIssuer` at the first
+//! connection.
+//!
+//! [`error_chain`] words a failed connection: HTTP clients' own messages are often only
+//! `client error` or `error sending request`, the reason (`invalid peer certificate:
+//! UnknownIssuer`) is in their causes.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::pki_types::pem::{self, PemObject as _};
+use rustls::pki_types::CertificateDer;
+use rustls::RootCertStore;
+
+/// What can go wrong setting up outbound TLS; each CA-file variant names the file.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TlsError {
+    /// The CA file could not be read (missing, not readable, a directory).
+    #[error("CA file {}: {source}", path.display())]
+    CaFileUnreadable { path: PathBuf, source: std::io::Error },
+    /// The CA file is not PEM (a section without its end, bad base64).
+    #[error("CA file {}: not PEM: {source}", path.display())]
+    CaFileMalformed { path: PathBuf, source: pem::Error },
+    /// The CA file holds no `CERTIFICATE` section.
+    #[error("CA file {}: no PEM certificate in it", path.display())]
+    NoCertificate { path: PathBuf },
+    /// A certificate of the CA file (`index`, from 1 in file order) cannot be a trust anchor.
+    #[error("CA file {}: certificate {index}: {source}", path.display())]
+    BadCertificate { path: PathBuf, index: usize, source: rustls::Error },
+    /// rustls refused the protocol versions for the provider (never with ring and the safe
+    /// defaults; an error rather than a panic all the same).
+    #[error("TLS settings: {0}")]
+    Settings(rustls::Error),
+}
+
+/// CA certificates read from a PEM file, to trust instead of the Mozilla roots.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaFile {
+    path: PathBuf,
+    certs: Vec<CertificateDer<'static>>,
+}
+
+impl CaFile {
+    /// Reads `path` and checks that it holds at least one certificate and that every one can
+    /// be a trust anchor. Other PEM sections (a key left in the file) are skipped.
+    pub fn read(path: &Path) -> Result<Self, TlsError> {
+        let certs = CertificateDer::pem_file_iter(path)
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| match e {
+                pem::Error::Io(source) => TlsError::CaFileUnreadable { path: path.to_owned(), source },
+                source => TlsError::CaFileMalformed { path: path.to_owned(), source },
+            })?;
+        if certs.is_empty() {
+            return Err(TlsError::NoCertificate { path: path.to_owned() });
+        }
+        let ca = Self { path: path.to_owned(), certs };
+        ca.roots()?;
+        Ok(ca)
+    }
+
+    /// The file it was read from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn roots(&self) -> Result<RootCertStore, TlsError> {
+        let mut roots = RootCertStore::empty();
+        for (i, cert) in self.certs.iter().enumerate() {
+            roots.add(cert.clone()).map_err(|source| TlsError::BadCertificate {
+                path: self.path.clone(),
+                index: i + 1,
+                source,
+            })?;
+        }
+        Ok(roots)
+    }
+}
+
+/// The client settings: the roots of `ca` alone if given, else the Mozilla set. No ALPN
+/// protocol is set: each HTTP client sets its own.
+pub fn client_config(ca: Option<&CaFile>) -> Result<rustls::ClientConfig, TlsError> {
+    let roots = match ca {
+        Some(ca) => ca.roots()?,
+        None => RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() },
+    };
+    Ok(rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(TlsError::Settings)?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+/// `e` and its causes, joined by `: ` (a cause whose text is already there is left out: wrappers
+/// often repeat it).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    with_causes(e.to_string(), e.source())
+}
+
+/// `text` followed by `first` and its causes, as [`error_chain`] joins them: for an error whose
+/// text says what failed but that does not name its cause as its source (rmcp's transport
+/// errors), with the cause found by the caller.
+pub fn with_causes(mut text: String, first: Option<&dyn std::error::Error>) -> String {
+    let mut next = first;
+    while let Some(cause) = next {
+        let more = cause.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        next = cause.source();
+    }
+    text
+}
