@@ -183,7 +183,7 @@ impl Run<'_> {
         let report = if self.kind == "receipt" {
             verify::verify_receipt_bytes_witnessed(&data, &keys, policy.as_ref())
         } else {
-            let extra: Vec<String> = self.extra.iter().map(|p| std::fs::read_to_string(p).expect("note")).collect();
+            let extra: Vec<Vec<u8>> = self.extra.iter().map(|p| std::fs::read(p).expect("note")).collect();
             verify::verify_bundle_witnessed(&data, Some(&keys), &extra, Semantics::Default, policy.as_ref())
         };
         let Ok(report) = report else { return (Some(64), BTreeSet::new()) };

@@ -396,10 +396,12 @@ pub fn verify_receipt_witnessed(r: &AnyReceipt, keys: &KeySet, witness: Option<&
 /// `pinned` are keys the auditor obtained independently (e.g. from `GET /v1/workspaces/{id}/keys`
 /// at an earlier time); without them the bundle's own key set is used and the report says so.
 /// `extra_checkpoints` are signed checkpoints obtained independently: they let a verifier notice
-/// a bundle that was cut short together with its newest checkpoints.
+/// a bundle that was cut short together with its newest checkpoints. They are bytes as obtained:
+/// one that is not UTF-8 breaks the signed-note encoding rule and is `checkpoint_malformed`
+/// (§7.2 step 8.1), a finding about the evidence, not unusable input.
 ///
 /// Errors only when the input is not a bundle or no keys are available at all.
-pub fn verify_bundle(bytes: &[u8], pinned: Option<&KeySet>, extra_checkpoints: &[String]) -> Result<Report> {
+pub fn verify_bundle(bytes: &[u8], pinned: Option<&KeySet>, extra_checkpoints: &[Vec<u8>]) -> Result<Report> {
     verify_bundle_with(bytes, pinned, extra_checkpoints, Semantics::Default)
 }
 
@@ -417,7 +419,7 @@ pub enum Semantics {
 pub fn verify_bundle_with(
     bytes: &[u8],
     pinned: Option<&KeySet>,
-    extra_checkpoints: &[String],
+    extra_checkpoints: &[Vec<u8>],
     semantics: Semantics,
 ) -> Result<Report> {
     verify_bundle_witnessed(bytes, pinned, extra_checkpoints, semantics, None)
@@ -428,7 +430,7 @@ pub fn verify_bundle_with(
 pub fn verify_bundle_witnessed(
     bytes: &[u8],
     pinned: Option<&KeySet>,
-    extra_checkpoints: &[String],
+    extra_checkpoints: &[Vec<u8>],
     semantics: Semantics,
     witness: Option<&WitnessPolicy>,
 ) -> Result<Report> {
@@ -494,7 +496,18 @@ pub fn verify_bundle_witnessed(
     let mut cps: HashMap<String, std::result::Result<OpenedCheckpoint, (Code, String)>> = HashMap::new();
     let mut seen: Vec<OpenedCheckpoint> = Vec::new();
     let mut witnessing = Witnessing { policy: witness, ..Witnessing::default() };
-    for (i, text) in bundle.checkpoints.iter().chain(extra_checkpoints).enumerate() {
+    let mut extra = Vec::with_capacity(extra_checkpoints.len());
+    for (i, bytes) in extra_checkpoints.iter().enumerate() {
+        match std::str::from_utf8(bytes) {
+            Ok(text) => extra.push(text.to_owned()),
+            Err(e) => report.push(
+                Code::CheckpointMalformed,
+                format!("checkpoint #{}", bundle.checkpoints.len() + i + 1),
+                format!("not UTF-8: {e}"),
+            ),
+        }
+    }
+    for (i, text) in bundle.checkpoints.iter().chain(&extra).enumerate() {
         let opened = open_checkpoint(text, &trusted).map(|(o, _)| o);
         let subject = format!("checkpoint #{}", i + 1);
         match &opened {

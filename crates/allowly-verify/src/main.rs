@@ -162,10 +162,8 @@ fn run(cli: &Cli) -> Result<(String, Report), String> {
         Command::Bundle { file, keys, checkpoints, semantics, no_semantics, witness } => {
             let policy = witness.policy()?;
             let pinned = keys.as_deref().map(read_keys).transpose()?;
-            let extra = checkpoints
-                .iter()
-                .map(|p| read(p).and_then(|b| String::from_utf8(b).map_err(|_| format!("{}: not UTF-8", p.display()))))
-                .collect::<Result<Vec<_>, _>>()?;
+            // Bytes as they are: a note that is not UTF-8 is a finding (`checkpoint_malformed`).
+            let extra = checkpoints.iter().map(|p| read(p)).collect::<Result<Vec<_>, _>>()?;
             let semantics = match (semantics, no_semantics) {
                 (true, _) => Semantics::On,
                 (_, true) => Semantics::Off,

@@ -336,6 +336,23 @@ fn bundle_witness_quorum_covers_every_checkpoint() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("witness policy: every checkpoint cosigned by 1 of 1"));
 }
 
+/// A `--checkpoint` file that is not UTF-8 breaks the signed-note encoding rule: a finding
+/// (`checkpoint_malformed`, exit 1), as the other verifiers report it — not unusable input.
+#[test]
+fn a_checkpoint_file_that_is_not_utf8_is_checkpoint_malformed() {
+    let dir = vectors_dir();
+    let keys = dir.join("keys.json");
+    let bundle = dir.join("valid/bundle-log.jsonl");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let note = tmp.path().join("latin1.note");
+    std::fs::write(&note, b"allowly.example/ws\n3\n\xff\xfe\n").expect("write");
+    let args = ["bundle", bundle.to_str().expect("utf8"), "--keys", keys.to_str().expect("utf8")];
+    assert_eq!(verdict(&args), (Some(0), vec![]));
+    let mut with = args.to_vec();
+    with.extend(["--checkpoint", note.to_str().expect("utf8")]);
+    assert_eq!(verdict(&with), (Some(1), vec!["checkpoint_malformed".to_owned()]));
+}
+
 fn collect_notes(v: &Value, out: &mut Vec<String>) {
     match v {
         Value::String(s) if s.contains("\n\n\u{2014} ") => out.push(s.clone()),
