@@ -33,6 +33,12 @@
 //! it marks a database that may hold leases, which a version-1 build (that ignores fences)
 //! must not write; a version-1 database is migrated on open.
 //!
+//! # TLS
+//!
+//! Over TCP, always, unless the connection string says `sslmode=disable`: libpq's `sslmode`
+//! and `sslrootcert`, with `verify-full` when no mode is given and no plaintext fallback in any
+//! mode (`tls.rs`, on `allowly-tls`'s rustls settings).
+//!
 //! # Several nodes
 //!
 //! Membership, leases and fenced writes are `allowly-store`'s, over the `members`, `leases`
@@ -59,6 +65,7 @@ mod schema;
 mod store;
 #[cfg(feature = "test-cluster")]
 pub mod test_cluster;
+mod tls;
 
 #[cfg(feature = "test-cluster")]
 pub use options::TestHook;

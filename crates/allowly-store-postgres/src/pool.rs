@@ -19,10 +19,11 @@ use std::time::{Duration, Instant};
 
 use allowly_store::{Result, StoreError};
 use crossbeam_channel::{RecvTimeoutError, SendTimeoutError, Sender};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 use crate::error::Failure;
 use crate::schema::{self, Stmts};
+use crate::tls::Tls;
 use crate::PgOptions;
 
 /// [`PgOptions::test_hook`], as a checked write's transaction calls it.
@@ -56,16 +57,17 @@ impl std::fmt::Debug for Pool {
 /// What every connection thread shares.
 struct Shared {
     config: tokio_postgres::Config,
+    tls: Tls,
     opts: PgOptions,
 }
 
 impl Pool {
-    pub(crate) fn start(mut config: tokio_postgres::Config, opts: &PgOptions) -> Result<Self> {
+    pub(crate) fn start(mut config: tokio_postgres::Config, tls: Tls, opts: &PgOptions) -> Result<Self> {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(opts.connect_timeout);
         }
         let (tx, rx) = crossbeam_channel::bounded::<Job>(opts.queue.max(1));
-        let shared = Arc::new(Shared { config, opts: opts.clone() });
+        let shared = Arc::new(Shared { config, tls, opts: opts.clone() });
         let mut threads = Vec::new();
         for i in 0..opts.connections.max(1) {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -233,7 +235,9 @@ impl Conn {
                     )))
                 }
                 (None, Mode::Own) => {
-                    self.connect(deadline).map_err(|f| f.into_store(&format!("{what}, connecting")))?
+                    let shared = self.shared.clone();
+                    let tls = &shared.tls;
+                    self.connect(deadline).map_err(|f| f.into_store(&format!("{what}, connecting ({tls})")))?
                 }
             };
             let failure = match run(&self.rt, deadline, op(live)) {
@@ -269,8 +273,8 @@ impl Conn {
 
     /// A connection without statements (for creating the schema), driven by this thread.
     fn open_raw(&mut self, deadline: Instant) -> std::result::Result<(Client, tokio::task::JoinHandle<()>), Failure> {
-        let config = self.shared.config.clone();
-        let (client, connection) = run(&self.rt, deadline, Box::pin(async move { Ok(config.connect(NoTls).await?) }))?;
+        let (config, tls) = (self.shared.config.clone(), self.shared.tls.clone());
+        let (client, connection) = run(&self.rt, deadline, Box::pin(async move { Ok(config.connect(tls).await?) }))?;
         let task = self.rt.spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "postgres connection ended");
@@ -293,7 +297,7 @@ impl Conn {
                     retries += 1;
                     backoff(retries, deadline);
                 }
-                Err(f) => return Err(f.into_store("creating the schema")),
+                Err(f) => return Err(f.into_store(&format!("creating the schema ({})", self.shared.tls))),
             }
         }
     }

@@ -15,6 +15,7 @@ use tokio_postgres::Client;
 use crate::error::Failure;
 use crate::pool::{self, Attempt, Conn, Hook, Live, Mode, Pool};
 use crate::schema::Stmts;
+use crate::tls::TlsSettings;
 use crate::{PgOptions, TxPoint};
 
 /// The store on a PostgreSQL(-compatible) database. It is an [`allowly_store::Store`] through
@@ -46,12 +47,15 @@ impl fmt::Debug for PgStore {
 impl PgStore {
     /// Connects to the database `conninfo` names (libpq key-value form, `host=/run/pg dbname=x`,
     /// or a `postgresql://` URL), creates the schema if absent, and checks that every statement
-    /// prepares. A database at a newer schema version is refused.
+    /// prepares. A database at a newer schema version is refused. Over TCP the connection is
+    /// TLS, its certificate checked as `sslmode` says (`verify-full` when absent; `tls.rs`).
     pub fn open(conninfo: &str, opts: PgOptions) -> Result<Self> {
-        let config: tokio_postgres::Config =
+        let (conninfo, tls) = TlsSettings::take(conninfo)?;
+        let mut config: tokio_postgres::Config =
             conninfo.parse().map_err(|e| StoreError::Engine(format!("postgres: invalid connection string: {e}")))?;
-        let target = describe_target(&config);
-        let pool = Pool::start(config, &opts)?;
+        let tls = tls.apply(&mut config)?;
+        let target = format!("{} ({tls})", describe_target(&config));
+        let pool = Pool::start(config, tls, &opts)?;
         pool.call(|conn, deadline| conn.ensure_schema(deadline))?;
         let store = Self { pool, target };
         // Opens one connection and prepares its statements: a database that cannot serve is
@@ -60,7 +64,7 @@ impl PgStore {
         Ok(store)
     }
 
-    /// Where the store connects (hosts, port, database; never the password).
+    /// Where the store connects (hosts, port, database, TLS mode; never the password).
     pub fn target(&self) -> &str {
         &self.target
     }

@@ -28,6 +28,8 @@ pub const USER: &str = "allowly";
 pub struct Cluster {
     dir: PathBuf,
     bindir: PathBuf,
+    /// The port: of the Unix socket's name, and on 127.0.0.1 for a [`Cluster::start_tcp`] one.
+    port: u16,
     /// The watchdog shell: closing its stdin stops the cluster.
     watchdog: Mutex<Option<(Child, ChildStdin)>>,
 }
@@ -90,6 +92,41 @@ fn is_root() -> bool {
 impl Cluster {
     /// Starts a new cluster (panics, saying why, if it cannot).
     pub fn start() -> Cluster {
+        Self::start_with(5432, |_| String::new())
+    }
+
+    /// Starts a new cluster that also listens on 127.0.0.1 ([`Cluster::port`]), with TLS when
+    /// given a certificate (chain) and its key: PostgreSQL has no TLS on a Unix socket. The port
+    /// is one the system just gave as free; another process taking it in between fails the
+    /// start (a panic saying so), never a test against the wrong server.
+    pub fn start_tcp(tls: Option<(&Path, &Path)>) -> Cluster {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
+        Self::start_with(port, |dir| {
+            let mut conf = String::from("listen_addresses = '127.0.0.1'\n");
+            if let Some((cert, key)) = tls {
+                // The server refuses a key others can read; as root the cluster runs as nobody.
+                for (from, name) in [(cert, "server.crt"), (key, "server.key")] {
+                    let to = dir.join(name);
+                    std::fs::copy(from, &to).expect("copy the certificate and key");
+                    std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+                    if is_root() {
+                        let (uid, gid) = nobody();
+                        std::os::unix::fs::chown(&to, Some(uid), Some(gid)).expect("chown to nobody");
+                    }
+                }
+                conf.push_str(&format!(
+                    "ssl = on\nssl_cert_file = '{}'\nssl_key_file = '{}'\n",
+                    dir.join("server.crt").display(),
+                    dir.join("server.key").display()
+                ));
+            }
+            conf
+        })
+    }
+
+    /// `extra` gives settings for `postgresql.conf` (after ours: they win), given the cluster's
+    /// directory.
+    fn start_with(port: u16, extra: impl FnOnce(&Path) -> String) -> Cluster {
         let bindir = bindir().unwrap_or_else(|why| panic!("{why}"));
         // Kept, not removed on drop: the watchdog removes it after stopping the server.
         let dir = tempfile::Builder::new().prefix("allowly-pg-").tempdir().expect("temporary directory").keep();
@@ -119,8 +156,9 @@ impl Cluster {
         writeln!(
             conf,
             "listen_addresses = ''\nunix_socket_directories = '{}'\nmax_connections = 200\n\
-             log_min_duration_statement = 1000\nlog_checkpoints = on",
-            dir.display()
+             log_min_duration_statement = 1000\nlog_checkpoints = on\nport = {port}\n{}",
+            dir.display(),
+            extra(&dir)
         )
         .expect("write conf");
         // The shell ignores the signals a terminal or `timeout` sends to the whole process group
@@ -151,7 +189,7 @@ impl Cluster {
             let log = std::fs::read_to_string(dir.join("log")).unwrap_or_default();
             panic!("PostgreSQL did not start (pg_ctl failed):\n{log}");
         }
-        Cluster { dir, bindir, watchdog: Mutex::new(Some((child, stdin))) }
+        Cluster { dir, bindir, port, watchdog: Mutex::new(Some((child, stdin))) }
     }
 
     /// The directory of the cluster's Unix socket (libpq's `host`).
@@ -159,9 +197,15 @@ impl Cluster {
         &self.dir
     }
 
-    /// A connection string for database `dbname` as [`USER`].
+    /// The port: on 127.0.0.1 for a [`Cluster::start_tcp`] cluster; for every cluster, the
+    /// one in its Unix socket's name.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// A connection string for database `dbname` as [`USER`], over the Unix socket.
     pub fn conninfo(&self, dbname: &str) -> String {
-        format!("host={} user={USER} dbname={dbname}", self.dir.display())
+        format!("host={} port={} user={USER} dbname={dbname}", self.dir.display(), self.port)
     }
 
     /// Runs SQL with `psql` (stops at the first error); panics with its output if it fails.
@@ -169,7 +213,7 @@ impl Cluster {
         let out = Command::new(self.bindir.join("psql"))
             .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h"])
             .arg(&self.dir)
-            .args(["-U", USER, "-d", dbname, "-c", sql])
+            .args(["-p", &self.port.to_string(), "-U", USER, "-d", dbname, "-c", sql])
             .output()
             .expect("run psql");
         assert!(out.status.success(), "psql {sql:?}: {}", String::from_utf8_lossy(&out.stderr));

@@ -7,7 +7,7 @@ use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use allowly_tls::{client_config, error_chain, CaFile, TlsError};
+use allowly_tls::{client_config, client_config_checking, error_chain, CaFile, ServerCheck, TlsError};
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
@@ -119,6 +119,26 @@ fn a_ca_file_is_trusted_alone_and_the_mozilla_roots_refuse_its_certificates() {
     let leaf = CaFile::read(&fixtures().join("tls-server.pem")).expect("a certificate");
     let refused = connect(client_config(Some(&leaf)).expect("config"), "localhost").expect_err("not its CA");
     assert!(refused.contains("UnknownIssuer"), "{refused}");
+}
+
+/// The weaker checks PostgreSQL's `sslmode` asks for: `verify-ca` still refuses a certificate
+/// no root issued but takes it for any name; `require` takes any certificate, yet the handshake
+/// is still TLS (the server must hold the certificate's key).
+#[test]
+fn chain_only_ignores_the_name_but_not_the_issuer_and_nothing_checks_nothing() {
+    let ca = CaFile::read(&fixtures().join("tls-ca.pem")).expect("the test CA");
+    let chain_only = |ca| client_config_checking(ca, ServerCheck::ChainOnly).expect("config");
+    assert_eq!(connect(chain_only(Some(&ca)), "db.invalid"), Ok("hello".to_owned()));
+    let unknown = connect(chain_only(None), "localhost").expect_err("no public CA issued it");
+    assert!(unknown.contains("invalid peer certificate: UnknownIssuer"), "{unknown}");
+    let leaf = CaFile::read(&fixtures().join("tls-server.pem")).expect("a certificate");
+    let not_its_ca = connect(chain_only(Some(&leaf)), "localhost").expect_err("not its CA");
+    assert!(not_its_ca.contains("UnknownIssuer"), "{not_its_ca}");
+    let nothing = client_config_checking(None, ServerCheck::Nothing).expect("config");
+    assert_eq!(connect(nothing, "db.invalid"), Ok("hello".to_owned()));
+    // The full check is what `client_config` gives.
+    let full = connect(client_config_checking(Some(&ca), ServerCheck::Full).expect("config"), "db.invalid");
+    assert!(full.expect_err("wrong name").contains("not valid for name"));
 }
 
 #[derive(Debug)]

@@ -5,6 +5,7 @@
 
 mod faults;
 mod nodes;
+mod tls;
 
 use allowly_store::conformance::leases::granted;
 use allowly_store::conformance::{records, Fixture};
