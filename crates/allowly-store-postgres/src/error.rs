@@ -13,6 +13,11 @@ use tokio_postgres::error::SqlState;
 pub(crate) enum Failure {
     /// The database (or the connection to it) answered with an error.
     Db(tokio_postgres::Error),
+    /// A connection could not be opened, whatever the reason (refused, TLS refused or not
+    /// offered, a certificate that does not verify, authentication): the database is out of
+    /// reach for this store, as when it is down, so `Unavailable` — readiness says why and the
+    /// engine's probe retries — not a 500 per request.
+    Connect(tokio_postgres::Error),
     /// No answer before the call's deadline; the connection is dropped.
     TimedOut,
     /// Something of ours, already a `StoreError` (a refused schema, a broken read transaction).
@@ -49,6 +54,7 @@ impl Failure {
     pub(crate) fn into_store(self, what: &str) -> StoreError {
         match self {
             Failure::Db(e) => db_err(what, &e),
+            Failure::Connect(e) => StoreError::Unavailable(format!("postgres: {what}: {}", describe(&e))),
             Failure::TimedOut => StoreError::Unavailable(format!("postgres: {what}: no answer before the deadline")),
             Failure::Store(e) => e,
         }

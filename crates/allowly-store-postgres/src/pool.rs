@@ -274,7 +274,8 @@ impl Conn {
     /// A connection without statements (for creating the schema), driven by this thread.
     fn open_raw(&mut self, deadline: Instant) -> std::result::Result<(Client, tokio::task::JoinHandle<()>), Failure> {
         let (config, tls) = (self.shared.config.clone(), self.shared.tls.clone());
-        let (client, connection) = run(&self.rt, deadline, Box::pin(async move { Ok(config.connect(tls).await?) }))?;
+        let (client, connection) =
+            run(&self.rt, deadline, Box::pin(async move { config.connect(tls).await.map_err(Failure::Connect) }))?;
         let task = self.rt.spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "postgres connection ended");

@@ -119,6 +119,9 @@ fn a_server_without_tls_is_refused_unless_tls_is_disabled() {
         let e = refused(&tcp(cluster, "localhost", tls));
         assert!(e.contains("server does not support TLS"), "{tls}: {e}");
     }
+    // Out of reach, as a certificate that does not verify is: 503 and readiness, not a 500.
+    let e = open(&tcp(cluster, "localhost", "")).map(|_| ()).expect_err("must not connect");
+    assert!(matches!(e, StoreError::Unavailable(_)), "{e:?}");
     let plain = open(&tcp(cluster, "localhost", "sslmode=disable")).unwrap();
     assert!(plain.target().ends_with("(sslmode=disable)"), "{}", plain.target());
     let versions = tcp_connections(cluster);
