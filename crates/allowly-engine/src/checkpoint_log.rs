@@ -32,17 +32,16 @@ use allowly_store::{Durability, Op, Store, StoreError, WriteBatch};
 use sha2::{Digest as _, Sha256};
 use tokio::sync::Notify;
 
+use crate::error::EngineError;
 use crate::metrics::Metrics;
-use crate::witnessing::{Queue, Witnessing};
+// After a failed round (the file or the store): the witnesses' backoff, 100 ms doubling to 5 s.
+use crate::witnessing::{Queue, Witnessing, BACKOFF_MAX, BACKOFF_START};
 
 /// Most workspaces appended in one round (one write and one sync for all of them).
 const WORKSPACES_PER_ROUND: usize = 256;
 /// Most checkpoints of one workspace appended in one round; a workspace with more (the first
 /// start with the log configured on a busy instance) is queued again for the next round.
 const CHECKPOINTS_PER_WORKSPACE: usize = 1024;
-/// First and longest wait after a round failed (the file or the store).
-const BACKOFF_START: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// The file and its queue of workspaces with checkpoints to append.
 #[derive(Debug)]
@@ -220,13 +219,13 @@ impl Appender {
         }
         let (store, path) = (self.store.clone(), self.log.path.clone());
         let Round { lines, appended, heads, more } = round;
-        tokio::task::spawn_blocking(move || {
-            append(&path, &lines).map_err(|e| format!("{}: {e}", path.display()))?;
+        crate::services::blocking(move || {
+            append(&path, &lines).map_err(|e| EngineError::Internal(format!("{}: {e}", path.display())))?;
             // Only once the lines are durable: recorded first, a crash would skip them.
-            store.write(WriteBatch::from(heads), Durability::Sync).map_err(|e| e.to_string())
+            Ok(store.write(WriteBatch::from(heads), Durability::Sync)?)
         })
         .await
-        .map_err(|e| format!("the checkpoint log's task: {e}"))??;
+        .map_err(|e| e.to_string())?;
         self.metrics.checkpoint_log_appended.inc_by(appended);
         Ok(more)
     }

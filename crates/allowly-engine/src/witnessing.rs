@@ -56,8 +56,8 @@ use crate::metrics::Metrics;
 /// `dropped`): its next checkpoint queues it again.
 pub(crate) const MAX_QUEUED: usize = 100_000;
 /// First and longest wait after a witness did not answer.
-const BACKOFF_START: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
+pub(crate) const BACKOFF_START: Duration = Duration::from_millis(100);
+pub(crate) const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// What submissions say they are (witness operators see it in their logs).
 pub const USER_AGENT: &str = concat!("allowly-witness-submitter/", env!("CARGO_PKG_VERSION"));
 /// Longest wait before a workspace a witness keeps refusing is submitted to it again.

@@ -93,15 +93,8 @@ fn out_of_reach(c: &SqlState) -> bool {
 
 /// The server's message and SQLSTATE when it sent one, else the client's error and its causes.
 fn describe(e: &tokio_postgres::Error) -> String {
-    if let Some(db) = e.as_db_error() {
-        return format!("{} ({}): {}", db.severity(), db.code().code(), db.message());
+    match e.as_db_error() {
+        Some(db) => format!("{} ({}): {}", db.severity(), db.code().code(), db.message()),
+        None => allowly_tls::error_chain(e),
     }
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
