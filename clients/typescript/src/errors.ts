@@ -127,6 +127,7 @@ const CODES: ReadonlyArray<readonly [string, Family]> = [
   ["workspace_log_behind_signer", Unavailable],
   ["workspace_log_catching_up", Unavailable],
   ["workspace_key_store_not_open", Unavailable],
+  ["workspace_owned_elsewhere", Unavailable],
   ["backup_failed", ServerError],
   ["backup_not_supported", ServerError],
   ["storage_error", ServerError],

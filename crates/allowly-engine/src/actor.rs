@@ -25,7 +25,7 @@ use allowly_receipt::types::{
     Decision, EventKind, Grant as ReceiptGrant, HexHash, ReceiptBody, RuleKind, Timestamp, FORMAT_VERSION,
 };
 use allowly_store::{
-    ApiKeyRecord, AuthorizationRecord, DocKind, Op, ReceiptRecord, ScopeRule, WorkspaceRecord, WriteBatch,
+    ApiKeyRecord, AuthorizationRecord, DocKind, Op, ReceiptRecord, ScopeRule, StoreError, WorkspaceRecord, WriteBatch,
 };
 use allowly_webhooks::model::{Endpoint, EventType};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
@@ -99,6 +99,9 @@ pub(crate) struct WsArgs {
     /// The handle's `last_used`: when the last request was sent (the actor's idleness).
     pub last_used: Arc<AtomicU64>,
     pub life: OwnedMutexGuard<()>,
+    /// In a cluster: the epoch of this node's lease of the workspace, taken before the state
+    /// above was read; every group carries it as a fence (`ownership.rs`).
+    pub lease_epoch: Option<u64>,
 }
 
 pub(crate) struct WsState {
@@ -160,6 +163,8 @@ pub(crate) struct WsState {
     last_used: Arc<AtomicU64>,
     queued: Arc<AtomicUsize>,
     _life: OwnedMutexGuard<()>,
+    /// See [`WsArgs::lease_epoch`].
+    lease_epoch: Option<u64>,
 }
 
 /// Most authorizations one actor caches; past this the cache is emptied (they reload on use).
@@ -244,6 +249,7 @@ impl Actor for WorkspaceActor {
             last_used: a.last_used,
             queued: a.queued,
             _life: a.life,
+            lease_epoch: a.lease_epoch,
         })
     }
 
@@ -277,11 +283,23 @@ impl Actor for WorkspaceActor {
                     } else {
                         // What is staged now was decided on top of the failed group: it fails
                         // too, before anything is decided on the reloaded state.
-                        tracing::warn!(workspace = %s.ws.id, "a commit failed; reloading workspace state");
                         s.ops.clear();
                         for d in std::mem::take(&mut s.done) {
                             d(Err(crate::commit::after_failed_commit(failed.as_ref())));
                         }
+                        if let (Some(StoreError::Fenced { .. }), Some(lease)) = (&failed, s.lease_epoch) {
+                            // Another node took the workspace over: this actor's state is no
+                            // longer the workspace's. It stops without deciding anything more;
+                            // the requests queued behind lose their answer channel, and
+                            // `Engine::ask` sends each to the new owner.
+                            if let Some(o) = &s.shared.ownership {
+                                o.lost(&s.ws.id, lease);
+                            }
+                            s.shared.actors.remove_if(&s.ws.id, |_, h| h.actor.get_id() == myself.get_id());
+                            myself.stop(Some("the workspace moved to another node".into()));
+                            return Ok(());
+                        }
+                        tracing::warn!(workspace = %s.ws.id, "a commit failed; reloading workspace state");
                         s.reload().await;
                     }
                 }
@@ -622,6 +640,9 @@ impl WsState {
             let _ = me.send_message(WsMsg::Committed { epoch, group, failed: failure });
             let _ = finished.send(ok);
         });
+        if let Some(epoch) = self.lease_epoch {
+            ops.push(Op::Fence { workspace_id: self.ws.id.clone(), epoch });
+        }
         let batch = WriteBatch { ops };
         let sub =
             crate::commit::Submission { ws: self.ws.id.clone(), epoch: Some(epoch), batch, requests, done: completion };

@@ -110,7 +110,9 @@ static NEXT_EPOCH: AtomicU64 = AtomicU64::new(1);
 /// clears), else a store error.
 pub(crate) fn after_failed_commit(cause: Option<&StoreError>) -> EngineError {
     match cause {
-        Some(e) if crate::fault::Fault::of_store_error(e).is_some() => EngineError::Store(e.clone()),
+        Some(e) if crate::fault::Fault::of_store_error(e).is_some() || matches!(e, StoreError::Fenced { .. }) => {
+            EngineError::Store(e.clone())
+        }
         _ => EngineError::Store(StoreError::Engine("an earlier commit of this workspace failed; retry".into())),
     }
 }
@@ -302,7 +304,11 @@ fn run(
                 for ((ws, epoch, done), r) in dones.into_iter().zip(results) {
                     if let Err(e) = &r {
                         m.commit_failures.inc();
-                        tracing::error!(workspace = %ws, error = %e, "a group did not validate; its requests fail and the workspace reloads");
+                        if matches!(e, StoreError::Fenced { .. }) {
+                            tracing::warn!(workspace = %ws, error = %e, "a group was fenced: another node owns the workspace now; its requests go there");
+                        } else {
+                            tracing::error!(workspace = %ws, error = %e, "a group did not validate; its requests fail and the workspace reloads");
+                        }
                         if let Some(epoch) = epoch {
                             failed.insert(ws, (epoch, e.clone()));
                         }

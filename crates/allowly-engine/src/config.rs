@@ -114,6 +114,25 @@ pub struct EngineConfig {
     /// Append every stored checkpoint to this file, one JSON line each, synced (the
     /// `checkpoint_log` module; docs/witness.md, "Anchoring"); `None`: no such file.
     pub checkpoint_log: Option<std::path::PathBuf>,
+    /// `Some`: this process is one node of several over one shared database (issue 16,
+    /// docs/scale-out.md): it sequences a workspace only while it holds the workspace's lease,
+    /// and every write of the workspace carries the lease's epoch as a fence. `None` (the
+    /// default, and the only mode for the embedded stores): one process owns the database.
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// This node's identity in a cluster (see [`EngineConfig::cluster`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// Unique per running process (`[A-Za-z0-9_-]`, 1..=128): a restarted process must not
+    /// reuse its predecessor's id, or it would share the predecessor's lease epochs.
+    pub node_id: String,
+    /// Where the other nodes forward the requests of workspaces this node owns
+    /// (`http://10.0.0.5:8080`).
+    pub address: String,
+    /// How long a lease lasts without renewal: how soon the workspaces of a dead node are taken
+    /// over. Renewed every third of it.
+    pub lease_ttl: Duration,
 }
 
 /// One witness (see [`EngineConfig::witnesses`]).
@@ -181,6 +200,7 @@ impl Default for EngineConfig {
             witness_timeout: Duration::from_secs(5),
             witness_refused_retry: Duration::from_secs(60),
             checkpoint_log: None,
+            cluster: None,
         }
     }
 }

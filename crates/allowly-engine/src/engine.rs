@@ -106,7 +106,9 @@ impl Engine {
             cfg.witness_refused_retry,
         )
         .map_err(|e| EngineError::Internal(format!("cannot start the witness client or the checkpoint log: {e}")))?;
+        let ownership = cfg.cluster.clone().map(crate::ownership::Ownership::new);
         let services = Arc::new(Services {
+            ownership,
             witnessing,
             store,
             committer,
@@ -151,6 +153,7 @@ impl Engine {
         tokio::spawn(periodic(Arc::downgrade(&shared), every, "overdue escalations", |e| async move {
             e.expire_due_escalations().await
         }));
+        tokio::spawn(lease_loop(Arc::downgrade(&shared)));
         // Before anything is signed or decided: a store older than the signer's state.
         let catching_up = crate::signer_ahead::check_at_start(&shared.services, &shared.pipelines).await;
         // Receipts a previous run committed but did not get signed.
@@ -165,6 +168,21 @@ impl Engine {
         })
         .await?;
         for (ws, meta) in pending.into_iter().filter(|(ws, _)| !catching_up.contains(ws)) {
+            // In a cluster, only a workspace this node can take is signed here: one another
+            // node owns is that node's to sign.
+            if let Some(o) = &shared.ownership {
+                let (store, id) = (shared.store.clone(), ws.clone());
+                let s = shared.clone();
+                let taken = blocking(move || {
+                    let o = s.ownership.as_ref().ok_or_else(|| EngineError::Internal("no ownership".into()))?;
+                    o.acquire(store.as_ref(), &id)
+                })
+                .await;
+                if let Err(e) = taken {
+                    tracing::debug!(workspace = %ws, node = %o.cfg.node_id, error = %e, "not signing a workspace another node owns");
+                    continue;
+                }
+            }
             tracing::info!(workspace = %ws, "signing receipts left pending by a previous run");
             shared.pipelines.notify(&shared.services, &ws, meta.next_index);
             if meta.rotation_at.is_some() {
@@ -204,7 +222,8 @@ impl Engine {
             let store = s.store.clone();
             let pending = blocking(move || Ok(store.workspaces_with_unsigned()?)).await;
             match pending {
-                Ok(p) if p.iter().all(|ws| s.diverged.contains(ws)) => {
+                // In a cluster, other nodes sign their own workspaces' receipts.
+                Ok(p) if p.iter().all(|ws| s.diverged.contains(ws) || !s.owns(ws)) => {
                     if !p.is_empty() {
                         tracing::warn!(
                             workspaces = p.len(),
@@ -225,6 +244,7 @@ impl Engine {
                 }
             }
         }
+        release_leases(s).await;
     }
 
     /// Readiness (`/readyz`): accepting work, the signer answering, and no fault active. Each
@@ -502,6 +522,8 @@ impl Engine {
                     // One workspace that cannot answer must not hold up the others.
                     match self.ask(&ws, |reply| WsMsg::SweepIdempotency { ids, reply }).await {
                         Ok(n) => n,
+                        // Its owner sweeps it.
+                        Err(EngineError::NotOwner { .. }) => 0,
                         Err(e) => {
                             tracing::warn!(workspace = %ws, error = %e, "sweeping Idempotency-Key records failed");
                             0
@@ -598,6 +620,8 @@ impl Engine {
                     Ok(_) | Err(EngineError::Refused { .. }) | Err(EngineError::NotFound { .. }) => {
                         self.write(vec![entry.delete_op()]).await?;
                     }
+                    // In a cluster: the node that owns the workspace expires it.
+                    Err(EngineError::NotOwner { .. }) => {}
                     // Retried next time; one workspace that cannot answer must not hold up
                     // the escalations due after it.
                     Err(e) => {
@@ -795,9 +819,15 @@ impl Engine {
             }
         }
         match tokio::time::timeout_at(until, rx).await {
-            Ok(answer) => {
-                answer.map_err(|_| EngineError::Internal("workspace actor stopped before answering".into()))?
-            }
+            Ok(Ok(Err(e))) if crate::ownership::is_fenced(&e) => Err(self.owner_of(ws, until).await),
+            Ok(answer) => match answer {
+                Ok(answer) => answer,
+                // A fenced actor stops without answering what it had not decided yet.
+                Err(_) if s.ownership.as_ref().is_some_and(|o| o.epoch(ws).is_none()) => {
+                    Err(self.owner_of(ws, until).await)
+                }
+                Err(_) => Err(EngineError::Internal("workspace actor stopped before answering".into())),
+            },
             Err(_) => {
                 s.metrics.commit_timeouts.inc();
                 Err(EngineError::CommitTimeout { waited_ms: u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX) })
@@ -824,15 +854,27 @@ impl Engine {
         // Waits until a passivated predecessor has finished and let go of the workspace.
         let life = locks.life.clone().lock_owned().await;
         let owned = ws.to_owned();
-        let (record, meta, last_receipt_ms) = s
+        let (lease_epoch, record, meta, last_receipt_ms) = s
             .services
             .read_until(until, {
                 let engine = self.clone();
                 move || {
+                    // In a cluster the lease comes first and the state is read after it was
+                    // granted: a takeover then reads everything the former owner committed
+                    // (its later writes are fenced).
+                    let lease_epoch = match &engine.shared.ownership {
+                        Some(o) => {
+                            // Only an existing workspace is leased (another tenant's id is
+                            // still a 404, and no lease row is made for it).
+                            engine.workspace_record(&owned)?;
+                            Some(o.acquire(engine.shared.store.as_ref(), &owned)?)
+                        }
+                        None => None,
+                    };
                     let record = engine.workspace_record(&owned)?;
                     let meta = engine.shared.store.log_meta(&owned)?.unwrap_or_default();
                     let last = crate::actor::last_receipt_ms(&engine.shared, &owned, meta.next_index);
-                    Ok((record, meta, last))
+                    Ok((lease_epoch, record, meta, last))
                 }
             })
             .await?;
@@ -848,6 +890,7 @@ impl Engine {
             queued: queued.clone(),
             last_used: last_used.clone(),
             life,
+            lease_epoch,
         };
         let (actor, _join) = Actor::spawn(None, WorkspaceActor, args)
             .await
@@ -855,6 +898,25 @@ impl Engine {
         let h = WsHandle { actor, queued, last_used };
         s.actors.insert(ws.to_owned(), h.clone());
         Ok(h)
+    }
+
+    /// After a write of `ws` was fenced (nothing of the request was written): the node that
+    /// owns the workspace now ([`EngineError::NotOwner`], where the server forwards the
+    /// request), or, if its lease is free again, a retryable refusal.
+    async fn owner_of(&self, ws: &str, until: tokio::time::Instant) -> EngineError {
+        let Some(_) = &self.shared.ownership else {
+            return EngineError::Internal("a write was fenced outside a cluster".into());
+        };
+        let owned = ws.to_owned();
+        let store = self.shared.store.clone();
+        let lease = self.shared.services.read_until(until, move || Ok(store.lease(&owned)?)).await;
+        match lease {
+            Ok(Some(l)) if self.shared.ownership.as_ref().is_some_and(|o| o.cfg.node_id != l.node_id) => {
+                EngineError::NotOwner { node_id: l.node_id, address: l.address }
+            }
+            Ok(_) => crate::ownership::moved(ws),
+            Err(e) => e,
+        }
     }
 
     fn fail_closed(&self, ws: &str) -> Result<()> {
@@ -1357,6 +1419,14 @@ where
     }
 }
 
+/// Waits for `tick`'s next tick; then the engine, unless it is gone or shutting down (the
+/// periodic tasks end then).
+async fn next_tick(tick: &mut tokio::time::Interval, shared: &std::sync::Weak<Shared>) -> Option<Arc<Shared>> {
+    tick.tick().await;
+    let s = shared.upgrade()?;
+    (!s.shutting_down.load(Ordering::Acquire)).then_some(s)
+}
+
 /// Once a second: forgets the locks of workspaces nobody uses any more (so the lock table
 /// follows the live workspaces, not every workspace ever seen), and while resident memory is
 /// above `memory_high_water`, stops the least recently used quarter of the actors idle for
@@ -1364,12 +1434,7 @@ where
 async fn pressure_loop(shared: std::sync::Weak<Shared>) {
     let mut tick = tokio::time::interval(PRESSURE_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let Some(s) = shared.upgrade() else { return };
-        if s.shutting_down.load(Ordering::Acquire) {
-            return;
-        }
+    while let Some(s) = next_tick(&mut tick, &shared).await {
         // A lock entry is in use while anyone holds it: `actor_for` (it clones the entry under
         // the map's shard lock, which `retain` holds too) or a running or stopping actor (its
         // life guard). Removing it then could let two sequencers run for one workspace.
@@ -1395,6 +1460,84 @@ async fn pressure_loop(shared: std::sync::Weak<Shared>) {
             let _ = actor.send_message(WsMsg::Passivate { min_idle });
         }
     }
+}
+
+/// In a cluster, the lease keeper: every third of the lease TTL it renews this node's
+/// membership and the lease of every workspace with an actor or a signing task here, and
+/// releases the others (another node may take them at once). A renewal that is fenced means
+/// another node took the workspace over: forgotten here; the actor and the signing task stop at
+/// their next write, which is fenced too. A renewal that fails otherwise (the database
+/// unreachable) is retried next time: the lease may lapse meanwhile, which is safe (writes are
+/// fenced by epoch, not by time) and only lets another node take the workspace over.
+async fn lease_loop(shared: std::sync::Weak<Shared>) {
+    let Some(period) = shared.upgrade().and_then(|s| s.ownership.as_ref().map(|o| o.period())) else { return };
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while let Some(s) = next_tick(&mut tick, &shared).await {
+        let Some(o) = &s.ownership else { return };
+        let now = std::time::Instant::now();
+        let held: Vec<(String, crate::ownership::Held, bool)> = o
+            .snapshot()
+            .into_iter()
+            .map(|(ws, h)| {
+                // Just granted (an actor may be starting): kept until the next round.
+                let used = s.actors.contains_key(&ws)
+                    || s.pipelines.is_running(&ws)
+                    || now.saturating_duration_since(h.since) < period;
+                (ws, h, used)
+            })
+            .collect();
+        let keep = s.clone();
+        let kept = blocking(move || {
+            let s = keep;
+            let Some(o) = &s.ownership else { return Ok(()) };
+            let (node, ttl) = (o.cfg.node_id.as_str(), o.cfg.lease_ttl);
+            if let Err(e) = s.store.heartbeat(node, &o.cfg.address, ttl) {
+                tracing::warn!(error = %e, "cannot renew this node's membership");
+            }
+            for (ws, h, used) in held {
+                let since = std::time::Instant::now();
+                let r = if used {
+                    s.store.renew_lease(&ws, node, h.epoch, ttl)
+                } else {
+                    s.store.release_lease(&ws, node, h.epoch)
+                };
+                match r {
+                    Ok(_) if used => o.renewed(&ws, h.epoch, since),
+                    Ok(_) => o.released(&ws, h.epoch),
+                    Err(allowly_store::StoreError::Fenced { .. }) => o.lost(&ws, h.epoch),
+                    Err(e) => tracing::warn!(workspace = %ws, error = %e, "cannot renew the workspace's lease"),
+                }
+            }
+            Ok(())
+        });
+        let _ = kept.await;
+        s.metrics.leases_held.set(o.held_count() as i64);
+    }
+}
+
+/// At shutdown, after the actors stopped and the pipelines signed what they could: lets every
+/// lease this node holds expire now, so the other nodes take its workspaces over at once
+/// rather than after the TTL.
+async fn release_leases(s: &Arc<Shared>) {
+    let Some(o) = &s.ownership else { return };
+    let held = o.snapshot();
+    let n = held.len();
+    let keep = s.clone();
+    let released = blocking(move || {
+        let Some(o) = &keep.ownership else { return Ok(()) };
+        for (ws, h) in held {
+            match keep.store.release_lease(&ws, &o.cfg.node_id, h.epoch) {
+                Ok(_) | Err(allowly_store::StoreError::Fenced { .. }) => o.released(&ws, h.epoch),
+                Err(e) => {
+                    tracing::warn!(workspace = %ws, error = %e, "cannot release the workspace's lease; it lapses by itself")
+                }
+            }
+        }
+        Ok(())
+    });
+    let _ = released.await;
+    tracing::info!(workspaces = n, "released this node's workspace leases");
 }
 
 /// Pings the signer now and then so `/readyz` and fail-closed follow it even when idle. Ends

@@ -57,6 +57,10 @@ pub enum EngineError {
     /// never a sign that the signer is down, so it never fails anything closed.
     #[error("workspace is overloaded; retry later")]
     Overloaded,
+    /// In a cluster: another node owns the workspace (holds its lease) and sequences it; the
+    /// request belongs there (the server forwards it to `address`). Nothing was changed.
+    #[error("workspace is owned by node {node_id}")]
+    NotOwner { node_id: String, address: String },
     /// The signer cannot be reached (or does not answer in time): decisions fail closed.
     /// Nothing was changed.
     #[error("signer unavailable: {0}")]
@@ -142,6 +146,7 @@ impl EngineError {
             Self::Refused { code, .. } => code,
             Self::IdempotencyMismatch => "idempotency_key_reused",
             Self::Overloaded => "overloaded",
+            Self::NotOwner { .. } => "workspace_owned_elsewhere",
             Self::TooManyWaiters => "too_many_long_polls",
             Self::SignerUnavailable(_) => "signer_unavailable",
             Self::SignerSlow(_) => "signer_slow",
@@ -154,6 +159,7 @@ impl EngineError {
             Self::CommitTimeout { .. } => "commit_timeout",
             Self::ReadTimeout(_) => "read_timeout",
             Self::Unavailable { fault, .. } => fault.code(),
+            Self::Store(StoreError::Fenced { .. }) => "workspace_owned_elsewhere",
             Self::Store(e) => Fault::of_store_error(e).map_or("storage_error", Fault::code),
             Self::Signer(_) => "signer_error",
             Self::Internal(_) => "internal_error",

@@ -24,6 +24,7 @@ mod mailbox;
 mod metrics;
 pub mod model;
 mod monitor;
+mod ownership;
 mod pace;
 mod pipeline;
 mod receipts;
@@ -42,6 +43,6 @@ pub use admin_keys::reset_instance_admin_keys;
 /// (`allowly-verify bundle --semantics`) re-derives decisions with the very function the engine
 /// decides with; re-exported so that `crate::decide` reads as before.
 pub use allowly_decide as decide;
-pub use config::{EngineConfig, WitnessConfig};
+pub use config::{ClusterConfig, EngineConfig, WitnessConfig};
 pub use engine::{Engine, MAX_EXPORT_RECEIPTS, WITNESS_PENDING_REASON};
 pub use error::{EngineError, Result};

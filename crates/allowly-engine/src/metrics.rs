@@ -108,6 +108,8 @@ pub struct Metrics {
     pub commit_failures: IntCounter,
     /// Workspace actors running now.
     pub actors_live: IntGauge,
+    /// In a cluster: workspace leases this node holds (0 outside one).
+    pub leases_held: IntGauge,
     /// Workspace actors started (first use or reload after passivation).
     pub actor_starts: IntCounter,
     pub passivations: IntCounterVec,
@@ -341,6 +343,11 @@ impl Metrics {
                 .expect("static metric definition"),
             actors_live: IntGauge::new("allowly_engine_actors_live", "Workspace actors running")
                 .expect("static metric definition"),
+            leases_held: IntGauge::new(
+                "allowly_engine_leases_held",
+                "Workspace leases this node holds (in a cluster; 0 outside one)",
+            )
+            .expect("static metric definition"),
             actor_starts: IntCounter::new("allowly_engine_actor_starts_total", "Workspace actors started")
                 .expect("static metric definition"),
             // cause: idle (idle_timeout passed) | memory (stopped early above memory_high_water)
@@ -554,7 +561,7 @@ impl Metrics {
     }
 
     /// Every metric but the store's gauges.
-    fn parts(&self) -> [&dyn Collector; 49] {
+    fn parts(&self) -> [&dyn Collector; 50] {
         [
             &self.decisions,
             &self.overloaded,
@@ -573,6 +580,7 @@ impl Metrics {
             &self.commit_seconds,
             &self.commit_failures,
             &self.actors_live,
+            &self.leases_held,
             &self.actor_starts,
             &self.passivations,
             &self.sign_batch,

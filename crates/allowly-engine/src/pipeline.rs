@@ -226,6 +226,11 @@ impl Pipelines {
         }
     }
 
+    /// Whether `ws` has a signing task (in a cluster, it keeps the workspace's lease).
+    pub fn is_running(&self, ws: &str) -> bool {
+        self.map.contains_key(ws)
+    }
+
     /// Wakes every task (at shutdown: one waiting for its paced slot sends at once).
     pub fn wake_all(&self) {
         for slot in self.map.iter() {
@@ -354,17 +359,24 @@ enum Stop {
     Retry(EngineError),
     /// The logs disagree: stop signing this workspace.
     Diverged(String),
+    /// In a cluster: another node took the workspace over (a write was fenced, or this node
+    /// holds no lease for it): stop; the new owner signs.
+    Moved,
 }
 
 impl From<EngineError> for Stop {
     fn from(e: EngineError) -> Self {
-        Stop::Retry(e)
+        if crate::ownership::is_fenced(&e) {
+            Stop::Moved
+        } else {
+            Stop::Retry(e)
+        }
     }
 }
 
 impl From<allowly_store::StoreError> for Stop {
     fn from(e: allowly_store::StoreError) -> Self {
-        Stop::Retry(EngineError::Store(e))
+        Stop::from(EngineError::Store(e))
     }
 }
 
@@ -473,6 +485,11 @@ async fn run(
                 tokio::time::sleep(pause).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
             }
+            Err(Stop::Moved) => {
+                tracing::info!(workspace = %ws, "another node owns the workspace now; it signs its receipts");
+                pipes.map.remove_if(&ws, |_, slot| slot.id == id);
+                return;
+            }
             Err(Stop::Diverged(why)) => {
                 shared.diverged.mark(&ws, Divergence::Forked, &why, &shared.metrics);
                 // A rotation waiting for this log sees the divergence now, not at its bound.
@@ -536,6 +553,7 @@ pub(crate) async fn resync(shared: &Arc<Services>, pipes: &Arc<Pipelines>, ws: &
         Ok(()) => {}
         Err(Stop::Retry(e)) => return Err(e),
         Err(Stop::Diverged(why)) => return Err(EngineError::Conflict(format!("the logs still disagree: {why}"))),
+        Err(Stop::Moved) => return Err(crate::ownership::moved(ws)),
     }
     let signed_size = st.frontier.size();
     shared.diverged.clear(ws, &shared.metrics);
@@ -725,13 +743,14 @@ impl Signing {
             )));
         }
         load_endpoints(shared, &self.ws).await?;
-        let (ops, wake) = signed_ops(shared, &self.ws, appended, from, checkpoint)?;
+        let (mut ops, wake) = signed_ops(shared, &self.ws, appended, from, checkpoint)?;
+        ops.extend(shared.fence(&self.ws)?);
         // Through the committer: the checkpoint rides along with the next synced write of the
         // actors' groups instead of being a store write of its own (a blocking-pool hop and a
         // second writer queueing on RocksDB's write path per signing round: 4.3 % of the
         // server's samples at 14,000 checks/s). Durable as soon as that write returns.
         if let Err(e) = shared.committer.write(&self.ws, WriteBatch::from(ops)).await {
-            return Err(Stop::Retry(e));
+            return Err(Stop::from(e));
         }
         if wake {
             shared.webhook_wake.notify_one();
@@ -817,12 +836,14 @@ impl Signing {
         };
         self.expect.keys = keys.iter().map(|k| verifier(&self.ws, k)).collect::<Result<Vec<_>>>()?.into();
         let ws = self.ws.clone();
+        let fence = shared.fence(&ws)?;
         shared
             .read_in_background(move |store| {
                 let Some(mut record) = store.workspace(&ws)? else { return Ok(()) };
                 if record.signing_keys != keys {
                     record.signing_keys = keys;
-                    store.write(WriteBatch::from(vec![Op::PutWorkspace(record)]), Durability::Sync)?;
+                    let ops: Vec<Op> = std::iter::once(Op::PutWorkspace(record)).chain(fence).collect();
+                    store.write(WriteBatch::from(ops), Durability::Sync)?;
                 }
                 Ok(())
             })

@@ -55,9 +55,23 @@ pub(crate) struct Services {
     pub sign_pacer: crate::pace::Pacer,
     /// The witnesses stored checkpoints are submitted to, and the quorum reads apply.
     pub witnessing: Arc<crate::witnessing::Witnessing>,
+    /// In a cluster: the workspace leases this node holds (`None`: one process owns the store).
+    pub ownership: Option<crate::ownership::Ownership>,
 }
 
 impl Services {
+    /// The fence every write of `ws` carries in a cluster (`None` outside one); `Fenced` when
+    /// this node no longer holds the workspace's lease.
+    pub fn fence(&self, ws: &str) -> Result<Option<allowly_store::Op>> {
+        self.ownership.as_ref().map(|o| o.fence(ws)).transpose()
+    }
+
+    /// Whether this node sequences `ws`: always outside a cluster; in one, while it holds the
+    /// workspace's lease.
+    pub fn owns(&self, ws: &str) -> bool {
+        self.ownership.as_ref().is_none_or(|o| o.epoch(ws).is_some())
+    }
+
     /// Fails closed (counted) while the signer is down or a fault is active: nothing may be
     /// decided or written. The healthy path is two atomic loads.
     pub fn require_healthy(&self) -> Result<()> {

@@ -30,4 +30,6 @@ pub struct App {
     pub openapi: &'static serde_json::Value,
     /// `/metrics` requires this bearer token if set.
     pub metrics_token: Option<crate::auth::MetricsToken>,
+    /// In a cluster: sends requests for another node's workspaces there (`None` outside one).
+    pub forwarder: Option<crate::forward::Forwarder>,
 }

@@ -48,7 +48,7 @@ max_pending_writes, max_long_polls, long_poll_max_ms, max_cached_authorizations,
 max_connections, max_connections_per_address, request_read_timeout_ms, metrics_token_file,
 rate_limit_per_second, rate_limit_burst, confirmation_ttl_ms,
 escalation_ttl_ms, user, signer_user, postgres, witness_quorum, witness_timeout_ms,
-witness_refused_retry_ms, checkpoint_log, webhook_base_backoff_ms,
+witness_refused_retry_ms, checkpoint_log, node_name, advertise_url, lease_ttl_ms, webhook_base_backoff_ms,
 webhook_max_backoff_ms, webhook_give_up_after_ms, webhook_attempt_timeout_ms, webhook_retention_ms,
 webhook_allow_private_networks; witnesses as [[witness]] tables with vkey, url and an optional
 name). Precedence: flag > environment > file > default. Relative paths are relative to the
@@ -358,6 +358,19 @@ pub struct ServeArgs {
     /// least once after a crash (docs/witness.md, "Anchoring").
     #[arg(long, env = "ALLOWLY_CHECKPOINT_LOG", value_name = "FILE")]
     pub checkpoint_log: Option<PathBuf>,
+    /// Run as one node of a cluster over the shared --postgres database (docs/scale-out.md):
+    /// this node's name (`[A-Za-z0-9_-]`, 1..=100). Each start is a new node id, the name and a
+    /// random suffix. Needs --postgres and --advertise-url.
+    #[arg(long, env = "ALLOWLY_NODE_NAME", value_name = "NAME")]
+    pub node_name: Option<String>,
+    /// In a cluster: where the other nodes reach this node's API to forward requests for the
+    /// workspaces it owns (`http://HOST:PORT`, plain HTTP on the private network).
+    #[arg(long, env = "ALLOWLY_ADVERTISE_URL", value_name = "URL")]
+    pub advertise_url: Option<String>,
+    /// In a cluster: how long a workspace lease lasts unrenewed, so how soon the workspaces of a
+    /// node that died are taken over (1000..=600000) [default: 10000].
+    #[arg(long, env = "ALLOWLY_LEASE_TTL_MS", value_name = "MS")]
+    pub lease_ttl_ms: Option<u64>,
 }
 
 /// A witness in the TOML file (`[[witness]]`).
@@ -470,6 +483,9 @@ pub struct FileConfig {
     pub witness_timeout_ms: Option<u64>,
     pub witness_refused_retry_ms: Option<u64>,
     pub checkpoint_log: Option<PathBuf>,
+    pub node_name: Option<String>,
+    pub advertise_url: Option<String>,
+    pub lease_ttl_ms: Option<u64>,
 }
 
 /// A byte size in the TOML file: an integer, or text with a unit (see [`parse_size`]).
@@ -571,6 +587,29 @@ pub struct ServerConfig {
     pub witness_refused_retry: Duration,
     /// See `EngineConfig::checkpoint_log`.
     pub checkpoint_log: Option<PathBuf>,
+    /// `Some`: one node of a cluster (see [`Cluster`]).
+    pub cluster: Option<Cluster>,
+}
+
+/// This node of a cluster, as configured (the node id is made from the name at each start).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cluster {
+    pub node_name: String,
+    pub advertise_url: String,
+    pub lease_ttl: Duration,
+}
+
+impl Cluster {
+    /// A node id for this process: the name and 8 random bytes, so that a restarted node never
+    /// reuses a predecessor's id (and with it the predecessor's lease epochs).
+    pub fn new_node_id(&self) -> String {
+        let mut nonce = [0u8; 8];
+        if getrandom::getrandom(&mut nonce).is_err() {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            nonce = (now.as_nanos() as u64).to_be_bytes();
+        }
+        format!("{}-{}", self.node_name, hex::encode(nonce))
+    }
 }
 
 impl ServeArgs {
@@ -762,6 +801,12 @@ impl ServeArgs {
             Some(conninfo) => StoreConfig::Postgres(conninfo),
             None => StoreConfig::Rocks,
         };
+        let cluster = resolve_cluster(
+            self.node_name.or(file.node_name),
+            self.advertise_url.or(file.advertise_url),
+            self.lease_ttl_ms.or(file.lease_ttl_ms),
+            &store,
+        )?;
         // Absolute now: a server started as root enters its data directory before the engine
         // opens the file.
         let checkpoint_log = self
@@ -770,6 +815,7 @@ impl ServeArgs {
             .map(|p| std::path::absolute(&p).map_err(|source| Error::Io { what: format!("{}", p.display()), source }))
             .transpose()?;
         Ok(ServerConfig {
+            cluster,
             checkpoint_log,
             witnesses,
             witness_quorum,
@@ -803,6 +849,44 @@ impl ServeArgs {
             escalation_ttl,
         })
     }
+}
+
+/// The cluster settings: all or none (the TTL has a default), and only over PostgreSQL (an
+/// embedded store belongs to one process).
+fn resolve_cluster(
+    node_name: Option<String>,
+    advertise_url: Option<String>,
+    lease_ttl_ms: Option<u64>,
+    store: &StoreConfig,
+) -> Result<Option<Cluster>, Error> {
+    let Some(node_name) = node_name else {
+        if advertise_url.is_some() || lease_ttl_ms.is_some() {
+            return Err(Error::Cluster("advertise_url and lease_ttl_ms need node_name".into()));
+        }
+        return Ok(None);
+    };
+    let name_ok = (1..=100).contains(&node_name.len())
+        && node_name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if !name_ok {
+        return Err(Error::Cluster("node_name must be 1..=100 of [A-Za-z0-9_-]".into()));
+    }
+    if *store == StoreConfig::Rocks {
+        return Err(Error::Cluster("a cluster keeps its data in PostgreSQL: node_name needs --postgres".into()));
+    }
+    let Some(advertise_url) = advertise_url else {
+        return Err(Error::Cluster("node_name needs advertise_url (where the other nodes reach this one)".into()));
+    };
+    let url_ok = advertise_url
+        .strip_prefix("http://")
+        .is_some_and(|rest| !rest.is_empty() && !rest.contains(['/', '?', '#', ' ', '@']));
+    if !url_ok || advertise_url.parse::<http::Uri>().is_err() {
+        return Err(Error::Cluster(format!("advertise_url must be http://HOST:PORT, not {advertise_url:?}")));
+    }
+    let lease_ttl = Duration::from_millis(lease_ttl_ms.unwrap_or(10_000));
+    if !(Duration::from_secs(1)..=Duration::from_secs(600)).contains(&lease_ttl) {
+        return Err(Error::OutOfRange("lease_ttl_ms", "1000..=600000"));
+    }
+    Ok(Some(Cluster { node_name, advertise_url, lease_ttl }))
 }
 
 fn resolve_keystore(
@@ -1136,6 +1220,46 @@ mod tests {
     }
 
     #[test]
+    fn a_cluster_node_needs_postgres_and_a_url_and_gets_a_new_id_at_each_start() {
+        let pg = || Some("dbname=x".to_owned());
+        let node = |postgres: Option<String>, url: Option<&str>, ttl: Option<u64>| {
+            ServeArgs {
+                postgres,
+                node_name: Some("n1".into()),
+                advertise_url: url.map(str::to_owned),
+                lease_ttl_ms: ttl,
+                ..ServeArgs::default()
+            }
+            .resolve()
+        };
+        let c = node(pg(), Some("http://10.0.0.5:8080"), None).unwrap().cluster.unwrap();
+        assert_eq!((c.advertise_url.as_str(), c.lease_ttl), ("http://10.0.0.5:8080", Duration::from_secs(10)));
+        let (a, b) = (c.new_node_id(), c.new_node_id());
+        assert!(a.starts_with("n1-") && a.len() == "n1-".len() + 16 && a != b, "{a} {b}");
+        assert_eq!(ServeArgs::default().resolve().unwrap().cluster, None);
+        // An embedded store belongs to one process.
+        assert!(matches!(node(None, Some("http://h:1"), None), Err(Error::Cluster(_))));
+        for url in
+            [None, Some("https://h:1"), Some("http://"), Some("http://h:1/path"), Some("h:1"), Some("http://u@h:1")]
+        {
+            assert!(matches!(node(pg(), url, None), Err(Error::Cluster(_))), "{url:?}");
+        }
+        for ttl in [999, 600_001] {
+            assert!(matches!(node(pg(), Some("http://h:1"), Some(ttl)), Err(Error::OutOfRange("lease_ttl_ms", _))));
+        }
+        let bad_name = ServeArgs {
+            node_name: Some("a b".into()),
+            postgres: pg(),
+            advertise_url: Some("http://h:1".into()),
+            ..ServeArgs::default()
+        };
+        assert!(matches!(bad_name.resolve(), Err(Error::Cluster(_))));
+        // The other two settings alone mean nothing: refused rather than ignored.
+        let stray = ServeArgs { advertise_url: Some("http://h:1".into()), postgres: pg(), ..ServeArgs::default() };
+        assert!(matches!(stray.resolve(), Err(Error::Cluster(_))));
+    }
+
+    #[test]
     fn postgres_chooses_the_store_and_is_never_printed() {
         assert_eq!(ServeArgs::default().resolve().unwrap().store, StoreConfig::Rocks);
         let f = file("postgres = \"host=/run/pg password=hunter2\"\n");
@@ -1227,6 +1351,9 @@ mod tests {
             ("witness_timeout_ms", "ALLOWLY_WITNESS_TIMEOUT_MS"),
             ("witness_refused_retry_ms", "ALLOWLY_WITNESS_REFUSED_RETRY_MS"),
             ("checkpoint_log", "ALLOWLY_CHECKPOINT_LOG"),
+            ("node_name", "ALLOWLY_NODE_NAME"),
+            ("advertise_url", "ALLOWLY_ADVERTISE_URL"),
+            ("lease_ttl_ms", "ALLOWLY_LEASE_TTL_MS"),
         ] {
             let a = serve.get_arguments().find(|a| a.get_id() == arg).unwrap();
             assert_eq!(a.get_env().and_then(|e| e.to_str()), Some(env), "{arg}");

@@ -51,6 +51,8 @@ pub enum Error {
     WebhookSettings(String),
     #[error("witness settings: {0}")]
     Witnesses(String),
+    #[error("cluster settings: {0}")]
+    Cluster(String),
     #[error("{0} must be within 1 s..=30 days")]
     Ttl(&'static str),
     #[error("signer_max_in_flight must be within 1..=65536")]

@@ -71,6 +71,16 @@ fn is_json(headers: &HeaderMap) -> bool {
     essence.eq_ignore_ascii_case("application/json")
 }
 
+/// Whether the request's head declares a body (`Content-Length` above 0, or a transfer coding).
+pub fn declares_body(headers: &HeaderMap) -> bool {
+    headers.contains_key(http::header::TRANSFER_ENCODING)
+        || headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .is_some_and(|n| n > 0)
+}
+
 /// A request body that may hold data: declared by `Content-Length > 0` or by chunked transfer.
 fn has_body(headers: &HeaderMap, body: &hyper::body::Incoming) -> bool {
     use hyper::body::Body as _;
@@ -159,7 +169,7 @@ pub async fn json_body<T: DeserializeOwned>(
 }
 
 /// The bytes of a body that must be `application/json` (within `limit`).
-async fn json_bytes(headers: &HeaderMap, body: hyper::body::Incoming, limit: BodyLimits) -> Result<Bytes, Problem> {
+pub async fn json_bytes(headers: &HeaderMap, body: hyper::body::Incoming, limit: BodyLimits) -> Result<Bytes, Problem> {
     if !is_json(headers) {
         return Err(Problem::unsupported_media_type());
     }
@@ -178,19 +188,29 @@ pub async fn optional_json_body<T: DeserializeOwned + Default>(
     body: hyper::body::Incoming,
     limit: BodyLimits,
 ) -> Result<T, Problem> {
-    if !has_body(headers, &body) {
-        return Ok(T::default());
+    match optional_json_bytes(headers, body, limit).await? {
+        Some(bytes) if !bytes.is_empty() => parse_json(&bytes),
+        _ => Ok(T::default()),
     }
-    let bytes = json_bytes(headers, body, limit).await?;
-    if bytes.is_empty() {
-        return Ok(T::default());
-    }
-    parse_json(&bytes)
 }
 
-#[derive(serde::Deserialize, Default)]
+/// The bytes of an optional JSON body: `None` when the request has none, else as
+/// [`json_bytes`].
+pub async fn optional_json_bytes(
+    headers: &HeaderMap,
+    body: hyper::body::Incoming,
+    limit: BodyLimits,
+) -> Result<Option<Bytes>, Problem> {
+    if !has_body(headers, &body) {
+        return Ok(None);
+    }
+    json_bytes(headers, body, limit).await.map(Some)
+}
+
+/// A body that must hold no fields (`{}`, or nothing).
+#[derive(Debug, serde::Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-struct NoFields {}
+pub struct NoFields {}
 
 /// Parses JSON into a request type, telling apart malformed JSON, unknown fields (request types
 /// deny them) and wrong or missing fields.

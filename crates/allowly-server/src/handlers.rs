@@ -40,6 +40,9 @@ pub(crate) struct Cx<'r> {
     pub parts: &'r Parts,
     /// Taken by the first read of the body.
     body: Option<Incoming>,
+    /// The body's bytes once read: kept for forwarding the request to the node that owns its
+    /// workspace, in a cluster (`routes::dispatch`).
+    read: &'r std::sync::OnceLock<Bytes>,
     pub limit: BodyLimits,
     /// The route's metric name (for the internal errors below).
     pub route: &'static str,
@@ -53,8 +56,15 @@ pub(crate) struct Cx<'r> {
 }
 
 impl<'r> Cx<'r> {
-    pub(crate) fn new(app: &'r App, parts: &'r Parts, body: Incoming, limit: BodyLimits, route: &'static str) -> Self {
-        Self { app, parts, body: Some(body), limit, route, ws: None, id: None, caller: None, idem: None }
+    pub(crate) fn new(
+        app: &'r App,
+        parts: &'r Parts,
+        body: Incoming,
+        read: &'r std::sync::OnceLock<Bytes>,
+        limit: BodyLimits,
+        route: &'static str,
+    ) -> Self {
+        Self { app, parts, body: Some(body), read, limit, route, ws: None, id: None, caller: None, idem: None }
     }
 
     pub(crate) fn ws(&self) -> Result<&str, Problem> {
@@ -97,17 +107,23 @@ impl<'r> Cx<'r> {
 
     pub(crate) async fn json_body<T: DeserializeOwned>(&mut self) -> Result<T, Problem> {
         let body = self.take_body()?;
-        extract::json_body(self.headers(), body, self.limit).await
+        let bytes = extract::json_bytes(self.headers(), body, self.limit).await?;
+        let _ = self.read.set(bytes.clone());
+        extract::parse_json(&bytes)
     }
 
     pub(crate) async fn optional_json_body<T: DeserializeOwned + Default>(&mut self) -> Result<T, Problem> {
         let body = self.take_body()?;
-        extract::optional_json_body(self.headers(), body, self.limit).await
+        let bytes = extract::optional_json_bytes(self.headers(), body, self.limit).await?;
+        let _ = self.read.set(bytes.clone().unwrap_or_default());
+        match bytes {
+            Some(bytes) if !bytes.is_empty() => extract::parse_json(&bytes),
+            _ => Ok(T::default()),
+        }
     }
 
     pub(crate) async fn empty_body(&mut self) -> Result<(), Problem> {
-        let body = self.take_body()?;
-        extract::empty_body(self.headers(), body, self.limit).await
+        self.optional_json_body::<extract::NoFields>().await.map(|_| ())
     }
 }
 

@@ -71,6 +71,7 @@ pub mod config;
 pub mod conn;
 pub mod error;
 pub mod extract;
+pub mod forward;
 pub mod handlers;
 pub mod http;
 pub mod http_client;

@@ -27,6 +27,10 @@ pub struct HttpMetrics {
     key_isolation: IntGaugeVec,
     /// Connections and rate limiting (the front end under abuse).
     pub front: FrontMetrics,
+    /// In a cluster: requests forwarded to the node owning their workspace, by outcome
+    /// (`answered`: relayed whatever the owner's status; `unreachable`: answered 503 here;
+    /// `already_forwarded`: a request another node forwarded here that this node does not own).
+    forwarded: IntCounterVec,
 }
 
 impl Default for HttpMetrics {
@@ -83,8 +87,20 @@ impl HttpMetrics {
         ] {
             let _ = registry.register(m);
         }
+        let forwarded = IntCounterVec::new(
+            Opts::new(
+                "allowly_http_forwarded_total",
+                "Requests forwarded to the node owning their workspace (in a cluster), by outcome",
+            ),
+            &["outcome"],
+        )
+        .unwrap_or_else(|e| unreachable!("static metric: {e}"));
+        for outcome in ["answered", "unreachable", "already_forwarded"] {
+            forwarded.with_label_values(&[outcome]);
+        }
+        let _ = registry.register(Box::new(forwarded.clone()));
         let front = FrontMetrics::new(&registry);
-        Self { registry, requests, duration, in_flight, key_isolation, front }
+        Self { registry, requests, duration, in_flight, key_isolation, front, forwarded }
     }
 
     /// Sets `allowly_server_key_isolation`: 1 for `mode`, 0 for every other mode.
@@ -109,6 +125,12 @@ impl HttpMetrics {
     pub fn observe(&self, route: &'static str, status: http::StatusCode, elapsed: Duration) {
         self.requests.with_label_values(&[route, status.as_str()]).inc();
         self.duration.with_label_values(&[route]).observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts one request forwarded (or not) to its workspace's owner; `outcome` is one of
+    /// the closed set above.
+    pub fn forwarded(&self, outcome: &'static str) {
+        self.forwarded.with_label_values(&[outcome]).inc();
     }
 
     /// Adds another crate's collector to the registry. Fails if one of its names is taken.

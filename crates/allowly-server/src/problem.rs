@@ -40,6 +40,7 @@
 //! | `workspace_log_behind_signer` | 503 | found at start: the signer has signed more of this workspace's log than the store holds — receipts that were handed out are missing (a store restored from a backup older than the signer's state). Nothing new is recorded and `/readyz` is not ready; restore a newer backup (`docs/operations.md`, *Backup and restore*). No `Retry-After` |
 //! | `workspace_log_catching_up` | 503 | found at start: the signer's log is behind the stored checkpoints (a restored backup) and is being re-fed the stored receipts; passes by itself (`Retry-After`) |
 //! | `workspace_key_store_not_open` | 503 | the signer keeps this workspace's active key in a key store it does not open (sealed files while it serves a PKCS#11 token without `--signer-previous-keystore file`, or the reverse): a key rotation (`POST /v1/workspaces/{ws}/keys/rotate`, `allowly workspace-key migrate`) is refused and nothing is changed, and so is every request that would record a receipt in it once a signing round has met that store (the workspace alone; the first round that succeeds again lifts it); an operator restarts the signer with that key store as its previous one (`docs/operations.md`, *Moving keys*). No `Retry-After`: it does not pass by itself |
+//! | `workspace_owned_elsewhere` | 503 | in a cluster (`--node-name`, docs/scale-out.md): another node owns the workspace and the request could not be forwarded to it (it did not answer, or the request was forwarded already), or this node's write was fenced because another node took the workspace over just now. Nothing was changed (`Retry-After`) |
 //! | `backup_failed` | 500 | `POST /v1/admin/backup`: the snapshot could not be made (details logged); nothing of it is left |
 //! | `backup_not_supported` | 501 | `POST /v1/admin/backup` on a server whose data is in PostgreSQL: the database is backed up with its own tools, the signer's directory first (`docs/postgres.md`) |
 //! | `storage_error`, `signer_error`, `internal_error` | 500 | a fault; details are logged with the request id, never sent |
@@ -62,11 +63,16 @@ pub struct Problem {
     code: &'static str,
     detail: String,
     retry_after: Option<u32>,
-    allow: Option<String>,
+    /// Boxed, as `forward_to`: rare.
+    allow: Option<Box<str>>,
     /// Logged (with the request id) when the response is built; never sent.
     internal: Option<String>,
     /// Extension member `receipt`: the receipt a refused step left in the trail.
     receipt: Option<Box<serde_json::Value>>,
+    /// In a cluster: the address of the node that owns the request's workspace, where the
+    /// request is forwarded instead of answered with this problem (`routes::handle`). Never sent.
+    /// Boxed: a rare member, kept out of the size of every `Result<_, Problem>`.
+    forward_to: Option<Box<str>>,
 }
 
 /// The problem document (RFC 9457) every error answer carries.
@@ -94,7 +100,16 @@ pub struct ProblemDoc<'a> {
 
 impl Problem {
     fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
-        Self { status, code, detail: detail.into(), retry_after: None, allow: None, internal: None, receipt: None }
+        Self {
+            status,
+            code,
+            detail: detail.into(),
+            retry_after: None,
+            allow: None,
+            internal: None,
+            receipt: None,
+            forward_to: None,
+        }
     }
 
     pub fn not_found() -> Self {
@@ -103,7 +118,7 @@ impl Problem {
 
     pub fn method_not_allowed(allow: String) -> Self {
         let detail = format!("this resource supports {allow}");
-        Self { allow: Some(allow), ..Self::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", detail) }
+        Self { allow: Some(allow.into()), ..Self::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", detail) }
     }
 
     pub fn unauthenticated(detail: &str) -> Self {
@@ -224,6 +239,28 @@ impl Problem {
                 Self { receipt, ..Self::new(status, code, e.to_string()) }
             }
             EngineError::IdempotencyMismatch => Self::new(StatusCode::UNPROCESSABLE_ENTITY, code, e.to_string()),
+            // Forwarded to the owner when it can be (`routes::handle`); answered only when it
+            // cannot (already forwarded once, or the owner does not answer): the next request
+            // finds the owner, or takes the workspace over once its lease lapsed.
+            EngineError::NotOwner { node_id, address } => Self {
+                retry_after: Some(1),
+                forward_to: Some(address.as_str().into()),
+                internal: Some(format!("workspace owned by node {node_id} at {address}")),
+                ..Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    code,
+                    "another node of this cluster owns the workspace and could not be reached; nothing was changed here",
+                )
+            },
+            // A write of this node was fenced: another node took the workspace over just now.
+            EngineError::Store(allowly_store::StoreError::Fenced { .. }) => Self {
+                retry_after: Some(1),
+                ..Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    code,
+                    "the workspace moved to another node of this cluster; nothing was changed: retry",
+                )
+            },
             EngineError::Overloaded => {
                 Self { retry_after: Some(1), ..Self::new(StatusCode::TOO_MANY_REQUESTS, code, e.to_string()) }
             }
@@ -288,6 +325,18 @@ impl Problem {
 
     pub fn status(&self) -> StatusCode {
         self.status
+    }
+
+    /// Where the request belongs instead (see the field), taken out: the problem is then
+    /// answered as is if the request cannot be forwarded.
+    pub fn take_forward(&mut self) -> Option<String> {
+        self.forward_to.take().map(String::from)
+    }
+
+    /// The owner of the workspace did not answer a forwarded request (or the request was
+    /// forwarded already): the client retries.
+    pub fn owner_unreachable(detail: impl Into<String>) -> Self {
+        Self { retry_after: Some(1), ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "workspace_owned_elsewhere", detail) }
     }
 
     pub fn code(&self) -> &'static str {
@@ -432,6 +481,7 @@ impl Exposure {
                     engine(EngineError::WorkspaceLogCatchingUp),
                     engine(EngineError::WorkspaceKeyStoreNotOpen(String::new())),
                     engine(EngineError::SignerTokenUnavailable(String::new())),
+                    engine(EngineError::NotOwner { node_id: String::new(), address: String::new() }),
                 ];
                 let faults = allowly_engine::fault::Fault::ALL;
                 v.extend(faults.map(|fault| engine(EngineError::Unavailable { fault, detail: String::new() })));
@@ -486,6 +536,7 @@ fn title(code: &str) -> &'static str {
         "too_many_long_polls" => "Too many long-polls",
         "workspace_key_store_not_open" => "Workspace key store not open",
         "backup_not_supported" => "Backup not supported",
+        "workspace_owned_elsewhere" => "Workspace owned by another node",
         _ => "Internal error",
     }
 }

@@ -506,11 +506,43 @@ pub async fn dispatch(
         }
         Matched::NotFound => return (Route::Unmatched, Problem::not_found().into_response(request_id)),
     };
-    let resp = match handle(app, target, &parts, body, read_deadline).await {
+    let read = std::sync::OnceLock::new();
+    let resp = match handle(app, target, &parts, body, &read, read_deadline).await {
         Ok(r) => r,
-        Err(p) => p.into_response(request_id),
+        Err(mut p) => match p.take_forward() {
+            Some(owner) => match forward(app, &parts, &read, &owner, request_id).await {
+                Some(Ok(r)) => r,
+                Some(Err(unreachable)) => unreachable.into_response(request_id),
+                None => p.into_response(request_id),
+            },
+            None => p.into_response(request_id),
+        },
     };
     (target.route, resp)
+}
+
+/// In a cluster: sends a request the engine refused as another node's (`NotOwner`) to that
+/// node, `owner` (see `forward.rs`). `None`: not forwarded — not in a cluster, forwarded here
+/// already, or its body was not read before the refusal (never guessed) — and the refusal is
+/// the answer.
+async fn forward(
+    app: &App,
+    parts: &Parts,
+    read: &std::sync::OnceLock<bytes::Bytes>,
+    owner: &str,
+    request_id: &str,
+) -> Option<Result<Resp, Problem>> {
+    let forwarder = app.forwarder.as_ref()?;
+    if crate::forward::Forwarder::was_forwarded(parts) {
+        app.metrics.forwarded("already_forwarded");
+        return None;
+    }
+    let body = match read.get() {
+        Some(b) => b.clone(),
+        None if extract::declares_body(&parts.headers) => return None,
+        None => bytes::Bytes::new(),
+    };
+    Some(forwarder.forward(parts, body, owner, request_id).await)
 }
 
 /// What runs before every handler: authentication, the rate limit, the access rule; then the
@@ -520,6 +552,7 @@ async fn handle(
     t: Target<'_>,
     parts: &Parts,
     body: Incoming,
+    read: &std::sync::OnceLock<bytes::Bytes>,
     read_deadline: tokio::time::Instant,
 ) -> Result<Resp, Problem> {
     let limit = extract::BodyLimits {
@@ -527,7 +560,7 @@ async fn handle(
         deadline: read_deadline,
         timeout: app.connections.limits().read_timeout,
     };
-    let mut cx = Cx::new(app, parts, body, limit, t.route.name());
+    let mut cx = Cx::new(app, parts, body, read, limit, t.route.name());
     let access = t.route.access();
     if access == Access::Public {
         cx.ws = t.ws.map(str::to_owned);

@@ -204,6 +204,14 @@ async fn serve_with_engine(
             (Arc::new(pg), crate::backup::Backups::new(None, signer_socket, data_dir.to_owned()), None)
         }
     };
+    let cluster = cfg.cluster.as_ref().map(|c| allowly_engine::ClusterConfig {
+        node_id: c.new_node_id(),
+        address: c.advertise_url.clone(),
+        lease_ttl: c.lease_ttl,
+    });
+    if let Some(c) = &cluster {
+        tracing::info!(node_id = %c.node_id, address = %c.address, lease_ttl_ms = c.lease_ttl.as_millis() as u64, "one node of a cluster");
+    }
     let engine = Engine::start(
         store.clone(),
         signer,
@@ -230,6 +238,7 @@ async fn serve_with_engine(
             witness_timeout: cfg.witness_timeout,
             witness_refused_retry: cfg.witness_refused_retry,
             checkpoint_log: cfg.checkpoint_log.clone(),
+            cluster: cluster.clone(),
             ..EngineConfig::default()
         },
     )
@@ -296,6 +305,19 @@ async fn serve_with_engine(
         }
     }
     let connections = crate::conn::Connections::new(cfg.connections, metrics.front.clone());
+    // The owner's own bound on the request (its commit deadline) and a margin for the hop.
+    let forward_timeout = cfg.commit_timeout + Duration::from_secs(1);
+    let forwarder = match &cluster {
+        Some(c) => match crate::forward::Forwarder::new(&c.node_id, forward_timeout, metrics.clone()) {
+            Ok(f) => Some(f),
+            Err(why) => {
+                engine.shutdown().await;
+                worker.stop().await;
+                return Err(Error::Cluster(why));
+            }
+        },
+        None => None,
+    };
     let app = Arc::new(App {
         connections: Arc::new(connections),
         openapi: crate::openapi::document(),
@@ -308,6 +330,7 @@ async fn serve_with_engine(
         request_ids: Default::default(),
         admin_token: token.clone(),
         backups,
+        forwarder,
     });
     crate::http::serve(listener, app, shutdown, DRAIN_TIMEOUT).await;
     tracing::info!("stopping the engine");

@@ -138,6 +138,8 @@ WorkspaceLogCatchingUp = _code("WorkspaceLogCatchingUp", Unavailable, "workspace
 WorkspaceKeyStoreNotOpen = _code("WorkspaceKeyStoreNotOpen", Unavailable, "workspace_key_store_not_open",
                                  "The workspace's key is in a key store the signer does not open: an operator "
                                  "must restart the signer with it.")
+WorkspaceOwnedElsewhere = _code("WorkspaceOwnedElsewhere", Unavailable, "workspace_owned_elsewhere",
+                                "Another node of the cluster owns the workspace and could not be reached: retry.")
 BackupFailed = _code("BackupFailed", ServerError, "backup_failed", "The backup could not be made.")
 BackupNotSupported = _code("BackupNotSupported", ServerError, "backup_not_supported",
                            "The data is in PostgreSQL: back it up with the database's own tools.")

@@ -105,7 +105,7 @@ pub(crate) async fn rotate(
         }
     })?;
     let reserve = LogMeta { next_index: at, rotation_at: Some(at), rotation_idempotency: idem };
-    write(shared, vec![Op::PutLogMeta { workspace_id: ws.to_owned(), meta: reserve }])
+    write(shared, ws, vec![Op::PutLogMeta { workspace_id: ws.to_owned(), meta: reserve }])
         .await
         .map_err(RotationFailed::settled)?;
     // Idle (nothing committed past `at`): dropping its slot ends it; the next commit starts a
@@ -163,6 +163,7 @@ pub(crate) async fn rotate(
     let (nodes, wake) = signed_ops(shared, ws, appended, at, out.rotation.checkpoint).map_err(|s| match s {
         Stop::Retry(e) => unsettled(e),
         Stop::Diverged(why) => unsettled(EngineError::Internal(why)),
+        Stop::Moved => unsettled(crate::ownership::moved(ws)),
     })?;
     let mut ops = vec![Op::PutReceipt(record)];
     ops.extend(nodes);
@@ -171,7 +172,7 @@ pub(crate) async fn rotate(
     ops.push(Op::PutLogMeta { workspace_id: ws.to_owned(), meta: done });
     ops.extend(extra(&answer).map_err(unsettled)?);
     // If this fails the reservation stays: the next attempt asks again and gets the same answer.
-    write(shared, ops).await.map_err(unsettled)?;
+    write(shared, ws, ops).await.map_err(unsettled)?;
     if wake {
         shared.webhook_wake.notify_one();
     }
@@ -185,10 +186,12 @@ pub(crate) async fn rotate(
 /// Clears the reservation of `at` (the signer refused the rotation: the index is free).
 async fn release(shared: &Services, ws: &str, at: u64) -> Result<()> {
     let meta = LogMeta { next_index: at, ..LogMeta::default() };
-    write(shared, vec![Op::PutLogMeta { workspace_id: ws.to_owned(), meta }]).await
+    write(shared, ws, vec![Op::PutLogMeta { workspace_id: ws.to_owned(), meta }]).await
 }
 
-async fn write(shared: &Services, ops: Vec<Op>) -> Result<()> {
+/// One synced write of the workspace's rotation state (fenced in a cluster).
+async fn write(shared: &Services, ws: &str, mut ops: Vec<Op>) -> Result<()> {
+    ops.extend(shared.fence(ws)?);
     let store = shared.store.clone();
     blocking(move || Ok(store.write(WriteBatch::from(ops), Durability::Sync)?)).await
 }

@@ -15,6 +15,7 @@ mod abuse;
 mod backup;
 mod blackbox;
 mod clients;
+mod cluster;
 mod contract;
 mod disk;
 mod hitl;

@@ -185,6 +185,9 @@ impl Server {
             "ALLOWLY_USER",
             "ALLOWLY_SIGNER_USER",
             "ALLOWLY_POSTGRES",
+            "ALLOWLY_NODE_NAME",
+            "ALLOWLY_ADVERTISE_URL",
+            "ALLOWLY_LEASE_TTL_MS",
         ] {
             cmd.env_remove(var);
         }

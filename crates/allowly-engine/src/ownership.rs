@@ -1,0 +1,125 @@
+//! Which workspaces this node may sequence, in a cluster of nodes over one database (issue 16
+//! part 2; the model is in docs/scale-out.md). Absent in the default single-process mode.
+//!
+//! A node sequences a workspace only while it holds the workspace's lease, and every write of
+//! the workspace carries the lease's epoch ([`Op::Fence`]): the store applies it only if the
+//! epoch is still current, atomically with the write. That, not anything kept here, is what
+//! keeps a former owner — paused, partitioned, with a lapsed lease — from ever appending after
+//! another node took over: this table only remembers which epoch to fence with and which leases
+//! to renew. Safety needs no clock; how soon a dead owner's workspaces move needs the TTL.
+//!
+//! What holds a lease: an actor or a signing task of the workspace running here. The keeper
+//! (`Engine`'s `lease_loop`) renews those every third of the TTL and releases the others, so
+//! another node can take an idle workspace over at once.
+
+use std::time::{Duration, Instant};
+
+use allowly_store::{LeaseAnswer, Op, Store, StoreError};
+use dashmap::DashMap;
+
+use crate::config::ClusterConfig;
+use crate::error::{EngineError, Result};
+
+/// A lease this node holds.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Held {
+    pub epoch: u64,
+    /// When it was last granted or renewed, on this node's monotonic clock, taken *before*
+    /// the call (the store's "now" was read after it): the lease lasts at least until
+    /// `since + ttl` as the store counts.
+    pub since: Instant,
+}
+
+pub(crate) struct Ownership {
+    pub cfg: ClusterConfig,
+    held: DashMap<String, Held>,
+}
+
+impl Ownership {
+    pub fn new(cfg: ClusterConfig) -> Self {
+        Self { cfg, held: DashMap::new() }
+    }
+
+    /// Takes (or keeps) the lease of `ws` for this node: its epoch, to fence every write of the
+    /// workspace with. [`EngineError::NotOwner`] names the node holding a live lease. A store
+    /// call: run it off the async workers.
+    pub fn acquire(&self, store: &dyn Store, ws: &str) -> Result<u64> {
+        let since = Instant::now();
+        match store.acquire_lease(ws, &self.cfg.node_id, &self.cfg.address, self.cfg.lease_ttl)? {
+            LeaseAnswer::Granted(lease) => {
+                let taken_over = self.held.insert(ws.to_owned(), Held { epoch: lease.epoch, since });
+                if taken_over.is_none_or(|h| h.epoch != lease.epoch) {
+                    tracing::info!(workspace = %ws, epoch = lease.epoch, "this node owns the workspace");
+                }
+                Ok(lease.epoch)
+            }
+            LeaseAnswer::Held(lease) => {
+                self.held.remove(ws);
+                Err(EngineError::NotOwner { node_id: lease.node_id, address: lease.address })
+            }
+        }
+    }
+
+    /// The epoch of the lease this node holds for `ws`, if it holds one.
+    pub fn epoch(&self, ws: &str) -> Option<u64> {
+        self.held.get(ws).map(|h| h.epoch)
+    }
+
+    /// The fence a write of `ws` carries: this node's epoch, or `NotOwner`-like refusal when it
+    /// holds no lease (it lost it; nothing may be written for the workspace).
+    pub fn fence(&self, ws: &str) -> Result<Op> {
+        match self.epoch(ws) {
+            Some(epoch) => Ok(Op::Fence { workspace_id: ws.to_owned(), epoch }),
+            None => Err(moved(ws)),
+        }
+    }
+
+    /// `ws` was taken over (a write or a renewal at `epoch` was fenced): forget it, unless a
+    /// newer grant replaced that epoch meanwhile.
+    pub fn lost(&self, ws: &str, epoch: u64) {
+        if self.held.remove_if(ws, |_, h| h.epoch == epoch).is_some() {
+            tracing::warn!(workspace = %ws, epoch, "another node took the workspace over");
+        }
+    }
+
+    /// Every lease held, for the keeper.
+    pub fn snapshot(&self) -> Vec<(String, Held)> {
+        self.held.iter().map(|e| (e.key().clone(), *e.value())).collect()
+    }
+
+    /// The keeper renewed `ws` at `epoch` (call started at `since`).
+    pub fn renewed(&self, ws: &str, epoch: u64, since: Instant) {
+        if let Some(mut h) = self.held.get_mut(ws) {
+            if h.epoch == epoch {
+                h.since = since;
+            }
+        }
+    }
+
+    /// The keeper released `ws`: forget it (unless re-acquired at another epoch meanwhile).
+    pub fn released(&self, ws: &str, epoch: u64) {
+        self.held.remove_if(ws, |_, h| h.epoch == epoch);
+    }
+
+    /// How often the keeper runs: a third of the TTL, so a lease is renewed twice before it
+    /// could lapse.
+    pub fn period(&self) -> Duration {
+        (self.cfg.lease_ttl / 3).max(Duration::from_millis(10))
+    }
+
+    pub fn held_count(&self) -> usize {
+        self.held.len()
+    }
+}
+
+/// The error of a write of `ws` that this node may no longer make: the same the store answers
+/// a fenced write with (the epoch that replaced ours is not known here: 0).
+pub(crate) fn moved(ws: &str) -> EngineError {
+    EngineError::Store(StoreError::Fenced { workspace_id: ws.to_owned(), current_epoch: 0 })
+}
+
+/// Whether `e` says a write or renewal of the workspace was refused because another node
+/// holds it now.
+pub(crate) fn is_fenced(e: &EngineError) -> bool {
+    matches!(e, EngineError::Store(StoreError::Fenced { .. }))
+}

@@ -1,0 +1,123 @@
+//! In a cluster (`--node-name`, docs/scale-out.md): a request for a workspace another node
+//! owns is forwarded to that node, once, and its answer relayed as is. The owner authenticates
+//! and decides it again from scratch: forwarding adds no trust — what this node checked is not
+//! passed on, only the request.
+//!
+//! - **Once.** A forwarded request carries [`FORWARDED_BY`]; a node never forwards a request
+//!   that has it (two nodes that each think the other owns a workspace — a lease changing
+//!   hands — answer 503 `workspace_owned_elsewhere` instead of looping). A client can set the
+//!   header too: it only stops its own request from being forwarded.
+//! - **Nothing changed here.** Only requests the engine refused with `NotOwner` are forwarded:
+//!   this node wrote nothing for them.
+//! - **A lost answer** (the owner died or timed out after the request reached it) is answered
+//!   503; the request may have taken effect there, exactly as for a lost answer from any node:
+//!   retried with its `Idempotency-Key`, it gets the first answer.
+//! - **Plain HTTP** between nodes, like the server's own listener: the nodes run behind the TLS
+//!   terminator, on a private network. Connections are pooled (keep-alive) per owner.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{HeaderName, CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING, UPGRADE};
+use http::request::Parts;
+use http::{HeaderValue, Request, Response, Uri};
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use crate::handlers::Resp;
+use crate::problem::Problem;
+
+/// The header a forwarded request carries: the id of the node that forwarded it.
+pub const FORWARDED_BY: &str = "allowly-forwarded-by";
+
+/// Largest answer relayed (the routes that can be forwarded answer small JSON documents; the
+/// large exports are reads, served by every node).
+const MAX_ANSWER: usize = 16 << 20;
+
+/// Headers that belong to one connection, not to the request (RFC 9110 §7.6.1), and `Host`,
+/// which names the node the client reached.
+fn hop_by_hop(name: &HeaderName) -> bool {
+    [CONNECTION, TRANSFER_ENCODING, UPGRADE, HOST, CONTENT_LENGTH].contains(name)
+        || ["keep-alive", "proxy-connection", "te", "trailer"].contains(&name.as_str())
+}
+
+/// Forwards requests to the owners of their workspaces.
+#[derive(Debug)]
+pub struct Forwarder {
+    client: Client<HttpConnector, Full<Bytes>>,
+    node_id: HeaderValue,
+    /// Bound on one forwarded exchange: the owner's own bound on the request plus a margin.
+    timeout: Duration,
+    metrics: crate::metrics::HttpMetrics,
+}
+
+impl Forwarder {
+    pub fn new(node_id: &str, timeout: Duration, metrics: crate::metrics::HttpMetrics) -> Result<Self, String> {
+        let node_id = HeaderValue::from_str(node_id).map_err(|e| format!("node id as a header: {e}"))?;
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(Duration::from_secs(1)));
+        let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(http);
+        Ok(Self { client, node_id, timeout, metrics })
+    }
+
+    /// Whether `parts` was forwarded to this node already (then it is answered here).
+    pub fn was_forwarded(parts: &Parts) -> bool {
+        parts.headers.contains_key(FORWARDED_BY)
+    }
+
+    /// Sends the request (`parts`, `body`) to `owner` (`http://host:port`) and relays its
+    /// answer; a problem if the owner cannot be reached or does not answer in time.
+    /// The forwarded request bears `request_id` (the owner logs and answers under the same id).
+    pub async fn forward(&self, parts: &Parts, body: Bytes, owner: &str, request_id: &str) -> Result<Resp, Problem> {
+        let outcome = self.exchange(parts, body, owner, request_id).await;
+        self.metrics.forwarded(if outcome.is_ok() { "answered" } else { "unreachable" });
+        outcome.map_err(|why| {
+            tracing::warn!(owner, error = %why, "forwarding a request to its workspace's owner failed");
+            Problem::owner_unreachable(
+                "another node of this cluster owns the workspace and did not answer; the request may have taken \
+                 effect there if it reached it: retry with the same Idempotency-Key",
+            )
+        })
+    }
+
+    async fn exchange(&self, parts: &Parts, body: Bytes, owner: &str, request_id: &str) -> Result<Resp, String> {
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let uri: Uri =
+            format!("{}{path}", owner.trim_end_matches('/')).parse().map_err(|e| format!("owner URL: {e}"))?;
+        let mut req = Request::builder().method(parts.method.clone()).uri(uri);
+        for (name, value) in &parts.headers {
+            if !hop_by_hop(name) && name.as_str() != crate::extract::REQUEST_ID {
+                req = req.header(name, value);
+            }
+        }
+        let req = req
+            .header(crate::extract::REQUEST_ID, request_id)
+            .header(FORWARDED_BY, self.node_id.clone())
+            .body(Full::new(body))
+            .map_err(|e| format!("building the request: {e}"))?;
+        let answer = tokio::time::timeout(self.timeout, async {
+            let resp = self.client.request(req).await.map_err(|e| allowly_tls::error_chain(&e))?;
+            let (head, body) = resp.into_parts();
+            let bytes = Limited::new(body, MAX_ANSWER)
+                .collect()
+                .await
+                .map_err(|e| format!("reading the answer: {e}"))?
+                .to_bytes();
+            Ok::<_, String>((head, bytes))
+        })
+        .await
+        .map_err(|_| format!("no answer within {} ms", self.timeout.as_millis()))??;
+        let (head, bytes) = answer;
+        let mut resp = Response::new(Full::new(bytes));
+        *resp.status_mut() = head.status;
+        for (name, value) in &head.headers {
+            if !hop_by_hop(name) {
+                resp.headers_mut().append(name, value.clone());
+            }
+        }
+        Ok(resp)
+    }
+}
