@@ -39,11 +39,12 @@ pub enum Space {
     Members,
     Leases,
     LeaseEpochs,
+    SignerKeys,
 }
 
 impl Space {
     /// Every key space, in a fixed order (an engine opens them all).
-    pub const ALL: [Space; 21] = [
+    pub const ALL: [Space; 22] = [
         Space::Workspaces,
         Space::ApiKeys,
         Space::Authorizations,
@@ -65,6 +66,7 @@ impl Space {
         Space::Members,
         Space::Leases,
         Space::LeaseEpochs,
+        Space::SignerKeys,
     ];
 
     /// Stable name: the column family's name on disk. Never rename one.
@@ -91,6 +93,7 @@ impl Space {
             Space::Members => "members",
             Space::Leases => "leases",
             Space::LeaseEpochs => "lease_epochs",
+            Space::SignerKeys => "signer_keys",
         }
     }
 
@@ -105,6 +108,7 @@ impl Space {
             DocKind::Delivery => Space::Deliveries,
             DocKind::Outbox => Space::Outbox,
             DocKind::EscalationDue => Space::EscalationDue,
+            DocKind::SignerKeys => Space::SignerKeys,
         }
     }
 

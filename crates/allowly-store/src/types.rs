@@ -395,6 +395,11 @@ pub enum DocKind {
     /// The engine keeps a second due index of the same shape under another scope (pending
     /// confirmations, for the gauge that counts them).
     EscalationDue,
+    /// In a cluster: a workspace's key record as its signer exported it (public keys, and the
+    /// private halves sealed under the signers' shared master key or named as token objects —
+    /// never a private key in the clear), id `keys`, so that whichever node's signer takes
+    /// the workspace over can install it (docs/scale-out.md, "Signing across nodes").
+    SignerKeys,
 }
 
 /// Ops applied all-or-nothing: either every op is visible afterwards or none is.
