@@ -72,8 +72,8 @@ pub enum Event {
     /// here); `size` and `root` are the note's. A refused `Adopt` is a `Refused` line.
     Adopted,
     /// A key record another signer exported was installed (`ImportKeys`); `key_id` is the
-    /// record's active key. A refused one is logged and counted, not audited: nothing about
-    /// the log changed.
+    /// record's active key, `size` 0 (the line is about keys, not the log). A refused one is
+    /// logged and counted, not audited: nothing changed.
     KeysImported,
 }
 

@@ -1058,7 +1058,8 @@ impl KeyStore {
     ///   signer's log) may be dropped or become published.
     ///
     /// Returns whether anything was written (`false`: the same record was installed already).
-    /// Token errors while opening a key (the token gone) are `TokenUnavailable`, not refusals.
+    /// Token errors while opening a key are `TokenUnavailable`, not refusals, while the token
+    /// itself does not answer.
     pub fn import(&self, ws: &str, record: &[u8]) -> Result<bool> {
         let refuse = |why: String| SignerError::KeyRecordRefused(why);
         if record.len() > allowly_signer_proto::MAX_KEY_RECORD_LEN {
@@ -1130,7 +1131,11 @@ impl KeyStore {
             };
             match backend.open(ws, &k.key_id, &public, &stored, "import") {
                 Ok(key) => drop(key),
-                Err(e @ (SignerError::Token { .. } | SignerError::MemoryLock(_))) => return Err(e),
+                Err(e @ SignerError::MemoryLock(_)) => return Err(e),
+                // A token that does not answer says nothing about the record: `TokenUnavailable`,
+                // retried. One that answers and has no such object, or one with another public
+                // key (another workspace's object named here), refuses the record.
+                Err(e @ SignerError::Token { .. }) if backend.check().is_err() => return Err(e),
                 Err(e) => return Err(refuse(format!("key {}: {e}", k.key_id))),
             }
         }

@@ -285,3 +285,87 @@ async fn key_records_that_swap_drop_or_misplace_keys_are_refused_and_a_rotation_
     check_extends(ws, &all, &rotated.rotation.checkpoint, &out.checkpoint, &[verifier(ws, new_key)]);
     drop(sa);
 }
+
+/// An adopt behind appends on one connection (the service pipelines): the appends queued before
+/// it are signed first, so it sees the log they made (the note is then "already there"), and
+/// an append behind it extends what it adopted. Never an adopt that jumps a queued append.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_adopt_runs_in_order_with_the_appends_around_it() {
+    use allowly_signer_proto::{Request, Response};
+    use tokio::io::AsyncWriteExt as _;
+
+    let tmp = traversable_tempdir();
+    let (dir_a, sock_a) = fresh(&tmp.path().join("a"));
+    let (dir_b, sock_b) = fresh_with_master(&tmp.path().join("b"), &dir_a.join("master.key"));
+    let (mut sa, mut sb) = (Signer::serve(&dir_a, &sock_a), Signer::serve(&dir_b, &sock_b));
+    let (a, b) = (sa.ready().await, sb.ready().await);
+    let ws = "ws_ordered";
+    a.create_key(ws).await.unwrap();
+    let all = hashes(&bodies(ws, 0, 16));
+    let note8 = append(&a, ws, 0, bodies(ws, 0, 8)).await;
+    let note12 = append(&a, ws, 8, bodies(ws, 8, 4)).await;
+    let note14 = append(&a, ws, 12, bodies(ws, 12, 2)).await;
+    b.import_keys(ws, a.export_keys(ws).await.unwrap()).await.unwrap();
+    adopt(&b, ws, &note8, peaks(&all, 8), vec![]).await.unwrap();
+    assert_eq!(b.latest_checkpoint(ws).await.unwrap().size, 8, "loads B's actor");
+
+    let reqs = [
+        Request::AppendBatch {
+            workspace_id: ws.into(),
+            expected_size: 8,
+            bodies: bodies(ws, 8, 4),
+            want_proofs: false,
+        },
+        Request::Adopt {
+            workspace_id: ws.into(),
+            checkpoint: note12.clone(),
+            peaks: peaks(&all, 12),
+            proof: vec![],
+            last_leaf_ms: 0,
+        },
+        Request::Adopt {
+            workspace_id: ws.into(),
+            checkpoint: note14,
+            peaks: peaks(&all, 14),
+            proof: proof(&all, 12, 14),
+            last_leaf_ms: 0,
+        },
+        Request::AppendBatch {
+            workspace_id: ws.into(),
+            expected_size: 14,
+            bodies: bodies(ws, 14, 2),
+            want_proofs: false,
+        },
+    ];
+    let mut wire = Vec::new();
+    for (i, r) in reqs.iter().enumerate() {
+        wire.extend(frame(i as u64 + 1, r));
+    }
+    let mut stream = tokio::net::UnixStream::connect(&sock_b).await.unwrap();
+    stream.write_all(&wire).await.unwrap();
+    let mut answers = std::collections::HashMap::new();
+    for _ in 0..reqs.len() {
+        let (id, resp) = read_response(&mut stream).await.expect("an answer");
+        answers.insert(id, resp);
+    }
+    match &answers[&1] {
+        Response::Appended { old_size: 8, new_size: 12, .. } => {}
+        other => panic!("the append before the adopt: {other:?}\n{}", sb.diagnostics()),
+    }
+    match &answers[&2] {
+        Response::Adopted { size: 12, changed: false, .. } => {}
+        other => panic!("the adopt behind the append saw the log before it: {other:?}"),
+    }
+    match &answers[&3] {
+        Response::Adopted { size: 14, changed: true, .. } => {}
+        other => panic!("the adopt of 14: {other:?}"),
+    }
+    let v = verifiers(ws, &b.list_keys(ws).await.unwrap());
+    match &answers[&4] {
+        Response::Appended { old_size: 14, new_size: 16, checkpoint, .. } => {
+            check_extends(ws, &all, &note12, checkpoint, &v);
+        }
+        other => panic!("the append behind the adopts: {other:?}"),
+    }
+    drop(sa);
+}
