@@ -154,6 +154,17 @@ pub struct CheckpointInfo {
     pub checkpoint: Option<String>,
 }
 
+/// Answer to [`SignerClient::adopt`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdoptOutcome {
+    /// The signer's log size now (the note's): its next append is at this size.
+    pub size: u64,
+    /// The root at that size (the note's).
+    pub root: Hash,
+    /// Whether the signer's state moved (`false`: it was at the note already).
+    pub changed: bool,
+}
+
 /// Client for the signer socket. Clone freely: clones share one connection.
 #[derive(Clone)]
 pub struct SignerClient {
@@ -558,6 +569,49 @@ impl SignerClient {
         }
     }
 
+    /// `ExportKeys`: the workspace's key record as the signer stores it (public keys, windows,
+    /// sealed seeds or token object ids; never a private key in the clear).
+    pub async fn export_keys(&self, workspace_id: impl Into<String>) -> Result<Vec<u8>, ClientError> {
+        match self.call(Request::ExportKeys { workspace_id: workspace_id.into() }).await? {
+            Response::KeyRecord { record } => Ok(record),
+            other => Err(unexpected("ExportKeys", &other)),
+        }
+    }
+
+    /// `ImportKeys`: installs a key record another signer exported (same master key or token);
+    /// returns the workspace's keys after it. A record the signer refuses is
+    /// `Err(Remote)` with [`ErrorCode::KeyRecordRefused`].
+    pub async fn import_keys(
+        &self,
+        workspace_id: impl Into<String>,
+        record: Vec<u8>,
+    ) -> Result<Vec<KeyInfo>, ClientError> {
+        match self.call(Request::ImportKeys { workspace_id: workspace_id.into(), record }).await? {
+            Response::Keys { keys } => Ok(keys),
+            other => Err(unexpected("ImportKeys", &other)),
+        }
+    }
+
+    /// `Adopt`: the signer continues the workspace's log from `checkpoint` (a signed note) whose
+    /// tree has the frontier `peaks`, `proof` proving it extends the signer's own log (empty
+    /// when the signer has none, or the same size). `last_leaf_ms`: the time of the note's last
+    /// receipt. The
+    /// answer's size and root are the note's (the caller, which parsed the note, can compare).
+    pub async fn adopt(
+        &self,
+        workspace_id: impl Into<String>,
+        checkpoint: String,
+        peaks: Vec<Hash>,
+        proof: Vec<Hash>,
+        last_leaf_ms: u64,
+    ) -> Result<AdoptOutcome, ClientError> {
+        let req = Request::Adopt { workspace_id: workspace_id.into(), checkpoint, peaks, proof, last_leaf_ms };
+        match self.call(req).await? {
+            Response::Adopted { size, root, changed } => Ok(AdoptOutcome { size, root, changed }),
+            other => Err(unexpected("Adopt", &other)),
+        }
+    }
+
     /// The live connection, connecting if there is none.
     async fn connection(&self) -> Result<Arc<Conn>, ClientError> {
         let mut slot = self.inner.slot.lock().await;
@@ -617,6 +671,9 @@ fn check_answer(req: &Request, resp: Response) -> Result<Response, ClientError> 
             | (Request::Metrics, Response::MetricsText { .. })
             | (Request::Snapshot { .. }, Response::Snapshotted { .. })
             | (Request::LogSizes { .. }, Response::LogSizes { .. })
+            | (Request::ExportKeys { .. }, Response::KeyRecord { .. })
+            | (Request::ImportKeys { .. }, Response::Keys { .. })
+            | (Request::Adopt { .. }, Response::Adopted { .. })
     );
     match resp {
         Response::Error(e) if e.code == ErrorCode::Busy => Err(ClientError::Busy),

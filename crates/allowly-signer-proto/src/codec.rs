@@ -8,8 +8,9 @@
 
 use crate::message::{Append, AppendResult, ErrorReply, Hash, KeyInfo, Request, Response, SignedLeaf};
 use crate::{
-    ErrorCode, ProtoError, MAX_BATCH_BODY_BYTES, MAX_BATCH_LEAVES, MAX_BODY_LEN, MAX_FRAME, MAX_ID_LEN, MAX_LOG_SIZES,
-    MAX_MANY_APPENDS, MAX_PROOF_HASHES, MAX_WORKSPACE_ID_LEN, PROTOCOL_VERSION,
+    ErrorCode, ProtoError, MAX_BATCH_BODY_BYTES, MAX_BATCH_LEAVES, MAX_BODY_LEN, MAX_CHECKPOINT_LEN,
+    MAX_CONSISTENCY_HASHES, MAX_FRAME, MAX_ID_LEN, MAX_KEY_RECORD_LEN, MAX_LOG_SIZES, MAX_MANY_APPENDS,
+    MAX_PROOF_HASHES, MAX_WORKSPACE_ID_LEN, PROTOCOL_VERSION,
 };
 
 /// `version: u8`, `kind: u8`, `request_id: u64`.
@@ -26,6 +27,9 @@ mod kind {
     pub const APPEND_MANY: u8 = 0x08;
     pub const SNAPSHOT: u8 = 0x10;
     pub const LOG_SIZES: u8 = 0x11;
+    pub const EXPORT_KEYS: u8 = 0x12;
+    pub const IMPORT_KEYS: u8 = 0x13;
+    pub const ADOPT: u8 = 0x14;
 
     pub const PONG: u8 = 0x81;
     pub const KEYS: u8 = 0x82;
@@ -36,6 +40,8 @@ mod kind {
     pub const APPENDED_MANY: u8 = 0x88;
     pub const SNAPSHOTTED: u8 = 0x90;
     pub const LOG_SIZES_ANSWER: u8 = 0x91;
+    pub const KEY_RECORD: u8 = 0x92;
+    pub const ADOPTED: u8 = 0x94;
     pub const ERROR: u8 = 0xFF;
 }
 
@@ -80,6 +86,9 @@ pub fn encode_request(id: u64, req: &Request, out: &mut Vec<u8>) -> Result<(), P
         Request::Metrics => kind::METRICS,
         Request::Snapshot { .. } => kind::SNAPSHOT,
         Request::LogSizes { .. } => kind::LOG_SIZES,
+        Request::ExportKeys { .. } => kind::EXPORT_KEYS,
+        Request::ImportKeys { .. } => kind::IMPORT_KEYS,
+        Request::Adopt { .. } => kind::ADOPT,
     };
     encode_frame(id, kind, out, |e| match req {
         Request::Ping | Request::Metrics => Ok(()),
@@ -94,7 +103,20 @@ pub fn encode_request(id: u64, req: &Request, out: &mut Vec<u8>) -> Result<(), P
         }
         Request::CreateKey { workspace_id }
         | Request::ListKeys { workspace_id }
-        | Request::LatestCheckpoint { workspace_id } => e.workspace_id(workspace_id),
+        | Request::LatestCheckpoint { workspace_id }
+        | Request::ExportKeys { workspace_id } => e.workspace_id(workspace_id),
+        Request::ImportKeys { workspace_id, record } => {
+            e.workspace_id(workspace_id)?;
+            e.key_record(record)
+        }
+        Request::Adopt { workspace_id, checkpoint, peaks, proof, last_leaf_ms } => {
+            e.workspace_id(workspace_id)?;
+            e.bounded_text("checkpoint", checkpoint, MAX_CHECKPOINT_LEN)?;
+            e.hashes("peaks", peaks, MAX_PROOF_HASHES)?;
+            e.hashes("proof", proof, MAX_CONSISTENCY_HASHES)?;
+            e.u64(*last_leaf_ms);
+            Ok(())
+        }
         Request::RotateKey { workspace_id, expected_size } => {
             e.workspace_id(workspace_id)?;
             e.u64(*expected_size);
@@ -142,6 +164,8 @@ pub fn encode_response(id: u64, resp: &Response, out: &mut Vec<u8>) -> Result<()
         Response::MetricsText { .. } => kind::METRICS_TEXT,
         Response::Snapshotted { .. } => kind::SNAPSHOTTED,
         Response::LogSizes { .. } => kind::LOG_SIZES_ANSWER,
+        Response::KeyRecord { .. } => kind::KEY_RECORD,
+        Response::Adopted { .. } => kind::ADOPTED,
         Response::Error(_) => kind::ERROR,
     };
     encode_frame(id, kind, out, |e| match resp {
@@ -210,6 +234,13 @@ pub fn encode_response(id: u64, resp: &Response, out: &mut Vec<u8>) -> Result<()
             e.u8(u8::from(*more));
             Ok(())
         }
+        Response::KeyRecord { record } => e.key_record(record),
+        Response::Adopted { size, root, changed } => {
+            e.u64(*size);
+            e.bytes(root);
+            e.u8(u8::from(*changed));
+            Ok(())
+        }
         Response::Error(reply) => e.error_reply(reply),
     })
 }
@@ -257,6 +288,15 @@ pub fn decode_request(frame: &[u8]) -> Result<(u64, Request), ProtoError> {
         kind::METRICS => Request::Metrics,
         kind::SNAPSHOT => Request::Snapshot { name: d.workspace_id()? },
         kind::LOG_SIZES => Request::LogSizes { after: if d.tag("after")? { Some(d.workspace_id()?) } else { None } },
+        kind::EXPORT_KEYS => Request::ExportKeys { workspace_id: d.workspace_id()? },
+        kind::IMPORT_KEYS => Request::ImportKeys { workspace_id: d.workspace_id()?, record: d.key_record()? },
+        kind::ADOPT => Request::Adopt {
+            workspace_id: d.workspace_id()?,
+            checkpoint: d.bounded_text("checkpoint", MAX_CHECKPOINT_LEN)?,
+            peaks: d.hashes("peaks", MAX_PROOF_HASHES)?,
+            proof: d.hashes("proof", MAX_CONSISTENCY_HASHES)?,
+            last_leaf_ms: d.u64("last_leaf_ms")?,
+        },
         other => return Err(ProtoError::UnknownKind { request_id: d.id, kind: other }),
     };
     d.finish()?;
@@ -323,6 +363,8 @@ pub fn decode_response(frame: &[u8]) -> Result<(u64, Response), ProtoError> {
             let sizes = d.items(n, |d| Ok((d.workspace_id()?, d.u64("sizes[].size")?)))?;
             Response::LogSizes { sizes, more: d.tag("more")? }
         }
+        kind::KEY_RECORD => Response::KeyRecord { record: d.key_record()? },
+        kind::ADOPTED => Response::Adopted { size: d.u64("size")?, root: d.array("root")?, changed: d.tag("changed")? },
         kind::ERROR => Response::Error(d.error_reply()?),
         other => return Err(ProtoError::UnknownKind { request_id: d.id, kind: other }),
     };
@@ -470,8 +512,29 @@ impl Enc<'_> {
         Ok(())
     }
     fn text(&mut self, field: &'static str, s: &str) -> Result<(), ProtoError> {
-        self.count(field, s.len(), MAX_FRAME)?;
+        self.bounded_text(field, s, MAX_FRAME)
+    }
+    /// `text` of at most `max` bytes.
+    fn bounded_text(&mut self, field: &'static str, s: &str, max: usize) -> Result<(), ProtoError> {
+        self.count(field, s.len(), max)?;
         self.bytes(s.as_bytes());
+        Ok(())
+    }
+    /// A key record: `bytes` of `1..=MAX_KEY_RECORD_LEN`.
+    fn key_record(&mut self, record: &[u8]) -> Result<(), ProtoError> {
+        if record.is_empty() {
+            return Err(ProtoError::EmptyBody { request_id: self.id });
+        }
+        self.count("record", record.len(), MAX_KEY_RECORD_LEN)?;
+        self.bytes(record);
+        Ok(())
+    }
+    /// `vec<hash>` of at most `max`.
+    fn hashes(&mut self, field: &'static str, hashes: &[Hash], max: usize) -> Result<(), ProtoError> {
+        self.count(field, hashes.len(), max)?;
+        for h in hashes {
+            self.bytes(h);
+        }
         Ok(())
     }
     fn workspace_id(&mut self, s: &str) -> Result<(), ProtoError> {
@@ -483,11 +546,7 @@ impl Enc<'_> {
         Ok(())
     }
     fn proof(&mut self, field: &'static str, proof: &[Hash]) -> Result<(), ProtoError> {
-        self.count(field, proof.len(), MAX_PROOF_HASHES)?;
-        for h in proof {
-            self.bytes(h);
-        }
-        Ok(())
+        self.hashes(field, proof, MAX_PROOF_HASHES)
     }
     fn keys(&mut self, keys: &[KeyInfo]) -> Result<(), ProtoError> {
         self.count("keys", keys.len(), MAX_FRAME)?;
@@ -613,12 +672,7 @@ impl<'a> Dec<'a> {
     }
 
     fn text(&mut self, field: &'static str) -> Result<String, ProtoError> {
-        let n = self.count(field, 1, MAX_FRAME)?;
-        let bytes = self.take(n, field)?;
-        match std::str::from_utf8(bytes) {
-            Ok(s) => Ok(s.to_owned()),
-            Err(_) => Err(ProtoError::InvalidUtf8 { request_id: self.id, field }),
-        }
+        self.bounded_text(field, MAX_FRAME)
     }
 
     fn workspace_id(&mut self) -> Result<String, ProtoError> {
@@ -658,8 +712,32 @@ impl<'a> Dec<'a> {
     }
 
     fn proof(&mut self, field: &'static str) -> Result<Vec<Hash>, ProtoError> {
-        let n = self.count(field, HASH_LEN, MAX_PROOF_HASHES)?;
+        self.hashes(field, MAX_PROOF_HASHES)
+    }
+
+    /// `vec<hash>` of at most `max`.
+    fn hashes(&mut self, field: &'static str, max: usize) -> Result<Vec<Hash>, ProtoError> {
+        let n = self.count(field, HASH_LEN, max)?;
         self.items(n, |d| d.array::<32>(field))
+    }
+
+    /// `text` of at most `max` bytes.
+    fn bounded_text(&mut self, field: &'static str, max: usize) -> Result<String, ProtoError> {
+        let n = self.count(field, 1, max)?;
+        let bytes = self.take(n, field)?;
+        match std::str::from_utf8(bytes) {
+            Ok(s) => Ok(s.to_owned()),
+            Err(_) => Err(ProtoError::InvalidUtf8 { request_id: self.id, field }),
+        }
+    }
+
+    /// A key record: `bytes` of `1..=MAX_KEY_RECORD_LEN` (0 → `EmptyBody`, as an empty body).
+    fn key_record(&mut self) -> Result<Vec<u8>, ProtoError> {
+        let n = self.count("record", 1, MAX_KEY_RECORD_LEN)?;
+        if n == 0 {
+            return Err(ProtoError::EmptyBody { request_id: self.id });
+        }
+        Ok(self.take(n, "record")?.to_vec())
     }
 
     fn keys(&mut self) -> Result<Vec<KeyInfo>, ProtoError> {

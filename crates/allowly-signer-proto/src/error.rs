@@ -57,6 +57,18 @@ pub enum ErrorCode {
     /// closed, and it looks for the token (or the key) again by itself, so the request may be
     /// retried after a pause. An older client sees `Unknown(15)`.
     TokenUnavailable,
+    /// 16: an `ImportKeys` record was refused: it does not parse, names another workspace, a
+    /// sealed seed does not open under this signer's master key for this workspace and key id
+    /// (or a token object is missing), a public key does not match its private half, the
+    /// validity windows are inconsistent, or it would drop or change a key the signer already
+    /// has. Nothing was written. An older client sees `Unknown(16)`.
+    KeyRecordRefused,
+    /// 17: an `Adopt` was refused: the note is not signed by a key of the workspace this
+    /// signer holds (valid at its time), the peaks do not hash to its root, or it does not
+    /// extend what the signer itself signed (same size, other root; or a consistency proof
+    /// that does not prove it). `current_size` is the signer's log size. Nothing was written;
+    /// counted as a fork attempt and audited. An older client sees `Unknown(17)`.
+    AdoptRefused,
     /// Any other value, kept verbatim.
     Unknown(u16),
 }
@@ -80,6 +92,8 @@ impl ErrorCode {
             13 => Self::ReceiptRefused,
             14 => Self::KeyStoreNotOpen,
             15 => Self::TokenUnavailable,
+            16 => Self::KeyRecordRefused,
+            17 => Self::AdoptRefused,
             other => Self::Unknown(other),
         }
     }
@@ -102,6 +116,8 @@ impl ErrorCode {
             Self::ReceiptRefused => 13,
             Self::KeyStoreNotOpen => 14,
             Self::TokenUnavailable => 15,
+            Self::KeyRecordRefused => 16,
+            Self::AdoptRefused => 17,
             Self::Unknown(v) => v,
         }
     }

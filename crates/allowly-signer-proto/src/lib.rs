@@ -47,6 +47,9 @@
 //! | `0x07` | `Metrics` | — |
 //! | `0x10` | `Snapshot` | `name: wsid` (the syntax of a workspace id: a directory name under the signer's `snapshots/`) |
 //! | `0x11` | `LogSizes` | `after: opt<wsid>` |
+//! | `0x12` | `ExportKeys` | `workspace_id: wsid` |
+//! | `0x13` | `ImportKeys` | `workspace_id: wsid`, `record: vec<u8>` (1 ≤ length ≤ [`MAX_KEY_RECORD_LEN`]; 0 → `InvalidArgument`) |
+//! | `0x14` | `Adopt` | `workspace_id: wsid`, `checkpoint: text` (≤ [`MAX_CHECKPOINT_LEN`]), `peaks: vec<hash>` (≤ [`MAX_PROOF_HASHES`]), `proof: vec<hash>` (≤ [`MAX_CONSISTENCY_HASHES`]), `last_leaf_ms: u64` |
 //!
 //! # Responses (signer → service)
 //!
@@ -61,12 +64,50 @@
 //! | `0x87` | `MetricsText` | `Metrics` | `text: text` |
 //! | `0x90` | `Snapshotted` | `Snapshot` | `workspaces: u64`, `journal_bytes: u64`, `audit_bytes: u64` |
 //! | `0x91` | `LogSizes` | `LogSizes` | `sizes: vec<(wsid, u64)>` (count ≤ [`MAX_LOG_SIZES`], in workspace id order), `more: bool` |
+//! | `0x92` | `KeyRecord` | `ExportKeys` | `record: vec<u8>` (1 ≤ length ≤ [`MAX_KEY_RECORD_LEN`]) |
+//! | `0x82` | `Keys` | `ImportKeys` | as above: the workspace's keys after the import |
+//! | `0x94` | `Adopted` | `Adopt` | `size: u64`, `root: hash`, `changed: bool` (`false`: the signer was at that size and root already, nothing written) |
 //! | `0xFF` | `Error` | any | `code: u16`, `message: text`, `current_size: opt<u64>` |
 //!
 //! (`0x83` is unassigned: `ListKeys` shares `Keys` with `CreateKey`.) `Snapshot` and
 //! `LogSizes` (backup and restore, issue 14) and `AppendMany` (many workspaces per request,
 //! issue 17) were added without a version change: a signer that does not know them answers
-//! `UnknownKind`, and nothing else changed (the service then sends `AppendBatch`es).
+//! `UnknownKind`, and nothing else changed (the service then sends `AppendBatch`es). So were
+//! `ExportKeys`, `ImportKeys` and `Adopt` (signing across nodes, issue 16 part 3, below) and
+//! their error codes 16 and 17: new kinds and codes, no changed one; an older signer answers
+//! `UnknownKind`, an older client reads the codes as `Unknown(n)`.
+//!
+//! # Moving a workspace between signers (`ExportKeys`, `ImportKeys`, `Adopt`)
+//!
+//! Several service nodes share one database; each runs its own signer; a workspace is owned by
+//! one node at a time. The owner's signer exports the workspace's key record (the bytes of its
+//! key file: public keys, windows, key ids, and per key its seed sealed with
+//! XChaCha20-Poly1305 under the master key with the workspace and key id as associated data,
+//! or a PKCS#11 object id: ciphertext and public data only), which the service stores. A node
+//! taking the workspace over imports it into its own signer (same master key, or the same
+//! token), then adopts the workspace's newest stored checkpoint with its frontier, and appends
+//! at the note's size. What each refuses, with nothing written:
+//!
+//! * `ImportKeys` → `KeyRecordRefused`: a record that does not parse, names another
+//!   workspace, has a key id that is not the C2SP id of its public key under the workspace's
+//!   origin, a sealed seed that does not open under this signer's master key with this
+//!   workspace and key id (another workspace's sealed seed swapped in), a private half that
+//!   does not match its public key (or a token object that is not there), windows that overlap
+//!   or leave no one active key, or that changes or drops a key the signer already has. The
+//!   same record again is accepted (nothing written); so is a record that keeps every key the
+//!   signer has and adds newer ones (a rotation: the active key retired at the new key's
+//!   start). A key the signer has only as `pending` (a rotation that never reached the log)
+//!   may be dropped or made active. Written atomically and synced before the answer.
+//! * `Adopt` → `AdoptRefused` (`current_size` set): a note not signed by a key of the
+//!   workspace this signer holds and valid at the note's `time` (as a verifier checks it),
+//!   of another log's origin, peaks that do not hash to its root at its size, the same size as
+//!   the signer's log with another root, or a larger size whose `proof` does not prove the
+//!   signer's own last root is a prefix of it (a fork). → `SizeMismatch` (`current_size`
+//!   set): a smaller size than the signer's (a rollback). Every refusal is counted in
+//!   `allowly_signer_fork_attempts_total` and `allowly_signer_adopt_refusals_total{reason}` and
+//!   written to the audit log. An accepted note is journaled (synced, with an `adopted` audit
+//!   line) before the answer; appends then go on at its size exactly as if this signer had
+//!   signed it. An `Adopt` is handled by the workspace's actor, in order with its appends.
 //!
 //! # Versions
 //!
@@ -104,6 +145,8 @@
 //! | 13 | `ReceiptRefused` | (v3) an `AppendBatch` body is not a receipt the signer may sign (below); the whole batch is refused, nothing is signed, an audit line records it |
 //! | 14 | `KeyStoreNotOpen` | the workspace's active key is kept by a key store this signer does not open (sealed files on a token signer without `--previous-keystore file`, or the reverse); nothing was done, and only the signer's configuration can change that (older clients see `Unknown(14)`) |
 //! | 15 | `TokenUnavailable` | the signer's PKCS#11 token failed the operation (`C_Sign` or a session failed, the token is gone, a recorded key object is missing from it); nothing was signed, the signer looks for the token or key again by itself: retry after a pause (older clients see `Unknown(15)`) |
+//! | 16 | `KeyRecordRefused` | an `ImportKeys` record refused (above); nothing written (older clients see `Unknown(16)`) |
+//! | 17 | `AdoptRefused` | an `Adopt` refused (above); nothing written, `current_size` set (older clients see `Unknown(17)`) |
 //! | other | `Unknown(n)` | kept verbatim, never a decode failure |
 //!
 //! # Limits (back pressure and `Busy`)
@@ -247,6 +290,19 @@ pub const MAX_PROOF_HASHES: usize = 64;
 
 /// Most entries in one `LogSizes` answer (4096 × at most 140 bytes: well under a frame).
 pub const MAX_LOG_SIZES: usize = 4096;
+
+/// Longest key record in `ImportKeys` / `KeyRecord`: 256 KiB. A key file takes about 400 bytes
+/// per key (pretty JSON with a sealed seed), so this holds some 600 rotations; a signer refuses
+/// (`KeyRecordRefused`) to export or import a larger one rather than send a partial record.
+pub const MAX_KEY_RECORD_LEN: usize = 256 * 1024;
+
+/// Longest checkpoint note in an `Adopt`: 64 KiB. A signer's note is about 200 bytes; this
+/// leaves room for the witnesses' cosignature lines a stored checkpoint may carry.
+pub const MAX_CHECKPOINT_LEN: usize = 64 * 1024;
+
+/// Most hashes in one consistency proof (`Adopt.proof`): RFC 9162 proofs between trees of fewer
+/// than 2^64 leaves have at most 2 × 64.
+pub const MAX_CONSISTENCY_HASHES: usize = 128;
 
 /// Byte limit of `str` fields that hold ids or names.
 pub const MAX_ID_LEN: usize = 4096;

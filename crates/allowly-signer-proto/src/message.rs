@@ -87,11 +87,57 @@ pub enum Request {
         /// The last workspace id of the previous page (`None`: from the start).
         after: Option<String>,
     },
+    /// `0x12`: the workspace's key record exactly as the signer stores it (public keys,
+    /// validity windows, key ids, and per key either its seed sealed under the signer's master
+    /// key or a PKCS#11 object id: never a private key in the clear), for another signer
+    /// sharing that master key or token to install ([`Request::ImportKeys`]); answered by
+    /// [`Response::KeyRecord`].
+    ExportKeys {
+        /// Validated against `^[A-Za-z0-9_-]{1,128}$`.
+        workspace_id: String,
+    },
+    /// `0x13`: installs a key record another signer exported; answered by [`Response::Keys`]
+    /// (the workspace's keys after it). Refused ([`ErrorCode::KeyRecordRefused`], nothing
+    /// written) unless it parses, names this workspace, every sealed seed opens under this
+    /// signer's master key for this workspace and key id (or every token object is there) and
+    /// matches its public key, and it keeps every key the signer already has for the workspace
+    /// (the same record again, or the same keys plus newer ones: a rotation).
+    ImportKeys {
+        /// Validated against `^[A-Za-z0-9_-]{1,128}$`.
+        workspace_id: String,
+        /// `1..=MAX_KEY_RECORD_LEN` bytes, as [`Response::KeyRecord`] gave them.
+        record: Vec<u8>,
+    },
+    /// `0x14`: makes the signer continue the workspace's log from `checkpoint`, a note another
+    /// signer signed (ownership of the workspace moved here); answered by
+    /// [`Response::Adopted`]. Refused ([`ErrorCode::AdoptRefused`], or
+    /// [`ErrorCode::SizeMismatch`] for a smaller size) unless the note is signed by a key of the
+    /// workspace this signer holds, valid at the note's time; the peaks hash to its root at its
+    /// size; and it extends what this signer itself last signed for the workspace (same size:
+    /// same root; larger: `proof` proves it).
+    Adopt {
+        /// Validated against `^[A-Za-z0-9_-]{1,128}$`.
+        workspace_id: String,
+        /// The signed checkpoint note to continue from (at most `MAX_CHECKPOINT_LEN` bytes).
+        checkpoint: String,
+        /// The Merkle frontier of the note's tree (its perfect subtrees' roots, largest first,
+        /// as `allowly_receipt::merkle::Frontier` keeps them), at most `MAX_PROOF_HASHES`.
+        peaks: Vec<Hash>,
+        /// RFC 9162 consistency proof from the signer's own log size (as
+        /// [`Request::LatestCheckpoint`] or [`Request::LogSizes`] says it) to the note's size;
+        /// empty when the signer has no log for the workspace or the same size. At most
+        /// `MAX_CONSISTENCY_HASHES`.
+        proof: Vec<Hash>,
+        /// Unix ms of the `time` of the receipt at index `size - 1` (0 for an empty log): the
+        /// floor for the next appended receipt's time (see `AppendBatch`). The signer keeps the
+        /// larger of it and its own.
+        last_leaf_ms: u64,
+    },
 }
 
 impl Request {
     /// Every [`Request::name`] (the signer's request metric exports each at zero).
-    pub const NAMES: [&'static str; 10] = [
+    pub const NAMES: [&'static str; 13] = [
         "Ping",
         "CreateKey",
         "ListKeys",
@@ -102,6 +148,9 @@ impl Request {
         "Metrics",
         "Snapshot",
         "LogSizes",
+        "ExportKeys",
+        "ImportKeys",
+        "Adopt",
     ];
 
     /// The message's name, for diagnostics.
@@ -117,6 +166,9 @@ impl Request {
             Self::Metrics => "Metrics",
             Self::Snapshot { .. } => "Snapshot",
             Self::LogSizes { .. } => "LogSizes",
+            Self::ExportKeys { .. } => "ExportKeys",
+            Self::ImportKeys { .. } => "ImportKeys",
+            Self::Adopt { .. } => "Adopt",
         }
     }
 }
@@ -184,6 +236,22 @@ pub enum Response {
         /// Whether more follow (ask again with `after` = the last id).
         more: bool,
     },
+    /// `0x92`: answer to `ExportKeys`.
+    KeyRecord {
+        /// The key record's bytes (`1..=MAX_KEY_RECORD_LEN`).
+        record: Vec<u8>,
+    },
+    /// `0x94`: answer to `Adopt`: the signer's log of the workspace is now at `size` with
+    /// `root`, and its next append is at `size`.
+    Adopted {
+        /// The note's tree size.
+        size: u64,
+        /// The note's root.
+        root: Hash,
+        /// `true`: the signer's state moved to the note; `false`: it was there already (the
+        /// same size and root), nothing was written.
+        changed: bool,
+    },
     /// `0xFF`: the request failed; may answer any request.
     Error(ErrorReply),
 }
@@ -201,6 +269,8 @@ impl Response {
             Self::MetricsText { .. } => "MetricsText",
             Self::Snapshotted { .. } => "Snapshotted",
             Self::LogSizes { .. } => "LogSizes",
+            Self::KeyRecord { .. } => "KeyRecord",
+            Self::Adopted { .. } => "Adopted",
             Self::Error(_) => "Error",
         }
     }

@@ -68,6 +68,13 @@ pub enum Event {
     /// An append at signed indices whose leaves agree with the log (a lost answer retried),
     /// answered with the current size.
     Stale,
+    /// The log continued from a checkpoint another signer signed (`Adopt`, ownership moved
+    /// here); `size` and `root` are the note's. A refused `Adopt` is a `Refused` line.
+    Adopted,
+    /// A key record another signer exported was installed (`ImportKeys`); `key_id` is the
+    /// record's active key, `size` 0 (the line is about keys, not the log). A refused one is
+    /// logged and counted, not audited: nothing changed.
+    KeysImported,
 }
 
 /// One line. Every member but `leaves` is written by serde_json; `leaves`, by [`Entry::line`].

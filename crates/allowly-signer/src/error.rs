@@ -6,6 +6,15 @@ use allowly_signer_proto::ErrorCode;
 /// Everything that can go wrong inside the signer.
 #[derive(Debug, thiserror::Error)]
 pub enum SignerError {
+    /// An `ImportKeys` record this signer will not install (see `keystore::KeyStore::import`);
+    /// nothing was written. The text names what is wrong (public data only).
+    #[error("key record refused: {0}")]
+    KeyRecordRefused(String),
+    /// An `Adopt` this signer refuses (see [`crate::adopt`]): `reason` from a closed set (the
+    /// metric's label), `current` the signer's log size. Nothing was written; counted as a fork
+    /// attempt and audited.
+    #[error("adopt refused ({reason}): {detail}")]
+    AdoptRefused { reason: &'static str, detail: String, current: u64 },
     /// The workspace has no key (yet).
     #[error("unknown workspace")]
     UnknownWorkspace,
@@ -93,6 +102,8 @@ impl SignerError {
             Self::ReceiptRefused { .. } => ErrorCode::ReceiptRefused,
             Self::Busy { .. } => ErrorCode::Busy,
             Self::InvalidArgument(_) => ErrorCode::InvalidArgument,
+            Self::KeyRecordRefused(_) => ErrorCode::KeyRecordRefused,
+            Self::AdoptRefused { .. } => ErrorCode::AdoptRefused,
             Self::Storage(_) => ErrorCode::StorageFailed,
             // Said apart: the operator's fix (the signer's key stores) is not a fault's.
             Self::WrongKeyBackend { .. } => ErrorCode::KeyStoreNotOpen,

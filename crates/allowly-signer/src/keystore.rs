@@ -1012,6 +1012,183 @@ impl KeyStore {
     }
 }
 
+/// Moving a workspace's keys to another signer (`ExportKeys` / `ImportKeys`, issue 16 part 3):
+/// the key file's bytes travel, and they hold public data, ciphertext and token object ids only.
+impl KeyStore {
+    /// The workspace's key record: the bytes of its key file, as stored (checked to parse as
+    /// one, for this workspace, and to fit the protocol's bound).
+    pub fn export(&self, ws: &str) -> Result<Vec<u8>> {
+        let bytes = match fs::read(self.path(ws)) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(SignerError::UnknownWorkspace),
+            Err(e) => return Err(e.into()),
+        };
+        let file: KeyFile =
+            serde_json::from_slice(&bytes).map_err(|e| SignerError::Corrupt(format!("key file of {ws}: {e}")))?;
+        if file.version != 1 || file.workspace_id != ws {
+            return Err(SignerError::Corrupt(format!("key file of {ws}: wrong version or workspace")));
+        }
+        if bytes.len() > allowly_signer_proto::MAX_KEY_RECORD_LEN {
+            return Err(SignerError::KeyRecordRefused(format!(
+                "the key record of {ws} is {} bytes, more than the protocol carries",
+                bytes.len()
+            )));
+        }
+        Ok(bytes)
+    }
+
+    /// Installs `record`, a key record another signer exported ([`Self::export`]), as `ws`'s
+    /// key file, atomically and synced. The caller is the (possibly compromised) service, so
+    /// the record is refused (`KeyRecordRefused`, nothing written) unless
+    ///
+    /// * it parses as a key file (unknown members refused) of version 1 naming `ws`, within the
+    ///   protocol's size bound;
+    /// * every key's id is the C2SP key id of its public key under `ws`'s log origin, no id
+    ///   twice, and its private half is exactly one reference;
+    /// * every key whose private half this signer can reach opens and matches its public key: a
+    ///   sealed seed under this signer's master key with `ws` and the key id as associated data
+    ///   (so another workspace's or key's sealed seed swapped in does not open), a token object
+    ///   with that public key; the active key must be reachable (else `KeyStoreNotOpen`);
+    /// * the published keys' windows are consistent: in file order, each retired key's window
+    ///   ends where the next begins or before, and the last key is the one active key;
+    /// * it keeps every key this signer already has for `ws` (same id, public key, start and
+    ///   private half; its end unchanged, or set where the installed record left it open: the
+    ///   rotation that retired it), and every key it adds starts no earlier than the latest
+    ///   installed key. A key installed only as `pending` (a rotation that never reached this
+    ///   signer's log) may be dropped or become published.
+    ///
+    /// Returns whether anything was written (`false`: the same record was installed already).
+    /// Token errors while opening a key are `TokenUnavailable`, not refusals, while the token
+    /// itself does not answer.
+    pub fn import(&self, ws: &str, record: &[u8]) -> Result<bool> {
+        let refuse = |why: String| SignerError::KeyRecordRefused(why);
+        if record.len() > allowly_signer_proto::MAX_KEY_RECORD_LEN {
+            return Err(refuse(format!("{} bytes, more than a key record may be", record.len())));
+        }
+        let file: KeyFile = serde_json::from_slice(record).map_err(|e| refuse(format!("does not parse: {e}")))?;
+        if file.version != 1 {
+            return Err(refuse(format!("version {} (this signer reads 1)", file.version)));
+        }
+        if file.workspace_id != ws {
+            return Err(refuse("it is the record of another workspace".into()));
+        }
+        self.check_record(ws, &file)?;
+        let installed = match fs::read(self.path(ws)) {
+            Ok(b) => Some(b),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e.into()),
+        };
+        if installed.as_deref() == Some(record) {
+            return Ok(false);
+        }
+        if installed.is_some() {
+            let current = self.read(ws)?.ok_or(SignerError::UnknownWorkspace)?;
+            extends(&current, &file).map_err(refuse)?;
+        }
+        write_atomic(&self.path(ws), record)?;
+        Ok(true)
+    }
+
+    /// The checks of [`Self::import`] on the record alone.
+    fn check_record(&self, ws: &str, file: &KeyFile) -> Result<()> {
+        let refuse = |why: String| SignerError::KeyRecordRefused(why);
+        let mut ids = std::collections::HashSet::new();
+        for k in &file.keys {
+            if !ids.insert(k.key_id.as_str()) {
+                return Err(refuse(format!("key id {} twice", k.key_id)));
+            }
+            let public: [u8; 32] = B64
+                .decode(&k.public_key)
+                .ok()
+                .and_then(|v| v.try_into().ok())
+                .ok_or_else(|| refuse(format!("key {}: public key is not 32 bytes of base64", k.key_id)))?;
+            let vk = VerifyingKey::from_bytes(&public)
+                .map_err(|_| refuse(format!("key {}: public key is not a point", k.key_id)))?;
+            let id = key_id_hex(ws, vk).map_err(|e| refuse(format!("key {}: {e}", k.key_id)))?;
+            if id != k.key_id {
+                return Err(refuse(format!("key {}: not the key id of its public key ({id})", k.key_id)));
+            }
+            let stored = k.key_ref(ws).map_err(|e| refuse(e.to_string()))?;
+            if k.private_destroyed {
+                // Nothing left to open; only a retired token key may have lost its private half.
+                if k.is_active() || !matches!(stored, KeyRef::Token { .. }) {
+                    return Err(refuse(format!("key {}: marked destroyed but active or sealed", k.key_id)));
+                }
+                continue;
+            }
+            let Some(backend) = self.backend_for(&stored) else {
+                if k.is_active() {
+                    return Err(SignerError::WrongKeyBackend {
+                        workspace: ws.to_owned(),
+                        key_id: k.key_id.clone(),
+                        stored: stored.kind(),
+                        serving: self.backend.kind(),
+                    });
+                }
+                // A retired or pending key of a key store this signer does not open never
+                // signs here; its public half is all that is used.
+                continue;
+            };
+            match backend.open(ws, &k.key_id, &public, &stored, "import") {
+                Ok(key) => drop(key),
+                Err(e @ SignerError::MemoryLock(_)) => return Err(e),
+                // A token that does not answer says nothing about the record: `TokenUnavailable`,
+                // retried. One that answers and has no such object, or one with another public
+                // key (another workspace's object named here), refuses the record.
+                Err(e @ SignerError::Token { .. }) if backend.check().is_err() => return Err(e),
+                Err(e) => return Err(refuse(format!("key {}: {e}", k.key_id))),
+            }
+        }
+        let published: Vec<&StoredKey> = file.keys.iter().filter(|k| !k.pending).collect();
+        let Some((last, earlier)) = published.split_last() else {
+            return Err(refuse("no published key".into()));
+        };
+        if !last.is_active() {
+            return Err(refuse("the last published key is not active".into()));
+        }
+        for (i, k) in earlier.iter().enumerate() {
+            let next = published[i + 1];
+            match k.not_after_ms {
+                Some(end) if k.not_before_ms <= end && end <= next.not_before_ms => {}
+                _ => return Err(refuse(format!("key {}: its window overlaps the next or is not closed", k.key_id))),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether `new` keeps every key of `current` (see [`KeyStore::import`]); why not.
+fn extends(current: &KeyFile, new: &KeyFile) -> std::result::Result<(), String> {
+    let find = |id: &str| new.keys.iter().find(|k| k.key_id == id);
+    let same_private = |a: &StoredKey, b: &StoredKey| {
+        (&a.nonce, &a.sealed_seed, &a.token_object) == (&b.nonce, &b.sealed_seed, &b.token_object)
+    };
+    for k in &current.keys {
+        let n = match find(&k.key_id) {
+            Some(n) => n,
+            None if k.pending => continue,
+            None => return Err(format!("it drops key {}", k.key_id)),
+        };
+        if n.public_key != k.public_key || !same_private(k, n) {
+            return Err(format!("it replaces key {}", k.key_id));
+        }
+        if k.pending {
+            continue;
+        }
+        let end_kept = n.not_after_ms == k.not_after_ms || (k.not_after_ms.is_none() && n.not_after_ms.is_some());
+        if n.pending || n.not_before_ms != k.not_before_ms || !end_kept || (k.private_destroyed && !n.private_destroyed)
+        {
+            return Err(format!("it changes key {}", k.key_id));
+        }
+    }
+    let latest = current.keys.iter().filter(|k| !k.pending).map(|k| k.not_before_ms).max().unwrap_or(0);
+    let known = |id: &str| current.keys.iter().any(|k| k.key_id == id && !k.pending);
+    if let Some(k) = new.keys.iter().find(|k| !k.pending && !known(&k.key_id) && k.not_before_ms < latest) {
+        return Err(format!("it adds key {} with a window before the installed keys'", k.key_id));
+    }
+    Ok(())
+}
+
 /// The default backend: keys generated in this process, held locked in memory, and sealed at
 /// rest with XChaCha20-Poly1305 under the master key (AAD = workspace + key id).
 #[derive(Debug)]
@@ -1157,7 +1334,13 @@ mod tests {
         let mut keys = vec![ks.create("ws_a", 1).unwrap()];
         keys.push(ks.rotate("ws_a", 2).unwrap());
         keys.push(ks.rotate("ws_a", 3).unwrap());
-        let files = all_files(dir.path());
+        let mut files = all_files(dir.path());
+        // What `ExportKeys` sends, and what another signer installed from it holds.
+        let exported = ks.export("ws_a").unwrap();
+        let other = tempfile::tempdir().unwrap();
+        assert!(store(other.path()).import("ws_a", &exported).unwrap());
+        files.push(exported);
+        files.extend(all_files(other.path()));
         assert!(!files.is_empty());
         for k in &keys {
             let seed = locked(k).signing_key().to_bytes();
@@ -1177,6 +1360,65 @@ mod tests {
                 }
             }
         }
+    }
+
+    fn refused(r: Result<bool>) -> String {
+        match r {
+            Err(SignerError::KeyRecordRefused(why)) => why,
+            other => panic!("expected KeyRecordRefused, got {other:?}"),
+        }
+    }
+
+    /// A record travels between two signers with the same master key: installed once, the
+    /// same again changes nothing, a rotation extends it; everything an attacker holding only
+    /// the service could send instead is refused with nothing written.
+    #[test]
+    fn imports_install_identical_or_extended_records_and_refuse_the_rest() {
+        let (a_dir, b_dir, c_dir) =
+            (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (a, b) = (store(a_dir.path()), store(b_dir.path()));
+        let first = a.create("ws_a", 10).unwrap();
+        a.create("ws_c", 10).unwrap();
+        let rec1 = a.export("ws_a").unwrap();
+        assert_eq!(rec1, fs::read(a.path("ws_a")).unwrap(), "the key file's bytes");
+        assert!(b.import("ws_a", &rec1).unwrap());
+        assert!(!b.import("ws_a", &rec1).unwrap(), "the same record again: nothing written");
+        assert_eq!(b.load("ws_a").unwrap().active.public_key(), first.active.public_key());
+        let rotated = a.rotate("ws_a", 20).unwrap();
+        let rec2 = a.export("ws_a").unwrap();
+        assert!(b.import("ws_a", &rec2).unwrap(), "a rotation extends the installed record");
+        assert_eq!(b.load("ws_a").unwrap().active.public_key(), rotated.active.public_key());
+        assert_eq!(b.export("ws_a").unwrap(), rec2);
+
+        let installed = fs::read(b.path("ws_a")).unwrap();
+        let parse = |r: &[u8]| -> KeyFile { serde_json::from_slice(r).unwrap() };
+        let bytes = |f: &KeyFile| serde_json::to_vec_pretty(f).unwrap();
+        assert!(refused(b.import("ws_a", &rec1)).contains("changes key"), "the older record reopens the retired key");
+        let mut dropped = parse(&rec2);
+        dropped.keys.remove(0);
+        assert!(refused(b.import("ws_a", &bytes(&dropped))).contains("drops key"));
+        assert!(refused(b.import("ws_b", &rec2)).contains("another workspace"));
+        // ws_c's sealed seed in ws_a's record: the associated data binds it to ws_c.
+        let c: KeyFile = parse(&a.export("ws_c").unwrap());
+        let mut swapped = parse(&rec2);
+        (swapped.keys[1].nonce, swapped.keys[1].sealed_seed) = (c.keys[0].nonce.clone(), c.keys[0].sealed_seed.clone());
+        assert!(refused(b.import("ws_a", &bytes(&swapped))).contains("does not open"));
+        // ws_c's whole key (its id and public key too) in ws_a's record: its id is not the
+        // key id of its public key under ws_a's origin.
+        let mut foreign = parse(&rec2);
+        foreign.keys[1] = c.keys[0].clone();
+        foreign.keys[1].not_before_ms = 20;
+        assert!(refused(b.import("ws_a", &bytes(&foreign))).contains("not the key id"));
+        let mut two_active = parse(&rec2);
+        two_active.keys[0].not_after_ms = None;
+        assert!(refused(b.import("ws_a", &bytes(&two_active))).contains("window"));
+        assert!(refused(b.import("ws_a", b"{")).contains("does not parse"));
+        let big = vec![b' '; allowly_signer_proto::MAX_KEY_RECORD_LEN + 1];
+        assert!(refused(b.import("ws_a", &big)).contains("bytes"));
+        assert_eq!(fs::read(b.path("ws_a")).unwrap(), installed, "nothing written by any refusal");
+        // Another master key: nothing opens.
+        assert!(refused(store_with(c_dir.path(), "cd").import("ws_a", &rec2)).contains("does not open"));
+        assert!(!c_dir.path().join("keys/ws_a.json").exists());
     }
 
     #[test]

@@ -58,6 +58,7 @@
 //!   refusal a caller can tell from an outage; idle workspaces are unloaded, their keys wiped
 //!   and their pages unlocked, and go on exactly when loaded again (`tests/limits`).
 
+pub mod adopt;
 pub mod audit;
 pub mod check;
 pub mod error;

@@ -21,6 +21,16 @@ pub struct Metrics {
     /// Appends (and rotations) refused because they conflict with the signed log: a different
     /// leaf at a signed index, a skipped index, or a size the signer cannot check. Warns.
     pub fork_attempts: IntCounter,
+    /// `Adopt` requests by `outcome`: `adopted` (the state moved to the note), `unchanged` (it
+    /// was there already), `refused` (also counted in `fork_attempts` and, by reason, in
+    /// `adopt_refusals`).
+    pub adopts: IntCounterVec,
+    /// `Adopt` requests refused, by `reason` ([`crate::adopt::REASONS`]).
+    pub adopt_refusals: IntCounterVec,
+    /// `ImportKeys` requests by `outcome`: `installed`, `unchanged` (the same record again),
+    /// `refused` (nothing written: a record that does not parse, names another workspace, does
+    /// not open under this signer's keys, or drops or changes a key it has).
+    pub key_imports: IntCounterVec,
     /// Appends at an already signed index whose leaves agree with what was signed: a lost
     /// answer retried, by `answer` (`checkpoint`: answered again with the same checkpoint;
     /// `size_mismatch`: told the current size, the caller catches up; `rotation`: a rotation
@@ -171,7 +181,27 @@ impl Metrics {
         for outcome in ["ok", "failed"] {
             token_reinits.with_label_values(&[outcome]);
         }
+        let adopts = counter_vec("allowly_signer_adopts_total", "Adopt requests by outcome", &["outcome"]);
+        for outcome in ["adopted", "unchanged", "refused"] {
+            adopts.with_label_values(&[outcome]);
+        }
+        let adopt_refusals = counter_vec(
+            "allowly_signer_adopt_refusals_total",
+            "Adopt requests refused (the note does not extend a log this signer can verify), by reason",
+            &["reason"],
+        );
+        for reason in crate::adopt::REASONS {
+            adopt_refusals.with_label_values(&[reason]);
+        }
+        let key_imports =
+            counter_vec("allowly_signer_key_imports_total", "ImportKeys requests by outcome", &["outcome"]);
+        for outcome in ["installed", "unchanged", "refused"] {
+            key_imports.with_label_values(&[outcome]);
+        }
         let m = Self {
+            adopts,
+            adopt_refusals,
+            key_imports,
             token_lost: gauge("allowly_signer_token_lost", "1 while the PKCS#11 token does not answer (checks fail closed)"),
             token_reinits,
             token_lost_retry_seconds: gauge(
@@ -223,7 +253,7 @@ impl Metrics {
             ),
             fork_attempts: counter(
                 "allowly_signer_fork_attempts_total",
-                "Appends or rotations refused because they conflict with the signed log (fork, rollback, skipped index)",
+                "Appends, rotations or adopts refused because they conflict with the signed log (fork, rollback, skipped index)",
             ),
             leaves_per_signature: hist(
                 "allowly_signer_leaves_per_signature",

@@ -178,6 +178,221 @@ pub(crate) async fn enqueue<F: FnOnce(Reply) -> WsMsg>(
     Ok(rx)
 }
 
+/// A request that must run in order with the workspace's appends but must not load the
+/// workspace the ordinary way (`ImportKeys`, `Adopt`: a workspace moving here may have keys and
+/// no log yet, or a log older than its imported keys, which a load would take for a rotation
+/// that never reached the log and put aside). If the workspace is loaded, `make`'s message goes
+/// to its actor (behind the appends already queued; the actor signs those first); if not,
+/// `locked` runs under the workspace's load lock, so no actor can be loaded meanwhile, and the
+/// next request loads the state it left. Either way the answer comes on the receiver.
+pub(crate) async fn serialised<T, F, L, Fut>(
+    shared: &Arc<Shared>,
+    ws: &str,
+    arg: T,
+    make: F,
+    locked: L,
+) -> Result<oneshot::Receiver<Result<Response>>>
+where
+    F: FnOnce(T, Reply) -> WsMsg,
+    L: FnOnce(T) -> Fut,
+    Fut: std::future::Future<Output = Result<Response>>,
+{
+    loop {
+        if let Some(h) = shared.workspaces.get(ws).map(|h| h.clone()) {
+            match h.queue.admit(0, shared.limits.max_workspace_queued_bytes) {
+                Admission::Admitted => {
+                    let (tx, rx) = oneshot::channel();
+                    if h.actor.send_message(make(arg, tx)).is_err() {
+                        h.queue.taken(1, 0);
+                        return Err(SignerError::ActorGone);
+                    }
+                    return Ok(rx);
+                }
+                Admission::Busy(limit) => {
+                    shared.metrics.busy.with_label_values(&[limit]).inc();
+                    return Err(SignerError::Busy { limit });
+                }
+                // Being unloaded: once that is done, the workspace is not loaded.
+                Admission::Closed => drop(shared.load_lock.lock(ws).await),
+            }
+            continue;
+        }
+        let _guard = shared.load_lock.lock(ws).await;
+        if shared.workspaces.contains_key(ws) {
+            continue;
+        }
+        let (tx, rx) = oneshot::channel();
+        let _ = tx.send(locked(arg).await);
+        return Ok(rx);
+    }
+}
+
+/// `ImportKeys` for a workspace that is not loaded (see [`serialised`]): installs the record
+/// and audits it.
+pub(crate) async fn import_unloaded(
+    shared: &Arc<Shared>,
+    ws: &str,
+    record: Vec<u8>,
+    peer_uid: u32,
+) -> Result<Response> {
+    let name = ws.to_owned();
+    let imported = blocking(shared, move |s| {
+        let written = s.keystore.import(&name, &record)?;
+        Ok((written, s.keystore.load(&name)?))
+    })
+    .await;
+    let (written, keys) = counted_import(shared, ws, imported)?;
+    if written {
+        let line = keys_imported_line(ws, &keys, peer_uid)?;
+        shared.journal.write(None, line).await?;
+    }
+    Ok(Response::Keys { keys: keys.infos })
+}
+
+/// Counts and logs an import's outcome.
+pub(crate) fn counted_import(
+    shared: &Shared,
+    ws: &str,
+    imported: Result<(bool, WorkspaceKeys)>,
+) -> Result<(bool, WorkspaceKeys)> {
+    let outcome = match &imported {
+        Ok((true, _)) => "installed",
+        Ok((false, _)) => "unchanged",
+        Err(SignerError::KeyRecordRefused(why)) => {
+            tracing::warn!(workspace = ws, reason = %why, "refused a key record");
+            "refused"
+        }
+        Err(_) => return imported,
+    };
+    shared.metrics.key_imports.with_label_values(&[outcome]).inc();
+    imported
+}
+
+/// The audit line of an installed key record.
+pub(crate) fn keys_imported_line(ws: &str, keys: &WorkspaceKeys, peer_uid: u32) -> Result<Vec<u8>> {
+    Entry {
+        time: allowly_receipt::types::Timestamp::from_unix_ms(now_ms())?,
+        event: Event::KeysImported,
+        workspace_id: ws,
+        size: 0,
+        root: None,
+        key_id: Some(hex::encode(keys.active_key_id())),
+        peer_uid: Some(peer_uid),
+        detail: Some(format!("{} keys", keys.infos.len())),
+        leaves: None,
+    }
+    .line()
+}
+
+/// What an `Adopt` asks (see [`crate::adopt::check`]).
+#[derive(Debug)]
+pub struct AdoptArgs {
+    pub checkpoint: String,
+    pub peaks: Vec<allowly_receipt::merkle::Hash>,
+    pub proof: Vec<allowly_receipt::merkle::Hash>,
+    pub last_leaf_ms: u64,
+    pub peer_uid: u32,
+}
+
+/// `Adopt` for a workspace that is not loaded (see [`serialised`]): the check against its keys
+/// (opened: the signer must be able to sign after it) and its journal state, if any, then the
+/// adopted state journaled.
+pub(crate) async fn adopt_unloaded(shared: &Arc<Shared>, ws: &str, a: AdoptArgs) -> Result<Response> {
+    let durable = shared.journal.load(ws).await?;
+    let name = ws.to_owned();
+    // `load`, not `load_for_log`: keys imported for this adopt are newer than the old log, whose
+    // last checkpoint their active key did not sign; that is no rotation to put aside.
+    let keys = blocking(shared, move |s| s.keystore.load(&name)).await?;
+    let checked =
+        crate::adopt::check(ws, &keys.infos, durable.as_ref(), &a.checkpoint, &a.peaks, &a.proof, a.last_leaf_ms);
+    match adopt_outcome(shared, ws, checked, durable.as_ref(), &keys, a.peer_uid)? {
+        Ok((adoption, line)) => {
+            let record = adoption.state.as_ref().map(|st| Record::new(ws, st)).transpose()?;
+            if record.is_some() {
+                shared.journal.write(record, line).await?;
+            }
+            Ok(adopted(&adoption))
+        }
+        Err((refused, line)) => {
+            // Durable before the refusal is answered, like every refusal line; a failure to
+            // write it is logged, the refusal stands.
+            if let Err(e) = shared.journal.write(None, line).await {
+                tracing::error!(workspace = ws, error = %e, "could not write an adopt refusal's audit line");
+            }
+            Err(refused)
+        }
+    }
+}
+
+/// The answer to an accepted adopt.
+pub(crate) fn adopted(a: &crate::adopt::Adoption) -> Response {
+    Response::Adopted { size: a.size, root: a.root, changed: a.state.is_some() }
+}
+
+/// An adopt's outcome, counted and logged: the adoption with its audit line (empty if nothing
+/// changed), or the error to answer with and its refusal line.
+type AdoptOutcome = std::result::Result<(crate::adopt::Adoption, Vec<u8>), (SignerError, Vec<u8>)>;
+
+/// Counts and logs an adopt's outcome and makes its audit line. `own`: the signer's state of
+/// the workspace before it.
+pub(crate) fn adopt_outcome(
+    shared: &Shared,
+    ws: &str,
+    checked: std::result::Result<crate::adopt::Adoption, crate::adopt::Refusal>,
+    own: Option<&LogState>,
+    keys: &WorkspaceKeys,
+    peer_uid: u32,
+) -> Result<AdoptOutcome> {
+    use base64::Engine as _;
+    let b64 = |h: &allowly_receipt::merkle::Hash| base64::engine::general_purpose::STANDARD.encode(h);
+    let m = &shared.metrics;
+    let size = own.map_or(0, |d| d.size);
+    let time = allowly_receipt::types::Timestamp::from_unix_ms(now_ms())?;
+    let entry = |event, size, root: Option<String>, detail| Entry {
+        time,
+        event,
+        workspace_id: ws,
+        size,
+        root,
+        key_id: Some(hex::encode(keys.active_key_id())),
+        peer_uid: Some(peer_uid),
+        detail,
+        leaves: None,
+    };
+    match checked {
+        Ok(a) if a.state.is_none() => {
+            m.adopts.with_label_values(&["unchanged"]).inc();
+            Ok(Ok((a, Vec::new())))
+        }
+        Ok(a) => {
+            m.adopts.with_label_values(&["adopted"]).inc();
+            tracing::info!(
+                workspace = ws,
+                from = size,
+                to = a.size,
+                peer_uid,
+                "adopted a checkpoint another signer signed"
+            );
+            let line = entry(Event::Adopted, a.size, Some(b64(&a.root)), Some(format!("from size {size}"))).line()?;
+            Ok(Ok((a, line)))
+        }
+        Err(r) => {
+            m.adopts.with_label_values(&["refused"]).inc();
+            m.adopt_refusals.with_label_values(&[r.reason]).inc();
+            m.fork_attempts.inc();
+            tracing::warn!(workspace = ws, reason = r.reason, detail = %r.detail, current = size, peer_uid, "refused to adopt a checkpoint: it does not extend a log this signer can verify");
+            let root = own.and_then(|d| d.frontier().ok()).map(|f| b64(&f.root()));
+            let line = entry(Event::Refused, size, root, Some(format!("adopt: {} ({})", r.detail, r.reason))).line()?;
+            let error = match r.reason {
+                // A smaller size: the caller's copy is behind; it is told the signer's size.
+                "rollback" => SignerError::SizeMismatch { expected: r.note_size, current: size },
+                reason => SignerError::AdoptRefused { reason, detail: r.detail, current: size },
+            };
+            Ok(Err((error, line)))
+        }
+    }
+}
+
 /// Unloads `ws` if its queue is empty and has taken no request for `idle` (see the module
 /// docs). Whether it did.
 pub async fn unload_if_idle(shared: &Arc<Shared>, ws: &str, idle: Duration) -> bool {

@@ -39,7 +39,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 
 use crate::error::{Result, SignerError};
-use crate::registry::{blocking, create, enqueue, Queued};
+use crate::registry::{adopt_unloaded, blocking, create, enqueue, import_unloaded, serialised, AdoptArgs, Queued};
 use crate::workspace::WsMsg;
 use crate::Shared;
 
@@ -211,7 +211,7 @@ async fn charge(shared: &Shared, len: usize) -> Option<Charge> {
 
 fn error_response(e: &SignerError) -> Response {
     let current_size = match e {
-        SignerError::SizeMismatch { current, .. } => Some(*current),
+        SignerError::SizeMismatch { current, .. } | SignerError::AdoptRefused { current, .. } => Some(*current),
         _ => None,
     };
     Response::Error(ErrorReply { code: e.code(), message: e.public_message(), current_size })
@@ -234,6 +234,8 @@ fn outcome_label(r: &Response) -> &'static str {
             ErrorCode::ReceiptRefused => "receipt_refused",
             ErrorCode::KeyStoreNotOpen => "key_store_not_open",
             ErrorCode::TokenUnavailable => "token_unavailable",
+            ErrorCode::KeyRecordRefused => "key_record_refused",
+            ErrorCode::AdoptRefused => "adopt_refused",
             ErrorCode::Internal | ErrorCode::Unknown(_) => "internal",
         },
         _ => "ok",
@@ -393,6 +395,27 @@ async fn dispatch(shared: &Arc<Shared>, req: Request, peer_uid: u32) -> Dispatch
             return Dispatched::Actor(rx);
         }
         Request::LogSizes { after } => return Dispatched::Now(crate::snapshot::log_sizes(shared, after).await),
+        // A file read: the key file is only ever replaced whole (renamed into place).
+        Request::ExportKeys { workspace_id } => {
+            let exported = blocking(shared, move |s| s.keystore.export(&workspace_id)).await;
+            return Dispatched::Now(exported.map(|record| Response::KeyRecord { record }));
+        }
+        // Both in order with the workspace's appends: through its actor if it is loaded, else
+        // under its load lock, awaited here like `CreateKey` so that a request behind it on
+        // this connection finds it done.
+        Request::ImportKeys { workspace_id, record } => {
+            let make = |record, reply| WsMsg::Import { record, peer_uid, reply };
+            let ws = workspace_id.as_str();
+            let locked = |record| import_unloaded(shared, ws, record, peer_uid);
+            serialised(shared, ws, record, make, locked).await
+        }
+        Request::Adopt { workspace_id, checkpoint, peaks, proof, last_leaf_ms } => {
+            let args = AdoptArgs { checkpoint, peaks, proof, last_leaf_ms, peer_uid };
+            let make = |args, reply| WsMsg::Adopt { args, reply };
+            let ws = workspace_id.as_str();
+            let locked = |args| adopt_unloaded(shared, ws, args);
+            serialised(shared, ws, args, make, locked).await
+        }
         Request::ListKeys { workspace_id } => {
             let make = |reply| WsMsg::ListKeys { reply };
             enqueue(shared, &workspace_id, Queued { bytes: 0, append_at: None, make }).await

@@ -185,6 +185,19 @@ pub enum WsMsg {
     Latest {
         reply: Reply,
     },
+    /// `ImportKeys` for this loaded workspace: installed after the appends queued before it are
+    /// signed, and the actor signs on with the installed record's active key.
+    Import {
+        record: Vec<u8>,
+        peer_uid: u32,
+        reply: Reply,
+    },
+    /// `Adopt` for this loaded workspace, after the appends queued before it are signed: an
+    /// append queued after it extends the adopted note (see `crate::adopt`).
+    Adopt {
+        args: crate::registry::AdoptArgs,
+        reply: Reply,
+    },
     /// Sign everything queued so far (sent by the actor to itself).
     Flush,
 }
@@ -321,6 +334,18 @@ impl Actor for WorkspaceActor {
                 let rotated = s.rotate(expected_size, peer_uid).await;
                 s.dequeued();
                 let _ = reply.send(rotated);
+            }
+            WsMsg::Import { record, peer_uid, reply } => {
+                s.flush().await;
+                let imported = s.import(record, peer_uid).await;
+                s.dequeued();
+                let _ = reply.send(imported);
+            }
+            WsMsg::Adopt { args, reply } => {
+                s.flush().await;
+                let adopted = s.adopt(args).await;
+                s.dequeued();
+                let _ = reply.send(adopted);
             }
             WsMsg::ListKeys { reply } => {
                 s.dequeued();
@@ -706,6 +731,62 @@ impl WsState {
                     tracing::error!(workspace = %self.ws, error = %undo, "could not put a failed rotation's key aside");
                 }
                 Err(e)
+            }
+        }
+    }
+
+    /// Installs a key record (see `KeyStore::import`) and signs on with its active key.
+    async fn import(&mut self, record: Vec<u8>, peer_uid: u32) -> Result<Response> {
+        let imported = self
+            .keystore(move |k, ws| {
+                let written = k.import(ws, &record)?;
+                Ok((written, k.load(ws)?))
+            })
+            .await;
+        let (written, keys) = crate::registry::counted_import(&self.shared, &self.ws, imported)?;
+        let line = written.then(|| crate::registry::keys_imported_line(&self.ws, &keys, peer_uid)).transpose()?;
+        let infos = keys.infos.clone();
+        // The file holds the record now, whatever becomes of its audit line.
+        self.keys = keys;
+        if let Some(line) = line {
+            self.shared.journal.write(None, line).await?;
+        }
+        Ok(Response::Keys { keys: infos })
+    }
+
+    /// Continues the log from a checkpoint another signer signed, if it extends this one's
+    /// (see `crate::adopt`): journaled before the answer, like a signed group.
+    async fn adopt(&mut self, a: crate::registry::AdoptArgs) -> Result<Response> {
+        let checked = crate::adopt::check(
+            &self.ws,
+            &self.keys.infos,
+            Some(&self.durable),
+            &a.checkpoint,
+            &a.peaks,
+            &a.proof,
+            a.last_leaf_ms,
+        );
+        match crate::registry::adopt_outcome(
+            &self.shared,
+            &self.ws,
+            checked,
+            Some(&self.durable),
+            &self.keys,
+            a.peer_uid,
+        )? {
+            Ok((adoption, line)) => {
+                if let Some(state) = &adoption.state {
+                    let frontier = state.frontier()?;
+                    self.shared.journal.write(Some(Record::new(&self.ws, state)?), line).await?;
+                    self.durable = state.clone();
+                    self.frontier = frontier;
+                    self.queue.grew_to(self.frontier.size());
+                }
+                Ok(crate::registry::adopted(&adoption))
+            }
+            Err((refused, line)) => {
+                self.audit_refusals(line).await;
+                Err(refused)
             }
         }
     }

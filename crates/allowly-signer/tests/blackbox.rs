@@ -7,6 +7,7 @@
 
 mod hygiene;
 mod limits;
+mod moving;
 mod support;
 #[path = "support/tmpfs.rs"]
 mod tmpfs;

@@ -32,7 +32,7 @@ use support::*;
 /// Every token this test binary uses, one per test (tests run in parallel).
 const TOKENS: &[&str] = &[
     "sign", "rotate", "refuse", "env", "loss", "idle", "gone", "stale", "curve", "orphan", "cut", "retire", "vanish",
-    "miss", "lost",
+    "miss", "lost", "moving",
 ];
 
 fn hsm() -> &'static SoftHsm {
@@ -975,4 +975,47 @@ async fn a_lost_token_is_looked_for_less_and_less_often_and_from_the_start_once_
     assert_eq!(wait(&m), 1.0, "{m}");
     assert_eq!(lost_lines(&s), 2, "said again, once:\n{}", s.diagnostics());
     std::fs::rename(&away, &home).unwrap();
+}
+
+/// Two signers on one token (each its own directory, neither with a master key) move a
+/// workspace: the exported record holds token object ids only; a record that names another
+/// workspace's token object for this workspace's key is refused (the token has the object, its
+/// public key is not this key's); the real record installs, B adopts A's checkpoint and signs
+/// on with the same token key, extending A's log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_signers_on_one_token_move_a_workspace_between_them() {
+    let label = "moving";
+    let (_ta, _dir_a, _sock_a, _pin_a, mut sa) = served_on(label);
+    let (_tb, _dir_b, _sock_b, _pin_b, mut sb) = served_on(label);
+    let (a, b) = (sa.ready().await, sb.ready().await);
+    let (ws, other) = ("ws_token_move", "ws_token_other");
+    let keys = a.create_key(ws).await.unwrap();
+    a.create_key(other).await.unwrap();
+    let batch = bodies(ws, 0, 6);
+    let mut all = hashes(&batch);
+    let note = a.append_batch(ws, 0, batch).await.unwrap().checkpoint;
+
+    let record = a.export_keys(ws).await.unwrap();
+    let json = |r: &[u8]| -> serde_json::Value { serde_json::from_slice(r).unwrap() };
+    let mine = json(&record);
+    assert!(mine["keys"][0]["token_object"].is_string(), "{mine}");
+    assert!(mine["keys"][0].get("sealed_seed").is_none() && mine["keys"][0].get("nonce").is_none(), "{mine}");
+    let mut swapped = mine.clone();
+    swapped["keys"][0]["token_object"] = json(&a.export_keys(other).await.unwrap())["keys"][0]["token_object"].clone();
+    let refused = b.import_keys(ws, serde_json::to_vec(&swapped).unwrap()).await;
+    match refused {
+        Err(ClientError::Remote(e)) => assert_eq!(e.code, ErrorCode::KeyRecordRefused, "{e}\n{}", sb.diagnostics()),
+        other => panic!("another workspace's token object was installed: {other:?}"),
+    }
+    assert_eq!(b.import_keys(ws, record).await.unwrap(), keys);
+
+    let peaks = merkle::Frontier::from_source(&merkle::LeafList(all.clone()), 6).unwrap().peaks().to_vec();
+    let got = b.adopt(ws, note.clone(), peaks, vec![], T0 + 5).await.unwrap();
+    assert_eq!((got.size, got.changed), (6, true));
+    let batch = bodies(ws, 6, 3);
+    all.extend(hashes(&batch));
+    let out = b.append_batch(ws, 6, batch.clone()).await.unwrap();
+    let v = vec![verifier(ws, &keys[0])];
+    check_appended_without_proofs(ws, &all, &batch, &out, &v);
+    check_extends(ws, &all, &note, &out.checkpoint, &v);
 }

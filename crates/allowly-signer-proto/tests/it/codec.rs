@@ -4,8 +4,9 @@
 use crate::common::*;
 use allowly_signer_proto::{
     decode_request, decode_response, encode_request, encode_response, Append, AppendResult, ErrorCode, ErrorReply,
-    ProtoError, Request, Response, SignedLeaf, MAX_BATCH_BODY_BYTES, MAX_BATCH_LEAVES, MAX_BODY_LEN, MAX_FRAME,
-    MAX_MANY_APPENDS, MAX_PROOF_HASHES, PROTOCOL_VERSION,
+    ProtoError, Request, Response, SignedLeaf, MAX_BATCH_BODY_BYTES, MAX_BATCH_LEAVES, MAX_BODY_LEN,
+    MAX_CHECKPOINT_LEN, MAX_CONSISTENCY_HASHES, MAX_FRAME, MAX_KEY_RECORD_LEN, MAX_MANY_APPENDS, MAX_PROOF_HASHES,
+    PROTOCOL_VERSION,
 };
 
 fn roundtrip_req(id: u64, req: Request) {
@@ -94,6 +95,70 @@ fn roundtrip_backup_requests() {
 }
 
 #[test]
+fn roundtrip_moving_a_workspace_between_signers() {
+    roundtrip_req(19, Request::ExportKeys { workspace_id: "ws_a".into() });
+    roundtrip_resp(20, Response::KeyRecord { record: b"{\"version\":1}".to_vec() });
+    roundtrip_req(21, Request::ImportKeys { workspace_id: "ws_a".into(), record: vec![7; MAX_KEY_RECORD_LEN] });
+    roundtrip_resp(22, Response::Keys { keys: vec![] });
+    roundtrip_req(
+        23,
+        Request::Adopt {
+            workspace_id: "ws_a".into(),
+            checkpoint: "n".repeat(MAX_CHECKPOINT_LEN),
+            peaks: vec![[1; 32]; MAX_PROOF_HASHES],
+            proof: vec![[2; 32]; MAX_CONSISTENCY_HASHES],
+            last_leaf_ms: u64::MAX,
+        },
+    );
+    roundtrip_resp(24, Response::Adopted { size: 9, root: [3; 32], changed: false });
+    for (code, n) in [(ErrorCode::KeyRecordRefused, 16), (ErrorCode::AdoptRefused, 17)] {
+        assert_eq!((code.as_u16(), ErrorCode::from_u16(n)), (n, code));
+    }
+}
+
+/// Past each bound of the new requests, neither side encodes nor decodes: a key record of
+/// 0 or more than `MAX_KEY_RECORD_LEN` bytes, a checkpoint over `MAX_CHECKPOINT_LEN`, more peaks
+/// than `MAX_PROOF_HASHES` or proof hashes than `MAX_CONSISTENCY_HASHES`.
+#[test]
+fn the_moving_requests_are_bounded_on_both_sides() {
+    let adopt = |checkpoint: usize, peaks: usize, proof: usize| Request::Adopt {
+        workspace_id: "ws_a".into(),
+        checkpoint: "n".repeat(checkpoint),
+        peaks: vec![[1; 32]; peaks],
+        proof: vec![[2; 32]; proof],
+        last_leaf_ms: 0,
+    };
+    let over = [
+        Request::ImportKeys { workspace_id: "ws_a".into(), record: vec![] },
+        Request::ImportKeys { workspace_id: "ws_a".into(), record: vec![7; MAX_KEY_RECORD_LEN + 1] },
+        adopt(MAX_CHECKPOINT_LEN + 1, 1, 0),
+        adopt(10, MAX_PROOF_HASHES + 1, 0),
+        adopt(10, 1, MAX_CONSISTENCY_HASHES + 1),
+    ];
+    for req in over {
+        let mut out = Vec::new();
+        assert!(encode_request(1, &req, &mut out).is_err(), "{} encoded past a bound", req.name());
+        assert!(out.is_empty());
+    }
+    // The same frames built by hand: the decoder refuses them too (a count past the bound, before
+    // reading what it counts).
+    let mut body = 4u32.to_be_bytes().to_vec();
+    body.extend(b"ws_a");
+    body.extend(u32::try_from(MAX_KEY_RECORD_LEN + 1).unwrap().to_be_bytes());
+    body.extend(vec![7; MAX_KEY_RECORD_LEN + 1]);
+    let mut f = vec![PROTOCOL_VERSION, 0x13];
+    f.extend(5u64.to_be_bytes());
+    f.extend(&body);
+    assert!(matches!(decode_request(&f), Err(ProtoError::TooLong { field: "record", request_id: 5, .. })));
+    let mut empty = vec![PROTOCOL_VERSION, 0x13];
+    empty.extend(6u64.to_be_bytes());
+    empty.extend(4u32.to_be_bytes());
+    empty.extend(b"ws_a");
+    empty.extend(0u32.to_be_bytes());
+    assert!(matches!(decode_request(&empty), Err(ProtoError::EmptyBody { request_id: 6 })));
+}
+
+#[test]
 fn a_snapshot_name_that_could_leave_its_directory_does_not_encode() {
     let mut out = Vec::new();
     assert!(encode_request(1, &Request::Snapshot { name: "../../etc".into() }, &mut out).is_err());
@@ -174,11 +239,33 @@ fn error_code_u16_mapping_is_total_and_canonical() {
     assert_eq!(ErrorCode::from_u16(13), ErrorCode::ReceiptRefused);
     assert_eq!(ErrorCode::from_u16(14), ErrorCode::KeyStoreNotOpen);
     assert_eq!(ErrorCode::from_u16(15), ErrorCode::TokenUnavailable);
-    assert_eq!(ErrorCode::from_u16(16), ErrorCode::Unknown(16));
+    assert_eq!(ErrorCode::from_u16(16), ErrorCode::KeyRecordRefused);
+    assert_eq!(ErrorCode::from_u16(17), ErrorCode::AdoptRefused);
+    assert_eq!(ErrorCode::from_u16(18), ErrorCode::Unknown(18));
     assert_eq!(ErrorCode::from_u16(0), ErrorCode::Unknown(0));
 }
 
 // ---- known-answer vectors: pin the byte layout ----
+
+#[test]
+fn kat_adopt_and_its_answer() {
+    let req = Request::Adopt {
+        workspace_id: "w".into(),
+        checkpoint: "n".into(),
+        peaks: vec![[0xAA; 32]],
+        proof: vec![],
+        last_leaf_ms: 0x0102,
+    };
+    let mut want = vec![0, 0, 0, 68, 3, 0x14, 0, 0, 0, 0, 0, 0, 0, 9, 0, 0, 0, 1, b'w', 0, 0, 0, 1, b'n', 0, 0, 0, 1];
+    want.extend([0xAA; 32]);
+    // No proof hashes, then last_leaf_ms.
+    want.extend([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 2]);
+    assert_eq!(encode_req(9, &req), want);
+    let mut want = vec![0, 0, 0, 51, 3, 0x94, 0, 0, 0, 0, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0, 5];
+    want.extend([0xBB; 32]);
+    want.push(1);
+    assert_eq!(encode_resp(9, &Response::Adopted { size: 5, root: [0xBB; 32], changed: true }), want);
+}
 
 #[test]
 fn kat_ping() {

@@ -48,6 +48,18 @@ fn arb_request() -> impl Strategy<Value = Request> {
         Just(Request::Metrics),
         ws().prop_map(|name| Request::Snapshot { name }),
         option::of(ws()).prop_map(|after| Request::LogSizes { after }),
+        ws().prop_map(|workspace_id| Request::ExportKeys { workspace_id }),
+        (ws(), vec(any::<u8>(), 1..200))
+            .prop_map(|(workspace_id, record)| Request::ImportKeys { workspace_id, record }),
+        (ws(), text(), vec(hash(), 0..8), vec(hash(), 0..8), any::<u64>()).prop_map(
+            |(workspace_id, checkpoint, peaks, proof, last_leaf_ms)| Request::Adopt {
+                workspace_id,
+                checkpoint,
+                peaks,
+                proof,
+                last_leaf_ms
+            }
+        ),
     ]
 }
 
@@ -69,7 +81,7 @@ fn proof() -> impl Strategy<Value = Vec<[u8; 32]>> {
 
 fn error_code() -> impl Strategy<Value = ErrorCode> {
     // Through from_u16 only: `Unknown(1)` is not a canonical value.
-    prop_oneof![1u16..=14, any::<u16>()].prop_map(ErrorCode::from_u16)
+    prop_oneof![1u16..=17, any::<u16>()].prop_map(ErrorCode::from_u16)
 }
 
 fn arb_response() -> impl Strategy<Value = Response> {
@@ -103,6 +115,12 @@ fn arb_response() -> impl Strategy<Value = Response> {
             Response::Snapshotted { workspaces, journal_bytes, audit_bytes }
         }),
         (vec((ws(), any::<u64>()), 0..6), any::<bool>()).prop_map(|(sizes, more)| Response::LogSizes { sizes, more }),
+        vec(any::<u8>(), 1..200).prop_map(|record| Response::KeyRecord { record }),
+        (any::<u64>(), hash(), any::<bool>()).prop_map(|(size, root, changed)| Response::Adopted {
+            size,
+            root,
+            changed
+        }),
         (error_code(), text(), option::of(any::<u64>()))
             .prop_map(|(code, message, current_size)| Response::Error(ErrorReply { code, message, current_size })),
     ]
@@ -152,7 +170,7 @@ proptest! {
     /// often than fully random bytes do.
     #[test]
     fn decoders_never_panic_behind_valid_header(
-        kind in prop_oneof![1u8..=8, 0x81u8..=0x88, Just(0xFF)],
+        kind in prop_oneof![1u8..=8, 0x10u8..=0x14, 0x81u8..=0x88, 0x90u8..=0x94, Just(0xFF)],
         id in any::<u64>(),
         body in vec(any::<u8>(), 0..256),
     ) {

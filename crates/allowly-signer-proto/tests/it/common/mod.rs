@@ -34,6 +34,15 @@ pub fn sample_requests() -> Vec<Request> {
         },
         Request::LatestCheckpoint { workspace_id: "_-_".into() },
         Request::Metrics,
+        Request::ExportKeys { workspace_id: "acme".into() },
+        Request::ImportKeys { workspace_id: "acme".into(), record: br#"{"version":1}"#.to_vec() },
+        Request::Adopt {
+            workspace_id: "acme".into(),
+            checkpoint: "log.example/acme\n5\nroot=\n\n\u{2014} signer sig\n".into(),
+            peaks: vec![[1; 32], [2; 32]],
+            proof: vec![],
+            last_leaf_ms: 1_767_225_600_000,
+        },
     ]
 }
 
@@ -73,6 +82,9 @@ pub fn sample_responses() -> Vec<Response> {
         Response::Checkpoint { size: 0, checkpoint: None },
         Response::Checkpoint { size: 12, checkpoint: Some("note\u{0}with nul and \u{1F600}".into()) },
         Response::MetricsText { text: "# TYPE signer_up gauge\nsigner_up 1\n".into() },
+        Response::KeyRecord { record: br#"{"version":1}"#.to_vec() },
+        Response::Adopted { size: 5, root: [7; 32], changed: true },
+        Response::Error(ErrorReply { code: ErrorCode::AdoptRefused, message: "fork".into(), current_size: Some(3) }),
         Response::Error(ErrorReply {
             code: ErrorCode::SizeMismatch,
             message: "expected 10, log has 12".into(),
