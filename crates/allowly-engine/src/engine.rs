@@ -106,7 +106,7 @@ impl Engine {
             cfg.witness_refused_retry,
         )
         .map_err(|e| EngineError::Internal(format!("cannot start the witness client or the checkpoint log: {e}")))?;
-        let ownership = cfg.cluster.clone().map(crate::ownership::Ownership::new);
+        let ownership = cfg.cluster.clone().map(|c| crate::ownership::Ownership::new(c, metrics.leases_held.clone()));
         let services = Arc::new(Services {
             ownership,
             witnessing,
@@ -683,6 +683,9 @@ impl Engine {
             Err(_) => return Err(EngineError::SignerUnavailable(crate::health::SIGNING_TIMED_OUT.into())),
             Ok(r) => r.map_err(EngineError::from_signer)?,
         };
+        // In a cluster the key record goes to the database with the workspace, for whichever
+        // node's signer takes the workspace over.
+        let key_record = crate::pipeline::key_record_op(&s.services, &id).await?;
         let record = allowly_store::WorkspaceRecord {
             id,
             name: req.name,
@@ -693,7 +696,7 @@ impl Engine {
             rate_limit: None,
         };
         let view = views::workspace(&record)?;
-        Ok((vec![Op::PutWorkspace(record)], view))
+        Ok((std::iter::once(Op::PutWorkspace(record)).chain(key_record).collect(), view))
     }
 
     pub(crate) fn workspace_record(&self, ws: &str) -> Result<allowly_store::WorkspaceRecord> {
@@ -1512,7 +1515,6 @@ async fn lease_loop(shared: std::sync::Weak<Shared>) {
             Ok(())
         });
         let _ = kept.await;
-        s.metrics.leases_held.set(o.held_count() as i64);
     }
 }
 

@@ -33,11 +33,17 @@ pub(crate) struct Held {
 pub(crate) struct Ownership {
     pub cfg: ClusterConfig,
     held: DashMap<String, Held>,
+    /// `allowly_engine_leases_held`, kept equal to `held.len()`.
+    gauge: prometheus::IntGauge,
 }
 
 impl Ownership {
-    pub fn new(cfg: ClusterConfig) -> Self {
-        Self { cfg, held: DashMap::new() }
+    pub fn new(cfg: ClusterConfig, gauge: prometheus::IntGauge) -> Self {
+        Self { cfg, held: DashMap::new(), gauge }
+    }
+
+    fn count(&self) {
+        self.gauge.set(i64::try_from(self.held.len()).unwrap_or(i64::MAX));
     }
 
     /// Takes (or keeps) the lease of `ws` for this node: its epoch, to fence every write of the
@@ -50,11 +56,14 @@ impl Ownership {
                 let taken_over = self.held.insert(ws.to_owned(), Held { epoch: lease.epoch, since });
                 if taken_over.is_none_or(|h| h.epoch != lease.epoch) {
                     tracing::info!(workspace = %ws, epoch = lease.epoch, "this node owns the workspace");
+                    self.count();
                 }
                 Ok(lease.epoch)
             }
             LeaseAnswer::Held(lease) => {
-                self.held.remove(ws);
+                if self.held.remove(ws).is_some() {
+                    self.count();
+                }
                 Err(EngineError::NotOwner { node_id: lease.node_id, address: lease.address })
             }
         }
@@ -79,6 +88,7 @@ impl Ownership {
     pub fn lost(&self, ws: &str, epoch: u64) {
         if self.held.remove_if(ws, |_, h| h.epoch == epoch).is_some() {
             tracing::warn!(workspace = %ws, epoch, "another node took the workspace over");
+            self.count();
         }
     }
 
@@ -98,17 +108,15 @@ impl Ownership {
 
     /// The keeper released `ws`: forget it (unless re-acquired at another epoch meanwhile).
     pub fn released(&self, ws: &str, epoch: u64) {
-        self.held.remove_if(ws, |_, h| h.epoch == epoch);
+        if self.held.remove_if(ws, |_, h| h.epoch == epoch).is_some() {
+            self.count();
+        }
     }
 
     /// How often the keeper runs: a third of the TTL, so a lease is renewed twice before it
     /// could lapse.
     pub fn period(&self) -> Duration {
         (self.cfg.lease_ttl / 3).max(Duration::from_millis(10))
-    }
-
-    pub fn held_count(&self) -> usize {
-        self.held.len()
     }
 }
 

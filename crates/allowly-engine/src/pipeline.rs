@@ -56,8 +56,10 @@ use crate::services::Services;
 use crate::sign_batcher::{Expect, Signed};
 
 mod rotation;
+mod takeover;
 mod token;
 pub(crate) use rotation::{count as count_rotation, rotate};
+pub(crate) use takeover::key_record_op;
 
 /// Running pipeline tasks by workspace; each gets the workspace's committed log size.
 #[derive(Debug, Default)]
@@ -419,6 +421,9 @@ async fn run(
     };
     backoff = Duration::from_millis(20);
     let mut token = token::TokenWait::default();
+    // In a cluster this node's signer is made ready for the workspace before its first round
+    // (`takeover.rs`); on one node its signer has always had it.
+    let mut signer_ready = shared.ownership.is_none();
     loop {
         let committed = *rx.borrow_and_update();
         if st.frontier.size() >= committed {
@@ -461,7 +466,18 @@ async fn run(
                 deadline = deadline.min(tokio::time::Instant::from_std(ready));
             }
         }
-        match st.round(&shared, committed).await {
+        let outcome = if signer_ready {
+            st.round(&shared, committed).await
+        } else {
+            match st.take_over(&shared).await {
+                Ok(()) => {
+                    signer_ready = true;
+                    st.round(&shared, committed).await
+                }
+                Err(e) => Err(e),
+            }
+        };
+        match outcome {
             Ok(()) => {
                 progress.signed(st.frontier.size());
                 backoff = Duration::from_millis(20);

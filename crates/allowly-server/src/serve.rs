@@ -126,7 +126,7 @@ pub async fn run(cfg: ServerConfig, prepared: Prepared) -> Result<(), Error> {
         StoreConfig::Postgres(conninfo) => {
             let store = PgStore::open(conninfo, PgOptions::default())
                 .map_err(|source| Error::Store { path: "PostgreSQL".into(), source })?;
-            tracing::info!(database = store.target(), "data kept in PostgreSQL (single node; see docs/postgres.md)");
+            tracing::info!(database = store.target(), "data kept in PostgreSQL (docs/postgres.md)");
             Opened::Postgres(store)
         }
     };

@@ -69,6 +69,9 @@ pub fn check(
     proof: &[Hash],
     last_leaf_ms: u64,
 ) -> Result<Adoption, Refusal> {
+    if note.is_empty() {
+        return empty_log(own, peaks, proof);
+    }
     let origin = log_origin(ws);
     let signed = parse_signed_note(note).map_err(|e| refuse("note", format!("not a signed note: {e}")))?;
     // Every key the signer holds for the workspace (retired ones too: a checkpoint signed
@@ -137,6 +140,25 @@ pub fn check(
         last_leaf_ms: own.map_or(0, |s| s.last_leaf_ms).max(last_leaf_ms),
     };
     Ok(Adoption { state: Some(state), size: cp.size, root: cp.root })
+}
+
+/// An adopt of the empty log (an empty `note`): the workspace has no signed checkpoint yet
+/// (its former owner's signer signed nothing that was stored), so there is nothing to verify
+/// and the signer starts the log at size 0, as `CreateKey` does. Only for a signer with no
+/// log of the workspace (or an empty one: nothing changes); a signer with a non-empty log
+/// refuses it as a rollback. This gives a caller nothing an adopt of an old but genuinely
+/// signed checkpoint does not already give it (a fresh signer continuing from an older state
+/// than another signer's: the case witnesses guard, docs/scale-out.md).
+fn empty_log(own: Option<&LogState>, peaks: &[Hash], proof: &[Hash]) -> Result<Adoption, Refusal> {
+    if !peaks.is_empty() || !proof.is_empty() {
+        return Err(refuse("peaks", "the empty log has no peaks and no consistency proof"));
+    }
+    let root = Frontier::new().root();
+    match own {
+        None => Ok(Adoption { state: Some(LogState::empty()), size: 0, root }),
+        Some(s) if s.size == 0 => Ok(Adoption { state: None, size: 0, root }),
+        Some(s) => Err(refuse("rollback", format!("the empty log is below the signer's log size {}", s.size))),
+    }
 }
 
 #[cfg(test)]
@@ -270,5 +292,18 @@ mod tests {
         let foreign = sign_note(&text, &log_origin(WS), &key(1)).unwrap();
         assert_eq!(reason(check(WS, &keys, Some(&mine), &foreign, &peaks(9), &proof(5, 9), 0)), "note");
         assert_eq!(reason(check(WS, &keys, Some(&mine), "garbage", &peaks(9), &proof(5, 9), 0)), "note");
+    }
+
+    #[test]
+    fn the_empty_log_is_adopted_only_by_a_signer_without_a_longer_one() {
+        let keys = [info(&key(1), T - 1000, None)];
+        let reason = |r: Result<Adoption, Refusal>| r.unwrap_err().reason;
+        let got = check(WS, &keys, None, "", &[], &[], 0).unwrap();
+        assert_eq!((got.state, got.size, got.root), (Some(LogState::empty()), 0, Frontier::new().root()));
+        // Already empty: nothing to write.
+        assert_eq!(check(WS, &keys, Some(&LogState::empty()), "", &[], &[], 0).unwrap().state, None);
+        // A signer that signed leaves never goes back to none.
+        assert_eq!(reason(check(WS, &keys, Some(&own(5)), "", &[], &[], 0)), "rollback");
+        assert_eq!(reason(check(WS, &keys, None, "", frontier(1).peaks(), &[], 0)), "peaks");
     }
 }

@@ -324,6 +324,24 @@ pub(crate) async fn adopt_unloaded(shared: &Arc<Shared>, ws: &str, a: AdoptArgs)
     }
 }
 
+/// `LatestCheckpoint` of a workspace whose keys are installed (`ImportKeys`) but that has no
+/// log here yet: size 0, no checkpoint — where its new owner adopts from. `None`: the
+/// workspace is loaded, has a log, or is unknown: its actor (or the loader) answers. Without
+/// this the loader's refusal to restart a log from keys alone would answer the question the
+/// caller needs before it can adopt.
+pub(crate) async fn latest_without_log(shared: &Arc<Shared>, ws: &str) -> Result<Option<Response>> {
+    if shared.workspaces.contains_key(ws) {
+        return Ok(None);
+    }
+    let _guard = shared.load_lock.lock(ws).await;
+    if shared.workspaces.contains_key(ws) || shared.journal.load(ws).await?.is_some() {
+        return Ok(None);
+    }
+    let name = ws.to_owned();
+    let keyed = blocking(shared, move |s| Ok(s.keystore.exists(&name))).await?;
+    Ok(keyed.then_some(Response::Checkpoint { size: 0, checkpoint: None }))
+}
+
 /// The answer to an accepted adopt.
 pub(crate) fn adopted(a: &crate::adopt::Adoption) -> Response {
     Response::Adopted { size: a.size, root: a.root, changed: a.state.is_some() }

@@ -421,6 +421,11 @@ async fn dispatch(shared: &Arc<Shared>, req: Request, peer_uid: u32) -> Dispatch
             enqueue(shared, &workspace_id, Queued { bytes: 0, append_at: None, make }).await
         }
         Request::LatestCheckpoint { workspace_id } => {
+            match crate::registry::latest_without_log(shared, &workspace_id).await {
+                Ok(None) => {}
+                Ok(Some(empty)) => return Dispatched::Now(Ok(empty)),
+                Err(e) => return Dispatched::Now(Err(e)),
+            }
             let make = |reply| WsMsg::Latest { reply };
             enqueue(shared, &workspace_id, Queued { bytes: 0, append_at: None, make }).await
         }

@@ -171,6 +171,8 @@ pub(crate) async fn rotate(
     let done = LogMeta { next_index: at + 1, ..LogMeta::default() };
     ops.push(Op::PutLogMeta { workspace_id: ws.to_owned(), meta: done });
     ops.extend(extra(&answer).map_err(unsettled)?);
+    // In a cluster, the record with the new key, for the other nodes' signers.
+    ops.extend(super::key_record_op(shared, ws).await.map_err(unsettled)?);
     // If this fails the reservation stays: the next attempt asks again and gets the same answer.
     write(shared, ws, ops).await.map_err(unsettled)?;
     if wake {

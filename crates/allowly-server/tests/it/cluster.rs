@@ -1,11 +1,18 @@
-//! Several `allowly serve` nodes over one real PostgreSQL (issue 16 part 2, docs/scale-out.md):
-//! one owner per workspace, requests forwarded to it, revocations visible through every node,
-//! and a paused owner's late writes refused by the lease epoch (fencing) after another node took
-//! the workspace over.
+//! Several `allowly serve` nodes over one real PostgreSQL (issue 16 parts 2 and 3,
+//! docs/scale-out.md), each with its own signer, the signers sharing a master key: one owner per
+//! workspace, requests forwarded to it, revocations visible through every node, a paused
+//! owner's late writes refused by the lease epoch (fencing) after another node took the
+//! workspace over, and the new owner's signer continuing the log the old one signed, so the
+//! trail verifies offline as one log.
 
 use crate::support::*;
 use serde_json::json;
 use std::path::Path;
+
+/// The master key every node's signer shares (provisioned per node in production, as
+/// `ALLOWLY_SIGNER_MASTER_KEY` or a key file): a workspace's sealed key then opens in whichever
+/// node's signer takes the workspace over.
+const MASTER_KEY: &str = "6a1f0c5e9b3d47a28e1f6c0d9b2a4e7f3c8d1b6a0e9f2c5d8b4a7e1f0c3d6b9a";
 
 /// A node `name` of a cluster on `conninfo`, on a port of its own that it advertises.
 fn node(data: &Path, conninfo: &str, name: &str, extra: &[&str]) -> Server {
@@ -17,6 +24,7 @@ fn node(data: &Path, conninfo: &str, name: &str, extra: &[&str]) -> Server {
     cmd.arg("serve").arg("--data-dir").arg(data);
     cmd.args(["--listen", &listen, "--postgres", conninfo, "--node-name", name, "--advertise-url", &advertise]);
     cmd.args(extra);
+    cmd.env("ALLOWLY_SIGNER_MASTER_KEY", MASTER_KEY);
     let s = Server::start_command(cmd, data);
     s.wait_ready();
     s
@@ -60,6 +68,31 @@ fn log_indices(s: &Server, t: &Tenant) -> Vec<(u64, String)> {
         .collect();
     out.sort();
     out
+}
+
+/// Waits until receipt `id` is signed, read through `s`.
+fn signed(s: &Server, t: &Tenant, id: &str) {
+    let c = s.client();
+    eventually(
+        &format!("receipt {id} to be signed"),
+        || s.diagnostics(),
+        || (c.get(&format!("/v1/receipts/{id}"), Some(&t.reader)).json()["status"] == "signed").then_some(()),
+    );
+}
+
+/// The authorization's whole trail, exported through `s`, verifies offline with the real
+/// `allowly-verify` against the workspace's published keys: one log, whichever node's signer
+/// signed which part of it.
+fn verifies_offline(s: &Server, t: &Tenant, dir: &Path) {
+    let c = s.client();
+    let bundle = c.get(&format!("/v1/authorizations/{}/export", t.az), Some(&t.reader));
+    assert_eq!(bundle.status, 200, "{bundle}");
+    let keys = c.get(&format!("/v1/workspaces/{}/keys", t.ws), None);
+    let (bundle_file, keys_file) = (dir.join("trail.jsonl"), dir.join("keys.json"));
+    std::fs::write(&bundle_file, &bundle.body).unwrap();
+    std::fs::write(&keys_file, &keys.body).unwrap();
+    let (code, shown) = run_verifier(&bundle_file, &keys_file, &[]);
+    assert_eq!(code, Some(0), "{shown}");
 }
 
 /// One log, no fork: consecutive indices from the grant's on, none twice.
@@ -124,6 +157,19 @@ fn nodes_forward_to_the_owner_and_see_its_revocations() {
     assert_eq!(r.header("retry-after"), Some("1"), "{r}");
     assert!(metric(&b, "allowly_http_forwarded_total{outcome=\"already_forwarded\"}") >= 1.0);
     assert_one_log(&log_indices(&a, &t));
+
+    // A graceful stop hands the workspace over at once (its lease released, not left to
+    // lapse): the next request to `b` is decided by `b`, and `b`'s signer — after installing
+    // the stored key record and adopting the stored log — signs it, extending `a`'s log.
+    let mut a = a;
+    a.stop();
+    let r = check(&cb, &t, "files.read");
+    assert_eq!(r.status, 200, "{r}\n{}", b.diagnostics());
+    let id = r.json()["receipt"]["receipt_id"].as_str().unwrap().to_owned();
+    signed(&b, &t, &id);
+    assert!(metric(&b, "allowly_engine_leases_held") >= 1.0, "{}", b.diagnostics());
+    assert_one_log(&log_indices(&b, &t));
+    verifies_offline(&b, &t, tmp.path());
 }
 
 #[test]
@@ -178,4 +224,9 @@ fn a_paused_owner_is_taken_over_and_its_late_writes_are_fenced() {
     let log = log_indices(&b, &t);
     assert_one_log(&log);
     assert_eq!(log.len(), after_takeover.len() + 1, "{log:?}");
+
+    // The new owner's signer continues the log the old one signed: every receipt is signed,
+    // and the whole trail verifies offline as one log.
+    signed(&b, &t, r.json()["receipt"]["receipt_id"].as_str().unwrap());
+    verifies_offline(&b, &t, tmp.path());
 }

@@ -189,7 +189,10 @@ impl Server {
             "ALLOWLY_ADVERTISE_URL",
             "ALLOWLY_LEASE_TTL_MS",
         ] {
-            cmd.env_remove(var);
+            // Unless the test itself set it on `cmd` (a cluster's shared master key).
+            if !cmd.get_envs().any(|(k, v)| k == var && v.is_some()) {
+                cmd.env_remove(var);
+            }
         }
         // The caller may ask for other logging (a test of the logs does).
         if !cmd.get_envs().any(|(k, _)| k == "ALLOWLY_LOG") {
