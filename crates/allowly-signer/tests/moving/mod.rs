@@ -370,3 +370,46 @@ async fn an_adopt_runs_in_order_with_the_appends_around_it() {
     }
     drop(sa);
 }
+
+/// Ownership goes B → A → B, and A rotates the key meanwhile: B (restarted, so the workspace is
+/// not loaded, with its own older log) imports A's rotated record and adopts A's newest
+/// checkpoint, signed by the new key. B's older log's last checkpoint was signed by the old key:
+/// a load of the workspace would take the imported rotation for one that never reached the log
+/// and put it aside, so the adopt does not load it that way; B signs on with the new key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workspace_comes_back_after_the_other_signer_rotated_its_key() {
+    let tmp = traversable_tempdir();
+    let (sa, mut sb, a, b) = pair(tmp.path()).await;
+    let ws = "ws_back";
+    a.create_key(ws).await.unwrap();
+    let mut all = hashes(&bodies(ws, 0, 6));
+    let note4 = append(&a, ws, 0, bodies(ws, 0, 4)).await;
+    b.import_keys(ws, a.export_keys(ws).await.unwrap()).await.unwrap();
+    adopt(&b, ws, &note4, peaks(&all, 4), vec![]).await.unwrap();
+    let note6 = append(&b, ws, 4, bodies(ws, 4, 2)).await;
+
+    // A takes the workspace back, and rotates its key.
+    assert!(adopt(&a, ws, &note6, peaks(&all, 6), proof(&all, 4, 6)).await.unwrap().changed);
+    let rotated = a.rotate_key(ws, 6).await.unwrap();
+    all.push(merkle::leaf_hash(&rotated.rotation.body));
+    let batch = bodies(ws, 7, 2);
+    all.extend(hashes(&batch));
+    let note9 = append(&a, ws, 7, batch).await;
+    let record = a.export_keys(ws).await.unwrap();
+
+    // B again, restarted: nothing of the workspace is loaded.
+    sb.kill9();
+    let mut sb = Signer::serve(&sb.dir, &sb.socket);
+    let b = sb.ready().await;
+    assert_eq!(b.import_keys(ws, record.clone()).await.unwrap(), rotated.keys);
+    let got = adopt(&b, ws, &note9, peaks(&all, 9), proof(&all, 6, 9)).await.unwrap();
+    assert_eq!((got.size, got.changed), (9, true), "{}", sb.diagnostics());
+    assert_eq!(b.list_keys(ws).await.unwrap(), rotated.keys, "the rotation was put aside");
+    assert_eq!(b.export_keys(ws).await.unwrap(), record);
+    let batch = bodies(ws, 9, 2);
+    all.extend(hashes(&batch));
+    let out = b.append_batch(ws, 9, batch).await.unwrap();
+    let new_key = rotated.keys.iter().find(|k| k.active).unwrap();
+    check_extends(ws, &all, &note9, &out.checkpoint, &[verifier(ws, new_key)]);
+    drop(sa);
+}
