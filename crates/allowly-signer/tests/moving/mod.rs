@@ -28,6 +28,15 @@ fn fresh_with_master(root: &Path, master: &Path) -> (PathBuf, PathBuf) {
     (dir, sock)
 }
 
+/// Two signers serving: A with a fresh directory, B with its own and A's master key.
+async fn pair(root: &Path) -> (Signer, Signer, SignerClient, SignerClient) {
+    let (dir_a, sock_a) = fresh(&root.join("a"));
+    let (dir_b, sock_b) = fresh_with_master(&root.join("b"), &dir_a.join("master.key"));
+    let (mut sa, mut sb) = (Signer::serve(&dir_a, &sock_a), Signer::serve(&dir_b, &sock_b));
+    let (a, b) = (sa.ready().await, sb.ready().await);
+    (sa, sb, a, b)
+}
+
 /// The frontier (peaks) of the first `size` of `all`, as the service computes it from its
 /// stored Merkle nodes.
 fn peaks(all: &[Hash], size: u64) -> Vec<Hash> {
@@ -72,10 +81,7 @@ fn events(s: &Signer) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_workspace_moves_to_another_signer_and_its_log_goes_on_there() {
     let tmp = traversable_tempdir();
-    let (dir_a, sock_a) = fresh(&tmp.path().join("a"));
-    let (dir_b, sock_b) = fresh_with_master(&tmp.path().join("b"), &dir_a.join("master.key"));
-    let (mut sa, mut sb) = (Signer::serve(&dir_a, &sock_a), Signer::serve(&dir_b, &sock_b));
-    let (a, b) = (sa.ready().await, sb.ready().await);
+    let (sa, mut sb, a, b) = pair(tmp.path()).await;
     let ws = "ws_moving";
 
     let keys = a.create_key(ws).await.unwrap();
@@ -95,7 +101,11 @@ async fn a_workspace_moves_to_another_signer_and_its_log_goes_on_there() {
         ErrorCode::UnknownWorkspace
     );
     let record = a.export_keys(ws).await.unwrap();
-    assert_eq!(record, std::fs::read(dir_a.join("keys").join(format!("{ws}.json"))).unwrap(), "the key file as stored");
+    assert_eq!(
+        record,
+        std::fs::read(sa.dir.join("keys").join(format!("{ws}.json"))).unwrap(),
+        "the key file as stored"
+    );
     assert_eq!(b.import_keys(ws, record.clone()).await.unwrap(), keys, "B publishes A's keys");
     assert_eq!(b.import_keys(ws, record.clone()).await.unwrap(), keys, "the same record again");
     assert_eq!(b.export_keys(ws).await.unwrap(), record);
@@ -105,7 +115,7 @@ async fn a_workspace_moves_to_another_signer_and_its_log_goes_on_there() {
     assert_eq!((got.size, got.root, got.changed), (8, cp_a.root, true));
     // Durable before the answer: a kill -9 right after it loses nothing.
     sb.kill9();
-    let mut sb = Signer::serve(&dir_b, &sock_b);
+    let mut sb = Signer::serve(&sb.dir, &sb.socket);
     let b = sb.ready().await;
     let again = adopt(&b, ws, &note_a, peaks(&all, 8), vec![]).await.unwrap();
     assert_eq!((again.size, again.changed), (8, false), "already there after the restart");
@@ -138,13 +148,10 @@ async fn a_workspace_moves_to_another_signer_and_its_log_goes_on_there() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn adopts_that_would_fork_or_roll_the_log_back_are_refused_and_change_nothing() {
     let tmp = traversable_tempdir();
-    let (dir_a, sock_a) = fresh(&tmp.path().join("a"));
-    let master = dir_a.join("master.key");
-    let (dir_b, sock_b) = fresh_with_master(&tmp.path().join("b"), &master);
-    let (dir_c, sock_c) = fresh_with_master(&tmp.path().join("c"), &master);
-    let (mut sa, mut sb, mut sc) =
-        (Signer::serve(&dir_a, &sock_a), Signer::serve(&dir_b, &sock_b), Signer::serve(&dir_c, &sock_c));
-    let (a, b, c) = (sa.ready().await, sb.ready().await, sc.ready().await);
+    let (sa, sb, a, b) = pair(tmp.path()).await;
+    let (dir_c, sock_c) = fresh_with_master(&tmp.path().join("c"), &sa.dir.join("master.key"));
+    let mut sc = Signer::serve(&dir_c, &sock_c);
+    let c = sc.ready().await;
     let ws = "ws_forked";
 
     let keys = a.create_key(ws).await.unwrap();
@@ -233,10 +240,7 @@ async fn adopts_that_would_fork_or_roll_the_log_back_are_refused_and_change_noth
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn key_records_that_swap_drop_or_misplace_keys_are_refused_and_a_rotation_extends() {
     let tmp = traversable_tempdir();
-    let (dir_a, sock_a) = fresh(&tmp.path().join("a"));
-    let (dir_b, sock_b) = fresh_with_master(&tmp.path().join("b"), &dir_a.join("master.key"));
-    let (mut sa, mut sb) = (Signer::serve(&dir_a, &sock_a), Signer::serve(&dir_b, &sock_b));
-    let (a, b) = (sa.ready().await, sb.ready().await);
+    let (sa, _sb, a, b) = pair(tmp.path()).await;
     let (ws, other) = ("ws_keys", "ws_other");
     a.create_key(ws).await.unwrap();
     a.create_key(other).await.unwrap();
@@ -295,10 +299,7 @@ async fn an_adopt_runs_in_order_with_the_appends_around_it() {
     use tokio::io::AsyncWriteExt as _;
 
     let tmp = traversable_tempdir();
-    let (dir_a, sock_a) = fresh(&tmp.path().join("a"));
-    let (dir_b, sock_b) = fresh_with_master(&tmp.path().join("b"), &dir_a.join("master.key"));
-    let (mut sa, mut sb) = (Signer::serve(&dir_a, &sock_a), Signer::serve(&dir_b, &sock_b));
-    let (a, b) = (sa.ready().await, sb.ready().await);
+    let (sa, sb, a, b) = pair(tmp.path()).await;
     let ws = "ws_ordered";
     a.create_key(ws).await.unwrap();
     let all = hashes(&bodies(ws, 0, 16));
@@ -341,7 +342,7 @@ async fn an_adopt_runs_in_order_with_the_appends_around_it() {
     for (i, r) in reqs.iter().enumerate() {
         wire.extend(frame(i as u64 + 1, r));
     }
-    let mut stream = tokio::net::UnixStream::connect(&sock_b).await.unwrap();
+    let mut stream = tokio::net::UnixStream::connect(&sb.socket).await.unwrap();
     stream.write_all(&wire).await.unwrap();
     let mut answers = std::collections::HashMap::new();
     for _ in 0..reqs.len() {
@@ -367,5 +368,48 @@ async fn an_adopt_runs_in_order_with_the_appends_around_it() {
         }
         other => panic!("the append behind the adopts: {other:?}"),
     }
+    drop(sa);
+}
+
+/// Ownership goes B → A → B, and A rotates the key meanwhile: B (restarted, so the workspace is
+/// not loaded, with its own older log) imports A's rotated record and adopts A's newest
+/// checkpoint, signed by the new key. B's older log's last checkpoint was signed by the old key:
+/// a load of the workspace would take the imported rotation for one that never reached the log
+/// and put it aside, so the adopt does not load it that way; B signs on with the new key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workspace_comes_back_after_the_other_signer_rotated_its_key() {
+    let tmp = traversable_tempdir();
+    let (sa, mut sb, a, b) = pair(tmp.path()).await;
+    let ws = "ws_back";
+    a.create_key(ws).await.unwrap();
+    let mut all = hashes(&bodies(ws, 0, 6));
+    let note4 = append(&a, ws, 0, bodies(ws, 0, 4)).await;
+    b.import_keys(ws, a.export_keys(ws).await.unwrap()).await.unwrap();
+    adopt(&b, ws, &note4, peaks(&all, 4), vec![]).await.unwrap();
+    let note6 = append(&b, ws, 4, bodies(ws, 4, 2)).await;
+
+    // A takes the workspace back, and rotates its key.
+    assert!(adopt(&a, ws, &note6, peaks(&all, 6), proof(&all, 4, 6)).await.unwrap().changed);
+    let rotated = a.rotate_key(ws, 6).await.unwrap();
+    all.push(merkle::leaf_hash(&rotated.rotation.body));
+    let batch = bodies(ws, 7, 2);
+    all.extend(hashes(&batch));
+    let note9 = append(&a, ws, 7, batch).await;
+    let record = a.export_keys(ws).await.unwrap();
+
+    // B again, restarted: nothing of the workspace is loaded.
+    sb.kill9();
+    let mut sb = Signer::serve(&sb.dir, &sb.socket);
+    let b = sb.ready().await;
+    assert_eq!(b.import_keys(ws, record.clone()).await.unwrap(), rotated.keys);
+    let got = adopt(&b, ws, &note9, peaks(&all, 9), proof(&all, 6, 9)).await.unwrap();
+    assert_eq!((got.size, got.changed), (9, true), "{}", sb.diagnostics());
+    assert_eq!(b.list_keys(ws).await.unwrap(), rotated.keys, "the rotation was put aside");
+    assert_eq!(b.export_keys(ws).await.unwrap(), record);
+    let batch = bodies(ws, 9, 2);
+    all.extend(hashes(&batch));
+    let out = b.append_batch(ws, 9, batch).await.unwrap();
+    let new_key = rotated.keys.iter().find(|k| k.active).unwrap();
+    check_extends(ws, &all, &note9, &out.checkpoint, &[verifier(ws, new_key)]);
     drop(sa);
 }
