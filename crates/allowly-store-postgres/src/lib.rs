@@ -65,6 +65,8 @@ mod schema;
 mod store;
 #[cfg(feature = "test-cluster")]
 pub mod test_cluster;
+#[cfg(feature = "test-cluster")]
+pub mod test_proxy;
 mod tls;
 
 #[cfg(feature = "test-cluster")]

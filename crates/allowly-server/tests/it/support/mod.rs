@@ -395,8 +395,14 @@ pub struct Tenant {
 
 /// A workspace named `name` (as the instance admin), its keys, and an authorization for `scopes`.
 pub fn tenant(s: &Server, name: &str, scopes: &[&str]) -> Tenant {
+    tenant_as(s, &s.admin_token(), name, scopes)
+}
+
+/// [`tenant`] made through `s` with the instance admin key `root` (another node's, in a
+/// cluster: only the first node writes the key to its data directory).
+pub fn tenant_as(s: &Server, root: &str, name: &str, scopes: &[&str]) -> Tenant {
     let c = s.client();
-    let root = s.admin_token();
+    let root = root.to_owned();
     let ws = c.post("/v1/workspaces", &root, json!({ "name": name })).created("workspace")["id"]
         .as_str()
         .expect("workspace id")
