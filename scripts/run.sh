@@ -26,27 +26,7 @@ echo "try it from another terminal: ./scripts/demo.sh   (a grant, checks, a sign
 data="${ALLOWLY_DATA_DIR:-$ALLOWLY_ROOT/allowly-data}"
 [ -n "$postgres" ] || exec "$bin/allowly" serve --data-dir "$data" "$@"
 
-pgbin="$(pg_config --bindir 2>/dev/null || true)"
-[ -x "$pgbin/initdb" ] || pgbin="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)"
-[ -x "$pgbin/initdb" ] || { echo "run.sh: PostgreSQL's server binaries not found (scripts/setup.sh installs them)" >&2; exit 1; }
-pgdir="$(realpath -m "$data")-postgres"
-as_owner=()
-if [ "$(id -u)" -eq 0 ]; then
-  as_owner=(setpriv --reuid="$(id -u nobody)" --regid="$(id -g nobody)" --clear-groups)
-fi
-if [ ! -f "$pgdir/data/PG_VERSION" ]; then
-  mkdir -p "$pgdir"
-  chmod 0755 "$pgdir"
-  [ "$(id -u)" -ne 0 ] || chown "$(id -u nobody):$(id -g nobody)" "$pgdir"
-  (cd "$pgdir" && "${as_owner[@]}" "$pgbin/initdb" --auth=trust --encoding=UTF8 --locale=C -U allowly -D "$pgdir/data" >/dev/null)
-  printf "listen_addresses = ''\nunix_socket_directories = '%s'\n" "$pgdir" >>"$pgdir/data/postgresql.conf"
-fi
-# Its own session (setsid): Ctrl-C must reach the server, which drains, and not the database
-# under it; the database is stopped after the server has exited.
-(cd "$pgdir" && setsid "${as_owner[@]}" "$pgbin/pg_ctl" -D "$pgdir/data" -l "$pgdir/log" -w start >/dev/null)
-trap '(cd "$pgdir" && "${as_owner[@]}" "$pgbin/pg_ctl" -D "$pgdir/data" -m fast -w stop >/dev/null)' EXIT
-if [ -z "$("$pgbin/psql" -X -h "$pgdir" -U allowly -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname = 'allowly'")" ]; then
-  "$pgbin/psql" -X -q -h "$pgdir" -U allowly -d postgres -c "CREATE DATABASE allowly"
-fi
-echo "PostgreSQL: $pgdir (log: $pgdir/log)"
-ALLOWLY_POSTGRES="host=$pgdir user=allowly dbname=allowly" "$bin/allowly" serve --data-dir "$data" "$@"
+. "$ALLOWLY_ROOT/scripts/local-postgres.sh"
+local_postgres "$(realpath -m "$data")-postgres"
+trap '(eval "$LOCAL_PG_STOP")' EXIT
+"$bin/allowly" serve --data-dir "$data" "$@"

@@ -43,6 +43,11 @@ struct Cli {
     /// A running `allowly serve` (loopback).
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     url: String,
+    /// Create the check load's workspaces through this node instead of --url (a cluster,
+    /// docs/scale-out.md: the node that creates a workspace owns it, so with the load on
+    /// another node every check is forwarded, and the step measures the forwarding).
+    #[arg(long)]
+    setup_url: Option<String>,
     /// The server's data directory: the fsync baseline is written there and `db/` is measured.
     #[arg(long, default_value = "./allowly-data")]
     data_dir: PathBuf,
@@ -289,6 +294,8 @@ struct Ctx {
     tck: u64,
     rows: Vec<Row>,
     api: Api,
+    /// Where the check load's workspaces are created (`--setup-url`, else `api`).
+    setup_api: Api,
 }
 
 impl Ctx {
@@ -549,11 +556,17 @@ fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
 
 async fn run(cli: Cli) -> Result<(), String> {
     let api = Api::from_url(&cli.url).await?;
-    if !api.addr.ip().is_loopback() {
-        return Err(format!("{}: this load test only runs against loopback", api.addr));
+    let setup_api = match &cli.setup_url {
+        Some(u) => Api::from_url(u).await?,
+        None => api.clone(),
+    };
+    for a in [&api, &setup_api] {
+        if !a.addr.ip().is_loopback() {
+            return Err(format!("{}: this load test only runs against loopback", a.addr));
+        }
     }
     let rule = Rule { min_achieved: 0.95, max_p99_ms: cli.max_p99_ms };
-    let mut ctx = Ctx { cli, rule, tck: procfs::clock_ticks_per_second(), rows: Vec::new(), api };
+    let mut ctx = Ctx { cli, rule, tck: procfs::clock_ticks_per_second(), rows: Vec::new(), api, setup_api };
     let server_pid = ctx
         .cli
         .server_pid
@@ -659,7 +672,7 @@ async fn standard(
     // Set-up first (not timed).
     let check = match admin {
         Some(admin) => {
-            let prepared = setup::small(&ctx.api, admin, ctx.cli.workspaces).await?;
+            let prepared = setup::small(&ctx.setup_api, admin, ctx.cli.workspaces).await?;
             println!("set up {} workspaces with one authorization each (a check on each: allow)", prepared.len());
             out["workspaces"] = json!(prepared.iter().map(|p| p.workspace.clone()).collect::<Vec<_>>());
             Some(check_target(ctx, &prepared, server_pid))
@@ -890,7 +903,7 @@ fn signing_json(before: Option<&prom::Scrape>, after: Option<&prom::Scrape>, row
 /// One check step at `rate`, reported per `--timeline-ms` slice: when latency spikes and how
 /// often (a flush, a compaction, a signer round), which a whole-step p99 cannot say.
 async fn timeline_mode(ctx: &mut Ctx, admin: &str, server_pid: Option<u32>, rate: f64) -> Result<Value, String> {
-    let prepared = setup::small(&ctx.api, admin, ctx.cli.workspaces).await?;
+    let prepared = setup::small(&ctx.setup_api, admin, ctx.cli.workspaces).await?;
     let t = check_target(ctx, &prepared, server_pid);
     print_header();
     let slice = Duration::from_millis(ctx.cli.timeline_ms.max(1));
@@ -910,7 +923,7 @@ async fn sustained_mode(
     server_pid: Option<u32>,
     minutes: u64,
 ) -> Result<(Value, Vec<chart::Panel>), String> {
-    let prepared = setup::small(&ctx.api, admin, ctx.cli.workspaces).await?;
+    let prepared = setup::small(&ctx.setup_api, admin, ctx.cli.workspaces).await?;
     let t = check_target(ctx, &prepared, server_pid);
     print_header();
     let knee = match ctx.cli.check_knee {

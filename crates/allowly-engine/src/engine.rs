@@ -849,6 +849,10 @@ impl Engine {
         if s.shutting_down.load(Ordering::Acquire) {
             return Err(EngineError::ShuttingDown);
         }
+        // A workspace another node owns, seen just now: forwarded without a store read.
+        if let Some(owner) = s.ownership.as_ref().and_then(|o| o.known_owner(ws)) {
+            return Err(owner);
+        }
         let locks = s.locks.entry(ws.to_owned()).or_default().clone();
         let _spawning = locks.spawn.lock().await;
         if let Some(h) = s.actors.get(ws) {
@@ -919,6 +923,15 @@ impl Engine {
             }
             Ok(_) => crate::ownership::moved(ws),
             Err(e) => e,
+        }
+    }
+
+    /// In a cluster: forgets that any workspace is owned by the node at `address` (a request
+    /// forwarded there could not even connect: the node is gone). The next request for those
+    /// workspaces asks the database, and takes the workspace over if its lease is free.
+    pub fn forget_owner(&self, address: &str) {
+        if let Some(o) = &self.shared.ownership {
+            o.forget_address(address);
         }
     }
 

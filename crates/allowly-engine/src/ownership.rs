@@ -20,6 +20,9 @@ use dashmap::DashMap;
 use crate::config::ClusterConfig;
 use crate::error::{EngineError, Result};
 
+/// Most workspaces remembered as another node's (a few MiB); past it the memory starts over.
+const MAX_KNOWN_OWNERS: usize = 100_000;
+
 /// A lease this node holds.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Held {
@@ -33,13 +36,18 @@ pub(crate) struct Held {
 pub(crate) struct Ownership {
     pub cfg: ClusterConfig,
     held: DashMap<String, Held>,
+    /// Workspaces another node was seen to own, and when (this node's clock): requests for
+    /// them are forwarded without asking the database again for a third of the TTL. A stale
+    /// entry sends a request to a former owner, which answers it 503 rather than forwarding it
+    /// again (`allowly-forwarded-by`); the client's retry finds the new owner. Bounded.
+    others: DashMap<String, (String, String, Instant)>,
     /// `allowly_engine_leases_held`, kept equal to `held.len()`.
     gauge: prometheus::IntGauge,
 }
 
 impl Ownership {
     pub fn new(cfg: ClusterConfig, gauge: prometheus::IntGauge) -> Self {
-        Self { cfg, held: DashMap::new(), gauge }
+        Self { cfg, held: DashMap::new(), others: DashMap::new(), gauge }
     }
 
     fn count(&self) {
@@ -50,9 +58,13 @@ impl Ownership {
     /// workspace with. [`EngineError::NotOwner`] names the node holding a live lease. A store
     /// call: run it off the async workers.
     pub fn acquire(&self, store: &dyn Store, ws: &str) -> Result<u64> {
+        if let Some(owner) = self.known_owner(ws) {
+            return Err(owner);
+        }
         let since = Instant::now();
         match store.acquire_lease(ws, &self.cfg.node_id, &self.cfg.address, self.cfg.lease_ttl)? {
             LeaseAnswer::Granted(lease) => {
+                self.others.remove(ws);
                 let taken_over = self.held.insert(ws.to_owned(), Held { epoch: lease.epoch, since });
                 if taken_over.is_none_or(|h| h.epoch != lease.epoch) {
                     tracing::info!(workspace = %ws, epoch = lease.epoch, "this node owns the workspace");
@@ -64,9 +76,27 @@ impl Ownership {
                 if self.held.remove(ws).is_some() {
                     self.count();
                 }
+                if self.others.len() >= MAX_KNOWN_OWNERS {
+                    self.others.clear();
+                }
+                self.others.insert(ws.to_owned(), (lease.node_id.clone(), lease.address.clone(), since));
                 Err(EngineError::NotOwner { node_id: lease.node_id, address: lease.address })
             }
         }
+    }
+
+    /// Another node seen owning `ws` less than a keeper period ago, as the error that sends the
+    /// request there.
+    pub fn known_owner(&self, ws: &str) -> Option<EngineError> {
+        let seen = self.others.get(ws)?;
+        let (node_id, address, at) = &*seen;
+        (at.elapsed() < self.period())
+            .then(|| EngineError::NotOwner { node_id: node_id.clone(), address: address.clone() })
+    }
+
+    /// Forgets every workspace seen owned by the node at `address`.
+    pub fn forget_address(&self, address: &str) {
+        self.others.retain(|_, (_, a, _)| a != address);
     }
 
     /// The epoch of the lease this node holds for `ws`, if it holds one.

@@ -43,6 +43,18 @@ fn hop_by_hop(name: &HeaderName) -> bool {
         || ["keep-alive", "proxy-connection", "te", "trailer"].contains(&name.as_str())
 }
 
+/// Why a forwarded request has no answer from its owner.
+#[derive(Debug)]
+pub enum NotForwarded {
+    /// It never reached the owner (no connection could be made: the node is gone): nothing
+    /// happened there, so it may be decided elsewhere (`routes::dispatch` runs it here again,
+    /// once: the workspace's lease may be free).
+    Unsent(Problem),
+    /// It may have reached the owner (no answer in time, a connection lost mid-answer): the
+    /// answer is this problem, and the client retries with its `Idempotency-Key`.
+    Lost(Problem),
+}
+
 /// Forwards requests to the owners of their workspaces.
 #[derive(Debug)]
 pub struct Forwarder {
@@ -71,22 +83,42 @@ impl Forwarder {
     /// Sends the request (`parts`, `body`) to `owner` (`http://host:port`) and relays its
     /// answer; a problem if the owner cannot be reached or does not answer in time.
     /// The forwarded request bears `request_id` (the owner logs and answers under the same id).
-    pub async fn forward(&self, parts: &Parts, body: Bytes, owner: &str, request_id: &str) -> Result<Resp, Problem> {
+    pub async fn forward(
+        &self,
+        parts: &Parts,
+        body: Bytes,
+        owner: &str,
+        request_id: &str,
+    ) -> Result<Resp, NotForwarded> {
         let outcome = self.exchange(parts, body, owner, request_id).await;
         self.metrics.forwarded(if outcome.is_ok() { "answered" } else { "unreachable" });
-        outcome.map_err(|why| {
+        outcome.map_err(|(sent, why)| {
             tracing::warn!(owner, error = %why, "forwarding a request to its workspace's owner failed");
-            Problem::owner_unreachable(
+            if !sent {
+                return NotForwarded::Unsent(Problem::owner_unreachable(
+                    "another node of this cluster owns the workspace and could not be reached; nothing was changed: \
+                     retry",
+                ));
+            }
+            NotForwarded::Lost(Problem::owner_unreachable(
                 "another node of this cluster owns the workspace and did not answer; the request may have taken \
                  effect there if it reached it: retry with the same Idempotency-Key",
-            )
+            ))
         })
     }
 
-    async fn exchange(&self, parts: &Parts, body: Bytes, owner: &str, request_id: &str) -> Result<Resp, String> {
+    /// The owner's answer, or why there is none and whether the request may have reached it.
+    async fn exchange(
+        &self,
+        parts: &Parts,
+        body: Bytes,
+        owner: &str,
+        request_id: &str,
+    ) -> Result<Resp, (bool, String)> {
+        let unsent = |why: String| (false, why);
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let uri: Uri =
-            format!("{}{path}", owner.trim_end_matches('/')).parse().map_err(|e| format!("owner URL: {e}"))?;
+            format!("{}{path}", owner.trim_end_matches('/')).parse().map_err(|e| unsent(format!("owner URL: {e}")))?;
         let mut req = Request::builder().method(parts.method.clone()).uri(uri);
         for (name, value) in &parts.headers {
             if !hop_by_hop(name) && name.as_str() != crate::extract::REQUEST_ID {
@@ -97,19 +129,20 @@ impl Forwarder {
             .header(crate::extract::REQUEST_ID, request_id)
             .header(FORWARDED_BY, self.node_id.clone())
             .body(Full::new(body))
-            .map_err(|e| format!("building the request: {e}"))?;
+            .map_err(|e| unsent(format!("building the request: {e}")))?;
         let answer = tokio::time::timeout(self.timeout, async {
-            let resp = self.client.request(req).await.map_err(|e| allowly_tls::error_chain(&e))?;
+            // A connection that could not be made: the request was never sent.
+            let resp = self.client.request(req).await.map_err(|e| (!e.is_connect(), allowly_tls::error_chain(&e)))?;
             let (head, body) = resp.into_parts();
             let bytes = Limited::new(body, MAX_ANSWER)
                 .collect()
                 .await
-                .map_err(|e| format!("reading the answer: {e}"))?
+                .map_err(|e| (true, format!("reading the answer: {e}")))?
                 .to_bytes();
-            Ok::<_, String>((head, bytes))
+            Ok::<_, (bool, String)>((head, bytes))
         })
         .await
-        .map_err(|_| format!("no answer within {} ms", self.timeout.as_millis()))??;
+        .map_err(|_| (true, format!("no answer within {} ms", self.timeout.as_millis())))??;
         let (head, bytes) = answer;
         let mut resp = Response::new(Full::new(bytes));
         *resp.status_mut() = head.status;

@@ -33,13 +33,22 @@ use crate::problem::Problem;
 
 pub type Resp = Response<Full<Bytes>>;
 
+/// A request's body as a handler reads it.
+pub(crate) enum RequestBody {
+    /// As it arrives (checked for media type and size as it is read).
+    Stream(Incoming),
+    /// Read once already, and checked then (`routes::dispatch` runs a request again here
+    /// after its owner could not be reached).
+    Replay(Bytes),
+}
+
 /// What a handler gets: the request (its body not yet read), and what the routing and the
 /// access check found out about it.
 pub(crate) struct Cx<'r> {
     pub app: &'r App,
     pub parts: &'r Parts,
     /// Taken by the first read of the body.
-    body: Option<Incoming>,
+    body: Option<RequestBody>,
     /// The body's bytes once read: kept for forwarding the request to the node that owns its
     /// workspace, in a cluster (`routes::dispatch`).
     read: &'r std::sync::OnceLock<Bytes>,
@@ -59,7 +68,7 @@ impl<'r> Cx<'r> {
     pub(crate) fn new(
         app: &'r App,
         parts: &'r Parts,
-        body: Incoming,
+        body: RequestBody,
         read: &'r std::sync::OnceLock<Bytes>,
         limit: BodyLimits,
         route: &'static str,
@@ -101,20 +110,24 @@ impl<'r> Cx<'r> {
         Ok(self.app.engine.read(move |e| f(e, &ws, &id)).await?)
     }
 
-    fn take_body(&mut self) -> Result<Incoming, Problem> {
+    fn take_body(&mut self) -> Result<RequestBody, Problem> {
         self.body.take().ok_or_else(|| Problem::internal(format!("route {} read its body twice", self.route)))
     }
 
     pub(crate) async fn json_body<T: DeserializeOwned>(&mut self) -> Result<T, Problem> {
-        let body = self.take_body()?;
-        let bytes = extract::json_bytes(self.headers(), body, self.limit).await?;
+        let bytes = match self.take_body()? {
+            RequestBody::Stream(body) => extract::json_bytes(self.headers(), body, self.limit).await?,
+            RequestBody::Replay(bytes) => bytes,
+        };
         let _ = self.read.set(bytes.clone());
         extract::parse_json(&bytes)
     }
 
     pub(crate) async fn optional_json_body<T: DeserializeOwned + Default>(&mut self) -> Result<T, Problem> {
-        let body = self.take_body()?;
-        let bytes = extract::optional_json_bytes(self.headers(), body, self.limit).await?;
+        let bytes = match self.take_body()? {
+            RequestBody::Stream(body) => extract::optional_json_bytes(self.headers(), body, self.limit).await?,
+            RequestBody::Replay(bytes) => Some(bytes),
+        };
         let _ = self.read.set(bytes.clone().unwrap_or_default());
         match bytes {
             Some(bytes) if !bytes.is_empty() => extract::parse_json(&bytes),

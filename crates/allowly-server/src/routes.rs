@@ -68,7 +68,8 @@ use hyper::body::Incoming;
 use crate::app::App;
 use crate::auth::{self, Access};
 use crate::extract::{self, valid_path_id};
-use crate::handlers::{self, Cx, Resp};
+use crate::forward::NotForwarded;
+use crate::handlers::{self, Cx, RequestBody, Resp};
 use crate::problem::{Exposure, Problem};
 
 /// Declares [`Route`] and [`Route::ALL`] from one list, so a route cannot be left out of the
@@ -507,18 +508,53 @@ pub async fn dispatch(
         Matched::NotFound => return (Route::Unmatched, Problem::not_found().into_response(request_id)),
     };
     let read = std::sync::OnceLock::new();
-    let resp = match handle(app, target, &parts, body, &read, read_deadline).await {
+    let resp = match handle(app, target, &parts, RequestBody::Stream(body), &read, read_deadline).await {
         Ok(r) => r,
         Err(mut p) => match p.take_forward() {
             Some(owner) => match forward(app, &parts, &read, &owner, request_id).await {
                 Some(Ok(r)) => r,
-                Some(Err(unreachable)) => unreachable.into_response(request_id),
+                Some(Err(NotForwarded::Lost(lost))) => lost.into_response(request_id),
+                Some(Err(NotForwarded::Unsent(unsent))) => {
+                    again(app, target, &parts, &read, read_deadline, &owner, unsent, request_id).await
+                }
                 None => p.into_response(request_id),
             },
             None => p.into_response(request_id),
         },
     };
     (target.route, resp)
+}
+
+/// The owner this node knew of for the request's workspace is gone, and nothing reached it:
+/// decided again here, once — the workspace's lease may be free (this node then takes it
+/// over) — or sent to the owner the database names now. `unsent` is the answer if neither.
+#[allow(clippy::too_many_arguments)] // one call site, the request's pieces
+async fn again(
+    app: &App,
+    target: Target<'_>,
+    parts: &Parts,
+    read: &std::sync::OnceLock<bytes::Bytes>,
+    read_deadline: tokio::time::Instant,
+    gone: &str,
+    unsent: Problem,
+    request_id: &str,
+) -> Resp {
+    app.engine.forget_owner(gone);
+    let body = read.get().cloned().unwrap_or_default();
+    let read = std::sync::OnceLock::new();
+    let mut p = match handle(app, target, parts, RequestBody::Replay(body), &read, read_deadline).await {
+        Ok(r) => return r,
+        Err(p) => p,
+    };
+    match p.take_forward() {
+        Some(owner) if owner == gone => unsent.into_response(request_id),
+        Some(owner) => match forward(app, parts, &read, &owner, request_id).await {
+            Some(Ok(r)) => r,
+            Some(Err(NotForwarded::Lost(p) | NotForwarded::Unsent(p))) => p.into_response(request_id),
+            None => p.into_response(request_id),
+        },
+        None => p.into_response(request_id),
+    }
 }
 
 /// In a cluster: sends a request the engine refused as another node's (`NotOwner`) to that
@@ -531,7 +567,7 @@ async fn forward(
     read: &std::sync::OnceLock<bytes::Bytes>,
     owner: &str,
     request_id: &str,
-) -> Option<Result<Resp, Problem>> {
+) -> Option<Result<Resp, NotForwarded>> {
     let forwarder = app.forwarder.as_ref()?;
     if crate::forward::Forwarder::was_forwarded(parts) {
         app.metrics.forwarded("already_forwarded");
@@ -551,7 +587,7 @@ async fn handle(
     app: &App,
     t: Target<'_>,
     parts: &Parts,
-    body: Incoming,
+    body: RequestBody,
     read: &std::sync::OnceLock<bytes::Bytes>,
     read_deadline: tokio::time::Instant,
 ) -> Result<Resp, Problem> {

@@ -53,12 +53,28 @@ fn check_marked_as_forwarded(c: &Client, t: &Tenant) -> Resp {
     c.request("POST", "/v1/check", &headers, Some(&body))
 }
 
+/// A read through `s`, asked again while it is refused for a moment (503 `read_timeout` on a
+/// loaded machine, with these tests' short request bound), as a client would.
+fn read(s: &Server, path: &str, key: Option<&str>) -> Resp {
+    let c = s.client();
+    eventually(
+        path,
+        || s.diagnostics(),
+        || {
+            let r = c.get(path, key);
+            match r.status {
+                200 => Some(r),
+                503 => None,
+                _ => panic!("{r}"),
+            }
+        },
+    )
+}
+
 /// The authorization's trail as `(log index, receipt id)`, read through `s` (any node reads the
 /// shared database). Every receipt of these tests' workspaces after the grant is in it.
 fn log_indices(s: &Server, t: &Tenant) -> Vec<(u64, String)> {
-    let r = s.client().get(&format!("/v1/receipts?authorization_id={}&limit=1000", t.az), Some(&t.reader));
-    assert_eq!(r.status, 200, "{r}");
-    let page = r.json();
+    let page = read(s, &format!("/v1/receipts?authorization_id={}&limit=1000", t.az), Some(&t.reader)).json();
     assert_eq!(page["has_more"], false, "{page}");
     let mut out: Vec<(u64, String)> = page["data"]
         .as_array()
@@ -84,10 +100,8 @@ fn signed(s: &Server, t: &Tenant, id: &str) {
 /// `allowly-verify` against the workspace's published keys: one log, whichever node's signer
 /// signed which part of it.
 fn verifies_offline(s: &Server, t: &Tenant, dir: &Path) {
-    let c = s.client();
-    let bundle = c.get(&format!("/v1/authorizations/{}/export", t.az), Some(&t.reader));
-    assert_eq!(bundle.status, 200, "{bundle}");
-    let keys = c.get(&format!("/v1/workspaces/{}/keys", t.ws), None);
+    let bundle = read(s, &format!("/v1/authorizations/{}/export", t.az), Some(&t.reader));
+    let keys = read(s, &format!("/v1/workspaces/{}/keys", t.ws), None);
     let (bundle_file, keys_file) = (dir.join("trail.jsonl"), dir.join("keys.json"));
     std::fs::write(&bundle_file, &bundle.body).unwrap();
     std::fs::write(&keys_file, &keys.body).unwrap();
@@ -197,10 +211,9 @@ fn a_paused_owner_is_taken_over_and_its_late_writes_are_fenced() {
             let r = check(&cb, &t, "files.read");
             match r.status {
                 200 => Some(r.json()),
-                503 => {
-                    r.problem(503, "workspace_owned_elsewhere");
-                    None
-                }
+                // Mostly `workspace_owned_elsewhere` (the owner does not answer); on a loaded
+                // machine also the node's own transient refusals. Never acknowledged.
+                503 if r.header("retry-after").is_some() => None,
                 _ => panic!("unexpected answer while the owner is paused: {r}"),
             }
         },
