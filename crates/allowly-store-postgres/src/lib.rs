@@ -45,9 +45,10 @@
 //! and `lease_epochs` key spaces; this crate gives them the database's clock
 //! ([`KvEngine::now_ms`](allowly_store::kv::KvEngine::now_ms): `clock_timestamp()`, so the
 //! nodes' clocks never matter) and a checked write ([`KvEngine::apply_checked`](allowly_store::kv::KvEngine::apply_checked)):
-//! one `SERIALIZABLE` transaction that reads the expected rows (a workspace's epoch) `FOR
+//! one `REPEATABLE READ` transaction that reads the expected rows (a workspace's epoch) `FOR
 //! UPDATE` — a row lock, so a fenced write and a takeover of its workspace are ordered by
-//! commit — and writes the groups whose expectations hold. `docs/scale-out.md` has the model.
+//! commit — and writes the groups whose expectations hold (why not `SERIALIZABLE`: see
+//! `store.rs`, `begin_checked`). `docs/scale-out.md` has the model.
 //!
 //! # Threads
 //!

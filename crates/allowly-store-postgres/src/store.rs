@@ -9,7 +9,7 @@ use std::time::Instant;
 use allowly_store::kv::{Checked, KvEngine, KvRead, Mutation, Mutations, Outcome, Pair, Plan, Space};
 use allowly_store::{Durability, Result, StoreError};
 use crossbeam_channel::{Receiver, Sender};
-use tokio_postgres::types::ToSql;
+use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::Client;
 
 use crate::error::Failure;
@@ -332,20 +332,39 @@ impl<'a> Rows<'a> {
             c.execute(&stmts.upsert, &puts).await?;
         }
         if !self.del_key.is_empty() {
-            let dels: [&(dyn ToSql + Sync); 2] = [&self.del_space, &self.del_key];
-            c.execute(&stmts.delete, &dels).await?;
+            let dels: [(&(dyn ToSql + Sync), Type); 2] =
+                [(&self.del_space, Type::TEXT_ARRAY), (&self.del_key, Type::BYTEA_ARRAY)];
+            c.query_typed(crate::schema::DELETE, &dels).await?;
         }
         Ok(())
     }
 }
 
-/// The `BEGIN` of a write transaction of `durability`.
+/// The `BEGIN` of a plain write transaction of `durability`.
 fn begin(conn: &Conn, durability: Durability) -> &'static str {
     match durability {
         Durability::Buffered if conn.async_buffered_commits() => {
             "BEGIN ISOLATION LEVEL SERIALIZABLE; SET LOCAL synchronous_commit TO off"
         }
         Durability::Sync | Durability::Buffered => "BEGIN ISOLATION LEVEL SERIALIZABLE",
+    }
+}
+
+/// The `BEGIN` of a checked write (`apply_checked`): `REPEATABLE READ`, not `SERIALIZABLE`.
+/// Its guarantee comes from the row locks of its `FOR UPDATE` check: a row changed by a
+/// transaction that committed after this one's snapshot fails the lock with a serialization
+/// failure (`40001`, run again), one being changed makes it wait. Under `SERIALIZABLE` the same
+/// check also took predicate locks, and PostgreSQL's page-granular predicate locks made the
+/// committer's writes (Merkle nodes, receipts) and the lease keeper's renewals, neighbours in
+/// one index, abort each other as "pivots" continually: 271 aborts in two minutes and a check
+/// knee of ~1,000/s on two nodes (docs/scale-out.md, *Capacity*). An engine that runs
+/// `REPEATABLE READ` as `SERIALIZABLE` (CockroachDB by default) is only stricter.
+fn begin_checked(conn: &Conn, durability: Durability) -> &'static str {
+    match durability {
+        Durability::Buffered if conn.async_buffered_commits() => {
+            "BEGIN ISOLATION LEVEL REPEATABLE READ; SET LOCAL synchronous_commit TO off"
+        }
+        Durability::Sync | Durability::Buffered => "BEGIN ISOLATION LEVEL REPEATABLE READ",
     }
 }
 
@@ -399,8 +418,9 @@ async fn check<'w>(
     write.plan(|space, key| Ok(current.get(&(space.name().to_owned(), key.to_vec())).cloned())).map_err(Failure::Store)
 }
 
-/// A checked write (fenced groups, a lease change): one `SERIALIZABLE` transaction that reads
-/// the expected keys `FOR UPDATE` and writes the groups whose expectations hold.
+/// A checked write (fenced groups, a lease change): one `REPEATABLE READ` transaction (see
+/// [`begin_checked`]) that reads the expected keys `FOR UPDATE` and writes the groups whose
+/// expectations hold.
 ///
 /// Optimistic, because a fence nearly always holds: the first round writes every group's keys
 /// except the expected ones, then checks (so the lock on a workspace's epoch row is held from
@@ -408,7 +428,7 @@ async fn check<'w>(
 /// and commits. Only if a group's expectation failed is it rolled back, and a second round
 /// checks first, under the lock, and writes exactly the groups that hold.
 fn apply_checked(conn: &mut Conn, deadline: Instant, write: &Checked, durability: Durability) -> Result<Outcome> {
-    let begin = begin(conn, durability);
+    let begin = begin_checked(conn, durability);
     let hook = conn.test_hook();
     let expected: (Vec<&'static str>, Vec<&[u8]>) = write.expected_keys().map(|(s, k)| (s.name(), k)).unzip();
     let unchecked = write.plan_unchecked();

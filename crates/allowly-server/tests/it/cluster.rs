@@ -6,6 +6,7 @@
 //! trail verifies offline as one log.
 
 use crate::support::*;
+use crate::witness::Witness;
 use serde_json::json;
 use std::path::Path;
 
@@ -99,7 +100,7 @@ fn signed(s: &Server, t: &Tenant, id: &str) {
 /// The authorization's whole trail, exported through `s`, verifies offline with the real
 /// `allowly-verify` against the workspace's published keys: one log, whichever node's signer
 /// signed which part of it.
-fn verifies_offline(s: &Server, t: &Tenant, dir: &Path) {
+fn verifies_offline(s: &Server, t: &Tenant, dir: &Path, witness: Option<&Witness>) {
     let bundle = read(s, &format!("/v1/authorizations/{}/export", t.az), Some(&t.reader));
     let keys = read(s, &format!("/v1/workspaces/{}/keys", t.ws), None);
     let (bundle_file, keys_file) = (dir.join("trail.jsonl"), dir.join("keys.json"));
@@ -107,6 +108,22 @@ fn verifies_offline(s: &Server, t: &Tenant, dir: &Path) {
     std::fs::write(&keys_file, &keys.body).unwrap();
     let (code, shown) = run_verifier(&bundle_file, &keys_file, &[]);
     assert_eq!(code, Some(0), "{shown}");
+    if let Some(w) = witness {
+        let out = std::process::Command::new(verifier_bin())
+            .arg("bundle")
+            .arg(&bundle_file)
+            .arg("--keys")
+            .arg(&keys_file)
+            .args(["--witness-key", &w.vkey, "--witness-quorum", "1"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
 
 /// One log, no fork: consecutive indices from the grant's on, none twice.
@@ -183,7 +200,7 @@ fn nodes_forward_to_the_owner_and_see_its_revocations() {
     signed(&b, &t, &id);
     assert!(metric(&b, "allowly_engine_leases_held") >= 1.0, "{}", b.diagnostics());
     assert_one_log(&log_indices(&b, &t));
-    verifies_offline(&b, &t, tmp.path());
+    verifies_offline(&b, &t, tmp.path(), None);
 }
 
 #[test]
@@ -241,7 +258,7 @@ fn a_paused_owner_is_taken_over_and_its_late_writes_are_fenced() {
     // The new owner's signer continues the log the old one signed: every receipt is signed,
     // and the whole trail verifies offline as one log.
     signed(&b, &t, r.json()["receipt"]["receipt_id"].as_str().unwrap());
-    verifies_offline(&b, &t, tmp.path());
+    verifies_offline(&b, &t, tmp.path(), None);
 }
 
 /// Lease and request bounds short enough for a takeover within a test's deadline.
@@ -290,8 +307,9 @@ fn load(
 }
 
 /// After a fault: every acknowledged receipt is in its workspace's one log (no gap, no
-/// repeat), gets signed, and each trail verifies offline; read through `s`.
-fn nothing_lost(s: &Server, tenants: &[Tenant], acked: &Acked, dir: &Path) {
+/// repeat), gets signed, and each trail verifies offline; read through `s`. With `witness`,
+/// the trail must also verify under the policy "cosigned by it" (a fork would not be).
+fn nothing_lost(s: &Server, tenants: &[Tenant], acked: &Acked, dir: &Path, witness: Option<&Witness>) {
     let acked = acked.lock().unwrap().clone();
     for (t, ids) in tenants.iter().zip(&acked) {
         let log = log_indices(s, t);
@@ -302,7 +320,7 @@ fn nothing_lost(s: &Server, tenants: &[Tenant], acked: &Acked, dir: &Path) {
         if let Some((_, last)) = log.last() {
             signed(s, t, last);
         }
-        verifies_offline(s, t, dir);
+        verifies_offline(s, t, dir, witness);
     }
 }
 
@@ -343,7 +361,7 @@ fn three_nodes_lose_one_to_kill_9_under_load_and_lose_nothing() {
     for h in handles {
         h.join().unwrap();
     }
-    nothing_lost(&b, &tenants, &acked, tmp.path());
+    nothing_lost(&b, &tenants, &acked, tmp.path(), None);
     drop(c);
 }
 
@@ -352,11 +370,17 @@ fn a_node_cut_off_from_the_database_is_fenced_when_it_comes_back() {
     let cluster = allowly_store_postgres::test_cluster::shared();
     let conninfo = cluster.fresh_database("allowly_cluster_partition");
     let tmp = tempfile::tempdir().unwrap();
-    // `a` reaches the database through a proxy that can partition it.
+    // `a` reaches the database through a proxy that can partition it. Both nodes submit every
+    // checkpoint to one C2SP witness and report a receipt signed only once it cosigned: it
+    // cosigns only checkpoints consistent with the last it cosigned, so a fork would never be.
     let proxy = allowly_store_postgres::test_proxy::Proxy::start(cluster);
-    let a = node(&tmp.path().join("a"), &proxy.conninfo("allowly_cluster_partition"), "a", &FAST);
-    let b = node(&tmp.path().join("b"), &conninfo, "b", &FAST);
+    let mut witness = Witness::init(tmp.path(), "witness.test/w");
+    let witnessed = ["--witness", &witness.arg(), "--witness-quorum", "1", "--witness-timeout-ms", "500"];
+    let args: Vec<&str> = FAST.iter().copied().chain(witnessed).collect();
+    let a = node(&tmp.path().join("a"), &proxy.conninfo("allowly_cluster_partition"), "a", &args);
+    let b = node(&tmp.path().join("b"), &conninfo, "b", &args);
     let t = tenant(&a, "partitioned", &["files.read"]);
+    witness.start(&[(&a, &t)]);
     let tenants = vec![t];
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (acked, handles) = load(&tenants, &[a.addr, b.addr], 2, &stop);
@@ -385,6 +409,7 @@ fn a_node_cut_off_from_the_database_is_fenced_when_it_comes_back() {
     for h in handles {
         h.join().unwrap();
     }
-    nothing_lost(&b, &tenants, &acked, tmp.path());
+    nothing_lost(&b, &tenants, &acked, tmp.path(), Some(&witness));
+    assert!(witness.requests("cosigned") > 0, "the witness cosigned nothing");
     drop(a);
 }

@@ -25,17 +25,17 @@ fn witness_bin() -> PathBuf {
 }
 
 /// A witness: its directory, key and port; running or not.
-struct Witness {
+pub(crate) struct Witness {
     dir: PathBuf,
     name: String,
-    vkey: String,
+    pub(crate) vkey: String,
     port: u16,
     child: Option<Child>,
     addr: Option<SocketAddr>,
 }
 
 impl Witness {
-    fn init(root: &Path, name: &str) -> Self {
+    pub(crate) fn init(root: &Path, name: &str) -> Self {
         let dir = root.join(name.replace('/', "_"));
         let out =
             Command::new(witness_bin()).args(["init", "--dir"]).arg(&dir).args(["--name", name]).output().unwrap();
@@ -49,7 +49,7 @@ impl Witness {
     }
 
     /// `--witness VKEY=URL` for the server.
-    fn arg(&self) -> String {
+    pub(crate) fn arg(&self) -> String {
         format!("{}=http://127.0.0.1:{}", self.vkey, self.port)
     }
 
@@ -82,7 +82,7 @@ impl Witness {
         self.addr = addr;
     }
 
-    fn start(&mut self, servers: &[(&Server, &Tenant)]) {
+    pub(crate) fn start(&mut self, servers: &[(&Server, &Tenant)]) {
         self.start_on(self.port, servers);
     }
 
@@ -95,7 +95,7 @@ impl Witness {
     }
 
     /// `allowly_witness_requests_total{outcome}` as the running witness reports it.
-    fn requests(&self, outcome: &str) -> u64 {
+    pub(crate) fn requests(&self, outcome: &str) -> u64 {
         let c = Client { addr: self.addr.expect("witness running") };
         metric(&c.get("/metrics", None).text(), &format!("allowly_witness_requests_total{{outcome=\"{outcome}\"}}"))
     }
