@@ -209,10 +209,13 @@ fn a_paused_owner_is_taken_over_and_its_late_writes_are_fenced() {
     let conninfo = cluster.fresh_database("allowly_cluster_fence");
     let tmp = tempfile::tempdir().unwrap();
     // Short leases and a short request bound: a forward to the paused owner gives up quickly.
-    let fast = ["--lease-ttl-ms", "1500", "--commit-timeout-ms", "1000"];
-    let a = node(&tmp.path().join("a"), &conninfo, "a", &fast);
-    let b = node(&tmp.path().join("b"), &conninfo, "b", &fast);
+    let mut witness = Witness::init(tmp.path(), "witness.test/s");
+    let args = fast_witnessed(&witness);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let a = node(&tmp.path().join("a"), &conninfo, "a", &args);
+    let b = node(&tmp.path().join("b"), &conninfo, "b", &args);
     let t = tenant(&a, "fenced", &["files.read"]);
+    witness.start(&[(&a, &t)]);
     let (ca, cb) = (a.client(), b.client());
     let first = check(&ca, &t, "files.read");
     assert_eq!(first.status, 200, "{first}");
@@ -258,11 +261,21 @@ fn a_paused_owner_is_taken_over_and_its_late_writes_are_fenced() {
     // The new owner's signer continues the log the old one signed: every receipt is signed,
     // and the whole trail verifies offline as one log.
     signed(&b, &t, r.json()["receipt"]["receipt_id"].as_str().unwrap());
-    verifies_offline(&b, &t, tmp.path(), None);
+    verifies_offline(&b, &t, tmp.path(), Some(&witness));
+    assert!(witness.requests("cosigned") > 0, "the witness cosigned nothing");
 }
 
 /// Lease and request bounds short enough for a takeover within a test's deadline.
 const FAST: [&str; 4] = ["--lease-ttl-ms", "1500", "--commit-timeout-ms", "1000"];
+
+/// [`FAST`], and every checkpoint submitted to `w` with a quorum of one: a receipt is reported
+/// signed only once `w` cosigned a checkpoint covering it, and `w` cosigns only checkpoints
+/// consistent with the last it cosigned — so every receipt signed after a fault means every
+/// checkpoint it saw extended the one before, and no fork was cosigned.
+fn fast_witnessed(w: &Witness) -> Vec<String> {
+    let witnessed = ["--witness", &w.arg(), "--witness-quorum", "1", "--witness-timeout-ms", "500"];
+    FAST.iter().copied().chain(witnessed).map(str::to_owned).collect()
+}
 
 /// What a load run got: every acknowledged check's receipt id, per tenant.
 type Acked = std::sync::Arc<std::sync::Mutex<Vec<Vec<String>>>>;
@@ -329,9 +342,12 @@ fn three_nodes_lose_one_to_kill_9_under_load_and_lose_nothing() {
     let cluster = allowly_store_postgres::test_cluster::shared();
     let conninfo = cluster.fresh_database("allowly_cluster_kill");
     let tmp = tempfile::tempdir().unwrap();
-    let mut a = node(&tmp.path().join("a"), &conninfo, "a", &FAST);
-    let b = node(&tmp.path().join("b"), &conninfo, "b", &FAST);
-    let c = node(&tmp.path().join("c"), &conninfo, "c", &FAST);
+    let mut witness = Witness::init(tmp.path(), "witness.test/k");
+    let args = fast_witnessed(&witness);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut a = node(&tmp.path().join("a"), &conninfo, "a", &args);
+    let b = node(&tmp.path().join("b"), &conninfo, "b", &args);
+    let c = node(&tmp.path().join("c"), &conninfo, "c", &args);
     // Each node owns some workspaces (the node that creates a workspace's keys starts its actor).
     let root = a.admin_token();
     let tenants = vec![
@@ -340,6 +356,7 @@ fn three_nodes_lose_one_to_kill_9_under_load_and_lose_nothing() {
         tenant_as(&b, &root, "on b", &["files.read"]),
         tenant_as(&c, &root, "on c", &["files.read"]),
     ];
+    witness.start(&tenants.iter().map(|t| (&a, t)).collect::<Vec<_>>());
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (acked, handles) = load(&tenants, &[a.addr, b.addr, c.addr], 4, &stop);
     let count = |acked: &Acked| acked.lock().unwrap().iter().map(Vec::len).collect::<Vec<_>>();
@@ -361,7 +378,8 @@ fn three_nodes_lose_one_to_kill_9_under_load_and_lose_nothing() {
     for h in handles {
         h.join().unwrap();
     }
-    nothing_lost(&b, &tenants, &acked, tmp.path(), None);
+    nothing_lost(&b, &tenants, &acked, tmp.path(), Some(&witness));
+    assert!(witness.requests("cosigned") > 0, "the witness cosigned nothing");
     drop(c);
 }
 
@@ -375,8 +393,8 @@ fn a_node_cut_off_from_the_database_is_fenced_when_it_comes_back() {
     // cosigns only checkpoints consistent with the last it cosigned, so a fork would never be.
     let proxy = allowly_store_postgres::test_proxy::Proxy::start(cluster);
     let mut witness = Witness::init(tmp.path(), "witness.test/w");
-    let witnessed = ["--witness", &witness.arg(), "--witness-quorum", "1", "--witness-timeout-ms", "500"];
-    let args: Vec<&str> = FAST.iter().copied().chain(witnessed).collect();
+    let args = fast_witnessed(&witness);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let a = node(&tmp.path().join("a"), &proxy.conninfo("allowly_cluster_partition"), "a", &args);
     let b = node(&tmp.path().join("b"), &conninfo, "b", &args);
     let t = tenant(&a, "partitioned", &["files.read"]);
