@@ -170,16 +170,11 @@ impl Engine {
         for (ws, meta) in pending.into_iter().filter(|(ws, _)| !catching_up.contains(ws)) {
             // In a cluster, only a workspace this node can take is signed here: one another
             // node owns is that node's to sign.
-            if let Some(o) = &shared.ownership {
-                let (store, id) = (shared.store.clone(), ws.clone());
-                let s = shared.clone();
-                let taken = blocking(move || {
-                    let o = s.ownership.as_ref().ok_or_else(|| EngineError::Internal("no ownership".into()))?;
-                    o.acquire(store.as_ref(), &id)
-                })
-                .await;
-                if let Err(e) = taken {
-                    tracing::debug!(workspace = %ws, node = %o.cfg.node_id, error = %e, "not signing a workspace another node owns");
+            if shared.ownership.is_some() {
+                let (s, id) = (shared.clone(), ws.clone());
+                let taken = blocking(move || s.ownership.as_ref().map_or(Ok(0), |o| o.acquire(s.store.as_ref(), &id)));
+                if let Err(e) = taken.await {
+                    tracing::debug!(workspace = %ws, error = %e, "not signing a workspace another node owns");
                     continue;
                 }
             }
@@ -823,14 +818,10 @@ impl Engine {
         }
         match tokio::time::timeout_at(until, rx).await {
             Ok(Ok(Err(e))) if crate::ownership::is_fenced(&e) => Err(self.owner_of(ws, until).await),
-            Ok(answer) => match answer {
-                Ok(answer) => answer,
-                // A fenced actor stops without answering what it had not decided yet.
-                Err(_) if s.ownership.as_ref().is_some_and(|o| o.epoch(ws).is_none()) => {
-                    Err(self.owner_of(ws, until).await)
-                }
-                Err(_) => Err(EngineError::Internal("workspace actor stopped before answering".into())),
-            },
+            Ok(Ok(answer)) => answer,
+            // A fenced actor stops without answering what it had not decided yet.
+            Ok(Err(_)) if !s.owns(ws) => Err(self.owner_of(ws, until).await),
+            Ok(Err(_)) => Err(EngineError::Internal("workspace actor stopped before answering".into())),
             Err(_) => {
                 s.metrics.commit_timeouts.inc();
                 Err(EngineError::CommitTimeout { waited_ms: u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX) })
@@ -911,14 +902,14 @@ impl Engine {
     /// owns the workspace now ([`EngineError::NotOwner`], where the server forwards the
     /// request), or, if its lease is free again, a retryable refusal.
     async fn owner_of(&self, ws: &str, until: tokio::time::Instant) -> EngineError {
-        let Some(_) = &self.shared.ownership else {
+        let Some(o) = &self.shared.ownership else {
             return EngineError::Internal("a write was fenced outside a cluster".into());
         };
         let owned = ws.to_owned();
         let store = self.shared.store.clone();
         let lease = self.shared.services.read_until(until, move || Ok(store.lease(&owned)?)).await;
         match lease {
-            Ok(Some(l)) if self.shared.ownership.as_ref().is_some_and(|o| o.cfg.node_id != l.node_id) => {
+            Ok(Some(l)) if o.cfg.node_id != l.node_id => {
                 EngineError::NotOwner { node_id: l.node_id, address: l.address }
             }
             Ok(_) => crate::ownership::moved(ws),
@@ -1507,22 +1498,14 @@ async fn lease_loop(shared: std::sync::Weak<Shared>) {
         let kept = blocking(move || {
             let s = keep;
             let Some(o) = &s.ownership else { return Ok(()) };
-            let (node, ttl) = (o.cfg.node_id.as_str(), o.cfg.lease_ttl);
-            if let Err(e) = s.store.heartbeat(node, &o.cfg.address, ttl) {
+            if let Err(e) = s.store.heartbeat(&o.cfg.node_id, &o.cfg.address, o.cfg.lease_ttl) {
                 tracing::warn!(error = %e, "cannot renew this node's membership");
             }
             for (ws, h, used) in held {
-                let since = std::time::Instant::now();
-                let r = if used {
-                    s.store.renew_lease(&ws, node, h.epoch, ttl)
+                if used {
+                    o.renew(s.store.as_ref(), &ws, h);
                 } else {
-                    s.store.release_lease(&ws, node, h.epoch)
-                };
-                match r {
-                    Ok(_) if used => o.renewed(&ws, h.epoch, since),
-                    Ok(_) => o.released(&ws, h.epoch),
-                    Err(allowly_store::StoreError::Fenced { .. }) => o.lost(&ws, h.epoch),
-                    Err(e) => tracing::warn!(workspace = %ws, error = %e, "cannot renew the workspace's lease"),
+                    o.release(s.store.as_ref(), &ws, h);
                 }
             }
             Ok(())
@@ -1542,12 +1525,7 @@ async fn release_leases(s: &Arc<Shared>) {
     let released = blocking(move || {
         let Some(o) = &keep.ownership else { return Ok(()) };
         for (ws, h) in held {
-            match keep.store.release_lease(&ws, &o.cfg.node_id, h.epoch) {
-                Ok(_) | Err(allowly_store::StoreError::Fenced { .. }) => o.released(&ws, h.epoch),
-                Err(e) => {
-                    tracing::warn!(workspace = %ws, error = %e, "cannot release the workspace's lease; it lapses by itself")
-                }
-            }
+            o.release(keep.store.as_ref(), &ws, h);
         }
         Ok(())
     });

@@ -56,11 +56,9 @@ impl Ownership {
 
     /// Takes (or keeps) the lease of `ws` for this node: its epoch, to fence every write of the
     /// workspace with. [`EngineError::NotOwner`] names the node holding a live lease. A store
-    /// call: run it off the async workers.
+    /// call: run it off the async workers. (Callers that can skip the call for an owner seen
+    /// just now ask [`Self::known_owner`] first.)
     pub fn acquire(&self, store: &dyn Store, ws: &str) -> Result<u64> {
-        if let Some(owner) = self.known_owner(ws) {
-            return Err(owner);
-        }
         let since = Instant::now();
         match store.acquire_lease(ws, &self.cfg.node_id, &self.cfg.address, self.cfg.lease_ttl)? {
             LeaseAnswer::Granted(lease) => {
@@ -113,13 +111,21 @@ impl Ownership {
         }
     }
 
-    /// `ws` was taken over (a write or a renewal at `epoch` was fenced): forget it, unless a
-    /// newer grant replaced that epoch meanwhile.
+    /// `ws` was taken over (a write or a renewal at `epoch` was fenced): forget it.
     pub fn lost(&self, ws: &str, epoch: u64) {
-        if self.held.remove_if(ws, |_, h| h.epoch == epoch).is_some() {
+        if self.forget(ws, epoch) {
             tracing::warn!(workspace = %ws, epoch, "another node took the workspace over");
+        }
+    }
+
+    /// Forgets the lease of `ws` at `epoch`, unless a newer grant replaced it meanwhile;
+    /// whether it did.
+    fn forget(&self, ws: &str, epoch: u64) -> bool {
+        let gone = self.held.remove_if(ws, |_, h| h.epoch == epoch).is_some();
+        if gone {
             self.count();
         }
+        gone
     }
 
     /// Every lease held, for the keeper.
@@ -127,19 +133,36 @@ impl Ownership {
         self.held.iter().map(|e| (e.key().clone(), *e.value())).collect()
     }
 
-    /// The keeper renewed `ws` at `epoch` (call started at `since`).
-    pub fn renewed(&self, ws: &str, epoch: u64, since: Instant) {
-        if let Some(mut h) = self.held.get_mut(ws) {
-            if h.epoch == epoch {
-                h.since = since;
+    /// Renews the lease `held` of `ws` (the keeper, for a workspace in use). Fenced: another
+    /// node took it over ([`Self::lost`]). Any other failure is only logged: tried again next
+    /// round (the lease may lapse meanwhile, which is safe: writes are fenced by epoch). A store
+    /// call: run it off the async workers.
+    pub fn renew(&self, store: &dyn Store, ws: &str, held: Held) {
+        let since = Instant::now();
+        match store.renew_lease(ws, &self.cfg.node_id, held.epoch, self.cfg.lease_ttl) {
+            Ok(_) => {
+                if let Some(mut h) = self.held.get_mut(ws) {
+                    if h.epoch == held.epoch {
+                        h.since = since;
+                    }
+                }
             }
+            Err(StoreError::Fenced { .. }) => self.lost(ws, held.epoch),
+            Err(e) => tracing::warn!(workspace = %ws, error = %e, "cannot renew the workspace's lease"),
         }
     }
 
-    /// The keeper released `ws`: forget it (unless re-acquired at another epoch meanwhile).
-    pub fn released(&self, ws: &str, epoch: u64) {
-        if self.held.remove_if(ws, |_, h| h.epoch == epoch).is_some() {
-            self.count();
+    /// Lets the lease `held` of `ws` expire now and forgets it (the keeper, for an idle
+    /// workspace; shutdown, for all): another node may take the workspace over at once. One
+    /// that cannot be released lapses by itself. A store call: run it off the async workers.
+    pub fn release(&self, store: &dyn Store, ws: &str, held: Held) {
+        match store.release_lease(ws, &self.cfg.node_id, held.epoch) {
+            Ok(_) | Err(StoreError::Fenced { .. }) => {
+                self.forget(ws, held.epoch);
+            }
+            Err(e) => {
+                tracing::warn!(workspace = %ws, error = %e, "cannot release the workspace's lease; it lapses by itself")
+            }
         }
     }
 

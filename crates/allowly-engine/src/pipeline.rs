@@ -466,16 +466,11 @@ async fn run(
                 deadline = deadline.min(tokio::time::Instant::from_std(ready));
             }
         }
-        let outcome = if signer_ready {
-            st.round(&shared, committed).await
-        } else {
-            match st.take_over(&shared).await {
-                Ok(()) => {
-                    signer_ready = true;
-                    st.round(&shared, committed).await
-                }
-                Err(e) => Err(e),
-            }
+        let ready = if signer_ready { Ok(()) } else { st.take_over(&shared).await };
+        signer_ready = ready.is_ok();
+        let outcome = match ready {
+            Ok(()) => st.round(&shared, committed).await,
+            Err(e) => Err(e),
         };
         match outcome {
             Ok(()) => {
@@ -517,6 +512,14 @@ async fn run(
             }
         }
     }
+}
+
+/// One synced write of the workspace's state outside a signing round (a rotation's, a key
+/// record), fenced in a cluster.
+async fn write_fenced(shared: &Services, ws: &str, mut ops: Vec<Op>) -> Result<()> {
+    ops.extend(shared.fence(ws)?);
+    let store = shared.store.clone();
+    crate::services::blocking(move || Ok(store.write(WriteBatch::from(ops), Durability::Sync)?)).await
 }
 
 /// The recovery path of a diverged workspace: re-syncs the two logs where one is a prefix of
@@ -685,6 +688,18 @@ impl Signing {
         }
     }
 
+    /// `call` to the signer within `signer_timeout`: its answer, or — it did not answer in time
+    /// — the outage, recorded (the caller matches the answers it expects).
+    async fn within<T>(
+        &self,
+        shared: &Services,
+        call: impl std::future::Future<Output = std::result::Result<T, ClientError>>,
+    ) -> Result<std::result::Result<T, ClientError>, Stop> {
+        tokio::time::timeout(shared.cfg.signer_timeout, call)
+            .await
+            .map_err(|_| self.outage(shared, SigningFailure::TimedOut))
+    }
+
     fn outage(&self, shared: &Services, failure: SigningFailure<'_>) -> Stop {
         shared.metrics.signer_errors.with_label_values(&["unavailable"]).inc();
         shared.health.set_down(&shared.metrics, failure);
@@ -696,12 +711,10 @@ impl Signing {
     /// signer lost state — never paper over that.
     async fn reconcile(&mut self, shared: &Services, current: Option<u64>) -> Result<(), Stop> {
         let ours = self.frontier.size();
-        let latest =
-            match tokio::time::timeout(shared.cfg.signer_timeout, shared.signer.latest_checkpoint(&self.ws)).await {
-                Err(_) => return Err(self.outage(shared, SigningFailure::TimedOut)),
-                Ok(Err(e)) => return Err(signer_failed(shared, e)),
-                Ok(Ok(c)) => c,
-            };
+        let latest = self
+            .within(shared, shared.signer.latest_checkpoint(&self.ws))
+            .await?
+            .map_err(|e| signer_failed(shared, e))?;
         let Some(note) = latest.checkpoint else {
             return Err(Stop::Diverged(format!("signer has no checkpoint but refused an append at {ours}")));
         };
@@ -845,11 +858,9 @@ impl Signing {
     }
 
     async fn refresh_keys(&mut self, shared: &Services) -> Result<(), Stop> {
-        let keys = match tokio::time::timeout(shared.cfg.signer_timeout, shared.signer.list_keys(&self.ws)).await {
-            Err(_) => return Err(self.outage(shared, SigningFailure::TimedOut)),
-            Ok(Err(e)) => return Err(signer_failed(shared, e)),
-            Ok(Ok(k)) => key_records(&k),
-        };
+        let keys = key_records(
+            &self.within(shared, shared.signer.list_keys(&self.ws)).await?.map_err(|e| signer_failed(shared, e))?,
+        );
         self.expect.keys = keys.iter().map(|k| verifier(&self.ws, k)).collect::<Result<Vec<_>>>()?.into();
         let ws = self.ws.clone();
         let fence = shared.fence(&ws)?;

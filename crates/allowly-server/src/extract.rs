@@ -159,39 +159,12 @@ async fn drain(mut body: hyper::body::Incoming) {
     .await;
 }
 
-/// A JSON request body: media type, size limit, then [`parse_json`].
-pub async fn json_body<T: DeserializeOwned>(
-    headers: &HeaderMap,
-    body: hyper::body::Incoming,
-    limit: BodyLimits,
-) -> Result<T, Problem> {
-    parse_json(&json_bytes(headers, body, limit).await?)
-}
-
 /// The bytes of a body that must be `application/json` (within `limit`).
 pub async fn json_bytes(headers: &HeaderMap, body: hyper::body::Incoming, limit: BodyLimits) -> Result<Bytes, Problem> {
     if !is_json(headers) {
         return Err(Problem::unsupported_media_type());
     }
     read_body(headers, body, limit).await
-}
-
-/// The body of a POST that takes no input: empty, or a JSON object with no fields (`{}`).
-pub async fn empty_body(headers: &HeaderMap, body: hyper::body::Incoming, limit: BodyLimits) -> Result<(), Problem> {
-    optional_json_body::<NoFields>(headers, body, limit).await.map(|_| ())
-}
-
-/// The body of a POST whose input is optional: empty means `T::default()`, else as
-/// [`json_body`].
-pub async fn optional_json_body<T: DeserializeOwned + Default>(
-    headers: &HeaderMap,
-    body: hyper::body::Incoming,
-    limit: BodyLimits,
-) -> Result<T, Problem> {
-    match optional_json_bytes(headers, body, limit).await? {
-        Some(bytes) if !bytes.is_empty() => parse_json(&bytes),
-        _ => Ok(T::default()),
-    }
 }
 
 /// The bytes of an optional JSON body: `None` when the request has none, else as
@@ -207,7 +180,8 @@ pub async fn optional_json_bytes(
     json_bytes(headers, body, limit).await.map(Some)
 }
 
-/// A body that must hold no fields (`{}`, or nothing).
+/// A body that must hold no fields (`{}`, or nothing): the body of a POST that takes no input
+/// (`Cx::empty_body`).
 #[derive(Debug, serde::Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct NoFields {}

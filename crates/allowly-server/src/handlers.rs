@@ -49,8 +49,8 @@ pub(crate) struct Cx<'r> {
     pub parts: &'r Parts,
     /// Taken by the first read of the body.
     body: Option<RequestBody>,
-    /// The body's bytes once read: kept for forwarding the request to the node that owns its
-    /// workspace, in a cluster (`routes::dispatch`).
+    /// The body's bytes once read, in a cluster: kept for forwarding the request to the node
+    /// that owns its workspace (`routes::dispatch`).
     read: &'r std::sync::OnceLock<Bytes>,
     pub limit: BodyLimits,
     /// The route's metric name (for the internal errors below).
@@ -119,7 +119,7 @@ impl<'r> Cx<'r> {
             RequestBody::Stream(body) => extract::json_bytes(self.headers(), body, self.limit).await?,
             RequestBody::Replay(bytes) => bytes,
         };
-        let _ = self.read.set(bytes.clone());
+        self.keep_for_forwarding(&bytes);
         extract::parse_json(&bytes)
     }
 
@@ -128,10 +128,18 @@ impl<'r> Cx<'r> {
             RequestBody::Stream(body) => extract::optional_json_bytes(self.headers(), body, self.limit).await?,
             RequestBody::Replay(bytes) => Some(bytes),
         };
-        let _ = self.read.set(bytes.clone().unwrap_or_default());
+        self.keep_for_forwarding(bytes.as_ref().unwrap_or(&Bytes::new()));
         match bytes {
             Some(bytes) if !bytes.is_empty() => extract::parse_json(&bytes),
             _ => Ok(T::default()),
+        }
+    }
+
+    /// In a cluster, keeps the body's bytes for `routes::dispatch` to forward the request with
+    /// (outside one nothing is forwarded: nothing kept).
+    fn keep_for_forwarding(&self, bytes: &Bytes) {
+        if self.app.forwarder.is_some() {
+            let _ = self.read.set(bytes.clone());
         }
     }
 

@@ -212,6 +212,14 @@ async fn serve_with_engine(
     if let Some(c) = &cluster {
         tracing::info!(node_id = %c.node_id, address = %c.address, lease_ttl_ms = c.lease_ttl.as_millis() as u64, "one node of a cluster");
     }
+    let metrics = crate::metrics::HttpMetrics::new();
+    // The owner's own bound on the request (its commit deadline) and a margin for the hop.
+    let forward_timeout = cfg.commit_timeout + Duration::from_secs(1);
+    let forwarder = cluster
+        .as_ref()
+        .map(|c| crate::forward::Forwarder::new(&c.node_id, forward_timeout, metrics.clone()))
+        .transpose()
+        .map_err(Error::Cluster)?;
     let engine = Engine::start(
         store.clone(),
         signer,
@@ -294,7 +302,6 @@ async fn serve_with_engine(
     }
     tracing::info!(%addr, data_dir = %shown_dir.display(), key_isolation = isolation.label(), "allowly serving");
 
-    let metrics = crate::metrics::HttpMetrics::new();
     metrics.zero_server_errors(crate::routes::Route::Check.name());
     metrics.set_key_isolation(isolation);
     for c in [engine.collector(), webhook_metrics.collector(outbox_store)] {
@@ -305,19 +312,6 @@ async fn serve_with_engine(
         }
     }
     let connections = crate::conn::Connections::new(cfg.connections, metrics.front.clone());
-    // The owner's own bound on the request (its commit deadline) and a margin for the hop.
-    let forward_timeout = cfg.commit_timeout + Duration::from_secs(1);
-    let forwarder = match &cluster {
-        Some(c) => match crate::forward::Forwarder::new(&c.node_id, forward_timeout, metrics.clone()) {
-            Ok(f) => Some(f),
-            Err(why) => {
-                engine.shutdown().await;
-                worker.stop().await;
-                return Err(Error::Cluster(why));
-            }
-        },
-        None => None,
-    };
     let app = Arc::new(App {
         connections: Arc::new(connections),
         openapi: crate::openapi::document(),

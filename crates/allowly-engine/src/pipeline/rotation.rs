@@ -34,9 +34,9 @@ use allowly_receipt::note::{self, NoteVerifier};
 use allowly_receipt::types::{EventKind, ReceiptBody};
 use allowly_signer_proto::client::ClientError;
 use allowly_signer_proto::ErrorCode;
-use allowly_store::{Durability, IdempotencyRef, LogMeta, Op, PublicKeyRecord, ReceiptRecord, WriteBatch};
+use allowly_store::{IdempotencyRef, LogMeta, Op, PublicKeyRecord, ReceiptRecord};
 
-use super::{signed_ops, Fresh, Pipelines, Signing, Stop};
+use super::{signed_ops, write_fenced, Fresh, Pipelines, Signing, Stop};
 use crate::error::{EngineError, Result};
 use crate::health::Divergence;
 use crate::model::KeyRotation;
@@ -105,7 +105,7 @@ pub(crate) async fn rotate(
         }
     })?;
     let reserve = LogMeta { next_index: at, rotation_at: Some(at), rotation_idempotency: idem };
-    write(shared, ws, vec![Op::PutLogMeta { workspace_id: ws.to_owned(), meta: reserve }])
+    write_fenced(shared, ws, vec![Op::PutLogMeta { workspace_id: ws.to_owned(), meta: reserve }])
         .await
         .map_err(RotationFailed::settled)?;
     // Idle (nothing committed past `at`): dropping its slot ends it; the next commit starts a
@@ -174,7 +174,7 @@ pub(crate) async fn rotate(
     // In a cluster, the record with the new key, for the other nodes' signers.
     ops.extend(super::key_record_op(shared, ws).await.map_err(unsettled)?);
     // If this fails the reservation stays: the next attempt asks again and gets the same answer.
-    write(shared, ws, ops).await.map_err(unsettled)?;
+    write_fenced(shared, ws, ops).await.map_err(unsettled)?;
     if wake {
         shared.webhook_wake.notify_one();
     }
@@ -188,14 +188,7 @@ pub(crate) async fn rotate(
 /// Clears the reservation of `at` (the signer refused the rotation: the index is free).
 async fn release(shared: &Services, ws: &str, at: u64) -> Result<()> {
     let meta = LogMeta { next_index: at, ..LogMeta::default() };
-    write(shared, ws, vec![Op::PutLogMeta { workspace_id: ws.to_owned(), meta }]).await
-}
-
-/// One synced write of the workspace's rotation state (fenced in a cluster).
-async fn write(shared: &Services, ws: &str, mut ops: Vec<Op>) -> Result<()> {
-    ops.extend(shared.fence(ws)?);
-    let store = shared.store.clone();
-    blocking(move || Ok(store.write(WriteBatch::from(ops), Durability::Sync)?)).await
+    write_fenced(shared, ws, vec![Op::PutLogMeta { workspace_id: ws.to_owned(), meta }]).await
 }
 
 /// Checks the signer's rotation answer against the stored log (`st`, signed up to `at`): the

@@ -29,9 +29,8 @@ use allowly_signer_proto::ErrorCode;
 use allowly_store::{DocKind, Op, StoredNodes};
 use base64::Engine as _;
 
-use super::{signer_failed, Signing, Stop};
+use super::{signer_failed, write_fenced, Signing, Stop};
 use crate::error::{EngineError, Result};
-use crate::health::SigningFailure;
 use crate::services::Services;
 
 /// The id of the workspace's key record among its `SignerKeys` documents.
@@ -74,33 +73,27 @@ struct Stored {
 impl Signing {
     /// Makes this node's signer ready to extend the workspace's stored log (module docs).
     pub(super) async fn take_over(&self, shared: &Services) -> Result<(), Stop> {
-        // Its size first: a signer that holds a workspace's keys but no log of it (keys just
-        // installed, not yet adopted) does not answer this.
-        let latest =
-            match tokio::time::timeout(shared.cfg.signer_timeout, shared.signer.latest_checkpoint(&self.ws)).await {
-                Err(_) => return Err(self.outage(shared, SigningFailure::TimedOut)),
-                // Keys installed but no log of the workspace here yet: the signer's size is 0.
-                Ok(Err(ClientError::Remote(r))) if r.code == ErrorCode::UnknownWorkspace => {
-                    allowly_signer_proto::client::CheckpointInfo { size: 0, checkpoint: None }
-                }
-                Ok(Err(e)) => return Err(signer_failed(shared, e)),
-                Ok(Ok(c)) => c,
-            };
+        // The signer's size of the log: 0 if it never saw the workspace (`UnknownWorkspace`), or
+        // holds its keys but no log of it.
+        let latest = match self.within(shared, shared.signer.latest_checkpoint(&self.ws)).await? {
+            Err(ClientError::Remote(r)) if r.code == ErrorCode::UnknownWorkspace => 0,
+            Err(e) => return Err(signer_failed(shared, e)),
+            Ok(c) => c.size,
+        };
         self.install_keys(shared).await?;
         let ours = self.frontier.size();
         // Ahead (a lost answer) or level: the rounds' own reconciliation decides, as on one node.
         // Level at 0 is adopted too (the empty log): a signer that holds the keys but no log of
         // the workspace starts it; one with an empty log answers that nothing changed.
-        if latest.size > ours || (latest.size == ours && ours > 0) {
+        if latest > ours || (latest == ours && ours > 0) {
             return Ok(());
         }
-        let from = latest.size;
         let stored = if ours == 0 {
             Stored { note: String::new(), proof: Vec::new(), last_leaf_ms: 0 }
         } else {
-            self.stored_for_adopt(shared, from, ours).await?
+            self.stored_for_adopt(shared, latest, ours).await?
         };
-        self.adopt(shared, from, stored, self.frontier.peaks().to_vec()).await
+        self.adopt(shared, latest, stored).await
     }
 
     /// The newest stored checkpoint (of `ours` leaves), the consistency proof from the signer's
@@ -133,23 +126,25 @@ impl Signing {
             .await?)
     }
 
-    async fn adopt(&self, shared: &Services, from: u64, stored: Stored, peaks: Vec<Hash>) -> Result<(), Stop> {
+    /// Has the signer continue the log from `stored` (the stored tree: this task's frontier),
+    /// its own log being `from` leaves.
+    async fn adopt(&self, shared: &Services, from: u64, stored: Stored) -> Result<(), Stop> {
         let ours = self.frontier.size();
+        let peaks = self.frontier.peaks().to_vec();
         let adopt = shared.signer.adopt(&self.ws, stored.note, peaks, stored.proof, stored.last_leaf_ms);
-        match tokio::time::timeout(shared.cfg.signer_timeout, adopt).await {
-            Err(_) => Err(self.outage(shared, SigningFailure::TimedOut)),
-            Ok(Ok(done)) if done.size == ours && done.root == self.frontier.root() => {
+        match self.within(shared, adopt).await? {
+            Ok(done) if done.size == ours && done.root == self.frontier.root() => {
                 tracing::info!(workspace = %self.ws, from, size = ours, "this node's signer continues the workspace's log");
                 Ok(())
             }
-            Ok(Ok(done)) => Err(Stop::Diverged(format!(
+            Ok(done) => Err(Stop::Diverged(format!(
                 "the signer adopted size {} with another root than the stored checkpoint of size {ours}",
                 done.size
             ))),
-            Ok(Err(ClientError::Remote(r))) if matches!(r.code, ErrorCode::AdoptRefused | ErrorCode::SizeMismatch) => {
+            Err(ClientError::Remote(r)) if matches!(r.code, ErrorCode::AdoptRefused | ErrorCode::SizeMismatch) => {
                 Err(Stop::Diverged(format!("the signer refused to continue the stored log from size {from}: {r}")))
             }
-            Ok(Err(e)) => Err(signer_failed(shared, e)),
+            Err(e) => Err(signer_failed(shared, e)),
         }
     }
 
@@ -159,26 +154,19 @@ impl Signing {
         let ws = self.ws.clone();
         let doc = shared.read_in_background(move |store| Ok(store.doc(DocKind::SignerKeys, &ws, RECORD_ID)?)).await?;
         let Some(doc) = doc else {
-            let ops: Vec<Op> =
-                key_record_op(shared, &self.ws).await?.into_iter().chain(shared.fence(&self.ws)?).collect();
-            let store = shared.store.clone();
-            crate::services::blocking(move || {
-                Ok(store.write(allowly_store::WriteBatch::from(ops), allowly_store::Durability::Sync)?)
-            })
-            .await?;
-            return Ok(());
+            let ops = key_record_op(shared, &self.ws).await?.into_iter().collect();
+            return Ok(write_fenced(shared, &self.ws, ops).await?);
         };
         let record = record_of(&doc)?;
-        match tokio::time::timeout(shared.cfg.signer_timeout, shared.signer.import_keys(&self.ws, record)).await {
-            Err(_) => Err(self.outage(shared, SigningFailure::TimedOut)),
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(ClientError::Remote(r))) if r.code == ErrorCode::KeyRecordRefused => {
+        match self.within(shared, shared.signer.import_keys(&self.ws, record)).await? {
+            Ok(_) => Ok(()),
+            Err(ClientError::Remote(r)) if r.code == ErrorCode::KeyRecordRefused => {
                 // Not a divergence of the log: this signer cannot hold the key (another master
                 // key, another token). Said loudly; retried, so a fixed configuration heals.
                 tracing::error!(workspace = %self.ws, error = %r, "this node's signer refuses the workspace's key record: is its master key (or token) the cluster's?");
                 Err(Stop::Retry(EngineError::from_signer(ClientError::Remote(r))))
             }
-            Ok(Err(e)) => Err(signer_failed(shared, e)),
+            Err(e) => Err(signer_failed(shared, e)),
         }
     }
 }

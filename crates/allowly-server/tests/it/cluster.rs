@@ -16,7 +16,7 @@ use std::path::Path;
 const MASTER_KEY: &str = "6a1f0c5e9b3d47a28e1f6c0d9b2a4e7f3c8d1b6a0e9f2c5d8b4a7e1f0c3d6b9a";
 
 /// A node `name` of a cluster on `conninfo`, on a port of its own that it advertises.
-fn node(data: &Path, conninfo: &str, name: &str, extra: &[&str]) -> Server {
+fn node(data: &Path, conninfo: &str, name: &str, extra: &[impl AsRef<std::ffi::OsStr>]) -> Server {
     signer_bin();
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
@@ -139,9 +139,9 @@ fn nodes_forward_to_the_owner_and_see_its_revocations() {
     let cluster = allowly_store_postgres::test_cluster::shared();
     let conninfo = cluster.fresh_database("allowly_cluster_fwd");
     let tmp = tempfile::tempdir().unwrap();
-    let a = node(&tmp.path().join("a"), &conninfo, "a", &[]);
+    let a = node(&tmp.path().join("a"), &conninfo, "a", &[""; 0]);
     // The second node finds the instance admin key of the first in the database: it mints none.
-    let b = node(&tmp.path().join("b"), &conninfo, "b", &[]);
+    let b = node(&tmp.path().join("b"), &conninfo, "b", &[""; 0]);
     assert!(!tmp.path().join("b/admin-token").exists(), "a second node minted an admin key");
     // Created through `a`: `a` owns the workspace (its actor holds the lease).
     let t = tenant(&a, "cluster", &["files.read"]);
@@ -211,7 +211,6 @@ fn a_paused_owner_is_taken_over_and_its_late_writes_are_fenced() {
     // Short leases and a short request bound: a forward to the paused owner gives up quickly.
     let mut witness = Witness::init(tmp.path(), "witness.test/s");
     let args = fast_witnessed(&witness);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let a = node(&tmp.path().join("a"), &conninfo, "a", &args);
     let b = node(&tmp.path().join("b"), &conninfo, "b", &args);
     let t = tenant(&a, "fenced", &["files.read"]);
@@ -344,7 +343,6 @@ fn three_nodes_lose_one_to_kill_9_under_load_and_lose_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let mut witness = Witness::init(tmp.path(), "witness.test/k");
     let args = fast_witnessed(&witness);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut a = node(&tmp.path().join("a"), &conninfo, "a", &args);
     let b = node(&tmp.path().join("b"), &conninfo, "b", &args);
     let c = node(&tmp.path().join("c"), &conninfo, "c", &args);
@@ -394,7 +392,6 @@ fn a_node_cut_off_from_the_database_is_fenced_when_it_comes_back() {
     let proxy = allowly_store_postgres::test_proxy::Proxy::start(cluster);
     let mut witness = Witness::init(tmp.path(), "witness.test/w");
     let args = fast_witnessed(&witness);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let a = node(&tmp.path().join("a"), &proxy.conninfo("allowly_cluster_partition"), "a", &args);
     let b = node(&tmp.path().join("b"), &conninfo, "b", &args);
     let t = tenant(&a, "partitioned", &["files.read"]);
