@@ -21,6 +21,15 @@ pub struct PgOptions {
     pub timeout: Duration,
     /// The longest a new connection may take to be set up.
     pub connect_timeout: Duration,
+    /// The longest the database lets a write transaction's session sit idle between two of
+    /// its statements (`idle_in_transaction_session_timeout`); past it the database ends the
+    /// session and the transaction has no effect. A node that stops mid-write (paused,
+    /// partitioned, its link hung without being closed) holds that write's row locks, a
+    /// lease's epoch row among them, at most this long: without the bound another node's
+    /// takeover would wait for it until its TCP connection was found dead (hours, with default
+    /// keepalives). Read transactions are not bounded by it (they lock no rows, and a long
+    /// export may pause between pages). Zero turns it off.
+    pub write_idle_limit: Duration,
     /// How often a transaction that failed with a serialization failure (SQLSTATE 40001) or a
     /// deadlock (40P01) is run again before the error is returned.
     pub serialization_retries: u32,
@@ -67,6 +76,7 @@ impl Default for PgOptions {
             queue: 1024,
             timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(5),
+            write_idle_limit: Duration::from_secs(5),
             serialization_retries: 8,
             async_buffered_commits: true,
             #[cfg(feature = "test-cluster")]

@@ -105,9 +105,12 @@ pub(crate) async fn ensure(client: &Client) -> Result<(), Failure> {
 /// What a connection checks and sets before its first job: the schema version (another build
 /// may have migrated the database since the store opened), `synchronous_commit` (a
 /// [`Durability::Sync`](allowly_store::Durability::Sync) write must be synced even on a server
-/// configured not to), then its statements.
+/// configured not to), the idle bound of its transactions ([`PgOptions::write_idle_limit`];
+/// read transactions lift it for themselves), then its statements.
 pub(crate) async fn prepare(client: &Client, opts: &PgOptions) -> Result<Stmts, Failure> {
     check(read_version(client).await?, false)?;
+    let idle_ms = opts.write_idle_limit.as_millis().min(i32::MAX as u128);
+    client.batch_execute(&format!("SET idle_in_transaction_session_timeout TO {idle_ms}")).await?;
     if opts.async_buffered_commits {
         let row = client.query_one("SHOW synchronous_commit", &[]).await?;
         let current: String = row.try_get(0)?;

@@ -227,6 +227,10 @@ impl KvRead for Session<'_> {
     }
 }
 
+/// A read session's transaction.
+const BEGIN_READ: &str =
+    "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; SET LOCAL idle_in_transaction_session_timeout TO 0";
+
 /// On a connection thread: one read transaction serving a [`Session`]'s reads until the session
 /// is dropped (its sender gone), a read fails (the transaction is then aborted), or no read came
 /// for a whole timeout (a caller stuck between two reads must not hold a connection forever).
@@ -236,10 +240,10 @@ fn serve_session(conn: &mut Conn, reads: &Receiver<SessionRead>) {
     if Instant::now() >= deadline {
         return; // the caller gave up while this waited in the queue
     }
+    // Without the write idle bound (`PgOptions::write_idle_limit`): a read transaction locks
+    // no rows, and its caller may pause between reads up to a whole timeout (above).
     let begun = conn.attempt("begin a read transaction", deadline, Mode::Own, |live: Rc<Live>| -> Attempt<'_, _> {
-        Box::pin(
-            async move { Ok(live.client.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY").await?) },
-        )
+        Box::pin(async move { Ok(live.client.batch_execute(BEGIN_READ).await?) })
     });
     if let Err(e) = begun {
         let _ = answer.send(Err(e));

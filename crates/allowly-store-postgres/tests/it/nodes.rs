@@ -32,7 +32,15 @@ impl Db {
 
     /// Node `name`'s store; `hook` holds its checked writes where the test says.
     fn node(&self, name: &str, hook: Option<&Arc<Gate>>) -> PgStore {
+        self.node_idle(name, hook, LONG)
+    }
+
+    /// [`Db::node`], whose write transactions the database ends after `idle` without a
+    /// statement ([`PgOptions::write_idle_limit`]; the other tests hold them as long as they
+    /// like).
+    fn node_idle(&self, name: &str, hook: Option<&Arc<Gate>>, idle: Duration) -> PgStore {
         let mut opts = PgOptions::default();
+        opts.write_idle_limit = idle;
         opts.connections = 2;
         opts.timeout = Duration::from_secs(30);
         opts.test_hook = hook.map(|gate| {
@@ -191,9 +199,14 @@ fn takeover_only_after_expiry_and_with_a_higher_epoch() {
 /// past it, say — but not taken over, so its fenced writes still count; node b is ready to
 /// take over.
 fn lapsed_owner() -> (Db, Arc<Gate>, PgStore, PgStore) {
+    lapsed_owner_idle(LONG)
+}
+
+/// [`lapsed_owner`], node a's write transactions ended by the database after `idle` silent.
+fn lapsed_owner_idle(idle: Duration) -> (Db, Arc<Gate>, PgStore, PgStore) {
     let db = Db::new();
     let gate = Arc::new(Gate::default());
-    let (a, b) = (db.node("a", Some(&gate)), db.node("b", None));
+    let (a, b) = (db.node_idle("a", Some(&gate), idle), db.node("b", None));
     assert_eq!(granted(a.acquire_lease("w", "node-a", ADDR_A, Duration::ZERO)).epoch, 1);
     (db, gate, a, b)
 }
@@ -243,6 +256,32 @@ fn a_takeover_waits_for_a_write_that_checked_its_epoch_first() {
         assert_eq!(lb.epoch, 2);
     });
     assert!(b.receipt_at("w", 1).unwrap().is_some(), "the write that went first is there for the new owner");
+    assert_fenced(a.write(fenced_receipt("w", 2, 1), Durability::Sync), "w", 2);
+}
+
+/// The old owner stops in the middle of a fenced write that holds the epoch row's lock (a
+/// pause, a partition: to the database the session only falls silent): the takeover waits for
+/// it only until the database ends that idle session (`PgOptions::write_idle_limit`), not
+/// until the old owner wakes or its connection is found dead. The write is then not applied,
+/// and the old owner, once it wakes, gets an error for it, never an acknowledgement.
+#[test]
+fn a_takeover_waits_for_a_write_stopped_mid_transaction_only_up_to_the_idle_limit() {
+    let (_, gate, a, b) = lapsed_owner_idle(Duration::from_millis(500));
+    gate.arm(TxPoint::BeforeCommit);
+    std::thread::scope(|scope| {
+        let _opens = Opens(&gate);
+        let write = scope.spawn(|| a.write(fenced_receipt("w", 1, 1), Durability::Sync));
+        gate.wait_reached();
+        // a's transaction has checked its epoch and holds the row's lock; a stays stopped (the
+        // gate is closed until after the takeover): only the database can let the lock go.
+        let lb = granted(b.acquire_lease("w", "node-b", ADDR_B, LONG));
+        assert_eq!(lb.epoch, 2);
+        gate.open();
+        let late = write.join().unwrap();
+        assert!(late.is_err(), "the cut-off write was acknowledged: {late:?}");
+    });
+    assert_eq!(b.receipt_at("w", 1).unwrap(), None, "the cut-off write was applied");
+    b.write(fenced_receipt("w", 1, 2), Durability::Sync).unwrap();
     assert_fenced(a.write(fenced_receipt("w", 2, 1), Durability::Sync), "w", 2);
 }
 
