@@ -125,6 +125,46 @@ pub fn lease_lifecycle<S: Store>(s: &S) {
     assert!(matches!(s.lease(""), Err(StoreError::InvalidId { .. })));
 }
 
+/// Many leases renewed and released in one call: each answered alone and in order — the
+/// held ones renewed, one taken over fenced at the new owner's epoch, one never leased fenced
+/// at 0, a bad id refused — and none of them held back by another's refusal.
+pub fn bulk_renewal_and_release<S: Store>(s: &S) {
+    for ws in ["w1", "w2", "w3"] {
+        assert_eq!(granted(s.acquire_lease(ws, A, ADDR_A, Duration::ZERO)).epoch, 1, "{ws}");
+    }
+    assert_eq!(granted(s.acquire_lease("w3", B, ADDR_B, LONG)).epoch, 2, "w3 taken over");
+    let held: Vec<(String, u64)> =
+        [("w1", 1), ("w3", 1), ("never", 1), ("bad id", 1), ("w2", 1)].map(|(w, e)| (w.to_owned(), e)).to_vec();
+    let answers = s.renew_leases(A, &held, LONG).unwrap();
+    assert_eq!(answers.len(), held.len());
+    let mut answers = answers.into_iter();
+    let w1 = answers.next().unwrap().unwrap();
+    assert_fenced(answers.next().unwrap(), "w3", 2);
+    assert_fenced(answers.next().unwrap(), "never", 0);
+    assert!(matches!(answers.next().unwrap(), Err(StoreError::InvalidId { .. })));
+    let w2 = answers.next().unwrap().unwrap();
+    for (l, ws) in [(&w1, "w1"), (&w2, "w2")] {
+        assert_eq!((l.workspace_id.as_str(), l.node_id.as_str(), l.address.as_str(), l.epoch), (ws, A, ADDR_A, 1));
+        assert_eq!(s.lease(ws).unwrap().as_ref(), Some(l), "renewed as answered");
+        assert_eq!(s.acquire_lease(ws, B, ADDR_B, LONG).unwrap(), LeaseAnswer::Held(l.clone()), "live again");
+    }
+    assert_eq!(s.lease("never").unwrap(), None, "a refused renewal creates nothing");
+    assert_eq!(s.lease("w3").unwrap().map(|l| (l.node_id, l.epoch)), Some((B.to_owned(), 2)), "w3 left alone");
+    assert!(s.renew_leases(A, &[], LONG).unwrap().is_empty());
+    assert!(matches!(s.renew_leases("a/b", &held, LONG), Err(StoreError::InvalidId { .. })));
+
+    // Released together: both free for another node at once, at the next epoch; the taken-over
+    // one is fenced and stays its owner's.
+    let answers = s.release_leases(A, &held[..2]).unwrap();
+    assert_eq!(answers[0].as_ref().map(|l| l.epoch), Ok(1));
+    assert_fenced(answers[1].clone(), "w3", 2);
+    assert!(s.release_leases(A, &[("w2".to_owned(), 1)]).unwrap()[0].is_ok());
+    for ws in ["w1", "w2"] {
+        assert_eq!(granted(s.acquire_lease(ws, B, ADDR_B, LONG)).epoch, 2, "{ws}");
+    }
+    assert_eq!(granted(s.acquire_lease("w3", B, ADDR_B, LONG)).epoch, 2);
+}
+
 /// The epoch grows by one at every change of owner and never comes back: a node that takes
 /// a workspace back after another held it gets a new epoch, one that re-acquires its own
 /// (released, not taken over) lease keeps its epoch.

@@ -82,6 +82,7 @@ macro_rules! conformance_tests {
         $crate::conformance_tests!(@cases $fresh; leases:
             membership,
             lease_lifecycle,
+            bulk_renewal_and_release,
             epochs_only_grow,
             fenced_writes,
             fenced_groups,
