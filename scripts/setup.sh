@@ -20,6 +20,10 @@ command -v useradd >/dev/null || need_apt+=(passwd)
 command -v setpriv >/dev/null || need_apt+=(util-linux)
 # The PKCS#11 key backend is tested against a real SoftHSM2 token (module + softhsm2-util).
 command -v softhsm2-util >/dev/null || need_apt+=(softhsm2)
+# The checkpoint log's other sinks are tested against a real git and a real rsyslogd (started by
+# the test on a socket of its own; the package's service is not needed).
+command -v git >/dev/null || need_apt+=(git)
+[ -x /usr/sbin/rsyslogd ] || need_apt+=(rsyslog)
 # PostgreSQL's server binaries: allowly-store-postgres's tests, the server's PostgreSQL test and
 # `run.sh --postgres` each start a private throwaway cluster with them (initdb into a directory of
 # their own, a Unix socket there, no TCP). Debian keeps them in /usr/lib/postgresql/<major>/bin.

@@ -21,6 +21,21 @@
 //! by log rotation is simply started again at the path. A line cut short by a crash (no final
 //! newline) is ended with one before the next line, so it stays one unreadable line and never
 //! corrupts the next; its checkpoint is appended again after it (it was not recorded).
+//!
+//! Three sinks ([`CheckpointSink`]), the same lines and the same "recorded only once durable":
+//! - **a file** (`--checkpoint-log PATH`), as above;
+//! - **the system logger** (`syslog` or `syslog:SOCKET`, `/dev/log` by default): one datagram
+//!   per checkpoint, in the form `syslog(3)` sends (`<13>Mmm dd hh:mm:ss allowly[pid]: LINE`,
+//!   facility user, severity notice, UTC). A send that returned handed the line to the
+//!   logger's socket (a full socket makes the send wait: back pressure, never a drop); what the
+//!   logger keeps, forwards or signs is its configuration's (a remote, append-only collector is
+//!   the point);
+//! - **a git work tree** (`git:DIR`, made with `git init` by the operator): the lines are
+//!   appended (and synced) to `checkpoints.jsonl` in it, then committed (`git add`, `git
+//!   commit --no-verify`, as "Allowly"). Each commit names its parent, so a rewritten history is
+//!   visible to anyone holding a copy; a `post-commit` hook (which still runs) can push it
+//!   elsewhere. A failed commit is a failed round: the next one appends the lines again and
+//!   commits them all.
 
 use std::io::Write as _;
 use std::os::unix::fs::FileExt as _;
@@ -43,10 +58,121 @@ const WORKSPACES_PER_ROUND: usize = 256;
 /// start with the log configured on a busy instance) is queued again for the next round.
 const CHECKPOINTS_PER_WORKSPACE: usize = 1024;
 
-/// The file and its queue of workspaces with checkpoints to append.
+/// Where the checkpoint log goes (see the module docs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckpointSink {
+    /// A file, appended to and synced.
+    File(PathBuf),
+    /// The system logger's Unix datagram socket.
+    Syslog(PathBuf),
+    /// A git work tree.
+    Git(PathBuf),
+}
+
+/// The system logger's usual socket.
+const DEV_LOG: &str = "/dev/log";
+/// The file a [`CheckpointSink::Git`] work tree holds the lines in.
+const GIT_FILE: &str = "checkpoints.jsonl";
+
+impl CheckpointSink {
+    /// `PATH` or `file:PATH` (a file), `syslog` or `syslog:SOCKET`, `git:DIR`; paths made
+    /// absolute against the working directory (if it has one).
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let absolute = |p: &str| -> Result<PathBuf, String> {
+            if p.is_empty() {
+                return Err(format!("{s:?}: an empty path"));
+            }
+            Ok(std::path::absolute(p).unwrap_or_else(|_| PathBuf::from(p)))
+        };
+        Ok(match s.split_once(':') {
+            _ if s == "syslog" => CheckpointSink::Syslog(PathBuf::from(DEV_LOG)),
+            Some(("syslog", socket)) => CheckpointSink::Syslog(absolute(socket)?),
+            Some(("git", dir)) => CheckpointSink::Git(absolute(dir)?),
+            Some(("file", path)) => CheckpointSink::File(absolute(path)?),
+            _ => CheckpointSink::File(absolute(s)?),
+        })
+    }
+
+    /// What a log says it is.
+    fn describe(&self) -> String {
+        match self {
+            CheckpointSink::File(p) => p.display().to_string(),
+            CheckpointSink::Syslog(p) => format!("syslog:{}", p.display()),
+            CheckpointSink::Git(p) => format!("git:{}", p.display()),
+        }
+    }
+
+    /// Whether the sink can be written to now: a wrong path stops the start.
+    fn check(&self) -> std::io::Result<()> {
+        match self {
+            CheckpointSink::File(path) => open(path).map(drop),
+            CheckpointSink::Syslog(socket) => std::os::unix::net::UnixDatagram::unbound()?.connect(socket),
+            CheckpointSink::Git(dir) => git(dir, &["rev-parse", "--is-inside-work-tree"]),
+        }
+    }
+
+    /// Appends `lines` (newline-ended JSON lines) durably, as far as the sink goes.
+    fn append(&self, lines: &[u8]) -> std::io::Result<()> {
+        match self {
+            CheckpointSink::File(path) => append(path, lines),
+            CheckpointSink::Syslog(socket) => send_to_syslog(socket, lines),
+            CheckpointSink::Git(dir) => {
+                append(&dir.join(GIT_FILE), lines)?;
+                git(dir, &["add", "--", GIT_FILE])?;
+                let n = lines.iter().filter(|&&b| b == b'\n').count();
+                let message = format!("{n} checkpoint(s)");
+                let who = ["-c", "user.name=Allowly", "-c", "user.email=allowly@localhost"];
+                git(dir, &[&who[..], &["commit", "--quiet", "--no-verify", "-m", &message]].concat())
+            }
+        }
+    }
+}
+
+/// Runs `git -C dir ARGS`; an error names what git printed. The operator named `dir`, so it is
+/// trusted whoever owns it (`safe.directory`: a server started as root runs as a user of its
+/// own, and git refuses a work tree another user owns).
+fn git(dir: &Path, args: &[&str]) -> std::io::Result<()> {
+    let mut safe = std::ffi::OsString::from("safe.directory=");
+    safe.push(dir);
+    let out = std::process::Command::new("git").arg("-c").arg(safe).arg("-C").arg(dir).args(args).output()?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let said = String::from_utf8_lossy(if out.stderr.is_empty() { &out.stdout } else { &out.stderr }).trim().to_owned();
+    Err(std::io::Error::other(format!("git {}: {} ({said})", args.join(" "), out.status)))
+}
+
+/// Sends each line to the logger at `socket`, one datagram each, as `syslog(3)` does.
+fn send_to_syslog(socket: &Path, lines: &[u8]) -> std::io::Result<()> {
+    let sock = std::os::unix::net::UnixDatagram::unbound()?;
+    sock.connect(socket)?;
+    let stamp = crate::clock::ts(crate::clock::now_ms()).map(|t| t.to_string()).unwrap_or_default();
+    let header = format!("<13>{} allowly[{}]: ", syslog_time(&stamp), std::process::id());
+    for line in lines.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+        let mut datagram = Vec::with_capacity(header.len() + line.len());
+        datagram.extend_from_slice(header.as_bytes());
+        datagram.extend_from_slice(line);
+        sock.send(&datagram)?;
+    }
+    Ok(())
+}
+
+/// `Mmm dd hh:mm:ss` (RFC 3164's timestamp, the day space-padded) from an RFC 3339 UTC
+/// timestamp `YYYY-MM-DDThh:mm:ss…`.
+fn syslog_time(rfc3339: &str) -> String {
+    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    let month = rfc3339.get(5..7).and_then(|m| m.parse::<usize>().ok()).and_then(|m| MONTHS.get(m.wrapping_sub(1)));
+    let day = rfc3339.get(8..10).and_then(|d| d.parse::<u8>().ok());
+    match (month, day, rfc3339.get(11..19)) {
+        (Some(m), Some(d), Some(time)) => format!("{m} {d:>2} {time}"),
+        _ => "Jan  1 00:00:00".to_owned(),
+    }
+}
+
+/// The sink and its queue of workspaces with checkpoints to append.
 #[derive(Debug)]
 pub(crate) struct CheckpointLog {
-    path: PathBuf,
+    sink: CheckpointSink,
     /// The `witness_heads` id under which the size appended per workspace is recorded.
     id: [u8; 32],
     queue: Mutex<Queue>,
@@ -54,10 +180,8 @@ pub(crate) struct CheckpointLog {
 }
 
 impl CheckpointLog {
-    /// The log at `path` (made absolute against the working directory, if it has one).
-    pub fn new(path: &Path) -> Self {
-        let path = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
-        Self { id: log_id(&path), path, queue: Default::default(), wake: Notify::new() }
+    pub fn new(sink: CheckpointSink) -> Self {
+        Self { id: log_id(&sink), sink, queue: Default::default(), wake: Notify::new() }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
@@ -73,10 +197,18 @@ impl CheckpointLog {
     }
 }
 
-/// SHA-256 of a fixed prefix and the absolute path: a 32-byte id no witness's Ed25519 key is.
-fn log_id(path: &Path) -> [u8; 32] {
+/// SHA-256 of a fixed prefix and the sink (a file: its absolute path alone, as before there
+/// were other sinks): a 32-byte id no witness's Ed25519 key is. Another sink or path starts
+/// from the beginning.
+fn log_id(sink: &CheckpointSink) -> [u8; 32] {
     let mut h = Sha256::new();
     h.update(b"allowly checkpoint log\n");
+    let (kind, path): (&[u8], _) = match sink {
+        CheckpointSink::File(p) => (b"", p),
+        CheckpointSink::Syslog(p) => (b"syslog:", p),
+        CheckpointSink::Git(p) => (b"git:", p),
+    };
+    h.update(kind);
     h.update(path.as_os_str().as_encoded_bytes());
     h.finalize().into()
 }
@@ -89,7 +221,7 @@ pub(crate) fn start(
     store: Arc<dyn Store>,
     metrics: Metrics,
 ) -> Result<(), String> {
-    open(&log.path).map_err(|e| format!("the checkpoint log {}: {e}", log.path.display()))?;
+    log.sink.check().map_err(|e| format!("the checkpoint log {}: {e}", log.sink.describe()))?;
     tokio::spawn(Appender { log, store, metrics }.run(alive));
     Ok(())
 }
@@ -186,7 +318,7 @@ impl Appender {
                 Err(e) => {
                     self.metrics.checkpoint_log_failures.inc();
                     if backoff == BACKOFF_START {
-                        tracing::error!(path = %self.log.path.display(), error = %e, "appending to the checkpoint log failed; trying again");
+                        tracing::error!(sink = %self.log.sink.describe(), error = %e, "appending to the checkpoint log failed; trying again");
                     }
                     {
                         let mut q = self.log.lock();
@@ -217,10 +349,10 @@ impl Appender {
         if round.heads.is_empty() {
             return Ok(round.more);
         }
-        let (store, path) = (self.store.clone(), self.log.path.clone());
+        let (store, log) = (self.store.clone(), self.log.clone());
         let Round { lines, appended, heads, more } = round;
         crate::services::blocking(move || {
-            append(&path, &lines).map_err(|e| EngineError::Internal(format!("{}: {e}", path.display())))?;
+            log.sink.append(&lines).map_err(|e| EngineError::Internal(format!("{}: {e}", log.sink.describe())))?;
             // Only once the lines are durable: recorded first, a crash would skip them.
             Ok(store.write(WriteBatch::from(heads), Durability::Sync)?)
         })
@@ -282,7 +414,7 @@ mod tests {
     fn a_round_appends_what_is_above_the_recorded_size_and_records_it() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("checkpoints.jsonl");
-        let log = CheckpointLog::new(&path);
+        let log = CheckpointLog::new(CheckpointSink::File(path.clone()));
         let store = MemStore::default();
         for size in [1, 3, 4] {
             put_checkpoint(&store, "ws_a", size);
@@ -322,7 +454,7 @@ mod tests {
         for size in 1..=(CHECKPOINTS_PER_WORKSPACE as u64 + 5) {
             put_checkpoint(&store, "ws_a", size);
         }
-        let a = CheckpointLog::new(Path::new("/var/log/a.jsonl"));
+        let a = CheckpointLog::new(CheckpointSink::parse("/var/log/a.jsonl").unwrap());
         let mut round = Round::default();
         read(&store, &a.id, "ws_a".into(), &mut round).unwrap();
         assert_eq!((round.appended, round.more.clone()), (CHECKPOINTS_PER_WORKSPACE as u64, vec!["ws_a".to_owned()]));
@@ -330,8 +462,33 @@ mod tests {
         let mut rest = Round::default();
         read(&store, &a.id, "ws_a".into(), &mut rest).unwrap();
         assert_eq!((rest.appended, rest.more.len()), (5, 0));
-        let b = CheckpointLog::new(Path::new("/var/log/b.jsonl"));
+        let b = CheckpointLog::new(CheckpointSink::parse("/var/log/b.jsonl").unwrap());
         assert_ne!(a.id, b.id);
         assert_eq!(store.witness_head("ws_a", &b.id).unwrap(), None);
+        // A file keeps the id it had before there were other sinks; another sink at the same
+        // path is another log.
+        let old = {
+            let mut h = Sha256::new();
+            h.update(b"allowly checkpoint log\n/var/log/a.jsonl");
+            <[u8; 32]>::from(h.finalize())
+        };
+        assert_eq!(a.id, old);
+        assert_ne!(CheckpointLog::new(CheckpointSink::parse("git:/var/log/a.jsonl").unwrap()).id, a.id);
+    }
+
+    #[test]
+    fn sinks_parse_and_syslog_times_are_rfc_3164() {
+        let p = |s: &str| CheckpointSink::parse(s).unwrap();
+        assert_eq!(p("/x/log.jsonl"), CheckpointSink::File("/x/log.jsonl".into()));
+        assert_eq!(p("file:/x/log.jsonl"), CheckpointSink::File("/x/log.jsonl".into()));
+        assert_eq!(p("syslog"), CheckpointSink::Syslog("/dev/log".into()));
+        assert_eq!(p("syslog:/run/log.sock"), CheckpointSink::Syslog("/run/log.sock".into()));
+        assert_eq!(p("git:/srv/anchors"), CheckpointSink::Git("/srv/anchors".into()));
+        assert!(matches!(p("rel/log.jsonl"), CheckpointSink::File(f) if f.is_absolute()));
+        for bad in ["", "git:", "syslog:", "file:"] {
+            assert!(CheckpointSink::parse(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(syslog_time("2026-12-07T11:05:09.123Z"), "Dec  7 11:05:09");
+        assert_eq!(syslog_time("2027-01-31T00:00:00.000Z"), "Jan 31 00:00:00");
     }
 }

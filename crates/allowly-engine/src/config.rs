@@ -111,9 +111,10 @@ pub struct EngineConfig {
     /// after this long — doubling at each such answer in a row, at most an hour — even with no
     /// new checkpoint, so a witness whose configuration is fixed catches up by itself.
     pub witness_refused_retry: Duration,
-    /// Append every stored checkpoint to this file, one JSON line each, synced (the
-    /// `checkpoint_log` module; docs/witness.md, "Anchoring"); `None`: no such file.
-    pub checkpoint_log: Option<std::path::PathBuf>,
+    /// Publish every stored checkpoint to this sink, one JSON line each, at least once (a file,
+    /// the system logger or a git work tree: the `checkpoint_log` module; docs/witness.md,
+    /// "Anchoring"); `None`: none.
+    pub checkpoint_log: Option<crate::CheckpointSink>,
     /// `Some`: this process is one node of several over one shared database (issue 16,
     /// docs/scale-out.md): it sequences a workspace only while it holds the workspace's lease,
     /// and every write of the workspace carries the lease's epoch as a fence. `None` (the

@@ -43,6 +43,7 @@ pub use admin_keys::reset_instance_admin_keys;
 /// (`allowly-verify bundle --semantics`) re-derives decisions with the very function the engine
 /// decides with; re-exported so that `crate::decide` reads as before.
 pub use allowly_decide as decide;
+pub use checkpoint_log::CheckpointSink;
 pub use config::{ClusterConfig, EngineConfig, WitnessConfig};
 pub use engine::{Engine, MAX_EXPORT_RECEIPTS, WITNESS_PENDING_REASON};
 pub use error::{EngineError, Result};

@@ -157,7 +157,7 @@ impl Witnessing {
             .filter(|_| on)
             .map(|w| Arc::new(Witness { cfg: w.clone(), queue: Default::default(), wake: Notify::new() }))
             .collect();
-        let log = cfg.checkpoint_log.as_deref().map(|path| Arc::new(CheckpointLog::new(path)));
+        let log = cfg.checkpoint_log.clone().map(|sink| Arc::new(CheckpointLog::new(sink)));
         Self { witnesses, quorum: if on { cfg.witness_quorum } else { 0 }, log }
     }
 

@@ -353,11 +353,13 @@ pub struct ServeArgs {
     /// long, doubling while it keeps doing so, at most an hour (100..=3600000) [default: 60000].
     #[arg(long, env = "ALLOWLY_WITNESS_REFUSED_RETRY_MS", value_name = "MS")]
     pub witness_refused_retry_ms: Option<u64>,
-    /// Append every stored checkpoint (each workspace's signed tree head) to this file, one
-    /// JSON line each, synced, for anchoring outside the database; created if missing, at
-    /// least once after a crash (docs/witness.md, "Anchoring").
-    #[arg(long, env = "ALLOWLY_CHECKPOINT_LOG", value_name = "FILE")]
-    pub checkpoint_log: Option<PathBuf>,
+    /// Publish every stored checkpoint (each workspace's signed tree head), one JSON line
+    /// each, at least once after a crash, for anchoring outside the database
+    /// (docs/witness.md, "Anchoring"): FILE (or file:FILE, appended and synced, created if
+    /// missing), syslog (or syslog:SOCKET: the system logger, /dev/log by default), or git:DIR
+    /// (a git work tree: appended to checkpoints.jsonl there and committed).
+    #[arg(long, env = "ALLOWLY_CHECKPOINT_LOG", value_name = "SINK")]
+    pub checkpoint_log: Option<String>,
     /// Run as one node of a cluster over the shared --postgres database (docs/scale-out.md):
     /// this node's name (`[A-Za-z0-9_-]`, 1..=100). Each start is a new node id, the name and a
     /// random suffix. Needs --postgres and --advertise-url.
@@ -482,7 +484,7 @@ pub struct FileConfig {
     pub witness_quorum: Option<usize>,
     pub witness_timeout_ms: Option<u64>,
     pub witness_refused_retry_ms: Option<u64>,
-    pub checkpoint_log: Option<PathBuf>,
+    pub checkpoint_log: Option<String>,
     pub node_name: Option<String>,
     pub advertise_url: Option<String>,
     pub lease_ttl_ms: Option<u64>,
@@ -586,7 +588,7 @@ pub struct ServerConfig {
     /// First wait before a workspace a witness refused is submitted to it again.
     pub witness_refused_retry: Duration,
     /// See `EngineConfig::checkpoint_log`.
-    pub checkpoint_log: Option<PathBuf>,
+    pub checkpoint_log: Option<allowly_engine::CheckpointSink>,
     /// `Some`: one node of a cluster (see [`Cluster`]).
     pub cluster: Option<Cluster>,
 }
@@ -812,7 +814,7 @@ impl ServeArgs {
         let checkpoint_log = self
             .checkpoint_log
             .or(file.checkpoint_log)
-            .map(|p| std::path::absolute(&p).map_err(|source| Error::Io { what: format!("{}", p.display()), source }))
+            .map(|s| allowly_engine::CheckpointSink::parse(&s).map_err(Error::CheckpointLog))
             .transpose()?;
         Ok(ServerConfig {
             cluster,
@@ -1022,7 +1024,12 @@ mod tests {
     fn a_relative_checkpoint_log_is_made_absolute_against_the_starting_directory() {
         let cfg = ServeArgs { checkpoint_log: Some("anchor/checkpoints.jsonl".into()), ..ServeArgs::default() };
         let want = std::env::current_dir().unwrap().join("anchor/checkpoints.jsonl");
-        assert_eq!(cfg.resolve().unwrap().checkpoint_log, Some(want));
+        assert_eq!(cfg.resolve().unwrap().checkpoint_log, Some(allowly_engine::CheckpointSink::File(want)));
+        let cfg = ServeArgs { checkpoint_log: Some("git:anchors".into()), ..ServeArgs::default() };
+        let want = std::env::current_dir().unwrap().join("anchors");
+        assert_eq!(cfg.resolve().unwrap().checkpoint_log, Some(allowly_engine::CheckpointSink::Git(want)));
+        let cfg = ServeArgs { checkpoint_log: Some("git:".into()), ..ServeArgs::default() };
+        assert!(matches!(cfg.resolve(), Err(Error::CheckpointLog(_))));
         assert_eq!(ServeArgs::default().resolve().unwrap().checkpoint_log, None);
     }
 

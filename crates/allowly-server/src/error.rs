@@ -53,6 +53,8 @@ pub enum Error {
     Witnesses(String),
     #[error("cluster settings: {0}")]
     Cluster(String),
+    #[error("checkpoint_log: {0}")]
+    CheckpointLog(String),
     #[error("{0} must be within 1 s..=30 days")]
     Ttl(&'static str),
     #[error("signer_max_in_flight must be within 1..=65536")]

@@ -888,14 +888,168 @@ fn every_stored_checkpoint_is_in_the_checkpoint_log_after_a_crash_and_a_restart(
     appended.dedup();
     assert!(stored.len() >= 2, "one before the directory went away, one after: {stored:?}");
     assert_eq!(appended, stored, "the log holds every stored checkpoint, in order, a repeat only of the same line");
+    signed_at_their_sizes(&keys, &t.ws, &appended);
+}
+
+/// Each note of `notes` is a checkpoint of workspace `ws`, signed by a key of `keys` (its
+/// published key set), at the size beside it.
+fn signed_at_their_sizes(keys: &serde_json::Value, ws: &str, notes: &[(u64, String)]) {
     let verifiers: Vec<note::NoteVerifier> = keys["keys"]
         .as_array()
         .unwrap()
         .iter()
         .map(|k| note::NoteVerifier::parse_vkey(k["vkey"].as_str().unwrap()).unwrap())
         .collect();
-    for (size, n) in &appended {
-        let (cp, _) = note::open_checkpoint(n, &format!("allowly/{}", t.ws), &verifiers).unwrap();
+    for (size, n) in notes {
+        let (cp, _) = note::open_checkpoint(n, &format!("allowly/{ws}"), &verifiers).unwrap();
         assert_eq!(cp.size, *size, "{n}");
     }
+}
+
+/// Checks signed and their checkpoints read back: the notes, signed by the workspace's key at
+/// the size each line says, of every line of `lines` for `t`'s workspace; at least `n` of them.
+fn verified_lines(s: &Server, t: &Tenant, lines: &[(String, u64, String)], n: usize) -> Vec<(u64, String)> {
+    let keys = s.client().get(&format!("/v1/workspaces/{}/keys", t.ws), None).json();
+    let mine: Vec<(u64, String)> =
+        lines.iter().filter(|(ws, _, _)| *ws == t.ws).map(|(_, size, note)| (*size, note.clone())).collect();
+    assert!(mine.len() >= n, "{mine:?}");
+    signed_at_their_sizes(&keys, &t.ws, &mine);
+    mine
+}
+
+/// A directory the server's own user (it drops root) can write in, under `tmp`.
+fn shared_dir(tmp: &Path, name: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tmp.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(tmp, std::fs::Permissions::from_mode(0o711)).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    dir
+}
+
+/// `--checkpoint-log syslog:SOCKET`, black box, with a real `rsyslogd` listening on the socket
+/// and writing what it receives to a file: every checkpoint the server stores reaches the
+/// logger as one message, which the logger parses as the program `allowly` at `user.notice`,
+/// its text the JSON line (the signed note, at the size the line says).
+#[test]
+fn checkpoints_reach_a_real_syslog_daemon() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = shared_dir(tmp.path(), "syslog");
+    let (socket, out) = (dir.join("log.sock"), dir.join("received.log"));
+    let conf = dir.join("rsyslog.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "global(workDirectory=\"{dir}\")\n\
+             module(load=\"imuxsock\" SysSock.Use=\"off\")\n\
+             input(type=\"imuxsock\" Socket=\"{socket}\" RateLimit.Interval=\"0\")\n\
+             template(name=\"seen\" type=\"string\" string=\"%programname% %syslogfacility-text%.%syslogseverity-text% %msg%\\n\")\n\
+             *.* action(type=\"omfile\" file=\"{out}\" template=\"seen\")\n",
+            dir = dir.display(),
+            socket = socket.display(),
+            out = out.display()
+        ),
+    )
+    .unwrap();
+    let mut daemon = std::process::Command::new("/usr/sbin/rsyslogd")
+        .arg("-n")
+        .arg("-f")
+        .arg(&conf)
+        .arg("-i")
+        .arg(dir.join("rsyslogd.pid"))
+        .spawn()
+        .expect("rsyslogd (scripts/setup.sh installs it)");
+    struct Kill<'a>(&'a mut std::process::Child);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _daemon = Kill(&mut daemon);
+    eventually("rsyslogd's socket", String::new, || socket.exists().then_some(()));
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+
+    let args = vec!["--checkpoint-log".to_owned(), format!("syslog:{}", socket.display())];
+    let s = start_server(tmp.path(), "s", &args);
+    let t = tenant(&s, "logged", &["files.read"]);
+    let ids: Vec<String> = (0..3).map(|_| check(&s, &t)).collect();
+    let last = signed(&s, &t, ids.last().unwrap())["checkpoint"].as_str().unwrap().to_owned();
+    let received = || std::fs::read_to_string(&out).unwrap_or_default();
+    let lines = eventually("the last checkpoint at the logger", received, || {
+        let lines: Vec<(String, u64, String)> = received()
+            .lines()
+            .map(|l| {
+                let json = l.strip_prefix("allowly user.notice ").unwrap_or_else(|| panic!("parsed otherwise: {l}"));
+                let v: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+                let (ws, size, note) = (&v["workspace_id"], &v["size"], &v["checkpoint"]);
+                (ws.as_str().unwrap().to_owned(), size.as_u64().unwrap(), note.as_str().unwrap().to_owned())
+            })
+            .collect();
+        lines.iter().any(|(_, _, n)| *n == last).then_some(lines)
+    });
+    verified_lines(&s, &t, &lines, 1);
+}
+
+/// `--checkpoint-log git:DIR`, black box, with the real `git`: every checkpoint the server
+/// stores is committed to `checkpoints.jsonl` in the work tree, by "Allowly", each line a
+/// signed note at the size it says, and every commit extends the one before (the work tree is
+/// clean after each round: nothing appended is left uncommitted).
+#[test]
+fn checkpoints_are_committed_to_a_git_work_tree() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = shared_dir(tmp.path(), "anchors");
+    let git = |args: &[&str]| {
+        let out = std::process::Command::new("git").arg("-C").arg(&repo).args(args).output().unwrap();
+        assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    git(&["init", "--quiet"]);
+    // The server's user writes objects into it.
+    let status = std::process::Command::new("chmod").arg("-R").arg("a+rwX").arg(&repo).status().unwrap();
+    assert!(status.success());
+
+    let args = vec!["--checkpoint-log".to_owned(), format!("git:{}", repo.display())];
+    let s = start_server(tmp.path(), "s", &args);
+    let t = tenant(&s, "committed", &["files.read"]);
+    let first = signed(&s, &t, &check(&s, &t))["checkpoint"].as_str().unwrap().to_owned();
+    let committed = || {
+        let text = std::process::Command::new("git")
+            .arg("-C")
+            .arg(&repo)
+            .args(["show", "HEAD:checkpoints.jsonl"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .map(|v| {
+                let (ws, size, note) = (&v["workspace_id"], &v["size"], &v["checkpoint"]);
+                (ws.as_str().unwrap().to_owned(), size.as_u64().unwrap(), note.as_str().unwrap().to_owned())
+            })
+            .collect::<Vec<_>>()
+    };
+    eventually(
+        "the first checkpoint committed",
+        || git(&["log", "--stat"]),
+        || committed().iter().any(|(_, _, n)| *n == first).then_some(()),
+    );
+    let ids: Vec<String> = (0..3).map(|_| check(&s, &t)).collect();
+    let last = signed(&s, &t, ids.last().unwrap())["checkpoint"].as_str().unwrap().to_owned();
+    let lines = eventually(
+        "the last checkpoint committed",
+        || git(&["log", "--stat"]),
+        || {
+            let lines = committed();
+            lines.iter().any(|(_, _, n)| *n == last).then_some(lines)
+        },
+    );
+    verified_lines(&s, &t, &lines, 2);
+    let authors = git(&["log", "--format=%an <%ae>"]);
+    assert!(authors.lines().count() >= 2, "{authors}");
+    assert!(authors.lines().all(|a| a == "Allowly <allowly@localhost>"), "{authors}");
+    // One line of history, nothing left uncommitted once the last round was committed.
+    assert_eq!(git(&["rev-list", "--merges", "HEAD"]), "");
+    eventually("a clean work tree", || git(&["status"]), || git(&["status", "--porcelain"]).is_empty().then_some(()));
 }
