@@ -107,6 +107,8 @@ impl Engine {
         )
         .map_err(|e| EngineError::Internal(format!("cannot start the witness client or the checkpoint log: {e}")))?;
         let ownership = cfg.cluster.clone().map(|c| crate::ownership::Ownership::new(c, metrics.leases_held.clone()));
+        // Revocations through other nodes are not seen here: cached keys are read again.
+        let key_cache_max_age = ownership.as_ref().map(|_| crate::services::CLUSTER_KEY_CACHE_MAX_AGE);
         let services = Arc::new(Services {
             ownership,
             witnessing,
@@ -123,7 +125,7 @@ impl Engine {
             shutting_down: Default::default(),
             endpoints: Default::default(),
             webhook_wake: Default::default(),
-            api_keys: Default::default(),
+            api_keys: crate::services::ApiKeyCache::new(key_cache_max_age),
             cached_authorizations: Default::default(),
             signer_scrape: Default::default(),
             admissions: Default::default(),
@@ -926,6 +928,30 @@ impl Engine {
         }
     }
 
+    /// In a cluster: makes sure this node owns `ws` for work that must run where the
+    /// workspace's decisions are made — a long-poll (only the owner's commits wake it), a
+    /// webhook attempt (only the owner delivers) — and keeps the lease renewed until the guard
+    /// is dropped. The lease is taken if it is free, as a request would take it; another
+    /// node's is [`EngineError::NotOwner`] (the request is forwarded there). `None` in one
+    /// process alone: nothing to hold.
+    pub(crate) async fn hold_here(&self, ws: &str) -> Result<Option<crate::ownership::Pinned>> {
+        let Some(o) = &self.shared.ownership else { return Ok(None) };
+        if let Some(owner) = o.known_owner(ws) {
+            return Err(owner);
+        }
+        // Pinned before the lease is taken: the keeper must not release it in between.
+        let pin = o.pin(ws);
+        if o.epoch(ws).is_none() {
+            let owned = ws.to_owned();
+            self.read(move |e| match &e.shared.ownership {
+                Some(o) => o.acquire(e.shared.store.as_ref(), &owned).map(|_| ()),
+                None => Ok(()),
+            })
+            .await?;
+        }
+        Ok(Some(pin))
+    }
+
     fn fail_closed(&self, ws: &str) -> Result<()> {
         self.fail_closed_unless_keyed(ws, false)
     }
@@ -1483,17 +1509,13 @@ async fn lease_loop(shared: std::sync::Weak<Shared>) {
     while let Some(s) = next_tick(&mut tick, &shared).await {
         let Some(o) = &s.ownership else { return };
         let now = std::time::Instant::now();
-        let held: Vec<(String, crate::ownership::Held, bool)> = o
-            .snapshot()
-            .into_iter()
-            .map(|(ws, h)| {
+        let (used, idle): (Vec<_>, Vec<_>) = o.snapshot().into_iter().partition(|(ws, h)| {
+            s.actors.contains_key(ws)
+                || s.pipelines.is_running(ws)
+                || o.is_pinned(ws)
                 // Just granted (an actor may be starting): kept until the next round.
-                let used = s.actors.contains_key(&ws)
-                    || s.pipelines.is_running(&ws)
-                    || now.saturating_duration_since(h.since) < period;
-                (ws, h, used)
-            })
-            .collect();
+                || now.saturating_duration_since(h.since) < period
+        });
         let keep = s.clone();
         let kept = blocking(move || {
             let s = keep;
@@ -1501,13 +1523,8 @@ async fn lease_loop(shared: std::sync::Weak<Shared>) {
             if let Err(e) = s.store.heartbeat(&o.cfg.node_id, &o.cfg.address, o.cfg.lease_ttl) {
                 tracing::warn!(error = %e, "cannot renew this node's membership");
             }
-            for (ws, h, used) in held {
-                if used {
-                    o.renew(s.store.as_ref(), &ws, h);
-                } else {
-                    o.release(s.store.as_ref(), &ws, h);
-                }
-            }
+            o.renew(s.store.as_ref(), &used);
+            o.release(s.store.as_ref(), &idle);
             Ok(())
         });
         let _ = kept.await;
@@ -1524,9 +1541,7 @@ async fn release_leases(s: &Arc<Shared>) {
     let keep = s.clone();
     let released = blocking(move || {
         let Some(o) = &keep.ownership else { return Ok(()) };
-        for (ws, h) in held {
-            o.release(keep.store.as_ref(), &ws, h);
-        }
+        o.release(keep.store.as_ref(), &held);
         Ok(())
     });
     let _ = released.await;

@@ -118,6 +118,9 @@ impl Engine {
     /// [`Engine::escalation`] does.
     pub async fn wait_escalation(&self, ws: &str, id: &str, wait: Duration) -> Result<EscalationView> {
         let deadline = tokio::time::Instant::now() + wait.min(self.shared().cfg.long_poll_max);
+        // In a cluster only the owner's commits wake a waiter: it waits there (`NotOwner`
+        // forwards it), and the workspace stays this node's while it waits.
+        let _held = self.hold_here(ws).await?;
         let watchers = &self.shared().watchers;
         let watch = watchers.watch(ws, id)?;
         loop {
@@ -138,6 +141,7 @@ impl Engine {
     /// clock) or after `wait`.
     pub async fn wait_confirmation(&self, ws: &str, nonce: &str, wait: Duration) -> Result<ConfirmationView> {
         let deadline = tokio::time::Instant::now() + wait.min(self.shared().cfg.long_poll_max);
+        let _held = self.hold_here(ws).await?; // as for escalations
         let watchers = &self.shared().watchers;
         let watch = watchers.watch(ws, nonce)?;
         // Each look off the async workers, within the request's bound (`Engine::read`).

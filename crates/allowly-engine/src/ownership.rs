@@ -8,10 +8,12 @@
 //! another node took over: this table only remembers which epoch to fence with and which leases
 //! to renew. Safety needs no clock; how soon a dead owner's workspaces move needs the TTL.
 //!
-//! What holds a lease: an actor or a signing task of the workspace running here. The keeper
+//! What holds a lease: an actor or a signing task of the workspace running here, or work in
+//! progress that pinned it ([`Ownership::pin`]: a webhook attempt, a long-poll). The keeper
 //! (`Engine`'s `lease_loop`) renews those every third of the TTL and releases the others, so
 //! another node can take an idle workspace over at once.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use allowly_store::{LeaseAnswer, Op, Store, StoreError};
@@ -22,6 +24,29 @@ use crate::error::{EngineError, Result};
 
 /// Most workspaces remembered as another node's (a few MiB); past it the memory starts over.
 const MAX_KNOWN_OWNERS: usize = 100_000;
+/// Leases renewed or released per store call (one read and one write of them all): bounds a
+/// transaction's size, not the keeper's round.
+const LEASES_PER_CALL: usize = 512;
+
+/// `(workspace, epoch)` of each lease, as the store takes them.
+fn epochs(held: &[(String, Held)]) -> Vec<(String, u64)> {
+    held.iter().map(|(ws, h)| (ws.clone(), h.epoch)).collect()
+}
+
+/// Each lease's answer of a bulk call, the call's own failure repeated for each.
+fn each(
+    answers: allowly_store::Result<Vec<allowly_store::Result<allowly_store::Lease>>>,
+    n: usize,
+) -> Vec<std::result::Result<(), StoreError>> {
+    match answers {
+        Ok(answers) if answers.len() == n => answers.into_iter().map(|a| a.map(|_| ())).collect(),
+        Ok(answers) => {
+            let e = StoreError::Engine(format!("the store answered {} of {n} leases", answers.len()));
+            vec![Err(e); n]
+        }
+        Err(e) => vec![Err(e); n],
+    }
+}
 
 /// A lease this node holds.
 #[derive(Debug, Clone, Copy)]
@@ -43,11 +68,41 @@ pub(crate) struct Ownership {
     others: DashMap<String, (String, String, Instant)>,
     /// `allowly_engine_leases_held`, kept equal to `held.len()`.
     gauge: prometheus::IntGauge,
+    /// Work in progress per workspace that keeps its lease renewed ([`Self::pin`]).
+    pins: Arc<DashMap<String, usize>>,
+}
+
+/// A workspace's lease kept by work in progress ([`Ownership::pin`]) until this is dropped.
+pub(crate) struct Pinned {
+    ws: String,
+    pins: Arc<DashMap<String, usize>>,
+}
+
+impl Drop for Pinned {
+    fn drop(&mut self) {
+        self.pins.remove_if_mut(&self.ws, |_, n| {
+            *n -= 1;
+            *n == 0
+        });
+    }
 }
 
 impl Ownership {
     pub fn new(cfg: ClusterConfig, gauge: prometheus::IntGauge) -> Self {
-        Self { cfg, held: DashMap::new(), others: DashMap::new(), gauge }
+        Self { cfg, held: DashMap::new(), others: DashMap::new(), gauge, pins: Arc::default() }
+    }
+
+    /// Keeps the lease of `ws`, once held, renewed until the guard is dropped, even with no
+    /// actor or signing task of the workspace here: for work that needs the workspace to stay
+    /// this node's while it lasts (a webhook attempt, a long-poll waiting for a decision).
+    pub fn pin(&self, ws: &str) -> Pinned {
+        *self.pins.entry(ws.to_owned()).or_default() += 1;
+        Pinned { ws: ws.to_owned(), pins: self.pins.clone() }
+    }
+
+    /// Whether work in progress pinned `ws` ([`Self::pin`]).
+    pub fn is_pinned(&self, ws: &str) -> bool {
+        self.pins.contains_key(ws)
     }
 
     fn count(&self) {
@@ -133,35 +188,46 @@ impl Ownership {
         self.held.iter().map(|e| (e.key().clone(), *e.value())).collect()
     }
 
-    /// Renews the lease `held` of `ws` (the keeper, for a workspace in use). Fenced: another
-    /// node took it over ([`Self::lost`]). Any other failure is only logged: tried again next
-    /// round (the lease may lapse meanwhile, which is safe: writes are fenced by epoch). A store
-    /// call: run it off the async workers.
-    pub fn renew(&self, store: &dyn Store, ws: &str, held: Held) {
-        let since = Instant::now();
-        match store.renew_lease(ws, &self.cfg.node_id, held.epoch, self.cfg.lease_ttl) {
-            Ok(_) => {
-                if let Some(mut h) = self.held.get_mut(ws) {
-                    if h.epoch == held.epoch {
-                        h.since = since;
+    /// Renews the leases `held` (the keeper, for the workspaces in use), a chunk of them per
+    /// store call. Fenced: another node took that workspace over ([`Self::lost`]). Any other
+    /// failure is only logged: tried again next round (the lease may lapse meanwhile, which is
+    /// safe: writes are fenced by epoch). A store call: run it off the async workers.
+    pub fn renew(&self, store: &dyn Store, held: &[(String, Held)]) {
+        for chunk in held.chunks(LEASES_PER_CALL) {
+            let since = Instant::now();
+            let answers = store.renew_leases(&self.cfg.node_id, &epochs(chunk), self.cfg.lease_ttl);
+            for ((ws, h), answer) in chunk.iter().zip(each(answers, chunk.len())) {
+                match answer {
+                    Ok(()) => {
+                        if let Some(mut now) = self.held.get_mut(ws) {
+                            if now.epoch == h.epoch {
+                                now.since = since;
+                            }
+                        }
                     }
+                    Err(StoreError::Fenced { .. }) => self.lost(ws, h.epoch),
+                    Err(e) => tracing::warn!(workspace = %ws, error = %e, "cannot renew the workspace's lease"),
                 }
             }
-            Err(StoreError::Fenced { .. }) => self.lost(ws, held.epoch),
-            Err(e) => tracing::warn!(workspace = %ws, error = %e, "cannot renew the workspace's lease"),
         }
     }
 
-    /// Lets the lease `held` of `ws` expire now and forgets it (the keeper, for an idle
-    /// workspace; shutdown, for all): another node may take the workspace over at once. One
-    /// that cannot be released lapses by itself. A store call: run it off the async workers.
-    pub fn release(&self, store: &dyn Store, ws: &str, held: Held) {
-        match store.release_lease(ws, &self.cfg.node_id, held.epoch) {
-            Ok(_) | Err(StoreError::Fenced { .. }) => {
-                self.forget(ws, held.epoch);
-            }
-            Err(e) => {
-                tracing::warn!(workspace = %ws, error = %e, "cannot release the workspace's lease; it lapses by itself")
+    /// Lets the leases `held` expire now and forgets them (the keeper, for idle workspaces;
+    /// shutdown, for all), a chunk per store call: another node may take those workspaces over
+    /// at once. One that cannot be released lapses by itself. A store call: run it off the
+    /// async workers.
+    pub fn release(&self, store: &dyn Store, held: &[(String, Held)]) {
+        for chunk in held.chunks(LEASES_PER_CALL) {
+            let answers = store.release_leases(&self.cfg.node_id, &epochs(chunk));
+            for ((ws, h), answer) in chunk.iter().zip(each(answers, chunk.len())) {
+                match answer {
+                    Ok(()) | Err(StoreError::Fenced { .. }) => {
+                        self.forget(ws, h.epoch);
+                    }
+                    Err(e) => {
+                        tracing::warn!(workspace = %ws, error = %e, "cannot release the workspace's lease; it lapses by itself")
+                    }
+                }
             }
         }
     }

@@ -5,6 +5,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use allowly_signer_proto::client::SignerClient;
 use allowly_store::Store;
@@ -182,19 +183,38 @@ impl Services {
 /// worker) to learn who is calling. Only valid keys are cached; a revocation removes its key
 /// before the revoke is answered, and a lookup that raced with a revocation does not keep what
 /// it read (`revocations` changed meanwhile), so a revoked key never authenticates again once
-/// its revocation was acknowledged.
+/// its revocation was acknowledged — on this node. In a cluster a key revoked through another
+/// node is not removed here: there an entry is trusted for at most `max_age`
+/// ([`CLUSTER_KEY_CACHE_MAX_AGE`]), then the store is read again.
 #[derive(Debug, Default)]
 pub(crate) struct ApiKeyCache {
-    keys: DashMap<[u8; 32], crate::model::Principal>,
+    keys: DashMap<[u8; 32], (crate::model::Principal, std::time::Instant)>,
     revocations: std::sync::atomic::AtomicU64,
+    /// `None`: entries last until revoked here (one process alone sees every revocation).
+    max_age: Option<Duration>,
 }
+
+/// How long a node of a cluster trusts a cached API key before reading it again: the longest a
+/// key revoked through another node still authenticates here. One store read per key in use
+/// per node per period.
+pub const CLUSTER_KEY_CACHE_MAX_AGE: Duration = Duration::from_secs(1);
 
 /// Most cached keys; past this the cache starts over (keys are read again on use).
 const MAX_CACHED_KEYS: usize = 100_000;
 
 impl ApiKeyCache {
+    /// A cache whose entries are trusted for at most `max_age` (`None`: until revoked here).
+    pub fn new(max_age: Option<Duration>) -> Self {
+        Self { max_age, ..Self::default() }
+    }
+
     pub fn get(&self, hash: &[u8; 32]) -> Option<crate::model::Principal> {
-        self.keys.get(hash).map(|p| p.clone())
+        let entry = self.keys.get(hash)?;
+        let (p, at) = &*entry;
+        match self.max_age {
+            Some(max) if at.elapsed() >= max => None,
+            _ => Some(p.clone()),
+        }
     }
 
     /// The revocation count to pass to [`ApiKeyCache::insert`] (read it before the store).
@@ -208,7 +228,7 @@ impl ApiKeyCache {
         if self.keys.len() >= MAX_CACHED_KEYS {
             self.keys.clear();
         }
-        self.keys.insert(hash, p);
+        self.keys.insert(hash, (p, std::time::Instant::now()));
         if self.revocations.load(Ordering::Acquire) != generation {
             self.keys.remove(&hash);
         }

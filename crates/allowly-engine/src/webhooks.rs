@@ -29,6 +29,7 @@ use allowly_store::DocKind;
 use allowly_webhooks::model::{
     decode, delivery_prefix, DeliveryDoc, DisabledReason, WebhookDoc, MAX_ROTATION_GRACE_MS, MAX_SCOPE_FILTER,
 };
+use allowly_webhooks::worker::Claim;
 use allowly_webhooks::{CreatedWebhook, DeliveryView, RotateSecret, WebhookView};
 
 use crate::decide::validate_scope;
@@ -254,6 +255,32 @@ impl allowly_webhooks::Control for Engine {
                 .await
                 .map(|_| ())
                 .map_err(|e| e.to_string())
+        })
+    }
+
+    /// One process alone makes every delivery, unfenced. In a cluster, a node makes a
+    /// workspace's deliveries only while it holds the workspace's lease — taking it if it is
+    /// free, as a request would — and fences their writes with its epoch; the lease is kept
+    /// renewed while the attempt lasts. Two nodes therefore never both work on one workspace's
+    /// deliveries, and one that lost the workspace mid-attempt records nothing.
+    fn claim(&self, ws: &str) -> Pin<Box<dyn Future<Output = Claim> + Send>> {
+        let (engine, ws) = (self.clone(), ws.to_owned());
+        Box::pin(async move {
+            let Some(o) = &engine.shared().ownership else { return Claim::Here { epoch: None, hold: None } };
+            let retry_in = o.period();
+            let pin = match engine.hold_here(&ws).await {
+                Ok(pin) => pin,
+                Err(EngineError::NotOwner { .. }) => return Claim::NotHere { retry_in },
+                Err(e) => {
+                    tracing::warn!(workspace = %ws, error = %e, "cannot learn who delivers the workspace's webhooks; trying again later");
+                    return Claim::NotHere { retry_in };
+                }
+            };
+            match o.epoch(&ws) {
+                Some(epoch) => Claim::Here { epoch: Some(epoch), hold: pin.map(|p| Box::new(p) as Box<dyn Send>) },
+                // Lost again since (another node fenced it meanwhile).
+                None => Claim::NotHere { retry_in },
+            }
         })
     }
 }

@@ -62,17 +62,24 @@ pub struct Forwarder {
     node_id: HeaderValue,
     /// Bound on one forwarded exchange: the owner's own bound on the request plus a margin.
     timeout: Duration,
+    /// Added to it for a long-poll (`?wait=`), which the owner may hold that long.
+    long_poll_max: Duration,
     metrics: crate::metrics::HttpMetrics,
 }
 
 impl Forwarder {
-    pub fn new(node_id: &str, timeout: Duration, metrics: crate::metrics::HttpMetrics) -> Result<Self, String> {
+    pub fn new(
+        node_id: &str,
+        timeout: Duration,
+        long_poll_max: Duration,
+        metrics: crate::metrics::HttpMetrics,
+    ) -> Result<Self, String> {
         let node_id = HeaderValue::from_str(node_id).map_err(|e| format!("node id as a header: {e}"))?;
         let mut http = HttpConnector::new();
         http.set_nodelay(true);
         http.set_connect_timeout(Some(Duration::from_secs(1)));
         let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(http);
-        Ok(Self { client, node_id, timeout, metrics })
+        Ok(Self { client, node_id, timeout, long_poll_max, metrics })
     }
 
     /// Whether `parts` was forwarded to this node already (then it is answered here).
@@ -130,7 +137,8 @@ impl Forwarder {
             .header(FORWARDED_BY, self.node_id.clone())
             .body(Full::new(body))
             .map_err(|e| unsent(format!("building the request: {e}")))?;
-        let answer = tokio::time::timeout(self.timeout, async {
+        let bound = if is_long_poll(parts) { self.timeout + self.long_poll_max } else { self.timeout };
+        let answer = tokio::time::timeout(bound, async {
             // A connection that could not be made: the request was never sent.
             let resp = self.client.request(req).await.map_err(|e| (!e.is_connect(), allowly_tls::error_chain(&e)))?;
             let (head, body) = resp.into_parts();
@@ -142,7 +150,7 @@ impl Forwarder {
             Ok::<_, (bool, String)>((head, bytes))
         })
         .await
-        .map_err(|_| (true, format!("no answer within {} ms", self.timeout.as_millis())))??;
+        .map_err(|_| (true, format!("no answer within {} ms", bound.as_millis())))??;
         let (head, bytes) = answer;
         let mut resp = Response::new(Full::new(bytes));
         *resp.status_mut() = head.status;
@@ -153,4 +161,11 @@ impl Forwarder {
         }
         Ok(resp)
     }
+}
+
+/// Whether `parts` is a long-poll: a read with a `wait` parameter (the confirmation and
+/// escalation reads), which the owner holds until a decision or the wait's end.
+fn is_long_poll(parts: &Parts) -> bool {
+    parts.method == http::Method::GET
+        && parts.uri.query().is_some_and(|q| q.split('&').any(|pair| pair.split('=').next() == Some("wait")))
 }

@@ -9,6 +9,10 @@
 //! the generation, and each key reads its workspace's setting again at its next request (one
 //! store read per key in use, per change: changes are rare, requests are not).
 //!
+//! In a cluster the generation is this node's alone: a setting changed through another node is
+//! not counted here. There each key's setting is also read again once it is older than
+//! `settings_max_age` (a second), so a change reaches every node within it.
+//!
 //! Memory is bounded: at most [`MAX_TRACKED_KEYS`] entries. When full, entries at rest — unused
 //! for as long as their bucket takes to refill, so a fresh limiter would behave exactly the
 //! same — are dropped first; if that is not enough, the least recently used tenth is dropped
@@ -38,11 +42,16 @@ pub struct RateLimits {
     generation: AtomicU64,
     max_keys: usize,
     epoch: Instant,
+    /// In a cluster: how long a key's setting, as read, is trusted (changes made through other
+    /// nodes do not bump `generation`). `None`: until the generation changes.
+    settings_max_age: Option<Duration>,
 }
 
 #[derive(Debug)]
 struct Entry {
     generation: u64,
+    /// Milliseconds since `RateLimits::epoch` when `limit` was read.
+    read_ms: u64,
     limit: RateLimit,
     /// `None`: unlimited.
     limiter: Option<Limiter>,
@@ -51,8 +60,8 @@ struct Entry {
 }
 
 impl Entry {
-    fn new(limit: RateLimit, generation: u64) -> Self {
-        Self { generation, limit, limiter: limiter(limit), last_used_ms: AtomicU64::new(0) }
+    fn new(limit: RateLimit, generation: u64, read_ms: u64) -> Self {
+        Self { generation, read_ms, limit, limiter: limiter(limit), last_used_ms: AtomicU64::new(0) }
     }
 
     /// Whether a fresh limiter would decide exactly as this one: its bucket has refilled.
@@ -97,7 +106,23 @@ impl RateLimits {
             generation: AtomicU64::new(0),
             max_keys: max_keys.max(1),
             epoch: Instant::now(),
+            settings_max_age: None,
         }
+    }
+
+    /// Reads each key's setting again once it is older than `max_age` (in a cluster: changes
+    /// made through other nodes are not seen otherwise).
+    pub fn with_settings_max_age(mut self, max_age: Option<Duration>) -> Self {
+        self.settings_max_age = max_age;
+        self
+    }
+
+    /// Whether `e`'s setting may still be used as read.
+    fn current(&self, e: &Entry, generation: u64) -> bool {
+        e.generation == generation
+            && self.settings_max_age.is_none_or(|max| {
+                self.ms(Instant::now()).saturating_sub(e.read_ms) < u64::try_from(max.as_millis()).unwrap_or(u64::MAX)
+            })
     }
 
     /// Counts one request of API key `key_id`. `setting` reads the key's workspace's own
@@ -109,23 +134,22 @@ impl RateLimits {
     ) -> Result<Result<(), Limited>, E> {
         let generation = self.generation.load(Ordering::Acquire);
         if let Some(e) = self.keys.get(key_id) {
-            if e.generation == generation {
+            if self.current(&e, generation) {
                 return Ok(self.take(&e));
             }
         }
+        let read_ms = self.ms(Instant::now());
         let limit = setting()?.unwrap_or(self.default);
         if self.keys.len() >= self.max_keys && !self.keys.contains_key(key_id) {
             self.make_room();
         }
-        let mut e = self.keys.entry(key_id.into()).or_insert_with(|| Entry::new(limit, generation));
-        if e.generation != generation {
-            // Keep the bucket when the limit did not change: a settings change elsewhere must
-            // not hand this key a fresh burst.
-            if e.limit != limit {
-                *e = Entry::new(limit, generation);
-            } else {
-                e.generation = generation;
-            }
+        let mut e = self.keys.entry(key_id.into()).or_insert_with(|| Entry::new(limit, generation, read_ms));
+        // What was just read applies. Keep the bucket when the limit did not change: a
+        // settings change elsewhere must not hand this key a fresh burst.
+        if e.limit != limit {
+            *e = Entry::new(limit, generation, read_ms);
+        } else {
+            (e.generation, e.read_ms) = (generation, e.read_ms.max(read_ms));
         }
         Ok(self.take(&e))
     }
@@ -221,6 +245,28 @@ mod tests {
         r.settings_changed();
         assert!(go("k1", Some(RateLimit::Unlimited)).is_ok());
         assert!(go("k1", Some(RateLimit::Unlimited)).is_ok());
+    }
+
+    /// In a cluster a setting changed through another node bumps no generation here: the
+    /// setting is read again once older than the bound, keeping the bucket if it is the same.
+    #[test]
+    fn in_a_cluster_a_setting_is_read_again_once_older_than_the_bound() {
+        let reads = std::cell::Cell::new(0);
+        let go = |r: &RateLimits, setting: Option<RateLimit>| {
+            r.check("k1", || {
+                reads.set(reads.get() + 1);
+                Ok::<_, ()>(setting)
+            })
+            .unwrap()
+        };
+        let r = RateLimits::new(RateLimit::Unlimited).with_settings_max_age(Some(Duration::ZERO));
+        assert!(go(&r, Some(TWO)).is_ok() && go(&r, Some(TWO)).is_ok() && go(&r, Some(TWO)).is_err());
+        assert_eq!(reads.get(), 3, "read at every request past the bound");
+        assert!(go(&r, Some(RateLimit::Unlimited)).is_ok(), "the other node's change applies");
+        let r = RateLimits::new(RateLimit::Unlimited).with_settings_max_age(Some(Duration::from_secs(3600)));
+        reads.set(0);
+        assert!(go(&r, Some(TWO)).is_ok() && go(&r, Some(TWO)).is_ok() && go(&r, Some(TWO)).is_err());
+        assert_eq!(reads.get(), 1, "trusted within the bound");
     }
 
     #[test]

@@ -124,8 +124,15 @@ pub async fn run(cfg: ServerConfig, prepared: Prepared) -> Result<(), Error> {
             )
         }
         StoreConfig::Postgres(conninfo) => {
-            let store = PgStore::open(conninfo, PgOptions::default())
-                .map_err(|source| Error::Store { path: "PostgreSQL".into(), source })?;
+            // A node cut off mid-write holds its row locks (a lease's epoch row among them)
+            // until the database ends its idle session: in a cluster, no longer than a lease
+            // lasts, so that such a node delays a takeover by at most one more TTL.
+            let mut opts = PgOptions::default();
+            if let Some(c) = &cfg.cluster {
+                opts.write_idle_limit = c.lease_ttl;
+            }
+            let store =
+                PgStore::open(conninfo, opts).map_err(|source| Error::Store { path: "PostgreSQL".into(), source })?;
             tracing::info!(database = store.target(), "data kept in PostgreSQL (docs/postgres.md)");
             Opened::Postgres(store)
         }
@@ -217,7 +224,7 @@ async fn serve_with_engine(
     let forward_timeout = cfg.commit_timeout + Duration::from_secs(1);
     let forwarder = cluster
         .as_ref()
-        .map(|c| crate::forward::Forwarder::new(&c.node_id, forward_timeout, metrics.clone()))
+        .map(|c| crate::forward::Forwarder::new(&c.node_id, forward_timeout, cfg.long_poll_max, metrics.clone()))
         .transpose()
         .map_err(Error::Cluster)?;
     let engine = Engine::start(
@@ -315,7 +322,9 @@ async fn serve_with_engine(
     let app = Arc::new(App {
         connections: Arc::new(connections),
         openapi: crate::openapi::document(),
-        rate_limits: crate::ratelimit::RateLimits::new(cfg.rate_limit),
+        // A setting changed through another node of a cluster is read here within a second.
+        rate_limits: crate::ratelimit::RateLimits::new(cfg.rate_limit)
+            .with_settings_max_age(cfg.cluster.as_ref().map(|_| Duration::from_secs(1))),
         metrics_token: cfg.metrics_token.clone(),
         key_isolation: isolation,
         engine: engine.clone(),

@@ -31,6 +31,9 @@ pub struct Metrics {
     pub scan_errors: IntCounterVec,
     /// Finished deliveries deleted after the retention period.
     pub swept: IntCounter,
+    /// Due attempts this node left to the node that owns their workspace (a cluster), or
+    /// stopped recording because that node took the workspace over meanwhile.
+    pub left_to_owner: IntCounter,
     /// Deliveries not yet finished (the outbox, every workspace), counted at scrape time.
     pub outbox_deliveries: IntGauge,
     /// Age of the oldest unfinished delivery (since its event was created; 0 when none):
@@ -75,6 +78,11 @@ impl Metrics {
                 "Finished webhook deliveries deleted after the retention period",
             )
             .expect("static metric definition"),
+            left_to_owner: IntCounter::new(
+                "allowly_webhook_attempts_left_to_owner_total",
+                "Due webhook attempts left to the node owning their workspace (a cluster)",
+            )
+            .expect("static metric definition"),
             outbox_deliveries: IntGauge::new(
                 "allowly_webhook_outbox_deliveries",
                 "Webhook deliveries not yet finished (delivered, failed or cancelled)",
@@ -109,7 +117,7 @@ impl Metrics {
         Box::new(OutboxCollector { metrics: self.clone(), store })
     }
 
-    fn parts(&self) -> [&dyn Collector; 8] {
+    fn parts(&self) -> [&dyn Collector; 9] {
         [
             &self.attempts,
             &self.attempt_seconds,
@@ -117,6 +125,7 @@ impl Metrics {
             &self.in_flight,
             &self.scan_errors,
             &self.swept,
+            &self.left_to_owner,
             &self.outbox_deliveries,
             &self.outbox_oldest_age_seconds,
         ]

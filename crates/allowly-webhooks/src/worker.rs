@@ -26,6 +26,12 @@
 //!
 //! Retention: every `retention_sweep_interval` the worker deletes finished deliveries older
 //! than `retention` ([`sweep_finished`], which tests call directly).
+//!
+//! Several nodes over one store (a cluster): every node runs a worker over the one outbox, and
+//! each makes only the deliveries of the workspaces it owns ([`Control::claim`]). An attempt
+//! first claims its workspace; its writes carry the claim's fence, so a node that lost the
+//! workspace meanwhile records nothing (the new owner makes the attempt again: at least once,
+//! as after a crash), and a workspace another node owns is skipped by the scans for a while.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -51,6 +57,30 @@ pub trait Control: Send + Sync + 'static {
     /// Endpoint `webhook_id` of workspace `ws` answered `410 Gone`: disable it, durably. An
     /// error leaves the delivery pending, so the next attempt asks again.
     fn endpoint_gone(&self, ws: &str, webhook_id: &str) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+
+    /// Whether this node makes the deliveries of `ws` now (asked before every attempt). One
+    /// process alone: always, unfenced. In a cluster: only while it owns the workspace.
+    fn claim(&self, ws: &str) -> Pin<Box<dyn Future<Output = Claim> + Send>>;
+}
+
+/// An answer of [`Control::claim`].
+pub enum Claim {
+    /// Make the attempt. Every write it makes carries a fence at `epoch` (a cluster's lease
+    /// epoch of the workspace, `Op::Fence`: a node that lost the workspace meanwhile writes
+    /// nothing), and `hold` is kept until the attempt ends (a cluster keeps the lease meanwhile).
+    Here { epoch: Option<u64>, hold: Option<Box<dyn Send>> },
+    /// Not on this node (another owns the workspace, or whether it may could not be learned):
+    /// the workspace is skipped for `retry_in`.
+    NotHere { retry_in: Duration },
+}
+
+impl std::fmt::Debug for Claim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Claim::Here { epoch, .. } => f.debug_struct("Here").field("epoch", epoch).finish_non_exhaustive(),
+            Claim::NotHere { retry_in } => f.debug_struct("NotHere").field("retry_in", retry_in).finish(),
+        }
+    }
 }
 
 /// The running worker. [`Worker::stop`] ends it; dropping it leaves the task running.
@@ -86,7 +116,12 @@ struct Due {
     ws: String,
     outbox_id: String,
     delivery_id: String,
+    /// The lease epoch every write of its attempt is fenced with ([`Claim::Here`]).
+    fence: Option<u64>,
 }
+
+/// A workspace an attempt found is not this node's, and for how long to skip it.
+type NotHere = Option<(String, Duration)>;
 
 type Key = (String, String);
 
@@ -116,9 +151,11 @@ impl Worker {
 }
 
 async fn run(ctx: Arc<Ctx>, wake: Arc<Notify>, mut stop: watch::Receiver<bool>) {
-    let mut tasks: JoinSet<()> = JoinSet::new();
+    let mut tasks: JoinSet<NotHere> = JoinSet::new();
     // What each running attempt works on (by task id, so even a panicking one is forgotten).
     let mut in_flight: HashMap<tokio::task::Id, Key> = HashMap::new();
+    // Workspaces whose deliveries another node makes, until when they are skipped.
+    let mut elsewhere: HashMap<String, Instant> = HashMap::new();
     let poll = ctx.cfg.poll_interval;
     let mut next_sweep = Instant::now() + ctx.cfg.retention_sweep_interval;
     loop {
@@ -142,15 +179,22 @@ async fn run(ctx: Arc<Ctx>, wake: Arc<Notify>, mut stop: watch::Receiver<bool>) 
             }
         }
         while let Some(done) = tasks.try_join_next_with_id() {
-            finished(done, &mut in_flight);
+            finished(done, &mut in_flight, &mut elsewhere);
         }
         let free = ctx.cfg.concurrency.max(1).saturating_sub(tasks.len());
         let mut wait = poll.min(next_sweep.saturating_duration_since(Instant::now()));
+        let now_i = Instant::now();
+        elsewhere.retain(|_, until| *until > now_i);
+        if let Some(soonest) = elsewhere.values().min() {
+            wait = wait.min(soonest.saturating_duration_since(now_i));
+        }
         if free > 0 {
             let snapshot: HashSet<Key> = in_flight.values().cloned().collect();
+            let skip: HashSet<String> = elsewhere.keys().cloned().collect();
             let c = ctx.clone();
             let now = now_ms();
-            let scanned = tokio::task::spawn_blocking(move || scan(&*c.store, &c.cfg, now, &snapshot, free)).await;
+            let scanned =
+                tokio::task::spawn_blocking(move || scan(&*c.store, &c.cfg, now, &snapshot, &skip, free)).await;
             match scanned {
                 Ok(Ok((due, next))) => {
                     for d in due {
@@ -171,7 +215,7 @@ async fn run(ctx: Arc<Ctx>, wake: Arc<Notify>, mut stop: watch::Receiver<bool>) 
         }
         tokio::select! {
             _ = wake.notified() => {}
-            Some(done) = tasks.join_next_with_id(), if !tasks.is_empty() => finished(done, &mut in_flight),
+            Some(done) = tasks.join_next_with_id(), if !tasks.is_empty() => finished(done, &mut in_flight, &mut elsewhere),
             _ = tokio::time::sleep(wait) => {}
             _ = stop.changed() => {}
         }
@@ -183,11 +227,17 @@ async fn run(ctx: Arc<Ctx>, wake: Arc<Notify>, mut stop: watch::Receiver<bool>) 
 }
 
 fn finished(
-    done: std::result::Result<(tokio::task::Id, ()), tokio::task::JoinError>,
+    done: std::result::Result<(tokio::task::Id, NotHere), tokio::task::JoinError>,
     in_flight: &mut HashMap<tokio::task::Id, Key>,
+    elsewhere: &mut HashMap<String, Instant>,
 ) {
     let id = match done {
-        Ok((id, ())) => id,
+        Ok((id, not_here)) => {
+            if let Some((ws, retry_in)) = not_here {
+                elsewhere.insert(ws, Instant::now() + retry_in);
+            }
+            id
+        }
         Err(e) => {
             // Its outbox entry is still there: it is taken up again at the next scan.
             tracing::error!(error = %e, "webhook attempt task failed");
@@ -234,14 +284,15 @@ pub fn sweep_finished(store: &dyn Store, retention: Duration, now_ms: u64, metri
 }
 
 /// Reads due outbox entries: at most `free`, and at most `cfg.per_workspace` in flight per
-/// workspace (counting those already in flight, which are skipped). Also returns when the
-/// worker should look again: the earliest not-yet-due entry seen (a workspace at its bound is
-/// looked at again when one of its attempts finishes).
+/// workspace (counting those already in flight, which are skipped), none of the workspaces in
+/// `skip`. Also returns when the worker should look again: the earliest not-yet-due entry seen
+/// (a workspace at its bound is looked at again when one of its attempts finishes).
 fn scan(
     store: &dyn Store,
     cfg: &WebhookConfig,
     now: u64,
     in_flight: &HashSet<Key>,
+    skip: &HashSet<String>,
     free: usize,
 ) -> Result<(Vec<Due>, Option<u64>)> {
     let mut due = Vec::new();
@@ -262,7 +313,7 @@ fn scan(
                 taken = busy.get(ws.as_str()).copied().unwrap_or(0);
                 current = Some(ws.clone());
             }
-            if taken >= per_ws {
+            if taken >= per_ws || skip.contains(&ws) {
                 cursor = Some((ws, after_every_id()));
                 continue 'pages;
             }
@@ -284,7 +335,7 @@ fn scan(
             if in_flight.contains(&(ws.clone(), entry.delivery_id.clone())) {
                 continue;
             }
-            due.push(Due { ws: ws.clone(), outbox_id: id, delivery_id: entry.delivery_id });
+            due.push(Due { ws: ws.clone(), outbox_id: id, delivery_id: entry.delivery_id, fence: None });
             taken += 1;
             if due.len() >= free {
                 // Full: the attempts finishing wake the worker.
@@ -298,11 +349,34 @@ fn scan(
     Ok((due, next))
 }
 
-async fn attempt(ctx: Arc<Ctx>, due: Due) {
-    if let Err(e) = attempt_once(&ctx, &due).await {
-        ctx.metrics.scan_errors.with_label_values(&["attempt"]).inc();
-        tracing::warn!(workspace = %due.ws, delivery = %due.delivery_id, error = %e, "webhook delivery bookkeeping failed; retrying");
-        tokio::time::sleep(ERROR_PAUSE).await;
+/// How long a workspace whose delivery write was fenced (another node took it over during
+/// the attempt) is skipped: its new owner makes the attempt again.
+const FENCED_PAUSE: Duration = Duration::from_secs(1);
+
+async fn attempt(ctx: Arc<Ctx>, mut due: Due) -> NotHere {
+    let _hold = match ctx.control.claim(&due.ws).await {
+        Claim::Here { epoch, hold } => {
+            due.fence = epoch;
+            hold
+        }
+        Claim::NotHere { retry_in } => {
+            ctx.metrics.left_to_owner.inc();
+            return Some((due.ws, retry_in));
+        }
+    };
+    match attempt_once(&ctx, &due).await {
+        Ok(()) => None,
+        Err(WebhookError::Store(allowly_store::StoreError::Fenced { .. })) => {
+            ctx.metrics.left_to_owner.inc();
+            tracing::info!(workspace = %due.ws, delivery = %due.delivery_id, "another node took the workspace over during a webhook attempt; it makes the attempt again");
+            Some((due.ws, FENCED_PAUSE))
+        }
+        Err(e) => {
+            ctx.metrics.scan_errors.with_label_values(&["attempt"]).inc();
+            tracing::warn!(workspace = %due.ws, delivery = %due.delivery_id, error = %e, "webhook delivery bookkeeping failed; retrying");
+            tokio::time::sleep(ERROR_PAUSE).await;
+            None
+        }
     }
 }
 
@@ -316,7 +390,9 @@ async fn read_doc(ctx: &Ctx, kind: DocKind, ws: &str, id: &str) -> Result<Option
         .map_err(|e| WebhookError::Encode(format!("store task: {e}")))??)
 }
 
-async fn write(ctx: &Ctx, ops: Vec<Op>) -> Result<()> {
+/// One write of `due`'s attempt, carrying its fence.
+async fn write(ctx: &Ctx, due: &Due, mut ops: Vec<Op>) -> Result<()> {
+    ops.extend(due.fence.map(|epoch| Op::Fence { workspace_id: due.ws.clone(), epoch }));
     let store = ctx.store.clone();
     tokio::task::spawn_blocking(move || store.write(WriteBatch::from(ops), Durability::Buffered))
         .await
@@ -332,8 +408,12 @@ fn delete_outbox(ws: &str, id: &str) -> Op {
 async fn cancel(ctx: &Ctx, due: &Due, mut d: DeliveryDoc, now: u64) -> Result<()> {
     tracing::info!(workspace = %due.ws, delivery = %due.delivery_id, "webhook endpoint deleted: delivery cancelled");
     d.cancel(now);
-    write(ctx, vec![put(DocKind::Delivery, &due.ws, &due.delivery_id, &d)?, delete_outbox(&due.ws, &due.outbox_id)])
-        .await
+    write(
+        ctx,
+        due,
+        vec![put(DocKind::Delivery, &due.ws, &due.delivery_id, &d)?, delete_outbox(&due.ws, &due.outbox_id)],
+    )
+    .await
 }
 
 /// Marks `d` failed for good and removes its outbox entry.
@@ -350,19 +430,23 @@ async fn fail(ctx: &Ctx, due: &Due, mut d: DeliveryDoc, reason: FailureReason, n
     };
     ctx.metrics.failed.with_label_values(&[label]).inc();
     tracing::info!(workspace = %due.ws, delivery = %due.delivery_id, webhook = %d.webhook_id, reason = label, "webhook delivery failed for good");
-    write(ctx, vec![put(DocKind::Delivery, &due.ws, &due.delivery_id, &d)?, delete_outbox(&due.ws, &due.outbox_id)])
-        .await
+    write(
+        ctx,
+        due,
+        vec![put(DocKind::Delivery, &due.ws, &due.delivery_id, &d)?, delete_outbox(&due.ws, &due.outbox_id)],
+    )
+    .await
 }
 
 async fn attempt_once(ctx: &Ctx, due: &Due) -> Result<()> {
     let Some(v) = read_doc(ctx, DocKind::Delivery, &due.ws, &due.delivery_id).await? else {
         tracing::warn!(workspace = %due.ws, delivery = %due.delivery_id, "outbox entry without its delivery; removing it");
-        return write(ctx, vec![delete_outbox(&due.ws, &due.outbox_id)]).await;
+        return write(ctx, due, vec![delete_outbox(&due.ws, &due.outbox_id)]).await;
     };
     let mut d: DeliveryDoc = decode("delivery", &due.delivery_id, v)?;
     if d.status != DeliveryStatus::Pending || d.outbox_id.as_deref() != Some(due.outbox_id.as_str()) {
         // Not the entry that schedules this delivery (never written so: writes are atomic).
-        return write(ctx, vec![delete_outbox(&due.ws, &due.outbox_id)]).await;
+        return write(ctx, due, vec![delete_outbox(&due.ws, &due.outbox_id)]).await;
     }
     let hook: Option<WebhookDoc> = match read_doc(ctx, DocKind::Webhook, &due.ws, &d.webhook_id).await? {
         Some(v) => Some(decode("webhook", &d.webhook_id, v)?),
@@ -397,6 +481,7 @@ async fn attempt_once(ctx: &Ctx, due: &Due) -> Result<()> {
             tracing::debug!(workspace = %due.ws, delivery = %due.delivery_id, status, "webhook delivered");
             write(
                 ctx,
+                due,
                 vec![put(DocKind::Delivery, &due.ws, &due.delivery_id, &d)?, delete_outbox(&due.ws, &due.outbox_id)],
             )
             .await
@@ -445,6 +530,7 @@ async fn reschedule(ctx: &Ctx, due: &Due, mut d: DeliveryDoc, now: u64, retry_af
     let entry = OutboxDoc { delivery_id: due.delivery_id.clone(), due_at_ms: at };
     write(
         ctx,
+        due,
         vec![
             delete_outbox(&due.ws, &due.outbox_id),
             put(DocKind::Outbox, &due.ws, &new_id, &entry)?,
@@ -483,31 +569,38 @@ mod tests {
         entry(&store, "ws_c", 800, "dl_c_late");
         let cfg = WebhookConfig { per_workspace: 3, ..WebhookConfig::default() };
         let none = HashSet::new();
+        let no_skip = HashSet::new();
 
         // Due entries only, in due order per workspace, at most 3 in flight per workspace.
-        let (due, next) = scan(&store, &cfg, 500, &none, 100).unwrap();
+        let (due, next) = scan(&store, &cfg, 500, &none, &no_skip, 100).unwrap();
         assert_eq!(ids(&due), [("ws_a", "dl_a0"), ("ws_a", "dl_a1"), ("ws_a", "dl_a2"), ("ws_b", "dl_b0")]);
         assert_eq!(next, Some(700), "ws_a stopped at its bound: its next due time is seen later");
 
         // Those in flight are skipped and count against the bound.
         let flying: HashSet<Key> = [("ws_a".to_owned(), "dl_a0".to_owned())].into();
-        let (due, _) = scan(&store, &cfg, 500, &flying, 100).unwrap();
+        let (due, _) = scan(&store, &cfg, 500, &flying, &no_skip, 100).unwrap();
         assert_eq!(ids(&due)[..2], [("ws_a", "dl_a1"), ("ws_a", "dl_a2")]);
         assert_eq!(due.len(), 3);
 
         // At most `free`.
-        let (due, _) = scan(&store, &cfg, 500, &none, 2).unwrap();
+        let (due, _) = scan(&store, &cfg, 500, &none, &no_skip, 2).unwrap();
         assert_eq!(due.len(), 2);
 
         // Nothing due: the earliest due time.
-        let (due, next) = scan(&store, &cfg, 10, &none, 100).unwrap();
+        let (due, next) = scan(&store, &cfg, 10, &none, &no_skip, 100).unwrap();
         assert!(due.is_empty());
         assert_eq!(next, Some(50));
 
         // Everything due, bound large: all of it.
         let big = WebhookConfig { per_workspace: 100, ..cfg };
-        let (due, next) = scan(&store, &big, 1000, &none, 100).unwrap();
+        let (due, next) = scan(&store, &big, 1000, &none, &no_skip, 100).unwrap();
         assert_eq!(due.len(), 9);
+        assert_eq!(next, None);
+
+        // Another node's workspace is skipped whole, and its due times are not looked at.
+        let elsewhere: HashSet<String> = ["ws_a".to_owned()].into();
+        let (due, next) = scan(&store, &big, 1000, &none, &elsewhere, 100).unwrap();
+        assert_eq!(ids(&due), [("ws_b", "dl_b0"), ("ws_b", "dl_b_late"), ("ws_c", "dl_c_late")]);
         assert_eq!(next, None);
     }
 }

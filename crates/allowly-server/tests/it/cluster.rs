@@ -15,15 +15,33 @@ use std::path::Path;
 /// node's signer takes the workspace over.
 const MASTER_KEY: &str = "6a1f0c5e9b3d47a28e1f6c0d9b2a4e7f3c8d1b6a0e9f2c5d8b4a7e1f0c3d6b9a";
 
+/// Each node's checkpoint log, in its data directory.
+const CHECKPOINT_LOG: &str = "checkpoints.jsonl";
+
 /// A node `name` of a cluster on `conninfo`, on a port of its own that it advertises.
 fn node(data: &Path, conninfo: &str, name: &str, extra: &[impl AsRef<std::ffi::OsStr>]) -> Server {
-    signer_bin();
     let port = free_port();
+    node_at(data, conninfo, name, extra, port, &format!("http://127.0.0.1:{port}"))
+}
+
+/// [`node`] listening on `port` and advertising `advertise` to its peers (a relay in front).
+fn node_at(
+    data: &Path,
+    conninfo: &str,
+    name: &str,
+    extra: &[impl AsRef<std::ffi::OsStr>],
+    port: u16,
+    advertise: &str,
+) -> Server {
+    signer_bin();
     let listen = format!("127.0.0.1:{port}");
-    let advertise = format!("http://{listen}");
     let mut cmd = std::process::Command::new(allowly_bin());
     cmd.arg("serve").arg("--data-dir").arg(data);
-    cmd.args(["--listen", &listen, "--postgres", conninfo, "--node-name", name, "--advertise-url", &advertise]);
+    cmd.args(["--listen", &listen, "--postgres", conninfo, "--node-name", name, "--advertise-url", advertise]);
+    // Every checkpoint the node stores is also appended here, outside the database
+    // (`every_checkpoint_is_of_one_log` walks them after a fault).
+    // In the data directory: a server started as root writes it as its own user.
+    cmd.arg("--checkpoint-log").arg(data.join(CHECKPOINT_LOG));
     cmd.args(extra);
     cmd.env("ALLOWLY_SIGNER_MASTER_KEY", MASTER_KEY);
     let s = Server::start_command(cmd, data);
@@ -192,6 +210,23 @@ fn nodes_forward_to_the_owner_and_see_its_revocations() {
         assert_eq!(r.json()["decision"], "deny", "a node allowed a check after the revocation: {}", r.json());
     }
 
+    // An API key revoked through one node stops working through the others too, though they
+    // cached it as valid: `b` reads the trail with the read key itself (reads are not
+    // forwarded), then the key is revoked through `a`.
+    let key = ca.post(&format!("/v1/workspaces/{}/api-keys", t.ws), &t.admin, json!({ "roles": ["read"] }));
+    let key = key.created("key");
+    let (key_id, secret) = (key["id"].as_str().unwrap(), key["secret"].as_str().unwrap());
+    let trail = format!("/v1/receipts?authorization_id={}&limit=1", t.az);
+    assert_eq!(cb.get(&trail, Some(secret)).status, 200);
+    let r = ca.post(&format!("/v1/workspaces/{}/api-keys/{key_id}/revoke", t.ws), &t.admin, json!({}));
+    assert_eq!(r.status, 200, "{r}");
+    assert_eq!(ca.get(&trail, Some(secret)).status, 401, "the revoking node still takes the key");
+    eventually(
+        "the revoked key to be refused through the other node",
+        || b.diagnostics(),
+        || (cb.get(&trail, Some(secret)).status == 401).then_some(()),
+    );
+
     // A request forwarded once is never forwarded again: two nodes that disagree about the
     // owner answer 503 instead of passing it back and forth.
     let r = check_marked_as_forwarded(&cb, &t);
@@ -355,7 +390,50 @@ fn nothing_lost(s: &Server, tenants: &[Tenant], acked: &Acked, dir: &Path, witne
             signed(s, t, last);
         }
         verifies_offline(s, t, dir, witness);
+        assert!(every_checkpoint_is_of_one_log(s, t, dir) >= 1, "no checkpoint of {} was walked", t.ws);
     }
+}
+
+/// Every checkpoint any node stored for `t`'s workspace, as the nodes' checkpoint logs kept
+/// them (outside the database, which a late write could have rewritten), is a head of the one
+/// log: the whole log, exported through `s`, verifies offline against each of them, which no
+/// two checkpoints of a fork could both pass. Returns how many distinct checkpoints it walked.
+fn every_checkpoint_is_of_one_log(s: &Server, t: &Tenant, dir: &Path) -> usize {
+    let mut notes = std::collections::BTreeMap::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path().join(CHECKPOINT_LOG);
+        if !path.is_file() {
+            continue;
+        }
+        // A line a kill cut short is not JSON: skipped (its checkpoint is appended again).
+        for line in std::fs::read_to_string(&path).unwrap().lines() {
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+            if v["workspace_id"] == t.ws.as_str() {
+                let note = v["checkpoint"].as_str().unwrap().to_owned();
+                notes.insert(note, v["size"].as_u64().unwrap());
+            }
+        }
+    }
+    let Some(&size) = notes.values().max() else { return 0 };
+    let walk = dir.join(format!("walk-{}", t.ws));
+    std::fs::create_dir_all(&walk).unwrap();
+    let export = read(s, &format!("/v1/workspaces/{}/log/export?from=0&to={size}", t.ws), Some(&t.reader));
+    let keys = read(s, &format!("/v1/workspaces/{}/keys", t.ws), None);
+    let (bundle, keys_file) = (walk.join("log.jsonl"), walk.join("keys.json"));
+    std::fs::write(&bundle, &export.body).unwrap();
+    std::fs::write(&keys_file, &keys.body).unwrap();
+    let files: Vec<std::path::PathBuf> = notes
+        .keys()
+        .enumerate()
+        .map(|(i, note)| {
+            let f = walk.join(format!("checkpoint-{i}"));
+            std::fs::write(&f, note).unwrap();
+            f
+        })
+        .collect();
+    let (code, shown) = run_verifier(&bundle, &keys_file, &files);
+    assert_eq!(code, Some(0), "a stored checkpoint is not a head of the one log\n{shown}");
+    files.len()
 }
 
 #[test]
@@ -451,4 +529,194 @@ fn a_node_cut_off_from_the_database_is_fenced_when_it_comes_back() {
     nothing_lost(&b, &tenants, &acked, tmp.path(), Some(&witness));
     assert!(witness.requests("cosigned") > 0, "the witness cosigned nothing");
     drop(a);
+}
+
+/// A workspace where `payments.*` escalates, made through `s` (which then owns it): its admin
+/// and read keys, and a pending escalation's id.
+fn pending_escalation(s: &Server) -> (Tenant, String) {
+    let (c, root) = (s.client(), s.admin_token());
+    let rules = json!({ "payments.*": "escalate" });
+    let ws = c.post("/v1/workspaces", &root, json!({ "name": "inbox", "scope_rules": rules })).created("workspace")
+        ["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let key = |role: &str| {
+        let v = c.post(&format!("/v1/workspaces/{ws}/api-keys"), &root, json!({ "roles": [role] })).created("key");
+        (v["id"].as_str().unwrap().to_owned(), v["secret"].as_str().unwrap().to_owned())
+    };
+    let ((_, admin), (reader_id, reader), (_, checker)) = (key("admin"), key("read"), key("check"));
+    let v = c.post("/v1/authorizations", &admin, json!({ "subject": "u", "scopes": ["payments.*"] }));
+    let az = v.created("grant")["authorization"]["id"].as_str().unwrap().to_owned();
+    let t = Tenant { ws, admin, reader, reader_id, checker, az };
+    let r = check(&c, &t, "payments.send");
+    assert_eq!(r.status, 200, "{r}");
+    let esc = r.json()["escalation"]["id"].as_str().unwrap().to_owned();
+    (t, esc)
+}
+
+/// A long-poll waits where the workspace's decisions are made, since only the owner's commits
+/// wake it: sent to another node it is forwarded to the owner and held there for its whole
+/// wait (not cut at the usual request bound), and the owner's resolution — itself sent through
+/// the other node — ends it at once, long before its wait is over.
+#[test]
+fn a_long_poll_through_another_node_waits_at_the_owner_and_its_resolution_ends_it() {
+    let cluster = allowly_store_postgres::test_cluster::shared();
+    let conninfo = cluster.fresh_database("allowly_cluster_poll");
+    let tmp = tempfile::tempdir().unwrap();
+    // One long-poll at a time on the owner: a probe refused there means the forwarded one waits.
+    let a = node(&tmp.path().join("a"), &conninfo, "a", &["--max-long-polls", "1"]);
+    let b = node(&tmp.path().join("b"), &conninfo, "b", &[""; 0]);
+    let (t, esc) = pending_escalation(&a);
+    let wait = std::time::Duration::from_secs(50);
+    std::thread::scope(|scope| {
+        let (cb, reader, path) = (b.client(), t.reader.clone(), format!("/v1/escalations/{esc}?wait=50s"));
+        let waiter = scope.spawn(move || {
+            // A probe below may hold the owner's one slot for a moment: a refused long-poll
+            // asks again (each refusal is immediate), until it waits.
+            let start = std::time::Instant::now();
+            loop {
+                let r = cb.get(&path, Some(&reader));
+                if r.status != 503 || start.elapsed() > DEADLINE {
+                    return (std::time::Instant::now(), r);
+                }
+            }
+        });
+        eventually(
+            "the long-poll sent to the other node to wait at the owner",
+            || format!("{}\n{}", a.diagnostics(), b.diagnostics()),
+            || {
+                let r = a.client().get(&format!("/v1/escalations/{esc}?wait=1ms"), Some(&t.reader));
+                (r.status == 503 && r.json()["code"] == "too_many_long_polls").then_some(())
+            },
+        );
+        let r = b.client().post(
+            &format!("/v1/escalations/{esc}/resolve"),
+            &t.admin,
+            json!({ "outcome": "declined", "by": "alice" }),
+        );
+        let resolved = std::time::Instant::now();
+        assert_eq!(r.status, 200, "{r}");
+        let (answered, r) = waiter.join().unwrap();
+        assert_eq!(r.status, 200, "{r}");
+        assert_eq!((r.json()["status"].as_str(), r.json()["by"].as_str()), (Some("declined"), Some("alice")), "{r}");
+        let late = answered.saturating_duration_since(resolved);
+        assert!(late < wait / 2, "the long-poll answered {late:?} after the resolution: it waited out its wait");
+    });
+    assert!(metric(&b, "allowly_http_forwarded_total{outcome=\"answered\"}") >= 2.0, "{}", b.diagnostics());
+    assert_eq!(metric(&b, "allowly_engine_leases_held"), 0.0, "the forwarding node took the workspace");
+}
+
+/// Every node runs a webhook worker over the one outbox, but only the workspace's owner makes
+/// its deliveries: while the owner's attempt is in flight (the receiver holds it), the other
+/// node finds the delivery due and leaves it to the owner (counted) instead of sending it a
+/// second time; once the owner is killed, the node that takes the workspace over makes the
+/// attempt again (at least once, the same `webhook-id`) and records it delivered.
+#[test]
+fn webhooks_are_delivered_by_the_workspace_owner_only() {
+    let cluster = allowly_store_postgres::test_cluster::shared();
+    let conninfo = cluster.fresh_database("allowly_cluster_hooks");
+    let tmp = tempfile::tempdir().unwrap();
+    let hooks = ["--webhook-allow-private-networks", "--webhook-attempt-timeout-ms", "60000"];
+    let args: Vec<&str> = FAST.iter().copied().chain(hooks).collect();
+    let mut a = node(&tmp.path().join("a"), &conninfo, "a", &args);
+    let b = node(&tmp.path().join("b"), &conninfo, "b", &args);
+    let t = tenant(&a, "hooks", &["files.read"]);
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}/hook");
+    let r = a.client().post("/v1/webhooks", &t.admin, json!({ "url": url, "events": ["authorization.revoked"] }));
+    let hook = r.created("webhook");
+    let (hook_id, secret) = (hook["id"].as_str().unwrap().to_owned(), hook["secret"].as_str().unwrap().to_owned());
+    let rx =
+        crate::webhooks::Receiver::start(tmp.path(), "hooks", &secret, port, &["--hang", "1", "--hang-secs", "300"]);
+
+    // The event, decided by the owner: its attempt reaches the receiver, which holds it.
+    let r = a.client().call("POST", &format!("/v1/authorizations/{}/revoke", t.az), Some(&t.admin), None);
+    assert_eq!(r.status, 200, "{r}");
+    eventually(
+        "the owner's attempt",
+        || format!("{}\n{}", a.diagnostics(), rx.dump()),
+        || (!rx.records().is_empty()).then_some(()),
+    );
+    // The other node's worker scans the outbox at least every 5 s: it has found the delivery
+    // due once it says it left it to the owner (or once it sent it too).
+    eventually(
+        "the other node to find the due delivery",
+        || format!("{}\n{}", b.diagnostics(), rx.dump()),
+        || {
+            let left = metric(&b, "allowly_webhook_attempts_left_to_owner_total") >= 1.0;
+            (left || rx.records().len() > 1).then_some(())
+        },
+    );
+    assert_eq!(rx.records().len(), 1, "a node that does not own the workspace sent its delivery\n{}", rx.dump());
+
+    // The owner dies with its attempt in flight: the node that takes the workspace over makes
+    // the attempt again.
+    a.kill9();
+    let delivered = eventually(
+        "the new owner to deliver",
+        || format!("{}\n{}", b.diagnostics(), rx.dump()),
+        || {
+            let r = b.client().get(&format!("/v1/webhooks/{hook_id}/deliveries"), Some(&t.reader));
+            let d = r.json()["data"].as_array().cloned().unwrap_or_default();
+            (d.len() == 1 && d[0]["status"] == "delivered").then(|| d[0].clone())
+        },
+    );
+    let records = rx.records();
+    assert_eq!(records.len(), 2, "{}", rx.dump());
+    assert_eq!(records[0]["webhook_id"], records[1]["webhook_id"], "{}", rx.dump());
+    assert_eq!((records[0]["response"].as_str(), records[1]["response"].as_u64()), (Some("hang"), Some(204)));
+    assert!(records.iter().all(|r| r["verified"] == true), "{}", rx.dump());
+    // The dead owner's attempt was never recorded; the new owner's is the one.
+    assert_eq!(delivered["attempts"], 1, "{delivered}");
+}
+
+/// Two nodes cut off from each other, both still reaching the database: the owner keeps its
+/// workspace and goes on deciding; the cut-off node never takes the workspace (the owner's
+/// lease is live) and never decides for it — what it forwards gets no answer, so it answers
+/// 503 `workspace_owned_elsewhere` — and once the link heals it forwards again. One log
+/// throughout, every acknowledged receipt in it.
+#[test]
+fn nodes_cut_off_from_each_other_refuse_rather_than_fork() {
+    let cluster = allowly_store_postgres::test_cluster::shared();
+    let conninfo = cluster.fresh_database("allowly_cluster_split");
+    let tmp = tempfile::tempdir().unwrap();
+    // `a` reaches `b` only through a relay that can partition them.
+    let b_port = free_port();
+    let link = allowly_store_postgres::test_proxy::Proxy::tcp(([127, 0, 0, 1], b_port).into());
+    let b = node_at(&tmp.path().join("b"), &conninfo, "b", &FAST, b_port, &format!("http://{}", link.addr()));
+    let a = node(&tmp.path().join("a"), &conninfo, "a", &FAST);
+    let t = tenant(&b, "split", &["files.read"]);
+    let (ca, cb) = (a.client(), b.client());
+    let mut acked = Vec::new();
+    let mut ack = |r: Resp| {
+        assert_eq!(r.status, 200, "{r}");
+        acked.push(r.json()["receipt"]["receipt_id"].as_str().unwrap().to_owned());
+    };
+    ack(check(&ca, &t, "files.read"));
+
+    link.set_hung(true);
+    for _ in 0..2 {
+        check(&ca, &t, "files.read").problem(503, "workspace_owned_elsewhere");
+        ack(check(&cb, &t, "files.read"));
+    }
+    assert_eq!(metric(&a, "allowly_engine_leases_held"), 0.0, "the cut-off node took the workspace");
+    assert!(metric(&a, "allowly_http_forwarded_total{outcome=\"unreachable\"}") >= 2.0, "{}", a.diagnostics());
+
+    link.set_hung(false);
+    let r = eventually(
+        "the cut-off node to forward again",
+        || a.diagnostics(),
+        || Some(check(&ca, &t, "files.read")).filter(|r| r.status == 200),
+    );
+    ack(r);
+    ack(check(&cb, &t, "files.read"));
+    let log = log_indices(&b, &t);
+    assert_one_log(&log);
+    for id in &acked {
+        assert!(log.iter().any(|(_, r)| r == id), "acknowledged receipt {id} missing from the log");
+    }
+    let last = acked.last().unwrap();
+    signed(&b, &t, last);
+    verifies_offline(&b, &t, tmp.path(), None);
 }

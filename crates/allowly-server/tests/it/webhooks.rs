@@ -40,14 +40,14 @@ fn receiver_script() -> PathBuf {
 }
 
 /// A running `webhook_receiver.py`; killed on drop (its log is printed if the test fails).
-struct Receiver {
+pub(crate) struct Receiver {
     child: Option<Child>,
     log: PathBuf,
 }
 
 impl Receiver {
     /// Starts it on `port` with `secret` and the behaviour flags `extra` (`--fail N`, ...).
-    fn start(dir: &Path, name: &str, secret: &str, port: u16, extra: &[&str]) -> Self {
+    pub(crate) fn start(dir: &Path, name: &str, secret: &str, port: u16, extra: &[&str]) -> Self {
         Self::start_with_secrets(dir, name, &[secret], port, extra)
     }
 
@@ -74,14 +74,14 @@ impl Receiver {
     }
 
     /// Every request so far, in arrival order.
-    fn records(&self) -> Vec<Value> {
+    pub(crate) fn records(&self) -> Vec<Value> {
         match std::fs::read_to_string(&self.log) {
             Ok(text) => text.lines().map(|l| serde_json::from_str(l).unwrap()).collect(),
             Err(_) => Vec::new(),
         }
     }
 
-    fn dump(&self) -> String {
+    pub(crate) fn dump(&self) -> String {
         format!(
             "--- receiver log {} ---\n{}",
             self.log.display(),
