@@ -195,7 +195,7 @@ impl Ownership {
     pub fn renew(&self, store: &dyn Store, held: &[(String, Held)]) {
         for chunk in held.chunks(LEASES_PER_CALL) {
             let since = Instant::now();
-            let answers = store.renew_leases(&self.cfg.node_id, &epochs(chunk), self.cfg.lease_ttl);
+            let answers = store.renew_leases(&self.cfg.node_id, &self.cfg.address, &epochs(chunk), self.cfg.lease_ttl);
             for ((ws, h), answer) in chunk.iter().zip(each(answers, chunk.len())) {
                 match answer {
                     Ok(()) => {
@@ -218,7 +218,7 @@ impl Ownership {
     /// async workers.
     pub fn release(&self, store: &dyn Store, held: &[(String, Held)]) {
         for chunk in held.chunks(LEASES_PER_CALL) {
-            let answers = store.release_leases(&self.cfg.node_id, &epochs(chunk));
+            let answers = store.release_leases(&self.cfg.node_id, &self.cfg.address, &epochs(chunk));
             for ((ws, h), answer) in chunk.iter().zip(each(answers, chunk.len())) {
                 match answer {
                     Ok(()) | Err(StoreError::Fenced { .. }) => {

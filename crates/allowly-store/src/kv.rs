@@ -121,6 +121,10 @@ pub(crate) enum Guard {
     Fence { workspace_id: String, epoch: u64 },
     /// A lease change: the key holds what was read before (`None`: still nothing).
     Unchanged { space: Space, key: Vec<u8>, value: Option<Vec<u8>> },
+    /// A change of a lease `node` holds, made without reading it first (a bulk renewal): its
+    /// record names `node` at `address`. Beside a [`Guard::Fence`] at `epoch` in the same group
+    /// (checked first), it is the lease `node` was granted at that epoch.
+    HeldBy { workspace_id: String, epoch: u64, node: String, address: String },
 }
 
 impl Guard {
@@ -128,6 +132,7 @@ impl Guard {
         match self {
             Guard::Fence { workspace_id, .. } => (Space::LeaseEpochs, keys::workspace(workspace_id)),
             Guard::Unchanged { space, key, .. } => (*space, key.clone()),
+            Guard::HeldBy { workspace_id, .. } => (Space::Leases, keys::workspace(workspace_id)),
         }
     }
 
@@ -148,6 +153,25 @@ impl Guard {
                 true => Ok(()),
                 false => Err(Refusal::Changed),
             },
+            Guard::HeldBy { workspace_id, epoch, node, address } => {
+                let (space, key) = self.key();
+                let holds = match current {
+                    None => false,
+                    Some(bytes) => {
+                        let l: codec::StoredLease = codec::decode(space, &key, bytes).map_err(Refusal::Error)?;
+                        l.workspace_id == *workspace_id && l.node_id == *node && l.address == *address
+                    }
+                };
+                match holds {
+                    true => Ok(()),
+                    // The epoch is current (its fence held): another node's at it, or never
+                    // leased at all (then the fence already failed at 0).
+                    false => Err(Refusal::Error(StoreError::Fenced {
+                        workspace_id: workspace_id.clone(),
+                        current_epoch: *epoch,
+                    })),
+                }
+            }
         }
     }
 }

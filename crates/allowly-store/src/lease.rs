@@ -94,24 +94,6 @@ struct Seen {
 fn read(e: &impl KvEngine, ws: &str) -> Result<Seen> {
     let key = keys::workspace(ws);
     let (record, epoch) = e.read(|view| Ok((view.get(Space::Leases, &key)?, view.get(Space::LeaseEpochs, &key)?)))?;
-    seen(ws, record, epoch)
-}
-
-/// The leases of every workspace of `wss`, read in one consistent view.
-fn read_many<'w>(e: &impl KvEngine, wss: impl Iterator<Item = &'w str>) -> Result<Vec<Seen>> {
-    let stored = e.read(|view| {
-        wss.map(|ws| {
-            let key = keys::workspace(ws);
-            Ok((ws, view.get(Space::Leases, &key)?, view.get(Space::LeaseEpochs, &key)?))
-        })
-        .collect::<Result<Vec<_>>>()
-    })?;
-    stored.into_iter().map(|(ws, record, epoch)| seen(ws, record, epoch)).collect()
-}
-
-/// The lease of `ws` from its two stored keys.
-fn seen(ws: &str, record: Option<Vec<u8>>, epoch: Option<Vec<u8>>) -> Result<Seen> {
-    let key = keys::workspace(ws);
     let lease = match (&record, &epoch) {
         (None, None) => None,
         (Some(bytes), Some(_)) => {
@@ -139,16 +121,6 @@ fn seen(ws: &str, record: Option<Vec<u8>>, epoch: Option<Vec<u8>>) -> Result<See
 
 /// Writes `next` if the lease is still as `seen`: `false` if another change got in first.
 fn put(e: &impl KvEngine, seen: Seen, next: &Lease) -> Result<bool> {
-    let write = Checked::new(vec![(next.workspace_id.clone(), Ok(staged(seen, next)?))]);
-    match e.apply_checked(write, Durability::Sync)?.single()? {
-        Ok(()) => Ok(true),
-        Err(Refusal::Changed) => Ok(false),
-        Err(Refusal::Error(e)) => Err(e),
-    }
-}
-
-/// The writes that make the lease `next`, and what they expect: the lease still as `seen`.
-fn staged(seen: Seen, next: &Lease) -> Result<(Mutations, Vec<Guard>)> {
     let key = keys::workspace(&next.workspace_id);
     let stored = StoredLease {
         workspace_id: next.workspace_id.clone(),
@@ -165,7 +137,12 @@ fn staged(seen: Seen, next: &Lease) -> Result<(Mutations, Vec<Guard>)> {
         Guard::Unchanged { space: Space::Leases, key: key.clone(), value: seen.record },
         Guard::Unchanged { space: Space::LeaseEpochs, key, value: seen.epoch },
     ];
-    Ok((muts, guards))
+    let write = Checked::new(vec![(next.workspace_id.clone(), Ok((muts, guards)))]);
+    match e.apply_checked(write, Durability::Sync)?.single()? {
+        Ok(()) => Ok(true),
+        Err(Refusal::Changed) => Ok(false),
+        Err(Refusal::Error(e)) => Err(e),
+    }
 }
 
 fn raced(ws: &str, node: &str, what: &str) -> StoreError {
@@ -220,52 +197,79 @@ fn change_own(
     f: impl Fn(&Lease, u64) -> u64,
 ) -> Result<Lease> {
     check_id("workspace_id", ws)?;
-    let mut answers = change_own_many(e, node, &[(ws.to_owned(), epoch)], what, f)?;
-    answers.pop().unwrap_or_else(|| Err(StoreError::Engine(format!("no answer for the lease of {ws}"))))
+    check_id("node_id", node)?;
+    for _ in 0..ROUNDS {
+        let now = e.now_ms()?;
+        let seen = read(e, ws)?;
+        let next = match &seen.lease {
+            Some(l) if l.node_id == node && l.epoch == epoch => Lease { expires_at_ms: f(l, now), ..l.clone() },
+            other => {
+                let current_epoch = other.as_ref().map_or(0, |l| l.epoch);
+                return Err(StoreError::Fenced { workspace_id: ws.to_owned(), current_epoch });
+            }
+        };
+        if put(e, seen, &next)? {
+            return Ok(next);
+        }
+    }
+    Err(raced(ws, node, what))
 }
 
-/// [`change_own`] for many leases of `node` at once, `(workspace, epoch)` each: one read of
-/// them all and one checked write (a group per lease, each applied or refused alone) per
-/// round, so a node's keeper renews all its leases in a few statements instead of a few per
-/// workspace. A lease whose change lost a race is read and tried again in the next round.
-/// Each lease's answer, in order.
-fn change_own_many(
+/// Sets the expiry of many leases `node` (reachable at `address`) holds, `(workspace, epoch)`
+/// each, to `expiry(now)`: one clock read and one checked write, nothing read before it. Each
+/// lease is a group of its own that applies only if the workspace's epoch is still the one
+/// given *and* its record still names `node` at `address` (both read, and locked where the
+/// engine can, by the write itself): so `node` holds it, and the group rewrites only its
+/// expiry. One that does not hold is [`StoreError::Fenced`], alone. Each lease's answer, in
+/// order.
+fn set_expiry_many(
     e: &impl KvEngine,
     node: &str,
+    address: &str,
     held: &[(String, u64)],
-    what: &str,
-    f: impl Fn(&Lease, u64) -> u64,
+    expiry: impl Fn(u64) -> u64,
 ) -> Result<Vec<Result<Lease>>> {
     check_id("node_id", node)?;
-    let mut answers: Vec<Option<Result<Lease>>> =
-        held.iter().map(|(ws, _)| check_id("workspace_id", ws).err().map(Err)).collect();
-    let mut todo: Vec<usize> = (0..held.len()).filter(|&i| answers[i].is_none()).collect();
-    for _ in 0..ROUNDS {
-        if todo.is_empty() {
-            break;
+    check_address(address)?;
+    let now = e.now_ms()?;
+    let expires_at_ms = expiry(now);
+    let mut answers: Vec<Option<Result<Lease>>> = Vec::with_capacity(held.len());
+    let mut groups = Vec::new();
+    let mut planned = Vec::new();
+    for (i, (ws, epoch)) in held.iter().enumerate() {
+        if let Err(e) = check_id("workspace_id", ws) {
+            answers.push(Some(Err(e)));
+            continue;
         }
-        let now = e.now_ms()?;
-        let seen = read_many(e, todo.iter().map(|&i| held[i].0.as_str()))?;
-        let mut groups = Vec::new();
-        let mut planned = Vec::new();
-        for (&i, seen) in todo.iter().zip(seen) {
-            let (ws, epoch) = (&held[i].0, held[i].1);
-            match &seen.lease {
-                Some(l) if l.node_id == node && l.epoch == epoch => {
-                    let next = Lease { expires_at_ms: f(l, now), ..l.clone() };
-                    groups.push((ws.clone(), Ok(staged(seen, &next)?)));
-                    planned.push((i, next));
-                }
-                other => {
-                    let current_epoch = other.as_ref().map_or(0, |l| l.epoch);
-                    answers[i] = Some(Err(StoreError::Fenced { workspace_id: ws.clone(), current_epoch }));
-                }
-            }
-        }
-        todo.clear();
-        if groups.is_empty() {
-            break;
-        }
+        answers.push(None);
+        let next = Lease {
+            workspace_id: ws.clone(),
+            node_id: node.to_owned(),
+            address: address.to_owned(),
+            epoch: *epoch,
+            expires_at_ms,
+        };
+        let stored = StoredLease {
+            workspace_id: ws.clone(),
+            node_id: node.to_owned(),
+            address: address.to_owned(),
+            expires_at_ms,
+        };
+        let mut muts = Mutations::default();
+        muts.put(Space::Leases, keys::workspace(ws), encode(&stored)?);
+        let guards = vec![
+            Guard::Fence { workspace_id: ws.clone(), epoch: *epoch },
+            Guard::HeldBy {
+                workspace_id: ws.clone(),
+                epoch: *epoch,
+                node: node.to_owned(),
+                address: address.to_owned(),
+            },
+        ];
+        groups.push((ws.clone(), Ok((muts, guards))));
+        planned.push((i, next));
+    }
+    if !groups.is_empty() {
         let results = e.apply_checked(Checked::new(groups), Durability::Sync)?.into_results();
         if results.len() != planned.len() {
             return Err(StoreError::Engine(format!(
@@ -275,17 +279,12 @@ fn change_own_many(
             )));
         }
         for ((i, next), result) in planned.into_iter().zip(results) {
-            match result {
-                Ok(()) => answers[i] = Some(Ok(next)),
-                Err(Refusal::Changed) => todo.push(i),
-                Err(Refusal::Error(e)) => answers[i] = Some(Err(e)),
-            }
+            answers[i] = Some(result.map(|()| next).map_err(Refusal::into_error));
         }
     }
     Ok(answers
         .into_iter()
-        .zip(held)
-        .map(|(answer, (ws, _))| answer.unwrap_or_else(|| Err(raced(ws, node, what))))
+        .map(|a| a.unwrap_or_else(|| Err(StoreError::Engine("a lease left unanswered".into()))))
         .collect())
 }
 
@@ -299,20 +298,26 @@ pub(crate) fn release(e: &impl KvEngine, ws: &str, node: &str, epoch: u64) -> Re
     change_own(e, ws, node, epoch, "release", |l, now| l.expires_at_ms.min(now))
 }
 
-/// [`renew`] for many leases `node` holds, `(workspace, epoch)` each, in one round of
-/// statements (see [`change_own_many`]); each lease's answer, in order.
+/// [`renew`] for many leases `node` (at `address`) holds, `(workspace, epoch)` each, in one
+/// write ([`set_expiry_many`]); each lease's answer, in order.
 pub(crate) fn renew_many(
     e: &impl KvEngine,
     node: &str,
+    address: &str,
     held: &[(String, u64)],
     ttl: Duration,
 ) -> Result<Vec<Result<Lease>>> {
-    change_own_many(e, node, held, "renew", |_, now| expiry(now, ttl))
+    set_expiry_many(e, node, address, held, |now| expiry(now, ttl))
 }
 
-/// [`release`] for many leases `node` holds, as [`renew_many`].
-pub(crate) fn release_many(e: &impl KvEngine, node: &str, held: &[(String, u64)]) -> Result<Vec<Result<Lease>>> {
-    change_own_many(e, node, held, "release", |l, now| l.expires_at_ms.min(now))
+/// [`release`] for many leases, as [`renew_many`]: each expires now.
+pub(crate) fn release_many(
+    e: &impl KvEngine,
+    node: &str,
+    address: &str,
+    held: &[(String, u64)],
+) -> Result<Vec<Result<Lease>>> {
+    set_expiry_many(e, node, address, held, |now| now)
 }
 
 /// The lease of `ws`, live or expired.

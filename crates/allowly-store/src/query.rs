@@ -579,11 +579,17 @@ impl<E: KvEngine> Store for E {
     fn release_lease(&self, ws: &str, node: &str, epoch: u64) -> Result<Lease> {
         lease::release(self, ws, node, epoch)
     }
-    fn renew_leases(&self, node: &str, held: &[(String, u64)], ttl: Duration) -> Result<Vec<Result<Lease>>> {
-        lease::renew_many(self, node, held, ttl)
+    fn renew_leases(
+        &self,
+        node: &str,
+        address: &str,
+        held: &[(String, u64)],
+        ttl: Duration,
+    ) -> Result<Vec<Result<Lease>>> {
+        lease::renew_many(self, node, address, held, ttl)
     }
-    fn release_leases(&self, node: &str, held: &[(String, u64)]) -> Result<Vec<Result<Lease>>> {
-        lease::release_many(self, node, held)
+    fn release_leases(&self, node: &str, address: &str, held: &[(String, u64)]) -> Result<Vec<Result<Lease>>> {
+        lease::release_many(self, node, address, held)
     }
     fn lease(&self, ws: &str) -> Result<Option<Lease>> {
         lease::lease(self, ws)

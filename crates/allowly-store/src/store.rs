@@ -136,16 +136,25 @@ pub trait Store: Send + Sync + 'static {
     /// workspace over at once; returns it. The lease is kept (with its epoch, never granted
     /// again); [`StoreError::Fenced`] as for [`Store::renew_lease`].
     fn release_lease(&self, ws: &str, node: &str, epoch: u64) -> Result<Lease>;
-    /// [`Store::renew_lease`] for many leases `node` holds, `(workspace, epoch)` each: each
-    /// lease's answer, in order (one fenced does not keep the others from being renewed). An
-    /// `Err` of the whole call: none of them is known to be renewed. A key-value store does it
-    /// in one read and one write for them all: a node's keeper renews every lease it holds in
-    /// a few statements, not a few per workspace.
-    fn renew_leases(&self, node: &str, held: &[(String, u64)], ttl: Duration) -> Result<Vec<Result<Lease>>> {
+    /// [`Store::renew_lease`] for many leases `node` (reachable at `address`) holds,
+    /// `(workspace, epoch)` each: each lease's answer, in order (one fenced does not keep the
+    /// others from being renewed; one `node` does not hold at `address` is fenced). An `Err` of
+    /// the whole call: none of them is known to be renewed. A key-value store does it in one
+    /// write for them all, checked against the stored epochs and records: a node's keeper
+    /// renews every lease it holds in a few statements, not a few per workspace.
+    fn renew_leases(
+        &self,
+        node: &str,
+        address: &str,
+        held: &[(String, u64)],
+        ttl: Duration,
+    ) -> Result<Vec<Result<Lease>>> {
+        let _ = address;
         Ok(held.iter().map(|(ws, epoch)| self.renew_lease(ws, node, *epoch, ttl)).collect())
     }
-    /// [`Store::release_lease`] for many leases, as [`Store::renew_leases`].
-    fn release_leases(&self, node: &str, held: &[(String, u64)]) -> Result<Vec<Result<Lease>>> {
+    /// [`Store::release_lease`] for many leases, as [`Store::renew_leases`]: each expires now.
+    fn release_leases(&self, node: &str, address: &str, held: &[(String, u64)]) -> Result<Vec<Result<Lease>>> {
+        let _ = address;
         Ok(held.iter().map(|(ws, epoch)| self.release_lease(ws, node, *epoch)).collect())
     }
     /// The lease of workspace `ws`, live or expired (`None`: never leased).

@@ -135,7 +135,7 @@ pub fn bulk_renewal_and_release<S: Store>(s: &S) {
     assert_eq!(granted(s.acquire_lease("w3", B, ADDR_B, LONG)).epoch, 2, "w3 taken over");
     let held: Vec<(String, u64)> =
         [("w1", 1), ("w3", 1), ("never", 1), ("bad id", 1), ("w2", 1)].map(|(w, e)| (w.to_owned(), e)).to_vec();
-    let answers = s.renew_leases(A, &held, LONG).unwrap();
+    let answers = s.renew_leases(A, ADDR_A, &held, LONG).unwrap();
     assert_eq!(answers.len(), held.len());
     let mut answers = answers.into_iter();
     let w1 = answers.next().unwrap().unwrap();
@@ -150,15 +150,21 @@ pub fn bulk_renewal_and_release<S: Store>(s: &S) {
     }
     assert_eq!(s.lease("never").unwrap(), None, "a refused renewal creates nothing");
     assert_eq!(s.lease("w3").unwrap().map(|l| (l.node_id, l.epoch)), Some((B.to_owned(), 2)), "w3 left alone");
-    assert!(s.renew_leases(A, &[], LONG).unwrap().is_empty());
-    assert!(matches!(s.renew_leases("a/b", &held, LONG), Err(StoreError::InvalidId { .. })));
+    assert!(s.renew_leases(A, ADDR_A, &[], LONG).unwrap().is_empty());
+    assert!(matches!(s.renew_leases("a/b", ADDR_A, &held, LONG), Err(StoreError::InvalidId { .. })));
+    // Only the holder renews: another node naming the holder's epoch, or the holder naming
+    // another address, is fenced and changes nothing.
+    let w1_now = s.lease("w1").unwrap();
+    assert_fenced(s.renew_leases(B, ADDR_B, &held[..1], LONG).unwrap().remove(0), "w1", 1);
+    assert_fenced(s.renew_leases(A, ADDR_B, &held[..1], LONG).unwrap().remove(0), "w1", 1);
+    assert_eq!(s.lease("w1").unwrap(), w1_now);
 
     // Released together: both free for another node at once, at the next epoch; the taken-over
     // one is fenced and stays its owner's.
-    let answers = s.release_leases(A, &held[..2]).unwrap();
+    let answers = s.release_leases(A, ADDR_A, &held[..2]).unwrap();
     assert_eq!(answers[0].as_ref().map(|l| l.epoch), Ok(1));
     assert_fenced(answers[1].clone(), "w3", 2);
-    assert!(s.release_leases(A, &[("w2".to_owned(), 1)]).unwrap()[0].is_ok());
+    assert!(s.release_leases(A, ADDR_A, &[("w2".to_owned(), 1)]).unwrap()[0].is_ok());
     for ws in ["w1", "w2"] {
         assert_eq!(granted(s.acquire_lease(ws, B, ADDR_B, LONG)).epoch, 2, "{ws}");
     }
