@@ -720,3 +720,51 @@ fn nodes_cut_off_from_each_other_refuse_rather_than_fork() {
     signed(&b, &t, last);
     verifies_offline(&b, &t, tmp.path(), None);
 }
+
+/// A key rotation on one node, then the workspace handed to another: the new owner's signer
+/// installs the stored key record as rotated (old key retired, new key current), signs with the
+/// new key, and the whole trail — receipts signed before and after the rotation, by two nodes'
+/// signers — verifies offline against the published key set, as one log.
+#[test]
+fn a_rotated_key_moves_with_the_workspace() {
+    let cluster = allowly_store_postgres::test_cluster::shared();
+    let conninfo = cluster.fresh_database("allowly_cluster_rotation");
+    let tmp = tempfile::tempdir().unwrap();
+    let mut a = node(&tmp.path().join("a"), &conninfo, "a", &[""; 0]);
+    let b = node(&tmp.path().join("b"), &conninfo, "b", &[""; 0]);
+    let t = tenant(&a, "rotated", &["files.read"]);
+    let (ca, cb) = (a.client(), b.client());
+    let before = check(&ca, &t, "files.read");
+    assert_eq!(before.status, 200, "{before}");
+    // Sent to `b`: forwarded to the owner, which rotates and stores the new key record.
+    let r = cb.call("POST", &format!("/v1/workspaces/{}/keys/rotate", t.ws), Some(&t.admin), None);
+    assert_eq!(r.status, 200, "{r}\n{}", a.diagnostics());
+    let rotation = r.json()["receipt"]["body"].clone();
+    let new_key = rotation["key"]["key_id"].as_str().unwrap().to_owned();
+    assert_ne!(rotation["key"]["replaces"], new_key.as_str(), "{rotation}");
+
+    // The owner stops: `b` takes the workspace over and signs with the rotated key.
+    a.stop();
+    let after = check(&cb, &t, "files.read");
+    assert_eq!(after.status, 200, "{after}\n{}", b.diagnostics());
+    let id = after.json()["receipt"]["receipt_id"].as_str().unwrap().to_owned();
+    signed(&b, &t, &id);
+    let receipt = read(&b, &format!("/v1/receipts/{id}"), Some(&t.reader)).json();
+    let by = crate::rotation::signing_key_id(receipt["checkpoint"].as_str().unwrap());
+    assert_eq!(by, new_key, "the new owner signed with another key than the rotated one: {receipt}");
+    assert!(metric(&b, "allowly_engine_leases_held") >= 1.0, "{}", b.diagnostics());
+    // The authorization's trail skips the rotation's receipt (a workspace receipt): the whole
+    // log, exported, verifies against every checkpoint either node stored.
+    verifies_offline(&b, &t, tmp.path(), None);
+    let size = receipt["checkpoint"].as_str().unwrap().lines().nth(1).unwrap().to_owned();
+    let line = format!("\"size\":{size},\"workspace_id\":\"{}\"", t.ws);
+    eventually(
+        "b's checkpoint log to hold the checkpoint it signed",
+        || b.diagnostics(),
+        || {
+            let text = std::fs::read_to_string(tmp.path().join("b").join(CHECKPOINT_LOG)).unwrap_or_default();
+            text.contains(&line).then_some(())
+        },
+    );
+    assert!(every_checkpoint_is_of_one_log(&b, &t, tmp.path()) >= 2);
+}
