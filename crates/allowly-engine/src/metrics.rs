@@ -226,8 +226,10 @@ fn store_gauge(name: &str, help: &str, read: fn(&EngineStats) -> Option<u64>) ->
     StoreGauge { gauge: IntGauge::new(name, help).expect("static metric definition"), read }
 }
 
-/// The `allowly_store_*` gauges. Alert on `write_stopped` and on a delayed write rate above 0
-/// (writes throttled); compaction debt and sizes explain them.
+/// The `allowly_store_*` gauges (each only when the store reports it: RocksDB its engine's
+/// figures, PostgreSQL its pool's). Alert on `write_stopped` and on a delayed write rate above 0
+/// (writes throttled); compaction debt and sizes explain them. With PostgreSQL, calls queued
+/// while every connection is busy mean the database (or the pool) is what requests wait for.
 fn store_gauges() -> Vec<StoreGauge> {
     vec![
         store_gauge(
@@ -250,6 +252,14 @@ fn store_gauges() -> Vec<StoreGauge> {
         store_gauge("allowly_store_live_blob_bytes", "Bytes of the store's live blob files", |s| s.live_blob_bytes),
         store_gauge("allowly_store_memtable_bytes", "Bytes of the store's in-memory write buffers", |s| {
             s.memtable_bytes
+        }),
+        // A networked store's (PostgreSQL) connection pool.
+        store_gauge("allowly_store_connections_open", "Connections to the database open now", |s| s.connections_open),
+        store_gauge("allowly_store_connections_busy", "Connections to the database running a call now", |s| {
+            s.connections_busy
+        }),
+        store_gauge("allowly_store_calls_queued", "Store calls waiting for a connection to the database", |s| {
+            s.calls_queued
         }),
     ]
 }

@@ -13,6 +13,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -46,6 +47,24 @@ pub(crate) struct Pool {
     jobs: Option<Sender<Job>>,
     threads: Vec<JoinHandle<()>>,
     timeout: Duration,
+    gauges: Arc<Gauges>,
+}
+
+/// What the pool is doing, for `/metrics` ([`Pool::figures`]).
+#[derive(Debug, Default)]
+struct Gauges {
+    /// Connections open now (each [`Live`] counts itself while it exists).
+    open: AtomicU64,
+    /// Connection threads running a job now.
+    busy: AtomicU64,
+}
+
+/// The pool's figures: connections open, connections busy, calls queued.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Figures {
+    pub open: u64,
+    pub busy: u64,
+    pub queued: u64,
 }
 
 impl std::fmt::Debug for Pool {
@@ -59,6 +78,7 @@ struct Shared {
     config: tokio_postgres::Config,
     tls: Tls,
     opts: PgOptions,
+    gauges: Arc<Gauges>,
 }
 
 impl Pool {
@@ -67,7 +87,8 @@ impl Pool {
             config.connect_timeout(opts.connect_timeout);
         }
         let (tx, rx) = crossbeam_channel::bounded::<Job>(opts.queue.max(1));
-        let shared = Arc::new(Shared { config, tls, opts: opts.clone() });
+        let gauges = Arc::new(Gauges::default());
+        let shared = Arc::new(Shared { config, tls, opts: opts.clone(), gauges: gauges.clone() });
         let mut threads = Vec::new();
         for i in 0..opts.connections.max(1) {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -81,13 +102,24 @@ impl Pool {
                     let mut conn = Conn { rt, shared, live: None };
                     // Ends when the store is dropped (every sender gone) and the queue is empty.
                     for job in rx {
+                        conn.shared.gauges.busy.fetch_add(1, Ordering::Relaxed);
                         job(&mut conn);
+                        conn.shared.gauges.busy.fetch_sub(1, Ordering::Relaxed);
                     }
                 })
                 .map_err(|e| StoreError::Engine(format!("postgres: starting a connection thread: {e}")))?;
             threads.push(thread);
         }
-        Ok(Self { jobs: Some(tx), threads, timeout: opts.timeout })
+        Ok(Self { jobs: Some(tx), threads, timeout: opts.timeout, gauges })
+    }
+
+    /// Connections open and busy, and calls queued, now.
+    pub(crate) fn figures(&self) -> Figures {
+        Figures {
+            open: self.gauges.open.load(Ordering::Relaxed),
+            busy: self.gauges.busy.load(Ordering::Relaxed),
+            queued: self.jobs.as_ref().map_or(0, |j| j.len() as u64),
+        }
     }
 
     /// The deadline of a call starting now.
@@ -162,11 +194,14 @@ pub(crate) struct Live {
     pub stmts: Stmts,
     /// Drives the connection's socket (whenever the thread's runtime runs).
     task: tokio::task::JoinHandle<()>,
+    /// The pool's gauges, where this connection counts itself as open while it exists.
+    gauges: Arc<Gauges>,
 }
 
 impl Drop for Live {
     fn drop(&mut self) {
         self.task.abort();
+        self.gauges.open.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -266,7 +301,8 @@ impl Conn {
         let shared = self.shared.clone();
         let (client, task) = self.open_raw(deadline)?;
         let stmts = run(&self.rt, deadline, Box::pin(async { schema::prepare(&client, &shared.opts).await }))?;
-        let live = Rc::new(Live { client, stmts, task });
+        shared.gauges.open.fetch_add(1, Ordering::Relaxed);
+        let live = Rc::new(Live { client, stmts, task, gauges: shared.gauges.clone() });
         self.live = Some(live.clone());
         Ok(live)
     }

@@ -7,7 +7,7 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use allowly_store::kv::{Checked, KvEngine, KvRead, Mutation, Mutations, Outcome, Pair, Plan, Space};
-use allowly_store::{Durability, Result, StoreError};
+use allowly_store::{Durability, EngineStats, Result, StoreError};
 use crossbeam_channel::{Receiver, Sender};
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::Client;
@@ -292,6 +292,16 @@ impl KvEngine for PgStore {
                 })
             })
         })
+    }
+
+    /// The connection pool's figures (the database's own are its monitoring's to show).
+    fn stats(&self) -> EngineStats {
+        let f = self.pool.figures();
+        let mut stats = EngineStats::default();
+        stats.connections_open = Some(f.open);
+        stats.connections_busy = Some(f.busy);
+        stats.calls_queued = Some(f.queued);
+        stats
     }
 }
 

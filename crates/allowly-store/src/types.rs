@@ -371,6 +371,13 @@ pub struct EngineStats {
     pub live_blob_bytes: Option<u64>,
     /// Bytes of the in-memory write buffers (not yet flushed to table files).
     pub memtable_bytes: Option<u64>,
+    /// A networked store: connections to the database open now.
+    pub connections_open: Option<u64>,
+    /// A networked store: connections running a call now (all of them busy and calls queued:
+    /// the database, or the pool's size, is what the service waits for).
+    pub connections_busy: Option<u64>,
+    /// A networked store: calls waiting for a connection.
+    pub calls_queued: Option<u64>,
 }
 
 /// Kinds of small per-workspace documents the engine keeps beside the log, each in a key space

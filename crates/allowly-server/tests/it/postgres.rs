@@ -66,6 +66,15 @@ fn the_server_runs_on_postgres_and_its_receipts_survive_a_restart() {
     let before = trail(&s);
     verify(&before, &keys_of(&s), "before");
 
+    // `/metrics` shows the connection pool's figures, not RocksDB's.
+    let page = c.get("/metrics", None).text();
+    let value =
+        |name: &str| page.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse::<f64>().ok());
+    assert!(value("allowly_store_connections_open").is_some_and(|v| v >= 1.0), "{page}");
+    assert!(value("allowly_store_connections_busy").is_some(), "{page}");
+    assert_eq!(value("allowly_store_calls_queued"), Some(0.0), "{page}");
+    assert_eq!(value("allowly_store_memtable_bytes"), None, "RocksDB's figures on PostgreSQL: {page}");
+
     // Backups are the database's own: the endpoint says so, as a problem, not a 500.
     let r = c.call("POST", "/v1/admin/backup", Some(&s.admin_token()), None);
     let problem = r.problem(501, "backup_not_supported");

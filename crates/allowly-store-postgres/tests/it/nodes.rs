@@ -293,3 +293,30 @@ fn racing_nodes_get_one_owner_per_epoch() {
     let nodes: Vec<&dyn Store> = nodes.iter().map(|n| n as &dyn Store).collect();
     one_owner_per_epoch_among(&nodes);
 }
+
+/// The pool's figures for `/metrics`: connections open once used, one busy while a call runs
+/// (held at a point of its transaction), none busy and nothing queued at rest.
+#[test]
+fn the_pool_reports_connections_open_busy_and_calls_queued() {
+    let (_, gate, a, _) = lapsed_owner();
+    let figures = |s: &PgStore| {
+        let st = s.engine_stats();
+        (st.connections_open.unwrap(), st.connections_busy.unwrap(), st.calls_queued.unwrap())
+    };
+    let (open, busy, queued) = figures(&a);
+    assert!(open >= 1, "the lease was taken over a connection: {open}");
+    assert_eq!((busy, queued), (0, 0));
+    gate.arm(TxPoint::BeforeCommit);
+    std::thread::scope(|scope| {
+        let _opens = Opens(&gate);
+        let write = scope.spawn(|| a.write(fenced_receipt("w", 1, 1), Durability::Sync));
+        gate.wait_reached();
+        assert_eq!(figures(&a).1, 1, "the held write's connection is busy");
+        gate.open();
+        write.join().unwrap().unwrap();
+    });
+    assert_eq!(figures(&a).1, 0);
+    // RocksDB's figures are not a pool's.
+    let st = a.engine_stats();
+    assert_eq!((st.write_stopped, st.memtable_bytes), (None, None));
+}
