@@ -24,6 +24,8 @@ command -v softhsm2-util >/dev/null || need_apt+=(softhsm2)
 # the test on a socket of its own; the package's service is not needed).
 command -v git >/dev/null || need_apt+=(git)
 [ -x /usr/sbin/rsyslogd ] || need_apt+=(rsyslog)
+# Nodes reached over https:// are tested behind a real TLS terminator (socat's OpenSSL listener).
+command -v socat >/dev/null || need_apt+=(socat)
 # PostgreSQL's server binaries: allowly-store-postgres's tests, the server's PostgreSQL test and
 # `run.sh --postgres` each start a private throwaway cluster with them (initdb into a directory of
 # their own, a Unix socket there, no TCP). Debian keeps them in /usr/lib/postgresql/<major>/bin.

@@ -48,7 +48,7 @@ max_pending_writes, max_long_polls, long_poll_max_ms, max_cached_authorizations,
 max_connections, max_connections_per_address, request_read_timeout_ms, metrics_token_file,
 rate_limit_per_second, rate_limit_burst, confirmation_ttl_ms,
 escalation_ttl_ms, user, signer_user, postgres, witness_quorum, witness_timeout_ms,
-witness_refused_retry_ms, checkpoint_log, node_name, advertise_url, lease_ttl_ms, webhook_base_backoff_ms,
+witness_refused_retry_ms, checkpoint_log, node_name, advertise_url, lease_ttl_ms, cluster_ca_file, webhook_base_backoff_ms,
 webhook_max_backoff_ms, webhook_give_up_after_ms, webhook_attempt_timeout_ms, webhook_retention_ms,
 webhook_allow_private_networks; witnesses as [[witness]] tables with vkey, url and an optional
 name). Precedence: flag > environment > file > default. Relative paths are relative to the
@@ -366,13 +366,19 @@ pub struct ServeArgs {
     #[arg(long, env = "ALLOWLY_NODE_NAME", value_name = "NAME")]
     pub node_name: Option<String>,
     /// In a cluster: where the other nodes reach this node's API to forward requests for the
-    /// workspaces it owns (`http://HOST:PORT`, plain HTTP on the private network).
+    /// workspaces it owns: `http://HOST:PORT` (plain HTTP, a private network) or
+    /// `https://HOST:PORT` (a TLS terminator in front of this node; the others verify its
+    /// certificate against --cluster-ca-file, else the Mozilla roots).
     #[arg(long, env = "ALLOWLY_ADVERTISE_URL", value_name = "URL")]
     pub advertise_url: Option<String>,
     /// In a cluster: how long a workspace lease lasts unrenewed, so how soon the workspaces of a
     /// node that died are taken over (1000..=600000) [default: 10000].
     #[arg(long, env = "ALLOWLY_LEASE_TTL_MS", value_name = "MS")]
     pub lease_ttl_ms: Option<u64>,
+    /// In a cluster: the CA certificates (PEM) that sign the other nodes' certificates, for
+    /// forwarding to `https://` advertise URLs; only these are trusted then.
+    #[arg(long, env = "ALLOWLY_CLUSTER_CA_FILE", value_name = "FILE")]
+    pub cluster_ca_file: Option<PathBuf>,
 }
 
 /// A witness in the TOML file (`[[witness]]`).
@@ -488,6 +494,7 @@ pub struct FileConfig {
     pub node_name: Option<String>,
     pub advertise_url: Option<String>,
     pub lease_ttl_ms: Option<u64>,
+    pub cluster_ca_file: Option<PathBuf>,
 }
 
 /// A byte size in the TOML file: an integer, or text with a unit (see [`parse_size`]).
@@ -599,6 +606,9 @@ pub struct Cluster {
     pub node_name: String,
     pub advertise_url: String,
     pub lease_ttl: Duration,
+    /// The CA file peers' certificates are verified against (`https://` advertise URLs);
+    /// `None`: the Mozilla roots.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Cluster {
@@ -807,6 +817,7 @@ impl ServeArgs {
             self.node_name.or(file.node_name),
             self.advertise_url.or(file.advertise_url),
             self.lease_ttl_ms.or(file.lease_ttl_ms),
+            self.cluster_ca_file.or(file.cluster_ca_file),
             &store,
         )?;
         // Absolute now: a server started as root enters its data directory before the engine
@@ -859,11 +870,12 @@ fn resolve_cluster(
     node_name: Option<String>,
     advertise_url: Option<String>,
     lease_ttl_ms: Option<u64>,
+    ca_file: Option<PathBuf>,
     store: &StoreConfig,
 ) -> Result<Option<Cluster>, Error> {
     let Some(node_name) = node_name else {
-        if advertise_url.is_some() || lease_ttl_ms.is_some() {
-            return Err(Error::Cluster("advertise_url and lease_ttl_ms need node_name".into()));
+        if advertise_url.is_some() || lease_ttl_ms.is_some() || ca_file.is_some() {
+            return Err(Error::Cluster("advertise_url, lease_ttl_ms and cluster_ca_file need node_name".into()));
         }
         return Ok(None);
     };
@@ -880,15 +892,18 @@ fn resolve_cluster(
     };
     let url_ok = advertise_url
         .strip_prefix("http://")
+        .or_else(|| advertise_url.strip_prefix("https://"))
         .is_some_and(|rest| !rest.is_empty() && !rest.contains(['/', '?', '#', ' ', '@']));
     if !url_ok || advertise_url.parse::<http::Uri>().is_err() {
-        return Err(Error::Cluster(format!("advertise_url must be http://HOST:PORT, not {advertise_url:?}")));
+        return Err(Error::Cluster(format!(
+            "advertise_url must be http://HOST:PORT or https://HOST:PORT, not {advertise_url:?}"
+        )));
     }
     let lease_ttl = Duration::from_millis(lease_ttl_ms.unwrap_or(10_000));
     if !(Duration::from_secs(1)..=Duration::from_secs(600)).contains(&lease_ttl) {
         return Err(Error::OutOfRange("lease_ttl_ms", "1000..=600000"));
     }
-    Ok(Some(Cluster { node_name, advertise_url, lease_ttl }))
+    Ok(Some(Cluster { node_name, advertise_url, lease_ttl, ca_file }))
 }
 
 fn resolve_keystore(
@@ -1246,9 +1261,17 @@ mod tests {
         assert_eq!(ServeArgs::default().resolve().unwrap().cluster, None);
         // An embedded store belongs to one process.
         assert!(matches!(node(None, Some("http://h:1"), None), Err(Error::Cluster(_))));
-        for url in
-            [None, Some("https://h:1"), Some("http://"), Some("http://h:1/path"), Some("h:1"), Some("http://u@h:1")]
-        {
+        let tls = node(pg(), Some("https://node-1.internal:8443"), None).unwrap().cluster.unwrap();
+        assert_eq!((tls.advertise_url.as_str(), tls.ca_file), ("https://node-1.internal:8443", None));
+        for url in [
+            None,
+            Some("ftp://h:1"),
+            Some("http://"),
+            Some("https://"),
+            Some("http://h:1/path"),
+            Some("h:1"),
+            Some("http://u@h:1"),
+        ] {
             assert!(matches!(node(pg(), url, None), Err(Error::Cluster(_))), "{url:?}");
         }
         for ttl in [999, 600_001] {
@@ -1263,6 +1286,8 @@ mod tests {
         assert!(matches!(bad_name.resolve(), Err(Error::Cluster(_))));
         // The other two settings alone mean nothing: refused rather than ignored.
         let stray = ServeArgs { advertise_url: Some("http://h:1".into()), postgres: pg(), ..ServeArgs::default() };
+        assert!(matches!(stray.resolve(), Err(Error::Cluster(_))));
+        let stray = ServeArgs { cluster_ca_file: Some("ca.pem".into()), postgres: pg(), ..ServeArgs::default() };
         assert!(matches!(stray.resolve(), Err(Error::Cluster(_))));
     }
 

@@ -12,8 +12,12 @@
 //! - **A lost answer** (the owner died or timed out after the request reached it) is answered
 //!   503; the request may have taken effect there, exactly as for a lost answer from any node:
 //!   retried with its `Idempotency-Key`, it gets the first answer.
-//! - **Plain HTTP** between nodes, like the server's own listener: the nodes run behind the TLS
-//!   terminator, on a private network. Connections are pooled (keep-alive) per owner.
+//! - **HTTP or HTTPS**, as the owner advertises itself: `http://` on a private network (like
+//!   the server's own listener, behind the TLS terminator), `https://` to a TLS terminator in
+//!   front of the owner, whose certificate is verified against `--cluster-ca-file` (else the
+//!   Mozilla roots) and the advertised host name (rustls: TLS 1.2/1.3, no plaintext fallback).
+//!   Forwarded requests carry the client's bearer key: on any network another party can
+//!   read, advertise `https://`. Connections are pooled (keep-alive) per owner.
 
 use std::time::Duration;
 
@@ -22,6 +26,7 @@ use http::header::{HeaderName, CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODI
 use http::request::Parts;
 use http::{HeaderValue, Request, Response, Uri};
 use http_body_util::{BodyExt as _, Full, Limited};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -58,7 +63,7 @@ pub enum NotForwarded {
 /// Forwards requests to the owners of their workspaces.
 #[derive(Debug)]
 pub struct Forwarder {
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     node_id: HeaderValue,
     /// Bound on one forwarded exchange: the owner's own bound on the request plus a margin.
     timeout: Duration,
@@ -68,17 +73,27 @@ pub struct Forwarder {
 }
 
 impl Forwarder {
+    /// `ca`: the CA the owners' certificates are verified against (`https://` owners); `None`:
+    /// the Mozilla roots.
     pub fn new(
         node_id: &str,
         timeout: Duration,
         long_poll_max: Duration,
+        ca: Option<&allowly_tls::CaFile>,
         metrics: crate::metrics::HttpMetrics,
     ) -> Result<Self, String> {
         let node_id = HeaderValue::from_str(node_id).map_err(|e| format!("node id as a header: {e}"))?;
         let mut http = HttpConnector::new();
+        http.enforce_http(false);
         http.set_nodelay(true);
         http.set_connect_timeout(Some(Duration::from_secs(1)));
-        let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(http);
+        let tls = allowly_tls::client_config(ca).map_err(|e| e.to_string())?;
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(https);
         Ok(Self { client, node_id, timeout, long_poll_max, metrics })
     }
 

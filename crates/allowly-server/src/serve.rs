@@ -224,7 +224,11 @@ async fn serve_with_engine(
     let forward_timeout = cfg.commit_timeout + Duration::from_secs(1);
     let forwarder = cluster
         .as_ref()
-        .map(|c| crate::forward::Forwarder::new(&c.node_id, forward_timeout, cfg.long_poll_max, metrics.clone()))
+        .map(|c| {
+            let ca = cfg.cluster.as_ref().and_then(|k| k.ca_file.as_deref()).map(allowly_tls::CaFile::read).transpose();
+            let ca = ca.map_err(|e| format!("cluster_ca_file: {e}"))?;
+            crate::forward::Forwarder::new(&c.node_id, forward_timeout, cfg.long_poll_max, ca.as_ref(), metrics.clone())
+        })
         .transpose()
         .map_err(Error::Cluster)?;
     let engine = Engine::start(

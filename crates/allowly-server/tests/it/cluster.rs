@@ -784,3 +784,58 @@ fn a_rotated_key_moves_with_the_workspace() {
     );
     assert!(every_checkpoint_is_of_one_log(&b, &t, tmp.path()) >= 2);
 }
+
+/// A node that advertises `https://` is reached over TLS: its owner sits behind a real TLS
+/// terminator (socat's OpenSSL listener, with the test CA's certificate for 127.0.0.1). A node
+/// given that CA (`--cluster-ca-file`) forwards to it and relays the owner's answer; a node
+/// trusting only the Mozilla roots refuses the certificate, sends nothing (the request, and
+/// the bearer key it carries, never leave over a connection it cannot verify) and answers 503
+/// `workspace_owned_elsewhere` without deciding.
+#[test]
+fn nodes_forward_over_tls_to_an_owner_behind_a_terminator() {
+    let cluster = allowly_store_postgres::test_cluster::shared();
+    let conninfo = cluster.fresh_database("allowly_cluster_tls");
+    let tmp = tempfile::tempdir().unwrap();
+    let fixtures = manifest_dir().join("tests/it/fixtures");
+    let (b_port, tls_port) = (free_port(), free_port());
+    let listen = format!(
+        "OPENSSL-LISTEN:{tls_port},bind=127.0.0.1,reuseaddr,fork,verify=0,cert={},key={}",
+        fixtures.join("tls-server.pem").display(),
+        fixtures.join("tls-server.key").display()
+    );
+    let socat = std::process::Command::new("socat")
+        .args([listen, format!("TCP:127.0.0.1:{b_port}")])
+        .stdin(std::process::Stdio::null())
+        // Its refusals (the untrusting node's handshake) are expected: kept out of the output.
+        .stderr(std::fs::File::create(tmp.path().join("socat.log")).unwrap())
+        .spawn()
+        .expect("socat (scripts/setup.sh installs it)");
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _socat = Kill(socat);
+    eventually("the TLS terminator to listen", String::new, || {
+        std::net::TcpStream::connect(("127.0.0.1", tls_port)).ok().map(drop)
+    });
+    let b = node_at(&tmp.path().join("b"), &conninfo, "b", &[""; 0], b_port, &format!("https://127.0.0.1:{tls_port}"));
+    let ca = fixtures.join("tls-ca.pem");
+    let a = node(&tmp.path().join("a"), &conninfo, "a", &["--cluster-ca-file".as_ref(), ca.as_os_str()]);
+    let c = node(&tmp.path().join("c"), &conninfo, "c", &[""; 0]);
+    let t = tenant(&b, "behind tls", &["files.read"]);
+
+    let r = check(&a.client(), &t, "files.read");
+    assert_eq!((r.status, r.json()["decision"].as_str()), (200, Some("allow")), "{r}\n{}", a.diagnostics());
+    assert!(metric(&a, "allowly_http_forwarded_total{outcome=\"answered\"}") >= 1.0, "{}", a.diagnostics());
+
+    check(&c.client(), &t, "files.read").problem(503, "workspace_owned_elsewhere");
+    assert!(metric(&c, "allowly_http_forwarded_total{outcome=\"unreachable\"}") >= 1.0, "{}", c.diagnostics());
+    assert_eq!(metric(&c, "allowly_engine_leases_held"), 0.0, "the node that could not verify the owner took over");
+    assert!(c.stderr().contains("certificate"), "the refusal names the certificate:\n{}", c.stderr());
+    let log = log_indices(&b, &t);
+    assert_one_log(&log);
+    assert_eq!(log.len(), 2, "the grant and the one check forwarded over TLS: {log:?}");
+}
