@@ -93,13 +93,20 @@ impl CheckpointSink {
         })
     }
 
-    /// What a log says it is.
-    fn describe(&self) -> String {
+    /// Its kind as written before the path (none for a file, as before there were other
+    /// sinks) and its path.
+    fn kind_and_path(&self) -> (&'static str, &Path) {
         match self {
-            CheckpointSink::File(p) => p.display().to_string(),
-            CheckpointSink::Syslog(p) => format!("syslog:{}", p.display()),
-            CheckpointSink::Git(p) => format!("git:{}", p.display()),
+            CheckpointSink::File(p) => ("", p),
+            CheckpointSink::Syslog(p) => ("syslog:", p),
+            CheckpointSink::Git(p) => ("git:", p),
         }
+    }
+
+    /// What a log says it is: as it was given.
+    fn describe(&self) -> String {
+        let (kind, path) = self.kind_and_path();
+        format!("{kind}{}", path.display())
     }
 
     /// Whether the sink can be written to now: a wrong path stops the start.
@@ -203,12 +210,8 @@ impl CheckpointLog {
 fn log_id(sink: &CheckpointSink) -> [u8; 32] {
     let mut h = Sha256::new();
     h.update(b"allowly checkpoint log\n");
-    let (kind, path): (&[u8], _) = match sink {
-        CheckpointSink::File(p) => (b"", p),
-        CheckpointSink::Syslog(p) => (b"syslog:", p),
-        CheckpointSink::Git(p) => (b"git:", p),
-    };
-    h.update(kind);
+    let (kind, path) = sink.kind_and_path();
+    h.update(kind.as_bytes());
     h.update(path.as_os_str().as_encoded_bytes());
     h.finalize().into()
 }

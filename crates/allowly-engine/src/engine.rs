@@ -108,7 +108,7 @@ impl Engine {
         .map_err(|e| EngineError::Internal(format!("cannot start the witness client or the checkpoint log: {e}")))?;
         let ownership = cfg.cluster.clone().map(|c| crate::ownership::Ownership::new(c, metrics.leases_held.clone()));
         // Revocations through other nodes are not seen here: cached keys are read again.
-        let key_cache_max_age = ownership.as_ref().map(|_| crate::services::CLUSTER_KEY_CACHE_MAX_AGE);
+        let key_cache_max_age = ownership.as_ref().map(|_| crate::services::CLUSTER_CACHE_MAX_AGE);
         let services = Arc::new(Services {
             ownership,
             witnessing,

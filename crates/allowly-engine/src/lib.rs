@@ -47,3 +47,4 @@ pub use checkpoint_log::CheckpointSink;
 pub use config::{ClusterConfig, EngineConfig, WitnessConfig};
 pub use engine::{Engine, MAX_EXPORT_RECEIPTS, WITNESS_PENDING_REASON};
 pub use error::{EngineError, Result};
+pub use services::CLUSTER_CACHE_MAX_AGE;

@@ -185,7 +185,7 @@ impl Services {
 /// it read (`revocations` changed meanwhile), so a revoked key never authenticates again once
 /// its revocation was acknowledged — on this node. In a cluster a key revoked through another
 /// node is not removed here: there an entry is trusted for at most `max_age`
-/// ([`CLUSTER_KEY_CACHE_MAX_AGE`]), then the store is read again.
+/// ([`CLUSTER_CACHE_MAX_AGE`]), then the store is read again.
 #[derive(Debug, Default)]
 pub(crate) struct ApiKeyCache {
     keys: DashMap<[u8; 32], (crate::model::Principal, std::time::Instant)>,
@@ -194,10 +194,11 @@ pub(crate) struct ApiKeyCache {
     max_age: Option<Duration>,
 }
 
-/// How long a node of a cluster trusts a cached API key before reading it again: the longest a
-/// key revoked through another node still authenticates here. One store read per key in use
-/// per node per period.
-pub const CLUSTER_KEY_CACHE_MAX_AGE: Duration = Duration::from_secs(1);
+/// How long a node of a cluster trusts what it cached of settings other nodes can change — an
+/// API key (the longest a key revoked through another node still authenticates here), a key's
+/// rate limit (the server's) — before reading it again: one store read per key in use per node
+/// per period.
+pub const CLUSTER_CACHE_MAX_AGE: Duration = Duration::from_secs(1);
 
 /// Most cached keys; past this the cache starts over (keys are read again on use).
 const MAX_CACHED_KEYS: usize = 100_000;

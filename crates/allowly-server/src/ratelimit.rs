@@ -10,8 +10,9 @@
 //! store read per key in use, per change: changes are rare, requests are not).
 //!
 //! In a cluster the generation is this node's alone: a setting changed through another node is
-//! not counted here. There each key's setting is also read again once it is older than
-//! `settings_max_age` (a second), so a change reaches every node within it.
+//! not counted here. There each key's setting is also read again once it is older than the
+//! settings bound (`allowly_engine::CLUSTER_CACHE_MAX_AGE`, a second), so a change reaches
+//! every node within it.
 //!
 //! Memory is bounded: at most [`MAX_TRACKED_KEYS`] entries. When full, entries at rest — unused
 //! for as long as their bucket takes to refill, so a fresh limiter would behave exactly the
@@ -42,9 +43,9 @@ pub struct RateLimits {
     generation: AtomicU64,
     max_keys: usize,
     epoch: Instant,
-    /// In a cluster: how long a key's setting, as read, is trusted (changes made through other
-    /// nodes do not bump `generation`). `None`: until the generation changes.
-    settings_max_age: Option<Duration>,
+    /// In a cluster: how long (ms) a key's setting, as read, is trusted (changes made through
+    /// other nodes do not bump `generation`). `None`: until the generation changes.
+    settings_max_age_ms: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -106,23 +107,21 @@ impl RateLimits {
             generation: AtomicU64::new(0),
             max_keys: max_keys.max(1),
             epoch: Instant::now(),
-            settings_max_age: None,
+            settings_max_age_ms: None,
         }
     }
 
     /// Reads each key's setting again once it is older than `max_age` (in a cluster: changes
     /// made through other nodes are not seen otherwise).
     pub fn with_settings_max_age(mut self, max_age: Option<Duration>) -> Self {
-        self.settings_max_age = max_age;
+        self.settings_max_age_ms = max_age.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         self
     }
 
     /// Whether `e`'s setting may still be used as read.
     fn current(&self, e: &Entry, generation: u64) -> bool {
         e.generation == generation
-            && self.settings_max_age.is_none_or(|max| {
-                self.ms(Instant::now()).saturating_sub(e.read_ms) < u64::try_from(max.as_millis()).unwrap_or(u64::MAX)
-            })
+            && self.settings_max_age_ms.is_none_or(|max| self.ms(Instant::now()).saturating_sub(e.read_ms) < max)
     }
 
     /// Counts one request of API key `key_id`. `setting` reads the key's workspace's own

@@ -326,9 +326,9 @@ async fn serve_with_engine(
     let app = Arc::new(App {
         connections: Arc::new(connections),
         openapi: crate::openapi::document(),
-        // A setting changed through another node of a cluster is read here within a second.
+        // A setting changed through another node of a cluster is read here within the bound.
         rate_limits: crate::ratelimit::RateLimits::new(cfg.rate_limit)
-            .with_settings_max_age(cfg.cluster.as_ref().map(|_| Duration::from_secs(1))),
+            .with_settings_max_age(cfg.cluster.as_ref().map(|_| allowly_engine::CLUSTER_CACHE_MAX_AGE)),
         metrics_token: cfg.metrics_token.clone(),
         key_isolation: isolation,
         engine: engine.clone(),

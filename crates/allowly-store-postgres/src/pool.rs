@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use allowly_store::{Result, StoreError};
+use allowly_store::{EngineStats, Result, StoreError};
 use crossbeam_channel::{RecvTimeoutError, SendTimeoutError, Sender};
 use tokio_postgres::Client;
 
@@ -50,21 +50,13 @@ pub(crate) struct Pool {
     gauges: Arc<Gauges>,
 }
 
-/// What the pool is doing, for `/metrics` ([`Pool::figures`]).
+/// What the pool is doing, for `/metrics` ([`Pool::stats`]).
 #[derive(Debug, Default)]
 struct Gauges {
     /// Connections open now (each [`Live`] counts itself while it exists).
     open: AtomicU64,
     /// Connection threads running a job now.
     busy: AtomicU64,
-}
-
-/// The pool's figures: connections open, connections busy, calls queued.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Figures {
-    pub open: u64,
-    pub busy: u64,
-    pub queued: u64,
 }
 
 impl std::fmt::Debug for Pool {
@@ -113,13 +105,14 @@ impl Pool {
         Ok(Self { jobs: Some(tx), threads, timeout: opts.timeout, gauges })
     }
 
-    /// Connections open and busy, and calls queued, now.
-    pub(crate) fn figures(&self) -> Figures {
-        Figures {
-            open: self.gauges.open.load(Ordering::Relaxed),
-            busy: self.gauges.busy.load(Ordering::Relaxed),
-            queued: self.jobs.as_ref().map_or(0, |j| j.len() as u64),
-        }
+    /// Connections open and busy, and calls queued, now: the store's figures for `/metrics`
+    /// (the database's own are its monitoring's to show).
+    pub(crate) fn stats(&self) -> EngineStats {
+        let mut stats = EngineStats::default();
+        stats.connections_open = Some(self.gauges.open.load(Ordering::Relaxed));
+        stats.connections_busy = Some(self.gauges.busy.load(Ordering::Relaxed));
+        stats.calls_queued = Some(self.jobs.as_ref().map_or(0, |j| j.len() as u64));
+        stats
     }
 
     /// The deadline of a call starting now.

@@ -294,14 +294,8 @@ impl KvEngine for PgStore {
         })
     }
 
-    /// The connection pool's figures (the database's own are its monitoring's to show).
     fn stats(&self) -> EngineStats {
-        let f = self.pool.figures();
-        let mut stats = EngineStats::default();
-        stats.connections_open = Some(f.open);
-        stats.connections_busy = Some(f.busy);
-        stats.calls_queued = Some(f.queued);
-        stats
+        self.pool.stats()
     }
 }
 

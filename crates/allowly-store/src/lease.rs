@@ -122,14 +122,8 @@ fn read(e: &impl KvEngine, ws: &str) -> Result<Seen> {
 /// Writes `next` if the lease is still as `seen`: `false` if another change got in first.
 fn put(e: &impl KvEngine, seen: Seen, next: &Lease) -> Result<bool> {
     let key = keys::workspace(&next.workspace_id);
-    let stored = StoredLease {
-        workspace_id: next.workspace_id.clone(),
-        node_id: next.node_id.clone(),
-        address: next.address.clone(),
-        expires_at_ms: next.expires_at_ms,
-    };
     let mut muts = Mutations::default();
-    muts.put(Space::Leases, key.clone(), encode(&stored)?);
+    muts.put(Space::Leases, key.clone(), encode(&stored(next))?);
     if seen.lease.as_ref().map(|l| l.epoch) != Some(next.epoch) {
         muts.put(Space::LeaseEpochs, key.clone(), next.epoch.to_be_bytes().to_vec());
     }
@@ -215,6 +209,16 @@ fn change_own(
     Err(raced(ws, node, what))
 }
 
+/// The `leases` record of `lease` (its epoch is kept apart, in `lease_epochs`).
+fn stored(lease: &Lease) -> StoredLease {
+    StoredLease {
+        workspace_id: lease.workspace_id.clone(),
+        node_id: lease.node_id.clone(),
+        address: lease.address.clone(),
+        expires_at_ms: lease.expires_at_ms,
+    }
+}
+
 /// Sets the expiry of many leases `node` (reachable at `address`) holds, `(workspace, epoch)`
 /// each, to `expiry(now)`: one clock read and one checked write, nothing read before it. Each
 /// lease is a group of its own that applies only if the workspace's epoch is still the one
@@ -249,14 +253,8 @@ fn set_expiry_many(
             epoch: *epoch,
             expires_at_ms,
         };
-        let stored = StoredLease {
-            workspace_id: ws.clone(),
-            node_id: node.to_owned(),
-            address: address.to_owned(),
-            expires_at_ms,
-        };
         let mut muts = Mutations::default();
-        muts.put(Space::Leases, keys::workspace(ws), encode(&stored)?);
+        muts.put(Space::Leases, keys::workspace(ws), encode(&stored(&next))?);
         let guards = vec![
             Guard::Fence { workspace_id: ws.clone(), epoch: *epoch },
             Guard::HeldBy {
@@ -270,14 +268,8 @@ fn set_expiry_many(
         planned.push((i, next));
     }
     if !groups.is_empty() {
+        // One result per group; a lease an engine left unanswered is answered below.
         let results = e.apply_checked(Checked::new(groups), Durability::Sync)?.into_results();
-        if results.len() != planned.len() {
-            return Err(StoreError::Engine(format!(
-                "the engine answered a write of {} groups with {} results",
-                planned.len(),
-                results.len()
-            )));
-        }
         for ((i, next), result) in planned.into_iter().zip(results) {
             answers[i] = Some(result.map(|()| next).map_err(Refusal::into_error));
         }

@@ -148,15 +148,9 @@ pub trait Store: Send + Sync + 'static {
         address: &str,
         held: &[(String, u64)],
         ttl: Duration,
-    ) -> Result<Vec<Result<Lease>>> {
-        let _ = address;
-        Ok(held.iter().map(|(ws, epoch)| self.renew_lease(ws, node, *epoch, ttl)).collect())
-    }
+    ) -> Result<Vec<Result<Lease>>>;
     /// [`Store::release_lease`] for many leases, as [`Store::renew_leases`]: each expires now.
-    fn release_leases(&self, node: &str, address: &str, held: &[(String, u64)]) -> Result<Vec<Result<Lease>>> {
-        let _ = address;
-        Ok(held.iter().map(|(ws, epoch)| self.release_lease(ws, node, *epoch)).collect())
-    }
+    fn release_leases(&self, node: &str, address: &str, held: &[(String, u64)]) -> Result<Vec<Result<Lease>>>;
     /// The lease of workspace `ws`, live or expired (`None`: never leased).
     fn lease(&self, ws: &str) -> Result<Option<Lease>>;
     /// The storage engine's own figures (write stalls, compaction debt, sizes), cheap to read:

@@ -734,6 +734,23 @@ impl Store for Device {
     fn release_lease(&self, ws: &str, node: &str, epoch: u64) -> allowly_store::Result<allowly_store::Lease> {
         self.inner.release_lease(ws, node, epoch)
     }
+    fn renew_leases(
+        &self,
+        node: &str,
+        address: &str,
+        held: &[(String, u64)],
+        ttl: Duration,
+    ) -> allowly_store::Result<Vec<allowly_store::Result<allowly_store::Lease>>> {
+        self.inner.renew_leases(node, address, held, ttl)
+    }
+    fn release_leases(
+        &self,
+        node: &str,
+        address: &str,
+        held: &[(String, u64)],
+    ) -> allowly_store::Result<Vec<allowly_store::Result<allowly_store::Lease>>> {
+        self.inner.release_leases(node, address, held)
+    }
     fn lease(&self, ws: &str) -> allowly_store::Result<Option<allowly_store::Lease>> {
         self.inner.lease(ws)
     }
