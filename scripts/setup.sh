@@ -88,11 +88,18 @@ if [ -f "$req" ]; then
   fi
 fi
 
-# Node dependencies, exactly as locked: the Node verifier's, and the TypeScript SDK's compiler.
-for pkg in "$ALLOWLY_ROOT/tests/crosslang" "$ALLOWLY_ROOT/clients/typescript"; do
+# Node dependencies, exactly as locked: the Node verifier's, the TypeScript SDK's compiler, and
+# the real Claude Code the hook's fixtures are recorded with and its end-to-end tests run
+# (clients/claude-code: @anthropic-ai/claude-code, whose postinstall, allowed in its package.json,
+# puts the native binary of this platform, an optional dependency, in place of bin/claude.exe).
+# Installed again only when the lock file changed since the last install (the copy in
+# node_modules/.allowly-package-lock.json; npm's own node_modules/.package-lock.json never equals it).
+for pkg in "$ALLOWLY_ROOT/tests/crosslang" "$ALLOWLY_ROOT/clients/typescript" "$ALLOWLY_ROOT/clients/claude-code"; do
   if [ -f "$pkg/package-lock.json" ]; then
-    if [ ! -d "$pkg/node_modules" ] || ! cmp -s "$pkg/package-lock.json" "$pkg/node_modules/.package-lock.json" 2>/dev/null; then
+    stamp="$pkg/node_modules/.allowly-package-lock.json"
+    if ! cmp -s "$pkg/package-lock.json" "$stamp" 2>/dev/null; then
       (cd "$pkg" && npm ci --silent --no-audit --no-fund)
+      cp "$pkg/package-lock.json" "$stamp"
     fi
   fi
 done

@@ -1,6 +1,8 @@
-"""The hook's tests run the hook as Claude Code does (a subprocess, the event on stdin) against a
-real `allowly serve` that crates/allowly-server/tests/it/clients.rs starts, with a workspace whose
-rules are `claude_code.web_fetch` → confirm and `mcp.github.*` → escalate, and one key per role."""
+"""The hook's tests run the hook as Claude Code does (test_hook.py: a subprocess, a recorded event
+on stdin; test_real_claude_code.py: in the real Claude Code) against a real `allowly serve` that
+crates/allowly-server/tests/it/clients.rs starts, with a workspace whose rules are
+`claude_code.web_fetch` and `claude_code.edit` → confirm and `mcp.github.*` → escalate, and one key
+per role."""
 
 from __future__ import annotations
 
@@ -21,8 +23,9 @@ from live_server import env  # noqa: E402,F401 - the suites' fixture: the server
 
 
 def fixture(name: str) -> dict:
-    """A PreToolUse event as Claude Code sends it (fixtures/, see README.md). Each run is another
-    tool call, as in a session: its own `tool_use_id` (the hook keys its check on it)."""
+    """A PreToolUse event as the real Claude Code sent it (fixtures/, recorded by
+    fixtures/record.py). Each run is another tool call, as in a session: its own `tool_use_id`
+    (the hook keys its check on it)."""
     event = json.loads((FIXTURES / f"pretooluse-{name}.json").read_text("utf-8"))
     event["tool_use_id"] += f"_{uuid.uuid4().hex[:12]}"
     return event

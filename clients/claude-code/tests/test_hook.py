@@ -1,4 +1,5 @@
-"""The PreToolUse hook fed the events Claude Code sends (fixtures/), against the real server."""
+"""The PreToolUse hook fed the events the real Claude Code sent (fixtures/, recorded by
+fixtures/record.py), run as Claude Code runs it, against the real server."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from pathlib import Path
 import allowly
 import pytest
 
-from conftest import finish, fixture, run_hook, start_hook
+import real_claude
+from conftest import FIXTURES, HERE, finish, fixture, run_hook, start_hook
 
 CONFIG = """
 url = "{url}"
@@ -66,8 +68,9 @@ def test_a_granted_tool_call_is_allowed_and_its_receipt_records_the_call(tmp_pat
 
 def test_a_call_outside_the_grant_is_denied_with_allowlys_reason(tmp_path, env):
     az = grant(env, ["claude_code.bash"])
-    decision, reason = run_hook(config(tmp_path, env, az), fixture("write")).decision
-    assert decision == "deny" and "files.write on file:/home/dev/shop/src/prices.ts: scope_not_granted" in reason
+    write = fixture("write")
+    decision, reason = run_hook(config(tmp_path, env, az), write).decision
+    assert decision == "deny" and f"files.write on file:{write['tool_input']['file_path']}: scope_not_granted" in reason
     # A resource outside the grant's resources too.
     az = grant(env, ["claude_code.bash"], ["shell:make *"])
     decision, reason = run_hook(config(tmp_path, env, az), fixture("bash")).decision
@@ -157,3 +160,37 @@ def test_the_same_tool_call_checked_twice_is_one_check(tmp_path, env):
     assert first == second and first[0] == "allow", (first, second)
     with allowly.Allowly(env.reader, base_url=env.url) as reader:
         assert reader.get_authorization(az).trail_length == 2  # the grant and one check
+
+
+@pytest.mark.parametrize("name, scope, resource, expected", [
+    ("bash", "claude_code.bash", "shell:npm *", ("allow", "claude_code.bash on shell:npm test (receipt ")),
+    ("read", "claude_code.read", None, None),  # skip: no decision
+    ("edit", "files.write", "file:{cwd}/*", ("allow", "files.write on file:{cwd}/src/prices.ts (receipt ")),
+    ("write", "files.write", "file:{cwd}/*", ("allow", "files.write on file:{cwd}/src/discounts.ts (receipt ")),
+    ("toolsearch", "claude_code.tool_search", None, ("allow", "claude_code.tool_search (receipt ")),  # unmapped
+    ("webfetch", "claude_code.web_fetch", None, ("ask", "confirm claude_code.web_fetch (confirmation cn")),
+    ("mcp", "mcp.github.*", "github:acme/*",
+     ("deny", "mcp.github.create_issue on github:acme/shop is not answered after 0.5 s")),
+])
+def test_each_recorded_event_is_checked_as_its_scope(tmp_path, env, name, scope, resource, expected):
+    """Every kind of tool call Claude Code sent, with the example configuration: its scope and
+    resource, and the decision the workspace's rules give it."""
+    event = fixture(name)
+    az = grant(env, [scope], [resource.format(cwd=event["cwd"])] if resource else None)
+    run = run_hook(config(tmp_path, env, az, wait=0.5), event)
+    if expected is None:
+        assert (run.code, run.stdout) == (0, ""), run
+        return
+    decision, reason = run.decision
+    assert decision == expected[0] and expected[1].format(cwd=event["cwd"]) in reason, reason
+
+
+def test_the_fixtures_were_recorded_by_the_pinned_claude_code():
+    """Re-record (fixtures/record.py) when the pinned version changes."""
+    manifest = json.loads((FIXTURES / "manifest.json").read_text("utf-8"))
+    pinned = json.loads((HERE.parent / "package.json").read_text("utf-8"))["dependencies"]["@anthropic-ai/claude-code"]
+    assert manifest["claude_code_version"] == pinned == real_claude.claude_version()
+    assert set(manifest["fixtures"]) == {p.name for p in FIXTURES.glob("pretooluse-*.json")}
+    for name, entry in manifest["fixtures"].items():
+        event = json.loads((FIXTURES / name).read_text("utf-8"))
+        assert event["hook_event_name"] == "PreToolUse" and event["tool_name"] == entry["tool_name"], name

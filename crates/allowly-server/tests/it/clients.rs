@@ -89,13 +89,19 @@ fn pytest(env: &SdkEnv, dir: &Path, tests: &str) {
     assert!(stdout.contains(" passed") && !stdout.contains("skipped"), "{stdout}");
 }
 
-/// The Claude Code PreToolUse hook, fed the events Claude Code sends (its `fixtures/`), run as a
-/// subprocess as Claude Code runs it, against this server: allow, deny with the reason, ask for a
-/// confirm, an escalation waited for (approved while waiting, and not answered in time), fail
-/// closed when Allowly is unreachable or the input or configuration is wrong.
+/// The Claude Code PreToolUse hook against this server, two ways. Fed the events the real Claude
+/// Code sent (its `fixtures/`, recorded), as a subprocess as Claude Code runs it: allow, deny
+/// with the reason, ask for a confirm, an escalation waited for (approved while waiting, and not
+/// answered in time), fail closed when Allowly is unreachable or the input or configuration is
+/// wrong. And in the real Claude Code (the pinned npm package, headless, a scripted model): an
+/// allowed Bash and Write run and have receipts, a denied call does not run and the model gets
+/// Allowly's reason, nothing runs while Allowly is unreachable, a confirm (`ask`) does not run,
+/// an escalated MCP call reaches a real MCP server once approved.
 #[test]
 fn claude_code_hook_tests_pass_against_the_real_server() {
-    let env = sdk_env("claude-code", json!({ "claude_code.web_fetch": "confirm", "mcp.github.*": "escalate" }));
+    let rules =
+        json!({ "claude_code.web_fetch": "confirm", "claude_code.edit": "confirm", "mcp.github.*": "escalate" });
+    let env = sdk_env("claude-code", rules);
     pytest(&env, &repo_root().join("clients/claude-code"), "tests");
 }
 
