@@ -26,20 +26,22 @@ use http_body_util::{BodyExt as _, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use rmcp::model::{
-    CallToolRequest, CallToolRequestParams, CallToolResponse, ClientNotification, ClientRequest, CompleteRequest,
-    CompleteRequestParams, CompleteResult, CustomNotification, CustomRequest, CustomResult, ErrorData,
-    GetPromptRequest, GetPromptRequestParams, GetPromptResponse, InitializeRequest, InitializeRequestParams,
-    InitializeResult, ListPromptsResult, ListResourceTemplatesResult, ListResourcesResult, ListToolsResult,
-    PaginatedRequestParams, ProgressNotification, ProgressNotificationParam, ReadResourceRequest,
-    ReadResourceRequestParams, ReadResourceResponse, RequestOptionalParam, ServerConfig, ServerResult,
-    SubscribeRequestParams, UnsubscribeRequestParams,
+    CallToolRequest, CallToolRequestParams, CallToolResponse, CancelTaskParams, CancelTaskRequest, ClientNotification,
+    ClientRequest, CompleteRequest, CompleteRequestParams, CompleteResult, CustomNotification, CustomRequest,
+    CustomResult, DiscoverRequest, DiscoverRequestParams, DiscoverResult, ErrorData, GetPromptRequest,
+    GetPromptRequestParams, GetPromptResponse, GetSkillRequest, GetSkillRequestParams, GetSkillResult, GetTaskParams,
+    GetTaskRequest, GetTaskResult, InitializeRequest, InitializeRequestParams, InitializeResult, ListPromptsResult,
+    ListResourceTemplatesResult, ListResourcesResult, ListSkillsResult, ListToolsResult, PaginatedRequestParams,
+    ProgressNotification, ProgressNotificationParam, ReadResourceDirectoryRequest, ReadResourceDirectoryRequestParams,
+    ReadResourceRequest, ReadResourceRequestParams, ReadResourceResponse, RequestOptionalParam, ServerConfig,
+    ServerResult, SubscribeRequestParams, UnsubscribeRequestParams, UpdateTaskParams, UpdateTaskRequest,
 };
 // `logging/setLevel` is deprecated by SEP-2577, but clients of the protocol versions before it
 // still send it: forwarded while rmcp has it.
 #[expect(deprecated, reason = "logging/setLevel is forwarded for clients of older protocol versions")]
 use rmcp::model::{SetLevelRequest, SetLevelRequestParams};
 // The same for `resources/subscribe` and `unsubscribe` (2026-07-28 has `subscriptions/listen`
-// instead, which rmcp's HTTP service does not route to a handler).
+// instead, relayed over stdio; over HTTP rmcp answers it itself, see docs/mcp-gateway.md).
 #[expect(
     deprecated,
     reason = "resources/subscribe is forwarded for clients of the protocol versions with initialize"
@@ -120,8 +122,19 @@ impl ServerHandler for Front {
             ListResourceTemplatesRequest(paginated) => ListResourceTemplatesResult;
         read_resource(ReadResourceRequestParams) -> ReadResourceResponse =
             ReadResourceRequest(ReadResourceRequest::new) => ReadResourceResult | InputRequiredResult;
+        // A task-augmented call (tasks extension) is answered with a task: gated all the same
+        // (the gateway's `tools/call`), its receipt ids in the task's `_meta`.
         call_tool(CallToolRequestParams) -> CallToolResponse =
-            CallToolRequest(CallToolRequest::new) => CallToolResult | InputRequiredResult;
+            CallToolRequest(CallToolRequest::new) => CallToolResult | InputRequiredResult | CreateTaskResult;
+        // 2026-07-28: rmcp routes these to typed methods (whose defaults answer "method not
+        // found"); each goes to the gateway as the request it came as, like every other. rmcp
+        // checks first that the capabilities allow them (the tasks extension declared by the
+        // client and shown by the gateway, i.e. offered by a server behind).
+        get_task(GetTaskParams) -> GetTaskResult = GetTaskRequest(GetTaskRequest::new) => GetTaskResult;
+        list_skills(Option<PaginatedRequestParams>) -> ListSkillsResult = ListSkillsRequest(paginated) => ListSkillsResult;
+        get_skill(GetSkillRequestParams) -> GetSkillResult = GetSkillRequest(GetSkillRequest::new) => GetSkillResult;
+        read_resource_directory(ReadResourceDirectoryRequestParams) -> ListResourcesResult =
+            ReadResourceDirectoryRequest(ReadResourceDirectoryRequest::new) => ListResourcesResult;
         list_tools(Option<PaginatedRequestParams>) -> ListToolsResult = ListToolsRequest(paginated) => ListToolsResult;
         on_custom_request(CustomRequest) -> CustomResult = CustomRequest(std::convert::identity) => CustomResult;
     }
@@ -157,6 +170,27 @@ impl ServerHandler for Front {
         context: RequestContext<RoleServer>,
     ) -> Result<(), ErrorData> {
         self.relay(ClientRequest::SetLevelRequest(SetLevelRequest::new(params)), context).await.map(|_| ())
+    }
+
+    async fn discover(&self, context: RequestContext<RoleServer>) -> Result<DiscoverResult, ErrorData> {
+        let request = ClientRequest::DiscoverRequest(DiscoverRequest::new(DiscoverRequestParams {}));
+        expect!(self.relay(request, context).await, DiscoverResult)
+    }
+
+    async fn update_task(
+        &self,
+        params: UpdateTaskParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        self.relay(ClientRequest::UpdateTaskRequest(UpdateTaskRequest::new(params)), context).await.map(|_| ())
+    }
+
+    async fn cancel_task(
+        &self,
+        params: CancelTaskParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        self.relay(ClientRequest::CancelTaskRequest(CancelTaskRequest::new(params)), context).await.map(|_| ())
     }
 
     async fn on_progress(&self, params: ProgressNotificationParam, context: NotificationContext<RoleServer>) {

@@ -29,6 +29,7 @@ mod gate;
 mod http;
 mod proxy;
 mod scope;
+mod tasks;
 mod tls;
 
 use std::net::SocketAddr;

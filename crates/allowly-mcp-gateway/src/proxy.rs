@@ -27,6 +27,14 @@
 //! to the server that listed or served the URI, `completion/complete` to the server of the
 //! prompt (by its prefix) or of the resource template.
 //!
+//! A client of MCP 2026-07-28 sends no `initialize`: the servers are reached at its first request
+//! with what that request's `_meta` says (`ensure_started`), by `server/discover` (or
+//! `initialize` for an older server). rmcp 3.11 reads every method of that revision and of its
+//! tasks and skills extensions into typed requests, so they are relayed as such, not as raw
+//! JSON-RPC: a task-augmented `tools/call` is a `tools/call` (the client declares the extension
+//! in `_meta`) and takes the gate like any other; tasks are routed by the ids the session was
+//! handed (`tasks`); `subscriptions/listen` is relayed stream by stream (`listen`).
+//!
 //! Requests a server makes of the client (sampling, roots, elicitation) are forwarded the other
 //! way. Not forwarded: `notifications/cancelled` (request ids differ on the two sides; a
 //! cancelled call's answer is dropped by the client) and the client's `initialized` (the
@@ -38,23 +46,27 @@ use std::time::Duration;
 use allowly_tls::CaFile;
 use rmcp::model::{
     CallToolRequest, CallToolResult, ClientConfig, ClientNotification, ClientRequest, ClientResult, CompleteRequest,
-    ElicitRequest, ElicitRequestParams, ElicitationAction, ErrorCode, ErrorData, GetMeta as _, GetPromptRequest,
-    Implementation, InitializeRequestParams, InitializeResult, ListPromptsResult, ListResourceTemplatesResult,
-    ListResourcesResult, ListToolsResult, MetaObject, ReadResourceRequest, Reference, ResourcesCapability,
-    ServerCapabilities, ServerConfig, ServerNotification, ServerRequest, ServerResult,
+    DetailedTask, DiscoverResult, ElicitRequest, ElicitRequestParams, ElicitationAction, ErrorCode, ErrorData,
+    GetMeta as _, GetPromptRequest, Implementation, InitializeRequestParams, InitializeResult, ListPromptsResult,
+    ListResourceTemplatesResult, ListResourcesResult, ListSkillsResult, ListToolsResult, MetaObject, ProtocolVersion,
+    Reference, RequestMetaObject, ResourcesCapability, ResultType, ServerCapabilities, ServerConfig,
+    ServerNotification, ServerRequest, ServerResult, SubscriptionFilter, SubscriptionsAcknowledgedNotification,
+    SubscriptionsAcknowledgedNotificationParams, SubscriptionsListenResult, TaskPayload, SKILLS_EXTENSION_ID,
+    TASKS_EXTENSION_ID,
 };
 use rmcp::service::{
-    NotificationContext, Peer, RequestContext, RoleClient, RoleServer, RunningService, Service, ServiceError,
-    ServiceExt as _,
+    ClientInitializeError, ClientLifecycleMode, ClientServiceExt as _, NotificationContext, Peer, RequestContext,
+    RoleClient, RoleServer, RunningService, Service, ServiceError, ServiceExt as _,
 };
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
-use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
+use rmcp::transport::{IntoTransport, StreamableHttpClientTransport, TokioChildProcess};
 use serde_json::{json, Value};
 use tokio::sync::{Mutex, OnceCell};
 
 use crate::allowly::Allowly;
 use crate::error::GatewayError;
 use crate::gate::{Policy, UserAnswer, Verdict};
+use crate::tasks::{Task, Tasks};
 use crate::tls;
 
 /// Between a server name and a tool name in what the client sees with several servers.
@@ -104,10 +116,25 @@ pub struct Shared {
     pub aggregate: bool,
 }
 
+/// The client in front as the servers behind reach it: set by the first request whose peer can
+/// reach the client. (A 2026-07-28 client may open with `server/discover`, which rmcp hands the
+/// gateway with a peer that cannot reach the client: the servers are reached then, and their
+/// requests and notifications go to the peer of the client's next request.)
+type FrontPeer = Arc<std::sync::Mutex<Option<Peer<RoleServer>>>>;
+
+fn front_of(front: &FrontPeer) -> Option<Peer<RoleServer>> {
+    front.lock().ok().and_then(|f| f.clone())
+}
+
 /// The client side, facing one MCP server behind: forwards what the server asks of the client.
 struct Behind {
     info: ClientConfig,
-    front: Peer<RoleServer>,
+    front: FrontPeer,
+    /// Its server's index among the session's links, and the session's tasks (its
+    /// `notifications/tasks` name a task by the id the client was given).
+    link: usize,
+    tasks: Arc<std::sync::Mutex<Tasks>>,
+    aggregate: bool,
 }
 
 impl Service<RoleClient> for Behind {
@@ -117,7 +144,8 @@ impl Service<RoleClient> for Behind {
         context: RequestContext<RoleClient>,
     ) -> Result<ClientResult, ErrorData> {
         *request.get_meta_mut() = context.meta;
-        self.front.send_request(request).await.map_err(relay_error)
+        let front = front_of(&self.front).ok_or_else(|| ErrorData::internal_error("no MCP client to ask", None))?;
+        front.send_request(request).await.map_err(relay_error)
     }
 
     async fn handle_notification(
@@ -128,12 +156,42 @@ impl Service<RoleClient> for Behind {
         if matches!(notification, ServerNotification::CancelledNotification(_)) {
             return Ok(());
         }
+        if let ServerNotification::TaskStatusNotification(status) = &mut notification {
+            let known = self.tasks.lock().ok().and_then(|tasks| {
+                let id = tasks.client_id(self.link, &status.params.task.task.task_id)?;
+                let meta = tasks.get(&id)?.meta.clone();
+                Some((id, meta))
+            });
+            match known {
+                Some((id, meta)) => {
+                    status.params.task.task.task_id = id;
+                    decorate(&mut status.params.task, meta);
+                }
+                // With several servers a task the client was not handed has no id it knows.
+                None if self.aggregate => return Ok(()),
+                None => {}
+            }
+        }
         *notification.get_meta_mut() = context.meta;
-        self.front.send_notification(notification).await.map_err(relay_error)
+        let Some(front) = front_of(&self.front) else { return Ok(()) };
+        front.send_notification(notification).await.map_err(relay_error)
     }
 
     fn get_info(&self) -> ClientConfig {
         self.info.clone()
+    }
+}
+
+/// A task's final result (`completed`) with the gate's `_meta` of the call that created it.
+fn decorate(task: &mut DetailedTask, gate: serde_json::Map<String, Value>) {
+    if let TaskPayload::Completed { result } = &mut task.payload {
+        if gate.is_empty() {
+            return;
+        }
+        let meta = result.entry("_meta").or_insert_with(|| Value::Object(Default::default()));
+        if let Value::Object(meta) = meta {
+            meta.extend(gate);
+        }
     }
 }
 
@@ -221,8 +279,13 @@ pub struct Gateway {
     /// Kept so the servers behind live as long as the gateway (dropping one stops its child
     /// process or closes its HTTP session).
     running: Mutex<Option<Vec<RunningService<RoleClient, Behind>>>>,
-    /// The client's `initialize` parameters and its peer, kept to reach a server again.
-    reconnect_with: OnceCell<(InitializeRequestParams, Peer<RoleServer>)>,
+    /// The client's `initialize` parameters (or, for a 2026-07-28 client, what its first request's
+    /// `_meta` said), kept to reach a server again.
+    reconnect_with: OnceCell<InitializeRequestParams>,
+    /// The client, as the servers behind reach it.
+    front: FrontPeer,
+    /// The tasks this session was handed (`tasks`).
+    tasks: Arc<std::sync::Mutex<Tasks>>,
     /// With several servers: which server listed each resource URI or template (index into the
     /// links), filled by the lists, and by reads of URIs no list showed up to
     /// [`MAX_FOUND_OWNERS`]; bounded by what the servers list and that.
@@ -235,21 +298,16 @@ impl std::fmt::Debug for Gateway {
     }
 }
 
-/// Reaches `upstream` as an MCP client with the client's `initialize` parameters; `Err` says
-/// why it could not.
-async fn connect(
-    upstream: &Upstream,
-    params: InitializeRequestParams,
-    front: Peer<RoleServer>,
-) -> Result<RunningService<RoleClient, Behind>, String> {
-    let behind = Behind { info: params, front };
+/// Reaches `upstream` as an MCP client with the client's `initialize` parameters (`behind.info`);
+/// `Err` says why it could not.
+async fn connect(upstream: &Upstream, behind: Behind) -> Result<RunningService<RoleClient, Behind>, String> {
     let started = async {
         match &upstream.reach {
             Reach::Command { program, args } => {
                 let mut cmd = tokio::process::Command::new(program);
                 cmd.args(args);
                 let transport = TokioChildProcess::new(cmd).map_err(|e| format!("cannot start {program}: {e}"))?;
-                behind.serve(transport).await.map_err(|e| format!("initialize: {e}"))
+                handshake(behind, transport).await.map_err(|e| format!("initialize: {e}"))
             }
             Reach::Url { url, token, ca } => {
                 let mut config = StreamableHttpClientTransportConfig::with_uri(url.as_str());
@@ -257,8 +315,7 @@ async fn connect(
                     config = config.auth_header(token.as_str());
                 }
                 let client = tls::client(ca.as_ref()).map_err(|e| e.to_string())?;
-                behind
-                    .serve(StreamableHttpClientTransport::with_client(client, config))
+                handshake(behind, StreamableHttpClientTransport::with_client(client, config))
                     .await
                     .map_err(|e| format!("initialize at {url}: {}", tls::why(&e)))
             }
@@ -267,6 +324,31 @@ async fn connect(
     tokio::time::timeout(CONNECT_TIMEOUT, started)
         .await
         .map_err(|_| format!("no answer to initialize within {CONNECT_TIMEOUT:?}"))?
+}
+
+/// The newest protocol version with an `initialize` handshake: what a server that does not speak
+/// 2026-07-28 is initialized with on behalf of a 2026-07-28 client.
+const NEWEST_WITH_INITIALIZE: ProtocolVersion = ProtocolVersion::V_2025_11_25;
+
+/// The lifecycle with a server behind, as the client in front chose it: `initialize` for a
+/// client that initialized; for a 2026-07-28 client (no `initialize`), `server/discover` and
+/// per-request metadata, falling back to `initialize` with a server that does not speak that
+/// revision (whose requests then carry the client's capabilities as it initialized).
+async fn handshake<T, E, A>(
+    behind: Behind,
+    transport: T,
+) -> Result<RunningService<RoleClient, Behind>, ClientInitializeError>
+where
+    T: IntoTransport<RoleClient, E, A>,
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let version = behind.info.protocol_version.clone();
+    if version.has_initialize() {
+        return behind.serve(transport).await;
+    }
+    let lifecycle =
+        ClientLifecycleMode::Auto { preferred_versions: vec![version], legacy_version: Some(NEWEST_WITH_INITIALIZE) };
+    behind.serve_with_lifecycle(transport, lifecycle).await
 }
 
 /// The server's `initialize` result as rmcp keeps it (its `ServerPeerInfo`), for the client.
@@ -289,6 +371,8 @@ impl Gateway {
             info: OnceCell::new(),
             running: Mutex::new(None),
             reconnect_with: OnceCell::new(),
+            front: Default::default(),
+            tasks: Default::default(),
             resource_owners: Default::default(),
         }
     }
@@ -333,12 +417,11 @@ impl Gateway {
         if current.is_ok() || !link.may_retry() {
             return current;
         }
-        let (Some(upstream), Some((params, front))) =
-            (self.shared.upstreams.get(link.upstream), self.reconnect_with.get())
+        let (Some(upstream), Some(params)) = (self.shared.upstreams.get(link.upstream), self.reconnect_with.get())
         else {
             return current;
         };
-        match connect(upstream, params.clone(), front.clone()).await {
+        match connect(upstream, self.behind(params.clone(), link.upstream)).await {
             Ok(service) => {
                 let peer = service.peer().clone();
                 link.set(Ok(peer.clone()), false);
@@ -358,24 +441,62 @@ impl Gateway {
         }
     }
 
+    /// The client side of the gateway for server `link`, as the client in front is.
+    fn behind(&self, params: InitializeRequestParams, link: usize) -> Behind {
+        Behind {
+            info: params,
+            front: self.front.clone(),
+            link,
+            tasks: self.tasks.clone(),
+            aggregate: self.shared.aggregate,
+        }
+    }
+
+    /// The client's `initialize`: the servers behind are reached with its parameters.
+    async fn initialize(&self, params: InitializeRequestParams) -> Result<ServerResult, ErrorData> {
+        match self.start(params).await? {
+            Some(result) => Ok(ServerResult::InitializeResult(result)),
+            None => Err(ErrorData::invalid_request("initialize was already sent", None)),
+        }
+    }
+
+    /// A 2026-07-28 client has no `initialize`: its first request's `_meta` names its protocol
+    /// version, its capabilities and itself (rmcp has checked they are there), and the servers
+    /// behind are reached with those, once, when that request arrives. A request without them
+    /// before any `initialize` is refused.
+    async fn ensure_started(&self, meta: &RequestMetaObject) -> Result<(), ErrorData> {
+        if self.links.get().is_some() {
+            return Ok(());
+        }
+        let Some(version) = meta.protocol_version() else {
+            return Err(ErrorData::invalid_request(
+                "initialize first, or name the protocol version in the request's _meta (2026-07-28)",
+                None,
+            ));
+        };
+        let mut params = InitializeRequestParams::default();
+        params.protocol_version = version;
+        params.capabilities = meta.client_capabilities().unwrap_or_default();
+        if let Some(client) = meta.client_info() {
+            params.client_info = client;
+        }
+        self.start(params).await.map(|_| ())
+    }
+
     /// Reaches the servers behind with the client's own parameters. One server: its answer is
     /// the client's, and failing to reach it fails the `initialize`. Several: the gateway's own
-    /// answer, whatever number of them could be reached.
-    async fn initialize(
-        &self,
-        params: InitializeRequestParams,
-        front: Peer<RoleServer>,
-    ) -> Result<ServerResult, ErrorData> {
+    /// answer, whatever number of them could be reached. `None` if they were reached already.
+    async fn start(&self, params: InitializeRequestParams) -> Result<Option<InitializeResult>, ErrorData> {
         let mut running = self.running.lock().await;
         if running.is_some() {
-            return Err(ErrorData::invalid_request("initialize was already sent", None));
+            return Ok(None);
         }
         let mut services = Vec::new();
         let mut links = Vec::new();
         let mut first = None;
         // One after the other: a few servers, each bounded by CONNECT_TIMEOUT.
         for (i, upstream) in self.shared.upstreams.iter().enumerate() {
-            match connect(upstream, params.clone(), front.clone()).await {
+            match connect(upstream, self.behind(params.clone(), i)).await {
                 Ok(service) => {
                     let init = initialize_result(&service)?;
                     let capabilities = init.capabilities.clone();
@@ -392,7 +513,7 @@ impl Gateway {
                 }
             }
         }
-        let _ = self.reconnect_with.set((params.clone(), front));
+        let _ = self.reconnect_with.set(params.clone());
         let result = if self.shared.aggregate {
             aggregate_result(&params, first.as_ref(), &links)
         } else {
@@ -401,7 +522,16 @@ impl Gateway {
         let _ = self.links.set(links);
         let _ = self.info.set(result.clone());
         *running = Some(services);
-        Ok(ServerResult::InitializeResult(result))
+        Ok(Some(result))
+    }
+
+    /// `server/discover` (2026-07-28): with one server, what it offers; with several, the
+    /// gateway's own answer (as to `initialize`). Either way the protocol versions are the
+    /// gateway's, and an extension is shown only when a server behind offers it.
+    fn discover(&self) -> Result<ServerResult, ErrorData> {
+        let info = self.info.get().cloned().ok_or_else(|| ErrorData::internal_error("not started", None))?;
+        let versions = Service::<RoleServer>::supported_protocol_versions(self).into_owned();
+        Ok(ServerResult::DiscoverResult(DiscoverResult::from_server_info(versions, info)))
     }
 
     /// `tools/list` with several servers: each reachable server's tools, named `<server>__<tool>`.
@@ -508,28 +638,177 @@ impl Gateway {
 
     /// `resources/read` with several servers: to the server that listed the URI, else to each
     /// reachable server with resources in turn until one has it (then its owner: a
-    /// subscription to it goes there).
-    async fn read_resource(&self, request: ReadResourceRequest) -> Result<ServerResult, ErrorData> {
+    /// subscription to it goes there). `skills/get` and `resources/directory/read` (skills
+    /// extension) the same way, among the servers that offer skills (or directory reads).
+    async fn by_uri(
+        &self,
+        request: ClientRequest,
+        uri: &str,
+        serves: fn(&ServerCapabilities) -> bool,
+    ) -> Result<ServerResult, ErrorData> {
         let links = self.links()?;
-        let owner = self.resource_owners.lock().ok().and_then(|o| o.by_uri.get(&request.params.uri).copied());
+        let owner = self.resource_owners.lock().ok().and_then(|o| o.by_uri.get(uri).copied());
         let candidates: Vec<(usize, &Link)> = match owner.and_then(|i| Some((i, links.get(i)?))) {
             Some(owned) => vec![owned],
-            None => links.iter().enumerate().filter(|(_, l)| l.capabilities.resources.is_some()).collect(),
+            None => links.iter().enumerate().filter(|(_, l)| serves(&l.capabilities)).collect(),
         };
         let mut last = None;
         for (i, link) in candidates {
             let Ok(peer) = self.peer(link).await else { continue };
-            match peer.send_request(ClientRequest::ReadResourceRequest(request.clone())).await {
+            match peer.send_request(request.clone()).await {
                 Ok(result) => {
-                    self.found_by(&request.params.uri, i);
+                    self.found_by(uri, i);
                     return Ok(result);
                 }
                 Err(e) => last = Some(relay_error(e)),
             }
         }
         Err(last.unwrap_or_else(|| {
-            ErrorData::resource_not_found(format!("no MCP server behind the gateway has {}", request.params.uri), None)
+            ErrorData::resource_not_found(format!("no MCP server behind the gateway has {uri}"), None)
         }))
+    }
+
+    /// `skills/list` with several servers: the skills of every reachable server that offers the
+    /// skills extension, URIs unchanged (a skill is a resource: its URI names it); remembers who
+    /// listed which, so `skills/get` goes there.
+    async fn list_skills(&self) -> Result<ServerResult, ErrorData> {
+        let mut skills = Vec::new();
+        for (i, link) in self.links()?.iter().enumerate().filter(|(_, l)| l.capabilities.supports_skills()) {
+            let Ok(peer) = self.peer(link).await else { continue };
+            match peer.list_all_skills().await {
+                Ok(listed) => {
+                    self.owned_by(listed.iter().map(|s| s.uri.as_str()), i);
+                    skills.extend(listed);
+                }
+                Err(e) => eprintln!("allowly-mcp-gateway: listing the skills of {}: {e}", link.name),
+            }
+        }
+        Ok(ServerResult::ListSkillsResult(ListSkillsResult::with_all_items(skills)))
+    }
+
+    /// `tasks/get`, `tasks/update`, `tasks/cancel` (tasks extension): to the server of the task,
+    /// under its id there. With several servers only a task this session was handed is reached
+    /// (`tasks`): any other id is refused without asking a server. With one, an id the gateway
+    /// has not seen still goes to the server (it alone knows its tasks). A `tasks/get` answer
+    /// names the task as the client knows it, and a completed task's result carries the
+    /// receipt ids of the call that created it, as a plain call's result does.
+    async fn task_request(&self, mut request: ClientRequest) -> Result<ServerResult, ErrorData> {
+        let id = match &mut request {
+            ClientRequest::GetTaskRequest(r) => &mut r.params.task_id,
+            ClientRequest::UpdateTaskRequest(r) => &mut r.params.task_id,
+            ClientRequest::CancelTaskRequest(r) => &mut r.params.task_id,
+            other => return Err(ErrorData::internal_error(format!("{} is no task request", other.method()), None)),
+        };
+        let asked = id.clone();
+        let known = self.tasks.lock().ok().and_then(|t| t.get(&asked).cloned());
+        let links = self.links()?;
+        let link = match &known {
+            Some(task) => {
+                id.clone_from(&task.downstream);
+                links.get(task.link)
+            }
+            None if !self.shared.aggregate => links.first(),
+            None => {
+                return Err(ErrorData::invalid_params(
+                    format!("no task {asked:?} was started through this gateway session"),
+                    None,
+                ))
+            }
+        }
+        .ok_or_else(|| ErrorData::internal_error("no MCP server", None))?;
+        let peer = self.peer(link).await.map_err(|why| unavailable(link, why))?;
+        let mut result = peer.send_request(request).await.map_err(relay_error)?;
+        if let ServerResult::GetTaskResult(r) = &mut result {
+            r.task.task.task_id = asked;
+            if let Some(task) = known {
+                decorate(&mut r.task, task.meta);
+            }
+        }
+        Ok(result)
+    }
+
+    /// `subscriptions/listen` (2026-07-28): a listen on each reachable server (one, or each of
+    /// several; with several a resource URI goes to the server that listed it, or to all if none
+    /// did), acknowledged to the client as what the servers accepted together; then their
+    /// notifications, each re-addressed to the client's request (its `subscriptionId`), until
+    /// the client cancels the request or every server ends its stream. The listens behind are
+    /// cancelled when this one ends.
+    async fn listen(
+        &self,
+        requested: SubscriptionFilter,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ServerResult, ErrorData> {
+        let links = self.links()?;
+        let owners: std::collections::HashMap<String, usize> =
+            self.resource_owners.lock().map(|o| o.by_uri.clone()).unwrap_or_default();
+        let mut accepted = SubscriptionFilter::default();
+        let mut streams = Vec::new();
+        let mut last = None;
+        for (i, link) in links.iter().enumerate() {
+            let Ok(peer) = self.peer(link).await else { continue };
+            let mut filter = requested.clone();
+            if self.shared.aggregate {
+                filter.resource_subscriptions = requested
+                    .resource_subscriptions
+                    .as_ref()
+                    .map(|uris| uris.iter().filter(|u| owners.get(*u).is_none_or(|o| *o == i)).cloned().collect());
+            }
+            match peer.listen(filter).await {
+                Ok(stream) => {
+                    union(&mut accepted, stream.acknowledged());
+                    streams.push(stream);
+                }
+                Err(e) => {
+                    eprintln!("allowly-mcp-gateway: subscriptions/listen at {}: {e}", link.name);
+                    last = Some(relay_error(e));
+                }
+            }
+        }
+        if streams.is_empty() {
+            return Err(last.unwrap_or_else(|| {
+                ErrorData::new(ErrorCode::METHOD_NOT_FOUND, "no MCP server behind the gateway can be listened to", None)
+            }));
+        }
+        let id = context.id.clone();
+        let mut ack = ServerNotification::SubscriptionsAcknowledgedNotification(
+            SubscriptionsAcknowledgedNotification::new(SubscriptionsAcknowledgedNotificationParams::new(accepted)),
+        );
+        ack.get_meta_mut().set_subscription_id(id.clone());
+        context.peer.send_notification(ack).await.map_err(relay_error)?;
+        // Bounded: a client that does not read its stream holds up the servers' streams (rmcp
+        // ends a server's stream that its reader lets fill), never the gateway's memory.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<ServerNotification>(64);
+        let stop = context.ct.child_token();
+        let _stop_on_return = stop.clone().drop_guard();
+        for mut stream in streams {
+            let (tx, stop) = (tx.clone(), stop.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        () = stop.cancelled() => break,
+                        next = stream.next() => match next {
+                            Ok(Some(notification)) => if tx.send(notification).await.is_err() { break },
+                            _ => return,
+                        },
+                    }
+                }
+                let _ = stream.cancel().await;
+            });
+        }
+        drop(tx);
+        loop {
+            tokio::select! {
+                () = context.ct.cancelled() => break,
+                next = rx.recv() => match next {
+                    Some(mut notification) => {
+                        notification.get_meta_mut().set_subscription_id(id.clone());
+                        context.peer.send_notification(notification).await.map_err(relay_error)?;
+                    }
+                    None => break,
+                },
+            }
+        }
+        Ok(ServerResult::SubscriptionsListenResult(SubscriptionsListenResult::complete(id)))
     }
 
     /// `resources/subscribe` or `resources/unsubscribe` of `uri` with several servers: to the
@@ -628,7 +907,7 @@ impl Gateway {
             Verdict::Forward { meta } => {
                 call.params.name = tool.into();
                 match peer.send_request(ClientRequest::CallToolRequest(call)).await {
-                    Ok(result) => Ok(with_meta(result, meta)),
+                    Ok(result) => Ok(with_meta(self.handed(result, link, &meta)?, meta)),
                     // A server that went away mid-call answers with a tool error naming it: the
                     // client goes on (with the others, or with this one once it is back).
                     Err(ServiceError::McpError(e)) => Err(e),
@@ -637,6 +916,27 @@ impl Gateway {
             }
             Verdict::Refuse { text, meta } => tool_error(text, meta),
         }
+    }
+
+    /// A tool call's result as the client gets it: a task (tasks extension) is recorded as this
+    /// session's, under the id the client is given, with the gate's `_meta` (`tasks`).
+    fn handed(
+        &self,
+        mut result: ServerResult,
+        link: &Link,
+        gate: &serde_json::Map<String, Value>,
+    ) -> Result<ServerResult, ErrorData> {
+        if let ServerResult::CreateTaskResult(created) = &mut result {
+            let task = Task { link: link.upstream, downstream: created.task.task_id.clone(), meta: gate.clone() };
+            let id = self
+                .tasks
+                .lock()
+                .ok()
+                .and_then(|mut tasks| tasks.add(self.shared.aggregate, &link.name, task))
+                .ok_or_else(|| ErrorData::internal_error("the gateway could not record the task", None))?;
+            created.task.task_id = id;
+        }
+        Ok(result)
     }
 
     /// The servers a client notification goes to (all connected ones).
@@ -676,6 +976,13 @@ fn aggregate_result(
     if reachable().any(|l| l.capabilities.completions.is_some()) {
         capabilities.completions = Some(Default::default());
     }
+    // The extensions the gateway relays with several servers, when a reachable one offers it
+    // (with the settings of the first that does); others' methods it does not route.
+    for id in [TASKS_EXTENSION_ID, SKILLS_EXTENSION_ID] {
+        if let Some(settings) = reachable().find_map(|l| l.capabilities.extensions.as_ref()?.get(id)) {
+            capabilities.extensions.get_or_insert_default().insert(id.to_owned(), settings.clone());
+        }
+    }
     let mut result = InitializeResult::new(capabilities)
         .with_server_info(Implementation::new("allowly-mcp-gateway", env!("CARGO_PKG_VERSION")))
         .with_instructions(instructions);
@@ -689,35 +996,32 @@ impl Service<RoleServer> for Gateway {
         mut request: ClientRequest,
         context: RequestContext<RoleServer>,
     ) -> Result<ServerResult, ErrorData> {
-        *request.get_meta_mut() = context.meta;
-        match request {
-            ClientRequest::InitializeRequest(init) => self.initialize(init.params, context.peer).await,
-            ClientRequest::CallToolRequest(call) => self.call_tool(call, &context.peer).await,
-            ClientRequest::ListToolsRequest(_) if self.shared.aggregate => self.list_tools().await,
-            ClientRequest::ListPromptsRequest(_) if self.shared.aggregate => self.list_prompts().await,
-            ClientRequest::GetPromptRequest(get) if self.shared.aggregate => self.get_prompt(get).await,
-            ClientRequest::ListResourcesRequest(_) if self.shared.aggregate => self.list_resources(false).await,
-            ClientRequest::ListResourceTemplatesRequest(_) if self.shared.aggregate => self.list_resources(true).await,
-            ClientRequest::ReadResourceRequest(read) if self.shared.aggregate => self.read_resource(read).await,
-            ClientRequest::SubscribeRequest(r) if self.shared.aggregate => {
-                let uri = r.params.uri.clone();
-                self.subscription(ClientRequest::SubscribeRequest(r), uri).await
+        if let ClientRequest::CustomRequest(custom) = &request {
+            if SPEC_METHODS.contains(&custom.method.as_str()) {
+                return Err(ErrorData::invalid_params(
+                    format!("malformed {} request: its params are not those of the protocol", custom.method),
+                    None,
+                ));
             }
-            ClientRequest::UnsubscribeRequest(r) if self.shared.aggregate => {
-                let uri = r.params.uri.clone();
-                self.subscription(ClientRequest::UnsubscribeRequest(r), uri).await
-            }
-            ClientRequest::CompleteRequest(c) if self.shared.aggregate => self.complete(c).await,
-            ClientRequest::PingRequest(_) if self.shared.aggregate => Ok(ServerResult::empty(())),
-            other if self.shared.aggregate => {
-                let why = format!(
-                    "{}: with several MCP servers the gateway merges their tools, prompts, resources and completions only",
-                    other.method()
-                );
-                Err(ErrorData::new(ErrorCode::METHOD_NOT_FOUND, why, None))
-            }
-            other => self.only().await?.send_request(other).await.map_err(relay_error),
         }
+        if !context.peer.is_transport_closed() {
+            if let Ok(mut front) = self.front.lock() {
+                if front.as_ref().is_none_or(Peer::is_transport_closed) {
+                    *front = Some(context.peer.clone());
+                }
+            }
+        }
+        if !matches!(request, ClientRequest::InitializeRequest(_)) {
+            self.ensure_started(&context.meta).await?;
+        }
+        *request.get_meta_mut() = context.meta.clone();
+        let modern = context
+            .meta
+            .protocol_version()
+            .or_else(|| context.peer.peer_info().map(|i| i.protocol_version.clone()))
+            .is_some_and(|v| !v.has_initialize());
+        let result = self.dispatch(request, context).await;
+        result.map(|r| shaped(r, modern))
     }
 
     async fn handle_notification(
@@ -742,6 +1046,96 @@ impl Service<RoleServer> for Gateway {
         // Asked before `initialize` (a discover probe) the gateway shows no capability of its
         // own; after it, what the client was answered.
         self.info.get().cloned().unwrap_or_else(|| ServerConfig::new(ServerCapabilities::default()))
+    }
+}
+
+/// A result in the shape of the client's protocol version, as rmcp's typed server handlers
+/// give theirs (the gateway is a raw `Service`, for which rmcp does not): 2026-07-28 wants
+/// `resultType` and the caching hints (the gateway's own results, a tool error or a merged
+/// list, have neither); an older version has neither field.
+fn shaped(mut result: ServerResult, modern: bool) -> ServerResult {
+    if !modern {
+        result.strip_result_type_for_legacy_peer();
+        result.strip_non_object_output_for_legacy_peer();
+        return result;
+    }
+    let result_type = match &mut result {
+        ServerResult::CompleteResult(r) => &mut r.result_type,
+        ServerResult::GetPromptResult(r) => &mut r.result_type,
+        ServerResult::ListPromptsResult(r) => &mut r.result_type,
+        ServerResult::ListResourcesResult(r) => &mut r.result_type,
+        ServerResult::ListResourceTemplatesResult(r) => &mut r.result_type,
+        ServerResult::ReadResourceResult(r) => &mut r.result_type,
+        ServerResult::ListToolsResult(r) => &mut r.result_type,
+        ServerResult::CallToolResult(r) => &mut r.result_type,
+        ServerResult::ListSkillsResult(r) => &mut r.result_type,
+        ServerResult::GetSkillResult(r) => &mut r.result_type,
+        _ => {
+            result.fill_missing_cache_hints();
+            return result;
+        }
+    };
+    result_type.get_or_insert(ResultType::COMPLETE);
+    result.fill_missing_cache_hints();
+    result
+}
+
+impl Gateway {
+    async fn dispatch(
+        &self,
+        request: ClientRequest,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ServerResult, ErrorData> {
+        match request {
+            ClientRequest::InitializeRequest(init) => self.initialize(init.params).await,
+            ClientRequest::DiscoverRequest(_) => self.discover(),
+            ClientRequest::CallToolRequest(call) => self.call_tool(call, &context.peer).await,
+            r @ (ClientRequest::GetTaskRequest(_)
+            | ClientRequest::UpdateTaskRequest(_)
+            | ClientRequest::CancelTaskRequest(_)) => self.task_request(r).await,
+            ClientRequest::SubscriptionsListenRequest(r) => self.listen(r.params.notifications, context).await,
+            ClientRequest::ListSkillsRequest(_) if self.shared.aggregate => self.list_skills().await,
+            ClientRequest::GetSkillRequest(r) if self.shared.aggregate => {
+                let uri = r.params.uri.clone();
+                self.by_uri(ClientRequest::GetSkillRequest(r), &uri, ServerCapabilities::supports_skills).await
+            }
+            ClientRequest::ReadResourceDirectoryRequest(r) if self.shared.aggregate => {
+                let uri = r.params.uri.clone();
+                self.by_uri(
+                    ClientRequest::ReadResourceDirectoryRequest(r),
+                    &uri,
+                    ServerCapabilities::supports_directory_read,
+                )
+                .await
+            }
+            ClientRequest::ListToolsRequest(_) if self.shared.aggregate => self.list_tools().await,
+            ClientRequest::ListPromptsRequest(_) if self.shared.aggregate => self.list_prompts().await,
+            ClientRequest::GetPromptRequest(get) if self.shared.aggregate => self.get_prompt(get).await,
+            ClientRequest::ListResourcesRequest(_) if self.shared.aggregate => self.list_resources(false).await,
+            ClientRequest::ListResourceTemplatesRequest(_) if self.shared.aggregate => self.list_resources(true).await,
+            ClientRequest::ReadResourceRequest(read) if self.shared.aggregate => {
+                let uri = read.params.uri.clone();
+                self.by_uri(ClientRequest::ReadResourceRequest(read), &uri, |c| c.resources.is_some()).await
+            }
+            ClientRequest::SubscribeRequest(r) if self.shared.aggregate => {
+                let uri = r.params.uri.clone();
+                self.subscription(ClientRequest::SubscribeRequest(r), uri).await
+            }
+            ClientRequest::UnsubscribeRequest(r) if self.shared.aggregate => {
+                let uri = r.params.uri.clone();
+                self.subscription(ClientRequest::UnsubscribeRequest(r), uri).await
+            }
+            ClientRequest::CompleteRequest(c) if self.shared.aggregate => self.complete(c).await,
+            ClientRequest::PingRequest(_) if self.shared.aggregate => Ok(ServerResult::empty(())),
+            other if self.shared.aggregate => {
+                let why = format!(
+                    "{}: with several MCP servers the gateway merges their tools, prompts, resources, completions, skills and tasks only",
+                    other.method()
+                );
+                Err(ErrorData::new(ErrorCode::METHOD_NOT_FOUND, why, None))
+            }
+            other => self.only().await?.send_request(other).await.map_err(relay_error),
+        }
     }
 }
 
@@ -795,9 +1189,59 @@ fn with_meta(result: ServerResult, gate: serde_json::Map<String, Value>) -> Serv
             r.meta = Some(MetaObject(meta));
             ServerResult::CallToolResult(r)
         }
+        // A task-augmented call (tasks extension): the receipts of the call that created it.
+        ServerResult::CreateTaskResult(mut r) => {
+            let mut meta = r.meta.take().map(|m| m.0).unwrap_or_default();
+            meta.extend(gate);
+            r.meta = Some(MetaObject(meta));
+            ServerResult::CreateTaskResult(r)
+        }
         other => other,
     }
 }
+
+/// Adds what `other` accepted to `into` (the acknowledgment of listens on several servers).
+fn union(into: &mut SubscriptionFilter, other: &SubscriptionFilter) {
+    let or = |a: Option<bool>, b: Option<bool>| (a == Some(true) || b == Some(true)).then_some(true);
+    into.tools_list_changed = or(into.tools_list_changed, other.tools_list_changed);
+    into.prompts_list_changed = or(into.prompts_list_changed, other.prompts_list_changed);
+    into.resources_list_changed = or(into.resources_list_changed, other.resources_list_changed);
+    if let Some(uris) = &other.resource_subscriptions {
+        let all = into.resource_subscriptions.get_or_insert_default();
+        all.extend(uris.iter().filter(|u| !all.contains(u)).cloned().collect::<Vec<_>>());
+    }
+}
+
+/// Request methods of the protocol that rmcp reads into typed requests. A request naming one
+/// that rmcp could not read as such (its params malformed) falls through to a custom request
+/// (`ClientRequest` is an untagged union, `CustomRequest` its catch-all): forwarded as it came,
+/// a `tools/call` a server reads more leniently than rmcp would run its tool without the gate.
+/// So such a request is refused here, whatever the method, and reaches no server.
+const SPEC_METHODS: &[&str] = &[
+    "initialize",
+    "ping",
+    "server/discover",
+    "completion/complete",
+    "logging/setLevel",
+    "prompts/get",
+    "prompts/list",
+    "resources/list",
+    "resources/templates/list",
+    "resources/read",
+    "resources/subscribe",
+    "resources/unsubscribe",
+    "resources/directory/read",
+    "subscriptions/listen",
+    "tools/call",
+    "tools/list",
+    "tasks/get",
+    "tasks/update",
+    "tasks/cancel",
+    "tasks/result",
+    "tasks/list",
+    "skills/list",
+    "skills/get",
+];
 
 fn relay_error(e: ServiceError) -> ErrorData {
     match e {
@@ -813,4 +1257,36 @@ fn unavailable(link: &Link, why: String) -> ErrorData {
 
 fn downstream_error(e: GatewayError) -> ErrorData {
     ErrorData::internal_error(e.to_string(), None)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// Why the gateway refuses custom requests named like the protocol's: rmcp's untagged
+    /// `ClientRequest` reads a `tools/call` it cannot parse as a custom request, which would be
+    /// forwarded unchecked.
+    #[test]
+    fn a_tools_call_rmcp_cannot_read_becomes_a_custom_request() {
+        let request: ClientRequest = serde_json::from_value(json!({
+            "method": "tools/call", "params": { "name": "deleteRepo", "arguments": ["shop"] },
+        }))
+        .unwrap();
+        let ClientRequest::CustomRequest(custom) = request else { panic!("read as {request:?}") };
+        assert!(SPEC_METHODS.contains(&custom.method.as_str()));
+    }
+
+    #[test]
+    fn a_completed_task_carries_the_receipts_of_its_call() {
+        let mut task: DetailedTask = serde_json::from_value(json!({
+            "taskId": "1", "status": "completed", "createdAt": "t", "lastUpdatedAt": "t", "ttlMs": null,
+            "result": { "content": [], "_meta": { "server": 1 } },
+        }))
+        .unwrap();
+        let gate = json!({ "allowly/receipt_ids": ["rc_1"] }).as_object().cloned().unwrap();
+        decorate(&mut task, gate);
+        let value = serde_json::to_value(&task).unwrap();
+        assert_eq!(value["result"]["_meta"], json!({ "server": 1, "allowly/receipt_ids": ["rc_1"] }));
+    }
 }

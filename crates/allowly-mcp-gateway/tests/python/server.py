@@ -8,17 +8,73 @@ tell which server answered; with it, `resources/subscribe` and `resources/unsubs
 each is recorded in the log (`{"subscribe": URI}`), and a subscription is answered at once with a
 `notifications/resources/updated` of its URI.
 `--token T` (with `--http`): every request must carry `Authorization: Bearer T`, else 401.
-`--tls CERT KEY` (with `--http`): https with that certificate and key (PEM files)."""
+`--tls CERT KEY` (with `--http`): https with that certificate and key (PEM files).
+`--tasks` offers the MCP Tasks extension (`io.modelcontextprotocol/tasks`, SEP-2663) through the
+SDK's extension interface: a `tools/call` whose client declared the extension runs its tool at
+once (recorded in the log as any call) and is answered with a task (`resultType: "task"`,
+status `working`) whose ids are this process's count, 1, 2, … (so two such servers have tasks of
+the same ids); `tasks/get` of it answers `completed` with the tool's result; `tasks/cancel` and
+`tasks/update` are acknowledged and recorded (`{"cancel": ID}`)."""
 
 import argparse
 import json
 import os
+import sys
 
 import mcp.types as types
+from mcp.server.extension import Extension, MethodBinding
 from mcp.server.mcpserver import MCPServer
+from pydantic import BaseModel, ConfigDict, Field
 
-server = MCPServer("shop-tools")
+TASKS = "io.modelcontextprotocol/tasks"
 LOG: str | None = None
+
+
+class TaskParams(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    task_id: str = Field(alias="taskId")
+
+
+class Tasks(Extension):
+    """The server side of the tasks extension, as a server would write it with the SDK."""
+
+    identifier = TASKS
+
+    def __init__(self) -> None:
+        self.results: dict[str, dict] = {}
+
+    def methods(self):
+        return [MethodBinding("tasks/get", TaskParams, self.get), MethodBinding("tasks/cancel", TaskParams, self.ack),
+                MethodBinding("tasks/update", TaskParams, self.ack)]
+
+    async def intercept_tool_call(self, params, ctx, call_next):
+        declared = ((ctx.meta or {}).get("io.modelcontextprotocol/clientCapabilities") or {}).get("extensions") or {}
+        if TASKS not in declared:
+            return await call_next(ctx)
+        result = await call_next(ctx)
+        if isinstance(result, BaseModel):
+            result = result.model_dump(by_alias=True, mode="json", exclude_none=True)
+        task_id = str(len(self.results) + 1)
+        self.results[task_id] = result
+        return {"resultType": "task", **self._task(task_id, "working")}
+
+    @staticmethod
+    def _task(task_id: str, status: str) -> dict:
+        return {"taskId": task_id, "status": status, "createdAt": "2026-07-28T00:00:00Z",
+                "lastUpdatedAt": "2026-07-28T00:00:00Z", "ttlMs": None}
+
+    async def get(self, ctx, params: TaskParams):
+        if params.task_id not in self.results:
+            raise ValueError(f"no task {params.task_id}")
+        return {"resultType": "complete", **self._task(params.task_id, "completed"),
+                "result": self.results[params.task_id]}
+
+    async def ack(self, ctx, params: TaskParams):
+        _record_event(ctx.method.split("/")[1], params.task_id)
+        return {"resultType": "complete"}
+
+
+server = MCPServer("shop-tools", extensions=[Tasks()] if "--tasks" in sys.argv else None)
 
 
 def _record(tool: str, **arguments) -> None:
@@ -105,6 +161,7 @@ if __name__ == "__main__":
     parser.add_argument("--tls", nargs=2, metavar=("CERT", "KEY"))
     parser.add_argument("--http", type=int, metavar="PORT")
     parser.add_argument("--crashable", action="store_true")
+    parser.add_argument("--tasks", action="store_true")
     options = parser.parse_args()
     LOG = options.log
     if options.crashable:
