@@ -26,6 +26,10 @@ command -v git >/dev/null || need_apt+=(git)
 [ -x /usr/sbin/rsyslogd ] || need_apt+=(rsyslog)
 # Nodes reached over https:// are tested behind a real TLS terminator (socat's OpenSSL listener).
 command -v socat >/dev/null || need_apt+=(socat)
+# The cluster's partition tests run each node in a network namespace of its own (ip netns, veth,
+# a bridge) and cut links with nftables drop rules.
+command -v ip >/dev/null || need_apt+=(iproute2)
+command -v nft >/dev/null || need_apt+=(nftables)
 # PostgreSQL's server binaries: allowly-store-postgres's tests, the server's PostgreSQL test and
 # `run.sh --postgres` each start a private throwaway cluster with them (initdb into a directory of
 # their own, a Unix socket there, no TCP). Debian keeps them in /usr/lib/postgresql/<major>/bin.

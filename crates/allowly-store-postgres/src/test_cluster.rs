@@ -28,7 +28,7 @@ pub const USER: &str = "allowly";
 pub struct Cluster {
     dir: PathBuf,
     bindir: PathBuf,
-    /// The port: of the Unix socket's name, and on 127.0.0.1 for a [`Cluster::start_tcp`] one.
+    /// The port: of the Unix socket's name, and on its address for a [`Cluster::start_tcp_on`] one.
     port: u16,
     /// The watchdog shell: closing its stdin stops the cluster.
     watchdog: Mutex<Option<(Child, ChildStdin)>>,
@@ -100,9 +100,19 @@ impl Cluster {
     /// is one the system just gave as free; another process taking it in between fails the
     /// start (a panic saying so), never a test against the wrong server.
     pub fn start_tcp(tls: Option<(&Path, &Path)>) -> Cluster {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
+        Self::start_tcp_on(std::net::Ipv4Addr::LOCALHOST.into(), tls)
+    }
+
+    /// [`Cluster::start_tcp`] on `ip`, an address of this host (a test network's bridge, which
+    /// nodes in other network namespaces reach), accepting `trust` connections from every
+    /// subnet the host is directly on (`samenet`).
+    pub fn start_tcp_on(ip: std::net::IpAddr, tls: Option<(&Path, &Path)>) -> Cluster {
+        let port = std::net::TcpListener::bind((ip, 0)).and_then(|l| l.local_addr()).expect("a free port").port();
         Self::start_with(port, |dir| {
-            let mut conf = String::from("listen_addresses = '127.0.0.1'\n");
+            let hba = dir.join("data").join("pg_hba.conf");
+            let mut rules = std::fs::OpenOptions::new().append(true).open(&hba).expect("pg_hba.conf");
+            writeln!(rules, "host all all samenet trust").expect("write pg_hba.conf");
+            let mut conf = format!("listen_addresses = '{ip}'\n");
             if let Some((cert, key)) = tls {
                 // The server refuses a key others can read; as root the cluster runs as nobody.
                 for (from, name) in [(cert, "server.crt"), (key, "server.key")] {
@@ -197,7 +207,7 @@ impl Cluster {
         &self.dir
     }
 
-    /// The port: on 127.0.0.1 for a [`Cluster::start_tcp`] cluster; for every cluster, the
+    /// The port: on its address for a [`Cluster::start_tcp_on`] cluster; for every cluster, the
     /// one in its Unix socket's name.
     pub fn port(&self) -> u16 {
         self.port

@@ -1,14 +1,12 @@
-//! A proxy between a store and a test cluster's Unix socket, or between two TCP peers, that can
-//! misbehave as a network does (feature `test-cluster`: test support). It can stop forwarding
-//! — a hung server or a partition: bytes go nowhere, nothing is refused, and what was held is
-//! delivered once it forwards again, late — let every connection made so far go silently dead,
-//! and cut every connection (a restarted server, a dropped link). Used by this crate's fault
-//! tests and by the server's cluster tests (a node cut off from the database; two nodes cut off
-//! from each other).
+//! A proxy between a store and a test cluster's Unix socket that can misbehave as a network
+//! does (feature `test-cluster`: test support). It can stop forwarding — a hung server or a
+//! partition: bytes go nowhere, nothing is refused, and what was held is delivered once it
+//! forwards again, late — let every connection made so far go silently dead, and cut every
+//! connection (a restarted server, a dropped link). Used by this crate's fault tests (the
+//! server's cluster tests cut real links instead: network namespaces and nftables).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test support: a failed unwrap is a failed test
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::{Arc, Condvar, Mutex};
@@ -23,73 +21,19 @@ struct State {
     /// Connections numbered below this forward nothing any more, ever (a silently dead link).
     dead_below: u64,
     accepted: u64,
-    streams: Vec<Stream>,
+    streams: Vec<UnixStream>,
 }
 
-/// One end of a proxied connection.
-enum Stream {
-    Unix(UnixStream),
-    Tcp(TcpStream),
-}
-
-impl Stream {
-    fn try_clone(&self) -> std::io::Result<Stream> {
-        Ok(match self {
-            Stream::Unix(s) => Stream::Unix(s.try_clone()?),
-            Stream::Tcp(s) => Stream::Tcp(s.try_clone()?),
-        })
-    }
-
-    fn shutdown(&self) {
-        let _ = match self {
-            Stream::Unix(s) => s.shutdown(Shutdown::Both),
-            Stream::Tcp(s) => s.shutdown(Shutdown::Both),
-        };
-    }
-}
-
-impl Read for Stream {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        match self {
-            Stream::Unix(s) => s.read(buf),
-            Stream::Tcp(s) => s.read(buf),
-        }
-    }
-}
-
-impl Write for Stream {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        match self {
-            Stream::Unix(s) => s.write(buf),
-            Stream::Tcp(s) => s.write(buf),
-        }
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Where a proxy listens.
-enum Front {
-    /// A socket directory of its own, for a database's Unix socket (`port` names the socket).
-    Unix { dir: TempDir, port: u16 },
-    /// A loopback TCP address.
-    Tcp(SocketAddr),
-}
-
-/// A proxy (see the module docs).
+/// A proxy listening on a socket directory of its own (see the module docs).
 pub struct Proxy {
-    front: Front,
+    dir: TempDir,
+    port: u16,
     state: Arc<(Mutex<State>, Condvar)>,
 }
 
 impl std::fmt::Debug for Proxy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.front {
-            Front::Unix { dir, .. } => f.debug_struct("Proxy").field("dir", &dir.path()).finish_non_exhaustive(),
-            Front::Tcp(addr) => f.debug_struct("Proxy").field("addr", addr).finish_non_exhaustive(),
-        }
+        f.debug_struct("Proxy").field("dir", &self.dir.path()).finish_non_exhaustive()
     }
 }
 
@@ -103,42 +47,30 @@ impl Proxy {
         let name = format!(".s.PGSQL.{}", cluster.port());
         let listener = UnixListener::bind(dir.path().join(&name)).unwrap();
         std::fs::set_permissions(dir.path().join(&name), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let state: Arc<(Mutex<State>, Condvar)> = Arc::default();
         let target = cluster.socket_dir().join(&name);
-        let state = serve(
-            move || listener.accept().map(|(s, _)| Stream::Unix(s)),
-            move || UnixStream::connect(&target).map(Stream::Unix),
-        );
-        Proxy { front: Front::Unix { dir, port: cluster.port() }, state }
-    }
-
-    /// Listens on a loopback TCP port of its own ([`Proxy::addr`]) and forwards each
-    /// connection to `target`.
-    pub fn tcp(target: SocketAddr) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let state = serve(
-            move || listener.accept().map(|(s, _)| Stream::Tcp(s)),
-            move || TcpStream::connect(target).map(Stream::Tcp),
-        );
-        Proxy { front: Front::Tcp(addr), state }
-    }
-
-    /// A connection string for database `dbname` through the proxy ([`Proxy::start`]).
-    pub fn conninfo(&self, dbname: &str) -> String {
-        match &self.front {
-            Front::Unix { dir, port } => {
-                format!("host={} port={port} user={USER} dbname={dbname}", dir.path().display())
+        let shared = state.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                let Ok(server) = UnixStream::connect(&target) else { return };
+                let mut st = shared.0.lock().unwrap();
+                st.streams.extend([client.try_clone().unwrap(), server.try_clone().unwrap()]);
+                let number = st.accepted;
+                st.accepted += 1;
+                drop(st);
+                for (from, to) in [(client.try_clone().unwrap(), server.try_clone().unwrap()), (server, client)] {
+                    let shared = shared.clone();
+                    std::thread::spawn(move || forward(number, from, to, &shared));
+                }
             }
-            Front::Tcp(addr) => format!("host={} port={} user={USER} dbname={dbname}", addr.ip(), addr.port()),
-        }
+        });
+        Proxy { dir, port: cluster.port(), state }
     }
 
-    /// The address it listens on ([`Proxy::tcp`]).
-    pub fn addr(&self) -> SocketAddr {
-        match &self.front {
-            Front::Tcp(addr) => *addr,
-            Front::Unix { .. } => panic!("a Unix-socket proxy has no TCP address"),
-        }
+    /// A connection string for database `dbname` through the proxy.
+    pub fn conninfo(&self, dbname: &str) -> String {
+        format!("host={} port={} user={USER} dbname={dbname}", self.dir.path().display(), self.port)
     }
 
     /// `true`: forwards nothing (held until `false`); `false`: forwards again, what was held
@@ -158,42 +90,14 @@ impl Proxy {
     /// Closes every connection made so far, both ways.
     pub fn cut(&self) {
         for s in self.state.0.lock().unwrap().streams.drain(..) {
-            s.shutdown();
+            let _ = s.shutdown(std::net::Shutdown::Both);
         }
     }
 }
 
-/// Accepts connections with `accept` and forwards each to a connection made with `connect`,
-/// on threads of their own; the state they share.
-fn serve(
-    mut accept: impl FnMut() -> std::io::Result<Stream> + Send + 'static,
-    connect: impl Fn() -> std::io::Result<Stream> + Send + 'static,
-) -> Arc<(Mutex<State>, Condvar)> {
-    let state: Arc<(Mutex<State>, Condvar)> = Arc::default();
-    let shared = state.clone();
-    std::thread::spawn(move || loop {
-        let Ok(client) = accept() else { return };
-        let Ok(server) = connect() else {
-            // The target is not there (yet, or any more): refused, as it would be.
-            client.shutdown();
-            continue;
-        };
-        let mut st = shared.0.lock().unwrap();
-        st.streams.extend([client.try_clone().unwrap(), server.try_clone().unwrap()]);
-        let number = st.accepted;
-        st.accepted += 1;
-        drop(st);
-        for (from, to) in [(client.try_clone().unwrap(), server.try_clone().unwrap()), (server, client)] {
-            let shared = shared.clone();
-            std::thread::spawn(move || forward(number, from, to, &shared));
-        }
-    });
-    state
-}
-
 /// Copies `from` to `to` (both of connection `number`), holding whatever it read while the
 /// proxy is hung or the connection silently dead.
-fn forward(number: u64, mut from: Stream, mut to: Stream, state: &(Mutex<State>, Condvar)) {
+fn forward(number: u64, mut from: UnixStream, mut to: UnixStream, state: &(Mutex<State>, Condvar)) {
     let mut buf = [0u8; 16 * 1024];
     loop {
         let n = match from.read(&mut buf) {
@@ -205,5 +109,5 @@ fn forward(number: u64, mut from: Stream, mut to: Stream, state: &(Mutex<State>,
             break;
         }
     }
-    to.shutdown();
+    let _ = to.shutdown(std::net::Shutdown::Both);
 }

@@ -5,6 +5,7 @@
 //! workspace over, and the new owner's signer continuing the log the old one signed, so the
 //! trail verifies offline as one log.
 
+use crate::support::netns::{Host, Net};
 use crate::support::*;
 use crate::witness::Witness;
 use serde_json::json;
@@ -33,11 +34,30 @@ fn node_at(
     port: u16,
     advertise: &str,
 ) -> Server {
-    signer_bin();
     let listen = format!("127.0.0.1:{port}");
-    let mut cmd = std::process::Command::new(allowly_bin());
+    node_command(std::process::Command::new(allowly_bin()), data, conninfo, name, extra, &listen, advertise)
+}
+
+/// [`node`] on `host` of a test network (a network namespace of its own, which a partition can
+/// cut off), on its address.
+fn node_on(host: &Host, data: &Path, conninfo: &str, name: &str, extra: &[impl AsRef<std::ffi::OsStr>]) -> Server {
+    let listen = std::net::SocketAddr::new(host.addr, free_port()).to_string();
+    node_command(host.command(allowly_bin()), data, conninfo, name, extra, &listen, &format!("http://{listen}"))
+}
+
+/// `cmd` (the `allowly` binary, perhaps inside a network namespace) as node `name`.
+fn node_command(
+    mut cmd: std::process::Command,
+    data: &Path,
+    conninfo: &str,
+    name: &str,
+    extra: &[impl AsRef<std::ffi::OsStr>],
+    listen: &str,
+    advertise: &str,
+) -> Server {
+    signer_bin();
     cmd.arg("serve").arg("--data-dir").arg(data);
-    cmd.args(["--listen", &listen, "--postgres", conninfo, "--node-name", name, "--advertise-url", advertise]);
+    cmd.args(["--listen", listen, "--postgres", conninfo, "--node-name", name, "--advertise-url", advertise]);
     // Every checkpoint the node stores is also appended here, outside the database
     // (`every_checkpoint_is_of_one_log` walks them after a fault).
     // In the data directory: a server started as root writes it as its own user.
@@ -47,6 +67,20 @@ fn node_at(
     let s = Server::start_command(cmd, data);
     s.wait_ready();
     s
+}
+
+/// A throwaway PostgreSQL listening on `net`'s own address (which every host of it reaches,
+/// and a partition can cut), with a fresh database `dbname`: the cluster, and the connection
+/// string over TCP.
+fn database_on(net: &Net, dbname: &str) -> (allowly_store_postgres::test_cluster::Cluster, String) {
+    let cluster = allowly_store_postgres::test_cluster::Cluster::start_tcp_on(net.address(), None);
+    cluster.fresh_database(dbname);
+    let user = allowly_store_postgres::test_cluster::USER;
+    // In plaintext: TLS to the database has tests of its own (allowly-store-postgres), and a
+    // certificate would have to name this run's address.
+    let conninfo =
+        format!("host={} port={} user={user} dbname={dbname} sslmode=disable", net.address(), cluster.port());
+    (cluster, conninfo)
 }
 
 /// `name`'s value in a Prometheus text exposition (0 if absent).
@@ -499,19 +533,23 @@ fn three_nodes_lose_one_to_kill_9_under_load_and_lose_nothing() {
     assert!(witness.requests("cosigned") > 0, "the witness cosigned nothing");
 }
 
+/// A partition between one node and the database, on a real network: each node in a network
+/// namespace of its own, the database on the network's bridge, and the node's packets to and
+/// from the database dropped (nftables) while they are cut.
 #[test]
 fn a_node_cut_off_from_the_database_is_fenced_when_it_comes_back() {
-    let cluster = allowly_store_postgres::test_cluster::shared();
-    let conninfo = cluster.fresh_database("allowly_cluster_partition");
+    let net = Net::new();
+    let (_cluster, conninfo) = database_on(&net, "allowly_cluster_partition");
+    let db_port = _cluster.port();
     let tmp = tempfile::tempdir().unwrap();
-    // `a` reaches the database through a proxy that can partition it. Both nodes submit every
-    // checkpoint to one C2SP witness and report a receipt signed only once it cosigned: it
-    // cosigns only checkpoints consistent with the last it cosigned, so a fork would never be.
-    let proxy = allowly_store_postgres::test_proxy::Proxy::start(cluster);
-    let mut witness = Witness::init(tmp.path(), "witness.test/w");
+    // Both nodes submit every checkpoint to one C2SP witness and report a receipt signed only
+    // once it cosigned: it cosigns only checkpoints consistent with the last it cosigned, so a
+    // fork would never be.
+    let mut witness = Witness::init_on(tmp.path(), "witness.test/w", net.address());
     let args = witnessed(&FAST, &witness);
-    let a = node(&tmp.path().join("a"), &proxy.conninfo("allowly_cluster_partition"), "a", &args);
-    let b = node(&tmp.path().join("b"), &conninfo, "b", &args);
+    let (host_a, host_b) = (net.host("a"), net.host("b"));
+    let a = node_on(&host_a, &tmp.path().join("a"), &conninfo, "a", &args);
+    let b = node_on(&host_b, &tmp.path().join("b"), &conninfo, "b", &args);
     let t = tenant(&a, "partitioned", &["files.read"]);
     witness.start(&[(&a, &t)]);
     let tenants = vec![t];
@@ -520,18 +558,28 @@ fn a_node_cut_off_from_the_database_is_fenced_when_it_comes_back() {
     let count = |acked: &Acked| acked.lock().unwrap()[0].len();
     eventually("checks acknowledged", || a.diagnostics(), || (count(&acked) >= 10).then_some(()));
 
-    // The partition: `a`'s traffic to the database goes nowhere (what it sent meanwhile is
-    // held, and delivered late when the partition heals). `a` cannot renew its lease; `b`
-    // takes the workspace over once it lapsed and goes on acknowledging checks.
-    proxy.set_hung(true);
+    // The partition: what `a` sends the database is lost, and so is what the database sends
+    // `a`; neither side is told. `a` cannot renew its lease; `b` takes the workspace over once
+    // it lapsed and goes on acknowledging checks.
+    assert_eq!(metric(&b, "allowly_engine_leases_held"), 0.0, "{}", b.diagnostics());
+    host_a.cut(net.address(), Some(db_port));
     let during = count(&acked);
     eventually(
         "the other node to take the workspace over",
         || b.diagnostics(),
-        || (count(&acked) >= during + 10).then_some(()),
+        || (metric(&b, "allowly_engine_leases_held") >= 1.0 && count(&acked) >= during + 10).then_some(()),
     );
-    // Healed: `a`'s held writes reach the database late, at its old lease epoch: fenced.
-    proxy.set_hung(false);
+    // Healed: what `a` retransmits reaches the database late, at its old lease epoch: fenced,
+    // and `a` learns it lost the workspace.
+    host_a.heal();
+    eventually(
+        "the cut-off node to learn it lost the workspace",
+        || a.diagnostics(),
+        || {
+            let log = a.stderr();
+            (log.contains("another node took the workspace over") || log.contains("a group was fenced")).then_some(())
+        },
+    );
     let healed = count(&acked);
     eventually(
         "checks through both nodes after the partition",
@@ -694,14 +742,14 @@ fn webhooks_are_delivered_by_the_workspace_owner_only() {
 /// throughout, every acknowledged receipt in it.
 #[test]
 fn nodes_cut_off_from_each_other_refuse_rather_than_fork() {
-    let cluster = allowly_store_postgres::test_cluster::shared();
-    let conninfo = cluster.fresh_database("allowly_cluster_split");
+    // Each node in a network namespace of its own; the partition drops every packet between
+    // the two (nftables in `a`'s namespace), both still reaching the database.
+    let net = Net::new();
+    let (_cluster, conninfo) = database_on(&net, "allowly_cluster_split");
     let tmp = tempfile::tempdir().unwrap();
-    // `a` reaches `b` only through a relay that can partition them.
-    let b_port = free_port();
-    let link = allowly_store_postgres::test_proxy::Proxy::tcp(([127, 0, 0, 1], b_port).into());
-    let b = node_at(&tmp.path().join("b"), &conninfo, "b", &FAST, b_port, &format!("http://{}", link.addr()));
-    let a = node(&tmp.path().join("a"), &conninfo, "a", &FAST);
+    let (host_a, host_b) = (net.host("a"), net.host("b"));
+    let b = node_on(&host_b, &tmp.path().join("b"), &conninfo, "b", &FAST);
+    let a = node_on(&host_a, &tmp.path().join("a"), &conninfo, "a", &FAST);
     let t = tenant(&b, "split", &["files.read"]);
     let (ca, cb) = (a.client(), b.client());
     let mut acked = Vec::new();
@@ -711,7 +759,7 @@ fn nodes_cut_off_from_each_other_refuse_rather_than_fork() {
     };
     ack(check(&ca, &t, "files.read"));
 
-    link.set_hung(true);
+    host_a.cut(host_b.addr, None);
     for _ in 0..2 {
         check(&ca, &t, "files.read").problem(503, "workspace_owned_elsewhere");
         ack(check(&cb, &t, "files.read"));
@@ -719,7 +767,7 @@ fn nodes_cut_off_from_each_other_refuse_rather_than_fork() {
     assert_eq!(metric(&a, "allowly_engine_leases_held"), 0.0, "the cut-off node took the workspace");
     assert!(metric(&a, "allowly_http_forwarded_total{outcome=\"unreachable\"}") >= 2.0, "{}", a.diagnostics());
 
-    link.set_hung(false);
+    host_a.heal();
     let r = eventually(
         "the cut-off node to forward again",
         || a.diagnostics(),
@@ -838,4 +886,38 @@ fn nodes_forward_over_tls_to_an_owner_behind_a_terminator() {
     let log = log_indices(&b, &t);
     assert_one_log(&log);
     assert_eq!(log.len(), 2, "the grant and the one check forwarded over TLS: {log:?}");
+}
+
+/// The partition tests' network does what they rely on: a cut host's packets are dropped
+/// silently (a connection attempt is neither accepted nor refused: it times out), only those of
+/// the cut port when a port is named, and a heal lets them through again.
+#[test]
+fn a_cut_on_the_test_network_drops_packets_silently_until_healed() {
+    let net = Net::new();
+    let (a, b) = (net.host("a"), net.host("b"));
+    let port = free_port();
+    let mut listener = a
+        .command("socat")
+        .args([format!("TCP-LISTEN:{port},bind={},fork,reuseaddr", a.addr).as_str(), "EXEC:cat"])
+        .spawn()
+        .expect("socat");
+    // bash's exit status connecting from `b` to `a`: 0 connected, 1 refused, 124 `timeout`
+    // ended the wait (the SYN went unanswered).
+    let connect = |seconds: &str| {
+        b.command("timeout")
+            .args([seconds, "bash", "-c", &format!("exec 3<>/dev/tcp/{}/{port}", a.addr)])
+            .status()
+            .expect("bash")
+            .code()
+    };
+    eventually("the listener", String::new, || (connect("5") == Some(0)).then_some(()));
+    b.cut(a.addr, Some(port + 1));
+    assert_eq!(connect("5"), Some(0), "a cut of another port cut this one");
+    b.heal();
+    b.cut(a.addr, None);
+    assert_eq!(connect("1"), Some(124), "a cut host answered");
+    b.heal();
+    assert_eq!(connect("5"), Some(0), "a healed host was unreachable");
+    let _ = listener.kill();
+    let _ = listener.wait();
 }

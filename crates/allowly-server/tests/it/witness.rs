@@ -29,6 +29,8 @@ pub(crate) struct Witness {
     dir: PathBuf,
     name: String,
     pub(crate) vkey: String,
+    /// The address it listens on: this host's loopback, or a test network's (netns).
+    ip: std::net::IpAddr,
     port: u16,
     child: Option<Child>,
     addr: Option<SocketAddr>,
@@ -36,12 +38,18 @@ pub(crate) struct Witness {
 
 impl Witness {
     pub(crate) fn init(root: &Path, name: &str) -> Self {
+        Self::init_on(root, name, std::net::Ipv4Addr::LOCALHOST.into())
+    }
+
+    /// A witness that will listen on `ip` (a test network's address, which nodes in other
+    /// network namespaces reach).
+    pub(crate) fn init_on(root: &Path, name: &str, ip: std::net::IpAddr) -> Self {
         let dir = root.join(name.replace('/', "_"));
         let out =
             Command::new(witness_bin()).args(["init", "--dir"]).arg(&dir).args(["--name", name]).output().unwrap();
         assert!(out.status.success(), "init: {}", String::from_utf8_lossy(&out.stderr));
         let vkey = String::from_utf8(out.stdout).unwrap().trim().to_owned();
-        Self { dir, name: name.to_owned(), vkey, port: free_port(), child: None, addr: None }
+        Self { dir, name: name.to_owned(), vkey, ip, port: free_port(), child: None, addr: None }
     }
 
     fn key(&self) -> CosignerKey {
@@ -50,7 +58,7 @@ impl Witness {
 
     /// `--witness VKEY=URL` for the server.
     pub(crate) fn arg(&self) -> String {
-        format!("{}=http://127.0.0.1:{}", self.vkey, self.port)
+        format!("{}=http://{}:{}", self.vkey, self.ip, self.port)
     }
 
     /// Serves on `port` with a config naming the logs of `tenants` (their origin and keys).
@@ -68,7 +76,7 @@ impl Witness {
             .arg("serve")
             .arg("--dir")
             .arg(&self.dir)
-            .args(["--listen", &format!("127.0.0.1:{port}"), "--config"])
+            .args(["--listen", &format!("{}:{port}", self.ip), "--config"])
             .arg(&path)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

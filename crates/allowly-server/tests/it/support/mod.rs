@@ -3,6 +3,8 @@
 //! sleeping, and prints the server's output when a test fails.
 #![allow(dead_code)]
 
+pub mod netns;
+
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt as _;
