@@ -3,6 +3,12 @@
 //! gateway of its own, which reaches its own servers behind (a child process each, for
 //! commands), stopped when the session ends.
 //!
+//! A client of MCP 2026-07-28 has no session: rmcp serves each of its requests alone, with a
+//! handler made for that request (its `service_factory` is called per request). A gateway per
+//! request would start every command server behind anew for each request and forget the tasks
+//! it handed out before their `tasks/get`; so those requests all go to one long-lived gateway
+//! ([`Gateway::for_many_clients`], which says what keeps its clients apart).
+//!
 //! Who may connect: anyone who can open a TCP connection to the address, and the gateway acts
 //! under one authorization for all of them. So it binds loopback unless told otherwise, answers
 //! only `Host: localhost|127.0.0.1|::1` there (rmcp's check against DNS rebinding from a
@@ -33,8 +39,8 @@ use rmcp::model::{
     GetTaskRequest, GetTaskResult, InitializeRequest, InitializeRequestParams, InitializeResult, ListPromptsResult,
     ListResourceTemplatesResult, ListResourcesResult, ListSkillsResult, ListToolsResult, PaginatedRequestParams,
     ProgressNotification, ProgressNotificationParam, ReadResourceDirectoryRequest, ReadResourceDirectoryRequestParams,
-    ReadResourceRequest, ReadResourceRequestParams, ReadResourceResponse, RequestOptionalParam, ServerConfig,
-    ServerResult, SubscribeRequestParams, UnsubscribeRequestParams, UpdateTaskParams, UpdateTaskRequest,
+    ReadResourceRequest, ReadResourceRequestParams, ReadResourceResponse, RequestMetaObject, RequestOptionalParam,
+    ServerConfig, ServerResult, SubscribeRequestParams, UnsubscribeRequestParams, UpdateTaskParams, UpdateTaskRequest,
 };
 // `logging/setLevel` is deprecated by SEP-2577, but clients of the protocol versions before it
 // still send it: forwarded while rmcp has it.
@@ -61,20 +67,39 @@ use crate::proxy::{Gateway, Shared};
 /// The path the MCP endpoint is served at.
 pub const PATH: &str = "/mcp";
 
-/// The gateway of one client session, as rmcp's HTTP service wants it.
-struct Front(Gateway);
+/// What rmcp's HTTP service is handed for one client session (or one 2026-07-28 request): the
+/// session's own gateway, and the one 2026-07-28 clients share.
+struct Front {
+    session: Gateway,
+    modern: Arc<Gateway>,
+}
+
+/// Whether the request is of the sessionless 2026-07-28 lifecycle (its protocol version in its
+/// `_meta`), which rmcp serves without a session.
+fn sessionless(meta: &RequestMetaObject) -> bool {
+    meta.protocol_version().is_some_and(|v| !v.has_initialize())
+}
 
 impl Front {
+    fn gateway(&self, meta: &RequestMetaObject) -> &Gateway {
+        if sessionless(meta) {
+            &self.modern
+        } else {
+            &self.session
+        }
+    }
+
     async fn relay(
         &self,
         request: ClientRequest,
         context: RequestContext<RoleServer>,
     ) -> Result<ServerResult, ErrorData> {
-        self.0.handle_request(request, context).await
+        self.gateway(&context.meta).handle_request(request, context).await
     }
 
+    /// (rmcp drops a 2026-07-28 client's notifications: only a session's arrive here.)
     async fn notify(&self, notification: ClientNotification, context: NotificationContext<RoleServer>) {
-        if let Err(e) = self.0.handle_notification(notification, context).await {
+        if let Err(e) = self.session.handle_notification(notification, context).await {
             eprintln!("allowly-mcp-gateway: forwarding a notification: {e}");
         }
     }
@@ -205,8 +230,12 @@ impl ServerHandler for Front {
         self.notify(ClientNotification::CustomNotification(notification), context).await;
     }
 
+    /// rmcp asks it (no request at hand) before dispatching some methods (`tasks/get` is "method
+    /// not found" unless the tasks extension is shown): a session's answer once it initialized,
+    /// else the shared gateway's (a `Front` made for one 2026-07-28 request never initializes).
     fn get_info(&self) -> ServerConfig {
-        Service::<RoleServer>::get_info(&self.0)
+        let gateway = if self.session.started() { &self.session } else { &*self.modern };
+        Service::<RoleServer>::get_info(gateway)
     }
 }
 
@@ -332,7 +361,12 @@ pub async fn serve(listen: Listen, shared: Arc<Shared>) -> Result<(), GatewayErr
     }
     // rmcp closes a session idle for 5 minutes (its default keep-alive).
     let sessions = Arc::new(LocalSessionManager::default());
-    let mcp = StreamableHttpService::new(move || Ok(Front(Gateway::new(shared.clone()))), sessions.clone(), config);
+    let modern = Arc::new(Gateway::for_many_clients(shared.clone()));
+    let mcp = StreamableHttpService::new(
+        move || Ok(Front { session: Gateway::new(shared.clone()), modern: modern.clone() }),
+        sessions.clone(),
+        config,
+    );
     let local = listener.local_addr().map_err(|e| GatewayError::Config(e.to_string()))?;
     // A client (or a test) that asked for port 0 learns the port from this line.
     eprintln!("allowly-mcp-gateway: listening on http://{local}{PATH}");
@@ -399,6 +433,7 @@ pub async fn serve(listen: Listen, shared: Arc<Shared>) -> Result<(), GatewayErr
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use rmcp::model::ProtocolVersion;
 
     #[test]
     fn beyond_loopback_a_token_is_required() {
@@ -432,6 +467,22 @@ mod tests {
         let (head, body) = text.split_once("\r\n\r\n").unwrap();
         assert!(head.starts_with("HTTP/1.1 503 "));
         assert!(head.contains(&format!("content-length: {}", body.len())), "{head}");
+    }
+
+    /// A 2026-07-28 request goes to the gateway clients share; one of an older version (or
+    /// naming none: a session's, which rmcp routes by its session id) to the session's own.
+    #[test]
+    fn only_requests_of_the_sessionless_revision_share_a_gateway() {
+        let meta = |version: Option<ProtocolVersion>| {
+            let mut meta = RequestMetaObject::default();
+            if let Some(version) = version {
+                meta.set_protocol_version(version);
+            }
+            meta
+        };
+        assert!(sessionless(&meta(Some(ProtocolVersion::V_2026_07_28))));
+        assert!(!sessionless(&meta(Some(ProtocolVersion::V_2025_11_25))));
+        assert!(!sessionless(&meta(None)));
     }
 
     #[test]

@@ -134,7 +134,9 @@ struct Behind {
     /// `notifications/tasks` name a task by the id the client was given).
     link: usize,
     tasks: Arc<std::sync::Mutex<Tasks>>,
-    aggregate: bool,
+    /// The gateway made the ids of the tasks it handed out (`Gateway::mints_task_ids`): a task
+    /// it did not hand out has no id the client knows.
+    minted: bool,
 }
 
 impl Service<RoleClient> for Behind {
@@ -167,8 +169,8 @@ impl Service<RoleClient> for Behind {
                     status.params.task.task.task_id = id;
                     decorate(&mut status.params.task, meta);
                 }
-                // With several servers a task the client was not handed has no id it knows.
-                None if self.aggregate => return Ok(()),
+                // A task the client was not handed has no id it knows.
+                None if self.minted => return Ok(()),
                 None => {}
             }
         }
@@ -290,6 +292,9 @@ pub struct Gateway {
     /// links), filled by the lists, and by reads of URIs no list showed up to
     /// [`MAX_FOUND_OWNERS`]; bounded by what the servers list and that.
     resource_owners: std::sync::Mutex<Owners>,
+    /// Serves the requests of any number of clients (the HTTP front's 2026-07-28 clients, see
+    /// [`Gateway::for_many_clients`]) rather than one client's session.
+    many_clients: bool,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -364,6 +369,7 @@ fn initialize_result(service: &RunningService<RoleClient, Behind>) -> Result<Ini
 }
 
 impl Gateway {
+    /// The gateway of one client: the stdio front's, or one HTTP session's.
     pub fn new(shared: Arc<Shared>) -> Self {
         Self {
             shared,
@@ -374,7 +380,31 @@ impl Gateway {
             front: Default::default(),
             tasks: Default::default(),
             resource_owners: Default::default(),
+            many_clients: false,
         }
+    }
+
+    /// The gateway the HTTP front's 2026-07-28 clients share. That revision has no session:
+    /// each request comes alone (rmcp's HTTP service builds a handler per request), so the
+    /// servers behind, and the tasks handed out, must outlive the request — one long-lived
+    /// gateway for all of them, its servers reached at the first request. The front does not
+    /// tell its clients apart (one bearer token at most), so what a client may reach must not
+    /// be namable by another: task ids are always the gateway's own, unguessable ones (with one
+    /// server too; a server's own id, often a count, never reaches the client), and no server
+    /// request or notification is relayed to a client (the gateway could not tell whose it is).
+    pub fn for_many_clients(shared: Arc<Shared>) -> Self {
+        Self { many_clients: true, ..Self::new(shared) }
+    }
+
+    /// Whether the client is given ids the gateway made, and only those reach a server: with
+    /// several servers (their ids may collide), and when clients share the gateway.
+    fn mints_task_ids(&self) -> bool {
+        self.shared.aggregate || self.many_clients
+    }
+
+    /// Whether it has reached its servers (and `get_info` says what it offers).
+    pub fn started(&self) -> bool {
+        self.info.get().is_some()
     }
 
     fn links(&self) -> Result<&[Link], ErrorData> {
@@ -448,7 +478,7 @@ impl Gateway {
             front: self.front.clone(),
             link,
             tasks: self.tasks.clone(),
-            aggregate: self.shared.aggregate,
+            minted: self.mints_task_ids(),
         }
     }
 
@@ -687,9 +717,10 @@ impl Gateway {
     }
 
     /// `tasks/get`, `tasks/update`, `tasks/cancel` (tasks extension): to the server of the task,
-    /// under its id there. With several servers only a task this session was handed is reached
-    /// (`tasks`): any other id is refused without asking a server. With one, an id the gateway
-    /// has not seen still goes to the server (it alone knows its tasks). A `tasks/get` answer
+    /// under its id there. With several servers, or clients sharing the gateway, only a task the
+    /// gateway handed out is reached (`tasks`): any other id is refused without asking a server.
+    /// With one server and one client, an id the gateway has not seen still goes to the server
+    /// (it alone knows its tasks). A `tasks/get` answer
     /// names the task as the client knows it, and a completed task's result carries the
     /// receipt ids of the call that created it, as a plain call's result does.
     async fn task_request(&self, mut request: ClientRequest) -> Result<ServerResult, ErrorData> {
@@ -707,10 +738,10 @@ impl Gateway {
                 id.clone_from(&task.downstream);
                 links.get(task.link)
             }
-            None if !self.shared.aggregate => links.first(),
+            None if !self.mints_task_ids() => links.first(),
             None => {
                 return Err(ErrorData::invalid_params(
-                    format!("no task {asked:?} was started through this gateway session"),
+                    format!("no task {asked:?} was started through this gateway"),
                     None,
                 ))
             }
@@ -932,7 +963,7 @@ impl Gateway {
                 .tasks
                 .lock()
                 .ok()
-                .and_then(|mut tasks| tasks.add(self.shared.aggregate, &link.name, task))
+                .and_then(|mut tasks| tasks.add(self.mints_task_ids(), &link.name, task))
                 .ok_or_else(|| ErrorData::internal_error("the gateway could not record the task", None))?;
             created.task.task_id = id;
         }
@@ -1004,7 +1035,8 @@ impl Service<RoleServer> for Gateway {
                 ));
             }
         }
-        if !context.peer.is_transport_closed() {
+        // Clients sharing the gateway: none is the one the servers reach.
+        if !self.many_clients && !context.peer.is_transport_closed() {
             if let Ok(mut front) = self.front.lock() {
                 if front.as_ref().is_none_or(Peer::is_transport_closed) {
                     *front = Some(context.peer.clone());

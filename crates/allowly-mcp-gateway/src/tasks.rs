@@ -1,14 +1,17 @@
-//! The tasks (MCP Tasks extension, SEP-2663 `io.modelcontextprotocol/tasks`) a client session
-//! was handed: which server each belongs to, under which id there, and the gate's `_meta` of the
+//! The tasks (MCP Tasks extension, SEP-2663 `io.modelcontextprotocol/tasks`) a gateway handed
+//! out: which server each belongs to, under which id there, and the gate's `_meta` of the
 //! `tools/call` that created it (its receipt ids, added to the task's final result).
 //!
-//! With one server behind, a task keeps the server's id (pass-through). With several, the
-//! client is given an id the gateway makes, `<server>__<32 random hex digits>`, and only the ids
-//! in this table reach a server: a client cannot name another server's task by guessing or by
-//! reusing an id one server gave (two servers may well both have a task `1`), and a `tasks/get`
-//! of an id the gateway never gave out is refused without asking any server.
+//! With one server behind one client (stdio, an HTTP session), a task keeps the server's id
+//! (pass-through). With several servers, or when clients share the gateway (the HTTP front's
+//! 2026-07-28 clients), the client is given an id the gateway makes, `<server>__<32 random hex
+//! digits>`, and only the ids in this table reach a server: a client cannot name another
+//! server's task, or another client's, by guessing or by reusing an id a server gave (two
+//! servers may well both have a task `1`), and a `tasks/get` of an id the gateway never gave out
+//! is refused without asking any server. Whoever holds a handed-out id reaches its task: the id
+//! is the capability (128 random bits), as the HTTP front does not tell its clients apart.
 //!
-//! Bounded: at most [`MAX_TASKS`] per session, the oldest forgotten first (a client that
+//! Bounded: at most [`MAX_TASKS`] per gateway, the oldest forgotten first (a client that
 //! starts more tasks than that loses the handle of its oldest, which the gateway then refuses as
 //! unknown — it never guesses where to send it).
 
@@ -16,7 +19,8 @@ use std::collections::{HashMap, VecDeque};
 
 use serde_json::{Map, Value};
 
-/// Tasks remembered per client session.
+/// Tasks remembered per gateway (a client session's, or the one the HTTP front's 2026-07-28
+/// clients share: entries of a few hundred bytes, about a megabyte at most).
 pub const MAX_TASKS: usize = 4096;
 
 /// One task handed to the client.
@@ -45,10 +49,10 @@ fn random_hex() -> Option<String> {
 
 impl Tasks {
     /// Records a task `downstream` of server `link` (named `server`) and returns the id the
-    /// client is given: the server's own (`aggregate` false) or one made here. `None` if no
-    /// random id could be made (the task is then not handed out).
-    pub fn add(&mut self, aggregate: bool, server: &str, task: Task) -> Option<String> {
-        let id = if aggregate {
+    /// client is given: one made here (`mint`) or the server's own. `None` if no random id
+    /// could be made (the task is then not handed out).
+    pub fn add(&mut self, mint: bool, server: &str, task: Task) -> Option<String> {
+        let id = if mint {
             format!("{server}{}{}", crate::proxy::SEPARATOR, random_hex()?)
         } else {
             task.downstream.clone()

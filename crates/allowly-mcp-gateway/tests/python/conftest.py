@@ -181,6 +181,22 @@ def gateway_env(env: Env, keys: tuple[str, ...], **extra: str) -> dict[str, str]
     return variables
 
 
+@contextmanager
+def listening(args: list[str], variables: dict[str, str], port: int = 0):
+    """The gateway started with `args` and an HTTP front (`--listen` on `port`, by default one it
+    chooses, read from the line it prints); yields its /mcp URL."""
+    proc = subprocess.Popen([GATEWAY, "--listen", f"127.0.0.1:{port}", *args], env=variables,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    with stopped_at_exit(proc):
+        line = proc.stderr.readline()
+        found = re.search(r"listening on (http://\S+)", line)
+        assert found, f"the gateway did not start: {line}{proc.stderr.read() if proc.poll() is not None else ''}"
+        # The rest of its stderr (and its stdio servers') is read, so that a full pipe never
+        # stops the gateway mid-test, and shown by pytest on a failure.
+        threading.Thread(target=lambda: [sys.stderr.write(l) for l in proc.stderr], daemon=True).start()
+        yield found.group(1)
+
+
 @asynccontextmanager
 async def session(args: list[str], variables: dict[str, str], front: str, elicitation=None,
                   token: str | None = None, port: int = 0, message_handler=None):
@@ -195,18 +211,10 @@ async def session(args: list[str], variables: dict[str, str], front: str, elicit
                 await s.initialize()
                 yield s
         return
-    proc = subprocess.Popen([GATEWAY, "--listen", f"127.0.0.1:{port}", *args], env=variables,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    with stopped_at_exit(proc):
-        line = proc.stderr.readline()
-        found = re.search(r"listening on (http://\S+)", line)
-        assert found, f"the gateway did not start: {line}{proc.stderr.read() if proc.poll() is not None else ''}"
-        # The rest of its stderr (and its stdio servers') is read, so that a full pipe never
-        # stops the gateway mid-test, and shown by pytest on a failure.
-        threading.Thread(target=lambda: [sys.stderr.write(l) for l in proc.stderr], daemon=True).start()
+    with listening(args, variables, port) as url:
         headers = {"Authorization": f"Bearer {token}"} if token else None
         async with create_mcp_http_client(headers=headers) as http:
-            async with streamable_http_client(found.group(1), http_client=http) as (read, write):
+            async with streamable_http_client(url, http_client=http) as (read, write):
                 async with ClientSession(read, write, elicitation_callback=elicitation,
                                          message_handler=message_handler) as s:
                     await s.initialize()

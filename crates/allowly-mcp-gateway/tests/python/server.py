@@ -14,7 +14,9 @@ SDK's extension interface: a `tools/call` whose client declared the extension ru
 once (recorded in the log as any call) and is answered with a task (`resultType: "task"`,
 status `working`) whose ids are this process's count, 1, 2, … (so two such servers have tasks of
 the same ids); `tasks/get` of it answers `completed` with the tool's result; `tasks/cancel` and
-`tasks/update` are acknowledged and recorded (`{"cancel": ID}`)."""
+`tasks/update` are acknowledged and recorded (`{"cancel": ID}`).
+`--starts PATH` appends a line to PATH when the process starts (a test counts how often the
+gateway started it)."""
 
 import argparse
 import json
@@ -162,8 +164,12 @@ if __name__ == "__main__":
     parser.add_argument("--http", type=int, metavar="PORT")
     parser.add_argument("--crashable", action="store_true")
     parser.add_argument("--tasks", action="store_true")
+    parser.add_argument("--starts")
     options = parser.parse_args()
     LOG = options.log
+    if options.starts:
+        with open(options.starts, "a", encoding="utf-8") as f:
+            f.write(f"{os.getpid()}\n")
     if options.crashable:
         server.tool()(crash)
     if options.name:

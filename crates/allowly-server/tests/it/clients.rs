@@ -114,7 +114,12 @@ fn claude_code_hook_tests_pass_against_the_real_server() {
 /// tools as `<server>__<tool>`, routing, scopes, servers down at start, an HTTP and a stdio server
 /// dying mid-session); resource subscriptions relayed and routed, completions routed, a single
 /// server reconnected after it died, `DELETE` of a session answered 204, and `https://` servers
-/// behind a private CA (refused with any other CA).
+/// behind a private CA (refused with any other CA); and MCP 2026-07-28 (`test_extensions.py`,
+/// the SDK's 2026-07-28 client, over stdio and the HTTP front): a task-augmented call checked
+/// like a plain one (denied: reaches no server; allowed: task and result carry the receipt),
+/// tasks reached only by the ids the gateway gave (several servers, another HTTP client),
+/// discovery showing the tasks extension only when a server behind offers it, one server start
+/// per session over HTTP, a malformed `tools/call` refused, `subscriptions/listen` relayed.
 #[test]
 fn mcp_gateway_tests_pass_against_the_real_server() {
     let bin = std::path::Path::new(allowly_bin()).with_file_name("allowly-mcp-gateway");
