@@ -26,6 +26,8 @@ command -v git >/dev/null || need_apt+=(git)
 [ -x /usr/sbin/rsyslogd ] || need_apt+=(rsyslog)
 # Nodes reached over https:// are tested behind a real TLS terminator (socat's OpenSSL listener).
 command -v socat >/dev/null || need_apt+=(socat)
+# The server's own TLS listener is tested with the real curl and a certificate made by openssl.
+command -v openssl >/dev/null || need_apt+=(openssl)
 # The cluster's partition tests run each node in a network namespace of its own (ip netns, veth,
 # a bridge) and cut links with nftables drop rules.
 command -v ip >/dev/null || need_apt+=(iproute2)

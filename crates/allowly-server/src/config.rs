@@ -41,7 +41,7 @@ pub const DEFAULT_REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 const AFTER_HELP: &str = "\
 Every option can also be set by its environment variable or in the TOML file given by --config
-(keys: data_dir, listen, signer_socket, signer_bin, signer_keystore, signer_previous_keystore,
+(keys: data_dir, listen, tls_cert_file, tls_key_file, signer_socket, signer_bin, signer_keystore, signer_previous_keystore,
 pkcs11_module, pkcs11_token_label, pkcs11_pin_file, signer_max_in_flight, signer_timeout_ms,
 rotation_drain_timeout_ms, commit_window_us, sign_rounds_per_second, min_free_disk, max_unsigned_age_ms, commit_timeout_ms,
 max_pending_writes, max_long_polls, long_poll_max_ms, max_cached_authorizations, idle_timeout_ms, memory_high_water_mib, body_limit,
@@ -123,7 +123,8 @@ own limit (PUT /v1/workspaces/{ws}/rate-limit); over it: 429 rate_limited with R
 
 On first start the instance admin key is written to <data-dir>/admin-token (mode 0600). Logging:
 ALLOWLY_LOG (tracing env-filter syntax, default `info`). The first line on stdout is
-`listening on http://ADDR`.";
+`listening on http://ADDR` (`https://` with --tls-cert-file). SIGHUP reads the TLS certificate
+and key again.";
 
 /// The `allowly` command line.
 #[derive(Debug, Parser)]
@@ -172,6 +173,14 @@ pub struct ServeArgs {
     /// Address to listen on, IP:PORT (port 0 picks a free port) [default: 127.0.0.1:8080].
     #[arg(long, env = "ALLOWLY_LISTEN", value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
+    /// Serve HTTPS instead of HTTP on --listen: this certificate chain (PEM, the server's
+    /// certificate first). Needs --tls-key-file. Read at start and again on SIGHUP (a renewed
+    /// certificate; a reload that fails keeps the pair in use), as the user the front end runs as.
+    #[arg(long, env = "ALLOWLY_TLS_CERT_FILE", value_name = "FILE")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// The private key (PEM: PKCS#8, SEC1 or PKCS#1) of --tls-cert-file.
+    #[arg(long, env = "ALLOWLY_TLS_KEY_FILE", value_name = "FILE")]
+    pub tls_key_file: Option<PathBuf>,
     /// Socket of a signer running as its own service; without it a signer child is started.
     #[arg(long, env = "ALLOWLY_SIGNER_SOCKET", value_name = "PATH")]
     pub signer_socket: Option<PathBuf>,
@@ -445,6 +454,8 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
 pub struct FileConfig {
     pub data_dir: Option<PathBuf>,
     pub listen: Option<SocketAddr>,
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
     pub signer_socket: Option<PathBuf>,
     pub signer_bin: Option<PathBuf>,
     pub signer_keystore: Option<KeystoreKind>,
@@ -549,6 +560,8 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     pub store: StoreConfig,
     pub listen: SocketAddr,
+    /// `Some`: the listener speaks HTTPS with this certificate and key.
+    pub tls: Option<TlsFiles>,
     pub signer: SignerMode,
     pub body_limit: usize,
     pub webhooks: WebhookConfig,
@@ -598,6 +611,13 @@ pub struct ServerConfig {
     pub checkpoint_log: Option<allowly_engine::CheckpointSink>,
     /// `Some`: one node of a cluster (see [`Cluster`]).
     pub cluster: Option<Cluster>,
+}
+
+/// The listener's certificate chain and private key files (`allowly_tls::listener`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// This node of a cluster, as configured (the node id is made from the name at each start).
@@ -809,6 +829,11 @@ impl ServeArgs {
         if !(Duration::from_millis(100)..=Duration::from_secs(3600)).contains(&witness_refused_retry) {
             return Err(Error::OutOfRange("witness_refused_retry_ms", "100..=3600000"));
         }
+        let tls = match (self.tls_cert_file.or(file.tls_cert_file), self.tls_key_file.or(file.tls_key_file)) {
+            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+            (None, None) => None,
+            _ => return Err(Error::Tls("tls_cert_file and tls_key_file go together: give both or neither".into())),
+        };
         let store = match self.postgres.or(file.postgres) {
             Some(conninfo) => StoreConfig::Postgres(conninfo),
             None => StoreConfig::Rocks,
@@ -855,6 +880,7 @@ impl ServeArgs {
             memory_high_water,
             data_dir: self.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
             listen,
+            tls,
             signer,
             body_limit,
             webhooks,
@@ -1386,6 +1412,9 @@ mod tests {
             ("node_name", "ALLOWLY_NODE_NAME"),
             ("advertise_url", "ALLOWLY_ADVERTISE_URL"),
             ("lease_ttl_ms", "ALLOWLY_LEASE_TTL_MS"),
+            ("cluster_ca_file", "ALLOWLY_CLUSTER_CA_FILE"),
+            ("tls_cert_file", "ALLOWLY_TLS_CERT_FILE"),
+            ("tls_key_file", "ALLOWLY_TLS_KEY_FILE"),
         ] {
             let a = serve.get_arguments().find(|a| a.get_id() == arg).unwrap();
             assert_eq!(a.get_env().and_then(|e| e.to_str()), Some(env), "{arg}");

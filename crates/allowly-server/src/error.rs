@@ -53,6 +53,9 @@ pub enum Error {
     Witnesses(String),
     #[error("cluster settings: {0}")]
     Cluster(String),
+    /// The listener's TLS settings, or its certificate and key files.
+    #[error("TLS listener: {0}")]
+    Tls(String),
     #[error("checkpoint_log: {0}")]
     CheckpointLog(String),
     #[error("{0} must be within 1 s..=30 days")]

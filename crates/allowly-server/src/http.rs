@@ -21,7 +21,9 @@ use tracing::Instrument as _;
 pub use crate::app::App;
 use crate::conn::Guarded;
 use crate::extract::{valid_request_id, REQUEST_ID};
+use crate::metrics::ConnClose;
 use crate::routes;
+use crate::stream::Stream;
 
 impl App {
     /// Answers one request whose head and body must have arrived by `read_deadline`. Never
@@ -79,10 +81,19 @@ impl Drop for InFlight<'_> {
 }
 
 /// Serves `listener` until `shutdown` resolves, then stops accepting and waits up to `drain`
-/// for the requests in flight (connections left after that are dropped).
-pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>, drain: Duration) {
+/// for the requests in flight (connections left after that are dropped). With `tls`, every
+/// connection is TLS (`--tls-cert-file`), its handshake bounded by the request read timeout.
+pub async fn serve(
+    listener: TcpListener,
+    app: Arc<App>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    shutdown: impl Future<Output = ()>,
+    drain: Duration,
+) {
     let mut builder = http1::Builder::new();
     builder.timer(TokioTimer::new()).header_read_timeout(app.connections.idle_timeout()).keep_alive(true);
+    let builder = Arc::new(builder);
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     // Every connection holds a receiver; the drain waits until all are dropped.
     let (stop, stopping) = tokio::sync::watch::channel(());
     tokio::pin!(shutdown);
@@ -105,51 +116,31 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
         };
         let Some(admitted) = app.connections.admit(&stream, peer.ip()) else { continue };
         let _ = stream.set_nodelay(true);
-        let conn = admitted.conn.clone();
-        let service = {
-            let (app, conn) = (app.clone(), conn.clone());
-            service_fn(move |req| {
-                // Called when hyper has the head: from here the body's part of the deadline.
-                let read_deadline = conn.begin_request() + app.connections.limits().read_timeout;
-                let (app, conn) = (app.clone(), conn.clone());
-                async move {
-                    let mut resp = app.handle(req, read_deadline).await;
-                    if resp.status() == StatusCode::REQUEST_TIMEOUT {
-                        // The rest of a late body is never read: the connection cannot carry
-                        // another request.
-                        conn.mark_timed_out();
-                        resp.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
-                    }
-                    conn.end_request();
-                    Ok::<_, Infallible>(resp)
-                }
-            })
-        };
-        let io = TokioIo::new(Guarded::new(stream, conn.clone(), app.connections.clone()));
-        let connection = builder.serve_connection(io, service);
-        let (app, mut stopping) = (app.clone(), stopping.clone());
+        let (app, builder, acceptor, stopping) = (app.clone(), builder.clone(), acceptor.clone(), stopping.clone());
         tokio::spawn(async move {
-            tokio::pin!(connection);
-            let mut closing = false;
-            let mut shutting_down = false;
-            let result = loop {
-                tokio::select! {
-                    r = connection.as_mut() => break r,
-                    () = conn.evicted(), if !closing => {
-                        closing = true;
-                        connection.as_mut().graceful_shutdown();
-                    }
-                    _ = stopping.changed(), if !closing => {
-                        closing = true;
-                        shutting_down = true;
-                        connection.as_mut().graceful_shutdown();
+            let stream = match acceptor {
+                None => Stream::Plain(stream),
+                // On the connection's own task: a slow handshake holds up no other. Bounded
+                // like a request's head, so a client that connects and says nothing holds the
+                // connection no longer than one that sends half a request.
+                Some(acceptor) => {
+                    let bound = app.connections.limits().read_timeout;
+                    match tokio::time::timeout(bound, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => Stream::Tls(Box::new(tls)),
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, "TLS handshake: {e}");
+                            app.connections.release(&admitted, ConnClose::TlsHandshake);
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake: not done within {bound:?}");
+                            app.connections.release(&admitted, ConnClose::TlsHandshake);
+                            return;
+                        }
                     }
                 }
             };
-            if let Err(e) = &result {
-                tracing::debug!(%peer, "connection: {e}");
-            }
-            app.connections.release(&admitted, conn.close_reason(&result, shutting_down));
+            serve_connection(&app, &admitted, stream, &builder, stopping, peer).await;
         });
     }
     drop(listener);
@@ -159,4 +150,58 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
     if tokio::time::timeout(drain, stop.closed()).await.is_err() {
         tracing::warn!("requests still in flight after {drain:?}; closing their connections");
     }
+}
+
+/// Serves HTTP/1.1 on one admitted connection until it closes, then releases it.
+async fn serve_connection(
+    app: &Arc<App>,
+    admitted: &crate::conn::Admitted,
+    stream: Stream,
+    builder: &http1::Builder,
+    mut stopping: tokio::sync::watch::Receiver<()>,
+    peer: std::net::SocketAddr,
+) {
+    let conn = admitted.conn.clone();
+    let service = {
+        let (app, conn) = (app.clone(), conn.clone());
+        service_fn(move |req| {
+            // Called when hyper has the head: from here the body's part of the deadline.
+            let read_deadline = conn.begin_request() + app.connections.limits().read_timeout;
+            let (app, conn) = (app.clone(), conn.clone());
+            async move {
+                let mut resp = app.handle(req, read_deadline).await;
+                if resp.status() == StatusCode::REQUEST_TIMEOUT {
+                    // The rest of a late body is never read: the connection cannot carry
+                    // another request.
+                    conn.mark_timed_out();
+                    resp.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+                }
+                conn.end_request();
+                Ok::<_, Infallible>(resp)
+            }
+        })
+    };
+    let io = TokioIo::new(Guarded::new(stream, conn.clone(), app.connections.clone()));
+    let connection = builder.serve_connection(io, service);
+    tokio::pin!(connection);
+    let mut closing = false;
+    let mut shutting_down = false;
+    let result = loop {
+        tokio::select! {
+            r = connection.as_mut() => break r,
+            () = conn.evicted(), if !closing => {
+                closing = true;
+                connection.as_mut().graceful_shutdown();
+            }
+            _ = stopping.changed(), if !closing => {
+                closing = true;
+                shutting_down = true;
+                connection.as_mut().graceful_shutdown();
+            }
+        }
+    };
+    if let Err(e) = &result {
+        tracing::debug!(%peer, "connection: {e}");
+    }
+    app.connections.release(admitted, conn.close_reason(&result, shutting_down));
 }

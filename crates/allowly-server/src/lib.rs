@@ -38,8 +38,9 @@
 //! | `--webhook-attempt-timeout-ms MS` | `ALLOWLY_WEBHOOK_ATTEMPT_TIMEOUT_MS` | `webhook_attempt_timeout_ms` | 10000 |
 //!
 //! Precedence: flag > environment > file > default. Logging: `ALLOWLY_LOG` (env-filter syntax,
-//! default `info`), to stderr. The first line on stdout is `listening on http://ADDR` (useful
-//! with `--listen 127.0.0.1:0`). SIGTERM or SIGINT: stop accepting, drain requests in flight
+//! default `info`), to stderr. The first line on stdout is `listening on http://ADDR`
+//! (`https://` with `--tls-cert-file`; useful with `--listen 127.0.0.1:0`). SIGHUP: read the
+//! listener's TLS certificate and key again. SIGTERM or SIGINT: stop accepting, drain requests in flight
 //! (bounded), stop the engine, stop the webhook worker (attempts in flight finish, bounded), stop
 //! the signer child, exit 0.
 //!
@@ -84,3 +85,4 @@ pub mod ratelimit;
 pub mod routes;
 pub mod serve;
 pub mod signer_child;
+pub mod stream;

@@ -212,10 +212,12 @@ pub enum ConnClose {
     Error,
     /// Closed by the server's graceful shutdown.
     Shutdown,
+    /// The TLS handshake failed or did not finish within the read deadline (a TLS listener).
+    TlsHandshake,
 }
 
 impl ConnClose {
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 8] = [
         Self::Done,
         Self::ReadTimeout,
         Self::IdleTimeout,
@@ -223,6 +225,7 @@ impl ConnClose {
         Self::PerAddressLimit,
         Self::Error,
         Self::Shutdown,
+        Self::TlsHandshake,
     ];
 
     pub fn label(self) -> &'static str {
@@ -234,6 +237,7 @@ impl ConnClose {
             Self::PerAddressLimit => "per_address_limit",
             Self::Error => "error",
             Self::Shutdown => "shutdown",
+            Self::TlsHandshake => "tls_handshake",
         }
     }
 }

@@ -43,6 +43,9 @@ pub struct Prepared {
     pub open_dir: PathBuf,
     /// Isolated: the listener bound as root, and the keeper of the signer.
     isolated: Option<(std::net::TcpListener, signer_child::Keeper)>,
+    /// The listener's TLS certificate and key, read here: as root when started as root, so the
+    /// key file may be root's alone (a reload on SIGHUP reads as the front end's user).
+    tls: Option<ListenerTls>,
 }
 
 /// The start-up steps that must run before the runtime has threads: the data directory, and,
@@ -52,14 +55,24 @@ pub fn prepare(cfg: &ServerConfig) -> Result<Prepared, Error> {
     create_private_dir(&cfg.data_dir).map_err(Error::signer)?;
     let data_dir = std::fs::canonicalize(&cfg.data_dir).map_err(io(format!("resolving {}", cfg.data_dir.display())))?;
     let root = rustix::process::geteuid().is_root();
+    // A missing or wrong file fails the start here, naming it, with nothing started.
+    let tls = match &cfg.tls {
+        Some(files) => {
+            let identity = allowly_tls::listener::ServerIdentity::load(&files.cert, &files.key)
+                .map_err(|e| Error::Tls(e.to_string()))?;
+            let config = identity.server_config().map_err(|e| Error::Tls(e.to_string()))?;
+            Some((identity, config))
+        }
+        None => None,
+    };
     let (bin, keystore) = match &cfg.signer {
         SignerMode::External { .. } => {
             let isolation = KeyIsolation::External;
-            return Ok(Prepared { isolation, open_dir: data_dir.clone(), data_dir, isolated: None });
+            return Ok(Prepared { isolation, open_dir: data_dir.clone(), data_dir, isolated: None, tls });
         }
         SignerMode::Embedded { .. } if !root => {
             let isolation = KeyIsolation::SameUid;
-            return Ok(Prepared { isolation, open_dir: data_dir.clone(), data_dir, isolated: None });
+            return Ok(Prepared { isolation, open_dir: data_dir.clone(), data_dir, isolated: None, tls });
         }
         SignerMode::Embedded { bin, keystore } => (bin, keystore),
     };
@@ -85,6 +98,7 @@ pub fn prepare(cfg: &ServerConfig) -> Result<Prepared, Error> {
         data_dir,
         open_dir: PathBuf::from("."),
         isolated: Some((listener, keeper)),
+        tls,
     })
 }
 
@@ -92,7 +106,7 @@ pub fn prepare(cfg: &ServerConfig) -> Result<Prepared, Error> {
 pub async fn run(cfg: ServerConfig, prepared: Prepared) -> Result<(), Error> {
     // Installed first, so a signal during start-up still shuts down in order.
     let shutdown = shutdown_signal().map_err(io("installing signal handlers"))?;
-    let Prepared { isolation, data_dir: shown_dir, open_dir: data_dir, isolated } = prepared;
+    let Prepared { isolation, data_dir: shown_dir, open_dir: data_dir, isolated, tls } = prepared;
     if isolation == KeyIsolation::SameUid {
         tracing::warn!(
             uid = rustix::process::geteuid().as_raw(),
@@ -173,12 +187,15 @@ pub async fn run(cfg: ServerConfig, prepared: Prepared) -> Result<(), Error> {
 
     let dirs = (data_dir.as_path(), shown_dir.as_path());
     let result =
-        serve_with_engine(&cfg, dirs, isolation, listener, addr, store, (signer, signer_socket), shutdown).await;
+        serve_with_engine(&cfg, dirs, isolation, (listener, addr, tls), store, (signer, signer_socket), shutdown).await;
     if let Some(child) = signer_child {
         child.stop().await;
     }
     result
 }
+
+/// The listener's TLS identity (reloaded on SIGHUP) and the configuration presenting it.
+type ListenerTls = (Arc<allowly_tls::listener::ServerIdentity>, Arc<rustls::ServerConfig>);
 
 /// The store `run` opened: which engine decides what backups can do and which volume is watched.
 #[derive(Debug)]
@@ -192,8 +209,7 @@ async fn serve_with_engine(
     cfg: &ServerConfig,
     (data_dir, shown_dir): (&Path, &Path),
     isolation: KeyIsolation,
-    listener: TcpListener,
-    addr: std::net::SocketAddr,
+    (listener, addr, tls): (TcpListener, std::net::SocketAddr, Option<ListenerTls>),
     store: Opened,
     (signer, signer_socket): (SignerClient, PathBuf),
     shutdown: impl std::future::Future<Output = ()>,
@@ -289,22 +305,23 @@ async fn serve_with_engine(
         }
     };
 
+    let scheme = if tls.is_some() { "https" } else { "http" };
     // Machine-readable first line on stdout (tests and scripts parse it); the rest to stderr.
-    println!("listening on http://{addr}");
+    println!("listening on {scheme}://{addr}");
     let _ = std::io::stdout().flush();
     let shown_token = shown_dir.join(ADMIN_TOKEN_FILE);
     if token_file {
         eprintln!(
-            "allowly: listening on http://{addr}\n\
+            "allowly: listening on {scheme}://{addr}\n\
              allowly: instance admin key in {token} (mode 0600)\n\
              allowly: create a workspace:\n  \
-             curl -sS -X POST http://{addr}/v1/workspaces -H \"Authorization: Bearer $(cat {token})\" \\\n    \
+             curl -sS -X POST {scheme}://{addr}/v1/workspaces -H \"Authorization: Bearer $(cat {token})\" \\\n    \
              -H 'Content-Type: application/json' -d '{{\"name\": \"my app\"}}'",
             token = shown_token.display()
         );
     } else {
         eprintln!(
-            "allowly: listening on http://{addr}\n\
+            "allowly: listening on {scheme}://{addr}\n\
              allowly: no {token}: the instance admin key that is live was kept, no new one minted.\n\
              allowly: if it is lost, stop the server and run `allowly admin-key reset --data-dir {dir}`",
             token = shown_token.display(),
@@ -339,7 +356,14 @@ async fn serve_with_engine(
         backups,
         forwarder,
     });
-    crate::http::serve(listener, app, shutdown, DRAIN_TIMEOUT).await;
+    let tls_config = match tls {
+        Some((identity, config)) => {
+            reload_on_sighup(identity).map_err(io("installing the SIGHUP handler"))?;
+            Some(config)
+        }
+        None => None,
+    };
+    crate::http::serve(listener, app, tls_config, shutdown, DRAIN_TIMEOUT).await;
     tracing::info!("stopping the engine");
     engine.shutdown().await;
     tracing::info!("stopping the webhook worker");
@@ -383,6 +407,25 @@ fn raise_fd_limit(max_connections: usize) -> i32 {
     }
     let files = soft.saturating_sub(others).clamp(ROCKSDB_FILES.0, ROCKSDB_FILES.1);
     i32::try_from(files).unwrap_or(i32::MAX)
+}
+
+/// Reads the listener's certificate and key again at each SIGHUP (a renewed certificate): new
+/// connections get the new pair; a reload that fails keeps the pair in use and says why.
+fn reload_on_sighup(identity: Arc<allowly_tls::listener::ServerIdentity>) -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            match identity.reload() {
+                Ok(()) => tracing::info!(cert = %identity.cert_file().display(), "SIGHUP: TLS certificate reloaded"),
+                Err(e) => tracing::error!(
+                    error = %e,
+                    "SIGHUP: the TLS certificate was not reloaded; the one in use stays"
+                ),
+            }
+        }
+    });
+    Ok(())
 }
 
 /// Resolves on the first SIGTERM or SIGINT.

@@ -1,7 +1,8 @@
 //! Outbound TLS, one way for every Allowly client that reaches out: the server's operator
 //! commands (`--ca-file`), webhook deliveries and witness submissions (`allowly-webhooks`), and
 //! the MCP gateway's servers behind it (`--upstream-ca-file`, `ca_file =`), and the PostgreSQL
-//! store's connections (`sslmode`, `sslrootcert`).
+//! store's connections (`sslmode`, `sslrootcert`). And the server's own TLS listener, on the
+//! same provider ([`listener`]).
 //!
 //! rustls on the ring provider (no OpenSSL, no aws-lc build), TLS 1.2 and 1.3, no client
 //! certificate. The server's certificate is checked in full; only the PostgreSQL store may ask
@@ -19,6 +20,8 @@
 //! [`error_chain`] words a failed connection: HTTP clients' own messages are often only
 //! `client error` or `error sending request`, the reason (`invalid peer certificate:
 //! UnknownIssuer`) is in their causes.
+
+pub mod listener;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -45,6 +48,13 @@ pub enum TlsError {
     /// A certificate of the CA file (`index`, from 1 in file order) cannot be a trust anchor.
     #[error("CA file {}: certificate {index}: {source}", path.display())]
     BadCertificate { path: PathBuf, index: usize, source: rustls::Error },
+    /// The listener's certificate or key file could not be used (unreadable, not PEM, nothing
+    /// of its kind in it).
+    #[error("{}: {why}", path.display())]
+    IdentityFile { path: PathBuf, why: String },
+    /// The listener's key is not the certificate's, or of a kind rustls cannot sign with.
+    #[error("TLS certificate {} and key {} cannot be used together: {source}", cert.display(), key.display())]
+    IdentityMismatch { cert: PathBuf, key: PathBuf, source: rustls::Error },
     /// rustls refused the protocol versions for the provider (never with ring and the safe
     /// defaults; an error rather than a panic all the same).
     #[error("TLS settings: {0}")]

@@ -35,17 +35,23 @@ fn node_at(
     advertise: &str,
 ) -> Server {
     let listen = format!("127.0.0.1:{port}");
-    node_command(std::process::Command::new(allowly_bin()), data, conninfo, name, extra, &listen, advertise)
+    let s = node_command(std::process::Command::new(allowly_bin()), data, conninfo, name, extra, &listen, advertise);
+    s.wait_ready();
+    s
 }
 
 /// [`node`] on `host` of a test network (a network namespace of its own, which a partition can
 /// cut off), on its address.
 fn node_on(host: &Host, data: &Path, conninfo: &str, name: &str, extra: &[impl AsRef<std::ffi::OsStr>]) -> Server {
     let listen = std::net::SocketAddr::new(host.addr, free_port()).to_string();
-    node_command(host.command(allowly_bin()), data, conninfo, name, extra, &listen, &format!("http://{listen}"))
+    let s =
+        node_command(host.command(allowly_bin()), data, conninfo, name, extra, &listen, &format!("http://{listen}"));
+    s.wait_ready();
+    s
 }
 
-/// `cmd` (the `allowly` binary, perhaps inside a network namespace) as node `name`.
+/// `cmd` (the `allowly` binary, perhaps inside a network namespace) as node `name`, started
+/// (not yet known to be ready).
 fn node_command(
     mut cmd: std::process::Command,
     data: &Path,
@@ -64,9 +70,7 @@ fn node_command(
     cmd.arg("--checkpoint-log").arg(data.join(CHECKPOINT_LOG));
     cmd.args(extra);
     cmd.env("ALLOWLY_SIGNER_MASTER_KEY", MASTER_KEY);
-    let s = Server::start_command(cmd, data);
-    s.wait_ready();
-    s
+    Server::start_command(cmd, data)
 }
 
 /// A throwaway PostgreSQL listening on `net`'s own address (which every host of it reaches,
@@ -735,6 +739,78 @@ fn webhooks_are_delivered_by_the_workspace_owner_only() {
     assert_eq!(delivered["attempts"], 1, "{delivered}");
 }
 
+/// A `socat` between two addresses (a TLS terminator or bridge), killed on drop; started once
+/// it listens on `port`. Its stderr goes to `socat.log` in `dir`: the refusals some tests
+/// provoke are expected.
+struct Socat(std::process::Child);
+
+impl Socat {
+    fn start(listen: String, to: String, port: u16, dir: &Path) -> Socat {
+        let child = std::process::Command::new("socat")
+            .args([listen, to])
+            .stdin(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.join("socat.log")).unwrap())
+            .spawn()
+            .expect("socat (scripts/setup.sh installs it)");
+        let socat = Socat(child);
+        eventually("socat to listen", String::new, || std::net::TcpStream::connect(("127.0.0.1", port)).ok().map(drop));
+        socat
+    }
+}
+
+impl Drop for Socat {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The same with the owner terminating TLS itself (`--tls-cert-file`, `--tls-key-file`):
+/// no terminator in front of it, it advertises `https://` and speaks nothing else. The test's
+/// own plain-HTTP client reaches it through a TLS bridge (socat's OpenSSL client, verifying
+/// the test CA), only to set the workspace up there.
+#[test]
+fn nodes_forward_over_tls_to_an_owner_that_terminates_it_itself() {
+    let cluster = allowly_store_postgres::test_cluster::shared();
+    let conninfo = cluster.fresh_database("allowly_cluster_tls_native");
+    let tmp = tempfile::tempdir().unwrap();
+    let fixtures = manifest_dir().join("tests/it/fixtures");
+    let (cert, key, ca) =
+        (fixtures.join("tls-server.pem"), fixtures.join("tls-server.key"), fixtures.join("tls-ca.pem"));
+    let (b_port, bridge_port) = (free_port(), free_port());
+    let tls = ["--tls-cert-file".as_ref(), cert.as_os_str(), "--tls-key-file".as_ref(), key.as_os_str()];
+    let b_url = format!("https://127.0.0.1:{b_port}");
+    let b_listen = format!("127.0.0.1:{b_port}");
+    let cmd = std::process::Command::new(allowly_bin());
+    let b = node_command(cmd, &tmp.path().join("b"), &conninfo, "b", &tls, &b_listen, &b_url);
+    assert_eq!(b.addr.port(), b_port);
+    let _bridge = Socat::start(
+        format!("TCP-LISTEN:{bridge_port},bind=127.0.0.1,reuseaddr,fork"),
+        format!("OPENSSL:127.0.0.1:{b_port},cafile={}", ca.display()),
+        bridge_port,
+        tmp.path(),
+    );
+    let via = Client { addr: ([127, 0, 0, 1], bridge_port).into() };
+    eventually(
+        "the owner to be ready, over TLS",
+        || b.diagnostics(),
+        || (via.get("/readyz", None).status == 200).then_some(()),
+    );
+    let t = tenant_through(&via, &b.admin_token(), "tls itself", &["files.read"]);
+    let a = node(&tmp.path().join("a"), &conninfo, "a", &["--cluster-ca-file".as_ref(), ca.as_os_str()]);
+    let c = node(&tmp.path().join("c"), &conninfo, "c", &[""; 0]);
+
+    let r = check(&a.client(), &t, "files.read");
+    assert_eq!((r.status, r.json()["decision"].as_str()), (200, Some("allow")), "{r}\n{}", a.diagnostics());
+    assert!(metric(&a, "allowly_http_forwarded_total{outcome=\"answered\"}") >= 1.0, "{}", a.diagnostics());
+    check(&c.client(), &t, "files.read").problem(503, "workspace_owned_elsewhere");
+    assert_eq!(metric(&c, "allowly_engine_leases_held"), 0.0, "the node that could not verify the owner took over");
+    assert!(c.stderr().contains("certificate"), "the refusal names the certificate:\n{}", c.stderr());
+    let log = log_indices(&a, &t);
+    assert_one_log(&log);
+    assert_eq!(log.len(), 2, "the grant and the one check forwarded over TLS: {log:?}");
+}
+
 /// Two nodes cut off from each other, both still reaching the database: the owner keeps its
 /// workspace and goes on deciding; the cut-off node never takes the workspace (the owner's
 /// lease is live) and never decides for it — what it forwards gets no answer, so it answers
@@ -851,24 +927,7 @@ fn nodes_forward_over_tls_to_an_owner_behind_a_terminator() {
         fixtures.join("tls-server.pem").display(),
         fixtures.join("tls-server.key").display()
     );
-    let socat = std::process::Command::new("socat")
-        .args([listen, format!("TCP:127.0.0.1:{b_port}")])
-        .stdin(std::process::Stdio::null())
-        // Its refusals (the untrusting node's handshake) are expected: kept out of the output.
-        .stderr(std::fs::File::create(tmp.path().join("socat.log")).unwrap())
-        .spawn()
-        .expect("socat (scripts/setup.sh installs it)");
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _socat = Kill(socat);
-    eventually("the TLS terminator to listen", String::new, || {
-        std::net::TcpStream::connect(("127.0.0.1", tls_port)).ok().map(drop)
-    });
+    let _socat = Socat::start(listen, format!("TCP:127.0.0.1:{b_port}"), tls_port, tmp.path());
     let b = node_at(&tmp.path().join("b"), &conninfo, "b", &[""; 0], b_port, &format!("https://127.0.0.1:{tls_port}"));
     let ca = fixtures.join("tls-ca.pem");
     let a = node(&tmp.path().join("a"), &conninfo, "a", &["--cluster-ca-file".as_ref(), ca.as_os_str()]);

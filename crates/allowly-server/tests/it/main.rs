@@ -29,5 +29,6 @@ mod resilience;
 mod rotation;
 mod schemathesis;
 mod support;
+mod tls_listener;
 mod webhooks;
 mod witness;

@@ -220,6 +220,7 @@ impl Server {
         let addr = line
             .trim()
             .strip_prefix("listening on http://")
+            .or_else(|| line.trim().strip_prefix("listening on https://"))
             .and_then(|a| a.parse().ok())
             .unwrap_or_else(|| panic!("unexpected first stdout line {line:?}"));
         Self { child: Some(child), data_dir: data_dir.to_owned(), addr, stdout, stderr }
@@ -403,7 +404,11 @@ pub fn tenant(s: &Server, name: &str, scopes: &[&str]) -> Tenant {
 /// [`tenant`] made through `s` with the instance admin key `root` (another node's, in a
 /// cluster: only the first node writes the key to its data directory).
 pub fn tenant_as(s: &Server, root: &str, name: &str, scopes: &[&str]) -> Tenant {
-    let c = s.client();
+    tenant_through(&s.client(), root, name, scopes)
+}
+
+/// [`tenant_as`] through `c` (a server reached some other way, e.g. through a TLS bridge).
+pub fn tenant_through(c: &Client, root: &str, name: &str, scopes: &[&str]) -> Tenant {
     let root = root.to_owned();
     let ws = c.post("/v1/workspaces", &root, json!({ "name": name })).created("workspace")["id"]
         .as_str()
