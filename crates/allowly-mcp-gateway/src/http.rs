@@ -38,9 +38,10 @@ use rmcp::model::{
     GetPromptRequestParams, GetPromptResponse, GetSkillRequest, GetSkillRequestParams, GetSkillResult, GetTaskParams,
     GetTaskRequest, GetTaskResult, InitializeRequest, InitializeRequestParams, InitializeResult, ListPromptsResult,
     ListResourceTemplatesResult, ListResourcesResult, ListSkillsResult, ListToolsResult, PaginatedRequestParams,
-    ProgressNotification, ProgressNotificationParam, ReadResourceDirectoryRequest, ReadResourceDirectoryRequestParams,
-    ReadResourceRequest, ReadResourceRequestParams, ReadResourceResponse, RequestMetaObject, RequestOptionalParam,
-    ServerConfig, ServerResult, SubscribeRequestParams, UnsubscribeRequestParams, UpdateTaskParams, UpdateTaskRequest,
+    ProgressNotification, ProgressNotificationParam, ProtocolVersion, ReadResourceDirectoryRequest,
+    ReadResourceDirectoryRequestParams, ReadResourceRequest, ReadResourceRequestParams, ReadResourceResponse,
+    RequestMetaObject, RequestOptionalParam, ServerConfig, ServerResult, SubscribeRequestParams,
+    UnsubscribeRequestParams, UpdateTaskParams, UpdateTaskRequest,
 };
 // `logging/setLevel` is deprecated by SEP-2577, but clients of the protocol versions before it
 // still send it: forwarded while rmcp has it.
@@ -322,10 +323,25 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// A request that would open a session: a POST without `Mcp-Session-Id` (an `initialize`; rmcp
-/// refuses any other such POST).
-fn opens_session(request: &Request<Incoming>) -> bool {
-    request.method() == http::Method::POST && !request.headers().contains_key("mcp-session-id")
+/// A request that may open a session: a POST without `Mcp-Session-Id` (an `initialize`), unless
+/// its headers say it is a request of the sessionless revision (2026-07-28 and later) that is not
+/// an `initialize`.
+///
+/// rmcp routes by the body, which the front does not read, so those headers are taken on trust
+/// only where rmcp holds the body to them: from `MCP-Protocol-Version` 2026-07-28 on
+/// (`ProtocolVersion::STANDARD_HEADERS`, compared as rmcp compares it) rmcp requires `Mcp-Method`
+/// on every request and refuses an `initialize` whose `Mcp-Method` is anything but `initialize`
+/// (a second value too) before it creates a session. A client that lies in its headers is
+/// refused; it cannot open a session past the cap. Every 2026-07-28 client sends both headers
+/// (rmcp refuses its requests without `Mcp-Method`), so none of them is counted against the cap
+/// of `initialize` sessions while those are all open.
+fn opens_session(method: &http::Method, headers: &http::HeaderMap) -> bool {
+    let sessionless = headers
+        .get("mcp-protocol-version")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|version| version >= ProtocolVersion::STANDARD_HEADERS.as_str())
+        && headers.get("mcp-method").is_some_and(|method| method != "initialize");
+    method == http::Method::POST && !headers.contains_key("mcp-session-id") && !sessionless
 }
 
 fn plain(status: StatusCode, text: &'static str) -> Response<BoxBody<Bytes, Infallible>> {
@@ -400,7 +416,7 @@ pub async fn serve(listen: Listen, shared: Arc<Shared>) -> Result<(), GatewayErr
                         r.headers_mut()
                             .insert(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"));
                         r
-                    } else if opens_session(&request) {
+                    } else if opens_session(request.method(), request.headers()) {
                         let open = sessions.sessions.read().await.len();
                         match opening.reserve(open, listen.max_sessions) {
                             // Held until the session exists (rmcp registers it before answering).
@@ -433,7 +449,6 @@ pub async fn serve(listen: Listen, shared: Arc<Shared>) -> Result<(), GatewayErr
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use rmcp::model::ProtocolVersion;
 
     #[test]
     fn beyond_loopback_a_token_is_required() {
@@ -483,6 +498,35 @@ mod tests {
         assert!(sessionless(&meta(Some(ProtocolVersion::V_2026_07_28))));
         assert!(!sessionless(&meta(Some(ProtocolVersion::V_2025_11_25))));
         assert!(!sessionless(&meta(None)));
+    }
+
+    /// Only a POST without a session id opens one, and not one whose headers say it is a
+    /// request of the sessionless revision (rmcp holds the body to those headers).
+    #[test]
+    fn sessionless_requests_are_not_counted_as_opening_sessions() {
+        let opens = |method: http::Method, headers: &[(&'static str, &'static [u8])]| {
+            let mut map = http::HeaderMap::new();
+            for (name, value) in headers {
+                map.append(*name, http::HeaderValue::from_bytes(value).unwrap());
+            }
+            opens_session(&method, &map)
+        };
+        let modern: &[(&str, &[u8])] = &[("mcp-protocol-version", b"2026-07-28"), ("mcp-method", b"tools/call")];
+        assert!(!opens(http::Method::POST, modern));
+        assert!(!opens(http::Method::POST, &[("mcp-protocol-version", b"2099-01-01"), ("mcp-method", b"ping")]));
+        // An initialize, of any version, and whatever else does not say it is sessionless.
+        assert!(opens(http::Method::POST, &[]));
+        assert!(opens(http::Method::POST, &[("mcp-protocol-version", b"2026-07-28"), ("mcp-method", b"initialize")]));
+        assert!(opens(http::Method::POST, &[("mcp-protocol-version", b"2026-07-28")]));
+        assert!(opens(http::Method::POST, &[("mcp-protocol-version", b"2025-11-25"), ("mcp-method", b"tools/call")]));
+        assert!(opens(http::Method::POST, &[("mcp-method", b"tools/call")]));
+        assert!(opens(
+            http::Method::POST,
+            &[("mcp-protocol-version", b"2026-07-28\xff"), ("mcp-method", b"tools/call")]
+        ));
+        // A session's own requests, and other methods, open none.
+        assert!(!opens(http::Method::POST, &[("mcp-session-id", b"s")]));
+        assert!(!opens(http::Method::GET, &[]));
     }
 
     #[test]
