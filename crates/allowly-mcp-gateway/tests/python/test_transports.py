@@ -9,12 +9,14 @@ import socket
 import subprocess
 import time
 
+import allowly
 import httpx
 import pytest
 from mcp import Client
+from mcp.shared.exceptions import MCPError
 
-from conftest import (GATEWAY, Via, free_port, gateway, gateway_env, http_server, server_command, session,
-                      stopped_at_exit, wait_listening)
+from conftest import (GATEWAY, Via, free_port, gateway, gateway_env, http_server, listening, server_command,
+                      session, stopped_at_exit, wait_listening)
 from test_gateway import GRANTED, calls, grant, meta, text
 
 
@@ -157,6 +159,68 @@ def test_headers_of_the_sessionless_revision_do_not_let_an_initialize_past_the_s
     for answer in over:
         assert answer.status_code == 503 and "too many MCP sessions" in answer.text, (answer, answer.text)
     assert not still.is_error and "created issue 'still here'" in text(still), still
+
+
+def test_2026_07_28_requests_whose_client_left_still_count_against_the_bound_until_answered(tmp_path, env):
+    """rmcp does not stop the handler of a 2026-07-28 request whose client closed its connection
+    (an escalation goes on being waited for), so closing frees a connection but not what the
+    request holds: such requests stay counted, at most `--max-connections` of them at once, and
+    one more is refused until they are answered. A client that sends and leaves, again and
+    again, piles up nothing beyond that."""
+    log = tmp_path / "log"
+    az = grant(env, GRANTED)
+    places = 3
+    args = ["--allowly-url", env.url, "--authorization-id", az, "--server-name", "shop", "--escalation-wait-ms",
+            "60000", "--max-connections", str(places), "--", *server_command(log)]
+
+    def escalations() -> list:
+        with allowly.Allowly(env.admin, base_url=env.url) as admin:
+            return list(admin.list_escalations(authorization_id=az))
+
+    async def sent_and_left(c: Client, url: str, amount: int) -> None:
+        """A `tools/call` that escalates, sent on a connection of its own, which is closed once
+        the escalation exists (so the gateway is handling it)."""
+        data, opts = {"method": "tools/call", "params": {"name": "send_payment", "arguments": {"amount": amount}}}, {}
+        c.session._stamp(data, opts)  # the client's 2026-07-28 `_meta` and headers
+        body, headers = {"jsonrpc": "2.0", "id": amount, **data}, {**opts["headers"], **ACCEPT}
+        end = time.monotonic() + 20
+        while True:
+            async with httpx.AsyncClient(timeout=30) as http:
+                call = asyncio.create_task(http.post(url, json=body, headers=headers))
+                while not call.done() and len(escalations()) < amount:
+                    assert time.monotonic() < end, "the call did not escalate"
+                    await asyncio.sleep(0.05)
+                if not call.done():
+                    call.cancel()
+                    return
+                # Refused before it was read: the previous connection's place is not free yet.
+                answer = call.result()
+                assert answer.status_code == 503 and "too many connections" in answer.text, (answer, answer.text)
+                assert time.monotonic() < end, "no connection place came free"
+                await asyncio.sleep(0.05)
+
+    async def main():
+        with listening(args, gateway_env(env, ("check", "read", "answer"))) as url:
+            async with Client(url, mode="auto", read_timeout_seconds=60) as c:
+                for amount in range(1, places + 1):
+                    await sent_and_left(c, url, amount)
+                with pytest.raises(MCPError) as refused:
+                    await c.call_tool("create_issue", {"title": "refused"})
+                with allowly.Allowly(env.admin, base_url=env.url) as admin:
+                    for escalation in escalations():
+                        admin.resolve_escalation(escalation.id, allowly.DECLINED, "cfo")
+                # Answered now (denied), their places are free again.
+                end = time.monotonic() + 20
+                while True:
+                    try:
+                        return refused.value, await c.call_tool("create_issue", {"title": "served"})
+                    except MCPError as e:
+                        assert "in flight" in e.error.message and time.monotonic() < end, e.error
+                        await asyncio.sleep(0.05)
+    refused, served = asyncio.run(main())
+    assert "too many MCP 2026-07-28 requests are in flight" in refused.error.message, refused.error
+    assert not served.is_error and "created issue 'served'" in text(served), served
+    assert calls(log) == [{"tool": "create_issue", "arguments": {"title": "served"}}]
 
 
 def test_initializes_arriving_together_open_no_more_sessions_than_the_bound(tmp_path, env):
