@@ -38,9 +38,10 @@ use rmcp::model::{
     GetPromptRequestParams, GetPromptResponse, GetSkillRequest, GetSkillRequestParams, GetSkillResult, GetTaskParams,
     GetTaskRequest, GetTaskResult, InitializeRequest, InitializeRequestParams, InitializeResult, ListPromptsResult,
     ListResourceTemplatesResult, ListResourcesResult, ListSkillsResult, ListToolsResult, PaginatedRequestParams,
-    ProgressNotification, ProgressNotificationParam, ReadResourceDirectoryRequest, ReadResourceDirectoryRequestParams,
-    ReadResourceRequest, ReadResourceRequestParams, ReadResourceResponse, RequestMetaObject, RequestOptionalParam,
-    ServerConfig, ServerResult, SubscribeRequestParams, UnsubscribeRequestParams, UpdateTaskParams, UpdateTaskRequest,
+    ProgressNotification, ProgressNotificationParam, ProtocolVersion, ReadResourceDirectoryRequest,
+    ReadResourceDirectoryRequestParams, ReadResourceRequest, ReadResourceRequestParams, ReadResourceResponse,
+    RequestMetaObject, RequestOptionalParam, ServerConfig, ServerResult, SubscribeRequestParams,
+    UnsubscribeRequestParams, UpdateTaskParams, UpdateTaskRequest,
 };
 // `logging/setLevel` is deprecated by SEP-2577, but clients of the protocol versions before it
 // still send it: forwarded while rmcp has it.
@@ -68,10 +69,12 @@ use crate::proxy::{Gateway, Shared};
 pub const PATH: &str = "/mcp";
 
 /// What rmcp's HTTP service is handed for one client session (or one 2026-07-28 request): the
-/// session's own gateway, and the one 2026-07-28 clients share.
+/// session's own gateway, and the one 2026-07-28 clients share with the places for their
+/// requests in flight.
 struct Front {
     session: Gateway,
     modern: Arc<Gateway>,
+    modern_in_flight: Arc<Semaphore>,
 }
 
 /// Whether the request is of the sessionless 2026-07-28 lifecycle (its protocol version in its
@@ -81,20 +84,26 @@ fn sessionless(meta: &RequestMetaObject) -> bool {
 }
 
 impl Front {
-    fn gateway(&self, meta: &RequestMetaObject) -> &Gateway {
-        if sessionless(meta) {
-            &self.modern
-        } else {
-            &self.session
-        }
-    }
-
+    /// A 2026-07-28 request goes to the shared gateway if it has a place (refused if not), any
+    /// other to the session's own.
+    ///
+    /// The place is held until the gateway has answered, also when the client has gone: rmcp
+    /// then cancels the request's token but does not stop its handler, which goes on (an
+    /// escalation waited for, a call at a server behind). Without the bound a client opening a
+    /// connection, sending a request and closing, again and again, would pile up handlers the
+    /// cap on connections does not see.
     async fn relay(
         &self,
         request: ClientRequest,
         context: RequestContext<RoleServer>,
     ) -> Result<ServerResult, ErrorData> {
-        self.gateway(&context.meta).handle_request(request, context).await
+        if !sessionless(&context.meta) {
+            return self.session.handle_request(request, context).await;
+        }
+        let Ok(_place) = self.modern_in_flight.try_acquire() else {
+            return Err(ErrorData::internal_error(TOO_MANY_SESSIONLESS_REQUESTS, None));
+        };
+        self.modern.handle_request(request, context).await
     }
 
     /// (rmcp drops a 2026-07-28 client's notifications: only a session's arrive here.)
@@ -250,6 +259,7 @@ pub struct Listen {
     pub max_sessions: usize,
     /// Client connections open at once (a session's event stream holds one, each request in
     /// flight another): one more is answered 503 and closed before anything of it is read.
+    /// Also the bound on 2026-07-28 requests in flight, counting those whose client has gone.
     pub max_connections: usize,
 }
 
@@ -257,6 +267,10 @@ pub struct Listen {
 /// previous answer sent: a client that trickles headers (or sends none) cannot hold a
 /// connection of the cap for ever.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a 2026-07-28 request is answered when `max_connections` of them are in flight.
+const TOO_MANY_SESSIONLESS_REQUESTS: &str =
+    "too many MCP 2026-07-28 requests are in flight at the gateway: try again later";
 
 /// What a connection over the cap is told before it is closed.
 const TOO_MANY_CONNECTIONS: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\n\
@@ -322,10 +336,25 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// A request that would open a session: a POST without `Mcp-Session-Id` (an `initialize`; rmcp
-/// refuses any other such POST).
-fn opens_session(request: &Request<Incoming>) -> bool {
-    request.method() == http::Method::POST && !request.headers().contains_key("mcp-session-id")
+/// A request that may open a session: a POST without `Mcp-Session-Id` (an `initialize`), unless
+/// its headers say it is a request of the sessionless revision (2026-07-28 and later) that is not
+/// an `initialize`.
+///
+/// rmcp routes by the body, which the front does not read, so those headers are taken on trust
+/// only where rmcp holds the body to them: from `MCP-Protocol-Version` 2026-07-28 on
+/// (`ProtocolVersion::STANDARD_HEADERS`, compared as rmcp compares it) rmcp requires `Mcp-Method`
+/// on every request and refuses an `initialize` whose `Mcp-Method` is anything but `initialize`
+/// (a second value too) before it creates a session. A client that lies in its headers is
+/// refused; it cannot open a session past the cap. Every 2026-07-28 client sends both headers
+/// (rmcp refuses its requests without `Mcp-Method`), so none of them is counted against the cap
+/// of `initialize` sessions while those are all open.
+fn opens_session(method: &http::Method, headers: &http::HeaderMap) -> bool {
+    let sessionless = headers
+        .get("mcp-protocol-version")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|version| version >= ProtocolVersion::STANDARD_HEADERS.as_str())
+        && headers.get("mcp-method").is_some_and(|method| method != "initialize");
+    method == http::Method::POST && !headers.contains_key("mcp-session-id") && !sessionless
 }
 
 fn plain(status: StatusCode, text: &'static str) -> Response<BoxBody<Bytes, Infallible>> {
@@ -362,8 +391,15 @@ pub async fn serve(listen: Listen, shared: Arc<Shared>) -> Result<(), GatewayErr
     // rmcp closes a session idle for 5 minutes (its default keep-alive).
     let sessions = Arc::new(LocalSessionManager::default());
     let modern = Arc::new(Gateway::for_many_clients(shared.clone()));
+    let modern_in_flight = Arc::new(Semaphore::new(listen.max_connections.max(1)));
     let mcp = StreamableHttpService::new(
-        move || Ok(Front { session: Gateway::new(shared.clone()), modern: modern.clone() }),
+        move || {
+            Ok(Front {
+                session: Gateway::new(shared.clone()),
+                modern: modern.clone(),
+                modern_in_flight: modern_in_flight.clone(),
+            })
+        },
         sessions.clone(),
         config,
     );
@@ -400,7 +436,7 @@ pub async fn serve(listen: Listen, shared: Arc<Shared>) -> Result<(), GatewayErr
                         r.headers_mut()
                             .insert(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"));
                         r
-                    } else if opens_session(&request) {
+                    } else if opens_session(request.method(), request.headers()) {
                         let open = sessions.sessions.read().await.len();
                         match opening.reserve(open, listen.max_sessions) {
                             // Held until the session exists (rmcp registers it before answering).
@@ -433,7 +469,6 @@ pub async fn serve(listen: Listen, shared: Arc<Shared>) -> Result<(), GatewayErr
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use rmcp::model::ProtocolVersion;
 
     #[test]
     fn beyond_loopback_a_token_is_required() {
@@ -483,6 +518,35 @@ mod tests {
         assert!(sessionless(&meta(Some(ProtocolVersion::V_2026_07_28))));
         assert!(!sessionless(&meta(Some(ProtocolVersion::V_2025_11_25))));
         assert!(!sessionless(&meta(None)));
+    }
+
+    /// Only a POST without a session id opens one, and not one whose headers say it is a
+    /// request of the sessionless revision (rmcp holds the body to those headers).
+    #[test]
+    fn sessionless_requests_are_not_counted_as_opening_sessions() {
+        let opens = |method: http::Method, headers: &[(&'static str, &'static [u8])]| {
+            let mut map = http::HeaderMap::new();
+            for (name, value) in headers {
+                map.append(*name, http::HeaderValue::from_bytes(value).unwrap());
+            }
+            opens_session(&method, &map)
+        };
+        let modern: &[(&str, &[u8])] = &[("mcp-protocol-version", b"2026-07-28"), ("mcp-method", b"tools/call")];
+        assert!(!opens(http::Method::POST, modern));
+        assert!(!opens(http::Method::POST, &[("mcp-protocol-version", b"2099-01-01"), ("mcp-method", b"ping")]));
+        // An initialize, of any version, and whatever else does not say it is sessionless.
+        assert!(opens(http::Method::POST, &[]));
+        assert!(opens(http::Method::POST, &[("mcp-protocol-version", b"2026-07-28"), ("mcp-method", b"initialize")]));
+        assert!(opens(http::Method::POST, &[("mcp-protocol-version", b"2026-07-28")]));
+        assert!(opens(http::Method::POST, &[("mcp-protocol-version", b"2025-11-25"), ("mcp-method", b"tools/call")]));
+        assert!(opens(http::Method::POST, &[("mcp-method", b"tools/call")]));
+        assert!(opens(
+            http::Method::POST,
+            &[("mcp-protocol-version", b"2026-07-28\xff"), ("mcp-method", b"tools/call")]
+        ));
+        // A session's own requests, and other methods, open none.
+        assert!(!opens(http::Method::POST, &[("mcp-session-id", b"s")]));
+        assert!(!opens(http::Method::GET, &[]));
     }
 
     #[test]

@@ -9,11 +9,14 @@ import socket
 import subprocess
 import time
 
+import allowly
 import httpx
 import pytest
+from mcp import Client
+from mcp.shared.exceptions import MCPError
 
-from conftest import (GATEWAY, Via, free_port, gateway, gateway_env, http_server, server_command, session,
-                      stopped_at_exit, wait_listening)
+from conftest import (GATEWAY, Via, free_port, gateway, gateway_env, http_server, listening, server_command,
+                      session, stopped_at_exit, wait_listening)
 from test_gateway import GRANTED, calls, grant, meta, text
 
 
@@ -62,6 +65,13 @@ def test_with_a_token_an_http_client_that_sends_it_is_served(tmp_path, env):
     assert [c["tool"] for c in calls(log)] == ["create_issue"]
 
 
+#: An `initialize` of a client of the revisions with sessions, and what rmcp requires it to accept.
+INITIALIZE = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+              "params": {"protocolVersion": "2025-06-18", "capabilities": {},
+                         "clientInfo": {"name": "second", "version": "1"}}}
+ACCEPT = {"Accept": "application/json, text/event-stream"}
+
+
 def test_an_initialize_beyond_max_sessions_is_answered_503_and_the_open_session_goes_on(tmp_path, env):
     log = tmp_path / "log"
     port = free_port()
@@ -79,6 +89,138 @@ def test_an_initialize_beyond_max_sessions_is_answered_503_and_the_open_session_
     second, result = asyncio.run(main())
     assert second.status_code == 503 and "too many MCP sessions" in second.text, second
     assert not result.is_error and "created issue 'still here'" in text(result), result
+
+
+def test_with_max_sessions_open_a_2026_07_28_client_is_still_served_and_another_initialize_refused(tmp_path, env):
+    """A 2026-07-28 client has no session: its requests (POSTs without `Mcp-Session-Id`) open
+    none, so the cap on sessions does not apply to them. With `--max-sessions 1` and a legacy
+    session open, such a client discovers and has a call checked and run (they were refused 503,
+    which the SDK reports as an internal error at `server/discover`), and an `initialize` is
+    still refused."""
+    log = tmp_path / "log"
+    port = free_port()
+    args = ["--allowly-url", env.url, "--authorization-id", grant(env, GRANTED), "--server-name", "shop",
+            "--max-sessions", "1", "--", *server_command(log)]
+
+    async def main():
+        async with session(args, gateway_env(env, ("check",)), "http", port=port) as legacy:
+            async with Client(f"http://127.0.0.1:{port}/mcp", mode="auto", read_timeout_seconds=60) as modern:
+                version = modern.protocol_version
+                result = await modern.call_tool("create_issue", {"title": "sessionless"})
+            async with httpx.AsyncClient(timeout=30) as http:
+                second = await http.post(f"http://127.0.0.1:{port}/mcp", json=INITIALIZE, headers=ACCEPT)
+            return version, result, second, await legacy.call_tool("create_issue", {"title": "still here"})
+    version, result, second, still = asyncio.run(main())
+    assert version == "2026-07-28", version
+    assert not result.is_error and "created issue 'sessionless'" in text(result), result
+    assert meta(result)["allowly/decision"] == "allow", result
+    assert second.status_code == 503 and "too many MCP sessions" in second.text, second
+    assert not still.is_error and "created issue 'still here'" in text(still), still
+    assert [c["arguments"]["title"] for c in calls(log)] == ["sessionless", "still here"]
+
+
+def test_headers_of_the_sessionless_revision_do_not_let_an_initialize_past_the_session_cap(tmp_path, env):
+    """The front does not read bodies: a POST whose headers say 2026-07-28 and a method other
+    than `initialize` is not counted as opening a session. An `initialize` sent with such headers
+    is refused by rmcp (it holds `Mcp-Method` to the body from that version on) before any
+    session exists; an `initialize` that says another method with an older version, or none, is
+    counted like any other, and refused 503 while the cap is reached."""
+    port = free_port()
+    args = ["--allowly-url", env.url, "--authorization-id", grant(env, GRANTED), "--server-name", "shop",
+            "--max-sessions", "1", "--", *server_command(tmp_path / "log")]
+    modern_init = {**INITIALIZE, "params": {**INITIALIZE["params"], "protocolVersion": "2026-07-28"}}
+    lies = [
+        # (headers, body): each an initialize whose headers claim another method.
+        ([("MCP-Protocol-Version", "2026-07-28"), ("Mcp-Method", "tools/list")], modern_init),
+        ([("MCP-Protocol-Version", "2026-07-28"), ("Mcp-Method", "tools/call"), ("Mcp-Method", "initialize")],
+         modern_init),
+        ([("MCP-Protocol-Version", "2026-07-28"), ("Mcp-Method", "Initialize")], modern_init),
+    ]
+    counted = [
+        [("Mcp-Method", "tools/list")],
+        [("MCP-Protocol-Version", "2025-06-18"), ("Mcp-Method", "tools/list")],
+        [("MCP-Protocol-Version", "2026-07-28"), ("Mcp-Method", "initialize")],
+    ]
+
+    async def main():
+        async with session(args, gateway_env(env, ("check",)), "http", port=port) as legacy:
+            async with httpx.AsyncClient(timeout=30) as http:
+                async def post(headers, body):
+                    return await http.post(f"http://127.0.0.1:{port}/mcp", json=body,
+                                           headers=httpx.Headers([*ACCEPT.items(), *headers]))
+                refused = [await post(h, b) for h, b in lies]
+                over = [await post(h, INITIALIZE) for h in counted]
+            return refused, over, await legacy.call_tool("create_issue", {"title": "still here"})
+    refused, over, still = asyncio.run(main())
+    for answer in refused:
+        # rmcp's refusal (the header contradicts the body), not the front's 503, and no session.
+        assert answer.status_code == 400 and "Mcp-Method" in answer.text, (answer, answer.text)
+        assert "mcp-session-id" not in answer.headers, answer.headers
+    for answer in over:
+        assert answer.status_code == 503 and "too many MCP sessions" in answer.text, (answer, answer.text)
+    assert not still.is_error and "created issue 'still here'" in text(still), still
+
+
+def test_2026_07_28_requests_whose_client_left_still_count_against_the_bound_until_answered(tmp_path, env):
+    """rmcp does not stop the handler of a 2026-07-28 request whose client closed its connection
+    (an escalation goes on being waited for), so closing frees a connection but not what the
+    request holds: such requests stay counted, at most `--max-connections` of them at once, and
+    one more is refused until they are answered. A client that sends and leaves, again and
+    again, piles up nothing beyond that."""
+    log = tmp_path / "log"
+    az = grant(env, GRANTED)
+    places = 3
+    args = ["--allowly-url", env.url, "--authorization-id", az, "--server-name", "shop", "--escalation-wait-ms",
+            "60000", "--max-connections", str(places), "--", *server_command(log)]
+
+    def escalations() -> list:
+        with allowly.Allowly(env.admin, base_url=env.url) as admin:
+            return list(admin.list_escalations(authorization_id=az))
+
+    async def sent_and_left(c: Client, url: str, amount: int) -> None:
+        """A `tools/call` that escalates, sent on a connection of its own, which is closed once
+        the escalation exists (so the gateway is handling it)."""
+        data, opts = {"method": "tools/call", "params": {"name": "send_payment", "arguments": {"amount": amount}}}, {}
+        c.session._stamp(data, opts)  # the client's 2026-07-28 `_meta` and headers
+        body, headers = {"jsonrpc": "2.0", "id": amount, **data}, {**opts["headers"], **ACCEPT}
+        end = time.monotonic() + 20
+        while True:
+            async with httpx.AsyncClient(timeout=30) as http:
+                call = asyncio.create_task(http.post(url, json=body, headers=headers))
+                while not call.done() and len(escalations()) < amount:
+                    assert time.monotonic() < end, "the call did not escalate"
+                    await asyncio.sleep(0.05)
+                if not call.done():
+                    call.cancel()
+                    return
+                # Refused before it was read: the previous connection's place is not free yet.
+                answer = call.result()
+                assert answer.status_code == 503 and "too many connections" in answer.text, (answer, answer.text)
+                assert time.monotonic() < end, "no connection place came free"
+                await asyncio.sleep(0.05)
+
+    async def main():
+        with listening(args, gateway_env(env, ("check", "read", "answer"))) as url:
+            async with Client(url, mode="auto", read_timeout_seconds=60) as c:
+                for amount in range(1, places + 1):
+                    await sent_and_left(c, url, amount)
+                with pytest.raises(MCPError) as refused:
+                    await c.call_tool("create_issue", {"title": "refused"})
+                with allowly.Allowly(env.admin, base_url=env.url) as admin:
+                    for escalation in escalations():
+                        admin.resolve_escalation(escalation.id, allowly.DECLINED, "cfo")
+                # Answered now (denied), their places are free again.
+                end = time.monotonic() + 20
+                while True:
+                    try:
+                        return refused.value, await c.call_tool("create_issue", {"title": "served"})
+                    except MCPError as e:
+                        assert "in flight" in e.error.message and time.monotonic() < end, e.error
+                        await asyncio.sleep(0.05)
+    refused, served = asyncio.run(main())
+    assert "too many MCP 2026-07-28 requests are in flight" in refused.error.message, refused.error
+    assert not served.is_error and "created issue 'served'" in text(served), served
+    assert calls(log) == [{"tool": "create_issue", "arguments": {"title": "served"}}]
 
 
 def test_initializes_arriving_together_open_no_more_sessions_than_the_bound(tmp_path, env):

@@ -119,7 +119,10 @@ fn claude_code_hook_tests_pass_against_the_real_server() {
 /// like a plain one (denied: reaches no server; allowed: task and result carry the receipt),
 /// tasks reached only by the ids the gateway gave (several servers, another HTTP client),
 /// discovery showing the tasks extension only when a server behind offers it, one server start
-/// per session over HTTP, a malformed `tools/call` refused, `subscriptions/listen` relayed.
+/// per session over HTTP, a malformed `tools/call` refused, `subscriptions/listen` relayed; a
+/// 2026-07-28 client served while the HTTP front's session cap is reached, headers that lie
+/// opening no session past it, and its requests in flight bounded even after their clients left
+/// (`test_transports.py`).
 #[test]
 fn mcp_gateway_tests_pass_against_the_real_server() {
     let bin = std::path::Path::new(allowly_bin()).with_file_name("allowly-mcp-gateway");
