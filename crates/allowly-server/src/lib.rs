@@ -40,7 +40,7 @@
 //! Precedence: flag > environment > file > default. Logging: `ALLOWLY_LOG` (env-filter syntax,
 //! default `info`), to stderr. The first line on stdout is `listening on http://ADDR`
 //! (`https://` with `--tls-cert-file`; useful with `--listen 127.0.0.1:0`). SIGHUP: read the
-//! listener's TLS certificate and key again. SIGTERM or SIGINT: stop accepting, drain requests in flight
+//! listener's TLS certificate and key again (without TLS: logged, nothing else). SIGTERM or SIGINT: stop accepting, drain requests in flight
 //! (bounded), stop the engine, stop the webhook worker (attempts in flight finish, bounded), stop
 //! the signer child, exit 0.
 //!

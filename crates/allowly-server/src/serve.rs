@@ -107,6 +107,9 @@ pub async fn run(cfg: ServerConfig, prepared: Prepared) -> Result<(), Error> {
     // Installed first, so a signal during start-up still shuts down in order.
     let shutdown = shutdown_signal().map_err(io("installing signal handlers"))?;
     let Prepared { isolation, data_dir: shown_dir, open_dir: data_dir, isolated, tls } = prepared;
+    reload_on_sighup(tls.as_ref().map(|(identity, _)| identity.clone()))
+        .map_err(io("installing the SIGHUP handler"))?;
+    let tls = tls.map(|(_, config)| config);
     if isolation == KeyIsolation::SameUid {
         tracing::warn!(
             uid = rustix::process::geteuid().as_raw(),
@@ -209,7 +212,7 @@ async fn serve_with_engine(
     cfg: &ServerConfig,
     (data_dir, shown_dir): (&Path, &Path),
     isolation: KeyIsolation,
-    (listener, addr, tls): (TcpListener, std::net::SocketAddr, Option<ListenerTls>),
+    (listener, addr, tls): (TcpListener, std::net::SocketAddr, Option<Arc<rustls::ServerConfig>>),
     store: Opened,
     (signer, signer_socket): (SignerClient, PathBuf),
     shutdown: impl std::future::Future<Output = ()>,
@@ -356,14 +359,7 @@ async fn serve_with_engine(
         backups,
         forwarder,
     });
-    let tls_config = match tls {
-        Some((identity, config)) => {
-            reload_on_sighup(identity).map_err(io("installing the SIGHUP handler"))?;
-            Some(config)
-        }
-        None => None,
-    };
-    crate::http::serve(listener, app, tls_config, shutdown, DRAIN_TIMEOUT).await;
+    crate::http::serve(listener, app, tls, shutdown, DRAIN_TIMEOUT).await;
     tracing::info!("stopping the engine");
     engine.shutdown().await;
     tracing::info!("stopping the webhook worker");
@@ -411,11 +407,17 @@ fn raise_fd_limit(max_connections: usize) -> i32 {
 
 /// Reads the listener's certificate and key again at each SIGHUP (a renewed certificate): new
 /// connections get the new pair; a reload that fails keeps the pair in use and says why.
-fn reload_on_sighup(identity: Arc<allowly_tls::listener::ServerIdentity>) -> std::io::Result<()> {
+/// Without a TLS listener SIGHUP is logged and changes nothing: an operator's `reload` (or a
+/// closed terminal) never stops the service, as SIGHUP's default action would.
+fn reload_on_sighup(identity: Option<Arc<allowly_tls::listener::ServerIdentity>>) -> std::io::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hup = signal(SignalKind::hangup())?;
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
+            let Some(identity) = &identity else {
+                tracing::info!("SIGHUP: nothing to reload (no TLS listener)");
+                continue;
+            };
             match identity.reload() {
                 Ok(()) => tracing::info!(cert = %identity.cert_file().display(), "SIGHUP: TLS certificate reloaded"),
                 Err(e) => tracing::error!(

@@ -1,6 +1,7 @@
 //! The server's own TLS listener (`--tls-cert-file`, `--tls-key-file`), black box: HTTPS with
 //! the configured certificate, nothing in plaintext, a renewed certificate taken on SIGHUP, a
-//! broken one refused on SIGHUP with the one in use kept, and wrong settings refused at start.
+//! broken one refused on SIGHUP with the one in use kept, wrong settings refused at start, and
+//! SIGHUP harmless without a TLS listener.
 //! The client is the real `curl`; certificates are the test CA's fixtures and one made here
 //! with the real `openssl` (another issuer, so the switch between them shows).
 
@@ -146,4 +147,21 @@ fn wrong_tls_settings_stop_the_start_naming_the_file() {
         &["--tls-cert-file", cert, "--tls-key-file", other_cert.to_str().unwrap()],
         "no PEM private key in it",
     );
+}
+
+/// SIGHUP to a server without a TLS listener is logged and changes nothing: an operator's
+/// `reload`, or a closed terminal, never stops the service (SIGHUP's default action would).
+#[test]
+fn sighup_without_a_tls_listener_does_not_stop_the_server() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut s = Server::start(tmp.path());
+    s.wait_ready();
+    s.signal(rustix::process::Signal::HUP);
+    eventually(
+        "SIGHUP to be logged",
+        || s.diagnostics(),
+        || s.stderr().contains("SIGHUP: nothing to reload").then_some(()),
+    );
+    assert_eq!(s.client().get("/healthz", None).status, 200);
+    s.stop();
 }
