@@ -36,8 +36,9 @@
 //! handed (`tasks`); `subscriptions/listen` is relayed stream by stream (`listen`).
 //!
 //! Requests a server makes of the client (sampling, roots, elicitation) are forwarded the other
-//! way. Not forwarded: `notifications/cancelled` (request ids differ on the two sides; a
-//! cancelled call's answer is dropped by the client) and the client's `initialized` (the
+//! way. Not forwarded as such: `notifications/cancelled` (request ids differ on the two sides;
+//! rmcp cancels the request's token, and a `tools/call` that sees it sends the server behind a
+//! cancellation of its own request, see `forward_call`) and the client's `initialized` (the
 //! gateway's own client already sent one).
 
 use std::sync::Arc;
