@@ -38,7 +38,7 @@
 //! Requests a server makes of the client (sampling, roots, elicitation) are forwarded the other
 //! way. Not forwarded as such: `notifications/cancelled` (request ids differ on the two sides;
 //! rmcp cancels the request's token, and a `tools/call` that sees it sends the server behind a
-//! cancellation of its own request, see `forward_call`) and the client's `initialized` (the
+//! cancellation of its own request, see `forward`) and the client's `initialized` (the
 //! gateway's own client already sent one).
 
 use std::sync::Arc;
@@ -951,7 +951,7 @@ impl Gateway {
         match verdict {
             Verdict::Forward { meta } => {
                 call.params.name = tool.into();
-                match forward_call(&peer, call, context).await {
+                match forward(&peer, ClientRequest::CallToolRequest(call), context).await {
                     Ok(result) => Ok(with_meta(self.handed(result, link, &meta)?, meta)),
                     // A server that went away mid-call answers with a tool error naming it: the
                     // client goes on (with the others, or with this one once it is back).
@@ -1183,7 +1183,14 @@ impl Gateway {
                 );
                 Err(ErrorData::new(ErrorCode::METHOD_NOT_FOUND, why, None))
             }
-            other => self.only().await?.send_request(other).await.map_err(relay_error),
+            // Stopped, and cancelled at the server, if the client gives up (as a call is).
+            other => match forward(&self.only().await?, other, &context).await {
+                Err(ServiceError::Cancelled { .. }) => Err(ErrorData::internal_error(
+                    "the request was cancelled while the MCP server handled it (the server was told): the MCP client cancelled it or went away",
+                    None,
+                )),
+                answer => answer.map_err(relay_error),
+            },
         }
     }
 }
@@ -1197,19 +1204,18 @@ fn cancelled_call(listed: &str, when: &str) -> ErrorData {
     )
 }
 
-/// What the server behind is told when the gateway abandons a call it forwarded.
-const ABANDONED: &str = "the MCP client of the gateway cancelled the call or went away";
+/// What the server behind is told when the gateway abandons a request it forwarded.
+const ABANDONED: &str = "the MCP client of the gateway cancelled the request or went away";
 
-/// Sends a call to the server behind and waits for its answer, unless the client's request is
-/// cancelled first: the server is then sent `notifications/cancelled` for it (rmcp's
-/// `RequestHandle::cancel`), so it can stop too, and the handler ends at once.
-async fn forward_call(
+/// Sends a request to the server behind and waits for its answer, unless the client's request
+/// is cancelled first: the server is then sent `notifications/cancelled` for it (as rmcp's
+/// `RequestHandle::cancel` would), so it can stop too, and the handler ends at once.
+async fn forward(
     peer: &Peer<RoleClient>,
-    call: CallToolRequest,
+    request: ClientRequest,
     context: &RequestContext<RoleServer>,
 ) -> Result<ServerResult, ServiceError> {
-    let handle =
-        peer.send_cancellable_request(ClientRequest::CallToolRequest(call), PeerRequestOptions::no_options()).await?;
+    let handle = peer.send_cancellable_request(request, PeerRequestOptions::no_options()).await?;
     let (id, behind) = (handle.id.clone(), handle.peer.clone());
     tokio::select! {
         answer = handle.await_response() => answer,

@@ -15,8 +15,9 @@ once (recorded in the log as any call) and is answered with a task (`resultType:
 status `working`) whose ids are this process's count, 1, 2, … (so two such servers have tasks of
 the same ids); `tasks/get` of it answers `completed` with the tool's result; `tasks/cancel` and
 `tasks/update` are acknowledged and recorded (`{"cancel": ID}`).
-`--hangs` adds a tool `hang` that never answers: it records `{"hang": LABEL}` when it starts and
-`{"cancelled": LABEL}` when a `notifications/cancelled` stops it (a server behind that hangs).
+`--hangs` adds a tool `hang` and a resource template `hang://{label}` that never answer: each
+records `{"hang": LABEL}` when it starts and `{"cancelled": LABEL}` when a
+`notifications/cancelled` stops it (a server behind that hangs).
 `--starts PATH` appends a line to PATH when the process starts (a test counts how often the
 gateway started it)."""
 
@@ -189,6 +190,7 @@ if __name__ == "__main__":
         server.tool()(crash)
     if options.hangs:
         server.tool()(hang)
+        server.resource("hang://{label}")(hang)
     if options.name:
         with_prompts_and_resources(options.name)
     if options.http is None:

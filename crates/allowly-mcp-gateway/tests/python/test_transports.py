@@ -191,13 +191,13 @@ async def sent_and_left(url: str, body: dict, headers: dict, started) -> None:
             await asyncio.sleep(0.05)
 
 
-@pytest.mark.parametrize("waits_for", ["an escalation", "a server behind that hangs"])
+@pytest.mark.parametrize("waits_for", ["an escalation", "a server behind that hangs", "a read that hangs"])
 def test_a_2026_07_28_call_whose_client_left_is_stopped_and_frees_its_place(tmp_path, env, waits_for):
     """rmcp cancels the token of a 2026-07-28 request whose client closed its connection, but
-    does not stop its handler: the gateway's `tools/call` does (the escalation is no longer
-    waited for; a call forwarded to a server that never answers is cancelled there with
-    `notifications/cancelled`). So `--max-connections` such calls sent and abandoned leave the
-    places of requests in flight free: the next request is served (without the fix it was
+    does not stop its handler: the gateway does (the escalation is no longer waited for; a call,
+    or a read, forwarded to a server that never answers is cancelled there with
+    `notifications/cancelled`). So `--max-connections` such requests sent and abandoned leave
+    the places of requests in flight free: the next request is served (without the fix it was
     refused, the places held for ever by a server that hangs)."""
     log = tmp_path / "log"
     az = grant(env, [*GRANTED, "mcp.shop.hang"])
@@ -218,9 +218,13 @@ def test_a_2026_07_28_call_whose_client_left_is_stopped_and_frees_its_place(tmp_
         with listening(args, gateway_env(env, ("check", "read", "answer"))) as url:
             async with Client(url, mode="auto", read_timeout_seconds=60) as c:
                 for n in range(1, places + 1):
-                    tool, arguments = (("send_payment", {"amount": n}) if waits_for == "an escalation"
-                                       else ("hang", {"label": str(n)}))
-                    data, opts = {"method": "tools/call", "params": {"name": tool, "arguments": arguments}}, {}
+                    if waits_for == "a read that hangs":
+                        data = {"method": "resources/read", "params": {"uri": f"hang://{n}"}}
+                    else:
+                        tool, arguments = (("send_payment", {"amount": n}) if waits_for == "an escalation"
+                                           else ("hang", {"label": str(n)}))
+                        data = {"method": "tools/call", "params": {"name": tool, "arguments": arguments}}
+                    opts = {}
                     c.session._stamp(data, opts)  # the client's 2026-07-28 `_meta` and headers
                     await sent_and_left(url, {"jsonrpc": "2.0", "id": n, **data}, opts["headers"], started(n))
                 # The abandoned calls are stopped as their connections close: no place stays taken.
@@ -233,7 +237,7 @@ def test_a_2026_07_28_call_whose_client_left_is_stopped_and_frees_its_place(tmp_
                         await asyncio.sleep(0.05)
     served = asyncio.run(main())
     assert not served.is_error and "created issue 'served'" in text(served), served
-    if waits_for == "a server behind that hangs":
+    if waits_for != "an escalation":
         # Each call the server was running was cancelled there.
         cancelled = poll(lambda: sorted(c["cancelled"] for c in calls(log) if "cancelled" in c), lambda v: len(v) == 3)
         assert cancelled == ["1", "2", "3"]
