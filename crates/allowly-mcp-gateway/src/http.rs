@@ -69,12 +69,12 @@ use crate::proxy::{Gateway, Shared};
 pub const PATH: &str = "/mcp";
 
 /// What rmcp's HTTP service is handed for one client session (or one 2026-07-28 request): the
-/// session's own gateway, and the one 2026-07-28 clients share with the places for their
-/// requests in flight.
+/// session's own gateway, the one 2026-07-28 clients share, and the places for requests in
+/// flight (all clients').
 struct Front {
     session: Gateway,
     modern: Arc<Gateway>,
-    modern_in_flight: Arc<Semaphore>,
+    in_flight: Arc<Semaphore>,
 }
 
 /// Whether the request is of the sessionless 2026-07-28 lifecycle (its protocol version in its
@@ -84,26 +84,31 @@ fn sessionless(meta: &RequestMetaObject) -> bool {
 }
 
 impl Front {
-    /// A 2026-07-28 request goes to the shared gateway if it has a place (refused if not), any
-    /// other to the session's own.
+    /// A request takes a place (refused if there is none), then goes to the shared gateway (a
+    /// 2026-07-28 request) or to the session's own.
     ///
     /// The place is held until the gateway has answered, also when the client has gone: rmcp
-    /// then cancels the request's token but does not stop its handler, which goes on (an
-    /// escalation waited for, a call at a server behind). Without the bound a client opening a
-    /// connection, sending a request and closing, again and again, would pile up handlers the
-    /// cap on connections does not see.
+    /// does not stop a handler. A 2026-07-28 client closing its connection cancels the
+    /// request's token, which the gateway's `tools/call` honours (it stops, and cancels a call
+    /// forwarded to a server behind), but other requests go on until the server behind answers.
+    /// A session's request is not even cancelled: rmcp keeps its handler running for the client
+    /// to resume its stream (`Last-Event-ID`) and spawns each one with no bound, until the
+    /// session ends (`DELETE`, or idle for 5 minutes: then the tokens are cancelled). Without the
+    /// bound a client opening a connection, sending a request and closing, again and again,
+    /// would pile up handlers the cap on connections does not see.
     async fn relay(
         &self,
         request: ClientRequest,
         context: RequestContext<RoleServer>,
     ) -> Result<ServerResult, ErrorData> {
-        if !sessionless(&context.meta) {
-            return self.session.handle_request(request, context).await;
-        }
-        let Ok(_place) = self.modern_in_flight.try_acquire() else {
-            return Err(ErrorData::internal_error(TOO_MANY_SESSIONLESS_REQUESTS, None));
+        let Ok(_place) = self.in_flight.try_acquire() else {
+            return Err(ErrorData::internal_error(TOO_MANY_REQUESTS, None));
         };
-        self.modern.handle_request(request, context).await
+        if sessionless(&context.meta) {
+            self.modern.handle_request(request, context).await
+        } else {
+            self.session.handle_request(request, context).await
+        }
     }
 
     /// (rmcp drops a 2026-07-28 client's notifications: only a session's arrive here.)
@@ -259,7 +264,8 @@ pub struct Listen {
     pub max_sessions: usize,
     /// Client connections open at once (a session's event stream holds one, each request in
     /// flight another): one more is answered 503 and closed before anything of it is read.
-    /// Also the bound on 2026-07-28 requests in flight, counting those whose client has gone.
+    /// Also the bound on requests in flight (of sessions and of 2026-07-28 clients), counting
+    /// those whose client has gone until they are answered.
     pub max_connections: usize,
 }
 
@@ -268,9 +274,8 @@ pub struct Listen {
 /// connection of the cap for ever.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// What a 2026-07-28 request is answered when `max_connections` of them are in flight.
-const TOO_MANY_SESSIONLESS_REQUESTS: &str =
-    "too many MCP 2026-07-28 requests are in flight at the gateway: try again later";
+/// What a request is answered when `max_connections` of them are in flight.
+const TOO_MANY_REQUESTS: &str = "too many MCP requests are in flight at the gateway: try again later";
 
 /// What a connection over the cap is told before it is closed.
 const TOO_MANY_CONNECTIONS: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\n\
@@ -391,14 +396,10 @@ pub async fn serve(listen: Listen, shared: Arc<Shared>) -> Result<(), GatewayErr
     // rmcp closes a session idle for 5 minutes (its default keep-alive).
     let sessions = Arc::new(LocalSessionManager::default());
     let modern = Arc::new(Gateway::for_many_clients(shared.clone()));
-    let modern_in_flight = Arc::new(Semaphore::new(listen.max_connections.max(1)));
+    let in_flight = Arc::new(Semaphore::new(listen.max_connections.max(1)));
     let mcp = StreamableHttpService::new(
         move || {
-            Ok(Front {
-                session: Gateway::new(shared.clone()),
-                modern: modern.clone(),
-                modern_in_flight: modern_in_flight.clone(),
-            })
+            Ok(Front { session: Gateway::new(shared.clone()), modern: modern.clone(), in_flight: in_flight.clone() })
         },
         sessions.clone(),
         config,

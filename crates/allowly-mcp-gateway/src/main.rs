@@ -84,8 +84,9 @@ struct Args {
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
     max_sessions: u32,
     /// With `--listen`: how many client connections may be open at once (a session's event
-    /// stream holds one); one more is answered 503 and closed. Also how many MCP 2026-07-28
-    /// requests may be in flight at once, those whose client has gone counted until answered.
+    /// stream holds one); one more is answered 503 and closed. Also how many MCP requests may
+    /// be in flight at once (of sessions and of 2026-07-28 clients), those whose client has gone
+    /// counted until answered (a tool call is stopped when its request is cancelled).
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
     max_connections: u32,
     /// How long a call waits for an approver's answer to an escalation (ms).

@@ -36,8 +36,9 @@
 //! handed (`tasks`); `subscriptions/listen` is relayed stream by stream (`listen`).
 //!
 //! Requests a server makes of the client (sampling, roots, elicitation) are forwarded the other
-//! way. Not forwarded: `notifications/cancelled` (request ids differ on the two sides; a
-//! cancelled call's answer is dropped by the client) and the client's `initialized` (the
+//! way. Not forwarded as such: `notifications/cancelled` (request ids differ on the two sides;
+//! rmcp cancels the request's token, and a `tools/call` that sees it sends the server behind a
+//! cancellation of its own request, see `forward`) and the client's `initialized` (the
 //! gateway's own client already sent one).
 
 use std::sync::Arc;
@@ -45,18 +46,18 @@ use std::time::Duration;
 
 use allowly_tls::CaFile;
 use rmcp::model::{
-    CallToolRequest, CallToolResult, ClientConfig, ClientNotification, ClientRequest, ClientResult, CompleteRequest,
-    DetailedTask, DiscoverResult, ElicitRequest, ElicitRequestParams, ElicitationAction, ErrorCode, ErrorData,
-    GetMeta as _, GetPromptRequest, Implementation, InitializeRequestParams, InitializeResult, ListPromptsResult,
-    ListResourceTemplatesResult, ListResourcesResult, ListSkillsResult, ListToolsResult, MetaObject, ProtocolVersion,
-    Reference, RequestMetaObject, ResourcesCapability, ResultType, ServerCapabilities, ServerConfig,
-    ServerNotification, ServerRequest, ServerResult, SubscriptionFilter, SubscriptionsAcknowledgedNotification,
-    SubscriptionsAcknowledgedNotificationParams, SubscriptionsListenResult, TaskPayload, SKILLS_EXTENSION_ID,
-    TASKS_EXTENSION_ID,
+    CallToolRequest, CallToolResult, CancelledNotification, CancelledNotificationParam, ClientConfig,
+    ClientNotification, ClientRequest, ClientResult, CompleteRequest, DetailedTask, DiscoverResult, ElicitRequest,
+    ElicitRequestParams, ElicitationAction, ErrorCode, ErrorData, GetMeta as _, GetPromptRequest, Implementation,
+    InitializeRequestParams, InitializeResult, ListPromptsResult, ListResourceTemplatesResult, ListResourcesResult,
+    ListSkillsResult, ListToolsResult, MetaObject, ProtocolVersion, Reference, RequestMetaObject, ResourcesCapability,
+    ResultType, ServerCapabilities, ServerConfig, ServerNotification, ServerRequest, ServerResult, SubscriptionFilter,
+    SubscriptionsAcknowledgedNotification, SubscriptionsAcknowledgedNotificationParams, SubscriptionsListenResult,
+    TaskPayload, SKILLS_EXTENSION_ID, TASKS_EXTENSION_ID,
 };
 use rmcp::service::{
-    ClientInitializeError, ClientLifecycleMode, ClientServiceExt as _, NotificationContext, Peer, RequestContext,
-    RoleClient, RoleServer, RunningService, Service, ServiceError, ServiceExt as _,
+    ClientInitializeError, ClientLifecycleMode, ClientServiceExt as _, NotificationContext, Peer, PeerRequestOptions,
+    RequestContext, RoleClient, RoleServer, RunningService, Service, ServiceError, ServiceExt as _,
 };
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use rmcp::transport::{IntoTransport, StreamableHttpClientTransport, TokioChildProcess};
@@ -903,7 +904,19 @@ impl Gateway {
     }
 
     /// `tools/call`: the gate, then the server behind (or a tool error), with the receipt ids.
-    async fn call_tool(&self, mut call: CallToolRequest, front: &Peer<RoleServer>) -> Result<ServerResult, ErrorData> {
+    ///
+    /// Stopped when the request is cancelled (`context.ct`: the client sent
+    /// `notifications/cancelled`, or, over HTTP, a 2026-07-28 client closed its connection, or its
+    /// session ended): the gate is no longer waited for (an escalation stays pending at Allowly
+    /// until it is answered or expires; nothing reaches the server), and a call already forwarded
+    /// is cancelled at the server behind with `notifications/cancelled`. A call whose client is
+    /// still there is waited for as long as it runs (a tool may legitimately take long).
+    async fn call_tool(
+        &self,
+        mut call: CallToolRequest,
+        context: &RequestContext<RoleServer>,
+    ) -> Result<ServerResult, ErrorData> {
+        let front = &context.peer;
         let listed = call.params.name.to_string();
         let (link, tool) = if self.shared.aggregate {
             let Some((link, tool)) = self.routed(&listed) else {
@@ -927,21 +940,25 @@ impl Gateway {
         };
         let arguments = call.params.arguments.clone().map(Value::Object).unwrap_or(Value::Null);
         let can_ask = front.peer_info().is_some_and(|i| i.capabilities.elicitation.is_some());
-        let verdict = self
-            .shared
-            .policy
-            .decide(&self.shared.allowly, &link.name, &tool, &listed, &arguments, |message| {
+        let decided =
+            self.shared.policy.decide(&self.shared.allowly, &link.name, &tool, &listed, &arguments, |message| {
                 ask_user(front, can_ask, message)
-            })
-            .await;
+            });
+        let verdict = tokio::select! {
+            verdict = decided => verdict,
+            () = context.ct.cancelled() => return Err(cancelled_call(&listed, "before it was forwarded")),
+        };
         match verdict {
             Verdict::Forward { meta } => {
                 call.params.name = tool.into();
-                match peer.send_request(ClientRequest::CallToolRequest(call)).await {
+                match forward(&peer, ClientRequest::CallToolRequest(call), context).await {
                     Ok(result) => Ok(with_meta(self.handed(result, link, &meta)?, meta)),
                     // A server that went away mid-call answers with a tool error naming it: the
                     // client goes on (with the others, or with this one once it is back).
                     Err(ServiceError::McpError(e)) => Err(e),
+                    Err(ServiceError::Cancelled { .. }) => {
+                        Err(cancelled_call(&listed, "while the MCP server ran it (the server was told)"))
+                    }
                     Err(e) => tool_error(format!("the MCP server {} is unavailable: {e}", link.name), meta),
                 }
             }
@@ -1121,7 +1138,7 @@ impl Gateway {
         match request {
             ClientRequest::InitializeRequest(init) => self.initialize(init.params).await,
             ClientRequest::DiscoverRequest(_) => self.discover(),
-            ClientRequest::CallToolRequest(call) => self.call_tool(call, &context.peer).await,
+            ClientRequest::CallToolRequest(call) => self.call_tool(call, &context).await,
             r @ (ClientRequest::GetTaskRequest(_)
             | ClientRequest::UpdateTaskRequest(_)
             | ClientRequest::CancelTaskRequest(_)) => self.task_request(r).await,
@@ -1166,7 +1183,47 @@ impl Gateway {
                 );
                 Err(ErrorData::new(ErrorCode::METHOD_NOT_FOUND, why, None))
             }
-            other => self.only().await?.send_request(other).await.map_err(relay_error),
+            // Stopped, and cancelled at the server, if the client gives up (as a call is).
+            other => match forward(&self.only().await?, other, &context).await {
+                Err(ServiceError::Cancelled { .. }) => Err(ErrorData::internal_error(
+                    "the request was cancelled while the MCP server handled it (the server was told): the MCP client cancelled it or went away",
+                    None,
+                )),
+                answer => answer.map_err(relay_error),
+            },
+        }
+    }
+}
+
+/// Why a `tools/call` whose request was cancelled is answered so (rmcp drops the answer to a
+/// request the client cancelled; a 2026-07-28 client that closed its connection gets none).
+fn cancelled_call(listed: &str, when: &str) -> ErrorData {
+    ErrorData::internal_error(
+        format!("the call of {listed} was cancelled {when}: the MCP client cancelled it or went away"),
+        None,
+    )
+}
+
+/// What the server behind is told when the gateway abandons a request it forwarded.
+const ABANDONED: &str = "the MCP client of the gateway cancelled the request or went away";
+
+/// Sends a request to the server behind and waits for its answer, unless the client's request
+/// is cancelled first: the server is then sent `notifications/cancelled` for it (as rmcp's
+/// `RequestHandle::cancel` would), so it can stop too, and the handler ends at once.
+async fn forward(
+    peer: &Peer<RoleClient>,
+    request: ClientRequest,
+    context: &RequestContext<RoleServer>,
+) -> Result<ServerResult, ServiceError> {
+    let handle = peer.send_cancellable_request(request, PeerRequestOptions::no_options()).await?;
+    let (id, behind) = (handle.id.clone(), handle.peer.clone());
+    tokio::select! {
+        answer = handle.await_response() => answer,
+        () = context.ct.cancelled() => {
+            let cancelled = CancelledNotification::new(CancelledNotificationParam::new(Some(id), Some(ABANDONED.into())));
+            // A server gone meanwhile needs no telling.
+            let _ = behind.send_notification(ClientNotification::CancelledNotification(cancelled)).await;
+            Err(ServiceError::Cancelled { reason: Some(ABANDONED.into()) })
         }
     }
 }

@@ -15,6 +15,9 @@ once (recorded in the log as any call) and is answered with a task (`resultType:
 status `working`) whose ids are this process's count, 1, 2, … (so two such servers have tasks of
 the same ids); `tasks/get` of it answers `completed` with the tool's result; `tasks/cancel` and
 `tasks/update` are acknowledged and recorded (`{"cancel": ID}`).
+`--hangs` adds a tool `hang` and a resource template `hang://{label}` that never answer: each
+records `{"hang": LABEL}` when it starts and `{"cancelled": LABEL}` when a
+`notifications/cancelled` stops it (a server behind that hangs).
 `--starts PATH` appends a line to PATH when the process starts (a test counts how often the
 gateway started it)."""
 
@@ -23,6 +26,7 @@ import json
 import os
 import sys
 
+import anyio
 import mcp.types as types
 from mcp.server.extension import Extension, MethodBinding
 from mcp.server.mcpserver import MCPServer
@@ -112,6 +116,17 @@ def send_email(to: str) -> str:
     return f"sent to {to}"
 
 
+async def hang(label: str) -> str:
+    """Never answer (until cancelled)."""
+    _record_event("hang", label)
+    try:
+        await anyio.Event().wait()
+    except anyio.get_cancelled_exc_class():
+        _record_event("cancelled", label)
+        raise
+    return "unreachable"
+
+
 def crash() -> str:
     """End the server at once, as a crash would."""
     os._exit(3)
@@ -163,6 +178,7 @@ if __name__ == "__main__":
     parser.add_argument("--tls", nargs=2, metavar=("CERT", "KEY"))
     parser.add_argument("--http", type=int, metavar="PORT")
     parser.add_argument("--crashable", action="store_true")
+    parser.add_argument("--hangs", action="store_true")
     parser.add_argument("--tasks", action="store_true")
     parser.add_argument("--starts")
     options = parser.parse_args()
@@ -172,6 +188,9 @@ if __name__ == "__main__":
             f.write(f"{os.getpid()}\n")
     if options.crashable:
         server.tool()(crash)
+    if options.hangs:
+        server.tool()(hang)
+        server.resource("hang://{label}")(hang)
     if options.name:
         with_prompts_and_resources(options.name)
     if options.http is None:

@@ -161,66 +161,146 @@ def test_headers_of_the_sessionless_revision_do_not_let_an_initialize_past_the_s
     assert not still.is_error and "created issue 'still here'" in text(still), still
 
 
-def test_2026_07_28_requests_whose_client_left_still_count_against_the_bound_until_answered(tmp_path, env):
-    """rmcp does not stop the handler of a 2026-07-28 request whose client closed its connection
-    (an escalation goes on being waited for), so closing frees a connection but not what the
-    request holds: such requests stay counted, at most `--max-connections` of them at once, and
-    one more is refused until they are answered. A client that sends and leaves, again and
-    again, piles up nothing beyond that."""
+def poll(what, condition, seconds: float = 20):
+    """Polls `what()` until `condition` holds of it (at most `seconds`); returns it."""
+    end = time.monotonic() + seconds
+    while True:
+        value = what()
+        if condition(value):
+            return value
+        assert time.monotonic() < end, f"still {value!r}"
+        time.sleep(0.05)
+
+
+async def sent_and_left(url: str, body: dict, headers: dict, started) -> None:
+    """A request sent on a connection of its own, which is closed once `started()` says the
+    gateway is handling it (retried while the previous connection's place is not free yet)."""
+    end = time.monotonic() + 20
+    while True:
+        async with httpx.AsyncClient(timeout=30) as http:
+            call = asyncio.create_task(http.post(url, json=body, headers={**headers, **ACCEPT}))
+            while not call.done() and not started():
+                assert time.monotonic() < end, "the request was not handled"
+                await asyncio.sleep(0.05)
+            if not call.done():
+                call.cancel()
+                return
+            answer = call.result()
+            assert answer.status_code == 503 and "too many connections" in answer.text, (answer, answer.text)
+            assert time.monotonic() < end, "no connection place came free"
+            await asyncio.sleep(0.05)
+
+
+@pytest.mark.parametrize("waits_for", ["an escalation", "a server behind that hangs", "a read that hangs"])
+def test_a_2026_07_28_call_whose_client_left_is_stopped_and_frees_its_place(tmp_path, env, waits_for):
+    """rmcp cancels the token of a 2026-07-28 request whose client closed its connection, but
+    does not stop its handler: the gateway does (the escalation is no longer waited for; a call,
+    or a read, forwarded to a server that never answers is cancelled there with
+    `notifications/cancelled`). So `--max-connections` such requests sent and abandoned leave
+    the places of requests in flight free: the next request is served (without the fix it was
+    refused, the places held for ever by a server that hangs)."""
     log = tmp_path / "log"
-    az = grant(env, GRANTED)
+    az = grant(env, [*GRANTED, "mcp.shop.hang"])
     places = 3
     args = ["--allowly-url", env.url, "--authorization-id", az, "--server-name", "shop", "--escalation-wait-ms",
-            "60000", "--max-connections", str(places), "--", *server_command(log)]
+            "600000", "--max-connections", str(places), "--", *server_command(log, "--hangs")]
 
     def escalations() -> list:
         with allowly.Allowly(env.admin, base_url=env.url) as admin:
             return list(admin.list_escalations(authorization_id=az))
 
-    async def sent_and_left(c: Client, url: str, amount: int) -> None:
-        """A `tools/call` that escalates, sent on a connection of its own, which is closed once
-        the escalation exists (so the gateway is handling it)."""
-        data, opts = {"method": "tools/call", "params": {"name": "send_payment", "arguments": {"amount": amount}}}, {}
-        c.session._stamp(data, opts)  # the client's 2026-07-28 `_meta` and headers
-        body, headers = {"jsonrpc": "2.0", "id": amount, **data}, {**opts["headers"], **ACCEPT}
-        end = time.monotonic() + 20
-        while True:
-            async with httpx.AsyncClient(timeout=30) as http:
-                call = asyncio.create_task(http.post(url, json=body, headers=headers))
-                while not call.done() and len(escalations()) < amount:
-                    assert time.monotonic() < end, "the call did not escalate"
-                    await asyncio.sleep(0.05)
-                if not call.done():
-                    call.cancel()
-                    return
-                # Refused before it was read: the previous connection's place is not free yet.
-                answer = call.result()
-                assert answer.status_code == 503 and "too many connections" in answer.text, (answer, answer.text)
-                assert time.monotonic() < end, "no connection place came free"
-                await asyncio.sleep(0.05)
+    def started(n: int):
+        if waits_for == "an escalation":
+            return lambda: len(escalations()) >= n
+        return lambda: sum("hang" in c for c in calls(log)) >= n
 
     async def main():
         with listening(args, gateway_env(env, ("check", "read", "answer"))) as url:
             async with Client(url, mode="auto", read_timeout_seconds=60) as c:
-                for amount in range(1, places + 1):
-                    await sent_and_left(c, url, amount)
-                with pytest.raises(MCPError) as refused:
-                    await c.call_tool("create_issue", {"title": "refused"})
-                with allowly.Allowly(env.admin, base_url=env.url) as admin:
-                    for escalation in escalations():
-                        admin.resolve_escalation(escalation.id, allowly.DECLINED, "cfo")
-                # Answered now (denied), their places are free again.
+                for n in range(1, places + 1):
+                    if waits_for == "a read that hangs":
+                        data = {"method": "resources/read", "params": {"uri": f"hang://{n}"}}
+                    else:
+                        tool, arguments = (("send_payment", {"amount": n}) if waits_for == "an escalation"
+                                           else ("hang", {"label": str(n)}))
+                        data = {"method": "tools/call", "params": {"name": tool, "arguments": arguments}}
+                    opts = {}
+                    c.session._stamp(data, opts)  # the client's 2026-07-28 `_meta` and headers
+                    await sent_and_left(url, {"jsonrpc": "2.0", "id": n, **data}, opts["headers"], started(n))
+                # The abandoned calls are stopped as their connections close: no place stays taken.
                 end = time.monotonic() + 20
                 while True:
                     try:
-                        return refused.value, await c.call_tool("create_issue", {"title": "served"})
+                        return await c.call_tool("create_issue", {"title": "served"})
                     except MCPError as e:
                         assert "in flight" in e.error.message and time.monotonic() < end, e.error
                         await asyncio.sleep(0.05)
-    refused, served = asyncio.run(main())
-    assert "too many MCP 2026-07-28 requests are in flight" in refused.error.message, refused.error
+    served = asyncio.run(main())
     assert not served.is_error and "created issue 'served'" in text(served), served
-    assert calls(log) == [{"tool": "create_issue", "arguments": {"title": "served"}}]
+    if waits_for != "an escalation":
+        # Each call the server was running was cancelled there.
+        cancelled = poll(lambda: sorted(c["cancelled"] for c in calls(log) if "cancelled" in c), lambda v: len(v) == 3)
+        assert cancelled == ["1", "2", "3"]
+    assert {"tool": "create_issue", "arguments": {"title": "served"}} in calls(log)
+    assert not any(c.get("tool") == "send_payment" for c in calls(log))
+
+
+def test_session_requests_whose_client_left_count_against_the_bound_until_the_session_ends(tmp_path, env):
+    """A client of an `initialize` session that sends requests with its session id and closes
+    the connection: rmcp keeps each handler running (for the client to resume its stream) and
+    cancels nothing until the session ends. So they count against `--max-connections` requests
+    in flight: with a server behind that hangs, one more is refused, naming the bound (without
+    the fix they piled up unbounded). Once the session is ended (`DELETE`), rmcp cancels them,
+    the gateway cancels the calls at the server, and a new session is served."""
+    log = tmp_path / "log"
+    places = 3
+    args = ["--allowly-url", env.url, "--authorization-id", grant(env, [*GRANTED, "mcp.shop.hang"]),
+            "--server-name", "shop", "--max-connections", str(places), "--", *server_command(log, "--hangs")]
+    version = {"MCP-Protocol-Version": "2025-06-18"}
+
+    def started(n: int):
+        return lambda: sum("hang" in c for c in calls(log)) >= n
+
+    async def main():
+        with listening(args, gateway_env(env, ("check",))) as url:
+            async with httpx.AsyncClient(timeout=30) as http:
+                opened = await http.post(url, json=INITIALIZE, headers=ACCEPT)
+                assert opened.status_code == 200, (opened, opened.text)
+                sid = {"Mcp-Session-Id": opened.headers["mcp-session-id"], **version}
+                initialized = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+                assert (await http.post(url, json=initialized, headers={**sid, **ACCEPT})).status_code == 202
+            for n in range(1, places + 1):
+                call = {"jsonrpc": "2.0", "id": 10 + n, "method": "tools/call",
+                        "params": {"name": "hang", "arguments": {"label": str(n)}}}
+                await sent_and_left(url, call, sid, started(n))
+            ping = {"jsonrpc": "2.0", "id": 99, "method": "tools/call",
+                    "params": {"name": "create_issue", "arguments": {"title": "refused"}}}
+            async with httpx.AsyncClient(timeout=30) as http:
+                refused = await http.post(url, json=ping, headers={**sid, **ACCEPT})
+                ended = await http.delete(url, headers=sid)
+            assert ended.status_code == 204, ended
+            # rmcp cancels the ended session's requests (after draining them a moment): the
+            # gateway stops the calls, and their places are free for a new session.
+            end = time.monotonic() + 20
+            async with httpx.AsyncClient(timeout=30) as http:
+                while True:
+                    opened = await http.post(url, json=INITIALIZE, headers=ACCEPT)
+                    if "in flight" not in opened.text:
+                        break
+                    assert time.monotonic() < end, opened.text
+                    await asyncio.sleep(0.05)
+                assert opened.status_code == 200 and "shop-tools" in opened.text, (opened, opened.text)
+                sid = {"Mcp-Session-Id": opened.headers["mcp-session-id"], **version}
+                await http.post(url, json={"jsonrpc": "2.0", "method": "notifications/initialized"},
+                                headers={**sid, **ACCEPT})
+                call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+                        "params": {"name": "create_issue", "arguments": {"title": "served"}}}
+                served = await http.post(url, json=call, headers={**sid, **ACCEPT})
+            return refused.text, served.text
+    refused, served = asyncio.run(main())
+    assert "too many MCP requests are in flight at the gateway" in refused, refused
+    assert "created issue 'served'" in served, served
+    assert {"tool": "create_issue", "arguments": {"title": "refused"}} not in calls(log)
 
 
 def test_initializes_arriving_together_open_no_more_sessions_than_the_bound(tmp_path, env):
