@@ -121,7 +121,8 @@ fn claude_code_hook_tests_pass_against_the_real_server() {
 /// discovery showing the tasks extension only when a server behind offers it, one server start
 /// per session over HTTP, a malformed `tools/call` refused, `subscriptions/listen` relayed; a
 /// 2026-07-28 client served while the HTTP front's session cap is reached, headers that lie
-/// opening no session past it, and its requests in flight bounded even after their clients left
+/// opening no session past it, every request in flight bounded (sessions' too), and a call or
+/// read whose client left stopped and cancelled at the server behind, freeing its place
 /// (`test_transports.py`).
 #[test]
 fn mcp_gateway_tests_pass_against_the_real_server() {
