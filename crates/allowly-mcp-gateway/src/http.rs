@@ -139,6 +139,17 @@ macro_rules! relay {
     )*};
 }
 
+/// The same for methods answered with nothing (`()`): the gateway's result is only checked
+/// to be no error.
+macro_rules! relay_unit {
+    ($($(#[$attr:meta])* $method:ident($params:ty) = $variant:ident($build:expr);)*) => {$(
+        $(#[$attr])*
+        async fn $method(&self, params: $params, context: RequestContext<RoleServer>) -> Result<(), ErrorData> {
+            self.relay(ClientRequest::$variant(($build)(params)), context).await.map(|_| ())
+        }
+    )*};
+}
+
 fn paginated<M: Default>(params: Option<PaginatedRequestParams>) -> RequestOptionalParam<M, PaginatedRequestParams> {
     RequestOptionalParam { method: M::default(), params, extensions: Default::default() }
 }
@@ -178,58 +189,26 @@ impl ServerHandler for Front {
         on_custom_request(CustomRequest) -> CustomResult = CustomRequest(std::convert::identity) => CustomResult;
     }
 
-    #[expect(
-        deprecated,
-        reason = "resources/subscribe is forwarded for clients of the protocol versions with initialize"
-    )]
-    async fn subscribe(
-        &self,
-        params: SubscribeRequestParams,
-        context: RequestContext<RoleServer>,
-    ) -> Result<(), ErrorData> {
-        self.relay(ClientRequest::SubscribeRequest(SubscribeRequest::new(params)), context).await.map(|_| ())
-    }
-
-    #[expect(
-        deprecated,
-        reason = "resources/unsubscribe is forwarded for clients of the protocol versions with initialize"
-    )]
-    async fn unsubscribe(
-        &self,
-        params: UnsubscribeRequestParams,
-        context: RequestContext<RoleServer>,
-    ) -> Result<(), ErrorData> {
-        self.relay(ClientRequest::UnsubscribeRequest(UnsubscribeRequest::new(params)), context).await.map(|_| ())
-    }
-
-    #[expect(deprecated, reason = "logging/setLevel is forwarded for clients of older protocol versions")]
-    async fn set_level(
-        &self,
-        params: SetLevelRequestParams,
-        context: RequestContext<RoleServer>,
-    ) -> Result<(), ErrorData> {
-        self.relay(ClientRequest::SetLevelRequest(SetLevelRequest::new(params)), context).await.map(|_| ())
+    relay_unit! {
+        #[expect(
+            deprecated,
+            reason = "resources/subscribe is forwarded for clients of the protocol versions with initialize"
+        )]
+        subscribe(SubscribeRequestParams) = SubscribeRequest(SubscribeRequest::new);
+        #[expect(
+            deprecated,
+            reason = "resources/unsubscribe is forwarded for clients of the protocol versions with initialize"
+        )]
+        unsubscribe(UnsubscribeRequestParams) = UnsubscribeRequest(UnsubscribeRequest::new);
+        #[expect(deprecated, reason = "logging/setLevel is forwarded for clients of older protocol versions")]
+        set_level(SetLevelRequestParams) = SetLevelRequest(SetLevelRequest::new);
+        update_task(UpdateTaskParams) = UpdateTaskRequest(UpdateTaskRequest::new);
+        cancel_task(CancelTaskParams) = CancelTaskRequest(CancelTaskRequest::new);
     }
 
     async fn discover(&self, context: RequestContext<RoleServer>) -> Result<DiscoverResult, ErrorData> {
         let request = ClientRequest::DiscoverRequest(DiscoverRequest::new(DiscoverRequestParams {}));
         expect!(self.relay(request, context).await, DiscoverResult)
-    }
-
-    async fn update_task(
-        &self,
-        params: UpdateTaskParams,
-        context: RequestContext<RoleServer>,
-    ) -> Result<(), ErrorData> {
-        self.relay(ClientRequest::UpdateTaskRequest(UpdateTaskRequest::new(params)), context).await.map(|_| ())
-    }
-
-    async fn cancel_task(
-        &self,
-        params: CancelTaskParams,
-        context: RequestContext<RoleServer>,
-    ) -> Result<(), ErrorData> {
-        self.relay(ClientRequest::CancelTaskRequest(CancelTaskRequest::new(params)), context).await.map(|_| ())
     }
 
     async fn on_progress(&self, params: ProgressNotificationParam, context: NotificationContext<RoleServer>) {

@@ -125,15 +125,15 @@ pub async fn serve(
                 // connection no longer than one that sends half a request.
                 Some(acceptor) => {
                     let bound = app.connections.limits().read_timeout;
-                    match tokio::time::timeout(bound, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => Stream::Tls(Box::new(tls)),
-                        Ok(Err(e)) => {
-                            tracing::debug!(%peer, "TLS handshake: {e}");
-                            app.connections.release(&admitted, ConnClose::TlsHandshake);
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::debug!(%peer, "TLS handshake: not done within {bound:?}");
+                    let handshake = match tokio::time::timeout(bound, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => Ok(Stream::Tls(Box::new(tls))),
+                        Ok(Err(e)) => Err(e.to_string()),
+                        Err(_) => Err(format!("not done within {bound:?}")),
+                    };
+                    match handshake {
+                        Ok(stream) => stream,
+                        Err(why) => {
+                            tracing::debug!(%peer, "TLS handshake: {why}");
                             app.connections.release(&admitted, ConnClose::TlsHandshake);
                             return;
                         }

@@ -89,10 +89,7 @@ fn database_on(net: &Net, dbname: &str) -> (allowly_store_postgres::test_cluster
 
 /// `name`'s value in a Prometheus text exposition (0 if absent).
 fn metric(s: &Server, name: &str) -> f64 {
-    let text = s.client().get("/metrics", None).text();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
-        .unwrap_or(0.0)
+    metric_in(&s.client().get("/metrics", None).text(), name).unwrap_or(0.0)
 }
 
 fn check(c: &Client, t: &Tenant, scope: &str) -> Resp {
@@ -797,18 +794,7 @@ fn nodes_forward_over_tls_to_an_owner_that_terminates_it_itself() {
         || (via.get("/readyz", None).status == 200).then_some(()),
     );
     let t = tenant_through(&via, &b.admin_token(), "tls itself", &["files.read"]);
-    let a = node(&tmp.path().join("a"), &conninfo, "a", &["--cluster-ca-file".as_ref(), ca.as_os_str()]);
-    let c = node(&tmp.path().join("c"), &conninfo, "c", &[""; 0]);
-
-    let r = check(&a.client(), &t, "files.read");
-    assert_eq!((r.status, r.json()["decision"].as_str()), (200, Some("allow")), "{r}\n{}", a.diagnostics());
-    assert!(metric(&a, "allowly_http_forwarded_total{outcome=\"answered\"}") >= 1.0, "{}", a.diagnostics());
-    check(&c.client(), &t, "files.read").problem(503, "workspace_owned_elsewhere");
-    assert_eq!(metric(&c, "allowly_engine_leases_held"), 0.0, "the node that could not verify the owner took over");
-    assert!(c.stderr().contains("certificate"), "the refusal names the certificate:\n{}", c.stderr());
-    let log = log_indices(&a, &t);
-    assert_one_log(&log);
-    assert_eq!(log.len(), 2, "the grant and the one check forwarded over TLS: {log:?}");
+    only_a_node_trusting_the_owner_forwards_to_it(tmp.path(), &conninfo, &ca, &t);
 }
 
 /// Two nodes cut off from each other, both still reaching the database: the owner keeps its
@@ -929,20 +915,27 @@ fn nodes_forward_over_tls_to_an_owner_behind_a_terminator() {
     );
     let _socat = Socat::start(listen, format!("TCP:127.0.0.1:{b_port}"), tls_port, tmp.path());
     let b = node_at(&tmp.path().join("b"), &conninfo, "b", &[""; 0], b_port, &format!("https://127.0.0.1:{tls_port}"));
-    let ca = fixtures.join("tls-ca.pem");
-    let a = node(&tmp.path().join("a"), &conninfo, "a", &["--cluster-ca-file".as_ref(), ca.as_os_str()]);
-    let c = node(&tmp.path().join("c"), &conninfo, "c", &[""; 0]);
     let t = tenant(&b, "behind tls", &["files.read"]);
+    only_a_node_trusting_the_owner_forwards_to_it(tmp.path(), &conninfo, &fixtures.join("tls-ca.pem"), &t);
+}
 
-    let r = check(&a.client(), &t, "files.read");
+/// With `t`'s workspace owned by a node advertising `https://`: a node given `ca` (which
+/// issued the owner's certificate) forwards a check and relays the owner's answer; a node
+/// trusting only the Mozilla roots answers 503 `workspace_owned_elsewhere`, takes nothing, and
+/// its log names the certificate. One log: the grant and the one check forwarded.
+fn only_a_node_trusting_the_owner_forwards_to_it(dir: &Path, conninfo: &str, ca: &Path, t: &Tenant) {
+    let a = node(&dir.join("a"), conninfo, "a", &["--cluster-ca-file".as_ref(), ca.as_os_str()]);
+    let c = node(&dir.join("c"), conninfo, "c", &[""; 0]);
+    let r = check(&a.client(), t, "files.read");
     assert_eq!((r.status, r.json()["decision"].as_str()), (200, Some("allow")), "{r}\n{}", a.diagnostics());
     assert!(metric(&a, "allowly_http_forwarded_total{outcome=\"answered\"}") >= 1.0, "{}", a.diagnostics());
 
-    check(&c.client(), &t, "files.read").problem(503, "workspace_owned_elsewhere");
+    check(&c.client(), t, "files.read").problem(503, "workspace_owned_elsewhere");
     assert!(metric(&c, "allowly_http_forwarded_total{outcome=\"unreachable\"}") >= 1.0, "{}", c.diagnostics());
     assert_eq!(metric(&c, "allowly_engine_leases_held"), 0.0, "the node that could not verify the owner took over");
     assert!(c.stderr().contains("certificate"), "the refusal names the certificate:\n{}", c.stderr());
-    let log = log_indices(&b, &t);
+    // Read through `a`: any node reads the shared database.
+    let log = log_indices(&a, t);
     assert_one_log(&log);
     assert_eq!(log.len(), 2, "the grant and the one check forwarded over TLS: {log:?}");
 }

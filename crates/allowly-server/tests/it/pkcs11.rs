@@ -73,7 +73,12 @@ fn keystore_args(label: &str, pin_file: &Path) -> Vec<String> {
 }
 
 fn start(data: &Path, label: &str, pin_file: &Path) -> Server {
-    let args = keystore_args(label, pin_file);
+    start_with(data, label, pin_file, &[])
+}
+
+fn start_with(data: &Path, label: &str, pin_file: &Path, extra: &[&str]) -> Server {
+    let mut args = keystore_args(label, pin_file);
+    args.extend(extra.iter().map(|a| (*a).to_owned()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     Server::start_with(data, &args)
 }
@@ -83,10 +88,7 @@ fn start(data: &Path, label: &str, pin_file: &Path) -> Server {
 /// generates a key on the token and waits for the signer within that timeout (plus the drain
 /// and commits); once, on a CPU-starved machine, it did not answer 200 with the default.
 fn start_patient(data: &Path, label: &str, pin_file: &Path) -> Server {
-    let mut args = keystore_args(label, pin_file);
-    args.extend(["--signer-timeout-ms".to_owned(), "10000".to_owned()]);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    Server::start_with(data, &args)
+    start_with(data, label, pin_file, &["--signer-timeout-ms", "10000"])
 }
 
 fn check(s: &Server, checker: &str, az: &str) -> Resp {

@@ -28,17 +28,22 @@ fn self_signed(dir: &Path) -> (PathBuf, PathBuf) {
     (cert, key)
 }
 
-/// `curl` of `path` on `s` over HTTPS, trusting `ca` (or, with `None`, checking nothing):
-/// curl's exit code and the HTTP status it printed.
-fn curl(s: &Server, path: &str, ca: Option<&Path>) -> (Option<i32>, String) {
+/// `curl` of `path` on `s` over HTTPS, trusting `ca` (or, with `None`, checking nothing), with
+/// `args`: its exit code and what it printed.
+fn curl_with(s: &Server, path: &str, ca: Option<&Path>, args: &[&str]) -> (Option<i32>, String) {
     let mut cmd = Command::new("curl");
-    cmd.args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10"]);
+    cmd.args(["-sS", "--max-time", "10"]).args(args);
     match ca {
         Some(ca) => cmd.arg("--cacert").arg(ca),
         None => cmd.arg("--insecure"),
     };
     let out = cmd.arg(format!("https://{}{path}", s.addr)).output().expect("run curl (scripts/setup.sh installs it)");
     (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// [`curl_with`], printing only the HTTP status.
+fn curl(s: &Server, path: &str, ca: Option<&Path>) -> (Option<i32>, String) {
+    curl_with(s, path, ca, &["-o", "/dev/null", "-w", "%{http_code}"])
 }
 
 fn start_tls(data: &Path, cert: &Path, key: &Path) -> Server {
@@ -72,14 +77,8 @@ fn the_listener_speaks_https_with_its_certificate_and_takes_a_renewed_one_on_sig
     let plain = try_request(s.addr, "GET", "/healthz", "", b"");
     assert!(plain.is_none(), "plaintext answered: {plain:?}");
     let closed = || {
-        let mut cmd = Command::new("curl");
-        let url = format!("https://{}/metrics", s.addr);
-        let out = cmd.args(["-sS", "--insecure", "--max-time", "10", &url]).output().unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        text.lines()
-            .find_map(|l| l.strip_prefix("allowly_http_connections_closed_total{reason=\"tls_handshake\"} "))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .unwrap_or(0.0)
+        let (_, text) = curl_with(&s, "/metrics", None, &[]);
+        metric_in(&text, "allowly_http_connections_closed_total{reason=\"tls_handshake\"}").unwrap_or(0.0)
     };
     eventually("the failed handshake to be counted", || s.diagnostics(), || (closed() >= 1.0).then_some(()));
 

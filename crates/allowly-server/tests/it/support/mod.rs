@@ -16,6 +16,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
+/// The value of `series` (its name and labels, exactly as exposed) in a Prometheus text
+/// exposition, if it is there.
+pub fn metric_in(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
 /// The `allowly-verify` binary built next to `allowly`.
 pub fn verifier_bin() -> PathBuf {
     let bin = Path::new(allowly_bin()).with_file_name("allowly-verify");
