@@ -175,8 +175,26 @@ impl Drop for Fresh {
 }
 
 impl Slot {
-    fn raise(&self, committed: u64) {
-        if self.tx.send_if_modified(|v| raise(v, committed)) {
+    /// Raises the committed size to `committed`, waking the task only when it has something to
+    /// do now: it may be idle (everything it saw was signed), or the unsigned leaves fill a
+    /// batch of `batch_max`. Otherwise the task is collecting commits until its round's slot,
+    /// reads the raised size then, and a wake-up per commit would only re-arm its timer: with
+    /// thousands of workspaces each commit is one check, and those wake-ups (a hop from the
+    /// committer thread onto a tokio worker each) were most of the pipeline's share of a check.
+    ///
+    /// No wake-up is lost: the task publishes its signed size (`Progress::signed`) before it
+    /// reads the committed size and waits, and the size is read here under the channel's write
+    /// lock, so a commit that finds `old > signed` comes after a read that saw `old`, i.e. the
+    /// task is collecting, not idle.
+    fn raise(&self, committed: u64, batch_max: usize) {
+        let mut raised = false;
+        self.tx.send_if_modified(|v| {
+            let old = *v;
+            raised = raise(v, committed);
+            let signed = self.progress.signed.load(Ordering::Acquire);
+            raised && (signed == NOT_LOADED || old <= signed || committed - signed >= batch_max as u64)
+        });
+        if raised {
             self.progress.committed(committed, Instant::now());
         }
     }
@@ -205,14 +223,14 @@ impl Pipelines {
         if let Some(slot) = self.map.get(ws) {
             if !slot.tx.is_closed() {
                 slot.fresh.lock().map(|mut f| f.push(receipts)).ok();
-                slot.raise(committed);
+                slot.raise(committed, shared.cfg.sign_batch_max);
                 return;
             }
         }
         match self.map.entry(ws.to_owned()) {
             dashmap::Entry::Occupied(e) if !e.get().tx.is_closed() => {
                 e.get().fresh.lock().map(|mut f| f.push(receipts)).ok();
-                e.get().raise(committed)
+                e.get().raise(committed, shared.cfg.sign_batch_max)
             }
             entry => {
                 let (tx, rx) = watch::channel(committed);
@@ -425,6 +443,11 @@ async fn run(
     // (`takeover.rs`); on one node its signer has always had it.
     let mut signer_ready = shared.ownership.is_none();
     loop {
+        // Published before the committed size is read: `Slot::raise` wakes an idle task by it
+        // (a take-over or a failed round may have moved the frontier without a round's mark).
+        if progress.signed.load(Ordering::Acquire) != st.frontier.size() {
+            progress.signed(st.frontier.size());
+        }
         let committed = *rx.borrow_and_update();
         if st.frontier.size() >= committed {
             st.waiting_since = None;

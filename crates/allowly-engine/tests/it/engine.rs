@@ -238,6 +238,39 @@ async fn signing_rounds_keep_to_the_instance_rate_and_shutdown_signs_without_wai
     signer.stop();
 }
 
+/// A round waiting for its slot is not woken by every commit (`Slot::raise`), only when the
+/// task may be idle or its unsigned leaves fill a batch: so a batch that fills is signed at
+/// once, even with an hour's batching delay. Were the filling commit's wake-up lost, these
+/// receipts would wait out the hour.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_batch_is_signed_without_waiting_for_its_round() {
+    let root = TempDir::new().unwrap();
+    let signer = start_signer(&root);
+    // A short shutdown: a last odd leaf would wait out the hour, and shutdown lets it go.
+    let cfg = EngineConfig {
+        sign_batch_delay: Duration::from_secs(3600),
+        sign_batch_max: 2,
+        shutdown_timeout: Duration::from_millis(200),
+        ..config()
+    };
+    let e = Engine::start(open_store(&root), client(&root), cfg).await.unwrap();
+    let ws = workspace(&e).await;
+    let auth = e.create_authorization(&ws, grant(None), None).await.unwrap().authorization.id;
+    let mut ids = Vec::new();
+    for _ in 0..6 {
+        ids.push(
+            e.check(&ws, ask(&auth, "files.read", Some("doc:1")), None).await.unwrap().receipt.unwrap().receipt_id,
+        );
+    }
+    // Whatever the log held before the grant, the first four checks lie in full batches of two.
+    for id in &ids[..4] {
+        eventually_signed(&e, &ws, id).await;
+    }
+    assert!(e.metrics().sign_batch.get_sample_count() >= 2, "the full batches were signed in rounds of their own");
+    e.shutdown().await;
+    signer.stop();
+}
+
 /// A cache budget of one authorization, with checks on several authorizations in flight at
 /// once: entries are evicted all the time, but never one that a staged or in-flight commit
 /// changed (a reread from the store would be stale: a reused `seq`, a wrong `prev`). Every trail
