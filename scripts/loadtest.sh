@@ -47,7 +47,10 @@ stop() {
     rm -rf "$data" "$log"
   fi
 }
-trap stop EXIT INT TERM
+# A signal ends the script (then the EXIT trap stops the server): a trap that only ran `stop`
+# would let bash carry on after it, e.g. into --scale's restart of a server nobody waits for.
+trap stop EXIT
+trap 'exit 130' INT TERM
 
 # Port 0: the kernel picks a free one; the first stdout line says which. Sets $server and $url.
 start_server() {
