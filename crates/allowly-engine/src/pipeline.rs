@@ -426,10 +426,8 @@ async fn run(
     let mut backoff = Duration::from_millis(20);
     let mut st = loop {
         match Signing::load(&shared, &ws, fresh.clone()).await {
-            Ok(st) => {
-                progress.signed(st.frontier.size());
-                break st;
-            }
+            // Its signed size is published at the top of the loop below.
+            Ok(st) => break st,
             Err(e) => {
                 tracing::error!(workspace = %ws, error = %e, "cannot load signing state; retrying");
                 tokio::time::sleep(backoff).await;
@@ -443,8 +441,9 @@ async fn run(
     // (`takeover.rs`); on one node its signer has always had it.
     let mut signer_ready = shared.ownership.is_none();
     loop {
-        // Published before the committed size is read: `Slot::raise` wakes an idle task by it
-        // (a take-over or a failed round may have moved the frontier without a round's mark).
+        // The one place the signed size is published (after the load, a round, a take-over, a
+        // resync of the frontier): before the committed size is read, since `Slot::raise` wakes
+        // an idle task by it.
         if progress.signed.load(Ordering::Acquire) != st.frontier.size() {
             progress.signed(st.frontier.size());
         }
@@ -497,7 +496,6 @@ async fn run(
         };
         match outcome {
             Ok(()) => {
-                progress.signed(st.frontier.size());
                 backoff = Duration::from_millis(20);
                 token.signed(&shared, &ws);
             }

@@ -256,12 +256,7 @@ async fn a_full_batch_is_signed_without_waiting_for_its_round() {
     let e = Engine::start(open_store(&root), client(&root), cfg).await.unwrap();
     let ws = workspace(&e).await;
     let auth = e.create_authorization(&ws, grant(None), None).await.unwrap().authorization.id;
-    let mut ids = Vec::new();
-    for _ in 0..6 {
-        ids.push(
-            e.check(&ws, ask(&auth, "files.read", Some("doc:1")), None).await.unwrap().receipt.unwrap().receipt_id,
-        );
-    }
+    let ids = read_checks(&e, &ws, &auth, 6).await;
     // Whatever the log held before the grant, the first four checks lie in full batches of two.
     for id in &ids[..4] {
         eventually_signed(&e, &ws, id).await;
@@ -401,12 +396,7 @@ fn receipts_left_pending_by_a_dead_engine_are_signed_by_the_next() {
         let e = Engine::start(store.clone() as Arc<dyn Store>, client(&root), slow).await.unwrap();
         let ws = workspace(&e).await;
         let auth = e.create_authorization(&ws, grant(None), None).await.unwrap().authorization.id;
-        let mut ids = Vec::new();
-        for _ in 0..10 {
-            ids.push(
-                e.check(&ws, ask(&auth, "files.read", Some("doc:1")), None).await.unwrap().receipt.unwrap().receipt_id,
-            );
-        }
+        let ids = read_checks(&e, &ws, &auth, 10).await;
         (ws, auth, ids)
     });
     drop(rt1);

@@ -149,6 +149,15 @@ pub fn body_of(r: &PendingReceipt<RawBody>) -> ReceiptBody {
 }
 
 /// Receipt `id` of `ws`, once it is signed.
+/// `n` allowed `files.read` checks of `doc:1` under `auth`, one after the other: their receipt ids.
+pub async fn read_checks(e: &Engine, ws: &str, auth: &str, n: usize) -> Vec<String> {
+    let mut ids = Vec::with_capacity(n);
+    for _ in 0..n {
+        ids.push(e.check(ws, ask(auth, "files.read", Some("doc:1")), None).await.unwrap().receipt.unwrap().receipt_id);
+    }
+    ids
+}
+
 pub async fn eventually_signed(e: &Engine, ws: &str, id: &str) -> AnyReceipt {
     eventually("the receipt is signed", || async { matches!(e.receipt(ws, id), Ok(ReceiptView::Signed(_))) }).await;
     any(e.receipt(ws, id).unwrap())
