@@ -9,7 +9,8 @@
 //!
 //! How. A round hands its append to [`SignBatcher::append`] and waits for its own result, as
 //! it waited for `append_batch`. One task takes the queued appends: as soon as one of
-//! [`IN_FLIGHT`] request slots is free it sends everything queued meanwhile (up to the
+//! [`IN_FLIGHT`] request slots is free (and after one yield, so the rounds woken at the same
+//! tick are queued too) it sends everything queued meanwhile (up to the
 //! protocol's limits), so nothing waits for a timer — under light load a request carries one
 //! round, and the more rounds arrive while requests are out, the more the next one carries.
 //! The queue is bounded ([`QUEUE`]): a round that finds it full waits (back pressure; its own
@@ -121,6 +122,10 @@ async fn run(signer: SignerClient, mut rx: mpsc::Receiver<Item>, per_request: Hi
         };
         // Waiting for a slot is what lets the queue fill: the next request takes all of it.
         let Ok(slot) = slots.clone().acquire_owned().await else { return };
+        // Rounds woken together (a tick of paced slots, `pace.rs`) are still being polled when
+        // the first one's item wakes this task, which would then run next and send it nearly
+        // alone: yield once so the tasks already woken queue their rounds first.
+        tokio::task::yield_now().await;
         let mut batch = Batch::default();
         batch.push(first);
         while batch.items.len() < MAX_MANY_APPENDS {
