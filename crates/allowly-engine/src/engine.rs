@@ -91,7 +91,8 @@ impl Engine {
             tokio::runtime::Handle::current(),
         )
         .map_err(|e| EngineError::Internal(format!("cannot start the committer thread: {e}")))?;
-        let sign_pacer = crate::pace::Pacer::new(cfg.sign_rounds_per_second);
+        // A quarter of the backlog bound: pacing alone never makes the instance fail closed.
+        let sign_pacer = crate::pace::Pacer::new(cfg.sign_rounds_per_second, cfg.max_unsigned_age / 4);
         let sign_batcher = crate::sign_batcher::SignBatcher::start(
             signer.clone(),
             metrics.sign_request_workspaces.clone(),

@@ -138,6 +138,10 @@ pub struct Metrics {
     /// rate (`sign_rounds_per_second`): how often the rate binds. Their wait shows in
     /// `signing_lag_seconds`.
     pub sign_rounds_paced: IntCounter,
+    /// Signing rounds sent above that rate because they would have waited longer than a
+    /// quarter of `max_unsigned_age` for a slot (more busy workspaces than the rate serves
+    /// within the bound; `pace.rs`). Rising: the rounds' CPU grows with the workspaces.
+    pub sign_rounds_over_rate: IntCounter,
     /// 1 while the signer answers, 0 while checks fail closed.
     pub signer_up: IntGauge,
     /// Signer logs that disagree with the stored one (fork or rollback): signing stops for the
@@ -411,6 +415,11 @@ impl Metrics {
                 "Signing rounds that waited for a slot of the instance's signing rate",
             )
             .expect("static metric definition"),
+            sign_rounds_over_rate: IntCounter::new(
+                "allowly_engine_sign_rounds_over_rate_total",
+                "Signing rounds sent above the signing rate so as not to wait past a quarter of max_unsigned_age",
+            )
+            .expect("static metric definition"),
             signer_up: IntGauge::new("allowly_engine_signer_up", "1 while the signer answers")
                 .expect("static metric definition"),
             log_divergence: IntCounter::new(
@@ -571,7 +580,7 @@ impl Metrics {
     }
 
     /// Every metric but the store's gauges.
-    fn parts(&self) -> [&dyn Collector; 50] {
+    fn parts(&self) -> [&dyn Collector; 51] {
         [
             &self.decisions,
             &self.overloaded,
@@ -602,6 +611,7 @@ impl Metrics {
             &self.signer_errors,
             &self.signer_busy,
             &self.sign_rounds_paced,
+            &self.sign_rounds_over_rate,
             &self.signer_up,
             &self.log_divergence,
             &self.faults,

@@ -470,7 +470,16 @@ async fn run(
         // With many workspaces signing at once, later: the round waits for its slot of the
         // instance's signing rate (see `pace.rs`), collecting commits meanwhile.
         let ready = since + shared.cfg.sign_batch_delay;
-        let slot = if shared.shutting_down.load(Ordering::Acquire) { ready } else { shared.sign_pacer.reserve(ready) };
+        let slot = match shared.shutting_down.load(Ordering::Acquire) {
+            true => ready,
+            false => {
+                let slot = shared.sign_pacer.reserve(ready);
+                if slot.over_rate {
+                    shared.metrics.sign_rounds_over_rate.inc();
+                }
+                slot.at
+            }
+        };
         if slot > ready {
             shared.metrics.sign_rounds_paced.inc();
         }

@@ -266,6 +266,43 @@ async fn a_full_batch_is_signed_without_waiting_for_its_round() {
     signer.stop();
 }
 
+/// More workspaces signing at once than the signing rate serves within `max_unsigned_age`:
+/// pacing alone must not make the oldest unsigned receipt old enough to fail the instance
+/// closed (`signing_backlog`) while the signer keeps up. At one round a second, the sixteenth
+/// workspace's grant would wait 15 s for its slot, far past the 2 s bound; the pacer sends the
+/// rounds that would wait more than a quarter of the bound above the rate instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pacing_alone_never_fails_the_instance_closed() {
+    let root = TempDir::new().unwrap();
+    let signer = start_signer(&root);
+    let cfg = EngineConfig {
+        sign_rounds_per_second: 1,
+        max_unsigned_age: Duration::from_secs(2),
+        health_interval: Duration::from_millis(50),
+        ..config()
+    };
+    let e = Engine::start(open_store(&root), client(&root), cfg).await.unwrap();
+    let mut tenants = Vec::new();
+    for _ in 0..16 {
+        // A refusal here (`signing_backlog`) is the failure this test is about.
+        let ws = workspace(&e).await;
+        let auth = e.create_authorization(&ws, grant(None), None).await.unwrap().authorization.id;
+        tenants.push((ws, auth));
+    }
+    let backlog = |e: &Engine| e.readiness().causes.iter().any(|c| c.code == "signing_backlog");
+    for (ws, auth) in &tenants {
+        eventually("every grant signed", || async {
+            assert!(!backlog(&e), "failed closed by pacing: {:?}", e.readiness().detail);
+            all_signed(&e, ws, auth).await
+        })
+        .await;
+    }
+    assert!(!backlog(&e), "{:?}", e.readiness().detail);
+    assert!(e.metrics().sign_rounds_over_rate.get() > 0, "the rounds beyond the bound went above the rate");
+    e.shutdown().await;
+    signer.stop();
+}
+
 /// A cache budget of one authorization, with checks on several authorizations in flight at
 /// once: entries are evicted all the time, but never one that a staged or in-flight commit
 /// changed (a reread from the store would be stale: a reused `seq`, a wrong `prev`). Every trail
