@@ -45,9 +45,9 @@ use std::time::{Duration, Instant};
 /// Slots per tick: rounds that wait longer than this many slots wake at tick boundaries.
 pub(crate) const TICK_SLOTS: u64 = 16;
 
-/// When a round may be sent.
+/// A round's place in the pacer: when it may be sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Slot {
+pub(crate) struct Reservation {
     pub at: Instant,
     /// The round goes above the rate: the paced queue was longer than the pacer's bound.
     pub over_rate: bool,
@@ -85,9 +85,9 @@ impl Pacer {
     /// Reserves a slot for one round that is ready at `ready`: when it may be sent (`ready`, or
     /// later if the slots up to then are taken; a round that waits more than a tick goes at the
     /// tick boundary at or after its slot; no round waits much more than `max_wait`).
-    pub(crate) fn reserve(&self, ready: Instant) -> Slot {
+    pub(crate) fn reserve(&self, ready: Instant) -> Reservation {
         if self.interval == 0 {
-            return Slot { at: ready, over_rate: false };
+            return Reservation { at: ready, over_rate: false };
         }
         let at = u64::try_from(ready.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX);
         let mut next = self.next.load(Ordering::Relaxed);
@@ -96,7 +96,7 @@ impl Pacer {
             if slot - at > self.max_wait {
                 // Outside the schedule: it takes no slot, so the queue stays `max_wait` long
                 // and the rounds beyond it go at the rate the bound needs.
-                return Slot { at: self.wake(at, at.saturating_add(self.max_wait)), over_rate: true };
+                return Reservation { at: self.wake(at, at.saturating_add(self.max_wait)), over_rate: true };
             }
             match self.next.compare_exchange_weak(
                 next,
@@ -104,7 +104,7 @@ impl Pacer {
                 Ordering::Relaxed,
                 Ordering::Relaxed,
             ) {
-                Ok(_) => return Slot { at: self.wake(at, slot), over_rate: false },
+                Ok(_) => return Reservation { at: self.wake(at, slot), over_rate: false },
                 Err(seen) => next = seen,
             }
         }
@@ -185,7 +185,7 @@ mod tests {
         // 10 rounds a second, at most 1 s of wait: 11 slots (0 to 1 s) are the schedule.
         let p = Pacer::new(10, Duration::from_secs(1));
         let t0 = Instant::now();
-        let slots: Vec<Slot> = (0..50).map(|_| p.reserve(t0)).collect();
+        let slots: Vec<Reservation> = (0..50).map(|_| p.reserve(t0)).collect();
         let scheduled = slots.iter().take_while(|s| !s.over_rate).count();
         assert_eq!(scheduled, 11, "{slots:?}");
         for (i, s) in slots.iter().enumerate() {
@@ -197,7 +197,7 @@ mod tests {
         // The rounds over the rate took no slot: the schedule is still 11 slots long, and a
         // round ready once those have passed goes at once, at the rate.
         let later = t0 + Duration::from_millis(1100);
-        assert_eq!(p.reserve(later), Slot { at: later, over_rate: false });
+        assert_eq!(p.reserve(later), Reservation { at: later, over_rate: false });
     }
 
     #[test]

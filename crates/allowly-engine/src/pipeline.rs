@@ -473,11 +473,11 @@ async fn run(
         let slot = match shared.shutting_down.load(Ordering::Acquire) {
             true => ready,
             false => {
-                let slot = shared.sign_pacer.reserve(ready);
-                if slot.over_rate {
+                let place = shared.sign_pacer.reserve(ready);
+                if place.over_rate {
                     shared.metrics.sign_rounds_over_rate.inc();
                 }
-                slot.at
+                place.at
             }
         };
         if slot > ready {
