@@ -282,13 +282,8 @@ async fn pacing_alone_never_fails_the_instance_closed() {
         ..config()
     };
     let e = Engine::start(open_store(&root), client(&root), cfg).await.unwrap();
-    let mut tenants = Vec::new();
-    for _ in 0..16 {
-        // A refusal here (`signing_backlog`) is the failure this test is about.
-        let ws = workspace(&e).await;
-        let auth = e.create_authorization(&ws, grant(None), None).await.unwrap().authorization.id;
-        tenants.push((ws, auth));
-    }
+    // A refusal while they are made (`signing_backlog`) is the failure this test is about.
+    let tenants = tenants(&e, 16).await;
     let backlog = |e: &Engine| e.readiness().causes.iter().any(|c| c.code == "signing_backlog");
     for (ws, auth) in &tenants {
         eventually("every grant signed", || async {

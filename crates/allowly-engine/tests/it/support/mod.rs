@@ -100,15 +100,21 @@ pub async fn workspace(e: &Engine) -> String {
     e.create_workspace(NewWorkspace { name: "acme".into(), scope_rules: rules() }, None).await.unwrap().id
 }
 
-/// `n` workspaces with one grant each, `(workspace, authorization)`, once every grant's receipt
-/// is signed (`what` names the wait if it times out).
-pub async fn signed_tenants(e: &Engine, n: usize, what: &str) -> Vec<(String, String)> {
+/// `n` workspaces with one grant each, `(workspace, authorization)`, as soon as they are made.
+pub async fn tenants(e: &Engine, n: usize) -> Vec<(String, String)> {
     let mut tenants = Vec::with_capacity(n);
     for _ in 0..n {
         let ws = workspace(e).await;
         let auth = e.create_authorization(&ws, grant(None), None).await.unwrap().authorization.id;
         tenants.push((ws, auth));
     }
+    tenants
+}
+
+/// `n` workspaces with one grant each, `(workspace, authorization)`, once every grant's receipt
+/// is signed (`what` names the wait if it times out).
+pub async fn signed_tenants(e: &Engine, n: usize, what: &str) -> Vec<(String, String)> {
+    let tenants = tenants(e, n).await;
     for (ws, auth) in &tenants {
         eventually(what, || async { all_signed(e, ws, auth).await }).await;
     }
@@ -148,7 +154,6 @@ pub fn body_of(r: &PendingReceipt<RawBody>) -> ReceiptBody {
     ReceiptBody::from_json(&r.body.to_value().unwrap()).unwrap()
 }
 
-/// Receipt `id` of `ws`, once it is signed.
 /// `n` allowed `files.read` checks of `doc:1` under `auth`, one after the other: their receipt ids.
 pub async fn read_checks(e: &Engine, ws: &str, auth: &str, n: usize) -> Vec<String> {
     let mut ids = Vec::with_capacity(n);
@@ -158,6 +163,7 @@ pub async fn read_checks(e: &Engine, ws: &str, auth: &str, n: usize) -> Vec<Stri
     ids
 }
 
+/// Receipt `id` of `ws`, once it is signed.
 pub async fn eventually_signed(e: &Engine, ws: &str, id: &str) -> AnyReceipt {
     eventually("the receipt is signed", || async { matches!(e.receipt(ws, id), Ok(ReceiptView::Signed(_))) }).await;
     any(e.receipt(ws, id).unwrap())
