@@ -11,7 +11,9 @@
 //!   failing rate, until they are within `resolution` of each other or `max_bisections` steps
 //!   were spent;
 //! - the knee is the highest passing rate below the lowest failing rate. A pass *above* a
-//!   failure (noise on a shared machine) is ignored: the knee is the conservative one.
+//!   failure (noise on a shared machine) is ignored: the knee is the conservative one;
+//! - so the search's first failure is offered once more before it counts ([`confirm`]): it
+//!   sets the bracket, and a single stall there would otherwise decide the whole search.
 
 /// What the pass rule looks at in one step.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -109,6 +111,15 @@ pub fn next_rate(s: &Search, tried: &Tried) -> Option<f64> {
     (!tried.iter().any(|t| t.0 == next)).then_some(next)
 }
 
+/// Whether a step that just failed (not yet in `tried`) must be offered once more, the second
+/// result standing for the rate: yes for the search's first failure. It sets the bracket every
+/// later step stays inside, so one stall in it (a compaction, a neighbour's burst) would pull
+/// the knee down by up to the factor — or, at the first step, send the search below every rate
+/// worth trying. Later failures only narrow a confirmed bracket, by one bisection at most.
+pub fn confirm(tried: &Tried) -> bool {
+    tried.iter().all(|t| t.1)
+}
+
 /// The knee: the highest passing rate below the lowest failing one.
 pub fn knee(tried: &Tried) -> Option<f64> {
     bracket(tried).0
@@ -175,6 +186,51 @@ mod tests {
         assert_eq!(t[2], (250.0, true));
         assert!(knee(&t).is_some_and(|k| (250.0..=300.0).contains(&k)));
         assert_eq!(knee(&search(50.0)), None, "nothing passes above min_rate");
+    }
+
+    /// Runs the search as `Runner::search` does, against a target that passes every rate ≤
+    /// `capacity` except the offers numbered in `stalls` (1-based), which fail once each.
+    fn search_with_stalls(capacity: f64, stalls: &[usize]) -> (Vec<(f64, bool)>, usize) {
+        let mut tried = Vec::new();
+        let mut offers = 0;
+        let mut offer = |r: f64| {
+            offers += 1;
+            r <= capacity && !stalls.contains(&offers)
+        };
+        while let Some(r) = next_rate(&S, &tried) {
+            let mut pass = offer(r);
+            if !pass && confirm(&tried) {
+                pass = offer(r);
+            }
+            tried.push((r, pass));
+            assert!(tried.len() < 40, "search must end");
+        }
+        (tried, offers)
+    }
+
+    #[test]
+    fn a_stall_in_the_first_failure_does_not_decide_the_knee() {
+        let clean = knee(&search(5000.0));
+        // A stall at the very first step: confirmed away, same knee (it used to be ≤ 1000/2).
+        let (t, offers) = search_with_stalls(5000.0, &[1]);
+        assert_eq!(knee(&t), clean);
+        // Two extra offers: the stall's, and the real first failure's later (noise is no failure).
+        assert_eq!(offers, t.len() + 2);
+        // A stall in the geometric climb (offer 3 is 4000/s): same knee.
+        assert_eq!(knee(&search_with_stalls(5000.0, &[3]).0), clean);
+        // A real first failure is confirmed by its second offer and stands.
+        let (t, offers) = search_with_stalls(5000.0, &[]);
+        assert_eq!(knee(&t), clean);
+        assert_eq!(offers, t.len() + 1, "only the first failure is offered twice");
+        // Below min_rate nothing passes, confirmed or not.
+        assert_eq!(knee(&search_with_stalls(50.0, &[]).0), None);
+    }
+
+    #[test]
+    fn only_the_first_failure_is_confirmed() {
+        assert!(confirm(&[]));
+        assert!(confirm(&[(1000.0, true), (2000.0, true)]));
+        assert!(!confirm(&[(1000.0, true), (2000.0, false)]));
     }
 
     #[test]
