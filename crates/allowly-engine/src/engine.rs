@@ -1191,23 +1191,31 @@ impl Engine {
         Ok((Some((at, self.served(ws, at, note)?)), size))
     }
 
-    fn proof(&self, ws: &str, index: u64, size: u64) -> Result<Vec<merkle::Hash>> {
-        let nodes = StoredNodes::new(&*self.shared.store, ws);
-        merkle::inclusion_proof(&nodes, index, size).map_err(|e| match nodes.take_error() {
+    /// The nodes of `ws`, for the proofs of one request: one source for all of them, so the
+    /// receipts' leaf hashes it reads for the lowest levels are read once per block of eight.
+    fn nodes<'a>(&'a self, ws: &'a str) -> StoredNodes<'a, dyn allowly_store::Store> {
+        StoredNodes::new(&*self.shared.store, ws)
+    }
+
+    fn proof(nodes: &StoredNodes<'_, dyn allowly_store::Store>, index: u64, size: u64) -> Result<Vec<merkle::Hash>> {
+        merkle::inclusion_proof(nodes, index, size).map_err(|e| match nodes.take_error() {
             Some(se) => EngineError::Store(se),
             None => EngineError::Internal(format!("inclusion proof of {index} in {size}: {e}")),
         })
     }
 
-    /// A stored receipt's envelope: signed against `latest` when it is covered by it.
-    fn view(&self, r: &ReceiptRecord, latest: Option<&(u64, String)>) -> Result<ReceiptView> {
+    /// A stored receipt's envelope: signed against `latest` when it is covered by it (its
+    /// proof from `nodes`, which are its workspace's).
+    fn view(
+        nodes: &StoredNodes<'_, dyn allowly_store::Store>,
+        r: &ReceiptRecord,
+        latest: Option<&(u64, String)>,
+    ) -> Result<ReceiptView> {
         // Signed iff the newest checkpoint covers its leaf (nothing in the receipt records it).
         match latest {
-            Some((size, note)) if r.log_index < *size => Ok(ReceiptView::Signed(signed_envelope(
-                r,
-                self.proof(&r.workspace_id, r.log_index, *size)?,
-                note.clone(),
-            )?)),
+            Some((size, note)) if r.log_index < *size => {
+                Ok(ReceiptView::Signed(signed_envelope(r, Self::proof(nodes, r.log_index, *size)?, note.clone())?))
+            }
             _ => Ok(ReceiptView::Pending(pending_envelope(r)?)),
         }
     }
@@ -1232,7 +1240,7 @@ impl Engine {
             .filter(|r| r.id == id)
             .ok_or(not_found)?;
         let (basis, stored) = self.basis(ws)?;
-        let view = self.view(&r, basis.as_ref())?;
+        let view = Self::view(&self.nodes(ws), &r, basis.as_ref())?;
         // Pending below the stored size: its checkpoint waits for the quorum (without
         // witnesses the basis is the newest checkpoint, and nothing below it is pending).
         let reason = match &view {
@@ -1263,7 +1271,8 @@ impl Engine {
         let has_more = recs.len() > limit;
         recs.truncate(limit);
         let next_cursor = if has_more { recs.last().and_then(|r| r.seq).map(|s| s.to_string()) } else { None };
-        let data = recs.iter().map(|r| self.view(r, latest.as_ref())).collect::<Result<Vec<_>>>()?;
+        let nodes = self.nodes(ws);
+        let data = recs.iter().map(|r| Self::view(&nodes, r, latest.as_ref())).collect::<Result<Vec<_>>>()?;
         Ok(Page { data, has_more, next_cursor })
     }
 
@@ -1304,7 +1313,7 @@ impl Engine {
             return Err(EngineError::invalid("log_index", format!("must be below the tree size {size}")));
         }
         let r = self.shared.store.receipt_at(ws, log_index)?.ok_or(EngineError::NotFound { what: "leaf" })?;
-        let proof = self.proof(ws, log_index, size)?;
+        let proof = Self::proof(&self.nodes(ws), log_index, size)?;
         Ok(InclusionProofView {
             log_index,
             tree_size: size,
@@ -1370,9 +1379,12 @@ impl Engine {
                 (bundle::Scope::Log { from, to }, store.receipts_in_range(ws, from, to, (to - from) as usize)?)
             }
         };
+        let nodes = self.nodes(ws);
         let receipts = recs
             .iter()
-            .map(|r| self.view(r, latest.as_ref())?.into_any().map_err(|e| EngineError::Internal(e.to_string())))
+            .map(|r| {
+                Self::view(&nodes, r, latest.as_ref())?.into_any().map_err(|e| EngineError::Internal(e.to_string()))
+            })
             .collect::<Result<Vec<_>>>()?;
         let b = Bundle {
             header: Some(Header {

@@ -44,7 +44,7 @@ use allowly_receipt::note;
 use allowly_receipt::types::log_origin;
 use allowly_signer_proto::client::ClientError;
 use allowly_signer_proto::{ErrorCode, MAX_BATCH_BODY_BYTES};
-use allowly_store::{Durability, Op, StoredNodes, WriteBatch};
+use allowly_store::{Durability, Op, StoredNodes, WriteBatch, FIRST_STORED_LEVEL};
 use dashmap::DashMap;
 use tokio::sync::watch;
 
@@ -922,11 +922,12 @@ fn signed_ops(
     let events = signed_event(shared, ws, from, appended.new_size, &checkpoint)?;
     let wake = !events.is_empty();
     let mut ops = vec![
-        // Level 0 is the leaf hashes, already stored in the receipts (`StoredNodes` reads
-        // them there): about half of the nodes, one key per receipt less.
+        // Level 0 is the leaf hashes, already stored in the receipts, and the levels up to
+        // `FIRST_STORED_LEVEL` are hashed from them when a proof needs one (`StoredNodes`):
+        // seven of every eight nodes, a key per receipt less to insert, flush and compact.
         Op::PutNodes {
             workspace_id: ws.to_owned(),
-            nodes: appended.new_nodes.into_iter().filter(|&(level, _, _)| level > 0).collect(),
+            nodes: appended.new_nodes.into_iter().filter(|&(level, _, _)| level >= FIRST_STORED_LEVEL).collect(),
         },
         Op::PutCheckpoint { workspace_id: ws.to_owned(), size: appended.new_size, note: checkpoint },
     ];

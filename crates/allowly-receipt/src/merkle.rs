@@ -79,9 +79,10 @@ impl NodeSource for LeafList {
     }
 }
 
-/// Hash of a complete subtree over `leaves` (length a power of two). Recursion depth is at most
+/// Hash of a complete subtree over `leaves` (length a power of two): the node a store that
+/// does not keep the lowest levels recomputes from the leaf hashes. Recursion depth is at most
 /// 64 because a slice is shorter than 2^64.
-fn complete_subtree_hash(leaves: &[Hash]) -> Hash {
+pub fn complete_subtree_hash(leaves: &[Hash]) -> Hash {
     match leaves {
         // Unreachable from `LeafList::node` (width >= 1); defined so the function is total.
         [] => EMPTY_ROOT,

@@ -22,7 +22,7 @@
 //! # Schema (version 2)
 //!
 //! ```sql
-//! allowly_meta (name text PRIMARY KEY, value text NOT NULL)   -- ('schema_version', '2')
+//! allowly_meta (name text PRIMARY KEY, value text NOT NULL)   -- ('schema_version', '3')
 //! allowly_kv   (space text, k bytea, v bytea NOT NULL, PRIMARY KEY (space, k))
 //! ```
 //!

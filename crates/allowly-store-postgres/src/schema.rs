@@ -15,7 +15,12 @@ use crate::PgOptions;
 ///   ignores fences: once a node of this build has opened the database, one of an older build
 ///   must not write to it (it would write a workspace another node owns), so it is refused.
 ///   A version-1 database is migrated on open (the version row only).
-pub(crate) const VERSION: u32 = 2;
+/// - 3: the same tables; the `nodes` key space no longer holds the Merkle nodes below
+///   `allowly_store::FIRST_STORED_LEVEL`, which this build hashes from the receipts. A
+///   version-2 build would find them missing (its proofs and signing-task loads would fail), so
+///   it is refused. A version-1 or -2 database is migrated on open (the version row only): the
+///   nodes it holds stay valid and are read as before.
+pub(crate) const VERSION: u32 = 3;
 /// The oldest version this build migrates from.
 const MIGRATES_FROM: u32 = 1;
 
@@ -91,9 +96,9 @@ const NOW: &str = "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::int8";
 pub(crate) async fn ensure(client: &Client) -> Result<(), Failure> {
     client.batch_execute(CREATE_META).await?;
     let found = read_version(client).await?;
-    if found.is_some_and(|v| (MIGRATES_FROM..VERSION).contains(&v)) {
-        // A version-1 database: nothing to create (see VERSION), the version to record.
-        client.execute(MIGRATE, &[&VERSION.to_string(), &MIGRATES_FROM.to_string()]).await?;
+    if let Some(from) = found.filter(|v| (MIGRATES_FROM..VERSION).contains(v)) {
+        // An older database: nothing to create (see VERSION), the version to record.
+        client.execute(MIGRATE, &[&VERSION.to_string(), &from.to_string()]).await?;
     } else {
         check(found, true)?;
     }

@@ -80,7 +80,7 @@ mod types;
 
 pub use error::{Result, StoreError};
 pub use mem::MemStore;
-pub use store::{Store, StoredNodes};
+pub use store::{Store, StoredNodes, FIRST_STORED_LEVEL};
 pub use types::{
     ApiKeyRecord, AuthorizationRecord, DocKind, Durability, EngineStats, IdempotencyRef, Lease, LeaseAnswer, LogMeta,
     Member, Op, PublicKeyRecord, RateLimit, ReceiptRecord, Role, ScopeRule, WorkspaceRecord, WriteBatch,

@@ -5,7 +5,7 @@ use std::cell::RefCell;
 use std::fmt;
 use std::time::Duration;
 
-use allowly_receipt::merkle::{Hash, NodeSource};
+use allowly_receipt::merkle::{self, Hash, NodeSource};
 
 use crate::error::{Result, StoreError};
 use crate::types::{
@@ -166,8 +166,26 @@ pub trait Store: Send + Sync + 'static {
     }
 }
 
+/// The lowest Merkle level a writer needs to store: nodes below it are recomputed from the
+/// receipts' leaf hashes when a proof asks for them (at most `2^FIRST_STORED_LEVEL` leaves, one
+/// range read, see [`StoredNodes`]).
+///
+/// Why not store them: with many busy workspaces every stored node is another cold insert into
+/// the memtable's skip list and another entry to flush and compact, and levels 1 and 2 are
+/// three quarters of all nodes above the leaves. Proofs are read far more rarely than receipts
+/// are written. Stores written before (every level from 1 up) still serve their stored nodes.
+pub const FIRST_STORED_LEVEL: u8 = 3;
+
+/// Leaves in the aligned block [`StoredNodes`] reads to recompute an unstored node.
+const BLOCK: u64 = 1 << FIRST_STORED_LEVEL;
+
 /// Serves Merkle proofs from the nodes a [`Store`] holds for one workspace
 /// (`allowly_receipt::merkle::inclusion_proof(&StoredNodes::new(&store, ws), ..)`).
+///
+/// A node the store does not hold below [`FIRST_STORED_LEVEL`] (a level-0 node is the leaf
+/// hash in the receipt at that index) is hashed from the leaf hashes of the aligned block of
+/// [`BLOCK`] receipts that holds it, read once and kept for the next node of the same block:
+/// one proof's lowest siblings all lie in one block.
 ///
 /// [`NodeSource`] can only say "missing", so a *store* failure is also reported as
 /// [`allowly_receipt::Error::MissingNode`]; it is logged and kept, and the caller must check
@@ -177,17 +195,45 @@ pub struct StoredNodes<'a, S: Store + ?Sized> {
     store: &'a S,
     ws: &'a str,
     error: RefCell<Option<StoreError>>,
+    /// The last block read: its first index and the leaf hash at each offset (`None`: no
+    /// receipt there, e.g. past the log's end).
+    block: RefCell<Option<(u64, [Option<Hash>; BLOCK as usize])>>,
 }
 
 impl<'a, S: Store + ?Sized> StoredNodes<'a, S> {
     /// Nodes of workspace `ws` in `store`.
     pub fn new(store: &'a S, ws: &'a str) -> Self {
-        Self { store, ws, error: RefCell::new(None) }
+        Self { store, ws, error: RefCell::new(None), block: RefCell::new(None) }
     }
 
     /// The first store error met since the last call, if any.
     pub fn take_error(&self) -> Option<StoreError> {
         self.error.borrow_mut().take()
+    }
+
+    /// Node `(level, index)` (`level < FIRST_STORED_LEVEL`) hashed from its leaves, or `None`
+    /// if a leaf of it is not stored.
+    fn hashed_from_leaves(&self, level: u8, index: u64) -> Result<Option<Hash>> {
+        let width = 1u64 << level;
+        let Some(first) = index.checked_mul(width) else { return Ok(None) };
+        let start = first & !(BLOCK - 1);
+        // Offsets inside the block: `first - start + width <= BLOCK` as the node is aligned.
+        let (lo, hi) = ((first - start) as usize, (first - start + width) as usize);
+        let mut block = self.block.borrow_mut();
+        let whole =
+            |leaves: &[Option<Hash>]| leaves.get(lo..hi).and_then(|l| l.iter().copied().collect::<Option<Vec<_>>>());
+        if let Some(leaves) = block.as_ref().filter(|(at, _)| *at == start).and_then(|(_, l)| whole(l)) {
+            return Ok(Some(merkle::complete_subtree_hash(&leaves)));
+        }
+        let mut leaves = [None; BLOCK as usize];
+        for (i, hash) in self.store.leaf_hashes(self.ws, start, start.saturating_add(BLOCK), BLOCK as usize)? {
+            if let Some(slot) = i.checked_sub(start).and_then(|o| leaves.get_mut(o as usize)) {
+                *slot = Some(hash);
+            }
+        }
+        let found = whole(&leaves).map(|l| merkle::complete_subtree_hash(&l));
+        *block = Some((start, leaves));
+        Ok(found)
     }
 }
 
@@ -198,11 +244,9 @@ impl<S: Store + ?Sized> fmt::Debug for StoredNodes<'_, S> {
 }
 
 impl<S: Store + ?Sized> NodeSource for StoredNodes<'_, S> {
-    /// A level-0 node is a leaf hash: a writer may leave it out of `nodes` (the engine does: it
-    /// is already in the receipt at that index), and it is then read from the receipt.
     fn node(&self, level: u8, index: u64) -> allowly_receipt::Result<Hash> {
         let found = match self.store.node(self.ws, level, index) {
-            Ok(None) if level == 0 => self.store.receipt_at(self.ws, index).map(|r| r.map(|r| r.leaf)),
+            Ok(None) if level < FIRST_STORED_LEVEL => self.hashed_from_leaves(level, index),
             other => other,
         };
         match found {

@@ -110,8 +110,9 @@ fn read_is_one_snapshot() {
 }
 
 /// The schema is created on open and carries its version; a version-1 database (before leases)
-/// is migrated on open, its data kept; a database at a newer version is refused (nothing
-/// written), and one whose version is not a number is reported corrupt.
+/// and a version-2 one (every Merkle node level stored) are migrated on open, their data kept;
+/// a database at a newer version is refused (nothing written), and one whose version is not a
+/// number is reported corrupt.
 #[test]
 fn schema_version_is_checked() {
     let cluster = test_cluster::shared();
@@ -121,29 +122,31 @@ fn schema_version_is_checked() {
     drop(s);
     let sql = |sql: &str| cluster.psql("postgres", &format!("SET search_path TO {schema}; {sql}"));
     let version = || sql("SELECT value FROM allowly_meta WHERE name = 'schema_version'").trim().to_owned();
-    assert_eq!(version(), "2");
+    assert_eq!(version(), "3");
     // Reopening is idempotent and keeps the data.
     let s = PgStore::open(&conninfo, PgOptions::default()).unwrap();
     assert!(s.workspace("a").unwrap().is_some());
     drop(s);
 
-    // Version 1 had the same tables: what a version-1 build left is migrated, data kept.
-    sql("UPDATE allowly_meta SET value = '1'");
-    let s = PgStore::open(&conninfo, PgOptions::default()).unwrap();
-    assert_eq!(version(), "2");
-    assert!(s.workspace("a").unwrap().is_some());
-    granted(s.acquire_lease("a", "n", "http://n:1", std::time::Duration::from_secs(60)));
-    drop(s);
+    // Versions 1 and 2 had the same tables: what an older build left is migrated, data kept.
+    for old in ["1", "2"] {
+        sql(&format!("UPDATE allowly_meta SET value = '{old}'"));
+        let s = PgStore::open(&conninfo, PgOptions::default()).unwrap();
+        assert_eq!(version(), "3", "from {old}");
+        assert!(s.workspace("a").unwrap().is_some());
+        granted(s.acquire_lease("a", "n", "http://n:1", std::time::Duration::from_secs(60)));
+        drop(s);
+    }
 
-    sql("UPDATE allowly_meta SET value = '3'");
+    sql("UPDATE allowly_meta SET value = '4'");
     match PgStore::open(&conninfo, PgOptions::default()) {
-        Err(StoreError::Engine(msg)) => assert!(msg.contains("newer than this build's 2"), "{msg}"),
+        Err(StoreError::Engine(msg)) => assert!(msg.contains("newer than this build's 3"), "{msg}"),
         other => panic!("a newer schema was not refused: {other:?}"),
     }
-    assert_eq!(version(), "3", "a newer version is never lowered");
+    assert_eq!(version(), "4", "a newer version is never lowered");
     sql("UPDATE allowly_meta SET value = 'x'");
     assert!(matches!(PgStore::open(&conninfo, PgOptions::default()), Err(StoreError::Corrupt { .. })));
-    sql("UPDATE allowly_meta SET value = '2'");
+    sql("UPDATE allowly_meta SET value = '3'");
     assert!(PgStore::open(&conninfo, PgOptions::default()).unwrap().workspace("a").unwrap().is_some());
 }
 

@@ -105,6 +105,11 @@ pub fn every_getter_reports_corruption<S: KvEngine>(s: &S) {
     assert!(matches!(nodes.node(0, 5), Err(allowly_receipt::Error::MissingNode { level: 0, index: 5 })));
     assert!(matches!(nodes.take_error(), Some(StoreError::Corrupt { .. })));
     assert!(nodes.take_error().is_none());
+    // An unstored low node is hashed from receipts: one that does not decode is a store error.
+    s.raw(Space::Receipts, &keys::ws_u64("x", 2), b"not a receipt");
+    let nodes = StoredNodes::new(s, "x");
+    assert!(matches!(nodes.node(1, 1), Err(allowly_receipt::Error::MissingNode { level: 1, index: 1 })));
+    assert!(matches!(nodes.take_error(), Some(StoreError::Corrupt { .. })));
 
     s.raw(Space::Checkpoints, &keys::ws_u64("w", 7), b"\xc3\x28");
     assert_corrupt(s.checkpoint("w", 7));

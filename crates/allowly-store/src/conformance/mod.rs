@@ -69,7 +69,7 @@ macro_rules! conformance_tests {
             unsigned_leaves,
             write_groups,
             nodes_checkpoints_and_log_meta,
-            leaf_nodes_come_from_receipts,
+            low_nodes_come_from_receipts,
             tenant_isolation,
             invalid_ids_write_nothing,
             empty_batch_and_buffered_writes,
