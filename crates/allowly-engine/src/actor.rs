@@ -266,6 +266,10 @@ impl Actor for WorkspaceActor {
         Ok(())
     }
 
+    // The future of `handle` is moved (copied) twice per message by ractor, into the actor
+    // task's state, which with thousands of workspaces is cold: so the rare branches whose
+    // futures are large (a key rotation's, ~3 KB) are boxed, and the future is the size of the
+    // common path's (a check's fetch), not of the largest branch.
     async fn handle(&self, myself: ActorRef<WsMsg>, msg: WsMsg, s: &mut WsState) -> Result<(), ActorProcessingErr> {
         match msg {
             WsMsg::Flush => {
@@ -317,7 +321,7 @@ impl Actor for WorkspaceActor {
                 return Ok(());
             }
             WsMsg::ResumeRotation => {
-                s.resume_rotation().await;
+                Box::pin(s.resume_rotation()).await;
                 return Ok(());
             }
             _ => {}
@@ -335,7 +339,7 @@ impl Actor for WorkspaceActor {
             s.reload().await;
         }
         if s.rotation_at.is_some() && s.shared.health.is_up() {
-            s.resume_rotation().await;
+            Box::pin(s.resume_rotation()).await;
         }
         // What the request reads that this actor does not hold is read now, off the async
         // workers and within the request's deadline (`actor/fetch.rs`); a check of a cached
@@ -343,7 +347,7 @@ impl Actor for WorkspaceActor {
         let fetched = s.fetch_for(&msg).await;
         match msg {
             WsMsg::RotateKey { idem, reply } => {
-                let r = s.rotate_key(idem).await;
+                let r = Box::pin(s.rotate_key(idem)).await;
                 let _ = reply.send(r);
             }
             WsMsg::CreateAuthorization { req, idem, reply } => {

@@ -233,7 +233,9 @@ impl WsState {
         for _ in 0..2 {
             let Some(w) = self.wanted(msg) else { break };
             fetched = true;
-            self.fetch(w, deadline).await;
+            // Boxed: most requests read nothing, and this future would otherwise make every
+            // message's (`WorkspaceActor::handle`) ~900 bytes larger.
+            Box::pin(self.fetch(w, deadline)).await;
             if self.fetched.failed.is_some() {
                 break;
             }
