@@ -73,8 +73,9 @@ pub struct EngineConfig {
     /// Receipt-producing calls fail closed (`signing_backlog`) while the oldest committed,
     /// unsigned receipt of any workspace is older than this.
     pub max_unsigned_age: Duration,
-    /// How often free space and the signing backlog are looked at (and a failed store is
-    /// probed).
+    /// How often free space is looked at (and a failed store is probed); the signing backlog,
+    /// a scan of every loaded workspace, every 1/64 of `max_unsigned_age` but never more often
+    /// than this nor less often than every second (or this, if longer).
     pub health_interval: Duration,
     /// How long a `confirm` nonce stays valid.
     pub confirmation_ttl: Duration,

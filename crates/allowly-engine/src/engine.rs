@@ -146,7 +146,7 @@ impl Engine {
         shared.probe_signer(|| true).await;
         tokio::spawn(probe_loop(Arc::downgrade(&shared)));
         tokio::spawn(pressure_loop(Arc::downgrade(&shared)));
-        crate::monitor::check(&shared).await;
+        crate::monitor::check(&shared, true).await;
         tokio::spawn(crate::monitor::health_loop(Arc::downgrade(&shared)));
         let every = shared.cfg.idempotency_sweep_interval;
         tokio::spawn(periodic(Arc::downgrade(&shared), every, "expired Idempotency-Key records", |e| async move {

@@ -1,5 +1,6 @@
 //! The health task: every `EngineConfig::health_interval` it reads the data volume's free space
-//! against its floor, the signing backlog against its bound (and their gauges), and probes the
+//! against its floor, the signing backlog against its bound (and their gauges; the backlog at
+//! most every second, see [`backlog_every`]), and probes the
 //! store with a small synced write while a store write failure is outstanding; it raises and
 //! clears the [`Faults`](crate::health::Faults) those stand for. Also what `/metrics` reads at
 //! scrape time: [`ScrapeCollector`] and the signer's cached metrics ([`signer_metrics`]).
@@ -32,14 +33,33 @@ fn probe_batch() -> WriteBatch {
 /// backlog against its bound (and their gauges), and a probe write while a store write
 /// failure is outstanding. Ends with the engine.
 pub(crate) async fn health_loop(shared: Weak<Shared>) {
-    let Some(every) = shared.upgrade().map(|s| s.cfg.health_interval) else { return };
+    let Some((every, scan_every)) = shared.upgrade().map(|s| (s.cfg.health_interval, backlog_every(&s.cfg))) else {
+        return;
+    };
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // `Engine::start` ran a whole check just before this loop.
+    let mut scanned = Instant::now();
     loop {
         tick.tick().await;
         let Some(s) = shared.upgrade() else { return };
-        check(&s).await;
+        let scan = scanned.elapsed() >= scan_every;
+        if scan {
+            scanned = Instant::now();
+        }
+        check(&s, scan).await;
     }
+}
+
+/// How often the health task scans every workspace's signing backlog. The scan visits each
+/// loaded workspace (a lock and a few cold cache lines each: ~4 ms over 10,000 busy ones on
+/// this project's 2-core machine, on an async worker), so at every 250 ms tick it cost ~1.3 %
+/// of the server's CPU under load spread over 10,000 workspaces. The bound it checks is
+/// `max_unsigned_age` (60 s by default): a scan every 1/64 of it, at most every second, adds
+/// at most that much to the detection, and the gauges it sets stay fresher than any scrape.
+fn backlog_every(cfg: &crate::config::EngineConfig) -> Duration {
+    let tick = cfg.health_interval;
+    (cfg.max_unsigned_age / 64).clamp(tick, tick.max(Duration::from_secs(1)))
 }
 
 /// Starts a probe write unless one is running: through the committer, so it is timed like
@@ -108,8 +128,8 @@ fn start_probe(s: &Arc<Shared>, recover: bool) {
     });
 }
 
-/// One round of [`health_loop`].
-pub(crate) async fn check(s: &Arc<Shared>) {
+/// One round of [`health_loop`]; the signing backlog is scanned only with `scan_backlog`.
+pub(crate) async fn check(s: &Arc<Shared>, scan_backlog: bool) {
     let m = &s.metrics;
     // Free space: a statvfs, off the async workers (a hung network volume must not stall them).
     let mut full = None;
@@ -172,6 +192,9 @@ pub(crate) async fn check(s: &Arc<Shared>) {
     }
     if s.faults.is_active(Fault::StorageSlow) {
         start_probe(s, false);
+    }
+    if !scan_backlog {
+        return;
     }
     // The signing backlog, across every workspace with unsigned receipts.
     let backlog = s.pipelines.backlog(|ws| s.diverged.contains(ws));
@@ -297,4 +320,27 @@ pub(crate) async fn signer_metrics(services: &Arc<Services>) -> Arc<str> {
     let (text, at) = last.unwrap_or_else(|| (Arc::from(""), cache.started));
     services.metrics.signer_metrics_age_seconds.set(at.elapsed().as_secs_f64());
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::EngineConfig;
+
+    #[test]
+    fn the_backlog_is_scanned_every_64th_of_its_bound_within_a_tick_and_a_second() {
+        let every = |tick_ms: u64, bound_ms: u64| {
+            let cfg = EngineConfig {
+                health_interval: Duration::from_millis(tick_ms),
+                max_unsigned_age: Duration::from_millis(bound_ms),
+                ..EngineConfig::default()
+            };
+            backlog_every(&cfg).as_millis()
+        };
+        assert_eq!(every(250, 60_000), 937, "the defaults");
+        assert_eq!(every(250, 3_600_000), 1_000, "at most a second");
+        assert_eq!(every(250, 2_000), 250, "never more often than the tick");
+        assert_eq!(every(5, 2_000), 31);
+        assert_eq!(every(2_000, 3_600_000), 2_000, "a tick slower than a second stays the tick");
+    }
 }
