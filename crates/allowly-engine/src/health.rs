@@ -7,8 +7,8 @@
 //! The request path reads one atomic word ([`Faults::first`] when it is non-zero); the causes
 //! are raised and cleared off the request path — by the health task (`monitor::health_loop`, every
 //! `EngineConfig::health_interval`: free space and a probe write while a store write failure is
-//! outstanding; the signing backlog every 1/64 of `max_unsigned_age`, at most every second), by the committer (a failed synced write), and by the signing
-//! pipeline (the signer's answers).
+//! outstanding; the signing backlog every 1/64 of `max_unsigned_age`, at most every second), by
+//! the committer (a failed synced write), and by the signing pipeline (the signer's answers).
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Mutex;

@@ -1,7 +1,7 @@
 //! The health task: every `EngineConfig::health_interval` it reads the data volume's free space
 //! against its floor, the signing backlog against its bound (and their gauges; the backlog at
-//! most every second, see [`backlog_every`]), and probes the
-//! store with a small synced write while a store write failure is outstanding; it raises and
+//! most every second, see [`backlog_every`]), and probes the store with a small synced write
+//! while a store write failure is outstanding; it raises and
 //! clears the [`Faults`](crate::health::Faults) those stand for. Also what `/metrics` reads at
 //! scrape time: [`ScrapeCollector`] and the signer's cached metrics ([`signer_metrics`]).
 
